@@ -1,0 +1,36 @@
+// The thin command layer. Every cli/cmd_*.cc parses its arguments into options, calls a
+// library, and prints; it registers its verbs with GODWIT_COMMAND at static-init time, so adding
+// a verb touches no shared file.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "common/result.h"
+
+namespace godwit::cli {
+
+struct Global {
+  std::string root = "/run/godwit";  // runc's --root: where container state lives
+  bool json = false;                 // --json before the verb; verbs also accept it after
+};
+
+using CommandFn = int (*)(Global& global, const std::vector<std::string>& args);
+
+struct Command {
+  const char* name;
+  const char* usage;    // "create ID --bundle DIR [--pid-file F]"
+  const char* summary;  // one line for `godwit help`
+  CommandFn fn;
+};
+
+bool Register(const Command& cmd);
+
+// Prints the error (human text or, with --json, {"error":...}) to stderr and returns its exit
+// code. The only place errors reach the user.
+int ReportError(const Global& global, const char* verb, const Error& err);
+
+}  // namespace godwit::cli
+
+#define GODWIT_COMMAND(ident, ...) \
+  static const bool godwit_cmd_##ident = ::godwit::cli::Register(::godwit::cli::Command{__VA_ARGS__})

@@ -1,0 +1,122 @@
+// godwit: one binary, many verbs. `godwit [--root DIR] [--json] [--log-level L] VERB ...`
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "cli/command.h"
+#include "common/log.h"
+
+namespace godwit::cli {
+namespace {
+
+std::map<std::string, Command>& Registry() {
+  static std::map<std::string, Command> r;
+  return r;
+}
+
+void PrintHelp() {
+  printf("godwit %s: checkpoint/restore and live migration of Linux containers\n\n", GODWIT_VERSION);
+  printf("usage: godwit [--root DIR] [--json] [--log-level error|warn|info|debug] VERB ...\n\n");
+  for (const auto& [name, cmd] : Registry()) printf("  %-10s %s\n", name.c_str(), cmd.summary);
+  printf("\n`godwit help VERB` shows a verb's usage. Exit codes: 0 ok, 1 error, 2 usage,\n"
+         "3 not found, 4 already exists, 5 bad image, 6 unsupported, 7 bad config, 8 peer failed.\n");
+}
+
+}  // namespace
+
+bool Register(const Command& cmd) {
+  Registry()[cmd.name] = cmd;
+  return true;
+}
+
+int ReportError(const Global& global, const char* verb, const Error& err) {
+  if (global.json) {
+    nlohmann::json j = {{"error", err.message()},
+                        {"verb", verb},
+                        {"exit_code", err.exit_code()}};
+    if (err.sys_errno() != 0) {
+      j["errno"] = err.sys_errno();
+      j["strerror"] = strerror(err.sys_errno());
+    }
+    fprintf(stderr, "%s\n", j.dump().c_str());
+  } else {
+    fprintf(stderr, "godwit %s: error: %s\n", verb, err.to_string().c_str());
+  }
+  return err.exit_code();
+}
+
+}  // namespace godwit::cli
+
+int main(int argc, char** argv) {
+  using namespace godwit;
+  cli::Global global;
+  int i = 1;
+  for (; i < argc; ++i) {
+    std::string a = argv[i];
+    auto value = [&](const char* name) -> const char* {
+      std::string prefix = std::string("--") + name + "=";
+      if (a.rfind(prefix, 0) == 0) return argv[i] + prefix.size();
+      if (a == std::string("--") + name && i + 1 < argc) return argv[++i];
+      return nullptr;
+    };
+    if (a == "--json") {
+      global.json = true;
+    } else if (a == "--debug") {
+      log::SetLevel(log::kDebug);
+    } else if (const char* v = value("root")) {
+      global.root = v;
+    } else if (const char* v = value("log-level")) {
+      std::string l = v;
+      log::SetLevel(l == "debug" ? log::kDebug : l == "info" ? log::kInfo
+                    : l == "error" ? log::kError : log::kWarn);
+    } else if (a == "--help" || a == "-h") {
+      cli::PrintHelp();
+      return 0;
+    } else if (a == "--version" || a == "-v") {
+      printf("godwit version %s\n", GODWIT_VERSION);
+      return 0;
+    } else {
+      break;
+    }
+  }
+  if (i >= argc) {
+    cli::PrintHelp();
+    return static_cast<int>(ErrorKind::kUsage);
+  }
+  std::string verb = argv[i];
+  auto& reg = cli::Registry();
+  if (verb == "help") {
+    if (i + 1 < argc && reg.count(argv[i + 1])) {
+      const auto& c = reg[argv[i + 1]];
+      printf("usage: godwit %s\n%s\n", c.usage, c.summary);
+      return 0;
+    }
+    cli::PrintHelp();
+    return 0;
+  }
+  auto it = reg.find(verb);
+  if (it == reg.end()) {
+    fprintf(stderr, "godwit: unknown verb '%s' (see `godwit help`)\n", verb.c_str());
+    return static_cast<int>(ErrorKind::kUsage);
+  }
+  std::vector<std::string> args(argv + i + 1, argv + argc);
+  // A verb-level --json is the same as the global one.
+  auto j = std::find(args.begin(), args.end(), "--json");
+  if (j != args.end() && std::find(args.begin(), j, "--") == j) {
+    global.json = true;
+    args.erase(j);
+  }
+  for (const auto& a : args) {
+    if (a == "--") break;
+    if (a == "--help" || a == "-h") {
+      printf("usage: godwit %s\n%s\n", it->second.usage, it->second.summary);
+      return 0;
+    }
+  }
+  return it->second.fn(global, args);
+}

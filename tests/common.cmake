@@ -1,0 +1,1 @@
+godwit_test(common_test SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/common_test.cc LIBS godwit_common)
