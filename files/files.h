@@ -1,0 +1,78 @@
+// File descriptors of a checkpointed tree: the contract between the process engine (dump/,
+// restore/) and the per-kind code in files/.
+//
+// Dump: the engine freezes the tree, then calls FdDumper::DumpProcess for every process. The
+// dumper takes a copy of each fd with pidfd_getfd (the same open file description), asks the
+// per-kind table which kind it is, and records one FileEntry per open file description (shared
+// descriptions, after fork or dup, get one id: kcmp KCMP_FILE) plus, per process, the fd numbers
+// with their flags. An fd kind godwit cannot restore faithfully is an error naming pid, fd and
+// kind, returned before anything is killed.
+//
+// Restore: the coordinator loads the images and, before forking the tree, calls
+// FdRestorer::Prepare, which opens every open file description at high fd numbers (>= base), in
+// the coordinator. The restored processes inherit them through fork (so sharing survives). Each
+// restored process, once it has forked its own children and before its memory is replaced,
+// calls Install(old_pid): dup to the recorded numbers, set flags, per-process work (epoll
+// registrations by fd number, POSIX locks), close the high fds. After the whole tree is rebuilt
+// and just before it resumes, the coordinator calls Finalize (TCP repair off, network unlock).
+#pragma once
+
+#include <sys/types.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/result.h"
+#include "images/image.h"
+
+namespace godwit::files {
+
+struct DumpOptions {
+  bool leave_running = false;    // the tree resumes after the dump: give back what was taken
+  bool tcp_established = false;  // dump established TCP connections (TCP_REPAIR)
+  bool shell_job = false;        // a tty/pipes from outside are allowed on stdio
+  // "fd:KEY" style external resources the user allowed, CRIU --external / --inherit-fd style
+  std::vector<std::string> external;
+};
+
+struct RestoreOptions {
+  bool tcp_close = false;  // restore established TCP sockets closed instead of live
+  // --inherit-fd fd[N]:KEY: the coordinator's fd N stands for the external resource KEY
+  std::vector<std::pair<int, std::string>> inherit_fds;
+};
+
+class FdDumper {
+ public:
+  static Result<std::unique_ptr<FdDumper>> Create(images::Sink& sink, const DumpOptions& opts);
+  virtual ~FdDumper() = default;
+  // The tree is frozen (ptrace-seized or cgroup-frozen). Writes fds-<pid>.img.
+  virtual Result<void> DumpProcess(pid_t pid) = 0;
+  // After every process: writes files.img and the data blobs.
+  virtual Result<void> Finish() = 0;
+  // The dump failed or --leave-running: undo side effects (e.g. TCP repair mode off).
+  virtual void Resume() = 0;
+  // Statistics for the report: number of fds and files by kind.
+  virtual std::vector<std::pair<std::string, int>> Counts() const = 0;
+};
+
+class FdRestorer {
+ public:
+  static Result<std::unique_ptr<FdRestorer>> Load(const images::ImageSet& images,
+                                                  const RestoreOptions& opts);
+  virtual ~FdRestorer() = default;
+  // In the coordinator, before the first fork: opens every open file description at fd numbers
+  // >= base_fd.
+  virtual Result<void> Prepare(int base_fd) = 0;
+  // In the restored process old_pid (single-threaded, a fork of the coordinator or of a restored
+  // parent, after it has forked its children): installs its fds and closes the prepared ones.
+  virtual Result<void> Install(pid_t old_pid) = 0;
+  // In the coordinator, after Install ran in every process: close the coordinator's copies.
+  virtual void ClosePrepared() = 0;
+  // In the coordinator, just before the tree resumes.
+  virtual Result<void> Finalize() = 0;
+  // Highest fd number any restored process uses (the engine keeps its own fds above it).
+  virtual int MaxFd() const = 0;
+};
+
+}  // namespace godwit::files
