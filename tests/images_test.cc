@@ -239,5 +239,338 @@ TEST_F(ImagesTest, BlobZstdIncompressibleStoredRaw) {
 }
 TEST_F(ImagesTest, BlobLarge) { BlobRoundTrip(dir_, Compression::kNone, (64 << 20) + 12345, false); }
 
+// ---- sinks
+
+TEST_F(ImagesTest, AbortRemovesEverything) {
+  {
+    auto sink = OpenDirSink(dir_);
+    ASSERT_TRUE(sink.ok());
+    ASSERT_TRUE(WriteImage(**sink, "a.img", File("a", 1)).ok());
+    auto w = BlobWriter::Create(**sink, "pages.img", Compression::kNone);
+    ASSERT_TRUE(w.ok());
+    ASSERT_TRUE(w->Append("xyz", 3).ok());
+    (*sink)->Abort();
+    auto after = (*sink)->Create("b.img");
+    EXPECT_FALSE(after.ok());
+  }
+  EXPECT_FALSE(fs::Exists(Path("a.img")));
+  EXPECT_FALSE(fs::Exists(Path("pages.img")));
+  EXPECT_FALSE(fs::Exists(Path("inventory.img")));
+  // A sink dropped without Finish aborts too.
+  {
+    auto sink = OpenDirSink(dir_);
+    ASSERT_TRUE(sink.ok());
+    ASSERT_TRUE(WriteImage(**sink, "a.img", File("a", 1)).ok());
+    EXPECT_TRUE(fs::Exists(Path("a.img")));
+  }
+  EXPECT_FALSE(fs::Exists(Path("a.img")));
+}
+
+TEST_F(ImagesTest, OverwriteAndRefuse) {
+  auto sink = OpenDirSink(dir_);
+  ASSERT_TRUE(sink.ok());
+  ASSERT_TRUE(WriteImage(**sink, "old.img", File("a", 1)).ok());
+  ASSERT_TRUE((*sink)->Finish(NewInventory()).ok());
+  ASSERT_TRUE(fs::WriteFile(Path("notes.txt"), "not ours").ok());
+  auto refused = OpenDirSink(dir_, /*overwrite=*/false);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.error().kind(), ErrorKind::kExists);
+  EXPECT_TRUE(fs::Exists(Path("old.img")));
+  auto again = OpenDirSink(dir_, /*overwrite=*/true);
+  ASSERT_TRUE(again.ok());
+  EXPECT_FALSE(fs::Exists(Path("old.img")));
+  EXPECT_FALSE(fs::Exists(Path("inventory.img")));
+  EXPECT_TRUE(fs::Exists(Path("notes.txt")));  // not an image: left alone
+  ASSERT_TRUE(WriteImage(**again, "new.img", File("b", 2)).ok());
+  ASSERT_TRUE((*again)->Finish(NewInventory()).ok());
+  auto set = ImageSet::Open(dir_);
+  ASSERT_TRUE(set.ok());
+  EXPECT_TRUE(set->Has("new.img"));
+  EXPECT_FALSE(set->Has("old.img"));
+}
+
+TEST_F(ImagesTest, FinishChecksOutputs) {
+  auto sink = OpenDirSink(dir_);
+  ASSERT_TRUE(sink.ok());
+  auto w = ImageWriter::Create(**sink, "open.img");
+  ASSERT_TRUE(w.ok());
+  ASSERT_TRUE(w->Write(File("a", 1)).ok());
+  EXPECT_FALSE(ImageWriter::Create(**sink, "open.img").ok());  // twice
+  EXPECT_FALSE(ImageWriter::Create(**sink, "../escape.img").ok());
+  EXPECT_FALSE(ImageWriter::Create(**sink, "inventory.img").ok());
+  auto early = (*sink)->Finish(NewInventory());
+  ASSERT_FALSE(early.ok());
+  EXPECT_NE(early.error().message().find("open.img"), std::string::npos);
+  EXPECT_FALSE(fs::Exists(Path("inventory.img")));
+  img::Inventory inv;
+  EXPECT_FALSE(w->Write(inv).ok());  // one type per image
+  ASSERT_TRUE(w->Close().ok());
+  ASSERT_TRUE((*sink)->Finish(NewInventory()).ok());
+  EXPECT_FALSE((*sink)->Create("late.img").ok());
+}
+
+// ---- bad input
+
+class BadImageTest : public ImagesTest {
+ protected:
+  // A complete set: an object image with 3 records, a raw blob, a zstd blob.
+  void SetUp() override {
+    ImagesTest::SetUp();
+    auto sink = OpenDirSink(dir_);
+    ASSERT_TRUE(sink.ok());
+    auto w = ImageWriter::Create(**sink, "core-1.img");
+    ASSERT_TRUE(w.ok());
+    for (int i = 0; i < 3; i++) ASSERT_TRUE(w->Write(File("record" + std::to_string(i), i)).ok());
+    ASSERT_TRUE(w->Close().ok());
+    for (auto [name, c] : {std::pair{"pages-1.img", Compression::kNone},
+                           std::pair{"pages-2.img", Compression::kZstd}}) {
+      auto b = BlobWriter::Create(**sink, name, c);
+      ASSERT_TRUE(b.ok());
+      std::string data(3 * format::kMaxChunk / 2, 'x');
+      for (size_t i = 0; i < data.size(); i += 4096) data[i] = static_cast<char>(i >> 12);
+      ASSERT_TRUE(b->Append(data.data(), data.size()).ok());
+      ASSERT_TRUE(b->Close().ok());
+    }
+    ASSERT_TRUE((*sink)->Finish(NewInventory()).ok());
+    ASSERT_TRUE(ImageSet::Open(dir_).ok());
+  }
+
+  void Truncate(const std::string& name, off_t size) {
+    ASSERT_EQ(truncate(Path(name).c_str(), size), 0);
+  }
+  void Poke(const std::string& name, off_t off, const void* bytes, size_t n) {
+    int fd = open(Path(name).c_str(), O_WRONLY);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(pwrite(fd, bytes, n, off), static_cast<ssize_t>(n));
+    close(fd);
+  }
+  void Flip(const std::string& name, off_t off) {
+    char c;
+    int fd = open(Path(name).c_str(), O_RDWR);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(pread(fd, &c, 1, off), 1);
+    c ^= 0x20;
+    ASSERT_EQ(pwrite(fd, &c, 1, off), 1);
+    close(fd);
+  }
+  off_t Size(const std::string& name) {
+    struct stat st;
+    return stat(Path(name).c_str(), &st) == 0 ? st.st_size : -1;
+  }
+
+  // Reads the whole set through the unverified path; returns the first error.
+  Result<void> ReadAllUnverified() {
+    ASSIGN_OR_RETURN(ImageSet set, ImageSet::OpenUnverified(dir_));
+    ASSIGN_OR_RETURN(ImageReader r, set.OpenImage("core-1.img"));
+    img::ImageFile f;
+    for (;;) {
+      ASSIGN_OR_RETURN(bool more, r.Next(&f));
+      if (!more) break;
+    }
+    for (const char* name : {"pages-1.img", "pages-2.img"}) {
+      ASSIGN_OR_RETURN(auto b, set.OpenBlob(name));
+      std::string buf(b->logical_size(), '\0');
+      TRY(b->Read(0, buf.data(), buf.size()));
+    }
+    return Ok();
+  }
+};
+
+// The error is kBadImage and names the file and (where it applies) the offset.
+void ExpectBad(const Result<void>& r, const std::string& file, bool offset = true) {
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().kind(), ErrorKind::kBadImage) << r.error().message();
+  EXPECT_NE(r.error().message().find(file), std::string::npos) << r.error().message();
+  if (offset) {
+    EXPECT_NE(r.error().message().find("offset"), std::string::npos) << r.error().message();
+  }
+}
+
+Result<void> OpenVerified(const std::string& dir) {
+  auto s = ImageSet::Open(dir);
+  if (!s.ok()) return std::move(s).error();
+  return Ok();
+}
+
+TEST_F(BadImageTest, TruncatedAtHeader) {
+  Truncate("core-1.img", 10);
+  ExpectBad(OpenVerified(dir_), "core-1.img");
+  auto r = ReadAllUnverified();
+  ExpectBad(r, "core-1.img");
+  EXPECT_NE(r.error().message().find("truncated header"), std::string::npos);
+}
+
+TEST_F(BadImageTest, TruncatedMidRecord) {
+  Truncate("core-1.img", Size("core-1.img") - 3);
+  ExpectBad(OpenVerified(dir_), "core-1.img");
+  auto r = ReadAllUnverified();
+  ExpectBad(r, "core-1.img");
+  EXPECT_NE(r.error().message().find("truncated record"), std::string::npos);
+}
+
+TEST_F(BadImageTest, TruncatedMidChunk) {
+  for (const char* name : {"pages-1.img", "pages-2.img"}) {
+    SCOPED_TRACE(name);
+    std::string orig = *fs::ReadFile(Path(name));
+    Truncate(name, Size(name) - 1000);
+    ExpectBad(OpenVerified(dir_), name);
+    auto r = ReadAllUnverified();
+    ExpectBad(r, name);
+    EXPECT_NE(r.error().message().find("truncated chunk"), std::string::npos);
+    ASSERT_TRUE(fs::WriteFile(Path(name), orig).ok());
+  }
+}
+
+TEST_F(BadImageTest, TruncatedChunkHeader) {
+  Truncate("pages-1.img", format::kBlobHeaderSize + 10);
+  ExpectBad(ReadAllUnverified(), "pages-1.img");
+}
+
+TEST_F(BadImageTest, FlippedByteNamesFile) {
+  Flip("pages-1.img", Size("pages-1.img") / 2);
+  auto r = OpenVerified(dir_);
+  ExpectBad(r, "pages-1.img", /*offset=*/false);
+  EXPECT_NE(r.error().message().find("checksum"), std::string::npos);
+  // Without the inventory's check, the chunk checksum catches it.
+  auto u = ReadAllUnverified();
+  ExpectBad(u, "pages-1.img");
+  EXPECT_NE(u.error().message().find("checksum"), std::string::npos);
+}
+
+TEST_F(BadImageTest, FlippedByteInZstdChunk) {
+  Flip("pages-2.img", format::kBlobHeaderSize + sizeof(format::ChunkHeader) + 20);
+  ExpectBad(OpenVerified(dir_), "pages-2.img", false);
+  ExpectBad(ReadAllUnverified(), "pages-2.img");
+}
+
+TEST_F(BadImageTest, FlippedByteInRecord) {
+  Flip("core-1.img", Size("core-1.img") - 2);
+  ExpectBad(OpenVerified(dir_), "core-1.img", false);
+}
+
+TEST_F(BadImageTest, WrongMagic) {
+  Poke("core-1.img", 0, "XODWITIM", 8);
+  Poke("pages-1.img", 0, "GODWITXX", 8);
+  ExpectBad(OpenVerified(dir_), "core-1.img", false);
+  auto r = ReadAllUnverified();
+  ExpectBad(r, "core-1.img");
+  EXPECT_NE(r.error().message().find("magic"), std::string::npos);
+  Poke("core-1.img", 0, "GODWITIM", 8);
+  auto b = ReadAllUnverified();
+  ExpectBad(b, "pages-1.img");
+  EXPECT_NE(b.error().message().find("magic"), std::string::npos);
+}
+
+TEST_F(BadImageTest, WrongFormatVersion) {
+  uint32_t v = kFormatVersion + 1;
+  Poke("core-1.img", 8, &v, 4);
+  Poke("pages-2.img", 8, &v, 4);
+  auto r = ReadAllUnverified();
+  ExpectBad(r, "core-1.img");
+  EXPECT_NE(r.error().message().find("version"), std::string::npos);
+  uint32_t ok = kFormatVersion;
+  Poke("core-1.img", 8, &ok, 4);
+  ExpectBad(ReadAllUnverified(), "pages-2.img");
+  // The inventory's header version, then its format_version field.
+  Poke("inventory.img", 8, &v, 4);
+  auto inv = OpenVerified(dir_);
+  ExpectBad(inv, "inventory.img");
+  EXPECT_NE(inv.error().message().find("version"), std::string::npos);
+}
+
+TEST_F(BadImageTest, InventoryFormatVersionField) {
+  auto data = fs::ReadFile(Path("inventory.img"));
+  ASSERT_TRUE(data.ok());
+  auto inv = ParseInventory("inventory.img", *data);
+  ASSERT_TRUE(inv.ok());
+  inv->set_format_version(kFormatVersion + 7);
+  std::string body = inv->SerializeAsString();
+  std::string img = format::ImageHeader(inv->GetTypeName(), kFormatVersion);
+  char len[4];
+  format::PutU32(len, body.size());
+  img.append(len, 4);
+  img += body;
+  ASSERT_TRUE(fs::WriteFile(Path("inventory.img"), img).ok());
+  auto r = OpenVerified(dir_);
+  ExpectBad(r, "inventory.img");
+  EXPECT_NE(r.error().message().find("version 8"), std::string::npos) << r.error().message();
+}
+
+TEST_F(BadImageTest, MissingInventory) {
+  ASSERT_EQ(unlink(Path("inventory.img").c_str()), 0);
+  auto r = OpenVerified(dir_);
+  ExpectBad(r, "inventory.img", false);
+  EXPECT_NE(r.error().message().find("not a complete checkpoint"), std::string::npos);
+  auto u = ImageSet::OpenUnverified(dir_);
+  ASSERT_FALSE(u.ok());
+  EXPECT_EQ(u.error().kind(), ErrorKind::kBadImage);
+}
+
+TEST_F(BadImageTest, MissingListedFile) {
+  ASSERT_EQ(unlink(Path("pages-2.img").c_str()), 0);
+  auto r = OpenVerified(dir_);
+  ExpectBad(r, "pages-2.img", false);
+  auto set = ImageSet::OpenUnverified(dir_);
+  ASSERT_TRUE(set.ok());
+  auto errs = set->Verify();
+  ASSERT_EQ(errs.size(), 1u);
+  EXPECT_NE(errs[0].message().find("pages-2.img"), std::string::npos);
+  auto b = set->OpenBlob("pages-2.img");
+  ASSERT_FALSE(b.ok());
+  EXPECT_EQ(b.error().kind(), ErrorKind::kBadImage);
+}
+
+TEST_F(BadImageTest, AbsurdRecordLength) {
+  std::string data = *fs::ReadFile(Path("core-1.img"));
+  auto r0 = ImageReader::FromBuffer("core-1.img", data);
+  ASSERT_TRUE(r0.ok());
+  size_t first = r0->offset();
+  uint32_t huge = 0xfffffff0;
+  Poke("core-1.img", first, &huge, 4);
+  auto r = ReadAllUnverified();
+  ExpectBad(r, "core-1.img");
+  EXPECT_NE(r.error().message().find(StrFormat("offset %zu", first)), std::string::npos)
+      << r.error().message();
+  uint32_t past_end = 1000;  // below the limit, beyond the file's end
+  Poke("core-1.img", first, &past_end, 4);
+  ExpectBad(ReadAllUnverified(), "core-1.img");
+  uint32_t long_type = 0x7fffffff;
+  Poke("core-1.img", 12, &long_type, 4);
+  ExpectBad(ReadAllUnverified(), "core-1.img");
+}
+
+TEST_F(BadImageTest, AbsurdChunkFields) {
+  const off_t h = format::kBlobHeaderSize;
+  uint32_t huge = 0xffffffff;
+  // stored length, logical length, logical offset, kind: each caught by the index builder.
+  for (off_t field : {off_t{16}, off_t{4}, off_t{8}, off_t{0}}) {
+    SCOPED_TRACE(field);
+    std::string orig = *fs::ReadFile(Path("pages-2.img"));
+    Poke("pages-2.img", h + field, &huge, 4);
+    auto r = ReadAllUnverified();
+    ExpectBad(r, "pages-2.img");
+    EXPECT_NE(r.error().message().find(StrFormat("offset %lld", static_cast<long long>(h))),
+              std::string::npos)
+        << r.error().message();
+    ASSERT_TRUE(fs::WriteFile(Path("pages-2.img"), orig).ok());
+  }
+  ASSERT_TRUE(ReadAllUnverified().ok());
+}
+
+TEST_F(BadImageTest, BadNamesInInventory) {
+  auto data = fs::ReadFile(Path("inventory.img"));
+  auto inv = ParseInventory("inventory.img", *data);
+  ASSERT_TRUE(inv.ok());
+  inv->mutable_files(0)->set_name("../../etc/passwd");
+  std::string body = inv->SerializeAsString();
+  std::string img = format::ImageHeader(inv->GetTypeName(), kFormatVersion);
+  char len[4];
+  format::PutU32(len, body.size());
+  img.append(len, 4);
+  img += body;
+  ASSERT_TRUE(fs::WriteFile(Path("inventory.img"), img).ok());
+  ExpectBad(OpenVerified(dir_), "inventory.img");
+}
+
 }  // namespace
 }  // namespace godwit::images
