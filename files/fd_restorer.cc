@@ -151,12 +151,13 @@ Result<void> FdRestorerImpl::Install(pid_t old_pid) {
     syscall(SYS_close_range, fd, end, 0);
     fd = end;
   }
-  // 4. POSIX locks belong to this process.
+  // 4. The prepared copies, before the POSIX locks: closing any fd of a file drops the
+  //    process's POSIX locks on it.
+  for (const auto& [id, fd] : ctx_->prepared_) close(fd);
+  // 5. POSIX locks belong to this process.
   for (const auto& fe : pf.fds())
     for (const auto& l : fe.posix_locks())
       TRY_CTX(ApplyLock(fe.fd(), l), "pid %d fd %d: POSIX lock", old_pid, fe.fd());
-  // 5. The prepared copies.
-  for (const auto& [id, fd] : ctx_->prepared_) close(fd);
   return Ok();
 }
 

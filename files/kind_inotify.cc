@@ -36,7 +36,7 @@ Result<std::string> MountOf(pid_t pid, unsigned long sdev) {
 Result<std::string> PathFromHandle(pid_t pid, unsigned long sdev, int type, const std::string& hex) {
   ASSIGN_OR_RETURN(std::string mp, MountOf(pid, sdev));
   std::string mpath = StrFormat("/proc/%d/root%s", pid, mp.c_str());
-  UniqueFd mfd(open(mpath.c_str(), O_PATH | O_CLOEXEC));
+  UniqueFd mfd(open(mpath.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));  // not O_PATH: EBADF
   if (!mfd) return Errno("open %s", mpath.c_str());
   std::vector<char> buf(sizeof(struct file_handle) + hex.size() / 2);
   auto* fh = reinterpret_cast<struct file_handle*>(buf.data());
@@ -66,7 +66,9 @@ Result<void> DumpInotify(DumpContext& ctx, const Probe& p, img::FileEntry& e) {
   img::InotifyFile* in = e.mutable_inotify();
   // "wd:1 ino:1a2b sdev:800001 mask:800afce ignored_mask:0 fhandle-bytes:8 fhandle-type:1
   //  f_handle:d2b5010000000000"
-  for (const std::string& v : p.info.All("inotify")) {
+  // The fdinfo parser splits at the first ':', so the key is "inotify wd".
+  for (const std::string& rest : p.info.All("inotify wd")) {
+    std::string v = "wd:" + rest;
     unsigned wd, mask, ign, bytes;
     int type;
     unsigned long ino, sdev;
