@@ -47,6 +47,23 @@ struct Probe {
   FdInfo info;
 };
 
+// One AF_UNIX socket as NETLINK_SOCK_DIAG reports it (sock_diag.cc).
+struct UnixDiag {
+  uint64_t ino = 0;
+  int type = 0;
+  int state = 0;
+  std::string name;  // sun_path bytes (leading \0: abstract)
+  uint64_t peer = 0;
+  std::vector<uint64_t> icons;  // a listener's pending connections
+  uint32_t rqueue = 0, wqueue = 0;
+  int shutdown = -1;
+};
+using UnixDiagMap = std::map<uint64_t, UnixDiag>;
+// Every unix socket of the net namespace nlsock lives in.
+Result<UnixDiagMap> DumpUnixDiag(int nlsock);
+// A socket created in the net namespace of pid (a thread enters it: setns is per thread).
+Result<UniqueFd> SocketInNetns(pid_t pid, int domain, int type, int protocol);
+
 class DumpContext {
  public:
   DumpContext(images::Sink& sink, const DumpOptions& opts) : sink_(sink), opts_(opts) {}
@@ -61,8 +78,9 @@ class DumpContext {
 
   // Per-kind state that spans descriptions (e.g. pipes whose data is stored already).
   std::set<uint64_t> pipes_with_data;
-  // A netlink NETLINK_SOCK_DIAG socket in the network namespace of pid (cached per netns).
-  Result<int> DiagSocket(pid_t pid);
+  // The unix sockets of pid's net namespace (one sock_diag dump per namespace: the tree is
+  // frozen, nothing changes).
+  Result<const UnixDiagMap*> UnixSockets(pid_t pid);
   // External keys the user allowed (DumpOptions::external, "fd:KEY" or "KEY").
   bool ExternalAllowed(const std::string& key) const;
   // Network-lock table (nftables) in the net namespace of pid for one TCP 4-tuple.
@@ -76,7 +94,7 @@ class DumpContext {
   const DumpOptions& opts_;
   std::unique_ptr<images::BlobWriter> blob_;
   std::vector<std::function<void()>> undo_;
-  std::map<uint64_t, UniqueFd> diag_;  // netns inode -> sock_diag socket
+  std::map<uint64_t, UnixDiagMap> unix_diag_;  // netns inode -> sockets
 };
 
 class RestoreContext {
@@ -172,6 +190,11 @@ Result<void> ApplyLock(int fd, const img::FileLock& l);
 // Socket options shared by unix and inet sockets (sockopts.cc).
 void DumpSockOpts(int fd, img::SockOpts* o);
 Result<void> RestoreSockOpts(int fd, const img::SockOpts& o);
+
+// Copies a socket's receive queue without consuming it (MSG_PEEK with SO_PEEK_OFF), one
+// QueuedMsg per datagram, or one for a stream. Fds in flight (SCM_RIGHTS) are kUnsupported.
+Result<void> PeekQueue(DumpContext& ctx, int fd, bool stream,
+                       google::protobuf::RepeatedPtrField<img::QueuedMsg>* out);
 
 // Network lock (netlock.cc): removes the table in the current net namespace if present.
 Result<void> NetUnlock(const std::string& table);

@@ -6,3 +6,7 @@ godwit_test(files_kinds_test
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/files_kinds_test.cc
   LIBS godwit_files)
 target_include_directories(files_kinds_test PRIVATE ${CMAKE_SOURCE_DIR})
+godwit_test(files_unix_test
+  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/files_unix_test.cc
+  LIBS godwit_files)
+target_include_directories(files_unix_test PRIVATE ${CMAKE_SOURCE_DIR})
