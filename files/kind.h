@@ -8,6 +8,7 @@
 // resumes (Finalize: TCP repair off).
 #pragma once
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 
@@ -74,6 +75,12 @@ class DumpContext {
 
   // Work to undo when the tree resumes (--leave-running, or a failed dump), in reverse order.
   void OnResume(std::function<void()> fn) { undo_.push_back(std::move(fn)); }
+  // Keeps a copy of fd open for the undo work until the dumper goes away (then it is closed
+  // without undoing: the tree was killed).
+  int Keep(int fd) {
+    kept_.emplace_back(fcntl(fd, F_DUPFD_CLOEXEC, 0));
+    return kept_.back().get();
+  }
   void RunResume();
 
   // Per-kind state that spans descriptions (e.g. pipes whose data is stored already).
@@ -83,17 +90,19 @@ class DumpContext {
   Result<const UnixDiagMap*> UnixSockets(pid_t pid);
   // External keys the user allowed (DumpOptions::external, "fd:KEY" or "KEY").
   bool ExternalAllowed(const std::string& key) const;
-  // Network-lock table (nftables) in the net namespace of pid for one TCP 4-tuple.
-  Result<void> LockConnection(pid_t pid, const img::InetSocket& sk);
+  // Locks every TCP connection of pid in nftables (one table per dump, in pid's net namespace,
+  // rules only on the connections' 4-tuples), once per process; undone by Resume.
+  Result<void> LockProcessTcp(pid_t pid);
   std::string netlock_table;  // "" when nothing was locked
-  std::vector<uint64_t> netlock_netns;
-  pid_t netlock_pid = 0;
+  std::set<pid_t> tcp_locked_pids;
+  std::set<uint64_t> netlock_netns;  // namespaces holding the table
 
  private:
   images::Sink& sink_;
   const DumpOptions& opts_;
   std::unique_ptr<images::BlobWriter> blob_;
   std::vector<std::function<void()>> undo_;
+  std::vector<UniqueFd> kept_;
   std::map<uint64_t, UnixDiagMap> unix_diag_;  // netns inode -> sockets
 };
 
@@ -198,6 +207,7 @@ Result<void> PeekQueue(DumpContext& ctx, int fd, bool stream,
 
 // Network lock (netlock.cc): removes the table in the current net namespace if present.
 Result<void> NetUnlock(const std::string& table);
+// Runs `nft -f -` with script in the net namespace of netns_pid (0: ours).
 Result<void> NftRun(pid_t netns_pid, const std::string& script);
 
 }  // namespace godwit::files

@@ -10,3 +10,7 @@ godwit_test(files_unix_test
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/files_unix_test.cc
   LIBS godwit_files)
 target_include_directories(files_unix_test PRIVATE ${CMAKE_SOURCE_DIR})
+godwit_test(files_inet_test
+  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/files_inet_test.cc
+  LIBS godwit_files)
+target_include_directories(files_inet_test PRIVATE ${CMAKE_SOURCE_DIR})
