@@ -66,7 +66,7 @@ Result<void> RestoreCore(RestoreContext& ctx, ProcessRestore& p) {
   // The last injected call: unmap the scratch area. The main thread stops at its syscall exit.
   TRY_CTX(r->UnmapFinal(), "pid %d: unmap scratch", p.pid);
   for (const auto& t : p.core.threads()) {
-    TRY(SetMask(t.tid(), t.sigmask()));
+    TRY(SetMask(t.tid(), t.blocked()));
     user_regs_struct regs = dump::RegsFromProto(t.regs());
     remote::PrepareSyscallRestart(&regs, /*live=*/false);
     TRY_CTX(remote::SetRegs(t.tid(), regs), "pid %d", p.pid);

@@ -170,7 +170,7 @@ Result<void> LoadImages(RestoreContext& ctx) {
   }
   ctx.stats.processes = ctx.tree.processes_size();
   if (set.Has("shmem.img")) {
-    ASSIGN_OR_RETURN(images::ImageReader rd, set.Open("shmem.img"));
+    ASSIGN_OR_RETURN(images::ImageReader rd, set.OpenImage("shmem.img"));
     for (;;) {
       img::ShmemObject o;
       ASSIGN_OR_RETURN(bool more, rd.Next(&o));
@@ -248,7 +248,7 @@ Result<uint64_t> FindArea(pid_t pid, const img::MmEntry& mm, size_t size) {
   for (const auto& [s, e] : used) {
     if (e + guard <= cand) continue;
     if (cand + size + guard <= s) break;
-    cand = std::max(cand, (e + guard + (1ULL << 20) - 1) & ~((1ULL << 20) - 1));
+    cand = std::max<uint64_t>(cand, (e + guard + (1ULL << 20) - 1) & ~((1ULL << 20) - 1));
   }
   if (cand + size >= (1ULL << 47)) return Err("pid %d: no free room for the scratch area", pid);
   return cand;
@@ -280,6 +280,7 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
 
   files::RestoreOptions fo;
   fo.tcp_close = opts.tcp_close;
+  fo.shell_job = opts.shell_job;
   fo.inherit_fds = opts.inherit_fds;
   ASSIGN_OR_RETURN(std::unique_ptr<files::FdRestorer> fds, files::FdRestorer::Load(set, fo));
   ctx.fds = fds.get();
