@@ -30,6 +30,9 @@ class CrTest : public ::testing::Test {
     EXPECT_EQ(d.status, 0) << d.err;
     if (d.status != 0) return -1;
     EXPECT_EQ(Wait(pid), 128 + SIGKILL);
+    // The rest of the killed tree was reparented to us (subreaper): reap it so its pids are free.
+    while (waitpid(-1, nullptr, 0) > 0 || errno == EINTR) {
+    }
     Touch(dir_ / "go");
     auto r = Godwit({"restore", "--images-dir", dir_.path() + "/img"});
     EXPECT_EQ(r.err, "");
@@ -46,6 +49,18 @@ class CrTest : public ::testing::Test {
 
 TEST_F(CrTest, SingleProcessHeapRegistersRoundTrip) {
   pid_t pid = Start("cr_loop", {"{READY}", dir_ / "go", "16"});
+  ASSERT_GT(pid, 0);
+  EXPECT_EQ(DumpKillRestore(pid), 0);
+}
+
+TEST_F(CrTest, ThreadsKeepComputing) {
+  pid_t pid = Start("cr_loop", {"{READY}", dir_ / "go", "8", "4"});
+  ASSERT_GT(pid, 0);
+  EXPECT_EQ(DumpKillRestore(pid), 0);
+}
+
+TEST_F(CrTest, TreeSessionsGroupsZombie) {
+  pid_t pid = Start("cr_tree", {"{READY}", dir_ / "go"});
   ASSERT_GT(pid, 0);
   EXPECT_EQ(DumpKillRestore(pid), 0);
 }

@@ -106,9 +106,12 @@ pid_t StartHelper(const std::string& name, std::vector<std::string> args, std::s
   close(p[1]);
   std::string got;
   char c;
+  // Until EOF, not just the line: the helper closes its end after writing, and the dump must not
+  // catch it in between (the pipe would then be part of the dumped state).
+  bool eol = false;
   while (read(p[0], &c, 1) == 1) {
-    if (c == '\n') break;
-    got += c;
+    if (c == '\n') eol = true;
+    if (!eol) got += c;
   }
   close(p[0]);
   if (line) *line = got;
