@@ -65,6 +65,38 @@ TEST_F(CrTest, TreeSessionsGroupsZombie) {
   EXPECT_EQ(DumpKillRestore(pid), 0);
 }
 
+TEST_F(CrTest, MemoryKindsVdsoBrkMmFields) {
+  pid_t pid = Start("cr_state", {"{READY}", dir_ / "go", "mem", dir_ / "data"});
+  ASSERT_GT(pid, 0);
+  EXPECT_EQ(DumpKillRestore(pid), 0);
+}
+
+TEST_F(CrTest, BlockedAndPendingSignals) {
+  pid_t pid = Start("cr_state", {"{READY}", dir_ / "go", "signals"});
+  ASSERT_GT(pid, 0);
+  EXPECT_EQ(DumpKillRestore(pid), 0);
+}
+
+bool InRead(pid_t pid) { return BlockedSyscall(pid) == SYS_read; }
+bool InSleep(pid_t pid) {
+  long s = BlockedSyscall(pid);
+  return s == SYS_nanosleep || s == SYS_clock_nanosleep;
+}
+
+TEST_F(CrTest, RestartsReadAfterRestore) {
+  pid_t pid = Start("cr_state", {"{READY}", dir_ / "go", "read"});
+  ASSERT_GT(pid, 0);
+  ASSERT_TRUE(WaitFor(5000, InRead, pid));
+  EXPECT_EQ(DumpKillRestore(pid), 0);
+}
+
+TEST_F(CrTest, NanosleepCompletesAfterRestore) {
+  pid_t pid = Start("cr_state", {"{READY}", dir_ / "go", "nanosleep"});
+  ASSERT_GT(pid, 0);
+  ASSERT_TRUE(WaitFor(5000, InSleep, pid));
+  EXPECT_EQ(DumpKillRestore(pid), 0);
+}
+
 TEST_F(CrTest, RemoteSyscallInjection) {
   pid_t pid = Start("cr_loop", {"{READY}", dir_ / "go", "1"});
   ASSERT_GT(pid, 0);

@@ -92,7 +92,10 @@ pid_t StartHelper(const std::string& name, std::vector<std::string> args, std::s
     int null = open("/dev/null", O_RDWR);
     dup2(null, 0);
     dup2(null, 1);
-    dup2(null, 2);
+    // Debugging: CR_HELPER_STDERR=FILE appends the helpers' stderr to FILE.
+    const char* errf = getenv("CR_HELPER_STDERR");
+    int errfd = errf ? open(errf, O_WRONLY | O_CREAT | O_APPEND, 0644) : -1;
+    dup2(errfd >= 0 ? errfd : null, 2);
     close(p[0]);
     if (p[1] != 3) {
       dup2(p[1], 3);
