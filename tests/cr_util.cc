@@ -84,6 +84,10 @@ pid_t GodwitAsync(const std::vector<std::string>& args) {
 }
 
 pid_t StartHelper(const std::string& name, std::vector<std::string> args, std::string* line) {
+  return StartProgram(std::string(GODWIT_HELPERS) + "/" + name, std::move(args), line);
+}
+
+pid_t StartProgram(const std::string& path, std::vector<std::string> args, std::string* line) {
   int p[2];
   if (pipe(p) < 0) return -1;
   // The helper's end at a fixed number, so images do not depend on the test's fd table.
@@ -104,7 +108,7 @@ pid_t StartHelper(const std::string& name, std::vector<std::string> args, std::s
     for (int fd = 4; fd < 1024; ++fd) close(fd);
     for (auto& a : args)
       if (a == "{READY}") a = "3";
-    Exec(std::string(GODWIT_HELPERS) + "/" + name, args);
+    Exec(path, args);
   }
   close(p[1]);
   std::string got;
