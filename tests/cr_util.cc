@@ -144,9 +144,28 @@ void Touch(const std::string& path) {
   close(fd);
 }
 
+namespace {
+void Descendants(pid_t pid, std::vector<pid_t>* out) {
+  std::ifstream tasks_dir;
+  std::string base = "/proc/" + std::to_string(pid) + "/task/";
+  std::ifstream kids(base + std::to_string(pid) + "/children");
+  pid_t k;
+  while (kids >> k) {
+    out->push_back(k);
+    Descendants(k, out);
+  }
+}
+}  // namespace
+
 void KillAndReap(pid_t pid) {
   if (pid <= 0) return;
-  if (kill(pid, SIGKILL) == 0 || errno != ESRCH) waitpid(pid, nullptr, 0);
+  // The whole tree: a failed test must not leave helpers spinning.
+  std::vector<pid_t> all{pid};
+  Descendants(pid, &all);
+  for (pid_t p : all) kill(p, SIGKILL);
+  // The killed descendants are reparented to us (subreaper); reap everything.
+  while (waitpid(-1, nullptr, 0) > 0 || errno == EINTR) {
+  }
 }
 
 bool WaitFor(int ms, bool (*cond)(pid_t), pid_t pid) {
