@@ -2,3 +2,6 @@
 godwit_test(images_test
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/images_test.cc
   LIBS godwit_images)
+godwit_test(images_inspect_test
+  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/images_inspect_test.cc
+  LIBS godwit_images)
