@@ -52,12 +52,16 @@ class FilesZdtm : public ::testing::Test {
                       const std::vector<std::string>& restore_prefix = {}) {
     std::vector<std::string> args = {"dump", "--pid", std::to_string(pid), "--images-dir", dir_ / "img"};
     args.insert(args.end(), dump_extra.begin(), dump_extra.end());
+    // The helper's children die with it and are reparented to us (subreaper): reap exactly them
+    // (other children of the test, like a TCP peer, keep running).
+    std::vector<pid_t> kids;
+    std::ifstream kf(StrFormat("/proc/%d/task/%d/children", pid, pid));
+    for (pid_t k; kf >> k;) kids.push_back(k);
     auto d = Godwit(args);
     EXPECT_EQ(d.status, 0) << d.err;
     if (d.status != 0) return -1;
     EXPECT_EQ(Wait(pid), 128 + SIGKILL);
-    while (waitpid(-1, nullptr, WNOHANG) > 0) {
-    }
+    for (pid_t k : kids) waitpid(k, nullptr, 0);
     Touch(dir_ / "go");
     std::vector<std::string> r = restore_prefix;
     r.insert(r.end(), {GODWIT_BIN, "restore", "--images-dir", dir_ / "img"});
