@@ -181,7 +181,8 @@ class BlobReader {
   static Result<std::unique_ptr<BlobReader>> OpenFile(const std::string& path,
                                                       const std::string& name, bool verified);
   // The same over a blob held in memory (the fuzz target and tests).
-  static Result<std::unique_ptr<BlobReader>> FromBuffer(std::string name, std::string data);
+  static Result<std::unique_ptr<BlobReader>> FromBuffer(std::string name, std::string data,
+                                                        bool verified = false);
 
   BlobReader() = default;
   ~BlobReader();

@@ -175,8 +175,10 @@ Result<std::unique_ptr<BlobReader>> BlobReader::OpenFile(const std::string& path
   return b;
 }
 
-Result<std::unique_ptr<BlobReader>> BlobReader::FromBuffer(std::string name, std::string data) {
+Result<std::unique_ptr<BlobReader>> BlobReader::FromBuffer(std::string name, std::string data,
+                                                           bool verified) {
   auto b = std::make_unique<BlobReader>();
+  b->verified_ = verified;
   b->name_ = std::move(name);
   b->mem_ = std::move(data);
   b->in_mem_ = true;
