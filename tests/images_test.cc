@@ -239,6 +239,56 @@ TEST_F(ImagesTest, BlobZstdIncompressibleStoredRaw) {
 }
 TEST_F(ImagesTest, BlobLarge) { BlobRoundTrip(dir_, Compression::kNone, (64 << 20) + 12345, false); }
 
+// Small appends are gathered into whole chunks, any thread count gives the same file, and
+// offsets returned by Append are right whatever the mix of sizes.
+TEST_F(ImagesTest, BlobGatherAndThreads) {
+  std::string data = RandomBytes(11 << 20, 5);
+  for (size_t i = 0; i < data.size(); i += 2) data[i] = 0;  // compressible
+  std::vector<size_t> sizes = {4096, 4096, 100, 5 << 20, 4096, 300 << 10, 1, 9 << 20};
+  std::string files[3];
+  int variant = 0;
+  for (auto [c, threads] : {std::pair{Compression::kZstd, 1}, std::pair{Compression::kZstd, 3},
+                            std::pair{Compression::kNone, 1}}) {
+    SCOPED_TRACE(threads);
+    auto sink = OpenDirSink(dir_);
+    ASSERT_TRUE(sink.ok());
+    auto w = BlobWriter::Create(**sink, "pages.img", c, 1);
+    ASSERT_TRUE(w.ok());
+    ASSERT_TRUE(w->SetThreads(threads).ok());
+    size_t off = 0;
+    for (size_t i = 0; off < data.size(); i++) {
+      size_t n = std::min(sizes[i % sizes.size()], data.size() - off);
+      auto at = w->Append(data.data() + off, n);
+      ASSERT_TRUE(at.ok());
+      ASSERT_EQ(*at, off);
+      off += n;
+      ASSERT_EQ(w->logical_size(), off);
+    }
+    ASSERT_TRUE(w->Close().ok());
+    ASSERT_TRUE((*sink)->Finish(NewInventory()).ok());
+    files[variant++] = *fs::ReadFile(Path("pages.img"));
+    auto set = ImageSet::Open(dir_);
+    ASSERT_TRUE(set.ok());
+    auto b = set->OpenBlob("pages.img");
+    ASSERT_TRUE(b.ok());
+    auto st = (*b)->stats();
+    // 4 KiB appends did not become 4 KiB chunks.
+    EXPECT_LE(st.chunks, data.size() / format::kMaxChunk + 8);
+    std::string back(data.size(), '\0');
+    ASSERT_TRUE((*b)->Read(0, back.data(), back.size()).ok());
+    EXPECT_TRUE(back == data);
+    // Page-sized reads, as a restorer of scattered pages does.
+    for (size_t o = 0; o < data.size(); o += 4096 * 37) {
+      char page[4096];
+      size_t n = std::min<size_t>(4096, data.size() - o);
+      ASSERT_TRUE((*b)->Read(o, page, n).ok());
+      ASSERT_EQ(memcmp(page, data.data() + o, n), 0);
+    }
+  }
+  EXPECT_TRUE(files[0] == files[1]) << "thread count changed the file";
+  EXPECT_LT(files[0].size(), files[2].size());
+}
+
 // ---- sinks
 
 TEST_F(ImagesTest, AbortRemovesEverything) {
