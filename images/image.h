@@ -191,6 +191,10 @@ class BlobReader {
   int fd() const { return fd_.get(); }
   const std::string& name() const { return name_; }
 
+  // Checks every chunk's checksum (reads the whole file); the error names the first bad chunk's
+  // offset. For locating damage (inspect); Read checks the chunks it reads anyway.
+  Result<void> VerifyChunks() const;
+
   struct Stats {
     uint64_t chunks = 0, zstd_chunks = 0, logical_bytes = 0, stored_bytes = 0, file_bytes = 0;
   };

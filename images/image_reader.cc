@@ -281,6 +281,20 @@ BlobReader::Stats BlobReader::stats() const {
   return s;
 }
 
+Result<void> BlobReader::VerifyChunks() const {
+  std::vector<char> buf;
+  for (const Chunk& c : chunks_) {
+    buf.resize(c.stored_len);
+    TRY(ReadAt(c.file_off, buf.data(), c.stored_len));
+    if (Crc32c(0, buf.data(), c.stored_len) != c.crc)
+      return Bad(name_, c.file_off - sizeof(format::ChunkHeader),
+                 "chunk checksum mismatch (chunk of logical [%llu, +%llu))",
+                 static_cast<unsigned long long>(c.logical_off),
+                 static_cast<unsigned long long>(c.logical_len));
+  }
+  return Ok();
+}
+
 size_t BlobReader::FindChunk(uint64_t offset) const {
   auto it = std::upper_bound(chunks_.begin(), chunks_.end(), offset,
                              [](uint64_t o, const Chunk& c) { return o < c.logical_off; });

@@ -88,8 +88,10 @@ void InspectObject(const std::string& name, std::string data, const InspectOptio
   if (summary) (*f)["summaries"] = std::move(sums);
 }
 
-void InspectBlob(const std::string& path, const std::string& name, nlohmann::json* f,
-                 std::vector<Error>* damage) {
+// check_chunks: read every chunk to find where the damage is (the file's checksum is wrong or
+// unknown).
+void InspectBlob(const std::string& path, const std::string& name, bool check_chunks,
+                 nlohmann::json* f, std::vector<Error>* damage) {
   auto b = BlobReader::OpenFile(path, name, /*verified=*/false);
   if (!b.ok()) {
     (*f)["error"] = b.error().message();
@@ -97,6 +99,13 @@ void InspectBlob(const std::string& path, const std::string& name, nlohmann::jso
     return;
   }
   auto st = (*b)->stats();
+  if (check_chunks) {
+    auto v = (*b)->VerifyChunks();
+    if (!v.ok()) {
+      (*f)["error"] = v.error().message();
+      damage->push_back(std::move(v).error());
+    }
+  }
   (*f)["chunks"] = st.chunks;
   (*f)["zstd_chunks"] = st.zstd_chunks;
   (*f)["logical_bytes"] = st.logical_bytes;
@@ -122,6 +131,7 @@ Result<nlohmann::json> InspectDir(const std::string& dir, const InspectOptions& 
   nlohmann::json out;
   out["dir"] = dir;
   std::vector<std::string> listed;
+  std::set<std::string> bad_files;  // listed files whose size or checksum is wrong
   auto set = ImageSet::OpenUnverified(dir);
   out["complete"] = set.ok();
   if (set.ok()) {
@@ -133,7 +143,11 @@ Result<nlohmann::json> InspectDir(const std::string& dir, const InspectOptions& 
     for (const auto& f : set->inventory().files()) listed.push_back(f.name());
     auto errs = set->Verify();
     out["verified"] = errs.empty();
-    for (auto& e : errs) damage->push_back(std::move(e));
+    for (auto& e : errs) {
+      for (const auto& n : listed)
+        if (e.message().rfind(n + ":", 0) == 0) bad_files.insert(n);
+      damage->push_back(std::move(e));
+    }
   } else {
     out["verified"] = false;
     damage->push_back(set.error());
@@ -182,7 +196,7 @@ Result<nlohmann::json> InspectDir(const std::string& dir, const InspectOptions& 
       }
       case FileKind::kBlob:
         f["kind"] = "blob";
-        InspectBlob(path, name, &f, damage);
+        InspectBlob(path, name, !f["listed"].get<bool>() || bad_files.count(name), &f, damage);
         break;
       case FileKind::kUnknown:
         f["kind"] = "unknown";

@@ -2,6 +2,7 @@
 // record decoded through the type named in the image header), and a damaged directory (shown
 // as far as readable, non-zero exit).
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -141,6 +142,29 @@ TEST_F(InspectTest, DamagedDirectory) {
   EXPECT_EQ(i.status, 5);
   EXPECT_NE(i.out.find("INCOMPLETE"), std::string::npos) << i.out;
   EXPECT_NE(i.out.find("empty.img"), std::string::npos) << i.out;
+}
+
+TEST_F(InspectTest, FlippedBlobByteIsLocated) {
+  auto set = ImageSet::Open(dir_);
+  ASSERT_TRUE(set.ok());
+  auto b = set->OpenBlob("pages-7.img");
+  ASSERT_TRUE(b.ok());
+  ASSERT_EQ((*b)->stats().chunks, 2u);
+  // Damage the last chunk's payload (the file's last bytes).
+  int fd = open((dir_ + "/pages-7.img").c_str(), O_RDWR);
+  ASSERT_GE(fd, 0);
+  struct stat st;
+  ASSERT_EQ(fstat(fd, &st), 0);
+  char c;
+  ASSERT_EQ(pread(fd, &c, 1, st.st_size - 5), 1);
+  c ^= 1;
+  ASSERT_EQ(pwrite(fd, &c, 1, st.st_size - 5), 1);
+  close(fd);
+  CmdResult r = Godwit({"inspect", dir_}, dir_);
+  EXPECT_EQ(r.status, 5);
+  EXPECT_NE(r.out.find("pages-7.img: checksum mismatch"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("chunk checksum mismatch (chunk of logical [4194304,"), std::string::npos)
+      << r.out;
 }
 
 TEST(Inspect, MissingDirAndUsage) {
