@@ -38,15 +38,43 @@ bool ValidTypeName(const std::string& t) {
   return true;
 }
 
-Result<std::string> ReadWholeFile(const std::string& path, const std::string& name) {
-  auto data = fs::ReadFile(path);
-  if (!data.ok()) {
-    Error e = std::move(data).error();
-    // A file the inventory (or the reader) expects and that is not there is a bad image, not a
-    // "not found" of the user's argument.
-    return MakeError(ErrorKind::kBadImage, e.sys_errno(), "%s: %s", name.c_str(),
-                     e.message().c_str());
+// Opens an image file for reading: a regular file (not a FIFO that would block, not a device),
+// errors as kBadImage naming the image.
+Result<UniqueFd> OpenRegular(const std::string& path, const std::string& name, uint64_t* size) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
+  if (!fd) {
+    int err = errno;
+    return MakeError(ErrorKind::kBadImage, err, "%s: %s", name.c_str(),
+                     err == ENOENT ? "missing (listed in the inventory)" : "open");
   }
+  struct stat st;
+  if (::fstat(fd.get(), &st) < 0) return MakeError(ErrorKind::kBadImage, errno, "%s: stat", name.c_str());
+  if (!S_ISREG(st.st_mode)) return MakeError(ErrorKind::kBadImage, 0, "%s: not a regular file", name.c_str());
+  *size = st.st_size;
+  return fd;
+}
+
+// Object images are metadata; anything larger than this is not one of ours.
+constexpr uint64_t kMaxObjectImage = 1ull << 30;
+
+Result<std::string> ReadWholeFile(const std::string& path, const std::string& name) {
+  uint64_t size;
+  ASSIGN_OR_RETURN(UniqueFd fd, OpenRegular(path, name, &size));
+  if (size > kMaxObjectImage)
+    return MakeError(ErrorKind::kBadImage, 0, "%s: %llu bytes, too large for an object image",
+                     name.c_str(), static_cast<unsigned long long>(size));
+  std::string data(size, '\0');
+  size_t got = 0;
+  while (got < size) {
+    ssize_t n = ::pread(fd.get(), data.data() + got, size - got, got);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return MakeError(ErrorKind::kBadImage, errno, "%s: read at offset %zu", name.c_str(), got);
+    }
+    if (n == 0) break;  // shrank meanwhile: parse what is there (the parser reports truncation)
+    got += n;
+  }
+  data.resize(got);
   return data;
 }
 
@@ -184,12 +212,7 @@ Result<std::unique_ptr<BlobReader>> BlobReader::OpenFile(const std::string& path
   auto b = std::make_unique<BlobReader>();
   b->name_ = name;
   b->verified_ = verified;
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return MakeError(ErrorKind::kBadImage, errno, "%s: open %s", name.c_str(), path.c_str());
-  b->fd_.reset(fd);
-  struct stat st;
-  if (::fstat(fd, &st) < 0) return MakeError(ErrorKind::kBadImage, errno, "%s: stat", name.c_str());
-  b->file_size_ = st.st_size;
+  ASSIGN_OR_RETURN(b->fd_, OpenRegular(path, name, &b->file_size_));
   TRY(b->BuildIndex());
   return b;
 }
@@ -432,18 +455,15 @@ Result<ImageSet> ImageSet::Open(const std::string& dir) {
   ASSIGN_OR_RETURN(ImageSet s, Load(dir));
   for (const auto& f : s.inventory_.files()) {
     std::string path = dir + "/" + f.name();
-    UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-    if (!fd)
-      return MakeError(ErrorKind::kBadImage, errno, "%s: %s listed in the inventory: open",
-                       dir.c_str(), f.name().c_str());
-    struct stat st;
-    if (::fstat(fd.get(), &st) < 0) return Errno("stat %s", path.c_str());
-    if (static_cast<uint64_t>(st.st_size) != f.size())
+    uint64_t size;
+    auto fd = OpenRegular(path, f.name(), &size);
+    if (!fd.ok()) return std::move(fd.error().wrap(dir));
+    if (size != f.size())
       return MakeError(ErrorKind::kBadImage, 0, "%s: %s: size %llu, inventory says %llu (offset %llu)",
-                       dir.c_str(), f.name().c_str(), static_cast<unsigned long long>(st.st_size),
+                       dir.c_str(), f.name().c_str(), static_cast<unsigned long long>(size),
                        static_cast<unsigned long long>(f.size()),
-                       static_cast<unsigned long long>(std::min<uint64_t>(st.st_size, f.size())));
-    auto crc = FileCrc(fd.get(), f.name(), f.size());
+                       static_cast<unsigned long long>(std::min<uint64_t>(size, f.size())));
+    auto crc = FileCrc(fd->get(), f.name(), f.size());
     if (!crc.ok()) return std::move(crc.error().wrap(dir));
     if (*crc != f.crc32c())
       return MakeError(ErrorKind::kBadImage, 0,
@@ -459,20 +479,19 @@ std::vector<Error> ImageSet::Verify() const {
   std::vector<Error> errs;
   for (const auto& f : inventory_.files()) {
     std::string path = dir_ + "/" + f.name();
-    UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-    if (!fd) {
-      errs.push_back(MakeError(ErrorKind::kBadImage, errno, "%s: listed in the inventory: missing",
-                               f.name().c_str()));
+    uint64_t size;
+    auto fd = OpenRegular(path, f.name(), &size);
+    if (!fd.ok()) {
+      errs.push_back(std::move(fd).error());
       continue;
     }
-    struct stat st;
-    if (::fstat(fd.get(), &st) < 0 || static_cast<uint64_t>(st.st_size) != f.size()) {
-      errs.push_back(MakeError(ErrorKind::kBadImage, 0, "%s: size %lld, inventory says %llu",
-                               f.name().c_str(), static_cast<long long>(st.st_size),
+    if (size != f.size()) {
+      errs.push_back(MakeError(ErrorKind::kBadImage, 0, "%s: size %llu, inventory says %llu",
+                               f.name().c_str(), static_cast<unsigned long long>(size),
                                static_cast<unsigned long long>(f.size())));
       continue;
     }
-    auto crc = FileCrc(fd.get(), f.name(), f.size());
+    auto crc = FileCrc(fd->get(), f.name(), f.size());
     if (!crc.ok()) {
       errs.push_back(std::move(crc).error());
     } else if (*crc != f.crc32c()) {

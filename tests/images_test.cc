@@ -570,6 +570,16 @@ TEST_F(BadImageTest, MissingListedFile) {
   EXPECT_EQ(b.error().kind(), ErrorKind::kBadImage);
 }
 
+TEST_F(BadImageTest, NotARegularFile) {
+  // A FIFO in place of an image must not block the reader.
+  ASSERT_EQ(unlink(Path("core-1.img").c_str()), 0);
+  ASSERT_EQ(mkfifo(Path("core-1.img").c_str(), 0600), 0);
+  auto r = OpenVerified(dir_);
+  ExpectBad(r, "core-1.img", false);
+  EXPECT_NE(r.error().message().find("not a regular file"), std::string::npos);
+  ExpectBad(ReadAllUnverified(), "core-1.img", false);
+}
+
 TEST_F(BadImageTest, AbsurdRecordLength) {
   std::string data = *fs::ReadFile(Path("core-1.img"));
   auto r0 = ImageReader::FromBuffer("core-1.img", data);
