@@ -82,39 +82,47 @@ constexpr size_t kDirectMin = 256 << 10;
 }  // namespace
 
 // Worker threads compressing the chunks of one Emit in parallel; the caller compresses too and
-// writes the results in order as they complete.
+// writes the results in order as they complete. Piece j uses slot j % slots.size(), so at most
+// that many compressed chunks wait for the writer.
 struct BlobWriter::Pool {
   struct Slot {
-    Piece piece{};
     std::vector<char> out;
     size_t zlen = 0;
     bool done = false;
     std::string err;
   };
-  BlobWriter* owner = nullptr;  // for CompressOne (level); set per Emit
+  BlobWriter* owner = nullptr;  // for CompressOne (level, name); set per Emit
   std::mutex mu;
   std::condition_variable work_cv, done_cv;
   std::vector<Slot> slots;
-  size_t count = 0, next = 0;
+  const std::vector<Piece>* pieces = nullptr;
+  size_t total = 0, next = 0, written = 0;
   bool stop = false;
   std::vector<std::thread> threads;
+
+  bool CanTake() const { return next < total && next < written + slots.size(); }
+
+  // Compresses piece j (called without the lock held).
+  void Compress(void* cctx, size_t j) {
+    Slot& s = slots[j % slots.size()];
+    auto r = cctx ? owner->CompressOne(cctx, (*pieces)[j], &s.out, &s.zlen)
+                  : Result<void>(MakeError(ErrorKind::kGeneric, ENOMEM, "ZSTD_createCCtx"));
+    std::lock_guard<std::mutex> l(mu);
+    if (!r.ok()) s.err = r.error().message();
+    s.done = true;
+    done_cv.notify_all();
+  }
 
   void Run() {
     ZSTD_CCtx* cctx = ZSTD_createCCtx();
     std::unique_lock<std::mutex> l(mu);
     for (;;) {
-      work_cv.wait(l, [&] { return stop || next < count; });
+      work_cv.wait(l, [&] { return stop || CanTake(); });
       if (stop) break;
-      size_t i = next++;
-      Slot& s = slots[i];
-      BlobWriter* w = owner;
+      size_t j = next++;
       l.unlock();
-      auto r = cctx ? w->CompressOne(cctx, s.piece, &s.out, &s.zlen)
-                    : Result<void>(MakeError(ErrorKind::kGeneric, ENOMEM, "ZSTD_createCCtx"));
+      Compress(cctx, j);
       l.lock();
-      if (!r.ok()) s.err = r.error().message();
-      s.done = true;
-      done_cv.notify_all();
     }
     ZSTD_freeCCtx(cctx);
   }
@@ -219,52 +227,46 @@ Result<void> BlobWriter::Emit(const std::vector<Piece>& pieces) {
     return Ok();
   }
   Pool& pool = *pool_;
-  pool.owner = this;  // the writer may have moved since SetThreads
-  for (size_t base = 0; base < pieces.size(); base += pool.slots.size()) {
-    size_t n = std::min(pool.slots.size(), pieces.size() - base);
-    {
-      std::lock_guard<std::mutex> l(pool.mu);
-      for (size_t i = 0; i < n; i++) {
-        pool.slots[i].piece = pieces[base + i];
-        pool.slots[i].done = false;
-        pool.slots[i].err.clear();
-      }
-      pool.count = n;
-      pool.next = 0;
-    }
-    pool.work_cv.notify_all();
-    Result<void> failed;
-    std::unique_lock<std::mutex> l(pool.mu);
-    for (size_t w = 0; w < n;) {
-      Pool::Slot& s = pool.slots[w];
-      if (s.done) {
-        l.unlock();
-        if (failed.ok()) {
-          if (!s.err.empty())
-            failed = MakeError(ErrorKind::kGeneric, 0, "%s", s.err.c_str());
-          else
-            failed = put(s.piece, s.out.data(), s.zlen);
-        }
-        l.lock();
-        w++;
-      } else if (pool.next < pool.count) {
-        size_t i = pool.next++;
-        Pool::Slot& mine = pool.slots[i];
-        l.unlock();
-        auto r = CompressOne(cctx_.get(), mine.piece, &mine.out, &mine.zlen);
-        l.lock();
-        if (!r.ok()) mine.err = r.error().message();
-        mine.done = true;
-      } else {
-        pool.done_cv.wait(l, [&] { return s.done; });
-      }
-    }
-    // Every slot is done here (w reached n), so no worker touches the caller's data any more.
-    pool.count = 0;
-    pool.next = 0;
-    if (!failed.ok()) return failed;
+  {
+    std::lock_guard<std::mutex> l(pool.mu);
+    pool.owner = this;  // the writer may have moved since SetThreads
+    pool.pieces = &pieces;
+    pool.total = pieces.size();
+    pool.next = pool.written = 0;
+    for (auto& slot : pool.slots) slot.done = false;
   }
-  return Ok();
+  pool.work_cv.notify_all();
+  Result<void> failed;
+  std::unique_lock<std::mutex> l(pool.mu);
+  while (pool.written < pool.total) {
+    Pool::Slot& s = pool.slots[pool.written % pool.slots.size()];
+    if (s.done) {
+      // Write it (after a failure, only drain: workers may still use the caller's data).
+      l.unlock();
+      if (failed.ok()) {
+        if (!s.err.empty())
+          failed = MakeError(ErrorKind::kGeneric, 0, "%s", s.err.c_str());
+        else
+          failed = put(pieces[pool.written], s.out.data(), s.zlen);
+      }
+      l.lock();
+      s.done = false;
+      s.err.clear();
+      pool.written++;
+      pool.work_cv.notify_all();  // a slot is free
+    } else if (pool.CanTake()) {
+      size_t j = pool.next++;
+      l.unlock();
+      pool.Compress(cctx_.get(), j);
+      l.lock();
+    } else {
+      pool.done_cv.wait(l, [&] { return s.done; });
+    }
+  }
+  // Every piece is written or drained: no worker touches the caller's data any more.
+  pool.total = pool.next = pool.written = 0;
+  pool.pieces = nullptr;
+  return failed;
 }
 
 Result<uint64_t> BlobWriter::Append(const void* data, size_t len) {

@@ -289,6 +289,47 @@ TEST_F(ImagesTest, BlobGatherAndThreads) {
   EXPECT_LT(files[0].size(), files[2].size());
 }
 
+TEST_F(ImagesTest, EdgeCases) {
+  EXPECT_EQ(Crc32cCombine(0x12345678, 0, 0), 0x12345678u);
+  auto sink = OpenDirSink(dir_);
+  ASSERT_TRUE(sink.ok());
+  auto w = BlobWriter::Create(**sink, "empty-blob.img", Compression::kZstd);
+  ASSERT_TRUE(w.ok());
+  auto at = w->Append("", 0);
+  ASSERT_TRUE(at.ok());
+  EXPECT_EQ(*at, 0u);
+  ASSERT_TRUE(w->Close().ok());
+  EXPECT_FALSE(w->Close().ok());
+  EXPECT_FALSE(w->Append("x", 1).ok());
+  EXPECT_FALSE(BlobWriter::Create(**sink, "bad-level.img", Compression::kZstd, 99).ok());
+  auto iw = ImageWriter::Create(**sink, "x.img");
+  ASSERT_TRUE(iw.ok());
+  ASSERT_TRUE(iw->Close().ok());
+  EXPECT_FALSE(iw->Close().ok());
+  EXPECT_FALSE(iw->Write(File("a", 1)).ok());
+  ASSERT_TRUE((*sink)->Finish(NewInventory()).ok());
+  EXPECT_FALSE((*sink)->Finish(NewInventory()).ok());
+  auto set = ImageSet::Open(dir_);
+  ASSERT_TRUE(set.ok());
+  auto b = set->OpenBlob("empty-blob.img");
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ((*b)->logical_size(), 0u);
+  EXPECT_TRUE((*b)->Read(0, nullptr, 0).ok());
+  char c;
+  EXPECT_FALSE((*b)->Read(0, &c, 1).ok());
+  // An object image is not a blob and vice versa.
+  auto wrong = set->OpenBlob("x.img");
+  ASSERT_FALSE(wrong.ok());
+  EXPECT_EQ(wrong.error().kind(), ErrorKind::kBadImage);
+  auto wrong2 = set->OpenImage("empty-blob.img");
+  ASSERT_FALSE(wrong2.ok());
+  EXPECT_EQ(wrong2.error().kind(), ErrorKind::kBadImage);
+  // The user's directory argument that does not exist is "not found", not a bad image.
+  auto none = ImageSet::Open(dir_ + "/nope");
+  ASSERT_FALSE(none.ok());
+  EXPECT_EQ(none.error().kind(), ErrorKind::kNotFound);
+}
+
 // ---- sinks
 
 TEST_F(ImagesTest, AbortRemovesEverything) {
