@@ -89,8 +89,11 @@ void PrintHuman(const nlohmann::json& out) {
     }
     printf("  %-24s %10s  %s%s\n", name.c_str(), size.c_str(), what.c_str(),
            f["listed"].get<bool>() ? "" : "  [not in inventory]");
-    if (f.contains("summaries"))
+    if (f.contains("summaries")) {
       for (const auto& s : f["summaries"]) printf("      %s\n", s.get<std::string>().c_str());
+      uint64_t more = U64(f["records"]) - f["summaries"].size();
+      if (more) printf("      ... %llu more\n", static_cast<unsigned long long>(more));
+    }
     if (f.contains("error")) printf("      error: %s\n", f["error"].get<std::string>().c_str());
   }
   if (!out["damage"].empty()) {

@@ -84,6 +84,8 @@ TEST_F(InspectTest, HumanSummary) {
   EXPECT_NE(r.out.find("files-7.img"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("3 records of godwit.img.ImageFile"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("0 records of (none)"), std::string::npos) << r.out;
+  // Types without a registered summary get one from reflection.
+  EXPECT_NE(r.out.find("name=\"entry2\" size=102"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("blob: 2 chunks (2 zstd), 5.0 MiB logical"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("cpu features: fpu"), std::string::npos) << r.out;
 }
