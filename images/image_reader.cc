@@ -8,12 +8,15 @@
 #include <zstd.h>
 
 #include <google/protobuf/message.h>
+#include <google/protobuf/stubs/logging.h>
 
 #include <algorithm>
+#include <mutex>
 #include <set>
 #include <thread>
 
 #include "common/fs.h"
+#include "common/log.h"
 #include "images/crc32c.h"
 #include "images/format.h"
 #include "images/image.h"
@@ -118,6 +121,18 @@ Result<uint32_t> FileCrc(int fd, const std::string& name, uint64_t size) {
   return Crc32cCombine(*first, *second, size - half);
 }
 
+// libprotobuf prints parse complaints (invalid UTF-8 in a string field of a damaged image) to
+// stderr; route them to the debug log: the reader reports the failure itself.
+void QuietProtobufLogs() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    google::protobuf::SetLogHandler([](google::protobuf::LogLevel level, const char* file,
+                                       int line, const std::string& msg) {
+      LOG_DEBUG("protobuf %s:%d: %s", file, line, msg.c_str());
+    });
+  });
+}
+
 }  // namespace
 
 FileKind ProbeKind(std::string_view head) {
@@ -129,6 +144,7 @@ FileKind ProbeKind(std::string_view head) {
 // ---- ImageReader
 
 Result<ImageReader> ImageReader::FromBuffer(std::string name, std::string data) {
+  QuietProtobufLogs();
   ImageReader r;
   r.name_ = std::move(name);
   r.data_ = std::move(data);
