@@ -175,7 +175,8 @@ class ImageReader {
 // Random access to a blob file written by BlobWriter.
 class BlobReader {
  public:
-  // Reads logical [offset, offset+len) into dst, verifying chunk checksums.
+  // Reads logical [offset, offset+len) into dst, verifying chunk checksums (unless the blob comes
+  // from a verified set, whose whole-file checksums cover them).
   Result<void> Read(uint64_t offset, void* dst, size_t len);
   uint64_t logical_size() const;
   // For raw (uncompressed) blobs: the file offset where logical offset lies contiguously for len
@@ -245,6 +246,14 @@ class ImageSet {
   static Result<ImageSet> Open(const std::string& dir);
   // Opens dir without verifying checksums (for `inspect` on damaged images).
   static Result<ImageSet> OpenUnverified(const std::string& dir);
+  // Like Open, but the checksums of large files (64 MiB and more: page blobs) are computed on a
+  // background thread while the caller goes on (restoring memory on the other core); the
+  // inventory, every file's presence and size and the small files' checksums are checked before
+  // it returns. Call WaitVerified() before the point of no return (before the restored tree
+  // runs): it returns the first bad file. Blobs read meanwhile are not re-checked per chunk.
+  static Result<ImageSet> OpenDeferred(const std::string& dir);
+  // Ok for a set from Open; waits for OpenDeferred's check; an error for OpenUnverified.
+  Result<void> WaitVerified() const;
 
   const img::Inventory& inventory() const { return inventory_; }
   const std::string& dir() const { return dir_; }
@@ -263,9 +272,12 @@ class ImageSet {
 
  private:
   static Result<ImageSet> Load(const std::string& dir);
+  static Result<ImageSet> OpenChecked(const std::string& dir, bool defer);
+  struct Pending;
   std::string dir_;
   img::Inventory inventory_;
   bool verified_ = false;
+  std::shared_ptr<Pending> pending_;  // OpenDeferred's background check
 };
 
 // What a file in an image directory holds, from its magic.

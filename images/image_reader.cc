@@ -106,10 +106,10 @@ Result<uint32_t> RangeCrc(int fd, const std::string& name, uint64_t off, uint64_
 
 // crc32c of a whole file. Large files (page blobs) are checksummed by two threads, each over
 // one half, joined with Crc32cCombine: verification is on the restore's critical path.
-Result<uint32_t> FileCrc(int fd, const std::string& name, uint64_t size) {
+Result<uint32_t> FileCrc(int fd, const std::string& name, uint64_t size, bool parallel = true) {
   posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
   constexpr uint64_t kParallelMin = 64 << 20;
-  if (size < kParallelMin || std::thread::hardware_concurrency() < 2)
+  if (!parallel || size < kParallelMin || std::thread::hardware_concurrency() < 2)
     return RangeCrc(fd, name, 0, size, size);
   uint64_t half = size / 2;
   Result<uint32_t> second = 0u;
@@ -467,8 +467,35 @@ Result<ImageSet> ImageSet::Load(const std::string& dir) {
 
 Result<ImageSet> ImageSet::OpenUnverified(const std::string& dir) { return Load(dir); }
 
-Result<ImageSet> ImageSet::Open(const std::string& dir) {
+struct ImageSet::Pending {
+  std::mutex mu;
+  std::thread thread;
+  Result<void> result;
+  ~Pending() {
+    if (thread.joinable()) thread.join();
+  }
+};
+
+namespace {
+constexpr uint64_t kDeferMin = 64 << 20;
+
+// parallel: split a large file over two threads (not for the background check, which is meant
+// to leave one core to the caller).
+Result<void> CheckCrc(const std::string& dir, int fd, const img::ImageFile& f, bool parallel) {
+  auto crc = FileCrc(fd, f.name(), f.size(), parallel);
+  if (!crc.ok()) return std::move(crc.error().wrap(dir));
+  if (*crc != f.crc32c())
+    return MakeError(ErrorKind::kBadImage, 0,
+                     "%s: %s: checksum mismatch (crc32c 0x%08x, inventory says 0x%08x; offset "
+                     "unknown: the whole file is checksummed)",
+                     dir.c_str(), f.name().c_str(), *crc, f.crc32c());
+  return Ok();
+}
+}  // namespace
+
+Result<ImageSet> ImageSet::OpenChecked(const std::string& dir, bool defer) {
   ASSIGN_OR_RETURN(ImageSet s, Load(dir));
+  std::vector<std::pair<UniqueFd, img::ImageFile>> later;
   for (const auto& f : s.inventory_.files()) {
     std::string path = dir + "/" + f.name();
     uint64_t size;
@@ -479,16 +506,38 @@ Result<ImageSet> ImageSet::Open(const std::string& dir) {
                        dir.c_str(), f.name().c_str(), static_cast<unsigned long long>(size),
                        static_cast<unsigned long long>(f.size()),
                        static_cast<unsigned long long>(std::min<uint64_t>(size, f.size())));
-    auto crc = FileCrc(fd->get(), f.name(), f.size());
-    if (!crc.ok()) return std::move(crc.error().wrap(dir));
-    if (*crc != f.crc32c())
-      return MakeError(ErrorKind::kBadImage, 0,
-                       "%s: %s: checksum mismatch (crc32c 0x%08x, inventory says 0x%08x; offset "
-                       "unknown: the whole file is checksummed)",
-                       dir.c_str(), f.name().c_str(), *crc, f.crc32c());
+    if (defer && size >= kDeferMin)
+      later.emplace_back(std::move(*fd), f);
+    else
+      TRY(CheckCrc(dir, fd->get(), f, true));
   }
   s.verified_ = true;
+  if (!later.empty()) {
+    s.pending_ = std::make_shared<Pending>();
+    Pending* p = s.pending_.get();
+    p->thread = std::thread([p, dir, later = std::move(later)] {
+      Result<void> r;
+      for (const auto& [fd, f] : later) {
+        r = CheckCrc(dir, fd.get(), f, false);
+        if (!r.ok()) break;
+      }
+      p->result = std::move(r);  // read only after join
+    });
+  }
   return s;
+}
+
+Result<ImageSet> ImageSet::Open(const std::string& dir) { return OpenChecked(dir, false); }
+Result<ImageSet> ImageSet::OpenDeferred(const std::string& dir) { return OpenChecked(dir, true); }
+
+Result<void> ImageSet::WaitVerified() const {
+  if (!verified_)
+    return MakeError(ErrorKind::kGeneric, 0, "%s was opened without verification", dir_.c_str());
+  if (!pending_) return Ok();
+  // The result is final once the thread is joined; mu serialises concurrent waiters.
+  std::lock_guard<std::mutex> l(pending_->mu);
+  if (pending_->thread.joinable()) pending_->thread.join();
+  return pending_->result;
 }
 
 std::vector<Error> ImageSet::Verify() const {

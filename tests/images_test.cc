@@ -528,6 +528,47 @@ TEST_F(BadImageTest, FlippedByteNamesFile) {
   EXPECT_NE(u.error().message().find("checksum"), std::string::npos);
 }
 
+TEST_F(ImagesTest, DeferredVerification) {
+  auto sink = OpenDirSink(dir_);
+  ASSERT_TRUE(sink.ok());
+  ASSERT_TRUE(WriteImage(**sink, "small.img", File("a", 1)).ok());
+  auto w = BlobWriter::Create(**sink, "big.img", Compression::kNone);
+  ASSERT_TRUE(w.ok());
+  std::string data = RandomBytes(65 << 20, 9);
+  ASSERT_TRUE(w->Append(data.data(), data.size()).ok());
+  ASSERT_TRUE(w->Close().ok());
+  ASSERT_TRUE((*sink)->Finish(NewInventory()).ok());
+  {
+    auto set = ImageSet::OpenDeferred(dir_);
+    ASSERT_TRUE(set.ok()) << set.error().to_string();
+    auto b = set->OpenBlob("big.img");
+    ASSERT_TRUE(b.ok());
+    EXPECT_TRUE(set->WaitVerified().ok());
+    EXPECT_TRUE(set->WaitVerified().ok());  // twice is fine
+  }
+  auto unverified = ImageSet::OpenUnverified(dir_);
+  ASSERT_TRUE(unverified.ok());
+  EXPECT_FALSE(unverified->WaitVerified().ok());
+  // Damage in the big file shows at WaitVerified, naming it.
+  int fd = open(Path("big.img").c_str(), O_RDWR);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(pwrite(fd, "X", 1, 40 << 20), 1);
+  close(fd);
+  {
+    auto set = ImageSet::OpenDeferred(dir_);
+    ASSERT_TRUE(set.ok());
+    auto r = set->WaitVerified();
+    ExpectBad(r, "big.img", false);
+  }
+  // Damage in a small file fails at once.
+  fd = open(Path("small.img").c_str(), O_RDWR);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(pwrite(fd, "X", 1, 20), 1);
+  close(fd);
+  auto set = ImageSet::OpenDeferred(dir_);
+  ExpectBad(set.ok() ? Result<void>() : Result<void>(set.error()), "small.img", false);
+}
+
 TEST_F(BadImageTest, FlippedByteInZstdChunk) {
   Flip("pages-2.img", format::kBlobHeaderSize + sizeof(format::ChunkHeader) + 20);
   ExpectBad(OpenVerified(dir_), "pages-2.img", false);
