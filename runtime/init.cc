@@ -385,12 +385,14 @@ void Run(const Plan& plan) {
   envp.push_back(nullptr);
 
   // 7. Ready. Block on exec.fifo until `start` writes a byte (`run` does it at once).
+  // Detached containers outlive `godwit create`: stop dying with it before saying ready (the
+  // parent may exit right after reading the reply).
+  ::prctl(PR_SET_PDEATHSIG, 0, 0, 0, 0);
   Reply ok;
   ok.ok = 1;
   if (::write(plan.sync_fd, &ok, sizeof(ok)) != sizeof(ok)) _exit(1);
   ::close(plan.sync_fd);
   g_plan = nullptr;
-  ::prctl(PR_SET_PDEATHSIG, 0, 0, 0, 0);  // detached containers outlive `godwit create`
   char byte;
   ssize_t n;
   do {
