@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/fs.h"
+#include "images/format.h"
 #include "images/image.h"
 
 namespace godwit::images {
@@ -167,6 +168,42 @@ TEST_F(InspectTest, FlippedBlobByteIsLocated) {
   EXPECT_NE(r.out.find("pages-7.img: checksum mismatch"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("chunk checksum mismatch (chunk of logical [4194304,"), std::string::npos)
       << r.out;
+}
+
+// Every message type of proto/*.proto is known to the godwit binary: an image of any type is
+// decoded, not shown as "type not known".
+TEST(Inspect, DecodesEveryImageType) {
+  std::string dir = StrFormat("/dev/shm/godwit-inspect-types-%d", getpid());
+  (void)fs::RemoveAll(dir);
+  ASSERT_TRUE(fs::MkdirAll(dir).ok());
+  auto protos = fs::ListDir(std::string(GODWIT_SOURCE_DIR) + "/proto");
+  ASSERT_TRUE(protos.ok());
+  int n = 0;
+  for (const auto& p : *protos) {
+    if (p.size() < 6 || p.substr(p.size() - 6) != ".proto") continue;
+    auto text = fs::ReadFile(std::string(GODWIT_SOURCE_DIR) + "/proto/" + p);
+    ASSERT_TRUE(text.ok());
+    for (const auto& line : fs::Split(*text, '\n')) {
+      if (line.rfind("message ", 0) != 0) continue;  // top-level messages only
+      std::string name = fs::Trim(line.substr(8, line.find('{') - 8));
+      // One zero-length record: a valid encoding of any proto3 message.
+      std::string img = format::ImageHeader("godwit.img." + name, kFormatVersion);
+      img.append(4, '\0');
+      ASSERT_TRUE(fs::WriteFile(dir + "/" + name + ".img", img).ok());
+      n++;
+    }
+  }
+  ASSERT_GT(n, 1);
+  CmdResult r = Godwit({"inspect", "--json", dir}, dir);
+  (void)fs::RemoveAll(dir);
+  auto j = nlohmann::json::parse(r.out, nullptr, false);
+  ASSERT_FALSE(j.is_discarded()) << r.out << r.err;
+  ASSERT_EQ(j["files"].size(), static_cast<size_t>(n));
+  for (const auto& f : j["files"]) {
+    EXPECT_FALSE(f.contains("note")) << f["type"] << ": " << f["note"];
+    EXPECT_EQ(f["records"], 1) << f["type"];
+    EXPECT_EQ(f["records_json"].size(), 1u) << f["type"];
+  }
 }
 
 TEST(Inspect, MissingDirAndUsage) {
