@@ -1,4 +1,4 @@
-// `godwit inspect DIR [--json]`: what an image directory holds, like CRIU's crit. The human
+// `godwit inspect DIR [IMAGE...] [--json]`: what an image directory holds, like CRIU's crit. The human
 // form is a summary; --json gives every record of every object image decoded. A damaged
 // directory still shows what can be read, and the damage makes the exit code non-zero.
 #include <time.h>
@@ -118,11 +118,12 @@ int Inspect(Global& global, const std::vector<std::string>& args) {
   ArgSpec spec;
   auto parsed = ParseArgs(args, spec);
   if (!parsed.ok()) return ReportError(global, "inspect", parsed.error());
-  if (parsed->positionals.size() != 1)
+  if (parsed->positionals.empty())
     return ReportError(global, "inspect",
-                       MakeError(ErrorKind::kUsage, 0, "usage: godwit inspect DIR [--json]"));
+                       MakeError(ErrorKind::kUsage, 0, "usage: godwit inspect DIR [IMAGE...] [--json]"));
   const std::string& dir = parsed->positionals[0];
   images::InspectOptions opts;
+  opts.only.assign(parsed->positionals.begin() + 1, parsed->positionals.end());
   opts.decode_records = global.json;
   opts.summaries = !global.json;
   std::vector<Error> damage;
@@ -140,7 +141,8 @@ int Inspect(Global& global, const std::vector<std::string>& args) {
 
 }  // namespace
 
-GODWIT_COMMAND(inspect, "inspect", "inspect DIR [--json]",
+// With IMAGE names, only those files are shown (the inventory and its verification still are).
+GODWIT_COMMAND(inspect, "inspect", "inspect DIR [IMAGE...] [--json]",
                "show what an image directory holds (every record decoded with --json)", Inspect);
 
 }  // namespace godwit::cli

@@ -216,7 +216,15 @@ Result<nlohmann::json> InspectDir(const std::string& dir, const InspectOptions& 
         std::find(listed.begin(), listed.end(), n) == listed.end())
       order.push_back(n);
   nlohmann::json files = nlohmann::json::array();
+  for (const auto& name : opts.only) {
+    if (std::find(order.begin(), order.end(), name) == order.end()) {
+      Error e = MakeError(ErrorKind::kNotFound, 0, "%s: no image %s", dir.c_str(), name.c_str());
+      damage->push_back(e);
+    }
+  }
   for (const auto& name : order) {
+    if (!opts.only.empty() && std::find(opts.only.begin(), opts.only.end(), name) == opts.only.end())
+      continue;
     nlohmann::json f;
     f["name"] = name;
     f["listed"] = std::find(listed.begin(), listed.end(), name) != listed.end();

@@ -31,6 +31,7 @@ struct InspectOptions {
   bool summaries = false;      // put one-line summaries into "summaries" (registered ones, or
                                // the set fields of the record)
   size_t max_summaries = 5;    // per file
+  std::vector<std::string> only;  // if not empty: show only these files (all are still verified)
 };
 
 // Returns

@@ -114,6 +114,18 @@ TEST_F(InspectTest, JsonDecodesEveryRecord) {
   EXPECT_TRUE(j["damage"].empty());
 }
 
+TEST_F(InspectTest, OnlyNamedImages) {
+  CmdResult r = Godwit({"inspect", "--json", dir_, "files-7.img"}, dir_);
+  ASSERT_EQ(r.status, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out, nullptr, false);
+  ASSERT_FALSE(j.is_discarded());
+  ASSERT_EQ(j["files"].size(), 1u);
+  EXPECT_EQ(j["files"][0]["name"], "files-7.img");
+  CmdResult missing = Godwit({"inspect", dir_, "nope.img"}, dir_);
+  EXPECT_EQ(missing.status, 3) << missing.err;
+  EXPECT_NE(missing.err.find("nope.img"), std::string::npos);
+}
+
 TEST_F(InspectTest, DamagedDirectory) {
   // A flipped byte in a record, a missing blob and a stray file.
   int fd = open((dir_ + "/files-7.img").c_str(), O_RDWR);
