@@ -49,6 +49,11 @@ class Output {
   }
   // Flushes and seals the file; its size and checksum go into the inventory.
   virtual Result<void> Close() = 0;
+  // Makes room for about bytes more of output ahead of time. On tmpfs, allocating pages costs
+  // most of a write (~0.45 s per GiB on this VM, ~0.14 s to copy into allocated ones), so a
+  // dumper that reserves before it freezes the tree shortens the frozen time. What is not used
+  // is released at Close. A no-op where it does not apply (a socket).
+  virtual Result<void> Reserve(uint64_t bytes) { return Ok(); }
 };
 
 // Where a dump writes. Thread-compatible: one writer per Output, Create/Finish from one thread.
@@ -102,6 +107,9 @@ class BlobWriter {
   // caller. The file is the same whatever n is. No effect on raw blobs.
   Result<void> SetThreads(int n);
   Result<uint64_t> Append(const void* data, size_t len);
+  // Reserves output space for logical_bytes more of raw data (chunk headers included); see
+  // Output::Reserve. For zstd blobs, pass an estimate; the excess is released at Close.
+  Result<void> Reserve(uint64_t logical_bytes);
   // Writes what is gathered and closes the output.
   Result<void> Close();
   uint64_t logical_size() const { return logical_; }

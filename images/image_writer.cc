@@ -302,6 +302,14 @@ Result<uint64_t> BlobWriter::Append(const void* data, size_t len) {
   return start;
 }
 
+Result<void> BlobWriter::Reserve(uint64_t logical_bytes) {
+  if (!out_) return MakeError(ErrorKind::kGeneric, 0, "blob %s: reserve after close", name_.c_str());
+  uint64_t chunks = logical_bytes / format::kMaxChunk + 2;
+  TRY_CTX(out_->Reserve(logical_bytes + chunks * sizeof(format::ChunkHeader)), "blob %s",
+          name_.c_str());
+  return Ok();
+}
+
 Result<void> BlobWriter::Close() {
   if (!out_) return MakeError(ErrorKind::kGeneric, 0, "blob %s: closed twice", name_.c_str());
   Result<void> r;

@@ -75,9 +75,24 @@ class FileOutput : public Output {
     return Put(data, len);
   }
 
+  Result<void> Reserve(uint64_t bytes) override {
+    if (!fd_) return MakeError(ErrorKind::kGeneric, 0, "%s: reserve after close", path_.c_str());
+    if (bytes == 0) return Ok();
+    if (::fallocate(fd_.get(), FALLOC_FL_KEEP_SIZE, size_, bytes) < 0) {
+      if (errno == EOPNOTSUPP || errno == ENOSYS) return Ok();  // a file system without it
+      return Errno("reserve %llu bytes for %s", static_cast<unsigned long long>(bytes),
+                   path_.c_str());
+    }
+    reserved_ = true;
+    return Ok();
+  }
+
   Result<void> Close() override {
     if (!fd_) return MakeError(ErrorKind::kGeneric, 0, "%s: closed twice", path_.c_str());
     TRY(Flush());
+    // Release what was reserved and not used: truncating to the size drops blocks beyond it.
+    if (reserved_ && ::ftruncate(fd_.get(), static_cast<off_t>(size_)) < 0)
+      return Errno("truncate %s", path_.c_str());
     if (::close(fd_.release()) < 0) return Errno("close %s", path_.c_str());
     img::ImageFile f;
     f.set_name(name_);
@@ -119,6 +134,7 @@ class FileOutput : public Output {
   size_t used_ = 0;
   uint64_t size_ = 0;
   uint32_t crc_ = 0;
+  bool reserved_ = false;
 };
 
 bool StartsWithMagic(const std::string& path) {

@@ -378,6 +378,30 @@ TEST(Images, AnySinkWorks) {
   EXPECT_TRUE(back == data);
 }
 
+TEST_F(ImagesTest, ReserveReleasesTheUnused) {
+  auto sink = OpenDirSink(dir_);
+  ASSERT_TRUE(sink.ok());
+  auto w = BlobWriter::Create(**sink, "pages.img", Compression::kNone);
+  ASSERT_TRUE(w.ok());
+  ASSERT_TRUE(w->Reserve(64 << 20).ok());
+  struct stat st;
+  ASSERT_EQ(stat(Path("pages.img").c_str(), &st), 0);
+  EXPECT_GE(st.st_blocks * 512, 64 << 20);  // allocated ahead (tmpfs supports fallocate)
+  std::string data = RandomBytes(3 << 20, 2);
+  ASSERT_TRUE(w->Append(data.data(), data.size()).ok());
+  ASSERT_TRUE(w->Close().ok());
+  ASSERT_TRUE((*sink)->Finish(NewInventory()).ok());
+  ASSERT_EQ(stat(Path("pages.img").c_str(), &st), 0);
+  EXPECT_LT(st.st_blocks * 512, 4 << 20);  // the rest was released
+  auto set = ImageSet::Open(dir_);
+  ASSERT_TRUE(set.ok()) << set.error().to_string();
+  auto b = set->OpenBlob("pages.img");
+  ASSERT_TRUE(b.ok());
+  std::string back(data.size(), '\0');
+  ASSERT_TRUE((*b)->Read(0, back.data(), back.size()).ok());
+  EXPECT_TRUE(back == data);
+}
+
 // ---- sinks
 
 TEST_F(ImagesTest, AbortRemovesEverything) {
