@@ -1,13 +1,12 @@
-// `godwit inspect DIR [IMAGE...] [--json]`: what an image directory holds, like CRIU's crit. The human
-// form is a summary; --json gives every record of every object image decoded. A damaged
+// `godwit inspect DIR [IMAGE...] [--json]`: what an image directory holds, like CRIU's crit. The
+// human form is a summary; --json gives every record of every object image decoded. A damaged
 // directory still shows what can be read, and the damage makes the exit code non-zero.
 #include <time.h>
 
 #include <cstdio>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "cli/command.h"
 #include "common/args.h"
@@ -48,7 +47,7 @@ std::string Str(const nlohmann::json& j, const char* key) {
 
 void PrintHuman(const nlohmann::json& out) {
   printf("image directory %s: %s\n", out["dir"].get<std::string>().c_str(),
-         !out["complete"].get<bool>() ? "INCOMPLETE (no valid inventory)"
+         !out["complete"].get<bool>()  ? "INCOMPLETE (no valid inventory)"
          : out["verified"].get<bool>() ? "complete, all checksums match"
                                        : "DAMAGED");
   if (out.contains("inventory")) {
@@ -119,8 +118,9 @@ int Inspect(Global& global, const std::vector<std::string>& args) {
   auto parsed = ParseArgs(args, spec);
   if (!parsed.ok()) return ReportError(global, "inspect", parsed.error());
   if (parsed->positionals.empty())
-    return ReportError(global, "inspect",
-                       MakeError(ErrorKind::kUsage, 0, "usage: godwit inspect DIR [IMAGE...] [--json]"));
+    return ReportError(
+        global, "inspect",
+        MakeError(ErrorKind::kUsage, 0, "usage: godwit inspect DIR [IMAGE...] [--json]"));
   const std::string& dir = parsed->positionals[0];
   images::InspectOptions opts;
   opts.only.assign(parsed->positionals.begin() + 1, parsed->positionals.end());

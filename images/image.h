@@ -87,12 +87,13 @@ class ImageWriter {
   std::unique_ptr<Output> out_;
   std::string name_;
   std::string buf_;
-  std::string type_;     // the records' type, fixed by the first Write (header written then)
+  std::string type_;  // the records' type, fixed by the first Write (header written then)
   bool header_ = false;
 };
 
 // Writes one message as a whole image.
-Result<void> WriteImage(Sink& sink, const std::string& name, const google::protobuf::MessageLite& msg);
+Result<void> WriteImage(Sink& sink, const std::string& name,
+                        const google::protobuf::MessageLite& msg);
 
 // Bulk data file, chunked (up to 4 MiB per chunk; a zstd frame or raw bytes, with crc32c).
 // Append returns the logical offset of the data in the stream, which the caller records in its
@@ -241,7 +242,7 @@ class BlobReader {
   bool verified_ = false;
   uint64_t file_size_ = 0;
   std::vector<Chunk> chunks_;
-  void* dctx_ = nullptr;  // ZSTD_DCtx, reused
+  void* dctx_ = nullptr;       // ZSTD_DCtx, reused
   std::vector<char> scratch_;  // stored bytes of a chunk
   std::vector<char> plain_;    // the last decompressed (or verified raw) chunk
   int64_t plain_chunk_ = -1;   // which chunk plain_ holds

@@ -2,13 +2,12 @@
 // limit and by the file's end) before it is used, and every error is kBadImage naming the file
 // and the offset. The fuzz target (fuzz/images_fuzz.cc) drives these parsers from raw bytes.
 #include <fcntl.h>
+#include <google/protobuf/message.h>
+#include <google/protobuf/stubs/logging.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zstd.h>
-
-#include <google/protobuf/message.h>
-#include <google/protobuf/stubs/logging.h>
 
 #include <algorithm>
 #include <mutex>
@@ -51,8 +50,10 @@ Result<UniqueFd> OpenRegular(const std::string& path, const std::string& name, u
                      err == ENOENT ? "missing (listed in the inventory)" : "open");
   }
   struct stat st;
-  if (::fstat(fd.get(), &st) < 0) return MakeError(ErrorKind::kBadImage, errno, "%s: stat", name.c_str());
-  if (!S_ISREG(st.st_mode)) return MakeError(ErrorKind::kBadImage, 0, "%s: not a regular file", name.c_str());
+  if (::fstat(fd.get(), &st) < 0)
+    return MakeError(ErrorKind::kBadImage, errno, "%s: stat", name.c_str());
+  if (!S_ISREG(st.st_mode))
+    return MakeError(ErrorKind::kBadImage, 0, "%s: not a regular file", name.c_str());
   *size = st.st_size;
   return fd;
 }
@@ -126,17 +127,18 @@ Result<uint32_t> FileCrc(int fd, const std::string& name, uint64_t size, bool pa
 void QuietProtobufLogs() {
   static std::once_flag once;
   std::call_once(once, [] {
-    google::protobuf::SetLogHandler([](google::protobuf::LogLevel level, const char* file,
-                                       int line, const std::string& msg) {
-      LOG_DEBUG("protobuf %s:%d: %s", file, line, msg.c_str());
-    });
+    google::protobuf::SetLogHandler(
+        [](google::protobuf::LogLevel level, const char* file, int line, const std::string& msg) {
+          LOG_DEBUG("protobuf %s:%d: %s", file, line, msg.c_str());
+        });
   });
 }
 
 }  // namespace
 
 FileKind ProbeKind(std::string_view head) {
-  if (head.size() >= 8 && memcmp(head.data(), format::kImageMagic, 8) == 0) return FileKind::kObject;
+  if (head.size() >= 8 && memcmp(head.data(), format::kImageMagic, 8) == 0)
+    return FileKind::kObject;
   if (head.size() >= 8 && memcmp(head.data(), format::kBlobMagic, 8) == 0) return FileKind::kBlob;
   return FileKind::kUnknown;
 }
@@ -275,7 +277,8 @@ Result<void> BlobReader::BuildIndex() {
   if (memcmp(h, format::kBlobMagic, 8) != 0) return Bad(name_, 0, "not a blob file (bad magic)");
   uint32_t version = format::GetU32(h + 8);
   if (version != kFormatVersion)
-    return Bad(name_, 8, "format version %u, this godwit reads version %u", version, kFormatVersion);
+    return Bad(name_, 8, "format version %u, this godwit reads version %u", version,
+               kFormatVersion);
   if (format::GetU32(h + 12) != 0) return Bad(name_, 12, "unknown blob flags");
   const uint64_t max_zstd = ZSTD_compressBound(format::kMaxChunk);
   uint64_t off = sizeof(h), logical = 0;
@@ -284,7 +287,8 @@ Result<void> BlobReader::BuildIndex() {
     if (file_size_ - off < sizeof(c)) return Bad(name_, off, "truncated chunk header");
     TRY(ReadAt(off, &c, sizeof(c)));
     bool zstd = c.kind == format::kChunkZstd;
-    if (!zstd && c.kind != format::kChunkRaw) return Bad(name_, off, "bad chunk magic 0x%08x", c.kind);
+    if (!zstd && c.kind != format::kChunkRaw)
+      return Bad(name_, off, "bad chunk magic 0x%08x", c.kind);
     if (c.logical_off != logical)
       return Bad(name_, off, "chunk at logical offset %llu, expected %llu",
                  static_cast<unsigned long long>(c.logical_off),
@@ -296,8 +300,8 @@ Result<void> BlobReader::BuildIndex() {
     if (c.stored_len > file_size_ - off - sizeof(c))
       return Bad(name_, off, "truncated chunk: %u stored bytes, %llu left", c.stored_len,
                  static_cast<unsigned long long>(file_size_ - off - sizeof(c)));
-    chunks_.push_back(Chunk{c.logical_off, c.logical_len, off + sizeof(c), c.stored_len, c.crc32c,
-                            zstd});
+    chunks_.push_back(
+        Chunk{c.logical_off, c.logical_len, off + sizeof(c), c.stored_len, c.crc32c, zstd});
     logical += c.logical_len;
     off += sizeof(c) + c.stored_len;
   }
@@ -412,7 +416,8 @@ Result<void> BlobReader::Read(uint64_t offset, void* dst, size_t len) {
   return Ok();
 }
 
-Result<std::vector<BlobReader::Extent>> BlobReader::RawExtents(uint64_t offset, uint64_t len) const {
+Result<std::vector<BlobReader::Extent>> BlobReader::RawExtents(uint64_t offset,
+                                                               uint64_t len) const {
   uint64_t size = logical_size();
   if (offset > size || len > size - offset)
     return MakeError(ErrorKind::kBadImage, 0, "%s: range [%llu, +%llu) beyond logical size %llu",
@@ -502,8 +507,9 @@ Result<ImageSet> ImageSet::OpenChecked(const std::string& dir, bool defer) {
     auto fd = OpenRegular(path, f.name(), &size);
     if (!fd.ok()) return std::move(fd.error().wrap(dir));
     if (size != f.size())
-      return MakeError(ErrorKind::kBadImage, 0, "%s: %s: size %llu, inventory says %llu (offset %llu)",
-                       dir.c_str(), f.name().c_str(), static_cast<unsigned long long>(size),
+      return MakeError(ErrorKind::kBadImage, 0,
+                       "%s: %s: size %llu, inventory says %llu (offset %llu)", dir.c_str(),
+                       f.name().c_str(), static_cast<unsigned long long>(size),
                        static_cast<unsigned long long>(f.size()),
                        static_cast<unsigned long long>(std::min<uint64_t>(size, f.size())));
     if (defer && size >= kDeferMin)

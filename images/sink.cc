@@ -8,8 +8,8 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cstring>
 #include <climits>
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <set>
@@ -62,7 +62,10 @@ struct DirState {
 class FileOutput : public Output {
  public:
   FileOutput(std::shared_ptr<DirState> st, std::string name, std::string path, UniqueFd fd)
-      : st_(std::move(st)), name_(std::move(name)), path_(std::move(path)), fd_(std::move(fd)),
+      : st_(std::move(st)),
+        name_(std::move(name)),
+        path_(std::move(path)),
+        fd_(std::move(fd)),
         buf_(new char[kBufSize]) {}
 
   Result<void> Write(const void* data, size_t len) override {
@@ -143,8 +146,8 @@ bool StartsWithMagic(const std::string& path) {
   char head[8];
   ssize_t n = ::pread(fd, head, 8, 0);
   ::close(fd);
-  return n == 8 && (memcmp(head, format::kImageMagic, 8) == 0 ||
-                    memcmp(head, format::kBlobMagic, 8) == 0);
+  return n == 8 &&
+         (memcmp(head, format::kImageMagic, 8) == 0 || memcmp(head, format::kBlobMagic, 8) == 0);
 }
 
 class DirSink : public Sink {
@@ -224,7 +227,8 @@ Result<void> RemoveOldImages(const std::string& dir) {
         for (const auto& f : inv->files())
           if (ValidImageName(f.name())) listed.push_back(f.name());
     }
-    if (::unlink(inv_path.c_str()) < 0 && errno != ENOENT) return Errno("unlink %s", inv_path.c_str());
+    if (::unlink(inv_path.c_str()) < 0 && errno != ENOENT)
+      return Errno("unlink %s", inv_path.c_str());
   }
   for (const auto& n : listed) ::unlink((dir + "/" + n).c_str());
   ASSIGN_OR_RETURN(auto names, fs::ListDir(dir));

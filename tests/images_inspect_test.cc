@@ -2,11 +2,10 @@
 // record decoded through the type named in the image header), and a damaged directory (shown
 // as far as readable, non-zero exit).
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-#include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
 
@@ -219,7 +218,8 @@ TEST(Inspect, DecodesEveryImageType) {
 }
 
 TEST(Inspect, MissingDirAndUsage) {
-  CmdResult r = Godwit({"inspect", "/nonexistent/godwit-images"}, StrFormat("/tmp/godwit-insp-%d", getpid()));
+  CmdResult r =
+      Godwit({"inspect", "/nonexistent/godwit-images"}, StrFormat("/tmp/godwit-insp-%d", getpid()));
   EXPECT_EQ(r.status, 3) << r.err;  // not found
   CmdResult u = Godwit({"inspect"}, StrFormat("/tmp/godwit-insp-%d", getpid()));
   EXPECT_EQ(u.status, 2) << u.err;

@@ -2,10 +2,9 @@
 // and every kind of bad input (truncation, corruption, wrong magic or version, missing files,
 // absurd lengths) failing with kBadImage, the file name and the offset.
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-#include <gtest/gtest.h>
 
 #include <map>
 #include <random>
@@ -238,7 +237,9 @@ TEST_F(ImagesTest, BlobZstdRoundTrip) { BlobRoundTrip(dir_, Compression::kZstd, 
 TEST_F(ImagesTest, BlobZstdIncompressibleStoredRaw) {
   BlobRoundTrip(dir_, Compression::kZstd, 9 << 20, false);
 }
-TEST_F(ImagesTest, BlobLarge) { BlobRoundTrip(dir_, Compression::kNone, (64 << 20) + 12345, false); }
+TEST_F(ImagesTest, BlobLarge) {
+  BlobRoundTrip(dir_, Compression::kNone, (64 << 20) + 12345, false);
+}
 
 // Small appends are gathered into whole chunks, any thread count gives the same file, and
 // offsets returned by Append are right whatever the mix of sizes.
