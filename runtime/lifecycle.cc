@@ -50,8 +50,8 @@ Result<void> WriteIdMap(pid_t pid, const char* file, const std::vector<IdMap>& m
   ASSIGN_OR_RETURN(UniqueFd fd, fs::Open(path, O_WRONLY));
   if (::write(fd.get(), text.data(), text.size()) != static_cast<ssize_t>(text.size()))
     return Error(ErrorKind::kBadConfig, errno,
-                 StrFormat("write %s (linux.%s): %s", path.c_str(),
-                           file[0] == 'u' ? "uidMappings" : "gidMappings", strerror(errno)));
+                 StrFormat("write %s (linux.%s)", path.c_str(),
+                           file[0] == 'u' ? "uidMappings" : "gidMappings"));
   return Ok();
 }
 
@@ -97,8 +97,8 @@ Result<Container> Create(const CreateOptions& opts) {
   if (opts.bundle.empty()) return MakeError(ErrorKind::kUsage, 0, "no bundle given (--bundle DIR)");
   auto bundle_abs = AbsPath(opts.bundle);
   if (!bundle_abs.ok())
-    return MakeError(ErrorKind::kNotFound, bundle_abs.error().sys_errno(), "bundle %s: %s",
-                     opts.bundle.c_str(), strerror(bundle_abs.error().sys_errno()));
+    return MakeError(ErrorKind::kNotFound, bundle_abs.error().sys_errno(), "bundle %s",
+                     opts.bundle.c_str());
   std::string bundle = *bundle_abs;
   ASSIGN_OR_RETURN(Spec spec, LoadSpec(bundle));
   struct stat st;
@@ -230,8 +230,8 @@ Result<Container> CreateFromRunOptions(const std::string& root_in, const std::st
   if (run.rootfs.empty()) return MakeError(ErrorKind::kUsage, 0, "no --rootfs given");
   auto rootfs = AbsPath(run.rootfs);
   if (!rootfs.ok())
-    return MakeError(ErrorKind::kNotFound, rootfs.error().sys_errno(), "rootfs %s: %s",
-                     run.rootfs.c_str(), strerror(rootfs.error().sys_errno()));
+    return MakeError(ErrorKind::kNotFound, rootfs.error().sys_errno(), "rootfs %s",
+                     run.rootfs.c_str());
   TRY(fs::MkdirAll(root_in, 0711));
   ASSIGN_OR_RETURN(std::string root, AbsPath(root_in));
   std::string dir = root + "/" + id;
