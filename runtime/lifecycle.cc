@@ -126,7 +126,9 @@ Result<Container> Create(const CreateOptions& opts) {
   // The state dir is the container's lock: mkdir is atomic, a second create of the id fails.
   // The bundle may be the state dir itself (CreateFromRunOptions made it already).
   bool bundle_is_dir = bundle == c.dir();
-  if (!bundle_is_dir && ::mkdir(c.dir().c_str(), 0700) < 0) {
+  // 0711: the init of a user-namespaced container (not host root) must traverse it to its
+  // storage dir.
+  if (!bundle_is_dir && ::mkdir(c.dir().c_str(), 0711) < 0) {
     if (errno == EEXIST)
       return MakeError(ErrorKind::kExists, EEXIST, "container %s already exists in %s",
                        opts.id.c_str(), root.c_str());
@@ -141,6 +143,16 @@ Result<Container> Create(const CreateOptions& opts) {
   if (c.disk_quota > 0) {
     c.storage_dir = c.dir() + "/storage";
     if (::mkdir(c.storage_dir.c_str(), 0700) < 0) return Errno("mkdir %s", c.storage_dir.c_str());
+    if (spec.ns.user) {
+      // Owned by the container's root, who mounts the storage tmpfs on it.
+      uid_t uid = 0;
+      gid_t gid = 0;
+      for (const auto& m : spec.uid_mappings)
+        if (m.container_id == 0) uid = m.host_id;
+      for (const auto& m : spec.gid_mappings)
+        if (m.container_id == 0) gid = m.host_id;
+      if (::chown(c.storage_dir.c_str(), uid, gid) < 0) return Errno("chown %s", c.storage_dir.c_str());
+    }
   }
 
   ASSIGN_OR_RETURN(std::unique_ptr<Cgroup> cg, OpenCgroup(opts.id));
@@ -235,7 +247,7 @@ Result<Container> CreateFromRunOptions(const std::string& root_in, const std::st
   TRY(fs::MkdirAll(root_in, 0711));
   ASSIGN_OR_RETURN(std::string root, AbsPath(root_in));
   std::string dir = root + "/" + id;
-  if (::mkdir(dir.c_str(), 0700) < 0) {
+  if (::mkdir(dir.c_str(), 0711) < 0) {
     if (errno == EEXIST)
       return MakeError(ErrorKind::kExists, EEXIST, "container %s already exists in %s",
                        id.c_str(), root.c_str());

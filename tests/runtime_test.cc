@@ -172,6 +172,41 @@ TEST_F(RuntimeTest, Hostname) {
   EXPECT_NE(std::string(mine), h);
 }
 
+TEST_F(RuntimeTest, UserNamespaceWithMappings) {
+  std::string id = Id("userns");
+  std::string bundle = dir_ + "/bundle-" + id;
+  ASSERT_TRUE(fs::MkdirAll(bundle).ok());
+  RunOptions o;
+  o.rootfs = dir_ + "/rootfs";
+  o.args = {"sh", "-c", "cat /proc/self/uid_map /proc/self/gid_map; readlink /proc/self/ns/user; id -u"};
+  o.disk = 8 << 20;
+  json cfg = MakeConfig(o);
+  cfg["linux"]["namespaces"].push_back({{"type", "user"}});
+  // The rootfs belongs to host root: map container 0 to host 0 so it stays writable, and a
+  // second range so the mapping is not the identity of the whole space.
+  cfg["linux"]["uidMappings"] = {{{"containerID", 0}, {"hostID", 0}, {"size", 1}},
+                                 {{"containerID", 1000}, {"hostID", 201000}, {"size", 1000}}};
+  cfg["linux"]["gidMappings"] = {{{"containerID", 0}, {"hostID", 0}, {"size", 1}}};
+  ASSERT_TRUE(fs::WriteFile(bundle + "/config.json", cfg.dump()).ok());
+  CmdResult r = Run({"run", id, "--bundle", bundle});
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto lines = fs::Split(Trim(r.out), '\n');
+  ASSERT_EQ(lines.size(), 5u) << r.out;
+  auto norm = [](std::string s) {
+    std::string out;
+    for (const auto& w : fs::Split(s, ' '))
+      if (!w.empty()) out += (out.empty() ? "" : " ") + w;
+    return out;
+  };
+  EXPECT_EQ(norm(lines[0]), "0 0 1");
+  EXPECT_EQ(norm(lines[1]), "1000 201000 1000");
+  EXPECT_EQ(norm(lines[2]), "0 0 1");
+  char host_ns[128] = {0};
+  ASSERT_GT(readlink("/proc/self/ns/user", host_ns, sizeof(host_ns)), 0);
+  EXPECT_NE(lines[3], host_ns);
+  EXPECT_EQ(lines[4], "0");
+}
+
 // Connects to ip:port within timeout_ms; returns the fd or -1 (errno ETIMEDOUT/ECONNREFUSED).
 int ConnectTimeout(const std::string& ip, int port, int timeout_ms) {
   int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
