@@ -75,9 +75,11 @@ class CgroupV2 : public Cgroup {
     return Ok();
   }
 
-  Result<void> AddProcess(pid_t pid) override {
+  Result<void> AddProcess(pid_t pid, bool skip_clone_into) override {
+    if (skip_clone_into) return Ok();
     return WriteKnob(dir_, "cgroup.procs", std::to_string(pid));
   }
+  std::string CloneIntoPath() const override { return dir_; }
 
   Result<std::vector<pid_t>> Pids() const override { return ReadPids(dir_); }
 

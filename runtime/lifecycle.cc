@@ -84,6 +84,29 @@ Result<void> KillAll(Cgroup& cg, pid_t init, uint64_t start_time) {
   return Ok();
 }
 
+// clone3 with CLONE_INTO_CGROUP when a cgroup2 dir is given (the child is born in it, no
+// migration), else plain clone. Returns the pid (0 in the child); *born_into tells which.
+pid_t CloneInit(unsigned long flags, int cgroup_fd, bool* born_into) {
+  *born_into = false;
+  if (cgroup_fd >= 0) {
+    struct {
+      uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid,
+          set_tid_size, cgroup;
+    } args{};
+    constexpr uint64_t kCloneIntoCgroup = 0x200000000ULL;
+    args.flags = (flags & ~0xffUL) | kCloneIntoCgroup;
+    args.exit_signal = SIGCHLD;
+    args.cgroup = static_cast<uint64_t>(cgroup_fd);
+    long pid = ::syscall(SYS_clone3, &args, sizeof(args));
+    if (pid >= 0) {
+      *born_into = true;
+      return static_cast<pid_t>(pid);
+    }
+    if (errno != ENOSYS && errno != E2BIG && errno != EINVAL && errno != EOPNOTSUPP) return -1;
+  }
+  return static_cast<pid_t>(::syscall(SYS_clone, flags, nullptr, nullptr, nullptr, nullptr));
+}
+
 std::atomic<pid_t> g_forward_pid{0};
 void ForwardSignal(int sig) {
   pid_t p = g_forward_pid.load();
@@ -184,7 +207,11 @@ Result<Container> Create(const CreateOptions& opts) {
   plan.fifo_fd = fifo.get();
   plan.cap_last_cap = CapLastCap();
 
-  pid_t pid = static_cast<pid_t>(::syscall(SYS_clone, flags, nullptr, nullptr, nullptr, nullptr));
+  UniqueFd cgroup_fd;
+  if (std::string into = cg->CloneIntoPath(); !into.empty())
+    cgroup_fd.reset(::open(into.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  bool born_into = false;
+  pid_t pid = CloneInit(flags, cgroup_fd.get(), &born_into);
   if (pid < 0) return Errno("clone container init (flags %#lx)", flags);
   if (pid == 0) init::Run(plan);  // never returns
   child_sock.reset();
@@ -195,7 +222,8 @@ Result<Container> Create(const CreateOptions& opts) {
     }
   });
 
-  TRY_CTX(cg->AddProcess(pid), "container %s", opts.id.c_str());
+  cgroup_fd.reset();
+  TRY_CTX(cg->AddProcess(pid, born_into), "container %s", opts.id.c_str());
   if (spec.ns.user) {
     TRY(WriteIdMap(pid, "uid_map", spec.uid_mappings));
     TRY(WriteIdMap(pid, "gid_map", spec.gid_mappings));
@@ -210,8 +238,9 @@ Result<Container> Create(const CreateOptions& opts) {
   }
   if (spec.net.firewall()) TRY_CTX(ApplyFirewall(pid, spec.net.allow_ports), "container %s", opts.id.c_str());
 
+  // The init may have failed already (its reply is queued): no SIGPIPE, read the reply.
   char go = 'G';
-  if (::write(parent_sock.get(), &go, 1) != 1) return Errno("signal container init %d", pid);
+  (void)::send(parent_sock.get(), &go, 1, MSG_NOSIGNAL);
   init::Reply reply;
   ssize_t n;
   do {
