@@ -24,6 +24,26 @@
 namespace godwit::runtime {
 namespace {
 
+// Phase times of the create path, logged at debug level (GODWIT_LOG=debug): where start-up
+// time goes.
+class PhaseTimer {
+ public:
+  PhaseTimer() { clock_gettime(CLOCK_MONOTONIC, &last_); }
+  void Mark(const char* phase) {
+    if (log::GetLevel() < log::kDebug) return;
+    timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    double ms = (now.tv_sec - last_.tv_sec) * 1e3 + (now.tv_nsec - last_.tv_nsec) / 1e6;
+    text_ += StrFormat(" %s=%.2fms", phase, ms);
+    last_ = now;
+  }
+  const std::string& text() const { return text_; }
+
+ private:
+  timespec last_;
+  std::string text_;
+};
+
 std::string NowRfc3339() {
   timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
@@ -116,6 +136,7 @@ void ForwardSignal(int sig) {
 }  // namespace
 
 Result<Container> Create(const CreateOptions& opts) {
+  PhaseTimer timer;
   TRY(ValidateId(opts.id));
   if (opts.bundle.empty()) return MakeError(ErrorKind::kUsage, 0, "no bundle given (--bundle DIR)");
   auto bundle_abs = AbsPath(opts.bundle);
@@ -178,12 +199,14 @@ Result<Container> Create(const CreateOptions& opts) {
     }
   }
 
+  timer.Mark("config");
   ASSIGN_OR_RETURN(std::unique_ptr<Cgroup> cg, OpenCgroup(opts.id));
   TRY_CTX(cg->Create(), "container %s", opts.id.c_str());
   ScopeExit remove_cgroup([&] { (void)cg->Destroy(); });
   TRY_CTX(cg->Apply(spec.resources), "container %s: linux.resources", opts.id.c_str());
   c.cgroup_layout = CgroupLayoutName(cg->layout());
   c.cgroup_paths = cg->Paths();
+  timer.Mark("cgroup-create");
 
   if (::mkfifo(c.fifo_path().c_str(), 0600) < 0) return Errno("mkfifo %s", c.fifo_path().c_str());
   // O_RDWR: never blocks, and the init keeps a reader open so `start` can open O_WRONLY.
@@ -216,6 +239,7 @@ Result<Container> Create(const CreateOptions& opts) {
   if (pid == 0) init::Run(plan);  // never returns
   child_sock.reset();
   c.pid = pid;
+  timer.Mark("clone");
   ScopeExit kill_init([&] {
     ::kill(pid, SIGKILL);
     while (::waitpid(pid, nullptr, 0) < 0 && errno == EINTR) {
@@ -224,6 +248,7 @@ Result<Container> Create(const CreateOptions& opts) {
 
   cgroup_fd.reset();
   TRY_CTX(cg->AddProcess(pid, born_into), "container %s", opts.id.c_str());
+  timer.Mark("cgroup-join");
   if (spec.ns.user) {
     TRY(WriteIdMap(pid, "uid_map", spec.uid_mappings));
     TRY(WriteIdMap(pid, "gid_map", spec.gid_mappings));
@@ -237,6 +262,7 @@ Result<Container> Create(const CreateOptions& opts) {
     c.host_veth = veth;
   }
   if (spec.net.firewall()) TRY_CTX(ApplyFirewall(pid, spec.net.allow_ports), "container %s", opts.id.c_str());
+  timer.Mark("network");
 
   // The init may have failed already (its reply is queued): no SIGPIPE, read the reply.
   char go = 'G';
@@ -254,9 +280,12 @@ Result<Container> Create(const CreateOptions& opts) {
     return Error(static_cast<ErrorKind>(reply.kind), reply.err,
                  StrFormat("container %s: init: %s", opts.id.c_str(), reply.msg));
   }
+  timer.Mark("init-setup");
   c.pid_start_time = ProcessStartTime(pid);
   TRY(c.Save());
   if (!opts.pid_file.empty()) TRY(fs::WriteFile(opts.pid_file, std::to_string(pid)));
+  timer.Mark("save");
+  LOG_DEBUG("create %s:%s", opts.id.c_str(), timer.text().c_str());
   kill_init.dismiss();
   remove_veth.dismiss();
   remove_cgroup.dismiss();
