@@ -23,6 +23,7 @@
 #include <cstring>
 
 #include "common/result.h"
+#include "runtime/storage.h"
 
 extern char** environ;
 
@@ -301,16 +302,10 @@ void Run(const Plan& plan) {
 
   std::string newroot;
   if (s.disk_quota > 0) {
-    // The writable layer: a tmpfs of quota size holding the overlay's upper and work dirs; the
-    // rootfs is the read-only lower layer and is never modified.
-    std::string data = "size=" + std::to_string(s.disk_quota) + ",mode=755";
-    if (::mount("godwit-storage", plan.storage_dir.c_str(), "tmpfs", MS_NOSUID | MS_NODEV,
-                data.c_str()) < 0)
-      FAIL_ERRNO("mount storage tmpfs (%s) on %s", data.c_str(), plan.storage_dir.c_str());
-    std::string upper = plan.storage_dir + "/upper", work = plan.storage_dir + "/work";
-    newroot = plan.storage_dir + "/merged";
-    for (const auto& d : {upper, work, newroot})
-      if (::mkdir(d.c_str(), 0755) < 0) FAIL_ERRNO("mkdir %s", d.c_str());
+    // The writable layer (storage.h): the parent mounted the quota-sized tmpfs on the host; the
+    // overlay over the read-only rootfs exists only in our mount namespace.
+    std::string upper = StorageUpper(plan.storage_dir), work = StorageWork(plan.storage_dir);
+    newroot = StorageMerged(plan.storage_dir);
     std::string opts = "lowerdir=" + s.root_path + ",upperdir=" + upper + ",workdir=" + work;
     if (::mount("overlay", newroot.c_str(), "overlay", 0, opts.c_str()) < 0)
       FAIL_ERRNO("mount overlay (%s)", opts.c_str());

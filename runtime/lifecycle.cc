@@ -20,6 +20,7 @@
 #include "runtime/init.h"
 #include "runtime/network.h"
 #include "runtime/runtime.h"
+#include "runtime/storage.h"
 
 namespace godwit::runtime {
 namespace {
@@ -184,19 +185,20 @@ Result<Container> Create(const CreateOptions& opts) {
     ASSIGN_OR_RETURN(std::string text, fs::ReadFile(bundle + "/config.json"));
     TRY(fs::WriteFile(c.config_path(), text));
   }
+  ScopeExit unmount_storage([&] {
+    if (!c.storage_dir.empty()) (void)UnmountStorage(c.storage_dir);
+  });
   if (c.disk_quota > 0) {
+    // Owned by the container's root, who mounts the overlay on it.
+    uid_t uid = 0;
+    gid_t gid = 0;
+    for (const auto& m : spec.uid_mappings)
+      if (m.container_id == 0) uid = m.host_id;
+    for (const auto& m : spec.gid_mappings)
+      if (m.container_id == 0) gid = m.host_id;
+    TRY_CTX(MountStorage(c.dir() + "/storage", c.disk_quota, uid, gid), "container %s: storage",
+            opts.id.c_str());
     c.storage_dir = c.dir() + "/storage";
-    if (::mkdir(c.storage_dir.c_str(), 0700) < 0) return Errno("mkdir %s", c.storage_dir.c_str());
-    if (spec.ns.user) {
-      // Owned by the container's root, who mounts the storage tmpfs on it.
-      uid_t uid = 0;
-      gid_t gid = 0;
-      for (const auto& m : spec.uid_mappings)
-        if (m.container_id == 0) uid = m.host_id;
-      for (const auto& m : spec.gid_mappings)
-        if (m.container_id == 0) gid = m.host_id;
-      if (::chown(c.storage_dir.c_str(), uid, gid) < 0) return Errno("chown %s", c.storage_dir.c_str());
-    }
   }
 
   timer.Mark("config");
@@ -287,6 +289,7 @@ Result<Container> Create(const CreateOptions& opts) {
   timer.Mark("save");
   LOG_DEBUG("create %s:%s", opts.id.c_str(), timer.text().c_str());
   kill_init.dismiss();
+  unmount_storage.dismiss();
   remove_veth.dismiss();
   remove_cgroup.dismiss();
   remove_dir.dismiss();
@@ -408,6 +411,7 @@ Result<void> Delete(const std::string& root, const std::string& id, bool force) 
     (void)KillAll(*cg, 0, 0);
     TRY(cg->Destroy());
     TRY(TeardownNetwork(HostVethName(root, id)));
+    TRY(UnmountStorage(dir + "/storage"));
     return fs::RemoveAll(dir);
   }
   Container& c = *loaded;
@@ -429,6 +433,7 @@ Result<void> Delete(const std::string& root, const std::string& id, bool force) 
   }
   TRY_CTX(cg->Destroy(), "delete %s", id.c_str());
   if (!c.host_veth.empty()) TRY_CTX(TeardownNetwork(c.host_veth), "delete %s", id.c_str());
+  if (!c.storage_dir.empty()) TRY_CTX(UnmountStorage(c.storage_dir), "delete %s", id.c_str());
   return fs::RemoveAll(dir);
 }
 

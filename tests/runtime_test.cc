@@ -365,6 +365,12 @@ TEST_F(RuntimeTest, KillAndDeleteLeaveNothingBehind) {
   EXPECT_EQ(j["status"], "running");
   EXPECT_EQ(j["pid"], c.pid);
 
+  // The writable layer's changes are visible on the host in the storage's upper dir (what a
+  // checkpoint copies), not in the rootfs.
+  ASSERT_EQ(Run({"exec", id, "--", "sh", "-c", "echo hi > /written"}).code, 0);
+  EXPECT_EQ(Trim(ReadOr(c.storage_dir + "/upper/written")), "hi");
+  EXPECT_FALSE(fs::Exists(dir_ + "/rootfs/written"));
+
   EXPECT_EQ(Run({"kill", id, "KILL"}).code, 0);
   Reap(c.pid);
   st = Run({"state", id});
