@@ -328,6 +328,27 @@ Result<Container> CreateFromRunOptions(const std::string& root_in, const std::st
   return c;
 }
 
+Result<Container> Register(Container c, const std::string& config_json) {
+  TRY(ValidateId(c.id));
+  TRY(fs::MkdirAll(c.root, 0711));
+  ASSIGN_OR_RETURN(c.root, AbsPath(c.root));
+  if (::mkdir(c.dir().c_str(), 0711) < 0) {
+    if (errno == EEXIST)
+      return MakeError(ErrorKind::kExists, EEXIST, "container %s already exists in %s",
+                       c.id.c_str(), c.root.c_str());
+    return Errno("mkdir %s", c.dir().c_str());
+  }
+  ScopeExit remove_dir([&] { (void)fs::RemoveAll(c.dir()); });
+  TRY(ParseSpec(config_json, c.bundle.empty() ? c.dir() : c.bundle));
+  if (c.bundle.empty()) c.bundle = c.dir();
+  TRY(fs::WriteFile(c.config_path(), config_json));
+  if (c.created.empty()) c.created = NowRfc3339();
+  if (c.pid_start_time == 0 && c.pid > 0) c.pid_start_time = ProcessStartTime(c.pid);
+  TRY(c.Save());
+  remove_dir.dismiss();
+  return c;
+}
+
 Result<void> Start(const std::string& root, const std::string& id) {
   ASSIGN_OR_RETURN(Container c, Container::Load(root, id));
   Status s = c.CurrentStatus();
@@ -418,7 +439,8 @@ Result<void> Delete(const std::string& root, const std::string& id, bool force) 
   Status s = c.CurrentStatus();
   ASSIGN_OR_RETURN(std::unique_ptr<Cgroup> cg, OpenCgroup(id));
   if (s != Status::kStopped) {
-    if (!force)
+    // A created container never ran its program: delete it without --force, as runc does.
+    if (!force && s != Status::kCreated)
       return MakeError(ErrorKind::kGeneric, 0,
                        "container %s is %s: stop it first or use delete --force", id.c_str(),
                        StatusName(s));
