@@ -457,6 +457,46 @@ TEST_F(RuntimeTest, FreezeAndThawThroughTheCgroup) {
   EXPECT_FALSE(*frozen);
 }
 
+// What restore does: build the pieces with the library, then Register; the verbs take over.
+TEST_F(RuntimeTest, RegisterAdoptsAContainerBuiltElsewhere) {
+  std::string id = Id("adopt");
+  auto cg = OpenCgroup(id);
+  ASSERT_TRUE(cg.ok());
+  ASSERT_TRUE((*cg)->Create().ok());
+  ScopeExit destroy([&] { (void)(*cg)->Destroy(); });
+  pid_t pid = fork();
+  if (pid == 0) {
+    for (;;) pause();
+  }
+  ScopeExit reap([&] {
+    kill(pid, SIGKILL);
+    waitpid(pid, nullptr, 0);
+  });
+  ASSERT_TRUE((*cg)->AddProcess(pid).ok());
+  Container c;
+  c.root = root_;
+  c.id = id;
+  c.rootfs = dir_ + "/rootfs";
+  c.pid = pid;
+  c.cgroup_layout = CgroupLayoutName((*cg)->layout());
+  c.cgroup_paths = (*cg)->Paths();
+  RunOptions o;
+  o.rootfs = c.rootfs;
+  o.args = {"sleep", "1000"};
+  auto r = Register(c, MakeConfig(o).dump());
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  EXPECT_EQ(Register(c, MakeConfig(o).dump()).error().kind(), ErrorKind::kExists);
+  EXPECT_EQ(json::parse(Run({"state", id}).out)["status"], "running");
+  EXPECT_EQ(json::parse(Run({"ps", "--json", id}).out), json::array({pid}));
+  ASSERT_EQ(Run({"delete", "--force", id}).code, 0);
+  int st = 0;
+  ASSERT_EQ(waitpid(pid, &st, 0), pid);
+  reap.dismiss();
+  EXPECT_TRUE(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
+  for (const auto& [k, p] : c.cgroup_paths) EXPECT_FALSE(fs::Exists(p)) << p;
+  EXPECT_FALSE(fs::Exists(root_ + "/" + id));
+}
+
 // --- bad input: clear error, documented exit code, nothing left behind -----------------------
 
 class RuntimeBadInputTest : public RuntimeTest {
