@@ -293,6 +293,12 @@ void Run(const Plan& plan) {
   }
   if (!s.hostname.empty() && ::sethostname(s.hostname.data(), s.hostname.size()) < 0)
     FAIL_ERRNO("sethostname %s", s.hostname.c_str());
+  if (!s.domainname.empty() && ::setdomainname(s.domainname.data(), s.domainname.size()) < 0)
+    FAIL_ERRNO("setdomainname %s", s.domainname.c_str());
+  if (s.process.oom_score_adj) {
+    std::string v = std::to_string(*s.process.oom_score_adj);
+    WriteFile("/proc/self/oom_score_adj", v);
+  }
   ::umask(0);
 
   // 2. Mounts. Nothing we mount may propagate back to the host.
@@ -377,7 +383,7 @@ void Run(const Plan& plan) {
   const char* what = "";
   if (int rc = ApplyCredentials(s.process, plan.cap_last_cap, &what); rc < 0)
     Fail(ErrorKind::kGeneric, -rc, "%s for uid %u gid %u", what, s.process.uid, s.process.gid);
-  ::umask(022);
+  ::umask(s.process.umask ? *s.process.umask : 022);
 
   std::vector<char*> argv, envp;
   for (const auto& a : s.process.args) argv.push_back(const_cast<char*>(a.c_str()));

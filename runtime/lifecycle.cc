@@ -522,6 +522,7 @@ Result<int> Exec(const std::string& root, const std::string& id, const ExecOptio
       if (exe.empty()) fail(ENOENT, proc.args[0] + ": not found in the container");
       const char* what = "";
       if (int rc = init::ApplyCredentials(proc, last_cap, &what); rc < 0) fail(-rc, what);
+      ::umask(proc.umask ? *proc.umask : 022);
       std::vector<char*> argv, envp;
       for (auto& a : proc.args) argv.push_back(a.data());
       argv.push_back(nullptr);

@@ -88,6 +88,9 @@ TEST(RuntimeSpecTest, UnsupportedFieldsAreNamed) {
   j["mounts"].push_back({{"destination", "/sys/fs/cgroup"}, {"type", "cgroup"}});
   ExpectBad(j, "cgroup");
   j = Base();
+  j["process"]["selinuxLabel"] = "x";
+  ExpectBad(j, "process.selinuxLabel");
+  j = Base();
   j["process"]["apparmorProfile"] = "x";
   ExpectBad(j, "process.apparmorProfile");
   j = Base();
