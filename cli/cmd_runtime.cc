@@ -11,6 +11,7 @@
 #include "cli/command.h"
 #include "common/args.h"
 #include "common/fs.h"
+#include "common/log.h"
 #include "runtime/cgroup.h"
 #include "runtime/runtime.h"
 
@@ -147,8 +148,16 @@ int CmdRun(Global& g, const std::vector<std::string>& args) {
     else printf("%s\n", c->id.c_str());
     return 0;
   }
+  auto ms = [] {
+    timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
+  };
+  double t0 = ms();
   auto code = rt::Wait(*c, /*forward_signals=*/true);
+  double t1 = ms();
   auto d = rt::Delete(c->root, c->id, true);
+  LOG_DEBUG("run %s: wait=%.2fms delete=%.2fms", c->id.c_str(), t1 - t0, ms() - t1);
   if (!code.ok()) return ReportError(g, "run", code.error());
   if (!d.ok()) return ReportError(g, "run", d.error());
   return *code;

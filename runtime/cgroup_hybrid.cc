@@ -38,6 +38,10 @@ class CgroupHybrid : public Cgroup {
     return v2_->AddProcess(pid);
   }
   std::string CloneIntoPath() const override { return v2_->CloneIntoPath(); }
+  Result<void> EnterSelf(bool skip_clone_into) override {
+    TRY(v1_->EnterSelf(false));
+    return v2_->EnterSelf(skip_clone_into);
+  }
   Result<std::vector<pid_t>> Pids() const override { return v2_->Pids(); }
   Result<void> Freeze() override { return v2_->Freeze(); }
   Result<void> Thaw() override { return v2_->Thaw(); }

@@ -80,6 +80,10 @@ class CgroupV2 : public Cgroup {
     return WriteKnob(dir_, "cgroup.procs", std::to_string(pid));
   }
   std::string CloneIntoPath() const override { return dir_; }
+  Result<void> EnterSelf(bool skip_clone_into) override {
+    if (skip_clone_into) return Ok();
+    return WriteKnob(dir_, "cgroup.procs", "0");
+  }
 
   Result<std::vector<pid_t>> Pids() const override { return ReadPids(dir_); }
 

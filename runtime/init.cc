@@ -277,6 +277,10 @@ void Run(const Plan& plan) {
   const Spec& s = *plan.spec;
   // Die with the parent while it still sets us up (a killed `godwit create` leaves nothing).
   ::prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+  if (plan.cgroup) {
+    auto r = plan.cgroup->EnterSelf(plan.born_into);
+    if (!r.ok()) Fail(r.error().kind(), r.error().sys_errno(), "%s", r.error().message().c_str());
+  }
 
   // 1. In a user namespace nothing privileged works before the parent wrote the id maps: wait
   //    for its go first. Otherwise build the root while the parent moves us into our cgroups

@@ -235,10 +235,17 @@ Result<Container> Create(const CreateOptions& opts) {
   UniqueFd cgroup_fd;
   if (std::string into = cg->CloneIntoPath(); !into.empty())
     cgroup_fd.reset(::open(into.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  // Without a user namespace the init joins its cgroups itself (cheap, see EnterSelf); in one
+  // it has no rights on the host's cgroupfs, so we move it from outside.
+  bool self_join = !spec.ns.user;
+  if (self_join) plan.cgroup = cg.get();
   bool born_into = false;
   pid_t pid = CloneInit(flags, cgroup_fd.get(), &born_into);
   if (pid < 0) return Errno("clone container init (flags %#lx)", flags);
-  if (pid == 0) init::Run(plan);  // never returns
+  if (pid == 0) {
+    plan.born_into = born_into;
+    init::Run(plan);  // never returns
+  }
   child_sock.reset();
   c.pid = pid;
   timer.Mark("clone");
@@ -249,7 +256,7 @@ Result<Container> Create(const CreateOptions& opts) {
   });
 
   cgroup_fd.reset();
-  TRY_CTX(cg->AddProcess(pid, born_into), "container %s", opts.id.c_str());
+  if (!self_join) TRY_CTX(cg->AddProcess(pid, born_into), "container %s", opts.id.c_str());
   timer.Mark("cgroup-join");
   if (spec.ns.user) {
     TRY(WriteIdMap(pid, "uid_map", spec.uid_mappings));
@@ -501,7 +508,11 @@ Result<int> Exec(const std::string& root, const std::string& id, const ExecOptio
   int sp[2];
   if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sp) < 0) return Errno("socketpair");
   UniqueFd rd(sp[0]), wr(sp[1]);
-  pid_t mid = ::fork();
+  UniqueFd cgroup_fd;
+  if (std::string into = cg->CloneIntoPath(); !into.empty())
+    cgroup_fd.reset(::open(into.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  bool born_into = false;
+  pid_t mid = CloneInit(SIGCHLD, cgroup_fd.get(), &born_into);
   if (mid < 0) return Errno("fork");
   if (mid == 0) {
     rd.reset();
@@ -512,7 +523,7 @@ Result<int> Exec(const std::string& root, const std::string& id, const ExecOptio
       (void)!::write(wr.get(), &r, sizeof(r));
       _exit(126);
     };
-    if (auto r = cg->AddProcess(::getpid()); !r.ok()) fail(r.error().sys_errno(), r.error().to_string());
+    if (auto r = cg->EnterSelf(born_into); !r.ok()) fail(r.error().sys_errno(), r.error().to_string());
     if (::setns(pidfd, ns_flags) < 0) fail(errno, StrFormat("setns into pid %d", c.pid));
     pid_t child = ::fork();
     if (child < 0) fail(errno, "fork");

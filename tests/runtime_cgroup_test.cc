@@ -87,6 +87,32 @@ void Exercise(Cgroup& cg, bool limits) {
   kill(pid, SIGKILL);
   waitpid(pid, nullptr, 0);
   reap.dismiss();
+
+  // EnterSelf: a child moves itself in (what the container init and exec do).
+  int p[2];
+  ASSERT_EQ(pipe(p), 0);
+  pid_t self = fork();
+  if (self == 0) {
+    char ok = cg.EnterSelf(false).ok() ? 'y' : 'n';
+    (void)!write(p[1], &ok, 1);
+    for (;;) pause();
+  }
+  char ok = 0;
+  ASSERT_EQ(read(p[0], &ok, 1), 1);
+  close(p[0]);
+  close(p[1]);
+  EXPECT_EQ(ok, 'y');
+  pids = cg.Pids();
+  ASSERT_TRUE(pids.ok());
+  EXPECT_EQ(*pids, std::vector<pid_t>{self});
+  for (const auto& [k, path] : cg.Paths()) {
+    auto procs = fs::ReadFile(path + "/cgroup.procs");
+    ASSERT_TRUE(procs.ok());
+    EXPECT_EQ(fs::Trim(*procs), std::to_string(self)) << path;
+  }
+  kill(self, SIGKILL);
+  waitpid(self, nullptr, 0);
+
   auto d = cg.Destroy();
   ASSERT_TRUE(d.ok()) << d.error().to_string();
   for (const auto& [k, p] : cg.Paths()) EXPECT_FALSE(fs::Exists(p)) << p;
