@@ -278,9 +278,11 @@ Result<Container> Create(const CreateOptions& opts) {
   (void)::send(parent_sock.get(), &go, 1, MSG_NOSIGNAL);
   init::Reply reply;
   ssize_t n;
+  // ECONNRESET: the init failed and exited with our unread 'G' in its queue; the kernel reports
+  // that once, then hands out its queued reply.
   do {
     n = ::read(parent_sock.get(), &reply, sizeof(reply));
-  } while (n < 0 && errno == EINTR);
+  } while (n < 0 && (errno == EINTR || errno == ECONNRESET));
   if (n != sizeof(reply))
     return MakeError(ErrorKind::kGeneric, 0, "container %s: init %d exited during setup",
                      opts.id.c_str(), pid);
