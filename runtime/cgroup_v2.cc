@@ -98,7 +98,7 @@ class CgroupV2 : public Cgroup {
   Result<void> Destroy() override { return RemoveDir(dir_); }
 
   std::map<std::string, std::string> Paths() const override {
-    return {{controllers_ ? "unified" : "unified", dir_}};
+    return {{"unified", dir_}};
   }
 
   Result<std::map<std::string, int64_t>> Events() const override {

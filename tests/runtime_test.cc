@@ -347,6 +347,12 @@ TEST_F(RuntimeTest, ExecRunsInAllNamespacesAndCgroups) {
   EXPECT_EQ(lines[8], "4:memory:/");  // the root of its cgroup namespace: the container's cgroup
   // The exit code comes back.
   EXPECT_EQ(Run({"exec", id, "--", "sh", "-c", "exit 42"}).code, 42);
+  CmdResult e = Run({"exec", id, "--env", "FOO=bar", "--cwd", "/etc", "--", "sh", "-c", "echo $FOO $(pwd)"});
+  ASSERT_EQ(e.code, 0) << e.err;
+  EXPECT_EQ(Trim(e.out), "bar /etc");
+  CmdResult missing = Run({"exec", id, "--", "no-such-program"});
+  EXPECT_NE(missing.code, 0);
+  EXPECT_NE(missing.err.find("no-such-program"), std::string::npos) << missing.err;
 }
 
 TEST_F(RuntimeTest, KillAndDeleteLeaveNothingBehind) {
@@ -385,6 +391,33 @@ TEST_F(RuntimeTest, KillAndDeleteLeaveNothingBehind) {
   ASSERT_TRUE(mi.ok());
   EXPECT_EQ(mi->find(dir_), std::string::npos) << *mi;
   EXPECT_EQ(Run({"state", id}).code, 3);
+}
+
+TEST_F(RuntimeTest, ForegroundRunForwardsSignalsAndReturnsTheStatus) {
+  std::string id = Id("fg");
+  std::string ready = StrFormat("tmp/ready-%d", getpid());
+  std::string ready_host = dir_ + "/rootfs/" + ready;
+  unlink(ready_host.c_str());
+  ScopeExit rm([&] { unlink(ready_host.c_str()); });
+  pid_t g = fork();
+  if (g == 0) {
+    int n = open("/dev/null", O_RDWR);
+    dup2(n, 0);
+    dup2(n, 1);
+    execl(GODWIT_BIN, GODWIT_BIN, "--root", root_.c_str(), "run", "--rootfs",
+          (dir_ + "/rootfs").c_str(), "--name", id.c_str(), "--", "sh", "-c",
+          ("trap 'exit 7' TERM; touch /" + ready + "; sleep 1000 & wait").c_str(), nullptr);
+    _exit(127);
+  }
+  // The trap is in place once the file exists (written by another process: poll, bounded).
+  for (int i = 0; i < 1000 && !fs::Exists(ready_host); ++i) usleep(5000);
+  ASSERT_TRUE(fs::Exists(ready_host));
+  kill(g, SIGTERM);  // to godwit, which forwards it to the container's pid 1
+  int st = 0;
+  ASSERT_EQ(waitpid(g, &st, 0), g);
+  ASSERT_TRUE(WIFEXITED(st));
+  EXPECT_EQ(WEXITSTATUS(st), 7);
+  EXPECT_FALSE(fs::Exists(root_ + "/" + id));  // foreground run deleted it
 }
 
 TEST_F(RuntimeTest, DeleteForceStopsARunningContainer) {
