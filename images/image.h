@@ -18,6 +18,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/result.h"
@@ -40,6 +41,12 @@ class Output {
  public:
   virtual ~Output() = default;
   virtual Result<void> Write(const void* data, size_t len) = 0;
+  // Same as Write, for bytes whose crc32c the caller already has (a blob chunk): the output
+  // folds it into the file checksum without reading the bytes again. Large writes go straight
+  // from the caller's buffer to the file (no copy into an output buffer).
+  virtual Result<void> WriteChecked(const void* data, size_t len, uint32_t crc32c) {
+    return Write(data, len);
+  }
   // Flushes and seals the file; its size and checksum go into the inventory.
   virtual Result<void> Close() = 0;
 };
@@ -75,21 +82,30 @@ class ImageWriter {
   std::unique_ptr<Output> out_;
   std::string name_;
   std::string buf_;
+  std::string type_;     // the records' type, fixed by the first Write (header written then)
+  bool header_ = false;
 };
 
 // Writes one message as a whole image.
 Result<void> WriteImage(Sink& sink, const std::string& name, const google::protobuf::MessageLite& msg);
 
-// Bulk data file, chunked: each Append becomes one or more chunks (zstd frame or raw bytes, with
-// crc32c). Returns the logical offset of the data in the stream, which the caller records in its
-// metadata proto; the reader gets it back with BlobReader::Read(offset, len).
+// Bulk data file, chunked (up to 4 MiB per chunk; a zstd frame or raw bytes, with crc32c).
+// Append returns the logical offset of the data in the stream, which the caller records in its
+// metadata proto; the reader gets it back with BlobReader::Read(offset, len). Appends of any
+// size may be mixed: small ones are gathered into whole chunks, large raw ones go from the
+// caller's buffer to the output without a copy. The data is consumed when Append returns.
 class BlobWriter {
  public:
   static Result<BlobWriter> Create(Sink& sink, const std::string& name, Compression c,
                                    int zstd_level = 3);
+  // Compresses on n threads (the caller and n - 1 workers); 1, the default, compresses in the
+  // caller. The file is the same whatever n is. No effect on raw blobs.
+  Result<void> SetThreads(int n);
   Result<uint64_t> Append(const void* data, size_t len);
+  // Writes what is gathered and closes the output.
   Result<void> Close();
   uint64_t logical_size() const { return logical_; }
+  // Bytes written to the output so far (headers included; gathered data counts once written).
   uint64_t stored_size() const { return stored_; }
   BlobWriter(BlobWriter&&) = default;
   BlobWriter& operator=(BlobWriter&&) = default;
@@ -97,14 +113,33 @@ class BlobWriter {
 
  private:
   BlobWriter() = default;
+  struct Piece {
+    const char* data;
+    uint32_t len;
+  };
+  Result<void> PutChunk(uint32_t kind, const void* stored, uint32_t stored_len,
+                        uint32_t logical_len);
+  Result<void> Emit(const std::vector<Piece>& pieces);
+  Result<void> CompressOne(void* cctx, const Piece& p, std::vector<char>* out, size_t* zlen);
+
   std::unique_ptr<Output> out_;
   std::string name_;
   Compression comp_ = Compression::kNone;
   int level_ = 3;
-  uint64_t logical_ = 0;
+  uint64_t logical_ = 0;  // bytes appended
+  uint64_t emitted_ = 0;  // bytes written as chunks (logical_ minus what is gathered)
   uint64_t stored_ = 0;
-  std::vector<char> scratch_;
-  void* cctx_ = nullptr;  // ZSTD_CCtx*
+  std::vector<char> scratch_;  // compressed output of the calling thread
+  std::vector<char> gather_;   // small appends, until a chunk is full
+  struct CctxFree {
+    void operator()(void* p) const;
+  };
+  std::unique_ptr<void, CctxFree> cctx_;  // ZSTD_CCtx, reused for every chunk
+  struct Pool;
+  struct PoolFree {
+    void operator()(Pool* p) const;
+  };
+  std::unique_ptr<Pool, PoolFree> pool_;  // worker threads for SetThreads(n > 1)
 };
 
 class ImageSet;
@@ -114,14 +149,27 @@ class ImageReader {
  public:
   // Next record into msg; false at a clean end. A truncated or corrupt record is an error naming
   // the file and the offset.
+  // A record whose message type differs from the image's type name is an error.
   Result<bool> Next(google::protobuf::Message* msg);
+  // Next record's bytes (valid until the reader is destroyed); false at a clean end. For
+  // generic decoding (inspect) through type_name().
+  Result<bool> NextRaw(std::string_view* record);
   const std::string& name() const { return name_; }
+  // The protobuf full name of the records ("godwit.img.Inventory"); empty if no records.
+  const std::string& type_name() const { return type_; }
+  // The file offset of the next record.
+  size_t offset() const { return off_; }
+
+  // Parses the header of an image held in memory (the fuzz target, inspect, tests). name is
+  // only used in error messages.
+  static Result<ImageReader> FromBuffer(std::string name, std::string data);
 
  private:
   friend class ImageSet;
   std::string name_;
   std::string data_;  // whole file (images are small; pages are not read through here)
   size_t off_ = 0;
+  std::string type_;
 };
 
 // Random access to a blob file written by BlobWriter.
@@ -133,8 +181,38 @@ class BlobReader {
   // For raw (uncompressed) blobs: the file offset where logical offset lies contiguously for len
   // bytes, so a restorer may preadv() straight into place; an error if compressed or split.
   Result<uint64_t> RawFileOffset(uint64_t offset, size_t len) const;
+  // A logical range of a raw blob as file extents (one per chunk it touches), for a restorer
+  // that reads straight into place; an error if any part is compressed.
+  struct Extent {
+    uint64_t file_off;
+    uint64_t len;
+  };
+  Result<std::vector<Extent>> RawExtents(uint64_t offset, uint64_t len) const;
   int fd() const { return fd_.get(); }
   const std::string& name() const { return name_; }
+
+  // Checks every chunk's checksum (reads the whole file); the error names the first bad chunk's
+  // offset. For locating damage (inspect); Read checks the chunks it reads anyway.
+  Result<void> VerifyChunks() const;
+
+  struct Stats {
+    uint64_t chunks = 0, zstd_chunks = 0, logical_bytes = 0, stored_bytes = 0, file_bytes = 0;
+  };
+  Stats stats() const;
+
+  // Opens a blob file and builds its chunk index (every chunk header bounds-checked).
+  // verified: the whole file's checksum was already checked (ImageSet::Open), so chunk
+  // checksums are not checked again on Read.
+  static Result<std::unique_ptr<BlobReader>> OpenFile(const std::string& path,
+                                                      const std::string& name, bool verified);
+  // The same over a blob held in memory (the fuzz target and tests).
+  static Result<std::unique_ptr<BlobReader>> FromBuffer(std::string name, std::string data,
+                                                        bool verified = false);
+
+  BlobReader() = default;
+  ~BlobReader();
+  BlobReader(const BlobReader&) = delete;
+  BlobReader& operator=(const BlobReader&) = delete;
 
  private:
   friend class ImageSet;
@@ -143,11 +221,21 @@ class BlobReader {
     uint32_t crc;
     bool zstd;
   };
+  Result<void> BuildIndex();
+  Result<void> ReadAt(uint64_t file_off, void* dst, size_t len) const;
+  Result<void> ReadChunk(size_t i, uint64_t skip, char* dst, size_t len);
+  size_t FindChunk(uint64_t offset) const;
   std::string name_;
   UniqueFd fd_;
+  std::string mem_;  // the whole blob when opened FromBuffer
+  bool in_mem_ = false;
+  bool verified_ = false;
+  uint64_t file_size_ = 0;
   std::vector<Chunk> chunks_;
-  void* dctx_ = nullptr;
-  std::vector<char> scratch_;
+  void* dctx_ = nullptr;  // ZSTD_DCtx, reused
+  std::vector<char> scratch_;  // stored bytes of a chunk
+  std::vector<char> plain_;    // the last decompressed (or verified raw) chunk
+  int64_t plain_chunk_ = -1;   // which chunk plain_ holds
 };
 
 class ImageSet {
@@ -161,19 +249,40 @@ class ImageSet {
   const img::Inventory& inventory() const { return inventory_; }
   const std::string& dir() const { return dir_; }
   bool Has(const std::string& name) const;
-  Result<ImageReader> Open(const std::string& name) const;
+  // (Named OpenImage, not Open: C++ cannot overload the static Open(dir) with a member of the
+  // same parameter list.)
+  Result<ImageReader> OpenImage(const std::string& name) const;
   Result<std::unique_ptr<BlobReader>> OpenBlob(const std::string& name) const;
 
   // Reads an image that holds exactly one message.
   Result<void> ReadOne(const std::string& name, google::protobuf::Message* msg) const;
 
+  // Every problem with the listed files (missing, wrong size, wrong checksum, bad header), not
+  // just the first: for inspect. Empty when the set is intact.
+  std::vector<Error> Verify() const;
+
  private:
+  static Result<ImageSet> Load(const std::string& dir);
   std::string dir_;
   img::Inventory inventory_;
+  bool verified_ = false;
 };
+
+// What a file in an image directory holds, from its magic.
+enum class FileKind { kObject, kBlob, kUnknown };
+FileKind ProbeKind(std::string_view head);
+
+// Parses inventory.img's bytes (header, exactly one godwit.img.Inventory record, format
+// version). name is used in error messages. ImageSet::Open and the fuzz target use it.
+Result<img::Inventory> ParseInventory(const std::string& name, std::string data);
+
+// A file name an image set may hold: no '/', not "." or "..", not empty, at most 255 bytes.
+bool ValidImageName(const std::string& name);
 
 // The CPU features this machine offers (from cpuid/xgetbv: "avx", "avx2", "avx512f", "xsave",...).
 std::vector<std::string> CpuFeatures();
+// The XSAVE feature mask XCR0 (which register states the kernel saves); 0 without OSXSAVE.
+uint64_t Xcr0();
 // Checks that every feature an inventory needs is present here; names the missing ones.
 Result<void> CheckCpuFeatures(const img::Inventory& inv);
 // Fills format/godwit/kernel version, CPU features and time.

@@ -1,0 +1,243 @@
+// The directory sink: one file per image, written through a large buffer, with each file's size
+// and crc32c computed on the way (so Finish never reads a file back). Finish writes the
+// inventory last and atomically: its presence is what makes a directory a complete checkpoint.
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <climits>
+#include <map>
+#include <mutex>
+#include <set>
+
+#include "common/fs.h"
+#include "common/log.h"
+#include "images/crc32c.h"
+#include "images/format.h"
+#include "images/image.h"
+
+namespace godwit::images {
+namespace {
+
+constexpr size_t kBufSize = 1 << 20;
+// Writes at least this large skip the buffer: they go out with one writev together with what
+// is buffered (a chunk header), straight from the caller's memory.
+constexpr size_t kDirect = 128 << 10;
+
+Result<void> WritevAll(int fd, struct iovec* iov, int n, const std::string& path) {
+  while (n > 0) {
+    ssize_t w = ::writev(fd, iov, std::min(n, IOV_MAX));
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return Errno("write %s", path.c_str());
+    }
+    size_t left = static_cast<size_t>(w);
+    while (n > 0 && left >= iov->iov_len) {
+      left -= iov->iov_len;
+      iov++;
+      n--;
+    }
+    if (n > 0) {
+      iov->iov_base = static_cast<char*>(iov->iov_base) + left;
+      iov->iov_len -= left;
+    }
+  }
+  return Ok();
+}
+
+// What the sink knows about its files; shared with the outputs so an output may outlive
+// nothing it depends on.
+struct DirState {
+  std::mutex mu;
+  std::string dir;
+  std::vector<std::string> created;  // in creation order, for Abort and the inventory
+  std::set<std::string> open;        // created and not yet closed
+  std::map<std::string, img::ImageFile> closed;
+};
+
+class FileOutput : public Output {
+ public:
+  FileOutput(std::shared_ptr<DirState> st, std::string name, std::string path, UniqueFd fd)
+      : st_(std::move(st)), name_(std::move(name)), path_(std::move(path)), fd_(std::move(fd)),
+        buf_(new char[kBufSize]) {}
+
+  Result<void> Write(const void* data, size_t len) override {
+    crc_ = Crc32c(crc_, data, len);
+    return Put(data, len);
+  }
+
+  Result<void> WriteChecked(const void* data, size_t len, uint32_t crc) override {
+    crc_ = Crc32cCombine(crc_, crc, len);
+    return Put(data, len);
+  }
+
+  Result<void> Close() override {
+    if (!fd_) return MakeError(ErrorKind::kGeneric, 0, "%s: closed twice", path_.c_str());
+    TRY(Flush());
+    if (::close(fd_.release()) < 0) return Errno("close %s", path_.c_str());
+    img::ImageFile f;
+    f.set_name(name_);
+    f.set_size(size_);
+    f.set_crc32c(crc_);
+    std::lock_guard<std::mutex> l(st_->mu);
+    st_->open.erase(name_);
+    st_->closed[name_] = f;
+    return Ok();
+  }
+
+ private:
+  Result<void> Put(const void* data, size_t len) {
+    if (!fd_) return MakeError(ErrorKind::kGeneric, 0, "%s: write after close", path_.c_str());
+    size_ += len;
+    if (len >= kDirect) {
+      struct iovec iov[2] = {{buf_.get(), used_}, {const_cast<void*>(data), len}};
+      int first = used_ ? 0 : 1;
+      used_ = 0;
+      return WritevAll(fd_.get(), iov + first, 2 - first, path_);
+    }
+    if (used_ + len > kBufSize) TRY(Flush());
+    memcpy(buf_.get() + used_, data, len);
+    used_ += len;
+    return Ok();
+  }
+
+  Result<void> Flush() {
+    if (!used_) return Ok();
+    struct iovec iov = {buf_.get(), used_};
+    used_ = 0;
+    return WritevAll(fd_.get(), &iov, 1, path_);
+  }
+
+  std::shared_ptr<DirState> st_;
+  std::string name_, path_;
+  UniqueFd fd_;
+  std::unique_ptr<char[]> buf_;
+  size_t used_ = 0;
+  uint64_t size_ = 0;
+  uint32_t crc_ = 0;
+};
+
+bool StartsWithMagic(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  if (fd < 0) return false;
+  char head[8];
+  ssize_t n = ::pread(fd, head, 8, 0);
+  ::close(fd);
+  return n == 8 && (memcmp(head, format::kImageMagic, 8) == 0 ||
+                    memcmp(head, format::kBlobMagic, 8) == 0);
+}
+
+class DirSink : public Sink {
+ public:
+  explicit DirSink(std::string dir) : st_(std::make_shared<DirState>()) { st_->dir = dir; }
+  ~DirSink() override {
+    if (!finished_ && !aborted_) {
+      LOG_DEBUG("image sink %s dropped without Finish: removing its files", st_->dir.c_str());
+      Abort();
+    }
+  }
+
+  Result<std::unique_ptr<Output>> Create(const std::string& name) override {
+    if (finished_ || aborted_)
+      return MakeError(ErrorKind::kGeneric, 0, "create %s: image set already %s", name.c_str(),
+                       finished_ ? "finished" : "aborted");
+    if (!ValidImageName(name) || name == format::kInventoryName)
+      return MakeError(ErrorKind::kGeneric, 0, "invalid image name '%s'", name.c_str());
+    std::lock_guard<std::mutex> l(st_->mu);
+    if (st_->open.count(name) || st_->closed.count(name))
+      return MakeError(ErrorKind::kExists, 0, "image %s created twice", name.c_str());
+    std::string path = st_->dir + "/" + name;
+    ASSIGN_OR_RETURN(UniqueFd fd, fs::Open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600));
+    st_->created.push_back(name);
+    st_->open.insert(name);
+    return std::unique_ptr<Output>(new FileOutput(st_, name, path, std::move(fd)));
+  }
+
+  Result<void> Finish(img::Inventory inv) override {
+    if (finished_ || aborted_)
+      return MakeError(ErrorKind::kGeneric, 0, "image set %s already %s", st_->dir.c_str(),
+                       finished_ ? "finished" : "aborted");
+    std::lock_guard<std::mutex> l(st_->mu);
+    if (!st_->open.empty())
+      return MakeError(ErrorKind::kGeneric, 0, "image %s was not closed before Finish",
+                       st_->open.begin()->c_str());
+    inv.clear_files();
+    for (const auto& name : st_->created) *inv.add_files() = st_->closed[name];
+    std::string body;
+    if (!inv.SerializeToString(&body))
+      return MakeError(ErrorKind::kGeneric, 0, "serialize inventory");
+    std::string data = format::ImageHeader(inv.GetTypeName(), kFormatVersion);
+    char len[4];
+    format::PutU32(len, static_cast<uint32_t>(body.size()));
+    data.append(len, 4);
+    data += body;
+    std::string path = st_->dir + "/" + format::kInventoryName;
+    // fs::WriteFile(atomic) writes path.tmp, fsyncs it and renames it into place.
+    TRY_CTX(fs::WriteFile(path, data, /*atomic=*/true), "write inventory");
+    finished_ = true;
+    return Ok();
+  }
+
+  void Abort() override {
+    if (finished_ || aborted_) return;
+    aborted_ = true;
+    std::lock_guard<std::mutex> l(st_->mu);
+    for (const auto& name : st_->created) ::unlink((st_->dir + "/" + name).c_str());
+    ::unlink((st_->dir + "/" + format::kInventoryName + ".tmp").c_str());
+  }
+
+  std::shared_ptr<DirState> st_;
+  bool finished_ = false, aborted_ = false;
+};
+
+// Removes what an earlier dump left: the inventory first (so an interrupted cleanup never
+// leaves a set that claims to be complete), then the files it lists and any file that starts
+// with an image magic. Other files are not ours and stay.
+Result<void> RemoveOldImages(const std::string& dir) {
+  std::string inv_path = dir + "/" + format::kInventoryName;
+  std::vector<std::string> listed;
+  if (fs::Exists(inv_path)) {
+    auto data = fs::ReadFile(inv_path);
+    if (data.ok()) {
+      auto inv = ParseInventory(format::kInventoryName, std::move(*data));
+      if (inv.ok())
+        for (const auto& f : inv->files())
+          if (ValidImageName(f.name())) listed.push_back(f.name());
+    }
+    if (::unlink(inv_path.c_str()) < 0 && errno != ENOENT) return Errno("unlink %s", inv_path.c_str());
+  }
+  for (const auto& n : listed) ::unlink((dir + "/" + n).c_str());
+  ASSIGN_OR_RETURN(auto names, fs::ListDir(dir));
+  for (const auto& n : names) {
+    std::string p = dir + "/" + n;
+    struct stat st;
+    if (::lstat(p.c_str(), &st) < 0 || !S_ISREG(st.st_mode)) continue;
+    if (n == std::string(format::kInventoryName) + ".tmp" || StartsWithMagic(p)) {
+      if (::unlink(p.c_str()) < 0 && errno != ENOENT) return Errno("unlink %s", p.c_str());
+    }
+  }
+  return Ok();
+}
+
+}  // namespace
+
+bool ValidImageName(const std::string& name) {
+  return !name.empty() && name.size() <= 255 && name != "." && name != ".." &&
+         name.find('/') == std::string::npos && name.find('\0') == std::string::npos;
+}
+
+Result<std::unique_ptr<Sink>> OpenDirSink(const std::string& dir, bool overwrite) {
+  TRY_CTX(fs::MkdirAll(dir), "image directory %s", dir.c_str());
+  std::string inv_path = dir + "/" + format::kInventoryName;
+  if (fs::Exists(inv_path) && !overwrite)
+    return MakeError(ErrorKind::kExists, 0, "%s already holds a checkpoint (%s)", dir.c_str(),
+                     format::kInventoryName);
+  TRY_CTX(RemoveOldImages(dir), "clear image directory %s", dir.c_str());
+  return std::unique_ptr<Sink>(new DirSink(dir));
+}
+
+}  // namespace godwit::images
