@@ -183,6 +183,29 @@ int CmdState(Global& g, const std::vector<std::string>& args) {
 }
 GODWIT_COMMAND(state, "state", "state ID", "print the OCI state of a container (JSON)", CmdState);
 
+// --- pause / resume -------------------------------------------------------------------------
+
+int CmdPause(Global& g, const std::vector<std::string>& args) {
+  auto p = Parse(args, {});
+  if (!p.ok()) return ReportError(g, "pause", p.error());
+  if (p->positionals.size() != 1) return ReportError(g, "pause", Usage("expected exactly one ID"));
+  auto r = rt::Pause(g.root, p->positionals[0]);
+  if (!r.ok()) return ReportError(g, "pause", r.error());
+  return 0;
+}
+GODWIT_COMMAND(pause, "pause", "pause ID", "freeze every process of a container (cgroup freezer)",
+               CmdPause);
+
+int CmdResume(Global& g, const std::vector<std::string>& args) {
+  auto p = Parse(args, {});
+  if (!p.ok()) return ReportError(g, "resume", p.error());
+  if (p->positionals.size() != 1) return ReportError(g, "resume", Usage("expected exactly one ID"));
+  auto r = rt::Resume(g.root, p->positionals[0]);
+  if (!r.ok()) return ReportError(g, "resume", r.error());
+  return 0;
+}
+GODWIT_COMMAND(resume, "resume", "resume ID", "thaw a paused container", CmdResume);
+
 // --- kill -----------------------------------------------------------------------------------
 
 int CmdKill(Global& g, const std::vector<std::string>& args) {
@@ -242,7 +265,8 @@ int CmdList(Global& g, const std::vector<std::string>& args) {
   }
   printf("%-20s %-8s %-10s %-40s %s\n", "ID", "PID", "STATUS", "BUNDLE", "CREATED");
   for (const auto& e : *l) {
-    bool live = e.status == rt::Status::kCreated || e.status == rt::Status::kRunning;
+    bool live = e.status == rt::Status::kCreated || e.status == rt::Status::kRunning ||
+                e.status == rt::Status::kPaused;
     printf("%-20s %-8d %-10s %-40s %s\n", e.id.c_str(), live ? e.container.pid : 0,
            rt::StatusName(e.status), e.container.bundle.c_str(), e.container.created.c_str());
   }

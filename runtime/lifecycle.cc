@@ -408,6 +408,26 @@ Result<int> Wait(const Container& c, bool forward_signals) {
   return 1;
 }
 
+Result<void> Pause(const std::string& root, const std::string& id) {
+  ASSIGN_OR_RETURN(Container c, Container::Load(root, id));
+  Status s = c.CurrentStatus();
+  if (s != Status::kRunning)
+    return MakeError(ErrorKind::kGeneric, 0, "container %s is %s, not running", id.c_str(),
+                     StatusName(s));
+  ASSIGN_OR_RETURN(std::unique_ptr<Cgroup> cg, OpenCgroup(id));
+  return cg->Freeze();
+}
+
+Result<void> Resume(const std::string& root, const std::string& id) {
+  ASSIGN_OR_RETURN(Container c, Container::Load(root, id));
+  Status s = c.CurrentStatus();
+  if (s != Status::kPaused)
+    return MakeError(ErrorKind::kGeneric, 0, "container %s is %s, not paused", id.c_str(),
+                     StatusName(s));
+  ASSIGN_OR_RETURN(std::unique_ptr<Cgroup> cg, OpenCgroup(id));
+  return cg->Thaw();
+}
+
 Result<void> Kill(const std::string& root, const std::string& id, int sig, bool all) {
   ASSIGN_OR_RETURN(Container c, Container::Load(root, id));
   Status s = c.CurrentStatus();

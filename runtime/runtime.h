@@ -47,6 +47,10 @@ Result<void> Start(const std::string& root, const std::string& id);
 // sent to us meanwhile are forwarded when forward_signals is set.
 Result<int> Wait(const Container& c, bool forward_signals);
 
+// Freezes every process of a running container through its cgroup (status "paused"), and back.
+Result<void> Pause(const std::string& root, const std::string& id);
+Result<void> Resume(const std::string& root, const std::string& id);
+
 // Sends sig to the init, or with all=true to every process in its cgroup.
 Result<void> Kill(const std::string& root, const std::string& id, int sig, bool all);
 

@@ -488,6 +488,14 @@ TEST_F(RuntimeTest, FreezeAndThawThroughTheCgroup) {
   frozen = (*cg)->IsFrozen();
   ASSERT_TRUE(frozen.ok());
   EXPECT_FALSE(*frozen);
+  // The same through the verbs, with the status a second invocation sees.
+  ASSERT_EQ(Run({"pause", id}).code, 0);
+  EXPECT_EQ(json::parse(Run({"state", id}).out)["status"], "paused");
+  EXPECT_NE(Run({"exec", id, "--", "true"}).code, 0);
+  EXPECT_NE(Run({"pause", id}).code, 0);
+  ASSERT_EQ(Run({"resume", id}).code, 0);
+  EXPECT_EQ(json::parse(Run({"state", id}).out)["status"], "running");
+  EXPECT_EQ(Run({"exec", id, "--", "true"}).code, 0);
 }
 
 // What restore does: build the pieces with the library, then Register; the verbs take over.
