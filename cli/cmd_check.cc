@@ -188,6 +188,9 @@ const Feature kFeatures[] = {
     {"tcp_repair", false, "established TCP connections (TCP_REPAIR)", ProbeTcpRepair},
 };
 
+// Bump when a probe changes, so old cached answers are not trusted.
+constexpr int kProbeVersion = 2;
+
 int CheckCmd(Global& g, const std::vector<std::string>& args) {
   ArgSpec spec{{}, {"force"}, {}};
   auto pa = ParseArgs(args, spec);
@@ -201,7 +204,8 @@ int CheckCmd(Global& g, const std::vector<std::string>& args) {
     auto c = fs::ReadFile(cache);
     if (c.ok()) {
       auto j = nlohmann::json::parse(*c, nullptr, false);
-      if (!j.is_discarded() && j.value("boot_id", "") == boot) {
+      if (!j.is_discarded() && j.value("boot_id", "") == boot &&
+          j.value("probe_version", 0) == kProbeVersion) {
         out = j;
         cached = true;
       }
@@ -209,6 +213,7 @@ int CheckCmd(Global& g, const std::vector<std::string>& args) {
   }
   if (!cached) {
     out["boot_id"] = boot;
+    out["probe_version"] = kProbeVersion;
     nlohmann::json feats = nlohmann::json::array();
     for (const auto& f : kFeatures) {
       std::string detail;
