@@ -114,8 +114,8 @@ bool ProbePagemapScan(std::string* d) {
   a.end = a.start + 4096;
   a.vec = reinterpret_cast<uint64_t>(vec);
   a.vec_len = 4;
-  a.category_anyof_mask = 1 << 1;  // PAGE_IS_PRESENT
-  a.return_mask = 1 << 1;
+  a.category_anyof_mask = 1 << 3;  // PAGE_IS_PRESENT
+  a.return_mask = 1 << 3;
   int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
   long n = ioctl(fd, _IOWR('f', 16, struct pm_scan_arg), &a);
   if (n < 0) *d = strerror(errno);
@@ -189,7 +189,7 @@ const Feature kFeatures[] = {
 };
 
 // Bump when a probe changes, so old cached answers are not trusted.
-constexpr int kProbeVersion = 2;
+constexpr int kProbeVersion = 3;
 
 int CheckCmd(Global& g, const std::vector<std::string>& args) {
   ArgSpec spec{{}, {"force"}, {}};

@@ -200,6 +200,26 @@ TEST_F(CrTest, BadInput) {
   EXPECT_NE(kill(pid, 0), 0);
 }
 
+TEST_F(CrTest, PreDumpRoundsWhileWriting) {
+  pid_t pid = Start("cr_state", {"{READY}", dir_ / "go", "dirty"});
+  ASSERT_GT(pid, 0);
+  auto d = Godwit({"dump", "--pid", std::to_string(pid), "--images-dir", dir_ / "img",
+                   "--pre-dump-rounds", "3", "--json"});
+  ASSERT_EQ(d.status, 0) << d.err;
+  auto j = nlohmann::json::parse(d.out);
+  auto rounds = j["pre_dump_round_bytes"];
+  ASSERT_EQ(rounds.size(), 3u);
+  // Round 0 copies everything (128 MiB of arrays), later rounds only what was written since, and
+  // the frozen round less than the whole.
+  EXPECT_GT(rounds[0].get<uint64_t>(), 128ull << 20);
+  EXPECT_LT(rounds[2].get<uint64_t>(), rounds[0].get<uint64_t>());
+  EXPECT_LT(j["bytes"].get<uint64_t>(), 128ull << 20);
+  EXPECT_EQ(Wait(pid), 128 + SIGKILL);
+  Touch(dir_ / "go");
+  auto r = Godwit({"restore", "--images-dir", dir_ / "img"});
+  EXPECT_EQ(r.status, 0) << r.err;
+}
+
 TEST_F(CrTest, RemoteSyscallInjection) {
   pid_t pid = Start("cr_loop", {"{READY}", dir_ / "go", "1"});
   ASSERT_GT(pid, 0);
