@@ -29,6 +29,8 @@ class CrTest : public ::testing::Test {
     auto d = Godwit(args);
     EXPECT_EQ(d.status, 0) << d.err;
     if (d.status != 0) return -1;
+    if (getenv("CR_DEBUG"))
+      (void)!system(("" GODWIT_BIN " inspect --json " + dir_.path() + "/img > /tmp/cr_inspect.json").c_str());
     EXPECT_EQ(Wait(pid), 128 + SIGKILL);
     // The rest of the killed tree was reparented to us (subreaper): reap it so its pids are free.
     while (waitpid(-1, nullptr, 0) > 0 || errno == EINTR) {
@@ -55,6 +57,12 @@ TEST_F(CrTest, SingleProcessHeapRegistersRoundTrip) {
 
 TEST_F(CrTest, ThreadsKeepComputing) {
   pid_t pid = Start("cr_loop", {"{READY}", dir_ / "go", "8", "4"});
+  ASSERT_GT(pid, 0);
+  EXPECT_EQ(DumpKillRestore(pid), 0);
+}
+
+TEST_F(CrTest, ProcessesWithThreadsKeepComputing) {
+  pid_t pid = Start("cr_loop", {"{READY}", dir_ / "go", "4", "3", "3"});
   ASSERT_GT(pid, 0);
   EXPECT_EQ(DumpKillRestore(pid), 0);
 }

@@ -1,6 +1,7 @@
-// zdtm-style helper: cr_loop READY_FD GO_FILE [MIB] [THREADS]
+// zdtm-style helper: cr_loop READY_FD GO_FILE [MIB] [THREADS] [PROCS]
 // Fills MIB MiB of heap (malloc) and 1 MiB of brk memory with a pseudo-random pattern, spawns
-// THREADS-1 extra threads that each own a region, reports "ready" on READY_FD, then loops
+// THREADS-1 extra threads that each own a region (in each of PROCS processes: the root forks
+// PROCS-1 copies first, which it reaps and checks at the end), reports "ready" on READY_FD, then loops
 // recomputing checksums and advancing register/stack/FPU state. It exits 0 once GO_FILE exists
 // and one more full round of checks passed; any mismatch exits with a distinct code.
 #define _GNU_SOURCE
@@ -9,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static const char* go_file;
@@ -95,6 +97,24 @@ int main(int argc, char** argv) {
   go_file = argv[2];
   size_t mib = argc > 3 ? strtoul(argv[3], NULL, 10) : 16;
   int threads = argc > 4 ? atoi(argv[4]) : 1;
+  int procs = argc > 5 ? atoi(argv[5]) : 1;
+  pid_t kids[64];
+  int nkids = 0, is_child = 0;
+  int sync[2];
+  if (pipe(sync)) return 105;
+  for (int i = 1; i < procs && i < 64; ++i) {
+    pid_t k = fork();
+    if (k == 0) {
+      is_child = 1;  // a child reports to the root instead of the test
+      close(ready_fd);
+      close(sync[0]);
+      ready_fd = sync[1];
+      nkids = 0;
+      break;
+    }
+    kids[nkids++] = k;
+  }
+  if (!is_child) close(sync[1]);
   region_len = mib << 20;
   __builtin_cpu_init();
   vec_kind = __builtin_cpu_supports("avx512f") ? 2 : __builtin_cpu_supports("avx2") ? 1 : 0;
@@ -111,7 +131,14 @@ int main(int argc, char** argv) {
     ws[i].expect = fill(ws[i].mem, region_len / 8, 777 + i);
     if (pthread_create(&ws[i].th, NULL, worker_main, &ws[i])) return 103;
   }
-  if (write(ready_fd, "ready\n", 6) != 6) return 104;
+  if (!is_child) {
+    char c;
+    for (int i = 0; i < nkids; ++i)
+      if (read(sync[0], &c, 1) != 1) return 106;
+    close(sync[0]);
+  }
+  // Children report one byte each to the root; the root reports a line to the test.
+  if (is_child ? write(ready_fd, "r", 1) != 1 : write(ready_fd, "ready\n", 6) != 6) return 104;
   close(ready_fd);
   int r = loop(heap, region_len / 8, expect);
   if (r) return 10 + r;
@@ -120,6 +147,12 @@ int main(int argc, char** argv) {
   for (int i = 1; i < threads; ++i) {
     if (pthread_join(ws[i].th, NULL)) return 30;
     if (ws[i].result) return 30 + ws[i].result;
+  }
+  for (int i = 0; i < nkids; ++i) {
+    int st;
+    if (waitpid(kids[i], &st, 0) != kids[i]) return 40;
+    if (!WIFEXITED(st)) return 60 + WTERMSIG(st);
+    if (WEXITSTATUS(st)) return 50 + WEXITSTATUS(st);
   }
   return 0;
 }
