@@ -2,15 +2,15 @@
 // record decoded through the type named in the image header), and a damaged directory (shown
 // as far as readable, non-zero exit).
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <gtest/gtest.h>
-
 #include <nlohmann/json.hpp>
 
 #include "common/fs.h"
+#include "images/format.h"
 #include "images/image.h"
 
 namespace godwit::images {
@@ -113,6 +113,18 @@ TEST_F(InspectTest, JsonDecodesEveryRecord) {
   EXPECT_TRUE(j["damage"].empty());
 }
 
+TEST_F(InspectTest, OnlyNamedImages) {
+  CmdResult r = Godwit({"inspect", "--json", dir_, "files-7.img"}, dir_);
+  ASSERT_EQ(r.status, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out, nullptr, false);
+  ASSERT_FALSE(j.is_discarded());
+  ASSERT_EQ(j["files"].size(), 1u);
+  EXPECT_EQ(j["files"][0]["name"], "files-7.img");
+  CmdResult missing = Godwit({"inspect", dir_, "nope.img"}, dir_);
+  EXPECT_EQ(missing.status, 3) << missing.err;
+  EXPECT_NE(missing.err.find("nope.img"), std::string::npos);
+}
+
 TEST_F(InspectTest, DamagedDirectory) {
   // A flipped byte in a record, a missing blob and a stray file.
   int fd = open((dir_ + "/files-7.img").c_str(), O_RDWR);
@@ -169,8 +181,45 @@ TEST_F(InspectTest, FlippedBlobByteIsLocated) {
       << r.out;
 }
 
+// Every message type of proto/*.proto is known to the godwit binary: an image of any type is
+// decoded, not shown as "type not known".
+TEST(Inspect, DecodesEveryImageType) {
+  std::string dir = StrFormat("/dev/shm/godwit-inspect-types-%d", getpid());
+  (void)fs::RemoveAll(dir);
+  ASSERT_TRUE(fs::MkdirAll(dir).ok());
+  auto protos = fs::ListDir(std::string(GODWIT_SOURCE_DIR) + "/proto");
+  ASSERT_TRUE(protos.ok());
+  int n = 0;
+  for (const auto& p : *protos) {
+    if (p.size() < 6 || p.substr(p.size() - 6) != ".proto") continue;
+    auto text = fs::ReadFile(std::string(GODWIT_SOURCE_DIR) + "/proto/" + p);
+    ASSERT_TRUE(text.ok());
+    for (const auto& line : fs::Split(*text, '\n')) {
+      if (line.rfind("message ", 0) != 0) continue;  // top-level messages only
+      std::string name = fs::Trim(line.substr(8, line.find('{') - 8));
+      // One zero-length record: a valid encoding of any proto3 message.
+      std::string img = format::ImageHeader("godwit.img." + name, kFormatVersion);
+      img.append(4, '\0');
+      ASSERT_TRUE(fs::WriteFile(dir + "/" + name + ".img", img).ok());
+      n++;
+    }
+  }
+  ASSERT_GT(n, 1);
+  CmdResult r = Godwit({"inspect", "--json", dir}, dir);
+  (void)fs::RemoveAll(dir);
+  auto j = nlohmann::json::parse(r.out, nullptr, false);
+  ASSERT_FALSE(j.is_discarded()) << r.out << r.err;
+  ASSERT_EQ(j["files"].size(), static_cast<size_t>(n));
+  for (const auto& f : j["files"]) {
+    EXPECT_FALSE(f.contains("note")) << f["type"] << ": " << f["note"];
+    EXPECT_EQ(f["records"], 1) << f["type"];
+    EXPECT_EQ(f["records_json"].size(), 1u) << f["type"];
+  }
+}
+
 TEST(Inspect, MissingDirAndUsage) {
-  CmdResult r = Godwit({"inspect", "/nonexistent/godwit-images"}, StrFormat("/tmp/godwit-insp-%d", getpid()));
+  CmdResult r =
+      Godwit({"inspect", "/nonexistent/godwit-images"}, StrFormat("/tmp/godwit-insp-%d", getpid()));
   EXPECT_EQ(r.status, 3) << r.err;  // not found
   CmdResult u = Godwit({"inspect"}, StrFormat("/tmp/godwit-insp-%d", getpid()));
   EXPECT_EQ(u.status, 2) << u.err;

@@ -2,11 +2,11 @@
 // and every kind of bad input (truncation, corruption, wrong magic or version, missing files,
 // absurd lengths) failing with kBadImage, the file name and the offset.
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <gtest/gtest.h>
-
+#include <map>
 #include <random>
 
 #include "common/fs.h"
@@ -237,7 +237,9 @@ TEST_F(ImagesTest, BlobZstdRoundTrip) { BlobRoundTrip(dir_, Compression::kZstd, 
 TEST_F(ImagesTest, BlobZstdIncompressibleStoredRaw) {
   BlobRoundTrip(dir_, Compression::kZstd, 9 << 20, false);
 }
-TEST_F(ImagesTest, BlobLarge) { BlobRoundTrip(dir_, Compression::kNone, (64 << 20) + 12345, false); }
+TEST_F(ImagesTest, BlobLarge) {
+  BlobRoundTrip(dir_, Compression::kNone, (64 << 20) + 12345, false);
+}
 
 // Small appends are gathered into whole chunks, any thread count gives the same file, and
 // offsets returned by Append are right whatever the mix of sizes.
@@ -328,6 +330,77 @@ TEST_F(ImagesTest, EdgeCases) {
   auto none = ImageSet::Open(dir_ + "/nope");
   ASSERT_FALSE(none.ok());
   EXPECT_EQ(none.error().kind(), ErrorKind::kNotFound);
+}
+
+// Writers only stream through Output (no seeking, no knowledge of files): any Sink works, as a
+// socket sink for live migration will. This one keeps every output in memory.
+class MemorySink : public Sink {
+ public:
+  struct Out : Output {
+    std::string* dst;
+    bool closed = false;
+    Result<void> Write(const void* d, size_t n) override {
+      dst->append(static_cast<const char*>(d), n);
+      return Ok();
+    }
+    Result<void> Close() override {
+      closed = true;
+      return Ok();
+    }
+  };
+  Result<std::unique_ptr<Output>> Create(const std::string& name) override {
+    auto o = std::make_unique<Out>();
+    o->dst = &files[name];
+    return std::unique_ptr<Output>(std::move(o));
+  }
+  Result<void> Finish(img::Inventory inv) override { return Ok(); }
+  void Abort() override { files.clear(); }
+  std::map<std::string, std::string> files;
+};
+
+TEST(Images, AnySinkWorks) {
+  MemorySink sink;
+  ASSERT_TRUE(WriteImage(sink, "one.img", File("x", 5)).ok());
+  auto b = BlobWriter::Create(sink, "blob.img", Compression::kZstd);
+  ASSERT_TRUE(b.ok());
+  std::string data = RandomBytes(6 << 20, 4);
+  ASSERT_TRUE(b->Append(data.data(), data.size()).ok());
+  ASSERT_TRUE(b->Close().ok());
+  auto r = ImageReader::FromBuffer("one.img", sink.files["one.img"]);
+  ASSERT_TRUE(r.ok());
+  img::ImageFile f;
+  auto more = r->Next(&f);
+  ASSERT_TRUE(more.ok() && *more);
+  EXPECT_EQ(f.name(), "x");
+  auto br = BlobReader::FromBuffer("blob.img", sink.files["blob.img"]);
+  ASSERT_TRUE(br.ok());
+  std::string back(data.size(), '\0');
+  ASSERT_TRUE((*br)->Read(0, back.data(), back.size()).ok());
+  EXPECT_TRUE(back == data);
+}
+
+TEST_F(ImagesTest, ReserveReleasesTheUnused) {
+  auto sink = OpenDirSink(dir_);
+  ASSERT_TRUE(sink.ok());
+  auto w = BlobWriter::Create(**sink, "pages.img", Compression::kNone);
+  ASSERT_TRUE(w.ok());
+  ASSERT_TRUE(w->Reserve(64 << 20).ok());
+  struct stat st;
+  ASSERT_EQ(stat(Path("pages.img").c_str(), &st), 0);
+  EXPECT_GE(st.st_blocks * 512, 64 << 20);  // allocated ahead (tmpfs supports fallocate)
+  std::string data = RandomBytes(3 << 20, 2);
+  ASSERT_TRUE(w->Append(data.data(), data.size()).ok());
+  ASSERT_TRUE(w->Close().ok());
+  ASSERT_TRUE((*sink)->Finish(NewInventory()).ok());
+  ASSERT_EQ(stat(Path("pages.img").c_str(), &st), 0);
+  EXPECT_LT(st.st_blocks * 512, 4 << 20);  // the rest was released
+  auto set = ImageSet::Open(dir_);
+  ASSERT_TRUE(set.ok()) << set.error().to_string();
+  auto b = set->OpenBlob("pages.img");
+  ASSERT_TRUE(b.ok());
+  std::string back(data.size(), '\0');
+  ASSERT_TRUE((*b)->Read(0, back.data(), back.size()).ok());
+  EXPECT_TRUE(back == data);
 }
 
 // ---- sinks
@@ -526,6 +599,47 @@ TEST_F(BadImageTest, FlippedByteNamesFile) {
   auto u = ReadAllUnverified();
   ExpectBad(u, "pages-1.img");
   EXPECT_NE(u.error().message().find("checksum"), std::string::npos);
+}
+
+TEST_F(ImagesTest, DeferredVerification) {
+  auto sink = OpenDirSink(dir_);
+  ASSERT_TRUE(sink.ok());
+  ASSERT_TRUE(WriteImage(**sink, "small.img", File("a", 1)).ok());
+  auto w = BlobWriter::Create(**sink, "big.img", Compression::kNone);
+  ASSERT_TRUE(w.ok());
+  std::string data = RandomBytes(65 << 20, 9);
+  ASSERT_TRUE(w->Append(data.data(), data.size()).ok());
+  ASSERT_TRUE(w->Close().ok());
+  ASSERT_TRUE((*sink)->Finish(NewInventory()).ok());
+  {
+    auto set = ImageSet::OpenDeferred(dir_);
+    ASSERT_TRUE(set.ok()) << set.error().to_string();
+    auto b = set->OpenBlob("big.img");
+    ASSERT_TRUE(b.ok());
+    EXPECT_TRUE(set->WaitVerified().ok());
+    EXPECT_TRUE(set->WaitVerified().ok());  // twice is fine
+  }
+  auto unverified = ImageSet::OpenUnverified(dir_);
+  ASSERT_TRUE(unverified.ok());
+  EXPECT_FALSE(unverified->WaitVerified().ok());
+  // Damage in the big file shows at WaitVerified, naming it.
+  int fd = open(Path("big.img").c_str(), O_RDWR);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(pwrite(fd, "X", 1, 40 << 20), 1);
+  close(fd);
+  {
+    auto set = ImageSet::OpenDeferred(dir_);
+    ASSERT_TRUE(set.ok());
+    auto r = set->WaitVerified();
+    ExpectBad(r, "big.img", false);
+  }
+  // Damage in a small file fails at once.
+  fd = open(Path("small.img").c_str(), O_RDWR);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(pwrite(fd, "X", 1, 20), 1);
+  close(fd);
+  auto set = ImageSet::OpenDeferred(dir_);
+  ExpectBad(set.ok() ? Result<void>() : Result<void>(set.error()), "small.img", false);
 }
 
 TEST_F(BadImageTest, FlippedByteInZstdChunk) {
