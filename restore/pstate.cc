@@ -141,6 +141,9 @@ Result<void> RestoreSched(RestoreContext& ctx, ProcessRestore& p) {
         return Errno("sched_setattr %d policy %u nice %d prio %u", t.tid(), s.policy(), s.nice(),
                      s.priority());
     }
+    // Real-time policies ignore sched_nice, yet keep a nice value for a later switch back.
+    if (setpriority(PRIO_PROCESS, static_cast<id_t>(t.tid()), s.nice()) < 0)
+      return Errno("setpriority %d nice %d", t.tid(), s.nice());
   }
   return Ok();
 }
