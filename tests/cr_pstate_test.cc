@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <linux/close_range.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -24,7 +25,7 @@
 
 namespace {
 
-struct Run {
+struct GodwitRun {
   int status = -1;
   std::string out, err;
 };
@@ -66,7 +67,7 @@ class TempDir {
 };
 
 // Runs godwit; pre_exec runs in the child before exec (to lower a limit, say).
-Run Godwit(const std::vector<std::string>& args, const TempDir& dir,
+GodwitRun Godwit(const std::vector<std::string>& args, const TempDir& dir,
            void (*pre_exec)() = nullptr) {
   static int n = 0;
   std::string out = dir / ("godwit-" + std::to_string(++n) + ".out");
@@ -87,7 +88,7 @@ Run Godwit(const std::vector<std::string>& args, const TempDir& dir,
     execv(GODWIT_BIN, argv.data());
     _exit(127);
   }
-  Run r;
+  GodwitRun r;
   r.status = Wait(pid);
   r.out = Slurp(out);
   r.err = Slurp(err);
@@ -103,13 +104,16 @@ class Helper {
     if (pipe2(p, O_CLOEXEC) < 0) return;
     pid_ = fork();
     if (pid_ == 0) {
-      int ready = dup(p[1]);  // without O_CLOEXEC
+      // Only stdio and the ready pipe (fd 3): nothing else of the test leaks into the tree.
       int in = open("/dev/null", O_RDONLY);
       int out = open("/dev/null", O_WRONLY);
       int err = open(log_.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
       dup2(in, 0);
       dup2(out, 1);
       dup2(err, 2);
+      dup2(p[1], 3);  // dup2 clears O_CLOEXEC
+      close_range(4, ~0U, 0);
+      int ready = 3;
       std::string path = std::string(GODWIT_HELPERS) + "/" + name;
       std::vector<std::string> full = {path, args[0], std::to_string(ready)};
       for (size_t i = 1; i < args.size(); ++i) full.push_back(args[i]);
@@ -120,10 +124,14 @@ class Helper {
       _exit(127);
     }
     close(p[1]);
-    char buf[16] = {};
-    ssize_t n = read(p[0], buf, sizeof(buf) - 1);
+    // "ready", then EOF: the helper closed its end, so no fd leads out of the tree at the dump.
+    std::string got;
+    char buf[64];
+    ssize_t n;
+    while ((n = read(p[0], buf, sizeof(buf))) > 0 || (n < 0 && errno == EINTR))
+      if (n > 0) got.append(buf, n);
     close(p[0]);
-    ready_ = n > 0 && std::string(buf).rfind("ready", 0) == 0;
+    ready_ = got.rfind("ready", 0) == 0;
   }
   ~Helper() {
     if (pid_ > 0 && !reaped_) {
@@ -150,7 +158,7 @@ class Helper {
 
 // The decoded pstate-PID.img of a dump, through `godwit inspect --json`.
 nlohmann::json Pstate(const TempDir& dir, const std::string& images, pid_t pid) {
-  Run r = Godwit({"inspect", images, "--json"}, dir);
+  GodwitRun r = Godwit({"inspect", images, "--json"}, dir);
   EXPECT_EQ(r.status, 0) << r.err;
   auto j = nlohmann::json::parse(r.out, nullptr, false);
   if (j.is_discarded()) {
@@ -177,8 +185,9 @@ uint64_t U64(const nlohmann::json& j) {
 // Dumps the helper (killing it) and reaps it; returns the images dir.
 std::string Dump(const TempDir& dir, Helper& h) {
   std::string images = dir / "images";
-  Run d = Godwit({"dump", "--pid", std::to_string(h.pid()), "--images-dir", images}, dir);
+  GodwitRun d = Godwit({"dump", "--pid", std::to_string(h.pid()), "--images-dir", images}, dir);
   EXPECT_EQ(d.status, 0) << d.err;
+  if (d.status != 0) kill(h.pid(), SIGKILL);  // a failed dump leaves the tree running
   int st = h.Reap();
   EXPECT_EQ(st, 128 + SIGKILL) << "the dump did not kill the helper";
   return images;
@@ -186,7 +195,7 @@ std::string Dump(const TempDir& dir, Helper& h) {
 
 // Restores, lets the helper check itself and returns its exit code.
 int RestoreAndCheck(const TempDir& dir, Helper& h, const std::string& images) {
-  Run r = Godwit({"restore", "--images-dir", images, "--detach"}, dir);
+  GodwitRun r = Godwit({"restore", "--images-dir", images, "--detach"}, dir);
   EXPECT_EQ(r.status, 0) << r.err;
   if (r.status != 0) return -1;
   h.Restored();
@@ -292,7 +301,7 @@ TEST(CrPstate, RlimitAboveRestorersHardLimitFails) {
   Helper h(dir, "ps_misc", {"rlimits"});
   ASSERT_TRUE(h.ready()) << h.log();
   std::string images = Dump(dir, h);
-  Run r = Godwit({"restore", "--images-dir", images, "--detach"}, dir, [] {
+  GodwitRun r = Godwit({"restore", "--images-dir", images, "--detach"}, dir, [] {
     struct rlimit rl = {150, 150};  // below the dumped RLIMIT_NOFILE hard limit (200)
     setrlimit(RLIMIT_NOFILE, &rl);
   });
