@@ -134,7 +134,9 @@ class Helper {
     ready_ = got.rfind("ready", 0) == 0;
   }
   ~Helper() {
-    if (pid_ > 0 && !reaped_) {
+    // Only a child of ours that is still running (the original, or a restored helper that came
+    // back to us, the subreaper): never a pid that something else took meanwhile.
+    if (pid_ > 0 && !reaped_ && waitpid(pid_, nullptr, WNOHANG) == 0) {
       kill(pid_, SIGKILL);
       waitpid(pid_, nullptr, 0);
     }
@@ -305,6 +307,7 @@ TEST(CrPstate, RlimitAboveRestorersHardLimitFails) {
     struct rlimit rl = {150, 150};  // below the dumped RLIMIT_NOFILE hard limit (200)
     setrlimit(RLIMIT_NOFILE, &rl);
   });
+  h.Restored();  // if it was restored after all, the destructor kills it
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.err.find("RLIMIT_NOFILE"), std::string::npos) << r.err;
   waitpid(h.pid(), nullptr, WNOHANG);  // if it came back to us as a zombie

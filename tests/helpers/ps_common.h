@@ -39,25 +39,30 @@ static void ps_on_usr2(int sig) { (void)sig; ps_go = 1; }
     }                                                                      \
   } while (0)
 
-/* Installs the SIGUSR2 "check now" handler. Call before any other setup. */
+/* Installs the SIGUSR2 "check now" handler. Call before any other setup (and any thread). */
 static void ps_init(void) {
   struct sigaction sa;
   memset(&sa, 0, sizeof(sa));
   sa.sa_handler = ps_on_usr2;
   SETUP(sigaction(SIGUSR2, &sa, NULL) == 0);
-}
-
-/* Reports ready and waits for SIGUSR2. */
-static void ps_ready_and_wait(const char* fd_arg) {
-  int fd = atoi(fd_arg);
-  SETUP(write(fd, "ready\n", 6) == 6);
-  close(fd);
-  sigset_t none, usr2, old;
-  sigemptyset(&none);
+  /* Blocked in every thread (they inherit the mask): only ps_ready_and_wait takes it. */
+  sigset_t usr2;
   sigemptyset(&usr2);
   sigaddset(&usr2, SIGUSR2);
-  sigprocmask(SIG_BLOCK, &usr2, &old);
-  while (!ps_go) sigsuspend(&old);
-  sigprocmask(SIG_SETMASK, &old, NULL);
-  (void)none;
+  SETUP(sigprocmask(SIG_BLOCK, &usr2, NULL) == 0);
+}
+
+/* Reports ready and waits for SIGUSR2, kept blocked and taken with sigwaitinfo: a signal that
+ * arrives before the restored process re-issues its interrupted wait stays pending instead of
+ * running a handler just before the wait starts (and being lost). */
+static void ps_ready_and_wait(const char* fd_arg) {
+  int fd = atoi(fd_arg);
+  sigset_t usr2;
+  sigemptyset(&usr2);
+  sigaddset(&usr2, SIGUSR2);
+  SETUP(write(fd, "ready\n", 6) == 6);
+  close(fd);
+  while (sigwaitinfo(&usr2, NULL) != SIGUSR2) {
+  }
+  ps_go = 1;
 }
