@@ -277,7 +277,16 @@ Result<void> DumpSeccomp(pid_t pid, pid_t tid, img::Seccomp* sc) {
     if (ptrace(static_cast<__ptrace_request>(0x420c), tid, reinterpret_cast<void*>(i),
                insns.data()) < 0)
       return Errno("PTRACE_SECCOMP_GET_FILTER %d #%lu", tid, i);
-    sc->add_filters()->set_insns(std::move(insns));
+    struct {
+      uint64_t filter_off;
+      uint64_t flags;
+    } meta = {i, 0};
+    if (ptrace(static_cast<__ptrace_request>(0x420d /* PTRACE_SECCOMP_GET_METADATA */), tid,
+               reinterpret_cast<void*>(sizeof(meta)), &meta) < 0)
+      return Errno("PTRACE_SECCOMP_GET_METADATA %d #%lu", tid, i);
+    auto* f = sc->add_filters();
+    f->set_insns(std::move(insns));
+    f->set_flags(meta.flags);
   }
   return Ok();
 }

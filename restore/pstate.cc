@@ -1,6 +1,6 @@
 // Restore steps for the simple kinds of process state: rlimits, cwd/root/umask, personality,
 // comm, scheduling, process flags (child subreaper, THP), the post-creds flags (pdeathsig,
-// dumpable) and seccomp. Every call that changes "current" is injected into the thread the state
+// dumpable). Every call that changes "current" is injected into the thread the state
 // belongs to; scheduling attributes are set from outside (sched_setattr takes a tid).
 #include "restore/pstate.h"
 
@@ -178,19 +178,6 @@ Result<void> RestoreAfterCreds(RestoreContext& ctx, ProcessRestore& p) {
     LOG_WARN("pid %d: dumpable %u cannot be set back; left at the kernel's value", p.pid,
              ps.dumpable());
   }
-  return Ok();
-}
-
-// A filter installed by injection would also filter every call injected after it (signals, the
-// timers, core's rseq and munmap), and strict mode allows none of them: refuse clearly instead of
-// restoring a process with a weaker or broken sandbox.
-Result<void> RestoreSeccomp(RestoreContext& ctx, ProcessRestore& p) {
-  ASSIGN_OR_RETURN(img::ProcessState ps, LoadPstate(ctx, p));
-  for (const auto& t : ps.threads())
-    if (t.seccomp().mode() != 0)
-      return MakeError(ErrorKind::kUnsupported, 0,
-                       "thread %d: seccomp mode %u (%d filters) cannot be restored yet", t.tid(),
-                       t.seccomp().mode(), t.seccomp().filters_size());
   return Ok();
 }
 

@@ -16,8 +16,7 @@ const std::vector<RestoreStep>& ProcessSteps() {
       {"threads", RestoreThreads},
       // Process state (restore/pstate*.cc). Handlers and altstacks point into the new memory;
       // everything that needs privilege (chroot, sched, rlimits) before "creds"; pdeathsig and
-      // dumpable after it (a cred change resets both); timers armed last so none fires early.
-      {"seccomp", RestoreSeccomp},
+      // dumpable after it (a cred change resets both); timers armed late so none fires early.
       {"sigactions", RestoreSigactions},
       {"sigaltstack", RestoreSigaltstack},
       {"rlimits", RestoreRlimits},
@@ -30,6 +29,7 @@ const std::vector<RestoreStep>& ProcessSteps() {
       {"after-creds", RestoreAfterCreds},
       {"signals", RestoreSignals},
       {"timers", RestoreTimers},
+      {"seccomp", RestoreSeccomp},  // filters filter injected calls too: last before core
       {"core", RestoreCore},
   };
   return steps;

@@ -20,7 +20,7 @@ const std::vector<RestoreStep>& ProcessSteps();
 Result<void> RestoreMm(RestoreContext& ctx, ProcessRestore& p);       // mm.cc
 Result<void> RestoreThreads(RestoreContext& ctx, ProcessRestore& p);  // threads.cc
 // Process state (pstate*.cc).
-Result<void> RestoreSeccomp(RestoreContext& ctx, ProcessRestore& p);      // refuses mode != 0
+Result<void> RestoreSeccomp(RestoreContext& ctx, ProcessRestore& p);      // filters
 Result<void> RestoreSigactions(RestoreContext& ctx, ProcessRestore& p);
 Result<void> RestoreSigaltstack(RestoreContext& ctx, ProcessRestore& p);
 Result<void> RestoreRlimits(RestoreContext& ctx, ProcessRestore& p);

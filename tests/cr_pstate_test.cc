@@ -360,6 +360,22 @@ TEST(CrPstate, PdeathsigSubreaperThp) {
   RoundTrip(dir, h, images);
 }
 
+TEST(CrPstate, SeccompFilters) {
+  TempDir dir;
+  Helper h(dir, "ps_misc", {"seccomp"});
+  ASSERT_TRUE(h.ready()) << h.log();
+  std::string images = Dump(dir, h);
+  auto ps = Pstate(dir, images, h.pid());
+  ASSERT_EQ(ps["threads"].size(), 2u);
+  for (const auto& t : ps["threads"]) {
+    EXPECT_EQ(t["seccomp"].value("mode", 0u), 2u);
+    ASSERT_EQ(t["seccomp"]["filters"].size(), 2u);
+    EXPECT_EQ(U64(t["seccomp"]["filters"][0]["flags"]), 0u);  // oldest first
+    EXPECT_EQ(U64(t["seccomp"]["filters"][1]["flags"]), 2u);  // SECCOMP_FILTER_FLAG_LOG
+  }
+  RoundTrip(dir, h, images);
+}
+
 TEST(CrPstate, ITimers) {
   TempDir dir;
   Helper h(dir, "ps_timers", {"itimers"});

@@ -3,17 +3,24 @@
  *   ps_misc fs READY_FD DIR          chroot DIR, cwd DIR/sub, umask 027, personality, comm of
  *                                    the main thread and a second thread
  *   ps_misc sched READY_FD           SCHED_BATCH nice 5 + timer slack (main), SCHED_FIFO 7 (thread)
- *   ps_misc prctl READY_FD           pdeathsig, child subreaper, THP disable */
+ *   ps_misc prctl READY_FD           pdeathsig, child subreaper, THP disable
+ *   ps_misc seccomp READY_FD         no_new_privs + two stacked filters (uname -> errno 77,
+ *                                    getpgid -> 78, the second with SECCOMP_FILTER_FLAG_LOG),
+ *                                    in the main thread and a thread created after them */
 #include "ps_common.h"
 
 #include <pthread.h>
 #include <sched.h>
 #include <stdint.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
 #include <sys/personality.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/utsname.h>
 
 struct lim {
   int res;
@@ -177,6 +184,68 @@ static int prctls(const char* ready) {
   return 0;
 }
 
+/* nr -> SECCOMP_RET_ERRNO | err, everything else allowed (x86-64 only, as godwit). */
+static int deny(int nr, int err, unsigned flags) {
+  struct sock_filter f[] = {
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)nr, 0, 1),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (unsigned)err),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+  };
+  struct sock_fprog prog = {sizeof(f) / sizeof(f[0]), f};
+  return (int)syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, flags, &prog);
+}
+
+static int status_field(const char* key) {
+  FILE* f = fopen("/proc/self/status", "r");
+  if (!f) return -1;
+  char line[256];
+  int v = -1;
+  size_t n = strlen(key);
+  while (fgets(line, sizeof(line), f))
+    if (strncmp(line, key, n) == 0 && line[n] == ':') v = atoi(line + n + 1);
+  fclose(f);
+  return v;
+}
+
+static int filtered(void) {
+  struct utsname u;
+  errno = 0;
+  if (syscall(SYS_uname, &u) != -1 || errno != 77) return 0;
+  errno = 0;
+  if (syscall(SYS_getpgid, 0) != -1 || errno != 78) return 0;
+  return getpid() > 0;
+}
+
+static void* seccomp_thread(void* arg) {
+  (void)arg;
+  pthread_barrier_wait(&barrier);
+  while (!thread_go) syscall(SYS_futex, &thread_go, 0, 0, NULL, NULL, 0);
+  thread_ok = filtered() ? 1 : 2;
+  return NULL;
+}
+
+static int seccomp(const char* ready) {
+  SETUP(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0);
+  SETUP(deny(SYS_uname, 77, 0) == 0);
+  SETUP(deny(SYS_getpgid, 78, SECCOMP_FILTER_FLAG_LOG) == 0);
+  SETUP(filtered());
+  pthread_barrier_init(&barrier, NULL, 2);
+  pthread_t th;
+  SETUP(pthread_create(&th, NULL, seccomp_thread, NULL) == 0);
+  pthread_barrier_wait(&barrier);
+  ps_ready_and_wait(ready);
+  CHECK(status_field("Seccomp") == 2, "Seccomp %d", status_field("Seccomp"));
+  CHECK(status_field("Seccomp_filters") == 2, "Seccomp_filters %d",
+        status_field("Seccomp_filters"));
+  CHECK(filtered(), "main thread not filtered");
+  thread_go = 1;
+  syscall(SYS_futex, &thread_go, 1, 1, NULL, NULL, 0);
+  CHECK(pthread_join(th, NULL) == 0, "join");
+  CHECK(thread_ok == 1, "thread not filtered (%d)", thread_ok);
+  return 0;
+}
+
 int main(int argc, char** argv) {
   if (argc < 3) return 122;
   ps_init();
@@ -184,5 +253,6 @@ int main(int argc, char** argv) {
   if (strcmp(argv[1], "fs") == 0 && argc > 3) return fs(argv[2], argv[3]);
   if (strcmp(argv[1], "sched") == 0) return sched(argv[2]);
   if (strcmp(argv[1], "prctl") == 0) return prctls(argv[2]);
+  if (strcmp(argv[1], "seccomp") == 0) return seccomp(argv[2]);
   return 123;
 }
