@@ -22,6 +22,7 @@
 #include "common/log.h"
 #include "common/sched_attr.h"
 #include "dump/steps.h"
+#include "images/inspect.h"
 #include "proto/pstate.pb.h"
 
 namespace godwit::dump {
@@ -340,6 +341,35 @@ constexpr Kind kKinds[] = {
     {"itimers", DumpITimers},          {"posix-timers", DumpPosixTimers},
     {"threads", DumpThreads},  // sigaltstack, creds, sched, pdeathsig, timer slack, seccomp
 };
+
+// One line for `godwit inspect`: "uid 2000/2001 gid 1000 caps 0x420 | 3 handlers, 2 ignored |
+// cwd /srv root / umask 022 | 4 POSIX timers, itimer real | seccomp 2 filters".
+std::string Summarize(const google::protobuf::Message& m) {
+  const auto* ps = dynamic_cast<const img::ProcessState*>(&m);
+  if (ps == nullptr || ps->threads_size() == 0) return "";
+  const auto& c = ps->threads(0).creds();
+  int caught = 0, ignored = 0;
+  for (const auto& a : ps->handlers().actions()) {
+    if (a.handler() == 1) ignored++;
+    else if (a.handler() != 0) caught++;
+  }
+  std::string s = StrFormat("pid %d: uid %u/%u gid %u/%u caps %#llx | %d handlers, %d ignored | "
+                            "cwd %s root %s umask %03o",
+                            ps->pid(), c.uid(), c.euid(), c.gid(), c.egid(),
+                            static_cast<unsigned long long>(c.cap_effective()), caught, ignored,
+                            ps->fs().cwd().c_str(), ps->fs().root().c_str(), ps->fs().umask());
+  if (ps->timers_size() > 0) s += StrFormat(" | %d POSIX timers", ps->timers_size());
+  if (ps->itimers().real().value_us() || ps->itimers().virt().value_us() ||
+      ps->itimers().prof().value_us())
+    s += " | itimers armed";
+  if (ps->threads(0).seccomp().mode() != 0)
+    s += StrFormat(" | seccomp mode %u (%d filters)", ps->threads(0).seccomp().mode(),
+                   ps->threads(0).seccomp().filters_size());
+  return s;
+}
+
+[[maybe_unused]] const bool kSummaryRegistered =
+    images::RegisterSummary("godwit.img.ProcessState", &Summarize);
 
 }  // namespace
 
