@@ -158,7 +158,10 @@ class Walker {
     }
     switch (stx.stx_mode & S_IFMT) {
       case S_IFDIR: {
-        int fd = ::openat(dirfd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        // O_NOATIME: reading a directory would touch its atime (readlink still touches a
+        // symlink's; the image keeps the value from before).
+        int fd = ::openat(dirfd, name.c_str(),
+                          O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_NOATIME | O_CLOEXEC);
         if (fd < 0) return Errno("open dir %s", path.c_str());
         UniqueFd owned(fd);
         TRY(ReadXattrs(fd, &e));
@@ -426,8 +429,8 @@ Result<img::MountTable> ParseMountInfo(const std::string& text) {
     unsigned maj = 0, min = 0;
     if (sscanf(f[2].c_str(), "%u:%u", &maj, &min) != 2)
       return MakeError(ErrorKind::kGeneric, 0, "mountinfo line %d: bad device %s", lineno, f[2].c_str());
-    m->set_major(maj);
-    m->set_minor(min);
+    m->set_dev_major(maj);
+    m->set_dev_minor(min);
     m->set_root(Unescape(f[3]));
     m->set_mountpoint(Unescape(f[4]));
     m->set_mount_opts(f[5]);
@@ -456,20 +459,24 @@ Result<void> Dump(pid_t pid, images::Sink& sink, images::Compression compression
   std::map<std::pair<uint32_t, uint32_t>, img::MountEntry*> chosen;
   for (auto& m : *table.mutable_mounts()) {
     if (m.fstype() != "tmpfs") continue;
-    auto dev = std::make_pair(m.major(), m.minor());
+    auto dev = std::make_pair(m.dev_major(), m.dev_minor());
     auto it = chosen.find(dev);
     if (it == chosen.end() || (it->second->root() != "/" && m.root() == "/")) chosen[dev] = &m;
   }
   for (auto& [dev, m] : chosen) {
+    // A tmpfs hidden under another mount on the same path cannot be reached by path; nothing in
+    // the container can reach it that way either. Its contents are not dumped (said in mnt.img).
+    bool covered = false;
     for (const auto& o : table.mounts()) {
       if (o.parent_id() == m->mnt_id() && o.mountpoint() == m->mountpoint()) {
-        return MakeError(ErrorKind::kUnsupported, 0,
-                         "pid %d: tmpfs %s (mount %u) is covered by mount %u on the same path", pid,
-                         m->mountpoint().c_str(), m->mnt_id(), o.mnt_id());
+        LOG_WARN("pid %d: tmpfs %s (mount %u) is covered by mount %u: contents not dumped", pid,
+                 m->mountpoint().c_str(), m->mnt_id(), o.mnt_id());
+        covered = true;
       }
     }
+    if (covered) continue;
     std::string path = proc + "/root" + m->mountpoint();
-    int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_NOATIME | O_CLOEXEC);
     if (fd < 0) return Errno("open tmpfs %s", path.c_str());
     UniqueFd root(fd);
     struct statx stx;
@@ -501,7 +508,7 @@ Result<img::MountTable> ReadMounts(const images::ImageSet& images) {
 }
 
 Result<void> RestoreTmpfs(const images::ImageSet& images, uint32_t mnt_id, const std::string& dir) {
-  ASSIGN_OR_RETURN(images::ImageReader reader, images.Open(TmpfsImage(mnt_id)));
+  ASSIGN_OR_RETURN(images::ImageReader reader, images.OpenImage(TmpfsImage(mnt_id)));
   std::unique_ptr<images::BlobReader> blob;
   if (images.Has(TmpfsBlob(mnt_id))) {
     ASSIGN_OR_RETURN(blob, images.OpenBlob(TmpfsBlob(mnt_id)));

@@ -393,10 +393,17 @@ Result<void> CollectRoutes(nl_sock* sock, img::NetNs& ns) {
   return Ok();
 }
 
+// libnl reports an absent fwmark as 0 (and the kernel reports mask 0xffffffff for a bare mark).
+bool HasMark(rtnl_rule* r) {
+  uint32_t mark = rtnl_rule_get_mark(r), mask = rtnl_rule_get_mask(r);
+  return (mark != 0 && mark != UINT32_MAX) || (mask != 0 && mask != UINT32_MAX) ||
+         (mark == 0 && mask == UINT32_MAX);
+}
+
 bool DefaultRule(rtnl_rule* r) {
   uint32_t prio = rtnl_rule_get_prio(r), table = rtnl_rule_get_table(r);
   bool selectors = rtnl_rule_get_src(r) || rtnl_rule_get_dst(r) || rtnl_rule_get_iif(r) ||
-                   rtnl_rule_get_oif(r) || rtnl_rule_get_mark(r) != UINT32_MAX;
+                   rtnl_rule_get_oif(r) || HasMark(r);
   if (selectors || rtnl_rule_get_action(r) != FR_ACT_TO_TBL) return false;
   return (prio == 0 && table == RT_TABLE_LOCAL) || (prio == 32766 && table == RT_TABLE_MAIN) ||
          (prio == 32767 && table == RT_TABLE_DEFAULT);
@@ -407,7 +414,9 @@ Result<void> CollectRules(nl_sock* sock, img::NetNs& ns) {
   if (int err = rtnl_rule_alloc_cache(sock, AF_UNSPEC, &c); err < 0) return NlError(err, "dump rules");
   Cache rules(c);
   for (rtnl_rule* r : Objects<rtnl_rule>(rules.get())) {
-    if (DefaultRule(r)) continue;
+    // Multicast routing rules (RTNL_FAMILY_IPMR/IP6MR) are the kernel's.
+    int fam = rtnl_rule_get_family(r);
+    if ((fam != AF_INET && fam != AF_INET6) || DefaultRule(r)) continue;
     img::NetRule* o = ns.add_rules();
     o->set_family(rtnl_rule_get_family(r));
     o->set_priority(rtnl_rule_get_prio(r));
@@ -415,7 +424,7 @@ Result<void> CollectRules(nl_sock* sock, img::NetNs& ns) {
     o->set_action(rtnl_rule_get_action(r));
     if (rtnl_rule_get_src(r)) FillPrefix(rtnl_rule_get_src(r), o->mutable_src());
     if (rtnl_rule_get_dst(r)) FillPrefix(rtnl_rule_get_dst(r), o->mutable_dst());
-    if (rtnl_rule_get_mark(r) != UINT32_MAX) {
+    if (HasMark(r)) {
       o->set_has_mark(true);
       o->set_mark(rtnl_rule_get_mark(r));
       o->set_mask(rtnl_rule_get_mask(r));
