@@ -9,6 +9,8 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
+#include <climits>
+#include <functional>
 #include <algorithm>
 #include <map>
 #include <set>
@@ -77,10 +79,14 @@ Result<void> ReadXattrs(int fd, img::TmpfsEntry* e) {
   return Ok();
 }
 
+// Decides whether an entry goes into the image (the writable-layer diff keeps only what differs
+// from the rootfs); directories are descended either way.
+using KeepFn = std::function<Result<bool>(const std::string& path, const struct statx& stx)>;
+
 class Walker {
  public:
-  Walker(images::ImageWriter& w, images::BlobWriter& blob, uint64_t mnt_id)
-      : w_(w), blob_(blob), mnt_id_(mnt_id) {}
+  Walker(images::ImageWriter& w, images::BlobWriter& blob, uint64_t mnt_id, KeepFn keep = nullptr)
+      : w_(w), blob_(blob), mnt_id_(mnt_id), keep_(std::move(keep)) {}
 
   Result<void> Root(int fd) {
     struct statx stx;
@@ -89,7 +95,11 @@ class Walker {
     img::TmpfsEntry e;
     Fill(stx, "", &e);
     TRY(ReadXattrs(fd, &e));
-    TRY(w_.Write(e));
+    bool keep = true;
+    if (keep_) {
+      ASSIGN_OR_RETURN(keep, keep_("", stx));
+    }
+    if (keep) TRY(w_.Write(e));
     return Dir(fd, "");
   }
 
@@ -141,6 +151,18 @@ class Walker {
     img::TmpfsEntry e;
     Fill(stx, path, &e);
     files_++;
+    bool keep = true;
+    if (keep_) {
+      ASSIGN_OR_RETURN(keep, keep_(path, stx));
+    }
+    if (!keep) {
+      if (!S_ISDIR(stx.stx_mode) || stx.stx_mnt_id != mnt_id_) return Ok();
+      int fd = ::openat(dirfd, name.c_str(),
+                        O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_NOATIME | O_CLOEXEC);
+      if (fd < 0) return Errno("open dir %s", path.c_str());
+      UniqueFd owned(fd);
+      return Dir(fd, path);
+    }
     if (stx.stx_mnt_id != mnt_id_) {
       // Another mount covers this directory; its contents belong to that mount.
       e.set_mountpoint(true);
@@ -230,6 +252,7 @@ class Walker {
   images::ImageWriter& w_;
   images::BlobWriter& blob_;
   uint64_t mnt_id_;
+  KeepFn keep_;
   std::map<uint64_t, std::string> inodes_;
   uint64_t files_ = 0;
 };
@@ -340,6 +363,11 @@ class Restorer {
       }
       case img::TMPFS_SOCK:
         return Ok();  // bind() of the restored socket makes it again
+      case img::TMPFS_WHITEOUT: {
+        ASSIGN_OR_RETURN(UniqueFd dfd, OpenBeneath(root_, sp.parent, O_RDONLY | O_DIRECTORY));
+        TRY(RemoveTree(dfd.get(), name, e.path()));
+        return Ok();
+      }
       default:
         return MakeError(ErrorKind::kBadImage, 0, "tmpfs entry %s of unknown type %d",
                          e.path().c_str(), e.type());
@@ -406,10 +434,84 @@ class Restorer {
     return Ok();
   }
 
+  // Removes name (a whole directory tree if it is one) below dirfd, never following symlinks.
+  static Result<void> RemoveTree(int dirfd, const char* name, const std::string& path) {
+    if (::unlinkat(dirfd, name, 0) == 0 || errno == ENOENT) return Ok();
+    if (errno != EISDIR && errno != EPERM) return Errno("unlink %s", path.c_str());
+    int fd = ::openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) return Errno("open %s", path.c_str());
+    DIR* d = ::fdopendir(fd);
+    if (!d) {
+      ::close(fd);
+      return Errno("fdopendir %s", path.c_str());
+    }
+    std::vector<std::string> names;
+    while (struct dirent* de = ::readdir(d))
+      if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) names.push_back(de->d_name);
+    Result<void> r = Ok();
+    for (const auto& n : names) {
+      r = RemoveTree(::dirfd(d), n.c_str(), path + "/" + n);
+      if (!r.ok()) break;
+    }
+    ::closedir(d);
+    TRY(r);
+    if (::unlinkat(dirfd, name, AT_REMOVEDIR) < 0) return Errno("rmdir %s", path.c_str());
+    return Ok();
+  }
+
   int root_;
   images::BlobReader* blob_;
   std::vector<const img::TmpfsEntry*> times_;
 };
+
+// ---- rootfs identity and the writable layer --------------------------------------------------
+
+// FNV-1a, 64 bit: identity, not security (the rootfs is the operator's own).
+struct Fnv {
+  uint64_t h = 1469598103934665603ULL;
+  void Add(const void* p, size_t n) {
+    const unsigned char* c = static_cast<const unsigned char*>(p);
+    for (size_t i = 0; i < n; i++) h = (h ^ c[i]) * 1099511628211ULL;
+  }
+  void Add(const std::string& s) {
+    uint64_t n = s.size();
+    Add(&n, sizeof(n));
+    Add(s.data(), s.size());
+  }
+  void Add(uint64_t v) { Add(&v, sizeof(v)); }
+};
+
+// Walks a host directory tree (one filesystem), parents before children, names sorted.
+Result<void> WalkHost(int dirfd, const std::string& rel, dev_t dev,
+                      const std::function<Result<bool>(int, const std::string&, const std::string&,
+                                                       const struct stat&)>& fn) {
+  int dup = ::fcntl(dirfd, F_DUPFD_CLOEXEC, 0);
+  if (dup < 0) return Errno("dup");
+  DIR* d = ::fdopendir(dup);
+  if (!d) {
+    ::close(dup);
+    return Errno("fdopendir %s", rel.c_str());
+  }
+  std::vector<std::string> names;
+  while (struct dirent* de = ::readdir(d))
+    if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) names.push_back(de->d_name);
+  ::closedir(d);
+  std::sort(names.begin(), names.end());
+  for (const auto& name : names) {
+    std::string path = rel.empty() ? name : rel + "/" + name;
+    struct stat st;
+    if (::fstatat(dirfd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) < 0)
+      return Errno("stat %s", path.c_str());
+    ASSIGN_OR_RETURN(bool descend, fn(dirfd, name, path, st));
+    if (descend && S_ISDIR(st.st_mode) && st.st_dev == dev) {
+      int fd = ::openat(dirfd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+      if (fd < 0) return Errno("open %s", path.c_str());
+      UniqueFd owned(fd);
+      TRY(WalkHost(fd, path, dev, fn));
+    }
+  }
+  return Ok();
+}
 
 }  // namespace
 
@@ -507,11 +609,14 @@ Result<img::MountTable> ReadMounts(const images::ImageSet& images) {
   return t;
 }
 
-Result<void> RestoreTmpfs(const images::ImageSet& images, uint32_t mnt_id, const std::string& dir) {
-  ASSIGN_OR_RETURN(images::ImageReader reader, images.OpenImage(TmpfsImage(mnt_id)));
+namespace {
+
+Result<void> RestoreEntries(const images::ImageSet& images, const std::string& image,
+                            const std::string& blob_name, const std::string& dir) {
+  ASSIGN_OR_RETURN(images::ImageReader reader, images.OpenImage(image));
   std::unique_ptr<images::BlobReader> blob;
-  if (images.Has(TmpfsBlob(mnt_id))) {
-    ASSIGN_OR_RETURN(blob, images.OpenBlob(TmpfsBlob(mnt_id)));
+  if (images.Has(blob_name)) {
+    ASSIGN_OR_RETURN(blob, images.OpenBlob(blob_name));
   }
   ASSIGN_OR_RETURN(UniqueFd root, fs::Open(dir, O_RDONLY | O_DIRECTORY));
   // Entries stay alive until the times pass at the end.
@@ -521,11 +626,190 @@ Result<void> RestoreTmpfs(const images::ImageSet& images, uint32_t mnt_id, const
     auto e = std::make_unique<img::TmpfsEntry>();
     ASSIGN_OR_RETURN(bool more, reader.Next(e.get()));
     if (!more) break;
-    TRY_CTX(r.Entry(*e), "restore tmpfs %u into %s", mnt_id, dir.c_str());
+    TRY_CTX(r.Entry(*e), "restore %s into %s", image.c_str(), dir.c_str());
     entries.push_back(std::move(e));
   }
-  TRY_CTX(r.Times(), "restore tmpfs %u into %s", mnt_id, dir.c_str());
+  TRY_CTX(r.Times(), "restore %s into %s", image.c_str(), dir.c_str());
   return Ok();
+}
+
+// fstatat of rel inside root as the container sees it (symlinks resolve within root).
+Result<bool> StatIn(int root, const std::string& rel, struct stat* st) {
+  Split2 sp = SplitPath(rel);
+  int pfd = root;
+  UniqueFd parent;
+  if (!sp.parent.empty()) {
+    struct open_how how = {};
+    how.flags = O_PATH | O_DIRECTORY | O_CLOEXEC;
+    how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
+    long fd = ::syscall(SYS_openat2, root, sp.parent.c_str(), &how, sizeof(how));
+    if (fd < 0) {
+      if (errno == ENOENT || errno == ENOTDIR) return false;
+      return Errno("open %s in rootfs", sp.parent.c_str());
+    }
+    parent.reset(static_cast<int>(fd));
+    pfd = parent.get();
+  }
+  if (::fstatat(pfd, sp.name.c_str(), st, AT_SYMLINK_NOFOLLOW) < 0) {
+    if (errno == ENOENT || errno == ENOTDIR) return false;
+    return Errno("stat %s in rootfs", rel.c_str());
+  }
+  return true;
+}
+
+std::string ReadLinkAt(int dirfd, const std::string& path) {
+  char buf[PATH_MAX];
+  ssize_t n = ::readlinkat(dirfd, path.c_str(), buf, sizeof(buf));
+  return n < 0 ? std::string() : std::string(buf, n);
+}
+
+// Entries of rootfs (dirfd rfd) that the merged view (mfd) no longer has: whiteouts.
+Result<void> Whiteouts(int rfd, int mfd, const std::string& rel, images::ImageWriter& w,
+                       uint64_t* count) {
+  int dup = ::fcntl(rfd, F_DUPFD_CLOEXEC, 0);
+  if (dup < 0) return Errno("dup");
+  DIR* d = ::fdopendir(dup);
+  if (!d) {
+    ::close(dup);
+    return Errno("fdopendir rootfs %s", rel.c_str());
+  }
+  std::vector<std::string> names;
+  while (struct dirent* de = ::readdir(d))
+    if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) names.push_back(de->d_name);
+  ::closedir(d);
+  std::sort(names.begin(), names.end());
+  for (const auto& name : names) {
+    std::string path = rel.empty() ? name : rel + "/" + name;
+    struct stat rs, ms;
+    if (::fstatat(rfd, name.c_str(), &rs, AT_SYMLINK_NOFOLLOW) < 0)
+      return Errno("stat rootfs %s", path.c_str());
+    if (::fstatat(mfd, name.c_str(), &ms, AT_SYMLINK_NOFOLLOW) < 0) {
+      if (errno != ENOENT) return Errno("stat %s in the container", path.c_str());
+      img::TmpfsEntry e;
+      e.set_path(path);
+      e.set_type(img::TMPFS_WHITEOUT);
+      TRY(w.Write(e));
+      (*count)++;
+      continue;
+    }
+    if (!S_ISDIR(rs.st_mode) || !S_ISDIR(ms.st_mode)) continue;
+    int r2 = ::openat(rfd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (r2 < 0) return Errno("open rootfs %s", path.c_str());
+    UniqueFd ro(r2);
+    int m2 = ::openat(mfd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_NOATIME | O_CLOEXEC);
+    if (m2 < 0) return Errno("open %s in the container", path.c_str());
+    UniqueFd mo(m2);
+    TRY(Whiteouts(r2, m2, path, w, count));
+  }
+  return Ok();
+}
+
+}  // namespace
+
+Result<void> RestoreTmpfs(const images::ImageSet& images, uint32_t mnt_id, const std::string& dir) {
+  return RestoreEntries(images, TmpfsImage(mnt_id), TmpfsBlob(mnt_id), dir);
+}
+
+Result<img::RootfsIdentity> IdentifyRootfs(const std::string& path) {
+  ASSIGN_OR_RETURN(UniqueFd root, fs::Open(path, O_RDONLY | O_DIRECTORY));
+  struct stat rst;
+  if (::fstat(root.get(), &rst) < 0) return Errno("stat %s", path.c_str());
+  Fnv h;
+  uint64_t entries = 0;
+  TRY_CTX(WalkHost(root.get(), "", rst.st_dev,
+                   [&](int dirfd, const std::string& name, const std::string& rel,
+                       const struct stat& st) -> Result<bool> {
+                     entries++;
+                     h.Add(rel);
+                     h.Add(static_cast<uint64_t>(st.st_mode));
+                     h.Add((static_cast<uint64_t>(st.st_uid) << 32) | st.st_gid);
+                     if (S_ISREG(st.st_mode)) {
+                       h.Add(static_cast<uint64_t>(st.st_size));
+                       h.Add(static_cast<uint64_t>(st.st_mtim.tv_sec));
+                       h.Add(static_cast<uint64_t>(st.st_mtim.tv_nsec));
+                     }
+                     if (S_ISLNK(st.st_mode)) h.Add(ReadLinkAt(dirfd, name));
+                     return true;
+                   }),
+          "identify rootfs %s", path.c_str());
+  img::RootfsIdentity id;
+  id.set_path(path);
+  id.set_digest(StrFormat("%016llx", static_cast<unsigned long long>(h.h)));
+  id.set_entries(entries);
+  return id;
+}
+
+Result<bool> DumpLayer(pid_t pid, const std::string& rootfs, images::Sink& sink,
+                       images::Compression compression) {
+  std::string merged_path = StrFormat("/proc/%d/root/.", pid);
+  int mfd = ::open(merged_path.c_str(), O_RDONLY | O_DIRECTORY | O_NOATIME | O_CLOEXEC);
+  if (mfd < 0) return MakeError(ErrorKind::kNotFound, errno, "open %s", merged_path.c_str());
+  UniqueFd merged(mfd);
+  ASSIGN_OR_RETURN(UniqueFd rfs, fs::Open(rootfs, O_RDONLY | O_DIRECTORY));
+  struct statx mstx;
+  if (::statx(mfd, "", AT_EMPTY_PATH, STATX_BASIC_STATS | STATX_MNT_ID, &mstx) < 0)
+    return Errno("statx %s", merged_path.c_str());
+  struct stat rst;
+  if (::fstat(rfs.get(), &rst) < 0) return Errno("stat %s", rootfs.c_str());
+  // The container writes straight into the rootfs when its root is the rootfs itself: there is
+  // no layer to tell apart.
+  if (makedev(mstx.stx_dev_major, mstx.stx_dev_minor) == rst.st_dev &&
+      mstx.stx_ino == rst.st_ino)
+    return false;
+  ASSIGN_OR_RETURN(images::ImageWriter w, images::ImageWriter::Create(sink, kLayerImage));
+  ASSIGN_OR_RETURN(images::BlobWriter blob, images::BlobWriter::Create(sink, kLayerBlob, compression));
+  int rfd = rfs.get();
+  uint64_t kept = 0, whiteouts = 0;
+  KeepFn keep = [&](const std::string& path, const struct statx& stx) -> Result<bool> {
+    struct stat st;
+    bool exists;
+    if (path.empty()) {
+      st = rst;
+      exists = true;
+    } else {
+      ASSIGN_OR_RETURN(exists, StatIn(rfd, path, &st));
+    }
+    if (stx.stx_mnt_id != mstx.stx_mnt_id) return !exists;  // a mount point: only if new
+    bool changed = !exists;
+    if (exists && (st.st_mode & S_IFMT) != (stx.stx_mode & S_IFMT)) {
+      // A different kind of file now: remove the rootfs's one first.
+      img::TmpfsEntry wo;
+      wo.set_path(path);
+      wo.set_type(img::TMPFS_WHITEOUT);
+      TRY(w.Write(wo));
+      changed = true;
+    }
+    if (!changed) {
+      changed = (st.st_mode & 07777) != (stx.stx_mode & 07777) || st.st_uid != stx.stx_uid ||
+                st.st_gid != stx.stx_gid || st.st_mtim.tv_sec != stx.stx_mtime.tv_sec ||
+                st.st_mtim.tv_nsec != static_cast<long>(stx.stx_mtime.tv_nsec);
+      if (S_ISREG(st.st_mode)) changed |= static_cast<uint64_t>(st.st_size) != stx.stx_size;
+      if (S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode))
+        changed |= st.st_rdev != makedev(stx.stx_rdev_major, stx.stx_rdev_minor);
+      if (S_ISLNK(st.st_mode)) {
+        std::string a = ReadLinkAt(mfd, path), b;
+        Split2 sp = SplitPath(path);
+        ASSIGN_OR_RETURN(UniqueFd p, OpenBeneath(rfd, sp.parent, O_PATH | O_DIRECTORY));
+        b = ReadLinkAt(p.get(), sp.name);
+        changed |= a != b;
+      }
+    }
+    if (changed) kept++;
+    return changed;
+  };
+  Walker walker(w, blob, mstx.stx_mnt_id, keep);
+  TRY_CTX(walker.Root(mfd), "writable layer of pid %d", pid);
+  TRY_CTX(Whiteouts(rfd, mfd, "", w, &whiteouts), "writable layer of pid %d", pid);
+  TRY(w.Close());
+  TRY(blob.Close());
+  LOG_DEBUG("writable layer of pid %d: %lu changed, %lu deleted, %lu bytes", pid,
+            static_cast<unsigned long>(kept), static_cast<unsigned long>(whiteouts),
+            static_cast<unsigned long>(blob.logical_size()));
+  return true;
+}
+
+Result<void> RestoreLayer(const images::ImageSet& images, const std::string& dir) {
+  return RestoreEntries(images, kLayerImage, kLayerBlob, dir);
 }
 
 }  // namespace godwit::container::mnt

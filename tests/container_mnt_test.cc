@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <functional>
 
+#include "common/scope_exit.h"
 #include "container/mnt.h"
 #include "tests/container_test_util.h"
 
@@ -245,6 +246,112 @@ TEST(ContainerMnt, CraftedImageCannotEscape) {
   auto r2 = mnt::RestoreTmpfs(*set2, 8, dst.path());
   ASSERT_FALSE(r2.ok());
   EXPECT_EQ(r2.error().kind(), ErrorKind::kBadImage) << r2.error().to_string();
+}
+
+}  // namespace
+}  // namespace godwit::container
+
+namespace godwit::container {
+namespace {
+
+int Mk(const std::string& path, const std::string& data) { return WriteAt(path, data, 0); }
+
+// A rootfs on the host; the helper mounts an overlay of it (upper in a tmpfs) in its own mount
+// ns, chroots into it, and changes things the way a container would.
+int OverlayChanges(const std::string& lower, const std::string& scratch) {
+  if (::mount("tmpfs", scratch.c_str(), "tmpfs", 0, "size=8m")) return 30;
+  std::string up = scratch + "/upper", work = scratch + "/work", merged = scratch + "/merged";
+  if (::mkdir(up.c_str(), 0755) || ::mkdir(work.c_str(), 0755) || ::mkdir(merged.c_str(), 0755))
+    return 31;
+  std::string opts = "lowerdir=" + lower + ",upperdir=" + up + ",workdir=" + work;
+  if (::mount("overlay", merged.c_str(), "overlay", 0, opts.c_str())) return 32;
+  const std::string& m = merged;
+  if (Mk(m + "/new-file", "created in the container")) return 33;
+  if (::mkdir((m + "/newdir").c_str(), 0710) || Mk(m + "/newdir/inner", "x")) return 34;
+  if (Mk(m + "/etc/hostname", "changed\n")) return 35;
+  if (::unlink((m + "/etc/motd").c_str())) return 36;
+  if (::unlink((m + "/var/tree/a").c_str()) || ::rmdir((m + "/var/tree").c_str())) return 37;
+  if (::chmod((m + "/bin/tool").c_str(), 0700)) return 38;
+  if (::unlink((m + "/link").c_str()) || ::symlink("etc/passwd", (m + "/link").c_str())) return 39;
+  if (::rmdir((m + "/opt").c_str()) || Mk(m + "/opt", "now a file")) return 40;
+  if (::chroot(m.c_str()) || ::chdir("/")) return 41;
+  return 0;
+}
+
+int MakeRootfs(const std::string& r) {
+  for (const char* d : {"/etc", "/bin", "/var", "/var/tree", "/opt", "/proc"})
+    if (::mkdir((r + d).c_str(), 0755)) return 1;
+  if (Mk(r + "/etc/hostname", "orig\n") || Mk(r + "/etc/motd", "hello\n") ||
+      Mk(r + "/etc/passwd", "root:x:0:0::/:/bin/sh\n") || Mk(r + "/bin/tool", "#!/bin/sh\n") ||
+      Mk(r + "/var/tree/a", "a"))
+    return 2;
+  if (::chmod((r + "/bin/tool").c_str(), 0755)) return 3;
+  if (::symlink("etc/hostname", (r + "/link").c_str())) return 4;
+  return 0;
+}
+
+TEST(ContainerLayer, OverlayDiffRoundTrip) {
+  TempDir rootfs("layer-rootfs");
+  ASSERT_EQ(MakeRootfs(rootfs.path()), 0);
+  auto id1 = mnt::IdentifyRootfs(rootfs.path());
+  ASSERT_OK(id1);
+  EXPECT_EQ(id1->entries(), 12u);
+
+  TempDir scratch("layer-scratch");
+  NsHolder a;
+  ASSERT_OK(a.Start(CLONE_NEWNS, [&] { return OverlayChanges(rootfs.path(), scratch.path()); }));
+  TempDir dir("layer-img");
+  bool has_layer = false;
+  auto set = testing::DumpToDir(dir.path(), [&](images::Sink& s) -> Result<void> {
+    ASSIGN_OR_RETURN(has_layer, mnt::DumpLayer(a.pid(), rootfs.path(), s));
+    return Ok();
+  });
+  ASSERT_OK(set);
+  EXPECT_TRUE(has_layer);
+  std::string before = Snapshot(StrFormat("/proc/%d/root/.", a.pid()));
+  a.Stop();
+  // The container's changes never touched the rootfs.
+  auto id2 = mnt::IdentifyRootfs(rootfs.path());
+  ASSERT_OK(id2);
+  EXPECT_EQ(id1->digest(), id2->digest());
+
+  // A fresh overlay over the same rootfs, then the diff applied through it.
+  TempDir fresh("layer-fresh");
+  ASSERT_EQ(::mount("tmpfs", fresh.path().c_str(), "tmpfs", 0, "size=8m"), 0);
+  std::string up = fresh.path() + "/upper", work = fresh.path() + "/work",
+              merged = fresh.path() + "/merged";
+  ASSERT_EQ(::mkdir(up.c_str(), 0755) | ::mkdir(work.c_str(), 0755) | ::mkdir(merged.c_str(), 0755),
+            0);
+  std::string opts = "lowerdir=" + rootfs.path() + ",upperdir=" + up + ",workdir=" + work;
+  ASSERT_EQ(::mount("overlay", merged.c_str(), "overlay", 0, opts.c_str()), 0);
+  ScopeExit um([&] { ::umount2(merged.c_str(), MNT_DETACH); });
+  ASSERT_OK(mnt::RestoreLayer(*set, merged));
+  std::string after = Snapshot(merged);
+  EXPECT_EQ(before, after);
+  EXPECT_EQ(after.find("/etc/motd"), std::string::npos);
+  EXPECT_EQ(after.find("/var/tree"), std::string::npos);
+
+  // Any change to the rootfs changes its identity.
+  ASSERT_EQ(Mk(rootfs.path() + "/etc/extra", "x"), 0);
+  auto id3 = mnt::IdentifyRootfs(rootfs.path());
+  ASSERT_OK(id3);
+  EXPECT_NE(id1->digest(), id3->digest());
+}
+
+TEST(ContainerLayer, RootIsTheRootfsMeansNoLayer) {
+  TempDir rootfs("layer-plain");
+  ASSERT_EQ(MakeRootfs(rootfs.path()), 0);
+  NsHolder a;
+  ASSERT_OK(a.Start(CLONE_NEWNS, [&] { return ::chroot(rootfs.path().c_str()) || ::chdir("/"); }));
+  TempDir dir("layer-plain-img");
+  bool has_layer = true;
+  auto set = testing::DumpToDir(dir.path(), [&](images::Sink& s) -> Result<void> {
+    ASSIGN_OR_RETURN(has_layer, mnt::DumpLayer(a.pid(), rootfs.path(), s));
+    return Ok();
+  });
+  ASSERT_OK(set);
+  EXPECT_FALSE(has_layer);
+  EXPECT_FALSE(set->Has(mnt::kLayerImage));
 }
 
 }  // namespace
