@@ -11,3 +11,6 @@ godwit_test(container_net_test
 godwit_test(container_mnt_test
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/container_mnt_test.cc
   LIBS godwit_container)
+godwit_test(container_archive_test
+  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/container_archive_test.cc
+  LIBS godwit_container)
