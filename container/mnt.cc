@@ -348,7 +348,13 @@ class Restorer {
       case img::TMPFS_BLK:
       case img::TMPFS_FIFO: {
         mode_t type = e.type() == img::TMPFS_CHR ? S_IFCHR : e.type() == img::TMPFS_BLK ? S_IFBLK : S_IFIFO;
-        TRY(Replace(pfd, name, e, [&] { return ::mknodat(pfd, name, type | 0600, e.rdev()); }));
+        // An identical node may be there already (a bind mount made at BuildRoot holds it):
+        // keep that inode.
+        struct stat cur;
+        bool same = ::fstatat(pfd, name, &cur, AT_SYMLINK_NOFOLLOW) == 0 &&
+                    (cur.st_mode & S_IFMT) == type && (type == S_IFIFO || cur.st_rdev == e.rdev());
+        if (!same)
+          TRY(Replace(pfd, name, e, [&] { return ::mknodat(pfd, name, type | 0600, e.rdev()); }));
         if (::fchownat(pfd, name, e.uid(), e.gid(), AT_SYMLINK_NOFOLLOW) < 0)
           return Errno("chown %s", e.path().c_str());
         if (::fchmodat(pfd, name, perm, 0) < 0) return Errno("chmod %s", e.path().c_str());

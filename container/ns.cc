@@ -29,6 +29,10 @@ Result<void> RunInNamespace(int ns_fd, int nstype, const std::function<Result<vo
         return;
       }
     }
+    if (opts.unshare_fs && ::unshare(CLONE_FS) < 0) {
+      result = Errno("unshare(CLONE_FS)");
+      return;
+    }
     if (ns_fd >= 0 && ::setns(ns_fd, nstype) < 0) {
       result = Errno("setns(fd %d, 0x%x)", ns_fd, nstype);
       return;

@@ -21,6 +21,8 @@ struct NsThreadOptions {
   // unshare(CLONE_FS | CLONE_NEWNS) and make every mount private first: the thread then owns a
   // private mount namespace (for mounting mqueue/proc views) that dies with it.
   bool private_mounts = false;
+  // unshare(CLONE_FS) first: needed to setns() into a mount namespace (CLONE_NEWNS) from a thread.
+  bool unshare_fs = false;
 };
 
 // Runs fn on a new thread that first joins ns_fd (nstype: CLONE_NEWNET, CLONE_NEWIPC,

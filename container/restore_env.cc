@@ -29,6 +29,8 @@ unsigned long ParseFlags(const std::string& opts) {
     auto it = kFlags.find(o);
     if (it != kFlags.end()) f |= it->second;
   }
+  // mountinfo shows no atime option for strictatime; mount(2) would default to relatime.
+  if (!(f & (MS_RELATIME | MS_NOATIME))) f |= MS_STRICTATIME;
   return f;
 }
 
@@ -149,6 +151,8 @@ Result<RootPlan> PlanRoot(const img::MountTable& table, const runtime::Spec& spe
                m.fstype() == "devpts" || m.fstype() == "mqueue" || m.fstype() == "cgroup2") {
       s.source = m.source();
       s.data = FsData(m.super_opts());
+      // A read-only tmpfs is filled from outside first; FillEnvironment makes it read-only.
+      if (m.fstype() == "tmpfs" && m.contents_dumped()) s.flags &= ~MS_RDONLY;
     } else {
       const runtime::Mount* sm = nullptr;
       for (const auto& x : spec.mounts)
@@ -252,10 +256,27 @@ Result<void> FillEnvironment(const images::ImageSet& images, const img::Containe
   }
   std::string root = StrFormat("/proc/%d/root", root_pid);
   if (rec.has_layer()) TRY_CTX(mnt::RestoreLayer(images, root + "/."), "writable layer");
+  std::vector<const img::MountEntry*> readonly;
   for (const auto& m : table.mounts()) {
     if (!m.contents_dumped()) continue;
     TRY_CTX(mnt::RestoreTmpfs(images, m.mnt_id(), JoinPath(root, m.mountpoint())),
             "tmpfs %s", m.mountpoint().c_str());
+    if (ParseFlags(m.mount_opts()) & MS_RDONLY) readonly.push_back(&m);
+  }
+  if (!readonly.empty()) {
+    // From a thread inside the container's mount namespace (its root is the container's).
+    ASSIGN_OR_RETURN(UniqueFd mntfd, OpenNamespace(root_pid, "mnt"));
+    TRY(RunInNamespace(
+        mntfd.get(), CLONE_NEWNS,
+        [&]() -> Result<void> {
+          for (const img::MountEntry* m : readonly) {
+            unsigned long f = ParseFlags(m->mount_opts());
+            if (::mount(nullptr, m->mountpoint().c_str(), nullptr, MS_REMOUNT | f, nullptr) < 0)
+              return Errno("remount %s read-only", m->mountpoint().c_str());
+          }
+          return Ok();
+        },
+        NsThreadOptions{.unshare_fs = true}));
   }
   return Ok();
 }

@@ -14,3 +14,6 @@ godwit_test(container_mnt_test
 godwit_test(container_archive_test
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/container_archive_test.cc
   LIBS godwit_container)
+godwit_test(container_restore_test
+  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/container_restore_test.cc
+  LIBS godwit_container godwit_runtime)
