@@ -56,9 +56,16 @@ void PrintHuman(const nlohmann::json& out) {
            Str(inv, "godwit_version").c_str(), when);
     printf("  kernel %s %s, host %s\n", Str(inv, "kernel_release").c_str(),
            Str(inv, "machine").c_str(), Str(inv, "hostname").c_str());
-    std::string feats;
-    for (const auto& f : inv["cpu_features"]) feats += " " + f.get<std::string>();
-    printf("  cpu features:%s\n  xsave mask (xcr0): 0x%llx\n", feats.c_str(),
+    std::string line = "  cpu features:";
+    for (const auto& f : inv["cpu_features"]) {
+      std::string name = f.get<std::string>();
+      if (line.size() + 1 + name.size() > 100) {
+        printf("%s\n", line.c_str());
+        line = "   ";
+      }
+      line += " " + name;
+    }
+    printf("%s\n  xsave mask (xcr0): 0x%llx\n", line.c_str(),
            static_cast<unsigned long long>(U64(inv["xcr0"])));
   }
   printf("files:\n");
@@ -82,8 +89,11 @@ void PrintHuman(const nlohmann::json& out) {
     }
     printf("  %-24s %10s  %s%s\n", name.c_str(), size.c_str(), what.c_str(),
            f["listed"].get<bool>() ? "" : "  [not in inventory]");
-    if (f.contains("summaries"))
+    if (f.contains("summaries")) {
       for (const auto& s : f["summaries"]) printf("      %s\n", s.get<std::string>().c_str());
+      uint64_t more = U64(f["records"]) - f["summaries"].size();
+      if (more) printf("      ... %llu more\n", static_cast<unsigned long long>(more));
+    }
     if (f.contains("error")) printf("      error: %s\n", f["error"].get<std::string>().c_str());
   }
   if (!out["damage"].empty()) {

@@ -38,6 +38,7 @@ struct DumpOptions {
 
 struct RestoreOptions {
   bool tcp_close = false;  // restore established TCP sockets closed instead of live
+  bool shell_job = false;  // an outside terminal in the images is the coordinator's own (fd 0)
   // --inherit-fd fd[N]:KEY: the coordinator's fd N stands for the external resource KEY
   std::vector<std::pair<int, std::string>> inherit_fds;
 };

@@ -89,16 +89,23 @@ class ImageWriter {
 // Writes one message as a whole image.
 Result<void> WriteImage(Sink& sink, const std::string& name, const google::protobuf::MessageLite& msg);
 
-// Bulk data file, chunked: each Append becomes one or more chunks (zstd frame or raw bytes, with
-// crc32c). Returns the logical offset of the data in the stream, which the caller records in its
-// metadata proto; the reader gets it back with BlobReader::Read(offset, len).
+// Bulk data file, chunked (up to 4 MiB per chunk; a zstd frame or raw bytes, with crc32c).
+// Append returns the logical offset of the data in the stream, which the caller records in its
+// metadata proto; the reader gets it back with BlobReader::Read(offset, len). Appends of any
+// size may be mixed: small ones are gathered into whole chunks, large raw ones go from the
+// caller's buffer to the output without a copy. The data is consumed when Append returns.
 class BlobWriter {
  public:
   static Result<BlobWriter> Create(Sink& sink, const std::string& name, Compression c,
                                    int zstd_level = 3);
+  // Compresses on n threads (the caller and n - 1 workers); 1, the default, compresses in the
+  // caller. The file is the same whatever n is. No effect on raw blobs.
+  Result<void> SetThreads(int n);
   Result<uint64_t> Append(const void* data, size_t len);
+  // Writes what is gathered and closes the output.
   Result<void> Close();
   uint64_t logical_size() const { return logical_; }
+  // Bytes written to the output so far (headers included; gathered data counts once written).
   uint64_t stored_size() const { return stored_; }
   BlobWriter(BlobWriter&&) = default;
   BlobWriter& operator=(BlobWriter&&) = default;
@@ -106,19 +113,33 @@ class BlobWriter {
 
  private:
   BlobWriter() = default;
+  struct Piece {
+    const char* data;
+    uint32_t len;
+  };
+  Result<void> PutChunk(uint32_t kind, const void* stored, uint32_t stored_len,
+                        uint32_t logical_len);
+  Result<void> Emit(const std::vector<Piece>& pieces);
+  Result<void> CompressOne(void* cctx, const Piece& p, std::vector<char>* out, size_t* zlen);
+
   std::unique_ptr<Output> out_;
   std::string name_;
   Compression comp_ = Compression::kNone;
   int level_ = 3;
-  uint64_t logical_ = 0;
+  uint64_t logical_ = 0;  // bytes appended
+  uint64_t emitted_ = 0;  // bytes written as chunks (logical_ minus what is gathered)
   uint64_t stored_ = 0;
-  std::vector<char> scratch_;
+  std::vector<char> scratch_;  // compressed output of the calling thread
+  std::vector<char> gather_;   // small appends, until a chunk is full
   struct CctxFree {
     void operator()(void* p) const;
   };
   std::unique_ptr<void, CctxFree> cctx_;  // ZSTD_CCtx, reused for every chunk
-  Result<void> PutChunk(uint32_t kind, const void* stored, uint32_t stored_len,
-                        uint32_t logical_len);
+  struct Pool;
+  struct PoolFree {
+    void operator()(Pool* p) const;
+  };
+  std::unique_ptr<Pool, PoolFree> pool_;  // worker threads for SetThreads(n > 1)
 };
 
 class ImageSet;
@@ -170,6 +191,10 @@ class BlobReader {
   int fd() const { return fd_.get(); }
   const std::string& name() const { return name_; }
 
+  // Checks every chunk's checksum (reads the whole file); the error names the first bad chunk's
+  // offset. For locating damage (inspect); Read checks the chunks it reads anyway.
+  Result<void> VerifyChunks() const;
+
   struct Stats {
     uint64_t chunks = 0, zstd_chunks = 0, logical_bytes = 0, stored_bytes = 0, file_bytes = 0;
   };
@@ -181,7 +206,8 @@ class BlobReader {
   static Result<std::unique_ptr<BlobReader>> OpenFile(const std::string& path,
                                                       const std::string& name, bool verified);
   // The same over a blob held in memory (the fuzz target and tests).
-  static Result<std::unique_ptr<BlobReader>> FromBuffer(std::string name, std::string data);
+  static Result<std::unique_ptr<BlobReader>> FromBuffer(std::string name, std::string data,
+                                                        bool verified = false);
 
   BlobReader() = default;
   ~BlobReader();

@@ -8,11 +8,15 @@
 #include <zstd.h>
 
 #include <google/protobuf/message.h>
+#include <google/protobuf/stubs/logging.h>
 
 #include <algorithm>
+#include <mutex>
 #include <set>
+#include <thread>
 
 #include "common/fs.h"
+#include "common/log.h"
 #include "images/crc32c.h"
 #include "images/format.h"
 #include "images/image.h"
@@ -37,38 +41,96 @@ bool ValidTypeName(const std::string& t) {
   return true;
 }
 
-Result<std::string> ReadWholeFile(const std::string& path, const std::string& name) {
-  auto data = fs::ReadFile(path);
-  if (!data.ok()) {
-    Error e = std::move(data).error();
-    // A file the inventory (or the reader) expects and that is not there is a bad image, not a
-    // "not found" of the user's argument.
-    return MakeError(ErrorKind::kBadImage, e.sys_errno(), "%s: %s", name.c_str(),
-                     e.message().c_str());
+// Opens an image file for reading: a regular file (not a FIFO that would block, not a device),
+// errors as kBadImage naming the image.
+Result<UniqueFd> OpenRegular(const std::string& path, const std::string& name, uint64_t* size) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
+  if (!fd) {
+    int err = errno;
+    return MakeError(ErrorKind::kBadImage, err, "%s: %s", name.c_str(),
+                     err == ENOENT ? "missing (listed in the inventory)" : "open");
   }
+  struct stat st;
+  if (::fstat(fd.get(), &st) < 0) return MakeError(ErrorKind::kBadImage, errno, "%s: stat", name.c_str());
+  if (!S_ISREG(st.st_mode)) return MakeError(ErrorKind::kBadImage, 0, "%s: not a regular file", name.c_str());
+  *size = st.st_size;
+  return fd;
+}
+
+// Object images are metadata; anything larger than this is not one of ours.
+constexpr uint64_t kMaxObjectImage = 1ull << 30;
+
+Result<std::string> ReadWholeFile(const std::string& path, const std::string& name) {
+  uint64_t size;
+  ASSIGN_OR_RETURN(UniqueFd fd, OpenRegular(path, name, &size));
+  if (size > kMaxObjectImage)
+    return MakeError(ErrorKind::kBadImage, 0, "%s: %llu bytes, too large for an object image",
+                     name.c_str(), static_cast<unsigned long long>(size));
+  std::string data(size, '\0');
+  size_t got = 0;
+  while (got < size) {
+    ssize_t n = ::pread(fd.get(), data.data() + got, size - got, got);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return MakeError(ErrorKind::kBadImage, errno, "%s: read at offset %zu", name.c_str(), got);
+    }
+    if (n == 0) break;  // shrank meanwhile: parse what is there (the parser reports truncation)
+    got += n;
+  }
+  data.resize(got);
   return data;
 }
 
-// crc32c of a whole file, read in L2-sized pieces so the checksum reads from cache.
-Result<uint32_t> FileCrc(int fd, const std::string& name, uint64_t size) {
+// crc32c of [off, off + len) of a file, read in L2-sized pieces so the checksum reads from cache.
+Result<uint32_t> RangeCrc(int fd, const std::string& name, uint64_t off, uint64_t len,
+                          uint64_t size) {
   constexpr size_t kPiece = 1 << 20;
-  static thread_local std::unique_ptr<char[]> buf(new char[kPiece]);
-  posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+  std::unique_ptr<char[]> buf(new char[kPiece]);
   uint32_t crc = 0;
-  uint64_t off = 0;
-  while (off < size) {
-    ssize_t n = ::pread(fd, buf.get(), std::min<uint64_t>(kPiece, size - off), off);
+  uint64_t end = off + len;
+  while (off < end) {
+    ssize_t n = ::pread(fd, buf.get(), std::min<uint64_t>(kPiece, end - off), off);
     if (n < 0) {
       if (errno == EINTR) continue;
       return MakeError(ErrorKind::kBadImage, errno, "%s: read at offset %llu", name.c_str(),
                        static_cast<unsigned long long>(off));
     }
-    if (n == 0) return Bad(name, off, "file shorter than its listed size %llu",
-                           static_cast<unsigned long long>(size));
+    if (n == 0)
+      return Bad(name, off, "file shorter than its listed size %llu",
+                 static_cast<unsigned long long>(size));
     crc = Crc32c(crc, buf.get(), n);
     off += n;
   }
   return crc;
+}
+
+// crc32c of a whole file. Large files (page blobs) are checksummed by two threads, each over
+// one half, joined with Crc32cCombine: verification is on the restore's critical path.
+Result<uint32_t> FileCrc(int fd, const std::string& name, uint64_t size) {
+  posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+  constexpr uint64_t kParallelMin = 64 << 20;
+  if (size < kParallelMin || std::thread::hardware_concurrency() < 2)
+    return RangeCrc(fd, name, 0, size, size);
+  uint64_t half = size / 2;
+  Result<uint32_t> second = 0u;
+  std::thread t([&] { second = RangeCrc(fd, name, half, size - half, size); });
+  auto first = RangeCrc(fd, name, 0, half, size);
+  t.join();
+  if (!first.ok()) return first;
+  if (!second.ok()) return second;
+  return Crc32cCombine(*first, *second, size - half);
+}
+
+// libprotobuf prints parse complaints (invalid UTF-8 in a string field of a damaged image) to
+// stderr; route them to the debug log: the reader reports the failure itself.
+void QuietProtobufLogs() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    google::protobuf::SetLogHandler([](google::protobuf::LogLevel level, const char* file,
+                                       int line, const std::string& msg) {
+      LOG_DEBUG("protobuf %s:%d: %s", file, line, msg.c_str());
+    });
+  });
 }
 
 }  // namespace
@@ -82,6 +144,7 @@ FileKind ProbeKind(std::string_view head) {
 // ---- ImageReader
 
 Result<ImageReader> ImageReader::FromBuffer(std::string name, std::string data) {
+  QuietProtobufLogs();
   ImageReader r;
   r.name_ = std::move(name);
   r.data_ = std::move(data);
@@ -165,18 +228,15 @@ Result<std::unique_ptr<BlobReader>> BlobReader::OpenFile(const std::string& path
   auto b = std::make_unique<BlobReader>();
   b->name_ = name;
   b->verified_ = verified;
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return MakeError(ErrorKind::kBadImage, errno, "%s: open %s", name.c_str(), path.c_str());
-  b->fd_.reset(fd);
-  struct stat st;
-  if (::fstat(fd, &st) < 0) return MakeError(ErrorKind::kBadImage, errno, "%s: stat", name.c_str());
-  b->file_size_ = st.st_size;
+  ASSIGN_OR_RETURN(b->fd_, OpenRegular(path, name, &b->file_size_));
   TRY(b->BuildIndex());
   return b;
 }
 
-Result<std::unique_ptr<BlobReader>> BlobReader::FromBuffer(std::string name, std::string data) {
+Result<std::unique_ptr<BlobReader>> BlobReader::FromBuffer(std::string name, std::string data,
+                                                           bool verified) {
   auto b = std::make_unique<BlobReader>();
+  b->verified_ = verified;
   b->name_ = std::move(name);
   b->mem_ = std::move(data);
   b->in_mem_ = true;
@@ -258,6 +318,20 @@ BlobReader::Stats BlobReader::stats() const {
   s.logical_bytes = logical_size();
   s.file_bytes = file_size_;
   return s;
+}
+
+Result<void> BlobReader::VerifyChunks() const {
+  std::vector<char> buf;
+  for (const Chunk& c : chunks_) {
+    buf.resize(c.stored_len);
+    TRY(ReadAt(c.file_off, buf.data(), c.stored_len));
+    if (Crc32c(0, buf.data(), c.stored_len) != c.crc)
+      return Bad(name_, c.file_off - sizeof(format::ChunkHeader),
+                 "chunk checksum mismatch (chunk of logical [%llu, +%llu))",
+                 static_cast<unsigned long long>(c.logical_off),
+                 static_cast<unsigned long long>(c.logical_len));
+  }
+  return Ok();
 }
 
 size_t BlobReader::FindChunk(uint64_t offset) const {
@@ -397,18 +471,15 @@ Result<ImageSet> ImageSet::Open(const std::string& dir) {
   ASSIGN_OR_RETURN(ImageSet s, Load(dir));
   for (const auto& f : s.inventory_.files()) {
     std::string path = dir + "/" + f.name();
-    UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-    if (!fd)
-      return MakeError(ErrorKind::kBadImage, errno, "%s: %s listed in the inventory: open",
-                       dir.c_str(), f.name().c_str());
-    struct stat st;
-    if (::fstat(fd.get(), &st) < 0) return Errno("stat %s", path.c_str());
-    if (static_cast<uint64_t>(st.st_size) != f.size())
+    uint64_t size;
+    auto fd = OpenRegular(path, f.name(), &size);
+    if (!fd.ok()) return std::move(fd.error().wrap(dir));
+    if (size != f.size())
       return MakeError(ErrorKind::kBadImage, 0, "%s: %s: size %llu, inventory says %llu (offset %llu)",
-                       dir.c_str(), f.name().c_str(), static_cast<unsigned long long>(st.st_size),
+                       dir.c_str(), f.name().c_str(), static_cast<unsigned long long>(size),
                        static_cast<unsigned long long>(f.size()),
-                       static_cast<unsigned long long>(std::min<uint64_t>(st.st_size, f.size())));
-    auto crc = FileCrc(fd.get(), f.name(), f.size());
+                       static_cast<unsigned long long>(std::min<uint64_t>(size, f.size())));
+    auto crc = FileCrc(fd->get(), f.name(), f.size());
     if (!crc.ok()) return std::move(crc.error().wrap(dir));
     if (*crc != f.crc32c())
       return MakeError(ErrorKind::kBadImage, 0,
@@ -424,20 +495,19 @@ std::vector<Error> ImageSet::Verify() const {
   std::vector<Error> errs;
   for (const auto& f : inventory_.files()) {
     std::string path = dir_ + "/" + f.name();
-    UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-    if (!fd) {
-      errs.push_back(MakeError(ErrorKind::kBadImage, errno, "%s: listed in the inventory: missing",
-                               f.name().c_str()));
+    uint64_t size;
+    auto fd = OpenRegular(path, f.name(), &size);
+    if (!fd.ok()) {
+      errs.push_back(std::move(fd).error());
       continue;
     }
-    struct stat st;
-    if (::fstat(fd.get(), &st) < 0 || static_cast<uint64_t>(st.st_size) != f.size()) {
-      errs.push_back(MakeError(ErrorKind::kBadImage, 0, "%s: size %lld, inventory says %llu",
-                               f.name().c_str(), static_cast<long long>(st.st_size),
+    if (size != f.size()) {
+      errs.push_back(MakeError(ErrorKind::kBadImage, 0, "%s: size %llu, inventory says %llu",
+                               f.name().c_str(), static_cast<unsigned long long>(size),
                                static_cast<unsigned long long>(f.size())));
       continue;
     }
-    auto crc = FileCrc(fd.get(), f.name(), f.size());
+    auto crc = FileCrc(fd->get(), f.name(), f.size());
     if (!crc.ok()) {
       errs.push_back(std::move(crc).error());
     } else if (*crc != f.crc32c()) {

@@ -28,7 +28,9 @@ RecordSummaryFn FindSummary(const std::string& type_name);
 
 struct InspectOptions {
   bool decode_records = true;  // put every record as JSON into "records"
-  bool summaries = false;      // put registered one-line summaries into "summaries"
+  bool summaries = false;      // put one-line summaries into "summaries" (registered ones, or
+                               // the set fields of the record)
+  size_t max_summaries = 5;    // per file
 };
 
 // Returns

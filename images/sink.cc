@@ -148,7 +148,7 @@ class DirSink : public Sink {
     if (!ValidImageName(name) || name == format::kInventoryName)
       return MakeError(ErrorKind::kGeneric, 0, "invalid image name '%s'", name.c_str());
     std::lock_guard<std::mutex> l(st_->mu);
-    if (std::find(st_->created.begin(), st_->created.end(), name) != st_->created.end())
+    if (st_->open.count(name) || st_->closed.count(name))
       return MakeError(ErrorKind::kExists, 0, "image %s created twice", name.c_str());
     std::string path = st_->dir + "/" + name;
     ASSIGN_OR_RETURN(UniqueFd fd, fs::Open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600));

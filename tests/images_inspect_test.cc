@@ -2,6 +2,7 @@
 // record decoded through the type named in the image header), and a damaged directory (shown
 // as far as readable, non-zero exit).
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -83,6 +84,8 @@ TEST_F(InspectTest, HumanSummary) {
   EXPECT_NE(r.out.find("files-7.img"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("3 records of godwit.img.ImageFile"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("0 records of (none)"), std::string::npos) << r.out;
+  // Types without a registered summary get one from reflection.
+  EXPECT_NE(r.out.find("name=\"entry2\" size=102"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("blob: 2 chunks (2 zstd), 5.0 MiB logical"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("cpu features: fpu"), std::string::npos) << r.out;
 }
@@ -141,6 +144,29 @@ TEST_F(InspectTest, DamagedDirectory) {
   EXPECT_EQ(i.status, 5);
   EXPECT_NE(i.out.find("INCOMPLETE"), std::string::npos) << i.out;
   EXPECT_NE(i.out.find("empty.img"), std::string::npos) << i.out;
+}
+
+TEST_F(InspectTest, FlippedBlobByteIsLocated) {
+  auto set = ImageSet::Open(dir_);
+  ASSERT_TRUE(set.ok());
+  auto b = set->OpenBlob("pages-7.img");
+  ASSERT_TRUE(b.ok());
+  ASSERT_EQ((*b)->stats().chunks, 2u);
+  // Damage the last chunk's payload (the file's last bytes).
+  int fd = open((dir_ + "/pages-7.img").c_str(), O_RDWR);
+  ASSERT_GE(fd, 0);
+  struct stat st;
+  ASSERT_EQ(fstat(fd, &st), 0);
+  char c;
+  ASSERT_EQ(pread(fd, &c, 1, st.st_size - 5), 1);
+  c ^= 1;
+  ASSERT_EQ(pwrite(fd, &c, 1, st.st_size - 5), 1);
+  close(fd);
+  CmdResult r = Godwit({"inspect", dir_}, dir_);
+  EXPECT_EQ(r.status, 5);
+  EXPECT_NE(r.out.find("pages-7.img: checksum mismatch"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("chunk checksum mismatch (chunk of logical [4194304,"), std::string::npos)
+      << r.out;
 }
 
 TEST(Inspect, MissingDirAndUsage) {

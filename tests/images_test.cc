@@ -239,6 +239,97 @@ TEST_F(ImagesTest, BlobZstdIncompressibleStoredRaw) {
 }
 TEST_F(ImagesTest, BlobLarge) { BlobRoundTrip(dir_, Compression::kNone, (64 << 20) + 12345, false); }
 
+// Small appends are gathered into whole chunks, any thread count gives the same file, and
+// offsets returned by Append are right whatever the mix of sizes.
+TEST_F(ImagesTest, BlobGatherAndThreads) {
+  std::string data = RandomBytes(11 << 20, 5);
+  for (size_t i = 0; i < data.size(); i += 2) data[i] = 0;  // compressible
+  std::vector<size_t> sizes = {4096, 4096, 100, 5 << 20, 4096, 300 << 10, 1, 9 << 20};
+  std::string files[3];
+  int variant = 0;
+  for (auto [c, threads] : {std::pair{Compression::kZstd, 1}, std::pair{Compression::kZstd, 3},
+                            std::pair{Compression::kNone, 1}}) {
+    SCOPED_TRACE(threads);
+    auto sink = OpenDirSink(dir_);
+    ASSERT_TRUE(sink.ok());
+    auto w = BlobWriter::Create(**sink, "pages.img", c, 1);
+    ASSERT_TRUE(w.ok());
+    ASSERT_TRUE(w->SetThreads(threads).ok());
+    size_t off = 0;
+    for (size_t i = 0; off < data.size(); i++) {
+      size_t n = std::min(sizes[i % sizes.size()], data.size() - off);
+      auto at = w->Append(data.data() + off, n);
+      ASSERT_TRUE(at.ok());
+      ASSERT_EQ(*at, off);
+      off += n;
+      ASSERT_EQ(w->logical_size(), off);
+    }
+    ASSERT_TRUE(w->Close().ok());
+    ASSERT_TRUE((*sink)->Finish(NewInventory()).ok());
+    files[variant++] = *fs::ReadFile(Path("pages.img"));
+    auto set = ImageSet::Open(dir_);
+    ASSERT_TRUE(set.ok());
+    auto b = set->OpenBlob("pages.img");
+    ASSERT_TRUE(b.ok());
+    auto st = (*b)->stats();
+    // 4 KiB appends did not become 4 KiB chunks.
+    EXPECT_LE(st.chunks, data.size() / format::kMaxChunk + 8);
+    std::string back(data.size(), '\0');
+    ASSERT_TRUE((*b)->Read(0, back.data(), back.size()).ok());
+    EXPECT_TRUE(back == data);
+    // Page-sized reads, as a restorer of scattered pages does.
+    for (size_t o = 0; o < data.size(); o += 4096 * 37) {
+      char page[4096];
+      size_t n = std::min<size_t>(4096, data.size() - o);
+      ASSERT_TRUE((*b)->Read(o, page, n).ok());
+      ASSERT_EQ(memcmp(page, data.data() + o, n), 0);
+    }
+  }
+  EXPECT_TRUE(files[0] == files[1]) << "thread count changed the file";
+  EXPECT_LT(files[0].size(), files[2].size());
+}
+
+TEST_F(ImagesTest, EdgeCases) {
+  EXPECT_EQ(Crc32cCombine(0x12345678, 0, 0), 0x12345678u);
+  auto sink = OpenDirSink(dir_);
+  ASSERT_TRUE(sink.ok());
+  auto w = BlobWriter::Create(**sink, "empty-blob.img", Compression::kZstd);
+  ASSERT_TRUE(w.ok());
+  auto at = w->Append("", 0);
+  ASSERT_TRUE(at.ok());
+  EXPECT_EQ(*at, 0u);
+  ASSERT_TRUE(w->Close().ok());
+  EXPECT_FALSE(w->Close().ok());
+  EXPECT_FALSE(w->Append("x", 1).ok());
+  EXPECT_FALSE(BlobWriter::Create(**sink, "bad-level.img", Compression::kZstd, 99).ok());
+  auto iw = ImageWriter::Create(**sink, "x.img");
+  ASSERT_TRUE(iw.ok());
+  ASSERT_TRUE(iw->Close().ok());
+  EXPECT_FALSE(iw->Close().ok());
+  EXPECT_FALSE(iw->Write(File("a", 1)).ok());
+  ASSERT_TRUE((*sink)->Finish(NewInventory()).ok());
+  EXPECT_FALSE((*sink)->Finish(NewInventory()).ok());
+  auto set = ImageSet::Open(dir_);
+  ASSERT_TRUE(set.ok());
+  auto b = set->OpenBlob("empty-blob.img");
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ((*b)->logical_size(), 0u);
+  EXPECT_TRUE((*b)->Read(0, nullptr, 0).ok());
+  char c;
+  EXPECT_FALSE((*b)->Read(0, &c, 1).ok());
+  // An object image is not a blob and vice versa.
+  auto wrong = set->OpenBlob("x.img");
+  ASSERT_FALSE(wrong.ok());
+  EXPECT_EQ(wrong.error().kind(), ErrorKind::kBadImage);
+  auto wrong2 = set->OpenImage("empty-blob.img");
+  ASSERT_FALSE(wrong2.ok());
+  EXPECT_EQ(wrong2.error().kind(), ErrorKind::kBadImage);
+  // The user's directory argument that does not exist is "not found", not a bad image.
+  auto none = ImageSet::Open(dir_ + "/nope");
+  ASSERT_FALSE(none.ok());
+  EXPECT_EQ(none.error().kind(), ErrorKind::kNotFound);
+}
+
 // ---- sinks
 
 TEST_F(ImagesTest, AbortRemovesEverything) {
@@ -518,6 +609,16 @@ TEST_F(BadImageTest, MissingListedFile) {
   auto b = set->OpenBlob("pages-2.img");
   ASSERT_FALSE(b.ok());
   EXPECT_EQ(b.error().kind(), ErrorKind::kBadImage);
+}
+
+TEST_F(BadImageTest, NotARegularFile) {
+  // A FIFO in place of an image must not block the reader.
+  ASSERT_EQ(unlink(Path("core-1.img").c_str()), 0);
+  ASSERT_EQ(mkfifo(Path("core-1.img").c_str(), 0600), 0);
+  auto r = OpenVerified(dir_);
+  ExpectBad(r, "core-1.img", false);
+  EXPECT_NE(r.error().message().find("not a regular file"), std::string::npos);
+  ExpectBad(ReadAllUnverified(), "core-1.img", false);
 }
 
 TEST_F(BadImageTest, AbsurdRecordLength) {

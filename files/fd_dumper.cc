@@ -1,0 +1,257 @@
+// FdDumper: walks /proc/PID/fd of each frozen process, takes each fd with pidfd_getfd (the same
+// open file description), deduplicates shared descriptions with kcmp(KCMP_FILE) among fds on
+// the same inode, and lets the kind table record each new description once.
+#include <dirent.h>
+#include <fcntl.h>
+#include <linux/kcmp.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+
+#include "common/log.h"
+#include "files/kind.h"
+#include "proto/fd.pb.h"
+
+namespace godwit::files {
+
+namespace {
+
+int PidfdOpen(pid_t pid) { return static_cast<int>(syscall(SYS_pidfd_open, pid, 0)); }
+int PidfdGetfd(int pidfd, int fd) { return static_cast<int>(syscall(SYS_pidfd_getfd, pidfd, fd, 0)); }
+long Kcmp(pid_t p1, pid_t p2, int type, unsigned long i1, unsigned long i2) {
+  return syscall(SYS_kcmp, p1, p2, type, i1, i2);
+}
+
+struct Seen {
+  pid_t pid;
+  int fd;
+  uint64_t id;
+};
+
+struct PendingEpoll {
+  size_t index;  // into files_
+  pid_t pid;
+  int fd;
+};
+
+}  // namespace
+
+class FdDumperImpl : public FdDumper {
+ public:
+  FdDumperImpl(images::Sink& sink, const DumpOptions& opts)
+      : sink_(sink), opts_(opts), ctx_(sink, opts_) {}
+  ~FdDumperImpl() override = default;
+
+  Result<void> DumpProcess(pid_t pid) override;
+  Result<void> Finish() override;
+  void Resume() override { ctx_.RunResume(); }
+  std::vector<std::pair<std::string, int>> Counts() const override {
+    std::vector<std::pair<std::string, int>> out(counts_.begin(), counts_.end());
+    return out;
+  }
+
+ private:
+  Result<void> ResolveEpoll(const PendingEpoll& pe);
+  Result<void> CheckOutsidePeers();
+
+  images::Sink& sink_;
+  DumpOptions opts_;
+  DumpContext ctx_;
+  std::map<std::pair<dev_t, ino_t>, std::vector<Seen>> by_inode_;
+  std::vector<img::FileEntry> files_;
+  std::map<uint64_t, std::pair<pid_t, int>> first_holder_;  // file id -> first (pid, fd)
+  std::map<std::pair<pid_t, int>, uint64_t> fd_ids_;
+  std::vector<pid_t> pids_;
+  std::map<std::string, int> counts_;
+  uint64_t next_id_ = 1;
+};
+
+Result<std::unique_ptr<FdDumper>> FdDumper::Create(images::Sink& sink, const DumpOptions& opts) {
+  return std::unique_ptr<FdDumper>(new FdDumperImpl(sink, opts));
+}
+
+Result<void> FdDumperImpl::DumpProcess(pid_t pid) {
+  UniqueFd pidfd(PidfdOpen(pid));
+  if (!pidfd) {
+    if (errno == ESRCH) return MakeError(ErrorKind::kNotFound, ESRCH, "pid %d is gone", pid);
+    return Errno("pidfd_open %d", pid);
+  }
+  std::string dir = StrFormat("/proc/%d/fd", pid);
+  DIR* d = opendir(dir.c_str());
+  if (!d) return Errno("opendir %s", dir.c_str());
+  std::vector<int> fds;
+  while (struct dirent* de = readdir(d)) {
+    if (de->d_name[0] == '.') continue;
+    fds.push_back(atoi(de->d_name));
+  }
+  closedir(d);
+  std::sort(fds.begin(), fds.end());
+
+  img::ProcessFds pf;
+  pf.set_pid(pid);
+  std::vector<PendingEpoll> epolls;
+  std::set<uint64_t> posix_done;  // descriptions whose POSIX locks this process recorded
+  for (int fd : fds) {
+    Probe p;
+    p.pid = pid;
+    p.fd = fd;
+    UniqueFd local(PidfdGetfd(pidfd.get(), fd));
+    if (!local) return Errno("pid %d fd %d: pidfd_getfd", pid, fd);
+    p.local = local.get();
+    if (fstat(p.local, &p.st) < 0) return Errno("pid %d fd %d: fstat", pid, fd);
+    char buf[4096];
+    ssize_t n = readlink(StrFormat("/proc/%d/fd/%d", pid, fd).c_str(), buf, sizeof(buf) - 1);
+    if (n < 0) return Errno("pid %d fd %d: readlink", pid, fd);
+    p.link.assign(buf, n);
+    ASSIGN_OR_RETURN(p.info, ReadFdInfo(pid, fd));
+
+    uint64_t id = 0;
+    auto& bucket = by_inode_[{p.st.st_dev, p.st.st_ino}];
+    for (const Seen& s : bucket) {
+      if (Kcmp(pid, s.pid, KCMP_FILE, fd, s.fd) == 0) {
+        id = s.id;
+        break;
+      }
+    }
+    std::vector<img::FileLock> locks = ParseLocks(p.info);
+    if (id == 0) {
+      ASSIGN_OR_RETURN(img::FileKind kind, Classify(p));
+      const KindOps* ops = FindKind(kind);
+      img::FileEntry e;
+      id = next_id_++;
+      e.set_id(id);
+      e.set_kind(kind);
+      e.set_flags(p.info.flags & ~O_CLOEXEC);
+      e.set_pos(p.info.pos);
+      for (const auto& l : locks)
+        if (l.type() != img::LOCK_TYPE_POSIX) *e.add_locks() = l;
+      TRY_CTX(ops->dump(ctx_, p, e), "pid %d fd %d (%s %s)", pid, fd, ops->name, p.link.c_str());
+      if (kind == img::FILE_KIND_EPOLL) epolls.push_back({files_.size(), pid, fd});
+      files_.push_back(std::move(e));
+      first_holder_[id] = {pid, fd};
+      counts_[ops->name]++;
+    }
+    bucket.push_back({pid, fd, id});
+    fd_ids_[{pid, fd}] = id;
+    img::FdEntry* fe = pf.add_fds();
+    fe->set_fd(fd);
+    fe->set_file_id(id);
+    fe->set_cloexec(p.info.flags & O_CLOEXEC);
+    if (posix_done.insert(id).second)
+      for (const auto& l : locks)
+        if (l.type() == img::LOCK_TYPE_POSIX) *fe->add_posix_locks() = l;
+    counts_["fds"]++;
+  }
+  pids_.push_back(pid);
+  for (const PendingEpoll& pe : epolls) TRY(ResolveEpoll(pe));
+  return images::WriteImage(sink_, StrFormat("fds-%d.img", pid), pf);
+}
+
+// Registrations are keyed by (file, fd number); the number may since have been closed or reused
+// for another file. kcmp(KCMP_EPOLL_TFD) tells which open description a registration is.
+Result<void> FdDumperImpl::ResolveEpoll(const PendingEpoll& pe) {
+  img::EpollFile* ep = files_[pe.index].mutable_epoll();
+  std::map<int, int> seen_tfd;
+  for (img::EpollTarget& t : *ep->mutable_targets()) {
+    struct kcmp_epoll_slot slot {};
+    slot.efd = pe.fd;
+    slot.tfd = t.tfd();
+    slot.toff = seen_tfd[t.tfd()]++;
+    uint64_t id = 0;
+    auto it = fd_ids_.find({pe.pid, t.tfd()});
+    if (it != fd_ids_.end() &&
+        Kcmp(pe.pid, pe.pid, KCMP_EPOLL_TFD, t.tfd(), reinterpret_cast<unsigned long>(&slot)) == 0)
+      id = it->second;
+    for (auto f = fd_ids_.begin(); id == 0 && f != fd_ids_.end(); ++f) {
+      if (Kcmp(f->first.first, pe.pid, KCMP_EPOLL_TFD, f->first.second,
+               reinterpret_cast<unsigned long>(&slot)) == 0)
+        id = f->second;
+    }
+    if (id == 0)
+      return MakeError(ErrorKind::kUnsupported, 0,
+                       "pid %d fd %d (epoll): target fd %d is open nowhere in the tree", pe.pid,
+                       pe.fd, t.tfd());
+    t.set_file_id(id);
+  }
+  return Ok();
+}
+
+// Descriptions connected to something outside the tree: allowed only as documented externals.
+Result<void> FdDumperImpl::CheckOutsidePeers() {
+  std::set<uint64_t> unix_inos, pipe_ends_r, pipe_ends_w;
+  std::set<int> pty_masters;
+  for (const auto& e : files_) {
+    if (e.kind() == img::FILE_KIND_UNIX) unix_inos.insert(e.unix_sk().ino());
+    if (e.kind() == img::FILE_KIND_TTY && e.tty().master()) pty_masters.insert(e.tty().pty_index());
+  }
+  for (auto& e : files_) {
+    auto [pid, fd] = first_holder_[e.id()];
+    std::string key;
+    if (e.kind() == img::FILE_KIND_UNIX) {
+      const img::UnixSocket& u = e.unix_sk();
+      if (u.peer_ino() == 0 || unix_inos.count(u.peer_ino()) || u.listener_ino()) continue;
+      if (u.type() == SOCK_DGRAM && !u.peer_name().empty() &&
+          (ctx_.ExternalAllowed(StrFormat("unix:[%llu]", (unsigned long long)u.peer_ino())) ||
+           ctx_.ExternalAllowed("unix:" + u.peer_name()))) {
+        e.mutable_unix_sk()->set_peer_external(true);  // reconnected by name at restore
+        continue;
+      }
+      key = StrFormat("socket:[%llu]", static_cast<unsigned long long>(u.ino()));
+      if (!ctx_.ExternalAllowed(key) &&
+          !ctx_.ExternalAllowed(StrFormat("unix:[%llu]", (unsigned long long)u.peer_ino())))
+        return MakeError(ErrorKind::kUnsupported, 0,
+                         "pid %d fd %d: unix socket %s is connected to a peer outside the tree "
+                         "(socket:[%llu]%s%s); allow it with --external %s and restore with "
+                         "--inherit-fd",
+                         pid, fd, key.c_str(), static_cast<unsigned long long>(u.peer_ino()),
+                         u.peer_name().empty() ? "" : " ",
+                         u.peer_name().empty() ? "" : u.peer_name().c_str(), key.c_str());
+    } else if (e.kind() == img::FILE_KIND_TTY) {
+      const img::TtyFile& t = e.tty();
+      if (t.master() || pty_masters.count(t.pty_index())) continue;
+      if (opts_.shell_job) key = "tty";
+      else if (ctx_.ExternalAllowed(StrFormat("tty:%s", t.path().c_str()))) key = "tty:" + t.path();
+      else
+        return MakeError(ErrorKind::kUnsupported, 0,
+                         "pid %d fd %d: terminal %s belongs to no process of the tree "
+                         "(use --shell-job)",
+                         pid, fd, t.path().c_str());
+    } else if (e.kind() == img::FILE_KIND_PIPE) {
+      key = StrFormat("pipe:[%llu]", static_cast<unsigned long long>(e.pipe().pipe_id()));
+      if (!ctx_.ExternalAllowed(key)) continue;  // a pipe whose other end was closed
+    } else {
+      continue;
+    }
+    std::string link = e.kind() == img::FILE_KIND_TTY ? e.tty().path() : key;
+    img::FileEntry x;
+    x.set_id(e.id());
+    x.set_kind(img::FILE_KIND_EXTERNAL);
+    x.set_flags(e.flags());
+    x.mutable_external()->set_key(key);
+    x.mutable_external()->set_link(link);
+    e = std::move(x);
+    counts_["external"]++;
+  }
+  return Ok();
+}
+
+Result<void> FdDumperImpl::Finish() {
+  TRY(CheckOutsidePeers());
+  ASSIGN_OR_RETURN(images::ImageWriter w, images::ImageWriter::Create(sink_, "files.img"));
+  for (const auto& e : files_) TRY(w.Write(e));
+  TRY(w.Close());
+  TRY(ctx_.CloseBlob());
+  if (!ctx_.netlock_table.empty()) {
+    img::NetLock nl;
+    nl.set_table(ctx_.netlock_table);
+    TRY(images::WriteImage(sink_, "files-netlock.img", nl));
+  }
+  return Ok();
+}
+
+}  // namespace godwit::files

@@ -1,0 +1,192 @@
+// FdRestorer: loads files.img and fds-*.img, opens every description in the coordinator
+// (Prepare), installs each process's fd table in the restored process (Install), and finishes
+// what must wait until the whole tree exists (Finalize).
+#include <fcntl.h>
+#include <linux/close_range.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <map>
+
+#include "common/log.h"
+#include "files/kind.h"
+#include "proto/fd.pb.h"
+
+namespace godwit::files {
+
+class FdRestorerImpl : public FdRestorer {
+ public:
+  FdRestorerImpl(const RestoreOptions& opts) : opts_(opts) {}
+  ~FdRestorerImpl() override { CloseAll(); }
+
+  Result<void> LoadImages(const images::ImageSet& images);
+  Result<void> Prepare(int base_fd) override;
+  Result<void> Install(pid_t old_pid) override;
+  void ClosePrepared() override;
+  Result<void> Finalize() override;
+  int MaxFd() const override { return max_fd_; }
+
+ private:
+  void CloseAll() {
+    if (!ctx_) return;
+    ClosePrepared();
+    for (auto& [id, fd] : ctx_->finalize_fds_) close(fd);
+    ctx_->finalize_fds_.clear();
+  }
+
+  RestoreOptions opts_;
+  std::unique_ptr<RestoreContext> ctx_;
+  std::map<pid_t, img::ProcessFds> procs_;
+  std::string netlock_table_;
+  int max_fd_ = 2;
+  bool closed_ = false;
+};
+
+Result<std::unique_ptr<FdRestorer>> FdRestorer::Load(const images::ImageSet& images,
+                                                     const RestoreOptions& opts) {
+  auto r = std::make_unique<FdRestorerImpl>(opts);
+  TRY(r->LoadImages(images));
+  return std::unique_ptr<FdRestorer>(std::move(r));
+}
+
+Result<void> FdRestorerImpl::LoadImages(const images::ImageSet& images) {
+  std::unique_ptr<images::BlobReader> blob;
+  if (images.Has("files-data.blob")) {
+    ASSIGN_OR_RETURN(blob, images.OpenBlob("files-data.blob"));
+  }
+  ctx_ = std::make_unique<RestoreContext>(opts_, std::move(blob));
+  if (images.Has("files.img")) {
+    ASSIGN_OR_RETURN(images::ImageReader rd, images.OpenImage("files.img"));
+    for (;;) {
+      img::FileEntry e;
+      ASSIGN_OR_RETURN(bool more, rd.Next(&e));
+      if (!more) break;
+      if (!FindKind(e.kind()))
+        return MakeError(ErrorKind::kBadImage, 0, "files.img: file id %llu has unknown kind %d",
+                         static_cast<unsigned long long>(e.id()), e.kind());
+      if (e.id() == 0 || ctx_->entries_.count(e.id()))
+        return MakeError(ErrorKind::kBadImage, 0, "files.img: bad or duplicate file id %llu",
+                         static_cast<unsigned long long>(e.id()));
+      ctx_->entries_.emplace(e.id(), std::move(e));
+    }
+  }
+  for (const auto& f : images.inventory().files()) {
+    const std::string& n = f.name();
+    if (n.rfind("fds-", 0) != 0 || n.size() < 9 || n.substr(n.size() - 4) != ".img") continue;
+    img::ProcessFds pf;
+    TRY(images.ReadOne(n, &pf));
+    for (const auto& fe : pf.fds()) {
+      if (fe.fd() < 0 || fe.fd() > (1 << 20))
+        return MakeError(ErrorKind::kBadImage, 0, "%s: bad fd number %d", n.c_str(), fe.fd());
+      if (!ctx_->entries_.count(fe.file_id()))
+        return MakeError(ErrorKind::kBadImage, 0, "%s: fd %d refers to unknown file id %llu",
+                         n.c_str(), fe.fd(), static_cast<unsigned long long>(fe.file_id()));
+      max_fd_ = std::max(max_fd_, fe.fd());
+    }
+    procs_[pf.pid()] = std::move(pf);
+  }
+  for (const auto& [id, e] : ctx_->entries_)
+    if (e.kind() == img::FILE_KIND_EPOLL)
+      for (const auto& t : e.epoll().targets()) {
+        if (t.tfd() < 0 || t.tfd() > (1 << 20) || !ctx_->entries_.count(t.file_id()))
+          return MakeError(ErrorKind::kBadImage, 0, "files.img: epoll %llu: bad target %d",
+                           static_cast<unsigned long long>(id), t.tfd());
+        max_fd_ = std::max(max_fd_, t.tfd());
+      }
+  if (images.Has("files-netlock.img")) {
+    img::NetLock nl;
+    TRY(images.ReadOne("files-netlock.img", &nl));
+    netlock_table_ = nl.table();
+  }
+  return Ok();
+}
+
+Result<void> FdRestorerImpl::Prepare(int base_fd) {
+  if (base_fd <= max_fd_)
+    return MakeError(ErrorKind::kGeneric, 0, "prepare: base fd %d <= highest restored fd %d",
+                     base_fd, max_fd_);
+  ctx_->base_ = base_fd;
+  // Anything failing here leaves nothing behind: the caller's error path destroys us, which
+  // closes every prepared fd.
+  for (const auto& [id, e] : ctx_->entries_) {
+    auto r = ctx_->Ensure(id);
+    if (!r.ok()) {
+      ctx_->temp_.clear();
+      CloseAll();
+      return std::move(r).error();
+    }
+  }
+  ctx_->temp_.clear();
+  return Ok();
+}
+
+Result<void> FdRestorerImpl::Install(pid_t old_pid) {
+  auto it = procs_.find(old_pid);
+  static const img::ProcessFds kEmpty;
+  const img::ProcessFds& pf = it == procs_.end() ? kEmpty : it->second;
+  // 1. Per-process kind work that needs fd numbers (epoll registrations: the kernel keys them
+  //    by number, so each target is put at its registered number for the epoll_ctl).
+  for (const auto& [id, e] : ctx_->entries_) {
+    const KindOps* ops = FindKind(e.kind());
+    if (ops->install) TRY_CTX(ops->install(*ctx_, e, old_pid), "pid %d: %s", old_pid, ops->name);
+  }
+  // 2. Every fd at its number with its close-on-exec flag.
+  std::vector<bool> want(max_fd_ + 1, false);
+  for (const auto& fe : pf.fds()) {
+    int src = ctx_->Prepared(fe.file_id());
+    if (src < 0)
+      return MakeError(ErrorKind::kBadImage, 0, "pid %d fd %d: file id %llu was not prepared",
+                       old_pid, fe.fd(), static_cast<unsigned long long>(fe.file_id()));
+    if (dup3(src, fe.fd(), fe.cloexec() ? O_CLOEXEC : 0) < 0)
+      return Errno("pid %d: dup3 %d -> %d", old_pid, src, fe.fd());
+    want[fe.fd()] = true;
+  }
+  // 3. Nothing else below the engine's range: numbers used only for registrations, and what the
+  //    coordinator had open, go away.
+  for (int fd = 0; fd <= max_fd_; fd++) {
+    if (want[fd]) continue;
+    int end = fd;
+    while (end + 1 <= max_fd_ && !want[end + 1]) end++;
+    syscall(SYS_close_range, fd, end, 0);
+    fd = end;
+  }
+  // 4. The prepared copies, before the POSIX locks: closing any fd of a file drops the
+  //    process's POSIX locks on it.
+  for (const auto& [id, fd] : ctx_->prepared_) close(fd);
+  // 5. POSIX locks belong to this process.
+  for (const auto& fe : pf.fds())
+    for (const auto& l : fe.posix_locks())
+      TRY_CTX(ApplyLock(fe.fd(), l), "pid %d fd %d: POSIX lock", old_pid, fe.fd());
+  return Ok();
+}
+
+void FdRestorerImpl::ClosePrepared() {
+  if (closed_ || !ctx_) return;
+  closed_ = true;
+  for (const auto& [id, fd] : ctx_->prepared_) {
+    if (!ctx_->finalize_fds_.count(id)) close(fd);
+  }
+}
+
+Result<void> FdRestorerImpl::Finalize() {
+  ClosePrepared();
+  Result<void> res;
+  for (auto& [id, fd] : ctx_->finalize_fds_) {
+    const img::FileEntry* e = ctx_->Entry(id);
+    const KindOps* ops = FindKind(e->kind());
+    if (ops->finalize && res.ok()) {
+      auto r = ops->finalize(*ctx_, *e, fd);
+      if (!r.ok()) res = std::move(r.error().wrap(StrFormat("finalize %s", ops->name)));
+    }
+    close(fd);
+  }
+  ctx_->finalize_fds_.clear();
+  if (!netlock_table_.empty()) {
+    auto r = NetUnlock(netlock_table_);
+    if (!r.ok() && res.ok()) res = std::move(r);
+  }
+  return res;
+}
+
+}  // namespace godwit::files

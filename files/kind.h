@@ -1,0 +1,180 @@
+// The per-kind table behind FdDumper/FdRestorer (internal to files/).
+//
+// Every kind of open file description lives in one file kind_<name>.cc with its dump and its
+// restore side by side, registered once in table.cc. The dispatcher (dispatch.cc) decides the
+// kind of an fd from fstat, readlink(/proc/PID/fd/N) and fdinfo; the kind's dump fills one
+// img::FileEntry. On restore, the kind's open creates the description in the coordinator
+// (Prepare); optional hooks run per process (Install: epoll registrations) and before the tree
+// resumes (Finalize: TCP repair off).
+#pragma once
+
+#include <sys/stat.h>
+#include <sys/types.h>
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "common/result.h"
+#include "common/unique_fd.h"
+#include "files/files.h"
+#include "images/image.h"
+#include "proto/fd.pb.h"
+
+namespace godwit::files {
+
+// /proc/PID/fdinfo/N, parsed: the common fields plus every line kept for the kinds.
+struct FdInfo {
+  uint64_t pos = 0;
+  uint32_t flags = 0;  // octal "flags:" (includes O_CLOEXEC)
+  int mnt_id = -1;
+  std::vector<std::pair<std::string, std::string>> lines;  // key (before ':'), rest (trimmed)
+  std::string Get(const std::string& key) const;
+  std::vector<std::string> All(const std::string& key) const;
+};
+Result<FdInfo> ReadFdInfo(pid_t pid, int fd);
+
+// What the dispatcher learned about one fd of a frozen process.
+struct Probe {
+  pid_t pid = 0;
+  int fd = -1;
+  int local = -1;  // our copy of the description (pidfd_getfd)
+  struct stat st {};
+  std::string link;  // readlink /proc/PID/fd/N
+  FdInfo info;
+};
+
+class DumpContext {
+ public:
+  DumpContext(images::Sink& sink, const DumpOptions& opts) : sink_(sink), opts_(opts) {}
+  const DumpOptions& opts() const { return opts_; }
+  // Appends bulk bytes to files-data.blob.
+  Result<img::BlobRef> Blob(const void* data, size_t len);
+  Result<void> CloseBlob();
+
+  // Work to undo when the tree resumes (--leave-running, or a failed dump), in reverse order.
+  void OnResume(std::function<void()> fn) { undo_.push_back(std::move(fn)); }
+  void RunResume();
+
+  // Per-kind state that spans descriptions (e.g. pipes whose data is stored already).
+  std::set<uint64_t> pipes_with_data;
+  // A netlink NETLINK_SOCK_DIAG socket in the network namespace of pid (cached per netns).
+  Result<int> DiagSocket(pid_t pid);
+  // External keys the user allowed (DumpOptions::external, "fd:KEY" or "KEY").
+  bool ExternalAllowed(const std::string& key) const;
+  // Network-lock table (nftables) in the net namespace of pid for one TCP 4-tuple.
+  Result<void> LockConnection(pid_t pid, const img::InetSocket& sk);
+  std::string netlock_table;  // "" when nothing was locked
+  std::vector<uint64_t> netlock_netns;
+  pid_t netlock_pid = 0;
+
+ private:
+  images::Sink& sink_;
+  const DumpOptions& opts_;
+  std::unique_ptr<images::BlobWriter> blob_;
+  std::vector<std::function<void()>> undo_;
+  std::map<uint64_t, UniqueFd> diag_;  // netns inode -> sock_diag socket
+};
+
+class RestoreContext {
+ public:
+  RestoreContext(const RestoreOptions& opts, std::unique_ptr<images::BlobReader> blob)
+      : opts_(opts), blob_(std::move(blob)) {}
+  const RestoreOptions& opts() const { return opts_; }
+  Result<std::string> ReadBlob(const img::BlobRef& ref);
+
+  // The prepared fd of a description, opening it (and what it depends on) first if needed.
+  Result<int> Ensure(uint64_t file_id);
+  const img::FileEntry* Entry(uint64_t file_id) const;
+  const std::map<uint64_t, img::FileEntry>& entries() const { return entries_; }
+  // Prepared fd or -1.
+  int Prepared(uint64_t file_id) const;
+
+  // Fds the coordinator keeps only during Prepare (the other end of a pipe nobody holds, the
+  // O_RDWR helper of a FIFO): closed at the end of Prepare.
+  void KeepUntilPrepared(UniqueFd fd) { temp_.push_back(std::move(fd)); }
+  // Fds the coordinator keeps until Finalize (TCP sockets: repair off, unsent data).
+  void KeepUntilFinalize(uint64_t file_id, int fd);
+  // Per-kind state across descriptions.
+  std::map<uint64_t, std::pair<int, int>> pipes;  // pipe id -> (read, write) prepared fds
+  std::map<int, std::pair<int, int>> ptys;        // pty index -> (master, slave)
+  std::set<std::string> used;                     // per-kind markers ("pipe:ID:r")
+  std::map<std::string, int> named_fds;           // per-kind fds by key ("unix:INO", "memfd:INO")
+
+  // Moves fd to the first free number >= base_ (close-on-exec in the coordinator).
+  Result<int> Park(UniqueFd fd);
+
+ private:
+  friend class FdRestorerImpl;
+  const RestoreOptions& opts_;
+  std::unique_ptr<images::BlobReader> blob_;
+  std::map<uint64_t, img::FileEntry> entries_;
+  std::map<uint64_t, int> prepared_;
+  std::set<uint64_t> opening_;
+  std::vector<UniqueFd> temp_;
+  std::map<uint64_t, int> finalize_fds_;
+  int base_ = 0;
+};
+
+struct KindOps {
+  img::FileKind kind;
+  const char* name;
+  Result<void> (*dump)(DumpContext& ctx, const Probe& p, img::FileEntry& e);
+  // Creates the description in the coordinator; flags and position are the kind's business.
+  Result<UniqueFd> (*open)(RestoreContext& ctx, const img::FileEntry& e);
+  // Optional: in restored process pid, before its fds are at their numbers.
+  Result<void> (*install)(RestoreContext& ctx, const img::FileEntry& e, pid_t pid) = nullptr;
+  // Optional: in the coordinator just before the tree resumes; fd is the coordinator's copy.
+  Result<void> (*finalize)(RestoreContext& ctx, const img::FileEntry& e, int fd) = nullptr;
+};
+
+const std::vector<KindOps>& KindTable();
+const KindOps* FindKind(img::FileKind kind);
+// The dispatcher: which kind is this fd. kUnsupported naming pid, fd and what it is.
+Result<img::FileKind> Classify(const Probe& p);
+
+// Shared helpers for the kinds.
+// Reopens fd through /proc/self/fd with flags (access mode change, FIFO ends).
+Result<UniqueFd> Reopen(int fd, int flags);
+// Sets O_APPEND/O_NONBLOCK/O_ASYNC/O_DIRECT/O_NOATIME from flags with F_SETFL.
+Result<void> SetStatusFlags(int fd, uint32_t flags);
+std::string KindName(img::FileKind k);
+
+// Per-kind entry points, defined in kind_<name>.cc.
+#define GODWIT_KIND_DECL(n)                                               \
+  Result<void> Dump##n(DumpContext& ctx, const Probe& p, img::FileEntry& e); \
+  Result<UniqueFd> Open##n(RestoreContext& ctx, const img::FileEntry& e);
+GODWIT_KIND_DECL(Reg)
+GODWIT_KIND_DECL(Chr)
+GODWIT_KIND_DECL(Pipe)
+GODWIT_KIND_DECL(Fifo)
+GODWIT_KIND_DECL(Unix)
+GODWIT_KIND_DECL(Inet)
+GODWIT_KIND_DECL(Eventfd)
+GODWIT_KIND_DECL(Epoll)
+GODWIT_KIND_DECL(Signalfd)
+GODWIT_KIND_DECL(Timerfd)
+GODWIT_KIND_DECL(Inotify)
+GODWIT_KIND_DECL(Memfd)
+GODWIT_KIND_DECL(Tty)
+GODWIT_KIND_DECL(External)
+#undef GODWIT_KIND_DECL
+Result<void> InstallEpoll(RestoreContext& ctx, const img::FileEntry& e, pid_t pid);
+Result<void> FinalizeInet(RestoreContext& ctx, const img::FileEntry& e, int fd);
+
+// Locks (locks.cc): flock/OFD belong to the description, POSIX locks to the process.
+std::vector<img::FileLock> ParseLocks(const FdInfo& info);
+Result<void> ApplyLock(int fd, const img::FileLock& l);
+
+// Socket options shared by unix and inet sockets (sockopts.cc).
+void DumpSockOpts(int fd, img::SockOpts* o);
+Result<void> RestoreSockOpts(int fd, const img::SockOpts& o);
+
+// Network lock (netlock.cc): removes the table in the current net namespace if present.
+Result<void> NetUnlock(const std::string& table);
+Result<void> NftRun(pid_t netns_pid, const std::string& script);
+
+}  // namespace godwit::files

@@ -1,0 +1,119 @@
+// inotify: the watches (wd, mask) from fdinfo. The watched inode's path is recovered from the
+// file handle in fdinfo with open_by_handle_at on the mount that holds it. Restore adds the
+// watches again in wd order; the kernel hands out wds cyclically, so a watch that got a lower
+// wd than recorded is removed and added again until it lands on its number. Events that were
+// queued but not read are not restored (the queue is drained of the IN_IGNORED this causes).
+#include <fcntl.h>
+#include <sys/inotify.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+
+#include "common/fs.h"
+#include "files/kind.h"
+
+namespace godwit::files {
+
+namespace {
+// The mount point (as the process sees it) of the device sdev (kernel dev_t: major << 20).
+Result<std::string> MountOf(pid_t pid, unsigned long sdev) {
+  unsigned maj = sdev >> 20, min = sdev & 0xfffff;
+  ASSIGN_OR_RETURN(std::string mi, fs::ReadFile(StrFormat("/proc/%d/mountinfo", pid)));
+  for (const std::string& line : fs::Split(mi, '\n')) {
+    unsigned a, b;
+    char root[4096], mp[4096];
+    int id, parent;
+    if (sscanf(line.c_str(), "%d %d %u:%u %4095s %4095s", &id, &parent, &a, &b, root, mp) != 6)
+      continue;
+    if (a == maj && b == min) return std::string(mp);
+  }
+  return MakeError(ErrorKind::kNotFound, 0, "no mount of device %u:%u in pid %d", maj, min, pid);
+}
+
+Result<std::string> PathFromHandle(pid_t pid, unsigned long sdev, int type, const std::string& hex) {
+  ASSIGN_OR_RETURN(std::string mp, MountOf(pid, sdev));
+  std::string mpath = StrFormat("/proc/%d/root%s", pid, mp.c_str());
+  UniqueFd mfd(open(mpath.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));  // not O_PATH: EBADF
+  if (!mfd) return Errno("open %s", mpath.c_str());
+  std::vector<char> buf(sizeof(struct file_handle) + hex.size() / 2);
+  auto* fh = reinterpret_cast<struct file_handle*>(buf.data());
+  fh->handle_bytes = hex.size() / 2;
+  fh->handle_type = type;
+  for (size_t i = 0; i < hex.size() / 2; i++)
+    fh->f_handle[i] = static_cast<unsigned char>(strtoul(hex.substr(2 * i, 2).c_str(), nullptr, 16));
+  UniqueFd f(open_by_handle_at(mfd.get(), fh, O_PATH | O_CLOEXEC));
+  if (!f) return Errno("open_by_handle_at on %s", mpath.c_str());
+  char link[4096];
+  ssize_t n = readlink(StrFormat("/proc/self/fd/%d", f.get()).c_str(), link, sizeof(link) - 1);
+  if (n < 0) return Errno("readlink handle");
+  std::string path(link, n);
+  // Our path goes through /proc/PID/root; the process sees it from its own root.
+  std::string root;
+  char rl[4096];
+  ssize_t rn = readlink(StrFormat("/proc/%d/root", pid).c_str(), rl, sizeof(rl) - 1);
+  if (rn > 0) root.assign(rl, rn);
+  if (!root.empty() && root != "/" && path.rfind(root, 0) == 0) path = path.substr(root.size());
+  if (path.size() > 10 && path.compare(path.size() - 10, 10, " (deleted)") == 0)
+    return MakeError(ErrorKind::kUnsupported, 0, "inotify watch on deleted %s", path.c_str());
+  return path;
+}
+}  // namespace
+
+Result<void> DumpInotify(DumpContext& ctx, const Probe& p, img::FileEntry& e) {
+  img::InotifyFile* in = e.mutable_inotify();
+  // "wd:1 ino:1a2b sdev:800001 mask:800afce ignored_mask:0 fhandle-bytes:8 fhandle-type:1
+  //  f_handle:d2b5010000000000"
+  // The fdinfo parser splits at the first ':', so the key is "inotify wd".
+  for (const std::string& rest : p.info.All("inotify wd")) {
+    std::string v = "wd:" + rest;
+    unsigned wd, mask, ign, bytes;
+    int type;
+    unsigned long ino, sdev;
+    char hex[300];
+    if (sscanf(v.c_str(), "wd:%x ino:%lx sdev:%lx mask:%x ignored_mask:%x fhandle-bytes:%x "
+               "fhandle-type:%x f_handle:%299s",
+               &wd, &ino, &sdev, &mask, &ign, &bytes, &type, hex) != 8)
+      return MakeError(ErrorKind::kUnsupported, 0, "inotify: cannot parse 'inotify %s'", v.c_str());
+    img::InotifyWatch* w = in->add_watches();
+    w->set_wd(wd);
+    w->set_mask(mask);
+    w->set_ignored_mask(ign);
+    w->set_ino(ino);
+    w->set_sdev(sdev);
+    ASSIGN_OR_RETURN(std::string path, PathFromHandle(p.pid, sdev, type, hex));
+    w->set_path(path);
+  }
+  return Ok();
+}
+
+Result<UniqueFd> OpenInotify(RestoreContext& ctx, const img::FileEntry& e) {
+  UniqueFd fd(inotify_init1(IN_CLOEXEC | IN_NONBLOCK));
+  if (!fd) return Errno("inotify_init1");
+  std::vector<img::InotifyWatch> ws(e.inotify().watches().begin(), e.inotify().watches().end());
+  std::sort(ws.begin(), ws.end(), [](const auto& a, const auto& b) { return a.wd() < b.wd(); });
+  bool removed = false;
+  for (const auto& w : ws) {
+    uint32_t mask = w.mask() & ~IN_MASK_ADD;
+    for (int tries = 0;; tries++) {
+      int wd = inotify_add_watch(fd.get(), w.path().c_str(), mask);
+      if (wd < 0) return Errno("inotify_add_watch %s", w.path().c_str());
+      if (wd == w.wd()) break;
+      if (wd > w.wd() || tries > (1 << 16))
+        return MakeError(ErrorKind::kGeneric, 0, "inotify: %s got wd %d, wanted %d",
+                         w.path().c_str(), wd, w.wd());
+      inotify_rm_watch(fd.get(), wd);
+      removed = true;
+    }
+  }
+  if (removed) {
+    char buf[4096];
+    while (read(fd.get(), buf, sizeof(buf)) > 0) {
+    }
+  }
+  return fd;
+}
+
+}  // namespace godwit::files

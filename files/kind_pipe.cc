@@ -1,0 +1,142 @@
+// Pipes and FIFOs. The unread data is peeked with tee() into a temporary pipe (the process's
+// pipe keeps it) and stored once per pipe. At restore a pipe is created once, both ends at
+// once, the data written back, then every description takes its end; a FIFO is opened O_RDWR
+// first (which never blocks), refilled, and each description reopened through /proc/self/fd
+// with its own flags. Pipes above 1 MiB capacity cannot be recreated without CAP_SYS_RESOURCE.
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "common/fs.h"
+#include "files/kind.h"
+
+namespace godwit::files {
+
+namespace {
+constexpr int kMaxPipe = 1 << 20;  // /proc/sys/fs/pipe-max-size without CAP_SYS_RESOURCE
+
+// Copies the unread bytes of the pipe behind fd without consuming them.
+Result<std::string> PeekPipe(int fd, int capacity) {
+  int tmp[2];
+  if (pipe2(tmp, O_CLOEXEC | O_NONBLOCK) < 0) return Errno("pipe2");
+  UniqueFd r(tmp[0]), w(tmp[1]);
+  if (fcntl(w.get(), F_SETPIPE_SZ, capacity) < 0) return Errno("F_SETPIPE_SZ %d", capacity);
+  std::string out;
+  ssize_t n = tee(fd, w.get(), capacity, SPLICE_F_NONBLOCK);
+  if (n < 0) {
+    if (errno == EAGAIN) return out;  // empty
+    return Errno("tee");
+  }
+  out.resize(n);
+  TRY(fs::ReadAll(r.get(), out.data(), n));
+  return out;
+}
+
+Result<void> DumpPipeCommon(DumpContext& ctx, const Probe& p, img::FileEntry& e) {
+  img::PipeFile* pf = e.mutable_pipe();
+  pf->set_pipe_id(p.st.st_ino);
+  int cap = fcntl(p.local, F_GETPIPE_SZ);
+  if (cap < 0) return Errno("pid %d fd %d: F_GETPIPE_SZ", p.pid, p.fd);
+  if (cap > kMaxPipe)
+    return MakeError(ErrorKind::kUnsupported, 0,
+                     "pid %d fd %d: %s has capacity %d > %d (needs CAP_SYS_RESOURCE to restore)",
+                     p.pid, p.fd, p.link.c_str(), cap, kMaxPipe);
+  pf->set_capacity(cap);
+  if (ctx.pipes_with_data.insert(p.st.st_ino).second) {
+    ASSIGN_OR_RETURN(std::string data, PeekPipe(p.local, cap));
+    pf->set_data_owner(true);
+    ASSIGN_OR_RETURN(*pf->mutable_data(), ctx.Blob(data.data(), data.size()));
+  }
+  return Ok();
+}
+
+Result<void> Refill(RestoreContext& ctx, const img::FileEntry& e, int wfd) {
+  const img::PipeFile& pf = e.pipe();
+  if (pf.capacity() && fcntl(wfd, F_SETPIPE_SZ, pf.capacity()) < 0)
+    return Errno("F_SETPIPE_SZ %u", pf.capacity());
+  return Ok();
+}
+
+// The data may sit in any end's entry: find it.
+const img::FileEntry* DataHolder(RestoreContext& ctx, uint64_t pipe_id, img::FileKind kind) {
+  for (const auto& [id, e] : ctx.entries())
+    if (e.kind() == kind && e.pipe().pipe_id() == pipe_id && e.pipe().data_owner()) return &e;
+  return nullptr;
+}
+
+Result<void> WriteData(RestoreContext& ctx, uint64_t pipe_id, img::FileKind kind, int wfd) {
+  const img::FileEntry* holder = DataHolder(ctx, pipe_id, kind);
+  if (!holder) return Ok();
+  ASSIGN_OR_RETURN(std::string data, ctx.ReadBlob(holder->pipe().data()));
+  if (data.empty()) return Ok();
+  int fl = fcntl(wfd, F_GETFL);
+  fcntl(wfd, F_SETFL, fl | O_NONBLOCK);  // never block the coordinator: it all fits or fails
+  auto r = fs::WriteAll(wfd, data.data(), data.size());
+  fcntl(wfd, F_SETFL, fl);
+  TRY_CTX(r, "refill pipe %llu with %zu bytes", static_cast<unsigned long long>(pipe_id), data.size());
+  return Ok();
+}
+}  // namespace
+
+Result<void> DumpPipe(DumpContext& ctx, const Probe& p, img::FileEntry& e) {
+  return DumpPipeCommon(ctx, p, e);
+}
+
+Result<UniqueFd> OpenPipe(RestoreContext& ctx, const img::FileEntry& e) {
+  uint64_t id = e.pipe().pipe_id();
+  bool reader = (e.flags() & O_ACCMODE) == O_RDONLY;
+  auto it = ctx.pipes.find(id);
+  if (it == ctx.pipes.end()) {
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) < 0) return Errno("pipe2");
+    UniqueFd r(fds[0]), w(fds[1]);
+    TRY(Refill(ctx, e, w.get()));
+    TRY(WriteData(ctx, id, img::FILE_KIND_PIPE, w.get()));
+    ASSIGN_OR_RETURN(int pr, ctx.Park(std::move(r)));
+    ASSIGN_OR_RETURN(int pw, ctx.Park(std::move(w)));
+    // Both ends are held until Prepare ends; the descriptions the tree holds are dups of them.
+    ctx.KeepUntilPrepared(UniqueFd(pr));
+    ctx.KeepUntilPrepared(UniqueFd(pw));
+    it = ctx.pipes.emplace(id, std::make_pair(pr, pw)).first;
+  }
+  int end = reader ? it->second.first : it->second.second;
+  std::string mark = StrFormat("pipe:%llu:%c", static_cast<unsigned long long>(id), reader ? 'r' : 'w');
+  if (ctx.used.insert(mark).second) {
+    int d = fcntl(end, F_DUPFD_CLOEXEC, 0);
+    if (d < 0) return Errno("dup pipe end");
+    return UniqueFd(d);
+  }
+  // A second description of the same end (reopened through /proc/PID/fd).
+  return Reopen(end, e.flags());
+}
+
+Result<void> DumpFifo(DumpContext& ctx, const Probe& p, img::FileEntry& e) {
+  TRY(DumpPipeCommon(ctx, p, e));
+  e.mutable_pipe()->set_path(p.link);
+  return Ok();
+}
+
+Result<UniqueFd> OpenFifo(RestoreContext& ctx, const img::FileEntry& e) {
+  uint64_t id = e.pipe().pipe_id();
+  auto it = ctx.pipes.find(id);
+  if (it == ctx.pipes.end()) {
+    const std::string& path = e.pipe().path();
+    struct stat st;
+    if (stat(path.c_str(), &st) < 0) return Errno("stat FIFO %s", path.c_str());
+    if (!S_ISFIFO(st.st_mode))
+      return MakeError(ErrorKind::kBadImage, 0, "%s is not a FIFO any more", path.c_str());
+    UniqueFd rw(open(path.c_str(), O_RDWR | O_NONBLOCK | O_CLOEXEC));
+    if (!rw) return Errno("open FIFO %s O_RDWR", path.c_str());
+    TRY(Refill(ctx, e, rw.get()));
+    TRY(WriteData(ctx, id, img::FILE_KIND_FIFO, rw.get()));
+    ASSIGN_OR_RETURN(int prw, ctx.Park(std::move(rw)));
+    ctx.KeepUntilPrepared(UniqueFd(prw));
+    it = ctx.pipes.emplace(id, std::make_pair(prw, prw)).first;
+  }
+  // The O_RDWR helper is a reader and a writer: reopening either end never blocks.
+  return Reopen(it->second.first, e.flags() | O_NONBLOCK);
+}
+
+}  // namespace godwit::files

@@ -1,0 +1,157 @@
+// Regular files, directories (by path, flags, position) and character devices (by path).
+// A file deleted while open ("/path (deleted)") has its contents saved in the blob and is
+// recreated at restore: a "ghost" created at the original path (or beside it when that name is
+// taken again), opened, and unlinked again, so the process holds an unlinked file as before.
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "common/fs.h"
+#include "common/log.h"
+#include "files/kind.h"
+
+namespace godwit::files {
+
+namespace {
+constexpr const char kDeleted[] = " (deleted)";
+constexpr size_t kMaxGhost = 1ull << 32;  // refuse to store more than 4 GiB of a deleted file
+
+bool EndsWith(const std::string& s, const std::string& suf) {
+  return s.size() >= suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0;
+}
+
+// Open flags for restore: never create or truncate what exists (the file is there already).
+int OpenFlags(uint32_t flags) { return (flags & ~(O_CREAT | O_TRUNC | O_EXCL | O_CLOEXEC)) | O_CLOEXEC; }
+
+Result<void> ReadWhole(int fd, uint64_t size, std::string* out) {
+  out->resize(size);
+  size_t done = 0;
+  while (done < size) {
+    ssize_t n = pread(fd, out->data() + done, size - done, done);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Errno("pread");
+    }
+    if (n == 0) break;
+    done += n;
+  }
+  out->resize(done);
+  return Ok();
+}
+}  // namespace
+
+Result<void> DumpReg(DumpContext& ctx, const Probe& p, img::FileEntry& e) {
+  img::RegFile* r = e.mutable_reg();
+  std::string path = p.link;
+  if (p.st.st_nlink == 0 && EndsWith(path, kDeleted)) {
+    path.resize(path.size() - strlen(kDeleted));
+    r->set_deleted(true);
+    if (!S_ISREG(p.st.st_mode))
+      return MakeError(ErrorKind::kUnsupported, 0, "pid %d fd %d: deleted directory %s", p.pid,
+                       p.fd, path.c_str());
+    if (static_cast<uint64_t>(p.st.st_size) > kMaxGhost)
+      return MakeError(ErrorKind::kUnsupported, 0, "pid %d fd %d: deleted file %s too large (%lld)",
+                       p.pid, p.fd, path.c_str(), static_cast<long long>(p.st.st_size));
+    // Our copy shares the position with the process: pread leaves it alone. An O_WRONLY
+    // description cannot be read: go through /proc/PID/fd, which opens the inode afresh.
+    UniqueFd rd(open(StrFormat("/proc/%d/fd/%d", p.pid, p.fd).c_str(), O_RDONLY | O_CLOEXEC));
+    if (!rd) return Errno("pid %d fd %d: open deleted file %s", p.pid, p.fd, path.c_str());
+    std::string data;
+    TRY_CTX(ReadWhole(rd.get(), p.st.st_size, &data), "pid %d fd %d: %s", p.pid, p.fd, path.c_str());
+    ASSIGN_OR_RETURN(*r->mutable_data(), ctx.Blob(data.data(), data.size()));
+  }
+  r->set_path(path);
+  r->set_mode(p.st.st_mode);
+  r->set_size(p.st.st_size);
+  r->set_dev(p.st.st_dev);
+  r->set_ino(p.st.st_ino);
+  r->set_uid(p.st.st_uid);
+  r->set_gid(p.st.st_gid);
+  return Ok();
+}
+
+static Result<UniqueFd> OpenGhost(RestoreContext& ctx, const img::FileEntry& e) {
+  const img::RegFile& r = e.reg();
+  ASSIGN_OR_RETURN(std::string data, ctx.ReadBlob(r.data()));
+  std::string path = r.path();
+  UniqueFd fd;
+  for (int i = 0; i < 1000 && !fd; i++) {
+    std::string p = i == 0 ? path : StrFormat("%s.godwit-ghost.%d", path.c_str(), i);
+    int f = open(p.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, r.mode() & 07777);
+    if (f >= 0) {
+      fd.reset(f);
+      path = p;
+    } else if (errno != EEXIST) {
+      return Errno("create ghost of deleted file %s", p.c_str());
+    }
+  }
+  if (!fd) return MakeError(ErrorKind::kExists, EEXIST, "no free name for ghost of %s", path.c_str());
+  auto unlink_ghost = [&] { unlink(path.c_str()); };
+  TRY_CTX(fs::WriteAll(fd.get(), data.data(), data.size()), "write ghost %s", path.c_str());
+  if (ftruncate(fd.get(), r.size()) < 0) {
+    unlink_ghost();
+    return Errno("ftruncate ghost %s", path.c_str());
+  }
+  fchown(fd.get(), r.uid(), r.gid());
+  fchmod(fd.get(), r.mode() & 07777);
+  UniqueFd out(open(path.c_str(), OpenFlags(e.flags())));
+  int err = errno;
+  unlink_ghost();
+  if (!out) {
+    errno = err;
+    return Errno("open ghost %s", path.c_str());
+  }
+  return out;
+}
+
+Result<UniqueFd> OpenReg(RestoreContext& ctx, const img::FileEntry& e) {
+  const img::RegFile& r = e.reg();
+  UniqueFd fd;
+  if (r.deleted()) {
+    ASSIGN_OR_RETURN(fd, OpenGhost(ctx, e));
+  } else {
+    fd.reset(open(r.path().c_str(), OpenFlags(e.flags())));
+    if (!fd) return Errno("open %s flags %#o", r.path().c_str(), e.flags());
+    struct stat st;
+    if (fstat(fd.get(), &st) == 0 && S_ISREG(st.st_mode) && S_ISREG(r.mode()) &&
+        static_cast<uint64_t>(st.st_size) < r.size() && e.pos() > static_cast<uint64_t>(st.st_size))
+      LOG_WARN("%s shrank since the dump (%lld < %llu bytes)", r.path().c_str(),
+               static_cast<long long>(st.st_size), static_cast<unsigned long long>(r.size()));
+  }
+  if (!(e.flags() & O_PATH) && S_ISREG(r.mode()) &&
+      lseek(fd.get(), static_cast<off_t>(e.pos()), SEEK_SET) < 0)
+    return Errno("lseek %s to %llu", r.path().c_str(), static_cast<unsigned long long>(e.pos()));
+  if (!(e.flags() & O_PATH) && S_ISDIR(r.mode()) && e.pos() != 0) {
+    // Directory positions are opaque cookies; seeking a fresh stream there is what glibc's
+    // seekdir does too.
+    lseek(fd.get(), static_cast<off_t>(e.pos()), SEEK_SET);
+  }
+  return fd;
+}
+
+Result<void> DumpChr(DumpContext& ctx, const Probe& p, img::FileEntry& e) {
+  img::RegFile* r = e.mutable_reg();
+  if (p.link.empty() || p.link[0] != '/')
+    return MakeError(ErrorKind::kUnsupported, 0, "pid %d fd %d: character device without a path: %s",
+                     p.pid, p.fd, p.link.c_str());
+  r->set_path(p.link);
+  r->set_mode(p.st.st_mode);
+  r->set_rdev(p.st.st_rdev);
+  return Ok();
+}
+
+Result<UniqueFd> OpenChr(RestoreContext& ctx, const img::FileEntry& e) {
+  const img::RegFile& r = e.reg();
+  UniqueFd fd(open(r.path().c_str(), OpenFlags(e.flags()) | O_NOCTTY));
+  if (!fd) return Errno("open %s", r.path().c_str());
+  struct stat st;
+  if (fstat(fd.get(), &st) == 0 && st.st_rdev != r.rdev())
+    return MakeError(ErrorKind::kBadImage, 0, "%s is device %#lx now, was %#x", r.path().c_str(),
+                     static_cast<unsigned long>(st.st_rdev), r.rdev());
+  if (e.pos()) lseek(fd.get(), static_cast<off_t>(e.pos()), SEEK_SET);
+  return fd;
+}
+
+}  // namespace godwit::files

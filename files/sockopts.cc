@@ -1,0 +1,86 @@
+// Socket-level options that applications set, shared by unix and inet sockets.
+#include <net/if.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+
+#include <cstring>
+
+#include "files/kind.h"
+
+namespace godwit::files {
+
+namespace {
+int GetInt(int fd, int level, int opt) {
+  int v = 0;
+  socklen_t len = sizeof(v);
+  if (getsockopt(fd, level, opt, &v, &len) < 0) return 0;
+  return v;
+}
+int64_t GetTimeo(int fd, int opt) {
+  struct timeval tv {};
+  socklen_t len = sizeof(tv);
+  if (getsockopt(fd, SOL_SOCKET, opt, &tv, &len) < 0) return 0;
+  return tv.tv_sec * 1000000ll + tv.tv_usec;
+}
+Result<void> SetInt(int fd, int level, int opt, int v, const char* name) {
+  if (setsockopt(fd, level, opt, &v, sizeof(v)) < 0) return Errno("setsockopt %s=%d", name, v);
+  return Ok();
+}
+}  // namespace
+
+void DumpSockOpts(int fd, img::SockOpts* o) {
+  o->set_reuseaddr(GetInt(fd, SOL_SOCKET, SO_REUSEADDR));
+  o->set_reuseport(GetInt(fd, SOL_SOCKET, SO_REUSEPORT));
+  o->set_keepalive(GetInt(fd, SOL_SOCKET, SO_KEEPALIVE));
+  o->set_sndbuf(GetInt(fd, SOL_SOCKET, SO_SNDBUF));
+  o->set_rcvbuf(GetInt(fd, SOL_SOCKET, SO_RCVBUF));
+  o->set_broadcast(GetInt(fd, SOL_SOCKET, SO_BROADCAST));
+  o->set_priority(GetInt(fd, SOL_SOCKET, SO_PRIORITY));
+  o->set_passcred(GetInt(fd, SOL_SOCKET, SO_PASSCRED));
+  o->set_oobinline(GetInt(fd, SOL_SOCKET, SO_OOBINLINE));
+  o->set_mark(GetInt(fd, SOL_SOCKET, SO_MARK));
+  o->set_rcvlowat(GetInt(fd, SOL_SOCKET, SO_RCVLOWAT));
+  struct linger lg {};
+  socklen_t len = sizeof(lg);
+  if (getsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, &len) == 0) {
+    o->set_linger_onoff(lg.l_onoff);
+    o->set_linger_sec(lg.l_linger);
+  }
+  o->set_rcvtimeo_us(GetTimeo(fd, SO_RCVTIMEO));
+  o->set_sndtimeo_us(GetTimeo(fd, SO_SNDTIMEO));
+  char dev[IFNAMSIZ] = {};
+  len = sizeof(dev);
+  if (getsockopt(fd, SOL_SOCKET, SO_BINDTODEVICE, dev, &len) == 0 && len > 0 && dev[0])
+    o->set_bindtodevice(dev);
+}
+
+Result<void> RestoreSockOpts(int fd, const img::SockOpts& o) {
+  if (o.reuseaddr()) TRY(SetInt(fd, SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR"));
+  if (o.reuseport()) TRY(SetInt(fd, SOL_SOCKET, SO_REUSEPORT, 1, "SO_REUSEPORT"));
+  if (o.keepalive()) TRY(SetInt(fd, SOL_SOCKET, SO_KEEPALIVE, 1, "SO_KEEPALIVE"));
+  if (o.broadcast()) TRY(SetInt(fd, SOL_SOCKET, SO_BROADCAST, 1, "SO_BROADCAST"));
+  if (o.passcred()) TRY(SetInt(fd, SOL_SOCKET, SO_PASSCRED, 1, "SO_PASSCRED"));
+  if (o.oobinline()) TRY(SetInt(fd, SOL_SOCKET, SO_OOBINLINE, 1, "SO_OOBINLINE"));
+  if (o.priority()) TRY(SetInt(fd, SOL_SOCKET, SO_PRIORITY, o.priority(), "SO_PRIORITY"));
+  if (o.mark()) TRY(SetInt(fd, SOL_SOCKET, SO_MARK, o.mark(), "SO_MARK"));
+  if (o.rcvlowat() > 1) TRY(SetInt(fd, SOL_SOCKET, SO_RCVLOWAT, o.rcvlowat(), "SO_RCVLOWAT"));
+  // getsockopt returns the doubled value the kernel keeps; *BUFFORCE takes half of it, and is not
+  // bound by rmem_max/wmem_max (we have CAP_NET_ADMIN).
+  if (o.sndbuf()) TRY(SetInt(fd, SOL_SOCKET, SO_SNDBUFFORCE, o.sndbuf() / 2, "SO_SNDBUFFORCE"));
+  if (o.rcvbuf()) TRY(SetInt(fd, SOL_SOCKET, SO_RCVBUFFORCE, o.rcvbuf() / 2, "SO_RCVBUFFORCE"));
+  if (o.linger_onoff()) {
+    struct linger lg {static_cast<int>(o.linger_onoff()), static_cast<int>(o.linger_sec())};
+    if (setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)) < 0) return Errno("SO_LINGER");
+  }
+  for (auto [opt, us] : {std::pair{SO_RCVTIMEO, o.rcvtimeo_us()}, std::pair{SO_SNDTIMEO, o.sndtimeo_us()}}) {
+    if (!us) continue;
+    struct timeval tv {static_cast<time_t>(us / 1000000), static_cast<suseconds_t>(us % 1000000)};
+    if (setsockopt(fd, SOL_SOCKET, opt, &tv, sizeof(tv)) < 0) return Errno("SO_*TIMEO");
+  }
+  if (!o.bindtodevice().empty() &&
+      setsockopt(fd, SOL_SOCKET, SO_BINDTODEVICE, o.bindtodevice().data(), o.bindtodevice().size()) < 0)
+    return Errno("SO_BINDTODEVICE %s", o.bindtodevice().c_str());
+  return Ok();
+}
+
+}  // namespace godwit::files

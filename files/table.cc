@@ -1,0 +1,86 @@
+// The one table of fd kinds and the dispatcher that picks a kind for an fd.
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/sysmacros.h>
+
+#include <cstring>
+
+#include "files/kind.h"
+
+namespace godwit::files {
+
+const std::vector<KindOps>& KindTable() {
+  static const std::vector<KindOps> table = {
+      {img::FILE_KIND_REG, "reg", DumpReg, OpenReg},
+      {img::FILE_KIND_CHR, "chr", DumpChr, OpenChr},
+      {img::FILE_KIND_PIPE, "pipe", DumpPipe, OpenPipe},
+      {img::FILE_KIND_FIFO, "fifo", DumpFifo, OpenFifo},
+      {img::FILE_KIND_UNIX, "unix", DumpUnix, OpenUnix},
+      {img::FILE_KIND_INET, "inet", DumpInet, OpenInet, nullptr, FinalizeInet},
+      {img::FILE_KIND_EVENTFD, "eventfd", DumpEventfd, OpenEventfd},
+      {img::FILE_KIND_EPOLL, "epoll", DumpEpoll, OpenEpoll, InstallEpoll},
+      {img::FILE_KIND_SIGNALFD, "signalfd", DumpSignalfd, OpenSignalfd},
+      {img::FILE_KIND_TIMERFD, "timerfd", DumpTimerfd, OpenTimerfd},
+      {img::FILE_KIND_INOTIFY, "inotify", DumpInotify, OpenInotify},
+      {img::FILE_KIND_MEMFD, "memfd", DumpMemfd, OpenMemfd},
+      {img::FILE_KIND_TTY, "tty", DumpTty, OpenTty},
+      {img::FILE_KIND_EXTERNAL, "external", DumpExternal, OpenExternal},
+  };
+  return table;
+}
+
+const KindOps* FindKind(img::FileKind kind) {
+  for (const auto& k : KindTable())
+    if (k.kind == kind) return &k;
+  return nullptr;
+}
+
+static bool StartsWith(const std::string& s, const char* p) { return s.rfind(p, 0) == 0; }
+
+Result<img::FileKind> Classify(const Probe& p) {
+  auto unsupported = [&](const std::string& what) -> Error {
+    return MakeError(ErrorKind::kUnsupported, 0, "pid %d fd %d: unsupported fd kind: %s", p.pid,
+                     p.fd, what.c_str());
+  };
+  const std::string& l = p.link;
+  mode_t m = p.st.st_mode;
+  if (S_ISFIFO(m)) return StartsWith(l, "pipe:[") ? img::FILE_KIND_PIPE : img::FILE_KIND_FIFO;
+  if (S_ISSOCK(m)) {
+    int dom = 0, proto = 0, type = 0;
+    socklen_t len = sizeof(int);
+    if (getsockopt(p.local, SOL_SOCKET, SO_DOMAIN, &dom, &len) < 0)
+      return Errno("pid %d fd %d: getsockopt SO_DOMAIN", p.pid, p.fd);
+    len = sizeof(int);
+    getsockopt(p.local, SOL_SOCKET, SO_PROTOCOL, &proto, &len);
+    len = sizeof(int);
+    getsockopt(p.local, SOL_SOCKET, SO_TYPE, &type, &len);
+    if (dom == AF_UNIX) return img::FILE_KIND_UNIX;
+    if ((dom == AF_INET || dom == AF_INET6) &&
+        ((type == SOCK_STREAM && proto == IPPROTO_TCP) || (type == SOCK_DGRAM && proto == IPPROTO_UDP)))
+      return img::FILE_KIND_INET;
+    return unsupported(StrFormat("socket family %d type %d protocol %d (%s)", dom, type, proto,
+                                 l.c_str()));
+  }
+  if (StartsWith(l, "anon_inode:")) {
+    if (l == "anon_inode:[eventfd]") return img::FILE_KIND_EVENTFD;
+    if (l == "anon_inode:[eventpoll]") return img::FILE_KIND_EPOLL;
+    if (l == "anon_inode:[signalfd]") return img::FILE_KIND_SIGNALFD;
+    if (l == "anon_inode:[timerfd]") return img::FILE_KIND_TIMERFD;
+    if (l == "anon_inode:inotify") return img::FILE_KIND_INOTIFY;
+    return unsupported(l.substr(strlen("anon_inode:")));
+  }
+  if (StartsWith(l, "/memfd:")) return img::FILE_KIND_MEMFD;
+  if (S_ISCHR(m)) {
+    unsigned maj = major(p.st.st_rdev), min = minor(p.st.st_rdev);
+    if ((maj >= 136 && maj <= 143) || (maj == 5 && min == 2)) return img::FILE_KIND_TTY;
+    if (StartsWith(l, "/dev/ptmx") || StartsWith(l, "/dev/pts/ptmx")) return img::FILE_KIND_TTY;
+    return img::FILE_KIND_CHR;
+  }
+  if (S_ISREG(m) || S_ISDIR(m)) {
+    if (!StartsWith(l, "/")) return unsupported(l);
+    return img::FILE_KIND_REG;
+  }
+  return unsupported(StrFormat("%s (mode %o)", l.c_str(), m));
+}
+
+}  // namespace godwit::files
