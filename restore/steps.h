@@ -1,0 +1,25 @@
+// The per-process restore steps, in order. They run from outside, in the coordinator, on a
+// restored process that is ptrace-stopped and still holds a copy of the coordinator's memory
+// until "mm" replaces it. Each kind of state is one step in its own file; a new kind adds one line
+// to the table in restore/steps.cc.
+#pragma once
+
+#include <vector>
+
+#include "restore/context.h"
+
+namespace godwit::restore {
+
+struct RestoreStep {
+  const char* name;
+  Result<void> (*fn)(RestoreContext& ctx, ProcessRestore& p);
+};
+
+const std::vector<RestoreStep>& ProcessSteps();
+
+Result<void> RestoreMm(RestoreContext& ctx, ProcessRestore& p);       // mm.cc
+Result<void> RestoreThreads(RestoreContext& ctx, ProcessRestore& p);  // threads.cc
+Result<void> RestoreSignals(RestoreContext& ctx, ProcessRestore& p);  // core.cc: pending signals
+Result<void> RestoreCore(RestoreContext& ctx, ProcessRestore& p);     // core.cc: regs, last
+
+}  // namespace godwit::restore
