@@ -147,7 +147,13 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
   if (!dump_tree) {
     return MakeError(ErrorKind::kUnsupported, 0, "no process-tree dumper linked");
   }
-  ASSIGN_OR_RETURN(res.tree, dump_tree(pid, tdir, opts.compression));
+  TreeDumpRequest req;
+  req.pid = pid;
+  req.dir = tdir;
+  req.compression = opts.compression;
+  req.thaw = [&]() { return cg->Thaw(); };
+  req.refreeze = [&]() { return cg->Freeze(); };
+  ASSIGN_OR_RETURN(res.tree, dump_tree(req));
   auto t_tree = Clock::now();
   rec.mutable_times()->set_tree_ms(Ms(t_ns, t_tree));
 

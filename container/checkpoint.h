@@ -36,10 +36,19 @@ struct TreeStats {
   uint64_t bytes = 0;
 };
 
-// Dumps the process tree rooted at pid into dir and returns with the tree alive (still frozen by
-// its cgroup). Supplied by the command layer, which links the engine.
-using TreeDumper =
-    std::function<Result<TreeStats>(pid_t pid, const std::string& dir, images::Compression c)>;
+// What the engine is asked to do: dump the tree rooted at pid into dir and return with the tree
+// alive. The tree arrives frozen by its cgroup. A cgroup-frozen task does stop under ptrace, but
+// it cannot run an injected syscall; so once every thread of the tree is seized (ptrace-stopped:
+// nothing can fork), the engine calls thaw(), and before it detaches it calls refreeze(), so the
+// tree never runs between the namespace dumps and the kill or thaw that ends the checkpoint.
+struct TreeDumpRequest {
+  pid_t pid = 0;
+  std::string dir;
+  images::Compression compression = images::Compression::kNone;
+  std::function<Result<void>()> thaw;
+  std::function<Result<void>()> refreeze;
+};
+using TreeDumper = std::function<Result<TreeStats>(const TreeDumpRequest& req)>;
 
 struct CheckpointOptions {
   std::string root = "/run/godwit";  // runtime state root (--root)

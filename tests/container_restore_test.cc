@@ -84,7 +84,10 @@ TreeRestorer StubTree(std::vector<std::string> argv) {
 }
 
 TreeDumper NoTree() {
-  return [](pid_t, const std::string&, images::Compression) -> Result<TreeStats> {
+  return [](const TreeDumpRequest& req) -> Result<TreeStats> {
+    // The hooks must be callable in this order.
+    TRY(req.thaw());
+    TRY(req.refreeze());
     return TreeStats{};
   };
 }
