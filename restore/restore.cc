@@ -146,7 +146,17 @@ Result<void> LoadImages(RestoreContext& ctx) {
     p->pid = e.pid();
     TRY(ReadOne(set, StrFormat("core-%d.img", e.pid()), &p->core));
     TRY(ReadOne(set, StrFormat("mm-%d.img", e.pid()), &p->mm));
-    TRY(ReadOne(set, StrFormat("pagemap-%d.img", e.pid()), &p->pagemap));
+    {
+      std::string pmname = StrFormat("pagemap-%d.img", e.pid());
+      auto rd = set.OpenImage(pmname);
+      if (!rd.ok()) return std::move(rd.error().wrap("read " + pmname));
+      for (;;) {
+        img::PageMap pm;
+        ASSIGN_OR_RETURN(bool more, rd->Next(&pm));
+        if (!more) break;
+        p->pagemaps.push_back(std::move(pm));
+      }
+    }
     if (p->core.threads_size() == 0 || p->core.threads(0).tid() != e.pid())
       return MakeError(ErrorKind::kBadImage, 0, "core-%d.img: main thread missing", e.pid());
     for (const auto& t : p->core.threads())
@@ -159,12 +169,14 @@ Result<void> LoadImages(RestoreContext& ctx) {
                          static_cast<unsigned long>(v.start()), static_cast<unsigned long>(v.end()));
       prev_end = v.end();
     }
-    prev_end = 0;
-    for (const auto& r : p->pagemap.runs()) {
-      if (r.vaddr() % kPage || r.vaddr() < prev_end || r.npages() == 0 || r.npages() > (1ULL << 36))
-        return MakeError(ErrorKind::kBadImage, 0, "pagemap-%d.img: bad run at %#lx", e.pid(),
-                         static_cast<unsigned long>(r.vaddr()));
-      prev_end = r.vaddr() + r.npages() * kPage;
+    for (const auto& pm : p->pagemaps) {
+      prev_end = 0;
+      for (const auto& r : pm.runs()) {
+        if (r.vaddr() % kPage || r.vaddr() < prev_end || r.npages() == 0 || r.npages() > (1ULL << 36))
+          return MakeError(ErrorKind::kBadImage, 0, "pagemap-%d.img: bad run at %#lx", e.pid(),
+                           static_cast<unsigned long>(r.vaddr()));
+        prev_end = r.vaddr() + r.npages() * kPage;
+      }
     }
     ctx.stats.threads += 1;
     ctx.by_pid[e.pid()] = p.get();

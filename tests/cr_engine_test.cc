@@ -29,6 +29,8 @@ class CrTest : public ::testing::Test {
     auto d = Godwit(args);
     EXPECT_EQ(d.status, 0) << d.err;
     if (d.status != 0) return -1;
+    if (getenv("CR_DEBUG"))
+      (void)!system(("" GODWIT_BIN " inspect --json " + dir_.path() + "/img > /tmp/cr_inspect.json").c_str());
     EXPECT_EQ(Wait(pid), 128 + SIGKILL);
     // The rest of the killed tree was reparented to us (subreaper): reap it so its pids are free.
     while (waitpid(-1, nullptr, 0) > 0 || errno == EINTR) {
@@ -55,6 +57,12 @@ TEST_F(CrTest, SingleProcessHeapRegistersRoundTrip) {
 
 TEST_F(CrTest, ThreadsKeepComputing) {
   pid_t pid = Start("cr_loop", {"{READY}", dir_ / "go", "8", "4"});
+  ASSERT_GT(pid, 0);
+  EXPECT_EQ(DumpKillRestore(pid), 0);
+}
+
+TEST_F(CrTest, ProcessesWithThreadsKeepComputing) {
+  pid_t pid = Start("cr_loop", {"{READY}", dir_ / "go", "4", "3", "3"});
   ASSERT_GT(pid, 0);
   EXPECT_EQ(DumpKillRestore(pid), 0);
 }
@@ -198,6 +206,26 @@ TEST_F(CrTest, BadInput) {
   r = Godwit({"restore", "--images-dir", dir_ / "img"});
   EXPECT_EQ(r.status, 5) << r.err;
   EXPECT_NE(kill(pid, 0), 0);
+}
+
+TEST_F(CrTest, PreDumpRoundsWhileWriting) {
+  pid_t pid = Start("cr_state", {"{READY}", dir_ / "go", "dirty"});
+  ASSERT_GT(pid, 0);
+  auto d = Godwit({"dump", "--pid", std::to_string(pid), "--images-dir", dir_ / "img",
+                   "--pre-dump-rounds", "3", "--json"});
+  ASSERT_EQ(d.status, 0) << d.err;
+  auto j = nlohmann::json::parse(d.out);
+  auto rounds = j["pre_dump_round_bytes"];
+  ASSERT_EQ(rounds.size(), 3u);
+  // Round 0 copies everything (128 MiB of arrays), later rounds only what was written since, and
+  // the frozen round less than the whole.
+  EXPECT_GT(rounds[0].get<uint64_t>(), 128ull << 20);
+  EXPECT_LT(rounds[2].get<uint64_t>(), rounds[0].get<uint64_t>());
+  EXPECT_LT(j["bytes"].get<uint64_t>(), 128ull << 20);
+  EXPECT_EQ(Wait(pid), 128 + SIGKILL);
+  Touch(dir_ / "go");
+  auto r = Godwit({"restore", "--images-dir", dir_ / "img"});
+  EXPECT_EQ(r.status, 0) << r.err;
 }
 
 TEST_F(CrTest, RemoteSyscallInjection) {

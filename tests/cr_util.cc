@@ -78,6 +78,11 @@ pid_t GodwitAsync(const std::vector<std::string>& args) {
     int null = open("/dev/null", O_RDWR);
     dup2(null, 0);
     dup2(null, 1);
+    if (getenv("CR_STRACE")) {
+      std::vector<std::string> a = {"-f", "-o", getenv("CR_STRACE"), GODWIT_BIN};
+      a.insert(a.end(), args.begin(), args.end());
+      Exec("/usr/bin/strace", a);
+    }
     Exec(GODWIT_BIN, args);
   }
   return pid;
