@@ -9,6 +9,7 @@
 #pragma once
 
 #include <fcntl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 
@@ -207,6 +208,10 @@ Result<void> PeekQueue(DumpContext& ctx, int fd, bool stream,
 
 // Network lock (netlock.cc): removes the table in the current net namespace if present.
 Result<void> NetUnlock(const std::string& table);
+// nft script pieces: the lock table with its chains; the two rules for one connection.
+std::string LockTable(const std::string& table);
+std::string LockRules(const std::string& table, const struct sockaddr_storage& src,
+                      const struct sockaddr_storage& dst);
 // Runs `nft -f -` with script in the net namespace of netns_pid (0: ours).
 Result<void> NftRun(pid_t netns_pid, const std::string& script);
 

@@ -42,12 +42,25 @@ static const char* go_file;
 static const char* dir;
 static int ready = -1;  // the children close it: the test waits for its EOF
 
-#define CHECK(cond, code)                                   \
-  do {                                                      \
-    if (!(cond)) {                                          \
-      fprintf(stderr, "fd_kinds: check %d failed: %s\n", code, #cond); \
-      return code;                                          \
-    }                                                       \
+// A failed check goes to stderr and to DIR/fail.txt (a restored process's stderr may be
+// /dev/null), with errno.
+static void report(int code, const char* what) {
+  int err = errno;
+  fprintf(stderr, "fd_kinds: check %d failed: %s (errno %d %s)\n", code, what, err, strerror(err));
+  char p[4096];
+  snprintf(p, sizeof(p), "%s/fail.txt", dir);
+  FILE* f = fopen(p, "a");
+  if (f) {
+    fprintf(f, "pid %d: check %d failed: %s (errno %d %s)\n", getpid(), code, what, err, strerror(err));
+    fclose(f);
+  }
+}
+#define CHECK(cond, code)    \
+  do {                       \
+    if (!(cond)) {           \
+      report(code, #cond);   \
+      return code;           \
+    }                        \
   } while (0)
 
 static void wait_go(void) {
