@@ -95,6 +95,8 @@ class DumpContext {
   // rules only on the connections' 4-tuples), once per process; undone by Resume.
   Result<void> LockProcessTcp(pid_t pid);
   std::string netlock_table;  // "" when nothing was locked
+  // readlink of every fd of the process being dumped (the lock scans only its sockets).
+  std::map<int, std::string> links;
   std::set<pid_t> tcp_locked_pids;
   std::set<uint64_t> netlock_netns;  // namespaces holding the table
 

@@ -59,10 +59,12 @@ Result<void> NftRun(pid_t netns_pid, const std::string& script) {
 }
 
 Result<void> NetUnlock(const std::string& table) {
-  // Absent when restoring into another namespace (migration): nothing to do there.
-  auto exists = NftRun(0, StrFormat("list table inet %s\n", table.c_str()));
-  if (!exists.ok()) return Ok();
-  return NftRun(0, StrFormat("delete table inet %s\n", table.c_str()));
+  // One nft run (each costs ~10-20 ms here). The table is absent when restoring into another
+  // namespace that was not locked: nothing to do there.
+  auto r = NftRun(0, StrFormat("delete table inet %s\n", table.c_str()));
+  if (!r.ok() && r.error().message().find("No such file or directory") != std::string::npos)
+    return Ok();
+  return r;
 }
 
 namespace {
@@ -109,9 +111,8 @@ Result<void> DumpContext::LockProcessTcp(pid_t pid) {
   UniqueFd pidfd(static_cast<int>(syscall(SYS_pidfd_open, pid, 0)));
   if (!pidfd) return Errno("pidfd_open %d", pid);
   std::string rules;
-  ASSIGN_OR_RETURN(auto names, fs::ListDir(StrFormat("/proc/%d/fd", pid)));
-  for (const auto& n : names) {
-    int fd = atoi(n.c_str());
+  for (const auto& [fd, link] : links) {
+    if (link.rfind("socket:", 0) != 0) continue;
     UniqueFd s(static_cast<int>(syscall(SYS_pidfd_getfd, pidfd.get(), fd, 0)));
     if (!s) continue;
     struct stat st;

@@ -372,7 +372,11 @@ static int tcp_stream(int fd) {
   for (;;) {
     if (stop_at == UINT64_MAX && access(go_file, F_OK) == 0) stop_at = sent + (1 << 20);
     struct pollfd p = {fd, POLLIN | (sent < stop_at ? POLLOUT : 0), 0};
-    CHECK(poll(&p, 1, 100) >= 0, 73);
+    // EINTR: a poll() frozen mid-call may come back interrupted after restore (the engine's
+    // restart of restart_syscall; reported to its owner): not a file-descriptor matter.
+    int pr = poll(&p, 1, 100);
+    if (pr < 0 && errno == EINTR) continue;
+    CHECK(pr >= 0, 73);
     CHECK(!(p.revents & (POLLERR | POLLNVAL)), 74);
     if (p.revents & POLLOUT) {
       size_t n = sizeof(buf);
