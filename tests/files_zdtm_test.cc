@@ -173,6 +173,29 @@ TEST_F(FilesZdtm, TcpClientInTreeServerOutside) {
   EXPECT_EQ(Wait(server), 0) << "the server saw an error or a wrong byte";
 }
 
+TEST_F(FilesZdtm, TcpLeaveRunningGivesTheConnectionBack) {
+  Netns n;
+  ASSERT_TRUE(n.ok_);
+  pid_t server = Start({"{READY}", dir_ / "go", "tcp-server", dir_.path(), n.a_, n.ip_a_, "7004"});
+  ASSERT_GT(server, 0);
+  pid_t client = Start({"{READY}", dir_ / "go", "tcp-client", dir_.path(), n.b_, n.ip_a_, "7004"});
+  ASSERT_GT(client, 0);
+  ASSERT_TRUE(WaitFor(5000, ServerAccepted, server));
+  auto d = Godwit({"dump", "--pid", std::to_string(server), "--images-dir", dir_ / "img",
+                   "--tcp-established", "--leave-running"});
+  ASSERT_EQ(d.status, 0) << d.err;
+  // Repair mode is off again and the lock is gone: the stream goes on and ends cleanly.
+  std::string err;
+  std::string tables = StrFormat("/tmp/godwit-files-tables-%d", getpid());
+  RunCmd({"sh", "-c", "ip netns exec " + n.a_ + " nft list tables > " + tables});
+  auto t = fs::ReadFile(tables);
+  unlink(tables.c_str());
+  EXPECT_TRUE(t.ok() && t->find("godwit_lock") == std::string::npos) << (t.ok() ? *t : "");
+  Touch(dir_ / "go");
+  EXPECT_EQ(Wait(server), 0);
+  EXPECT_EQ(Wait(client), 0);
+}
+
 TEST_F(FilesZdtm, TcpServerRestoredIntoFreshNetnsWithSameAddress) {
   Netns n;
   ASSERT_TRUE(n.ok_);
