@@ -19,6 +19,7 @@
 
 #include <sys/types.h>
 
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -41,6 +42,10 @@ struct RestoreOptions {
   bool shell_job = false;  // an outside terminal in the images is the coordinator's own (fd 0)
   // --inherit-fd fd[N]:KEY: the coordinator's fd N stands for the external resource KEY
   std::vector<std::pair<int, std::string>> inherit_fds;
+  // Memfds the engine already recreated because they are mapped (shmem.img), by the dumped
+  // inode: an fd on the same memfd opens that one again, so the fd and the mapping stay one
+  // object. Fds of the coordinator, valid during Prepare.
+  std::map<uint64_t, int> memfds;
 };
 
 class FdDumper {

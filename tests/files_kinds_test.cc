@@ -567,6 +567,38 @@ TEST_F(FilesKinds, OutsideTerminalNeedsShellJob) {
   close(m);
 }
 
+TEST_F(FilesKinds, MappedMemfdSharesTheEnginesObject) {
+  pid_t pid = SpawnStopped([] {
+    int m = memfd_create("mapped", 0);
+    write(m, "dumped", 6);
+    return dup2(m, 4) == 4 ? 0 : 9;
+  });
+  ASSERT_GT(pid, 0);
+  struct stat st;
+  ASSERT_EQ(stat(StrFormat("/proc/%d/fd/4", pid).c_str(), &st), 0);
+  auto r = DumpPids({pid}, dir_ + "/img");
+  KillAll({pid});
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  // The engine's copy of the object (it restored it for a mapping): the fd must open that one.
+  int engine = memfd_create("engine", 0);
+  ASSERT_EQ(write(engine, "engine", 6), 6);
+  RestoreOptions ro;
+  ro.memfds = {{st.st_ino, engine}};
+  std::string res = Restore(dir_ + "/img", {{pid, []() -> std::string {
+                                               char b[6];
+                                               CHECK_OR(pread(4, b, 6, 0) == 6 && !memcmp(b, "engine", 6),
+                                                        "a separate memfd, not the mapped one");
+                                               CHECK_OR(pwrite(4, "E", 1, 0) == 1, "write");
+                                               return "";
+                                             }}},
+                            ro);
+  EXPECT_EQ(res, "");
+  char b = 0;
+  EXPECT_EQ(pread(engine, &b, 1, 0), 1);
+  EXPECT_EQ(b, 'E') << "the restored fd and the engine's object differ";
+  close(engine);
+}
+
 TEST_F(FilesKinds, ExternalPipeOnStdinWithInheritFd) {
   int p[2];
   ASSERT_EQ(pipe(p), 0);
