@@ -191,6 +191,7 @@ GODWIT_KIND_DECL(Inotify)
 GODWIT_KIND_DECL(Memfd)
 GODWIT_KIND_DECL(Tty)
 GODWIT_KIND_DECL(External)
+GODWIT_KIND_DECL(Netlink)
 #undef GODWIT_KIND_DECL
 Result<void> InstallEpoll(RestoreContext& ctx, const img::FileEntry& e, pid_t pid);
 Result<void> FinalizeInet(RestoreContext& ctx, const img::FileEntry& e, int fd);

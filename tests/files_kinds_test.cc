@@ -10,6 +10,7 @@
 #include <sys/socket.h>
 #include <sys/timerfd.h>
 #include <linux/netlink.h>
+#include <linux/rtnetlink.h>
 #include <termios.h>
 
 #include "tests/files_harness_test.h"
@@ -516,7 +517,7 @@ TEST_F(FilesKinds, FileLocksFlockPosixOfd) {
 
 TEST_F(FilesKinds, UnsupportedKindNamesPidFdKind) {
   pid_t pid = SpawnStopped([] {
-    int s = socket(AF_NETLINK, SOCK_RAW, NETLINK_ROUTE);
+    int s = socket(AF_PACKET, SOCK_DGRAM, 0);
     if (dup2(s, 13) != 13) return 10;
     close(s);
     return 0;
@@ -530,8 +531,34 @@ TEST_F(FilesKinds, UnsupportedKindNamesPidFdKind) {
   EXPECT_EQ(r.error().kind(), ErrorKind::kUnsupported);
   std::string msg = r.error().to_string();
   EXPECT_NE(msg.find(StrFormat("pid %d fd 13", pid)), std::string::npos) << msg;
-  EXPECT_NE(msg.find("socket family 16"), std::string::npos) << msg;
+  EXPECT_NE(msg.find(StrFormat("socket family %d", AF_PACKET)), std::string::npos) << msg;
   EXPECT_FALSE(fs::Exists(dir_ + "/img/inventory.img"));
+}
+
+TEST_F(FilesKinds, NetlinkBoundToGroups) {
+  std::string res = RoundTrip(
+      [] {
+        int s = socket(AF_NETLINK, SOCK_RAW, NETLINK_ROUTE);
+        struct sockaddr_nl sa {};
+        sa.nl_family = AF_NETLINK;
+        sa.nl_groups = RTMGRP_LINK;
+        if (bind(s, (sockaddr*)&sa, sizeof(sa)) < 0) return 10;
+        return dup2(s, 8) == 8 ? 0 : 11;
+      },
+      []() -> std::string {
+        struct sockaddr_nl sa {};
+        socklen_t len = sizeof(sa);
+        CHECK_OR(getsockname(8, (sockaddr*)&sa, &len) == 0 && sa.nl_family == AF_NETLINK,
+                 "not a netlink socket");
+        CHECK_OR(sa.nl_groups == RTMGRP_LINK, "groups %#x", sa.nl_groups);
+        CHECK_OR(sa.nl_pid != 0, "not bound");  // the dumped port id (the old pid here)
+        int proto = 0;
+        len = sizeof(proto);
+        getsockopt(8, SOL_SOCKET, SO_PROTOCOL, &proto, &len);
+        CHECK_OR(proto == NETLINK_ROUTE, "protocol %d", proto);
+        return "";
+      });
+  EXPECT_EQ(res, "");
 }
 
 TEST_F(FilesKinds, OutsideTerminalNeedsShellJob) {
