@@ -56,8 +56,7 @@ void MkdirAll(const std::string& path, mode_t mode) {
     pos = path.find('/', pos + 1);
     cur = path.substr(0, pos);
     if (cur.empty()) continue;
-    if (::mkdir(cur.c_str(), mode) < 0 && errno != EEXIST)
-      FAIL_ERRNO("mkdir %s", cur.c_str());
+    if (::mkdir(cur.c_str(), mode) < 0 && errno != EEXIST) FAIL_ERRNO("mkdir %s", cur.c_str());
   }
 }
 
@@ -123,8 +122,7 @@ void DoMount(const Mount& m, const std::string& newroot) {
       FAIL_ERRNO("mount %s (%s, options %s) on %s", src, m.type.c_str(), m.data.c_str(),
                  m.destination.c_str());
   }
-  if (m.propagation &&
-      ::mount(nullptr, target.c_str(), nullptr, m.propagation, nullptr) < 0)
+  if (m.propagation && ::mount(nullptr, target.c_str(), nullptr, m.propagation, nullptr) < 0)
     FAIL_ERRNO("set propagation of %s", m.destination.c_str());
 }
 
@@ -147,7 +145,7 @@ void SetupDev(const Spec& s, const std::string& newroot) {
     const char* name;
     unsigned maj, min;
   };
-  static const Dev kDevs[] = {{"null", 1, 3}, {"zero", 1, 5}, {"full", 1, 7},
+  static const Dev kDevs[] = {{"null", 1, 3},   {"zero", 1, 5},    {"full", 1, 7},
                               {"random", 1, 8}, {"urandom", 1, 9}, {"tty", 5, 0}};
   std::string dev = newroot + "/dev";
   for (const auto& d : kDevs) {
@@ -181,8 +179,10 @@ void SetupDev(const Spec& s, const std::string& newroot) {
     m.data = "mode=1777,size=65536k";
     DoMount(m, newroot);
   }
-  static const char* kLinks[][2] = {{"pts/ptmx", "ptmx"}, {"/proc/self/fd", "fd"},
-                                    {"/proc/self/fd/0", "stdin"}, {"/proc/self/fd/1", "stdout"},
+  static const char* kLinks[][2] = {{"pts/ptmx", "ptmx"},
+                                    {"/proc/self/fd", "fd"},
+                                    {"/proc/self/fd/0", "stdin"},
+                                    {"/proc/self/fd/1", "stdout"},
                                     {"/proc/self/fd/2", "stderr"}};
   for (const auto& l : kLinks) {
     std::string p = dev + "/" + l[1];
@@ -247,7 +247,8 @@ int ApplyCredentials(const Process& p, int cap_last_cap, const char** what) {
     // Keep the permitted set across the uid change; capset below trims it.
     if (::prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) < 0) return *what = "PR_SET_KEEPCAPS", -errno;
   }
-  if (::setgroups(p.additional_gids.size(), reinterpret_cast<const gid_t*>(p.additional_gids.data())) < 0 &&
+  if (::setgroups(p.additional_gids.size(),
+                  reinterpret_cast<const gid_t*>(p.additional_gids.data())) < 0 &&
       !(errno == EPERM && p.additional_gids.empty()))
     return *what = "setgroups", -errno;
   if (::setresgid(p.gid, p.gid, p.gid) < 0) return *what = "setresgid", -errno;
@@ -369,8 +370,8 @@ void Run(const Plan& plan) {
                 MS_BIND | MS_REMOUNT | MS_RDONLY | LockedFlags(p.c_str()), nullptr) < 0)
       FAIL_ERRNO("remount %s read-only", p.c_str());
   }
-  if (s.root_readonly &&
-      ::mount(nullptr, "/", nullptr, MS_BIND | MS_REMOUNT | MS_RDONLY | LockedFlags("/"), nullptr) < 0)
+  if (s.root_readonly && ::mount(nullptr, "/", nullptr,
+                                 MS_BIND | MS_REMOUNT | MS_RDONLY | LockedFlags("/"), nullptr) < 0)
     FAIL_ERRNO("remount / read-only");
 
   // 5. The process: cwd, executable, credentials.

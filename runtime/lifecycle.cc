@@ -270,7 +270,8 @@ Result<Container> Create(const CreateOptions& opts) {
     TRY_CTX(SetupNetwork(pid, spec.net, veth), "container %s", opts.id.c_str());
     c.host_veth = veth;
   }
-  if (spec.net.firewall()) TRY_CTX(ApplyFirewall(pid, spec.net.allow_ports), "container %s", opts.id.c_str());
+  if (spec.net.firewall())
+    TRY_CTX(ApplyFirewall(pid, spec.net.allow_ports), "container %s", opts.id.c_str());
   timer.Mark("network");
 
   // The init may have failed already (its reply is queued): no SIGPIPE, read the reply.
@@ -319,8 +320,8 @@ Result<Container> CreateFromRunOptions(const std::string& root_in, const std::st
   std::string dir = root + "/" + id;
   if (::mkdir(dir.c_str(), 0711) < 0) {
     if (errno == EEXIST)
-      return MakeError(ErrorKind::kExists, EEXIST, "container %s already exists in %s",
-                       id.c_str(), root.c_str());
+      return MakeError(ErrorKind::kExists, EEXIST, "container %s already exists in %s", id.c_str(),
+                       root.c_str());
     return Errno("mkdir %s", dir.c_str());
   }
   ScopeExit remove_dir([&] { (void)fs::RemoveAll(dir); });
@@ -545,7 +546,8 @@ Result<int> Exec(const std::string& root, const std::string& id, const ExecOptio
       (void)!::write(wr.get(), &r, sizeof(r));
       _exit(126);
     };
-    if (auto r = cg->EnterSelf(born_into); !r.ok()) fail(r.error().sys_errno(), r.error().to_string());
+    if (auto r = cg->EnterSelf(born_into); !r.ok())
+      fail(r.error().sys_errno(), r.error().to_string());
     if (::setns(pidfd, ns_flags) < 0) fail(errno, StrFormat("setns into pid %d", c.pid));
     pid_t child = ::fork();
     if (child < 0) fail(errno, "fork");
@@ -591,7 +593,8 @@ Result<int> ParseSignal(const std::string& s_in) {
   if (isdigit(static_cast<unsigned char>(s[0]))) {
     char* end;
     long v = strtol(s.c_str(), &end, 10);
-    if (*end || v <= 0 || v >= 65) return MakeError(ErrorKind::kUsage, 0, "bad signal %s", s_in.c_str());
+    if (*end || v <= 0 || v >= 65)
+      return MakeError(ErrorKind::kUsage, 0, "bad signal %s", s_in.c_str());
     return static_cast<int>(v);
   }
   for (auto& ch : s) ch = toupper(static_cast<unsigned char>(ch));

@@ -2,8 +2,11 @@
 // made) and the runtime library. Root required. Every test uses its own ids, state root, rootfs
 // and 198.18.0.0/15 subnet derived from the test process's pid, and deletes what it made even
 // when it fails.
+#include "runtime/runtime.h"
+
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <net/if.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -15,18 +18,15 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 #include <vector>
-
-#include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 
 #include "common/fs.h"
 #include "common/scope_exit.h"
 #include "runtime/cgroup.h"
 #include "runtime/network.h"
-#include "runtime/runtime.h"
 
 namespace godwit::runtime {
 namespace {
@@ -198,9 +198,9 @@ TEST_F(RuntimeTest, ReadonlyRootMaskedPathsCapabilitiesUser) {
   ASSERT_EQ(r.code, 0) << r.err;
   auto lines = fs::Split(Trim(r.out), '\n');
   ASSERT_EQ(lines.size(), 6u) << r.out << r.err;
-  EXPECT_EQ(lines[0], "1");  // / is read-only
+  EXPECT_EQ(lines[0], "1");        // / is read-only
   EXPECT_EQ(Trim(lines[1]), "0");  // /proc/keys masked by /dev/null
-  EXPECT_EQ(lines[2], "1");  // /proc/sys read-only
+  EXPECT_EQ(lines[2], "1");        // /proc/sys read-only
   EXPECT_EQ(Trim(lines[3].substr(lines[3].find(':') + 1)), "0000000000000420");  // KILL, NET_BIND
   EXPECT_EQ(lines[4], "1000");
   EXPECT_EQ(lines[5], "1000");
@@ -223,8 +223,10 @@ TEST_F(RuntimeTest, DevicesCgroupAllowList) {
     o.rootfs = dir_ + "/rootfs";
     o.args = {"sh", "-c", script};
     json cfg = MakeConfig(o);
-    cfg["mounts"].push_back({{"destination", "/dev/tun"}, {"type", "bind"},
-                             {"source", "/dev/net/tun"}, {"options", {"bind"}}});
+    cfg["mounts"].push_back({{"destination", "/dev/tun"},
+                             {"type", "bind"},
+                             {"source", "/dev/net/tun"},
+                             {"options", {"bind"}}});
     if (rules) cfg["linux"]["resources"]["devices"] = {{{"allow", false}, {"access", "rwm"}}};
     ASSERT_TRUE(fs::WriteFile(bundle + "/config.json", cfg.dump()).ok());
     CmdResult r = Run({"run", id, "--bundle", bundle});
@@ -247,7 +249,8 @@ TEST_F(RuntimeTest, UserNamespaceWithMappings) {
   ASSERT_TRUE(fs::MkdirAll(bundle).ok());
   RunOptions o;
   o.rootfs = dir_ + "/rootfs";
-  o.args = {"sh", "-c", "cat /proc/self/uid_map /proc/self/gid_map; readlink /proc/self/ns/user; id -u"};
+  o.args = {"sh", "-c",
+            "cat /proc/self/uid_map /proc/self/gid_map; readlink /proc/self/ns/user; id -u"};
   o.disk = 8 << 20;
   json cfg = MakeConfig(o);
   cfg["linux"]["namespaces"].push_back({{"type", "user"}});
@@ -349,7 +352,8 @@ TEST_F(RuntimeTest, MemoryLimitOomKillsHog) {
   EXPECT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("rc=137"), std::string::npos) << r.out << r.err;
   // The same without a limit succeeds: the limit, not the machine, stopped it.
-  CmdResult ok = RunFg(Id("nooom"), {}, {"sh", "-c", "dd if=/dev/zero of=/dev/null bs=64M count=1; echo rc=$?"});
+  CmdResult ok = RunFg(Id("nooom"), {},
+                       {"sh", "-c", "dd if=/dev/zero of=/dev/null bs=64M count=1; echo rc=$?"});
   EXPECT_NE(ok.out.find("rc=0"), std::string::npos) << ok.out << ok.err;
 }
 
@@ -357,8 +361,9 @@ TEST_F(RuntimeTest, PidsLimitStopsForkBomb) {
   std::string id = Id("pids");
   Container c = RunDetached(
       id, {"--pids", "8"},
-            // The bomb runs in a subshell: ash gives up on "can't fork"; then pid 1 becomes sleep.
-      {"sh", "-c", "(i=0; while [ $i -lt 40 ]; do sleep 1000 & i=$((i+1)); done); exec sleep 1000"});
+      // The bomb runs in a subshell: ash gives up on "can't fork"; then pid 1 becomes sleep.
+      {"sh", "-c",
+       "(i=0; while [ $i -lt 40 ]; do sleep 1000 & i=$((i+1)); done); exec sleep 1000"});
   ASSERT_GT(c.pid, 0);
   auto cg = OpenCgroup(id);
   ASSERT_TRUE(cg.ok());
@@ -383,8 +388,11 @@ TEST_F(RuntimeTest, PidsLimitStopsForkBomb) {
 TEST_F(RuntimeTest, DiskQuotaGivesEnospcAndLeavesRootfsAlone) {
   std::string name = StrFormat("big-%d", getpid());
   CmdResult r = RunFg(Id("disk"), {"--disk", "8M"},
-                      {"sh", "-c", "dd if=/dev/zero of=/" + name + " bs=1M count=16; echo rc=$?; "
-                       "rm /" + name + "; echo small > /etc/small && cat /etc/small"});
+                      {"sh", "-c",
+                       "dd if=/dev/zero of=/" + name +
+                           " bs=1M count=16; echo rc=$?; "
+                           "rm /" +
+                           name + "; echo small > /etc/small && cat /etc/small"});
   EXPECT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.err.find("No space left on device"), std::string::npos) << r.err;
   EXPECT_NE(r.out.find("rc=1"), std::string::npos) << r.out;
@@ -395,8 +403,8 @@ TEST_F(RuntimeTest, DiskQuotaGivesEnospcAndLeavesRootfsAlone) {
 
 TEST_F(RuntimeTest, ExecRunsInAllNamespacesAndCgroups) {
   std::string id = Id("exec");
-  Container c = RunDetached(id, {"--hostname", "exechost", "--ip", Subnet(1) + ".10/24"},
-                            {"sleep", "1000"});
+  Container c =
+      RunDetached(id, {"--hostname", "exechost", "--ip", Subnet(1) + ".10/24"}, {"sleep", "1000"});
   ASSERT_GT(c.pid, 0);
   CmdResult r = Run({"exec", id, "--", "sh", "-c",
                      "for n in pid mnt uts ipc net cgroup; do readlink /proc/self/ns/$n; done; "
@@ -416,7 +424,8 @@ TEST_F(RuntimeTest, ExecRunsInAllNamespacesAndCgroups) {
   EXPECT_EQ(lines[8], "4:memory:/");  // the root of its cgroup namespace: the container's cgroup
   // The exit code comes back.
   EXPECT_EQ(Run({"exec", id, "--", "sh", "-c", "exit 42"}).code, 42);
-  CmdResult e = Run({"exec", id, "--env", "FOO=bar", "--cwd", "/etc", "--", "sh", "-c", "echo $FOO $(pwd)"});
+  CmdResult e =
+      Run({"exec", id, "--env", "FOO=bar", "--cwd", "/etc", "--", "sh", "-c", "echo $FOO $(pwd)"});
   ASSERT_EQ(e.code, 0) << e.err;
   EXPECT_EQ(Trim(e.out), "bar /etc");
   CmdResult missing = Run({"exec", id, "--", "no-such-program"});
@@ -615,7 +624,8 @@ class RuntimeBadInputTest : public RuntimeTest {
     EXPECT_FALSE(fs::Exists(root_ + "/" + id));
     auto roots = DetectCgroupLayout();
     ASSERT_TRUE(roots.ok());
-    for (const auto& [ctrl, mnt] : roots->v1) EXPECT_FALSE(fs::Exists(mnt + "/godwit/" + id)) << ctrl;
+    for (const auto& [ctrl, mnt] : roots->v1)
+      EXPECT_FALSE(fs::Exists(mnt + "/godwit/" + id)) << ctrl;
     if (!roots->unified.empty()) {
       EXPECT_FALSE(fs::Exists(roots->unified + "/godwit/" + id));
     }
@@ -701,7 +711,8 @@ TEST_F(RuntimeBadInputTest, DuplicateAndUnknownIds) {
 TEST_F(RuntimeBadInputTest, LimitTheKernelRefuses) {
   std::string id = Id("badlimit");
   // A CFS quota under 1 ms is EINVAL for the kernel.
-  CmdResult r = Run({"run", "--rootfs", dir_ + "/rootfs", "--name", id, "--cpus", "0.0001", "--", "true"});
+  CmdResult r =
+      Run({"run", "--rootfs", dir_ + "/rootfs", "--name", id, "--cpus", "0.0001", "--", "true"});
   EXPECT_EQ(r.code, 7);
   EXPECT_NE(r.err.find("cfs_quota_us"), std::string::npos) << r.err;
   ExpectNothingLeft(id);
