@@ -85,6 +85,8 @@ int CmdRun(Global& g, const std::vector<std::string>& args) {
   spec.aliases = {{"-b", "bundle"}, {"-d", "detach"}, {"-e", "env"}};
   auto p = Parse(args, spec);
   if (!p.ok()) return ReportError(g, "run", p.error());
+  // Foreground: a signal arriving while the container is created must be forwarded, not kill us.
+  if (!p->has("detach")) rt::BlockForwardedSignals();
   Result<rt::Container> c = MakeError(ErrorKind::kGeneric, 0, "unreachable");
   if (p->has("rootfs")) {
     rt::RunOptions o;
@@ -129,7 +131,7 @@ int CmdRun(Global& g, const std::vector<std::string>& args) {
     }
     std::string id = p->get("name");
     if (id.empty()) id = RandomId();
-    c = rt::CreateFromRunOptions(g.root, id, o, p->get("pid-file"));
+    c = rt::CreateFromRunOptions(g.root, id, o, p->get("pid-file"), /*start=*/true);
   } else {
     if (p->positionals.size() != 1)
       return ReportError(g, "run", Usage("expected ID --bundle DIR, or --rootfs DIR -- CMD..."));
@@ -138,13 +140,10 @@ int CmdRun(Global& g, const std::vector<std::string>& args) {
     o.id = p->positionals[0];
     o.bundle = p->get("bundle", ".");
     o.pid_file = p->get("pid-file");
+    o.start = true;
     c = rt::Create(o);
   }
   if (!c.ok()) return ReportError(g, "run", c.error());
-  if (auto r = rt::Start(c->root, c->id); !r.ok()) {
-    (void)rt::Delete(c->root, c->id, true);
-    return ReportError(g, "run", r.error());
-  }
   if (p->has("detach")) {
     if (g.json)
       PrintState(g, *c);

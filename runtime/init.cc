@@ -278,6 +278,11 @@ void Run(const Plan& plan) {
   const Spec& s = *plan.spec;
   // Die with the parent while it still sets us up (a killed `godwit create` leaves nothing).
   ::prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+  // The mask survives execve: the container's program starts with none blocked (`run` blocks
+  // the signals it forwards while it creates).
+  sigset_t none;
+  sigemptyset(&none);
+  ::sigprocmask(SIG_SETMASK, &none, nullptr);
   if (plan.cgroup) {
     auto r = plan.cgroup->EnterSelf(plan.born_into);
     if (!r.ok()) Fail(r.error().kind(), r.error().sys_errno(), "%s", r.error().message().c_str());
@@ -400,6 +405,11 @@ void Run(const Plan& plan) {
   // Detached containers outlive `godwit create`: stop dying with it before saying ready (the
   // parent may exit right after reading the reply).
   ::prctl(PR_SET_PDEATHSIG, 0, 0, 0, 0);
+  if (plan.start_now) {
+    // No stop before execve: one wake-up less on the start path. Success closes sync_fd.
+    ::execve(exe.c_str(), argv.data(), envp.data());
+    Fail(ErrorKind::kGeneric, errno, "execve %s", exe.c_str());
+  }
   Reply ok;
   ok.ok = 1;
   if (::write(plan.sync_fd, &ok, sizeof(ok)) != sizeof(ok)) _exit(1);

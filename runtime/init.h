@@ -29,6 +29,8 @@ struct Plan {
   std::string storage_dir;   // disk quota: tmpfs mount point (exists on the host, stays empty)
   int sync_fd = -1;          // SOCK_SEQPACKET to the parent: 'G' in, Reply out
   int fifo_fd = -1;          // exec.fifo opened O_RDWR: one byte from `start` releases execve
+  // `run`: exec right after setup; the sync socket's EOF (close-on-exec) tells the parent.
+  bool start_now = false;
   int cap_last_cap = 40;
 };
 

@@ -210,9 +210,13 @@ Result<Container> Create(const CreateOptions& opts) {
   c.cgroup_paths = cg->Paths();
   timer.Mark("cgroup-create");
 
-  if (::mkfifo(c.fifo_path().c_str(), 0600) < 0) return Errno("mkfifo %s", c.fifo_path().c_str());
-  // O_RDWR: never blocks, and the init keeps a reader open so `start` can open O_WRONLY.
-  ASSIGN_OR_RETURN(UniqueFd fifo, fs::Open(c.fifo_path(), O_RDWR));
+  UniqueFd fifo;
+  if (!opts.start) {
+    if (::mkfifo(c.fifo_path().c_str(), 0600) < 0)
+      return Errno("mkfifo %s", c.fifo_path().c_str());
+    // O_RDWR: never blocks, and the init keeps a reader open so `start` can open O_WRONLY.
+    ASSIGN_OR_RETURN(fifo, fs::Open(c.fifo_path(), O_RDWR));
+  }
   int sp[2];
   if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sp) < 0) return Errno("socketpair");
   UniqueFd parent_sock(sp[0]), child_sock(sp[1]);
@@ -230,6 +234,7 @@ Result<Container> Create(const CreateOptions& opts) {
   plan.storage_dir = c.storage_dir;
   plan.sync_fd = child_sock.get();
   plan.fifo_fd = fifo.get();
+  plan.start_now = opts.start;
   plan.cap_last_cap = CapLastCap();
 
   UniqueFd cgroup_fd;
@@ -284,10 +289,11 @@ Result<Container> Create(const CreateOptions& opts) {
   do {
     n = ::read(parent_sock.get(), &reply, sizeof(reply));
   } while (n < 0 && (errno == EINTR || errno == ECONNRESET));
-  if (n != sizeof(reply))
+  bool execed = opts.start && n == 0;  // the close-on-exec socket closed: execve succeeded
+  if (!execed && n != sizeof(reply))
     return MakeError(ErrorKind::kGeneric, 0, "container %s: init %d exited during setup",
                      opts.id.c_str(), pid);
-  if (!reply.ok) {
+  if (!execed && !reply.ok) {
     reply.msg[sizeof(reply.msg) - 1] = 0;
     return Error(static_cast<ErrorKind>(reply.kind), reply.err,
                  StrFormat("container %s: init: %s", opts.id.c_str(), reply.msg));
@@ -307,7 +313,8 @@ Result<Container> Create(const CreateOptions& opts) {
 }
 
 Result<Container> CreateFromRunOptions(const std::string& root_in, const std::string& id,
-                                       const RunOptions& run, const std::string& pid_file) {
+                                       const RunOptions& run, const std::string& pid_file,
+                                       bool start) {
   TRY(ValidateId(id));
   if (run.args.empty()) return MakeError(ErrorKind::kUsage, 0, "no command given (-- CMD...)");
   if (run.rootfs.empty()) return MakeError(ErrorKind::kUsage, 0, "no --rootfs given");
@@ -333,6 +340,7 @@ Result<Container> CreateFromRunOptions(const std::string& root_in, const std::st
   co.id = id;
   co.bundle = dir;
   co.pid_file = pid_file;
+  co.start = start;
   auto c = Create(co);
   if (c.ok()) remove_dir.dismiss();
   return c;
@@ -381,6 +389,13 @@ Result<void> Start(const std::string& root, const std::string& id) {
   return Ok();
 }
 
+void BlockForwardedSignals() {
+  sigset_t set;
+  sigemptyset(&set);
+  for (int s : {SIGINT, SIGTERM, SIGHUP}) sigaddset(&set, s);
+  ::sigprocmask(SIG_BLOCK, &set, nullptr);
+}
+
 Result<int> Wait(const Container& c, bool forward_signals) {
   struct sigaction old[3], sa{};
   const int sigs[3] = {SIGINT, SIGTERM, SIGHUP};
@@ -389,6 +404,11 @@ Result<int> Wait(const Container& c, bool forward_signals) {
     sa.sa_handler = ForwardSignal;
     sa.sa_flags = SA_RESTART;
     for (int i = 0; i < 3; ++i) sigaction(sigs[i], &sa, &old[i]);
+    // Whatever arrived while blocked (BlockForwardedSignals) is delivered now, to the handler.
+    sigset_t set;
+    sigemptyset(&set);
+    for (int s : sigs) sigaddset(&set, s);
+    ::sigprocmask(SIG_UNBLOCK, &set, nullptr);
   }
   int status = 0;
   pid_t r;
@@ -552,6 +572,9 @@ Result<int> Exec(const std::string& root, const std::string& id, const ExecOptio
     pid_t child = ::fork();
     if (child < 0) fail(errno, "fork");
     if (child == 0) {
+      sigset_t none;
+      sigemptyset(&none);
+      ::sigprocmask(SIG_SETMASK, &none, nullptr);
       if (::chdir(proc.cwd.c_str()) < 0) fail(errno, "chdir " + proc.cwd);
       std::string exe = init::FindExecutable(proc.args[0], proc.env);
       if (exe.empty()) fail(ENOENT, proc.args[0] + ": not found in the container");
