@@ -505,6 +505,23 @@ TEST_F(RuntimeTest, DeleteForceStopsARunningContainer) {
   CmdResult d = Run({"delete", id});
   EXPECT_EQ(d.code, 1);
   EXPECT_NE(d.err.find("running"), std::string::npos);
+  // The shell forks its two sleeps after `run -d` returned: wait (bounded) for all three.
+  for (int i = 0; i < 500; ++i) {
+    auto pids = Ps(root_, id);
+    if (pids.ok() && pids->size() == 3 &&
+        ReadOr(StrFormat("/proc/%d/cmdline", c.pid)).rfind("sleep", 0) == 0)
+      break;
+    usleep(10000);
+  }
+  CmdResult ps = Run({"ps", "--json", id});
+  ASSERT_EQ(ps.code, 0);
+  EXPECT_EQ(json::parse(ps.out).size(), 3u) << ps.out;
+  CmdResult l = Run({"list", "--json"});
+  ASSERT_EQ(l.code, 0);
+  bool listed = false;
+  for (const auto& e : json::parse(l.out))
+    listed = listed || (e["id"] == id && e["status"] == "running" && e["pid"] == c.pid);
+  EXPECT_TRUE(listed) << l.out;
   d = Run({"delete", "--force", id});
   ASSERT_EQ(d.code, 0) << d.err;
   Reap(c.pid);
