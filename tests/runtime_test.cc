@@ -337,7 +337,12 @@ TEST_F(RuntimeTest, ContainerIpAnswersFromHostAndFirewallDropsOtherPorts) {
   EXPECT_EQ(Trim(buf), "pong");
   // Port 7778 listens too (the ps below shows it) but the firewall drops the SYN: a timeout,
   // not a refusal.
-  CmdResult ps = Run({"exec", id, "--", "netstat", "-ltn"});
+  CmdResult ps;
+  for (int i = 0; i < 100; ++i) {  // the 7778 listener binds asynchronously too
+    ps = Run({"exec", id, "--", "netstat", "-ltn"});
+    if (ps.out.find(":7778") != std::string::npos) break;
+    usleep(20000);
+  }
   EXPECT_NE(ps.out.find(":7778"), std::string::npos) << ps.out;
   int blocked = ConnectTimeout(ip, 7778, 300);
   EXPECT_LT(blocked, 0);
