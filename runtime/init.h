@@ -10,6 +10,7 @@
 
 #include <string>
 
+#include "common/result.h"
 #include "runtime/cgroup.h"
 #include "runtime/spec.h"
 
@@ -36,6 +37,17 @@ struct Plan {
 
 // Never returns: execs the container process or _exit()s.
 [[noreturn]] void Run(const Plan& plan);
+
+// The pieces of Run that a restore reuses to rebuild a container's environment in a process
+// that is already in the container's new namespaces (mount, and pid for /proc):
+// SetupUts: hostname and domain name (uts namespace).
+Result<void> SetupUts(const Spec& s);
+// BuildRoot: makes / private (or slave), mounts the rootfs (bind) or, with a disk quota, the
+// overlay lowerdir=rootfs,upperdir=<storage_dir>/upper on <storage_dir>/merged, a tmpfs /dev
+// unless the config has one, the config's mounts, device nodes, /dev/pts and /dev/shm,
+// pivot_root into it, sysctls, lo up (network namespace), masked and read-only paths and the
+// read-only root. Leaves umask 0 and cwd "/".
+Result<void> BuildRoot(const Spec& s, const std::string& storage_dir);
 
 // Shared with exec: setgroups/setresgid/capabilities/setresuid/no_new_privs/rlimits as the
 // spec's process says. Returns 0 or -errno with *what naming the failed step.
