@@ -54,9 +54,8 @@ fi
 # runc runs above do not set up.
 mkdir -p "$work/bundle-net"
 ln -s ../bundle/rootfs "$work/bundle-net/rootfs"
-sed 's|"annotations": {|&|' "$work/bundle/config.json" |
-  python3 -c 'import json,sys; c=json.load(sys.stdin); c.setdefault("annotations",{})["org.godwit.net.ip"]="198.19.254.10/24"; json.dump(c,sys.stdout)' \
-  >"$work/bundle-net/config.json" 2>/dev/null && {
+python3 -c 'import json,sys; c=json.load(sys.stdin); c.setdefault("annotations",{})["org.godwit.net.ip"]="198.19.254.10/24"; json.dump(c,sys.stdout)' \
+  <"$work/bundle/config.json" >"$work/bundle-net/config.json" 2>/dev/null && {
   net=()
   for ((i = 0; i < N / 2; i++)); do
     t0=$EPOCHREALTIME
