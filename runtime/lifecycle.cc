@@ -212,8 +212,7 @@ Result<Container> Create(const CreateOptions& opts) {
 
   UniqueFd fifo;
   if (!opts.start) {
-    if (::mkfifo(c.fifo_path().c_str(), 0600) < 0)
-      return Errno("mkfifo %s", c.fifo_path().c_str());
+    if (::mkfifo(c.fifo_path().c_str(), 0600) < 0) return Errno("mkfifo %s", c.fifo_path().c_str());
     // O_RDWR: never blocks, and the init keeps a reader open so `start` can open O_WRONLY.
     ASSIGN_OR_RETURN(fifo, fs::Open(c.fifo_path(), O_RDWR));
   }
@@ -503,10 +502,18 @@ Result<void> Delete(const std::string& root, const std::string& id, bool force) 
     if (pids.ok() && !pids->empty()) (void)KillAll(*cg, 0, 0);
     if (c.pid > 0) (void)::waitpid(c.pid, nullptr, WNOHANG);
   }
+  PhaseTimer timer;
   TRY_CTX(cg->Destroy(), "delete %s", id.c_str());
-  if (!c.host_veth.empty()) TRY_CTX(TeardownNetwork(c.host_veth), "delete %s", id.c_str());
+  timer.Mark("cgroups");
+  // The init is gone (killed and waited for above, or stopped): its netns is dying.
+  if (!c.host_veth.empty())
+    TRY_CTX(TeardownNetworkOfDeadNetns(c.host_veth), "delete %s", id.c_str());
+  timer.Mark("veth");
   if (!c.storage_dir.empty()) TRY_CTX(UnmountStorage(c.storage_dir), "delete %s", id.c_str());
-  return fs::RemoveAll(dir);
+  TRY(fs::RemoveAll(dir));
+  timer.Mark("state");
+  LOG_DEBUG("delete %s:%s", id.c_str(), timer.text().c_str());
+  return Ok();
 }
 
 Result<std::vector<pid_t>> Ps(const std::string& root, const std::string& id) {

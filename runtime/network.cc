@@ -11,6 +11,7 @@
 #include <netlink/route/route.h>
 #include <sched.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <memory>
@@ -225,6 +226,19 @@ Result<void> TeardownNetwork(const std::string& host_veth) {
   if (err < 0 && err != -NLE_OBJ_NOTFOUND && err != -NLE_NODEV)
     return NlError(err, "delete veth %s", host_veth.c_str());
   return Ok();
+}
+
+Result<void> TeardownNetworkOfDeadNetns(const std::string& host_veth, int wait_ms) {
+  timespec start, now;
+  clock_gettime(CLOCK_MONOTONIC, &start);
+  for (;;) {
+    if (!LinkExists(host_veth)) return Ok();
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    if ((now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000 >= wait_ms)
+      break;
+    usleep(500);
+  }
+  return TeardownNetwork(host_veth);
 }
 
 Result<void> LoopbackUp(pid_t pid) {
