@@ -1,0 +1,280 @@
+#include "common/remote.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/ptrace.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
+
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "common/fs.h"
+#include "common/log.h"
+#include "common/proc.h"
+
+namespace godwit::remote {
+namespace {
+
+// Kernel-internal restart codes (include/linux/errno.h), visible in rax at a ptrace stop.
+constexpr long kERestartSys = 512;
+constexpr long kERestartNoIntr = 513;
+constexpr long kERestartNoHand = 514;
+constexpr long kERestartRestartBlock = 516;
+constexpr uint64_t kSyscallInsnLen = 2;
+
+Error ThreadGone(pid_t tid, int status) {
+  if (WIFEXITED(status))
+    return MakeError(ErrorKind::kNotFound, ESRCH, "thread %d exited with status %d", tid,
+                     WEXITSTATUS(status));
+  return MakeError(ErrorKind::kNotFound, ESRCH, "thread %d was killed by signal %d", tid,
+                   WTERMSIG(status));
+}
+
+Result<uint64_t> FindSyscallInVdso(pid_t pid) {
+  ASSIGN_OR_RETURN(auto maps, proc::ReadMaps(pid));
+  for (const auto& m : maps) {
+    if (m.path != "[vdso]") continue;
+    std::vector<unsigned char> buf(m.end - m.start);
+    iovec local{buf.data(), buf.size()}, remote{reinterpret_cast<void*>(m.start), buf.size()};
+    if (process_vm_readv(pid, &local, 1, &remote, 1, 0) != static_cast<ssize_t>(buf.size()))
+      return Errno("read [vdso] of %d", pid);
+    for (size_t i = 0; i + 1 < buf.size(); ++i)
+      if (buf[i] == 0x0f && buf[i + 1] == 0x05) return m.start + i;
+    return MakeError(ErrorKind::kUnsupported, 0, "no syscall instruction in [vdso] of %d", pid);
+  }
+  return MakeError(ErrorKind::kUnsupported, 0, "process %d has no [vdso]", pid);
+}
+
+}  // namespace
+
+Result<int> WaitStop(pid_t tid) {
+  for (;;) {
+    int status = 0;
+    pid_t r = waitpid(tid, &status, __WALL);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      if (errno == ECHILD)
+        return MakeError(ErrorKind::kNotFound, ESRCH, "waitpid %d: no such traced thread", tid);
+      return Errno("waitpid %d", tid);
+    }
+    if (WIFSTOPPED(status)) return status;
+    return ThreadGone(tid, status);
+  }
+}
+
+Result<void> SeizeAndInterrupt(pid_t tid, unsigned long options) {
+  if (ptrace(PTRACE_SEIZE, tid, nullptr, options) < 0) {
+    if (errno == ESRCH) return MakeError(ErrorKind::kNotFound, ESRCH, "seize %d: gone", tid);
+    return Errno("PTRACE_SEIZE %d", tid);
+  }
+  if (ptrace(PTRACE_INTERRUPT, tid, nullptr, nullptr) < 0) return Errno("PTRACE_INTERRUPT %d", tid);
+  // The first stop is the interrupt (PTRACE_EVENT_STOP) or a signal-delivery stop that raced with
+  // it; for the latter keep the signal pending by not continuing: it shows up in PEEKSIGINFO only
+  // if we re-queue it, so resume with it and wait for the interrupt stop.
+  for (;;) {
+    ASSIGN_OR_RETURN(int status, WaitStop(tid));
+    if ((status >> 16) == PTRACE_EVENT_STOP) return Ok();
+    int sig = WSTOPSIG(status);
+    if (ptrace(PTRACE_CONT, tid, nullptr, reinterpret_cast<void*>(static_cast<long>(sig))) < 0)
+      return Errno("PTRACE_CONT %d", tid);
+  }
+}
+
+Result<user_regs_struct> GetRegs(pid_t tid) {
+  user_regs_struct regs;
+  if (ptrace(PTRACE_GETREGS, tid, nullptr, &regs) < 0) return Errno("PTRACE_GETREGS %d", tid);
+  return regs;
+}
+
+Result<void> SetRegs(pid_t tid, const user_regs_struct& regs) {
+  if (ptrace(PTRACE_SETREGS, tid, nullptr, &regs) < 0) return Errno("PTRACE_SETREGS %d", tid);
+  return Ok();
+}
+
+void PrepareSyscallRestart(user_regs_struct* r, bool live) {
+  long nr = static_cast<long>(r->orig_rax);
+  long ret = static_cast<long>(r->rax);
+  if (nr >= 0) {
+    switch (-ret) {
+      case kERestartSys:
+      case kERestartNoIntr:
+      case kERestartNoHand:
+        r->rax = r->orig_rax;
+        r->rip -= kSyscallInsnLen;
+        break;
+      case kERestartRestartBlock:
+        if (live) {
+          r->rax = SYS_restart_syscall;
+          r->rip -= kSyscallInsnLen;
+        } else if (nr == SYS_nanosleep) {
+          // nanosleep(req=rdi, rem=rsi): the kernel wrote the remaining time to *rem when it was
+          // interrupted; sleep that long. Without rem, sleep the whole request again.
+          if (r->rsi != 0) r->rdi = r->rsi;
+          r->rax = nr;
+          r->rip -= kSyscallInsnLen;
+        } else if (nr == SYS_clock_nanosleep) {
+          // clock_nanosleep(clock=rdi, flags=rsi, req=rdx, rem=r10); TIMER_ABSTIME needs nothing.
+          if (!(r->rsi & 1) && r->r10 != 0) r->rdx = r->r10;
+          r->rax = nr;
+          r->rip -= kSyscallInsnLen;
+        } else {
+          r->rax = static_cast<uint64_t>(-EINTR);
+        }
+        break;
+      default:
+        break;
+    }
+  }
+  r->orig_rax = static_cast<uint64_t>(-1);
+}
+
+Result<std::unique_ptr<Remote>> Remote::Create(pid_t pid, pid_t tid, const Options& opts) {
+  std::unique_ptr<Remote> r(new Remote());
+  r->pid_ = pid;
+  r->tid_ = tid;
+  r->size_ = (opts.size + 4095) & ~size_t{4095};
+  uint64_t insn = opts.bootstrap_syscall;
+  if (insn == 0) {
+    ASSIGN_OR_RETURN(insn, FindSyscallInVdso(pid));
+  }
+  uint64_t args[6] = {opts.at, r->size_, PROT_READ | PROT_WRITE | PROT_EXEC,
+                      static_cast<uint64_t>(MAP_PRIVATE | MAP_ANONYMOUS |
+                                            (opts.at ? MAP_FIXED_NOREPLACE : 0)),
+                      static_cast<uint64_t>(-1), 0};
+  ASSIGN_OR_RETURN(long addr, r->Inject(tid, SYS_mmap, args, insn, false));
+  if (addr < 0 && addr > -4096)
+    return MakeError(ErrorKind::kGeneric, static_cast<int>(-addr),
+                     "injected mmap of the scratch area in %d at %#lx", pid,
+                     static_cast<unsigned long>(opts.at));
+  r->area_ = static_cast<uint64_t>(addr);
+  r->mapped_ = true;
+  // syscall; int3
+  const unsigned char code[] = {0x0f, 0x05, 0xcc};
+  TRY_CTX(r->Write(r->area_, code, sizeof(code)), "write the syscall trampoline in %d", pid);
+  return r;
+}
+
+Remote::~Remote() = default;
+
+Result<user_regs_struct> Remote::OriginalRegs(pid_t tid) {
+  auto it = saved_.find(tid);
+  if (it != saved_.end()) return it->second;
+  ASSIGN_OR_RETURN(user_regs_struct regs, GetRegs(tid));
+  saved_[tid] = regs;
+  return regs;
+}
+
+Result<long> Remote::Inject(pid_t tid, long nr, const uint64_t args[6], uint64_t insn, bool int3) {
+  ASSIGN_OR_RETURN(user_regs_struct regs, OriginalRegs(tid));
+  regs.rip = insn;
+  regs.rax = nr;
+  regs.orig_rax = static_cast<uint64_t>(-1);
+  regs.rdi = args[0];
+  regs.rsi = args[1];
+  regs.rdx = args[2];
+  regs.r10 = args[3];
+  regs.r8 = args[4];
+  regs.r9 = args[5];
+  TRY(SetRegs(tid, regs));
+  ++calls_;
+  int syscall_stops = 0;
+  long req = int3 ? PTRACE_CONT : PTRACE_SYSCALL;
+  for (;;) {
+    if (ptrace(static_cast<__ptrace_request>(req), tid, nullptr, nullptr) < 0)
+      return Errno("resume %d for injected syscall %ld", tid, nr);
+    ASSIGN_OR_RETURN(int status, WaitStop(tid));
+    int sig = WSTOPSIG(status);
+    int event = status >> 16;
+    if (event != 0) continue;  // clone/exec events, group stops: keep going
+    if (sig == (SIGTRAP | 0x80)) {
+      if (!int3 && ++syscall_stops == 2) break;  // entry, then exit
+      continue;
+    }
+    if (sig == SIGTRAP && int3) break;
+    // An unrelated signal arrived for this thread: it stays undelivered (we resume with 0); the
+    // tree is frozen, so such a signal can only come from outside during the dump.
+    LOG_WARN("pid %d tid %d: signal %d arrived during an injected syscall; dropped", pid_, tid, sig);
+  }
+  ASSIGN_OR_RETURN(user_regs_struct out, GetRegs(tid));
+  return static_cast<long>(out.rax);
+}
+
+Result<long> Remote::RawSyscallIn(pid_t tid, long nr, const uint64_t args[6]) {
+  if (!mapped_) return Err("remote %d: scratch area is gone", pid_);
+  return Inject(tid, nr, args, area_, true);
+}
+
+Result<long> Remote::SyscallIn(pid_t tid, long nr, uint64_t a0, uint64_t a1, uint64_t a2,
+                               uint64_t a3, uint64_t a4, uint64_t a5) {
+  uint64_t args[6] = {a0, a1, a2, a3, a4, a5};
+  ASSIGN_OR_RETURN(long ret, RawSyscallIn(tid, nr, args));
+  if (ret < 0 && ret > -4096)
+    return MakeError(ret == -ENOENT ? ErrorKind::kNotFound : ErrorKind::kGeneric,
+                     static_cast<int>(-ret), "injected syscall %ld in %d/%d", nr, pid_, tid);
+  return ret;
+}
+
+Result<long> Remote::Syscall(long nr, uint64_t a0, uint64_t a1, uint64_t a2, uint64_t a3,
+                             uint64_t a4, uint64_t a5) {
+  return SyscallIn(tid_, nr, a0, a1, a2, a3, a4, a5);
+}
+
+Result<void> Remote::Read(uint64_t addr, void* buf, size_t len) {
+  iovec local{buf, len}, remote{reinterpret_cast<void*>(addr), len};
+  ssize_t n = process_vm_readv(pid_, &local, 1, &remote, 1, 0);
+  if (n == static_cast<ssize_t>(len)) return Ok();
+  if (!mem_) {
+    ASSIGN_OR_RETURN(mem_, fs::Open(StrFormat("/proc/%d/mem", pid_), O_RDWR));
+  }
+  if (pread(mem_.get(), buf, len, static_cast<off_t>(addr)) != static_cast<ssize_t>(len))
+    return Errno("read %zu bytes at %#lx in %d", len, static_cast<unsigned long>(addr), pid_);
+  return Ok();
+}
+
+Result<void> Remote::Write(uint64_t addr, const void* buf, size_t len) {
+  iovec local{const_cast<void*>(buf), len}, remote{reinterpret_cast<void*>(addr), len};
+  ssize_t n = process_vm_writev(pid_, &local, 1, &remote, 1, 0);
+  if (n == static_cast<ssize_t>(len)) return Ok();
+  if (!mem_) {
+    ASSIGN_OR_RETURN(mem_, fs::Open(StrFormat("/proc/%d/mem", pid_), O_RDWR));
+  }
+  if (pwrite(mem_.get(), buf, len, static_cast<off_t>(addr)) != static_cast<ssize_t>(len))
+    return Errno("write %zu bytes at %#lx in %d", len, static_cast<unsigned long>(addr), pid_);
+  return Ok();
+}
+
+Result<uint64_t> Remote::WriteString(size_t off, const std::string& s) {
+  if (off + s.size() + 1 > scratch_size())
+    return Err("remote %d: string of %zu bytes does not fit the scratch area", pid_, s.size());
+  TRY(Write(scratch() + off, s.c_str(), s.size() + 1));
+  return scratch() + off;
+}
+
+Result<void> Remote::Unmap(bool restore_regs) {
+  if (!mapped_) return Ok();
+  // The syscall instruction lies in the area being unmapped: step with PTRACE_SYSCALL so the
+  // thread stops at syscall exit, before it would return into the hole.
+  uint64_t args[6] = {area_, size_, 0, 0, 0, 0};
+  ASSIGN_OR_RETURN(long ret, Inject(tid_, SYS_munmap, args, area_, false));
+  if (ret != 0) return MakeError(ErrorKind::kGeneric, static_cast<int>(-ret), "munmap scratch in %d", pid_);
+  mapped_ = false;
+  if (restore_regs) {
+    for (auto& [tid, regs] : saved_) {
+      user_regs_struct r = regs;
+      // Every touched thread now sits in a syscall-exit or trap stop, where the kernel no longer
+      // applies its syscall-restart logic: do it ourselves.
+      PrepareSyscallRestart(&r, /*live=*/true);
+      TRY(SetRegs(tid, r));
+    }
+  }
+  return Ok();
+}
+
+Result<void> Remote::Release() { return Unmap(true); }
+Result<void> Remote::UnmapFinal() { return Unmap(false); }
+
+}  // namespace godwit::remote

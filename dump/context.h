@@ -1,0 +1,104 @@
+// The dump driver's shared state, passed to every step: options, the sink, the frozen tree, and
+// per-process handles (a remote-syscall channel created on first use).
+//
+// A step is `Result<void> Fn(DumpContext&, ProcessDump&)`, run once per live process of the tree
+// while everything is frozen (see dump/steps.cc for the table and its ordering).
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/remote.h"
+#include "common/result.h"
+#include "images/image.h"
+#include "proto/mm.pb.h"
+#include "proto/pagemap.pb.h"
+#include "proto/pstree.pb.h"
+
+namespace godwit::files {
+class FdDumper;
+}
+
+namespace godwit::dump {
+
+class DirtyTracker;
+
+struct DumpOptions {
+  pid_t pid = 0;
+  std::string images_dir;
+  bool leave_running = false;
+  images::Compression compression = images::Compression::kNone;
+  int zstd_level = 3;
+  bool shell_job = false;  // stdio connected to a terminal/pipes outside the tree is fine
+  std::vector<std::string> external;
+  bool tcp_established = false;
+  // Pre-copy: copy memory this many times while the tree runs (the first round everything, then
+  // what was written since, tracked with userfaultfd write-protect), then freeze for the final,
+  // small, round. 0: a plain dump.
+  int pre_rounds = 0;
+  // Called with (phase, done, total) for progress output; may be empty.
+  std::function<void(const char*, uint64_t, uint64_t)> progress;
+};
+
+struct DumpStats {
+  int processes = 0;
+  int zombies = 0;
+  int threads = 0;
+  uint64_t vmas = 0;
+  uint64_t pages_dumped = 0;    // private pages stored
+  uint64_t pages_zero = 0;      // present but the zero page: not stored
+  uint64_t pages_file = 0;      // private file pages never written: not stored
+  uint64_t shmem_pages = 0;     // pages of shared memory objects stored
+  uint64_t bytes_logical = 0;   // page bytes before compression
+  uint64_t bytes_stored = 0;    // page bytes in the image
+  uint64_t remote_calls = 0;
+  double freeze_ms = 0;         // seizing the whole tree
+  double frozen_ms = 0;         // from the first thread stopped until the tree resumed or died
+  double memdump_ms = 0;        // reading pages
+  double total_ms = 0;
+  uint64_t pre_bytes = 0;       // copied by pre-dump rounds while the tree ran
+  double pre_ms = 0;
+  std::vector<uint64_t> round_bytes;  // per pre-dump round
+  std::vector<std::pair<std::string, int>> fd_counts;
+};
+
+// Per-process handle during the dump.
+struct ProcessDump {
+  pid_t pid = 0;
+  const img::ProcessEntry* entry = nullptr;
+  // Created by the first step that needs it; released (area unmapped, registers restored) after
+  // the last step. Memory steps skip its area.
+  std::unique_ptr<remote::Remote> remote;
+  // Facts a step leaves for later ones.
+  uint64_t brk = 0;
+};
+
+struct DumpContext {
+  DumpOptions opts;
+  images::Sink* sink = nullptr;
+  img::ProcessTree tree;
+  files::FdDumper* fds = nullptr;
+  DumpStats stats;
+  uint64_t zero_pfn = 0;  // the kernel's zero page, as pagemap shows it
+  // Shared memory objects seen so far, by (dev, inode) -> id.
+  std::map<std::pair<uint64_t, uint64_t>, uint64_t> shmem_ids;
+  uint64_t next_shmem_id = 1;
+  std::vector<img::ShmemObject> shmem;  // written to shmem.img after every process
+  // Pre-dump: a dirty tracker per process and the rounds' page maps.
+  std::map<pid_t, std::unique_ptr<DirtyTracker>> trackers;
+  std::map<pid_t, std::vector<img::PageMap>> pre_maps;
+  // Every process handle (so a failure can release all remotes).
+  std::vector<std::unique_ptr<ProcessDump>> procs;
+
+  // The remote-syscall channel of a process (created once; the main thread injects).
+  Result<remote::Remote*> RemoteFor(ProcessDump& p);
+  ~DumpContext();
+};
+
+}  // namespace godwit::dump

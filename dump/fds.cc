@@ -1,0 +1,13 @@
+// Step "fds": the process's file descriptors, through the per-kind table in files/.
+#include "dump/steps.h"
+#include "files/files.h"
+
+namespace godwit::dump {
+
+Result<void> DumpFds(DumpContext& ctx, ProcessDump& p) {
+  if (ctx.fds == nullptr) return Ok();
+  TRY_CTX(ctx.fds->DumpProcess(p.pid), "pid %d: file descriptors", p.pid);
+  return Ok();
+}
+
+}  // namespace godwit::dump

@@ -1,0 +1,252 @@
+// Step "mm": the address space. VMAs from /proc/PID/maps, mm fields from /proc/PID/stat plus an
+// injected brk(0), auxv, the exe link; private pages into pages-<pid>.img (indexed by
+// pagemap-<pid>.img); shared memory objects (shared anonymous, memfd, SysV shm) once per object
+// into shmem-<id>.img, listed in shmem.img at the end of the dump.
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <chrono>
+
+#include "common/fs.h"
+#include "common/log.h"
+#include "common/proc.h"
+#include "dump/dirty.h"
+#include "dump/pages.h"
+#include "dump/steps.h"
+#include "proto/mm.pb.h"
+#include "proto/pagemap.pb.h"
+
+namespace godwit::dump {
+namespace {
+
+constexpr uint64_t kPage = 4096;
+
+bool StartsWith(const std::string& s, const char* p) { return s.rfind(p, 0) == 0; }
+
+Result<img::VmaKind> Classify(const proc::MapsEntry& m, pid_t pid) {
+  if (m.path == "[vdso]") return img::VMA_VDSO;
+  if (m.path == "[vvar]") return img::VMA_VVAR;
+  if (m.path == "[vvar_vclock]") return img::VMA_VVAR_VCLOCK;
+  if (m.path == "[vsyscall]") return img::VMA_VSYSCALL;
+  bool shm_like = StartsWith(m.path, "/dev/zero") || StartsWith(m.path, "/SYSV") ||
+                  StartsWith(m.path, "/memfd:");
+  if (m.shared) {
+    if (shm_like) return img::VMA_SHMEM;
+    if (m.inode == 0)
+      return MakeError(ErrorKind::kUnsupported, 0, "pid %d: shared mapping %#lx-%#lx of %s",
+                       pid, static_cast<unsigned long>(m.start), static_cast<unsigned long>(m.end),
+                       m.path.c_str());
+    return img::VMA_FILE_SHARED;
+  }
+  if (m.inode != 0 && !m.path.empty() && m.path[0] == '/') {
+    if (shm_like)
+      return MakeError(ErrorKind::kUnsupported, 0, "pid %d: private mapping of %s at %#lx", pid,
+                       m.path.c_str(), static_cast<unsigned long>(m.start));
+    return img::VMA_FILE_PRIVATE;
+  }
+  return img::VMA_ANON_PRIVATE;
+}
+
+double MsSince(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t).count();
+}
+
+}  // namespace
+
+Result<void> DumpShmemObject(DumpContext& ctx, pid_t pid, const proc::MapsEntry& m,
+                             img::Vma* vma) {
+  uint64_t dev = (static_cast<uint64_t>(m.dev_major) << 32) | m.dev_minor;
+  auto key = std::make_pair(dev, m.inode);
+  auto it = ctx.shmem_ids.find(key);
+  if (it != ctx.shmem_ids.end()) {
+    vma->set_shmem_id(it->second);
+    return Ok();
+  }
+  uint64_t id = ctx.next_shmem_id++;
+  ctx.shmem_ids[key] = id;
+  vma->set_shmem_id(id);
+  std::string link = StrFormat("/proc/%d/map_files/%lx-%lx", pid, static_cast<unsigned long>(m.start),
+                               static_cast<unsigned long>(m.end));
+  ASSIGN_OR_RETURN(UniqueFd fd, fs::Open(link, O_RDONLY));
+  struct stat st;
+  if (fstat(fd.get(), &st) < 0) return Errno("stat %s", link.c_str());
+  img::ShmemObject obj;
+  obj.set_id(id);
+  obj.set_size(st.st_size);
+  obj.set_dev(dev);
+  obj.set_inode(m.inode);
+  obj.set_name(m.path);
+  obj.set_sysv_shmid(-1);
+  obj.set_blob(StrFormat("shmem-%lu.img", static_cast<unsigned long>(id)));
+  // Allocated ranges only (SEEK_DATA/SEEK_HOLE on shmem).
+  std::vector<PageRange> ranges;
+  off_t size = st.st_size;
+  for (off_t off = 0; off < size;) {
+    off_t d = lseek(fd.get(), off, SEEK_DATA);
+    if (d < 0) break;  // ENXIO: no more data
+    off_t h = lseek(fd.get(), d, SEEK_HOLE);
+    if (h < 0) h = size;
+    d &= ~static_cast<off_t>(kPage - 1);
+    h = std::min<off_t>((h + kPage - 1) & ~static_cast<off_t>(kPage - 1), (size + kPage - 1) & ~static_cast<off_t>(kPage - 1));
+    ranges.push_back({static_cast<uint64_t>(d), static_cast<uint64_t>(h - d) / kPage});
+    off = h;
+  }
+  uint64_t total = 0;
+  for (auto& r : ranges) total += r.npages * kPage;
+  ASSIGN_OR_RETURN(images::BlobWriter blob, images::BlobWriter::Create(*ctx.sink, obj.blob(), ctx.opts.compression, ctx.opts.zstd_level));
+  {
+    PageWriter w(&blob, pid, fd.get(), total);
+    for (auto& r : ranges) TRY(w.Add(r.addr, r.addr, r.npages, true));
+    TRY(w.Finish());
+    for (const auto& r : w.runs()) *obj.add_runs() = r;
+    ctx.stats.shmem_pages += w.pages();
+  }
+  TRY(blob.Close());
+  ctx.stats.bytes_logical += blob.logical_size();
+  ctx.stats.bytes_stored += blob.stored_size();
+  ctx.shmem.push_back(std::move(obj));
+  return Ok();
+}
+
+Result<void> DumpMm(DumpContext& ctx, ProcessDump& p) {
+  pid_t pid = p.pid;
+  ASSIGN_OR_RETURN(remote::Remote * r, ctx.RemoteFor(p));
+  ASSIGN_OR_RETURN(long brk, r->Syscall(SYS_brk, 0));
+  ASSIGN_OR_RETURN(proc::Stat st, proc::ReadStat(pid));
+  img::MmEntry mm;
+  mm.set_pid(pid);
+  mm.set_start_code(st.start_code);
+  mm.set_end_code(st.end_code);
+  mm.set_start_data(st.start_data);
+  mm.set_end_data(st.end_data);
+  mm.set_start_brk(st.start_brk);
+  mm.set_brk(brk);
+  mm.set_start_stack(st.start_stack);
+  mm.set_arg_start(st.arg_start);
+  mm.set_arg_end(st.arg_end);
+  mm.set_env_start(st.env_start);
+  mm.set_env_end(st.env_end);
+  ASSIGN_OR_RETURN(std::string auxv, fs::ReadFile(StrFormat("/proc/%d/auxv", pid)));
+  mm.set_auxv(auxv);
+  char exe[4096];
+  ssize_t n = readlink(StrFormat("/proc/%d/exe", pid).c_str(), exe, sizeof(exe) - 1);
+  if (n > 0) mm.set_exe_path(std::string(exe, n));
+
+  ASSIGN_OR_RETURN(auto maps0, proc::ReadMaps(pid));
+  auto maps = WithoutRange(maps0, r->area_start(), r->area_end());
+  ASSIGN_OR_RETURN(auto source, PresentPages::Open(pid, ctx.zero_pfn));
+  std::vector<PageRange> readable, unreadable;
+  // With pre-dump rounds, the present pages of tracked VMAs: only the dirty ones are stored now.
+  std::vector<PageRange> r_cov, u_cov;
+  DirtyTracker* tracker = nullptr;
+  if (auto it = ctx.trackers.find(pid); it != ctx.trackers.end()) tracker = it->second.get();
+  PageCounts counts;
+  for (const auto& m : maps) {
+    ASSIGN_OR_RETURN(img::VmaKind kind, Classify(m, pid));
+    img::Vma* v = mm.add_vmas();
+    v->set_start(m.start);
+    v->set_end(m.end);
+    v->set_prot(m.prot);
+    v->set_kind(kind);
+    v->set_path(m.path);
+    v->set_pgoff(m.pgoff);
+    v->set_dev((static_cast<uint64_t>(m.dev_major) << 32) | m.dev_minor);
+    v->set_inode(m.inode);
+    std::string deleted = " (deleted)";
+    v->set_deleted(m.path.size() > deleted.size() &&
+                   m.path.compare(m.path.size() - deleted.size(), deleted.size(), deleted) == 0);
+    uint32_t flags = m.shared ? MAP_SHARED : MAP_PRIVATE;
+    if (kind == img::VMA_ANON_PRIVATE) flags |= MAP_ANONYMOUS;
+    if (m.path == "[stack]") flags |= MAP_GROWSDOWN;
+    v->set_flags(flags);
+    if ((kind == img::VMA_FILE_PRIVATE || kind == img::VMA_FILE_SHARED) && v->deleted())
+      return MakeError(ErrorKind::kUnsupported, 0, "pid %d: mapping of deleted file %s", pid,
+                       m.path.c_str());
+    if (kind == img::VMA_SHMEM) {
+      TRY_CTX(DumpShmemObject(ctx, pid, m, v), "pid %d: shared memory %s", pid, m.path.c_str());
+      continue;
+    }
+    if (kind != img::VMA_ANON_PRIVATE && kind != img::VMA_FILE_PRIVATE) continue;
+    bool covered = tracker && tracker->Covers(m.start, m.end);
+    auto& dst = (m.prot & PROT_READ) ? (covered ? r_cov : readable) : (covered ? u_cov : unreadable);
+    TRY(source->Collect(m.start, m.end, kind == img::VMA_FILE_PRIVATE, &dst, &counts));
+  }
+  ctx.stats.vmas += mm.vmas_size();
+  ctx.stats.pages_zero += counts.zero;
+  ctx.stats.pages_file += counts.file;
+  TRY(images::WriteImage(*ctx.sink, StrFormat("mm-%d.img", pid), mm));
+
+  // Pages. Earlier pre-dump rounds' pages stay valid where the page is still present now (and was
+  // not written since: those are in this round's set, which restore applies last).
+  auto t0 = std::chrono::steady_clock::now();
+  std::vector<img::PageMap> earlier;
+  if (tracker) {
+    std::vector<PageRange> present =
+        MergeRanges(MergeRanges(readable, r_cov), MergeRanges(unreadable, u_cov));
+    std::vector<PageRange> dirty;
+    TRY_CTX(tracker->CollectDirty(&dirty), "pid %d: dirty pages", pid);
+    readable = MergeRanges(readable, Intersect(r_cov, dirty));
+    unreadable = MergeRanges(unreadable, Intersect(u_cov, dirty));
+    for (const auto& old : ctx.pre_maps[pid]) {
+      img::PageMap f = old;
+      f.clear_runs();
+      std::vector<PageRange> runs;
+      for (const auto& run : old.runs()) runs.push_back({run.vaddr(), run.npages()});
+      // Intersect keeps order; map each kept piece back to its blob offset.
+      size_t k = 0;
+      for (const auto& piece : Intersect(runs, present)) {
+        while (old.runs(k).vaddr() + old.runs(k).npages() * kPage <= piece.addr) ++k;
+        const auto& src = old.runs(k);
+        img::PageRun* nr = f.add_runs();
+        nr->set_vaddr(piece.addr);
+        nr->set_npages(piece.npages);
+        nr->set_blob_off(src.blob_off() + (piece.addr - src.vaddr()));
+      }
+      earlier.push_back(std::move(f));
+    }
+  }
+  img::PageMap pm;
+  pm.set_pid(pid);
+  pm.set_blob(StrFormat("pages-%d.img", pid));
+  pm.set_zero_pages_skipped(counts.zero);
+  pm.set_file_pages_skipped(counts.file);
+  uint64_t total = 0;
+  for (auto& x : readable) total += x.npages * kPage;
+  for (auto& x : unreadable) total += x.npages * kPage;
+  ASSIGN_OR_RETURN(images::BlobWriter blob, images::BlobWriter::Create(*ctx.sink, pm.blob(), ctx.opts.compression, ctx.opts.zstd_level));
+  UniqueFd mem;
+  if (!unreadable.empty()) {
+    ASSIGN_OR_RETURN(mem, fs::Open(StrFormat("/proc/%d/mem", pid), O_RDONLY));
+  }
+  {
+    PageWriter w(&blob, pid, mem.get(), total);
+    // Runs must be added in address order so the pagemap is sorted: merge both lists.
+    size_t i = 0, j = 0;
+    uint64_t done = 0;
+    while (i < readable.size() || j < unreadable.size()) {
+      bool take_r = j >= unreadable.size() ||
+                    (i < readable.size() && readable[i].addr < unreadable[j].addr);
+      const PageRange& x = take_r ? readable[i++] : unreadable[j++];
+      TRY(w.Add(x.addr, x.addr, x.npages, !take_r));
+      done += x.npages * kPage;
+      if (ctx.opts.progress) ctx.opts.progress("memory", done, total);
+    }
+    TRY_CTX(w.Finish(), "pid %d: pages", pid);
+    for (const auto& run : w.runs()) *pm.add_runs() = run;
+    ctx.stats.pages_dumped += w.pages();
+  }
+  TRY(blob.Close());
+  ctx.stats.bytes_logical += blob.logical_size();
+  ctx.stats.bytes_stored += blob.stored_size();
+  ctx.stats.memdump_ms += MsSince(t0);
+  // Rounds in order; restore applies them in order, so later pages win.
+  ASSIGN_OR_RETURN(images::ImageWriter pw, images::ImageWriter::Create(*ctx.sink, StrFormat("pagemap-%d.img", pid)));
+  for (const auto& e : earlier) TRY(pw.Write(e));
+  TRY(pw.Write(pm));
+  return pw.Close();
+}
+
+}  // namespace godwit::dump

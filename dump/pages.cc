@@ -1,0 +1,271 @@
+#include "dump/pages.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/uio.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "common/fs.h"
+#include "common/log.h"
+
+namespace godwit::dump {
+namespace {
+
+constexpr uint64_t kPage = 4096;
+constexpr uint64_t kPresent = 1ULL << 63;
+constexpr uint64_t kSwapped = 1ULL << 62;
+constexpr uint64_t kFileShared = 1ULL << 61;
+constexpr uint64_t kPfnMask = (1ULL << 55) - 1;
+constexpr size_t kMaxIov = 1024;
+
+}  // namespace
+
+std::vector<proc::MapsEntry> WithoutRange(const std::vector<proc::MapsEntry>& maps, uint64_t a,
+                                          uint64_t b) {
+  std::vector<proc::MapsEntry> out;
+  for (const auto& m : maps) {
+    if (m.end <= a || m.start >= b) {
+      out.push_back(m);
+      continue;
+    }
+    if (m.start < a) {
+      proc::MapsEntry l = m;
+      l.end = a;
+      out.push_back(l);
+    }
+    if (m.end > b) {
+      proc::MapsEntry r = m;
+      r.pgoff += b - m.start;
+      r.start = b;
+      out.push_back(r);
+    }
+  }
+  return out;
+}
+
+std::vector<PageRange> MergeRanges(std::vector<PageRange> a, const std::vector<PageRange>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  std::sort(a.begin(), a.end(), [](const PageRange& x, const PageRange& y) { return x.addr < y.addr; });
+  return a;
+}
+
+Result<uint64_t> ZeroPagePfn() {
+  void* p = mmap(nullptr, kPage, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) return Errno("mmap");
+  volatile char c = *static_cast<volatile char*>(p);
+  (void)c;
+  ASSIGN_OR_RETURN(UniqueFd fd, fs::Open("/proc/self/pagemap", O_RDONLY));
+  uint64_t e = 0;
+  ssize_t n = pread(fd.get(), &e, sizeof(e), reinterpret_cast<uint64_t>(p) / kPage * 8);
+  munmap(p, kPage);
+  if (n != sizeof(e)) return Errno("read /proc/self/pagemap");
+  return e & kPfnMask;
+}
+
+Result<std::unique_ptr<PresentPages>> PresentPages::Open(pid_t pid, uint64_t zero_pfn) {
+  std::unique_ptr<PresentPages> s(new PresentPages());
+  ASSIGN_OR_RETURN(s->pagemap_, fs::Open(StrFormat("/proc/%d/pagemap", pid), O_RDONLY));
+  s->zero_pfn_ = zero_pfn;
+  return s;
+}
+
+Result<void> PresentPages::Collect(uint64_t start, uint64_t end, bool private_file,
+                                   std::vector<PageRange>* out, PageCounts* counts) {
+  constexpr uint64_t kSlice = 64 * 1024;  // pagemap entries read at once (512 KiB)
+  buf_.resize(kSlice);
+  for (uint64_t addr = start; addr < end;) {
+    uint64_t n = std::min<uint64_t>((end - addr) / kPage, kSlice);
+    size_t want = n * 8;
+    ssize_t got = pread(pagemap_.get(), buf_.data(), want, addr / kPage * 8);
+    if (got != static_cast<ssize_t>(want)) return Errno("read pagemap at %#lx", static_cast<unsigned long>(addr));
+    for (uint64_t i = 0; i < n; ++i) {
+      uint64_t e = buf_[i];
+      bool take = false;
+      if (e & kSwapped) {
+        take = true;
+      } else if (e & kPresent) {
+        counts->present++;
+        if (private_file && (e & kFileShared)) {
+          counts->file++;  // still the page cache's page: never written
+        } else if (zero_pfn_ != 0 && (e & kPfnMask) == zero_pfn_) {
+          counts->zero++;
+        } else {
+          take = true;
+        }
+      }
+      if (!take) continue;
+      uint64_t a = addr + i * kPage;
+      if (!out->empty() && out->back().addr + out->back().npages * kPage == a)
+        out->back().npages++;
+      else
+        out->push_back({a, 1});
+    }
+    addr += n * kPage;
+  }
+  return Ok();
+}
+
+PageWriter::PageWriter(images::BlobWriter* blob, pid_t pid, int fd, uint64_t total_bytes)
+    : blob_(blob), pid_(pid), fd_(fd) {
+  buf_size_ = std::max<uint64_t>(kPage, std::min<uint64_t>(total_bytes, 32ULL << 20));
+  int nbufs = total_bytes > buf_size_ ? 3 : 1;
+  for (int i = 0; i < nbufs; ++i) {
+    bufs_.emplace_back(new char[buf_size_]);
+    free_.push_back(bufs_.back().get());
+  }
+  writer_ = std::thread([this] { WriterLoop(); });
+}
+
+PageWriter::~PageWriter() {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    done_ = true;
+  }
+  cv_.notify_all();
+  if (writer_.joinable()) writer_.join();
+}
+
+void PageWriter::WriterLoop() {
+  for (;;) {
+    Batch b;
+    {
+      std::unique_lock<std::mutex> l(mu_);
+      cv_.wait(l, [&] { return !queue_.empty() || done_; });
+      if (queue_.empty()) return;
+      b = std::move(queue_.front());
+      queue_.pop_front();
+    }
+    bool failed;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      failed = failed_;
+    }
+    if (!failed) {
+      auto off = blob_->Append(b.buf, b.len);
+      std::lock_guard<std::mutex> l(mu_);
+      if (!off.ok()) {
+        failed_ = true;
+        error_ = std::move(off.error());
+      } else {
+        for (const auto& e : b.entries) {
+          uint64_t boff = *off + e.buf_off;
+          uint64_t np = e.len / kPage;
+          if (!runs_.empty()) {
+            auto& last = runs_.back();
+            if (last.vaddr() + last.npages() * kPage == e.key &&
+                last.blob_off() + last.npages() * kPage == boff) {
+              last.set_npages(last.npages() + np);
+              continue;
+            }
+          }
+          img::PageRun r;
+          r.set_vaddr(e.key);
+          r.set_npages(np);
+          r.set_blob_off(boff);
+          runs_.push_back(std::move(r));
+        }
+      }
+    }
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      free_.push_back(b.buf);
+    }
+    cv_.notify_all();
+  }
+}
+
+Result<void> PageWriter::Add(uint64_t src, uint64_t key, uint64_t npages, bool use_fd) {
+  uint64_t len = npages * kPage;
+  while (len > 0) {
+    if (cur_ == nullptr) {
+      std::unique_lock<std::mutex> l(mu_);
+      cv_.wait(l, [&] { return !free_.empty() || failed_; });
+      if (failed_) return error_;
+      cur_ = free_.front();
+      free_.pop_front();
+      cur_len_ = 0;
+    }
+    uint64_t n = std::min<uint64_t>(len, buf_size_ - cur_len_);
+    cur_entries_.push_back({src, key, n, cur_len_, use_fd});
+    cur_len_ += n;
+    src += n;
+    key += n;
+    len -= n;
+    pages_ += n / kPage;
+    if (cur_len_ == buf_size_ || cur_entries_.size() >= 4 * kMaxIov) TRY(Flush());
+  }
+  return Ok();
+}
+
+Result<void> PageWriter::Flush() {
+  if (cur_ == nullptr) return Ok();
+  // Read every entry into the buffer: runs of process_vm_readv entries go in one call each.
+  size_t i = 0;
+  while (i < cur_entries_.size()) {
+    const Entry& e = cur_entries_[i];
+    if (e.use_fd) {
+      ssize_t n = pread(fd_, cur_ + e.buf_off, e.len, static_cast<off_t>(e.src));
+      if (n != static_cast<ssize_t>(e.len))
+        return Errno("read %lu bytes at %#lx of pid %d", static_cast<unsigned long>(e.len),
+                     static_cast<unsigned long>(e.src), pid_);
+      ++i;
+      continue;
+    }
+    iovec remote[kMaxIov];
+    size_t k = 0;
+    uint64_t first_off = e.buf_off, total = 0;
+    while (i < cur_entries_.size() && !cur_entries_[i].use_fd && k < kMaxIov) {
+      remote[k].iov_base = reinterpret_cast<void*>(cur_entries_[i].src);
+      remote[k].iov_len = cur_entries_[i].len;
+      total += cur_entries_[i].len;
+      ++k;
+      ++i;
+    }
+    iovec local{cur_ + first_off, total};
+    size_t done = 0;
+    // process_vm_readv stops at the first failing remote iovec; retry from there.
+    size_t ri = 0;
+    while (done < total) {
+      iovec l2{static_cast<char*>(local.iov_base) + done, total - done};
+      ssize_t n = process_vm_readv(pid_, &l2, 1, remote + ri, k - ri, 0);
+      if (n <= 0)
+        return Errno("process_vm_readv pid %d at %#lx", pid_,
+                     reinterpret_cast<unsigned long>(remote[ri].iov_base));
+      done += n;
+      size_t consumed = n;
+      while (ri < k && consumed >= remote[ri].iov_len) {
+        consumed -= remote[ri].iov_len;
+        ++ri;
+      }
+      if (consumed > 0) {
+        remote[ri].iov_base = static_cast<char*>(remote[ri].iov_base) + consumed;
+        remote[ri].iov_len -= consumed;
+      }
+    }
+  }
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    queue_.push_back(Batch{cur_, cur_len_, std::move(cur_entries_)});
+  }
+  cv_.notify_all();
+  cur_ = nullptr;
+  cur_len_ = 0;
+  cur_entries_.clear();
+  return Ok();
+}
+
+Result<void> PageWriter::Finish() {
+  TRY(Flush());
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    done_ = true;
+  }
+  cv_.notify_all();
+  if (writer_.joinable()) writer_.join();
+  if (failed_) return error_;
+  return Ok();
+}
+
+}  // namespace godwit::dump

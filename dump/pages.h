@@ -1,0 +1,120 @@
+// Copying pages out of a frozen (or, for pre-dump rounds, running) process into a blob.
+//
+// Which pages: a PageSource yields runs of pages per VMA. PresentPages reads /proc/PID/pagemap
+// (present, not the zero page, for private file mappings only the COWed ones). A dirty-page source
+// (userfaultfd WP_ASYNC + PAGEMAP_SCAN) plugs in the same way for pre-dump rounds.
+//
+// How: PageWriter batches runs into large buffers filled with process_vm_readv (up to 1024 iovecs
+// per call; /proc/PID/mem for unreadable VMAs) while a writer thread appends the previous buffer to
+// the BlobWriter (compressing if the blob does): reading and writing overlap on two cores.
+#pragma once
+
+#include <sys/types.h>
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "common/proc.h"
+#include "common/result.h"
+#include "common/unique_fd.h"
+#include "images/image.h"
+#include "proto/mm.pb.h"
+
+namespace godwit::dump {
+
+struct PageRange {
+  uint64_t addr;
+  uint64_t npages;
+};
+
+struct PageCounts {
+  uint64_t present = 0, zero = 0, file = 0;
+};
+
+class PageSource {
+ public:
+  virtual ~PageSource() = default;
+  // Appends the runs of [start, end) worth storing to out.
+  virtual Result<void> Collect(uint64_t start, uint64_t end, bool private_file,
+                               std::vector<PageRange>* out, PageCounts* counts) = 0;
+};
+
+// All present pages (pagemap), skipping the zero page and unwritten private file pages.
+class PresentPages : public PageSource {
+ public:
+  static Result<std::unique_ptr<PresentPages>> Open(pid_t pid, uint64_t zero_pfn);
+  Result<void> Collect(uint64_t start, uint64_t end, bool private_file,
+                       std::vector<PageRange>* out, PageCounts* counts) override;
+
+ private:
+  UniqueFd pagemap_;
+  uint64_t zero_pfn_ = 0;
+  std::vector<uint64_t> buf_;
+};
+
+// maps with [a, b) (the remote scratch area) carved out.
+std::vector<proc::MapsEntry> WithoutRange(const std::vector<proc::MapsEntry>& maps, uint64_t a,
+                                          uint64_t b);
+// Concatenates and sorts non-overlapping range lists.
+std::vector<PageRange> MergeRanges(std::vector<PageRange> a, const std::vector<PageRange>& b);
+
+// The pfn of the kernel's zero page (a read fault on fresh anonymous memory maps it).
+Result<uint64_t> ZeroPagePfn();
+
+class PageWriter {
+ public:
+  // pid: read with process_vm_readv from it; fd >= 0: pread from that fd (shmem objects,
+  // /proc/PID/mem) for ranges added with use_fd.
+  // total_bytes: what will be added (sizes the buffers).
+  PageWriter(images::BlobWriter* blob, pid_t pid, int fd, uint64_t total_bytes);
+  ~PageWriter();
+  PageWriter(const PageWriter&) = delete;
+  PageWriter& operator=(const PageWriter&) = delete;
+
+  // src: address in pid (or offset in fd); key: the address recorded in the run.
+  Result<void> Add(uint64_t src, uint64_t key, uint64_t npages, bool use_fd);
+  // Flushes and waits for the writer; runs() is complete afterwards.
+  Result<void> Finish();
+  const std::vector<img::PageRun>& runs() const { return runs_; }
+  uint64_t pages() const { return pages_; }
+
+ private:
+  struct Entry {
+    uint64_t src, key, len, buf_off;
+    bool use_fd;
+  };
+  struct Batch {
+    char* buf;
+    size_t len;
+    std::vector<Entry> entries;
+  };
+  Result<void> Flush();
+  void WriterLoop();
+
+  images::BlobWriter* blob_;
+  pid_t pid_;
+  int fd_;
+  size_t buf_size_;
+  std::vector<std::unique_ptr<char[]>> bufs_;
+  char* cur_ = nullptr;
+  size_t cur_len_ = 0;
+  std::vector<Entry> cur_entries_;
+  std::vector<img::PageRun> runs_;
+  uint64_t pages_ = 0;
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Batch> queue_;
+  std::deque<char*> free_;
+  bool done_ = false;
+  bool failed_ = false;
+  Error error_{ErrorKind::kGeneric, 0, ""};
+  std::thread writer_;
+};
+
+}  // namespace godwit::dump

@@ -1,0 +1,24 @@
+// The per-process dump steps, in order. Each kind of state is one step in its own file; a new kind
+// adds one line to the table in dump/steps.cc.
+#pragma once
+
+#include <vector>
+
+#include "dump/context.h"
+
+namespace godwit::dump {
+
+struct DumpStep {
+  const char* name;
+  Result<void> (*fn)(DumpContext& ctx, ProcessDump& p);
+};
+
+const std::vector<DumpStep>& ProcessSteps();
+
+// The steps (defined in their own files).
+Result<void> DumpCore(DumpContext& ctx, ProcessDump& p);    // core.cc: threads, registers
+Result<void> DumpMm(DumpContext& ctx, ProcessDump& p);      // mm.cc: VMAs, mm fields, pages
+Result<void> DumpPstate(DumpContext& ctx, ProcessDump& p);  // pstate*.cc: pstate-<pid>.img
+Result<void> DumpFds(DumpContext& ctx, ProcessDump& p);     // fds.cc: files/ FdDumper
+
+}  // namespace godwit::dump

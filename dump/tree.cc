@@ -1,0 +1,121 @@
+#include "dump/tree.h"
+
+#include <signal.h>
+#include <sys/ptrace.h>
+
+#include <algorithm>
+#include <deque>
+#include <set>
+
+#include "common/fs.h"
+#include "common/log.h"
+#include "common/proc.h"
+#include "common/remote.h"
+
+namespace godwit::dump {
+namespace {
+
+Error Vanished(pid_t pid) {
+  return MakeError(ErrorKind::kNotFound, ESRCH, "process %d exited during the dump", pid);
+}
+
+// Seizes every thread of pid until /proc/PID/task shows no new one (a running thread may create
+// threads until it is stopped itself). Returns the tids, main thread first.
+Result<std::vector<pid_t>> SeizeThreads(pid_t pid, std::set<pid_t>* seized_set, FrozenTree* out) {
+  for (int round = 0;; ++round) {
+    auto tasks = proc::ListTasks(pid);
+    if (!tasks.ok()) return Vanished(pid);
+    bool added = false;
+    for (pid_t tid : *tasks) {
+      if (seized_set->count(tid)) continue;
+      auto r = remote::SeizeAndInterrupt(tid, PTRACE_O_TRACESYSGOOD);
+      if (!r.ok()) {
+        if (r.error().kind() == ErrorKind::kNotFound || r.error().sys_errno() == ESRCH) {
+          if (tid == pid) return Vanished(pid);
+          continue;  // a thread that exited meanwhile
+        }
+        // EPERM on a non-main thread: a zombie thread (exited, not yet reaped) cannot be seized.
+        auto st = proc::ReadTaskStat(pid, tid);
+        if (st.ok() && (st->state == 'Z' || st->state == 'X')) {
+          if (tid == pid)
+            return MakeError(ErrorKind::kUnsupported, 0,
+                             "process %d: its main thread exited while other threads run", pid);
+          continue;
+        }
+        return std::move(r.error().wrap(StrFormat("freeze pid %d", pid)));
+      }
+      seized_set->insert(tid);
+      out->seized.push_back(tid);
+      added = true;
+    }
+    if (!added) {
+      std::vector<pid_t> tids;
+      for (pid_t tid : *tasks)
+        if (seized_set->count(tid)) tids.push_back(tid);
+      return tids;
+    }
+    if (round > 1000) return Err("process %d keeps creating threads", pid);
+  }
+}
+
+}  // namespace
+
+Result<void> FreezeTree(pid_t root, FrozenTree* out) {
+  std::set<pid_t> seized_set;
+  std::deque<pid_t> queue{root};
+  std::set<pid_t> seen{root};
+  out->tree.set_root_pid(root);
+  while (!queue.empty()) {
+    pid_t pid = queue.front();
+    queue.pop_front();
+    auto st = proc::ReadStat(pid);
+    if (!st.ok()) {
+      if (pid == root) return MakeError(ErrorKind::kNotFound, ESRCH, "no process %d", root);
+      return Vanished(pid);
+    }
+    img::ProcessEntry e;
+    e.set_pid(pid);
+    e.set_ppid(pid == root ? 0 : st->ppid);
+    if (st->state == 'Z') {
+      if (pid == root) return MakeError(ErrorKind::kNotFound, 0, "process %d is a zombie", root);
+      e.set_zombie(true);
+      e.set_exit_status(st->exit_code);
+      e.set_pgid(st->pgrp);
+      e.set_sid(st->session);
+      e.set_comm(st->comm);
+      e.add_threads(pid);
+      *out->tree.add_processes() = std::move(e);
+      continue;
+    }
+    ASSIGN_OR_RETURN(std::vector<pid_t> tids, SeizeThreads(pid, &seized_set, out));
+    // Stopped now: groups and session are stable.
+    st = proc::ReadStat(pid);
+    if (!st.ok()) return Vanished(pid);
+    e.set_pgid(st->pgrp);
+    e.set_sid(st->session);
+    e.set_comm(st->comm);
+    for (pid_t t : tids) e.add_threads(t);
+    for (pid_t t : tids) {
+      auto kids = proc::ListChildren(pid, t);
+      if (!kids.ok()) return Vanished(pid);
+      for (pid_t k : *kids)
+        if (seen.insert(k).second) queue.push_back(k);
+    }
+    *out->tree.add_processes() = std::move(e);
+  }
+  return Ok();
+}
+
+void ThawTree(const FrozenTree& t) {
+  for (pid_t tid : t.seized)
+    if (ptrace(PTRACE_DETACH, tid, nullptr, nullptr) < 0 && errno != ESRCH)
+      PLOG_WARN("detach %d", tid);
+}
+
+void KillTree(const FrozenTree& t) {
+  for (const auto& p : t.tree.processes())
+    if (!p.zombie()) kill(p.pid(), SIGKILL);
+  for (pid_t tid : t.seized) ptrace(PTRACE_DETACH, tid, nullptr, nullptr);
+}
+
+}  // namespace godwit::dump

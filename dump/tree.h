@@ -1,0 +1,29 @@
+// Freezing a process tree with ptrace and collecting its shape (pids, parents, groups, sessions,
+// threads, zombies).
+#pragma once
+
+#include <sys/types.h>
+
+#include <vector>
+
+#include "common/result.h"
+#include "proto/pstree.pb.h"
+
+namespace godwit::dump {
+
+struct FrozenTree {
+  img::ProcessTree tree;
+  std::vector<pid_t> seized;  // every thread we seized, in seize order
+};
+
+// Seizes every thread of every process of the tree rooted at root (walking /proc/PID/task and
+// .../children until nothing new appears) and records the tree. On error, whatever was seized is
+// in out->seized (the caller thaws it). A zombie cannot be seized: its state comes from /proc.
+Result<void> FreezeTree(pid_t root, FrozenTree* out);
+
+// Detaches every seized thread: the tree resumes where it was.
+void ThawTree(const FrozenTree& t);
+// SIGKILLs every live process of the tree, then detaches.
+void KillTree(const FrozenTree& t);
+
+}  // namespace godwit::dump

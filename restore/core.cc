@@ -1,0 +1,83 @@
+// Steps "signals" and "core": pending signals, then per thread rseq, clear_child_tid, xstate,
+// blocked signals and, last of all, the registers.
+#include <elf.h>
+#include <signal.h>
+#include <sys/ptrace.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+
+#include <cstring>
+
+#include "dump/core_regs.h"
+#include "restore/steps.h"
+
+namespace godwit::restore {
+namespace {
+
+Result<void> SetMask(pid_t tid, uint64_t mask) {
+  if (ptrace(PTRACE_SETSIGMASK, tid, reinterpret_cast<void*>(sizeof(mask)), &mask) < 0)
+    return Errno("PTRACE_SETSIGMASK %d", tid);
+  return Ok();
+}
+
+Result<void> Queue(remote::Remote* r, pid_t pid, pid_t tid, const img::PendingSignal& s) {
+  siginfo_t info;
+  memset(&info, 0, sizeof(info));
+  memcpy(&info, s.siginfo().data(), std::min(s.siginfo().size(), sizeof(info)));
+  // rt_tgsigqueueinfo turns SI_TKILL into SI_USER on this kernel; a tgkill the thread sent
+  // itself is re-sent with tgkill, which sets the same fields (si_pid, si_uid, SI_TKILL).
+  if (tid != 0 && info.si_code == SI_TKILL && info.si_pid == pid) {
+    TRY_CTX(r->Syscall(SYS_tgkill, pid, tid, s.signo()), "tgkill %d", s.signo());
+    return Ok();
+  }
+  uint64_t at = r->scratch() + 1024;
+  TRY(r->Write(at, &info, sizeof(info)));
+  if (tid == 0)
+    TRY_CTX(r->Syscall(SYS_rt_sigqueueinfo, pid, s.signo(), at), "queue signal %d", s.signo());
+  else
+    TRY_CTX(r->Syscall(SYS_rt_tgsigqueueinfo, pid, tid, s.signo(), at), "queue signal %d to %d",
+            s.signo(), tid);
+  return Ok();
+}
+
+}  // namespace
+
+Result<void> RestoreSignals(RestoreContext& ctx, ProcessRestore& p) {
+  // Block everything (but SIGKILL/SIGSTOP) so nothing queued is delivered while we inject; the
+  // dumped masks are set by "core".
+  for (pid_t tid : p.attached) TRY(SetMask(tid, ~0ULL));
+  remote::Remote* r = p.remote.get();
+  for (const auto& s : p.core.shared_pending()) TRY(Queue(r, p.pid, 0, s));
+  for (const auto& t : p.core.threads())
+    for (const auto& s : t.pending()) TRY(Queue(r, p.pid, t.tid(), s));
+  return Ok();
+}
+
+Result<void> RestoreCore(RestoreContext& ctx, ProcessRestore& p) {
+  remote::Remote* r = p.remote.get();
+  for (const auto& t : p.core.threads()) {
+    pid_t tid = t.tid();
+    if (t.rseq().len() != 0)
+      TRY_CTX(r->SyscallIn(tid, SYS_rseq, t.rseq().addr(), t.rseq().len(), 0, t.rseq().sig()),
+              "pid %d: rseq of thread %d", p.pid, tid);
+    TRY_CTX(r->SyscallIn(tid, SYS_set_tid_address, t.clear_child_tid()), "set_tid_address %d", tid);
+    if (!t.xstate().empty()) {
+      std::string x = t.xstate();
+      iovec iov{x.data(), x.size()};
+      if (ptrace(PTRACE_SETREGSET, tid, reinterpret_cast<void*>(NT_X86_XSTATE), &iov) < 0)
+        return Errno("pid %d: PTRACE_SETREGSET NT_X86_XSTATE %d", p.pid, tid);
+    }
+  }
+  ctx.stats.remote_calls += r->calls();
+  // The last injected call: unmap the scratch area. The main thread stops at its syscall exit.
+  TRY_CTX(r->UnmapFinal(), "pid %d: unmap scratch", p.pid);
+  for (const auto& t : p.core.threads()) {
+    TRY(SetMask(t.tid(), t.blocked()));
+    user_regs_struct regs = dump::RegsFromProto(t.regs());
+    remote::PrepareSyscallRestart(&regs, /*live=*/false);
+    TRY_CTX(remote::SetRegs(t.tid(), regs), "pid %d", p.pid);
+  }
+  return Ok();
+}
+
+}  // namespace godwit::restore

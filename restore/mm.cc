@@ -1,0 +1,338 @@
+// Step "mm": replace the coordinator's copy in a stopped restored process with the dumped address
+// space, from outside with injected syscalls:
+//   unregister glibc's rseq -> munmap everything but the scratch area, vdso/vvar, vsyscall ->
+//   move [vvar][vvar_vclock][vdso] to the dumped addresses (mremap, via a free temporary spot) ->
+//   mmap every dumped VMA (MAP_FIXED; writable while filling) -> fill pages (preadv in the target
+//   straight from a raw page file, or process_vm_writev from the coordinator for compressed ones)
+//   -> mprotect to the dumped protections -> PR_SET_MM_MAP (mm fields, auxv, exe).
+#include <fcntl.h>
+#include <linux/prctl.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/ptrace.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+
+#include "common/log.h"
+#include "common/proc.h"
+#include "restore/steps.h"
+
+namespace godwit::restore {
+namespace {
+
+constexpr uint64_t kPage = 4096;
+constexpr size_t kMaxIov = 1024;
+
+bool IsVdsoKind(img::VmaKind k) {
+  return k == img::VMA_VDSO || k == img::VMA_VVAR || k == img::VMA_VVAR_VCLOCK;
+}
+
+struct Interval {
+  uint64_t start, end;
+};
+
+// Moves the current vdso block (vvar, vvar_vclock, vdso) to the dumped addresses.
+Result<void> MoveVdso(remote::Remote* r, const std::vector<proc::MapsEntry>& cur,
+                      const img::MmEntry& mm) {
+  std::vector<const proc::MapsEntry*> have;
+  for (const auto& m : cur)
+    if (m.path == "[vdso]" || m.path == "[vvar]" || m.path == "[vvar_vclock]") have.push_back(&m);
+  std::vector<const img::Vma*> want;
+  for (const auto& v : mm.vmas())
+    if (IsVdsoKind(v.kind())) want.push_back(&v);
+  if (want.empty()) {
+    for (auto* m : have) TRY(r->Syscall(SYS_munmap, m->start, m->end - m->start));
+    return Ok();
+  }
+  auto shape_error = [&] {
+    return MakeError(ErrorKind::kUnsupported, 0,
+                     "pid %d: the dumped vdso/vvar layout differs from this kernel's", r->pid());
+  };
+  if (have.size() != want.size()) return shape_error();
+  int64_t delta = static_cast<int64_t>(want[0]->start()) - static_cast<int64_t>(have[0]->start);
+  for (size_t i = 0; i < have.size(); ++i) {
+    std::string name = want[i]->kind() == img::VMA_VDSO ? "[vdso]"
+                       : want[i]->kind() == img::VMA_VVAR ? "[vvar]" : "[vvar_vclock]";
+    if (have[i]->path != name || have[i]->end - have[i]->start != want[i]->end() - want[i]->start() ||
+        static_cast<int64_t>(want[i]->start()) - static_cast<int64_t>(have[i]->start) != delta)
+      return shape_error();
+  }
+  if (delta == 0) return Ok();
+  uint64_t lo = have.front()->start, hi = have.back()->end;
+  uint64_t wlo = want.front()->start(), whi = want.back()->end();
+  // A temporary spot clear of the old block, the new block and the scratch area.
+  uint64_t tmp = std::max({hi, whi, r->area_end()}) + (64ULL << 20);
+  tmp = (tmp + (1ULL << 21) - 1) & ~((1ULL << 21) - 1);
+  if (tmp + (hi - lo) >= (1ULL << 47)) {
+    tmp = 1ULL << 32;
+    if (!(tmp + (hi - lo) <= std::min({lo, wlo, r->area_start()})))
+      return Err("pid %d: no room to move the vdso", r->pid());
+  }
+  for (auto* m : have)
+    TRY_CTX(r->Syscall(SYS_mremap, m->start, m->end - m->start, m->end - m->start,
+                       MREMAP_MAYMOVE | MREMAP_FIXED, tmp + (m->start - lo)),
+            "mremap %s", m->path.c_str());
+  for (auto* m : have)
+    TRY_CTX(r->Syscall(SYS_mremap, tmp + (m->start - lo), m->end - m->start, m->end - m->start,
+                       MREMAP_MAYMOVE | MREMAP_FIXED, m->start + delta),
+            "mremap %s to the dumped address", m->path.c_str());
+  return Ok();
+}
+
+struct MmState {
+  std::map<std::string, long> file_fds;  // path -> fd in the target
+};
+
+Result<long> OpenInTarget(remote::Remote* r, const std::string& path, int flags) {
+  ASSIGN_OR_RETURN(uint64_t a, r->WriteString(0, path));
+  auto fd = r->Syscall(SYS_openat, static_cast<uint64_t>(AT_FDCWD), a, flags | O_CLOEXEC, 0);
+  if (!fd.ok()) return std::move(fd.error().wrap(StrFormat("open %s in pid %d", path.c_str(), r->pid())));
+  return fd;
+}
+
+Result<void> MapVma(RestoreContext& ctx, remote::Remote* r, const img::Vma& v, MmState* st,
+                    bool will_fill) {
+  uint64_t len = v.end() - v.start();
+  uint64_t prot = v.prot() | (will_fill ? PROT_WRITE : 0);
+  uint64_t flags = (v.flags() & (MAP_SHARED | MAP_PRIVATE | MAP_ANONYMOUS | MAP_GROWSDOWN)) |
+                   MAP_FIXED;
+  long fd = -1;
+  uint64_t pgoff = 0;
+  switch (v.kind()) {
+    case img::VMA_ANON_PRIVATE:
+      break;
+    case img::VMA_FILE_PRIVATE:
+    case img::VMA_FILE_SHARED: {
+      bool rw = v.kind() == img::VMA_FILE_SHARED && (v.prot() & PROT_WRITE);
+      std::string key = v.path() + (rw ? "\x01rw" : "");
+      auto it = st->file_fds.find(key);
+      if (it == st->file_fds.end()) {
+        ASSIGN_OR_RETURN(fd, OpenInTarget(r, v.path(), rw ? O_RDWR : O_RDONLY));
+        st->file_fds[key] = fd;
+      } else {
+        fd = it->second;
+      }
+      pgoff = v.pgoff();
+      break;
+    }
+    case img::VMA_SHMEM: {
+      auto it = ctx.shmem_fds.find(v.shmem_id());
+      if (it == ctx.shmem_fds.end())
+        return MakeError(ErrorKind::kBadImage, 0, "vma %#lx: unknown shared memory object %lu",
+                         static_cast<unsigned long>(v.start()), static_cast<unsigned long>(v.shmem_id()));
+      std::string key = StrFormat("\x01shmem-%lu", static_cast<unsigned long>(v.shmem_id()));
+      auto f = st->file_fds.find(key);
+      if (f == st->file_fds.end()) {
+        ASSIGN_OR_RETURN(fd, OpenInTarget(r, StrFormat("/proc/%d/fd/%d", getpid(), it->second.get()), O_RDWR));
+        st->file_fds[key] = fd;
+      } else {
+        fd = f->second;
+      }
+      flags = MAP_SHARED | MAP_FIXED;
+      pgoff = v.pgoff();
+      break;
+    }
+    default:
+      return Ok();
+  }
+  ASSIGN_OR_RETURN(long addr, r->Syscall(SYS_mmap, v.start(), len, prot, flags,
+                                         static_cast<uint64_t>(fd), pgoff));
+  if (static_cast<uint64_t>(addr) != v.start())
+    return Err("mmap %#lx landed at %#lx", static_cast<unsigned long>(v.start()), addr);
+  return Ok();
+}
+
+// Fills the dumped private pages. Raw chunks: the target preadv()s them itself, straight from the
+// page file into place (one call for up to 1024 runs contiguous in the file). Compressed chunks:
+// the coordinator decompresses and process_vm_writev()s them.
+Result<void> FillPages(RestoreContext& ctx, ProcessRestore& p, const img::PageMap& pagemap) {
+  remote::Remote* r = p.remote.get();
+  const auto& runs = pagemap.runs();
+  if (runs.empty()) return Ok();
+  ASSIGN_OR_RETURN(std::unique_ptr<images::BlobReader> blob, ctx.images->OpenBlob(pagemap.blob()));
+  uint64_t total = 0;
+  for (const auto& run : runs) total += run.npages() * kPage;
+  long fd = -1;
+  uint64_t iov_base = r->scratch() + 8192;
+  size_t max_iov = std::min(kMaxIov, (r->scratch_size() - 8192) / sizeof(iovec));
+  std::vector<iovec> iov;
+  uint64_t batch_off = 0, next_off = 0, done = 0;
+  auto flush = [&]() -> Result<void> {
+    if (iov.empty()) return Ok();
+    uint64_t want = 0;
+    for (auto& x : iov) want += x.iov_len;
+    TRY(r->Write(iov_base, iov.data(), iov.size() * sizeof(iovec)));
+    ASSIGN_OR_RETURN(long n, r->Syscall(SYS_preadv, static_cast<uint64_t>(fd), iov_base,
+                                        iov.size(), batch_off, 0));
+    if (static_cast<uint64_t>(n) != want)
+      return MakeError(ErrorKind::kBadImage, 0, "%s: short read at file offset %lu",
+                       pagemap.blob().c_str(), static_cast<unsigned long>(batch_off));
+    done += want;
+    if (ctx.opts.progress) ctx.opts.progress("memory", done, total);
+    iov.clear();
+    return Ok();
+  };
+  constexpr uint64_t kBatch = 8ULL << 20;
+  constexpr uint64_t kPopulateMin = 256 * 1024;
+  bool populate = getenv("GODWIT_NO_POPULATE") == nullptr;
+  std::unique_ptr<char[]> buf;
+  for (const auto& run : runs) {
+    uint64_t len = run.npages() * kPage;
+    auto ext = blob->RawExtents(run.blob_off(), len);
+    if (ext.ok()) {
+      if (fd < 0) {
+        ASSIGN_OR_RETURN(fd, OpenInTarget(r, ctx.images->dir() + "/" + pagemap.blob(), O_RDONLY));
+      }
+      uint64_t va = run.vaddr();
+      // Fault the destination in with one call instead of a page fault per 4 KiB inside preadv.
+      if (len >= kPopulateMin && populate) {
+        auto pr = r->Syscall(SYS_madvise, run.vaddr(), len, 23 /* MADV_POPULATE_WRITE */);
+        if (!pr.ok()) populate = false;  // older kernel: fall back to faulting
+      }
+      for (const auto& e : *ext) {
+        if (iov.empty() || e.file_off != next_off || iov.size() >= max_iov) {
+          TRY(flush());
+          batch_off = e.file_off;
+        }
+        iov.push_back({reinterpret_cast<void*>(va), e.len});
+        next_off = e.file_off + e.len;
+        va += e.len;
+      }
+      continue;
+    }
+    // Compressed: through the coordinator, in pieces.
+    if (!buf) buf.reset(new char[kBatch]);
+    for (uint64_t o = 0; o < len; o += kBatch) {
+      uint64_t n = std::min(kBatch, len - o);
+      TRY(blob->Read(run.blob_off() + o, buf.get(), n));
+      TRY(r->Write(run.vaddr() + o, buf.get(), n));
+      done += n;
+    }
+  }
+  TRY(flush());
+  if (fd >= 0) TRY(r->Syscall(SYS_close, static_cast<uint64_t>(fd)));
+  ctx.stats.pages += total / kPage;
+  ctx.stats.bytes += total;
+  return Ok();
+}
+
+struct PrctlMmMap {
+  uint64_t start_code, end_code, start_data, end_data, start_brk, brk, start_stack, arg_start,
+      arg_end, env_start, env_end;
+  uint64_t auxv;
+  uint32_t auxv_size;
+  uint32_t exe_fd;
+};
+
+Result<void> SetMmMap(remote::Remote* r, const img::MmEntry& mm) {
+  PrctlMmMap m{};
+  m.start_code = mm.start_code();
+  m.end_code = mm.end_code();
+  m.start_data = mm.start_data();
+  m.end_data = mm.end_data();
+  m.start_brk = mm.start_brk();
+  m.brk = mm.brk();
+  m.start_stack = mm.start_stack();
+  m.arg_start = mm.arg_start();
+  m.arg_end = mm.arg_end();
+  m.env_start = mm.env_start();
+  m.env_end = mm.env_end();
+  uint64_t auxv_at = r->scratch() + 4096;
+  if (mm.auxv().size() > 4096) return MakeError(ErrorKind::kBadImage, 0, "auxv too large");
+  TRY(r->Write(auxv_at, mm.auxv().data(), mm.auxv().size()));
+  m.auxv = auxv_at;
+  m.auxv_size = mm.auxv().size();
+  long exe_fd = -1;
+  if (!mm.exe_path().empty()) {
+    auto fd = OpenInTarget(r, mm.exe_path(), O_RDONLY);
+    if (fd.ok()) exe_fd = *fd;
+    else LOG_WARN("pid %d: exe %s: %s", r->pid(), mm.exe_path().c_str(), fd.error().to_string().c_str());
+  }
+  m.exe_fd = static_cast<uint32_t>(exe_fd);
+  uint64_t at = r->scratch() + 2048;
+  TRY(r->Write(at, &m, sizeof(m)));
+  auto res = r->Syscall(SYS_prctl, PR_SET_MM, PR_SET_MM_MAP, at, sizeof(m), 0);
+  if (exe_fd >= 0) TRY(r->Syscall(SYS_close, static_cast<uint64_t>(exe_fd)));
+  if (!res.ok()) return std::move(res.error().wrap("PR_SET_MM_MAP"));
+  return Ok();
+}
+
+}  // namespace
+
+Result<void> RestoreMm(RestoreContext& ctx, ProcessRestore& p) {
+  auto t0 = std::chrono::steady_clock::now();
+  remote::Remote* r = p.remote.get();
+  // glibc in the coordinator registered rseq for this thread; its area is about to go away.
+  struct {
+    uint64_t ptr;
+    uint32_t size, sig, flags, pad;
+  } rc{};
+  if (ptrace(static_cast<__ptrace_request>(PTRACE_GET_RSEQ_CONFIGURATION), p.pid,
+             reinterpret_cast<void*>(sizeof(rc)), &rc) < 0)
+    return Errno("PTRACE_GET_RSEQ_CONFIGURATION %d", p.pid);
+  if (rc.ptr != 0) TRY_CTX(r->Syscall(SYS_rseq, rc.ptr, rc.size, 1 /*UNREGISTER*/, rc.sig), "rseq unregister");
+
+  ASSIGN_OR_RETURN(auto cur, proc::ReadMaps(p.pid));
+  // Unmap everything but the scratch area, the vdso block and vsyscall, in coalesced ranges.
+  std::vector<Interval> keep;
+  for (const auto& m : cur) {
+    bool k = m.path == "[vdso]" || m.path == "[vvar]" || m.path == "[vvar_vclock]" ||
+             m.path == "[vsyscall]" || (m.start < r->area_end() && m.end > r->area_start());
+    if (!k) {
+      if (!keep.empty() && keep.back().end == m.start && keep.back().start != 0) {
+        keep.back().end = m.end;
+      } else {
+        keep.push_back({m.start, m.end});
+      }
+    } else {
+      keep.push_back({0, 0});  // separator
+    }
+  }
+  for (const auto& iv : keep)
+    if (iv.end > iv.start) TRY_CTX(r->Syscall(SYS_munmap, iv.start, iv.end - iv.start), "munmap");
+  TRY(MoveVdso(r, cur, p.mm));
+
+  MmState st;
+  // Which VMAs get pages: those a run (of any round) falls in.
+  std::vector<Interval> runs;
+  for (const auto& pm : p.pagemaps)
+    for (const auto& run : pm.runs()) runs.push_back({run.vaddr(), run.vaddr() + run.npages() * kPage});
+  std::sort(runs.begin(), runs.end(), [](const Interval& a, const Interval& b) { return a.start < b.start; });
+  // Their union: rounds may overlap.
+  std::vector<Interval> uni;
+  for (const auto& iv : runs) {
+    if (!uni.empty() && iv.start <= uni.back().end) uni.back().end = std::max(uni.back().end, iv.end);
+    else uni.push_back(iv);
+  }
+  auto has_pages = [&](uint64_t s, uint64_t e) {
+    auto it = std::upper_bound(uni.begin(), uni.end(), s,
+                               [](uint64_t x, const Interval& iv) { return x < iv.start; });
+    if (it != uni.end() && it->start < e) return true;
+    return it != uni.begin() && std::prev(it)->end > s;
+  };
+  for (const auto& v : p.mm.vmas()) {
+    bool fill = has_pages(v.start(), v.end());
+    TRY_CTX(MapVma(ctx, r, v, &st, fill), "pid %d: map %#lx-%#lx %s", p.pid,
+            static_cast<unsigned long>(v.start()), static_cast<unsigned long>(v.end()), v.path().c_str());
+  }
+  for (auto& [path, fd] : st.file_fds) TRY(r->Syscall(SYS_close, static_cast<uint64_t>(fd)));
+  for (const auto& pm : p.pagemaps) TRY_CTX(FillPages(ctx, p, pm), "pid %d: pages", p.pid);
+  // Final protections where the fill needed PROT_WRITE.
+  for (const auto& v : p.mm.vmas()) {
+    bool filled = has_pages(v.start(), v.end());
+    if (filled && !(v.prot() & PROT_WRITE))
+      TRY(r->Syscall(SYS_mprotect, v.start(), v.end() - v.start(), v.prot()));
+  }
+  TRY_CTX(SetMmMap(r, p.mm), "pid %d", p.pid);
+  ctx.stats.vmas += p.mm.vmas_size();
+  ctx.stats.memory_ms +=
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  return Ok();
+}
+
+}  // namespace godwit::restore

@@ -1,0 +1,452 @@
+#include "restore/restore.h"
+
+#include <fcntl.h>
+#include <linux/sched.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/ptrace.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <set>
+
+#include "common/fs.h"
+#include "common/log.h"
+#include "common/proc.h"
+#include "common/scope_exit.h"
+#include "files/files.h"
+#include "restore/steps.h"
+
+namespace godwit::restore {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+constexpr uint64_t kPage = 4096;
+
+double Ms(Clock::time_point a) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - a).count();
+}
+
+// What a restored process tells the coordinator through the report pipe (< PIPE_BUF: atomic).
+struct Report {
+  int32_t pid;
+  int32_t err;  // 0: ready
+  char msg[120];
+};
+
+template <typename M>
+Result<void> ReadOne(const images::ImageSet& set, const std::string& name, M* msg) {
+  TRY_CTX(set.ReadOne(name, msg), "read %s", name.c_str());
+  return Ok();
+}
+
+pid_t Clone3(pid_t want) {
+  struct clone_args args;
+  memset(&args, 0, sizeof(args));
+  args.exit_signal = SIGCHLD;
+  int64_t tid = want;
+  args.set_tid = reinterpret_cast<uint64_t>(&tid);
+  args.set_tid_size = 1;
+  return static_cast<pid_t>(syscall(SYS_clone3, &args, sizeof(args)));
+}
+
+// ---- Code that runs in the forked restored processes (a copy of the coordinator). ----
+// Single-threaded copies of a single-threaded coordinator: libc is usable, but no pthread calls
+// (glibc's cached tid is the coordinator's after a raw clone3).
+
+struct ChildEnv {
+  RestoreContext* ctx;
+  int report_fd;
+  std::vector<int> foreign_fds;  // the coordinator's own fds above report_fd (not prepared)
+  std::map<pid_t, std::vector<int>> children;  // pid -> indices of its children in the tree
+};
+
+[[noreturn]] void ChildFail(const ChildEnv& env, pid_t pid, int err, const std::string& msg) {
+  Report rep{};
+  rep.pid = pid;
+  rep.err = err ? err : EINVAL;
+  snprintf(rep.msg, sizeof(rep.msg), "%s", msg.c_str());
+  ssize_t unused = write(env.report_fd, &rep, sizeof(rep));
+  (void)unused;
+  _exit(120);
+}
+
+[[noreturn]] void ZombieMain(const img::ProcessEntry& e) {
+  int status = e.exit_status();
+  if (WIFSIGNALED(status)) {
+    signal(WTERMSIG(status), SIG_DFL);
+    sigset_t all;
+    sigfillset(&all);
+    sigprocmask(SIG_UNBLOCK, &all, nullptr);
+    syscall(SYS_kill, syscall(SYS_getpid), WTERMSIG(status));
+  }
+  _exit(WEXITSTATUS(status));
+}
+
+[[noreturn]] void ChildMain(ChildEnv& env, int idx) {
+  const img::ProcessEntry& e = env.ctx->tree.processes(idx);
+  // Nothing of the coordinator's leaks into the restored process: keep stdio (replaced by the
+  // files' Install if there are fd images), the report pipe and the prepared fds above it.
+  syscall(SYS_close_range, 3, env.report_fd - 1, 0);
+  if (env.ctx->fds == nullptr) syscall(SYS_close_range, env.report_fd + 1, ~0U, 0);
+  for (int fd : env.foreign_fds) close(fd);
+  if (e.zombie()) ZombieMain(e);
+  if (e.sid() == e.pid() && getsid(0) != e.pid()) {
+    if (setsid() < 0) ChildFail(env, e.pid(), errno, "setsid");
+  }
+  std::vector<pid_t> zombies;
+  for (int k : env.children[e.pid()]) {
+    const auto& c = env.ctx->tree.processes(k);
+    pid_t got = Clone3(c.pid());
+    if (got < 0) ChildFail(env, e.pid(), errno, StrFormat("clone3 pid %d", c.pid()));
+    if (got == 0) ChildMain(env, k);
+    if (c.zombie()) zombies.push_back(got);
+  }
+  // Zombies exit on their own; wait (without reaping) until they have, so their SIGCHLD is
+  // discarded now (default disposition) and not delivered after the restore.
+  for (pid_t z : zombies) {
+    siginfo_t si;
+    while (waitid(P_PID, z, &si, WEXITED | WNOWAIT) < 0 && errno == EINTR) {
+    }
+  }
+  if (env.ctx->fds) {
+    auto r = env.ctx->fds->Install(e.pid());
+    if (!r.ok()) ChildFail(env, e.pid(), r.error().sys_errno(), r.error().to_string());
+  }
+  Report rep{};
+  rep.pid = e.pid();
+  if (write(env.report_fd, &rep, sizeof(rep)) != sizeof(rep)) _exit(121);
+  close(env.report_fd);
+  // Wait to be seized; the coordinator replaces everything from here on.
+  for (;;) pause();
+}
+
+// ---- Coordinator. ----
+
+Result<void> LoadImages(RestoreContext& ctx) {
+  const auto& set = *ctx.images;
+  TRY(ReadOne(set, "pstree.img", &ctx.tree));
+  if (ctx.tree.processes_size() == 0) return MakeError(ErrorKind::kBadImage, 0, "pstree.img: no processes");
+  std::set<pid_t> pids;
+  for (const auto& e : ctx.tree.processes()) {
+    if (e.pid() <= 0 || !pids.insert(e.pid()).second)
+      return MakeError(ErrorKind::kBadImage, 0, "pstree.img: bad or duplicate pid %d", e.pid());
+    if (e.zombie()) {
+      ctx.stats.zombies++;
+      continue;
+    }
+    auto p = std::make_unique<ProcessRestore>();
+    p->entry = &e;
+    p->pid = e.pid();
+    TRY(ReadOne(set, StrFormat("core-%d.img", e.pid()), &p->core));
+    TRY(ReadOne(set, StrFormat("mm-%d.img", e.pid()), &p->mm));
+    {
+      std::string pmname = StrFormat("pagemap-%d.img", e.pid());
+      auto rd = set.OpenImage(pmname);
+      if (!rd.ok()) return std::move(rd.error().wrap("read " + pmname));
+      for (;;) {
+        img::PageMap pm;
+        ASSIGN_OR_RETURN(bool more, rd->Next(&pm));
+        if (!more) break;
+        p->pagemaps.push_back(std::move(pm));
+      }
+    }
+    if (p->core.threads_size() == 0 || p->core.threads(0).tid() != e.pid())
+      return MakeError(ErrorKind::kBadImage, 0, "core-%d.img: main thread missing", e.pid());
+    for (const auto& t : p->core.threads())
+      if (t.tid() <= 0 || (t.tid() != e.pid() && !pids.insert(t.tid()).second))
+        return MakeError(ErrorKind::kBadImage, 0, "core-%d.img: bad tid %d", e.pid(), t.tid());
+    uint64_t prev_end = 0;
+    for (const auto& v : p->mm.vmas()) {
+      if (v.start() >= v.end() || v.start() % kPage || v.end() % kPage || v.start() < prev_end)
+        return MakeError(ErrorKind::kBadImage, 0, "mm-%d.img: bad vma %#lx-%#lx", e.pid(),
+                         static_cast<unsigned long>(v.start()), static_cast<unsigned long>(v.end()));
+      prev_end = v.end();
+    }
+    for (const auto& pm : p->pagemaps) {
+      prev_end = 0;
+      for (const auto& r : pm.runs()) {
+        if (r.vaddr() % kPage || r.vaddr() < prev_end || r.npages() == 0 || r.npages() > (1ULL << 36))
+          return MakeError(ErrorKind::kBadImage, 0, "pagemap-%d.img: bad run at %#lx", e.pid(),
+                           static_cast<unsigned long>(r.vaddr()));
+        prev_end = r.vaddr() + r.npages() * kPage;
+      }
+    }
+    ctx.stats.threads += 1;
+    ctx.by_pid[e.pid()] = p.get();
+    ctx.procs.push_back(std::move(p));
+  }
+  ctx.stats.processes = ctx.tree.processes_size();
+  if (set.Has("shmem.img")) {
+    ASSIGN_OR_RETURN(images::ImageReader rd, set.OpenImage("shmem.img"));
+    for (;;) {
+      img::ShmemObject o;
+      ASSIGN_OR_RETURN(bool more, rd.Next(&o));
+      if (!more) break;
+      ctx.shmem.push_back(std::move(o));
+    }
+  }
+  return Ok();
+}
+
+// Sessions and groups we can rebuild: a process leads its session, or inherits its parent's.
+Result<void> CheckTree(const RestoreContext& ctx) {
+  std::map<pid_t, const img::ProcessEntry*> by;
+  for (const auto& e : ctx.tree.processes()) by[e.pid()] = &e;
+  for (const auto& e : ctx.tree.processes()) {
+    if (e.pid() == ctx.tree.root_pid()) continue;
+    auto it = by.find(e.ppid());
+    if (it == by.end())
+      return MakeError(ErrorKind::kBadImage, 0, "pstree.img: parent %d of %d is not in the tree",
+                       e.ppid(), e.pid());
+    if (e.sid() != e.pid() && e.sid() != it->second->sid())
+      return MakeError(ErrorKind::kUnsupported, 0,
+                       "pid %d: session %d is neither its own nor its parent's", e.pid(), e.sid());
+  }
+  if (ctx.tree.processes(0).pid() != ctx.tree.root_pid())
+    return MakeError(ErrorKind::kBadImage, 0, "pstree.img: root is not first");
+  return Ok();
+}
+
+Result<void> CheckPidsFree(const RestoreContext& ctx) {
+  for (const auto& e : ctx.tree.processes()) {
+    if (fs::Exists(StrFormat("/proc/%d", e.pid())))
+      return MakeError(ErrorKind::kExists, EEXIST,
+                       "pid %d is in use (the original still running, or an unreaped zombie)",
+                       e.pid());
+  }
+  return Ok();
+}
+
+Result<void> PrepareShmem(RestoreContext& ctx) {
+  for (const auto& o : ctx.shmem) {
+    std::string name = "godwit-shmem";
+    int fd = memfd_create(name.c_str(), MFD_CLOEXEC);
+    if (fd < 0) return Errno("memfd_create");
+    UniqueFd ufd(fd);
+    if (ftruncate(fd, static_cast<off_t>(o.size())) < 0) return Errno("ftruncate shmem %lu", static_cast<unsigned long>(o.id()));
+    if (!o.runs().empty()) {
+      ASSIGN_OR_RETURN(auto blob, ctx.images->OpenBlob(o.blob()));
+      std::vector<char> buf;
+      for (const auto& r : o.runs()) {
+        uint64_t len = r.npages() * kPage;
+        if (r.vaddr() + len > ((o.size() + kPage - 1) & ~(kPage - 1)) + kPage)
+          return MakeError(ErrorKind::kBadImage, 0, "%s: run past the object's end", o.blob().c_str());
+        buf.resize(len);
+        TRY(blob->Read(r.blob_off(), buf.data(), len));
+        uint64_t n = std::min<uint64_t>(len, o.size() > r.vaddr() ? o.size() - r.vaddr() : 0);
+        if (pwrite(fd, buf.data(), n, static_cast<off_t>(r.vaddr())) != static_cast<ssize_t>(n))
+          return Errno("fill shmem %lu", static_cast<unsigned long>(o.id()));
+      }
+    }
+    ctx.shmem_fds[o.id()] = std::move(ufd);
+  }
+  return Ok();
+}
+
+// An address range free in both the current layout of the process and its dumped one.
+Result<uint64_t> FindArea(pid_t pid, const img::MmEntry& mm, size_t size) {
+  ASSIGN_OR_RETURN(auto cur, proc::ReadMaps(pid));
+  std::vector<std::pair<uint64_t, uint64_t>> used;
+  for (const auto& m : cur) used.push_back({m.start, m.end});
+  for (const auto& v : mm.vmas()) used.push_back({v.start(), v.end()});
+  std::sort(used.begin(), used.end());
+  const uint64_t guard = 1ULL << 20;
+  uint64_t cand = 1ULL << 32;
+  for (const auto& [s, e] : used) {
+    if (e + guard <= cand) continue;
+    if (cand + size + guard <= s) break;
+    cand = std::max<uint64_t>(cand, (e + guard + (1ULL << 20) - 1) & ~((1ULL << 20) - 1));
+  }
+  if (cand + size >= (1ULL << 47)) return Err("pid %d: no free room for the scratch area", pid);
+  return cand;
+}
+
+void KillAll(const std::vector<pid_t>& pids, pid_t root) {
+  for (pid_t p : pids) kill(p, SIGKILL);
+  if (root > 0) {
+    int st;
+    while (waitpid(root, &st, __WALL) < 0 && errno == EINTR) {
+    }
+  }
+  // Orphans of the killed tree come to us (subreaper) or to whoever reaps above us.
+  for (pid_t p : pids) waitpid(p, nullptr, __WALL | WNOHANG);
+}
+
+}  // namespace
+
+Result<RestoreStats> Restore(const RestoreOptions& opts) {
+  auto t_start = Clock::now();
+  RestoreContext ctx;
+  ctx.opts = opts;
+  ASSIGN_OR_RETURN(images::ImageSet set, images::ImageSet::Open(opts.images_dir));
+  ctx.images = &set;
+  TRY(images::CheckCpuFeatures(set.inventory()));
+  TRY(LoadImages(ctx));
+  TRY(CheckTree(ctx));
+  TRY(PrepareShmem(ctx));
+
+  files::RestoreOptions fo;
+  fo.tcp_close = opts.tcp_close;
+  fo.shell_job = opts.shell_job;
+  fo.inherit_fds = opts.inherit_fds;
+  ASSIGN_OR_RETURN(std::unique_ptr<files::FdRestorer> fds, files::FdRestorer::Load(set, fo));
+  ctx.fds = fds.get();
+  int base_fd = 100;
+  if (ctx.fds) {
+    base_fd = std::max(base_fd, ctx.fds->MaxFd() + 64);
+  }
+  // The report pipe sits just below the files' fds, above anything a restored process uses.
+  int pfd[2];
+  if (pipe2(pfd, O_CLOEXEC) < 0) return Errno("pipe");
+  UniqueFd rd(pfd[0]), wr0(pfd[1]);
+  int report_fd = fcntl(wr0.get(), F_DUPFD_CLOEXEC, base_fd - 1);
+  if (report_fd < 0) return Errno("dup report pipe");
+  UniqueFd wr(report_fd);
+  wr0.reset();
+  // Whatever the coordinator has open above the report pipe now (inherited from its caller) must
+  // not leak into the restored processes; the files' prepared fds come after this snapshot.
+  std::vector<int> foreign;
+  if (auto l = fs::ListDir("/proc/self/fd"); l.ok())
+    for (const auto& n : *l)
+      if (atoi(n.c_str()) > report_fd) foreign.push_back(atoi(n.c_str()));
+  if (ctx.fds) TRY_CTX(ctx.fds->Prepare(base_fd), "prepare files");
+  TRY(CheckPidsFree(ctx));
+  prctl(PR_SET_CHILD_SUBREAPER, 1);
+
+  ChildEnv env;
+  env.ctx = &ctx;
+  env.report_fd = wr.get();
+  env.foreign_fds = foreign;
+  for (int i = 0; i < ctx.tree.processes_size(); ++i) {
+    const auto& e = ctx.tree.processes(i);
+    if (e.pid() != ctx.tree.root_pid()) {
+      int parent = -1;
+      for (int k = 0; k < ctx.tree.processes_size(); ++k)
+        if (ctx.tree.processes(k).pid() == e.ppid()) parent = k;
+      env.children[ctx.tree.processes(parent).pid()].push_back(i);
+    }
+  }
+  std::vector<pid_t> created;
+  for (const auto& e : ctx.tree.processes()) created.push_back(e.pid());
+  pid_t root = ctx.tree.root_pid();
+  bool ok = false;
+  bool forked = false;
+  ScopeExit on_error([&] {
+    if (!ok && forked) KillAll(created, root);
+  });
+
+  auto t_fork = Clock::now();
+  fflush(nullptr);
+  pid_t got = Clone3(root);
+  if (got < 0) {
+    if (errno == EEXIST) return MakeError(ErrorKind::kExists, EEXIST, "pid %d is in use", root);
+    return Errno("clone3 root pid %d", root);
+  }
+  if (got == 0) {
+    // The child's report fd number is the same; close the read end (not CLOEXEC-relevant here).
+    close(rd.get());
+    ChildMain(env, 0);
+  }
+  forked = true;
+  wr.reset();
+  // Wait for a report from every live process.
+  size_t want = ctx.procs.size();
+  std::set<pid_t> ready;
+  auto deadline = Clock::now() + std::chrono::seconds(60);
+  while (ready.size() < want) {
+    pollfd pf{rd.get(), POLLIN, 0};
+    int left = static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count());
+    if (left <= 0) return Err("restore: timed out waiting for the tree to be forked");
+    int n = poll(&pf, 1, left);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return Errno("poll");
+    if (n == 0) continue;
+    Report rep;
+    ssize_t r = read(rd.get(), &rep, sizeof(rep));
+    if (r == 0) return Err("restore: the tree died while being forked");
+    if (r != sizeof(rep)) return Errno("read report");
+    rep.msg[sizeof(rep.msg) - 1] = 0;
+    if (rep.err != 0)
+      return MakeError(rep.err == EEXIST ? ErrorKind::kExists : ErrorKind::kGeneric, rep.err,
+                       "restore pid %d: %s", rep.pid, rep.msg);
+    ready.insert(rep.pid);
+  }
+  if (ctx.fds) ctx.fds->ClosePrepared();
+  ctx.stats.fork_ms = Ms(t_fork);
+
+  // Seize every process (one thread each for now).
+  for (auto& p : ctx.procs) {
+    TRY_CTX(remote::SeizeAndInterrupt(p->pid, PTRACE_O_TRACECLONE | PTRACE_O_TRACESYSGOOD |
+                                                   PTRACE_O_EXITKILL),
+            "seize restored pid %d", p->pid);
+    p->attached.push_back(p->pid);
+    ASSIGN_OR_RETURN(uint64_t at, FindArea(p->pid, p->mm, 256 * 1024));
+    remote::Remote::Options ro;
+    ro.at = at;
+    auto rr = remote::Remote::Create(p->pid, p->pid, ro);
+    if (!rr.ok()) return std::move(rr.error().wrap(StrFormat("pid %d", p->pid)));
+    p->remote = std::move(*rr);
+    // The process may have been seized between its report and its close of the pipe.
+    uint64_t args[6] = {static_cast<uint64_t>(report_fd), 0, 0, 0, 0, 0};
+    TRY(p->remote->RawSyscallIn(p->pid, SYS_close, args));
+  }
+  // Process groups: leaders first, then members (the group must exist). A session leader
+  // already leads its group.
+  for (int pass = 0; pass < 2; ++pass) {
+    for (auto& p : ctx.procs) {
+      const auto& e = *p->entry;
+      bool leader = e.pgid() == e.pid();
+      if (leader != (pass == 0) || e.sid() == e.pid()) continue;
+      if (getpgid(e.pid()) == e.pgid()) continue;
+      auto r = p->remote->Syscall(SYS_setpgid, 0, leader ? 0 : e.pgid());
+      if (!r.ok()) {
+        if (e.pid() == root) {
+          LOG_WARN("restore: root %d stays in group %d (group %d is outside the tree)", root,
+                   getpgid(root), e.pgid());
+          continue;
+        }
+        return std::move(r.error().wrap(StrFormat("pid %d: setpgid %d", e.pid(), e.pgid())));
+      }
+    }
+  }
+  for (auto& p : ctx.procs) {
+    for (const auto& step : ProcessSteps()) {
+      LOG_DEBUG("restore pid %d: %s", p->pid, step.name);
+      TRY_CTX(step.fn(ctx, *p), "restore pid %d: %s", p->pid, step.name);
+    }
+  }
+  if (ctx.fds) TRY_CTX(ctx.fds->Finalize(), "files finalize");
+  if (!opts.pid_file.empty())
+    TRY(fs::WriteFile(opts.pid_file, StrFormat("%d", root), true));
+  // Resume everything together.
+  for (auto& p : ctx.procs)
+    for (pid_t tid : p->attached)
+      if (ptrace(PTRACE_DETACH, tid, nullptr, nullptr) < 0) PLOG_WARN("detach %d", tid);
+  ok = true;
+  ctx.stats.root_pid = root;
+  ctx.stats.total_ms = Ms(t_start);
+  return ctx.stats;
+}
+
+Result<int> WaitRoot(pid_t root) {
+  for (;;) {
+    int st = 0;
+    pid_t w = waitpid(-1, &st, 0);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return Errno("wait for restored root %d", root);
+    }
+    if (w != root) continue;
+    if (WIFEXITED(st)) return WEXITSTATUS(st);
+    if (WIFSIGNALED(st)) return 128 + WTERMSIG(st);
+  }
+}
+
+}  // namespace godwit::restore

@@ -1,0 +1,41 @@
+// Step "threads": the other threads of a process, created by an injected clone3 in the main
+// thread with set_tid = the dumped tid. PTRACE_O_TRACECLONE hands each new thread to us stopped.
+#include <linux/sched.h>
+#include <sched.h>
+#include <sys/syscall.h>
+
+#include <cstring>
+
+#include "restore/steps.h"
+
+namespace godwit::restore {
+
+Result<void> RestoreThreads(RestoreContext& ctx, ProcessRestore& p) {
+  remote::Remote* r = p.remote.get();
+  for (int i = 1; i < p.core.threads_size(); ++i) {
+    pid_t tid = p.core.threads(i).tid();
+    struct clone_args args;
+    memset(&args, 0, sizeof(args));
+    args.flags = CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM;
+    uint64_t tid_at = r->scratch() + 512;
+    int64_t want = tid;
+    TRY(r->Write(tid_at, &want, sizeof(want)));
+    args.set_tid = tid_at;
+    args.set_tid_size = 1;
+    TRY(r->Write(r->scratch(), &args, sizeof(args)));
+    auto got = r->Syscall(SYS_clone3, r->scratch(), sizeof(args));
+    if (!got.ok()) {
+      if (got.error().sys_errno() == EEXIST)
+        return MakeError(ErrorKind::kExists, EEXIST, "pid %d: thread id %d is in use", p.pid, tid);
+      return std::move(got.error().wrap(StrFormat("pid %d: clone3 thread %d", p.pid, tid)));
+    }
+    if (*got != tid) return Err("pid %d: clone3 gave tid %ld, not %d", p.pid, *got, tid);
+    // The new thread starts in a PTRACE_EVENT_STOP.
+    TRY_CTX(remote::WaitStop(tid), "pid %d: new thread %d", p.pid, tid);
+    p.attached.push_back(tid);
+    ctx.stats.threads++;
+  }
+  return Ok();
+}
+
+}  // namespace godwit::restore
