@@ -442,11 +442,28 @@ TEST_F(RuntimeTest, KillAndDeleteLeaveNothingBehind) {
   std::string id = Id("clean");
   Container c = RunDetached(id,
                             {"--ip", Subnet(2) + ".10/24", "--memory", "64M", "--pids", "32",
-                             "--disk", "8M", "--allow-port", "80"},
+                             "--cpus", "0.5", "--cpu-shares", "512", "--disk", "8M",
+                             "--allow-port", "80"},
                             {"sleep", "1000"});
   ASSERT_GT(c.pid, 0);
   ASSERT_FALSE(c.cgroup_paths.empty());
   for (const auto& [k, p] : c.cgroup_paths) EXPECT_TRUE(fs::Exists(p)) << p;
+  // The limits as the kernel holds them (v1 files, or cgroup v2 ones).
+  auto knob = [&](const char* ctrl, const char* file) {
+    auto it = c.cgroup_paths.find(ctrl);
+    return it == c.cgroup_paths.end() ? std::string() : Trim(ReadOr(it->second + "/" + file));
+  };
+  if (c.cgroup_paths.count("memory")) {
+    EXPECT_EQ(knob("memory", "memory.limit_in_bytes"), std::to_string(64 << 20));
+    EXPECT_EQ(knob("pids", "pids.max"), "32");
+    EXPECT_EQ(knob("cpu", "cpu.cfs_quota_us"), "50000");
+    EXPECT_EQ(knob("cpu", "cpu.cfs_period_us"), "100000");
+    EXPECT_EQ(knob("cpu", "cpu.shares"), "512");
+  } else {
+    EXPECT_EQ(knob("unified", "memory.max"), std::to_string(64 << 20));
+    EXPECT_EQ(knob("unified", "pids.max"), "32");
+    EXPECT_EQ(knob("unified", "cpu.max"), "50000 100000");
+  }
   EXPECT_TRUE(LinkExists(c.host_veth));
   CmdResult st = Run({"state", id});
   ASSERT_EQ(st.code, 0);
