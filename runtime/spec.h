@@ -146,7 +146,9 @@ struct RunOptions {
   std::string gateway;
   std::vector<std::string> allow_ports;  // "80", "53/udp"
   std::vector<std::string> env;
-  bool user_ns = false;  // map container root to host uid 0..65535 shifted? (see docs)
+  // A user namespace mapping ids 0-65535 to the same host ids (the rootfs stays usable); a real
+  // remapping needs a bundle config with its own uidMappings/gidMappings.
+  bool user_ns = false;
   bool readonly = false;
 };
 
