@@ -93,6 +93,8 @@ struct DumpContext {
   // Pre-dump: a dirty tracker per process and the rounds' page maps.
   std::map<pid_t, std::unique_ptr<DirtyTracker>> trackers;
   std::map<pid_t, std::vector<img::PageMap>> pre_maps;
+  // Page blobs created (and their space reserved) before the freeze, by pid.
+  std::map<pid_t, std::unique_ptr<images::BlobWriter>> page_blobs;
   // Every process handle (so a failure can release all remotes).
   std::vector<std::unique_ptr<ProcessDump>> procs;
 

@@ -5,7 +5,9 @@
 #include <sys/stat.h>
 
 #include <chrono>
+#include <set>
 
+#include "common/fs.h"
 #include "common/log.h"
 #include "common/proc.h"
 #include "common/scope_exit.h"
@@ -90,6 +92,35 @@ Result<void> PreRounds(DumpContext& ctx) {
   return Ok();
 }
 
+// Before the freeze: create each process's page blob and reserve the space its anonymous memory
+// will take (allocating tmpfs pages is most of the cost of writing them). A racy walk of the tree
+// is fine: this is only an estimate.
+void ReservePageBlobs(DumpContext& ctx) {
+  std::vector<pid_t> todo{ctx.opts.pid};
+  std::set<pid_t> seen;
+  while (!todo.empty()) {
+    pid_t pid = todo.back();
+    todo.pop_back();
+    if (!seen.insert(pid).second) continue;
+    auto tasks = proc::ListTasks(pid);
+    if (!tasks.ok()) continue;
+    for (pid_t t : *tasks) {
+      auto kids = proc::ListChildren(pid, t);
+      if (kids.ok()) todo.insert(todo.end(), kids->begin(), kids->end());
+    }
+    auto status = fs::ReadFile(StrFormat("/proc/%d/status", pid));
+    if (!status.ok()) continue;
+    size_t at = status->find("RssAnon:");
+    if (at == std::string::npos) continue;  // a zombie
+    uint64_t kb = strtoull(status->c_str() + at + 8, nullptr, 10);
+    auto blob = OpenPageBlob(ctx, pid);
+    if (!blob.ok()) continue;
+    auto r = blob->Reserve(kb * 1024 + (kb * 1024) / 64);
+    if (!r.ok()) LOG_DEBUG("reserve pages of %d: %s", pid, r.error().to_string().c_str());
+    ctx.page_blobs[pid] = std::make_unique<images::BlobWriter>(std::move(*blob));
+  }
+}
+
 }  // namespace
 
 DumpContext::~DumpContext() = default;
@@ -137,6 +168,7 @@ Result<DumpStats> Dump(const DumpOptions& opts) {
     sink->Abort();
   });
 
+  if (opts.pre_rounds == 0) ReservePageBlobs(ctx);
   auto t_freeze = Clock::now();
   TRY_CTX(FreezeTree(opts.pid, &frozen), "freeze tree of %d", opts.pid);
   auto t_frozen = Clock::now();
@@ -178,6 +210,9 @@ Result<DumpStats> Dump(const DumpOptions& opts) {
     for (const auto& o : ctx.shmem) TRY(w.Write(o));
     TRY(w.Close());
   }
+  // Blobs reserved for processes that turned out not to be live members of the tree.
+  for (auto& [pid, b] : ctx.page_blobs) TRY(b->Close());
+  ctx.page_blobs.clear();
   for (auto& p : ctx.procs) {
     if (!p->remote) continue;
     ctx.stats.remote_calls += p->remote->calls();

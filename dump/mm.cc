@@ -111,6 +111,15 @@ Result<void> DumpShmemObject(DumpContext& ctx, pid_t pid, const proc::MapsEntry&
   return Ok();
 }
 
+Result<images::BlobWriter> OpenPageBlob(DumpContext& ctx, pid_t pid) {
+  ASSIGN_OR_RETURN(images::BlobWriter b,
+                   images::BlobWriter::Create(*ctx.sink, StrFormat("pages-%d.img", pid),
+                                              ctx.opts.compression, ctx.opts.zstd_level));
+  // zstd is the bottleneck of a compressed dump: a second compressing thread.
+  if (ctx.opts.compression == images::Compression::kZstd) TRY(b.SetThreads(2));
+  return b;
+}
+
 Result<void> DumpMm(DumpContext& ctx, ProcessDump& p) {
   pid_t pid = p.pid;
   ASSIGN_OR_RETURN(remote::Remote * r, ctx.RemoteFor(p));
@@ -216,7 +225,15 @@ Result<void> DumpMm(DumpContext& ctx, ProcessDump& p) {
   uint64_t total = 0;
   for (auto& x : readable) total += x.npages * kPage;
   for (auto& x : unreadable) total += x.npages * kPage;
-  ASSIGN_OR_RETURN(images::BlobWriter blob, images::BlobWriter::Create(*ctx.sink, pm.blob(), ctx.opts.compression, ctx.opts.zstd_level));
+  std::unique_ptr<images::BlobWriter> blob_owner;
+  if (auto it = ctx.page_blobs.find(pid); it != ctx.page_blobs.end()) {
+    blob_owner = std::move(it->second);
+    ctx.page_blobs.erase(it);
+  } else {
+    ASSIGN_OR_RETURN(images::BlobWriter b, OpenPageBlob(ctx, pid));
+    blob_owner = std::make_unique<images::BlobWriter>(std::move(b));
+  }
+  images::BlobWriter& blob = *blob_owner;
   UniqueFd mem;
   if (!unreadable.empty()) {
     ASSIGN_OR_RETURN(mem, fs::Open(StrFormat("/proc/%d/mem", pid), O_RDONLY));

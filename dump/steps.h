@@ -20,4 +20,7 @@ Result<void> DumpCore(DumpContext& ctx, ProcessDump& p);    // core.cc: threads,
 Result<void> DumpMm(DumpContext& ctx, ProcessDump& p);      // mm.cc: VMAs, mm fields, pages
 Result<void> DumpFds(DumpContext& ctx, ProcessDump& p);     // fds.cc: files/ FdDumper
 
+// mm.cc: the page blob of pid (pages-PID.img), created early by the driver to reserve space.
+Result<images::BlobWriter> OpenPageBlob(DumpContext& ctx, pid_t pid);
+
 }  // namespace godwit::dump
