@@ -71,7 +71,8 @@ int DumpCmd(Global& g, const std::vector<std::string>& args) {
                         {"pre_dump_rounds", o.pre_rounds},
                         {"pre_dump_bytes", s.pre_bytes},
                         {"pre_dump_round_bytes", s.round_bytes},
-                        {"pre_dump_ms", s.pre_ms}};
+                        {"pre_dump_ms", s.pre_ms},
+                        {"stored_raw_incompressible", s.incompressible}};
     nlohmann::json fds = nlohmann::json::object();
     for (const auto& [k, n] : s.fd_counts) fds[k] = n;
     j["fds"] = fds;

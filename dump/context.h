@@ -65,6 +65,7 @@ struct DumpStats {
   uint64_t pre_bytes = 0;       // copied by pre-dump rounds while the tree ran
   double pre_ms = 0;
   std::vector<uint64_t> round_bytes;  // per pre-dump round
+  std::vector<pid_t> incompressible;  // --compress zstd, but a sample did not compress: raw
   std::vector<std::pair<std::string, int>> fd_counts;
 };
 

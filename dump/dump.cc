@@ -4,6 +4,11 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 
+#include <fcntl.h>
+#include <sys/uio.h>
+#include <zstd.h>
+
+#include <algorithm>
 #include <chrono>
 #include <set>
 
@@ -92,6 +97,45 @@ Result<void> PreRounds(DumpContext& ctx) {
   return Ok();
 }
 
+// Would zstd shrink pid's memory? Compresses up to 64 present pages (pagemap-guided, so nothing
+// is faulted in) spread over its largest private writable mappings. Random or already compressed
+// data is then stored raw: compressing it costs frozen time and saves nothing.
+bool SampleCompresses(pid_t pid) {
+  auto maps = proc::ReadMaps(pid);
+  if (!maps.ok()) return true;
+  auto pm = fs::Open(StrFormat("/proc/%d/pagemap", pid), O_RDONLY);
+  if (!pm.ok()) return true;
+  std::vector<char> sample;
+  std::vector<char> page(4096);
+  auto eligible = [](const proc::MapsEntry& m) {
+    return !m.shared && (m.prot & PROT_WRITE) && (m.prot & PROT_READ);
+  };
+  uint64_t total = 0;
+  for (const auto& m : *maps)
+    if (eligible(m)) total += (m.end - m.start) / 4096;
+  if (total == 0) return true;
+  // Samples in proportion to each mapping's size: the big ones decide.
+  for (const auto& m : *maps) {
+    if (!eligible(m)) continue;
+    uint64_t npages = (m.end - m.start) / 4096;
+    uint64_t want = 64 * npages / total;
+    if (want == 0) continue;
+    uint64_t step = std::max<uint64_t>(1, npages / want);
+    for (uint64_t i = 0; i < npages; i += step) {
+      uint64_t a = m.start + i * 4096, e = 0;
+      if (pread(pm->get(), &e, 8, a / 4096 * 8) != 8 || !(e & (1ULL << 63))) continue;
+      iovec l{page.data(), 4096}, r{reinterpret_cast<void*>(a), 4096};
+      if (process_vm_readv(pid, &l, 1, &r, 1, 0) != 4096) continue;
+      sample.insert(sample.end(), page.begin(), page.end());
+    }
+  }
+  if (sample.size() < 8 * 4096) return true;  // too little to judge: let zstd decide per chunk
+  std::vector<char> out(ZSTD_compressBound(sample.size()));
+  size_t z = ZSTD_compress(out.data(), out.size(), sample.data(), sample.size(), 1);
+  if (ZSTD_isError(z)) return true;
+  return z < sample.size() * 9 / 10;
+}
+
 // Before the freeze: create each process's page blob and reserve the space its anonymous memory
 // will take (allocating tmpfs pages is most of the cost of writing them). A racy walk of the tree
 // is fine: this is only an estimate.
@@ -113,7 +157,9 @@ void ReservePageBlobs(DumpContext& ctx) {
     size_t at = status->find("RssAnon:");
     if (at == std::string::npos) continue;  // a zombie
     uint64_t kb = strtoull(status->c_str() + at + 8, nullptr, 10);
-    auto blob = OpenPageBlob(ctx, pid);
+    bool raw = ctx.opts.compression == images::Compression::kZstd && !SampleCompresses(pid);
+    if (raw) ctx.stats.incompressible.push_back(pid);
+    auto blob = OpenPageBlob(ctx, pid, raw);
     if (!blob.ok()) continue;
     auto r = blob->Reserve(kb * 1024 + (kb * 1024) / 64);
     if (!r.ok()) LOG_DEBUG("reserve pages of %d: %s", pid, r.error().to_string().c_str());

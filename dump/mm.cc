@@ -111,12 +111,13 @@ Result<void> DumpShmemObject(DumpContext& ctx, pid_t pid, const proc::MapsEntry&
   return Ok();
 }
 
-Result<images::BlobWriter> OpenPageBlob(DumpContext& ctx, pid_t pid) {
+Result<images::BlobWriter> OpenPageBlob(DumpContext& ctx, pid_t pid, bool raw) {
+  images::Compression c = raw ? images::Compression::kNone : ctx.opts.compression;
   ASSIGN_OR_RETURN(images::BlobWriter b,
-                   images::BlobWriter::Create(*ctx.sink, StrFormat("pages-%d.img", pid),
-                                              ctx.opts.compression, ctx.opts.zstd_level));
+                   images::BlobWriter::Create(*ctx.sink, StrFormat("pages-%d.img", pid), c,
+                                              ctx.opts.zstd_level));
   // zstd is the bottleneck of a compressed dump: a second compressing thread.
-  if (ctx.opts.compression == images::Compression::kZstd) TRY(b.SetThreads(2));
+  if (c == images::Compression::kZstd) TRY(b.SetThreads(2));
   return b;
 }
 

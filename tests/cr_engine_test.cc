@@ -112,9 +112,35 @@ TEST_F(CrTest, OneGiBRandomDataByteForByte) {
 }
 
 TEST_F(CrTest, CompressedImagesRoundTrip) {
-  pid_t pid = Start("cr_loop", {"{READY}", dir_ / "go", "32", "2"});
+  // Compressible memory (the tree's workers fill theirs with arithmetic sequences).
+  pid_t pid = Start("cr_tree", {"{READY}", dir_ / "go"});
   ASSERT_GT(pid, 0);
-  EXPECT_EQ(DumpKillRestore(pid, {"--compress", "zstd:1"}), 0);
+  auto d = Godwit({"dump", "--pid", std::to_string(pid), "--images-dir", dir_.path() + "/img",
+                   "--compress", "zstd:1", "--json"});
+  ASSERT_EQ(d.status, 0) << d.err;
+  auto j = nlohmann::json::parse(d.out);
+  EXPECT_LT(j["bytes_stored"].get<uint64_t>() * 2, j["bytes"].get<uint64_t>());
+  EXPECT_EQ(Wait(pid), 128 + SIGKILL);
+  while (waitpid(-1, nullptr, 0) > 0 || errno == EINTR) {
+  }
+  Touch(dir_ / "go");
+  auto r = Godwit({"restore", "--images-dir", dir_.path() + "/img"});
+  EXPECT_EQ(r.status, 0) << r.err;
+}
+
+TEST_F(CrTest, IncompressibleStoredRaw) {
+  // Random data with --compress zstd: a sample says it does not compress, so it is stored raw.
+  pid_t pid = Start("cr_bigmem", {"{READY}", dir_ / "go", "64"});
+  ASSERT_GT(pid, 0);
+  auto d = Godwit({"dump", "--pid", std::to_string(pid), "--images-dir", dir_.path() + "/img",
+                   "--compress", "zstd", "--json"});
+  ASSERT_EQ(d.status, 0) << d.err;
+  auto j = nlohmann::json::parse(d.out);
+  EXPECT_EQ(j["stored_raw_incompressible"].size(), 1u);
+  EXPECT_EQ(Wait(pid), 128 + SIGKILL);
+  Touch(dir_ / "go");
+  auto r = Godwit({"restore", "--images-dir", dir_.path() + "/img"});
+  EXPECT_EQ(r.status, 0) << r.err;
 }
 
 TEST_F(CrTest, Python3MidLoop) {
