@@ -254,6 +254,71 @@ TEST_F(CrTest, PreDumpRoundsWhileWriting) {
   EXPECT_EQ(r.status, 0) << r.err;
 }
 
+TEST_F(CrTest, FailedDumpLeavesTreeRunningAndNoImage) {
+  pid_t pid = Start("cr_state", {"{READY}", dir_ / "go", "deleted", dir_ / "data"});
+  ASSERT_GT(pid, 0);
+  auto d = Godwit({"dump", "--pid", std::to_string(pid), "--images-dir", dir_ / "img"});
+  EXPECT_EQ(d.status, 6) << d.err;  // kUnsupported, naming the mapping
+  EXPECT_NE(d.err.find("deleted"), std::string::npos) << d.err;
+  struct stat st;
+  EXPECT_NE(stat((dir_ / "img/inventory.img").c_str(), &st), 0);
+  // The tree was thawed untouched: it carries on and finishes its checks.
+  Touch(dir_ / "go");
+  EXPECT_EQ(Wait(pid), 0);
+  pids_.clear();
+}
+
+TEST_F(CrTest, CheckReportsKernelFeatures) {
+  TempDir root;
+  auto c = Godwit({"--root", root.path(), "check", "--json"});
+  ASSERT_EQ(c.status, 0) << c.out << c.err;
+  auto j = nlohmann::json::parse(c.out);
+  EXPECT_FALSE(j["cached"].get<bool>());
+  std::map<std::string, bool> ok;
+  for (const auto& f : j["features"]) ok[f["name"]] = f["ok"];
+  EXPECT_TRUE(ok["clone3_set_tid"]);
+  EXPECT_TRUE(ok["ptrace_rseq_config"]);
+  EXPECT_TRUE(ok["uffd_wp_async"]);
+  EXPECT_TRUE(ok["pagemap_scan"]);
+  EXPECT_GT(j["xsave_size"].get<int>(), 512);
+  // The second run answers from the cache.
+  auto c2 = Godwit({"--root", root.path(), "check", "--json"});
+  EXPECT_TRUE(nlohmann::json::parse(c2.out)["cached"].get<bool>());
+}
+
+// Per-thread rseq registrations, as PTRACE_GET_RSEQ_CONFIGURATION reports them in a dump.
+std::map<int, std::string> RseqOf(const std::string& img) {
+  auto out = Godwit({"inspect", "--json", img});
+  std::map<int, std::string> m;
+  auto j = nlohmann::json::parse(out.out, nullptr, false);
+  if (j.is_discarded()) return m;
+  for (const auto& f : j["files"]) {
+    if (f["name"].get<std::string>().rfind("core-", 0) != 0) continue;
+    for (const auto& rec : f["records_json"])
+      for (const auto& t : rec["threads"]) m[t["tid"].get<int>()] = t.value("rseq", nlohmann::json()).dump();
+  }
+  return m;
+}
+
+TEST_F(CrTest, RseqRegistrationsSurvive) {
+  pid_t pid = Start("cr_loop", {"{READY}", dir_ / "go", "2", "3"});
+  ASSERT_GT(pid, 0);
+  auto d = Godwit({"dump", "--pid", std::to_string(pid), "--images-dir", dir_ / "img1"});
+  ASSERT_EQ(d.status, 0) << d.err;
+  ASSERT_EQ(Wait(pid), 128 + SIGKILL);
+  auto r = Godwit({"restore", "--images-dir", dir_ / "img1", "--detach"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  d = Godwit({"dump", "--pid", std::to_string(pid), "--images-dir", dir_ / "img2", "--leave-running"});
+  ASSERT_EQ(d.status, 0) << d.err;
+  auto a = RseqOf(dir_ / "img1"), b = RseqOf(dir_ / "img2");
+  ASSERT_EQ(a.size(), 3u);
+  EXPECT_EQ(a, b);
+  for (const auto& [tid, conf] : a) EXPECT_NE(conf.find("addr"), std::string::npos) << tid << conf;
+  Touch(dir_ / "go");
+  EXPECT_EQ(Wait(pid), 0);
+  pids_.clear();
+}
+
 TEST_F(CrTest, RemoteSyscallInjection) {
   pid_t pid = Start("cr_loop", {"{READY}", dir_ / "go", "1"});
   ASSERT_GT(pid, 0);
