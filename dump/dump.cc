@@ -244,7 +244,16 @@ Result<DumpStats> Dump(const DumpOptions& opts) {
   for (auto& p : ctx.procs) {
     for (const auto& step : ProcessSteps()) {
       LOG_DEBUG("dump pid %d: %s", p->pid, step.name);
-      TRY_CTX(step.fn(ctx, *p), "dump pid %d: %s", p->pid, step.name);
+      auto r = step.fn(ctx, *p);
+      if (!r.ok()) {
+        // A member that died meanwhile shows up as ESRCH somewhere inside a step: say so.
+        auto st = proc::ReadStat(p->pid);
+        if (!st.ok() || st->state == 'Z' || st->state == 'X')
+          return MakeError(ErrorKind::kNotFound, ESRCH,
+                           "process %d exited during the dump (in step %s: %s)", p->pid,
+                           step.name, r.error().to_string().c_str());
+        return std::move(r.error().wrap(StrFormat("dump pid %d: %s", p->pid, step.name)));
+      }
     }
   }
   if (ctx.fds) {

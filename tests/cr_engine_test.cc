@@ -8,6 +8,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <fstream>
+
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
@@ -265,6 +267,34 @@ TEST_F(CrTest, FailedDumpLeavesTreeRunningAndNoImage) {
   // The tree was thawed untouched: it carries on and finishes its checks.
   Touch(dir_ / "go");
   EXPECT_EQ(Wait(pid), 0);
+  pids_.clear();
+}
+
+bool Traced(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind("TracerPid:", 0) == 0) return atoi(line.c_str() + 10) != 0;
+  return false;
+}
+
+TEST_F(CrTest, TreeMemberDiesDuringDump) {
+  // Two processes of 512 MiB each; the second dies while the first one's memory is being dumped.
+  pid_t pid = Start("cr_loop", {"{READY}", dir_ / "go", "512", "1", "2"});
+  ASSERT_GT(pid, 0);
+  std::ifstream kids("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/children");
+  pid_t child = 0;
+  kids >> child;
+  ASSERT_GT(child, 0);
+  pid_t g = GodwitAsync({"dump", "--pid", std::to_string(pid), "--images-dir", dir_ / "img"});
+  ASSERT_TRUE(WaitFor(10000, Traced, child));
+  kill(child, SIGKILL);
+  EXPECT_EQ(Wait(g), 3);  // kNotFound: "process N exited during the dump"
+  struct stat sb;
+  EXPECT_NE(stat((dir_ / "img/inventory.img").c_str(), &sb), 0);
+  // The root was thawed: it notices its child's death and reports it (exit 60 + SIGKILL).
+  Touch(dir_ / "go");
+  EXPECT_EQ(Wait(pid), 60 + SIGKILL);
   pids_.clear();
 }
 
