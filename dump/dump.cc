@@ -1,10 +1,9 @@
 #include "dump/dump.h"
 
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
-
-#include <fcntl.h>
 #include <sys/uio.h>
 #include <zstd.h>
 
@@ -250,8 +249,8 @@ Result<DumpStats> Dump(const DumpOptions& opts) {
         auto st = proc::ReadStat(p->pid);
         if (!st.ok() || st->state == 'Z' || st->state == 'X')
           return MakeError(ErrorKind::kNotFound, ESRCH,
-                           "process %d exited during the dump (in step %s: %s)", p->pid,
-                           step.name, r.error().to_string().c_str());
+                           "process %d exited during the dump (in step %s: %s)", p->pid, step.name,
+                           r.error().to_string().c_str());
         return std::move(r.error().wrap(StrFormat("dump pid %d: %s", p->pid, step.name)));
       }
     }

@@ -1,6 +1,7 @@
 // Checkpoint/restore of real processes, zdtm style: a helper sets up state and reports ready, the
 // test dumps it (killing it), reaps the original, restores it, lets it finish (GO file), and the
 // helper's exit code says whether its state survived.
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/ptrace.h>
 #include <sys/stat.h>
@@ -9,8 +10,6 @@
 #include <unistd.h>
 
 #include <fstream>
-
-#include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
 #include "common/remote.h"
@@ -26,13 +25,15 @@ class CrTest : public ::testing::Test {
   }
   // Dumps pid (killing it), reaps it, creates GO, restores and waits; returns restore's status.
   int DumpKillRestore(pid_t pid, const std::vector<std::string>& dump_extra = {}) {
-    std::vector<std::string> args = {"dump", "--pid", std::to_string(pid), "--images-dir", dir_.path() + "/img"};
+    std::vector<std::string> args = {"dump", "--pid", std::to_string(pid), "--images-dir",
+                                     dir_.path() + "/img"};
     args.insert(args.end(), dump_extra.begin(), dump_extra.end());
     auto d = Godwit(args);
     EXPECT_EQ(d.status, 0) << d.err;
     if (d.status != 0) return -1;
     if (getenv("CR_DEBUG"))
-      (void)!system(("" GODWIT_BIN " inspect --json " + dir_.path() + "/img > /tmp/cr_inspect.json").c_str());
+      (void)!system(
+          ("" GODWIT_BIN " inspect --json " + dir_.path() + "/img > /tmp/cr_inspect.json").c_str());
     EXPECT_EQ(Wait(pid), 128 + SIGKILL);
     // The rest of the killed tree was reparented to us (subreaper): reap it so its pids are free.
     while (waitpid(-1, nullptr, 0) > 0 || errno == EINTR) {
@@ -156,8 +157,10 @@ TEST_F(CrTest, Python3MidLoop) {
       "n = 0\n"
       "while True:\n"
       "    n += 1\n"
-      "    if d[n % 20000] != str(n % 20000) * 3 or l[n % 100000] != (n % 100000) ** 2: sys.exit(2)\n"
-      "    if n % 1000 == 0 and os.path.exists(sys.argv[1]): sys.exit(0 if sum(l) == 333328333350000 else 3)\n";
+      "    if d[n % 20000] != str(n % 20000) * 3 or l[n % 100000] != (n % 100000) ** 2: "
+      "sys.exit(2)\n"
+      "    if n % 1000 == 0 and os.path.exists(sys.argv[1]): sys.exit(0 if sum(l) == "
+      "333328333350000 else 3)\n";
   std::string path = dir_ / "loop.py";
   FILE* f = fopen(path.c_str(), "w");
   fputs(prog.c_str(), f);
@@ -179,7 +182,10 @@ TEST_F(CrTest, TwentyCycles) {
     ASSERT_EQ(Wait(pid), 128 + SIGKILL) << "cycle " << i;
     auto r = Godwit({"restore", "--images-dir", img, "--detach"});
     ASSERT_EQ(r.status, 0) << "cycle " << i << ": " << r.err;
-    if (getenv("CR_DEBUG")) (void)!system(("ls -l /proc/" + std::to_string(pid) + "/fd; cat /proc/" + std::to_string(pid) + "/status | grep -i sig").c_str());
+    if (getenv("CR_DEBUG"))
+      (void)!system(("ls -l /proc/" + std::to_string(pid) + "/fd; cat /proc/" +
+                     std::to_string(pid) + "/status | grep -i sig")
+                        .c_str());
   }
   Touch(dir_ / "go");
   EXPECT_EQ(Wait(pid), 0);
@@ -189,7 +195,8 @@ TEST_F(CrTest, TwentyCycles) {
 TEST_F(CrTest, LeaveRunningThenRestoreCopy) {
   pid_t pid = Start("cr_loop", {"{READY}", dir_ / "go", "8", "2"});
   ASSERT_GT(pid, 0);
-  auto d = Godwit({"dump", "--pid", std::to_string(pid), "--images-dir", dir_ / "img", "--leave-running", "--json"});
+  auto d = Godwit({"dump", "--pid", std::to_string(pid), "--images-dir", dir_ / "img",
+                   "--leave-running", "--json"});
   ASSERT_EQ(d.status, 0) << d.err;
   auto j = nlohmann::json::parse(d.out);
   EXPECT_EQ(j["processes"], 1);
@@ -325,7 +332,8 @@ std::map<int, std::string> RseqOf(const std::string& img) {
   for (const auto& f : j["files"]) {
     if (f["name"].get<std::string>().rfind("core-", 0) != 0) continue;
     for (const auto& rec : f["records_json"])
-      for (const auto& t : rec["threads"]) m[t["tid"].get<int>()] = t.value("rseq", nlohmann::json()).dump();
+      for (const auto& t : rec["threads"])
+        m[t["tid"].get<int>()] = t.value("rseq", nlohmann::json()).dump();
   }
   return m;
 }
@@ -338,7 +346,8 @@ TEST_F(CrTest, RseqRegistrationsSurvive) {
   ASSERT_EQ(Wait(pid), 128 + SIGKILL);
   auto r = Godwit({"restore", "--images-dir", dir_ / "img1", "--detach"});
   ASSERT_EQ(r.status, 0) << r.err;
-  d = Godwit({"dump", "--pid", std::to_string(pid), "--images-dir", dir_ / "img2", "--leave-running"});
+  d = Godwit(
+      {"dump", "--pid", std::to_string(pid), "--images-dir", dir_ / "img2", "--leave-running"});
   ASSERT_EQ(d.status, 0) << d.err;
   auto a = RseqOf(dir_ / "img1"), b = RseqOf(dir_ / "img2");
   ASSERT_EQ(a.size(), 3u);
