@@ -101,6 +101,29 @@ TEST_F(CrTest, RestartsReadAfterRestore) {
   EXPECT_EQ(DumpKillRestore(pid), 0);
 }
 
+TEST_F(CrTest, LeaveRunningWhileBlockedInReadAndSleep) {
+  // The dump injects syscalls into a thread blocked in read(): afterwards the original must
+  // resume its read (restart) as if nothing happened.
+  pid_t pid = Start("cr_state", {"{READY}", dir_ / "go", "read"});
+  ASSERT_GT(pid, 0);
+  ASSERT_TRUE(WaitFor(5000, InRead, pid));
+  auto d = Godwit({"dump", "--pid", std::to_string(pid), "--images-dir", dir_ / "img", "--leave-running"});
+  ASSERT_EQ(d.status, 0) << d.err;
+  EXPECT_TRUE(InRead(pid));
+  Touch(dir_ / "go");
+  EXPECT_EQ(Wait(pid), 0);
+  pids_.clear();
+  // The same in nanosleep (a restart-block syscall).
+  pid = Start("cr_state", {"{READY}", dir_ / "go2", "nanosleep"});
+  ASSERT_GT(pid, 0);
+  pids_.push_back(pid);
+  ASSERT_TRUE(WaitFor(5000, InSleep, pid));
+  d = Godwit({"dump", "--pid", std::to_string(pid), "--images-dir", dir_ / "img2", "--leave-running"});
+  ASSERT_EQ(d.status, 0) << d.err;
+  EXPECT_EQ(Wait(pid), 0);
+  pids_.clear();
+}
+
 TEST_F(CrTest, NanosleepCompletesAfterRestore) {
   pid_t pid = Start("cr_state", {"{READY}", dir_ / "go", "nanosleep"});
   ASSERT_GT(pid, 0);
