@@ -213,7 +213,7 @@ Result<DumpStats> Dump(const DumpOptions& opts) {
     sink->Abort();
   });
 
-  if (opts.pre_rounds == 0) ReservePageBlobs(ctx);
+  if (opts.pre_rounds == 0 && !getenv("GODWIT_NO_RESERVE")) ReservePageBlobs(ctx);
   auto t_freeze = Clock::now();
   TRY_CTX(FreezeTree(opts.pid, &frozen), "freeze tree of %d", opts.pid);
   auto t_frozen = Clock::now();
