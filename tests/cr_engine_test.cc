@@ -90,6 +90,12 @@ TEST_F(CrTest, MemoryKindsVdsoBrkMmFields) {
   EXPECT_EQ(DumpKillRestore(pid), 0);
 }
 
+TEST_F(CrTest, SysvShmReattached) {
+  pid_t pid = Start("cr_state", {"{READY}", dir_ / "go", "sysv"});
+  ASSERT_GT(pid, 0);
+  EXPECT_EQ(DumpKillRestore(pid), 0);
+}
+
 TEST_F(CrTest, BlockedAndPendingSignals) {
   pid_t pid = Start("cr_state", {"{READY}", dir_ / "go", "signals"});
   ASSERT_GT(pid, 0);
