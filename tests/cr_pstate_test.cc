@@ -278,6 +278,25 @@ TEST(CrPstate, NoNewPrivs) {
   RoundTrip(dir, h, images);
 }
 
+// Credentials, no_new_privs and pdeathsig are per thread in the kernel.
+TEST(CrPstate, PerThreadCreds) {
+  TempDir dir;
+  Helper h(dir, "ps_creds", {"threads"});
+  ASSERT_TRUE(h.ready()) << h.log();
+  std::string images = Dump(dir, h);
+  auto ps = Pstate(dir, images, h.pid());
+  ASSERT_EQ(ps["threads"].size(), 3u);
+  EXPECT_EQ(ps["threads"][0]["creds"].value("euid", -1), 0);
+  int uid_threads = 0, nnp_threads = 0;
+  for (const auto& t : ps["threads"]) {
+    if (t["creds"].value("euid", -1) == 3001) uid_threads++;
+    if (t["creds"].value("no_new_privs", false) && t.value("pdeathsig", 0) == SIGWINCH) nnp_threads++;
+  }
+  EXPECT_EQ(uid_threads, 1);
+  EXPECT_EQ(nnp_threads, 1);
+  RoundTrip(dir, h, images);
+}
+
 TEST(CrPstate, Rlimits) {
   TempDir dir;
   Helper h(dir, "ps_misc", {"rlimits"});
