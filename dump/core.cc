@@ -1,7 +1,7 @@
 // Step "core": per thread registers (general purpose, xstate, fs/gs base), blocked signals, rseq,
 // pending signals (per thread and shared), clear_child_tid. Writes core-<pid>.img.
 #include <elf.h>
-#include <linux/ptrace.h>
+#include <signal.h>
 #include <sys/prctl.h>
 #include <sys/ptrace.h>
 #include <sys/syscall.h>
@@ -70,7 +70,7 @@ Result<void> DumpCore(DumpContext& ctx, ProcessDump& p) {
     uint64_t mask = 0;
     if (ptrace(PTRACE_GETSIGMASK, tid, reinterpret_cast<void*>(sizeof(mask)), &mask) < 0)
       return Errno("PTRACE_GETSIGMASK %d", tid);
-    t->set_sigmask(mask);
+    t->set_blocked(mask);
     RseqConf rc{};
     if (ptrace(static_cast<__ptrace_request>(PTRACE_GET_RSEQ_CONFIGURATION), tid,
                reinterpret_cast<void*>(sizeof(rc)), &rc) < 0)

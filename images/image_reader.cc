@@ -2,17 +2,20 @@
 // limit and by the file's end) before it is used, and every error is kBadImage naming the file
 // and the offset. The fuzz target (fuzz/images_fuzz.cc) drives these parsers from raw bytes.
 #include <fcntl.h>
+#include <google/protobuf/message.h>
+#include <google/protobuf/stubs/logging.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zstd.h>
 
-#include <google/protobuf/message.h>
-
 #include <algorithm>
+#include <mutex>
 #include <set>
+#include <thread>
 
 #include "common/fs.h"
+#include "common/log.h"
 #include "images/crc32c.h"
 #include "images/format.h"
 #include "images/image.h"
@@ -37,44 +40,105 @@ bool ValidTypeName(const std::string& t) {
   return true;
 }
 
-Result<std::string> ReadWholeFile(const std::string& path, const std::string& name) {
-  auto data = fs::ReadFile(path);
-  if (!data.ok()) {
-    Error e = std::move(data).error();
-    // A file the inventory (or the reader) expects and that is not there is a bad image, not a
-    // "not found" of the user's argument.
-    return MakeError(ErrorKind::kBadImage, e.sys_errno(), "%s: %s", name.c_str(),
-                     e.message().c_str());
+// Opens an image file for reading: a regular file (not a FIFO that would block, not a device),
+// errors as kBadImage naming the image.
+Result<UniqueFd> OpenRegular(const std::string& path, const std::string& name, uint64_t* size) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
+  if (!fd) {
+    int err = errno;
+    return MakeError(ErrorKind::kBadImage, err, "%s: %s", name.c_str(),
+                     err == ENOENT ? "missing (listed in the inventory)" : "open");
   }
+  struct stat st;
+  if (::fstat(fd.get(), &st) < 0)
+    return MakeError(ErrorKind::kBadImage, errno, "%s: stat", name.c_str());
+  if (!S_ISREG(st.st_mode))
+    return MakeError(ErrorKind::kBadImage, 0, "%s: not a regular file", name.c_str());
+  *size = st.st_size;
+  return fd;
+}
+
+// Object images are metadata; anything larger than this is not one of ours.
+constexpr uint64_t kMaxObjectImage = 1ull << 30;
+
+Result<std::string> ReadWholeFile(const std::string& path, const std::string& name) {
+  uint64_t size;
+  ASSIGN_OR_RETURN(UniqueFd fd, OpenRegular(path, name, &size));
+  if (size > kMaxObjectImage)
+    return MakeError(ErrorKind::kBadImage, 0, "%s: %llu bytes, too large for an object image",
+                     name.c_str(), static_cast<unsigned long long>(size));
+  std::string data(size, '\0');
+  size_t got = 0;
+  while (got < size) {
+    ssize_t n = ::pread(fd.get(), data.data() + got, size - got, got);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return MakeError(ErrorKind::kBadImage, errno, "%s: read at offset %zu", name.c_str(), got);
+    }
+    if (n == 0) break;  // shrank meanwhile: parse what is there (the parser reports truncation)
+    got += n;
+  }
+  data.resize(got);
   return data;
 }
 
-// crc32c of a whole file, read in L2-sized pieces so the checksum reads from cache.
-Result<uint32_t> FileCrc(int fd, const std::string& name, uint64_t size) {
+// crc32c of [off, off + len) of a file, read in L2-sized pieces so the checksum reads from cache.
+Result<uint32_t> RangeCrc(int fd, const std::string& name, uint64_t off, uint64_t len,
+                          uint64_t size) {
   constexpr size_t kPiece = 1 << 20;
-  static thread_local std::unique_ptr<char[]> buf(new char[kPiece]);
-  posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+  std::unique_ptr<char[]> buf(new char[kPiece]);
   uint32_t crc = 0;
-  uint64_t off = 0;
-  while (off < size) {
-    ssize_t n = ::pread(fd, buf.get(), std::min<uint64_t>(kPiece, size - off), off);
+  uint64_t end = off + len;
+  while (off < end) {
+    ssize_t n = ::pread(fd, buf.get(), std::min<uint64_t>(kPiece, end - off), off);
     if (n < 0) {
       if (errno == EINTR) continue;
       return MakeError(ErrorKind::kBadImage, errno, "%s: read at offset %llu", name.c_str(),
                        static_cast<unsigned long long>(off));
     }
-    if (n == 0) return Bad(name, off, "file shorter than its listed size %llu",
-                           static_cast<unsigned long long>(size));
+    if (n == 0)
+      return Bad(name, off, "file shorter than its listed size %llu",
+                 static_cast<unsigned long long>(size));
     crc = Crc32c(crc, buf.get(), n);
     off += n;
   }
   return crc;
 }
 
+// crc32c of a whole file. Large files (page blobs) are checksummed by two threads, each over
+// one half, joined with Crc32cCombine: verification is on the restore's critical path.
+Result<uint32_t> FileCrc(int fd, const std::string& name, uint64_t size, bool parallel = true) {
+  posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+  constexpr uint64_t kParallelMin = 64 << 20;
+  if (!parallel || size < kParallelMin || std::thread::hardware_concurrency() < 2)
+    return RangeCrc(fd, name, 0, size, size);
+  uint64_t half = size / 2;
+  Result<uint32_t> second = 0u;
+  std::thread t([&] { second = RangeCrc(fd, name, half, size - half, size); });
+  auto first = RangeCrc(fd, name, 0, half, size);
+  t.join();
+  if (!first.ok()) return first;
+  if (!second.ok()) return second;
+  return Crc32cCombine(*first, *second, size - half);
+}
+
+// libprotobuf prints parse complaints (invalid UTF-8 in a string field of a damaged image) to
+// stderr; route them to the debug log: the reader reports the failure itself.
+void QuietProtobufLogs() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    google::protobuf::SetLogHandler(
+        [](google::protobuf::LogLevel level, const char* file, int line, const std::string& msg) {
+          LOG_DEBUG("protobuf %s:%d: %s", file, line, msg.c_str());
+        });
+  });
+}
+
 }  // namespace
 
 FileKind ProbeKind(std::string_view head) {
-  if (head.size() >= 8 && memcmp(head.data(), format::kImageMagic, 8) == 0) return FileKind::kObject;
+  if (head.size() >= 8 && memcmp(head.data(), format::kImageMagic, 8) == 0)
+    return FileKind::kObject;
   if (head.size() >= 8 && memcmp(head.data(), format::kBlobMagic, 8) == 0) return FileKind::kBlob;
   return FileKind::kUnknown;
 }
@@ -82,6 +146,7 @@ FileKind ProbeKind(std::string_view head) {
 // ---- ImageReader
 
 Result<ImageReader> ImageReader::FromBuffer(std::string name, std::string data) {
+  QuietProtobufLogs();
   ImageReader r;
   r.name_ = std::move(name);
   r.data_ = std::move(data);
@@ -165,18 +230,15 @@ Result<std::unique_ptr<BlobReader>> BlobReader::OpenFile(const std::string& path
   auto b = std::make_unique<BlobReader>();
   b->name_ = name;
   b->verified_ = verified;
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return MakeError(ErrorKind::kBadImage, errno, "%s: open %s", name.c_str(), path.c_str());
-  b->fd_.reset(fd);
-  struct stat st;
-  if (::fstat(fd, &st) < 0) return MakeError(ErrorKind::kBadImage, errno, "%s: stat", name.c_str());
-  b->file_size_ = st.st_size;
+  ASSIGN_OR_RETURN(b->fd_, OpenRegular(path, name, &b->file_size_));
   TRY(b->BuildIndex());
   return b;
 }
 
-Result<std::unique_ptr<BlobReader>> BlobReader::FromBuffer(std::string name, std::string data) {
+Result<std::unique_ptr<BlobReader>> BlobReader::FromBuffer(std::string name, std::string data,
+                                                           bool verified) {
   auto b = std::make_unique<BlobReader>();
+  b->verified_ = verified;
   b->name_ = std::move(name);
   b->mem_ = std::move(data);
   b->in_mem_ = true;
@@ -215,7 +277,8 @@ Result<void> BlobReader::BuildIndex() {
   if (memcmp(h, format::kBlobMagic, 8) != 0) return Bad(name_, 0, "not a blob file (bad magic)");
   uint32_t version = format::GetU32(h + 8);
   if (version != kFormatVersion)
-    return Bad(name_, 8, "format version %u, this godwit reads version %u", version, kFormatVersion);
+    return Bad(name_, 8, "format version %u, this godwit reads version %u", version,
+               kFormatVersion);
   if (format::GetU32(h + 12) != 0) return Bad(name_, 12, "unknown blob flags");
   const uint64_t max_zstd = ZSTD_compressBound(format::kMaxChunk);
   uint64_t off = sizeof(h), logical = 0;
@@ -224,7 +287,8 @@ Result<void> BlobReader::BuildIndex() {
     if (file_size_ - off < sizeof(c)) return Bad(name_, off, "truncated chunk header");
     TRY(ReadAt(off, &c, sizeof(c)));
     bool zstd = c.kind == format::kChunkZstd;
-    if (!zstd && c.kind != format::kChunkRaw) return Bad(name_, off, "bad chunk magic 0x%08x", c.kind);
+    if (!zstd && c.kind != format::kChunkRaw)
+      return Bad(name_, off, "bad chunk magic 0x%08x", c.kind);
     if (c.logical_off != logical)
       return Bad(name_, off, "chunk at logical offset %llu, expected %llu",
                  static_cast<unsigned long long>(c.logical_off),
@@ -236,8 +300,8 @@ Result<void> BlobReader::BuildIndex() {
     if (c.stored_len > file_size_ - off - sizeof(c))
       return Bad(name_, off, "truncated chunk: %u stored bytes, %llu left", c.stored_len,
                  static_cast<unsigned long long>(file_size_ - off - sizeof(c)));
-    chunks_.push_back(Chunk{c.logical_off, c.logical_len, off + sizeof(c), c.stored_len, c.crc32c,
-                            zstd});
+    chunks_.push_back(
+        Chunk{c.logical_off, c.logical_len, off + sizeof(c), c.stored_len, c.crc32c, zstd});
     logical += c.logical_len;
     off += sizeof(c) + c.stored_len;
   }
@@ -258,6 +322,20 @@ BlobReader::Stats BlobReader::stats() const {
   s.logical_bytes = logical_size();
   s.file_bytes = file_size_;
   return s;
+}
+
+Result<void> BlobReader::VerifyChunks() const {
+  std::vector<char> buf;
+  for (const Chunk& c : chunks_) {
+    buf.resize(c.stored_len);
+    TRY(ReadAt(c.file_off, buf.data(), c.stored_len));
+    if (Crc32c(0, buf.data(), c.stored_len) != c.crc)
+      return Bad(name_, c.file_off - sizeof(format::ChunkHeader),
+                 "chunk checksum mismatch (chunk of logical [%llu, +%llu))",
+                 static_cast<unsigned long long>(c.logical_off),
+                 static_cast<unsigned long long>(c.logical_len));
+  }
+  return Ok();
 }
 
 size_t BlobReader::FindChunk(uint64_t offset) const {
@@ -338,7 +416,8 @@ Result<void> BlobReader::Read(uint64_t offset, void* dst, size_t len) {
   return Ok();
 }
 
-Result<std::vector<BlobReader::Extent>> BlobReader::RawExtents(uint64_t offset, uint64_t len) const {
+Result<std::vector<BlobReader::Extent>> BlobReader::RawExtents(uint64_t offset,
+                                                               uint64_t len) const {
   uint64_t size = logical_size();
   if (offset > size || len > size - offset)
     return MakeError(ErrorKind::kBadImage, 0, "%s: range [%llu, +%llu) beyond logical size %llu",
@@ -393,51 +472,97 @@ Result<ImageSet> ImageSet::Load(const std::string& dir) {
 
 Result<ImageSet> ImageSet::OpenUnverified(const std::string& dir) { return Load(dir); }
 
-Result<ImageSet> ImageSet::Open(const std::string& dir) {
+struct ImageSet::Pending {
+  std::mutex mu;
+  std::thread thread;
+  Result<void> result;
+  ~Pending() {
+    if (thread.joinable()) thread.join();
+  }
+};
+
+namespace {
+constexpr uint64_t kDeferMin = 64 << 20;
+
+// parallel: split a large file over two threads (not for the background check, which is meant
+// to leave one core to the caller).
+Result<void> CheckCrc(const std::string& dir, int fd, const img::ImageFile& f, bool parallel) {
+  auto crc = FileCrc(fd, f.name(), f.size(), parallel);
+  if (!crc.ok()) return std::move(crc.error().wrap(dir));
+  if (*crc != f.crc32c())
+    return MakeError(ErrorKind::kBadImage, 0,
+                     "%s: %s: checksum mismatch (crc32c 0x%08x, inventory says 0x%08x; offset "
+                     "unknown: the whole file is checksummed)",
+                     dir.c_str(), f.name().c_str(), *crc, f.crc32c());
+  return Ok();
+}
+}  // namespace
+
+Result<ImageSet> ImageSet::OpenChecked(const std::string& dir, bool defer) {
   ASSIGN_OR_RETURN(ImageSet s, Load(dir));
+  std::vector<std::pair<UniqueFd, img::ImageFile>> later;
   for (const auto& f : s.inventory_.files()) {
     std::string path = dir + "/" + f.name();
-    UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-    if (!fd)
-      return MakeError(ErrorKind::kBadImage, errno, "%s: %s listed in the inventory: open",
-                       dir.c_str(), f.name().c_str());
-    struct stat st;
-    if (::fstat(fd.get(), &st) < 0) return Errno("stat %s", path.c_str());
-    if (static_cast<uint64_t>(st.st_size) != f.size())
-      return MakeError(ErrorKind::kBadImage, 0, "%s: %s: size %llu, inventory says %llu (offset %llu)",
-                       dir.c_str(), f.name().c_str(), static_cast<unsigned long long>(st.st_size),
-                       static_cast<unsigned long long>(f.size()),
-                       static_cast<unsigned long long>(std::min<uint64_t>(st.st_size, f.size())));
-    auto crc = FileCrc(fd.get(), f.name(), f.size());
-    if (!crc.ok()) return std::move(crc.error().wrap(dir));
-    if (*crc != f.crc32c())
+    uint64_t size;
+    auto fd = OpenRegular(path, f.name(), &size);
+    if (!fd.ok()) return std::move(fd.error().wrap(dir));
+    if (size != f.size())
       return MakeError(ErrorKind::kBadImage, 0,
-                       "%s: %s: checksum mismatch (crc32c 0x%08x, inventory says 0x%08x; offset "
-                       "unknown: the whole file is checksummed)",
-                       dir.c_str(), f.name().c_str(), *crc, f.crc32c());
+                       "%s: %s: size %llu, inventory says %llu (offset %llu)", dir.c_str(),
+                       f.name().c_str(), static_cast<unsigned long long>(size),
+                       static_cast<unsigned long long>(f.size()),
+                       static_cast<unsigned long long>(std::min<uint64_t>(size, f.size())));
+    if (defer && size >= kDeferMin)
+      later.emplace_back(std::move(*fd), f);
+    else
+      TRY(CheckCrc(dir, fd->get(), f, true));
   }
   s.verified_ = true;
+  if (!later.empty()) {
+    s.pending_ = std::make_shared<Pending>();
+    Pending* p = s.pending_.get();
+    p->thread = std::thread([p, dir, later = std::move(later)] {
+      Result<void> r;
+      for (const auto& [fd, f] : later) {
+        r = CheckCrc(dir, fd.get(), f, false);
+        if (!r.ok()) break;
+      }
+      p->result = std::move(r);  // read only after join
+    });
+  }
   return s;
+}
+
+Result<ImageSet> ImageSet::Open(const std::string& dir) { return OpenChecked(dir, false); }
+Result<ImageSet> ImageSet::OpenDeferred(const std::string& dir) { return OpenChecked(dir, true); }
+
+Result<void> ImageSet::WaitVerified() const {
+  if (!verified_)
+    return MakeError(ErrorKind::kGeneric, 0, "%s was opened without verification", dir_.c_str());
+  if (!pending_) return Ok();
+  // The result is final once the thread is joined; mu serialises concurrent waiters.
+  std::lock_guard<std::mutex> l(pending_->mu);
+  if (pending_->thread.joinable()) pending_->thread.join();
+  return pending_->result;
 }
 
 std::vector<Error> ImageSet::Verify() const {
   std::vector<Error> errs;
   for (const auto& f : inventory_.files()) {
     std::string path = dir_ + "/" + f.name();
-    UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-    if (!fd) {
-      errs.push_back(MakeError(ErrorKind::kBadImage, errno, "%s: listed in the inventory: missing",
-                               f.name().c_str()));
+    uint64_t size;
+    auto fd = OpenRegular(path, f.name(), &size);
+    if (!fd.ok()) {
+      errs.push_back(std::move(fd).error());
       continue;
     }
-    struct stat st;
-    if (::fstat(fd.get(), &st) < 0 || static_cast<uint64_t>(st.st_size) != f.size()) {
-      errs.push_back(MakeError(ErrorKind::kBadImage, 0, "%s: size %lld, inventory says %llu",
-                               f.name().c_str(), static_cast<long long>(st.st_size),
+    if (size != f.size()) {
+      errs.push_back(MakeError(ErrorKind::kBadImage, 0, "%s: size %llu, inventory says %llu",
+                               f.name().c_str(), static_cast<unsigned long long>(size),
                                static_cast<unsigned long long>(f.size())));
       continue;
     }
-    auto crc = FileCrc(fd.get(), f.name(), f.size());
+    auto crc = FileCrc(fd->get(), f.name(), f.size());
     if (!crc.ok()) {
       errs.push_back(std::move(crc).error());
     } else if (*crc != f.crc32c()) {

@@ -5,6 +5,9 @@
 #include <zstd.h>
 
 #include <algorithm>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
 
 #include "common/log.h"
 #include "images/crc32c.h"
@@ -73,6 +76,68 @@ Result<void> WriteImage(Sink& sink, const std::string& name,
 
 // ---- BlobWriter
 
+namespace {
+// An append at least this large (with nothing gathered) is written from the caller's buffer.
+constexpr size_t kDirectMin = 256 << 10;
+}  // namespace
+
+// Worker threads compressing the chunks of one Emit in parallel; the caller compresses too and
+// writes the results in order as they complete. Piece j uses slot j % slots.size(), so at most
+// that many compressed chunks wait for the writer.
+struct BlobWriter::Pool {
+  struct Slot {
+    std::vector<char> out;
+    size_t zlen = 0;
+    bool done = false;
+    std::string err;
+  };
+  BlobWriter* owner = nullptr;  // for CompressOne (level, name); set per Emit
+  std::mutex mu;
+  std::condition_variable work_cv, done_cv;
+  std::vector<Slot> slots;
+  const std::vector<Piece>* pieces = nullptr;
+  size_t total = 0, next = 0, written = 0;
+  bool stop = false;
+  std::vector<std::thread> threads;
+
+  bool CanTake() const { return next < total && next < written + slots.size(); }
+
+  // Compresses piece j (called without the lock held).
+  void Compress(void* cctx, size_t j) {
+    Slot& s = slots[j % slots.size()];
+    auto r = cctx ? owner->CompressOne(cctx, (*pieces)[j], &s.out, &s.zlen)
+                  : Result<void>(MakeError(ErrorKind::kGeneric, ENOMEM, "ZSTD_createCCtx"));
+    std::lock_guard<std::mutex> l(mu);
+    if (!r.ok()) s.err = r.error().message();
+    s.done = true;
+    done_cv.notify_all();
+  }
+
+  void Run() {
+    ZSTD_CCtx* cctx = ZSTD_createCCtx();
+    std::unique_lock<std::mutex> l(mu);
+    for (;;) {
+      work_cv.wait(l, [&] { return stop || CanTake(); });
+      if (stop) break;
+      size_t j = next++;
+      l.unlock();
+      Compress(cctx, j);
+      l.lock();
+    }
+    ZSTD_freeCCtx(cctx);
+  }
+
+  ~Pool() {
+    {
+      std::lock_guard<std::mutex> l(mu);
+      stop = true;
+    }
+    work_cv.notify_all();
+    for (auto& t : threads) t.join();
+  }
+};
+
+void BlobWriter::PoolFree::operator()(Pool* p) const { delete p; }
 void BlobWriter::CctxFree::operator()(void* p) const { ZSTD_freeCCtx(static_cast<ZSTD_CCtx*>(p)); }
 
 Result<BlobWriter> BlobWriter::Create(Sink& sink, const std::string& name, Compression c,
@@ -86,8 +151,8 @@ Result<BlobWriter> BlobWriter::Create(Sink& sink, const std::string& name, Compr
       return MakeError(ErrorKind::kUsage, 0, "zstd level %d out of range [%d, %d]", zstd_level,
                        ZSTD_minCLevel(), ZSTD_maxCLevel());
     w.cctx_.reset(ZSTD_createCCtx());
-    if (!w.cctx_) return MakeError(ErrorKind::kGeneric, ENOMEM, "blob %s: ZSTD_createCCtx", name.c_str());
-    w.scratch_.resize(ZSTD_compressBound(format::kMaxChunk));
+    if (!w.cctx_)
+      return MakeError(ErrorKind::kGeneric, ENOMEM, "blob %s: ZSTD_createCCtx", name.c_str());
   }
   ASSIGN_OR_RETURN(w.out_, sink.Create(name));
   char h[format::kBlobHeaderSize];
@@ -101,54 +166,164 @@ Result<BlobWriter> BlobWriter::Create(Sink& sink, const std::string& name, Compr
 
 BlobWriter::~BlobWriter() = default;
 
+Result<void> BlobWriter::SetThreads(int n) {
+  if (n < 1 || n > 64)
+    return MakeError(ErrorKind::kUsage, 0, "blob %s: %d threads", name_.c_str(), n);
+  pool_.reset();
+  if (n == 1 || comp_ != Compression::kZstd) return Ok();
+  pool_.reset(new Pool);
+  pool_->owner = this;
+  // Two slots per thread: workers keep compressing while the caller writes finished chunks.
+  pool_->slots.resize(2 * n);
+  for (int i = 0; i < n - 1; i++) pool_->threads.emplace_back([p = pool_.get()] { p->Run(); });
+  return Ok();
+}
+
 Result<void> BlobWriter::PutChunk(uint32_t kind, const void* stored, uint32_t stored_len,
                                   uint32_t logical_len) {
   format::ChunkHeader h;
   h.kind = kind;
   h.logical_len = logical_len;
-  h.logical_off = logical_;
+  h.logical_off = emitted_;
   h.stored_len = stored_len;
   h.crc32c = Crc32c(0, stored, stored_len);
   TRY_CTX(out_->Write(&h, sizeof(h)), "blob %s", name_.c_str());
   TRY_CTX(out_->WriteChecked(stored, stored_len, h.crc32c), "blob %s", name_.c_str());
-  logical_ += logical_len;
+  emitted_ += logical_len;
   stored_ += sizeof(h) + stored_len;
   return Ok();
+}
+
+Result<void> BlobWriter::CompressOne(void* cctx, const Piece& p, std::vector<char>* out,
+                                     size_t* zlen) {
+  size_t bound = ZSTD_compressBound(p.len);
+  if (out->size() < bound) out->resize(bound);
+  size_t z = ZSTD_compressCCtx(static_cast<ZSTD_CCtx*>(cctx), out->data(), out->size(), p.data,
+                               p.len, level_);
+  if (ZSTD_isError(z))
+    return MakeError(ErrorKind::kGeneric, 0, "blob %s: zstd: %s", name_.c_str(),
+                     ZSTD_getErrorName(z));
+  *zlen = z;
+  return Ok();
+}
+
+// Writes pieces (each at most one chunk) as chunks, in order.
+Result<void> BlobWriter::Emit(const std::vector<Piece>& pieces) {
+  // Incompressible data (already compressed, random) is stored raw: smaller and faster to
+  // restore.
+  auto put = [&](const Piece& p, const char* z, size_t zlen) -> Result<void> {
+    if (z && zlen < p.len)
+      return PutChunk(format::kChunkZstd, z, static_cast<uint32_t>(zlen), p.len);
+    return PutChunk(format::kChunkRaw, p.data, p.len, p.len);
+  };
+  if (comp_ != Compression::kZstd) {
+    for (const Piece& p : pieces) TRY(put(p, nullptr, 0));
+    return Ok();
+  }
+  if (!pool_ || pieces.size() < 2) {
+    for (const Piece& p : pieces) {
+      size_t zlen;
+      TRY(CompressOne(cctx_.get(), p, &scratch_, &zlen));
+      TRY(put(p, scratch_.data(), zlen));
+    }
+    return Ok();
+  }
+  Pool& pool = *pool_;
+  {
+    std::lock_guard<std::mutex> l(pool.mu);
+    pool.owner = this;  // the writer may have moved since SetThreads
+    pool.pieces = &pieces;
+    pool.total = pieces.size();
+    pool.next = pool.written = 0;
+    for (auto& slot : pool.slots) slot.done = false;
+  }
+  pool.work_cv.notify_all();
+  Result<void> failed;
+  std::unique_lock<std::mutex> l(pool.mu);
+  while (pool.written < pool.total) {
+    Pool::Slot& s = pool.slots[pool.written % pool.slots.size()];
+    if (s.done) {
+      // Write it (after a failure, only drain: workers may still use the caller's data).
+      l.unlock();
+      if (failed.ok()) {
+        if (!s.err.empty())
+          failed = MakeError(ErrorKind::kGeneric, 0, "%s", s.err.c_str());
+        else
+          failed = put(pieces[pool.written], s.out.data(), s.zlen);
+      }
+      l.lock();
+      s.done = false;
+      s.err.clear();
+      pool.written++;
+      pool.work_cv.notify_all();  // a slot is free
+    } else if (pool.CanTake()) {
+      size_t j = pool.next++;
+      l.unlock();
+      pool.Compress(cctx_.get(), j);
+      l.lock();
+    } else {
+      pool.done_cv.wait(l, [&] { return s.done; });
+    }
+  }
+  // Every piece is written or drained: no worker touches the caller's data any more.
+  pool.total = pool.next = pool.written = 0;
+  pool.pieces = nullptr;
+  return failed;
 }
 
 Result<uint64_t> BlobWriter::Append(const void* data, size_t len) {
   if (!out_) return MakeError(ErrorKind::kGeneric, 0, "blob %s: append after close", name_.c_str());
   uint64_t start = logical_;
   const char* p = static_cast<const char*>(data);
-  while (len > 0) {
-    uint32_t n = static_cast<uint32_t>(std::min<size_t>(len, format::kMaxChunk));
-    if (comp_ == Compression::kZstd) {
-      size_t z = ZSTD_compressCCtx(static_cast<ZSTD_CCtx*>(cctx_.get()), scratch_.data(),
-                                   scratch_.size(), p, n, level_);
-      if (ZSTD_isError(z))
-        return MakeError(ErrorKind::kGeneric, 0, "blob %s: zstd: %s", name_.c_str(),
-                         ZSTD_getErrorName(z));
-      // Incompressible data (already compressed, random) is stored raw: smaller and faster to
-      // restore.
-      if (z < n)
-        TRY(PutChunk(format::kChunkZstd, scratch_.data(), static_cast<uint32_t>(z), n));
-      else
-        TRY(PutChunk(format::kChunkRaw, p, n, n));
-    } else {
-      TRY(PutChunk(format::kChunkRaw, p, n, n));
-    }
+  std::vector<Piece> pieces;
+  // Top up what is gathered first; a full gather buffer becomes the first chunk.
+  if (!gather_.empty()) {
+    size_t n = std::min(len, format::kMaxChunk - gather_.size());
+    gather_.insert(gather_.end(), p, p + n);
     p += n;
     len -= n;
+    if (gather_.size() == format::kMaxChunk) pieces.push_back({gather_.data(), format::kMaxChunk});
+  }
+  // Whole chunks straight from the caller's buffer; a large tail too when raw (no copy).
+  if (gather_.empty() || gather_.size() == format::kMaxChunk) {
+    while (len >= format::kMaxChunk || (len >= kDirectMin && comp_ == Compression::kNone)) {
+      uint32_t n = static_cast<uint32_t>(std::min<size_t>(len, format::kMaxChunk));
+      pieces.push_back({p, n});
+      p += n;
+      len -= n;
+    }
+  }
+  logical_ += (p - static_cast<const char*>(data));
+  TRY(Emit(pieces));
+  if (!gather_.empty() && gather_.size() == format::kMaxChunk) gather_.clear();
+  if (len > 0) {
+    if (gather_.capacity() < format::kMaxChunk) gather_.reserve(format::kMaxChunk);
+    gather_.insert(gather_.end(), p, p + len);
+    logical_ += len;
   }
   return start;
 }
 
+Result<void> BlobWriter::Reserve(uint64_t logical_bytes) {
+  if (!out_)
+    return MakeError(ErrorKind::kGeneric, 0, "blob %s: reserve after close", name_.c_str());
+  uint64_t chunks = logical_bytes / format::kMaxChunk + 2;
+  TRY_CTX(out_->Reserve(logical_bytes + chunks * sizeof(format::ChunkHeader)), "blob %s",
+          name_.c_str());
+  return Ok();
+}
+
 Result<void> BlobWriter::Close() {
   if (!out_) return MakeError(ErrorKind::kGeneric, 0, "blob %s: closed twice", name_.c_str());
-  auto r = out_->Close();
+  Result<void> r;
+  if (!gather_.empty()) r = Emit({{gather_.data(), static_cast<uint32_t>(gather_.size())}});
+  gather_.clear();
+  if (r.ok()) r = out_->Close();
   out_.reset();
+  pool_.reset();
   cctx_.reset();
   scratch_ = {};
+  gather_ = {};
   TRY_CTX(std::move(r), "blob %s", name_.c_str());
   return Ok();
 }

@@ -1,12 +1,11 @@
 #include "images/inspect.h"
 
 #include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <google/protobuf/descriptor.h>
 #include <google/protobuf/message.h>
 #include <google/protobuf/util/json_util.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <map>
@@ -38,6 +37,74 @@ Result<nlohmann::json> MessageJson(const google::protobuf::Message& msg) {
   return j;
 }
 
+// A one-line description of any record through reflection, for types without a registered
+// summary: the set scalar fields as name=value, repeated fields as name[count], messages as
+// name{...}; at most ~100 columns.
+std::string GenericSummary(const google::protobuf::Message& m) {
+  using google::protobuf::FieldDescriptor;
+  const auto* refl = m.GetReflection();
+  std::vector<const FieldDescriptor*> fields;
+  refl->ListFields(m, &fields);
+  std::string out;
+  for (const FieldDescriptor* f : fields) {
+    std::string item;
+    if (f->is_repeated()) {
+      item = StrFormat("%s[%d]", f->name().c_str(), refl->FieldSize(m, f));
+    } else {
+      switch (f->cpp_type()) {
+        case FieldDescriptor::CPPTYPE_INT32:
+          item = std::to_string(refl->GetInt32(m, f));
+          break;
+        case FieldDescriptor::CPPTYPE_INT64:
+          item = std::to_string(refl->GetInt64(m, f));
+          break;
+        case FieldDescriptor::CPPTYPE_UINT32:
+          item = std::to_string(refl->GetUInt32(m, f));
+          break;
+        case FieldDescriptor::CPPTYPE_UINT64: {
+          uint64_t v = refl->GetUInt64(m, f);
+          // Addresses and masks read better in hex.
+          item = v > 0xffffff ? StrFormat("0x%llx", static_cast<unsigned long long>(v))
+                              : std::to_string(v);
+          break;
+        }
+        case FieldDescriptor::CPPTYPE_DOUBLE:
+          item = StrFormat("%g", refl->GetDouble(m, f));
+          break;
+        case FieldDescriptor::CPPTYPE_FLOAT:
+          item = StrFormat("%g", refl->GetFloat(m, f));
+          break;
+        case FieldDescriptor::CPPTYPE_BOOL:
+          item = refl->GetBool(m, f) ? "true" : "false";
+          break;
+        case FieldDescriptor::CPPTYPE_ENUM:
+          item = refl->GetEnum(m, f)->name();
+          break;
+        case FieldDescriptor::CPPTYPE_STRING: {
+          std::string v = refl->GetString(m, f);
+          if (f->type() == FieldDescriptor::TYPE_BYTES) {
+            item = StrFormat("<%zu bytes>", v.size());
+          } else {
+            if (v.size() > 40) v = v.substr(0, 37) + "...";
+            item = "\"" + v + "\"";
+          }
+          break;
+        }
+        case FieldDescriptor::CPPTYPE_MESSAGE:
+          item = "{...}";
+          break;
+      }
+      item = f->name() + (f->cpp_type() == FieldDescriptor::CPPTYPE_MESSAGE ? "" : "=") + item;
+    }
+    if (out.size() + 1 + item.size() > 96) {
+      out += " ...";
+      break;
+    }
+    out += (out.empty() ? "" : " ") + item;
+  }
+  return out;
+}
+
 void InspectObject(const std::string& name, std::string data, const InspectOptions& opts,
                    nlohmann::json* f, std::vector<Error>* damage) {
   auto r = ImageReader::FromBuffer(name, std::move(data));
@@ -54,7 +121,11 @@ void InspectObject(const std::string& name, std::string data, const InspectOptio
     if (desc) proto = google::protobuf::MessageFactory::generated_factory()->GetPrototype(desc);
     if (!proto) (*f)["note"] = "type not known to this godwit: records not decoded";
   }
-  RecordSummaryFn summary = opts.summaries ? FindSummary(r->type_name()) : nullptr;
+  RecordSummaryFn summary = nullptr;
+  if (opts.summaries) {
+    summary = FindSummary(r->type_name());
+    if (!summary) summary = &GenericSummary;
+  }
   uint64_t count = 0;
   nlohmann::json records = nlohmann::json::array(), sums = nlohmann::json::array();
   std::unique_ptr<google::protobuf::Message> msg(proto ? proto->New() : nullptr);
@@ -81,15 +152,17 @@ void InspectObject(const std::string& name, std::string data, const InspectOptio
       auto j = MessageJson(*msg);
       records.push_back(j.ok() ? *j : nlohmann::json(j.error().message()));
     }
-    if (summary) sums.push_back(summary(*msg));
+    if (summary && sums.size() < opts.max_summaries) sums.push_back(summary(*msg));
   }
   (*f)["records"] = count;
   if (opts.decode_records && msg) (*f)["records_json"] = std::move(records);
   if (summary) (*f)["summaries"] = std::move(sums);
 }
 
-void InspectBlob(const std::string& path, const std::string& name, nlohmann::json* f,
-                 std::vector<Error>* damage) {
+// check_chunks: read every chunk to find where the damage is (the file's checksum is wrong or
+// unknown).
+void InspectBlob(const std::string& path, const std::string& name, bool check_chunks,
+                 nlohmann::json* f, std::vector<Error>* damage) {
   auto b = BlobReader::OpenFile(path, name, /*verified=*/false);
   if (!b.ok()) {
     (*f)["error"] = b.error().message();
@@ -97,6 +170,13 @@ void InspectBlob(const std::string& path, const std::string& name, nlohmann::jso
     return;
   }
   auto st = (*b)->stats();
+  if (check_chunks) {
+    auto v = (*b)->VerifyChunks();
+    if (!v.ok()) {
+      (*f)["error"] = v.error().message();
+      damage->push_back(std::move(v).error());
+    }
+  }
   (*f)["chunks"] = st.chunks;
   (*f)["zstd_chunks"] = st.zstd_chunks;
   (*f)["logical_bytes"] = st.logical_bytes;
@@ -122,6 +202,7 @@ Result<nlohmann::json> InspectDir(const std::string& dir, const InspectOptions& 
   nlohmann::json out;
   out["dir"] = dir;
   std::vector<std::string> listed;
+  std::set<std::string> bad_files;  // listed files whose size or checksum is wrong
   auto set = ImageSet::OpenUnverified(dir);
   out["complete"] = set.ok();
   if (set.ok()) {
@@ -133,7 +214,11 @@ Result<nlohmann::json> InspectDir(const std::string& dir, const InspectOptions& 
     for (const auto& f : set->inventory().files()) listed.push_back(f.name());
     auto errs = set->Verify();
     out["verified"] = errs.empty();
-    for (auto& e : errs) damage->push_back(std::move(e));
+    for (auto& e : errs) {
+      for (const auto& n : listed)
+        if (e.message().rfind(n + ":", 0) == 0) bad_files.insert(n);
+      damage->push_back(std::move(e));
+    }
   } else {
     out["verified"] = false;
     damage->push_back(set.error());
@@ -142,11 +227,19 @@ Result<nlohmann::json> InspectDir(const std::string& dir, const InspectOptions& 
   std::vector<std::string> order = listed;
   std::sort(names.begin(), names.end());
   for (const auto& n : names)
-    if (n != format::kInventoryName &&
-        std::find(listed.begin(), listed.end(), n) == listed.end())
+    if (n != format::kInventoryName && std::find(listed.begin(), listed.end(), n) == listed.end())
       order.push_back(n);
   nlohmann::json files = nlohmann::json::array();
+  for (const auto& name : opts.only) {
+    if (std::find(order.begin(), order.end(), name) == order.end()) {
+      Error e = MakeError(ErrorKind::kNotFound, 0, "%s: no image %s", dir.c_str(), name.c_str());
+      damage->push_back(e);
+    }
+  }
   for (const auto& name : order) {
+    if (!opts.only.empty() &&
+        std::find(opts.only.begin(), opts.only.end(), name) == opts.only.end())
+      continue;
     nlohmann::json f;
     f["name"] = name;
     f["listed"] = std::find(listed.begin(), listed.end(), name) != listed.end();
@@ -182,7 +275,7 @@ Result<nlohmann::json> InspectDir(const std::string& dir, const InspectOptions& 
       }
       case FileKind::kBlob:
         f["kind"] = "blob";
-        InspectBlob(path, name, &f, damage);
+        InspectBlob(path, name, !f["listed"].get<bool>() || bad_files.count(name), &f, damage);
         break;
       case FileKind::kUnknown:
         f["kind"] = "unknown";

@@ -33,6 +33,7 @@ struct RestoreOptions {
   bool detach = false;
   std::string pid_file;
   bool tcp_close = false;
+  bool shell_job = false;
   std::vector<std::pair<int, std::string>> inherit_fds;
   std::function<void(const char*, uint64_t, uint64_t)> progress;
 };
@@ -56,7 +57,7 @@ struct ProcessRestore {
   pid_t pid = 0;
   img::ProcessCore core;
   img::MmEntry mm;
-  img::PageMap pagemap;
+  std::vector<img::PageMap> pagemaps;  // pre-dump rounds first, applied in order
   std::unique_ptr<remote::Remote> remote;
   std::vector<pid_t> attached;  // threads under our ptrace, the main thread first
 };

@@ -24,6 +24,12 @@ Result<void> Queue(remote::Remote* r, pid_t pid, pid_t tid, const img::PendingSi
   siginfo_t info;
   memset(&info, 0, sizeof(info));
   memcpy(&info, s.siginfo().data(), std::min(s.siginfo().size(), sizeof(info)));
+  // rt_tgsigqueueinfo turns SI_TKILL into SI_USER on this kernel; a tgkill the thread sent
+  // itself is re-sent with tgkill, which sets the same fields (si_pid, si_uid, SI_TKILL).
+  if (tid != 0 && info.si_code == SI_TKILL && info.si_pid == pid) {
+    TRY_CTX(r->Syscall(SYS_tgkill, pid, tid, s.signo()), "tgkill %d", s.signo());
+    return Ok();
+  }
   uint64_t at = r->scratch() + 1024;
   TRY(r->Write(at, &info, sizeof(info)));
   if (tid == 0)
@@ -66,7 +72,7 @@ Result<void> RestoreCore(RestoreContext& ctx, ProcessRestore& p) {
   // The last injected call: unmap the scratch area. The main thread stops at its syscall exit.
   TRY_CTX(r->UnmapFinal(), "pid %d: unmap scratch", p.pid);
   for (const auto& t : p.core.threads()) {
-    TRY(SetMask(t.tid(), t.sigmask()));
+    TRY(SetMask(t.tid(), t.blocked()));
     user_regs_struct regs = dump::RegsFromProto(t.regs());
     remote::PrepareSyscallRestart(&regs, /*live=*/false);
     TRY_CTX(remote::SetRegs(t.tid(), regs), "pid %d", p.pid);

@@ -2,14 +2,15 @@
 // record decoded through the type named in the image header), and a damaged directory (shown
 // as far as readable, non-zero exit).
 #include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-#include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
 
 #include "common/fs.h"
+#include "images/format.h"
 #include "images/image.h"
 
 namespace godwit::images {
@@ -83,6 +84,8 @@ TEST_F(InspectTest, HumanSummary) {
   EXPECT_NE(r.out.find("files-7.img"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("3 records of godwit.img.ImageFile"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("0 records of (none)"), std::string::npos) << r.out;
+  // Types without a registered summary get one from reflection.
+  EXPECT_NE(r.out.find("name=\"entry2\" size=102"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("blob: 2 chunks (2 zstd), 5.0 MiB logical"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("cpu features: fpu"), std::string::npos) << r.out;
 }
@@ -108,6 +111,18 @@ TEST_F(InspectTest, JsonDecodesEveryRecord) {
   EXPECT_EQ(b["logical_bytes"], 5u << 20);
   EXPECT_GT(b["ratio"].get<double>(), 100.0);
   EXPECT_TRUE(j["damage"].empty());
+}
+
+TEST_F(InspectTest, OnlyNamedImages) {
+  CmdResult r = Godwit({"inspect", "--json", dir_, "files-7.img"}, dir_);
+  ASSERT_EQ(r.status, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out, nullptr, false);
+  ASSERT_FALSE(j.is_discarded());
+  ASSERT_EQ(j["files"].size(), 1u);
+  EXPECT_EQ(j["files"][0]["name"], "files-7.img");
+  CmdResult missing = Godwit({"inspect", dir_, "nope.img"}, dir_);
+  EXPECT_EQ(missing.status, 3) << missing.err;
+  EXPECT_NE(missing.err.find("nope.img"), std::string::npos);
 }
 
 TEST_F(InspectTest, DamagedDirectory) {
@@ -143,8 +158,68 @@ TEST_F(InspectTest, DamagedDirectory) {
   EXPECT_NE(i.out.find("empty.img"), std::string::npos) << i.out;
 }
 
+TEST_F(InspectTest, FlippedBlobByteIsLocated) {
+  auto set = ImageSet::Open(dir_);
+  ASSERT_TRUE(set.ok());
+  auto b = set->OpenBlob("pages-7.img");
+  ASSERT_TRUE(b.ok());
+  ASSERT_EQ((*b)->stats().chunks, 2u);
+  // Damage the last chunk's payload (the file's last bytes).
+  int fd = open((dir_ + "/pages-7.img").c_str(), O_RDWR);
+  ASSERT_GE(fd, 0);
+  struct stat st;
+  ASSERT_EQ(fstat(fd, &st), 0);
+  char c;
+  ASSERT_EQ(pread(fd, &c, 1, st.st_size - 5), 1);
+  c ^= 1;
+  ASSERT_EQ(pwrite(fd, &c, 1, st.st_size - 5), 1);
+  close(fd);
+  CmdResult r = Godwit({"inspect", dir_}, dir_);
+  EXPECT_EQ(r.status, 5);
+  EXPECT_NE(r.out.find("pages-7.img: checksum mismatch"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("chunk checksum mismatch (chunk of logical [4194304,"), std::string::npos)
+      << r.out;
+}
+
+// Every message type of proto/*.proto is known to the godwit binary: an image of any type is
+// decoded, not shown as "type not known".
+TEST(Inspect, DecodesEveryImageType) {
+  std::string dir = StrFormat("/dev/shm/godwit-inspect-types-%d", getpid());
+  (void)fs::RemoveAll(dir);
+  ASSERT_TRUE(fs::MkdirAll(dir).ok());
+  auto protos = fs::ListDir(std::string(GODWIT_SOURCE_DIR) + "/proto");
+  ASSERT_TRUE(protos.ok());
+  int n = 0;
+  for (const auto& p : *protos) {
+    if (p.size() < 6 || p.substr(p.size() - 6) != ".proto") continue;
+    auto text = fs::ReadFile(std::string(GODWIT_SOURCE_DIR) + "/proto/" + p);
+    ASSERT_TRUE(text.ok());
+    for (const auto& line : fs::Split(*text, '\n')) {
+      if (line.rfind("message ", 0) != 0) continue;  // top-level messages only
+      std::string name = fs::Trim(line.substr(8, line.find('{') - 8));
+      // One zero-length record: a valid encoding of any proto3 message.
+      std::string img = format::ImageHeader("godwit.img." + name, kFormatVersion);
+      img.append(4, '\0');
+      ASSERT_TRUE(fs::WriteFile(dir + "/" + name + ".img", img).ok());
+      n++;
+    }
+  }
+  ASSERT_GT(n, 1);
+  CmdResult r = Godwit({"inspect", "--json", dir}, dir);
+  (void)fs::RemoveAll(dir);
+  auto j = nlohmann::json::parse(r.out, nullptr, false);
+  ASSERT_FALSE(j.is_discarded()) << r.out << r.err;
+  ASSERT_EQ(j["files"].size(), static_cast<size_t>(n));
+  for (const auto& f : j["files"]) {
+    EXPECT_FALSE(f.contains("note")) << f["type"] << ": " << f["note"];
+    EXPECT_EQ(f["records"], 1) << f["type"];
+    EXPECT_EQ(f["records_json"].size(), 1u) << f["type"];
+  }
+}
+
 TEST(Inspect, MissingDirAndUsage) {
-  CmdResult r = Godwit({"inspect", "/nonexistent/godwit-images"}, StrFormat("/tmp/godwit-insp-%d", getpid()));
+  CmdResult r =
+      Godwit({"inspect", "/nonexistent/godwit-images"}, StrFormat("/tmp/godwit-insp-%d", getpid()));
   EXPECT_EQ(r.status, 3) << r.err;  // not found
   CmdResult u = Godwit({"inspect"}, StrFormat("/tmp/godwit-insp-%d", getpid()));
   EXPECT_EQ(u.status, 2) << u.err;

@@ -2,11 +2,11 @@
 // and every kind of bad input (truncation, corruption, wrong magic or version, missing files,
 // absurd lengths) failing with kBadImage, the file name and the offset.
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <gtest/gtest.h>
-
+#include <map>
 #include <random>
 
 #include "common/fs.h"
@@ -237,7 +237,171 @@ TEST_F(ImagesTest, BlobZstdRoundTrip) { BlobRoundTrip(dir_, Compression::kZstd, 
 TEST_F(ImagesTest, BlobZstdIncompressibleStoredRaw) {
   BlobRoundTrip(dir_, Compression::kZstd, 9 << 20, false);
 }
-TEST_F(ImagesTest, BlobLarge) { BlobRoundTrip(dir_, Compression::kNone, (64 << 20) + 12345, false); }
+TEST_F(ImagesTest, BlobLarge) {
+  BlobRoundTrip(dir_, Compression::kNone, (64 << 20) + 12345, false);
+}
+
+// Small appends are gathered into whole chunks, any thread count gives the same file, and
+// offsets returned by Append are right whatever the mix of sizes.
+TEST_F(ImagesTest, BlobGatherAndThreads) {
+  std::string data = RandomBytes(11 << 20, 5);
+  for (size_t i = 0; i < data.size(); i += 2) data[i] = 0;  // compressible
+  std::vector<size_t> sizes = {4096, 4096, 100, 5 << 20, 4096, 300 << 10, 1, 9 << 20};
+  std::string files[3];
+  int variant = 0;
+  for (auto [c, threads] : {std::pair{Compression::kZstd, 1}, std::pair{Compression::kZstd, 3},
+                            std::pair{Compression::kNone, 1}}) {
+    SCOPED_TRACE(threads);
+    auto sink = OpenDirSink(dir_);
+    ASSERT_TRUE(sink.ok());
+    auto w = BlobWriter::Create(**sink, "pages.img", c, 1);
+    ASSERT_TRUE(w.ok());
+    ASSERT_TRUE(w->SetThreads(threads).ok());
+    size_t off = 0;
+    for (size_t i = 0; off < data.size(); i++) {
+      size_t n = std::min(sizes[i % sizes.size()], data.size() - off);
+      auto at = w->Append(data.data() + off, n);
+      ASSERT_TRUE(at.ok());
+      ASSERT_EQ(*at, off);
+      off += n;
+      ASSERT_EQ(w->logical_size(), off);
+    }
+    ASSERT_TRUE(w->Close().ok());
+    ASSERT_TRUE((*sink)->Finish(NewInventory()).ok());
+    files[variant++] = *fs::ReadFile(Path("pages.img"));
+    auto set = ImageSet::Open(dir_);
+    ASSERT_TRUE(set.ok());
+    auto b = set->OpenBlob("pages.img");
+    ASSERT_TRUE(b.ok());
+    auto st = (*b)->stats();
+    // 4 KiB appends did not become 4 KiB chunks.
+    EXPECT_LE(st.chunks, data.size() / format::kMaxChunk + 8);
+    std::string back(data.size(), '\0');
+    ASSERT_TRUE((*b)->Read(0, back.data(), back.size()).ok());
+    EXPECT_TRUE(back == data);
+    // Page-sized reads, as a restorer of scattered pages does.
+    for (size_t o = 0; o < data.size(); o += 4096 * 37) {
+      char page[4096];
+      size_t n = std::min<size_t>(4096, data.size() - o);
+      ASSERT_TRUE((*b)->Read(o, page, n).ok());
+      ASSERT_EQ(memcmp(page, data.data() + o, n), 0);
+    }
+  }
+  EXPECT_TRUE(files[0] == files[1]) << "thread count changed the file";
+  EXPECT_LT(files[0].size(), files[2].size());
+}
+
+TEST_F(ImagesTest, EdgeCases) {
+  EXPECT_EQ(Crc32cCombine(0x12345678, 0, 0), 0x12345678u);
+  auto sink = OpenDirSink(dir_);
+  ASSERT_TRUE(sink.ok());
+  auto w = BlobWriter::Create(**sink, "empty-blob.img", Compression::kZstd);
+  ASSERT_TRUE(w.ok());
+  auto at = w->Append("", 0);
+  ASSERT_TRUE(at.ok());
+  EXPECT_EQ(*at, 0u);
+  ASSERT_TRUE(w->Close().ok());
+  EXPECT_FALSE(w->Close().ok());
+  EXPECT_FALSE(w->Append("x", 1).ok());
+  EXPECT_FALSE(BlobWriter::Create(**sink, "bad-level.img", Compression::kZstd, 99).ok());
+  auto iw = ImageWriter::Create(**sink, "x.img");
+  ASSERT_TRUE(iw.ok());
+  ASSERT_TRUE(iw->Close().ok());
+  EXPECT_FALSE(iw->Close().ok());
+  EXPECT_FALSE(iw->Write(File("a", 1)).ok());
+  ASSERT_TRUE((*sink)->Finish(NewInventory()).ok());
+  EXPECT_FALSE((*sink)->Finish(NewInventory()).ok());
+  auto set = ImageSet::Open(dir_);
+  ASSERT_TRUE(set.ok());
+  auto b = set->OpenBlob("empty-blob.img");
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ((*b)->logical_size(), 0u);
+  EXPECT_TRUE((*b)->Read(0, nullptr, 0).ok());
+  char c;
+  EXPECT_FALSE((*b)->Read(0, &c, 1).ok());
+  // An object image is not a blob and vice versa.
+  auto wrong = set->OpenBlob("x.img");
+  ASSERT_FALSE(wrong.ok());
+  EXPECT_EQ(wrong.error().kind(), ErrorKind::kBadImage);
+  auto wrong2 = set->OpenImage("empty-blob.img");
+  ASSERT_FALSE(wrong2.ok());
+  EXPECT_EQ(wrong2.error().kind(), ErrorKind::kBadImage);
+  // The user's directory argument that does not exist is "not found", not a bad image.
+  auto none = ImageSet::Open(dir_ + "/nope");
+  ASSERT_FALSE(none.ok());
+  EXPECT_EQ(none.error().kind(), ErrorKind::kNotFound);
+}
+
+// Writers only stream through Output (no seeking, no knowledge of files): any Sink works, as a
+// socket sink for live migration will. This one keeps every output in memory.
+class MemorySink : public Sink {
+ public:
+  struct Out : Output {
+    std::string* dst;
+    bool closed = false;
+    Result<void> Write(const void* d, size_t n) override {
+      dst->append(static_cast<const char*>(d), n);
+      return Ok();
+    }
+    Result<void> Close() override {
+      closed = true;
+      return Ok();
+    }
+  };
+  Result<std::unique_ptr<Output>> Create(const std::string& name) override {
+    auto o = std::make_unique<Out>();
+    o->dst = &files[name];
+    return std::unique_ptr<Output>(std::move(o));
+  }
+  Result<void> Finish(img::Inventory inv) override { return Ok(); }
+  void Abort() override { files.clear(); }
+  std::map<std::string, std::string> files;
+};
+
+TEST(Images, AnySinkWorks) {
+  MemorySink sink;
+  ASSERT_TRUE(WriteImage(sink, "one.img", File("x", 5)).ok());
+  auto b = BlobWriter::Create(sink, "blob.img", Compression::kZstd);
+  ASSERT_TRUE(b.ok());
+  std::string data = RandomBytes(6 << 20, 4);
+  ASSERT_TRUE(b->Append(data.data(), data.size()).ok());
+  ASSERT_TRUE(b->Close().ok());
+  auto r = ImageReader::FromBuffer("one.img", sink.files["one.img"]);
+  ASSERT_TRUE(r.ok());
+  img::ImageFile f;
+  auto more = r->Next(&f);
+  ASSERT_TRUE(more.ok() && *more);
+  EXPECT_EQ(f.name(), "x");
+  auto br = BlobReader::FromBuffer("blob.img", sink.files["blob.img"]);
+  ASSERT_TRUE(br.ok());
+  std::string back(data.size(), '\0');
+  ASSERT_TRUE((*br)->Read(0, back.data(), back.size()).ok());
+  EXPECT_TRUE(back == data);
+}
+
+TEST_F(ImagesTest, ReserveReleasesTheUnused) {
+  auto sink = OpenDirSink(dir_);
+  ASSERT_TRUE(sink.ok());
+  auto w = BlobWriter::Create(**sink, "pages.img", Compression::kNone);
+  ASSERT_TRUE(w.ok());
+  ASSERT_TRUE(w->Reserve(64 << 20).ok());
+  struct stat st;
+  ASSERT_EQ(stat(Path("pages.img").c_str(), &st), 0);
+  EXPECT_GE(st.st_blocks * 512, 64 << 20);  // allocated ahead (tmpfs supports fallocate)
+  std::string data = RandomBytes(3 << 20, 2);
+  ASSERT_TRUE(w->Append(data.data(), data.size()).ok());
+  ASSERT_TRUE(w->Close().ok());
+  ASSERT_TRUE((*sink)->Finish(NewInventory()).ok());
+  ASSERT_EQ(stat(Path("pages.img").c_str(), &st), 0);
+  EXPECT_LT(st.st_blocks * 512, 4 << 20);  // the rest was released
+  auto set = ImageSet::Open(dir_);
+  ASSERT_TRUE(set.ok()) << set.error().to_string();
+  auto b = set->OpenBlob("pages.img");
+  ASSERT_TRUE(b.ok());
+  std::string back(data.size(), '\0');
+  ASSERT_TRUE((*b)->Read(0, back.data(), back.size()).ok());
+  EXPECT_TRUE(back == data);
+}
 
 // ---- sinks
 
@@ -437,6 +601,47 @@ TEST_F(BadImageTest, FlippedByteNamesFile) {
   EXPECT_NE(u.error().message().find("checksum"), std::string::npos);
 }
 
+TEST_F(ImagesTest, DeferredVerification) {
+  auto sink = OpenDirSink(dir_);
+  ASSERT_TRUE(sink.ok());
+  ASSERT_TRUE(WriteImage(**sink, "small.img", File("a", 1)).ok());
+  auto w = BlobWriter::Create(**sink, "big.img", Compression::kNone);
+  ASSERT_TRUE(w.ok());
+  std::string data = RandomBytes(65 << 20, 9);
+  ASSERT_TRUE(w->Append(data.data(), data.size()).ok());
+  ASSERT_TRUE(w->Close().ok());
+  ASSERT_TRUE((*sink)->Finish(NewInventory()).ok());
+  {
+    auto set = ImageSet::OpenDeferred(dir_);
+    ASSERT_TRUE(set.ok()) << set.error().to_string();
+    auto b = set->OpenBlob("big.img");
+    ASSERT_TRUE(b.ok());
+    EXPECT_TRUE(set->WaitVerified().ok());
+    EXPECT_TRUE(set->WaitVerified().ok());  // twice is fine
+  }
+  auto unverified = ImageSet::OpenUnverified(dir_);
+  ASSERT_TRUE(unverified.ok());
+  EXPECT_FALSE(unverified->WaitVerified().ok());
+  // Damage in the big file shows at WaitVerified, naming it.
+  int fd = open(Path("big.img").c_str(), O_RDWR);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(pwrite(fd, "X", 1, 40 << 20), 1);
+  close(fd);
+  {
+    auto set = ImageSet::OpenDeferred(dir_);
+    ASSERT_TRUE(set.ok());
+    auto r = set->WaitVerified();
+    ExpectBad(r, "big.img", false);
+  }
+  // Damage in a small file fails at once.
+  fd = open(Path("small.img").c_str(), O_RDWR);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(pwrite(fd, "X", 1, 20), 1);
+  close(fd);
+  auto set = ImageSet::OpenDeferred(dir_);
+  ExpectBad(set.ok() ? Result<void>() : Result<void>(set.error()), "small.img", false);
+}
+
 TEST_F(BadImageTest, FlippedByteInZstdChunk) {
   Flip("pages-2.img", format::kBlobHeaderSize + sizeof(format::ChunkHeader) + 20);
   ExpectBad(OpenVerified(dir_), "pages-2.img", false);
@@ -518,6 +723,16 @@ TEST_F(BadImageTest, MissingListedFile) {
   auto b = set->OpenBlob("pages-2.img");
   ASSERT_FALSE(b.ok());
   EXPECT_EQ(b.error().kind(), ErrorKind::kBadImage);
+}
+
+TEST_F(BadImageTest, NotARegularFile) {
+  // A FIFO in place of an image must not block the reader.
+  ASSERT_EQ(unlink(Path("core-1.img").c_str()), 0);
+  ASSERT_EQ(mkfifo(Path("core-1.img").c_str(), 0600), 0);
+  auto r = OpenVerified(dir_);
+  ExpectBad(r, "core-1.img", false);
+  EXPECT_NE(r.error().message().find("not a regular file"), std::string::npos);
+  ExpectBad(ReadAllUnverified(), "core-1.img", false);
 }
 
 TEST_F(BadImageTest, AbsurdRecordLength) {

@@ -1,0 +1,94 @@
+// cgroups behind one interface, one backend per file:
+//   cgroup_v1.cc      v1 controllers mounted under /sys/fs/cgroup/<controller>
+//   cgroup_v2.cc      the unified hierarchy at /sys/fs/cgroup (most distributions)
+//   cgroup_hybrid.cc  v1 controllers for limits + the cgroup2 tree (/sys/fs/cgroup/unified) for
+//                     membership and freezing: a cgroup2-frozen task stops at once, a v1-frozen
+//                     one sits in D state and only takes ptrace stops after the thaw.
+// Every container's cgroup is "godwit/<id>" under each hierarchy's root ("godwit" is the shared
+// parent). The backends do the kernel I/O; nothing here prints.
+#pragma once
+
+#include <sys/types.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/result.h"
+#include "runtime/spec.h"
+
+namespace godwit::runtime {
+
+enum class CgroupLayout { kV1, kV2, kHybrid };
+const char* CgroupLayoutName(CgroupLayout l);
+
+// Where the hierarchies live. Tests and callers normally use DetectCgroupLayout().
+struct CgroupRoots {
+  CgroupLayout layout = CgroupLayout::kV1;
+  std::map<std::string, std::string> v1;  // controller -> mount dir ("memory" -> /sys/fs/cgroup/memory)
+  std::string unified;                    // the cgroup2 mount, empty if none
+};
+
+// Reads /proc/self/mountinfo once per process (cached): which layout this machine has.
+Result<CgroupRoots> DetectCgroupLayout();
+
+class Cgroup {
+ public:
+  virtual ~Cgroup() = default;
+  virtual CgroupLayout layout() const = 0;
+  // The relative name under each root, "godwit/<id>".
+  const std::string& name() const { return name_; }
+
+  // mkdir the cgroup in every hierarchy the backend uses (and the godwit parent). EEXIST on the
+  // leaf is an error (kExists): two containers never share a cgroup.
+  virtual Result<void> Create() = 0;
+  // Writes the limits. A value the kernel refuses fails naming the file and value.
+  virtual Result<void> Apply(const Resources& res) = 0;
+  // Moves pid (all its threads) into the cgroup in every hierarchy.
+  virtual Result<void> AddProcess(pid_t pid) = 0;
+  // Every pid (host view) in the cgroup.
+  virtual Result<std::vector<pid_t>> Pids() const = 0;
+  // Freezes every task and waits (bounded) until the kernel reports the cgroup frozen.
+  virtual Result<void> Freeze() = 0;
+  virtual Result<void> Thaw() = 0;
+  virtual Result<bool> IsFrozen() const = 0;
+  // rmdir in every hierarchy; waits (bounded) for exiting tasks to leave. Missing dirs are fine,
+  // so Destroy is idempotent and safe in rollback paths.
+  virtual Result<void> Destroy() = 0;
+  // Paths of the cgroup directories, by controller name ("memory", "pids", "unified", ...).
+  virtual std::map<std::string, std::string> Paths() const = 0;
+  // Counters for tests and reports: "oom_kill" (memory), "pids_max_hit" (pids events).
+  virtual Result<std::map<std::string, int64_t>> Events() const = 0;
+
+ protected:
+  explicit Cgroup(std::string name) : name_(std::move(name)) {}
+  std::string name_;
+};
+
+// The cgroup of a container id on this machine's layout (does not touch the kernel).
+Result<std::unique_ptr<Cgroup>> OpenCgroup(const std::string& container_id);
+// Same with explicit roots (tests, or a v2 machine mounted elsewhere).
+std::unique_ptr<Cgroup> OpenCgroup(const CgroupRoots& roots, const std::string& container_id);
+
+// Backend factories (one per file).
+// v1: one directory per controller godwit uses (memory, cpu, cpuacct, pids, freezer, devices).
+std::unique_ptr<Cgroup> NewCgroupV1(const std::map<std::string, std::string>& mounts,
+                                    const std::string& name);
+std::unique_ptr<Cgroup> NewCgroupV2(const std::string& root, const std::string& name);
+std::unique_ptr<Cgroup> NewCgroupHybrid(const std::map<std::string, std::string>& v1_mounts,
+                                        const std::string& unified, const std::string& name);
+
+// Shared helpers for the backends.
+namespace cgroup_internal {
+Result<void> WriteKnob(const std::string& dir, const char* file, const std::string& value);
+Result<std::string> ReadKnob(const std::string& dir, const char* file);
+Result<void> MakeDir(const std::string& parent, const std::string& leaf_name);
+// rmdir with a bounded retry on EBUSY (tasks still exiting); ENOENT is success.
+Result<void> RemoveDir(const std::string& dir);
+Result<std::vector<pid_t>> ReadPids(const std::string& dir);
+// Parses "key value" lines (memory.events, pids.events, cgroup.events).
+std::map<std::string, int64_t> ParseKeyValues(const std::string& text);
+}  // namespace cgroup_internal
+
+}  // namespace godwit::runtime

@@ -1,0 +1,187 @@
+// cgroup v1: one directory per controller, each under its own mount.
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/fs.h"
+#include "common/log.h"
+#include "runtime/cgroup.h"
+
+namespace godwit::runtime {
+namespace {
+
+using namespace cgroup_internal;
+
+// The controllers a container joins. cpuset is left out on purpose: a v1 cpuset cgroup starts
+// with empty cpus/mems and would refuse tasks until copied from the parent.
+constexpr const char* kControllers[] = {"memory", "cpu", "cpuacct", "pids", "freezer", "devices"};
+
+std::string DeviceRule(const Resources::DeviceRule& r) {
+  auto num = [](int64_t v) { return v < 0 ? std::string("*") : std::to_string(v); };
+  if (r.type == 'a') return "a";
+  return StrFormat("%c %s:%s %s", r.type, num(r.major).c_str(), num(r.minor).c_str(),
+                   r.access.c_str());
+}
+
+class CgroupV1 : public Cgroup {
+ public:
+  CgroupV1(const std::map<std::string, std::string>& mounts, const std::string& name)
+      : Cgroup(name) {
+    for (const char* c : kControllers) {
+      auto it = mounts.find(c);
+      if (it == mounts.end()) continue;
+      // cpu and cpuacct may share one mount ("cpu,cpuacct"): one directory serves both.
+      std::string dir = it->second + "/" + name;
+      bool dup = false;
+      for (const auto& [k, v] : dirs_) dup = dup || v == dir;
+      if (!dup) dirs_[c] = dir;
+      parents_[c] = it->second;
+      dirs_all_[c] = dir;
+    }
+  }
+
+  CgroupLayout layout() const override { return CgroupLayout::kV1; }
+
+  Result<void> Create() override {
+    std::vector<std::string> made;
+    for (const auto& [ctrl, dir] : dirs_) {
+      std::string godwit = parents_[ctrl] + "/godwit";
+      if (::mkdir(godwit.c_str(), 0755) < 0 && errno != EEXIST) {
+        Error e = Errno("mkdir %s", godwit.c_str());
+        for (const auto& m : made) ::rmdir(m.c_str());
+        return e;
+      }
+      if (::mkdir(dir.c_str(), 0755) < 0) {
+        Error e = errno == EEXIST
+                      ? MakeError(ErrorKind::kExists, EEXIST, "cgroup %s exists", dir.c_str())
+                      : Errno("mkdir %s", dir.c_str());
+        for (const auto& m : made) ::rmdir(m.c_str());
+        return e;
+      }
+      made.push_back(dir);
+    }
+    return Ok();
+  }
+
+  Result<void> Apply(const Resources& res) override {
+    if (res.memory_limit) {
+      TRY(Need("memory", "linux.resources.memory"));
+      TRY(WriteKnob(dirs_all_["memory"], "memory.limit_in_bytes",
+                    std::to_string(*res.memory_limit)));
+    }
+    if (res.cpu_shares || res.cpu_quota || res.cpu_period) TRY(Need("cpu", "linux.resources.cpu"));
+    if (res.cpu_shares)
+      TRY(WriteKnob(dirs_all_["cpu"], "cpu.shares", std::to_string(*res.cpu_shares)));
+    // The period first: a quota is validated against the current period.
+    if (res.cpu_period)
+      TRY(WriteKnob(dirs_all_["cpu"], "cpu.cfs_period_us", std::to_string(*res.cpu_period)));
+    if (res.cpu_quota)
+      TRY(WriteKnob(dirs_all_["cpu"], "cpu.cfs_quota_us", std::to_string(*res.cpu_quota)));
+    if (res.pids_limit) {
+      TRY(Need("pids", "linux.resources.pids"));
+      TRY(WriteKnob(dirs_all_["pids"], "pids.max",
+                    *res.pids_limit > 0 ? std::to_string(*res.pids_limit) : "max"));
+    }
+    if (!res.devices.empty()) {
+      TRY(Need("devices", "linux.resources.devices"));
+      for (const auto& r : res.devices)
+        TRY(WriteKnob(dirs_all_["devices"], r.allow ? "devices.allow" : "devices.deny",
+                      DeviceRule(r)));
+    }
+    return Ok();
+  }
+
+  Result<void> AddProcess(pid_t pid) override {
+    std::string p = std::to_string(pid);
+    for (const auto& [ctrl, dir] : dirs_) TRY(WriteKnob(dir, "cgroup.procs", p));
+    return Ok();
+  }
+
+  Result<std::vector<pid_t>> Pids() const override {
+    for (const char* c : {"pids", "freezer", "memory"}) {
+      auto it = dirs_all_.find(c);
+      if (it != dirs_all_.end()) return ReadPids(it->second);
+    }
+    if (dirs_.empty()) return MakeError(ErrorKind::kUnsupported, 0, "no v1 controller mounted");
+    return ReadPids(dirs_.begin()->second);
+  }
+
+  Result<void> Freeze() override { return SetFreezer("FROZEN"); }
+  Result<void> Thaw() override { return SetFreezer("THAWED"); }
+
+  Result<bool> IsFrozen() const override {
+    auto it = dirs_all_.find("freezer");
+    if (it == dirs_all_.end()) return MakeError(ErrorKind::kUnsupported, 0, "no v1 freezer");
+    ASSIGN_OR_RETURN(std::string s, ReadKnob(it->second, "freezer.state"));
+    return fs::Trim(s) == "FROZEN";
+  }
+
+  Result<void> Destroy() override {
+    Result<void> first;
+    for (const auto& [ctrl, dir] : dirs_) {
+      auto r = RemoveDir(dir);
+      if (!r.ok() && first.ok()) first = std::move(r).error();
+    }
+    return first;
+  }
+
+  std::map<std::string, std::string> Paths() const override { return dirs_all_; }
+
+  Result<std::map<std::string, int64_t>> Events() const override {
+    std::map<std::string, int64_t> out;
+    if (auto it = dirs_all_.find("memory"); it != dirs_all_.end()) {
+      ASSIGN_OR_RETURN(std::string s, ReadKnob(it->second, "memory.oom_control"));
+      auto kv = ParseKeyValues(s);
+      out["oom_kill"] = kv["oom_kill"];
+      ASSIGN_OR_RETURN(std::string f, ReadKnob(it->second, "memory.failcnt"));
+      out["memory_failcnt"] = strtoll(f.c_str(), nullptr, 10);
+    }
+    if (auto it = dirs_all_.find("pids"); it != dirs_all_.end()) {
+      ASSIGN_OR_RETURN(std::string s, ReadKnob(it->second, "pids.events"));
+      out["pids_max_hit"] = ParseKeyValues(s)["max"];
+      ASSIGN_OR_RETURN(std::string c, ReadKnob(it->second, "pids.current"));
+      out["pids_current"] = strtoll(c.c_str(), nullptr, 10);
+    }
+    return out;
+  }
+
+ private:
+  Result<void> Need(const char* ctrl, const char* field) const {
+    if (dirs_all_.count(ctrl)) return Ok();
+    return MakeError(ErrorKind::kUnsupported, 0, "%s: the %s cgroup controller is not mounted",
+                     field, ctrl);
+  }
+
+  Result<void> SetFreezer(const char* state) {
+    auto it = dirs_all_.find("freezer");
+    if (it == dirs_all_.end()) return MakeError(ErrorKind::kUnsupported, 0, "no v1 freezer");
+    TRY(WriteKnob(it->second, "freezer.state", state));
+    // FREEZING -> FROZEN happens asynchronously; poll with a bounded deadline.
+    timespec start, now;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    for (int i = 0;; ++i) {
+      ASSIGN_OR_RETURN(std::string s, ReadKnob(it->second, "freezer.state"));
+      if (fs::Trim(s) == state) return Ok();
+      clock_gettime(CLOCK_MONOTONIC, &now);
+      if (now.tv_sec - start.tv_sec >= 10)
+        return MakeError(ErrorKind::kGeneric, 0, "%s: still %s after 10 s", it->second.c_str(),
+                         fs::Trim(s).c_str());
+      // Re-writing FROZEN retries tasks that were busy (what runc does too).
+      if (i % 10 == 9) TRY(WriteKnob(it->second, "freezer.state", state));
+      usleep(i < 20 ? 100 : 1000);
+    }
+  }
+
+  std::map<std::string, std::string> dirs_;      // distinct directories
+  std::map<std::string, std::string> dirs_all_;  // every controller -> directory
+  std::map<std::string, std::string> parents_;
+};
+
+}  // namespace
+
+std::unique_ptr<Cgroup> NewCgroupV1(const std::map<std::string, std::string>& mounts,
+                                    const std::string& name) {
+  return std::make_unique<CgroupV1>(mounts, name);
+}
+
+}  // namespace godwit::runtime

@@ -1,0 +1,177 @@
+// cgroup v2: one directory in the unified hierarchy; controllers enabled top-down through
+// cgroup.subtree_control of the root and of the "godwit" parent.
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <set>
+
+#include "common/fs.h"
+#include "common/log.h"
+#include "runtime/cgroup.h"
+
+namespace godwit::runtime {
+namespace {
+
+using namespace cgroup_internal;
+
+// cpu.shares (2..262144) -> cpu.weight (1..10000), the conversion runc and crun use.
+uint64_t SharesToWeight(uint64_t shares) {
+  if (shares == 0) return 100;
+  return 1 + ((shares - 2) * 9999) / 262142;
+}
+
+class CgroupV2 : public Cgroup {
+ public:
+  // with_controllers=false: the unified tree of a hybrid machine, used for membership and
+  // freezing only.
+  CgroupV2(const std::string& root, const std::string& name, bool with_controllers)
+      : Cgroup(name), root_(root), dir_(root + "/" + name), controllers_(with_controllers) {}
+
+  CgroupLayout layout() const override { return CgroupLayout::kV2; }
+
+  Result<void> Create() override {
+    std::string parent = root_ + "/godwit";
+    if (::mkdir(parent.c_str(), 0755) < 0 && errno != EEXIST) return Errno("mkdir %s", parent.c_str());
+    if (controllers_) {
+      TRY(EnableControllers(root_));
+      TRY(EnableControllers(parent));
+    }
+    if (::mkdir(dir_.c_str(), 0755) < 0) {
+      if (errno == EEXIST) return MakeError(ErrorKind::kExists, EEXIST, "cgroup %s exists", dir_.c_str());
+      return Errno("mkdir %s", dir_.c_str());
+    }
+    return Ok();
+  }
+
+  Result<void> Apply(const Resources& res) override {
+    if (res.memory_limit) {
+      TRY(Need("memory", "linux.resources.memory"));
+      TRY(WriteKnob(dir_, "memory.max",
+                    *res.memory_limit < 0 ? "max" : std::to_string(*res.memory_limit)));
+    }
+    if (res.cpu_shares || res.cpu_quota || res.cpu_period) TRY(Need("cpu", "linux.resources.cpu"));
+    if (res.cpu_shares)
+      TRY(WriteKnob(dir_, "cpu.weight", std::to_string(SharesToWeight(*res.cpu_shares))));
+    if (res.cpu_quota || res.cpu_period) {
+      std::string quota = !res.cpu_quota || *res.cpu_quota < 0 ? "max" : std::to_string(*res.cpu_quota);
+      std::string period = std::to_string(res.cpu_period ? *res.cpu_period : 100000);
+      TRY(WriteKnob(dir_, "cpu.max", quota + " " + period));
+    }
+    if (res.pids_limit) {
+      TRY(Need("pids", "linux.resources.pids"));
+      TRY(WriteKnob(dir_, "pids.max", *res.pids_limit > 0 ? std::to_string(*res.pids_limit) : "max"));
+    }
+    if (!res.devices.empty()) {
+      // v2 device control is a BPF program; godwit does not load one yet.
+      bool deny_all_only = true;
+      for (const auto& r : res.devices) deny_all_only = deny_all_only && !r.allow && r.type == 'a';
+      if (!deny_all_only)
+        return MakeError(ErrorKind::kBadConfig, 0,
+                         "linux.resources.devices: not supported on cgroup v2 (needs BPF)");
+    }
+    return Ok();
+  }
+
+  Result<void> AddProcess(pid_t pid) override {
+    return WriteKnob(dir_, "cgroup.procs", std::to_string(pid));
+  }
+
+  Result<std::vector<pid_t>> Pids() const override { return ReadPids(dir_); }
+
+  Result<void> Freeze() override { return SetFrozen(true); }
+  Result<void> Thaw() override { return SetFrozen(false); }
+
+  Result<bool> IsFrozen() const override {
+    ASSIGN_OR_RETURN(std::string s, ReadKnob(dir_, "cgroup.events"));
+    return ParseKeyValues(s)["frozen"] == 1;
+  }
+
+  Result<void> Destroy() override { return RemoveDir(dir_); }
+
+  std::map<std::string, std::string> Paths() const override {
+    return {{controllers_ ? "unified" : "unified", dir_}};
+  }
+
+  Result<std::map<std::string, int64_t>> Events() const override {
+    std::map<std::string, int64_t> out;
+    if (auto s = ReadKnob(dir_, "memory.events"); s.ok()) out["oom_kill"] = ParseKeyValues(*s)["oom_kill"];
+    if (auto s = ReadKnob(dir_, "pids.events"); s.ok()) out["pids_max_hit"] = ParseKeyValues(*s)["max"];
+    if (auto s = ReadKnob(dir_, "pids.current"); s.ok()) out["pids_current"] = strtoll(s->c_str(), nullptr, 10);
+    return out;
+  }
+
+ private:
+  Result<void> EnableControllers(const std::string& dir) {
+    ASSIGN_OR_RETURN(std::string avail, ReadKnob(dir, "cgroup.controllers"));
+    ASSIGN_OR_RETURN(std::string enabled, ReadKnob(dir, "cgroup.subtree_control"));
+    std::set<std::string> have;
+    for (const auto& c : fs::Split(fs::Trim(enabled), ' ')) have.insert(c);
+    std::string want;
+    for (const auto& c : fs::Split(fs::Trim(avail), ' ')) {
+      if ((c == "memory" || c == "cpu" || c == "pids") && !have.count(c)) want += " +" + c;
+    }
+    if (want.empty()) return Ok();
+    return WriteKnob(dir, "cgroup.subtree_control", want.substr(1));
+  }
+
+  Result<void> Need(const char* ctrl, const char* field) const {
+    auto s = ReadKnob(dir_, "cgroup.controllers");
+    if (s.ok()) {
+      for (const auto& c : fs::Split(fs::Trim(*s), ' '))
+        if (c == ctrl) return Ok();
+    }
+    return MakeError(ErrorKind::kUnsupported, 0,
+                     "%s: the %s controller is not available in %s", field, ctrl, dir_.c_str());
+  }
+
+  Result<void> SetFrozen(bool frozen) {
+    TRY(WriteKnob(dir_, "cgroup.freeze", frozen ? "1" : "0"));
+    // cgroup.events changes "frozen" asynchronously and notifies pollers with POLLPRI.
+    std::string events = dir_ + "/cgroup.events";
+    int fd = ::open(events.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return Errno("open %s", events.c_str());
+    timespec start, now;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    Result<void> result;
+    for (;;) {
+      char buf[256];
+      ssize_t n = ::pread(fd, buf, sizeof(buf) - 1, 0);
+      if (n < 0) {
+        result = Errno("read %s", events.c_str());
+        break;
+      }
+      buf[n] = 0;
+      if ((ParseKeyValues(buf)["frozen"] == 1) == frozen) break;
+      clock_gettime(CLOCK_MONOTONIC, &now);
+      if (now.tv_sec - start.tv_sec >= 10) {
+        result = MakeError(ErrorKind::kGeneric, 0, "%s: not %s after 10 s", dir_.c_str(),
+                           frozen ? "frozen" : "thawed");
+        break;
+      }
+      pollfd p{fd, POLLPRI, 0};
+      ::poll(&p, 1, 100);
+    }
+    ::close(fd);
+    return result;
+  }
+
+  std::string root_, dir_;
+  bool controllers_;
+};
+
+}  // namespace
+
+std::unique_ptr<Cgroup> NewCgroupV2(const std::string& root, const std::string& name) {
+  return std::make_unique<CgroupV2>(root, name, true);
+}
+
+namespace cgroup_internal {
+std::unique_ptr<Cgroup> NewCgroupV2MembershipOnly(const std::string& root, const std::string& name) {
+  return std::make_unique<CgroupV2>(root, name, false);
+}
+}  // namespace cgroup_internal
+
+}  // namespace godwit::runtime

@@ -1,0 +1,42 @@
+// The container's init: the code that runs in the cloned child, inside the new namespaces,
+// between clone() and execve(). Internal to the runtime (used by lifecycle.cc and exec).
+//
+// The child is a raw clone() of a single-threaded parent, so the heap is usable, but it must not
+// touch locks or the logger: errors go back to the parent through the sync socket as an
+// InitReply, then the child exits.
+#pragma once
+
+#include <sys/types.h>
+
+#include <string>
+
+#include "runtime/spec.h"
+
+namespace godwit::runtime::init {
+
+struct Reply {
+  int32_t ok = 0;
+  int32_t kind = 1;  // ErrorKind
+  int32_t err = 0;   // errno
+  char msg[1024] = {0};
+};
+
+struct Plan {
+  const Spec* spec = nullptr;
+  std::string storage_dir;  // disk quota: tmpfs mount point (exists on the host, stays empty)
+  int sync_fd = -1;         // SOCK_SEQPACKET to the parent: 'G' in, Reply out
+  int fifo_fd = -1;         // exec.fifo opened O_RDWR: one byte from `start` releases execve
+  int cap_last_cap = 40;
+};
+
+// Never returns: execs the container process or _exit()s.
+[[noreturn]] void Run(const Plan& plan);
+
+// Shared with exec: setgroups/setresgid/capabilities/setresuid/no_new_privs/rlimits as the
+// spec's process says. Returns 0 or -errno with *what naming the failed step.
+int ApplyCredentials(const Process& p, int cap_last_cap, const char** what);
+
+// Looks up file in the PATH of env (or "/usr/local/sbin:...:/bin"); "" if not found.
+std::string FindExecutable(const std::string& file, const std::vector<std::string>& env);
+
+}  // namespace godwit::runtime::init

@@ -1,0 +1,475 @@
+// The OCI lifecycle (runtime.h). The create path is the hot path of `godwit run`: no shelling
+// out (nft runs only for a firewall), no fsync, one clone.
+#include <fcntl.h>
+#include <limits.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <atomic>
+
+#include "common/fs.h"
+#include "common/log.h"
+#include "common/scope_exit.h"
+#include "runtime/cgroup.h"
+#include "runtime/init.h"
+#include "runtime/network.h"
+#include "runtime/runtime.h"
+
+namespace godwit::runtime {
+namespace {
+
+std::string NowRfc3339() {
+  timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  tm t;
+  gmtime_r(&ts.tv_sec, &t);
+  char buf[64];
+  size_t n = strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%S", &t);
+  snprintf(buf + n, sizeof(buf) - n, ".%09ldZ", ts.tv_nsec);
+  return buf;
+}
+
+int CapLastCap() {
+  static int v = [] {
+    auto s = fs::ReadFile("/proc/sys/kernel/cap_last_cap");
+    return s.ok() ? atoi(s->c_str()) : 40;
+  }();
+  return v;
+}
+
+Result<void> WriteIdMap(pid_t pid, const char* file, const std::vector<IdMap>& maps) {
+  std::string text;
+  for (const auto& m : maps) text += StrFormat("%u %u %u\n", m.container_id, m.host_id, m.size);
+  std::string path = StrFormat("/proc/%d/%s", pid, file);
+  ASSIGN_OR_RETURN(UniqueFd fd, fs::Open(path, O_WRONLY));
+  if (::write(fd.get(), text.data(), text.size()) != static_cast<ssize_t>(text.size()))
+    return Error(ErrorKind::kBadConfig, errno,
+                 StrFormat("write %s (linux.%s): %s", path.c_str(),
+                           file[0] == 'u' ? "uidMappings" : "gidMappings", strerror(errno)));
+  return Ok();
+}
+
+Result<std::string> AbsPath(const std::string& p) {
+  char buf[PATH_MAX];
+  if (!::realpath(p.c_str(), buf)) return Errno("%s", p.c_str());
+  return std::string(buf);
+}
+
+// Waits (bounded) until pid is gone or a zombie: used for inits that are not our children.
+void WaitGone(pid_t pid, uint64_t start_time) {
+  for (int i = 0; i < 5000; ++i) {
+    char st = ProcessState(pid);
+    if (st == 0 || st == 'Z' || st == 'X' || ProcessStartTime(pid) != start_time) return;
+    // Reap it if it is ours (foreground run, or we are its subreaper).
+    if (::waitpid(pid, nullptr, WNOHANG) == pid) return;
+    usleep(i < 50 ? 100 : 1000);
+  }
+}
+
+Result<void> KillAll(Cgroup& cg, pid_t init, uint64_t start_time) {
+  // Freeze so that nothing forks between reading the pid list and the SIGKILLs.
+  bool frozen = cg.Freeze().ok();
+  auto pids = cg.Pids();
+  if (pids.ok()) {
+    for (pid_t p : *pids) ::kill(p, SIGKILL);
+  }
+  if (init > 0 && ProcessStartTime(init) == start_time) ::kill(init, SIGKILL);
+  if (frozen) TRY(cg.Thaw());
+  return Ok();
+}
+
+std::atomic<pid_t> g_forward_pid{0};
+void ForwardSignal(int sig) {
+  pid_t p = g_forward_pid.load();
+  if (p > 0) ::kill(p, sig);
+}
+
+}  // namespace
+
+Result<Container> Create(const CreateOptions& opts) {
+  TRY(ValidateId(opts.id));
+  if (opts.bundle.empty()) return MakeError(ErrorKind::kUsage, 0, "no bundle given (--bundle DIR)");
+  auto bundle_abs = AbsPath(opts.bundle);
+  if (!bundle_abs.ok())
+    return MakeError(ErrorKind::kNotFound, bundle_abs.error().sys_errno(), "bundle %s: %s",
+                     opts.bundle.c_str(), strerror(bundle_abs.error().sys_errno()));
+  std::string bundle = *bundle_abs;
+  ASSIGN_OR_RETURN(Spec spec, LoadSpec(bundle));
+  struct stat st;
+  if (::stat(spec.root_path.c_str(), &st) < 0 || !S_ISDIR(st.st_mode))
+    return MakeError(ErrorKind::kNotFound, errno ? errno : ENOTDIR,
+                     "root.path %s: the rootfs does not exist or is not a directory",
+                     spec.root_path.c_str());
+  ASSIGN_OR_RETURN(spec.root_path, AbsPath(spec.root_path));
+
+  TRY(fs::MkdirAll(opts.root, 0711));
+  ASSIGN_OR_RETURN(std::string root, AbsPath(opts.root));
+  Container c;
+  c.root = root;
+  c.id = opts.id;
+  c.bundle = bundle;
+  c.rootfs = spec.root_path;
+  c.created = NowRfc3339();
+  c.resources = spec.resources;
+  c.hostname = spec.hostname;
+  c.ns = spec.ns;
+  c.annotations = spec.annotations;
+  c.net = spec.net;
+  c.disk_quota = spec.disk_quota;
+
+  // The state dir is the container's lock: mkdir is atomic, a second create of the id fails.
+  // The bundle may be the state dir itself (CreateFromRunOptions made it already).
+  bool bundle_is_dir = bundle == c.dir();
+  if (!bundle_is_dir && ::mkdir(c.dir().c_str(), 0700) < 0) {
+    if (errno == EEXIST)
+      return MakeError(ErrorKind::kExists, EEXIST, "container %s already exists in %s",
+                       opts.id.c_str(), root.c_str());
+    return Errno("mkdir %s", c.dir().c_str());
+  }
+  ScopeExit remove_dir([&] { (void)fs::RemoveAll(c.dir()); });
+  if (!bundle_is_dir) {
+    // Keep the config as created: exec and checkpoint read it later even if the bundle changes.
+    ASSIGN_OR_RETURN(std::string text, fs::ReadFile(bundle + "/config.json"));
+    TRY(fs::WriteFile(c.config_path(), text));
+  }
+  if (c.disk_quota > 0) {
+    c.storage_dir = c.dir() + "/storage";
+    if (::mkdir(c.storage_dir.c_str(), 0700) < 0) return Errno("mkdir %s", c.storage_dir.c_str());
+  }
+
+  ASSIGN_OR_RETURN(std::unique_ptr<Cgroup> cg, OpenCgroup(opts.id));
+  TRY_CTX(cg->Create(), "container %s", opts.id.c_str());
+  ScopeExit remove_cgroup([&] { (void)cg->Destroy(); });
+  TRY_CTX(cg->Apply(spec.resources), "container %s: linux.resources", opts.id.c_str());
+  c.cgroup_layout = CgroupLayoutName(cg->layout());
+  c.cgroup_paths = cg->Paths();
+
+  if (::mkfifo(c.fifo_path().c_str(), 0600) < 0) return Errno("mkfifo %s", c.fifo_path().c_str());
+  // O_RDWR: never blocks, and the init keeps a reader open so `start` can open O_WRONLY.
+  ASSIGN_OR_RETURN(UniqueFd fifo, fs::Open(c.fifo_path(), O_RDWR));
+  int sp[2];
+  if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sp) < 0) return Errno("socketpair");
+  UniqueFd parent_sock(sp[0]), child_sock(sp[1]);
+
+  unsigned long flags = CLONE_NEWNS | SIGCHLD;
+  if (spec.ns.pid) flags |= CLONE_NEWPID;
+  if (spec.ns.uts) flags |= CLONE_NEWUTS;
+  if (spec.ns.ipc) flags |= CLONE_NEWIPC;
+  if (spec.ns.network) flags |= CLONE_NEWNET;
+  if (spec.ns.user) flags |= CLONE_NEWUSER;
+  // CLONE_NEWCGROUP is left to the child: it unshares after joining its cgroups.
+
+  init::Plan plan;
+  plan.spec = &spec;
+  plan.storage_dir = c.storage_dir;
+  plan.sync_fd = child_sock.get();
+  plan.fifo_fd = fifo.get();
+  plan.cap_last_cap = CapLastCap();
+
+  pid_t pid = static_cast<pid_t>(::syscall(SYS_clone, flags, nullptr, nullptr, nullptr, nullptr));
+  if (pid < 0) return Errno("clone container init (flags %#lx)", flags);
+  if (pid == 0) init::Run(plan);  // never returns
+  child_sock.reset();
+  c.pid = pid;
+  ScopeExit kill_init([&] {
+    ::kill(pid, SIGKILL);
+    while (::waitpid(pid, nullptr, 0) < 0 && errno == EINTR) {
+    }
+  });
+
+  TRY_CTX(cg->AddProcess(pid), "container %s", opts.id.c_str());
+  if (spec.ns.user) {
+    TRY(WriteIdMap(pid, "uid_map", spec.uid_mappings));
+    TRY(WriteIdMap(pid, "gid_map", spec.gid_mappings));
+  }
+  ScopeExit remove_veth([&] {
+    if (!c.host_veth.empty()) (void)TeardownNetwork(c.host_veth);
+  });
+  if (!spec.net.address.empty()) {
+    std::string veth = HostVethName(root, opts.id);
+    TRY_CTX(SetupNetwork(pid, spec.net, veth), "container %s", opts.id.c_str());
+    c.host_veth = veth;
+  }
+  if (spec.net.firewall()) TRY_CTX(ApplyFirewall(pid, spec.net.allow_ports), "container %s", opts.id.c_str());
+
+  char go = 'G';
+  if (::write(parent_sock.get(), &go, 1) != 1) return Errno("signal container init %d", pid);
+  init::Reply reply;
+  ssize_t n;
+  do {
+    n = ::read(parent_sock.get(), &reply, sizeof(reply));
+  } while (n < 0 && errno == EINTR);
+  if (n != sizeof(reply))
+    return MakeError(ErrorKind::kGeneric, 0, "container %s: init %d exited during setup",
+                     opts.id.c_str(), pid);
+  if (!reply.ok) {
+    reply.msg[sizeof(reply.msg) - 1] = 0;
+    return Error(static_cast<ErrorKind>(reply.kind), reply.err,
+                 StrFormat("container %s: init: %s", opts.id.c_str(), reply.msg));
+  }
+  c.pid_start_time = ProcessStartTime(pid);
+  TRY(c.Save());
+  if (!opts.pid_file.empty()) TRY(fs::WriteFile(opts.pid_file, std::to_string(pid)));
+  kill_init.dismiss();
+  remove_veth.dismiss();
+  remove_cgroup.dismiss();
+  remove_dir.dismiss();
+  return c;
+}
+
+Result<Container> CreateFromRunOptions(const std::string& root_in, const std::string& id,
+                                       const RunOptions& run, const std::string& pid_file) {
+  TRY(ValidateId(id));
+  if (run.args.empty()) return MakeError(ErrorKind::kUsage, 0, "no command given (-- CMD...)");
+  if (run.rootfs.empty()) return MakeError(ErrorKind::kUsage, 0, "no --rootfs given");
+  auto rootfs = AbsPath(run.rootfs);
+  if (!rootfs.ok())
+    return MakeError(ErrorKind::kNotFound, rootfs.error().sys_errno(), "rootfs %s: %s",
+                     run.rootfs.c_str(), strerror(rootfs.error().sys_errno()));
+  TRY(fs::MkdirAll(root_in, 0711));
+  ASSIGN_OR_RETURN(std::string root, AbsPath(root_in));
+  std::string dir = root + "/" + id;
+  if (::mkdir(dir.c_str(), 0700) < 0) {
+    if (errno == EEXIST)
+      return MakeError(ErrorKind::kExists, EEXIST, "container %s already exists in %s",
+                       id.c_str(), root.c_str());
+    return Errno("mkdir %s", dir.c_str());
+  }
+  ScopeExit remove_dir([&] { (void)fs::RemoveAll(dir); });
+  RunOptions o = run;
+  o.rootfs = *rootfs;
+  TRY(fs::WriteFile(dir + "/config.json", MakeConfig(o).dump(2) + "\n"));
+  CreateOptions co;
+  co.root = root;
+  co.id = id;
+  co.bundle = dir;
+  co.pid_file = pid_file;
+  auto c = Create(co);
+  if (c.ok()) remove_dir.dismiss();
+  return c;
+}
+
+Result<void> Start(const std::string& root, const std::string& id) {
+  ASSIGN_OR_RETURN(Container c, Container::Load(root, id));
+  Status s = c.CurrentStatus();
+  if (s != Status::kCreated)
+    return MakeError(ErrorKind::kGeneric, 0, "container %s is %s, not created", id.c_str(),
+                     StatusName(s));
+  int fd = ::open(c.fifo_path().c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) return Errno("container %s: open %s", id.c_str(), c.fifo_path().c_str());
+  // Unlink first: once the byte is read the container is running, and the status reads the
+  // fifo's existence.
+  ::unlink(c.fifo_path().c_str());
+  char b = 'S';
+  ssize_t n = ::write(fd, &b, 1);
+  int err = errno;
+  ::close(fd);
+  if (n != 1) {
+    errno = err;
+    return Errno("container %s: write exec.fifo", id.c_str());
+  }
+  return Ok();
+}
+
+Result<int> Wait(const Container& c, bool forward_signals) {
+  struct sigaction old[3], sa{};
+  const int sigs[3] = {SIGINT, SIGTERM, SIGHUP};
+  if (forward_signals) {
+    g_forward_pid = c.pid;
+    sa.sa_handler = ForwardSignal;
+    sa.sa_flags = SA_RESTART;
+    for (int i = 0; i < 3; ++i) sigaction(sigs[i], &sa, &old[i]);
+  }
+  int status = 0;
+  pid_t r;
+  do {
+    r = ::waitpid(c.pid, &status, 0);
+  } while (r < 0 && errno == EINTR);
+  int err = errno;
+  if (forward_signals) {
+    for (int i = 0; i < 3; ++i) sigaction(sigs[i], &old[i], nullptr);
+    g_forward_pid = 0;
+  }
+  if (r < 0) {
+    errno = err;
+    return Errno("wait for container %s (pid %d)", c.id.c_str(), c.pid);
+  }
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+  return 1;
+}
+
+Result<void> Kill(const std::string& root, const std::string& id, int sig, bool all) {
+  ASSIGN_OR_RETURN(Container c, Container::Load(root, id));
+  Status s = c.CurrentStatus();
+  if (s == Status::kStopped)
+    return MakeError(ErrorKind::kGeneric, 0, "container %s is not running", id.c_str());
+  if (all) {
+    ASSIGN_OR_RETURN(std::unique_ptr<Cgroup> cg, OpenCgroup(id));
+    ASSIGN_OR_RETURN(auto pids, cg->Pids());
+    for (pid_t p : pids) ::kill(p, sig);
+    return Ok();
+  }
+  // pidfd: the check that the pid is still our init and the kill cannot race a pid reuse.
+  int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, c.pid, 0));
+  if (pidfd < 0) return Errno("container %s: pidfd_open %d", id.c_str(), c.pid);
+  UniqueFd guard(pidfd);
+  if (ProcessStartTime(c.pid) != c.pid_start_time)
+    return MakeError(ErrorKind::kGeneric, 0, "container %s is not running", id.c_str());
+  if (::syscall(SYS_pidfd_send_signal, pidfd, sig, nullptr, 0) < 0)
+    return Errno("container %s: signal %d to pid %d", id.c_str(), sig, c.pid);
+  return Ok();
+}
+
+Result<void> Delete(const std::string& root, const std::string& id, bool force) {
+  TRY(ValidateId(id));
+  auto loaded = Container::Load(root, id);
+  std::string dir = root + "/" + id;
+  if (!loaded.ok()) {
+    // A half-created container (no state.json): with --force, remove what its id implies.
+    if (!force || !fs::Exists(dir)) return std::move(loaded).error();
+    ASSIGN_OR_RETURN(std::unique_ptr<Cgroup> cg, OpenCgroup(id));
+    (void)KillAll(*cg, 0, 0);
+    TRY(cg->Destroy());
+    TRY(TeardownNetwork(HostVethName(root, id)));
+    return fs::RemoveAll(dir);
+  }
+  Container& c = *loaded;
+  Status s = c.CurrentStatus();
+  ASSIGN_OR_RETURN(std::unique_ptr<Cgroup> cg, OpenCgroup(id));
+  if (s != Status::kStopped) {
+    if (!force)
+      return MakeError(ErrorKind::kGeneric, 0,
+                       "container %s is %s: stop it first or use delete --force", id.c_str(),
+                       StatusName(s));
+    TRY(KillAll(*cg, c.pid, c.pid_start_time));
+    WaitGone(c.pid, c.pid_start_time);
+  } else {
+    // The init is gone; its pid namespace took every other process with it, but with a shared
+    // pid namespace stragglers may remain in the cgroup.
+    auto pids = cg->Pids();
+    if (pids.ok() && !pids->empty()) (void)KillAll(*cg, 0, 0);
+    if (c.pid > 0) (void)::waitpid(c.pid, nullptr, WNOHANG);
+  }
+  TRY_CTX(cg->Destroy(), "delete %s", id.c_str());
+  if (!c.host_veth.empty()) TRY_CTX(TeardownNetwork(c.host_veth), "delete %s", id.c_str());
+  return fs::RemoveAll(dir);
+}
+
+Result<std::vector<pid_t>> Ps(const std::string& root, const std::string& id) {
+  ASSIGN_OR_RETURN(Container c, Container::Load(root, id));
+  ASSIGN_OR_RETURN(std::unique_ptr<Cgroup> cg, OpenCgroup(id));
+  return cg->Pids();
+}
+
+Result<int> Exec(const std::string& root, const std::string& id, const ExecOptions& opts) {
+  if (opts.args.empty()) return MakeError(ErrorKind::kUsage, 0, "exec: no command given");
+  ASSIGN_OR_RETURN(Container c, Container::Load(root, id));
+  if (c.CurrentStatus() != Status::kRunning)
+    return MakeError(ErrorKind::kGeneric, 0, "container %s is %s, not running", id.c_str(),
+                     StatusName(c.CurrentStatus()));
+  ASSIGN_OR_RETURN(Spec spec, c.LoadSpec());
+  ASSIGN_OR_RETURN(std::unique_ptr<Cgroup> cg, OpenCgroup(id));
+  int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, c.pid, 0));
+  if (pidfd < 0) return Errno("container %s: pidfd_open %d", id.c_str(), c.pid);
+  UniqueFd guard(pidfd);
+  if (ProcessStartTime(c.pid) != c.pid_start_time)
+    return MakeError(ErrorKind::kGeneric, 0, "container %s is not running", id.c_str());
+
+  Process proc = spec.process;
+  proc.args = opts.args;
+  for (const auto& e : opts.env) {
+    std::string key = e.substr(0, e.find('='));
+    std::erase_if(proc.env, [&](const std::string& x) { return x.substr(0, x.find('=')) == key; });
+    proc.env.push_back(e);
+  }
+  if (!opts.cwd.empty()) proc.cwd = opts.cwd;
+  int ns_flags = CLONE_NEWNS;
+  if (c.ns.pid) ns_flags |= CLONE_NEWPID;
+  if (c.ns.uts) ns_flags |= CLONE_NEWUTS;
+  if (c.ns.ipc) ns_flags |= CLONE_NEWIPC;
+  if (c.ns.network) ns_flags |= CLONE_NEWNET;
+  if (c.ns.cgroup) ns_flags |= CLONE_NEWCGROUP;
+  if (c.ns.user) ns_flags |= CLONE_NEWUSER;
+  int last_cap = CapLastCap();
+
+  // An intermediate child joins the cgroups and namespaces (so the caller's own namespaces stay
+  // untouched), then forks the real process: a pid namespace applies only to children.
+  int sp[2];
+  if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sp) < 0) return Errno("socketpair");
+  UniqueFd rd(sp[0]), wr(sp[1]);
+  pid_t mid = ::fork();
+  if (mid < 0) return Errno("fork");
+  if (mid == 0) {
+    rd.reset();
+    auto fail = [&](int err, const std::string& msg) {
+      init::Reply r;
+      r.err = err;
+      snprintf(r.msg, sizeof(r.msg), "%s", msg.c_str());
+      (void)!::write(wr.get(), &r, sizeof(r));
+      _exit(126);
+    };
+    if (auto r = cg->AddProcess(::getpid()); !r.ok()) fail(r.error().sys_errno(), r.error().to_string());
+    if (::setns(pidfd, ns_flags) < 0) fail(errno, StrFormat("setns into pid %d", c.pid));
+    pid_t child = ::fork();
+    if (child < 0) fail(errno, "fork");
+    if (child == 0) {
+      if (::chdir(proc.cwd.c_str()) < 0) fail(errno, "chdir " + proc.cwd);
+      std::string exe = init::FindExecutable(proc.args[0], proc.env);
+      if (exe.empty()) fail(ENOENT, proc.args[0] + ": not found in the container");
+      const char* what = "";
+      if (int rc = init::ApplyCredentials(proc, last_cap, &what); rc < 0) fail(-rc, what);
+      std::vector<char*> argv, envp;
+      for (auto& a : proc.args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      for (auto& e : proc.env) envp.push_back(e.data());
+      envp.push_back(nullptr);
+      ::execve(exe.c_str(), argv.data(), envp.data());  // success closes wr (CLOEXEC)
+      fail(errno, "execve " + exe);
+    }
+    wr.reset();
+    int status = 0;
+    while (::waitpid(child, &status, 0) < 0 && errno == EINTR) {
+    }
+    _exit(WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
+  }
+  wr.reset();
+  init::Reply reply;
+  ssize_t n = ::read(rd.get(), &reply, sizeof(reply));
+  int status = 0;
+  while (::waitpid(mid, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (n == sizeof(reply)) {
+    reply.msg[sizeof(reply.msg) - 1] = 0;
+    return Error(ErrorKind::kGeneric, reply.err,
+                 StrFormat("exec in container %s: %s", id.c_str(), reply.msg));
+  }
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  return 128 + WTERMSIG(status);
+}
+
+Result<int> ParseSignal(const std::string& s_in) {
+  std::string s = s_in;
+  if (s.empty()) return MakeError(ErrorKind::kUsage, 0, "empty signal");
+  if (isdigit(static_cast<unsigned char>(s[0]))) {
+    char* end;
+    long v = strtol(s.c_str(), &end, 10);
+    if (*end || v <= 0 || v >= 65) return MakeError(ErrorKind::kUsage, 0, "bad signal %s", s_in.c_str());
+    return static_cast<int>(v);
+  }
+  for (auto& ch : s) ch = toupper(static_cast<unsigned char>(ch));
+  if (s.rfind("SIG", 0) == 0) s = s.substr(3);
+  for (int i = 1; i < NSIG; ++i) {
+    const char* abbrev = sigabbrev_np(i);
+    if (abbrev && s == abbrev) return i;
+  }
+  return MakeError(ErrorKind::kUsage, 0, "unknown signal %s", s_in.c_str());
+}
+
+}  // namespace godwit::runtime

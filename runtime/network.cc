@@ -1,0 +1,281 @@
+#include "runtime/network.h"
+
+#include <fcntl.h>
+#include <linux/rtnetlink.h>
+#include <net/if.h>
+#include <sched.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <memory>
+
+#include <netlink/addr.h>
+#include <netlink/netlink.h>
+#include <netlink/route/addr.h>
+#include <netlink/route/link.h>
+#include <netlink/route/link/veth.h>
+#include <netlink/route/route.h>
+
+#include "common/fs.h"
+#include "common/log.h"
+#include "common/scope_exit.h"
+#include "common/unique_fd.h"
+
+namespace godwit::runtime {
+namespace {
+
+struct SockDel { void operator()(nl_sock* s) const { nl_socket_free(s); } };
+struct LinkDel { void operator()(rtnl_link* l) const { rtnl_link_put(l); } };
+struct AddrDel { void operator()(nl_addr* a) const { nl_addr_put(a); } };
+struct RtAddrDel { void operator()(rtnl_addr* a) const { rtnl_addr_put(a); } };
+struct RouteDel { void operator()(rtnl_route* r) const { rtnl_route_put(r); } };
+struct CacheDel { void operator()(nl_cache* c) const { nl_cache_free(c); } };
+using Sock = std::unique_ptr<nl_sock, SockDel>;
+using Link = std::unique_ptr<rtnl_link, LinkDel>;
+using Addr = std::unique_ptr<nl_addr, AddrDel>;
+using RtAddr = std::unique_ptr<rtnl_addr, RtAddrDel>;
+using Route = std::unique_ptr<rtnl_route, RouteDel>;
+using Cache = std::unique_ptr<nl_cache, CacheDel>;
+
+Error NlError(int err, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
+Error NlError(int err, const char* fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  std::string s = VStrFormat(fmt, ap);
+  va_end(ap);
+  int e = err < 0 ? -err : err;
+  ErrorKind kind = e == NLE_EXIST ? ErrorKind::kExists
+                   : (e == NLE_OBJ_NOTFOUND || e == NLE_NODEV) ? ErrorKind::kNotFound
+                                                               : ErrorKind::kGeneric;
+  return Error(kind, 0, s + ": " + nl_geterror(e));
+}
+
+Result<Sock> Connect() {
+  Sock s(nl_socket_alloc());
+  if (!s) return MakeError(ErrorKind::kGeneric, ENOMEM, "nl_socket_alloc");
+  int err = nl_connect(s.get(), NETLINK_ROUTE);
+  if (err < 0) return NlError(err, "nl_connect(NETLINK_ROUTE)");
+  return s;
+}
+
+// A rtnetlink socket that lives in pid's network namespace: the calling thread enters the
+// netns only for socket creation (a socket stays bound to the netns it was made in).
+Result<Sock> ConnectIn(pid_t pid) {
+  std::string path = StrFormat("/proc/%d/ns/net", pid);
+  ASSIGN_OR_RETURN(UniqueFd target, fs::Open(path, O_RDONLY));
+  ASSIGN_OR_RETURN(UniqueFd self, fs::Open("/proc/thread-self/ns/net", O_RDONLY));
+  if (::setns(target.get(), CLONE_NEWNET) < 0) return Errno("setns %s", path.c_str());
+  auto s = Connect();
+  if (::setns(self.get(), CLONE_NEWNET) < 0) {
+    // Cannot happen short of a kernel bug; staying in the container's netns would be worse.
+    PLOG_ERROR("setns back to own netns");
+    abort();
+  }
+  return s;
+}
+
+Result<Addr> ParseAddr(const std::string& s) {
+  nl_addr* a = nullptr;
+  int err = nl_addr_parse(s.c_str(), AF_INET, &a);
+  if (err < 0) return NlError(err, "parse address %s", s.c_str());
+  return Addr(a);
+}
+
+Result<int> IfIndex(nl_sock* sock, const char* name) {
+  rtnl_link* l = nullptr;
+  int err = rtnl_link_get_kernel(sock, 0, name, &l);
+  if (err < 0) return NlError(err, "link %s", name);
+  int idx = rtnl_link_get_ifindex(l);
+  rtnl_link_put(l);
+  return idx;
+}
+
+Result<void> SetUp(nl_sock* sock, const char* name) {
+  rtnl_link* l = nullptr;
+  int err = rtnl_link_get_kernel(sock, 0, name, &l);
+  if (err < 0) return NlError(err, "link %s", name);
+  Link orig(l);
+  Link change(rtnl_link_alloc());
+  rtnl_link_set_flags(change.get(), IFF_UP);
+  err = rtnl_link_change(sock, orig.get(), change.get(), 0);
+  if (err < 0) return NlError(err, "set %s up", name);
+  return Ok();
+}
+
+Result<void> AddAddress(nl_sock* sock, int ifindex, const std::string& local,
+                        const std::string& peer, const char* what) {
+  RtAddr a(rtnl_addr_alloc());
+  rtnl_addr_set_ifindex(a.get(), ifindex);
+  ASSIGN_OR_RETURN(Addr l, ParseAddr(local));
+  int err = rtnl_addr_set_local(a.get(), l.get());
+  if (err < 0) return NlError(err, "%s: address %s", what, local.c_str());
+  if (!peer.empty()) {
+    ASSIGN_OR_RETURN(Addr p, ParseAddr(peer));
+    err = rtnl_addr_set_peer(a.get(), p.get());
+    if (err < 0) return NlError(err, "%s: peer %s", what, peer.c_str());
+  }
+  err = rtnl_addr_add(sock, a.get(), 0);
+  if (err < 0) return NlError(err, "%s: add address %s", what, local.c_str());
+  return Ok();
+}
+
+}  // namespace
+
+std::string HostVethName(const std::string& root, const std::string& id) {
+  // FNV-1a 64 over "root\0id"; 12 hex chars keep collisions negligible for a host's containers.
+  uint64_t h = 1469598103934665603ULL;
+  auto mix = [&](const std::string& s) {
+    for (unsigned char c : s) {
+      h ^= c;
+      h *= 1099511628211ULL;
+    }
+    h ^= 0;
+    h *= 1099511628211ULL;
+  };
+  mix(root);
+  mix(id);
+  return StrFormat("gw%012llx", static_cast<unsigned long long>(h & 0xffffffffffffULL));
+}
+
+bool LinkExists(const std::string& name) { return if_nametoindex(name.c_str()) != 0; }
+
+Result<bool> AddressInUse(const std::string& addr) {
+  ASSIGN_OR_RETURN(Sock sock, Connect());
+  nl_cache* c = nullptr;
+  int err = rtnl_addr_alloc_cache(sock.get(), &c);
+  if (err < 0) return NlError(err, "dump addresses");
+  Cache cache(c);
+  ASSIGN_OR_RETURN(Addr want, ParseAddr(addr));
+  bool found = false;
+  for (nl_object* o = nl_cache_get_first(c); o && !found; o = nl_cache_get_next(o)) {
+    auto* a = reinterpret_cast<rtnl_addr*>(o);
+    if (rtnl_addr_get_family(a) != AF_INET) continue;
+    for (nl_addr* x : {rtnl_addr_get_local(a), rtnl_addr_get_peer(a)}) {
+      if (x && nl_addr_get_len(x) == 4 && memcmp(nl_addr_get_binary_addr(x),
+                                                 nl_addr_get_binary_addr(want.get()), 4) == 0)
+        found = true;
+    }
+  }
+  return found;
+}
+
+Result<void> SetupNetwork(pid_t pid, const NetworkSpec& net, const std::string& host_veth) {
+  if (host_veth.size() > 15) return Err("veth name %s: longer than 15 characters", host_veth.c_str());
+  ASSIGN_OR_RETURN(Sock host, Connect());
+  if (LinkExists(host_veth))
+    return MakeError(ErrorKind::kExists, EEXIST, "veth %s exists", host_veth.c_str());
+  ASSIGN_OR_RETURN(bool used, AddressInUse(net.address));
+  if (used)
+    return MakeError(ErrorKind::kExists, EADDRINUSE, "address %s is already in use on the host",
+                     net.address.c_str());
+  int err = rtnl_link_veth_add(host.get(), host_veth.c_str(), "eth0", pid);
+  if (err < 0) return NlError(err, "create veth %s <-> eth0 in netns of pid %d", host_veth.c_str(), pid);
+  ScopeExit rollback([&] { (void)TeardownNetwork(host_veth); });
+
+  ASSIGN_OR_RETURN(int host_idx, IfIndex(host.get(), host_veth.c_str()));
+  TRY(AddAddress(host.get(), host_idx, net.gateway + "/32", net.address + "/32", host_veth.c_str()));
+  TRY(SetUp(host.get(), host_veth.c_str()));
+
+  ASSIGN_OR_RETURN(Sock in, ConnectIn(pid));
+  ASSIGN_OR_RETURN(int idx, IfIndex(in.get(), "eth0"));
+  TRY(AddAddress(in.get(), idx, StrFormat("%s/%d", net.address.c_str(), net.prefix), "", "eth0"));
+  TRY(SetUp(in.get(), "eth0"));
+  TRY(SetUp(in.get(), "lo"));
+
+  Route route(rtnl_route_alloc());
+  rtnl_route_set_family(route.get(), AF_INET);
+  rtnl_route_set_table(route.get(), RT_TABLE_MAIN);
+  rtnl_route_set_protocol(route.get(), RTPROT_BOOT);
+  rtnl_route_set_scope(route.get(), RT_SCOPE_UNIVERSE);
+  rtnl_route_set_type(route.get(), RTN_UNICAST);
+  ASSIGN_OR_RETURN(Addr dst, ParseAddr("0.0.0.0/0"));
+  rtnl_route_set_dst(route.get(), dst.get());
+  ASSIGN_OR_RETURN(Addr gw, ParseAddr(net.gateway));
+  rtnl_nexthop* nh = rtnl_route_nh_alloc();
+  rtnl_route_nh_set_gateway(nh, gw.get());
+  rtnl_route_nh_set_ifindex(nh, idx);
+  // The gateway is the host end's /32: reachable on the link even if outside the prefix.
+  rtnl_route_nh_set_flags(nh, RTNH_F_ONLINK);
+  rtnl_route_add_nexthop(route.get(), nh);  // the route owns nh now
+  err = rtnl_route_add(in.get(), route.get(), NLM_F_CREATE | NLM_F_EXCL);
+  if (err < 0) return NlError(err, "eth0: default route via %s", net.gateway.c_str());
+  rollback.dismiss();
+  return Ok();
+}
+
+Result<void> TeardownNetwork(const std::string& host_veth) {
+  ASSIGN_OR_RETURN(Sock s, Connect());
+  Link l(rtnl_link_alloc());
+  rtnl_link_set_name(l.get(), host_veth.c_str());
+  int err = rtnl_link_delete(s.get(), l.get());
+  if (err < 0 && err != -NLE_OBJ_NOTFOUND && err != -NLE_NODEV)
+    return NlError(err, "delete veth %s", host_veth.c_str());
+  return Ok();
+}
+
+Result<void> LoopbackUp(pid_t pid) {
+  ASSIGN_OR_RETURN(Sock in, ConnectIn(pid));
+  return SetUp(in.get(), "lo");
+}
+
+std::string FirewallRuleset(const std::vector<NetworkSpec::Port>& ports) {
+  std::string tcp, udp;
+  for (const auto& p : ports) {
+    std::string& s = p.proto == "udp" ? udp : tcp;
+    s += (s.empty() ? "" : ", ") + std::to_string(p.port);
+  }
+  std::string r =
+      "table inet godwit {\n"
+      "  chain input {\n"
+      "    type filter hook input priority 0; policy drop;\n"
+      "    ct state established,related accept\n"
+      "    iifname \"lo\" accept\n"
+      "    icmp type echo-request accept\n";
+  if (!tcp.empty()) r += "    tcp dport { " + tcp + " } accept\n";
+  if (!udp.empty()) r += "    udp dport { " + udp + " } accept\n";
+  r += "  }\n}\n";
+  return r;
+}
+
+Result<void> ApplyFirewall(pid_t pid, const std::vector<NetworkSpec::Port>& ports) {
+  std::string rules = FirewallRuleset(ports);
+  std::string path = StrFormat("/proc/%d/ns/net", pid);
+  ASSIGN_OR_RETURN(UniqueFd ns, fs::Open(path, O_RDONLY));
+  int in[2], err[2];
+  if (::pipe2(in, O_CLOEXEC) < 0) return Errno("pipe");
+  if (::pipe2(err, O_CLOEXEC) < 0) {
+    ::close(in[0]);
+    ::close(in[1]);
+    return Errno("pipe");
+  }
+  pid_t child = ::fork();
+  if (child < 0) return Errno("fork nft");
+  if (child == 0) {
+    if (::setns(ns.get(), CLONE_NEWNET) < 0) _exit(126);
+    ::dup2(in[0], 0);
+    ::dup2(err[1], 1);
+    ::dup2(err[1], 2);
+    const char* nft = ::access("/usr/sbin/nft", X_OK) == 0 ? "/usr/sbin/nft" : "/sbin/nft";
+    ::execl(nft, "nft", "-f", "-", nullptr);
+    _exit(127);
+  }
+  ::close(in[0]);
+  ::close(err[1]);
+  auto w = fs::WriteAll(in[1], rules.data(), rules.size());
+  ::close(in[1]);
+  std::string out;
+  char buf[4096];
+  ssize_t n;
+  while ((n = ::read(err[0], buf, sizeof(buf))) > 0) out.append(buf, n);
+  ::close(err[0]);
+  int status = 0;
+  while (::waitpid(child, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+    return MakeError(ErrorKind::kGeneric, 0, "nft -f - in netns of pid %d failed (status %d): %s",
+                     pid, status, fs::Trim(out).c_str());
+  if (!w.ok()) return w;
+  return Ok();
+}
+
+}  // namespace godwit::runtime

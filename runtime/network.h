@@ -1,0 +1,50 @@
+// The container's network: a veth pair made through libnl3 (no `ip`), the container end
+// ("eth0") inside the container's network namespace with its address and a default route, the
+// host end with the gateway address as a point-to-point peer of the container address (so many
+// containers, even in one subnet, each get their own /32 host route), and an optional firewall
+// (nftables inside the container's netns) that admits only the allowed ports.
+//
+// All functions take the pid of a process inside the target network namespace, so restore code
+// can rebuild the network of a restored container the same way.
+#pragma once
+
+#include <sys/types.h>
+
+#include <string>
+#include <vector>
+
+#include "common/result.h"
+#include "runtime/spec.h"
+
+namespace godwit::runtime {
+
+// A stable, collision-resistant host-side veth name for a container ("gw" + 12 hex chars,
+// <= 15 chars), derived from the state root and the id.
+std::string HostVethName(const std::string& root, const std::string& id);
+
+// Creates the veth pair (host_veth <-> eth0 in pid's netns) and configures both ends:
+// host: GATEWAY peer ADDRESS/32, up; container: ADDRESS/PREFIX, up, default via GATEWAY, lo up.
+// Fails with kExists if host_veth exists or the address is already used on the host.
+// On failure nothing is left (the pair is deleted).
+Result<void> SetupNetwork(pid_t pid, const NetworkSpec& net, const std::string& host_veth);
+
+// Deletes the host end (which destroys the pair). A missing link is success.
+Result<void> TeardownNetwork(const std::string& host_veth);
+
+// Brings "lo" up in pid's network namespace (without any other config).
+Result<void> LoopbackUp(pid_t pid);
+
+// Loads the allowed-ports firewall (table inet godwit) into pid's network namespace by running
+// `nft -f -` there. Inbound: established/related, loopback, ICMP echo and the listed ports.
+Result<void> ApplyFirewall(pid_t pid, const std::vector<NetworkSpec::Port>& ports);
+
+// The nftables ruleset ApplyFirewall loads (exposed for dump/restore and tests).
+std::string FirewallRuleset(const std::vector<NetworkSpec::Port>& ports);
+
+// True if a link with that name exists in the caller's network namespace.
+bool LinkExists(const std::string& name);
+
+// True if the IPv4 address is a local or peer address of any link in the caller's netns.
+Result<bool> AddressInUse(const std::string& addr);
+
+}  // namespace godwit::runtime

@@ -1,0 +1,76 @@
+// The runtime's public API: the OCI lifecycle on a state root. The CLI verbs (cli/cmd_runtime.cc)
+// are thin wrappers over these; the checkpoint/restore code reuses Container (container.h), the
+// cgroup interface (cgroup.h) and the network setup (network.h) directly.
+//
+// Lifecycle: Create() clones the container's init into new namespaces, joins its cgroups, sets up
+// its network, builds its root (mounts, /dev, pivot_root) and leaves it blocked on exec.fifo
+// before execve; Start() releases it. Delete() removes cgroups, the veth and the state dir; the
+// container's mounts live only in its own mount namespace, so they vanish with it.
+#pragma once
+
+#include <signal.h>
+#include <sys/types.h>
+
+#include <string>
+#include <vector>
+
+#include "common/result.h"
+#include "runtime/container.h"
+#include "runtime/spec.h"
+
+namespace godwit::runtime {
+
+inline constexpr const char* kDefaultRoot = "/run/godwit";
+
+struct CreateOptions {
+  std::string root = kDefaultRoot;
+  std::string id;
+  std::string bundle;    // holds config.json
+  std::string pid_file;  // optional: written with the init's host pid
+};
+
+// Creates the container (status "created"). Errors: kUsage (bad id), kNotFound (bundle or rootfs
+// missing), kBadConfig (config.json malformed/unsupported, or a limit the kernel refused),
+// kExists (id, veth or address taken). On error nothing is left behind.
+Result<Container> Create(const CreateOptions& opts);
+
+// Writes a generated config.json (MakeConfig) into <root>/<id>/ and creates from there: the
+// convenience `godwit run --rootfs DIR`. The bundle is the state dir itself.
+Result<Container> CreateFromRunOptions(const std::string& root, const std::string& id,
+                                       const RunOptions& run, const std::string& pid_file = "");
+
+// Releases a created container's init into execve. kNotFound / kGeneric if not "created".
+Result<void> Start(const std::string& root, const std::string& id);
+
+// Waits for the init of a container this process created (it must be our child, or we must be
+// its subreaper). Returns the exit code (128+signal if killed). Signals SIGINT/SIGTERM/SIGHUP
+// sent to us meanwhile are forwarded when forward_signals is set.
+Result<int> Wait(const Container& c, bool forward_signals);
+
+// Sends sig to the init, or with all=true to every process in its cgroup.
+Result<void> Kill(const std::string& root, const std::string& id, int sig, bool all);
+
+// Removes a stopped container. force: kills a created/running one first (SIGKILL to the whole
+// cgroup, frozen meanwhile so nothing forks past it).
+Result<void> Delete(const std::string& root, const std::string& id, bool force);
+
+struct ExecOptions {
+  std::vector<std::string> args;
+  std::vector<std::string> env;  // added to the container's process env
+  std::string cwd;               // default: the container's process.cwd
+};
+// Runs a process in all the container's namespaces and cgroups; waits and returns its exit
+// code (128+signal if killed).
+Result<int> Exec(const std::string& root, const std::string& id, const ExecOptions& opts);
+
+// Host pids of every process in the container's cgroup.
+Result<std::vector<pid_t>> Ps(const std::string& root, const std::string& id);
+
+// Parses "KILL", "SIGKILL", "9" -> 9.
+Result<int> ParseSignal(const std::string& s);
+
+// Builds a busybox root filesystem in dir (bin/busybox copied from /bin/busybox, applet
+// symlinks, /etc/passwd, group, hosts, and empty mount points). Idempotent.
+Result<void> MakeBusyboxRootfs(const std::string& dir, const std::string& busybox = "/bin/busybox");
+
+}  // namespace godwit::runtime

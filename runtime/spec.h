@@ -1,0 +1,158 @@
+// The OCI runtime config (config.json) subset godwit runs, parsed into plain structs.
+//
+// Parsing is strict: a field godwit does not implement and whose absence would change the
+// container's isolation or limits (seccomp, apparmor, devices on cgroup v2, time namespace,
+// joining an existing namespace by path, a terminal, ...) is a kBadConfig error naming the field,
+// never silently dropped. Harmless metadata (annotations, hooks-free fields like ociVersion) is
+// accepted. godwit-specific settings that OCI has no field for (the container's IP, its allowed
+// ports, the disk quota) travel as annotations, see kAnno* below.
+#pragma once
+
+#include <sys/types.h>
+
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "common/result.h"
+
+namespace godwit::runtime {
+
+// Annotations that carry godwit settings through a standard OCI bundle.
+inline constexpr const char* kAnnoIp = "org.godwit.net.ip";                // "198.18.0.10/24"
+inline constexpr const char* kAnnoGateway = "org.godwit.net.gateway";      // "198.18.0.1"
+inline constexpr const char* kAnnoAllowPorts = "org.godwit.net.allow-ports";  // "80,443/tcp,53/udp"
+inline constexpr const char* kAnnoDisk = "org.godwit.storage.size";        // "512M"
+
+struct IdMap {
+  uint32_t container_id = 0;
+  uint32_t host_id = 0;
+  uint32_t size = 0;
+};
+
+struct Mount {
+  std::string destination;
+  std::string type;  // proc, sysfs, tmpfs, devpts, mqueue, bind
+  std::string source;
+  std::vector<std::string> options;
+  // Derived from options by ParseSpec.
+  unsigned long flags = 0;          // MS_* applied at mount time
+  unsigned long propagation = 0;    // MS_PRIVATE/MS_SLAVE/MS_SHARED(|MS_REC) or 0
+  std::string data;                 // filesystem-specific options ("mode=755,size=65536k")
+  bool bind = false;
+  bool recursive = false;
+};
+
+struct Rlimit {
+  int resource = 0;
+  uint64_t soft = 0;
+  uint64_t hard = 0;
+};
+
+struct Capabilities {
+  bool present = false;  // absent in config: the process keeps the runtime's full set
+  std::vector<int> bounding, effective, inheritable, permitted, ambient;
+};
+
+struct Process {
+  std::vector<std::string> args;
+  std::vector<std::string> env;
+  std::string cwd = "/";
+  uint32_t uid = 0;
+  uint32_t gid = 0;
+  std::vector<uint32_t> additional_gids;
+  bool no_new_privileges = false;
+  Capabilities caps;
+  std::vector<Rlimit> rlimits;
+};
+
+// Resource limits (linux.resources). Unset values are not written.
+struct Resources {
+  std::optional<int64_t> memory_limit;   // bytes; -1 = unlimited
+  std::optional<uint64_t> cpu_shares;    // v1 cpu.shares (v2: converted to cpu.weight)
+  std::optional<int64_t> cpu_quota;      // us per period; -1 = unlimited
+  std::optional<uint64_t> cpu_period;    // us
+  std::optional<int64_t> pids_limit;     // -1 or 0 = unlimited
+  struct DeviceRule {
+    bool allow = false;
+    char type = 'a';  // a, c, b
+    int64_t major = -1, minor = -1;  // -1 = wildcard
+    std::string access = "rwm";
+  };
+  std::vector<DeviceRule> devices;  // v1 devices controller only
+  bool empty() const {
+    return !memory_limit && !cpu_shares && !cpu_quota && !cpu_period && !pids_limit &&
+           devices.empty();
+  }
+};
+
+// Network settings of the container's network namespace (from annotations).
+struct NetworkSpec {
+  std::string address;  // container address, "198.18.0.10"; empty: only loopback
+  int prefix = 24;
+  std::string gateway;  // host end address and the container's default route
+  struct Port {
+    int port = 0;
+    std::string proto = "tcp";  // tcp | udp
+  };
+  std::vector<Port> allow_ports;  // non-empty: firewall drops other inbound traffic
+  bool firewall() const { return !allow_ports.empty(); }
+};
+
+struct Namespaces {
+  bool pid = false, mount = false, uts = false, ipc = false, network = false, cgroup = false,
+       user = false;
+};
+
+struct Spec {
+  std::string oci_version = "1.0.2";
+  Process process;
+  std::string root_path;  // absolute after ParseSpec (relative paths are bundle-relative)
+  bool root_readonly = false;
+  std::string hostname;
+  std::vector<Mount> mounts;
+  Namespaces ns;
+  std::vector<IdMap> uid_mappings, gid_mappings;
+  Resources resources;
+  std::vector<std::string> masked_paths, readonly_paths;
+  std::string rootfs_propagation;  // "", private, rprivate, slave, rslave
+  std::map<std::string, std::string> annotations;
+  NetworkSpec net;            // from annotations
+  int64_t disk_quota = 0;     // bytes, from annotations; 0 = no quota, writes go to the rootfs
+  std::map<std::string, std::string> sysctl;  // linux.sysctl (applied inside the namespaces)
+};
+
+// Parses config.json text. bundle is the directory holding it (root.path is relative to it).
+// Errors: kBadConfig naming the field ("linux.seccomp: not supported").
+Result<Spec> ParseSpec(const std::string& json_text, const std::string& bundle);
+Result<Spec> LoadSpec(const std::string& bundle);  // bundle/config.json
+
+// The convenience form of `godwit run --rootfs DIR ...`: options that become a config.json.
+struct RunOptions {
+  std::string rootfs;
+  std::vector<std::string> args;
+  std::string hostname;
+  int64_t memory = 0;      // bytes, 0 = no limit
+  double cpus = 0;         // 0.5 = half a CPU (quota/period)
+  uint64_t cpu_shares = 0;
+  int64_t pids = 0;
+  int64_t disk = 0;        // bytes
+  std::string ip;          // "198.18.0.10/24"
+  std::string gateway;
+  std::vector<std::string> allow_ports;  // "80", "53/udp"
+  std::vector<std::string> env;
+  bool user_ns = false;    // map container root to host uid 0..65535 shifted? (see docs)
+  bool readonly = false;
+};
+
+// Builds a config.json document (with the default mounts, all namespaces, a minimal /dev).
+nlohmann::json MakeConfig(const RunOptions& opts);
+
+// The default OCI mounts godwit's generated configs use (proc, /dev tmpfs, devpts, shm, mqueue,
+// sysfs). Exposed for tests and the benchmark's runc bundle.
+nlohmann::json DefaultMounts();
+
+}  // namespace godwit::runtime

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Container start: create+start+wait+delete of a `/bin/true` busybox container, godwit vs runc,
+# alternating in one run, the same config.json (namespaces pid, net, ipc, uts, mount, cgroup;
+# the same mounts, masked and read-only paths) for both. Prints the medians and the ratio.
+set -euo pipefail
+GODWIT=${GODWIT:-$(dirname "$0")/../../build/godwit}
+RUNC=${RUNC:-$(command -v runc || echo /usr/sbin/runc)}
+N=${BENCH_RUNTIME_N:-40}
+work=$(mktemp -d /tmp/godwit-bench-runtime.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+"$GODWIT" mkrootfs "$work/bundle/rootfs"
+# A config both runtimes accept: `godwit run --rootfs` writes one; take it and point it at the
+# bundle's rootfs.
+"$GODWIT" --root "$work/gw" run --rootfs "$work/bundle/rootfs" --name cfg --detach -- /bin/true >/dev/null
+cp "$work/gw/cfg/config.json" "$work/bundle/config.json"
+"$GODWIT" --root "$work/gw" delete --force cfg
+sed -i "s|\"path\": \".*rootfs\"|\"path\": \"rootfs\"|" "$work/bundle/config.json"
+
+have_runc=1
+if ! [ -x "$RUNC" ] || ! "$RUNC" --root "$work/runc" run -b "$work/bundle" probe$$ >/dev/null 2>&1; then
+  echo "runc not usable here: measuring godwit only"
+  have_runc=0
+fi
+
+gw=() rc=()
+for ((i = 0; i < N; i++)); do
+  t0=$EPOCHREALTIME
+  "$GODWIT" --root "$work/gw" run -b "$work/bundle" gw$$-$i >/dev/null
+  t1=$EPOCHREALTIME
+  gw+=("$(echo "($t1 - $t0) * 1000" | bc -l)")
+  if ((have_runc)); then
+    t0=$EPOCHREALTIME
+    "$RUNC" --root "$work/runc" run -b "$work/bundle" rc$$-$i >/dev/null
+    t1=$EPOCHREALTIME
+    rc+=("$(echo "($t1 - $t0) * 1000" | bc -l)")
+  fi
+done
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.2f", m}'; }
+mg=$(median "${gw[@]}")
+printf 'container create+start+wait+delete (/bin/true), %d runs each, alternating\n' "$N"
+printf '  godwit median: %8.2f ms\n' "$mg"
+if ((have_runc)); then
+  mr=$(median "${rc[@]}")
+  printf '  runc   median: %8.2f ms\n' "$mr"
+  printf '  ratio runc/godwit: %.1fx (target >= 3x)\n' "$(echo "$mr / $mg" | bc -l)"
+fi
