@@ -119,15 +119,31 @@ Result<std::string> ReadLink(const std::string& path) {
   return std::string(buf, n);
 }
 
-Result<void> DumpFs(DumpContext&, ProcessDump& p, img::ProcessState* ps) {
+// cwd through an injected getcwd: the path as the process itself sees it (under its own root,
+// in its own mount namespace), which is what an injected chdir after chroot resolves on restore.
+// root through /proc/PID/root, as the dumper sees it ("/" unless chrooted).
+Result<void> DumpFs(DumpContext& ctx, ProcessDump& p, img::ProcessState* ps) {
   auto* fs = ps->mutable_fs();
-  ASSIGN_OR_RETURN(std::string cwd, ReadLink(StrFormat("/proc/%d/cwd", p.pid)));
   ASSIGN_OR_RETURN(std::string root, ReadLink(StrFormat("/proc/%d/root", p.pid)));
-  for (const auto* s : {&cwd, &root}) {
-    if (s->size() > 10 && s->compare(s->size() - 10, 10, " (deleted)") == 0)
-      return MakeError(ErrorKind::kUnsupported, 0, "pid %d: cwd or root %s was deleted", p.pid,
-                       s->c_str());
+  if (root.size() > 10 && root.compare(root.size() - 10, 10, " (deleted)") == 0)
+    return MakeError(ErrorKind::kUnsupported, 0, "pid %d: root %s was deleted", p.pid,
+                     root.c_str());
+  ASSIGN_OR_RETURN(remote::Remote * r, ctx.RemoteFor(p));
+  size_t cap = std::min<size_t>(r->scratch_size(), PATH_MAX + 1);
+  uint64_t args[6] = {r->scratch(), cap, 0, 0, 0, 0};
+  ASSIGN_OR_RETURN(long n, r->RawSyscallIn(p.pid, SYS_getcwd, args));
+  if (n == -ENOENT)
+    return MakeError(ErrorKind::kUnsupported, ENOENT, "pid %d: its cwd was deleted", p.pid);
+  if (n <= 0 || static_cast<size_t>(n) > cap) {
+    errno = n < 0 ? static_cast<int>(-n) : EINVAL;
+    return Errno("pid %d: getcwd", p.pid);
   }
+  std::string cwd(static_cast<size_t>(n), '\0');
+  TRY(r->Read(r->scratch(), cwd.data(), cwd.size()));
+  cwd.resize(strnlen(cwd.c_str(), cwd.size()));
+  if (cwd.empty() || cwd[0] != '/')  // "(unreachable)/...": outside its root
+    return MakeError(ErrorKind::kUnsupported, 0, "pid %d: cwd %s is outside its root", p.pid,
+                     cwd.c_str());
   fs->set_cwd(cwd);
   fs->set_root(root);
   std::string path = StrFormat("/proc/%d/status", p.pid);

@@ -74,19 +74,21 @@ Result<void> RestoreRlimits(RestoreContext& ctx, ProcessRestore& p) {
   return Ok();
 }
 
-// chdir before chroot: the dumped cwd is a path in the dumper's view, as is the root; chroot
-// leaves the cwd alone. chroot needs CAP_SYS_CHROOT, so this runs before "creds".
+// chroot first (the root is a path in the dumper's view, resolved from the restorer's root),
+// then chdir to the cwd as the process saw it, under its new root. chroot needs CAP_SYS_CHROOT,
+// so this runs before "creds".
 Result<void> RestoreFs(RestoreContext& ctx, ProcessRestore& p) {
   ASSIGN_OR_RETURN(img::ProcessState ps, LoadPstate(ctx, p));
   remote::Remote* r = p.remote.get();
   const auto& fs = ps.fs();
-  if (!fs.cwd().empty()) {
-    ASSIGN_OR_RETURN(uint64_t at, r->WriteString(0, fs.cwd()));
-    TRY_CTX(r->Syscall(SYS_chdir, at), "chdir %s", fs.cwd().c_str());
-  }
   if (!fs.root().empty() && fs.root() != "/") {
     ASSIGN_OR_RETURN(uint64_t at, r->WriteString(0, fs.root()));
     TRY_CTX(r->Syscall(SYS_chroot, at), "chroot %s", fs.root().c_str());
+  }
+  if (!fs.cwd().empty()) {
+    ASSIGN_OR_RETURN(uint64_t at, r->WriteString(0, fs.cwd()));
+    TRY_CTX(r->Syscall(SYS_chdir, at), "chdir %s (under root %s)", fs.cwd().c_str(),
+            fs.root().c_str());
   }
   TRY_CTX(r->Syscall(SYS_umask, fs.umask() & 0777), "umask %o", fs.umask());
   return Ok();
