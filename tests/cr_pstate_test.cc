@@ -192,6 +192,16 @@ std::string Dump(const TempDir& dir, Helper& h) {
   if (d.status != 0) kill(h.pid(), SIGKILL);  // a failed dump leaves the tree running
   int st = h.Reap();
   EXPECT_EQ(st, 128 + SIGKILL) << "the dump did not kill the helper";
+  // The rest of the tree: once the root is reaped, its killed children are ours (subreaper).
+  if (d.status == 0) {
+    GodwitRun r = Godwit({"inspect", images, "--json"}, dir);
+    auto j = nlohmann::json::parse(r.out, nullptr, false);
+    if (!j.is_discarded())
+      for (const auto& f : j["files"])
+        if (f.value("name", "") == "pstree.img" && f.contains("records_json"))
+          for (const auto& e : f["records_json"][0]["processes"])
+            if (e.value("pid", 0) != h.pid()) waitpid(e.value("pid", 0), nullptr, __WALL);
+  }
   return images;
 }
 
@@ -392,6 +402,40 @@ TEST(CrPstate, SeccompFilters) {
     EXPECT_EQ(U64(t["seccomp"]["filters"][0]["flags"]), 0u);  // oldest first
     EXPECT_EQ(U64(t["seccomp"]["filters"][1]["flags"]), 2u);  // SECCOMP_FILTER_FLAG_LOG
   }
+  RoundTrip(dir, h, images);
+}
+
+// Every process of a tree has its own pstate image and gets its own state back.
+TEST(CrPstate, TreeOfProcesses) {
+  TempDir dir;
+  // Destroyed after the helper: a restored child left running comes to us once the root dies.
+  struct Reaper {
+    std::vector<pid_t> pids;
+    ~Reaper() {
+      for (pid_t p : pids)
+        if (waitpid(p, nullptr, WNOHANG) == 0) {
+          kill(p, SIGKILL);
+          waitpid(p, nullptr, 0);
+        }
+    }
+  } reaper;
+  Helper h(dir, "ps_misc", {"tree"});
+  ASSERT_TRUE(h.ready()) << h.log();
+  std::string images = Dump(dir, h);
+  GodwitRun r = Godwit({"inspect", images, "--json"}, dir);
+  int pstates = 0;
+  auto j = nlohmann::json::parse(r.out, nullptr, false);
+  ASSERT_FALSE(j.is_discarded());
+  for (const auto& f : j["files"]) {
+    if (f.value("name", "").rfind("pstate-", 0) != 0) continue;
+    pstates++;
+    const auto& ps = f["records_json"][0];
+    if (ps.value("pid", 0) == h.pid()) continue;
+    reaper.pids.push_back(ps.value("pid", 0));
+    EXPECT_EQ(ps["fs"].value("umask", 0u), 077u);
+    EXPECT_EQ(ps["threads"][0]["creds"].value("uid", 0), 5000);
+  }
+  EXPECT_EQ(pstates, 2);
   RoundTrip(dir, h, images);
 }
 
