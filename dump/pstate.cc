@@ -64,6 +64,8 @@ Result<std::vector<uint64_t>> Numbers(const std::string& s, int base) {
   return out;
 }
 
+// Every signal, defaults included: a SIG_DFL entry keeps its flags and mask (sigaction() reads
+// them back, and SIGCHLD's SA_NOCLDWAIT acts with SIG_DFL). 62 injected calls, ~0.75 ms.
 Result<void> DumpHandlers(DumpContext& ctx, ProcessDump& p, img::ProcessState* ps) {
   ASSIGN_OR_RETURN(remote::Remote * r, ctx.RemoteFor(p));
   for (int sig = 1; sig <= kMaxSig; ++sig) {
@@ -96,18 +98,37 @@ constexpr RlimitName kRlimits[] = {
     {RLIMIT_RTPRIO, "RLIMIT_RTPRIO"},   {RLIMIT_RTTIME, "RLIMIT_RTTIME"},
 };
 
-// Injected prlimit64(0, ...): reading another uid's limits from outside needs CAP_SYS_RESOURCE.
-Result<void> DumpRlimits(DumpContext& ctx, ProcessDump& p, img::ProcessState* ps) {
-  ASSIGN_OR_RETURN(remote::Remote * r, ctx.RemoteFor(p));
-  for (const auto& l : kRlimits) {
-    uint64_t lim[2];
-    TRY_CTX(r->Syscall(SYS_prlimit64, 0, l.res, 0, r->scratch()), "prlimit64 %s", l.name);
-    TRY(r->Read(r->scratch(), lim, sizeof(lim)));
+// /proc/PID/limits, no injection (prlimit on another uid would need CAP_SYS_RESOURCE): one line
+// per resource in RLIMIT_* order, "%-25s %-20s %-20s %-10s" (name, soft, hard, units).
+Result<void> DumpRlimits(DumpContext&, ProcessDump& p, img::ProcessState* ps) {
+  std::string path = StrFormat("/proc/%d/limits", p.pid);
+  ASSIGN_OR_RETURN(std::string text, fs::ReadFile(path));
+  std::vector<std::string> lines = fs::Split(text, '\n');
+  size_t want = sizeof(kRlimits) / sizeof(kRlimits[0]);
+  if (lines.size() < want + 1) return Err("%s: %zu lines", path.c_str(), lines.size());
+  auto value = [&](const std::string& line, size_t at, uint64_t* out) -> Result<void> {
+    if (line.size() < at + 1) return Err("%s: short line '%s'", path.c_str(), line.c_str());
+    std::string v = fs::Trim(line.substr(at, 21));
+    if (v == "unlimited") {
+      *out = RLIM_INFINITY;
+      return Ok();
+    }
+    char* end = nullptr;
+    errno = 0;
+    *out = strtoull(v.c_str(), &end, 10);
+    if (v.empty() || errno != 0 || *end != 0) return Err("%s: bad value '%s'", path.c_str(), v.c_str());
+    return Ok();
+  };
+  for (size_t i = 0; i < want; ++i) {
+    const std::string& line = lines[i + 1];
     auto* o = ps->mutable_rlimits()->add_limits();
-    o->set_resource(l.res);
-    o->set_name(l.name);
-    o->set_cur(lim[0]);
-    o->set_max(lim[1]);
+    o->set_resource(kRlimits[i].res);
+    o->set_name(kRlimits[i].name);
+    uint64_t cur = 0, max = 0;
+    TRY_CTX(value(line, 26, &cur), "%s soft", kRlimits[i].name);
+    TRY_CTX(value(line, 47, &max), "%s hard", kRlimits[i].name);
+    o->set_cur(cur);
+    o->set_max(max);
   }
   return Ok();
 }

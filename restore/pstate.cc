@@ -46,30 +46,30 @@ std::string LimitStr(uint64_t v) {
 // set exactly as dumped when the kernel allows it. A hard limit that the kernel refuses to raise
 // fails the restore with an error naming the limit and both values: quietly restoring a lower
 // hard limit would change what the program may do later (a soft limit it raises would fail).
+//
+// Set from outside with prlimit(pid): the process still has the restorer's credentials here
+// ("creds" comes later), so no capability is needed, and limits already right cost nothing.
 Result<void> RestoreRlimits(RestoreContext& ctx, ProcessRestore& p) {
   ASSIGN_OR_RETURN(img::ProcessState ps, LoadPstate(ctx, p));
-  remote::Remote* r = p.remote.get();
   for (const auto& l : ps.rlimits().limits()) {
     if (l.cur() > l.max())
       return MakeError(ErrorKind::kBadImage, 0, "pstate-%d.img: %s soft %s above hard %s", p.pid,
                        l.name().c_str(), LimitStr(l.cur()).c_str(), LimitStr(l.max()).c_str());
-    uint64_t want[2] = {l.cur(), l.max()};
-    TRY(r->Write(r->scratch(), want, sizeof(want)));
-    uint64_t args[6] = {0, static_cast<uint64_t>(l.resource()), r->scratch(),
-                        r->scratch() + sizeof(want), 0, 0};
-    ASSIGN_OR_RETURN(long ret, r->RawSyscallIn(p.pid, SYS_prlimit64, args));
-    if (ret == 0) continue;
-    uint64_t have[2] = {};
-    TRY(r->Read(r->scratch() + sizeof(want), have, sizeof(have)));
-    if (ret == -EPERM)
+    auto res = static_cast<__rlimit_resource>(l.resource());
+    rlimit have{};
+    if (prlimit(p.pid, res, nullptr, &have) < 0)
+      return Errno("prlimit %d %s", p.pid, l.name().c_str());
+    if (have.rlim_cur == l.cur() && have.rlim_max == l.max()) continue;
+    rlimit want{l.cur(), l.max()};
+    if (prlimit(p.pid, res, &want, nullptr) == 0) continue;
+    if (errno == EPERM)
       return MakeError(ErrorKind::kUnsupported, EPERM,
                        "%s: cannot restore hard limit %s (soft %s): this restore's hard limit is "
                        "%s and raising it needs CAP_SYS_RESOURCE",
                        l.name().c_str(), LimitStr(l.max()).c_str(), LimitStr(l.cur()).c_str(),
-                       LimitStr(have[1]).c_str());
-    errno = static_cast<int>(-ret);
-    return Errno("prlimit64 %s soft %s hard %s", l.name().c_str(), LimitStr(l.cur()).c_str(),
-                 LimitStr(l.max()).c_str());
+                       LimitStr(have.rlim_max).c_str());
+    return Errno("prlimit %d %s soft %s hard %s", p.pid, l.name().c_str(),
+                 LimitStr(l.cur()).c_str(), LimitStr(l.max()).c_str());
   }
   return Ok();
 }

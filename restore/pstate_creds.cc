@@ -14,11 +14,14 @@
 //   7. securebits = dumped                             (CAP_SETPCAP)
 //   8. capset(E, P, I) as dumped                       (only lowers)
 //   9. no_new_privs
-// The step runs after every other step that needs privilege (chroot, scheduling, rlimits).
+// The step runs after every other step that needs privilege (chroot, scheduling, rlimits). A
+// thread whose dumped credentials equal the restorer's (root restoring root) needs none of it.
 #include <linux/capability.h>
 #include <linux/securebits.h>
+#include <grp.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
+#include <unistd.h>
 
 #include "common/fs.h"
 #include "restore/pstate.h"
@@ -88,11 +91,55 @@ Result<void> RestoreThreadCreds(remote::Remote* r, pid_t tid, const img::Creds& 
   return Ok();
 }
 
+// The coordinator's own credentials: every restored thread still has them when this step starts
+// (forked from the coordinator, threads cloned from that copy, nothing in between changes them).
+Result<img::Creds> OwnCreds(int last_cap) {
+  img::Creds c;
+  uid_t u[3];
+  gid_t g[3];
+  if (getresuid(&u[0], &u[1], &u[2]) < 0 || getresgid(&g[0], &g[1], &g[2]) < 0)
+    return Errno("getresuid");
+  c.set_uid(u[0]);
+  c.set_euid(u[1]);
+  c.set_suid(u[2]);
+  c.set_gid(g[0]);
+  c.set_egid(g[1]);
+  c.set_sgid(g[2]);
+  c.set_fsuid(static_cast<uint32_t>(syscall(SYS_setfsuid, -1)));  // -1 fails, returns the current
+  c.set_fsgid(static_cast<uint32_t>(syscall(SYS_setfsgid, -1)));
+  int n = getgroups(0, nullptr);
+  if (n < 0) return Errno("getgroups");
+  std::vector<gid_t> groups(static_cast<size_t>(n));
+  if (n > 0 && getgroups(n, groups.data()) != n) return Errno("getgroups");
+  for (gid_t x : groups) c.add_groups(x);
+  __user_cap_header_struct hdr{_LINUX_CAPABILITY_VERSION_3, 0};
+  __user_cap_data_struct d[2] = {};
+  if (syscall(SYS_capget, &hdr, d) < 0) return Errno("capget");
+  c.set_cap_effective(d[0].effective | (static_cast<uint64_t>(d[1].effective) << 32));
+  c.set_cap_permitted(d[0].permitted | (static_cast<uint64_t>(d[1].permitted) << 32));
+  c.set_cap_inheritable(d[0].inheritable | (static_cast<uint64_t>(d[1].inheritable) << 32));
+  uint64_t bnd = 0, amb = 0;
+  for (int cap = 0; cap <= last_cap && cap < 64; ++cap) {
+    if (prctl(PR_CAPBSET_READ, cap, 0, 0, 0) == 1) bnd |= 1ULL << cap;
+    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_IS_SET, cap, 0, 0) == 1) amb |= 1ULL << cap;
+  }
+  c.set_cap_bounding(bnd);
+  c.set_cap_ambient(amb);
+  c.set_securebits(static_cast<uint32_t>(prctl(PR_GET_SECUREBITS, 0, 0, 0, 0)));
+  c.set_no_new_privs(prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) == 1);
+  return c;
+}
+
+bool SameCreds(const img::Creds& a, const img::Creds& b) {
+  return a.SerializeAsString() == b.SerializeAsString();
+}
+
 }  // namespace
 
 Result<void> RestoreCreds(RestoreContext& ctx, ProcessRestore& p) {
   ASSIGN_OR_RETURN(img::ProcessState ps, LoadPstate(ctx, p));
   ASSIGN_OR_RETURN(int last_cap, LastCap());
+  ASSIGN_OR_RETURN(img::Creds own, OwnCreds(last_cap));
   for (const auto& t : ps.threads()) {
     for (int cap = last_cap + 1; cap < 64; ++cap) {
       uint64_t bit = 1ULL << cap;
@@ -101,6 +148,7 @@ Result<void> RestoreCreds(RestoreContext& ctx, ProcessRestore& p) {
                          "thread %d holds capability %d, unknown to this kernel (last %d)",
                          t.tid(), cap, last_cap);
     }
+    if (SameCreds(t.creds(), own)) continue;  // a root process restored by root: nothing to do
     TRY_CTX(RestoreThreadCreds(p.remote.get(), t.tid(), t.creds(), last_cap), "creds of thread %d",
             t.tid());
   }
