@@ -88,14 +88,14 @@ struct RlimitName {
   const char* name;
 };
 constexpr RlimitName kRlimits[] = {
-    {RLIMIT_CPU, "RLIMIT_CPU"},         {RLIMIT_FSIZE, "RLIMIT_FSIZE"},
-    {RLIMIT_DATA, "RLIMIT_DATA"},       {RLIMIT_STACK, "RLIMIT_STACK"},
-    {RLIMIT_CORE, "RLIMIT_CORE"},       {RLIMIT_RSS, "RLIMIT_RSS"},
-    {RLIMIT_NPROC, "RLIMIT_NPROC"},     {RLIMIT_NOFILE, "RLIMIT_NOFILE"},
-    {RLIMIT_MEMLOCK, "RLIMIT_MEMLOCK"}, {RLIMIT_AS, "RLIMIT_AS"},
-    {RLIMIT_LOCKS, "RLIMIT_LOCKS"},     {RLIMIT_SIGPENDING, "RLIMIT_SIGPENDING"},
+    {RLIMIT_CPU, "RLIMIT_CPU"},           {RLIMIT_FSIZE, "RLIMIT_FSIZE"},
+    {RLIMIT_DATA, "RLIMIT_DATA"},         {RLIMIT_STACK, "RLIMIT_STACK"},
+    {RLIMIT_CORE, "RLIMIT_CORE"},         {RLIMIT_RSS, "RLIMIT_RSS"},
+    {RLIMIT_NPROC, "RLIMIT_NPROC"},       {RLIMIT_NOFILE, "RLIMIT_NOFILE"},
+    {RLIMIT_MEMLOCK, "RLIMIT_MEMLOCK"},   {RLIMIT_AS, "RLIMIT_AS"},
+    {RLIMIT_LOCKS, "RLIMIT_LOCKS"},       {RLIMIT_SIGPENDING, "RLIMIT_SIGPENDING"},
     {RLIMIT_MSGQUEUE, "RLIMIT_MSGQUEUE"}, {RLIMIT_NICE, "RLIMIT_NICE"},
-    {RLIMIT_RTPRIO, "RLIMIT_RTPRIO"},   {RLIMIT_RTTIME, "RLIMIT_RTTIME"},
+    {RLIMIT_RTPRIO, "RLIMIT_RTPRIO"},     {RLIMIT_RTTIME, "RLIMIT_RTTIME"},
 };
 
 // /proc/PID/limits, no injection (prlimit on another uid would need CAP_SYS_RESOURCE): one line
@@ -116,7 +116,8 @@ Result<void> DumpRlimits(DumpContext&, ProcessDump& p, img::ProcessState* ps) {
     char* end = nullptr;
     errno = 0;
     *out = strtoull(v.c_str(), &end, 10);
-    if (v.empty() || errno != 0 || *end != 0) return Err("%s: bad value '%s'", path.c_str(), v.c_str());
+    if (v.empty() || errno != 0 || *end != 0)
+      return Err("%s: bad value '%s'", path.c_str(), v.c_str());
     return Ok();
   };
   for (size_t i = 0; i < want; ++i) {
@@ -222,7 +223,8 @@ Result<void> DumpPosixTimers(DumpContext& ctx, ProcessDump& p, img::ProcessState
   for (const auto& line : fs::Split(text, '\n')) {
     if (line.empty()) continue;
     size_t colon = line.find(':');
-    if (colon == std::string::npos) return MakeError(ErrorKind::kGeneric, 0, "%s: bad line '%s'", path.c_str(), line.c_str());
+    if (colon == std::string::npos)
+      return MakeError(ErrorKind::kGeneric, 0, "%s: bad line '%s'", path.c_str(), line.c_str());
     std::string key = line.substr(0, colon), val = fs::Trim(line.substr(colon + 1));
     if (key == "ID") {
       t = ps->add_timers();
@@ -232,15 +234,16 @@ Result<void> DumpPosixTimers(DumpContext& ctx, ProcessDump& p, img::ProcessState
     } else if (key == "signal") {
       size_t slash = val.find('/');
       t->set_signo(atoi(val.c_str()));
-      if (slash != std::string::npos) t->set_sigev_value(strtoull(val.c_str() + slash + 1, nullptr, 16));
+      if (slash != std::string::npos)
+        t->set_sigev_value(strtoull(val.c_str() + slash + 1, nullptr, 16));
     } else if (key == "notify") {
       char kind[16] = {}, who[8] = {};
       int n = 0;
       if (sscanf(val.c_str(), "%15[a-z]/%7[a-z].%d", kind, who, &n) != 3)
         return Err("%s: bad notify '%s'", path.c_str(), val.c_str());
-      int notify = strcmp(kind, "none") == 0 ? SIGEV_NONE
+      int notify = strcmp(kind, "none") == 0     ? SIGEV_NONE
                    : strcmp(kind, "thread") == 0 ? SIGEV_THREAD
-                                                  : SIGEV_SIGNAL;
+                                                 : SIGEV_SIGNAL;
       if (strcmp(who, "tid") == 0) {
         notify |= SIGEV_THREAD_ID;
         t->set_notify_tid(n);
@@ -284,8 +287,10 @@ Result<void> DumpCreds(pid_t pid, pid_t tid, remote::Remote* r, img::Creds* c) {
   ASSIGN_OR_RETURN(auto groups, Numbers(s, 10));
   for (uint64_t g : groups) c->add_groups(static_cast<uint32_t>(g));
   const std::pair<const char*, void (img::Creds::*)(uint64_t)> caps[] = {
-      {"CapInh", &img::Creds::set_cap_inheritable}, {"CapPrm", &img::Creds::set_cap_permitted},
-      {"CapEff", &img::Creds::set_cap_effective},   {"CapBnd", &img::Creds::set_cap_bounding},
+      {"CapInh", &img::Creds::set_cap_inheritable},
+      {"CapPrm", &img::Creds::set_cap_permitted},
+      {"CapEff", &img::Creds::set_cap_effective},
+      {"CapBnd", &img::Creds::set_cap_bounding},
       {"CapAmb", &img::Creds::set_cap_ambient}};
   for (const auto& [key, set] : caps) {
     ASSIGN_OR_RETURN(s, Field(st, key, path));
@@ -373,9 +378,8 @@ struct Kind {
 
 // Collectors, one per kind (restore/pstate_*.cc has the matching restore steps).
 constexpr Kind kKinds[] = {
-    {"handlers", DumpHandlers},        {"rlimits", DumpRlimits},
-    {"fs", DumpFs},                    {"flags", DumpProcFlags},
-    {"itimers", DumpITimers},          {"posix-timers", DumpPosixTimers},
+    {"handlers", DumpHandlers}, {"rlimits", DumpRlimits}, {"fs", DumpFs},
+    {"flags", DumpProcFlags},   {"itimers", DumpITimers}, {"posix-timers", DumpPosixTimers},
     {"threads", DumpThreads},  // sigaltstack, creds, sched, pdeathsig, timer slack, seccomp
 };
 
@@ -387,14 +391,17 @@ std::string Summarize(const google::protobuf::Message& m) {
   const auto& c = ps->threads(0).creds();
   int caught = 0, ignored = 0;
   for (const auto& a : ps->handlers().actions()) {
-    if (a.handler() == 1) ignored++;
-    else if (a.handler() != 0) caught++;
+    if (a.handler() == 1)
+      ignored++;
+    else if (a.handler() != 0)
+      caught++;
   }
-  std::string s = StrFormat("pid %d: uid %u/%u gid %u/%u caps %#llx | %d handlers, %d ignored | "
-                            "cwd %s root %s umask %03o",
-                            ps->pid(), c.uid(), c.euid(), c.gid(), c.egid(),
-                            static_cast<unsigned long long>(c.cap_effective()), caught, ignored,
-                            ps->fs().cwd().c_str(), ps->fs().root().c_str(), ps->fs().umask());
+  std::string s = StrFormat(
+      "pid %d: uid %u/%u gid %u/%u caps %#llx | %d handlers, %d ignored | "
+      "cwd %s root %s umask %03o",
+      ps->pid(), c.uid(), c.euid(), c.gid(), c.egid(),
+      static_cast<unsigned long long>(c.cap_effective()), caught, ignored, ps->fs().cwd().c_str(),
+      ps->fs().root().c_str(), ps->fs().umask());
   if (ps->timers_size() > 0) s += StrFormat(" | %d POSIX timers", ps->timers_size());
   if (ps->itimers().real().value_us() || ps->itimers().virt().value_us() ||
       ps->itimers().prof().value_us())

@@ -25,13 +25,19 @@ Result<img::ProcessState> LoadPstate(const RestoreContext& ctx, const ProcessRes
     return MakeError(ErrorKind::kBadImage, 0, "%s: holds pid %d", name.c_str(), ps.pid());
   if (ps.threads_size() == 0 || ps.threads(0).tid() != p.pid)
     return MakeError(ErrorKind::kBadImage, 0, "%s: main thread missing", name.c_str());
+  // Every thread must be one the engine restored (core-<pid>.img), or injecting into it would
+  // hit a task that is not ours.
+  if (ps.threads_size() != p.core.threads_size())
+    return MakeError(ErrorKind::kBadImage, 0, "%s: %d threads, core-%d.img has %d", name.c_str(),
+                     ps.threads_size(), p.pid, p.core.threads_size());
+  for (const auto& t : ps.threads()) {
+    bool known = false;
+    for (const auto& c : p.core.threads()) known = known || c.tid() == t.tid();
+    if (!known)
+      return MakeError(ErrorKind::kBadImage, 0, "%s: thread %d is not in core-%d.img", name.c_str(),
+                       t.tid(), p.pid);
+  }
   return ps;
-}
-
-Result<const img::ThreadState*> FindThread(const img::ProcessState& ps, pid_t tid) {
-  for (const auto& t : ps.threads())
-    if (t.tid() == tid) return &t;
-  return MakeError(ErrorKind::kBadImage, 0, "pstate-%d.img: no thread %d", ps.pid(), tid);
 }
 
 namespace {

@@ -16,9 +16,9 @@
 //   9. no_new_privs
 // The step runs after every other step that needs privilege (chroot, scheduling, rlimits). A
 // thread whose dumped credentials equal the restorer's (root restoring root) needs none of it.
+#include <grp.h>
 #include <linux/capability.h>
 #include <linux/securebits.h>
-#include <grp.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -42,14 +42,13 @@ Result<void> Capset(remote::Remote* r, pid_t tid, uint64_t eff, uint64_t prm, ui
   } c{};
   c.hdr.version = _LINUX_CAPABILITY_VERSION_3;
   c.hdr.pid = 0;
-  c.data[0] = {static_cast<uint32_t>(eff), static_cast<uint32_t>(prm),
-               static_cast<uint32_t>(inh)};
+  c.data[0] = {static_cast<uint32_t>(eff), static_cast<uint32_t>(prm), static_cast<uint32_t>(inh)};
   c.data[1] = {static_cast<uint32_t>(eff >> 32), static_cast<uint32_t>(prm >> 32),
                static_cast<uint32_t>(inh >> 32)};
   TRY(r->Write(r->scratch(), &c, sizeof(c)));
   TRY_CTX(r->SyscallIn(tid, SYS_capset, r->scratch(), r->scratch() + sizeof(c.hdr)),
-          "capset eff %#llx prm %#llx inh %#llx", (unsigned long long)eff,
-          (unsigned long long)prm, (unsigned long long)inh);
+          "capset eff %#llx prm %#llx inh %#llx", (unsigned long long)eff, (unsigned long long)prm,
+          (unsigned long long)inh);
   return Ok();
 }
 
@@ -60,9 +59,9 @@ Result<void> RestoreThreadCreds(remote::Remote* r, pid_t tid, const img::Creds& 
   if (!groups.empty()) TRY(r->Write(r->scratch(), groups.data(), groups.size() * 4));
   TRY_CTX(r->SyscallIn(tid, SYS_setgroups, groups.size(), r->scratch()), "setgroups (%zu)",
           groups.size());
-  TRY_CTX(r->SyscallIn(tid, SYS_prctl, PR_SET_SECUREBITS,
-                       SECBIT_KEEP_CAPS | SECBIT_NO_SETUID_FIXUP),
-          "PR_SET_SECUREBITS (keep caps)");
+  TRY_CTX(
+      r->SyscallIn(tid, SYS_prctl, PR_SET_SECUREBITS, SECBIT_KEEP_CAPS | SECBIT_NO_SETUID_FIXUP),
+      "PR_SET_SECUREBITS (keep caps)");
   TRY_CTX(r->SyscallIn(tid, SYS_setresgid, c.gid(), c.egid(), c.sgid()), "setresgid %u %u %u",
           c.gid(), c.egid(), c.sgid());
   TRY(r->SyscallIn(tid, SYS_setfsgid, c.fsgid()));  // returns the old fsgid, never an error
@@ -83,8 +82,8 @@ Result<void> RestoreThreadCreds(remote::Remote* r, pid_t tid, const img::Creds& 
     TRY_CTX(r->SyscallIn(tid, SYS_prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0),
             "PR_CAP_AMBIENT_RAISE %d", cap);
   }
-  TRY_CTX(r->SyscallIn(tid, SYS_prctl, PR_SET_SECUREBITS, c.securebits()),
-          "PR_SET_SECUREBITS %#x", c.securebits());
+  TRY_CTX(r->SyscallIn(tid, SYS_prctl, PR_SET_SECUREBITS, c.securebits()), "PR_SET_SECUREBITS %#x",
+          c.securebits());
   TRY(Capset(r, tid, c.cap_effective(), c.cap_permitted(), c.cap_inheritable()));
   if (c.no_new_privs())
     TRY_CTX(r->SyscallIn(tid, SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "PR_SET_NO_NEW_PRIVS");
@@ -145,8 +144,8 @@ Result<void> RestoreCreds(RestoreContext& ctx, ProcessRestore& p) {
       uint64_t bit = 1ULL << cap;
       if ((t.creds().cap_permitted() | t.creds().cap_effective()) & bit)
         return MakeError(ErrorKind::kUnsupported, 0,
-                         "thread %d holds capability %d, unknown to this kernel (last %d)",
-                         t.tid(), cap, last_cap);
+                         "thread %d holds capability %d, unknown to this kernel (last %d)", t.tid(),
+                         cap, last_cap);
     }
     if (SameCreds(t.creds(), own)) continue;  // a root process restored by root: nothing to do
     TRY_CTX(RestoreThreadCreds(p.remote.get(), t.tid(), t.creds(), last_cap), "creds of thread %d",

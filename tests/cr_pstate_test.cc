@@ -5,10 +5,11 @@
 // sends SIGUSR2, and the helper checks its own state and exits 0 (else the number of the failed
 // check, with the reason in its log).
 #include <fcntl.h>
+#include <gtest/gtest.h>
+#include <linux/close_range.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
-#include <linux/close_range.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -16,12 +17,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 #include <vector>
-
-#include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 
 namespace {
 
@@ -68,7 +67,7 @@ class TempDir {
 
 // Runs godwit; pre_exec runs in the child before exec (to lower a limit, say).
 GodwitRun Godwit(const std::vector<std::string>& args, const TempDir& dir,
-           void (*pre_exec)() = nullptr) {
+                 void (*pre_exec)() = nullptr) {
   static int n = 0;
   std::string out = dir / ("godwit-" + std::to_string(++n) + ".out");
   std::string err = dir / ("godwit-" + std::to_string(n) + ".err");
@@ -238,7 +237,7 @@ TEST(CrPstate, SignalHandlers) {
   EXPECT_NE(U64((*usr1)["handler"]), 0u);
   EXPECT_EQ(U64((*usr1)["flags"]) & (SA_SIGINFO | SA_RESTART), uint64_t{SA_SIGINFO | SA_RESTART});
   EXPECT_EQ(U64((*usr1)["mask"]) & (1ULL << (SIGINT - 1)), 1ULL << (SIGINT - 1));
-  EXPECT_EQ(U64((*Action(ps, SIGHUP))["handler"]), 1u);  // SIG_IGN
+  EXPECT_EQ(U64((*Action(ps, SIGHUP))["handler"]), 1u);   // SIG_IGN
   EXPECT_EQ(U64((*Action(ps, SIGTERM))["handler"]), 0u);  // SIG_DFL
   RoundTrip(dir, h, images);
 }
@@ -300,7 +299,8 @@ TEST(CrPstate, PerThreadCreds) {
   int uid_threads = 0, nnp_threads = 0;
   for (const auto& t : ps["threads"]) {
     if (t["creds"].value("euid", -1) == 3001) uid_threads++;
-    if (t["creds"].value("no_new_privs", false) && t.value("pdeathsig", 0) == SIGWINCH) nnp_threads++;
+    if (t["creds"].value("no_new_privs", false) && t.value("pdeathsig", 0) == SIGWINCH)
+      nnp_threads++;
   }
   EXPECT_EQ(uid_threads, 1);
   EXPECT_EQ(nnp_threads, 1);
