@@ -109,7 +109,8 @@ Result<std::vector<pid_t>> ListTasks(pid_t pid) {
   std::string path = StrFormat("/proc/%d/task", pid);
   DIR* d = opendir(path.c_str());
   if (d == nullptr) {
-    if (errno == ENOENT) return MakeError(ErrorKind::kNotFound, ESRCH, "process %d does not exist", pid);
+    if (errno == ENOENT)
+      return MakeError(ErrorKind::kNotFound, ESRCH, "process %d does not exist", pid);
     return Errno("opendir %s", path.c_str());
   }
   std::vector<pid_t> out;

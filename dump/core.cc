@@ -35,7 +35,8 @@ Result<void> PeekSigInfo(pid_t tid, bool shared,
   } args = {0, shared ? 1u : 0u, 32};
   siginfo_t infos[32];
   for (;;) {
-    long n = ptrace(static_cast<__ptrace_request>(0x4209 /* PTRACE_PEEKSIGINFO */), tid, &args, infos);
+    long n =
+        ptrace(static_cast<__ptrace_request>(0x4209 /* PTRACE_PEEKSIGINFO */), tid, &args, infos);
     if (n < 0) return Errno("PTRACE_PEEKSIGINFO %d", tid);
     for (long i = 0; i < n; ++i) {
       auto* s = out->Add();

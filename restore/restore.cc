@@ -132,7 +132,8 @@ struct ChildEnv {
 Result<void> LoadImages(RestoreContext& ctx) {
   const auto& set = *ctx.images;
   TRY(ReadOne(set, "pstree.img", &ctx.tree));
-  if (ctx.tree.processes_size() == 0) return MakeError(ErrorKind::kBadImage, 0, "pstree.img: no processes");
+  if (ctx.tree.processes_size() == 0)
+    return MakeError(ErrorKind::kBadImage, 0, "pstree.img: no processes");
   std::set<pid_t> pids;
   for (const auto& e : ctx.tree.processes()) {
     if (e.pid() <= 0 || !pids.insert(e.pid()).second)
@@ -166,13 +167,15 @@ Result<void> LoadImages(RestoreContext& ctx) {
     for (const auto& v : p->mm.vmas()) {
       if (v.start() >= v.end() || v.start() % kPage || v.end() % kPage || v.start() < prev_end)
         return MakeError(ErrorKind::kBadImage, 0, "mm-%d.img: bad vma %#lx-%#lx", e.pid(),
-                         static_cast<unsigned long>(v.start()), static_cast<unsigned long>(v.end()));
+                         static_cast<unsigned long>(v.start()),
+                         static_cast<unsigned long>(v.end()));
       prev_end = v.end();
     }
     for (const auto& pm : p->pagemaps) {
       prev_end = 0;
       for (const auto& r : pm.runs()) {
-        if (r.vaddr() % kPage || r.vaddr() < prev_end || r.npages() == 0 || r.npages() > (1ULL << 36))
+        if (r.vaddr() % kPage || r.vaddr() < prev_end || r.npages() == 0 ||
+            r.npages() > (1ULL << 36))
           return MakeError(ErrorKind::kBadImage, 0, "pagemap-%d.img: bad run at %#lx", e.pid(),
                            static_cast<unsigned long>(r.vaddr()));
         prev_end = r.vaddr() + r.npages() * kPage;
@@ -230,14 +233,16 @@ Result<void> PrepareShmem(RestoreContext& ctx) {
     int fd = memfd_create(name.c_str(), MFD_CLOEXEC);
     if (fd < 0) return Errno("memfd_create");
     UniqueFd ufd(fd);
-    if (ftruncate(fd, static_cast<off_t>(o.size())) < 0) return Errno("ftruncate shmem %lu", static_cast<unsigned long>(o.id()));
+    if (ftruncate(fd, static_cast<off_t>(o.size())) < 0)
+      return Errno("ftruncate shmem %lu", static_cast<unsigned long>(o.id()));
     if (!o.runs().empty()) {
       ASSIGN_OR_RETURN(auto blob, ctx.images->OpenBlob(o.blob()));
       std::vector<char> buf;
       for (const auto& r : o.runs()) {
         uint64_t len = r.npages() * kPage;
         if (r.vaddr() + len > ((o.size() + kPage - 1) & ~(kPage - 1)) + kPage)
-          return MakeError(ErrorKind::kBadImage, 0, "%s: run past the object's end", o.blob().c_str());
+          return MakeError(ErrorKind::kBadImage, 0, "%s: run past the object's end",
+                           o.blob().c_str());
         buf.resize(len);
         TRY(blob->Read(r.blob_off(), buf.data(), len));
         uint64_t n = std::min<uint64_t>(len, o.size() > r.vaddr() ? o.size() - r.vaddr() : 0);
@@ -362,7 +367,8 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
   auto deadline = Clock::now() + std::chrono::seconds(60);
   while (ready.size() < want) {
     pollfd pf{rd.get(), POLLIN, 0};
-    int left = static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count());
+    int left = static_cast<int>(
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count());
     if (left <= 0) return Err("restore: timed out waiting for the tree to be forked");
     int n = poll(&pf, 1, left);
     if (n < 0 && errno == EINTR) continue;
@@ -383,8 +389,8 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
 
   // Seize every process (one thread each for now).
   for (auto& p : ctx.procs) {
-    TRY_CTX(remote::SeizeAndInterrupt(p->pid, PTRACE_O_TRACECLONE | PTRACE_O_TRACESYSGOOD |
-                                                   PTRACE_O_EXITKILL),
+    TRY_CTX(remote::SeizeAndInterrupt(
+                p->pid, PTRACE_O_TRACECLONE | PTRACE_O_TRACESYSGOOD | PTRACE_O_EXITKILL),
             "seize restored pid %d", p->pid);
     p->attached.push_back(p->pid);
     ASSIGN_OR_RETURN(uint64_t at, FindArea(p->pid, p->mm, 256 * 1024));
@@ -423,8 +429,7 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
     }
   }
   if (ctx.fds) TRY_CTX(ctx.fds->Finalize(), "files finalize");
-  if (!opts.pid_file.empty())
-    TRY(fs::WriteFile(opts.pid_file, StrFormat("%d", root), true));
+  if (!opts.pid_file.empty()) TRY(fs::WriteFile(opts.pid_file, StrFormat("%d", root), true));
   // Resume everything together.
   for (auto& p : ctx.procs)
     for (pid_t tid : p->attached)

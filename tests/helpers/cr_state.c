@@ -246,6 +246,27 @@ static int mode_dirty(void) {
   }
 }
 
+// Maps a file and deletes it (not restorable yet: the dump must fail and leave it running), then
+// keeps checking its memory and registers until GO.
+static int mode_deleted(const char* data_file) {
+  int fd = open(data_file, O_RDWR | O_CREAT | O_TRUNC, 0644);
+  char page[4096];
+  memset(page, 'D', sizeof(page));
+  if (write(fd, page, sizeof(page)) != (ssize_t)sizeof(page)) return 90;
+  char* m = mmap(NULL, 4096, PROT_READ, MAP_SHARED, fd, 0);
+  close(fd);
+  unlink(data_file);
+  char* heap = malloc(1 << 20);
+  memset(heap, 'h', 1 << 20);
+  ready();
+  double fp = 0;
+  for (uint64_t i = 1;; ++i) {
+    fp += 1.0;
+    if (fp != (double)i || m[100] != 'D' || heap[i % (1 << 20)] != 'h') return 10;
+    if (access(go_file, F_OK) == 0) return 0;
+  }
+}
+
 int main(int argc, char** argv) {
   if (argc < 4) return 100;
   ready_fd = atoi(argv[1]);
@@ -256,5 +277,6 @@ int main(int argc, char** argv) {
   if (!strcmp(mode, "read")) return mode_read();
   if (!strcmp(mode, "nanosleep")) return mode_nanosleep();
   if (!strcmp(mode, "dirty")) return mode_dirty();
+  if (!strcmp(mode, "deleted")) return mode_deleted(argc > 4 ? argv[4] : "/tmp/cr_state.deleted");
   return 101;
 }
