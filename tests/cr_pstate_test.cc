@@ -239,6 +239,10 @@ TEST(CrPstate, SignalHandlers) {
   EXPECT_EQ(U64((*usr1)["mask"]) & (1ULL << (SIGINT - 1)), 1ULL << (SIGINT - 1));
   EXPECT_EQ(U64((*Action(ps, SIGHUP))["handler"]), 1u);   // SIG_IGN
   EXPECT_EQ(U64((*Action(ps, SIGTERM))["handler"]), 0u);  // SIG_DFL
+  // The human summary of `godwit inspect` has a line for the process state.
+  GodwitRun human = Godwit({"inspect", images}, dir);
+  EXPECT_NE(human.out.find("godwit.img.ProcessState"), std::string::npos) << human.out;
+  EXPECT_NE(human.out.find("3 handlers, 2 ignored"), std::string::npos) << human.out;
   RoundTrip(dir, h, images);
 }
 
