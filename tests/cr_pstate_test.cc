@@ -259,6 +259,19 @@ TEST(CrPstate, Sigaltstack) {
   RoundTrip(dir, h, images);
 }
 
+// Dumped while a handler runs on the altstack (SS_ONSTACK is a fact of the stack pointer, not
+// part of the image): it carries on there after the restore and returns normally.
+TEST(CrPstate, DumpedInsideHandlerOnAltstack) {
+  TempDir dir;
+  Helper h(dir, "ps_signals", {"onstack"});
+  ASSERT_TRUE(h.ready()) << h.log();
+  std::string images = Dump(dir, h);
+  auto ps = Pstate(dir, images, h.pid());
+  EXPECT_EQ(ps["threads"][0]["altstack"].value("flags", -1), 0);
+  EXPECT_EQ(U64(ps["threads"][0]["altstack"]["size"]), 64u * 1024);
+  RoundTrip(dir, h, images);
+}
+
 TEST(CrPstate, Creds) {
   TempDir dir;
   Helper h(dir, "ps_creds", {"creds"});
