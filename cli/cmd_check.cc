@@ -41,7 +41,7 @@ bool ProbeClone3SetTid(std::string* d) {
   int pid_max = maxr.ok() ? atoi(maxr->c_str()) : 32768;
   int base = last.ok() ? atoi(last->c_str()) + 1000 : 1000;
   for (int i = 0; i < 20; ++i) {
-    int64_t want = 300 + (base + i * 7 - 300) % (pid_max - 300);
+    pid_t want = 300 + (base + i * 7 - 300) % (pid_max - 300);
     struct clone_args a;
     memset(&a, 0, sizeof(a));
     a.exit_signal = SIGCHLD;

@@ -135,4 +135,16 @@ Result<std::vector<pid_t>> ListChildren(pid_t pid, pid_t tid) {
   return out;
 }
 
+Result<std::vector<pid_t>> ReadNsPids(pid_t pid, pid_t tid) {
+  ASSIGN_OR_RETURN(std::string text, ReadProc(StrFormat("/proc/%d/task/%d/status", pid, tid), tid));
+  size_t at = text.find("\nNSpid:");
+  std::vector<pid_t> out;
+  if (at == std::string::npos) return out;
+  size_t end = text.find('\n', at + 1);
+  for (const auto& s : fs::Split(text.substr(at + 7, end - at - 7), '\t'))
+    for (const auto& t : fs::Split(s, ' '))
+      if (!fs::Trim(t).empty()) out.push_back(atoi(t.c_str()));
+  return out;
+}
+
 }  // namespace godwit::proc

@@ -79,7 +79,8 @@ Result<void> DumpShmemObject(DumpContext& ctx, pid_t pid, const proc::MapsEntry&
   obj.set_dev(dev);
   obj.set_inode(m.inode);
   obj.set_name(m.path);
-  obj.set_sysv_shmid(-1);
+  // A SysV segment's inode number is its shmid: restore re-attaches the segment when it exists.
+  obj.set_sysv_shmid(StartsWith(m.path, "/SYSV") ? static_cast<int32_t>(m.inode) : -1);
   obj.set_blob(StrFormat("shmem-%lu.img", static_cast<unsigned long>(id)));
   // Allocated ranges only (SEEK_DATA/SEEK_HOLE on shmem).
   std::vector<PageRange> ranges;

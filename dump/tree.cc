@@ -84,6 +84,8 @@ Result<void> FreezeTree(pid_t root, FrozenTree* out) {
       e.set_sid(st->session);
       e.set_comm(st->comm);
       e.add_threads(pid);
+      if (auto ns = proc::ReadNsPids(pid, pid); ns.ok() && ns->size() > 1)
+        for (pid_t n : *ns) e.add_ns_pids(n);
       *out->tree.add_processes() = std::move(e);
       continue;
     }
@@ -95,6 +97,8 @@ Result<void> FreezeTree(pid_t root, FrozenTree* out) {
     e.set_sid(st->session);
     e.set_comm(st->comm);
     for (pid_t t : tids) e.add_threads(t);
+    if (auto ns = proc::ReadNsPids(pid, pid); ns.ok() && ns->size() > 1)
+      for (pid_t n : *ns) e.add_ns_pids(n);
     for (pid_t t : tids) {
       auto kids = proc::ListChildren(pid, t);
       if (!kids.ok()) return Vanished(pid);

@@ -9,6 +9,7 @@
 #include <linux/prctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/shm.h>
 #include <sys/ptrace.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
@@ -98,6 +99,34 @@ Result<long> OpenInTarget(remote::Remote* r, const std::string& path, int flags)
   return fd;
 }
 
+// A SysV shm mapping: if the segment (same shmid, same size) exists in the process's IPC
+// namespace, attach it with shmat (its contents are the segment's own); else false and the
+// caller maps the dumped contents as plain shared memory.
+Result<bool> AttachSysv(RestoreContext& ctx, remote::Remote* r, const img::Vma& v) {
+  const img::ShmemObject* obj = nullptr;
+  for (const auto& o : ctx.shmem)
+    if (o.id() == v.shmem_id()) obj = &o;
+  if (obj == nullptr || obj->sysv_shmid() < 0 || v.pgoff() != 0) return false;
+  uint64_t size = (obj->size() + kPage - 1) & ~(kPage - 1);
+  if (v.end() - v.start() != size) return false;  // partly unmapped: not one shmat
+  struct shmid_ds ds;
+  uint64_t at = r->scratch() + 4096;
+  auto st = r->Syscall(SYS_shmctl, obj->sysv_shmid(), IPC_STAT, at);
+  if (!st.ok()) {
+    LOG_INFO("pid %d: SysV segment %d is gone; its contents come back as shared memory", r->pid(),
+             obj->sysv_shmid());
+    return false;
+  }
+  TRY(r->Read(at, &ds, sizeof(ds)));
+  if (ds.shm_segsz != obj->size()) return false;
+  uint64_t flags = (v.prot() & PROT_WRITE) ? 0 : SHM_RDONLY;
+  if (v.prot() & PROT_EXEC) flags |= SHM_EXEC;
+  ASSIGN_OR_RETURN(long addr, r->Syscall(SYS_shmat, obj->sysv_shmid(), v.start(), flags));
+  if (static_cast<uint64_t>(addr) != v.start())
+    return Err("shmat %d landed at %#lx", obj->sysv_shmid(), addr);
+  return true;
+}
+
 Result<void> MapVma(RestoreContext& ctx, remote::Remote* r, const img::Vma& v, MmState* st,
                     bool will_fill) {
   uint64_t len = v.end() - v.start();
@@ -124,6 +153,8 @@ Result<void> MapVma(RestoreContext& ctx, remote::Remote* r, const img::Vma& v, M
       break;
     }
     case img::VMA_SHMEM: {
+      ASSIGN_OR_RETURN(bool attached, AttachSysv(ctx, r, v));
+      if (attached) return Ok();
       auto it = ctx.shmem_fds.find(v.shmem_id());
       if (it == ctx.shmem_fds.end())
         return MakeError(ErrorKind::kBadImage, 0, "vma %#lx: unknown shared memory object %lu",

@@ -46,15 +46,27 @@ Result<void> ReadOne(const images::ImageSet& set, const std::string& name, M* ms
   return Ok();
 }
 
-pid_t Clone3(pid_t want) {
+// Forks e with its pid in every pid namespace (innermost first in set_tid); the first process of
+// a nested namespace (pid 1 there) creates it. parent_levels: how many namespaces the parent
+// (or the coordinator) is in.
+pid_t Clone3(const img::ProcessEntry& e, int parent_levels) {
   struct clone_args args;
   memset(&args, 0, sizeof(args));
   args.exit_signal = SIGCHLD;
-  int64_t tid = want;
-  args.set_tid = reinterpret_cast<uint64_t>(&tid);
-  args.set_tid_size = 1;
+  pid_t tids[32];  // the kernel reads an array of pid_t
+  int n = 0;
+  if (e.ns_pids_size() > 1) {
+    for (int i = e.ns_pids_size() - 1; i >= 0 && n < 32; --i) tids[n++] = e.ns_pids(i);
+    if (e.ns_pids_size() > parent_levels) args.flags |= CLONE_NEWPID;
+  } else {
+    tids[n++] = e.pid();
+  }
+  args.set_tid = reinterpret_cast<uint64_t>(tids);
+  args.set_tid_size = n;
   return static_cast<pid_t>(syscall(SYS_clone3, &args, sizeof(args)));
 }
+
+int Levels(const img::ProcessEntry& e) { return e.ns_pids_size() > 1 ? e.ns_pids_size() : 1; }
 
 // ---- Code that runs in the forked restored processes (a copy of the coordinator). ----
 // Single-threaded copies of a single-threaded coordinator: libc is usable, but no pthread calls
@@ -103,7 +115,7 @@ struct ChildEnv {
   std::vector<pid_t> zombies;
   for (int k : env.children[e.pid()]) {
     const auto& c = env.ctx->tree.processes(k);
-    pid_t got = Clone3(c.pid());
+    pid_t got = Clone3(c, Levels(e));
     if (got < 0) ChildFail(env, e.pid(), errno, StrFormat("clone3 pid %d", c.pid()));
     if (got == 0) ChildMain(env, k);
     if (c.zombie()) zombies.push_back(got);
@@ -212,6 +224,15 @@ Result<void> CheckTree(const RestoreContext& ctx) {
       return MakeError(ErrorKind::kUnsupported, 0,
                        "pid %d: session %d is neither its own nor its parent's", e.pid(), e.sid());
   }
+  for (const auto& e : ctx.tree.processes()) {
+    if (e.ns_pids_size() < 2) continue;
+    int parent_levels = 1;
+    if (e.pid() != ctx.tree.root_pid()) parent_levels = Levels(*by[e.ppid()]);
+    if (e.ns_pids_size() > parent_levels + 1 ||
+        (e.ns_pids_size() > parent_levels && e.ns_pids(e.ns_pids_size() - 1) != 1))
+      return MakeError(ErrorKind::kUnsupported, 0,
+                       "pid %d: its pid namespace was not created inside the tree", e.pid());
+  }
   if (ctx.tree.processes(0).pid() != ctx.tree.root_pid())
     return MakeError(ErrorKind::kBadImage, 0, "pstree.img: root is not first");
   return Ok();
@@ -286,6 +307,15 @@ void KillAll(const std::vector<pid_t>& pids, pid_t root) {
 
 }  // namespace
 
+pid_t PidAtLevel(const RestoreContext& ctx, pid_t pid, int level) {
+  for (const auto& e : ctx.tree.processes()) {
+    if (e.pid() != pid) continue;
+    if (e.ns_pids_size() < 2) return level == 0 ? pid : 0;
+    return level < e.ns_pids_size() ? e.ns_pids(level) : 0;
+  }
+  return level == 0 ? pid : 0;
+}
+
 Result<RestoreStats> Restore(const RestoreOptions& opts) {
   auto t_start = Clock::now();
   RestoreContext ctx;
@@ -349,7 +379,7 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
 
   auto t_fork = Clock::now();
   fflush(nullptr);
-  pid_t got = Clone3(root);
+  pid_t got = Clone3(ctx.tree.processes(0), 1);
   if (got < 0) {
     if (errno == EEXIST) return MakeError(ErrorKind::kExists, EEXIST, "pid %d is in use", root);
     return Errno("clone3 root pid %d", root);
@@ -411,7 +441,11 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
       bool leader = e.pgid() == e.pid();
       if (leader != (pass == 0) || e.sid() == e.pid()) continue;
       if (getpgid(e.pid()) == e.pgid()) continue;
-      auto r = p->remote->Syscall(SYS_setpgid, 0, leader ? 0 : e.pgid());
+      pid_t inner_pgid = leader ? 0 : PidAtLevel(ctx, e.pgid(), Levels(e) - 1);
+      if (!leader && inner_pgid == 0)
+        return MakeError(ErrorKind::kUnsupported, 0, "pid %d: group %d is in another pid namespace",
+                         e.pid(), e.pgid());
+      auto r = p->remote->Syscall(SYS_setpgid, 0, static_cast<uint64_t>(inner_pgid));
       if (!r.ok()) {
         if (e.pid() == root) {
           LOG_WARN("restore: root %d stays in group %d (group %d is outside the tree)", root,

@@ -76,8 +76,22 @@ TEST_F(CrTest, TreeSessionsGroupsZombie) {
   EXPECT_EQ(DumpKillRestore(pid), 0);
 }
 
+TEST_F(CrTest, NestedPidNamespace) {
+  // init (pid 1) and its child (pid 2) of a pid namespace the tree created come back with the
+  // same pids inside and outside.
+  pid_t pid = Start("cr_pidns", {"{READY}", dir_ / "go"});
+  ASSERT_GT(pid, 0);
+  EXPECT_EQ(DumpKillRestore(pid), 0);
+}
+
 TEST_F(CrTest, MemoryKindsVdsoBrkMmFields) {
   pid_t pid = Start("cr_state", {"{READY}", dir_ / "go", "mem", dir_ / "data"});
+  ASSERT_GT(pid, 0);
+  EXPECT_EQ(DumpKillRestore(pid), 0);
+}
+
+TEST_F(CrTest, SysvShmReattached) {
+  pid_t pid = Start("cr_state", {"{READY}", dir_ / "go", "sysv"});
   ASSERT_GT(pid, 0);
   EXPECT_EQ(DumpKillRestore(pid), 0);
 }
@@ -107,7 +121,8 @@ TEST_F(CrTest, LeaveRunningWhileBlockedInReadAndSleep) {
   pid_t pid = Start("cr_state", {"{READY}", dir_ / "go", "read"});
   ASSERT_GT(pid, 0);
   ASSERT_TRUE(WaitFor(5000, InRead, pid));
-  auto d = Godwit({"dump", "--pid", std::to_string(pid), "--images-dir", dir_ / "img", "--leave-running"});
+  auto d = Godwit(
+      {"dump", "--pid", std::to_string(pid), "--images-dir", dir_ / "img", "--leave-running"});
   ASSERT_EQ(d.status, 0) << d.err;
   EXPECT_TRUE(InRead(pid));
   Touch(dir_ / "go");
@@ -118,7 +133,8 @@ TEST_F(CrTest, LeaveRunningWhileBlockedInReadAndSleep) {
   ASSERT_GT(pid, 0);
   pids_.push_back(pid);
   ASSERT_TRUE(WaitFor(5000, InSleep, pid));
-  d = Godwit({"dump", "--pid", std::to_string(pid), "--images-dir", dir_ / "img2", "--leave-running"});
+  d = Godwit(
+      {"dump", "--pid", std::to_string(pid), "--images-dir", dir_ / "img2", "--leave-running"});
   ASSERT_EQ(d.status, 0) << d.err;
   EXPECT_EQ(Wait(pid), 0);
   pids_.clear();

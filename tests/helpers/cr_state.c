@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/auxv.h>
 #include <sys/mman.h>
+#include <sys/shm.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -267,6 +268,43 @@ static int mode_deleted(const char* data_file) {
   }
 }
 
+// A SysV shm segment attached in a parent and its child: after restore both are attached to the
+// same segment again (its nattch counts them) and writes of one are seen by the other.
+static int mode_sysv(void) {
+  int id = shmget(IPC_PRIVATE, 65536, IPC_CREAT | 0600);
+  if (id < 0) return 90;
+  char* m = shmat(id, NULL, 0);
+  if (m == (void*)-1) return 91;
+  strcpy(m, "sysv-before");
+  int p[2];
+  if (pipe(p)) return 92;
+  pid_t child = fork();
+  if (child == 0) {
+    close(ready_fd);
+    close(p[0]);
+    if (write(p[1], "c", 1) != 1) _exit(1);
+    close(p[1]);
+    wait_go();
+    if (strcmp(m, "sysv-before")) _exit(2);
+    strcpy(m + 100, "from-child");
+    _exit(0);
+  }
+  close(p[1]);
+  char c;
+  if (read(p[0], &c, 1) != 1) return 93;
+  close(p[0]);
+  ready();
+  wait_go();
+  int st;
+  int rc = 0;
+  if (waitpid(child, &st, 0) != child || !WIFEXITED(st) || WEXITSTATUS(st)) rc = 10;
+  else if (strcmp(m + 100, "from-child")) rc = 11;
+  struct shmid_ds ds;
+  if (!rc && (shmctl(id, IPC_STAT, &ds) || ds.shm_nattch != 1)) rc = 12;
+  shmctl(id, IPC_RMID, NULL);
+  return rc;
+}
+
 int main(int argc, char** argv) {
   if (argc < 4) return 100;
   ready_fd = atoi(argv[1]);
@@ -277,6 +315,7 @@ int main(int argc, char** argv) {
   if (!strcmp(mode, "read")) return mode_read();
   if (!strcmp(mode, "nanosleep")) return mode_nanosleep();
   if (!strcmp(mode, "dirty")) return mode_dirty();
+  if (!strcmp(mode, "sysv")) return mode_sysv();
   if (!strcmp(mode, "deleted")) return mode_deleted(argc > 4 ? argv[4] : "/tmp/cr_state.deleted");
   return 101;
 }
