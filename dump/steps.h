@@ -16,10 +16,10 @@ struct DumpStep {
 const std::vector<DumpStep>& ProcessSteps();
 
 // The steps (defined in their own files).
-Result<void> DumpCore(DumpContext& ctx, ProcessDump& p);  // core.cc: threads, registers
-Result<void> DumpMm(DumpContext& ctx, ProcessDump& p);    // mm.cc: VMAs, mm fields, pages
-Result<void> DumpFds(DumpContext& ctx, ProcessDump& p);   // fds.cc: files/ FdDumper
-Result<void> DumpPstate(DumpContext& ctx, ProcessDump& p);  // pstate.cc: pstate-<pid>.img
+Result<void> DumpCore(DumpContext& ctx, ProcessDump& p);    // core.cc: threads, registers
+Result<void> DumpMm(DumpContext& ctx, ProcessDump& p);      // mm.cc: VMAs, mm fields, pages
+Result<void> DumpPstate(DumpContext& ctx, ProcessDump& p);  // pstate*.cc: pstate-<pid>.img
+Result<void> DumpFds(DumpContext& ctx, ProcessDump& p);     // fds.cc: files/ FdDumper
 
 // mm.cc: the page blob of pid (pages-PID.img), created early by the driver to reserve space.
 // raw: store uncompressed even if the dump compresses (the data did not compress in a sample).
