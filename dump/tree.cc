@@ -89,7 +89,9 @@ Result<void> FreezeTree(pid_t root, FrozenTree* out) {
       *out->tree.add_processes() = std::move(e);
       continue;
     }
+    bool stopped = st->state == 'T';  // group stop, seen before we seize (then it shows 't')
     ASSIGN_OR_RETURN(std::vector<pid_t> tids, SeizeThreads(pid, &seized_set, out));
+    e.set_stopped(stopped);
     // Stopped now: groups and session are stable.
     st = proc::ReadStat(pid);
     if (!st.ok()) return Vanished(pid);

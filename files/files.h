@@ -74,6 +74,11 @@ class FdRestorer {
   virtual Result<void> Finalize() = 0;
   // Highest fd number any restored process uses (the engine keeps its own fds above it).
   virtual int MaxFd() const = 0;
+  // Optional, for a restore into a fresh network namespace (migration): call in that namespace
+  // before its addresses come up. Drops the restored TCP connections' packets (the same
+  // nftables table the dump made, so Finalize removes it once the sockets are live): a peer's
+  // retransmission arriving before the restore would otherwise get a RST.
+  virtual Result<void> LockNetwork() = 0;
 };
 
 }  // namespace godwit::files

@@ -464,6 +464,10 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
   }
   if (ctx.fds) TRY_CTX(ctx.fds->Finalize(), "files finalize");
   if (!opts.pid_file.empty()) TRY(fs::WriteFile(opts.pid_file, StrFormat("%d", root), true));
+  // A process dumped in a group stop gets its SIGSTOP back: pending now, delivered (stopping it)
+  // as soon as it is detached.
+  for (auto& p : ctx.procs)
+    if (p->entry->stopped() && kill(p->pid, SIGSTOP) < 0) return Errno("SIGSTOP %d", p->pid);
   // Resume everything together.
   for (auto& p : ctx.procs)
     for (pid_t tid : p->attached)

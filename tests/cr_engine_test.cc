@@ -96,6 +96,12 @@ TEST_F(CrTest, SysvShmReattached) {
   EXPECT_EQ(DumpKillRestore(pid), 0);
 }
 
+TEST_F(CrTest, StoppedProcessStaysStopped) {
+  pid_t pid = Start("cr_state", {"{READY}", dir_ / "go", "stopped"});
+  ASSERT_GT(pid, 0);
+  EXPECT_EQ(DumpKillRestore(pid), 0);
+}
+
 TEST_F(CrTest, BlockedAndPendingSignals) {
   pid_t pid = Start("cr_state", {"{READY}", dir_ / "go", "signals"});
   ASSERT_GT(pid, 0);

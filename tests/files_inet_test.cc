@@ -235,6 +235,76 @@ TEST_P(FilesTcp, WithoutTcpEstablishedDumpFailsAndUnlocks) {
   close(l);
 }
 
+// Half-closed: fd 4 sent its FIN (FIN_WAIT2) and still receives; fd 6 got the peer's FIN with
+// data before it (CLOSE_WAIT) and still sends. The peers (fds 5 and 7 of the test) are outside.
+TEST_P(FilesTcp, HalfClosedBothDirections) {
+  const int family = GetParam();
+  int l = socket(family, SOCK_STREAM, 0);
+  Addr la = Loopback(family);
+  ASSERT_EQ(bind(l, (sockaddr*)&la.ss, la.len), 0);
+  listen(l, 4);
+  getsockname(l, (sockaddr*)&la.ss, &la.len);
+  int c1 = socket(family, SOCK_STREAM, 0), c2 = socket(family, SOCK_STREAM, 0);
+  ASSERT_EQ(connect(c1, (sockaddr*)&la.ss, la.len), 0);
+  int a1 = accept(l, nullptr, nullptr);
+  ASSERT_EQ(connect(c2, (sockaddr*)&la.ss, la.len), 0);
+  int a2 = accept(l, nullptr, nullptr);
+  close(l);
+  ASSERT_EQ(shutdown(a1, SHUT_WR), 0);      // a1: FIN_WAIT2 once acked
+  ASSERT_EQ(write(c2, "last-words", 10), 10);
+  ASSERT_EQ(shutdown(c2, SHUT_WR), 0);      // a2: CLOSE_WAIT with 10 bytes queued
+  char eof;
+  ASSERT_EQ(read(c1, &eof, 1), 0);          // c1 saw a1's FIN
+  // Kernel-async: wait until both states settled (bounded).
+  auto state = [](int fd) {
+    struct tcp_info ti {};
+    socklen_t len = sizeof(ti);
+    getsockopt(fd, SOL_TCP, TCP_INFO, &ti, &len);
+    return ti.tcpi_state;
+  };
+  for (int i = 0; i < 2000 && (state(a1) != TCP_FIN_WAIT2 || state(a2) != TCP_CLOSE_WAIT); i++)
+    poll(nullptr, 0, 1);
+  ASSERT_EQ(state(a1), TCP_FIN_WAIT2);
+  ASSERT_EQ(state(a2), TCP_CLOSE_WAIT);
+  pid_t pid = SpawnStopped(
+      [&] {
+        int t1 = fcntl(a1, F_DUPFD, 100), t2 = fcntl(a2, F_DUPFD, 100);
+        close(a1);
+        close(a2);
+        dup2(t1, 4);
+        dup2(t2, 6);
+        close(t1);
+        close(t2);
+        return 0;
+      },
+      {a1, a2});
+  close(a1);
+  close(a2);
+  ASSERT_GT(pid, 0);
+  DumpOptions d;
+  d.tcp_established = true;
+  auto r = DumpPids({pid}, dir_ + "/img", d);
+  KillAll({pid});
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  // Sent while the connection is locked: dropped now, retransmitted to the restored socket.
+  ASSERT_EQ(write(c1, "abc", 3), 3);
+  struct timeval tv {10, 0};  // a failed restore must fail the test, not hang it
+  setsockopt(c2, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  std::string res = Restore(dir_ + "/img", {{pid, []() -> std::string {
+    char b[16];
+    CHECK_OR(ReadExactly(6, b, 10) && !memcmp(b, "last-words", 10), "CLOSE_WAIT queue");
+    CHECK_OR(read(6, b, 1) == 0, "no EOF after the peer's FIN");
+    CHECK_OR(write(6, "reply", 5) == 5, "CLOSE_WAIT side cannot send");
+    CHECK_OR(ReadExactly(4, b, 3) && !memcmp(b, "abc", 3), "FIN_WAIT2 side cannot receive");
+    return "";
+  }}});
+  EXPECT_EQ(res, "");
+  char b[8];
+  EXPECT_TRUE(ReadExactly(c2, b, 5) && !memcmp(b, "reply", 5));
+  close(c1);
+  close(c2);
+}
+
 INSTANTIATE_TEST_SUITE_P(Families, FilesTcp, ::testing::Values(AF_INET, AF_INET6),
                          [](const auto& info) { return info.param == AF_INET ? "v4" : "v6"; });
 

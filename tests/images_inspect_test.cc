@@ -47,7 +47,7 @@ CmdResult Godwit(const std::vector<std::string>& args, const std::string& tmp) {
   return r;
 }
 
-class InspectTest : public ::testing::Test {
+class ImagesInspect : public ::testing::Test {
  protected:
   void SetUp() override {
     dir_ = StrFormat("/dev/shm/godwit-inspect-%d", getpid());
@@ -77,7 +77,7 @@ class InspectTest : public ::testing::Test {
   std::string dir_;
 };
 
-TEST_F(InspectTest, HumanSummary) {
+TEST_F(ImagesInspect, HumanSummary) {
   CmdResult r = Godwit({"inspect", dir_}, dir_);
   ASSERT_EQ(r.status, 0) << r.err;
   EXPECT_NE(r.out.find("complete, all checksums match"), std::string::npos) << r.out;
@@ -88,9 +88,10 @@ TEST_F(InspectTest, HumanSummary) {
   EXPECT_NE(r.out.find("name=\"entry2\" size=102"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("blob: 2 chunks (2 zstd), 5.0 MiB logical"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("cpu features: fpu"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("total: 3 files"), std::string::npos) << r.out;
 }
 
-TEST_F(InspectTest, JsonDecodesEveryRecord) {
+TEST_F(ImagesInspect, JsonDecodesEveryRecord) {
   CmdResult r = Godwit({"inspect", dir_, "--json"}, dir_);
   ASSERT_EQ(r.status, 0) << r.err;
   auto j = nlohmann::json::parse(r.out, nullptr, false);
@@ -113,7 +114,7 @@ TEST_F(InspectTest, JsonDecodesEveryRecord) {
   EXPECT_TRUE(j["damage"].empty());
 }
 
-TEST_F(InspectTest, OnlyNamedImages) {
+TEST_F(ImagesInspect, OnlyNamedImages) {
   CmdResult r = Godwit({"inspect", "--json", dir_, "files-7.img"}, dir_);
   ASSERT_EQ(r.status, 0) << r.err;
   auto j = nlohmann::json::parse(r.out, nullptr, false);
@@ -125,7 +126,7 @@ TEST_F(InspectTest, OnlyNamedImages) {
   EXPECT_NE(missing.err.find("nope.img"), std::string::npos);
 }
 
-TEST_F(InspectTest, DamagedDirectory) {
+TEST_F(ImagesInspect, DamagedDirectory) {
   // A flipped byte in a record, a missing blob and a stray file.
   int fd = open((dir_ + "/files-7.img").c_str(), O_RDWR);
   ASSERT_GE(fd, 0);
@@ -158,7 +159,7 @@ TEST_F(InspectTest, DamagedDirectory) {
   EXPECT_NE(i.out.find("empty.img"), std::string::npos) << i.out;
 }
 
-TEST_F(InspectTest, FlippedBlobByteIsLocated) {
+TEST_F(ImagesInspect, FlippedBlobByteIsLocated) {
   auto set = ImageSet::Open(dir_);
   ASSERT_TRUE(set.ok());
   auto b = set->OpenBlob("pages-7.img");
@@ -183,7 +184,7 @@ TEST_F(InspectTest, FlippedBlobByteIsLocated) {
 
 // Every message type of proto/*.proto is known to the godwit binary: an image of any type is
 // decoded, not shown as "type not known".
-TEST(Inspect, DecodesEveryImageType) {
+TEST(ImagesInspectCli, DecodesEveryImageType) {
   std::string dir = StrFormat("/dev/shm/godwit-inspect-types-%d", getpid());
   (void)fs::RemoveAll(dir);
   ASSERT_TRUE(fs::MkdirAll(dir).ok());
@@ -217,7 +218,7 @@ TEST(Inspect, DecodesEveryImageType) {
   }
 }
 
-TEST(Inspect, MissingDirAndUsage) {
+TEST(ImagesInspectCli, MissingDirAndUsage) {
   CmdResult r =
       Godwit({"inspect", "/nonexistent/godwit-images"}, StrFormat("/tmp/godwit-insp-%d", getpid()));
   EXPECT_EQ(r.status, 3) << r.err;  // not found

@@ -49,7 +49,7 @@ img::ImageFile File(const std::string& name, uint64_t size) {
   return f;
 }
 
-TEST(Crc32c, KnownVectorsAndPaths) {
+TEST(ImagesCrc32c, KnownVectorsAndPaths) {
   EXPECT_EQ(Crc32c(0, "123456789", 9), 0xe3069283u);
   EXPECT_EQ(Crc32cSoftware(0, "123456789", 9), 0xe3069283u);
   std::string data = RandomBytes(100000, 1);
@@ -475,7 +475,7 @@ TEST_F(ImagesTest, FinishChecksOutputs) {
 
 // ---- bad input
 
-class BadImageTest : public ImagesTest {
+class ImagesBadInput : public ImagesTest {
  protected:
   // A complete set: an object image with 3 records, a raw blob, a zstd blob.
   void SetUp() override {
@@ -556,7 +556,7 @@ Result<void> OpenVerified(const std::string& dir) {
   return Ok();
 }
 
-TEST_F(BadImageTest, TruncatedAtHeader) {
+TEST_F(ImagesBadInput, TruncatedAtHeader) {
   Truncate("core-1.img", 10);
   ExpectBad(OpenVerified(dir_), "core-1.img");
   auto r = ReadAllUnverified();
@@ -564,7 +564,7 @@ TEST_F(BadImageTest, TruncatedAtHeader) {
   EXPECT_NE(r.error().message().find("truncated header"), std::string::npos);
 }
 
-TEST_F(BadImageTest, TruncatedMidRecord) {
+TEST_F(ImagesBadInput, TruncatedMidRecord) {
   Truncate("core-1.img", Size("core-1.img") - 3);
   ExpectBad(OpenVerified(dir_), "core-1.img");
   auto r = ReadAllUnverified();
@@ -572,7 +572,7 @@ TEST_F(BadImageTest, TruncatedMidRecord) {
   EXPECT_NE(r.error().message().find("truncated record"), std::string::npos);
 }
 
-TEST_F(BadImageTest, TruncatedMidChunk) {
+TEST_F(ImagesBadInput, TruncatedMidChunk) {
   for (const char* name : {"pages-1.img", "pages-2.img"}) {
     SCOPED_TRACE(name);
     std::string orig = *fs::ReadFile(Path(name));
@@ -585,12 +585,12 @@ TEST_F(BadImageTest, TruncatedMidChunk) {
   }
 }
 
-TEST_F(BadImageTest, TruncatedChunkHeader) {
+TEST_F(ImagesBadInput, TruncatedChunkHeader) {
   Truncate("pages-1.img", format::kBlobHeaderSize + 10);
   ExpectBad(ReadAllUnverified(), "pages-1.img");
 }
 
-TEST_F(BadImageTest, FlippedByteNamesFile) {
+TEST_F(ImagesBadInput, FlippedByteNamesFile) {
   Flip("pages-1.img", Size("pages-1.img") / 2);
   auto r = OpenVerified(dir_);
   ExpectBad(r, "pages-1.img", /*offset=*/false);
@@ -642,18 +642,18 @@ TEST_F(ImagesTest, DeferredVerification) {
   ExpectBad(set.ok() ? Result<void>() : Result<void>(set.error()), "small.img", false);
 }
 
-TEST_F(BadImageTest, FlippedByteInZstdChunk) {
+TEST_F(ImagesBadInput, FlippedByteInZstdChunk) {
   Flip("pages-2.img", format::kBlobHeaderSize + sizeof(format::ChunkHeader) + 20);
   ExpectBad(OpenVerified(dir_), "pages-2.img", false);
   ExpectBad(ReadAllUnverified(), "pages-2.img");
 }
 
-TEST_F(BadImageTest, FlippedByteInRecord) {
+TEST_F(ImagesBadInput, FlippedByteInRecord) {
   Flip("core-1.img", Size("core-1.img") - 2);
   ExpectBad(OpenVerified(dir_), "core-1.img", false);
 }
 
-TEST_F(BadImageTest, WrongMagic) {
+TEST_F(ImagesBadInput, WrongMagic) {
   Poke("core-1.img", 0, "XODWITIM", 8);
   Poke("pages-1.img", 0, "GODWITXX", 8);
   ExpectBad(OpenVerified(dir_), "core-1.img", false);
@@ -666,7 +666,7 @@ TEST_F(BadImageTest, WrongMagic) {
   EXPECT_NE(b.error().message().find("magic"), std::string::npos);
 }
 
-TEST_F(BadImageTest, WrongFormatVersion) {
+TEST_F(ImagesBadInput, WrongFormatVersion) {
   uint32_t v = kFormatVersion + 1;
   Poke("core-1.img", 8, &v, 4);
   Poke("pages-2.img", 8, &v, 4);
@@ -683,7 +683,7 @@ TEST_F(BadImageTest, WrongFormatVersion) {
   EXPECT_NE(inv.error().message().find("version"), std::string::npos);
 }
 
-TEST_F(BadImageTest, InventoryFormatVersionField) {
+TEST_F(ImagesBadInput, InventoryFormatVersionField) {
   auto data = fs::ReadFile(Path("inventory.img"));
   ASSERT_TRUE(data.ok());
   auto inv = ParseInventory("inventory.img", *data);
@@ -701,7 +701,7 @@ TEST_F(BadImageTest, InventoryFormatVersionField) {
   EXPECT_NE(r.error().message().find("version 8"), std::string::npos) << r.error().message();
 }
 
-TEST_F(BadImageTest, MissingInventory) {
+TEST_F(ImagesBadInput, MissingInventory) {
   ASSERT_EQ(unlink(Path("inventory.img").c_str()), 0);
   auto r = OpenVerified(dir_);
   ExpectBad(r, "inventory.img", false);
@@ -711,7 +711,7 @@ TEST_F(BadImageTest, MissingInventory) {
   EXPECT_EQ(u.error().kind(), ErrorKind::kBadImage);
 }
 
-TEST_F(BadImageTest, MissingListedFile) {
+TEST_F(ImagesBadInput, MissingListedFile) {
   ASSERT_EQ(unlink(Path("pages-2.img").c_str()), 0);
   auto r = OpenVerified(dir_);
   ExpectBad(r, "pages-2.img", false);
@@ -725,7 +725,7 @@ TEST_F(BadImageTest, MissingListedFile) {
   EXPECT_EQ(b.error().kind(), ErrorKind::kBadImage);
 }
 
-TEST_F(BadImageTest, NotARegularFile) {
+TEST_F(ImagesBadInput, NotARegularFile) {
   // A FIFO in place of an image must not block the reader.
   ASSERT_EQ(unlink(Path("core-1.img").c_str()), 0);
   ASSERT_EQ(mkfifo(Path("core-1.img").c_str(), 0600), 0);
@@ -735,7 +735,7 @@ TEST_F(BadImageTest, NotARegularFile) {
   ExpectBad(ReadAllUnverified(), "core-1.img", false);
 }
 
-TEST_F(BadImageTest, AbsurdRecordLength) {
+TEST_F(ImagesBadInput, AbsurdRecordLength) {
   std::string data = *fs::ReadFile(Path("core-1.img"));
   auto r0 = ImageReader::FromBuffer("core-1.img", data);
   ASSERT_TRUE(r0.ok());
@@ -754,7 +754,7 @@ TEST_F(BadImageTest, AbsurdRecordLength) {
   ExpectBad(ReadAllUnverified(), "core-1.img");
 }
 
-TEST_F(BadImageTest, AbsurdChunkFields) {
+TEST_F(ImagesBadInput, AbsurdChunkFields) {
   const off_t h = format::kBlobHeaderSize;
   uint32_t huge = 0xffffffff;
   // stored length, logical length, logical offset, kind: each caught by the index builder.
@@ -772,7 +772,7 @@ TEST_F(BadImageTest, AbsurdChunkFields) {
   ASSERT_TRUE(ReadAllUnverified().ok());
 }
 
-TEST_F(BadImageTest, BadNamesInInventory) {
+TEST_F(ImagesBadInput, BadNamesInInventory) {
   auto data = fs::ReadFile(Path("inventory.img"));
   auto inv = ParseInventory("inventory.img", *data);
   ASSERT_TRUE(inv.ok());

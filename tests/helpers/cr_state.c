@@ -305,6 +305,41 @@ static int mode_sysv(void) {
   return rc;
 }
 
+// A child in a group stop (SIGSTOP) when dumped must be stopped after restore too, and run on
+// after SIGCONT.
+static int proc_state(pid_t pid) {
+  char path[64], buf[512];
+  snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+  int fd = open(path, O_RDONLY);
+  ssize_t n = read(fd, buf, sizeof(buf) - 1);
+  close(fd);
+  if (n <= 0) return '?';
+  buf[n] = 0;
+  char* rp = strrchr(buf, ')');
+  return rp ? rp[2] : '?';
+}
+
+static int mode_stopped(void) {
+  pid_t child = fork();
+  if (child == 0) {
+    close(ready_fd);
+    raise(SIGSTOP);
+    wait_go();
+    _exit(0);
+  }
+  int st;
+  if (waitpid(child, &st, WUNTRACED) != child || !WIFSTOPPED(st)) return 90;
+  ready();
+  wait_go();
+  // Stopping is asynchronous after restore only in theory: the SIGSTOP is pending at resume.
+  for (int i = 0; i < 1000000 && proc_state(child) != 'T'; ++i) {
+  }
+  if (proc_state(child) != 'T') return 10;
+  kill(child, SIGCONT);
+  if (waitpid(child, &st, 0) != child || !WIFEXITED(st) || WEXITSTATUS(st)) return 11;
+  return 0;
+}
+
 int main(int argc, char** argv) {
   if (argc < 4) return 100;
   ready_fd = atoi(argv[1]);
@@ -316,6 +351,7 @@ int main(int argc, char** argv) {
   if (!strcmp(mode, "nanosleep")) return mode_nanosleep();
   if (!strcmp(mode, "dirty")) return mode_dirty();
   if (!strcmp(mode, "sysv")) return mode_sysv();
+  if (!strcmp(mode, "stopped")) return mode_stopped();
   if (!strcmp(mode, "deleted")) return mode_deleted(argc > 4 ? argv[4] : "/tmp/cr_state.deleted");
   return 101;
 }

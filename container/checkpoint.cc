@@ -1,0 +1,195 @@
+#include "container/checkpoint.h"
+
+#include <signal.h>
+#include <sys/stat.h>
+
+#include <chrono>
+
+#include "common/fs.h"
+#include "common/log.h"
+#include "common/scope_exit.h"
+#include "container/archive.h"
+#include "container/ipc.h"
+#include "container/mnt.h"
+#include "container/net.h"
+#include "container/ns.h"
+#include "container/uts.h"
+#include "runtime/cgroup.h"
+#include "runtime/container.h"
+#include "runtime/runtime.h"
+
+namespace godwit::container {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double Ms(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double, std::milli>(b - a).count();
+}
+
+void FillLimits(const runtime::Resources& r, img::CgroupLimits* l) {
+  if (r.memory_limit) {
+    l->set_has_memory_limit(true);
+    l->set_memory_limit(*r.memory_limit);
+  }
+  if (r.cpu_shares) {
+    l->set_has_cpu_shares(true);
+    l->set_cpu_shares(*r.cpu_shares);
+  }
+  if (r.cpu_quota) {
+    l->set_has_cpu_quota(true);
+    l->set_cpu_quota(*r.cpu_quota);
+  }
+  if (r.cpu_period) {
+    l->set_has_cpu_period(true);
+    l->set_cpu_period(*r.cpu_period);
+  }
+  if (r.pids_limit) {
+    l->set_has_pids_limit(true);
+    l->set_pids_limit(*r.pids_limit);
+  }
+}
+
+bool Has(const std::vector<std::string>& v, const char* s) {
+  return std::find(v.begin(), v.end(), s) != v.end();
+}
+
+}  // namespace
+
+Result<std::vector<std::string>> OwnNamespaces(pid_t pid) {
+  std::vector<std::string> own;
+  for (const char* ns : {"pid", "mnt", "uts", "ipc", "net", "cgroup", "user", "time"}) {
+    struct stat theirs, ours;
+    std::string p = StrFormat("/proc/%d/ns/%s", pid, ns);
+    if (::stat(p.c_str(), &theirs) < 0) {
+      if (errno == ENOENT && std::string(ns) == "time") continue;
+      return MakeError(ErrorKind::kNotFound, errno, "stat %s", p.c_str());
+    }
+    if (::stat(StrFormat("/proc/self/ns/%s", ns).c_str(), &ours) < 0) return Errno("stat own ns");
+    if (theirs.st_ino != ours.st_ino || theirs.st_dev != ours.st_dev) own.push_back(ns);
+  }
+  return own;
+}
+
+Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDumper& dump_tree) {
+  auto t_start = Clock::now();
+  TRY(runtime::ValidateId(opts.id));
+  if (opts.image_path.empty()) return MakeError(ErrorKind::kUsage, 0, "--image-path is required");
+  ASSIGN_OR_RETURN(runtime::Container c, runtime::Container::Load(opts.root, opts.id));
+  if (c.CurrentStatus() != runtime::Status::kRunning) {
+    return MakeError(ErrorKind::kGeneric, 0, "container %s is %s, not running", opts.id.c_str(),
+                     runtime::StatusName(c.CurrentStatus()));
+  }
+  const pid_t pid = c.pid;
+  ASSIGN_OR_RETURN(std::string config, fs::ReadFile(c.config_path()));
+  ASSIGN_OR_RETURN(std::vector<std::string> own, OwnNamespaces(pid));
+  if (Has(own, "user")) {
+    return MakeError(ErrorKind::kUnsupported, 0,
+                     "container %s has a user namespace: not supported by checkpoint yet",
+                     opts.id.c_str());
+  }
+
+  const std::string cdir = opts.image_path + "/" + kContainerDir;
+  const std::string tdir = opts.image_path + "/" + kTreeDir;
+  TRY(fs::MkdirAll(opts.image_path, 0700));
+  // A previous checkpoint here stops being complete before anything new is written.
+  (void)::unlink((cdir + "/inventory.img").c_str());
+  ASSIGN_OR_RETURN(std::unique_ptr<images::Sink> sink, images::OpenDirSink(cdir, true));
+  bool finished = false;
+  ScopeExit abort_sink([&] {
+    if (!finished) sink->Abort();
+  });
+
+  CheckpointResult res;
+  img::ContainerCheckpoint& rec = res.record;
+  rec.set_id(opts.id);
+  rec.set_config_json(config);
+  rec.set_state_json(c.ToJson().dump());
+  rec.set_init_pid(pid);
+  rec.set_host_veth(c.host_veth);
+  for (const auto& n : own) rec.add_namespaces(n);
+  FillLimits(c.resources, rec.mutable_limits());
+
+  // Freeze: nothing in the container runs (or forks) from here until kill or thaw.
+  ASSIGN_OR_RETURN(std::unique_ptr<runtime::Cgroup> cg, runtime::OpenCgroup(opts.id));
+  auto t_freeze = Clock::now();
+  TRY_CTX(cg->Freeze(), "freeze container %s", opts.id.c_str());
+  auto t_frozen = Clock::now();
+  bool thaw_on_exit = true;
+  ScopeExit thaw([&] {
+    if (!thaw_on_exit) return;
+    auto r = cg->Thaw();
+    if (!r.ok()) LOG_ERROR("thaw container %s: %s", opts.id.c_str(), r.error().to_string().c_str());
+  });
+  rec.mutable_times()->set_freeze_ms(Ms(t_freeze, t_frozen));
+
+  // Namespaces, mounts and the writable layer, read from outside while frozen.
+  if (Has(own, "uts")) {
+    ASSIGN_OR_RETURN(UniqueFd fd, OpenNamespace(pid, "uts"));
+    TRY_CTX(uts::Dump(fd.get(), *sink), "container %s", opts.id.c_str());
+  }
+  if (Has(own, "ipc")) {
+    ASSIGN_OR_RETURN(UniqueFd fd, OpenNamespace(pid, "ipc"));
+    TRY_CTX(ipc::Dump(fd.get(), *sink, opts.compression), "container %s", opts.id.c_str());
+  }
+  if (Has(own, "net")) {
+    ASSIGN_OR_RETURN(UniqueFd fd, OpenNamespace(pid, "net"));
+    TRY_CTX(net::Dump(fd.get(), *sink), "container %s", opts.id.c_str());
+  }
+  if (Has(own, "mnt")) {
+    TRY_CTX(mnt::Dump(pid, *sink, opts.compression), "container %s", opts.id.c_str());
+    ASSIGN_OR_RETURN(bool layer, mnt::DumpLayer(pid, c.rootfs, *sink, opts.compression));
+    rec.set_has_layer(layer);
+  }
+  auto t_ns = Clock::now();
+  rec.mutable_times()->set_namespaces_ms(Ms(t_frozen, t_ns));
+
+  // The process tree, through the engine; it leaves the (cgroup-frozen) tree alive.
+  if (!dump_tree) {
+    return MakeError(ErrorKind::kUnsupported, 0, "no process-tree dumper linked");
+  }
+  TreeDumpRequest req;
+  req.pid = pid;
+  req.dir = tdir;
+  req.compression = opts.compression;
+  req.thaw = [&]() { return cg->Thaw(); };
+  req.refreeze = [&]() { return cg->Freeze(); };
+  ASSIGN_OR_RETURN(res.tree, dump_tree(req));
+  auto t_tree = Clock::now();
+  rec.mutable_times()->set_tree_ms(Ms(t_ns, t_tree));
+
+  ASSIGN_OR_RETURN(*rec.mutable_rootfs(), mnt::IdentifyRootfs(c.rootfs));
+  rec.set_created_unix_ns(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                              std::chrono::system_clock::now().time_since_epoch())
+                              .count());
+  // Times known so far; the frozen and total times are completed below (reported, not stored
+  // again: the inventory seals the image first).
+  TRY(images::WriteImage(*sink, kContainerImage, rec));
+  TRY(sink->Finish(images::NewInventory()));
+  finished = true;
+
+  if (opts.leave_running) {
+    thaw_on_exit = false;
+    TRY_CTX(cg->Thaw(), "thaw container %s", opts.id.c_str());
+  } else {
+    // Killed while still frozen: it never runs past the checkpoint. Delete kills the whole
+    // cgroup, thaws, and removes cgroups, veth and state (the id is free for the restore).
+    thaw_on_exit = false;
+    auto del = runtime::Delete(opts.root, opts.id, /*force=*/true);
+    if (!del.ok()) {
+      (void)cg->Thaw();
+      return std::move(del.error().wrap(StrFormat("checkpoint of %s is complete in %s, but",
+                                                  opts.id.c_str(), opts.image_path.c_str())));
+    }
+  }
+  auto t_end = Clock::now();
+  rec.mutable_times()->set_frozen_ms(Ms(t_frozen, t_end));
+
+  if (!opts.export_file.empty()) {
+    ASSIGN_OR_RETURN(archive::Stats st, archive::Export(opts.image_path, opts.export_file));
+    res.export_size = st.size;
+  }
+  rec.mutable_times()->set_total_ms(Ms(t_start, Clock::now()));
+  return res;
+}
+
+}  // namespace godwit::container

@@ -1,0 +1,821 @@
+#include "container/mnt.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <linux/openat2.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include <climits>
+#include <functional>
+#include <algorithm>
+#include <map>
+#include <set>
+#include <vector>
+
+#include "common/fs.h"
+#include "common/log.h"
+#include "common/scope_exit.h"
+
+namespace godwit::container::mnt {
+
+std::string TmpfsImage(uint32_t mnt_id) { return StrFormat("tmpfs-%u.img", mnt_id); }
+std::string TmpfsBlob(uint32_t mnt_id) { return StrFormat("tmpfs-%u-data.img", mnt_id); }
+
+namespace {
+
+// mountinfo escapes space, tab, newline and backslash as \ooo.
+std::string Unescape(const std::string& s) {
+  std::string out;
+  for (size_t i = 0; i < s.size(); i++) {
+    if (s[i] == '\\' && i + 3 < s.size() && isdigit(s[i + 1]) &&
+        isdigit(s[i + 2]) && isdigit(s[i + 3])) {
+      out += static_cast<char>((s[i + 1] - '0') * 64 + (s[i + 2] - '0') * 8 + (s[i + 3] - '0'));
+      i += 3;
+    } else {
+      out += s[i];
+    }
+  }
+  return out;
+}
+
+int64_t Ns(const struct statx_timestamp& t) {
+  return static_cast<int64_t>(t.tv_sec) * 1000000000LL + t.tv_nsec;
+}
+
+img::TmpfsFileType TypeOf(mode_t m) {
+  switch (m & S_IFMT) {
+    case S_IFREG: return img::TMPFS_REG;
+    case S_IFDIR: return img::TMPFS_DIR;
+    case S_IFLNK: return img::TMPFS_SYMLINK;
+    case S_IFCHR: return img::TMPFS_CHR;
+    case S_IFBLK: return img::TMPFS_BLK;
+    case S_IFIFO: return img::TMPFS_FIFO;
+    case S_IFSOCK: return img::TMPFS_SOCK;
+    default: return img::TMPFS_UNKNOWN;
+  }
+}
+
+Result<void> ReadXattrs(int fd, img::TmpfsEntry* e) {
+  char names[65536];
+  ssize_t n = ::flistxattr(fd, names, sizeof(names));
+  if (n < 0) {
+    if (errno == ENOTSUP) return Ok();
+    return Errno("flistxattr %s", e->path().c_str());
+  }
+  for (ssize_t off = 0; off < n; off += strlen(names + off) + 1) {
+    const char* name = names + off;
+    std::string value(65536, '\0');
+    ssize_t len = ::fgetxattr(fd, name, value.data(), value.size());
+    if (len < 0) return Errno("fgetxattr %s %s", e->path().c_str(), name);
+    value.resize(len);
+    img::TmpfsXattr* x = e->add_xattrs();
+    x->set_name(name);
+    x->set_value(value);
+  }
+  return Ok();
+}
+
+// Decides whether an entry goes into the image (the writable-layer diff keeps only what differs
+// from the rootfs); directories are descended either way.
+using KeepFn = std::function<Result<bool>(const std::string& path, const struct statx& stx)>;
+
+class Walker {
+ public:
+  Walker(images::ImageWriter& w, images::BlobWriter& blob, uint64_t mnt_id, KeepFn keep = nullptr)
+      : w_(w), blob_(blob), mnt_id_(mnt_id), keep_(std::move(keep)) {}
+
+  Result<void> Root(int fd) {
+    struct statx stx;
+    if (::statx(fd, "", AT_EMPTY_PATH, STATX_BASIC_STATS | STATX_MNT_ID, &stx) < 0)
+      return Errno("statx tmpfs root");
+    img::TmpfsEntry e;
+    Fill(stx, "", &e);
+    TRY(ReadXattrs(fd, &e));
+    bool keep = true;
+    if (keep_) {
+      ASSIGN_OR_RETURN(keep, keep_("", stx));
+    }
+    if (keep) TRY(w_.Write(e));
+    return Dir(fd, "");
+  }
+
+  uint64_t files() const { return files_; }
+
+ private:
+  void Fill(const struct statx& stx, const std::string& path, img::TmpfsEntry* e) {
+    e->set_path(path);
+    e->set_type(TypeOf(stx.stx_mode));
+    e->set_mode(stx.stx_mode & 07777);
+    e->set_uid(stx.stx_uid);
+    e->set_gid(stx.stx_gid);
+    e->set_atime_ns(Ns(stx.stx_atime));
+    e->set_mtime_ns(Ns(stx.stx_mtime));
+    e->set_size(stx.stx_size);
+    if (S_ISCHR(stx.stx_mode) || S_ISBLK(stx.stx_mode))
+      e->set_rdev(makedev(stx.stx_rdev_major, stx.stx_rdev_minor));
+  }
+
+  Result<void> Dir(int dirfd, const std::string& rel) {
+    int dup = ::fcntl(dirfd, F_DUPFD_CLOEXEC, 0);
+    if (dup < 0) return Errno("dup");
+    DIR* d = ::fdopendir(dup);
+    if (!d) {
+      ::close(dup);
+      return Errno("fdopendir %s", rel.c_str());
+    }
+    std::vector<std::string> names;
+    errno = 0;
+    while (struct dirent* de = ::readdir(d)) {
+      if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) names.push_back(de->d_name);
+    }
+    int e = errno;
+    ::closedir(d);
+    if (e) return MakeError(ErrorKind::kGeneric, e, "readdir %s", rel.c_str());
+    std::sort(names.begin(), names.end());
+    for (const std::string& name : names) {
+      std::string path = rel.empty() ? name : rel + "/" + name;
+      TRY(Entry(dirfd, name, path));
+    }
+    return Ok();
+  }
+
+  Result<void> Entry(int dirfd, const std::string& name, const std::string& path) {
+    struct statx stx;
+    if (::statx(dirfd, name.c_str(), AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS | STATX_MNT_ID, &stx) <
+        0)
+      return Errno("statx %s", path.c_str());
+    img::TmpfsEntry e;
+    Fill(stx, path, &e);
+    files_++;
+    bool keep = true;
+    if (keep_) {
+      ASSIGN_OR_RETURN(keep, keep_(path, stx));
+    }
+    if (!keep) {
+      if (!S_ISDIR(stx.stx_mode) || stx.stx_mnt_id != mnt_id_) return Ok();
+      int fd = ::openat(dirfd, name.c_str(),
+                        O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_NOATIME | O_CLOEXEC);
+      if (fd < 0) return Errno("open dir %s", path.c_str());
+      UniqueFd owned(fd);
+      return Dir(fd, path);
+    }
+    if (stx.stx_mnt_id != mnt_id_) {
+      // Another mount covers this directory; its contents belong to that mount.
+      e.set_mountpoint(true);
+      e.set_type(img::TMPFS_DIR);
+      return w_.Write(e);
+    }
+    if (!S_ISDIR(stx.stx_mode) && stx.stx_nlink > 1) {
+      auto it = inodes_.find(stx.stx_ino);
+      if (it != inodes_.end()) {
+        e.set_type(img::TMPFS_HARDLINK);
+        e.set_link_target(it->second);
+        return w_.Write(e);
+      }
+      inodes_[stx.stx_ino] = path;
+    }
+    switch (stx.stx_mode & S_IFMT) {
+      case S_IFDIR: {
+        // O_NOATIME: reading a directory would touch its atime (readlink still touches a
+        // symlink's; the image keeps the value from before).
+        int fd = ::openat(dirfd, name.c_str(),
+                          O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_NOATIME | O_CLOEXEC);
+        if (fd < 0) return Errno("open dir %s", path.c_str());
+        UniqueFd owned(fd);
+        TRY(ReadXattrs(fd, &e));
+        TRY(w_.Write(e));
+        return Dir(fd, path);
+      }
+      case S_IFREG: {
+        int fd = ::openat(dirfd, name.c_str(), O_RDONLY | O_NOFOLLOW | O_NOATIME | O_CLOEXEC);
+        if (fd < 0 && errno == EPERM)
+          fd = ::openat(dirfd, name.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0) return Errno("open %s", path.c_str());
+        UniqueFd owned(fd);
+        TRY(ReadXattrs(fd, &e));
+        TRY_CTX(Contents(fd, stx.stx_size, &e), "%s", path.c_str());
+        return w_.Write(e);
+      }
+      case S_IFLNK: {
+        std::string target(stx.stx_size + 1, '\0');
+        ssize_t n = ::readlinkat(dirfd, name.c_str(), target.data(), target.size());
+        if (n < 0) return Errno("readlink %s", path.c_str());
+        target.resize(n);
+        e.set_link_target(target);
+        return w_.Write(e);
+      }
+      default:
+        return w_.Write(e);
+    }
+  }
+
+  // Data regions only (SEEK_DATA/SEEK_HOLE): a sparse file stays sparse.
+  Result<void> Contents(int fd, uint64_t size, img::TmpfsEntry* e) {
+    std::vector<char> buf(1 << 20);
+    off_t pos = 0;
+    while (static_cast<uint64_t>(pos) < size) {
+      off_t data = ::lseek(fd, pos, SEEK_DATA);
+      if (data < 0) {
+        if (errno == ENXIO) break;  // only a hole remains
+        return Errno("lseek SEEK_DATA");
+      }
+      off_t hole = ::lseek(fd, data, SEEK_HOLE);
+      if (hole < 0) return Errno("lseek SEEK_HOLE");
+      if (static_cast<uint64_t>(hole) > size) hole = size;
+      img::TmpfsExtent* x = e->add_extents();
+      x->set_offset(data);
+      x->set_length(hole - data);
+      bool first = true;
+      for (off_t off = data; off < hole;) {
+        size_t want = std::min<off_t>(buf.size(), hole - off);
+        ssize_t n = ::pread(fd, buf.data(), want, off);
+        if (n < 0) {
+          if (errno == EINTR) continue;
+          return Errno("pread at %ld", static_cast<long>(off));
+        }
+        if (n == 0) return MakeError(ErrorKind::kGeneric, 0, "file shrank while dumped");
+        ASSIGN_OR_RETURN(uint64_t boff, blob_.Append(buf.data(), n));
+        // Appends are contiguous in the blob's logical stream.
+        if (first) x->set_blob_offset(boff);
+        first = false;
+        off += n;
+      }
+      pos = hole;
+    }
+    return Ok();
+  }
+
+  images::ImageWriter& w_;
+  images::BlobWriter& blob_;
+  uint64_t mnt_id_;
+  KeepFn keep_;
+  std::map<uint64_t, std::string> inodes_;
+  uint64_t files_ = 0;
+};
+
+// ---- restore ------------------------------------------------------------------------------
+
+Result<void> CheckPath(const std::string& p) {
+  if (p.empty()) return Ok();
+  if (p[0] == '/' || p.back() == '/')
+    return MakeError(ErrorKind::kBadImage, 0, "tmpfs entry path '%s' is not relative", p.c_str());
+  for (const auto& c : fs::Split(p, '/')) {
+    if (c.empty() || c == "." || c == "..")
+      return MakeError(ErrorKind::kBadImage, 0, "tmpfs entry path '%s' is not canonical", p.c_str());
+  }
+  return Ok();
+}
+
+// Opens rel beneath root without following any symlink.
+Result<UniqueFd> OpenBeneath(int root, const std::string& rel, int flags) {
+  if (rel.empty()) {
+    int fd = ::fcntl(root, F_DUPFD_CLOEXEC, 0);
+    if (fd < 0) return Errno("dup");
+    return UniqueFd(fd);
+  }
+  struct open_how how = {};
+  how.flags = flags | O_CLOEXEC;
+  how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
+  long fd = ::syscall(SYS_openat2, root, rel.c_str(), &how, sizeof(how));
+  if (fd < 0) return Errno("open %s beneath the restore dir", rel.c_str());
+  return UniqueFd(static_cast<int>(fd));
+}
+
+struct Split2 {
+  std::string parent, name;
+};
+Split2 SplitPath(const std::string& p) {
+  auto pos = p.rfind('/');
+  if (pos == std::string::npos) return {"", p};
+  return {p.substr(0, pos), p.substr(pos + 1)};
+}
+
+struct timespec Ts(int64_t ns) {
+  struct timespec t;
+  t.tv_sec = ns / 1000000000LL;
+  t.tv_nsec = ns % 1000000000LL;
+  if (t.tv_nsec < 0) {
+    t.tv_sec -= 1;
+    t.tv_nsec += 1000000000LL;
+  }
+  return t;
+}
+
+class Restorer {
+ public:
+  Restorer(int root, images::BlobReader* blob) : root_(root), blob_(blob) {}
+
+  Result<void> Entry(const img::TmpfsEntry& e) {
+    TRY(CheckPath(e.path()));
+    if (e.path().empty()) {
+      if (e.type() != img::TMPFS_DIR)
+        return MakeError(ErrorKind::kBadImage, 0, "tmpfs root is not a directory");
+      TRY(Attrs(root_, e));
+      times_.push_back(&e);
+      return Ok();
+    }
+    Split2 sp = SplitPath(e.path());
+    ASSIGN_OR_RETURN(UniqueFd parent, OpenBeneath(root_, sp.parent, O_PATH | O_DIRECTORY));
+    int pfd = parent.get();
+    const char* name = sp.name.c_str();
+    mode_t perm = e.mode() & 07777;
+    switch (e.type()) {
+      case img::TMPFS_DIR: {
+        if (::mkdirat(pfd, name, 0700) < 0 && errno != EEXIST) return Errno("mkdir %s", e.path().c_str());
+        ASSIGN_OR_RETURN(UniqueFd fd, OpenBeneath(root_, e.path(), O_RDONLY | O_DIRECTORY));
+        TRY(Attrs(fd.get(), e));
+        break;
+      }
+      case img::TMPFS_REG: {
+        int fd = ::openat(pfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+        if (fd < 0) return Errno("create %s", e.path().c_str());
+        UniqueFd owned(fd);
+        if (::ftruncate(fd, e.size()) < 0) return Errno("ftruncate %s", e.path().c_str());
+        TRY_CTX(Contents(fd, e), "%s", e.path().c_str());
+        TRY(Attrs(fd, e));
+        break;
+      }
+      case img::TMPFS_SYMLINK:
+        TRY(Replace(pfd, name, e, [&] { return ::symlinkat(e.link_target().c_str(), pfd, name); }));
+        if (::fchownat(pfd, name, e.uid(), e.gid(), AT_SYMLINK_NOFOLLOW) < 0)
+          return Errno("chown %s", e.path().c_str());
+        break;
+      case img::TMPFS_CHR:
+      case img::TMPFS_BLK:
+      case img::TMPFS_FIFO: {
+        mode_t type = e.type() == img::TMPFS_CHR ? S_IFCHR : e.type() == img::TMPFS_BLK ? S_IFBLK : S_IFIFO;
+        // An identical node may be there already (a bind mount made at BuildRoot holds it):
+        // keep that inode.
+        struct stat cur;
+        bool same = ::fstatat(pfd, name, &cur, AT_SYMLINK_NOFOLLOW) == 0 &&
+                    (cur.st_mode & S_IFMT) == type && (type == S_IFIFO || cur.st_rdev == e.rdev());
+        if (!same)
+          TRY(Replace(pfd, name, e, [&] { return ::mknodat(pfd, name, type | 0600, e.rdev()); }));
+        if (::fchownat(pfd, name, e.uid(), e.gid(), AT_SYMLINK_NOFOLLOW) < 0)
+          return Errno("chown %s", e.path().c_str());
+        if (::fchmodat(pfd, name, perm, 0) < 0) return Errno("chmod %s", e.path().c_str());
+        break;
+      }
+      case img::TMPFS_HARDLINK: {
+        TRY(CheckPath(e.link_target()));
+        ASSIGN_OR_RETURN(UniqueFd target, OpenBeneath(root_, e.link_target(), O_PATH));
+        TRY(Replace(pfd, name, e,
+                    [&] { return ::linkat(target.get(), "", pfd, name, AT_EMPTY_PATH); }));
+        return Ok();  // the inode's attributes come with its first name
+      }
+      case img::TMPFS_SOCK:
+        return Ok();  // bind() of the restored socket makes it again
+      case img::TMPFS_WHITEOUT: {
+        ASSIGN_OR_RETURN(UniqueFd dfd, OpenBeneath(root_, sp.parent, O_RDONLY | O_DIRECTORY));
+        TRY(RemoveTree(dfd.get(), name, e.path()));
+        return Ok();
+      }
+      default:
+        return MakeError(ErrorKind::kBadImage, 0, "tmpfs entry %s of unknown type %d",
+                         e.path().c_str(), e.type());
+    }
+    times_.push_back(&e);
+    return Ok();
+  }
+
+  // Times last, children before parents: creating entries changes a directory's mtime.
+  Result<void> Times() {
+    for (auto it = times_.rbegin(); it != times_.rend(); ++it) {
+      const img::TmpfsEntry& e = **it;
+      struct timespec ts[2] = {Ts(e.atime_ns()), Ts(e.mtime_ns())};
+      if (e.path().empty()) {
+        if (::futimens(root_, ts) < 0) return Errno("utimens tmpfs root");
+        continue;
+      }
+      Split2 sp = SplitPath(e.path());
+      ASSIGN_OR_RETURN(UniqueFd parent, OpenBeneath(root_, sp.parent, O_PATH | O_DIRECTORY));
+      if (::utimensat(parent.get(), sp.name.c_str(), ts, AT_SYMLINK_NOFOLLOW) < 0)
+        return Errno("utimens %s", e.path().c_str());
+    }
+    return Ok();
+  }
+
+ private:
+  template <typename F>
+  Result<void> Replace(int pfd, const char* name, const img::TmpfsEntry& e, F make) {
+    if (make() == 0) return Ok();
+    if (errno == EEXIST && ::unlinkat(pfd, name, 0) == 0 && make() == 0) return Ok();
+    return Errno("create %s", e.path().c_str());
+  }
+
+  // Owner before mode: chown clears setuid/setgid.
+  Result<void> Attrs(int fd, const img::TmpfsEntry& e) {
+    if (::fchown(fd, e.uid(), e.gid()) < 0) return Errno("chown %s", e.path().c_str());
+    if (::fchmod(fd, e.mode() & 07777) < 0) return Errno("chmod %s", e.path().c_str());
+    for (const auto& x : e.xattrs()) {
+      if (::fsetxattr(fd, x.name().c_str(), x.value().data(), x.value().size(), 0) < 0)
+        return Errno("setxattr %s %s", e.path().c_str(), x.name().c_str());
+    }
+    return Ok();
+  }
+
+  Result<void> Contents(int fd, const img::TmpfsEntry& e) {
+    if (e.extents_size() == 0) return Ok();
+    if (!blob_) return MakeError(ErrorKind::kBadImage, 0, "tmpfs data blob missing");
+    std::vector<char> buf(1 << 20);
+    for (const auto& x : e.extents()) {
+      if (x.offset() > e.size() || x.length() > e.size() - x.offset())
+        return MakeError(ErrorKind::kBadImage, 0, "extent %lu+%lu past size %lu",
+                         static_cast<unsigned long>(x.offset()),
+                         static_cast<unsigned long>(x.length()),
+                         static_cast<unsigned long>(e.size()));
+      for (uint64_t done = 0; done < x.length();) {
+        size_t n = std::min<uint64_t>(buf.size(), x.length() - done);
+        TRY(blob_->Read(x.blob_offset() + done, buf.data(), n));
+        ssize_t w = ::pwrite(fd, buf.data(), n, x.offset() + done);
+        if (w < 0) return Errno("pwrite");
+        if (static_cast<size_t>(w) != n) return MakeError(ErrorKind::kGeneric, ENOSPC, "short write");
+        done += n;
+      }
+    }
+    return Ok();
+  }
+
+  // Removes name (a whole directory tree if it is one) below dirfd, never following symlinks.
+  static Result<void> RemoveTree(int dirfd, const char* name, const std::string& path) {
+    if (::unlinkat(dirfd, name, 0) == 0 || errno == ENOENT) return Ok();
+    if (errno != EISDIR && errno != EPERM) return Errno("unlink %s", path.c_str());
+    int fd = ::openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) return Errno("open %s", path.c_str());
+    DIR* d = ::fdopendir(fd);
+    if (!d) {
+      ::close(fd);
+      return Errno("fdopendir %s", path.c_str());
+    }
+    std::vector<std::string> names;
+    while (struct dirent* de = ::readdir(d))
+      if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) names.push_back(de->d_name);
+    Result<void> r = Ok();
+    for (const auto& n : names) {
+      r = RemoveTree(::dirfd(d), n.c_str(), path + "/" + n);
+      if (!r.ok()) break;
+    }
+    ::closedir(d);
+    TRY(r);
+    if (::unlinkat(dirfd, name, AT_REMOVEDIR) < 0) return Errno("rmdir %s", path.c_str());
+    return Ok();
+  }
+
+  int root_;
+  images::BlobReader* blob_;
+  std::vector<const img::TmpfsEntry*> times_;
+};
+
+// ---- rootfs identity and the writable layer --------------------------------------------------
+
+// FNV-1a, 64 bit: identity, not security (the rootfs is the operator's own).
+struct Fnv {
+  uint64_t h = 1469598103934665603ULL;
+  void Add(const void* p, size_t n) {
+    const unsigned char* c = static_cast<const unsigned char*>(p);
+    for (size_t i = 0; i < n; i++) h = (h ^ c[i]) * 1099511628211ULL;
+  }
+  void Add(const std::string& s) {
+    uint64_t n = s.size();
+    Add(&n, sizeof(n));
+    Add(s.data(), s.size());
+  }
+  void Add(uint64_t v) { Add(&v, sizeof(v)); }
+};
+
+// Walks a host directory tree (one filesystem), parents before children, names sorted.
+Result<void> WalkHost(int dirfd, const std::string& rel, dev_t dev,
+                      const std::function<Result<bool>(int, const std::string&, const std::string&,
+                                                       const struct stat&)>& fn) {
+  int dup = ::fcntl(dirfd, F_DUPFD_CLOEXEC, 0);
+  if (dup < 0) return Errno("dup");
+  DIR* d = ::fdopendir(dup);
+  if (!d) {
+    ::close(dup);
+    return Errno("fdopendir %s", rel.c_str());
+  }
+  std::vector<std::string> names;
+  while (struct dirent* de = ::readdir(d))
+    if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) names.push_back(de->d_name);
+  ::closedir(d);
+  std::sort(names.begin(), names.end());
+  for (const auto& name : names) {
+    std::string path = rel.empty() ? name : rel + "/" + name;
+    struct stat st;
+    if (::fstatat(dirfd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) < 0)
+      return Errno("stat %s", path.c_str());
+    ASSIGN_OR_RETURN(bool descend, fn(dirfd, name, path, st));
+    if (descend && S_ISDIR(st.st_mode) && st.st_dev == dev) {
+      int fd = ::openat(dirfd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+      if (fd < 0) return Errno("open %s", path.c_str());
+      UniqueFd owned(fd);
+      TRY(WalkHost(fd, path, dev, fn));
+    }
+  }
+  return Ok();
+}
+
+}  // namespace
+
+Result<img::MountTable> ParseMountInfo(const std::string& text) {
+  img::MountTable t;
+  int lineno = 0;
+  for (const std::string& line : fs::Split(text, '\n')) {
+    lineno++;
+    if (line.empty()) continue;
+    std::vector<std::string> f = fs::Split(line, ' ');
+    auto dash = std::find(f.begin(), f.end(), "-");
+    if (f.size() < 10 || dash == f.end() || dash - f.begin() < 6 || f.end() - dash < 4)
+      return MakeError(ErrorKind::kGeneric, 0, "mountinfo line %d malformed: %s", lineno, line.c_str());
+    img::MountEntry* m = t.add_mounts();
+    m->set_mnt_id(std::stoul(f[0]));
+    m->set_parent_id(std::stoul(f[1]));
+    unsigned maj = 0, min = 0;
+    if (sscanf(f[2].c_str(), "%u:%u", &maj, &min) != 2)
+      return MakeError(ErrorKind::kGeneric, 0, "mountinfo line %d: bad device %s", lineno, f[2].c_str());
+    m->set_dev_major(maj);
+    m->set_dev_minor(min);
+    m->set_root(Unescape(f[3]));
+    m->set_mountpoint(Unescape(f[4]));
+    m->set_mount_opts(f[5]);
+    for (auto it = f.begin() + 6; it != dash; ++it) {
+      if (it->rfind("shared:", 0) == 0) m->set_shared_group(std::stoul(it->substr(7)));
+      if (it->rfind("master:", 0) == 0) m->set_master_group(std::stoul(it->substr(7)));
+      if (*it == "unbindable") m->set_unbindable(true);
+    }
+    m->set_fstype(Unescape(dash[1]));
+    m->set_source(Unescape(dash[2]));
+    m->set_super_opts(dash[3]);
+  }
+  return t;
+}
+
+Result<void> Dump(pid_t pid, images::Sink& sink, images::Compression compression) {
+  std::string proc = StrFormat("/proc/%d", pid);
+  auto text = fs::ReadFile(proc + "/mountinfo");
+  if (!text.ok()) {
+    if (text.error().sys_errno() == ENOENT || text.error().sys_errno() == ESRCH)
+      return MakeError(ErrorKind::kNotFound, ESRCH, "pid %d: no such process", pid);
+    return std::move(text).error();
+  }
+  ASSIGN_OR_RETURN(img::MountTable table, ParseMountInfo(*text));
+  // One dump per tmpfs superblock, through a mount of its root when there is one.
+  std::map<std::pair<uint32_t, uint32_t>, img::MountEntry*> chosen;
+  for (auto& m : *table.mutable_mounts()) {
+    if (m.fstype() != "tmpfs") continue;
+    auto dev = std::make_pair(m.dev_major(), m.dev_minor());
+    auto it = chosen.find(dev);
+    if (it == chosen.end() || (it->second->root() != "/" && m.root() == "/")) chosen[dev] = &m;
+  }
+  for (auto& [dev, m] : chosen) {
+    // A tmpfs hidden under another mount on the same path cannot be reached by path; nothing in
+    // the container can reach it that way either. Its contents are not dumped (said in mnt.img).
+    bool covered = false;
+    for (const auto& o : table.mounts()) {
+      if (o.parent_id() == m->mnt_id() && o.mountpoint() == m->mountpoint()) {
+        LOG_WARN("pid %d: tmpfs %s (mount %u) is covered by mount %u: contents not dumped", pid,
+                 m->mountpoint().c_str(), m->mnt_id(), o.mnt_id());
+        covered = true;
+      }
+    }
+    if (covered) continue;
+    std::string path = proc + "/root" + m->mountpoint();
+    int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_NOATIME | O_CLOEXEC);
+    if (fd < 0) return Errno("open tmpfs %s", path.c_str());
+    UniqueFd root(fd);
+    struct statx stx;
+    if (::statx(fd, "", AT_EMPTY_PATH, STATX_MNT_ID, &stx) < 0) return Errno("statx %s", path.c_str());
+    if (stx.stx_mnt_id != m->mnt_id()) {
+      return MakeError(ErrorKind::kUnsupported, 0, "pid %d: %s reaches mount %llu, not tmpfs mount %u",
+                       pid, m->mountpoint().c_str(), static_cast<unsigned long long>(stx.stx_mnt_id),
+                       m->mnt_id());
+    }
+    ASSIGN_OR_RETURN(images::ImageWriter w, images::ImageWriter::Create(sink, TmpfsImage(m->mnt_id())));
+    ASSIGN_OR_RETURN(images::BlobWriter blob,
+                     images::BlobWriter::Create(sink, TmpfsBlob(m->mnt_id()), compression));
+    Walker walker(w, blob, m->mnt_id());
+    TRY_CTX(walker.Root(fd), "dump tmpfs %s of pid %d", m->mountpoint().c_str(), pid);
+    TRY(w.Close());
+    TRY(blob.Close());
+    m->set_contents_dumped(true);
+    LOG_DEBUG("tmpfs %s: %lu entries, %lu bytes", m->mountpoint().c_str(),
+              static_cast<unsigned long>(walker.files()),
+              static_cast<unsigned long>(blob.logical_size()));
+  }
+  return images::WriteImage(sink, kImage, table);
+}
+
+Result<img::MountTable> ReadMounts(const images::ImageSet& images) {
+  img::MountTable t;
+  TRY(images.ReadOne(kImage, &t));
+  return t;
+}
+
+namespace {
+
+Result<void> RestoreEntries(const images::ImageSet& images, const std::string& image,
+                            const std::string& blob_name, const std::string& dir) {
+  ASSIGN_OR_RETURN(images::ImageReader reader, images.OpenImage(image));
+  std::unique_ptr<images::BlobReader> blob;
+  if (images.Has(blob_name)) {
+    ASSIGN_OR_RETURN(blob, images.OpenBlob(blob_name));
+  }
+  ASSIGN_OR_RETURN(UniqueFd root, fs::Open(dir, O_RDONLY | O_DIRECTORY));
+  // Entries stay alive until the times pass at the end.
+  std::vector<std::unique_ptr<img::TmpfsEntry>> entries;
+  Restorer r(root.get(), blob.get());
+  for (;;) {
+    auto e = std::make_unique<img::TmpfsEntry>();
+    ASSIGN_OR_RETURN(bool more, reader.Next(e.get()));
+    if (!more) break;
+    TRY_CTX(r.Entry(*e), "restore %s into %s", image.c_str(), dir.c_str());
+    entries.push_back(std::move(e));
+  }
+  TRY_CTX(r.Times(), "restore %s into %s", image.c_str(), dir.c_str());
+  return Ok();
+}
+
+// fstatat of rel inside root as the container sees it (symlinks resolve within root).
+Result<bool> StatIn(int root, const std::string& rel, struct stat* st) {
+  Split2 sp = SplitPath(rel);
+  int pfd = root;
+  UniqueFd parent;
+  if (!sp.parent.empty()) {
+    struct open_how how = {};
+    how.flags = O_PATH | O_DIRECTORY | O_CLOEXEC;
+    how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
+    long fd = ::syscall(SYS_openat2, root, sp.parent.c_str(), &how, sizeof(how));
+    if (fd < 0) {
+      if (errno == ENOENT || errno == ENOTDIR) return false;
+      return Errno("open %s in rootfs", sp.parent.c_str());
+    }
+    parent.reset(static_cast<int>(fd));
+    pfd = parent.get();
+  }
+  if (::fstatat(pfd, sp.name.c_str(), st, AT_SYMLINK_NOFOLLOW) < 0) {
+    if (errno == ENOENT || errno == ENOTDIR) return false;
+    return Errno("stat %s in rootfs", rel.c_str());
+  }
+  return true;
+}
+
+std::string ReadLinkAt(int dirfd, const std::string& path) {
+  char buf[PATH_MAX];
+  ssize_t n = ::readlinkat(dirfd, path.c_str(), buf, sizeof(buf));
+  return n < 0 ? std::string() : std::string(buf, n);
+}
+
+// Entries of rootfs (dirfd rfd) that the merged view (mfd) no longer has: whiteouts.
+Result<void> Whiteouts(int rfd, int mfd, const std::string& rel, images::ImageWriter& w,
+                       uint64_t* count) {
+  int dup = ::fcntl(rfd, F_DUPFD_CLOEXEC, 0);
+  if (dup < 0) return Errno("dup");
+  DIR* d = ::fdopendir(dup);
+  if (!d) {
+    ::close(dup);
+    return Errno("fdopendir rootfs %s", rel.c_str());
+  }
+  std::vector<std::string> names;
+  while (struct dirent* de = ::readdir(d))
+    if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) names.push_back(de->d_name);
+  ::closedir(d);
+  std::sort(names.begin(), names.end());
+  for (const auto& name : names) {
+    std::string path = rel.empty() ? name : rel + "/" + name;
+    struct stat rs, ms;
+    if (::fstatat(rfd, name.c_str(), &rs, AT_SYMLINK_NOFOLLOW) < 0)
+      return Errno("stat rootfs %s", path.c_str());
+    if (::fstatat(mfd, name.c_str(), &ms, AT_SYMLINK_NOFOLLOW) < 0) {
+      if (errno != ENOENT) return Errno("stat %s in the container", path.c_str());
+      img::TmpfsEntry e;
+      e.set_path(path);
+      e.set_type(img::TMPFS_WHITEOUT);
+      TRY(w.Write(e));
+      (*count)++;
+      continue;
+    }
+    if (!S_ISDIR(rs.st_mode) || !S_ISDIR(ms.st_mode)) continue;
+    int r2 = ::openat(rfd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (r2 < 0) return Errno("open rootfs %s", path.c_str());
+    UniqueFd ro(r2);
+    int m2 = ::openat(mfd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_NOATIME | O_CLOEXEC);
+    if (m2 < 0) return Errno("open %s in the container", path.c_str());
+    UniqueFd mo(m2);
+    TRY(Whiteouts(r2, m2, path, w, count));
+  }
+  return Ok();
+}
+
+}  // namespace
+
+Result<void> RestoreTmpfs(const images::ImageSet& images, uint32_t mnt_id, const std::string& dir) {
+  return RestoreEntries(images, TmpfsImage(mnt_id), TmpfsBlob(mnt_id), dir);
+}
+
+Result<img::RootfsIdentity> IdentifyRootfs(const std::string& path) {
+  ASSIGN_OR_RETURN(UniqueFd root, fs::Open(path, O_RDONLY | O_DIRECTORY));
+  struct stat rst;
+  if (::fstat(root.get(), &rst) < 0) return Errno("stat %s", path.c_str());
+  Fnv h;
+  uint64_t entries = 0;
+  TRY_CTX(WalkHost(root.get(), "", rst.st_dev,
+                   [&](int dirfd, const std::string& name, const std::string& rel,
+                       const struct stat& st) -> Result<bool> {
+                     entries++;
+                     h.Add(rel);
+                     h.Add(static_cast<uint64_t>(st.st_mode));
+                     h.Add((static_cast<uint64_t>(st.st_uid) << 32) | st.st_gid);
+                     if (S_ISREG(st.st_mode)) {
+                       h.Add(static_cast<uint64_t>(st.st_size));
+                       h.Add(static_cast<uint64_t>(st.st_mtim.tv_sec));
+                       h.Add(static_cast<uint64_t>(st.st_mtim.tv_nsec));
+                     }
+                     if (S_ISLNK(st.st_mode)) h.Add(ReadLinkAt(dirfd, name));
+                     return true;
+                   }),
+          "identify rootfs %s", path.c_str());
+  img::RootfsIdentity id;
+  id.set_path(path);
+  id.set_digest(StrFormat("%016llx", static_cast<unsigned long long>(h.h)));
+  id.set_entries(entries);
+  return id;
+}
+
+Result<bool> DumpLayer(pid_t pid, const std::string& rootfs, images::Sink& sink,
+                       images::Compression compression) {
+  std::string merged_path = StrFormat("/proc/%d/root/.", pid);
+  int mfd = ::open(merged_path.c_str(), O_RDONLY | O_DIRECTORY | O_NOATIME | O_CLOEXEC);
+  if (mfd < 0) return MakeError(ErrorKind::kNotFound, errno, "open %s", merged_path.c_str());
+  UniqueFd merged(mfd);
+  ASSIGN_OR_RETURN(UniqueFd rfs, fs::Open(rootfs, O_RDONLY | O_DIRECTORY));
+  struct statx mstx;
+  if (::statx(mfd, "", AT_EMPTY_PATH, STATX_BASIC_STATS | STATX_MNT_ID, &mstx) < 0)
+    return Errno("statx %s", merged_path.c_str());
+  struct stat rst;
+  if (::fstat(rfs.get(), &rst) < 0) return Errno("stat %s", rootfs.c_str());
+  // The container writes straight into the rootfs when its root is the rootfs itself: there is
+  // no layer to tell apart.
+  if (makedev(mstx.stx_dev_major, mstx.stx_dev_minor) == rst.st_dev &&
+      mstx.stx_ino == rst.st_ino)
+    return false;
+  ASSIGN_OR_RETURN(images::ImageWriter w, images::ImageWriter::Create(sink, kLayerImage));
+  ASSIGN_OR_RETURN(images::BlobWriter blob, images::BlobWriter::Create(sink, kLayerBlob, compression));
+  int rfd = rfs.get();
+  uint64_t kept = 0, whiteouts = 0;
+  KeepFn keep = [&](const std::string& path, const struct statx& stx) -> Result<bool> {
+    struct stat st;
+    bool exists;
+    if (path.empty()) {
+      st = rst;
+      exists = true;
+    } else {
+      ASSIGN_OR_RETURN(exists, StatIn(rfd, path, &st));
+    }
+    if (stx.stx_mnt_id != mstx.stx_mnt_id) return !exists;  // a mount point: only if new
+    bool changed = !exists;
+    if (exists && (st.st_mode & S_IFMT) != (stx.stx_mode & S_IFMT)) {
+      // A different kind of file now: remove the rootfs's one first.
+      img::TmpfsEntry wo;
+      wo.set_path(path);
+      wo.set_type(img::TMPFS_WHITEOUT);
+      TRY(w.Write(wo));
+      changed = true;
+    }
+    if (!changed) {
+      changed = (st.st_mode & 07777) != (stx.stx_mode & 07777) || st.st_uid != stx.stx_uid ||
+                st.st_gid != stx.stx_gid || st.st_mtim.tv_sec != stx.stx_mtime.tv_sec ||
+                st.st_mtim.tv_nsec != static_cast<long>(stx.stx_mtime.tv_nsec);
+      if (S_ISREG(st.st_mode)) changed |= static_cast<uint64_t>(st.st_size) != stx.stx_size;
+      if (S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode))
+        changed |= st.st_rdev != makedev(stx.stx_rdev_major, stx.stx_rdev_minor);
+      if (S_ISLNK(st.st_mode)) {
+        std::string a = ReadLinkAt(mfd, path), b;
+        Split2 sp = SplitPath(path);
+        ASSIGN_OR_RETURN(UniqueFd p, OpenBeneath(rfd, sp.parent, O_PATH | O_DIRECTORY));
+        b = ReadLinkAt(p.get(), sp.name);
+        changed |= a != b;
+      }
+    }
+    if (changed) kept++;
+    return changed;
+  };
+  Walker walker(w, blob, mstx.stx_mnt_id, keep);
+  TRY_CTX(walker.Root(mfd), "writable layer of pid %d", pid);
+  TRY_CTX(Whiteouts(rfd, mfd, "", w, &whiteouts), "writable layer of pid %d", pid);
+  TRY(w.Close());
+  TRY(blob.Close());
+  LOG_DEBUG("writable layer of pid %d: %lu changed, %lu deleted, %lu bytes", pid,
+            static_cast<unsigned long>(kept), static_cast<unsigned long>(whiteouts),
+            static_cast<unsigned long>(blob.logical_size()));
+  return true;
+}
+
+Result<void> RestoreLayer(const images::ImageSet& images, const std::string& dir) {
+  return RestoreEntries(images, kLayerImage, kLayerBlob, dir);
+}
+
+}  // namespace godwit::container::mnt

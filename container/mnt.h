@@ -1,0 +1,57 @@
+// Mount namespace: the mount list of a container (from /proc/PID/mountinfo) and the contents of
+// its tmpfs mounts. Images: "mnt.img" (img::MountTable); per tmpfs superblock
+// "tmpfs-<mnt_id>.img" (img::TmpfsEntry records, parents before children) and the blob
+// "tmpfs-<mnt_id>-data.img" with the file bytes (holes are not stored).
+//
+// Contents are read through /proc/PID/root/<mountpoint>, so the dumper needs no setns; the walk
+// stays on the tmpfs's own mount (statx mount id) and records directories other mounts cover
+// without descending. Each tmpfs superblock is dumped once, through a mount of its root when
+// there is one; its other (bind) mounts point at it by device number.
+//
+// RestoreTmpfs recreates a dumped tmpfs's files, directories, symlinks, device nodes, FIFOs,
+// hard links, modes, owners, xattrs and atime/mtime into a directory (normally a fresh tmpfs).
+// Every path is resolved beneath that directory without following symlinks (openat2), so an
+// image cannot write outside it.
+#pragma once
+
+#include <sys/types.h>
+
+#include <string>
+
+#include "common/result.h"
+#include "images/image.h"
+#include "proto/container.pb.h"
+#include "proto/mnt.pb.h"
+
+namespace godwit::container::mnt {
+
+inline constexpr char kImage[] = "mnt.img";
+inline constexpr char kLayerImage[] = "layer.img";
+inline constexpr char kLayerBlob[] = "layer-data.img";
+std::string TmpfsImage(uint32_t mnt_id);
+std::string TmpfsBlob(uint32_t mnt_id);
+
+// Parses the text of a mountinfo file (octal escapes decoded).
+Result<img::MountTable> ParseMountInfo(const std::string& text);
+
+// Dumps the mount list of pid's mount namespace and the contents of its tmpfs mounts.
+Result<void> Dump(pid_t pid, images::Sink& sink,
+                  images::Compression compression = images::Compression::kNone);
+Result<img::MountTable> ReadMounts(const images::ImageSet& images);
+// Recreates the contents of the tmpfs dumped from mount mnt_id into dir.
+Result<void> RestoreTmpfs(const images::ImageSet& images, uint32_t mnt_id, const std::string& dir);
+
+// The identity of a root filesystem: a digest over every entry's path, type, mode, owner, size,
+// mtime and symlink target (contents are not read), staying on one filesystem.
+Result<img::RootfsIdentity> IdentifyRootfs(const std::string& path);
+
+// The writable layer of a container whose root is an overlay (or any other view) over `rootfs`:
+// every entry of /proc/PID/root that is new or differs from rootfs (kind, mode, owner, size,
+// mtime, target), and a whiteout for every rootfs entry that is gone. Returns false and writes
+// nothing when the container's root is the rootfs directory itself (its writes went there).
+Result<bool> DumpLayer(pid_t pid, const std::string& rootfs, images::Sink& sink,
+                       images::Compression compression = images::Compression::kNone);
+// Applies the diff to dir, normally the restored container's root (/proc/PID/root).
+Result<void> RestoreLayer(const images::ImageSet& images, const std::string& dir);
+
+}  // namespace godwit::container::mnt

@@ -1,0 +1,188 @@
+#include "container/restore.h"
+
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <chrono>
+
+#include "common/fs.h"
+#include "common/log.h"
+#include "common/scope_exit.h"
+#include "container/archive.h"
+#include "container/checkpoint.h"
+#include "container/ipc.h"
+#include "container/mnt.h"
+#include "container/net.h"
+#include "container/ns.h"
+#include "container/restore_env.h"
+#include "runtime/cgroup.h"
+#include "runtime/network.h"
+#include "runtime/runtime.h"
+
+namespace godwit::container {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double Ms(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double, std::milli>(b - a).count();
+}
+
+std::string NowRfc3339() {
+  struct timespec ts;
+  ::clock_gettime(CLOCK_REALTIME, &ts);
+  struct tm tm;
+  ::gmtime_r(&ts.tv_sec, &tm);
+  char buf[64];
+  ::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%S", &tm);
+  return StrFormat("%s.%09ldZ", buf, ts.tv_nsec);
+}
+
+}  // namespace
+
+Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& restore_tree) {
+  auto t0 = Clock::now();
+  TRY(runtime::ValidateId(opts.id));
+  if (opts.image_path.empty() && opts.import_file.empty())
+    return MakeError(ErrorKind::kUsage, 0, "restore needs --image-path DIR or --import FILE");
+  if (!restore_tree) return MakeError(ErrorKind::kUnsupported, 0, "no process-tree restorer linked");
+
+  // Claim the id first: an existing container of that id is never touched.
+  TRY(fs::MkdirAll(opts.root, 0711));
+  std::string state_dir = opts.root + "/" + opts.id;
+  if (::mkdir(state_dir.c_str(), 0700) < 0) {
+    if (errno == EEXIST)
+      return MakeError(ErrorKind::kExists, EEXIST, "container %s already exists", opts.id.c_str());
+    return Errno("mkdir %s", state_dir.c_str());
+  }
+  bool ok = false;
+  std::unique_ptr<runtime::Cgroup> cg;
+  std::string host_veth;
+  pid_t root_pid = 0;
+  ScopeExit rollback([&] {
+    if (ok) return;
+    if (root_pid > 0) {
+      ::kill(root_pid, SIGKILL);
+      (void)::waitpid(root_pid, nullptr, 0);
+    }
+    if (!host_veth.empty()) (void)net::DeleteLink(-1, host_veth);
+    if (cg) (void)cg->Destroy();
+    (void)fs::RemoveAll(state_dir);
+  });
+
+  // The images: a checkpoint directory, or an export file unpacked next to the state.
+  std::string dir = opts.image_path;
+  std::string imported;
+  ScopeExit drop_import([&] {
+    if (!imported.empty()) (void)fs::RemoveAll(imported);
+  });
+  if (!opts.import_file.empty()) {
+    std::string target = dir.empty() ? state_dir + "/import" : dir;
+    TRY_CTX(archive::Import(opts.import_file, target),
+            "import %s", opts.import_file.c_str());
+    if (dir.empty()) imported = target;
+    dir = target;
+  }
+  ASSIGN_OR_RETURN(images::ImageSet images, images::ImageSet::Open(dir + "/" + kContainerDir));
+  img::ContainerCheckpoint rec;
+  TRY(images.ReadOne(kContainerImage, &rec));
+  img::MountTable table;
+  if (images.Has(mnt::kImage)) {
+    ASSIGN_OR_RETURN(table, mnt::ReadMounts(images));
+  }
+  nlohmann::json state_json = nlohmann::json::parse(rec.state_json(), nullptr, false);
+  if (state_json.is_discarded())
+    return MakeError(ErrorKind::kBadImage, 0, "%s: state record is not JSON", kContainerImage);
+  ASSIGN_OR_RETURN(runtime::Container orig, runtime::Container::FromJson(state_json));
+
+  // The config and rootfs: the original bundle's, or the one given.
+  runtime::Spec spec;
+  std::string bundle = opts.bundle.empty() ? orig.bundle : opts.bundle;
+  if (opts.bundle.empty()) {
+    ASSIGN_OR_RETURN(spec, runtime::ParseSpec(rec.config_json(), bundle));
+  } else {
+    ASSIGN_OR_RETURN(spec, runtime::LoadSpec(bundle));
+  }
+  auto here = mnt::IdentifyRootfs(spec.root_path);
+  if (!here.ok()) {
+    return MakeError(ErrorKind::kNotFound, here.error().sys_errno(), "rootfs %s: %s",
+                     spec.root_path.c_str(), here.error().message().c_str());
+  }
+  if (here->digest() != rec.rootfs().digest()) {
+    return MakeError(ErrorKind::kBadImage, 0,
+                     "the checkpoint was made from another rootfs (%s, digest %s, %lu entries); "
+                     "%s has digest %s (%lu entries)",
+                     rec.rootfs().path().c_str(), rec.rootfs().digest().c_str(),
+                     static_cast<unsigned long>(rec.rootfs().entries()), spec.root_path.c_str(),
+                     here->digest().c_str(), static_cast<unsigned long>(here->entries()));
+  }
+  // Names and addresses on the host must be free before anything is created.
+  if (!rec.host_veth().empty() && runtime::LinkExists(rec.host_veth()))
+    return MakeError(ErrorKind::kExists, EEXIST, "veth %s already exists on the host",
+                     rec.host_veth().c_str());
+  if (!orig.net.address.empty()) {
+    ASSIGN_OR_RETURN(bool used, runtime::AddressInUse(orig.net.address));
+    if (used)
+      return MakeError(ErrorKind::kExists, EADDRINUSE, "address %s is already in use on the host",
+                       orig.net.address.c_str());
+  }
+
+  // cgroups with the limits.
+  ASSIGN_OR_RETURN(cg, runtime::OpenCgroup(opts.id));
+  TRY_CTX(cg->Create(), "cgroup of %s", opts.id.c_str());
+  runtime::Resources res = LimitsToResources(rec.limits());
+  TRY_CTX(cg->Apply(res), "limits of %s", opts.id.c_str());
+
+  std::string storage = rec.has_layer() ? state_dir + "/storage" : "";
+  if (!storage.empty()) TRY(fs::MkdirAll(storage, 0700));
+  ASSIGN_OR_RETURN(RootPlan plan, PlanRoot(table, spec, rec.has_layer(), storage, &images));
+
+  TreeRestoreRequest req;
+  req.tree_dir = dir + "/" + kTreeDir;
+  req.clone_flags = kRootCloneFlags;
+  req.inside = [&plan](const char** what) { return BuildRoot(plan, what); };
+  auto t_env = Clock::now();
+  double env_ms = 0;
+  req.outside = [&](pid_t pid) -> Result<void> {
+    root_pid = pid;
+    host_veth = rec.host_veth();  // from here on the rollback deletes it
+    TRY(FillEnvironment(images, rec, table, pid));
+    TRY_CTX(cg->AddProcess(pid), "join cgroup of %s", opts.id.c_str());
+    env_ms = Ms(t_env, Clock::now());
+    return Ok();
+  };
+  ASSIGN_OR_RETURN(TreeRestoreResult tree, restore_tree(req));
+  root_pid = tree.root_host_pid;
+  if (images.Has(ipc::kImage)) {
+    ASSIGN_OR_RETURN(UniqueFd ipcfd, OpenNamespace(root_pid, "ipc"));
+    TRY(ipc::RemoveDestroyed(images, ipcfd.get()));
+  }
+
+  // The runtime's record: from now on it is an ordinary container.
+  runtime::Container c = orig;
+  c.root = opts.root;
+  c.id = opts.id;
+  c.bundle = bundle;
+  c.rootfs = spec.root_path;
+  c.pid = root_pid;
+  c.pid_start_time = runtime::ProcessStartTime(root_pid);
+  c.created = NowRfc3339();
+  c.cgroup_paths = cg->Paths();
+  c.cgroup_layout = runtime::CgroupLayoutName(cg->layout());
+  c.host_veth = rec.host_veth();
+  c.storage_dir = storage;
+  TRY(fs::WriteFile(c.config_path(), rec.config_json()));
+  TRY(c.Save());
+  ok = true;
+
+  RestoreResult out;
+  out.container = c;
+  out.processes = tree.processes;
+  out.environment_ms = env_ms;
+  out.total_ms = Ms(t0, Clock::now());
+  return out;
+}
+
+}  // namespace godwit::container

@@ -1,0 +1,61 @@
+// `godwit restore ID --image-path DIR | --import FILE`: a checkpointed container back as an
+// ordinary runtime container (state, exec, ps, kill, delete and a second checkpoint work on it).
+//
+// Steps (Restore, in this order; any failure undoes everything done so far and leaves an
+// existing container of that id untouched):
+//   claim the id (mkdir of the state dir; kExists if taken) -> import the export file if given
+//   -> open and verify DIR/container -> rootfs identity (kBadImage if the rootfs differs) ->
+//   host veth name and address free (kExists) -> cgroup with the limits -> plan the root ->
+//   the engine clones the root task (pid 1 of a new pid ns, fresh mnt/uts/ipc/net/cgroup ns):
+//   inside it BuildRoot; outside FillEnvironment + cgroup membership; then the engine restores
+//   the tree -> shm segments destroyed at dump time removed -> the runtime's state record.
+#pragma once
+
+#include <sys/types.h>
+
+#include <functional>
+#include <string>
+
+#include "common/result.h"
+#include "runtime/container.h"
+
+namespace godwit::container {
+
+// What the engine is asked to do: restore the tree of tree_dir with its root task cloned with
+// clone_flags (pid 1 of its new pid ns: set_tid {1, ...}), calling `inside` in the root task
+// right after the clone (raw syscalls only; non-zero = errno, *what names the step: fail the
+// restore) and then `outside` in the caller with the root task's host pid, before any process
+// state is restored. The tree must see the mount namespace `inside` built (its images are read
+// through fds or paths opened before).
+struct TreeRestoreRequest {
+  std::string tree_dir;
+  int clone_flags = 0;
+  std::function<int(const char** what)> inside;
+  std::function<Result<void>(pid_t root_host_pid)> outside;
+};
+
+struct TreeRestoreResult {
+  pid_t root_host_pid = 0;
+  int processes = 0;
+};
+
+using TreeRestorer = std::function<Result<TreeRestoreResult>(const TreeRestoreRequest&)>;
+
+struct RestoreOptions {
+  std::string root = "/run/godwit";
+  std::string id;
+  std::string image_path;   // a checkpoint directory, or where --import unpacks (optional)
+  std::string import_file;  // an export file
+  std::string bundle;       // another bundle (config.json + rootfs) than the original's
+};
+
+struct RestoreResult {
+  runtime::Container container;
+  int processes = 0;
+  double environment_ms = 0;  // cgroup, namespaces, mounts, contents
+  double total_ms = 0;
+};
+
+Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& restore_tree);
+
+}  // namespace godwit::container

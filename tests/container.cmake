@@ -1,0 +1,19 @@
+# Container checkpoint/restore (issue 5): the per-namespace modules, then the whole container.
+godwit_test(container_uts_test
+  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/container_uts_test.cc
+  LIBS godwit_container)
+godwit_test(container_ipc_test
+  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/container_ipc_test.cc
+  LIBS godwit_container)
+godwit_test(container_net_test
+  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/container_net_test.cc
+  LIBS godwit_container nlohmann_json::nlohmann_json)
+godwit_test(container_mnt_test
+  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/container_mnt_test.cc
+  LIBS godwit_container)
+godwit_test(container_archive_test
+  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/container_archive_test.cc
+  LIBS godwit_container)
+godwit_test(container_restore_test
+  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/container_restore_test.cc
+  LIBS godwit_container godwit_runtime)

@@ -1,0 +1,148 @@
+// Shared fixtures for the container namespace tests: a helper child that sits in fresh
+// namespaces until released (so they live exactly as long as the test wants), temp dirs, and a
+// dump/restore round trip through a real image directory.
+#pragma once
+
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <string>
+
+#include "common/fs.h"
+#include "common/result.h"
+#include "common/unique_fd.h"
+#include "container/ns.h"
+#include "images/image.h"
+
+namespace godwit::container::testing {
+
+#define ASSERT_OK(expr)                                          \
+  do {                                                           \
+    auto&& ok_r_ = (expr);                                       \
+    ASSERT_TRUE(ok_r_.ok()) << #expr << ": " << ok_r_.error().to_string(); \
+  } while (0)
+#define EXPECT_OK(expr)                                          \
+  do {                                                           \
+    auto&& ok_r_ = (expr);                                       \
+    EXPECT_TRUE(ok_r_.ok()) << #expr << ": " << ok_r_.error().to_string(); \
+  } while (0)
+
+// A child process in new namespaces (flags: CLONE_NEW*). `setup` runs in the child after
+// unshare; its failure (non-zero) makes Start fail. The child then blocks on a pipe until Stop
+// (or the destructor) releases it, and is reaped by pid.
+class NsHolder {
+ public:
+  NsHolder() = default;
+  NsHolder(const NsHolder&) = delete;
+  NsHolder& operator=(const NsHolder&) = delete;
+  ~NsHolder() { Stop(); }
+
+  Result<void> Start(int flags, const std::function<int()>& setup = nullptr) {
+    int ready[2], hold[2];
+    if (::pipe2(ready, O_CLOEXEC) < 0 || ::pipe2(hold, O_CLOEXEC) < 0) return Errno("pipe");
+    pid_t pid = ::fork();
+    if (pid < 0) return Errno("fork");
+    if (pid == 0) {
+      ::close(ready[0]);
+      ::close(hold[1]);
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+      char status = 0;
+      if (::unshare(flags) < 0) status = 1;
+      if (!status && (flags & CLONE_NEWNS) &&
+          ::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) < 0)
+        status = 2;
+      if (!status && setup) status = static_cast<char>(setup());
+      if (::write(ready[1], &status, 1) != 1) ::_exit(3);
+      char c;
+      while (::read(hold[0], &c, 1) < 0 && errno == EINTR) {
+      }
+      ::_exit(0);
+    }
+    ::close(ready[1]);
+    ::close(hold[0]);
+    pid_ = pid;
+    hold_.reset(hold[1]);
+    char status = 9;
+    ssize_t n = ::read(ready[0], &status, 1);
+    ::close(ready[0]);
+    if (n != 1 || status != 0) {
+      Stop();
+      return MakeError(ErrorKind::kGeneric, 0, "namespace holder failed to start (status %d)",
+                       n == 1 ? status : -1);
+    }
+    return Ok();
+  }
+
+  void Stop() {
+    if (pid_ <= 0) return;
+    hold_.reset();
+    int st;
+    while (::waitpid(pid_, &st, 0) < 0 && errno == EINTR) {
+    }
+    pid_ = -1;
+  }
+
+  pid_t pid() const { return pid_; }
+  Result<UniqueFd> Ns(const char* name) const { return OpenNamespace(pid_, name); }
+
+ private:
+  pid_t pid_ = -1;
+  UniqueFd hold_;
+};
+
+// A directory removed (after unmounting whatever is on it) at scope exit.
+class TempDir {
+ public:
+  explicit TempDir(const std::string& tag) {
+    static int n = 0;
+    path_ = StrFormat("/tmp/godwit-%s-%d-%d", tag.c_str(), getpid(), n++);
+    (void)fs::RemoveAll(path_);
+    (void)fs::MkdirAll(path_, 0755);
+  }
+  ~TempDir() {
+    while (::umount2(path_.c_str(), MNT_DETACH) == 0) {
+    }
+    (void)fs::RemoveAll(path_);
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+// Runs dump into a fresh image directory, finishes it and opens it back verified.
+inline Result<images::ImageSet> DumpToDir(const std::string& dir,
+                                          const std::function<Result<void>(images::Sink&)>& dump) {
+  ASSIGN_OR_RETURN(std::unique_ptr<images::Sink> sink, images::OpenDirSink(dir));
+  Result<void> r = dump(*sink);
+  if (!r.ok()) {
+    sink->Abort();
+    return std::move(r).error();
+  }
+  TRY(sink->Finish(images::NewInventory()));
+  return images::ImageSet::Open(dir);
+}
+
+// Runs a shell command (for setting up state with the standard tools, independent of godwit).
+inline Result<std::string> Sh(const std::string& cmd) {
+  FILE* f = ::popen((cmd + " 2>&1").c_str(), "r");
+  if (!f) return Errno("popen %s", cmd.c_str());
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), f)) > 0) out.append(buf, n);
+  int st = ::pclose(f);
+  if (st != 0)
+    return MakeError(ErrorKind::kGeneric, 0, "`%s` failed (%d): %s", cmd.c_str(), st, out.c_str());
+  return out;
+}
+
+}  // namespace godwit::container::testing
