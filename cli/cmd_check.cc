@@ -18,7 +18,6 @@
 
 #include <cstdio>
 #include <cstring>
-
 #include <nlohmann/json.hpp>
 
 #include "cli/command.h"
@@ -38,12 +37,14 @@ struct Feature {
 bool ProbeClone3SetTid(std::string* d) {
   // Pick a pid well above the last one handed out; retry on EEXIST.
   auto last = fs::ReadFile("/proc/sys/kernel/ns_last_pid");
-  int base = last.ok() ? atoi(last->c_str()) + 5000 : 30000;
+  auto maxr = fs::ReadFile("/proc/sys/kernel/pid_max");
+  int pid_max = maxr.ok() ? atoi(maxr->c_str()) : 32768;
+  int base = last.ok() ? atoi(last->c_str()) + 1000 : 1000;
   for (int i = 0; i < 20; ++i) {
+    pid_t want = 300 + (base + i * 7 - 300) % (pid_max - 300);
     struct clone_args a;
     memset(&a, 0, sizeof(a));
     a.exit_signal = SIGCHLD;
-    int64_t want = base + i * 7;
     a.set_tid = reinterpret_cast<uint64_t>(&want);
     a.set_tid_size = 1;
     long p = syscall(SYS_clone3, &a, sizeof(a));
@@ -66,7 +67,8 @@ bool ProbeRseqConfig(std::string* d) {
     for (;;) pause();
   }
   bool ok = false;
-  if (ptrace(PTRACE_SEIZE, c, nullptr, nullptr) == 0 && ptrace(PTRACE_INTERRUPT, c, nullptr, nullptr) == 0) {
+  if (ptrace(PTRACE_SEIZE, c, nullptr, nullptr) == 0 &&
+      ptrace(PTRACE_INTERRUPT, c, nullptr, nullptr) == 0) {
     int st;
     waitpid(c, &st, __WALL);
     struct {
@@ -107,7 +109,8 @@ bool ProbePagemapScan(std::string* d) {
   struct {
     uint64_t start, end, categories;
   } vec[4];
-  char* p = static_cast<char*>(mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  char* p = static_cast<char*>(
+      mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
   p[0] = 1;
   a.size = sizeof(a);
   a.start = reinterpret_cast<uint64_t>(p);
@@ -125,7 +128,8 @@ bool ProbePagemapScan(std::string* d) {
 }
 
 bool ProbeSoftDirty(std::string* d) {
-  char* p = static_cast<char*>(mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  char* p = static_cast<char*>(
+      mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
   p[0] = 1;
   auto w = fs::WriteFile("/proc/self/clear_refs", "4");
   p[0] = 2;
@@ -134,8 +138,10 @@ bool ProbeSoftDirty(std::string* d) {
   pread(fd, &e, 8, reinterpret_cast<uint64_t>(p) / 4096 * 8);
   close(fd);
   munmap(p, 4096);
-  if (!w.ok()) *d = w.error().to_string();
-  else if (!(e & (1ULL << 55))) *d = "bit 55 stays 0 (CONFIG_MEM_SOFT_DIRTY off); godwit uses userfaultfd WP instead";
+  if (!w.ok())
+    *d = w.error().to_string();
+  else if (!(e & (1ULL << 55)))
+    *d = "bit 55 stays 0 (CONFIG_MEM_SOFT_DIRTY off); godwit uses userfaultfd WP instead";
   return w.ok() && (e & (1ULL << 55));
 }
 
@@ -146,8 +152,10 @@ bool ProbePidfdGetfd(std::string* d) {
     return false;
   }
   int fd = syscall(SYS_pidfd_getfd, pfd, 0, 0);
-  if (fd < 0) *d = strerror(errno);
-  else close(fd);
+  if (fd < 0)
+    *d = strerror(errno);
+  else
+    close(fd);
   close(pfd);
   return fd >= 0;
 }
@@ -162,11 +170,14 @@ bool ProbeTcpRepair(std::string* d) {
 }
 
 bool ProbePrSetMmMap(std::string* d) {
-  // PR_SET_MM_MAP_SIZE answers whether the PR_SET_MM_MAP interface exists (CONFIG_CHECKPOINT_RESTORE).
+  // PR_SET_MM_MAP_SIZE answers whether the PR_SET_MM_MAP interface exists
+  // (CONFIG_CHECKPOINT_RESTORE).
   unsigned int size = 0;
   bool ok = syscall(SYS_prctl, 35 /*PR_SET_MM*/, 15 /*PR_SET_MM_MAP_SIZE*/, &size, 0, 0) == 0;
-  if (!ok) *d = strerror(errno);
-  else *d = StrFormat("struct prctl_mm_map is %u bytes", size);
+  if (!ok)
+    *d = strerror(errno);
+  else
+    *d = StrFormat("struct prctl_mm_map is %u bytes", size);
   return ok;
 }
 
@@ -178,7 +189,8 @@ bool ProbeMapFiles(std::string* d) {
 
 const Feature kFeatures[] = {
     {"clone3_set_tid", true, "restore pids and tids (clone3 set_tid)", ProbeClone3SetTid},
-    {"ptrace_rseq_config", true, "dump rseq registrations (PTRACE_GET_RSEQ_CONFIGURATION)", ProbeRseqConfig},
+    {"ptrace_rseq_config", true, "dump rseq registrations (PTRACE_GET_RSEQ_CONFIGURATION)",
+     ProbeRseqConfig},
     {"pr_set_mm_map", true, "restore mm fields (PR_SET_MM_MAP)", ProbePrSetMmMap},
     {"map_files", true, "shared memory contents (/proc/PID/map_files)", ProbeMapFiles},
     {"pidfd_getfd", true, "take fds out of a frozen process", ProbePidfdGetfd},
@@ -218,7 +230,10 @@ int CheckCmd(Global& g, const std::vector<std::string>& args) {
     for (const auto& f : kFeatures) {
       std::string detail;
       bool ok = f.probe(&detail);
-      feats.push_back({{"name", f.name}, {"ok", ok}, {"required", f.required}, {"what", f.what},
+      feats.push_back({{"name", f.name},
+                       {"ok", ok},
+                       {"required", f.required},
+                       {"what", f.what},
                        {"detail", detail}});
     }
     unsigned a, b, c, d;
@@ -243,8 +258,9 @@ int CheckCmd(Global& g, const std::vector<std::string>& args) {
              f["detail"].get<std::string>().c_str());
     }
     printf("xsave area: %u bytes\n", out["xsave_size"].get<uint32_t>());
-    printf("%s%s\n", all_required ? "godwit can checkpoint and restore on this kernel"
-                                  : "MISSING features godwit needs",
+    printf("%s%s\n",
+           all_required ? "godwit can checkpoint and restore on this kernel"
+                        : "MISSING features godwit needs",
            cached ? " (cached; --force to probe again)" : "");
   }
   return all_required ? 0 : static_cast<int>(ErrorKind::kUnsupported);

@@ -4,7 +4,6 @@
 
 #include <cstdio>
 #include <cstdlib>
-
 #include <nlohmann/json.hpp>
 
 #include "cli/command.h"
@@ -32,7 +31,8 @@ int DumpCmd(Global& g, const std::vector<std::string>& args) {
   o.pid = atoi(pa->get("pid").c_str());
   o.images_dir = pa->get("images-dir");
   if (o.pid <= 0 || o.images_dir.empty())
-    return ReportError(g, "dump", MakeError(ErrorKind::kUsage, 0, "need --pid PID and --images-dir DIR"));
+    return ReportError(g, "dump",
+                       MakeError(ErrorKind::kUsage, 0, "need --pid PID and --images-dir DIR"));
   o.leave_running = pa->has("leave-running");
   o.shell_job = pa->has("shell-job");
   o.tcp_established = pa->has("tcp-established");
@@ -41,7 +41,8 @@ int DumpCmd(Global& g, const std::vector<std::string>& args) {
   std::string c = pa->get("compress");
   if (!c.empty()) {
     if (c.rfind("zstd", 0) != 0)
-      return ReportError(g, "dump", MakeError(ErrorKind::kUsage, 0, "--compress: only zstd[:LEVEL]"));
+      return ReportError(g, "dump",
+                         MakeError(ErrorKind::kUsage, 0, "--compress: only zstd[:LEVEL]"));
     o.compression = images::Compression::kZstd;
     if (c.size() > 5 && c[4] == ':') o.zstd_level = atoi(c.c_str() + 5);
   }
@@ -71,7 +72,8 @@ int DumpCmd(Global& g, const std::vector<std::string>& args) {
                         {"pre_dump_rounds", o.pre_rounds},
                         {"pre_dump_bytes", s.pre_bytes},
                         {"pre_dump_round_bytes", s.round_bytes},
-                        {"pre_dump_ms", s.pre_ms}};
+                        {"pre_dump_ms", s.pre_ms},
+                        {"stored_raw_incompressible", s.incompressible}};
     nlohmann::json fds = nlohmann::json::object();
     for (const auto& [k, n] : s.fd_counts) fds[k] = n;
     j["fds"] = fds;
@@ -79,12 +81,13 @@ int DumpCmd(Global& g, const std::vector<std::string>& args) {
   } else {
     printf("dumped %d process(es) (%d zombie), %d thread(s), %llu VMAs into %s\n", s.processes,
            s.zombies, s.threads, static_cast<unsigned long long>(s.vmas), o.images_dir.c_str());
-    printf("  pages: %llu stored (%.1f MiB, %.1f MiB in the image), %llu zero and %llu unwritten "
-           "file pages skipped, %llu shared-memory pages\n",
-           static_cast<unsigned long long>(s.pages_dumped), s.bytes_logical / 1048576.0,
-           s.bytes_stored / 1048576.0, static_cast<unsigned long long>(s.pages_zero),
-           static_cast<unsigned long long>(s.pages_file),
-           static_cast<unsigned long long>(s.shmem_pages));
+    printf(
+        "  pages: %llu stored (%.1f MiB, %.1f MiB in the image), %llu zero and %llu unwritten "
+        "file pages skipped, %llu shared-memory pages\n",
+        static_cast<unsigned long long>(s.pages_dumped), s.bytes_logical / 1048576.0,
+        s.bytes_stored / 1048576.0, static_cast<unsigned long long>(s.pages_zero),
+        static_cast<unsigned long long>(s.pages_file),
+        static_cast<unsigned long long>(s.shmem_pages));
     if (o.pre_rounds > 0)
       printf("  pre-dump: %d round(s) while running, %.1f MiB in %.1f ms\n", o.pre_rounds,
              s.pre_bytes / 1048576.0, s.pre_ms);

@@ -102,6 +102,18 @@ void PrintHuman(const nlohmann::json& out) {
     }
     if (f.contains("error")) printf("      error: %s\n", f["error"].get<std::string>().c_str());
   }
+  uint64_t files = 0, bytes = 0, logical = 0, stored = 0;
+  for (const auto& f : out["files"]) {
+    files++;
+    if (f.contains("size")) bytes += U64(f["size"]);
+    if (f.contains("logical_bytes")) logical += U64(f["logical_bytes"]);
+    if (f.contains("stored_bytes")) stored += U64(f["stored_bytes"]);
+  }
+  printf("total: %llu files, %s", static_cast<unsigned long long>(files), Bytes(bytes).c_str());
+  if (stored)
+    printf("; blobs %s logical in %s (ratio %.2f)", Bytes(logical).c_str(), Bytes(stored).c_str(),
+           static_cast<double>(logical) / stored);
+  printf("\n");
   if (!out["damage"].empty()) {
     printf("damage:\n");
     for (const auto& d : out["damage"]) printf("  %s\n", d.get<std::string>().c_str());

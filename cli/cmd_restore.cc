@@ -6,7 +6,6 @@
 
 #include <cstdio>
 #include <cstdlib>
-
 #include <nlohmann/json.hpp>
 
 #include "cli/command.h"
@@ -44,8 +43,11 @@ int RestoreCmd(Global& g, const std::vector<std::string>& args) {
     // fd[N]:KEY
     int n = -1;
     size_t colon = s.find(':');
-    if (s.rfind("fd[", 0) != 0 || colon == std::string::npos || sscanf(s.c_str(), "fd[%d]", &n) != 1)
-      return ReportError(g, "restore", MakeError(ErrorKind::kUsage, 0, "--inherit-fd %s: want fd[N]:KEY", s.c_str()));
+    if (s.rfind("fd[", 0) != 0 || colon == std::string::npos ||
+        sscanf(s.c_str(), "fd[%d]", &n) != 1)
+      return ReportError(
+          g, "restore",
+          MakeError(ErrorKind::kUsage, 0, "--inherit-fd %s: want fd[N]:KEY", s.c_str()));
     o.inherit_fds.push_back({n, s.substr(colon + 1)});
   }
   if (isatty(STDERR_FILENO) && !g.json) o.progress = Progress;

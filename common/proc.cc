@@ -109,7 +109,8 @@ Result<std::vector<pid_t>> ListTasks(pid_t pid) {
   std::string path = StrFormat("/proc/%d/task", pid);
   DIR* d = opendir(path.c_str());
   if (d == nullptr) {
-    if (errno == ENOENT) return MakeError(ErrorKind::kNotFound, ESRCH, "process %d does not exist", pid);
+    if (errno == ENOENT)
+      return MakeError(ErrorKind::kNotFound, ESRCH, "process %d does not exist", pid);
     return Errno("opendir %s", path.c_str());
   }
   std::vector<pid_t> out;
@@ -131,6 +132,18 @@ Result<std::vector<pid_t>> ListChildren(pid_t pid, pid_t tid) {
   std::vector<pid_t> out;
   for (const auto& s : fs::Split(fs::Trim(text), ' '))
     if (!s.empty()) out.push_back(atoi(s.c_str()));
+  return out;
+}
+
+Result<std::vector<pid_t>> ReadNsPids(pid_t pid, pid_t tid) {
+  ASSIGN_OR_RETURN(std::string text, ReadProc(StrFormat("/proc/%d/task/%d/status", pid, tid), tid));
+  size_t at = text.find("\nNSpid:");
+  std::vector<pid_t> out;
+  if (at == std::string::npos) return out;
+  size_t end = text.find('\n', at + 1);
+  for (const auto& s : fs::Split(text.substr(at + 7, end - at - 7), '\t'))
+    for (const auto& t : fs::Split(s, ' '))
+      if (!fs::Trim(t).empty()) out.push_back(atoi(t.c_str()));
   return out;
 }
 

@@ -46,4 +46,7 @@ Result<std::vector<pid_t>> ListTasks(pid_t pid);
 // Children of one thread (/proc/PID/task/TID/children).
 Result<std::vector<pid_t>> ListChildren(pid_t pid, pid_t tid);
 
+// The NSpid line of /proc/PID/task/TID/status: the id in each pid namespace, outermost first.
+Result<std::vector<pid_t>> ReadNsPids(pid_t pid, pid_t tid);
+
 }  // namespace godwit::proc

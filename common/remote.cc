@@ -141,10 +141,13 @@ Result<std::unique_ptr<Remote>> Remote::Create(pid_t pid, pid_t tid, const Optio
   if (insn == 0) {
     ASSIGN_OR_RETURN(insn, FindSyscallInVdso(pid));
   }
-  uint64_t args[6] = {opts.at, r->size_, PROT_READ | PROT_WRITE | PROT_EXEC,
-                      static_cast<uint64_t>(MAP_PRIVATE | MAP_ANONYMOUS |
-                                            (opts.at ? MAP_FIXED_NOREPLACE : 0)),
-                      static_cast<uint64_t>(-1), 0};
+  uint64_t args[6] = {
+      opts.at,
+      r->size_,
+      PROT_READ | PROT_WRITE | PROT_EXEC,
+      static_cast<uint64_t>(MAP_PRIVATE | MAP_ANONYMOUS | (opts.at ? MAP_FIXED_NOREPLACE : 0)),
+      static_cast<uint64_t>(-1),
+      0};
   ASSIGN_OR_RETURN(long addr, r->Inject(tid, SYS_mmap, args, insn, false));
   if (addr < 0 && addr > -4096)
     return MakeError(ErrorKind::kGeneric, static_cast<int>(-addr),
@@ -197,7 +200,8 @@ Result<long> Remote::Inject(pid_t tid, long nr, const uint64_t args[6], uint64_t
     if (sig == SIGTRAP && int3) break;
     // An unrelated signal arrived for this thread: it stays undelivered (we resume with 0); the
     // tree is frozen, so such a signal can only come from outside during the dump.
-    LOG_WARN("pid %d tid %d: signal %d arrived during an injected syscall; dropped", pid_, tid, sig);
+    LOG_WARN("pid %d tid %d: signal %d arrived during an injected syscall; dropped", pid_, tid,
+             sig);
   }
   ASSIGN_OR_RETURN(user_regs_struct out, GetRegs(tid));
   return static_cast<long>(out.rax);
@@ -260,7 +264,8 @@ Result<void> Remote::Unmap(bool restore_regs) {
   // thread stops at syscall exit, before it would return into the hole.
   uint64_t args[6] = {area_, size_, 0, 0, 0, 0};
   ASSIGN_OR_RETURN(long ret, Inject(tid_, SYS_munmap, args, area_, false));
-  if (ret != 0) return MakeError(ErrorKind::kGeneric, static_cast<int>(-ret), "munmap scratch in %d", pid_);
+  if (ret != 0)
+    return MakeError(ErrorKind::kGeneric, static_cast<int>(-ret), "munmap scratch in %d", pid_);
   mapped_ = false;
   if (restore_regs) {
     for (auto& [tid, regs] : saved_) {

@@ -53,8 +53,8 @@ void PrepareSyscallRestart(user_regs_struct* regs, bool live);
 class Remote {
  public:
   struct Options {
-    uint64_t at = 0;              // address of the area (MAP_FIXED_NOREPLACE); 0: kernel chooses
-    size_t size = 256 * 1024;     // whole area, code included
+    uint64_t at = 0;                 // address of the area (MAP_FIXED_NOREPLACE); 0: kernel chooses
+    size_t size = 256 * 1024;        // whole area, code included
     uint64_t bootstrap_syscall = 0;  // a `syscall` instruction in the target; 0: search [vdso]
   };
   // pid's thread tid must be ptrace-stopped by the caller.
@@ -62,8 +62,8 @@ class Remote {
   ~Remote();
 
   // Runs syscall nr in the main thread (tid given to Create) or in another stopped thread.
-  Result<long> Syscall(long nr, uint64_t a0 = 0, uint64_t a1 = 0, uint64_t a2 = 0,
-                       uint64_t a3 = 0, uint64_t a4 = 0, uint64_t a5 = 0);
+  Result<long> Syscall(long nr, uint64_t a0 = 0, uint64_t a1 = 0, uint64_t a2 = 0, uint64_t a3 = 0,
+                       uint64_t a4 = 0, uint64_t a5 = 0);
   Result<long> SyscallIn(pid_t tid, long nr, uint64_t a0 = 0, uint64_t a1 = 0, uint64_t a2 = 0,
                          uint64_t a3 = 0, uint64_t a4 = 0, uint64_t a5 = 0);
   // The kernel's return value as is (-errno on failure); Error only if ptrace failed.

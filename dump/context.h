@@ -51,20 +51,21 @@ struct DumpStats {
   int zombies = 0;
   int threads = 0;
   uint64_t vmas = 0;
-  uint64_t pages_dumped = 0;    // private pages stored
-  uint64_t pages_zero = 0;      // present but the zero page: not stored
-  uint64_t pages_file = 0;      // private file pages never written: not stored
-  uint64_t shmem_pages = 0;     // pages of shared memory objects stored
-  uint64_t bytes_logical = 0;   // page bytes before compression
-  uint64_t bytes_stored = 0;    // page bytes in the image
+  uint64_t pages_dumped = 0;   // private pages stored
+  uint64_t pages_zero = 0;     // present but the zero page: not stored
+  uint64_t pages_file = 0;     // private file pages never written: not stored
+  uint64_t shmem_pages = 0;    // pages of shared memory objects stored
+  uint64_t bytes_logical = 0;  // page bytes before compression
+  uint64_t bytes_stored = 0;   // page bytes in the image
   uint64_t remote_calls = 0;
-  double freeze_ms = 0;         // seizing the whole tree
-  double frozen_ms = 0;         // from the first thread stopped until the tree resumed or died
-  double memdump_ms = 0;        // reading pages
+  double freeze_ms = 0;   // seizing the whole tree
+  double frozen_ms = 0;   // from the first thread stopped until the tree resumed or died
+  double memdump_ms = 0;  // reading pages
   double total_ms = 0;
-  uint64_t pre_bytes = 0;       // copied by pre-dump rounds while the tree ran
+  uint64_t pre_bytes = 0;  // copied by pre-dump rounds while the tree ran
   double pre_ms = 0;
   std::vector<uint64_t> round_bytes;  // per pre-dump round
+  std::vector<pid_t> incompressible;  // --compress zstd, but a sample did not compress: raw
   std::vector<std::pair<std::string, int>> fd_counts;
 };
 
@@ -93,6 +94,8 @@ struct DumpContext {
   // Pre-dump: a dirty tracker per process and the rounds' page maps.
   std::map<pid_t, std::unique_ptr<DirtyTracker>> trackers;
   std::map<pid_t, std::vector<img::PageMap>> pre_maps;
+  // Page blobs created (and their space reserved) before the freeze, by pid.
+  std::map<pid_t, std::unique_ptr<images::BlobWriter>> page_blobs;
   // Every process handle (so a failure can release all remotes).
   std::vector<std::unique_ptr<ProcessDump>> procs;
 

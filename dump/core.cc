@@ -11,6 +11,7 @@
 
 #include "common/fs.h"
 #include "common/log.h"
+#include "common/proc.h"
 #include "dump/core_regs.h"
 #include "dump/steps.h"
 #include "proto/core.pb.h"
@@ -35,7 +36,8 @@ Result<void> PeekSigInfo(pid_t tid, bool shared,
   } args = {0, shared ? 1u : 0u, 32};
   siginfo_t infos[32];
   for (;;) {
-    long n = ptrace(static_cast<__ptrace_request>(0x4209 /* PTRACE_PEEKSIGINFO */), tid, &args, infos);
+    long n =
+        ptrace(static_cast<__ptrace_request>(0x4209 /* PTRACE_PEEKSIGINFO */), tid, &args, infos);
     if (n < 0) return Errno("PTRACE_PEEKSIGINFO %d", tid);
     for (long i = 0; i < n; ++i) {
       auto* s = out->Add();
@@ -82,6 +84,8 @@ Result<void> DumpCore(DumpContext& ctx, ProcessDump& p) {
       t->mutable_rseq()->set_sig(rc.signature);
     }
     TRY(PeekSigInfo(tid, false, t->mutable_pending()));
+    if (auto ns = proc::ReadNsPids(p.pid, tid); ns.ok() && ns->size() > 1)
+      for (pid_t n : *ns) t->add_ns_tids(n);
     auto comm = fs::ReadFile(StrFormat("/proc/%d/task/%d/comm", p.pid, tid));
     if (comm.ok()) t->set_comm(fs::Trim(*comm));
   }

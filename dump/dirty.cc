@@ -41,8 +41,8 @@ bool Trackable(const proc::MapsEntry& m) {
 
 }  // namespace
 
-Result<std::unique_ptr<DirtyTracker>> DirtyTracker::Start(pid_t pid, remote::Remote* r,
-                                                          const std::vector<proc::MapsEntry>& vmas) {
+Result<std::unique_ptr<DirtyTracker>> DirtyTracker::Start(
+    pid_t pid, remote::Remote* r, const std::vector<proc::MapsEntry>& vmas) {
   std::unique_ptr<DirtyTracker> t(new DirtyTracker());
   t->pid_ = pid;
   ASSIGN_OR_RETURN(long tfd, r->Syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));
@@ -104,7 +104,8 @@ Result<void> DirtyTracker::CollectDirty(std::vector<PageRange>* out) {
       a.return_mask = kPageIsWritten;
       long n = ioctl(pagemap_.get(), GODWIT_PAGEMAP_SCAN, &a);
       if (n < 0) {
-        if (errno == ESRCH) return MakeError(ErrorKind::kNotFound, ESRCH, "process %d exited", pid_);
+        if (errno == ESRCH)
+          return MakeError(ErrorKind::kNotFound, ESRCH, "process %d exited", pid_);
         // A tracked range may have been unmapped or changed since Start: skip it.
         if (errno == EINVAL || errno == EFAULT || errno == ENOENT) break;
         return Errno("PAGEMAP_SCAN pid %d at %#lx", pid_, static_cast<unsigned long>(at));
@@ -121,7 +122,8 @@ Result<void> DirtyTracker::CollectDirty(std::vector<PageRange>* out) {
       at = a.walk_end;
     }
   }
-  std::sort(out->begin(), out->end(), [](const PageRange& x, const PageRange& y) { return x.addr < y.addr; });
+  std::sort(out->begin(), out->end(),
+            [](const PageRange& x, const PageRange& y) { return x.addr < y.addr; });
   return Ok();
 }
 
@@ -139,8 +141,10 @@ std::vector<PageRange> Intersect(const std::vector<PageRange>& a, const std::vec
     uint64_t bs = b[j].addr, be = bs + b[j].npages * kPage;
     uint64_t s = std::max(as, bs), e = std::min(ae, be);
     if (s < e) out.push_back({s, (e - s) / kPage});
-    if (ae < be) ++i;
-    else ++j;
+    if (ae < be)
+      ++i;
+    else
+      ++j;
   }
   return out;
 }

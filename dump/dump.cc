@@ -1,11 +1,17 @@
 #include "dump/dump.h"
 
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
+#include <zstd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <set>
 
+#include "common/fs.h"
 #include "common/log.h"
 #include "common/proc.h"
 #include "common/scope_exit.h"
@@ -90,6 +96,76 @@ Result<void> PreRounds(DumpContext& ctx) {
   return Ok();
 }
 
+// Would zstd shrink pid's memory? Compresses up to 64 present pages (pagemap-guided, so nothing
+// is faulted in) spread over its largest private writable mappings. Random or already compressed
+// data is then stored raw: compressing it costs frozen time and saves nothing.
+bool SampleCompresses(pid_t pid) {
+  auto maps = proc::ReadMaps(pid);
+  if (!maps.ok()) return true;
+  auto pm = fs::Open(StrFormat("/proc/%d/pagemap", pid), O_RDONLY);
+  if (!pm.ok()) return true;
+  std::vector<char> sample;
+  std::vector<char> page(4096);
+  auto eligible = [](const proc::MapsEntry& m) {
+    return !m.shared && (m.prot & PROT_WRITE) && (m.prot & PROT_READ);
+  };
+  uint64_t total = 0;
+  for (const auto& m : *maps)
+    if (eligible(m)) total += (m.end - m.start) / 4096;
+  if (total == 0) return true;
+  // Samples in proportion to each mapping's size: the big ones decide.
+  for (const auto& m : *maps) {
+    if (!eligible(m)) continue;
+    uint64_t npages = (m.end - m.start) / 4096;
+    uint64_t want = 64 * npages / total;
+    if (want == 0) continue;
+    uint64_t step = std::max<uint64_t>(1, npages / want);
+    for (uint64_t i = 0; i < npages; i += step) {
+      uint64_t a = m.start + i * 4096, e = 0;
+      if (pread(pm->get(), &e, 8, a / 4096 * 8) != 8 || !(e & (1ULL << 63))) continue;
+      iovec l{page.data(), 4096}, r{reinterpret_cast<void*>(a), 4096};
+      if (process_vm_readv(pid, &l, 1, &r, 1, 0) != 4096) continue;
+      sample.insert(sample.end(), page.begin(), page.end());
+    }
+  }
+  if (sample.size() < 8 * 4096) return true;  // too little to judge: let zstd decide per chunk
+  std::vector<char> out(ZSTD_compressBound(sample.size()));
+  size_t z = ZSTD_compress(out.data(), out.size(), sample.data(), sample.size(), 1);
+  if (ZSTD_isError(z)) return true;
+  return z < sample.size() * 9 / 10;
+}
+
+// Before the freeze: create each process's page blob and reserve the space its anonymous memory
+// will take (allocating tmpfs pages is most of the cost of writing them). A racy walk of the tree
+// is fine: this is only an estimate.
+void ReservePageBlobs(DumpContext& ctx) {
+  std::vector<pid_t> todo{ctx.opts.pid};
+  std::set<pid_t> seen;
+  while (!todo.empty()) {
+    pid_t pid = todo.back();
+    todo.pop_back();
+    if (!seen.insert(pid).second) continue;
+    auto tasks = proc::ListTasks(pid);
+    if (!tasks.ok()) continue;
+    for (pid_t t : *tasks) {
+      auto kids = proc::ListChildren(pid, t);
+      if (kids.ok()) todo.insert(todo.end(), kids->begin(), kids->end());
+    }
+    auto status = fs::ReadFile(StrFormat("/proc/%d/status", pid));
+    if (!status.ok()) continue;
+    size_t at = status->find("RssAnon:");
+    if (at == std::string::npos) continue;  // a zombie
+    uint64_t kb = strtoull(status->c_str() + at + 8, nullptr, 10);
+    bool raw = ctx.opts.compression == images::Compression::kZstd && !SampleCompresses(pid);
+    if (raw) ctx.stats.incompressible.push_back(pid);
+    auto blob = OpenPageBlob(ctx, pid, raw);
+    if (!blob.ok()) continue;
+    auto r = blob->Reserve(kb * 1024 + (kb * 1024) / 64);
+    if (!r.ok()) LOG_DEBUG("reserve pages of %d: %s", pid, r.error().to_string().c_str());
+    ctx.page_blobs[pid] = std::make_unique<images::BlobWriter>(std::move(*blob));
+  }
+}
+
 }  // namespace
 
 DumpContext::~DumpContext() = default;
@@ -137,6 +213,7 @@ Result<DumpStats> Dump(const DumpOptions& opts) {
     sink->Abort();
   });
 
+  if (opts.pre_rounds == 0 && !getenv("GODWIT_NO_RESERVE")) ReservePageBlobs(ctx);
   auto t_freeze = Clock::now();
   TRY_CTX(FreezeTree(opts.pid, &frozen), "freeze tree of %d", opts.pid);
   auto t_frozen = Clock::now();
@@ -166,7 +243,16 @@ Result<DumpStats> Dump(const DumpOptions& opts) {
   for (auto& p : ctx.procs) {
     for (const auto& step : ProcessSteps()) {
       LOG_DEBUG("dump pid %d: %s", p->pid, step.name);
-      TRY_CTX(step.fn(ctx, *p), "dump pid %d: %s", p->pid, step.name);
+      auto r = step.fn(ctx, *p);
+      if (!r.ok()) {
+        // A member that died meanwhile shows up as ESRCH somewhere inside a step: say so.
+        auto st = proc::ReadStat(p->pid);
+        if (!st.ok() || st->state == 'Z' || st->state == 'X')
+          return MakeError(ErrorKind::kNotFound, ESRCH,
+                           "process %d exited during the dump (in step %s: %s)", p->pid, step.name,
+                           r.error().to_string().c_str());
+        return std::move(r.error().wrap(StrFormat("dump pid %d: %s", p->pid, step.name)));
+      }
     }
   }
   if (ctx.fds) {
@@ -178,6 +264,9 @@ Result<DumpStats> Dump(const DumpOptions& opts) {
     for (const auto& o : ctx.shmem) TRY(w.Write(o));
     TRY(w.Close());
   }
+  // Blobs reserved for processes that turned out not to be live members of the tree.
+  for (auto& [pid, b] : ctx.page_blobs) TRY(b->Close());
+  ctx.page_blobs.clear();
   for (auto& p : ctx.procs) {
     if (!p->remote) continue;
     ctx.stats.remote_calls += p->remote->calls();

@@ -36,8 +36,8 @@ Result<img::VmaKind> Classify(const proc::MapsEntry& m, pid_t pid) {
   if (m.shared) {
     if (shm_like) return img::VMA_SHMEM;
     if (m.inode == 0)
-      return MakeError(ErrorKind::kUnsupported, 0, "pid %d: shared mapping %#lx-%#lx of %s",
-                       pid, static_cast<unsigned long>(m.start), static_cast<unsigned long>(m.end),
+      return MakeError(ErrorKind::kUnsupported, 0, "pid %d: shared mapping %#lx-%#lx of %s", pid,
+                       static_cast<unsigned long>(m.start), static_cast<unsigned long>(m.end),
                        m.path.c_str());
     return img::VMA_FILE_SHARED;
   }
@@ -56,8 +56,7 @@ double MsSince(std::chrono::steady_clock::time_point t) {
 
 }  // namespace
 
-Result<void> DumpShmemObject(DumpContext& ctx, pid_t pid, const proc::MapsEntry& m,
-                             img::Vma* vma) {
+Result<void> DumpShmemObject(DumpContext& ctx, pid_t pid, const proc::MapsEntry& m, img::Vma* vma) {
   uint64_t dev = (static_cast<uint64_t>(m.dev_major) << 32) | m.dev_minor;
   auto key = std::make_pair(dev, m.inode);
   auto it = ctx.shmem_ids.find(key);
@@ -68,8 +67,9 @@ Result<void> DumpShmemObject(DumpContext& ctx, pid_t pid, const proc::MapsEntry&
   uint64_t id = ctx.next_shmem_id++;
   ctx.shmem_ids[key] = id;
   vma->set_shmem_id(id);
-  std::string link = StrFormat("/proc/%d/map_files/%lx-%lx", pid, static_cast<unsigned long>(m.start),
-                               static_cast<unsigned long>(m.end));
+  std::string link =
+      StrFormat("/proc/%d/map_files/%lx-%lx", pid, static_cast<unsigned long>(m.start),
+                static_cast<unsigned long>(m.end));
   ASSIGN_OR_RETURN(UniqueFd fd, fs::Open(link, O_RDONLY));
   struct stat st;
   if (fstat(fd.get(), &st) < 0) return Errno("stat %s", link.c_str());
@@ -79,7 +79,8 @@ Result<void> DumpShmemObject(DumpContext& ctx, pid_t pid, const proc::MapsEntry&
   obj.set_dev(dev);
   obj.set_inode(m.inode);
   obj.set_name(m.path);
-  obj.set_sysv_shmid(-1);
+  // A SysV segment's inode number is its shmid: restore re-attaches the segment when it exists.
+  obj.set_sysv_shmid(StartsWith(m.path, "/SYSV") ? static_cast<int32_t>(m.inode) : -1);
   obj.set_blob(StrFormat("shmem-%lu.img", static_cast<unsigned long>(id)));
   // Allocated ranges only (SEEK_DATA/SEEK_HOLE on shmem).
   std::vector<PageRange> ranges;
@@ -90,13 +91,16 @@ Result<void> DumpShmemObject(DumpContext& ctx, pid_t pid, const proc::MapsEntry&
     off_t h = lseek(fd.get(), d, SEEK_HOLE);
     if (h < 0) h = size;
     d &= ~static_cast<off_t>(kPage - 1);
-    h = std::min<off_t>((h + kPage - 1) & ~static_cast<off_t>(kPage - 1), (size + kPage - 1) & ~static_cast<off_t>(kPage - 1));
+    h = std::min<off_t>((h + kPage - 1) & ~static_cast<off_t>(kPage - 1),
+                        (size + kPage - 1) & ~static_cast<off_t>(kPage - 1));
     ranges.push_back({static_cast<uint64_t>(d), static_cast<uint64_t>(h - d) / kPage});
     off = h;
   }
   uint64_t total = 0;
   for (auto& r : ranges) total += r.npages * kPage;
-  ASSIGN_OR_RETURN(images::BlobWriter blob, images::BlobWriter::Create(*ctx.sink, obj.blob(), ctx.opts.compression, ctx.opts.zstd_level));
+  ASSIGN_OR_RETURN(
+      images::BlobWriter blob,
+      images::BlobWriter::Create(*ctx.sink, obj.blob(), ctx.opts.compression, ctx.opts.zstd_level));
   {
     PageWriter w(&blob, pid, fd.get(), total);
     for (auto& r : ranges) TRY(w.Add(r.addr, r.addr, r.npages, true));
@@ -109,6 +113,16 @@ Result<void> DumpShmemObject(DumpContext& ctx, pid_t pid, const proc::MapsEntry&
   ctx.stats.bytes_stored += blob.stored_size();
   ctx.shmem.push_back(std::move(obj));
   return Ok();
+}
+
+Result<images::BlobWriter> OpenPageBlob(DumpContext& ctx, pid_t pid, bool raw) {
+  images::Compression c = raw ? images::Compression::kNone : ctx.opts.compression;
+  ASSIGN_OR_RETURN(images::BlobWriter b,
+                   images::BlobWriter::Create(*ctx.sink, StrFormat("pages-%d.img", pid), c,
+                                              ctx.opts.zstd_level));
+  // zstd is the bottleneck of a compressed dump: a second compressing thread.
+  if (c == images::Compression::kZstd) TRY(b.SetThreads(2));
+  return b;
 }
 
 Result<void> DumpMm(DumpContext& ctx, ProcessDump& p) {
@@ -171,7 +185,8 @@ Result<void> DumpMm(DumpContext& ctx, ProcessDump& p) {
     }
     if (kind != img::VMA_ANON_PRIVATE && kind != img::VMA_FILE_PRIVATE) continue;
     bool covered = tracker && tracker->Covers(m.start, m.end);
-    auto& dst = (m.prot & PROT_READ) ? (covered ? r_cov : readable) : (covered ? u_cov : unreadable);
+    auto& dst =
+        (m.prot & PROT_READ) ? (covered ? r_cov : readable) : (covered ? u_cov : unreadable);
     TRY(source->Collect(m.start, m.end, kind == img::VMA_FILE_PRIVATE, &dst, &counts));
   }
   ctx.stats.vmas += mm.vmas_size();
@@ -216,7 +231,15 @@ Result<void> DumpMm(DumpContext& ctx, ProcessDump& p) {
   uint64_t total = 0;
   for (auto& x : readable) total += x.npages * kPage;
   for (auto& x : unreadable) total += x.npages * kPage;
-  ASSIGN_OR_RETURN(images::BlobWriter blob, images::BlobWriter::Create(*ctx.sink, pm.blob(), ctx.opts.compression, ctx.opts.zstd_level));
+  std::unique_ptr<images::BlobWriter> blob_owner;
+  if (auto it = ctx.page_blobs.find(pid); it != ctx.page_blobs.end()) {
+    blob_owner = std::move(it->second);
+    ctx.page_blobs.erase(it);
+  } else {
+    ASSIGN_OR_RETURN(images::BlobWriter b, OpenPageBlob(ctx, pid));
+    blob_owner = std::make_unique<images::BlobWriter>(std::move(b));
+  }
+  images::BlobWriter& blob = *blob_owner;
   UniqueFd mem;
   if (!unreadable.empty()) {
     ASSIGN_OR_RETURN(mem, fs::Open(StrFormat("/proc/%d/mem", pid), O_RDONLY));
@@ -227,8 +250,8 @@ Result<void> DumpMm(DumpContext& ctx, ProcessDump& p) {
     size_t i = 0, j = 0;
     uint64_t done = 0;
     while (i < readable.size() || j < unreadable.size()) {
-      bool take_r = j >= unreadable.size() ||
-                    (i < readable.size() && readable[i].addr < unreadable[j].addr);
+      bool take_r =
+          j >= unreadable.size() || (i < readable.size() && readable[i].addr < unreadable[j].addr);
       const PageRange& x = take_r ? readable[i++] : unreadable[j++];
       TRY(w.Add(x.addr, x.addr, x.npages, !take_r));
       done += x.npages * kPage;
@@ -243,7 +266,8 @@ Result<void> DumpMm(DumpContext& ctx, ProcessDump& p) {
   ctx.stats.bytes_stored += blob.stored_size();
   ctx.stats.memdump_ms += MsSince(t0);
   // Rounds in order; restore applies them in order, so later pages win.
-  ASSIGN_OR_RETURN(images::ImageWriter pw, images::ImageWriter::Create(*ctx.sink, StrFormat("pagemap-%d.img", pid)));
+  ASSIGN_OR_RETURN(images::ImageWriter pw,
+                   images::ImageWriter::Create(*ctx.sink, StrFormat("pagemap-%d.img", pid)));
   for (const auto& e : earlier) TRY(pw.Write(e));
   TRY(pw.Write(pm));
   return pw.Close();

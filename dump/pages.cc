@@ -47,7 +47,8 @@ std::vector<proc::MapsEntry> WithoutRange(const std::vector<proc::MapsEntry>& ma
 
 std::vector<PageRange> MergeRanges(std::vector<PageRange> a, const std::vector<PageRange>& b) {
   a.insert(a.end(), b.begin(), b.end());
-  std::sort(a.begin(), a.end(), [](const PageRange& x, const PageRange& y) { return x.addr < y.addr; });
+  std::sort(a.begin(), a.end(),
+            [](const PageRange& x, const PageRange& y) { return x.addr < y.addr; });
   return a;
 }
 
@@ -79,7 +80,8 @@ Result<void> PresentPages::Collect(uint64_t start, uint64_t end, bool private_fi
     uint64_t n = std::min<uint64_t>((end - addr) / kPage, kSlice);
     size_t want = n * 8;
     ssize_t got = pread(pagemap_.get(), buf_.data(), want, addr / kPage * 8);
-    if (got != static_cast<ssize_t>(want)) return Errno("read pagemap at %#lx", static_cast<unsigned long>(addr));
+    if (got != static_cast<ssize_t>(want))
+      return Errno("read pagemap at %#lx", static_cast<unsigned long>(addr));
     for (uint64_t i = 0; i < n; ++i) {
       uint64_t e = buf_[i];
       bool take = false;

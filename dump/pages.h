@@ -48,8 +48,8 @@ class PageSource {
 class PresentPages : public PageSource {
  public:
   static Result<std::unique_ptr<PresentPages>> Open(pid_t pid, uint64_t zero_pfn);
-  Result<void> Collect(uint64_t start, uint64_t end, bool private_file,
-                       std::vector<PageRange>* out, PageCounts* counts) override;
+  Result<void> Collect(uint64_t start, uint64_t end, bool private_file, std::vector<PageRange>* out,
+                       PageCounts* counts) override;
 
  private:
   UniqueFd pagemap_;

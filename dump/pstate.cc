@@ -64,6 +64,8 @@ Result<std::vector<uint64_t>> Numbers(const std::string& s, int base) {
   return out;
 }
 
+// Every signal, defaults included: a SIG_DFL entry keeps its flags and mask (sigaction() reads
+// them back, and SIGCHLD's SA_NOCLDWAIT acts with SIG_DFL). 62 injected calls, ~0.75 ms.
 Result<void> DumpHandlers(DumpContext& ctx, ProcessDump& p, img::ProcessState* ps) {
   ASSIGN_OR_RETURN(remote::Remote * r, ctx.RemoteFor(p));
   for (int sig = 1; sig <= kMaxSig; ++sig) {
@@ -86,28 +88,48 @@ struct RlimitName {
   const char* name;
 };
 constexpr RlimitName kRlimits[] = {
-    {RLIMIT_CPU, "RLIMIT_CPU"},         {RLIMIT_FSIZE, "RLIMIT_FSIZE"},
-    {RLIMIT_DATA, "RLIMIT_DATA"},       {RLIMIT_STACK, "RLIMIT_STACK"},
-    {RLIMIT_CORE, "RLIMIT_CORE"},       {RLIMIT_RSS, "RLIMIT_RSS"},
-    {RLIMIT_NPROC, "RLIMIT_NPROC"},     {RLIMIT_NOFILE, "RLIMIT_NOFILE"},
-    {RLIMIT_MEMLOCK, "RLIMIT_MEMLOCK"}, {RLIMIT_AS, "RLIMIT_AS"},
-    {RLIMIT_LOCKS, "RLIMIT_LOCKS"},     {RLIMIT_SIGPENDING, "RLIMIT_SIGPENDING"},
+    {RLIMIT_CPU, "RLIMIT_CPU"},           {RLIMIT_FSIZE, "RLIMIT_FSIZE"},
+    {RLIMIT_DATA, "RLIMIT_DATA"},         {RLIMIT_STACK, "RLIMIT_STACK"},
+    {RLIMIT_CORE, "RLIMIT_CORE"},         {RLIMIT_RSS, "RLIMIT_RSS"},
+    {RLIMIT_NPROC, "RLIMIT_NPROC"},       {RLIMIT_NOFILE, "RLIMIT_NOFILE"},
+    {RLIMIT_MEMLOCK, "RLIMIT_MEMLOCK"},   {RLIMIT_AS, "RLIMIT_AS"},
+    {RLIMIT_LOCKS, "RLIMIT_LOCKS"},       {RLIMIT_SIGPENDING, "RLIMIT_SIGPENDING"},
     {RLIMIT_MSGQUEUE, "RLIMIT_MSGQUEUE"}, {RLIMIT_NICE, "RLIMIT_NICE"},
-    {RLIMIT_RTPRIO, "RLIMIT_RTPRIO"},   {RLIMIT_RTTIME, "RLIMIT_RTTIME"},
+    {RLIMIT_RTPRIO, "RLIMIT_RTPRIO"},     {RLIMIT_RTTIME, "RLIMIT_RTTIME"},
 };
 
-// Injected prlimit64(0, ...): reading another uid's limits from outside needs CAP_SYS_RESOURCE.
-Result<void> DumpRlimits(DumpContext& ctx, ProcessDump& p, img::ProcessState* ps) {
-  ASSIGN_OR_RETURN(remote::Remote * r, ctx.RemoteFor(p));
-  for (const auto& l : kRlimits) {
-    uint64_t lim[2];
-    TRY_CTX(r->Syscall(SYS_prlimit64, 0, l.res, 0, r->scratch()), "prlimit64 %s", l.name);
-    TRY(r->Read(r->scratch(), lim, sizeof(lim)));
+// /proc/PID/limits, no injection (prlimit on another uid would need CAP_SYS_RESOURCE): one line
+// per resource in RLIMIT_* order, "%-25s %-20s %-20s %-10s" (name, soft, hard, units).
+Result<void> DumpRlimits(DumpContext&, ProcessDump& p, img::ProcessState* ps) {
+  std::string path = StrFormat("/proc/%d/limits", p.pid);
+  ASSIGN_OR_RETURN(std::string text, fs::ReadFile(path));
+  std::vector<std::string> lines = fs::Split(text, '\n');
+  size_t want = sizeof(kRlimits) / sizeof(kRlimits[0]);
+  if (lines.size() < want + 1) return Err("%s: %zu lines", path.c_str(), lines.size());
+  auto value = [&](const std::string& line, size_t at, uint64_t* out) -> Result<void> {
+    if (line.size() < at + 1) return Err("%s: short line '%s'", path.c_str(), line.c_str());
+    std::string v = fs::Trim(line.substr(at, 21));
+    if (v == "unlimited") {
+      *out = RLIM_INFINITY;
+      return Ok();
+    }
+    char* end = nullptr;
+    errno = 0;
+    *out = strtoull(v.c_str(), &end, 10);
+    if (v.empty() || errno != 0 || *end != 0)
+      return Err("%s: bad value '%s'", path.c_str(), v.c_str());
+    return Ok();
+  };
+  for (size_t i = 0; i < want; ++i) {
+    const std::string& line = lines[i + 1];
     auto* o = ps->mutable_rlimits()->add_limits();
-    o->set_resource(l.res);
-    o->set_name(l.name);
-    o->set_cur(lim[0]);
-    o->set_max(lim[1]);
+    o->set_resource(kRlimits[i].res);
+    o->set_name(kRlimits[i].name);
+    uint64_t cur = 0, max = 0;
+    TRY_CTX(value(line, 26, &cur), "%s soft", kRlimits[i].name);
+    TRY_CTX(value(line, 47, &max), "%s hard", kRlimits[i].name);
+    o->set_cur(cur);
+    o->set_max(max);
   }
   return Ok();
 }
@@ -119,15 +141,31 @@ Result<std::string> ReadLink(const std::string& path) {
   return std::string(buf, n);
 }
 
-Result<void> DumpFs(DumpContext&, ProcessDump& p, img::ProcessState* ps) {
+// cwd through an injected getcwd: the path as the process itself sees it (under its own root,
+// in its own mount namespace), which is what an injected chdir after chroot resolves on restore.
+// root through /proc/PID/root, as the dumper sees it ("/" unless chrooted).
+Result<void> DumpFs(DumpContext& ctx, ProcessDump& p, img::ProcessState* ps) {
   auto* fs = ps->mutable_fs();
-  ASSIGN_OR_RETURN(std::string cwd, ReadLink(StrFormat("/proc/%d/cwd", p.pid)));
   ASSIGN_OR_RETURN(std::string root, ReadLink(StrFormat("/proc/%d/root", p.pid)));
-  for (const auto* s : {&cwd, &root}) {
-    if (s->size() > 10 && s->compare(s->size() - 10, 10, " (deleted)") == 0)
-      return MakeError(ErrorKind::kUnsupported, 0, "pid %d: cwd or root %s was deleted", p.pid,
-                       s->c_str());
+  if (root.size() > 10 && root.compare(root.size() - 10, 10, " (deleted)") == 0)
+    return MakeError(ErrorKind::kUnsupported, 0, "pid %d: root %s was deleted", p.pid,
+                     root.c_str());
+  ASSIGN_OR_RETURN(remote::Remote * r, ctx.RemoteFor(p));
+  size_t cap = std::min<size_t>(r->scratch_size(), PATH_MAX + 1);
+  uint64_t args[6] = {r->scratch(), cap, 0, 0, 0, 0};
+  ASSIGN_OR_RETURN(long n, r->RawSyscallIn(p.pid, SYS_getcwd, args));
+  if (n == -ENOENT)
+    return MakeError(ErrorKind::kUnsupported, ENOENT, "pid %d: its cwd was deleted", p.pid);
+  if (n <= 0 || static_cast<size_t>(n) > cap) {
+    errno = n < 0 ? static_cast<int>(-n) : EINVAL;
+    return Errno("pid %d: getcwd", p.pid);
   }
+  std::string cwd(static_cast<size_t>(n), '\0');
+  TRY(r->Read(r->scratch(), cwd.data(), cwd.size()));
+  cwd.resize(strnlen(cwd.c_str(), cwd.size()));
+  if (cwd.empty() || cwd[0] != '/')  // "(unreachable)/...": outside its root
+    return MakeError(ErrorKind::kUnsupported, 0, "pid %d: cwd %s is outside its root", p.pid,
+                     cwd.c_str());
   fs->set_cwd(cwd);
   fs->set_root(root);
   std::string path = StrFormat("/proc/%d/status", p.pid);
@@ -185,7 +223,8 @@ Result<void> DumpPosixTimers(DumpContext& ctx, ProcessDump& p, img::ProcessState
   for (const auto& line : fs::Split(text, '\n')) {
     if (line.empty()) continue;
     size_t colon = line.find(':');
-    if (colon == std::string::npos) return MakeError(ErrorKind::kGeneric, 0, "%s: bad line '%s'", path.c_str(), line.c_str());
+    if (colon == std::string::npos)
+      return MakeError(ErrorKind::kGeneric, 0, "%s: bad line '%s'", path.c_str(), line.c_str());
     std::string key = line.substr(0, colon), val = fs::Trim(line.substr(colon + 1));
     if (key == "ID") {
       t = ps->add_timers();
@@ -195,15 +234,16 @@ Result<void> DumpPosixTimers(DumpContext& ctx, ProcessDump& p, img::ProcessState
     } else if (key == "signal") {
       size_t slash = val.find('/');
       t->set_signo(atoi(val.c_str()));
-      if (slash != std::string::npos) t->set_sigev_value(strtoull(val.c_str() + slash + 1, nullptr, 16));
+      if (slash != std::string::npos)
+        t->set_sigev_value(strtoull(val.c_str() + slash + 1, nullptr, 16));
     } else if (key == "notify") {
       char kind[16] = {}, who[8] = {};
       int n = 0;
       if (sscanf(val.c_str(), "%15[a-z]/%7[a-z].%d", kind, who, &n) != 3)
         return Err("%s: bad notify '%s'", path.c_str(), val.c_str());
-      int notify = strcmp(kind, "none") == 0 ? SIGEV_NONE
+      int notify = strcmp(kind, "none") == 0     ? SIGEV_NONE
                    : strcmp(kind, "thread") == 0 ? SIGEV_THREAD
-                                                  : SIGEV_SIGNAL;
+                                                 : SIGEV_SIGNAL;
       if (strcmp(who, "tid") == 0) {
         notify |= SIGEV_THREAD_ID;
         t->set_notify_tid(n);
@@ -247,8 +287,10 @@ Result<void> DumpCreds(pid_t pid, pid_t tid, remote::Remote* r, img::Creds* c) {
   ASSIGN_OR_RETURN(auto groups, Numbers(s, 10));
   for (uint64_t g : groups) c->add_groups(static_cast<uint32_t>(g));
   const std::pair<const char*, void (img::Creds::*)(uint64_t)> caps[] = {
-      {"CapInh", &img::Creds::set_cap_inheritable}, {"CapPrm", &img::Creds::set_cap_permitted},
-      {"CapEff", &img::Creds::set_cap_effective},   {"CapBnd", &img::Creds::set_cap_bounding},
+      {"CapInh", &img::Creds::set_cap_inheritable},
+      {"CapPrm", &img::Creds::set_cap_permitted},
+      {"CapEff", &img::Creds::set_cap_effective},
+      {"CapBnd", &img::Creds::set_cap_bounding},
       {"CapAmb", &img::Creds::set_cap_ambient}};
   for (const auto& [key, set] : caps) {
     ASSIGN_OR_RETURN(s, Field(st, key, path));
@@ -336,9 +378,8 @@ struct Kind {
 
 // Collectors, one per kind (restore/pstate_*.cc has the matching restore steps).
 constexpr Kind kKinds[] = {
-    {"handlers", DumpHandlers},        {"rlimits", DumpRlimits},
-    {"fs", DumpFs},                    {"flags", DumpProcFlags},
-    {"itimers", DumpITimers},          {"posix-timers", DumpPosixTimers},
+    {"handlers", DumpHandlers}, {"rlimits", DumpRlimits}, {"fs", DumpFs},
+    {"flags", DumpProcFlags},   {"itimers", DumpITimers}, {"posix-timers", DumpPosixTimers},
     {"threads", DumpThreads},  // sigaltstack, creds, sched, pdeathsig, timer slack, seccomp
 };
 
@@ -350,14 +391,17 @@ std::string Summarize(const google::protobuf::Message& m) {
   const auto& c = ps->threads(0).creds();
   int caught = 0, ignored = 0;
   for (const auto& a : ps->handlers().actions()) {
-    if (a.handler() == 1) ignored++;
-    else if (a.handler() != 0) caught++;
+    if (a.handler() == 1)
+      ignored++;
+    else if (a.handler() != 0)
+      caught++;
   }
-  std::string s = StrFormat("pid %d: uid %u/%u gid %u/%u caps %#llx | %d handlers, %d ignored | "
-                            "cwd %s root %s umask %03o",
-                            ps->pid(), c.uid(), c.euid(), c.gid(), c.egid(),
-                            static_cast<unsigned long long>(c.cap_effective()), caught, ignored,
-                            ps->fs().cwd().c_str(), ps->fs().root().c_str(), ps->fs().umask());
+  std::string s = StrFormat(
+      "pid %d: uid %u/%u gid %u/%u caps %#llx | %d handlers, %d ignored | "
+      "cwd %s root %s umask %03o",
+      ps->pid(), c.uid(), c.euid(), c.gid(), c.egid(),
+      static_cast<unsigned long long>(c.cap_effective()), caught, ignored, ps->fs().cwd().c_str(),
+      ps->fs().root().c_str(), ps->fs().umask());
   if (ps->timers_size() > 0) s += StrFormat(" | %d POSIX timers", ps->timers_size());
   if (ps->itimers().real().value_us() || ps->itimers().virt().value_us() ||
       ps->itimers().prof().value_us())

@@ -21,4 +21,8 @@ Result<void> DumpMm(DumpContext& ctx, ProcessDump& p);      // mm.cc: VMAs, mm f
 Result<void> DumpPstate(DumpContext& ctx, ProcessDump& p);  // pstate*.cc: pstate-<pid>.img
 Result<void> DumpFds(DumpContext& ctx, ProcessDump& p);     // fds.cc: files/ FdDumper
 
+// mm.cc: the page blob of pid (pages-PID.img), created early by the driver to reserve space.
+// raw: store uncompressed even if the dump compresses (the data did not compress in a sample).
+Result<images::BlobWriter> OpenPageBlob(DumpContext& ctx, pid_t pid, bool raw = false);
+
 }  // namespace godwit::dump

@@ -84,10 +84,14 @@ Result<void> FreezeTree(pid_t root, FrozenTree* out) {
       e.set_sid(st->session);
       e.set_comm(st->comm);
       e.add_threads(pid);
+      if (auto ns = proc::ReadNsPids(pid, pid); ns.ok() && ns->size() > 1)
+        for (pid_t n : *ns) e.add_ns_pids(n);
       *out->tree.add_processes() = std::move(e);
       continue;
     }
+    bool stopped = st->state == 'T';  // group stop, seen before we seize (then it shows 't')
     ASSIGN_OR_RETURN(std::vector<pid_t> tids, SeizeThreads(pid, &seized_set, out));
+    e.set_stopped(stopped);
     // Stopped now: groups and session are stable.
     st = proc::ReadStat(pid);
     if (!st.ok()) return Vanished(pid);
@@ -95,6 +99,8 @@ Result<void> FreezeTree(pid_t root, FrozenTree* out) {
     e.set_sid(st->session);
     e.set_comm(st->comm);
     for (pid_t t : tids) e.add_threads(t);
+    if (auto ns = proc::ReadNsPids(pid, pid); ns.ok() && ns->size() > 1)
+      for (pid_t n : *ns) e.add_ns_pids(n);
     for (pid_t t : tids) {
       auto kids = proc::ListChildren(pid, t);
       if (!kids.ok()) return Vanished(pid);

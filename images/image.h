@@ -3,8 +3,8 @@
 // An image directory holds one file per object kind ("pstree.img", "core-42.img", "files.img",
 // "pages-42.img", ...) and, written last, "inventory.img". A directory without a valid inventory
 // is not a complete checkpoint: readers refuse it. Every object image starts with a header
-// (magic "GODWITIM", format version, the image's kind tag) followed by records, each a u32 length
-// and a protobuf message. Bulk data (pages, pipe/socket queues, file contents) goes to raw files
+// (magic "GODWITIM", format version, the protobuf type name of its records) followed by records,
+// each a u32 length and a protobuf message (layout: images/format.h, docs/images.md). Bulk data (pages, pipe/socket queues, file contents) goes to raw files
 // in chunks, each chunk zstd-compressed or raw and checksummed (crc32c), never inside protobuf.
 //
 // Writers go through a Sink, so the same dump path writes to a directory today and to a peer
@@ -64,12 +64,15 @@ class Sink {
   // Writes the inventory (adding the list of files written with sizes and checksums): from now
   // on the image set is complete. Nothing may be created after Finish.
   virtual Result<void> Finish(img::Inventory inventory) = 0;
-  // Drops everything written (a failed dump leaves no image that claims to be complete).
+  // Drops everything written (a failed dump leaves no image that claims to be complete). A
+  // directory sink destroyed without Finish aborts.
   virtual void Abort() = 0;
 };
 
 // A directory sink. Creates dir if needed; refuses a dir that already holds an inventory unless
-// overwrite is set (then the old images are removed first).
+// overwrite is set (then the old images are removed first: the inventory, the files it lists and
+// any file starting with an image magic; other files stay). Files of an unfinished earlier dump
+// (no inventory) are removed in both cases.
 Result<std::unique_ptr<Sink>> OpenDirSink(const std::string& dir, bool overwrite = true);
 
 // An object image being written: header, then length-delimited messages.

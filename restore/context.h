@@ -74,4 +74,16 @@ struct RestoreContext {
   std::map<pid_t, ProcessRestore*> by_pid;
 };
 
+// A process's / thread's id in its own (innermost) pid namespace: what injected syscalls inside
+// it must use (the coordinator uses the outermost, pid()/tid()).
+inline pid_t InnerPid(const img::ProcessEntry& e) {
+  return e.ns_pids_size() > 1 ? e.ns_pids(e.ns_pids_size() - 1) : e.pid();
+}
+inline pid_t InnerTid(const img::ThreadCore& t) {
+  return t.ns_tids_size() > 1 ? t.ns_tids(t.ns_tids_size() - 1) : t.tid();
+}
+// The id of the process with outermost id pid, seen from pid namespace level `level` (0: the
+// dumper's), or 0 when it has none there.
+pid_t PidAtLevel(const RestoreContext& ctx, pid_t pid, int level);
+
 }  // namespace godwit::restore

@@ -20,6 +20,7 @@ Result<void> SetMask(pid_t tid, uint64_t mask) {
   return Ok();
 }
 
+// pid, tid: ids inside the process's own pid namespace (the calls run there).
 Result<void> Queue(remote::Remote* r, pid_t pid, pid_t tid, const img::PendingSignal& s) {
   siginfo_t info;
   memset(&info, 0, sizeof(info));
@@ -47,9 +48,10 @@ Result<void> RestoreSignals(RestoreContext& ctx, ProcessRestore& p) {
   // dumped masks are set by "core".
   for (pid_t tid : p.attached) TRY(SetMask(tid, ~0ULL));
   remote::Remote* r = p.remote.get();
-  for (const auto& s : p.core.shared_pending()) TRY(Queue(r, p.pid, 0, s));
+  pid_t inner = InnerPid(*p.entry);
+  for (const auto& s : p.core.shared_pending()) TRY(Queue(r, inner, 0, s));
   for (const auto& t : p.core.threads())
-    for (const auto& s : t.pending()) TRY(Queue(r, p.pid, t.tid(), s));
+    for (const auto& s : t.pending()) TRY(Queue(r, inner, InnerTid(t), s));
   return Ok();
 }
 

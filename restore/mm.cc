@@ -9,6 +9,7 @@
 #include <linux/prctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/shm.h>
 #include <sys/ptrace.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
@@ -56,9 +57,11 @@ Result<void> MoveVdso(remote::Remote* r, const std::vector<proc::MapsEntry>& cur
   if (have.size() != want.size()) return shape_error();
   int64_t delta = static_cast<int64_t>(want[0]->start()) - static_cast<int64_t>(have[0]->start);
   for (size_t i = 0; i < have.size(); ++i) {
-    std::string name = want[i]->kind() == img::VMA_VDSO ? "[vdso]"
-                       : want[i]->kind() == img::VMA_VVAR ? "[vvar]" : "[vvar_vclock]";
-    if (have[i]->path != name || have[i]->end - have[i]->start != want[i]->end() - want[i]->start() ||
+    std::string name = want[i]->kind() == img::VMA_VDSO   ? "[vdso]"
+                       : want[i]->kind() == img::VMA_VVAR ? "[vvar]"
+                                                          : "[vvar_vclock]";
+    if (have[i]->path != name ||
+        have[i]->end - have[i]->start != want[i]->end() - want[i]->start() ||
         static_cast<int64_t>(want[i]->start()) - static_cast<int64_t>(have[i]->start) != delta)
       return shape_error();
   }
@@ -91,16 +94,45 @@ struct MmState {
 Result<long> OpenInTarget(remote::Remote* r, const std::string& path, int flags) {
   ASSIGN_OR_RETURN(uint64_t a, r->WriteString(0, path));
   auto fd = r->Syscall(SYS_openat, static_cast<uint64_t>(AT_FDCWD), a, flags | O_CLOEXEC, 0);
-  if (!fd.ok()) return std::move(fd.error().wrap(StrFormat("open %s in pid %d", path.c_str(), r->pid())));
+  if (!fd.ok())
+    return std::move(fd.error().wrap(StrFormat("open %s in pid %d", path.c_str(), r->pid())));
   return fd;
+}
+
+// A SysV shm mapping: if the segment (same shmid, same size) exists in the process's IPC
+// namespace, attach it with shmat (its contents are the segment's own); else false and the
+// caller maps the dumped contents as plain shared memory.
+Result<bool> AttachSysv(RestoreContext& ctx, remote::Remote* r, const img::Vma& v) {
+  const img::ShmemObject* obj = nullptr;
+  for (const auto& o : ctx.shmem)
+    if (o.id() == v.shmem_id()) obj = &o;
+  if (obj == nullptr || obj->sysv_shmid() < 0 || v.pgoff() != 0) return false;
+  uint64_t size = (obj->size() + kPage - 1) & ~(kPage - 1);
+  if (v.end() - v.start() != size) return false;  // partly unmapped: not one shmat
+  struct shmid_ds ds;
+  uint64_t at = r->scratch() + 4096;
+  auto st = r->Syscall(SYS_shmctl, obj->sysv_shmid(), IPC_STAT, at);
+  if (!st.ok()) {
+    LOG_INFO("pid %d: SysV segment %d is gone; its contents come back as shared memory", r->pid(),
+             obj->sysv_shmid());
+    return false;
+  }
+  TRY(r->Read(at, &ds, sizeof(ds)));
+  if (ds.shm_segsz != obj->size()) return false;
+  uint64_t flags = (v.prot() & PROT_WRITE) ? 0 : SHM_RDONLY;
+  if (v.prot() & PROT_EXEC) flags |= SHM_EXEC;
+  ASSIGN_OR_RETURN(long addr, r->Syscall(SYS_shmat, obj->sysv_shmid(), v.start(), flags));
+  if (static_cast<uint64_t>(addr) != v.start())
+    return Err("shmat %d landed at %#lx", obj->sysv_shmid(), addr);
+  return true;
 }
 
 Result<void> MapVma(RestoreContext& ctx, remote::Remote* r, const img::Vma& v, MmState* st,
                     bool will_fill) {
   uint64_t len = v.end() - v.start();
   uint64_t prot = v.prot() | (will_fill ? PROT_WRITE : 0);
-  uint64_t flags = (v.flags() & (MAP_SHARED | MAP_PRIVATE | MAP_ANONYMOUS | MAP_GROWSDOWN)) |
-                   MAP_FIXED;
+  uint64_t flags =
+      (v.flags() & (MAP_SHARED | MAP_PRIVATE | MAP_ANONYMOUS | MAP_GROWSDOWN)) | MAP_FIXED;
   long fd = -1;
   uint64_t pgoff = 0;
   switch (v.kind()) {
@@ -121,14 +153,18 @@ Result<void> MapVma(RestoreContext& ctx, remote::Remote* r, const img::Vma& v, M
       break;
     }
     case img::VMA_SHMEM: {
+      ASSIGN_OR_RETURN(bool attached, AttachSysv(ctx, r, v));
+      if (attached) return Ok();
       auto it = ctx.shmem_fds.find(v.shmem_id());
       if (it == ctx.shmem_fds.end())
         return MakeError(ErrorKind::kBadImage, 0, "vma %#lx: unknown shared memory object %lu",
-                         static_cast<unsigned long>(v.start()), static_cast<unsigned long>(v.shmem_id()));
+                         static_cast<unsigned long>(v.start()),
+                         static_cast<unsigned long>(v.shmem_id()));
       std::string key = StrFormat("\x01shmem-%lu", static_cast<unsigned long>(v.shmem_id()));
       auto f = st->file_fds.find(key);
       if (f == st->file_fds.end()) {
-        ASSIGN_OR_RETURN(fd, OpenInTarget(r, StrFormat("/proc/%d/fd/%d", getpid(), it->second.get()), O_RDWR));
+        ASSIGN_OR_RETURN(
+            fd, OpenInTarget(r, StrFormat("/proc/%d/fd/%d", getpid(), it->second.get()), O_RDWR));
         st->file_fds[key] = fd;
       } else {
         fd = f->second;
@@ -167,8 +203,8 @@ Result<void> FillPages(RestoreContext& ctx, ProcessRestore& p, const img::PageMa
     uint64_t want = 0;
     for (auto& x : iov) want += x.iov_len;
     TRY(r->Write(iov_base, iov.data(), iov.size() * sizeof(iovec)));
-    ASSIGN_OR_RETURN(long n, r->Syscall(SYS_preadv, static_cast<uint64_t>(fd), iov_base,
-                                        iov.size(), batch_off, 0));
+    ASSIGN_OR_RETURN(long n, r->Syscall(SYS_preadv, static_cast<uint64_t>(fd), iov_base, iov.size(),
+                                        batch_off, 0));
     if (static_cast<uint64_t>(n) != want)
       return MakeError(ErrorKind::kBadImage, 0, "%s: short read at file offset %lu",
                        pagemap.blob().c_str(), static_cast<unsigned long>(batch_off));
@@ -250,8 +286,11 @@ Result<void> SetMmMap(remote::Remote* r, const img::MmEntry& mm) {
   long exe_fd = -1;
   if (!mm.exe_path().empty()) {
     auto fd = OpenInTarget(r, mm.exe_path(), O_RDONLY);
-    if (fd.ok()) exe_fd = *fd;
-    else LOG_WARN("pid %d: exe %s: %s", r->pid(), mm.exe_path().c_str(), fd.error().to_string().c_str());
+    if (fd.ok())
+      exe_fd = *fd;
+    else
+      LOG_WARN("pid %d: exe %s: %s", r->pid(), mm.exe_path().c_str(),
+               fd.error().to_string().c_str());
   }
   m.exe_fd = static_cast<uint32_t>(exe_fd);
   uint64_t at = r->scratch() + 2048;
@@ -275,7 +314,8 @@ Result<void> RestoreMm(RestoreContext& ctx, ProcessRestore& p) {
   if (ptrace(static_cast<__ptrace_request>(PTRACE_GET_RSEQ_CONFIGURATION), p.pid,
              reinterpret_cast<void*>(sizeof(rc)), &rc) < 0)
     return Errno("PTRACE_GET_RSEQ_CONFIGURATION %d", p.pid);
-  if (rc.ptr != 0) TRY_CTX(r->Syscall(SYS_rseq, rc.ptr, rc.size, 1 /*UNREGISTER*/, rc.sig), "rseq unregister");
+  if (rc.ptr != 0)
+    TRY_CTX(r->Syscall(SYS_rseq, rc.ptr, rc.size, 1 /*UNREGISTER*/, rc.sig), "rseq unregister");
 
   ASSIGN_OR_RETURN(auto cur, proc::ReadMaps(p.pid));
   // Unmap everything but the scratch area, the vdso block and vsyscall, in coalesced ranges.
@@ -301,13 +341,17 @@ Result<void> RestoreMm(RestoreContext& ctx, ProcessRestore& p) {
   // Which VMAs get pages: those a run (of any round) falls in.
   std::vector<Interval> runs;
   for (const auto& pm : p.pagemaps)
-    for (const auto& run : pm.runs()) runs.push_back({run.vaddr(), run.vaddr() + run.npages() * kPage});
-  std::sort(runs.begin(), runs.end(), [](const Interval& a, const Interval& b) { return a.start < b.start; });
+    for (const auto& run : pm.runs())
+      runs.push_back({run.vaddr(), run.vaddr() + run.npages() * kPage});
+  std::sort(runs.begin(), runs.end(),
+            [](const Interval& a, const Interval& b) { return a.start < b.start; });
   // Their union: rounds may overlap.
   std::vector<Interval> uni;
   for (const auto& iv : runs) {
-    if (!uni.empty() && iv.start <= uni.back().end) uni.back().end = std::max(uni.back().end, iv.end);
-    else uni.push_back(iv);
+    if (!uni.empty() && iv.start <= uni.back().end)
+      uni.back().end = std::max(uni.back().end, iv.end);
+    else
+      uni.push_back(iv);
   }
   auto has_pages = [&](uint64_t s, uint64_t e) {
     auto it = std::upper_bound(uni.begin(), uni.end(), s,
@@ -318,7 +362,8 @@ Result<void> RestoreMm(RestoreContext& ctx, ProcessRestore& p) {
   for (const auto& v : p.mm.vmas()) {
     bool fill = has_pages(v.start(), v.end());
     TRY_CTX(MapVma(ctx, r, v, &st, fill), "pid %d: map %#lx-%#lx %s", p.pid,
-            static_cast<unsigned long>(v.start()), static_cast<unsigned long>(v.end()), v.path().c_str());
+            static_cast<unsigned long>(v.start()), static_cast<unsigned long>(v.end()),
+            v.path().c_str());
   }
   for (auto& [path, fd] : st.file_fds) TRY(r->Syscall(SYS_close, static_cast<uint64_t>(fd)));
   for (const auto& pm : p.pagemaps) TRY_CTX(FillPages(ctx, p, pm), "pid %d: pages", p.pid);

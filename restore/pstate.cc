@@ -25,13 +25,19 @@ Result<img::ProcessState> LoadPstate(const RestoreContext& ctx, const ProcessRes
     return MakeError(ErrorKind::kBadImage, 0, "%s: holds pid %d", name.c_str(), ps.pid());
   if (ps.threads_size() == 0 || ps.threads(0).tid() != p.pid)
     return MakeError(ErrorKind::kBadImage, 0, "%s: main thread missing", name.c_str());
+  // Every thread must be one the engine restored (core-<pid>.img), or injecting into it would
+  // hit a task that is not ours.
+  if (ps.threads_size() != p.core.threads_size())
+    return MakeError(ErrorKind::kBadImage, 0, "%s: %d threads, core-%d.img has %d", name.c_str(),
+                     ps.threads_size(), p.pid, p.core.threads_size());
+  for (const auto& t : ps.threads()) {
+    bool known = false;
+    for (const auto& c : p.core.threads()) known = known || c.tid() == t.tid();
+    if (!known)
+      return MakeError(ErrorKind::kBadImage, 0, "%s: thread %d is not in core-%d.img", name.c_str(),
+                       t.tid(), p.pid);
+  }
   return ps;
-}
-
-Result<const img::ThreadState*> FindThread(const img::ProcessState& ps, pid_t tid) {
-  for (const auto& t : ps.threads())
-    if (t.tid() == tid) return &t;
-  return MakeError(ErrorKind::kBadImage, 0, "pstate-%d.img: no thread %d", ps.pid(), tid);
 }
 
 namespace {
@@ -46,47 +52,49 @@ std::string LimitStr(uint64_t v) {
 // set exactly as dumped when the kernel allows it. A hard limit that the kernel refuses to raise
 // fails the restore with an error naming the limit and both values: quietly restoring a lower
 // hard limit would change what the program may do later (a soft limit it raises would fail).
+//
+// Set from outside with prlimit(pid): the process still has the restorer's credentials here
+// ("creds" comes later), so no capability is needed, and limits already right cost nothing.
 Result<void> RestoreRlimits(RestoreContext& ctx, ProcessRestore& p) {
   ASSIGN_OR_RETURN(img::ProcessState ps, LoadPstate(ctx, p));
-  remote::Remote* r = p.remote.get();
   for (const auto& l : ps.rlimits().limits()) {
     if (l.cur() > l.max())
       return MakeError(ErrorKind::kBadImage, 0, "pstate-%d.img: %s soft %s above hard %s", p.pid,
                        l.name().c_str(), LimitStr(l.cur()).c_str(), LimitStr(l.max()).c_str());
-    uint64_t want[2] = {l.cur(), l.max()};
-    TRY(r->Write(r->scratch(), want, sizeof(want)));
-    uint64_t args[6] = {0, static_cast<uint64_t>(l.resource()), r->scratch(),
-                        r->scratch() + sizeof(want), 0, 0};
-    ASSIGN_OR_RETURN(long ret, r->RawSyscallIn(p.pid, SYS_prlimit64, args));
-    if (ret == 0) continue;
-    uint64_t have[2] = {};
-    TRY(r->Read(r->scratch() + sizeof(want), have, sizeof(have)));
-    if (ret == -EPERM)
+    auto res = static_cast<__rlimit_resource>(l.resource());
+    rlimit have{};
+    if (prlimit(p.pid, res, nullptr, &have) < 0)
+      return Errno("prlimit %d %s", p.pid, l.name().c_str());
+    if (have.rlim_cur == l.cur() && have.rlim_max == l.max()) continue;
+    rlimit want{l.cur(), l.max()};
+    if (prlimit(p.pid, res, &want, nullptr) == 0) continue;
+    if (errno == EPERM)
       return MakeError(ErrorKind::kUnsupported, EPERM,
                        "%s: cannot restore hard limit %s (soft %s): this restore's hard limit is "
                        "%s and raising it needs CAP_SYS_RESOURCE",
                        l.name().c_str(), LimitStr(l.max()).c_str(), LimitStr(l.cur()).c_str(),
-                       LimitStr(have[1]).c_str());
-    errno = static_cast<int>(-ret);
-    return Errno("prlimit64 %s soft %s hard %s", l.name().c_str(), LimitStr(l.cur()).c_str(),
-                 LimitStr(l.max()).c_str());
+                       LimitStr(have.rlim_max).c_str());
+    return Errno("prlimit %d %s soft %s hard %s", p.pid, l.name().c_str(),
+                 LimitStr(l.cur()).c_str(), LimitStr(l.max()).c_str());
   }
   return Ok();
 }
 
-// chdir before chroot: the dumped cwd is a path in the dumper's view, as is the root; chroot
-// leaves the cwd alone. chroot needs CAP_SYS_CHROOT, so this runs before "creds".
+// chroot first (the root is a path in the dumper's view, resolved from the restorer's root),
+// then chdir to the cwd as the process saw it, under its new root. chroot needs CAP_SYS_CHROOT,
+// so this runs before "creds".
 Result<void> RestoreFs(RestoreContext& ctx, ProcessRestore& p) {
   ASSIGN_OR_RETURN(img::ProcessState ps, LoadPstate(ctx, p));
   remote::Remote* r = p.remote.get();
   const auto& fs = ps.fs();
-  if (!fs.cwd().empty()) {
-    ASSIGN_OR_RETURN(uint64_t at, r->WriteString(0, fs.cwd()));
-    TRY_CTX(r->Syscall(SYS_chdir, at), "chdir %s", fs.cwd().c_str());
-  }
   if (!fs.root().empty() && fs.root() != "/") {
     ASSIGN_OR_RETURN(uint64_t at, r->WriteString(0, fs.root()));
     TRY_CTX(r->Syscall(SYS_chroot, at), "chroot %s", fs.root().c_str());
+  }
+  if (!fs.cwd().empty()) {
+    ASSIGN_OR_RETURN(uint64_t at, r->WriteString(0, fs.cwd()));
+    TRY_CTX(r->Syscall(SYS_chdir, at), "chdir %s (under root %s)", fs.cwd().c_str(),
+            fs.root().c_str());
   }
   TRY_CTX(r->Syscall(SYS_umask, fs.umask() & 0777), "umask %o", fs.umask());
   return Ok();

@@ -8,10 +8,8 @@
 
 namespace godwit::restore {
 
-// pstate-<pid>.img of a restored process (the image is small: read again by every step).
+// pstate-<pid>.img of a restored process (small: read again by every step), checked against
+// core-<pid>.img (same threads).
 Result<img::ProcessState> LoadPstate(const RestoreContext& ctx, const ProcessRestore& p);
-
-// The dumped state of thread tid (an image error if missing).
-Result<const img::ThreadState*> FindThread(const img::ProcessState& ps, pid_t tid);
 
 }  // namespace godwit::restore

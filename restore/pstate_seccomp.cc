@@ -37,8 +37,8 @@ Result<void> RestoreSeccomp(RestoreContext& ctx, ProcessRestore& p) {
       const std::string& insns = sc.filters(i).insns();
       size_t n = insns.size() / sizeof(sock_filter);
       if (n == 0 || n > BPF_MAXINSNS || insns.size() % sizeof(sock_filter) != 0)
-        return MakeError(ErrorKind::kBadImage, 0, "pstate-%d.img: thread %d: bad filter #%d",
-                         p.pid, t.tid(), i);
+        return MakeError(ErrorKind::kBadImage, 0, "pstate-%d.img: thread %d: bad filter #%d", p.pid,
+                         t.tid(), i);
       struct {
         uint16_t len;
         uint16_t pad[3];

@@ -1,6 +1,7 @@
-// Restore step "timers": POSIX timers with their dumped ids, then arming them and the interval
-// timers. Last step before "core" so that no timer fires while the process is being rebuilt; the
-// time between dump and restore is not counted (a timer has as much time left as at the dump).
+// Restore steps "posix-timers" (create the POSIX timers with their dumped ids, disarmed) and
+// "timers" (arm them and the interval timers, late, so that no timer fires while the process is
+// being rebuilt). The time between dump and restore is not counted: a timer has as much time
+// left as it had at the dump.
 //
 // Timer ids: this kernel (6.13+) has prctl(PR_TIMER_CREATE_RESTORE_IDS) which makes timer_create
 // take the id from *created_timer_id. Older kernels hand out ids sequentially per process, so
@@ -104,12 +105,23 @@ Result<void> CreateTimers(remote::Remote* r, pid_t pid,
 
 }  // namespace
 
+// Step "posix-timers": creates the timers (disarmed, so none fires) before "creds", because an
+// alarm clock (CLOCK_*_ALARM) needs CAP_WAKE_ALARM at creation, which the process may have
+// dropped since.
+Result<void> RestorePosixTimers(RestoreContext& ctx, ProcessRestore& p) {
+  ASSIGN_OR_RETURN(img::ProcessState ps, LoadPstate(ctx, p));
+  std::vector<const img::PosixTimer*> timers;
+  for (const auto& t : ps.timers()) timers.push_back(&t);
+  if (!timers.empty()) TRY_CTX(CreateTimers(p.remote.get(), p.pid, timers), "posix timers");
+  return Ok();
+}
+
+// Step "timers": arms the POSIX timers and the interval timers, last before "core".
 Result<void> RestoreTimers(RestoreContext& ctx, ProcessRestore& p) {
   ASSIGN_OR_RETURN(img::ProcessState ps, LoadPstate(ctx, p));
   remote::Remote* r = p.remote.get();
   std::vector<const img::PosixTimer*> timers;
   for (const auto& t : ps.timers()) timers.push_back(&t);
-  if (!timers.empty()) TRY_CTX(CreateTimers(r, p.pid, timers), "posix timers");
   // Arm everything last, close together.
   for (const auto* t : timers) {
     if (t->value_ns() == 0) continue;

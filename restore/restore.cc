@@ -46,15 +46,27 @@ Result<void> ReadOne(const images::ImageSet& set, const std::string& name, M* ms
   return Ok();
 }
 
-pid_t Clone3(pid_t want) {
+// Forks e with its pid in every pid namespace (innermost first in set_tid); the first process of
+// a nested namespace (pid 1 there) creates it. parent_levels: how many namespaces the parent
+// (or the coordinator) is in.
+pid_t Clone3(const img::ProcessEntry& e, int parent_levels) {
   struct clone_args args;
   memset(&args, 0, sizeof(args));
   args.exit_signal = SIGCHLD;
-  int64_t tid = want;
-  args.set_tid = reinterpret_cast<uint64_t>(&tid);
-  args.set_tid_size = 1;
+  pid_t tids[32];  // the kernel reads an array of pid_t
+  int n = 0;
+  if (e.ns_pids_size() > 1) {
+    for (int i = e.ns_pids_size() - 1; i >= 0 && n < 32; --i) tids[n++] = e.ns_pids(i);
+    if (e.ns_pids_size() > parent_levels) args.flags |= CLONE_NEWPID;
+  } else {
+    tids[n++] = e.pid();
+  }
+  args.set_tid = reinterpret_cast<uint64_t>(tids);
+  args.set_tid_size = n;
   return static_cast<pid_t>(syscall(SYS_clone3, &args, sizeof(args)));
 }
+
+int Levels(const img::ProcessEntry& e) { return e.ns_pids_size() > 1 ? e.ns_pids_size() : 1; }
 
 // ---- Code that runs in the forked restored processes (a copy of the coordinator). ----
 // Single-threaded copies of a single-threaded coordinator: libc is usable, but no pthread calls
@@ -103,7 +115,7 @@ struct ChildEnv {
   std::vector<pid_t> zombies;
   for (int k : env.children[e.pid()]) {
     const auto& c = env.ctx->tree.processes(k);
-    pid_t got = Clone3(c.pid());
+    pid_t got = Clone3(c, Levels(e));
     if (got < 0) ChildFail(env, e.pid(), errno, StrFormat("clone3 pid %d", c.pid()));
     if (got == 0) ChildMain(env, k);
     if (c.zombie()) zombies.push_back(got);
@@ -132,7 +144,8 @@ struct ChildEnv {
 Result<void> LoadImages(RestoreContext& ctx) {
   const auto& set = *ctx.images;
   TRY(ReadOne(set, "pstree.img", &ctx.tree));
-  if (ctx.tree.processes_size() == 0) return MakeError(ErrorKind::kBadImage, 0, "pstree.img: no processes");
+  if (ctx.tree.processes_size() == 0)
+    return MakeError(ErrorKind::kBadImage, 0, "pstree.img: no processes");
   std::set<pid_t> pids;
   for (const auto& e : ctx.tree.processes()) {
     if (e.pid() <= 0 || !pids.insert(e.pid()).second)
@@ -166,13 +179,15 @@ Result<void> LoadImages(RestoreContext& ctx) {
     for (const auto& v : p->mm.vmas()) {
       if (v.start() >= v.end() || v.start() % kPage || v.end() % kPage || v.start() < prev_end)
         return MakeError(ErrorKind::kBadImage, 0, "mm-%d.img: bad vma %#lx-%#lx", e.pid(),
-                         static_cast<unsigned long>(v.start()), static_cast<unsigned long>(v.end()));
+                         static_cast<unsigned long>(v.start()),
+                         static_cast<unsigned long>(v.end()));
       prev_end = v.end();
     }
     for (const auto& pm : p->pagemaps) {
       prev_end = 0;
       for (const auto& r : pm.runs()) {
-        if (r.vaddr() % kPage || r.vaddr() < prev_end || r.npages() == 0 || r.npages() > (1ULL << 36))
+        if (r.vaddr() % kPage || r.vaddr() < prev_end || r.npages() == 0 ||
+            r.npages() > (1ULL << 36))
           return MakeError(ErrorKind::kBadImage, 0, "pagemap-%d.img: bad run at %#lx", e.pid(),
                            static_cast<unsigned long>(r.vaddr()));
         prev_end = r.vaddr() + r.npages() * kPage;
@@ -209,6 +224,15 @@ Result<void> CheckTree(const RestoreContext& ctx) {
       return MakeError(ErrorKind::kUnsupported, 0,
                        "pid %d: session %d is neither its own nor its parent's", e.pid(), e.sid());
   }
+  for (const auto& e : ctx.tree.processes()) {
+    if (e.ns_pids_size() < 2) continue;
+    int parent_levels = 1;
+    if (e.pid() != ctx.tree.root_pid()) parent_levels = Levels(*by[e.ppid()]);
+    if (e.ns_pids_size() > parent_levels + 1 ||
+        (e.ns_pids_size() > parent_levels && e.ns_pids(e.ns_pids_size() - 1) != 1))
+      return MakeError(ErrorKind::kUnsupported, 0,
+                       "pid %d: its pid namespace was not created inside the tree", e.pid());
+  }
   if (ctx.tree.processes(0).pid() != ctx.tree.root_pid())
     return MakeError(ErrorKind::kBadImage, 0, "pstree.img: root is not first");
   return Ok();
@@ -230,14 +254,16 @@ Result<void> PrepareShmem(RestoreContext& ctx) {
     int fd = memfd_create(name.c_str(), MFD_CLOEXEC);
     if (fd < 0) return Errno("memfd_create");
     UniqueFd ufd(fd);
-    if (ftruncate(fd, static_cast<off_t>(o.size())) < 0) return Errno("ftruncate shmem %lu", static_cast<unsigned long>(o.id()));
+    if (ftruncate(fd, static_cast<off_t>(o.size())) < 0)
+      return Errno("ftruncate shmem %lu", static_cast<unsigned long>(o.id()));
     if (!o.runs().empty()) {
       ASSIGN_OR_RETURN(auto blob, ctx.images->OpenBlob(o.blob()));
       std::vector<char> buf;
       for (const auto& r : o.runs()) {
         uint64_t len = r.npages() * kPage;
         if (r.vaddr() + len > ((o.size() + kPage - 1) & ~(kPage - 1)) + kPage)
-          return MakeError(ErrorKind::kBadImage, 0, "%s: run past the object's end", o.blob().c_str());
+          return MakeError(ErrorKind::kBadImage, 0, "%s: run past the object's end",
+                           o.blob().c_str());
         buf.resize(len);
         TRY(blob->Read(r.blob_off(), buf.data(), len));
         uint64_t n = std::min<uint64_t>(len, o.size() > r.vaddr() ? o.size() - r.vaddr() : 0);
@@ -280,6 +306,15 @@ void KillAll(const std::vector<pid_t>& pids, pid_t root) {
 }
 
 }  // namespace
+
+pid_t PidAtLevel(const RestoreContext& ctx, pid_t pid, int level) {
+  for (const auto& e : ctx.tree.processes()) {
+    if (e.pid() != pid) continue;
+    if (e.ns_pids_size() < 2) return level == 0 ? pid : 0;
+    return level < e.ns_pids_size() ? e.ns_pids(level) : 0;
+  }
+  return level == 0 ? pid : 0;
+}
 
 Result<RestoreStats> Restore(const RestoreOptions& opts) {
   auto t_start = Clock::now();
@@ -344,7 +379,7 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
 
   auto t_fork = Clock::now();
   fflush(nullptr);
-  pid_t got = Clone3(root);
+  pid_t got = Clone3(ctx.tree.processes(0), 1);
   if (got < 0) {
     if (errno == EEXIST) return MakeError(ErrorKind::kExists, EEXIST, "pid %d is in use", root);
     return Errno("clone3 root pid %d", root);
@@ -362,7 +397,8 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
   auto deadline = Clock::now() + std::chrono::seconds(60);
   while (ready.size() < want) {
     pollfd pf{rd.get(), POLLIN, 0};
-    int left = static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count());
+    int left = static_cast<int>(
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count());
     if (left <= 0) return Err("restore: timed out waiting for the tree to be forked");
     int n = poll(&pf, 1, left);
     if (n < 0 && errno == EINTR) continue;
@@ -383,8 +419,8 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
 
   // Seize every process (one thread each for now).
   for (auto& p : ctx.procs) {
-    TRY_CTX(remote::SeizeAndInterrupt(p->pid, PTRACE_O_TRACECLONE | PTRACE_O_TRACESYSGOOD |
-                                                   PTRACE_O_EXITKILL),
+    TRY_CTX(remote::SeizeAndInterrupt(
+                p->pid, PTRACE_O_TRACECLONE | PTRACE_O_TRACESYSGOOD | PTRACE_O_EXITKILL),
             "seize restored pid %d", p->pid);
     p->attached.push_back(p->pid);
     ASSIGN_OR_RETURN(uint64_t at, FindArea(p->pid, p->mm, 256 * 1024));
@@ -405,7 +441,11 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
       bool leader = e.pgid() == e.pid();
       if (leader != (pass == 0) || e.sid() == e.pid()) continue;
       if (getpgid(e.pid()) == e.pgid()) continue;
-      auto r = p->remote->Syscall(SYS_setpgid, 0, leader ? 0 : e.pgid());
+      pid_t inner_pgid = leader ? 0 : PidAtLevel(ctx, e.pgid(), Levels(e) - 1);
+      if (!leader && inner_pgid == 0)
+        return MakeError(ErrorKind::kUnsupported, 0, "pid %d: group %d is in another pid namespace",
+                         e.pid(), e.pgid());
+      auto r = p->remote->Syscall(SYS_setpgid, 0, static_cast<uint64_t>(inner_pgid));
       if (!r.ok()) {
         if (e.pid() == root) {
           LOG_WARN("restore: root %d stays in group %d (group %d is outside the tree)", root,
@@ -423,8 +463,11 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
     }
   }
   if (ctx.fds) TRY_CTX(ctx.fds->Finalize(), "files finalize");
-  if (!opts.pid_file.empty())
-    TRY(fs::WriteFile(opts.pid_file, StrFormat("%d", root), true));
+  if (!opts.pid_file.empty()) TRY(fs::WriteFile(opts.pid_file, StrFormat("%d", root), true));
+  // A process dumped in a group stop gets its SIGSTOP back: pending now, delivered (stopping it)
+  // as soon as it is detached.
+  for (auto& p : ctx.procs)
+    if (p->entry->stopped() && kill(p->pid, SIGSTOP) < 0) return Errno("SIGSTOP %d", p->pid);
   // Resume everything together.
   for (auto& p : ctx.procs)
     for (pid_t tid : p->attached)

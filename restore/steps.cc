@@ -25,6 +25,7 @@ const std::vector<RestoreStep>& ProcessSteps() {
       {"comm", RestoreComm},
       {"sched", RestoreSched},
       {"proc-flags", RestoreProcFlags},
+      {"posix-timers", RestorePosixTimers},  // created disarmed; alarm clocks need privilege
       {"creds", RestoreCreds},
       {"after-creds", RestoreAfterCreds},
       {"signals", RestoreSignals},

@@ -29,9 +29,10 @@ Result<void> RestorePersonality(RestoreContext& ctx, ProcessRestore& p);
 Result<void> RestoreComm(RestoreContext& ctx, ProcessRestore& p);
 Result<void> RestoreSched(RestoreContext& ctx, ProcessRestore& p);       // + timer slack
 Result<void> RestoreProcFlags(RestoreContext& ctx, ProcessRestore& p);   // subreaper, THP
+Result<void> RestorePosixTimers(RestoreContext& ctx, ProcessRestore& p);  // create, disarmed
 Result<void> RestoreCreds(RestoreContext& ctx, ProcessRestore& p);
 Result<void> RestoreAfterCreds(RestoreContext& ctx, ProcessRestore& p);  // pdeathsig, dumpable
-Result<void> RestoreTimers(RestoreContext& ctx, ProcessRestore& p);      // itimers, POSIX timers
+Result<void> RestoreTimers(RestoreContext& ctx, ProcessRestore& p);      // arm all timers
 Result<void> RestoreSignals(RestoreContext& ctx, ProcessRestore& p);  // core.cc: pending signals
 Result<void> RestoreCore(RestoreContext& ctx, ProcessRestore& p);     // core.cc: regs, last
 

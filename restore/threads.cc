@@ -5,6 +5,7 @@
 #include <sys/syscall.h>
 
 #include <cstring>
+#include <vector>
 
 #include "restore/steps.h"
 
@@ -13,15 +14,21 @@ namespace godwit::restore {
 Result<void> RestoreThreads(RestoreContext& ctx, ProcessRestore& p) {
   remote::Remote* r = p.remote.get();
   for (int i = 1; i < p.core.threads_size(); ++i) {
-    pid_t tid = p.core.threads(i).tid();
+    const img::ThreadCore& tc = p.core.threads(i);
+    pid_t tid = tc.tid();
     struct clone_args args;
     memset(&args, 0, sizeof(args));
     args.flags = CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM;
+    // Its id in every pid namespace, innermost first.
     uint64_t tid_at = r->scratch() + 512;
-    int64_t want = tid;
-    TRY(r->Write(tid_at, &want, sizeof(want)));
+    std::vector<pid_t> want;  // the kernel reads an array of pid_t
+    if (tc.ns_tids_size() > 1)
+      for (int k = tc.ns_tids_size() - 1; k >= 0; --k) want.push_back(tc.ns_tids(k));
+    else
+      want.push_back(tid);
+    TRY(r->Write(tid_at, want.data(), want.size() * sizeof(pid_t)));
     args.set_tid = tid_at;
-    args.set_tid_size = 1;
+    args.set_tid_size = want.size();
     TRY(r->Write(r->scratch(), &args, sizeof(args)));
     auto got = r->Syscall(SYS_clone3, r->scratch(), sizeof(args));
     if (!got.ok()) {
@@ -29,7 +36,8 @@ Result<void> RestoreThreads(RestoreContext& ctx, ProcessRestore& p) {
         return MakeError(ErrorKind::kExists, EEXIST, "pid %d: thread id %d is in use", p.pid, tid);
       return std::move(got.error().wrap(StrFormat("pid %d: clone3 thread %d", p.pid, tid)));
     }
-    if (*got != tid) return Err("pid %d: clone3 gave tid %ld, not %d", p.pid, *got, tid);
+    if (*got != InnerTid(tc))
+      return Err("pid %d: clone3 gave tid %ld, not %d", p.pid, *got, InnerTid(tc));
     // The new thread starts in a PTRACE_EVENT_STOP.
     TRY_CTX(remote::WaitStop(tid), "pid %d: new thread %d", p.pid, tid);
     p.attached.push_back(tid);

@@ -3,8 +3,9 @@ godwit_helper(cr_loop ${CMAKE_CURRENT_SOURCE_DIR}/helpers/cr_loop.c Threads::Thr
 godwit_helper(cr_tree ${CMAKE_CURRENT_SOURCE_DIR}/helpers/cr_tree.c)
 godwit_helper(cr_state ${CMAKE_CURRENT_SOURCE_DIR}/helpers/cr_state.c Threads::Threads)
 godwit_helper(cr_bigmem ${CMAKE_CURRENT_SOURCE_DIR}/helpers/cr_bigmem.c)
+godwit_helper(cr_pidns ${CMAKE_CURRENT_SOURCE_DIR}/helpers/cr_pidns.c)
 
 godwit_test(cr_engine_test
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/cr_engine_test.cc ${CMAKE_CURRENT_SOURCE_DIR}/cr_util.cc
   LIBS godwit_dump godwit_restore godwit_files godwit_images godwit_common)
-add_dependencies(cr_engine_test cr_loop cr_tree cr_state cr_bigmem)
+add_dependencies(cr_engine_test cr_loop cr_tree cr_state cr_bigmem cr_pidns)

@@ -1,6 +1,7 @@
 // Checkpoint/restore of real processes, zdtm style: a helper sets up state and reports ready, the
 // test dumps it (killing it), reaps the original, restores it, lets it finish (GO file), and the
 // helper's exit code says whether its state survived.
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/ptrace.h>
 #include <sys/stat.h>
@@ -8,7 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <gtest/gtest.h>
+#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "common/remote.h"
@@ -24,13 +25,15 @@ class CrTest : public ::testing::Test {
   }
   // Dumps pid (killing it), reaps it, creates GO, restores and waits; returns restore's status.
   int DumpKillRestore(pid_t pid, const std::vector<std::string>& dump_extra = {}) {
-    std::vector<std::string> args = {"dump", "--pid", std::to_string(pid), "--images-dir", dir_.path() + "/img"};
+    std::vector<std::string> args = {"dump", "--pid", std::to_string(pid), "--images-dir",
+                                     dir_.path() + "/img"};
     args.insert(args.end(), dump_extra.begin(), dump_extra.end());
     auto d = Godwit(args);
     EXPECT_EQ(d.status, 0) << d.err;
     if (d.status != 0) return -1;
     if (getenv("CR_DEBUG"))
-      (void)!system(("" GODWIT_BIN " inspect --json " + dir_.path() + "/img > /tmp/cr_inspect.json").c_str());
+      (void)!system(
+          ("" GODWIT_BIN " inspect --json " + dir_.path() + "/img > /tmp/cr_inspect.json").c_str());
     EXPECT_EQ(Wait(pid), 128 + SIGKILL);
     // The rest of the killed tree was reparented to us (subreaper): reap it so its pids are free.
     while (waitpid(-1, nullptr, 0) > 0 || errno == EINTR) {
@@ -73,8 +76,28 @@ TEST_F(CrTest, TreeSessionsGroupsZombie) {
   EXPECT_EQ(DumpKillRestore(pid), 0);
 }
 
+TEST_F(CrTest, NestedPidNamespace) {
+  // init (pid 1) and its child (pid 2) of a pid namespace the tree created come back with the
+  // same pids inside and outside.
+  pid_t pid = Start("cr_pidns", {"{READY}", dir_ / "go"});
+  ASSERT_GT(pid, 0);
+  EXPECT_EQ(DumpKillRestore(pid), 0);
+}
+
 TEST_F(CrTest, MemoryKindsVdsoBrkMmFields) {
   pid_t pid = Start("cr_state", {"{READY}", dir_ / "go", "mem", dir_ / "data"});
+  ASSERT_GT(pid, 0);
+  EXPECT_EQ(DumpKillRestore(pid), 0);
+}
+
+TEST_F(CrTest, SysvShmReattached) {
+  pid_t pid = Start("cr_state", {"{READY}", dir_ / "go", "sysv"});
+  ASSERT_GT(pid, 0);
+  EXPECT_EQ(DumpKillRestore(pid), 0);
+}
+
+TEST_F(CrTest, StoppedProcessStaysStopped) {
+  pid_t pid = Start("cr_state", {"{READY}", dir_ / "go", "stopped"});
   ASSERT_GT(pid, 0);
   EXPECT_EQ(DumpKillRestore(pid), 0);
 }
@@ -98,6 +121,31 @@ TEST_F(CrTest, RestartsReadAfterRestore) {
   EXPECT_EQ(DumpKillRestore(pid), 0);
 }
 
+TEST_F(CrTest, LeaveRunningWhileBlockedInReadAndSleep) {
+  // The dump injects syscalls into a thread blocked in read(): afterwards the original must
+  // resume its read (restart) as if nothing happened.
+  pid_t pid = Start("cr_state", {"{READY}", dir_ / "go", "read"});
+  ASSERT_GT(pid, 0);
+  ASSERT_TRUE(WaitFor(5000, InRead, pid));
+  auto d = Godwit(
+      {"dump", "--pid", std::to_string(pid), "--images-dir", dir_ / "img", "--leave-running"});
+  ASSERT_EQ(d.status, 0) << d.err;
+  EXPECT_TRUE(InRead(pid));
+  Touch(dir_ / "go");
+  EXPECT_EQ(Wait(pid), 0);
+  pids_.clear();
+  // The same in nanosleep (a restart-block syscall).
+  pid = Start("cr_state", {"{READY}", dir_ / "go2", "nanosleep"});
+  ASSERT_GT(pid, 0);
+  pids_.push_back(pid);
+  ASSERT_TRUE(WaitFor(5000, InSleep, pid));
+  d = Godwit(
+      {"dump", "--pid", std::to_string(pid), "--images-dir", dir_ / "img2", "--leave-running"});
+  ASSERT_EQ(d.status, 0) << d.err;
+  EXPECT_EQ(Wait(pid), 0);
+  pids_.clear();
+}
+
 TEST_F(CrTest, NanosleepCompletesAfterRestore) {
   pid_t pid = Start("cr_state", {"{READY}", dir_ / "go", "nanosleep"});
   ASSERT_GT(pid, 0);
@@ -112,9 +160,35 @@ TEST_F(CrTest, OneGiBRandomDataByteForByte) {
 }
 
 TEST_F(CrTest, CompressedImagesRoundTrip) {
-  pid_t pid = Start("cr_loop", {"{READY}", dir_ / "go", "32", "2"});
+  // Compressible memory (the tree's workers fill theirs with arithmetic sequences).
+  pid_t pid = Start("cr_tree", {"{READY}", dir_ / "go"});
   ASSERT_GT(pid, 0);
-  EXPECT_EQ(DumpKillRestore(pid, {"--compress", "zstd:1"}), 0);
+  auto d = Godwit({"dump", "--pid", std::to_string(pid), "--images-dir", dir_.path() + "/img",
+                   "--compress", "zstd:1", "--json"});
+  ASSERT_EQ(d.status, 0) << d.err;
+  auto j = nlohmann::json::parse(d.out);
+  EXPECT_LT(j["bytes_stored"].get<uint64_t>() * 2, j["bytes"].get<uint64_t>());
+  EXPECT_EQ(Wait(pid), 128 + SIGKILL);
+  while (waitpid(-1, nullptr, 0) > 0 || errno == EINTR) {
+  }
+  Touch(dir_ / "go");
+  auto r = Godwit({"restore", "--images-dir", dir_.path() + "/img"});
+  EXPECT_EQ(r.status, 0) << r.err;
+}
+
+TEST_F(CrTest, IncompressibleStoredRaw) {
+  // Random data with --compress zstd: a sample says it does not compress, so it is stored raw.
+  pid_t pid = Start("cr_bigmem", {"{READY}", dir_ / "go", "64"});
+  ASSERT_GT(pid, 0);
+  auto d = Godwit({"dump", "--pid", std::to_string(pid), "--images-dir", dir_.path() + "/img",
+                   "--compress", "zstd", "--json"});
+  ASSERT_EQ(d.status, 0) << d.err;
+  auto j = nlohmann::json::parse(d.out);
+  EXPECT_EQ(j["stored_raw_incompressible"].size(), 1u);
+  EXPECT_EQ(Wait(pid), 128 + SIGKILL);
+  Touch(dir_ / "go");
+  auto r = Godwit({"restore", "--images-dir", dir_.path() + "/img"});
+  EXPECT_EQ(r.status, 0) << r.err;
 }
 
 TEST_F(CrTest, Python3MidLoop) {
@@ -128,8 +202,10 @@ TEST_F(CrTest, Python3MidLoop) {
       "n = 0\n"
       "while True:\n"
       "    n += 1\n"
-      "    if d[n % 20000] != str(n % 20000) * 3 or l[n % 100000] != (n % 100000) ** 2: sys.exit(2)\n"
-      "    if n % 1000 == 0 and os.path.exists(sys.argv[1]): sys.exit(0 if sum(l) == 333328333350000 else 3)\n";
+      "    if d[n % 20000] != str(n % 20000) * 3 or l[n % 100000] != (n % 100000) ** 2: "
+      "sys.exit(2)\n"
+      "    if n % 1000 == 0 and os.path.exists(sys.argv[1]): sys.exit(0 if sum(l) == "
+      "333328333350000 else 3)\n";
   std::string path = dir_ / "loop.py";
   FILE* f = fopen(path.c_str(), "w");
   fputs(prog.c_str(), f);
@@ -151,7 +227,10 @@ TEST_F(CrTest, TwentyCycles) {
     ASSERT_EQ(Wait(pid), 128 + SIGKILL) << "cycle " << i;
     auto r = Godwit({"restore", "--images-dir", img, "--detach"});
     ASSERT_EQ(r.status, 0) << "cycle " << i << ": " << r.err;
-    if (getenv("CR_DEBUG")) (void)!system(("ls -l /proc/" + std::to_string(pid) + "/fd; cat /proc/" + std::to_string(pid) + "/status | grep -i sig").c_str());
+    if (getenv("CR_DEBUG"))
+      (void)!system(("ls -l /proc/" + std::to_string(pid) + "/fd; cat /proc/" +
+                     std::to_string(pid) + "/status | grep -i sig")
+                        .c_str());
   }
   Touch(dir_ / "go");
   EXPECT_EQ(Wait(pid), 0);
@@ -161,7 +240,8 @@ TEST_F(CrTest, TwentyCycles) {
 TEST_F(CrTest, LeaveRunningThenRestoreCopy) {
   pid_t pid = Start("cr_loop", {"{READY}", dir_ / "go", "8", "2"});
   ASSERT_GT(pid, 0);
-  auto d = Godwit({"dump", "--pid", std::to_string(pid), "--images-dir", dir_ / "img", "--leave-running", "--json"});
+  auto d = Godwit({"dump", "--pid", std::to_string(pid), "--images-dir", dir_ / "img",
+                   "--leave-running", "--json"});
   ASSERT_EQ(d.status, 0) << d.err;
   auto j = nlohmann::json::parse(d.out);
   EXPECT_EQ(j["processes"], 1);
@@ -226,6 +306,101 @@ TEST_F(CrTest, PreDumpRoundsWhileWriting) {
   Touch(dir_ / "go");
   auto r = Godwit({"restore", "--images-dir", dir_ / "img"});
   EXPECT_EQ(r.status, 0) << r.err;
+}
+
+TEST_F(CrTest, FailedDumpLeavesTreeRunningAndNoImage) {
+  pid_t pid = Start("cr_state", {"{READY}", dir_ / "go", "deleted", dir_ / "data"});
+  ASSERT_GT(pid, 0);
+  auto d = Godwit({"dump", "--pid", std::to_string(pid), "--images-dir", dir_ / "img"});
+  EXPECT_EQ(d.status, 6) << d.err;  // kUnsupported, naming the mapping
+  EXPECT_NE(d.err.find("deleted"), std::string::npos) << d.err;
+  struct stat st;
+  EXPECT_NE(stat((dir_ / "img/inventory.img").c_str(), &st), 0);
+  // The tree was thawed untouched: it carries on and finishes its checks.
+  Touch(dir_ / "go");
+  EXPECT_EQ(Wait(pid), 0);
+  pids_.clear();
+}
+
+bool Traced(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind("TracerPid:", 0) == 0) return atoi(line.c_str() + 10) != 0;
+  return false;
+}
+
+TEST_F(CrTest, TreeMemberDiesDuringDump) {
+  // Two processes of 512 MiB each; the second dies while the first one's memory is being dumped.
+  pid_t pid = Start("cr_loop", {"{READY}", dir_ / "go", "512", "1", "2"});
+  ASSERT_GT(pid, 0);
+  std::ifstream kids("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/children");
+  pid_t child = 0;
+  kids >> child;
+  ASSERT_GT(child, 0);
+  pid_t g = GodwitAsync({"dump", "--pid", std::to_string(pid), "--images-dir", dir_ / "img"});
+  ASSERT_TRUE(WaitFor(10000, Traced, child));
+  kill(child, SIGKILL);
+  EXPECT_EQ(Wait(g), 3);  // kNotFound: "process N exited during the dump"
+  struct stat sb;
+  EXPECT_NE(stat((dir_ / "img/inventory.img").c_str(), &sb), 0);
+  // The root was thawed: it notices its child's death and reports it (exit 60 + SIGKILL).
+  Touch(dir_ / "go");
+  EXPECT_EQ(Wait(pid), 60 + SIGKILL);
+  pids_.clear();
+}
+
+TEST_F(CrTest, CheckReportsKernelFeatures) {
+  TempDir root;
+  auto c = Godwit({"--root", root.path(), "check", "--json"});
+  ASSERT_EQ(c.status, 0) << c.out << c.err;
+  auto j = nlohmann::json::parse(c.out);
+  EXPECT_FALSE(j["cached"].get<bool>());
+  std::map<std::string, bool> ok;
+  for (const auto& f : j["features"]) ok[f["name"]] = f["ok"];
+  EXPECT_TRUE(ok["clone3_set_tid"]);
+  EXPECT_TRUE(ok["ptrace_rseq_config"]);
+  EXPECT_TRUE(ok["uffd_wp_async"]);
+  EXPECT_TRUE(ok["pagemap_scan"]);
+  EXPECT_GT(j["xsave_size"].get<int>(), 512);
+  // The second run answers from the cache.
+  auto c2 = Godwit({"--root", root.path(), "check", "--json"});
+  EXPECT_TRUE(nlohmann::json::parse(c2.out)["cached"].get<bool>());
+}
+
+// Per-thread rseq registrations, as PTRACE_GET_RSEQ_CONFIGURATION reports them in a dump.
+std::map<int, std::string> RseqOf(const std::string& img) {
+  auto out = Godwit({"inspect", "--json", img});
+  std::map<int, std::string> m;
+  auto j = nlohmann::json::parse(out.out, nullptr, false);
+  if (j.is_discarded()) return m;
+  for (const auto& f : j["files"]) {
+    if (f["name"].get<std::string>().rfind("core-", 0) != 0) continue;
+    for (const auto& rec : f["records_json"])
+      for (const auto& t : rec["threads"])
+        m[t["tid"].get<int>()] = t.value("rseq", nlohmann::json()).dump();
+  }
+  return m;
+}
+
+TEST_F(CrTest, RseqRegistrationsSurvive) {
+  pid_t pid = Start("cr_loop", {"{READY}", dir_ / "go", "2", "3"});
+  ASSERT_GT(pid, 0);
+  auto d = Godwit({"dump", "--pid", std::to_string(pid), "--images-dir", dir_ / "img1"});
+  ASSERT_EQ(d.status, 0) << d.err;
+  ASSERT_EQ(Wait(pid), 128 + SIGKILL);
+  auto r = Godwit({"restore", "--images-dir", dir_ / "img1", "--detach"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  d = Godwit(
+      {"dump", "--pid", std::to_string(pid), "--images-dir", dir_ / "img2", "--leave-running"});
+  ASSERT_EQ(d.status, 0) << d.err;
+  auto a = RseqOf(dir_ / "img1"), b = RseqOf(dir_ / "img2");
+  ASSERT_EQ(a.size(), 3u);
+  EXPECT_EQ(a, b);
+  for (const auto& [tid, conf] : a) EXPECT_NE(conf.find("addr"), std::string::npos) << tid << conf;
+  Touch(dir_ / "go");
+  EXPECT_EQ(Wait(pid), 0);
+  pids_.clear();
 }
 
 TEST_F(CrTest, RemoteSyscallInjection) {

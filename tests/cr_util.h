@@ -20,12 +20,14 @@ RunResult Godwit(const std::vector<std::string>& args);
 pid_t GodwitAsync(const std::vector<std::string>& args);
 
 // Starts GODWIT_HELPERS/name with args; "{READY}" in args is replaced by the ready pipe's fd
-// number. stdin/stdout/stderr are /dev/null. Waits until the helper writes a line to the pipe and closes it
-// (returns -1 if it exits first). The helper is a direct child of the test.
-pid_t StartHelper(const std::string& name, std::vector<std::string> args, std::string* line = nullptr);
+// number. stdin/stdout/stderr are /dev/null. Waits until the helper writes a line to the pipe and
+// closes it (returns -1 if it exits first). The helper is a direct child of the test.
+pid_t StartHelper(const std::string& name, std::vector<std::string> args,
+                  std::string* line = nullptr);
 
 // The same for any program (absolute path).
-pid_t StartProgram(const std::string& path, std::vector<std::string> args, std::string* line = nullptr);
+pid_t StartProgram(const std::string& path, std::vector<std::string> args,
+                   std::string* line = nullptr);
 
 // waitpid(pid) -> exit code or 128+signal; -1 on error.
 int Wait(pid_t pid);

@@ -88,6 +88,7 @@ TEST_F(ImagesInspect, HumanSummary) {
   EXPECT_NE(r.out.find("name=\"entry2\" size=102"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("blob: 2 chunks (2 zstd), 5.0 MiB logical"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("cpu features: fpu"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("total: 3 files"), std::string::npos) << r.out;
 }
 
 TEST_F(ImagesInspect, JsonDecodesEveryRecord) {

@@ -2,7 +2,7 @@
 # restore round trips through the godwit binary, one test per kind.
 find_package(Threads REQUIRED)
 godwit_helper(ps_signals ${CMAKE_CURRENT_SOURCE_DIR}/helpers/ps_signals.c Threads::Threads)
-godwit_helper(ps_creds ${CMAKE_CURRENT_SOURCE_DIR}/helpers/ps_creds.c)
+godwit_helper(ps_creds ${CMAKE_CURRENT_SOURCE_DIR}/helpers/ps_creds.c Threads::Threads)
 godwit_helper(ps_misc ${CMAKE_CURRENT_SOURCE_DIR}/helpers/ps_misc.c Threads::Threads)
 godwit_helper(ps_timers ${CMAKE_CURRENT_SOURCE_DIR}/helpers/ps_timers.c)
 

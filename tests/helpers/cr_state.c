@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/auxv.h>
 #include <sys/mman.h>
+#include <sys/shm.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -246,6 +247,99 @@ static int mode_dirty(void) {
   }
 }
 
+// Maps a file and deletes it (not restorable yet: the dump must fail and leave it running), then
+// keeps checking its memory and registers until GO.
+static int mode_deleted(const char* data_file) {
+  int fd = open(data_file, O_RDWR | O_CREAT | O_TRUNC, 0644);
+  char page[4096];
+  memset(page, 'D', sizeof(page));
+  if (write(fd, page, sizeof(page)) != (ssize_t)sizeof(page)) return 90;
+  char* m = mmap(NULL, 4096, PROT_READ, MAP_SHARED, fd, 0);
+  close(fd);
+  unlink(data_file);
+  char* heap = malloc(1 << 20);
+  memset(heap, 'h', 1 << 20);
+  ready();
+  double fp = 0;
+  for (uint64_t i = 1;; ++i) {
+    fp += 1.0;
+    if (fp != (double)i || m[100] != 'D' || heap[i % (1 << 20)] != 'h') return 10;
+    if (access(go_file, F_OK) == 0) return 0;
+  }
+}
+
+// A SysV shm segment attached in a parent and its child: after restore both are attached to the
+// same segment again (its nattch counts them) and writes of one are seen by the other.
+static int mode_sysv(void) {
+  int id = shmget(IPC_PRIVATE, 65536, IPC_CREAT | 0600);
+  if (id < 0) return 90;
+  char* m = shmat(id, NULL, 0);
+  if (m == (void*)-1) return 91;
+  strcpy(m, "sysv-before");
+  int p[2];
+  if (pipe(p)) return 92;
+  pid_t child = fork();
+  if (child == 0) {
+    close(ready_fd);
+    close(p[0]);
+    if (write(p[1], "c", 1) != 1) _exit(1);
+    close(p[1]);
+    wait_go();
+    if (strcmp(m, "sysv-before")) _exit(2);
+    strcpy(m + 100, "from-child");
+    _exit(0);
+  }
+  close(p[1]);
+  char c;
+  if (read(p[0], &c, 1) != 1) return 93;
+  close(p[0]);
+  ready();
+  wait_go();
+  int st;
+  int rc = 0;
+  if (waitpid(child, &st, 0) != child || !WIFEXITED(st) || WEXITSTATUS(st)) rc = 10;
+  else if (strcmp(m + 100, "from-child")) rc = 11;
+  struct shmid_ds ds;
+  if (!rc && (shmctl(id, IPC_STAT, &ds) || ds.shm_nattch != 1)) rc = 12;
+  shmctl(id, IPC_RMID, NULL);
+  return rc;
+}
+
+// A child in a group stop (SIGSTOP) when dumped must be stopped after restore too, and run on
+// after SIGCONT.
+static int proc_state(pid_t pid) {
+  char path[64], buf[512];
+  snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+  int fd = open(path, O_RDONLY);
+  ssize_t n = read(fd, buf, sizeof(buf) - 1);
+  close(fd);
+  if (n <= 0) return '?';
+  buf[n] = 0;
+  char* rp = strrchr(buf, ')');
+  return rp ? rp[2] : '?';
+}
+
+static int mode_stopped(void) {
+  pid_t child = fork();
+  if (child == 0) {
+    close(ready_fd);
+    raise(SIGSTOP);
+    wait_go();
+    _exit(0);
+  }
+  int st;
+  if (waitpid(child, &st, WUNTRACED) != child || !WIFSTOPPED(st)) return 90;
+  ready();
+  wait_go();
+  // Stopping is asynchronous after restore only in theory: the SIGSTOP is pending at resume.
+  for (int i = 0; i < 1000000 && proc_state(child) != 'T'; ++i) {
+  }
+  if (proc_state(child) != 'T') return 10;
+  kill(child, SIGCONT);
+  if (waitpid(child, &st, 0) != child || !WIFEXITED(st) || WEXITSTATUS(st)) return 11;
+  return 0;
+}
+
 int main(int argc, char** argv) {
   if (argc < 4) return 100;
   ready_fd = atoi(argv[1]);
@@ -256,5 +350,8 @@ int main(int argc, char** argv) {
   if (!strcmp(mode, "read")) return mode_read();
   if (!strcmp(mode, "nanosleep")) return mode_nanosleep();
   if (!strcmp(mode, "dirty")) return mode_dirty();
+  if (!strcmp(mode, "sysv")) return mode_sysv();
+  if (!strcmp(mode, "stopped")) return mode_stopped();
+  if (!strcmp(mode, "deleted")) return mode_deleted(argc > 4 ? argv[4] : "/tmp/cr_state.deleted");
   return 101;
 }

@@ -2,7 +2,10 @@
  * Started as root, drops to uids 2000/2001/2002 (fs 2003), gids 1000/1001/1002 (fs 1003), groups
  * {1001, 1005, 1007}, keeps a few capabilities (different effective, permitted, inheritable and
  * ambient sets), trims the bounding set and leaves securebits KEEP_CAPS|NO_SETUID_FIXUP.
- *   ps_creds nnp READY_FD          no_new_privs only (stays root). */
+ *   ps_creds nnp READY_FD          no_new_privs only (stays root).
+ *   ps_creds threads READY_FD      credentials differ per thread (raw setresuid in one thread:
+ *                                  the kernel keeps them per thread); a third thread sets
+ *                                  no_new_privs and a pdeathsig only for itself. */
 #include "ps_common.h"
 
 #include <grp.h>
@@ -10,6 +13,7 @@
 #include <linux/securebits.h>
 #include <sys/fsuid.h>
 #include <sys/prctl.h>
+#include <pthread.h>
 #include <sys/syscall.h>
 
 #define BIT(c) (1ULL << (c))
@@ -99,10 +103,71 @@ static int nnp(const char* ready) {
   return 0;
 }
 
+static volatile int go;
+static volatile int result[3];
+static pthread_barrier_t barrier;
+
+static void wait_go(void) {
+  pthread_barrier_wait(&barrier);
+  while (!go) syscall(SYS_futex, &go, 0 /* FUTEX_WAIT */, 0, NULL, NULL, 0);
+}
+
+static void* uid_thread(void* arg) {
+  (void)arg;
+  /* Only this thread: raw syscalls, not glibc's process-wide set*id. */
+  SETUP(syscall(SYS_setresgid, 4000, 4001, 4002) == 0);
+  SETUP(syscall(SYS_setresuid, 3000, 3001, 3002) == 0);  /* drops every capability */
+  wait_go();
+  uid_t r, e, s;
+  gid_t gr, ge, gs;
+  unsigned long long eff, prm, inh;
+  get_caps(&eff, &prm, &inh);
+  result[1] = getresuid(&r, &e, &s) == 0 && r == 3000 && e == 3001 && s == 3002 &&
+                      getresgid(&gr, &ge, &gs) == 0 && gr == 4000 && ge == 4001 && gs == 4002 &&
+                      eff == 0 && prm == 0
+                  ? 1
+                  : 2;
+  return NULL;
+}
+
+static void* nnp_thread(void* arg) {
+  (void)arg;
+  /* SIGWINCH is ignored by default: the restorer, our parent after the restore, exits and sends
+   * it. */
+  SETUP(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0);
+  SETUP(prctl(PR_SET_PDEATHSIG, SIGWINCH, 0, 0, 0) == 0);
+  wait_go();
+  int sig = 0;
+  prctl(PR_GET_PDEATHSIG, &sig, 0, 0, 0);
+  result[2] = prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) == 1 && sig == SIGWINCH && geteuid() == 0 ? 1
+                                                                                              : 2;
+  return NULL;
+}
+
+static int threads(const char* ready) {
+  pthread_barrier_init(&barrier, NULL, 3);
+  pthread_t a, b;
+  SETUP(pthread_create(&a, NULL, uid_thread, NULL) == 0);
+  SETUP(pthread_create(&b, NULL, nnp_thread, NULL) == 0);
+  pthread_barrier_wait(&barrier);
+  ps_ready_and_wait(ready);
+  CHECK(geteuid() == 0 && getuid() == 0, "main thread uid %u/%u", getuid(), geteuid());
+  CHECK(prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) == 0, "main thread has no_new_privs");
+  int sig = -1;
+  CHECK(prctl(PR_GET_PDEATHSIG, &sig, 0, 0, 0) == 0 && sig == 0, "main pdeathsig %d", sig);
+  go = 1;
+  syscall(SYS_futex, &go, 1 /* FUTEX_WAKE */, 2, NULL, NULL, 0);
+  CHECK(pthread_join(a, NULL) == 0 && pthread_join(b, NULL) == 0, "join");
+  CHECK(result[1] == 1, "uid thread: creds %d", result[1]);
+  CHECK(result[2] == 1, "nnp thread: %d", result[2]);
+  return 0;
+}
+
 int main(int argc, char** argv) {
   if (argc < 3) return 122;
   ps_init();
   if (strcmp(argv[1], "creds") == 0) return creds(argv[2]);
   if (strcmp(argv[1], "nnp") == 0) return nnp(argv[2]);
+  if (strcmp(argv[1], "threads") == 0) return threads(argv[2]);
   return 123;
 }

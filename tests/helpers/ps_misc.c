@@ -6,7 +6,9 @@
  *   ps_misc prctl READY_FD           pdeathsig, child subreaper, THP disable
  *   ps_misc seccomp READY_FD         no_new_privs + two stacked filters (uname -> errno 77,
  *                                    getpgid -> 78, the second with SECCOMP_FILTER_FLAG_LOG),
- *                                    in the main thread and a thread created after them */
+ *                                    in the main thread and a thread created after them
+ *   ps_misc tree READY_FD            a child with its own handlers, umask, cwd, rlimit and uids
+ *                                    (every process of the tree has its own state) */
 #include "ps_common.h"
 
 #include <pthread.h>
@@ -19,6 +21,7 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <sys/syscall.h>
 #include <sys/utsname.h>
 
@@ -246,6 +249,72 @@ static int seccomp(const char* ready) {
   return 0;
 }
 
+static volatile sig_atomic_t child_usr1;
+static void on_child_usr1(int sig) {
+  (void)sig;
+  child_usr1++;
+}
+
+static int tree_child(int ready_w) {
+  SETUP(signal(SIGUSR1, on_child_usr1) != SIG_ERR);
+  SETUP(signal(SIGHUP, SIG_IGN) != SIG_ERR);
+  umask(077);
+  SETUP(chdir("/") == 0);
+  struct rlimit rl = {50, 60};
+  SETUP(setrlimit(RLIMIT_NOFILE, &rl) == 0);
+  SETUP(syscall(SYS_setresgid, 5100, 5100, 5100) == 0);
+  SETUP(syscall(SYS_setresuid, 5000, 5000, 5000) == 0);
+  SETUP(write(ready_w, "c", 1) == 1);
+  close(ready_w);
+  sigset_t usr2;
+  sigemptyset(&usr2);
+  sigaddset(&usr2, SIGUSR2);
+  while (sigwaitinfo(&usr2, NULL) != SIGUSR2) {
+  }
+  CHECK(umask(0) == 077, "child umask");
+  char cwd[256];
+  CHECK(getcwd(cwd, sizeof(cwd)) && strcmp(cwd, "/") == 0, "child cwd %s", cwd);
+  CHECK(getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur == 50 && rl.rlim_max == 60,
+        "child nofile %llu/%llu", (unsigned long long)rl.rlim_cur,
+        (unsigned long long)rl.rlim_max);
+  CHECK(getuid() == 5000 && geteuid() == 5000 && getgid() == 5100, "child uid %u gid %u",
+        getuid(), getgid());
+  CHECK(raise(SIGUSR1) == 0 && child_usr1 == 1, "child SIGUSR1 handler");
+  struct sigaction sa;
+  CHECK(sigaction(SIGHUP, NULL, &sa) == 0 && sa.sa_handler == SIG_IGN, "child SIGHUP");
+  return 0;
+}
+
+static int tree(const char* ready) {
+  int p[2];
+  SETUP(pipe(p) == 0);
+  pid_t child = fork();
+  SETUP(child >= 0);
+  if (child == 0) {
+    close(p[0]);
+    close(atoi(ready));
+    exit(tree_child(p[1]));
+  }
+  close(p[1]);
+  char c;
+  SETUP(read(p[0], &c, 1) == 1);
+  close(p[0]);
+  /* The parent keeps the defaults the child changed. */
+  umask(022);
+  ps_ready_and_wait(ready);
+  CHECK(umask(0) == 022, "parent umask");
+  CHECK(geteuid() == 0, "parent euid %u", geteuid());
+  struct sigaction sa;
+  CHECK(sigaction(SIGUSR1, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL, "parent SIGUSR1");
+  struct rlimit rl;
+  CHECK(getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_max != 60, "parent nofile");
+  CHECK(kill(child, SIGUSR2) == 0, "signal child");
+  int st = 0;
+  CHECK(waitpid(child, &st, 0) == child, "wait child");
+  CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child failed: status %#x", st);
+  return 0;
+}
+
 int main(int argc, char** argv) {
   if (argc < 3) return 122;
   ps_init();
@@ -254,5 +323,6 @@ int main(int argc, char** argv) {
   if (strcmp(argv[1], "sched") == 0) return sched(argv[2]);
   if (strcmp(argv[1], "prctl") == 0) return prctls(argv[2]);
   if (strcmp(argv[1], "seccomp") == 0) return seccomp(argv[2]);
+  if (strcmp(argv[1], "tree") == 0) return tree(argv[2]);
   return 123;
 }

@@ -2,7 +2,9 @@
  *   ps_signals handlers READY_FD   handlers with flags and masks, an ignored and a default signal;
  *                                  after restore the handlers must actually run.
  *   ps_signals altstack READY_FD   sigaltstack in the main thread and in a second thread; a
- *                                  SA_ONSTACK handler must run on each thread's own stack. */
+ *                                  SA_ONSTACK handler must run on each thread's own stack.
+ *   ps_signals onstack READY_FD    dumped and restored while running a handler on the altstack:
+ *                                  the handler carries on there and returns normally. */
 #include "ps_common.h"
 
 #include <pthread.h>
@@ -153,10 +155,49 @@ static int altstack(const char* ready) {
   return 0;
 }
 
+static void* on_base;
+static size_t on_size = 64 * 1024;
+static const char* on_ready;
+static volatile int on_result = -1;
+
+static void in_handler(int sig) {
+  (void)sig;
+  int local;
+  stack_t ss;
+  ps_ready_and_wait(on_ready); /* dumped, killed and restored in here */
+  on_result = 1;
+  if (sigaltstack(NULL, &ss) != 0 || !(ss.ss_flags & SS_ONSTACK) || ss.ss_sp != on_base ||
+      ss.ss_size != on_size)
+    on_result = 2;
+  else if ((uintptr_t)&local < (uintptr_t)on_base ||
+           (uintptr_t)&local >= (uintptr_t)on_base + on_size)
+    on_result = 3;
+}
+
+static int onstack(const char* ready) {
+  on_ready = ready;
+  on_base = alloc_stack(on_size);
+  stack_t ss = {.ss_sp = on_base, .ss_size = on_size, .ss_flags = 0};
+  SETUP(sigaltstack(&ss, NULL) == 0);
+  struct sigaction sa;
+  memset(&sa, 0, sizeof(sa));
+  sa.sa_handler = in_handler;
+  sa.sa_flags = SA_ONSTACK;
+  SETUP(sigaction(SIGUSR1, &sa, NULL) == 0);
+  SETUP(raise(SIGUSR1) == 0);
+  CHECK(on_result == 1, "inside the handler after restore: %d", on_result);
+  stack_t got;
+  CHECK(sigaltstack(NULL, &got) == 0 && !(got.ss_flags & SS_ONSTACK) && got.ss_sp == on_base &&
+            got.ss_size == on_size,
+        "after the handler: %p+%zu flags %#x", got.ss_sp, got.ss_size, got.ss_flags);
+  return 0;
+}
+
 int main(int argc, char** argv) {
   if (argc < 3) return 122;
   ps_init();
   if (strcmp(argv[1], "handlers") == 0) return handlers(argv[2]);
   if (strcmp(argv[1], "altstack") == 0) return altstack(argv[2]);
+  if (strcmp(argv[1], "onstack") == 0) return onstack(argv[2]);
   return 123;
 }
