@@ -172,13 +172,21 @@ int NotifyPid(const std::string& text) {
   return std::atoi(text.c_str() + pos + 11);
 }
 
-Result<void> DumpMqueues(img::IpcNs& ns, images::BlobWriter& blob) {
-  char dir[] = "/tmp/godwit-mq-XXXXXX";
-  if (::mkdtemp(dir) == nullptr) return Errno("mkdtemp %s", dir);
-  ScopeExit rm([&] { ::rmdir(dir); });
-  // The mqueue fs of the thread's IPC namespace, mounted in the thread's private mount ns.
-  if (::mount("mqueue", dir, "mqueue", 0, nullptr) < 0) return Errno("mount mqueue on %s", dir);
-  ScopeExit um([&] { ::umount2(dir, MNT_DETACH); });
+Result<void> DumpMqueues(img::IpcNs& ns, images::BlobWriter& blob, const std::string& given) {
+  char tmp[] = "/tmp/godwit-mq-XXXXXX";
+  std::string dir = given;
+  bool mounted = false;
+  ScopeExit cleanup([&] {
+    if (mounted) ::umount2(tmp, MNT_DETACH);
+    if (given.empty()) ::rmdir(tmp);
+  });
+  if (dir.empty()) {
+    if (::mkdtemp(tmp) == nullptr) return Errno("mkdtemp %s", tmp);
+    // The mqueue fs of the thread's IPC namespace, mounted in the thread's private mount ns.
+    if (::mount("mqueue", tmp, "mqueue", 0, nullptr) < 0) return Errno("mount mqueue on %s", tmp);
+    mounted = true;
+    dir = tmp;
+  }
   ASSIGN_OR_RETURN(std::vector<std::string> names, fs::ListDir(dir));
   for (const std::string& name : names) {
     std::string path = std::string(dir) + "/" + name;
@@ -396,7 +404,8 @@ Result<void> RestoreMqueue(const img::PosixMqueue& pq, images::BlobReader* blob)
 
 }  // namespace
 
-Result<void> Dump(int ipc_ns_fd, images::Sink& sink, images::Compression compression) {
+Result<void> Dump(int ipc_ns_fd, images::Sink& sink, images::Compression compression,
+                  const std::string& mqueue_dir) {
   img::IpcNs ns;
   ASSIGN_OR_RETURN(images::BlobWriter blob, images::BlobWriter::Create(sink, kDataBlob, compression));
   TRY_CTX(RunInNamespace(
@@ -415,10 +424,10 @@ Result<void> Dump(int ipc_ns_fd, images::Sink& sink, images::Compression compres
                 TRY_CTX(DumpShm(ns, blob), "SysV shm");
                 TRY_CTX(DumpSem(ns), "SysV semaphores");
                 TRY_CTX(DumpMsg(ns, blob), "SysV message queues");
-                TRY_CTX(DumpMqueues(ns, blob), "POSIX message queues");
+                TRY_CTX(DumpMqueues(ns, blob, mqueue_dir), "POSIX message queues");
                 return Ok();
               },
-              NsThreadOptions{.private_mounts = true}),
+              NsThreadOptions{.private_mounts = mqueue_dir.empty()}),
           "dump ipc namespace");
   TRY(blob.Close());
   TRY(images::WriteImage(sink, kImage, ns));

@@ -639,29 +639,46 @@ Result<void> RestoreEntries(const images::ImageSet& images, const std::string& i
   return Ok();
 }
 
-// fstatat of rel inside root as the container sees it (symlinks resolve within root).
-Result<bool> StatIn(int root, const std::string& rel, struct stat* st) {
-  Split2 sp = SplitPath(rel);
-  int pfd = root;
-  UniqueFd parent;
-  if (!sp.parent.empty()) {
-    struct open_how how = {};
-    how.flags = O_PATH | O_DIRECTORY | O_CLOEXEC;
-    how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
-    long fd = ::syscall(SYS_openat2, root, sp.parent.c_str(), &how, sizeof(how));
-    if (fd < 0) {
-      if (errno == ENOENT || errno == ENOTDIR) return false;
-      return Errno("open %s in rootfs", sp.parent.c_str());
+// fstatat of rel inside root as the container sees it (symlinks resolve within root). The walk
+// visits a directory's entries together: the last parent stays open.
+class RootStat {
+ public:
+  explicit RootStat(int root) : root_(root) {}
+  Result<bool> Stat(const std::string& rel, struct stat* st) {
+    Split2 sp = SplitPath(rel);
+    int pfd = root_;
+    if (!sp.parent.empty()) {
+      if (sp.parent != parent_path_ || !parent_) {
+        parent_.reset();
+        parent_path_ = sp.parent;
+        struct open_how how = {};
+        how.flags = O_PATH | O_DIRECTORY | O_CLOEXEC;
+        how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
+        long fd = ::syscall(SYS_openat2, root_, sp.parent.c_str(), &how, sizeof(how));
+        if (fd < 0) {
+          if (errno == ENOENT || errno == ENOTDIR) return false;
+          return Errno("open %s in rootfs", sp.parent.c_str());
+        }
+        parent_.reset(static_cast<int>(fd));
+      }
+      pfd = parent_.get();
     }
-    parent.reset(static_cast<int>(fd));
-    pfd = parent.get();
+    if (::fstatat(pfd, sp.name.c_str(), st, AT_SYMLINK_NOFOLLOW) < 0) {
+      if (errno == ENOENT || errno == ENOTDIR) return false;
+      return Errno("stat %s in rootfs", rel.c_str());
+    }
+    return true;
   }
-  if (::fstatat(pfd, sp.name.c_str(), st, AT_SYMLINK_NOFOLLOW) < 0) {
-    if (errno == ENOENT || errno == ENOTDIR) return false;
-    return Errno("stat %s in rootfs", rel.c_str());
+  // The open parent of the last Stat (or the root).
+  int parent_fd(const std::string& rel) const {
+    return SplitPath(rel).parent.empty() || !parent_ ? root_ : parent_.get();
   }
-  return true;
-}
+
+ private:
+  int root_;
+  std::string parent_path_;
+  UniqueFd parent_;
+};
 
 std::string ReadLinkAt(int dirfd, const std::string& path) {
   char buf[PATH_MAX];
@@ -766,6 +783,7 @@ Result<bool> DumpLayer(pid_t pid, const std::string& rootfs, images::Sink& sink,
   ASSIGN_OR_RETURN(images::BlobWriter blob, images::BlobWriter::Create(sink, kLayerBlob, compression));
   int rfd = rfs.get();
   uint64_t kept = 0, whiteouts = 0;
+  RootStat rootstat(rfd);
   KeepFn keep = [&](const std::string& path, const struct statx& stx) -> Result<bool> {
     struct stat st;
     bool exists;
@@ -773,7 +791,7 @@ Result<bool> DumpLayer(pid_t pid, const std::string& rootfs, images::Sink& sink,
       st = rst;
       exists = true;
     } else {
-      ASSIGN_OR_RETURN(exists, StatIn(rfd, path, &st));
+      ASSIGN_OR_RETURN(exists, rootstat.Stat(path, &st));
     }
     if (stx.stx_mnt_id != mstx.stx_mnt_id) return !exists;  // a mount point: only if new
     bool changed = !exists;
@@ -793,10 +811,8 @@ Result<bool> DumpLayer(pid_t pid, const std::string& rootfs, images::Sink& sink,
       if (S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode))
         changed |= st.st_rdev != makedev(stx.stx_rdev_major, stx.stx_rdev_minor);
       if (S_ISLNK(st.st_mode)) {
-        std::string a = ReadLinkAt(mfd, path), b;
-        Split2 sp = SplitPath(path);
-        ASSIGN_OR_RETURN(UniqueFd p, OpenBeneath(rfd, sp.parent, O_PATH | O_DIRECTORY));
-        b = ReadLinkAt(p.get(), sp.name);
+        std::string a = ReadLinkAt(mfd, path);
+        std::string b = ReadLinkAt(rootstat.parent_fd(path), SplitPath(path).name);
         changed |= a != b;
       }
     }

@@ -22,6 +22,7 @@
 #include <map>
 #include <memory>
 #include <set>
+#include <thread>
 #include <vector>
 
 #include "common/fs.h"
@@ -703,6 +704,10 @@ Result<void> AddNeigh(nl_sock* sock, const img::NetNeigh& nn) {
 
 Result<img::NetNs> Collect(int netns_fd) {
   img::NetNs ns;
+  // nft is a separate process (tens of ms to start): let it run while netlink is read.
+  Result<std::string> nft = std::string();
+  std::thread nft_thread([&] { nft = CollectNft(netns_fd); });
+  ScopeExit join([&] { nft_thread.join(); });
   ASSIGN_OR_RETURN(Sock sock, OpenRouteSocket(netns_fd));
   ASSIGN_OR_RETURN(Sock host, OpenRouteSocket(-1));
   TRY_CTX(CollectLinks(sock.get(), host.get(), ns), "dump netns links");
@@ -711,8 +716,10 @@ Result<img::NetNs> Collect(int netns_fd) {
   TRY_CTX(CollectRules(sock.get(), ns), "dump netns rules");
   TRY_CTX(CollectNeighs(sock.get(), ns), "dump netns neighbours");
   TRY(RunInNamespace(netns_fd, CLONE_NEWNET, [&] { return CollectSysctls(ns); }));
-  ASSIGN_OR_RETURN(std::string nft, CollectNft(netns_fd));
-  ns.set_nft_ruleset(nft);
+  join.dismiss();
+  nft_thread.join();
+  TRY_CTX(nft, "dump nftables ruleset");
+  ns.set_nft_ruleset(*nft);
   LOG_DEBUG("netns: %d links, %d addresses, %d routes, %d rules, %d neighbours, %d sysctls",
             ns.links_size(), ns.addrs_size(), ns.routes_size(), ns.rules_size(), ns.neighs_size(),
             ns.sysctls_size());

@@ -28,16 +28,23 @@ using testing::TempDir;
 struct CliRun {
   int code = -1;
   std::string out;
+  std::string err;
 };
 
+std::ostream& operator<<(std::ostream& os, const CliRun& r) { return os << r.out << r.err; }
+
 // Runs the godwit binary with only stdin/stdout/stderr open (the container inherits what godwit
-// has). stdout goes to a file, not a pipe: a detached container keeps its copy open.
+// has). stdout and stderr go to files, not pipes: a detached container keeps its copies open (and
+// a pipe to a peer outside the container is not something its checkpoint can take along).
 CliRun Godwit(const std::vector<std::string>& args) {
   CliRun r;
   static int n = 0;
   std::string outf = StrFormat("/tmp/godwit-ccli-out-%d-%d", getpid(), n++);
   int out = ::open(outf.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (out < 0) return r;
+  std::string errf = outf + ".err";
+  int err = ::open(errf.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (err < 0) return r;
   std::vector<std::string> full = {GODWIT_BIN};
   full.insert(full.end(), args.begin(), args.end());
   std::vector<char*> argv;
@@ -48,6 +55,7 @@ CliRun Godwit(const std::vector<std::string>& args) {
     int null = ::open("/dev/null", O_RDWR);
     ::dup2(null, 0);
     ::dup2(out, 1);
+    ::dup2(err, 2);
     ::close_range(3, ~0U, 0);
     ::execv(argv[0], argv.data());
     ::_exit(127);
@@ -56,9 +64,13 @@ CliRun Godwit(const std::vector<std::string>& args) {
   ::waitpid(pid, &st, 0);
   r.code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
   ::close(out);
+  ::close(err);
   auto text = fs::ReadFile(outf);
   if (text.ok()) r.out = *text;
+  auto etext = fs::ReadFile(errf);
+  if (etext.ok()) r.err = *etext;
   ::unlink(outf.c_str());
+  ::unlink(errf.c_str());
   return r;
 }
 
@@ -76,7 +88,7 @@ class ContainerCli : public ::testing::Test {
     CliRun r = Godwit({"--root", root_, "run", "--rootfs", rootfs_, "--name", id_, "--detach",
                     "--hostname", "cli-" + id_, "--memory", "64M", "--disk", "16M", "--ip",
                     StrFormat("198.19.%d.20/24", 100 + getpid() % 100), "--", "sleep", "1000"});
-    ASSERT_EQ(r.code, 0) << r.out;
+    ASSERT_EQ(r.code, 0) << r;
   }
 
   TempDir tmp_{"ccli"};
@@ -88,7 +100,7 @@ TEST_F(ContainerCli, CheckpointDeletesThenLeaveRunningKeepsRunning) {
   std::string img = tmp_.path() + "/img", exp = tmp_.path() + "/c.gwx";
   CliRun r = Godwit({"--root", root_, "--json", "checkpoint", id_, "--image-path", img, "--export",
                   exp, "--compress", "zstd"});
-  ASSERT_EQ(r.code, 0) << r.out;
+  ASSERT_EQ(r.code, 0) << r;
   auto j = nlohmann::json::parse(r.out, nullptr, false);
   ASSERT_FALSE(j.is_discarded()) << r.out;
   EXPECT_EQ(j["processes"], 1);
@@ -115,7 +127,7 @@ TEST_F(ContainerCli, CheckpointDeletesThenLeaveRunningKeepsRunning) {
   for (int i = 0; i < 2; i++) {
     CliRun lr = Godwit({"--root", root_, "checkpoint", id_, "--image-path",
                      tmp_.path() + "/img-lr" + std::to_string(i), "--leave-running"});
-    ASSERT_EQ(lr.code, 0) << lr.out;
+    ASSERT_EQ(lr.code, 0) << lr;
     auto c = runtime::Container::Load(root_, id_);
     ASSERT_OK(c);
     EXPECT_EQ(c->CurrentStatus(), runtime::Status::kRunning);
@@ -125,7 +137,7 @@ TEST_F(ContainerCli, CheckpointDeletesThenLeaveRunningKeepsRunning) {
   auto before = runtime::Container::Load(root_, id_);
   ASSERT_OK(before);
   CliRun dup = Godwit({"--root", root_, "container-restore", id_, "--image-path", img});
-  EXPECT_EQ(dup.code, 4) << dup.out;
+  EXPECT_EQ(dup.code, 4) << dup;
   EXPECT_EQ(runtime::Container::Load(root_, id_)->pid, before->pid);
   EXPECT_EQ(runtime::Container::Load(root_, id_)->CurrentStatus(), runtime::Status::kRunning);
   // A damaged export: exit 5, nothing created.
@@ -135,15 +147,15 @@ TEST_F(ContainerCli, CheckpointDeletesThenLeaveRunningKeepsRunning) {
   d[d.size() / 3] ^= 0x10;
   ASSERT_OK(fs::WriteFile(exp + ".bad", d));
   CliRun bad = Godwit({"--root", root_, "container-restore", id_ + "x", "--import", exp + ".bad"});
-  EXPECT_EQ(bad.code, 5) << bad.out;
+  EXPECT_EQ(bad.code, 5) << bad;
   EXPECT_FALSE(fs::Exists(root_ + "/" + id_ + "x"));
 }
 
 TEST_F(ContainerCli, CheckpointOfUnknownIdIsNotFound) {
   CliRun r = Godwit({"--root", root_, "checkpoint", "nosuch", "--image-path", tmp_.path() + "/x"});
-  EXPECT_EQ(r.code, 3) << r.out;
+  EXPECT_EQ(r.code, 3) << r;
   CliRun u = Godwit({"--root", root_, "checkpoint", "nosuch"});
-  EXPECT_EQ(u.code, 2) << u.out;
+  EXPECT_EQ(u.code, 2) << u;
 }
 
 }  // namespace
