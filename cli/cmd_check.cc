@@ -114,8 +114,8 @@ bool ProbePagemapScan(std::string* d) {
   a.end = a.start + 4096;
   a.vec = reinterpret_cast<uint64_t>(vec);
   a.vec_len = 4;
-  a.category_anyof_mask = 1 << 1;  // PAGE_IS_PRESENT
-  a.return_mask = 1 << 1;
+  a.category_anyof_mask = 1 << 3;  // PAGE_IS_PRESENT
+  a.return_mask = 1 << 3;
   int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
   long n = ioctl(fd, _IOWR('f', 16, struct pm_scan_arg), &a);
   if (n < 0) *d = strerror(errno);
@@ -188,6 +188,9 @@ const Feature kFeatures[] = {
     {"tcp_repair", false, "established TCP connections (TCP_REPAIR)", ProbeTcpRepair},
 };
 
+// Bump when a probe changes, so old cached answers are not trusted.
+constexpr int kProbeVersion = 3;
+
 int CheckCmd(Global& g, const std::vector<std::string>& args) {
   ArgSpec spec{{}, {"force"}, {}};
   auto pa = ParseArgs(args, spec);
@@ -201,7 +204,8 @@ int CheckCmd(Global& g, const std::vector<std::string>& args) {
     auto c = fs::ReadFile(cache);
     if (c.ok()) {
       auto j = nlohmann::json::parse(*c, nullptr, false);
-      if (!j.is_discarded() && j.value("boot_id", "") == boot) {
+      if (!j.is_discarded() && j.value("boot_id", "") == boot &&
+          j.value("probe_version", 0) == kProbeVersion) {
         out = j;
         cached = true;
       }
@@ -209,6 +213,7 @@ int CheckCmd(Global& g, const std::vector<std::string>& args) {
   }
   if (!cached) {
     out["boot_id"] = boot;
+    out["probe_version"] = kProbeVersion;
     nlohmann::json feats = nlohmann::json::array();
     for (const auto& f : kFeatures) {
       std::string detail;

@@ -23,7 +23,7 @@ void Progress(const char* phase, uint64_t done, uint64_t total) {
 }
 
 int DumpCmd(Global& g, const std::vector<std::string>& args) {
-  ArgSpec spec{{"pid", "images-dir", "compress", "external"},
+  ArgSpec spec{{"pid", "images-dir", "compress", "external", "pre-dump-rounds"},
                {"leave-running", "shell-job", "tcp-established"},
                {{"-t", "pid"}, {"-D", "images-dir"}, {"-R", "leave-running"}}};
   auto pa = ParseArgs(args, spec);
@@ -37,6 +37,7 @@ int DumpCmd(Global& g, const std::vector<std::string>& args) {
   o.shell_job = pa->has("shell-job");
   o.tcp_established = pa->has("tcp-established");
   o.external = pa->all("external");
+  o.pre_rounds = atoi(pa->get("pre-dump-rounds", "0").c_str());
   std::string c = pa->get("compress");
   if (!c.empty()) {
     if (c.rfind("zstd", 0) != 0)
@@ -66,7 +67,11 @@ int DumpCmd(Global& g, const std::vector<std::string>& args) {
                         {"frozen_ms", s.frozen_ms},
                         {"memdump_ms", s.memdump_ms},
                         {"total_ms", s.total_ms},
-                        {"left_running", o.leave_running}};
+                        {"left_running", o.leave_running},
+                        {"pre_dump_rounds", o.pre_rounds},
+                        {"pre_dump_bytes", s.pre_bytes},
+                        {"pre_dump_round_bytes", s.round_bytes},
+                        {"pre_dump_ms", s.pre_ms}};
     nlohmann::json fds = nlohmann::json::object();
     for (const auto& [k, n] : s.fd_counts) fds[k] = n;
     j["fds"] = fds;
@@ -80,6 +85,9 @@ int DumpCmd(Global& g, const std::vector<std::string>& args) {
            s.bytes_stored / 1048576.0, static_cast<unsigned long long>(s.pages_zero),
            static_cast<unsigned long long>(s.pages_file),
            static_cast<unsigned long long>(s.shmem_pages));
+    if (o.pre_rounds > 0)
+      printf("  pre-dump: %d round(s) while running, %.1f MiB in %.1f ms\n", o.pre_rounds,
+             s.pre_bytes / 1048576.0, s.pre_ms);
     printf("  frozen %.1f ms (freezing %.1f ms, memory %.1f ms), total %.1f ms; tree %s\n",
            s.frozen_ms, s.freeze_ms, s.memdump_ms, s.total_ms,
            o.leave_running ? "left running" : "killed");
@@ -91,7 +99,7 @@ int DumpCmd(Global& g, const std::vector<std::string>& args) {
 
 GODWIT_COMMAND(dump, "dump",
                "dump --pid PID --images-dir DIR [--leave-running] [--compress zstd[:LEVEL]] "
-               "[--shell-job] [--external KEY]... [--json]",
+               "[--pre-dump-rounds N] [--shell-job] [--external KEY]... [--json]",
                "checkpoint a running process tree into an image directory", DumpCmd);
 
 }  // namespace godwit::cli

@@ -11,6 +11,7 @@
 #include "cli/command.h"
 #include "common/args.h"
 #include "common/fs.h"
+#include "common/log.h"
 #include "runtime/cgroup.h"
 #include "runtime/runtime.h"
 
@@ -147,8 +148,16 @@ int CmdRun(Global& g, const std::vector<std::string>& args) {
     else printf("%s\n", c->id.c_str());
     return 0;
   }
+  auto ms = [] {
+    timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
+  };
+  double t0 = ms();
   auto code = rt::Wait(*c, /*forward_signals=*/true);
+  double t1 = ms();
   auto d = rt::Delete(c->root, c->id, true);
+  LOG_DEBUG("run %s: wait=%.2fms delete=%.2fms", c->id.c_str(), t1 - t0, ms() - t1);
   if (!code.ok()) return ReportError(g, "run", code.error());
   if (!d.ok()) return ReportError(g, "run", d.error());
   return *code;
@@ -173,6 +182,29 @@ int CmdState(Global& g, const std::vector<std::string>& args) {
   return 0;
 }
 GODWIT_COMMAND(state, "state", "state ID", "print the OCI state of a container (JSON)", CmdState);
+
+// --- pause / resume -------------------------------------------------------------------------
+
+int CmdPause(Global& g, const std::vector<std::string>& args) {
+  auto p = Parse(args, {});
+  if (!p.ok()) return ReportError(g, "pause", p.error());
+  if (p->positionals.size() != 1) return ReportError(g, "pause", Usage("expected exactly one ID"));
+  auto r = rt::Pause(g.root, p->positionals[0]);
+  if (!r.ok()) return ReportError(g, "pause", r.error());
+  return 0;
+}
+GODWIT_COMMAND(pause, "pause", "pause ID", "freeze every process of a container (cgroup freezer)",
+               CmdPause);
+
+int CmdResume(Global& g, const std::vector<std::string>& args) {
+  auto p = Parse(args, {});
+  if (!p.ok()) return ReportError(g, "resume", p.error());
+  if (p->positionals.size() != 1) return ReportError(g, "resume", Usage("expected exactly one ID"));
+  auto r = rt::Resume(g.root, p->positionals[0]);
+  if (!r.ok()) return ReportError(g, "resume", r.error());
+  return 0;
+}
+GODWIT_COMMAND(resume, "resume", "resume ID", "thaw a paused container", CmdResume);
 
 // --- kill -----------------------------------------------------------------------------------
 
@@ -233,7 +265,8 @@ int CmdList(Global& g, const std::vector<std::string>& args) {
   }
   printf("%-20s %-8s %-10s %-40s %s\n", "ID", "PID", "STATUS", "BUNDLE", "CREATED");
   for (const auto& e : *l) {
-    bool live = e.status == rt::Status::kCreated || e.status == rt::Status::kRunning;
+    bool live = e.status == rt::Status::kCreated || e.status == rt::Status::kRunning ||
+                e.status == rt::Status::kPaused;
     printf("%-20s %-8d %-10s %-40s %s\n", e.id.c_str(), live ? e.container.pid : 0,
            rt::StatusName(e.status), e.container.bundle.c_str(), e.container.created.c_str());
   }

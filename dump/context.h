@@ -18,6 +18,7 @@
 #include "common/result.h"
 #include "images/image.h"
 #include "proto/mm.pb.h"
+#include "proto/pagemap.pb.h"
 #include "proto/pstree.pb.h"
 
 namespace godwit::files {
@@ -25,6 +26,8 @@ class FdDumper;
 }
 
 namespace godwit::dump {
+
+class DirtyTracker;
 
 struct DumpOptions {
   pid_t pid = 0;
@@ -35,6 +38,10 @@ struct DumpOptions {
   bool shell_job = false;  // stdio connected to a terminal/pipes outside the tree is fine
   std::vector<std::string> external;
   bool tcp_established = false;
+  // Pre-copy: copy memory this many times while the tree runs (the first round everything, then
+  // what was written since, tracked with userfaultfd write-protect), then freeze for the final,
+  // small, round. 0: a plain dump.
+  int pre_rounds = 0;
   // Called with (phase, done, total) for progress output; may be empty.
   std::function<void(const char*, uint64_t, uint64_t)> progress;
 };
@@ -55,6 +62,9 @@ struct DumpStats {
   double frozen_ms = 0;         // from the first thread stopped until the tree resumed or died
   double memdump_ms = 0;        // reading pages
   double total_ms = 0;
+  uint64_t pre_bytes = 0;       // copied by pre-dump rounds while the tree ran
+  double pre_ms = 0;
+  std::vector<uint64_t> round_bytes;  // per pre-dump round
   std::vector<std::pair<std::string, int>> fd_counts;
 };
 
@@ -80,11 +90,15 @@ struct DumpContext {
   std::map<std::pair<uint64_t, uint64_t>, uint64_t> shmem_ids;
   uint64_t next_shmem_id = 1;
   std::vector<img::ShmemObject> shmem;  // written to shmem.img after every process
+  // Pre-dump: a dirty tracker per process and the rounds' page maps.
+  std::map<pid_t, std::unique_ptr<DirtyTracker>> trackers;
+  std::map<pid_t, std::vector<img::PageMap>> pre_maps;
   // Every process handle (so a failure can release all remotes).
   std::vector<std::unique_ptr<ProcessDump>> procs;
 
   // The remote-syscall channel of a process (created once; the main thread injects).
   Result<remote::Remote*> RemoteFor(ProcessDump& p);
+  ~DumpContext();
 };
 
 }  // namespace godwit::dump

@@ -1,6 +1,7 @@
 #include "dump/dump.h"
 
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 
 #include <chrono>
@@ -8,6 +9,7 @@
 #include "common/log.h"
 #include "common/proc.h"
 #include "common/scope_exit.h"
+#include "dump/dirty.h"
 #include "dump/pages.h"
 #include "dump/steps.h"
 #include "dump/tree.h"
@@ -21,7 +23,76 @@ double Ms(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double, std::milli>(b - a).count();
 }
 
+// Pre-copy rounds while the tree runs. Round 0 copies every present page; later rounds copy what
+// was written since the previous round. Processes that appear later are dumped whole at the end.
+Result<void> PreRounds(DumpContext& ctx) {
+  auto t0 = Clock::now();
+  FrozenTree f;
+  auto frozen = FreezeTree(ctx.opts.pid, &f);
+  Result<void> res = frozen;
+  if (res.ok()) {
+    res = [&]() -> Result<void> {
+      for (const auto& e : f.tree.processes()) {
+        if (e.zombie()) continue;
+        ASSIGN_OR_RETURN(auto r, remote::Remote::Create(e.pid(), e.pid(), {}));
+        ASSIGN_OR_RETURN(auto maps, proc::ReadMaps(e.pid()));
+        maps = WithoutRange(maps, r->area_start(), r->area_end());
+        auto t = DirtyTracker::Start(e.pid(), r.get(), maps);
+        TRY(r->Release());
+        if (!t.ok()) return std::move(t.error().wrap(StrFormat("pid %d: dirty tracking", e.pid())));
+        ctx.trackers[e.pid()] = std::move(*t);
+      }
+      return Ok();
+    }();
+  }
+  ThawTree(f);
+  TRY_CTX(res, "pre-dump");
+  for (int round = 0; round < ctx.opts.pre_rounds; ++round) {
+    uint64_t round_bytes = 0;
+    for (auto& [pid, tracker] : ctx.trackers) {
+      std::vector<PageRange> runs;
+      if (round == 0) {
+        ASSIGN_OR_RETURN(auto maps, proc::ReadMaps(pid));
+        ASSIGN_OR_RETURN(auto src, PresentPages::Open(pid, ctx.zero_pfn));
+        PageCounts counts;
+        for (const auto& m : maps) {
+          if (m.shared || !(m.prot & PROT_READ) || !tracker->Covers(m.start, m.end)) continue;
+          bool file = m.inode != 0 && !m.path.empty() && m.path[0] == '/';
+          TRY(src->Collect(m.start, m.end, file, &runs, &counts));
+        }
+      } else {
+        TRY_CTX(tracker->CollectDirty(&runs), "pre-dump round %d pid %d", round, pid);
+      }
+      uint64_t total = 0;
+      for (const auto& x : runs) total += x.npages * 4096;
+      img::PageMap pm;
+      pm.set_pid(pid);
+      pm.set_blob(StrFormat("pages-%d-pre%d.img", pid, round));
+      ASSIGN_OR_RETURN(images::BlobWriter blob,
+                       images::BlobWriter::Create(*ctx.sink, pm.blob(), ctx.opts.compression,
+                                                  ctx.opts.zstd_level));
+      {
+        PageWriter w(&blob, pid, -1, total);
+        for (const auto& x : runs) TRY(w.Add(x.addr, x.addr, x.npages, false));
+        TRY_CTX(w.Finish(), "pre-dump round %d pid %d", round, pid);
+        for (const auto& run : w.runs()) *pm.add_runs() = run;
+      }
+      TRY(blob.Close());
+      round_bytes += blob.logical_size();
+      ctx.stats.bytes_stored += blob.stored_size();
+      ctx.pre_maps[pid].push_back(std::move(pm));
+    }
+    ctx.stats.round_bytes.push_back(round_bytes);
+    ctx.stats.pre_bytes += round_bytes;
+    if (ctx.opts.progress) ctx.opts.progress("pre-dump round", round + 1, ctx.opts.pre_rounds);
+  }
+  ctx.stats.pre_ms = Ms(t0, Clock::now());
+  return Ok();
+}
+
 }  // namespace
+
+DumpContext::~DumpContext() = default;
 
 Result<remote::Remote*> DumpContext::RemoteFor(ProcessDump& p) {
   if (!p.remote) {
@@ -46,6 +117,13 @@ Result<DumpStats> Dump(const DumpOptions& opts) {
 
   FrozenTree frozen;
   bool finished = false;
+  if (opts.pre_rounds > 0) {
+    auto r = PreRounds(ctx);
+    if (!r.ok()) {
+      sink->Abort();
+      return std::move(r).error();
+    }
+  }
   std::unique_ptr<files::FdDumper> fds;
   ScopeExit on_error([&] {
     if (finished) return;

@@ -13,6 +13,7 @@
 #include "common/fs.h"
 #include "common/log.h"
 #include "common/proc.h"
+#include "dump/dirty.h"
 #include "dump/pages.h"
 #include "dump/steps.h"
 #include "proto/mm.pb.h"
@@ -47,30 +48,6 @@ Result<img::VmaKind> Classify(const proc::MapsEntry& m, pid_t pid) {
     return img::VMA_FILE_PRIVATE;
   }
   return img::VMA_ANON_PRIVATE;
-}
-
-// Carves [a, b) (the remote scratch area) out of the maps.
-std::vector<proc::MapsEntry> Without(const std::vector<proc::MapsEntry>& maps, uint64_t a,
-                                     uint64_t b) {
-  std::vector<proc::MapsEntry> out;
-  for (const auto& m : maps) {
-    if (m.end <= a || m.start >= b) {
-      out.push_back(m);
-      continue;
-    }
-    if (m.start < a) {
-      proc::MapsEntry l = m;
-      l.end = a;
-      out.push_back(l);
-    }
-    if (m.end > b) {
-      proc::MapsEntry r = m;
-      r.pgoff += b - m.start;
-      r.start = b;
-      out.push_back(r);
-    }
-  }
-  return out;
 }
 
 double MsSince(std::chrono::steady_clock::time_point t) {
@@ -159,9 +136,13 @@ Result<void> DumpMm(DumpContext& ctx, ProcessDump& p) {
   if (n > 0) mm.set_exe_path(std::string(exe, n));
 
   ASSIGN_OR_RETURN(auto maps0, proc::ReadMaps(pid));
-  auto maps = Without(maps0, r->area_start(), r->area_end());
+  auto maps = WithoutRange(maps0, r->area_start(), r->area_end());
   ASSIGN_OR_RETURN(auto source, PresentPages::Open(pid, ctx.zero_pfn));
   std::vector<PageRange> readable, unreadable;
+  // With pre-dump rounds, the present pages of tracked VMAs: only the dirty ones are stored now.
+  std::vector<PageRange> r_cov, u_cov;
+  DirtyTracker* tracker = nullptr;
+  if (auto it = ctx.trackers.find(pid); it != ctx.trackers.end()) tracker = it->second.get();
   PageCounts counts;
   for (const auto& m : maps) {
     ASSIGN_OR_RETURN(img::VmaKind kind, Classify(m, pid));
@@ -189,7 +170,8 @@ Result<void> DumpMm(DumpContext& ctx, ProcessDump& p) {
       continue;
     }
     if (kind != img::VMA_ANON_PRIVATE && kind != img::VMA_FILE_PRIVATE) continue;
-    auto& dst = (m.prot & PROT_READ) ? readable : unreadable;
+    bool covered = tracker && tracker->Covers(m.start, m.end);
+    auto& dst = (m.prot & PROT_READ) ? (covered ? r_cov : readable) : (covered ? u_cov : unreadable);
     TRY(source->Collect(m.start, m.end, kind == img::VMA_FILE_PRIVATE, &dst, &counts));
   }
   ctx.stats.vmas += mm.vmas_size();
@@ -197,8 +179,35 @@ Result<void> DumpMm(DumpContext& ctx, ProcessDump& p) {
   ctx.stats.pages_file += counts.file;
   TRY(images::WriteImage(*ctx.sink, StrFormat("mm-%d.img", pid), mm));
 
-  // Pages.
+  // Pages. Earlier pre-dump rounds' pages stay valid where the page is still present now (and was
+  // not written since: those are in this round's set, which restore applies last).
   auto t0 = std::chrono::steady_clock::now();
+  std::vector<img::PageMap> earlier;
+  if (tracker) {
+    std::vector<PageRange> present =
+        MergeRanges(MergeRanges(readable, r_cov), MergeRanges(unreadable, u_cov));
+    std::vector<PageRange> dirty;
+    TRY_CTX(tracker->CollectDirty(&dirty), "pid %d: dirty pages", pid);
+    readable = MergeRanges(readable, Intersect(r_cov, dirty));
+    unreadable = MergeRanges(unreadable, Intersect(u_cov, dirty));
+    for (const auto& old : ctx.pre_maps[pid]) {
+      img::PageMap f = old;
+      f.clear_runs();
+      std::vector<PageRange> runs;
+      for (const auto& run : old.runs()) runs.push_back({run.vaddr(), run.npages()});
+      // Intersect keeps order; map each kept piece back to its blob offset.
+      size_t k = 0;
+      for (const auto& piece : Intersect(runs, present)) {
+        while (old.runs(k).vaddr() + old.runs(k).npages() * kPage <= piece.addr) ++k;
+        const auto& src = old.runs(k);
+        img::PageRun* nr = f.add_runs();
+        nr->set_vaddr(piece.addr);
+        nr->set_npages(piece.npages);
+        nr->set_blob_off(src.blob_off() + (piece.addr - src.vaddr()));
+      }
+      earlier.push_back(std::move(f));
+    }
+  }
   img::PageMap pm;
   pm.set_pid(pid);
   pm.set_blob(StrFormat("pages-%d.img", pid));
@@ -233,7 +242,11 @@ Result<void> DumpMm(DumpContext& ctx, ProcessDump& p) {
   ctx.stats.bytes_logical += blob.logical_size();
   ctx.stats.bytes_stored += blob.stored_size();
   ctx.stats.memdump_ms += MsSince(t0);
-  return images::WriteImage(*ctx.sink, StrFormat("pagemap-%d.img", pid), pm);
+  // Rounds in order; restore applies them in order, so later pages win.
+  ASSIGN_OR_RETURN(images::ImageWriter pw, images::ImageWriter::Create(*ctx.sink, StrFormat("pagemap-%d.img", pid)));
+  for (const auto& e : earlier) TRY(pw.Write(e));
+  TRY(pw.Write(pm));
+  return pw.Close();
 }
 
 }  // namespace godwit::dump

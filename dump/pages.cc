@@ -22,6 +22,35 @@ constexpr size_t kMaxIov = 1024;
 
 }  // namespace
 
+std::vector<proc::MapsEntry> WithoutRange(const std::vector<proc::MapsEntry>& maps, uint64_t a,
+                                          uint64_t b) {
+  std::vector<proc::MapsEntry> out;
+  for (const auto& m : maps) {
+    if (m.end <= a || m.start >= b) {
+      out.push_back(m);
+      continue;
+    }
+    if (m.start < a) {
+      proc::MapsEntry l = m;
+      l.end = a;
+      out.push_back(l);
+    }
+    if (m.end > b) {
+      proc::MapsEntry r = m;
+      r.pgoff += b - m.start;
+      r.start = b;
+      out.push_back(r);
+    }
+  }
+  return out;
+}
+
+std::vector<PageRange> MergeRanges(std::vector<PageRange> a, const std::vector<PageRange>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  std::sort(a.begin(), a.end(), [](const PageRange& x, const PageRange& y) { return x.addr < y.addr; });
+  return a;
+}
+
 Result<uint64_t> ZeroPagePfn() {
   void* p = mmap(nullptr, kPage, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) return Errno("mmap");

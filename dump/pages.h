@@ -19,6 +19,7 @@
 #include <thread>
 #include <vector>
 
+#include "common/proc.h"
 #include "common/result.h"
 #include "common/unique_fd.h"
 #include "images/image.h"
@@ -55,6 +56,12 @@ class PresentPages : public PageSource {
   uint64_t zero_pfn_ = 0;
   std::vector<uint64_t> buf_;
 };
+
+// maps with [a, b) (the remote scratch area) carved out.
+std::vector<proc::MapsEntry> WithoutRange(const std::vector<proc::MapsEntry>& maps, uint64_t a,
+                                          uint64_t b);
+// Concatenates and sorts non-overlapping range lists.
+std::vector<PageRange> MergeRanges(std::vector<PageRange> a, const std::vector<PageRange>& b);
 
 // The pfn of the kernel's zero page (a read fault on fresh anonymous memory maps it).
 Result<uint64_t> ZeroPagePfn();

@@ -9,6 +9,7 @@ const std::vector<DumpStep>& ProcessSteps() {
   // core and before mm.
   static const std::vector<DumpStep> steps = {
       {"core", DumpCore},
+      {"pstate", DumpPstate},  // pstate.cc: after core (its injections see the saved regs)
       {"fds", DumpFds},
       {"mm", DumpMm},
   };

@@ -18,6 +18,7 @@ const std::vector<DumpStep>& ProcessSteps();
 // The steps (defined in their own files).
 Result<void> DumpCore(DumpContext& ctx, ProcessDump& p);    // core.cc: threads, registers
 Result<void> DumpMm(DumpContext& ctx, ProcessDump& p);      // mm.cc: VMAs, mm fields, pages
+Result<void> DumpPstate(DumpContext& ctx, ProcessDump& p);  // pstate*.cc: pstate-<pid>.img
 Result<void> DumpFds(DumpContext& ctx, ProcessDump& p);     // fds.cc: files/ FdDumper
 
 }  // namespace godwit::dump

@@ -110,13 +110,24 @@ Result<void> FdDumperImpl::DumpProcess(pid_t pid) {
     p.link.assign(buf, n);
     ASSIGN_OR_RETURN(p.info, ReadFdInfo(pid, fd));
 
+    // Descriptions on one inode (all anon-inode fds share one) are kept in the kernel's order
+    // of their struct file pointers, which kcmp reports (0 equal, 1 less, 2 greater): a binary
+    // search finds a shared description in O(log n) calls.
     uint64_t id = 0;
+    bool found = false;
     auto& bucket = by_inode_[{p.st.st_dev, p.st.st_ino}];
-    for (const Seen& s : bucket) {
-      if (Kcmp(pid, s.pid, KCMP_FILE, fd, s.fd) == 0) {
-        id = s.id;
+    size_t lo = 0, hi = bucket.size();
+    while (lo < hi) {
+      size_t mid = (lo + hi) / 2;
+      long c = Kcmp(pid, bucket[mid].pid, KCMP_FILE, fd, bucket[mid].fd);
+      if (c == 0) {
+        id = bucket[mid].id;
+        found = true;
         break;
       }
+      if (c == 1) hi = mid;
+      else if (c == 2) lo = mid + 1;
+      else return Errno("pid %d fd %d: kcmp with pid %d fd %d", pid, fd, bucket[mid].pid, bucket[mid].fd);
     }
     std::vector<img::FileLock> locks = ParseLocks(p.info);
     if (id == 0) {
@@ -136,7 +147,7 @@ Result<void> FdDumperImpl::DumpProcess(pid_t pid) {
       first_holder_[id] = {pid, fd};
       counts_[ops->name]++;
     }
-    bucket.push_back({pid, fd, id});
+    if (!found) bucket.insert(bucket.begin() + lo, Seen{pid, fd, id});
     fd_ids_[{pid, fd}] = id;
     img::FdEntry* fe = pf.add_fds();
     fe->set_fd(fd);

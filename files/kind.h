@@ -8,6 +8,7 @@
 // resumes (Finalize: TCP repair off).
 #pragma once
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 
@@ -47,6 +48,23 @@ struct Probe {
   FdInfo info;
 };
 
+// One AF_UNIX socket as NETLINK_SOCK_DIAG reports it (sock_diag.cc).
+struct UnixDiag {
+  uint64_t ino = 0;
+  int type = 0;
+  int state = 0;
+  std::string name;  // sun_path bytes (leading \0: abstract)
+  uint64_t peer = 0;
+  std::vector<uint64_t> icons;  // a listener's pending connections
+  uint32_t rqueue = 0, wqueue = 0;
+  int shutdown = -1;
+};
+using UnixDiagMap = std::map<uint64_t, UnixDiag>;
+// Every unix socket of the net namespace nlsock lives in.
+Result<UnixDiagMap> DumpUnixDiag(int nlsock);
+// A socket created in the net namespace of pid (a thread enters it: setns is per thread).
+Result<UniqueFd> SocketInNetns(pid_t pid, int domain, int type, int protocol);
+
 class DumpContext {
  public:
   DumpContext(images::Sink& sink, const DumpOptions& opts) : sink_(sink), opts_(opts) {}
@@ -57,26 +75,35 @@ class DumpContext {
 
   // Work to undo when the tree resumes (--leave-running, or a failed dump), in reverse order.
   void OnResume(std::function<void()> fn) { undo_.push_back(std::move(fn)); }
+  // Keeps a copy of fd open for the undo work until the dumper goes away (then it is closed
+  // without undoing: the tree was killed).
+  int Keep(int fd) {
+    kept_.emplace_back(fcntl(fd, F_DUPFD_CLOEXEC, 0));
+    return kept_.back().get();
+  }
   void RunResume();
 
   // Per-kind state that spans descriptions (e.g. pipes whose data is stored already).
   std::set<uint64_t> pipes_with_data;
-  // A netlink NETLINK_SOCK_DIAG socket in the network namespace of pid (cached per netns).
-  Result<int> DiagSocket(pid_t pid);
+  // The unix sockets of pid's net namespace (one sock_diag dump per namespace: the tree is
+  // frozen, nothing changes).
+  Result<const UnixDiagMap*> UnixSockets(pid_t pid);
   // External keys the user allowed (DumpOptions::external, "fd:KEY" or "KEY").
   bool ExternalAllowed(const std::string& key) const;
-  // Network-lock table (nftables) in the net namespace of pid for one TCP 4-tuple.
-  Result<void> LockConnection(pid_t pid, const img::InetSocket& sk);
+  // Locks every TCP connection of pid in nftables (one table per dump, in pid's net namespace,
+  // rules only on the connections' 4-tuples), once per process; undone by Resume.
+  Result<void> LockProcessTcp(pid_t pid);
   std::string netlock_table;  // "" when nothing was locked
-  std::vector<uint64_t> netlock_netns;
-  pid_t netlock_pid = 0;
+  std::set<pid_t> tcp_locked_pids;
+  std::set<uint64_t> netlock_netns;  // namespaces holding the table
 
  private:
   images::Sink& sink_;
   const DumpOptions& opts_;
   std::unique_ptr<images::BlobWriter> blob_;
   std::vector<std::function<void()>> undo_;
-  std::map<uint64_t, UniqueFd> diag_;  // netns inode -> sock_diag socket
+  std::vector<UniqueFd> kept_;
+  std::map<uint64_t, UnixDiagMap> unix_diag_;  // netns inode -> sockets
 };
 
 class RestoreContext {
@@ -173,8 +200,14 @@ Result<void> ApplyLock(int fd, const img::FileLock& l);
 void DumpSockOpts(int fd, img::SockOpts* o);
 Result<void> RestoreSockOpts(int fd, const img::SockOpts& o);
 
+// Copies a socket's receive queue without consuming it (MSG_PEEK with SO_PEEK_OFF), one
+// QueuedMsg per datagram, or one for a stream. Fds in flight (SCM_RIGHTS) are kUnsupported.
+Result<void> PeekQueue(DumpContext& ctx, int fd, bool stream,
+                       google::protobuf::RepeatedPtrField<img::QueuedMsg>* out);
+
 // Network lock (netlock.cc): removes the table in the current net namespace if present.
 Result<void> NetUnlock(const std::string& table);
+// Runs `nft -f -` with script in the net namespace of netns_pid (0: ours).
 Result<void> NftRun(pid_t netns_pid, const std::string& script);
 
 }  // namespace godwit::files

@@ -1,13 +1,342 @@
+// TCP and UDP over IPv4 and IPv6.
+//
+// TCP established (with DumpOptions::tcp_established): the connections of a process are locked
+// in nftables first (netlock.cc: nothing moves, the peer never sees a RST), then each socket is
+// put in repair mode (TCP_REPAIR) through our pidfd_getfd copy: sequence numbers
+// (TCP_QUEUE_SEQ per queue), both queues (peeked in repair mode; SIOCOUTQNSD tells the unsent
+// tail), MSS, window scale, SACK, timestamps (TCP_INFO/TCP_MAXSEG/TCP_TIMESTAMP: on this kernel
+// getsockopt(TCP_REPAIR_OPTIONS) is ENOPROTOOPT), and the window (TCP_REPAIR_WINDOW). The socket
+// stays in repair mode, so killing the tree sends nothing; FdDumper::Resume turns repair off.
+//
+// Restore, in the working order measured on this kernel: repair on -> sequence numbers ->
+// bind/connect (no SYN in repair mode) -> options, timestamp -> SO_*BUFFORCE -> receive queue
+// -> sent part of the send queue (in repair mode) -> window; and in Finalize (the tree is about
+// to resume): network unlock, repair off (sends a window probe), the unsent part, FINs of
+// half-closed states. Half-closed: a FIN we sent (FIN_WAIT*, CLOSING, LAST_ACK) is sent again
+// after repair off; a FIN we received (CLOSE_WAIT, LAST_ACK, CLOSING) becomes SHUT_RD, so
+// reads end with EOF after the queued data.
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <linux/sockios.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "common/fs.h"
+#include "common/log.h"
 #include "files/kind.h"
+
 namespace godwit::files {
+
+namespace {
+
+bool SentFin(int st) {
+  return st == TCP_FIN_WAIT1 || st == TCP_FIN_WAIT2 || st == TCP_CLOSING || st == TCP_LAST_ACK;
+}
+bool GotFin(int st) { return st == TCP_CLOSE_WAIT || st == TCP_CLOSING || st == TCP_LAST_ACK; }
+bool Connected(int st) { return st == TCP_ESTABLISHED || SentFin(st) || GotFin(st); }
+
+std::string AddrStr(const std::string& sa) {
+  char buf[INET6_ADDRSTRLEN + 16] = "?";
+  if (sa.size() >= sizeof(sockaddr_in) && reinterpret_cast<const sockaddr*>(sa.data())->sa_family == AF_INET) {
+    auto* s = reinterpret_cast<const sockaddr_in*>(sa.data());
+    char ip[INET_ADDRSTRLEN];
+    inet_ntop(AF_INET, &s->sin_addr, ip, sizeof(ip));
+    snprintf(buf, sizeof(buf), "%s:%d", ip, ntohs(s->sin_port));
+  } else if (sa.size() >= sizeof(sockaddr_in6)) {
+    auto* s = reinterpret_cast<const sockaddr_in6*>(sa.data());
+    char ip[INET6_ADDRSTRLEN];
+    inet_ntop(AF_INET6, &s->sin6_addr, ip, sizeof(ip));
+    snprintf(buf, sizeof(buf), "[%s]:%d", ip, ntohs(s->sin6_port));
+  }
+  return buf;
+}
+
+int GetInt(int fd, int level, int opt) {
+  int v = 0;
+  socklen_t len = sizeof(v);
+  getsockopt(fd, level, opt, &v, &len);
+  return v;
+}
+
+Result<void> SetInt(int fd, int level, int opt, int v, const char* what) {
+  if (setsockopt(fd, level, opt, &v, sizeof(v)) < 0) return Errno("setsockopt %s=%d", what, v);
+  return Ok();
+}
+
+// Reads a TCP queue in repair mode without consuming it.
+Result<std::string> PeekTcpQueue(int fd, int queue, size_t len) {
+  TRY(SetInt(fd, SOL_TCP, TCP_REPAIR_QUEUE, queue, "TCP_REPAIR_QUEUE"));
+  std::string out(len, '\0');
+  if (len == 0) return out;
+  ssize_t n = recv(fd, out.data(), len, MSG_PEEK | MSG_DONTWAIT);
+  if (n < 0) return Errno("peek TCP %s queue (%zu bytes)", queue == TCP_SEND_QUEUE ? "send" : "receive", len);
+  out.resize(n);
+  return out;
+}
+
+uint32_t QueueSeq(int fd, int queue) {
+  setsockopt(fd, SOL_TCP, TCP_REPAIR_QUEUE, &queue, sizeof(queue));
+  uint32_t seq = 0;
+  socklen_t len = sizeof(seq);
+  getsockopt(fd, SOL_TCP, TCP_QUEUE_SEQ, &seq, &len);
+  return seq;
+}
+
+Result<void> DumpTcpEstablished(DumpContext& ctx, const Probe& p, img::InetSocket* sk,
+                                const struct tcp_info& ti) {
+  int fd = p.local;
+  TRY(ctx.LockProcessTcp(p.pid));
+  TRY_CTX(SetInt(fd, SOL_TCP, TCP_REPAIR, TCP_REPAIR_ON, "TCP_REPAIR"),
+          "%s -> %s", AddrStr(sk->src()).c_str(), AddrStr(sk->dst()).c_str());
+  int keep = ctx.Keep(fd);
+  ctx.OnResume([keep] {
+    int off = TCP_REPAIR_OFF;
+    setsockopt(keep, SOL_TCP, TCP_REPAIR, &off, sizeof(off));
+  });
+  img::TcpRepair* r = sk->mutable_repair();
+  int outq = 0, unsent = 0, inq = 0;
+  ioctl(fd, SIOCOUTQ, &outq);
+  ioctl(fd, SIOCOUTQNSD, &unsent);
+  ioctl(fd, SIOCINQ, &inq);
+  uint32_t snd = QueueSeq(fd, TCP_SEND_QUEUE);
+  uint32_t rcv = QueueSeq(fd, TCP_RECV_QUEUE);
+  int st = sk->state();
+  // The queues' FINs take a sequence number but no byte.
+  if (SentFin(st) && outq > 0) outq--;
+  if (SentFin(st) && unsent > 0 && unsent > outq) unsent = outq;
+  ASSIGN_OR_RETURN(std::string sendq, PeekTcpQueue(fd, TCP_SEND_QUEUE, outq));
+  ASSIGN_OR_RETURN(std::string recvq, PeekTcpQueue(fd, TCP_RECV_QUEUE, inq));
+  if (static_cast<int>(sendq.size()) != outq || static_cast<int>(recvq.size()) != inq)
+    return MakeError(ErrorKind::kGeneric, 0, "TCP queues changed while locked (%zu/%d, %zu/%d)",
+                     sendq.size(), outq, recvq.size(), inq);
+  r->set_snd_seq(snd - (SentFin(st) ? 1 : 0));
+  r->set_rcv_seq(rcv - (GotFin(st) ? 1 : 0));
+  r->set_unsent(unsent);
+  ASSIGN_OR_RETURN(*r->mutable_send_queue(), ctx.Blob(sendq.data(), sendq.size()));
+  ASSIGN_OR_RETURN(*r->mutable_recv_queue(), ctx.Blob(recvq.data(), recvq.size()));
+  r->set_mss(GetInt(fd, SOL_TCP, TCP_MAXSEG));
+  r->set_sack(ti.tcpi_options & TCPI_OPT_SACK);
+  r->set_timestamps(ti.tcpi_options & TCPI_OPT_TIMESTAMPS);
+  r->set_wscale_ok(ti.tcpi_options & TCPI_OPT_WSCALE);
+  r->set_snd_wscale(ti.tcpi_snd_wscale);
+  r->set_rcv_wscale(ti.tcpi_rcv_wscale);
+  r->set_timestamp(GetInt(fd, SOL_TCP, TCP_TIMESTAMP));
+  struct tcp_repair_window w {};
+  socklen_t wl = sizeof(w);
+  if (getsockopt(fd, SOL_TCP, TCP_REPAIR_WINDOW, &w, &wl) < 0) return Errno("TCP_REPAIR_WINDOW");
+  r->set_snd_wl1(w.snd_wl1);
+  r->set_snd_wnd(w.snd_wnd);
+  r->set_max_window(w.max_window);
+  r->set_rcv_wnd(w.rcv_wnd);
+  r->set_rcv_wup(w.rcv_wup);
+  return Ok();
+}
+
+}  // namespace
+
 Result<void> DumpInet(DumpContext& ctx, const Probe& p, img::FileEntry& e) {
-  return MakeError(ErrorKind::kUnsupported, 0, "inet sockets: not yet");
+  img::InetSocket* sk = e.mutable_inet();
+  int fd = p.local;
+  sk->set_ino(p.st.st_ino);
+  sk->set_family(GetInt(fd, SOL_SOCKET, SO_DOMAIN));
+  sk->set_type(GetInt(fd, SOL_SOCKET, SO_TYPE));
+  sk->set_protocol(GetInt(fd, SOL_SOCKET, SO_PROTOCOL));
+  struct sockaddr_storage ss {};
+  socklen_t len = sizeof(ss);
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) == 0) sk->set_src(std::string(reinterpret_cast<char*>(&ss), len));
+  len = sizeof(ss);
+  if (getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len) == 0) sk->set_dst(std::string(reinterpret_cast<char*>(&ss), len));
+  auto port = [](const std::string& sa) -> int {
+    if (sa.size() < sizeof(sockaddr_in)) return 0;
+    return ntohs(reinterpret_cast<const sockaddr_in*>(sa.data())->sin_port);  // same offset in v6
+  };
+  sk->set_bound(port(sk->src()) != 0);
+  DumpSockOpts(fd, sk->mutable_opts());
+  bool v6 = sk->family() == AF_INET6;
+  sk->set_tos(GetInt(fd, v6 ? SOL_IPV6 : SOL_IP, v6 ? IPV6_TCLASS : IP_TOS));
+  sk->set_ttl(GetInt(fd, v6 ? SOL_IPV6 : SOL_IP, v6 ? IPV6_UNICAST_HOPS : IP_TTL));
+  if (v6) sk->set_v6only(GetInt(fd, SOL_IPV6, IPV6_V6ONLY));
+  if (sk->type() == SOCK_DGRAM) {
+    sk->set_state(sk->dst().empty() ? TCP_CLOSE : TCP_ESTABLISHED);
+    return PeekQueue(ctx, fd, false, sk->mutable_queue());
+  }
+  struct tcp_info ti {};
+  len = sizeof(ti);
+  if (getsockopt(fd, SOL_TCP, TCP_INFO, &ti, &len) < 0) return Errno("TCP_INFO");
+  sk->set_state(ti.tcpi_state);
+  sk->set_nodelay(GetInt(fd, SOL_TCP, TCP_NODELAY));
+  sk->set_cork(GetInt(fd, SOL_TCP, TCP_CORK));
+  sk->set_keepidle(GetInt(fd, SOL_TCP, TCP_KEEPIDLE));
+  sk->set_keepintvl(GetInt(fd, SOL_TCP, TCP_KEEPINTVL));
+  sk->set_keepcnt(GetInt(fd, SOL_TCP, TCP_KEEPCNT));
+  sk->set_user_mss(0);
+  int st = ti.tcpi_state;
+  if (st == TCP_LISTEN) {
+    sk->set_backlog(ti.tcpi_sacked);  // a listener's tcpi_sacked is its backlog
+    if (ti.tcpi_unacked)
+      LOG_WARN("pid %d fd %d: listener %s has %u connections not yet accepted: they are not "
+               "restored", p.pid, p.fd, AddrStr(sk->src()).c_str(), ti.tcpi_unacked);
+    return Ok();
+  }
+  if (st == TCP_CLOSE) return Ok();  // fresh or closed socket: options and binding only
+  if (!Connected(st))
+    return MakeError(ErrorKind::kUnsupported, 0, "TCP socket %s -> %s in state %d",
+                     AddrStr(sk->src()).c_str(), AddrStr(sk->dst()).c_str(), st);
+  if (!ctx.opts().tcp_established)
+    return MakeError(ErrorKind::kUnsupported, 0,
+                     "established TCP connection %s -> %s (use --tcp-established)",
+                     AddrStr(sk->src()).c_str(), AddrStr(sk->dst()).c_str());
+  return DumpTcpEstablished(ctx, p, sk, ti);
 }
+
+namespace {
+
+Result<void> CommonOpts(int fd, const img::InetSocket& sk) {
+  TRY(RestoreSockOpts(fd, sk.opts()));
+  bool v6 = sk.family() == AF_INET6;
+  if (v6) TRY(SetInt(fd, SOL_IPV6, IPV6_V6ONLY, sk.v6only(), "IPV6_V6ONLY"));
+  if (sk.tos()) TRY(SetInt(fd, v6 ? SOL_IPV6 : SOL_IP, v6 ? IPV6_TCLASS : IP_TOS, sk.tos(), "TOS"));
+  if (sk.type() == SOCK_STREAM) {
+    if (sk.nodelay()) TRY(SetInt(fd, SOL_TCP, TCP_NODELAY, 1, "TCP_NODELAY"));
+    if (sk.keepidle()) TRY(SetInt(fd, SOL_TCP, TCP_KEEPIDLE, sk.keepidle(), "TCP_KEEPIDLE"));
+    if (sk.keepintvl()) TRY(SetInt(fd, SOL_TCP, TCP_KEEPINTVL, sk.keepintvl(), "TCP_KEEPINTVL"));
+    if (sk.keepcnt()) TRY(SetInt(fd, SOL_TCP, TCP_KEEPCNT, sk.keepcnt(), "TCP_KEEPCNT"));
+  }
+  return Ok();
+}
+
+Result<void> Bind(int fd, const img::InetSocket& sk) {
+  if (bind(fd, reinterpret_cast<const sockaddr*>(sk.src().data()), sk.src().size()) == 0) return Ok();
+  if (errno == EADDRINUSE)
+    return MakeError(ErrorKind::kExists, EADDRINUSE, "%s address %s is already in use",
+                     sk.type() == SOCK_STREAM ? "TCP" : "UDP", AddrStr(sk.src()).c_str());
+  return Errno("bind %s", AddrStr(sk.src()).c_str());
+}
+
+Result<void> SendAll(int fd, const std::string& data, const char* what) {
+  size_t off = 0;
+  while (off < data.size()) {
+    ssize_t n = send(fd, data.data() + off, data.size() - off, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (n < 0) return Errno("refill TCP %s queue at %zu of %zu", what, off, data.size());
+    off += n;
+  }
+  return Ok();
+}
+
+Result<UniqueFd> OpenTcpEstablished(RestoreContext& ctx, const img::FileEntry& e) {
+  const img::InetSocket& sk = e.inet();
+  const img::TcpRepair& r = sk.repair();
+  // Listeners first: they bind their port without SO_REUSEADDR maybe; a repaired socket forces
+  // its reuse of the port afterwards.
+  for (const auto& [id, x] : ctx.entries())
+    if (x.kind() == img::FILE_KIND_INET && x.inet().state() == TCP_LISTEN) {
+      auto lr = ctx.Ensure(id);
+      if (!lr.ok()) return std::move(lr).error();
+    }
+  UniqueFd s(socket(sk.family(), SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP));
+  if (!s) return Errno("socket");
+  int fd = s.get();
+  TRY(SetInt(fd, SOL_TCP, TCP_REPAIR, TCP_REPAIR_ON, "TCP_REPAIR"));
+  ASSIGN_OR_RETURN(std::string sendq, ctx.ReadBlob(r.send_queue()));
+  ASSIGN_OR_RETURN(std::string recvq, ctx.ReadBlob(r.recv_queue()));
+  if (r.unsent() > sendq.size()) return MakeError(ErrorKind::kBadImage, 0, "TCP unsent > queue");
+  TRY(SetInt(fd, SOL_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE, "TCP_REPAIR_QUEUE"));
+  // Sequence of the first byte in each queue: the dumped "next" minus what is queued.
+  TRY(SetInt(fd, SOL_TCP, TCP_QUEUE_SEQ, r.snd_seq() - sendq.size(), "TCP_QUEUE_SEQ send"));
+  TRY(SetInt(fd, SOL_TCP, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE, "TCP_REPAIR_QUEUE"));
+  TRY(SetInt(fd, SOL_TCP, TCP_QUEUE_SEQ, r.rcv_seq() - recvq.size(), "TCP_QUEUE_SEQ recv"));
+  TRY(CommonOpts(fd, sk));
+  TRY(Bind(fd, sk));
+  if (connect(fd, reinterpret_cast<const sockaddr*>(sk.dst().data()), sk.dst().size()) < 0)
+    return Errno("repair connect %s -> %s", AddrStr(sk.src()).c_str(), AddrStr(sk.dst()).c_str());
+  struct tcp_repair_opt opts[4];
+  int n = 0;
+  opts[n++] = {TCPOPT_MAXSEG, r.mss()};
+  if (r.wscale_ok()) opts[n++] = {TCPOPT_WINDOW, r.snd_wscale() | (r.rcv_wscale() << 16)};
+  if (r.sack()) opts[n++] = {TCPOPT_SACK_PERMITTED, 0};
+  if (r.timestamps()) opts[n++] = {TCPOPT_TIMESTAMP, 0};
+  if (setsockopt(fd, SOL_TCP, TCP_REPAIR_OPTIONS, opts, n * sizeof(opts[0])) < 0)
+    return Errno("TCP_REPAIR_OPTIONS");
+  if (r.timestamps()) TRY(SetInt(fd, SOL_TCP, TCP_TIMESTAMP, r.timestamp(), "TCP_TIMESTAMP"));
+  // Room for the queues before refilling them, or send() blocks.
+  int need = static_cast<int>(std::max(sendq.size(), recvq.size())) * 2 + (64 << 10);
+  int snd = std::max<int>(sk.opts().sndbuf() / 2, need), rcv = std::max<int>(sk.opts().rcvbuf() / 2, need);
+  TRY(SetInt(fd, SOL_SOCKET, SO_SNDBUFFORCE, snd, "SO_SNDBUFFORCE"));
+  TRY(SetInt(fd, SOL_SOCKET, SO_RCVBUFFORCE, rcv, "SO_RCVBUFFORCE"));
+  TRY(SetInt(fd, SOL_TCP, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE, "TCP_REPAIR_QUEUE"));
+  TRY(SendAll(fd, recvq, "receive"));
+  TRY(SetInt(fd, SOL_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE, "TCP_REPAIR_QUEUE"));
+  TRY(SendAll(fd, sendq.substr(0, sendq.size() - r.unsent()), "send"));
+  struct tcp_repair_window w {r.snd_wl1(), r.snd_wnd(), r.max_window(), r.rcv_wnd(), r.rcv_wup()};
+  if (setsockopt(fd, SOL_TCP, TCP_REPAIR_WINDOW, &w, sizeof(w)) < 0) return Errno("TCP_REPAIR_WINDOW");
+  return s;
+}
+
+}  // namespace
+
 Result<UniqueFd> OpenInet(RestoreContext& ctx, const img::FileEntry& e) {
-  return MakeError(ErrorKind::kUnsupported, 0, "inet sockets: not yet");
+  const img::InetSocket& sk = e.inet();
+  if (sk.type() == SOCK_STREAM && Connected(sk.state())) {
+    if (!ctx.opts().tcp_close) return OpenTcpEstablished(ctx, e);
+    // --tcp-close: a socket that reads EOF and fails writes, as after a reset.
+    UniqueFd s(socket(sk.family(), SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (!s) return Errno("socket");
+    shutdown(s.get(), SHUT_RDWR);
+    return s;
+  }
+  UniqueFd s(socket(sk.family(), sk.type() | SOCK_CLOEXEC, sk.protocol()));
+  if (!s) return Errno("socket family %d type %d", sk.family(), sk.type());
+  TRY(CommonOpts(s.get(), sk));
+  if (sk.bound()) TRY(Bind(s.get(), sk));
+  if (sk.type() == SOCK_STREAM) {
+    if (sk.state() == TCP_LISTEN && listen(s.get(), sk.backlog()) < 0)
+      return Errno("listen %s", AddrStr(sk.src()).c_str());
+    return s;
+  }
+  // UDP: the queue goes back through a socket sending to ours, then the connect (a connected
+  // UDP socket drops datagrams from other addresses).
+  if (!sk.queue().empty()) {
+    struct sockaddr_storage to {};
+    socklen_t tl = sizeof(to);
+    getsockname(s.get(), reinterpret_cast<sockaddr*>(&to), &tl);
+    if (to.ss_family == AF_INET) {
+      auto* a = reinterpret_cast<sockaddr_in*>(&to);
+      if (a->sin_addr.s_addr == htonl(INADDR_ANY)) a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    } else {
+      auto* a = reinterpret_cast<sockaddr_in6*>(&to);
+      if (IN6_IS_ADDR_UNSPECIFIED(&a->sin6_addr)) a->sin6_addr = in6addr_loopback;
+    }
+    UniqueFd tmp(socket(sk.family(), SOCK_DGRAM | SOCK_CLOEXEC, 0));
+    for (const auto& m : sk.queue()) {
+      ASSIGN_OR_RETURN(std::string data, ctx.ReadBlob(m.data()));
+      if (sendto(tmp.get(), data.data(), data.size(), MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&to), tl) !=
+          static_cast<ssize_t>(data.size()))
+        return Errno("requeue UDP datagram to %s", AddrStr(sk.src()).c_str());
+    }
+  }
+  if (!sk.dst().empty() &&
+      connect(s.get(), reinterpret_cast<const sockaddr*>(sk.dst().data()), sk.dst().size()) < 0)
+    return Errno("connect UDP %s", AddrStr(sk.dst()).c_str());
+  return s;
 }
-Result<void> FinalizeInet(RestoreContext& ctx, const img::FileEntry& e, int fd) { return Ok(); }
-Result<int> DumpContext::DiagSocket(pid_t pid) { return -1; }
-Result<void> DumpContext::LockConnection(pid_t pid, const img::InetSocket& sk) { return Ok(); }
-Result<void> NetUnlock(const std::string& table) { return Ok(); }
+
+Result<void> FinalizeInet(RestoreContext& ctx, const img::FileEntry& e, int fd) {
+  const img::InetSocket& sk = e.inet();
+  if (sk.type() != SOCK_STREAM || !Connected(sk.state()) || ctx.opts().tcp_close) return Ok();
+  TRY(SetInt(fd, SOL_TCP, TCP_REPAIR, TCP_REPAIR_OFF, "TCP_REPAIR off"));
+  const img::TcpRepair& r = sk.repair();
+  if (r.unsent()) {
+    ASSIGN_OR_RETURN(std::string sendq, ctx.ReadBlob(r.send_queue()));
+    TRY(SendAll(fd, sendq.substr(sendq.size() - r.unsent()), "unsent"));
+  }
+  if (SentFin(sk.state()) && shutdown(fd, SHUT_WR) < 0) return Errno("shutdown SHUT_WR");
+  if (GotFin(sk.state()) && shutdown(fd, SHUT_RD) < 0) return Errno("shutdown SHUT_RD");
+  return Ok();
+}
+
 }  // namespace godwit::files

@@ -45,7 +45,14 @@ Result<void> DumpPipeCommon(DumpContext& ctx, const Probe& p, img::FileEntry& e)
                      p.pid, p.fd, p.link.c_str(), cap, kMaxPipe);
   pf->set_capacity(cap);
   if (ctx.pipes_with_data.insert(p.st.st_ino).second) {
-    ASSIGN_OR_RETURN(std::string data, PeekPipe(p.local, cap));
+    // tee() needs a readable description: a write end is reopened for reading through /proc
+    // (the same pipe; O_NONBLOCK so a FIFO never waits for a writer).
+    UniqueFd rd;
+    if ((p.info.flags & O_ACCMODE) != O_RDONLY) {
+      rd.reset(open(StrFormat("/proc/%d/fd/%d", p.pid, p.fd).c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC));
+      if (!rd) return Errno("pid %d fd %d: reopen %s for reading", p.pid, p.fd, p.link.c_str());
+    }
+    ASSIGN_OR_RETURN(std::string data, PeekPipe(rd ? rd.get() : p.local, cap));
     pf->set_data_owner(true);
     ASSIGN_OR_RETURN(*pf->mutable_data(), ctx.Blob(data.data(), data.size()));
   }

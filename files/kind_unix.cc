@@ -1,9 +1,230 @@
+// AF_UNIX sockets: stream, datagram, seqpacket; bound (path or abstract), listening,
+// connected; receive queues (peeked, never consumed; datagrams one by one); shutdown state;
+// pending (not yet accepted) connections whose client is in the tree. The peer of a socket comes
+// from sock_diag (UNIX_DIAG_PEER); peers outside the tree are decided in FdDumper::Finish.
+//
+// Restore: a connected pair with both ends in the tree is one socketpair (an accepted socket thus
+// loses the listener's name in getsockname: documented); a listener is bound and listens; a
+// pending client connects to its restored listener; a datagram socket connected one-way binds
+// and connects to its peer's name. Stale socket files of the dumped tree are removed before bind;
+// an address in use by someone else is kExists.
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "common/fs.h"
+#include "common/log.h"
 #include "files/kind.h"
+
 namespace godwit::files {
+
+namespace {
+constexpr int kRcvShutdown = 1, kSendShutdown = 2;
+
+socklen_t MakeAddr(const std::string& name, struct sockaddr_un* sa) {
+  memset(sa, 0, sizeof(*sa));
+  sa->sun_family = AF_UNIX;
+  size_t n = std::min(name.size(), sizeof(sa->sun_path));
+  memcpy(sa->sun_path, name.data(), n);
+  return offsetof(struct sockaddr_un, sun_path) + n;
+}
+
+std::string Printable(const std::string& name) {
+  if (name.empty()) return "(unnamed)";
+  if (name[0] == '\0') return "@" + name.substr(1);
+  return name.c_str();
+}
+
+const img::FileEntry* FindUnix(RestoreContext& ctx, uint64_t ino) {
+  for (const auto& [id, e] : ctx.entries())
+    if (e.kind() == img::FILE_KIND_UNIX && e.unix_sk().ino() == ino) return &e;
+  return nullptr;
+}
+
+// Binds to name; a path left behind by the dumped (now dead) socket is removed first.
+Result<void> Bind(int fd, int type, const std::string& name) {
+  struct sockaddr_un sa;
+  socklen_t len = MakeAddr(name, &sa);
+  if (bind(fd, reinterpret_cast<sockaddr*>(&sa), len) == 0) return Ok();
+  if (errno != EADDRINUSE)
+    return Errno("bind unix %s", Printable(name).c_str());
+  if (name[0] != '\0') {
+    struct stat st;
+    if (lstat(name.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) {
+      UniqueFd probe(socket(AF_UNIX, type | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+      if (connect(probe.get(), reinterpret_cast<sockaddr*>(&sa), len) < 0 && errno == ECONNREFUSED) {
+        unlink(name.c_str());
+        if (bind(fd, reinterpret_cast<sockaddr*>(&sa), len) == 0) return Ok();
+      }
+    }
+  }
+  return MakeError(ErrorKind::kExists, EADDRINUSE, "unix address %s is already in use",
+                   Printable(name).c_str());
+}
+
+Result<void> Connect(int fd, const std::string& name) {
+  struct sockaddr_un sa;
+  socklen_t len = MakeAddr(name, &sa);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&sa), len) < 0)
+    return Errno("connect unix %s", Printable(name).c_str());
+  return Ok();
+}
+
+// Writes the queue of `e` through `from` (the peer end, or a socket that can reach e).
+Result<void> Requeue(RestoreContext& ctx, const img::UnixSocket& u, int from, const std::string& to) {
+  for (const auto& m : u.queue()) {
+    ASSIGN_OR_RETURN(std::string data, ctx.ReadBlob(m.data()));
+    if (u.type() == SOCK_STREAM) {
+      TRY(fs::WriteAll(from, data.data(), data.size()));
+      continue;
+    }
+    ssize_t n;
+    if (to.empty()) {
+      n = send(from, data.data(), data.size(), MSG_DONTWAIT);
+    } else {
+      struct sockaddr_un sa;
+      socklen_t len = MakeAddr(to, &sa);
+      n = sendto(from, data.data(), data.size(), MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&sa), len);
+    }
+    if (n != static_cast<ssize_t>(data.size()))
+      return Errno("requeue %zu-byte message to unix socket %llu", data.size(),
+                   static_cast<unsigned long long>(u.ino()));
+  }
+  return Ok();
+}
+
+Result<void> ApplyShutdown(int fd, uint32_t how) {
+  if (how & kSendShutdown) {
+    if (shutdown(fd, SHUT_WR) < 0) return Errno("shutdown SHUT_WR");
+  }
+  if (how & kRcvShutdown) {
+    if (shutdown(fd, SHUT_RD) < 0) return Errno("shutdown SHUT_RD");
+  }
+  return Ok();
+}
+}  // namespace
+
 Result<void> DumpUnix(DumpContext& ctx, const Probe& p, img::FileEntry& e) {
-  return MakeError(ErrorKind::kUnsupported, 0, "unix sockets: not yet");
+  img::UnixSocket* u = e.mutable_unix_sk();
+  ASSIGN_OR_RETURN(const UnixDiagMap* all, ctx.UnixSockets(p.pid));
+  auto it = all->find(p.st.st_ino);
+  if (it == all->end())
+    return MakeError(ErrorKind::kGeneric, 0, "unix socket %lu not in sock_diag", p.st.st_ino);
+  const UnixDiag& d = it->second;
+  u->set_ino(d.ino);
+  u->set_type(d.type);
+  u->set_state(d.state);
+  u->set_name(d.name);
+  u->set_peer_ino(d.peer);
+  if (d.shutdown > 0) u->set_shutdown(d.shutdown);
+  DumpSockOpts(p.local, u->mutable_opts());
+  if (d.state == 10 /* TCP_LISTEN */) {
+    u->set_backlog(d.wqueue);
+    return Ok();
+  }
+  // A listener's icons are the clients of its pending connections (the embryo sockets have no
+  // inode: such a client shows peer 0).
+  for (const auto& [ino, x] : *all) {
+    if (x.state != 10) continue;
+    for (uint64_t c : x.icons)
+      if (c == d.ino) u->set_listener_ino(ino);
+    // An accepted socket reports the listener's name; it must not bind it again.
+    if (!d.name.empty() && x.name == d.name && d.type != SOCK_DGRAM) u->set_accepted(true);
+  }
+  if (u->listener_ino() && d.wqueue > 0)
+    return MakeError(ErrorKind::kUnsupported, 0,
+                     "unix socket: %u bytes sent on a connection its listener has not accepted",
+                     d.wqueue);
+  if (d.peer) {
+    auto peer = all->find(d.peer);
+    if (peer != all->end()) u->set_peer_name(peer->second.name);
+  }
+  TRY(PeekQueue(ctx, p.local, d.type == SOCK_STREAM, u->mutable_queue()));
+  return Ok();
 }
+
 Result<UniqueFd> OpenUnix(RestoreContext& ctx, const img::FileEntry& e) {
-  return MakeError(ErrorKind::kUnsupported, 0, "unix sockets: not yet");
+  const img::UnixSocket& u = e.unix_sk();
+  std::string key = StrFormat("unix:%llu", static_cast<unsigned long long>(u.ino()));
+  auto have = ctx.named_fds.find(key);
+  if (have != ctx.named_fds.end()) {
+    if (!ctx.used.insert(key).second)
+      return MakeError(ErrorKind::kBadImage, 0, "unix socket %llu restored twice",
+                       static_cast<unsigned long long>(u.ino()));
+    int d = fcntl(have->second, F_DUPFD_CLOEXEC, 0);
+    if (d < 0) return Errno("dup");
+    return UniqueFd(d);
+  }
+  ctx.used.insert(key);
+  int type = u.type();
+  bool bind_name = !u.name().empty() && !u.accepted();
+  const img::FileEntry* peer = u.peer_ino() ? FindUnix(ctx, u.peer_ino()) : nullptr;
+  bool mutual = peer && (type != SOCK_DGRAM || peer->unix_sk().peer_ino() == u.ino());
+  bool peer_gone = u.peer_ino() == 0 && u.state() == 1 /* TCP_ESTABLISHED */ &&
+                   type != SOCK_DGRAM && !u.listener_ino();
+
+  if (mutual || peer_gone) {
+    int sv[2];
+    if (socketpair(AF_UNIX, type | SOCK_CLOEXEC, 0, sv) < 0) return Errno("socketpair");
+    UniqueFd mine(sv[0]), other(sv[1]);
+    if (bind_name) TRY(Bind(mine.get(), type, u.name()));
+    TRY(RestoreSockOpts(mine.get(), u.opts()));
+    if (mutual) {
+      const img::UnixSocket& pu = peer->unix_sk();
+      if (!pu.name().empty() && !pu.accepted()) TRY(Bind(other.get(), type, pu.name()));
+      TRY(RestoreSockOpts(other.get(), pu.opts()));
+      TRY_CTX(Requeue(ctx, u, other.get(), ""), "unix %s", Printable(u.name()).c_str());
+      TRY_CTX(Requeue(ctx, pu, mine.get(), ""), "unix %s", Printable(pu.name()).c_str());
+      TRY(ApplyShutdown(mine.get(), u.shutdown()));
+      TRY(ApplyShutdown(other.get(), pu.shutdown() & ~(u.shutdown() & kSendShutdown ? kRcvShutdown : 0)));
+      std::string pkey = StrFormat("unix:%llu", static_cast<unsigned long long>(pu.ino()));
+      ASSIGN_OR_RETURN(int parked, ctx.Park(std::move(other)));
+      ctx.KeepUntilPrepared(UniqueFd(parked));
+      ctx.named_fds[pkey] = parked;
+    } else {
+      // The peer closed: the data, then end of file.
+      TRY(Requeue(ctx, u, other.get(), ""));
+      other.reset();
+      TRY(ApplyShutdown(mine.get(), u.shutdown() & kSendShutdown));
+    }
+    return mine;
+  }
+
+  UniqueFd s(socket(AF_UNIX, type | SOCK_CLOEXEC, 0));
+  if (!s) return Errno("socket AF_UNIX type %d", type);
+  TRY(RestoreSockOpts(s.get(), u.opts()));
+  if (bind_name) TRY(Bind(s.get(), type, u.name()));
+  if (u.state() == 10 /* TCP_LISTEN */) {
+    if (listen(s.get(), u.backlog()) < 0) return Errno("listen %s", Printable(u.name()).c_str());
+    return s;
+  }
+  if (u.listener_ino()) {
+    const img::FileEntry* l = FindUnix(ctx, u.listener_ino());
+    if (!l) return MakeError(ErrorKind::kBadImage, 0, "pending unix connection: listener missing");
+    auto lr = ctx.Ensure(l->id());
+    if (!lr.ok()) return std::move(lr).error();
+    TRY_CTX(Connect(s.get(), l->unix_sk().name()), "pending connection");
+  } else if (peer) {
+    auto pr = ctx.Ensure(peer->id());
+    if (!pr.ok()) return std::move(pr).error();
+    if (peer->unix_sk().name().empty())
+      return MakeError(ErrorKind::kUnsupported, 0, "datagram socket connected to an unnamed one");
+    TRY(Connect(s.get(), peer->unix_sk().name()));
+  } else if (u.peer_external()) {
+    TRY_CTX(Connect(s.get(), u.peer_name()), "outside peer");
+  }
+  if (!u.queue().empty()) {
+    if (u.name().empty())
+      return MakeError(ErrorKind::kUnsupported, 0, "queued data on an unnamed unix socket");
+    UniqueFd tmp(socket(AF_UNIX, type | SOCK_CLOEXEC, 0));
+    TRY(Requeue(ctx, u, tmp.get(), u.name()));
+  }
+  if (u.shutdown()) TRY(ApplyShutdown(s.get(), u.shutdown()));
+  return s;
 }
+
 }  // namespace godwit::files

@@ -3,7 +3,9 @@
 #include <sys/socket.h>
 #include <sys/time.h>
 
+#include <algorithm>
 #include <cstring>
+#include <unistd.h>
 
 #include "files/kind.h"
 
@@ -80,6 +82,82 @@ Result<void> RestoreSockOpts(int fd, const img::SockOpts& o) {
   if (!o.bindtodevice().empty() &&
       setsockopt(fd, SOL_SOCKET, SO_BINDTODEVICE, o.bindtodevice().data(), o.bindtodevice().size()) < 0)
     return Errno("SO_BINDTODEVICE %s", o.bindtodevice().c_str());
+  return Ok();
+}
+
+}  // namespace godwit::files
+
+namespace godwit::files {
+
+Result<void> PeekQueue(DumpContext& ctx, int fd, bool stream,
+                       google::protobuf::RepeatedPtrField<img::QueuedMsg>* out) {
+  int orig = -1;
+  socklen_t olen = sizeof(orig);
+  if (getsockopt(fd, SOL_SOCKET, SO_PEEK_OFF, &orig, &olen) < 0) return Errno("SO_PEEK_OFF");
+  std::vector<char> buf(256 << 10);
+  std::string stream_data;
+  int off = 0;
+  Result<void> res;
+  for (int i = 0; i < (1 << 20); i++) {
+    if (setsockopt(fd, SOL_SOCKET, SO_PEEK_OFF, &off, sizeof(off)) < 0) {
+      res = Errno("setsockopt SO_PEEK_OFF %d", off);
+      break;
+    }
+    struct sockaddr_storage from {};
+    char cbuf[CMSG_SPACE(sizeof(int) * 64)];
+    struct iovec iov {buf.data(), buf.size()};
+    struct msghdr mh {};
+    mh.msg_name = &from;
+    mh.msg_namelen = sizeof(from);
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    mh.msg_control = cbuf;
+    mh.msg_controllen = sizeof(cbuf);
+    ssize_t n = recvmsg(fd, &mh, MSG_PEEK | MSG_DONTWAIT | MSG_TRUNC | MSG_CMSG_CLOEXEC);
+    if (n < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+      res = Errno("recvmsg MSG_PEEK");
+      break;
+    }
+    bool fds_in_flight = false;
+    for (struct cmsghdr* c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
+      if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+        fds_in_flight = true;
+        int nfds = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (int k = 0; k < nfds; k++) close(reinterpret_cast<int*>(CMSG_DATA(c))[k]);
+      }
+    }
+    if (fds_in_flight || (mh.msg_flags & MSG_CTRUNC)) {
+      res = MakeError(ErrorKind::kUnsupported, 0, "socket queue holds file descriptors in flight");
+      break;
+    }
+    if (stream) {
+      if (n == 0) break;
+      size_t got = std::min<size_t>(n, buf.size());
+      stream_data.append(buf.data(), got);
+      off += got;
+      continue;
+    }
+    if (static_cast<size_t>(n) > buf.size()) {  // datagram larger than the buffer: grow, again
+      buf.resize(n);
+      continue;
+    }
+    img::QueuedMsg* m = out->Add();
+    auto ref = ctx.Blob(buf.data(), n);
+    if (!ref.ok()) {
+      res = std::move(ref).error();
+      break;
+    }
+    *m->mutable_data() = *ref;
+    if (mh.msg_namelen > sizeof(sa_family_t))
+      m->set_sender(std::string(reinterpret_cast<char*>(&from), mh.msg_namelen));
+    off += n;
+  }
+  setsockopt(fd, SOL_SOCKET, SO_PEEK_OFF, &orig, sizeof(orig));
+  TRY(res);
+  if (stream && !stream_data.empty()) {
+    ASSIGN_OR_RETURN(*out->Add()->mutable_data(), ctx.Blob(stream_data.data(), stream_data.size()));
+  }
   return Ok();
 }
 

@@ -28,9 +28,8 @@ void FuzzObject(std::string data) {
   godwit::img::ImageFile file;
   for (int i = 0; i < 100000; i++) {
     // Alternate typed and raw reads: both must bound every length.
-    google::protobuf::Message* msg = r->type_name() == inv.GetTypeName()
-                                         ? static_cast<google::protobuf::Message*>(&inv)
-                                         : &file;
+    google::protobuf::Message* msg =
+        r->type_name() == inv.GetTypeName() ? static_cast<google::protobuf::Message*>(&inv) : &file;
     auto more = r->Next(msg);
     if (!more.ok() || !*more) return;
     std::string_view raw;
@@ -70,10 +69,18 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 1) return 0;
   std::string body(reinterpret_cast<const char*>(data) + 1, size - 1);
   switch (data[0] % 4) {
-    case 0: FuzzObject(std::move(body)); break;
-    case 1: FuzzBlob(std::move(body), false); break;
-    case 2: FuzzInventory(std::move(body)); break;
-    case 3: FuzzBlob(std::move(body), true); break;
+    case 0:
+      FuzzObject(std::move(body));
+      break;
+    case 1:
+      FuzzBlob(std::move(body), false);
+      break;
+    case 2:
+      FuzzInventory(std::move(body));
+      break;
+    case 3:
+      FuzzBlob(std::move(body), true);
+      break;
   }
   return 0;
 }

@@ -39,8 +39,8 @@ int main(int argc, char** argv) {
   }
   std::string data(9000, 'a');
   for (size_t i = 0; i < data.size(); i++) data[i] = static_cast<char>(i * i % 251);
-  for (auto [name, c] : {std::pair{"raw.img", Compression::kNone},
-                         std::pair{"zstd.img", Compression::kZstd}}) {
+  for (auto [name, c] :
+       {std::pair{"raw.img", Compression::kNone}, std::pair{"zstd.img", Compression::kZstd}}) {
     auto b = BlobWriter::Create(**sink, name, c);
     if (!b.ok()) return fail(b.error());
     // Three appends: three chunks.
@@ -52,9 +52,8 @@ int main(int argc, char** argv) {
   struct Seed {
     const char* file;
     char selector;
-  } seeds[] = {{"files.img", 0}, {"empty.img", 0}, {"raw.img", 1}, {"zstd.img", 1},
-               {"inventory.img", 2}, {"inventory.img", 0},
-               {"raw.img", 3}, {"zstd.img", 3}};
+  } seeds[] = {{"files.img", 0},     {"empty.img", 0},     {"raw.img", 1}, {"zstd.img", 1},
+               {"inventory.img", 2}, {"inventory.img", 0}, {"raw.img", 3}, {"zstd.img", 3}};
   int n = 0;
   for (const auto& s : seeds) {
     auto body = fs::ReadFile(dir + "/" + s.file);

@@ -23,6 +23,7 @@ struct Feature {
 // Names as in /proc/cpuinfo. The ones that matter to restore are those that change the register
 // state (x87/SSE/AVX/AVX-512/AMX, xsave variants); the others are recorded because a program
 // may have chosen code paths by them (glibc's ifuncs do).
+// clang-format off
 constexpr Feature kFeatures[] = {
     {"fpu", 1, 0, 'd', 0},         {"mmx", 1, 0, 'd', 23},
     {"fxsr", 1, 0, 'd', 24},       {"sse", 1, 0, 'd', 25},
@@ -55,6 +56,7 @@ constexpr Feature kFeatures[] = {
     {"xsaveopt", 0xd, 1, 'a', 0},  {"xsavec", 0xd, 1, 'a', 1},
     {"xgetbv1", 0xd, 1, 'a', 2},   {"xsaves", 0xd, 1, 'a', 3},
 };
+// clang-format on
 
 bool HasOsxsave() {
   unsigned a, b, c, d;

@@ -49,6 +49,11 @@ class Output {
   }
   // Flushes and seals the file; its size and checksum go into the inventory.
   virtual Result<void> Close() = 0;
+  // Makes room for about bytes more of output ahead of time. On tmpfs, allocating pages costs
+  // most of a write (~0.45 s per GiB on this VM, ~0.14 s to copy into allocated ones), so a
+  // dumper that reserves before it freezes the tree shortens the frozen time. What is not used
+  // is released at Close. A no-op where it does not apply (a socket).
+  virtual Result<void> Reserve(uint64_t bytes) { return Ok(); }
 };
 
 // Where a dump writes. Thread-compatible: one writer per Output, Create/Finish from one thread.
@@ -82,12 +87,13 @@ class ImageWriter {
   std::unique_ptr<Output> out_;
   std::string name_;
   std::string buf_;
-  std::string type_;     // the records' type, fixed by the first Write (header written then)
+  std::string type_;  // the records' type, fixed by the first Write (header written then)
   bool header_ = false;
 };
 
 // Writes one message as a whole image.
-Result<void> WriteImage(Sink& sink, const std::string& name, const google::protobuf::MessageLite& msg);
+Result<void> WriteImage(Sink& sink, const std::string& name,
+                        const google::protobuf::MessageLite& msg);
 
 // Bulk data file, chunked (up to 4 MiB per chunk; a zstd frame or raw bytes, with crc32c).
 // Append returns the logical offset of the data in the stream, which the caller records in its
@@ -102,6 +108,9 @@ class BlobWriter {
   // caller. The file is the same whatever n is. No effect on raw blobs.
   Result<void> SetThreads(int n);
   Result<uint64_t> Append(const void* data, size_t len);
+  // Reserves output space for logical_bytes more of raw data (chunk headers included); see
+  // Output::Reserve. For zstd blobs, pass an estimate; the excess is released at Close.
+  Result<void> Reserve(uint64_t logical_bytes);
   // Writes what is gathered and closes the output.
   Result<void> Close();
   uint64_t logical_size() const { return logical_; }
@@ -175,7 +184,8 @@ class ImageReader {
 // Random access to a blob file written by BlobWriter.
 class BlobReader {
  public:
-  // Reads logical [offset, offset+len) into dst, verifying chunk checksums.
+  // Reads logical [offset, offset+len) into dst, verifying chunk checksums (unless the blob comes
+  // from a verified set, whose whole-file checksums cover them).
   Result<void> Read(uint64_t offset, void* dst, size_t len);
   uint64_t logical_size() const;
   // For raw (uncompressed) blobs: the file offset where logical offset lies contiguously for len
@@ -232,7 +242,7 @@ class BlobReader {
   bool verified_ = false;
   uint64_t file_size_ = 0;
   std::vector<Chunk> chunks_;
-  void* dctx_ = nullptr;  // ZSTD_DCtx, reused
+  void* dctx_ = nullptr;       // ZSTD_DCtx, reused
   std::vector<char> scratch_;  // stored bytes of a chunk
   std::vector<char> plain_;    // the last decompressed (or verified raw) chunk
   int64_t plain_chunk_ = -1;   // which chunk plain_ holds
@@ -245,6 +255,14 @@ class ImageSet {
   static Result<ImageSet> Open(const std::string& dir);
   // Opens dir without verifying checksums (for `inspect` on damaged images).
   static Result<ImageSet> OpenUnverified(const std::string& dir);
+  // Like Open, but the checksums of large files (64 MiB and more: page blobs) are computed on a
+  // background thread while the caller goes on (restoring memory on the other core); the
+  // inventory, every file's presence and size and the small files' checksums are checked before
+  // it returns. Call WaitVerified() before the point of no return (before the restored tree
+  // runs): it returns the first bad file. Blobs read meanwhile are not re-checked per chunk.
+  static Result<ImageSet> OpenDeferred(const std::string& dir);
+  // Ok for a set from Open; waits for OpenDeferred's check; an error for OpenUnverified.
+  Result<void> WaitVerified() const;
 
   const img::Inventory& inventory() const { return inventory_; }
   const std::string& dir() const { return dir_; }
@@ -263,9 +281,12 @@ class ImageSet {
 
  private:
   static Result<ImageSet> Load(const std::string& dir);
+  static Result<ImageSet> OpenChecked(const std::string& dir, bool defer);
+  struct Pending;
   std::string dir_;
   img::Inventory inventory_;
   bool verified_ = false;
+  std::shared_ptr<Pending> pending_;  // OpenDeferred's background check
 };
 
 // What a file in an image directory holds, from its magic.

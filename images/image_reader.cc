@@ -2,13 +2,12 @@
 // limit and by the file's end) before it is used, and every error is kBadImage naming the file
 // and the offset. The fuzz target (fuzz/images_fuzz.cc) drives these parsers from raw bytes.
 #include <fcntl.h>
+#include <google/protobuf/message.h>
+#include <google/protobuf/stubs/logging.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zstd.h>
-
-#include <google/protobuf/message.h>
-#include <google/protobuf/stubs/logging.h>
 
 #include <algorithm>
 #include <mutex>
@@ -51,8 +50,10 @@ Result<UniqueFd> OpenRegular(const std::string& path, const std::string& name, u
                      err == ENOENT ? "missing (listed in the inventory)" : "open");
   }
   struct stat st;
-  if (::fstat(fd.get(), &st) < 0) return MakeError(ErrorKind::kBadImage, errno, "%s: stat", name.c_str());
-  if (!S_ISREG(st.st_mode)) return MakeError(ErrorKind::kBadImage, 0, "%s: not a regular file", name.c_str());
+  if (::fstat(fd.get(), &st) < 0)
+    return MakeError(ErrorKind::kBadImage, errno, "%s: stat", name.c_str());
+  if (!S_ISREG(st.st_mode))
+    return MakeError(ErrorKind::kBadImage, 0, "%s: not a regular file", name.c_str());
   *size = st.st_size;
   return fd;
 }
@@ -106,10 +107,10 @@ Result<uint32_t> RangeCrc(int fd, const std::string& name, uint64_t off, uint64_
 
 // crc32c of a whole file. Large files (page blobs) are checksummed by two threads, each over
 // one half, joined with Crc32cCombine: verification is on the restore's critical path.
-Result<uint32_t> FileCrc(int fd, const std::string& name, uint64_t size) {
+Result<uint32_t> FileCrc(int fd, const std::string& name, uint64_t size, bool parallel = true) {
   posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
   constexpr uint64_t kParallelMin = 64 << 20;
-  if (size < kParallelMin || std::thread::hardware_concurrency() < 2)
+  if (!parallel || size < kParallelMin || std::thread::hardware_concurrency() < 2)
     return RangeCrc(fd, name, 0, size, size);
   uint64_t half = size / 2;
   Result<uint32_t> second = 0u;
@@ -126,17 +127,18 @@ Result<uint32_t> FileCrc(int fd, const std::string& name, uint64_t size) {
 void QuietProtobufLogs() {
   static std::once_flag once;
   std::call_once(once, [] {
-    google::protobuf::SetLogHandler([](google::protobuf::LogLevel level, const char* file,
-                                       int line, const std::string& msg) {
-      LOG_DEBUG("protobuf %s:%d: %s", file, line, msg.c_str());
-    });
+    google::protobuf::SetLogHandler(
+        [](google::protobuf::LogLevel level, const char* file, int line, const std::string& msg) {
+          LOG_DEBUG("protobuf %s:%d: %s", file, line, msg.c_str());
+        });
   });
 }
 
 }  // namespace
 
 FileKind ProbeKind(std::string_view head) {
-  if (head.size() >= 8 && memcmp(head.data(), format::kImageMagic, 8) == 0) return FileKind::kObject;
+  if (head.size() >= 8 && memcmp(head.data(), format::kImageMagic, 8) == 0)
+    return FileKind::kObject;
   if (head.size() >= 8 && memcmp(head.data(), format::kBlobMagic, 8) == 0) return FileKind::kBlob;
   return FileKind::kUnknown;
 }
@@ -275,7 +277,8 @@ Result<void> BlobReader::BuildIndex() {
   if (memcmp(h, format::kBlobMagic, 8) != 0) return Bad(name_, 0, "not a blob file (bad magic)");
   uint32_t version = format::GetU32(h + 8);
   if (version != kFormatVersion)
-    return Bad(name_, 8, "format version %u, this godwit reads version %u", version, kFormatVersion);
+    return Bad(name_, 8, "format version %u, this godwit reads version %u", version,
+               kFormatVersion);
   if (format::GetU32(h + 12) != 0) return Bad(name_, 12, "unknown blob flags");
   const uint64_t max_zstd = ZSTD_compressBound(format::kMaxChunk);
   uint64_t off = sizeof(h), logical = 0;
@@ -284,7 +287,8 @@ Result<void> BlobReader::BuildIndex() {
     if (file_size_ - off < sizeof(c)) return Bad(name_, off, "truncated chunk header");
     TRY(ReadAt(off, &c, sizeof(c)));
     bool zstd = c.kind == format::kChunkZstd;
-    if (!zstd && c.kind != format::kChunkRaw) return Bad(name_, off, "bad chunk magic 0x%08x", c.kind);
+    if (!zstd && c.kind != format::kChunkRaw)
+      return Bad(name_, off, "bad chunk magic 0x%08x", c.kind);
     if (c.logical_off != logical)
       return Bad(name_, off, "chunk at logical offset %llu, expected %llu",
                  static_cast<unsigned long long>(c.logical_off),
@@ -296,8 +300,8 @@ Result<void> BlobReader::BuildIndex() {
     if (c.stored_len > file_size_ - off - sizeof(c))
       return Bad(name_, off, "truncated chunk: %u stored bytes, %llu left", c.stored_len,
                  static_cast<unsigned long long>(file_size_ - off - sizeof(c)));
-    chunks_.push_back(Chunk{c.logical_off, c.logical_len, off + sizeof(c), c.stored_len, c.crc32c,
-                            zstd});
+    chunks_.push_back(
+        Chunk{c.logical_off, c.logical_len, off + sizeof(c), c.stored_len, c.crc32c, zstd});
     logical += c.logical_len;
     off += sizeof(c) + c.stored_len;
   }
@@ -412,7 +416,8 @@ Result<void> BlobReader::Read(uint64_t offset, void* dst, size_t len) {
   return Ok();
 }
 
-Result<std::vector<BlobReader::Extent>> BlobReader::RawExtents(uint64_t offset, uint64_t len) const {
+Result<std::vector<BlobReader::Extent>> BlobReader::RawExtents(uint64_t offset,
+                                                               uint64_t len) const {
   uint64_t size = logical_size();
   if (offset > size || len > size - offset)
     return MakeError(ErrorKind::kBadImage, 0, "%s: range [%llu, +%llu) beyond logical size %llu",
@@ -467,28 +472,78 @@ Result<ImageSet> ImageSet::Load(const std::string& dir) {
 
 Result<ImageSet> ImageSet::OpenUnverified(const std::string& dir) { return Load(dir); }
 
-Result<ImageSet> ImageSet::Open(const std::string& dir) {
+struct ImageSet::Pending {
+  std::mutex mu;
+  std::thread thread;
+  Result<void> result;
+  ~Pending() {
+    if (thread.joinable()) thread.join();
+  }
+};
+
+namespace {
+constexpr uint64_t kDeferMin = 64 << 20;
+
+// parallel: split a large file over two threads (not for the background check, which is meant
+// to leave one core to the caller).
+Result<void> CheckCrc(const std::string& dir, int fd, const img::ImageFile& f, bool parallel) {
+  auto crc = FileCrc(fd, f.name(), f.size(), parallel);
+  if (!crc.ok()) return std::move(crc.error().wrap(dir));
+  if (*crc != f.crc32c())
+    return MakeError(ErrorKind::kBadImage, 0,
+                     "%s: %s: checksum mismatch (crc32c 0x%08x, inventory says 0x%08x; offset "
+                     "unknown: the whole file is checksummed)",
+                     dir.c_str(), f.name().c_str(), *crc, f.crc32c());
+  return Ok();
+}
+}  // namespace
+
+Result<ImageSet> ImageSet::OpenChecked(const std::string& dir, bool defer) {
   ASSIGN_OR_RETURN(ImageSet s, Load(dir));
+  std::vector<std::pair<UniqueFd, img::ImageFile>> later;
   for (const auto& f : s.inventory_.files()) {
     std::string path = dir + "/" + f.name();
     uint64_t size;
     auto fd = OpenRegular(path, f.name(), &size);
     if (!fd.ok()) return std::move(fd.error().wrap(dir));
     if (size != f.size())
-      return MakeError(ErrorKind::kBadImage, 0, "%s: %s: size %llu, inventory says %llu (offset %llu)",
-                       dir.c_str(), f.name().c_str(), static_cast<unsigned long long>(size),
+      return MakeError(ErrorKind::kBadImage, 0,
+                       "%s: %s: size %llu, inventory says %llu (offset %llu)", dir.c_str(),
+                       f.name().c_str(), static_cast<unsigned long long>(size),
                        static_cast<unsigned long long>(f.size()),
                        static_cast<unsigned long long>(std::min<uint64_t>(size, f.size())));
-    auto crc = FileCrc(fd->get(), f.name(), f.size());
-    if (!crc.ok()) return std::move(crc.error().wrap(dir));
-    if (*crc != f.crc32c())
-      return MakeError(ErrorKind::kBadImage, 0,
-                       "%s: %s: checksum mismatch (crc32c 0x%08x, inventory says 0x%08x; offset "
-                       "unknown: the whole file is checksummed)",
-                       dir.c_str(), f.name().c_str(), *crc, f.crc32c());
+    if (defer && size >= kDeferMin)
+      later.emplace_back(std::move(*fd), f);
+    else
+      TRY(CheckCrc(dir, fd->get(), f, true));
   }
   s.verified_ = true;
+  if (!later.empty()) {
+    s.pending_ = std::make_shared<Pending>();
+    Pending* p = s.pending_.get();
+    p->thread = std::thread([p, dir, later = std::move(later)] {
+      Result<void> r;
+      for (const auto& [fd, f] : later) {
+        r = CheckCrc(dir, fd.get(), f, false);
+        if (!r.ok()) break;
+      }
+      p->result = std::move(r);  // read only after join
+    });
+  }
   return s;
+}
+
+Result<ImageSet> ImageSet::Open(const std::string& dir) { return OpenChecked(dir, false); }
+Result<ImageSet> ImageSet::OpenDeferred(const std::string& dir) { return OpenChecked(dir, true); }
+
+Result<void> ImageSet::WaitVerified() const {
+  if (!verified_)
+    return MakeError(ErrorKind::kGeneric, 0, "%s was opened without verification", dir_.c_str());
+  if (!pending_) return Ok();
+  // The result is final once the thread is joined; mu serialises concurrent waiters.
+  std::lock_guard<std::mutex> l(pending_->mu);
+  if (pending_->thread.joinable()) pending_->thread.join();
+  return pending_->result;
 }
 
 std::vector<Error> ImageSet::Verify() const {

@@ -167,7 +167,8 @@ Result<BlobWriter> BlobWriter::Create(Sink& sink, const std::string& name, Compr
 BlobWriter::~BlobWriter() = default;
 
 Result<void> BlobWriter::SetThreads(int n) {
-  if (n < 1 || n > 64) return MakeError(ErrorKind::kUsage, 0, "blob %s: %d threads", name_.c_str(), n);
+  if (n < 1 || n > 64)
+    return MakeError(ErrorKind::kUsage, 0, "blob %s: %d threads", name_.c_str(), n);
   pool_.reset();
   if (n == 1 || comp_ != Compression::kZstd) return Ok();
   pool_.reset(new Pool);
@@ -211,7 +212,8 @@ Result<void> BlobWriter::Emit(const std::vector<Piece>& pieces) {
   // Incompressible data (already compressed, random) is stored raw: smaller and faster to
   // restore.
   auto put = [&](const Piece& p, const char* z, size_t zlen) -> Result<void> {
-    if (z && zlen < p.len) return PutChunk(format::kChunkZstd, z, static_cast<uint32_t>(zlen), p.len);
+    if (z && zlen < p.len)
+      return PutChunk(format::kChunkZstd, z, static_cast<uint32_t>(zlen), p.len);
     return PutChunk(format::kChunkRaw, p.data, p.len, p.len);
   };
   if (comp_ != Compression::kZstd) {
@@ -300,6 +302,15 @@ Result<uint64_t> BlobWriter::Append(const void* data, size_t len) {
     logical_ += len;
   }
   return start;
+}
+
+Result<void> BlobWriter::Reserve(uint64_t logical_bytes) {
+  if (!out_)
+    return MakeError(ErrorKind::kGeneric, 0, "blob %s: reserve after close", name_.c_str());
+  uint64_t chunks = logical_bytes / format::kMaxChunk + 2;
+  TRY_CTX(out_->Reserve(logical_bytes + chunks * sizeof(format::ChunkHeader)), "blob %s",
+          name_.c_str());
+  return Ok();
 }
 
 Result<void> BlobWriter::Close() {

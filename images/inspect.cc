@@ -1,12 +1,11 @@
 #include "images/inspect.h"
 
 #include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <google/protobuf/descriptor.h>
 #include <google/protobuf/message.h>
 #include <google/protobuf/util/json_util.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <map>
@@ -53,9 +52,15 @@ std::string GenericSummary(const google::protobuf::Message& m) {
       item = StrFormat("%s[%d]", f->name().c_str(), refl->FieldSize(m, f));
     } else {
       switch (f->cpp_type()) {
-        case FieldDescriptor::CPPTYPE_INT32: item = std::to_string(refl->GetInt32(m, f)); break;
-        case FieldDescriptor::CPPTYPE_INT64: item = std::to_string(refl->GetInt64(m, f)); break;
-        case FieldDescriptor::CPPTYPE_UINT32: item = std::to_string(refl->GetUInt32(m, f)); break;
+        case FieldDescriptor::CPPTYPE_INT32:
+          item = std::to_string(refl->GetInt32(m, f));
+          break;
+        case FieldDescriptor::CPPTYPE_INT64:
+          item = std::to_string(refl->GetInt64(m, f));
+          break;
+        case FieldDescriptor::CPPTYPE_UINT32:
+          item = std::to_string(refl->GetUInt32(m, f));
+          break;
         case FieldDescriptor::CPPTYPE_UINT64: {
           uint64_t v = refl->GetUInt64(m, f);
           // Addresses and masks read better in hex.
@@ -63,10 +68,18 @@ std::string GenericSummary(const google::protobuf::Message& m) {
                               : std::to_string(v);
           break;
         }
-        case FieldDescriptor::CPPTYPE_DOUBLE: item = StrFormat("%g", refl->GetDouble(m, f)); break;
-        case FieldDescriptor::CPPTYPE_FLOAT: item = StrFormat("%g", refl->GetFloat(m, f)); break;
-        case FieldDescriptor::CPPTYPE_BOOL: item = refl->GetBool(m, f) ? "true" : "false"; break;
-        case FieldDescriptor::CPPTYPE_ENUM: item = refl->GetEnum(m, f)->name(); break;
+        case FieldDescriptor::CPPTYPE_DOUBLE:
+          item = StrFormat("%g", refl->GetDouble(m, f));
+          break;
+        case FieldDescriptor::CPPTYPE_FLOAT:
+          item = StrFormat("%g", refl->GetFloat(m, f));
+          break;
+        case FieldDescriptor::CPPTYPE_BOOL:
+          item = refl->GetBool(m, f) ? "true" : "false";
+          break;
+        case FieldDescriptor::CPPTYPE_ENUM:
+          item = refl->GetEnum(m, f)->name();
+          break;
         case FieldDescriptor::CPPTYPE_STRING: {
           std::string v = refl->GetString(m, f);
           if (f->type() == FieldDescriptor::TYPE_BYTES) {
@@ -77,7 +90,9 @@ std::string GenericSummary(const google::protobuf::Message& m) {
           }
           break;
         }
-        case FieldDescriptor::CPPTYPE_MESSAGE: item = "{...}"; break;
+        case FieldDescriptor::CPPTYPE_MESSAGE:
+          item = "{...}";
+          break;
       }
       item = f->name() + (f->cpp_type() == FieldDescriptor::CPPTYPE_MESSAGE ? "" : "=") + item;
     }
@@ -212,11 +227,19 @@ Result<nlohmann::json> InspectDir(const std::string& dir, const InspectOptions& 
   std::vector<std::string> order = listed;
   std::sort(names.begin(), names.end());
   for (const auto& n : names)
-    if (n != format::kInventoryName &&
-        std::find(listed.begin(), listed.end(), n) == listed.end())
+    if (n != format::kInventoryName && std::find(listed.begin(), listed.end(), n) == listed.end())
       order.push_back(n);
   nlohmann::json files = nlohmann::json::array();
+  for (const auto& name : opts.only) {
+    if (std::find(order.begin(), order.end(), name) == order.end()) {
+      Error e = MakeError(ErrorKind::kNotFound, 0, "%s: no image %s", dir.c_str(), name.c_str());
+      damage->push_back(e);
+    }
+  }
   for (const auto& name : order) {
+    if (!opts.only.empty() &&
+        std::find(opts.only.begin(), opts.only.end(), name) == opts.only.end())
+      continue;
     nlohmann::json f;
     f["name"] = name;
     f["listed"] = std::find(listed.begin(), listed.end(), name) != listed.end();

@@ -4,10 +4,9 @@
 // read and lists every problem found.
 #pragma once
 
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "common/result.h"
 
@@ -27,10 +26,11 @@ bool RegisterSummary(const std::string& type_name, RecordSummaryFn fn);
 RecordSummaryFn FindSummary(const std::string& type_name);
 
 struct InspectOptions {
-  bool decode_records = true;  // put every record as JSON into "records"
-  bool summaries = false;      // put one-line summaries into "summaries" (registered ones, or
-                               // the set fields of the record)
-  size_t max_summaries = 5;    // per file
+  bool decode_records = true;     // put every record as JSON into "records"
+  bool summaries = false;         // put one-line summaries into "summaries" (registered ones, or
+                                  // the set fields of the record)
+  size_t max_summaries = 5;       // per file
+  std::vector<std::string> only;  // if not empty: show only these files (all are still verified)
 };
 
 // Returns

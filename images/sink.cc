@@ -8,8 +8,8 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cstring>
 #include <climits>
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <set>
@@ -62,7 +62,10 @@ struct DirState {
 class FileOutput : public Output {
  public:
   FileOutput(std::shared_ptr<DirState> st, std::string name, std::string path, UniqueFd fd)
-      : st_(std::move(st)), name_(std::move(name)), path_(std::move(path)), fd_(std::move(fd)),
+      : st_(std::move(st)),
+        name_(std::move(name)),
+        path_(std::move(path)),
+        fd_(std::move(fd)),
         buf_(new char[kBufSize]) {}
 
   Result<void> Write(const void* data, size_t len) override {
@@ -75,9 +78,24 @@ class FileOutput : public Output {
     return Put(data, len);
   }
 
+  Result<void> Reserve(uint64_t bytes) override {
+    if (!fd_) return MakeError(ErrorKind::kGeneric, 0, "%s: reserve after close", path_.c_str());
+    if (bytes == 0) return Ok();
+    if (::fallocate(fd_.get(), FALLOC_FL_KEEP_SIZE, size_, bytes) < 0) {
+      if (errno == EOPNOTSUPP || errno == ENOSYS) return Ok();  // a file system without it
+      return Errno("reserve %llu bytes for %s", static_cast<unsigned long long>(bytes),
+                   path_.c_str());
+    }
+    reserved_ = true;
+    return Ok();
+  }
+
   Result<void> Close() override {
     if (!fd_) return MakeError(ErrorKind::kGeneric, 0, "%s: closed twice", path_.c_str());
     TRY(Flush());
+    // Release what was reserved and not used: truncating to the size drops blocks beyond it.
+    if (reserved_ && ::ftruncate(fd_.get(), static_cast<off_t>(size_)) < 0)
+      return Errno("truncate %s", path_.c_str());
     if (::close(fd_.release()) < 0) return Errno("close %s", path_.c_str());
     img::ImageFile f;
     f.set_name(name_);
@@ -119,6 +137,7 @@ class FileOutput : public Output {
   size_t used_ = 0;
   uint64_t size_ = 0;
   uint32_t crc_ = 0;
+  bool reserved_ = false;
 };
 
 bool StartsWithMagic(const std::string& path) {
@@ -127,8 +146,8 @@ bool StartsWithMagic(const std::string& path) {
   char head[8];
   ssize_t n = ::pread(fd, head, 8, 0);
   ::close(fd);
-  return n == 8 && (memcmp(head, format::kImageMagic, 8) == 0 ||
-                    memcmp(head, format::kBlobMagic, 8) == 0);
+  return n == 8 &&
+         (memcmp(head, format::kImageMagic, 8) == 0 || memcmp(head, format::kBlobMagic, 8) == 0);
 }
 
 class DirSink : public Sink {
@@ -208,7 +227,8 @@ Result<void> RemoveOldImages(const std::string& dir) {
         for (const auto& f : inv->files())
           if (ValidImageName(f.name())) listed.push_back(f.name());
     }
-    if (::unlink(inv_path.c_str()) < 0 && errno != ENOENT) return Errno("unlink %s", inv_path.c_str());
+    if (::unlink(inv_path.c_str()) < 0 && errno != ENOENT)
+      return Errno("unlink %s", inv_path.c_str());
   }
   for (const auto& n : listed) ::unlink((dir + "/" + n).c_str());
   ASSIGN_OR_RETURN(auto names, fs::ListDir(dir));

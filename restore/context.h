@@ -57,7 +57,7 @@ struct ProcessRestore {
   pid_t pid = 0;
   img::ProcessCore core;
   img::MmEntry mm;
-  img::PageMap pagemap;
+  std::vector<img::PageMap> pagemaps;  // pre-dump rounds first, applied in order
   std::unique_ptr<remote::Remote> remote;
   std::vector<pid_t> attached;  // threads under our ptrace, the main thread first
 };

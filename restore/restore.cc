@@ -63,6 +63,7 @@ pid_t Clone3(pid_t want) {
 struct ChildEnv {
   RestoreContext* ctx;
   int report_fd;
+  std::vector<int> foreign_fds;  // the coordinator's own fds above report_fd (not prepared)
   std::map<pid_t, std::vector<int>> children;  // pid -> indices of its children in the tree
 };
 
@@ -94,6 +95,7 @@ struct ChildEnv {
   // files' Install if there are fd images), the report pipe and the prepared fds above it.
   syscall(SYS_close_range, 3, env.report_fd - 1, 0);
   if (env.ctx->fds == nullptr) syscall(SYS_close_range, env.report_fd + 1, ~0U, 0);
+  for (int fd : env.foreign_fds) close(fd);
   if (e.zombie()) ZombieMain(e);
   if (e.sid() == e.pid() && getsid(0) != e.pid()) {
     if (setsid() < 0) ChildFail(env, e.pid(), errno, "setsid");
@@ -144,7 +146,17 @@ Result<void> LoadImages(RestoreContext& ctx) {
     p->pid = e.pid();
     TRY(ReadOne(set, StrFormat("core-%d.img", e.pid()), &p->core));
     TRY(ReadOne(set, StrFormat("mm-%d.img", e.pid()), &p->mm));
-    TRY(ReadOne(set, StrFormat("pagemap-%d.img", e.pid()), &p->pagemap));
+    {
+      std::string pmname = StrFormat("pagemap-%d.img", e.pid());
+      auto rd = set.OpenImage(pmname);
+      if (!rd.ok()) return std::move(rd.error().wrap("read " + pmname));
+      for (;;) {
+        img::PageMap pm;
+        ASSIGN_OR_RETURN(bool more, rd->Next(&pm));
+        if (!more) break;
+        p->pagemaps.push_back(std::move(pm));
+      }
+    }
     if (p->core.threads_size() == 0 || p->core.threads(0).tid() != e.pid())
       return MakeError(ErrorKind::kBadImage, 0, "core-%d.img: main thread missing", e.pid());
     for (const auto& t : p->core.threads())
@@ -157,12 +169,14 @@ Result<void> LoadImages(RestoreContext& ctx) {
                          static_cast<unsigned long>(v.start()), static_cast<unsigned long>(v.end()));
       prev_end = v.end();
     }
-    prev_end = 0;
-    for (const auto& r : p->pagemap.runs()) {
-      if (r.vaddr() % kPage || r.vaddr() < prev_end || r.npages() == 0 || r.npages() > (1ULL << 36))
-        return MakeError(ErrorKind::kBadImage, 0, "pagemap-%d.img: bad run at %#lx", e.pid(),
-                         static_cast<unsigned long>(r.vaddr()));
-      prev_end = r.vaddr() + r.npages() * kPage;
+    for (const auto& pm : p->pagemaps) {
+      prev_end = 0;
+      for (const auto& r : pm.runs()) {
+        if (r.vaddr() % kPage || r.vaddr() < prev_end || r.npages() == 0 || r.npages() > (1ULL << 36))
+          return MakeError(ErrorKind::kBadImage, 0, "pagemap-%d.img: bad run at %#lx", e.pid(),
+                           static_cast<unsigned long>(r.vaddr()));
+        prev_end = r.vaddr() + r.npages() * kPage;
+      }
     }
     ctx.stats.threads += 1;
     ctx.by_pid[e.pid()] = p.get();
@@ -296,6 +310,12 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
   if (report_fd < 0) return Errno("dup report pipe");
   UniqueFd wr(report_fd);
   wr0.reset();
+  // Whatever the coordinator has open above the report pipe now (inherited from its caller) must
+  // not leak into the restored processes; the files' prepared fds come after this snapshot.
+  std::vector<int> foreign;
+  if (auto l = fs::ListDir("/proc/self/fd"); l.ok())
+    for (const auto& n : *l)
+      if (atoi(n.c_str()) > report_fd) foreign.push_back(atoi(n.c_str()));
   if (ctx.fds) TRY_CTX(ctx.fds->Prepare(base_fd), "prepare files");
   TRY(CheckPidsFree(ctx));
   prctl(PR_SET_CHILD_SUBREAPER, 1);
@@ -303,6 +323,7 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
   ChildEnv env;
   env.ctx = &ctx;
   env.report_fd = wr.get();
+  env.foreign_fds = foreign;
   for (int i = 0; i < ctx.tree.processes_size(); ++i) {
     const auto& e = ctx.tree.processes(i);
     if (e.pid() != ctx.tree.root_pid()) {
@@ -372,6 +393,9 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
     auto rr = remote::Remote::Create(p->pid, p->pid, ro);
     if (!rr.ok()) return std::move(rr.error().wrap(StrFormat("pid %d", p->pid)));
     p->remote = std::move(*rr);
+    // The process may have been seized between its report and its close of the pipe.
+    uint64_t args[6] = {static_cast<uint64_t>(report_fd), 0, 0, 0, 0, 0};
+    TRY(p->remote->RawSyscallIn(p->pid, SYS_close, args));
   }
   // Process groups: leaders first, then members (the group must exist). A session leader
   // already leads its group.

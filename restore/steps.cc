@@ -14,7 +14,22 @@ const std::vector<RestoreStep>& ProcessSteps() {
   static const std::vector<RestoreStep> steps = {
       {"mm", RestoreMm},
       {"threads", RestoreThreads},
+      // Process state (restore/pstate*.cc). Handlers and altstacks point into the new memory;
+      // everything that needs privilege (chroot, sched, rlimits) before "creds"; pdeathsig and
+      // dumpable after it (a cred change resets both); timers armed late so none fires early.
+      {"sigactions", RestoreSigactions},
+      {"sigaltstack", RestoreSigaltstack},
+      {"rlimits", RestoreRlimits},
+      {"fs", RestoreFs},
+      {"personality", RestorePersonality},
+      {"comm", RestoreComm},
+      {"sched", RestoreSched},
+      {"proc-flags", RestoreProcFlags},
+      {"creds", RestoreCreds},
+      {"after-creds", RestoreAfterCreds},
       {"signals", RestoreSignals},
+      {"timers", RestoreTimers},
+      {"seccomp", RestoreSeccomp},  // filters filter injected calls too: last before core
       {"core", RestoreCore},
   };
   return steps;

@@ -19,6 +19,19 @@ const std::vector<RestoreStep>& ProcessSteps();
 
 Result<void> RestoreMm(RestoreContext& ctx, ProcessRestore& p);       // mm.cc
 Result<void> RestoreThreads(RestoreContext& ctx, ProcessRestore& p);  // threads.cc
+// Process state (pstate*.cc).
+Result<void> RestoreSeccomp(RestoreContext& ctx, ProcessRestore& p);      // filters
+Result<void> RestoreSigactions(RestoreContext& ctx, ProcessRestore& p);
+Result<void> RestoreSigaltstack(RestoreContext& ctx, ProcessRestore& p);
+Result<void> RestoreRlimits(RestoreContext& ctx, ProcessRestore& p);
+Result<void> RestoreFs(RestoreContext& ctx, ProcessRestore& p);          // cwd, root, umask
+Result<void> RestorePersonality(RestoreContext& ctx, ProcessRestore& p);
+Result<void> RestoreComm(RestoreContext& ctx, ProcessRestore& p);
+Result<void> RestoreSched(RestoreContext& ctx, ProcessRestore& p);       // + timer slack
+Result<void> RestoreProcFlags(RestoreContext& ctx, ProcessRestore& p);   // subreaper, THP
+Result<void> RestoreCreds(RestoreContext& ctx, ProcessRestore& p);
+Result<void> RestoreAfterCreds(RestoreContext& ctx, ProcessRestore& p);  // pdeathsig, dumpable
+Result<void> RestoreTimers(RestoreContext& ctx, ProcessRestore& p);      // itimers, POSIX timers
 Result<void> RestoreSignals(RestoreContext& ctx, ProcessRestore& p);  // core.cc: pending signals
 Result<void> RestoreCore(RestoreContext& ctx, ProcessRestore& p);     // core.cc: regs, last
 

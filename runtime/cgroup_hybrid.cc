@@ -32,9 +32,15 @@ class CgroupHybrid : public Cgroup {
     return Ok();
   }
   Result<void> Apply(const Resources& res) override { return v1_->Apply(res); }
-  Result<void> AddProcess(pid_t pid) override {
+  Result<void> AddProcess(pid_t pid, bool skip_clone_into) override {
     TRY(v1_->AddProcess(pid));
+    if (skip_clone_into) return Ok();
     return v2_->AddProcess(pid);
+  }
+  std::string CloneIntoPath() const override { return v2_->CloneIntoPath(); }
+  Result<void> EnterSelf(bool skip_clone_into) override {
+    TRY(v1_->EnterSelf(false));
+    return v2_->EnterSelf(skip_clone_into);
   }
   Result<std::vector<pid_t>> Pids() const override { return v2_->Pids(); }
   Result<void> Freeze() override { return v2_->Freeze(); }

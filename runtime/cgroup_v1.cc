@@ -91,7 +91,14 @@ class CgroupV1 : public Cgroup {
     return Ok();
   }
 
-  Result<void> AddProcess(pid_t pid) override {
+  std::string CloneIntoPath() const override { return ""; }
+
+  Result<void> EnterSelf(bool) override {
+    for (const auto& [ctrl, dir] : dirs_) TRY(WriteKnob(dir, "tasks", "0"));
+    return Ok();
+  }
+
+  Result<void> AddProcess(pid_t pid, bool) override {
     std::string p = std::to_string(pid);
     for (const auto& [ctrl, dir] : dirs_) TRY(WriteKnob(dir, "cgroup.procs", p));
     return Ok();

@@ -75,8 +75,14 @@ class CgroupV2 : public Cgroup {
     return Ok();
   }
 
-  Result<void> AddProcess(pid_t pid) override {
+  Result<void> AddProcess(pid_t pid, bool skip_clone_into) override {
+    if (skip_clone_into) return Ok();
     return WriteKnob(dir_, "cgroup.procs", std::to_string(pid));
+  }
+  std::string CloneIntoPath() const override { return dir_; }
+  Result<void> EnterSelf(bool skip_clone_into) override {
+    if (skip_clone_into) return Ok();
+    return WriteKnob(dir_, "cgroup.procs", "0");
   }
 
   Result<std::vector<pid_t>> Pids() const override { return ReadPids(dir_); }
@@ -92,7 +98,7 @@ class CgroupV2 : public Cgroup {
   Result<void> Destroy() override { return RemoveDir(dir_); }
 
   std::map<std::string, std::string> Paths() const override {
-    return {{controllers_ ? "unified" : "unified", dir_}};
+    return {{"unified", dir_}};
   }
 
   Result<std::map<std::string, int64_t>> Events() const override {

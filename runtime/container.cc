@@ -18,6 +18,7 @@ const char* StatusName(Status s) {
     case Status::kCreating: return "creating";
     case Status::kCreated: return "created";
     case Status::kRunning: return "running";
+    case Status::kPaused: return "paused";
     case Status::kStopped: return "stopped";
   }
   return "unknown";
@@ -93,6 +94,15 @@ Status Container::CurrentStatus() const {
   if (!ReadStat(pid, &st, &start) || start != pid_start_time || st == 'Z' || st == 'X')
     return Status::kStopped;
   if (::access(fifo_path().c_str(), F_OK) == 0) return Status::kCreated;
+  // Frozen? The cgroup2 part (v2, hybrid) or the v1 freezer, whichever froze it.
+  if (auto it = cgroup_paths.find("unified"); it != cgroup_paths.end()) {
+    auto ev = fs::ReadFile(it->second + "/cgroup.events");
+    if (ev.ok() && ev->find("frozen 1") != std::string::npos) return Status::kPaused;
+  }
+  if (auto it = cgroup_paths.find("freezer"); it != cgroup_paths.end()) {
+    auto st = fs::ReadFile(it->second + "/freezer.state");
+    if (st.ok() && fs::Trim(*st) == "FROZEN") return Status::kPaused;
+  }
   return Status::kRunning;
 }
 

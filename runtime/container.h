@@ -17,7 +17,8 @@
 
 namespace godwit::runtime {
 
-enum class Status { kCreating, kCreated, kRunning, kStopped };
+// kPaused: running but frozen by its cgroup (runc's "paused", beyond the OCI four).
+enum class Status { kCreating, kCreated, kRunning, kPaused, kStopped };
 const char* StatusName(Status s);
 
 struct Container {
@@ -49,7 +50,7 @@ struct Container {
   std::string config_path() const { return dir() + "/config.json"; }
 
   // Live status: stopped if the init is gone, a zombie or a different process with its pid;
-  // created while exec.fifo exists; running otherwise.
+  // created while exec.fifo exists; paused while its cgroup is frozen; running otherwise.
   Status CurrentStatus() const;
   // The OCI state document (ociVersion, id, status, pid, bundle, rootfs, created, annotations).
   nlohmann::json OciState() const;

@@ -23,6 +23,7 @@
 #include <cstring>
 
 #include "common/result.h"
+#include "runtime/storage.h"
 
 extern char** environ;
 
@@ -276,39 +277,45 @@ void Run(const Plan& plan) {
   const Spec& s = *plan.spec;
   // Die with the parent while it still sets us up (a killed `godwit create` leaves nothing).
   ::prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+  if (plan.cgroup) {
+    auto r = plan.cgroup->EnterSelf(plan.born_into);
+    if (!r.ok()) Fail(r.error().kind(), r.error().sys_errno(), "%s", r.error().message().c_str());
+  }
 
-  // 1. Wait until the parent has put us into our cgroups, written the id maps and built the
-  //    network.
-  char go = 0;
-  if (::read(plan.sync_fd, &go, 1) != 1 || go != 'G') _exit(1);
+  // 1. In a user namespace nothing privileged works before the parent wrote the id maps: wait
+  //    for its go first. Otherwise build the root while the parent moves us into our cgroups
+  //    (the first cgroup migration waits for an RCU grace period) and wires the network.
+  auto wait_go = [&] {
+    char go = 0;
+    if (::read(plan.sync_fd, &go, 1) != 1 || go != 'G') _exit(1);
+  };
+  if (s.ns.user) wait_go();
 
   if (s.ns.user) {
     if (::setresgid(0, 0, 0) < 0) FAIL_ERRNO("setresgid 0 in the user namespace");
     if (::setresuid(0, 0, 0) < 0) FAIL_ERRNO("setresuid 0 in the user namespace");
   }
-  // 2. The cgroup namespace only now: its root is the cgroup we are in at unshare time.
-  if (s.ns.cgroup && ::unshare(CLONE_NEWCGROUP) < 0) FAIL_ERRNO("unshare(CLONE_NEWCGROUP)");
   if (!s.hostname.empty() && ::sethostname(s.hostname.data(), s.hostname.size()) < 0)
     FAIL_ERRNO("sethostname %s", s.hostname.c_str());
+  if (!s.domainname.empty() && ::setdomainname(s.domainname.data(), s.domainname.size()) < 0)
+    FAIL_ERRNO("setdomainname %s", s.domainname.c_str());
+  if (s.process.oom_score_adj) {
+    std::string v = std::to_string(*s.process.oom_score_adj);
+    WriteFile("/proc/self/oom_score_adj", v);
+  }
   ::umask(0);
 
-  // 3. Mounts. Nothing we mount may propagate back to the host.
+  // 2. Mounts. Nothing we mount may propagate back to the host.
   unsigned long prop = MS_REC | MS_PRIVATE;
   if (s.rootfs_propagation == "slave" || s.rootfs_propagation == "rslave") prop = MS_REC | MS_SLAVE;
   if (::mount(nullptr, "/", nullptr, prop, nullptr) < 0) FAIL_ERRNO("make / private");
 
   std::string newroot;
   if (s.disk_quota > 0) {
-    // The writable layer: a tmpfs of quota size holding the overlay's upper and work dirs; the
-    // rootfs is the read-only lower layer and is never modified.
-    std::string data = "size=" + std::to_string(s.disk_quota) + ",mode=755";
-    if (::mount("godwit-storage", plan.storage_dir.c_str(), "tmpfs", MS_NOSUID | MS_NODEV,
-                data.c_str()) < 0)
-      FAIL_ERRNO("mount storage tmpfs (%s) on %s", data.c_str(), plan.storage_dir.c_str());
-    std::string upper = plan.storage_dir + "/upper", work = plan.storage_dir + "/work";
-    newroot = plan.storage_dir + "/merged";
-    for (const auto& d : {upper, work, newroot})
-      if (::mkdir(d.c_str(), 0755) < 0) FAIL_ERRNO("mkdir %s", d.c_str());
+    // The writable layer (storage.h): the parent mounted the quota-sized tmpfs on the host; the
+    // overlay over the read-only rootfs exists only in our mount namespace.
+    std::string upper = StorageUpper(plan.storage_dir), work = StorageWork(plan.storage_dir);
+    newroot = StorageMerged(plan.storage_dir);
     std::string opts = "lowerdir=" + s.root_path + ",upperdir=" + upper + ",workdir=" + work;
     if (::mount("overlay", newroot.c_str(), "overlay", 0, opts.c_str()) < 0)
       FAIL_ERRNO("mount overlay (%s)", opts.c_str());
@@ -331,14 +338,14 @@ void Run(const Plan& plan) {
   for (const auto& m : s.mounts) DoMount(m, newroot);
   if (IsTmpfsDev(s)) SetupDev(s, newroot);
 
-  // 4. pivot_root into the new root and detach the old one (the "pivot_root(".", ".")" trick:
+  // 3. pivot_root into the new root and detach the old one (the "pivot_root(".", ".")" trick:
   //    no directory for the old root needed).
   if (::chdir(newroot.c_str()) < 0) FAIL_ERRNO("chdir %s", newroot.c_str());
   if (::syscall(SYS_pivot_root, ".", ".") < 0) FAIL_ERRNO("pivot_root %s", newroot.c_str());
   if (::umount2(".", MNT_DETACH) < 0) FAIL_ERRNO("detach the old root");
   if (::chdir("/") < 0) FAIL_ERRNO("chdir /");
 
-  // 5. Sysctls before /proc/sys turns read-only.
+  // 4. Sysctls before /proc/sys turns read-only.
   for (const auto& [k, v] : s.sysctl) {
     std::string path = "/proc/sys/" + k;
     for (auto& ch : path)
@@ -366,17 +373,21 @@ void Run(const Plan& plan) {
       ::mount(nullptr, "/", nullptr, MS_BIND | MS_REMOUNT | MS_RDONLY | LockedFlags("/"), nullptr) < 0)
     FAIL_ERRNO("remount / read-only");
 
-  // 6. The process: cwd, executable, credentials.
+  // 5. The process: cwd, executable, credentials.
   if (::chdir(s.process.cwd.c_str()) < 0)
     Fail(ErrorKind::kBadConfig, errno, "process.cwd %s", s.process.cwd.c_str());
   std::string exe = FindExecutable(s.process.args[0], s.process.env);
   if (exe.empty())
     Fail(ErrorKind::kBadConfig, ENOENT, "process.args[0] %s: not found in the container",
          s.process.args[0].c_str());
+  if (!s.ns.user) wait_go();
+  // The cgroup namespace only now: its root is the cgroup we are in at unshare time.
+  if (s.ns.cgroup && ::unshare(CLONE_NEWCGROUP) < 0) FAIL_ERRNO("unshare(CLONE_NEWCGROUP)");
+
   const char* what = "";
   if (int rc = ApplyCredentials(s.process, plan.cap_last_cap, &what); rc < 0)
     Fail(ErrorKind::kGeneric, -rc, "%s for uid %u gid %u", what, s.process.uid, s.process.gid);
-  ::umask(022);
+  ::umask(s.process.umask ? *s.process.umask : 022);
 
   std::vector<char*> argv, envp;
   for (const auto& a : s.process.args) argv.push_back(const_cast<char*>(a.c_str()));
@@ -384,7 +395,7 @@ void Run(const Plan& plan) {
   for (const auto& e : s.process.env) envp.push_back(const_cast<char*>(e.c_str()));
   envp.push_back(nullptr);
 
-  // 7. Ready. Block on exec.fifo until `start` writes a byte (`run` does it at once).
+  // 6. Ready. Block on exec.fifo until `start` writes a byte (`run` does it at once).
   // Detached containers outlive `godwit create`: stop dying with it before saying ready (the
   // parent may exit right after reading the reply).
   ::prctl(PR_SET_PDEATHSIG, 0, 0, 0, 0);

@@ -10,6 +10,7 @@
 
 #include <string>
 
+#include "runtime/cgroup.h"
 #include "runtime/spec.h"
 
 namespace godwit::runtime::init {
@@ -23,6 +24,8 @@ struct Reply {
 
 struct Plan {
   const Spec* spec = nullptr;
+  Cgroup* cgroup = nullptr;  // set: the init joins it itself (EnterSelf) first thing
+  bool born_into = false;    // clone3 put it into the cgroup2 part already
   std::string storage_dir;  // disk quota: tmpfs mount point (exists on the host, stays empty)
   int sync_fd = -1;         // SOCK_SEQPACKET to the parent: 'G' in, Reply out
   int fifo_fd = -1;         // exec.fifo opened O_RDWR: one byte from `start` releases execve

@@ -20,9 +20,30 @@
 #include "runtime/init.h"
 #include "runtime/network.h"
 #include "runtime/runtime.h"
+#include "runtime/storage.h"
 
 namespace godwit::runtime {
 namespace {
+
+// Phase times of the create path, logged at debug level (GODWIT_LOG=debug): where start-up
+// time goes.
+class PhaseTimer {
+ public:
+  PhaseTimer() { clock_gettime(CLOCK_MONOTONIC, &last_); }
+  void Mark(const char* phase) {
+    if (log::GetLevel() < log::kDebug) return;
+    timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    double ms = (now.tv_sec - last_.tv_sec) * 1e3 + (now.tv_nsec - last_.tv_nsec) / 1e6;
+    text_ += StrFormat(" %s=%.2fms", phase, ms);
+    last_ = now;
+  }
+  const std::string& text() const { return text_; }
+
+ private:
+  timespec last_;
+  std::string text_;
+};
 
 std::string NowRfc3339() {
   timespec ts;
@@ -50,8 +71,8 @@ Result<void> WriteIdMap(pid_t pid, const char* file, const std::vector<IdMap>& m
   ASSIGN_OR_RETURN(UniqueFd fd, fs::Open(path, O_WRONLY));
   if (::write(fd.get(), text.data(), text.size()) != static_cast<ssize_t>(text.size()))
     return Error(ErrorKind::kBadConfig, errno,
-                 StrFormat("write %s (linux.%s): %s", path.c_str(),
-                           file[0] == 'u' ? "uidMappings" : "gidMappings", strerror(errno)));
+                 StrFormat("write %s (linux.%s)", path.c_str(),
+                           file[0] == 'u' ? "uidMappings" : "gidMappings"));
   return Ok();
 }
 
@@ -84,6 +105,29 @@ Result<void> KillAll(Cgroup& cg, pid_t init, uint64_t start_time) {
   return Ok();
 }
 
+// clone3 with CLONE_INTO_CGROUP when a cgroup2 dir is given (the child is born in it, no
+// migration), else plain clone. Returns the pid (0 in the child); *born_into tells which.
+pid_t CloneInit(unsigned long flags, int cgroup_fd, bool* born_into) {
+  *born_into = false;
+  if (cgroup_fd >= 0) {
+    struct {
+      uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid,
+          set_tid_size, cgroup;
+    } args{};
+    constexpr uint64_t kCloneIntoCgroup = 0x200000000ULL;
+    args.flags = (flags & ~0xffUL) | kCloneIntoCgroup;
+    args.exit_signal = SIGCHLD;
+    args.cgroup = static_cast<uint64_t>(cgroup_fd);
+    long pid = ::syscall(SYS_clone3, &args, sizeof(args));
+    if (pid >= 0) {
+      *born_into = true;
+      return static_cast<pid_t>(pid);
+    }
+    if (errno != ENOSYS && errno != E2BIG && errno != EINVAL && errno != EOPNOTSUPP) return -1;
+  }
+  return static_cast<pid_t>(::syscall(SYS_clone, flags, nullptr, nullptr, nullptr, nullptr));
+}
+
 std::atomic<pid_t> g_forward_pid{0};
 void ForwardSignal(int sig) {
   pid_t p = g_forward_pid.load();
@@ -93,12 +137,13 @@ void ForwardSignal(int sig) {
 }  // namespace
 
 Result<Container> Create(const CreateOptions& opts) {
+  PhaseTimer timer;
   TRY(ValidateId(opts.id));
   if (opts.bundle.empty()) return MakeError(ErrorKind::kUsage, 0, "no bundle given (--bundle DIR)");
   auto bundle_abs = AbsPath(opts.bundle);
   if (!bundle_abs.ok())
-    return MakeError(ErrorKind::kNotFound, bundle_abs.error().sys_errno(), "bundle %s: %s",
-                     opts.bundle.c_str(), strerror(bundle_abs.error().sys_errno()));
+    return MakeError(ErrorKind::kNotFound, bundle_abs.error().sys_errno(), "bundle %s",
+                     opts.bundle.c_str());
   std::string bundle = *bundle_abs;
   ASSIGN_OR_RETURN(Spec spec, LoadSpec(bundle));
   struct stat st;
@@ -126,7 +171,9 @@ Result<Container> Create(const CreateOptions& opts) {
   // The state dir is the container's lock: mkdir is atomic, a second create of the id fails.
   // The bundle may be the state dir itself (CreateFromRunOptions made it already).
   bool bundle_is_dir = bundle == c.dir();
-  if (!bundle_is_dir && ::mkdir(c.dir().c_str(), 0700) < 0) {
+  // 0711: the init of a user-namespaced container (not host root) must traverse it to its
+  // storage dir.
+  if (!bundle_is_dir && ::mkdir(c.dir().c_str(), 0711) < 0) {
     if (errno == EEXIST)
       return MakeError(ErrorKind::kExists, EEXIST, "container %s already exists in %s",
                        opts.id.c_str(), root.c_str());
@@ -138,17 +185,30 @@ Result<Container> Create(const CreateOptions& opts) {
     ASSIGN_OR_RETURN(std::string text, fs::ReadFile(bundle + "/config.json"));
     TRY(fs::WriteFile(c.config_path(), text));
   }
+  ScopeExit unmount_storage([&] {
+    if (!c.storage_dir.empty()) (void)UnmountStorage(c.storage_dir);
+  });
   if (c.disk_quota > 0) {
+    // Owned by the container's root, who mounts the overlay on it.
+    uid_t uid = 0;
+    gid_t gid = 0;
+    for (const auto& m : spec.uid_mappings)
+      if (m.container_id == 0) uid = m.host_id;
+    for (const auto& m : spec.gid_mappings)
+      if (m.container_id == 0) gid = m.host_id;
+    TRY_CTX(MountStorage(c.dir() + "/storage", c.disk_quota, uid, gid), "container %s: storage",
+            opts.id.c_str());
     c.storage_dir = c.dir() + "/storage";
-    if (::mkdir(c.storage_dir.c_str(), 0700) < 0) return Errno("mkdir %s", c.storage_dir.c_str());
   }
 
+  timer.Mark("config");
   ASSIGN_OR_RETURN(std::unique_ptr<Cgroup> cg, OpenCgroup(opts.id));
   TRY_CTX(cg->Create(), "container %s", opts.id.c_str());
   ScopeExit remove_cgroup([&] { (void)cg->Destroy(); });
   TRY_CTX(cg->Apply(spec.resources), "container %s: linux.resources", opts.id.c_str());
   c.cgroup_layout = CgroupLayoutName(cg->layout());
   c.cgroup_paths = cg->Paths();
+  timer.Mark("cgroup-create");
 
   if (::mkfifo(c.fifo_path().c_str(), 0600) < 0) return Errno("mkfifo %s", c.fifo_path().c_str());
   // O_RDWR: never blocks, and the init keeps a reader open so `start` can open O_WRONLY.
@@ -172,18 +232,32 @@ Result<Container> Create(const CreateOptions& opts) {
   plan.fifo_fd = fifo.get();
   plan.cap_last_cap = CapLastCap();
 
-  pid_t pid = static_cast<pid_t>(::syscall(SYS_clone, flags, nullptr, nullptr, nullptr, nullptr));
+  UniqueFd cgroup_fd;
+  if (std::string into = cg->CloneIntoPath(); !into.empty())
+    cgroup_fd.reset(::open(into.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  // Without a user namespace the init joins its cgroups itself (cheap, see EnterSelf); in one
+  // it has no rights on the host's cgroupfs, so we move it from outside.
+  bool self_join = !spec.ns.user;
+  if (self_join) plan.cgroup = cg.get();
+  bool born_into = false;
+  pid_t pid = CloneInit(flags, cgroup_fd.get(), &born_into);
   if (pid < 0) return Errno("clone container init (flags %#lx)", flags);
-  if (pid == 0) init::Run(plan);  // never returns
+  if (pid == 0) {
+    plan.born_into = born_into;
+    init::Run(plan);  // never returns
+  }
   child_sock.reset();
   c.pid = pid;
+  timer.Mark("clone");
   ScopeExit kill_init([&] {
     ::kill(pid, SIGKILL);
     while (::waitpid(pid, nullptr, 0) < 0 && errno == EINTR) {
     }
   });
 
-  TRY_CTX(cg->AddProcess(pid), "container %s", opts.id.c_str());
+  cgroup_fd.reset();
+  if (!self_join) TRY_CTX(cg->AddProcess(pid, born_into), "container %s", opts.id.c_str());
+  timer.Mark("cgroup-join");
   if (spec.ns.user) {
     TRY(WriteIdMap(pid, "uid_map", spec.uid_mappings));
     TRY(WriteIdMap(pid, "gid_map", spec.gid_mappings));
@@ -197,14 +271,18 @@ Result<Container> Create(const CreateOptions& opts) {
     c.host_veth = veth;
   }
   if (spec.net.firewall()) TRY_CTX(ApplyFirewall(pid, spec.net.allow_ports), "container %s", opts.id.c_str());
+  timer.Mark("network");
 
+  // The init may have failed already (its reply is queued): no SIGPIPE, read the reply.
   char go = 'G';
-  if (::write(parent_sock.get(), &go, 1) != 1) return Errno("signal container init %d", pid);
+  (void)::send(parent_sock.get(), &go, 1, MSG_NOSIGNAL);
   init::Reply reply;
   ssize_t n;
+  // ECONNRESET: the init failed and exited with our unread 'G' in its queue; the kernel reports
+  // that once, then hands out its queued reply.
   do {
     n = ::read(parent_sock.get(), &reply, sizeof(reply));
-  } while (n < 0 && errno == EINTR);
+  } while (n < 0 && (errno == EINTR || errno == ECONNRESET));
   if (n != sizeof(reply))
     return MakeError(ErrorKind::kGeneric, 0, "container %s: init %d exited during setup",
                      opts.id.c_str(), pid);
@@ -213,10 +291,14 @@ Result<Container> Create(const CreateOptions& opts) {
     return Error(static_cast<ErrorKind>(reply.kind), reply.err,
                  StrFormat("container %s: init: %s", opts.id.c_str(), reply.msg));
   }
+  timer.Mark("init-setup");
   c.pid_start_time = ProcessStartTime(pid);
   TRY(c.Save());
   if (!opts.pid_file.empty()) TRY(fs::WriteFile(opts.pid_file, std::to_string(pid)));
+  timer.Mark("save");
+  LOG_DEBUG("create %s:%s", opts.id.c_str(), timer.text().c_str());
   kill_init.dismiss();
+  unmount_storage.dismiss();
   remove_veth.dismiss();
   remove_cgroup.dismiss();
   remove_dir.dismiss();
@@ -230,12 +312,12 @@ Result<Container> CreateFromRunOptions(const std::string& root_in, const std::st
   if (run.rootfs.empty()) return MakeError(ErrorKind::kUsage, 0, "no --rootfs given");
   auto rootfs = AbsPath(run.rootfs);
   if (!rootfs.ok())
-    return MakeError(ErrorKind::kNotFound, rootfs.error().sys_errno(), "rootfs %s: %s",
-                     run.rootfs.c_str(), strerror(rootfs.error().sys_errno()));
+    return MakeError(ErrorKind::kNotFound, rootfs.error().sys_errno(), "rootfs %s",
+                     run.rootfs.c_str());
   TRY(fs::MkdirAll(root_in, 0711));
   ASSIGN_OR_RETURN(std::string root, AbsPath(root_in));
   std::string dir = root + "/" + id;
-  if (::mkdir(dir.c_str(), 0700) < 0) {
+  if (::mkdir(dir.c_str(), 0711) < 0) {
     if (errno == EEXIST)
       return MakeError(ErrorKind::kExists, EEXIST, "container %s already exists in %s",
                        id.c_str(), root.c_str());
@@ -252,6 +334,27 @@ Result<Container> CreateFromRunOptions(const std::string& root_in, const std::st
   co.pid_file = pid_file;
   auto c = Create(co);
   if (c.ok()) remove_dir.dismiss();
+  return c;
+}
+
+Result<Container> Register(Container c, const std::string& config_json) {
+  TRY(ValidateId(c.id));
+  TRY(fs::MkdirAll(c.root, 0711));
+  ASSIGN_OR_RETURN(c.root, AbsPath(c.root));
+  if (::mkdir(c.dir().c_str(), 0711) < 0) {
+    if (errno == EEXIST)
+      return MakeError(ErrorKind::kExists, EEXIST, "container %s already exists in %s",
+                       c.id.c_str(), c.root.c_str());
+    return Errno("mkdir %s", c.dir().c_str());
+  }
+  ScopeExit remove_dir([&] { (void)fs::RemoveAll(c.dir()); });
+  TRY(ParseSpec(config_json, c.bundle.empty() ? c.dir() : c.bundle));
+  if (c.bundle.empty()) c.bundle = c.dir();
+  TRY(fs::WriteFile(c.config_path(), config_json));
+  if (c.created.empty()) c.created = NowRfc3339();
+  if (c.pid_start_time == 0 && c.pid > 0) c.pid_start_time = ProcessStartTime(c.pid);
+  TRY(c.Save());
+  remove_dir.dismiss();
   return c;
 }
 
@@ -305,6 +408,26 @@ Result<int> Wait(const Container& c, bool forward_signals) {
   return 1;
 }
 
+Result<void> Pause(const std::string& root, const std::string& id) {
+  ASSIGN_OR_RETURN(Container c, Container::Load(root, id));
+  Status s = c.CurrentStatus();
+  if (s != Status::kRunning)
+    return MakeError(ErrorKind::kGeneric, 0, "container %s is %s, not running", id.c_str(),
+                     StatusName(s));
+  ASSIGN_OR_RETURN(std::unique_ptr<Cgroup> cg, OpenCgroup(id));
+  return cg->Freeze();
+}
+
+Result<void> Resume(const std::string& root, const std::string& id) {
+  ASSIGN_OR_RETURN(Container c, Container::Load(root, id));
+  Status s = c.CurrentStatus();
+  if (s != Status::kPaused)
+    return MakeError(ErrorKind::kGeneric, 0, "container %s is %s, not paused", id.c_str(),
+                     StatusName(s));
+  ASSIGN_OR_RETURN(std::unique_ptr<Cgroup> cg, OpenCgroup(id));
+  return cg->Thaw();
+}
+
 Result<void> Kill(const std::string& root, const std::string& id, int sig, bool all) {
   ASSIGN_OR_RETURN(Container c, Container::Load(root, id));
   Status s = c.CurrentStatus();
@@ -338,13 +461,15 @@ Result<void> Delete(const std::string& root, const std::string& id, bool force) 
     (void)KillAll(*cg, 0, 0);
     TRY(cg->Destroy());
     TRY(TeardownNetwork(HostVethName(root, id)));
+    TRY(UnmountStorage(dir + "/storage"));
     return fs::RemoveAll(dir);
   }
   Container& c = *loaded;
   Status s = c.CurrentStatus();
   ASSIGN_OR_RETURN(std::unique_ptr<Cgroup> cg, OpenCgroup(id));
   if (s != Status::kStopped) {
-    if (!force)
+    // A created container never ran its program: delete it without --force, as runc does.
+    if (!force && s != Status::kCreated)
       return MakeError(ErrorKind::kGeneric, 0,
                        "container %s is %s: stop it first or use delete --force", id.c_str(),
                        StatusName(s));
@@ -359,6 +484,7 @@ Result<void> Delete(const std::string& root, const std::string& id, bool force) 
   }
   TRY_CTX(cg->Destroy(), "delete %s", id.c_str());
   if (!c.host_veth.empty()) TRY_CTX(TeardownNetwork(c.host_veth), "delete %s", id.c_str());
+  if (!c.storage_dir.empty()) TRY_CTX(UnmountStorage(c.storage_dir), "delete %s", id.c_str());
   return fs::RemoveAll(dir);
 }
 
@@ -404,7 +530,11 @@ Result<int> Exec(const std::string& root, const std::string& id, const ExecOptio
   int sp[2];
   if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sp) < 0) return Errno("socketpair");
   UniqueFd rd(sp[0]), wr(sp[1]);
-  pid_t mid = ::fork();
+  UniqueFd cgroup_fd;
+  if (std::string into = cg->CloneIntoPath(); !into.empty())
+    cgroup_fd.reset(::open(into.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  bool born_into = false;
+  pid_t mid = CloneInit(SIGCHLD, cgroup_fd.get(), &born_into);
   if (mid < 0) return Errno("fork");
   if (mid == 0) {
     rd.reset();
@@ -415,7 +545,7 @@ Result<int> Exec(const std::string& root, const std::string& id, const ExecOptio
       (void)!::write(wr.get(), &r, sizeof(r));
       _exit(126);
     };
-    if (auto r = cg->AddProcess(::getpid()); !r.ok()) fail(r.error().sys_errno(), r.error().to_string());
+    if (auto r = cg->EnterSelf(born_into); !r.ok()) fail(r.error().sys_errno(), r.error().to_string());
     if (::setns(pidfd, ns_flags) < 0) fail(errno, StrFormat("setns into pid %d", c.pid));
     pid_t child = ::fork();
     if (child < 0) fail(errno, "fork");
@@ -425,6 +555,7 @@ Result<int> Exec(const std::string& root, const std::string& id, const ExecOptio
       if (exe.empty()) fail(ENOENT, proc.args[0] + ": not found in the container");
       const char* what = "";
       if (int rc = init::ApplyCredentials(proc, last_cap, &what); rc < 0) fail(-rc, what);
+      ::umask(proc.umask ? *proc.umask : 022);
       std::vector<char*> argv, envp;
       for (auto& a : proc.args) argv.push_back(a.data());
       argv.push_back(nullptr);

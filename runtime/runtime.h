@@ -47,6 +47,10 @@ Result<void> Start(const std::string& root, const std::string& id);
 // sent to us meanwhile are forwarded when forward_signals is set.
 Result<int> Wait(const Container& c, bool forward_signals);
 
+// Freezes every process of a running container through its cgroup (status "paused"), and back.
+Result<void> Pause(const std::string& root, const std::string& id);
+Result<void> Resume(const std::string& root, const std::string& id);
+
 // Sends sig to the init, or with all=true to every process in its cgroup.
 Result<void> Kill(const std::string& root, const std::string& id, int sig, bool all);
 
@@ -65,6 +69,14 @@ Result<int> Exec(const std::string& root, const std::string& id, const ExecOptio
 
 // Host pids of every process in the container's cgroup.
 Result<std::vector<pid_t>> Ps(const std::string& root, const std::string& id);
+
+// Registers a container whose processes, cgroups, network and storage someone else built (the
+// restore of a checkpoint): makes <c.root>/<c.id>/ (kExists if the id is taken), writes
+// config_json as its config.json and c as state.json (pid_start_time read now when 0). From then
+// on state/exec/ps/kill/delete/checkpoint work on it like on a created one. The building blocks
+// for the rest: OpenCgroup()->Create/Apply/AddProcess (cgroup.h), SetupNetwork/ApplyFirewall
+// (network.h), MountStorage (storage.h), HostVethName.
+Result<Container> Register(Container c, const std::string& config_json);
 
 // Parses "KILL", "SIGKILL", "9" -> 9.
 Result<int> ParseSignal(const std::string& s);

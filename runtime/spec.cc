@@ -219,8 +219,12 @@ Result<void> ParseProcess(const json& root, Spec& spec) {
   if (!root.contains("process")) return Bad("process: missing");
   const json& p = root["process"];
   TRY(OnlyKeys(p, "process", {"terminal", "args", "env", "cwd", "user", "capabilities",
-                              "noNewPrivileges", "rlimits", "consoleSize"},
-               {"oomScoreAdj"}));
+                              "noNewPrivileges", "rlimits", "consoleSize", "oomScoreAdj"}));
+  if (p.contains("oomScoreAdj")) {
+    ASSIGN_OR_RETURN(int64_t v, GetInt(p["oomScoreAdj"], "process.oomScoreAdj"));
+    if (v < -1000 || v > 1000) return Bad("process.oomScoreAdj %lld: out of range", (long long)v);
+    spec.process.oom_score_adj = static_cast<int>(v);
+  }
   ASSIGN_OR_RETURN(bool terminal, GetBool(p, "terminal", "process", false));
   if (terminal) return Bad("process.terminal: true is not supported (no console socket)");
   ASSIGN_OR_RETURN(spec.process.args, GetStrings(p, "args", "process"));
@@ -239,6 +243,11 @@ Result<void> ParseProcess(const json& root, Spec& spec) {
     if (u.contains("gid")) {
       ASSIGN_OR_RETURN(int64_t v, GetInt(u["gid"], "process.user.gid"));
       spec.process.gid = v;
+    }
+    if (u.contains("umask")) {
+      ASSIGN_OR_RETURN(int64_t v, GetInt(u["umask"], "process.user.umask"));
+      if (v < 0 || v > 0777) return Bad("process.user.umask: out of range");
+      spec.process.umask = static_cast<uint32_t>(v);
     }
     if (u.contains("additionalGids")) {
       if (!u["additionalGids"].is_array()) return Bad("process.user.additionalGids: expected array");
@@ -486,11 +495,9 @@ Result<Spec> ParseSpec(const std::string& json_text, const std::string& bundle) 
   if (root.is_discarded()) return Bad("not valid JSON");
   if (!root.is_object()) return Bad("expected a JSON object");
   Spec spec;
-  TRY(OnlyKeys(root, "", {"ociVersion", "process", "root", "hostname", "mounts", "linux",
-                          "annotations"},
-               {"domainname"}));
-  if (root.contains("domainname") && !root["domainname"].is_string())
-    return Bad("domainname: expected a string");
+  TRY(OnlyKeys(root, "", {"ociVersion", "process", "root", "hostname", "domainname", "mounts",
+                          "linux", "annotations"}));
+  ASSIGN_OR_RETURN(spec.domainname, GetString(root, "domainname", "", false));
   if (root.contains("hooks")) return Bad("hooks: not supported");
   ASSIGN_OR_RETURN(spec.oci_version, GetString(root, "ociVersion", "", false, "1.0.2"));
   if (!root.contains("root")) return Bad("root: missing");
@@ -506,8 +513,8 @@ Result<Spec> ParseSpec(const std::string& json_text, const std::string& bundle) 
   TRY(ParseMounts(root, spec));
   TRY(ParseAnnotations(root, spec));
   if (!spec.ns.mount) return Bad("linux.namespaces: a mount namespace is required (pivot_root)");
-  if (!spec.hostname.empty() && !spec.ns.uts)
-    return Bad("hostname: needs a uts namespace");
+  if ((!spec.hostname.empty() || !spec.domainname.empty()) && !spec.ns.uts)
+    return Bad("hostname/domainname: needs a uts namespace");
   if (spec.ns.user && (spec.uid_mappings.empty() || spec.gid_mappings.empty()))
     return Bad("linux.uidMappings/gidMappings: required with a user namespace");
   if (!spec.ns.user && (!spec.uid_mappings.empty() || !spec.gid_mappings.empty()))

@@ -65,6 +65,8 @@ struct Process {
   uint32_t gid = 0;
   std::vector<uint32_t> additional_gids;
   bool no_new_privileges = false;
+  std::optional<uint32_t> umask;       // default 022
+  std::optional<int> oom_score_adj;
   Capabilities caps;
   std::vector<Rlimit> rlimits;
 };
@@ -113,6 +115,7 @@ struct Spec {
   std::string root_path;  // absolute after ParseSpec (relative paths are bundle-relative)
   bool root_readonly = false;
   std::string hostname;
+  std::string domainname;
   std::vector<Mount> mounts;
   Namespaces ns;
   std::vector<IdMap> uid_mappings, gid_mappings;

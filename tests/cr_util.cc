@@ -78,12 +78,21 @@ pid_t GodwitAsync(const std::vector<std::string>& args) {
     int null = open("/dev/null", O_RDWR);
     dup2(null, 0);
     dup2(null, 1);
+    if (getenv("CR_STRACE")) {
+      std::vector<std::string> a = {"-f", "-o", getenv("CR_STRACE"), GODWIT_BIN};
+      a.insert(a.end(), args.begin(), args.end());
+      Exec("/usr/bin/strace", a);
+    }
     Exec(GODWIT_BIN, args);
   }
   return pid;
 }
 
 pid_t StartHelper(const std::string& name, std::vector<std::string> args, std::string* line) {
+  return StartProgram(std::string(GODWIT_HELPERS) + "/" + name, std::move(args), line);
+}
+
+pid_t StartProgram(const std::string& path, std::vector<std::string> args, std::string* line) {
   int p[2];
   if (pipe(p) < 0) return -1;
   // The helper's end at a fixed number, so images do not depend on the test's fd table.
@@ -104,7 +113,7 @@ pid_t StartHelper(const std::string& name, std::vector<std::string> args, std::s
     for (int fd = 4; fd < 1024; ++fd) close(fd);
     for (auto& a : args)
       if (a == "{READY}") a = "3";
-    Exec(std::string(GODWIT_HELPERS) + "/" + name, args);
+    Exec(path, args);
   }
   close(p[1]);
   std::string got;
@@ -140,9 +149,28 @@ void Touch(const std::string& path) {
   close(fd);
 }
 
+namespace {
+void Descendants(pid_t pid, std::vector<pid_t>* out) {
+  std::ifstream tasks_dir;
+  std::string base = "/proc/" + std::to_string(pid) + "/task/";
+  std::ifstream kids(base + std::to_string(pid) + "/children");
+  pid_t k;
+  while (kids >> k) {
+    out->push_back(k);
+    Descendants(k, out);
+  }
+}
+}  // namespace
+
 void KillAndReap(pid_t pid) {
   if (pid <= 0) return;
-  if (kill(pid, SIGKILL) == 0 || errno != ESRCH) waitpid(pid, nullptr, 0);
+  // The whole tree: a failed test must not leave helpers spinning.
+  std::vector<pid_t> all{pid};
+  Descendants(pid, &all);
+  for (pid_t p : all) kill(p, SIGKILL);
+  // The killed descendants are reparented to us (subreaper); reap everything.
+  while (waitpid(-1, nullptr, 0) > 0 || errno == EINTR) {
+  }
 }
 
 bool WaitFor(int ms, bool (*cond)(pid_t), pid_t pid) {

@@ -24,6 +24,9 @@ pid_t GodwitAsync(const std::vector<std::string>& args);
 // (returns -1 if it exits first). The helper is a direct child of the test.
 pid_t StartHelper(const std::string& name, std::vector<std::string> args, std::string* line = nullptr);
 
+// The same for any program (absolute path).
+pid_t StartProgram(const std::string& path, std::vector<std::string> args, std::string* line = nullptr);
+
 // waitpid(pid) -> exit code or 128+signal; -1 on error.
 int Wait(pid_t pid);
 

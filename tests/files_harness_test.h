@@ -13,6 +13,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <functional>
@@ -24,6 +25,7 @@
 #include "common/fs.h"
 #include "files/files.h"
 #include "images/image.h"
+#include "proto/fd.pb.h"
 
 namespace godwit::files::testing {
 
@@ -41,14 +43,15 @@ inline void StopHere() { raise(SIGSTOP); }
 
 // Forks a process that makes its stdio /dev/null, closes everything else, runs setup and stops.
 // setup returns 0 or an exit code (the process exits with it: the test sees no stop).
-inline pid_t SpawnStopped(const std::function<int()>& setup) {
+inline pid_t SpawnStopped(const std::function<int()>& setup, const std::vector<int>& keep = {}) {
   pid_t pid = fork();
   if (pid == 0) {
     int null = open("/dev/null", O_RDWR);
     dup2(null, 0);
     dup2(null, 1);
     if (!getenv("GODWIT_TEST_STDERR")) dup2(null, 2);
-    syscall(SYS_close_range, 3, ~0u, 0);
+    for (int fd = 3; fd < 1024; fd++)
+      if (std::find(keep.begin(), keep.end(), fd) == keep.end()) close(fd);
     int rc = setup();
     if (rc) _exit(rc);
     StopHere();
@@ -110,6 +113,18 @@ using Check = std::function<std::string()>;
 // order, after Finalize. Returns "" or the failures.
 inline std::string Restore(const std::string& dir, const std::vector<std::pair<pid_t, Check>>& procs,
                            const RestoreOptions& opts = {}) {
+  if (getenv("GODWIT_FILES_DEBUG")) {  // the images, for a person debugging a test
+    auto set = images::ImageSet::Open(dir);
+    if (set.ok()) {
+      auto rd = set->OpenImage("files.img");
+      img::FileEntry e;
+      while (rd.ok()) {
+        auto more = rd->Next(&e);
+        if (!more.ok() || !*more) break;
+        fprintf(stderr, "%s\n", e.DebugString().c_str());
+      }
+    }
+  }
   int rep[2];
   if (pipe(rep) < 0) return "pipe";
   pid_t coord = fork();

@@ -567,5 +567,36 @@ TEST_F(FilesKinds, OutsideTerminalNeedsShellJob) {
   close(m);
 }
 
+TEST_F(FilesKinds, ExternalPipeOnStdinWithInheritFd) {
+  int p[2];
+  ASSERT_EQ(pipe(p), 0);
+  struct stat st;
+  fstat(p[0], &st);
+  std::string key = StrFormat("pipe:[%lu]", static_cast<unsigned long>(st.st_ino));
+  pid_t pid = SpawnStopped([&] { return dup2(p[0], 0) == 0 ? 0 : 9; }, {p[0]});
+  ASSERT_GT(pid, 0);
+  DumpOptions d;
+  d.external = {key};
+  auto r = DumpPids({pid}, dir_ + "/img", d);
+  KillAll({pid});
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  // Restore feeds stdin from another pipe the restore command holds.
+  int q[2];
+  ASSERT_EQ(pipe(q), 0);
+  ASSERT_EQ(write(q[1], "fed", 3), 3);
+  RestoreOptions ro;
+  ro.inherit_fds = {{q[0], key}};
+  std::string res = Restore(dir_ + "/img", {{pid, []() -> std::string {
+                                               CHECK_OR(ReadN(0, 3) == "fed", "stdin not inherited");
+                                               return "";
+                                             }}},
+                            ro);
+  EXPECT_EQ(res, "");
+  // Without --inherit-fd: a clear error naming the key.
+  std::string res2 = Restore(dir_ + "/img", {{pid, []() -> std::string { return ""; }}});
+  EXPECT_NE(res2.find("--inherit-fd fd[N]:" + key), std::string::npos) << res2;
+  for (int fd : {p[0], p[1], q[0], q[1]}) close(fd);
+}
+
 }  // namespace
 }  // namespace godwit::files::testing

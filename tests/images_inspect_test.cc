@@ -2,15 +2,15 @@
 // record decoded through the type named in the image header), and a damaged directory (shown
 // as far as readable, non-zero exit).
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <gtest/gtest.h>
-
 #include <nlohmann/json.hpp>
 
 #include "common/fs.h"
+#include "images/format.h"
 #include "images/image.h"
 
 namespace godwit::images {
@@ -47,7 +47,7 @@ CmdResult Godwit(const std::vector<std::string>& args, const std::string& tmp) {
   return r;
 }
 
-class InspectTest : public ::testing::Test {
+class ImagesInspect : public ::testing::Test {
  protected:
   void SetUp() override {
     dir_ = StrFormat("/dev/shm/godwit-inspect-%d", getpid());
@@ -77,7 +77,7 @@ class InspectTest : public ::testing::Test {
   std::string dir_;
 };
 
-TEST_F(InspectTest, HumanSummary) {
+TEST_F(ImagesInspect, HumanSummary) {
   CmdResult r = Godwit({"inspect", dir_}, dir_);
   ASSERT_EQ(r.status, 0) << r.err;
   EXPECT_NE(r.out.find("complete, all checksums match"), std::string::npos) << r.out;
@@ -90,7 +90,7 @@ TEST_F(InspectTest, HumanSummary) {
   EXPECT_NE(r.out.find("cpu features: fpu"), std::string::npos) << r.out;
 }
 
-TEST_F(InspectTest, JsonDecodesEveryRecord) {
+TEST_F(ImagesInspect, JsonDecodesEveryRecord) {
   CmdResult r = Godwit({"inspect", dir_, "--json"}, dir_);
   ASSERT_EQ(r.status, 0) << r.err;
   auto j = nlohmann::json::parse(r.out, nullptr, false);
@@ -113,7 +113,19 @@ TEST_F(InspectTest, JsonDecodesEveryRecord) {
   EXPECT_TRUE(j["damage"].empty());
 }
 
-TEST_F(InspectTest, DamagedDirectory) {
+TEST_F(ImagesInspect, OnlyNamedImages) {
+  CmdResult r = Godwit({"inspect", "--json", dir_, "files-7.img"}, dir_);
+  ASSERT_EQ(r.status, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out, nullptr, false);
+  ASSERT_FALSE(j.is_discarded());
+  ASSERT_EQ(j["files"].size(), 1u);
+  EXPECT_EQ(j["files"][0]["name"], "files-7.img");
+  CmdResult missing = Godwit({"inspect", dir_, "nope.img"}, dir_);
+  EXPECT_EQ(missing.status, 3) << missing.err;
+  EXPECT_NE(missing.err.find("nope.img"), std::string::npos);
+}
+
+TEST_F(ImagesInspect, DamagedDirectory) {
   // A flipped byte in a record, a missing blob and a stray file.
   int fd = open((dir_ + "/files-7.img").c_str(), O_RDWR);
   ASSERT_GE(fd, 0);
@@ -146,7 +158,7 @@ TEST_F(InspectTest, DamagedDirectory) {
   EXPECT_NE(i.out.find("empty.img"), std::string::npos) << i.out;
 }
 
-TEST_F(InspectTest, FlippedBlobByteIsLocated) {
+TEST_F(ImagesInspect, FlippedBlobByteIsLocated) {
   auto set = ImageSet::Open(dir_);
   ASSERT_TRUE(set.ok());
   auto b = set->OpenBlob("pages-7.img");
@@ -169,8 +181,45 @@ TEST_F(InspectTest, FlippedBlobByteIsLocated) {
       << r.out;
 }
 
-TEST(Inspect, MissingDirAndUsage) {
-  CmdResult r = Godwit({"inspect", "/nonexistent/godwit-images"}, StrFormat("/tmp/godwit-insp-%d", getpid()));
+// Every message type of proto/*.proto is known to the godwit binary: an image of any type is
+// decoded, not shown as "type not known".
+TEST(ImagesInspectCli, DecodesEveryImageType) {
+  std::string dir = StrFormat("/dev/shm/godwit-inspect-types-%d", getpid());
+  (void)fs::RemoveAll(dir);
+  ASSERT_TRUE(fs::MkdirAll(dir).ok());
+  auto protos = fs::ListDir(std::string(GODWIT_SOURCE_DIR) + "/proto");
+  ASSERT_TRUE(protos.ok());
+  int n = 0;
+  for (const auto& p : *protos) {
+    if (p.size() < 6 || p.substr(p.size() - 6) != ".proto") continue;
+    auto text = fs::ReadFile(std::string(GODWIT_SOURCE_DIR) + "/proto/" + p);
+    ASSERT_TRUE(text.ok());
+    for (const auto& line : fs::Split(*text, '\n')) {
+      if (line.rfind("message ", 0) != 0) continue;  // top-level messages only
+      std::string name = fs::Trim(line.substr(8, line.find('{') - 8));
+      // One zero-length record: a valid encoding of any proto3 message.
+      std::string img = format::ImageHeader("godwit.img." + name, kFormatVersion);
+      img.append(4, '\0');
+      ASSERT_TRUE(fs::WriteFile(dir + "/" + name + ".img", img).ok());
+      n++;
+    }
+  }
+  ASSERT_GT(n, 1);
+  CmdResult r = Godwit({"inspect", "--json", dir}, dir);
+  (void)fs::RemoveAll(dir);
+  auto j = nlohmann::json::parse(r.out, nullptr, false);
+  ASSERT_FALSE(j.is_discarded()) << r.out << r.err;
+  ASSERT_EQ(j["files"].size(), static_cast<size_t>(n));
+  for (const auto& f : j["files"]) {
+    EXPECT_FALSE(f.contains("note")) << f["type"] << ": " << f["note"];
+    EXPECT_EQ(f["records"], 1) << f["type"];
+    EXPECT_EQ(f["records_json"].size(), 1u) << f["type"];
+  }
+}
+
+TEST(ImagesInspectCli, MissingDirAndUsage) {
+  CmdResult r =
+      Godwit({"inspect", "/nonexistent/godwit-images"}, StrFormat("/tmp/godwit-insp-%d", getpid()));
   EXPECT_EQ(r.status, 3) << r.err;  // not found
   CmdResult u = Godwit({"inspect"}, StrFormat("/tmp/godwit-insp-%d", getpid()));
   EXPECT_EQ(u.status, 2) << u.err;

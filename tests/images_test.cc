@@ -2,11 +2,11 @@
 // and every kind of bad input (truncation, corruption, wrong magic or version, missing files,
 // absurd lengths) failing with kBadImage, the file name and the offset.
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <gtest/gtest.h>
-
+#include <map>
 #include <random>
 
 #include "common/fs.h"
@@ -49,7 +49,7 @@ img::ImageFile File(const std::string& name, uint64_t size) {
   return f;
 }
 
-TEST(Crc32c, KnownVectorsAndPaths) {
+TEST(ImagesCrc32c, KnownVectorsAndPaths) {
   EXPECT_EQ(Crc32c(0, "123456789", 9), 0xe3069283u);
   EXPECT_EQ(Crc32cSoftware(0, "123456789", 9), 0xe3069283u);
   std::string data = RandomBytes(100000, 1);
@@ -237,7 +237,9 @@ TEST_F(ImagesTest, BlobZstdRoundTrip) { BlobRoundTrip(dir_, Compression::kZstd, 
 TEST_F(ImagesTest, BlobZstdIncompressibleStoredRaw) {
   BlobRoundTrip(dir_, Compression::kZstd, 9 << 20, false);
 }
-TEST_F(ImagesTest, BlobLarge) { BlobRoundTrip(dir_, Compression::kNone, (64 << 20) + 12345, false); }
+TEST_F(ImagesTest, BlobLarge) {
+  BlobRoundTrip(dir_, Compression::kNone, (64 << 20) + 12345, false);
+}
 
 // Small appends are gathered into whole chunks, any thread count gives the same file, and
 // offsets returned by Append are right whatever the mix of sizes.
@@ -330,6 +332,77 @@ TEST_F(ImagesTest, EdgeCases) {
   EXPECT_EQ(none.error().kind(), ErrorKind::kNotFound);
 }
 
+// Writers only stream through Output (no seeking, no knowledge of files): any Sink works, as a
+// socket sink for live migration will. This one keeps every output in memory.
+class MemorySink : public Sink {
+ public:
+  struct Out : Output {
+    std::string* dst;
+    bool closed = false;
+    Result<void> Write(const void* d, size_t n) override {
+      dst->append(static_cast<const char*>(d), n);
+      return Ok();
+    }
+    Result<void> Close() override {
+      closed = true;
+      return Ok();
+    }
+  };
+  Result<std::unique_ptr<Output>> Create(const std::string& name) override {
+    auto o = std::make_unique<Out>();
+    o->dst = &files[name];
+    return std::unique_ptr<Output>(std::move(o));
+  }
+  Result<void> Finish(img::Inventory inv) override { return Ok(); }
+  void Abort() override { files.clear(); }
+  std::map<std::string, std::string> files;
+};
+
+TEST(Images, AnySinkWorks) {
+  MemorySink sink;
+  ASSERT_TRUE(WriteImage(sink, "one.img", File("x", 5)).ok());
+  auto b = BlobWriter::Create(sink, "blob.img", Compression::kZstd);
+  ASSERT_TRUE(b.ok());
+  std::string data = RandomBytes(6 << 20, 4);
+  ASSERT_TRUE(b->Append(data.data(), data.size()).ok());
+  ASSERT_TRUE(b->Close().ok());
+  auto r = ImageReader::FromBuffer("one.img", sink.files["one.img"]);
+  ASSERT_TRUE(r.ok());
+  img::ImageFile f;
+  auto more = r->Next(&f);
+  ASSERT_TRUE(more.ok() && *more);
+  EXPECT_EQ(f.name(), "x");
+  auto br = BlobReader::FromBuffer("blob.img", sink.files["blob.img"]);
+  ASSERT_TRUE(br.ok());
+  std::string back(data.size(), '\0');
+  ASSERT_TRUE((*br)->Read(0, back.data(), back.size()).ok());
+  EXPECT_TRUE(back == data);
+}
+
+TEST_F(ImagesTest, ReserveReleasesTheUnused) {
+  auto sink = OpenDirSink(dir_);
+  ASSERT_TRUE(sink.ok());
+  auto w = BlobWriter::Create(**sink, "pages.img", Compression::kNone);
+  ASSERT_TRUE(w.ok());
+  ASSERT_TRUE(w->Reserve(64 << 20).ok());
+  struct stat st;
+  ASSERT_EQ(stat(Path("pages.img").c_str(), &st), 0);
+  EXPECT_GE(st.st_blocks * 512, 64 << 20);  // allocated ahead (tmpfs supports fallocate)
+  std::string data = RandomBytes(3 << 20, 2);
+  ASSERT_TRUE(w->Append(data.data(), data.size()).ok());
+  ASSERT_TRUE(w->Close().ok());
+  ASSERT_TRUE((*sink)->Finish(NewInventory()).ok());
+  ASSERT_EQ(stat(Path("pages.img").c_str(), &st), 0);
+  EXPECT_LT(st.st_blocks * 512, 4 << 20);  // the rest was released
+  auto set = ImageSet::Open(dir_);
+  ASSERT_TRUE(set.ok()) << set.error().to_string();
+  auto b = set->OpenBlob("pages.img");
+  ASSERT_TRUE(b.ok());
+  std::string back(data.size(), '\0');
+  ASSERT_TRUE((*b)->Read(0, back.data(), back.size()).ok());
+  EXPECT_TRUE(back == data);
+}
+
 // ---- sinks
 
 TEST_F(ImagesTest, AbortRemovesEverything) {
@@ -402,7 +475,7 @@ TEST_F(ImagesTest, FinishChecksOutputs) {
 
 // ---- bad input
 
-class BadImageTest : public ImagesTest {
+class ImagesBadInput : public ImagesTest {
  protected:
   // A complete set: an object image with 3 records, a raw blob, a zstd blob.
   void SetUp() override {
@@ -483,7 +556,7 @@ Result<void> OpenVerified(const std::string& dir) {
   return Ok();
 }
 
-TEST_F(BadImageTest, TruncatedAtHeader) {
+TEST_F(ImagesBadInput, TruncatedAtHeader) {
   Truncate("core-1.img", 10);
   ExpectBad(OpenVerified(dir_), "core-1.img");
   auto r = ReadAllUnverified();
@@ -491,7 +564,7 @@ TEST_F(BadImageTest, TruncatedAtHeader) {
   EXPECT_NE(r.error().message().find("truncated header"), std::string::npos);
 }
 
-TEST_F(BadImageTest, TruncatedMidRecord) {
+TEST_F(ImagesBadInput, TruncatedMidRecord) {
   Truncate("core-1.img", Size("core-1.img") - 3);
   ExpectBad(OpenVerified(dir_), "core-1.img");
   auto r = ReadAllUnverified();
@@ -499,7 +572,7 @@ TEST_F(BadImageTest, TruncatedMidRecord) {
   EXPECT_NE(r.error().message().find("truncated record"), std::string::npos);
 }
 
-TEST_F(BadImageTest, TruncatedMidChunk) {
+TEST_F(ImagesBadInput, TruncatedMidChunk) {
   for (const char* name : {"pages-1.img", "pages-2.img"}) {
     SCOPED_TRACE(name);
     std::string orig = *fs::ReadFile(Path(name));
@@ -512,12 +585,12 @@ TEST_F(BadImageTest, TruncatedMidChunk) {
   }
 }
 
-TEST_F(BadImageTest, TruncatedChunkHeader) {
+TEST_F(ImagesBadInput, TruncatedChunkHeader) {
   Truncate("pages-1.img", format::kBlobHeaderSize + 10);
   ExpectBad(ReadAllUnverified(), "pages-1.img");
 }
 
-TEST_F(BadImageTest, FlippedByteNamesFile) {
+TEST_F(ImagesBadInput, FlippedByteNamesFile) {
   Flip("pages-1.img", Size("pages-1.img") / 2);
   auto r = OpenVerified(dir_);
   ExpectBad(r, "pages-1.img", /*offset=*/false);
@@ -528,18 +601,59 @@ TEST_F(BadImageTest, FlippedByteNamesFile) {
   EXPECT_NE(u.error().message().find("checksum"), std::string::npos);
 }
 
-TEST_F(BadImageTest, FlippedByteInZstdChunk) {
+TEST_F(ImagesTest, DeferredVerification) {
+  auto sink = OpenDirSink(dir_);
+  ASSERT_TRUE(sink.ok());
+  ASSERT_TRUE(WriteImage(**sink, "small.img", File("a", 1)).ok());
+  auto w = BlobWriter::Create(**sink, "big.img", Compression::kNone);
+  ASSERT_TRUE(w.ok());
+  std::string data = RandomBytes(65 << 20, 9);
+  ASSERT_TRUE(w->Append(data.data(), data.size()).ok());
+  ASSERT_TRUE(w->Close().ok());
+  ASSERT_TRUE((*sink)->Finish(NewInventory()).ok());
+  {
+    auto set = ImageSet::OpenDeferred(dir_);
+    ASSERT_TRUE(set.ok()) << set.error().to_string();
+    auto b = set->OpenBlob("big.img");
+    ASSERT_TRUE(b.ok());
+    EXPECT_TRUE(set->WaitVerified().ok());
+    EXPECT_TRUE(set->WaitVerified().ok());  // twice is fine
+  }
+  auto unverified = ImageSet::OpenUnverified(dir_);
+  ASSERT_TRUE(unverified.ok());
+  EXPECT_FALSE(unverified->WaitVerified().ok());
+  // Damage in the big file shows at WaitVerified, naming it.
+  int fd = open(Path("big.img").c_str(), O_RDWR);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(pwrite(fd, "X", 1, 40 << 20), 1);
+  close(fd);
+  {
+    auto set = ImageSet::OpenDeferred(dir_);
+    ASSERT_TRUE(set.ok());
+    auto r = set->WaitVerified();
+    ExpectBad(r, "big.img", false);
+  }
+  // Damage in a small file fails at once.
+  fd = open(Path("small.img").c_str(), O_RDWR);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(pwrite(fd, "X", 1, 20), 1);
+  close(fd);
+  auto set = ImageSet::OpenDeferred(dir_);
+  ExpectBad(set.ok() ? Result<void>() : Result<void>(set.error()), "small.img", false);
+}
+
+TEST_F(ImagesBadInput, FlippedByteInZstdChunk) {
   Flip("pages-2.img", format::kBlobHeaderSize + sizeof(format::ChunkHeader) + 20);
   ExpectBad(OpenVerified(dir_), "pages-2.img", false);
   ExpectBad(ReadAllUnverified(), "pages-2.img");
 }
 
-TEST_F(BadImageTest, FlippedByteInRecord) {
+TEST_F(ImagesBadInput, FlippedByteInRecord) {
   Flip("core-1.img", Size("core-1.img") - 2);
   ExpectBad(OpenVerified(dir_), "core-1.img", false);
 }
 
-TEST_F(BadImageTest, WrongMagic) {
+TEST_F(ImagesBadInput, WrongMagic) {
   Poke("core-1.img", 0, "XODWITIM", 8);
   Poke("pages-1.img", 0, "GODWITXX", 8);
   ExpectBad(OpenVerified(dir_), "core-1.img", false);
@@ -552,7 +666,7 @@ TEST_F(BadImageTest, WrongMagic) {
   EXPECT_NE(b.error().message().find("magic"), std::string::npos);
 }
 
-TEST_F(BadImageTest, WrongFormatVersion) {
+TEST_F(ImagesBadInput, WrongFormatVersion) {
   uint32_t v = kFormatVersion + 1;
   Poke("core-1.img", 8, &v, 4);
   Poke("pages-2.img", 8, &v, 4);
@@ -569,7 +683,7 @@ TEST_F(BadImageTest, WrongFormatVersion) {
   EXPECT_NE(inv.error().message().find("version"), std::string::npos);
 }
 
-TEST_F(BadImageTest, InventoryFormatVersionField) {
+TEST_F(ImagesBadInput, InventoryFormatVersionField) {
   auto data = fs::ReadFile(Path("inventory.img"));
   ASSERT_TRUE(data.ok());
   auto inv = ParseInventory("inventory.img", *data);
@@ -587,7 +701,7 @@ TEST_F(BadImageTest, InventoryFormatVersionField) {
   EXPECT_NE(r.error().message().find("version 8"), std::string::npos) << r.error().message();
 }
 
-TEST_F(BadImageTest, MissingInventory) {
+TEST_F(ImagesBadInput, MissingInventory) {
   ASSERT_EQ(unlink(Path("inventory.img").c_str()), 0);
   auto r = OpenVerified(dir_);
   ExpectBad(r, "inventory.img", false);
@@ -597,7 +711,7 @@ TEST_F(BadImageTest, MissingInventory) {
   EXPECT_EQ(u.error().kind(), ErrorKind::kBadImage);
 }
 
-TEST_F(BadImageTest, MissingListedFile) {
+TEST_F(ImagesBadInput, MissingListedFile) {
   ASSERT_EQ(unlink(Path("pages-2.img").c_str()), 0);
   auto r = OpenVerified(dir_);
   ExpectBad(r, "pages-2.img", false);
@@ -611,7 +725,7 @@ TEST_F(BadImageTest, MissingListedFile) {
   EXPECT_EQ(b.error().kind(), ErrorKind::kBadImage);
 }
 
-TEST_F(BadImageTest, NotARegularFile) {
+TEST_F(ImagesBadInput, NotARegularFile) {
   // A FIFO in place of an image must not block the reader.
   ASSERT_EQ(unlink(Path("core-1.img").c_str()), 0);
   ASSERT_EQ(mkfifo(Path("core-1.img").c_str(), 0600), 0);
@@ -621,7 +735,7 @@ TEST_F(BadImageTest, NotARegularFile) {
   ExpectBad(ReadAllUnverified(), "core-1.img", false);
 }
 
-TEST_F(BadImageTest, AbsurdRecordLength) {
+TEST_F(ImagesBadInput, AbsurdRecordLength) {
   std::string data = *fs::ReadFile(Path("core-1.img"));
   auto r0 = ImageReader::FromBuffer("core-1.img", data);
   ASSERT_TRUE(r0.ok());
@@ -640,7 +754,7 @@ TEST_F(BadImageTest, AbsurdRecordLength) {
   ExpectBad(ReadAllUnverified(), "core-1.img");
 }
 
-TEST_F(BadImageTest, AbsurdChunkFields) {
+TEST_F(ImagesBadInput, AbsurdChunkFields) {
   const off_t h = format::kBlobHeaderSize;
   uint32_t huge = 0xffffffff;
   // stored length, logical length, logical offset, kind: each caught by the index builder.
@@ -658,7 +772,7 @@ TEST_F(BadImageTest, AbsurdChunkFields) {
   ASSERT_TRUE(ReadAllUnverified().ok());
 }
 
-TEST_F(BadImageTest, BadNamesInInventory) {
+TEST_F(ImagesBadInput, BadNamesInInventory) {
   auto data = fs::ReadFile(Path("inventory.img"));
   auto inv = ParseInventory("inventory.img", *data);
   ASSERT_TRUE(inv.ok());

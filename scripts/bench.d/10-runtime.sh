@@ -22,17 +22,19 @@ if ! [ -x "$RUNC" ] || ! "$RUNC" --root "$work/runc" run -b "$work/bundle" probe
   have_runc=0
 fi
 
+# $EPOCHREALTIME (bash 5): microsecond wall clock without forking a timer.
+ms() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", (b - a) * 1000 }'; }
 gw=() rc=()
 for ((i = 0; i < N; i++)); do
   t0=$EPOCHREALTIME
   "$GODWIT" --root "$work/gw" run -b "$work/bundle" gw$$-$i >/dev/null
   t1=$EPOCHREALTIME
-  gw+=("$(echo "($t1 - $t0) * 1000" | bc -l)")
+  gw+=("$(ms "$t0" "$t1")")
   if ((have_runc)); then
     t0=$EPOCHREALTIME
     "$RUNC" --root "$work/runc" run -b "$work/bundle" rc$$-$i >/dev/null
     t1=$EPOCHREALTIME
-    rc+=("$(echo "($t1 - $t0) * 1000" | bc -l)")
+    rc+=("$(ms "$t0" "$t1")")
   fi
 done
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.2f", m}'; }
@@ -42,5 +44,8 @@ printf '  godwit median: %8.2f ms\n' "$mg"
 if ((have_runc)); then
   mr=$(median "${rc[@]}")
   printf '  runc   median: %8.2f ms\n' "$mr"
-  printf '  ratio runc/godwit: %.1fx (target >= 3x)\n' "$(echo "$mr / $mg" | bc -l)"
+  awk -v r="$mr" -v g="$mg" 'BEGIN { printf "  ratio runc/godwit: %.1fx (target >= 3x)\n", r / g }'
 fi
+# Where godwit's time goes (one run, debug log of the create path and of run's wait/delete).
+GODWIT_LOG=debug "$GODWIT" --root "$work/gw" run -b "$work/bundle" phases$$ 2>&1 >/dev/null |
+  sed -n 's/.*: \(create\|run\) [^:]*: /  godwit phases: /p' || true

@@ -221,6 +221,31 @@ static int mode_nanosleep(void) {
   return 0;
 }
 
+// Keeps writing while pre-dump rounds copy its memory: A[i] and B[i] (different pages) move in
+// lockstep, so a page restored from a stale round breaks A == B.
+static int mode_dirty(void) {
+  size_t n = (64u << 20) / 8;
+  uint64_t* a = mmap(NULL, n * 8, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  uint64_t* b = mmap(NULL, n * 8, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  for (size_t j = 0; j < n; ++j) a[j] = b[j] = j;
+  ready();
+  for (uint64_t it = 1;; ++it) {
+    size_t idx = (it * 7919) % (n / 16);  // a 4 MiB working set in each array
+    if (a[idx] != b[idx]) return 10;
+    a[idx]++;
+    b[idx]++;
+    if ((it & 4095) == 0 && access(go_file, F_OK) == 0) {
+      uint64_t sa = 0, s0 = 0;
+      for (size_t j = 0; j < n; ++j) {
+        if (a[j] != b[j]) return 11;
+        sa += a[j];
+        s0 += j;
+      }
+      return sa - s0 == it ? 0 : 12;
+    }
+  }
+}
+
 int main(int argc, char** argv) {
   if (argc < 4) return 100;
   ready_fd = atoi(argv[1]);
@@ -230,5 +255,6 @@ int main(int argc, char** argv) {
   if (!strcmp(mode, "signals")) return mode_signals();
   if (!strcmp(mode, "read")) return mode_read();
   if (!strcmp(mode, "nanosleep")) return mode_nanosleep();
+  if (!strcmp(mode, "dirty")) return mode_dirty();
   return 101;
 }

@@ -1,0 +1,158 @@
+// Driver of the checkpoint/restore benchmark (scripts/bench.d/20-cr.sh):
+//   cr_bench GODWIT CR_HOLD DIR MIB COMPRESS(raw|zstd) REPS
+// For each rep: start cr_hold with MIB MiB of random data, `godwit dump` it into DIR (killing
+// it), then `godwit restore` it and kill the restored copy once it runs. Prints one line of
+// key=value (medians over reps): dump and restore wall seconds, frozen ms, image bytes.
+// It is a child subreaper so the killed originals are reaped here (pid 1 of this VM does not).
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static double now(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return t.tv_sec + t.tv_nsec / 1e9;
+}
+
+static double num(const char* json, const char* key) {
+  char k[64];
+  snprintf(k, sizeof(k), "\"%s\":", key);
+  const char* p = strstr(json, k);
+  return p ? atof(p + strlen(k)) : -1;
+}
+
+// Runs argv with stdout to a pipe; returns the pid, *fd = read end.
+static pid_t spawn(char** argv, int* fd) {
+  int p[2];
+  if (pipe(p)) exit(1);
+  pid_t pid = fork();
+  if (pid == 0) {
+    dup2(p[1], 1);
+    close(p[0]);
+    close(p[1]);
+    execv(argv[0], argv);
+    _exit(127);
+  }
+  close(p[1]);
+  *fd = p[0];
+  return pid;
+}
+
+static int readline(int fd, char* buf, size_t len) {
+  size_t n = 0;
+  char c;
+  while (n + 1 < len && read(fd, &c, 1) == 1) {
+    if (c == '\n') break;
+    buf[n++] = c;
+  }
+  buf[n] = 0;
+  return (int)n;
+}
+
+static int cmp(const void* a, const void* b) {
+  double x = *(const double*)a, y = *(const double*)b;
+  return x < y ? -1 : x > y;
+}
+
+static double median(double* v, int n) {
+  qsort(v, n, sizeof(double), cmp);
+  return v[n / 2];
+}
+
+static long long dir_bytes(const char* dir) {
+  DIR* d = opendir(dir);
+  long long s = 0;
+  struct dirent* e;
+  char path[4096];
+  struct stat st;
+  while (d && (e = readdir(d))) {
+    snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+    if (stat(path, &st) == 0 && S_ISREG(st.st_mode)) s += st.st_size;
+  }
+  if (d) closedir(d);
+  return s;
+}
+
+int main(int argc, char** argv) {
+  if (argc < 7) return 100;
+  const char *godwit = argv[1], *hold = argv[2], *dir = argv[3], *mib = argv[4], *comp = argv[5];
+  int reps = atoi(argv[6]);
+  prctl(PR_SET_CHILD_SUBREAPER, 1);
+  double dump_s[16], frozen[16], restore_s[16], restore_mem[16], bytes = 0, image = 0;
+  for (int r = 0; r < reps && r < 16; ++r) {
+    int p[2];
+    if (pipe(p)) return 1;
+    pid_t holder = fork();
+    if (holder == 0) {
+      int null = open("/dev/null", O_RDWR);
+      dup2(null, 0);
+      dup2(null, 1);
+      dup2(null, 2);
+      close(p[0]);
+      dup2(p[1], 3);
+      char* a[] = {(char*)hold, "3", (char*)mib, NULL};
+      execv(hold, a);
+      _exit(127);
+    }
+    close(p[1]);
+    char c;
+    while (read(p[0], &c, 1) == 1) {
+    }
+    close(p[0]);
+    char pid_s[32];
+    snprintf(pid_s, sizeof(pid_s), "%d", holder);
+    char* da[12] = {(char*)godwit, "dump", "--pid", pid_s, "--images-dir", (char*)dir, "--json"};
+    if (!strcmp(comp, "zstd")) {
+      da[7] = "--compress";
+      da[8] = "zstd:1";
+    }
+    int fd;
+    char line[4096];
+    double t0 = now();
+    pid_t g = spawn(da, &fd);
+    readline(fd, line, sizeof(line));
+    int st;
+    waitpid(g, &st, 0);
+    dump_s[r] = now() - t0;
+    close(fd);
+    if (!WIFEXITED(st) || WEXITSTATUS(st)) {
+      fprintf(stderr, "dump failed: %s\n", line);
+      return 1;
+    }
+    frozen[r] = num(line, "frozen_ms");
+    bytes = num(line, "bytes");
+    waitpid(holder, &st, 0);
+    image = dir_bytes(dir);
+    char* ra[] = {(char*)godwit, "restore", "--images-dir", (char*)dir, "--json", NULL};
+    t0 = now();
+    g = spawn(ra, &fd);
+    readline(fd, line, sizeof(line));  // printed once the tree runs
+    restore_s[r] = now() - t0;
+    close(fd);
+    restore_mem[r] = num(line, "memory_ms");
+    int root = (int)num(line, "root_pid");
+    if (root <= 0) {
+      fprintf(stderr, "restore failed: %s\n", line);
+      return 1;
+    }
+    kill(root, SIGKILL);
+    waitpid(g, &st, 0);
+    char cmd[4200];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    if (system(cmd)) return 1;
+  }
+  int n = reps < 16 ? reps : 16;
+  printf("bytes=%.0f image=%.0f dump_s=%.3f frozen_ms=%.1f restore_s=%.3f restore_memory_ms=%.1f\n",
+         bytes, image, median(dump_s, n), median(frozen, n), median(restore_s, n),
+         median(restore_mem, n));
+  return 0;
+}

@@ -1,0 +1,124 @@
+// NETLINK_SOCK_DIAG for unix sockets (peer inode, pending connections, queue lengths,
+// shutdown state: nothing else tells a socket's peer), and sockets made in a process's netns.
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
+#include <linux/sock_diag.h>
+#include <linux/unix_diag.h>
+#include <sched.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <thread>
+
+#include "files/kind.h"
+
+namespace godwit::files {
+
+Result<UnixDiagMap> DumpUnixDiag(int nl) {
+  struct {
+    struct nlmsghdr nlh;
+    struct unix_diag_req req;
+  } msg {};
+  msg.nlh.nlmsg_len = sizeof(msg);
+  msg.nlh.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+  msg.nlh.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+  msg.nlh.nlmsg_seq = 1;
+  msg.req.sdiag_family = AF_UNIX;
+  msg.req.udiag_states = ~0u;
+  msg.req.udiag_show = UDIAG_SHOW_NAME | UDIAG_SHOW_PEER | UDIAG_SHOW_ICONS | UDIAG_SHOW_RQLEN;
+  struct sockaddr_nl sa {};
+  sa.nl_family = AF_NETLINK;
+  if (sendto(nl, &msg, sizeof(msg), 0, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) < 0)
+    return Errno("sock_diag: send");
+  UnixDiagMap out;
+  std::vector<char> buf(1 << 16);
+  for (;;) {
+    ssize_t n = recv(nl, buf.data(), buf.size(), 0);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Errno("sock_diag: recv");
+    }
+    for (auto* h = reinterpret_cast<struct nlmsghdr*>(buf.data()); NLMSG_OK(h, n); h = NLMSG_NEXT(h, n)) {
+      if (h->nlmsg_type == NLMSG_DONE) return out;
+      if (h->nlmsg_type == NLMSG_ERROR) {
+        auto* e = reinterpret_cast<struct nlmsgerr*>(NLMSG_DATA(h));
+        errno = -e->error;
+        return Errno("sock_diag: unix dump");
+      }
+      auto* m = reinterpret_cast<struct unix_diag_msg*>(NLMSG_DATA(h));
+      UnixDiag d;
+      d.ino = m->udiag_ino;
+      d.type = m->udiag_type;
+      d.state = m->udiag_state;
+      int len = h->nlmsg_len - NLMSG_LENGTH(sizeof(*m));
+      for (auto* a = reinterpret_cast<struct rtattr*>(m + 1); RTA_OK(a, len); a = RTA_NEXT(a, len)) {
+        char* p = static_cast<char*>(RTA_DATA(a));
+        size_t plen = RTA_PAYLOAD(a);
+        switch (a->rta_type) {
+          case UNIX_DIAG_NAME:
+            d.name.assign(p, plen);
+            // A path name may carry its terminating NUL; an abstract one starts with NUL.
+            if (!d.name.empty() && d.name[0] != '\0') d.name = d.name.c_str();
+            break;
+          case UNIX_DIAG_PEER: d.peer = *reinterpret_cast<uint32_t*>(p); break;
+          case UNIX_DIAG_ICONS:
+            for (size_t i = 0; i + 4 <= plen; i += 4) d.icons.push_back(*reinterpret_cast<uint32_t*>(p + i));
+            break;
+          case UNIX_DIAG_RQLEN: {
+            auto* r = reinterpret_cast<struct unix_diag_rqlen*>(p);
+            d.rqueue = r->udiag_rqueue;
+            d.wqueue = r->udiag_wqueue;
+            break;
+          }
+          case UNIX_DIAG_SHUTDOWN: d.shutdown = *reinterpret_cast<uint8_t*>(p); break;
+        }
+      }
+      out[d.ino] = std::move(d);
+    }
+  }
+}
+
+Result<UniqueFd> SocketInNetns(pid_t pid, int domain, int type, int protocol) {
+  struct stat mine, theirs;
+  if (stat("/proc/self/ns/net", &mine) < 0) return Errno("stat /proc/self/ns/net");
+  std::string path = StrFormat("/proc/%d/ns/net", pid);
+  if (stat(path.c_str(), &theirs) < 0) return Errno("stat %s", path.c_str());
+  if (mine.st_ino == theirs.st_ino) {
+    int s = socket(domain, type | SOCK_CLOEXEC, protocol);
+    if (s < 0) return Errno("socket %d", domain);
+    return UniqueFd(s);
+  }
+  UniqueFd ns(open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!ns) return Errno("open %s", path.c_str());
+  int s = -1, err = 0;
+  std::thread t([&] {
+    if (setns(ns.get(), CLONE_NEWNET) < 0) {
+      err = errno;
+      return;
+    }
+    s = socket(domain, type | SOCK_CLOEXEC, protocol);
+    if (s < 0) err = errno;
+  });
+  t.join();
+  if (s < 0) {
+    errno = err;
+    return Errno("socket in net namespace of pid %d", pid);
+  }
+  return UniqueFd(s);
+}
+
+Result<const UnixDiagMap*> DumpContext::UnixSockets(pid_t pid) {
+  struct stat st;
+  std::string path = StrFormat("/proc/%d/ns/net", pid);
+  if (stat(path.c_str(), &st) < 0) return Errno("stat %s", path.c_str());
+  auto it = unix_diag_.find(st.st_ino);
+  if (it != unix_diag_.end()) return &it->second;
+  ASSIGN_OR_RETURN(UniqueFd nl, SocketInNetns(pid, AF_NETLINK, SOCK_RAW, NETLINK_SOCK_DIAG));
+  ASSIGN_OR_RETURN(UnixDiagMap m, DumpUnixDiag(nl.get()));
+  return &(unix_diag_[st.st_ino] = std::move(m));
+}
+
+}  // namespace godwit::files

@@ -1,0 +1,58 @@
+// Restore step "seccomp": each thread's filter chain, installed by injected seccomp() in that
+// thread, oldest filter first. Runs after everything else that injects but "core": a filter
+// filters injected calls too, so only core's few calls (rseq, set_tid_address, munmap of the
+// scratch area) pass through it; a filter that refuses those fails the restore there.
+//
+// Threads get their own copy of the chain (the kernel shares inherited filters between threads;
+// the filtering is the same). Installing needs no_new_privs or CAP_SYS_ADMIN in the thread, which
+// by now has its dumped credentials: a thread that holds filters but neither (it dropped
+// CAP_SYS_ADMIN after installing them) cannot be restored, nor can strict mode (it allows none of
+// the calls that follow). Both fail clearly instead of restoring a weaker sandbox.
+#include <linux/capability.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <sys/syscall.h>
+
+#include "restore/pstate.h"
+#include "restore/steps.h"
+
+namespace godwit::restore {
+
+Result<void> RestoreSeccomp(RestoreContext& ctx, ProcessRestore& p) {
+  ASSIGN_OR_RETURN(img::ProcessState ps, LoadPstate(ctx, p));
+  remote::Remote* r = p.remote.get();
+  for (const auto& t : ps.threads()) {
+    const auto& sc = t.seccomp();
+    if (sc.mode() == SECCOMP_MODE_DISABLED) continue;
+    if (sc.mode() != SECCOMP_MODE_FILTER)
+      return MakeError(ErrorKind::kUnsupported, 0,
+                       "thread %d: seccomp mode %u (strict) cannot be restored", t.tid(),
+                       sc.mode());
+    if (!t.creds().no_new_privs() && !(t.creds().cap_effective() & (1ULL << CAP_SYS_ADMIN)))
+      return MakeError(ErrorKind::kUnsupported, 0,
+                       "thread %d: %d seccomp filters but neither no_new_privs nor CAP_SYS_ADMIN "
+                       "to install them again",
+                       t.tid(), sc.filters_size());
+    for (int i = 0; i < sc.filters_size(); ++i) {
+      const std::string& insns = sc.filters(i).insns();
+      size_t n = insns.size() / sizeof(sock_filter);
+      if (n == 0 || n > BPF_MAXINSNS || insns.size() % sizeof(sock_filter) != 0)
+        return MakeError(ErrorKind::kBadImage, 0, "pstate-%d.img: thread %d: bad filter #%d",
+                         p.pid, t.tid(), i);
+      struct {
+        uint16_t len;
+        uint16_t pad[3];
+        uint64_t filter;
+      } prog = {static_cast<uint16_t>(n), {}, r->scratch() + 64};
+      TRY(r->Write(r->scratch(), &prog, sizeof(prog)));
+      TRY(r->Write(r->scratch() + 64, insns.data(), insns.size()));
+      // Only the flags that describe the filter itself; TSYNC & co. were about installing it.
+      uint64_t flags = sc.filters(i).flags() & SECCOMP_FILTER_FLAG_LOG;
+      TRY_CTX(r->SyscallIn(t.tid(), SYS_seccomp, SECCOMP_SET_MODE_FILTER, flags, r->scratch()),
+              "thread %d: seccomp filter #%d (%zu insns)", t.tid(), i, n);
+    }
+  }
+  return Ok();
+}
+
+}  // namespace godwit::restore

@@ -1,0 +1,420 @@
+// Process state (proto/pstate.proto) through real dump -> kill -> restore round trips, zdtm style:
+// a ps_* helper sets its state up and reports "ready"; the test dumps it with `godwit dump`
+// (which kills it), reaps it, checks the dumped image through `godwit inspect --json`, restores
+// it with `godwit restore --detach` (the restored helper becomes our child: we are a subreaper),
+// sends SIGUSR2, and the helper checks its own state and exits 0 (else the number of the failed
+// check, with the reason in its log).
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <linux/close_range.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+namespace {
+
+struct GodwitRun {
+  int status = -1;
+  std::string out, err;
+};
+
+std::string Slurp(const std::string& path) {
+  std::ifstream f(path);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+int StatusCode(int st) {
+  if (WIFEXITED(st)) return WEXITSTATUS(st);
+  if (WIFSIGNALED(st)) return 128 + WTERMSIG(st);
+  return -1;
+}
+
+int Wait(pid_t pid) {
+  int st = 0;
+  for (;;) {
+    pid_t w = waitpid(pid, &st, 0);
+    if (w == pid) return StatusCode(st);
+    if (w < 0 && errno != EINTR) return -1;
+  }
+}
+
+class TempDir {
+ public:
+  TempDir() {
+    char tmpl[] = "/tmp/godwit-pstate-XXXXXX";
+    path_ = mkdtemp(tmpl);
+  }
+  ~TempDir() { std::system(("rm -rf '" + path_ + "'").c_str()); }
+  std::string operator/(const std::string& n) const { return path_ + "/" + n; }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+// Runs godwit; pre_exec runs in the child before exec (to lower a limit, say).
+GodwitRun Godwit(const std::vector<std::string>& args, const TempDir& dir,
+           void (*pre_exec)() = nullptr) {
+  static int n = 0;
+  std::string out = dir / ("godwit-" + std::to_string(++n) + ".out");
+  std::string err = dir / ("godwit-" + std::to_string(n) + ".err");
+  pid_t pid = fork();
+  if (pid == 0) {
+    int o = open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    int e = open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    int in = open("/dev/null", O_RDONLY);
+    dup2(in, 0);
+    dup2(o, 1);
+    dup2(e, 2);
+    if (pre_exec) pre_exec();
+    std::vector<char*> argv;
+    argv.push_back(const_cast<char*>(GODWIT_BIN));
+    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    execv(GODWIT_BIN, argv.data());
+    _exit(127);
+  }
+  GodwitRun r;
+  r.status = Wait(pid);
+  r.out = Slurp(out);
+  r.err = Slurp(err);
+  return r;
+}
+
+// A zdtm-style helper: the checks it runs after the restore, its pid and its log.
+class Helper {
+ public:
+  Helper(const TempDir& dir, const std::string& name, std::vector<std::string> args)
+      : log_(dir / (name + ".log")) {
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) < 0) return;
+    pid_ = fork();
+    if (pid_ == 0) {
+      // Only stdio and the ready pipe (fd 3): nothing else of the test leaks into the tree.
+      int in = open("/dev/null", O_RDONLY);
+      int out = open("/dev/null", O_WRONLY);
+      int err = open(log_.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+      dup2(in, 0);
+      dup2(out, 1);
+      dup2(err, 2);
+      dup2(p[1], 3);  // dup2 clears O_CLOEXEC
+      close_range(4, ~0U, 0);
+      int ready = 3;
+      std::string path = std::string(GODWIT_HELPERS) + "/" + name;
+      std::vector<std::string> full = {path, args[0], std::to_string(ready)};
+      for (size_t i = 1; i < args.size(); ++i) full.push_back(args[i]);
+      std::vector<char*> argv;
+      for (auto& a : full) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      execv(path.c_str(), argv.data());
+      _exit(127);
+    }
+    close(p[1]);
+    // "ready", then EOF: the helper closed its end, so no fd leads out of the tree at the dump.
+    std::string got;
+    char buf[64];
+    ssize_t n;
+    while ((n = read(p[0], buf, sizeof(buf))) > 0 || (n < 0 && errno == EINTR))
+      if (n > 0) got.append(buf, n);
+    close(p[0]);
+    ready_ = got.rfind("ready", 0) == 0;
+  }
+  ~Helper() {
+    // Only a child of ours that is still running (the original, or a restored helper that came
+    // back to us, the subreaper): never a pid that something else took meanwhile.
+    if (pid_ > 0 && !reaped_ && waitpid(pid_, nullptr, WNOHANG) == 0) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+  }
+  pid_t pid() const { return pid_; }
+  bool ready() const { return ready_; }
+  std::string log() const { return Slurp(log_); }
+  // Reaps the helper (the dump killed it, or it finished its checks).
+  int Reap() {
+    reaped_ = true;
+    return Wait(pid_);
+  }
+  void Restored() { reaped_ = false; }
+
+ private:
+  std::string log_;
+  pid_t pid_ = -1;
+  bool ready_ = false;
+  bool reaped_ = false;
+};
+
+// The decoded pstate-PID.img of a dump, through `godwit inspect --json`.
+nlohmann::json Pstate(const TempDir& dir, const std::string& images, pid_t pid) {
+  GodwitRun r = Godwit({"inspect", images, "--json"}, dir);
+  EXPECT_EQ(r.status, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out, nullptr, false);
+  if (j.is_discarded()) {
+    ADD_FAILURE() << "inspect output is not JSON: " << r.out.substr(0, 200);
+    return {};
+  }
+  std::string want = "pstate-" + std::to_string(pid) + ".img";
+  for (const auto& f : j["files"]) {
+    if (f.value("name", "") != want) continue;
+    EXPECT_EQ(f.value("type", ""), "godwit.img.ProcessState");
+    if (!f.contains("records_json") || f["records_json"].empty()) break;
+    return f["records_json"][0];
+  }
+  ADD_FAILURE() << want << " missing from the dump";
+  return {};
+}
+
+uint64_t U64(const nlohmann::json& j) {
+  if (j.is_string()) return std::stoull(j.get<std::string>());
+  if (j.is_number()) return j.get<uint64_t>();
+  return 0;
+}
+
+// Dumps the helper (killing it) and reaps it; returns the images dir.
+std::string Dump(const TempDir& dir, Helper& h) {
+  std::string images = dir / "images";
+  GodwitRun d = Godwit({"dump", "--pid", std::to_string(h.pid()), "--images-dir", images}, dir);
+  EXPECT_EQ(d.status, 0) << d.err;
+  if (d.status != 0) kill(h.pid(), SIGKILL);  // a failed dump leaves the tree running
+  int st = h.Reap();
+  EXPECT_EQ(st, 128 + SIGKILL) << "the dump did not kill the helper";
+  return images;
+}
+
+// Restores, lets the helper check itself and returns its exit code.
+int RestoreAndCheck(const TempDir& dir, Helper& h, const std::string& images) {
+  GodwitRun r = Godwit({"restore", "--images-dir", images, "--detach"}, dir);
+  EXPECT_EQ(r.status, 0) << r.err;
+  if (r.status != 0) return -1;
+  h.Restored();
+  if (kill(h.pid(), SIGUSR2) < 0) return -1;
+  return h.Reap();
+}
+
+void RoundTrip(const TempDir& dir, Helper& h, const std::string& images) {
+  int code = RestoreAndCheck(dir, h, images);
+  EXPECT_EQ(code, 0) << "helper log:\n" << h.log();
+}
+
+const nlohmann::json* Action(const nlohmann::json& ps, int sig) {
+  for (const auto& a : ps["handlers"]["actions"])
+    if (a.value("signo", 0) == sig) return &a;
+  return nullptr;
+}
+
+TEST(CrPstate, SignalHandlers) {
+  TempDir dir;
+  Helper h(dir, "ps_signals", {"handlers"});
+  ASSERT_TRUE(h.ready()) << h.log();
+  std::string images = Dump(dir, h);
+  auto ps = Pstate(dir, images, h.pid());
+  ASSERT_EQ(ps["handlers"]["actions"].size(), 62u);
+  const auto* usr1 = Action(ps, SIGUSR1);
+  ASSERT_NE(usr1, nullptr);
+  EXPECT_NE(U64((*usr1)["handler"]), 0u);
+  EXPECT_EQ(U64((*usr1)["flags"]) & (SA_SIGINFO | SA_RESTART), uint64_t{SA_SIGINFO | SA_RESTART});
+  EXPECT_EQ(U64((*usr1)["mask"]) & (1ULL << (SIGINT - 1)), 1ULL << (SIGINT - 1));
+  EXPECT_EQ(U64((*Action(ps, SIGHUP))["handler"]), 1u);  // SIG_IGN
+  EXPECT_EQ(U64((*Action(ps, SIGTERM))["handler"]), 0u);  // SIG_DFL
+  RoundTrip(dir, h, images);
+}
+
+TEST(CrPstate, Sigaltstack) {
+  TempDir dir;
+  Helper h(dir, "ps_signals", {"altstack"});
+  ASSERT_TRUE(h.ready()) << h.log();
+  std::string images = Dump(dir, h);
+  auto ps = Pstate(dir, images, h.pid());
+  ASSERT_EQ(ps["threads"].size(), 2u);
+  EXPECT_EQ(U64(ps["threads"][0]["altstack"]["size"]), 64u * 1024);
+  EXPECT_EQ(U64(ps["threads"][1]["altstack"]["size"]), 96u * 1024);
+  EXPECT_EQ(ps["threads"][0]["altstack"].value("flags", -1), 0);
+  RoundTrip(dir, h, images);
+}
+
+TEST(CrPstate, Creds) {
+  TempDir dir;
+  Helper h(dir, "ps_creds", {"creds"});
+  ASSERT_TRUE(h.ready()) << h.log();
+  std::string images = Dump(dir, h);
+  auto ps = Pstate(dir, images, h.pid());
+  ASSERT_EQ(ps["threads"].size(), 1u);
+  const auto& c = ps["threads"][0]["creds"];
+  EXPECT_EQ(c.value("uid", 0), 2000);
+  EXPECT_EQ(c.value("euid", 0), 2001);
+  EXPECT_EQ(c.value("suid", 0), 2002);
+  EXPECT_EQ(c.value("fsuid", 0), 2003);
+  EXPECT_EQ(c.value("gid", 0), 1000);
+  EXPECT_EQ(c.value("fsgid", 0), 1003);
+  EXPECT_EQ(c["groups"], nlohmann::json::parse("[1001,1005,1007]"));
+  EXPECT_EQ(U64(c["cap_effective"]), (1ULL << 5) | (1ULL << 10));  // KILL, NET_BIND_SERVICE
+  EXPECT_EQ(U64(c["cap_ambient"]), 1ULL << 10);
+  EXPECT_EQ(U64(c["cap_bounding"]) & (1ULL << 22), 0u);  // CAP_SYS_BOOT dropped
+  EXPECT_EQ(c.value("securebits", 0u), 0x14u);           // KEEP_CAPS | NO_SETUID_FIXUP
+  RoundTrip(dir, h, images);
+}
+
+TEST(CrPstate, NoNewPrivs) {
+  TempDir dir;
+  Helper h(dir, "ps_creds", {"nnp"});
+  ASSERT_TRUE(h.ready()) << h.log();
+  std::string images = Dump(dir, h);
+  auto ps = Pstate(dir, images, h.pid());
+  EXPECT_TRUE(ps["threads"][0]["creds"].value("no_new_privs", false));
+  RoundTrip(dir, h, images);
+}
+
+TEST(CrPstate, Rlimits) {
+  TempDir dir;
+  Helper h(dir, "ps_misc", {"rlimits"});
+  ASSERT_TRUE(h.ready()) << h.log();
+  std::string images = Dump(dir, h);
+  auto ps = Pstate(dir, images, h.pid());
+  bool seen = false;
+  for (const auto& l : ps["rlimits"]["limits"]) {
+    if (l.value("name", "") != "RLIMIT_NOFILE") continue;
+    seen = true;
+    EXPECT_EQ(U64(l["cur"]), 100u);
+    EXPECT_EQ(U64(l["max"]), 200u);
+  }
+  EXPECT_TRUE(seen);
+  EXPECT_EQ(ps["rlimits"]["limits"].size(), 16u);
+  RoundTrip(dir, h, images);
+}
+
+// A hard limit above the restorer's cannot be raised without CAP_SYS_RESOURCE: the restore fails,
+// naming the limit, and leaves no process behind.
+TEST(CrPstate, RlimitAboveRestorersHardLimitFails) {
+  TempDir dir;
+  Helper h(dir, "ps_misc", {"rlimits"});
+  ASSERT_TRUE(h.ready()) << h.log();
+  std::string images = Dump(dir, h);
+  GodwitRun r = Godwit({"restore", "--images-dir", images, "--detach"}, dir, [] {
+    struct rlimit rl = {150, 150};  // below the dumped RLIMIT_NOFILE hard limit (200)
+    setrlimit(RLIMIT_NOFILE, &rl);
+  });
+  h.Restored();  // if it was restored after all, the destructor kills it
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.err.find("RLIMIT_NOFILE"), std::string::npos) << r.err;
+  waitpid(h.pid(), nullptr, WNOHANG);  // if it came back to us as a zombie
+  EXPECT_NE(access(("/proc/" + std::to_string(h.pid())).c_str(), F_OK), 0)
+      << "a half-restored process was left behind";
+}
+
+TEST(CrPstate, CwdRootUmaskPersonalityComm) {
+  TempDir dir;
+  std::string root = dir / "root";
+  ASSERT_EQ(mkdir(root.c_str(), 0755), 0);
+  ASSERT_EQ(mkdir((root + "/sub").c_str(), 0755), 0);
+  std::ofstream(root + "/marker") << "x";
+  std::ofstream(root + "/sub/here") << "x";
+  Helper h(dir, "ps_misc", {"fs", root});
+  ASSERT_TRUE(h.ready()) << h.log();
+  std::string images = Dump(dir, h);
+  auto ps = Pstate(dir, images, h.pid());
+  EXPECT_EQ(ps["fs"].value("root", ""), root);
+  EXPECT_EQ(ps["fs"].value("cwd", ""), root + "/sub");
+  EXPECT_EQ(ps["fs"].value("umask", 0u), 027u);
+  EXPECT_EQ(ps.value("personality", 0u), 0x0240000u);  // ADDR_NO_RANDOMIZE | ADDR_COMPAT_LAYOUT
+  RoundTrip(dir, h, images);
+}
+
+TEST(CrPstate, SchedPolicyNiceTimerSlack) {
+  TempDir dir;
+  Helper h(dir, "ps_misc", {"sched"});
+  ASSERT_TRUE(h.ready()) << h.log();
+  std::string images = Dump(dir, h);
+  auto ps = Pstate(dir, images, h.pid());
+  ASSERT_EQ(ps["threads"].size(), 2u);
+  EXPECT_EQ(ps["threads"][0]["sched"].value("policy", 0u), 3u);  // SCHED_BATCH
+  EXPECT_EQ(ps["threads"][0]["sched"].value("nice", 0), 5);
+  EXPECT_EQ(U64(ps["threads"][0]["timer_slack_ns"]), 123456u);
+  EXPECT_EQ(ps["threads"][1]["sched"].value("policy", 0u), 1u);  // SCHED_FIFO
+  EXPECT_EQ(ps["threads"][1]["sched"].value("priority", 0u), 7u);
+  RoundTrip(dir, h, images);
+}
+
+TEST(CrPstate, PdeathsigSubreaperThp) {
+  TempDir dir;
+  Helper h(dir, "ps_misc", {"prctl"});
+  ASSERT_TRUE(h.ready()) << h.log();
+  std::string images = Dump(dir, h);
+  auto ps = Pstate(dir, images, h.pid());
+  EXPECT_EQ(ps["threads"][0].value("pdeathsig", 0), SIGUSR1);
+  EXPECT_TRUE(ps.value("child_subreaper", false));
+  EXPECT_EQ(ps.value("thp_disable", 0u), 1u);
+  RoundTrip(dir, h, images);
+}
+
+TEST(CrPstate, SeccompFilters) {
+  TempDir dir;
+  Helper h(dir, "ps_misc", {"seccomp"});
+  ASSERT_TRUE(h.ready()) << h.log();
+  std::string images = Dump(dir, h);
+  auto ps = Pstate(dir, images, h.pid());
+  ASSERT_EQ(ps["threads"].size(), 2u);
+  for (const auto& t : ps["threads"]) {
+    EXPECT_EQ(t["seccomp"].value("mode", 0u), 2u);
+    ASSERT_EQ(t["seccomp"]["filters"].size(), 2u);
+    EXPECT_EQ(U64(t["seccomp"]["filters"][0]["flags"]), 0u);  // oldest first
+    EXPECT_EQ(U64(t["seccomp"]["filters"][1]["flags"]), 2u);  // SECCOMP_FILTER_FLAG_LOG
+  }
+  RoundTrip(dir, h, images);
+}
+
+TEST(CrPstate, ITimers) {
+  TempDir dir;
+  Helper h(dir, "ps_timers", {"itimers"});
+  ASSERT_TRUE(h.ready()) << h.log();
+  std::string images = Dump(dir, h);
+  auto ps = Pstate(dir, images, h.pid());
+  const auto& it = ps["itimers"];
+  EXPECT_EQ(U64(it["real"]["interval_us"]), 250000u);
+  EXPECT_GT(U64(it["real"]["value_us"]), 0u);
+  EXPECT_LE(U64(it["real"]["value_us"]), 1500000u);
+  EXPECT_EQ(U64(it["virt"]["interval_us"]), 7000000u);
+  EXPECT_EQ(U64(it["prof"]["interval_us"]), 500000u);
+  RoundTrip(dir, h, images);
+}
+
+TEST(CrPstate, PosixTimers) {
+  TempDir dir;
+  Helper h(dir, "ps_timers", {"posix"});
+  ASSERT_TRUE(h.ready()) << h.log();
+  std::string images = Dump(dir, h);
+  auto ps = Pstate(dir, images, h.pid());
+  ASSERT_EQ(ps["timers"].size(), 4u);
+  std::vector<int> ids;
+  for (const auto& t : ps["timers"]) ids.push_back(t.value("id", -1));
+  std::sort(ids.begin(), ids.end());
+  EXPECT_EQ(ids, (std::vector<int>{0, 2, 3, 4}));
+  for (const auto& t : ps["timers"]) {
+    if (t.value("id", -1) == 3) {
+      EXPECT_EQ(t.value("notify", 0), 4);  // SIGEV_THREAD_ID
+      EXPECT_EQ(t.value("notify_tid", 0), h.pid());
+      EXPECT_EQ(U64(t["sigev_value"]), 333u);
+      EXPECT_EQ(U64(t["interval_ns"]), 10000000000u);
+    }
+    if (t.value("id", -1) == 0) {
+      EXPECT_EQ(t.value("signo", 0), SIGRTMIN + 1);
+      EXPECT_EQ(U64(t["sigev_value"]), 111u);
+    }
+  }
+  RoundTrip(dir, h, images);
+}
+
+}  // namespace

@@ -1,0 +1,654 @@
+// Real containers through the `godwit` binary (a second invocation must find what the first
+// made) and the runtime library. Root required. Every test uses its own ids, state root, rootfs
+// and 198.18.0.0/15 subnet derived from the test process's pid, and deletes what it made even
+// when it fails.
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "common/fs.h"
+#include "common/scope_exit.h"
+#include "runtime/cgroup.h"
+#include "runtime/network.h"
+#include "runtime/runtime.h"
+
+namespace godwit::runtime {
+namespace {
+
+using nlohmann::json;
+
+struct CmdResult {
+  int code = -1;
+  std::string out, err;
+};
+
+// Runs godwit with args; stdout/stderr go to files (a detached container inherits them, so a
+// pipe would never reach EOF).
+CmdResult Godwit(const std::string& root, std::vector<std::string> args) {
+  static int seq = 0;
+  std::string base = StrFormat("/tmp/godwit-rt-out-%d-%d", getpid(), seq++);
+  std::string out = base + ".out", err = base + ".err";
+  args.insert(args.begin(), {GODWIT_BIN, "--root", root});
+  pid_t pid = fork();
+  if (pid == 0) {
+    int o = open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    int e = open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    int n = open("/dev/null", O_RDONLY);
+    dup2(n, 0);
+    dup2(o, 1);
+    dup2(e, 2);
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  CmdResult r;
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  r.out = fs::ReadFile(out).ok() ? *fs::ReadFile(out) : "";
+  r.err = fs::ReadFile(err).ok() ? *fs::ReadFile(err) : "";
+  unlink(out.c_str());
+  unlink(err.c_str());
+  return r;
+}
+
+std::string Trim(const std::string& s) { return fs::Trim(s); }
+
+std::string ReadOr(const std::string& path) {
+  auto r = fs::ReadFile(path);
+  return r.ok() ? *r : "";
+}
+
+class RuntimeTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = StrFormat("/tmp/godwit-rt-test-%d", getpid());
+    ASSERT_TRUE(fs::MkdirAll(dir_).ok());
+    auto r = MakeBusyboxRootfs(dir_ + "/rootfs");
+    ASSERT_TRUE(r.ok()) << r.error().to_string();
+  }
+  static void TearDownTestSuite() { (void)fs::RemoveAll(dir_); }
+
+  void SetUp() override { root_ = dir_ + "/root"; }
+
+  void TearDown() override {
+    // Whatever a test left: force-delete and reap (we are the subreaper of detached inits).
+    for (const auto& id : ids_) {
+      auto c = Container::Load(root_, id);
+      pid_t pid = c.ok() ? c->pid : 0;
+      (void)Delete(root_, id, true);
+      if (pid > 0) waitpid(pid, nullptr, WNOHANG);
+    }
+    while (waitpid(-1, nullptr, WNOHANG) > 0) {
+    }
+  }
+
+  // A unique id for this test process; registered for cleanup.
+  std::string Id(const std::string& name) {
+    std::string id = StrFormat("t%d-%s", getpid(), name.c_str());
+    ids_.push_back(id);
+    return id;
+  }
+
+  // 198.18.0.0/15 split into /24s; each test process takes 4 of them by pid (below
+  // 198.19.200.0, which the demo uses).
+  static std::string Subnet(int k) {
+    int x = (getpid() % 100) * 4 + k;
+    return StrFormat("198.%d.%d", 18 + x / 256, x % 256);
+  }
+
+  CmdResult Run(std::vector<std::string> args) { return Godwit(root_, std::move(args)); }
+
+  // `run --detach` with the busybox rootfs; returns the container.
+  Container RunDetached(const std::string& id, std::vector<std::string> opts,
+                        std::vector<std::string> cmd) {
+    std::vector<std::string> a = {"run", "--rootfs", dir_ + "/rootfs", "--name", id, "--detach"};
+    a.insert(a.end(), opts.begin(), opts.end());
+    a.push_back("--");
+    a.insert(a.end(), cmd.begin(), cmd.end());
+    CmdResult r = Run(a);
+    EXPECT_EQ(r.code, 0) << r.err;
+    auto c = Container::Load(root_, id);
+    EXPECT_TRUE(c.ok());
+    return c.ok() ? *c : Container{};
+  }
+
+  CmdResult RunFg(const std::string& id, std::vector<std::string> opts,
+                  std::vector<std::string> cmd) {
+    std::vector<std::string> a = {"run", "--rootfs", dir_ + "/rootfs", "--name", id};
+    a.insert(a.end(), opts.begin(), opts.end());
+    a.push_back("--");
+    a.insert(a.end(), cmd.begin(), cmd.end());
+    return Run(a);
+  }
+
+  // Waits for a detached container's init to exit (we are its subreaper).
+  static void Reap(pid_t pid) {
+    int st;
+    while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+    }
+  }
+
+  static inline std::string dir_;
+  std::string root_;
+  std::vector<std::string> ids_;
+};
+
+TEST_F(RuntimeTest, PidOneAndIsolatedProcessList) {
+  CmdResult r = RunFg(Id("pid1"), {}, {"sh", "-c", "echo $$; ls /proc | grep -c '^[0-9]'"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto lines = fs::Split(Trim(r.out), '\n');
+  ASSERT_EQ(lines.size(), 2u) << r.out;
+  EXPECT_EQ(lines[0], "1");
+  // sh, ls and grep: nothing of the host is visible.
+  EXPECT_LE(atoi(lines[1].c_str()), 3) << r.out;
+}
+
+TEST_F(RuntimeTest, Hostname) {
+  std::string h = StrFormat("box-%d", getpid());
+  CmdResult r = RunFg(Id("host"), {"--hostname", h}, {"hostname"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(Trim(r.out), h);
+  char mine[256];
+  gethostname(mine, sizeof(mine));
+  EXPECT_NE(std::string(mine), h);
+}
+
+TEST_F(RuntimeTest, UserNamespaceWithMappings) {
+  std::string id = Id("userns");
+  std::string bundle = dir_ + "/bundle-" + id;
+  ASSERT_TRUE(fs::MkdirAll(bundle).ok());
+  RunOptions o;
+  o.rootfs = dir_ + "/rootfs";
+  o.args = {"sh", "-c", "cat /proc/self/uid_map /proc/self/gid_map; readlink /proc/self/ns/user; id -u"};
+  o.disk = 8 << 20;
+  json cfg = MakeConfig(o);
+  cfg["linux"]["namespaces"].push_back({{"type", "user"}});
+  // The rootfs belongs to host root: map container 0 to host 0 so it stays writable, and a
+  // second range so the mapping is not the identity of the whole space.
+  cfg["linux"]["uidMappings"] = {{{"containerID", 0}, {"hostID", 0}, {"size", 1}},
+                                 {{"containerID", 1000}, {"hostID", 201000}, {"size", 1000}}};
+  cfg["linux"]["gidMappings"] = {{{"containerID", 0}, {"hostID", 0}, {"size", 1}}};
+  ASSERT_TRUE(fs::WriteFile(bundle + "/config.json", cfg.dump()).ok());
+  CmdResult r = Run({"run", id, "--bundle", bundle});
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto lines = fs::Split(Trim(r.out), '\n');
+  ASSERT_EQ(lines.size(), 5u) << r.out;
+  auto norm = [](std::string s) {
+    std::string out;
+    for (const auto& w : fs::Split(s, ' '))
+      if (!w.empty()) out += (out.empty() ? "" : " ") + w;
+    return out;
+  };
+  EXPECT_EQ(norm(lines[0]), "0 0 1");
+  EXPECT_EQ(norm(lines[1]), "1000 201000 1000");
+  EXPECT_EQ(norm(lines[2]), "0 0 1");
+  char host_ns[128] = {0};
+  ASSERT_GT(readlink("/proc/self/ns/user", host_ns, sizeof(host_ns)), 0);
+  EXPECT_NE(lines[3], host_ns);
+  EXPECT_EQ(lines[4], "0");
+}
+
+// Connects to ip:port within timeout_ms; returns the fd or -1 (errno ETIMEDOUT/ECONNREFUSED).
+int ConnectTimeout(const std::string& ip, int port, int timeout_ms) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_port = htons(port);
+  inet_pton(AF_INET, ip.c_str(), &sa.sin_addr);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) < 0 && errno != EINPROGRESS) {
+    close(fd);
+    return -1;
+  }
+  pollfd p{fd, POLLOUT, 0};
+  if (poll(&p, 1, timeout_ms) != 1) {
+    close(fd);
+    errno = ETIMEDOUT;
+    return -1;
+  }
+  int err = 0;
+  socklen_t len = sizeof(err);
+  getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
+  if (err) {
+    close(fd);
+    errno = err;
+    return -1;
+  }
+  return fd;
+}
+
+TEST_F(RuntimeTest, ContainerIpAnswersFromHostAndFirewallDropsOtherPorts) {
+  std::string id = Id("net");
+  std::string ip = Subnet(0) + ".10";
+  Container c = RunDetached(
+      id, {"--ip", ip + "/24", "--allow-port", "7777"},
+      {"sh", "-c", "nc -ll -p 7778 -e echo blocked & exec nc -ll -p 7777 -e echo pong"});
+  ASSERT_GT(c.pid, 0);
+  EXPECT_TRUE(LinkExists(c.host_veth)) << c.host_veth;
+  // The listener starts asynchronously inside another pid namespace: retry the connect for a
+  // bounded time (connection refused until it listens).
+  int fd = -1;
+  timespec t0, t;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  do {
+    fd = ConnectTimeout(ip, 7777, 1000);
+    if (fd >= 0) break;
+    usleep(20000);
+    clock_gettime(CLOCK_MONOTONIC, &t);
+  } while (t.tv_sec - t0.tv_sec < 10);
+  ASSERT_GE(fd, 0) << "connect " << ip << ":7777: " << strerror(errno);
+  fcntl(fd, F_SETFL, 0);
+  char buf[64] = {0};
+  pollfd p{fd, POLLIN, 0};
+  ASSERT_EQ(poll(&p, 1, 5000), 1);
+  ssize_t n = read(fd, buf, sizeof(buf) - 1);
+  close(fd);
+  ASSERT_GT(n, 0);
+  EXPECT_EQ(Trim(buf), "pong");
+  // Port 7778 listens too (the ps below shows it) but the firewall drops the SYN: a timeout,
+  // not a refusal.
+  CmdResult ps = Run({"exec", id, "--", "netstat", "-ltn"});
+  EXPECT_NE(ps.out.find(":7778"), std::string::npos) << ps.out;
+  int blocked = ConnectTimeout(ip, 7778, 300);
+  EXPECT_LT(blocked, 0);
+  EXPECT_EQ(errno, ETIMEDOUT);
+  if (blocked >= 0) close(blocked);
+}
+
+TEST_F(RuntimeTest, MemoryLimitOomKillsHog) {
+  // dd's 64 MiB buffer cannot fit under 24 MiB: the OOM killer SIGKILLs it (status 137).
+  CmdResult r = RunFg(Id("oom"), {"--memory", "24M"},
+                      {"sh", "-c", "dd if=/dev/zero of=/dev/null bs=64M count=1; echo rc=$?"});
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("rc=137"), std::string::npos) << r.out << r.err;
+  // The same without a limit succeeds: the limit, not the machine, stopped it.
+  CmdResult ok = RunFg(Id("nooom"), {}, {"sh", "-c", "dd if=/dev/zero of=/dev/null bs=64M count=1; echo rc=$?"});
+  EXPECT_NE(ok.out.find("rc=0"), std::string::npos) << ok.out << ok.err;
+}
+
+TEST_F(RuntimeTest, PidsLimitStopsForkBomb) {
+  std::string id = Id("pids");
+  Container c = RunDetached(
+      id, {"--pids", "8"},
+            // The bomb runs in a subshell: ash gives up on "can't fork"; then pid 1 becomes sleep.
+      {"sh", "-c", "(i=0; while [ $i -lt 40 ]; do sleep 1000 & i=$((i+1)); done); exec sleep 1000"});
+  ASSERT_GT(c.pid, 0);
+  auto cg = OpenCgroup(id);
+  ASSERT_TRUE(cg.ok());
+  // The bomb's loop runs asynchronously: wait (bounded) until the kernel has refused a fork.
+  std::map<std::string, int64_t> ev;
+  for (int i = 0; i < 500; ++i) {
+    auto e = (*cg)->Events();
+    ASSERT_TRUE(e.ok()) << e.error().to_string();
+    ev = *e;
+    if (ev["pids_max_hit"] > 0 && ProcessState(c.pid) == 'S' &&
+        ReadOr(StrFormat("/proc/%d/cmdline", c.pid)).rfind("sleep", 0) == 0)
+      break;
+    usleep(10000);
+  }
+  EXPECT_GT(ev["pids_max_hit"], 0);
+  auto pids = Ps(root_, id);
+  ASSERT_TRUE(pids.ok());
+  EXPECT_LE(pids->size(), 8u);
+  EXPECT_GE(pids->size(), 2u);
+}
+
+TEST_F(RuntimeTest, DiskQuotaGivesEnospcAndLeavesRootfsAlone) {
+  std::string name = StrFormat("big-%d", getpid());
+  CmdResult r = RunFg(Id("disk"), {"--disk", "8M"},
+                      {"sh", "-c", "dd if=/dev/zero of=/" + name + " bs=1M count=16; echo rc=$?; "
+                       "rm /" + name + "; echo small > /etc/small && cat /etc/small"});
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("No space left on device"), std::string::npos) << r.err;
+  EXPECT_NE(r.out.find("rc=1"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("small"), std::string::npos) << r.out;  // writable again after rm
+  EXPECT_FALSE(fs::Exists(dir_ + "/rootfs/" + name));
+  EXPECT_FALSE(fs::Exists(dir_ + "/rootfs/etc/small"));
+}
+
+TEST_F(RuntimeTest, ExecRunsInAllNamespacesAndCgroups) {
+  std::string id = Id("exec");
+  Container c = RunDetached(id, {"--hostname", "exechost", "--ip", Subnet(1) + ".10/24"},
+                            {"sleep", "1000"});
+  ASSERT_GT(c.pid, 0);
+  CmdResult r = Run({"exec", id, "--", "sh", "-c",
+                     "for n in pid mnt uts ipc net cgroup; do readlink /proc/self/ns/$n; done; "
+                     "hostname; echo $$; grep memory /proc/self/cgroup"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto lines = fs::Split(Trim(r.out), '\n');
+  ASSERT_EQ(lines.size(), 9u) << r.out;
+  const char* ns[] = {"pid", "mnt", "uts", "ipc", "net", "cgroup"};
+  for (int i = 0; i < 6; ++i) {
+    char buf[128] = {0};
+    ASSERT_GT(readlink(StrFormat("/proc/%d/ns/%s", c.pid, ns[i]).c_str(), buf, sizeof(buf)), 0);
+    EXPECT_EQ(lines[i], buf) << ns[i];
+  }
+  EXPECT_EQ(lines[6], "exechost");
+  EXPECT_GT(atoi(lines[7].c_str()), 1);  // a pid inside the container's pid namespace
+  EXPECT_LT(atoi(lines[7].c_str()), 100);
+  EXPECT_EQ(lines[8], "4:memory:/");  // the root of its cgroup namespace: the container's cgroup
+  // The exit code comes back.
+  EXPECT_EQ(Run({"exec", id, "--", "sh", "-c", "exit 42"}).code, 42);
+  CmdResult e = Run({"exec", id, "--env", "FOO=bar", "--cwd", "/etc", "--", "sh", "-c", "echo $FOO $(pwd)"});
+  ASSERT_EQ(e.code, 0) << e.err;
+  EXPECT_EQ(Trim(e.out), "bar /etc");
+  CmdResult missing = Run({"exec", id, "--", "no-such-program"});
+  EXPECT_NE(missing.code, 0);
+  EXPECT_NE(missing.err.find("no-such-program"), std::string::npos) << missing.err;
+}
+
+TEST_F(RuntimeTest, KillAndDeleteLeaveNothingBehind) {
+  std::string id = Id("clean");
+  Container c = RunDetached(id,
+                            {"--ip", Subnet(2) + ".10/24", "--memory", "64M", "--pids", "32",
+                             "--disk", "8M", "--allow-port", "80"},
+                            {"sleep", "1000"});
+  ASSERT_GT(c.pid, 0);
+  ASSERT_FALSE(c.cgroup_paths.empty());
+  for (const auto& [k, p] : c.cgroup_paths) EXPECT_TRUE(fs::Exists(p)) << p;
+  EXPECT_TRUE(LinkExists(c.host_veth));
+  CmdResult st = Run({"state", id});
+  ASSERT_EQ(st.code, 0);
+  json j = json::parse(st.out);
+  EXPECT_EQ(j["status"], "running");
+  EXPECT_EQ(j["pid"], c.pid);
+
+  // The writable layer's changes are visible on the host in the storage's upper dir (what a
+  // checkpoint copies), not in the rootfs.
+  ASSERT_EQ(Run({"exec", id, "--", "sh", "-c", "echo hi > /written"}).code, 0);
+  EXPECT_EQ(Trim(ReadOr(c.storage_dir + "/upper/written")), "hi");
+  EXPECT_FALSE(fs::Exists(dir_ + "/rootfs/written"));
+
+  EXPECT_EQ(Run({"kill", id, "KILL"}).code, 0);
+  Reap(c.pid);
+  st = Run({"state", id});
+  EXPECT_EQ(json::parse(st.out)["status"], "stopped");
+  CmdResult d = Run({"delete", id});
+  ASSERT_EQ(d.code, 0) << d.err;
+
+  for (const auto& [k, p] : c.cgroup_paths) EXPECT_FALSE(fs::Exists(p)) << p;
+  EXPECT_FALSE(LinkExists(c.host_veth));
+  EXPECT_FALSE(fs::Exists(c.dir()));
+  auto mi = fs::ReadFile("/proc/self/mountinfo");
+  ASSERT_TRUE(mi.ok());
+  EXPECT_EQ(mi->find(dir_), std::string::npos) << *mi;
+  EXPECT_EQ(Run({"state", id}).code, 3);
+}
+
+TEST_F(RuntimeTest, ForegroundRunForwardsSignalsAndReturnsTheStatus) {
+  std::string id = Id("fg");
+  std::string ready = StrFormat("tmp/ready-%d", getpid());
+  std::string ready_host = dir_ + "/rootfs/" + ready;
+  unlink(ready_host.c_str());
+  ScopeExit rm([&] { unlink(ready_host.c_str()); });
+  pid_t g = fork();
+  if (g == 0) {
+    int n = open("/dev/null", O_RDWR);
+    dup2(n, 0);
+    dup2(n, 1);
+    execl(GODWIT_BIN, GODWIT_BIN, "--root", root_.c_str(), "run", "--rootfs",
+          (dir_ + "/rootfs").c_str(), "--name", id.c_str(), "--", "sh", "-c",
+          ("trap 'exit 7' TERM; touch /" + ready + "; sleep 1000 & wait").c_str(), nullptr);
+    _exit(127);
+  }
+  // The trap is in place once the file exists (written by another process: poll, bounded).
+  for (int i = 0; i < 1000 && !fs::Exists(ready_host); ++i) usleep(5000);
+  ASSERT_TRUE(fs::Exists(ready_host));
+  kill(g, SIGTERM);  // to godwit, which forwards it to the container's pid 1
+  int st = 0;
+  ASSERT_EQ(waitpid(g, &st, 0), g);
+  ASSERT_TRUE(WIFEXITED(st));
+  EXPECT_EQ(WEXITSTATUS(st), 7);
+  EXPECT_FALSE(fs::Exists(root_ + "/" + id));  // foreground run deleted it
+}
+
+TEST_F(RuntimeTest, DeleteForceStopsARunningContainer) {
+  std::string id = Id("force");
+  Container c = RunDetached(id, {}, {"sh", "-c", "sleep 1000 & sleep 1000 & exec sleep 1000"});
+  ASSERT_GT(c.pid, 0);
+  CmdResult d = Run({"delete", id});
+  EXPECT_EQ(d.code, 1);
+  EXPECT_NE(d.err.find("running"), std::string::npos);
+  d = Run({"delete", "--force", id});
+  ASSERT_EQ(d.code, 0) << d.err;
+  Reap(c.pid);
+  for (const auto& [k, p] : c.cgroup_paths) EXPECT_FALSE(fs::Exists(p)) << p;
+  EXPECT_FALSE(fs::Exists(c.dir()));
+}
+
+TEST_F(RuntimeTest, CreateStartStateFromBundle) {
+  std::string id = Id("bundle");
+  std::string bundle = dir_ + "/bundle-" + id;
+  ASSERT_TRUE(fs::MkdirAll(bundle).ok());
+  RunOptions o;
+  o.rootfs = dir_ + "/rootfs";
+  o.args = {"sleep", "1000"};
+  o.hostname = "bundled";
+  ASSERT_TRUE(fs::WriteFile(bundle + "/config.json", MakeConfig(o).dump()).ok());
+  std::string pidfile = bundle + "/pid";
+  CmdResult r = Run({"create", id, "--bundle", bundle, "--pid-file", pidfile});
+  ASSERT_EQ(r.code, 0) << r.err;
+  json st = json::parse(Run({"state", id}).out);
+  EXPECT_EQ(st["status"], "created");
+  EXPECT_EQ(st["bundle"], bundle);
+  pid_t pid = st["pid"].get<int>();
+  EXPECT_EQ(Trim(*fs::ReadFile(pidfile)), std::to_string(pid));
+  // Before start the init waits in godwit's code, not in the container's program.
+  EXPECT_EQ(Trim(ReadOr(StrFormat("/proc/%d/comm", pid))), "godwit");
+  CmdResult l = Run({"list"});
+  EXPECT_NE(l.out.find(id), std::string::npos);
+  EXPECT_NE(l.out.find("created"), std::string::npos);
+
+  ASSERT_EQ(Run({"start", id}).code, 0);
+  EXPECT_EQ(json::parse(Run({"state", id}).out)["status"], "running");
+  EXPECT_NE(Run({"start", id}).code, 0);  // only once
+  CmdResult ps = Run({"ps", "--json", id});
+  ASSERT_EQ(ps.code, 0);
+  EXPECT_EQ(json::parse(ps.out), json::array({pid}));
+  // pid 1 of a pid namespace ignores default-action signals like TERM: KILL it.
+  ASSERT_EQ(Run({"kill", id, "KILL"}).code, 0);
+  Reap(pid);
+  EXPECT_EQ(json::parse(Run({"state", id}).out)["status"], "stopped");
+  EXPECT_EQ(Run({"delete", id}).code, 0);
+}
+
+TEST_F(RuntimeTest, FreezeAndThawThroughTheCgroup) {
+  std::string id = Id("freeze");
+  Container c = RunDetached(id, {}, {"sleep", "1000"});
+  ASSERT_GT(c.pid, 0);
+  auto cg = OpenCgroup(id);
+  ASSERT_TRUE(cg.ok());
+  auto f = (*cg)->Freeze();
+  ASSERT_TRUE(f.ok()) << f.error().to_string();
+  auto frozen = (*cg)->IsFrozen();
+  ASSERT_TRUE(frozen.ok());
+  EXPECT_TRUE(*frozen);
+  // A frozen init does not run: its state shows it stopped by the freezer.
+  EXPECT_NE(ReadOr(StrFormat("/proc/%d/status", c.pid)).find("State:"), std::string::npos);
+  auto t = (*cg)->Thaw();
+  ASSERT_TRUE(t.ok()) << t.error().to_string();
+  frozen = (*cg)->IsFrozen();
+  ASSERT_TRUE(frozen.ok());
+  EXPECT_FALSE(*frozen);
+  // The same through the verbs, with the status a second invocation sees.
+  ASSERT_EQ(Run({"pause", id}).code, 0);
+  EXPECT_EQ(json::parse(Run({"state", id}).out)["status"], "paused");
+  EXPECT_NE(Run({"exec", id, "--", "true"}).code, 0);
+  EXPECT_NE(Run({"pause", id}).code, 0);
+  ASSERT_EQ(Run({"resume", id}).code, 0);
+  EXPECT_EQ(json::parse(Run({"state", id}).out)["status"], "running");
+  EXPECT_EQ(Run({"exec", id, "--", "true"}).code, 0);
+}
+
+// What restore does: build the pieces with the library, then Register; the verbs take over.
+TEST_F(RuntimeTest, RegisterAdoptsAContainerBuiltElsewhere) {
+  std::string id = Id("adopt");
+  auto cg = OpenCgroup(id);
+  ASSERT_TRUE(cg.ok());
+  ASSERT_TRUE((*cg)->Create().ok());
+  ScopeExit destroy([&] { (void)(*cg)->Destroy(); });
+  pid_t pid = fork();
+  if (pid == 0) {
+    for (;;) pause();
+  }
+  ScopeExit reap([&] {
+    kill(pid, SIGKILL);
+    waitpid(pid, nullptr, 0);
+  });
+  ASSERT_TRUE((*cg)->AddProcess(pid).ok());
+  Container c;
+  c.root = root_;
+  c.id = id;
+  c.rootfs = dir_ + "/rootfs";
+  c.pid = pid;
+  c.cgroup_layout = CgroupLayoutName((*cg)->layout());
+  c.cgroup_paths = (*cg)->Paths();
+  RunOptions o;
+  o.rootfs = c.rootfs;
+  o.args = {"sleep", "1000"};
+  auto r = Register(c, MakeConfig(o).dump());
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  EXPECT_EQ(Register(c, MakeConfig(o).dump()).error().kind(), ErrorKind::kExists);
+  EXPECT_EQ(json::parse(Run({"state", id}).out)["status"], "running");
+  EXPECT_EQ(json::parse(Run({"ps", "--json", id}).out), json::array({pid}));
+  ASSERT_EQ(Run({"delete", "--force", id}).code, 0);
+  int st = 0;
+  ASSERT_EQ(waitpid(pid, &st, 0), pid);
+  reap.dismiss();
+  EXPECT_TRUE(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
+  for (const auto& [k, p] : c.cgroup_paths) EXPECT_FALSE(fs::Exists(p)) << p;
+  EXPECT_FALSE(fs::Exists(root_ + "/" + id));
+}
+
+// --- bad input: clear error, documented exit code, nothing left behind -----------------------
+
+class RuntimeBadInputTest : public RuntimeTest {
+ protected:
+  void ExpectNothingLeft(const std::string& id) {
+    EXPECT_FALSE(fs::Exists(root_ + "/" + id));
+    auto roots = DetectCgroupLayout();
+    ASSERT_TRUE(roots.ok());
+    for (const auto& [ctrl, mnt] : roots->v1) EXPECT_FALSE(fs::Exists(mnt + "/godwit/" + id)) << ctrl;
+    if (!roots->unified.empty()) {
+      EXPECT_FALSE(fs::Exists(roots->unified + "/godwit/" + id));
+    }
+    EXPECT_FALSE(LinkExists(HostVethName(root_, id)));
+  }
+  std::string Bundle(const std::string& id, const std::string& config) {
+    std::string b = dir_ + "/bundle-" + id;
+    EXPECT_TRUE(fs::MkdirAll(b).ok());
+    EXPECT_TRUE(fs::WriteFile(b + "/config.json", config).ok());
+    return b;
+  }
+  std::string GoodConfig(const std::string& cmd = "true") {
+    RunOptions o;
+    o.rootfs = dir_ + "/rootfs";
+    o.args = {cmd};
+    return MakeConfig(o).dump();
+  }
+};
+
+TEST_F(RuntimeBadInputTest, MissingRootfs) {
+  std::string id = Id("norootfs");
+  CmdResult r = RunFg(id, {}, {"true"});  // sanity: the good rootfs works
+  ASSERT_EQ(r.code, 0) << r.err;
+  r = Run({"run", "--rootfs", dir_ + "/does-not-exist", "--name", id, "--", "true"});
+  EXPECT_EQ(r.code, 3);
+  EXPECT_NE(r.err.find("does-not-exist"), std::string::npos) << r.err;
+  ExpectNothingLeft(id);
+  // Through a bundle whose root.path is missing.
+  json cfg = json::parse(GoodConfig());
+  cfg["root"]["path"] = "nope";
+  r = Run({"create", id, "--bundle", Bundle(id, cfg.dump())});
+  EXPECT_EQ(r.code, 3);
+  EXPECT_NE(r.err.find("root.path"), std::string::npos) << r.err;
+  ExpectNothingLeft(id);
+}
+
+TEST_F(RuntimeBadInputTest, MalformedAndUnsupportedConfig) {
+  std::string id = Id("badcfg");
+  CmdResult r = Run({"create", id, "--bundle", Bundle(id, "{\"ociVersion\": ")});
+  EXPECT_EQ(r.code, 7);
+  EXPECT_NE(r.err.find("not valid JSON"), std::string::npos) << r.err;
+  ExpectNothingLeft(id);
+
+  json cfg = json::parse(GoodConfig());
+  cfg["linux"]["seccomp"] = {{"defaultAction", "SCMP_ACT_ERRNO"}};
+  r = Run({"create", id, "--bundle", Bundle(id, cfg.dump())});
+  EXPECT_EQ(r.code, 7);
+  EXPECT_NE(r.err.find("linux.seccomp"), std::string::npos) << r.err;
+  ExpectNothingLeft(id);
+
+  cfg = json::parse(GoodConfig());
+  cfg["process"]["terminal"] = true;
+  r = Run({"create", id, "--bundle", Bundle(id, cfg.dump())});
+  EXPECT_EQ(r.code, 7);
+  EXPECT_NE(r.err.find("process.terminal"), std::string::npos) << r.err;
+
+  cfg = json::parse(GoodConfig("no-such-program"));
+  r = Run({"create", id, "--bundle", Bundle(id, cfg.dump())});
+  EXPECT_EQ(r.code, 7);
+  EXPECT_NE(r.err.find("no-such-program"), std::string::npos) << r.err;
+  ExpectNothingLeft(id);
+}
+
+TEST_F(RuntimeBadInputTest, DuplicateAndUnknownIds) {
+  std::string id = Id("dup");
+  Container c = RunDetached(id, {}, {"sleep", "1000"});
+  ASSERT_GT(c.pid, 0);
+  CmdResult r = Run({"run", "--rootfs", dir_ + "/rootfs", "--name", id, "--detach", "--", "true"});
+  EXPECT_EQ(r.code, 4);
+  EXPECT_NE(r.err.find("already exists"), std::string::npos) << r.err;
+  // The first one is untouched.
+  EXPECT_EQ(json::parse(Run({"state", id}).out)["status"], "running");
+  for (const auto& [k, p] : c.cgroup_paths) EXPECT_TRUE(fs::Exists(p)) << p;
+
+  std::string unknown = StrFormat("t%d-nosuch", getpid());
+  EXPECT_EQ(Run({"state", unknown}).code, 3);
+  EXPECT_EQ(Run({"kill", unknown}).code, 3);
+  EXPECT_EQ(Run({"delete", unknown}).code, 3);
+  EXPECT_EQ(Run({"exec", unknown, "--", "true"}).code, 3);
+  EXPECT_EQ(Run({"state", "../etc"}).code, 2);
+}
+
+TEST_F(RuntimeBadInputTest, LimitTheKernelRefuses) {
+  std::string id = Id("badlimit");
+  // A CFS quota under 1 ms is EINVAL for the kernel.
+  CmdResult r = Run({"run", "--rootfs", dir_ + "/rootfs", "--name", id, "--cpus", "0.0001", "--", "true"});
+  EXPECT_EQ(r.code, 7);
+  EXPECT_NE(r.err.find("cfs_quota_us"), std::string::npos) << r.err;
+  ExpectNothingLeft(id);
+}
+
+TEST_F(RuntimeBadInputTest, AddressAlreadyInUse) {
+  std::string a = Id("ipa"), b = Id("ipb");
+  std::string ip = Subnet(3) + ".10/24";
+  Container c = RunDetached(a, {"--ip", ip}, {"sleep", "1000"});
+  ASSERT_GT(c.pid, 0);
+  CmdResult r = Run({"run", "--rootfs", dir_ + "/rootfs", "--name", b, "--ip", ip, "--", "true"});
+  EXPECT_EQ(r.code, 4);
+  EXPECT_NE(r.err.find("in use"), std::string::npos) << r.err;
+  ExpectNothingLeft(b);
+  EXPECT_TRUE(LinkExists(c.host_veth));
+}
+
+}  // namespace
+}  // namespace godwit::runtime
