@@ -8,7 +8,6 @@
 
 #include <cstdio>
 #include <cstdlib>
-
 #include <nlohmann/json.hpp>
 
 #include "common/args.h"
@@ -32,8 +31,8 @@ container::TreeDumper EngineDumper() {
     o.images_dir = req.dir;
     o.leave_running = true;
     o.compression = req.compression;
-    o.shell_job = true;         // the init's stdio comes from outside the container
-    o.tcp_established = true;   // the container owns its netns
+    o.shell_job = true;        // the init's stdio comes from outside the container
+    o.tcp_established = true;  // the container owns its netns
     TRY(req.thaw());
     auto s = dump::Dump(o);
     TRY(req.refreeze());
@@ -136,7 +135,9 @@ bool IsContainerRestore(const std::vector<std::string>& args) {
 }
 
 int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
-  ArgSpec spec{{"image-path", "import", "bundle", "pid-file"}, {"detach", "json"}, {{"-d", "detach"}, {"-b", "bundle"}}};
+  ArgSpec spec{{"image-path", "import", "bundle", "pid-file"},
+               {"detach", "json"},
+               {{"-d", "detach"}, {"-b", "bundle"}}};
   auto pa = ParseArgs(args, spec);
   if (!pa.ok()) return ReportError(g, "restore", pa.error());
   if (pa->has("json")) g.json = true;

@@ -47,7 +47,8 @@ Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& re
   TRY(runtime::ValidateId(opts.id));
   if (opts.image_path.empty() && opts.import_file.empty())
     return MakeError(ErrorKind::kUsage, 0, "restore needs --image-path DIR or --import FILE");
-  if (!restore_tree) return MakeError(ErrorKind::kUnsupported, 0, "no process-tree restorer linked");
+  if (!restore_tree)
+    return MakeError(ErrorKind::kUnsupported, 0, "no process-tree restorer linked");
 
   // Claim the id first: an existing container of that id is never touched.
   TRY(fs::MkdirAll(opts.root, 0711));
@@ -80,8 +81,7 @@ Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& re
   });
   if (!opts.import_file.empty()) {
     std::string target = dir.empty() ? state_dir + "/import" : dir;
-    TRY_CTX(archive::Import(opts.import_file, target),
-            "import %s", opts.import_file.c_str());
+    TRY_CTX(archive::Import(opts.import_file, target), "import %s", opts.import_file.c_str());
     if (dir.empty()) imported = target;
     dir = target;
   }

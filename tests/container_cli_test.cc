@@ -86,8 +86,8 @@ class ContainerCli : public ::testing::Test {
 
   void RunContainer() {
     CliRun r = Godwit({"--root", root_, "run", "--rootfs", rootfs_, "--name", id_, "--detach",
-                    "--hostname", "cli-" + id_, "--memory", "64M", "--disk", "16M", "--ip",
-                    StrFormat("198.19.%d.20/24", 100 + getpid() % 100), "--", "sleep", "1000"});
+                       "--hostname", "cli-" + id_, "--memory", "64M", "--disk", "16M", "--ip",
+                       StrFormat("198.19.%d.20/24", 100 + getpid() % 100), "--", "sleep", "1000"});
     ASSERT_EQ(r.code, 0) << r;
   }
 
@@ -99,7 +99,7 @@ TEST_F(ContainerCli, CheckpointDeletesThenLeaveRunningKeepsRunning) {
   RunContainer();
   std::string img = tmp_.path() + "/img", exp = tmp_.path() + "/c.gwx";
   CliRun r = Godwit({"--root", root_, "--json", "checkpoint", id_, "--image-path", img, "--export",
-                  exp, "--compress", "zstd"});
+                     exp, "--compress", "zstd"});
   ASSERT_EQ(r.code, 0) << r;
   auto j = nlohmann::json::parse(r.out, nullptr, false);
   ASSERT_FALSE(j.is_discarded()) << r.out;
@@ -126,7 +126,7 @@ TEST_F(ContainerCli, CheckpointDeletesThenLeaveRunningKeepsRunning) {
   RunContainer();
   for (int i = 0; i < 2; i++) {
     CliRun lr = Godwit({"--root", root_, "checkpoint", id_, "--image-path",
-                     tmp_.path() + "/img-lr" + std::to_string(i), "--leave-running"});
+                        tmp_.path() + "/img-lr" + std::to_string(i), "--leave-running"});
     ASSERT_EQ(lr.code, 0) << lr;
     auto c = runtime::Container::Load(root_, id_);
     ASSERT_OK(c);
