@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "common/args.h"
 #include "common/fs.h"
@@ -123,15 +124,26 @@ int ContainerRestoreVerb(Global& g, const std::vector<std::string>& args) {
 }  // namespace
 
 bool IsContainerRestore(const std::vector<std::string>& args) {
-  for (const auto& a : args) {
+  // The engine's form names an image directory with --images-dir (-D) and has no positional;
+  // the container form has an ID and --image-path or --import.
+  static const std::set<std::string> kValued = {
+      "--images-dir", "-D",       "--pid-file", "--inherit-fd",
+      "--image-path", "--import", "--bundle",   "-b"};
+  bool positional = false;
+  for (size_t i = 0; i < args.size(); i++) {
+    const std::string& a = args[i];
     if (a == "--images-dir" || a.rfind("--images-dir=", 0) == 0 || a == "-D") return false;
-  }
-  for (const auto& a : args) {
     if (a == "--image-path" || a.rfind("--image-path=", 0) == 0 || a == "--import" ||
         a.rfind("--import=", 0) == 0)
       return true;
+    if (a == "--") break;
+    if (kValued.count(a)) {
+      i++;
+      continue;
+    }
+    if (!a.empty() && a[0] != '-') positional = true;
   }
-  return false;
+  return positional;
 }
 
 int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
