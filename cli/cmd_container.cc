@@ -147,7 +147,7 @@ bool IsContainerRestore(const std::vector<std::string>& args) {
 }
 
 int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
-  ArgSpec spec{{"image-path", "import", "bundle", "pid-file"},
+  ArgSpec spec{{"image-path", "import", "bundle", "pid-file", "ip"},
                {"detach", "json"},
                {{"-d", "detach"}, {"-b", "bundle"}}};
   auto pa = ParseArgs(args, spec);
@@ -161,6 +161,7 @@ int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
   o.image_path = pa->get("image-path");
   o.import_file = pa->get("import");
   o.bundle = pa->get("bundle");
+  o.ip = pa->get("ip");
   auto r = container::Restore(o, EngineRestorer());
   if (!r.ok()) return ReportError(g, "restore", r.error());
   const runtime::Container& c = r->container;
@@ -197,8 +198,8 @@ GODWIT_COMMAND(checkpoint, "checkpoint",
                "[--export FILE] [--json]",
                "checkpoint a running container (processes, mounts, net, ipc, limits) to images",
                godwit::cli::CheckpointCmd);
-GODWIT_COMMAND(container_restore, "container-restore",
-               "container-restore ID --image-path DIR | --import FILE [--bundle DIR] [--detach] "
-               "[--pid-file F] [--json]",
-               "restore a checkpointed container (also `restore ID ...`)",
-               godwit::cli::ContainerRestoreVerb);
+GODWIT_COMMAND(
+    container_restore, "container-restore",
+    "container-restore ID --image-path DIR | --import FILE [--bundle DIR] [--ip A.B.C.D[/N]] "
+    "[--detach] [--pid-file F] [--json]",
+    "restore a checkpointed container (also `restore ID ...`)", godwit::cli::ContainerRestoreVerb);

@@ -245,7 +245,8 @@ int BuildRoot(const RootPlan& plan, const char** what) {
 }
 
 Result<void> FillEnvironment(const images::ImageSet& images, const img::ContainerCheckpoint& rec,
-                             const img::MountTable& table, pid_t root_pid) {
+                             const img::MountTable& table, const img::NetNs* netns,
+                             pid_t root_pid) {
   if (images.Has(uts::kImage)) {
     ASSIGN_OR_RETURN(UniqueFd fd, OpenNamespace(root_pid, "uts"));
     TRY(uts::Restore(images, fd.get()));
@@ -254,9 +255,9 @@ Result<void> FillEnvironment(const images::ImageSet& images, const img::Containe
     ASSIGN_OR_RETURN(UniqueFd fd, OpenNamespace(root_pid, "ipc"));
     TRY(ipc::Restore(images, fd.get()));
   }
-  if (images.Has(net::kImage)) {
+  if (netns) {
     ASSIGN_OR_RETURN(UniqueFd fd, OpenNamespace(root_pid, "net"));
-    TRY(net::Restore(images, fd.get()));
+    TRY_CTX(net::Apply(*netns, fd.get()), "restore network namespace");
   }
   std::string root = StrFormat("/proc/%d/root", root_pid);
   if (rec.has_layer()) TRY_CTX(mnt::RestoreLayer(images, root + "/."), "writable layer");

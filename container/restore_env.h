@@ -24,6 +24,7 @@
 #include "images/image.h"
 #include "proto/container.pb.h"
 #include "proto/mnt.pb.h"
+#include "proto/netns.pb.h"
 #include "runtime/spec.h"
 
 namespace godwit::container {
@@ -67,8 +68,9 @@ Result<RootPlan> PlanRoot(const img::MountTable& table, const runtime::Spec& spe
 int BuildRoot(const RootPlan& plan, const char** what);
 
 // From outside, once BuildRoot is done in root_pid: uts, ipc, net, tmpfs contents, layer.
+// net: the network to build (the image's, possibly readdressed); null: none.
 Result<void> FillEnvironment(const images::ImageSet& images, const img::ContainerCheckpoint& rec,
-                             const img::MountTable& table, pid_t root_pid);
+                             const img::MountTable& table, const img::NetNs* net, pid_t root_pid);
 
 // Converts the image's limits back into runtime resources.
 runtime::Resources LimitsToResources(const img::CgroupLimits& l);

@@ -371,3 +371,39 @@ TEST_F(ContainerRestore, TwentyCyclesLeaveNothingBehind) {
 
 }  // namespace
 }  // namespace godwit::container
+
+namespace godwit::container {
+namespace {
+
+// A copy next to the running original: another id, another address; the host end gets the new
+// id's name. Both answer on their own address.
+TEST_F(ContainerRestore, CopyUnderAnotherIdAndAddress) {
+  auto c = StartContainer();
+  ASSERT_OK(c);
+  ASSERT_OK(Populate(c->pid));
+  CheckpointOptions co;
+  co.root = root_;
+  co.id = id_;
+  co.image_path = images_;
+  co.leave_running = true;
+  ASSERT_OK(Checkpoint(co, NoTree()));
+  RestoreOptions ro;
+  ro.root = root_;
+  ro.id = id_ + "b";
+  ro.image_path = images_;
+  ro.ip = StrFormat("198.19.%d.11", x_);
+  auto rs = Restore(ro, StubTree({"/bin/sleep", "1000"}));
+  ASSERT_OK(rs);
+  EXPECT_NE(rs->container.host_veth, c->host_veth);
+  EXPECT_EQ(rs->container.net.address, ro.ip);
+  EXPECT_TRUE(runtime::LinkExists(rs->container.host_veth));
+  EXPECT_OK(Sh(StrFormat("busybox ping -c 1 -W 5 198.19.%d.10", x_)));
+  EXPECT_OK(Sh(StrFormat("busybox ping -c 1 -W 5 198.19.%d.11", x_)));
+  EXPECT_EQ(*fs::ReadFile(StrFormat("/proc/%d/root/tmp/f", rs->container.pid)), "tmpfs data\n");
+  ASSERT_OK(runtime::Delete(root_, ro.id, true));
+  EXPECT_FALSE(runtime::LinkExists(rs->container.host_veth));
+  EXPECT_TRUE(runtime::LinkExists(c->host_veth));  // the original is untouched
+}
+
+}  // namespace
+}  // namespace godwit::container
