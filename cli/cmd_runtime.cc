@@ -4,9 +4,8 @@
 #include <unistd.h>
 
 #include <cstdio>
-#include <random>
-
 #include <nlohmann/json.hpp>
+#include <random>
 
 #include "cli/command.h"
 #include "common/args.h"
@@ -80,12 +79,14 @@ std::string RandomId() {
 
 int CmdRun(Global& g, const std::vector<std::string>& args) {
   ArgSpec spec;
-  spec.values = {"bundle", "pid-file", "rootfs", "name", "hostname", "memory", "cpus",
-                 "cpu-shares", "pids", "disk", "ip", "gateway", "allow-port", "env"};
+  spec.values = {"bundle",     "pid-file", "rootfs", "name", "hostname", "memory",     "cpus",
+                 "cpu-shares", "pids",     "disk",   "ip",   "gateway",  "allow-port", "env"};
   spec.flags = {"detach", "readonly", "userns"};
   spec.aliases = {{"-b", "bundle"}, {"-d", "detach"}, {"-e", "env"}};
   auto p = Parse(args, spec);
   if (!p.ok()) return ReportError(g, "run", p.error());
+  // Foreground: a signal arriving while the container is created must be forwarded, not kill us.
+  if (!p->has("detach")) rt::BlockForwardedSignals();
   Result<rt::Container> c = MakeError(ErrorKind::kGeneric, 0, "unreachable");
   if (p->has("rootfs")) {
     rt::RunOptions o;
@@ -96,7 +97,8 @@ int CmdRun(Global& g, const std::vector<std::string>& args) {
     o.ip = p->get("ip");
     o.gateway = p->get("gateway");
     for (const auto& a : p->all("allow-port"))
-      for (const auto& x : fs::Split(a, ',')) if (!x.empty()) o.allow_ports.push_back(x);
+      for (const auto& x : fs::Split(a, ','))
+        if (!x.empty()) o.allow_ports.push_back(x);
     o.env = p->all("env");
     o.readonly = p->has("readonly");
     o.user_ns = p->has("userns");
@@ -112,12 +114,14 @@ int CmdRun(Global& g, const std::vector<std::string>& args) {
     if (p->has("pids")) {
       char* end;
       o.pids = strtoll(p->get("pids").c_str(), &end, 10);
-      if (*end || o.pids <= 0) return ReportError(g, "run", Usage("bad --pids %s", p->get("pids").c_str()));
+      if (*end || o.pids <= 0)
+        return ReportError(g, "run", Usage("bad --pids %s", p->get("pids").c_str()));
     }
     if (p->has("cpus")) {
       char* end;
       o.cpus = strtod(p->get("cpus").c_str(), &end);
-      if (*end || o.cpus <= 0) return ReportError(g, "run", Usage("bad --cpus %s", p->get("cpus").c_str()));
+      if (*end || o.cpus <= 0)
+        return ReportError(g, "run", Usage("bad --cpus %s", p->get("cpus").c_str()));
     }
     if (p->has("cpu-shares")) {
       char* end;
@@ -127,7 +131,7 @@ int CmdRun(Global& g, const std::vector<std::string>& args) {
     }
     std::string id = p->get("name");
     if (id.empty()) id = RandomId();
-    c = rt::CreateFromRunOptions(g.root, id, o, p->get("pid-file"));
+    c = rt::CreateFromRunOptions(g.root, id, o, p->get("pid-file"), /*start=*/true);
   } else {
     if (p->positionals.size() != 1)
       return ReportError(g, "run", Usage("expected ID --bundle DIR, or --rootfs DIR -- CMD..."));
@@ -136,16 +140,15 @@ int CmdRun(Global& g, const std::vector<std::string>& args) {
     o.id = p->positionals[0];
     o.bundle = p->get("bundle", ".");
     o.pid_file = p->get("pid-file");
+    o.start = true;
     c = rt::Create(o);
   }
   if (!c.ok()) return ReportError(g, "run", c.error());
-  if (auto r = rt::Start(c->root, c->id); !r.ok()) {
-    (void)rt::Delete(c->root, c->id, true);
-    return ReportError(g, "run", r.error());
-  }
   if (p->has("detach")) {
-    if (g.json) PrintState(g, *c);
-    else printf("%s\n", c->id.c_str());
+    if (g.json)
+      PrintState(g, *c);
+    else
+      printf("%s\n", c->id.c_str());
     return 0;
   }
   auto ms = [] {
@@ -167,8 +170,7 @@ GODWIT_COMMAND(run, "run",
                "[--detach] [--hostname H] [--memory 256M] [--cpus 0.5] [--cpu-shares N] "
                "[--pids 64] [--disk 512M] [--ip 198.18.0.10/24] [--gateway IP] "
                "[--allow-port 80[/tcp],53/udp] [--env K=V] [--readonly] [--userns] -- CMD...",
-               "create and start a container; without --detach wait for it and delete it",
-               CmdRun);
+               "create and start a container; without --detach wait for it and delete it", CmdRun);
 
 // --- state ----------------------------------------------------------------------------------
 
@@ -253,8 +255,10 @@ int CmdList(Global& g, const std::vector<std::string>& args) {
   if (g.json) {
     json arr = json::array();
     for (const auto& e : *l) {
-      if (e.status == rt::Status::kCreating) arr.push_back({{"id", e.id}, {"status", "creating"}});
-      else arr.push_back(e.container.OciState());
+      if (e.status == rt::Status::kCreating)
+        arr.push_back({{"id", e.id}, {"status", "creating"}});
+      else
+        arr.push_back(e.container.OciState());
     }
     printf("%s\n", arr.dump().c_str());
     return 0;

@@ -92,6 +92,13 @@ Result<void> FdDumperImpl::DumpProcess(pid_t pid) {
   closedir(d);
   std::sort(fds.begin(), fds.end());
 
+  ctx_.links.clear();
+  for (int fd : fds) {
+    char buf[4096];
+    ssize_t n = readlink(StrFormat("/proc/%d/fd/%d", pid, fd).c_str(), buf, sizeof(buf) - 1);
+    if (n < 0) return Errno("pid %d fd %d: readlink", pid, fd);
+    ctx_.links[fd].assign(buf, n);
+  }
   img::ProcessFds pf;
   pf.set_pid(pid);
   std::vector<PendingEpoll> epolls;
@@ -104,10 +111,7 @@ Result<void> FdDumperImpl::DumpProcess(pid_t pid) {
     if (!local) return Errno("pid %d fd %d: pidfd_getfd", pid, fd);
     p.local = local.get();
     if (fstat(p.local, &p.st) < 0) return Errno("pid %d fd %d: fstat", pid, fd);
-    char buf[4096];
-    ssize_t n = readlink(StrFormat("/proc/%d/fd/%d", pid, fd).c_str(), buf, sizeof(buf) - 1);
-    if (n < 0) return Errno("pid %d fd %d: readlink", pid, fd);
-    p.link.assign(buf, n);
+    p.link = ctx_.links[fd];
     ASSIGN_OR_RETURN(p.info, ReadFdInfo(pid, fd));
 
     // Descriptions on one inode (all anon-inode fds share one) are kept in the kernel's order

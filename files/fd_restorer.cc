@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstring>
 #include <map>
 
 #include "common/log.h"
@@ -26,6 +27,7 @@ class FdRestorerImpl : public FdRestorer {
   void ClosePrepared() override;
   Result<void> Finalize() override;
   int MaxFd() const override { return max_fd_; }
+  Result<void> LockNetwork() override;
 
  private:
   void CloseAll() {
@@ -167,6 +169,21 @@ void FdRestorerImpl::ClosePrepared() {
   for (const auto& [id, fd] : ctx_->prepared_) {
     if (!ctx_->finalize_fds_.count(id)) close(fd);
   }
+}
+
+Result<void> FdRestorerImpl::LockNetwork() {
+  if (netlock_table_.empty()) return Ok();
+  std::string script = LockTable(netlock_table_);
+  for (const auto& [id, e] : ctx_->entries()) {
+    if (e.kind() != img::FILE_KIND_INET || !e.inet().has_repair()) continue;
+    struct sockaddr_storage src {}, dst {};
+    if (e.inet().src().size() > sizeof(src) || e.inet().dst().size() > sizeof(dst))
+      return MakeError(ErrorKind::kBadImage, 0, "files.img: bad socket address");
+    memcpy(&src, e.inet().src().data(), e.inet().src().size());
+    memcpy(&dst, e.inet().dst().data(), e.inet().dst().size());
+    script += LockRules(netlock_table_, src, dst);
+  }
+  return NftRun(0, script);
 }
 
 Result<void> FdRestorerImpl::Finalize() {

@@ -19,6 +19,7 @@
 
 #include <sys/types.h>
 
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -41,6 +42,10 @@ struct RestoreOptions {
   bool shell_job = false;  // an outside terminal in the images is the coordinator's own (fd 0)
   // --inherit-fd fd[N]:KEY: the coordinator's fd N stands for the external resource KEY
   std::vector<std::pair<int, std::string>> inherit_fds;
+  // Memfds the engine already recreated because they are mapped (shmem.img), by the dumped
+  // inode: an fd on the same memfd opens that one again, so the fd and the mapping stay one
+  // object. Fds of the coordinator, valid during Prepare.
+  std::map<uint64_t, int> memfds;
 };
 
 class FdDumper {
@@ -74,6 +79,11 @@ class FdRestorer {
   virtual Result<void> Finalize() = 0;
   // Highest fd number any restored process uses (the engine keeps its own fds above it).
   virtual int MaxFd() const = 0;
+  // Optional, for a restore into a fresh network namespace (migration): call in that namespace
+  // before its addresses come up. Drops the restored TCP connections' packets (the same
+  // nftables table the dump made, so Finalize removes it once the sockets are live): a peer's
+  // retransmission arriving before the restore would otherwise get a RST.
+  virtual Result<void> LockNetwork() = 0;
 };
 
 }  // namespace godwit::files

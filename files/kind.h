@@ -9,6 +9,7 @@
 #pragma once
 
 #include <fcntl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 
@@ -94,6 +95,8 @@ class DumpContext {
   // rules only on the connections' 4-tuples), once per process; undone by Resume.
   Result<void> LockProcessTcp(pid_t pid);
   std::string netlock_table;  // "" when nothing was locked
+  // readlink of every fd of the process being dumped (the lock scans only its sockets).
+  std::map<int, std::string> links;
   std::set<pid_t> tcp_locked_pids;
   std::set<uint64_t> netlock_netns;  // namespaces holding the table
 
@@ -188,6 +191,7 @@ GODWIT_KIND_DECL(Inotify)
 GODWIT_KIND_DECL(Memfd)
 GODWIT_KIND_DECL(Tty)
 GODWIT_KIND_DECL(External)
+GODWIT_KIND_DECL(Netlink)
 #undef GODWIT_KIND_DECL
 Result<void> InstallEpoll(RestoreContext& ctx, const img::FileEntry& e, pid_t pid);
 Result<void> FinalizeInet(RestoreContext& ctx, const img::FileEntry& e, int fd);
@@ -207,6 +211,10 @@ Result<void> PeekQueue(DumpContext& ctx, int fd, bool stream,
 
 // Network lock (netlock.cc): removes the table in the current net namespace if present.
 Result<void> NetUnlock(const std::string& table);
+// nft script pieces: the lock table with its chains; the two rules for one connection.
+std::string LockTable(const std::string& table);
+std::string LockRules(const std::string& table, const struct sockaddr_storage& src,
+                      const struct sockaddr_storage& dst);
 // Runs `nft -f -` with script in the net namespace of netns_pid (0: ours).
 Result<void> NftRun(pid_t netns_pid, const std::string& script);
 

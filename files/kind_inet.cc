@@ -273,6 +273,11 @@ Result<UniqueFd> OpenTcpEstablished(RestoreContext& ctx, const img::FileEntry& e
   TRY(SetInt(fd, SOL_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE, "TCP_REPAIR_QUEUE"));
   TRY(SendAll(fd, sendq.substr(0, sendq.size() - r.unsent()), "send"));
   struct tcp_repair_window w {r.snd_wl1(), r.snd_wnd(), r.max_window(), r.rcv_wnd(), r.rcv_wup()};
+  // A received FIN is not in the restored sequence space (it becomes SHUT_RD): the window edges
+  // recorded after it may lie one past rcv_nxt, which the kernel refuses.
+  auto after = [](uint32_t a, uint32_t b) { return static_cast<int32_t>(a - b) > 0; };
+  if (after(w.rcv_wup, r.rcv_seq())) w.rcv_wup = r.rcv_seq();
+  if (after(w.snd_wl1, r.rcv_seq() + w.rcv_wnd)) w.snd_wl1 = r.rcv_seq();
   if (setsockopt(fd, SOL_TCP, TCP_REPAIR_WINDOW, &w, sizeof(w)) < 0) return Errno("TCP_REPAIR_WINDOW");
   return s;
 }

@@ -46,6 +46,15 @@ Result<UniqueFd> OpenMemfd(RestoreContext& ctx, const img::FileEntry& e) {
   std::string key = StrFormat("memfd:%llu", static_cast<unsigned long long>(m.ino()));
   auto it = ctx.named_fds.find(key);
   if (it != ctx.named_fds.end()) return Reopen(it->second, e.flags());
+  auto mapped = ctx.opts().memfds.find(m.ino());
+  if (mapped != ctx.opts().memfds.end()) {
+    // Also mapped: the engine restored its contents with the mapping; share that object.
+    ASSIGN_OR_RETURN(UniqueFd fd, Reopen(mapped->second, e.flags()));
+    if (ftruncate(fd.get(), m.size()) < 0 && (e.flags() & O_ACCMODE) != O_RDONLY)
+      return Errno("ftruncate memfd %s", m.name().c_str());
+    if (lseek(fd.get(), static_cast<off_t>(e.pos()), SEEK_SET) < 0) return Errno("lseek memfd");
+    return fd;
+  }
   bool sealing = m.seals() != F_SEAL_SEAL;
   UniqueFd fd(memfd_create(m.name().c_str(), MFD_CLOEXEC | (sealing ? MFD_ALLOW_SEALING : 0)));
   if (!fd) return Errno("memfd_create %s", m.name().c_str());

@@ -144,6 +144,20 @@ Result<void> DumpUnix(DumpContext& ctx, const Probe& p, img::FileEntry& e) {
     if (peer != all->end()) u->set_peer_name(peer->second.name);
   }
   TRY(PeekQueue(ctx, p.local, d.type == SOCK_STREAM, u->mutable_queue()));
+  // What restore could not rebuild is refused now, before the tree is killed.
+  if (d.type == SOCK_DGRAM && d.peer) {
+    auto peer = all->find(d.peer);
+    bool mutual = peer != all->end() && peer->second.peer == d.ino;
+    if (!mutual && peer != all->end() && peer->second.name.empty())
+      return MakeError(ErrorKind::kUnsupported, 0,
+                       "unix datagram socket connected to an unnamed socket (inode %llu)",
+                       static_cast<unsigned long long>(d.peer));
+  }
+  bool pair = d.peer && all->count(d.peer) && all->at(d.peer).peer == d.ino;
+  if (!u->queue().empty() && d.name.empty() && !pair && !(d.peer == 0 && d.type != SOCK_DGRAM))
+    return MakeError(ErrorKind::kUnsupported, 0,
+                     "unnamed unix socket with %d queued messages and no peer to resend them",
+                     u->queue_size());
   return Ok();
 }
 

@@ -25,6 +25,7 @@ const std::vector<KindOps>& KindTable() {
       {img::FILE_KIND_MEMFD, "memfd", DumpMemfd, OpenMemfd},
       {img::FILE_KIND_TTY, "tty", DumpTty, OpenTty},
       {img::FILE_KIND_EXTERNAL, "external", DumpExternal, OpenExternal},
+      {img::FILE_KIND_NETLINK, "netlink", DumpNetlink, OpenNetlink},
   };
   return table;
 }
@@ -55,6 +56,7 @@ Result<img::FileKind> Classify(const Probe& p) {
     len = sizeof(int);
     getsockopt(p.local, SOL_SOCKET, SO_TYPE, &type, &len);
     if (dom == AF_UNIX) return img::FILE_KIND_UNIX;
+    if (dom == AF_NETLINK) return img::FILE_KIND_NETLINK;
     if ((dom == AF_INET || dom == AF_INET6) &&
         ((type == SOCK_STREAM && proto == IPPROTO_TCP) || (type == SOCK_DGRAM && proto == IPPROTO_UDP)))
       return img::FILE_KIND_INET;

@@ -15,9 +15,12 @@ namespace godwit::runtime {
 
 const char* CgroupLayoutName(CgroupLayout l) {
   switch (l) {
-    case CgroupLayout::kV1: return "v1";
-    case CgroupLayout::kV2: return "v2";
-    case CgroupLayout::kHybrid: return "hybrid";
+    case CgroupLayout::kV1:
+      return "v1";
+    case CgroupLayout::kV2:
+      return "v2";
+    case CgroupLayout::kHybrid:
+      return "hybrid";
   }
   return "?";
 }
@@ -68,9 +71,12 @@ Result<CgroupRoots> DetectCgroupLayout() {
 std::unique_ptr<Cgroup> OpenCgroup(const CgroupRoots& roots, const std::string& id) {
   std::string name = "godwit/" + id;
   switch (roots.layout) {
-    case CgroupLayout::kV1: return NewCgroupV1(roots.v1, name);
-    case CgroupLayout::kV2: return NewCgroupV2(roots.unified, name);
-    case CgroupLayout::kHybrid: return NewCgroupHybrid(roots.v1, roots.unified, name);
+    case CgroupLayout::kV1:
+      return NewCgroupV1(roots.v1, name);
+    case CgroupLayout::kV2:
+      return NewCgroupV2(roots.unified, name);
+    case CgroupLayout::kHybrid:
+      return NewCgroupHybrid(roots.v1, roots.unified, name);
   }
   return nullptr;
 }
@@ -107,7 +113,8 @@ Result<std::string> ReadKnob(const std::string& dir, const char* file) {
 Result<void> MakeDir(const std::string& parent, const std::string& leaf) {
   std::string path = parent + "/" + leaf;
   if (::mkdir(path.c_str(), 0755) < 0) {
-    if (errno == EEXIST) return MakeError(ErrorKind::kExists, EEXIST, "cgroup %s exists", path.c_str());
+    if (errno == EEXIST)
+      return MakeError(ErrorKind::kExists, EEXIST, "cgroup %s exists", path.c_str());
     return Errno("mkdir %s", path.c_str());
   }
   return Ok();

@@ -26,8 +26,9 @@ const char* CgroupLayoutName(CgroupLayout l);
 // Where the hierarchies live. Tests and callers normally use DetectCgroupLayout().
 struct CgroupRoots {
   CgroupLayout layout = CgroupLayout::kV1;
-  std::map<std::string, std::string> v1;  // controller -> mount dir ("memory" -> /sys/fs/cgroup/memory)
-  std::string unified;                    // the cgroup2 mount, empty if none
+  std::map<std::string, std::string>
+      v1;               // controller -> mount dir ("memory" -> /sys/fs/cgroup/memory)
+  std::string unified;  // the cgroup2 mount, empty if none
 };
 
 // Reads /proc/self/mountinfo once per process (cached): which layout this machine has.

@@ -87,6 +87,11 @@ class CgroupV1 : public Cgroup {
       for (const auto& r : res.devices)
         TRY(WriteKnob(dirs_all_["devices"], r.allow ? "devices.allow" : "devices.deny",
                       DeviceRule(r)));
+      // The OCI default devices stay usable whatever the rules say (as runc does): null, zero,
+      // full, random, urandom, tty, console, ptmx and the pts slaves.
+      for (const char* d : {"c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm",
+                            "c 5:0 rwm", "c 5:1 rwm", "c 5:2 rwm", "c 136:* rwm"})
+        TRY(WriteKnob(dirs_all_["devices"], "devices.allow", d));
     }
     return Ok();
   }

@@ -34,13 +34,15 @@ class CgroupV2 : public Cgroup {
 
   Result<void> Create() override {
     std::string parent = root_ + "/godwit";
-    if (::mkdir(parent.c_str(), 0755) < 0 && errno != EEXIST) return Errno("mkdir %s", parent.c_str());
+    if (::mkdir(parent.c_str(), 0755) < 0 && errno != EEXIST)
+      return Errno("mkdir %s", parent.c_str());
     if (controllers_) {
       TRY(EnableControllers(root_));
       TRY(EnableControllers(parent));
     }
     if (::mkdir(dir_.c_str(), 0755) < 0) {
-      if (errno == EEXIST) return MakeError(ErrorKind::kExists, EEXIST, "cgroup %s exists", dir_.c_str());
+      if (errno == EEXIST)
+        return MakeError(ErrorKind::kExists, EEXIST, "cgroup %s exists", dir_.c_str());
       return Errno("mkdir %s", dir_.c_str());
     }
     return Ok();
@@ -56,13 +58,15 @@ class CgroupV2 : public Cgroup {
     if (res.cpu_shares)
       TRY(WriteKnob(dir_, "cpu.weight", std::to_string(SharesToWeight(*res.cpu_shares))));
     if (res.cpu_quota || res.cpu_period) {
-      std::string quota = !res.cpu_quota || *res.cpu_quota < 0 ? "max" : std::to_string(*res.cpu_quota);
+      std::string quota =
+          !res.cpu_quota || *res.cpu_quota < 0 ? "max" : std::to_string(*res.cpu_quota);
       std::string period = std::to_string(res.cpu_period ? *res.cpu_period : 100000);
       TRY(WriteKnob(dir_, "cpu.max", quota + " " + period));
     }
     if (res.pids_limit) {
       TRY(Need("pids", "linux.resources.pids"));
-      TRY(WriteKnob(dir_, "pids.max", *res.pids_limit > 0 ? std::to_string(*res.pids_limit) : "max"));
+      TRY(WriteKnob(dir_, "pids.max",
+                    *res.pids_limit > 0 ? std::to_string(*res.pids_limit) : "max"));
     }
     if (!res.devices.empty()) {
       // v2 device control is a BPF program; godwit does not load one yet.
@@ -97,15 +101,16 @@ class CgroupV2 : public Cgroup {
 
   Result<void> Destroy() override { return RemoveDir(dir_); }
 
-  std::map<std::string, std::string> Paths() const override {
-    return {{"unified", dir_}};
-  }
+  std::map<std::string, std::string> Paths() const override { return {{"unified", dir_}}; }
 
   Result<std::map<std::string, int64_t>> Events() const override {
     std::map<std::string, int64_t> out;
-    if (auto s = ReadKnob(dir_, "memory.events"); s.ok()) out["oom_kill"] = ParseKeyValues(*s)["oom_kill"];
-    if (auto s = ReadKnob(dir_, "pids.events"); s.ok()) out["pids_max_hit"] = ParseKeyValues(*s)["max"];
-    if (auto s = ReadKnob(dir_, "pids.current"); s.ok()) out["pids_current"] = strtoll(s->c_str(), nullptr, 10);
+    if (auto s = ReadKnob(dir_, "memory.events"); s.ok())
+      out["oom_kill"] = ParseKeyValues(*s)["oom_kill"];
+    if (auto s = ReadKnob(dir_, "pids.events"); s.ok())
+      out["pids_max_hit"] = ParseKeyValues(*s)["max"];
+    if (auto s = ReadKnob(dir_, "pids.current"); s.ok())
+      out["pids_current"] = strtoll(s->c_str(), nullptr, 10);
     return out;
   }
 
@@ -129,8 +134,8 @@ class CgroupV2 : public Cgroup {
       for (const auto& c : fs::Split(fs::Trim(*s), ' '))
         if (c == ctrl) return Ok();
     }
-    return MakeError(ErrorKind::kUnsupported, 0,
-                     "%s: the %s controller is not available in %s", field, ctrl, dir_.c_str());
+    return MakeError(ErrorKind::kUnsupported, 0, "%s: the %s controller is not available in %s",
+                     field, ctrl, dir_.c_str());
   }
 
   Result<void> SetFrozen(bool frozen) {
@@ -175,7 +180,8 @@ std::unique_ptr<Cgroup> NewCgroupV2(const std::string& root, const std::string& 
 }
 
 namespace cgroup_internal {
-std::unique_ptr<Cgroup> NewCgroupV2MembershipOnly(const std::string& root, const std::string& name) {
+std::unique_ptr<Cgroup> NewCgroupV2MembershipOnly(const std::string& root,
+                                                  const std::string& name) {
   return std::make_unique<CgroupV2>(root, name, false);
 }
 }  // namespace cgroup_internal

@@ -15,11 +15,16 @@ using nlohmann::json;
 
 const char* StatusName(Status s) {
   switch (s) {
-    case Status::kCreating: return "creating";
-    case Status::kCreated: return "created";
-    case Status::kRunning: return "running";
-    case Status::kPaused: return "paused";
-    case Status::kStopped: return "stopped";
+    case Status::kCreating:
+      return "creating";
+    case Status::kCreated:
+      return "created";
+    case Status::kRunning:
+      return "running";
+    case Status::kPaused:
+      return "paused";
+    case Status::kStopped:
+      return "stopped";
   }
   return "unknown";
 }
@@ -65,10 +70,14 @@ json ResourcesToJson(const Resources& r) {
 Resources ResourcesFromJson(const json& j) {
   Resources r;
   if (!j.is_object()) return r;
-  if (j.contains("memory") && j["memory"].is_number_integer()) r.memory_limit = j["memory"].get<int64_t>();
-  if (j.contains("cpuShares") && j["cpuShares"].is_number_integer()) r.cpu_shares = j["cpuShares"].get<uint64_t>();
-  if (j.contains("cpuQuota") && j["cpuQuota"].is_number_integer()) r.cpu_quota = j["cpuQuota"].get<int64_t>();
-  if (j.contains("cpuPeriod") && j["cpuPeriod"].is_number_integer()) r.cpu_period = j["cpuPeriod"].get<uint64_t>();
+  if (j.contains("memory") && j["memory"].is_number_integer())
+    r.memory_limit = j["memory"].get<int64_t>();
+  if (j.contains("cpuShares") && j["cpuShares"].is_number_integer())
+    r.cpu_shares = j["cpuShares"].get<uint64_t>();
+  if (j.contains("cpuQuota") && j["cpuQuota"].is_number_integer())
+    r.cpu_quota = j["cpuQuota"].get<int64_t>();
+  if (j.contains("cpuPeriod") && j["cpuPeriod"].is_number_integer())
+    r.cpu_period = j["cpuPeriod"].get<uint64_t>();
   if (j.contains("pids") && j["pids"].is_number_integer()) r.pids_limit = j["pids"].get<int64_t>();
   return r;
 }
@@ -108,14 +117,10 @@ Status Container::CurrentStatus() const {
 
 json Container::OciState() const {
   Status s = CurrentStatus();
-  json j = {{"ociVersion", "1.0.2"},
-            {"id", id},
-            {"status", StatusName(s)},
-            {"pid", s == Status::kStopped ? 0 : pid},
-            {"bundle", bundle},
-            {"rootfs", rootfs},
-            {"created", created},
-            {"owner", ""}};
+  json j = {{"ociVersion", "1.0.2"},   {"id", id},
+            {"status", StatusName(s)}, {"pid", s == Status::kStopped ? 0 : pid},
+            {"bundle", bundle},        {"rootfs", rootfs},
+            {"created", created},      {"owner", ""}};
   if (!annotations.empty()) j["annotations"] = annotations;
   return j;
 }
@@ -133,15 +138,22 @@ json Container::ToJson() const {
       {"created", created},
       {"cgroup", {{"layout", cgroup_layout}, {"paths", cgroup_paths}}},
       {"resources", ResourcesToJson(resources)},
-      {"network", {{"hostVeth", host_veth},
-                   {"address", net.address},
-                   {"prefix", net.prefix},
-                   {"gateway", net.gateway},
-                   {"allowPorts", ports}}},
+      {"network",
+       {{"hostVeth", host_veth},
+        {"address", net.address},
+        {"prefix", net.prefix},
+        {"gateway", net.gateway},
+        {"allowPorts", ports}}},
       {"storage", {{"diskQuota", disk_quota}, {"dir", storage_dir}}},
       {"hostname", hostname},
-      {"namespaces", {{"pid", ns.pid}, {"mount", ns.mount}, {"uts", ns.uts}, {"ipc", ns.ipc},
-                      {"network", ns.network}, {"cgroup", ns.cgroup}, {"user", ns.user}}},
+      {"namespaces",
+       {{"pid", ns.pid},
+        {"mount", ns.mount},
+        {"uts", ns.uts},
+        {"ipc", ns.ipc},
+        {"network", ns.network},
+        {"cgroup", ns.cgroup},
+        {"user", ns.user}}},
       {"annotations", annotations},
   };
 }
@@ -166,7 +178,8 @@ Result<Container> Container::FromJson(const json& j) {
   c.rootfs = str(j, "rootfs");
   c.pid = num(j, "pid");
   c.pid_start_time = j.contains("pidStartTime") && j["pidStartTime"].is_number_unsigned()
-                         ? j["pidStartTime"].get<uint64_t>() : 0;
+                         ? j["pidStartTime"].get<uint64_t>()
+                         : 0;
   c.created = str(j, "created");
   json cg = j.value("cgroup", json::object());
   c.cgroup_layout = str(cg, "layout");
@@ -180,13 +193,14 @@ Result<Container> Container::FromJson(const json& j) {
   c.net.prefix = num(n, "prefix");
   c.net.gateway = str(n, "gateway");
   if (n.contains("allowPorts") && n["allowPorts"].is_array())
-    for (const auto& p : n["allowPorts"]) c.net.allow_ports.push_back({(int)num(p, "port"), str(p, "proto")});
+    for (const auto& p : n["allowPorts"])
+      c.net.allow_ports.push_back({(int)num(p, "port"), str(p, "proto")});
   json s = j.value("storage", json::object());
   c.disk_quota = num(s, "diskQuota");
   c.storage_dir = str(s, "dir");
   c.hostname = str(j, "hostname");
   json ns = j.value("namespaces", json::object());
-  c.ns = {flag(ns, "pid"), flag(ns, "mount"), flag(ns, "uts"), flag(ns, "ipc"),
+  c.ns = {flag(ns, "pid"),     flag(ns, "mount"),  flag(ns, "uts"), flag(ns, "ipc"),
           flag(ns, "network"), flag(ns, "cgroup"), flag(ns, "user")};
   if (j.contains("annotations") && j["annotations"].is_object())
     for (auto it = j["annotations"].begin(); it != j["annotations"].end(); ++it)
@@ -250,11 +264,13 @@ Result<std::vector<ListEntry>> ListContainers(const std::string& root) {
 
 Result<void> ValidateId(const std::string& id) {
   bool ok = !id.empty() && id.size() <= 64 && id[0] != '.' && id[0] != '-';
-  for (char ch : id) ok = ok && (isalnum(static_cast<unsigned char>(ch)) || ch == '_' || ch == '-' || ch == '.');
+  for (char ch : id)
+    ok = ok && (isalnum(static_cast<unsigned char>(ch)) || ch == '_' || ch == '-' || ch == '.');
   if (!ok)
     return MakeError(ErrorKind::kUsage, 0,
                      "bad container id '%s': 1-64 characters of [A-Za-z0-9_.-], not starting "
-                     "with '.' or '-'", id.c_str());
+                     "with '.' or '-'",
+                     id.c_str());
   return Ok();
 }
 

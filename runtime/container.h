@@ -7,10 +7,9 @@
 #include <sys/types.h>
 
 #include <map>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "common/result.h"
 #include "runtime/spec.h"
@@ -24,9 +23,9 @@ const char* StatusName(Status s);
 struct Container {
   std::string root;  // the state root (--root)
   std::string id;
-  std::string bundle;  // absolute bundle dir (holds config.json)
-  std::string rootfs;  // absolute root.path
-  pid_t pid = 0;       // host pid of the container's init (pid 1 inside)
+  std::string bundle;           // absolute bundle dir (holds config.json)
+  std::string rootfs;           // absolute root.path
+  pid_t pid = 0;                // host pid of the container's init (pid 1 inside)
   uint64_t pid_start_time = 0;  // /proc/<pid>/stat field 22: tells a reused pid apart
   std::string created;          // RFC 3339, UTC
   // cgroups: layout ("v1", "v2", "hybrid") and the directory per controller.

@@ -10,6 +10,7 @@
 
 #include <string>
 
+#include "common/result.h"
 #include "runtime/cgroup.h"
 #include "runtime/spec.h"
 
@@ -26,14 +27,27 @@ struct Plan {
   const Spec* spec = nullptr;
   Cgroup* cgroup = nullptr;  // set: the init joins it itself (EnterSelf) first thing
   bool born_into = false;    // clone3 put it into the cgroup2 part already
-  std::string storage_dir;  // disk quota: tmpfs mount point (exists on the host, stays empty)
-  int sync_fd = -1;         // SOCK_SEQPACKET to the parent: 'G' in, Reply out
-  int fifo_fd = -1;         // exec.fifo opened O_RDWR: one byte from `start` releases execve
+  std::string storage_dir;   // disk quota: tmpfs mount point (exists on the host, stays empty)
+  int sync_fd = -1;          // SOCK_SEQPACKET to the parent: 'G' in, Reply out
+  int fifo_fd = -1;          // exec.fifo opened O_RDWR: one byte from `start` releases execve
+  // `run`: exec right after setup; the sync socket's EOF (close-on-exec) tells the parent.
+  bool start_now = false;
   int cap_last_cap = 40;
 };
 
 // Never returns: execs the container process or _exit()s.
 [[noreturn]] void Run(const Plan& plan);
+
+// The pieces of Run that a restore reuses to rebuild a container's environment in a process
+// that is already in the container's new namespaces (mount, and pid for /proc):
+// SetupUts: hostname and domain name (uts namespace).
+Result<void> SetupUts(const Spec& s);
+// BuildRoot: makes / private (or slave), mounts the rootfs (bind) or, with a disk quota, the
+// overlay lowerdir=rootfs,upperdir=<storage_dir>/upper on <storage_dir>/merged, a tmpfs /dev
+// unless the config has one, the config's mounts, device nodes, /dev/pts and /dev/shm,
+// pivot_root into it, sysctls, lo up (network namespace), masked and read-only paths and the
+// read-only root. Leaves umask 0 and cwd "/".
+Result<void> BuildRoot(const Spec& s, const std::string& storage_dir);
 
 // Shared with exec: setgroups/setresgid/capabilities/setresuid/no_new_privs/rlimits as the
 // spec's process says. Returns 0 or -errno with *what naming the failed step.

@@ -210,9 +210,12 @@ Result<Container> Create(const CreateOptions& opts) {
   c.cgroup_paths = cg->Paths();
   timer.Mark("cgroup-create");
 
-  if (::mkfifo(c.fifo_path().c_str(), 0600) < 0) return Errno("mkfifo %s", c.fifo_path().c_str());
-  // O_RDWR: never blocks, and the init keeps a reader open so `start` can open O_WRONLY.
-  ASSIGN_OR_RETURN(UniqueFd fifo, fs::Open(c.fifo_path(), O_RDWR));
+  UniqueFd fifo;
+  if (!opts.start) {
+    if (::mkfifo(c.fifo_path().c_str(), 0600) < 0) return Errno("mkfifo %s", c.fifo_path().c_str());
+    // O_RDWR: never blocks, and the init keeps a reader open so `start` can open O_WRONLY.
+    ASSIGN_OR_RETURN(fifo, fs::Open(c.fifo_path(), O_RDWR));
+  }
   int sp[2];
   if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sp) < 0) return Errno("socketpair");
   UniqueFd parent_sock(sp[0]), child_sock(sp[1]);
@@ -230,6 +233,7 @@ Result<Container> Create(const CreateOptions& opts) {
   plan.storage_dir = c.storage_dir;
   plan.sync_fd = child_sock.get();
   plan.fifo_fd = fifo.get();
+  plan.start_now = opts.start;
   plan.cap_last_cap = CapLastCap();
 
   UniqueFd cgroup_fd;
@@ -270,7 +274,8 @@ Result<Container> Create(const CreateOptions& opts) {
     TRY_CTX(SetupNetwork(pid, spec.net, veth), "container %s", opts.id.c_str());
     c.host_veth = veth;
   }
-  if (spec.net.firewall()) TRY_CTX(ApplyFirewall(pid, spec.net.allow_ports), "container %s", opts.id.c_str());
+  if (spec.net.firewall())
+    TRY_CTX(ApplyFirewall(pid, spec.net.allow_ports), "container %s", opts.id.c_str());
   timer.Mark("network");
 
   // The init may have failed already (its reply is queued): no SIGPIPE, read the reply.
@@ -283,10 +288,11 @@ Result<Container> Create(const CreateOptions& opts) {
   do {
     n = ::read(parent_sock.get(), &reply, sizeof(reply));
   } while (n < 0 && (errno == EINTR || errno == ECONNRESET));
-  if (n != sizeof(reply))
+  bool execed = opts.start && n == 0;  // the close-on-exec socket closed: execve succeeded
+  if (!execed && n != sizeof(reply))
     return MakeError(ErrorKind::kGeneric, 0, "container %s: init %d exited during setup",
                      opts.id.c_str(), pid);
-  if (!reply.ok) {
+  if (!execed && !reply.ok) {
     reply.msg[sizeof(reply.msg) - 1] = 0;
     return Error(static_cast<ErrorKind>(reply.kind), reply.err,
                  StrFormat("container %s: init: %s", opts.id.c_str(), reply.msg));
@@ -306,7 +312,8 @@ Result<Container> Create(const CreateOptions& opts) {
 }
 
 Result<Container> CreateFromRunOptions(const std::string& root_in, const std::string& id,
-                                       const RunOptions& run, const std::string& pid_file) {
+                                       const RunOptions& run, const std::string& pid_file,
+                                       bool start) {
   TRY(ValidateId(id));
   if (run.args.empty()) return MakeError(ErrorKind::kUsage, 0, "no command given (-- CMD...)");
   if (run.rootfs.empty()) return MakeError(ErrorKind::kUsage, 0, "no --rootfs given");
@@ -319,8 +326,8 @@ Result<Container> CreateFromRunOptions(const std::string& root_in, const std::st
   std::string dir = root + "/" + id;
   if (::mkdir(dir.c_str(), 0711) < 0) {
     if (errno == EEXIST)
-      return MakeError(ErrorKind::kExists, EEXIST, "container %s already exists in %s",
-                       id.c_str(), root.c_str());
+      return MakeError(ErrorKind::kExists, EEXIST, "container %s already exists in %s", id.c_str(),
+                       root.c_str());
     return Errno("mkdir %s", dir.c_str());
   }
   ScopeExit remove_dir([&] { (void)fs::RemoveAll(dir); });
@@ -332,6 +339,7 @@ Result<Container> CreateFromRunOptions(const std::string& root_in, const std::st
   co.id = id;
   co.bundle = dir;
   co.pid_file = pid_file;
+  co.start = start;
   auto c = Create(co);
   if (c.ok()) remove_dir.dismiss();
   return c;
@@ -380,6 +388,13 @@ Result<void> Start(const std::string& root, const std::string& id) {
   return Ok();
 }
 
+void BlockForwardedSignals() {
+  sigset_t set;
+  sigemptyset(&set);
+  for (int s : {SIGINT, SIGTERM, SIGHUP}) sigaddset(&set, s);
+  ::sigprocmask(SIG_BLOCK, &set, nullptr);
+}
+
 Result<int> Wait(const Container& c, bool forward_signals) {
   struct sigaction old[3], sa{};
   const int sigs[3] = {SIGINT, SIGTERM, SIGHUP};
@@ -388,6 +403,11 @@ Result<int> Wait(const Container& c, bool forward_signals) {
     sa.sa_handler = ForwardSignal;
     sa.sa_flags = SA_RESTART;
     for (int i = 0; i < 3; ++i) sigaction(sigs[i], &sa, &old[i]);
+    // Whatever arrived while blocked (BlockForwardedSignals) is delivered now, to the handler.
+    sigset_t set;
+    sigemptyset(&set);
+    for (int s : sigs) sigaddset(&set, s);
+    ::sigprocmask(SIG_UNBLOCK, &set, nullptr);
   }
   int status = 0;
   pid_t r;
@@ -482,10 +502,18 @@ Result<void> Delete(const std::string& root, const std::string& id, bool force) 
     if (pids.ok() && !pids->empty()) (void)KillAll(*cg, 0, 0);
     if (c.pid > 0) (void)::waitpid(c.pid, nullptr, WNOHANG);
   }
+  PhaseTimer timer;
   TRY_CTX(cg->Destroy(), "delete %s", id.c_str());
-  if (!c.host_veth.empty()) TRY_CTX(TeardownNetwork(c.host_veth), "delete %s", id.c_str());
+  timer.Mark("cgroups");
+  // The init is gone (killed and waited for above, or stopped): its netns is dying.
+  if (!c.host_veth.empty())
+    TRY_CTX(TeardownNetworkOfDeadNetns(c.host_veth), "delete %s", id.c_str());
+  timer.Mark("veth");
   if (!c.storage_dir.empty()) TRY_CTX(UnmountStorage(c.storage_dir), "delete %s", id.c_str());
-  return fs::RemoveAll(dir);
+  TRY(fs::RemoveAll(dir));
+  timer.Mark("state");
+  LOG_DEBUG("delete %s:%s", id.c_str(), timer.text().c_str());
+  return Ok();
 }
 
 Result<std::vector<pid_t>> Ps(const std::string& root, const std::string& id) {
@@ -545,11 +573,15 @@ Result<int> Exec(const std::string& root, const std::string& id, const ExecOptio
       (void)!::write(wr.get(), &r, sizeof(r));
       _exit(126);
     };
-    if (auto r = cg->EnterSelf(born_into); !r.ok()) fail(r.error().sys_errno(), r.error().to_string());
+    if (auto r = cg->EnterSelf(born_into); !r.ok())
+      fail(r.error().sys_errno(), r.error().to_string());
     if (::setns(pidfd, ns_flags) < 0) fail(errno, StrFormat("setns into pid %d", c.pid));
     pid_t child = ::fork();
     if (child < 0) fail(errno, "fork");
     if (child == 0) {
+      sigset_t none;
+      sigemptyset(&none);
+      ::sigprocmask(SIG_SETMASK, &none, nullptr);
       if (::chdir(proc.cwd.c_str()) < 0) fail(errno, "chdir " + proc.cwd);
       std::string exe = init::FindExecutable(proc.args[0], proc.env);
       if (exe.empty()) fail(ENOENT, proc.args[0] + ": not found in the container");
@@ -591,7 +623,8 @@ Result<int> ParseSignal(const std::string& s_in) {
   if (isdigit(static_cast<unsigned char>(s[0]))) {
     char* end;
     long v = strtol(s.c_str(), &end, 10);
-    if (*end || v <= 0 || v >= 65) return MakeError(ErrorKind::kUsage, 0, "bad signal %s", s_in.c_str());
+    if (*end || v <= 0 || v >= 65)
+      return MakeError(ErrorKind::kUsage, 0, "bad signal %s", s_in.c_str());
     return static_cast<int>(v);
   }
   for (auto& ch : s) ch = toupper(static_cast<unsigned char>(ch));

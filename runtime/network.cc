@@ -3,18 +3,18 @@
 #include <fcntl.h>
 #include <linux/rtnetlink.h>
 #include <net/if.h>
-#include <sched.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
-#include <memory>
-
 #include <netlink/addr.h>
 #include <netlink/netlink.h>
 #include <netlink/route/addr.h>
 #include <netlink/route/link.h>
 #include <netlink/route/link/veth.h>
 #include <netlink/route/route.h>
+#include <sched.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <memory>
 
 #include "common/fs.h"
 #include "common/log.h"
@@ -24,12 +24,24 @@
 namespace godwit::runtime {
 namespace {
 
-struct SockDel { void operator()(nl_sock* s) const { nl_socket_free(s); } };
-struct LinkDel { void operator()(rtnl_link* l) const { rtnl_link_put(l); } };
-struct AddrDel { void operator()(nl_addr* a) const { nl_addr_put(a); } };
-struct RtAddrDel { void operator()(rtnl_addr* a) const { rtnl_addr_put(a); } };
-struct RouteDel { void operator()(rtnl_route* r) const { rtnl_route_put(r); } };
-struct CacheDel { void operator()(nl_cache* c) const { nl_cache_free(c); } };
+struct SockDel {
+  void operator()(nl_sock* s) const { nl_socket_free(s); }
+};
+struct LinkDel {
+  void operator()(rtnl_link* l) const { rtnl_link_put(l); }
+};
+struct AddrDel {
+  void operator()(nl_addr* a) const { nl_addr_put(a); }
+};
+struct RtAddrDel {
+  void operator()(rtnl_addr* a) const { rtnl_addr_put(a); }
+};
+struct RouteDel {
+  void operator()(rtnl_route* r) const { rtnl_route_put(r); }
+};
+struct CacheDel {
+  void operator()(nl_cache* c) const { nl_cache_free(c); }
+};
 using Sock = std::unique_ptr<nl_sock, SockDel>;
 using Link = std::unique_ptr<rtnl_link, LinkDel>;
 using Addr = std::unique_ptr<nl_addr, AddrDel>;
@@ -44,7 +56,7 @@ Error NlError(int err, const char* fmt, ...) {
   std::string s = VStrFormat(fmt, ap);
   va_end(ap);
   int e = err < 0 ? -err : err;
-  ErrorKind kind = e == NLE_EXIST ? ErrorKind::kExists
+  ErrorKind kind = e == NLE_EXIST                              ? ErrorKind::kExists
                    : (e == NLE_OBJ_NOTFOUND || e == NLE_NODEV) ? ErrorKind::kNotFound
                                                                : ErrorKind::kGeneric;
   return Error(kind, 0, s + ": " + nl_geterror(e));
@@ -151,8 +163,8 @@ Result<bool> AddressInUse(const std::string& addr) {
     auto* a = reinterpret_cast<rtnl_addr*>(o);
     if (rtnl_addr_get_family(a) != AF_INET) continue;
     for (nl_addr* x : {rtnl_addr_get_local(a), rtnl_addr_get_peer(a)}) {
-      if (x && nl_addr_get_len(x) == 4 && memcmp(nl_addr_get_binary_addr(x),
-                                                 nl_addr_get_binary_addr(want.get()), 4) == 0)
+      if (x && nl_addr_get_len(x) == 4 &&
+          memcmp(nl_addr_get_binary_addr(x), nl_addr_get_binary_addr(want.get()), 4) == 0)
         found = true;
     }
   }
@@ -160,7 +172,8 @@ Result<bool> AddressInUse(const std::string& addr) {
 }
 
 Result<void> SetupNetwork(pid_t pid, const NetworkSpec& net, const std::string& host_veth) {
-  if (host_veth.size() > 15) return Err("veth name %s: longer than 15 characters", host_veth.c_str());
+  if (host_veth.size() > 15)
+    return Err("veth name %s: longer than 15 characters", host_veth.c_str());
   ASSIGN_OR_RETURN(Sock host, Connect());
   if (LinkExists(host_veth))
     return MakeError(ErrorKind::kExists, EEXIST, "veth %s exists", host_veth.c_str());
@@ -169,11 +182,13 @@ Result<void> SetupNetwork(pid_t pid, const NetworkSpec& net, const std::string& 
     return MakeError(ErrorKind::kExists, EADDRINUSE, "address %s is already in use on the host",
                      net.address.c_str());
   int err = rtnl_link_veth_add(host.get(), host_veth.c_str(), "eth0", pid);
-  if (err < 0) return NlError(err, "create veth %s <-> eth0 in netns of pid %d", host_veth.c_str(), pid);
+  if (err < 0)
+    return NlError(err, "create veth %s <-> eth0 in netns of pid %d", host_veth.c_str(), pid);
   ScopeExit rollback([&] { (void)TeardownNetwork(host_veth); });
 
   ASSIGN_OR_RETURN(int host_idx, IfIndex(host.get(), host_veth.c_str()));
-  TRY(AddAddress(host.get(), host_idx, net.gateway + "/32", net.address + "/32", host_veth.c_str()));
+  TRY(AddAddress(host.get(), host_idx, net.gateway + "/32", net.address + "/32",
+                 host_veth.c_str()));
   TRY(SetUp(host.get(), host_veth.c_str()));
 
   ASSIGN_OR_RETURN(Sock in, ConnectIn(pid));
@@ -211,6 +226,19 @@ Result<void> TeardownNetwork(const std::string& host_veth) {
   if (err < 0 && err != -NLE_OBJ_NOTFOUND && err != -NLE_NODEV)
     return NlError(err, "delete veth %s", host_veth.c_str());
   return Ok();
+}
+
+Result<void> TeardownNetworkOfDeadNetns(const std::string& host_veth, int wait_ms) {
+  timespec start, now;
+  clock_gettime(CLOCK_MONOTONIC, &start);
+  for (;;) {
+    if (!LinkExists(host_veth)) return Ok();
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    if ((now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000 >= wait_ms)
+      break;
+    usleep(500);
+  }
+  return TeardownNetwork(host_veth);
 }
 
 Result<void> LoopbackUp(pid_t pid) {

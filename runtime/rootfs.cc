@@ -50,12 +50,14 @@ Result<void> MakeBusyboxRootfs(const std::string& dir, const std::string& busybo
     ASSIGN_OR_RETURN(std::string bin, fs::ReadFile(busybox));
     TRY(fs::WriteFile(target + ".tmp", bin));
     if (::chmod((target + ".tmp").c_str(), 0755) < 0) return Errno("chmod %s", target.c_str());
-    if (::rename((target + ".tmp").c_str(), target.c_str()) < 0) return Errno("rename %s", target.c_str());
+    if (::rename((target + ".tmp").c_str(), target.c_str()) < 0)
+      return Errno("rename %s", target.c_str());
   }
   for (const auto& a : applets) {
     if (a == "busybox") continue;
     std::string link = dir + "/bin/" + a;
-    if (::symlink("busybox", link.c_str()) < 0 && errno != EEXIST) return Errno("symlink %s", link.c_str());
+    if (::symlink("busybox", link.c_str()) < 0 && errno != EEXIST)
+      return Errno("symlink %s", link.c_str());
   }
   TRY(fs::WriteFile(dir + "/etc/passwd",
                     "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n"));

@@ -27,6 +27,9 @@ struct CreateOptions {
   std::string id;
   std::string bundle;    // holds config.json
   std::string pid_file;  // optional: written with the init's host pid
+  // Create and start in one step (`run`): the init execs as soon as it is set up, without
+  // stopping on exec.fifo; the container is "running" when Create returns.
+  bool start = false;
 };
 
 // Creates the container (status "created"). Errors: kUsage (bad id), kNotFound (bundle or rootfs
@@ -37,15 +40,18 @@ Result<Container> Create(const CreateOptions& opts);
 // Writes a generated config.json (MakeConfig) into <root>/<id>/ and creates from there: the
 // convenience `godwit run --rootfs DIR`. The bundle is the state dir itself.
 Result<Container> CreateFromRunOptions(const std::string& root, const std::string& id,
-                                       const RunOptions& run, const std::string& pid_file = "");
+                                       const RunOptions& run, const std::string& pid_file = "",
+                                       bool start = false);
 
 // Releases a created container's init into execve. kNotFound / kGeneric if not "created".
 Result<void> Start(const std::string& root, const std::string& id);
 
 // Waits for the init of a container this process created (it must be our child, or we must be
 // its subreaper). Returns the exit code (128+signal if killed). Signals SIGINT/SIGTERM/SIGHUP
-// sent to us meanwhile are forwarded when forward_signals is set.
+// sent to us meanwhile are forwarded when forward_signals is set; block them (BlockForwarded)
+// before Create so that none arriving in between is lost or kills us.
 Result<int> Wait(const Container& c, bool forward_signals);
+void BlockForwardedSignals();
 
 // Freezes every process of a running container through its cgroup (status "paused"), and back.
 Result<void> Pause(const std::string& root, const std::string& id);

@@ -73,31 +73,60 @@ Result<std::vector<std::string>> GetStrings(const json& obj, const char* key,
 }
 
 const std::map<std::string, int>& CapNames() {
-  static const std::map<std::string, int> m = {
-      {"CAP_CHOWN", 0}, {"CAP_DAC_OVERRIDE", 1}, {"CAP_DAC_READ_SEARCH", 2}, {"CAP_FOWNER", 3},
-      {"CAP_FSETID", 4}, {"CAP_KILL", 5}, {"CAP_SETGID", 6}, {"CAP_SETUID", 7},
-      {"CAP_SETPCAP", 8}, {"CAP_LINUX_IMMUTABLE", 9}, {"CAP_NET_BIND_SERVICE", 10},
-      {"CAP_NET_BROADCAST", 11}, {"CAP_NET_ADMIN", 12}, {"CAP_NET_RAW", 13},
-      {"CAP_IPC_LOCK", 14}, {"CAP_IPC_OWNER", 15}, {"CAP_SYS_MODULE", 16},
-      {"CAP_SYS_RAWIO", 17}, {"CAP_SYS_CHROOT", 18}, {"CAP_SYS_PTRACE", 19},
-      {"CAP_SYS_PACCT", 20}, {"CAP_SYS_ADMIN", 21}, {"CAP_SYS_BOOT", 22}, {"CAP_SYS_NICE", 23},
-      {"CAP_SYS_RESOURCE", 24}, {"CAP_SYS_TIME", 25}, {"CAP_SYS_TTY_CONFIG", 26},
-      {"CAP_MKNOD", 27}, {"CAP_LEASE", 28}, {"CAP_AUDIT_WRITE", 29}, {"CAP_AUDIT_CONTROL", 30},
-      {"CAP_SETFCAP", 31}, {"CAP_MAC_OVERRIDE", 32}, {"CAP_MAC_ADMIN", 33}, {"CAP_SYSLOG", 34},
-      {"CAP_WAKE_ALARM", 35}, {"CAP_BLOCK_SUSPEND", 36}, {"CAP_AUDIT_READ", 37},
-      {"CAP_PERFMON", 38}, {"CAP_BPF", 39}, {"CAP_CHECKPOINT_RESTORE", 40}};
+  static const std::map<std::string, int> m = {{"CAP_CHOWN", 0},
+                                               {"CAP_DAC_OVERRIDE", 1},
+                                               {"CAP_DAC_READ_SEARCH", 2},
+                                               {"CAP_FOWNER", 3},
+                                               {"CAP_FSETID", 4},
+                                               {"CAP_KILL", 5},
+                                               {"CAP_SETGID", 6},
+                                               {"CAP_SETUID", 7},
+                                               {"CAP_SETPCAP", 8},
+                                               {"CAP_LINUX_IMMUTABLE", 9},
+                                               {"CAP_NET_BIND_SERVICE", 10},
+                                               {"CAP_NET_BROADCAST", 11},
+                                               {"CAP_NET_ADMIN", 12},
+                                               {"CAP_NET_RAW", 13},
+                                               {"CAP_IPC_LOCK", 14},
+                                               {"CAP_IPC_OWNER", 15},
+                                               {"CAP_SYS_MODULE", 16},
+                                               {"CAP_SYS_RAWIO", 17},
+                                               {"CAP_SYS_CHROOT", 18},
+                                               {"CAP_SYS_PTRACE", 19},
+                                               {"CAP_SYS_PACCT", 20},
+                                               {"CAP_SYS_ADMIN", 21},
+                                               {"CAP_SYS_BOOT", 22},
+                                               {"CAP_SYS_NICE", 23},
+                                               {"CAP_SYS_RESOURCE", 24},
+                                               {"CAP_SYS_TIME", 25},
+                                               {"CAP_SYS_TTY_CONFIG", 26},
+                                               {"CAP_MKNOD", 27},
+                                               {"CAP_LEASE", 28},
+                                               {"CAP_AUDIT_WRITE", 29},
+                                               {"CAP_AUDIT_CONTROL", 30},
+                                               {"CAP_SETFCAP", 31},
+                                               {"CAP_MAC_OVERRIDE", 32},
+                                               {"CAP_MAC_ADMIN", 33},
+                                               {"CAP_SYSLOG", 34},
+                                               {"CAP_WAKE_ALARM", 35},
+                                               {"CAP_BLOCK_SUSPEND", 36},
+                                               {"CAP_AUDIT_READ", 37},
+                                               {"CAP_PERFMON", 38},
+                                               {"CAP_BPF", 39},
+                                               {"CAP_CHECKPOINT_RESTORE", 40}};
   return m;
 }
 
 const std::map<std::string, int>& RlimitNames() {
   static const std::map<std::string, int> m = {
-      {"RLIMIT_CPU", RLIMIT_CPU}, {"RLIMIT_FSIZE", RLIMIT_FSIZE}, {"RLIMIT_DATA", RLIMIT_DATA},
-      {"RLIMIT_STACK", RLIMIT_STACK}, {"RLIMIT_CORE", RLIMIT_CORE}, {"RLIMIT_RSS", RLIMIT_RSS},
-      {"RLIMIT_NPROC", RLIMIT_NPROC}, {"RLIMIT_NOFILE", RLIMIT_NOFILE},
-      {"RLIMIT_MEMLOCK", RLIMIT_MEMLOCK}, {"RLIMIT_AS", RLIMIT_AS}, {"RLIMIT_LOCKS", RLIMIT_LOCKS},
-      {"RLIMIT_SIGPENDING", RLIMIT_SIGPENDING}, {"RLIMIT_MSGQUEUE", RLIMIT_MSGQUEUE},
-      {"RLIMIT_NICE", RLIMIT_NICE}, {"RLIMIT_RTPRIO", RLIMIT_RTPRIO},
-      {"RLIMIT_RTTIME", RLIMIT_RTTIME}};
+      {"RLIMIT_CPU", RLIMIT_CPU},           {"RLIMIT_FSIZE", RLIMIT_FSIZE},
+      {"RLIMIT_DATA", RLIMIT_DATA},         {"RLIMIT_STACK", RLIMIT_STACK},
+      {"RLIMIT_CORE", RLIMIT_CORE},         {"RLIMIT_RSS", RLIMIT_RSS},
+      {"RLIMIT_NPROC", RLIMIT_NPROC},       {"RLIMIT_NOFILE", RLIMIT_NOFILE},
+      {"RLIMIT_MEMLOCK", RLIMIT_MEMLOCK},   {"RLIMIT_AS", RLIMIT_AS},
+      {"RLIMIT_LOCKS", RLIMIT_LOCKS},       {"RLIMIT_SIGPENDING", RLIMIT_SIGPENDING},
+      {"RLIMIT_MSGQUEUE", RLIMIT_MSGQUEUE}, {"RLIMIT_NICE", RLIMIT_NICE},
+      {"RLIMIT_RTPRIO", RLIMIT_RTPRIO},     {"RLIMIT_RTTIME", RLIMIT_RTTIME}};
   return m;
 }
 
@@ -126,9 +155,12 @@ Result<std::vector<IdMap>> ParseIdMaps(const json& linux, const char* key) {
       if (!m.contains(f)) return Bad("%s.%s: missing", where.c_str(), f);
       ASSIGN_OR_RETURN(int64_t v, GetInt(m[f], where + "." + f));
       if (v < 0 || v > 0xffffffffLL) return Bad("%s.%s: out of range", where.c_str(), f);
-      if (f[0] == 'c') im.container_id = v;
-      else if (f[0] == 'h') im.host_id = v;
-      else im.size = v;
+      if (f[0] == 'c')
+        im.container_id = v;
+      else if (f[0] == 'h')
+        im.host_id = v;
+      else
+        im.size = v;
     }
     if (im.size == 0) return Bad("%s.size: must be > 0", where.c_str());
     out.push_back(im);
@@ -140,20 +172,31 @@ Result<void> ParseMountOptions(Mount& m, const std::string& where) {
   struct Flag {
     unsigned long set, clear;
   };
-  static const std::map<std::string, Flag> kFlags = {
-      {"ro", {MS_RDONLY, 0}}, {"rw", {0, MS_RDONLY}}, {"nosuid", {MS_NOSUID, 0}},
-      {"suid", {0, MS_NOSUID}}, {"nodev", {MS_NODEV, 0}}, {"dev", {0, MS_NODEV}},
-      {"noexec", {MS_NOEXEC, 0}}, {"exec", {0, MS_NOEXEC}}, {"sync", {MS_SYNCHRONOUS, 0}},
-      {"async", {0, MS_SYNCHRONOUS}}, {"relatime", {MS_RELATIME, 0}},
-      {"norelatime", {0, MS_RELATIME}}, {"noatime", {MS_NOATIME, 0}},
-      {"atime", {0, MS_NOATIME}}, {"strictatime", {MS_STRICTATIME, 0}},
-      {"nodiratime", {MS_NODIRATIME, 0}}, {"diratime", {0, MS_NODIRATIME}},
-      {"dirsync", {MS_DIRSYNC, 0}}, {"mand", {MS_MANDLOCK, 0}}, {"nomand", {0, MS_MANDLOCK}},
-      {"defaults", {0, 0}}};
+  static const std::map<std::string, Flag> kFlags = {{"ro", {MS_RDONLY, 0}},
+                                                     {"rw", {0, MS_RDONLY}},
+                                                     {"nosuid", {MS_NOSUID, 0}},
+                                                     {"suid", {0, MS_NOSUID}},
+                                                     {"nodev", {MS_NODEV, 0}},
+                                                     {"dev", {0, MS_NODEV}},
+                                                     {"noexec", {MS_NOEXEC, 0}},
+                                                     {"exec", {0, MS_NOEXEC}},
+                                                     {"sync", {MS_SYNCHRONOUS, 0}},
+                                                     {"async", {0, MS_SYNCHRONOUS}},
+                                                     {"relatime", {MS_RELATIME, 0}},
+                                                     {"norelatime", {0, MS_RELATIME}},
+                                                     {"noatime", {MS_NOATIME, 0}},
+                                                     {"atime", {0, MS_NOATIME}},
+                                                     {"strictatime", {MS_STRICTATIME, 0}},
+                                                     {"nodiratime", {MS_NODIRATIME, 0}},
+                                                     {"diratime", {0, MS_NODIRATIME}},
+                                                     {"dirsync", {MS_DIRSYNC, 0}},
+                                                     {"mand", {MS_MANDLOCK, 0}},
+                                                     {"nomand", {0, MS_MANDLOCK}},
+                                                     {"defaults", {0, 0}}};
   static const std::map<std::string, unsigned long> kProp = {
-      {"private", MS_PRIVATE}, {"rprivate", MS_PRIVATE | MS_REC},
-      {"slave", MS_SLAVE}, {"rslave", MS_SLAVE | MS_REC},
-      {"shared", MS_SHARED}, {"rshared", MS_SHARED | MS_REC},
+      {"private", MS_PRIVATE},       {"rprivate", MS_PRIVATE | MS_REC},
+      {"slave", MS_SLAVE},           {"rslave", MS_SLAVE | MS_REC},
+      {"shared", MS_SHARED},         {"rshared", MS_SHARED | MS_REC},
       {"unbindable", MS_UNBINDABLE}, {"runbindable", MS_UNBINDABLE | MS_REC}};
   for (const auto& o : m.options) {
     if (o == "bind" || o == "rbind") {
@@ -181,8 +224,8 @@ Result<void> ParseMounts(const json& root, Spec& spec) {
   if (!root.contains("mounts")) return Ok();
   const json& arr = root["mounts"];
   if (!arr.is_array()) return Bad("mounts: expected an array");
-  static const std::set<std::string> kTypes = {"proc", "sysfs", "tmpfs", "devpts", "mqueue",
-                                               "bind", "none", ""};
+  static const std::set<std::string> kTypes = {"proc",   "sysfs", "tmpfs", "devpts",
+                                               "mqueue", "bind",  "none",  ""};
   for (size_t i = 0; i < arr.size(); ++i) {
     std::string where = StrFormat("mounts[%zu]", i);
     const json& j = arr[i];
@@ -200,8 +243,10 @@ Result<void> ParseMounts(const json& root, Spec& spec) {
          m.destination.compare(m.destination.size() - 3, 3, "/..") == 0))
       return Bad("%s.destination %s: must not contain ..", where.c_str(), m.destination.c_str());
     if (!kTypes.count(m.type))
-      return Bad("%s.type %s (%s): mount type not supported (supported: proc, sysfs, tmpfs, "
-                 "devpts, mqueue, bind)", where.c_str(), m.type.c_str(), m.destination.c_str());
+      return Bad(
+          "%s.type %s (%s): mount type not supported (supported: proc, sysfs, tmpfs, "
+          "devpts, mqueue, bind)",
+          where.c_str(), m.type.c_str(), m.destination.c_str());
     TRY(ParseMountOptions(m, where));
     if (m.type == "bind") m.bind = true;
     if ((m.type == "none" || m.type.empty()) && !m.bind)
@@ -218,8 +263,9 @@ Result<void> ParseMounts(const json& root, Spec& spec) {
 Result<void> ParseProcess(const json& root, Spec& spec) {
   if (!root.contains("process")) return Bad("process: missing");
   const json& p = root["process"];
-  TRY(OnlyKeys(p, "process", {"terminal", "args", "env", "cwd", "user", "capabilities",
-                              "noNewPrivileges", "rlimits", "consoleSize", "oomScoreAdj"}));
+  TRY(OnlyKeys(p, "process",
+               {"terminal", "args", "env", "cwd", "user", "capabilities", "noNewPrivileges",
+                "rlimits", "consoleSize", "oomScoreAdj"}));
   if (p.contains("oomScoreAdj")) {
     ASSIGN_OR_RETURN(int64_t v, GetInt(p["oomScoreAdj"], "process.oomScoreAdj"));
     if (v < -1000 || v > 1000) return Bad("process.oomScoreAdj %lld: out of range", (long long)v);
@@ -250,15 +296,15 @@ Result<void> ParseProcess(const json& root, Spec& spec) {
       spec.process.umask = static_cast<uint32_t>(v);
     }
     if (u.contains("additionalGids")) {
-      if (!u["additionalGids"].is_array()) return Bad("process.user.additionalGids: expected array");
+      if (!u["additionalGids"].is_array())
+        return Bad("process.user.additionalGids: expected array");
       for (const auto& g : u["additionalGids"]) {
         ASSIGN_OR_RETURN(int64_t v, GetInt(g, "process.user.additionalGids[]"));
         spec.process.additional_gids.push_back(v);
       }
     }
   }
-  ASSIGN_OR_RETURN(spec.process.no_new_privileges,
-                   GetBool(p, "noNewPrivileges", "process", false));
+  ASSIGN_OR_RETURN(spec.process.no_new_privileges, GetBool(p, "noNewPrivileges", "process", false));
   if (p.contains("capabilities")) {
     const json& c = p["capabilities"];
     TRY(OnlyKeys(c, "process.capabilities",
@@ -281,8 +327,8 @@ Result<void> ParseProcess(const json& root, Spec& spec) {
       if (!r.contains("soft") || !r.contains("hard") || !r["soft"].is_number_unsigned() ||
           !r["hard"].is_number_unsigned())
         return Bad("process.rlimits %s: soft and hard must be unsigned integers", type.c_str());
-      spec.process.rlimits.push_back({it->second, r["soft"].get<uint64_t>(),
-                                      r["hard"].get<uint64_t>()});
+      spec.process.rlimits.push_back(
+          {it->second, r["soft"].get<uint64_t>(), r["hard"].get<uint64_t>()});
     }
   }
   return Ok();
@@ -299,8 +345,9 @@ Result<void> ParseResources(const json& r, Spec& spec) {
       return Bad("linux.resources.memory.disableOOMKiller: true is not supported");
     if (m.contains("limit")) {
       ASSIGN_OR_RETURN(int64_t v, GetInt(m["limit"], "linux.resources.memory.limit"));
-      if (v == 0 || v < -1) return Bad("linux.resources.memory.limit %lld: must be > 0 or -1",
-                                       static_cast<long long>(v));
+      if (v == 0 || v < -1)
+        return Bad("linux.resources.memory.limit %lld: must be > 0 or -1",
+                   static_cast<long long>(v));
       res.memory_limit = v;
     }
   }
@@ -314,8 +361,8 @@ Result<void> ParseResources(const json& r, Spec& spec) {
     }
     if (c.contains("quota")) {
       ASSIGN_OR_RETURN(int64_t v, GetInt(c["quota"], "linux.resources.cpu.quota"));
-      if (v == 0 || v < -1) return Bad("linux.resources.cpu.quota %lld: must be > 0 or -1",
-                                       (long long)v);
+      if (v == 0 || v < -1)
+        return Bad("linux.resources.cpu.quota %lld: must be > 0 or -1", (long long)v);
       res.cpu_quota = v;
     }
     if (c.contains("period")) {
@@ -338,7 +385,8 @@ Result<void> ParseResources(const json& r, Spec& spec) {
       TRY(OnlyKeys(d, "linux.resources.devices[]", {"allow", "type", "major", "minor", "access"}));
       Resources::DeviceRule rule;
       ASSIGN_OR_RETURN(rule.allow, GetBool(d, "allow", "linux.resources.devices[]", false));
-      ASSIGN_OR_RETURN(std::string t, GetString(d, "type", "linux.resources.devices[]", false, "a"));
+      ASSIGN_OR_RETURN(std::string t,
+                       GetString(d, "type", "linux.resources.devices[]", false, "a"));
       if (t != "a" && t != "c" && t != "b")
         return Bad("linux.resources.devices[].type %s: expected a, b or c", t.c_str());
       rule.type = t[0];
@@ -361,9 +409,9 @@ Result<void> ParseResources(const json& r, Spec& spec) {
 Result<void> ParseLinux(const json& root, Spec& spec) {
   if (!root.contains("linux")) return Ok();
   const json& l = root["linux"];
-  TRY(OnlyKeys(l, "linux", {"namespaces", "uidMappings", "gidMappings", "resources",
-                            "maskedPaths", "readonlyPaths", "rootfsPropagation", "sysctl",
-                            "cgroupsPath"}));
+  TRY(OnlyKeys(l, "linux",
+               {"namespaces", "uidMappings", "gidMappings", "resources", "maskedPaths",
+                "readonlyPaths", "rootfsPropagation", "sysctl", "cgroupsPath"}));
   if (l.contains("cgroupsPath"))
     return Bad("linux.cgroupsPath: not supported (godwit places cgroups under godwit/ID)");
   if (l.contains("namespaces")) {
@@ -401,7 +449,8 @@ Result<void> ParseLinux(const json& root, Spec& spec) {
     const json& s = l["sysctl"];
     if (!s.is_object()) return Bad("linux.sysctl: expected an object");
     for (auto it = s.begin(); it != s.end(); ++it) {
-      if (!it.value().is_string()) return Bad("linux.sysctl.%s: expected a string", it.key().c_str());
+      if (!it.value().is_string())
+        return Bad("linux.sysctl.%s: expected a string", it.key().c_str());
       const std::string& k = it.key();
       // Only namespaced sysctls: net.* needs a network namespace, kernel.msg*/shm*/sem and
       // fs.mqueue.* an ipc namespace; anything else would change the host.
@@ -495,8 +544,9 @@ Result<Spec> ParseSpec(const std::string& json_text, const std::string& bundle) 
   if (root.is_discarded()) return Bad("not valid JSON");
   if (!root.is_object()) return Bad("expected a JSON object");
   Spec spec;
-  TRY(OnlyKeys(root, "", {"ociVersion", "process", "root", "hostname", "domainname", "mounts",
-                          "linux", "annotations"}));
+  TRY(OnlyKeys(root, "",
+               {"ociVersion", "process", "root", "hostname", "domainname", "mounts", "linux",
+                "annotations"}));
   ASSIGN_OR_RETURN(spec.domainname, GetString(root, "domainname", "", false));
   if (root.contains("hooks")) return Bad("hooks: not supported");
   ASSIGN_OR_RETURN(spec.oci_version, GetString(root, "ociVersion", "", false, "1.0.2"));
@@ -536,17 +586,29 @@ Result<Spec> LoadSpec(const std::string& bundle) {
 
 nlohmann::json DefaultMounts() {
   return json::array({
-      {{"destination", "/proc"}, {"type", "proc"}, {"source", "proc"},
+      {{"destination", "/proc"},
+       {"type", "proc"},
+       {"source", "proc"},
        {"options", {"nosuid", "noexec", "nodev"}}},
-      {{"destination", "/dev"}, {"type", "tmpfs"}, {"source", "tmpfs"},
+      {{"destination", "/dev"},
+       {"type", "tmpfs"},
+       {"source", "tmpfs"},
        {"options", {"nosuid", "strictatime", "mode=755", "size=65536k"}}},
-      {{"destination", "/dev/pts"}, {"type", "devpts"}, {"source", "devpts"},
+      {{"destination", "/dev/pts"},
+       {"type", "devpts"},
+       {"source", "devpts"},
        {"options", {"nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"}}},
-      {{"destination", "/dev/shm"}, {"type", "tmpfs"}, {"source", "shm"},
+      {{"destination", "/dev/shm"},
+       {"type", "tmpfs"},
+       {"source", "shm"},
        {"options", {"nosuid", "noexec", "nodev", "mode=1777", "size=65536k"}}},
-      {{"destination", "/dev/mqueue"}, {"type", "mqueue"}, {"source", "mqueue"},
+      {{"destination", "/dev/mqueue"},
+       {"type", "mqueue"},
+       {"source", "mqueue"},
        {"options", {"nosuid", "noexec", "nodev"}}},
-      {{"destination", "/sys"}, {"type", "sysfs"}, {"source", "sysfs"},
+      {{"destination", "/sys"},
+       {"type", "sysfs"},
+       {"source", "sysfs"},
        {"options", {"nosuid", "noexec", "nodev", "ro"}}},
   });
 }
@@ -557,22 +619,27 @@ nlohmann::json MakeConfig(const RunOptions& o) {
   for (const auto& e : o.env) env.push_back(e);
   json cfg = {
       {"ociVersion", "1.0.2"},
-      {"process", {{"terminal", false},
-                   {"user", {{"uid", 0}, {"gid", 0}}},
-                   {"args", o.args},
-                   {"env", env},
-                   {"cwd", "/"}}},
+      {"process",
+       {{"terminal", false},
+        {"user", {{"uid", 0}, {"gid", 0}}},
+        {"args", o.args},
+        {"env", env},
+        {"cwd", "/"}}},
       {"root", {{"path", o.rootfs}, {"readonly", o.readonly}}},
       {"hostname", o.hostname.empty() ? "godwit" : o.hostname},
       {"mounts", DefaultMounts()},
       {"linux",
-       {{"namespaces", json::array({{{"type", "pid"}}, {{"type", "network"}}, {{"type", "ipc"}},
-                                    {{"type", "uts"}}, {{"type", "mount"}},
+       {{"namespaces", json::array({{{"type", "pid"}},
+                                    {{"type", "network"}},
+                                    {{"type", "ipc"}},
+                                    {{"type", "uts"}},
+                                    {{"type", "mount"}},
                                     {{"type", "cgroup"}}})},
-        {"maskedPaths", {"/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/sched_debug",
-                         "/sys/firmware", "/proc/scsi", "/proc/acpi"}},
-        {"readonlyPaths", {"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys",
-                           "/proc/sysrq-trigger"}}}},
+        {"maskedPaths",
+         {"/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/sched_debug", "/sys/firmware",
+          "/proc/scsi", "/proc/acpi"}},
+        {"readonlyPaths",
+         {"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"}}}},
   };
   json res = json::object();
   if (o.memory > 0) res["memory"] = {{"limit", o.memory}};
@@ -589,8 +656,10 @@ nlohmann::json MakeConfig(const RunOptions& o) {
   if (!res.empty()) cfg["linux"]["resources"] = res;
   if (o.user_ns) {
     cfg["linux"]["namespaces"].push_back({{"type", "user"}});
-    cfg["linux"]["uidMappings"] = json::array({{{"containerID", 0}, {"hostID", 0}, {"size", 65536}}});
-    cfg["linux"]["gidMappings"] = json::array({{{"containerID", 0}, {"hostID", 0}, {"size", 65536}}});
+    cfg["linux"]["uidMappings"] =
+        json::array({{{"containerID", 0}, {"hostID", 0}, {"size", 65536}}});
+    cfg["linux"]["gidMappings"] =
+        json::array({{{"containerID", 0}, {"hostID", 0}, {"size", 65536}}});
   }
   json anno = json::object();
   if (!o.ip.empty()) anno[kAnnoIp] = o.ip;

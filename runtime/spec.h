@@ -11,21 +11,20 @@
 #include <sys/types.h>
 
 #include <map>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "common/result.h"
 
 namespace godwit::runtime {
 
 // Annotations that carry godwit settings through a standard OCI bundle.
-inline constexpr const char* kAnnoIp = "org.godwit.net.ip";                // "198.18.0.10/24"
-inline constexpr const char* kAnnoGateway = "org.godwit.net.gateway";      // "198.18.0.1"
+inline constexpr const char* kAnnoIp = "org.godwit.net.ip";                   // "198.18.0.10/24"
+inline constexpr const char* kAnnoGateway = "org.godwit.net.gateway";         // "198.18.0.1"
 inline constexpr const char* kAnnoAllowPorts = "org.godwit.net.allow-ports";  // "80,443/tcp,53/udp"
-inline constexpr const char* kAnnoDisk = "org.godwit.storage.size";        // "512M"
+inline constexpr const char* kAnnoDisk = "org.godwit.storage.size";           // "512M"
 
 struct IdMap {
   uint32_t container_id = 0;
@@ -39,9 +38,9 @@ struct Mount {
   std::string source;
   std::vector<std::string> options;
   // Derived from options by ParseSpec.
-  unsigned long flags = 0;          // MS_* applied at mount time
-  unsigned long propagation = 0;    // MS_PRIVATE/MS_SLAVE/MS_SHARED(|MS_REC) or 0
-  std::string data;                 // filesystem-specific options ("mode=755,size=65536k")
+  unsigned long flags = 0;        // MS_* applied at mount time
+  unsigned long propagation = 0;  // MS_PRIVATE/MS_SLAVE/MS_SHARED(|MS_REC) or 0
+  std::string data;               // filesystem-specific options ("mode=755,size=65536k")
   bool bind = false;
   bool recursive = false;
 };
@@ -65,7 +64,7 @@ struct Process {
   uint32_t gid = 0;
   std::vector<uint32_t> additional_gids;
   bool no_new_privileges = false;
-  std::optional<uint32_t> umask;       // default 022
+  std::optional<uint32_t> umask;  // default 022
   std::optional<int> oom_score_adj;
   Capabilities caps;
   std::vector<Rlimit> rlimits;
@@ -73,14 +72,14 @@ struct Process {
 
 // Resource limits (linux.resources). Unset values are not written.
 struct Resources {
-  std::optional<int64_t> memory_limit;   // bytes; -1 = unlimited
-  std::optional<uint64_t> cpu_shares;    // v1 cpu.shares (v2: converted to cpu.weight)
-  std::optional<int64_t> cpu_quota;      // us per period; -1 = unlimited
-  std::optional<uint64_t> cpu_period;    // us
-  std::optional<int64_t> pids_limit;     // -1 or 0 = unlimited
+  std::optional<int64_t> memory_limit;  // bytes; -1 = unlimited
+  std::optional<uint64_t> cpu_shares;   // v1 cpu.shares (v2: converted to cpu.weight)
+  std::optional<int64_t> cpu_quota;     // us per period; -1 = unlimited
+  std::optional<uint64_t> cpu_period;   // us
+  std::optional<int64_t> pids_limit;    // -1 or 0 = unlimited
   struct DeviceRule {
     bool allow = false;
-    char type = 'a';  // a, c, b
+    char type = 'a';                 // a, c, b
     int64_t major = -1, minor = -1;  // -1 = wildcard
     std::string access = "rwm";
   };
@@ -123,8 +122,8 @@ struct Spec {
   std::vector<std::string> masked_paths, readonly_paths;
   std::string rootfs_propagation;  // "", private, rprivate, slave, rslave
   std::map<std::string, std::string> annotations;
-  NetworkSpec net;            // from annotations
-  int64_t disk_quota = 0;     // bytes, from annotations; 0 = no quota, writes go to the rootfs
+  NetworkSpec net;         // from annotations
+  int64_t disk_quota = 0;  // bytes, from annotations; 0 = no quota, writes go to the rootfs
   std::map<std::string, std::string> sysctl;  // linux.sysctl (applied inside the namespaces)
 };
 
@@ -138,16 +137,18 @@ struct RunOptions {
   std::string rootfs;
   std::vector<std::string> args;
   std::string hostname;
-  int64_t memory = 0;      // bytes, 0 = no limit
-  double cpus = 0;         // 0.5 = half a CPU (quota/period)
+  int64_t memory = 0;  // bytes, 0 = no limit
+  double cpus = 0;     // 0.5 = half a CPU (quota/period)
   uint64_t cpu_shares = 0;
   int64_t pids = 0;
-  int64_t disk = 0;        // bytes
-  std::string ip;          // "198.18.0.10/24"
+  int64_t disk = 0;  // bytes
+  std::string ip;    // "198.18.0.10/24"
   std::string gateway;
   std::vector<std::string> allow_ports;  // "80", "53/udp"
   std::vector<std::string> env;
-  bool user_ns = false;    // map container root to host uid 0..65535 shifted? (see docs)
+  // A user namespace mapping ids 0-65535 to the same host ids (the rootfs stays usable); a real
+  // remapping needs a bundle config with its own uidMappings/gidMappings.
+  bool user_ns = false;
   bool readonly = false;
 };
 

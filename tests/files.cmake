@@ -17,5 +17,5 @@ target_include_directories(files_inet_test PRIVATE ${CMAKE_SOURCE_DIR})
 godwit_helper(fd_kinds ${CMAKE_CURRENT_SOURCE_DIR}/helpers/fd_kinds.c util)
 godwit_test(files_zdtm_test
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/files_zdtm_test.cc ${CMAKE_CURRENT_SOURCE_DIR}/cr_util.cc
-  LIBS godwit_common)
+  LIBS godwit_files godwit_images godwit_common)
 add_dependencies(files_zdtm_test fd_kinds)

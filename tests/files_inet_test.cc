@@ -288,6 +288,8 @@ TEST_P(FilesTcp, HalfClosedBothDirections) {
   ASSERT_TRUE(r.ok()) << r.error().to_string();
   // Sent while the connection is locked: dropped now, retransmitted to the restored socket.
   ASSERT_EQ(write(c1, "abc", 3), 3);
+  struct timeval tv {10, 0};  // a failed restore must fail the test, not hang it
+  setsockopt(c2, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
   std::string res = Restore(dir_ + "/img", {{pid, []() -> std::string {
     char b[16];
     CHECK_OR(ReadExactly(6, b, 10) && !memcmp(b, "last-words", 10), "CLOSE_WAIT queue");

@@ -10,6 +10,7 @@
 #include <sys/socket.h>
 #include <sys/timerfd.h>
 #include <linux/netlink.h>
+#include <linux/rtnetlink.h>
 #include <termios.h>
 
 #include "tests/files_harness_test.h"
@@ -516,7 +517,7 @@ TEST_F(FilesKinds, FileLocksFlockPosixOfd) {
 
 TEST_F(FilesKinds, UnsupportedKindNamesPidFdKind) {
   pid_t pid = SpawnStopped([] {
-    int s = socket(AF_NETLINK, SOCK_RAW, NETLINK_ROUTE);
+    int s = socket(AF_PACKET, SOCK_DGRAM, 0);
     if (dup2(s, 13) != 13) return 10;
     close(s);
     return 0;
@@ -530,8 +531,34 @@ TEST_F(FilesKinds, UnsupportedKindNamesPidFdKind) {
   EXPECT_EQ(r.error().kind(), ErrorKind::kUnsupported);
   std::string msg = r.error().to_string();
   EXPECT_NE(msg.find(StrFormat("pid %d fd 13", pid)), std::string::npos) << msg;
-  EXPECT_NE(msg.find("socket family 16"), std::string::npos) << msg;
+  EXPECT_NE(msg.find(StrFormat("socket family %d", AF_PACKET)), std::string::npos) << msg;
   EXPECT_FALSE(fs::Exists(dir_ + "/img/inventory.img"));
+}
+
+TEST_F(FilesKinds, NetlinkBoundToGroups) {
+  std::string res = RoundTrip(
+      [] {
+        int s = socket(AF_NETLINK, SOCK_RAW, NETLINK_ROUTE);
+        struct sockaddr_nl sa {};
+        sa.nl_family = AF_NETLINK;
+        sa.nl_groups = RTMGRP_LINK;
+        if (bind(s, (sockaddr*)&sa, sizeof(sa)) < 0) return 10;
+        return dup2(s, 8) == 8 ? 0 : 11;
+      },
+      []() -> std::string {
+        struct sockaddr_nl sa {};
+        socklen_t len = sizeof(sa);
+        CHECK_OR(getsockname(8, (sockaddr*)&sa, &len) == 0 && sa.nl_family == AF_NETLINK,
+                 "not a netlink socket");
+        CHECK_OR(sa.nl_groups == RTMGRP_LINK, "groups %#x", sa.nl_groups);
+        CHECK_OR(sa.nl_pid != 0, "not bound");  // the dumped port id (the old pid here)
+        int proto = 0;
+        len = sizeof(proto);
+        getsockopt(8, SOL_SOCKET, SO_PROTOCOL, &proto, &len);
+        CHECK_OR(proto == NETLINK_ROUTE, "protocol %d", proto);
+        return "";
+      });
+  EXPECT_EQ(res, "");
 }
 
 TEST_F(FilesKinds, OutsideTerminalNeedsShellJob) {
@@ -565,6 +592,38 @@ TEST_F(FilesKinds, OutsideTerminalNeedsShellJob) {
   EXPECT_EQ(ReadN(m, 2), "ok");
   close(s);
   close(m);
+}
+
+TEST_F(FilesKinds, MappedMemfdSharesTheEnginesObject) {
+  pid_t pid = SpawnStopped([] {
+    int m = memfd_create("mapped", 0);
+    write(m, "dumped", 6);
+    return dup2(m, 4) == 4 ? 0 : 9;
+  });
+  ASSERT_GT(pid, 0);
+  struct stat st;
+  ASSERT_EQ(stat(StrFormat("/proc/%d/fd/4", pid).c_str(), &st), 0);
+  auto r = DumpPids({pid}, dir_ + "/img");
+  KillAll({pid});
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  // The engine's copy of the object (it restored it for a mapping): the fd must open that one.
+  int engine = memfd_create("engine", 0);
+  ASSERT_EQ(write(engine, "engine", 6), 6);
+  RestoreOptions ro;
+  ro.memfds = {{st.st_ino, engine}};
+  std::string res = Restore(dir_ + "/img", {{pid, []() -> std::string {
+                                               char b[6];
+                                               CHECK_OR(pread(4, b, 6, 0) == 6 && !memcmp(b, "engine", 6),
+                                                        "a separate memfd, not the mapped one");
+                                               CHECK_OR(pwrite(4, "E", 1, 0) == 1, "write");
+                                               return "";
+                                             }}},
+                            ro);
+  EXPECT_EQ(res, "");
+  char b = 0;
+  EXPECT_EQ(pread(engine, &b, 1, 0), 1);
+  EXPECT_EQ(b, 'E') << "the restored fd and the engine's object differ";
+  close(engine);
 }
 
 TEST_F(FilesKinds, ExternalPipeOnStdinWithInheritFd) {

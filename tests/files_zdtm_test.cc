@@ -3,6 +3,8 @@
 // state after GO). The TCP tests stream a checksummed pattern between a process in the dumped
 // tree and a peer in another network namespace across dump and restore.
 #include <fcntl.h>
+#include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -15,6 +17,8 @@
 #include "common/fs.h"
 #include "common/result.h"
 #include "common/scope_exit.h"
+#include "files/files.h"
+#include "images/image.h"
 #include "cr_util.h"
 
 namespace godwit::crtest {
@@ -47,17 +51,23 @@ class FilesZdtm : public ::testing::Test {
  protected:
   void TearDown() override {
     for (pid_t p : pids_) KillAndReap(p);
+    auto fail = fs::ReadFile(dir_ / "fail.txt");
+    if (fail.ok()) ADD_FAILURE() << *fail;
   }
   int DumpKillRestore(pid_t pid, const std::vector<std::string>& dump_extra = {},
                       const std::vector<std::string>& restore_prefix = {}) {
     std::vector<std::string> args = {"dump", "--pid", std::to_string(pid), "--images-dir", dir_ / "img"};
     args.insert(args.end(), dump_extra.begin(), dump_extra.end());
+    // The helper's children die with it and are reparented to us (subreaper): reap exactly them
+    // (other children of the test, like a TCP peer, keep running).
+    std::vector<pid_t> kids;
+    std::ifstream kf(StrFormat("/proc/%d/task/%d/children", pid, pid));
+    for (pid_t k; kf >> k;) kids.push_back(k);
     auto d = Godwit(args);
     EXPECT_EQ(d.status, 0) << d.err;
     if (d.status != 0) return -1;
     EXPECT_EQ(Wait(pid), 128 + SIGKILL);
-    while (waitpid(-1, nullptr, WNOHANG) > 0) {
-    }
+    for (pid_t k : kids) waitpid(k, nullptr, 0);
     Touch(dir_ / "go");
     std::vector<std::string> r = restore_prefix;
     r.insert(r.end(), {GODWIT_BIN, "restore", "--images-dir", dir_ / "img"});
@@ -163,6 +173,29 @@ TEST_F(FilesZdtm, TcpClientInTreeServerOutside) {
   EXPECT_EQ(Wait(server), 0) << "the server saw an error or a wrong byte";
 }
 
+TEST_F(FilesZdtm, TcpLeaveRunningGivesTheConnectionBack) {
+  Netns n;
+  ASSERT_TRUE(n.ok_);
+  pid_t server = Start({"{READY}", dir_ / "go", "tcp-server", dir_.path(), n.a_, n.ip_a_, "7004"});
+  ASSERT_GT(server, 0);
+  pid_t client = Start({"{READY}", dir_ / "go", "tcp-client", dir_.path(), n.b_, n.ip_a_, "7004"});
+  ASSERT_GT(client, 0);
+  ASSERT_TRUE(WaitFor(5000, ServerAccepted, server));
+  auto d = Godwit({"dump", "--pid", std::to_string(server), "--images-dir", dir_ / "img",
+                   "--tcp-established", "--leave-running"});
+  ASSERT_EQ(d.status, 0) << d.err;
+  // Repair mode is off again and the lock is gone: the stream goes on and ends cleanly.
+  std::string err;
+  std::string tables = StrFormat("/tmp/godwit-files-tables-%d", getpid());
+  RunCmd({"sh", "-c", "ip netns exec " + n.a_ + " nft list tables > " + tables});
+  auto t = fs::ReadFile(tables);
+  unlink(tables.c_str());
+  EXPECT_TRUE(t.ok() && t->find("godwit_lock") == std::string::npos) << (t.ok() ? *t : "");
+  Touch(dir_ / "go");
+  EXPECT_EQ(Wait(server), 0);
+  EXPECT_EQ(Wait(client), 0);
+}
+
 TEST_F(FilesZdtm, TcpServerRestoredIntoFreshNetnsWithSameAddress) {
   Netns n;
   ASSERT_TRUE(n.ok_);
@@ -177,9 +210,27 @@ TEST_F(FilesZdtm, TcpServerRestoredIntoFreshNetnsWithSameAddress) {
   EXPECT_EQ(Wait(server), 128 + SIGKILL);
   // What migration does: the old namespace goes away, a new one carries the same address.
   std::string fresh = n.a_ + "n";
+  // The link goes first, synchronously: a namespace's teardown is asynchronous and flushes its
+  // nftables tables before its devices go, so a peer's retransmission could meet the dying
+  // namespace without socket and without lock, and get a RST. (Migration must do the same.)
+  ASSERT_EQ(Netns::Sh(StrFormat("ip -n %s link del gva%d0", n.a_.c_str(), getpid())), 0);
   Netns::Sh("ip netns del " + n.a_);
   ASSERT_EQ(Netns::Sh("ip netns add " + fresh), 0);
   ScopeExit del([&] { Netns::Sh("ip netns del " + fresh); });
+  // As migration does: lock the connections in the new namespace before its address comes up,
+  // or the peer's next retransmission meets a kernel without the socket and gets a RST.
+  pid_t locker = fork();
+  if (locker == 0) {
+    int ns = open(("/run/netns/" + fresh).c_str(), O_RDONLY);
+    if (ns < 0 || setns(ns, CLONE_NEWNET) < 0) _exit(10);
+    auto set = images::ImageSet::Open(dir_ / "img");
+    if (!set.ok()) _exit(11);
+    auto rest = files::FdRestorer::Load(*set, {});
+    if (!rest.ok()) _exit(12);
+    _exit((*rest)->LockNetwork().ok() ? 0 : 13);
+  }
+  ASSERT_EQ(Wait(locker), 0);
+  if (getenv("GODWIT_FILES_DEBUG")) (void)!system(("ip netns exec " + fresh + " nft list ruleset >&2").c_str());
   ASSERT_TRUE(n.Link(fresh));
   Touch(dir_ / "go");
   std::string err;

@@ -1,11 +1,10 @@
 // Each cgroup backend on its own against the real hierarchies this machine has: v1 (the v1
 // controllers), v2 (the cgroup2 mount: on a hybrid machine without controllers, so only
 // membership and freezing), hybrid. A plain child process stands in for a container.
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-#include <gtest/gtest.h>
 
 #include "common/fs.h"
 #include "common/scope_exit.h"

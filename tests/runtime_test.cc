@@ -2,8 +2,11 @@
 // made) and the runtime library. Root required. Every test uses its own ids, state root, rootfs
 // and 198.18.0.0/15 subnet derived from the test process's pid, and deletes what it made even
 // when it fails.
+#include "runtime/runtime.h"
+
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <net/if.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -15,18 +18,15 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 #include <vector>
-
-#include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 
 #include "common/fs.h"
 #include "common/scope_exit.h"
 #include "runtime/cgroup.h"
 #include "runtime/network.h"
-#include "runtime/runtime.h"
 
 namespace godwit::runtime {
 namespace {
@@ -172,13 +172,85 @@ TEST_F(RuntimeTest, Hostname) {
   EXPECT_NE(std::string(mine), h);
 }
 
+// Read-only root, masked and read-only /proc paths, capabilities, the process user: each one
+// observed from inside.
+TEST_F(RuntimeTest, ReadonlyRootMaskedPathsCapabilitiesUser) {
+  std::string id = Id("harden");
+  std::string bundle = dir_ + "/bundle-" + id;
+  ASSERT_TRUE(fs::MkdirAll(bundle).ok());
+  RunOptions o;
+  o.rootfs = dir_ + "/rootfs";
+  o.readonly = true;
+  o.args = {"sh", "-c",
+            "touch /x 2>&1 | grep -c 'Read-only'; "
+            "wc -c < /proc/keys; "
+            "grep -c ' /proc/sys ro,' /proc/self/mountinfo; "
+            "grep CapEff /proc/self/status; id -u; id -g"};
+  json cfg = MakeConfig(o);
+  // CAP_KILL (5) and CAP_NET_BIND_SERVICE (10) only, as uid/gid 1000.
+  cfg["process"]["user"] = {{"uid", 1000}, {"gid", 1000}};
+  for (const char* set : {"bounding", "effective", "permitted"})
+    cfg["process"]["capabilities"][set] = {"CAP_KILL", "CAP_NET_BIND_SERVICE"};
+  cfg["process"]["capabilities"]["ambient"] = {"CAP_KILL", "CAP_NET_BIND_SERVICE"};
+  cfg["process"]["capabilities"]["inheritable"] = {"CAP_KILL", "CAP_NET_BIND_SERVICE"};
+  ASSERT_TRUE(fs::WriteFile(bundle + "/config.json", cfg.dump()).ok());
+  CmdResult r = Run({"run", id, "--bundle", bundle});
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto lines = fs::Split(Trim(r.out), '\n');
+  ASSERT_EQ(lines.size(), 6u) << r.out << r.err;
+  EXPECT_EQ(lines[0], "1");        // / is read-only
+  EXPECT_EQ(Trim(lines[1]), "0");  // /proc/keys masked by /dev/null
+  EXPECT_EQ(lines[2], "1");        // /proc/sys read-only
+  EXPECT_EQ(Trim(lines[3].substr(lines[3].find(':') + 1)), "0000000000000420");  // KILL, NET_BIND
+  EXPECT_EQ(lines[4], "1000");
+  EXPECT_EQ(lines[5], "1000");
+}
+
+// linux.resources.devices: deny all but the default devices. The host's /dev/net/tun (10:200),
+// bind-mounted in, cannot be opened, nor a node made; without rules both work.
+TEST_F(RuntimeTest, DevicesCgroupAllowList) {
+  auto roots = DetectCgroupLayout();
+  ASSERT_TRUE(roots.ok());
+  std::string script =
+      "(exec 3</dev/tun) 2>/dev/null && echo tun-open || echo tun-denied; "
+      "mknod /dev/t c 10 200 2>/dev/null && echo mknod-ok || echo mknod-denied; "
+      "head -c 1 /dev/zero | wc -c";
+  for (bool rules : {true, false}) {
+    std::string id = Id(rules ? "dev-rules" : "dev-none");
+    std::string bundle = dir_ + "/bundle-" + id;
+    ASSERT_TRUE(fs::MkdirAll(bundle).ok());
+    RunOptions o;
+    o.rootfs = dir_ + "/rootfs";
+    o.args = {"sh", "-c", script};
+    json cfg = MakeConfig(o);
+    cfg["mounts"].push_back({{"destination", "/dev/tun"},
+                             {"type", "bind"},
+                             {"source", "/dev/net/tun"},
+                             {"options", {"bind"}}});
+    if (rules) cfg["linux"]["resources"]["devices"] = {{{"allow", false}, {"access", "rwm"}}};
+    ASSERT_TRUE(fs::WriteFile(bundle + "/config.json", cfg.dump()).ok());
+    CmdResult r = Run({"run", id, "--bundle", bundle});
+    if (rules && roots->v1.count("devices") == 0) {
+      EXPECT_EQ(r.code, 7) << r.err;  // v2 needs a BPF program: refused, not ignored
+      continue;
+    }
+    ASSERT_EQ(r.code, 0) << r.err;
+    auto lines = fs::Split(Trim(r.out), '\n');
+    ASSERT_EQ(lines.size(), 3u) << r.out << r.err;
+    EXPECT_EQ(lines[0], rules ? "tun-denied" : "tun-open");
+    EXPECT_EQ(lines[1], rules ? "mknod-denied" : "mknod-ok");
+    EXPECT_EQ(Trim(lines[2]), "1");  // /dev/zero stays usable
+  }
+}
+
 TEST_F(RuntimeTest, UserNamespaceWithMappings) {
   std::string id = Id("userns");
   std::string bundle = dir_ + "/bundle-" + id;
   ASSERT_TRUE(fs::MkdirAll(bundle).ok());
   RunOptions o;
   o.rootfs = dir_ + "/rootfs";
-  o.args = {"sh", "-c", "cat /proc/self/uid_map /proc/self/gid_map; readlink /proc/self/ns/user; id -u"};
+  o.args = {"sh", "-c",
+            "cat /proc/self/uid_map /proc/self/gid_map; readlink /proc/self/ns/user; id -u"};
   o.disk = 8 << 20;
   json cfg = MakeConfig(o);
   cfg["linux"]["namespaces"].push_back({{"type", "user"}});
@@ -265,7 +337,12 @@ TEST_F(RuntimeTest, ContainerIpAnswersFromHostAndFirewallDropsOtherPorts) {
   EXPECT_EQ(Trim(buf), "pong");
   // Port 7778 listens too (the ps below shows it) but the firewall drops the SYN: a timeout,
   // not a refusal.
-  CmdResult ps = Run({"exec", id, "--", "netstat", "-ltn"});
+  CmdResult ps;
+  for (int i = 0; i < 100; ++i) {  // the 7778 listener binds asynchronously too
+    ps = Run({"exec", id, "--", "netstat", "-ltn"});
+    if (ps.out.find(":7778") != std::string::npos) break;
+    usleep(20000);
+  }
   EXPECT_NE(ps.out.find(":7778"), std::string::npos) << ps.out;
   int blocked = ConnectTimeout(ip, 7778, 300);
   EXPECT_LT(blocked, 0);
@@ -280,7 +357,8 @@ TEST_F(RuntimeTest, MemoryLimitOomKillsHog) {
   EXPECT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("rc=137"), std::string::npos) << r.out << r.err;
   // The same without a limit succeeds: the limit, not the machine, stopped it.
-  CmdResult ok = RunFg(Id("nooom"), {}, {"sh", "-c", "dd if=/dev/zero of=/dev/null bs=64M count=1; echo rc=$?"});
+  CmdResult ok = RunFg(Id("nooom"), {},
+                       {"sh", "-c", "dd if=/dev/zero of=/dev/null bs=64M count=1; echo rc=$?"});
   EXPECT_NE(ok.out.find("rc=0"), std::string::npos) << ok.out << ok.err;
 }
 
@@ -288,8 +366,9 @@ TEST_F(RuntimeTest, PidsLimitStopsForkBomb) {
   std::string id = Id("pids");
   Container c = RunDetached(
       id, {"--pids", "8"},
-            // The bomb runs in a subshell: ash gives up on "can't fork"; then pid 1 becomes sleep.
-      {"sh", "-c", "(i=0; while [ $i -lt 40 ]; do sleep 1000 & i=$((i+1)); done); exec sleep 1000"});
+      // The bomb runs in a subshell: ash gives up on "can't fork"; then pid 1 becomes sleep.
+      {"sh", "-c",
+       "(i=0; while [ $i -lt 40 ]; do sleep 1000 & i=$((i+1)); done); exec sleep 1000"});
   ASSERT_GT(c.pid, 0);
   auto cg = OpenCgroup(id);
   ASSERT_TRUE(cg.ok());
@@ -314,8 +393,11 @@ TEST_F(RuntimeTest, PidsLimitStopsForkBomb) {
 TEST_F(RuntimeTest, DiskQuotaGivesEnospcAndLeavesRootfsAlone) {
   std::string name = StrFormat("big-%d", getpid());
   CmdResult r = RunFg(Id("disk"), {"--disk", "8M"},
-                      {"sh", "-c", "dd if=/dev/zero of=/" + name + " bs=1M count=16; echo rc=$?; "
-                       "rm /" + name + "; echo small > /etc/small && cat /etc/small"});
+                      {"sh", "-c",
+                       "dd if=/dev/zero of=/" + name +
+                           " bs=1M count=16; echo rc=$?; "
+                           "rm /" +
+                           name + "; echo small > /etc/small && cat /etc/small"});
   EXPECT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.err.find("No space left on device"), std::string::npos) << r.err;
   EXPECT_NE(r.out.find("rc=1"), std::string::npos) << r.out;
@@ -326,8 +408,8 @@ TEST_F(RuntimeTest, DiskQuotaGivesEnospcAndLeavesRootfsAlone) {
 
 TEST_F(RuntimeTest, ExecRunsInAllNamespacesAndCgroups) {
   std::string id = Id("exec");
-  Container c = RunDetached(id, {"--hostname", "exechost", "--ip", Subnet(1) + ".10/24"},
-                            {"sleep", "1000"});
+  Container c =
+      RunDetached(id, {"--hostname", "exechost", "--ip", Subnet(1) + ".10/24"}, {"sleep", "1000"});
   ASSERT_GT(c.pid, 0);
   CmdResult r = Run({"exec", id, "--", "sh", "-c",
                      "for n in pid mnt uts ipc net cgroup; do readlink /proc/self/ns/$n; done; "
@@ -347,7 +429,8 @@ TEST_F(RuntimeTest, ExecRunsInAllNamespacesAndCgroups) {
   EXPECT_EQ(lines[8], "4:memory:/");  // the root of its cgroup namespace: the container's cgroup
   // The exit code comes back.
   EXPECT_EQ(Run({"exec", id, "--", "sh", "-c", "exit 42"}).code, 42);
-  CmdResult e = Run({"exec", id, "--env", "FOO=bar", "--cwd", "/etc", "--", "sh", "-c", "echo $FOO $(pwd)"});
+  CmdResult e =
+      Run({"exec", id, "--env", "FOO=bar", "--cwd", "/etc", "--", "sh", "-c", "echo $FOO $(pwd)"});
   ASSERT_EQ(e.code, 0) << e.err;
   EXPECT_EQ(Trim(e.out), "bar /etc");
   CmdResult missing = Run({"exec", id, "--", "no-such-program"});
@@ -359,11 +442,28 @@ TEST_F(RuntimeTest, KillAndDeleteLeaveNothingBehind) {
   std::string id = Id("clean");
   Container c = RunDetached(id,
                             {"--ip", Subnet(2) + ".10/24", "--memory", "64M", "--pids", "32",
-                             "--disk", "8M", "--allow-port", "80"},
+                             "--cpus", "0.5", "--cpu-shares", "512", "--disk", "8M",
+                             "--allow-port", "80"},
                             {"sleep", "1000"});
   ASSERT_GT(c.pid, 0);
   ASSERT_FALSE(c.cgroup_paths.empty());
   for (const auto& [k, p] : c.cgroup_paths) EXPECT_TRUE(fs::Exists(p)) << p;
+  // The limits as the kernel holds them (v1 files, or cgroup v2 ones).
+  auto knob = [&](const char* ctrl, const char* file) {
+    auto it = c.cgroup_paths.find(ctrl);
+    return it == c.cgroup_paths.end() ? std::string() : Trim(ReadOr(it->second + "/" + file));
+  };
+  if (c.cgroup_paths.count("memory")) {
+    EXPECT_EQ(knob("memory", "memory.limit_in_bytes"), std::to_string(64 << 20));
+    EXPECT_EQ(knob("pids", "pids.max"), "32");
+    EXPECT_EQ(knob("cpu", "cpu.cfs_quota_us"), "50000");
+    EXPECT_EQ(knob("cpu", "cpu.cfs_period_us"), "100000");
+    EXPECT_EQ(knob("cpu", "cpu.shares"), "512");
+  } else {
+    EXPECT_EQ(knob("unified", "memory.max"), std::to_string(64 << 20));
+    EXPECT_EQ(knob("unified", "pids.max"), "32");
+    EXPECT_EQ(knob("unified", "cpu.max"), "50000 100000");
+  }
   EXPECT_TRUE(LinkExists(c.host_veth));
   CmdResult st = Run({"state", id});
   ASSERT_EQ(st.code, 0);
@@ -427,6 +527,23 @@ TEST_F(RuntimeTest, DeleteForceStopsARunningContainer) {
   CmdResult d = Run({"delete", id});
   EXPECT_EQ(d.code, 1);
   EXPECT_NE(d.err.find("running"), std::string::npos);
+  // The shell forks its two sleeps after `run -d` returned: wait (bounded) for all three.
+  for (int i = 0; i < 500; ++i) {
+    auto pids = Ps(root_, id);
+    if (pids.ok() && pids->size() == 3 &&
+        ReadOr(StrFormat("/proc/%d/cmdline", c.pid)).rfind("sleep", 0) == 0)
+      break;
+    usleep(10000);
+  }
+  CmdResult ps = Run({"ps", "--json", id});
+  ASSERT_EQ(ps.code, 0);
+  EXPECT_EQ(json::parse(ps.out).size(), 3u) << ps.out;
+  CmdResult l = Run({"list", "--json"});
+  ASSERT_EQ(l.code, 0);
+  bool listed = false;
+  for (const auto& e : json::parse(l.out))
+    listed = listed || (e["id"] == id && e["status"] == "running" && e["pid"] == c.pid);
+  EXPECT_TRUE(listed) << l.out;
   d = Run({"delete", "--force", id});
   ASSERT_EQ(d.code, 0) << d.err;
   Reap(c.pid);
@@ -546,7 +663,8 @@ class RuntimeBadInputTest : public RuntimeTest {
     EXPECT_FALSE(fs::Exists(root_ + "/" + id));
     auto roots = DetectCgroupLayout();
     ASSERT_TRUE(roots.ok());
-    for (const auto& [ctrl, mnt] : roots->v1) EXPECT_FALSE(fs::Exists(mnt + "/godwit/" + id)) << ctrl;
+    for (const auto& [ctrl, mnt] : roots->v1)
+      EXPECT_FALSE(fs::Exists(mnt + "/godwit/" + id)) << ctrl;
     if (!roots->unified.empty()) {
       EXPECT_FALSE(fs::Exists(roots->unified + "/godwit/" + id));
     }
@@ -632,7 +750,8 @@ TEST_F(RuntimeBadInputTest, DuplicateAndUnknownIds) {
 TEST_F(RuntimeBadInputTest, LimitTheKernelRefuses) {
   std::string id = Id("badlimit");
   // A CFS quota under 1 ms is EINVAL for the kernel.
-  CmdResult r = Run({"run", "--rootfs", dir_ + "/rootfs", "--name", id, "--cpus", "0.0001", "--", "true"});
+  CmdResult r =
+      Run({"run", "--rootfs", dir_ + "/rootfs", "--name", id, "--cpus", "0.0001", "--", "true"});
   EXPECT_EQ(r.code, 7);
   EXPECT_NE(r.err.find("cfs_quota_us"), std::string::npos) << r.err;
   ExpectNothingLeft(id);
