@@ -16,15 +16,15 @@
 #include "container/checkpoint.h"
 #include "container/restore.h"
 #include "dump/dump.h"
+#include "restore/restore.h"
 #include "runtime/runtime.h"
 
 namespace godwit::cli {
 namespace {
 
-// The engine dumps the tree and leaves it alive. dump::Dump has no hooks yet for the moment all
-// threads are seized and for the moment before it detaches (TreeDumpRequest): until it has, the
-// cgroup is thawed just before the engine seizes the tree and frozen again right after it let go,
-// so the tree runs for that short window between the namespace dumps and the tree dump.
+// The engine dumps the tree and leaves it alive. The cgroup stays frozen from the namespace dumps
+// until the engine has seized every thread (the tree is then held by ptrace) and is refrozen
+// before the engine lets go: the tree never runs in between (TreeDumpRequest).
 container::TreeDumper EngineDumper() {
   return [](const container::TreeDumpRequest& req) -> Result<container::TreeStats> {
     dump::DumpOptions o;
@@ -34,9 +34,9 @@ container::TreeDumper EngineDumper() {
     o.compression = req.compression;
     o.shell_job = true;        // the init's stdio comes from outside the container
     o.tcp_established = true;  // the container owns its netns
-    TRY(req.thaw());
+    o.on_seized = req.thaw;
+    o.before_detach = req.refreeze;
     auto s = dump::Dump(o);
-    TRY(req.refreeze());
     if (!s.ok()) return std::move(s).error();
     container::TreeStats t;
     t.processes = s->processes;
@@ -46,13 +46,23 @@ container::TreeDumper EngineDumper() {
   };
 }
 
-// The engine's restore cannot yet clone the tree's root as pid 1 of a new pid namespace with the
-// container's environment hooks (container/restore.h, TreeRestoreRequest).
+// The engine restores the tree with its root cloned into the container's fresh namespaces (pid 1
+// of a new pid ns, as the image says): BuildRoot inside it, the environment from outside, then the
+// files inside its mount and net namespaces.
 container::TreeRestorer EngineRestorer() {
-  return [](const container::TreeRestoreRequest&) -> Result<container::TreeRestoreResult> {
-    return MakeError(ErrorKind::kUnsupported, 0,
-                     "restoring a container's process tree needs the engine to clone its root as "
-                     "pid 1 of a new pid namespace (restore/: TreeRestoreRequest)");
+  return [](const container::TreeRestoreRequest& req) -> Result<container::TreeRestoreResult> {
+    restore::RestoreOptions o;
+    o.images_dir = req.tree_dir;
+    o.detach = true;     // the container verb waits (or not) for the init itself
+    o.shell_job = true;  // the init's stdio comes from outside the container
+    o.root_clone_flags = req.clone_flags;
+    o.root_inside = req.inside;
+    o.root_outside = req.outside;
+    ASSIGN_OR_RETURN(restore::RestoreStats s, restore::Restore(o));
+    container::TreeRestoreResult t;
+    t.root_host_pid = s.root_pid;
+    t.processes = s.processes;
+    return t;
   };
 }
 
@@ -114,11 +124,6 @@ int CheckpointCmd(Global& g, const std::vector<std::string>& args) {
   }
   fflush(stdout);
   return 0;
-}
-
-// Under its own verb name too, until `restore` dispatches here (cmd_restore.cc).
-int ContainerRestoreVerb(Global& g, const std::vector<std::string>& args) {
-  return ContainerRestoreCmd(g, args);
 }
 
 }  // namespace
@@ -198,8 +203,3 @@ GODWIT_COMMAND(checkpoint, "checkpoint",
                "[--export FILE] [--json]",
                "checkpoint a running container (processes, mounts, net, ipc, limits) to images",
                godwit::cli::CheckpointCmd);
-GODWIT_COMMAND(
-    container_restore, "container-restore",
-    "container-restore ID --image-path DIR | --import FILE [--bundle DIR] [--ip A.B.C.D[/N]] "
-    "[--detach] [--pid-file F] [--json]",
-    "restore a checkpointed container (also `restore ID ...`)", godwit::cli::ContainerRestoreVerb);

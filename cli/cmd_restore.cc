@@ -1,5 +1,7 @@
 // `godwit restore --images-dir DIR [--detach] [--pid-file F] [--shell-job]
-//  [--inherit-fd fd[N]:KEY]... [--tcp-close] [--json]`
+//  [--inherit-fd fd[N]:KEY]... [--tcp-close] [--json]`: a process tree (the engine), and
+// `godwit restore ID --image-path DIR | --import FILE [--bundle DIR] [--detach]`: a container
+// (cmd_container.cc; runc's flag names), told apart by IsContainerRestore.
 // Without --detach, waits for the restored root (a child of this process) and exits with its
 // status (128+signal if it was killed).
 #include <unistd.h>
@@ -8,6 +10,7 @@
 #include <cstdlib>
 #include <nlohmann/json.hpp>
 
+#include "cli/cmd_container.h"
 #include "cli/command.h"
 #include "common/args.h"
 #include "restore/restore.h"
@@ -23,9 +26,8 @@ void Progress(const char* phase, uint64_t done, uint64_t total) {
   fprintf(stderr, "\r%s: %3d%%%s", phase, pct, done >= total ? "\n" : "");
 }
 
-// Restore is not an image verb's name; register it here. (A container-level `restore ID` comes
-// with the container checkpoint issue and will share this verb.)
 int RestoreCmd(Global& g, const std::vector<std::string>& args) {
+  if (IsContainerRestore(args)) return ContainerRestoreCmd(g, args);
   ArgSpec spec{{"images-dir", "pid-file", "inherit-fd"},
                {"detach", "shell-job", "tcp-close"},
                {{"-D", "images-dir"}, {"-d", "detach"}}};
@@ -79,8 +81,10 @@ int RestoreCmd(Global& g, const std::vector<std::string>& args) {
 }  // namespace
 
 GODWIT_COMMAND(restore, "restore",
+               "restore ID --image-path DIR | --import FILE [--bundle DIR] [--ip A.B.C.D[/N]] "
+               "[--detach] [--pid-file F] [--json]  (a container); "
                "restore --images-dir DIR [--detach] [--pid-file F] [--shell-job] "
-               "[--inherit-fd fd[N]:KEY]... [--json]",
-               "recreate a checkpointed process tree with the same pids", RestoreCmd);
+               "[--inherit-fd fd[N]:KEY]... [--tcp-close] [--json]  (a process tree)",
+               "recreate a checkpointed container, or process tree (same pids)", RestoreCmd);
 
 }  // namespace godwit::cli

@@ -44,6 +44,15 @@ struct DumpOptions {
   int pre_rounds = 0;
   // Called with (phase, done, total) for progress output; may be empty.
   std::function<void(const char*, uint64_t, uint64_t)> progress;
+  // Container hooks (optional). on_seized runs once every thread of the tree is under ptrace
+  // (stopped by it), before anything is injected; before_detach runs right before the tree is
+  // let go (thawed, or killed), on success and on failure, iff on_seized ran. The container
+  // checkpoint thaws its cgroup-v1 freezer in the first (a frozen task takes the ptrace stop
+  // but cannot run an injected syscall; the tree stays stopped by ptrace) and refreezes in the
+  // second. A failing on_seized fails the dump; before_detach's error is returned if the dump
+  // itself succeeded.
+  std::function<Result<void>()> on_seized;
+  std::function<Result<void>()> before_detach;
 };
 
 struct DumpStats {

@@ -201,8 +201,13 @@ Result<DumpStats> Dump(const DumpOptions& opts) {
     }
   }
   std::unique_ptr<files::FdDumper> fds;
+  bool seized_hook = false;  // on_seized ran: before_detach is owed
   ScopeExit on_error([&] {
     if (finished) return;
+    if (seized_hook && opts.before_detach) {
+      auto r = opts.before_detach();
+      if (!r.ok()) LOG_WARN("dump: before_detach: %s", r.error().to_string().c_str());
+    }
     for (auto& p : ctx.procs)
       if (p->remote) {
         auto r = p->remote->Release();
@@ -218,6 +223,10 @@ Result<DumpStats> Dump(const DumpOptions& opts) {
   TRY_CTX(FreezeTree(opts.pid, &frozen), "freeze tree of %d", opts.pid);
   auto t_frozen = Clock::now();
   ctx.stats.freeze_ms = Ms(t_freeze, t_frozen);
+  if (opts.on_seized) {
+    seized_hook = true;
+    TRY_CTX(opts.on_seized(), "dump: on_seized");
+  }
   ctx.tree = frozen.tree;
   TRY(images::WriteImage(*sink, "pstree.img", ctx.tree));
 
@@ -276,6 +285,8 @@ Result<DumpStats> Dump(const DumpOptions& opts) {
   img::Inventory inv = images::NewInventory();
   TRY_CTX(sink->Finish(std::move(inv)), "write inventory");
   finished = true;
+  Result<void> hook = Ok();
+  if (seized_hook && opts.before_detach) hook = opts.before_detach();
   if (opts.leave_running) {
     if (fds) fds->Resume();
     ThawTree(frozen);
@@ -285,6 +296,7 @@ Result<DumpStats> Dump(const DumpOptions& opts) {
   auto t_end = Clock::now();
   ctx.stats.frozen_ms = Ms(t_freeze, t_end);
   ctx.stats.total_ms = Ms(t_start, t_end);
+  if (!hook.ok()) return std::move(hook.error().wrap("dump: before_detach"));
   return ctx.stats;
 }
 

@@ -36,6 +36,18 @@ struct RestoreOptions {
   bool shell_job = false;
   std::vector<std::pair<int, std::string>> inherit_fds;
   std::function<void(const char*, uint64_t, uint64_t)> progress;
+  // Hooks for restoring a tree inside a container's fresh namespaces (all optional).
+  // root_clone_flags (CLONE_NEWNS|NEWUTS|NEWIPC|NEWNET|NEWCGROUP; NEWPID follows the image) are
+  // added to the root's clone3. root_inside runs in the root task right after its clone (a
+  // copy of the single-threaded coordinator); non-zero is an errno and *what names the step.
+  // root_outside then runs in the coordinator with the root's host pid, before the root clones
+  // its children and before any process state is restored (cgroup membership, veth, contents).
+  // The files are then prepared inside the root's mount and net namespaces (paths and sockets
+  // are the container's). CLONE_NEWCGROUP is unshared by the root only after root_outside, so
+  // the cgroup namespace's root is the cgroup root_outside put it in.
+  int root_clone_flags = 0;
+  std::function<int(const char** what)> root_inside;
+  std::function<Result<void>(pid_t root_host_pid)> root_outside;
 };
 
 struct RestoreStats {
@@ -72,6 +84,9 @@ struct RestoreContext {
   RestoreStats stats;
   std::vector<std::unique_ptr<ProcessRestore>> procs;  // live processes, tree order
   std::map<pid_t, ProcessRestore*> by_pid;
+  // With container hooks: the images directory, open at this fd number in every restored
+  // process (their mount ns is the container's); -1: injected opens use the path.
+  int images_fd = -1;
 };
 
 // A process's / thread's id in its own (innermost) pid namespace: what injected syscalls inside

@@ -91,9 +91,10 @@ struct MmState {
   std::map<std::string, long> file_fds;  // path -> fd in the target
 };
 
-Result<long> OpenInTarget(remote::Remote* r, const std::string& path, int flags) {
+Result<long> OpenInTarget(remote::Remote* r, const std::string& path, int flags,
+                          int dirfd = AT_FDCWD) {
   ASSIGN_OR_RETURN(uint64_t a, r->WriteString(0, path));
-  auto fd = r->Syscall(SYS_openat, static_cast<uint64_t>(AT_FDCWD), a, flags | O_CLOEXEC, 0);
+  auto fd = r->Syscall(SYS_openat, static_cast<uint64_t>(dirfd), a, flags | O_CLOEXEC, 0);
   if (!fd.ok())
     return std::move(fd.error().wrap(StrFormat("open %s in pid %d", path.c_str(), r->pid())));
   return fd;
@@ -222,7 +223,12 @@ Result<void> FillPages(RestoreContext& ctx, ProcessRestore& p, const img::PageMa
     auto ext = blob->RawExtents(run.blob_off(), len);
     if (ext.ok()) {
       if (fd < 0) {
-        ASSIGN_OR_RETURN(fd, OpenInTarget(r, ctx.images->dir() + "/" + pagemap.blob(), O_RDONLY));
+        // In a container the images are not in the tree's mount ns: through the inherited fd.
+        if (ctx.images_fd >= 0) {
+          ASSIGN_OR_RETURN(fd, OpenInTarget(r, pagemap.blob(), O_RDONLY, ctx.images_fd));
+        } else {
+          ASSIGN_OR_RETURN(fd, OpenInTarget(r, ctx.images->dir() + "/" + pagemap.blob(), O_RDONLY));
+        }
       }
       uint64_t va = run.vaddr();
       // Fault the destination in with one call instead of a page fault per 4 KiB inside preadv.

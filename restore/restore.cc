@@ -49,10 +49,11 @@ Result<void> ReadOne(const images::ImageSet& set, const std::string& name, M* ms
 // Forks e with its pid in every pid namespace (innermost first in set_tid); the first process of
 // a nested namespace (pid 1 there) creates it. parent_levels: how many namespaces the parent
 // (or the coordinator) is in.
-pid_t Clone3(const img::ProcessEntry& e, int parent_levels) {
+pid_t Clone3(const img::ProcessEntry& e, int parent_levels, uint64_t extra_flags = 0) {
   struct clone_args args;
   memset(&args, 0, sizeof(args));
   args.exit_signal = SIGCHLD;
+  args.flags = extra_flags;
   pid_t tids[32];  // the kernel reads an array of pid_t
   int n = 0;
   if (e.ns_pids_size() > 1) {
@@ -106,7 +107,8 @@ struct ChildEnv {
   // Nothing of the coordinator's leaks into the restored process: keep stdio (replaced by the
   // files' Install if there are fd images), the report pipe and the prepared fds above it.
   syscall(SYS_close_range, 3, env.report_fd - 1, 0);
-  if (env.ctx->fds == nullptr) syscall(SYS_close_range, env.report_fd + 1, ~0U, 0);
+  if (env.ctx->fds == nullptr)
+    syscall(SYS_close_range, env.report_fd + (env.ctx->images_fd >= 0 ? 2 : 1), ~0U, 0);
   for (int fd : env.foreign_fds) close(fd);
   if (e.zombie()) ZombieMain(e);
   if (e.sid() == e.pid() && getsid(0) != e.pid()) {
@@ -139,7 +141,60 @@ struct ChildEnv {
   for (;;) pause();
 }
 
+// The root task's side of the container hooks (RestoreOptions::root_*). The root, not the
+// coordinator, prepares the files: it is in the container's mount and net namespaces (paths and
+// sockets are the container's) and its children inherit them with the restorer's state.
+// up: root -> coordinator (Report: inside done, then files prepared); down: the go byte.
+void RootHandshake(RestoreContext& ctx, pid_t pid, int up, int down, int base_fd) {
+  const RestoreOptions& o = ctx.opts;
+  Report rep{};
+  rep.pid = pid;
+  const char* what = "root_inside";
+  if (o.root_inside) rep.err = o.root_inside(&what);
+  if (rep.err) snprintf(rep.msg, sizeof(rep.msg), "%s", what ? what : "root_inside");
+  if (write(up, &rep, sizeof(rep)) != sizeof(rep) || rep.err) _exit(120);
+  char go;
+  if (read(down, &go, 1) != 1) _exit(120);  // the coordinator failed
+  rep = Report{};
+  rep.pid = pid;
+  if ((o.root_clone_flags & CLONE_NEWCGROUP) && unshare(CLONE_NEWCGROUP) < 0) {
+    rep.err = errno;
+    snprintf(rep.msg, sizeof(rep.msg), "unshare cgroup ns");
+  } else if (ctx.fds) {
+    auto r = ctx.fds->Prepare(base_fd);
+    if (!r.ok()) {
+      rep.err = r.error().sys_errno() ? r.error().sys_errno() : EINVAL;
+      snprintf(rep.msg, sizeof(rep.msg), "prepare files: %s", r.error().to_string().c_str());
+    }
+  }
+  if (write(up, &rep, sizeof(rep)) != sizeof(rep) || rep.err) _exit(120);
+}
+
 // ---- Coordinator. ----
+
+Result<void> ReadHandshake(int fd, pid_t root) {
+  auto deadline = Clock::now() + std::chrono::seconds(60);
+  for (;;) {
+    pollfd pf{fd, POLLIN, 0};
+    int n = poll(&pf, 1, 100);
+    if (n > 0) break;
+    if (n < 0 && errno != EINTR) return Errno("poll");
+    siginfo_t si{};
+    if (waitid(P_PID, root, &si, WEXITED | WNOHANG | WNOWAIT) == 0 && si.si_pid == root)
+      return Err("restore: root %d died in its namespaces hooks", root);
+    if (Clock::now() > deadline)
+      return Err("restore: root %d did not answer (its namespaces hooks)", root);
+  }
+  Report rep{};
+  ssize_t r = read(fd, &rep, sizeof(rep));
+  if (r != sizeof(rep)) return Err("restore: root %d died in its namespaces hooks", root);
+  rep.msg[sizeof(rep.msg) - 1] = 0;
+  if (rep.err)
+    return MakeError(ErrorKind::kGeneric, rep.err, "restore root %d: %s: %s", root, rep.msg,
+                     strerror(rep.err));
+  return Ok();
+}
+
 
 Result<void> LoadImages(RestoreContext& ctx) {
   const auto& set = *ctx.images;
@@ -296,6 +351,12 @@ Result<uint64_t> FindArea(pid_t pid, const img::MmEntry& mm, size_t size) {
 
 void KillAll(const std::vector<pid_t>& pids, pid_t root) {
   for (pid_t p : pids) kill(p, SIGKILL);
+  // Our tracees first: a traced zombie in the root's pid namespace holds the dying root (pid 1
+  // there) in zap_pid_ns_processes until its tracer reaps it.
+  for (pid_t p : pids)
+    if (p != root)
+      while (waitpid(p, nullptr, __WALL) < 0 && errno == EINTR) {
+      }
   if (root > 0) {
     int st;
     while (waitpid(root, &st, __WALL) < 0 && errno == EINTR) {
@@ -341,7 +402,7 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
   int pfd[2];
   if (pipe2(pfd, O_CLOEXEC) < 0) return Errno("pipe");
   UniqueFd rd(pfd[0]), wr0(pfd[1]);
-  int report_fd = fcntl(wr0.get(), F_DUPFD_CLOEXEC, base_fd - 1);
+  int report_fd = fcntl(wr0.get(), F_DUPFD_CLOEXEC, base_fd - 2);
   if (report_fd < 0) return Errno("dup report pipe");
   UniqueFd wr(report_fd);
   wr0.reset();
@@ -351,8 +412,21 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
   if (auto l = fs::ListDir("/proc/self/fd"); l.ok())
     for (const auto& n : *l)
       if (atoi(n.c_str()) > report_fd) foreign.push_back(atoi(n.c_str()));
-  if (ctx.fds) TRY_CTX(ctx.fds->Prepare(base_fd), "prepare files");
+  // With container hooks the files are prepared only once the root's namespaces are built.
+  const bool hooked = opts.root_clone_flags || opts.root_inside || opts.root_outside;
+  UniqueFd images_fd;  // at report_fd + 1 (below base_fd), after the snapshot of foreign fds
+  if (hooked) {
+    UniqueFd d(open(opts.images_dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+    if (!d.valid()) return Errno("open %s", opts.images_dir.c_str());
+    if (dup3(d.get(), report_fd + 1, O_CLOEXEC) < 0) return Errno("dup images dir");
+    images_fd.reset(report_fd + 1);
+    ctx.images_fd = report_fd + 1;
+  }
+  if (ctx.fds && !hooked) TRY_CTX(ctx.fds->Prepare(base_fd), "prepare files");
   TRY(CheckPidsFree(ctx));
+  int up[2] = {-1, -1}, down[2] = {-1, -1};
+  if (hooked && (pipe2(up, O_CLOEXEC) < 0 || pipe2(down, O_CLOEXEC) < 0)) return Errno("pipe");
+  UniqueFd up_rd(up[0]), up_wr(up[1]), down_rd(down[0]), down_wr(down[1]);
   prctl(PR_SET_CHILD_SUBREAPER, 1);
 
   ChildEnv env;
@@ -379,17 +453,30 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
 
   auto t_fork = Clock::now();
   fflush(nullptr);
-  pid_t got = Clone3(ctx.tree.processes(0), 1);
+  uint64_t root_flags = opts.root_clone_flags & ~(CLONE_NEWCGROUP | CLONE_NEWPID);
+  pid_t got = Clone3(ctx.tree.processes(0), 1, root_flags);
   if (got < 0) {
     if (errno == EEXIST) return MakeError(ErrorKind::kExists, EEXIST, "pid %d is in use", root);
     return Errno("clone3 root pid %d", root);
   }
   if (got == 0) {
+    if (hooked) RootHandshake(ctx, root, up[1], down[0], base_fd);
     // The child's report fd number is the same; close the read end (not CLOEXEC-relevant here).
     close(rd.get());
     ChildMain(env, 0);
   }
   forked = true;
+  if (hooked) {
+    up_wr.reset();
+    down_rd.reset();
+    TRY(ReadHandshake(up_rd.get(), got));
+    if (opts.root_outside) TRY_CTX(opts.root_outside(got), "restore root %d: outside", got);
+    char go = 1;
+    if (write(down_wr.get(), &go, 1) != 1) return Errno("restore: wake root %d", got);
+    TRY(ReadHandshake(up_rd.get(), got));  // files prepared in the root
+    up_rd.reset();
+    down_wr.reset();
+  }
   wr.reset();
   // Wait for a report from every live process.
   size_t want = ctx.procs.size();
@@ -460,6 +547,9 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
     for (const auto& step : ProcessSteps()) {
       LOG_DEBUG("restore pid %d: %s", p->pid, step.name);
       TRY_CTX(step.fn(ctx, *p), "restore pid %d: %s", p->pid, step.name);
+      if (ctx.images_fd >= 0 && strcmp(step.name, "mm") == 0)  // its last user
+        TRY_CTX(p->remote->Syscall(SYS_close, static_cast<uint64_t>(ctx.images_fd)),
+                "pid %d: close the images dir", p->pid);
     }
   }
   if (ctx.fds) TRY_CTX(ctx.fds->Finalize(), "files finalize");

@@ -15,6 +15,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <linux/close_range.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
@@ -426,6 +427,9 @@ void Run(const Plan& plan) {
   ::prctl(PR_SET_PDEATHSIG, 0, 0, 0, 0);
   if (plan.start_now) {
     // No stop before execve: one wake-up less on the start path. Success closes sync_fd.
+    // Nothing of the caller's leaks into the container (a shell's fd 10, 255, ...): every fd
+    // above stdio is closed by the exec (CLOEXEC, so a failure can still report on sync_fd).
+    ::syscall(SYS_close_range, 3U, ~0U, CLOSE_RANGE_CLOEXEC);
     ::execve(exe.c_str(), argv.data(), envp.data());
     Fail(ErrorKind::kGeneric, errno, "execve %s", exe.c_str());
   }
@@ -441,6 +445,7 @@ void Run(const Plan& plan) {
   } while (n < 0 && errno == EINTR);
   if (n != 1) _exit(1);
   ::close(plan.fifo_fd);
+  ::syscall(SYS_close_range, 3U, ~0U, 0U);  // as runc: only stdio passes into the container
   ::execve(exe.c_str(), argv.data(), envp.data());
   dprintf(2, "godwit: exec %s: %s\n", exe.c_str(), strerror(errno));
   _exit(127);

@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <linux/close_range.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -593,6 +594,7 @@ Result<int> Exec(const std::string& root, const std::string& id, const ExecOptio
       argv.push_back(nullptr);
       for (auto& e : proc.env) envp.push_back(e.data());
       envp.push_back(nullptr);
+      ::syscall(SYS_close_range, 3U, ~0U, CLOSE_RANGE_CLOEXEC);  // only stdio passes in
       ::execve(exe.c_str(), argv.data(), envp.data());  // success closes wr (CLOEXEC)
       fail(errno, "execve " + exe);
     }

@@ -136,7 +136,7 @@ TEST_F(ContainerCli, CheckpointDeletesThenLeaveRunningKeepsRunning) {
   // restore ID: an existing id is refused (exit 4) and the running container untouched.
   auto before = runtime::Container::Load(root_, id_);
   ASSERT_OK(before);
-  CliRun dup = Godwit({"--root", root_, "container-restore", id_, "--image-path", img});
+  CliRun dup = Godwit({"--root", root_, "restore", id_, "--image-path", img});
   EXPECT_EQ(dup.code, 4) << dup;
   EXPECT_EQ(runtime::Container::Load(root_, id_)->pid, before->pid);
   EXPECT_EQ(runtime::Container::Load(root_, id_)->CurrentStatus(), runtime::Status::kRunning);
@@ -146,7 +146,7 @@ TEST_F(ContainerCli, CheckpointDeletesThenLeaveRunningKeepsRunning) {
   std::string d = *data;
   d[d.size() / 3] ^= 0x10;
   ASSERT_OK(fs::WriteFile(exp + ".bad", d));
-  CliRun bad = Godwit({"--root", root_, "container-restore", id_ + "x", "--import", exp + ".bad"});
+  CliRun bad = Godwit({"--root", root_, "restore", id_ + "x", "--import", exp + ".bad"});
   EXPECT_EQ(bad.code, 5) << bad;
   EXPECT_FALSE(fs::Exists(root_ + "/" + id_ + "x"));
 }
