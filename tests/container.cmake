@@ -20,3 +20,6 @@ godwit_test(container_restore_test
 godwit_test(container_cli_test
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/container_cli_test.cc
   LIBS godwit_container godwit_runtime)
+godwit_test(container_cr_test
+  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/container_cr_test.cc
+  LIBS godwit_container godwit_runtime nlohmann_json::nlohmann_json)
