@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Container checkpoint/restore: a busybox container with a counter (in a tmpfs) and a small TCP
+# server is checkpointed to a directory (frozen time printed) and deleted, restored with the
+# same pids (its init is pid 1 again), the counter carries on and the server still answers;
+# then the same through one export file. Everything is removed at exit.
+set -euo pipefail
+GODWIT=${GODWIT:-$(dirname "$0")/../../build/godwit}
+work=$(mktemp -d /tmp/godwit-demo-container.XXXXXX)
+root=$work/state
+id=demo-cr-$$
+# A subnet of 198.18.0.0/15 (benchmark space, never routed off this machine), by pid.
+ip=198.18.$((200 + $$ % 50)).10
+gw() { "$GODWIT" --root "$root" "$@"; }
+cleanup() {
+  gw delete --force "$id" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+step() { printf '\n-- %s\n' "$*"; }
+ask() { echo | busybox nc -w 2 "$ip" 8080 || echo "(no answer)"; }
+count() { gw exec "$id" -- cat /dev/shm/count; }
+
+"$GODWIT" mkrootfs "$work/rootfs" >/dev/null
+mkdir -p "$work/rootfs/srv"
+cat >"$work/rootfs/srv/count" <<'EOS'
+#!/bin/sh
+echo "counter $(cat /dev/shm/count) in $(hostname)"
+EOS
+chmod +x "$work/rootfs/srv/count"
+
+step "godwit run --detach --hostname counter --ip $ip/24 --memory 64M (a counter and a server on 8080)"
+# Its stdio is /dev/null: a checkpointed container takes along nothing of this terminal.
+gw run --rootfs "$work/rootfs" --name "$id" --detach --hostname counter --ip "$ip/24" \
+  --allow-port 8080 --memory 64M \
+  -- sh -c 'nc -ll -p 8080 -e /srv/count & i=0; while true; do i=$((i+1)); echo $i > /dev/shm/count; usleep 100000; done' \
+  </dev/null >/dev/null 2>&1
+gw state "$id" | grep -E '"(pid|status)"'
+until [ "$(count 2>/dev/null || echo 0)" -ge 5 ]; do usleep 100000 2>/dev/null || sleep 0.1; done
+echo "server says: $(ask)"
+
+step "godwit checkpoint $id --image-path DIR (freeze, namespaces, process tree; the container is deleted)"
+gw checkpoint "$id" --image-path "$work/ckpt"
+gw state "$id" 2>&1 | head -1 || true
+
+step "godwit restore $id --image-path DIR --detach"
+gw restore "$id" --image-path "$work/ckpt" --detach
+gw state "$id" | grep -E '"(pid|status)"'
+gw exec "$id" -- sh -c 'echo "inside: init is $(cat /proc/1/comm), pid 1; hostname $(hostname)"; ps'
+before=$(count)
+sleep 0.5
+echo "counter: $before, half a second later $(count) (it carried on from the checkpoint)"
+echo "server says: $(ask)"
+
+step "godwit checkpoint --export FILE (one file), godwit restore --import FILE"
+gw checkpoint "$id" --image-path "$work/ckpt2" --compress zstd --export "$work/$id.godwit"
+ls -l "$work/$id.godwit"
+gw restore "$id" --import "$work/$id.godwit" --detach
+echo "counter: $(count); server says: $(ask)"
+
+step "godwit delete --force $id"
+gw delete --force "$id"
