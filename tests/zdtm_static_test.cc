@@ -1,0 +1,181 @@
+// CRIU zdtm static tests, ported (tests/helpers/z_static.c): the helper sets one kind of state up
+// and reports ready; the test dumps it with `godwit dump` (which kills it), reaps the killed tree,
+// restores it with `godwit restore --detach` (the restored root becomes our child: we are a
+// subreaper), sends SIGUSR2, and the helper checks its own state and exits 0 (else the number of
+// the failed check; its stderr, kept in the test's temp dir, is printed on failure).
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <sstream>
+
+#include <gtest/gtest.h>
+
+#include "cr_util.h"
+
+namespace godwit::crtest {
+namespace {
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream f(path);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+// Waits up to ms for pid (our child) to exit: its code, 128+signal, or -2 on timeout (killed).
+int WaitBounded(pid_t pid, int ms) {
+  int pfd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
+  if (pfd >= 0) {
+    struct pollfd p = {pfd, POLLIN, 0};
+    int r = poll(&p, 1, ms);
+    close(pfd);
+    if (r == 0) {
+      KillAndReap(pid);
+      return -2;
+    }
+  }
+  return Wait(pid);
+}
+
+class Zdtm : public ::testing::Test {
+ protected:
+  void SetUp() override { setenv("CR_HELPER_STDERR", (dir_ / "helper.err").c_str(), 1); }
+  void TearDown() override {
+    for (pid_t p : pids_) KillAndReap(p);
+    std::string id = ReadAll(dir_ / "shmid");
+    if (!id.empty()) (void)!system(("ipcrm -m " + id + " 2>/dev/null").c_str());
+    if (HasFailure()) {
+      std::string e = ReadAll(dir_ / "helper.err");
+      if (!e.empty()) ADD_FAILURE() << "helper stderr:\n" << e;
+    }
+  }
+  pid_t Start(const std::string& mode) {
+    pid_t p = StartHelper("z_static", {mode, "{READY}", dir_.path()});
+    if (p > 0) pids_.push_back(p);
+    return p;
+  }
+  // The helper's descendants now (they are reparented to us when the dump kills the tree).
+  std::vector<pid_t> Descendants(pid_t pid) {
+    std::vector<pid_t> out, todo = {pid};
+    while (!todo.empty()) {
+      pid_t p = todo.back();
+      todo.pop_back();
+      std::ifstream f("/proc/" + std::to_string(p) + "/task/" + std::to_string(p) + "/children");
+      for (pid_t k; f >> k;) {
+        out.push_back(k);
+        todo.push_back(k);
+      }
+    }
+    return out;
+  }
+  // Dump (kills), reap, restore detached; returns "" or what went wrong.
+  std::string DumpKillRestore(pid_t pid, const std::vector<std::string>& dump_extra = {}) {
+    std::vector<std::string> args = {"dump", "--pid", std::to_string(pid), "--images-dir", dir_ / "img"};
+    args.insert(args.end(), dump_extra.begin(), dump_extra.end());
+    std::vector<pid_t> kids = Descendants(pid);
+    auto d = Godwit(args);
+    if (d.status != 0) return "dump failed (" + std::to_string(d.status) + "): " + d.err;
+    int st = Wait(pid);
+    if (st != 128 + SIGKILL) return "the dumped helper ended with " + std::to_string(st);
+    for (pid_t k : kids) waitpid(k, nullptr, 0);
+    auto r = Godwit({"restore", "--images-dir", dir_ / "img", "--detach"});
+    if (r.status != 0) return "restore failed (" + std::to_string(r.status) + "): " + r.err;
+    return "";
+  }
+  // The whole zdtm cycle for one mode: the restored helper must exit 0.
+  void RoundTrip(const std::string& mode, const std::vector<std::string>& dump_extra = {}) {
+    pid_t pid = Start(mode);
+    ASSERT_GT(pid, 0) << "helper setup failed";
+    std::string err = DumpKillRestore(pid, dump_extra);
+    ASSERT_EQ(err, "");
+    ASSERT_EQ(kill(pid, SIGUSR2), 0);
+    EXPECT_EQ(WaitBounded(pid, 30000), 0) << "the restored helper's check failed (-2: hung)";
+    pids_.clear();
+  }
+  TempDir dir_;
+  std::vector<pid_t> pids_;
+};
+
+#define ZDTM(Name, mode) \
+  TEST_F(Zdtm, Name) { RoundTrip(mode); }
+
+ZDTM(Env00, "env00")
+ZDTM(Maps00AnonFileSharedPrivate, "maps00")
+ZDTM(Maps01Large512MiBSparse, "maps_large")
+ZDTM(Maps02MadviseFlags, "maps02")
+ZDTM(Mprotect00, "mprotect00")
+ZDTM(Brk, "brk")
+ZDTM(Mlock, "mlock")
+ZDTM(Vdso01, "vdso01")
+ZDTM(Pthread00Tls, "pthread00")
+ZDTM(Pthread01KeysCondvar, "pthread01")
+ZDTM(FutexWaiters, "futex")
+ZDTM(Sigaltstack, "sigaltstack")
+ZDTM(SigpendingRtPayloads, "sigpending")
+ZDTM(SchedPrioPolicy, "sched")
+ZDTM(Session00, "session00")
+ZDTM(Session01ForeignSession, "session01")
+ZDTM(Pgid, "pgid")
+ZDTM(Zombie00, "zombie00")
+ZDTM(Pid00, "pid00")
+ZDTM(ChildThatExeced, "exec")
+ZDTM(StoppedChild, "stopped")
+ZDTM(ThreadBomb100, "thread_bomb")
+ZDTM(WriteRead00, "write_read00")
+ZDTM(Pipe00Pipe01, "pipe")
+ZDTM(UnlinkFstat00, "unlink_fstat00")
+ZDTM(Cwd00, "cwd00")
+ZDTM(CwdDeleted, "cwd_deleted")
+ZDTM(Umask00, "umask00")
+ZDTM(FileShared, "file_shared")
+ZDTM(Fifo, "fifo")
+ZDTM(LargeFdNumbers, "bigfd")
+ZDTM(Memfd00, "memfd00")
+ZDTM(SocketListen, "socket_listen")
+ZDTM(Sockets00SkUnixRel, "unix")
+ZDTM(Eventfs00, "eventfd")
+ZDTM(Epoll, "epoll")
+ZDTM(Inotify00, "inotify00")
+ZDTM(Timerfd, "timerfd")
+ZDTM(PosixTimers, "posix_timers")
+ZDTM(Itimer, "itimer")
+ZDTM(Fpu00Fpu01Xstate, "fpu")
+ZDTM(Rseq, "rseq")
+ZDTM(ShmAttached, "shm")
+ZDTM(ManyVmas2000, "many_vmas")
+ZDTM(MapGrowsdown, "growsdown")
+ZDTM(TransparentHugePageAdvice, "thp")
+
+TEST_F(Zdtm, SocketTcpEstablished) { RoundTrip("socket_tcp", {"--tcp-established"}); }
+
+TEST_F(Zdtm, HugetlbIfReserved) {
+  pid_t pid = StartHelper("z_static", {"hugetlb", "{READY}", dir_.path()});
+  if (pid <= 0) GTEST_SKIP() << "no huge pages reserved (vm.nr_hugepages)";
+  pids_.push_back(pid);
+  std::string err = DumpKillRestore(pid);
+  ASSERT_EQ(err, "");
+  ASSERT_EQ(kill(pid, SIGUSR2), 0);
+  EXPECT_EQ(WaitBounded(pid, 30000), 0);
+  pids_.clear();
+}
+
+// A child traced by another process of the tree: godwit must refuse cleanly and leave the tree
+// running untouched (the helper then finishes its own checks).
+TEST_F(Zdtm, PtraceTracedChildRefusedCleanly) {
+  pid_t pid = Start("traced");
+  ASSERT_GT(pid, 0);
+  auto d = Godwit({"dump", "--pid", std::to_string(pid), "--images-dir", dir_ / "img"});
+  EXPECT_NE(d.status, 0) << "dumping a traced process must fail";
+  EXPECT_NE(d.err, "");
+  ASSERT_EQ(kill(pid, SIGUSR2), 0);
+  EXPECT_EQ(WaitBounded(pid, 30000), 0) << "the tree was damaged by the refused dump";
+  pids_.clear();
+}
+
+}  // namespace
+}  // namespace godwit::crtest
