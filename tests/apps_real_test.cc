@@ -124,6 +124,9 @@ class Apps : public ::testing::Test {
  protected:
   void TearDown() override {
     for (pid_t p : pids_) KillAndReap(p);
+    // Orphans of a failed check (reparented to us, the subreaper) are ours too.
+    std::ifstream kf("/proc/self/task/" + std::to_string(getpid()) + "/children");
+    for (pid_t k; kf >> k;) KillAndReap(k);
     if (HasFailure()) {
       std::string e = ReadAll(dir_ / "app.log");
       if (!e.empty()) ADD_FAILURE() << "application output:\n" << e.substr(e.size() > 4000 ? e.size() - 4000 : 0);
@@ -299,7 +302,13 @@ TEST_F(Apps, BusyboxShPipeline) {
 
 // Reads one RESP reply line (+OK / :N / $N\r\nDATA).
 std::string RedisCmd(int s, const std::string& cmd) {
-  if (!SendAll(s, cmd + "\r\n")) return "<send failed>";
+  // RESP array of bulk strings (inline commands are limited to 64 KiB).
+  std::vector<std::string> words;
+  std::istringstream in(cmd);
+  for (std::string w; in >> w;) words.push_back(w);
+  std::string req = "*" + std::to_string(words.size()) + "\r\n";
+  for (const auto& w : words) req += "$" + std::to_string(w.size()) + "\r\n" + w + "\r\n";
+  if (!SendAll(s, req)) return "<send failed>";
   std::string r = ReadUntil(s, [](const std::string& b) {
     size_t e = b.find("\r\n");
     if (e == std::string::npos) return false;
@@ -328,15 +337,16 @@ TEST_F(Apps, RedisKeysAndOpenClientConnection) {
     ASSERT_EQ(RedisCmd(c, "SET key" + std::to_string(i) + " value" + std::to_string(i * 7)), "+OK");
   ASSERT_EQ(RedisCmd(c, "SET big " + Pattern(100000)), "+OK");
   ASSERT_EQ(RedisCmd(c, "CLIENT SETNAME keeper"), "+OK");
+  ASSERT_EQ(RedisCmd(c, "SET counter 35"), "+OK");
   ASSERT_EQ(DumpKillRestore(pid), "");
   EXPECT_EQ(RedisCmd(c, "GET key999"), "value6993");
   EXPECT_EQ(RedisCmd(c, "GET big"), Pattern(100000));
-  EXPECT_EQ(RedisCmd(c, "DBSIZE"), ":1001");
+  EXPECT_EQ(RedisCmd(c, "DBSIZE"), ":1002");
   EXPECT_EQ(RedisCmd(c, "CLIENT GETNAME"), "keeper");
   int c2 = Connect(port);
   ASSERT_GE(c2, 0);
-  EXPECT_EQ(RedisCmd(c2, "INCR key5"), ":36");
-  EXPECT_EQ(RedisCmd(c, "GET key5"), "36");
+  EXPECT_EQ(RedisCmd(c2, "INCR counter"), ":36");
+  EXPECT_EQ(RedisCmd(c, "GET counter"), "36");
   close(c2);
   close(c);
 }
@@ -363,6 +373,8 @@ TEST_F(Apps, NginxMasterWorkersKeepAlive) {
   ASSERT_TRUE(SendAll(c, "GET /data.bin HTTP/1.1\r\nHost: x\r\n\r\n"));
   ASSERT_EQ(HttpBody(c, &ok), body);
   ASSERT_TRUE(ok);
+  // The master forks its workers asynchronously: wait (bounded) until both exist.
+  for (int64_t end = NowMs() + 20000; Descendants(pid).size() < 2 && NowMs() < end;) usleep(10000);
   ASSERT_EQ(Descendants(pid).size(), 2u) << "master + 2 workers";
   ASSERT_EQ(DumpKillRestore(pid), "");
   ASSERT_TRUE(SendAll(c, "GET /data.bin HTTP/1.1\r\nHost: x\r\n\r\n"));
