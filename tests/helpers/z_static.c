@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/futex.h>
+#include <poll.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -1375,6 +1376,130 @@ static int m_hugetlb(void) {
   return 0;
 }
 
+/* ---- more ---- */
+
+/* socket_udp: bound UDP sockets (v4) with queued datagrams, one connected. */
+static int m_udp(void) {
+  int a = socket(AF_INET, SOCK_DGRAM, 0), b = socket(AF_INET, SOCK_DGRAM, 0);
+  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  SETUP(bind(a, (void*)&sa, sizeof sa) == 0);
+  socklen_t l = sizeof sa;
+  getsockname(a, (void*)&sa, &l);
+  SETUP(connect(b, (void*)&sa, sizeof sa) == 0);
+  SETUP(send(b, "udp-1", 5, 0) == 5 && send(b, "udp-22", 6, 0) == 6);
+  ready_and_wait();
+  char buf[16];
+  CHECK(recv(a, buf, 16, MSG_DONTWAIT) == 5 && !memcmp(buf, "udp-1", 5), "datagram 1");
+  CHECK(recv(a, buf, 16, MSG_DONTWAIT) == 6 && !memcmp(buf, "udp-22", 6), "datagram 2");
+  CHECK(send(b, "x", 1, 0) == 1 && recv(a, buf, 16, 0) == 1, "still connected to the bound port");
+  return 0;
+}
+
+/* prctl state: name, pdeathsig, child subreaper, dumpable, no_new_privs. */
+static int prctl_root_pdeathsig;
+static int m_prctl(void) {
+  /* pdeathsig on a child (its parent, this helper, is restored with it); on the root itself only
+   * in the pdeathsig_root mode (its parent after restore is whoever restored it). */
+  pid_t c = zfork();
+  if (c == 0) {
+    if (prctl(PR_SET_PDEATHSIG, SIGTERM)) _exit(99);
+    wait_usr2();
+    int sig = 0;
+    _exit(prctl(PR_GET_PDEATHSIG, &sig) == 0 && sig == SIGTERM ? 0 : 1);
+  }
+  SETUP(prctl(PR_SET_NAME, "zdtm-name") == 0 && prctl(PR_SET_CHILD_SUBREAPER, 1) == 0 &&
+        prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0);
+  if (prctl_root_pdeathsig) SETUP(prctl(PR_SET_PDEATHSIG, SIGTERM) == 0);
+  ready_and_wait();
+  char name[32] = {0};
+  int sig = 0, sub = 0;
+  prctl(PR_GET_NAME, name);
+  CHECK(!strcmp(name, "zdtm-name"), "name %s", name);
+  CHECK(prctl(PR_GET_CHILD_SUBREAPER, &sub) == 0 && sub == 1, "subreaper %d", sub);
+  CHECK(prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) == 1, "no_new_privs");
+  if (prctl_root_pdeathsig) CHECK(prctl(PR_GET_PDEATHSIG, &sig) == 0 && sig == SIGTERM, "pdeathsig %d", sig);
+  kill(c, SIGUSR2);
+  CHECK(reap(c) == 0, "child's pdeathsig");
+  return 0;
+}
+
+static int m_rlimits(void) {
+  struct rlimit r = {200, 300}, c = {0, 4096}, st = {4 << 20, RLIM_INFINITY};
+  SETUP(setrlimit(RLIMIT_NOFILE, &r) == 0 && setrlimit(RLIMIT_CORE, &c) == 0 && setrlimit(RLIMIT_STACK, &st) == 0);
+  ready_and_wait();
+  struct rlimit g;
+  CHECK(getrlimit(RLIMIT_NOFILE, &g) == 0 && g.rlim_cur == 200 && g.rlim_max == 300, "nofile %lu/%lu",
+        (unsigned long)g.rlim_cur, (unsigned long)g.rlim_max);
+  CHECK(getrlimit(RLIMIT_CORE, &g) == 0 && g.rlim_cur == 0 && g.rlim_max == 4096, "core");
+  CHECK(getrlimit(RLIMIT_STACK, &g) == 0 && g.rlim_cur == 4 << 20 && g.rlim_max == RLIM_INFINITY, "stack");
+  return 0;
+}
+
+/* Blocked in poll() with no timeout (main) and epoll_wait(-1) (thread) when dumped: both calls
+ * are restarted and see the data written after restore. */
+static int pb_pipe[2], pb_pipe2[2], pb_ep;
+static void* pb_thread(void* arg) {
+  struct epoll_event ev;
+  int n;
+  /* epoll_wait is never restarted: the dump's ptrace interrupt makes it return EINTR (as with
+   * CRIU, and as a debugger attaching would); real programs loop. */
+  do n = epoll_wait(pb_ep, &ev, 1, -1); while (n < 0 && errno == EINTR);
+  return (void*)(intptr_t)(n == 1 && ev.data.u64 == 0x77);
+}
+static void* pb_writer(void* arg) {
+  wait_usr2();
+  return (void*)(intptr_t)(write(pb_pipe[1], "p", 1) == 1 && write(pb_pipe2[1], "e", 1) == 1);
+}
+static int m_poll_block(void) {
+  SETUP(pipe(pb_pipe) == 0 && pipe(pb_pipe2) == 0);
+  pb_ep = epoll_create1(0);
+  struct epoll_event ev = {.events = EPOLLIN, .data.u64 = 0x77};
+  SETUP(epoll_ctl(pb_ep, EPOLL_CTL_ADD, pb_pipe2[0], &ev) == 0);
+  pthread_t t;
+  SETUP(pthread_create(&t, NULL, pb_thread, NULL) == 0);
+  /* A third thread takes the SIGUSR2 and writes to both pipes. */
+  pthread_t w;
+  SETUP(pthread_create(&w, NULL, pb_writer, NULL) == 0);
+  ready();
+  struct pollfd p = {pb_pipe[0], POLLIN, 0};
+  int n;
+  do n = poll(&p, 1, -1); while (n < 0 && errno == EINTR);
+  CHECK(n == 1 && (p.revents & POLLIN), "poll %d %x", n, p.revents);
+  void* r;
+  pthread_join(t, &r);
+  CHECK(r == (void*)1, "epoll_wait in the thread");
+  pthread_join(w, &r);
+  CHECK(r == (void*)1, "writer");
+  return 0;
+}
+
+/* An fd just below the hard RLIMIT_NOFILE. */
+static int m_fd_near_limit(void) {
+  struct rlimit rl;
+  getrlimit(RLIMIT_NOFILE, &rl);
+  rl.rlim_cur = rl.rlim_max;
+  SETUP(setrlimit(RLIMIT_NOFILE, &rl) == 0);
+  int top = (int)rl.rlim_max - 1;
+  SETUP(dup2(0, top) == top);
+  ready_and_wait();
+  CHECK(fcntl(top, F_GETFD) >= 0, "fd %d", top);
+  return 0;
+}
+
+/* A mapping of a deleted file (maps04/unlink_mmap): must be refused cleanly or restored. */
+static int m_deleted_map(void) {
+  int fd = open(path_in("mapped"), O_RDWR | O_CREAT | O_TRUNC, 0600);
+  SETUP(fd >= 0 && ftruncate(fd, 8192) == 0);
+  char* p = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  SETUP(p != MAP_FAILED);
+  close(fd);
+  memcpy(p, "deleted-map", 11);
+  SETUP(unlink(path_in("mapped")) == 0);
+  ready_and_wait();
+  CHECK(!memcmp(p, "deleted-map", 11), "data");
+  return 0;
+}
+
 int main(int argc, char** argv) {
   if (argc < 4) return 119;
   const char* mode = argv[1];
@@ -1402,9 +1527,11 @@ int main(int argc, char** argv) {
       {"eventfd", m_eventfd}, {"epoll", m_epoll}, {"inotify00", m_inotify00}, {"timerfd", m_timerfd},
       {"posix_timers", m_posix_timers}, {"itimer", m_itimer}, {"fpu", m_fpu}, {"rseq", m_rseq},
       {"shm", m_shm}, {"many_vmas", m_many_vmas}, {"growsdown", m_growsdown}, {"thp", m_thp},
-      {"hugetlb", m_hugetlb},
+      {"hugetlb", m_hugetlb}, {"udp", m_udp}, {"prctl", m_prctl}, {"rlimits", m_rlimits},
+      {"poll_block", m_poll_block}, {"fd_near_limit", m_fd_near_limit}, {"deleted_map", m_deleted_map},
   };
   if (!strcmp(mode, "pthread00")) return m_pthread(8);
+  if (!strcmp(mode, "pdeathsig_root")) return prctl_root_pdeathsig = 1, m_prctl();
   if (!strcmp(mode, "unix_abs")) return unix_rel = 0, m_unix();
   if (!strcmp(mode, "exec")) return m_exec("/proc/self/exe");
   for (size_t i = 0; i < sizeof modes / sizeof modes[0]; ++i)
