@@ -151,12 +151,10 @@ ZDTM(Fifo, "fifo")
 ZDTM(LargeFdNumbers, "bigfd")
 ZDTM(Memfd00, "memfd00")
 ZDTM(SocketListen, "socket_listen")
-// BUG (files/kind_unix.cc:48-52, Bind): a unix socket bound to a RELATIVE path is re-bound
-// relative to the restoring coordinator's cwd, not the process's: getsockname() still says
-// "rel.sock" but sendto("rel.sock") from the restored process gets ECONNREFUSED (and a stray
-// rel.sock appears wherever `godwit restore` ran). Needs the bind directory in the image (CRIU's
-// UnixSkEntry.name_dir) and a bind from that directory.
-ZDTM(DISABLED_SkUnixRel, "unix")
+// sk-unix-rel: a unix socket bound to a relative path is bound again from the directory it was
+// dumped in (files/kind_unix.cc; it used to land in the restoring coordinator's cwd: the
+// restored process's sendto("rel.sock") got ECONNREFUSED).
+ZDTM(SkUnixRel, "unix")
 ZDTM(Sockets00UnixPathAbstractPairDgram, "unix_abs")
 ZDTM(Eventfs00, "eventfd")
 ZDTM(Epoll, "epoll")

@@ -1052,6 +1052,8 @@ static int m_unix(void) {
   struct sockaddr_un rel = {.sun_family = AF_UNIX};
   snprintf(rel.sun_path, sizeof rel.sun_path, "%s", dname);
   SETUP(bind(d, (void*)&rel, sizeof rel) == 0);
+  int dc = socket(AF_UNIX, SOCK_DGRAM, 0);
+  SETUP(connect(dc, (void*)&rel, sizeof rel) == 0);
   int ds = socket(AF_UNIX, SOCK_DGRAM, 0);
   SETUP(sendto(ds, "dgram1", 6, 0, (void*)&rel, sizeof rel) == 6 &&
         sendto(ds, "dgram22", 7, 0, (void*)&rel, sizeof rel) == 7);
@@ -1077,6 +1079,7 @@ static int m_unix(void) {
   int c2 = socket(AF_UNIX, SOCK_STREAM, 0);
   CHECK(connect(c2, (void*)&ab, ablen) == 0, "connect to the abstract listener");
   CHECK(sendto(ds, "x", 1, 0, (void*)&rel, sizeof rel) == 1 && recv(d, b, 16, 0) == 1, "dgram by relative path");
+  CHECK(send(dc, "yz", 2, 0) == 2 && recv(d, b, 16, 0) == 2, "connected dgram peer");
   return 0;
 }
 
