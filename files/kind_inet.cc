@@ -91,12 +91,18 @@ Result<void> DumpTcpEstablished(DumpContext& ctx, const Probe& p, img::InetSocke
                                 const struct tcp_info& ti) {
   int fd = p.local;
   TRY(ctx.LockProcessTcp(p.pid));
+  // Repair on and off again leaves sk_reuse at "no reuse": a resumed socket gets its
+  // SO_REUSEADDR back (read before repair forces the reuse).
+  int reuse = 0;
+  socklen_t rl = sizeof(reuse);
+  getsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &reuse, &rl);
   TRY_CTX(SetInt(fd, SOL_TCP, TCP_REPAIR, TCP_REPAIR_ON, "TCP_REPAIR"),
           "%s -> %s", AddrStr(sk->src()).c_str(), AddrStr(sk->dst()).c_str());
   int keep = ctx.Keep(fd);
-  ctx.OnResume([keep] {
+  ctx.OnResume([keep, reuse] {
     int off = TCP_REPAIR_OFF;
     setsockopt(keep, SOL_TCP, TCP_REPAIR, &off, sizeof(off));
+    if (reuse) setsockopt(keep, SOL_SOCKET, SO_REUSEADDR, &reuse, sizeof(reuse));
   });
   img::TcpRepair* r = sk->mutable_repair();
   int outq = 0, unsent = 0, inq = 0;

@@ -212,6 +212,26 @@ TEST_F(Zdtm, DeletedFileMappingRestoredOrRefused) {
   pids_.clear();
 }
 
+// --leave-running: the original carries on and passes its own checks (the dump's side effects,
+// such as TCP repair mode and the network lock, are undone).
+#define ZDTM_LEAVE_RUNNING(Name, mode, ...)                                                     \
+  TEST_F(Zdtm, Name) {                                                                          \
+    pid_t pid = Start(mode);                                                                    \
+    ASSERT_GT(pid, 0);                                                                          \
+    std::vector<std::string> args = {"dump", "--leave-running", "--pid", std::to_string(pid),   \
+                                     "--images-dir", dir_ / "img", ##__VA_ARGS__};              \
+    auto d = Godwit(args);                                                                      \
+    ASSERT_EQ(d.status, 0) << d.err;                                                            \
+    ASSERT_EQ(kill(pid, SIGUSR2), 0);                                                           \
+    EXPECT_EQ(WaitBounded(pid, 30000), 0) << "the original's check failed after the dump";      \
+    pids_.clear();                                                                              \
+  }
+// Repair mode off reset SO_REUSEADDR of the original's sockets (fixed in files/kind_inet.cc).
+ZDTM_LEAVE_RUNNING(LeaveRunningSocketTcp, "socket_tcp", "--tcp-established")
+ZDTM_LEAVE_RUNNING(LeaveRunningThreadsFpu, "fpu")
+ZDTM_LEAVE_RUNNING(LeaveRunningPollBlock, "poll_block")
+ZDTM_LEAVE_RUNNING(LeaveRunningZombiesSessions, "zombie00")
+
 TEST_F(Zdtm, SocketTcpEstablished) { RoundTrip("socket_tcp", {"--tcp-established"}); }
 
 TEST_F(Zdtm, HugetlbIfReserved) {
