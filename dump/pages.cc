@@ -145,7 +145,13 @@ void PageWriter::WriterLoop() {
       failed = failed_;
     }
     if (!failed) {
-      auto off = blob_->Append(b.buf, b.len);
+      Result<uint64_t> off = b.ip.logical_off;
+      if (b.in_place) {
+        auto c = blob_->CommitInPlace(b.ip);
+        if (!c.ok()) off = std::move(c.error());
+      } else {
+        off = blob_->Append(b.buf, b.len);
+      }
       std::lock_guard<std::mutex> l(mu_);
       if (!off.ok()) {
         failed_ = true;
@@ -201,17 +207,70 @@ Result<void> PageWriter::Add(uint64_t src, uint64_t key, uint64_t npages, bool u
   return Ok();
 }
 
+namespace {
+
+// Advances an iovec array past n bytes.
+void Advance(iovec** iov, size_t* cnt, size_t n) {
+  while (*cnt > 0 && n >= (*iov)->iov_len) {
+    n -= (*iov)->iov_len;
+    ++*iov;
+    --*cnt;
+  }
+  if (n > 0 && *cnt > 0) {
+    (*iov)->iov_base = static_cast<char*>((*iov)->iov_base) + n;
+    (*iov)->iov_len -= n;
+  }
+}
+
+}  // namespace
+
 Result<void> PageWriter::Flush() {
   if (cur_ == nullptr) return Ok();
-  // Read every entry into the buffer: runs of process_vm_readv entries go in one call each.
+  Batch batch{cur_, cur_len_, {}};
+  if (in_place_) {
+    ASSIGN_OR_RETURN(bool ok, blob_->AppendInPlace(cur_len_, &batch.ip));
+    if (ok)
+      batch.in_place = true;
+    else
+      in_place_ = false;  // the writer thread Appends from now on: never in place again
+  }
+  // Where batch bytes [off, off + len) go: the buffer, or the chunks' data in the page file.
+  std::vector<iovec> local;
+  auto dest = [&](uint64_t off, uint64_t len) {
+    local.clear();
+    if (!batch.in_place) {
+      local.push_back({cur_ + off, len});
+      return;
+    }
+    uint64_t base = 0;
+    for (const auto& [data, clen] : batch.ip.chunks) {
+      if (len == 0) break;
+      if (off < base + clen) {
+        uint64_t skip = off - base, n = std::min<uint64_t>(len, clen - skip);
+        local.push_back({data + skip, n});
+        off += n;
+        len -= n;
+      }
+      base += clen;
+    }
+  };
+  // Read every entry into place: runs of process_vm_readv entries go in one call each.
   size_t i = 0;
   while (i < cur_entries_.size()) {
     const Entry& e = cur_entries_[i];
     if (e.use_fd) {
-      ssize_t n = pread(fd_, cur_ + e.buf_off, e.len, static_cast<off_t>(e.src));
-      if (n != static_cast<ssize_t>(e.len))
-        return Errno("read %lu bytes at %#lx of pid %d", static_cast<unsigned long>(e.len),
-                     static_cast<unsigned long>(e.src), pid_);
+      dest(e.buf_off, e.len);
+      uint64_t done = 0;
+      iovec* l = local.data();
+      size_t lc = local.size();
+      while (done < e.len) {
+        ssize_t n = preadv(fd_, l, static_cast<int>(lc), static_cast<off_t>(e.src + done));
+        if (n <= 0)
+          return Errno("read %lu bytes at %#lx of pid %d", static_cast<unsigned long>(e.len),
+                       static_cast<unsigned long>(e.src + done), pid_);
+        done += n;
+        Advance(&l, &lc, n);
+      }
       ++i;
       continue;
     }
@@ -225,31 +284,27 @@ Result<void> PageWriter::Flush() {
       ++k;
       ++i;
     }
-    iovec local{cur_ + first_off, total};
+    dest(first_off, total);
+    iovec* l = local.data();
+    size_t lc = local.size();
+    iovec* rv = remote;
+    size_t rc = k;
     size_t done = 0;
     // process_vm_readv stops at the first failing remote iovec; retry from there.
-    size_t ri = 0;
     while (done < total) {
-      iovec l2{static_cast<char*>(local.iov_base) + done, total - done};
-      ssize_t n = process_vm_readv(pid_, &l2, 1, remote + ri, k - ri, 0);
+      ssize_t n = process_vm_readv(pid_, l, lc, rv, std::min(rc, kMaxIov), 0);
       if (n <= 0)
         return Errno("process_vm_readv pid %d at %#lx", pid_,
-                     reinterpret_cast<unsigned long>(remote[ri].iov_base));
+                     reinterpret_cast<unsigned long>(rv->iov_base));
       done += n;
-      size_t consumed = n;
-      while (ri < k && consumed >= remote[ri].iov_len) {
-        consumed -= remote[ri].iov_len;
-        ++ri;
-      }
-      if (consumed > 0) {
-        remote[ri].iov_base = static_cast<char*>(remote[ri].iov_base) + consumed;
-        remote[ri].iov_len -= consumed;
-      }
+      Advance(&l, &lc, n);
+      Advance(&rv, &rc, n);
     }
   }
+  batch.entries = std::move(cur_entries_);
   {
     std::lock_guard<std::mutex> l(mu_);
-    queue_.push_back(Batch{cur_, cur_len_, std::move(cur_entries_)});
+    queue_.push_back(std::move(batch));
   }
   cv_.notify_all();
   cur_ = nullptr;
