@@ -109,7 +109,8 @@ class PageWriter {
   char* cur_ = nullptr;
   size_t cur_len_ = 0;
   std::vector<Entry> cur_entries_;
-  bool in_place_ = true;  // until the blob cannot take an in-place append (then never again)
+  bool in_place_ = true;
+  bool two_readers_ = true;  // in place: big groups are read by two threads  // until the blob cannot take an in-place append (then never again)
   std::vector<img::PageRun> runs_;
   uint64_t pages_ = 0;
 

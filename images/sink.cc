@@ -115,7 +115,7 @@ class FileOutput : public Output {
       LOG_DEBUG("mmap %s for in-place writes: %s", path_.c_str(), strerror(errno));
       return Ok();
     }
-    if (::madvise(m, len, 23 /* MADV_POPULATE_WRITE */) < 0)
+    if (!getenv("GODWIT_INPLACE_NOPOPULATE") && ::madvise(m, len, 23 /* MADV_POPULATE_WRITE */) < 0)
       LOG_DEBUG("populate %s: %s", path_.c_str(), strerror(errno));
     map_ = static_cast<char*>(m);
     map_len_ = len;
