@@ -87,7 +87,7 @@ int main(int argc, char** argv) {
   const char *godwit = argv[1], *hold = argv[2], *dir = argv[3], *mib = argv[4], *comp = argv[5];
   int reps = atoi(argv[6]);
   prctl(PR_SET_CHILD_SUBREAPER, 1);
-  double dump_s[16], frozen[16], restore_s[16], restore_mem[16], bytes = 0, image = 0;
+  double dump_s[16], frozen[16], freeze[16], memdump[16], restore_s[16], restore_mem[16], bytes = 0, image = 0;
   for (int r = 0; r < reps && r < 16; ++r) {
     int p[2];
     if (pipe(p)) return 1;
@@ -129,6 +129,8 @@ int main(int argc, char** argv) {
       return 1;
     }
     frozen[r] = num(line, "frozen_ms");
+    freeze[r] = num(line, "freeze_ms");
+    memdump[r] = num(line, "memdump_ms");
     bytes = num(line, "bytes");
     waitpid(holder, &st, 0);
     image = dir_bytes(dir);
@@ -151,8 +153,9 @@ int main(int argc, char** argv) {
     if (system(cmd)) return 1;
   }
   int n = reps < 16 ? reps : 16;
-  printf("bytes=%.0f image=%.0f dump_s=%.3f frozen_ms=%.1f restore_s=%.3f restore_memory_ms=%.1f\n",
-         bytes, image, median(dump_s, n), median(frozen, n), median(restore_s, n),
-         median(restore_mem, n));
+  printf("bytes=%.0f image=%.0f dump_s=%.3f frozen_ms=%.1f freeze_ms=%.1f memdump_ms=%.1f "
+         "restore_s=%.3f restore_memory_ms=%.1f\n",
+         bytes, image, median(dump_s, n), median(frozen, n), median(freeze, n), median(memdump, n),
+         median(restore_s, n), median(restore_mem, n));
   return 0;
 }

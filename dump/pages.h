@@ -7,6 +7,9 @@
 // How: PageWriter batches runs into large buffers filled with process_vm_readv (up to 1024 iovecs
 // per call; /proc/PID/mem for unreadable VMAs) while a writer thread appends the previous buffer to
 // the BlobWriter (compressing if the blob does): reading and writing overlap on two cores.
+// A raw blob whose file was reserved and mapped before the freeze is filled in place instead
+// (BlobWriter::AppendInPlace): process_vm_readv copies straight into the page file, one copy,
+// and the writer thread only computes the checksums.
 #pragma once
 
 #include <sys/types.h>
@@ -92,6 +95,8 @@ class PageWriter {
     char* buf;
     size_t len;
     std::vector<Entry> entries;
+    bool in_place = false;  // filled straight into the blob's file: commit, not Append
+    images::BlobWriter::InPlace ip;
   };
   Result<void> Flush();
   void WriterLoop();
@@ -104,6 +109,8 @@ class PageWriter {
   char* cur_ = nullptr;
   size_t cur_len_ = 0;
   std::vector<Entry> cur_entries_;
+  bool in_place_ = true;
+  bool two_readers_ = true;  // in place: big groups are read by two threads  // until the blob cannot take an in-place append (then never again)
   std::vector<img::PageRun> runs_;
   uint64_t pages_ = 0;
 

@@ -54,6 +54,16 @@ class Output {
   // dumper that reserves before it freezes the tree shortens the frozen time. What is not used
   // is released at Close. A no-op where it does not apply (a socket).
   virtual Result<void> Reserve(uint64_t bytes) { return Ok(); }
+  // Reserve, and also map the reserved space so that Extend can hand it out (a directory
+  // output: the file's pages are mapped and faulted in now, before the freeze).
+  virtual Result<void> ReserveInPlace(uint64_t bytes) { return Reserve(bytes); }
+  // Memory for the next len bytes of the file, for a caller that fills them in place
+  // (process_vm_readv straight into a page file: one copy instead of two). The bytes count as
+  // written now; their checksums must be given with AddChecksum, in file order, before Close
+  // (possibly from another thread, while this thread extends further). nullptr when the output
+  // cannot (nothing mapped, or not enough left): use Write.
+  virtual Result<char*> Extend(size_t len) { return static_cast<char*>(nullptr); }
+  virtual void AddChecksum(uint32_t crc32c, size_t len) {}
 };
 
 // Where a dump writes. Thread-compatible: one writer per Output, Create/Finish from one thread.
@@ -114,6 +124,18 @@ class BlobWriter {
   // Reserves output space for logical_bytes more of raw data (chunk headers included); see
   // Output::Reserve. For zstd blobs, pass an estimate; the excess is released at Close.
   Result<void> Reserve(uint64_t logical_bytes);
+  // In-place appends (raw blobs whose output was reserved with room to spare): the caller fills
+  // each chunk's data itself (e.g. process_vm_readv straight into the mapped page file), then
+  // commits the appends in order, possibly from another thread; the checksums are computed at
+  // commit. An Append must not run concurrently with AppendInPlace.
+  struct InPlace {
+    uint64_t logical_off = 0;
+    std::vector<std::pair<char*, uint32_t>> chunks;  // each chunk's data (its header before it)
+  };
+  // false (nothing done) when not possible now: compressed, gathered data pending, or not
+  // enough mapped space; use Append.
+  Result<bool> AppendInPlace(size_t len, InPlace* out);
+  Result<void> CommitInPlace(const InPlace& in_place);
   // Writes what is gathered and closes the output.
   Result<void> Close();
   uint64_t logical_size() const { return logical_; }

@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <condition_variable>
+#include <cstddef>
+#include <cstring>
 #include <mutex>
 #include <thread>
 
@@ -308,8 +310,51 @@ Result<void> BlobWriter::Reserve(uint64_t logical_bytes) {
   if (!out_)
     return MakeError(ErrorKind::kGeneric, 0, "blob %s: reserve after close", name_.c_str());
   uint64_t chunks = logical_bytes / format::kMaxChunk + 2;
-  TRY_CTX(out_->Reserve(logical_bytes + chunks * sizeof(format::ChunkHeader)), "blob %s",
-          name_.c_str());
+  uint64_t bytes = logical_bytes + chunks * sizeof(format::ChunkHeader);
+  // A raw blob may be filled in place (AppendInPlace): map the space too.
+  if (comp_ == Compression::kNone)
+    TRY_CTX(out_->ReserveInPlace(bytes), "blob %s", name_.c_str());
+  else
+    TRY_CTX(out_->Reserve(bytes), "blob %s", name_.c_str());
+  return Ok();
+}
+
+Result<bool> BlobWriter::AppendInPlace(size_t len, InPlace* ip) {
+  if (!out_) return MakeError(ErrorKind::kGeneric, 0, "blob %s: append after close", name_.c_str());
+  if (comp_ != Compression::kNone || !gather_.empty() || len == 0) return false;
+  size_t n = (len + format::kMaxChunk - 1) / format::kMaxChunk;
+  ASSIGN_OR_RETURN(char* p, out_->Extend(len + n * sizeof(format::ChunkHeader)));
+  if (p == nullptr) return false;
+  ip->logical_off = logical_;
+  ip->chunks.clear();
+  while (len > 0) {
+    uint32_t c = static_cast<uint32_t>(std::min<size_t>(len, format::kMaxChunk));
+    format::ChunkHeader h;
+    h.kind = format::kChunkRaw;
+    h.logical_len = c;
+    h.logical_off = emitted_;
+    h.stored_len = c;
+    h.crc32c = 0;  // CommitInPlace
+    memcpy(p, &h, sizeof(h));
+    ip->chunks.push_back({p + sizeof(h), c});
+    p += sizeof(h) + c;
+    len -= c;
+    emitted_ += c;
+    logical_ += c;
+    stored_ += sizeof(h) + c;
+  }
+  return true;
+}
+
+Result<void> BlobWriter::CommitInPlace(const InPlace& ip) {
+  if (!out_) return MakeError(ErrorKind::kGeneric, 0, "blob %s: commit after close", name_.c_str());
+  for (const auto& [data, len] : ip.chunks) {
+    uint32_t crc = Crc32c(0, data, len);
+    char* h = data - sizeof(format::ChunkHeader);
+    memcpy(h + offsetof(format::ChunkHeader, crc32c), &crc, sizeof(crc));
+    out_->AddChecksum(Crc32c(0, h, sizeof(format::ChunkHeader)), sizeof(format::ChunkHeader));
+    out_->AddChecksum(crc, len);
+  }
   return Ok();
 }
 

@@ -12,15 +12,18 @@
 #include <sys/shm.h>
 #include <sys/ptrace.h>
 #include <sys/syscall.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <thread>
 
 #include "common/log.h"
 #include "common/proc.h"
+#include "common/scope_exit.h"
 #include "restore/steps.h"
 
 namespace godwit::restore {
@@ -185,8 +188,12 @@ Result<void> MapVma(RestoreContext& ctx, remote::Remote* r, const img::Vma& v, M
 }
 
 // Fills the dumped private pages. Raw chunks: the target preadv()s them itself, straight from the
-// page file into place (one call for up to 1024 runs contiguous in the file). Compressed chunks:
-// the coordinator decompresses and process_vm_writev()s them.
+// page file into place (one call for up to 1024 runs contiguous in the file), after one
+// MADV_POPULATE_WRITE per big run (no fault per page). With much raw data, the coordinator copies
+// the second half at the same time on a second thread (process_vm_writev from a mapping of the
+// page file: one copy too): faulting in and zeroing fresh pages is most of the cost, and it runs
+// on both cores. The thread is joined before FillPages returns (the coordinator forks nothing
+// while it runs). Compressed chunks: the coordinator decompresses and process_vm_writev()s them.
 Result<void> FillPages(RestoreContext& ctx, ProcessRestore& p, const img::PageMap& pagemap) {
   remote::Remote* r = p.remote.get();
   const auto& runs = pagemap.runs();
@@ -194,56 +201,22 @@ Result<void> FillPages(RestoreContext& ctx, ProcessRestore& p, const img::PageMa
   ASSIGN_OR_RETURN(std::unique_ptr<images::BlobReader> blob, ctx.images->OpenBlob(pagemap.blob()));
   uint64_t total = 0;
   for (const auto& run : runs) total += run.npages() * kPage;
-  long fd = -1;
-  uint64_t iov_base = r->scratch() + 8192;
-  size_t max_iov = std::min(kMaxIov, (r->scratch_size() - 8192) / sizeof(iovec));
-  std::vector<iovec> iov;
-  uint64_t batch_off = 0, next_off = 0, done = 0;
-  auto flush = [&]() -> Result<void> {
-    if (iov.empty()) return Ok();
-    uint64_t want = 0;
-    for (auto& x : iov) want += x.iov_len;
-    TRY(r->Write(iov_base, iov.data(), iov.size() * sizeof(iovec)));
-    ASSIGN_OR_RETURN(long n, r->Syscall(SYS_preadv, static_cast<uint64_t>(fd), iov_base, iov.size(),
-                                        batch_off, 0));
-    if (static_cast<uint64_t>(n) != want)
-      return MakeError(ErrorKind::kBadImage, 0, "%s: short read at file offset %lu",
-                       pagemap.blob().c_str(), static_cast<unsigned long>(batch_off));
-    done += want;
-    if (ctx.opts.progress) ctx.opts.progress("memory", done, total);
-    iov.clear();
-    return Ok();
+  struct Piece {
+    uint64_t va, off, len;
   };
-  constexpr uint64_t kBatch = 8ULL << 20;
-  constexpr uint64_t kPopulateMin = 256 * 1024;
-  bool populate = getenv("GODWIT_NO_POPULATE") == nullptr;
+  std::vector<Piece> raw;
+  uint64_t raw_total = 0, done = 0;
   std::unique_ptr<char[]> buf;
+  constexpr uint64_t kBatch = 8ULL << 20;
   for (const auto& run : runs) {
     uint64_t len = run.npages() * kPage;
     auto ext = blob->RawExtents(run.blob_off(), len);
     if (ext.ok()) {
-      if (fd < 0) {
-        // In a container the images are not in the tree's mount ns: through the inherited fd.
-        if (ctx.images_fd >= 0) {
-          ASSIGN_OR_RETURN(fd, OpenInTarget(r, pagemap.blob(), O_RDONLY, ctx.images_fd));
-        } else {
-          ASSIGN_OR_RETURN(fd, OpenInTarget(r, ctx.images->dir() + "/" + pagemap.blob(), O_RDONLY));
-        }
-      }
       uint64_t va = run.vaddr();
-      // Fault the destination in with one call instead of a page fault per 4 KiB inside preadv.
-      if (len >= kPopulateMin && populate) {
-        auto pr = r->Syscall(SYS_madvise, run.vaddr(), len, 23 /* MADV_POPULATE_WRITE */);
-        if (!pr.ok()) populate = false;  // older kernel: fall back to faulting
-      }
       for (const auto& e : *ext) {
-        if (iov.empty() || e.file_off != next_off || iov.size() >= max_iov) {
-          TRY(flush());
-          batch_off = e.file_off;
-        }
-        iov.push_back({reinterpret_cast<void*>(va), e.len});
-        next_off = e.file_off + e.len;
+        raw.push_back({va, e.file_off, e.len});
         va += e.len;
+        raw_total += e.len;
       }
       continue;
     }
@@ -256,8 +229,118 @@ Result<void> FillPages(RestoreContext& ctx, ProcessRestore& p, const img::PageMa
       done += n;
     }
   }
-  TRY(flush());
-  if (fd >= 0) TRY(r->Syscall(SYS_close, static_cast<uint64_t>(fd)));
+  if (raw.empty()) {
+    ctx.stats.pages += total / kPage;
+    ctx.stats.bytes += total;
+    return Ok();
+  }
+
+  // The second thread's share: the pieces after split.
+  constexpr uint64_t kSplitMin = 64ULL << 20;
+  size_t split = raw.size();
+  char* map = nullptr;
+  size_t map_len = 0;
+  if (raw_total >= kSplitMin && std::thread::hardware_concurrency() >= 2 &&
+      getenv("GODWIT_NO_SPLIT") == nullptr) {
+    struct stat st;
+    if (fstat(blob->fd(), &st) == 0 && st.st_size > 0) {
+      void* m = mmap(nullptr, st.st_size, PROT_READ, MAP_SHARED, blob->fd(), 0);
+      if (m != MAP_FAILED) {
+        map = static_cast<char*>(m);
+        map_len = st.st_size;
+        uint64_t acc = 0;
+        split = 0;
+        while (split < raw.size() && acc < raw_total / 2) acc += raw[split++].len;
+      }
+    }
+  }
+  ScopeExit unmap([&] {
+    if (map) munmap(map, map_len);
+  });
+  Result<void> helper_result;
+  std::thread helper;
+  if (split < raw.size()) {
+    helper = std::thread([&, pid = r->pid()] {
+      iovec local[kMaxIov], remote[kMaxIov];
+      for (size_t i = split; i < raw.size();) {
+        size_t k = 0;
+        uint64_t want = 0;
+        for (; i < raw.size() && k < kMaxIov; ++i, ++k) {
+          if (raw[i].off + raw[i].len > map_len) {
+            helper_result = MakeError(ErrorKind::kBadImage, 0, "%s: extent beyond the file",
+                                      pagemap.blob().c_str());
+            return;
+          }
+          local[k] = {map + raw[i].off, raw[i].len};
+          remote[k] = {reinterpret_cast<void*>(raw[i].va), raw[i].len};
+          want += raw[i].len;
+        }
+        ssize_t n = process_vm_writev(pid, local, k, remote, k, 0);
+        if (n < 0 || static_cast<uint64_t>(n) != want) {
+          helper_result = n < 0 ? Errno("process_vm_writev pid %d", pid)
+                                : MakeError(ErrorKind::kGeneric, 0,
+                                            "process_vm_writev pid %d: short write", pid);
+          return;
+        }
+      }
+    });
+  }
+
+  // This thread: the target preadv()s the pieces before split.
+  auto fill = [&]() -> Result<void> {
+    // In a container the images are not in the tree's mount ns: open through the inherited fd.
+    ASSIGN_OR_RETURN(long fd,
+                     ctx.images_fd >= 0
+                         ? OpenInTarget(r, pagemap.blob(), O_RDONLY, ctx.images_fd)
+                         : OpenInTarget(r, ctx.images->dir() + "/" + pagemap.blob(), O_RDONLY));
+    uint64_t iov_base = r->scratch() + 8192;
+    size_t max_iov = std::min(kMaxIov, (r->scratch_size() - 8192) / sizeof(iovec));
+    std::vector<iovec> iov;
+    uint64_t batch_off = 0, next_off = 0;
+    auto flush = [&]() -> Result<void> {
+      if (iov.empty()) return Ok();
+      uint64_t want = 0;
+      for (auto& x : iov) want += x.iov_len;
+      TRY(r->Write(iov_base, iov.data(), iov.size() * sizeof(iovec)));
+      ASSIGN_OR_RETURN(long n, r->Syscall(SYS_preadv, static_cast<uint64_t>(fd), iov_base,
+                                          iov.size(), batch_off, 0));
+      if (static_cast<uint64_t>(n) != want)
+        return MakeError(ErrorKind::kBadImage, 0, "%s: short read at file offset %lu",
+                         pagemap.blob().c_str(), static_cast<unsigned long>(batch_off));
+      done += want;
+      if (ctx.opts.progress) ctx.opts.progress("memory", done, total);
+      iov.clear();
+      return Ok();
+    };
+    constexpr uint64_t kPopulateMin = 256 * 1024;
+    bool populate = getenv("GODWIT_NO_POPULATE") == nullptr;
+    for (size_t i = 0; i < split; ++i) {
+      // Fault the destination in with one call per contiguous stretch of pieces instead of a
+      // page fault per 4 KiB inside preadv.
+      if (populate && (i == 0 || raw[i - 1].va + raw[i - 1].len != raw[i].va)) {
+        uint64_t end = raw[i].va + raw[i].len;
+        for (size_t j = i + 1; j < split && raw[j].va == end; ++j) end += raw[j].len;
+        if (end - raw[i].va >= kPopulateMin) {
+          auto pr = r->Syscall(SYS_madvise, raw[i].va, end - raw[i].va,
+                               23 /* MADV_POPULATE_WRITE */);
+          if (!pr.ok()) populate = false;  // older kernel: fall back to faulting
+        }
+      }
+      if (iov.empty() || raw[i].off != next_off || iov.size() >= max_iov) {
+        TRY(flush());
+        batch_off = raw[i].off;
+      }
+      iov.push_back({reinterpret_cast<void*>(raw[i].va), raw[i].len});
+      next_off = raw[i].off + raw[i].len;
+    }
+    TRY(flush());
+    TRY(r->Syscall(SYS_close, static_cast<uint64_t>(fd)));
+    return Ok();
+  };
+  Result<void> res = split > 0 ? fill() : Result<void>();
+  if (helper.joinable()) helper.join();
+  TRY(std::move(res));
+  TRY(std::move(helper_result));
   ctx.stats.pages += total / kPage;
   ctx.stats.bytes += total;
   return Ok();
