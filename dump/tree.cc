@@ -4,7 +4,10 @@
 #include <sys/ptrace.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 #include <deque>
+#include <map>
 #include <set>
 
 #include "common/fs.h"
@@ -113,9 +116,16 @@ Result<void> FreezeTree(pid_t root, FrozenTree* out) {
 }
 
 void ThawTree(const FrozenTree& t) {
-  for (pid_t tid : t.seized)
-    if (ptrace(PTRACE_DETACH, tid, nullptr, nullptr) < 0 && errno != ESRCH)
+  // Threads whose interrupted call Release() set up to be re-issued are detached inside it (no
+  // lost wake-up for a signal arriving right after the thaw).
+  std::map<pid_t, int> sig;
+  if (auto r = remote::EnterReissuedSyscalls(t.seized, &sig); !r.ok())
+    LOG_WARN("thaw: %s", r.error().to_string().c_str());
+  for (pid_t tid : t.seized) {
+    long s = sig.count(tid) ? sig[tid] : 0;
+    if (ptrace(PTRACE_DETACH, tid, nullptr, reinterpret_cast<void*>(s)) < 0 && errno != ESRCH)
       PLOG_WARN("detach %d", tid);
+  }
 }
 
 void KillTree(const FrozenTree& t) {

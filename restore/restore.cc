@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <map>
 #include <cstring>
 #include <set>
 
@@ -464,14 +465,22 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
   }
   if (ctx.fds) TRY_CTX(ctx.fds->Finalize(), "files finalize");
   if (!opts.pid_file.empty()) TRY(fs::WriteFile(opts.pid_file, StrFormat("%d", root), true));
+  // Threads about to re-issue an interrupted call are stepped into its syscall-entry stop first,
+  // so they are detached already inside the kernel (see remote::EnterReissuedSyscalls).
+  std::map<pid_t, int> detach_sig;
+  for (auto& p : ctx.procs)
+    TRY_CTX(remote::EnterReissuedSyscalls(p->attached, &detach_sig), "pid %d", p->pid);
   // A process dumped in a group stop gets its SIGSTOP back: pending now, delivered (stopping it)
   // as soon as it is detached.
   for (auto& p : ctx.procs)
     if (p->entry->stopped() && kill(p->pid, SIGSTOP) < 0) return Errno("SIGSTOP %d", p->pid);
   // Resume everything together.
   for (auto& p : ctx.procs)
-    for (pid_t tid : p->attached)
-      if (ptrace(PTRACE_DETACH, tid, nullptr, nullptr) < 0) PLOG_WARN("detach %d", tid);
+    for (pid_t tid : p->attached) {
+      long sig = detach_sig.count(tid) ? detach_sig[tid] : 0;
+      if (ptrace(PTRACE_DETACH, tid, nullptr, reinterpret_cast<void*>(sig)) < 0)
+        PLOG_WARN("detach %d", tid);
+    }
   ok = true;
   ctx.stats.root_pid = root;
   ctx.stats.total_ms = Ms(t_start);
