@@ -31,7 +31,12 @@ Result<std::vector<pid_t>> SeizeThreads(pid_t pid, std::set<pid_t>* seized_set, 
     bool added = false;
     for (pid_t tid : *tasks) {
       if (seized_set->count(tid)) continue;
-      auto r = remote::SeizeAndInterrupt(tid, PTRACE_O_TRACESYSGOOD);
+      // PTRACE_O_SUSPEND_SECCOMP: a seccomp filter would see (and may kill the process for) the
+      // calls we inject. It needs CAP_SYS_ADMIN and an unfiltered tracer; without them a filtered
+      // process can still be dumped if its filter allows our calls.
+      auto r = remote::SeizeAndInterrupt(tid, PTRACE_O_TRACESYSGOOD | PTRACE_O_SUSPEND_SECCOMP);
+      if (!r.ok() && r.error().sys_errno() == EPERM)
+        r = remote::SeizeAndInterrupt(tid, PTRACE_O_TRACESYSGOOD);
       if (!r.ok()) {
         if (r.error().kind() == ErrorKind::kNotFound || r.error().sys_errno() == ESRCH) {
           if (tid == pid) return Vanished(pid);

@@ -420,9 +420,13 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
 
   // Seize every process (one thread each for now).
   for (auto& p : ctx.procs) {
-    TRY_CTX(remote::SeizeAndInterrupt(
-                p->pid, PTRACE_O_TRACECLONE | PTRACE_O_TRACESYSGOOD | PTRACE_O_EXITKILL),
-            "seize restored pid %d", p->pid);
+    // PTRACE_O_SUSPEND_SECCOMP: the restored filters must not see the calls injected after the
+    // "seccomp" step (it needs CAP_SYS_ADMIN: without it, seize without and hope).
+    const unsigned long opts = PTRACE_O_TRACECLONE | PTRACE_O_TRACESYSGOOD | PTRACE_O_EXITKILL;
+    auto seized = remote::SeizeAndInterrupt(p->pid, opts | PTRACE_O_SUSPEND_SECCOMP);
+    if (!seized.ok() && seized.error().sys_errno() == EPERM)
+      seized = remote::SeizeAndInterrupt(p->pid, opts);
+    TRY_CTX(std::move(seized), "seize restored pid %d", p->pid);
     p->attached.push_back(p->pid);
     ASSIGN_OR_RETURN(uint64_t at, FindArea(p->pid, p->mm, 256 * 1024));
     remote::Remote::Options ro;
