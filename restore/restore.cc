@@ -249,9 +249,18 @@ Result<void> CheckPidsFree(const RestoreContext& ctx) {
   return Ok();
 }
 
+bool IsMemfd(const img::ShmemObject& o) { return o.name().rfind("/memfd:", 0) == 0; }
+
 Result<void> PrepareShmem(RestoreContext& ctx) {
   for (const auto& o : ctx.shmem) {
+    // A memfd keeps its name ("/memfd:NAME (deleted)" in the maps): an fd on it shows the same.
     std::string name = "godwit-shmem";
+    if (IsMemfd(o)) {
+      name = o.name().substr(7);
+      if (name.size() >= 10 && name.compare(name.size() - 10, 10, " (deleted)") == 0)
+        name.resize(name.size() - 10);
+      if (name.size() > 249) name.resize(249);
+    }
     int fd = memfd_create(name.c_str(), MFD_CLOEXEC);
     if (fd < 0) return Errno("memfd_create");
     UniqueFd ufd(fd);
@@ -332,6 +341,9 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
   fo.tcp_close = opts.tcp_close;
   fo.shell_job = opts.shell_job;
   fo.inherit_fds = opts.inherit_fds;
+  // A memfd both mapped and open as an fd stays one object: files/ reopens the engine's memfd.
+  for (const auto& o : ctx.shmem)
+    if (IsMemfd(o) && ctx.shmem_fds.count(o.id())) fo.memfds[o.inode()] = ctx.shmem_fds[o.id()].get();
   ASSIGN_OR_RETURN(std::unique_ptr<files::FdRestorer> fds, files::FdRestorer::Load(set, fo));
   ctx.fds = fds.get();
   int base_fd = 100;
