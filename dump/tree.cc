@@ -22,6 +22,23 @@ Error Vanished(pid_t pid) {
   return MakeError(ErrorKind::kNotFound, ESRCH, "process %d exited during the dump", pid);
 }
 
+// TracerPid of /proc/PID/task/TID/status, 0 if untraced or unreadable.
+pid_t TracerOf(pid_t pid, pid_t tid) {
+  auto st = fs::ReadFile(StrFormat("/proc/%d/task/%d/status", pid, tid));
+  if (!st.ok()) return 0;
+  size_t at = st->find("\nTracerPid:");
+  if (at == std::string::npos) return 0;
+  return static_cast<pid_t>(atoi(st->c_str() + at + 11));
+}
+
+std::string CommOf(pid_t pid) {
+  auto c = fs::ReadFile(StrFormat("/proc/%d/comm", pid));
+  if (!c.ok()) return "?";
+  std::string s = *c;
+  if (!s.empty() && s.back() == '\n') s.pop_back();
+  return s;
+}
+
 // Seizes every thread of pid until /proc/PID/task shows no new one (a running thread may create
 // threads until it is stopped itself). Returns the tids, main thread first.
 Result<std::vector<pid_t>> SeizeThreads(pid_t pid, std::set<pid_t>* seized_set, FrozenTree* out) {
@@ -42,6 +59,11 @@ Result<std::vector<pid_t>> SeizeThreads(pid_t pid, std::set<pid_t>* seized_set, 
           if (tid == pid) return Vanished(pid);
           continue;  // a thread that exited meanwhile
         }
+        // Traced by someone else (a debugger, strace, another dumper): ptrace allows one tracer.
+        if (pid_t tracer = TracerOf(pid, tid); tracer > 0)
+          return MakeError(ErrorKind::kUnsupported, EBUSY,
+                           "process %d (thread %d) is traced by pid %d (%s); detach it first",
+                           pid, tid, tracer, CommOf(tracer).c_str());
         // EPERM on a non-main thread: a zombie thread (exited, not yet reaped) cannot be seized.
         auto st = proc::ReadTaskStat(pid, tid);
         if (st.ok() && (st->state == 'Z' || st->state == 'X')) {
