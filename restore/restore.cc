@@ -110,17 +110,30 @@ struct ChildEnv {
   if (env.ctx->fds == nullptr) syscall(SYS_close_range, env.report_fd + 1, ~0U, 0);
   for (int fd : env.foreign_fds) close(fd);
   if (e.zombie()) ZombieMain(e);
-  if (e.sid() == e.pid() && getsid(0) != e.pid()) {
-    if (setsid() < 0) ChildFail(env, e.pid(), errno, "setsid");
-  }
   std::vector<pid_t> zombies;
-  for (int k : env.children[e.pid()]) {
+  auto fork_child = [&](int k) {
     const auto& c = env.ctx->tree.processes(k);
     pid_t got = Clone3(c, Levels(e));
     if (got < 0) ChildFail(env, e.pid(), errno, StrFormat("clone3 pid %d", c.pid()));
     if (got == 0) ChildMain(env, k);
     if (c.zombie()) zombies.push_back(got);
+  };
+  // A child in neither its own session nor ours was forked before we called setsid: it is in the
+  // session we inherited (CheckTree allows only that). Fork those first, then setsid.
+  bool lead = e.sid() == e.pid() && getsid(0) != e.pid();
+  std::vector<bool> forked(env.children[e.pid()].size(), false);
+  if (lead) {
+    for (size_t i = 0; i < forked.size(); ++i) {
+      const auto& c = env.ctx->tree.processes(env.children[e.pid()][i]);
+      if (c.sid() != e.sid() && c.sid() != c.pid()) {
+        fork_child(env.children[e.pid()][i]);
+        forked[i] = true;
+      }
+    }
+    if (setsid() < 0) ChildFail(env, e.pid(), errno, "setsid");
   }
+  for (size_t i = 0; i < forked.size(); ++i)
+    if (!forked[i]) fork_child(env.children[e.pid()][i]);
   // Zombies exit on their own; wait (without reaping) until they have, so their SIGCHLD is
   // discarded now (default disposition) and not delivered after the restore.
   for (pid_t z : zombies) {
@@ -221,9 +234,23 @@ Result<void> CheckTree(const RestoreContext& ctx) {
     if (it == by.end())
       return MakeError(ErrorKind::kBadImage, 0, "pstree.img: parent %d of %d is not in the tree",
                        e.ppid(), e.pid());
-    if (e.sid() != e.pid() && e.sid() != it->second->sid())
+    // Also allowed: the session the parent was in before it called setsid (the child was forked
+    // before it): the grandparent's, or for a child of the root, the one outside the tree (then
+    // restored as the coordinator's, like the root's own).
+    const img::ProcessEntry& parent = *it->second;
+    bool inherited_before_setsid = false;
+    if (parent.sid() == parent.pid() && e.sid() != parent.sid()) {
+      if (parent.pid() == ctx.tree.root_pid()) {
+        inherited_before_setsid = by.find(e.sid()) == by.end();
+      } else if (auto gp = by.find(parent.ppid()); gp != by.end()) {
+        inherited_before_setsid = gp->second->sid() == e.sid();
+      }
+    }
+    if (e.sid() != e.pid() && e.sid() != parent.sid() && !inherited_before_setsid)
       return MakeError(ErrorKind::kUnsupported, 0,
-                       "pid %d: session %d is neither its own nor its parent's", e.pid(), e.sid());
+                       "pid %d: session %d is neither its own, its parent's nor the one its "
+                       "parent %d left with setsid",
+                       e.pid(), e.sid(), parent.pid());
   }
   for (const auto& e : ctx.tree.processes()) {
     if (e.ns_pids_size() < 2) continue;
