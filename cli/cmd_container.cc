@@ -8,8 +8,8 @@
 
 #include <cstdio>
 #include <cstdlib>
-
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "common/args.h"
 #include "common/fs.h"
@@ -32,8 +32,8 @@ container::TreeDumper EngineDumper() {
     o.images_dir = req.dir;
     o.leave_running = true;
     o.compression = req.compression;
-    o.shell_job = true;         // the init's stdio comes from outside the container
-    o.tcp_established = true;   // the container owns its netns
+    o.shell_job = true;        // the init's stdio comes from outside the container
+    o.tcp_established = true;  // the container owns its netns
     TRY(req.thaw());
     auto s = dump::Dump(o);
     TRY(req.refreeze());
@@ -124,19 +124,32 @@ int ContainerRestoreVerb(Global& g, const std::vector<std::string>& args) {
 }  // namespace
 
 bool IsContainerRestore(const std::vector<std::string>& args) {
-  for (const auto& a : args) {
+  // The engine's form names an image directory with --images-dir (-D) and has no positional;
+  // the container form has an ID and --image-path or --import.
+  static const std::set<std::string> kValued = {
+      "--images-dir", "-D",       "--pid-file", "--inherit-fd",
+      "--image-path", "--import", "--bundle",   "-b"};
+  bool positional = false;
+  for (size_t i = 0; i < args.size(); i++) {
+    const std::string& a = args[i];
     if (a == "--images-dir" || a.rfind("--images-dir=", 0) == 0 || a == "-D") return false;
-  }
-  for (const auto& a : args) {
     if (a == "--image-path" || a.rfind("--image-path=", 0) == 0 || a == "--import" ||
         a.rfind("--import=", 0) == 0)
       return true;
+    if (a == "--") break;
+    if (kValued.count(a)) {
+      i++;
+      continue;
+    }
+    if (!a.empty() && a[0] != '-') positional = true;
   }
-  return false;
+  return positional;
 }
 
 int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
-  ArgSpec spec{{"image-path", "import", "bundle", "pid-file"}, {"detach", "json"}, {{"-d", "detach"}, {"-b", "bundle"}}};
+  ArgSpec spec{{"image-path", "import", "bundle", "pid-file", "ip"},
+               {"detach", "json"},
+               {{"-d", "detach"}, {"-b", "bundle"}}};
   auto pa = ParseArgs(args, spec);
   if (!pa.ok()) return ReportError(g, "restore", pa.error());
   if (pa->has("json")) g.json = true;
@@ -148,6 +161,7 @@ int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
   o.image_path = pa->get("image-path");
   o.import_file = pa->get("import");
   o.bundle = pa->get("bundle");
+  o.ip = pa->get("ip");
   auto r = container::Restore(o, EngineRestorer());
   if (!r.ok()) return ReportError(g, "restore", r.error());
   const runtime::Container& c = r->container;
@@ -184,8 +198,8 @@ GODWIT_COMMAND(checkpoint, "checkpoint",
                "[--export FILE] [--json]",
                "checkpoint a running container (processes, mounts, net, ipc, limits) to images",
                godwit::cli::CheckpointCmd);
-GODWIT_COMMAND(container_restore, "container-restore",
-               "container-restore ID --image-path DIR | --import FILE [--bundle DIR] [--detach] "
-               "[--pid-file F] [--json]",
-               "restore a checkpointed container (also `restore ID ...`)",
-               godwit::cli::ContainerRestoreVerb);
+GODWIT_COMMAND(
+    container_restore, "container-restore",
+    "container-restore ID --image-path DIR | --import FILE [--bundle DIR] [--ip A.B.C.D[/N]] "
+    "[--detach] [--pid-file F] [--json]",
+    "restore a checkpointed container (also `restore ID ...`)", godwit::cli::ContainerRestoreVerb);

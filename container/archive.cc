@@ -50,7 +50,8 @@ Result<void> ListFiles(const std::string& root, const std::string& rel,
   for (const auto& n : names) {
     std::string r = rel.empty() ? n : rel + "/" + n;
     struct stat st;
-    if (::lstat((root + "/" + r).c_str(), &st) < 0) return Errno("stat %s/%s", root.c_str(), r.c_str());
+    if (::lstat((root + "/" + r).c_str(), &st) < 0)
+      return Errno("stat %s/%s", root.c_str(), r.c_str());
     if (S_ISDIR(st.st_mode)) {
       TRY(ListFiles(root, r, out));
     } else if (S_ISREG(st.st_mode)) {
@@ -130,7 +131,8 @@ Result<Stats> Export(const std::string& dir, const std::string& file) {
 }
 
 Result<Stats> Import(const std::string& file, const std::string& dir) {
-  if (fs::Exists(dir)) return MakeError(ErrorKind::kExists, EEXIST, "%s already exists", dir.c_str());
+  if (fs::Exists(dir))
+    return MakeError(ErrorKind::kExists, EEXIST, "%s already exists", dir.c_str());
   auto in_r = fs::Open(file, O_RDONLY);
   if (!in_r.ok()) {
     if (in_r.error().sys_errno() == ENOENT)
@@ -163,12 +165,14 @@ Result<Stats> Import(const std::string& file, const std::string& dir) {
     if (::pread(in.get(), &h, sizeof(h), off) != sizeof(h)) return Errno("read %s", file.c_str());
     uint64_t hoff = off;
     off += sizeof(h);
-    if (h.name_len > kMaxName || h.name_len > fsize - off) return Bad(file, hoff, "bad name length");
+    if (h.name_len > kMaxName || h.name_len > fsize - off)
+      return Bad(file, hoff, "bad name length");
     std::string name(h.name_len, '\0');
     if (h.name_len && ::pread(in.get(), name.data(), h.name_len, off) != h.name_len)
       return Errno("read %s", file.c_str());
     off += h.name_len;
-    if (HeaderCrc(h, name) != h.header_crc) return Bad(file, hoff, "record header checksum mismatch");
+    if (HeaderCrc(h, name) != h.header_crc)
+      return Bad(file, hoff, "record header checksum mismatch");
     if (h.kind == kEnd) {
       if (h.size != stats.files) return Bad(file, hoff, "end record: file count mismatch");
       if (off != fsize) return Bad(file, off, "trailing bytes after the end record");
@@ -195,7 +199,8 @@ Result<Stats> Import(const std::string& file, const std::string& dir) {
     stats.files++;
     stats.bytes += h.size;
   }
-  if (::rename(tmp.c_str(), dir.c_str()) < 0) return Errno("rename %s -> %s", tmp.c_str(), dir.c_str());
+  if (::rename(tmp.c_str(), dir.c_str()) < 0)
+    return Errno("rename %s -> %s", tmp.c_str(), dir.c_str());
   rm.dismiss();
   stats.size = fsize;
   return stats;

@@ -109,6 +109,14 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
   for (const auto& n : own) rec.add_namespaces(n);
   FillLimits(c.resources, rec.mutable_limits());
 
+  // With a writable layer (disk quota: an overlay) the rootfs never changes, so its identity is
+  // taken before freezing: walking a big rootfs should not count against the frozen time.
+  // Without one, the container writes into the rootfs itself: identify it while frozen.
+  const bool overlay = c.disk_quota > 0;
+  if (overlay) {
+    ASSIGN_OR_RETURN(*rec.mutable_rootfs(), mnt::IdentifyRootfs(c.rootfs));
+  }
+
   // Freeze: nothing in the container runs (or forks) from here until kill or thaw.
   ASSIGN_OR_RETURN(std::unique_ptr<runtime::Cgroup> cg, runtime::OpenCgroup(opts.id));
   auto t_freeze = Clock::now();
@@ -129,7 +137,18 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
   }
   if (Has(own, "ipc")) {
     ASSIGN_OR_RETURN(UniqueFd fd, OpenNamespace(pid, "ipc"));
-    TRY_CTX(ipc::Dump(fd.get(), *sink, opts.compression), "container %s", opts.id.c_str());
+    // The container's own mqueue mount lists its queues without mounting one.
+    std::string mq;
+    if (Has(own, "mnt") && fs::Exists(StrFormat("/proc/%d/root/dev/mqueue", pid))) {
+      auto mi = fs::ReadFile(StrFormat("/proc/%d/mountinfo", pid));
+      auto table = mi.ok() ? mnt::ParseMountInfo(*mi) : Result<img::MountTable>(mi.error());
+      if (table.ok()) {
+        for (const auto& m : table->mounts())
+          if (m.mountpoint() == "/dev/mqueue" && m.fstype() == "mqueue")
+            mq = StrFormat("/proc/%d/root/dev/mqueue", pid);
+      }
+    }
+    TRY_CTX(ipc::Dump(fd.get(), *sink, opts.compression, mq), "container %s", opts.id.c_str());
   }
   if (Has(own, "net")) {
     ASSIGN_OR_RETURN(UniqueFd fd, OpenNamespace(pid, "net"));
@@ -139,6 +158,9 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
     TRY_CTX(mnt::Dump(pid, *sink, opts.compression), "container %s", opts.id.c_str());
     ASSIGN_OR_RETURN(bool layer, mnt::DumpLayer(pid, c.rootfs, *sink, opts.compression));
     rec.set_has_layer(layer);
+  }
+  if (!overlay) {
+    ASSIGN_OR_RETURN(*rec.mutable_rootfs(), mnt::IdentifyRootfs(c.rootfs));
   }
   auto t_ns = Clock::now();
   rec.mutable_times()->set_namespaces_ms(Ms(t_frozen, t_ns));
@@ -157,7 +179,6 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
   auto t_tree = Clock::now();
   rec.mutable_times()->set_tree_ms(Ms(t_ns, t_tree));
 
-  ASSIGN_OR_RETURN(*rec.mutable_rootfs(), mnt::IdentifyRootfs(c.rootfs));
   rec.set_created_unix_ns(std::chrono::duration_cast<std::chrono::nanoseconds>(
                               std::chrono::system_clock::now().time_since_epoch())
                               .count());

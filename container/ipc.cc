@@ -32,10 +32,18 @@ union semun {
 
 // Sysctls of the IPC namespace, in the order they are restored (limits before objects).
 constexpr const char* kSysctls[] = {
-    "kernel/shmmax",         "kernel/shmall",          "kernel/shmmni",
-    "kernel/shm_rmid_forced", "kernel/msgmax",         "kernel/msgmni",
-    "kernel/msgmnb",         "kernel/sem",             "fs/mqueue/queues_max",
-    "fs/mqueue/msg_max",     "fs/mqueue/msgsize_max",  "fs/mqueue/msg_default",
+    "kernel/shmmax",
+    "kernel/shmall",
+    "kernel/shmmni",
+    "kernel/shm_rmid_forced",
+    "kernel/msgmax",
+    "kernel/msgmni",
+    "kernel/msgmnb",
+    "kernel/sem",
+    "fs/mqueue/queues_max",
+    "fs/mqueue/msg_max",
+    "fs/mqueue/msgsize_max",
+    "fs/mqueue/msg_default",
     "fs/mqueue/msgsize_default",
 };
 
@@ -172,13 +180,21 @@ int NotifyPid(const std::string& text) {
   return std::atoi(text.c_str() + pos + 11);
 }
 
-Result<void> DumpMqueues(img::IpcNs& ns, images::BlobWriter& blob) {
-  char dir[] = "/tmp/godwit-mq-XXXXXX";
-  if (::mkdtemp(dir) == nullptr) return Errno("mkdtemp %s", dir);
-  ScopeExit rm([&] { ::rmdir(dir); });
-  // The mqueue fs of the thread's IPC namespace, mounted in the thread's private mount ns.
-  if (::mount("mqueue", dir, "mqueue", 0, nullptr) < 0) return Errno("mount mqueue on %s", dir);
-  ScopeExit um([&] { ::umount2(dir, MNT_DETACH); });
+Result<void> DumpMqueues(img::IpcNs& ns, images::BlobWriter& blob, const std::string& given) {
+  char tmp[] = "/tmp/godwit-mq-XXXXXX";
+  std::string dir = given;
+  bool mounted = false;
+  ScopeExit cleanup([&] {
+    if (mounted) ::umount2(tmp, MNT_DETACH);
+    if (given.empty()) ::rmdir(tmp);
+  });
+  if (dir.empty()) {
+    if (::mkdtemp(tmp) == nullptr) return Errno("mkdtemp %s", tmp);
+    // The mqueue fs of the thread's IPC namespace, mounted in the thread's private mount ns.
+    if (::mount("mqueue", tmp, "mqueue", 0, nullptr) < 0) return Errno("mount mqueue on %s", tmp);
+    mounted = true;
+    dir = tmp;
+  }
   ASSIGN_OR_RETURN(std::vector<std::string> names, fs::ListDir(dir));
   for (const std::string& name : names) {
     std::string path = std::string(dir) + "/" + name;
@@ -318,7 +334,8 @@ Result<void> RestoreSem(const img::SemSet& set) {
   const img::IpcPerm& perm = set.perm();
   int nsems = set.values_size();
   ASSIGN_OR_RETURN(int id, Create("sem", perm, set.id(), [&] {
-                     return ::semget(perm.key(), nsems, (perm.mode() & 0777) | IPC_CREAT | IPC_EXCL);
+                     return ::semget(perm.key(), nsems,
+                                     (perm.mode() & 0777) | IPC_CREAT | IPC_EXCL);
                    }));
   std::vector<unsigned short> vals(set.values().begin(), set.values().end());
   semun arg;
@@ -341,8 +358,8 @@ Result<void> RestoreMsg(const img::MsgQueue& q, images::BlobReader* blob) {
   SetPerm(ds, perm, &msqid_ds::msg_perm);
   ds.msg_qbytes = q.qbytes();
   if (::msgctl(id, IPC_SET, &ds) < 0) {
-    return Errno("msgctl(%d, IPC_SET qbytes %lu) (above kernel/msgmnb needs CAP_SYS_RESOURCE)",
-                 id, static_cast<unsigned long>(q.qbytes()));
+    return Errno("msgctl(%d, IPC_SET qbytes %lu) (above kernel/msgmnb needs CAP_SYS_RESOURCE)", id,
+                 static_cast<unsigned long>(q.qbytes()));
   }
   std::vector<char> buf;
   for (const img::SysvMessage& m : q.messages()) {
@@ -353,8 +370,8 @@ Result<void> RestoreMsg(const img::MsgQueue& q, images::BlobReader* blob) {
     buf.resize(sizeof(long) + m.length());
     long mtype = m.mtype();
     std::memcpy(buf.data(), &mtype, sizeof(long));
-    TRY_CTX(blob->Read(m.blob_offset(), buf.data() + sizeof(long), m.length()),
-            "msg id %d message", q.id());
+    TRY_CTX(blob->Read(m.blob_offset(), buf.data() + sizeof(long), m.length()), "msg id %d message",
+            q.id());
     if (::msgsnd(id, buf.data(), m.length(), IPC_NOWAIT) < 0)
       return Errno("msgsnd(%d, type %ld, %lu bytes)", id, mtype,
                    static_cast<unsigned long>(m.length()));
@@ -384,8 +401,8 @@ Result<void> RestoreMqueue(const img::PosixMqueue& pq, images::BlobReader* blob)
   std::vector<char> buf;
   for (const img::PosixMessage& m : pq.messages()) {
     if (m.length() > static_cast<uint64_t>(pq.msgsize()))
-      return MakeError(ErrorKind::kBadImage, 0, "%s: mqueue %s message larger than msgsize",
-                       kImage, qname.c_str());
+      return MakeError(ErrorKind::kBadImage, 0, "%s: mqueue %s message larger than msgsize", kImage,
+                       qname.c_str());
     buf.resize(m.length());
     TRY_CTX(blob->Read(m.blob_offset(), buf.data(), m.length()), "mqueue %s", qname.c_str());
     if (::mq_send(q, buf.data(), buf.size(), m.priority()) < 0)
@@ -396,9 +413,11 @@ Result<void> RestoreMqueue(const img::PosixMqueue& pq, images::BlobReader* blob)
 
 }  // namespace
 
-Result<void> Dump(int ipc_ns_fd, images::Sink& sink, images::Compression compression) {
+Result<void> Dump(int ipc_ns_fd, images::Sink& sink, images::Compression compression,
+                  const std::string& mqueue_dir) {
   img::IpcNs ns;
-  ASSIGN_OR_RETURN(images::BlobWriter blob, images::BlobWriter::Create(sink, kDataBlob, compression));
+  ASSIGN_OR_RETURN(images::BlobWriter blob,
+                   images::BlobWriter::Create(sink, kDataBlob, compression));
   TRY_CTX(RunInNamespace(
               ipc_ns_fd, CLONE_NEWIPC,
               [&]() -> Result<void> {
@@ -415,16 +434,15 @@ Result<void> Dump(int ipc_ns_fd, images::Sink& sink, images::Compression compres
                 TRY_CTX(DumpShm(ns, blob), "SysV shm");
                 TRY_CTX(DumpSem(ns), "SysV semaphores");
                 TRY_CTX(DumpMsg(ns, blob), "SysV message queues");
-                TRY_CTX(DumpMqueues(ns, blob), "POSIX message queues");
+                TRY_CTX(DumpMqueues(ns, blob, mqueue_dir), "POSIX message queues");
                 return Ok();
               },
-              NsThreadOptions{.private_mounts = true}),
+              NsThreadOptions{.private_mounts = mqueue_dir.empty()}),
           "dump ipc namespace");
   TRY(blob.Close());
   TRY(images::WriteImage(sink, kImage, ns));
-  LOG_DEBUG("ipc: %d shm, %d sem, %d msg, %d mqueues, %lu data bytes", ns.shm_size(),
-            ns.sem_size(), ns.msg_size(), ns.mqueues_size(),
-            static_cast<unsigned long>(blob.logical_size()));
+  LOG_DEBUG("ipc: %d shm, %d sem, %d msg, %d mqueues, %lu data bytes", ns.shm_size(), ns.sem_size(),
+            ns.msg_size(), ns.mqueues_size(), static_cast<unsigned long>(blob.logical_size()));
   return Ok();
 }
 
@@ -446,13 +464,15 @@ Result<void> Restore(const images::ImageSet& images, int ipc_ns_fd) {
     for (const img::IpcSysctl& s : ns.sysctls()) {
       bool known = false;
       for (const char* k : kSysctls) known |= s.name() == k;
-      if (!known) return MakeError(ErrorKind::kBadImage, 0, "%s: unknown sysctl '%s'", kImage,
-                                   s.name().c_str());
+      if (!known)
+        return MakeError(ErrorKind::kBadImage, 0, "%s: unknown sysctl '%s'", kImage,
+                         s.name().c_str());
       auto cur = ReadSysctl(s.name());
       if (cur.ok() && *cur == s.value()) continue;
       TRY_CTX(WriteSysctl(s.name(), s.value()), "restore ipc sysctl");
     }
-    for (const auto& seg : ns.shm()) TRY_CTX(RestoreShm(seg, blob.get()), "restore shm id %d", seg.id());
+    for (const auto& seg : ns.shm())
+      TRY_CTX(RestoreShm(seg, blob.get()), "restore shm id %d", seg.id());
     for (const auto& set : ns.sem()) TRY_CTX(RestoreSem(set), "restore sem id %d", set.id());
     for (const auto& q : ns.msg()) TRY_CTX(RestoreMsg(q, blob.get()), "restore msg id %d", q.id());
     for (const auto& q : ns.mqueues())

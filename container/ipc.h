@@ -23,8 +23,12 @@ namespace godwit::container::ipc {
 inline constexpr char kImage[] = "ipc.img";
 inline constexpr char kDataBlob[] = "ipc-data.img";
 
+// mqueue_dir: a mount of this namespace's mqueue fs (e.g. /proc/PID/root/dev/mqueue) to list
+// POSIX queues from; empty: mount one in a private mount namespace of the dumping thread
+// (costs a copy of the caller's mount tree).
 Result<void> Dump(int ipc_ns_fd, images::Sink& sink,
-                  images::Compression compression = images::Compression::kNone);
+                  images::Compression compression = images::Compression::kNone,
+                  const std::string& mqueue_dir = "");
 Result<void> Restore(const images::ImageSet& images, int ipc_ns_fd);
 // IPC_RMID of the shm segments the image marks destroyed.
 Result<void> RemoveDestroyed(const images::ImageSet& images, int ipc_ns_fd);

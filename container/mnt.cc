@@ -9,9 +9,9 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <climits>
 #include <functional>
-#include <algorithm>
 #include <map>
 #include <set>
 #include <vector>
@@ -31,8 +31,8 @@ namespace {
 std::string Unescape(const std::string& s) {
   std::string out;
   for (size_t i = 0; i < s.size(); i++) {
-    if (s[i] == '\\' && i + 3 < s.size() && isdigit(s[i + 1]) &&
-        isdigit(s[i + 2]) && isdigit(s[i + 3])) {
+    if (s[i] == '\\' && i + 3 < s.size() && isdigit(s[i + 1]) && isdigit(s[i + 2]) &&
+        isdigit(s[i + 3])) {
       out += static_cast<char>((s[i + 1] - '0') * 64 + (s[i + 2] - '0') * 8 + (s[i + 3] - '0'));
       i += 3;
     } else {
@@ -48,14 +48,22 @@ int64_t Ns(const struct statx_timestamp& t) {
 
 img::TmpfsFileType TypeOf(mode_t m) {
   switch (m & S_IFMT) {
-    case S_IFREG: return img::TMPFS_REG;
-    case S_IFDIR: return img::TMPFS_DIR;
-    case S_IFLNK: return img::TMPFS_SYMLINK;
-    case S_IFCHR: return img::TMPFS_CHR;
-    case S_IFBLK: return img::TMPFS_BLK;
-    case S_IFIFO: return img::TMPFS_FIFO;
-    case S_IFSOCK: return img::TMPFS_SOCK;
-    default: return img::TMPFS_UNKNOWN;
+    case S_IFREG:
+      return img::TMPFS_REG;
+    case S_IFDIR:
+      return img::TMPFS_DIR;
+    case S_IFLNK:
+      return img::TMPFS_SYMLINK;
+    case S_IFCHR:
+      return img::TMPFS_CHR;
+    case S_IFBLK:
+      return img::TMPFS_BLK;
+    case S_IFIFO:
+      return img::TMPFS_FIFO;
+    case S_IFSOCK:
+      return img::TMPFS_SOCK;
+    default:
+      return img::TMPFS_UNKNOWN;
   }
 }
 
@@ -265,7 +273,8 @@ Result<void> CheckPath(const std::string& p) {
     return MakeError(ErrorKind::kBadImage, 0, "tmpfs entry path '%s' is not relative", p.c_str());
   for (const auto& c : fs::Split(p, '/')) {
     if (c.empty() || c == "." || c == "..")
-      return MakeError(ErrorKind::kBadImage, 0, "tmpfs entry path '%s' is not canonical", p.c_str());
+      return MakeError(ErrorKind::kBadImage, 0, "tmpfs entry path '%s' is not canonical",
+                       p.c_str());
   }
   return Ok();
 }
@@ -325,7 +334,8 @@ class Restorer {
     mode_t perm = e.mode() & 07777;
     switch (e.type()) {
       case img::TMPFS_DIR: {
-        if (::mkdirat(pfd, name, 0700) < 0 && errno != EEXIST) return Errno("mkdir %s", e.path().c_str());
+        if (::mkdirat(pfd, name, 0700) < 0 && errno != EEXIST)
+          return Errno("mkdir %s", e.path().c_str());
         ASSIGN_OR_RETURN(UniqueFd fd, OpenBeneath(root_, e.path(), O_RDONLY | O_DIRECTORY));
         TRY(Attrs(fd.get(), e));
         break;
@@ -347,7 +357,9 @@ class Restorer {
       case img::TMPFS_CHR:
       case img::TMPFS_BLK:
       case img::TMPFS_FIFO: {
-        mode_t type = e.type() == img::TMPFS_CHR ? S_IFCHR : e.type() == img::TMPFS_BLK ? S_IFBLK : S_IFIFO;
+        mode_t type = e.type() == img::TMPFS_CHR   ? S_IFCHR
+                      : e.type() == img::TMPFS_BLK ? S_IFBLK
+                                                   : S_IFIFO;
         // An identical node may be there already (a bind mount made at BuildRoot holds it):
         // keep that inode.
         struct stat cur;
@@ -433,7 +445,8 @@ class Restorer {
         TRY(blob_->Read(x.blob_offset() + done, buf.data(), n));
         ssize_t w = ::pwrite(fd, buf.data(), n, x.offset() + done);
         if (w < 0) return Errno("pwrite");
-        if (static_cast<size_t>(w) != n) return MakeError(ErrorKind::kGeneric, ENOSPC, "short write");
+        if (static_cast<size_t>(w) != n)
+          return MakeError(ErrorKind::kGeneric, ENOSPC, "short write");
         done += n;
       }
     }
@@ -530,13 +543,15 @@ Result<img::MountTable> ParseMountInfo(const std::string& text) {
     std::vector<std::string> f = fs::Split(line, ' ');
     auto dash = std::find(f.begin(), f.end(), "-");
     if (f.size() < 10 || dash == f.end() || dash - f.begin() < 6 || f.end() - dash < 4)
-      return MakeError(ErrorKind::kGeneric, 0, "mountinfo line %d malformed: %s", lineno, line.c_str());
+      return MakeError(ErrorKind::kGeneric, 0, "mountinfo line %d malformed: %s", lineno,
+                       line.c_str());
     img::MountEntry* m = t.add_mounts();
     m->set_mnt_id(std::stoul(f[0]));
     m->set_parent_id(std::stoul(f[1]));
     unsigned maj = 0, min = 0;
     if (sscanf(f[2].c_str(), "%u:%u", &maj, &min) != 2)
-      return MakeError(ErrorKind::kGeneric, 0, "mountinfo line %d: bad device %s", lineno, f[2].c_str());
+      return MakeError(ErrorKind::kGeneric, 0, "mountinfo line %d: bad device %s", lineno,
+                       f[2].c_str());
     m->set_dev_major(maj);
     m->set_dev_minor(min);
     m->set_root(Unescape(f[3]));
@@ -588,13 +603,15 @@ Result<void> Dump(pid_t pid, images::Sink& sink, images::Compression compression
     if (fd < 0) return Errno("open tmpfs %s", path.c_str());
     UniqueFd root(fd);
     struct statx stx;
-    if (::statx(fd, "", AT_EMPTY_PATH, STATX_MNT_ID, &stx) < 0) return Errno("statx %s", path.c_str());
+    if (::statx(fd, "", AT_EMPTY_PATH, STATX_MNT_ID, &stx) < 0)
+      return Errno("statx %s", path.c_str());
     if (stx.stx_mnt_id != m->mnt_id()) {
-      return MakeError(ErrorKind::kUnsupported, 0, "pid %d: %s reaches mount %llu, not tmpfs mount %u",
-                       pid, m->mountpoint().c_str(), static_cast<unsigned long long>(stx.stx_mnt_id),
-                       m->mnt_id());
+      return MakeError(
+          ErrorKind::kUnsupported, 0, "pid %d: %s reaches mount %llu, not tmpfs mount %u", pid,
+          m->mountpoint().c_str(), static_cast<unsigned long long>(stx.stx_mnt_id), m->mnt_id());
     }
-    ASSIGN_OR_RETURN(images::ImageWriter w, images::ImageWriter::Create(sink, TmpfsImage(m->mnt_id())));
+    ASSIGN_OR_RETURN(images::ImageWriter w,
+                     images::ImageWriter::Create(sink, TmpfsImage(m->mnt_id())));
     ASSIGN_OR_RETURN(images::BlobWriter blob,
                      images::BlobWriter::Create(sink, TmpfsBlob(m->mnt_id()), compression));
     Walker walker(w, blob, m->mnt_id());
@@ -639,29 +656,46 @@ Result<void> RestoreEntries(const images::ImageSet& images, const std::string& i
   return Ok();
 }
 
-// fstatat of rel inside root as the container sees it (symlinks resolve within root).
-Result<bool> StatIn(int root, const std::string& rel, struct stat* st) {
-  Split2 sp = SplitPath(rel);
-  int pfd = root;
-  UniqueFd parent;
-  if (!sp.parent.empty()) {
-    struct open_how how = {};
-    how.flags = O_PATH | O_DIRECTORY | O_CLOEXEC;
-    how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
-    long fd = ::syscall(SYS_openat2, root, sp.parent.c_str(), &how, sizeof(how));
-    if (fd < 0) {
-      if (errno == ENOENT || errno == ENOTDIR) return false;
-      return Errno("open %s in rootfs", sp.parent.c_str());
+// fstatat of rel inside root as the container sees it (symlinks resolve within root). The walk
+// visits a directory's entries together: the last parent stays open.
+class RootStat {
+ public:
+  explicit RootStat(int root) : root_(root) {}
+  Result<bool> Stat(const std::string& rel, struct stat* st) {
+    Split2 sp = SplitPath(rel);
+    int pfd = root_;
+    if (!sp.parent.empty()) {
+      if (sp.parent != parent_path_ || !parent_) {
+        parent_.reset();
+        parent_path_ = sp.parent;
+        struct open_how how = {};
+        how.flags = O_PATH | O_DIRECTORY | O_CLOEXEC;
+        how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
+        long fd = ::syscall(SYS_openat2, root_, sp.parent.c_str(), &how, sizeof(how));
+        if (fd < 0) {
+          if (errno == ENOENT || errno == ENOTDIR) return false;
+          return Errno("open %s in rootfs", sp.parent.c_str());
+        }
+        parent_.reset(static_cast<int>(fd));
+      }
+      pfd = parent_.get();
     }
-    parent.reset(static_cast<int>(fd));
-    pfd = parent.get();
+    if (::fstatat(pfd, sp.name.c_str(), st, AT_SYMLINK_NOFOLLOW) < 0) {
+      if (errno == ENOENT || errno == ENOTDIR) return false;
+      return Errno("stat %s in rootfs", rel.c_str());
+    }
+    return true;
   }
-  if (::fstatat(pfd, sp.name.c_str(), st, AT_SYMLINK_NOFOLLOW) < 0) {
-    if (errno == ENOENT || errno == ENOTDIR) return false;
-    return Errno("stat %s in rootfs", rel.c_str());
+  // The open parent of the last Stat (or the root).
+  int parent_fd(const std::string& rel) const {
+    return SplitPath(rel).parent.empty() || !parent_ ? root_ : parent_.get();
   }
-  return true;
-}
+
+ private:
+  int root_;
+  std::string parent_path_;
+  UniqueFd parent_;
+};
 
 std::string ReadLinkAt(int dirfd, const std::string& path) {
   char buf[PATH_MAX];
@@ -702,7 +736,8 @@ Result<void> Whiteouts(int rfd, int mfd, const std::string& rel, images::ImageWr
     int r2 = ::openat(rfd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (r2 < 0) return Errno("open rootfs %s", path.c_str());
     UniqueFd ro(r2);
-    int m2 = ::openat(mfd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_NOATIME | O_CLOEXEC);
+    int m2 =
+        ::openat(mfd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_NOATIME | O_CLOEXEC);
     if (m2 < 0) return Errno("open %s in the container", path.c_str());
     UniqueFd mo(m2);
     TRY(Whiteouts(r2, m2, path, w, count));
@@ -759,13 +794,14 @@ Result<bool> DumpLayer(pid_t pid, const std::string& rootfs, images::Sink& sink,
   if (::fstat(rfs.get(), &rst) < 0) return Errno("stat %s", rootfs.c_str());
   // The container writes straight into the rootfs when its root is the rootfs itself: there is
   // no layer to tell apart.
-  if (makedev(mstx.stx_dev_major, mstx.stx_dev_minor) == rst.st_dev &&
-      mstx.stx_ino == rst.st_ino)
+  if (makedev(mstx.stx_dev_major, mstx.stx_dev_minor) == rst.st_dev && mstx.stx_ino == rst.st_ino)
     return false;
   ASSIGN_OR_RETURN(images::ImageWriter w, images::ImageWriter::Create(sink, kLayerImage));
-  ASSIGN_OR_RETURN(images::BlobWriter blob, images::BlobWriter::Create(sink, kLayerBlob, compression));
+  ASSIGN_OR_RETURN(images::BlobWriter blob,
+                   images::BlobWriter::Create(sink, kLayerBlob, compression));
   int rfd = rfs.get();
   uint64_t kept = 0, whiteouts = 0;
+  RootStat rootstat(rfd);
   KeepFn keep = [&](const std::string& path, const struct statx& stx) -> Result<bool> {
     struct stat st;
     bool exists;
@@ -773,7 +809,7 @@ Result<bool> DumpLayer(pid_t pid, const std::string& rootfs, images::Sink& sink,
       st = rst;
       exists = true;
     } else {
-      ASSIGN_OR_RETURN(exists, StatIn(rfd, path, &st));
+      ASSIGN_OR_RETURN(exists, rootstat.Stat(path, &st));
     }
     if (stx.stx_mnt_id != mstx.stx_mnt_id) return !exists;  // a mount point: only if new
     bool changed = !exists;
@@ -793,10 +829,8 @@ Result<bool> DumpLayer(pid_t pid, const std::string& rootfs, images::Sink& sink,
       if (S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode))
         changed |= st.st_rdev != makedev(stx.stx_rdev_major, stx.stx_rdev_minor);
       if (S_ISLNK(st.st_mode)) {
-        std::string a = ReadLinkAt(mfd, path), b;
-        Split2 sp = SplitPath(path);
-        ASSIGN_OR_RETURN(UniqueFd p, OpenBeneath(rfd, sp.parent, O_PATH | O_DIRECTORY));
-        b = ReadLinkAt(p.get(), sp.name);
+        std::string a = ReadLinkAt(mfd, path);
+        std::string b = ReadLinkAt(rootstat.parent_fd(path), SplitPath(path).name);
         changed |= a != b;
       }
     }

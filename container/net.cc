@@ -22,6 +22,7 @@
 #include <map>
 #include <memory>
 #include <set>
+#include <thread>
 #include <vector>
 
 #include "common/fs.h"
@@ -141,8 +142,7 @@ Result<Addr> BuildAddr(int family, const std::string& bytes, int prefixlen = -1)
 
 Result<Addr> BuildPrefix(const img::NetPrefix& p) {
   size_t want = p.family() == AF_INET ? 4 : p.family() == AF_INET6 ? 16 : 0;
-  if (want == 0 || (!p.addr().empty() && p.addr().size() != want) ||
-      p.prefixlen() > want * 8) {
+  if (want == 0 || (!p.addr().empty() && p.addr().size() != want) || p.prefixlen() > want * 8) {
     return MakeError(ErrorKind::kBadImage, 0, "%s: bad address (family %u, %zu bytes, /%u)", kImage,
                      p.family(), p.addr().size(), p.prefixlen());
   }
@@ -166,11 +166,11 @@ constexpr const char* kFixedSysctls[] = {
     "core/somaxconn",
     "unix/max_dgram_qlen",
 };
-constexpr const char* kConf4[] = {"forwarding",  "rp_filter",  "accept_redirects",
-                                  "send_redirects", "proxy_arp", "arp_ignore",
-                                  "arp_announce", "route_localnet", "accept_local"};
-constexpr const char* kConf6[] = {"disable_ipv6", "forwarding", "accept_ra", "accept_dad",
-                                  "autoconf", "accept_redirects"};
+constexpr const char* kConf4[] = {"forwarding",     "rp_filter",      "accept_redirects",
+                                  "send_redirects", "proxy_arp",      "arp_ignore",
+                                  "arp_announce",   "route_localnet", "accept_local"};
+constexpr const char* kConf6[] = {"disable_ipv6", "forwarding", "accept_ra",
+                                  "accept_dad",   "autoconf",   "accept_redirects"};
 
 bool Writable(const std::string& path) {
   struct stat st;
@@ -195,7 +195,8 @@ Result<void> CollectSysctls(img::NetNs& ns) {
   if (tcp.ok()) {
     std::sort(tcp->begin(), tcp->end());
     for (const std::string& f : *tcp) {
-      if (f.rfind("tcp_", 0) == 0 && Writable("/proc/sys/net/ipv4/" + f)) AddSysctl(ns, "ipv4/" + f);
+      if (f.rfind("tcp_", 0) == 0 && Writable("/proc/sys/net/ipv4/" + f))
+        AddSysctl(ns, "ipv4/" + f);
     }
   }
   for (const char* fam : {"ipv4", "ipv6"}) {
@@ -227,7 +228,8 @@ Result<void> ApplySysctls(const img::NetNs& ns, bool per_interface) {
   for (const img::NetSysctl& s : ns.sysctls()) {
     if (PerInterface(s.name()) != per_interface) continue;
     if (s.name().find("..") != std::string::npos)
-      return MakeError(ErrorKind::kBadImage, 0, "%s: bad sysctl name '%s'", kImage, s.name().c_str());
+      return MakeError(ErrorKind::kBadImage, 0, "%s: bad sysctl name '%s'", kImage,
+                       s.name().c_str());
     std::string name = "net/" + s.name();
     auto cur = ReadSysctl(name);
     if (cur.ok() && *cur == s.value()) continue;
@@ -244,9 +246,8 @@ Result<void> ApplySysctls(const img::NetNs& ns, bool per_interface) {
 // ---- links --------------------------------------------------------------------------------
 
 // Created by the kernel in every new netns when the tunnel modules are loaded.
-const std::set<std::string> kFallbackTunnels = {"tunl0", "sit0",    "ip6tnl0", "gre0",
-                                                 "gretap0", "erspan0", "ip6gre0", "ip_vti0",
-                                                 "ip6_vti0"};
+const std::set<std::string> kFallbackTunnels = {
+    "tunl0", "sit0", "ip6tnl0", "gre0", "gretap0", "erspan0", "ip6gre0", "ip_vti0", "ip6_vti0"};
 
 void FillLinkAttrs(rtnl_link* l, nl_cache* links, img::NetLink* out) {
   out->set_ifindex(rtnl_link_get_ifindex(l));
@@ -267,8 +268,8 @@ Result<void> CollectHostEnd(nl_sock* host_sock, const img::NetLink& ct, int peer
   rtnl_link* h = rtnl_link_get(host_links.get(), peer_ifindex);
   if (!h) {
     return MakeError(ErrorKind::kUnsupported, 0,
-                     "veth %s: its peer (ifindex %d) is not in the dumper's netns", ct.name().c_str(),
-                     peer_ifindex);
+                     "veth %s: its peer (ifindex %d) is not in the dumper's netns",
+                     ct.name().c_str(), peer_ifindex);
   }
   Link hold(h);
   const char* kind = rtnl_link_get_type(h);
@@ -326,8 +327,9 @@ Result<void> CollectLinks(nl_sock* sock, nl_sock* host_sock, img::NetNs& ns) {
       out->set_kernel_created(true);
       continue;
     }
-    return MakeError(ErrorKind::kUnsupported, 0, "link %s (ifindex %d) of kind '%s' is not supported",
-                     out->name().c_str(), out->ifindex(), kind.c_str());
+    return MakeError(ErrorKind::kUnsupported, 0,
+                     "link %s (ifindex %d) of kind '%s' is not supported", out->name().c_str(),
+                     out->ifindex(), kind.c_str());
   }
   return Ok();
 }
@@ -411,7 +413,8 @@ bool DefaultRule(rtnl_rule* r) {
 
 Result<void> CollectRules(nl_sock* sock, img::NetNs& ns) {
   nl_cache* c = nullptr;
-  if (int err = rtnl_rule_alloc_cache(sock, AF_UNSPEC, &c); err < 0) return NlError(err, "dump rules");
+  if (int err = rtnl_rule_alloc_cache(sock, AF_UNSPEC, &c); err < 0)
+    return NlError(err, "dump rules");
   Cache rules(c);
   for (rtnl_rule* r : Objects<rtnl_rule>(rules.get())) {
     // Multicast routing rules (RTNL_FAMILY_IPMR/IP6MR) are the kernel's.
@@ -555,7 +558,8 @@ Result<void> AddAddr(nl_sock* sock, const img::NetAddr& na) {
   uint32_t flags = na.flags() & keep;
   if (na.local().family() == AF_INET6) flags |= IFA_F_NODAD;
   if (flags) rtnl_addr_set_flags(a.get(), flags);
-  if (!na.label().empty() && na.local().family() == AF_INET) rtnl_addr_set_label(a.get(), na.label().c_str());
+  if (!na.label().empty() && na.local().family() == AF_INET)
+    rtnl_addr_set_label(a.get(), na.label().c_str());
   int err = rtnl_addr_add(sock, a.get(), NLM_F_REPLACE);
   if (err < 0 && !IsExists(err)) {
     char buf[INET6_ADDRSTRLEN + 8] = {};
@@ -623,7 +627,8 @@ Result<void> AddRoute(nl_sock* sock, const img::NetRoute& nr) {
     ASSIGN_OR_RETURN(Addr ps, BuildAddr(nr.family(), nr.pref_src()));
     rtnl_route_set_pref_src(r.get(), ps.get());
   }
-  for (const img::NetRouteMetric& m : nr.metrics()) rtnl_route_set_metric(r.get(), m.id(), m.value());
+  for (const img::NetRouteMetric& m : nr.metrics())
+    rtnl_route_set_metric(r.get(), m.id(), m.value());
   for (const img::NetNextHop& h : nr.nexthops()) {
     rtnl_nexthop* nh = rtnl_route_nh_alloc();
     if (!h.ifname().empty()) {
@@ -703,6 +708,10 @@ Result<void> AddNeigh(nl_sock* sock, const img::NetNeigh& nn) {
 
 Result<img::NetNs> Collect(int netns_fd) {
   img::NetNs ns;
+  // nft is a separate process (tens of ms to start): let it run while netlink is read.
+  Result<std::string> nft = std::string();
+  std::thread nft_thread([&] { nft = CollectNft(netns_fd); });
+  ScopeExit join([&] { nft_thread.join(); });
   ASSIGN_OR_RETURN(Sock sock, OpenRouteSocket(netns_fd));
   ASSIGN_OR_RETURN(Sock host, OpenRouteSocket(-1));
   TRY_CTX(CollectLinks(sock.get(), host.get(), ns), "dump netns links");
@@ -711,8 +720,10 @@ Result<img::NetNs> Collect(int netns_fd) {
   TRY_CTX(CollectRules(sock.get(), ns), "dump netns rules");
   TRY_CTX(CollectNeighs(sock.get(), ns), "dump netns neighbours");
   TRY(RunInNamespace(netns_fd, CLONE_NEWNET, [&] { return CollectSysctls(ns); }));
-  ASSIGN_OR_RETURN(std::string nft, CollectNft(netns_fd));
-  ns.set_nft_ruleset(nft);
+  join.dismiss();
+  nft_thread.join();
+  TRY_CTX(nft, "dump nftables ruleset");
+  ns.set_nft_ruleset(*nft);
   LOG_DEBUG("netns: %d links, %d addresses, %d routes, %d rules, %d neighbours, %d sysctls",
             ns.links_size(), ns.addrs_size(), ns.routes_size(), ns.rules_size(), ns.neighs_size(),
             ns.sysctls_size());
@@ -777,7 +788,8 @@ Result<void> Apply(const img::NetNs& ns, int netns_fd) {
       const auto& h = l.host_end();
       TRY_CTX(ChangeLink(host.get(), h.name(), h.mtu(), 0, "", h.master(), h.flags(), false),
               "restore host end %s", h.name().c_str());
-      for (const auto& a : h.addrs()) TRY_CTX(AddAddr(host.get(), a), "host end %s", h.name().c_str());
+      for (const auto& a : h.addrs())
+        TRY_CTX(AddAddr(host.get(), a), "host end %s", h.name().c_str());
     }
   }
   for (const auto& a : ns.addrs()) TRY(AddAddr(sock.get(), a));

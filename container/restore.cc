@@ -1,5 +1,6 @@
 #include "container/restore.h"
 
+#include <arpa/inet.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -40,6 +41,44 @@ std::string NowRfc3339() {
   return StrFormat("%s.%09ldZ", buf, ts.tv_nsec);
 }
 
+// Replaces the container's IPv4 address `from` by `to` ("A.B.C.D[/PREFIX]") on its own links and
+// as the point-to-point peer of the veth's host end.
+Result<void> Readdress(img::NetNs* ns, const std::string& from, const std::string& to,
+                       int* prefix) {
+  auto parts = fs::Split(to, '/');
+  struct in_addr old_a, new_a;
+  if (::inet_pton(AF_INET, from.c_str(), &old_a) != 1)
+    return MakeError(ErrorKind::kBadImage, 0, "container address %s is not IPv4", from.c_str());
+  if (parts.size() > 2 || ::inet_pton(AF_INET, parts[0].c_str(), &new_a) != 1)
+    return MakeError(ErrorKind::kUsage, 0, "--ip %s: want A.B.C.D[/PREFIX]", to.c_str());
+  int new_prefix = -1;
+  if (parts.size() == 2) {
+    new_prefix = atoi(parts[1].c_str());
+    if (new_prefix < 1 || new_prefix > 32)
+      return MakeError(ErrorKind::kUsage, 0, "--ip %s: bad prefix", to.c_str());
+    *prefix = new_prefix;
+  }
+  std::string ob(reinterpret_cast<char*>(&old_a), 4), nb(reinterpret_cast<char*>(&new_a), 4);
+  int changed = 0;
+  for (auto& a : *ns->mutable_addrs()) {
+    if (a.local().family() != AF_INET || a.local().addr() != ob) continue;
+    a.mutable_local()->set_addr(nb);
+    if (a.has_peer() && a.peer().addr() == ob) a.mutable_peer()->set_addr(nb);
+    if (new_prefix > 0) {
+      a.mutable_local()->set_prefixlen(new_prefix);
+      a.clear_broadcast();
+    }
+    changed++;
+  }
+  for (auto& l : *ns->mutable_links())
+    for (auto& a : *l.mutable_host_end()->mutable_addrs())
+      if (a.has_peer() && a.peer().addr() == ob) a.mutable_peer()->set_addr(nb);
+  if (changed == 0)
+    return MakeError(ErrorKind::kBadImage, 0, "address %s not found in %s", from.c_str(),
+                     net::kImage);
+  return Ok();
+}
+
 }  // namespace
 
 Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& restore_tree) {
@@ -47,7 +86,8 @@ Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& re
   TRY(runtime::ValidateId(opts.id));
   if (opts.image_path.empty() && opts.import_file.empty())
     return MakeError(ErrorKind::kUsage, 0, "restore needs --image-path DIR or --import FILE");
-  if (!restore_tree) return MakeError(ErrorKind::kUnsupported, 0, "no process-tree restorer linked");
+  if (!restore_tree)
+    return MakeError(ErrorKind::kUnsupported, 0, "no process-tree restorer linked");
 
   // Claim the id first: an existing container of that id is never touched.
   TRY(fs::MkdirAll(opts.root, 0711));
@@ -80,8 +120,7 @@ Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& re
   });
   if (!opts.import_file.empty()) {
     std::string target = dir.empty() ? state_dir + "/import" : dir;
-    TRY_CTX(archive::Import(opts.import_file, target),
-            "import %s", opts.import_file.c_str());
+    TRY_CTX(archive::Import(opts.import_file, target), "import %s", opts.import_file.c_str());
     if (dir.empty()) imported = target;
     dir = target;
   }
@@ -118,15 +157,36 @@ Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& re
                      static_cast<unsigned long>(rec.rootfs().entries()), spec.root_path.c_str(),
                      here->digest().c_str(), static_cast<unsigned long>(here->entries()));
   }
+  // The network, readdressed and renamed when asked to.
+  img::NetNs netns;
+  bool has_net = images.Has(net::kImage);
+  if (has_net) TRY(images.ReadOne(net::kImage, &netns));
+  std::string veth_name = rec.host_veth();
+  std::string address = orig.net.address;
+  if (!opts.ip.empty()) {
+    if (!has_net || veth_name.empty() || address.empty())
+      return MakeError(ErrorKind::kUsage, 0, "--ip: the container had no veth address");
+    TRY(Readdress(&netns, address, opts.ip, &orig.net.prefix));
+    address = fs::Split(opts.ip, '/')[0];
+    orig.net.address = address;
+  }
+  if (!veth_name.empty() && (opts.id != rec.id() || opts.root != orig.root)) {
+    veth_name = runtime::HostVethName(opts.root, opts.id);
+    for (auto& l : *netns.mutable_links()) {
+      if (l.host_end().name() != rec.host_veth()) continue;
+      l.mutable_host_end()->set_name(veth_name);
+      for (auto& a : *l.mutable_host_end()->mutable_addrs()) a.set_ifname(veth_name);
+    }
+  }
   // Names and addresses on the host must be free before anything is created.
-  if (!rec.host_veth().empty() && runtime::LinkExists(rec.host_veth()))
+  if (!veth_name.empty() && runtime::LinkExists(veth_name))
     return MakeError(ErrorKind::kExists, EEXIST, "veth %s already exists on the host",
-                     rec.host_veth().c_str());
-  if (!orig.net.address.empty()) {
-    ASSIGN_OR_RETURN(bool used, runtime::AddressInUse(orig.net.address));
+                     veth_name.c_str());
+  if (!address.empty()) {
+    ASSIGN_OR_RETURN(bool used, runtime::AddressInUse(address));
     if (used)
       return MakeError(ErrorKind::kExists, EADDRINUSE, "address %s is already in use on the host",
-                       orig.net.address.c_str());
+                       address.c_str());
   }
 
   // cgroups with the limits.
@@ -147,8 +207,8 @@ Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& re
   double env_ms = 0;
   req.outside = [&](pid_t pid) -> Result<void> {
     root_pid = pid;
-    host_veth = rec.host_veth();  // from here on the rollback deletes it
-    TRY(FillEnvironment(images, rec, table, pid));
+    host_veth = veth_name;  // from here on the rollback deletes it
+    TRY(FillEnvironment(images, rec, table, has_net ? &netns : nullptr, pid));
     TRY_CTX(cg->AddProcess(pid), "join cgroup of %s", opts.id.c_str());
     env_ms = Ms(t_env, Clock::now());
     return Ok();
@@ -171,7 +231,7 @@ Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& re
   c.created = NowRfc3339();
   c.cgroup_paths = cg->Paths();
   c.cgroup_layout = runtime::CgroupLayoutName(cg->layout());
-  c.host_veth = rec.host_veth();
+  c.host_veth = veth_name;
   c.storage_dir = storage;
   TRY(fs::WriteFile(c.config_path(), rec.config_json()));
   TRY(c.Save());

@@ -47,6 +47,11 @@ struct RestoreOptions {
   std::string image_path;   // a checkpoint directory, or where --import unpacks (optional)
   std::string import_file;  // an export file
   std::string bundle;       // another bundle (config.json + rootfs) than the original's
+  // Another IPv4 address for the container ("198.18.0.20" or with "/PREFIX"), e.g. to restore
+  // a copy next to the running original. What changes: the container's address on its veth
+  // (and the host end's point-to-point peer), the host end's name (derived from --root and the
+  // id, as the runtime names it); connections bound to the old address cannot survive.
+  std::string ip;
 };
 
 struct RestoreResult {

@@ -21,8 +21,8 @@ namespace {
 
 unsigned long ParseFlags(const std::string& opts) {
   static const std::map<std::string, unsigned long> kFlags = {
-      {"ro", MS_RDONLY},         {"nosuid", MS_NOSUID},         {"nodev", MS_NODEV},
-      {"noexec", MS_NOEXEC},     {"noatime", MS_NOATIME},       {"nodiratime", MS_NODIRATIME},
+      {"ro", MS_RDONLY},         {"nosuid", MS_NOSUID},          {"nodev", MS_NODEV},
+      {"noexec", MS_NOEXEC},     {"noatime", MS_NOATIME},        {"nodiratime", MS_NODIRATIME},
       {"relatime", MS_RELATIME}, {"strictatime", MS_STRICTATIME}};
   unsigned long f = 0;
   for (const auto& o : fs::Split(opts, ',')) {
@@ -96,9 +96,9 @@ Result<RootPlan> PlanRoot(const img::MountTable& table, const runtime::Spec& spe
       return MakeError(ErrorKind::kUsage, 0, "a writable layer needs a storage directory");
     plan.disk_quota = spec.disk_quota;
     plan.storage_dir = storage_dir;
-    plan.quota_opts = spec.disk_quota > 0 ? StrFormat("size=%lld,mode=755",
-                                                      static_cast<long long>(spec.disk_quota))
-                                          : "mode=755";
+    plan.quota_opts = spec.disk_quota > 0
+                          ? StrFormat("size=%lld,mode=755", static_cast<long long>(spec.disk_quota))
+                          : "mode=755";
     plan.upper = storage_dir + "/upper";
     plan.work = storage_dir + "/work";
     plan.merged = storage_dir + "/merged";
@@ -118,9 +118,12 @@ Result<RootPlan> PlanRoot(const img::MountTable& table, const runtime::Spec& spe
     s.target = JoinPath(newroot, m.mountpoint());
     s.fstype = m.fstype();
     s.flags = ParseFlags(m.mount_opts());
-    if (m.shared_group()) s.propagation = MS_SHARED;
-    else if (m.master_group()) s.propagation = MS_SLAVE;
-    else if (m.unbindable()) s.propagation = MS_UNBINDABLE;
+    if (m.shared_group())
+      s.propagation = MS_SHARED;
+    else if (m.master_group())
+      s.propagation = MS_SLAVE;
+    else if (m.unbindable())
+      s.propagation = MS_UNBINDABLE;
     // A mount of part of a filesystem already mounted in the container is a bind from there.
     const img::MountEntry* src = nullptr;
     for (const img::MountEntry* d : done) {
@@ -175,12 +178,12 @@ Result<RootPlan> PlanRoot(const img::MountTable& table, const runtime::Spec& spe
 }
 
 int BuildRoot(const RootPlan& plan, const char** what) {
-#define STEP(cond, name)  \
-  do {                    \
-    if (cond) {           \
-      *what = name;       \
-      return errno;       \
-    }                     \
+#define STEP(cond, name) \
+  do {                   \
+    if (cond) {          \
+      *what = name;      \
+      return errno;      \
+    }                    \
   } while (0)
   STEP(::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) < 0, "make / rprivate");
   const char* newroot;
@@ -225,7 +228,8 @@ int BuildRoot(const RootPlan& plan, const char** what) {
                    s.data.empty() ? nullptr : s.data.c_str()) < 0,
            "mount");
     }
-    if (s.propagation) STEP(::mount(nullptr, t, nullptr, s.propagation, nullptr) < 0, "propagation");
+    if (s.propagation)
+      STEP(::mount(nullptr, t, nullptr, s.propagation, nullptr) < 0, "propagation");
   }
   if (plan.readonly)
     STEP(::mount(nullptr, newroot, nullptr, MS_REMOUNT | MS_BIND | MS_RDONLY, nullptr) < 0,
@@ -241,7 +245,8 @@ int BuildRoot(const RootPlan& plan, const char** what) {
 }
 
 Result<void> FillEnvironment(const images::ImageSet& images, const img::ContainerCheckpoint& rec,
-                             const img::MountTable& table, pid_t root_pid) {
+                             const img::MountTable& table, const img::NetNs* netns,
+                             pid_t root_pid) {
   if (images.Has(uts::kImage)) {
     ASSIGN_OR_RETURN(UniqueFd fd, OpenNamespace(root_pid, "uts"));
     TRY(uts::Restore(images, fd.get()));
@@ -250,17 +255,17 @@ Result<void> FillEnvironment(const images::ImageSet& images, const img::Containe
     ASSIGN_OR_RETURN(UniqueFd fd, OpenNamespace(root_pid, "ipc"));
     TRY(ipc::Restore(images, fd.get()));
   }
-  if (images.Has(net::kImage)) {
+  if (netns) {
     ASSIGN_OR_RETURN(UniqueFd fd, OpenNamespace(root_pid, "net"));
-    TRY(net::Restore(images, fd.get()));
+    TRY_CTX(net::Apply(*netns, fd.get()), "restore network namespace");
   }
   std::string root = StrFormat("/proc/%d/root", root_pid);
   if (rec.has_layer()) TRY_CTX(mnt::RestoreLayer(images, root + "/."), "writable layer");
   std::vector<const img::MountEntry*> readonly;
   for (const auto& m : table.mounts()) {
     if (!m.contents_dumped()) continue;
-    TRY_CTX(mnt::RestoreTmpfs(images, m.mnt_id(), JoinPath(root, m.mountpoint())),
-            "tmpfs %s", m.mountpoint().c_str());
+    TRY_CTX(mnt::RestoreTmpfs(images, m.mnt_id(), JoinPath(root, m.mountpoint())), "tmpfs %s",
+            m.mountpoint().c_str());
     if (ParseFlags(m.mount_opts()) & MS_RDONLY) readonly.push_back(&m);
   }
   if (!readonly.empty()) {

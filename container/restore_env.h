@@ -24,6 +24,7 @@
 #include "images/image.h"
 #include "proto/container.pb.h"
 #include "proto/mnt.pb.h"
+#include "proto/netns.pb.h"
 #include "runtime/spec.h"
 
 namespace godwit::container {
@@ -39,8 +40,8 @@ struct MountStep {
   bool bind_from_root = false;  // bind source is inside the new root (else a host path)
   unsigned long flags = 0;      // MS_RDONLY, MS_NOSUID, ... (applied by remount for binds)
   unsigned long propagation = 0;
-  std::string data;             // filesystem options ("size=65536k,mode=755")
-  bool file = false;            // bind of a file onto a file
+  std::string data;   // filesystem options ("size=65536k,mode=755")
+  bool file = false;  // bind of a file onto a file
   // For a bind whose source is a device node of a tmpfs filled only later: made first.
   mode_t prep_mode = 0;
   dev_t prep_rdev = 0;
@@ -48,7 +49,7 @@ struct MountStep {
 
 // What BuildRoot does, prepared before the clone (no allocation after it).
 struct RootPlan {
-  std::string rootfs;       // host path of the rootfs
+  std::string rootfs;  // host path of the rootfs
   bool readonly = false;
   int64_t disk_quota = 0;   // > 0: overlay with upper/work in a tmpfs of this size
   std::string storage_dir;  // host directory for that tmpfs (exists, stays empty on the host)
@@ -67,8 +68,9 @@ Result<RootPlan> PlanRoot(const img::MountTable& table, const runtime::Spec& spe
 int BuildRoot(const RootPlan& plan, const char** what);
 
 // From outside, once BuildRoot is done in root_pid: uts, ipc, net, tmpfs contents, layer.
+// net: the network to build (the image's, possibly readdressed); null: none.
 Result<void> FillEnvironment(const images::ImageSet& images, const img::ContainerCheckpoint& rec,
-                             const img::MountTable& table, pid_t root_pid);
+                             const img::MountTable& table, const img::NetNs* net, pid_t root_pid);
 
 // Converts the image's limits back into runtime resources.
 runtime::Resources LimitsToResources(const img::CgroupLimits& l);

@@ -23,16 +23,16 @@ Result<img::UtsNs> Collect(int uts_ns_fd) {
 }
 
 Result<void> Apply(const img::UtsNs& uts, int uts_ns_fd) {
-  TRY_CTX(RunInNamespace(uts_ns_fd, CLONE_NEWUTS,
-                         [&]() -> Result<void> {
-                           if (::sethostname(uts.hostname().data(), uts.hostname().size()) < 0)
-                             return Errno("sethostname '%s'", uts.hostname().c_str());
-                           if (::setdomainname(uts.domainname().data(), uts.domainname().size()) <
-                               0)
-                             return Errno("setdomainname '%s'", uts.domainname().c_str());
-                           return Ok();
-                         }),
-          "restore uts namespace");
+  TRY_CTX(
+      RunInNamespace(uts_ns_fd, CLONE_NEWUTS,
+                     [&]() -> Result<void> {
+                       if (::sethostname(uts.hostname().data(), uts.hostname().size()) < 0)
+                         return Errno("sethostname '%s'", uts.hostname().c_str());
+                       if (::setdomainname(uts.domainname().data(), uts.domainname().size()) < 0)
+                         return Errno("setdomainname '%s'", uts.domainname().c_str());
+                       return Ok();
+                     }),
+      "restore uts namespace");
   return Ok();
 }
 

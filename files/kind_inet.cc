@@ -91,12 +91,18 @@ Result<void> DumpTcpEstablished(DumpContext& ctx, const Probe& p, img::InetSocke
                                 const struct tcp_info& ti) {
   int fd = p.local;
   TRY(ctx.LockProcessTcp(p.pid));
+  // Repair on and off again leaves sk_reuse at "no reuse": a resumed socket gets its
+  // SO_REUSEADDR back (read before repair forces the reuse).
+  int reuse = 0;
+  socklen_t rl = sizeof(reuse);
+  getsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &reuse, &rl);
   TRY_CTX(SetInt(fd, SOL_TCP, TCP_REPAIR, TCP_REPAIR_ON, "TCP_REPAIR"),
           "%s -> %s", AddrStr(sk->src()).c_str(), AddrStr(sk->dst()).c_str());
   int keep = ctx.Keep(fd);
-  ctx.OnResume([keep] {
+  ctx.OnResume([keep, reuse] {
     int off = TCP_REPAIR_OFF;
     setsockopt(keep, SOL_TCP, TCP_REPAIR, &off, sizeof(off));
+    if (reuse) setsockopt(keep, SOL_SOCKET, SO_REUSEADDR, &reuse, sizeof(reuse));
   });
   img::TcpRepair* r = sk->mutable_repair();
   int outq = 0, unsent = 0, inq = 0;
@@ -251,6 +257,9 @@ Result<UniqueFd> OpenTcpEstablished(RestoreContext& ctx, const img::FileEntry& e
   TRY(SetInt(fd, SOL_TCP, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE, "TCP_REPAIR_QUEUE"));
   TRY(SetInt(fd, SOL_TCP, TCP_QUEUE_SEQ, r.rcv_seq() - recvq.size(), "TCP_QUEUE_SEQ recv"));
   TRY(CommonOpts(fd, sk));
+  // SO_REUSEADDR (restored just above) overwrites the forced port reuse TCP_REPAIR set: an
+  // accepted socket next to its live listener (same port) could not bind. Arm it again.
+  TRY(SetInt(fd, SOL_TCP, TCP_REPAIR, TCP_REPAIR_ON, "TCP_REPAIR"));
   TRY(Bind(fd, sk));
   if (connect(fd, reinterpret_cast<const sockaddr*>(sk.dst().data()), sk.dst().size()) < 0)
     return Errno("repair connect %s -> %s", AddrStr(sk.src()).c_str(), AddrStr(sk.dst()).c_str());
@@ -334,6 +343,8 @@ Result<void> FinalizeInet(RestoreContext& ctx, const img::FileEntry& e, int fd) 
   const img::InetSocket& sk = e.inet();
   if (sk.type() != SOCK_STREAM || !Connected(sk.state()) || ctx.opts().tcp_close) return Ok();
   TRY(SetInt(fd, SOL_TCP, TCP_REPAIR, TCP_REPAIR_OFF, "TCP_REPAIR off"));
+  // Repair off resets sk_reuse to "no reuse": the application's SO_REUSEADDR comes back here.
+  if (sk.opts().reuseaddr()) TRY(SetInt(fd, SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR"));
   const img::TcpRepair& r = sk.repair();
   if (r.unsent()) {
     ASSIGN_OR_RETURN(std::string sendq, ctx.ReadBlob(r.send_queue()));

@@ -14,10 +14,12 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <climits>
 #include <cstring>
 
 #include "common/fs.h"
 #include "common/log.h"
+#include "common/scope_exit.h"
 #include "files/kind.h"
 
 namespace godwit::files {
@@ -45,8 +47,33 @@ const img::FileEntry* FindUnix(RestoreContext& ctx, uint64_t ino) {
   return nullptr;
 }
 
+Result<void> BindHere(int fd, int type, const std::string& name);
+
+// The address that reaches u's bound socket from the coordinator: a relative name through the
+// directory it was dumped in (the coordinator's cwd is elsewhere).
+std::string Reachable(const img::UnixSocket& u) {
+  const std::string& n = u.name();
+  if (u.name_dir().empty() || n.empty() || n[0] == '\0' || n[0] == '/' ||
+      u.name_dir().size() + 1 + n.size() >= sizeof(sockaddr_un::sun_path))
+    return n;
+  return u.name_dir() + "/" + n;
+}
+
+// Binds to name; a relative name is bound from the directory it was dumped in (the coordinator's
+// cwd is elsewhere), so the socket keeps its relative name and its file lands where it was.
+Result<void> Bind(int fd, int type, const std::string& name, const std::string& dir) {
+  if (dir.empty() || name.empty() || name[0] == '\0' || name[0] == '/') return BindHere(fd, type, name);
+  UniqueFd saved(open(".", O_PATH | O_DIRECTORY | O_CLOEXEC));
+  UniqueFd d(open(dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+  if (!saved) return Errno("open cwd");
+  if (!d) return Errno("open %s (unix socket %s)", dir.c_str(), Printable(name).c_str());
+  if (fchdir(d.get()) < 0) return Errno("fchdir %s", dir.c_str());
+  ScopeExit back([&] { (void)!fchdir(saved.get()); });
+  return BindHere(fd, type, name);
+}
+
 // Binds to name; a path left behind by the dumped (now dead) socket is removed first.
-Result<void> Bind(int fd, int type, const std::string& name) {
+Result<void> BindHere(int fd, int type, const std::string& name) {
   struct sockaddr_un sa;
   socklen_t len = MakeAddr(name, &sa);
   if (bind(fd, reinterpret_cast<sockaddr*>(&sa), len) == 0) return Ok();
@@ -119,6 +146,14 @@ Result<void> DumpUnix(DumpContext& ctx, const Probe& p, img::FileEntry& e) {
   u->set_type(d.type);
   u->set_state(d.state);
   u->set_name(d.name);
+  if (!d.name.empty() && d.name[0] != '\0' && d.name[0] != '/') {
+    // A relative name resolves against the binder's cwd then; the process's cwd now is the
+    // best record of it (CRIU's name_dir).
+    char cwd[PATH_MAX];
+    std::string link = StrFormat("/proc/%d/cwd", p.pid);
+    ssize_t n = readlink(link.c_str(), cwd, sizeof(cwd) - 1);
+    if (n > 0) u->set_name_dir(std::string(cwd, n));
+  }
   u->set_peer_ino(d.peer);
   if (d.shutdown > 0) u->set_shutdown(d.shutdown);
   DumpSockOpts(p.local, u->mutable_opts());
@@ -185,11 +220,11 @@ Result<UniqueFd> OpenUnix(RestoreContext& ctx, const img::FileEntry& e) {
     int sv[2];
     if (socketpair(AF_UNIX, type | SOCK_CLOEXEC, 0, sv) < 0) return Errno("socketpair");
     UniqueFd mine(sv[0]), other(sv[1]);
-    if (bind_name) TRY(Bind(mine.get(), type, u.name()));
+    if (bind_name) TRY(Bind(mine.get(), type, u.name(), u.name_dir()));
     TRY(RestoreSockOpts(mine.get(), u.opts()));
     if (mutual) {
       const img::UnixSocket& pu = peer->unix_sk();
-      if (!pu.name().empty() && !pu.accepted()) TRY(Bind(other.get(), type, pu.name()));
+      if (!pu.name().empty() && !pu.accepted()) TRY(Bind(other.get(), type, pu.name(), pu.name_dir()));
       TRY(RestoreSockOpts(other.get(), pu.opts()));
       TRY_CTX(Requeue(ctx, u, other.get(), ""), "unix %s", Printable(u.name()).c_str());
       TRY_CTX(Requeue(ctx, pu, mine.get(), ""), "unix %s", Printable(pu.name()).c_str());
@@ -211,7 +246,7 @@ Result<UniqueFd> OpenUnix(RestoreContext& ctx, const img::FileEntry& e) {
   UniqueFd s(socket(AF_UNIX, type | SOCK_CLOEXEC, 0));
   if (!s) return Errno("socket AF_UNIX type %d", type);
   TRY(RestoreSockOpts(s.get(), u.opts()));
-  if (bind_name) TRY(Bind(s.get(), type, u.name()));
+  if (bind_name) TRY(Bind(s.get(), type, u.name(), u.name_dir()));
   if (u.state() == 10 /* TCP_LISTEN */) {
     if (listen(s.get(), u.backlog()) < 0) return Errno("listen %s", Printable(u.name()).c_str());
     return s;
@@ -221,13 +256,13 @@ Result<UniqueFd> OpenUnix(RestoreContext& ctx, const img::FileEntry& e) {
     if (!l) return MakeError(ErrorKind::kBadImage, 0, "pending unix connection: listener missing");
     auto lr = ctx.Ensure(l->id());
     if (!lr.ok()) return std::move(lr).error();
-    TRY_CTX(Connect(s.get(), l->unix_sk().name()), "pending connection");
+    TRY_CTX(Connect(s.get(), Reachable(l->unix_sk())), "pending connection");
   } else if (peer) {
     auto pr = ctx.Ensure(peer->id());
     if (!pr.ok()) return std::move(pr).error();
     if (peer->unix_sk().name().empty())
       return MakeError(ErrorKind::kUnsupported, 0, "datagram socket connected to an unnamed one");
-    TRY(Connect(s.get(), peer->unix_sk().name()));
+    TRY(Connect(s.get(), Reachable(peer->unix_sk())));
   } else if (u.peer_external()) {
     TRY_CTX(Connect(s.get(), u.peer_name()), "outside peer");
   }
@@ -235,7 +270,7 @@ Result<UniqueFd> OpenUnix(RestoreContext& ctx, const img::FileEntry& e) {
     if (u.name().empty())
       return MakeError(ErrorKind::kUnsupported, 0, "queued data on an unnamed unix socket");
     UniqueFd tmp(socket(AF_UNIX, type | SOCK_CLOEXEC, 0));
-    TRY(Requeue(ctx, u, tmp.get(), u.name()));
+    TRY(Requeue(ctx, u, tmp.get(), Reachable(u)));
   }
   if (u.shutdown()) TRY(ApplyShutdown(s.get(), u.shutdown()));
   return s;

@@ -17,3 +17,6 @@ godwit_test(container_archive_test
 godwit_test(container_restore_test
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/container_restore_test.cc
   LIBS godwit_container godwit_runtime)
+godwit_test(container_cli_test
+  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/container_cli_test.cc
+  LIBS godwit_container godwit_runtime)

@@ -96,7 +96,8 @@ Result<Ids> Populate(key_t base) {
 // POSIX queue when drain is set.
 std::string Verify(const Ids& ids, key_t base, bool drain) {
   struct shmid_ds ds;
-  if (::shmctl(ids.shm_key, IPC_STAT, &ds) < 0) return "shm id missing: " + std::to_string(ids.shm_key);
+  if (::shmctl(ids.shm_key, IPC_STAT, &ds) < 0)
+    return "shm id missing: " + std::to_string(ids.shm_key);
   if (ds.shm_perm.__key != base || ds.shm_segsz != kShmSize || (ds.shm_perm.mode & 0777) != 0640)
     return "shm attributes differ";
   char* p = static_cast<char*>(::shmat(ids.shm_key, nullptr, SHM_RDONLY));
@@ -222,7 +223,8 @@ TEST(ContainerIpc, MqNotifyIsRefused) {
     return Ok();
   }));
   TempDir dir("ipc-notify");
-  auto set = testing::DumpToDir(dir.path(), [&](images::Sink& s) { return ipc::Dump(afd->get(), s); });
+  auto set =
+      testing::DumpToDir(dir.path(), [&](images::Sink& s) { return ipc::Dump(afd->get(), s); });
   ::mq_close(keep);
   ASSERT_FALSE(set.ok());
   EXPECT_EQ(set.error().kind(), ErrorKind::kUnsupported) << set.error().to_string();

@@ -2,6 +2,7 @@
 // setuid, owners, times), directories, symlinks, a FIFO, a device node, hard links and a nested
 // mount; the dump reads it through /proc/PID/root and the restore recreates it into a fresh
 // tmpfs, compared entry by entry. Crafted images cannot write outside the restore directory.
+#include <dirent.h>
 #include <fcntl.h>
 #include <sched.h>
 #include <sys/mount.h>
@@ -9,8 +10,6 @@
 #include <sys/sysmacros.h>
 #include <sys/xattr.h>
 #include <unistd.h>
-
-#include <dirent.h>
 
 #include <algorithm>
 #include <functional>
@@ -62,7 +61,8 @@ int Populate(const std::string& m) {
   if (WriteAt(m + "/sub/inner", "inner", 0)) return 25;
   // Fixed times everywhere, children first (creating entries touches the parent's mtime).
   struct timespec ts[2] = {{1000000000, 123456789}, {1100000000, 987654321}};
-  for (const char* p : {"/d/e/big", "/d/e", "/d/file", "/d", "/sparse", "/fifo", "/null", "/suid", ""}) {
+  for (const char* p :
+       {"/d/e/big", "/d/e", "/d/file", "/d", "/sparse", "/fifo", "/null", "/suid", ""}) {
     if (::utimensat(AT_FDCWD, (m + p).c_str(), ts, 0)) return 26;
   }
   if (::utimensat(AT_FDCWD, (m + "/link").c_str(), ts, AT_SYMLINK_NOFOLLOW)) return 27;
@@ -129,7 +129,8 @@ std::string Snapshot(const std::string& root) {
   // Contents after all metadata: reading touches atime (of every name of the inode).
   for (const auto& rel : files) {
     auto c = fs::ReadFile(root + rel);
-    data.push_back(rel + " content " + (c.ok() ? std::to_string(std::hash<std::string>()(*c)) : "?"));
+    data.push_back(rel + " content " +
+                   (c.ok() ? std::to_string(std::hash<std::string>()(*c)) : "?"));
   }
   std::string out;
   for (auto& l : meta) out += l + "\n";
@@ -139,7 +140,8 @@ std::string Snapshot(const std::string& root) {
 
 TEST(ContainerMnt, ParseMountInfoDecodesFields) {
   auto t = mnt::ParseMountInfo(
-      "36 35 98:0 /mnt1 /mnt\\040two rw,noatime shared:1 master:2 - ext3 /dev/root rw,errors=continue\n"
+      "36 35 98:0 /mnt1 /mnt\\040two rw,noatime shared:1 master:2 - ext3 /dev/root "
+      "rw,errors=continue\n"
       "40 36 0:50 / /dev rw,nosuid - tmpfs tmpfs rw,size=65536k,mode=755\n");
   ASSERT_OK(t);
   ASSERT_EQ(t->mounts_size(), 2);
@@ -194,8 +196,8 @@ TEST(ContainerMnt, TmpfsRoundTrip) {
   std::string after = Snapshot(dst.path());
   // The nested mount's directory comes back empty (a plain dir); its contents are its own.
   before.replace(before.find("/sub is a mountpoint"), 20,
-                 after.substr(after.find("/sub mode"), after.find('\n', after.find("/sub mode")) -
-                                                             after.find("/sub mode")));
+                 after.substr(after.find("/sub mode"),
+                              after.find('\n', after.find("/sub mode")) - after.find("/sub mode")));
   EXPECT_EQ(before, after);
   // Sparse stays sparse: 4 MiB size, at most a few pages allocated.
   struct stat st;

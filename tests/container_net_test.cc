@@ -6,9 +6,8 @@
 #include <sched.h>
 #include <unistd.h>
 
-#include <nlohmann/json.hpp>
-
 #include <algorithm>
+#include <nlohmann/json.hpp>
 #include <set>
 
 #include "common/fs.h"
@@ -92,10 +91,10 @@ class ContainerNet : public ::testing::Test {
       for (auto& f : l["flags"])
         if (f != "LOWER_UP" && f != "NO-CARRIER" && f != "M-DOWN") flags.push_back(f);
       std::string kind = l.contains("linkinfo") ? l["linkinfo"].value("info_kind", "") : "";
-      std::string line = StrFormat("link %s mtu %d mac %s kind %s master %s flags",
-                                   l.value("ifname", "").c_str(), l.value("mtu", 0),
-                                   l.value("address", "").c_str(), kind.c_str(),
-                                   l.value("master", "").c_str());
+      std::string line =
+          StrFormat("link %s mtu %d mac %s kind %s master %s flags", l.value("ifname", "").c_str(),
+                    l.value("mtu", 0), l.value("address", "").c_str(), kind.c_str(),
+                    l.value("master", "").c_str());
       for (auto& f : flags) line += " " + f;
       lines.push_back(line);
     }
@@ -112,9 +111,8 @@ class ContainerNet : public ::testing::Test {
     }
     std::sort(lines.begin(), lines.end());
     for (auto& l : lines) out += l + "\n";
-    for (const char* cmd :
-         {"ip route show table all", "ip -6 route show table all", "ip rule", "ip -6 rule",
-          "ip neigh show nud permanent", "nft list ruleset"}) {
+    for (const char* cmd : {"ip route show table all", "ip -6 route show table all", "ip rule",
+                            "ip -6 rule", "ip neigh show nud permanent", "nft list ruleset"}) {
       ASSIGN_OR_RETURN(std::string t, Sh(In(h, cmd)));
       for (const auto& line : fs::Split(t, '\n')) {
         if (line.find("proto kernel") != std::string::npos || line.find("fe80") == 0 ||
@@ -126,9 +124,9 @@ class ContainerNet : public ::testing::Test {
         out += s + "\n";
       }
     }
-    for (const char* s : {"ipv4/ip_forward", "ipv4/ip_local_port_range", "ipv4/tcp_keepalive_time",
-                          "ipv6/conf/br0/disable_ipv6", "ipv4/conf/eth0/forwarding",
-                          "ipv4/conf/br0/forwarding"}) {
+    for (const char* s :
+         {"ipv4/ip_forward", "ipv4/ip_local_port_range", "ipv4/tcp_keepalive_time",
+          "ipv6/conf/br0/disable_ipv6", "ipv4/conf/eth0/forwarding", "ipv4/conf/br0/forwarding"}) {
       ASSIGN_OR_RETURN(std::string v, Sh(In(h, StrFormat("cat /proc/sys/net/%s", s))));
       out += StrFormat("%s = %s", s, v.c_str());
     }
@@ -151,7 +149,8 @@ TEST_F(ContainerNet, RoundTripIntoFreshNetns) {
   TempDir dir("net");
   auto afd = a.Ns("net");
   ASSERT_OK(afd);
-  auto set = testing::DumpToDir(dir.path(), [&](images::Sink& s) { return net::Dump(afd->get(), s); });
+  auto set =
+      testing::DumpToDir(dir.path(), [&](images::Sink& s) { return net::Dump(afd->get(), s); });
   ASSERT_OK(set);
   img::NetNs image;
   ASSERT_OK(set->ReadOne(net::kImage, &image));
@@ -187,7 +186,8 @@ TEST_F(ContainerNet, TakenHostNameIsExistsAndLeavesNothing) {
   TempDir dir("net-taken");
   auto afd = a.Ns("net");
   ASSERT_OK(afd);
-  auto set = testing::DumpToDir(dir.path(), [&](images::Sink& s) { return net::Dump(afd->get(), s); });
+  auto set =
+      testing::DumpToDir(dir.path(), [&](images::Sink& s) { return net::Dump(afd->get(), s); });
   ASSERT_OK(set);
   // The original still holds the host name: restoring must fail cleanly.
   NsHolder b;
@@ -209,7 +209,8 @@ TEST_F(ContainerNet, UnsupportedLinkKindFailsTheDump) {
   TempDir dir("net-unsup");
   auto afd = a.Ns("net");
   ASSERT_OK(afd);
-  auto set = testing::DumpToDir(dir.path(), [&](images::Sink& s) { return net::Dump(afd->get(), s); });
+  auto set =
+      testing::DumpToDir(dir.path(), [&](images::Sink& s) { return net::Dump(afd->get(), s); });
   ASSERT_FALSE(set.ok());
   EXPECT_EQ(set.error().kind(), ErrorKind::kUnsupported);
   EXPECT_NE(set.error().message().find("vx0"), std::string::npos) << set.error().to_string();

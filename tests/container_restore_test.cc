@@ -310,3 +310,100 @@ TEST_F(ContainerRestore, BadInputLeavesNothingAndExistingUntouched) {
 
 }  // namespace
 }  // namespace godwit::container
+
+namespace godwit::container {
+namespace {
+
+// Cgroup directories of an id in every hierarchy this machine has.
+std::vector<std::string> CgroupDirs(const std::string& id) {
+  std::vector<std::string> out;
+  auto ctrls = fs::ListDir("/sys/fs/cgroup");
+  if (!ctrls.ok()) return out;
+  for (const auto& c : *ctrls) {
+    std::string d = "/sys/fs/cgroup/" + c + "/godwit/" + id;
+    if (fs::Exists(d)) out.push_back(d);
+  }
+  return out;
+}
+
+TEST_F(ContainerRestore, TwentyCyclesLeaveNothingBehind) {
+  auto c = StartContainer();
+  ASSERT_OK(c);
+  ASSERT_OK(Populate(c->pid));
+  std::string veth = c->host_veth;
+  pid_t prev = 0;  // the stand-in's init is our child: reap it once the checkpoint killed it
+  for (int i = 0; i < 20; i++) {
+    SCOPED_TRACE("cycle " + std::to_string(i));
+    CheckpointOptions co;
+    co.root = root_;
+    co.id = id_;
+    co.image_path = images_;
+    auto ck = Checkpoint(co, NoTree());
+    ASSERT_OK(ck);
+    if (prev > 0) (void)::waitpid(prev, nullptr, 0);  // unless Delete reaped it already
+    EXPECT_FALSE(runtime::LinkExists(veth));
+    EXPECT_TRUE(CgroupDirs(id_).empty());
+    RestoreOptions ro;
+    ro.root = root_;
+    ro.id = id_;
+    ro.image_path = images_;
+    auto rs = Restore(ro, StubTree({"/bin/sleep", "1000"}));
+    ASSERT_OK(rs);
+    pid_t pid = rs->container.pid;
+    prev = pid;
+    ASSERT_EQ(*fs::ReadFile(StrFormat("/proc/%d/root/tmp/f", pid)), "tmpfs data\n");
+    ASSERT_EQ(ShmCheck(pid), "");
+  }
+  auto last = runtime::Container::Load(root_, id_);
+  ASSERT_OK(last);
+  pid_t pid = last->pid;
+  ASSERT_OK(runtime::Delete(root_, id_, true));
+  (void)::waitpid(pid, nullptr, 0);
+  EXPECT_FALSE(runtime::LinkExists(veth));
+  EXPECT_TRUE(CgroupDirs(id_).empty());
+  EXPECT_FALSE(fs::Exists(StrFormat("/proc/%d", pid)));
+  EXPECT_FALSE(fs::Exists(root_ + "/" + id_));
+  // No mount of ours is left in this (the host's) mount namespace.
+  auto mi = fs::ReadFile("/proc/self/mountinfo");
+  ASSERT_OK(mi);
+  EXPECT_EQ(mi->find(tmp_.path()), std::string::npos);
+}
+
+}  // namespace
+}  // namespace godwit::container
+
+namespace godwit::container {
+namespace {
+
+// A copy next to the running original: another id, another address; the host end gets the new
+// id's name. Both answer on their own address.
+TEST_F(ContainerRestore, CopyUnderAnotherIdAndAddress) {
+  auto c = StartContainer();
+  ASSERT_OK(c);
+  ASSERT_OK(Populate(c->pid));
+  CheckpointOptions co;
+  co.root = root_;
+  co.id = id_;
+  co.image_path = images_;
+  co.leave_running = true;
+  ASSERT_OK(Checkpoint(co, NoTree()));
+  RestoreOptions ro;
+  ro.root = root_;
+  ro.id = id_ + "b";
+  ro.image_path = images_;
+  ro.ip = StrFormat("198.19.%d.11", x_);
+  auto rs = Restore(ro, StubTree({"/bin/sleep", "1000"}));
+  ASSERT_OK(rs);
+  EXPECT_NE(rs->container.host_veth, c->host_veth);
+  EXPECT_EQ(rs->container.net.address, ro.ip);
+  EXPECT_TRUE(runtime::LinkExists(rs->container.host_veth));
+  EXPECT_OK(Sh(StrFormat("busybox ping -c 1 -W 5 198.19.%d.10", x_)));
+  EXPECT_OK(Sh(StrFormat("busybox ping -c 1 -W 5 198.19.%d.11", x_)));
+  EXPECT_EQ(*fs::ReadFile(StrFormat("/proc/%d/root/tmp/f", rs->container.pid)), "tmpfs data\n");
+  ASSERT_OK(runtime::Delete(root_, ro.id, true));
+  EXPECT_FALSE(runtime::LinkExists(rs->container.host_veth));
+  EXPECT_TRUE(runtime::LinkExists(c->host_veth));  // the original is untouched
+}
+
+}  // namespace
+}  // namespace godwit::container

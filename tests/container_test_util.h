@@ -4,14 +4,13 @@
 #pragma once
 
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-#include <gtest/gtest.h>
 
 #include <functional>
 #include <string>
@@ -24,14 +23,14 @@
 
 namespace godwit::container::testing {
 
-#define ASSERT_OK(expr)                                          \
-  do {                                                           \
-    auto&& ok_r_ = (expr);                                       \
+#define ASSERT_OK(expr)                                                    \
+  do {                                                                     \
+    auto&& ok_r_ = (expr);                                                 \
     ASSERT_TRUE(ok_r_.ok()) << #expr << ": " << ok_r_.error().to_string(); \
   } while (0)
-#define EXPECT_OK(expr)                                          \
-  do {                                                           \
-    auto&& ok_r_ = (expr);                                       \
+#define EXPECT_OK(expr)                                                    \
+  do {                                                                     \
+    auto&& ok_r_ = (expr);                                                 \
     EXPECT_TRUE(ok_r_.ok()) << #expr << ": " << ok_r_.error().to_string(); \
   } while (0)
 

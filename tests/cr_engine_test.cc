@@ -130,7 +130,9 @@ TEST_F(CrTest, LeaveRunningWhileBlockedInReadAndSleep) {
   auto d = Godwit(
       {"dump", "--pid", std::to_string(pid), "--images-dir", dir_ / "img", "--leave-running"});
   ASSERT_EQ(d.status, 0) << d.err;
-  EXPECT_TRUE(InRead(pid));
+  // After the detach the thread re-enters read() on its own: wait for it to be back in the call
+  // (it may still be on its way in when the dump returns).
+  EXPECT_TRUE(WaitFor(5000, InRead, pid));
   Touch(dir_ / "go");
   EXPECT_EQ(Wait(pid), 0);
   pids_.clear();

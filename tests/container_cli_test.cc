@@ -1,0 +1,162 @@
+// `godwit checkpoint` end to end through the binary: a busybox container (runtime) is frozen,
+// its namespaces and its process tree (engine) dumped, then deleted or left running; the export
+// file unpacks to the same image sets. `godwit restore ID` refuses an existing id and a damaged
+// export with the documented exit codes and leaves nothing behind.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+
+#include "container/archive.h"
+#include "container/checkpoint.h"
+#include "proto/container.pb.h"
+#include "runtime/network.h"
+#include "runtime/runtime.h"
+#include "tests/container_test_util.h"
+
+#ifndef CLOSE_RANGE_UNSHARE
+#define CLOSE_RANGE_UNSHARE 2
+#endif
+
+namespace godwit::container {
+namespace {
+
+using testing::TempDir;
+
+struct CliRun {
+  int code = -1;
+  std::string out;
+  std::string err;
+};
+
+std::ostream& operator<<(std::ostream& os, const CliRun& r) { return os << r.out << r.err; }
+
+// Runs the godwit binary with only stdin/stdout/stderr open (the container inherits what godwit
+// has). stdout and stderr go to files, not pipes: a detached container keeps its copies open (and
+// a pipe to a peer outside the container is not something its checkpoint can take along).
+CliRun Godwit(const std::vector<std::string>& args) {
+  CliRun r;
+  static int n = 0;
+  std::string outf = StrFormat("/tmp/godwit-ccli-out-%d-%d", getpid(), n++);
+  int out = ::open(outf.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (out < 0) return r;
+  std::string errf = outf + ".err";
+  int err = ::open(errf.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (err < 0) return r;
+  std::vector<std::string> full = {GODWIT_BIN};
+  full.insert(full.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& a : full) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    int null = ::open("/dev/null", O_RDWR);
+    ::dup2(null, 0);
+    ::dup2(out, 1);
+    ::dup2(err, 2);
+    ::close_range(3, ~0U, 0);
+    ::execv(argv[0], argv.data());
+    ::_exit(127);
+  }
+  int st = 0;
+  ::waitpid(pid, &st, 0);
+  r.code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  ::close(out);
+  ::close(err);
+  auto text = fs::ReadFile(outf);
+  if (text.ok()) r.out = *text;
+  auto etext = fs::ReadFile(errf);
+  if (etext.ok()) r.err = *etext;
+  ::unlink(outf.c_str());
+  ::unlink(errf.c_str());
+  return r;
+}
+
+class ContainerCli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    id_ = StrFormat("gwcli%d", getpid());
+    root_ = tmp_.path() + "/state";
+    rootfs_ = tmp_.path() + "/rootfs";
+    ASSERT_OK(runtime::MakeBusyboxRootfs(rootfs_));
+  }
+  void TearDown() override { (void)runtime::Delete(root_, id_, true); }
+
+  void RunContainer() {
+    CliRun r = Godwit({"--root", root_, "run", "--rootfs", rootfs_, "--name", id_, "--detach",
+                       "--hostname", "cli-" + id_, "--memory", "64M", "--disk", "16M", "--ip",
+                       StrFormat("198.19.%d.20/24", 100 + getpid() % 100), "--", "sleep", "1000"});
+    ASSERT_EQ(r.code, 0) << r;
+  }
+
+  TempDir tmp_{"ccli"};
+  std::string id_, root_, rootfs_;
+};
+
+TEST_F(ContainerCli, CheckpointDeletesThenLeaveRunningKeepsRunning) {
+  RunContainer();
+  std::string img = tmp_.path() + "/img", exp = tmp_.path() + "/c.gwx";
+  CliRun r = Godwit({"--root", root_, "--json", "checkpoint", id_, "--image-path", img, "--export",
+                     exp, "--compress", "zstd"});
+  ASSERT_EQ(r.code, 0) << r;
+  auto j = nlohmann::json::parse(r.out, nullptr, false);
+  ASSERT_FALSE(j.is_discarded()) << r.out;
+  EXPECT_EQ(j["processes"], 1);
+  EXPECT_TRUE(j["writable_layer"].get<bool>());
+  EXPECT_GT(j["frozen_ms"].get<double>(), 0);
+  EXPECT_GT(j["export_bytes"].get<uint64_t>(), 0u);
+  // Deleted: the id is free, its veth gone.
+  EXPECT_FALSE(runtime::Container::Load(root_, id_).ok());
+  // Both image sets are complete, and the export unpacks to the same.
+  auto cset = images::ImageSet::Open(img + "/container");
+  ASSERT_OK(cset);
+  ASSERT_OK(images::ImageSet::Open(img + "/tree"));
+  img::ContainerCheckpoint rec;
+  ASSERT_OK(cset->ReadOne(kContainerImage, &rec));
+  EXPECT_EQ(rec.id(), id_);
+  EXPECT_FALSE(runtime::LinkExists(rec.host_veth()));
+  std::string unpacked = tmp_.path() + "/unpacked";
+  ASSERT_OK(archive::Import(exp, unpacked));
+  ASSERT_OK(images::ImageSet::Open(unpacked + "/container"));
+  ASSERT_OK(images::ImageSet::Open(unpacked + "/tree"));
+
+  // --leave-running: a second container of the same id is checkpointed twice and runs on.
+  RunContainer();
+  for (int i = 0; i < 2; i++) {
+    CliRun lr = Godwit({"--root", root_, "checkpoint", id_, "--image-path",
+                        tmp_.path() + "/img-lr" + std::to_string(i), "--leave-running"});
+    ASSERT_EQ(lr.code, 0) << lr;
+    auto c = runtime::Container::Load(root_, id_);
+    ASSERT_OK(c);
+    EXPECT_EQ(c->CurrentStatus(), runtime::Status::kRunning);
+  }
+
+  // restore ID: an existing id is refused (exit 4) and the running container untouched.
+  auto before = runtime::Container::Load(root_, id_);
+  ASSERT_OK(before);
+  CliRun dup = Godwit({"--root", root_, "container-restore", id_, "--image-path", img});
+  EXPECT_EQ(dup.code, 4) << dup;
+  EXPECT_EQ(runtime::Container::Load(root_, id_)->pid, before->pid);
+  EXPECT_EQ(runtime::Container::Load(root_, id_)->CurrentStatus(), runtime::Status::kRunning);
+  // A damaged export: exit 5, nothing created.
+  auto data = fs::ReadFile(exp);
+  ASSERT_OK(data);
+  std::string d = *data;
+  d[d.size() / 3] ^= 0x10;
+  ASSERT_OK(fs::WriteFile(exp + ".bad", d));
+  CliRun bad = Godwit({"--root", root_, "container-restore", id_ + "x", "--import", exp + ".bad"});
+  EXPECT_EQ(bad.code, 5) << bad;
+  EXPECT_FALSE(fs::Exists(root_ + "/" + id_ + "x"));
+}
+
+TEST_F(ContainerCli, CheckpointOfUnknownIdIsNotFound) {
+  CliRun r = Godwit({"--root", root_, "checkpoint", "nosuch", "--image-path", tmp_.path() + "/x"});
+  EXPECT_EQ(r.code, 3) << r;
+  CliRun u = Godwit({"--root", root_, "checkpoint", "nosuch"});
+  EXPECT_EQ(u.code, 2) << u;
+}
+
+}  // namespace
+}  // namespace godwit::container

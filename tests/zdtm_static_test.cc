@@ -1,0 +1,262 @@
+// CRIU zdtm static tests, ported (tests/helpers/z_static.c): the helper sets one kind of state up
+// and reports ready; the test dumps it with `godwit dump` (which kills it), reaps the killed tree,
+// restores it with `godwit restore --detach` (the restored root becomes our child: we are a
+// subreaper), sends SIGUSR2, and the helper checks its own state and exits 0 (else the number of
+// the failed check; its stderr, kept in the test's temp dir, is printed on failure).
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <sstream>
+
+#include <gtest/gtest.h>
+
+#include "cr_util.h"
+
+namespace godwit::crtest {
+namespace {
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream f(path);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+// Waits up to ms for pid (our child) to exit: its code, 128+signal, or -2 on timeout (killed).
+int WaitBounded(pid_t pid, int ms) {
+  int pfd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
+  if (pfd >= 0) {
+    struct pollfd p = {pfd, POLLIN, 0};
+    int r = poll(&p, 1, ms);
+    close(pfd);
+    if (r == 0) {
+      KillAndReap(pid);
+      return -2;
+    }
+  }
+  return Wait(pid);
+}
+
+class Zdtm : public ::testing::Test {
+ protected:
+  void SetUp() override { setenv("CR_HELPER_STDERR", (dir_ / "helper.err").c_str(), 1); }
+  void TearDown() override {
+    for (pid_t p : pids_) KillAndReap(p);
+    // Orphans of a failed check (reparented to us, the subreaper) are ours too.
+    std::ifstream kf("/proc/self/task/" + std::to_string(getpid()) + "/children");
+    for (pid_t k; kf >> k;) KillAndReap(k);
+    std::string id = ReadAll(dir_ / "shmid");
+    if (!id.empty()) (void)!system(("ipcrm -m " + id + " 2>/dev/null").c_str());
+    if (HasFailure()) {
+      std::string e = ReadAll(dir_ / "helper.err");
+      if (!e.empty()) ADD_FAILURE() << "helper stderr:\n" << e;
+    }
+  }
+  pid_t Start(const std::string& mode) {
+    pid_t p = StartHelper("z_static", {mode, "{READY}", dir_.path()});
+    if (p > 0) pids_.push_back(p);
+    return p;
+  }
+  // The helper's descendants now (they are reparented to us when the dump kills the tree).
+  std::vector<pid_t> Descendants(pid_t pid) {
+    std::vector<pid_t> out, todo = {pid};
+    while (!todo.empty()) {
+      pid_t p = todo.back();
+      todo.pop_back();
+      std::ifstream f("/proc/" + std::to_string(p) + "/task/" + std::to_string(p) + "/children");
+      for (pid_t k; f >> k;) {
+        out.push_back(k);
+        todo.push_back(k);
+      }
+    }
+    return out;
+  }
+  // Dump (kills), reap, restore detached; returns "" or what went wrong.
+  std::string DumpKillRestore(pid_t pid, const std::vector<std::string>& dump_extra = {}) {
+    std::vector<std::string> args = {"dump", "--pid", std::to_string(pid), "--images-dir", dir_ / "img"};
+    args.insert(args.end(), dump_extra.begin(), dump_extra.end());
+    std::vector<pid_t> kids = Descendants(pid);
+    auto d = Godwit(args);
+    if (d.status != 0) return "dump failed (" + std::to_string(d.status) + "): " + d.err;
+    int st = Wait(pid);
+    if (st != 128 + SIGKILL) return "the dumped helper ended with " + std::to_string(st);
+    for (pid_t k : kids) waitpid(k, nullptr, 0);
+    auto r = Godwit({"restore", "--images-dir", dir_ / "img", "--detach"});
+    if (r.status != 0) return "restore failed (" + std::to_string(r.status) + "): " + r.err;
+    return "";
+  }
+  // The whole zdtm cycle for one mode: the restored helper must exit 0.
+  void RoundTrip(const std::string& mode, const std::vector<std::string>& dump_extra = {}) {
+    pid_t pid = Start(mode);
+    ASSERT_GT(pid, 0) << "helper setup failed";
+    std::string err = DumpKillRestore(pid, dump_extra);
+    ASSERT_EQ(err, "");
+    ASSERT_EQ(kill(pid, SIGUSR2), 0);
+    EXPECT_EQ(WaitBounded(pid, 30000), 0) << "the restored helper's check failed (-2: hung)";
+    pids_.clear();
+  }
+  TempDir dir_;
+  std::vector<pid_t> pids_;
+};
+
+#define ZDTM(Name, mode) \
+  TEST_F(Zdtm, Name) { RoundTrip(mode); }
+
+ZDTM(Env00, "env00")
+ZDTM(Maps00AnonFileSharedPrivate, "maps00")
+ZDTM(Maps01Large512MiBSparse, "maps_large")
+// BUG (dump/mm.cc:161-164): only MAP_SHARED/PRIVATE/ANONYMOUS and GROWSDOWN-for-[stack] are
+// recorded; madvise state (VmFlags dc = MADV_DONTFORK, dd = MADV_DONTDUMP) is lost on restore.
+ZDTM(DISABLED_Maps02MadviseFlags, "maps02")
+ZDTM(Mprotect00, "mprotect00")
+ZDTM(Brk, "brk")
+// BUG (dump/mm.cc, restore/mm.cc): VM_LOCKED (mlock) is not dumped or re-applied: VmFlags "lo"
+// and VmLck are gone after restore.
+ZDTM(DISABLED_Mlock, "mlock")
+ZDTM(Vdso01, "vdso01")
+ZDTM(Pthread00Tls, "pthread00")
+ZDTM(Pthread01KeysCondvar, "pthread01")
+ZDTM(FutexWaiters, "futex")
+ZDTM(Sigaltstack, "sigaltstack")
+ZDTM(SigpendingRtPayloads, "sigpending")
+ZDTM(SchedPrioPolicy, "sched")
+ZDTM(Session00, "session00")
+// Unsupported (docs/engine.md): a process whose session is neither its own nor its parent's. The
+// dump accepts it; the restore then fails: "session N is neither its own nor its parent's".
+ZDTM(DISABLED_Session01ForeignSession, "session01")
+ZDTM(Pgid, "pgid")
+ZDTM(Zombie00, "zombie00")
+ZDTM(Pid00, "pid00")
+ZDTM(ChildThatExeced, "exec")
+// BUG: a group-stopped child (SIGSTOP, state T) is dumped without complaint and restored
+// running (state S in sigtimedwait): the stop is silently lost. Should be restored stopped (CRIU
+// does) or refused at dump.
+ZDTM(DISABLED_StoppedChild, "stopped")
+ZDTM(ThreadBomb100, "thread_bomb")
+ZDTM(WriteRead00, "write_read00")
+ZDTM(Pipe00Pipe01, "pipe")
+ZDTM(UnlinkFstat00, "unlink_fstat00")
+ZDTM(Cwd00, "cwd00")
+// Unsupported: a removed working directory is refused at dump (clean, exit 6): "pstate: fs: cwd
+// or root DIR (deleted) was deleted". CRIU recreates it (cwd01/cwd02).
+ZDTM(DISABLED_CwdDeleted, "cwd_deleted")
+ZDTM(Umask00, "umask00")
+ZDTM(FileShared, "file_shared")
+ZDTM(Fifo, "fifo")
+ZDTM(LargeFdNumbers, "bigfd")
+ZDTM(Memfd00, "memfd00")
+ZDTM(SocketListen, "socket_listen")
+// sk-unix-rel: a unix socket bound to a relative path is bound again from the directory it was
+// dumped in (files/kind_unix.cc; it used to land in the restoring coordinator's cwd: the
+// restored process's sendto("rel.sock") got ECONNREFUSED).
+ZDTM(SkUnixRel, "unix")
+ZDTM(Sockets00UnixPathAbstractPairDgram, "unix_abs")
+ZDTM(Eventfs00, "eventfd")
+ZDTM(Epoll, "epoll")
+ZDTM(Inotify00, "inotify00")
+ZDTM(Timerfd, "timerfd")
+ZDTM(PosixTimers, "posix_timers")
+ZDTM(Itimer, "itimer")
+ZDTM(Fpu00Fpu01Xstate, "fpu")
+ZDTM(Rseq, "rseq")
+// Known limitation (docs/engine.md): a SysV shm attachment comes back as a private copy, not
+// the segment: shm_nattch is 0 and writes no longer reach the segment.
+ZDTM(DISABLED_ShmAttached, "shm")
+ZDTM(ManyVmas2000, "many_vmas")
+// BUG (dump/mm.cc:163): MAP_GROWSDOWN is recorded only for the VMA named [stack]; any other
+// MAP_GROWSDOWN mapping (thread stacks some runtimes make) loses VM_GROWSDOWN ("gd"). Fix: take
+// the flag from smaps VmFlags "gd".
+ZDTM(DISABLED_MapGrowsdown, "growsdown")
+// Known limitation (docs/engine.md): MADV_HUGEPAGE / MADV_NOHUGEPAGE advice (VmFlags hg/nh) is
+// lost.
+ZDTM(DISABLED_TransparentHugePageAdvice, "thp")
+
+ZDTM(SocketUdpQueued, "udp")
+ZDTM(PrctlNamePdeathsigSubreaperNnp, "prctl")
+ZDTM(Rlimits, "rlimits")
+ZDTM(BlockedInPollAndEpollWait, "poll_block")
+// BUG (restore/restore.cc:301-310): the report pipe is dup'ed to MaxFd()+63 (the files' fds
+// above it), which is past RLIMIT_NOFILE when a process uses an fd near its hard limit (here
+// hard-1): "dup report pipe: Invalid argument". The fds at and above MaxFd()+64 cannot exist
+// there either; they would have to go below the lowest gap or the limit be raised (as root).
+ZDTM(DISABLED_FdNearHardNofileLimit, "fd_near_limit")
+// BUG (restore/pstate.cc:171): the root's PR_SET_PDEATHSIG is set while its parent is the
+// restore coordinator; `godwit restore --detach` then exits and the kernel sends the restored
+// root its death signal (SIGTERM: the root dies, exit 143). The root's pdeathsig must be set
+// only once its parent is final (or not for a detached root's coordinator parent).
+ZDTM(DISABLED_PdeathsigOnTheRootKillsItAfterDetach, "pdeathsig_root")
+
+// A shared mapping of an unlinked file (unlink_mmap00): restored, or refused cleanly with the
+// tree left running (docs/engine.md: kUnsupported).
+TEST_F(Zdtm, DeletedFileMappingRestoredOrRefused) {
+  pid_t pid = Start("deleted_map");
+  ASSERT_GT(pid, 0);
+  auto d = Godwit({"dump", "--pid", std::to_string(pid), "--images-dir", dir_ / "img"});
+  if (d.status != 0) {
+    EXPECT_NE(d.err.find("deleted"), std::string::npos) << d.err;
+    ASSERT_EQ(kill(pid, SIGUSR2), 0);
+    EXPECT_EQ(WaitBounded(pid, 30000), 0) << "the refused dump damaged the tree";
+    pids_.clear();
+    return;
+  }
+  ASSERT_EQ(Wait(pid), 128 + SIGKILL);
+  auto r = Godwit({"restore", "--images-dir", dir_ / "img", "--detach"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  ASSERT_EQ(kill(pid, SIGUSR2), 0);
+  EXPECT_EQ(WaitBounded(pid, 30000), 0);
+  pids_.clear();
+}
+
+// --leave-running: the original carries on and passes its own checks (the dump's side effects,
+// such as TCP repair mode and the network lock, are undone).
+#define ZDTM_LEAVE_RUNNING(Name, mode, ...)                                                     \
+  TEST_F(Zdtm, Name) {                                                                          \
+    pid_t pid = Start(mode);                                                                    \
+    ASSERT_GT(pid, 0);                                                                          \
+    std::vector<std::string> args = {"dump", "--leave-running", "--pid", std::to_string(pid),   \
+                                     "--images-dir", dir_ / "img", ##__VA_ARGS__};              \
+    auto d = Godwit(args);                                                                      \
+    ASSERT_EQ(d.status, 0) << d.err;                                                            \
+    ASSERT_EQ(kill(pid, SIGUSR2), 0);                                                           \
+    EXPECT_EQ(WaitBounded(pid, 30000), 0) << "the original's check failed after the dump";      \
+    pids_.clear();                                                                              \
+  }
+// Repair mode off reset SO_REUSEADDR of the original's sockets (fixed in files/kind_inet.cc).
+ZDTM_LEAVE_RUNNING(LeaveRunningSocketTcp, "socket_tcp", "--tcp-established")
+ZDTM_LEAVE_RUNNING(LeaveRunningThreadsFpu, "fpu")
+ZDTM_LEAVE_RUNNING(LeaveRunningPollBlock, "poll_block")
+ZDTM_LEAVE_RUNNING(LeaveRunningZombiesSessions, "zombie00")
+
+TEST_F(Zdtm, SocketTcpEstablished) { RoundTrip("socket_tcp", {"--tcp-established"}); }
+
+TEST_F(Zdtm, HugetlbIfReserved) {
+  pid_t pid = StartHelper("z_static", {"hugetlb", "{READY}", dir_.path()});
+  if (pid <= 0) GTEST_SKIP() << "no huge pages reserved (vm.nr_hugepages)";
+  pids_.push_back(pid);
+  std::string err = DumpKillRestore(pid);
+  ASSERT_EQ(err, "");
+  ASSERT_EQ(kill(pid, SIGUSR2), 0);
+  EXPECT_EQ(WaitBounded(pid, 30000), 0);
+  pids_.clear();
+}
+
+// A child traced by another process of the tree: godwit must refuse cleanly and leave the tree
+// running untouched (the helper then finishes its own checks).
+TEST_F(Zdtm, PtraceTracedChildRefusedCleanly) {
+  pid_t pid = Start("traced");
+  ASSERT_GT(pid, 0);
+  auto d = Godwit({"dump", "--pid", std::to_string(pid), "--images-dir", dir_ / "img"});
+  EXPECT_NE(d.status, 0) << "dumping a traced process must fail";
+  EXPECT_NE(d.err, "");
+  ASSERT_EQ(kill(pid, SIGUSR2), 0);
+  EXPECT_EQ(WaitBounded(pid, 30000), 0) << "the tree was damaged by the refused dump";
+  pids_.clear();
+}
+
+}  // namespace
+}  // namespace godwit::crtest
