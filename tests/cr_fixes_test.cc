@@ -180,6 +180,8 @@ TEST_F(CrFixes, TracedByAnotherTracerFailsCleanly) {
   EXPECT_EQ(d.status, 6) << d.err;
   EXPECT_NE(d.err.find("process " + std::to_string(pid)), std::string::npos) << d.err;
   EXPECT_NE(d.err.find("traced by pid " + std::to_string(getpid())), std::string::npos) << d.err;
+  struct stat sb;
+  EXPECT_NE(stat((dir_ / "img/inventory.img").c_str(), &sb), 0);  // no checkpoint
   // Detaching needs a stopped tracee.
   ASSERT_EQ(ptrace(PTRACE_INTERRUPT, pid, nullptr, nullptr), 0);
   int st = 0;
