@@ -121,6 +121,11 @@ void PrepareSyscallRestart(user_regs_struct* r, bool live) {
           if (!(r->rsi & 1) && r->r10 != 0) r->rdx = r->r10;
           r->rax = nr;
           r->rip -= kSyscallInsnLen;
+        } else if (nr == SYS_poll && static_cast<int>(r->rdx) < 0) {
+          // poll(fds=rdi, nfds=rsi, timeout=rdx) always interrupts with a restart block; without
+          // a timeout there is nothing to lose: wait again.
+          r->rax = nr;
+          r->rip -= kSyscallInsnLen;
         } else {
           r->rax = static_cast<uint64_t>(-EINTR);
         }
@@ -130,6 +135,28 @@ void PrepareSyscallRestart(user_regs_struct* r, bool live) {
     }
   }
   r->orig_rax = static_cast<uint64_t>(-1);
+}
+
+Result<void> EnterReissuedSyscalls(const std::vector<pid_t>& tids,
+                                   std::map<pid_t, int>* detach_sig) {
+  std::vector<pid_t> stepping;
+  for (pid_t tid : tids) {
+    auto regs = GetRegs(tid);
+    if (!regs.ok()) continue;  // gone: nothing to step
+    errno = 0;
+    long word = ptrace(PTRACE_PEEKTEXT, tid, reinterpret_cast<void*>(regs->rip), nullptr);
+    if (errno != 0) continue;                 // unreadable: it faults either way
+    if ((word & 0xffff) != 0x050f) continue;  // not at a `syscall` instruction
+    if (ptrace(PTRACE_SYSCALL, tid, nullptr, nullptr) < 0) return Errno("PTRACE_SYSCALL %d", tid);
+    stepping.push_back(tid);
+  }
+  for (pid_t tid : stepping) {
+    ASSIGN_OR_RETURN(int st, WaitStop(tid));
+    int sig = WSTOPSIG(st);
+    if (sig == (SIGTRAP | 0x80)) continue;  // syscall-entry stop: detach here
+    if ((st >> 16) == 0 && sig != SIGTRAP) (*detach_sig)[tid] = sig;  // signal-delivery stop
+  }
+  return Ok();
 }
 
 Result<std::unique_ptr<Remote>> Remote::Create(pid_t pid, pid_t tid, const Options& opts) {

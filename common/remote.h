@@ -29,6 +29,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <vector>
 
 #include "common/result.h"
 #include "common/unique_fd.h"
@@ -49,6 +50,14 @@ Result<void> SetRegs(pid_t tid, const user_regs_struct& regs);
 // nanosleep/clock_nanosleep with the remaining time the kernel wrote to *rem, else returns -EINTR.
 // Always sets orig_rax = -1 so the kernel applies no restart logic of its own.
 void PrepareSyscallRestart(user_regs_struct* regs, bool live);
+
+// Threads about to re-issue an interrupted call (rip at a `syscall` instruction, as
+// PrepareSyscallRestart leaves them) are stepped with PTRACE_SYSCALL into the call's syscall-entry
+// stop, to be detached there: detached before the instruction, a signal arriving in between would
+// run its handler first and the call would then sleep again (a lost wake-up). A thread that
+// reports a signal-delivery stop instead gets the signal in (*detach_sig)[tid]: pass it to
+// PTRACE_DETACH. Threads must be ptrace-stopped; other threads are left as they are.
+Result<void> EnterReissuedSyscalls(const std::vector<pid_t>& tids, std::map<pid_t, int>* detach_sig);
 
 class Remote {
  public:

@@ -87,7 +87,12 @@ Result<void> DumpCore(DumpContext& ctx, ProcessDump& p) {
     if (auto ns = proc::ReadNsPids(p.pid, tid); ns.ok() && ns->size() > 1)
       for (pid_t n : *ns) t->add_ns_tids(n);
     auto comm = fs::ReadFile(StrFormat("/proc/%d/task/%d/comm", p.pid, tid));
-    if (comm.ok()) t->set_comm(fs::Trim(*comm));
+    if (comm.ok()) {
+      // Only the kernel's newline goes: a thread name may end in (or be) spaces.
+      std::string c = *comm;
+      if (!c.empty() && c.back() == '\n') c.pop_back();
+      t->set_comm(c);
+    }
   }
   TRY(PeekSigInfo(p.pid, true, core.mutable_shared_pending()));
   // clear_child_tid lives only in the kernel's task struct: ask each thread for it.

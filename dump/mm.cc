@@ -26,6 +26,17 @@ constexpr uint64_t kPage = 4096;
 
 bool StartsWith(const std::string& s, const char* p) { return s.rfind(p, 0) == 0; }
 
+bool IsDeleted(const std::string& path) {
+  static const std::string kDeleted = " (deleted)";
+  return path.size() > kDeleted.size() &&
+         path.compare(path.size() - kDeleted.size(), kDeleted.size(), kDeleted) == 0;
+}
+
+// Shared memory objects (VMA_SHMEM: contents saved once per inode through map_files) are the
+// shared anonymous / memfd / SysV mappings, and also whatever cannot be opened again by path on
+// restore: mappings of deleted files, shared or private. A private VMA_SHMEM (MAP_PRIVATE in
+// flags: a private memfd or deleted-file mapping) is restored as a private mapping of the object,
+// with its written (copied-on-write) pages on top, like a private file mapping.
 Result<img::VmaKind> Classify(const proc::MapsEntry& m, pid_t pid) {
   if (m.path == "[vdso]") return img::VMA_VDSO;
   if (m.path == "[vvar]") return img::VMA_VVAR;
@@ -33,18 +44,20 @@ Result<img::VmaKind> Classify(const proc::MapsEntry& m, pid_t pid) {
   if (m.path == "[vsyscall]") return img::VMA_VSYSCALL;
   bool shm_like = StartsWith(m.path, "/dev/zero") || StartsWith(m.path, "/SYSV") ||
                   StartsWith(m.path, "/memfd:");
+  bool file = m.inode != 0 && !m.path.empty() && m.path[0] == '/';
   if (m.shared) {
-    if (shm_like) return img::VMA_SHMEM;
+    if (shm_like || (file && IsDeleted(m.path))) return img::VMA_SHMEM;
     if (m.inode == 0)
       return MakeError(ErrorKind::kUnsupported, 0, "pid %d: shared mapping %#lx-%#lx of %s", pid,
                        static_cast<unsigned long>(m.start), static_cast<unsigned long>(m.end),
                        m.path.c_str());
     return img::VMA_FILE_SHARED;
   }
-  if (m.inode != 0 && !m.path.empty() && m.path[0] == '/') {
-    if (shm_like)
+  if (file) {
+    if (StartsWith(m.path, "/SYSV"))
       return MakeError(ErrorKind::kUnsupported, 0, "pid %d: private mapping of %s at %#lx", pid,
                        m.path.c_str(), static_cast<unsigned long>(m.start));
+    if (shm_like || IsDeleted(m.path)) return img::VMA_SHMEM;
     return img::VMA_FILE_PRIVATE;
   }
   return img::VMA_ANON_PRIVATE;
@@ -169,25 +182,22 @@ Result<void> DumpMm(DumpContext& ctx, ProcessDump& p) {
     v->set_pgoff(m.pgoff);
     v->set_dev((static_cast<uint64_t>(m.dev_major) << 32) | m.dev_minor);
     v->set_inode(m.inode);
-    std::string deleted = " (deleted)";
-    v->set_deleted(m.path.size() > deleted.size() &&
-                   m.path.compare(m.path.size() - deleted.size(), deleted.size(), deleted) == 0);
+    v->set_deleted(IsDeleted(m.path));
     uint32_t flags = m.shared ? MAP_SHARED : MAP_PRIVATE;
     if (kind == img::VMA_ANON_PRIVATE) flags |= MAP_ANONYMOUS;
     if (m.path == "[stack]") flags |= MAP_GROWSDOWN;
     v->set_flags(flags);
-    if ((kind == img::VMA_FILE_PRIVATE || kind == img::VMA_FILE_SHARED) && v->deleted())
-      return MakeError(ErrorKind::kUnsupported, 0, "pid %d: mapping of deleted file %s", pid,
-                       m.path.c_str());
     if (kind == img::VMA_SHMEM) {
       TRY_CTX(DumpShmemObject(ctx, pid, m, v), "pid %d: shared memory %s", pid, m.path.c_str());
+      if (m.shared) continue;
+      // Private: its written pages too, below (the unwritten ones are the object's).
+    } else if (kind != img::VMA_ANON_PRIVATE && kind != img::VMA_FILE_PRIVATE) {
       continue;
     }
-    if (kind != img::VMA_ANON_PRIVATE && kind != img::VMA_FILE_PRIVATE) continue;
     bool covered = tracker && tracker->Covers(m.start, m.end);
     auto& dst =
         (m.prot & PROT_READ) ? (covered ? r_cov : readable) : (covered ? u_cov : unreadable);
-    TRY(source->Collect(m.start, m.end, kind == img::VMA_FILE_PRIVATE, &dst, &counts));
+    TRY(source->Collect(m.start, m.end, kind != img::VMA_ANON_PRIVATE, &dst, &counts));
   }
   ctx.stats.vmas += mm.vmas_size();
   ctx.stats.pages_zero += counts.zero;

@@ -4,7 +4,10 @@
 #include <sys/ptrace.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 #include <deque>
+#include <map>
 #include <set>
 
 #include "common/fs.h"
@@ -19,6 +22,23 @@ Error Vanished(pid_t pid) {
   return MakeError(ErrorKind::kNotFound, ESRCH, "process %d exited during the dump", pid);
 }
 
+// TracerPid of /proc/PID/task/TID/status, 0 if untraced or unreadable.
+pid_t TracerOf(pid_t pid, pid_t tid) {
+  auto st = fs::ReadFile(StrFormat("/proc/%d/task/%d/status", pid, tid));
+  if (!st.ok()) return 0;
+  size_t at = st->find("\nTracerPid:");
+  if (at == std::string::npos) return 0;
+  return static_cast<pid_t>(atoi(st->c_str() + at + 11));
+}
+
+std::string CommOf(pid_t pid) {
+  auto c = fs::ReadFile(StrFormat("/proc/%d/comm", pid));
+  if (!c.ok()) return "?";
+  std::string s = *c;
+  if (!s.empty() && s.back() == '\n') s.pop_back();
+  return s;
+}
+
 // Seizes every thread of pid until /proc/PID/task shows no new one (a running thread may create
 // threads until it is stopped itself). Returns the tids, main thread first.
 Result<std::vector<pid_t>> SeizeThreads(pid_t pid, std::set<pid_t>* seized_set, FrozenTree* out) {
@@ -28,12 +48,22 @@ Result<std::vector<pid_t>> SeizeThreads(pid_t pid, std::set<pid_t>* seized_set, 
     bool added = false;
     for (pid_t tid : *tasks) {
       if (seized_set->count(tid)) continue;
-      auto r = remote::SeizeAndInterrupt(tid, PTRACE_O_TRACESYSGOOD);
+      // PTRACE_O_SUSPEND_SECCOMP: a seccomp filter would see (and may kill the process for) the
+      // calls we inject. It needs CAP_SYS_ADMIN and an unfiltered tracer; without them a filtered
+      // process can still be dumped if its filter allows our calls.
+      auto r = remote::SeizeAndInterrupt(tid, PTRACE_O_TRACESYSGOOD | PTRACE_O_SUSPEND_SECCOMP);
+      if (!r.ok() && r.error().sys_errno() == EPERM)
+        r = remote::SeizeAndInterrupt(tid, PTRACE_O_TRACESYSGOOD);
       if (!r.ok()) {
         if (r.error().kind() == ErrorKind::kNotFound || r.error().sys_errno() == ESRCH) {
           if (tid == pid) return Vanished(pid);
           continue;  // a thread that exited meanwhile
         }
+        // Traced by someone else (a debugger, strace, another dumper): ptrace allows one tracer.
+        if (pid_t tracer = TracerOf(pid, tid); tracer > 0)
+          return MakeError(ErrorKind::kUnsupported, EBUSY,
+                           "process %d (thread %d) is traced by pid %d (%s); detach it first",
+                           pid, tid, tracer, CommOf(tracer).c_str());
         // EPERM on a non-main thread: a zombie thread (exited, not yet reaped) cannot be seized.
         auto st = proc::ReadTaskStat(pid, tid);
         if (st.ok() && (st->state == 'Z' || st->state == 'X')) {
@@ -113,9 +143,16 @@ Result<void> FreezeTree(pid_t root, FrozenTree* out) {
 }
 
 void ThawTree(const FrozenTree& t) {
-  for (pid_t tid : t.seized)
-    if (ptrace(PTRACE_DETACH, tid, nullptr, nullptr) < 0 && errno != ESRCH)
+  // Threads whose interrupted call Release() set up to be re-issued are detached inside it (no
+  // lost wake-up for a signal arriving right after the thaw).
+  std::map<pid_t, int> sig;
+  if (auto r = remote::EnterReissuedSyscalls(t.seized, &sig); !r.ok())
+    LOG_WARN("thaw: %s", r.error().to_string().c_str());
+  for (pid_t tid : t.seized) {
+    long s = sig.count(tid) ? sig[tid] : 0;
+    if (ptrace(PTRACE_DETACH, tid, nullptr, reinterpret_cast<void*>(s)) < 0 && errno != ESRCH)
       PLOG_WARN("detach %d", tid);
+  }
 }
 
 void KillTree(const FrozenTree& t) {

@@ -157,8 +157,12 @@ Result<void> MapVma(RestoreContext& ctx, remote::Remote* r, const img::Vma& v, M
       break;
     }
     case img::VMA_SHMEM: {
-      ASSIGN_OR_RETURN(bool attached, AttachSysv(ctx, r, v));
-      if (attached) return Ok();
+      // MAP_PRIVATE: a private memfd / deleted-file mapping (its written pages are filled after).
+      bool priv = (v.flags() & MAP_PRIVATE) != 0;
+      if (!priv) {
+        ASSIGN_OR_RETURN(bool attached, AttachSysv(ctx, r, v));
+        if (attached) return Ok();
+      }
       auto it = ctx.shmem_fds.find(v.shmem_id());
       if (it == ctx.shmem_fds.end())
         return MakeError(ErrorKind::kBadImage, 0, "vma %#lx: unknown shared memory object %lu",
@@ -173,7 +177,7 @@ Result<void> MapVma(RestoreContext& ctx, remote::Remote* r, const img::Vma& v, M
       } else {
         fd = f->second;
       }
-      flags = MAP_SHARED | MAP_FIXED;
+      flags = (priv ? MAP_PRIVATE : MAP_SHARED) | MAP_FIXED;
       pgoff = v.pgoff();
       break;
     }

@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <map>
 #include <cstring>
 #include <set>
 
@@ -111,17 +112,30 @@ struct ChildEnv {
     syscall(SYS_close_range, env.report_fd + (env.ctx->images_fd >= 0 ? 2 : 1), ~0U, 0);
   for (int fd : env.foreign_fds) close(fd);
   if (e.zombie()) ZombieMain(e);
-  if (e.sid() == e.pid() && getsid(0) != e.pid()) {
-    if (setsid() < 0) ChildFail(env, e.pid(), errno, "setsid");
-  }
   std::vector<pid_t> zombies;
-  for (int k : env.children[e.pid()]) {
+  auto fork_child = [&](int k) {
     const auto& c = env.ctx->tree.processes(k);
     pid_t got = Clone3(c, Levels(e));
     if (got < 0) ChildFail(env, e.pid(), errno, StrFormat("clone3 pid %d", c.pid()));
     if (got == 0) ChildMain(env, k);
     if (c.zombie()) zombies.push_back(got);
+  };
+  // A child in neither its own session nor ours was forked before we called setsid: it is in the
+  // session we inherited (CheckTree allows only that). Fork those first, then setsid.
+  bool lead = e.sid() == e.pid() && getsid(0) != e.pid();
+  std::vector<bool> forked(env.children[e.pid()].size(), false);
+  if (lead) {
+    for (size_t i = 0; i < forked.size(); ++i) {
+      const auto& c = env.ctx->tree.processes(env.children[e.pid()][i]);
+      if (c.sid() != e.sid() && c.sid() != c.pid()) {
+        fork_child(env.children[e.pid()][i]);
+        forked[i] = true;
+      }
+    }
+    if (setsid() < 0) ChildFail(env, e.pid(), errno, "setsid");
   }
+  for (size_t i = 0; i < forked.size(); ++i)
+    if (!forked[i]) fork_child(env.children[e.pid()][i]);
   // Zombies exit on their own; wait (without reaping) until they have, so their SIGCHLD is
   // discarded now (default disposition) and not delivered after the restore.
   for (pid_t z : zombies) {
@@ -275,9 +289,23 @@ Result<void> CheckTree(const RestoreContext& ctx) {
     if (it == by.end())
       return MakeError(ErrorKind::kBadImage, 0, "pstree.img: parent %d of %d is not in the tree",
                        e.ppid(), e.pid());
-    if (e.sid() != e.pid() && e.sid() != it->second->sid())
+    // Also allowed: the session the parent was in before it called setsid (the child was forked
+    // before it): the grandparent's, or for a child of the root, the one outside the tree (then
+    // restored as the coordinator's, like the root's own).
+    const img::ProcessEntry& parent = *it->second;
+    bool inherited_before_setsid = false;
+    if (parent.sid() == parent.pid() && e.sid() != parent.sid()) {
+      if (parent.pid() == ctx.tree.root_pid()) {
+        inherited_before_setsid = by.find(e.sid()) == by.end();
+      } else if (auto gp = by.find(parent.ppid()); gp != by.end()) {
+        inherited_before_setsid = gp->second->sid() == e.sid();
+      }
+    }
+    if (e.sid() != e.pid() && e.sid() != parent.sid() && !inherited_before_setsid)
       return MakeError(ErrorKind::kUnsupported, 0,
-                       "pid %d: session %d is neither its own nor its parent's", e.pid(), e.sid());
+                       "pid %d: session %d is neither its own, its parent's nor the one its "
+                       "parent %d left with setsid",
+                       e.pid(), e.sid(), parent.pid());
   }
   for (const auto& e : ctx.tree.processes()) {
     if (e.ns_pids_size() < 2) continue;
@@ -303,9 +331,18 @@ Result<void> CheckPidsFree(const RestoreContext& ctx) {
   return Ok();
 }
 
+bool IsMemfd(const img::ShmemObject& o) { return o.name().rfind("/memfd:", 0) == 0; }
+
 Result<void> PrepareShmem(RestoreContext& ctx) {
   for (const auto& o : ctx.shmem) {
+    // A memfd keeps its name ("/memfd:NAME (deleted)" in the maps): an fd on it shows the same.
     std::string name = "godwit-shmem";
+    if (IsMemfd(o)) {
+      name = o.name().substr(7);
+      if (name.size() >= 10 && name.compare(name.size() - 10, 10, " (deleted)") == 0)
+        name.resize(name.size() - 10);
+      if (name.size() > 249) name.resize(249);
+    }
     int fd = memfd_create(name.c_str(), MFD_CLOEXEC);
     if (fd < 0) return Errno("memfd_create");
     UniqueFd ufd(fd);
@@ -392,6 +429,9 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
   fo.tcp_close = opts.tcp_close;
   fo.shell_job = opts.shell_job;
   fo.inherit_fds = opts.inherit_fds;
+  // A memfd both mapped and open as an fd stays one object: files/ reopens the engine's memfd.
+  for (const auto& o : ctx.shmem)
+    if (IsMemfd(o) && ctx.shmem_fds.count(o.id())) fo.memfds[o.inode()] = ctx.shmem_fds[o.id()].get();
   ASSIGN_OR_RETURN(std::unique_ptr<files::FdRestorer> fds, files::FdRestorer::Load(set, fo));
   ctx.fds = fds.get();
   int base_fd = 100;
@@ -506,9 +546,13 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
 
   // Seize every process (one thread each for now).
   for (auto& p : ctx.procs) {
-    TRY_CTX(remote::SeizeAndInterrupt(
-                p->pid, PTRACE_O_TRACECLONE | PTRACE_O_TRACESYSGOOD | PTRACE_O_EXITKILL),
-            "seize restored pid %d", p->pid);
+    // PTRACE_O_SUSPEND_SECCOMP: the restored filters must not see the calls injected after the
+    // "seccomp" step (it needs CAP_SYS_ADMIN: without it, seize without and hope).
+    const unsigned long opts = PTRACE_O_TRACECLONE | PTRACE_O_TRACESYSGOOD | PTRACE_O_EXITKILL;
+    auto seized = remote::SeizeAndInterrupt(p->pid, opts | PTRACE_O_SUSPEND_SECCOMP);
+    if (!seized.ok() && seized.error().sys_errno() == EPERM)
+      seized = remote::SeizeAndInterrupt(p->pid, opts);
+    TRY_CTX(std::move(seized), "seize restored pid %d", p->pid);
     p->attached.push_back(p->pid);
     ASSIGN_OR_RETURN(uint64_t at, FindArea(p->pid, p->mm, 256 * 1024));
     remote::Remote::Options ro;
@@ -554,14 +598,22 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
   }
   if (ctx.fds) TRY_CTX(ctx.fds->Finalize(), "files finalize");
   if (!opts.pid_file.empty()) TRY(fs::WriteFile(opts.pid_file, StrFormat("%d", root), true));
+  // Threads about to re-issue an interrupted call are stepped into its syscall-entry stop first,
+  // so they are detached already inside the kernel (see remote::EnterReissuedSyscalls).
+  std::map<pid_t, int> detach_sig;
+  for (auto& p : ctx.procs)
+    TRY_CTX(remote::EnterReissuedSyscalls(p->attached, &detach_sig), "pid %d", p->pid);
   // A process dumped in a group stop gets its SIGSTOP back: pending now, delivered (stopping it)
   // as soon as it is detached.
   for (auto& p : ctx.procs)
     if (p->entry->stopped() && kill(p->pid, SIGSTOP) < 0) return Errno("SIGSTOP %d", p->pid);
   // Resume everything together.
   for (auto& p : ctx.procs)
-    for (pid_t tid : p->attached)
-      if (ptrace(PTRACE_DETACH, tid, nullptr, nullptr) < 0) PLOG_WARN("detach %d", tid);
+    for (pid_t tid : p->attached) {
+      long sig = detach_sig.count(tid) ? detach_sig[tid] : 0;
+      if (ptrace(PTRACE_DETACH, tid, nullptr, reinterpret_cast<void*>(sig)) < 0)
+        PLOG_WARN("detach %d", tid);
+    }
   ok = true;
   ctx.stats.root_pid = root;
   ctx.stats.total_ms = Ms(t_start);

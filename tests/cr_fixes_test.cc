@@ -1,0 +1,234 @@
+// Engine gap fixes, each checked with a real dump -> kill -> restore of a zdtm-style helper.
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/ptrace.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <functional>
+#include <iterator>
+
+#include "cr_util.h"
+
+namespace godwit::crtest {
+namespace {
+
+// waitpid with a bound (a lost wake-up must fail the test, not hang it): exit code, 128+signal,
+// or -2 on timeout (the process is then killed and reaped).
+int WaitBounded(pid_t pid, int ms) {
+  int pfd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
+  if (pfd < 0) return -1;
+  pollfd pf{pfd, POLLIN, 0};
+  int n;
+  while ((n = poll(&pf, 1, ms)) < 0 && errno == EINTR) {
+  }
+  close(pfd);
+  if (n == 0) {
+    KillAndReap(pid);
+    return -2;
+  }
+  return Wait(pid);
+}
+
+class CrFixes : public ::testing::Test {
+ protected:
+  void TearDown() override {
+    for (pid_t p : pids_) KillAndReap(p);
+  }
+  pid_t Start(const std::string& helper, std::vector<std::string> args) {
+    pid_t p = StartHelper(helper, std::move(args));
+    if (p > 0) pids_.push_back(p);
+    return p;
+  }
+  // Dumps pid (killing it) into dir, reaps it, restores with --detach (the restored process is
+  // reparented to us). Returns false (with a test failure) on any error.
+  bool DumpKillRestoreDetached(pid_t pid, const std::string& dir,
+                               const std::vector<std::string>& dump_extra = {}) {
+    std::vector<std::string> args = {"dump", "--pid", std::to_string(pid), "--images-dir", dir};
+    args.insert(args.end(), dump_extra.begin(), dump_extra.end());
+    auto d = Godwit(args);
+    EXPECT_EQ(d.status, 0) << d.err;
+    if (d.status != 0) return false;
+    EXPECT_EQ(Wait(pid), 128 + SIGKILL);
+    auto r = Godwit({"restore", "--images-dir", dir, "--detach"});
+    EXPECT_EQ(r.status, 0) << r.err;
+    return r.status == 0;
+  }
+  TempDir dir_;
+  std::vector<pid_t> pids_;
+};
+
+// Fix 1: a thread restored inside an interruptible call is detached with the call already
+// entered, so a signal sent right after the restore interrupts it (was lost ~1 in 6).
+void WakeUpRounds(CrFixes* t, const char* mode, long nr, int rounds,
+                  std::function<bool(pid_t, const std::string&)> cycle, TempDir& dir,
+                  std::vector<pid_t>& pids) {
+  for (int i = 0; i < rounds; ++i) {
+    pid_t pid = StartHelper("cr_fix_wake", {"{READY}", mode});
+    ASSERT_GT(pid, 0);
+    pids.push_back(pid);
+    static long want;
+    want = nr;
+    ASSERT_TRUE(WaitFor(5000, [](pid_t p) { return BlockedSyscall(p) == want; }, pid))
+        << mode << " round " << i;
+    ASSERT_TRUE(cycle(pid, dir / ("img" + std::to_string(i)))) << mode << " round " << i;
+    ASSERT_EQ(kill(pid, SIGUSR2), 0);
+    EXPECT_EQ(WaitBounded(pid, 10000), 0) << mode << " round " << i;
+    pids.pop_back();
+  }
+}
+
+TEST_F(CrFixes, SignalRightAfterRestoreWakesSigsuspend) {
+  WakeUpRounds(
+      this, "sigsuspend", SYS_rt_sigsuspend, 12,
+      [this](pid_t p, const std::string& d) { return DumpKillRestoreDetached(p, d); }, dir_,
+      pids_);
+}
+
+TEST_F(CrFixes, SignalRightAfterRestoreInterruptsPoll) {
+  WakeUpRounds(
+      this, "poll", SYS_poll, 8,
+      [this](pid_t p, const std::string& d) { return DumpKillRestoreDetached(p, d); }, dir_,
+      pids_);
+}
+
+TEST_F(CrFixes, SignalRightAfterRestoreInterruptsRead) {
+  WakeUpRounds(
+      this, "read", SYS_read, 8,
+      [this](pid_t p, const std::string& d) { return DumpKillRestoreDetached(p, d); }, dir_,
+      pids_);
+}
+
+// The same on the dump side: --leave-running puts the call back the same way.
+TEST_F(CrFixes, SignalRightAfterLeaveRunningDumpWakesSigsuspend) {
+  WakeUpRounds(
+      this, "sigsuspend", SYS_rt_sigsuspend, 8,
+      [](pid_t p, const std::string& d) {
+        auto r = Godwit({"dump", "--pid", std::to_string(p), "--images-dir", d, "--leave-running"});
+        EXPECT_EQ(r.status, 0) << r.err;
+        return r.status == 0;
+      },
+      dir_, pids_);
+}
+
+// Fix 2: a seccomp filter that kills the process on the calls a dump/restore injects (prctl,
+// brk, rt_sigaction, sigaltstack, getcwd...): seized with PTRACE_O_SUSPEND_SECCOMP, the process
+// survives both, and the filter is still there afterwards (getcwd then kills it with SIGSYS).
+TEST_F(CrFixes, SeccompKillFilterSurvivesDumpAndRestore) {
+  pid_t pid = Start("cr_fix_wake", {"{READY}", "seccomp"});
+  ASSERT_GT(pid, 0);
+  ASSERT_TRUE(WaitFor(5000, [](pid_t p) { return BlockedSyscall(p) == SYS_rt_sigsuspend; }, pid));
+  ASSERT_TRUE(DumpKillRestoreDetached(pid, dir_ / "img"));
+  ASSERT_EQ(kill(pid, SIGUSR2), 0);
+  EXPECT_EQ(WaitBounded(pid, 10000), 128 + SIGSYS);
+  pids_.clear();
+}
+
+TEST_F(CrFixes, SeccompKillFilterSurvivesLeaveRunningDump) {
+  pid_t pid = Start("cr_fix_wake", {"{READY}", "seccomp"});
+  ASSERT_GT(pid, 0);
+  ASSERT_TRUE(WaitFor(5000, [](pid_t p) { return BlockedSyscall(p) == SYS_rt_sigsuspend; }, pid));
+  auto d = Godwit({"dump", "--pid", std::to_string(pid), "--images-dir", dir_ / "img",
+                   "--leave-running"});
+  ASSERT_EQ(d.status, 0) << d.err;
+  ASSERT_EQ(kill(pid, SIGUSR2), 0);
+  EXPECT_EQ(WaitBounded(pid, 10000), 128 + SIGSYS);
+  pids_.clear();
+}
+
+// Fixes 4 and 5: a memfd open and mapped stays one object; private memfd mappings and mappings of
+// deleted files (shared and private) come back with their contents (the dump refused them).
+TEST_F(CrFixes, MemfdsAndDeletedFileMappings) {
+  std::string files = dir_ / "files";
+  ASSERT_EQ(mkdir(files.c_str(), 0700), 0);
+  pid_t pid = Start("cr_fix_mem", {"{READY}", files});
+  ASSERT_GT(pid, 0);
+  ASSERT_TRUE(WaitFor(5000, [](pid_t p) { return BlockedSyscall(p) == SYS_rt_sigsuspend; }, pid));
+  ASSERT_TRUE(DumpKillRestoreDetached(pid, dir_ / "img"));
+  ASSERT_EQ(kill(pid, SIGUSR2), 0);
+  EXPECT_EQ(WaitBounded(pid, 10000), 0);
+  pids_.clear();
+}
+
+// Fix 3: a thread name's trailing spaces survive (the dump trimmed them).
+TEST_F(CrFixes, CommKeepsTrailingSpaces) {
+  pid_t pid = Start("cr_fix_wake", {"{READY}", "comm"});
+  ASSERT_GT(pid, 0);
+  ASSERT_TRUE(WaitFor(5000, [](pid_t p) { return BlockedSyscall(p) == SYS_rt_sigsuspend; }, pid));
+  ASSERT_TRUE(DumpKillRestoreDetached(pid, dir_ / "img"));
+  std::ifstream f("/proc/" + std::to_string(pid) + "/comm");
+  std::string comm((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(comm, "wake  \n");
+  ASSERT_EQ(kill(pid, SIGUSR2), 0);
+  EXPECT_EQ(WaitBounded(pid, 10000), 0);
+  pids_.clear();
+}
+
+// Fix 7: a process traced by someone else (here: this test) is refused cleanly, naming the pid
+// and the tracer, and left untouched.
+TEST_F(CrFixes, TracedByAnotherTracerFailsCleanly) {
+  pid_t pid = Start("cr_fix_wake", {"{READY}", "sigsuspend"});
+  ASSERT_GT(pid, 0);
+  ASSERT_TRUE(WaitFor(5000, [](pid_t p) { return BlockedSyscall(p) == SYS_rt_sigsuspend; }, pid));
+  ASSERT_EQ(ptrace(PTRACE_SEIZE, pid, nullptr, nullptr), 0);
+  auto d = Godwit({"dump", "--pid", std::to_string(pid), "--images-dir", dir_ / "img"});
+  EXPECT_EQ(d.status, 6) << d.err;
+  EXPECT_NE(d.err.find("process " + std::to_string(pid)), std::string::npos) << d.err;
+  EXPECT_NE(d.err.find("traced by pid " + std::to_string(getpid())), std::string::npos) << d.err;
+  struct stat sb;
+  EXPECT_NE(stat((dir_ / "img/inventory.img").c_str(), &sb), 0);  // no checkpoint
+  // Detaching needs a stopped tracee.
+  ASSERT_EQ(ptrace(PTRACE_INTERRUPT, pid, nullptr, nullptr), 0);
+  int st = 0;
+  ASSERT_EQ(waitpid(pid, &st, __WALL), pid);
+  ASSERT_TRUE(WIFSTOPPED(st));
+  ASSERT_EQ(ptrace(PTRACE_DETACH, pid, nullptr, nullptr), 0);
+  ASSERT_EQ(kill(pid, SIGUSR2), 0);
+  EXPECT_EQ(WaitBounded(pid, 10000), 0);
+  pids_.clear();
+}
+
+// Fix 6: a session inherited before the parent's setsid (neither the process's own nor its
+// parent's) comes back: the parent forks that child before calling setsid.
+TEST_F(CrFixes, SessionLeftBehindByParentsSetsid) {
+  std::string line;
+  pid_t r = StartHelper("cr_fix_sess", {"{READY}"}, &line);
+  ASSERT_GT(r, 0);
+  pids_.push_back(r);
+  pid_t a = 0, b = 0;
+  ASSERT_EQ(sscanf(line.c_str(), "%d %d", &a, &b), 2) << line;
+  pids_.push_back(a);
+  pids_.push_back(b);
+  ASSERT_EQ(getsid(b), r);
+  ASSERT_EQ(getsid(a), a);
+  auto d = Godwit({"dump", "--pid", std::to_string(r), "--images-dir", dir_ / "img"});
+  ASSERT_EQ(d.status, 0) << d.err;
+  EXPECT_EQ(Wait(r), 128 + SIGKILL);
+  while (waitpid(-1, nullptr, 0) > 0 || errno == EINTR) {
+  }
+  auto res = Godwit({"restore", "--images-dir", dir_ / "img", "--detach"});
+  ASSERT_EQ(res.status, 0) << res.err;
+  EXPECT_EQ(getsid(r), r);
+  EXPECT_EQ(getsid(a), a);
+  EXPECT_EQ(getsid(b), r);
+  EXPECT_EQ(getpgid(b), r);
+  // B is A's child, A is R's.
+  auto ppid = [](pid_t p) {
+    std::ifstream f("/proc/" + std::to_string(p) + "/stat");
+    std::string s((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    int pp = -1;
+    size_t rp = s.rfind(')');
+    if (rp != std::string::npos) sscanf(s.c_str() + rp + 2, "%*c %d", &pp);
+    return pp;
+  };
+  EXPECT_EQ(ppid(b), a);
+  EXPECT_EQ(ppid(a), r);
+}
+
+}  // namespace
+}  // namespace godwit::crtest
