@@ -128,7 +128,7 @@ ZDTM(SchedPrioPolicy, "sched")
 ZDTM(Session00, "session00")
 // Unsupported (docs/engine.md): a process whose session is neither its own nor its parent's. The
 // dump accepts it; the restore then fails: "session N is neither its own nor its parent's".
-ZDTM(DISABLED_Session01ForeignSession, "session01")
+ZDTM(Session01ForeignSession, "session01")
 ZDTM(Pgid, "pgid")
 ZDTM(Zombie00, "zombie00")
 ZDTM(Pid00, "pid00")
