@@ -126,8 +126,7 @@ ZDTM(Sigaltstack, "sigaltstack")
 ZDTM(SigpendingRtPayloads, "sigpending")
 ZDTM(SchedPrioPolicy, "sched")
 ZDTM(Session00, "session00")
-// Unsupported (docs/engine.md): a process whose session is neither its own nor its parent's. The
-// dump accepts it; the restore then fails: "session N is neither its own nor its parent's".
+// A child left in the session its parent quit with setsid (forked before the parent's setsid).
 ZDTM(Session01ForeignSession, "session01")
 ZDTM(Pgid, "pgid")
 ZDTM(Zombie00, "zombie00")
