@@ -45,8 +45,10 @@ struct DumpOptions {
   // Called with (phase, done, total) for progress output; may be empty.
   std::function<void(const char*, uint64_t, uint64_t)> progress;
   // Container hooks (optional). on_seized runs once every thread of the tree is under ptrace
-  // (stopped by it), before anything is injected; before_detach runs right before the tree is
-  // let go (thawed, or killed), on success and on failure, iff on_seized ran. The container
+  // (stopped by it), before anything is injected; before_detach runs when the tree is let go,
+  // on success and on failure, iff on_seized ran: right after the threads are detached when the
+  // tree resumes (detaching steps them into re-issued syscalls, which a frozen cgroup would
+  // block), right before the kill otherwise. The container
   // checkpoint thaws its cgroup-v1 freezer in the first (a frozen task takes the ptrace stop
   // but cannot run an injected syscall; the tree stays stopped by ptrace) and refreezes in the
   // second. A failing on_seized fails the dump; before_detach's error is returned if the dump

@@ -204,17 +204,17 @@ Result<DumpStats> Dump(const DumpOptions& opts) {
   bool seized_hook = false;  // on_seized ran: before_detach is owed
   ScopeExit on_error([&] {
     if (finished) return;
-    if (seized_hook && opts.before_detach) {
-      auto r = opts.before_detach();
-      if (!r.ok()) LOG_WARN("dump: before_detach: %s", r.error().to_string().c_str());
-    }
     for (auto& p : ctx.procs)
       if (p->remote) {
         auto r = p->remote->Release();
         if (!r.ok()) LOG_WARN("release pid %d: %s", p->pid, r.error().to_string().c_str());
       }
     if (fds) fds->Resume();
-    ThawTree(frozen);
+    ThawTree(frozen);  // before the hook: see the end of Dump
+    if (seized_hook && opts.before_detach) {
+      auto r = opts.before_detach();
+      if (!r.ok()) LOG_WARN("dump: before_detach: %s", r.error().to_string().c_str());
+    }
     sink->Abort();
   });
 
@@ -285,12 +285,15 @@ Result<DumpStats> Dump(const DumpOptions& opts) {
   img::Inventory inv = images::NewInventory();
   TRY_CTX(sink->Finish(std::move(inv)), "write inventory");
   finished = true;
+  // ThawTree steps threads into their re-issued syscalls, so it must run before a before_detach
+  // hook that freezes the tree's cgroup again (a frozen task never reaches the syscall entry).
   Result<void> hook = Ok();
-  if (seized_hook && opts.before_detach) hook = opts.before_detach();
   if (opts.leave_running) {
     if (fds) fds->Resume();
     ThawTree(frozen);
+    if (seized_hook && opts.before_detach) hook = opts.before_detach();
   } else {
+    if (seized_hook && opts.before_detach) hook = opts.before_detach();
     KillTree(frozen);
   }
   auto t_end = Clock::now();
