@@ -19,7 +19,8 @@ for i in itertools.count():
     time.sleep(0.05)' >"$log" 2>/dev/null </dev/null
 ) &
 pid=$!
-while [ "$(wc -l <"$log")" -lt 10 ]; do sleep 0.05; done
+# Until the counter has printed 10 lines (the log appears only once the subshell redirects).
+while [ ! -s "$log" ] || [ "$(wc -l <"$log")" -lt 10 ]; do sleep 0.05; done
 echo "counter running as pid $pid, at $(tail -1 "$log")"
 "$GODWIT" check | tail -1 || true
 "$GODWIT" dump --pid "$pid" --images-dir "$work/img"
