@@ -51,7 +51,14 @@ class CgroupV1 : public Cgroup {
         for (const auto& m : made) ::rmdir(m.c_str());
         return e;
       }
-      if (::mkdir(dir.c_str(), 0755) < 0) {
+      // The last Destroy removes the empty parent; a concurrent one may do so between the two
+      // mkdirs (ENOENT): make the parent again.
+      int rc = ::mkdir(dir.c_str(), 0755);
+      for (int attempt = 0; rc < 0 && errno == ENOENT && attempt < 3; ++attempt) {
+        if (::mkdir(godwit.c_str(), 0755) < 0 && errno != EEXIST) break;
+        rc = ::mkdir(dir.c_str(), 0755);
+      }
+      if (rc < 0) {
         Error e = errno == EEXIST
                       ? MakeError(ErrorKind::kExists, EEXIST, "cgroup %s exists", dir.c_str())
                       : Errno("mkdir %s", dir.c_str());
@@ -133,6 +140,8 @@ class CgroupV1 : public Cgroup {
     for (const auto& [ctrl, dir] : dirs_) {
       auto r = RemoveDir(dir);
       if (!r.ok() && first.ok()) first = std::move(r).error();
+      // The empty "godwit" parent: only succeeds once the last container is gone.
+      if (r.ok()) ::rmdir((parents_[ctrl] + "/godwit").c_str());
     }
     return first;
   }

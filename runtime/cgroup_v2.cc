@@ -34,18 +34,21 @@ class CgroupV2 : public Cgroup {
 
   Result<void> Create() override {
     std::string parent = root_ + "/godwit";
-    if (::mkdir(parent.c_str(), 0755) < 0 && errno != EEXIST)
-      return Errno("mkdir %s", parent.c_str());
-    if (controllers_) {
-      TRY(EnableControllers(root_));
-      TRY(EnableControllers(parent));
-    }
-    if (::mkdir(dir_.c_str(), 0755) < 0) {
+    // The last Destroy removes the empty parent; a concurrent one may do so between our two
+    // mkdirs (ENOENT): make the parent again.
+    for (int attempt = 0;; ++attempt) {
+      if (::mkdir(parent.c_str(), 0755) < 0 && errno != EEXIST)
+        return Errno("mkdir %s", parent.c_str());
+      if (controllers_) {
+        TRY(EnableControllers(root_));
+        TRY(EnableControllers(parent));
+      }
+      if (::mkdir(dir_.c_str(), 0755) == 0) return Ok();
+      if (errno == ENOENT && attempt < 3) continue;
       if (errno == EEXIST)
         return MakeError(ErrorKind::kExists, EEXIST, "cgroup %s exists", dir_.c_str());
       return Errno("mkdir %s", dir_.c_str());
     }
-    return Ok();
   }
 
   Result<void> Apply(const Resources& res) override {
@@ -99,7 +102,11 @@ class CgroupV2 : public Cgroup {
     return ParseKeyValues(s)["frozen"] == 1;
   }
 
-  Result<void> Destroy() override { return RemoveDir(dir_); }
+  Result<void> Destroy() override {
+    TRY(RemoveDir(dir_));
+    ::rmdir((root_ + "/godwit").c_str());  // only succeeds once the last container is gone
+    return Ok();
+  }
 
   std::map<std::string, std::string> Paths() const override { return {{"unified", dir_}}; }
 
