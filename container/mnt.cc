@@ -27,6 +27,27 @@ std::string TmpfsBlob(uint32_t mnt_id) { return StrFormat("tmpfs-%u-data.img", m
 
 namespace {
 
+// The entry names of the directory dirfd (not . and ..), sorted; dirfd stays open and unmoved.
+Result<std::vector<std::string>> SortedNames(int dirfd, const std::string& what) {
+  int dup = ::fcntl(dirfd, F_DUPFD_CLOEXEC, 0);
+  if (dup < 0) return Errno("dup");
+  DIR* d = ::fdopendir(dup);
+  if (!d) {
+    ::close(dup);
+    return Errno("fdopendir %s", what.c_str());
+  }
+  std::vector<std::string> names;
+  errno = 0;
+  while (struct dirent* de = ::readdir(d)) {
+    if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) names.push_back(de->d_name);
+  }
+  int e = errno;
+  ::closedir(d);
+  if (e) return MakeError(ErrorKind::kGeneric, e, "readdir %s", what.c_str());
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
 // mountinfo escapes space, tab, newline and backslash as \ooo.
 std::string Unescape(const std::string& s) {
   std::string out;
@@ -128,22 +149,7 @@ class Walker {
   }
 
   Result<void> Dir(int dirfd, const std::string& rel) {
-    int dup = ::fcntl(dirfd, F_DUPFD_CLOEXEC, 0);
-    if (dup < 0) return Errno("dup");
-    DIR* d = ::fdopendir(dup);
-    if (!d) {
-      ::close(dup);
-      return Errno("fdopendir %s", rel.c_str());
-    }
-    std::vector<std::string> names;
-    errno = 0;
-    while (struct dirent* de = ::readdir(d)) {
-      if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) names.push_back(de->d_name);
-    }
-    int e = errno;
-    ::closedir(d);
-    if (e) return MakeError(ErrorKind::kGeneric, e, "readdir %s", rel.c_str());
-    std::sort(names.begin(), names.end());
+    ASSIGN_OR_RETURN(std::vector<std::string> names, SortedNames(dirfd, rel));
     for (const std::string& name : names) {
       std::string path = rel.empty() ? name : rel + "/" + name;
       TRY(Entry(dirfd, name, path));
@@ -504,18 +510,7 @@ struct Fnv {
 Result<void> WalkHost(int dirfd, const std::string& rel, dev_t dev,
                       const std::function<Result<bool>(int, const std::string&, const std::string&,
                                                        const struct stat&)>& fn) {
-  int dup = ::fcntl(dirfd, F_DUPFD_CLOEXEC, 0);
-  if (dup < 0) return Errno("dup");
-  DIR* d = ::fdopendir(dup);
-  if (!d) {
-    ::close(dup);
-    return Errno("fdopendir %s", rel.c_str());
-  }
-  std::vector<std::string> names;
-  while (struct dirent* de = ::readdir(d))
-    if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) names.push_back(de->d_name);
-  ::closedir(d);
-  std::sort(names.begin(), names.end());
+  ASSIGN_OR_RETURN(std::vector<std::string> names, SortedNames(dirfd, rel));
   for (const auto& name : names) {
     std::string path = rel.empty() ? name : rel + "/" + name;
     struct stat st;
@@ -706,18 +701,7 @@ std::string ReadLinkAt(int dirfd, const std::string& path) {
 // Entries of rootfs (dirfd rfd) that the merged view (mfd) no longer has: whiteouts.
 Result<void> Whiteouts(int rfd, int mfd, const std::string& rel, images::ImageWriter& w,
                        uint64_t* count) {
-  int dup = ::fcntl(rfd, F_DUPFD_CLOEXEC, 0);
-  if (dup < 0) return Errno("dup");
-  DIR* d = ::fdopendir(dup);
-  if (!d) {
-    ::close(dup);
-    return Errno("fdopendir rootfs %s", rel.c_str());
-  }
-  std::vector<std::string> names;
-  while (struct dirent* de = ::readdir(d))
-    if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) names.push_back(de->d_name);
-  ::closedir(d);
-  std::sort(names.begin(), names.end());
+  ASSIGN_OR_RETURN(std::vector<std::string> names, SortedNames(rfd, "rootfs " + rel));
   for (const auto& name : names) {
     std::string path = rel.empty() ? name : rel + "/" + name;
     struct stat rs, ms;
