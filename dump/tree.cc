@@ -2,8 +2,12 @@
 
 #include <signal.h>
 #include <sys/ptrace.h>
+#include <sys/wait.h>
+
+#include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <string>
 #include <deque>
@@ -39,9 +43,39 @@ std::string CommOf(pid_t pid) {
   return s;
 }
 
+bool IsStopSignal(int sig) {
+  return sig == SIGSTOP || sig == SIGTSTP || sig == SIGTTIN || sig == SIGTTOU;
+}
+
+// PTRACE_SEIZE + PTRACE_INTERRUPT, and the group stop the thread was in. A thread seized in a
+// group stop (or entering one while we seize it) reports its first trap as PTRACE_EVENT_STOP
+// with the stop signal; an interrupt reports SIGTRAP. *stop_sig: that signal, else 0. A
+// signal-delivery stop racing with the interrupt is passed on (a SIGSTOP then stops it: the
+// process was about to be stopped, and is dumped stopped).
+Result<void> Seize(pid_t tid, unsigned long options, int* stop_sig) {
+  *stop_sig = 0;
+  if (ptrace(PTRACE_SEIZE, tid, nullptr, options) < 0) {
+    if (errno == ESRCH) return MakeError(ErrorKind::kNotFound, ESRCH, "seize %d: gone", tid);
+    return Errno("PTRACE_SEIZE %d", tid);
+  }
+  if (ptrace(PTRACE_INTERRUPT, tid, nullptr, nullptr) < 0) return Errno("PTRACE_INTERRUPT %d", tid);
+  for (;;) {
+    ASSIGN_OR_RETURN(int status, remote::WaitStop(tid));
+    int sig = WSTOPSIG(status);
+    if ((status >> 16) == PTRACE_EVENT_STOP) {
+      if (IsStopSignal(sig)) *stop_sig = sig;
+      return Ok();
+    }
+    if (ptrace(PTRACE_CONT, tid, nullptr, reinterpret_cast<void*>(static_cast<long>(sig))) < 0)
+      return Errno("PTRACE_CONT %d", tid);
+  }
+}
+
 // Seizes every thread of pid until /proc/PID/task shows no new one (a running thread may create
 // threads until it is stopped itself). Returns the tids, main thread first.
-Result<std::vector<pid_t>> SeizeThreads(pid_t pid, std::set<pid_t>* seized_set, FrozenTree* out) {
+// *stop_sig: the group stop the main thread was seized in (0: none).
+Result<std::vector<pid_t>> SeizeThreads(pid_t pid, std::set<pid_t>* seized_set, FrozenTree* out,
+                                        int* stop_sig) {
   for (int round = 0;; ++round) {
     auto tasks = proc::ListTasks(pid);
     if (!tasks.ok()) return Vanished(pid);
@@ -51,9 +85,10 @@ Result<std::vector<pid_t>> SeizeThreads(pid_t pid, std::set<pid_t>* seized_set, 
       // PTRACE_O_SUSPEND_SECCOMP: a seccomp filter would see (and may kill the process for) the
       // calls we inject. It needs CAP_SYS_ADMIN and an unfiltered tracer; without them a filtered
       // process can still be dumped if its filter allows our calls.
-      auto r = remote::SeizeAndInterrupt(tid, PTRACE_O_TRACESYSGOOD | PTRACE_O_SUSPEND_SECCOMP);
-      if (!r.ok() && r.error().sys_errno() == EPERM)
-        r = remote::SeizeAndInterrupt(tid, PTRACE_O_TRACESYSGOOD);
+      int sig = 0;
+      auto r = Seize(tid, PTRACE_O_TRACESYSGOOD | PTRACE_O_SUSPEND_SECCOMP, &sig);
+      if (!r.ok() && r.error().sys_errno() == EPERM) r = Seize(tid, PTRACE_O_TRACESYSGOOD, &sig);
+      if (r.ok() && tid == pid) *stop_sig = sig;
       if (!r.ok()) {
         if (r.error().kind() == ErrorKind::kNotFound || r.error().sys_errno() == ESRCH) {
           if (tid == pid) return Vanished(pid);
@@ -119,9 +154,13 @@ Result<void> FreezeTree(pid_t root, FrozenTree* out) {
       *out->tree.add_processes() = std::move(e);
       continue;
     }
-    bool stopped = st->state == 'T';  // group stop, seen before we seize (then it shows 't')
-    ASSIGN_OR_RETURN(std::vector<pid_t> tids, SeizeThreads(pid, &seized_set, out));
-    e.set_stopped(stopped);
+    // A group stop ('T' in /proc/PID/stat, 't' once seized): the seize reports it and its signal
+    // (the kernel's do_jobctl_trap: SIGTRAP unless the group is stopping or stopped), so a
+    // SIGCONT racing with the seize cannot make us record a stop that is over.
+    int stop_sig = 0;
+    ASSIGN_OR_RETURN(std::vector<pid_t> tids, SeizeThreads(pid, &seized_set, out, &stop_sig));
+    e.set_stopped(stop_sig != 0);
+    e.set_stop_signo(stop_sig);
     // Stopped now: groups and session are stable.
     st = proc::ReadStat(pid);
     if (!st.ok()) return Vanished(pid);
@@ -142,6 +181,35 @@ Result<void> FreezeTree(pid_t root, FrozenTree* out) {
   return Ok();
 }
 
+namespace {
+
+// Detached threads of a group-stopped process stop again on their own (the kernel's
+// __ptrace_unlink re-arms the group stop), asynchronously to our detach: wait (bounded) until
+// each is back in 'T', so the tree is as it was when the dump returns.
+void WaitStoppedAgain(const FrozenTree& t) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  for (const auto& p : t.tree.processes()) {
+    if (!p.stopped() || p.zombie()) continue;
+    for (;;) {
+      auto tasks = proc::ListTasks(p.pid());
+      if (!tasks.ok()) break;
+      bool all = true;
+      for (pid_t tid : *tasks) {
+        auto st = proc::ReadTaskStat(p.pid(), tid);
+        if (st.ok() && st->state != 'T' && st->state != 'Z' && st->state != 'X') all = false;
+      }
+      if (all) break;
+      if (std::chrono::steady_clock::now() > deadline) {
+        LOG_WARN("thaw: pid %d was stopped and has not stopped again yet", p.pid());
+        break;
+      }
+      usleep(200);
+    }
+  }
+}
+
+}  // namespace
+
 void ThawTree(const FrozenTree& t) {
   // Threads whose interrupted call Release() set up to be re-issued are detached inside it (no
   // lost wake-up for a signal arriving right after the thaw).
@@ -153,6 +221,7 @@ void ThawTree(const FrozenTree& t) {
     if (ptrace(PTRACE_DETACH, tid, nullptr, reinterpret_cast<void*>(s)) < 0 && errno != ESRCH)
       PLOG_WARN("detach %d", tid);
   }
+  WaitStoppedAgain(t);
 }
 
 void KillTree(const FrozenTree& t) {

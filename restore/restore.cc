@@ -22,6 +22,7 @@
 #include "common/proc.h"
 #include "common/scope_exit.h"
 #include "files/files.h"
+#include "restore/pstate.h"
 #include "restore/steps.h"
 
 namespace godwit::restore {
@@ -403,6 +404,43 @@ void KillAll(const std::vector<pid_t>& pids, pid_t root) {
   for (pid_t p : pids) waitpid(p, nullptr, __WALL | WNOHANG);
 }
 
+// The signal that stops p again: the one it was stopped with, unless p now handles, ignores or
+// blocks it (then it would not stop p): SIGSTOP, which cannot be caught.
+int StopSignal(const RestoreContext& ctx, const ProcessRestore& p) {
+  int sig = p.entry->stop_signo();
+  if (sig <= 0 || sig == SIGSTOP || sig > 31) return SIGSTOP;
+  if (p.core.threads(0).blocked() & (1ULL << (sig - 1))) return SIGSTOP;
+  auto ps = LoadPstate(ctx, p);
+  if (!ps.ok()) return SIGSTOP;
+  for (const auto& a : ps->handlers().actions())
+    if (a.signo() == sig && a.handler() != 0) return SIGSTOP;  // SIG_DFL is 0
+  return sig;
+}
+
+// Every thread of each pid in a group stop ('T'); a stop is asynchronous to our detach, so this
+// polls with a bounded deadline. A process that does not stop in time is reported, not failed:
+// the tree runs already.
+void WaitGroupStopped(const std::vector<pid_t>& pids) {
+  auto deadline = Clock::now() + std::chrono::seconds(10);
+  for (pid_t pid : pids) {
+    for (;;) {
+      bool all = true;
+      auto tasks = proc::ListTasks(pid);
+      if (!tasks.ok()) break;  // gone: nothing to wait for
+      for (pid_t t : *tasks) {
+        auto st = proc::ReadTaskStat(pid, t);
+        if (st.ok() && st->state != 'T' && st->state != 'Z' && st->state != 'X') all = false;
+      }
+      if (all) break;
+      if (Clock::now() > deadline) {
+        LOG_WARN("restore: pid %d was restored stopped but has not stopped yet", pid);
+        break;
+      }
+      usleep(200);
+    }
+  }
+}
+
 }  // namespace
 
 pid_t PidAtLevel(const RestoreContext& ctx, pid_t pid, int level) {
@@ -467,7 +505,9 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
   int up[2] = {-1, -1}, down[2] = {-1, -1};
   if (hooked && (pipe2(up, O_CLOEXEC) < 0 || pipe2(down, O_CLOEXEC) < 0)) return Errno("pipe");
   UniqueFd up_rd(up[0]), up_wr(up[1]), down_rd(down[0]), down_wr(down[1]);
-  prctl(PR_SET_CHILD_SUBREAPER, 1);
+  // Detached without container hooks (the container verb waits for its init as our child): the
+  // root gets its final parent at once (see the fork below).
+  const bool reparent_root = opts.detach && !hooked;
 
   ChildEnv env;
   env.ctx = &ctx;
@@ -494,18 +534,50 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
   auto t_fork = Clock::now();
   fflush(nullptr);
   uint64_t root_flags = opts.root_clone_flags & ~(CLONE_NEWCGROUP | CLONE_NEWPID);
-  pid_t got = Clone3(ctx.tree.processes(0), 1, root_flags);
-  if (got < 0) {
-    if (errno == EEXIST) return MakeError(ErrorKind::kExists, EEXIST, "pid %d is in use", root);
-    return Errno("clone3 root pid %d", root);
-  }
-  if (got == 0) {
-    if (hooked) RootHandshake(ctx, root, up[1], down[0], base_fd);
-    // The child's report fd number is the same; close the read end (not CLOEXEC-relevant here).
-    close(rd.get());
-    ChildMain(env, 0);
+  pid_t got;
+  if (reparent_root) {
+    // The root's parent-death signal (the rule, see RestoreAfterCreds in restore/pstate.cc): it
+    // may fire only when the parent the root keeps dies. Detached, that parent is not us but our
+    // reaper (the nearest child subreaper above us, or init), which adopts the root when we exit;
+    // that reparenting would send the signal (the kernel's forget_original_parent). So the root
+    // is forked by a short-lived intermediate: once that exits, the root already has its final
+    // parent, and its signal is restored relative to it. Not yet a subreaper ourselves, or the
+    // root would come to us.
+    pid_t mid = fork();
+    if (mid < 0) return Errno("fork");
+    if (mid == 0) {
+      pid_t r = Clone3(ctx.tree.processes(0), 1, root_flags);
+      if (r == 0) {
+        close(rd.get());
+        ChildMain(env, 0);
+      }
+      _exit(r > 0 ? 0 : errno == EEXIST ? 17 : 1);
+    }
+    int st = 0;
+    while (waitpid(mid, &st, 0) < 0 && errno == EINTR) {
+    }
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+      if (WIFEXITED(st) && WEXITSTATUS(st) == 17)
+        return MakeError(ErrorKind::kExists, EEXIST, "pid %d is in use", root);
+      return Err("clone3 root pid %d failed (intermediate status %#x)", root, st);
+    }
+    got = root;
+  } else {
+    got = Clone3(ctx.tree.processes(0), 1, root_flags);
+    if (got < 0) {
+      if (errno == EEXIST) return MakeError(ErrorKind::kExists, EEXIST, "pid %d is in use", root);
+      return Errno("clone3 root pid %d", root);
+    }
+    if (got == 0) {
+      if (hooked) RootHandshake(ctx, root, up[1], down[0], base_fd);
+      // The child's report fd number is the same; close the read end (not CLOEXEC-relevant).
+      close(rd.get());
+      ChildMain(env, 0);
+    }
   }
   forked = true;
+  // Orphans of a failed restore come to us (KillAll reaps them).
+  prctl(PR_SET_CHILD_SUBREAPER, 1);
   if (hooked) {
     up_wr.reset();
     down_rd.reset();
@@ -603,10 +675,16 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
   std::map<pid_t, int> detach_sig;
   for (auto& p : ctx.procs)
     TRY_CTX(remote::EnterReissuedSyscalls(p->attached, &detach_sig), "pid %d", p->pid);
-  // A process dumped in a group stop gets its SIGSTOP back: pending now, delivered (stopping it)
-  // as soon as it is detached.
-  for (auto& p : ctx.procs)
-    if (p->entry->stopped() && kill(p->pid, SIGSTOP) < 0) return Errno("SIGSTOP %d", p->pid);
+  // A process dumped in a group stop is stopped again, with its stop signal (CRIU's
+  // finalize_restore): pending now, taken as soon as it is detached, so its parent gets the
+  // CLD_STOPPED it may wait for (WIFSTOPPED, WSTOPSIG) and a later SIGCONT a CLD_CONTINUED.
+  std::vector<pid_t> stopped;
+  for (auto& p : ctx.procs) {
+    if (!p->entry->stopped()) continue;
+    int sig = StopSignal(ctx, *p);
+    if (kill(p->pid, sig) < 0) return Errno("stop %d with signal %d", p->pid, sig);
+    stopped.push_back(p->pid);
+  }
   // Resume everything together.
   for (auto& p : ctx.procs)
     for (pid_t tid : p->attached) {
@@ -615,6 +693,8 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
         PLOG_WARN("detach %d", tid);
     }
   ok = true;
+  // Return once they are stopped: whoever acts on the restored tree next sees them stopped.
+  WaitGroupStopped(stopped);
   ctx.stats.root_pid = root;
   ctx.stats.total_ms = Ms(t_start);
   return ctx.stats;

@@ -132,10 +132,16 @@ ZDTM(Pgid, "pgid")
 ZDTM(Zombie00, "zombie00")
 ZDTM(Pid00, "pid00")
 ZDTM(ChildThatExeced, "exec")
-// BUG: a group-stopped child (SIGSTOP, state T) is dumped without complaint and restored
-// running (state S in sigtimedwait): the stop is silently lost. Should be restored stopped (CRIU
-// does) or refused at dump.
-ZDTM(DISABLED_StoppedChild, "stopped")
+// Group-stopped children come back stopped with their stop signal (dump/tree.cc records it from
+// the seize; restore/restore.cc stops them again): stopped, stopped01/02/12 of zdtm, SIGTSTP, a
+// multi-threaded child, a stopped process group.
+ZDTM(StoppedChild, "stopped")
+ZDTM(Stopped01StopPendingByKill, "stopped01")
+ZDTM(Stopped02StopPendingByTkill, "stopped02")
+ZDTM(Stopped12, "stopped12")
+ZDTM(StoppedBySigtstp, "stopped_tstp")
+ZDTM(StoppedMultiThreaded, "stopped_threads")
+ZDTM(StoppedProcessGroup, "stopped_pgrp")
 ZDTM(ThreadBomb100, "thread_bomb")
 ZDTM(WriteRead00, "write_read00")
 ZDTM(Pipe00Pipe01, "pipe")
@@ -188,7 +194,7 @@ ZDTM(DISABLED_FdNearHardNofileLimit, "fd_near_limit")
 // restore coordinator; `godwit restore --detach` then exits and the kernel sends the restored
 // root its death signal (SIGTERM: the root dies, exit 143). The root's pdeathsig must be set
 // only once its parent is final (or not for a detached root's coordinator parent).
-ZDTM(DISABLED_PdeathsigOnTheRootKillsItAfterDetach, "pdeathsig_root")
+ZDTM(PdeathsigOnTheRootKillsItAfterDetach, "pdeathsig_root")
 
 // A shared mapping of an unlinked file (unlink_mmap00): restored, or refused cleanly with the
 // tree left running (docs/engine.md: kUnsupported).
@@ -230,6 +236,8 @@ ZDTM_LEAVE_RUNNING(LeaveRunningSocketTcp, "socket_tcp", "--tcp-established")
 ZDTM_LEAVE_RUNNING(LeaveRunningThreadsFpu, "fpu")
 ZDTM_LEAVE_RUNNING(LeaveRunningPollBlock, "poll_block")
 ZDTM_LEAVE_RUNNING(LeaveRunningZombiesSessions, "zombie00")
+ZDTM_LEAVE_RUNNING(LeaveRunningStoppedStaysStopped, "stopped")
+ZDTM_LEAVE_RUNNING(LeaveRunningStoppedThreads, "stopped_threads")
 
 TEST_F(Zdtm, SocketTcpEstablished) { RoundTrip("socket_tcp", {"--tcp-established"}); }
 
