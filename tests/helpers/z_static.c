@@ -972,13 +972,48 @@ static int m_cwd00(void) {
   return 0;
 }
 
-/* cwd01/cwd02: the working directory was removed. */
+/* cwd01: the working directory was removed (by a child, as in zdtm): it comes back removed, at
+ * the same place (/proc/self/cwd reads the same), still with its mode. "cwd02": also open as an
+ * fd, the same directory as the cwd. "root_deleted": chrooted into a removed directory. */
+static int cwd_with_fd;
 static int m_cwd_deleted(void) {
-  SETUP(mkdir(path_in("gone"), 0755) == 0 && chdir(path_in("gone")) == 0 && rmdir(path_in("gone")) == 0);
+  SETUP(mkdir(path_in("gone"), 0751) == 0 && chdir(path_in("gone")) == 0);
+  int fd = cwd_with_fd ? open(".", O_DIRECTORY | O_RDONLY) : -1;
+  SETUP(!cwd_with_fd || fd >= 0);
+  pid_t c = zfork();
+  if (c == 0) _exit(rmdir(path_in("gone")) ? 1 : 0);
+  SETUP(reap(c) == 0);
+  char before[512], after[512];
+  ssize_t n = readlink("/proc/self/cwd", before, sizeof before - 1);
+  SETUP(n > 0);
+  before[n] = 0;
+  ready_and_wait();
+  struct stat st, sf;
+  CHECK(stat(".", &st) == 0 && st.st_nlink == 0, "cwd nlink %lu", (unsigned long)st.st_nlink);
+  CHECK((st.st_mode & 07777) == 0751, "cwd mode %o", st.st_mode & 07777);
+  CHECK(open("x", O_CREAT | O_WRONLY, 0600) < 0 && errno == ENOENT, "creating in a deleted dir");
+  n = readlink("/proc/self/cwd", after, sizeof after - 1);
+  CHECK(n > 0, "readlink cwd");
+  after[n] = 0;
+  CHECK(!strcmp(before, after), "cwd %s, was %s", after, before);
+  char buf[64];
+  CHECK(getcwd(buf, sizeof buf) == NULL && errno == ENOENT, "getcwd");
+  if (cwd_with_fd) {
+    CHECK(fstat(fd, &sf) == 0 && stat("/proc/self/cwd", &st) == 0, "stat fd / cwd");
+    CHECK(sf.st_ino == st.st_ino && sf.st_dev == st.st_dev, "the fd and the cwd differ");
+  }
+  return 0;
+}
+static int m_root_deleted(void) {
+  SETUP(mkdir(path_in("gone-root"), 0705) == 0 && chdir(path_in("gone-root")) == 0);
+  SETUP(rmdir(path_in("gone-root")) == 0 && chroot(".") == 0);
   ready_and_wait();
   struct stat st;
-  CHECK(stat(".", &st) == 0 && st.st_nlink == 0, "cwd nlink %lu", (unsigned long)st.st_nlink);
-  CHECK(open("x", O_CREAT | O_WRONLY, 0600) < 0 && errno == ENOENT, "creating in a deleted dir");
+  CHECK(stat("/", &st) == 0 && st.st_nlink == 0, "root nlink %lu", (unsigned long)st.st_nlink);
+  CHECK((st.st_mode & 07777) == 0705, "root mode %o", st.st_mode & 07777);
+  struct stat here;
+  CHECK(stat(".", &here) == 0 && here.st_ino == st.st_ino && here.st_dev == st.st_dev, "cwd is not the root");
+  CHECK(open("/x", O_CREAT | O_WRONLY, 0600) < 0 && errno == ENOENT, "creating in a deleted root");
   return 0;
 }
 
@@ -1650,6 +1685,8 @@ int main(int argc, char** argv) {
   if (!strcmp(mode, "stopped_tstp")) return stopped_sig = SIGTSTP, m_stopped();
   if (!strcmp(mode, "stopped_threads")) return stopped_threads = 4, m_stopped();
   if (!strcmp(mode, "stopped_pgrp")) return m_stopped_pgrp();
+  if (!strcmp(mode, "cwd02")) return cwd_with_fd = 1, m_cwd_deleted();
+  if (!strcmp(mode, "root_deleted")) return m_root_deleted();
   if (!strcmp(mode, "pdeathsig_root")) return prctl_root_pdeathsig = 1, m_prctl();
   if (!strcmp(mode, "unix_abs")) return unix_rel = 0, m_unix();
   if (!strcmp(mode, "exec")) return m_exec("/proc/self/exe");
