@@ -7,6 +7,7 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/ptrace.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -404,6 +405,40 @@ void KillAll(const std::vector<pid_t>& pids, pid_t root) {
   for (pid_t p : pids) waitpid(p, nullptr, __WALL | WNOHANG);
 }
 
+// Where the engine's own fds go: the report pipe at base-2, the images dir at base-1, the files'
+// prepared fds from base up. They need numbers no restored process uses (Install puts the
+// restored fds in place while they are open) below RLIMIT_NOFILE, whose hard limit we cannot
+// raise here (no CAP_SYS_RESOURCE). First choice: above every restored fd (MaxFd()+64, room for
+// the coordinator's own fds in between). When that does not fit under the limit (a process with
+// an fd near its hard limit), the highest gap between restored fd numbers that holds them all:
+// like CRIU's service fds, which sit just below the rlimit and move down when taken. Our soft
+// limit goes up to the hard one (the restored processes get theirs back in "rlimits").
+Result<int> ServiceFdBase(const RestoreContext& ctx) {
+  rlimit rl{};
+  if (getrlimit(RLIMIT_NOFILE, &rl) < 0) return Errno("getrlimit RLIMIT_NOFILE");
+  if (rl.rlim_cur < rl.rlim_max) {
+    rlimit up{rl.rlim_max, rl.rlim_max};
+    if (setrlimit(RLIMIT_NOFILE, &up) == 0) rl = up;
+  }
+  const long limit = static_cast<long>(std::min<rlim_t>(rl.rlim_cur, 1 << 30));
+  const int max_fd = ctx.fds ? ctx.fds->MaxFd() : 2;
+  const int need = 2 + (ctx.fds ? ctx.fds->FileCount() : 0) + 16;  // + coordinator fds in the way
+  const int above = std::max(100, max_fd + 64);
+  if (above - 2 + need <= limit || !ctx.fds) return above;
+  std::set<int> used = ctx.fds->UsedFds();
+  long end = limit;  // exclusive end of the free run being looked at
+  for (auto it = used.rbegin(); it != used.rend(); ++it) {
+    if (*it >= end) continue;
+    if (end - *it - 1 >= need) return static_cast<int>(end - need + 2);
+    end = *it;
+  }
+  if (end - 3 >= need) return static_cast<int>(end - need + 2);
+  return MakeError(ErrorKind::kUnsupported, EMFILE,
+                   "restore: no %d free fd numbers below RLIMIT_NOFILE (%ld) for the restore's "
+                   "own fds: the restored processes use %zu numbers up to fd %d",
+                   need, limit, used.size(), max_fd);
+}
+
 // The signal that stops p again: the one it was stopped with, unless p now handles, ignores or
 // blocks it (then it would not stop p): SIGSTOP, which cannot be caught.
 int StopSignal(const RestoreContext& ctx, const ProcessRestore& p) {
@@ -472,18 +507,21 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
     if (IsMemfd(o) && ctx.shmem_fds.count(o.id())) fo.memfds[o.inode()] = ctx.shmem_fds[o.id()].get();
   ASSIGN_OR_RETURN(std::unique_ptr<files::FdRestorer> fds, files::FdRestorer::Load(set, fo));
   ctx.fds = fds.get();
-  int base_fd = 100;
-  if (ctx.fds) {
-    base_fd = std::max(base_fd, ctx.fds->MaxFd() + 64);
-  }
-  // The report pipe sits just below the files' fds, above anything a restored process uses.
+  ASSIGN_OR_RETURN(int base_fd, ServiceFdBase(ctx));
+  // The report pipe sits just below the files' fds, on a number no restored process uses.
   int pfd[2];
   if (pipe2(pfd, O_CLOEXEC) < 0) return Errno("pipe");
   UniqueFd rd(pfd[0]), wr0(pfd[1]);
   int report_fd = fcntl(wr0.get(), F_DUPFD_CLOEXEC, base_fd - 2);
-  if (report_fd < 0) return Errno("dup report pipe");
+  if (report_fd < 0) return Errno("dup report pipe to fd %d", base_fd - 2);
   UniqueFd wr(report_fd);
   wr0.reset();
+  if (ctx.fds) {
+    if (report_fd != base_fd - 2 && base_fd <= ctx.fds->MaxFd())
+      return MakeError(ErrorKind::kGeneric, EBUSY, "restore: fd %d (for the report pipe) is taken",
+                       base_fd - 2);
+    ctx.fds->KeepThroughInstall({report_fd, report_fd + 1});
+  }
   // Whatever the coordinator has open above the report pipe now (inherited from its caller) must
   // not leak into the restored processes; the files' prepared fds come after this snapshot.
   std::vector<int> foreign;

@@ -188,15 +188,11 @@ ZDTM(SocketUdpQueued, "udp")
 ZDTM(PrctlNamePdeathsigSubreaperNnp, "prctl")
 ZDTM(Rlimits, "rlimits")
 ZDTM(BlockedInPollAndEpollWait, "poll_block")
-// BUG (restore/restore.cc:301-310): the report pipe is dup'ed to MaxFd()+63 (the files' fds
-// above it), which is past RLIMIT_NOFILE when a process uses an fd near its hard limit (here
-// hard-1): "dup report pipe: Invalid argument". The fds at and above MaxFd()+64 cannot exist
-// there either; they would have to go below the lowest gap or the limit be raised (as root).
-ZDTM(DISABLED_FdNearHardNofileLimit, "fd_near_limit")
-// BUG (restore/pstate.cc:171): the root's PR_SET_PDEATHSIG is set while its parent is the
-// restore coordinator; `godwit restore --detach` then exits and the kernel sends the restored
-// root its death signal (SIGTERM: the root dies, exit 143). The root's pdeathsig must be set
-// only once its parent is final (or not for a detached root's coordinator parent).
+// An fd at the hard RLIMIT_NOFILE - 1: the restore's own fds (report pipe, prepared files) go in
+// the highest gap of restored fd numbers below the limit (restore/restore.cc ServiceFdBase).
+ZDTM(FdNearHardNofileLimit, "fd_near_limit")
+// The root's PR_SET_PDEATHSIG survives `restore --detach` (it used to fire when the coordinator
+// exited): detached, the root gets its final parent before its state is restored.
 ZDTM(PdeathsigOnTheRootKillsItAfterDetach, "pdeathsig_root")
 
 // A shared mapping of an unlinked file (unlink_mmap00): restored, or refused cleanly with the

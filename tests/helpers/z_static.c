@@ -1631,6 +1631,15 @@ static int m_fd_near_limit(void) {
   SETUP(dup2(0, top) == top);
   ready_and_wait();
   CHECK(fcntl(top, F_GETFD) >= 0, "fd %d", top);
+  struct rlimit now;
+  CHECK(getrlimit(RLIMIT_NOFILE, &now) == 0 && now.rlim_cur == rl.rlim_cur && now.rlim_max == rl.rlim_max,
+        "RLIMIT_NOFILE %lu/%lu", (unsigned long)now.rlim_cur, (unsigned long)now.rlim_max);
+  /* Nothing of the restore's own is left open: the lowest free fd is the first after stdio. */
+  int fd = open("/dev/null", O_RDONLY);
+  CHECK(fd == 3, "first free fd %d", fd);
+  int n = 0;
+  for (int i = 0; i < top; ++i) n += fcntl(i, F_GETFD) >= 0;
+  CHECK(n == 4, "%d fds open below %d", n, top);
   return 0;
 }
 
