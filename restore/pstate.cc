@@ -54,28 +54,44 @@ std::string LimitStr(uint64_t v) {
 // fails the restore with an error naming the limit and both values: quietly restoring a lower
 // hard limit would change what the program may do later (a soft limit it raises would fail).
 //
-// Set from outside with prlimit(pid): the process still has the restorer's credentials here
-// ("creds" comes later), so no capability is needed, and limits already right cost nothing.
+// Set last (CRIU too), just before seccomp and the registers: a low limit restored early would
+// get in the way of the restore itself (RLIMIT_SIGPENDING of queued signals, RLIMIT_AS or
+// RLIMIT_MEMLOCK of the memory, RLIMIT_NOFILE of fds opened by injected calls). The process sets
+// them itself (injected prlimit64 on itself): from outside, prlimit on a process whose
+// credentials are no longer ours needs CAP_SYS_RESOURCE.
 Result<void> RestoreRlimits(RestoreContext& ctx, ProcessRestore& p) {
   ASSIGN_OR_RETURN(img::ProcessState ps, LoadPstate(ctx, p));
+  remote::Remote* r = p.remote.get();
+  const uint64_t old_at = r->scratch(), new_at = r->scratch() + sizeof(rlimit);
   for (const auto& l : ps.rlimits().limits()) {
     if (l.cur() > l.max())
       return MakeError(ErrorKind::kBadImage, 0, "pstate-%d.img: %s soft %s above hard %s", p.pid,
                        l.name().c_str(), LimitStr(l.cur()).c_str(), LimitStr(l.max()).c_str());
-    auto res = static_cast<__rlimit_resource>(l.resource());
+    if (l.resource() < 0 || l.resource() >= RLIM_NLIMITS)
+      return MakeError(ErrorKind::kBadImage, 0, "pstate-%d.img: bad rlimit resource %d", p.pid,
+                       l.resource());
+    uint64_t get[6] = {0, static_cast<uint64_t>(l.resource()), 0, old_at, 0, 0};
+    ASSIGN_OR_RETURN(long g, r->RawSyscallIn(p.pid, SYS_prlimit64, get));
+    if (g < 0) {
+      errno = static_cast<int>(-g);
+      return Errno("pid %d: prlimit64 get %s", p.pid, l.name().c_str());
+    }
     rlimit have{};
-    if (prlimit(p.pid, res, nullptr, &have) < 0)
-      return Errno("prlimit %d %s", p.pid, l.name().c_str());
+    TRY(r->Read(old_at, &have, sizeof(have)));
     if (have.rlim_cur == l.cur() && have.rlim_max == l.max()) continue;
     rlimit want{l.cur(), l.max()};
-    if (prlimit(p.pid, res, &want, nullptr) == 0) continue;
-    if (errno == EPERM)
+    TRY(r->Write(new_at, &want, sizeof(want)));
+    uint64_t set[6] = {0, static_cast<uint64_t>(l.resource()), new_at, 0, 0, 0};
+    ASSIGN_OR_RETURN(long v, r->RawSyscallIn(p.pid, SYS_prlimit64, set));
+    if (v == 0) continue;
+    if (v == -EPERM)
       return MakeError(ErrorKind::kUnsupported, EPERM,
                        "%s: cannot restore hard limit %s (soft %s): this restore's hard limit is "
                        "%s and raising it needs CAP_SYS_RESOURCE",
                        l.name().c_str(), LimitStr(l.max()).c_str(), LimitStr(l.cur()).c_str(),
                        LimitStr(have.rlim_max).c_str());
-    return Errno("prlimit %d %s soft %s hard %s", p.pid, l.name().c_str(),
+    errno = static_cast<int>(-v);
+    return Errno("pid %d: prlimit64 %s soft %s hard %s", p.pid, l.name().c_str(),
                  LimitStr(l.cur()).c_str(), LimitStr(l.max()).c_str());
   }
   return Ok();
