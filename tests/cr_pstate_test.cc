@@ -498,4 +498,28 @@ TEST(CrPstate, PosixTimers) {
   RoundTrip(dir, h, images);
 }
 
+// Ports of CRIU zdtm static tests of process state (tests/helpers/z_pstate.c): dump, kill,
+// restore, and the helper checks itself.
+void ZdtmRoundTrip(const std::string& mode) {
+  TempDir dir;
+  Helper h(dir, "z_pstate", {mode});
+  ASSERT_TRUE(h.ready()) << h.log();
+  std::string images = Dump(dir, h);
+  RoundTrip(dir, h, images);
+}
+
+// The grandchild's parent-death signal fires once its restored parent exits.
+TEST(CrPstateZdtm, PdeathSigFiresAfterRestore) { ZdtmRoundTrip("pdeath_sig"); }
+// One-shot timers of six clocks after holes of deleted ids, SIGEV_NONE, a periodic one.
+TEST(CrPstateZdtm, PosixTimersClocksHolesSivalPtr) { ZdtmRoundTrip("posix_timers"); }
+// SIGEV_THREAD_ID timers aimed at two threads, one on a thread's CPU clock.
+TEST(CrPstateZdtm, PthreadTimersPerThread) { ZdtmRoundTrip("pthread_timers"); }
+TEST(CrPstateZdtm, ITimersAllThreeKeepFiring) { ZdtmRoundTrip("itimers"); }
+// SCHED_RR, SCHED_IDLE, SCHED_BATCH and nice values per thread.
+TEST(CrPstateZdtm, SchedPoliciesAndNicePerThread) { ZdtmRoundTrip("sched"); }
+TEST(CrPstateZdtm, PendingSignalsInThreeThreads) { ZdtmRoundTrip("sigpending_thr"); }
+// Locked securebits, capability sets, bounding set, no_new_privs.
+TEST(CrPstateZdtm, SecurebitsLockedCapsNoNewPrivs) { ZdtmRoundTrip("secbits"); }
+TEST(CrPstateZdtm, PersonalityFlags) { ZdtmRoundTrip("personality"); }
+
 }  // namespace
