@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 #include <linux/close_range.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -521,5 +522,52 @@ TEST(CrPstateZdtm, PendingSignalsInThreeThreads) { ZdtmRoundTrip("sigpending_thr
 // Locked securebits, capability sets, bounding set, no_new_privs.
 TEST(CrPstateZdtm, SecurebitsLockedCapsNoNewPrivs) { ZdtmRoundTrip("secbits"); }
 TEST(CrPstateZdtm, PersonalityFlags) { ZdtmRoundTrip("personality"); }
+
+// The root's parent-death signal after `restore --detach` (the rule in restore/restore.cc): it
+// does not fire when the restoring godwit exits, and it does fire when the parent the root is
+// left with dies. Here that parent is P, a child subreaper that runs the restore and exits on
+// our word.
+TEST(CrPstateZdtm, RootPdeathsigFollowsItsFinalParent) {
+  TempDir dir;
+  Helper h(dir, "z_pstate", {"pdeath_root"});
+  ASSERT_TRUE(h.ready()) << h.log();
+  std::string images = Dump(dir, h);
+  int cmd[2], done[2];
+  ASSERT_EQ(pipe(cmd), 0);
+  ASSERT_EQ(pipe(done), 0);
+  pid_t p = fork();
+  ASSERT_GE(p, 0);
+  if (p == 0) {
+    close(cmd[1]);
+    close(done[0]);
+    prctl(PR_SET_CHILD_SUBREAPER, 1);
+    GodwitRun r = Godwit({"restore", "--images-dir", images, "--detach"}, dir);
+    int st = r.status;
+    if (write(done[1], &st, sizeof st) != sizeof st) _exit(2);
+    char c;
+    (void)!read(cmd[0], &c, 1);
+    _exit(0);
+  }
+  close(cmd[0]);
+  close(done[1]);
+  int st = -1;
+  ASSERT_EQ(read(done[0], &st, sizeof st), static_cast<ssize_t>(sizeof st));
+  close(done[0]);
+  h.Restored();
+  EXPECT_EQ(st, 0) << "restore failed";
+  // Alive, P's child, its signal still set (godwit's exit did not fire it).
+  std::string stat = Slurp("/proc/" + std::to_string(h.pid()) + "/stat");
+  size_t rp = stat.rfind(')');
+  ASSERT_NE(rp, std::string::npos) << "the restored root is gone";
+  char state = 0;
+  int ppid = 0;
+  sscanf(stat.c_str() + rp + 2, "%c %d", &state, &ppid);
+  EXPECT_NE(state, 'Z');
+  EXPECT_EQ(ppid, p);
+  // P exits: the root gets SIGTERM and comes to us (the subreaper above P) to be reaped.
+  close(cmd[1]);
+  EXPECT_EQ(Wait(p), 0);
+  EXPECT_EQ(h.Reap(), 128 + SIGTERM) << "helper log:\n" << h.log();
+}
 
 }  // namespace

@@ -154,6 +154,17 @@ static int m_pdeath_sig(void) {
   return 0;
 }
 
+/* ---- pdeath_root: the root's own PR_SET_PDEATHSIG (SIGTERM, default action): the test
+ * restores it detached under a parent of its own and checks that it survives the restore and
+ * dies once that parent exits. ---- */
+static int m_pdeath_root(void) {
+  SETUP(prctl(PR_SET_PDEATHSIG, SIGTERM) == 0);
+  ready_and_wait();
+  int sig = 0;
+  CHECK(prctl(PR_GET_PDEATHSIG, &sig) == 0 && sig == SIGTERM, "pdeathsig %d", sig);
+  return 0;
+}
+
 /* ---- posix_timers ---- */
 struct ptimer {
   clockid_t clock;
@@ -568,7 +579,7 @@ int main(int argc, char** argv) {
   } modes[] = {
       {"pdeath_sig", m_pdeath_sig},     {"posix_timers", m_posix_timers}, {"pthread_timers", m_pthread_timers},
       {"itimers", m_itimers},           {"sched", m_sched},               {"sigpending_thr", m_sigpending_thr},
-      {"secbits", m_secbits},           {"personality", m_personality},
+      {"secbits", m_secbits},           {"personality", m_personality},   {"pdeath_root", m_pdeath_root},
   };
   for (size_t i = 0; i < sizeof modes / sizeof modes[0]; ++i)
     if (!strcmp(mode, modes[i].name)) return modes[i].fn();
