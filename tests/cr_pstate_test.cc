@@ -522,6 +522,8 @@ TEST(CrPstateZdtm, PendingSignalsInThreeThreads) { ZdtmRoundTrip("sigpending_thr
 // Locked securebits, capability sets, bounding set, no_new_privs.
 TEST(CrPstateZdtm, SecurebitsLockedCapsNoNewPrivs) { ZdtmRoundTrip("secbits"); }
 TEST(CrPstateZdtm, PersonalityFlags) { ZdtmRoundTrip("personality"); }
+// An rseq area of the program's own (glibc's unregistered) in two threads.
+TEST(CrPstateZdtm, Rseq00OwnArea) { ZdtmRoundTrip("rseq00"); }
 
 // The root's parent-death signal after `restore --detach` (the rule in restore/restore.cc): it
 // does not fire when the restoring godwit exits, and it does fire when the parent the root is

@@ -29,6 +29,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -162,6 +163,64 @@ static int m_pdeath_root(void) {
   ready_and_wait();
   int sig = 0;
   CHECK(prctl(PR_GET_PDEATHSIG, &sig) == 0 && sig == SIGTERM, "pdeathsig %d", sig);
+  return 0;
+}
+
+/* ---- rseq00: glibc's rseq registration dropped, an own area registered instead (main thread
+ * and a thread): still registered after the restore (registering it again is EBUSY) and updated
+ * by the kernel (cpu_id). ---- */
+struct own_rseq {
+  uint32_t cpu_id_start;
+  uint32_t cpu_id;
+  uint64_t rseq_cs;
+  uint32_t flags;
+} __attribute__((aligned(32)));
+static __thread volatile struct own_rseq own_rseq;
+#define OWN_RSEQ_SIG 0x53053053
+extern const ptrdiff_t __rseq_offset;
+extern const unsigned int __rseq_size;
+static int own_rseq_register(void) {
+  if (__rseq_size) {
+    volatile struct own_rseq* g = (void*)((char*)__builtin_thread_pointer() + __rseq_offset);
+    /* glibc registers 32 bytes, while __rseq_size may say 20 (the feature size); a thread
+     * created after the main thread dropped it may have none. */
+    if (syscall(SYS_rseq, g, __rseq_size, 1 /* RSEQ_FLAG_UNREGISTER */, OWN_RSEQ_SIG))
+      (void)syscall(SYS_rseq, g, 32, 1, OWN_RSEQ_SIG);
+    g->cpu_id = (uint32_t)-2; /* RSEQ_CPU_ID_REGISTRATION_FAILED: glibc stops using it */
+  }
+  own_rseq.cpu_id = (uint32_t)-1;
+  return (int)syscall(SYS_rseq, &own_rseq, 32, 0, OWN_RSEQ_SIG);
+}
+static int own_rseq_check(void) {
+  errno = 0;
+  long rc = syscall(SYS_rseq, &own_rseq, 32, 0, OWN_RSEQ_SIG);
+  if (!(rc < 0 && errno == EBUSY)) return 1;
+  sched_yield();
+  if ((int32_t)own_rseq.cpu_id < 0) return 2;
+  return 0;
+}
+static pthread_barrier_t rs_bar;
+static void* rseq_thread(void* arg) {
+  (void)arg;
+  intptr_t r = own_rseq_register() == 0 ? 0 : 90;
+  pthread_barrier_wait(&rs_bar);
+  pthread_barrier_wait(&rs_bar);
+  if (!r) r = own_rseq_check();
+  return (void*)r;
+}
+static int m_rseq00(void) {
+  SETUP(own_rseq_register() == 0);
+  pthread_barrier_init(&rs_bar, NULL, 2);
+  pthread_t t;
+  SETUP(pthread_create(&t, NULL, rseq_thread, NULL) == 0);
+  pthread_barrier_wait(&rs_bar);
+  ready_and_wait();
+  int rc = own_rseq_check();
+  CHECK(rc == 0, "main thread: rseq %s", rc == 1 ? "not registered (or another area)" : "cpu_id not updated");
+  pthread_barrier_wait(&rs_bar);
+  void* r;
+  pthread_join(t, &r);
+  CHECK(r == NULL, "thread: rseq check %ld", (long)(intptr_t)r);
   return 0;
 }
 
@@ -580,6 +639,7 @@ int main(int argc, char** argv) {
       {"pdeath_sig", m_pdeath_sig},     {"posix_timers", m_posix_timers}, {"pthread_timers", m_pthread_timers},
       {"itimers", m_itimers},           {"sched", m_sched},               {"sigpending_thr", m_sigpending_thr},
       {"secbits", m_secbits},           {"personality", m_personality},   {"pdeath_root", m_pdeath_root},
+      {"rseq00", m_rseq00},
   };
   for (size_t i = 0; i < sizeof modes / sizeof modes[0]; ++i)
     if (!strcmp(mode, modes[i].name)) return modes[i].fn();
