@@ -524,6 +524,12 @@ TEST(CrPstateZdtm, SecurebitsLockedCapsNoNewPrivs) { ZdtmRoundTrip("secbits"); }
 TEST(CrPstateZdtm, PersonalityFlags) { ZdtmRoundTrip("personality"); }
 // An rseq area of the program's own (glibc's unregistered) in two threads.
 TEST(CrPstateZdtm, Rseq00OwnArea) { ZdtmRoundTrip("rseq00"); }
+// A child in seccomp strict mode, blocked in read(): still strict after the restore.
+TEST(CrPstateZdtm, SeccompStrictChild) { ZdtmRoundTrip("seccomp_strict"); }
+TEST(CrPstateZdtm, Dumpable01) { ZdtmRoundTrip("dumpable"); }
+// A subreaper root with a grandchild it adopted (child_subreaper_existing_child).
+TEST(CrPstateZdtm, SubreaperWithAdoptedOrphan) { ZdtmRoundTrip("subreaper_orphan"); }
+TEST(CrPstateZdtm, SigaltstackAutodisarm) { ZdtmRoundTrip("altstack_autodisarm"); }
 
 // The root's parent-death signal after `restore --detach` (the rule in restore/restore.cc): it
 // does not fire when the restoring godwit exits, and it does fire when the parent the root is

@@ -224,6 +224,127 @@ static int m_rseq00(void) {
   return 0;
 }
 
+/* ---- seccomp_strict (zdtm): a child in SECCOMP_MODE_STRICT blocked in read(); after the
+ * restore it is still strict (only read, write, exit, sigreturn) and carries on. ---- */
+static int seccomp_mode_of(pid_t pid) {
+  char path[64], line[256];
+  snprintf(path, sizeof path, "/proc/%d/status", pid);
+  FILE* f = fopen(path, "r");
+  int mode = -1;
+  while (f && fgets(line, sizeof line, f))
+    if (!strncmp(line, "Seccomp:", 8)) mode = atoi(line + 8);
+  if (f) fclose(f);
+  return mode;
+}
+static int m_seccomp_strict(void) {
+  int down[2], up[2];
+  SETUP(pipe(down) == 0 && pipe(up) == 0);
+  pid_t c = zfork();
+  if (c == 0) {
+    close(down[1]);
+    close(up[0]);
+    if (prctl(PR_SET_SECCOMP, 1 /* SECCOMP_MODE_STRICT */)) syscall(SYS_exit, 90);
+    char ch = 0;
+    if (write(up[1], "s", 1) != 1) syscall(SYS_exit, 91);
+    if (read(down[0], &ch, 1) != 1) syscall(SYS_exit, 92);
+    ch = ch == 'g' ? 'o' : 'x';
+    if (write(up[1], &ch, 1) != 1) syscall(SYS_exit, 93);
+    /* Anything else is fatal in strict mode: a getpid here must kill the child (SIGKILL). */
+    if (ch == 'o') syscall(SYS_getpid);
+    syscall(SYS_exit, 0);
+  }
+  close(down[0]);
+  close(up[1]);
+  char ch;
+  SETUP(read(up[0], &ch, 1) == 1 && ch == 's');
+  ready_and_wait();
+  CHECK(seccomp_mode_of(c) == 1, "child seccomp mode %d", seccomp_mode_of(c));
+  CHECK(write(down[1], "g", 1) == 1, "write");
+  CHECK(read(up[0], &ch, 1) == 1 && ch == 'o', "child's answer %c", ch);
+  int rc = reap(c);
+  CHECK(rc == 128 + SIGKILL, "child ended with %d: strict mode is not in force", rc);
+  return 0;
+}
+
+/* ---- dumpable (zdtm dumpable01): PR_SET_DUMPABLE 0 stays 0. ---- */
+static int m_dumpable(void) {
+  SETUP(prctl(PR_SET_DUMPABLE, 0) == 0);
+  ready_and_wait();
+  CHECK(prctl(PR_GET_DUMPABLE) == 0, "dumpable %d", prctl(PR_GET_DUMPABLE));
+  return 0;
+}
+
+/* ---- child_subreaper_existing_child (zdtm): a subreaper root with a grandchild adopted after
+ * its parent died: after the restore it is still the root's child and the root reaps it. ---- */
+static int m_subreaper_orphan(void) {
+  SETUP(prctl(PR_SET_CHILD_SUBREAPER, 1) == 0);
+  int p[2];
+  SETUP(pipe(p) == 0);
+  pid_t a = zfork();
+  if (a == 0) {
+    pid_t b = fork();
+    if (b == 0) {
+      close(p[0]);
+      close(p[1]);
+      wait_usr2();
+      _exit(getppid() == getpgid(0) ? 5 : 7); /* 7: expected (ppid is the subreaper, not a pgid) */
+    }
+    if (write(p[1], &b, sizeof b) != sizeof b) _exit(90);
+    _exit(0);
+  }
+  close(p[1]);
+  pid_t b;
+  SETUP(read(p[0], &b, sizeof b) == sizeof b);
+  SETUP(reap(a) == 0);
+  char path[64];
+  snprintf(path, sizeof path, "/proc/%d/stat", b);
+  ready_and_wait();
+  int sub = 0;
+  CHECK(prctl(PR_GET_CHILD_SUBREAPER, &sub) == 0 && sub == 1, "subreaper %d", sub);
+  FILE* f = fopen(path, "r");
+  int ppid = -1;
+  if (f) {
+    char buf[512];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    buf[n] = 0;
+    char* rp = strrchr(buf, ')');
+    if (rp) sscanf(rp + 2, "%*c %d", &ppid);
+    fclose(f);
+  }
+  CHECK(ppid == getpid(), "orphan %d: ppid %d", b, ppid);
+  CHECK(kill(b, SIGUSR2) == 0, "kill");
+  int rc = reap(b);
+  CHECK(rc == 7, "orphan ended with %d", rc);
+  return 0;
+}
+
+/* ---- altstack_autodisarm: SS_AUTODISARM survives (sigaltstack00 with the flag). ---- */
+#ifndef SS_AUTODISARM
+#define SS_AUTODISARM (1U << 31)
+#endif
+static char alt_mem[64 * 1024];
+static volatile int alt_inside;
+static void on_alt(int s) {
+  (void)s;
+  stack_t st;
+  sigaltstack(NULL, &st);
+  alt_inside = (st.ss_flags & SS_DISABLE) ? 2 : 1; /* disarmed while on it */
+}
+static int m_altstack_autodisarm(void) {
+  stack_t st = {.ss_sp = alt_mem, .ss_size = sizeof alt_mem, .ss_flags = SS_AUTODISARM};
+  SETUP(sigaltstack(&st, NULL) == 0);
+  struct sigaction sa = {.sa_handler = on_alt, .sa_flags = SA_ONSTACK};
+  SETUP(sigaction(SIGUSR1, &sa, NULL) == 0);
+  ready_and_wait();
+  stack_t got;
+  CHECK(sigaltstack(NULL, &got) == 0 && got.ss_sp == alt_mem && got.ss_size == sizeof alt_mem &&
+            (got.ss_flags & SS_AUTODISARM),
+        "altstack %p %zu flags %#x", got.ss_sp, got.ss_size, got.ss_flags);
+  raise(SIGUSR1);
+  CHECK(alt_inside == 2, "handler: %d (2: on the stack, disarmed)", alt_inside);
+  return 0;
+}
+
 /* ---- posix_timers ---- */
 struct ptimer {
   clockid_t clock;
@@ -639,7 +760,9 @@ int main(int argc, char** argv) {
       {"pdeath_sig", m_pdeath_sig},     {"posix_timers", m_posix_timers}, {"pthread_timers", m_pthread_timers},
       {"itimers", m_itimers},           {"sched", m_sched},               {"sigpending_thr", m_sigpending_thr},
       {"secbits", m_secbits},           {"personality", m_personality},   {"pdeath_root", m_pdeath_root},
-      {"rseq00", m_rseq00},
+      {"rseq00", m_rseq00},             {"seccomp_strict", m_seccomp_strict},
+      {"dumpable", m_dumpable},         {"subreaper_orphan", m_subreaper_orphan},
+      {"altstack_autodisarm", m_altstack_autodisarm},
   };
   for (size_t i = 0; i < sizeof modes / sizeof modes[0]; ++i)
     if (!strcmp(mode, modes[i].name)) return modes[i].fn();
