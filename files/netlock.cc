@@ -23,18 +23,13 @@
 
 namespace godwit::files {
 
-Result<void> NftRun(pid_t netns_pid, const std::string& script) {
+Result<void> NftRunIn(int netns_fd, const std::string& script) {
   int in[2], err[2];
   if (pipe2(in, O_CLOEXEC) < 0 || pipe2(err, O_CLOEXEC) < 0) return Errno("pipe");
-  UniqueFd ns;
-  if (netns_pid) {
-    ns.reset(open(StrFormat("/proc/%d/ns/net", netns_pid).c_str(), O_RDONLY | O_CLOEXEC));
-    if (!ns) return Errno("open net namespace of pid %d", netns_pid);
-  }
   pid_t pid = fork();
   if (pid < 0) return Errno("fork");
   if (pid == 0) {
-    if (ns && setns(ns.get(), CLONE_NEWNET) < 0) _exit(126);
+    if (netns_fd >= 0 && setns(netns_fd, CLONE_NEWNET) < 0) _exit(126);
     dup2(in[0], 0);
     dup2(err[1], 1);
     dup2(err[1], 2);
@@ -58,14 +53,25 @@ Result<void> NftRun(pid_t netns_pid, const std::string& script) {
   return Ok();
 }
 
-Result<void> NetUnlock(const std::string& table) {
+Result<void> NftRun(pid_t netns_pid, const std::string& script) {
+  UniqueFd ns;
+  if (netns_pid) {
+    ns.reset(open(StrFormat("/proc/%d/ns/net", netns_pid).c_str(), O_RDONLY | O_CLOEXEC));
+    if (!ns) return Errno("open net namespace of pid %d", netns_pid);
+  }
+  return NftRunIn(ns ? ns.get() : -1, script);
+}
+
+Result<void> NetUnlockIn(int netns_fd, const std::string& table) {
   // One nft run (each costs ~10-20 ms here). The table is absent when restoring into another
   // namespace that was not locked: nothing to do there.
-  auto r = NftRun(0, StrFormat("delete table inet %s\n", table.c_str()));
+  auto r = NftRunIn(netns_fd, StrFormat("delete table inet %s\n", table.c_str()));
   if (!r.ok() && r.error().message().find("No such file or directory") != std::string::npos)
     return Ok();
   return r;
 }
+
+Result<void> NetUnlock(const std::string& table) { return NetUnlockIn(-1, table); }
 
 namespace {
 std::string Ip(const sockaddr_storage& ss) {
