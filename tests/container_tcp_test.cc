@@ -376,10 +376,15 @@ class ContainerTcp : public ::testing::Test {
     EXPECT_EQ(*comm, "tee\n");
   }
 
+  // No lock table in the container's netns, and no lock rule naming its address on the host
+  // (other tests' locks may be there meanwhile).
   void CheckNoLock() {
     auto t = Sh(StrFormat("nsenter -t %d -n nft list tables", pid_));
     ASSERT_OK(t);
     EXPECT_EQ(t->find("godwit_lock"), std::string::npos) << *t;
+    auto host = Sh("nft list ruleset");
+    ASSERT_OK(host);
+    EXPECT_EQ(host->find(ip_ + " "), std::string::npos) << *host;
   }
 
   void CheckEnvironment() {
@@ -481,6 +486,9 @@ TEST_F(ContainerTcp, TwentyCyclesWithALiveConnectionLeaveNothingBehind) {
   ASSERT_TRUE(mounts.ok());
   EXPECT_EQ(mounts->find(tmp_.path()), std::string::npos) << *mounts;
   EXPECT_EQ(mounts->find(id_), std::string::npos) << *mounts;
+  auto host = Sh("nft list ruleset");
+  ASSERT_OK(host);
+  EXPECT_EQ(host->find(ip_ + " "), std::string::npos) << *host;
   printf("20 cycles: frozen ms %s\n  client's longest echo gap ms %s\n", frozen.c_str(),
          gaps.c_str());
   RecordProperty("frozen_ms", frozen);
