@@ -441,6 +441,26 @@ TEST_F(ContainerTcp, LeaveRunningReleasesTheLock) {
          client_.max_gap_ms());
 }
 
+// Restored with another address (--ip): its established connections come back closed (their
+// address is not its own any more; the restore does not fail on them), its listener accepts on the
+// new address, and no lock is left.
+TEST_F(ContainerTcp, AnotherIpClosesTheConnections) {
+  Start();
+  if (HasFatalFailure()) return;
+  std::string img = tmp_.path() + "/ckpt";
+  Checkpoint({"--image-path", img});
+  client_.Stop();
+  std::string ip2 = StrFormat("198.19.%d.61", 100 + getpid() % 100);
+  Restore({"--image-path", img, "--ip", ip2 + "/24"});
+  if (HasFatalFailure()) return;
+  EXPECT_FALSE(HasEstablished(pid_, peer_, local_));
+  EXPECT_OK(EchoOnce(ip2, kPort));
+  CheckNoLock();
+  auto host = Sh("nft list ruleset");
+  ASSERT_OK(host);
+  EXPECT_EQ(host->find(ip2 + " "), std::string::npos) << *host;
+}
+
 TEST_F(ContainerTcp, ExportImportKeepsTheConnection) {
   Start();
   if (HasFatalFailure()) return;
