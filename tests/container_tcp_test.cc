@@ -334,6 +334,10 @@ class ContainerTcp : public ::testing::Test {
     EXPECT_EQ(c.code, 0) << c.out;
     auto j = nlohmann::json::parse(c.out, nullptr, false);
     if (j.is_discarded()) return -1;
+    times_ = StrFormat("freeze %.1f, namespaces %.1f, tree %.1f, frozen %.1f, total %.1f ms",
+                       j.value("freeze_ms", -1.0), j.value("namespaces_ms", -1.0),
+                       j.value("tree_ms", -1.0), j.value("frozen_ms", -1.0),
+                       j.value("total_ms", -1.0));
     return j.value("frozen_ms", -1.0);
   }
 
@@ -343,7 +347,9 @@ class ContainerTcp : public ::testing::Test {
     ASSERT_NE(Godwit({"--root", root_, "state", id_}).code, 0) << "deleted by the checkpoint";
     std::vector<std::string> a = {"--root", root_, "restore", id_, "--detach"};
     a.insert(a.end(), extra.begin(), extra.end());
+    auto t0 = Clock::now();
     CliRun r = Godwit(a);
+    restore_ms_ = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
     ASSERT_EQ(r.code, 0) << r.out;
     pid_ = StatePid();
     ASSERT_EQ(pid_, before);
@@ -400,7 +406,8 @@ class ContainerTcp : public ::testing::Test {
   }
 
   TempDir tmp_{"ctcp"};
-  std::string id_, ip_, root_, rootfs_, local_, peer_, rx_;
+  std::string id_, ip_, root_, rootfs_, local_, peer_, rx_, times_;
+  double restore_ms_ = 0;  // the restore command, as the test sees it
   pid_t pid_ = 0;
   Streamer client_;
 };
@@ -419,8 +426,10 @@ TEST_F(ContainerTcp, CheckpointDeleteRestoreKeepsTheConnection) {
   // More data after the restore, both ways.
   client_.AddBudget(128 << 10);
   CheckConnection();
-  printf("delete+restore: frozen %.1f ms, client's longest echo gap %.1f ms, %llu bytes\n",
-         frozen, client_.max_gap_ms(), static_cast<unsigned long long>(client_.budget()));
+  printf("delete+restore: checkpoint %s; restore command %.1f ms; client's longest echo gap "
+         "%.1f ms, %llu bytes\n",
+         times_.c_str(), restore_ms_, client_.max_gap_ms(),
+         static_cast<unsigned long long>(client_.budget()));
   RecordProperty("frozen_ms", StrFormat("%.1f", frozen));
   RecordProperty("client_gap_ms", StrFormat("%.1f", client_.max_gap_ms()));
 }
