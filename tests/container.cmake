@@ -25,4 +25,4 @@ godwit_test(container_cr_test
   LIBS godwit_container godwit_runtime nlohmann_json::nlohmann_json)
 godwit_test(container_tcp_test
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/container_tcp_test.cc
-  LIBS godwit_container godwit_runtime nlohmann_json::nlohmann_json Threads::Threads)
+  LIBS godwit_container godwit_runtime godwit_files nlohmann_json::nlohmann_json Threads::Threads)

@@ -15,6 +15,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -25,9 +26,12 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "files/files.h"
+#include "proto/fd.pb.h"
 #include "runtime/network.h"
 #include "runtime/runtime.h"
 #include "tests/container_test_util.h"
+#include "tests/files_harness_test.h"
 
 namespace godwit::container {
 namespace {
@@ -37,6 +41,14 @@ using testing::TempDir;
 using Clock = std::chrono::steady_clock;
 
 constexpr int kPort = 7000;
+
+struct ScopeExitKill {
+  pid_t pid;
+  ~ScopeExitKill() {
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, nullptr, 0);
+  }
+};
 
 struct CliRun {
   int code = -1;
@@ -521,6 +533,64 @@ TEST_F(ContainerTcp, TwentyCyclesWithALiveConnectionLeaveNothingBehind) {
   printf("20 cycles: frozen ms %s\n  client's longest echo gap ms %s\n", frozen.c_str(),
          gaps.c_str());
   RecordProperty("frozen_ms", frozen);
+}
+
+// A container checkpoint failing after its tree dump thaws a tree whose connections were left in
+// repair mode and locked (to be killed): files::ResumeTcp gives them back from the images alone.
+TEST(ContainerTcpResume, ResumeTcpGivesTheConnectionBack) {
+  int l = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  UniqueFd lfd(l);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t al = sizeof(a);
+  ASSERT_EQ(::bind(l, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+  ASSERT_EQ(::listen(l, 4), 0);
+  ASSERT_EQ(::getsockname(l, reinterpret_cast<sockaddr*>(&a), &al), 0);
+  // The tree: one stopped process holding the connected end at fd 3.
+  pid_t pid = files::testing::SpawnStopped([&] {
+    int c = ::socket(AF_INET, SOCK_STREAM, 0);
+    if (c < 0 || ::connect(c, reinterpret_cast<sockaddr*>(&a), sizeof(a)) < 0) return 10;
+    return ::dup2(c, 3) == 3 ? 0 : 11;
+  });
+  ASSERT_GT(pid, 0);
+  ScopeExitKill kill_it{pid};
+  UniqueFd srv(::accept4(l, nullptr, nullptr, SOCK_CLOEXEC));
+  ASSERT_TRUE(srv.valid());
+  std::string dir = files::testing::TempDir("tcpresume");
+  ASSERT_FALSE(dir.empty());
+  files::DumpOptions o;
+  o.tcp_established = true;  // not leave_running, no Resume: left in repair mode and locked
+  ASSERT_OK(files::testing::DumpPids({pid}, dir, o));
+  auto set = images::ImageSet::Open(dir);
+  ASSERT_OK(set);
+  img::NetLock nl;
+  ASSERT_OK(set->ReadOne("files-netlock.img", &nl));
+  auto tables = Sh("nft list tables");
+  ASSERT_OK(tables);
+  ASSERT_NE(tables->find(nl.table()), std::string::npos) << "locked";
+  ASSERT_OK(files::LockOutside(*set, pid));  // same netns as ours: nothing to add
+  EXPECT_OK(files::ResumeTcp(*set));
+  tables = Sh("nft list tables");
+  ASSERT_OK(tables);
+  EXPECT_EQ(tables->find(nl.table()), std::string::npos) << *tables;
+  if (tables->find(nl.table()) != std::string::npos)
+    (void)Sh("nft delete table inet " + nl.table());
+  // Both ways through the tree's end (a copy taken from it): live, out of repair mode.
+  UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
+  UniqueFd c(static_cast<int>(::syscall(SYS_pidfd_getfd, pidfd.get(), 3, 0)));
+  ASSERT_TRUE(c.valid());
+  timeval tv{5, 0};
+  ::setsockopt(srv.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  ::setsockopt(c.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  ASSERT_EQ(::send(c.get(), "ping", 4, MSG_NOSIGNAL), 4);
+  char buf[4];
+  ASSERT_EQ(::recv(srv.get(), buf, 4, MSG_WAITALL), 4);
+  EXPECT_EQ(std::string(buf, 4), "ping");
+  ASSERT_EQ(::send(srv.get(), "pong", 4, MSG_NOSIGNAL), 4);
+  ASSERT_EQ(::recv(c.get(), buf, 4, MSG_WAITALL), 4);
+  EXPECT_EQ(std::string(buf, 4), "pong");
+  (void)fs::RemoveAll(dir);
 }
 
 }  // namespace
