@@ -26,6 +26,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "common/scope_exit.h"
 #include "files/files.h"
 #include "proto/fd.pb.h"
 #include "runtime/network.h"
@@ -56,7 +57,8 @@ struct CliRun {
 };
 
 // The godwit binary; stdio is /dev/null except stdout/stderr (a file) when keep_out.
-CliRun Godwit(const std::vector<std::string>& args, bool keep_out = true) {
+// netns_fd >= 0: run it in that net namespace (a stand-in host).
+CliRun Godwit(const std::vector<std::string>& args, bool keep_out = true, int netns_fd = -1) {
   CliRun r;
   static int n = 0;
   std::string outf = StrFormat("/tmp/godwit-ctcp-out-%d-%d", getpid(), n++);
@@ -73,6 +75,7 @@ CliRun Godwit(const std::vector<std::string>& args, bool keep_out = true) {
     ::dup2(null, 0);
     ::dup2(keep_out ? out : null, 1);
     ::dup2(out, 2);
+    if (netns_fd >= 0 && ::setns(netns_fd, CLONE_NEWNET) < 0) ::_exit(126);
     ::close_range(3, ~0U, 0);
     ::execv(argv[0], argv.data());
     ::_exit(127);
@@ -97,7 +100,8 @@ uint8_t Pattern(uint64_t i) {
 class Streamer {
  public:
   ~Streamer() { Stop(); }
-  Result<void> Connect(const std::string& ip, int port) {
+  // netns_fd >= 0: the client's socket lives in that net namespace.
+  Result<void> Connect(const std::string& ip, int port, int netns_fd = -1) {
     sockaddr_in a{};
     a.sin_family = AF_INET;
     a.sin_port = htons(port);
@@ -105,7 +109,7 @@ class Streamer {
     // The server may still be starting: retry refused connects (bounded).
     auto end = Clock::now() + std::chrono::seconds(10);
     for (;;) {
-      fd_.reset(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+      fd_.reset(Socket(netns_fd));
       if (::connect(fd_.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0) break;
       if (Clock::now() > end) return Errno("connect %s:%d", ip.c_str(), port);
       ::usleep(20000);
@@ -113,6 +117,16 @@ class Streamer {
     ::fcntl(fd_.get(), F_SETFL, O_NONBLOCK);
     thread_ = std::thread([this] { Loop(); });
     return Ok();
+  }
+  // A TCP socket made in netns_fd (by a thread: setns of a net namespace is per thread).
+  static int Socket(int netns_fd) {
+    if (netns_fd < 0) return ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int fd = -1;
+    std::thread t([&] {
+      if (::setns(netns_fd, CLONE_NEWNET) == 0) fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    });
+    t.join();
+    return fd;
   }
   void Stop() {
     stop_ = true;
@@ -293,6 +307,7 @@ class ContainerTcp : public ::testing::Test {
   }
   void TearDown() override {
     client_.Stop();
+    if (host_ns_.valid()) (void)Gw({"--root", root_, "delete", "-f", id_});
     (void)runtime::Delete(root_, id_, true);
     Reap();
   }
@@ -300,8 +315,12 @@ class ContainerTcp : public ::testing::Test {
     if (pid_ > 0) ::waitpid(pid_, nullptr, 0);
     pid_ = 0;
   }
+  // The godwit binary in the fixture's host (the test's netns, or a stand-in's).
+  CliRun Gw(const std::vector<std::string>& args, bool keep_out = true) {
+    return Godwit(args, keep_out, host_ns_.valid() ? host_ns_.get() : -1);
+  }
   pid_t StatePid() {
-    CliRun s = Godwit({"--root", root_, "state", id_});
+    CliRun s = Gw({"--root", root_, "state", id_});
     auto j = nlohmann::json::parse(s.out, nullptr, false);
     if (s.code != 0 || j.is_discarded()) return 0;
     return j.value("pid", 0);
@@ -309,7 +328,7 @@ class ContainerTcp : public ::testing::Test {
 
   // The container, its server, and the client's connection (with `first` bytes echoed).
   void Start(uint64_t first = 64 << 10) {
-    CliRun r = Godwit({"--root", root_, "run", "--rootfs", rootfs_, "--name", id_, "--detach",
+    CliRun r = Gw({"--root", root_, "run", "--rootfs", rootfs_, "--name", id_, "--detach",
                        "--hostname", "tcp-" + id_, "--memory", "64M", "--pids", "64", "--cpus",
                        "0.5", "--cpu-shares", "512", "--ip", ip_ + "/24", "--", "sh", "-c",
                        StrFormat("mount -t tmpfs -o size=24m tmpfs /tmp || exit 1; "
@@ -320,7 +339,7 @@ class ContainerTcp : public ::testing::Test {
     ASSERT_EQ(r.code, 0) << r.out;
     pid_ = StatePid();
     ASSERT_GT(pid_, 0);
-    ASSERT_OK(client_.Connect(ip_, kPort));
+    ASSERT_OK(client_.Connect(ip_, kPort, client_ns_.valid() ? client_ns_.get() : -1));
     client_.AddBudget(first);
     ASSERT_TRUE(client_.WaitEchoed(20)) << client_.error();
     local_ = client_.Local();
@@ -342,7 +361,7 @@ class ContainerTcp : public ::testing::Test {
     client_.AddBudget(during);
     std::vector<std::string> a = {"--root", root_, "--json", "checkpoint", id_};
     a.insert(a.end(), extra.begin(), extra.end());
-    CliRun c = Godwit(a);
+    CliRun c = Gw(a);
     EXPECT_EQ(c.code, 0) << c.out;
     auto j = nlohmann::json::parse(c.out, nullptr, false);
     if (j.is_discarded()) return -1;
@@ -356,11 +375,11 @@ class ContainerTcp : public ::testing::Test {
   void Restore(const std::vector<std::string>& extra) {
     pid_t before = pid_;
     Reap();
-    ASSERT_NE(Godwit({"--root", root_, "state", id_}).code, 0) << "deleted by the checkpoint";
+    ASSERT_NE(Gw({"--root", root_, "state", id_}).code, 0) << "deleted by the checkpoint";
     std::vector<std::string> a = {"--root", root_, "restore", id_, "--detach"};
     a.insert(a.end(), extra.begin(), extra.end());
     auto t0 = Clock::now();
-    CliRun r = Godwit(a);
+    CliRun r = Gw(a);
     restore_ms_ = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
     ASSERT_EQ(r.code, 0) << r.out;
     pid_ = StatePid();
@@ -400,7 +419,7 @@ class ContainerTcp : public ::testing::Test {
     auto t = Sh(StrFormat("nsenter -t %d -n nft list tables", pid_));
     ASSERT_OK(t);
     EXPECT_EQ(t->find("godwit_lock"), std::string::npos) << *t;
-    auto host = Sh("nft list ruleset");
+    auto host = Sh(host_sh_ + "nft list ruleset");
     ASSERT_OK(host);
     EXPECT_EQ(host->find(ip_ + " "), std::string::npos) << *host;
   }
@@ -420,6 +439,9 @@ class ContainerTcp : public ::testing::Test {
   TempDir tmp_{"ctcp"};
   std::string id_, ip_, root_, rootfs_, local_, peer_, rx_, times_;
   double restore_ms_ = 0;  // the restore command, as the test sees it
+  // A stand-in host (godwit runs in it, the container's veth ends there) and the client's netns.
+  UniqueFd host_ns_, client_ns_;
+  std::string host_sh_;  // "nsenter ... " for commands in the stand-in host
   pid_t pid_ = 0;
   Streamer client_;
 };
@@ -480,6 +502,50 @@ TEST_F(ContainerTcp, AnotherIpClosesTheConnections) {
   auto host = Sh("nft list ruleset");
   ASSERT_OK(host);
   EXPECT_EQ(host->find(ip2 + " "), std::string::npos) << *host;
+}
+
+// The client in its own netns, routed through the (stand-in) host: its packets are forwarded, so
+// while the container is down the host lock's forward hook holds them.
+TEST_F(ContainerTcp, ClientInAnotherNetnsThroughTheHostsForwarding) {
+  testing::NsHolder host, client;
+  ASSERT_OK(host.Start(CLONE_NEWNET, [] {
+    return ::system("ip link set lo up && sysctl -qw net.ipv4.ip_forward=1") == 0 ? 0 : 1;
+  }));
+  ASSERT_OK(client.Start(CLONE_NEWNET, [] { return ::system("ip link set lo up") == 0 ? 0 : 1; }));
+  std::string h = StrFormat("gwfh%d", getpid() % 100000), c = StrFormat("gwfc%d", getpid() % 100000);
+  ASSERT_OK(Sh(StrFormat("ip link add %s netns %d type veth peer name %s netns %d", h.c_str(),
+                         host.pid(), c.c_str(), client.pid())));
+  ASSERT_OK(Sh(StrFormat("nsenter -t %d -n sh -c 'ip addr add 198.18.77.1/30 dev %s && "
+                         "ip link set %s up'", host.pid(), h.c_str(), h.c_str())));
+  ASSERT_OK(Sh(StrFormat("nsenter -t %d -n sh -c 'ip addr add 198.18.77.2/30 dev %s && "
+                         "ip link set %s up && ip route add default via 198.18.77.1'",
+                         client.pid(), c.c_str(), c.c_str())));
+  auto hns = host.Ns("net");
+  auto cns = client.Ns("net");
+  ASSERT_OK(hns);
+  ASSERT_OK(cns);
+  host_ns_ = std::move(*hns);
+  client_ns_ = std::move(*cns);
+  host_sh_ = StrFormat("nsenter -t %d -n ", host.pid());
+  ScopeExit down([&] {
+    client_.Stop();
+    (void)Gw({"--root", root_, "delete", "-f", id_});
+    Reap();
+    host_ns_.reset();
+  });
+  Start();
+  if (HasFatalFailure()) return;
+  EXPECT_EQ(client_.Local(), "198.18.77.2:" + local_.substr(local_.find(':') + 1));
+  std::string img = tmp_.path() + "/ckpt";
+  double frozen = Checkpoint({"--image-path", img});
+  Restore({"--image-path", img});
+  if (HasFatalFailure()) return;
+  CheckConnection();
+  CheckNoLock();
+  client_.AddBudget(64 << 10);
+  CheckConnection();
+  printf("forwarded client: frozen %.1f ms, client's longest echo gap %.1f ms\n", frozen,
+         client_.max_gap_ms());
 }
 
 TEST_F(ContainerTcp, ExportImportKeepsTheConnection) {
