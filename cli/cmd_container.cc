@@ -42,8 +42,6 @@ container::TreeDumper EngineDumper() {
     if (!s.ok()) return std::move(s).error();
     container::TreeStats t;
     t.processes = s->processes;
-    t.threads = s->threads;
-    t.bytes = s->bytes_stored;
     if (o.keep_tcp_locked) {
       t.resume_tcp = [dir = req.dir]() -> Result<void> {
         ASSIGN_OR_RETURN(images::ImageSet set, images::ImageSet::Open(dir));
@@ -57,6 +55,8 @@ container::TreeDumper EngineDumper() {
         return std::move(locked).error();
       }
     }
+    t.threads = s->threads;
+    t.bytes = s->bytes_stored;
     return t;
   };
 }

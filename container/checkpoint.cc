@@ -176,11 +176,11 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
   }
   TreeDumpRequest req;
   req.pid = pid;
+  req.leave_running = opts.leave_running;
   req.dir = tdir;
   req.compression = opts.compression;
   req.thaw = [&]() { return cg->Thaw(); };
   req.refreeze = [&]() { return cg->Freeze(); };
-  req.leave_running = opts.leave_running;
   ASSIGN_OR_RETURN(res.tree, dump_tree(req));
   auto t_tree = Clock::now();
   rec.mutable_times()->set_tree_ms(Ms(t_ns, t_tree));

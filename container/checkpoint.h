@@ -31,12 +31,12 @@ inline constexpr char kContainerDir[] = "container";  // under the image path
 inline constexpr char kTreeDir[] = "tree";
 
 struct TreeStats {
-  int processes = 0;
-  int threads = 0;
-  uint64_t bytes = 0;
   // Set when the tree's TCP connections were left in repair mode and locked (!leave_running): if
   // the tree is thawed instead of killed after all, call it first to give them back.
   std::function<Result<void>()> resume_tcp;
+  int processes = 0;
+  int threads = 0;
+  uint64_t bytes = 0;
 };
 
 // What the engine is asked to do: dump the tree rooted at pid into dir and return with the tree
