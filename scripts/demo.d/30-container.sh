@@ -47,16 +47,24 @@ mkfifo "$work/to"
 busybox nc "$ip" 8081 <"$work/to" >"$work/echoed" &
 client=$!
 exec 3>"$work/to"
-(i=0; while [ ! -e "$work/stop" ]; do i=$((i+1)); echo "line $i" >>"$work/sent"; echo "line $i" >&3; sleep 0.02; done) &
+# The writer holds still while "pause" exists (it says so with "paused") so a check sees all.
+(i=0; while [ ! -e "$work/stop" ]; do
+  if [ -e "$work/pause" ]; then touch "$work/paused"; sleep 0.02; continue; fi
+  rm -f "$work/paused"; i=$((i+1)); echo "line $i" >>"$work/sent"; echo "line $i" >&3; sleep 0.02
+done) &
 writer=$!
-until [ -s "$work/echoed" ]; do sleep 0.05; done
+n=0; until [ -s "$work/echoed" ] || [ $n -ge 100 ]; do sleep 0.05; n=$((n+1)); done
 # Every line sent came back, in order, on the same connection (bounded wait: while the container
 # was down, the client's retransmission timer backed off).
 verify() {
   local n=0
+  rm -f "$work/paused"; touch "$work/pause"
+  until [ -e "$work/paused" ] || [ $n -ge 100 ]; do sleep 0.02; n=$((n+1)); done
+  n=0
   until [ "$(wc -l <"$work/echoed")" -ge "$(wc -l <"$work/sent")" ] || [ $n -ge 300 ]; do
     sleep 0.1; n=$((n+1))
   done
+  rm -f "$work/pause"
   if kill -0 "$client" 2>/dev/null && cmp -s "$work/sent" "$work/echoed"; then
     echo "client: $(wc -l <"$work/sent") lines ($(wc -c <"$work/sent") bytes) streamed, all echoed in order; connection never broken (same nc, no reconnect)"
   else
@@ -84,9 +92,9 @@ gw checkpoint "$id" --image-path "$work/ckpt2" --compress zstd --export "$work/$
 ls -l "$work/$id.godwit"
 gw restore "$id" --import "$work/$id.godwit" --detach
 echo "counter: $(count); server says: $(ask)"
+verify
 touch "$work/stop"
 wait "$writer"
-verify
 exec 3>&-
 
 step "godwit delete --force $id"
