@@ -5,9 +5,11 @@
 // verifies every echoed byte. Then: the client never saw EOF or an error, the container's side
 // kept every byte (its file), the connection is the same one (same 4-tuple in the container's
 // /proc/net/tcp, same server process), the listener accepts new connections, /tmp's contents and
-// the cgroup limits are back, and no network-lock table is left in the container's netns.
-// Cases: checkpoint + delete + restore, --leave-running, --export/--import, and 20 cycles that
-// leave nothing behind.
+// the cgroup limits are back, a connection inside the container (over its loopback) carries on,
+// and no network-lock table is left in the container's netns or rule on the host.
+// Cases: checkpoint + delete + restore, --leave-running, --export/--import, a client in another
+// netns forwarded through a (stand-in) host, --ip (connections come back closed), 20 cycles that
+// leave nothing behind; and files::ResumeTcp (a checkpoint failing after the tree dump).
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -42,6 +44,7 @@ using testing::TempDir;
 using Clock = std::chrono::steady_clock;
 
 constexpr int kPort = 7000;
+constexpr int kLoPort = 7001;  // a connection inside the container, over its loopback
 
 struct ScopeExitKill {
   pid_t pid;
@@ -333,8 +336,11 @@ class ContainerTcp : public ::testing::Test {
                        "0.5", "--cpu-shares", "512", "--ip", ip_ + "/24", "--", "sh", "-c",
                        StrFormat("mount -t tmpfs -o size=24m tmpfs /tmp || exit 1; "
                                  "echo kept-in-tmpfs > /tmp/keep; "
-                                 "nc -ll -p %d -e /srv.sh & wait",
-                                 kPort)},
+                                 "nc -ll -p %d -e /srv.sh & nc -ll -p %d -e cat & "
+                                 "(i=0; while true; do i=$((i+1)); echo $i; usleep 20000; done) | "
+                                 "(until nc 127.0.0.1 %d; do usleep 20000; done) > /tmp/lo & "
+                                 "wait",
+                                 kPort, kLoPort, kLoPort)},
                       false);
     ASSERT_EQ(r.code, 0) << r.out;
     pid_ = StatePid();
@@ -415,6 +421,31 @@ class ContainerTcp : public ::testing::Test {
 
   // No lock table in the container's netns, and no lock rule naming its address on the host
   // (other tests' locks may be there meanwhile).
+  // The loopback connection inside the container: its echo of a counter is 1, 2, ... N with no
+  // gap, and N grows (bounded wait). Returns N.
+  int LoopbackCount() {
+    auto t = fs::ReadFile(StrFormat("/proc/%d/root/tmp/lo", pid_));
+    if (!t.ok()) return -1;
+    int n = 0;
+    for (const auto& line : fs::Split(*t, '\n')) {
+      if (line.empty()) continue;
+      if (atoi(line.c_str()) != n + 1) return -2 - n;  // a gap or a reconnect
+      n++;
+    }
+    return n;
+  }
+  void CheckLoopback() {
+    int n = LoopbackCount();
+    ASSERT_GT(n, 0) << "loopback stream broken";
+    auto end = Clock::now() + std::chrono::seconds(30);
+    int m = n;
+    while (m <= n + 2 && m > 0 && Clock::now() < end) {
+      ::usleep(20000);
+      m = LoopbackCount();
+    }
+    EXPECT_GT(m, n + 2) << "the loopback connection inside the container carries on";
+  }
+
   void CheckNoLock() {
     auto t = Sh(StrFormat("nsenter -t %d -n nft list tables", pid_));
     ASSERT_OK(t);
@@ -457,6 +488,7 @@ TEST_F(ContainerTcp, CheckpointDeleteRestoreKeepsTheConnection) {
   CheckConnection();
   CheckNoLock();
   CheckEnvironment();
+  CheckLoopback();
   // More data after the restore, both ways.
   client_.AddBudget(128 << 10);
   CheckConnection();
@@ -559,6 +591,7 @@ TEST_F(ContainerTcp, ExportImportKeepsTheConnection) {
   CheckConnection();
   CheckNoLock();
   CheckEnvironment();
+  CheckLoopback();
 }
 
 TEST_F(ContainerTcp, TwentyCyclesWithALiveConnectionLeaveNothingBehind) {
@@ -580,6 +613,7 @@ TEST_F(ContainerTcp, TwentyCyclesWithALiveConnectionLeaveNothingBehind) {
   }
   CheckConnection();
   CheckNoLock();
+  CheckLoopback();
   pid_t pid = pid_;
   client_.Stop();
   ASSERT_EQ(Godwit({"--root", root_, "delete", "-f", id_}).code, 0);
