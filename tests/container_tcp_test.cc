@@ -126,7 +126,8 @@ class Streamer {
     if (netns_fd < 0) return ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     int fd = -1;
     std::thread t([&] {
-      if (::setns(netns_fd, CLONE_NEWNET) == 0) fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      if (::setns(netns_fd, CLONE_NEWNET) == 0)
+        fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     });
     t.join();
     return fd;
@@ -270,9 +271,10 @@ bool HasEstablished(pid_t pid, const std::string& local, const std::string& remo
   auto t4 = fs::ReadFile(StrFormat("/proc/%d/net/tcp", pid));
   auto t6 = fs::ReadFile(StrFormat("/proc/%d/net/tcp6", pid));
   const std::string m = "0000000000000000FFFF0000";
-  return (t4.ok() && t4->find(HexAddr(local) + " " + HexAddr(remote) + " 01 ") != std::string::npos) ||
-         (t6.ok() &&
-          t6->find(m + HexAddr(local) + " " + m + HexAddr(remote) + " 01 ") != std::string::npos);
+  const std::string v4 = HexAddr(local) + " " + HexAddr(remote) + " 01 ";
+  const std::string v6 = m + HexAddr(local) + " " + m + HexAddr(remote) + " 01 ";
+  return (t4.ok() && t4->find(v4) != std::string::npos) ||
+         (t6.ok() && t6->find(v6) != std::string::npos);
 }
 
 // A cgroup knob of the container's init: v1 (CTRL's hierarchy) or the unified one.
@@ -544,7 +546,8 @@ TEST_F(ContainerTcp, ClientInAnotherNetnsThroughTheHostsForwarding) {
     return ::system("ip link set lo up && sysctl -qw net.ipv4.ip_forward=1") == 0 ? 0 : 1;
   }));
   ASSERT_OK(client.Start(CLONE_NEWNET, [] { return ::system("ip link set lo up") == 0 ? 0 : 1; }));
-  std::string h = StrFormat("gwfh%d", getpid() % 100000), c = StrFormat("gwfc%d", getpid() % 100000);
+  std::string h = StrFormat("gwfh%d", getpid() % 100000);
+  std::string c = StrFormat("gwfc%d", getpid() % 100000);
   ASSERT_OK(Sh(StrFormat("ip link add %s netns %d type veth peer name %s netns %d", h.c_str(),
                          host.pid(), c.c_str(), client.pid())));
   ASSERT_OK(Sh(StrFormat("nsenter -t %d -n sh -c 'ip addr add 198.18.77.1/30 dev %s && "
