@@ -485,6 +485,10 @@ TEST_F(ContainerTcp, CheckpointDeleteRestoreKeepsTheConnection) {
   std::string img = tmp_.path() + "/ckpt";
   client_.ResetGap();
   double frozen = Checkpoint({"--image-path", img});
+  // While the container is gone, the host holds its peers' packets (the lock's rules name it).
+  auto held = Sh("nft list ruleset");
+  ASSERT_OK(held);
+  EXPECT_NE(held->find("daddr " + ip_ + " "), std::string::npos) << *held;
   Restore({"--image-path", img});
   if (HasFatalFailure()) return;
   CheckConnection();
