@@ -1,8 +1,8 @@
 // The network lock: while a tree's TCP connections are frozen, dumped, and not yet live again
 // after restore, their packets are dropped by nftables so the peer never gets a RST from a
 // kernel that has no socket for them (it retransmits instead). One table per dump
-// ("godwit_lock_<dumper pid>_<ns>"), holding rules on exactly the connections' 4-tuples, in the
-// net namespace of the tree. Resume (a failed dump, --leave-running) deletes it; after a dump
+// ("godwit_lock_<dumper pid>_<time>_<n>"), holding rules on exactly the connections' 4-tuples,
+// in the net namespace of the tree. Resume (a failed dump, --leave-running) deletes it; after a dump
 // that killed the tree, the restore's Finalize deletes it (files-netlock.img names it).
 #include <arpa/inet.h>
 #include <dirent.h>
@@ -16,6 +16,8 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <atomic>
 
 #include "common/fs.h"
 #include "common/log.h"
@@ -112,8 +114,13 @@ Result<void> DumpContext::LockProcessTcp(pid_t pid) {
   if (!tcp_locked_pids.insert(pid).second) return Ok();
   struct stat nsst;
   if (stat(StrFormat("/proc/%d/ns/net", pid).c_str(), &nsst) < 0) return Errno("stat netns");
-  if (netlock_table.empty())
-    netlock_table = StrFormat("godwit_lock_%d_%ld", getpid(), static_cast<long>(time(nullptr)));
+  if (netlock_table.empty()) {
+    // Unique per dump, also for several dumps by one process in one second (a daemon): the
+    // table also goes into the host's namespace (LockOutside), which all containers share.
+    static std::atomic<int> seq{0};
+    netlock_table = StrFormat("godwit_lock_%d_%ld_%d", getpid(), static_cast<long>(time(nullptr)),
+                              seq++);
+  }
   UniqueFd pidfd(static_cast<int>(syscall(SYS_pidfd_open, pid, 0)));
   if (!pidfd) return Errno("pidfd_open %d", pid);
   std::string rules;
