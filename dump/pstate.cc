@@ -225,7 +225,7 @@ Result<void> DumpFs(DumpContext& ctx, ProcessDump& p, img::ProcessState* ps) {
   return Ok();
 }
 
-// personality, dumpable, child subreaper, THP disable: per-process flags.
+// personality, dumpable, child subreaper, THP disable, oom_score_adj: per-process flags.
 Result<void> DumpProcFlags(DumpContext& ctx, ProcessDump& p, img::ProcessState* ps) {
   ASSIGN_OR_RETURN(std::string pers, fs::ReadFile(StrFormat("/proc/%d/personality", p.pid)));
   ps->set_personality(static_cast<uint32_t>(strtoul(fs::Trim(pers).c_str(), nullptr, 16)));
@@ -238,6 +238,8 @@ Result<void> DumpProcFlags(DumpContext& ctx, ProcessDump& p, img::ProcessState* 
   ps->set_child_subreaper(sub != 0);
   ASSIGN_OR_RETURN(long thp, r->Syscall(SYS_prctl, PR_GET_THP_DISABLE, 0, 0, 0, 0));
   ps->set_thp_disable(static_cast<uint32_t>(thp));
+  ASSIGN_OR_RETURN(std::string oom, fs::ReadFile(StrFormat("/proc/%d/oom_score_adj", p.pid)));
+  ps->set_oom_score_adj(atoi(fs::Trim(oom).c_str()));
   return Ok();
 }
 

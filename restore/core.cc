@@ -1,5 +1,5 @@
-// Steps "signals" and "core": pending signals, then per thread rseq, clear_child_tid, xstate,
-// blocked signals and, last of all, the registers.
+// Steps "signals" and "core": pending signals, then per thread rseq, clear_child_tid, the robust
+// futex list, xstate, blocked signals and, last of all, the registers.
 #include <elf.h>
 #include <signal.h>
 #include <sys/ptrace.h>
@@ -63,6 +63,10 @@ Result<void> RestoreCore(RestoreContext& ctx, ProcessRestore& p) {
       TRY_CTX(r->SyscallIn(tid, SYS_rseq, t.rseq().addr(), t.rseq().len(), 0, t.rseq().sig()),
               "pid %d: rseq of thread %d", p.pid, tid);
     TRY_CTX(r->SyscallIn(tid, SYS_set_tid_address, t.clear_child_tid()), "set_tid_address %d", tid);
+    // Always: a thread without one must not keep the coordinator's (a fork's inherited head).
+    TRY_CTX(r->SyscallIn(tid, SYS_set_robust_list, t.robust_list(),
+                         t.robust_list() ? t.robust_list_len() : 24 /* sizeof robust_list_head */),
+            "set_robust_list %d", tid);
     if (!t.xstate().empty()) {
       std::string x = t.xstate();
       iovec iov{x.data(), x.size()};

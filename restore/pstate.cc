@@ -11,6 +11,7 @@
 
 #include <cstring>
 
+#include "common/fs.h"
 #include "common/log.h"
 #include "common/scope_exit.h"
 #include "common/sched_attr.h"
@@ -265,6 +266,17 @@ Result<void> RestoreProcFlags(RestoreContext& ctx, ProcessRestore& p) {
             "PR_SET_THP_DISABLE %#x", ps.thp_disable());
   } else {
     TRY_CTX(r->Syscall(SYS_prctl, PR_SET_THP_DISABLE, 0, 0, 0, 0), "PR_SET_THP_DISABLE 0");
+  }
+  // oom_score_adj, written from outside. Below the value the restorer's process inherited, the
+  // kernel wants CAP_SYS_RESOURCE (oom_score_adj_min), which this machine lacks: then a warning,
+  // the process keeps the lowest value allowed (like CRIU, which does not fail on it either).
+  std::string path = StrFormat("/proc/%d/oom_score_adj", p.pid);
+  auto have = fs::ReadFile(path);
+  if (have.ok() && atoi(fs::Trim(*have).c_str()) != ps.oom_score_adj()) {
+    auto w = fs::WriteFile(path, StrFormat("%d", ps.oom_score_adj()));
+    if (!w.ok())
+      LOG_WARN("pid %d: oom_score_adj %d not restored (%s)", p.pid, ps.oom_score_adj(),
+               w.error().to_string().c_str());
   }
   return Ok();
 }

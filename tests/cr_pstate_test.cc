@@ -530,6 +530,9 @@ TEST(CrPstateZdtm, Dumpable01) { ZdtmRoundTrip("dumpable"); }
 // A subreaper root with a grandchild it adopted (child_subreaper_existing_child).
 TEST(CrPstateZdtm, SubreaperWithAdoptedOrphan) { ZdtmRoundTrip("subreaper_orphan"); }
 TEST(CrPstateZdtm, SigaltstackAutodisarm) { ZdtmRoundTrip("altstack_autodisarm"); }
+// Robust futex lists per thread (futex-rl): a robust mutex's dead owner is seen after restore.
+TEST(CrPstateZdtm, FutexRobustList) { ZdtmRoundTrip("futex_rl"); }
+TEST(CrPstateZdtm, OomScoreAdj) { ZdtmRoundTrip("oom_score_adj"); }
 
 // The root's parent-death signal after `restore --detach` (the rule in restore/restore.cc): it
 // does not fire when the restoring godwit exits, and it does fire when the parent the root is

@@ -345,6 +345,61 @@ static int m_altstack_autodisarm(void) {
   return 0;
 }
 
+/* ---- futex_rl (zdtm): every thread's robust futex list is back (get_robust_list), and it
+ * works: a robust mutex whose owner thread exits after the restore is EOWNERDEAD to the next. */
+static pthread_mutex_t rl_mutex;
+static pthread_barrier_t rl_bar;
+static void* rl_thread(void* arg) {
+  (void)arg;
+  intptr_t r = pthread_mutex_lock(&rl_mutex) == 0 ? 0 : 90;
+  pthread_barrier_wait(&rl_bar);
+  pthread_barrier_wait(&rl_bar); /* after the restore: exit holding it */
+  return (void*)r;
+}
+static int robust_of(pid_t tid, void** head, size_t* len) {
+  return (int)syscall(SYS_get_robust_list, tid, head, len);
+}
+static int m_futex_rl(void) {
+  pthread_mutexattr_t a;
+  pthread_mutexattr_init(&a);
+  SETUP(pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST) == 0);
+  SETUP(pthread_mutex_init(&rl_mutex, &a) == 0);
+  pthread_barrier_init(&rl_bar, NULL, 2);
+  pthread_t t;
+  SETUP(pthread_create(&t, NULL, rl_thread, NULL) == 0);
+  pthread_barrier_wait(&rl_bar);
+  char path[64];
+  snprintf(path, sizeof path, "/proc/self/task");
+  void* head0;
+  size_t len0;
+  SETUP(robust_of(0, &head0, &len0) == 0 && head0 != NULL);
+  ready_and_wait();
+  void* head1;
+  size_t len1;
+  CHECK(robust_of(0, &head1, &len1) == 0 && head1 == head0 && len1 == len0, "main thread: %p/%zu, was %p/%zu",
+        head1, len1, head0, len0);
+  pthread_barrier_wait(&rl_bar);
+  void* r;
+  pthread_join(t, &r);
+  CHECK(r == NULL, "thread %ld", (long)(intptr_t)r);
+  int rc = pthread_mutex_lock(&rl_mutex);
+  CHECK(rc == EOWNERDEAD, "lock after the owner died: %d (EOWNERDEAD %d)", rc, EOWNERDEAD);
+  return 0;
+}
+
+/* ---- oom_score_adj: a raised value stays. ---- */
+static int m_oom_score_adj(void) {
+  int fd = open("/proc/self/oom_score_adj", O_WRONLY);
+  SETUP(fd >= 0 && write(fd, "567", 3) == 3);
+  close(fd);
+  ready_and_wait();
+  char buf[16] = {0};
+  fd = open("/proc/self/oom_score_adj", O_RDONLY);
+  CHECK(fd >= 0 && read(fd, buf, sizeof buf - 1) > 0, "read");
+  CHECK(atoi(buf) == 567, "oom_score_adj %s", buf);
+  return 0;
+}
+
 /* ---- posix_timers ---- */
 struct ptimer {
   clockid_t clock;
@@ -763,6 +818,7 @@ int main(int argc, char** argv) {
       {"rseq00", m_rseq00},             {"seccomp_strict", m_seccomp_strict},
       {"dumpable", m_dumpable},         {"subreaper_orphan", m_subreaper_orphan},
       {"altstack_autodisarm", m_altstack_autodisarm},
+      {"futex_rl", m_futex_rl},         {"oom_score_adj", m_oom_score_adj},
   };
   for (size_t i = 0; i < sizeof modes / sizeof modes[0]; ++i)
     if (!strcmp(mode, modes[i].name)) return modes[i].fn();
