@@ -1,7 +1,9 @@
 #include "dump/tree.h"
 
+#include <linux/kcmp.h>
 #include <signal.h>
 #include <sys/ptrace.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 
 #include <unistd.h>
@@ -73,6 +75,34 @@ Result<void> Seize(pid_t tid, unsigned long options, int* stop_sig) {
 
 // Seizes every thread of pid until /proc/PID/task shows no new one (a running thread may create
 // threads until it is stopped itself). Returns the tids, main thread first.
+// A process whose memory another process shares (CLONE_VM without CLONE_THREAD): above all a
+// vfork parent, which waits (killable, deaf to our interrupt: the seize would hang) until its child
+// execs or exits, the child running on the parent's memory. Neither can be restored as it was
+// (CRIU refuses too: zdtm vfork00), so the dump fails naming both, before anything is seized.
+Result<void> CheckOwnMm(pid_t pid, pid_t parent) {
+  auto shares = [](pid_t a, pid_t b) {
+    return syscall(SYS_kcmp, a, b, KCMP_VM, 0, 0) == 0;
+  };
+  if (parent > 0 && shares(pid, parent))
+    return MakeError(ErrorKind::kUnsupported, 0,
+                     "process %d shares its memory with its parent %d (a vfork child that has not "
+                     "exec'd yet, or CLONE_VM): cannot be dumped",
+                     pid, parent);
+  auto tasks = proc::ListTasks(pid);
+  if (!tasks.ok()) return Ok();  // gone: the seize reports it
+  for (pid_t t : *tasks) {
+    auto kids = proc::ListChildren(pid, t);
+    if (!kids.ok()) continue;
+    for (pid_t k : *kids)
+      if (shares(pid, k))
+        return MakeError(ErrorKind::kUnsupported, 0,
+                         "process %d shares its memory with its child %d (waiting for a vfork "
+                         "child to exec or exit, or CLONE_VM): cannot be dumped",
+                         pid, k);
+  }
+  return Ok();
+}
+
 // *stop_sig: the group stop the main thread was seized in (0: none).
 Result<std::vector<pid_t>> SeizeThreads(pid_t pid, std::set<pid_t>* seized_set, FrozenTree* out,
                                         int* stop_sig) {
@@ -158,6 +188,7 @@ Result<void> FreezeTree(pid_t root, FrozenTree* out) {
     // (the kernel's do_jobctl_trap: SIGTRAP unless the group is stopping or stopped), so a
     // SIGCONT racing with the seize cannot make us record a stop that is over.
     int stop_sig = 0;
+    TRY(CheckOwnMm(pid, pid == root ? st->ppid : 0));
     ASSIGN_OR_RETURN(std::vector<pid_t> tids, SeizeThreads(pid, &seized_set, out, &stop_sig));
     e.set_stopped(stop_sig != 0);
     e.set_stop_signo(stop_sig);

@@ -534,6 +534,21 @@ TEST(CrPstateZdtm, SigaltstackAutodisarm) { ZdtmRoundTrip("altstack_autodisarm")
 TEST(CrPstateZdtm, FutexRobustList) { ZdtmRoundTrip("futex_rl"); }
 TEST(CrPstateZdtm, OomScoreAdj) { ZdtmRoundTrip("oom_score_adj"); }
 
+// vfork00: a process waiting for its vfork child (not exec'd yet) cannot be dumped (the seize
+// would wait for the vfork forever): refused naming both, the tree left running and working.
+TEST(CrPstateZdtm, Vfork00RefusedWithoutHanging) {
+  TempDir dir;
+  Helper h(dir, "z_pstate", {"vfork00"});
+  ASSERT_TRUE(h.ready()) << h.log();
+  GodwitRun d = Godwit({"dump", "--pid", std::to_string(h.pid()), "--images-dir", dir / "img"}, dir);
+  EXPECT_EQ(d.status, 6) << d.err;  // kUnsupported
+  EXPECT_NE(d.err.find("vfork"), std::string::npos) << d.err;
+  struct stat sb;
+  EXPECT_NE(stat((dir / "img/inventory.img").c_str(), &sb), 0) << "a checkpoint was written";
+  ASSERT_EQ(kill(h.pid(), SIGUSR2), 0);
+  EXPECT_EQ(h.Reap(), 0) << "the tree was damaged by the refused dump:\n" << h.log();
+}
+
 // The root's parent-death signal after `restore --detach` (the rule in restore/restore.cc): it
 // does not fire when the restoring godwit exits, and it does fire when the parent the root is
 // left with dies. Here that parent is P, a child subreaper that runs the restore and exits on

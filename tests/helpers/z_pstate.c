@@ -400,6 +400,41 @@ static int m_oom_score_adj(void) {
   return 0;
 }
 
+/* ---- vfork00 (zdtm, a dump that must fail): a child waiting for its vfork child, which has not
+ * exec'd. The dump is refused without hanging and the tree carries on: the root then lets the
+ * vfork child exit, and its parent must come back from vfork and exit 0. ---- */
+static int m_vfork00(void) {
+  int p[2];
+  SETUP(pipe(p) == 0);
+  pid_t c = zfork();
+  if (c == 0) {
+    close(p[0]);
+    pid_t g = vfork();
+    if (g == 0) {
+      /* On the parent's memory: only async-signal-safe calls, then _exit. */
+      if (write(p[1], "v", 1) != 1) _exit(90);
+      while (sigwaitinfo(&usr2_set, NULL) != SIGUSR2) {
+      }
+      _exit(0);
+    }
+    int st;
+    _exit(g > 0 && waitpid(g, &st, 0) == g && WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : 1);
+  }
+  close(p[1]);
+  char ch;
+  SETUP(read(p[0], &ch, 1) == 1);
+  char path[64];
+  snprintf(path, sizeof path, "/proc/%d/task/%d/children", c, c);
+  FILE* f = fopen(path, "r");
+  pid_t g = 0;
+  SETUP(f && fscanf(f, "%d", &g) == 1 && g > 0);
+  fclose(f);
+  ready_and_wait();
+  CHECK(kill(g, SIGUSR2) == 0, "vfork child %d", g);
+  CHECK(reap(c) == 0, "the vfork parent");
+  return 0;
+}
+
 /* ---- posix_timers ---- */
 struct ptimer {
   clockid_t clock;
@@ -819,6 +854,7 @@ int main(int argc, char** argv) {
       {"dumpable", m_dumpable},         {"subreaper_orphan", m_subreaper_orphan},
       {"altstack_autodisarm", m_altstack_autodisarm},
       {"futex_rl", m_futex_rl},         {"oom_score_adj", m_oom_score_adj},
+      {"vfork00", m_vfork00},
   };
   for (size_t i = 0; i < sizeof modes / sizeof modes[0]; ++i)
     if (!strcmp(mode, modes[i].name)) return modes[i].fn();
