@@ -3,6 +3,8 @@
 #include <linux/kcmp.h>
 #include <signal.h>
 #include <sys/ptrace.h>
+#include <sys/uio.h>
+#include <sys/user.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 
@@ -49,6 +51,43 @@ bool IsStopSignal(int sig) {
   return sig == SIGSTOP || sig == SIGTSTP || sig == SIGTTIN || sig == SIGTTOU;
 }
 
+// A thread stopped inside an rseq critical section gets what the kernel gives one it preempts
+// (rseq_ip_fixup): rseq->rseq_cs cleared and its rip moved to the section's abort_ip. The seize
+// is such a preemption. Without it, the calls injected later clear rseq_cs (a return to user
+// space outside the section) and the dump would record a thread in the middle of a section
+// that nothing aborts any more: restored (or left running), it would carry on there as if it
+// still had its CPU. Best effort: a thread we cannot read is left as it is.
+void AbortRseqSection(pid_t tid) {
+  struct {
+    uint64_t abi;
+    uint32_t size, sig, flags, pad;
+  } rc{};
+  if (ptrace(static_cast<__ptrace_request>(0x420f /* PTRACE_GET_RSEQ_CONFIGURATION */), tid,
+             reinterpret_cast<void*>(sizeof(rc)), &rc) < 0 ||
+      rc.abi == 0)
+    return;
+  auto read = [tid](uint64_t addr, void* buf, size_t len) {
+    iovec l{buf, len}, r{reinterpret_cast<void*>(addr), len};
+    return process_vm_readv(tid, &l, 1, &r, 1, 0) == static_cast<ssize_t>(len);
+  };
+  uint64_t cs = 0;
+  if (!read(rc.abi + 8, &cs, sizeof(cs)) || cs == 0) return;
+  struct {
+    uint32_t version, flags;
+    uint64_t start_ip, post_commit_offset, abort_ip;
+  } d{};
+  uint32_t sig = 0;
+  user_regs_struct regs{};
+  if (!read(cs, &d, sizeof(d)) || ptrace(PTRACE_GETREGS, tid, nullptr, &regs) < 0) return;
+  if (regs.rip < d.start_ip || regs.rip - d.start_ip >= d.post_commit_offset) return;
+  if (!read(d.abort_ip - 4, &sig, sizeof(sig)) || sig != rc.sig) return;
+  uint64_t zero = 0;
+  iovec l{&zero, sizeof(zero)}, r{reinterpret_cast<void*>(rc.abi + 8), sizeof(zero)};
+  if (process_vm_writev(tid, &l, 1, &r, 1, 0) != sizeof(zero)) return;
+  regs.rip = d.abort_ip;
+  if (ptrace(PTRACE_SETREGS, tid, nullptr, &regs) < 0) PLOG_WARN("rseq abort of %d", tid);
+}
+
 // PTRACE_SEIZE + PTRACE_INTERRUPT, and the group stop the thread was in. A thread seized in a
 // group stop (or entering one while we seize it) reports its first trap as PTRACE_EVENT_STOP
 // with the stop signal; an interrupt reports SIGTRAP. *stop_sig: that signal, else 0. A
@@ -66,6 +105,7 @@ Result<void> Seize(pid_t tid, unsigned long options, int* stop_sig) {
     int sig = WSTOPSIG(status);
     if ((status >> 16) == PTRACE_EVENT_STOP) {
       if (IsStopSignal(sig)) *stop_sig = sig;
+      AbortRseqSection(tid);
       return Ok();
     }
     if (ptrace(PTRACE_CONT, tid, nullptr, reinterpret_cast<void*>(static_cast<long>(sig))) < 0)

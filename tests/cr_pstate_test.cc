@@ -533,6 +533,20 @@ TEST(CrPstateZdtm, SigaltstackAutodisarm) { ZdtmRoundTrip("altstack_autodisarm")
 // Robust futex lists per thread (futex-rl): a robust mutex's dead owner is seen after restore.
 TEST(CrPstateZdtm, FutexRobustList) { ZdtmRoundTrip("futex_rl"); }
 TEST(CrPstateZdtm, OomScoreAdj) { ZdtmRoundTrip("oom_score_adj"); }
+// A thread dumped while spinning inside an rseq critical section is sent to its abort handler
+// (the seize acts as the preemption it is), restored or left running.
+TEST(CrPstateZdtm, RseqInsideCriticalSection) { ZdtmRoundTrip("rseq_cs"); }
+TEST(CrPstateZdtm, RseqInsideCriticalSectionLeaveRunning) {
+  TempDir dir;
+  Helper h(dir, "z_pstate", {"rseq_cs"});
+  ASSERT_TRUE(h.ready()) << h.log();
+  GodwitRun d = Godwit({"dump", "--leave-running", "--pid", std::to_string(h.pid()),
+                        "--images-dir", dir / "img"},
+                       dir);
+  ASSERT_EQ(d.status, 0) << d.err;
+  ASSERT_EQ(kill(h.pid(), SIGUSR2), 0);
+  EXPECT_EQ(h.Reap(), 0) << "helper log:\n" << h.log();
+}
 
 // vfork00: a process waiting for its vfork child (not exec'd yet) cannot be dumped (the seize
 // would wait for the vfork forever): refused naming both, the tree left running and working.

@@ -435,6 +435,64 @@ static int m_vfork00(void) {
   return 0;
 }
 
+/* ---- rseq_cs (zdtm rseq01's point): a thread dumped inside an rseq critical section (it spins
+ * there: "1: jmp 1b") must be sent to the section's abort handler after the restore, as the
+ * kernel does on the thread's next preemption or signal. A signal sent to it after the restore
+ * must therefore bring it to the abort handler (it counts); without that, the restore clears
+ * rseq_cs and the thread spins on forever. Uses glibc's registration. ---- */
+static volatile long rs_aborts;
+static volatile int rs_started;
+static void on_rs_sig(int s) { (void)s; }
+static void* rs_spin(void* arg) {
+  (void)arg;
+  char* area = (char*)__builtin_thread_pointer() + __rseq_offset;
+  rs_started = 1;
+  for (;;) {
+    __asm__ volatile(
+        ".pushsection __rseq_cs, \"aw\"\n"
+        ".balign 32\n"
+        "9: .long 0, 0\n"
+        ".quad 1f, (2f - 1f), 4f\n"
+        ".popsection\n"
+        "leaq 9b(%%rip), %%rax\n"
+        "movq %%rax, 8(%[rs])\n"
+        "1: jmp 1b\n"
+        "2: jmp 5f\n"
+        ".long 0x53053053\n"
+        "4:\n"
+        "5:\n"
+        :
+        : [rs] "r"(area)
+        : "rax", "memory");
+    rs_aborts++;
+  }
+  return NULL;
+}
+static int m_rseq_cs(void) {
+  SETUP(__rseq_size > 0);
+  struct sigaction sa = {.sa_handler = on_rs_sig};
+  SETUP(sigaction(SIGUSR1, &sa, NULL) == 0);
+  pthread_t t;
+  SETUP(pthread_create(&t, NULL, rs_spin, NULL) == 0);
+  while (!rs_started) sched_yield();
+  /* It is in the section once a signal brought it to the abort handler at least once. */
+  long until = now_ms(CLOCK_MONOTONIC) + 5000;
+  while (rs_aborts == 0 && now_ms(CLOCK_MONOTONIC) < until) {
+    pthread_kill(t, SIGUSR1);
+    usleep(1000);
+  }
+  SETUP(rs_aborts > 0);
+  ready_and_wait();
+  long before = rs_aborts;
+  until = now_ms(CLOCK_MONOTONIC) + 5000;
+  while (rs_aborts == before && now_ms(CLOCK_MONOTONIC) < until) {
+    pthread_kill(t, SIGUSR1);
+    usleep(1000);
+  }
+  CHECK(rs_aborts > before, "the thread did not leave its rseq critical section (aborts %ld)", rs_aborts);
+  return 0;
+}
+
 /* ---- posix_timers ---- */
 struct ptimer {
   clockid_t clock;
@@ -854,7 +912,7 @@ int main(int argc, char** argv) {
       {"dumpable", m_dumpable},         {"subreaper_orphan", m_subreaper_orphan},
       {"altstack_autodisarm", m_altstack_autodisarm},
       {"futex_rl", m_futex_rl},         {"oom_score_adj", m_oom_score_adj},
-      {"vfork00", m_vfork00},
+      {"vfork00", m_vfork00},           {"rseq_cs", m_rseq_cs},
   };
   for (size_t i = 0; i < sizeof modes / sizeof modes[0]; ++i)
     if (!strcmp(mode, modes[i].name)) return modes[i].fn();
