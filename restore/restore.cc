@@ -439,6 +439,41 @@ Result<int> ServiceFdBase(const RestoreContext& ctx) {
                    need, limit, used.size(), max_fd);
 }
 
+// Stand-in leaders (CRIU forks "helper" tasks for this): for every group of a live process whose
+// leader is not in the tree, a child of ours with the group's id that makes the group and waits
+// to be killed. Only in our own session (setpgid joins a group of the caller's session) and our
+// pid namespace; other cases keep failing at setpgid, naming the group.
+Result<void> StartGroupStandIns(const RestoreContext& ctx, std::vector<pid_t>* out) {
+  std::set<pid_t> pids, groups;
+  for (const auto& e : ctx.tree.processes()) pids.insert(e.pid());
+  for (const auto& e : ctx.tree.processes())
+    if (!e.zombie() && e.pid() != ctx.tree.root_pid() && e.pgid() != e.pid() &&
+        !pids.count(e.pgid()) && e.sid() == getsid(0) && e.ns_pids_size() < 2)
+      groups.insert(e.pgid());
+  for (pid_t g : groups) {
+    int sync[2];
+    if (pipe2(sync, O_CLOEXEC) < 0) return Errno("pipe");
+    UniqueFd rd(sync[0]), wr(sync[1]);
+    struct clone_args args;
+    memset(&args, 0, sizeof(args));
+    args.exit_signal = SIGCHLD;
+    pid_t tid = g;
+    args.set_tid = reinterpret_cast<uint64_t>(&tid);
+    args.set_tid_size = 1;
+    pid_t h = static_cast<pid_t>(syscall(SYS_clone3, &args, sizeof(args)));
+    if (h < 0) return Errno("group %d: clone3 a stand-in leader with pid %d", g, g);
+    if (h == 0) {
+      if (syscall(SYS_setpgid, 0, 0) == 0) (void)!write(sync[1], "g", 1);
+      for (;;) pause();
+    }
+    out->push_back(h);
+    wr.reset();
+    char c;
+    if (read(rd.get(), &c, 1) != 1) return Err("group %d: its stand-in leader failed", g);
+  }
+  return Ok();
+}
+
 // The signal that stops p again: the one it was stopped with, unless p now handles, ignores or
 // blocks it (then it would not stop p): SIGSTOP, which cannot be caught.
 int StopSignal(const RestoreContext& ctx, const ProcessRestore& p) {
@@ -678,6 +713,17 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
     uint64_t args[6] = {static_cast<uint64_t>(report_fd), 0, 0, 0, 0, 0};
     TRY(p->remote->RawSyscallIn(p->pid, SYS_close, args));
   }
+  // A group whose leader is gone (it exited; its members stay in the group): a stand-in leader
+  // with the group's id, in our session, holds the group while its members join, then dies.
+  std::vector<pid_t> stand_ins;
+  ScopeExit end_stand_ins([&] {
+    for (pid_t h : stand_ins) {
+      kill(h, SIGKILL);
+      while (waitpid(h, nullptr, __WALL) < 0 && errno == EINTR) {
+      }
+    }
+  });
+  TRY(StartGroupStandIns(ctx, &stand_ins));
   // Process groups: leaders first, then members (the group must exist). A session leader
   // already leads its group.
   for (int pass = 0; pass < 2; ++pass) {

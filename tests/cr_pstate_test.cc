@@ -536,6 +536,8 @@ TEST(CrPstateZdtm, OomScoreAdj) { ZdtmRoundTrip("oom_score_adj"); }
 // A thread dumped while spinning inside an rseq critical section is sent to its abort handler
 // (the seize acts as the preemption it is), restored or left running.
 TEST(CrPstateZdtm, RseqInsideCriticalSection) { ZdtmRoundTrip("rseq_cs"); }
+// A process group whose leader exited: a stand-in leader recreates it for the restore.
+TEST(CrPstateZdtm, ProcessGroupWithoutItsLeader) { ZdtmRoundTrip("pgid_orphan"); }
 TEST(CrPstateZdtm, RseqInsideCriticalSectionLeaveRunning) {
   TempDir dir;
   Helper h(dir, "z_pstate", {"rseq_cs"});

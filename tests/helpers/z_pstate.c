@@ -493,6 +493,44 @@ static int m_rseq_cs(void) {
   return 0;
 }
 
+/* ---- pgid_orphan: a process group whose leader exited, its member (adopted by the subreaper
+ * root) still in it: after the restore the member is in that group (a stand-in leader made it
+ * and is gone), and a signal to the group reaches it. ---- */
+static int m_pgid_orphan(void) {
+  SETUP(prctl(PR_SET_CHILD_SUBREAPER, 1) == 0);
+  int p[2];
+  SETUP(pipe(p) == 0);
+  pid_t a = zfork();
+  if (a == 0) {
+    close(p[0]);
+    if (setpgid(0, 0)) _exit(90);
+    pid_t b = fork();
+    if (b == 0) {
+      if (write(p[1], "b", 1) != 1) _exit(91);
+      close(p[1]);
+      wait_usr2(); /* sent to the group */
+      _exit(0);
+    }
+    _exit(0);
+  }
+  close(p[1]);
+  char ch;
+  SETUP(read(p[0], &ch, 1) == 1 && reap(a) == 0);
+  char path[64];
+  snprintf(path, sizeof path, "/proc/%d/task/%d/children", getpid(), getpid());
+  FILE* f = fopen(path, "r");
+  pid_t b = 0;
+  SETUP(f && fscanf(f, "%d", &b) == 1 && b > 0);
+  fclose(f);
+  SETUP(getpgid(b) == a);
+  ready_and_wait();
+  CHECK(getpgid(b) == a, "member %d: pgid %d, want %d", b, getpgid(b), a);
+  CHECK(kill(a, 0) < 0 && errno == ESRCH, "pid %d (the stand-in leader) still exists", a);
+  CHECK(kill(-a, SIGUSR2) == 0, "signal to group %d", a);
+  CHECK(reap(b) == 0, "member");
+  return 0;
+}
+
 /* ---- posix_timers ---- */
 struct ptimer {
   clockid_t clock;
@@ -913,6 +951,7 @@ int main(int argc, char** argv) {
       {"altstack_autodisarm", m_altstack_autodisarm},
       {"futex_rl", m_futex_rl},         {"oom_score_adj", m_oom_score_adj},
       {"vfork00", m_vfork00},           {"rseq_cs", m_rseq_cs},
+      {"pgid_orphan", m_pgid_orphan},
   };
   for (size_t i = 0; i < sizeof modes / sizeof modes[0]; ++i)
     if (!strcmp(mode, modes[i].name)) return modes[i].fn();
