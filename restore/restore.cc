@@ -440,8 +440,8 @@ Result<int> ServiceFdBase(const RestoreContext& ctx) {
 }
 
 // Stand-in leaders (CRIU forks "helper" tasks for this): for every group of a live process whose
-// leader is not in the tree, a child of ours with the group's id that makes the group and waits
-// to be killed. Only in our own session (setpgid joins a group of the caller's session) and our
+// leader is not in the tree and that no longer exists, a child of ours with the group's id that
+// makes the group and waits to be killed. Only in our own session (setpgid joins a group of the caller's session) and our
 // pid namespace; other cases keep failing at setpgid, naming the group.
 Result<void> StartGroupStandIns(const RestoreContext& ctx, std::vector<pid_t>* out) {
   std::set<pid_t> pids, groups;
@@ -451,6 +451,8 @@ Result<void> StartGroupStandIns(const RestoreContext& ctx, std::vector<pid_t>* o
         !pids.count(e.pgid()) && e.sid() == getsid(0) && e.ns_pids_size() < 2)
       groups.insert(e.pgid());
   for (pid_t g : groups) {
+    // Only a group that is gone: one that exists (ours, the caller's) is joined as it is.
+    if (kill(-g, 0) == 0 || errno != ESRCH || kill(g, 0) == 0 || errno != ESRCH) continue;
     int sync[2];
     if (pipe2(sync, O_CLOEXEC) < 0) return Errno("pipe");
     UniqueFd rd(sync[0]), wr(sync[1]);
