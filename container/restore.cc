@@ -7,6 +7,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 
 #include "common/fs.h"
@@ -202,6 +203,18 @@ Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& re
   TreeRestoreRequest req;
   req.tree_dir = dir + "/" + kTreeDir;
   req.clone_flags = kRootCloneFlags;
+  // A user namespace: its maps, and the namespaces it owns, come from a holder (restore_env.h).
+  std::unique_ptr<UsernsHolder> userns;
+  if (std::find(rec.namespaces().begin(), rec.namespaces().end(), "user") !=
+      rec.namespaces().end()) {
+    if (!rec.has_userns())
+      return MakeError(ErrorKind::kBadImage, 0, "%s: a user namespace without its maps",
+                       kContainerImage);
+    ASSIGN_OR_RETURN(userns, UsernsHolder::Start(rec.userns()));
+    plan.join = userns->Joins();
+    req.clone_flags = CLONE_NEWCGROUP;  // pid ns from the image; the rest joined in BuildRoot
+    req.userns_fd = userns->user_fd();
+  }
   req.inside = [&plan](const char** what) { return BuildRoot(plan, what); };
   auto t_env = Clock::now();
   double env_ms = 0;

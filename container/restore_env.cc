@@ -1,6 +1,10 @@
 #include "container/restore_env.h"
 
 #include <fcntl.h>
+#include <linux/mount.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -9,6 +13,7 @@
 #include <map>
 
 #include "common/fs.h"
+#include "common/idmap.h"
 #include "common/log.h"
 #include "container/ipc.h"
 #include "container/mnt.h"
@@ -156,6 +161,16 @@ Result<RootPlan> PlanRoot(const img::MountTable& table, const runtime::Spec& spe
       s.data = FsData(m.super_opts());
       // A read-only tmpfs is filled from outside first; FillEnvironment makes it read-only.
       if (m.fstype() == "tmpfs" && m.contents_dumped()) s.flags &= ~MS_RDONLY;
+    } else if (m.fstype() == "devtmpfs" && m.root() != "/") {
+      // A host device node bound in (the runtime's /dev in a user namespace, where mknod is
+      // not allowed, and masked paths bound to /dev/null).
+      s.bind = true;
+      s.source = "/dev" + m.root();
+      struct stat st;
+      if (::stat(s.source.c_str(), &st) < 0 || !(S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode)))
+        return MakeError(ErrorKind::kNotFound, errno, "mount %u: host device %s for %s",
+                         m.mnt_id(), s.source.c_str(), m.mountpoint().c_str());
+      s.file = true;
     } else {
       const runtime::Mount* sm = nullptr;
       for (const auto& x : spec.mounts)
@@ -185,6 +200,8 @@ int BuildRoot(const RootPlan& plan, const char** what) {
       return errno;      \
     }                    \
   } while (0)
+  for (const auto& [fd, type] : plan.join)
+    STEP(::setns(fd, type) < 0, "join a namespace of the user namespace holder");
   STEP(::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) < 0, "make / rprivate");
   const char* newroot;
   if (!plan.merged.empty()) {
@@ -219,7 +236,9 @@ int BuildRoot(const RootPlan& plan, const char** what) {
     }
     if (s.bind) {
       STEP(::mount(s.source.c_str(), t, nullptr, MS_BIND | MS_REC, nullptr) < 0, "bind mount");
-      unsigned long keep = s.flags & (MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC);
+      // The atime flags too: in a mount namespace owned by a user namespace they are locked.
+      unsigned long keep = s.flags & (MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_NOATIME |
+                                      MS_NODIRATIME | MS_RELATIME | MS_STRICTATIME);
       if (keep)
         STEP(::mount(nullptr, t, nullptr, MS_REMOUNT | MS_BIND | keep, nullptr) < 0,
              "remount bind with flags");
@@ -244,6 +263,100 @@ int BuildRoot(const RootPlan& plan, const char** what) {
   return 0;
 }
 
+Result<void> CheckUserNamespace(const img::UserNamespace& u) {
+  for (const auto* map : {&u.uid_map(), &u.gid_map()}) {
+    const char* what = map == &u.uid_map() ? "uid map" : "gid map";
+    if (map->empty() || map->size() > 340)
+      return MakeError(ErrorKind::kBadImage, 0, "user namespace %s: %d ranges", what,
+                       map->size());
+    std::vector<idmap::Range> ranges;
+    for (const auto& e : *map) ranges.push_back({e.inside(), e.outside(), e.count()});
+    TRY(idmap::Parse(idmap::Format(ranges), what));
+  }
+  return Ok();
+}
+
+UsernsHolder::~UsernsHolder() {
+  if (pid_ <= 0) return;
+  hold_.reset();
+  ::kill(pid_, SIGKILL);
+  while (::waitpid(pid_, nullptr, 0) < 0 && errno == EINTR) {
+  }
+}
+
+std::vector<std::pair<int, int>> UsernsHolder::Joins() const {
+  return {{mnt_.get(), CLONE_NEWNS},
+          {uts_.get(), CLONE_NEWUTS},
+          {ipc_.get(), CLONE_NEWIPC},
+          {net_.get(), CLONE_NEWNET}};
+}
+
+Result<std::unique_ptr<UsernsHolder>> UsernsHolder::Start(const img::UserNamespace& u) {
+  TRY(CheckUserNamespace(u));
+  std::vector<idmap::Range> uids, gids;
+  for (const auto& e : u.uid_map()) uids.push_back({e.inside(), e.outside(), e.count()});
+  for (const auto& e : u.gid_map()) gids.push_back({e.inside(), e.outside(), e.count()});
+  int up[2], down[2];
+  if (::pipe2(up, O_CLOEXEC) < 0) return Errno("pipe");
+  UniqueFd up_rd(up[0]), up_wr(up[1]);
+  if (::pipe2(down, O_CLOEXEC) < 0) return Errno("pipe");
+  UniqueFd down_rd(down[0]), down_wr(down[1]);
+  std::unique_ptr<UsernsHolder> h(new UsernsHolder());
+  pid_t pid = ::fork();
+  if (pid < 0) return Errno("fork user namespace holder");
+  if (pid == 0) {
+    // Raw calls only. Status bytes: 'u' user ns made, 'n' the rest; an errno byte on failure.
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    up_rd.reset();
+    down_wr.reset();
+    char c = 'u';
+    if (::unshare(CLONE_NEWUSER) < 0) c = static_cast<char>(errno);
+    if (::write(up_wr.get(), &c, 1) != 1 || c != 'u') ::_exit(1);
+    if (::read(down_rd.get(), &c, 1) != 1) ::_exit(1);  // maps written
+    c = 'n';
+    if (::unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET) < 0)
+      c = static_cast<char>(errno);
+    if (::write(up_wr.get(), &c, 1) != 1 || c != 'n') ::_exit(1);
+    while (::read(down_rd.get(), &c, 1) < 0 && errno == EINTR) {
+    }
+    ::_exit(0);
+  }
+  h->pid_ = pid;
+  up_wr.reset();
+  down_rd.reset();
+  auto status = [&](char want, const char* step) -> Result<void> {
+    char c = 0;
+    ssize_t n;
+    do {
+      n = ::read(up_rd.get(), &c, 1);
+    } while (n < 0 && errno == EINTR);
+    if (n != 1) return Err("user namespace holder %d died (%s)", pid, step);
+    if (c != want) return MakeError(ErrorKind::kGeneric, c, "user namespace holder: %s", step);
+    return Ok();
+  };
+  TRY(status('u', "unshare(CLONE_NEWUSER)"));
+  // setgroups first: it can only be set to "deny" before the gid map is written.
+  std::string base = StrFormat("/proc/%d/", pid);
+  if (u.setgroups_deny()) TRY(fs::WriteFile(base + "setgroups", "deny"));
+  for (auto [file, map] : {std::pair{"uid_map", &uids}, std::pair{"gid_map", &gids}}) {
+    std::string text = idmap::Format(*map);
+    ASSIGN_OR_RETURN(UniqueFd fd, fs::Open(base + file, O_WRONLY));
+    if (::write(fd.get(), text.data(), text.size()) != static_cast<ssize_t>(text.size()))
+      return MakeError(ErrorKind::kBadImage, errno, "user namespace %s from the image: write %s%s",
+                       file, base.c_str(), file);
+  }
+  char go = 'g';
+  if (::write(down_wr.get(), &go, 1) != 1) return Errno("wake user namespace holder %d", pid);
+  TRY(status('n', "unshare(CLONE_NEWNS|NEWUTS|NEWIPC|NEWNET)"));
+  h->hold_ = std::move(down_wr);
+  ASSIGN_OR_RETURN(h->user_, OpenNamespace(pid, "user"));
+  ASSIGN_OR_RETURN(h->mnt_, OpenNamespace(pid, "mnt"));
+  ASSIGN_OR_RETURN(h->uts_, OpenNamespace(pid, "uts"));
+  ASSIGN_OR_RETURN(h->ipc_, OpenNamespace(pid, "ipc"));
+  ASSIGN_OR_RETURN(h->net_, OpenNamespace(pid, "net"));
+  return h;
+}
+
 Result<void> FillEnvironment(const images::ImageSet& images, const img::ContainerCheckpoint& rec,
                              const img::MountTable& table, const img::NetNs* netns,
                              pid_t root_pid) {
@@ -262,10 +375,27 @@ Result<void> FillEnvironment(const images::ImageSet& images, const img::Containe
   std::string root = StrFormat("/proc/%d/root", root_pid);
   if (rec.has_layer()) TRY_CTX(mnt::RestoreLayer(images, root + "/."), "writable layer");
   std::vector<const img::MountEntry*> readonly;
+  UniqueFd mntns;
   for (const auto& m : table.mounts()) {
     if (!m.contents_dumped()) continue;
-    TRY_CTX(mnt::RestoreTmpfs(images, m.mnt_id(), JoinPath(root, m.mountpoint())), "tmpfs %s",
-            m.mountpoint().c_str());
+    // Into a clone of that mount alone: what is mounted over its entries (the host's device
+    // nodes bound onto /dev/null and co. in a user namespace) must not be written through.
+    if (!mntns.valid()) {
+      ASSIGN_OR_RETURN(mntns, OpenNamespace(root_pid, "mnt"));
+    }
+    UniqueFd view;
+    TRY(RunInNamespace(
+        mntns.get(), CLONE_NEWNS,
+        [&]() -> Result<void> {
+          long fd = ::syscall(SYS_open_tree, AT_FDCWD, m.mountpoint().c_str(),
+                              OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
+          if (fd < 0) return Errno("open_tree %s", m.mountpoint().c_str());
+          view.reset(static_cast<int>(fd));
+          return Ok();
+        },
+        NsThreadOptions{.unshare_fs = true}));
+    TRY_CTX(mnt::RestoreTmpfs(images, m.mnt_id(), StrFormat("/proc/self/fd/%d", view.get())),
+            "tmpfs %s", m.mountpoint().c_str());
     if (ParseFlags(m.mount_opts()) & MS_RDONLY) readonly.push_back(&m);
   }
   if (!readonly.empty()) {

@@ -17,10 +17,13 @@
 #include <sched.h>
 #include <sys/types.h>
 
+#include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/result.h"
+#include "common/unique_fd.h"
 #include "images/image.h"
 #include "proto/container.pb.h"
 #include "proto/mnt.pb.h"
@@ -49,6 +52,9 @@ struct MountStep {
 
 // What BuildRoot does, prepared before the clone (no allocation after it).
 struct RootPlan {
+  // Namespaces the root task joins first (fd inherited from the caller, CLONE_NEW* type): those
+  // of a UsernsHolder, when the container has a user namespace.
+  std::vector<std::pair<int, int>> join;
   std::string rootfs;  // host path of the rootfs
   bool readonly = false;
   int64_t disk_quota = 0;   // > 0: overlay with upper/work in a tmpfs of this size
@@ -71,6 +77,35 @@ int BuildRoot(const RootPlan& plan, const char** what);
 // net: the network to build (the image's, possibly readdressed); null: none.
 Result<void> FillEnvironment(const images::ImageSet& images, const img::ContainerCheckpoint& rec,
                              const img::MountTable& table, const img::NetNs* net, pid_t root_pid);
+
+// A container with a user namespace is restored into namespaces made by a holder process:
+// it unshares a user namespace, we write the image's maps (setgroups, uid_map, gid_map), then it
+// unshares the mount, UTS, IPC and network namespaces, which that user namespace thus owns. The
+// root task (forked outside the user namespace, so that every pid of the tree can be chosen at
+// the host level too) joins those namespaces in BuildRoot, and every restored process joins the
+// user namespace once its children are forked (restore::RestoreOptions::userns_fd). The holder
+// is killed and reaped when this object goes.
+class UsernsHolder {
+ public:
+  static Result<std::unique_ptr<UsernsHolder>> Start(const img::UserNamespace& u);
+  ~UsernsHolder();
+  UsernsHolder(const UsernsHolder&) = delete;
+  UsernsHolder& operator=(const UsernsHolder&) = delete;
+
+  pid_t pid() const { return pid_; }
+  int user_fd() const { return user_.get(); }
+  // (fd, CLONE_NEW*) of the mount, UTS, IPC and network namespaces, for RootPlan::join.
+  std::vector<std::pair<int, int>> Joins() const;
+
+ private:
+  UsernsHolder() = default;
+  pid_t pid_ = -1;
+  UniqueFd hold_;  // its read end: EOF releases it
+  UniqueFd user_, mnt_, uts_, ipc_, net_;
+};
+
+// Checks the image's maps the way the kernel will (kBadImage names the flaw).
+Result<void> CheckUserNamespace(const img::UserNamespace& u);
 
 // Converts the image's limits back into runtime resources.
 runtime::Resources LimitsToResources(const img::CgroupLimits& l);

@@ -19,6 +19,7 @@
 #include <map>
 
 #include "common/fs.h"
+#include "common/idmap.h"
 #include "common/log.h"
 #include "common/sched_attr.h"
 #include "dump/steps.h"
@@ -267,6 +268,21 @@ Result<void> DumpPosixTimers(DumpContext& ctx, ProcessDump& p, img::ProcessState
   return Ok();
 }
 
+// Translates ids seen from the dumper's user namespace into pid's own (identity when they are
+// the same namespace).
+Result<void> ToOwnUserns(pid_t pid, const char* which, std::vector<uint64_t>* ids) {
+  ASSIGN_OR_RETURN(auto map, idmap::Read(pid, which));
+  if (idmap::IsIdentity(map)) return Ok();
+  for (auto& id : *ids) {
+    auto in = idmap::ToInside(map, static_cast<uint32_t>(id));
+    if (!in)
+      return MakeError(ErrorKind::kUnsupported, 0, "pid %d: id %llu has no mapping in its %s",
+                       pid, static_cast<unsigned long long>(id), which);
+    id = *in;
+  }
+  return Ok();
+}
+
 Result<void> DumpCreds(pid_t pid, pid_t tid, remote::Remote* r, img::Creds* c) {
   std::string path = StrFormat("/proc/%d/task/%d/status", pid, tid);
   ASSIGN_OR_RETURN(auto st, ReadStatus(path));
@@ -275,6 +291,13 @@ Result<void> DumpCreds(pid_t pid, pid_t tid, remote::Remote* r, img::Creds* c) {
   ASSIGN_OR_RETURN(s, Field(st, "Gid", path));
   ASSIGN_OR_RETURN(auto gids, Numbers(s, 10));
   if (uids.size() != 4 || gids.size() != 4) return Err("%s: bad Uid/Gid lines", path.c_str());
+  ASSIGN_OR_RETURN(s, Field(st, "Groups", path));
+  ASSIGN_OR_RETURN(auto groups, Numbers(s, 10));
+  // Ids are stored as the task's own user namespace sees them (what an injected setresuid in the
+  // restored task takes); status shows them as the dumper's namespace does.
+  TRY(ToOwnUserns(pid, "uid_map", &uids));
+  TRY(ToOwnUserns(pid, "gid_map", &gids));
+  TRY(ToOwnUserns(pid, "gid_map", &groups));
   c->set_uid(uids[0]);
   c->set_euid(uids[1]);
   c->set_suid(uids[2]);
@@ -283,8 +306,6 @@ Result<void> DumpCreds(pid_t pid, pid_t tid, remote::Remote* r, img::Creds* c) {
   c->set_egid(gids[1]);
   c->set_sgid(gids[2]);
   c->set_fsgid(gids[3]);
-  ASSIGN_OR_RETURN(s, Field(st, "Groups", path));
-  ASSIGN_OR_RETURN(auto groups, Numbers(s, 10));
   for (uint64_t g : groups) c->add_groups(static_cast<uint32_t>(g));
   const std::pair<const char*, void (img::Creds::*)(uint64_t)> caps[] = {
       {"CapInh", &img::Creds::set_cap_inheritable},
