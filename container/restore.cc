@@ -128,6 +128,14 @@ Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& re
   ASSIGN_OR_RETURN(images::ImageSet images, images::ImageSet::Open(dir + "/" + kContainerDir));
   img::ContainerCheckpoint rec;
   TRY(images.ReadOne(kContainerImage, &rec));
+  const bool has_userns = std::find(rec.namespaces().begin(), rec.namespaces().end(), "user") !=
+                          rec.namespaces().end();
+  if (has_userns) {
+    if (!rec.has_userns())
+      return MakeError(ErrorKind::kBadImage, 0, "%s: a user namespace without its maps",
+                       kContainerImage);
+    TRY_CTX(CheckUserNamespace(rec.userns()), "%s", kContainerImage);
+  }
   img::MountTable table;
   if (images.Has(mnt::kImage)) {
     ASSIGN_OR_RETURN(table, mnt::ReadMounts(images));
@@ -205,11 +213,7 @@ Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& re
   req.clone_flags = kRootCloneFlags;
   // A user namespace: its maps, and the namespaces it owns, come from a holder (restore_env.h).
   std::unique_ptr<UsernsHolder> userns;
-  if (std::find(rec.namespaces().begin(), rec.namespaces().end(), "user") !=
-      rec.namespaces().end()) {
-    if (!rec.has_userns())
-      return MakeError(ErrorKind::kBadImage, 0, "%s: a user namespace without its maps",
-                       kContainerImage);
+  if (has_userns) {
     ASSIGN_OR_RETURN(userns, UsernsHolder::Start(rec.userns()));
     plan.join = userns->Joins();
     req.clone_flags = CLONE_NEWCGROUP;  // pid ns from the image; the rest joined in BuildRoot

@@ -11,6 +11,7 @@
 #include <sys/prctl.h>
 #include <sys/ptrace.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/time.h>
 #include <unistd.h>
@@ -355,8 +356,23 @@ Result<void> DumpSeccomp(pid_t pid, pid_t tid, img::Seccomp* sc) {
   return Ok();
 }
 
+// Ids are stored as the tree's user namespace sees them (ToOwnUserns) and a restore puts the
+// whole tree in one: a process in another one than the tree's root cannot be restored.
+Result<void> CheckSameUserns(pid_t root, pid_t pid) {
+  struct stat a, b;
+  if (::stat(StrFormat("/proc/%d/ns/user", root).c_str(), &a) < 0 ||
+      ::stat(StrFormat("/proc/%d/ns/user", pid).c_str(), &b) < 0)
+    return Errno("stat /proc/{%d,%d}/ns/user", root, pid);
+  if (a.st_ino != b.st_ino || a.st_dev != b.st_dev)
+    return MakeError(ErrorKind::kUnsupported, 0,
+                     "pid %d is in another user namespace than the tree's root %d: not supported",
+                     pid, root);
+  return Ok();
+}
+
 Result<void> DumpThreads(DumpContext& ctx, ProcessDump& p, img::ProcessState* ps) {
   ASSIGN_OR_RETURN(remote::Remote * r, ctx.RemoteFor(p));
+  TRY(CheckSameUserns(ctx.opts.pid, p.pid));
   for (pid_t tid : p.entry->threads()) {
     auto* t = ps->add_threads();
     t->set_tid(tid);
