@@ -151,6 +151,7 @@ class ContainerUserns : public ::testing::Test {
     o.hostname = "un-" + id_;
     o.memory = 48 << 20;
     o.ip = ip_ + "/24";
+    o.allow_ports = {"8080"};  // an nftables ruleset in the netns the user namespace owns
     o.args = {"sh", "-c",
               "echo before > /dev/shm/f; mkdir /dev/shm/app; chown 1000:1000 /dev/shm/app; "
               "su -s /bin/sh app -c 'echo mine > /dev/shm/app/own; i=0; while true; do "
@@ -307,6 +308,9 @@ TEST_F(ContainerUserns, CheckpointDeleteRestoreKeepsMapsAndCreds) {
   EXPECT_NE(two[0], two[1]);
   auto owner = Sh(StrFormat("nsenter -t %d -U -n ip link set lo mtu 1500 && echo net-admin", pid));
   EXPECT_OK(owner);  // the container's root administers its netns: the user ns owns it
+  auto rules = Sh(StrFormat("nsenter -t %d -n nft list ruleset", pid));
+  ASSERT_OK(rules);
+  EXPECT_NE(rules->find("8080"), std::string::npos) << *rules;
   auto host = Sh(StrFormat("nsenter -t %d -U -u hostname", pid));
   ASSERT_OK(host);
   EXPECT_EQ(*host, "un-" + id_ + "\n");
