@@ -216,6 +216,8 @@ Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& re
   if (has_userns) {
     ASSIGN_OR_RETURN(userns, UsernsHolder::Start(rec.userns()));
     plan.join = userns->Joins();
+    plan.userns_fd = userns->user_fd();
+    TRY(PlanUsernsMounts(&plan, rec.userns()));
     req.clone_flags = CLONE_NEWCGROUP;  // pid ns from the image; the rest joined in BuildRoot
     req.userns_fd = userns->user_fd();
   }

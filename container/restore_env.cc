@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <linux/mount.h>
 #include <signal.h>
+#include <linux/securebits.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <sys/mount.h>
@@ -192,6 +193,76 @@ Result<RootPlan> PlanRoot(const img::MountTable& table, const runtime::Spec& spe
   return plan;
 }
 
+Result<void> PlanUsernsMounts(RootPlan* plan, const img::UserNamespace& u) {
+  std::vector<idmap::Range> uids, gids;
+  for (const auto& e : u.uid_map()) uids.push_back({e.inside(), e.outside(), e.count()});
+  for (const auto& e : u.gid_map()) gids.push_back({e.inside(), e.outside(), e.count()});
+  plan->userns_fsuid = idmap::ToOutside(uids, 0).value_or(uids.empty() ? 0 : uids[0].outside);
+  plan->userns_fsgid = idmap::ToOutside(gids, 0).value_or(gids.empty() ? 0 : gids[0].outside);
+  for (MountStep& s : plan->mounts) {
+    if (s.bind || (s.fstype != "tmpfs" && s.fstype != "devpts")) continue;
+    s.userns_mount = true;
+    s.params.clear();
+    for (const auto& o : fs::Split(s.data, ',')) {
+      if (o.empty()) continue;
+      size_t eq = o.find('=');
+      std::string key = o.substr(0, eq), value = eq == std::string::npos ? "" : o.substr(eq + 1);
+      if (key == "uid" || key == "gid") {
+        auto in = idmap::ToInside(key == "uid" ? uids : gids,
+                                  static_cast<uint32_t>(strtoul(value.c_str(), nullptr, 10)));
+        if (!in)
+          return MakeError(ErrorKind::kBadImage, 0, "mount %s: %s=%s has no mapping in the user "
+                           "namespace", s.target.c_str(), key.c_str(), value.c_str());
+        value = std::to_string(*in);
+      }
+      s.params.emplace_back(key, value);
+    }
+    if (s.source.size()) s.params.emplace_back("source", s.source);
+    s.attr = 0;
+    if (s.flags & MS_RDONLY) s.attr |= MOUNT_ATTR_RDONLY;
+    if (s.flags & MS_NOSUID) s.attr |= MOUNT_ATTR_NOSUID;
+    if (s.flags & MS_NODEV) s.attr |= MOUNT_ATTR_NODEV;
+    if (s.flags & MS_NOEXEC) s.attr |= MOUNT_ATTR_NOEXEC;
+    if (s.flags & MS_NODIRATIME) s.attr |= MOUNT_ATTR_NODIRATIME;
+    if (s.flags & MS_NOATIME)
+      s.attr |= MOUNT_ATTR_NOATIME;
+    else if (s.flags & MS_STRICTATIME)
+      s.attr |= MOUNT_ATTR_STRICTATIME;
+  }
+  return Ok();
+}
+
+namespace {
+
+constexpr int kMaxUsernsMounts = 64;
+
+// The helper of BuildRoot (a clone sharing the root task's fd table): joins the user namespace,
+// makes each userns_mount step's detached mount and writes its fd number to out_fd, in order.
+// Returns an errno (its exit status), *step naming the call.
+int MakeUsernsMounts(const RootPlan& plan, int out_fd) {
+  if (::setns(plan.userns_fd, CLONE_NEWUSER) < 0) return errno;
+  if (::syscall(SYS_setresgid, 0, 0, 0) < 0 || ::syscall(SYS_setresuid, 0, 0, 0) < 0) return errno;
+  for (const MountStep& s : plan.mounts) {
+    if (!s.userns_mount) continue;
+    int fsfd = static_cast<int>(::syscall(SYS_fsopen, s.fstype.c_str(), FSOPEN_CLOEXEC));
+    if (fsfd < 0) return errno;
+    for (const auto& [k, v] : s.params) {
+      long r = v.empty() ? ::syscall(SYS_fsconfig, fsfd, FSCONFIG_SET_FLAG, k.c_str(), nullptr, 0)
+                         : ::syscall(SYS_fsconfig, fsfd, FSCONFIG_SET_STRING, k.c_str(),
+                                     v.c_str(), 0);
+      if (r < 0) return errno;
+    }
+    if (::syscall(SYS_fsconfig, fsfd, FSCONFIG_CMD_CREATE, nullptr, nullptr, 0) < 0) return errno;
+    int mfd = static_cast<int>(::syscall(SYS_fsmount, fsfd, FSMOUNT_CLOEXEC, s.attr));
+    if (mfd < 0) return errno;
+    ::close(fsfd);
+    if (::write(out_fd, &mfd, sizeof(mfd)) != sizeof(mfd)) return EPIPE;
+  }
+  return 0;
+}
+
+}  // namespace
+
 int BuildRoot(const RootPlan& plan, const char** what) {
 #define STEP(cond, name) \
   do {                   \
@@ -203,6 +274,52 @@ int BuildRoot(const RootPlan& plan, const char** what) {
   for (const auto& [fd, type] : plan.join)
     STEP(::setns(fd, type) < 0, "join a namespace of the user namespace holder");
   STEP(::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) < 0, "make / rprivate");
+  // Superblocks the user namespace must own, made by a helper inside it (pid 2 there for a
+  // moment; gone before the tree is forked). The root itself stays outside (see restore_env.h).
+  int userns_mounts[kMaxUsernsMounts];
+  int n_userns = 0, next_userns = 0;
+  if (plan.userns_fd >= 0) {
+    int want = 0;
+    for (const MountStep& s : plan.mounts) want += s.userns_mount;
+    if (want > kMaxUsernsMounts) {
+      errno = E2BIG;
+      STEP(true, "too many mounts to make in the user namespace");
+    }
+    int p[2];
+    STEP(::pipe2(p, O_CLOEXEC) < 0, "pipe");
+    long pid = ::syscall(SYS_clone, CLONE_FILES | SIGCHLD, 0, 0, 0, 0);
+    STEP(pid < 0, "clone the user namespace mount helper");
+    if (pid == 0) ::_exit(MakeUsernsMounts(plan, p[1]));
+    // The fd table is shared: the write end stays open until the helper is done (the pipe holds
+    // every fd number it writes).
+    int st = 0;
+    while (::wait4(static_cast<pid_t>(pid), &st, 0, nullptr) < 0 && errno == EINTR) {
+    }
+    ::close(p[1]);
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+      ::close(p[0]);
+      errno = WIFEXITED(st) ? WEXITSTATUS(st) : EINTR;
+      STEP(true, "fsopen/fsconfig/fsmount in the user namespace");
+    }
+    while (n_userns < want &&
+           ::read(p[0], &userns_mounts[n_userns], sizeof(int)) == sizeof(int))
+      ++n_userns;
+    ::close(p[0]);
+    if (n_userns != want) {
+      errno = EPIPE;
+      STEP(true, "read the user namespace mounts");
+    }
+  }
+  // Mount points are made as the container's root (capabilities kept across the fsuid change),
+  // then the fs ids go back: the restored processes read the images as their owner.
+  const int saved_bits = static_cast<int>(::prctl(PR_GET_SECUREBITS, 0, 0, 0, 0));
+  const long saved_fsuid = ::syscall(SYS_setfsuid, -1), saved_fsgid = ::syscall(SYS_setfsgid, -1);
+  if (plan.userns_fd >= 0) {
+    STEP(::prctl(PR_SET_SECUREBITS, saved_bits | SECBIT_NO_SETUID_FIXUP, 0, 0, 0) < 0,
+         "PR_SET_SECUREBITS");
+    ::syscall(SYS_setfsgid, plan.userns_fsgid);
+    ::syscall(SYS_setfsuid, plan.userns_fsuid);
+  }
   const char* newroot;
   if (!plan.merged.empty()) {
     STEP(::mount("godwit-storage", plan.storage_dir.c_str(), "tmpfs", MS_NOSUID | MS_NODEV,
@@ -242,6 +359,11 @@ int BuildRoot(const RootPlan& plan, const char** what) {
       if (keep)
         STEP(::mount(nullptr, t, nullptr, MS_REMOUNT | MS_BIND | keep, nullptr) < 0,
              "remount bind with flags");
+    } else if (s.userns_mount && plan.userns_fd >= 0) {
+      int mfd = userns_mounts[next_userns++];
+      STEP(::syscall(SYS_move_mount, mfd, "", AT_FDCWD, t, MOVE_MOUNT_F_EMPTY_PATH) < 0,
+           "move a user namespace mount into place");
+      ::close(mfd);
     } else {
       STEP(::mount(s.source.c_str(), t, s.fstype.c_str(), s.flags,
                    s.data.empty() ? nullptr : s.data.c_str()) < 0,
@@ -249,6 +371,11 @@ int BuildRoot(const RootPlan& plan, const char** what) {
     }
     if (s.propagation)
       STEP(::mount(nullptr, t, nullptr, s.propagation, nullptr) < 0, "propagation");
+  }
+  if (plan.userns_fd >= 0) {
+    ::syscall(SYS_setfsgid, saved_fsgid);
+    ::syscall(SYS_setfsuid, saved_fsuid);
+    STEP(::prctl(PR_SET_SECUREBITS, saved_bits, 0, 0, 0) < 0, "PR_SET_SECUREBITS back");
   }
   if (plan.readonly)
     STEP(::mount(nullptr, newroot, nullptr, MS_REMOUNT | MS_BIND | MS_RDONLY, nullptr) < 0,
@@ -394,8 +521,33 @@ Result<void> FillEnvironment(const images::ImageSet& images, const img::Containe
           return Ok();
         },
         NsThreadOptions{.unshare_fs = true}));
-    TRY_CTX(mnt::RestoreTmpfs(images, m.mnt_id(), StrFormat("/proc/self/fd/%d", view.get())),
-            "tmpfs %s", m.mountpoint().c_str());
+    auto fill = [&]() -> Result<void> {
+      return mnt::RestoreTmpfs(images, m.mnt_id(), StrFormat("/proc/self/fd/%d", view.get()));
+    };
+    if (!rec.has_userns()) {
+      TRY_CTX(fill(), "tmpfs %s", m.mountpoint().c_str());
+    } else {
+      // A tmpfs the user namespace owns takes only inodes of ids mapped in it: create them as
+      // the container's root (fsuid/fsgid on a thread of our own, keeping our capabilities to
+      // chown them to their owners next).
+      uint32_t fsuid = 0, fsgid = 0;
+      {
+        std::vector<idmap::Range> uids, gids;
+        for (const auto& e : rec.userns().uid_map()) uids.push_back({e.inside(), e.outside(), e.count()});
+        for (const auto& e : rec.userns().gid_map()) gids.push_back({e.inside(), e.outside(), e.count()});
+        fsuid = idmap::ToOutside(uids, 0).value_or(uids.empty() ? 0 : uids[0].outside);
+        fsgid = idmap::ToOutside(gids, 0).value_or(gids.empty() ? 0 : gids[0].outside);
+      }
+      TRY_CTX(RunInNamespace(-1, 0,
+                             [&]() -> Result<void> {
+                               if (::prctl(PR_SET_SECUREBITS, SECBIT_NO_SETUID_FIXUP) < 0)
+                                 return Errno("PR_SET_SECUREBITS");
+                               ::syscall(SYS_setfsgid, fsgid);
+                               ::syscall(SYS_setfsuid, fsuid);
+                               return fill();
+                             }),
+              "tmpfs %s", m.mountpoint().c_str());
+    }
     if (ParseFlags(m.mount_opts()) & MS_RDONLY) readonly.push_back(&m);
   }
   if (!readonly.empty()) {

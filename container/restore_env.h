@@ -48,6 +48,11 @@ struct MountStep {
   // For a bind whose source is a device node of a tmpfs filled only later: made first.
   mode_t prep_mode = 0;
   dev_t prep_rdev = 0;
+  // Made in the user namespace (PlanUsernsMounts): fsopen/fsconfig/fsmount by a helper that
+  // joined it, so that the superblock belongs to it; moved onto target by the root task.
+  bool userns_mount = false;
+  std::vector<std::pair<std::string, std::string>> params;  // fsconfig key, value ("": flag)
+  unsigned int attr = 0;                                     // MOUNT_ATTR_*
 };
 
 // What BuildRoot does, prepared before the clone (no allocation after it).
@@ -55,6 +60,10 @@ struct RootPlan {
   // Namespaces the root task joins first (fd inherited from the caller, CLONE_NEW* type): those
   // of a UsernsHolder, when the container has a user namespace.
   std::vector<std::pair<int, int>> join;
+  int userns_fd = -1;  // the user namespace the userns_mount steps are made in
+  // Host ids of the container's root: the root task's fsuid/fsgid while it makes mount points
+  // (a superblock owned by the user namespace takes no inode of an unmapped id).
+  uint32_t userns_fsuid = 0, userns_fsgid = 0;
   std::string rootfs;  // host path of the rootfs
   bool readonly = false;
   int64_t disk_quota = 0;   // > 0: overlay with upper/work in a tmpfs of this size
@@ -69,6 +78,11 @@ struct RootPlan {
 // rebuilt.
 Result<RootPlan> PlanRoot(const img::MountTable& table, const runtime::Spec& spec, bool has_layer,
                           const std::string& storage_dir, const images::ImageSet* images);
+
+// With a user namespace: the tmpfs and devpts mounts of the plan are made inside it (their
+// superblocks belong to it, as the container's own did), ids in their options translated from
+// host ids (mountinfo as host root read it) through the maps. kBadImage: an id with no mapping.
+Result<void> PlanUsernsMounts(RootPlan* plan, const img::UserNamespace& u);
 
 // Runs in the cloned root task (new mount ns). Returns 0, or an errno with *what naming the step.
 int BuildRoot(const RootPlan& plan, const char** what);

@@ -179,11 +179,15 @@ class ContainerUserns : public ::testing::Test {
     CliRun r = Godwit({"--root", root_, "--json", "ps", id});
     auto j = nlohmann::json::parse(r.out, nullptr, false);
     if (r.code != 0 || !j.is_array()) return out;
+    pid_t init = StatePid(id);
     for (pid_t p : j.get<std::vector<pid_t>>()) {
-      // The two shells, not their short-lived usleep children.
-      if (StatusField(p, "Name") != "sh") continue;
+      // The two long-lived shells (the init, and its child of user 1000), not their short-lived
+      // usleep children (named sh until they exec).
       auto ns = fs::Split(StatusField(p, "NSpid"), '\t');
-      if (ns.size() == 2) out[p] = atoi(ns[1].c_str());
+      if (ns.size() != 2) continue;
+      bool app = atoi(StatusField(p, "PPid").c_str()) == init &&
+                 StatusField(p, "Uid").rfind(std::to_string(kHostBase + 1000), 0) == 0;
+      if (p == init || app) out[p] = atoi(ns[1].c_str());
     }
     return out;
   }
@@ -308,6 +312,9 @@ TEST_F(ContainerUserns, CheckpointDeleteRestoreKeepsMapsAndCreds) {
   EXPECT_NE(two[0], two[1]);
   auto owner = Sh(StrFormat("nsenter -t %d -U -n ip link set lo mtu 1500 && echo net-admin", pid));
   EXPECT_OK(owner);  // the container's root administers its netns: the user ns owns it
+  // Its tmpfs belong to its user namespace, as before: its root may remount them.
+  EXPECT_OK(Sh(StrFormat(
+      "nsenter -t %d -U -m -p mount -t tmpfs -o remount,size=32m shm /dev/shm", pid)));
   auto rules = Sh(StrFormat("nsenter -t %d -n nft list ruleset", pid));
   ASSERT_OK(rules);
   EXPECT_NE(rules->find("8080"), std::string::npos) << *rules;
