@@ -63,6 +63,13 @@ std::string JoinPath(const std::string& a, const std::string& b) {
   return out + (b[0] == '/' ? b : "/" + b);
 }
 
+// The host id of the container's id 0 (or of its first mapped id).
+uint32_t ContainerRootId(const google::protobuf::RepeatedPtrField<img::IdMapEntry>& map) {
+  std::vector<idmap::Range> r;
+  for (const auto& e : map) r.push_back({e.inside(), e.outside(), e.count()});
+  return idmap::ToOutside(r, 0).value_or(r.empty() ? 0 : r[0].outside);
+}
+
 // Looks up path (relative to the tmpfs root) in the dumped contents of tmpfs mnt_id.
 Result<bool> FindTmpfsEntry(const images::ImageSet& images, uint32_t mnt_id, const std::string& rel,
                             img::TmpfsEntry* out) {
@@ -197,8 +204,8 @@ Result<void> PlanUsernsMounts(RootPlan* plan, const img::UserNamespace& u) {
   std::vector<idmap::Range> uids, gids;
   for (const auto& e : u.uid_map()) uids.push_back({e.inside(), e.outside(), e.count()});
   for (const auto& e : u.gid_map()) gids.push_back({e.inside(), e.outside(), e.count()});
-  plan->userns_fsuid = idmap::ToOutside(uids, 0).value_or(uids.empty() ? 0 : uids[0].outside);
-  plan->userns_fsgid = idmap::ToOutside(gids, 0).value_or(gids.empty() ? 0 : gids[0].outside);
+  plan->userns_fsuid = ContainerRootId(u.uid_map());
+  plan->userns_fsgid = ContainerRootId(u.gid_map());
   for (MountStep& s : plan->mounts) {
     if (s.bind || (s.fstype != "tmpfs" && s.fstype != "devpts")) continue;
     s.userns_mount = true;
@@ -493,7 +500,22 @@ Result<void> FillEnvironment(const images::ImageSet& images, const img::Containe
   }
   if (images.Has(ipc::kImage)) {
     ASSIGN_OR_RETURN(UniqueFd fd, OpenNamespace(root_pid, "ipc"));
-    TRY(ipc::Restore(images, fd.get()));
+    if (!rec.has_userns()) {
+      TRY(ipc::Restore(images, fd.get()));
+    } else {
+      // As the container's root (effective and fs ids only, capabilities kept): the objects'
+      // creator is then the container's root, as when it made them, and POSIX queues are files
+      // of an mqueue the user namespace owns (no inode of an unmapped id).
+      uint32_t uid = ContainerRootId(rec.userns().uid_map()),
+               gid = ContainerRootId(rec.userns().gid_map());
+      TRY(RunInNamespace(-1, 0, [&]() -> Result<void> {
+        if (::prctl(PR_SET_SECUREBITS, SECBIT_NO_SETUID_FIXUP | SECBIT_KEEP_CAPS) < 0)
+          return Errno("PR_SET_SECUREBITS");
+        if (::syscall(SYS_setresgid, -1, gid, -1) < 0) return Errno("setresgid -1 %u -1", gid);
+        if (::syscall(SYS_setresuid, -1, uid, -1) < 0) return Errno("setresuid -1 %u -1", uid);
+        return ipc::Restore(images, fd.get());
+      }));
+    }
   }
   if (netns) {
     ASSIGN_OR_RETURN(UniqueFd fd, OpenNamespace(root_pid, "net"));
@@ -530,14 +552,8 @@ Result<void> FillEnvironment(const images::ImageSet& images, const img::Containe
       // A tmpfs the user namespace owns takes only inodes of ids mapped in it: create them as
       // the container's root (fsuid/fsgid on a thread of our own, keeping our capabilities to
       // chown them to their owners next).
-      uint32_t fsuid = 0, fsgid = 0;
-      {
-        std::vector<idmap::Range> uids, gids;
-        for (const auto& e : rec.userns().uid_map()) uids.push_back({e.inside(), e.outside(), e.count()});
-        for (const auto& e : rec.userns().gid_map()) gids.push_back({e.inside(), e.outside(), e.count()});
-        fsuid = idmap::ToOutside(uids, 0).value_or(uids.empty() ? 0 : uids[0].outside);
-        fsgid = idmap::ToOutside(gids, 0).value_or(gids.empty() ? 0 : gids[0].outside);
-      }
+      uint32_t fsuid = ContainerRootId(rec.userns().uid_map()),
+               fsgid = ContainerRootId(rec.userns().gid_map());
       TRY_CTX(RunInNamespace(-1, 0,
                              [&]() -> Result<void> {
                                if (::prctl(PR_SET_SECUREBITS, SECBIT_NO_SETUID_FIXUP) < 0)

@@ -210,8 +210,9 @@ class ContainerUserns : public ::testing::Test {
   }
   // Key, id, owner and size of the segments, as the container sees them.
   std::string IpcsInside(pid_t init) {
-    auto r = Sh(StrFormat("nsenter -t %d -U -i ipcs -m | grep '^0x' | awk '{print $1,$2,$3,$4,$5}'",
-                          init));
+    auto r = Sh(StrFormat("nsenter -t %d -U -i ipcs -m | grep '^0x' | awk '{print $1,$2,$3,$4,$5}'"
+                          "; nsenter -t %d -U -i ipcs -m -c | awk 'NR > 3 {print}'",
+                          init, init));
     return r.ok() ? *r : r.error().to_string();
   }
 
