@@ -214,11 +214,16 @@ Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& re
   // A user namespace: its maps, and the namespaces it owns, come from a holder (restore_env.h).
   std::unique_ptr<UsernsHolder> userns;
   if (has_userns) {
-    ASSIGN_OR_RETURN(userns, UsernsHolder::Start(rec.userns()));
+    // The holder joins the container's cgroup before it makes the cgroup namespace (rooted
+    // there); it is stopped as soon as the root has joined its namespaces (its pid must not
+    // count against the container's pids limit while the tree is forked).
+    ASSIGN_OR_RETURN(userns, UsernsHolder::Start(rec.userns(), [&](pid_t h) {
+                       return cg->AddProcess(h);
+                     }));
     plan.join = userns->Joins();
     plan.userns_fd = userns->user_fd();
     TRY(PlanUsernsMounts(&plan, rec.userns()));
-    req.clone_flags = CLONE_NEWCGROUP;  // pid ns from the image; the rest joined in BuildRoot
+    req.clone_flags = 0;  // pid ns from the image; the others joined in BuildRoot
     req.userns_fd = userns->user_fd();
   }
   req.inside = [&plan](const char** what) { return BuildRoot(plan, what); };
@@ -226,6 +231,7 @@ Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& re
   double env_ms = 0;
   req.outside = [&](pid_t pid) -> Result<void> {
     root_pid = pid;
+    if (userns) userns->Stop();
     host_veth = veth_name;  // from here on the rollback deletes it
     TRY(FillEnvironment(images, rec, table, has_net ? &netns : nullptr, pid));
     TRY_CTX(cg->AddProcess(pid), "join cgroup of %s", opts.id.c_str());

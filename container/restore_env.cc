@@ -410,22 +410,25 @@ Result<void> CheckUserNamespace(const img::UserNamespace& u) {
   return Ok();
 }
 
-UsernsHolder::~UsernsHolder() {
+void UsernsHolder::Stop() {
   if (pid_ <= 0) return;
   hold_.reset();
   ::kill(pid_, SIGKILL);
   while (::waitpid(pid_, nullptr, 0) < 0 && errno == EINTR) {
   }
+  pid_ = -1;
 }
 
 std::vector<std::pair<int, int>> UsernsHolder::Joins() const {
   return {{mnt_.get(), CLONE_NEWNS},
           {uts_.get(), CLONE_NEWUTS},
           {ipc_.get(), CLONE_NEWIPC},
-          {net_.get(), CLONE_NEWNET}};
+          {net_.get(), CLONE_NEWNET},
+          {cgroup_.get(), CLONE_NEWCGROUP}};
 }
 
-Result<std::unique_ptr<UsernsHolder>> UsernsHolder::Start(const img::UserNamespace& u) {
+Result<std::unique_ptr<UsernsHolder>> UsernsHolder::Start(
+    const img::UserNamespace& u, const std::function<Result<void>(pid_t)>& before_namespaces) {
   TRY(CheckUserNamespace(u));
   std::vector<idmap::Range> uids, gids;
   for (const auto& e : u.uid_map()) uids.push_back({e.inside(), e.outside(), e.count()});
@@ -448,7 +451,7 @@ Result<std::unique_ptr<UsernsHolder>> UsernsHolder::Start(const img::UserNamespa
     if (::write(up_wr.get(), &c, 1) != 1 || c != 'u') ::_exit(1);
     if (::read(down_rd.get(), &c, 1) != 1) ::_exit(1);  // maps written
     c = 'n';
-    if (::unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET) < 0)
+    if (::unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWCGROUP) < 0)
       c = static_cast<char>(errno);
     if (::write(up_wr.get(), &c, 1) != 1 || c != 'n') ::_exit(1);
     while (::read(down_rd.get(), &c, 1) < 0 && errno == EINTR) {
@@ -479,15 +482,17 @@ Result<std::unique_ptr<UsernsHolder>> UsernsHolder::Start(const img::UserNamespa
       return MakeError(ErrorKind::kBadImage, errno, "user namespace %s from the image: write %s%s",
                        file, base.c_str(), file);
   }
+  if (before_namespaces) TRY(before_namespaces(pid));
   char go = 'g';
   if (::write(down_wr.get(), &go, 1) != 1) return Errno("wake user namespace holder %d", pid);
-  TRY(status('n', "unshare(CLONE_NEWNS|NEWUTS|NEWIPC|NEWNET)"));
+  TRY(status('n', "unshare(CLONE_NEWNS|NEWUTS|NEWIPC|NEWNET|NEWCGROUP)"));
   h->hold_ = std::move(down_wr);
   ASSIGN_OR_RETURN(h->user_, OpenNamespace(pid, "user"));
   ASSIGN_OR_RETURN(h->mnt_, OpenNamespace(pid, "mnt"));
   ASSIGN_OR_RETURN(h->uts_, OpenNamespace(pid, "uts"));
   ASSIGN_OR_RETURN(h->ipc_, OpenNamespace(pid, "ipc"));
   ASSIGN_OR_RETURN(h->net_, OpenNamespace(pid, "net"));
+  ASSIGN_OR_RETURN(h->cgroup_, OpenNamespace(pid, "cgroup"));
   return h;
 }
 

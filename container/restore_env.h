@@ -17,6 +17,7 @@
 #include <sched.h>
 #include <sys/types.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -101,21 +102,27 @@ Result<void> FillEnvironment(const images::ImageSet& images, const img::Containe
 // is killed and reaped when this object goes.
 class UsernsHolder {
  public:
-  static Result<std::unique_ptr<UsernsHolder>> Start(const img::UserNamespace& u);
-  ~UsernsHolder();
+  // before_namespaces(pid) runs once the maps are written, before the holder unshares the
+  // other namespaces: the restore moves it into the container's cgroup there, so that the cgroup
+  // namespace it makes too is rooted at the container's cgroup.
+  static Result<std::unique_ptr<UsernsHolder>> Start(
+      const img::UserNamespace& u, const std::function<Result<void>(pid_t)>& before_namespaces);
+  ~UsernsHolder() { Stop(); }
+  // Kills and reaps the holder (its namespaces live on in whoever joined them; the fds stay).
+  void Stop();
   UsernsHolder(const UsernsHolder&) = delete;
   UsernsHolder& operator=(const UsernsHolder&) = delete;
 
   pid_t pid() const { return pid_; }
   int user_fd() const { return user_.get(); }
-  // (fd, CLONE_NEW*) of the mount, UTS, IPC and network namespaces, for RootPlan::join.
+  // (fd, CLONE_NEW*) of the mount, UTS, IPC, network and cgroup namespaces, for RootPlan::join.
   std::vector<std::pair<int, int>> Joins() const;
 
  private:
   UsernsHolder() = default;
   pid_t pid_ = -1;
   UniqueFd hold_;  // its read end: EOF releases it
-  UniqueFd user_, mnt_, uts_, ipc_, net_;
+  UniqueFd user_, mnt_, uts_, ipc_, net_, cgroup_;
 };
 
 // Checks the image's maps the way the kernel will (kBadImage names the flaw).

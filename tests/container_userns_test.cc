@@ -7,7 +7,9 @@
 // --leave-running checkpoint restored as a copy under another id and address. Damaged maps and a
 // taken id fail cleanly. And a plain `godwit dump` of a tree in its own user namespace is refused.
 #include <fcntl.h>
+#include <linux/nsfs.h>
 #include <sched.h>
+#include <sys/ioctl.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
@@ -311,6 +313,29 @@ TEST_F(ContainerUserns, CheckpointDeleteRestoreKeepsMapsAndCreds) {
   auto two = fs::Split(fs::Trim(*user), '\n');
   ASSERT_EQ(two.size(), 2u);
   EXPECT_NE(two[0], two[1]);
+  // Which user namespace owns each namespace of the init (NS_GET_USERNS).
+  auto owner_ino = [](const std::string& path) -> ino_t {
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    int owner = ::ioctl(fd, NS_GET_USERNS);
+    ::close(fd);
+    if (owner < 0) return 0;
+    struct stat st;
+    int r = ::fstat(owner, &st);
+    ::close(owner);
+    return r == 0 ? st.st_ino : 0;
+  };
+  struct stat userns_st, host_st;
+  ASSERT_EQ(::stat(StrFormat("/proc/%d/ns/user", pid).c_str(), &userns_st), 0);
+  ASSERT_EQ(::stat("/proc/self/ns/user", &host_st), 0);
+  for (const char* ns : {"mnt", "uts", "ipc", "net", "cgroup"})
+    EXPECT_EQ(owner_ino(StrFormat("/proc/%d/ns/%s", pid, ns)), userns_st.st_ino) << ns;
+  // The pid namespace is the host's user namespace's (docs/container.md, user namespaces).
+  EXPECT_EQ(owner_ino(StrFormat("/proc/%d/ns/pid", pid)), host_st.st_ino);
+  // Its cgroup namespace is rooted at the container's cgroup.
+  auto cgroup = Sh(StrFormat("nsenter -t %d -U -C -m -p cat /proc/1/cgroup", pid));
+  ASSERT_OK(cgroup);
+  EXPECT_NE(cgroup->find(":/\n"), std::string::npos) << *cgroup;
   auto owner = Sh(StrFormat("nsenter -t %d -U -n ip link set lo mtu 1500 && echo net-admin", pid));
   EXPECT_OK(owner);  // the container's root administers its netns: the user ns owns it
   // Its tmpfs belong to its user namespace, as before: its root may remount them.
