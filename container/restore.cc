@@ -211,6 +211,7 @@ Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& re
   TreeRestoreRequest req;
   req.tree_dir = dir + "/" + kTreeDir;
   req.clone_flags = kRootCloneFlags;
+  req.tcp_close = !opts.ip.empty();
   // A user namespace: its maps, and the namespaces it owns, come from a holder (restore_env.h).
   std::unique_ptr<UsernsHolder> userns;
   if (has_userns) {
