@@ -122,8 +122,30 @@ Result<RootPlan> PlanRoot(const img::MountTable& table, const runtime::Spec& spe
     newroot = spec.root_path;
   }
 
+  // mountinfo lists mounts by id; a mount made ahead and attached later (the user namespace's
+  // fsmount) has a smaller id than its parent. Parents first, the listed order otherwise.
+  std::vector<const img::MountEntry*> order;
+  {
+    std::map<uint32_t, bool> placed;
+    for (const auto& m : table.mounts()) placed[m.mnt_id()] = false;
+    placed[root->mnt_id()] = true;
+    for (bool progress = true; progress;) {
+      progress = false;
+      for (const auto& m : table.mounts()) {
+        if (placed[m.mnt_id()]) continue;
+        auto parent = placed.find(m.parent_id());
+        if (parent != placed.end() && !parent->second && m.parent_id() != m.mnt_id()) continue;
+        placed[m.mnt_id()] = true;
+        order.push_back(&m);
+        progress = true;
+      }
+    }
+    for (const auto& m : table.mounts())
+      if (!placed[m.mnt_id()]) order.push_back(&m);  // a parent loop: keep them, listed order
+  }
   std::vector<const img::MountEntry*> done = {root};
-  for (const auto& m : table.mounts()) {
+  for (const img::MountEntry* mp : order) {
+    const img::MountEntry& m = *mp;
     if (&m == root) continue;
     if (m.mountpoint() == "/")
       return MakeError(ErrorKind::kUnsupported, 0, "a second mount on / (mount %u)", m.mnt_id());

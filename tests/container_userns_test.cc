@@ -370,6 +370,20 @@ TEST_F(ContainerUserns, CheckpointDeleteRestoreKeepsMapsAndCreds) {
   CliRun e = Godwit({"--root", root_, "exec", id_, "--", "sh", "-c", "id -u; cat /dev/shm/f"});
   EXPECT_EQ(e.code, 0) << e.out;
   EXPECT_EQ(e.out, "0\nbefore\n");
+  // A second cycle, from the restored container (its pid namespace is the host's user
+  // namespace's now: nothing in the checkpoint depends on that).
+  std::string img2 = tmp_.path() + "/ckpt-again";
+  CliRun c2 = Godwit({"--root", root_, "checkpoint", id_, "--image-path", img2});
+  ASSERT_EQ(c2.code, 0) << c2.out;
+  ::waitpid(pid, nullptr, 0);
+  reap_.clear();
+  CliRun r2 = Godwit({"--root", root_, "restore", id_, "--image-path", img2, "--detach"});
+  ASSERT_EQ(r2.code, 0) << r2.out;
+  ASSERT_EQ(StatePid(id_), pid);
+  reap_.push_back(pid);
+  ExpectSame(before, Take(id_));
+  v = ReadInt(shm + "/app/count");
+  EXPECT_GT(WaitAbove(shm + "/app/count", v), v);
   EXPECT_EQ(Godwit({"--root", root_, "kill", id_, "KILL"}).code, 0);
   int wst = 0;
   ASSERT_EQ(::waitpid(pid, &wst, 0), pid);
