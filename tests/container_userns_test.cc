@@ -6,12 +6,16 @@
 // owners, the shm segment is there; ps/exec/kill/delete work on the restored container. Then a
 // --leave-running checkpoint restored as a copy under another id and address. Damaged maps and a
 // taken id fail cleanly. And a plain `godwit dump` of a tree in its own user namespace is refused.
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <linux/nsfs.h>
 #include <sched.h>
 #include <sys/ioctl.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -92,6 +96,39 @@ int WaitAbove(const std::string& path, int above) {
   return v;
 }
 
+// A TCP connection to ip:port (the container's echo server), retried until it listens (bounded).
+int Connect(const std::string& ip, int port) {
+  auto end = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (std::chrono::steady_clock::now() < end) {
+    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in sa{};
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons(port);
+    ::inet_pton(AF_INET, ip.c_str(), &sa.sin_addr);
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) == 0) return fd;
+    ::close(fd);
+    ::usleep(20000);
+  }
+  return -1;
+}
+
+// Sends msg and reads back as many bytes (the echo), within 10 s.
+std::string Echo(int fd, const std::string& msg) {
+  if (::send(fd, msg.data(), msg.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(msg.size()))
+    return "send failed";
+  std::string got;
+  auto end = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (got.size() < msg.size() && std::chrono::steady_clock::now() < end) {
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, 100) <= 0) continue;
+    char buf[256];
+    ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+    if (n <= 0) return got + (n == 0 ? "<EOF>" : "<error>");
+    got.append(buf, n);
+  }
+  return got;
+}
+
 // "Key:\tvalue" of /proc/PID/status.
 std::string StatusField(pid_t pid, const std::string& key) {
   auto st = fs::ReadFile(StrFormat("/proc/%d/status", pid));
@@ -155,6 +192,7 @@ class ContainerUserns : public ::testing::Test {
     o.ip = ip_ + "/24";
     o.allow_ports = {"8080"};  // an nftables ruleset in the netns the user namespace owns
     o.args = {"sh", "-c",
+              "nc -ll -p 8080 -e cat & "
               "echo before > /dev/shm/f; mkdir /dev/shm/app; chown 1000:1000 /dev/shm/app; "
               "su -s /bin/sh app -c 'echo mine > /dev/shm/app/own; i=0; while true; do "
               "i=$((i+1)); echo $i > /dev/shm/app/count; usleep 20000; done' & "
@@ -281,6 +319,11 @@ TEST_F(ContainerUserns, CheckpointDeleteRestoreKeepsMapsAndCreds) {
   EXPECT_TRUE(saw_app);
   EXPECT_EQ(before.uid_map.empty(), false);
 
+  // A connection from the host to the container's echo server, kept open across the cycle.
+  int conn = Connect(ip_, 8080);
+  ASSERT_GE(conn, 0);
+  UniqueFd conn_fd(conn);
+  ASSERT_EQ(Echo(conn, "before\n"), "before\n");
   std::string img = tmp_.path() + "/ckpt";
   CliRun c = Godwit({"--root", root_, "checkpoint", id_, "--image-path", img});
   ASSERT_EQ(c.code, 0) << c.out;
@@ -364,6 +407,7 @@ TEST_F(ContainerUserns, CheckpointDeleteRestoreKeepsMapsAndCreds) {
   EXPECT_EQ(*fs::ReadFile(shm + "/f"), "before\n");
   EXPECT_EQ(IpcsInside(pid), shm_before_);
   EXPECT_OK(Sh("busybox ping -c 1 -W 2 " + ip_));
+  EXPECT_EQ(Echo(conn, "after the restore\n"), "after the restore\n");
 
   // An ordinary container: ps, exec (as the container's root, inside its user ns), kill, delete.
   EXPECT_EQ(Processes(id_).size(), 2u);
