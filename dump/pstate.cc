@@ -269,10 +269,14 @@ Result<void> DumpPosixTimers(DumpContext& ctx, ProcessDump& p, img::ProcessState
   return Ok();
 }
 
-// Translates ids seen from the dumper's user namespace into pid's own (identity when they are
-// the same namespace).
-Result<void> ToOwnUserns(pid_t pid, const char* which, std::vector<uint64_t>* ids) {
-  ASSIGN_OR_RETURN(auto map, idmap::Read(pid, which));
+// The process's uid and gid maps as the dumper reads them (identity: the dumper's namespace).
+struct UsernsMaps {
+  std::vector<idmap::Range> uid, gid;
+};
+
+// Translates ids seen from the dumper's user namespace into pid's own.
+Result<void> ToOwnUserns(pid_t pid, const std::vector<idmap::Range>& map, const char* which,
+                         std::vector<uint64_t>* ids) {
   if (idmap::IsIdentity(map)) return Ok();
   for (auto& id : *ids) {
     auto in = idmap::ToInside(map, static_cast<uint32_t>(id));
@@ -284,7 +288,8 @@ Result<void> ToOwnUserns(pid_t pid, const char* which, std::vector<uint64_t>* id
   return Ok();
 }
 
-Result<void> DumpCreds(pid_t pid, pid_t tid, remote::Remote* r, img::Creds* c) {
+Result<void> DumpCreds(pid_t pid, pid_t tid, remote::Remote* r, const UsernsMaps& maps,
+                       img::Creds* c) {
   std::string path = StrFormat("/proc/%d/task/%d/status", pid, tid);
   ASSIGN_OR_RETURN(auto st, ReadStatus(path));
   ASSIGN_OR_RETURN(std::string s, Field(st, "Uid", path));
@@ -296,9 +301,9 @@ Result<void> DumpCreds(pid_t pid, pid_t tid, remote::Remote* r, img::Creds* c) {
   ASSIGN_OR_RETURN(auto groups, Numbers(s, 10));
   // Ids are stored as the task's own user namespace sees them (what an injected setresuid in the
   // restored task takes); status shows them as the dumper's namespace does.
-  TRY(ToOwnUserns(pid, "uid_map", &uids));
-  TRY(ToOwnUserns(pid, "gid_map", &gids));
-  TRY(ToOwnUserns(pid, "gid_map", &groups));
+  TRY(ToOwnUserns(pid, maps.uid, "uid_map", &uids));
+  TRY(ToOwnUserns(pid, maps.gid, "gid_map", &gids));
+  TRY(ToOwnUserns(pid, maps.gid, "gid_map", &groups));
   c->set_uid(uids[0]);
   c->set_euid(uids[1]);
   c->set_suid(uids[2]);
@@ -373,6 +378,9 @@ Result<void> CheckSameUserns(pid_t root, pid_t pid) {
 Result<void> DumpThreads(DumpContext& ctx, ProcessDump& p, img::ProcessState* ps) {
   ASSIGN_OR_RETURN(remote::Remote * r, ctx.RemoteFor(p));
   TRY(CheckSameUserns(ctx.opts.pid, p.pid));
+  UsernsMaps maps;
+  ASSIGN_OR_RETURN(maps.uid, idmap::Read(p.pid, "uid_map"));
+  ASSIGN_OR_RETURN(maps.gid, idmap::Read(p.pid, "gid_map"));
   for (pid_t tid : p.entry->threads()) {
     auto* t = ps->add_threads();
     t->set_tid(tid);
@@ -383,7 +391,7 @@ Result<void> DumpThreads(DumpContext& ctx, ProcessDump& p, img::ProcessState* ps
     t->mutable_altstack()->set_sp(reinterpret_cast<uint64_t>(ss.ss_sp));
     t->mutable_altstack()->set_size(ss.ss_size);
     t->mutable_altstack()->set_flags(ss.ss_flags & ~SS_ONSTACK);
-    TRY_CTX(DumpCreds(p.pid, tid, r, t->mutable_creds()), "creds of %d", tid);
+    TRY_CTX(DumpCreds(p.pid, tid, r, maps, t->mutable_creds()), "creds of %d", tid);
     SchedAttr sa{};
     if (syscall(SYS_sched_getattr, tid, &sa, sizeof(sa), 0) < 0)
       return Errno("sched_getattr %d", tid);

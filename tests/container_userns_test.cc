@@ -520,6 +520,30 @@ TEST_F(ContainerUserns, DamagedMapFailsCleanly) {
   EXPECT_EQ(StatePid(id_), init_);
 }
 
+TEST(IdMap, ParsesTranslatesAndRefusesBadMaps) {
+  auto m = idmap::Parse("         0     100000      65536\n  70000 300000 10\n", "uid_map");
+  ASSERT_OK(m);
+  ASSERT_EQ(m->size(), 2u);
+  EXPECT_EQ(idmap::ToInside(*m, 100005), 5u);
+  EXPECT_EQ(idmap::ToInside(*m, 300009), 70009u);
+  EXPECT_FALSE(idmap::ToInside(*m, 99999).has_value());
+  EXPECT_FALSE(idmap::ToInside(*m, 165536).has_value());
+  EXPECT_EQ(idmap::ToOutside(*m, 65535), 165535u);
+  EXPECT_FALSE(idmap::ToOutside(*m, 65536).has_value());
+  EXPECT_FALSE(idmap::IsIdentity(*m));
+  EXPECT_EQ(idmap::Format(*m), "0 100000 65536\n70000 300000 10\n");
+  auto id = idmap::Parse("0 0 4294967295\n", "uid_map");
+  ASSERT_OK(id);
+  EXPECT_TRUE(idmap::IsIdentity(*id));
+  for (const char* bad : {"0 100000\n", "0 100000 0\n", "x 1 2\n", "0 1 2 3\n",
+                          "0 100000 10\n5 200000 10\n", "0 100 10\n20 105 10\n",
+                          "4294967295 0 2\n"}) {
+    auto r = idmap::Parse(bad, "uid_map");
+    ASSERT_FALSE(r.ok()) << bad;
+    EXPECT_EQ(r.error().kind(), ErrorKind::kBadImage) << bad;
+  }
+}
+
 // A plain tree whose root is in its own user namespace: `godwit dump` refuses it by name.
 TEST(PlainTreeUserns, DumpRefusesClearly) {
   int ready[2], hold[2];
