@@ -474,6 +474,54 @@ TEST_F(ContainerUserns, LeaveRunningThenRestoreUnderAnotherId) {
   EXPECT_EQ(Godwit({"--root", root_, "delete", "-f", copy}).code, 0);
 }
 
+// With a disk quota the rootfs is under an overlay whose upper layer is a quota tmpfs: what the
+// container wrote into its rootfs comes back with its owners, and the layer stays writable.
+TEST_F(ContainerUserns, WritableLayerKeepsItsOwners) {
+  auto text = fs::ReadFile(bundle_ + "/config.json");
+  ASSERT_OK(text);
+  auto cfg = nlohmann::json::parse(*text);
+  cfg["annotations"][runtime::kAnnoDisk] = std::to_string(16 << 20);
+  ASSERT_OK(fs::WriteFile(bundle_ + "/config.json", cfg.dump()));
+  // A directory of the rootfs the container's root owns (the rest is host root's: read-only to
+  // it, user namespace or not).
+  std::string data = bundle_ + "/rootfs/data";
+  ASSERT_OK(fs::MkdirAll(data, 0755));
+  ASSERT_OK(fs::WriteFile(data + "/old", "old\n"));
+  ASSERT_EQ(::chown(data.c_str(), kHostBase, kHostBase), 0);
+  ASSERT_EQ(::chown((data + "/old").c_str(), kHostBase, kHostBase), 0);
+  Run();
+  if (HasFatalFailure()) return;
+  CliRun w = Godwit({"--root", root_, "exec", id_, "--", "sh", "-c",
+                     "echo layer > /data/layer && chown 1000:1000 /data/layer && rm /data/old"});
+  ASSERT_EQ(w.code, 0) << w.out;
+  Snapshot before = Take(id_);
+  std::string img = tmp_.path() + "/ckpt-layer";
+  CliRun c = Godwit({"--root", root_, "checkpoint", id_, "--image-path", img});
+  ASSERT_EQ(c.code, 0) << c.out;
+  ::waitpid(init_, nullptr, 0);
+  reap_.clear();
+  CliRun r = Godwit({"--root", root_, "restore", id_, "--image-path", img, "--detach"});
+  ASSERT_EQ(r.code, 0) << r.out;
+  pid_t pid = StatePid(id_);
+  ASSERT_EQ(pid, init_);
+  reap_.push_back(pid);
+  ExpectSame(before, Take(id_));
+  std::string root = StrFormat("/proc/%d/root", pid);
+  EXPECT_EQ(*fs::ReadFile(root + "/data/layer"), "layer\n");
+  struct stat st;
+  ASSERT_EQ(::stat((root + "/data/layer").c_str(), &st), 0);
+  EXPECT_EQ(st.st_uid, kHostBase + 1000);
+  EXPECT_FALSE(fs::Exists(root + "/data/old"));  // the whiteout
+  EXPECT_TRUE(fs::Exists(data + "/old"));         // the rootfs itself untouched
+  EXPECT_FALSE(fs::Exists(data + "/layer"));
+  CliRun w2 = Godwit({"--root", root_, "exec", id_, "--", "sh", "-c",
+                      "echo again > /data/again && cat /data/again"});
+  EXPECT_EQ(w2.code, 0) << w2.out;
+  EXPECT_EQ(w2.out, "again\n");
+  int v = ReadInt(root + "/dev/shm/count");
+  EXPECT_GT(WaitAbove(root + "/dev/shm/count", v), v);
+}
+
 TEST_F(ContainerUserns, DamagedMapFailsCleanly) {
   Run();
   if (HasFatalFailure()) return;
