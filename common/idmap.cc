@@ -31,8 +31,8 @@ Result<std::vector<Range>> Parse(const std::string& text, const char* what) {
     if (v[2] == 0 || v[0] + v[2] > (1ULL << 32) || v[1] + v[2] > (1ULL << 32))
       return MakeError(ErrorKind::kBadImage, 0, "%s line %d: bad range '%s'", what, line,
                        t.c_str());
-    out.push_back({static_cast<uint32_t>(v[0]), static_cast<uint32_t>(v[1]),
-                   static_cast<uint32_t>(v[2])});
+    out.push_back(
+        {static_cast<uint32_t>(v[0]), static_cast<uint32_t>(v[1]), static_cast<uint32_t>(v[2])});
   }
   for (size_t i = 0; i < out.size(); ++i)
     for (size_t j = i + 1; j < out.size(); ++j) {

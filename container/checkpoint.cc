@@ -56,7 +56,8 @@ bool Has(const std::vector<std::string>& v, const char* s) {
 
 }  // namespace
 
-Result<void> DumpUserNamespace(pid_t init, const std::vector<pid_t>& pids, img::UserNamespace* out) {
+Result<void> DumpUserNamespace(pid_t init, const std::vector<pid_t>& pids,
+                               img::UserNamespace* out) {
   struct stat ns;
   std::string nsp = StrFormat("/proc/%d/ns/user", init);
   if (::stat(nsp.c_str(), &ns) < 0) return Errno("stat %s", nsp.c_str());

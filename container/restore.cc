@@ -128,8 +128,8 @@ Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& re
   ASSIGN_OR_RETURN(images::ImageSet images, images::ImageSet::Open(dir + "/" + kContainerDir));
   img::ContainerCheckpoint rec;
   TRY(images.ReadOne(kContainerImage, &rec));
-  const bool has_userns = std::find(rec.namespaces().begin(), rec.namespaces().end(), "user") !=
-                          rec.namespaces().end();
+  const bool has_userns =
+      std::find(rec.namespaces().begin(), rec.namespaces().end(), "user") != rec.namespaces().end();
   if (has_userns) {
     if (!rec.has_userns())
       return MakeError(ErrorKind::kBadImage, 0, "%s: a user namespace without its maps",
@@ -218,9 +218,8 @@ Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& re
     // The holder joins the container's cgroup before it makes the cgroup namespace (rooted
     // there); it is stopped as soon as the root has joined its namespaces (its pid must not
     // count against the container's pids limit while the tree is forked).
-    ASSIGN_OR_RETURN(userns, UsernsHolder::Start(rec.userns(), [&](pid_t h) {
-                       return cg->AddProcess(h);
-                     }));
+    ASSIGN_OR_RETURN(userns,
+                     UsernsHolder::Start(rec.userns(), [&](pid_t h) { return cg->AddProcess(h); }));
     plan.join = userns->Joins();
     plan.userns_fd = userns->user_fd();
     TRY(PlanUsernsMounts(&plan, rec.userns()));

@@ -2,13 +2,13 @@
 
 #include <fcntl.h>
 #include <linux/mount.h>
-#include <signal.h>
 #include <linux/securebits.h>
-#include <sys/prctl.h>
-#include <sys/wait.h>
+#include <signal.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <map>
@@ -198,8 +198,8 @@ Result<RootPlan> PlanRoot(const img::MountTable& table, const runtime::Spec& spe
       s.source = "/dev" + m.root();
       struct stat st;
       if (::stat(s.source.c_str(), &st) < 0 || !(S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode)))
-        return MakeError(ErrorKind::kNotFound, errno, "mount %u: host device %s for %s",
-                         m.mnt_id(), s.source.c_str(), m.mountpoint().c_str());
+        return MakeError(ErrorKind::kNotFound, errno, "mount %u: host device %s for %s", m.mnt_id(),
+                         s.source.c_str(), m.mountpoint().c_str());
       s.file = true;
     } else {
       const runtime::Mount* sm = nullptr;
@@ -240,8 +240,9 @@ Result<void> PlanUsernsMounts(RootPlan* plan, const img::UserNamespace& u) {
         auto in = idmap::ToInside(key == "uid" ? uids : gids,
                                   static_cast<uint32_t>(strtoul(value.c_str(), nullptr, 10)));
         if (!in)
-          return MakeError(ErrorKind::kBadImage, 0, "mount %s: %s=%s has no mapping in the user "
-                           "namespace", s.target.c_str(), key.c_str(), value.c_str());
+          return MakeError(ErrorKind::kBadImage, 0,
+                           "mount %s: %s=%s has no mapping in the user namespace",
+                           s.target.c_str(), key.c_str(), value.c_str());
         value = std::to_string(*in);
       }
       s.params.emplace_back(key, value);
@@ -276,9 +277,9 @@ int MakeUsernsMounts(const RootPlan& plan, int out_fd) {
     int fsfd = static_cast<int>(::syscall(SYS_fsopen, s.fstype.c_str(), FSOPEN_CLOEXEC));
     if (fsfd < 0) return errno;
     for (const auto& [k, v] : s.params) {
-      long r = v.empty() ? ::syscall(SYS_fsconfig, fsfd, FSCONFIG_SET_FLAG, k.c_str(), nullptr, 0)
-                         : ::syscall(SYS_fsconfig, fsfd, FSCONFIG_SET_STRING, k.c_str(),
-                                     v.c_str(), 0);
+      long r = v.empty()
+                   ? ::syscall(SYS_fsconfig, fsfd, FSCONFIG_SET_FLAG, k.c_str(), nullptr, 0)
+                   : ::syscall(SYS_fsconfig, fsfd, FSCONFIG_SET_STRING, k.c_str(), v.c_str(), 0);
       if (r < 0) return errno;
     }
     if (::syscall(SYS_fsconfig, fsfd, FSCONFIG_CMD_CREATE, nullptr, nullptr, 0) < 0) return errno;
@@ -330,8 +331,7 @@ int BuildRoot(const RootPlan& plan, const char** what) {
       errno = WIFEXITED(st) ? WEXITSTATUS(st) : EINTR;
       STEP(true, "fsopen/fsconfig/fsmount in the user namespace");
     }
-    while (n_userns < want &&
-           ::read(p[0], &userns_mounts[n_userns], sizeof(int)) == sizeof(int))
+    while (n_userns < want && ::read(p[0], &userns_mounts[n_userns], sizeof(int)) == sizeof(int))
       ++n_userns;
     ::close(p[0]);
     if (n_userns != want) {
@@ -423,8 +423,7 @@ Result<void> CheckUserNamespace(const img::UserNamespace& u) {
   for (const auto* map : {&u.uid_map(), &u.gid_map()}) {
     const char* what = map == &u.uid_map() ? "uid map" : "gid map";
     if (map->empty() || map->size() > 340)
-      return MakeError(ErrorKind::kBadImage, 0, "user namespace %s: %d ranges", what,
-                       map->size());
+      return MakeError(ErrorKind::kBadImage, 0, "user namespace %s: %d ranges", what, map->size());
     std::vector<idmap::Range> ranges;
     for (const auto& e : *map) ranges.push_back({e.inside(), e.outside(), e.count()});
     TRY(idmap::Parse(idmap::Format(ranges), what));

@@ -53,7 +53,7 @@ struct MountStep {
   // joined it, so that the superblock belongs to it; moved onto target by the root task.
   bool userns_mount = false;
   std::vector<std::pair<std::string, std::string>> params;  // fsconfig key, value ("": flag)
-  unsigned int attr = 0;                                     // MOUNT_ATTR_*
+  unsigned int attr = 0;                                    // MOUNT_ATTR_*
 };
 
 // What BuildRoot does, prepared before the clone (no allocation after it).

@@ -281,8 +281,8 @@ Result<void> ToOwnUserns(pid_t pid, const std::vector<idmap::Range>& map, const 
   for (auto& id : *ids) {
     auto in = idmap::ToInside(map, static_cast<uint32_t>(id));
     if (!in)
-      return MakeError(ErrorKind::kUnsupported, 0, "pid %d: id %llu has no mapping in its %s",
-                       pid, static_cast<unsigned long long>(id), which);
+      return MakeError(ErrorKind::kUnsupported, 0, "pid %d: id %llu has no mapping in its %s", pid,
+                       static_cast<unsigned long long>(id), which);
     id = *in;
   }
   return Ok();

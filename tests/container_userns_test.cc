@@ -8,12 +8,12 @@
 // taken id fail cleanly. And a plain `godwit dump` of a tree in its own user namespace is refused.
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <linux/nsfs.h>
 #include <netinet/in.h>
 #include <poll.h>
-#include <linux/nsfs.h>
 #include <sched.h>
-#include <sys/ioctl.h>
 #include <signal.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -250,9 +250,10 @@ class ContainerUserns : public ::testing::Test {
   }
   // Key, id, owner and size of the segments, as the container sees them.
   std::string IpcsInside(pid_t init) {
-    auto r = Sh(StrFormat("nsenter -t %d -U -i ipcs -m | grep '^0x' | awk '{print $1,$2,$3,$4,$5}'"
-                          "; nsenter -t %d -U -i ipcs -m -c | awk 'NR > 3 {print}'",
-                          init, init));
+    auto r =
+        Sh(StrFormat("nsenter -t %d -U -i ipcs -m | grep '^0x' | awk '{print $1,$2,$3,$4,$5}'"
+                     "; nsenter -t %d -U -i ipcs -m -c | awk 'NR > 3 {print}'",
+                     init, init));
     return r.ok() ? *r : r.error().to_string();
   }
 
@@ -382,8 +383,8 @@ TEST_F(ContainerUserns, CheckpointDeleteRestoreKeepsMapsAndCreds) {
   auto owner = Sh(StrFormat("nsenter -t %d -U -n ip link set lo mtu 1500 && echo net-admin", pid));
   EXPECT_OK(owner);  // the container's root administers its netns: the user ns owns it
   // Its tmpfs belong to its user namespace, as before: its root may remount them.
-  EXPECT_OK(Sh(StrFormat(
-      "nsenter -t %d -U -m -p mount -t tmpfs -o remount,size=32m shm /dev/shm", pid)));
+  EXPECT_OK(
+      Sh(StrFormat("nsenter -t %d -U -m -p mount -t tmpfs -o remount,size=32m shm /dev/shm", pid)));
   auto rules = Sh(StrFormat("nsenter -t %d -n nft list ruleset", pid));
   ASSERT_OK(rules);
   EXPECT_NE(rules->find("8080"), std::string::npos) << *rules;
@@ -512,7 +513,7 @@ TEST_F(ContainerUserns, WritableLayerKeepsItsOwners) {
   ASSERT_EQ(::stat((root + "/data/layer").c_str(), &st), 0);
   EXPECT_EQ(st.st_uid, kHostBase + 1000);
   EXPECT_FALSE(fs::Exists(root + "/data/old"));  // the whiteout
-  EXPECT_TRUE(fs::Exists(data + "/old"));         // the rootfs itself untouched
+  EXPECT_TRUE(fs::Exists(data + "/old"));        // the rootfs itself untouched
   EXPECT_FALSE(fs::Exists(data + "/layer"));
   CliRun w2 = Godwit({"--root", root_, "exec", id_, "--", "sh", "-c",
                       "echo again > /data/again && cat /data/again"});
@@ -526,9 +527,8 @@ TEST_F(ContainerUserns, DamagedMapFailsCleanly) {
   Run();
   if (HasFatalFailure()) return;
   std::string img = tmp_.path() + "/ckpt3";
-  ASSERT_EQ(Godwit({"--root", root_, "checkpoint", id_, "--image-path", img, "--leave-running"})
-                .code,
-            0);
+  ASSERT_EQ(
+      Godwit({"--root", root_, "checkpoint", id_, "--image-path", img, "--leave-running"}).code, 0);
   // A copy whose container.img has overlapping uid ranges (the set is sealed by its inventory:
   // the copy is written as a whole new set, the other images byte for byte).
   std::string bad = tmp_.path() + "/ckpt3-bad";
@@ -583,9 +583,9 @@ TEST(IdMap, ParsesTranslatesAndRefusesBadMaps) {
   auto id = idmap::Parse("0 0 4294967295\n", "uid_map");
   ASSERT_OK(id);
   EXPECT_TRUE(idmap::IsIdentity(*id));
-  for (const char* bad : {"0 100000\n", "0 100000 0\n", "x 1 2\n", "0 1 2 3\n",
-                          "0 100000 10\n5 200000 10\n", "0 100 10\n20 105 10\n",
-                          "4294967295 0 2\n"}) {
+  for (const char* bad :
+       {"0 100000\n", "0 100000 0\n", "x 1 2\n", "0 1 2 3\n", "0 100000 10\n5 200000 10\n",
+        "0 100 10\n20 105 10\n", "4294967295 0 2\n"}) {
     auto r = idmap::Parse(bad, "uid_map");
     ASSERT_FALSE(r.ok()) << bad;
     EXPECT_EQ(r.error().kind(), ErrorKind::kBadImage) << bad;
