@@ -241,8 +241,8 @@ Result<void> PlanUsernsMounts(RootPlan* plan, const img::UserNamespace& u) {
                                   static_cast<uint32_t>(strtoul(value.c_str(), nullptr, 10)));
         if (!in)
           return MakeError(ErrorKind::kBadImage, 0,
-                           "mount %s: %s=%s has no mapping in the user namespace",
-                           s.target.c_str(), key.c_str(), value.c_str());
+                           "mount %s: %s=%s has no mapping in the user namespace", s.target.c_str(),
+                           key.c_str(), value.c_str());
         value = std::to_string(*in);
       }
       s.params.emplace_back(key, value);
