@@ -25,7 +25,7 @@ godwit_test(container_cr_test
   LIBS godwit_container godwit_runtime nlohmann_json::nlohmann_json)
 godwit_test(container_userns_test
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/container_userns_test.cc
-  LIBS godwit_container godwit_runtime nlohmann_json::nlohmann_json)
+  LIBS godwit_container godwit_runtime nlohmann_json::nlohmann_json Threads::Threads)
 godwit_test(container_tcp_test
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/container_tcp_test.cc
   LIBS godwit_container godwit_runtime godwit_files nlohmann_json::nlohmann_json Threads::Threads)

@@ -20,9 +20,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "common/idmap.h"
 #include "container/checkpoint.h"
@@ -590,6 +592,30 @@ TEST(IdMap, ParsesTranslatesAndRefusesBadMaps) {
     ASSERT_FALSE(r.ok()) << bad;
     EXPECT_EQ(r.error().kind(), ErrorKind::kBadImage) << bad;
   }
+}
+
+// What the restore cannot rebuild is refused at checkpoint: a thread (its host id cannot be chosen
+// from inside the user namespace) and a nested user namespace.
+TEST(UsernsCheckpoint, RefusesThreadsAndNestedUserNamespaces) {
+  std::atomic<bool> stop{false};
+  std::thread t([&] {
+    while (!stop) ::usleep(1000);
+  });
+  img::UserNamespace out;
+  auto r = DumpUserNamespace(getpid(), {getpid()}, &out);
+  stop = true;
+  t.join();
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().kind(), ErrorKind::kUnsupported);
+  EXPECT_NE(r.error().message().find("threads"), std::string::npos) << r.error().to_string();
+
+  testing::NsHolder nested;
+  ASSERT_OK(nested.Start(CLONE_NEWUSER));
+  auto n = DumpUserNamespace(getpid(), {nested.pid()}, &out);
+  ASSERT_FALSE(n.ok());
+  EXPECT_EQ(n.error().kind(), ErrorKind::kUnsupported);
+  EXPECT_NE(n.error().message().find("nested user namespace"), std::string::npos)
+      << n.error().to_string();
 }
 
 // A plain tree whose root is in its own user namespace: `godwit dump` refuses it by name.
