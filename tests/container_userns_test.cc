@@ -1,11 +1,16 @@
 // A container with a user namespace (container ids 0-65535 are host ids 100000-165535) through the
-// binary: its init (root inside) and a process of user 1000 inside count into a tmpfs (files each
-// owns), a SysV shm segment made inside, an IP behind a veth. `checkpoint` (deleted), `restore`:
-// the same maps and setgroups, every process keeps its pids inside, its uids/gids/capabilities as
-// seen inside and from the host (/proc/PID/status), the counters carry on, the files keep their
-// owners, the shm segment is there; ps/exec/kill/delete work on the restored container. Then a
-// --leave-running checkpoint restored as a copy under another id and address. Damaged maps and a
-// taken id fail cleanly. And a plain `godwit dump` of a tree in its own user namespace is refused.
+// binary: its init (root inside), a process of user 1000 inside counting into a tmpfs (files each
+// owns), an echo server with a TCP connection from the host, a SysV shm segment made inside, an IP
+// behind a veth with an nftables ruleset. `checkpoint` (deleted), `restore`: the same maps and
+// setgroups, every process keeps its pids inside and its uids/gids/groups/capabilities as seen
+// inside and from the host (/proc/PID/status), the counters carry on, the files keep their
+// owners, the connection carries on, the shm segment is there with its creator, every namespace
+// but the pid one is owned by the new user namespace (its root remounts its tmpfs, administers
+// its netns); ps/exec/kill/delete and a second cycle work on the restored container. Also: a
+// --leave-running checkpoint exported, then imported under another id and address; a writable
+// layer (disk quota); damaged maps and a taken id fail cleanly; threads and nested user
+// namespaces are refused at checkpoint; a plain `godwit dump` of a tree in its own user namespace
+// is refused; idmap parsing.
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <linux/nsfs.h>
@@ -439,12 +444,14 @@ TEST_F(ContainerUserns, CheckpointDeleteRestoreKeepsMapsAndCreds) {
   EXPECT_EQ(Godwit({"--root", root_, "delete", id_}).code, 0);
 }
 
-TEST_F(ContainerUserns, LeaveRunningThenRestoreUnderAnotherId) {
+TEST_F(ContainerUserns, LeaveRunningExportThenImportUnderAnotherId) {
   Run();
   if (HasFatalFailure()) return;
   Snapshot before = Take(id_);
   std::string img = tmp_.path() + "/ckpt2";
-  CliRun c = Godwit({"--root", root_, "checkpoint", id_, "--image-path", img, "--leave-running"});
+  std::string exported = tmp_.path() + "/userns.export";
+  CliRun c = Godwit({"--root", root_, "checkpoint", id_, "--image-path", img, "--leave-running",
+                     "--export", exported});
   ASSERT_EQ(c.code, 0) << c.out;
   // The original runs on, its processes unchanged.
   std::string count = StrFormat("/proc/%d/root/dev/shm/count", init_);
@@ -456,15 +463,16 @@ TEST_F(ContainerUserns, LeaveRunningThenRestoreUnderAnotherId) {
   EXPECT_EQ(taken.code, static_cast<int>(ErrorKind::kExists)) << taken.out;
   EXPECT_EQ(StatePid(id_), init_);
   // The engine gives every process its host pid back: the copy comes up once the original is
-  // gone, under another id and address.
+  // gone, under another id and address, from the export file.
   ASSERT_EQ(Godwit({"--root", root_, "delete", "-f", id_}).code, 0);
   ::waitpid(init_, nullptr, 0);
   reap_.clear();
   std::string copy = id_ + "c";
   ids_.push_back(copy);
   std::string ip2 = StrFormat("198.19.%d.61", 150 + getpid() % 50);
+  // From the export file (one file: what another host would get).
   CliRun r = Godwit(
-      {"--root", root_, "restore", copy, "--image-path", img, "--detach", "--ip", ip2 + "/24"});
+      {"--root", root_, "restore", copy, "--import", exported, "--detach", "--ip", ip2 + "/24"});
   ASSERT_EQ(r.code, 0) << r.out;
   pid_t cp = StatePid(copy);
   ASSERT_EQ(cp, init_);
