@@ -104,6 +104,12 @@ Result<void> DumpUserNamespace(pid_t init, const std::vector<pid_t>& pids,
   }
   ASSIGN_OR_RETURN(std::string sg, fs::ReadFile(StrFormat("/proc/%d/setgroups", init)));
   out->set_setgroups_deny(fs::Trim(sg) == "deny");
+  // The restore sets every process's groups with setgroups, which "deny" forbids for good.
+  if (out->setgroups_deny())
+    return MakeError(ErrorKind::kUnsupported, 0,
+                     "pid %d: its user namespace denies setgroups: the restored processes' "
+                     "groups could not be set",
+                     init);
   return Ok();
 }
 
