@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <deque>
 #include <map>
@@ -22,6 +23,7 @@
 #include "common/log.h"
 #include "common/proc.h"
 #include "common/remote.h"
+#include "common/scope_exit.h"
 
 namespace godwit::dump {
 namespace {
@@ -88,6 +90,45 @@ void AbortRseqSection(pid_t tid) {
   if (ptrace(PTRACE_SETREGS, tid, nullptr, &regs) < 0) PLOG_WARN("rseq abort of %d", tid);
 }
 
+// Whether SIGSTOP is pending for tid (its own queue or its process's).
+bool SigstopPending(pid_t tid) {
+  auto st = fs::ReadFile(StrFormat("/proc/%d/status", tid));
+  if (!st.ok()) return false;
+  for (const char* key : {"\nSigPnd:", "\nShdPnd:"}) {
+    size_t at = st->find(key);
+    if (at != std::string::npos &&
+        (strtoull(st->c_str() + at + strlen(key), nullptr, 16) & (1ULL << (SIGSTOP - 1))))
+      return true;
+  }
+  return false;
+}
+
+// A group-stopped thread with SIGSTOP pending again (sent while it was stopped: zdtm
+// stopped01/02) would dequeue it in the first injected call (a signal-delivery stop there). It
+// is taken now instead, before any user instruction runs, with every other signal blocked, and
+// the thread stops again with it: still stopped, the pending SIGSTOP consumed (it would only have
+// repeated the stop; SIGCONT discards pending stops anyway).
+Result<void> TakePendingSigstop(pid_t tid) {
+  for (int round = 0; round < 4 && SigstopPending(tid); ++round) {
+    uint64_t mask = 0;
+    const uint64_t all = ~uint64_t{0};
+    if (ptrace(PTRACE_GETSIGMASK, tid, sizeof(mask), &mask) < 0 ||
+        ptrace(PTRACE_SETSIGMASK, tid, sizeof(all), &all) < 0)
+      return Errno("PTRACE_{GET,SET}SIGMASK %d", tid);
+    ScopeExit unblock([&] { ptrace(PTRACE_SETSIGMASK, tid, sizeof(mask), &mask); });
+    if (ptrace(PTRACE_CONT, tid, nullptr, nullptr) < 0) return Errno("PTRACE_CONT %d", tid);
+    ASSIGN_OR_RETURN(int status, remote::WaitStop(tid));
+    if ((status >> 16) == PTRACE_EVENT_STOP) continue;  // stopped again, nothing dequeued
+    int sig = WSTOPSIG(status);
+    if (ptrace(PTRACE_CONT, tid, nullptr, reinterpret_cast<void*>(static_cast<long>(sig))) < 0)
+      return Errno("PTRACE_CONT %d", tid);
+    ASSIGN_OR_RETURN(status, remote::WaitStop(tid));
+    if ((status >> 16) != PTRACE_EVENT_STOP)
+      return Err("thread %d: signal %d instead of stopping again", tid, WSTOPSIG(status));
+  }
+  return Ok();
+}
+
 // PTRACE_SEIZE + PTRACE_INTERRUPT, and the group stop the thread was in. A thread seized in a
 // group stop (or entering one while we seize it) reports its first trap as PTRACE_EVENT_STOP
 // with the stop signal; an interrupt reports SIGTRAP. *stop_sig: that signal, else 0. A
@@ -104,7 +145,10 @@ Result<void> Seize(pid_t tid, unsigned long options, int* stop_sig) {
     ASSIGN_OR_RETURN(int status, remote::WaitStop(tid));
     int sig = WSTOPSIG(status);
     if ((status >> 16) == PTRACE_EVENT_STOP) {
-      if (IsStopSignal(sig)) *stop_sig = sig;
+      if (IsStopSignal(sig)) {
+        *stop_sig = sig;
+        TRY(TakePendingSigstop(tid));
+      }
       AbortRseqSection(tid);
       return Ok();
     }

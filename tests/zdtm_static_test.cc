@@ -237,6 +237,7 @@ ZDTM_LEAVE_RUNNING(LeaveRunningPollBlock, "poll_block")
 ZDTM_LEAVE_RUNNING(LeaveRunningZombiesSessions, "zombie00")
 ZDTM_LEAVE_RUNNING(LeaveRunningStoppedStaysStopped, "stopped")
 ZDTM_LEAVE_RUNNING(LeaveRunningStoppedThreads, "stopped_threads")
+ZDTM_LEAVE_RUNNING(LeaveRunningStoppedWithSigstopPending, "stopped12")
 
 TEST_F(Zdtm, SocketTcpEstablished) { RoundTrip("socket_tcp", {"--tcp-established"}); }
 
