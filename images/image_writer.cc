@@ -2,6 +2,7 @@
 // (pages), so the blob path avoids copies: a raw chunk goes from the caller's buffer to the file
 // in one writev with its header, and its checksum is computed once and reused for the file's.
 #include <google/protobuf/message_lite.h>
+#include <unistd.h>
 #include <zstd.h>
 
 #include <algorithm>
@@ -311,49 +312,57 @@ Result<void> BlobWriter::Reserve(uint64_t logical_bytes) {
     return MakeError(ErrorKind::kGeneric, 0, "blob %s: reserve after close", name_.c_str());
   uint64_t chunks = logical_bytes / format::kMaxChunk + 2;
   uint64_t bytes = logical_bytes + chunks * sizeof(format::ChunkHeader);
-  // A raw blob may be filled in place (AppendInPlace): map the space too.
-  if (comp_ == Compression::kNone)
-    TRY_CTX(out_->ReserveInPlace(bytes), "blob %s", name_.c_str());
-  else
-    TRY_CTX(out_->Reserve(bytes), "blob %s", name_.c_str());
+  TRY_CTX(out_->Reserve(bytes), "blob %s", name_.c_str());
   return Ok();
 }
 
-Result<bool> BlobWriter::AppendInPlace(size_t len, InPlace* ip) {
+Result<bool> BlobWriter::AppendExternal(size_t len, External* ext) {
   if (!out_) return MakeError(ErrorKind::kGeneric, 0, "blob %s: append after close", name_.c_str());
-  if (comp_ != Compression::kNone || !gather_.empty() || len == 0) return false;
+  if (comp_ != Compression::kNone || !gather_.empty() || len == 0 || out_->fd() < 0) return false;
   size_t n = (len + format::kMaxChunk - 1) / format::kMaxChunk;
-  ASSIGN_OR_RETURN(char* p, out_->Extend(len + n * sizeof(format::ChunkHeader)));
-  if (p == nullptr) return false;
-  ip->logical_off = logical_;
-  ip->chunks.clear();
+  ASSIGN_OR_RETURN(int64_t off, out_->ExtendExternal(len + n * sizeof(format::ChunkHeader)));
+  if (off < 0) return false;
+  ext->logical_off = logical_;
+  ext->chunks.clear();
+  uint64_t pos = static_cast<uint64_t>(off);
   while (len > 0) {
     uint32_t c = static_cast<uint32_t>(std::min<size_t>(len, format::kMaxChunk));
-    format::ChunkHeader h;
-    h.kind = format::kChunkRaw;
-    h.logical_len = c;
-    h.logical_off = emitted_;
-    h.stored_len = c;
-    h.crc32c = 0;  // CommitInPlace
-    memcpy(p, &h, sizeof(h));
-    ip->chunks.push_back({p + sizeof(h), c});
-    p += sizeof(h) + c;
+    ext->chunks.push_back({pos, c, emitted_});
+    pos += sizeof(format::ChunkHeader) + c;
     len -= c;
     emitted_ += c;
     logical_ += c;
-    stored_ += sizeof(h) + c;
+    stored_ += sizeof(format::ChunkHeader) + c;
   }
   return true;
 }
 
-Result<void> BlobWriter::CommitInPlace(const InPlace& ip) {
+Result<void> BlobWriter::CommitExternal(const External& ext) {
   if (!out_) return MakeError(ErrorKind::kGeneric, 0, "blob %s: commit after close", name_.c_str());
-  for (const auto& [data, len] : ip.chunks) {
-    uint32_t crc = Crc32c(0, data, len);
-    char* h = data - sizeof(format::ChunkHeader);
-    memcpy(h + offsetof(format::ChunkHeader, crc32c), &crc, sizeof(crc));
-    out_->AddChecksum(Crc32c(0, h, sizeof(format::ChunkHeader)), sizeof(format::ChunkHeader));
-    out_->AddChecksum(crc, len);
+  if (readback_.size() < format::kMaxChunk) readback_.resize(format::kMaxChunk);
+  int fd = out_->fd();
+  for (const auto& c : ext.chunks) {
+    // The data was written by another process: read it back (hot in the page cache) to
+    // checksum what the file holds.
+    uint64_t data_off = c.header_off + sizeof(format::ChunkHeader);
+    for (uint32_t got = 0; got < c.len;) {
+      ssize_t n = pread(fd, readback_.data() + got, c.len - got, static_cast<off_t>(data_off + got));
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) return Errno("blob %s: read back at %lu", name_.c_str(), (unsigned long)data_off);
+      if (n == 0)
+        return MakeError(ErrorKind::kGeneric, 0, "blob %s: external data missing at offset %lu",
+                         name_.c_str(), static_cast<unsigned long>(data_off + got));
+      got += static_cast<uint32_t>(n);
+    }
+    format::ChunkHeader h;
+    h.kind = format::kChunkRaw;
+    h.logical_len = c.len;
+    h.logical_off = c.logical_off;
+    h.stored_len = c.len;
+    h.crc32c = Crc32c(0, readback_.data(), c.len);
+    TRY_CTX(out_->WriteAt(c.header_off, &h, sizeof(h)), "blob %s", name_.c_str());
+    out_->AddChecksum(Crc32c(0, &h, sizeof(h)), sizeof(h));
+    out_->AddChecksum(h.crc32c, c.len);
   }
   return Ok();
 }

@@ -3,7 +3,6 @@
 // inventory last and atomically: its presence is what makes a directory a complete checkpoint.
 #include <dirent.h>
 #include <fcntl.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -69,9 +68,7 @@ class FileOutput : public Output {
         path_(std::move(path)),
         fd_(std::move(fd)),
         buf_(new char[kBufSize]) {}
-  ~FileOutput() override {
-    if (map_) ::munmap(map_, map_len_);
-  }
+  ~FileOutput() override = default;
 
   Result<void> Write(const void* data, size_t len) override {
     crc_ = Crc32c(crc_, data, len);
@@ -95,44 +92,31 @@ class FileOutput : public Output {
     return Ok();
   }
 
-  // The reserved space becomes part of the file (Close truncates what is not used) and is
-  // mapped, its pages faulted in now (before the freeze) with one MADV_POPULATE_WRITE: an
-  // in-place fill is then a single copy with no page fault.
-  Result<void> ReserveInPlace(uint64_t bytes) override {
-    if (!fd_) return MakeError(ErrorKind::kGeneric, 0, "%s: reserve after close", path_.c_str());
-    if (map_ || bytes < (1 << 20) || getenv("GODWIT_NO_INPLACE")) return Reserve(bytes);
-    if (::fallocate(fd_.get(), 0, size_, bytes) < 0) {
-      if (errno == EOPNOTSUPP || errno == ENOSYS) return Ok();
-      return Errno("reserve %llu bytes for %s", static_cast<unsigned long long>(bytes),
-                   path_.c_str());
-    }
-    reserved_ = true;
-    uint64_t off = size_ & ~static_cast<uint64_t>(4095);
-    size_t len = size_ + bytes - off;
-    void* m = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd_.get(),
-                     static_cast<off_t>(off));
-    if (m == MAP_FAILED) {
-      LOG_DEBUG("mmap %s for in-place writes: %s", path_.c_str(), strerror(errno));
-      return Ok();
-    }
-    if (!getenv("GODWIT_INPLACE_NOPOPULATE") && ::madvise(m, len, 23 /* MADV_POPULATE_WRITE */) < 0)
-      LOG_DEBUG("populate %s: %s", path_.c_str(), strerror(errno));
-    map_ = static_cast<char*>(m);
-    map_len_ = len;
-    map_off_ = off;
-    return Ok();
-  }
-
-  Result<char*> Extend(size_t len) override {
+  Result<int64_t> ExtendExternal(size_t len) override {
     if (!fd_) return MakeError(ErrorKind::kGeneric, 0, "%s: write after close", path_.c_str());
-    if (!map_ || size_ + len > map_off_ + map_len_) return static_cast<char*>(nullptr);
     TRY(Flush());
-    char* p = map_ + (size_ - map_off_);
+    int64_t off = static_cast<int64_t>(size_);
     size_ += len;
-    // Later writes go after the in-place bytes.
+    // Later writes go after the external bytes.
     if (::lseek(fd_.get(), static_cast<off_t>(size_), SEEK_SET) < 0)
       return Errno("seek %s", path_.c_str());
-    return p;
+    return off;
+  }
+
+  int fd() const override { return fd_.get(); }
+
+  Result<void> WriteAt(uint64_t off, const void* data, size_t len) override {
+    if (!fd_) return MakeError(ErrorKind::kGeneric, 0, "%s: write after close", path_.c_str());
+    const char* p = static_cast<const char*>(data);
+    while (len > 0) {
+      ssize_t n = ::pwrite(fd_.get(), p, len, static_cast<off_t>(off));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) return Errno("write %s at %lu", path_.c_str(), static_cast<unsigned long>(off));
+      p += n;
+      off += n;
+      len -= n;
+    }
+    return Ok();
   }
 
   void AddChecksum(uint32_t crc, size_t len) override { crc_ = Crc32cCombine(crc_, crc, len); }
@@ -140,10 +124,6 @@ class FileOutput : public Output {
   Result<void> Close() override {
     if (!fd_) return MakeError(ErrorKind::kGeneric, 0, "%s: closed twice", path_.c_str());
     TRY(Flush());
-    if (map_) {
-      ::munmap(map_, map_len_);
-      map_ = nullptr;
-    }
     // Release what was reserved and not used: truncating to the size drops blocks beyond it.
     if (reserved_ && ::ftruncate(fd_.get(), static_cast<off_t>(size_)) < 0)
       return Errno("truncate %s", path_.c_str());
@@ -189,9 +169,6 @@ class FileOutput : public Output {
   uint64_t size_ = 0;
   uint32_t crc_ = 0;
   bool reserved_ = false;
-  char* map_ = nullptr;  // ReserveInPlace: file bytes [map_off_, map_off_ + map_len_)
-  size_t map_len_ = 0;
-  uint64_t map_off_ = 0;
 };
 
 bool StartsWithMagic(const std::string& path) {

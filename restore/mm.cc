@@ -24,6 +24,7 @@
 #include "common/log.h"
 #include "common/proc.h"
 #include "common/scope_exit.h"
+#include "restore/pages.h"
 #include "restore/steps.h"
 
 namespace godwit::restore {
@@ -191,13 +192,16 @@ Result<void> MapVma(RestoreContext& ctx, remote::Remote* r, const img::Vma& v, M
   return Ok();
 }
 
-// Fills the dumped private pages. Raw chunks: the target preadv()s them itself, straight from the
-// page file into place (one call for up to 1024 runs contiguous in the file), after one
+// Fills the dumped private pages. Anonymous private VMAs: UFFDIO_COPY from the coordinator
+// (restore/pages.h): from a mapping of the page file for raw chunks, from the decompression
+// buffer for compressed ones; no page fault, no zeroing. The rest (private file mappings, or
+// without userfaultfd): raw chunks are preadv()'d by the target itself, straight from the page
+// file into place (one call for up to 1024 runs contiguous in the file), after one
 // MADV_POPULATE_WRITE per big run (no fault per page). With much raw data, the coordinator copies
 // the second half at the same time on a second thread (process_vm_writev from a mapping of the
-// page file: one copy too): faulting in and zeroing fresh pages is most of the cost, and it runs
-// on both cores. The thread is joined before FillPages returns (the coordinator forks nothing
-// while it runs). Compressed chunks: the coordinator decompresses and process_vm_writev()s them.
+// page file: one copy too). The thread is joined before FillPages returns (the coordinator forks
+// nothing while it runs). Compressed chunks: the coordinator decompresses and
+// process_vm_writev()s them.
 Result<void> FillPages(RestoreContext& ctx, ProcessRestore& p, const img::PageMap& pagemap) {
   remote::Remote* r = p.remote.get();
   const auto& runs = pagemap.runs();
@@ -205,6 +209,33 @@ Result<void> FillPages(RestoreContext& ctx, ProcessRestore& p, const img::PageMa
   ASSIGN_OR_RETURN(std::unique_ptr<images::BlobReader> blob, ctx.images->OpenBlob(pagemap.blob()));
   uint64_t total = 0;
   for (const auto& run : runs) total += run.npages() * kPage;
+  // The anonymous private VMAs this pagemap writes to: filled with UFFDIO_COPY.
+  std::vector<std::pair<uint64_t, uint64_t>> anon;
+  for (const auto& v : p.mm.vmas()) {
+    if (v.kind() != img::VMA_ANON_PRIVATE) continue;
+    bool hit = std::any_of(runs.begin(), runs.end(), [&](const img::PageRun& run) {
+      return run.vaddr() < v.end() && run.vaddr() + run.npages() * kPage > v.start();
+    });
+    if (hit) anon.push_back({v.start(), v.end()});
+  }
+  std::sort(anon.begin(), anon.end());
+  ASSIGN_OR_RETURN(std::unique_ptr<UffdFiller> uffd, UffdFiller::Open(r, anon));
+  // The page file, mapped for UFFDIO_COPY's source.
+  char* fmap = nullptr;
+  size_t fmap_len = 0;
+  if (uffd) {
+    struct stat st;
+    if (fstat(blob->fd(), &st) == 0 && st.st_size > 0) {
+      void* m = mmap(nullptr, st.st_size, PROT_READ, MAP_SHARED, blob->fd(), 0);
+      if (m != MAP_FAILED) {
+        fmap = static_cast<char*>(m);
+        fmap_len = st.st_size;
+      }
+    }
+  }
+  ScopeExit unmap_file([&] {
+    if (fmap) munmap(fmap, fmap_len);
+  });
   struct Piece {
     uint64_t va, off, len;
   };
@@ -212,16 +243,34 @@ Result<void> FillPages(RestoreContext& ctx, ProcessRestore& p, const img::PageMa
   uint64_t raw_total = 0, done = 0;
   std::unique_ptr<char[]> buf;
   constexpr uint64_t kBatch = 8ULL << 20;
+  Result<void> copied;
   for (const auto& run : runs) {
     uint64_t len = run.npages() * kPage;
     auto ext = blob->RawExtents(run.blob_off(), len);
     if (ext.ok()) {
       uint64_t va = run.vaddr();
       for (const auto& e : *ext) {
-        raw.push_back({va, e.file_off, e.len});
+        if (fmap && e.file_off + e.len > fmap_len)
+          return MakeError(ErrorKind::kBadImage, 0, "%s: extent beyond the file",
+                           pagemap.blob().c_str());
+        auto place = [&](uint64_t sva, uint64_t slen, bool registered) {
+          uint64_t off = e.file_off + (sva - va);
+          if (registered && fmap) {
+            if (copied.ok()) copied = uffd->Copy(sva, fmap + off, slen);
+            done += slen;
+            return;
+          }
+          raw.push_back({sva, off, slen});
+          raw_total += slen;
+        };
+        if (uffd && fmap)
+          uffd->Split(va, e.len, place);
+        else
+          place(va, e.len, false);
+        TRY(std::move(copied));
         va += e.len;
-        raw_total += e.len;
       }
+      if (ctx.opts.progress) ctx.opts.progress("memory", done, total);
       continue;
     }
     // Compressed: through the coordinator, in pieces.
@@ -229,10 +278,25 @@ Result<void> FillPages(RestoreContext& ctx, ProcessRestore& p, const img::PageMa
     for (uint64_t o = 0; o < len; o += kBatch) {
       uint64_t n = std::min(kBatch, len - o);
       TRY(blob->Read(run.blob_off() + o, buf.get(), n));
-      TRY(r->Write(run.vaddr() + o, buf.get(), n));
+      uint64_t va = run.vaddr() + o;
+      auto put = [&](uint64_t sva, uint64_t slen, bool registered) {
+        if (!copied.ok()) return;
+        const char* src = buf.get() + (sva - va);
+        copied = registered ? uffd->Copy(sva, src, slen) : r->Write(sva, src, slen);
+      };
+      if (uffd)
+        uffd->Split(va, n, put);
+      else
+        put(va, n, false);
+      TRY(std::move(copied));
       done += n;
     }
   }
+  if (uffd)
+    LOG_DEBUG("pid %d: %s: %lu bytes by UFFDIO_COPY", p.pid, pagemap.blob().c_str(),
+              static_cast<unsigned long>(uffd->bytes()));
+  // Unregisters everything: the pieces left are filled the ordinary way.
+  uffd.reset();
   if (raw.empty()) {
     ctx.stats.pages += total / kPage;
     ctx.stats.bytes += total;
