@@ -57,14 +57,31 @@ Result<void> PreRounds(DumpContext& ctx) {
     uint64_t round_bytes = 0;
     for (auto& [pid, tracker] : ctx.trackers) {
       std::vector<PageRange> runs;
+      // Round 0: which runs are in unreadable VMAs (read through /proc/PID/mem). The final round
+      // stores only the dirty pages of tracked VMAs, so round 0 must have all the others.
+      std::vector<bool> unreadable;
+      UniqueFd mem;
       if (round == 0) {
         ASSIGN_OR_RETURN(auto maps, proc::ReadMaps(pid));
         ASSIGN_OR_RETURN(auto src, PresentPages::Open(pid, ctx.zero_pfn));
         PageCounts counts;
         for (const auto& m : maps) {
-          if (m.shared || !(m.prot & PROT_READ) || !tracker->Covers(m.start, m.end)) continue;
+          if (m.shared || !tracker->Covers(m.start, m.end)) continue;
           bool file = m.inode != 0 && !m.path.empty() && m.path[0] == '/';
+          size_t before = runs.size();
           TRY(src->Collect(m.start, m.end, file, &runs, &counts));
+          // Collect may have extended the previous VMA's last run into this one: split it.
+          if (before > 0 && runs.size() >= before && runs[before - 1].addr < m.start &&
+              runs[before - 1].addr + runs[before - 1].npages * 4096 > m.start) {
+            PageRange& last = runs[before - 1];
+            uint64_t keep = (m.start - last.addr) / 4096;
+            runs.insert(runs.begin() + before, {m.start, last.npages - keep});
+            last.npages = keep;
+          }
+          unreadable.resize(runs.size(), !(m.prot & PROT_READ));
+        }
+        if (std::find(unreadable.begin(), unreadable.end(), true) != unreadable.end()) {
+          ASSIGN_OR_RETURN(mem, fs::Open(StrFormat("/proc/%d/mem", pid), O_RDONLY));
         }
       } else {
         TRY_CTX(tracker->CollectDirty(&runs), "pre-dump round %d pid %d", round, pid);
@@ -78,8 +95,11 @@ Result<void> PreRounds(DumpContext& ctx) {
                        images::BlobWriter::Create(*ctx.sink, pm.blob(), ctx.opts.compression,
                                                   ctx.opts.zstd_level));
       {
-        PageWriter w(&blob, pid, -1, total);
-        for (const auto& x : runs) TRY(w.Add(x.addr, x.addr, x.npages, false));
+        PageWriter w(&blob, pid, mem.get(), total);
+        for (size_t i = 0; i < runs.size(); ++i) {
+          bool use_fd = i < unreadable.size() && unreadable[i];
+          TRY(w.Add(runs[i].addr, runs[i].addr, runs[i].npages, use_fd));
+        }
         TRY_CTX(w.Finish(), "pre-dump round %d pid %d", round, pid);
         for (const auto& run : w.runs()) *pm.add_runs() = run;
       }

@@ -286,18 +286,69 @@ Result<bool> PageWriter::SetUpTarget() {
 }
 
 Result<void> PageWriter::TargetWrite(const Batch& b) {
-  // The batch's file space: per chunk, the header's place (zeros) then its data; contiguous.
-  std::vector<iovec> iov;
+  // The batch's file space: per chunk, the header's place (zeros: the header is written at
+  // commit) then its data; contiguous. Readable ranges go into the process's pwritev calls;
+  // unreadable ones (use_fd) are read and written by the coordinator in between.
   uint64_t zeros = target_->scratch() + kZeroArea;
+  uint64_t iov_addr = target_->scratch() + kIovArea;
+  size_t max_iov = std::min(kMaxIov, (target_->scratch_size() - kIovArea) / sizeof(iovec));
+  std::vector<iovec> iov;
+  uint64_t start = 0, pos = 0;  // pending pwritev: file bytes [start, pos)
+  auto flush = [&]() -> Result<void> {
+    iovec* v = iov.data();
+    size_t left = iov.size();
+    uint64_t off = start;
+    while (left > 0) {
+      size_t k = std::min(left, max_iov);
+      TRY(target_->Write(iov_addr, v, k * sizeof(iovec)));
+      auto n = target_->Syscall(SYS_pwritev, static_cast<uint64_t>(target_fd_), iov_addr, k, off, 0);
+      if (!n.ok())
+        return std::move(n.error().wrap(StrFormat("pid %d: pwritev of its pages at file offset %lu",
+                                                  pid_, static_cast<unsigned long>(off))));
+      if (*n == 0)
+        return MakeError(ErrorKind::kGeneric, 0, "pid %d: pwritev of its pages wrote nothing", pid_);
+      off += *n;
+      Advance(&v, &left, static_cast<size_t>(*n));
+    }
+    iov.clear();
+    start = pos;
+    return Ok();
+  };
   size_t e = 0;
-  uint64_t e_off = 0;  // bytes of cur_entries_[e] already placed
+  uint64_t e_off = 0;  // bytes of entry e already placed
   for (const auto& c : b.ext.chunks) {
+    if (iov.empty()) start = pos = c.header_off;
     iov.push_back({reinterpret_cast<void*>(zeros), sizeof(images::format::ChunkHeader)});
+    pos += sizeof(images::format::ChunkHeader);
+    if (iov.size() >= max_iov) TRY(flush());
     uint64_t want = c.len;
     while (want > 0) {
       const Entry& x = b.entries[e];
       uint64_t n = std::min(want, x.len - e_off);
-      iov.push_back({reinterpret_cast<void*>(x.src + e_off), n});
+      if (x.use_fd) {
+        TRY(flush());
+        char* tmp = b.buf + x.buf_off + e_off;
+        for (uint64_t done = 0; done < n;) {
+          ssize_t r = pread(fd_, tmp + done, n - done, static_cast<off_t>(x.src + e_off + done));
+          if (r <= 0)
+            return Errno("read %lu bytes at %#lx of pid %d", static_cast<unsigned long>(n),
+                         static_cast<unsigned long>(x.src + e_off + done), pid_);
+          done += r;
+        }
+        for (uint64_t done = 0; done < n;) {
+          ssize_t w = pwrite(blob_->fd(), tmp + done, n - done, static_cast<off_t>(pos + done));
+          if (w < 0 && errno == EINTR) continue;
+          if (w <= 0) return Errno("write pages of pid %d", pid_);
+          done += w;
+        }
+        pos += n;
+        start = pos;
+      } else {
+        iov.push_back({reinterpret_cast<void*>(x.src + e_off), n});
+        pos += n;
+        target_pages_ += n / kPage;
+        if (iov.size() >= max_iov) TRY(flush());
+      }
       want -= n;
       e_off += n;
       if (e_off == x.len) {
@@ -306,25 +357,7 @@ Result<void> PageWriter::TargetWrite(const Batch& b) {
       }
     }
   }
-  uint64_t off = b.ext.chunks.front().header_off;
-  uint64_t iov_addr = target_->scratch() + kIovArea;
-  size_t max_iov = std::min(kMaxIov, (target_->scratch_size() - kIovArea) / sizeof(iovec));
-  iovec* v = iov.data();
-  size_t left = iov.size();
-  while (left > 0) {
-    size_t k = std::min(left, max_iov);
-    TRY(target_->Write(iov_addr, v, k * sizeof(iovec)));
-    auto n = target_->Syscall(SYS_pwritev, static_cast<uint64_t>(target_fd_), iov_addr, k, off, 0);
-    if (!n.ok())
-      return std::move(n.error().wrap(StrFormat("pid %d: pwritev of its pages at file offset %lu",
-                                                pid_, static_cast<unsigned long>(off))));
-    if (*n == 0)
-      return MakeError(ErrorKind::kGeneric, 0, "pid %d: pwritev of its pages wrote nothing", pid_);
-    off += *n;
-    Advance(&v, &left, static_cast<size_t>(*n));
-  }
-  target_pages_ += b.len / kPage;
-  return Ok();
+  return flush();
 }
 
 Result<void> PageWriter::ReadIntoBuffer() {
@@ -375,22 +408,6 @@ Result<void> PageWriter::ReadIntoBuffer() {
   return Ok();
 }
 
-Result<void> PageWriter::WriteBuffer(const Batch& b) {
-  uint64_t boff = 0;
-  for (const auto& c : b.ext.chunks) {
-    uint64_t off = c.header_off + sizeof(images::format::ChunkHeader);
-    for (uint64_t done = 0; done < c.len;) {
-      ssize_t n = pwrite(blob_->fd(), b.buf + boff + done, c.len - done,
-                         static_cast<off_t>(off + done));
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) return Errno("write pages of pid %d", pid_);
-      done += n;
-    }
-    boff += c.len;
-  }
-  return Ok();
-}
-
 Result<void> PageWriter::Flush() {
   if (cur_ == nullptr) return Ok();
   if (!target_tried_) {
@@ -407,16 +424,13 @@ Result<void> PageWriter::Flush() {
     else
       external_ = false;  // the writer thread Appends from now on: never external again
   }
-  bool any_fd = std::any_of(batch.entries.begin(), batch.entries.end(),
-                            [](const Entry& e) { return e.use_fd; });
-  if (batch.external && !any_fd) {
+  if (batch.external) {
     TRY(TargetWrite(batch));
   } else {
     cur_entries_ = std::move(batch.entries);
     TRY(ReadIntoBuffer());
     batch.entries = std::move(cur_entries_);
     cur_entries_.clear();
-    if (batch.external) TRY(WriteBuffer(batch));
   }
   {
     std::lock_guard<std::mutex> l(mu_);

@@ -8,7 +8,8 @@
 // process and a raw page file, the process writes its own pages: an injected pwritev (up to 1024
 // iovecs per call, straight from its memory into the page file: one copy, no buffer, no page
 // pinning) into file space handed out by BlobWriter::AppendExternal, while a writer thread
-// reads the previous batch back to checksum it (CommitExternal). Otherwise (compressed blobs,
+// reads the previous batch back to checksum it (CommitExternal); unreadable ranges of a batch
+// are read (/proc/PID/mem) and written by the coordinator between those calls. Otherwise (compressed blobs,
 // a running process, a seccomp-filtered one, one with a file size limit, a file it cannot open,
 // GODWIT_NO_TARGET_WRITE set) batches are read with process_vm_readv (up to 1024 iovecs per call;
 // pread from /proc/PID/mem or a shmem fd for unreadable VMAs) into buffers, and the writer thread
@@ -113,7 +114,6 @@ class PageWriter {
   Result<bool> SetUpTarget();
   Result<void> TargetWrite(const Batch& b);
   Result<void> ReadIntoBuffer();
-  Result<void> WriteBuffer(const Batch& b);
   void CloseTargetFd();
   void WriterLoop();
 

@@ -293,8 +293,9 @@ Result<void> FillPages(RestoreContext& ctx, ProcessRestore& p, const img::PageMa
     }
   }
   if (uffd)
-    LOG_DEBUG("pid %d: %s: %lu bytes by UFFDIO_COPY", p.pid, pagemap.blob().c_str(),
-              static_cast<unsigned long>(uffd->bytes()));
+    LOG_DEBUG("pid %d: %s: %lu bytes by UFFDIO_COPY, %lu pages present already", p.pid,
+              pagemap.blob().c_str(), static_cast<unsigned long>(uffd->bytes()),
+              static_cast<unsigned long>(uffd->present_pages()));
   // Unregisters everything: the pieces left are filled the ordinary way.
   uffd.reset();
   if (raw.empty()) {

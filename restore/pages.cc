@@ -126,6 +126,7 @@ Result<void> UffdFiller::Copy(uint64_t va, const void* src, uint64_t len) {
       va += kPage;
       s += kPage;
       len -= kPage;
+      present_++;
       continue;
     }
     errno = err;

@@ -45,6 +45,8 @@ class UffdFiller {
   // overwritten with process_vm_writev.
   Result<void> Copy(uint64_t va, const void* src, uint64_t len);
   uint64_t bytes() const { return bytes_; }
+  // Pages Copy found present and overwrote with process_vm_writev.
+  uint64_t present_pages() const { return present_; }
 
  private:
   UffdFiller() = default;
@@ -52,6 +54,7 @@ class UffdFiller {
   UniqueFd uffd_;
   std::vector<std::pair<uint64_t, uint64_t>> ranges_;  // registered, sorted
   uint64_t bytes_ = 0;
+  uint64_t present_ = 0;
 };
 
 }  // namespace godwit::restore
