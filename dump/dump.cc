@@ -158,7 +158,7 @@ bool SampleCompresses(pid_t pid) {
 // Before the freeze: create each process's page blob and reserve the space its anonymous memory
 // will take (allocating tmpfs pages is most of the cost of writing them). A racy walk of the tree
 // is fine: this is only an estimate.
-void ReservePageBlobs(DumpContext& ctx) {
+void ReservePageBlobs(DumpContext& ctx, bool sample) {
   std::vector<pid_t> todo{ctx.opts.pid};
   std::set<pid_t> seen;
   while (!todo.empty()) {
@@ -176,7 +176,7 @@ void ReservePageBlobs(DumpContext& ctx) {
     size_t at = status->find("RssAnon:");
     if (at == std::string::npos) continue;  // a zombie
     uint64_t kb = strtoull(status->c_str() + at + 8, nullptr, 10);
-    bool raw = ctx.opts.compression == images::Compression::kZstd && !SampleCompresses(pid);
+    bool raw = sample && !SampleCompresses(pid);
     if (raw) ctx.stats.incompressible.push_back(pid);
     auto blob = OpenPageBlob(ctx, pid, raw);
     if (!blob.ok()) continue;
@@ -207,6 +207,13 @@ Result<DumpStats> Dump(const DumpOptions& opts) {
   }
   DumpContext ctx;
   ctx.opts = opts;
+  // zstd without pre-dump rounds: the frozen tree's pages are stored raw (written by the
+  // processes themselves), and compressed once the tree runs again or is gone
+  // (Sink::CompressFinished): compression costs no frozen time. GODWIT_COMPRESS_FROZEN=1
+  // compresses while frozen instead (the pre-dump rounds' way).
+  bool deferred = opts.compression == images::Compression::kZstd && opts.pre_rounds == 0 &&
+                  getenv("GODWIT_COMPRESS_FROZEN") == nullptr;
+  if (deferred) ctx.opts.compression = images::Compression::kNone;
   ASSIGN_OR_RETURN(ctx.zero_pfn, ZeroPagePfn());
   ASSIGN_OR_RETURN(std::unique_ptr<images::Sink> sink, images::OpenDirSink(opts.images_dir, true));
   ctx.sink = sink.get();
@@ -238,7 +245,8 @@ Result<DumpStats> Dump(const DumpOptions& opts) {
     sink->Abort();
   });
 
-  if (opts.pre_rounds == 0 && !getenv("GODWIT_NO_RESERVE")) ReservePageBlobs(ctx);
+  if (opts.pre_rounds == 0 && !getenv("GODWIT_NO_RESERVE"))
+    ReservePageBlobs(ctx, opts.compression == images::Compression::kZstd);
   auto t_freeze = Clock::now();
   TRY_CTX(FreezeTree(opts.pid, &frozen), "freeze tree of %d", opts.pid);
   auto t_frozen = Clock::now();
@@ -318,6 +326,25 @@ Result<DumpStats> Dump(const DumpOptions& opts) {
   }
   auto t_end = Clock::now();
   ctx.stats.frozen_ms = Ms(t_freeze, t_end);
+  if (deferred) {
+    std::vector<std::string> names;
+    for (const auto& p : ctx.procs) {
+      auto& inc = ctx.stats.incompressible;
+      if (std::find(inc.begin(), inc.end(), p->pid) == inc.end())
+        names.push_back(StrFormat("pages-%d.img", p->pid));
+    }
+    for (const auto& o : ctx.shmem) names.push_back(o.blob());
+    uint64_t before = 0, after = 0;
+    auto c = sink->CompressFinished(names, opts.zstd_level, 2, &before, &after);
+    if (c.ok()) {
+      ctx.stats.bytes_stored -= before - after;
+    } else {
+      // The raw images are complete and valid: keep them.
+      LOG_WARN("dump: compressing the images after the dump failed, they stay raw: %s",
+               c.error().to_string().c_str());
+    }
+    t_end = Clock::now();
+  }
   ctx.stats.total_ms = Ms(t_start, t_end);
   if (!hook.ok()) return std::move(hook.error().wrap("dump: before_detach"));
   return ctx.stats;

@@ -78,6 +78,15 @@ class Sink {
   // Writes the inventory (adding the list of files written with sizes and checksums): from now
   // on the image set is complete. Nothing may be created after Finish.
   virtual Result<void> Finish(img::Inventory inventory) = 0;
+  // After Finish: re-encodes the finished raw blobs `names` with zstd (level, threads; each
+  // into a new file renamed over the old one, every chunk's checksum verified on the way) and
+  // writes the inventory again with their new sizes and checksums: a dump compresses after the
+  // tree runs again (or is gone) instead of while it is frozen. On error, the raw blobs and the
+  // old inventory stay: still a complete image set. *before/*after: their total sizes.
+  virtual Result<void> CompressFinished(const std::vector<std::string>& names, int level,
+                                        int threads, uint64_t* before, uint64_t* after) {
+    return MakeError(ErrorKind::kUnsupported, 0, "this sink cannot compress after Finish");
+  }
   // Drops everything written (a failed dump leaves no image that claims to be complete). A
   // directory sink destroyed without Finish aborts.
   virtual void Abort() = 0;
@@ -121,6 +130,12 @@ class BlobWriter {
  public:
   static Result<BlobWriter> Create(Sink& sink, const std::string& name, Compression c,
                                    int zstd_level = 3);
+  // The same on an output the caller created (Sink::CompressFinished).
+  static Result<BlobWriter> ForOutput(std::unique_ptr<Output> out, const std::string& name,
+                                      Compression c, int zstd_level);
+  // Appends the whole contents of a raw blob file (fd, named what), checking its header, the
+  // chunks' order and every chunk's checksum.
+  Result<void> AppendRawBlobFile(int fd, const std::string& what);
   // Compresses on n threads (the caller and n - 1 workers); 1, the default, compresses in the
   // caller. The file is the same whatever n is. No effect on raw blobs.
   Result<void> SetThreads(int n);

@@ -2,6 +2,7 @@
 // (pages), so the blob path avoids copies: a raw chunk goes from the caller's buffer to the file
 // in one writev with its header, and its checksum is computed once and reused for the file's.
 #include <google/protobuf/message_lite.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <zstd.h>
 
@@ -145,6 +146,16 @@ void BlobWriter::CctxFree::operator()(void* p) const { ZSTD_freeCCtx(static_cast
 
 Result<BlobWriter> BlobWriter::Create(Sink& sink, const std::string& name, Compression c,
                                       int zstd_level) {
+  // Checked before the file exists: a refused level leaves no open image behind.
+  if (c == Compression::kZstd && (zstd_level < ZSTD_minCLevel() || zstd_level > ZSTD_maxCLevel()))
+    return MakeError(ErrorKind::kUsage, 0, "zstd level %d out of range [%d, %d]", zstd_level,
+                     ZSTD_minCLevel(), ZSTD_maxCLevel());
+  ASSIGN_OR_RETURN(std::unique_ptr<Output> out, sink.Create(name));
+  return ForOutput(std::move(out), name, c, zstd_level);
+}
+
+Result<BlobWriter> BlobWriter::ForOutput(std::unique_ptr<Output> out, const std::string& name,
+                                         Compression c, int zstd_level) {
   BlobWriter w;
   w.name_ = name;
   w.comp_ = c;
@@ -157,7 +168,7 @@ Result<BlobWriter> BlobWriter::Create(Sink& sink, const std::string& name, Compr
     if (!w.cctx_)
       return MakeError(ErrorKind::kGeneric, ENOMEM, "blob %s: ZSTD_createCCtx", name.c_str());
   }
-  ASSIGN_OR_RETURN(w.out_, sink.Create(name));
+  w.out_ = std::move(out);
   char h[format::kBlobHeaderSize];
   memcpy(h, format::kBlobMagic, 8);
   format::PutU32(h + 8, kFormatVersion);
@@ -165,6 +176,63 @@ Result<BlobWriter> BlobWriter::Create(Sink& sink, const std::string& name, Compr
   TRY_CTX(w.out_->Write(h, sizeof(h)), "blob %s", name.c_str());
   w.stored_ = sizeof(h);
   return w;
+}
+
+namespace {
+
+Result<void> PreadAll(int fd, void* buf, size_t len, uint64_t off, const std::string& what) {
+  char* p = static_cast<char*>(buf);
+  while (len > 0) {
+    ssize_t n = pread(fd, p, len, static_cast<off_t>(off));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return Errno("read %s at offset %lu", what.c_str(), static_cast<unsigned long>(off));
+    if (n == 0)
+      return MakeError(ErrorKind::kBadImage, 0, "%s: truncated at offset %lu", what.c_str(),
+                       static_cast<unsigned long>(off));
+    p += n;
+    off += n;
+    len -= n;
+  }
+  return Ok();
+}
+
+}  // namespace
+
+Result<void> BlobWriter::AppendRawBlobFile(int fd, const std::string& what) {
+  char h[format::kBlobHeaderSize];
+  TRY(PreadAll(fd, h, sizeof(h), 0, what));
+  if (memcmp(h, format::kBlobMagic, 8) != 0 || format::GetU32(h + 8) != kFormatVersion)
+    return MakeError(ErrorKind::kBadImage, 0, "%s: not a blob of format %u", what.c_str(),
+                     kFormatVersion);
+  struct stat st;
+  if (fstat(fd, &st) < 0) return Errno("stat %s", what.c_str());
+  uint64_t size = st.st_size, off = sizeof(h), logical = 0;
+  // Several chunks per Append: the compressing threads work on them in parallel.
+  constexpr size_t kBatchChunks = 8;
+  std::vector<char> buf(kBatchChunks * format::kMaxChunk);
+  size_t used = 0;
+  while (off < size) {
+    format::ChunkHeader c;
+    TRY(PreadAll(fd, &c, sizeof(c), off, what));
+    if (c.kind != format::kChunkRaw || c.stored_len != c.logical_len ||
+        c.logical_len > format::kMaxChunk || c.logical_off != logical ||
+        off + sizeof(c) + c.stored_len > size)
+      return MakeError(ErrorKind::kBadImage, 0, "%s: bad raw chunk at offset %lu", what.c_str(),
+                       static_cast<unsigned long>(off));
+    if (used + c.logical_len > buf.size()) {
+      TRY(Append(buf.data(), used));
+      used = 0;
+    }
+    TRY(PreadAll(fd, buf.data() + used, c.logical_len, off + sizeof(c), what));
+    if (Crc32c(0, buf.data() + used, c.logical_len) != c.crc32c)
+      return MakeError(ErrorKind::kBadImage, 0, "%s: chunk at offset %lu: checksum mismatch",
+                       what.c_str(), static_cast<unsigned long>(off));
+    used += c.logical_len;
+    logical += c.logical_len;
+    off += sizeof(c) + c.stored_len;
+  }
+  if (used > 0) TRY(Append(buf.data(), used));
+  return Ok();
 }
 
 BlobWriter::~BlobWriter() = default;

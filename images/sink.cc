@@ -19,6 +19,7 @@
 
 #include "common/fs.h"
 #include "common/log.h"
+#include "common/scope_exit.h"
 #include "images/crc32c.h"
 #include "images/format.h"
 #include "images/image.h"
@@ -228,27 +229,69 @@ class DirSink : public Sink {
 
   Result<void> Finish(img::Inventory inv) override {
     if (finished_ || aborted_)
-      return MakeError(ErrorKind::kGeneric, 0, "image set %s already %s", st_->dir.c_str(),
+      return MakeError(ErrorKind::kGeneric, 0, "finish: image set already %s",
                        finished_ ? "finished" : "aborted");
-    std::lock_guard<std::mutex> l(st_->mu);
-    if (!st_->open.empty())
-      return MakeError(ErrorKind::kGeneric, 0, "image %s was not closed before Finish",
-                       st_->open.begin()->c_str());
-    inv.clear_files();
-    for (const auto& name : st_->created) *inv.add_files() = st_->closed[name];
-    std::string body;
-    if (!inv.SerializeToString(&body))
-      return MakeError(ErrorKind::kGeneric, 0, "serialize inventory");
-    std::string data = format::ImageHeader(inv.GetTypeName(), kFormatVersion);
-    char len[4];
-    format::PutU32(len, static_cast<uint32_t>(body.size()));
-    data.append(len, 4);
-    data += body;
-    std::string path = st_->dir + "/" + format::kInventoryName;
-    // fs::WriteFile(atomic) writes path.tmp, fsyncs it and renames it into place.
-    TRY_CTX(fs::WriteFile(path, data, /*atomic=*/true), "write inventory");
+    {
+      std::lock_guard<std::mutex> l(st_->mu);
+      if (!st_->open.empty())
+        return MakeError(ErrorKind::kGeneric, 0, "image %s was not closed before Finish",
+                         st_->open.begin()->c_str());
+    }
+    inv_ = std::move(inv);
+    TRY(WriteInventory());
     finished_ = true;
     return Ok();
+  }
+
+  Result<void> CompressFinished(const std::vector<std::string>& names, int level, int threads,
+                                uint64_t* before, uint64_t* after) override {
+    if (!finished_) return MakeError(ErrorKind::kGeneric, 0, "compress before finish");
+    std::map<std::string, img::ImageFile> old;
+    std::vector<std::string> tmps;
+    bool renamed = false;
+    ScopeExit rollback([&] {
+      if (renamed) return;
+      for (const auto& t : tmps) ::unlink(t.c_str());
+      std::lock_guard<std::mutex> l(st_->mu);
+      for (const auto& [n, f] : old) {
+        st_->closed[n] = f;
+        st_->open.erase(n);
+      }
+    });
+    *before = *after = 0;
+    for (const auto& name : names) {
+      {
+        std::lock_guard<std::mutex> l(st_->mu);
+        auto it = st_->closed.find(name);
+        if (it == st_->closed.end())
+          return MakeError(ErrorKind::kNotFound, 0, "compress %s: not an image of this set",
+                           name.c_str());
+        old[name] = it->second;
+        st_->open.insert(name);
+      }
+      std::string path = st_->dir + "/" + name, tmp = path + ".zst.tmp";
+      ASSIGN_OR_RETURN(UniqueFd in, fs::Open(path, O_RDONLY));
+      ASSIGN_OR_RETURN(UniqueFd fd, fs::Open(tmp, O_RDWR | O_CREAT | O_TRUNC, 0600));
+      tmps.push_back(tmp);
+      std::unique_ptr<Output> out(new FileOutput(st_, name, tmp, std::move(fd)));
+      ASSIGN_OR_RETURN(BlobWriter w,
+                       BlobWriter::ForOutput(std::move(out), name, Compression::kZstd, level));
+      TRY(w.SetThreads(threads));
+      TRY(w.AppendRawBlobFile(in.get(), name));
+      TRY(w.Close());  // records the new size and checksum
+      std::lock_guard<std::mutex> l(st_->mu);
+      *before += old[name].size();
+      *after += st_->closed[name].size();
+    }
+    // The window between the renames and the inventory's is what a crash could leave behind:
+    // an inventory whose checksums do not match those files, which readers refuse.
+    for (const auto& name : names) {
+      std::string path = st_->dir + "/" + name;
+      if (::rename((path + ".zst.tmp").c_str(), path.c_str()) < 0)
+        return Errno("rename %s.zst.tmp", path.c_str());
+    }
+    renamed = true;
+    return WriteInventory();
   }
 
   void Abort() override {
@@ -259,7 +302,29 @@ class DirSink : public Sink {
     ::unlink((st_->dir + "/" + format::kInventoryName + ".tmp").c_str());
   }
 
+  // The inventory with the current list of files, written atomically (path.tmp, fsync, rename).
+  Result<void> WriteInventory() {
+    img::Inventory inv = inv_;
+    inv.clear_files();
+    {
+      std::lock_guard<std::mutex> l(st_->mu);
+      for (const auto& name : st_->created) *inv.add_files() = st_->closed[name];
+    }
+    std::string body;
+    if (!inv.SerializeToString(&body))
+      return MakeError(ErrorKind::kGeneric, 0, "serialize inventory");
+    std::string data = format::ImageHeader(inv.GetTypeName(), kFormatVersion);
+    char len[4];
+    format::PutU32(len, static_cast<uint32_t>(body.size()));
+    data.append(len, 4);
+    data += body;
+    std::string path = st_->dir + "/" + format::kInventoryName;
+    TRY_CTX(fs::WriteFile(path, data, /*atomic=*/true), "write inventory");
+    return Ok();
+  }
+
   std::shared_ptr<DirState> st_;
+  img::Inventory inv_;
   bool finished_ = false, aborted_ = false;
 };
 

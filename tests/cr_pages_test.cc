@@ -127,13 +127,32 @@ TEST_F(CrPages, FileSizeLimitKeepsTheCopyInTheCoordinator) {
   EXPECT_EQ(KillRestoreCheck(pid, &rchar), 0);
 }
 
-TEST_F(CrPages, CompressedWithUffd) {
+TEST_F(CrPages, CompressedAfterTheFreezeWithUffd) {
+  // zstd: the frozen process writes its pages raw, the dump compresses them afterwards
+  // (Sink::CompressFinished); restore decompresses and fills with UFFDIO_COPY.
   pid_t pid = Start("pattern");
   ASSERT_GT(pid, 0);
   nlohmann::json j;
   long long wrote = DumpLeaveRunning(pid, {"--compress", "zstd:1"}, &j);
   EXPECT_LT(j["bytes_stored"].get<uint64_t>() * 4, j["bytes"].get<uint64_t>());
-  EXPECT_LT(wrote, 1 << 20);  // compressed: the coordinator reads and compresses
+  EXPECT_GE(wrote, static_cast<long long>(kData));
+  // Every page file is compressed now, and the inventory has their new sizes: restore checks.
+  std::ifstream f(dir_ / ("img/pages-" + std::to_string(pid) + ".img"), std::ios::ate);
+  EXPECT_LT(static_cast<uint64_t>(f.tellg()) * 4, j["bytes"].get<uint64_t>());
+  long long rchar = 0;
+  EXPECT_EQ(KillRestoreCheck(pid, &rchar), 0);
+  EXPECT_LT(rchar, 1 << 20);
+}
+
+TEST_F(CrPages, CompressedWhileFrozen) {
+  // GODWIT_COMPRESS_FROZEN: the coordinator reads and compresses while the process is frozen.
+  ScopedEnv a("GODWIT_COMPRESS_FROZEN");
+  pid_t pid = Start("pattern");
+  ASSERT_GT(pid, 0);
+  nlohmann::json j;
+  long long wrote = DumpLeaveRunning(pid, {"--compress", "zstd:1"}, &j);
+  EXPECT_LT(j["bytes_stored"].get<uint64_t>() * 4, j["bytes"].get<uint64_t>());
+  EXPECT_LT(wrote, 1 << 20);
   long long rchar = 0;
   EXPECT_EQ(KillRestoreCheck(pid, &rchar), 0);
   EXPECT_LT(rchar, 1 << 20);
