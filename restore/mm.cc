@@ -22,6 +22,7 @@
 #include <thread>
 
 #include "common/log.h"
+#include "images/format.h"
 #include "common/proc.h"
 #include "common/scope_exit.h"
 #include "restore/pages.h"
@@ -192,8 +193,23 @@ Result<void> MapVma(RestoreContext& ctx, remote::Remote* r, const img::Vma& v, M
   return Ok();
 }
 
+Result<void> ReadFull(int fd, char* dst, uint64_t len, uint64_t off, const std::string& name) {
+  while (len > 0) {
+    ssize_t n = pread(fd, dst, len, static_cast<off_t>(off));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0)
+      return n < 0 ? Errno("read %s at offset %lu", name.c_str(), static_cast<unsigned long>(off))
+                   : MakeError(ErrorKind::kBadImage, 0, "%s: truncated at offset %lu",
+                               name.c_str(), static_cast<unsigned long>(off));
+    dst += n;
+    off += n;
+    len -= n;
+  }
+  return Ok();
+}
+
 // Fills the dumped private pages. Anonymous private VMAs: UFFDIO_COPY from the coordinator
-// (restore/pages.h): from a mapping of the page file for raw chunks, from the decompression
+// (restore/pages.h): from a buffer the raw chunk is read into, or from the decompression
 // buffer for compressed ones; no page fault, no zeroing. The rest (private file mappings, or
 // without userfaultfd): raw chunks are preadv()'d by the target itself, straight from the page
 // file into place (one call for up to 1024 runs contiguous in the file), after one
@@ -220,10 +236,14 @@ Result<void> FillPages(RestoreContext& ctx, ProcessRestore& p, const img::PageMa
   }
   std::sort(anon.begin(), anon.end());
   ASSIGN_OR_RETURN(std::unique_ptr<UffdFiller> uffd, UffdFiller::Open(r, anon));
-  // The page file, mapped for UFFDIO_COPY's source.
+  // UFFDIO_COPY's source for raw chunks: the page file read into a buffer that stays in the
+  // cache (default), or mapped (GODWIT_UFFD_MAP=1: no copy, but on this VM setting up and
+  // tearing down the mapping's page-table entries costs more than the copy).
   char* fmap = nullptr;
   size_t fmap_len = 0;
-  if (uffd) {
+  std::unique_ptr<char[]> rbuf;
+  if (uffd && !getenv("GODWIT_UFFD_MAP")) rbuf.reset(new char[images::format::kMaxChunk]);
+  if (uffd && !rbuf) {
     struct stat st;
     if (fstat(blob->fd(), &st) == 0 && st.st_size > 0) {
       void* m = mmap(nullptr, st.st_size, PROT_READ, MAP_SHARED, blob->fd(), 0);
@@ -253,17 +273,26 @@ Result<void> FillPages(RestoreContext& ctx, ProcessRestore& p, const img::PageMa
         if (fmap && e.file_off + e.len > fmap_len)
           return MakeError(ErrorKind::kBadImage, 0, "%s: extent beyond the file",
                            pagemap.blob().c_str());
+        // rbuf: the extent (at most one chunk) is read once, when a registered piece needs it.
+        bool have = false;
         auto place = [&](uint64_t sva, uint64_t slen, bool registered) {
           uint64_t off = e.file_off + (sva - va);
-          if (registered && fmap) {
-            if (copied.ok()) copied = uffd->Copy(sva, fmap + off, slen);
+          if (registered && (fmap || rbuf)) {
+            if (!copied.ok()) return;
+            const char* src = fmap ? fmap + off : rbuf.get() + (sva - va);
+            if (!fmap && !have) {
+              copied = ReadFull(blob->fd(), rbuf.get(), e.len, e.file_off, pagemap.blob());
+              have = true;
+              if (!copied.ok()) return;
+            }
+            copied = uffd->Copy(sva, src, slen);
             done += slen;
             return;
           }
           raw.push_back({sva, off, slen});
           raw_total += slen;
         };
-        if (uffd && fmap)
+        if (uffd && (fmap || rbuf) && e.len <= images::format::kMaxChunk)
           uffd->Split(va, e.len, place);
         else
           place(va, e.len, false);
