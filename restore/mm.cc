@@ -261,8 +261,16 @@ Result<void> FillPages(RestoreContext& ctx, ProcessRestore& p, const img::PageMa
   };
   std::vector<Piece> raw;
   uint64_t raw_total = 0, done = 0;
-  std::unique_ptr<char[]> buf;
   constexpr uint64_t kBatch = 8ULL << 20;
+  // Runs with compressed chunks: read (decompressed) by a second thread from the start.
+  std::vector<ReadAhead::Piece> zpieces;
+  for (const auto& run : runs) {
+    uint64_t len = run.npages() * kPage;
+    if (blob->RawExtents(run.blob_off(), len).ok()) continue;
+    for (uint64_t o = 0; o < len; o += kBatch)
+      zpieces.push_back({run.vaddr() + o, run.blob_off() + o, std::min(kBatch, len - o)});
+  }
+  ReadAhead ahead(blob.get(), std::move(zpieces), kBatch);
   Result<void> copied;
   for (const auto& run : runs) {
     uint64_t len = run.npages() * kPage;
@@ -302,24 +310,25 @@ Result<void> FillPages(RestoreContext& ctx, ProcessRestore& p, const img::PageMa
       if (ctx.opts.progress) ctx.opts.progress("memory", done, total);
       continue;
     }
-    // Compressed: through the coordinator, in pieces.
-    if (!buf) buf.reset(new char[kBatch]);
-    for (uint64_t o = 0; o < len; o += kBatch) {
-      uint64_t n = std::min(kBatch, len - o);
-      TRY(blob->Read(run.blob_off() + o, buf.get(), n));
-      uint64_t va = run.vaddr() + o;
-      auto put = [&](uint64_t sva, uint64_t slen, bool registered) {
-        if (!copied.ok()) return;
-        const char* src = buf.get() + (sva - va);
-        copied = registered ? uffd->Copy(sva, src, slen) : r->Write(sva, src, slen);
-      };
-      if (uffd)
-        uffd->Split(va, n, put);
-      else
-        put(va, n, false);
-      TRY(std::move(copied));
-      done += n;
-    }
+    // Compressed: later, through the coordinator (ahead.Next below).
+  }
+  // Compressed runs, decompressed on a second thread while this one copies.
+  while (true) {
+    ReadAhead::Piece pc;
+    const char* data = nullptr;
+    ASSIGN_OR_RETURN(bool more, ahead.Next(&pc, &data));
+    if (!more) break;
+    auto put = [&](uint64_t sva, uint64_t slen, bool registered) {
+      if (!copied.ok()) return;
+      const char* src = data + (sva - pc.va);
+      copied = registered ? uffd->Copy(sva, src, slen) : r->Write(sva, src, slen);
+    };
+    if (uffd)
+      uffd->Split(pc.va, pc.len, put);
+    else
+      put(pc.va, pc.len, false);
+    TRY(std::move(copied));
+    done += pc.len;
   }
   if (uffd)
     LOG_DEBUG("pid %d: %s: %lu bytes by UFFDIO_COPY, %lu pages present already", p.pid,

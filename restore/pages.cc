@@ -135,4 +135,56 @@ Result<void> UffdFiller::Copy(uint64_t va, const void* src, uint64_t len) {
   return Ok();
 }
 
+ReadAhead::ReadAhead(images::BlobReader* blob, std::vector<Piece> pieces, uint64_t max_len)
+    : blob_(blob), pieces_(std::move(pieces)) {
+  if (pieces_.empty()) return;
+  for (auto& b : buf_) b.reset(new char[max_len]);
+  thread_ = std::thread([this] { Run(); });
+}
+
+ReadAhead::~ReadAhead() {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+void ReadAhead::Run() {
+  for (size_t i = 0; i < pieces_.size(); ++i) {
+    {
+      // Buffer i % 2 is free once the consumer released piece i - 2.
+      std::unique_lock<std::mutex> l(mu_);
+      cv_.wait(l, [&] { return stop_ || i < consumed_ + 2; });
+      if (stop_) return;
+    }
+    const Piece& p = pieces_[i];
+    auto r = blob_->Read(p.blob_off, buf_[i % 2].get(), p.len);
+    std::lock_guard<std::mutex> l(mu_);
+    if (!r.ok()) {
+      failed_ = true;
+      error_ = std::move(r.error());
+      cv_.notify_all();
+      return;
+    }
+    produced_ = i + 1;
+    cv_.notify_all();
+  }
+}
+
+Result<bool> ReadAhead::Next(Piece* piece, const char** data) {
+  std::unique_lock<std::mutex> l(mu_);
+  if (next_called_) consumed_++;  // the previous piece is done with
+  next_called_ = true;
+  cv_.notify_all();
+  size_t i = consumed_;
+  if (i >= pieces_.size()) return false;
+  cv_.wait(l, [&] { return produced_ > i || failed_; });
+  if (produced_ <= i) return error_;
+  *piece = pieces_[i];
+  *data = buf_[i % 2].get();
+  return true;
+}
+
 }  // namespace godwit::restore

@@ -18,7 +18,10 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <condition_variable>
 #include <functional>
+#include <mutex>
+#include <thread>
 #include <memory>
 #include <utility>
 #include <vector>
@@ -26,6 +29,7 @@
 #include "common/remote.h"
 #include "common/result.h"
 #include "common/unique_fd.h"
+#include "images/image.h"
 
 namespace godwit::restore {
 
@@ -55,6 +59,34 @@ class UffdFiller {
   std::vector<std::pair<uint64_t, uint64_t>> ranges_;  // registered, sorted
   uint64_t bytes_ = 0;
   uint64_t present_ = 0;
+};
+
+// Reads pieces of a blob (BlobReader::Read: decompressing and checking zstd chunks) on a second
+// thread, up to two pieces ahead of the consumer: decompression overlaps the copy into the
+// process. The blob must not be Read by anyone else meanwhile (pread of its fd is fine).
+class ReadAhead {
+ public:
+  struct Piece {
+    uint64_t va, blob_off, len;
+  };
+  ReadAhead(images::BlobReader* blob, std::vector<Piece> pieces, uint64_t max_len);
+  ~ReadAhead();  // stops the thread and joins it
+  ReadAhead(const ReadAhead&) = delete;
+  ReadAhead& operator=(const ReadAhead&) = delete;
+  // The next piece and its data (valid until the next call); false at the end.
+  Result<bool> Next(Piece* piece, const char** data);
+
+ private:
+  void Run();
+  images::BlobReader* blob_;
+  std::vector<Piece> pieces_;
+  std::unique_ptr<char[]> buf_[2];
+  std::mutex mu_;
+  std::condition_variable cv_;
+  size_t produced_ = 0, consumed_ = 0;  // pieces read; pieces released by the consumer
+  bool next_called_ = false, stop_ = false, failed_ = false;
+  Error error_{ErrorKind::kGeneric, 0, ""};
+  std::thread thread_;
 };
 
 }  // namespace godwit::restore
