@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -279,6 +280,27 @@ Result<bool> PageWriter::SetUpTarget() {
     return false;
   }
   target_fd_ = fd;
+  // In another pid namespace, /proc/COORD may name some other process: the file opened must be
+  // the page file itself (same device and inode, seen through pidfd_getfd), else nothing is
+  // written through it.
+  bool same = false;
+  int pidfd = static_cast<int>(syscall(SYS_pidfd_open, pid_, 0));
+  if (pidfd >= 0) {
+    UniqueFd upidfd(pidfd);
+    int copy = static_cast<int>(syscall(SYS_pidfd_getfd, pidfd, static_cast<int>(fd), 0));
+    if (copy >= 0) {
+      UniqueFd ucopy(copy);
+      struct stat a, b;
+      same = fstat(copy, &a) == 0 && fstat(blob_->fd(), &b) == 0 && a.st_dev == b.st_dev &&
+             a.st_ino == b.st_ino;
+    }
+  }
+  if (!same) {
+    LOG_DEBUG("pid %d: %s is not the page file there: pages go through the coordinator", pid_,
+              path.c_str());
+    CloseTargetFd();
+    return false;
+  }
   // Zeros for the chunk headers' places (the headers are written at commit, with checksums).
   char zeros[sizeof(images::format::ChunkHeader)] = {};
   TRY(target_->Write(target_->scratch() + kZeroArea, zeros, sizeof(zeros)));
