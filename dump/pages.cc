@@ -270,37 +270,44 @@ Result<bool> PageWriter::SetUpTarget() {
   }
   // The page file, reopened by the process through our /proc/PID/fd (fails where it cannot see
   // us or may not open it: another pid namespace, other credentials; then the coordinator copies).
+  // First with O_PATH (no side effect whatever the path names) and checked: in another pid
+  // namespace /proc/COORD may name some other process, and the file must be the page file itself
+  // (same device and inode, seen through pidfd_getfd). Then reopened for writing through the
+  // process's own /proc/self/fd.
   std::string path = StrFormat("/proc/%d/fd/%d", getpid(), blob_->fd());
   ASSIGN_OR_RETURN(uint64_t a, target_->WriteString(kZeroArea, path));
-  const uint64_t args[6] = {static_cast<uint64_t>(AT_FDCWD), a, O_WRONLY | O_CLOEXEC, 0, 0, 0};
-  ASSIGN_OR_RETURN(long fd, target_->RawSyscallIn(target_->tid(), SYS_openat, args));
-  if (fd < 0) {
+  const uint64_t args[6] = {static_cast<uint64_t>(AT_FDCWD), a, O_PATH | O_CLOEXEC, 0, 0, 0};
+  ASSIGN_OR_RETURN(long pfd, target_->RawSyscallIn(target_->tid(), SYS_openat, args));
+  if (pfd < 0) {
     LOG_DEBUG("pid %d: open %s in it: %s: pages go through the coordinator", pid_, path.c_str(),
-              strerror(static_cast<int>(-fd)));
+              strerror(static_cast<int>(-pfd)));
     return false;
   }
-  target_fd_ = fd;
-  // In another pid namespace, /proc/COORD may name some other process: the file opened must be
-  // the page file itself (same device and inode, seen through pidfd_getfd), else nothing is
-  // written through it.
   bool same = false;
   int pidfd = static_cast<int>(syscall(SYS_pidfd_open, pid_, 0));
   if (pidfd >= 0) {
     UniqueFd upidfd(pidfd);
-    int copy = static_cast<int>(syscall(SYS_pidfd_getfd, pidfd, static_cast<int>(fd), 0));
+    int copy = static_cast<int>(syscall(SYS_pidfd_getfd, pidfd, static_cast<int>(pfd), 0));
     if (copy >= 0) {
       UniqueFd ucopy(copy);
-      struct stat a, b;
-      same = fstat(copy, &a) == 0 && fstat(blob_->fd(), &b) == 0 && a.st_dev == b.st_dev &&
-             a.st_ino == b.st_ino;
+      struct stat x, y;
+      same = fstat(copy, &x) == 0 && fstat(blob_->fd(), &y) == 0 && x.st_dev == y.st_dev &&
+             x.st_ino == y.st_ino && S_ISREG(x.st_mode);
     }
   }
-  if (!same) {
-    LOG_DEBUG("pid %d: %s is not the page file there: pages go through the coordinator", pid_,
-              path.c_str());
-    CloseTargetFd();
+  long fd = -1;
+  if (same) {
+    ASSIGN_OR_RETURN(uint64_t a2, target_->WriteString(kZeroArea, StrFormat("/proc/self/fd/%ld", pfd)));
+    const uint64_t args2[6] = {static_cast<uint64_t>(AT_FDCWD), a2, O_WRONLY | O_CLOEXEC, 0, 0, 0};
+    ASSIGN_OR_RETURN(fd, target_->RawSyscallIn(target_->tid(), SYS_openat, args2));
+  }
+  TRY(target_->Syscall(SYS_close, static_cast<uint64_t>(pfd)));
+  if (fd < 0) {
+    LOG_DEBUG("pid %d: %s: %s: pages go through the coordinator", pid_, path.c_str(),
+              same ? strerror(static_cast<int>(-fd)) : "not the page file there");
     return false;
   }
+  target_fd_ = fd;
   // Zeros for the chunk headers' places (the headers are written at commit, with checksums).
   char zeros[sizeof(images::format::ChunkHeader)] = {};
   TRY(target_->Write(target_->scratch() + kZeroArea, zeros, sizeof(zeros)));
