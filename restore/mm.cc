@@ -22,7 +22,6 @@
 #include <thread>
 
 #include "common/log.h"
-#include "images/format.h"
 #include "common/proc.h"
 #include "common/scope_exit.h"
 #include "restore/pages.h"
@@ -193,24 +192,9 @@ Result<void> MapVma(RestoreContext& ctx, remote::Remote* r, const img::Vma& v, M
   return Ok();
 }
 
-Result<void> ReadFull(int fd, char* dst, uint64_t len, uint64_t off, const std::string& name) {
-  while (len > 0) {
-    ssize_t n = pread(fd, dst, len, static_cast<off_t>(off));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0)
-      return n < 0 ? Errno("read %s at offset %lu", name.c_str(), static_cast<unsigned long>(off))
-                   : MakeError(ErrorKind::kBadImage, 0, "%s: truncated at offset %lu",
-                               name.c_str(), static_cast<unsigned long>(off));
-    dst += n;
-    off += n;
-    len -= n;
-  }
-  return Ok();
-}
-
 // Fills the dumped private pages. Anonymous private VMAs: UFFDIO_COPY from the coordinator
-// (restore/pages.h): from a buffer the raw chunk is read into, or from the decompression
-// buffer for compressed ones; no page fault, no zeroing. The rest (private file mappings, or
+// (restore/pages.h), from buffers a second thread reads the page file into (decompressing zstd
+// chunks) ahead of the copy; no page fault, no zeroing. The rest (private file mappings, or
 // without userfaultfd): raw chunks are preadv()'d by the target itself, straight from the page
 // file into place (one call for up to 1024 runs contiguous in the file), after one
 // MADV_POPULATE_WRITE per big run (no fault per page). With much raw data, the coordinator copies
@@ -236,83 +220,54 @@ Result<void> FillPages(RestoreContext& ctx, ProcessRestore& p, const img::PageMa
   }
   std::sort(anon.begin(), anon.end());
   ASSIGN_OR_RETURN(std::unique_ptr<UffdFiller> uffd, UffdFiller::Open(r, anon));
-  // UFFDIO_COPY's source for raw chunks: the page file read into a buffer that stays in the
-  // cache (default), or mapped (GODWIT_UFFD_MAP=1: no copy, but on this VM setting up and
-  // tearing down the mapping's page-table entries costs more than the copy).
-  char* fmap = nullptr;
-  size_t fmap_len = 0;
-  std::unique_ptr<char[]> rbuf;
-  if (uffd && !getenv("GODWIT_UFFD_MAP")) rbuf.reset(new char[images::format::kMaxChunk]);
-  if (uffd && !rbuf) {
-    struct stat st;
-    if (fstat(blob->fd(), &st) == 0 && st.st_size > 0) {
-      void* m = mmap(nullptr, st.st_size, PROT_READ, MAP_SHARED, blob->fd(), 0);
-      if (m != MAP_FAILED) {
-        fmap = static_cast<char*>(m);
-        fmap_len = st.st_size;
-      }
-    }
-  }
-  ScopeExit unmap_file([&] {
-    if (fmap) munmap(fmap, fmap_len);
-  });
   struct Piece {
     uint64_t va, off, len;
   };
-  std::vector<Piece> raw;
+  std::vector<Piece> raw;  // for the target's preadv (below)
   uint64_t raw_total = 0, done = 0;
   constexpr uint64_t kBatch = 8ULL << 20;
-  // Runs with compressed chunks: read (decompressed) by a second thread from the start.
-  std::vector<ReadAhead::Piece> zpieces;
-  for (const auto& run : runs) {
-    uint64_t len = run.npages() * kPage;
-    if (blob->RawExtents(run.blob_off(), len).ok()) continue;
+  // What goes through the coordinator: compressed runs, and with a uffd the raw parts it covers.
+  // A second thread reads them (pread into a buffer that stays in the cache, or decompresses)
+  // ahead of this one, which copies them into place. Copying straight from a mapping of the page
+  // file was slower: mapping and unmapping 2 GiB of file pages costs more here than the copy.
+  std::vector<ReadAhead::Piece> pieces;
+  auto add_pieces = [&](uint64_t va, uint64_t blob_off, uint64_t len) {
     for (uint64_t o = 0; o < len; o += kBatch)
-      zpieces.push_back({run.vaddr() + o, run.blob_off() + o, std::min(kBatch, len - o)});
-  }
-  ReadAhead ahead(blob.get(), std::move(zpieces), kBatch);
-  Result<void> copied;
+      pieces.push_back({va + o, blob_off + o, std::min(kBatch, len - o)});
+  };
   for (const auto& run : runs) {
     uint64_t len = run.npages() * kPage;
     auto ext = blob->RawExtents(run.blob_off(), len);
-    if (ext.ok()) {
-      uint64_t va = run.vaddr();
-      for (const auto& e : *ext) {
-        if (fmap && e.file_off + e.len > fmap_len)
-          return MakeError(ErrorKind::kBadImage, 0, "%s: extent beyond the file",
-                           pagemap.blob().c_str());
-        // rbuf: the extent (at most one chunk) is read once, when a registered piece needs it.
-        bool have = false;
-        auto place = [&](uint64_t sva, uint64_t slen, bool registered) {
-          uint64_t off = e.file_off + (sva - va);
-          if (registered && (fmap || rbuf)) {
-            if (!copied.ok()) return;
-            const char* src = fmap ? fmap + off : rbuf.get() + (sva - va);
-            if (!fmap && !have) {
-              copied = ReadFull(blob->fd(), rbuf.get(), e.len, e.file_off, pagemap.blob());
-              have = true;
-              if (!copied.ok()) return;
-            }
-            copied = uffd->Copy(sva, src, slen);
-            done += slen;
-            return;
-          }
-          raw.push_back({sva, off, slen});
-          raw_total += slen;
-        };
-        if (uffd && (fmap || rbuf) && e.len <= images::format::kMaxChunk)
-          uffd->Split(va, e.len, place);
-        else
-          place(va, e.len, false);
-        TRY(std::move(copied));
-        va += e.len;
-      }
-      if (ctx.opts.progress) ctx.opts.progress("memory", done, total);
+    if (!ext.ok()) {
+      add_pieces(run.vaddr(), run.blob_off(), len);
       continue;
     }
-    // Compressed: later, through the coordinator (ahead.Next below).
+    // The parts of [va, va + n) as file extents, for the target's preadv.
+    auto add_raw = [&](uint64_t va, uint64_t n) {
+      uint64_t eva = run.vaddr();
+      for (const auto& e : *ext) {
+        uint64_t s0 = std::max(va, eva), e0 = std::min(va + n, eva + e.len);
+        if (s0 < e0) {
+          raw.push_back({s0, e.file_off + (s0 - eva), e0 - s0});
+          raw_total += e0 - s0;
+        }
+        eva += e.len;
+      }
+    };
+    if (!uffd) {
+      add_raw(run.vaddr(), len);
+      continue;
+    }
+    uffd->Split(run.vaddr(), len, [&](uint64_t va, uint64_t n, bool registered) {
+      if (registered)
+        add_pieces(va, run.blob_off() + (va - run.vaddr()), n);
+      else
+        add_raw(va, n);
+    });
   }
-  // Compressed runs, decompressed on a second thread while this one copies.
+  ReadAhead ahead(blob.get(), std::move(pieces), kBatch);
+  Result<void> copied;
+  // Copy what the second thread has read.
   while (true) {
     ReadAhead::Piece pc;
     const char* data = nullptr;
@@ -329,6 +284,7 @@ Result<void> FillPages(RestoreContext& ctx, ProcessRestore& p, const img::PageMa
       put(pc.va, pc.len, false);
     TRY(std::move(copied));
     done += pc.len;
+    if (ctx.opts.progress) ctx.opts.progress("memory", done, total);
   }
   if (uffd)
     LOG_DEBUG("pid %d: %s: %lu bytes by UFFDIO_COPY, %lu pages present already", p.pid,
