@@ -255,7 +255,7 @@ Result<void> DumpMm(DumpContext& ctx, ProcessDump& p) {
     ASSIGN_OR_RETURN(mem, fs::Open(StrFormat("/proc/%d/mem", pid), O_RDONLY));
   }
   {
-    PageWriter w(&blob, pid, mem.get(), total);
+    PageWriter w(&blob, pid, mem.get(), total, r);  // r: pid writes its own pages
     // Runs must be added in address order so the pagemap is sorted: merge both lists.
     size_t i = 0, j = 0;
     uint64_t done = 0;

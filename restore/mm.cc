@@ -24,6 +24,7 @@
 #include "common/log.h"
 #include "common/proc.h"
 #include "common/scope_exit.h"
+#include "restore/pages.h"
 #include "restore/steps.h"
 
 namespace godwit::restore {
@@ -191,13 +192,16 @@ Result<void> MapVma(RestoreContext& ctx, remote::Remote* r, const img::Vma& v, M
   return Ok();
 }
 
-// Fills the dumped private pages. Raw chunks: the target preadv()s them itself, straight from the
-// page file into place (one call for up to 1024 runs contiguous in the file), after one
+// Fills the dumped private pages. Anonymous private VMAs: UFFDIO_COPY from the coordinator
+// (restore/pages.h), from buffers a second thread reads the page file into (decompressing zstd
+// chunks) ahead of the copy; no page fault, no zeroing. The rest (private file mappings, or
+// without userfaultfd): raw chunks are preadv()'d by the target itself, straight from the page
+// file into place (one call for up to 1024 runs contiguous in the file), after one
 // MADV_POPULATE_WRITE per big run (no fault per page). With much raw data, the coordinator copies
 // the second half at the same time on a second thread (process_vm_writev from a mapping of the
-// page file: one copy too): faulting in and zeroing fresh pages is most of the cost, and it runs
-// on both cores. The thread is joined before FillPages returns (the coordinator forks nothing
-// while it runs). Compressed chunks: the coordinator decompresses and process_vm_writev()s them.
+// page file: one copy too). The thread is joined before FillPages returns (the coordinator forks
+// nothing while it runs). Compressed chunks: the coordinator decompresses and
+// process_vm_writev()s them.
 Result<void> FillPages(RestoreContext& ctx, ProcessRestore& p, const img::PageMap& pagemap) {
   remote::Remote* r = p.remote.get();
   const auto& runs = pagemap.runs();
@@ -205,34 +209,89 @@ Result<void> FillPages(RestoreContext& ctx, ProcessRestore& p, const img::PageMa
   ASSIGN_OR_RETURN(std::unique_ptr<images::BlobReader> blob, ctx.images->OpenBlob(pagemap.blob()));
   uint64_t total = 0;
   for (const auto& run : runs) total += run.npages() * kPage;
+  // The anonymous private VMAs this pagemap writes to: filled with UFFDIO_COPY.
+  std::vector<std::pair<uint64_t, uint64_t>> anon;
+  for (const auto& v : p.mm.vmas()) {
+    if (v.kind() != img::VMA_ANON_PRIVATE) continue;
+    bool hit = std::any_of(runs.begin(), runs.end(), [&](const img::PageRun& run) {
+      return run.vaddr() < v.end() && run.vaddr() + run.npages() * kPage > v.start();
+    });
+    if (hit) anon.push_back({v.start(), v.end()});
+  }
+  std::sort(anon.begin(), anon.end());
+  ASSIGN_OR_RETURN(std::unique_ptr<UffdFiller> uffd, UffdFiller::Open(r, anon));
   struct Piece {
     uint64_t va, off, len;
   };
-  std::vector<Piece> raw;
+  std::vector<Piece> raw;  // for the target's preadv (below)
   uint64_t raw_total = 0, done = 0;
-  std::unique_ptr<char[]> buf;
   constexpr uint64_t kBatch = 8ULL << 20;
+  // What goes through the coordinator: compressed runs, and with a uffd the raw parts it covers.
+  // A second thread reads them (pread into a buffer that stays in the cache, or decompresses)
+  // ahead of this one, which copies them into place. Copying straight from a mapping of the page
+  // file was slower: mapping and unmapping 2 GiB of file pages costs more here than the copy.
+  std::vector<ReadAhead::Piece> pieces;
+  auto add_pieces = [&](uint64_t va, uint64_t blob_off, uint64_t len) {
+    for (uint64_t o = 0; o < len; o += kBatch)
+      pieces.push_back({va + o, blob_off + o, std::min(kBatch, len - o)});
+  };
   for (const auto& run : runs) {
     uint64_t len = run.npages() * kPage;
     auto ext = blob->RawExtents(run.blob_off(), len);
-    if (ext.ok()) {
-      uint64_t va = run.vaddr();
-      for (const auto& e : *ext) {
-        raw.push_back({va, e.file_off, e.len});
-        va += e.len;
-        raw_total += e.len;
-      }
+    if (!ext.ok()) {
+      add_pieces(run.vaddr(), run.blob_off(), len);
       continue;
     }
-    // Compressed: through the coordinator, in pieces.
-    if (!buf) buf.reset(new char[kBatch]);
-    for (uint64_t o = 0; o < len; o += kBatch) {
-      uint64_t n = std::min(kBatch, len - o);
-      TRY(blob->Read(run.blob_off() + o, buf.get(), n));
-      TRY(r->Write(run.vaddr() + o, buf.get(), n));
-      done += n;
+    // The parts of [va, va + n) as file extents, for the target's preadv.
+    auto add_raw = [&](uint64_t va, uint64_t n) {
+      uint64_t eva = run.vaddr();
+      for (const auto& e : *ext) {
+        uint64_t s0 = std::max(va, eva), e0 = std::min(va + n, eva + e.len);
+        if (s0 < e0) {
+          raw.push_back({s0, e.file_off + (s0 - eva), e0 - s0});
+          raw_total += e0 - s0;
+        }
+        eva += e.len;
+      }
+    };
+    if (!uffd) {
+      add_raw(run.vaddr(), len);
+      continue;
     }
+    uffd->Split(run.vaddr(), len, [&](uint64_t va, uint64_t n, bool registered) {
+      if (registered)
+        add_pieces(va, run.blob_off() + (va - run.vaddr()), n);
+      else
+        add_raw(va, n);
+    });
   }
+  ReadAhead ahead(blob.get(), std::move(pieces), kBatch);
+  Result<void> copied;
+  // Copy what the second thread has read.
+  while (true) {
+    ReadAhead::Piece pc;
+    const char* data = nullptr;
+    ASSIGN_OR_RETURN(bool more, ahead.Next(&pc, &data));
+    if (!more) break;
+    auto put = [&](uint64_t sva, uint64_t slen, bool registered) {
+      if (!copied.ok()) return;
+      const char* src = data + (sva - pc.va);
+      copied = registered ? uffd->Copy(sva, src, slen) : r->Write(sva, src, slen);
+    };
+    if (uffd)
+      uffd->Split(pc.va, pc.len, put);
+    else
+      put(pc.va, pc.len, false);
+    TRY(std::move(copied));
+    done += pc.len;
+    if (ctx.opts.progress) ctx.opts.progress("memory", done, total);
+  }
+  if (uffd)
+    LOG_DEBUG("pid %d: %s: %lu bytes by UFFDIO_COPY, %lu pages present already", p.pid,
+              pagemap.blob().c_str(), static_cast<unsigned long>(uffd->bytes()),
+              static_cast<unsigned long>(uffd->present_pages()));
+  // Unregisters everything: the pieces left are filled the ordinary way.
+  uffd.reset();
   if (raw.empty()) {
     ctx.stats.pages += total / kPage;
     ctx.stats.bytes += total;
