@@ -4,11 +4,14 @@
 // into shmem-<id>.img, listed in shmem.img at the end of the dump.
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/shm.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
+#include <map>
 
 #include "common/fs.h"
 #include "common/log.h"
@@ -63,13 +66,96 @@ Result<img::VmaKind> Classify(const proc::MapsEntry& m, pid_t pid) {
   return img::VMA_ANON_PRIVATE;
 }
 
+// What the VmFlags line of /proc/PID/smaps says about one VMA (the flags maps does not show).
+struct VmFlags {
+  bool growsdown = false, noreserve = false, locked = false, onfault = false, sealed = false,
+       droppable = false;
+  uint64_t madv = 0;  // 1 << MADV_x
+};
+
+VmFlags ParseVmFlags(const char* s) {
+  VmFlags f;
+  for (const char* p = s; p[0] && p[1];) {
+    while (*p == ' ') ++p;
+    if (!p[0] || !p[1]) break;
+    auto is = [&](const char* t) { return p[0] == t[0] && p[1] == t[1] && (p[2] == ' ' || p[2] == '\n' || !p[2]); };
+    if (is("gd")) f.growsdown = true;
+    else if (is("nr")) f.noreserve = true;
+    else if (is("lo")) f.locked = true;
+    else if (is("lf")) f.onfault = true;
+    else if (is("sl")) f.sealed = true;
+    else if (is("dp")) f.droppable = true;
+    else if (is("rr")) f.madv |= 1ULL << MADV_RANDOM;
+    else if (is("sr")) f.madv |= 1ULL << MADV_SEQUENTIAL;
+    else if (is("dc")) f.madv |= 1ULL << MADV_DONTFORK;
+    else if (is("mg")) f.madv |= 1ULL << MADV_MERGEABLE;
+    else if (is("hg")) f.madv |= 1ULL << MADV_HUGEPAGE;
+    else if (is("nh")) f.madv |= 1ULL << MADV_NOHUGEPAGE;
+    else if (is("dd")) f.madv |= 1ULL << MADV_DONTDUMP;
+    else if (is("wf")) f.madv |= 1ULL << MADV_WIPEONFORK;
+    while (*p && *p != ' ') ++p;
+  }
+  return f;
+}
+
+// VmFlags of every VMA by start address. smaps is the only interface that shows them
+// (PROCMAP_QUERY reports r/w/x/shared only); reading it costs a page-table walk per VMA, which the
+// flags are worth (mlock, madvise and growsdown state is otherwise lost).
+Result<std::map<uint64_t, VmFlags>> ReadVmFlags(pid_t pid) {
+  ASSIGN_OR_RETURN(std::string text, fs::ReadFile(StrFormat("/proc/%d/smaps", pid)));
+  std::map<uint64_t, VmFlags> out;
+  uint64_t cur = 0;
+  bool have = false;
+  size_t pos = 0;
+  while (pos < text.size()) {
+    size_t eol = text.find('\n', pos);
+    if (eol == std::string::npos) eol = text.size();
+    const char* line = text.c_str() + pos;
+    if (text.compare(pos, 8, "VmFlags:") == 0) {
+      if (have) out[cur] = ParseVmFlags(std::string(line + 8, eol - pos - 8).c_str());
+    } else if (isxdigit(static_cast<unsigned char>(line[0]))) {
+      // A VMA header "start-end perms ..." (field lines start with a capital letter name).
+      char* end = nullptr;
+      unsigned long long s = strtoull(line, &end, 16);
+      if (end && *end == '-') {
+        cur = s;
+        have = true;
+      }
+    }
+    pos = eol + 1;
+  }
+  return out;
+}
+
 double MsSince(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t).count();
 }
 
 }  // namespace
 
-Result<void> DumpShmemObject(DumpContext& ctx, pid_t pid, const proc::MapsEntry& m, img::Vma* vma) {
+// A SysV segment's key, permissions and IPC_RMID state, read inside the process (its IPC
+// namespace): restore needs them to create the segment again when it is gone.
+Result<void> DumpSysvInfo(remote::Remote* r, int shmid, img::ShmemObject* obj) {
+  struct shmid_ds ds;
+  uint64_t at = r->scratch() + 4096;
+  auto st = r->Syscall(SYS_shmctl, static_cast<uint64_t>(shmid), IPC_STAT, at);
+  if (!st.ok()) {
+    LOG_WARN("pid %d: IPC_STAT of SysV segment %d: %s", r->pid(), shmid,
+             st.error().to_string().c_str());
+    return Ok();
+  }
+  TRY(r->Read(at, &ds, sizeof(ds)));
+  obj->set_sysv_valid(true);
+  obj->set_sysv_key(ds.shm_perm.__key);
+  obj->set_sysv_mode(ds.shm_perm.mode & 0777);
+  obj->set_sysv_uid(ds.shm_perm.uid);
+  obj->set_sysv_gid(ds.shm_perm.gid);
+  obj->set_sysv_destroyed((ds.shm_perm.mode & SHM_DEST) != 0);
+  return Ok();
+}
+
+Result<void> DumpShmemObject(DumpContext& ctx, pid_t pid, const proc::MapsEntry& m, img::Vma* vma,
+                             remote::Remote* r) {
   uint64_t dev = (static_cast<uint64_t>(m.dev_major) << 32) | m.dev_minor;
   auto key = std::make_pair(dev, m.inode);
   auto it = ctx.shmem_ids.find(key);
@@ -94,6 +180,12 @@ Result<void> DumpShmemObject(DumpContext& ctx, pid_t pid, const proc::MapsEntry&
   obj.set_name(m.path);
   // A SysV segment's inode number is its shmid: restore re-attaches the segment when it exists.
   obj.set_sysv_shmid(StartsWith(m.path, "/SYSV") ? static_cast<int32_t>(m.inode) : -1);
+  if (obj.sysv_shmid() >= 0 && r != nullptr) TRY(DumpSysvInfo(r, obj.sysv_shmid(), &obj));
+  // Seals: shmem objects not made by memfd_create(MFD_ALLOW_SEALING) report F_SEAL_SEAL alone.
+  if (int seals = fcntl(fd.get(), F_GET_SEALS); seals >= 0 && seals != F_SEAL_SEAL) {
+    obj.set_sealing(true);
+    obj.set_seals(seals);
+  }
   obj.set_blob(StrFormat("shmem-%lu.img", static_cast<unsigned long>(id)));
   // Allocated ranges only (SEEK_DATA/SEEK_HOLE on shmem).
   std::vector<PageRange> ranges;
@@ -164,6 +256,10 @@ Result<void> DumpMm(DumpContext& ctx, ProcessDump& p) {
 
   ASSIGN_OR_RETURN(auto maps0, proc::ReadMaps(pid));
   auto maps = WithoutRange(maps0, r->area_start(), r->area_end());
+  ASSIGN_OR_RETURN(auto vmflags, ReadVmFlags(pid));
+  // The scratch area was mmap'ed by us just now: mm->def_flags (mlockall(MCL_FUTURE)) shows there.
+  if (auto it = vmflags.find(r->area_start()); it != vmflags.end() && it->second.locked)
+    mm.set_mlockall(MCL_FUTURE | (it->second.onfault ? MCL_ONFAULT : 0));
   ASSIGN_OR_RETURN(auto source, PresentPages::Open(pid, ctx.zero_pfn));
   std::vector<PageRange> readable, unreadable;
   // With pre-dump rounds, the present pages of tracked VMAs: only the dirty ones are stored now.
@@ -185,10 +281,21 @@ Result<void> DumpMm(DumpContext& ctx, ProcessDump& p) {
     v->set_deleted(IsDeleted(m.path));
     uint32_t flags = m.shared ? MAP_SHARED : MAP_PRIVATE;
     if (kind == img::VMA_ANON_PRIVATE) flags |= MAP_ANONYMOUS;
-    if (m.path == "[stack]") flags |= MAP_GROWSDOWN;
+    if (auto it = vmflags.find(m.start); it != vmflags.end()) {
+      const VmFlags& f = it->second;
+      if (f.growsdown) flags |= MAP_GROWSDOWN;
+      if (f.noreserve) flags |= MAP_NORESERVE;
+      v->set_madv(f.madv);
+      v->set_locked(f.locked);
+      v->set_lock_onfault(f.onfault);
+      v->set_sealed(f.sealed);
+      v->set_droppable(f.droppable);
+    } else if (m.path == "[stack]") {
+      flags |= MAP_GROWSDOWN;
+    }
     v->set_flags(flags);
     if (kind == img::VMA_SHMEM) {
-      TRY_CTX(DumpShmemObject(ctx, pid, m, v), "pid %d: shared memory %s", pid, m.path.c_str());
+      TRY_CTX(DumpShmemObject(ctx, pid, m, v, r), "pid %d: shared memory %s", pid, m.path.c_str());
       if (m.shared) continue;
       // Private: its written pages too, below (the unwritten ones are the object's).
     } else if (kind != img::VMA_ANON_PRIVATE && kind != img::VMA_FILE_PRIVATE) {

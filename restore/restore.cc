@@ -343,7 +343,8 @@ Result<void> PrepareShmem(RestoreContext& ctx) {
         name.resize(name.size() - 10);
       if (name.size() > 249) name.resize(249);
     }
-    int fd = memfd_create(name.c_str(), MFD_CLOEXEC);
+    // Sealable when the original was; restore/mm.cc adds the seals once everything is mapped.
+    int fd = memfd_create(name.c_str(), MFD_CLOEXEC | (o.sealing() ? MFD_ALLOW_SEALING : 0));
     if (fd < 0) return Errno("memfd_create");
     UniqueFd ufd(fd);
     if (ftruncate(fd, static_cast<off_t>(o.size())) < 0)

@@ -112,12 +112,12 @@ ZDTM(Maps00AnonFileSharedPrivate, "maps00")
 ZDTM(Maps01Large512MiBSparse, "maps_large")
 // BUG (dump/mm.cc:161-164): only MAP_SHARED/PRIVATE/ANONYMOUS and GROWSDOWN-for-[stack] are
 // recorded; madvise state (VmFlags dc = MADV_DONTFORK, dd = MADV_DONTDUMP) is lost on restore.
-ZDTM(DISABLED_Maps02MadviseFlags, "maps02")
+ZDTM(Maps02MadviseFlags, "maps02")
 ZDTM(Mprotect00, "mprotect00")
 ZDTM(Brk, "brk")
 // BUG (dump/mm.cc, restore/mm.cc): VM_LOCKED (mlock) is not dumped or re-applied: VmFlags "lo"
 // and VmLck are gone after restore.
-ZDTM(DISABLED_Mlock, "mlock")
+ZDTM(Mlock, "mlock")
 ZDTM(Vdso01, "vdso01")
 ZDTM(Pthread00Tls, "pthread00")
 ZDTM(Pthread01KeysCondvar, "pthread01")
@@ -165,15 +165,15 @@ ZDTM(Fpu00Fpu01Xstate, "fpu")
 ZDTM(Rseq, "rseq")
 // Known limitation (docs/engine.md): a SysV shm attachment comes back as a private copy, not
 // the segment: shm_nattch is 0 and writes no longer reach the segment.
-ZDTM(DISABLED_ShmAttached, "shm")
+ZDTM(ShmAttached, "shm")
 ZDTM(ManyVmas2000, "many_vmas")
 // BUG (dump/mm.cc:163): MAP_GROWSDOWN is recorded only for the VMA named [stack]; any other
 // MAP_GROWSDOWN mapping (thread stacks some runtimes make) loses VM_GROWSDOWN ("gd"). Fix: take
 // the flag from smaps VmFlags "gd".
-ZDTM(DISABLED_MapGrowsdown, "growsdown")
+ZDTM(MapGrowsdown, "growsdown")
 // Known limitation (docs/engine.md): MADV_HUGEPAGE / MADV_NOHUGEPAGE advice (VmFlags hg/nh) is
 // lost.
-ZDTM(DISABLED_TransparentHugePageAdvice, "thp")
+ZDTM(TransparentHugePageAdvice, "thp")
 
 ZDTM(SocketUdpQueued, "udp")
 ZDTM(PrctlNamePdeathsigSubreaperNnp, "prctl")
