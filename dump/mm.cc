@@ -208,7 +208,21 @@ Result<void> DumpShmemObject(DumpContext& ctx, pid_t pid, const proc::MapsEntry&
       images::BlobWriter::Create(*ctx.sink, obj.blob(), ctx.opts.compression, ctx.opts.zstd_level));
   {
     PageWriter w(&blob, pid, fd.get(), total);
-    for (auto& r : ranges) TRY(w.Add(r.addr, r.addr, r.npages, true));
+    // An object whose size is not a page multiple (a SysV segment of any size) cannot be read
+    // whole pages at a time through its fd (short read at the end): read it through this mapping
+    // when the mapping covers it all (the tail of the last page reads as zeros there).
+    uint64_t rounded = (static_cast<uint64_t>(size) + kPage - 1) & ~(kPage - 1);
+    bool via_map = static_cast<uint64_t>(size) % kPage != 0 && m.pgoff == 0 &&
+                   m.end - m.start >= rounded && (m.prot & PROT_READ);
+    for (auto& r : ranges) {
+      uint64_t np = r.npages;
+      if (!via_map && r.addr + np * kPage > static_cast<uint64_t>(size)) {
+        np = (static_cast<uint64_t>(size) - r.addr) / kPage;  // whole pages only
+        LOG_WARN("pid %d: %s: the last %lu bytes (a partial page) are not saved", pid,
+                 m.path.c_str(), static_cast<unsigned long>(size % kPage));
+      }
+      if (np > 0) TRY(w.Add(via_map ? m.start + r.addr : r.addr, r.addr, np, !via_map));
+    }
     TRY(w.Finish());
     for (const auto& r : w.runs()) *obj.add_runs() = r;
     ctx.stats.shmem_pages += w.pages();

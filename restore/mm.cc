@@ -289,6 +289,33 @@ bool LastUser(const RestoreContext& ctx, const ProcessRestore& p, uint64_t id) {
   return true;
 }
 
+// Adds the seals in `want` an object does not have yet.
+Result<void> AddSeals(RestoreContext& ctx, const img::ShmemObject& o, uint32_t want) {
+  auto fd = ctx.shmem_fds.find(o.id());
+  if (fd == ctx.shmem_fds.end()) return Ok();
+  int have = fcntl(fd->second.get(), F_GET_SEALS);
+  if (have < 0) return Errno("F_GET_SEALS on %s", o.name().c_str());
+  uint32_t add = want & ~static_cast<uint32_t>(have);
+  if (add != 0 && fcntl(fd->second.get(), F_ADD_SEALS, add) < 0)
+    return Errno("F_ADD_SEALS %#x on %s", add, o.name().c_str());
+  return Ok();
+}
+
+// Seals that must be in place before an object is mapped: with F_SEAL_WRITE the original's
+// shared mappings are all read-only and the kernel made them unable to become writable (no
+// VM_MAYWRITE), which only a mapping made after the seal gets. F_SEAL_FUTURE_WRITE (writable
+// mappings from before it exist) and F_SEAL_SEAL wait for the last user (FinishShmem).
+Result<void> EarlySeals(RestoreContext& ctx, const ProcessRestore& p) {
+  for (const auto& v : p.mm.vmas()) {
+    if (v.kind() != img::VMA_SHMEM) continue;
+    const img::ShmemObject* o = FindShmem(ctx, v.shmem_id());
+    if (o == nullptr || !o->sealing()) continue;
+    uint32_t early = o->seals() & ~static_cast<uint32_t>(F_SEAL_FUTURE_WRITE | F_SEAL_SEAL);
+    if (early != 0) TRY(AddSeals(ctx, *o, early));
+  }
+  return Ok();
+}
+
 // Once every process of the tree maps an object: a SysV segment that was IPC_RMID'd is removed
 // again (it lives on while attached), a memfd gets its seals back (F_SEAL_WRITE and
 // F_SEAL_FUTURE_WRITE would have refused the writable mappings before).
@@ -311,11 +338,7 @@ Result<void> FinishShmem(RestoreContext& ctx, ProcessRestore& p) {
                   "IPC_RMID SysV segment %d", o->sysv_shmid());
       }
     }
-    if (o->sealing() && o->seals() != 0) {
-      auto fd = ctx.shmem_fds.find(o->id());
-      if (fd != ctx.shmem_fds.end() && fcntl(fd->second.get(), F_ADD_SEALS, o->seals()) < 0)
-        return Errno("F_ADD_SEALS %#x on %s", o->seals(), o->name().c_str());
-    }
+    if (o->sealing() && o->seals() != 0) TRY(AddSeals(ctx, *o, o->seals()));
   }
   return Ok();
 }
@@ -668,6 +691,7 @@ Result<void> RestoreMm(RestoreContext& ctx, ProcessRestore& p) {
     if (it != uni.end() && it->start < e) return true;
     return it != uni.begin() && std::prev(it)->end > s;
   };
+  TRY_CTX(EarlySeals(ctx, p), "pid %d", p.pid);
   for (const auto& v : p.mm.vmas()) {
     bool fill = has_pages(v.start(), v.end());
     TRY_CTX(MapVma(ctx, r, v, &st, fill), "pid %d: map %#lx-%#lx %s", p.pid,

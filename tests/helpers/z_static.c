@@ -1503,6 +1503,8 @@ static int m_deleted_map(void) {
   return 0;
 }
 
+#include "z_static_mm.h"
+
 int main(int argc, char** argv) {
   if (argc < 4) return 119;
   const char* mode = argv[1];
@@ -1533,6 +1535,8 @@ int main(int argc, char** argv) {
       {"hugetlb", m_hugetlb}, {"udp", m_udp}, {"prctl", m_prctl}, {"rlimits", m_rlimits},
       {"poll_block", m_poll_block}, {"fd_near_limit", m_fd_near_limit}, {"deleted_map", m_deleted_map},
   };
+  int mm = mm_modes(mode); /* z_static_mm.h */
+  if (mm != -1) return mm;
   if (!strcmp(mode, "pthread00")) return m_pthread(8);
   if (!strcmp(mode, "pdeathsig_root")) return prctl_root_pdeathsig = 1, m_prctl();
   if (!strcmp(mode, "unix_abs")) return unix_rel = 0, m_unix();
