@@ -635,6 +635,28 @@ Result<void> SetMmMap(remote::Remote* r, const img::MmEntry& mm) {
 
 }  // namespace
 
+Result<UniqueFd> NewShmemObject(const img::ShmemObject& o, const char* memfd_name) {
+  uint64_t size = (o.size() + kPage - 1) & ~(kPage - 1);
+  if (o.name().rfind("/dev/zero", 0) == 0 && size > 0 && o.size() == size) {
+    // Shared anonymous memory: the kernel's own object (a shmem file named "dev/zero"), through
+    // a mapping of it and its map_files link; the mapping goes again at once.
+    void* at = mmap(nullptr, size, PROT_NONE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (at == MAP_FAILED) return Errno("mmap shared anonymous %lu bytes", size);
+    auto base = reinterpret_cast<unsigned long>(at);
+    UniqueFd fd(open(StrFormat("/proc/self/map_files/%lx-%lx", base, base + size).c_str(),
+                     O_RDWR | O_CLOEXEC));
+    int e = errno;
+    munmap(at, size);
+    if (fd.valid()) return fd;
+    errno = e;
+    PLOG_WARN("open the shared anonymous object through map_files: a memfd instead");
+  }
+  // Sealable when the original was; FinishShmem adds the seals once everything is mapped.
+  int fd = memfd_create(memfd_name, MFD_CLOEXEC | (o.sealing() ? MFD_ALLOW_SEALING : 0));
+  if (fd < 0) return Errno("memfd_create %s", memfd_name);
+  return UniqueFd(fd);
+}
+
 Result<void> RestoreMm(RestoreContext& ctx, ProcessRestore& p) {
   auto t0 = std::chrono::steady_clock::now();
   remote::Remote* r = p.remote.get();

@@ -343,10 +343,8 @@ Result<void> PrepareShmem(RestoreContext& ctx) {
         name.resize(name.size() - 10);
       if (name.size() > 249) name.resize(249);
     }
-    // Sealable when the original was; restore/mm.cc adds the seals once everything is mapped.
-    int fd = memfd_create(name.c_str(), MFD_CLOEXEC | (o.sealing() ? MFD_ALLOW_SEALING : 0));
-    if (fd < 0) return Errno("memfd_create");
-    UniqueFd ufd(fd);
+    ASSIGN_OR_RETURN(UniqueFd ufd, NewShmemObject(o, name.c_str()));
+    int fd = ufd.get();
     if (ftruncate(fd, static_cast<off_t>(o.size())) < 0)
       return Errno("ftruncate shmem %lu", static_cast<unsigned long>(o.id()));
     if (!o.runs().empty()) {
