@@ -722,8 +722,13 @@ Result<void> RestoreMm(RestoreContext& ctx, ProcessRestore& p) {
   }
   for (auto& [path, fd] : st.file_fds) TRY(r->Syscall(SYS_close, static_cast<uint64_t>(fd)));
   if (st.sock >= 0) TRY(r->Syscall(SYS_close, static_cast<uint64_t>(st.sock)));
+  // The vdso block and vsyscall come from the kernel with their own flags: no advice, locks or
+  // seals of ours on them.
+  auto kernel_made = [](const img::Vma& v) {
+    return IsVdsoKind(v.kind()) || v.kind() == img::VMA_VSYSCALL;
+  };
   for (const auto& v : p.mm.vmas())
-    if (v.madv() != 0) TRY_CTX(ApplyAdvice(r, v), "pid %d", p.pid);
+    if (v.madv() != 0 && !kernel_made(v)) TRY_CTX(ApplyAdvice(r, v), "pid %d", p.pid);
   for (const auto& pm : p.pagemaps) TRY_CTX(FillPages(ctx, p, pm), "pid %d: pages", p.pid);
   // Final protections where the fill needed PROT_WRITE.
   for (const auto& v : p.mm.vmas()) {
@@ -733,7 +738,7 @@ Result<void> RestoreMm(RestoreContext& ctx, ProcessRestore& p) {
   }
   // Locks after the contents are in place (mlock faults in what is not there yet, as it did).
   for (const auto& v : p.mm.vmas()) {
-    if (!v.locked()) continue;
+    if (!v.locked() || v.kind() == img::VMA_VSYSCALL) continue;
     TRY_CTX(r->Syscall(SYS_mlock2, v.start(), v.end() - v.start(),
                        v.lock_onfault() ? MLOCK_ONFAULT : 0),
             "pid %d: mlock %#lx-%#lx (RLIMIT_MEMLOCK without CAP_IPC_LOCK?)", p.pid,
@@ -743,7 +748,7 @@ Result<void> RestoreMm(RestoreContext& ctx, ProcessRestore& p) {
   TRY_CTX(FinishShmem(ctx, p), "pid %d", p.pid);
   // Seals last: nothing may change these VMAs from here on.
   for (const auto& v : p.mm.vmas())
-    if (v.sealed())
+    if (v.sealed() && !kernel_made(v))
       TRY_CTX(r->Syscall(462 /* SYS_mseal */, v.start(), v.end() - v.start(), 0),
               "pid %d: mseal %#lx-%#lx", p.pid, static_cast<unsigned long>(v.start()),
               static_cast<unsigned long>(v.end()));

@@ -123,6 +123,8 @@ ZDTM(Mlock, "mlock")
 // mlock, MAP_LOCKED, mlock2(MLOCK_ONFAULT) (not populated), a read-only locked VMA, and
 // mlockall(MCL_FUTURE|MCL_ONFAULT) (new mappings locked after the restore).
 ZDTM(MlockOnfaultMlockall, "mm_mlock")
+// mlock_setuid: locked as root, then setuid to an unprivileged user before the dump.
+ZDTM(MlockSetuid, "mm_mlock_setuid")
 ZDTM(Vdso01, "vdso01")
 ZDTM(Pthread00Tls, "pthread00")
 ZDTM(Pthread01KeysCondvar, "pthread01")

@@ -235,6 +235,22 @@ static int m_mm_mlock(void) {
   return 0;
 }
 
+/* mlock_setuid: locked, then the process becomes an unprivileged user (no CAP_IPC_LOCK, a
+ * small RLIMIT_MEMLOCK): still locked after the restore. */
+static int m_mm_mlock_setuid(void) {
+  const size_t n = 69632;
+  char* p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  SETUP(p != MAP_FAILED);
+  fill(p, n, 52);
+  SETUP(mlock(p, n) == 0);
+  SETUP(setgid(18943) == 0 && setuid(18943) == 0);
+  ready_and_wait();
+  CHECK(getuid() == 18943, "uid %d", getuid());
+  CHECK(smaps_bits(p).flags & MAP_LOCKED, "not locked after the restore: VmFlags%s", vmflags_in(p));
+  CHECK(same(p, n, 52), "data");
+  return 0;
+}
+
 /* grow_map, grow_map02, grow_map03: MAP_GROWSDOWN mappings keep VM_GROWSDOWN, their data and
  * their ability to grow (touching the page below extends the VMA); one split by mprotect, and two
  * growsdown VMAs one page apart. */
@@ -530,6 +546,7 @@ static int mm_modes(const char* mode) {
   if (!strcmp(mode, "mm_madv")) return m_mm_madv();
   if (!strcmp(mode, "mm_mlock")) return m_mm_mlock();
   if (!strcmp(mode, "mm_grow")) return m_mm_grow();
+  if (!strcmp(mode, "mm_mlock_setuid")) return m_mm_mlock_setuid();
   if (!strcmp(mode, "mm_thp")) return m_mm_thp();
   if (!strcmp(mode, "mm_shm_rmid")) return m_mm_shm_rmid();
   if (!strcmp(mode, "mm_shm_key")) return m_mm_shm_key();
