@@ -16,6 +16,7 @@
 #include "common/fs.h"
 #include "common/log.h"
 #include "common/proc.h"
+#include "common/scope_exit.h"
 #include "dump/dirty.h"
 #include "dump/pages.h"
 #include "dump/steps.h"
@@ -207,21 +208,22 @@ Result<void> DumpShmemObject(DumpContext& ctx, pid_t pid, const proc::MapsEntry&
       images::BlobWriter blob,
       images::BlobWriter::Create(*ctx.sink, obj.blob(), ctx.opts.compression, ctx.opts.zstd_level));
   {
-    PageWriter w(&blob, pid, fd.get(), total);
-    // An object whose size is not a page multiple (a SysV segment of any size) cannot be read
-    // whole pages at a time through its fd (short read at the end): read it through this mapping
-    // when the mapping covers it all (the tail of the last page reads as zeros there).
+    // An object whose size is not a page multiple (a SysV segment or memfd of any size) cannot
+    // be read whole pages at a time through its fd (short read at the end): read it through a
+    // mapping of it here instead (the tail of the last page reads as zeros, as it does mapped).
     uint64_t rounded = (static_cast<uint64_t>(size) + kPage - 1) & ~(kPage - 1);
-    bool via_map = static_cast<uint64_t>(size) % kPage != 0 && m.pgoff == 0 &&
-                   m.end - m.start >= rounded && (m.prot & PROT_READ);
+    void* self_map = nullptr;
+    if (static_cast<uint64_t>(size) % kPage != 0) {
+      self_map = mmap(nullptr, rounded, PROT_READ, MAP_SHARED, fd.get(), 0);
+      if (self_map == MAP_FAILED) return Errno("mmap %s (%lu bytes)", link.c_str(), rounded);
+    }
+    ScopeExit unmap([&] {
+      if (self_map) munmap(self_map, rounded);
+    });
+    PageWriter w(&blob, self_map ? getpid() : pid, fd.get(), total);
     for (auto& r : ranges) {
-      uint64_t np = r.npages;
-      if (!via_map && r.addr + np * kPage > static_cast<uint64_t>(size)) {
-        np = (static_cast<uint64_t>(size) - r.addr) / kPage;  // whole pages only
-        LOG_WARN("pid %d: %s: the last %lu bytes (a partial page) are not saved", pid,
-                 m.path.c_str(), static_cast<unsigned long>(size % kPage));
-      }
-      if (np > 0) TRY(w.Add(via_map ? m.start + r.addr : r.addr, r.addr, np, !via_map));
+      uint64_t src = self_map ? reinterpret_cast<uint64_t>(self_map) + r.addr : r.addr;
+      TRY(w.Add(src, r.addr, r.npages, self_map == nullptr));
     }
     TRY(w.Finish());
     for (const auto& r : w.runs()) *obj.add_runs() = r;

@@ -410,11 +410,25 @@ static int m_mm_memfd_seals(void) {
   char* pa = mmap(NULL, n, PROT_READ, MAP_SHARED, a, 0);
   SETUP(pa != MAP_FAILED);
   SETUP(fcntl(b, F_ADD_SEALS, F_SEAL_FUTURE_WRITE | F_SEAL_SEAL) == 0);
+  /* memfd02: 6 bytes (not a page), mapped shared, then private (below it), the fd kept open. */
+  int t = memfd_create("tiny", MFD_CLOEXEC);
+  SETUP(t >= 0 && ftruncate(t, 6) == 0);
+  char* ts = mmap(NULL, 6, PROT_READ | PROT_WRITE, MAP_SHARED, t, 0);
+  SETUP(ts != MAP_FAILED && write(t, "write1", 6) == 6);
+  char* tp = mmap(NULL, 6, PROT_READ | PROT_WRITE, MAP_PRIVATE, t, 0);
+  SETUP(tp != MAP_FAILED);
   close(a);
   close(b);
   close(c);
   ready_and_wait();
   CHECK(same(pa, n, 80) && same(pb, n, 81) && same(pc, n, 82), "data");
+  CHECK(!strncmp(ts, "write1", 6) && !strncmp(tp, "write1", 6), "6-byte memfd: %.6s %.6s", ts, tp);
+  strcpy(ts, "write2");
+  char tb[8] = {0};
+  CHECK(pread(t, tb, 6, 0) == 6 && !strcmp(tb, "write2"), "6-byte memfd: fd reads %s", tb);
+  CHECK(!strncmp(tp, "write2", 6), "6-byte memfd: private mapping reads %.6s", tp);
+  strcpy(tp, "write3");
+  CHECK(!strncmp(ts, "write2", 6), "private write reached the object");
   char mf[128];
   unsigned long e;
   unsigned long spa = vma_start(pa, &e);
