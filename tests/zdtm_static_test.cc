@@ -181,6 +181,7 @@ ZDTM(MapGrowsdown, "growsdown")
 // grow_map, grow_map02, grow_map03: growsdown VMAs split by mprotect, one page apart, and growing
 // after the restore.
 ZDTM(GrowMap, "mm_grow")
+ZDTM(GrowMapCriu, "mm_grow_map")
 // MADV_HUGEPAGE / MADV_NOHUGEPAGE advice (VmFlags hg/nh) is kept.
 ZDTM(TransparentHugePageAdvice, "thp")
 // thp: advice and contents of a THP-backed region; huge pages again after the restore.

@@ -301,6 +301,35 @@ static int m_mm_grow(void) {
   return 0;
 }
 
+/* grow_map as CRIU has it: a growsdown VMA grown by one page, a VMA mapped over its old guard
+ * area, a second growsdown VMA right below that; after the restore the middle one goes, the
+ * first keeps both pages, the second grows. */
+static int m_mm_grow_map(void) {
+  const size_t pg = 4096;
+  /* 10 pages with free room below them (the guard gap, 1 MiB by default, must stay clear for
+   * growing). */
+  char* area = mmap(NULL, pg * 1024, PROT_NONE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+  SETUP(area != MAP_FAILED && munmap(area, pg * 1024) == 0);
+  char* start = area + pg * 1000;
+  char* fake = mmap(start + pg * 5, pg, PROT_READ | PROT_WRITE,
+                    MAP_ANONYMOUS | MAP_PRIVATE | MAP_FIXED | MAP_GROWSDOWN, -1, 0);
+  SETUP(fake != MAP_FAILED);
+  fake[0] = 'c';
+  *(fake - 1) = 'b';
+  char* t = mmap(start + pg * 3, pg, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE | MAP_FIXED,
+                 -1, 0);
+  char* gd = mmap(start + pg * 2, pg, PROT_READ | PROT_WRITE,
+                  MAP_ANONYMOUS | MAP_PRIVATE | MAP_FIXED | MAP_GROWSDOWN, -1, 0);
+  SETUP(t != MAP_FAILED && gd != MAP_FAILED);
+  ready_and_wait();
+  CHECK(munmap(t, pg) == 0, "munmap");
+  CHECK(fake[0] == 'c' && *(fake - 1) == 'b', "%c %c", fake[0], *(fake - 1));
+  gd[0] = 'z';
+  *(gd - 1) = 'x';
+  CHECK(gd[0] == 'z' && *(gd - 1) == 'x', "grow");
+  return 0;
+}
+
 /* thp, thp_disable: THP advice per VMA and the contents of a THP-backed region (huge pages
  * again after the restore when the kernel gave them before). */
 static int m_mm_thp(void) {
@@ -560,6 +589,7 @@ static int mm_modes(const char* mode) {
   if (!strcmp(mode, "mm_madv")) return m_mm_madv();
   if (!strcmp(mode, "mm_mlock")) return m_mm_mlock();
   if (!strcmp(mode, "mm_grow")) return m_mm_grow();
+  if (!strcmp(mode, "mm_grow_map")) return m_mm_grow_map();
   if (!strcmp(mode, "mm_mlock_setuid")) return m_mm_mlock_setuid();
   if (!strcmp(mode, "mm_thp")) return m_mm_thp();
   if (!strcmp(mode, "mm_shm_rmid")) return m_mm_shm_rmid();
