@@ -233,6 +233,7 @@ Result<void> RecreateSysv(RestoreContext& ctx, pid_t pid, const img::ShmemObject
   ds.shm_perm.gid = o.sysv_gid();
   ds.shm_perm.mode = o.sysv_mode() & 0777;
   if (shmctl(id, IPC_SET, &ds) < 0) return Errno("IPC_SET SysV segment %d", id);
+  if (o.sysv_locked() && shmctl(id, SHM_LOCK, nullptr) < 0) return Errno("SHM_LOCK SysV segment %d", id);
   LOG_INFO("SysV segment %d (key %#x) created again with its dumped contents", id,
            static_cast<unsigned>(o.sysv_key()));
   return Ok();

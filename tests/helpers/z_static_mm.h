@@ -365,6 +365,7 @@ static int m_mm_shm_rmid(void) {
   char* p = shmat(id, NULL, 0);
   SETUP(p != (void*)-1);
   fill(p, n, 70);
+  SETUP(shmctl(id, SHM_LOCK, NULL) == 0);
   SETUP(shmctl(id, IPC_RMID, NULL) == 0);
   int pfd[2];
   SETUP(pipe(pfd) == 0);
@@ -383,6 +384,7 @@ static int m_mm_shm_rmid(void) {
   CHECK(ds.shm_nattch == 2, "nattch %lu, want 2", (unsigned long)ds.shm_nattch);
   CHECK(ds.shm_perm.mode & SHM_DEST, "not removed again (mode %#o)", ds.shm_perm.mode);
   CHECK(ds.shm_segsz == n, "size %zu", (size_t)ds.shm_segsz);
+  CHECK(ds.shm_perm.mode & SHM_LOCKED, "SHM_LOCK lost (mode %#o)", ds.shm_perm.mode);
   p[7] = 'Q';
   SETUP(kill(c, SIGUSR2) == 0 && write(pfd[1], "x", 1) == 1);
   CHECK(reap(c) == 0, "the child does not see the parent's write: not one segment");
