@@ -70,7 +70,7 @@ Result<img::VmaKind> Classify(const proc::MapsEntry& m, pid_t pid) {
 // What the VmFlags line of /proc/PID/smaps says about one VMA (the flags maps does not show).
 struct VmFlags {
   bool growsdown = false, noreserve = false, locked = false, onfault = false, sealed = false,
-       droppable = false;
+       droppable = false, maywrite = false;
   uint64_t madv = 0;  // 1 << MADV_x
 };
 
@@ -86,6 +86,7 @@ VmFlags ParseVmFlags(const char* s) {
     else if (is("lf")) f.onfault = true;
     else if (is("sl")) f.sealed = true;
     else if (is("dp")) f.droppable = true;
+    else if (is("mw")) f.maywrite = true;
     else if (is("rr")) f.madv |= 1ULL << MADV_RANDOM;
     else if (is("sr")) f.madv |= 1ULL << MADV_SEQUENTIAL;
     else if (is("dc")) f.madv |= 1ULL << MADV_DONTFORK;
@@ -307,6 +308,7 @@ Result<void> DumpMm(DumpContext& ctx, ProcessDump& p) {
       v->set_lock_onfault(f.onfault);
       v->set_sealed(f.sealed);
       v->set_droppable(f.droppable);
+      v->set_maywrite(m.shared && f.maywrite);
     } else if (m.path == "[stack]") {
       flags |= MAP_GROWSDOWN;
     }

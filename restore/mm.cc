@@ -267,11 +267,18 @@ Result<bool> AttachSysv(RestoreContext& ctx, remote::Remote* r, const img::Vma& 
                      "SysV segment %d exists with size %lu, the dumped one had %lu", id,
                      static_cast<unsigned long>(ds.shm_segsz),
                      static_cast<unsigned long>(obj->size()));
-  uint64_t flags = (v.prot() & PROT_WRITE) ? 0 : SHM_RDONLY;
+  // Attached read-write when it was (it may be mprotect'ed writable again), then the dumped
+  // protection.
+  bool rw = (v.prot() & PROT_WRITE) || v.maywrite();
+  uint64_t flags = rw ? 0 : SHM_RDONLY;
   if (v.prot() & PROT_EXEC) flags |= SHM_EXEC;
   ASSIGN_OR_RETURN(long addr, r->Syscall(SYS_shmat, static_cast<uint64_t>(id), v.start(), flags));
   if (static_cast<uint64_t>(addr) != v.start())
     return Err("shmat %d landed at %#lx", id, addr);
+  uint32_t got = PROT_READ | (rw ? PROT_WRITE : 0) | (v.prot() & PROT_EXEC);
+  if (got != v.prot())
+    TRY_CTX(r->Syscall(SYS_mprotect, v.start(), v.end() - v.start(), v.prot()),
+            "mprotect SysV segment %d", id);
   return true;
 }
 
@@ -385,7 +392,8 @@ Result<void> MapVma(RestoreContext& ctx, remote::Remote* r, const img::Vma& v, M
       break;
     case img::VMA_FILE_PRIVATE:
     case img::VMA_FILE_SHARED: {
-      bool rw = v.kind() == img::VMA_FILE_SHARED && (v.prot() & PROT_WRITE);
+      // Read-write also for a read-only shared mapping that may become writable (maps_file_prot).
+      bool rw = v.kind() == img::VMA_FILE_SHARED && ((v.prot() & PROT_WRITE) || v.maywrite());
       std::string key = v.path() + (rw ? "\x01rw" : "");
       auto it = st->file_fds.find(key);
       if (it == st->file_fds.end()) {

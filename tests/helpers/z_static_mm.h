@@ -404,7 +404,10 @@ static int m_mm_shm_key(void) {
   char* p = shmat(id, NULL, 0);
   SETUP(p != (void*)-1);
   fill(p, n, 71);
+  SETUP(mprotect(p, n, PROT_READ) == 0); /* attached read-write, read-only now */
   ready_and_wait();
+  CHECK(!strcmp(perms_in(p), "r--s"), "perms %s", perms_in(p));
+  CHECK(mprotect(p, n, PROT_READ | PROT_WRITE) == 0, "the segment cannot become writable again");
   CHECK(same(p, n, 71), "data");
   struct shmid_ds ds;
   CHECK(shmctl(id, IPC_STAT, &ds) == 0, "IPC_STAT %d", id);
@@ -530,6 +533,13 @@ static int m_mm_shapes(void) {
   SETUP(dn != MAP_FAILED);
   memset(dn, 'D', 8 * pg);
   SETUP(madvise(dn + 2 * pg, 2 * pg, MADV_DONTNEED) == 0 && madvise(dn + 7 * pg, pg, MADV_DONTNEED) == 0);
+  /* maps_file_prot: a read-only shared file mapping (the file opened read-write), one page of it
+   * mprotect'ed writable, the fd closed. */
+  int pfdw = open(path_in("fprot"), O_RDWR | O_CREAT | O_TRUNC, 0644);
+  SETUP(pfdw >= 0 && ftruncate(pfdw, 2 * pg) == 0);
+  char* ro = mmap(NULL, 2 * pg, PROT_READ, MAP_SHARED, pfdw, 0);
+  SETUP(ro != MAP_FAILED && mprotect(ro + pg, pg, PROT_READ | PROT_WRITE) == 0);
+  close(pfdw);
   /* Shared anonymous memory with a child. */
   char* sh = mmap(NULL, 4 * pg, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   SETUP(sh != MAP_FAILED);
@@ -580,6 +590,14 @@ static int m_mm_shapes(void) {
     CHECK(dn[i * pg] == want && dn[i * pg + pg - 1] == want, "MADV_DONTNEED page %d: %d", i, dn[i * pg]);
   }
   CHECK(same(sh, 4 * pg, 95), "shared data");
+  ro[pg] = 'r';
+  CHECK(mprotect(ro, pg, PROT_READ | PROT_WRITE) == 0, "the read-only shared file mapping cannot "
+        "become writable any more");
+  ro[0] = 'o';
+  int rf = open(path_in("fprot"), O_RDONLY);
+  char two[2] = {0, 0};
+  CHECK(rf >= 0 && pread(rf, two, 1, 0) == 1 && pread(rf, two + 1, 1, pg) == 1 && two[0] == 'o' &&
+            two[1] == 'r', "writes did not reach the file: %d %d", two[0], two[1]);
   sh[10] = 'P';
   SETUP(kill(c, SIGUSR2) == 0 && write(pfd[1], "x", 1) == 1);
   CHECK(reap(c) == 0, "the child does not share the parent's memory");
