@@ -745,6 +745,13 @@ Result<void> RestoreMm(RestoreContext& ctx, ProcessRestore& p) {
     if (filled && !(v.prot() & PROT_WRITE))
       TRY(r->Syscall(SYS_mprotect, v.start(), v.end() - v.start(), v.prot()));
   }
+  // Guard regions, after the pages around them are filled (never stored: nothing to fill).
+  for (const auto& g : p.mm.guards()) {
+    if (g.end() <= g.start()) continue;
+    TRY_CTX(r->Syscall(SYS_madvise, g.start(), g.end() - g.start(), 102 /* MADV_GUARD_INSTALL */),
+            "pid %d: guard region %#lx-%#lx", p.pid, static_cast<unsigned long>(g.start()),
+            static_cast<unsigned long>(g.end()));
+  }
   // Locks after the contents are in place (mlock faults in what is not there yet, as it did).
   for (const auto& v : p.mm.vmas()) {
     if (!v.locked() || v.kind() == img::VMA_VSYSCALL) continue;

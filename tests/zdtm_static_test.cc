@@ -268,6 +268,18 @@ TEST_F(Zdtm, ShmRemovedBeforeRestoreRecreated) {
 
 TEST_F(Zdtm, SocketTcpEstablished) { RoundTrip("socket_tcp", {"--tcp-established"}); }
 
+// Guard regions (MADV_GUARD_INSTALL) inside a VMA: not read at dump (they fault), installed
+// again at restore.
+TEST_F(Zdtm, GuardRegionsMadvGuardInstall) {
+  pid_t pid = StartHelper("z_static", {"mm_guard", "{READY}", dir_.path()});
+  if (pid <= 0) GTEST_SKIP() << "no MADV_GUARD_INSTALL (Linux < 6.13)";
+  pids_.push_back(pid);
+  ASSERT_EQ(DumpKillRestore(pid), "");
+  ASSERT_EQ(kill(pid, SIGUSR2), 0);
+  EXPECT_EQ(WaitBounded(pid, 30000), 0);
+  pids_.clear();
+}
+
 TEST_F(Zdtm, HugetlbIfReserved) {
   pid_t pid = StartHelper("z_static", {"hugetlb", "{READY}", dir_.path()});
   if (pid <= 0) GTEST_SKIP() << "no huge pages reserved (vm.nr_hugepages)";
