@@ -14,6 +14,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <map>
+#include <string_view>
 #include <thread>
 
 #include "common/fs.h"
@@ -79,26 +80,28 @@ struct VmFlags {
 
 VmFlags ParseVmFlags(const char* s) {
   VmFlags f;
-  for (const char* p = s; p[0] && p[1];) {
-    while (*p == ' ') ++p;
-    if (!p[0] || !p[1]) break;
-    auto is = [&](const char* t) { return p[0] == t[0] && p[1] == t[1] && (p[2] == ' ' || p[2] == '\n' || !p[2]); };
-    if (is("gd")) f.growsdown = true;
-    else if (is("nr")) f.noreserve = true;
-    else if (is("lo")) f.locked = true;
-    else if (is("lf")) f.onfault = true;
-    else if (is("sl")) f.sealed = true;
-    else if (is("dp")) f.droppable = true;
-    else if (is("mw")) f.maywrite = true;
-    else if (is("rr")) f.madv |= 1ULL << MADV_RANDOM;
-    else if (is("sr")) f.madv |= 1ULL << MADV_SEQUENTIAL;
-    else if (is("dc")) f.madv |= 1ULL << MADV_DONTFORK;
-    else if (is("mg")) f.madv |= 1ULL << MADV_MERGEABLE;
-    else if (is("hg")) f.madv |= 1ULL << MADV_HUGEPAGE;
-    else if (is("nh")) f.madv |= 1ULL << MADV_NOHUGEPAGE;
-    else if (is("dd")) f.madv |= 1ULL << MADV_DONTDUMP;
-    else if (is("wf")) f.madv |= 1ULL << MADV_WIPEONFORK;
-    while (*p && *p != ' ') ++p;
+  struct Bool {
+    const char* name;
+    bool VmFlags::*field;
+  };
+  static const Bool kBools[] = {{"gd", &VmFlags::growsdown}, {"nr", &VmFlags::noreserve},
+                                {"lo", &VmFlags::locked},    {"lf", &VmFlags::onfault},
+                                {"sl", &VmFlags::sealed},    {"dp", &VmFlags::droppable},
+                                {"mw", &VmFlags::maywrite}};
+  static const std::pair<const char*, int> kAdvice[] = {
+      {"rr", MADV_RANDOM},    {"sr", MADV_SEQUENTIAL}, {"dc", MADV_DONTFORK},
+      {"mg", MADV_MERGEABLE}, {"hg", MADV_HUGEPAGE},   {"nh", MADV_NOHUGEPAGE},
+      {"dd", MADV_DONTDUMP},  {"wf", MADV_WIPEONFORK}};
+  for (const char* p = s; *p;) {
+    while (*p == ' ' || *p == '\n') ++p;
+    const char* e = p;
+    while (*e && *e != ' ' && *e != '\n') ++e;
+    std::string_view tok(p, e - p);
+    for (const auto& b : kBools)
+      if (tok == b.name) f.*b.field = true;
+    for (const auto& [name, advice] : kAdvice)
+      if (tok == name) f.madv |= 1ULL << advice;
+    p = e;
   }
   return f;
 }

@@ -111,7 +111,8 @@ struct MmState {
 Result<long> PassFd(remote::Remote* r, MmState* st, int fd) {
   uint64_t at = r->scratch() + 4096;
   if (st->sock < 0) {
-    ASSIGN_OR_RETURN(long rc, r->Syscall(SYS_socketpair, AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, at));
+    ASSIGN_OR_RETURN(long rc,
+                     r->Syscall(SYS_socketpair, AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, at));
     (void)rc;
     int sv[2];
     TRY(r->Read(at, sv, sizeof(sv)));
@@ -136,7 +137,8 @@ Result<long> PassFd(remote::Remote* r, MmState* st, int fd) {
   cm->cmsg_type = SCM_RIGHTS;
   cm->cmsg_len = CMSG_LEN(sizeof(int));
   memcpy(CMSG_DATA(cm), &fd, sizeof(int));
-  if (sendmsg(st->local_sock.get(), &msg, 0) != 1) return Errno("pass fd %d to pid %d", fd, r->pid());
+  if (sendmsg(st->local_sock.get(), &msg, 0) != 1)
+    return Errno("pass fd %d to pid %d", fd, r->pid());
   // The same message in the target's scratch memory: msghdr, iovec, byte, control buffer.
   struct {
     msghdr m;
@@ -207,8 +209,9 @@ Result<void> RecreateSysv(RestoreContext& ctx, pid_t pid, const img::ShmemObject
     (void)fs::WriteFile(next, "-1", false);
     errno = e;
     if (e == EEXIST)
-      return MakeError(ErrorKind::kExists, e, "SysV segment %d: key %#x is taken by another segment",
-                       id, static_cast<unsigned>(o.sysv_key()));
+      return MakeError(ErrorKind::kExists, e,
+                       "SysV segment %d: key %#x is taken by another segment", id,
+                       static_cast<unsigned>(o.sysv_key()));
     return Errno("shmget key %#x size %lu for SysV segment %d", static_cast<unsigned>(key),
                  static_cast<unsigned long>(o.size()), id);
   }
@@ -233,7 +236,8 @@ Result<void> RecreateSysv(RestoreContext& ctx, pid_t pid, const img::ShmemObject
   ds.shm_perm.gid = o.sysv_gid();
   ds.shm_perm.mode = o.sysv_mode() & 0777;
   if (shmctl(id, IPC_SET, &ds) < 0) return Errno("IPC_SET SysV segment %d", id);
-  if (o.sysv_locked() && shmctl(id, SHM_LOCK, nullptr) < 0) return Errno("SHM_LOCK SysV segment %d", id);
+  if (o.sysv_locked() && shmctl(id, SHM_LOCK, nullptr) < 0)
+    return Errno("SHM_LOCK SysV segment %d", id);
   LOG_INFO("SysV segment %d (key %#x) created again with its dumped contents", id,
            static_cast<unsigned>(o.sysv_key()));
   return Ok();
@@ -263,18 +267,16 @@ Result<bool> AttachSysv(RestoreContext& ctx, remote::Remote* r, const img::Vma& 
   }
   TRY(r->Read(at, &ds, sizeof(ds)));
   if (ds.shm_segsz != obj->size())
-    return MakeError(ErrorKind::kExists, 0,
-                     "SysV segment %d exists with size %lu, the dumped one had %lu", id,
-                     static_cast<unsigned long>(ds.shm_segsz),
-                     static_cast<unsigned long>(obj->size()));
+    return MakeError(
+        ErrorKind::kExists, 0, "SysV segment %d exists with size %lu, the dumped one had %lu", id,
+        static_cast<unsigned long>(ds.shm_segsz), static_cast<unsigned long>(obj->size()));
   // Attached read-write when it was (it may be mprotect'ed writable again), then the dumped
   // protection.
   bool rw = (v.prot() & PROT_WRITE) || v.maywrite();
   uint64_t flags = rw ? 0 : SHM_RDONLY;
   if (v.prot() & PROT_EXEC) flags |= SHM_EXEC;
   ASSIGN_OR_RETURN(long addr, r->Syscall(SYS_shmat, static_cast<uint64_t>(id), v.start(), flags));
-  if (static_cast<uint64_t>(addr) != v.start())
-    return Err("shmat %d landed at %#lx", id, addr);
+  if (static_cast<uint64_t>(addr) != v.start()) return Err("shmat %d landed at %#lx", id, addr);
   uint32_t got = PROT_READ | (rw ? PROT_WRITE : 0) | (v.prot() & PROT_EXEC);
   if (got != v.prot())
     TRY_CTX(r->Syscall(SYS_mprotect, v.start(), v.end() - v.start(), v.prot()),
@@ -355,8 +357,8 @@ Result<void> FinishShmem(RestoreContext& ctx, ProcessRestore& p) {
 // THP advice decides how the memory is allocated. Advice this kernel lacks (no THP, no KSM:
 // EINVAL) is a warning; everything else an error.
 Result<void> ApplyAdvice(remote::Remote* r, const img::Vma& v) {
-  static const int kOrder[] = {MADV_HUGEPAGE,  MADV_NOHUGEPAGE, MADV_DONTFORK, MADV_DONTDUMP,
-                               MADV_WIPEONFORK, MADV_MERGEABLE, MADV_SEQUENTIAL, MADV_RANDOM};
+  static const int kOrder[] = {MADV_HUGEPAGE,   MADV_NOHUGEPAGE, MADV_DONTFORK,   MADV_DONTDUMP,
+                               MADV_WIPEONFORK, MADV_MERGEABLE,  MADV_SEQUENTIAL, MADV_RANDOM};
   for (int a : kOrder) {
     if (!(v.madv() & (1ULL << a))) continue;
     // MAP_DROPPABLE implies wipe-on-fork and no-huge-page; nothing to add.
@@ -369,9 +371,9 @@ Result<void> ApplyAdvice(remote::Remote* r, const img::Vma& v) {
                static_cast<unsigned long>(v.start()), a);
       continue;
     }
-    return std::move(res.error().wrap(StrFormat("madvise(%#lx-%#lx, %d)",
-                                                static_cast<unsigned long>(v.start()),
-                                                static_cast<unsigned long>(v.end()), a)));
+    return std::move(
+        res.error().wrap(StrFormat("madvise(%#lx-%#lx, %d)", static_cast<unsigned long>(v.start()),
+                                   static_cast<unsigned long>(v.end()), a)));
   }
   return Ok();
 }
