@@ -245,18 +245,17 @@ Result<void> RecreateSysv(RestoreContext& ctx, pid_t pid, const img::ShmemObject
 
 // A SysV shm mapping is attached with shmat: the segment itself (same shmid, same size) when it
 // still exists in the process's IPC namespace (its contents are its own), else after creating it
-// again (RecreateSysv). false: a partial mapping of a segment (not one shmat), mapped by the
-// caller as shared memory with the dumped contents.
+// again (RecreateSysv). false: not a SysV mapping.
 Result<bool> AttachSysv(RestoreContext& ctx, remote::Remote* r, const img::Vma& v) {
   const img::ShmemObject* obj = FindShmem(ctx, v.shmem_id());
   if (obj == nullptr || obj->sysv_shmid() < 0) return false;
   int id = obj->sysv_shmid();
   uint64_t size = (obj->size() + kPage - 1) & ~(kPage - 1);
-  if (v.pgoff() != 0 || v.end() - v.start() != size) {
-    LOG_WARN("pid %d: SysV segment %d is mapped in part at %#lx: restored as a copy", r->pid(), id,
-             static_cast<unsigned long>(v.start()));
-    return false;
-  }
+  uint64_t len = v.end() - v.start();
+  if (v.pgoff() > size || len > size - v.pgoff())
+    return MakeError(ErrorKind::kBadImage, 0, "vma %#lx: past the end of SysV segment %d",
+                     static_cast<unsigned long>(v.start()), id);
+  bool part = v.pgoff() != 0 || len != size;
   struct shmid_ds ds;
   uint64_t at = r->scratch() + 4096;
   auto st = r->Syscall(SYS_shmctl, static_cast<uint64_t>(id), IPC_STAT, at);
@@ -275,8 +274,21 @@ Result<bool> AttachSysv(RestoreContext& ctx, remote::Remote* r, const img::Vma& 
   bool rw = (v.prot() & PROT_WRITE) || v.maywrite();
   uint64_t flags = rw ? 0 : SHM_RDONLY;
   if (v.prot() & PROT_EXEC) flags |= SHM_EXEC;
-  ASSIGN_OR_RETURN(long addr, r->Syscall(SYS_shmat, static_cast<uint64_t>(id), v.start(), flags));
-  if (static_cast<uint64_t>(addr) != v.start()) return Err("shmat %d landed at %#lx", id, addr);
+  // A part of a segment (the rest was unmapped): attached whole wherever the kernel likes, the
+  // part moved into place, the rest unmapped (each VMA counts in shm_nattch).
+  ASSIGN_OR_RETURN(long addr, r->Syscall(SYS_shmat, static_cast<uint64_t>(id),
+                                         part ? 0 : v.start(), flags));
+  if (part) {
+    uint64_t a = static_cast<uint64_t>(addr);
+    TRY_CTX(r->Syscall(SYS_mremap, a + v.pgoff(), len, len, MREMAP_MAYMOVE | MREMAP_FIXED,
+                       v.start()),
+            "move part %#lx+%lu of SysV segment %d", static_cast<unsigned long>(v.pgoff()),
+            static_cast<unsigned long>(len), id);
+    if (v.pgoff() > 0) TRY(r->Syscall(SYS_munmap, a, v.pgoff()));
+    if (v.pgoff() + len < size) TRY(r->Syscall(SYS_munmap, a + v.pgoff() + len, size - v.pgoff() - len));
+  } else if (static_cast<uint64_t>(addr) != v.start()) {
+    return Err("shmat %d landed at %#lx", id, addr);
+  }
   uint32_t got = PROT_READ | (rw ? PROT_WRITE : 0) | (v.prot() & PROT_EXEC);
   if (got != v.prot())
     TRY_CTX(r->Syscall(SYS_mprotect, v.start(), v.end() - v.start(), v.prot()),

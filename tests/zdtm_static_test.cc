@@ -175,6 +175,8 @@ ZDTM(ShmAttached, "shm")
 // IPC_RMID'd segment (gone with the dumped process): created again with the same id and contents,
 // shared by parent and child, removed again (SHM_DEST); unaligned size.
 ZDTM(ShmRmidRecreated, "mm_shm_rmid")
+// A segment mapped in part: the part is the segment again (not a copy), nattch 1, shmdt works.
+ZDTM(ShmPartlyMapped, "mm_shm_partial")
 ZDTM(ManyVmas2000, "many_vmas")
 // MAP_GROWSDOWN from smaps VmFlags "gd" (not only [stack]).
 ZDTM(MapGrowsdown, "growsdown")

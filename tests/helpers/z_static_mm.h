@@ -423,6 +423,38 @@ static int m_mm_shm_key(void) {
   return 0;
 }
 
+/* A SysV segment mapped in part (its first and last pages unmapped after shmat): the middle is
+ * the segment again after the restore, counted once in nattch, and shmdt at the original attach
+ * address still detaches it. */
+static int m_mm_shm_partial(void) {
+  const size_t pg = 4096;
+  int id = shmget(IPC_PRIVATE, 4 * pg, IPC_CREAT | 0600);
+  SETUP(id >= 0);
+  FILE* f = fopen(path_in("shmid"), "w");
+  fprintf(f, "%d\n", id);
+  fclose(f);
+  char* p = shmat(id, NULL, 0);
+  SETUP(p != (void*)-1);
+  fill(p, 4 * pg, 72);
+  SETUP(munmap(p, pg) == 0 && munmap(p + 3 * pg, pg) == 0);
+  ready_and_wait();
+  char want[4 * 4096];
+  fill(want, sizeof want, 72);
+  CHECK(!memcmp(p + pg, want + pg, 2 * pg), "data");
+  struct shmid_ds ds;
+  CHECK(shmctl(id, IPC_STAT, &ds) == 0 && ds.shm_nattch == 1, "nattch %lu",
+        (unsigned long)ds.shm_nattch);
+  char* q = shmat(id, NULL, 0);
+  CHECK(q != (void*)-1, "attach again");
+  p[pg + 5] = 'M';
+  CHECK(q[pg + 5] == 'M' && !memcmp(q, want, pg), "the restored part is not the segment");
+  CHECK(shmdt(p) == 0, "shmdt at the original attach address");
+  CHECK(shmctl(id, IPC_STAT, &ds) == 0 && ds.shm_nattch == 1, "nattch after shmdt %lu",
+        (unsigned long)ds.shm_nattch);
+  shmctl(id, IPC_RMID, NULL);
+  return 0;
+}
+
 /* memfd mappings with seals: a sealed (shrink, grow, write) memfd mapped read-only with its fd
  * closed, one with F_SEAL_FUTURE_WRITE mapped writable before the seal, one without sealing. */
 static int m_mm_memfd_seals(void) {
@@ -645,6 +677,7 @@ static int mm_modes(const char* mode) {
   if (!strcmp(mode, "mm_thp")) return m_mm_thp();
   if (!strcmp(mode, "mm_shm_rmid")) return m_mm_shm_rmid();
   if (!strcmp(mode, "mm_shm_key")) return m_mm_shm_key();
+  if (!strcmp(mode, "mm_shm_partial")) return m_mm_shm_partial();
   if (!strcmp(mode, "mm_memfd_seals")) return m_mm_memfd_seals();
   if (!strcmp(mode, "mm_shapes")) return m_mm_shapes();
   return -1;
