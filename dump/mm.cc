@@ -61,6 +61,9 @@ Result<img::VmaKind> Classify(const proc::MapsEntry& m, pid_t pid) {
                        m.path.c_str());
     return img::VMA_FILE_SHARED;
   }
+  // Private hugetlb memory (MAP_HUGETLB, or a private map of hugetlbfs shm) is anonymous memory
+  // with huge pages: mapped with MAP_HUGETLB again (huge_page_shift), its pages stored as usual.
+  if (StartsWith(m.path, "/anon_hugepage")) return img::VMA_ANON_PRIVATE;
   if (file) {
     if (StartsWith(m.path, "/SYSV"))
       return MakeError(ErrorKind::kUnsupported, 0, "pid %d: private mapping of %s at %#lx", pid,
@@ -74,7 +77,8 @@ Result<img::VmaKind> Classify(const proc::MapsEntry& m, pid_t pid) {
 // What the VmFlags line of /proc/PID/smaps says about one VMA (the flags maps does not show).
 struct VmFlags {
   bool growsdown = false, noreserve = false, locked = false, onfault = false, sealed = false,
-       droppable = false, maywrite = false;
+       droppable = false, maywrite = false, hugetlb = false;
+  uint64_t kernel_page_kb = 0;
   uint64_t madv = 0;  // 1 << MADV_x
 };
 
@@ -87,7 +91,7 @@ VmFlags ParseVmFlags(const char* s) {
   static const Bool kBools[] = {{"gd", &VmFlags::growsdown}, {"nr", &VmFlags::noreserve},
                                 {"lo", &VmFlags::locked},    {"lf", &VmFlags::onfault},
                                 {"sl", &VmFlags::sealed},    {"dp", &VmFlags::droppable},
-                                {"mw", &VmFlags::maywrite}};
+                                {"mw", &VmFlags::maywrite},  {"ht", &VmFlags::hugetlb}};
   static const std::pair<const char*, int> kAdvice[] = {
       {"rr", MADV_RANDOM},    {"sr", MADV_SEQUENTIAL}, {"dc", MADV_DONTFORK},
       {"mg", MADV_MERGEABLE}, {"hg", MADV_HUGEPAGE},   {"nh", MADV_NOHUGEPAGE},
@@ -112,15 +116,21 @@ VmFlags ParseVmFlags(const char* s) {
 Result<std::map<uint64_t, VmFlags>> ReadVmFlags(pid_t pid) {
   ASSIGN_OR_RETURN(std::string text, fs::ReadFile(StrFormat("/proc/%d/smaps", pid)));
   std::map<uint64_t, VmFlags> out;
-  uint64_t cur = 0;
+  uint64_t cur = 0, kernel_page_kb = 0;
   bool have = false;
   size_t pos = 0;
   while (pos < text.size()) {
     size_t eol = text.find('\n', pos);
     if (eol == std::string::npos) eol = text.size();
     const char* line = text.c_str() + pos;
-    if (text.compare(pos, 8, "VmFlags:") == 0) {
-      if (have) out[cur] = ParseVmFlags(std::string(line + 8, eol - pos - 8).c_str());
+    if (text.compare(pos, 15, "KernelPageSize:") == 0) {
+      kernel_page_kb = strtoull(line + 15, nullptr, 10);
+    } else if (text.compare(pos, 8, "VmFlags:") == 0) {
+      if (have) {
+        VmFlags f = ParseVmFlags(std::string(line + 8, eol - pos - 8).c_str());
+        f.kernel_page_kb = kernel_page_kb;
+        out[cur] = f;
+      }
     } else if (isxdigit(static_cast<unsigned char>(line[0]))) {
       // A VMA header "start-end perms ..." (field lines start with a capital letter name).
       char* end = nullptr;
@@ -423,6 +433,8 @@ Result<void> DumpMm(DumpContext& ctx, ProcessDump& p) {
     v.set_sealed(f.sealed);
     v.set_droppable(f.droppable);
     v.set_maywrite(shared && f.maywrite);
+    if (f.hugetlb && f.kernel_page_kb > 4)
+      v.set_huge_page_shift(10 + 63 - __builtin_clzll(f.kernel_page_kb));
   }
   ctx.stats.vmas += mm.vmas_size();
   ctx.stats.pages_zero += counts.zero;

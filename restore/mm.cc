@@ -397,6 +397,8 @@ Result<void> MapVma(RestoreContext& ctx, remote::Remote* r, const img::Vma& v, M
   uint64_t flags =
       (v.flags() & (MAP_SHARED | MAP_PRIVATE | MAP_ANONYMOUS | MAP_GROWSDOWN | MAP_NORESERVE)) |
       MAP_FIXED;
+  if (v.huge_page_shift() != 0 && v.kind() == img::VMA_ANON_PRIVATE)
+    flags |= MAP_HUGETLB | (static_cast<uint64_t>(v.huge_page_shift()) << MAP_HUGE_SHIFT);
   if (v.droppable() && v.kind() == img::VMA_ANON_PRIVATE)
     flags = (flags & ~static_cast<uint64_t>(MAP_PRIVATE)) | MAP_DROPPABLE;
   long fd = -1;
