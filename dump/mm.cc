@@ -433,8 +433,12 @@ Result<void> DumpMm(DumpContext& ctx, ProcessDump& p) {
     v.set_sealed(f.sealed);
     v.set_droppable(f.droppable);
     v.set_maywrite(shared && f.maywrite);
-    if (f.hugetlb && f.kernel_page_kb > 4)
+    if (f.hugetlb && f.kernel_page_kb > 4) {
       v.set_huge_page_shift(10 + 63 - __builtin_clzll(f.kernel_page_kb));
+      if (v.kind() == img::VMA_SHMEM)
+        for (auto& o : ctx.shmem)
+          if (o.id() == v.shmem_id()) o.set_huge_page_shift(v.huge_page_shift());
+    }
   }
   ctx.stats.vmas += mm.vmas_size();
   ctx.stats.pages_zero += counts.zero;

@@ -203,7 +203,9 @@ Result<void> RecreateSysv(RestoreContext& ctx, pid_t pid, const img::ShmemObject
   const char* next = "/proc/sys/kernel/shm_next_id";
   TRY_CTX(fs::WriteFile(next, StrFormat("%d", id), false), "%s", next);
   key_t key = o.sysv_destroyed() ? IPC_PRIVATE : static_cast<key_t>(o.sysv_key());
-  int got = shmget(key, o.size(), static_cast<int>(o.sysv_mode() & 0777) | IPC_CREAT | IPC_EXCL);
+  int huge = o.huge_page_shift() ? SHM_HUGETLB | static_cast<int>(o.huge_page_shift() << 26) : 0;
+  int got = shmget(key, o.size(),
+                   static_cast<int>(o.sysv_mode() & 0777) | IPC_CREAT | IPC_EXCL | huge);
   if (got < 0) {
     int e = errno;
     (void)fs::WriteFile(next, "-1", false);
@@ -662,10 +664,14 @@ Result<void> SetMmMap(remote::Remote* r, const img::MmEntry& mm) {
 
 Result<UniqueFd> NewShmemObject(const img::ShmemObject& o, const char* memfd_name) {
   uint64_t size = (o.size() + kPage - 1) & ~(kPage - 1);
-  if (o.name().rfind("/dev/zero", 0) == 0 && size > 0 && o.size() == size) {
+  bool huge = o.huge_page_shift() != 0 && o.name().rfind("/anon_hugepage", 0) == 0;
+  if ((huge || o.name().rfind("/dev/zero", 0) == 0) && size > 0 && o.size() == size) {
     // Shared anonymous memory: the kernel's own object (a shmem file named "dev/zero"), through
     // a mapping of it and its map_files link; the mapping goes again at once.
-    void* at = mmap(nullptr, size, PROT_NONE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    // Shared hugetlb memory likewise ("/anon_hugepage (deleted)", huge pages of its size).
+    int hflags = huge ? MAP_HUGETLB | static_cast<int>(o.huge_page_shift() << MAP_HUGE_SHIFT) : 0;
+    void* at = mmap(nullptr, size, PROT_NONE, MAP_SHARED | MAP_ANONYMOUS | hflags, -1, 0);
+    if (at == MAP_FAILED && huge) return Errno("mmap shared hugetlb memory, %lu bytes", size);
     if (at == MAP_FAILED) return Errno("mmap shared anonymous %lu bytes", size);
     auto base = reinterpret_cast<unsigned long>(at);
     UniqueFd fd(open(StrFormat("/proc/self/map_files/%lx-%lx", base, base + size).c_str(),

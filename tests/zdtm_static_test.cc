@@ -293,6 +293,17 @@ TEST_F(Zdtm, HugetlbIfReserved) {
   pids_.clear();
 }
 
+// maps09/maps10: shared and private hugetlb memory, the shared one shared with a child.
+TEST_F(Zdtm, HugetlbSharedIfReserved) {
+  pid_t pid = StartHelper("z_static", {"mm_hugetlb_shared", "{READY}", dir_.path()});
+  if (pid <= 0) GTEST_SKIP() << "no huge pages reserved (vm.nr_hugepages)";
+  pids_.push_back(pid);
+  ASSERT_EQ(DumpKillRestore(pid), "");
+  ASSERT_EQ(kill(pid, SIGUSR2), 0);
+  EXPECT_EQ(WaitBounded(pid, 30000), 0);
+  pids_.clear();
+}
+
 // A child traced by another process of the tree: godwit must refuse cleanly and leave the tree
 // running untouched (the helper then finishes its own checks).
 TEST_F(Zdtm, PtraceTracedChildRefusedCleanly) {

@@ -667,7 +667,57 @@ static int m_mm_guard(void) {
   return 0;
 }
 
+/* maps09/maps10: shared hugetlb memory (MAP_SHARED | MAP_ANONYMOUS | MAP_HUGETLB) shared with a
+ * child, and a private one: hugetlb again after the restore, same device, still shared. */
+static unsigned long maps_dev(void* addr) {
+  char line[512];
+  unsigned long w = (unsigned long)addr, s, e, off, ino;
+  unsigned maj, min;
+  char pr[8];
+  FILE* f = fopen("/proc/self/maps", "r");
+  unsigned long dev = ~0UL;
+  while (f && fgets(line, sizeof line, f))
+    if (sscanf(line, "%lx-%lx %7s %lx %x:%x %lu", &s, &e, pr, &off, &maj, &min, &ino) == 7 &&
+        s <= w && w < e) {
+      dev = (unsigned long)maj << 20 | min;
+      break;
+    }
+  if (f) fclose(f);
+  return dev;
+}
+static int m_mm_hugetlb_shared(void) {
+  const size_t huge = 2 << 20;
+  char* s = mmap(NULL, 2 * huge, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_HUGETLB,
+                 -1, 0);
+  if (s == MAP_FAILED) exit(121); /* no huge pages reserved: the test skips */
+  char* p = mmap(NULL, huge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB, -1, 0);
+  if (p == MAP_FAILED) exit(121);
+  fill(s, 2 * huge, 97);
+  fill(p, huge, 98);
+  unsigned long ds = maps_dev(s), dp = maps_dev(p);
+  int pfd[2];
+  SETUP(pipe(pfd) == 0);
+  pid_t c = zfork();
+  SETUP(c >= 0);
+  if (c == 0) {
+    wait_usr2();
+    char b;
+    if (read(pfd[0], &b, 1) != 1) _exit(2);
+    _exit(s[huge + 3] == 'H' && same(p, huge, 98) ? 0 : 3);
+  }
+  ready_and_wait();
+  CHECK(same(s, 2 * huge, 97) && same(p, huge, 98), "data");
+  CHECK(strstr(vmflags_in(s), " ht") && strstr(vmflags_in(p), " ht"), "not hugetlb: %s",
+        vmflags_in(s));
+  CHECK(maps_dev(s) == ds && maps_dev(p) == dp, "mapping dev changed");
+  s[huge + 3] = 'H';
+  SETUP(kill(c, SIGUSR2) == 0 && write(pfd[1], "x", 1) == 1);
+  CHECK(reap(c) == 0, "the child does not share the hugetlb memory");
+  return 0;
+}
+
 static int mm_modes(const char* mode) {
+  if (!strcmp(mode, "mm_hugetlb_shared")) return m_mm_hugetlb_shared();
   if (!strcmp(mode, "mm_guard")) return m_mm_guard();
   if (!strcmp(mode, "mm_madv")) return m_mm_madv();
   if (!strcmp(mode, "mm_mlock")) return m_mm_mlock();
