@@ -716,7 +716,24 @@ static int m_mm_hugetlb_shared(void) {
   return 0;
 }
 
+/* unlink_mmap02: private mappings of a deleted file that is also open: writes through the fd
+ * after the restore show in the (unwritten) mapped pages. */
+static int m_mm_unlink_mmap02(void) {
+  const size_t pg = 4096;
+  int fd = open(path_in("um02"), O_RDWR | O_CREAT | O_TRUNC, 0644);
+  SETUP(fd >= 0 && pwrite(fd, "c", 1, 2 * pg - 1) == 1);
+  char* a = mmap(NULL, pg, PROT_READ, MAP_PRIVATE, fd, 0);
+  char* b = mmap(NULL, pg, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, pg);
+  SETUP(a != MAP_FAILED && b != MAP_FAILED && unlink(path_in("um02")) == 0);
+  ready_and_wait();
+  CHECK(pwrite(fd, "a", 1, 0) == 1 && pwrite(fd, "b", 1, pg) == 1, "write");
+  CHECK(a[0] == 'a', "the mapping does not see the fd's write: two objects");
+  CHECK(b[0] == 'b' && b[pg - 1] == 'c', "second mapping");
+  return 0;
+}
+
 static int mm_modes(const char* mode) {
+  if (!strcmp(mode, "mm_unlink_mmap02")) return m_mm_unlink_mmap02();
   if (!strcmp(mode, "mm_hugetlb_shared")) return m_mm_hugetlb_shared();
   if (!strcmp(mode, "mm_guard")) return m_mm_guard();
   if (!strcmp(mode, "mm_madv")) return m_mm_madv();
