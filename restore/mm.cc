@@ -392,6 +392,38 @@ Result<void> ApplyAdvice(remote::Remote* r, const img::Vma& v) {
   return Ok();
 }
 
+// A mapping of a deleted regular file that a process of the tree also has open: files/ restored
+// that fd as a ghost file ("PATH (deleted)" again); mapping the same file keeps the fd and the
+// mapping one object (unlink_mmap02: writes through the fd show in the mapping). Invalid: none,
+// the engine's copy of the contents is mapped.
+Result<UniqueFd> OpenGhostOf(const RestoreContext& ctx, const img::Vma& v) {
+  const std::string& path = v.path();
+  if (!v.deleted() || path.rfind("/memfd:", 0) == 0 || path.rfind("/SYSV", 0) == 0 ||
+      path.rfind("/dev/zero", 0) == 0 || path.rfind("/anon_hugepage", 0) == 0)
+    return UniqueFd();
+  const img::ShmemObject* obj = FindShmem(ctx, v.shmem_id());
+  if (obj == nullptr) return UniqueFd();
+  for (const auto& q : ctx.procs) {
+    std::string dir = StrFormat("/proc/%d/fd", q->pid);
+    auto names = fs::ListDir(dir);
+    if (!names.ok()) continue;
+    for (const auto& n : *names) {
+      std::string link = dir + "/" + n;
+      char buf[4096];
+      ssize_t len = readlink(link.c_str(), buf, sizeof(buf));
+      if (len <= 0 || std::string(buf, len) != path) continue;
+      UniqueFd fd(open(link.c_str(), O_RDWR | O_CLOEXEC));
+      if (!fd.valid()) fd.reset(open(link.c_str(), O_RDONLY | O_CLOEXEC));
+      struct stat sb;
+      if (!fd.valid() || fstat(fd.get(), &sb) != 0 || !S_ISREG(sb.st_mode) ||
+          static_cast<uint64_t>(sb.st_size) != obj->size())
+        continue;
+      return fd;
+    }
+  }
+  return UniqueFd();
+}
+
 Result<void> MapVma(RestoreContext& ctx, remote::Remote* r, const img::Vma& v, MmState* st,
                     bool will_fill) {
   uint64_t len = v.end() - v.start();
@@ -431,11 +463,18 @@ Result<void> MapVma(RestoreContext& ctx, remote::Remote* r, const img::Vma& v, M
         if (attached) return Ok();
       }
       auto it = ctx.shmem_fds.find(v.shmem_id());
+      std::string key = StrFormat("\x01shmem-%lu", static_cast<unsigned long>(v.shmem_id()));
+      if (!st->file_fds.count(key)) {
+        ASSIGN_OR_RETURN(UniqueFd ghost, OpenGhostOf(ctx, v));
+        if (ghost.valid()) {
+          ASSIGN_OR_RETURN(fd, PassFd(r, st, ghost.get()));
+          st->file_fds[key] = fd;
+        }
+      }
       if (it == ctx.shmem_fds.end())
         return MakeError(ErrorKind::kBadImage, 0, "vma %#lx: unknown shared memory object %lu",
                          static_cast<unsigned long>(v.start()),
                          static_cast<unsigned long>(v.shmem_id()));
-      std::string key = StrFormat("\x01shmem-%lu", static_cast<unsigned long>(v.shmem_id()));
       auto f = st->file_fds.find(key);
       if (f == st->file_fds.end()) {
         ASSIGN_OR_RETURN(fd, PassFd(r, st, it->second.get()));

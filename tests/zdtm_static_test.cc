@@ -250,11 +250,9 @@ ZDTM_LEAVE_RUNNING(LeaveRunningThreadsFpu, "fpu")
 ZDTM_LEAVE_RUNNING(LeaveRunningPollBlock, "poll_block")
 ZDTM_LEAVE_RUNNING(LeaveRunningZombiesSessions, "zombie00")
 
-// BUG (restore: restore.cc PrepareShmem + files/kind_reg.cc OpenGhost): a deleted file both
-// mapped and open (unlink_mmap02) becomes two objects: the mapping a memfd copy made by the engine,
-// the fd a ghost file made by files/; writes through the fd no longer show in the mapping. Fix:
-// one object for both, keyed by the dumped (dev, inode), as memfds already are (fo.memfds).
-ZDTM(DISABLED_UnlinkMmap02DeletedFileMappedAndOpen, "mm_unlink_mmap02")
+// unlink_mmap02: a deleted file both mapped (privately) and open: the mapping maps the ghost file
+// files/ restored for the fd, so writes through the fd show in unwritten mapped pages.
+ZDTM(UnlinkMmap02DeletedFileMappedAndOpen, "mm_unlink_mmap02")
 
 // A SysV segment with a key, removed (ipcrm) between dump and restore: created again with the
 // same id, key, mode and contents, and the mapping is the segment.
