@@ -233,6 +233,7 @@ Result<void> DumpSysvInfo(remote::Remote* r, int shmid, img::ShmemObject* obj) {
   obj->set_sysv_gid(ds.shm_perm.gid);
   obj->set_sysv_destroyed((ds.shm_perm.mode & SHM_DEST) != 0);
   obj->set_sysv_locked((ds.shm_perm.mode & SHM_LOCKED) != 0);
+  obj->set_sysv_size(ds.shm_segsz);
   return Ok();
 }
 

@@ -204,7 +204,8 @@ Result<void> RecreateSysv(RestoreContext& ctx, pid_t pid, const img::ShmemObject
   TRY_CTX(fs::WriteFile(next, StrFormat("%d", id), false), "%s", next);
   key_t key = o.sysv_destroyed() ? IPC_PRIVATE : static_cast<key_t>(o.sysv_key());
   int huge = o.huge_page_shift() ? SHM_HUGETLB | static_cast<int>(o.huge_page_shift() << 26) : 0;
-  int got = shmget(key, o.size(),
+  uint64_t segsz = o.sysv_size() ? o.sysv_size() : o.size();
+  int got = shmget(key, segsz,
                    static_cast<int>(o.sysv_mode() & 0777) | IPC_CREAT | IPC_EXCL | huge);
   if (got < 0) {
     int e = errno;
@@ -215,7 +216,7 @@ Result<void> RecreateSysv(RestoreContext& ctx, pid_t pid, const img::ShmemObject
                        "SysV segment %d: key %#x is taken by another segment", id,
                        static_cast<unsigned>(o.sysv_key()));
     return Errno("shmget key %#x size %lu for SysV segment %d", static_cast<unsigned>(key),
-                 static_cast<unsigned long>(o.size()), id);
+                 static_cast<unsigned long>(segsz), id);
   }
   if (got != id) {
     shmctl(got, IPC_RMID, nullptr);
@@ -223,14 +224,14 @@ Result<void> RecreateSysv(RestoreContext& ctx, pid_t pid, const img::ShmemObject
                      "SysV segment %d: created as id %d (another process took the id)", id, got);
   }
   auto fd = ctx.shmem_fds.find(o.id());
-  if (fd != ctx.shmem_fds.end() && o.size() > 0) {
+  if (fd != ctx.shmem_fds.end() && segsz > 0) {
     void* at = shmat(id, nullptr, 0);
     if (at == reinterpret_cast<void*>(-1)) return Errno("shmat SysV segment %d", id);
-    ssize_t n = pread(fd->second.get(), at, o.size(), 0);
+    ssize_t n = pread(fd->second.get(), at, segsz, 0);
     int e = errno;
     shmdt(at);
     errno = e;
-    if (n != static_cast<ssize_t>(o.size())) return Errno("fill SysV segment %d", id);
+    if (n != static_cast<ssize_t>(segsz)) return Errno("fill SysV segment %d", id);
   }
   struct shmid_ds ds = {};
   if (shmctl(id, IPC_STAT, &ds) < 0) return Errno("IPC_STAT SysV segment %d", id);
@@ -267,10 +268,11 @@ Result<bool> AttachSysv(RestoreContext& ctx, remote::Remote* r, const img::Vma& 
             "SysV segment %d after creating it", id);
   }
   TRY(r->Read(at, &ds, sizeof(ds)));
-  if (ds.shm_segsz != obj->size())
+  uint64_t segsz = obj->sysv_size() ? obj->sysv_size() : obj->size();
+  if (ds.shm_segsz != segsz)
     return MakeError(
         ErrorKind::kExists, 0, "SysV segment %d exists with size %lu, the dumped one had %lu", id,
-        static_cast<unsigned long>(ds.shm_segsz), static_cast<unsigned long>(obj->size()));
+        static_cast<unsigned long>(ds.shm_segsz), static_cast<unsigned long>(segsz));
   // Attached read-write when it was (it may be mprotect'ed writable again), then the dumped
   // protection.
   bool rw = (v.prot() & PROT_WRITE) || v.maywrite();

@@ -308,6 +308,17 @@ TEST_F(Zdtm, HugetlbSharedIfReserved) {
   pids_.clear();
 }
 
+// shm-hugetlb: SHM_HUGETLB segments (unaligned size), one kept, one IPC_RMID'd and created again.
+TEST_F(Zdtm, ShmHugetlbIfReserved) {
+  pid_t pid = StartHelper("z_static", {"mm_shm_hugetlb", "{READY}", dir_.path()});
+  if (pid <= 0) GTEST_SKIP() << "no huge pages reserved (vm.nr_hugepages)";
+  pids_.push_back(pid);
+  ASSERT_EQ(DumpKillRestore(pid), "");
+  ASSERT_EQ(kill(pid, SIGUSR2), 0);
+  EXPECT_EQ(WaitBounded(pid, 30000), 0);
+  pids_.clear();
+}
+
 // A child traced by another process of the tree: godwit must refuse cleanly and leave the tree
 // running untouched (the helper then finishes its own checks).
 TEST_F(Zdtm, PtraceTracedChildRefusedCleanly) {

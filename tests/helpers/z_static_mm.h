@@ -732,7 +732,37 @@ static int m_mm_unlink_mmap02(void) {
   return 0;
 }
 
+/* shm-hugetlb: SHM_HUGETLB segments of a size that is not a huge page multiple, one kept (attached
+ * again) and one IPC_RMID'd (created again, hugetlb, removed again). */
+static int m_mm_shm_hugetlb(void) {
+  const size_t huge = 2 << 20, n = huge + 4096;
+  int keep = shmget(IPC_PRIVATE, n, IPC_CREAT | SHM_HUGETLB | 0600);
+  if (keep < 0) exit(121); /* no huge pages reserved: the test skips */
+  FILE* f = fopen(path_in("shmid"), "w");
+  fprintf(f, "%d\n", keep);
+  fclose(f);
+  int gone = shmget(IPC_PRIVATE, n, IPC_CREAT | SHM_HUGETLB | 0600);
+  if (gone < 0) exit(121);
+  char* a = shmat(keep, NULL, 0);
+  char* b = shmat(gone, NULL, 0);
+  SETUP(a != (void*)-1 && b != (void*)-1 && shmctl(gone, IPC_RMID, NULL) == 0);
+  fill(a, n, 73);
+  fill(b, n, 74);
+  ready_and_wait();
+  CHECK(same(a, n, 73) && same(b, n, 74), "data");
+  CHECK(strstr(vmflags_in(a), " ht") && strstr(vmflags_in(b), " ht"), "not hugetlb: %s",
+        vmflags_in(b));
+  struct shmid_ds ds;
+  CHECK(shmctl(keep, IPC_STAT, &ds) == 0 && ds.shm_segsz == n && ds.shm_nattch == 1, "kept");
+  CHECK(shmctl(gone, IPC_STAT, &ds) == 0 && ds.shm_segsz == n && ds.shm_nattch == 1 &&
+            (ds.shm_perm.mode & SHM_DEST), "created again: size %zu nattch %lu mode %#o",
+        (size_t)ds.shm_segsz, (unsigned long)ds.shm_nattch, ds.shm_perm.mode);
+  shmctl(keep, IPC_RMID, NULL);
+  return 0;
+}
+
 static int mm_modes(const char* mode) {
+  if (!strcmp(mode, "mm_shm_hugetlb")) return m_mm_shm_hugetlb();
   if (!strcmp(mode, "mm_unlink_mmap02")) return m_mm_unlink_mmap02();
   if (!strcmp(mode, "mm_hugetlb_shared")) return m_mm_hugetlb_shared();
   if (!strcmp(mode, "mm_guard")) return m_mm_guard();
