@@ -5,6 +5,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/statfs.h>
 #include <sys/prctl.h>
 #include <sys/ptrace.h>
 #include <sys/resource.h>
@@ -351,10 +352,22 @@ Result<void> PrepareShmem(RestoreContext& ctx) {
         name.resize(name.size() - 10);
       if (name.size() > 249) name.resize(249);
     }
-    int fd = memfd_create(name.c_str(), MFD_CLOEXEC);
-    if (fd < 0) return Errno("memfd_create");
-    UniqueFd ufd(fd);
-    if (ftruncate(fd, static_cast<off_t>(o.size())) < 0)
+    ASSIGN_OR_RETURN(UniqueFd ufd, NewShmemObject(o, name.c_str()));
+    int fd = ufd.get();
+    // hugetlbfs has no write(): a hugetlb object is filled through a mapping of it.
+    char* hmap = nullptr;
+    ScopeExit unmap_h([&] {
+      if (hmap) munmap(hmap, o.size());
+    });
+    struct statfs sfs;
+    bool hugefs = fstatfs(fd, &sfs) == 0 && sfs.f_type == 0x958458f6 /* HUGETLBFS_MAGIC */;
+    if (hugefs && !o.runs().empty()) {
+      void* m = mmap(nullptr, o.size(), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+      if (m == MAP_FAILED)
+        return Errno("mmap hugetlb shmem %lu", static_cast<unsigned long>(o.id()));
+      hmap = static_cast<char*>(m);
+    }
+    if (!hugefs && ftruncate(fd, static_cast<off_t>(o.size())) < 0)
       return Errno("ftruncate shmem %lu", static_cast<unsigned long>(o.id()));
     if (!o.runs().empty()) {
       ASSIGN_OR_RETURN(auto blob, ctx.images->OpenBlob(o.blob()));
@@ -367,7 +380,10 @@ Result<void> PrepareShmem(RestoreContext& ctx) {
         buf.resize(len);
         TRY(blob->Read(r.blob_off(), buf.data(), len));
         uint64_t n = std::min<uint64_t>(len, o.size() > r.vaddr() ? o.size() - r.vaddr() : 0);
-        if (pwrite(fd, buf.data(), n, static_cast<off_t>(r.vaddr())) != static_cast<ssize_t>(n))
+        if (hmap)
+          memcpy(hmap + r.vaddr(), buf.data(), n);
+        else if (pwrite(fd, buf.data(), n, static_cast<off_t>(r.vaddr())) !=
+                 static_cast<ssize_t>(n))
           return Errno("fill shmem %lu", static_cast<unsigned long>(o.id()));
       }
     }

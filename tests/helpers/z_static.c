@@ -1657,6 +1657,8 @@ static int m_deleted_map(void) {
   return 0;
 }
 
+#include "z_static_mm.h"
+
 int main(int argc, char** argv) {
   if (argc < 4) return 119;
   const char* mode = argv[1];
@@ -1687,6 +1689,8 @@ int main(int argc, char** argv) {
       {"hugetlb", m_hugetlb}, {"udp", m_udp}, {"prctl", m_prctl}, {"rlimits", m_rlimits},
       {"poll_block", m_poll_block}, {"fd_near_limit", m_fd_near_limit}, {"deleted_map", m_deleted_map},
   };
+  int mm = mm_modes(mode); /* z_static_mm.h */
+  if (mm != -1) return mm;
   if (!strcmp(mode, "pthread00")) return m_pthread(8);
   if (!strcmp(mode, "stopped01")) return stopped_extra = 1, m_stopped();
   if (!strcmp(mode, "stopped02")) return stopped_extra = 2, m_stopped();
