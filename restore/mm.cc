@@ -520,6 +520,9 @@ Result<void> FillPages(RestoreContext& ctx, ProcessRestore& p, const img::PageMa
   std::vector<std::pair<uint64_t, uint64_t>> anon;
   for (const auto& v : p.mm.vmas()) {
     if (v.kind() != img::VMA_ANON_PRIVATE) continue;
+    // UFFDIO_COPY installs small pages only: a VMA advised MADV_HUGEPAGE is filled through
+    // faults instead, so its pages come back as transparent huge pages as they were.
+    if (v.madv() & (uint64_t{1} << MADV_HUGEPAGE)) continue;
     bool hit = std::any_of(runs.begin(), runs.end(), [&](const img::PageRun& run) {
       return run.vaddr() < v.end() && run.vaddr() + run.npages() * kPage > v.start();
     });
