@@ -76,7 +76,16 @@ struct ProcessRestore {
   img::MmEntry mm;
   std::vector<img::PageMap> pagemaps;  // pre-dump rounds first, applied in order
   std::unique_ptr<remote::Remote> remote;
-  std::vector<pid_t> attached;  // threads under our ptrace, the main thread first
+  std::vector<pid_t> attached;  // threads under our ptrace (host tids), the main thread first
+  // pid is the host pid: entry->pid() when the tree keeps its host pids, else what the kernel
+  // gave (see RestoreContext::inner_level). host_tids: dumped tid -> host tid of the other
+  // threads, when they differ.
+  std::map<pid_t, pid_t> host_tids;
+  pid_t HostTid(pid_t image_tid) const {
+    if (image_tid == entry->pid()) return pid;
+    auto it = host_tids.find(image_tid);
+    return it == host_tids.end() ? image_tid : it->second;
+  }
 };
 
 struct RestoreContext {
@@ -92,6 +101,11 @@ struct RestoreContext {
   // With container hooks: the images directory, open at this fd number in every restored
   // process (their mount ns is the container's); -1: injected opens use the path.
   int images_fd = -1;
+  // > 0: the tree's root is the init of a pid namespace this many levels below the dumper's (a
+  // container). Only the ids at levels >= inner_level (inside the tree's own namespace) are
+  // restored; the outer ones (host pids) are whatever the kernel gives, so a copy can run next to
+  // its still-running original. 0: every level is restored (a plain tree keeps its host pids).
+  int inner_level = 0;
 };
 
 // A process's / thread's id in its own (innermost) pid namespace: what injected syscalls inside

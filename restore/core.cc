@@ -83,7 +83,7 @@ Result<void> RestoreCore(RestoreContext& ctx, ProcessRestore& p) {
   remote::Remote* r = p.remote.get();
   std::map<pid_t, uint64_t> rseq_abort;
   for (const auto& t : p.core.threads()) {
-    pid_t tid = t.tid();
+    pid_t tid = p.HostTid(t.tid());
     if (t.rseq().len() != 0) {
       ASSIGN_OR_RETURN(uint64_t abort_ip, RseqAbortIp(r, t));
       if (abort_ip) rseq_abort[tid] = abort_ip;
@@ -106,11 +106,12 @@ Result<void> RestoreCore(RestoreContext& ctx, ProcessRestore& p) {
   // The last injected call: unmap the scratch area. The main thread stops at its syscall exit.
   TRY_CTX(r->UnmapFinal(), "pid %d: unmap scratch", p.pid);
   for (const auto& t : p.core.threads()) {
-    TRY(SetMask(t.tid(), t.blocked()));
+    const pid_t tid = p.HostTid(t.tid());
+    TRY(SetMask(tid, t.blocked()));
     user_regs_struct regs = dump::RegsFromProto(t.regs());
     remote::PrepareSyscallRestart(&regs, /*live=*/false);
-    if (rseq_abort.count(t.tid())) regs.rip = rseq_abort[t.tid()];
-    TRY_CTX(remote::SetRegs(t.tid(), regs), "pid %d", p.pid);
+    if (rseq_abort.count(tid)) regs.rip = rseq_abort[tid];
+    TRY_CTX(remote::SetRegs(tid, regs), "pid %d", p.pid);
   }
   return Ok();
 }

@@ -21,11 +21,11 @@ namespace godwit::restore {
 
 Result<img::ProcessState> LoadPstate(const RestoreContext& ctx, const ProcessRestore& p) {
   img::ProcessState ps;
-  std::string name = StrFormat("pstate-%d.img", p.pid);
+  std::string name = StrFormat("pstate-%d.img", p.entry->pid());
   TRY_CTX(ctx.images->ReadOne(name, &ps), "read %s", name.c_str());
-  if (ps.pid() != p.pid)
+  if (ps.pid() != p.entry->pid())
     return MakeError(ErrorKind::kBadImage, 0, "%s: holds pid %d", name.c_str(), ps.pid());
-  if (ps.threads_size() == 0 || ps.threads(0).tid() != p.pid)
+  if (ps.threads_size() == 0 || ps.threads(0).tid() != p.entry->pid())
     return MakeError(ErrorKind::kBadImage, 0, "%s: main thread missing", name.c_str());
   // Every thread must be one the engine restored (core-<pid>.img), or injecting into it would
   // hit a task that is not ours.
@@ -215,7 +215,7 @@ Result<void> RestoreComm(RestoreContext&, ProcessRestore& p) {
     char name[16] = {};
     memcpy(name, t.comm().data(), std::min<size_t>(t.comm().size(), 15));
     TRY(r->Write(r->scratch(), name, sizeof(name)));
-    TRY_CTX(r->SyscallIn(t.tid(), SYS_prctl, PR_SET_NAME, r->scratch()), "comm of %d", t.tid());
+    TRY_CTX(r->SyscallIn(p.HostTid(t.tid()), SYS_prctl, PR_SET_NAME, r->scratch()), "comm of %d", t.tid());
   }
   return Ok();
 }
@@ -227,7 +227,7 @@ Result<void> RestoreSched(RestoreContext& ctx, ProcessRestore& p) {
   for (const auto& t : ps.threads()) {
     const auto& s = t.sched();
     if (t.timer_slack_ns() != 0)
-      TRY_CTX(r->SyscallIn(t.tid(), SYS_prctl, PR_SET_TIMERSLACK, t.timer_slack_ns()),
+      TRY_CTX(r->SyscallIn(p.HostTid(t.tid()), SYS_prctl, PR_SET_TIMERSLACK, t.timer_slack_ns()),
               "timer slack of %d", t.tid());
     SchedAttr sa{};
     sa.size = sizeof(sa);
@@ -242,15 +242,15 @@ Result<void> RestoreSched(RestoreContext& ctx, ProcessRestore& p) {
     sa.sched_period = s.period();
     sa.sched_util_min = s.util_min();
     sa.sched_util_max = s.util_max();
-    if (syscall(SYS_sched_setattr, t.tid(), &sa, 0) < 0) {
+    if (syscall(SYS_sched_setattr, p.HostTid(t.tid()), &sa, 0) < 0) {
       // Without util clamping support the UTIL_CLAMP flags are refused: retry without them.
       sa.sched_flags &= ~0x60ULL;
-      if (syscall(SYS_sched_setattr, t.tid(), &sa, 0) < 0)
+      if (syscall(SYS_sched_setattr, p.HostTid(t.tid()), &sa, 0) < 0)
         return Errno("sched_setattr %d policy %u nice %d prio %u", t.tid(), s.policy(), s.nice(),
                      s.priority());
     }
     // Real-time policies ignore sched_nice, yet keep a nice value for a later switch back.
-    if (setpriority(PRIO_PROCESS, static_cast<id_t>(t.tid()), s.nice()) < 0)
+    if (setpriority(PRIO_PROCESS, static_cast<id_t>(p.HostTid(t.tid())), s.nice()) < 0)
       return Errno("setpriority %d nice %d", t.tid(), s.nice());
   }
   return Ok();
@@ -287,7 +287,7 @@ Result<void> RestoreAfterCreds(RestoreContext& ctx, ProcessRestore& p) {
   ASSIGN_OR_RETURN(img::ProcessState ps, LoadPstate(ctx, p));
   remote::Remote* r = p.remote.get();
   for (const auto& t : ps.threads())
-    TRY_CTX(r->SyscallIn(t.tid(), SYS_prctl, PR_SET_PDEATHSIG, t.pdeathsig()),
+    TRY_CTX(r->SyscallIn(p.HostTid(t.tid()), SYS_prctl, PR_SET_PDEATHSIG, t.pdeathsig()),
             "PR_SET_PDEATHSIG %d in %d", t.pdeathsig(), t.tid());
   if (ps.dumpable() <= 1) {
     TRY_CTX(r->Syscall(SYS_prctl, PR_SET_DUMPABLE, ps.dumpable()), "PR_SET_DUMPABLE %u",

@@ -150,7 +150,7 @@ Result<void> RestoreCreds(RestoreContext& ctx, ProcessRestore& p) {
     // A root process restored by root: nothing to do (unless it joined another user namespace,
     // where the coordinator's ids mean nothing).
     if (SameCreds(t.creds(), own) && ctx.opts.userns_fd < 0) continue;
-    TRY_CTX(RestoreThreadCreds(p.remote.get(), t.tid(), t.creds(), last_cap), "creds of thread %d",
+    TRY_CTX(RestoreThreadCreds(p.remote.get(), p.HostTid(t.tid()), t.creds(), last_cap), "creds of thread %d",
             t.tid());
   }
   return Ok();

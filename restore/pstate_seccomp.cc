@@ -48,7 +48,7 @@ Result<void> RestoreSeccomp(RestoreContext& ctx, ProcessRestore& p) {
                          "thread %d: seccomp strict mode needs a restore with CAP_SYS_ADMIN "
                          "(PTRACE_O_SUSPEND_SECCOMP)",
                          t.tid());
-      TRY_CTX(r->SyscallIn(t.tid(), SYS_prctl, PR_SET_SECCOMP, SECCOMP_MODE_STRICT),
+      TRY_CTX(r->SyscallIn(p.HostTid(t.tid()), SYS_prctl, PR_SET_SECCOMP, SECCOMP_MODE_STRICT),
               "thread %d: seccomp strict mode", t.tid());
       continue;
     }
@@ -75,7 +75,7 @@ Result<void> RestoreSeccomp(RestoreContext& ctx, ProcessRestore& p) {
       TRY(r->Write(r->scratch() + 64, insns.data(), insns.size()));
       // Only the flags that describe the filter itself; TSYNC & co. were about installing it.
       uint64_t flags = sc.filters(i).flags() & SECCOMP_FILTER_FLAG_LOG;
-      TRY_CTX(r->SyscallIn(t.tid(), SYS_seccomp, SECCOMP_SET_MODE_FILTER, flags, r->scratch()),
+      TRY_CTX(r->SyscallIn(p.HostTid(t.tid()), SYS_seccomp, SECCOMP_SET_MODE_FILTER, flags, r->scratch()),
               "thread %d: seccomp filter #%d (%zu insns)", t.tid(), i, n);
     }
   }

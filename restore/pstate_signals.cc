@@ -75,7 +75,7 @@ Result<void> RestoreSigaltstack(RestoreContext& ctx, ProcessRestore& p) {
       ss.ss_flags = a.flags();
     }
     TRY(r->Write(r->scratch(), &ss, sizeof(ss)));
-    TRY_CTX(r->SyscallIn(t.tid(), SYS_sigaltstack, r->scratch(), 0),
+    TRY_CTX(r->SyscallIn(p.HostTid(t.tid()), SYS_sigaltstack, r->scratch(), 0),
             "sigaltstack %#llx+%llu flags %#x in %d", (unsigned long long)a.sp(),
             (unsigned long long)a.size(), a.flags(), t.tid());
   }

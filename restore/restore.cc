@@ -50,10 +50,10 @@ Result<void> ReadOne(const images::ImageSet& set, const std::string& name, M* ms
   return Ok();
 }
 
-// Forks e with its pid in every pid namespace (innermost first in set_tid); the first process of
-// a nested namespace (pid 1 there) creates it. parent_levels: how many namespaces the parent
-// (or the coordinator) is in.
-pid_t Clone3(const img::ProcessEntry& e, int parent_levels, uint64_t extra_flags = 0) {
+// Forks e with its pid in every pid namespace from level `skip` in (innermost first in set_tid;
+// the outer levels get what the kernel gives); the first process of a nested namespace (pid 1
+// there) creates it. parent_levels: how many namespaces the parent (or the coordinator) is in.
+pid_t Clone3(const img::ProcessEntry& e, int parent_levels, int skip, uint64_t extra_flags = 0) {
   struct clone_args args;
   memset(&args, 0, sizeof(args));
   args.exit_signal = SIGCHLD;
@@ -61,7 +61,7 @@ pid_t Clone3(const img::ProcessEntry& e, int parent_levels, uint64_t extra_flags
   pid_t tids[32];  // the kernel reads an array of pid_t
   int n = 0;
   if (e.ns_pids_size() > 1) {
-    for (int i = e.ns_pids_size() - 1; i >= 0 && n < 32; --i) tids[n++] = e.ns_pids(i);
+    for (int i = e.ns_pids_size() - 1; i >= skip && n < 32; --i) tids[n++] = e.ns_pids(i);
     if (e.ns_pids_size() > parent_levels) args.flags |= CLONE_NEWPID;
   } else {
     tids[n++] = e.pid();
@@ -120,7 +120,7 @@ struct ChildEnv {
   std::vector<pid_t> zombies;
   auto fork_child = [&](int k) {
     const auto& c = env.ctx->tree.processes(k);
-    pid_t got = Clone3(c, Levels(e));
+    pid_t got = Clone3(c, Levels(e), env.ctx->inner_level);
     if (got < 0) ChildFail(env, e.pid(), errno, StrFormat("clone3 pid %d", c.pid()));
     if (got == 0) ChildMain(env, k);
     if (c.zombie()) zombies.push_back(got);
@@ -331,6 +331,7 @@ Result<void> CheckTree(const RestoreContext& ctx) {
 }
 
 Result<void> CheckPidsFree(const RestoreContext& ctx) {
+  if (ctx.inner_level > 0) return Ok();  // a fresh pid namespace: its pids are all free
   for (const auto& e : ctx.tree.processes()) {
     if (fs::Exists(StrFormat("/proc/%d", e.pid())))
       return MakeError(ErrorKind::kExists, EEXIST,
@@ -535,6 +536,41 @@ void WaitGroupStopped(const std::vector<pid_t>& pids) {
   }
 }
 
+// A tree restored in its own pid namespace (ctx.inner_level > 0): the host pid of each live
+// process, found among the root's descendants by its id at inner_level (their NSpid). Run once
+// every process has reported (all are forked and none has exited).
+Result<void> MapHostPids(RestoreContext& ctx, pid_t root) {
+  std::map<pid_t, pid_t> host_of;  // id at inner_level -> host pid
+  std::vector<pid_t> todo{root};
+  std::set<pid_t> seen;
+  while (!todo.empty()) {
+    pid_t h = todo.back();
+    todo.pop_back();
+    if (!seen.insert(h).second) continue;
+    auto ns = proc::ReadNsPids(h, h);
+    if (ns.ok() && static_cast<int>(ns->size()) > ctx.inner_level)
+      host_of[(*ns)[ctx.inner_level]] = h;
+    auto tasks = proc::ListTasks(h);
+    if (!tasks.ok()) continue;  // a zombie of the tree
+    for (pid_t t : *tasks)
+      if (auto kids = proc::ListChildren(h, t); kids.ok())
+        todo.insert(todo.end(), kids->begin(), kids->end());
+  }
+  for (auto& p : ctx.procs) {
+    const img::ProcessEntry& e = *p->entry;
+    if (e.ns_pids_size() <= ctx.inner_level)
+      return MakeError(ErrorKind::kBadImage, 0, "pstree.img: pid %d is outside the root's pid "
+                       "namespace", e.pid());
+    auto it = host_of.find(e.ns_pids(ctx.inner_level));
+    if (it == host_of.end())
+      return Err("restore: pid %d (%d in the tree's pid namespace) not found under root %d",
+                 e.pid(), e.ns_pids(ctx.inner_level), root);
+    p->pid = it->second;
+    if (p->pid != e.pid()) LOG_DEBUG("restore: pid %d is host pid %d", e.pid(), p->pid);
+  }
+  return Ok();
+}
+
 }  // namespace
 
 pid_t PidAtLevel(const RestoreContext& ctx, pid_t pid, int level) {
@@ -555,6 +591,11 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
   TRY(images::CheckCpuFeatures(set.inventory()));
   TRY(LoadImages(ctx));
   TRY(CheckTree(ctx));
+  // A root that is the init of its own pid namespace (a container): only the pids inside that
+  // namespace are restored, the host ones are new.
+  if (const auto& re = ctx.tree.processes(0);
+      re.ns_pids_size() > 1 && re.ns_pids(re.ns_pids_size() - 1) == 1)
+    ctx.inner_level = re.ns_pids_size() - 1;
   TRY(PrepareShmem(ctx));
 
   files::RestoreOptions fo;
@@ -628,7 +669,9 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
     }
   }
   std::vector<pid_t> created;
-  for (const auto& e : ctx.tree.processes()) created.push_back(e.pid());
+  // Host pids to kill on failure (with a fresh pid namespace: known once forked).
+  if (ctx.inner_level == 0)
+    for (const auto& e : ctx.tree.processes()) created.push_back(e.pid());
   pid_t root = ctx.tree.root_pid();
   bool ok = false;
   bool forked = false;
@@ -648,19 +691,28 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
     // is forked by a short-lived intermediate: once that exits, the root already has its final
     // parent, and its signal is restored relative to it. Not yet a subreaper ourselves, or the
     // root would come to us.
+    // The intermediate tells the root's host pid through a pipe.
+    int hp[2];
+    if (pipe2(hp, O_CLOEXEC) < 0) return Errno("pipe");
+    UniqueFd hp_rd(hp[0]), hp_wr(hp[1]);
     pid_t mid = fork();
     if (mid < 0) return Errno("fork");
     if (mid == 0) {
-      pid_t r = Clone3(ctx.tree.processes(0), 1, root_flags);
+      pid_t r = Clone3(ctx.tree.processes(0), 1, ctx.inner_level, root_flags);
       if (r == 0) {
         close(rd.get());
         ChildMain(env, 0);
       }
+      if (r > 0 && write(hp[1], &r, sizeof(r)) != sizeof(r)) _exit(1);
       _exit(r > 0 ? 0 : errno == EEXIST ? 17 : 1);
     }
+    hp_wr.reset();
     int st = 0;
     while (waitpid(mid, &st, 0) < 0 && errno == EINTR) {
     }
+    pid_t host_root = 0;
+    if (read(hp_rd.get(), &host_root, sizeof(host_root)) == sizeof(host_root) && host_root > 0)
+      root = host_root;
     if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
       if (WIFEXITED(st) && WEXITSTATUS(st) == 17)
         return MakeError(ErrorKind::kExists, EEXIST, "pid %d is in use", root);
@@ -668,7 +720,7 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
     }
     got = root;
   } else {
-    got = Clone3(ctx.tree.processes(0), 1, root_flags);
+    got = Clone3(ctx.tree.processes(0), 1, ctx.inner_level, root_flags);
     if (got < 0) {
       if (errno == EEXIST) return MakeError(ErrorKind::kExists, EEXIST, "pid %d is in use", root);
       return Errno("clone3 root pid %d", root);
@@ -679,6 +731,10 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
       close(rd.get());
       ChildMain(env, 0);
     }
+  }
+  if (ctx.inner_level > 0) {
+    root = got;
+    created.push_back(got);
   }
   forked = true;
   // Orphans of a failed restore come to us (KillAll reaps them).
@@ -723,6 +779,11 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
     ready.insert(rep.pid);
   }
   if (ctx.fds) ctx.fds->ClosePrepared();
+  if (ctx.inner_level > 0) {
+    TRY(MapHostPids(ctx, got));
+    for (auto& p : ctx.procs)
+      if (p->pid != got) created.push_back(p->pid);
+  }
   ctx.stats.fork_ms = Ms(t_fork);
 
   // Seize every process (one thread each for now).
@@ -763,14 +824,14 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
       const auto& e = *p->entry;
       bool leader = e.pgid() == e.pid();
       if (leader != (pass == 0) || e.sid() == e.pid()) continue;
-      if (getpgid(e.pid()) == e.pgid()) continue;
+      if (ctx.inner_level == 0 && getpgid(p->pid) == e.pgid()) continue;
       pid_t inner_pgid = leader ? 0 : PidAtLevel(ctx, e.pgid(), Levels(e) - 1);
       if (!leader && inner_pgid == 0)
         return MakeError(ErrorKind::kUnsupported, 0, "pid %d: group %d is in another pid namespace",
                          e.pid(), e.pgid());
       auto r = p->remote->Syscall(SYS_setpgid, 0, static_cast<uint64_t>(inner_pgid));
       if (!r.ok()) {
-        if (e.pid() == root) {
+        if (e.pid() == ctx.tree.root_pid()) {
           LOG_WARN("restore: root %d stays in group %d (group %d is outside the tree)", root,
                    getpgid(root), e.pgid());
           continue;

@@ -1,5 +1,7 @@
 // Step "threads": the other threads of a process, created by an injected clone3 in the main
 // thread with set_tid = the dumped tid. PTRACE_O_TRACECLONE hands each new thread to us stopped.
+// In a tree restored in its own pid namespace (ctx.inner_level) only the tids inside it are set;
+// the host tid is found by the inner one (NSpid) and recorded in p.host_tids.
 #include <linux/sched.h>
 #include <sched.h>
 #include <sys/syscall.h>
@@ -7,6 +9,7 @@
 #include <cstring>
 #include <vector>
 
+#include "common/proc.h"
 #include "restore/steps.h"
 
 namespace godwit::restore {
@@ -23,7 +26,7 @@ Result<void> RestoreThreads(RestoreContext& ctx, ProcessRestore& p) {
     uint64_t tid_at = r->scratch() + 512;
     std::vector<pid_t> want;  // the kernel reads an array of pid_t
     if (tc.ns_tids_size() > 1)
-      for (int k = tc.ns_tids_size() - 1; k >= 0; --k) want.push_back(tc.ns_tids(k));
+      for (int k = tc.ns_tids_size() - 1; k >= ctx.inner_level; --k) want.push_back(tc.ns_tids(k));
     else
       want.push_back(tid);
     TRY(r->Write(tid_at, want.data(), want.size() * sizeof(pid_t)));
@@ -38,9 +41,20 @@ Result<void> RestoreThreads(RestoreContext& ctx, ProcessRestore& p) {
     }
     if (*got != InnerTid(tc))
       return Err("pid %d: clone3 gave tid %ld, not %d", p.pid, *got, InnerTid(tc));
+    pid_t host = tid;
+    if (ctx.inner_level > 0) {
+      host = 0;
+      ASSIGN_OR_RETURN(auto tasks, proc::ListTasks(p.pid));
+      for (pid_t t : tasks) {
+        auto ns = proc::ReadNsPids(p.pid, t);
+        if (ns.ok() && !ns->empty() && ns->back() == InnerTid(tc)) host = t;
+      }
+      if (host == 0) return Err("pid %d: new thread %d (%d inside) not found", p.pid, tid, InnerTid(tc));
+      p.host_tids[tid] = host;
+    }
     // The new thread starts in a PTRACE_EVENT_STOP.
-    TRY_CTX(remote::WaitStop(tid), "pid %d: new thread %d", p.pid, tid);
-    p.attached.push_back(tid);
+    TRY_CTX(remote::WaitStop(host), "pid %d: new thread %d", p.pid, host);
+    p.attached.push_back(host);
     ctx.stats.threads++;
   }
   return Ok();
