@@ -102,9 +102,10 @@ struct RestoreContext {
   // process (their mount ns is the container's); -1: injected opens use the path.
   int images_fd = -1;
   // > 0: the tree's root is the init of a pid namespace this many levels below the dumper's (a
-  // container). Only the ids at levels >= inner_level (inside the tree's own namespace) are
-  // restored; the outer ones (host pids) are whatever the kernel gives, so a copy can run next to
-  // its still-running original. 0: every level is restored (a plain tree keeps its host pids).
+  // container). Only the ids at levels >= inner_level (inside the tree's own namespace) must come
+  // back; the outer ones (host pids) are the dumped ones when free, else whatever the kernel
+  // gives, so a copy can run next to its still-running original. 0: every level is restored (a
+  // plain tree keeps its host pids).
   int inner_level = 0;
 };
 

@@ -73,6 +73,18 @@ pid_t Clone3(const img::ProcessEntry& e, int parent_levels, int skip, uint64_t e
 
 int Levels(const img::ProcessEntry& e) { return e.ns_pids_size() > 1 ? e.ns_pids_size() : 1; }
 
+// In a tree with its own pid namespace (inner_level > 0) the host pids are kept when free (a
+// restore after the original is gone) and left to the kernel when taken (a copy next to its
+// running original, a migration's destination, a host process on one of them): only the pids
+// inside the namespace must be the dumped ones.
+pid_t Clone3Tree(const img::ProcessEntry& e, int parent_levels, int inner_level,
+                 uint64_t extra_flags = 0) {
+  pid_t got = Clone3(e, parent_levels, 0, extra_flags);
+  if (got < 0 && errno == EEXIST && inner_level > 0)
+    got = Clone3(e, parent_levels, inner_level, extra_flags);
+  return got;
+}
+
 // ---- Code that runs in the forked restored processes (a copy of the coordinator). ----
 // Single-threaded copies of a single-threaded coordinator: libc is usable, but no pthread calls
 // (glibc's cached tid is the coordinator's after a raw clone3).
@@ -120,7 +132,7 @@ struct ChildEnv {
   std::vector<pid_t> zombies;
   auto fork_child = [&](int k) {
     const auto& c = env.ctx->tree.processes(k);
-    pid_t got = Clone3(c, Levels(e), env.ctx->inner_level);
+    pid_t got = Clone3Tree(c, Levels(e), env.ctx->inner_level);
     if (got < 0) ChildFail(env, e.pid(), errno, StrFormat("clone3 pid %d", c.pid()));
     if (got == 0) ChildMain(env, k);
     if (c.zombie()) zombies.push_back(got);
@@ -698,7 +710,7 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
     pid_t mid = fork();
     if (mid < 0) return Errno("fork");
     if (mid == 0) {
-      pid_t r = Clone3(ctx.tree.processes(0), 1, ctx.inner_level, root_flags);
+      pid_t r = Clone3Tree(ctx.tree.processes(0), 1, ctx.inner_level, root_flags);
       if (r == 0) {
         close(rd.get());
         ChildMain(env, 0);
@@ -720,7 +732,7 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
     }
     got = root;
   } else {
-    got = Clone3(ctx.tree.processes(0), 1, ctx.inner_level, root_flags);
+    got = Clone3Tree(ctx.tree.processes(0), 1, ctx.inner_level, root_flags);
     if (got < 0) {
       if (errno == EEXIST) return MakeError(ErrorKind::kExists, EEXIST, "pid %d is in use", root);
       return Errno("clone3 root pid %d", root);
@@ -824,7 +836,11 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
       const auto& e = *p->entry;
       bool leader = e.pgid() == e.pid();
       if (leader != (pass == 0) || e.sid() == e.pid()) continue;
-      if (ctx.inner_level == 0 && getpgid(p->pid) == e.pgid()) continue;
+      // Already in it (a group outside the tree keeps its host id; one inside has the host pid
+      // of its leader).
+      pid_t host_pgid = e.pgid();
+      if (auto it = ctx.by_pid.find(e.pgid()); it != ctx.by_pid.end()) host_pgid = it->second->pid;
+      if (getpgid(p->pid) == host_pgid) continue;
       pid_t inner_pgid = leader ? 0 : PidAtLevel(ctx, e.pgid(), Levels(e) - 1);
       if (!leader && inner_pgid == 0)
         return MakeError(ErrorKind::kUnsupported, 0, "pid %d: group %d is in another pid namespace",

@@ -1,7 +1,8 @@
 // Step "threads": the other threads of a process, created by an injected clone3 in the main
 // thread with set_tid = the dumped tid. PTRACE_O_TRACECLONE hands each new thread to us stopped.
-// In a tree restored in its own pid namespace (ctx.inner_level) only the tids inside it are set;
-// the host tid is found by the inner one (NSpid) and recorded in p.host_tids.
+// In a tree restored in its own pid namespace (ctx.inner_level) a taken host tid is left to the
+// kernel (only the tids inside are set); the host tid is found by the inner one (NSpid) and
+// recorded in p.host_tids.
 #include <linux/sched.h>
 #include <sched.h>
 #include <sys/syscall.h>
@@ -26,7 +27,7 @@ Result<void> RestoreThreads(RestoreContext& ctx, ProcessRestore& p) {
     uint64_t tid_at = r->scratch() + 512;
     std::vector<pid_t> want;  // the kernel reads an array of pid_t
     if (tc.ns_tids_size() > 1)
-      for (int k = tc.ns_tids_size() - 1; k >= ctx.inner_level; --k) want.push_back(tc.ns_tids(k));
+      for (int k = tc.ns_tids_size() - 1; k >= 0; --k) want.push_back(tc.ns_tids(k));
     else
       want.push_back(tid);
     TRY(r->Write(tid_at, want.data(), want.size() * sizeof(pid_t)));
@@ -34,6 +35,15 @@ Result<void> RestoreThreads(RestoreContext& ctx, ProcessRestore& p) {
     args.set_tid_size = want.size();
     TRY(r->Write(r->scratch(), &args, sizeof(args)));
     auto got = r->Syscall(SYS_clone3, r->scratch(), sizeof(args));
+    if (!got.ok() && got.error().sys_errno() == EEXIST && ctx.inner_level > 0 &&
+        tc.ns_tids_size() > ctx.inner_level) {
+      // Its host tid is taken (see Clone3Tree in restore.cc): the ids inside only.
+      want.resize(tc.ns_tids_size() - ctx.inner_level);
+      TRY(r->Write(tid_at, want.data(), want.size() * sizeof(pid_t)));
+      args.set_tid_size = want.size();
+      TRY(r->Write(r->scratch(), &args, sizeof(args)));
+      got = r->Syscall(SYS_clone3, r->scratch(), sizeof(args));
+    }
     if (!got.ok()) {
       if (got.error().sys_errno() == EEXIST)
         return MakeError(ErrorKind::kExists, EEXIST, "pid %d: thread id %d is in use", p.pid, tid);
