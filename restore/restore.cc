@@ -842,6 +842,13 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
       if (auto it = ctx.by_pid.find(e.pgid()); it != ctx.by_pid.end()) host_pgid = it->second->pid;
       if (getpgid(p->pid) == host_pgid) continue;
       pid_t inner_pgid = leader ? 0 : PidAtLevel(ctx, e.pgid(), Levels(e) - 1);
+      if (!leader && inner_pgid == 0 && ctx.inner_level > 0) {
+        // A group outside the container's pid namespace (its runtime's): invisible inside, so
+        // the one inherited from the restorer stands in for it.
+        LOG_INFO("restore: pid %d stays in group %d (group %d is outside its pid namespace)",
+                 p->pid, getpgid(p->pid), e.pgid());
+        continue;
+      }
       if (!leader && inner_pgid == 0)
         return MakeError(ErrorKind::kUnsupported, 0, "pid %d: group %d is in another pid namespace",
                          e.pid(), e.pgid());

@@ -29,3 +29,6 @@ godwit_test(container_userns_test
 godwit_test(container_tcp_test
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/container_tcp_test.cc
   LIBS godwit_container godwit_runtime godwit_files nlohmann_json::nlohmann_json Threads::Threads)
+godwit_test(container_copy_test
+  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/container_copy_test.cc
+  LIBS godwit_container godwit_runtime nlohmann_json::nlohmann_json)
