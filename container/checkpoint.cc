@@ -61,10 +61,9 @@ Result<void> DumpUserNamespace(pid_t init, const std::vector<pid_t>& pids,
   struct stat ns;
   std::string nsp = StrFormat("/proc/%d/ns/user", init);
   if (::stat(nsp.c_str(), &ns) < 0) return Errno("stat %s", nsp.c_str());
-  // Every process must be in the container's own user namespace and single-threaded: a restored
-  // process joins that namespace once its children are forked, and a thread (or a child) created
-  // from inside it cannot choose its host-level id (clone3 set_tid needs CAP_CHECKPOINT_RESTORE
-  // over the host's pid namespace).
+  // Every process must be in the container's own user namespace: a restored process joins that
+  // namespace once its children are forked. Threads are cloned inside it and get their ids
+  // inside through ns_last_pid (restore/threads.cc), their host ids are new.
   for (pid_t p : pids) {
     struct stat st;
     std::string path = StrFormat("/proc/%d/ns/user", p);
@@ -75,15 +74,6 @@ Result<void> DumpUserNamespace(pid_t init, const std::vector<pid_t>& pids,
     if (st.st_ino != ns.st_ino || st.st_dev != ns.st_dev)
       return MakeError(ErrorKind::kUnsupported, 0,
                        "pid %d is in a nested user namespace: not supported by checkpoint", p);
-    auto status = fs::ReadFile(StrFormat("/proc/%d/status", p));
-    if (!status.ok()) continue;  // gone: the tree dump reports what matters
-    size_t at = status->find("\nThreads:\t");
-    if (at != std::string::npos && atoi(status->c_str() + at + 10) > 1)
-      return MakeError(ErrorKind::kUnsupported, 0,
-                       "pid %d has %d threads: a user-namespaced container can be checkpointed "
-                       "only with single-threaded processes (a thread cloned inside the user "
-                       "namespace cannot get its host thread id back)",
-                       p, atoi(status->c_str() + at + 10));
   }
   ASSIGN_OR_RETURN(auto uid_map, idmap::Read(init, "uid_map"));
   ASSIGN_OR_RETURN(auto gid_map, idmap::Read(init, "gid_map"));

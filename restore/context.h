@@ -88,6 +88,8 @@ struct ProcessRestore {
   }
 };
 
+struct LastPidSetter;  // restore/threads.cc
+
 struct RestoreContext {
   RestoreOptions opts;
   const images::ImageSet* images = nullptr;
@@ -107,6 +109,10 @@ struct RestoreContext {
   // gives, so a copy can run next to its still-running original. 0: every level is restored (a
   // plain tree keeps its host pids).
   int inner_level = 0;
+  pid_t root_host_pid = 0;  // once forked
+  // With a user namespace: sets the next tid of the tree's pid namespace for the threads step
+  // (made on first use; see restore/threads.cc).
+  std::shared_ptr<LastPidSetter> last_pid;
 };
 
 // A process's / thread's id in its own (innermost) pid namespace: what injected syscalls inside

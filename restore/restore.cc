@@ -748,6 +748,7 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
     root = got;
     created.push_back(got);
   }
+  ctx.root_host_pid = root;
   forked = true;
   // Orphans of a failed restore come to us (KillAll reaps them).
   prctl(PR_SET_CHILD_SUBREAPER, 1);
@@ -872,6 +873,7 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
                 "pid %d: close the images dir", p->pid);
     }
   }
+  ctx.last_pid.reset();  // its helper leaves the tree's pid namespace before the tree runs
   if (ctx.fds) TRY_CTX(ctx.fds->Finalize(), "files finalize");
   if (!opts.pid_file.empty()) TRY(fs::WriteFile(opts.pid_file, StrFormat("%d", root), true));
   // Threads about to re-issue an interrupted call are stepped into its syscall-entry stop first,

@@ -32,3 +32,6 @@ godwit_test(container_tcp_test
 godwit_test(container_copy_test
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/container_copy_test.cc
   LIBS godwit_container godwit_runtime nlohmann_json::nlohmann_json)
+godwit_helper(c_threads ${CMAKE_CURRENT_SOURCE_DIR}/helpers/c_threads.c Threads::Threads)
+target_link_options(c_threads PRIVATE -static)
+add_dependencies(container_copy_test c_threads)

@@ -200,6 +200,24 @@ class ContainerCopy : public ::testing::Test {
   std::vector<pid_t> reap_, placeholders_;
 
   void CopyNextToOriginal();
+  void ThreadsCopy();
+
+  // Thread ids of pid: inside (the innermost NSpid) -> host.
+  static std::map<pid_t, pid_t> Tids(pid_t pid) {
+    std::map<pid_t, pid_t> out;
+    auto tasks = fs::ListDir(StrFormat("/proc/%d/task", pid));
+    if (!tasks.ok()) return out;
+    for (const auto& t : *tasks) {
+      pid_t tid = atoi(t.c_str());
+      auto st = fs::ReadFile(StrFormat("/proc/%d/task/%d/status", pid, tid));
+      if (!st.ok()) continue;
+      size_t at = st->find("\nNSpid:");
+      if (at == std::string::npos) continue;
+      auto ns = fs::Split(fs::Trim(st->substr(at + 8, st->find('\n', at + 1) - at - 8)), '\t');
+      if (!ns.empty()) out[atoi(ns.back().c_str())] = tid;
+    }
+    return out;
+  }
 };
 
 TEST_F(ContainerCopy, LeaveRunningCopyUnderAnotherIdAndAddress) { CopyNextToOriginal(); }
@@ -334,6 +352,66 @@ TEST_F(ContainerCopy, RestoreWhileAHostProcessHoldsADumpedHostPid) {
   ::waitpid(pid, nullptr, 0);
   reap_.clear();
   NothingLeft(id_, veth);
+}
+
+// A multi-threaded init (helpers/c_threads.c, 1 + 3 threads) copied next to its original: the
+// copy's threads have the same ids inside, new ones on the host, and all keep counting.
+void ContainerCopy::ThreadsCopy() {
+  auto bin = fs::ReadFile(std::string(GODWIT_HELPERS) + "/c_threads");
+  ASSERT_OK(bin);
+  ASSERT_OK(fs::WriteFile(rootfs_ + "/bin/c_threads", *bin));
+  ASSERT_EQ(::chmod((rootfs_ + "/bin/c_threads").c_str(), 0755), 0);
+  std::vector<std::string> args = {"--root", root_, "run", "--rootfs", rootfs_, "--name", id_,
+                                   "--detach", "--ip", ip_ + "/24"};
+  if (userns_) args.push_back("--userns");
+  for (const char* a : {"--", "/bin/c_threads", "3"}) args.push_back(a);
+  CliRun run = Godwit(args, false);
+  ASSERT_EQ(run.code, 0) << run.out;
+  init_ = StatePid(id_);
+  ASSERT_GT(init_, 0);
+  reap_.push_back(init_);
+  ASSERT_GT(WaitAbove(StrFormat("/proc/%d/root/dev/shm/count", init_), 2), 2);
+  std::map<pid_t, pid_t> orig = Tids(init_);
+  ASSERT_EQ(orig.size(), 4u);
+
+  std::string img = tmp_.path() + "/ckpt";
+  CliRun c = Godwit({"--root", root_, "checkpoint", id_, "--image-path", img, "--leave-running"});
+  ASSERT_EQ(c.code, 0) << c.out;
+  std::string copy = id_ + "b";
+  CliRun r = Godwit({"--root", root_, "restore", copy, "--image-path", img, "--detach", "--ip",
+                     ip2_ + "/24"});
+  ASSERT_EQ(r.code, 0) << r.out;
+  pid_t cp = StatePid(copy);
+  ASSERT_GT(cp, 0);
+  reap_.push_back(cp);
+  std::map<pid_t, pid_t> dup = Tids(cp);
+  ASSERT_EQ(dup.size(), orig.size());
+  for (const auto& [inner, host] : orig) {
+    ASSERT_EQ(dup.count(inner), 1u) << "thread " << inner << " inside is missing in the copy";
+    EXPECT_NE(dup[inner], host) << "thread " << inner << ": the copy's host tid is new";
+  }
+  for (pid_t p : {init_, cp}) {
+    std::string count = StrFormat("/proc/%d/root/dev/shm/count", p);
+    int v = ReadInt(count);
+    EXPECT_GT(v, 2) << p;
+    EXPECT_GT(WaitAbove(count, v), v) << "the threads of " << p << " carry on";
+  }
+  std::string veth = runtime::HostVethName(root_, id_), veth2 = runtime::HostVethName(root_, copy);
+  ASSERT_EQ(Godwit({"--root", root_, "delete", "-f", copy}).code, 0);
+  ASSERT_EQ(Godwit({"--root", root_, "delete", "-f", id_}).code, 0);
+  for (pid_t p : reap_) ::waitpid(p, nullptr, 0);
+  reap_.clear();
+  NothingLeft(copy, veth2);
+  NothingLeft(id_, veth);
+}
+
+TEST_F(ContainerCopy, ThreadsOfACopyKeepTheirIdsInside) { ThreadsCopy(); }
+
+// With a user namespace the threads are cloned inside it, where set_tid cannot be used: their
+// ids inside come from ns_last_pid (restore/threads.cc).
+TEST_F(ContainerCopy, UsernsThreadsOfACopyKeepTheirIdsInside) {
+  userns_ = true;
+  ThreadsCopy();
 }
 
 }  // namespace
