@@ -221,6 +221,12 @@ Result<UniqueFd> FdRestorerImpl::TakeFromTree(uint64_t file_id) {
 
 Result<void> FdRestorerImpl::Finalize() {
   ClosePrepared();
+  // File owners (F_SETOWN) are processes of the tree: they exist only now.
+  for (const auto& [id, e] : ctx_->entries_) {
+    if (!e.has_owner() || !e.owner().pid()) continue;
+    ASSIGN_OR_RETURN(UniqueFd fd, TakeFromTree(id));
+    if (fd) TRY_CTX(RestoreOwner(fd.get(), e, true), "file id %llu", static_cast<unsigned long long>(id));
+  }
   // Prepared by a container's root task, not here: take them from the restored tree.
   for (const auto& [id, e] : ctx_->entries_) {
     if (!FindKind(e.kind())->finalize || ctx_->finalize_fds_.count(id)) continue;

@@ -172,6 +172,10 @@ Result<UniqueFd> Reopen(int fd, int flags);
 // Sets O_APPEND/O_NONBLOCK/O_ASYNC/O_DIRECT/O_NOATIME from flags with F_SETFL.
 Result<void> SetStatusFlags(int fd, uint32_t flags);
 std::string KindName(img::FileKind k);
+// The description's F_SETOWN_EX owner and F_SETSIG signal (proto FileOwner). Restore sets the
+// signal when the file is opened (set_pid false) and the owner once the tree exists (true).
+Result<void> DumpOwner(const Probe& p, img::FileEntry& e);
+Result<void> RestoreOwner(int fd, const img::FileEntry& e, bool set_pid);
 
 // Per-kind entry points, defined in kind_<name>.cc.
 #define GODWIT_KIND_DECL(n)                                               \

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <vector>
 
 #include "common/fs.h"
 #include "files/kind.h"
@@ -17,8 +18,10 @@ namespace godwit::files {
 namespace {
 constexpr int kMaxPipe = 1 << 20;  // /proc/sys/fs/pipe-max-size without CAP_SYS_RESOURCE
 
-// Copies the unread bytes of the pipe behind fd without consuming them.
-Result<std::string> PeekPipe(int fd, int capacity) {
+// Copies the unread bytes of the pipe behind fd without consuming them. tee() keeps the
+// buffers' packet marks (O_DIRECT writers), and a read never crosses one: each read's length is
+// one packet, kept in packets.
+Result<std::string> PeekPipe(int fd, int capacity, std::vector<uint32_t>* packets) {
   int tmp[2];
   if (pipe2(tmp, O_CLOEXEC | O_NONBLOCK) < 0) return Errno("pipe2");
   UniqueFd r(tmp[0]), w(tmp[1]);
@@ -30,7 +33,13 @@ Result<std::string> PeekPipe(int fd, int capacity) {
     return Errno("tee");
   }
   out.resize(n);
-  TRY(fs::ReadAll(r.get(), out.data(), n));
+  for (ssize_t got = 0; got < n;) {
+    ssize_t k = read(r.get(), out.data() + got, n - got);
+    if (k < 0 && errno == EINTR) continue;
+    if (k <= 0) return Errno("read peeked pipe data");
+    packets->push_back(static_cast<uint32_t>(k));
+    got += k;
+  }
   return out;
 }
 
@@ -52,7 +61,11 @@ Result<void> DumpPipeCommon(DumpContext& ctx, const Probe& p, img::FileEntry& e)
       rd.reset(open(StrFormat("/proc/%d/fd/%d", p.pid, p.fd).c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC));
       if (!rd) return Errno("pid %d fd %d: reopen %s for reading", p.pid, p.fd, p.link.c_str());
     }
-    ASSIGN_OR_RETURN(std::string data, PeekPipe(rd ? rd.get() : p.local, cap));
+    std::vector<uint32_t> packets;
+    ASSIGN_OR_RETURN(std::string data, PeekPipe(rd ? rd.get() : p.local, cap, &packets));
+    // Packet boundaries matter only to a packet-mode pipe (a read returns one packet).
+    if (packets.size() > 1 && (p.info.flags & O_DIRECT))
+      for (uint32_t k : packets) pf->add_packets(k);
     pf->set_data_owner(true);
     ASSIGN_OR_RETURN(*pf->mutable_data(), ctx.Blob(data.data(), data.size()));
   }
@@ -80,7 +93,21 @@ Result<void> WriteData(RestoreContext& ctx, uint64_t pipe_id, img::FileKind kind
   if (data.empty()) return Ok();
   int fl = fcntl(wfd, F_GETFL);
   fcntl(wfd, F_SETFL, fl | O_NONBLOCK);  // never block the coordinator: it all fits or fails
-  auto r = fs::WriteAll(wfd, data.data(), data.size());
+  Result<void> r = Ok();
+  if (holder->pipe().packets_size()) {
+    // One write per packet: the restored pipe is in packet mode (O_DIRECT) too.
+    size_t off = 0;
+    for (uint32_t k : holder->pipe().packets()) {
+      if (off + k > data.size()) return MakeError(ErrorKind::kBadImage, 0, "pipe packets exceed data");
+      if (write(wfd, data.data() + off, k) != static_cast<ssize_t>(k)) {
+        r = Errno("write packet of %u bytes", k);
+        break;
+      }
+      off += k;
+    }
+  } else {
+    r = fs::WriteAll(wfd, data.data(), data.size());
+  }
   fcntl(wfd, F_SETFL, fl);
   TRY_CTX(r, "refill pipe %llu with %zu bytes", static_cast<unsigned long long>(pipe_id), data.size());
   return Ok();
@@ -96,8 +123,14 @@ Result<UniqueFd> OpenPipe(RestoreContext& ctx, const img::FileEntry& e) {
   bool reader = (e.flags() & O_ACCMODE) == O_RDONLY;
   auto it = ctx.pipes.find(id);
   if (it == ctx.pipes.end()) {
+    // A packet-mode pipe: O_DIRECT cannot be set later with F_SETFL (EINVAL on pipes), only
+    // cleared; so both ends are made with it when any description of the pipe had it.
+    int direct = 0;
+    for (const auto& [oid, oe] : ctx.entries())
+      if (oe.kind() == img::FILE_KIND_PIPE && oe.pipe().pipe_id() == id && (oe.flags() & O_DIRECT))
+        direct = O_DIRECT;
     int fds[2];
-    if (pipe2(fds, O_CLOEXEC) < 0) return Errno("pipe2");
+    if (pipe2(fds, O_CLOEXEC | direct) < 0) return Errno("pipe2");
     UniqueFd r(fds[0]), w(fds[1]);
     TRY(Refill(ctx, e, w.get()));
     TRY(WriteData(ctx, id, img::FILE_KIND_PIPE, w.get()));
