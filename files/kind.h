@@ -59,6 +59,7 @@ struct UnixDiag {
   std::vector<uint64_t> icons;  // a listener's pending connections
   uint32_t rqueue = 0, wqueue = 0;
   int shutdown = -1;
+  uint32_t vfs_ino = 0, vfs_dev = 0;  // the bound socket file's inode (0: not bound to a path)
 };
 using UnixDiagMap = std::map<uint64_t, UnixDiag>;
 // Every unix socket of the net namespace nlsock lives in.
@@ -199,6 +200,7 @@ GODWIT_KIND_DECL(Netlink)
 #undef GODWIT_KIND_DECL
 Result<void> InstallEpoll(RestoreContext& ctx, const img::FileEntry& e, pid_t pid);
 Result<void> FinalizeInet(RestoreContext& ctx, const img::FileEntry& e, int fd);
+Result<void> FinalizeUnix(RestoreContext& ctx, const img::FileEntry& e, int fd);
 
 // Locks (locks.cc): flock/OFD belong to the description, POSIX locks to the process.
 std::vector<img::FileLock> ParseLocks(const FdInfo& info);

@@ -162,13 +162,37 @@ Result<UniqueFd> OpenFifo(RestoreContext& ctx, const img::FileEntry& e) {
   uint64_t id = e.pipe().pipe_id();
   auto it = ctx.pipes.find(id);
   if (it == ctx.pipes.end()) {
-    const std::string& path = e.pipe().path();
-    struct stat st;
-    if (stat(path.c_str(), &st) < 0) return Errno("stat FIFO %s", path.c_str());
-    if (!S_ISFIFO(st.st_mode))
-      return MakeError(ErrorKind::kBadImage, 0, "%s is not a FIFO any more", path.c_str());
-    UniqueFd rw(open(path.c_str(), O_RDWR | O_NONBLOCK | O_CLOEXEC));
-    if (!rw) return Errno("open FIFO %s O_RDWR", path.c_str());
+    std::string path = e.pipe().path();
+    UniqueFd rw;
+    constexpr const char kDeleted[] = " (deleted)";
+    size_t dl = strlen(kDeleted);
+    if (path.size() > dl && path.compare(path.size() - dl, dl, kDeleted) == 0) {
+      // An unlinked FIFO (unlink_fifo): made again under a free name beside the old one, opened
+      // and unlinked; the descriptions reopen it through /proc/self/fd.
+      path.resize(path.size() - dl);
+      for (int i = 0; i < 1000 && !rw; i++) {
+        std::string p = StrFormat("%s.godwit-ghost.%d", path.c_str(), i);
+        if (mkfifo(p.c_str(), 0600) < 0) {
+          if (errno == EEXIST) continue;
+          return Errno("mkfifo ghost of deleted FIFO %s", p.c_str());
+        }
+        rw.reset(open(p.c_str(), O_RDWR | O_NONBLOCK | O_CLOEXEC));
+        int err = errno;
+        unlink(p.c_str());
+        if (!rw) {
+          errno = err;
+          return Errno("open ghost FIFO %s", p.c_str());
+        }
+      }
+      if (!rw) return MakeError(ErrorKind::kExists, EEXIST, "no free name for ghost of %s", path.c_str());
+    } else {
+      struct stat st;
+      if (stat(path.c_str(), &st) < 0) return Errno("stat FIFO %s", path.c_str());
+      if (!S_ISFIFO(st.st_mode))
+        return MakeError(ErrorKind::kBadImage, 0, "%s is not a FIFO any more", path.c_str());
+      rw.reset(open(path.c_str(), O_RDWR | O_NONBLOCK | O_CLOEXEC));
+      if (!rw) return Errno("open FIFO %s O_RDWR", path.c_str());
+    }
     TRY(Refill(ctx, e, rw.get()));
     TRY(WriteData(ctx, id, img::FILE_KIND_FIFO, rw.get()));
     ASSIGN_OR_RETURN(int prw, ctx.Park(std::move(rw)));

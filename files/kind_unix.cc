@@ -101,6 +101,16 @@ Result<void> Connect(int fd, const std::string& name) {
   return Ok();
 }
 
+// The bound socket file as it was: its mode and owner (bind gives it 0777 & ~umask).
+void FixNameFile(const img::UnixSocket& u) {
+  if (u.name_deleted() || !u.name_mode()) return;
+  std::string path = Reachable(u);
+  if (chmod(path.c_str(), u.name_mode()) < 0)
+    LOG_WARN("chmod unix socket file %s: %s", path.c_str(), strerror(errno));
+  if (lchown(path.c_str(), u.name_uid(), u.name_gid()) < 0)
+    LOG_WARN("chown unix socket file %s: %s", path.c_str(), strerror(errno));
+}
+
 // Writes the queue of `e` through `from` (the peer end, or a socket that can reach e).
 Result<void> Requeue(RestoreContext& ctx, const img::UnixSocket& u, int from, const std::string& to) {
   for (const auto& m : u.queue()) {
@@ -156,6 +166,19 @@ Result<void> DumpUnix(DumpContext& ctx, const Probe& p, img::FileEntry& e) {
   }
   u->set_peer_ino(d.peer);
   if (d.shutdown > 0) u->set_shutdown(d.shutdown);
+  if (d.vfs_ino && !d.name.empty() && d.name[0] != '\0') {
+    // The socket file: its mode, or that it was unlinked (or replaced: another inode there).
+    std::string abs = d.name[0] == '/' ? d.name : u->name_dir() + "/" + d.name;
+    struct stat st;
+    if (stat(StrFormat("/proc/%d/root%s", p.pid, abs.c_str()).c_str(), &st) == 0 &&
+        st.st_ino == d.vfs_ino && S_ISSOCK(st.st_mode)) {
+      u->set_name_mode(st.st_mode & 07777);
+      u->set_name_uid(st.st_uid);
+      u->set_name_gid(st.st_gid);
+    } else {
+      u->set_name_deleted(true);
+    }
+  }
   DumpSockOpts(p.local, u->mutable_opts());
   if (d.state == 10 /* TCP_LISTEN */) {
     u->set_backlog(d.wqueue);
@@ -221,10 +244,14 @@ Result<UniqueFd> OpenUnix(RestoreContext& ctx, const img::FileEntry& e) {
     if (socketpair(AF_UNIX, type | SOCK_CLOEXEC, 0, sv) < 0) return Errno("socketpair");
     UniqueFd mine(sv[0]), other(sv[1]);
     if (bind_name) TRY(Bind(mine.get(), type, u.name(), u.name_dir()));
+    if (bind_name) FixNameFile(u);
     TRY(RestoreSockOpts(mine.get(), u.opts()));
     if (mutual) {
       const img::UnixSocket& pu = peer->unix_sk();
-      if (!pu.name().empty() && !pu.accepted()) TRY(Bind(other.get(), type, pu.name(), pu.name_dir()));
+      if (!pu.name().empty() && !pu.accepted()) {
+        TRY(Bind(other.get(), type, pu.name(), pu.name_dir()));
+        FixNameFile(pu);
+      }
       TRY(RestoreSockOpts(other.get(), pu.opts()));
       TRY_CTX(Requeue(ctx, u, other.get(), ""), "unix %s", Printable(u.name()).c_str());
       TRY_CTX(Requeue(ctx, pu, mine.get(), ""), "unix %s", Printable(pu.name()).c_str());
@@ -247,6 +274,7 @@ Result<UniqueFd> OpenUnix(RestoreContext& ctx, const img::FileEntry& e) {
   if (!s) return Errno("socket AF_UNIX type %d", type);
   TRY(RestoreSockOpts(s.get(), u.opts()));
   if (bind_name) TRY(Bind(s.get(), type, u.name(), u.name_dir()));
+  if (bind_name) FixNameFile(u);
   if (u.state() == 10 /* TCP_LISTEN */) {
     if (listen(s.get(), u.backlog()) < 0) return Errno("listen %s", Printable(u.name()).c_str());
     return s;
@@ -274,6 +302,19 @@ Result<UniqueFd> OpenUnix(RestoreContext& ctx, const img::FileEntry& e) {
   }
   if (u.shutdown()) TRY(ApplyShutdown(s.get(), u.shutdown()));
   return s;
+}
+
+// A socket whose file was unlinked before the dump: bound again for Prepare (peers connect to
+// it by name), its file unlinked again once the whole tree is restored.
+Result<void> FinalizeUnix(RestoreContext& ctx, const img::FileEntry& e, int fd) {
+  const img::UnixSocket& u = e.unix_sk();
+  if (!u.name_deleted() || u.accepted() || u.name().empty() || u.name()[0] == '\0') return Ok();
+  (void)ctx, (void)fd;
+  std::string path = Reachable(u);
+  struct stat st;
+  if (lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode) && unlink(path.c_str()) < 0)
+    return Errno("unlink restored socket file %s", path.c_str());
+  return Ok();
 }
 
 }  // namespace godwit::files

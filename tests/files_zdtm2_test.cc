@@ -127,14 +127,24 @@ ZDTM(FifoRowoPair, "fifo-rowo-pair")
 ZDTM(FifoWronlyWithBlockedReader, "fifo_wronly")
 ZDTM(UnlinkFifo, "unlink_fifo")
 ZDTM(SkUnixRelDgram, "sk-unix-rel")
-ZDTM(SkUnix01ManyStates, "sk-unix01")
+// Unix sockets in many states (not CRIU's sk-unix01, which is about deleted names in removed
+// directories): listener with a pending connection, accepted pair, half-shut pair, connected
+// dgram, seqpacket records, a connection whose listener closed.
+ZDTM(SkUnixManyStates, "sk-unix-states")
+// Known limitation: data sent on a connection the listener has not accepted sits in a socket
+// no process holds (the embryo); godwit refuses it at dump (files/kind_unix.cc).
+TEST_F(FilesZdtm2, SkUnixPendingConnectionWithDataRefusedCleanly) {
+  Refused("sk-unix-pending-data", {"has not accepted"});
+}
 ZDTM(SocketQueues, "socket_queues")
 ZDTM(Sockets00NamedAndAbstract, "sockets00")
 ZDTM(Sockets01Shutdown, "sockets01")
 ZDTM(Sockets02PeerClosedWithData, "sockets02")
 ZDTM(SockOpts00And01, "sock_opts")
 ZDTM(DeletedUnixSock, "deleted_unix_sock")
-TEST_F(FilesZdtm2, SocketTcpHalfClosedAndClosed) { RoundTrip("tcp_halfclosed", {"--tcp-established"}); }
+TEST_F(FilesZdtm2, SocketTcpHalfClosedAndClosed) {
+  RoundTrip("tcp_halfclosed", {"--tcp-established"});
+}
 ZDTM(FileFownSetownSetsigAsync, "file_fown")
 ZDTM(FdManyNumbersOneDescription, "fd")
 ZDTM(FileLocksPosixFlockOfd, "file_locks")
