@@ -63,8 +63,9 @@ Result<void> DumpPipeCommon(DumpContext& ctx, const Probe& p, img::FileEntry& e)
     }
     std::vector<uint32_t> packets;
     ASSIGN_OR_RETURN(std::string data, PeekPipe(rd ? rd.get() : p.local, cap, &packets));
-    // Packet boundaries matter only to a packet-mode pipe (a read returns one packet).
-    if (packets.size() > 1 && (p.info.flags & O_DIRECT))
+    // More than one read: packet boundaries (only packet-mode writes make them; the read end
+    // itself never has O_DIRECT).
+    if (packets.size() > 1)
       for (uint32_t k : packets) pf->add_packets(k);
     pf->set_data_owner(true);
     ASSIGN_OR_RETURN(*pf->mutable_data(), ctx.Blob(data.data(), data.size()));
@@ -124,10 +125,12 @@ Result<UniqueFd> OpenPipe(RestoreContext& ctx, const img::FileEntry& e) {
   auto it = ctx.pipes.find(id);
   if (it == ctx.pipes.end()) {
     // A packet-mode pipe: O_DIRECT cannot be set later with F_SETFL (EINVAL on pipes), only
-    // cleared; so both ends are made with it when any description of the pipe had it.
+    // cleared; so the pipe is made with it (pipe2 gives it to the write end) when a
+    // description had it or queued packets must stay packets.
     int direct = 0;
     for (const auto& [oid, oe] : ctx.entries())
-      if (oe.kind() == img::FILE_KIND_PIPE && oe.pipe().pipe_id() == id && (oe.flags() & O_DIRECT))
+      if (oe.kind() == img::FILE_KIND_PIPE && oe.pipe().pipe_id() == id &&
+          ((oe.flags() & O_DIRECT) || oe.pipe().packets_size()))
         direct = O_DIRECT;
     int fds[2];
     if (pipe2(fds, O_CLOEXEC | direct) < 0) return Errno("pipe2");
