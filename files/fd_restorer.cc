@@ -175,6 +175,8 @@ Result<void> FdRestorerImpl::Install(pid_t old_pid) {
   for (const auto& fe : pf.fds())
     for (const auto& l : fe.posix_locks())
       TRY_CTX(ApplyLock(fe.fd(), l), "pid %d fd %d: POSIX lock", old_pid, fe.fd());
+  // 6. A session leader's controlling pty (we are past setsid here).
+  if (pf.ctty_pty()) TRY(SetCtty(*ctx_, pf, old_pid));
   return Ok();
 }
 

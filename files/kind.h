@@ -87,6 +87,7 @@ class DumpContext {
 
   // Per-kind state that spans descriptions (e.g. pipes whose data is stored already).
   std::set<uint64_t> pipes_with_data;
+  std::set<int> ptys_with_data;  // pty indexes whose queued input was saved
   // The unix sockets of pid's net namespace (one sock_diag dump per namespace: the tree is
   // frozen, nothing changes).
   Result<const UnixDiagMap*> UnixSockets(pid_t pid);
@@ -201,6 +202,8 @@ GODWIT_KIND_DECL(Netlink)
 Result<void> InstallEpoll(RestoreContext& ctx, const img::FileEntry& e, pid_t pid);
 Result<void> FinalizeInet(RestoreContext& ctx, const img::FileEntry& e, int fd);
 Result<void> FinalizeUnix(RestoreContext& ctx, const img::FileEntry& e, int fd);
+// Install: a session leader's controlling pty (ProcessFds.ctty_pty), in the restored process.
+Result<void> SetCtty(RestoreContext& ctx, const img::ProcessFds& pf, pid_t old_pid);
 
 // Locks (locks.cc): flock/OFD belong to the description, POSIX locks to the process.
 std::vector<img::FileLock> ParseLocks(const FdInfo& info);
