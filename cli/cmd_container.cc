@@ -71,6 +71,7 @@ container::TreeRestorer EngineRestorer() {
     o.detach = true;     // the container verb waits (or not) for the init itself
     o.shell_job = true;  // the init's stdio comes from outside the container
     o.root_clone_flags = req.clone_flags;
+    o.userns_fd = req.userns_fd;
     o.root_inside = req.inside;
     o.root_outside = req.outside;
     o.tcp_close = req.tcp_close;

@@ -76,4 +76,9 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
 // The container's own namespaces: those of pid that differ from the caller's.
 Result<std::vector<std::string>> OwnNamespaces(pid_t pid);
 
+// The user namespace of a container whose init is `init` (its uid/gid maps as host root reads
+// them, and setgroups). pids: every process of the container; kUnsupported for a process in a
+// nested user namespace or with more than one thread (see docs/container.md, user namespaces).
+Result<void> DumpUserNamespace(pid_t init, const std::vector<pid_t>& pids, img::UserNamespace* out);
+
 }  // namespace godwit::container
