@@ -135,6 +135,8 @@ class RestoreContext {
   std::map<int, std::pair<int, int>> ptys;        // pty index -> (master, slave)
   std::set<std::string> used;                     // per-kind markers ("pipe:ID:r")
   std::map<std::string, int> named_fds;           // per-kind fds by key ("unix:INO", "memfd:INO")
+  std::vector<std::string> made_dirs;             // made for unlinked unix socket names; removed
+                                                  // again (deepest first) in Finalize
 
   // Moves fd to the first free number >= base_ (close-on-exec in the coordinator).
   Result<int> Park(UniqueFd fd);

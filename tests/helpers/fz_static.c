@@ -1055,6 +1055,95 @@ static int m_packet(void) {
   return 0;
 }
 
+/* tty00: a child leads a session whose controlling terminal is a pty slave; when the parent
+ * closes the master after restore, the kernel hangs the terminal up and the child gets SIGHUP. */
+static int m_tty00(void) {
+  int master = open("/dev/ptmx", O_RDWR | O_NOCTTY);
+  SETUP(master >= 0 && grantpt(master) == 0 && unlockpt(master) == 0);
+  char name[64];
+  SETUP(ptsname_r(master, name, sizeof name) == 0);
+  int sync[2];
+  SETUP(pipe(sync) == 0);
+  pid_t c = zfork();
+  if (c == 0) {
+    close(sync[0]);
+    close(master);
+    sigset_t hup;
+    sigemptyset(&hup);
+    sigaddset(&hup, SIGHUP);
+    sigprocmask(SIG_BLOCK, &hup, NULL);
+    if (setsid() < 0) _exit(2);
+    int s = open(name, O_RDWR); /* the first tty a session leader opens becomes its ctty */
+    if (s < 0) _exit(3);
+    close(sync[1]);
+    siginfo_t si;
+    int got;
+    while ((got = sigwaitinfo(&hup, &si)) < 0 && errno == EINTR) {
+    }
+    if (got != SIGHUP) _exit(4);
+    _exit(0);
+  }
+  close(sync[1]);
+  char x;
+  SETUP(read(sync[0], &x, 1) == 0);
+  ready_and_wait();
+  CHECK(close(master) == 0, "close master");
+  int r = reap(c);
+  CHECK(r == 0, "the session leader got no SIGHUP (exit %d)", r);
+  return 0;
+}
+
+/* sk-unix01 (CRIU's): unix sockets whose names were unlinked and whose directories were removed:
+ * dgram sockets connected to a bound one whose file is gone (the name then bound again by
+ * another), a dgram pair both bound to one unlinked name, accepted stream connections of a
+ * listener whose file and directory are gone. */
+static int m_sk_unix01(void) {
+  char dg[512], st[512];
+  snprintf(dg, sizeof dg, "%s/dg", dir);
+  snprintf(st, sizeof st, "%s/st", dir);
+  SETUP(mkdir(dg, 0755) == 0 && mkdir(st, 0755) == 0);
+  struct sockaddr_un a;
+  char p[600];
+  snprintf(p, sizeof p, "%s/sk-dt", dg);
+  socklen_t al = un_addr(&a, p);
+  int d0 = socket(AF_UNIX, SOCK_DGRAM, 0);
+  SETUP(bind(d0, (void*)&a, al) == 0);
+  int d1 = socket(AF_UNIX, SOCK_DGRAM, 0);
+  SETUP(connect(d1, (void*)&a, al) == 0 && unlink(p) == 0);
+  int d2 = socket(AF_UNIX, SOCK_DGRAM, 0);
+  SETUP(bind(d2, (void*)&a, al) == 0);
+  int d3 = socket(AF_UNIX, SOCK_DGRAM, 0);
+  SETUP(connect(d3, (void*)&a, al) == 0 && unlink(p) == 0);
+  int dp[2];
+  SETUP(socketpair(AF_UNIX, SOCK_DGRAM, 0, dp) == 0);
+  snprintf(p, sizeof p, "%s/sk-dtp", dg);
+  al = un_addr(&a, p);
+  SETUP(bind(dp[0], (void*)&a, al) == 0 && unlink(p) == 0);
+  SETUP(bind(dp[1], (void*)&a, al) == 0 && unlink(p) == 0);
+  SETUP(rmdir(dg) == 0);
+  snprintf(p, sizeof p, "%s/sk-st", st);
+  al = un_addr(&a, p);
+  int l = socket(AF_UNIX, SOCK_STREAM, 0);
+  SETUP(bind(l, (void*)&a, al) == 0 && listen(l, 16) == 0);
+  int c1 = socket(AF_UNIX, SOCK_STREAM, 0);
+  SETUP(connect(c1, (void*)&a, al) == 0);
+  int s1 = accept(l, NULL, NULL);
+  int c2 = socket(AF_UNIX, SOCK_STREAM, 0);
+  SETUP(s1 >= 0 && connect(c2, (void*)&a, al) == 0);
+  int s2 = accept(l, NULL, NULL);
+  SETUP(s2 >= 0 && unlink(p) == 0 && rmdir(st) == 0);
+  ready_and_wait();
+  int v = 0;
+  CHECK(write(d1, "\1", 1) == 1 && read(d0, &v, 1) == 1 && v == 1, "dgram to the first unlinked");
+  CHECK(write(d3, "\3", 1) == 1 && read(d2, &v, 1) == 1 && v == 3, "dgram to the second");
+  CHECK(write(dp[1], "\10", 1) == 1 && read(dp[0], &v, 1) == 1 && v == 8, "dgram pair");
+  CHECK(write(s1, "\5", 1) == 1 && read(c1, &v, 1) == 1 && v == 5, "stream 1");
+  CHECK(write(s2, "\7", 1) == 1 && read(c2, &v, 1) == 1 && v == 7, "stream 2");
+  CHECK(access(dg, F_OK) < 0 && errno == ENOENT, "directory %s came back", dg);
+  CHECK(access(st, F_OK) < 0 && errno == ENOENT, "directory %s came back", st);
+  return 0;
+}
+
 int main(int argc, char** argv) {
   if (argc < 4) return 119;
   g_argc = argc;
@@ -1081,7 +1170,7 @@ int main(int argc, char** argv) {
       {"epoll01", m_epoll01}, {"inotify_irmap", m_inotify_irmap}, {"pty", m_pty},
       {"unlink_largefile", m_unlink_largefile}, {"file_append", m_file_append},
       {"file_attr", m_file_attr}, {"write_read", m_write_read}, {"cmdlinenv00", m_cmdlinenv00},
-      {"vfork00", m_vfork00}, {"fanotify", m_fanotify}, {"packet", m_packet},
+      {"vfork00", m_vfork00}, {"tty00", m_tty00}, {"sk-unix01", m_sk_unix01}, {"fanotify", m_fanotify}, {"packet", m_packet},
   };
   if (!strcmp(mode, "sk-unix-pending-data")) return pending_data = 1, m_sk_unix_states();
   for (size_t i = 0; i < sizeof modes / sizeof modes[0]; ++i)
