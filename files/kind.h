@@ -203,6 +203,7 @@ GODWIT_KIND_DECL(Netlink)
 #undef GODWIT_KIND_DECL
 Result<void> InstallEpoll(RestoreContext& ctx, const img::FileEntry& e, pid_t pid);
 Result<void> FinalizeInet(RestoreContext& ctx, const img::FileEntry& e, int fd);
+// Called by FdRestorer::Finalize for each unix socket the coordinator prepared (fd unused).
 Result<void> FinalizeUnix(RestoreContext& ctx, const img::FileEntry& e, int fd);
 // Install: a session leader's controlling pty (ProcessFds.ctty_pty), in the restored process.
 Result<void> SetCtty(RestoreContext& ctx, const img::ProcessFds& pf, pid_t old_pid);

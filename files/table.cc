@@ -15,7 +15,7 @@ const std::vector<KindOps>& KindTable() {
       {img::FILE_KIND_CHR, "chr", DumpChr, OpenChr},
       {img::FILE_KIND_PIPE, "pipe", DumpPipe, OpenPipe},
       {img::FILE_KIND_FIFO, "fifo", DumpFifo, OpenFifo},
-      {img::FILE_KIND_UNIX, "unix", DumpUnix, OpenUnix, nullptr, FinalizeUnix},
+      {img::FILE_KIND_UNIX, "unix", DumpUnix, OpenUnix},
       {img::FILE_KIND_INET, "inet", DumpInet, OpenInet, nullptr, FinalizeInet},
       {img::FILE_KIND_EVENTFD, "eventfd", DumpEventfd, OpenEventfd},
       {img::FILE_KIND_EPOLL, "epoll", DumpEpoll, OpenEpoll, InstallEpoll},
