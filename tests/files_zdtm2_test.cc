@@ -182,6 +182,23 @@ TEST_F(FilesZdtm2, SocketUdpCorkedRestoredOrRefused) {
   pids_.clear();
 }
 
+// --leave-running: what the dump took to read (the pty's queued input) goes back, and the
+// original passes its own checks.
+#define ZDTM_LEAVE_RUNNING(Name, mode)                                                      \
+  TEST_F(FilesZdtm2, Name) {                                                                \
+    pid_t pid = Start(mode);                                                                \
+    ASSERT_GT(pid, 0);                                                                      \
+    auto d = Godwit({"dump", "--leave-running", "--pid", std::to_string(pid), "--images-dir", \
+                     dir_ / "img"});                                                        \
+    ASSERT_EQ(d.status, 0) << d.err;                                                        \
+    ASSERT_EQ(kill(pid, SIGUSR2), 0);                                                       \
+    EXPECT_EQ(WaitBounded(pid, 30000), 0) << "the original's check failed after the dump";  \
+    pids_.clear();                                                                          \
+  }
+ZDTM_LEAVE_RUNNING(LeaveRunningPtyQueuedInput, "pty")
+ZDTM_LEAVE_RUNNING(LeaveRunningPacketPipe, "pipe_direct")
+ZDTM_LEAVE_RUNNING(LeaveRunningSockOpts, "sock_opts")
+
 TEST_F(FilesZdtm2, FanotifyRefusedCleanly) { Refused("fanotify", {"fd 77", "fanotify"}); }
 TEST_F(FilesZdtm2, PacketSocketRefusedCleanly) { Refused("packet", {"fd 77", "AF_PACKET"}); }
 // fdt_shared: processes sharing one fd table (CLONE_FILES). Refused at dump (files/fd_dumper.cc):
