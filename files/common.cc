@@ -67,6 +67,10 @@ Result<void> DumpOwner(const Probe& p, img::FileEntry& e) {
   if (fcntl(p.local, F_GETOWN_EX, &ox) < 0) return Errno("pid %d fd %d: F_GETOWN_EX", p.pid, p.fd);
   int sig = fcntl(p.local, F_GETSIG);
   if (sig < 0) return Errno("pid %d fd %d: F_GETSIG", p.pid, p.fd);
+  if (S_ISREG(p.st.st_mode)) {
+    int lease = fcntl(p.local, F_GETLEASE);
+    if (lease == F_RDLCK || lease == F_WRLCK) e.set_lease_plus1(lease + 1);
+  }
   if (ox.pid == 0 && sig == 0) return Ok();
   img::FileOwner* o = e.mutable_owner();
   o->set_type(ox.type);
@@ -76,6 +80,9 @@ Result<void> DumpOwner(const Probe& p, img::FileEntry& e) {
 }
 
 Result<void> RestoreOwner(int fd, const img::FileEntry& e, bool set_pid) {
+  // A lease (file_leases) belongs to the description, like flock.
+  if (!set_pid && e.lease_plus1() && fcntl(fd, F_SETLEASE, e.lease_plus1() - 1) < 0)
+    return Errno("F_SETLEASE %s", e.lease_plus1() == 1 ? "F_RDLCK" : "F_WRLCK");
   if (!e.has_owner()) return Ok();
   const img::FileOwner& o = e.owner();
   if (!set_pid) {

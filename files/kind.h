@@ -176,8 +176,9 @@ Result<UniqueFd> Reopen(int fd, int flags);
 // Sets O_APPEND/O_NONBLOCK/O_ASYNC/O_DIRECT/O_NOATIME from flags with F_SETFL.
 Result<void> SetStatusFlags(int fd, uint32_t flags);
 std::string KindName(img::FileKind k);
-// The description's F_SETOWN_EX owner and F_SETSIG signal (proto FileOwner). Restore sets the
-// signal when the file is opened (set_pid false) and the owner once the tree exists (true).
+// The description's F_SETOWN_EX owner and F_SETSIG signal (proto FileOwner), and its lease.
+// Restore sets signal and lease when the file is opened (set_pid false), the owner in Install
+// (true).
 Result<void> DumpOwner(const Probe& p, img::FileEntry& e);
 Result<void> RestoreOwner(int fd, const img::FileEntry& e, bool set_pid);
 

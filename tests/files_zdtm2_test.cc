@@ -148,6 +148,7 @@ TEST_F(FilesZdtm2, SocketTcpHalfClosedAndClosed) {
 ZDTM(FileFownSetownSetsigAsync, "file_fown")
 ZDTM(FdManyNumbersOneDescription, "fd")
 ZDTM(FileLocksPosixFlockOfd, "file_locks")
+ZDTM(FileLeases00AndForkSharedFlock, "file_leases")
 ZDTM(Signalfd00, "signalfd00")
 ZDTM(Epoll01EpollInEpoll, "epoll01")
 ZDTM(InotifyIrmap, "inotify_irmap")

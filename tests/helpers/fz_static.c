@@ -1144,6 +1144,30 @@ static int m_sk_unix01(void) {
   return 0;
 }
 
+/* file_leases00 / file_locks05: a read lease on one description; a flock held by a description
+ * parent and child share (fork), which the child's unlock drops for both. */
+static int m_file_leases(void) {
+  int fd = open(path_in("leased"), O_RDONLY | O_CREAT, 0600);
+  SETUP(fd >= 0 && fcntl(fd, F_SETLEASE, F_RDLCK) == 0);
+  int sh = open(path_in("flocked"), O_RDWR | O_CREAT, 0600);
+  SETUP(sh >= 0 && flock(sh, LOCK_EX) == 0);
+  go_init();
+  pid_t c = zfork();
+  if (c == 0) {
+    child_wait_go();
+    if (flock(sh, LOCK_UN) != 0) _exit(2);
+    _exit(0);
+  }
+  ready_and_wait();
+  CHECK(fcntl(fd, F_GETLEASE) == F_RDLCK, "lease %d", fcntl(fd, F_GETLEASE));
+  int probe = open(path_in("flocked"), O_RDWR);
+  CHECK(probe >= 0 && flock(probe, LOCK_EX | LOCK_NB) < 0 && errno == EWOULDBLOCK, "flock held");
+  go_children();
+  CHECK(reap(c) == 0, "child unlocked");
+  CHECK(flock(probe, LOCK_EX | LOCK_NB) == 0, "the shared description's lock is gone for both");
+  return 0;
+}
+
 int main(int argc, char** argv) {
   if (argc < 4) return 119;
   g_argc = argc;
@@ -1170,7 +1194,7 @@ int main(int argc, char** argv) {
       {"epoll01", m_epoll01}, {"inotify_irmap", m_inotify_irmap}, {"pty", m_pty},
       {"unlink_largefile", m_unlink_largefile}, {"file_append", m_file_append},
       {"file_attr", m_file_attr}, {"write_read", m_write_read}, {"cmdlinenv00", m_cmdlinenv00},
-      {"vfork00", m_vfork00}, {"tty00", m_tty00}, {"sk-unix01", m_sk_unix01}, {"fanotify", m_fanotify}, {"packet", m_packet},
+      {"vfork00", m_vfork00}, {"tty00", m_tty00}, {"file_leases", m_file_leases}, {"sk-unix01", m_sk_unix01}, {"fanotify", m_fanotify}, {"packet", m_packet},
   };
   if (!strcmp(mode, "sk-unix-pending-data")) return pending_data = 1, m_sk_unix_states();
   for (size_t i = 0; i < sizeof modes / sizeof modes[0]; ++i)
