@@ -118,11 +118,20 @@ Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& re
   ScopeExit drop_import([&] {
     if (!imported.empty()) (void)fs::RemoveAll(imported);
   });
+  RestorePhases ph;
+  auto lap = t0;
+  auto phase = [&lap](double* into) {
+    auto now = Clock::now();
+    *into += Ms(lap, now);
+    lap = now;
+  };
+  phase(&ph.prepare_ms);
   if (!opts.import_file.empty()) {
     std::string target = dir.empty() ? state_dir + "/import" : dir;
     TRY_CTX(archive::Import(opts.import_file, target), "import %s", opts.import_file.c_str());
     if (dir.empty()) imported = target;
     dir = target;
+    phase(&ph.import_ms);
   }
   ASSIGN_OR_RETURN(images::ImageSet images, images::ImageSet::Open(dir + "/" + kContainerDir));
   img::ContainerCheckpoint rec;
@@ -189,11 +198,13 @@ Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& re
                        address.c_str());
   }
 
+  phase(&ph.prepare_ms);
   // cgroups with the limits.
   ASSIGN_OR_RETURN(cg, runtime::OpenCgroup(opts.id));
   TRY_CTX(cg->Create(), "cgroup of %s", opts.id.c_str());
   runtime::Resources res = LimitsToResources(rec.limits());
   TRY_CTX(cg->Apply(res), "limits of %s", opts.id.c_str());
+  phase(&ph.cgroup_ms);
 
   std::string storage = rec.has_layer() ? state_dir + "/storage" : "";
   if (!storage.empty()) TRY(fs::MkdirAll(storage, 0700));
@@ -205,15 +216,23 @@ Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& re
   req.inside = [&plan](const char** what) { return BuildRoot(plan, what); };
   auto t_env = Clock::now();
   double env_ms = 0;
+  phase(&ph.plan_ms);
   req.outside = [&](pid_t pid) -> Result<void> {
+    phase(&ph.root_ms);
     root_pid = pid;
     host_veth = veth_name;  // from here on the rollback deletes it
     TRY(FillEnvironment(images, rec, table, has_net ? &netns : nullptr, pid));
+    phase(&ph.env_ms);
     TRY_CTX(cg->AddProcess(pid), "join cgroup of %s", opts.id.c_str());
+    phase(&ph.cgroup_join_ms);
     env_ms = Ms(t_env, Clock::now());
     return Ok();
   };
   ASSIGN_OR_RETURN(TreeRestoreResult tree, restore_tree(req));
+  phase(&ph.tree_ms);
+  ph.running_ms = Ms(t0, lap);
+  ph.memory_ms = tree.memory_ms;
+  ph.tree_rest_ms = std::max(0.0, ph.tree_ms - ph.memory_ms);
   root_pid = tree.root_host_pid;
   if (images.Has(ipc::kImage)) {
     ASSIGN_OR_RETURN(UniqueFd ipcfd, OpenNamespace(root_pid, "ipc"));
@@ -241,7 +260,10 @@ Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& re
   out.container = c;
   out.processes = tree.processes;
   out.environment_ms = env_ms;
-  out.total_ms = Ms(t0, Clock::now());
+  phase(&ph.finish_ms);
+  out.total_ms = Ms(t0, lap);
+  ph.total_ms = out.total_ms;
+  out.phases = ph;
   return out;
 }
 

@@ -151,6 +151,90 @@ TEST_F(ContainerCli, CheckpointDeletesThenLeaveRunningKeepsRunning) {
   EXPECT_FALSE(fs::Exists(root_ + "/" + id_ + "x"));
 }
 
+// The phase report of a real checkpoint and restore: every phase is there, none is negative,
+// the phases add up to no more than their whole, and the frozen part is within the total.
+double Sum(const nlohmann::json& j) {
+  double s = 0;
+  for (const auto& [k, v] : j.items())
+    if (v.is_number()) s += v.get<double>();
+  return s;
+}
+
+void ExpectPhases(const nlohmann::json& ph, const std::vector<std::string>& keys) {
+  for (const auto& k : keys) {
+    ASSERT_TRUE(ph.contains(k) && ph[k].is_number()) << k << " in " << ph.dump();
+    EXPECT_GE(ph[k].get<double>(), 0) << k;
+  }
+}
+
+TEST_F(ContainerCli, CheckpointAndRestoreReportConsistentPhases) {
+  RunContainer();
+  auto before = runtime::Container::Load(root_, id_);
+  ASSERT_OK(before);
+  std::string img = tmp_.path() + "/img";
+  CliRun r = Godwit({"--root", root_, "--json", "checkpoint", id_, "--image-path", img});
+  ASSERT_EQ(r.code, 0) << r;
+  // The killed init was ours to reap (the test process is a subreaper): its pid is free again.
+  ::waitpid(before->pid, nullptr, 0);
+  auto j = nlohmann::json::parse(r.out, nullptr, false);
+  ASSERT_FALSE(j.is_discarded()) << r.out;
+  const double eps = 0.01;  // ms: rounding between separately taken clock readings
+  const auto& cp = j["phases"];
+  ExpectPhases(cp, {"prepare_ms", "freeze_ms", "collect_ms", "tree_ms", "write_ms", "release_ms",
+                    "frozen_ms", "downtime_ms", "export_ms", "total_ms"});
+  ExpectPhases(cp["collect"], {"uts_ms", "ipc_ms", "net_ms", "mnt_ms", "layer_ms", "rootfs_ms"});
+  ExpectPhases(cp["tree"], {"setup_ms", "seize_ms", "memory_ms", "rest_ms", "cgroup_hooks_ms"});
+  const double total = cp["total_ms"], frozen = cp["frozen_ms"];
+  EXPECT_GT(frozen, 0);
+  EXPECT_LE(frozen, total);
+  EXPECT_LE(cp["downtime_ms"].get<double>(), total + eps);
+  EXPECT_EQ(j["frozen_ms"].get<double>(), frozen);
+  EXPECT_EQ(j["total_ms"].get<double>(), total);
+  // The container had its own uts, ipc, net and mount namespaces: each was collected.
+  for (const char* k : {"uts_ms", "ipc_ms", "net_ms", "mnt_ms"})
+    EXPECT_GT(cp["collect"][k].get<double>(), 0) << k;
+  EXPECT_LE(Sum(cp["collect"]), cp["collect_ms"].get<double>() + eps);
+  EXPECT_LE(Sum(cp["tree"]), cp["tree_ms"].get<double>() + eps);
+  EXPECT_GT(cp["tree_ms"].get<double>(), 0);
+  // frozen = collect + tree + write + release; with prepare, freeze and export: the total.
+  double frozen_parts = cp["collect_ms"].get<double>() + cp["tree_ms"].get<double>() +
+                        cp["write_ms"].get<double>() + cp["release_ms"].get<double>();
+  EXPECT_LE(frozen_parts, frozen + eps);
+  EXPECT_GE(frozen_parts, frozen * 0.9);  // no large unaccounted gap
+  EXPECT_LE(frozen_parts + cp["prepare_ms"].get<double>() + cp["freeze_ms"].get<double>() +
+                cp["export_ms"].get<double>(),
+            total + eps);
+
+  CliRun rr = Godwit({"--root", root_, "--json", "restore", id_, "--image-path", img, "--detach"});
+  ASSERT_EQ(rr.code, 0) << rr;
+  auto rj = nlohmann::json::parse(rr.out, nullptr, false);
+  ASSERT_FALSE(rj.is_discarded()) << rr.out;
+  const auto& rp = rj["phases"];
+  ExpectPhases(rp, {"import_ms", "prepare_ms", "cgroup_ms", "plan_ms", "root_ms", "env_ms",
+                    "cgroup_join_ms", "tree_ms", "running_ms", "finish_ms", "total_ms"});
+  ExpectPhases(rp["tree"], {"memory_ms", "rest_ms"});
+  const double rtotal = rp["total_ms"], running = rp["running_ms"];
+  EXPECT_EQ(rj["total_ms"].get<double>(), rtotal);
+  EXPECT_GT(running, 0);
+  EXPECT_LE(running, rtotal);
+  EXPECT_GT(rp["tree_ms"].get<double>(), 0);
+  EXPECT_GT(rp["env_ms"].get<double>(), 0);
+  EXPECT_LE(Sum(rp["tree"]), rp["tree_ms"].get<double>() + eps);
+  double until_running = 0;
+  for (const char* k : {"import_ms", "prepare_ms", "cgroup_ms", "plan_ms", "root_ms", "env_ms",
+                        "cgroup_join_ms", "tree_ms"})
+    until_running += rp[k].get<double>();
+  EXPECT_LE(until_running, running + eps);
+  EXPECT_GE(until_running, running * 0.9);
+  EXPECT_LE(until_running + rp["finish_ms"].get<double>(), rtotal + eps);
+  // And it runs again: an ordinary container under the same id.
+  auto after = runtime::Container::Load(root_, id_);
+  ASSERT_OK(after);
+  EXPECT_EQ(after->CurrentStatus(), runtime::Status::kRunning);
+  ASSERT_OK(runtime::Delete(root_, id_, true));
+  ::waitpid(after->pid, nullptr, 0);
+}
+
 TEST_F(ContainerCli, CheckpointOfUnknownIdIsNotFound) {
   CliRun r = Godwit({"--root", root_, "checkpoint", "nosuch", "--image-path", tmp_.path() + "/x"});
   EXPECT_EQ(r.code, 3) << r;
