@@ -91,7 +91,7 @@ nlohmann::json PhasesJson(const container::CheckpointPhases& p) {
           {"write_ms", p.write_ms},
           {"release_ms", p.release_ms},
           {"frozen_ms", p.frozen_ms},
-          {"downtime_ms", p.freeze_ms + p.frozen_ms},
+          {"downtime_ms", p.downtime_ms},
           {"export_ms", p.export_ms},
           {"total_ms", p.total_ms}};
 }
@@ -163,10 +163,10 @@ int CheckpointCmd(Global& g, const std::vector<std::string>& args) {
            o.image_path.c_str(), r->tree.processes, r->tree.threads,
            o.leave_running ? ", left running" : ", container deleted");
     const auto& p = r->phases;
-    printf("  freeze %.1f ms, then frozen %.1f ms = collect %.1f (uts %.1f ipc %.1f net %.1f mnt "
+    printf("  downtime %.1f ms until the images are complete; freeze %.1f ms, then frozen %.1f ms = collect %.1f (uts %.1f ipc %.1f net %.1f mnt "
            "%.1f layer %.1f rootfs %.1f) + tree %.1f (setup %.1f seize %.1f memory %.1f rest %.1f "
            "cgroup %.1f) + write %.1f + %s %.1f\n",
-           p.freeze_ms, p.frozen_ms, p.collect_ms, p.uts_ms, p.ipc_ms, p.net_ms, p.mnt_ms,
+           p.downtime_ms, p.freeze_ms, p.frozen_ms, p.collect_ms, p.uts_ms, p.ipc_ms, p.net_ms, p.mnt_ms,
            p.layer_ms, p.rootfs_ms, p.tree_ms, p.tree_setup_ms, p.seize_ms, p.memory_ms,
            p.tree_rest_ms, p.cgroup_hooks_ms, p.write_ms, o.leave_running ? "thaw" : "kill",
            p.release_ms);

@@ -223,6 +223,7 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
   finished = true;
   auto t_written = Clock::now();
   ph.write_ms = Ms(t_tree, t_written);
+  ph.downtime_ms = Ms(t_freeze, t_written);
 
   if (opts.leave_running) {
     thaw_on_exit = false;

@@ -41,9 +41,10 @@ struct TreeStats {
 };
 
 // Where a checkpoint's time goes (ms, steady clock), in order. As CRIU's stats: freezing, then
-// frozen until the container is killed or thawed; freeze_ms + frozen_ms is the checkpoint's share
-// of live migration's downtime, and frozen_ms = collect + tree + write + release up to the
-// microseconds between the steps.
+// frozen until the container is killed or thawed: frozen_ms = collect + tree + write + release up
+// to the microseconds between the steps. downtime_ms, the checkpoint's share of live migration's
+// downtime, ends when the images are complete (freeze + collect + tree + write): a migration
+// source kills only once the destination runs.
 struct CheckpointPhases {
   double prepare_ms = 0;  // before the freeze: record, config, namespaces, rootfs identity
   double freeze_ms = 0;   // cgroup freezer until every task is frozen
@@ -65,6 +66,7 @@ struct CheckpointPhases {
   double write_ms = 0;         // container.img and the inventory
   double release_ms = 0;       // kill and delete the container, or thaw it (--leave-running)
   double frozen_ms = 0;        // every task frozen until killed or thawed
+  double downtime_ms = 0;      // the freeze's start until the images are complete
   double export_ms = 0;        // --export
   double total_ms = 0;
 };

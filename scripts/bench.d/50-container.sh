@@ -3,9 +3,10 @@
 # anonymous memory (512 MiB random + 512 MiB text-like), raw and --compress zstd, N cycles of
 # `checkpoint` (the container is killed) then `restore --detach` from the images (on tmpfs),
 # medians of:
-#   checkpoint: downtime = freeze + frozen, frozen = collect (uts, ipc, net, mnt, layer, rootfs)
-#     + tree (setup, seize, memory, rest = core/pstate/fds/TCP network lock/images, cgroup hooks)
-#     + write + kill; total; the wall time of the whole command
+#   checkpoint: downtime = freeze + collect (uts, ipc, net, mnt, layer, rootfs) + tree (setup,
+#     seize, memory, rest = core/pstate/fds/TCP network lock/images, cgroup hooks) + write, until
+#     the images are complete; frozen = collect + tree + write + kill; total; the whole command's
+#     wall time
 #   restore: running (until the tree runs again) = prepare + cgroup + plan + root + env + join +
 #     tree (memory, rest); total; wall time
 # (medians of each phase: they need not add up exactly to the median of their whole), the export
@@ -131,17 +132,16 @@ for label, title in (("idle", "idle busybox container (sleep)"),
         c = lambda *p: med(ck, "phases", *p)
         r = lambda *p: med(rs, "phases", *p)
         print(f"{title}, {comp}: median of {len(ck)} checkpoint (kill) + restore cycles")
-        print(f"  checkpoint  downtime {c('downtime_ms'):8.2f} ms = freeze {c('freeze_ms'):.2f} "
-              f"+ frozen {c('frozen_ms'):.2f}; total {c('total_ms'):.2f} ms; command wall "
-              f"{med(ck, 'wall_ms'):.1f} ms")
-        print(f"    frozen = collect {c('collect_ms'):.2f} (uts {c('collect', 'uts_ms'):.2f} "
+        print(f"  checkpoint  downtime {c('downtime_ms'):8.2f} ms; frozen {c('frozen_ms'):.2f} ms; "
+              f"total {c('total_ms'):.2f} ms; command wall {med(ck, 'wall_ms'):.1f} ms")
+        print(f"    downtime = freeze {c('freeze_ms'):.2f} + collect {c('collect_ms'):.2f} (uts {c('collect', 'uts_ms'):.2f} "
               f"ipc {c('collect', 'ipc_ms'):.2f} net {c('collect', 'net_ms'):.2f} "
               f"mnt {c('collect', 'mnt_ms'):.2f} layer {c('collect', 'layer_ms'):.2f} "
               f"rootfs {c('collect', 'rootfs_ms'):.2f})")
         print(f"      + tree {c('tree_ms'):.2f} (setup {c('tree', 'setup_ms'):.2f} "
               f"seize {c('tree', 'seize_ms'):.2f} memory {c('tree', 'memory_ms'):.2f} "
               f"rest {c('tree', 'rest_ms'):.2f} cgroup {c('tree', 'cgroup_hooks_ms'):.2f}) "
-              f"+ write {c('write_ms'):.2f} + kill {c('release_ms'):.2f}")
+              f"+ write {c('write_ms'):.2f}; then kill {c('release_ms'):.2f}")
         print(f"  restore     running after {r('running_ms'):8.2f} ms; total {r('total_ms'):.2f} "
               f"ms; command wall {med(rs, 'wall_ms'):.1f} ms ({med(rs, 'wall_ms') / cold:.2f}x "
               f"a cold start)")
@@ -161,6 +161,6 @@ for label, title in (("idle", "idle busybox container (sleep)"),
                   f"whole downtime {dg:.2f} GB/s = {dg / memcpy:.2f}x; restore memory phase "
                   f"{rg:.2f} GB/s = {rg / memcpy:.2f}x")
 print("(downtime: the checkpoint's share of a migration's downtime, from the freeze until the")
-print(" container is killed; the restore's share is `running`. rest of the tree: core registers,")
+print(" images are complete; the restore's share is `running`. rest of the tree: core registers,")
 print(" process state, fds with the TCP network lock when there are connections, images.)")
 EOF
