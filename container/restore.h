@@ -49,7 +49,7 @@ struct RestorePhases {
   double plan_ms = 0;      // the root's mount plan
   double root_ms = 0;      // engine setup and the root task's clone with its root built inside
   double env_ms = 0;       // netns links/addresses/routes, mount contents, ipc (from outside)
-  double cgroup_join_ms = 0;
+  double cgroup_join_ms = 0;  // the cgroup join (alongside env): its wait after env
   double tree_ms = 0;      // processes, memory, fds, threads, TCP finalize, detach (engine)
   double memory_ms = 0;    // of tree_ms: filling memory
   double tree_rest_ms = 0; // of tree_ms: the rest (forks, fds, state, TCP finalize/unlock, detach)
