@@ -17,6 +17,7 @@
 #include "runtime/cgroup.h"
 #include "runtime/container.h"
 #include "runtime/runtime.h"
+#include "runtime/storage.h"
 
 namespace godwit::container {
 namespace {
@@ -169,7 +170,8 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
   if (Has(own, "mnt")) {
     TRY_CTX(mnt::Dump(pid, *sink, opts.compression), "container %s", opts.id.c_str());
     phase(&ph.mnt_ms);
-    ASSIGN_OR_RETURN(bool layer, mnt::DumpLayer(pid, c.rootfs, *sink, opts.compression));
+    std::string upper = overlay ? runtime::StorageUpper(c.storage_dir) : "";
+    ASSIGN_OR_RETURN(bool layer, mnt::DumpLayer(pid, c.rootfs, *sink, opts.compression, upper));
     rec.set_has_layer(layer);
     phase(&ph.layer_ms);
   }

@@ -11,9 +11,11 @@
 
 #include "container/archive.h"
 #include "container/checkpoint.h"
+#include "container/mnt.h"
 #include "proto/container.pb.h"
 #include "runtime/network.h"
 #include "runtime/runtime.h"
+#include "runtime/storage.h"
 #include "tests/container_test_util.h"
 
 #ifndef CLOSE_RANGE_UNSHARE
@@ -238,6 +240,60 @@ TEST_F(ContainerCli, CheckpointAndRestoreReportConsistentPhases) {
   EXPECT_EQ(after->CurrentStatus(), runtime::Status::kRunning);
   ASSERT_OK(runtime::Delete(root_, id_, true));
   ::waitpid(after->pid, nullptr, 0);
+}
+
+// The writable-layer walk guided by the overlay's upper dir (what checkpoint does with the
+// runtime's storage) finds exactly what the walk of the whole merged tree finds: new files deep in
+// new directories, a changed directory mode, a new symlink, removed files and directories.
+std::vector<std::string> LayerRecords(const images::ImageSet& set) {
+  std::vector<std::string> out;
+  auto r = set.OpenImage(mnt::kLayerImage);
+  if (!r.ok()) return {"error: " + r.error().to_string()};
+  img::TmpfsEntry e;
+  for (;;) {
+    auto more = r->Next(&e);
+    if (!more.ok()) return {"error: " + more.error().to_string()};
+    if (!*more) break;
+    e.clear_atime_ns();
+    out.push_back(e.ShortDebugString());
+  }
+  return out;
+}
+
+TEST_F(ContainerCli, LayerWalkGuidedByTheUpperDirFindsWhatTheFullWalkFinds) {
+  RunContainer();
+  CliRun x = Godwit({"--root", root_, "exec", id_, "--", "sh", "-c",
+                     "echo new > /etc/hostname-new && rm /bin/ls && mkdir -p /usr/deep/x && "
+                     "echo data > /usr/deep/x/f && chmod 700 /sbin && rm -rf /root && "
+                     "ln -s /x /etc/lnk"});
+  ASSERT_EQ(x.code, 0) << x;
+  auto c = runtime::Container::Load(root_, id_);
+  ASSERT_OK(c);
+  ASSERT_FALSE(c->storage_dir.empty());
+  // The guided walk applies: the storage's upper is the container's root overlay's upperdir.
+  auto mi = fs::ReadFile(StrFormat("/proc/%d/mountinfo", c->pid));
+  ASSERT_OK(mi);
+  EXPECT_NE(mi->find("upperdir=" + runtime::StorageUpper(c->storage_dir) + ","), std::string::npos)
+      << *mi;
+  std::vector<std::string> runs[2];
+  for (int guided = 0; guided < 2; guided++) {
+    std::string dir = tmp_.path() + StrFormat("/layer%d", guided);
+    auto set = testing::DumpToDir(dir, [&](images::Sink& s) -> Result<void> {
+      std::string upper = guided ? runtime::StorageUpper(c->storage_dir) : "";
+      ASSIGN_OR_RETURN(bool has, mnt::DumpLayer(c->pid, c->rootfs, s,
+                                                images::Compression::kNone, upper));
+      if (!has) return Err("no layer");
+      return Ok();
+    });
+    ASSERT_OK(set);
+    runs[guided] = LayerRecords(*set);
+  }
+  EXPECT_EQ(runs[0], runs[1]);
+  std::string all;
+  for (const auto& r : runs[1]) all += r + "\n";
+  for (const char* p : {"etc/hostname-new", "usr/deep/x/f", "bin/ls", "etc/lnk", "\"sbin\"",
+                        "\"root\""})
+    EXPECT_NE(all.find(p), std::string::npos) << p << " in\n" << all;
 }
 
 TEST_F(ContainerCli, CheckpointOfUnknownIdIsNotFound) {
