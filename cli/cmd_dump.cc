@@ -13,14 +13,6 @@
 namespace godwit::cli {
 namespace {
 
-void Progress(const char* phase, uint64_t done, uint64_t total) {
-  static int last = -1;
-  int pct = total ? static_cast<int>(done * 100 / total) : 100;
-  if (pct == last) return;
-  last = pct;
-  fprintf(stderr, "\r%s: %3d%%%s", phase, pct, done >= total ? "\n" : "");
-}
-
 int DumpCmd(Global& g, const std::vector<std::string>& args) {
   ArgSpec spec{{"pid", "images-dir", "compress", "external", "pre-dump-rounds"},
                {"leave-running", "shell-job", "tcp-established"},
@@ -46,7 +38,7 @@ int DumpCmd(Global& g, const std::vector<std::string>& args) {
     o.compression = images::Compression::kZstd;
     if (c.size() > 5 && c[4] == ':') o.zstd_level = atoi(c.c_str() + 5);
   }
-  if (isatty(STDERR_FILENO) && !g.json) o.progress = Progress;
+  if (isatty(STDERR_FILENO) && !g.json) o.progress = TerminalProgress;
   auto r = dump::Dump(o);
   if (!r.ok()) return ReportError(g, "dump", r.error());
   const auto& s = *r;

@@ -18,14 +18,6 @@
 namespace godwit::cli {
 namespace {
 
-void Progress(const char* phase, uint64_t done, uint64_t total) {
-  static int last = -1;
-  int pct = total ? static_cast<int>(done * 100 / total) : 100;
-  if (pct == last) return;
-  last = pct;
-  fprintf(stderr, "\r%s: %3d%%%s", phase, pct, done >= total ? "\n" : "");
-}
-
 int RestoreCmd(Global& g, const std::vector<std::string>& args) {
   if (IsContainerRestore(args)) return ContainerRestoreCmd(g, args);
   ArgSpec spec{{"images-dir", "pid-file", "inherit-fd"},
@@ -52,7 +44,7 @@ int RestoreCmd(Global& g, const std::vector<std::string>& args) {
           MakeError(ErrorKind::kUsage, 0, "--inherit-fd %s: want fd[N]:KEY", s.c_str()));
     o.inherit_fds.push_back({n, s.substr(colon + 1)});
   }
-  if (isatty(STDERR_FILENO) && !g.json) o.progress = Progress;
+  if (isatty(STDERR_FILENO) && !g.json) o.progress = TerminalProgress;
   auto r = restore::Restore(o);
   if (!r.ok()) return ReportError(g, "restore", r.error());
   const auto& s = *r;

@@ -3,6 +3,7 @@
 // a verb touches no shared file.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -29,6 +30,10 @@ bool Register(const Command& cmd);
 // Prints the error (human text or, with --json, {"error":...}) to stderr and returns its exit
 // code. The only place errors reach the user.
 int ReportError(const Global& global, const char* verb, const Error& err);
+
+// A one-line "phase: NN%" progress meter on stderr, redrawn only when the percentage changes.
+// Verbs install it only when stderr is a terminal and --json is off.
+void TerminalProgress(const char* phase, uint64_t done, uint64_t total);
 
 }  // namespace godwit::cli
 

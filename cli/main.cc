@@ -34,6 +34,14 @@ bool Register(const Command& cmd) {
   return true;
 }
 
+void TerminalProgress(const char* phase, uint64_t done, uint64_t total) {
+  static int last = -1;
+  int pct = total ? static_cast<int>(done * 100 / total) : 100;
+  if (pct == last) return;
+  last = pct;
+  fprintf(stderr, "\r%s: %3d%%%s", phase, pct, done >= total ? "\n" : "");
+}
+
 int ReportError(const Global& global, const char* verb, const Error& err) {
   if (global.json) {
     nlohmann::json j = {{"error", err.message()},
