@@ -45,6 +45,7 @@ container::TreeDumper EngineDumper() {
     t.seize_ms = s->freeze_ms;
     t.memory_ms = s->memdump_ms;
     t.frozen_ms = s->frozen_ms;
+    t.remote_calls = s->remote_calls;
     return t;
   };
 }
@@ -145,6 +146,7 @@ int CheckpointCmd(Global& g, const std::vector<std::string>& args) {
                         {"processes", r->tree.processes},
                         {"threads", r->tree.threads},
                         {"tree_bytes", r->tree.bytes},
+                        {"remote_calls", r->tree.remote_calls},
                         {"namespaces", r->record.namespaces()},
                         {"writable_layer", r->record.has_layer()},
                         {"freeze_ms", t.freeze_ms()},
