@@ -36,6 +36,11 @@ container::TreeDumper EngineDumper() {
     o.tcp_established = true;  // the container owns its netns
     o.on_seized = req.thaw;
     o.before_detach = req.refreeze;
+    // The container's cgroup is frozen before the engine runs, so the engine's page-blob
+    // reservation (made to happen before its own freeze) lands in the frozen time and only adds
+    // the zeroing of the reserved pages: without it the 1 GiB checkpoint's downtime is ~25% lower
+    // here (bench 50-container). The engine's switch is its environment variable for now.
+    ::setenv("GODWIT_NO_RESERVE", "1", /*overwrite=*/0);
     auto s = dump::Dump(o);
     if (!s.ok()) return std::move(s).error();
     container::TreeStats t;
