@@ -9,7 +9,10 @@
 #     wall time
 #   restore: running (until the tree runs again) = prepare + cgroup + plan + root + env + join +
 #     tree (memory, rest); total; wall time
-# (medians of each phase: they need not add up exactly to the median of their whole), the export
+# (medians of each phase: they need not add up exactly to the median of their whole); then an idle
+# container with one established TCP connection from the host, checkpointed --leave-running: what
+# the connection adds to the tree's rest is the TCP_REPAIR dump and the nftables network lock;
+# the export
 # file sizes raw and zstd, and ratios against limits measured in the same run: the memory phases'
 # throughput against single-core memcpy (bench/cr_memcpy.c), restore against a cold `godwit run`
 # of the same container. Env: BENCH_CONTAINER_N (default 5; the 1 GiB container runs
@@ -33,7 +36,7 @@ cc -O2 -Wall -static -o "$out/container_hold" bench/container_hold.c
 work=$(mktemp -d /tmp/godwit-bench-container.XXXXXX)
 img=/dev/shm/godwit-bench-container-$$
 root=$work/state
-ids=(idle$$ big$$ cold$$)
+ids=(idle$$ big$$ cold$$ tcp$$)
 cleanup() {
   for id in "${ids[@]}"; do "$GODWIT" --root "$root" delete --force "$id" >/dev/null 2>&1 || true; done
   if [ -n "${BENCH_CONTAINER_KEEP:-}" ]; then echo "(JSON kept in $work)"; else rm -rf "$work"; fi
@@ -94,6 +97,35 @@ done
 start "idle$$" "$(ip_of 0)" sleep 100000
 for comp in raw zstd; do cycles "idle$$" idle "$N" "$comp"; done
 "$GODWIT" --root "$root" delete --force "idle$$" >/dev/null
+
+# One TCP connection held open by a client on the host while the container is checkpointed.
+start "tcp$$" "$(ip_of 3)" nc -l -p 8080
+tcp_ip=$(ip_of 3)
+tcp_ip=${tcp_ip%/*}
+python3 - "$tcp_ip" "$work/tcp.ready" <<'EOF2' &
+import socket, sys, time
+for _ in range(100):  # the server starts asynchronously: bounded retries
+    try:
+        s = socket.create_connection((sys.argv[1], 8080), timeout=2)
+        break
+    except OSError:
+        time.sleep(0.05)
+else:
+    sys.exit(1)
+open(sys.argv[2], "w").close()
+time.sleep(3600)  # holds the connection until the benchmark kills us
+EOF2
+client=$!
+for ((t = 0; t < 100; t++)); do [ -e "$work/tcp.ready" ] && break; sleep 0.05; done
+if [ -e "$work/tcp.ready" ]; then
+  for ((i = 0; i < N; i++)); do
+    timed "$work/tcp.lr" checkpoint "tcp$$" --image-path "$img/tcp" --leave-running
+    rm -rf "$img/tcp"
+  done
+fi
+kill "$client" 2>/dev/null || true
+wait "$client" 2>/dev/null || true
+"$GODWIT" --root "$root" delete --force "tcp$$" >/dev/null
 
 start "big$$" "$(ip_of 1)" /bin/container_hold "$MIB" /ready
 pid=$("$GODWIT" --root "$root" state "big$$" | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])')
@@ -160,6 +192,17 @@ for label, title in (("idle", "idle busybox container (sleep)"),
             print(f"  throughput  checkpoint memory phase {cg:.2f} GB/s = {cg / memcpy:.2f}x memcpy; "
                   f"whole downtime {dg:.2f} GB/s = {dg / memcpy:.2f}x; restore memory phase "
                   f"{rg:.2f} GB/s = {rg / memcpy:.2f}x")
+tcp = load("tcp.lr")
+if tcp:
+    c = lambda *p: med(tcp, "phases", *p)
+    print(f"idle container with 1 established TCP connection: median of {len(tcp)} checkpoints "
+          f"--leave-running")
+    print(f"  downtime {c('downtime_ms'):.2f} ms = freeze {c('freeze_ms'):.2f} + collect "
+          f"{c('collect_ms'):.2f} + tree {c('tree_ms'):.2f} (rest {c('tree', 'rest_ms'):.2f}: "
+          f"TCP repair dump and the nftables network lock) + write {c('write_ms'):.2f}; "
+          f"{int(med(tcp, 'remote_calls'))} injected syscalls")
+else:
+    print("idle container with 1 TCP connection: the client could not connect (not measured)")
 print("(downtime: the checkpoint's share of a migration's downtime, from the freeze until the")
 print(" images are complete; the restore's share is `running`. rest of the tree: core registers,")
 print(" process state, fds with the TCP network lock when there are connections, images.)")
