@@ -108,6 +108,7 @@ nlohmann::json PhasesJson(const container::RestorePhases& p) {
           {"cgroup_ms", p.cgroup_ms},
           {"plan_ms", p.plan_ms},
           {"root_ms", p.root_ms},
+          {"rootfs_wait_ms", p.rootfs_wait_ms},
           {"env_ms", p.env_ms},
           {"cgroup_join_ms", p.cgroup_join_ms},
           {"tree_ms", p.tree_ms},
@@ -248,9 +249,11 @@ int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
     const auto& p = r->phases;
     printf("restored %s: init pid %d, %d process(es)\n", c.id.c_str(), c.pid, r->processes);
     printf("  running after %.1f ms = import %.1f + prepare %.1f + cgroup %.1f + plan %.1f + root "
-           "%.1f + env %.1f + join %.1f + tree %.1f (memory %.1f rest %.1f); total %.1f ms\n",
-           p.running_ms, p.import_ms, p.prepare_ms, p.cgroup_ms, p.plan_ms, p.root_ms, p.env_ms,
-           p.cgroup_join_ms, p.tree_ms, p.memory_ms, p.tree_rest_ms, p.total_ms);
+           "%.1f + rootfs %.1f + env %.1f + join %.1f + tree %.1f (memory %.1f rest %.1f); total "
+           "%.1f ms\n",
+           p.running_ms, p.import_ms, p.prepare_ms, p.cgroup_ms, p.plan_ms, p.root_ms,
+           p.rootfs_wait_ms, p.env_ms, p.cgroup_join_ms, p.tree_ms, p.memory_ms, p.tree_rest_ms,
+           p.total_ms);
   }
   fflush(stdout);
   if (pa->has("detach")) return 0;

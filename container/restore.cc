@@ -154,19 +154,26 @@ Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& re
   } else {
     ASSIGN_OR_RETURN(spec, runtime::LoadSpec(bundle));
   }
-  auto here = mnt::IdentifyRootfs(spec.root_path);
-  if (!here.ok()) {
-    return MakeError(ErrorKind::kNotFound, here.error().sys_errno(), "rootfs %s: %s",
-                     spec.root_path.c_str(), here.error().message().c_str());
-  }
-  if (here->digest() != rec.rootfs().digest()) {
-    return MakeError(ErrorKind::kBadImage, 0,
-                     "the checkpoint was made from another rootfs (%s, digest %s, %lu entries); "
-                     "%s has digest %s (%lu entries)",
-                     rec.rootfs().path().c_str(), rec.rootfs().digest().c_str(),
-                     static_cast<unsigned long>(rec.rootfs().entries()), spec.root_path.c_str(),
-                     here->digest().c_str(), static_cast<unsigned long>(here->entries()));
-  }
+  // The identity walks the whole rootfs: it runs alongside the checks, the cgroup and the root
+  // task's creation below, and its verdict is taken before the environment is filled.
+  auto identity = std::async(std::launch::async,
+                             [path = spec.root_path] { return mnt::IdentifyRootfs(path); });
+  auto check_rootfs = [&]() -> Result<void> {
+    auto here = identity.get();
+    if (!here.ok()) {
+      return MakeError(ErrorKind::kNotFound, here.error().sys_errno(), "rootfs %s: %s",
+                       spec.root_path.c_str(), here.error().message().c_str());
+    }
+    if (here->digest() != rec.rootfs().digest()) {
+      return MakeError(ErrorKind::kBadImage, 0,
+                       "the checkpoint was made from another rootfs (%s, digest %s, %lu entries); "
+                       "%s has digest %s (%lu entries)",
+                       rec.rootfs().path().c_str(), rec.rootfs().digest().c_str(),
+                       static_cast<unsigned long>(rec.rootfs().entries()), spec.root_path.c_str(),
+                       here->digest().c_str(), static_cast<unsigned long>(here->entries()));
+    }
+    return Ok();
+  };
   // The network, readdressed and renamed when asked to.
   img::NetNs netns;
   bool has_net = images.Has(net::kImage);
@@ -221,6 +228,8 @@ Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& re
   req.outside = [&](pid_t pid) -> Result<void> {
     phase(&ph.root_ms);
     root_pid = pid;
+    TRY(check_rootfs());
+    phase(&ph.rootfs_wait_ms);
     host_veth = veth_name;  // from here on the rollback deletes it
     // The cgroup join runs alongside: it is mostly waiting (a v1 cpuset attach alone takes
     // 7-15 ms here) and independent of the namespaces' contents.
@@ -234,7 +243,9 @@ Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& re
     env_ms = Ms(t_env, Clock::now());
     return Ok();
   };
-  ASSIGN_OR_RETURN(TreeRestoreResult tree, restore_tree(req));
+  auto restored = restore_tree(req);
+  if (identity.valid()) TRY(check_rootfs());  // the engine failed before the hook ran
+  ASSIGN_OR_RETURN(TreeRestoreResult tree, std::move(restored));
   phase(&ph.tree_ms);
   ph.running_ms = Ms(t0, lap);
   ph.memory_ms = tree.memory_ms;

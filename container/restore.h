@@ -48,6 +48,7 @@ struct RestorePhases {
   double cgroup_ms = 0;    // cgroups created with the limits
   double plan_ms = 0;      // the root's mount plan
   double root_ms = 0;      // engine setup and the root task's clone with its root built inside
+  double rootfs_wait_ms = 0;  // the rootfs identity check (it runs alongside): its wait after root
   double env_ms = 0;       // netns links/addresses/routes, mount contents, ipc (from outside)
   double cgroup_join_ms = 0;  // the cgroup join (alongside env): its wait after env
   double tree_ms = 0;      // processes, memory, fds, threads, TCP finalize, detach (engine)

@@ -217,8 +217,8 @@ TEST_F(ContainerCli, CheckpointAndRestoreReportConsistentPhases) {
   auto rj = nlohmann::json::parse(rr.out, nullptr, false);
   ASSERT_FALSE(rj.is_discarded()) << rr.out;
   const auto& rp = rj["phases"];
-  ExpectPhases(rp, {"import_ms", "prepare_ms", "cgroup_ms", "plan_ms", "root_ms", "env_ms",
-                    "cgroup_join_ms", "tree_ms", "running_ms", "finish_ms", "total_ms"});
+  ExpectPhases(rp, {"import_ms", "prepare_ms", "cgroup_ms", "plan_ms", "root_ms", "rootfs_wait_ms",
+                    "env_ms", "cgroup_join_ms", "tree_ms", "running_ms", "finish_ms", "total_ms"});
   ExpectPhases(rp["tree"], {"memory_ms", "rest_ms"});
   const double rtotal = rp["total_ms"], running = rp["running_ms"];
   EXPECT_EQ(rj["total_ms"].get<double>(), rtotal);
@@ -228,8 +228,8 @@ TEST_F(ContainerCli, CheckpointAndRestoreReportConsistentPhases) {
   EXPECT_GT(rp["env_ms"].get<double>(), 0);
   EXPECT_LE(Sum(rp["tree"]), rp["tree_ms"].get<double>() + eps);
   double until_running = 0;
-  for (const char* k : {"import_ms", "prepare_ms", "cgroup_ms", "plan_ms", "root_ms", "env_ms",
-                        "cgroup_join_ms", "tree_ms"})
+  for (const char* k : {"import_ms", "prepare_ms", "cgroup_ms", "plan_ms", "root_ms",
+                        "rootfs_wait_ms", "env_ms", "cgroup_join_ms", "tree_ms"})
     until_running += rp[k].get<double>();
   EXPECT_LE(until_running, running + eps);
   EXPECT_GE(until_running, running * 0.9);

@@ -7,7 +7,8 @@
 #     seize, memory, rest = core/pstate/fds/TCP network lock/images, cgroup hooks) + write, until
 #     the images are complete; frozen = collect + tree + write + kill; total; the whole command's
 #     wall time
-#   restore: running (until the tree runs again) = prepare + cgroup + plan + root + env + join +
+#   restore: running (until the tree runs again) = prepare + cgroup + plan + root + rootfs (the
+#     identity check running alongside: its wait) + env + join (alongside env: its wait) +
 #     tree (memory, rest); total; wall time
 # (medians of each phase: they need not add up exactly to the median of their whole); then an idle
 # container with one established TCP connection from the host, checkpointed --leave-running: what
@@ -178,7 +179,8 @@ for label, title in (("idle", "idle busybox container (sleep)"),
               f"ms; command wall {med(rs, 'wall_ms'):.1f} ms ({med(rs, 'wall_ms') / cold:.2f}x "
               f"a cold start)")
         print(f"    running = prepare {r('prepare_ms'):.2f} + cgroup {r('cgroup_ms'):.2f} "
-              f"+ plan {r('plan_ms'):.2f} + root {r('root_ms'):.2f} + env {r('env_ms'):.2f} "
+              f"+ plan {r('plan_ms'):.2f} + root {r('root_ms'):.2f} + rootfs "
+              f"{r('rootfs_wait_ms'):.2f} + env {r('env_ms'):.2f} "
               f"+ join {r('cgroup_join_ms'):.2f} + tree {r('tree_ms'):.2f} (memory "
               f"{r('tree', 'memory_ms'):.2f} rest {r('tree', 'rest_ms'):.2f})")
         print(f"  export file {size} bytes ({size / 1048576:.1f} MiB); tree pages stored "
