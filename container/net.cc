@@ -36,6 +36,7 @@
 #include "common/log.h"
 #include "common/scope_exit.h"
 #include "container/ns.h"
+#include "container/ns_here.h"
 
 namespace godwit::container::net {
 namespace {
@@ -103,7 +104,7 @@ Result<Sock> OpenRouteSocket(int netns_fd) {
   if (netns_fd < 0) {
     TRY(open());
   } else {
-    TRY(RunInNamespace(netns_fd, CLONE_NEWNET, open));
+    TRY(RunHere(netns_fd, CLONE_NEWNET, open));
   }
   return sock;
 }
@@ -860,7 +861,7 @@ Result<void> Apply(const img::NetNs& ns, int netns_fd) {
     }
   });
 
-  TRY(RunInNamespace(netns_fd, CLONE_NEWNET, [&] { return ApplySysctls(ns, false); }));
+  TRY(RunHere(netns_fd, CLONE_NEWNET, [&] { return ApplySysctls(ns, false); }));
 
   std::map<std::string, const img::NetLink*> by_name;
   for (const auto& l : ns.links()) by_name[l.name()] = &l;
@@ -897,7 +898,7 @@ Result<void> Apply(const img::NetNs& ns, int netns_fd) {
     }
   }
 
-  TRY(RunInNamespace(netns_fd, CLONE_NEWNET, [&] { return ApplySysctls(ns, true); }));
+  TRY(RunHere(netns_fd, CLONE_NEWNET, [&] { return ApplySysctls(ns, true); }));
 
   for (const auto& l : ns.links()) {
     TRY_CTX(ChangeLink(sock.get(), l.name(), l.mtu(), l.txqlen(), l.alias(), l.master(), l.flags(),

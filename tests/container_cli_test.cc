@@ -4,6 +4,7 @@
 // export with the documented exit codes and leaves nothing behind.
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/utsname.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -12,6 +13,8 @@
 #include "container/archive.h"
 #include "container/checkpoint.h"
 #include "container/mnt.h"
+#include "container/ns.h"
+#include "container/ns_here.h"
 #include "proto/container.pb.h"
 #include "runtime/network.h"
 #include "runtime/runtime.h"
@@ -294,6 +297,30 @@ TEST_F(ContainerCli, LayerWalkGuidedByTheUpperDirFindsWhatTheFullWalkFinds) {
   for (const char* p : {"etc/hostname-new", "usr/deep/x/f", "bin/ls", "etc/lnk", "\"sbin\"",
                         "\"root\""})
     EXPECT_NE(all.find(p), std::string::npos) << p << " in\n" << all;
+}
+
+// RunHere (what the uts, ipc and net dumps and restores use instead of a thread per call) runs
+// its function inside the other namespace on the calling thread and brings the thread back, also
+// when the function fails.
+TEST(ContainerNsHere, RunsInTheNamespaceAndComesBack) {
+  testing::NsHolder other;
+  ASSERT_OK(other.Start(CLONE_NEWUTS, [] { return ::sethostname("gw-here", 7) < 0 ? 1 : 0; }));
+  auto fd = OpenNamespace(other.pid(), "uts");
+  ASSERT_OK(fd);
+  struct utsname before, inside, after;
+  ASSERT_EQ(::uname(&before), 0);
+  ASSERT_OK(RunHere(fd->get(), CLONE_NEWUTS, [&]() -> Result<void> {
+    if (::uname(&inside) < 0) return Errno("uname");
+    return Ok();
+  }));
+  EXPECT_STREQ(inside.nodename, "gw-here");
+  ASSERT_EQ(::uname(&after), 0);
+  EXPECT_STREQ(after.nodename, before.nodename);
+  auto failed = RunHere(fd->get(), CLONE_NEWUTS, [] { return Err("fails inside"); });
+  EXPECT_FALSE(failed.ok());
+  ASSERT_EQ(::uname(&after), 0);
+  EXPECT_STREQ(after.nodename, before.nodename);
+  EXPECT_FALSE(RunHere(fd->get(), CLONE_NEWNS, [] { return Ok(); }).ok());
 }
 
 TEST_F(ContainerCli, CheckpointOfUnknownIdIsNotFound) {
