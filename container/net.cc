@@ -25,7 +25,6 @@
 
 #include <algorithm>
 #include <cstdarg>
-#include <future>
 #include <map>
 #include <memory>
 #include <set>
@@ -791,30 +790,17 @@ Result<void> AddNeigh(nl_sock* sock, const img::NetNeigh& nn) {
 Result<img::NetNs> Collect(int netns_fd) {
   img::NetNs ns;
   // Collected while the container is frozen, so the work is spread over two threads and nft (a
-  // separate process, milliseconds to start) only runs when there is a table to list. A thread
-  // inside the netns (one setns) opens the rtnetlink socket for this thread, which reads links,
-  // addresses, routes, rules and neighbours over it, while that thread asks nfnetlink for tables
+  // separate process, milliseconds to start) only runs when there is a table to list. This
+  // thread opens an rtnetlink socket in the netns and reads links, addresses, routes, rules and
+  // neighbours over it, while a second one, inside the netns, asks nfnetlink for tables
   // (starting nft if there are any) and reads the sysctls into a message of its own.
-  Sock sock;
+  ASSIGN_OR_RETURN(Sock sock, OpenRouteSocket(netns_fd));
   img::NetNs sysctls;
   Result<std::string> nft = std::string();
   std::thread nft_thread;
-  std::promise<Result<void>> opened;
-  auto opened_f = opened.get_future();
   Result<void> in_ns = Ok();
   std::thread ns_thread([&] {
-    bool told = false;
-    in_ns = RunInNamespace(netns_fd, CLONE_NEWNET, [&]() -> Result<void> {
-      sock.reset(nl_socket_alloc());
-      Result<void> o = Ok();
-      if (!sock) {
-        o = MakeError(ErrorKind::kGeneric, ENOMEM, "nl_socket_alloc");
-      } else if (int err = nl_connect(sock.get(), NETLINK_ROUTE); err < 0) {
-        o = NlError(err, "connect rtnetlink");
-      }
-      opened.set_value(o);
-      told = true;
-      TRY(o);
+    in_ns = RunHere(netns_fd, CLONE_NEWNET, [&]() -> Result<void> {
       auto tables = HasNftTables();
       if (!tables.ok())
         LOG_DEBUG("nftables tables unknown, listing: %s", tables.error().to_string().c_str());
@@ -822,21 +808,17 @@ Result<img::NetNs> Collect(int netns_fd) {
         nft_thread = std::thread([&] { nft = CollectNft(netns_fd); });
       return CollectSysctls(sysctls);
     });
-    if (!told) opened.set_value(Ok());  // the setns failed: in_ns says why
   });
   ScopeExit join([&] {
     ns_thread.join();
     if (nft_thread.joinable()) nft_thread.join();
   });
-  TRY_CTX(opened_f.get(), "dump netns");
   ASSIGN_OR_RETURN(Sock host, OpenRouteSocket(-1));
-  if (sock) {
-    TRY_CTX(CollectLinks(sock.get(), host.get(), ns), "dump netns links");
-    TRY_CTX(CollectAddrs(sock.get(), ns), "dump netns addresses");
-    TRY_CTX(CollectRoutes(sock.get(), ns), "dump netns routes");
-    TRY_CTX(CollectRules(sock.get(), ns), "dump netns rules");
-    TRY_CTX(CollectNeighs(sock.get(), ns), "dump netns neighbours");
-  }
+  TRY_CTX(CollectLinks(sock.get(), host.get(), ns), "dump netns links");
+  TRY_CTX(CollectAddrs(sock.get(), ns), "dump netns addresses");
+  TRY_CTX(CollectRoutes(sock.get(), ns), "dump netns routes");
+  TRY_CTX(CollectRules(sock.get(), ns), "dump netns rules");
+  TRY_CTX(CollectNeighs(sock.get(), ns), "dump netns neighbours");
   join.dismiss();
   ns_thread.join();
   if (nft_thread.joinable()) nft_thread.join();
