@@ -19,13 +19,14 @@
 # of the same container. Env: BENCH_CONTAINER_N (default 5; the 1 GiB container runs
 # max(N/2,3) cycles), BENCH_CONTAINER_MIB (1024), BENCH_CONTAINER_KEEP=1 keeps the raw JSON.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+self=$(readlink -f "$0")
+cd "$(dirname "$self")/../.."
 GODWIT=${GODWIT:-$PWD/build/godwit}
 BUILD=${BUILD:-$PWD/build}
 # Killed containers must be reaped for their pids to be free for the restore: this VM's pid 1
 # does not reap orphans, so the whole part runs under a child subreaper.
 if [ -z "${GODWIT_BENCH_REAPED:-}" ]; then
-  GODWIT_BENCH_REAPED=1 exec "$GODWIT" subreaper -- bash "$0" "$@"
+  GODWIT_BENCH_REAPED=1 exec "$GODWIT" subreaper -- bash "$self" "$@"
 fi
 N=${BENCH_CONTAINER_N:-5}
 MIB=${BENCH_CONTAINER_MIB:-1024}
