@@ -14,6 +14,7 @@
 #include "common/log.h"
 #include "common/scope_exit.h"
 #include "container/archive.h"
+#include "container/cgroup_warm.h"
 #include "container/checkpoint.h"
 #include "container/ipc.h"
 #include "container/mnt.h"
@@ -210,6 +211,9 @@ Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& re
   // cgroups with the limits.
   ASSIGN_OR_RETURN(cg, runtime::OpenCgroup(opts.id));
   TRY_CTX(cg->Create(), "cgroup of %s", opts.id.c_str());
+  // From here (not before: the warm-up's first write holds cgroup_mutex, which mkdir needs, for
+  // its grace period) the grace period of the join below is paid alongside the restore.
+  CgroupJoinWarmer warm;
   runtime::Resources res = LimitsToResources(rec.limits());
   TRY_CTX(cg->Apply(res), "limits of %s", opts.id.c_str());
   phase(&ph.cgroup_ms);
@@ -237,6 +241,7 @@ Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& re
     auto filled = FillEnvironment(images, rec, table, has_net ? &netns : nullptr, pid);
     phase(&ph.env_ms);
     auto joined = join.get();
+    warm.Stop();
     phase(&ph.cgroup_join_ms);  // what the join adds after the environment
     TRY(std::move(filled));
     TRY_CTX(std::move(joined), "join cgroup of %s", opts.id.c_str());
