@@ -16,6 +16,7 @@
 #include "container/checkpoint.h"
 #include "container/restore.h"
 #include "dump/dump.h"
+#include "files/files.h"
 #include "restore/restore.h"
 #include "runtime/runtime.h"
 
@@ -34,6 +35,7 @@ container::TreeDumper EngineDumper() {
     o.compression = req.compression;
     o.shell_job = true;        // the init's stdio comes from outside the container
     o.tcp_established = true;  // the container owns its netns
+    o.keep_tcp_locked = !req.leave_running;  // deleted next: its connections must stay silent
     o.on_seized = req.thaw;
     o.before_detach = req.refreeze;
     // The container's cgroup is frozen before the engine runs, so the engine's page-blob
@@ -45,6 +47,19 @@ container::TreeDumper EngineDumper() {
     if (!s.ok()) return std::move(s).error();
     container::TreeStats t;
     t.processes = s->processes;
+    if (o.keep_tcp_locked) {
+      t.resume_tcp = [dir = req.dir]() -> Result<void> {
+        ASSIGN_OR_RETURN(images::ImageSet set, images::ImageSet::Open(dir));
+        return files::ResumeTcp(set);
+      };
+      // The container's netns and veth go away with it: hold its peers' packets on the host.
+      auto set = images::ImageSet::Open(req.dir);
+      auto locked = set.ok() ? files::LockOutside(*set, req.pid) : Result<void>(set.error());
+      if (!locked.ok()) {
+        (void)t.resume_tcp();
+        return std::move(locked).error();
+      }
+    }
     t.threads = s->threads;
     t.bytes = s->bytes_stored;
     t.seize_ms = s->freeze_ms;
@@ -67,6 +82,7 @@ container::TreeRestorer EngineRestorer() {
     o.root_clone_flags = req.clone_flags;
     o.root_inside = req.inside;
     o.root_outside = req.outside;
+    o.tcp_close = req.tcp_close;
     ASSIGN_OR_RETURN(restore::RestoreStats s, restore::Restore(o));
     container::TreeRestoreResult t;
     t.root_host_pid = s.root_pid;

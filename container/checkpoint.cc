@@ -135,6 +135,11 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
   bool thaw_on_exit = true;
   ScopeExit thaw([&] {
     if (!thaw_on_exit) return;
+    if (res.tree.resume_tcp) {  // the tree was dumped to be killed: its connections come back
+      auto r = res.tree.resume_tcp();
+      if (!r.ok()) LOG_ERROR("container %s: TCP back from repair: %s", opts.id.c_str(),
+                             r.error().to_string().c_str());
+    }
     auto r = cg->Thaw();
     if (!r.ok()) LOG_ERROR("thaw container %s: %s", opts.id.c_str(), r.error().to_string().c_str());
   });
@@ -189,6 +194,7 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
   }
   TreeDumpRequest req;
   req.pid = pid;
+  req.leave_running = opts.leave_running;
   req.dir = tdir;
   req.compression = opts.compression;
   auto t_seized = t_ns;
@@ -236,6 +242,7 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
     thaw_on_exit = false;
     auto del = runtime::Delete(opts.root, opts.id, /*force=*/true);
     if (!del.ok()) {
+      if (res.tree.resume_tcp) (void)res.tree.resume_tcp();
       (void)cg->Thaw();
       return std::move(del.error().wrap(StrFormat("checkpoint of %s is complete in %s, but",
                                                   opts.id.c_str(), opts.image_path.c_str())));

@@ -31,6 +31,9 @@ inline constexpr char kContainerDir[] = "container";  // under the image path
 inline constexpr char kTreeDir[] = "tree";
 
 struct TreeStats {
+  // Set when the tree's TCP connections were left in repair mode and locked (!leave_running): if
+  // the tree is thawed instead of killed after all, call it first to give them back.
+  std::function<Result<void>()> resume_tcp;
   int processes = 0;
   int threads = 0;
   uint64_t bytes = 0;
@@ -83,6 +86,9 @@ struct TreeDumpRequest {
   images::Compression compression = images::Compression::kNone;
   std::function<Result<void>()> thaw;
   std::function<Result<void>()> refreeze;
+  // false: the caller kills the tree next (checkpoint without --leave-running): the engine keeps
+  // its TCP connections in repair mode and locked, so the kill sends the peers nothing.
+  bool leave_running = false;
 };
 using TreeDumper = std::function<Result<TreeStats>(const TreeDumpRequest& req)>;
 

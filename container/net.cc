@@ -916,9 +916,12 @@ Result<void> Apply(const img::NetNs& ns, int netns_fd) {
   for (const img::NetRoute* r : routes) TRY(AddRoute(sock.get(), *r));
   for (const auto& r : ns.rules()) TRY(AddRule(sock.get(), r));
   for (const auto& n : ns.neighs()) TRY(AddNeigh(sock.get(), n));
+  // No "flush ruleset": the namespace is fresh, and the restore's network lock (a table holding
+  // the TCP connections' packets until their sockets are live, files/netlock.cc) is already in
+  // it and must stay.
   if (!ns.nft_ruleset().empty()) {
-    ASSIGN_OR_RETURN(CommandOutput out, RunInNetns(netns_fd, {"nft", "-f", "/dev/stdin"},
-                                                   "flush ruleset\n" + ns.nft_ruleset()));
+    ASSIGN_OR_RETURN(CommandOutput out,
+                     RunInNetns(netns_fd, {"nft", "-f", "/dev/stdin"}, ns.nft_ruleset()));
     if (out.exit_status != 0)
       return MakeError(ErrorKind::kGeneric, 0, "nft -f (restore ruleset): exit %d: %s",
                        out.exit_status, out.err.c_str());

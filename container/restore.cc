@@ -225,6 +225,7 @@ Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& re
   TreeRestoreRequest req;
   req.tree_dir = dir + "/" + kTreeDir;
   req.clone_flags = kRootCloneFlags;
+  req.tcp_close = !opts.ip.empty();
   req.inside = [&plan](const char** what) { return BuildRoot(plan, what); };
   auto t_env = Clock::now();
   double env_ms = 0;

@@ -32,6 +32,8 @@ struct TreeRestoreRequest {
   int clone_flags = 0;
   std::function<int(const char** what)> inside;
   std::function<Result<void>(pid_t root_host_pid)> outside;
+  // Established TCP connections come back closed (their address is gone: --ip).
+  bool tcp_close = false;
 };
 
 struct TreeRestoreResult {
@@ -70,7 +72,8 @@ struct RestoreOptions {
   // Another IPv4 address for the container ("198.18.0.20" or with "/PREFIX"), e.g. to restore
   // a copy next to the running original. What changes: the container's address on its veth
   // (and the host end's point-to-point peer), the host end's name (derived from --root and the
-  // id, as the runtime names it); connections bound to the old address cannot survive.
+  // id, as the runtime names it); established TCP connections are restored closed (reads see
+  // EOF, writes fail: their address is gone), listeners on the wildcard address keep listening.
   std::string ip;
 };
 

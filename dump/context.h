@@ -38,6 +38,10 @@ struct DumpOptions {
   bool shell_job = false;  // stdio connected to a terminal/pipes outside the tree is fine
   std::vector<std::string> external;
   bool tcp_established = false;
+  // With leave_running, when the caller kills the tree right after (a container checkpoint that
+  // deletes the container): TCP connections stay in repair mode and locked, so closing them sends
+  // nothing (no FIN, no RST) and the peer's packets are dropped until the restore unlocks.
+  bool keep_tcp_locked = false;
   // Pre-copy: copy memory this many times while the tree runs (the first round everything, then
   // what was written since, tracked with userfaultfd write-protect), then freeze for the final,
   // small, round. 0: a plain dump.

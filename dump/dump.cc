@@ -289,7 +289,7 @@ Result<DumpStats> Dump(const DumpOptions& opts) {
   // hook that freezes the tree's cgroup again (a frozen task never reaches the syscall entry).
   Result<void> hook = Ok();
   if (opts.leave_running) {
-    if (fds) fds->Resume();
+    if (fds && !opts.keep_tcp_locked) fds->Resume();
     ThawTree(frozen);
     if (seized_hook && opts.before_detach) hook = opts.before_detach();
   } else {

@@ -1,14 +1,26 @@
 // FdRestorer: loads files.img and fds-*.img, opens every description in the coordinator
 // (Prepare), installs each process's fd table in the restored process (Install), and finishes
 // what must wait until the whole tree exists (Finalize).
+//
+// TCP, in CRIU's order (cr-restore.c: repair off in the restorer once every task is restored,
+// then the network unlock): Finalize turns repair off on every restored connection, then deletes
+// the lock table in each net namespace the connections live in. A container's files are prepared
+// by its root task inside the container's namespaces, not by the coordinator: Finalize then takes
+// its copies of the sockets from the restored (ptrace-stopped) tree, by the fd numbers of the
+// images, and finds each socket's namespace with SIOCGSKNS.
 #include <fcntl.h>
 #include <linux/close_range.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
 #include <map>
+#include <thread>
+#include <vector>
 
 #include "common/log.h"
 #include "files/kind.h"
@@ -27,9 +39,11 @@ class FdRestorerImpl : public FdRestorer {
   void ClosePrepared() override;
   Result<void> Finalize() override;
   int MaxFd() const override { return max_fd_; }
-  Result<void> LockNetwork() override;
+  Result<void> LockNetwork(pid_t netns_pid) override;
 
  private:
+  Result<UniqueFd> TakeFromTree(uint64_t file_id);
+
   void CloseAll() {
     if (!ctx_) return;
     ClosePrepared();
@@ -41,6 +55,7 @@ class FdRestorerImpl : public FdRestorer {
   std::unique_ptr<RestoreContext> ctx_;
   std::map<pid_t, img::ProcessFds> procs_;
   std::string netlock_table_;
+  UniqueFd lock_ns_;  // the namespace LockNetwork locked (another than ours)
   int max_fd_ = 2;
   bool closed_ = false;
 };
@@ -171,7 +186,7 @@ void FdRestorerImpl::ClosePrepared() {
   }
 }
 
-Result<void> FdRestorerImpl::LockNetwork() {
+Result<void> FdRestorerImpl::LockNetwork(pid_t netns_pid) {
   if (netlock_table_.empty()) return Ok();
   std::string script = LockTable(netlock_table_);
   for (const auto& [id, e] : ctx_->entries()) {
@@ -183,11 +198,47 @@ Result<void> FdRestorerImpl::LockNetwork() {
     memcpy(&dst, e.inet().dst().data(), e.inet().dst().size());
     script += LockRules(netlock_table_, src, dst);
   }
-  return NftRun(0, script);
+  if (netns_pid) {
+    lock_ns_.reset(open(StrFormat("/proc/%d/ns/net", netns_pid).c_str(), O_RDONLY | O_CLOEXEC));
+    if (!lock_ns_) return Errno("open net namespace of pid %d", netns_pid);
+  }
+  return NftRunIn(lock_ns_ ? lock_ns_.get() : -1, script);
+}
+
+Result<UniqueFd> FdRestorerImpl::TakeFromTree(uint64_t file_id) {
+  for (const auto& [pid, pf] : procs_)
+    for (const auto& fe : pf.fds()) {
+      if (fe.file_id() != file_id) continue;
+      UniqueFd pidfd(static_cast<int>(syscall(SYS_pidfd_open, pid, 0)));
+      if (!pidfd) return Errno("pidfd_open %d", pid);
+      UniqueFd fd(static_cast<int>(syscall(SYS_pidfd_getfd, pidfd.get(), fe.fd(), 0)));
+      if (!fd) return Errno("take pid %d fd %d (file id %llu) to finalize it", pid, fe.fd(),
+                            static_cast<unsigned long long>(file_id));
+      return fd;
+    }
+  return UniqueFd();  // in no process's table (only in flight, say): nothing to finalize
 }
 
 Result<void> FdRestorerImpl::Finalize() {
   ClosePrepared();
+  // Prepared by a container's root task, not here: take them from the restored tree.
+  for (const auto& [id, e] : ctx_->entries_) {
+    if (!FindKind(e.kind())->finalize || ctx_->finalize_fds_.count(id)) continue;
+    ASSIGN_OR_RETURN(UniqueFd fd, TakeFromTree(id));
+    if (fd) ctx_->finalize_fds_[id] = fd.release();
+  }
+  // The namespaces holding the lock: ours (a plain restore), the one LockNetwork locked, and
+  // those of the restored sockets; by inode, each once.
+  std::map<ino_t, UniqueFd> lock_ns;
+  auto add_ns = [&](UniqueFd ns) {
+    struct stat st;
+    if (ns && fstat(ns.get(), &st) == 0 && !lock_ns.count(st.st_ino))
+      lock_ns.emplace(st.st_ino, std::move(ns));
+  };
+  if (!netlock_table_.empty()) {
+    add_ns(UniqueFd(open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC)));
+    if (lock_ns_) add_ns(UniqueFd(fcntl(lock_ns_.get(), F_DUPFD_CLOEXEC, 0)));
+  }
   Result<void> res;
   for (auto& [id, fd] : ctx_->finalize_fds_) {
     const img::FileEntry* e = ctx_->Entry(id);
@@ -196,13 +247,28 @@ Result<void> FdRestorerImpl::Finalize() {
       auto r = ops->finalize(*ctx_, *e, fd);
       if (!r.ok()) res = std::move(r.error().wrap(StrFormat("finalize %s", ops->name)));
     }
+    if (!netlock_table_.empty() && e->kind() == img::FILE_KIND_INET)
+      add_ns(UniqueFd(ioctl(fd, SIOCGSKNS)));
     close(fd);
   }
   ctx_->finalize_fds_.clear();
-  if (!netlock_table_.empty()) {
-    auto r = NetUnlock(netlock_table_);
-    if (!r.ok() && res.ok()) res = std::move(r);
+  // After every repair off (CRIU's order): the peers' packets reach live sockets only. One nft
+  // run per namespace (~10 ms each: a container's and the host's), side by side.
+  std::vector<Result<void>> unlocked(lock_ns.size());
+  std::vector<std::thread> others;
+  size_t i = 0;
+  for (auto& [ino, ns] : lock_ns) {
+    int fd = ns.get();
+    Result<void>* out = &unlocked[i++];
+    if (i < lock_ns.size())
+      others.emplace_back([this, fd, out] { *out = NetUnlockIn(fd, netlock_table_); });
+    else
+      *out = NetUnlockIn(fd, netlock_table_);
   }
+  for (auto& t : others) t.join();
+  for (auto& r : unlocked)
+    if (!r.ok() && res.ok()) res = std::move(r);
+  lock_ns_.reset();
   return res;
 }
 

@@ -62,6 +62,17 @@ class FdDumper {
   virtual std::vector<std::pair<std::string, int>> Counts() const = 0;
 };
 
+// After a dump that kept the tree's TCP connections in repair mode and locked (the caller meant to
+// kill the tree) when the tree runs on after all: repair off on each connection, found in the
+// still-frozen tree by the images' fd numbers, then the lock table removed from their net
+// namespaces (tcp_resume.cc). images: the dump's image set.
+Result<void> ResumeTcp(const images::ImageSet& images);
+// With the same images, before the tree (and its net namespace) is killed: the same lock in the
+// caller's net namespace (the host's), so the peers' packets are dropped there, not routed
+// elsewhere, while the tree is gone; the restore's Finalize removes it (tcp_resume.cc).
+// Nothing to do when tree_pid's net namespace is the caller's.
+Result<void> LockOutside(const images::ImageSet& images, pid_t tree_pid);
+
 class FdRestorer {
  public:
   static Result<std::unique_ptr<FdRestorer>> Load(const images::ImageSet& images,
@@ -79,11 +90,12 @@ class FdRestorer {
   virtual Result<void> Finalize() = 0;
   // Highest fd number any restored process uses (the engine keeps its own fds above it).
   virtual int MaxFd() const = 0;
-  // Optional, for a restore into a fresh network namespace (migration): call in that namespace
-  // before its addresses come up. Drops the restored TCP connections' packets (the same
-  // nftables table the dump made, so Finalize removes it once the sockets are live): a peer's
+  // Optional, for a restore into a fresh network namespace (migration, a container's new netns):
+  // call before its addresses come up, in that namespace or naming it by a pid in it
+  // (netns_pid; 0: ours). Drops the restored TCP connections' packets (the same nftables table
+  // the dump made, so Finalize removes it there once the sockets are live): a peer's
   // retransmission arriving before the restore would otherwise get a RST.
-  virtual Result<void> LockNetwork() = 0;
+  virtual Result<void> LockNetwork(pid_t netns_pid = 0) = 0;
 };
 
 }  // namespace godwit::files

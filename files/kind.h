@@ -209,13 +209,16 @@ Result<void> RestoreSockOpts(int fd, const img::SockOpts& o);
 Result<void> PeekQueue(DumpContext& ctx, int fd, bool stream,
                        google::protobuf::RepeatedPtrField<img::QueuedMsg>* out);
 
-// Network lock (netlock.cc): removes the table in the current net namespace if present.
+// Network lock (netlock.cc): removes the table in the current net namespace (or in the one of
+// netns_fd) if present.
 Result<void> NetUnlock(const std::string& table);
+Result<void> NetUnlockIn(int netns_fd, const std::string& table);
 // nft script pieces: the lock table with its chains; the two rules for one connection.
 std::string LockTable(const std::string& table);
 std::string LockRules(const std::string& table, const struct sockaddr_storage& src,
                       const struct sockaddr_storage& dst);
 // Runs `nft -f -` with script in the net namespace of netns_pid (0: ours).
 Result<void> NftRun(pid_t netns_pid, const std::string& script);
+Result<void> NftRunIn(int netns_fd, const std::string& script);  // -1: ours
 
 }  // namespace godwit::files

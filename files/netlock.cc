@@ -1,8 +1,8 @@
 // The network lock: while a tree's TCP connections are frozen, dumped, and not yet live again
 // after restore, their packets are dropped by nftables so the peer never gets a RST from a
 // kernel that has no socket for them (it retransmits instead). One table per dump
-// ("godwit_lock_<dumper pid>_<ns>"), holding rules on exactly the connections' 4-tuples, in the
-// net namespace of the tree. Resume (a failed dump, --leave-running) deletes it; after a dump
+// ("godwit_lock_<dumper pid>_<time>_<n>"), holding rules on exactly the connections' 4-tuples,
+// in the net namespace of the tree. Resume (a failed dump, --leave-running) deletes it; after a dump
 // that killed the tree, the restore's Finalize deletes it (files-netlock.img names it).
 #include <arpa/inet.h>
 #include <dirent.h>
@@ -17,24 +17,21 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <atomic>
+
 #include "common/fs.h"
 #include "common/log.h"
 #include "files/kind.h"
 
 namespace godwit::files {
 
-Result<void> NftRun(pid_t netns_pid, const std::string& script) {
+Result<void> NftRunIn(int netns_fd, const std::string& script) {
   int in[2], err[2];
   if (pipe2(in, O_CLOEXEC) < 0 || pipe2(err, O_CLOEXEC) < 0) return Errno("pipe");
-  UniqueFd ns;
-  if (netns_pid) {
-    ns.reset(open(StrFormat("/proc/%d/ns/net", netns_pid).c_str(), O_RDONLY | O_CLOEXEC));
-    if (!ns) return Errno("open net namespace of pid %d", netns_pid);
-  }
   pid_t pid = fork();
   if (pid < 0) return Errno("fork");
   if (pid == 0) {
-    if (ns && setns(ns.get(), CLONE_NEWNET) < 0) _exit(126);
+    if (netns_fd >= 0 && setns(netns_fd, CLONE_NEWNET) < 0) _exit(126);
     dup2(in[0], 0);
     dup2(err[1], 1);
     dup2(err[1], 2);
@@ -58,14 +55,25 @@ Result<void> NftRun(pid_t netns_pid, const std::string& script) {
   return Ok();
 }
 
-Result<void> NetUnlock(const std::string& table) {
+Result<void> NftRun(pid_t netns_pid, const std::string& script) {
+  UniqueFd ns;
+  if (netns_pid) {
+    ns.reset(open(StrFormat("/proc/%d/ns/net", netns_pid).c_str(), O_RDONLY | O_CLOEXEC));
+    if (!ns) return Errno("open net namespace of pid %d", netns_pid);
+  }
+  return NftRunIn(ns ? ns.get() : -1, script);
+}
+
+Result<void> NetUnlockIn(int netns_fd, const std::string& table) {
   // One nft run (each costs ~10-20 ms here). The table is absent when restoring into another
   // namespace that was not locked: nothing to do there.
-  auto r = NftRun(0, StrFormat("delete table inet %s\n", table.c_str()));
+  auto r = NftRunIn(netns_fd, StrFormat("delete table inet %s\n", table.c_str()));
   if (!r.ok() && r.error().message().find("No such file or directory") != std::string::npos)
     return Ok();
   return r;
 }
+
+Result<void> NetUnlock(const std::string& table) { return NetUnlockIn(-1, table); }
 
 namespace {
 std::string Ip(const sockaddr_storage& ss) {
@@ -106,8 +114,13 @@ Result<void> DumpContext::LockProcessTcp(pid_t pid) {
   if (!tcp_locked_pids.insert(pid).second) return Ok();
   struct stat nsst;
   if (stat(StrFormat("/proc/%d/ns/net", pid).c_str(), &nsst) < 0) return Errno("stat netns");
-  if (netlock_table.empty())
-    netlock_table = StrFormat("godwit_lock_%d_%ld", getpid(), static_cast<long>(time(nullptr)));
+  if (netlock_table.empty()) {
+    // Unique per dump, also for several dumps by one process in one second (a daemon): the
+    // table also goes into the host's namespace (LockOutside), which all containers share.
+    static std::atomic<int> seq{0};
+    netlock_table = StrFormat("godwit_lock_%d_%ld_%d", getpid(), static_cast<long>(time(nullptr)),
+                              seq++);
+  }
   UniqueFd pidfd(static_cast<int>(syscall(SYS_pidfd_open, pid, 0)));
   if (!pidfd) return Errno("pidfd_open %d", pid);
   std::string rules;

@@ -510,6 +510,10 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
     up_wr.reset();
     down_rd.reset();
     TRY(ReadHandshake(up_rd.get(), got));
+    // A fresh net namespace: its TCP connections are locked before the outside hook brings its
+    // addresses up (a peer's retransmission would get a RST); Finalize unlocks.
+    if (ctx.fds && (opts.root_clone_flags & CLONE_NEWNET))
+      TRY_CTX(ctx.fds->LockNetwork(got), "restore root %d: network lock", got);
     if (opts.root_outside) TRY_CTX(opts.root_outside(got), "restore root %d: outside", got);
     char go = 1;
     if (write(down_wr.get(), &go, 1) != 1) return Errno("restore: wake root %d", got);

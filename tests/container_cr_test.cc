@@ -1,8 +1,9 @@
-// A whole busybox container through the binary: `godwit run --detach` (hostname, memory limit,
-// IP behind a veth, a counter writing to a tmpfs), `checkpoint` (deleted), `restore ID`: the same
-// pids (init is pid 1 inside), hostname, address, tmpfs contents and limit, the counter carries
-// on, and state/exec/kill/delete work on the restored container. Five cycles leave nothing
-// behind (no veth, cgroup, process, mount).
+// A whole busybox container through the binary: `godwit run --detach` (hostname, memory, pids and
+// CPU limits, IP behind a veth, a counter writing to a tmpfs, a tmpfs the container mounted on
+// /tmp), `checkpoint` (deleted), `restore ID`: the same pids (init is pid 1 inside), hostname,
+// address, tmpfs contents (/dev/shm and /tmp), limit values, the counter carries on, and
+// state/exec/kill/delete work on the restored container. Five cycles leave nothing behind (no
+// veth, cgroup, process, mount). TCP connections: container_tcp_test.cc.
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -76,6 +77,27 @@ int WaitAbove(const std::string& path, int above) {
   return v;
 }
 
+// A cgroup knob of pid's cgroup: v1 (CTRL's hierarchy) or the unified one.
+std::string Knob(pid_t pid, const std::string& ctrl, const std::string& v1, const std::string& v2) {
+  auto cg = fs::ReadFile(StrFormat("/proc/%d/cgroup", pid));
+  if (!cg.ok()) return "?";
+  for (const auto& line : fs::Split(*cg, '\n')) {
+    auto parts = fs::Split(line, ':');
+    if (parts.size() < 3) continue;
+    for (const auto& c : fs::Split(parts[1], ','))
+      if (c == ctrl) {
+        auto v = fs::ReadFile("/sys/fs/cgroup/" + ctrl + parts[2] + "/" + v1);
+        if (v.ok()) return fs::Trim(*v);
+      }
+  }
+  for (const auto& line : fs::Split(*cg, '\n'))
+    if (line.rfind("0::", 0) == 0) {
+      auto v = fs::ReadFile("/sys/fs/cgroup" + line.substr(3) + "/" + v2);
+      if (v.ok()) return fs::Trim(*v);
+    }
+  return "?";
+}
+
 class ContainerCr : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -103,8 +125,9 @@ class ContainerCr : public ::testing::Test {
 
   void Run() {
     CliRun r = Godwit({"--root", root_, "run", "--rootfs", rootfs_, "--name", id_, "--detach",
-                       "--hostname", "cr-" + id_, "--memory", "48M", "--ip", ip_ + "/24", "--",
-                       "sh", "-c",
+                       "--hostname", "cr-" + id_, "--memory", "48M", "--pids", "40", "--cpus",
+                       "0.5", "--cpu-shares", "512", "--ip", ip_ + "/24", "--", "sh", "-c",
+                       "mount -t tmpfs -o size=4m tmpfs /tmp && echo in-tmp > /tmp/t || exit 1; "
                        "echo before > /dev/shm/f; i=0; while true; do i=$((i+1)); "
                        "echo $i > /dev/shm/count; usleep 20000; done"},
                       false);
@@ -139,6 +162,18 @@ class ContainerCr : public ::testing::Test {
     ASSERT_GT(restored, 2);
     EXPECT_GT(WaitAbove(count, restored), restored) << "the counter carries on";
     EXPECT_EQ(*fs::ReadFile(StrFormat("/proc/%d/root/dev/shm/f", pid)), "before\n");
+    EXPECT_EQ(*fs::ReadFile(StrFormat("/proc/%d/root/tmp/t", pid)), "in-tmp\n");
+    auto mi = fs::ReadFile(StrFormat("/proc/%d/mountinfo", pid));
+    ASSERT_TRUE(mi.ok());
+    EXPECT_NE(mi->find(" /tmp rw,"), std::string::npos) << *mi;
+    EXPECT_NE(mi->find("size=4096k"), std::string::npos) << *mi;
+    // The limits, as the kernel holds them (v1 knobs here; cgroup2's where that is the layout).
+    EXPECT_EQ(Knob(pid, "memory", "memory.limit_in_bytes", "memory.max"), std::to_string(48 << 20));
+    EXPECT_EQ(Knob(pid, "pids", "pids.max", "pids.max"), "40");
+    std::string quota = Knob(pid, "cpu", "cpu.cfs_quota_us", "cpu.max");
+    EXPECT_TRUE(quota == "50000" || quota == "50000 100000") << quota;
+    std::string shares = Knob(pid, "cpu", "cpu.shares", "cpu.weight");
+    EXPECT_TRUE(shares == "512" || shares == "20") << shares;
     auto host = Sh(StrFormat("nsenter -t %d -u hostname", pid));
     ASSERT_OK(host);
     EXPECT_EQ(*host, "cr-" + id_ + "\n");

@@ -2,7 +2,9 @@
 # Container checkpoint/restore: a busybox container with a counter (in a tmpfs) and a small TCP
 # server is checkpointed to a directory (frozen time printed) and deleted, restored with the
 # same pids (its init is pid 1 again), the counter carries on and the server still answers;
-# then the same through one export file. Everything is removed at exit.
+# then the same through one export file. All along, a client outside the container (in the host
+# netns) keeps one TCP connection to the container's echo server and streams numbered lines: it
+# is never broken and every line comes back. Everything is removed at exit.
 set -euo pipefail
 GODWIT=${GODWIT:-$(dirname "$0")/../../build/godwit}
 work=$(mktemp -d /tmp/godwit-demo-container.XXXXXX)
@@ -11,7 +13,9 @@ id=demo-cr-$$
 # A subnet of 198.18.0.0/15 (benchmark space, never routed off this machine), by pid.
 ip=198.18.$((200 + $$ % 50)).10
 gw() { "$GODWIT" --root "$root" "$@"; }
+client=
 cleanup() {
+  [ -z "$client" ] || kill "$client" 2>/dev/null || true
   gw delete --force "$id" 2>/dev/null || true
   rm -rf "$work"
 }
@@ -31,12 +35,43 @@ chmod +x "$work/rootfs/srv/count"
 step "godwit run --detach --hostname counter --ip $ip/24 --memory 64M (a counter and a server on 8080)"
 # Its stdio is /dev/null: a checkpointed container takes along nothing of this terminal.
 gw run --rootfs "$work/rootfs" --name "$id" --detach --hostname counter --ip "$ip/24" \
-  --allow-port 8080 --memory 64M \
-  -- sh -c 'nc -ll -p 8080 -e /srv/count & i=0; while true; do i=$((i+1)); echo $i > /dev/shm/count; usleep 100000; done' \
+  --allow-port 8080,8081 --memory 64M \
+  -- sh -c 'nc -ll -p 8080 -e /srv/count & nc -ll -p 8081 -e cat & i=0; while true; do i=$((i+1)); echo $i > /dev/shm/count; usleep 100000; done' \
   </dev/null >/dev/null 2>&1
 gw state "$id" | grep -E '"(pid|status)"'
 until [ "$(count 2>/dev/null || echo 0)" -ge 5 ]; do usleep 100000 2>/dev/null || sleep 0.1; done
 echo "server says: $(ask)"
+
+step "an outside client (busybox nc in the host netns) connects to $ip:8081 and streams a line every 20 ms"
+mkfifo "$work/to"
+busybox nc "$ip" 8081 <"$work/to" >"$work/echoed" &
+client=$!
+exec 3>"$work/to"
+# The writer holds still while "pause" exists (it says so with "paused") so a check sees all.
+(i=0; while [ ! -e "$work/stop" ]; do
+  if [ -e "$work/pause" ]; then touch "$work/paused"; sleep 0.02; continue; fi
+  rm -f "$work/paused"; i=$((i+1)); echo "line $i" >>"$work/sent"; echo "line $i" >&3; sleep 0.02
+done) &
+writer=$!
+n=0; until [ -s "$work/echoed" ] || [ $n -ge 100 ]; do sleep 0.05; n=$((n+1)); done
+# Every line sent came back, in order, on the same connection (bounded wait: while the container
+# was down, the client's retransmission timer backed off).
+verify() {
+  local n=0
+  rm -f "$work/paused"; touch "$work/pause"
+  until [ -e "$work/paused" ] || [ $n -ge 100 ]; do sleep 0.02; n=$((n+1)); done
+  n=0
+  until [ "$(wc -l <"$work/echoed")" -ge "$(wc -l <"$work/sent")" ] || [ $n -ge 300 ]; do
+    sleep 0.1; n=$((n+1))
+  done
+  rm -f "$work/pause"
+  if kill -0 "$client" 2>/dev/null && cmp -s "$work/sent" "$work/echoed"; then
+    echo "client: $(wc -l <"$work/sent") lines ($(wc -c <"$work/sent") bytes) streamed, all echoed in order; connection never broken (same nc, no reconnect)"
+  else
+    echo "client: connection BROKEN or data lost ($(wc -l <"$work/sent") lines sent, $(wc -l <"$work/echoed") echoed)"
+    return 1
+  fi
+}
 
 step "godwit checkpoint $id --image-path DIR (freeze, namespaces, process tree; the container is deleted)"
 gw checkpoint "$id" --image-path "$work/ckpt"
@@ -50,12 +85,17 @@ before=$(count)
 sleep 0.5
 echo "counter: $before, half a second later $(count) (it carried on from the checkpoint)"
 echo "server says: $(ask)"
+verify
 
 step "godwit checkpoint --export FILE (one file), godwit restore --import FILE"
 gw checkpoint "$id" --image-path "$work/ckpt2" --compress zstd --export "$work/$id.godwit"
 ls -l "$work/$id.godwit"
 gw restore "$id" --import "$work/$id.godwit" --detach
 echo "counter: $(count); server says: $(ask)"
+verify
+touch "$work/stop"
+wait "$writer"
+exec 3>&-
 
 step "godwit delete --force $id"
 gw delete --force "$id"
