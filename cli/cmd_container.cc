@@ -189,13 +189,14 @@ int CheckpointCmd(Global& g, const std::vector<std::string>& args) {
            o.image_path.c_str(), r->tree.processes, r->tree.threads,
            o.leave_running ? ", left running" : ", container deleted");
     const auto& p = r->phases;
-    printf("  downtime %.1f ms until the images are complete; freeze %.1f ms, then frozen %.1f ms = collect %.1f (uts %.1f ipc %.1f net %.1f mnt "
-           "%.1f layer %.1f rootfs %.1f) + tree %.1f (setup %.1f seize %.1f memory %.1f rest %.1f "
-           "cgroup %.1f) + write %.1f + %s %.1f\n",
-           p.downtime_ms, p.freeze_ms, p.frozen_ms, p.collect_ms, p.uts_ms, p.ipc_ms, p.net_ms, p.mnt_ms,
-           p.layer_ms, p.rootfs_ms, p.tree_ms, p.tree_setup_ms, p.seize_ms, p.memory_ms,
-           p.tree_rest_ms, p.cgroup_hooks_ms, p.write_ms, o.leave_running ? "thaw" : "kill",
-           p.release_ms);
+    printf("  downtime %.1f ms (until the images are complete) = freeze %.1f + collect %.1f (uts "
+           "%.1f ipc %.1f net %.1f mnt %.1f layer %.1f rootfs %.1f)\n",
+           p.downtime_ms, p.freeze_ms, p.collect_ms, p.uts_ms, p.ipc_ms, p.net_ms, p.mnt_ms,
+           p.layer_ms, p.rootfs_ms);
+    printf("    + tree %.1f (setup %.1f seize %.1f memory %.1f rest %.1f cgroup %.1f) + write "
+           "%.1f; then %s %.1f (frozen %.1f ms)\n",
+           p.tree_ms, p.tree_setup_ms, p.seize_ms, p.memory_ms, p.tree_rest_ms, p.cgroup_hooks_ms,
+           p.write_ms, o.leave_running ? "thaw" : "kill", p.release_ms, p.frozen_ms);
     printf("  total %.1f ms (prepare %.1f%s)\n", p.total_ms, p.prepare_ms,
            o.export_file.empty() ? "" : StrFormat(", export %.1f", p.export_ms).c_str());
     if (!o.export_file.empty())
@@ -267,11 +268,11 @@ int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
     const auto& p = r->phases;
     printf("restored %s: init pid %d, %d process(es)\n", c.id.c_str(), c.pid, r->processes);
     printf("  running after %.1f ms = import %.1f + prepare %.1f + cgroup %.1f + plan %.1f + root "
-           "%.1f + rootfs %.1f + env %.1f + join %.1f + tree %.1f (memory %.1f rest %.1f); total "
-           "%.1f ms\n",
+           "%.1f + rootfs %.1f\n",
            p.running_ms, p.import_ms, p.prepare_ms, p.cgroup_ms, p.plan_ms, p.root_ms,
-           p.rootfs_wait_ms, p.env_ms, p.cgroup_join_ms, p.tree_ms, p.memory_ms, p.tree_rest_ms,
-           p.total_ms);
+           p.rootfs_wait_ms);
+    printf("    + env %.1f + join %.1f + tree %.1f (memory %.1f rest %.1f); total %.1f ms\n",
+           p.env_ms, p.cgroup_join_ms, p.tree_ms, p.memory_ms, p.tree_rest_ms, p.total_ms);
   }
   fflush(stdout);
   if (pa->has("detach")) return 0;
