@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstring>
 
 #include "common/fs.h"
 #include "common/log.h"
@@ -54,7 +55,7 @@ void CgroupJoinWarmer::Run(std::string procs) {
     if (fd >= 0) ::close(fd);
     lock.lock();
     if (!ok) {
-      PLOG_WARN("cgroup warm-up through %s: giving up", procs.c_str());
+      LOG_DEBUG("cgroup warm-up through %s: %s; giving up", procs.c_str(), strerror(errno));
       return;
     }
     cv_.wait_for(lock, std::chrono::milliseconds(1), [this] { return stop_; });
