@@ -52,10 +52,11 @@ void CgroupJoinWarmer::Run(std::string procs) {
     lock.unlock();
     int fd = ::open(procs.c_str(), O_WRONLY | O_CLOEXEC);
     bool ok = fd >= 0 && ::write(fd, pid.data(), pid.size()) == static_cast<ssize_t>(pid.size());
+    int err = errno;
     if (fd >= 0) ::close(fd);
     lock.lock();
     if (!ok) {
-      LOG_DEBUG("cgroup warm-up through %s: %s; giving up", procs.c_str(), strerror(errno));
+      LOG_DEBUG("cgroup warm-up through %s: %s; giving up", procs.c_str(), strerror(err));
       return;
     }
     cv_.wait_for(lock, std::chrono::milliseconds(1), [this] { return stop_; });
