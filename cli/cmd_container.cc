@@ -82,6 +82,7 @@ container::TreeRestorer EngineRestorer() {
     o.detach = true;     // the container verb waits (or not) for the init itself
     o.shell_job = true;  // the init's stdio comes from outside the container
     o.root_clone_flags = req.clone_flags;
+    o.userns_fd = req.userns_fd;
     o.root_inside = req.inside;
     o.root_outside = req.outside;
     o.tcp_close = req.tcp_close;
@@ -99,7 +100,8 @@ nlohmann::json PhasesJson(const container::CheckpointPhases& p) {
           {"freeze_ms", p.freeze_ms},
           {"collect_ms", p.collect_ms},
           {"collect",
-           {{"uts_ms", p.uts_ms},
+           {{"userns_ms", p.userns_ms},
+            {"uts_ms", p.uts_ms},
             {"ipc_ms", p.ipc_ms},
             {"net_ms", p.net_ms},
             {"mnt_ms", p.mnt_ms},
@@ -189,10 +191,10 @@ int CheckpointCmd(Global& g, const std::vector<std::string>& args) {
            o.image_path.c_str(), r->tree.processes, r->tree.threads,
            o.leave_running ? ", left running" : ", container deleted");
     const auto& p = r->phases;
-    printf("  downtime %.1f ms (until the images are complete) = freeze %.1f + collect %.1f (uts "
-           "%.1f ipc %.1f net %.1f mnt %.1f layer %.1f rootfs %.1f)\n",
-           p.downtime_ms, p.freeze_ms, p.collect_ms, p.uts_ms, p.ipc_ms, p.net_ms, p.mnt_ms,
-           p.layer_ms, p.rootfs_ms);
+    printf("  downtime %.1f ms (until the images are complete) = freeze %.1f + collect %.1f (user "
+           "%.1f uts %.1f ipc %.1f net %.1f mnt %.1f layer %.1f rootfs %.1f)\n",
+           p.downtime_ms, p.freeze_ms, p.collect_ms, p.userns_ms, p.uts_ms, p.ipc_ms, p.net_ms,
+           p.mnt_ms, p.layer_ms, p.rootfs_ms);
     printf("    + tree %.1f (setup %.1f seize %.1f memory %.1f rest %.1f cgroup %.1f) + write "
            "%.1f; then %s %.1f (frozen %.1f ms)\n",
            p.tree_ms, p.tree_setup_ms, p.seize_ms, p.memory_ms, p.tree_rest_ms, p.cgroup_hooks_ms,

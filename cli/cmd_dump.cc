@@ -1,5 +1,6 @@
 // `godwit dump --pid PID --images-dir DIR [--leave-running] [--compress zstd[:LEVEL]]
 //  [--shell-job] [--external KEY]... [--tcp-established] [--json]`
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -25,6 +26,18 @@ int DumpCmd(Global& g, const std::vector<std::string>& args) {
   if (o.pid <= 0 || o.images_dir.empty())
     return ReportError(g, "dump",
                        MakeError(ErrorKind::kUsage, 0, "need --pid PID and --images-dir DIR"));
+  // A plain dump saves no namespace: a tree in its own user namespace would come back in ours,
+  // its ids meaning other users. Containers with one go through `godwit checkpoint`.
+  struct stat theirs, ours;
+  if (::stat(StrFormat("/proc/%d/ns/user", o.pid).c_str(), &theirs) == 0 &&
+      ::stat("/proc/self/ns/user", &ours) == 0 &&
+      (theirs.st_ino != ours.st_ino || theirs.st_dev != ours.st_dev))
+    return ReportError(g, "dump",
+                       MakeError(ErrorKind::kUnsupported, 0,
+                                 "pid %d is in another user namespace than godwit's: a plain dump "
+                                 "does not save namespaces (checkpoint it as a container: godwit "
+                                 "run with a user namespace, then godwit checkpoint)",
+                                 o.pid));
   o.leave_running = pa->has("leave-running");
   o.shell_job = pa->has("shell-job");
   o.tcp_established = pa->has("tcp-established");

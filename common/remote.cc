@@ -15,6 +15,7 @@
 #include "common/fs.h"
 #include "common/log.h"
 #include "common/proc.h"
+#include "common/scope_exit.h"
 
 namespace godwit::remote {
 namespace {
@@ -210,6 +211,16 @@ Result<long> Remote::Inject(pid_t tid, long nr, const uint64_t args[6], uint64_t
   regs.r8 = args[4];
   regs.r9 = args[5];
   TRY(SetRegs(tid, regs));
+  // Block every signal while the injected syscall runs: one that arrives now (a SIGCHLD from a
+  // child being killed, a signal from outside) stays pending with its siginfo, is dumped with
+  // the pending signals or delivered after release, instead of being swallowed here.
+  uint64_t mask = 0;
+  if (ptrace(PTRACE_GETSIGMASK, tid, sizeof(mask), &mask) < 0)
+    return Errno("PTRACE_GETSIGMASK %d", tid);
+  const uint64_t all = ~uint64_t{0};
+  if (ptrace(PTRACE_SETSIGMASK, tid, sizeof(all), &all) < 0)
+    return Errno("PTRACE_SETSIGMASK %d", tid);
+  ScopeExit unblock([&] { ptrace(PTRACE_SETSIGMASK, tid, sizeof(mask), &mask); });
   ++calls_;
   int syscall_stops = 0;
   long req = int3 ? PTRACE_CONT : PTRACE_SYSCALL;
@@ -225,10 +236,12 @@ Result<long> Remote::Inject(pid_t tid, long nr, const uint64_t args[6], uint64_t
       continue;
     }
     if (sig == SIGTRAP && int3) break;
-    // An unrelated signal arrived for this thread: it stays undelivered (we resume with 0); the
-    // tree is frozen, so such a signal can only come from outside during the dump.
-    LOG_WARN("pid %d tid %d: signal %d arrived during an injected syscall; dropped", pid_, tid,
-             sig);
+    // Only SIGKILL and SIGSTOP get through the full mask; a SIGKILL ends the wait with an error
+    // in WaitStop, a stop is a group stop (event != 0) above. Anything else is a kernel-generated
+    // synchronous signal (a fault in the trampoline): report it, don't loop on it.
+    return MakeError(ErrorKind::kGeneric, 0,
+                     "pid %d tid %d: signal %d while running injected syscall %ld", pid_, tid, sig,
+                     nr);
   }
   ASSIGN_OR_RETURN(user_regs_struct out, GetRegs(tid));
   return static_cast<long>(out.rax);

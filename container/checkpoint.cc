@@ -6,6 +6,7 @@
 #include <chrono>
 
 #include "common/fs.h"
+#include "common/idmap.h"
 #include "common/log.h"
 #include "common/scope_exit.h"
 #include "container/archive.h"
@@ -56,6 +57,63 @@ bool Has(const std::vector<std::string>& v, const char* s) {
 
 }  // namespace
 
+Result<void> DumpUserNamespace(pid_t init, const std::vector<pid_t>& pids,
+                               img::UserNamespace* out) {
+  struct stat ns;
+  std::string nsp = StrFormat("/proc/%d/ns/user", init);
+  if (::stat(nsp.c_str(), &ns) < 0) return Errno("stat %s", nsp.c_str());
+  // Every process must be in the container's own user namespace and single-threaded: a restored
+  // process joins that namespace once its children are forked, and a thread (or a child) created
+  // from inside it cannot choose its host-level id (clone3 set_tid needs CAP_CHECKPOINT_RESTORE
+  // over the host's pid namespace).
+  for (pid_t p : pids) {
+    struct stat st;
+    std::string path = StrFormat("/proc/%d/ns/user", p);
+    if (::stat(path.c_str(), &st) < 0) {
+      if (errno == ENOENT || errno == ESRCH) continue;  // a zombie's ns links are gone
+      return Errno("stat %s", path.c_str());
+    }
+    if (st.st_ino != ns.st_ino || st.st_dev != ns.st_dev)
+      return MakeError(ErrorKind::kUnsupported, 0,
+                       "pid %d is in a nested user namespace: not supported by checkpoint", p);
+    auto status = fs::ReadFile(StrFormat("/proc/%d/status", p));
+    if (!status.ok()) continue;  // gone: the tree dump reports what matters
+    size_t at = status->find("\nThreads:\t");
+    if (at != std::string::npos && atoi(status->c_str() + at + 10) > 1)
+      return MakeError(ErrorKind::kUnsupported, 0,
+                       "pid %d has %d threads: a user-namespaced container can be checkpointed "
+                       "only with single-threaded processes (a thread cloned inside the user "
+                       "namespace cannot get its host thread id back)",
+                       p, atoi(status->c_str() + at + 10));
+  }
+  ASSIGN_OR_RETURN(auto uid_map, idmap::Read(init, "uid_map"));
+  ASSIGN_OR_RETURN(auto gid_map, idmap::Read(init, "gid_map"));
+  if (uid_map.empty() || gid_map.empty())
+    return MakeError(ErrorKind::kUnsupported, 0, "pid %d: its user namespace has no %s", init,
+                     uid_map.empty() ? "uid_map" : "gid_map");
+  for (const auto& r : uid_map) {
+    auto* e = out->add_uid_map();
+    e->set_inside(r.inside);
+    e->set_outside(r.outside);
+    e->set_count(r.count);
+  }
+  for (const auto& r : gid_map) {
+    auto* e = out->add_gid_map();
+    e->set_inside(r.inside);
+    e->set_outside(r.outside);
+    e->set_count(r.count);
+  }
+  ASSIGN_OR_RETURN(std::string sg, fs::ReadFile(StrFormat("/proc/%d/setgroups", init)));
+  out->set_setgroups_deny(fs::Trim(sg) == "deny");
+  // The restore sets every process's groups with setgroups, which "deny" forbids for good.
+  if (out->setgroups_deny())
+    return MakeError(ErrorKind::kUnsupported, 0,
+                     "pid %d: its user namespace denies setgroups: the restored processes' "
+                     "groups could not be set",
+                     init);
+  return Ok();
+}
+
 Result<std::vector<std::string>> OwnNamespaces(pid_t pid) {
   std::vector<std::string> own;
   for (const char* ns : {"pid", "mnt", "uts", "ipc", "net", "cgroup", "user", "time"}) {
@@ -83,11 +141,6 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
   const pid_t pid = c.pid;
   ASSIGN_OR_RETURN(std::string config, fs::ReadFile(c.config_path()));
   ASSIGN_OR_RETURN(std::vector<std::string> own, OwnNamespaces(pid));
-  if (Has(own, "user")) {
-    return MakeError(ErrorKind::kUnsupported, 0,
-                     "container %s has a user namespace: not supported by checkpoint yet",
-                     opts.id.c_str());
-  }
 
   const std::string cdir = opts.image_path + "/" + kContainerDir;
   const std::string tdir = opts.image_path + "/" + kTreeDir;
@@ -146,6 +199,11 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
   rec.mutable_times()->set_freeze_ms(Ms(t_freeze, t_frozen));
 
   // Namespaces, mounts and the writable layer, read from outside while frozen.
+  if (Has(own, "user")) {
+    ASSIGN_OR_RETURN(std::vector<pid_t> pids, cg->Pids());
+    TRY_CTX(DumpUserNamespace(pid, pids, rec.mutable_userns()), "container %s", opts.id.c_str());
+    phase(&ph.userns_ms);
+  }
   if (Has(own, "uts")) {
     ASSIGN_OR_RETURN(UniqueFd fd, OpenNamespace(pid, "uts"));
     TRY_CTX(uts::Dump(fd.get(), *sink), "container %s", opts.id.c_str());

@@ -53,13 +53,14 @@ struct CheckpointPhases {
   double prepare_ms = 0;  // before the freeze: record, config, namespaces, rootfs identity
   double freeze_ms = 0;   // cgroup freezer until every task is frozen
   // Collect: the container's own state, read from outside while frozen.
+  double userns_ms = 0;  // user namespace maps and checks
   double uts_ms = 0;
   double ipc_ms = 0;
   double net_ms = 0;     // links, addresses, routes, sysctls, nftables
   double mnt_ms = 0;     // mount table and tmpfs contents
   double layer_ms = 0;   // writable-layer changes
   double rootfs_ms = 0;  // rootfs identity when taken while frozen (no overlay)
-  double collect_ms = 0;  // the six above
+  double collect_ms = 0;  // the seven above
   // The process tree (engine), call to return.
   double tree_ms = 0;
   double tree_setup_ms = 0;  // before the seize (page blob reservation, images)
@@ -112,5 +113,10 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
 
 // The container's own namespaces: those of pid that differ from the caller's.
 Result<std::vector<std::string>> OwnNamespaces(pid_t pid);
+
+// The user namespace of a container whose init is `init` (its uid/gid maps as host root reads
+// them, and setgroups). pids: every process of the container; kUnsupported for a process in a
+// nested user namespace or with more than one thread (see docs/container.md, user namespaces).
+Result<void> DumpUserNamespace(pid_t init, const std::vector<pid_t>& pids, img::UserNamespace* out);
 
 }  // namespace godwit::container

@@ -184,9 +184,11 @@ class Walker {
       return Dir(fd, path);
     }
     if (stx.stx_mnt_id != mnt_id_) {
-      // Another mount covers this directory; its contents belong to that mount.
+      // Another mount covers this directory; its contents belong to that mount. A file bind
+      // (a host device node over an empty file, in a user namespace) covers an empty file.
       e.set_mountpoint(true);
-      e.set_type(img::TMPFS_DIR);
+      e.set_type(S_ISDIR(stx.stx_mode) ? img::TMPFS_DIR : img::TMPFS_REG);
+      if (!S_ISDIR(stx.stx_mode)) e.set_size(0);
       return w_.Write(e);
     }
     if (!S_ISDIR(stx.stx_mode) && stx.stx_nlink > 1) {

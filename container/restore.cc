@@ -7,6 +7,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <future>
 
@@ -138,6 +139,14 @@ Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& re
   ASSIGN_OR_RETURN(images::ImageSet images, images::ImageSet::Open(dir + "/" + kContainerDir));
   img::ContainerCheckpoint rec;
   TRY(images.ReadOne(kContainerImage, &rec));
+  const bool has_userns =
+      std::find(rec.namespaces().begin(), rec.namespaces().end(), "user") != rec.namespaces().end();
+  if (has_userns) {
+    if (!rec.has_userns())
+      return MakeError(ErrorKind::kBadImage, 0, "%s: a user namespace without its maps",
+                       kContainerImage);
+    TRY_CTX(CheckUserNamespace(rec.userns()), "%s", kContainerImage);
+  }
   img::MountTable table;
   if (images.Has(mnt::kImage)) {
     ASSIGN_OR_RETURN(table, mnt::ReadMounts(images));
@@ -226,13 +235,28 @@ Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& re
   req.tree_dir = dir + "/" + kTreeDir;
   req.clone_flags = kRootCloneFlags;
   req.tcp_close = !opts.ip.empty();
+  // A user namespace: its maps, and the namespaces it owns, come from a holder (restore_env.h).
+  std::unique_ptr<UsernsHolder> userns;
+  if (has_userns) {
+    // The holder joins the container's cgroup before it makes the cgroup namespace (rooted
+    // there); it is stopped as soon as the root has joined its namespaces (its pid must not
+    // count against the container's pids limit while the tree is forked).
+    ASSIGN_OR_RETURN(userns,
+                     UsernsHolder::Start(rec.userns(), [&](pid_t h) { return cg->AddProcess(h); }));
+    plan.join = userns->Joins();
+    plan.userns_fd = userns->user_fd();
+    TRY(PlanUsernsMounts(&plan, rec.userns()));
+    req.clone_flags = 0;  // pid ns from the image; the others joined in BuildRoot
+    req.userns_fd = userns->user_fd();
+  }
   req.inside = [&plan](const char** what) { return BuildRoot(plan, what); };
   auto t_env = Clock::now();
   double env_ms = 0;
   phase(&ph.plan_ms);
   req.outside = [&](pid_t pid) -> Result<void> {
-    phase(&ph.root_ms);
     root_pid = pid;
+    if (userns) userns->Stop();
+    phase(&ph.root_ms);
     TRY(check_rootfs());
     phase(&ph.rootfs_wait_ms);
     host_veth = veth_name;  // from here on the rollback deletes it

@@ -30,6 +30,7 @@ namespace godwit::container {
 struct TreeRestoreRequest {
   std::string tree_dir;
   int clone_flags = 0;
+  int userns_fd = -1;  // >= 0: every process joins this user namespace (RestoreOptions::userns_fd)
   std::function<int(const char** what)> inside;
   std::function<Result<void>(pid_t root_host_pid)> outside;
   // Established TCP connections come back closed (their address is gone: --ip).

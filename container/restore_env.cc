@@ -1,14 +1,20 @@
 #include "container/restore_env.h"
 
 #include <fcntl.h>
+#include <linux/mount.h>
+#include <linux/securebits.h>
+#include <signal.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <map>
 
 #include "common/fs.h"
+#include "common/idmap.h"
 #include "common/log.h"
 #include "container/ipc.h"
 #include "container/mnt.h"
@@ -55,6 +61,13 @@ std::string JoinPath(const std::string& a, const std::string& b) {
   std::string out = a;
   while (!out.empty() && out.back() == '/') out.pop_back();
   return out + (b[0] == '/' ? b : "/" + b);
+}
+
+// The host id of the container's id 0 (or of its first mapped id).
+uint32_t ContainerRootId(const google::protobuf::RepeatedPtrField<img::IdMapEntry>& map) {
+  std::vector<idmap::Range> r;
+  for (const auto& e : map) r.push_back({e.inside(), e.outside(), e.count()});
+  return idmap::ToOutside(r, 0).value_or(r.empty() ? 0 : r[0].outside);
 }
 
 // Looks up path (relative to the tmpfs root) in the dumped contents of tmpfs mnt_id.
@@ -109,8 +122,30 @@ Result<RootPlan> PlanRoot(const img::MountTable& table, const runtime::Spec& spe
     newroot = spec.root_path;
   }
 
+  // mountinfo lists mounts by id; a mount made ahead and attached later (the user namespace's
+  // fsmount) has a smaller id than its parent. Parents first, the listed order otherwise.
+  std::vector<const img::MountEntry*> order;
+  {
+    std::map<uint32_t, bool> placed;
+    for (const auto& m : table.mounts()) placed[m.mnt_id()] = false;
+    placed[root->mnt_id()] = true;
+    for (bool progress = true; progress;) {
+      progress = false;
+      for (const auto& m : table.mounts()) {
+        if (placed[m.mnt_id()]) continue;
+        auto parent = placed.find(m.parent_id());
+        if (parent != placed.end() && !parent->second && m.parent_id() != m.mnt_id()) continue;
+        placed[m.mnt_id()] = true;
+        order.push_back(&m);
+        progress = true;
+      }
+    }
+    for (const auto& m : table.mounts())
+      if (!placed[m.mnt_id()]) order.push_back(&m);  // a parent loop: keep them, listed order
+  }
   std::vector<const img::MountEntry*> done = {root};
-  for (const auto& m : table.mounts()) {
+  for (const img::MountEntry* mp : order) {
+    const img::MountEntry& m = *mp;
     if (&m == root) continue;
     if (m.mountpoint() == "/")
       return MakeError(ErrorKind::kUnsupported, 0, "a second mount on / (mount %u)", m.mnt_id());
@@ -156,6 +191,16 @@ Result<RootPlan> PlanRoot(const img::MountTable& table, const runtime::Spec& spe
       s.data = FsData(m.super_opts());
       // A read-only tmpfs is filled from outside first; FillEnvironment makes it read-only.
       if (m.fstype() == "tmpfs" && m.contents_dumped()) s.flags &= ~MS_RDONLY;
+    } else if (m.fstype() == "devtmpfs" && m.root() != "/") {
+      // A host device node bound in (the runtime's /dev in a user namespace, where mknod is
+      // not allowed, and masked paths bound to /dev/null).
+      s.bind = true;
+      s.source = "/dev" + m.root();
+      struct stat st;
+      if (::stat(s.source.c_str(), &st) < 0 || !(S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode)))
+        return MakeError(ErrorKind::kNotFound, errno, "mount %u: host device %s for %s", m.mnt_id(),
+                         s.source.c_str(), m.mountpoint().c_str());
+      s.file = true;
     } else {
       const runtime::Mount* sm = nullptr;
       for (const auto& x : spec.mounts)
@@ -177,6 +222,77 @@ Result<RootPlan> PlanRoot(const img::MountTable& table, const runtime::Spec& spe
   return plan;
 }
 
+Result<void> PlanUsernsMounts(RootPlan* plan, const img::UserNamespace& u) {
+  std::vector<idmap::Range> uids, gids;
+  for (const auto& e : u.uid_map()) uids.push_back({e.inside(), e.outside(), e.count()});
+  for (const auto& e : u.gid_map()) gids.push_back({e.inside(), e.outside(), e.count()});
+  plan->userns_fsuid = ContainerRootId(u.uid_map());
+  plan->userns_fsgid = ContainerRootId(u.gid_map());
+  for (MountStep& s : plan->mounts) {
+    if (s.bind || (s.fstype != "tmpfs" && s.fstype != "devpts")) continue;
+    s.userns_mount = true;
+    s.params.clear();
+    for (const auto& o : fs::Split(s.data, ',')) {
+      if (o.empty()) continue;
+      size_t eq = o.find('=');
+      std::string key = o.substr(0, eq), value = eq == std::string::npos ? "" : o.substr(eq + 1);
+      if (key == "uid" || key == "gid") {
+        auto in = idmap::ToInside(key == "uid" ? uids : gids,
+                                  static_cast<uint32_t>(strtoul(value.c_str(), nullptr, 10)));
+        if (!in)
+          return MakeError(ErrorKind::kBadImage, 0,
+                           "mount %s: %s=%s has no mapping in the user namespace", s.target.c_str(),
+                           key.c_str(), value.c_str());
+        value = std::to_string(*in);
+      }
+      s.params.emplace_back(key, value);
+    }
+    if (s.source.size()) s.params.emplace_back("source", s.source);
+    s.attr = 0;
+    if (s.flags & MS_RDONLY) s.attr |= MOUNT_ATTR_RDONLY;
+    if (s.flags & MS_NOSUID) s.attr |= MOUNT_ATTR_NOSUID;
+    if (s.flags & MS_NODEV) s.attr |= MOUNT_ATTR_NODEV;
+    if (s.flags & MS_NOEXEC) s.attr |= MOUNT_ATTR_NOEXEC;
+    if (s.flags & MS_NODIRATIME) s.attr |= MOUNT_ATTR_NODIRATIME;
+    if (s.flags & MS_NOATIME)
+      s.attr |= MOUNT_ATTR_NOATIME;
+    else if (s.flags & MS_STRICTATIME)
+      s.attr |= MOUNT_ATTR_STRICTATIME;
+  }
+  return Ok();
+}
+
+namespace {
+
+constexpr int kMaxUsernsMounts = 64;
+
+// The helper of BuildRoot (a clone sharing the root task's fd table): joins the user namespace,
+// makes each userns_mount step's detached mount and writes its fd number to out_fd, in order.
+// Returns an errno (its exit status), *step naming the call.
+int MakeUsernsMounts(const RootPlan& plan, int out_fd) {
+  if (::setns(plan.userns_fd, CLONE_NEWUSER) < 0) return errno;
+  if (::syscall(SYS_setresgid, 0, 0, 0) < 0 || ::syscall(SYS_setresuid, 0, 0, 0) < 0) return errno;
+  for (const MountStep& s : plan.mounts) {
+    if (!s.userns_mount) continue;
+    int fsfd = static_cast<int>(::syscall(SYS_fsopen, s.fstype.c_str(), FSOPEN_CLOEXEC));
+    if (fsfd < 0) return errno;
+    for (const auto& [k, v] : s.params) {
+      long r = v.empty()
+                   ? ::syscall(SYS_fsconfig, fsfd, FSCONFIG_SET_FLAG, k.c_str(), nullptr, 0)
+                   : ::syscall(SYS_fsconfig, fsfd, FSCONFIG_SET_STRING, k.c_str(), v.c_str(), 0);
+      if (r < 0) return errno;
+    }
+    if (::syscall(SYS_fsconfig, fsfd, FSCONFIG_CMD_CREATE, nullptr, nullptr, 0) < 0) return errno;
+    int mfd = static_cast<int>(::syscall(SYS_fsmount, fsfd, FSMOUNT_CLOEXEC, s.attr));
+    if (mfd < 0) return errno;
+    ::close(fsfd);
+    if (::write(out_fd, &mfd, sizeof(mfd)) != sizeof(mfd)) return EPIPE;
+  }
+  return 0;
+}
+
+}  // namespace
+
 int BuildRoot(const RootPlan& plan, const char** what) {
 #define STEP(cond, name) \
   do {                   \
@@ -185,7 +301,54 @@ int BuildRoot(const RootPlan& plan, const char** what) {
       return errno;      \
     }                    \
   } while (0)
+  for (const auto& [fd, type] : plan.join)
+    STEP(::setns(fd, type) < 0, "join a namespace of the user namespace holder");
   STEP(::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) < 0, "make / rprivate");
+  // Superblocks the user namespace must own, made by a helper inside it (pid 2 there for a
+  // moment; gone before the tree is forked). The root itself stays outside (see restore_env.h).
+  int userns_mounts[kMaxUsernsMounts];
+  int n_userns = 0, next_userns = 0;
+  if (plan.userns_fd >= 0) {
+    int want = 0;
+    for (const MountStep& s : plan.mounts) want += s.userns_mount;
+    if (want > kMaxUsernsMounts) {
+      errno = E2BIG;
+      STEP(true, "too many mounts to make in the user namespace");
+    }
+    int p[2];
+    STEP(::pipe2(p, O_CLOEXEC) < 0, "pipe");
+    long pid = ::syscall(SYS_clone, CLONE_FILES | SIGCHLD, 0, 0, 0, 0);
+    STEP(pid < 0, "clone the user namespace mount helper");
+    if (pid == 0) ::_exit(MakeUsernsMounts(plan, p[1]));
+    // The fd table is shared: the write end stays open until the helper is done (the pipe holds
+    // every fd number it writes).
+    int st = 0;
+    while (::wait4(static_cast<pid_t>(pid), &st, 0, nullptr) < 0 && errno == EINTR) {
+    }
+    ::close(p[1]);
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+      ::close(p[0]);
+      errno = WIFEXITED(st) ? WEXITSTATUS(st) : EINTR;
+      STEP(true, "fsopen/fsconfig/fsmount in the user namespace");
+    }
+    while (n_userns < want && ::read(p[0], &userns_mounts[n_userns], sizeof(int)) == sizeof(int))
+      ++n_userns;
+    ::close(p[0]);
+    if (n_userns != want) {
+      errno = EPIPE;
+      STEP(true, "read the user namespace mounts");
+    }
+  }
+  // Mount points are made as the container's root (capabilities kept across the fsuid change),
+  // then the fs ids go back: the restored processes read the images as their owner.
+  const int saved_bits = static_cast<int>(::prctl(PR_GET_SECUREBITS, 0, 0, 0, 0));
+  const long saved_fsuid = ::syscall(SYS_setfsuid, -1), saved_fsgid = ::syscall(SYS_setfsgid, -1);
+  if (plan.userns_fd >= 0) {
+    STEP(::prctl(PR_SET_SECUREBITS, saved_bits | SECBIT_NO_SETUID_FIXUP, 0, 0, 0) < 0,
+         "PR_SET_SECUREBITS");
+    ::syscall(SYS_setfsgid, plan.userns_fsgid);
+    ::syscall(SYS_setfsuid, plan.userns_fsuid);
+  }
   const char* newroot;
   if (!plan.merged.empty()) {
     STEP(::mount("godwit-storage", plan.storage_dir.c_str(), "tmpfs", MS_NOSUID | MS_NODEV,
@@ -219,10 +382,17 @@ int BuildRoot(const RootPlan& plan, const char** what) {
     }
     if (s.bind) {
       STEP(::mount(s.source.c_str(), t, nullptr, MS_BIND | MS_REC, nullptr) < 0, "bind mount");
-      unsigned long keep = s.flags & (MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC);
+      // The atime flags too: in a mount namespace owned by a user namespace they are locked.
+      unsigned long keep = s.flags & (MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_NOATIME |
+                                      MS_NODIRATIME | MS_RELATIME | MS_STRICTATIME);
       if (keep)
         STEP(::mount(nullptr, t, nullptr, MS_REMOUNT | MS_BIND | keep, nullptr) < 0,
              "remount bind with flags");
+    } else if (s.userns_mount && plan.userns_fd >= 0) {
+      int mfd = userns_mounts[next_userns++];
+      STEP(::syscall(SYS_move_mount, mfd, "", AT_FDCWD, t, MOVE_MOUNT_F_EMPTY_PATH) < 0,
+           "move a user namespace mount into place");
+      ::close(mfd);
     } else {
       STEP(::mount(s.source.c_str(), t, s.fstype.c_str(), s.flags,
                    s.data.empty() ? nullptr : s.data.c_str()) < 0,
@@ -230,6 +400,11 @@ int BuildRoot(const RootPlan& plan, const char** what) {
     }
     if (s.propagation)
       STEP(::mount(nullptr, t, nullptr, s.propagation, nullptr) < 0, "propagation");
+  }
+  if (plan.userns_fd >= 0) {
+    ::syscall(SYS_setfsgid, saved_fsgid);
+    ::syscall(SYS_setfsuid, saved_fsuid);
+    STEP(::prctl(PR_SET_SECUREBITS, saved_bits, 0, 0, 0) < 0, "PR_SET_SECUREBITS back");
   }
   if (plan.readonly)
     STEP(::mount(nullptr, newroot, nullptr, MS_REMOUNT | MS_BIND | MS_RDONLY, nullptr) < 0,
@@ -244,6 +419,104 @@ int BuildRoot(const RootPlan& plan, const char** what) {
   return 0;
 }
 
+Result<void> CheckUserNamespace(const img::UserNamespace& u) {
+  for (const auto* map : {&u.uid_map(), &u.gid_map()}) {
+    const char* what = map == &u.uid_map() ? "uid map" : "gid map";
+    if (map->empty() || map->size() > 340)
+      return MakeError(ErrorKind::kBadImage, 0, "user namespace %s: %d ranges", what, map->size());
+    std::vector<idmap::Range> ranges;
+    for (const auto& e : *map) ranges.push_back({e.inside(), e.outside(), e.count()});
+    TRY(idmap::Parse(idmap::Format(ranges), what));
+  }
+  return Ok();
+}
+
+void UsernsHolder::Stop() {
+  if (pid_ <= 0) return;
+  hold_.reset();
+  ::kill(pid_, SIGKILL);
+  while (::waitpid(pid_, nullptr, 0) < 0 && errno == EINTR) {
+  }
+  pid_ = -1;
+}
+
+std::vector<std::pair<int, int>> UsernsHolder::Joins() const {
+  return {{mnt_.get(), CLONE_NEWNS},
+          {uts_.get(), CLONE_NEWUTS},
+          {ipc_.get(), CLONE_NEWIPC},
+          {net_.get(), CLONE_NEWNET},
+          {cgroup_.get(), CLONE_NEWCGROUP}};
+}
+
+Result<std::unique_ptr<UsernsHolder>> UsernsHolder::Start(
+    const img::UserNamespace& u, const std::function<Result<void>(pid_t)>& before_namespaces) {
+  TRY(CheckUserNamespace(u));
+  std::vector<idmap::Range> uids, gids;
+  for (const auto& e : u.uid_map()) uids.push_back({e.inside(), e.outside(), e.count()});
+  for (const auto& e : u.gid_map()) gids.push_back({e.inside(), e.outside(), e.count()});
+  int up[2], down[2];
+  if (::pipe2(up, O_CLOEXEC) < 0) return Errno("pipe");
+  UniqueFd up_rd(up[0]), up_wr(up[1]);
+  if (::pipe2(down, O_CLOEXEC) < 0) return Errno("pipe");
+  UniqueFd down_rd(down[0]), down_wr(down[1]);
+  std::unique_ptr<UsernsHolder> h(new UsernsHolder());
+  pid_t pid = ::fork();
+  if (pid < 0) return Errno("fork user namespace holder");
+  if (pid == 0) {
+    // Raw calls only. Status bytes: 'u' user ns made, 'n' the rest; an errno byte on failure.
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    up_rd.reset();
+    down_wr.reset();
+    char c = 'u';
+    if (::unshare(CLONE_NEWUSER) < 0) c = static_cast<char>(errno);
+    if (::write(up_wr.get(), &c, 1) != 1 || c != 'u') ::_exit(1);
+    if (::read(down_rd.get(), &c, 1) != 1) ::_exit(1);  // maps written
+    c = 'n';
+    if (::unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWCGROUP) < 0)
+      c = static_cast<char>(errno);
+    if (::write(up_wr.get(), &c, 1) != 1 || c != 'n') ::_exit(1);
+    while (::read(down_rd.get(), &c, 1) < 0 && errno == EINTR) {
+    }
+    ::_exit(0);
+  }
+  h->pid_ = pid;
+  up_wr.reset();
+  down_rd.reset();
+  auto status = [&](char want, const char* step) -> Result<void> {
+    char c = 0;
+    ssize_t n;
+    do {
+      n = ::read(up_rd.get(), &c, 1);
+    } while (n < 0 && errno == EINTR);
+    if (n != 1) return Err("user namespace holder %d died (%s)", pid, step);
+    if (c != want) return MakeError(ErrorKind::kGeneric, c, "user namespace holder: %s", step);
+    return Ok();
+  };
+  TRY(status('u', "unshare(CLONE_NEWUSER)"));
+  // setgroups first: it can only be set to "deny" before the gid map is written.
+  std::string base = StrFormat("/proc/%d/", pid);
+  if (u.setgroups_deny()) TRY(fs::WriteFile(base + "setgroups", "deny"));
+  for (auto [file, map] : {std::pair{"uid_map", &uids}, std::pair{"gid_map", &gids}}) {
+    std::string text = idmap::Format(*map);
+    ASSIGN_OR_RETURN(UniqueFd fd, fs::Open(base + file, O_WRONLY));
+    if (::write(fd.get(), text.data(), text.size()) != static_cast<ssize_t>(text.size()))
+      return MakeError(ErrorKind::kBadImage, errno, "user namespace %s from the image: write %s%s",
+                       file, base.c_str(), file);
+  }
+  if (before_namespaces) TRY(before_namespaces(pid));
+  char go = 'g';
+  if (::write(down_wr.get(), &go, 1) != 1) return Errno("wake user namespace holder %d", pid);
+  TRY(status('n', "unshare(CLONE_NEWNS|NEWUTS|NEWIPC|NEWNET|NEWCGROUP)"));
+  h->hold_ = std::move(down_wr);
+  ASSIGN_OR_RETURN(h->user_, OpenNamespace(pid, "user"));
+  ASSIGN_OR_RETURN(h->mnt_, OpenNamespace(pid, "mnt"));
+  ASSIGN_OR_RETURN(h->uts_, OpenNamespace(pid, "uts"));
+  ASSIGN_OR_RETURN(h->ipc_, OpenNamespace(pid, "ipc"));
+  ASSIGN_OR_RETURN(h->net_, OpenNamespace(pid, "net"));
+  ASSIGN_OR_RETURN(h->cgroup_, OpenNamespace(pid, "cgroup"));
+  return h;
+}
+
 Result<void> FillEnvironment(const images::ImageSet& images, const img::ContainerCheckpoint& rec,
                              const img::MountTable& table, const img::NetNs* netns,
                              pid_t root_pid) {
@@ -253,7 +526,22 @@ Result<void> FillEnvironment(const images::ImageSet& images, const img::Containe
   }
   if (images.Has(ipc::kImage)) {
     ASSIGN_OR_RETURN(UniqueFd fd, OpenNamespace(root_pid, "ipc"));
-    TRY(ipc::Restore(images, fd.get()));
+    if (!rec.has_userns()) {
+      TRY(ipc::Restore(images, fd.get()));
+    } else {
+      // As the container's root (effective and fs ids only, capabilities kept): the objects'
+      // creator is then the container's root, as when it made them, and POSIX queues are files
+      // of an mqueue the user namespace owns (no inode of an unmapped id).
+      uint32_t uid = ContainerRootId(rec.userns().uid_map()),
+               gid = ContainerRootId(rec.userns().gid_map());
+      TRY(RunInNamespace(-1, 0, [&]() -> Result<void> {
+        if (::prctl(PR_SET_SECUREBITS, SECBIT_NO_SETUID_FIXUP | SECBIT_KEEP_CAPS) < 0)
+          return Errno("PR_SET_SECUREBITS");
+        if (::syscall(SYS_setresgid, -1, gid, -1) < 0) return Errno("setresgid -1 %u -1", gid);
+        if (::syscall(SYS_setresuid, -1, uid, -1) < 0) return Errno("setresuid -1 %u -1", uid);
+        return ipc::Restore(images, fd.get());
+      }));
+    }
   }
   if (netns) {
     ASSIGN_OR_RETURN(UniqueFd fd, OpenNamespace(root_pid, "net"));
@@ -262,10 +550,46 @@ Result<void> FillEnvironment(const images::ImageSet& images, const img::Containe
   std::string root = StrFormat("/proc/%d/root", root_pid);
   if (rec.has_layer()) TRY_CTX(mnt::RestoreLayer(images, root + "/."), "writable layer");
   std::vector<const img::MountEntry*> readonly;
+  UniqueFd mntns;
   for (const auto& m : table.mounts()) {
     if (!m.contents_dumped()) continue;
-    TRY_CTX(mnt::RestoreTmpfs(images, m.mnt_id(), JoinPath(root, m.mountpoint())), "tmpfs %s",
-            m.mountpoint().c_str());
+    // Into a clone of that mount alone: what is mounted over its entries (the host's device
+    // nodes bound onto /dev/null and co. in a user namespace) must not be written through.
+    if (!mntns.valid()) {
+      ASSIGN_OR_RETURN(mntns, OpenNamespace(root_pid, "mnt"));
+    }
+    UniqueFd view;
+    TRY(RunInNamespace(
+        mntns.get(), CLONE_NEWNS,
+        [&]() -> Result<void> {
+          long fd = ::syscall(SYS_open_tree, AT_FDCWD, m.mountpoint().c_str(),
+                              OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
+          if (fd < 0) return Errno("open_tree %s", m.mountpoint().c_str());
+          view.reset(static_cast<int>(fd));
+          return Ok();
+        },
+        NsThreadOptions{.unshare_fs = true}));
+    auto fill = [&]() -> Result<void> {
+      return mnt::RestoreTmpfs(images, m.mnt_id(), StrFormat("/proc/self/fd/%d", view.get()));
+    };
+    if (!rec.has_userns()) {
+      TRY_CTX(fill(), "tmpfs %s", m.mountpoint().c_str());
+    } else {
+      // A tmpfs the user namespace owns takes only inodes of ids mapped in it: create them as
+      // the container's root (fsuid/fsgid on a thread of our own, keeping our capabilities to
+      // chown them to their owners next).
+      uint32_t fsuid = ContainerRootId(rec.userns().uid_map()),
+               fsgid = ContainerRootId(rec.userns().gid_map());
+      TRY_CTX(RunInNamespace(-1, 0,
+                             [&]() -> Result<void> {
+                               if (::prctl(PR_SET_SECUREBITS, SECBIT_NO_SETUID_FIXUP) < 0)
+                                 return Errno("PR_SET_SECUREBITS");
+                               ::syscall(SYS_setfsgid, fsgid);
+                               ::syscall(SYS_setfsuid, fsuid);
+                               return fill();
+                             }),
+              "tmpfs %s", m.mountpoint().c_str());
+    }
     if (ParseFlags(m.mount_opts()) & MS_RDONLY) readonly.push_back(&m);
   }
   if (!readonly.empty()) {

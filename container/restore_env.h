@@ -17,10 +17,14 @@
 #include <sched.h>
 #include <sys/types.h>
 
+#include <functional>
+#include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/result.h"
+#include "common/unique_fd.h"
 #include "images/image.h"
 #include "proto/container.pb.h"
 #include "proto/mnt.pb.h"
@@ -45,10 +49,22 @@ struct MountStep {
   // For a bind whose source is a device node of a tmpfs filled only later: made first.
   mode_t prep_mode = 0;
   dev_t prep_rdev = 0;
+  // Made in the user namespace (PlanUsernsMounts): fsopen/fsconfig/fsmount by a helper that
+  // joined it, so that the superblock belongs to it; moved onto target by the root task.
+  bool userns_mount = false;
+  std::vector<std::pair<std::string, std::string>> params;  // fsconfig key, value ("": flag)
+  unsigned int attr = 0;                                    // MOUNT_ATTR_*
 };
 
 // What BuildRoot does, prepared before the clone (no allocation after it).
 struct RootPlan {
+  // Namespaces the root task joins first (fd inherited from the caller, CLONE_NEW* type): those
+  // of a UsernsHolder, when the container has a user namespace.
+  std::vector<std::pair<int, int>> join;
+  int userns_fd = -1;  // the user namespace the userns_mount steps are made in
+  // Host ids of the container's root: the root task's fsuid/fsgid while it makes mount points
+  // (a superblock owned by the user namespace takes no inode of an unmapped id).
+  uint32_t userns_fsuid = 0, userns_fsgid = 0;
   std::string rootfs;  // host path of the rootfs
   bool readonly = false;
   int64_t disk_quota = 0;   // > 0: overlay with upper/work in a tmpfs of this size
@@ -64,6 +80,11 @@ struct RootPlan {
 Result<RootPlan> PlanRoot(const img::MountTable& table, const runtime::Spec& spec, bool has_layer,
                           const std::string& storage_dir, const images::ImageSet* images);
 
+// With a user namespace: the tmpfs and devpts mounts of the plan are made inside it (their
+// superblocks belong to it, as the container's own did), ids in their options translated from
+// host ids (mountinfo as host root read it) through the maps. kBadImage: an id with no mapping.
+Result<void> PlanUsernsMounts(RootPlan* plan, const img::UserNamespace& u);
+
 // Runs in the cloned root task (new mount ns). Returns 0, or an errno with *what naming the step.
 int BuildRoot(const RootPlan& plan, const char** what);
 
@@ -71,6 +92,41 @@ int BuildRoot(const RootPlan& plan, const char** what);
 // net: the network to build (the image's, possibly readdressed); null: none.
 Result<void> FillEnvironment(const images::ImageSet& images, const img::ContainerCheckpoint& rec,
                              const img::MountTable& table, const img::NetNs* net, pid_t root_pid);
+
+// A container with a user namespace is restored into namespaces made by a holder process:
+// it unshares a user namespace, we write the image's maps (setgroups, uid_map, gid_map), then it
+// unshares the mount, UTS, IPC and network namespaces, which that user namespace thus owns. The
+// root task (forked outside the user namespace, so that every pid of the tree can be chosen at
+// the host level too) joins those namespaces in BuildRoot, and every restored process joins the
+// user namespace once its children are forked (restore::RestoreOptions::userns_fd). The holder
+// is killed and reaped when this object goes.
+class UsernsHolder {
+ public:
+  // before_namespaces(pid) runs once the maps are written, before the holder unshares the
+  // other namespaces: the restore moves it into the container's cgroup there, so that the cgroup
+  // namespace it makes too is rooted at the container's cgroup.
+  static Result<std::unique_ptr<UsernsHolder>> Start(
+      const img::UserNamespace& u, const std::function<Result<void>(pid_t)>& before_namespaces);
+  ~UsernsHolder() { Stop(); }
+  // Kills and reaps the holder (its namespaces live on in whoever joined them; the fds stay).
+  void Stop();
+  UsernsHolder(const UsernsHolder&) = delete;
+  UsernsHolder& operator=(const UsernsHolder&) = delete;
+
+  pid_t pid() const { return pid_; }
+  int user_fd() const { return user_.get(); }
+  // (fd, CLONE_NEW*) of the mount, UTS, IPC, network and cgroup namespaces, for RootPlan::join.
+  std::vector<std::pair<int, int>> Joins() const;
+
+ private:
+  UsernsHolder() = default;
+  pid_t pid_ = -1;
+  UniqueFd hold_;  // its read end: EOF releases it
+  UniqueFd user_, mnt_, uts_, ipc_, net_, cgroup_;
+};
+
+// Checks the image's maps the way the kernel will (kBadImage names the flaw).
+Result<void> CheckUserNamespace(const img::UserNamespace& u);
 
 // Converts the image's limits back into runtime resources.
 runtime::Resources LimitsToResources(const img::CgroupLimits& l);

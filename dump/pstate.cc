@@ -11,6 +11,7 @@
 #include <sys/prctl.h>
 #include <sys/ptrace.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/time.h>
 #include <unistd.h>
@@ -19,6 +20,7 @@
 #include <map>
 
 #include "common/fs.h"
+#include "common/idmap.h"
 #include "common/log.h"
 #include "common/sched_attr.h"
 #include "dump/steps.h"
@@ -267,7 +269,27 @@ Result<void> DumpPosixTimers(DumpContext& ctx, ProcessDump& p, img::ProcessState
   return Ok();
 }
 
-Result<void> DumpCreds(pid_t pid, pid_t tid, remote::Remote* r, img::Creds* c) {
+// The process's uid and gid maps as the dumper reads them (identity: the dumper's namespace).
+struct UsernsMaps {
+  std::vector<idmap::Range> uid, gid;
+};
+
+// Translates ids seen from the dumper's user namespace into pid's own.
+Result<void> ToOwnUserns(pid_t pid, const std::vector<idmap::Range>& map, const char* which,
+                         std::vector<uint64_t>* ids) {
+  if (idmap::IsIdentity(map)) return Ok();
+  for (auto& id : *ids) {
+    auto in = idmap::ToInside(map, static_cast<uint32_t>(id));
+    if (!in)
+      return MakeError(ErrorKind::kUnsupported, 0, "pid %d: id %llu has no mapping in its %s", pid,
+                       static_cast<unsigned long long>(id), which);
+    id = *in;
+  }
+  return Ok();
+}
+
+Result<void> DumpCreds(pid_t pid, pid_t tid, remote::Remote* r, const UsernsMaps& maps,
+                       img::Creds* c) {
   std::string path = StrFormat("/proc/%d/task/%d/status", pid, tid);
   ASSIGN_OR_RETURN(auto st, ReadStatus(path));
   ASSIGN_OR_RETURN(std::string s, Field(st, "Uid", path));
@@ -275,6 +297,13 @@ Result<void> DumpCreds(pid_t pid, pid_t tid, remote::Remote* r, img::Creds* c) {
   ASSIGN_OR_RETURN(s, Field(st, "Gid", path));
   ASSIGN_OR_RETURN(auto gids, Numbers(s, 10));
   if (uids.size() != 4 || gids.size() != 4) return Err("%s: bad Uid/Gid lines", path.c_str());
+  ASSIGN_OR_RETURN(s, Field(st, "Groups", path));
+  ASSIGN_OR_RETURN(auto groups, Numbers(s, 10));
+  // Ids are stored as the task's own user namespace sees them (what an injected setresuid in the
+  // restored task takes); status shows them as the dumper's namespace does.
+  TRY(ToOwnUserns(pid, maps.uid, "uid_map", &uids));
+  TRY(ToOwnUserns(pid, maps.gid, "gid_map", &gids));
+  TRY(ToOwnUserns(pid, maps.gid, "gid_map", &groups));
   c->set_uid(uids[0]);
   c->set_euid(uids[1]);
   c->set_suid(uids[2]);
@@ -283,8 +312,6 @@ Result<void> DumpCreds(pid_t pid, pid_t tid, remote::Remote* r, img::Creds* c) {
   c->set_egid(gids[1]);
   c->set_sgid(gids[2]);
   c->set_fsgid(gids[3]);
-  ASSIGN_OR_RETURN(s, Field(st, "Groups", path));
-  ASSIGN_OR_RETURN(auto groups, Numbers(s, 10));
   for (uint64_t g : groups) c->add_groups(static_cast<uint32_t>(g));
   const std::pair<const char*, void (img::Creds::*)(uint64_t)> caps[] = {
       {"CapInh", &img::Creds::set_cap_inheritable},
@@ -334,8 +361,26 @@ Result<void> DumpSeccomp(pid_t pid, pid_t tid, img::Seccomp* sc) {
   return Ok();
 }
 
+// Ids are stored as the tree's user namespace sees them (ToOwnUserns) and a restore puts the
+// whole tree in one: a process in another one than the tree's root cannot be restored.
+Result<void> CheckSameUserns(pid_t root, pid_t pid) {
+  struct stat a, b;
+  if (::stat(StrFormat("/proc/%d/ns/user", root).c_str(), &a) < 0 ||
+      ::stat(StrFormat("/proc/%d/ns/user", pid).c_str(), &b) < 0)
+    return Errno("stat /proc/{%d,%d}/ns/user", root, pid);
+  if (a.st_ino != b.st_ino || a.st_dev != b.st_dev)
+    return MakeError(ErrorKind::kUnsupported, 0,
+                     "pid %d is in another user namespace than the tree's root %d: not supported",
+                     pid, root);
+  return Ok();
+}
+
 Result<void> DumpThreads(DumpContext& ctx, ProcessDump& p, img::ProcessState* ps) {
   ASSIGN_OR_RETURN(remote::Remote * r, ctx.RemoteFor(p));
+  TRY(CheckSameUserns(ctx.opts.pid, p.pid));
+  UsernsMaps maps;
+  ASSIGN_OR_RETURN(maps.uid, idmap::Read(p.pid, "uid_map"));
+  ASSIGN_OR_RETURN(maps.gid, idmap::Read(p.pid, "gid_map"));
   for (pid_t tid : p.entry->threads()) {
     auto* t = ps->add_threads();
     t->set_tid(tid);
@@ -346,7 +391,7 @@ Result<void> DumpThreads(DumpContext& ctx, ProcessDump& p, img::ProcessState* ps
     t->mutable_altstack()->set_sp(reinterpret_cast<uint64_t>(ss.ss_sp));
     t->mutable_altstack()->set_size(ss.ss_size);
     t->mutable_altstack()->set_flags(ss.ss_flags & ~SS_ONSTACK);
-    TRY_CTX(DumpCreds(p.pid, tid, r, t->mutable_creds()), "creds of %d", tid);
+    TRY_CTX(DumpCreds(p.pid, tid, r, maps, t->mutable_creds()), "creds of %d", tid);
     SchedAttr sa{};
     if (syscall(SYS_sched_getattr, tid, &sa, sizeof(sa), 0) < 0)
       return Errno("sched_getattr %d", tid);

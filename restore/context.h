@@ -46,6 +46,11 @@ struct RestoreOptions {
   // are the container's). CLONE_NEWCGROUP is unshared by the root only after root_outside, so
   // the cgroup namespace's root is the cgroup root_outside put it in.
   int root_clone_flags = 0;
+  // >= 0: a user namespace every restored process joins (setns) once it has forked its children
+  // and installed its files, before any state is restored in it. Outside it, the tree's pids and
+  // tids can still be chosen at every level (set_tid needs CAP_CHECKPOINT_RESTORE over the host's
+  // pid namespace); a thread can no longer join it, so multi-threaded processes are refused.
+  int userns_fd = -1;
   std::function<int(const char** what)> root_inside;
   std::function<Result<void>(pid_t root_host_pid)> root_outside;
 };

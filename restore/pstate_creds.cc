@@ -147,7 +147,9 @@ Result<void> RestoreCreds(RestoreContext& ctx, ProcessRestore& p) {
                          "thread %d holds capability %d, unknown to this kernel (last %d)", t.tid(),
                          cap, last_cap);
     }
-    if (SameCreds(t.creds(), own)) continue;  // a root process restored by root: nothing to do
+    // A root process restored by root: nothing to do (unless it joined another user namespace,
+    // where the coordinator's ids mean nothing).
+    if (SameCreds(t.creds(), own) && ctx.opts.userns_fd < 0) continue;
     TRY_CTX(RestoreThreadCreds(p.remote.get(), t.tid(), t.creds(), last_cap), "creds of thread %d",
             t.tid());
   }

@@ -107,7 +107,9 @@ struct ChildEnv {
   const img::ProcessEntry& e = env.ctx->tree.processes(idx);
   // Nothing of the coordinator's leaks into the restored process: keep stdio (replaced by the
   // files' Install if there are fd images), the report pipe and the prepared fds above it.
-  syscall(SYS_close_range, 3, env.report_fd - 1, 0);
+  // The user namespace to join sits just below the report pipe (see Restore).
+  const int userns_fd = env.ctx->opts.userns_fd >= 0 ? env.report_fd - 1 : -1;
+  syscall(SYS_close_range, 3, env.report_fd - (userns_fd >= 0 ? 2 : 1), 0);
   if (env.ctx->fds == nullptr)
     syscall(SYS_close_range, env.report_fd + (env.ctx->images_fd >= 0 ? 2 : 1), ~0U, 0);
   for (int fd : env.foreign_fds) close(fd);
@@ -146,6 +148,10 @@ struct ChildEnv {
   if (env.ctx->fds) {
     auto r = env.ctx->fds->Install(e.pid());
     if (!r.ok()) ChildFail(env, e.pid(), r.error().sys_errno(), r.error().to_string());
+  }
+  if (userns_fd >= 0) {
+    if (setns(userns_fd, CLONE_NEWUSER) < 0) ChildFail(env, e.pid(), errno, "join user namespace");
+    close(userns_fd);
   }
   Report rep{};
   rep.pid = e.pid();
@@ -461,6 +467,14 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
     if (dup3(d.get(), report_fd + 1, O_CLOEXEC) < 0) return Errno("dup images dir");
     images_fd.reset(report_fd + 1);
     ctx.images_fd = report_fd + 1;
+  }
+  UniqueFd userns_fd;  // at report_fd - 1, kept by ChildMain until the process joins it
+  if (opts.userns_fd >= 0) {
+    const int below = report_fd - 1;
+    if (fcntl(below, F_GETFD) >= 0 || below <= std::max(2, ctx.fds ? ctx.fds->MaxFd() : 2))
+      return Err("restore: fd %d (below the report pipe) is in use", report_fd - 1);
+    if (dup3(opts.userns_fd, report_fd - 1, O_CLOEXEC) < 0) return Errno("dup user namespace fd");
+    userns_fd.reset(report_fd - 1);
   }
   if (ctx.fds && !hooked) TRY_CTX(ctx.fds->Prepare(base_fd), "prepare files");
   TRY(CheckPidsFree(ctx));

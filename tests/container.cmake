@@ -23,6 +23,9 @@ godwit_test(container_cli_test
 godwit_test(container_cr_test
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/container_cr_test.cc
   LIBS godwit_container godwit_runtime nlohmann_json::nlohmann_json)
+godwit_test(container_userns_test
+  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/container_userns_test.cc
+  LIBS godwit_container godwit_runtime nlohmann_json::nlohmann_json Threads::Threads)
 godwit_test(container_tcp_test
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/container_tcp_test.cc
   LIBS godwit_container godwit_runtime godwit_files nlohmann_json::nlohmann_json Threads::Threads)

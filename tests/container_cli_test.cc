@@ -187,7 +187,8 @@ TEST_F(ContainerCli, CheckpointAndRestoreReportConsistentPhases) {
   const auto& cp = j["phases"];
   ExpectPhases(cp, {"prepare_ms", "freeze_ms", "collect_ms", "tree_ms", "write_ms", "release_ms",
                     "frozen_ms", "downtime_ms", "export_ms", "total_ms"});
-  ExpectPhases(cp["collect"], {"uts_ms", "ipc_ms", "net_ms", "mnt_ms", "layer_ms", "rootfs_ms"});
+  ExpectPhases(cp["collect"],
+               {"userns_ms", "uts_ms", "ipc_ms", "net_ms", "mnt_ms", "layer_ms", "rootfs_ms"});
   ExpectPhases(cp["tree"], {"setup_ms", "seize_ms", "memory_ms", "rest_ms", "cgroup_hooks_ms"});
   const double total = cp["total_ms"], frozen = cp["frozen_ms"];
   EXPECT_GT(frozen, 0);
