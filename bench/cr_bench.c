@@ -1,5 +1,5 @@
 // Driver of the checkpoint/restore benchmark (scripts/bench.d/20-cr.sh):
-//   cr_bench GODWIT CR_HOLD DIR MIB COMPRESS(raw|zstd) REPS
+//   cr_bench GODWIT CR_HOLD DIR MIB COMPRESS(raw|zstd) REPS [DATA(random|low)]
 // For each rep: start cr_hold with MIB MiB of random data, `godwit dump` it into DIR (killing
 // it), then `godwit restore` it and kill the restored copy once it runs. Prints one line of
 // key=value (medians over reps): dump and restore wall seconds, frozen ms, image bytes.
@@ -86,7 +86,12 @@ int main(int argc, char** argv) {
   if (argc < 7) return 100;
   const char *godwit = argv[1], *hold = argv[2], *dir = argv[3], *mib = argv[4], *comp = argv[5];
   int reps = atoi(argv[6]);
+  char* data = argc > 7 ? argv[7] : "random";
   prctl(PR_SET_CHILD_SUBREAPER, 1);
+  // Seconds to wait before each dump and each restore: memory freed by the previous step is
+  // returned to the host by then (free page reporting, ~2 s), so every run pays for new memory.
+  const char* settle_env = getenv("CR_SETTLE");
+  int settle = settle_env ? atoi(settle_env) : 3;
   double dump_s[16], frozen[16], freeze[16], memdump[16], restore_s[16], restore_mem[16], bytes = 0, image = 0;
   for (int r = 0; r < reps && r < 16; ++r) {
     int p[2];
@@ -99,7 +104,7 @@ int main(int argc, char** argv) {
       dup2(null, 2);
       close(p[0]);
       dup2(p[1], 3);
-      char* a[] = {(char*)hold, "3", (char*)mib, NULL};
+      char* a[] = {(char*)hold, "3", (char*)mib, data, NULL};
       execv(hold, a);
       _exit(127);
     }
@@ -117,6 +122,7 @@ int main(int argc, char** argv) {
     }
     int fd;
     char line[4096];
+    sleep(settle);
     double t0 = now();
     pid_t g = spawn(da, &fd);
     readline(fd, line, sizeof(line));
@@ -135,6 +141,7 @@ int main(int argc, char** argv) {
     waitpid(holder, &st, 0);
     image = dir_bytes(dir);
     char* ra[] = {(char*)godwit, "restore", "--images-dir", (char*)dir, "--json", NULL};
+    sleep(settle);
     t0 = now();
     g = spawn(ra, &fd);
     readline(fd, line, sizeof(line));  // printed once the tree runs

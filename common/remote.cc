@@ -236,9 +236,14 @@ Result<long> Remote::Inject(pid_t tid, long nr, const uint64_t args[6], uint64_t
       continue;
     }
     if (sig == SIGTRAP && int3) break;
-    // Only SIGKILL and SIGSTOP get through the full mask; a SIGKILL ends the wait with an error
-    // in WaitStop, a stop is a group stop (event != 0) above. Anything else is a kernel-generated
+    // Only SIGKILL, SIGSTOP and faults get through the full mask. A SIGKILL ends the wait with
+    // an error in WaitStop. A SIGSTOP sent from outside during the dump cannot stay pending:
+    // suppress it (the task is held by us anyway). Anything else is a kernel-generated
     // synchronous signal (a fault in the trampoline): report it, don't loop on it.
+    if (sig == SIGSTOP) {
+      LOG_WARN("pid %d tid %d: SIGSTOP arrived during an injected syscall; suppressed", pid_, tid);
+      continue;
+    }
     return MakeError(ErrorKind::kGeneric, 0,
                      "pid %d tid %d: signal %d while running injected syscall %ld", pid_, tid, sig,
                      nr);

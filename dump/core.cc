@@ -103,6 +103,13 @@ Result<void> DumpCore(DumpContext& ctx, ProcessDump& p) {
     uint64_t addr = 0;
     TRY(r->Read(r->scratch(), &addr, sizeof(addr)));
     t.set_clear_child_tid(addr);
+    // The robust futex list (a robust mutex's owner dying marks it OWNER_DIED through it).
+    uint64_t head = 0;
+    size_t len = 0;
+    if (syscall(SYS_get_robust_list, t.tid(), &head, &len) < 0)
+      return Errno("get_robust_list %d", t.tid());
+    t.set_robust_list(head);
+    t.set_robust_list_len(len);
   }
   ctx.stats.threads += core.threads_size();
   return images::WriteImage(*ctx.sink, StrFormat("core-%d.img", p.pid), core);

@@ -57,14 +57,31 @@ Result<void> PreRounds(DumpContext& ctx) {
     uint64_t round_bytes = 0;
     for (auto& [pid, tracker] : ctx.trackers) {
       std::vector<PageRange> runs;
+      // Round 0: which runs are in unreadable VMAs (read through /proc/PID/mem). The final round
+      // stores only the dirty pages of tracked VMAs, so round 0 must have all the others.
+      std::vector<bool> unreadable;
+      UniqueFd mem;
       if (round == 0) {
         ASSIGN_OR_RETURN(auto maps, proc::ReadMaps(pid));
         ASSIGN_OR_RETURN(auto src, PresentPages::Open(pid, ctx.zero_pfn));
         PageCounts counts;
         for (const auto& m : maps) {
-          if (m.shared || !(m.prot & PROT_READ) || !tracker->Covers(m.start, m.end)) continue;
+          if (m.shared || !tracker->Covers(m.start, m.end)) continue;
           bool file = m.inode != 0 && !m.path.empty() && m.path[0] == '/';
+          size_t before = runs.size();
           TRY(src->Collect(m.start, m.end, file, &runs, &counts));
+          // Collect may have extended the previous VMA's last run into this one: split it.
+          if (before > 0 && runs.size() >= before && runs[before - 1].addr < m.start &&
+              runs[before - 1].addr + runs[before - 1].npages * 4096 > m.start) {
+            PageRange& last = runs[before - 1];
+            uint64_t keep = (m.start - last.addr) / 4096;
+            runs.insert(runs.begin() + before, {m.start, last.npages - keep});
+            last.npages = keep;
+          }
+          unreadable.resize(runs.size(), !(m.prot & PROT_READ));
+        }
+        if (std::find(unreadable.begin(), unreadable.end(), true) != unreadable.end()) {
+          ASSIGN_OR_RETURN(mem, fs::Open(StrFormat("/proc/%d/mem", pid), O_RDONLY));
         }
       } else {
         TRY_CTX(tracker->CollectDirty(&runs), "pre-dump round %d pid %d", round, pid);
@@ -78,8 +95,11 @@ Result<void> PreRounds(DumpContext& ctx) {
                        images::BlobWriter::Create(*ctx.sink, pm.blob(), ctx.opts.compression,
                                                   ctx.opts.zstd_level));
       {
-        PageWriter w(&blob, pid, -1, total);
-        for (const auto& x : runs) TRY(w.Add(x.addr, x.addr, x.npages, false));
+        PageWriter w(&blob, pid, mem.get(), total);
+        for (size_t i = 0; i < runs.size(); ++i) {
+          bool use_fd = i < unreadable.size() && unreadable[i];
+          TRY(w.Add(runs[i].addr, runs[i].addr, runs[i].npages, use_fd));
+        }
         TRY_CTX(w.Finish(), "pre-dump round %d pid %d", round, pid);
         for (const auto& run : w.runs()) *pm.add_runs() = run;
       }
@@ -138,7 +158,7 @@ bool SampleCompresses(pid_t pid) {
 // Before the freeze: create each process's page blob and reserve the space its anonymous memory
 // will take (allocating tmpfs pages is most of the cost of writing them). A racy walk of the tree
 // is fine: this is only an estimate.
-void ReservePageBlobs(DumpContext& ctx) {
+void ReservePageBlobs(DumpContext& ctx, bool sample) {
   std::vector<pid_t> todo{ctx.opts.pid};
   std::set<pid_t> seen;
   while (!todo.empty()) {
@@ -156,7 +176,7 @@ void ReservePageBlobs(DumpContext& ctx) {
     size_t at = status->find("RssAnon:");
     if (at == std::string::npos) continue;  // a zombie
     uint64_t kb = strtoull(status->c_str() + at + 8, nullptr, 10);
-    bool raw = ctx.opts.compression == images::Compression::kZstd && !SampleCompresses(pid);
+    bool raw = sample && !SampleCompresses(pid);
     if (raw) ctx.stats.incompressible.push_back(pid);
     auto blob = OpenPageBlob(ctx, pid, raw);
     if (!blob.ok()) continue;
@@ -187,6 +207,13 @@ Result<DumpStats> Dump(const DumpOptions& opts) {
   }
   DumpContext ctx;
   ctx.opts = opts;
+  // zstd without pre-dump rounds: the frozen tree's pages are stored raw (written by the
+  // processes themselves), and compressed once the tree runs again or is gone
+  // (Sink::CompressFinished): compression costs no frozen time. GODWIT_COMPRESS_FROZEN=1
+  // compresses while frozen instead (the pre-dump rounds' way).
+  bool deferred = opts.compression == images::Compression::kZstd && opts.pre_rounds == 0 &&
+                  getenv("GODWIT_COMPRESS_FROZEN") == nullptr;
+  if (deferred) ctx.opts.compression = images::Compression::kNone;
   ASSIGN_OR_RETURN(ctx.zero_pfn, ZeroPagePfn());
   ASSIGN_OR_RETURN(std::unique_ptr<images::Sink> sink, images::OpenDirSink(opts.images_dir, true));
   ctx.sink = sink.get();
@@ -218,7 +245,8 @@ Result<DumpStats> Dump(const DumpOptions& opts) {
     sink->Abort();
   });
 
-  if (opts.pre_rounds == 0 && !getenv("GODWIT_NO_RESERVE")) ReservePageBlobs(ctx);
+  if (opts.pre_rounds == 0 && !getenv("GODWIT_NO_RESERVE"))
+    ReservePageBlobs(ctx, opts.compression == images::Compression::kZstd);
   auto t_freeze = Clock::now();
   TRY_CTX(FreezeTree(opts.pid, &frozen), "freeze tree of %d", opts.pid);
   auto t_frozen = Clock::now();
@@ -298,6 +326,25 @@ Result<DumpStats> Dump(const DumpOptions& opts) {
   }
   auto t_end = Clock::now();
   ctx.stats.frozen_ms = Ms(t_freeze, t_end);
+  if (deferred) {
+    std::vector<std::string> names;
+    for (const auto& p : ctx.procs) {
+      auto& inc = ctx.stats.incompressible;
+      if (std::find(inc.begin(), inc.end(), p->pid) == inc.end())
+        names.push_back(StrFormat("pages-%d.img", p->pid));
+    }
+    for (const auto& o : ctx.shmem) names.push_back(o.blob());
+    uint64_t before = 0, after = 0;
+    auto c = sink->CompressFinished(names, opts.zstd_level, 2, &before, &after);
+    if (c.ok()) {
+      ctx.stats.bytes_stored -= before - after;
+    } else {
+      // The raw images are complete and valid: keep them.
+      LOG_WARN("dump: compressing the images after the dump failed, they stay raw: %s",
+               c.error().to_string().c_str());
+    }
+    t_end = Clock::now();
+  }
   ctx.stats.total_ms = Ms(t_start, t_end);
   if (!hook.ok()) return std::move(hook.error().wrap("dump: before_detach"));
   return ctx.stats;

@@ -3,16 +3,24 @@
 // pagemap-<pid>.img); shared memory objects (shared anonymous, memfd, SysV shm) once per object
 // into shmem-<id>.img, listed in shmem.img at the end of the dump.
 #include <fcntl.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/shm.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstdlib>
+#include <map>
+#include <string_view>
+#include <thread>
 
 #include "common/fs.h"
 #include "common/log.h"
 #include "common/proc.h"
+#include "common/scope_exit.h"
 #include "dump/dirty.h"
 #include "dump/pages.h"
 #include "dump/steps.h"
@@ -53,6 +61,9 @@ Result<img::VmaKind> Classify(const proc::MapsEntry& m, pid_t pid) {
                        m.path.c_str());
     return img::VMA_FILE_SHARED;
   }
+  // Private hugetlb memory (MAP_HUGETLB, or a private map of hugetlbfs shm) is anonymous memory
+  // with huge pages: mapped with MAP_HUGETLB again (huge_page_shift), its pages stored as usual.
+  if (StartsWith(m.path, "/anon_hugepage")) return img::VMA_ANON_PRIVATE;
   if (file) {
     if (StartsWith(m.path, "/SYSV"))
       return MakeError(ErrorKind::kUnsupported, 0, "pid %d: private mapping of %s at %#lx", pid,
@@ -63,13 +74,171 @@ Result<img::VmaKind> Classify(const proc::MapsEntry& m, pid_t pid) {
   return img::VMA_ANON_PRIVATE;
 }
 
+// What the VmFlags line of /proc/PID/smaps says about one VMA (the flags maps does not show).
+struct VmFlags {
+  bool growsdown = false, noreserve = false, locked = false, onfault = false, sealed = false,
+       droppable = false, maywrite = false, hugetlb = false;
+  uint64_t kernel_page_kb = 0;
+  uint64_t madv = 0;  // 1 << MADV_x
+};
+
+VmFlags ParseVmFlags(const char* s) {
+  VmFlags f;
+  struct Bool {
+    const char* name;
+    bool VmFlags::*field;
+  };
+  static const Bool kBools[] = {{"gd", &VmFlags::growsdown}, {"nr", &VmFlags::noreserve},
+                                {"lo", &VmFlags::locked},    {"lf", &VmFlags::onfault},
+                                {"sl", &VmFlags::sealed},    {"dp", &VmFlags::droppable},
+                                {"mw", &VmFlags::maywrite},  {"ht", &VmFlags::hugetlb}};
+  static const std::pair<const char*, int> kAdvice[] = {
+      {"rr", MADV_RANDOM},    {"sr", MADV_SEQUENTIAL}, {"dc", MADV_DONTFORK},
+      {"mg", MADV_MERGEABLE}, {"hg", MADV_HUGEPAGE},   {"nh", MADV_NOHUGEPAGE},
+      {"dd", MADV_DONTDUMP},  {"wf", MADV_WIPEONFORK}};
+  for (const char* p = s; *p;) {
+    while (*p == ' ' || *p == '\n') ++p;
+    const char* e = p;
+    while (*e && *e != ' ' && *e != '\n') ++e;
+    std::string_view tok(p, e - p);
+    for (const auto& b : kBools)
+      if (tok == b.name) f.*b.field = true;
+    for (const auto& [name, advice] : kAdvice)
+      if (tok == name) f.madv |= 1ULL << advice;
+    p = e;
+  }
+  return f;
+}
+
+// VmFlags of every VMA by start address. smaps is the only interface that shows them
+// (PROCMAP_QUERY reports r/w/x/shared only); reading it costs a page-table walk per VMA, which the
+// flags are worth (mlock, madvise and growsdown state is otherwise lost).
+Result<std::map<uint64_t, VmFlags>> ReadVmFlags(pid_t pid) {
+  ASSIGN_OR_RETURN(std::string text, fs::ReadFile(StrFormat("/proc/%d/smaps", pid)));
+  std::map<uint64_t, VmFlags> out;
+  uint64_t cur = 0, kernel_page_kb = 0;
+  bool have = false;
+  size_t pos = 0;
+  while (pos < text.size()) {
+    size_t eol = text.find('\n', pos);
+    if (eol == std::string::npos) eol = text.size();
+    const char* line = text.c_str() + pos;
+    if (text.compare(pos, 15, "KernelPageSize:") == 0) {
+      kernel_page_kb = strtoull(line + 15, nullptr, 10);
+    } else if (text.compare(pos, 8, "VmFlags:") == 0) {
+      if (have) {
+        VmFlags f = ParseVmFlags(std::string(line + 8, eol - pos - 8).c_str());
+        f.kernel_page_kb = kernel_page_kb;
+        out[cur] = f;
+      }
+    } else if (isxdigit(static_cast<unsigned char>(line[0]))) {
+      // A VMA header "start-end perms ..." (field lines start with a capital letter name).
+      char* end = nullptr;
+      unsigned long long s = strtoull(line, &end, 16);
+      if (end && *end == '-') {
+        cur = s;
+        have = true;
+      }
+    }
+    pos = eol + 1;
+  }
+  return out;
+}
+
+// Guard regions (MADV_GUARD_INSTALL) in [start, end), sorted, from one PAGEMAP_SCAN walk
+// (PAGE_IS_GUARD, Linux 6.14+; an older kernel has none to find: empty). Their pagemap entries
+// look swapped out (bit 62) but cannot be read: the page dump must skip them.
+Result<std::vector<PageRange>> ReadGuards(pid_t pid, uint64_t start, uint64_t end) {
+  struct PageRegion {
+    uint64_t start, end, categories;
+  };
+  struct PmScanArg {
+    uint64_t size, flags, start, end, walk_end, vec, vec_len, max_pages, category_inverted,
+        category_mask, category_anyof_mask, return_mask;
+  };
+  constexpr unsigned long kPagemapScan = _IOWR('f', 16, PmScanArg);
+  constexpr uint64_t kPageIsGuard = 1ULL << 8;
+  std::vector<PageRange> out;
+  if (start >= end) return out;
+  ASSIGN_OR_RETURN(UniqueFd pm, fs::Open(StrFormat("/proc/%d/pagemap", pid), O_RDONLY));
+  PageRegion vec[256];
+  for (uint64_t at = start; at < end;) {
+    PmScanArg a{};
+    a.size = sizeof(a);
+    a.start = at;
+    a.end = end;
+    a.vec = reinterpret_cast<uint64_t>(vec);
+    a.vec_len = 256;
+    a.category_anyof_mask = kPageIsGuard;
+    a.return_mask = kPageIsGuard;
+    long n = ioctl(pm.get(), kPagemapScan, &a);
+    if (n < 0) {
+      if (errno == EINVAL || errno == ENOTTY) return out;  // no PAGE_IS_GUARD here
+      return Errno("PAGEMAP_SCAN pid %d", pid);
+    }
+    for (long i = 0; i < n; ++i) {
+      PageRange g{vec[i].start, (vec[i].end - vec[i].start) / kPage};
+      if (!out.empty() && out.back().addr + out.back().npages * kPage == g.addr)
+        out.back().npages += g.npages;
+      else
+        out.push_back(g);
+    }
+    if (n < 256) break;  // the whole range was walked (walk_end can be stale, DESIGN.md)
+    at = vec[n - 1].end;
+  }
+  return out;
+}
+
+// ranges minus guards (both sorted, non-overlapping).
+std::vector<PageRange> Subtract(const std::vector<PageRange>& ranges,
+                                const std::vector<PageRange>& guards) {
+  if (guards.empty()) return ranges;
+  std::vector<PageRange> out;
+  size_t g = 0;
+  for (const auto& r : ranges) {
+    uint64_t s = r.addr, e = r.addr + r.npages * kPage;
+    while (g < guards.size() && guards[g].addr + guards[g].npages * kPage <= s) ++g;
+    for (size_t k = g; k < guards.size() && guards[k].addr < e; ++k) {
+      uint64_t gs = guards[k].addr, ge = gs + guards[k].npages * kPage;
+      if (gs > s) out.push_back({s, (gs - s) / kPage});
+      s = std::max(s, ge);
+    }
+    if (s < e) out.push_back({s, (e - s) / kPage});
+  }
+  return out;
+}
+
 double MsSince(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t).count();
 }
 
 }  // namespace
 
-Result<void> DumpShmemObject(DumpContext& ctx, pid_t pid, const proc::MapsEntry& m, img::Vma* vma) {
+// A SysV segment's key, permissions and IPC_RMID state, read inside the process (its IPC
+// namespace): restore needs them to create the segment again when it is gone.
+Result<void> DumpSysvInfo(remote::Remote* r, int shmid, img::ShmemObject* obj) {
+  struct shmid_ds ds;
+  uint64_t at = r->scratch() + 4096;
+  auto st = r->Syscall(SYS_shmctl, static_cast<uint64_t>(shmid), IPC_STAT, at);
+  if (!st.ok()) {
+    LOG_WARN("pid %d: IPC_STAT of SysV segment %d: %s", r->pid(), shmid,
+             st.error().to_string().c_str());
+    return Ok();
+  }
+  TRY(r->Read(at, &ds, sizeof(ds)));
+  obj->set_sysv_valid(true);
+  obj->set_sysv_key(ds.shm_perm.__key);
+  obj->set_sysv_mode(ds.shm_perm.mode & 0777);
+  obj->set_sysv_uid(ds.shm_perm.uid);
+  obj->set_sysv_gid(ds.shm_perm.gid);
+  obj->set_sysv_destroyed((ds.shm_perm.mode & SHM_DEST) != 0);
+  obj->set_sysv_locked((ds.shm_perm.mode & SHM_LOCKED) != 0);
+  obj->set_sysv_size(ds.shm_segsz);
+  return Ok();
+}
+
+Result<void> DumpShmemObject(DumpContext& ctx, pid_t pid, const proc::MapsEntry& m, img::Vma* vma,
+                             remote::Remote* r) {
   uint64_t dev = (static_cast<uint64_t>(m.dev_major) << 32) | m.dev_minor;
   auto key = std::make_pair(dev, m.inode);
   auto it = ctx.shmem_ids.find(key);
@@ -94,6 +263,12 @@ Result<void> DumpShmemObject(DumpContext& ctx, pid_t pid, const proc::MapsEntry&
   obj.set_name(m.path);
   // A SysV segment's inode number is its shmid: restore re-attaches the segment when it exists.
   obj.set_sysv_shmid(StartsWith(m.path, "/SYSV") ? static_cast<int32_t>(m.inode) : -1);
+  if (obj.sysv_shmid() >= 0 && r != nullptr) TRY(DumpSysvInfo(r, obj.sysv_shmid(), &obj));
+  // Seals: shmem objects not made by memfd_create(MFD_ALLOW_SEALING) report F_SEAL_SEAL alone.
+  if (int seals = fcntl(fd.get(), F_GET_SEALS); seals >= 0 && seals != F_SEAL_SEAL) {
+    obj.set_sealing(true);
+    obj.set_seals(seals);
+  }
   obj.set_blob(StrFormat("shmem-%lu.img", static_cast<unsigned long>(id)));
   // Allocated ranges only (SEEK_DATA/SEEK_HOLE on shmem).
   std::vector<PageRange> ranges;
@@ -115,8 +290,23 @@ Result<void> DumpShmemObject(DumpContext& ctx, pid_t pid, const proc::MapsEntry&
       images::BlobWriter blob,
       images::BlobWriter::Create(*ctx.sink, obj.blob(), ctx.opts.compression, ctx.opts.zstd_level));
   {
-    PageWriter w(&blob, pid, fd.get(), total);
-    for (auto& r : ranges) TRY(w.Add(r.addr, r.addr, r.npages, true));
+    // An object whose size is not a page multiple (a SysV segment or memfd of any size) cannot
+    // be read whole pages at a time through its fd (short read at the end): read it through a
+    // mapping of it here instead (the tail of the last page reads as zeros, as it does mapped).
+    uint64_t rounded = (static_cast<uint64_t>(size) + kPage - 1) & ~(kPage - 1);
+    void* self_map = nullptr;
+    if (static_cast<uint64_t>(size) % kPage != 0) {
+      self_map = mmap(nullptr, rounded, PROT_READ, MAP_SHARED, fd.get(), 0);
+      if (self_map == MAP_FAILED) return Errno("mmap %s (%lu bytes)", link.c_str(), rounded);
+    }
+    ScopeExit unmap([&] {
+      if (self_map) munmap(self_map, rounded);
+    });
+    PageWriter w(&blob, self_map ? getpid() : pid, fd.get(), total);
+    for (auto& r : ranges) {
+      uint64_t src = self_map ? reinterpret_cast<uint64_t>(self_map) + r.addr : r.addr;
+      TRY(w.Add(src, r.addr, r.npages, self_map == nullptr));
+    }
     TRY(w.Finish());
     for (const auto& r : w.runs()) *obj.add_runs() = r;
     ctx.stats.shmem_pages += w.pages();
@@ -141,6 +331,14 @@ Result<images::BlobWriter> OpenPageBlob(DumpContext& ctx, pid_t pid, bool raw) {
 Result<void> DumpMm(DumpContext& ctx, ProcessDump& p) {
   pid_t pid = p.pid;
   ASSIGN_OR_RETURN(remote::Remote * r, ctx.RemoteFor(p));
+  // smaps costs ~4 us per VMA (16 ms for 4000 VMAs, ten times /proc/PID/maps) in the kernel:
+  // read it on a second thread while this one injects, reads maps and walks the pagemap. The
+  // flags are filled into the VMAs once both are done.
+  Result<std::map<uint64_t, VmFlags>> vmflags_res = std::map<uint64_t, VmFlags>{};
+  std::thread smaps_thread([&] { vmflags_res = ReadVmFlags(pid); });
+  ScopeExit join_smaps([&] {
+    if (smaps_thread.joinable()) smaps_thread.join();
+  });
   ASSIGN_OR_RETURN(long brk, r->Syscall(SYS_brk, 0));
   ASSIGN_OR_RETURN(proc::Stat st, proc::ReadStat(pid));
   img::MmEntry mm;
@@ -164,6 +362,18 @@ Result<void> DumpMm(DumpContext& ctx, ProcessDump& p) {
 
   ASSIGN_OR_RETURN(auto maps0, proc::ReadMaps(pid));
   auto maps = WithoutRange(maps0, r->area_start(), r->area_end());
+  uint64_t lo = ~0ULL, hi = 0;
+  for (const auto& m : maps) {
+    if (m.path == "[vsyscall]") continue;
+    lo = std::min(lo, m.start);
+    hi = std::max(hi, m.end);
+  }
+  ASSIGN_OR_RETURN(std::vector<PageRange> guards, ReadGuards(pid, lo, hi));
+  for (const auto& g : guards) {
+    img::AddrRange* a = mm.add_guards();
+    a->set_start(g.addr);
+    a->set_end(g.addr + g.npages * kPage);
+  }
   ASSIGN_OR_RETURN(auto source, PresentPages::Open(pid, ctx.zero_pfn));
   std::vector<PageRange> readable, unreadable;
   // With pre-dump rounds, the present pages of tracked VMAs: only the dirty ones are stored now.
@@ -185,10 +395,9 @@ Result<void> DumpMm(DumpContext& ctx, ProcessDump& p) {
     v->set_deleted(IsDeleted(m.path));
     uint32_t flags = m.shared ? MAP_SHARED : MAP_PRIVATE;
     if (kind == img::VMA_ANON_PRIVATE) flags |= MAP_ANONYMOUS;
-    if (m.path == "[stack]") flags |= MAP_GROWSDOWN;
-    v->set_flags(flags);
+    v->set_flags(flags);  // + the VmFlags ones below
     if (kind == img::VMA_SHMEM) {
-      TRY_CTX(DumpShmemObject(ctx, pid, m, v), "pid %d: shared memory %s", pid, m.path.c_str());
+      TRY_CTX(DumpShmemObject(ctx, pid, m, v, r), "pid %d: shared memory %s", pid, m.path.c_str());
       if (m.shared) continue;
       // Private: its written pages too, below (the unwritten ones are the object's).
     } else if (kind != img::VMA_ANON_PRIVATE && kind != img::VMA_FILE_PRIVATE) {
@@ -198,6 +407,39 @@ Result<void> DumpMm(DumpContext& ctx, ProcessDump& p) {
     auto& dst =
         (m.prot & PROT_READ) ? (covered ? r_cov : readable) : (covered ? u_cov : unreadable);
     TRY(source->Collect(m.start, m.end, kind != img::VMA_ANON_PRIVATE, &dst, &counts));
+  }
+  if (!guards.empty()) {
+    readable = Subtract(readable, guards);
+    unreadable = Subtract(unreadable, guards);
+    r_cov = Subtract(r_cov, guards);
+    u_cov = Subtract(u_cov, guards);
+  }
+  smaps_thread.join();
+  ASSIGN_OR_RETURN(auto vmflags, std::move(vmflags_res));
+  // The scratch area was mmap'ed by us just now: mm->def_flags (mlockall(MCL_FUTURE)) shows there.
+  if (auto it = vmflags.find(r->area_start()); it != vmflags.end() && it->second.locked)
+    mm.set_mlockall(MCL_FUTURE | (it->second.onfault ? MCL_ONFAULT : 0));
+  for (img::Vma& v : *mm.mutable_vmas()) {
+    auto it = vmflags.find(v.start());
+    if (it == vmflags.end()) {
+      if (v.path() == "[stack]") v.set_flags(v.flags() | MAP_GROWSDOWN);
+      continue;
+    }
+    const VmFlags& f = it->second;
+    bool shared = (v.flags() & MAP_SHARED) != 0;
+    v.set_flags(v.flags() | (f.growsdown ? MAP_GROWSDOWN : 0) | (f.noreserve ? MAP_NORESERVE : 0));
+    v.set_madv(f.madv);
+    v.set_locked(f.locked);
+    v.set_lock_onfault(f.onfault);
+    v.set_sealed(f.sealed);
+    v.set_droppable(f.droppable);
+    v.set_maywrite(shared && f.maywrite);
+    if (f.hugetlb && f.kernel_page_kb > 4) {
+      v.set_huge_page_shift(10 + 63 - __builtin_clzll(f.kernel_page_kb));
+      if (v.kind() == img::VMA_SHMEM)
+        for (auto& o : ctx.shmem)
+          if (o.id() == v.shmem_id()) o.set_huge_page_shift(v.huge_page_shift());
+    }
   }
   ctx.stats.vmas += mm.vmas_size();
   ctx.stats.pages_zero += counts.zero;
@@ -255,7 +497,7 @@ Result<void> DumpMm(DumpContext& ctx, ProcessDump& p) {
     ASSIGN_OR_RETURN(mem, fs::Open(StrFormat("/proc/%d/mem", pid), O_RDONLY));
   }
   {
-    PageWriter w(&blob, pid, mem.get(), total);
+    PageWriter w(&blob, pid, mem.get(), total, r);  // r: pid writes its own pages
     // Runs must be added in address order so the pagemap is sorted: merge both lists.
     size_t i = 0, j = 0;
     uint64_t done = 0;

@@ -2,7 +2,11 @@
 
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -10,6 +14,7 @@
 
 #include "common/fs.h"
 #include "common/log.h"
+#include "images/format.h"
 
 namespace godwit::dump {
 namespace {
@@ -20,6 +25,10 @@ constexpr uint64_t kSwapped = 1ULL << 62;
 constexpr uint64_t kFileShared = 1ULL << 61;
 constexpr uint64_t kPfnMask = (1ULL << 55) - 1;
 constexpr size_t kMaxIov = 1024;
+// The target's scratch area (remote.h) while it writes its pages: the page file's path (at open)
+// then zeros for chunk headers at kZeroArea, the pwritev iovecs at kIovArea.
+constexpr size_t kZeroArea = 0;
+constexpr size_t kIovArea = 4096;
 
 }  // namespace
 
@@ -110,11 +119,12 @@ Result<void> PresentPages::Collect(uint64_t start, uint64_t end, bool private_fi
   return Ok();
 }
 
-PageWriter::PageWriter(images::BlobWriter* blob, pid_t pid, int fd, uint64_t total_bytes)
-    : blob_(blob), pid_(pid), fd_(fd) {
-  two_readers_ = std::thread::hardware_concurrency() >= 2 && !getenv("GODWIT_ONE_READER");
+PageWriter::PageWriter(images::BlobWriter* blob, pid_t pid, int fd, uint64_t total_bytes,
+                       remote::Remote* target)
+    : blob_(blob), pid_(pid), fd_(fd), target_(target) {
   buf_size_ = std::max<uint64_t>(kPage, std::min<uint64_t>(total_bytes, 32ULL << 20));
   int nbufs = total_bytes > buf_size_ ? 3 : 1;
+  // Untouched until used (the target-write path never touches them): only address space.
   for (int i = 0; i < nbufs; ++i) {
     bufs_.emplace_back(new char[buf_size_]);
     free_.push_back(bufs_.back().get());
@@ -129,6 +139,14 @@ PageWriter::~PageWriter() {
   }
   cv_.notify_all();
   if (writer_.joinable()) writer_.join();
+  CloseTargetFd();
+}
+
+void PageWriter::CloseTargetFd() {
+  if (target_fd_ < 0) return;
+  auto r = target_->Syscall(SYS_close, static_cast<uint64_t>(target_fd_));
+  if (!r.ok()) LOG_WARN("pid %d: close page file: %s", pid_, r.error().to_string().c_str());
+  target_fd_ = -1;
 }
 
 void PageWriter::WriterLoop() {
@@ -147,9 +165,9 @@ void PageWriter::WriterLoop() {
       failed = failed_;
     }
     if (!failed) {
-      Result<uint64_t> off = b.ip.logical_off;
-      if (b.in_place) {
-        auto c = blob_->CommitInPlace(b.ip);
+      Result<uint64_t> off = b.ext.logical_off;
+      if (b.external) {
+        auto c = blob_->CommitExternal(b.ext);
         if (!c.ok()) off = std::move(c.error());
       } else {
         off = blob_->Append(b.buf, b.len);
@@ -224,58 +242,171 @@ void Advance(iovec** iov, size_t* cnt, size_t n) {
   }
 }
 
+// The "Seccomp:" mode of pid's main thread (0: none); -1 if unknown.
+int SeccompMode(pid_t pid) {
+  auto st = fs::ReadFile(StrFormat("/proc/%d/status", pid));
+  if (!st.ok()) return -1;
+  size_t at = st->find("\nSeccomp:");
+  if (at == std::string::npos) return -1;
+  return atoi(st->c_str() + at + 9);
+}
+
 }  // namespace
 
-Result<void> PageWriter::Flush() {
-  if (cur_ == nullptr) return Ok();
-  Batch batch{cur_, cur_len_, {}};
-  if (in_place_) {
-    ASSIGN_OR_RETURN(bool ok, blob_->AppendInPlace(cur_len_, &batch.ip));
-    if (ok)
-      batch.in_place = true;
-    else
-      in_place_ = false;  // the writer thread Appends from now on: never in place again
+Result<bool> PageWriter::SetUpTarget() {
+  target_tried_ = true;
+  if (target_ == nullptr || blob_->compressed() || blob_->fd() < 0 ||
+      getenv("GODWIT_NO_TARGET_WRITE") != nullptr)
+    return false;
+  // The injected calls must not be refused by a filter (or kill the process), nor raise SIGXFSZ.
+  if (int m = SeccompMode(pid_); m != 0) {
+    LOG_DEBUG("pid %d: seccomp mode %d: pages go through the coordinator", pid_, m);
+    return false;
   }
-  // Where batch bytes [off, off + len) go: the buffer, or the chunks' data in the page file.
-  std::vector<iovec> local;
-  auto dest = [&](uint64_t off, uint64_t len) {
-    local.clear();
-    if (!batch.in_place) {
-      local.push_back({cur_ + off, len});
-      return;
+  rlimit fsize{};
+  if (prlimit(pid_, RLIMIT_FSIZE, nullptr, &fsize) < 0 || fsize.rlim_cur != RLIM_INFINITY) {
+    LOG_DEBUG("pid %d: file size limit: pages go through the coordinator", pid_);
+    return false;
+  }
+  // The page file, reopened by the process through our /proc/PID/fd (fails where it cannot see
+  // us or may not open it: another pid namespace, other credentials; then the coordinator copies).
+  // First with O_PATH (no side effect whatever the path names) and checked: in another pid
+  // namespace /proc/COORD may name some other process, and the file must be the page file itself
+  // (same device and inode, seen through pidfd_getfd). Then reopened for writing through the
+  // process's own /proc/self/fd.
+  std::string path = StrFormat("/proc/%d/fd/%d", getpid(), blob_->fd());
+  ASSIGN_OR_RETURN(uint64_t a, target_->WriteString(kZeroArea, path));
+  const uint64_t args[6] = {static_cast<uint64_t>(AT_FDCWD), a, O_PATH | O_CLOEXEC, 0, 0, 0};
+  ASSIGN_OR_RETURN(long pfd, target_->RawSyscallIn(target_->tid(), SYS_openat, args));
+  if (pfd < 0) {
+    LOG_DEBUG("pid %d: open %s in it: %s: pages go through the coordinator", pid_, path.c_str(),
+              strerror(static_cast<int>(-pfd)));
+    return false;
+  }
+  bool same = false;
+  int pidfd = static_cast<int>(syscall(SYS_pidfd_open, pid_, 0));
+  if (pidfd >= 0) {
+    UniqueFd upidfd(pidfd);
+    int copy = static_cast<int>(syscall(SYS_pidfd_getfd, pidfd, static_cast<int>(pfd), 0));
+    if (copy >= 0) {
+      UniqueFd ucopy(copy);
+      struct stat x, y;
+      same = fstat(copy, &x) == 0 && fstat(blob_->fd(), &y) == 0 && x.st_dev == y.st_dev &&
+             x.st_ino == y.st_ino && S_ISREG(x.st_mode);
     }
-    uint64_t base = 0;
-    for (const auto& [data, clen] : batch.ip.chunks) {
-      if (len == 0) break;
-      if (off < base + clen) {
-        uint64_t skip = off - base, n = std::min<uint64_t>(len, clen - skip);
-        local.push_back({data + skip, n});
-        off += n;
-        len -= n;
-      }
-      base += clen;
+  }
+  long fd = -1;
+  if (same) {
+    ASSIGN_OR_RETURN(uint64_t a2, target_->WriteString(kZeroArea, StrFormat("/proc/self/fd/%ld", pfd)));
+    const uint64_t args2[6] = {static_cast<uint64_t>(AT_FDCWD), a2, O_WRONLY | O_CLOEXEC, 0, 0, 0};
+    ASSIGN_OR_RETURN(fd, target_->RawSyscallIn(target_->tid(), SYS_openat, args2));
+  }
+  TRY(target_->Syscall(SYS_close, static_cast<uint64_t>(pfd)));
+  if (fd < 0) {
+    LOG_DEBUG("pid %d: %s: %s: pages go through the coordinator", pid_, path.c_str(),
+              same ? strerror(static_cast<int>(-fd)) : "not the page file there");
+    return false;
+  }
+  target_fd_ = fd;
+  // Zeros for the chunk headers' places (the headers are written at commit, with checksums).
+  char zeros[sizeof(images::format::ChunkHeader)] = {};
+  TRY(target_->Write(target_->scratch() + kZeroArea, zeros, sizeof(zeros)));
+  return true;
+}
+
+Result<void> PageWriter::TargetWrite(const Batch& b) {
+  // The batch's file space: per chunk, the header's place (zeros: the header is written at
+  // commit) then its data; contiguous. Readable ranges go into the process's pwritev calls;
+  // unreadable ones (use_fd) are read and written by the coordinator in between.
+  uint64_t zeros = target_->scratch() + kZeroArea;
+  uint64_t iov_addr = target_->scratch() + kIovArea;
+  size_t max_iov = std::min(kMaxIov, (target_->scratch_size() - kIovArea) / sizeof(iovec));
+  std::vector<iovec> iov;
+  uint64_t start = 0, pos = 0;  // pending pwritev: file bytes [start, pos)
+  auto flush = [&]() -> Result<void> {
+    iovec* v = iov.data();
+    size_t left = iov.size();
+    uint64_t off = start;
+    while (left > 0) {
+      size_t k = std::min(left, max_iov);
+      TRY(target_->Write(iov_addr, v, k * sizeof(iovec)));
+      auto n = target_->Syscall(SYS_pwritev, static_cast<uint64_t>(target_fd_), iov_addr, k, off, 0);
+      if (!n.ok())
+        return std::move(n.error().wrap(StrFormat("pid %d: pwritev of its pages at file offset %lu",
+                                                  pid_, static_cast<unsigned long>(off))));
+      if (*n == 0)
+        return MakeError(ErrorKind::kGeneric, 0, "pid %d: pwritev of its pages wrote nothing", pid_);
+      off += *n;
+      Advance(&v, &left, static_cast<size_t>(*n));
     }
+    iov.clear();
+    start = pos;
+    return Ok();
   };
-  // Read every entry into place: runs of process_vm_readv entries go in one call each.
+  size_t e = 0;
+  uint64_t e_off = 0;  // bytes of entry e already placed
+  for (const auto& c : b.ext.chunks) {
+    if (iov.empty()) start = pos = c.header_off;
+    iov.push_back({reinterpret_cast<void*>(zeros), sizeof(images::format::ChunkHeader)});
+    pos += sizeof(images::format::ChunkHeader);
+    if (iov.size() >= max_iov) TRY(flush());
+    uint64_t want = c.len;
+    while (want > 0) {
+      const Entry& x = b.entries[e];
+      uint64_t n = std::min(want, x.len - e_off);
+      if (x.use_fd) {
+        TRY(flush());
+        char* tmp = b.buf + x.buf_off + e_off;
+        for (uint64_t done = 0; done < n;) {
+          ssize_t r = pread(fd_, tmp + done, n - done, static_cast<off_t>(x.src + e_off + done));
+          if (r <= 0)
+            return Errno("read %lu bytes at %#lx of pid %d", static_cast<unsigned long>(n),
+                         static_cast<unsigned long>(x.src + e_off + done), pid_);
+          done += r;
+        }
+        for (uint64_t done = 0; done < n;) {
+          ssize_t w = pwrite(blob_->fd(), tmp + done, n - done, static_cast<off_t>(pos + done));
+          if (w < 0 && errno == EINTR) continue;
+          if (w <= 0) return Errno("write pages of pid %d", pid_);
+          done += w;
+        }
+        pos += n;
+        start = pos;
+      } else {
+        iov.push_back({reinterpret_cast<void*>(x.src + e_off), n});
+        pos += n;
+        target_pages_ += n / kPage;
+        if (iov.size() >= max_iov) TRY(flush());
+      }
+      want -= n;
+      e_off += n;
+      if (e_off == x.len) {
+        ++e;
+        e_off = 0;
+      }
+    }
+  }
+  return flush();
+}
+
+Result<void> PageWriter::ReadIntoBuffer() {
   size_t i = 0;
   while (i < cur_entries_.size()) {
     const Entry& e = cur_entries_[i];
     if (e.use_fd) {
-      dest(e.buf_off, e.len);
       uint64_t done = 0;
-      iovec* l = local.data();
-      size_t lc = local.size();
       while (done < e.len) {
-        ssize_t n = preadv(fd_, l, static_cast<int>(lc), static_cast<off_t>(e.src + done));
+        ssize_t n = pread(fd_, cur_ + e.buf_off + done, e.len - done,
+                          static_cast<off_t>(e.src + done));
         if (n <= 0)
           return Errno("read %lu bytes at %#lx of pid %d", static_cast<unsigned long>(e.len),
                        static_cast<unsigned long>(e.src + done), pid_);
         done += n;
-        Advance(&l, &lc, n);
       }
       ++i;
       continue;
     }
+    // A run of process_vm_readv entries: one call each (entries are contiguous in the buffer).
     iovec remote[kMaxIov];
     size_t k = 0;
     uint64_t first_off = e.buf_off, total = 0;
@@ -286,52 +417,50 @@ Result<void> PageWriter::Flush() {
       ++k;
       ++i;
     }
-    // Copies remote bytes [from, to) of this group into place.
-    auto read_range = [this, &remote, k](std::vector<iovec> lv, uint64_t from,
-                                         uint64_t to) -> Result<void> {
-      std::vector<iovec> rv_store;
-      uint64_t pos = 0;
-      for (size_t x = 0; x < k && pos < to; ++x) {
-        uint64_t a = pos, b = pos + remote[x].iov_len;
-        pos = b;
-        if (b <= from) continue;
-        uint64_t s0 = std::max(a, from), e0 = std::min(b, to);
-        rv_store.push_back({static_cast<char*>(remote[x].iov_base) + (s0 - a), e0 - s0});
-      }
-      iovec* l = lv.data();
-      size_t lc = lv.size();
-      iovec* rv = rv_store.data();
-      size_t rc = rv_store.size();
-      uint64_t done = 0, want = to - from;
-      // process_vm_readv stops at the first failing remote iovec; retry from there.
-      while (done < want) {
-        ssize_t n = process_vm_readv(pid_, l, std::min(lc, kMaxIov), rv, std::min(rc, kMaxIov), 0);
-        if (n <= 0)
-          return Errno("process_vm_readv pid %d at %#lx", pid_,
-                       reinterpret_cast<unsigned long>(rv->iov_base));
-        done += n;
-        Advance(&l, &lc, n);
-        Advance(&rv, &rc, n);
-      }
-      return Ok();
-    };
-    // In place, a big group is copied by two threads (process_vm_readv is bound by pinning
-    // pages, ~4-5 GB/s per core here; two cores read different halves).
-    uint64_t half = total;
-    if (batch.in_place && total >= (8ULL << 20) && two_readers_) half = (total / 2) & ~(kPage - 1);
-    Result<void> second;
-    std::thread helper;
-    if (half < total) {
-      dest(first_off + half, total - half);
-      helper = std::thread([&, lv = local] { second = read_range(lv, half, total); });
+    iovec local{cur_ + first_off, total};
+    iovec* l = &local;
+    size_t lc = 1;
+    iovec* rv = remote;
+    size_t rc = k;
+    uint64_t done = 0;
+    // process_vm_readv stops at the first failing remote iovec; retry from there.
+    while (done < total) {
+      ssize_t n = process_vm_readv(pid_, l, lc, rv, rc, 0);
+      if (n <= 0)
+        return Errno("process_vm_readv pid %d at %#lx", pid_,
+                     reinterpret_cast<unsigned long>(rv->iov_base));
+      done += n;
+      Advance(&l, &lc, n);
+      Advance(&rv, &rc, n);
     }
-    dest(first_off, half);
-    Result<void> first = read_range(local, 0, half);
-    if (helper.joinable()) helper.join();
-    TRY(std::move(first));
-    TRY(std::move(second));
   }
+  return Ok();
+}
+
+Result<void> PageWriter::Flush() {
+  if (cur_ == nullptr) return Ok();
+  if (!target_tried_) {
+    ASSIGN_OR_RETURN(bool ok, SetUpTarget());
+    external_ = ok;  // the coordinator alone: Append from the writer thread
+  }
+  Batch batch{cur_, cur_len_, {}};
   batch.entries = std::move(cur_entries_);
+  cur_entries_.clear();
+  if (external_) {
+    ASSIGN_OR_RETURN(bool ok, blob_->AppendExternal(cur_len_, &batch.ext));
+    if (ok)
+      batch.external = true;
+    else
+      external_ = false;  // the writer thread Appends from now on: never external again
+  }
+  if (batch.external) {
+    TRY(TargetWrite(batch));
+  } else {
+    cur_entries_ = std::move(batch.entries);
+    TRY(ReadIntoBuffer());
+    batch.entries = std::move(cur_entries_);
+    cur_entries_.clear();
+  }
   {
     std::lock_guard<std::mutex> l(mu_);
     queue_.push_back(std::move(batch));
@@ -339,7 +468,6 @@ Result<void> PageWriter::Flush() {
   cv_.notify_all();
   cur_ = nullptr;
   cur_len_ = 0;
-  cur_entries_.clear();
   return Ok();
 }
 
@@ -351,6 +479,7 @@ Result<void> PageWriter::Finish() {
   }
   cv_.notify_all();
   if (writer_.joinable()) writer_.join();
+  CloseTargetFd();
   if (failed_) return error_;
   return Ok();
 }

@@ -4,12 +4,17 @@
 // (present, not the zero page, for private file mappings only the COWed ones). A dirty-page source
 // (userfaultfd WP_ASYNC + PAGEMAP_SCAN) plugs in the same way for pre-dump rounds.
 //
-// How: PageWriter batches runs into large buffers filled with process_vm_readv (up to 1024 iovecs
-// per call; /proc/PID/mem for unreadable VMAs) while a writer thread appends the previous buffer to
-// the BlobWriter (compressing if the blob does): reading and writing overlap on two cores.
-// A raw blob whose file was reserved and mapped before the freeze is filled in place instead
-// (BlobWriter::AppendInPlace): process_vm_readv copies straight into the page file, one copy,
-// and the writer thread only computes the checksums.
+// How: PageWriter batches runs (up to 32 MiB, in address order). With a Remote into the stopped
+// process and a raw page file, the process writes its own pages: an injected pwritev (up to 1024
+// iovecs per call, straight from its memory into the page file: one copy, no buffer, no page
+// pinning) into file space handed out by BlobWriter::AppendExternal, while a writer thread
+// reads the previous batch back to checksum it (CommitExternal); unreadable ranges of a batch
+// are read (/proc/PID/mem) and written by the coordinator between those calls. Otherwise (compressed blobs,
+// a running process, a seccomp-filtered one, one with a file size limit, a file it cannot open,
+// GODWIT_NO_TARGET_WRITE set) batches are read with process_vm_readv (up to 1024 iovecs per call;
+// pread from /proc/PID/mem or a shmem fd for unreadable VMAs) into buffers, and the writer thread
+// appends the previous buffer to the BlobWriter (compressing if the blob does): reading and
+// writing overlap on two cores.
 #pragma once
 
 #include <sys/types.h>
@@ -23,6 +28,7 @@
 #include <vector>
 
 #include "common/proc.h"
+#include "common/remote.h"
 #include "common/result.h"
 #include "common/unique_fd.h"
 #include "images/image.h"
@@ -74,7 +80,10 @@ class PageWriter {
   // pid: read with process_vm_readv from it; fd >= 0: pread from that fd (shmem objects,
   // /proc/PID/mem) for ranges added with use_fd.
   // total_bytes: what will be added (sizes the buffers).
-  PageWriter(images::BlobWriter* blob, pid_t pid, int fd, uint64_t total_bytes);
+  // target: a Remote into pid (stopped): its readable pages are written by pid itself when the
+  // blob allows (see the top of this file).
+  PageWriter(images::BlobWriter* blob, pid_t pid, int fd, uint64_t total_bytes,
+             remote::Remote* target = nullptr);
   ~PageWriter();
   PageWriter(const PageWriter&) = delete;
   PageWriter& operator=(const PageWriter&) = delete;
@@ -85,6 +94,8 @@ class PageWriter {
   Result<void> Finish();
   const std::vector<img::PageRun>& runs() const { return runs_; }
   uint64_t pages() const { return pages_; }
+  // Pages the process wrote itself (the rest went through the coordinator).
+  uint64_t target_pages() const { return target_pages_; }
 
  private:
   struct Entry {
@@ -95,24 +106,31 @@ class PageWriter {
     char* buf;
     size_t len;
     std::vector<Entry> entries;
-    bool in_place = false;  // filled straight into the blob's file: commit, not Append
-    images::BlobWriter::InPlace ip;
+    bool external = false;  // written into file space of AppendExternal: commit, not Append
+    images::BlobWriter::External ext;
   };
   Result<void> Flush();
+  // Opens the page file in the target; false if this process cannot write its own pages.
+  Result<bool> SetUpTarget();
+  Result<void> TargetWrite(const Batch& b);
+  Result<void> ReadIntoBuffer();
+  void CloseTargetFd();
   void WriterLoop();
 
   images::BlobWriter* blob_;
   pid_t pid_;
   int fd_;
+  remote::Remote* target_;
+  long target_fd_ = -1;  // the page file, open in the target
+  bool target_tried_ = false;
   size_t buf_size_;
   std::vector<std::unique_ptr<char[]>> bufs_;
   char* cur_ = nullptr;
   size_t cur_len_ = 0;
   std::vector<Entry> cur_entries_;
-  bool in_place_ = true;
-  bool two_readers_ = true;  // in place: big groups are read by two threads  // until the blob cannot take an in-place append (then never again)
+  bool external_ = true;  // until the blob cannot take an external append (then never again)
   std::vector<img::PageRun> runs_;
-  uint64_t pages_ = 0;
+  uint64_t pages_ = 0, target_pages_ = 0;
 
   std::mutex mu_;
   std::condition_variable cv_;

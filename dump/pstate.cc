@@ -143,31 +143,80 @@ Result<std::string> ReadLink(const std::string& path) {
   return std::string(buf, n);
 }
 
+// A path from a /proc/PID/{cwd,root} link without its " (deleted)" mark; *deleted: it had one.
+std::string Undeleted(std::string link, bool* deleted) {
+  *deleted = link.size() > 10 && link.compare(link.size() - 10, 10, " (deleted)") == 0;
+  if (*deleted) link.resize(link.size() - 10);
+  return link;
+}
+
+// Permission bits of the directory a /proc/PID/{cwd,root} link points at (also when removed).
+Result<uint32_t> DirMode(const std::string& link) {
+  struct stat st;
+  if (stat(link.c_str(), &st) < 0) return Errno("stat %s", link.c_str());
+  return static_cast<uint32_t>(st.st_mode & 07777);
+}
+
 // cwd through an injected getcwd: the path as the process itself sees it (under its own root,
 // in its own mount namespace), which is what an injected chdir after chroot resolves on restore.
-// root through /proc/PID/root, as the dumper sees it ("/" unless chrooted).
+// root through /proc/PID/root, as the dumper sees it ("/" unless chrooted). A removed cwd
+// (getcwd says ENOENT) or root: where it was, from the link, and its mode (cwd01/cwd02).
 Result<void> DumpFs(DumpContext& ctx, ProcessDump& p, img::ProcessState* ps) {
   auto* fs = ps->mutable_fs();
-  ASSIGN_OR_RETURN(std::string root, ReadLink(StrFormat("/proc/%d/root", p.pid)));
-  if (root.size() > 10 && root.compare(root.size() - 10, 10, " (deleted)") == 0)
-    return MakeError(ErrorKind::kUnsupported, 0, "pid %d: root %s was deleted", p.pid,
-                     root.c_str());
+  std::string root_link = StrFormat("/proc/%d/root", p.pid);
+  ASSIGN_OR_RETURN(std::string root_raw, ReadLink(root_link));
+  bool root_deleted = false;
+  std::string root = Undeleted(root_raw, &root_deleted);
+  if (root_deleted) {
+    fs->set_root_deleted(true);
+    ASSIGN_OR_RETURN(uint32_t mode, DirMode(root_link));
+    fs->set_root_mode(mode);
+  }
   ASSIGN_OR_RETURN(remote::Remote * r, ctx.RemoteFor(p));
   size_t cap = std::min<size_t>(r->scratch_size(), PATH_MAX + 1);
   uint64_t args[6] = {r->scratch(), cap, 0, 0, 0, 0};
   ASSIGN_OR_RETURN(long n, r->RawSyscallIn(p.pid, SYS_getcwd, args));
-  if (n == -ENOENT)
-    return MakeError(ErrorKind::kUnsupported, ENOENT, "pid %d: its cwd was deleted", p.pid);
-  if (n <= 0 || static_cast<size_t>(n) > cap) {
-    errno = n < 0 ? static_cast<int>(-n) : EINVAL;
-    return Errno("pid %d: getcwd", p.pid);
+  std::string cwd;
+  if (n == -ENOENT) {
+    // Removed. The link is in our view: under a chroot, take the root's part off.
+    std::string cwd_link = StrFormat("/proc/%d/cwd", p.pid);
+    ASSIGN_OR_RETURN(std::string raw, ReadLink(cwd_link));
+    bool deleted = false;
+    cwd = Undeleted(raw, &deleted);
+    if (!deleted)
+      return MakeError(ErrorKind::kUnsupported, ENOENT, "pid %d: getcwd says ENOENT for %s",
+                       p.pid, raw.c_str());
+    if (root != "/") {
+      if (cwd == root) {
+        cwd = "/";
+      } else if (cwd.compare(0, root.size() + 1, root + "/") == 0) {
+        cwd = cwd.substr(root.size());
+      } else {
+        return MakeError(ErrorKind::kUnsupported, 0, "pid %d: removed cwd %s is outside its root %s",
+                         p.pid, cwd.c_str(), root.c_str());
+      }
+    }
+    // A removed root can only be the cwd itself (a removed directory is empty).
+    if (!root_deleted) {
+      fs->set_cwd_deleted(true);
+      ASSIGN_OR_RETURN(uint32_t mode, DirMode(cwd_link));
+      fs->set_cwd_mode(mode);
+    } else if (cwd != "/") {
+      return MakeError(ErrorKind::kUnsupported, 0, "pid %d: cwd %s inside a removed root %s",
+                       p.pid, cwd.c_str(), root.c_str());
+    }
+  } else {
+    if (n <= 0 || static_cast<size_t>(n) > cap) {
+      errno = n < 0 ? static_cast<int>(-n) : EINVAL;
+      return Errno("pid %d: getcwd", p.pid);
+    }
+    cwd.assign(static_cast<size_t>(n), '\0');
+    TRY(r->Read(r->scratch(), cwd.data(), cwd.size()));
+    cwd.resize(strnlen(cwd.c_str(), cwd.size()));
+    if (cwd.empty() || cwd[0] != '/')  // "(unreachable)/...": outside its root
+      return MakeError(ErrorKind::kUnsupported, 0, "pid %d: cwd %s is outside its root", p.pid,
+                       cwd.c_str());
   }
-  std::string cwd(static_cast<size_t>(n), '\0');
-  TRY(r->Read(r->scratch(), cwd.data(), cwd.size()));
-  cwd.resize(strnlen(cwd.c_str(), cwd.size()));
-  if (cwd.empty() || cwd[0] != '/')  // "(unreachable)/...": outside its root
-    return MakeError(ErrorKind::kUnsupported, 0, "pid %d: cwd %s is outside its root", p.pid,
-                     cwd.c_str());
   fs->set_cwd(cwd);
   fs->set_root(root);
   std::string path = StrFormat("/proc/%d/status", p.pid);
@@ -177,7 +226,7 @@ Result<void> DumpFs(DumpContext& ctx, ProcessDump& p, img::ProcessState* ps) {
   return Ok();
 }
 
-// personality, dumpable, child subreaper, THP disable: per-process flags.
+// personality, dumpable, child subreaper, THP disable, oom_score_adj: per-process flags.
 Result<void> DumpProcFlags(DumpContext& ctx, ProcessDump& p, img::ProcessState* ps) {
   ASSIGN_OR_RETURN(std::string pers, fs::ReadFile(StrFormat("/proc/%d/personality", p.pid)));
   ps->set_personality(static_cast<uint32_t>(strtoul(fs::Trim(pers).c_str(), nullptr, 16)));
@@ -190,6 +239,8 @@ Result<void> DumpProcFlags(DumpContext& ctx, ProcessDump& p, img::ProcessState* 
   ps->set_child_subreaper(sub != 0);
   ASSIGN_OR_RETURN(long thp, r->Syscall(SYS_prctl, PR_GET_THP_DISABLE, 0, 0, 0, 0));
   ps->set_thp_disable(static_cast<uint32_t>(thp));
+  ASSIGN_OR_RETURN(std::string oom, fs::ReadFile(StrFormat("/proc/%d/oom_score_adj", p.pid)));
+  ps->set_oom_score_adj(atoi(fs::Trim(oom).c_str()));
   return Ok();
 }
 

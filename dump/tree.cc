@@ -1,10 +1,19 @@
 #include "dump/tree.h"
 
+#include <linux/kcmp.h>
 #include <signal.h>
 #include <sys/ptrace.h>
+#include <sys/uio.h>
+#include <sys/user.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+
+#include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <deque>
 #include <map>
@@ -14,6 +23,7 @@
 #include "common/log.h"
 #include "common/proc.h"
 #include "common/remote.h"
+#include "common/scope_exit.h"
 
 namespace godwit::dump {
 namespace {
@@ -39,9 +49,147 @@ std::string CommOf(pid_t pid) {
   return s;
 }
 
+bool IsStopSignal(int sig) {
+  return sig == SIGSTOP || sig == SIGTSTP || sig == SIGTTIN || sig == SIGTTOU;
+}
+
+// A thread stopped inside an rseq critical section gets what the kernel gives one it preempts
+// (rseq_ip_fixup): rseq->rseq_cs cleared and its rip moved to the section's abort_ip. The seize
+// is such a preemption. Without it, the calls injected later clear rseq_cs (a return to user
+// space outside the section) and the dump would record a thread in the middle of a section
+// that nothing aborts any more: restored (or left running), it would carry on there as if it
+// still had its CPU. Best effort: a thread we cannot read is left as it is.
+void AbortRseqSection(pid_t tid) {
+  struct {
+    uint64_t abi;
+    uint32_t size, sig, flags, pad;
+  } rc{};
+  if (ptrace(static_cast<__ptrace_request>(0x420f /* PTRACE_GET_RSEQ_CONFIGURATION */), tid,
+             reinterpret_cast<void*>(sizeof(rc)), &rc) < 0 ||
+      rc.abi == 0)
+    return;
+  auto read = [tid](uint64_t addr, void* buf, size_t len) {
+    iovec l{buf, len}, r{reinterpret_cast<void*>(addr), len};
+    return process_vm_readv(tid, &l, 1, &r, 1, 0) == static_cast<ssize_t>(len);
+  };
+  uint64_t cs = 0;
+  if (!read(rc.abi + 8, &cs, sizeof(cs)) || cs == 0) return;
+  struct {
+    uint32_t version, flags;
+    uint64_t start_ip, post_commit_offset, abort_ip;
+  } d{};
+  uint32_t sig = 0;
+  user_regs_struct regs{};
+  if (!read(cs, &d, sizeof(d)) || ptrace(PTRACE_GETREGS, tid, nullptr, &regs) < 0) return;
+  if (regs.rip < d.start_ip || regs.rip - d.start_ip >= d.post_commit_offset) return;
+  if (!read(d.abort_ip - 4, &sig, sizeof(sig)) || sig != rc.sig) return;
+  uint64_t zero = 0;
+  iovec l{&zero, sizeof(zero)}, r{reinterpret_cast<void*>(rc.abi + 8), sizeof(zero)};
+  if (process_vm_writev(tid, &l, 1, &r, 1, 0) != sizeof(zero)) return;
+  regs.rip = d.abort_ip;
+  if (ptrace(PTRACE_SETREGS, tid, nullptr, &regs) < 0) PLOG_WARN("rseq abort of %d", tid);
+}
+
+// Whether SIGSTOP is pending for tid (its own queue or its process's).
+bool SigstopPending(pid_t tid) {
+  auto st = fs::ReadFile(StrFormat("/proc/%d/status", tid));
+  if (!st.ok()) return false;
+  for (const char* key : {"\nSigPnd:", "\nShdPnd:"}) {
+    size_t at = st->find(key);
+    if (at != std::string::npos &&
+        (strtoull(st->c_str() + at + strlen(key), nullptr, 16) & (1ULL << (SIGSTOP - 1))))
+      return true;
+  }
+  return false;
+}
+
+// A group-stopped thread with SIGSTOP pending again (sent while it was stopped: zdtm
+// stopped01/02) would dequeue it in the first injected call (a signal-delivery stop there). It
+// is taken now instead, before any user instruction runs, with every other signal blocked, and
+// the thread stops again with it: still stopped, the pending SIGSTOP consumed (it would only have
+// repeated the stop; SIGCONT discards pending stops anyway).
+Result<void> TakePendingSigstop(pid_t tid) {
+  for (int round = 0; round < 4 && SigstopPending(tid); ++round) {
+    uint64_t mask = 0;
+    const uint64_t all = ~uint64_t{0};
+    if (ptrace(PTRACE_GETSIGMASK, tid, sizeof(mask), &mask) < 0 ||
+        ptrace(PTRACE_SETSIGMASK, tid, sizeof(all), &all) < 0)
+      return Errno("PTRACE_{GET,SET}SIGMASK %d", tid);
+    ScopeExit unblock([&] { ptrace(PTRACE_SETSIGMASK, tid, sizeof(mask), &mask); });
+    if (ptrace(PTRACE_CONT, tid, nullptr, nullptr) < 0) return Errno("PTRACE_CONT %d", tid);
+    ASSIGN_OR_RETURN(int status, remote::WaitStop(tid));
+    if ((status >> 16) == PTRACE_EVENT_STOP) continue;  // stopped again, nothing dequeued
+    int sig = WSTOPSIG(status);
+    if (ptrace(PTRACE_CONT, tid, nullptr, reinterpret_cast<void*>(static_cast<long>(sig))) < 0)
+      return Errno("PTRACE_CONT %d", tid);
+    ASSIGN_OR_RETURN(status, remote::WaitStop(tid));
+    if ((status >> 16) != PTRACE_EVENT_STOP)
+      return Err("thread %d: signal %d instead of stopping again", tid, WSTOPSIG(status));
+  }
+  return Ok();
+}
+
+// PTRACE_SEIZE + PTRACE_INTERRUPT, and the group stop the thread was in. A thread seized in a
+// group stop (or entering one while we seize it) reports its first trap as PTRACE_EVENT_STOP
+// with the stop signal; an interrupt reports SIGTRAP. *stop_sig: that signal, else 0. A
+// signal-delivery stop racing with the interrupt is passed on (a SIGSTOP then stops it: the
+// process was about to be stopped, and is dumped stopped).
+Result<void> Seize(pid_t tid, unsigned long options, int* stop_sig) {
+  *stop_sig = 0;
+  if (ptrace(PTRACE_SEIZE, tid, nullptr, options) < 0) {
+    if (errno == ESRCH) return MakeError(ErrorKind::kNotFound, ESRCH, "seize %d: gone", tid);
+    return Errno("PTRACE_SEIZE %d", tid);
+  }
+  if (ptrace(PTRACE_INTERRUPT, tid, nullptr, nullptr) < 0) return Errno("PTRACE_INTERRUPT %d", tid);
+  for (;;) {
+    ASSIGN_OR_RETURN(int status, remote::WaitStop(tid));
+    int sig = WSTOPSIG(status);
+    if ((status >> 16) == PTRACE_EVENT_STOP) {
+      if (IsStopSignal(sig)) {
+        *stop_sig = sig;
+        TRY(TakePendingSigstop(tid));
+      }
+      AbortRseqSection(tid);
+      return Ok();
+    }
+    if (ptrace(PTRACE_CONT, tid, nullptr, reinterpret_cast<void*>(static_cast<long>(sig))) < 0)
+      return Errno("PTRACE_CONT %d", tid);
+  }
+}
+
 // Seizes every thread of pid until /proc/PID/task shows no new one (a running thread may create
 // threads until it is stopped itself). Returns the tids, main thread first.
-Result<std::vector<pid_t>> SeizeThreads(pid_t pid, std::set<pid_t>* seized_set, FrozenTree* out) {
+// A process whose memory another process shares (CLONE_VM without CLONE_THREAD): above all a
+// vfork parent, which waits (killable, deaf to our interrupt: the seize would hang) until its child
+// execs or exits, the child running on the parent's memory. Neither can be restored as it was
+// (CRIU refuses too: zdtm vfork00), so the dump fails naming both, before anything is seized.
+Result<void> CheckOwnMm(pid_t pid, pid_t parent) {
+  auto shares = [](pid_t a, pid_t b) {
+    return syscall(SYS_kcmp, a, b, KCMP_VM, 0, 0) == 0;
+  };
+  if (parent > 0 && shares(pid, parent))
+    return MakeError(ErrorKind::kUnsupported, 0,
+                     "process %d shares its memory with its parent %d (a vfork child that has not "
+                     "exec'd yet, or CLONE_VM): cannot be dumped",
+                     pid, parent);
+  auto tasks = proc::ListTasks(pid);
+  if (!tasks.ok()) return Ok();  // gone: the seize reports it
+  for (pid_t t : *tasks) {
+    auto kids = proc::ListChildren(pid, t);
+    if (!kids.ok()) continue;
+    for (pid_t k : *kids)
+      if (shares(pid, k))
+        return MakeError(ErrorKind::kUnsupported, 0,
+                         "process %d shares its memory with its child %d (waiting for a vfork "
+                         "child to exec or exit, or CLONE_VM): cannot be dumped",
+                         pid, k);
+  }
+  return Ok();
+}
+
+// *stop_sig: the group stop the main thread was seized in (0: none).
+Result<std::vector<pid_t>> SeizeThreads(pid_t pid, std::set<pid_t>* seized_set, FrozenTree* out,
+                                        int* stop_sig) {
   for (int round = 0;; ++round) {
     auto tasks = proc::ListTasks(pid);
     if (!tasks.ok()) return Vanished(pid);
@@ -51,9 +199,10 @@ Result<std::vector<pid_t>> SeizeThreads(pid_t pid, std::set<pid_t>* seized_set, 
       // PTRACE_O_SUSPEND_SECCOMP: a seccomp filter would see (and may kill the process for) the
       // calls we inject. It needs CAP_SYS_ADMIN and an unfiltered tracer; without them a filtered
       // process can still be dumped if its filter allows our calls.
-      auto r = remote::SeizeAndInterrupt(tid, PTRACE_O_TRACESYSGOOD | PTRACE_O_SUSPEND_SECCOMP);
-      if (!r.ok() && r.error().sys_errno() == EPERM)
-        r = remote::SeizeAndInterrupt(tid, PTRACE_O_TRACESYSGOOD);
+      int sig = 0;
+      auto r = Seize(tid, PTRACE_O_TRACESYSGOOD | PTRACE_O_SUSPEND_SECCOMP, &sig);
+      if (!r.ok() && r.error().sys_errno() == EPERM) r = Seize(tid, PTRACE_O_TRACESYSGOOD, &sig);
+      if (r.ok() && tid == pid) *stop_sig = sig;
       if (!r.ok()) {
         if (r.error().kind() == ErrorKind::kNotFound || r.error().sys_errno() == ESRCH) {
           if (tid == pid) return Vanished(pid);
@@ -119,9 +268,14 @@ Result<void> FreezeTree(pid_t root, FrozenTree* out) {
       *out->tree.add_processes() = std::move(e);
       continue;
     }
-    bool stopped = st->state == 'T';  // group stop, seen before we seize (then it shows 't')
-    ASSIGN_OR_RETURN(std::vector<pid_t> tids, SeizeThreads(pid, &seized_set, out));
-    e.set_stopped(stopped);
+    // A group stop ('T' in /proc/PID/stat, 't' once seized): the seize reports it and its signal
+    // (the kernel's do_jobctl_trap: SIGTRAP unless the group is stopping or stopped), so a
+    // SIGCONT racing with the seize cannot make us record a stop that is over.
+    int stop_sig = 0;
+    TRY(CheckOwnMm(pid, pid == root ? st->ppid : 0));
+    ASSIGN_OR_RETURN(std::vector<pid_t> tids, SeizeThreads(pid, &seized_set, out, &stop_sig));
+    e.set_stopped(stop_sig != 0);
+    e.set_stop_signo(stop_sig);
     // Stopped now: groups and session are stable.
     st = proc::ReadStat(pid);
     if (!st.ok()) return Vanished(pid);
@@ -142,6 +296,35 @@ Result<void> FreezeTree(pid_t root, FrozenTree* out) {
   return Ok();
 }
 
+namespace {
+
+// Detached threads of a group-stopped process stop again on their own (the kernel's
+// __ptrace_unlink re-arms the group stop), asynchronously to our detach: wait (bounded) until
+// each is back in 'T', so the tree is as it was when the dump returns.
+void WaitStoppedAgain(const FrozenTree& t) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  for (const auto& p : t.tree.processes()) {
+    if (!p.stopped() || p.zombie()) continue;
+    for (;;) {
+      auto tasks = proc::ListTasks(p.pid());
+      if (!tasks.ok()) break;
+      bool all = true;
+      for (pid_t tid : *tasks) {
+        auto st = proc::ReadTaskStat(p.pid(), tid);
+        if (st.ok() && st->state != 'T' && st->state != 'Z' && st->state != 'X') all = false;
+      }
+      if (all) break;
+      if (std::chrono::steady_clock::now() > deadline) {
+        LOG_WARN("thaw: pid %d was stopped and has not stopped again yet", p.pid());
+        break;
+      }
+      usleep(200);
+    }
+  }
+}
+
+}  // namespace
+
 void ThawTree(const FrozenTree& t) {
   // Threads whose interrupted call Release() set up to be re-issued are detached inside it (no
   // lost wake-up for a signal arriving right after the thaw).
@@ -153,6 +336,7 @@ void ThawTree(const FrozenTree& t) {
     if (ptrace(PTRACE_DETACH, tid, nullptr, reinterpret_cast<void*>(s)) < 0 && errno != ESRCH)
       PLOG_WARN("detach %d", tid);
   }
+  WaitStoppedAgain(t);
 }
 
 void KillTree(const FrozenTree& t) {

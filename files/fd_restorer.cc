@@ -39,6 +39,9 @@ class FdRestorerImpl : public FdRestorer {
   void ClosePrepared() override;
   Result<void> Finalize() override;
   int MaxFd() const override { return max_fd_; }
+  std::set<int> UsedFds() const override;
+  int FileCount() const override { return static_cast<int>(ctx_ ? ctx_->entries_.size() : 0); }
+  void KeepThroughInstall(std::vector<int> fds) override { keep_ = std::move(fds); }
   Result<void> LockNetwork(pid_t netns_pid) override;
 
  private:
@@ -58,7 +61,19 @@ class FdRestorerImpl : public FdRestorer {
   UniqueFd lock_ns_;  // the namespace LockNetwork locked (another than ours)
   int max_fd_ = 2;
   bool closed_ = false;
+  std::vector<int> keep_;  // the engine's fds, left open by Install
 };
+
+std::set<int> FdRestorerImpl::UsedFds() const {
+  std::set<int> used;
+  for (const auto& [pid, pf] : procs_)
+    for (const auto& fe : pf.fds()) used.insert(fe.fd());
+  if (ctx_)
+    for (const auto& [id, e] : ctx_->entries_)
+      if (e.kind() == img::FILE_KIND_EPOLL)
+        for (const auto& t : e.epoll().targets()) used.insert(t.tfd());
+  return used;
+}
 
 Result<std::unique_ptr<FdRestorer>> FdRestorer::Load(const images::ImageSet& images,
                                                      const RestoreOptions& opts) {
@@ -120,9 +135,6 @@ Result<void> FdRestorerImpl::LoadImages(const images::ImageSet& images) {
 }
 
 Result<void> FdRestorerImpl::Prepare(int base_fd) {
-  if (base_fd <= max_fd_)
-    return MakeError(ErrorKind::kGeneric, 0, "prepare: base fd %d <= highest restored fd %d",
-                     base_fd, max_fd_);
   ctx_->base_ = base_fd;
   // Anything failing here leaves nothing behind: the caller's error path destroys us, which
   // closes every prepared fd.
@@ -135,6 +147,18 @@ Result<void> FdRestorerImpl::Prepare(int base_fd) {
     }
   }
   ctx_->temp_.clear();
+  // base_fd may sit in a gap below MaxFd() (RLIMIT_NOFILE): no prepared fd on a restored number.
+  if (base_fd <= max_fd_) {
+    std::set<int> used = UsedFds();
+    for (const auto& [id, fd] : ctx_->prepared_)
+      if (used.count(fd)) {
+        CloseAll();
+        return MakeError(ErrorKind::kUnsupported, EMFILE,
+                         "prepare: file id %llu landed on fd %d, which a restored process uses: "
+                         "not enough free fd numbers below RLIMIT_NOFILE",
+                         static_cast<unsigned long long>(id), fd);
+      }
+  }
   return Ok();
 }
 
@@ -150,6 +174,12 @@ Result<void> FdRestorerImpl::Install(pid_t old_pid) {
   }
   // 2. Every fd at its number with its close-on-exec flag.
   std::vector<bool> want(max_fd_ + 1, false);
+  // Not closed below: the engine's fds and the prepared ones (step 4), when they sit in a gap.
+  std::vector<bool> keep(max_fd_ + 1, false);
+  for (int fd : keep_)
+    if (fd >= 0 && fd <= max_fd_) keep[fd] = true;
+  for (const auto& [id, fd] : ctx_->prepared_)
+    if (fd >= 0 && fd <= max_fd_) keep[fd] = true;
   for (const auto& fe : pf.fds()) {
     int src = ctx_->Prepared(fe.file_id());
     if (src < 0)
@@ -162,9 +192,9 @@ Result<void> FdRestorerImpl::Install(pid_t old_pid) {
   // 3. Nothing else below the engine's range: numbers used only for registrations, and what the
   //    coordinator had open, go away.
   for (int fd = 0; fd <= max_fd_; fd++) {
-    if (want[fd]) continue;
+    if (want[fd] || keep[fd]) continue;
     int end = fd;
-    while (end + 1 <= max_fd_ && !want[end + 1]) end++;
+    while (end + 1 <= max_fd_ && !want[end + 1] && !keep[end + 1]) end++;
     syscall(SYS_close_range, fd, end, 0);
     fd = end;
   }

@@ -21,6 +21,7 @@
 
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -88,8 +89,18 @@ class FdRestorer {
   virtual void ClosePrepared() = 0;
   // In the coordinator, just before the tree resumes.
   virtual Result<void> Finalize() = 0;
-  // Highest fd number any restored process uses (the engine keeps its own fds above it).
+  // Highest fd number any restored process uses (the engine keeps its own fds above it when
+  // RLIMIT_NOFILE leaves room there).
   virtual int MaxFd() const = 0;
+  // Every fd number a restored process uses (its fds, epoll registration numbers). When there is
+  // no room above MaxFd() below RLIMIT_NOFILE, the engine puts its fds and base_fd in a gap of
+  // these; Prepare fails if a prepared fd lands on one of them.
+  virtual std::set<int> UsedFds() const = 0;
+  // How many fds Prepare keeps open in the coordinator (one per open file description).
+  virtual int FileCount() const = 0;
+  // The engine's own fds (report pipe, images dir) that every restored process keeps through
+  // Install, which closes every other number up to MaxFd() it does not restore.
+  virtual void KeepThroughInstall(std::vector<int> fds) = 0;
   // Optional, for a restore into a fresh network namespace (migration, a container's new netns):
   // call before its addresses come up, in that namespace or naming it by a pid in it
   // (netns_pid; 0: ours). Drops the restored TCP connections' packets (the same nftables table

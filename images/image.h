@@ -50,19 +50,23 @@ class Output {
   // Flushes and seals the file; its size and checksum go into the inventory.
   virtual Result<void> Close() = 0;
   // Makes room for about bytes more of output ahead of time. On tmpfs, allocating pages costs
-  // most of a write (~0.45 s per GiB on this VM, ~0.14 s to copy into allocated ones), so a
-  // dumper that reserves before it freezes the tree shortens the frozen time. What is not used
-  // is released at Close. A no-op where it does not apply (a socket).
+  // most of a write (~3 us per 4 KiB page on this VM, see docs/engine.md), so a dumper that
+  // reserves before it freezes the tree shortens the frozen time. What is not used is released
+  // at Close. A no-op where it does not apply (a socket).
   virtual Result<void> Reserve(uint64_t bytes) { return Ok(); }
-  // Reserve, and also map the reserved space so that Extend can hand it out (a directory
-  // output: the file's pages are mapped and faulted in now, before the freeze).
-  virtual Result<void> ReserveInPlace(uint64_t bytes) { return Reserve(bytes); }
-  // Memory for the next len bytes of the file, for a caller that fills them in place
-  // (process_vm_readv straight into a page file: one copy instead of two). The bytes count as
-  // written now; their checksums must be given with AddChecksum, in file order, before Close
-  // (possibly from another thread, while this thread extends further). nullptr when the output
-  // cannot (nothing mapped, or not enough left): use Write.
-  virtual Result<char*> Extend(size_t len) { return static_cast<char*>(nullptr); }
+  // External writes (a file output): the next len bytes of the file are written by someone else
+  // through fd() (or a reopened copy of it: the dumped process itself, with an injected
+  // pwritev) at the returned file offset. They count as written now; their checksums must be
+  // given with AddChecksum, in file order, before Close (possibly from another thread, while
+  // this thread extends further). -1 when the output cannot (no file): use Write.
+  virtual Result<int64_t> ExtendExternal(size_t len) { return static_cast<int64_t>(-1); }
+  // The file's fd for external writes and reading them back; -1 without one.
+  virtual int fd() const { return -1; }
+  // Overwrites bytes already extended (chunk headers of external writes, whose checksums are
+  // known once the data is written). The bytes' checksum is still given with AddChecksum.
+  virtual Result<void> WriteAt(uint64_t off, const void* data, size_t len) {
+    return MakeError(ErrorKind::kGeneric, 0, "output: WriteAt not supported");
+  }
   virtual void AddChecksum(uint32_t crc32c, size_t len) {}
 };
 
@@ -74,6 +78,15 @@ class Sink {
   // Writes the inventory (adding the list of files written with sizes and checksums): from now
   // on the image set is complete. Nothing may be created after Finish.
   virtual Result<void> Finish(img::Inventory inventory) = 0;
+  // After Finish: re-encodes the finished raw blobs `names` with zstd (level, threads; each
+  // into a new file renamed over the old one, every chunk's checksum verified on the way) and
+  // writes the inventory again with their new sizes and checksums: a dump compresses after the
+  // tree runs again (or is gone) instead of while it is frozen. On error, the raw blobs and the
+  // old inventory stay: still a complete image set. *before/*after: their total sizes.
+  virtual Result<void> CompressFinished(const std::vector<std::string>& names, int level,
+                                        int threads, uint64_t* before, uint64_t* after) {
+    return MakeError(ErrorKind::kUnsupported, 0, "this sink cannot compress after Finish");
+  }
   // Drops everything written (a failed dump leaves no image that claims to be complete). A
   // directory sink destroyed without Finish aborts.
   virtual void Abort() = 0;
@@ -117,6 +130,12 @@ class BlobWriter {
  public:
   static Result<BlobWriter> Create(Sink& sink, const std::string& name, Compression c,
                                    int zstd_level = 3);
+  // The same on an output the caller created (Sink::CompressFinished).
+  static Result<BlobWriter> ForOutput(std::unique_ptr<Output> out, const std::string& name,
+                                      Compression c, int zstd_level);
+  // Appends the whole contents of a raw blob file (fd, named what), checking its header, the
+  // chunks' order and every chunk's checksum.
+  Result<void> AppendRawBlobFile(int fd, const std::string& what);
   // Compresses on n threads (the caller and n - 1 workers); 1, the default, compresses in the
   // caller. The file is the same whatever n is. No effect on raw blobs.
   Result<void> SetThreads(int n);
@@ -124,18 +143,27 @@ class BlobWriter {
   // Reserves output space for logical_bytes more of raw data (chunk headers included); see
   // Output::Reserve. For zstd blobs, pass an estimate; the excess is released at Close.
   Result<void> Reserve(uint64_t logical_bytes);
-  // In-place appends (raw blobs whose output was reserved with room to spare): the caller fills
-  // each chunk's data itself (e.g. process_vm_readv straight into the mapped page file), then
-  // commits the appends in order, possibly from another thread; the checksums are computed at
-  // commit. An Append must not run concurrently with AppendInPlace.
-  struct InPlace {
+  // External appends (raw blobs of a file output): the caller has the chunks' data written
+  // into the file at the given offsets by someone else (the dumped process itself: one copy,
+  // from its memory into the page file), then commits the appends in order, possibly from
+  // another thread. CommitExternal reads the data back to checksum it and writes the chunk
+  // headers. An Append must not run concurrently with AppendExternal.
+  struct External {
     uint64_t logical_off = 0;
-    std::vector<std::pair<char*, uint32_t>> chunks;  // each chunk's data (its header before it)
+    struct Chunk {
+      uint64_t header_off;  // file offset of the chunk header; its data follows it
+      uint32_t len;
+      uint64_t logical_off;
+    };
+    std::vector<Chunk> chunks;
   };
-  // false (nothing done) when not possible now: compressed, gathered data pending, or not
-  // enough mapped space; use Append.
-  Result<bool> AppendInPlace(size_t len, InPlace* out);
-  Result<void> CommitInPlace(const InPlace& in_place);
+  // false (nothing done) when not possible: compressed, gathered data pending, or an output
+  // without a file; use Append.
+  Result<bool> AppendExternal(size_t len, External* out);
+  Result<void> CommitExternal(const External& ext);
+  // The file for external writes (-1 if none).
+  int fd() const { return out_ ? out_->fd() : -1; }
+  bool compressed() const { return comp_ != Compression::kNone; }
   // Writes what is gathered and closes the output.
   Result<void> Close();
   uint64_t logical_size() const { return logical_; }
@@ -165,6 +193,7 @@ class BlobWriter {
   uint64_t stored_ = 0;
   std::vector<char> scratch_;  // compressed output of the calling thread
   std::vector<char> gather_;   // small appends, until a chunk is full
+  std::vector<char> readback_;  // CommitExternal's buffer
   struct CctxFree {
     void operator()(void* p) const;
   };

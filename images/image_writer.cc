@@ -2,6 +2,8 @@
 // (pages), so the blob path avoids copies: a raw chunk goes from the caller's buffer to the file
 // in one writev with its header, and its checksum is computed once and reused for the file's.
 #include <google/protobuf/message_lite.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <zstd.h>
 
 #include <algorithm>
@@ -144,6 +146,16 @@ void BlobWriter::CctxFree::operator()(void* p) const { ZSTD_freeCCtx(static_cast
 
 Result<BlobWriter> BlobWriter::Create(Sink& sink, const std::string& name, Compression c,
                                       int zstd_level) {
+  // Checked before the file exists: a refused level leaves no open image behind.
+  if (c == Compression::kZstd && (zstd_level < ZSTD_minCLevel() || zstd_level > ZSTD_maxCLevel()))
+    return MakeError(ErrorKind::kUsage, 0, "zstd level %d out of range [%d, %d]", zstd_level,
+                     ZSTD_minCLevel(), ZSTD_maxCLevel());
+  ASSIGN_OR_RETURN(std::unique_ptr<Output> out, sink.Create(name));
+  return ForOutput(std::move(out), name, c, zstd_level);
+}
+
+Result<BlobWriter> BlobWriter::ForOutput(std::unique_ptr<Output> out, const std::string& name,
+                                         Compression c, int zstd_level) {
   BlobWriter w;
   w.name_ = name;
   w.comp_ = c;
@@ -156,7 +168,7 @@ Result<BlobWriter> BlobWriter::Create(Sink& sink, const std::string& name, Compr
     if (!w.cctx_)
       return MakeError(ErrorKind::kGeneric, ENOMEM, "blob %s: ZSTD_createCCtx", name.c_str());
   }
-  ASSIGN_OR_RETURN(w.out_, sink.Create(name));
+  w.out_ = std::move(out);
   char h[format::kBlobHeaderSize];
   memcpy(h, format::kBlobMagic, 8);
   format::PutU32(h + 8, kFormatVersion);
@@ -164,6 +176,63 @@ Result<BlobWriter> BlobWriter::Create(Sink& sink, const std::string& name, Compr
   TRY_CTX(w.out_->Write(h, sizeof(h)), "blob %s", name.c_str());
   w.stored_ = sizeof(h);
   return w;
+}
+
+namespace {
+
+Result<void> PreadAll(int fd, void* buf, size_t len, uint64_t off, const std::string& what) {
+  char* p = static_cast<char*>(buf);
+  while (len > 0) {
+    ssize_t n = pread(fd, p, len, static_cast<off_t>(off));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return Errno("read %s at offset %lu", what.c_str(), static_cast<unsigned long>(off));
+    if (n == 0)
+      return MakeError(ErrorKind::kBadImage, 0, "%s: truncated at offset %lu", what.c_str(),
+                       static_cast<unsigned long>(off));
+    p += n;
+    off += n;
+    len -= n;
+  }
+  return Ok();
+}
+
+}  // namespace
+
+Result<void> BlobWriter::AppendRawBlobFile(int fd, const std::string& what) {
+  char h[format::kBlobHeaderSize];
+  TRY(PreadAll(fd, h, sizeof(h), 0, what));
+  if (memcmp(h, format::kBlobMagic, 8) != 0 || format::GetU32(h + 8) != kFormatVersion)
+    return MakeError(ErrorKind::kBadImage, 0, "%s: not a blob of format %u", what.c_str(),
+                     kFormatVersion);
+  struct stat st;
+  if (fstat(fd, &st) < 0) return Errno("stat %s", what.c_str());
+  uint64_t size = st.st_size, off = sizeof(h), logical = 0;
+  // Several chunks per Append: the compressing threads work on them in parallel.
+  constexpr size_t kBatchChunks = 8;
+  std::vector<char> buf(kBatchChunks * format::kMaxChunk);
+  size_t used = 0;
+  while (off < size) {
+    format::ChunkHeader c;
+    TRY(PreadAll(fd, &c, sizeof(c), off, what));
+    if (c.kind != format::kChunkRaw || c.stored_len != c.logical_len ||
+        c.logical_len > format::kMaxChunk || c.logical_off != logical ||
+        off + sizeof(c) + c.stored_len > size)
+      return MakeError(ErrorKind::kBadImage, 0, "%s: bad raw chunk at offset %lu", what.c_str(),
+                       static_cast<unsigned long>(off));
+    if (used + c.logical_len > buf.size()) {
+      TRY(Append(buf.data(), used));
+      used = 0;
+    }
+    TRY(PreadAll(fd, buf.data() + used, c.logical_len, off + sizeof(c), what));
+    if (Crc32c(0, buf.data() + used, c.logical_len) != c.crc32c)
+      return MakeError(ErrorKind::kBadImage, 0, "%s: chunk at offset %lu: checksum mismatch",
+                       what.c_str(), static_cast<unsigned long>(off));
+    used += c.logical_len;
+    logical += c.logical_len;
+    off += sizeof(c) + c.stored_len;
+  }
+  if (used > 0) TRY(Append(buf.data(), used));
+  return Ok();
 }
 
 BlobWriter::~BlobWriter() = default;
@@ -311,49 +380,57 @@ Result<void> BlobWriter::Reserve(uint64_t logical_bytes) {
     return MakeError(ErrorKind::kGeneric, 0, "blob %s: reserve after close", name_.c_str());
   uint64_t chunks = logical_bytes / format::kMaxChunk + 2;
   uint64_t bytes = logical_bytes + chunks * sizeof(format::ChunkHeader);
-  // A raw blob may be filled in place (AppendInPlace): map the space too.
-  if (comp_ == Compression::kNone)
-    TRY_CTX(out_->ReserveInPlace(bytes), "blob %s", name_.c_str());
-  else
-    TRY_CTX(out_->Reserve(bytes), "blob %s", name_.c_str());
+  TRY_CTX(out_->Reserve(bytes), "blob %s", name_.c_str());
   return Ok();
 }
 
-Result<bool> BlobWriter::AppendInPlace(size_t len, InPlace* ip) {
+Result<bool> BlobWriter::AppendExternal(size_t len, External* ext) {
   if (!out_) return MakeError(ErrorKind::kGeneric, 0, "blob %s: append after close", name_.c_str());
-  if (comp_ != Compression::kNone || !gather_.empty() || len == 0) return false;
+  if (comp_ != Compression::kNone || !gather_.empty() || len == 0 || out_->fd() < 0) return false;
   size_t n = (len + format::kMaxChunk - 1) / format::kMaxChunk;
-  ASSIGN_OR_RETURN(char* p, out_->Extend(len + n * sizeof(format::ChunkHeader)));
-  if (p == nullptr) return false;
-  ip->logical_off = logical_;
-  ip->chunks.clear();
+  ASSIGN_OR_RETURN(int64_t off, out_->ExtendExternal(len + n * sizeof(format::ChunkHeader)));
+  if (off < 0) return false;
+  ext->logical_off = logical_;
+  ext->chunks.clear();
+  uint64_t pos = static_cast<uint64_t>(off);
   while (len > 0) {
     uint32_t c = static_cast<uint32_t>(std::min<size_t>(len, format::kMaxChunk));
-    format::ChunkHeader h;
-    h.kind = format::kChunkRaw;
-    h.logical_len = c;
-    h.logical_off = emitted_;
-    h.stored_len = c;
-    h.crc32c = 0;  // CommitInPlace
-    memcpy(p, &h, sizeof(h));
-    ip->chunks.push_back({p + sizeof(h), c});
-    p += sizeof(h) + c;
+    ext->chunks.push_back({pos, c, emitted_});
+    pos += sizeof(format::ChunkHeader) + c;
     len -= c;
     emitted_ += c;
     logical_ += c;
-    stored_ += sizeof(h) + c;
+    stored_ += sizeof(format::ChunkHeader) + c;
   }
   return true;
 }
 
-Result<void> BlobWriter::CommitInPlace(const InPlace& ip) {
+Result<void> BlobWriter::CommitExternal(const External& ext) {
   if (!out_) return MakeError(ErrorKind::kGeneric, 0, "blob %s: commit after close", name_.c_str());
-  for (const auto& [data, len] : ip.chunks) {
-    uint32_t crc = Crc32c(0, data, len);
-    char* h = data - sizeof(format::ChunkHeader);
-    memcpy(h + offsetof(format::ChunkHeader, crc32c), &crc, sizeof(crc));
-    out_->AddChecksum(Crc32c(0, h, sizeof(format::ChunkHeader)), sizeof(format::ChunkHeader));
-    out_->AddChecksum(crc, len);
+  if (readback_.size() < format::kMaxChunk) readback_.resize(format::kMaxChunk);
+  int fd = out_->fd();
+  for (const auto& c : ext.chunks) {
+    // The data was written by another process: read it back (hot in the page cache) to
+    // checksum what the file holds.
+    uint64_t data_off = c.header_off + sizeof(format::ChunkHeader);
+    for (uint32_t got = 0; got < c.len;) {
+      ssize_t n = pread(fd, readback_.data() + got, c.len - got, static_cast<off_t>(data_off + got));
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) return Errno("blob %s: read back at %lu", name_.c_str(), (unsigned long)data_off);
+      if (n == 0)
+        return MakeError(ErrorKind::kGeneric, 0, "blob %s: external data missing at offset %lu",
+                         name_.c_str(), static_cast<unsigned long>(data_off + got));
+      got += static_cast<uint32_t>(n);
+    }
+    format::ChunkHeader h;
+    h.kind = format::kChunkRaw;
+    h.logical_len = c.len;
+    h.logical_off = c.logical_off;
+    h.stored_len = c.len;
+    h.crc32c = Crc32c(0, readback_.data(), c.len);
+    TRY_CTX(out_->WriteAt(c.header_off, &h, sizeof(h)), "blob %s", name_.c_str());
+    out_->AddChecksum(Crc32c(0, &h, sizeof(h)), sizeof(h));
+    out_->AddChecksum(h.crc32c, c.len);
   }
   return Ok();
 }

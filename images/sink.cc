@@ -3,8 +3,9 @@
 // inventory last and atomically: its presence is what makes a directory a complete checkpoint.
 #include <dirent.h>
 #include <fcntl.h>
-#include <sys/mman.h>
+#include <linux/magic.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -18,6 +19,7 @@
 
 #include "common/fs.h"
 #include "common/log.h"
+#include "common/scope_exit.h"
 #include "images/crc32c.h"
 #include "images/format.h"
 #include "images/image.h"
@@ -69,9 +71,7 @@ class FileOutput : public Output {
         path_(std::move(path)),
         fd_(std::move(fd)),
         buf_(new char[kBufSize]) {}
-  ~FileOutput() override {
-    if (map_) ::munmap(map_, map_len_);
-  }
+  ~FileOutput() override = default;
 
   Result<void> Write(const void* data, size_t len) override {
     crc_ = Crc32c(crc_, data, len);
@@ -83,6 +83,10 @@ class FileOutput : public Output {
     return Put(data, len);
   }
 
+  // On tmpfs the reserved pages are also written once (zeros) so that they exist: a page the
+  // hypervisor has to back costs ~1 us per 4 KiB on first touch here (free page reporting hands
+  // freed memory back to the host), and this runs before the tree is frozen. The file grows
+  // meanwhile; Close truncates it to what was written.
   Result<void> Reserve(uint64_t bytes) override {
     if (!fd_) return MakeError(ErrorKind::kGeneric, 0, "%s: reserve after close", path_.c_str());
     if (bytes == 0) return Ok();
@@ -92,47 +96,47 @@ class FileOutput : public Output {
                    path_.c_str());
     }
     reserved_ = true;
-    return Ok();
-  }
-
-  // The reserved space becomes part of the file (Close truncates what is not used) and is
-  // mapped, its pages faulted in now (before the freeze) with one MADV_POPULATE_WRITE: an
-  // in-place fill is then a single copy with no page fault.
-  Result<void> ReserveInPlace(uint64_t bytes) override {
-    if (!fd_) return MakeError(ErrorKind::kGeneric, 0, "%s: reserve after close", path_.c_str());
-    if (map_ || bytes < (1 << 20) || getenv("GODWIT_NO_INPLACE")) return Reserve(bytes);
-    if (::fallocate(fd_.get(), 0, size_, bytes) < 0) {
-      if (errno == EOPNOTSUPP || errno == ENOSYS) return Ok();
-      return Errno("reserve %llu bytes for %s", static_cast<unsigned long long>(bytes),
-                   path_.c_str());
-    }
-    reserved_ = true;
-    uint64_t off = size_ & ~static_cast<uint64_t>(4095);
-    size_t len = size_ + bytes - off;
-    void* m = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd_.get(),
-                     static_cast<off_t>(off));
-    if (m == MAP_FAILED) {
-      LOG_DEBUG("mmap %s for in-place writes: %s", path_.c_str(), strerror(errno));
+    struct statfs sf;
+    if (getenv("GODWIT_NO_TOUCH") != nullptr || ::fstatfs(fd_.get(), &sf) < 0 ||
+        sf.f_type != TMPFS_MAGIC)
       return Ok();
+    constexpr size_t kZeros = 1 << 20;
+    std::unique_ptr<char[]> zeros(new char[kZeros]());
+    for (uint64_t off = 0; off < bytes;) {
+      size_t n = static_cast<size_t>(std::min<uint64_t>(kZeros, bytes - off));
+      ssize_t w = ::pwrite(fd_.get(), zeros.get(), n, static_cast<off_t>(size_ + off));
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) return Errno("reserve %s", path_.c_str());
+      off += w;
     }
-    if (!getenv("GODWIT_INPLACE_NOPOPULATE") && ::madvise(m, len, 23 /* MADV_POPULATE_WRITE */) < 0)
-      LOG_DEBUG("populate %s: %s", path_.c_str(), strerror(errno));
-    map_ = static_cast<char*>(m);
-    map_len_ = len;
-    map_off_ = off;
     return Ok();
   }
 
-  Result<char*> Extend(size_t len) override {
+  Result<int64_t> ExtendExternal(size_t len) override {
     if (!fd_) return MakeError(ErrorKind::kGeneric, 0, "%s: write after close", path_.c_str());
-    if (!map_ || size_ + len > map_off_ + map_len_) return static_cast<char*>(nullptr);
     TRY(Flush());
-    char* p = map_ + (size_ - map_off_);
+    int64_t off = static_cast<int64_t>(size_);
     size_ += len;
-    // Later writes go after the in-place bytes.
+    // Later writes go after the external bytes.
     if (::lseek(fd_.get(), static_cast<off_t>(size_), SEEK_SET) < 0)
       return Errno("seek %s", path_.c_str());
-    return p;
+    return off;
+  }
+
+  int fd() const override { return fd_.get(); }
+
+  Result<void> WriteAt(uint64_t off, const void* data, size_t len) override {
+    if (!fd_) return MakeError(ErrorKind::kGeneric, 0, "%s: write after close", path_.c_str());
+    const char* p = static_cast<const char*>(data);
+    while (len > 0) {
+      ssize_t n = ::pwrite(fd_.get(), p, len, static_cast<off_t>(off));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) return Errno("write %s at %lu", path_.c_str(), static_cast<unsigned long>(off));
+      p += n;
+      off += n;
+      len -= n;
+    }
+    return Ok();
   }
 
   void AddChecksum(uint32_t crc, size_t len) override { crc_ = Crc32cCombine(crc_, crc, len); }
@@ -140,10 +144,6 @@ class FileOutput : public Output {
   Result<void> Close() override {
     if (!fd_) return MakeError(ErrorKind::kGeneric, 0, "%s: closed twice", path_.c_str());
     TRY(Flush());
-    if (map_) {
-      ::munmap(map_, map_len_);
-      map_ = nullptr;
-    }
     // Release what was reserved and not used: truncating to the size drops blocks beyond it.
     if (reserved_ && ::ftruncate(fd_.get(), static_cast<off_t>(size_)) < 0)
       return Errno("truncate %s", path_.c_str());
@@ -189,9 +189,6 @@ class FileOutput : public Output {
   uint64_t size_ = 0;
   uint32_t crc_ = 0;
   bool reserved_ = false;
-  char* map_ = nullptr;  // ReserveInPlace: file bytes [map_off_, map_off_ + map_len_)
-  size_t map_len_ = 0;
-  uint64_t map_off_ = 0;
 };
 
 bool StartsWithMagic(const std::string& path) {
@@ -232,27 +229,69 @@ class DirSink : public Sink {
 
   Result<void> Finish(img::Inventory inv) override {
     if (finished_ || aborted_)
-      return MakeError(ErrorKind::kGeneric, 0, "image set %s already %s", st_->dir.c_str(),
+      return MakeError(ErrorKind::kGeneric, 0, "finish: image set already %s",
                        finished_ ? "finished" : "aborted");
-    std::lock_guard<std::mutex> l(st_->mu);
-    if (!st_->open.empty())
-      return MakeError(ErrorKind::kGeneric, 0, "image %s was not closed before Finish",
-                       st_->open.begin()->c_str());
-    inv.clear_files();
-    for (const auto& name : st_->created) *inv.add_files() = st_->closed[name];
-    std::string body;
-    if (!inv.SerializeToString(&body))
-      return MakeError(ErrorKind::kGeneric, 0, "serialize inventory");
-    std::string data = format::ImageHeader(inv.GetTypeName(), kFormatVersion);
-    char len[4];
-    format::PutU32(len, static_cast<uint32_t>(body.size()));
-    data.append(len, 4);
-    data += body;
-    std::string path = st_->dir + "/" + format::kInventoryName;
-    // fs::WriteFile(atomic) writes path.tmp, fsyncs it and renames it into place.
-    TRY_CTX(fs::WriteFile(path, data, /*atomic=*/true), "write inventory");
+    {
+      std::lock_guard<std::mutex> l(st_->mu);
+      if (!st_->open.empty())
+        return MakeError(ErrorKind::kGeneric, 0, "image %s was not closed before Finish",
+                         st_->open.begin()->c_str());
+    }
+    inv_ = std::move(inv);
+    TRY(WriteInventory());
     finished_ = true;
     return Ok();
+  }
+
+  Result<void> CompressFinished(const std::vector<std::string>& names, int level, int threads,
+                                uint64_t* before, uint64_t* after) override {
+    if (!finished_) return MakeError(ErrorKind::kGeneric, 0, "compress before finish");
+    std::map<std::string, img::ImageFile> old;
+    std::vector<std::string> tmps;
+    bool renamed = false;
+    ScopeExit rollback([&] {
+      if (renamed) return;
+      for (const auto& t : tmps) ::unlink(t.c_str());
+      std::lock_guard<std::mutex> l(st_->mu);
+      for (const auto& [n, f] : old) {
+        st_->closed[n] = f;
+        st_->open.erase(n);
+      }
+    });
+    *before = *after = 0;
+    for (const auto& name : names) {
+      {
+        std::lock_guard<std::mutex> l(st_->mu);
+        auto it = st_->closed.find(name);
+        if (it == st_->closed.end())
+          return MakeError(ErrorKind::kNotFound, 0, "compress %s: not an image of this set",
+                           name.c_str());
+        old[name] = it->second;
+        st_->open.insert(name);
+      }
+      std::string path = st_->dir + "/" + name, tmp = path + ".zst.tmp";
+      ASSIGN_OR_RETURN(UniqueFd in, fs::Open(path, O_RDONLY));
+      ASSIGN_OR_RETURN(UniqueFd fd, fs::Open(tmp, O_RDWR | O_CREAT | O_TRUNC, 0600));
+      tmps.push_back(tmp);
+      std::unique_ptr<Output> out(new FileOutput(st_, name, tmp, std::move(fd)));
+      ASSIGN_OR_RETURN(BlobWriter w,
+                       BlobWriter::ForOutput(std::move(out), name, Compression::kZstd, level));
+      TRY(w.SetThreads(threads));
+      TRY(w.AppendRawBlobFile(in.get(), name));
+      TRY(w.Close());  // records the new size and checksum
+      std::lock_guard<std::mutex> l(st_->mu);
+      *before += old[name].size();
+      *after += st_->closed[name].size();
+    }
+    // The window between the renames and the inventory's is what a crash could leave behind:
+    // an inventory whose checksums do not match those files, which readers refuse.
+    for (const auto& name : names) {
+      std::string path = st_->dir + "/" + name;
+      if (::rename((path + ".zst.tmp").c_str(), path.c_str()) < 0)
+        return Errno("rename %s.zst.tmp", path.c_str());
+    }
+    renamed = true;
+    return WriteInventory();
   }
 
   void Abort() override {
@@ -263,7 +302,29 @@ class DirSink : public Sink {
     ::unlink((st_->dir + "/" + format::kInventoryName + ".tmp").c_str());
   }
 
+  // The inventory with the current list of files, written atomically (path.tmp, fsync, rename).
+  Result<void> WriteInventory() {
+    img::Inventory inv = inv_;
+    inv.clear_files();
+    {
+      std::lock_guard<std::mutex> l(st_->mu);
+      for (const auto& name : st_->created) *inv.add_files() = st_->closed[name];
+    }
+    std::string body;
+    if (!inv.SerializeToString(&body))
+      return MakeError(ErrorKind::kGeneric, 0, "serialize inventory");
+    std::string data = format::ImageHeader(inv.GetTypeName(), kFormatVersion);
+    char len[4];
+    format::PutU32(len, static_cast<uint32_t>(body.size()));
+    data.append(len, 4);
+    data += body;
+    std::string path = st_->dir + "/" + format::kInventoryName;
+    TRY_CTX(fs::WriteFile(path, data, /*atomic=*/true), "write inventory");
+    return Ok();
+  }
+
   std::shared_ptr<DirState> st_;
+  img::Inventory inv_;
   bool finished_ = false, aborted_ = false;
 };
 

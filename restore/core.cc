@@ -1,5 +1,5 @@
-// Steps "signals" and "core": pending signals, then per thread rseq, clear_child_tid, xstate,
-// blocked signals and, last of all, the registers.
+// Steps "signals" and "core": pending signals, then per thread rseq, clear_child_tid, the robust
+// futex list, xstate, blocked signals and, last of all, the registers.
 #include <elf.h>
 #include <signal.h>
 #include <sys/ptrace.h>
@@ -7,6 +7,7 @@
 #include <sys/uio.h>
 
 #include <cstring>
+#include <map>
 
 #include "dump/core_regs.h"
 #include "restore/steps.h"
@@ -55,14 +56,45 @@ Result<void> RestoreSignals(RestoreContext& ctx, ProcessRestore& p) {
   return Ok();
 }
 
+// A thread dumped inside an rseq critical section (its rip in [start_ip, start_ip +
+// post_commit_offset) of the descriptor its rseq->rseq_cs points at): the kernel would abort the
+// section when the thread next returns to user space after a preemption, migration or signal,
+// but registering rseq again clears rseq_cs, and the thread would carry on inside the section
+// as if nothing happened (on another CPU, say). So it resumes at the section's abort_ip, as the
+// kernel would have sent it (CRIU: restore_rseq_cs). 0: not inside one.
+Result<uint64_t> RseqAbortIp(remote::Remote* r, const img::ThreadCore& t) {
+  if (t.rseq().len() < 32) return uint64_t{0};
+  uint64_t cs = 0;
+  if (!r->Read(t.rseq().addr() + 8, &cs, sizeof(cs)).ok() || cs == 0) return uint64_t{0};
+  struct {
+    uint32_t version, flags;
+    uint64_t start_ip, post_commit_offset, abort_ip;
+  } d{};
+  if (!r->Read(cs, &d, sizeof(d)).ok()) return uint64_t{0};
+  uint64_t ip = t.regs().rip();
+  if (ip < d.start_ip || ip - d.start_ip >= d.post_commit_offset) return uint64_t{0};
+  uint32_t sig = 0;
+  if (!r->Read(d.abort_ip - 4, &sig, sizeof(sig)).ok() || sig != t.rseq().sig())
+    return uint64_t{0};  // the kernel would kill it (SIGSEGV): leave that to it
+  return d.abort_ip;
+}
+
 Result<void> RestoreCore(RestoreContext& ctx, ProcessRestore& p) {
   remote::Remote* r = p.remote.get();
+  std::map<pid_t, uint64_t> rseq_abort;
   for (const auto& t : p.core.threads()) {
     pid_t tid = t.tid();
-    if (t.rseq().len() != 0)
+    if (t.rseq().len() != 0) {
+      ASSIGN_OR_RETURN(uint64_t abort_ip, RseqAbortIp(r, t));
+      if (abort_ip) rseq_abort[tid] = abort_ip;
       TRY_CTX(r->SyscallIn(tid, SYS_rseq, t.rseq().addr(), t.rseq().len(), 0, t.rseq().sig()),
               "pid %d: rseq of thread %d", p.pid, tid);
+    }
     TRY_CTX(r->SyscallIn(tid, SYS_set_tid_address, t.clear_child_tid()), "set_tid_address %d", tid);
+    // Always: a thread without one must not keep the coordinator's (a fork's inherited head).
+    TRY_CTX(r->SyscallIn(tid, SYS_set_robust_list, t.robust_list(),
+                         t.robust_list() ? t.robust_list_len() : 24 /* sizeof robust_list_head */),
+            "set_robust_list %d", tid);
     if (!t.xstate().empty()) {
       std::string x = t.xstate();
       iovec iov{x.data(), x.size()};
@@ -77,6 +109,7 @@ Result<void> RestoreCore(RestoreContext& ctx, ProcessRestore& p) {
     TRY(SetMask(t.tid(), t.blocked()));
     user_regs_struct regs = dump::RegsFromProto(t.regs());
     remote::PrepareSyscallRestart(&regs, /*live=*/false);
+    if (rseq_abort.count(t.tid())) regs.rip = rseq_abort[t.tid()];
     TRY_CTX(remote::SetRegs(t.tid(), regs), "pid %d", p.pid);
   }
   return Ok();

@@ -10,6 +10,7 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/shm.h>
+#include <sys/socket.h>
 #include <sys/ptrace.h>
 #include <sys/syscall.h>
 #include <sys/stat.h>
@@ -18,12 +19,16 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstddef>
 #include <cstring>
+#include <set>
 #include <thread>
 
+#include "common/fs.h"
 #include "common/log.h"
 #include "common/proc.h"
 #include "common/scope_exit.h"
+#include "restore/pages.h"
 #include "restore/steps.h"
 
 namespace godwit::restore {
@@ -92,7 +97,76 @@ Result<void> MoveVdso(remote::Remote* r, const std::vector<proc::MapsEntry>& cur
 
 struct MmState {
   std::map<std::string, long> file_fds;  // path -> fd in the target
+  // fd passing (SCM_RIGHTS) into the target: its end in the target, ours here.
+  long sock = -1;
+  UniqueFd local_sock;
 };
+
+#ifndef MAP_DROPPABLE
+#define MAP_DROPPABLE 0x08
+#endif
+
+// Hands the coordinator's fd to the target over a unix socket pair made inside the target (its
+// other end taken with pidfd_getfd): no path is involved, so it works where the coordinator's
+// /proc is not visible (a restored container's own pid and mount namespaces).
+Result<long> PassFd(remote::Remote* r, MmState* st, int fd) {
+  uint64_t at = r->scratch() + 4096;
+  if (st->sock < 0) {
+    ASSIGN_OR_RETURN(long rc,
+                     r->Syscall(SYS_socketpair, AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, at));
+    (void)rc;
+    int sv[2];
+    TRY(r->Read(at, sv, sizeof(sv)));
+    st->sock = sv[0];
+    UniqueFd pidfd(static_cast<int>(syscall(SYS_pidfd_open, r->pid(), 0)));
+    if (!pidfd.valid()) return Errno("pidfd_open %d", r->pid());
+    int got = static_cast<int>(syscall(SYS_pidfd_getfd, pidfd.get(), sv[1], 0));
+    if (got < 0) return Errno("pidfd_getfd pid %d fd %d", r->pid(), sv[1]);
+    st->local_sock.reset(got);
+    TRY(r->Syscall(SYS_close, static_cast<uint64_t>(sv[1])));
+  }
+  char c = 0;
+  iovec iov{&c, 1};
+  alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int))] = {};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = cbuf;
+  msg.msg_controllen = sizeof(cbuf);
+  cmsghdr* cm = CMSG_FIRSTHDR(&msg);
+  cm->cmsg_level = SOL_SOCKET;
+  cm->cmsg_type = SCM_RIGHTS;
+  cm->cmsg_len = CMSG_LEN(sizeof(int));
+  memcpy(CMSG_DATA(cm), &fd, sizeof(int));
+  if (sendmsg(st->local_sock.get(), &msg, 0) != 1)
+    return Errno("pass fd %d to pid %d", fd, r->pid());
+  // The same message in the target's scratch memory: msghdr, iovec, byte, control buffer.
+  struct {
+    msghdr m;
+    iovec v;
+    alignas(cmsghdr) char ctl[CMSG_SPACE(sizeof(int))];
+    char byte;
+  } rm{};
+  uint64_t base = at;
+  rm.v.iov_base = reinterpret_cast<void*>(base + offsetof(decltype(rm), byte));
+  rm.v.iov_len = 1;
+  rm.m.msg_iov = reinterpret_cast<iovec*>(base + offsetof(decltype(rm), v));
+  rm.m.msg_iovlen = 1;
+  rm.m.msg_control = reinterpret_cast<void*>(base + offsetof(decltype(rm), ctl));
+  rm.m.msg_controllen = sizeof(rm.ctl);
+  TRY(r->Write(base, &rm, sizeof(rm)));
+  ASSIGN_OR_RETURN(long n, r->Syscall(SYS_recvmsg, static_cast<uint64_t>(st->sock), base,
+                                      MSG_CMSG_CLOEXEC | MSG_DONTWAIT));
+  TRY(r->Read(base, &rm, sizeof(rm)));
+  msghdr got = rm.m;
+  got.msg_control = rm.ctl;
+  cmsghdr* gc = CMSG_FIRSTHDR(&got);
+  if (n != 1 || gc == nullptr || gc->cmsg_type != SCM_RIGHTS)
+    return Err("pid %d: no fd arrived over the socket", r->pid());
+  int out;
+  memcpy(&out, CMSG_DATA(gc), sizeof(int));
+  return out;
+}
 
 Result<long> OpenInTarget(remote::Remote* r, const std::string& path, int flags,
                           int dirfd = AT_FDCWD) {
@@ -103,32 +177,254 @@ Result<long> OpenInTarget(remote::Remote* r, const std::string& path, int flags,
   return fd;
 }
 
-// A SysV shm mapping: if the segment (same shmid, same size) exists in the process's IPC
-// namespace, attach it with shmat (its contents are the segment's own); else false and the
-// caller maps the dumped contents as plain shared memory.
-Result<bool> AttachSysv(RestoreContext& ctx, remote::Remote* r, const img::Vma& v) {
-  const img::ShmemObject* obj = nullptr;
+const img::ShmemObject* FindShmem(const RestoreContext& ctx, uint64_t id) {
   for (const auto& o : ctx.shmem)
-    if (o.id() == v.shmem_id()) obj = &o;
-  if (obj == nullptr || obj->sysv_shmid() < 0 || v.pgoff() != 0) return false;
+    if (o.id() == id) return &o;
+  return nullptr;
+}
+
+bool SameIpcNs(pid_t pid) {
+  struct stat a, b;
+  return stat("/proc/self/ns/ipc", &a) == 0 &&
+         stat(StrFormat("/proc/%d/ns/ipc", pid).c_str(), &b) == 0 && a.st_ino == b.st_ino;
+}
+
+// A SysV segment that is gone (IPC_RMID'd before, or never on this machine): created again from
+// the coordinator with the same id (shm_next_id), key, size, permissions and the dumped contents.
+// Only in the coordinator's own IPC namespace (a container's segments come back with its IPC
+// namespace, container/ipc.cc).
+Result<void> RecreateSysv(RestoreContext& ctx, pid_t pid, const img::ShmemObject& o) {
+  int id = o.sysv_shmid();
+  if (!o.sysv_valid())
+    return MakeError(ErrorKind::kUnsupported, 0,
+                     "SysV segment %d is gone and the image lacks its key and mode", id);
+  if (!SameIpcNs(pid))
+    return MakeError(ErrorKind::kUnsupported, 0,
+                     "SysV segment %d is gone and pid %d is in another IPC namespace", id, pid);
+  const char* next = "/proc/sys/kernel/shm_next_id";
+  TRY_CTX(fs::WriteFile(next, StrFormat("%d", id), false), "%s", next);
+  key_t key = o.sysv_destroyed() ? IPC_PRIVATE : static_cast<key_t>(o.sysv_key());
+  int huge = o.huge_page_shift() ? SHM_HUGETLB | static_cast<int>(o.huge_page_shift() << 26) : 0;
+  uint64_t segsz = o.sysv_size() ? o.sysv_size() : o.size();
+  int got = shmget(key, segsz,
+                   static_cast<int>(o.sysv_mode() & 0777) | IPC_CREAT | IPC_EXCL | huge);
+  if (got < 0) {
+    int e = errno;
+    (void)fs::WriteFile(next, "-1", false);
+    errno = e;
+    if (e == EEXIST)
+      return MakeError(ErrorKind::kExists, e,
+                       "SysV segment %d: key %#x is taken by another segment", id,
+                       static_cast<unsigned>(o.sysv_key()));
+    return Errno("shmget key %#x size %lu for SysV segment %d", static_cast<unsigned>(key),
+                 static_cast<unsigned long>(segsz), id);
+  }
+  if (got != id) {
+    shmctl(got, IPC_RMID, nullptr);
+    return MakeError(ErrorKind::kExists, 0,
+                     "SysV segment %d: created as id %d (another process took the id)", id, got);
+  }
+  auto fd = ctx.shmem_fds.find(o.id());
+  if (fd != ctx.shmem_fds.end() && segsz > 0) {
+    void* at = shmat(id, nullptr, 0);
+    if (at == reinterpret_cast<void*>(-1)) return Errno("shmat SysV segment %d", id);
+    ssize_t n = pread(fd->second.get(), at, segsz, 0);
+    int e = errno;
+    shmdt(at);
+    errno = e;
+    if (n != static_cast<ssize_t>(segsz)) return Errno("fill SysV segment %d", id);
+  }
+  struct shmid_ds ds = {};
+  if (shmctl(id, IPC_STAT, &ds) < 0) return Errno("IPC_STAT SysV segment %d", id);
+  ds.shm_perm.uid = o.sysv_uid();
+  ds.shm_perm.gid = o.sysv_gid();
+  ds.shm_perm.mode = o.sysv_mode() & 0777;
+  if (shmctl(id, IPC_SET, &ds) < 0) return Errno("IPC_SET SysV segment %d", id);
+  if (o.sysv_locked() && shmctl(id, SHM_LOCK, nullptr) < 0)
+    return Errno("SHM_LOCK SysV segment %d", id);
+  LOG_INFO("SysV segment %d (key %#x) created again with its dumped contents", id,
+           static_cast<unsigned>(o.sysv_key()));
+  return Ok();
+}
+
+// A SysV shm mapping is attached with shmat: the segment itself (same shmid, same size) when it
+// still exists in the process's IPC namespace (its contents are its own), else after creating it
+// again (RecreateSysv). false: not a SysV mapping.
+Result<bool> AttachSysv(RestoreContext& ctx, remote::Remote* r, const img::Vma& v) {
+  const img::ShmemObject* obj = FindShmem(ctx, v.shmem_id());
+  if (obj == nullptr || obj->sysv_shmid() < 0) return false;
+  int id = obj->sysv_shmid();
   uint64_t size = (obj->size() + kPage - 1) & ~(kPage - 1);
-  if (v.end() - v.start() != size) return false;  // partly unmapped: not one shmat
+  uint64_t len = v.end() - v.start();
+  if (v.pgoff() > size || len > size - v.pgoff())
+    return MakeError(ErrorKind::kBadImage, 0, "vma %#lx: past the end of SysV segment %d",
+                     static_cast<unsigned long>(v.start()), id);
+  bool part = v.pgoff() != 0 || len != size;
   struct shmid_ds ds;
   uint64_t at = r->scratch() + 4096;
-  auto st = r->Syscall(SYS_shmctl, obj->sysv_shmid(), IPC_STAT, at);
+  auto st = r->Syscall(SYS_shmctl, static_cast<uint64_t>(id), IPC_STAT, at);
   if (!st.ok()) {
-    LOG_INFO("pid %d: SysV segment %d is gone; its contents come back as shared memory", r->pid(),
-             obj->sysv_shmid());
-    return false;
+    TRY_CTX(RecreateSysv(ctx, r->pid(), *obj), "pid %d", r->pid());
+    TRY_CTX(r->Syscall(SYS_shmctl, static_cast<uint64_t>(id), IPC_STAT, at),
+            "SysV segment %d after creating it", id);
   }
   TRY(r->Read(at, &ds, sizeof(ds)));
-  if (ds.shm_segsz != obj->size()) return false;
-  uint64_t flags = (v.prot() & PROT_WRITE) ? 0 : SHM_RDONLY;
+  uint64_t segsz = obj->sysv_size() ? obj->sysv_size() : obj->size();
+  if (ds.shm_segsz != segsz)
+    return MakeError(
+        ErrorKind::kExists, 0, "SysV segment %d exists with size %lu, the dumped one had %lu", id,
+        static_cast<unsigned long>(ds.shm_segsz), static_cast<unsigned long>(segsz));
+  // Attached read-write when it was (it may be mprotect'ed writable again), then the dumped
+  // protection.
+  bool rw = (v.prot() & PROT_WRITE) || v.maywrite();
+  uint64_t flags = rw ? 0 : SHM_RDONLY;
   if (v.prot() & PROT_EXEC) flags |= SHM_EXEC;
-  ASSIGN_OR_RETURN(long addr, r->Syscall(SYS_shmat, obj->sysv_shmid(), v.start(), flags));
-  if (static_cast<uint64_t>(addr) != v.start())
-    return Err("shmat %d landed at %#lx", obj->sysv_shmid(), addr);
+  // A part of a segment (the rest was unmapped): attached whole wherever the kernel likes, the
+  // part moved into place, the rest unmapped (each VMA counts in shm_nattch).
+  ASSIGN_OR_RETURN(long addr, r->Syscall(SYS_shmat, static_cast<uint64_t>(id),
+                                         part ? 0 : v.start(), flags));
+  if (part) {
+    uint64_t a = static_cast<uint64_t>(addr);
+    TRY_CTX(r->Syscall(SYS_mremap, a + v.pgoff(), len, len, MREMAP_MAYMOVE | MREMAP_FIXED,
+                       v.start()),
+            "move part %#lx+%lu of SysV segment %d", static_cast<unsigned long>(v.pgoff()),
+            static_cast<unsigned long>(len), id);
+    if (v.pgoff() > 0) TRY(r->Syscall(SYS_munmap, a, v.pgoff()));
+    if (v.pgoff() + len < size) TRY(r->Syscall(SYS_munmap, a + v.pgoff() + len, size - v.pgoff() - len));
+  } else if (static_cast<uint64_t>(addr) != v.start()) {
+    return Err("shmat %d landed at %#lx", id, addr);
+  }
+  uint32_t got = PROT_READ | (rw ? PROT_WRITE : 0) | (v.prot() & PROT_EXEC);
+  if (got != v.prot())
+    TRY_CTX(r->Syscall(SYS_mprotect, v.start(), v.end() - v.start(), v.prot()),
+            "mprotect SysV segment %d", id);
   return true;
+}
+
+// True when no process after p in the tree maps shared memory object id: p is its last user.
+bool LastUser(const RestoreContext& ctx, const ProcessRestore& p, uint64_t id) {
+  bool after = false;
+  for (const auto& q : ctx.procs) {
+    if (q.get() == &p) {
+      after = true;
+      continue;
+    }
+    if (!after) continue;
+    for (const auto& v : q->mm.vmas())
+      if (v.kind() == img::VMA_SHMEM && v.shmem_id() == id) return false;
+  }
+  return true;
+}
+
+// Adds the seals in `want` an object does not have yet.
+Result<void> AddSeals(RestoreContext& ctx, const img::ShmemObject& o, uint32_t want) {
+  auto fd = ctx.shmem_fds.find(o.id());
+  if (fd == ctx.shmem_fds.end()) return Ok();
+  int have = fcntl(fd->second.get(), F_GET_SEALS);
+  if (have < 0) return Errno("F_GET_SEALS on %s", o.name().c_str());
+  uint32_t add = want & ~static_cast<uint32_t>(have);
+  if (add != 0 && fcntl(fd->second.get(), F_ADD_SEALS, add) < 0)
+    return Errno("F_ADD_SEALS %#x on %s", add, o.name().c_str());
+  return Ok();
+}
+
+// Seals that must be in place before an object is mapped: with F_SEAL_WRITE the original's
+// shared mappings are all read-only and the kernel made them unable to become writable (no
+// VM_MAYWRITE), which only a mapping made after the seal gets. F_SEAL_FUTURE_WRITE (writable
+// mappings from before it exist) and F_SEAL_SEAL wait for the last user (FinishShmem).
+Result<void> EarlySeals(RestoreContext& ctx, const ProcessRestore& p) {
+  for (const auto& v : p.mm.vmas()) {
+    if (v.kind() != img::VMA_SHMEM) continue;
+    const img::ShmemObject* o = FindShmem(ctx, v.shmem_id());
+    if (o == nullptr || !o->sealing()) continue;
+    uint32_t early = o->seals() & ~static_cast<uint32_t>(F_SEAL_FUTURE_WRITE | F_SEAL_SEAL);
+    if (early != 0) TRY(AddSeals(ctx, *o, early));
+  }
+  return Ok();
+}
+
+// Once every process of the tree maps an object: a SysV segment that was IPC_RMID'd is removed
+// again (it lives on while attached), a memfd gets its seals back (F_SEAL_WRITE and
+// F_SEAL_FUTURE_WRITE would have refused the writable mappings before).
+Result<void> FinishShmem(RestoreContext& ctx, ProcessRestore& p) {
+  remote::Remote* r = p.remote.get();
+  std::set<uint64_t> done;
+  for (const auto& v : p.mm.vmas()) {
+    if (v.kind() != img::VMA_SHMEM || !done.insert(v.shmem_id()).second) continue;
+    if (!LastUser(ctx, p, v.shmem_id())) continue;
+    const img::ShmemObject* o = FindShmem(ctx, v.shmem_id());
+    if (o == nullptr) continue;
+    if (o->sysv_shmid() >= 0 && o->sysv_destroyed()) {
+      uint64_t at = r->scratch() + 4096;
+      struct shmid_ds ds;
+      auto st = r->Syscall(SYS_shmctl, static_cast<uint64_t>(o->sysv_shmid()), IPC_STAT, at);
+      if (st.ok()) {
+        TRY(r->Read(at, &ds, sizeof(ds)));
+        if (!(ds.shm_perm.mode & SHM_DEST))
+          TRY_CTX(r->Syscall(SYS_shmctl, static_cast<uint64_t>(o->sysv_shmid()), IPC_RMID, 0),
+                  "IPC_RMID SysV segment %d", o->sysv_shmid());
+      }
+    }
+    if (o->sealing() && o->seals() != 0) TRY(AddSeals(ctx, *o, o->seals()));
+  }
+  return Ok();
+}
+
+// madvise state that is not part of the mapping itself, per VMA. Before the pages are filled, so
+// THP advice decides how the memory is allocated. Advice this kernel lacks (no THP, no KSM:
+// EINVAL) is a warning; everything else an error.
+Result<void> ApplyAdvice(remote::Remote* r, const img::Vma& v) {
+  static const int kOrder[] = {MADV_HUGEPAGE,   MADV_NOHUGEPAGE, MADV_DONTFORK,   MADV_DONTDUMP,
+                               MADV_WIPEONFORK, MADV_MERGEABLE,  MADV_SEQUENTIAL, MADV_RANDOM};
+  for (int a : kOrder) {
+    if (!(v.madv() & (1ULL << a))) continue;
+    // MAP_DROPPABLE implies wipe-on-fork and no-huge-page; nothing to add.
+    if (v.droppable() && (a == MADV_WIPEONFORK || a == MADV_NOHUGEPAGE)) continue;
+    auto res = r->Syscall(SYS_madvise, v.start(), v.end() - v.start(), static_cast<uint64_t>(a));
+    if (res.ok()) continue;
+    bool optional = a == MADV_HUGEPAGE || a == MADV_NOHUGEPAGE || a == MADV_MERGEABLE;
+    if (optional && res.error().sys_errno() == EINVAL) {
+      LOG_WARN("pid %d: madvise(%#lx, %d) not supported here: advice lost", r->pid(),
+               static_cast<unsigned long>(v.start()), a);
+      continue;
+    }
+    return std::move(
+        res.error().wrap(StrFormat("madvise(%#lx-%#lx, %d)", static_cast<unsigned long>(v.start()),
+                                   static_cast<unsigned long>(v.end()), a)));
+  }
+  return Ok();
+}
+
+// A mapping of a deleted regular file that a process of the tree also has open: files/ restored
+// that fd as a ghost file ("PATH (deleted)" again); mapping the same file keeps the fd and the
+// mapping one object (unlink_mmap02: writes through the fd show in the mapping). Invalid: none,
+// the engine's copy of the contents is mapped.
+Result<UniqueFd> OpenGhostOf(const RestoreContext& ctx, const img::Vma& v) {
+  const std::string& path = v.path();
+  if (!v.deleted() || path.rfind("/memfd:", 0) == 0 || path.rfind("/SYSV", 0) == 0 ||
+      path.rfind("/dev/zero", 0) == 0 || path.rfind("/anon_hugepage", 0) == 0)
+    return UniqueFd();
+  const img::ShmemObject* obj = FindShmem(ctx, v.shmem_id());
+  if (obj == nullptr) return UniqueFd();
+  for (const auto& q : ctx.procs) {
+    std::string dir = StrFormat("/proc/%d/fd", q->pid);
+    auto names = fs::ListDir(dir);
+    if (!names.ok()) continue;
+    for (const auto& n : *names) {
+      std::string link = dir + "/" + n;
+      char buf[4096];
+      ssize_t len = readlink(link.c_str(), buf, sizeof(buf));
+      if (len <= 0 || std::string(buf, len) != path) continue;
+      UniqueFd fd(open(link.c_str(), O_RDWR | O_CLOEXEC));
+      if (!fd.valid()) fd.reset(open(link.c_str(), O_RDONLY | O_CLOEXEC));
+      struct stat sb;
+      if (!fd.valid() || fstat(fd.get(), &sb) != 0 || !S_ISREG(sb.st_mode) ||
+          static_cast<uint64_t>(sb.st_size) != obj->size())
+        continue;
+      return fd;
+    }
+  }
+  return UniqueFd();
 }
 
 Result<void> MapVma(RestoreContext& ctx, remote::Remote* r, const img::Vma& v, MmState* st,
@@ -136,7 +432,12 @@ Result<void> MapVma(RestoreContext& ctx, remote::Remote* r, const img::Vma& v, M
   uint64_t len = v.end() - v.start();
   uint64_t prot = v.prot() | (will_fill ? PROT_WRITE : 0);
   uint64_t flags =
-      (v.flags() & (MAP_SHARED | MAP_PRIVATE | MAP_ANONYMOUS | MAP_GROWSDOWN)) | MAP_FIXED;
+      (v.flags() & (MAP_SHARED | MAP_PRIVATE | MAP_ANONYMOUS | MAP_GROWSDOWN | MAP_NORESERVE)) |
+      MAP_FIXED;
+  if (v.huge_page_shift() != 0 && v.kind() == img::VMA_ANON_PRIVATE)
+    flags |= MAP_HUGETLB | (static_cast<uint64_t>(v.huge_page_shift()) << MAP_HUGE_SHIFT);
+  if (v.droppable() && v.kind() == img::VMA_ANON_PRIVATE)
+    flags = (flags & ~static_cast<uint64_t>(MAP_PRIVATE)) | MAP_DROPPABLE;
   long fd = -1;
   uint64_t pgoff = 0;
   switch (v.kind()) {
@@ -144,7 +445,8 @@ Result<void> MapVma(RestoreContext& ctx, remote::Remote* r, const img::Vma& v, M
       break;
     case img::VMA_FILE_PRIVATE:
     case img::VMA_FILE_SHARED: {
-      bool rw = v.kind() == img::VMA_FILE_SHARED && (v.prot() & PROT_WRITE);
+      // Read-write also for a read-only shared mapping that may become writable (maps_file_prot).
+      bool rw = v.kind() == img::VMA_FILE_SHARED && ((v.prot() & PROT_WRITE) || v.maywrite());
       std::string key = v.path() + (rw ? "\x01rw" : "");
       auto it = st->file_fds.find(key);
       if (it == st->file_fds.end()) {
@@ -164,20 +466,26 @@ Result<void> MapVma(RestoreContext& ctx, remote::Remote* r, const img::Vma& v, M
         if (attached) return Ok();
       }
       auto it = ctx.shmem_fds.find(v.shmem_id());
+      std::string key = StrFormat("\x01shmem-%lu", static_cast<unsigned long>(v.shmem_id()));
+      if (!st->file_fds.count(key)) {
+        ASSIGN_OR_RETURN(UniqueFd ghost, OpenGhostOf(ctx, v));
+        if (ghost.valid()) {
+          ASSIGN_OR_RETURN(fd, PassFd(r, st, ghost.get()));
+          st->file_fds[key] = fd;
+        }
+      }
       if (it == ctx.shmem_fds.end())
         return MakeError(ErrorKind::kBadImage, 0, "vma %#lx: unknown shared memory object %lu",
                          static_cast<unsigned long>(v.start()),
                          static_cast<unsigned long>(v.shmem_id()));
-      std::string key = StrFormat("\x01shmem-%lu", static_cast<unsigned long>(v.shmem_id()));
       auto f = st->file_fds.find(key);
       if (f == st->file_fds.end()) {
-        ASSIGN_OR_RETURN(
-            fd, OpenInTarget(r, StrFormat("/proc/%d/fd/%d", getpid(), it->second.get()), O_RDWR));
+        ASSIGN_OR_RETURN(fd, PassFd(r, st, it->second.get()));
         st->file_fds[key] = fd;
       } else {
         fd = f->second;
       }
-      flags = (priv ? MAP_PRIVATE : MAP_SHARED) | MAP_FIXED;
+      flags = (priv ? MAP_PRIVATE : MAP_SHARED) | MAP_FIXED | (v.flags() & MAP_NORESERVE);
       pgoff = v.pgoff();
       break;
     }
@@ -191,13 +499,16 @@ Result<void> MapVma(RestoreContext& ctx, remote::Remote* r, const img::Vma& v, M
   return Ok();
 }
 
-// Fills the dumped private pages. Raw chunks: the target preadv()s them itself, straight from the
-// page file into place (one call for up to 1024 runs contiguous in the file), after one
+// Fills the dumped private pages. Anonymous private VMAs: UFFDIO_COPY from the coordinator
+// (restore/pages.h), from buffers a second thread reads the page file into (decompressing zstd
+// chunks) ahead of the copy; no page fault, no zeroing. The rest (private file mappings, or
+// without userfaultfd): raw chunks are preadv()'d by the target itself, straight from the page
+// file into place (one call for up to 1024 runs contiguous in the file), after one
 // MADV_POPULATE_WRITE per big run (no fault per page). With much raw data, the coordinator copies
 // the second half at the same time on a second thread (process_vm_writev from a mapping of the
-// page file: one copy too): faulting in and zeroing fresh pages is most of the cost, and it runs
-// on both cores. The thread is joined before FillPages returns (the coordinator forks nothing
-// while it runs). Compressed chunks: the coordinator decompresses and process_vm_writev()s them.
+// page file: one copy too). The thread is joined before FillPages returns (the coordinator forks
+// nothing while it runs). Compressed chunks: the coordinator decompresses and
+// process_vm_writev()s them.
 Result<void> FillPages(RestoreContext& ctx, ProcessRestore& p, const img::PageMap& pagemap) {
   remote::Remote* r = p.remote.get();
   const auto& runs = pagemap.runs();
@@ -205,34 +516,89 @@ Result<void> FillPages(RestoreContext& ctx, ProcessRestore& p, const img::PageMa
   ASSIGN_OR_RETURN(std::unique_ptr<images::BlobReader> blob, ctx.images->OpenBlob(pagemap.blob()));
   uint64_t total = 0;
   for (const auto& run : runs) total += run.npages() * kPage;
+  // The anonymous private VMAs this pagemap writes to: filled with UFFDIO_COPY.
+  std::vector<std::pair<uint64_t, uint64_t>> anon;
+  for (const auto& v : p.mm.vmas()) {
+    if (v.kind() != img::VMA_ANON_PRIVATE) continue;
+    bool hit = std::any_of(runs.begin(), runs.end(), [&](const img::PageRun& run) {
+      return run.vaddr() < v.end() && run.vaddr() + run.npages() * kPage > v.start();
+    });
+    if (hit) anon.push_back({v.start(), v.end()});
+  }
+  std::sort(anon.begin(), anon.end());
+  ASSIGN_OR_RETURN(std::unique_ptr<UffdFiller> uffd, UffdFiller::Open(r, anon));
   struct Piece {
     uint64_t va, off, len;
   };
-  std::vector<Piece> raw;
+  std::vector<Piece> raw;  // for the target's preadv (below)
   uint64_t raw_total = 0, done = 0;
-  std::unique_ptr<char[]> buf;
   constexpr uint64_t kBatch = 8ULL << 20;
+  // What goes through the coordinator: compressed runs, and with a uffd the raw parts it covers.
+  // A second thread reads them (pread into a buffer that stays in the cache, or decompresses)
+  // ahead of this one, which copies them into place. Copying straight from a mapping of the page
+  // file was slower: mapping and unmapping 2 GiB of file pages costs more here than the copy.
+  std::vector<ReadAhead::Piece> pieces;
+  auto add_pieces = [&](uint64_t va, uint64_t blob_off, uint64_t len) {
+    for (uint64_t o = 0; o < len; o += kBatch)
+      pieces.push_back({va + o, blob_off + o, std::min(kBatch, len - o)});
+  };
   for (const auto& run : runs) {
     uint64_t len = run.npages() * kPage;
     auto ext = blob->RawExtents(run.blob_off(), len);
-    if (ext.ok()) {
-      uint64_t va = run.vaddr();
-      for (const auto& e : *ext) {
-        raw.push_back({va, e.file_off, e.len});
-        va += e.len;
-        raw_total += e.len;
-      }
+    if (!ext.ok()) {
+      add_pieces(run.vaddr(), run.blob_off(), len);
       continue;
     }
-    // Compressed: through the coordinator, in pieces.
-    if (!buf) buf.reset(new char[kBatch]);
-    for (uint64_t o = 0; o < len; o += kBatch) {
-      uint64_t n = std::min(kBatch, len - o);
-      TRY(blob->Read(run.blob_off() + o, buf.get(), n));
-      TRY(r->Write(run.vaddr() + o, buf.get(), n));
-      done += n;
+    // The parts of [va, va + n) as file extents, for the target's preadv.
+    auto add_raw = [&](uint64_t va, uint64_t n) {
+      uint64_t eva = run.vaddr();
+      for (const auto& e : *ext) {
+        uint64_t s0 = std::max(va, eva), e0 = std::min(va + n, eva + e.len);
+        if (s0 < e0) {
+          raw.push_back({s0, e.file_off + (s0 - eva), e0 - s0});
+          raw_total += e0 - s0;
+        }
+        eva += e.len;
+      }
+    };
+    if (!uffd) {
+      add_raw(run.vaddr(), len);
+      continue;
     }
+    uffd->Split(run.vaddr(), len, [&](uint64_t va, uint64_t n, bool registered) {
+      if (registered)
+        add_pieces(va, run.blob_off() + (va - run.vaddr()), n);
+      else
+        add_raw(va, n);
+    });
   }
+  ReadAhead ahead(blob.get(), std::move(pieces), kBatch);
+  Result<void> copied;
+  // Copy what the second thread has read.
+  while (true) {
+    ReadAhead::Piece pc;
+    const char* data = nullptr;
+    ASSIGN_OR_RETURN(bool more, ahead.Next(&pc, &data));
+    if (!more) break;
+    auto put = [&](uint64_t sva, uint64_t slen, bool registered) {
+      if (!copied.ok()) return;
+      const char* src = data + (sva - pc.va);
+      copied = registered ? uffd->Copy(sva, src, slen) : r->Write(sva, src, slen);
+    };
+    if (uffd)
+      uffd->Split(pc.va, pc.len, put);
+    else
+      put(pc.va, pc.len, false);
+    TRY(std::move(copied));
+    done += pc.len;
+    if (ctx.opts.progress) ctx.opts.progress("memory", done, total);
+  }
+  if (uffd)
+    LOG_DEBUG("pid %d: %s: %lu bytes by UFFDIO_COPY, %lu pages present already", p.pid,
+              pagemap.blob().c_str(), static_cast<unsigned long>(uffd->bytes()),
+              static_cast<unsigned long>(uffd->present_pages()));
+  // Unregisters everything: the pieces left are filled the ordinary way.
+  uffd.reset();
   if (raw.empty()) {
     ctx.stats.pages += total / kPage;
     ctx.stats.bytes += total;
@@ -396,6 +762,32 @@ Result<void> SetMmMap(remote::Remote* r, const img::MmEntry& mm) {
 
 }  // namespace
 
+Result<UniqueFd> NewShmemObject(const img::ShmemObject& o, const char* memfd_name) {
+  uint64_t size = (o.size() + kPage - 1) & ~(kPage - 1);
+  bool huge = o.huge_page_shift() != 0 && o.name().rfind("/anon_hugepage", 0) == 0;
+  if ((huge || o.name().rfind("/dev/zero", 0) == 0) && size > 0 && o.size() == size) {
+    // Shared anonymous memory: the kernel's own object (a shmem file named "dev/zero"), through
+    // a mapping of it and its map_files link; the mapping goes again at once.
+    // Shared hugetlb memory likewise ("/anon_hugepage (deleted)", huge pages of its size).
+    int hflags = huge ? MAP_HUGETLB | static_cast<int>(o.huge_page_shift() << MAP_HUGE_SHIFT) : 0;
+    void* at = mmap(nullptr, size, PROT_NONE, MAP_SHARED | MAP_ANONYMOUS | hflags, -1, 0);
+    if (at == MAP_FAILED && huge) return Errno("mmap shared hugetlb memory, %lu bytes", size);
+    if (at == MAP_FAILED) return Errno("mmap shared anonymous %lu bytes", size);
+    auto base = reinterpret_cast<unsigned long>(at);
+    UniqueFd fd(open(StrFormat("/proc/self/map_files/%lx-%lx", base, base + size).c_str(),
+                     O_RDWR | O_CLOEXEC));
+    int e = errno;
+    munmap(at, size);
+    if (fd.valid()) return fd;
+    errno = e;
+    PLOG_WARN("open the shared anonymous object through map_files: a memfd instead");
+  }
+  // Sealable when the original was; FinishShmem adds the seals once everything is mapped.
+  int fd = memfd_create(memfd_name, MFD_CLOEXEC | (o.sealing() ? MFD_ALLOW_SEALING : 0));
+  if (fd < 0) return Errno("memfd_create %s", memfd_name);
+  return UniqueFd(fd);
+}
+
 Result<void> RestoreMm(RestoreContext& ctx, ProcessRestore& p) {
   auto t0 = std::chrono::steady_clock::now();
   remote::Remote* r = p.remote.get();
@@ -452,6 +844,7 @@ Result<void> RestoreMm(RestoreContext& ctx, ProcessRestore& p) {
     if (it != uni.end() && it->start < e) return true;
     return it != uni.begin() && std::prev(it)->end > s;
   };
+  TRY_CTX(EarlySeals(ctx, p), "pid %d", p.pid);
   for (const auto& v : p.mm.vmas()) {
     bool fill = has_pages(v.start(), v.end());
     TRY_CTX(MapVma(ctx, r, v, &st, fill), "pid %d: map %#lx-%#lx %s", p.pid,
@@ -459,6 +852,14 @@ Result<void> RestoreMm(RestoreContext& ctx, ProcessRestore& p) {
             v.path().c_str());
   }
   for (auto& [path, fd] : st.file_fds) TRY(r->Syscall(SYS_close, static_cast<uint64_t>(fd)));
+  if (st.sock >= 0) TRY(r->Syscall(SYS_close, static_cast<uint64_t>(st.sock)));
+  // The vdso block and vsyscall come from the kernel with their own flags: no advice, locks or
+  // seals of ours on them.
+  auto kernel_made = [](const img::Vma& v) {
+    return IsVdsoKind(v.kind()) || v.kind() == img::VMA_VSYSCALL;
+  };
+  for (const auto& v : p.mm.vmas())
+    if (v.madv() != 0 && !kernel_made(v)) TRY_CTX(ApplyAdvice(r, v), "pid %d", p.pid);
   for (const auto& pm : p.pagemaps) TRY_CTX(FillPages(ctx, p, pm), "pid %d: pages", p.pid);
   // Final protections where the fill needed PROT_WRITE.
   for (const auto& v : p.mm.vmas()) {
@@ -466,7 +867,32 @@ Result<void> RestoreMm(RestoreContext& ctx, ProcessRestore& p) {
     if (filled && !(v.prot() & PROT_WRITE))
       TRY(r->Syscall(SYS_mprotect, v.start(), v.end() - v.start(), v.prot()));
   }
+  // Guard regions, after the pages around them are filled (never stored: nothing to fill).
+  for (const auto& g : p.mm.guards()) {
+    if (g.end() <= g.start()) continue;
+    TRY_CTX(r->Syscall(SYS_madvise, g.start(), g.end() - g.start(), 102 /* MADV_GUARD_INSTALL */),
+            "pid %d: guard region %#lx-%#lx", p.pid, static_cast<unsigned long>(g.start()),
+            static_cast<unsigned long>(g.end()));
+  }
+  // Locks after the contents are in place (mlock faults in what is not there yet, as it did).
+  for (const auto& v : p.mm.vmas()) {
+    if (!v.locked() || v.kind() == img::VMA_VSYSCALL) continue;
+    TRY_CTX(r->Syscall(SYS_mlock2, v.start(), v.end() - v.start(),
+                       v.lock_onfault() ? MLOCK_ONFAULT : 0),
+            "pid %d: mlock %#lx-%#lx (RLIMIT_MEMLOCK without CAP_IPC_LOCK?)", p.pid,
+            static_cast<unsigned long>(v.start()), static_cast<unsigned long>(v.end()));
+  }
   TRY_CTX(SetMmMap(r, p.mm), "pid %d", p.pid);
+  TRY_CTX(FinishShmem(ctx, p), "pid %d", p.pid);
+  // Seals last: nothing may change these VMAs from here on.
+  for (const auto& v : p.mm.vmas())
+    if (v.sealed() && !kernel_made(v))
+      TRY_CTX(r->Syscall(462 /* SYS_mseal */, v.start(), v.end() - v.start(), 0),
+              "pid %d: mseal %#lx-%#lx", p.pid, static_cast<unsigned long>(v.start()),
+              static_cast<unsigned long>(v.end()));
+  if (p.mm.mlockall() & MCL_FUTURE)
+    TRY_CTX(r->Syscall(SYS_mlockall, p.mm.mlockall() & (MCL_FUTURE | MCL_ONFAULT)),
+            "pid %d: mlockall(%#x)", p.pid, p.mm.mlockall());
   ctx.stats.vmas += p.mm.vmas_size();
   ctx.stats.memory_ms +=
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();

@@ -11,7 +11,9 @@
 
 #include <cstring>
 
+#include "common/fs.h"
 #include "common/log.h"
+#include "common/scope_exit.h"
 #include "common/sched_attr.h"
 #include "restore/steps.h"
 
@@ -53,45 +55,143 @@ std::string LimitStr(uint64_t v) {
 // fails the restore with an error naming the limit and both values: quietly restoring a lower
 // hard limit would change what the program may do later (a soft limit it raises would fail).
 //
-// Set from outside with prlimit(pid): the process still has the restorer's credentials here
-// ("creds" comes later), so no capability is needed, and limits already right cost nothing.
+// Set last (CRIU too), just before seccomp and the registers: a low limit restored early would
+// get in the way of the restore itself (RLIMIT_SIGPENDING of queued signals, RLIMIT_AS or
+// RLIMIT_MEMLOCK of the memory, RLIMIT_NOFILE of fds opened by injected calls). The process sets
+// them itself (injected prlimit64 on itself): from outside, prlimit on a process whose
+// credentials are no longer ours needs CAP_SYS_RESOURCE.
 Result<void> RestoreRlimits(RestoreContext& ctx, ProcessRestore& p) {
   ASSIGN_OR_RETURN(img::ProcessState ps, LoadPstate(ctx, p));
+  remote::Remote* r = p.remote.get();
+  const uint64_t old_at = r->scratch(), new_at = r->scratch() + sizeof(rlimit);
   for (const auto& l : ps.rlimits().limits()) {
     if (l.cur() > l.max())
       return MakeError(ErrorKind::kBadImage, 0, "pstate-%d.img: %s soft %s above hard %s", p.pid,
                        l.name().c_str(), LimitStr(l.cur()).c_str(), LimitStr(l.max()).c_str());
-    auto res = static_cast<__rlimit_resource>(l.resource());
+    if (l.resource() < 0 || l.resource() >= RLIM_NLIMITS)
+      return MakeError(ErrorKind::kBadImage, 0, "pstate-%d.img: bad rlimit resource %d", p.pid,
+                       l.resource());
+    uint64_t get[6] = {0, static_cast<uint64_t>(l.resource()), 0, old_at, 0, 0};
+    ASSIGN_OR_RETURN(long g, r->RawSyscallIn(p.pid, SYS_prlimit64, get));
+    if (g < 0) {
+      errno = static_cast<int>(-g);
+      return Errno("pid %d: prlimit64 get %s", p.pid, l.name().c_str());
+    }
     rlimit have{};
-    if (prlimit(p.pid, res, nullptr, &have) < 0)
-      return Errno("prlimit %d %s", p.pid, l.name().c_str());
+    TRY(r->Read(old_at, &have, sizeof(have)));
     if (have.rlim_cur == l.cur() && have.rlim_max == l.max()) continue;
     rlimit want{l.cur(), l.max()};
-    if (prlimit(p.pid, res, &want, nullptr) == 0) continue;
-    if (errno == EPERM)
+    TRY(r->Write(new_at, &want, sizeof(want)));
+    uint64_t set[6] = {0, static_cast<uint64_t>(l.resource()), new_at, 0, 0, 0};
+    ASSIGN_OR_RETURN(long v, r->RawSyscallIn(p.pid, SYS_prlimit64, set));
+    if (v == 0) continue;
+    if (v == -EPERM)
       return MakeError(ErrorKind::kUnsupported, EPERM,
                        "%s: cannot restore hard limit %s (soft %s): this restore's hard limit is "
                        "%s and raising it needs CAP_SYS_RESOURCE",
                        l.name().c_str(), LimitStr(l.max()).c_str(), LimitStr(l.cur()).c_str(),
                        LimitStr(have.rlim_max).c_str());
-    return Errno("prlimit %d %s soft %s hard %s", p.pid, l.name().c_str(),
+    errno = static_cast<int>(-v);
+    return Errno("pid %d: prlimit64 %s soft %s hard %s", p.pid, l.name().c_str(),
                  LimitStr(l.cur()).c_str(), LimitStr(l.max()).c_str());
   }
   return Ok();
 }
 
+namespace {
+
+// A path call (mkdir, chmod, chdir, chroot, rmdir) run by the process (r: injected, resolved in
+// its root and mount namespace) or by the coordinator (r null); the kernel's result, -errno.
+Result<long> PathCall(remote::Remote* r, pid_t pid, long nr, const std::string& path,
+                      uint64_t arg = 0) {
+  if (!r) {
+    long v = syscall(nr, path.c_str(), arg);
+    return v < 0 ? -static_cast<long>(errno) : v;
+  }
+  ASSIGN_OR_RETURN(uint64_t at, r->WriteString(0, path));
+  uint64_t args[6] = {at, arg, 0, 0, 0, 0};
+  return r->RawSyscallIn(pid, nr, args);
+}
+
+// Recreates a removed directory for a moment (cwd01/cwd02: the process must be in a removed
+// directory again): its missing parents (0700), then the directory with its mode (chmod: the
+// umask does not apply). Something at its path now: a sibling name is used. *made: the created
+// directories, the deepest last; *at: the directory to enter.
+Result<void> MakeRemovedDir(remote::Remote* r, pid_t pid, const std::string& path, uint32_t mode,
+                            std::vector<std::string>* made, std::string* at) {
+  if (path.empty() || path[0] != '/' || path == "/")
+    return MakeError(ErrorKind::kBadImage, 0, "pstate-%d.img: removed directory \"%s\"", pid,
+                     path.c_str());
+  for (size_t i = path.find('/', 1); i != std::string::npos; i = path.find('/', i + 1)) {
+    std::string parent = path.substr(0, i);
+    ASSIGN_OR_RETURN(long v, PathCall(r, pid, SYS_mkdir, parent, 0700));
+    if (v == 0) made->push_back(parent);
+    else if (v != -EEXIST)
+      return MakeError(ErrorKind::kGeneric, static_cast<int>(-v), "mkdir %s: %s", parent.c_str(),
+                       strerror(static_cast<int>(-v)));
+  }
+  *at = path;
+  for (int k = 0;; ++k) {
+    if (k > 0) *at = StrFormat("%s.godwit-removed-%d-%d", path.c_str(), pid, k);
+    ASSIGN_OR_RETURN(long v, PathCall(r, pid, SYS_mkdir, *at, 0700));
+    if (v == 0) break;
+    if (v != -EEXIST || k >= 100)
+      return MakeError(ErrorKind::kGeneric, static_cast<int>(-v), "mkdir %s: %s", at->c_str(),
+                       strerror(static_cast<int>(-v)));
+  }
+  made->push_back(*at);
+  ASSIGN_OR_RETURN(long v, PathCall(r, pid, SYS_chmod, *at, mode & 07777));
+  if (v < 0)
+    return MakeError(ErrorKind::kGeneric, static_cast<int>(-v), "chmod %s %o: %s", at->c_str(),
+                     mode, strerror(static_cast<int>(-v)));
+  return Ok();
+}
+
+// Removes what MakeRemovedDir made, deepest first. Failing to: a warning (the process is right).
+void RemoveMade(remote::Remote* r, pid_t pid, const std::vector<std::string>& made) {
+  for (auto it = made.rbegin(); it != made.rend(); ++it) {
+    auto v = PathCall(r, pid, SYS_rmdir, *it);
+    if (!v.ok() || *v < 0)
+      LOG_WARN("pid %d: cannot remove the recreated directory %s again", pid, it->c_str());
+  }
+}
+
+}  // namespace
+
 // chroot first (the root is a path in the dumper's view, resolved from the restorer's root),
 // then chdir to the cwd as the process saw it, under its new root. chroot needs CAP_SYS_CHROOT,
-// so this runs before "creds".
+// so this runs before "creds". A removed root or cwd is recreated, entered and removed again:
+// a removed root from here (its path is in our view), a removed cwd by the process.
 Result<void> RestoreFs(RestoreContext& ctx, ProcessRestore& p) {
   ASSIGN_OR_RETURN(img::ProcessState ps, LoadPstate(ctx, p));
   remote::Remote* r = p.remote.get();
   const auto& fs = ps.fs();
-  if (!fs.root().empty() && fs.root() != "/") {
+  if (fs.root_deleted()) {
+    std::vector<std::string> root_made;
+    std::string at;
+    TRY_CTX(MakeRemovedDir(nullptr, p.pid, fs.root(), fs.root_mode(), &root_made, &at),
+            "removed root %s", fs.root().c_str());
+    // Removed again right after the chroot (also on failure); "/" still resolves to it.
+    ScopeExit cleanup([&] { RemoveMade(nullptr, p.pid, root_made); });
+    ASSIGN_OR_RETURN(uint64_t a, r->WriteString(0, at));
+    TRY_CTX(r->Syscall(SYS_chroot, a), "chroot %s (removed)", at.c_str());
+  } else if (!fs.root().empty() && fs.root() != "/") {
     ASSIGN_OR_RETURN(uint64_t at, r->WriteString(0, fs.root()));
     TRY_CTX(r->Syscall(SYS_chroot, at), "chroot %s", fs.root().c_str());
   }
-  if (!fs.cwd().empty()) {
+  if (fs.cwd_deleted()) {
+    std::vector<std::string> made;
+    std::string at;
+    auto mk = MakeRemovedDir(r, p.pid, fs.cwd(), fs.cwd_mode(), &made, &at);
+    Result<long> cd = 0L;
+    if (mk.ok()) cd = PathCall(r, p.pid, SYS_chdir, at);
+    RemoveMade(r, p.pid, made);
+    TRY_CTX(std::move(mk), "removed cwd %s", fs.cwd().c_str());
+    if (!cd.ok()) return std::move(cd.error().wrap("chdir " + at));
+    if (*cd < 0)
+      return MakeError(ErrorKind::kGeneric, static_cast<int>(-*cd), "chdir %s (removed cwd): %s",
+                       at.c_str(), strerror(static_cast<int>(-*cd)));
+  } else if (!fs.cwd().empty()) {
     ASSIGN_OR_RETURN(uint64_t at, r->WriteString(0, fs.cwd()));
     TRY_CTX(r->Syscall(SYS_chdir, at), "chdir %s (under root %s)", fs.cwd().c_str(),
             fs.root().c_str());
@@ -166,6 +266,17 @@ Result<void> RestoreProcFlags(RestoreContext& ctx, ProcessRestore& p) {
             "PR_SET_THP_DISABLE %#x", ps.thp_disable());
   } else {
     TRY_CTX(r->Syscall(SYS_prctl, PR_SET_THP_DISABLE, 0, 0, 0, 0), "PR_SET_THP_DISABLE 0");
+  }
+  // oom_score_adj, written from outside. Below the value the restorer's process inherited, the
+  // kernel wants CAP_SYS_RESOURCE (oom_score_adj_min), which this machine lacks: then a warning,
+  // the process keeps the lowest value allowed (like CRIU, which does not fail on it either).
+  std::string path = StrFormat("/proc/%d/oom_score_adj", p.pid);
+  auto have = fs::ReadFile(path);
+  if (have.ok() && atoi(fs::Trim(*have).c_str()) != ps.oom_score_adj()) {
+    auto w = fs::WriteFile(path, StrFormat("%d", ps.oom_score_adj()));
+    if (!w.ok())
+      LOG_WARN("pid %d: oom_score_adj %d not restored (%s)", p.pid, ps.oom_score_adj(),
+               w.error().to_string().c_str());
   }
   return Ok();
 }

@@ -6,17 +6,35 @@
 // Threads get their own copy of the chain (the kernel shares inherited filters between threads;
 // the filtering is the same). Installing needs no_new_privs or CAP_SYS_ADMIN in the thread, which
 // by now has its dumped credentials: a thread that holds filters but neither (it dropped
-// CAP_SYS_ADMIN after installing them) cannot be restored, nor can strict mode (it allows none of
-// the calls that follow). Both fail clearly instead of restoring a weaker sandbox.
+// CAP_SYS_ADMIN after installing them) cannot be restored; it fails clearly instead of restoring
+// a weaker sandbox.
+//
+// Strict mode (read, write, _exit, sigreturn only) is set by an injected prctl too: the calls
+// "core" injects afterwards pass because the restore seized the process with
+// PTRACE_O_SUSPEND_SECCOMP (the mode bites once we detach). That needs CAP_SYS_ADMIN and an
+// unconfined coordinator; without them strict mode is refused (it would kill the process).
 #include <linux/capability.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 
 #include "restore/pstate.h"
 #include "restore/steps.h"
 
 namespace godwit::restore {
+namespace {
+
+// Whether our seizes got PTRACE_O_SUSPEND_SECCOMP: CAP_SYS_ADMIN, and no seccomp of our own.
+bool SeccompSuspended() {
+  struct __user_cap_header_struct h = {_LINUX_CAPABILITY_VERSION_3, 0};
+  struct __user_cap_data_struct d[2] = {};
+  if (syscall(SYS_capget, &h, d) < 0) return false;
+  if (!(d[0].effective & (1U << CAP_SYS_ADMIN))) return false;
+  return prctl(PR_GET_SECCOMP) == 0;
+}
+
+}  // namespace
 
 Result<void> RestoreSeccomp(RestoreContext& ctx, ProcessRestore& p) {
   ASSIGN_OR_RETURN(img::ProcessState ps, LoadPstate(ctx, p));
@@ -24,10 +42,19 @@ Result<void> RestoreSeccomp(RestoreContext& ctx, ProcessRestore& p) {
   for (const auto& t : ps.threads()) {
     const auto& sc = t.seccomp();
     if (sc.mode() == SECCOMP_MODE_DISABLED) continue;
+    if (sc.mode() == SECCOMP_MODE_STRICT) {
+      if (!SeccompSuspended())
+        return MakeError(ErrorKind::kUnsupported, 0,
+                         "thread %d: seccomp strict mode needs a restore with CAP_SYS_ADMIN "
+                         "(PTRACE_O_SUSPEND_SECCOMP)",
+                         t.tid());
+      TRY_CTX(r->SyscallIn(t.tid(), SYS_prctl, PR_SET_SECCOMP, SECCOMP_MODE_STRICT),
+              "thread %d: seccomp strict mode", t.tid());
+      continue;
+    }
     if (sc.mode() != SECCOMP_MODE_FILTER)
-      return MakeError(ErrorKind::kUnsupported, 0,
-                       "thread %d: seccomp mode %u (strict) cannot be restored", t.tid(),
-                       sc.mode());
+      return MakeError(ErrorKind::kBadImage, 0, "pstate-%d.img: thread %d: seccomp mode %u",
+                       p.pid, t.tid(), sc.mode());
     if (!t.creds().no_new_privs() && !(t.creds().cap_effective() & (1ULL << CAP_SYS_ADMIN)))
       return MakeError(ErrorKind::kUnsupported, 0,
                        "thread %d: %d seccomp filters but neither no_new_privs nor CAP_SYS_ADMIN "

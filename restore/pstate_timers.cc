@@ -124,8 +124,11 @@ Result<void> RestoreTimers(RestoreContext& ctx, ProcessRestore& p) {
   for (const auto& t : ps.timers()) timers.push_back(&t);
   // Arm everything last, close together.
   for (const auto* t : timers) {
-    if (t->value_ns() == 0) continue;
-    itimerspec v{Ts(t->interval_ns()), Ts(t->value_ns())};
+    // 0 left on a periodic timer: expired, its re-arm waiting for its signal's dequeue (as for
+    // ITIMER_REAL below): armed for a full period.
+    uint64_t left = t->value_ns() ? t->value_ns() : t->interval_ns();
+    if (left == 0) continue;
+    itimerspec v{Ts(t->interval_ns()), Ts(left)};
     TRY(r->Write(r->scratch(), &v, sizeof(v)));
     TRY_CTX(r->Syscall(SYS_timer_settime, t->id(), 0, r->scratch(), 0), "timer_settime %d",
             t->id());
@@ -134,8 +137,14 @@ Result<void> RestoreTimers(RestoreContext& ctx, ProcessRestore& p) {
                                                       {ITIMER_VIRTUAL, &ps.itimers().virt()},
                                                       {ITIMER_PROF, &ps.itimers().prof()}};
   for (const auto& [w, it] : which) {
-    if (it->value_us() == 0) continue;  // fork does not inherit itimers: already disarmed
-    itimerval v{Tv(it->interval_us()), Tv(it->value_us())};
+    // A periodic ITIMER_REAL reads 0 left between its expiry and the dequeue of its SIGALRM,
+    // which re-arms it (the kernel's dequeue_signal): dumped while that SIGALRM was pending
+    // (blocked, or queued during the dump). setitimer with 0 left would disarm it for good, so
+    // it gets a full period (its SIGALRM is restored with the pending signals).
+    uint64_t left = it->value_us();
+    if (left == 0 && it->interval_us() != 0 && w == ITIMER_REAL) left = it->interval_us();
+    if (left == 0) continue;  // fork does not inherit itimers: already disarmed
+    itimerval v{Tv(it->interval_us()), Tv(left)};
     TRY(r->Write(r->scratch(), &v, sizeof(v)));
     TRY_CTX(r->Syscall(SYS_setitimer, w, r->scratch(), 0), "setitimer %d", w);
   }

@@ -5,8 +5,10 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/statfs.h>
 #include <sys/prctl.h>
 #include <sys/ptrace.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -22,6 +24,7 @@
 #include "common/proc.h"
 #include "common/scope_exit.h"
 #include "files/files.h"
+#include "restore/pstate.h"
 #include "restore/steps.h"
 
 namespace godwit::restore {
@@ -349,10 +352,22 @@ Result<void> PrepareShmem(RestoreContext& ctx) {
         name.resize(name.size() - 10);
       if (name.size() > 249) name.resize(249);
     }
-    int fd = memfd_create(name.c_str(), MFD_CLOEXEC);
-    if (fd < 0) return Errno("memfd_create");
-    UniqueFd ufd(fd);
-    if (ftruncate(fd, static_cast<off_t>(o.size())) < 0)
+    ASSIGN_OR_RETURN(UniqueFd ufd, NewShmemObject(o, name.c_str()));
+    int fd = ufd.get();
+    // hugetlbfs has no write(): a hugetlb object is filled through a mapping of it.
+    char* hmap = nullptr;
+    ScopeExit unmap_h([&] {
+      if (hmap) munmap(hmap, o.size());
+    });
+    struct statfs sfs;
+    bool hugefs = fstatfs(fd, &sfs) == 0 && sfs.f_type == 0x958458f6 /* HUGETLBFS_MAGIC */;
+    if (hugefs && !o.runs().empty()) {
+      void* m = mmap(nullptr, o.size(), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+      if (m == MAP_FAILED)
+        return Errno("mmap hugetlb shmem %lu", static_cast<unsigned long>(o.id()));
+      hmap = static_cast<char*>(m);
+    }
+    if (!hugefs && ftruncate(fd, static_cast<off_t>(o.size())) < 0)
       return Errno("ftruncate shmem %lu", static_cast<unsigned long>(o.id()));
     if (!o.runs().empty()) {
       ASSIGN_OR_RETURN(auto blob, ctx.images->OpenBlob(o.blob()));
@@ -365,7 +380,10 @@ Result<void> PrepareShmem(RestoreContext& ctx) {
         buf.resize(len);
         TRY(blob->Read(r.blob_off(), buf.data(), len));
         uint64_t n = std::min<uint64_t>(len, o.size() > r.vaddr() ? o.size() - r.vaddr() : 0);
-        if (pwrite(fd, buf.data(), n, static_cast<off_t>(r.vaddr())) != static_cast<ssize_t>(n))
+        if (hmap)
+          memcpy(hmap + r.vaddr(), buf.data(), n);
+        else if (pwrite(fd, buf.data(), n, static_cast<off_t>(r.vaddr())) !=
+                 static_cast<ssize_t>(n))
           return Errno("fill shmem %lu", static_cast<unsigned long>(o.id()));
       }
     }
@@ -409,6 +427,114 @@ void KillAll(const std::vector<pid_t>& pids, pid_t root) {
   for (pid_t p : pids) waitpid(p, nullptr, __WALL | WNOHANG);
 }
 
+// Where the engine's own fds go: the report pipe at base-2, the images dir at base-1, the files'
+// prepared fds from base up. They need numbers no restored process uses (Install puts the
+// restored fds in place while they are open) below RLIMIT_NOFILE, whose hard limit we cannot
+// raise here (no CAP_SYS_RESOURCE). First choice: above every restored fd (MaxFd()+64, room for
+// the coordinator's own fds in between). When that does not fit under the limit (a process with
+// an fd near its hard limit), the highest gap between restored fd numbers that holds them all:
+// like CRIU's service fds, which sit just below the rlimit and move down when taken. Our soft
+// limit goes up to the hard one (the restored processes get theirs back in "rlimits").
+Result<int> ServiceFdBase(const RestoreContext& ctx) {
+  rlimit rl{};
+  if (getrlimit(RLIMIT_NOFILE, &rl) < 0) return Errno("getrlimit RLIMIT_NOFILE");
+  if (rl.rlim_cur < rl.rlim_max) {
+    rlimit up{rl.rlim_max, rl.rlim_max};
+    if (setrlimit(RLIMIT_NOFILE, &up) == 0) rl = up;
+  }
+  const long limit = static_cast<long>(std::min<rlim_t>(rl.rlim_cur, 1 << 30));
+  const int max_fd = ctx.fds ? ctx.fds->MaxFd() : 2;
+  const int need = 2 + (ctx.fds ? ctx.fds->FileCount() : 0) + 16;  // + coordinator fds in the way
+  const int above = std::max(100, max_fd + 64);
+  if (above - 2 + need <= limit || !ctx.fds) return above;
+  std::set<int> used = ctx.fds->UsedFds();
+  long end = limit;  // exclusive end of the free run being looked at
+  for (auto it = used.rbegin(); it != used.rend(); ++it) {
+    if (*it >= end) continue;
+    if (end - *it - 1 >= need) return static_cast<int>(end - need + 2);
+    end = *it;
+  }
+  if (end - 3 >= need) return static_cast<int>(end - need + 2);
+  return MakeError(ErrorKind::kUnsupported, EMFILE,
+                   "restore: no %d free fd numbers below RLIMIT_NOFILE (%ld) for the restore's "
+                   "own fds: the restored processes use %zu numbers up to fd %d",
+                   need, limit, used.size(), max_fd);
+}
+
+// Stand-in leaders (CRIU forks "helper" tasks for this): for every group of a live process whose
+// leader is not in the tree and that no longer exists, a child of ours with the group's id that
+// makes the group and waits to be killed. Only in our own session (setpgid joins a group of the caller's session) and our
+// pid namespace; other cases keep failing at setpgid, naming the group.
+Result<void> StartGroupStandIns(const RestoreContext& ctx, std::vector<pid_t>* out) {
+  std::set<pid_t> pids, groups;
+  for (const auto& e : ctx.tree.processes()) pids.insert(e.pid());
+  for (const auto& e : ctx.tree.processes())
+    if (!e.zombie() && e.pid() != ctx.tree.root_pid() && e.pgid() != e.pid() &&
+        !pids.count(e.pgid()) && e.sid() == getsid(0) && e.ns_pids_size() < 2)
+      groups.insert(e.pgid());
+  for (pid_t g : groups) {
+    // Only a group that is gone: one that exists (ours, the caller's) is joined as it is.
+    if (kill(-g, 0) == 0 || errno != ESRCH || kill(g, 0) == 0 || errno != ESRCH) continue;
+    int sync[2];
+    if (pipe2(sync, O_CLOEXEC) < 0) return Errno("pipe");
+    UniqueFd rd(sync[0]), wr(sync[1]);
+    struct clone_args args;
+    memset(&args, 0, sizeof(args));
+    args.exit_signal = SIGCHLD;
+    pid_t tid = g;
+    args.set_tid = reinterpret_cast<uint64_t>(&tid);
+    args.set_tid_size = 1;
+    pid_t h = static_cast<pid_t>(syscall(SYS_clone3, &args, sizeof(args)));
+    if (h < 0) return Errno("group %d: clone3 a stand-in leader with pid %d", g, g);
+    if (h == 0) {
+      if (syscall(SYS_setpgid, 0, 0) == 0) (void)!write(sync[1], "g", 1);
+      for (;;) pause();
+    }
+    out->push_back(h);
+    wr.reset();
+    char c;
+    if (read(rd.get(), &c, 1) != 1) return Err("group %d: its stand-in leader failed", g);
+  }
+  return Ok();
+}
+
+// The signal that stops p again: the one it was stopped with, unless p now handles, ignores or
+// blocks it (then it would not stop p): SIGSTOP, which cannot be caught.
+int StopSignal(const RestoreContext& ctx, const ProcessRestore& p) {
+  int sig = p.entry->stop_signo();
+  if (sig <= 0 || sig == SIGSTOP || sig > 31) return SIGSTOP;
+  if (p.core.threads(0).blocked() & (1ULL << (sig - 1))) return SIGSTOP;
+  auto ps = LoadPstate(ctx, p);
+  if (!ps.ok()) return SIGSTOP;
+  for (const auto& a : ps->handlers().actions())
+    if (a.signo() == sig && a.handler() != 0) return SIGSTOP;  // SIG_DFL is 0
+  return sig;
+}
+
+// Every thread of each pid in a group stop ('T'); a stop is asynchronous to our detach, so this
+// polls with a bounded deadline. A process that does not stop in time is reported, not failed:
+// the tree runs already.
+void WaitGroupStopped(const std::vector<pid_t>& pids) {
+  auto deadline = Clock::now() + std::chrono::seconds(10);
+  for (pid_t pid : pids) {
+    for (;;) {
+      bool all = true;
+      auto tasks = proc::ListTasks(pid);
+      if (!tasks.ok()) break;  // gone: nothing to wait for
+      for (pid_t t : *tasks) {
+        auto st = proc::ReadTaskStat(pid, t);
+        if (st.ok() && st->state != 'T' && st->state != 'Z' && st->state != 'X') all = false;
+      }
+      if (all) break;
+      if (Clock::now() > deadline) {
+        LOG_WARN("restore: pid %d was restored stopped but has not stopped yet", pid);
+        break;
+      }
+      usleep(200);
+    }
+  }
+}
+
 }  // namespace
 
 pid_t PidAtLevel(const RestoreContext& ctx, pid_t pid, int level) {
@@ -440,18 +566,21 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
     if (IsMemfd(o) && ctx.shmem_fds.count(o.id())) fo.memfds[o.inode()] = ctx.shmem_fds[o.id()].get();
   ASSIGN_OR_RETURN(std::unique_ptr<files::FdRestorer> fds, files::FdRestorer::Load(set, fo));
   ctx.fds = fds.get();
-  int base_fd = 100;
-  if (ctx.fds) {
-    base_fd = std::max(base_fd, ctx.fds->MaxFd() + 64);
-  }
-  // The report pipe sits just below the files' fds, above anything a restored process uses.
+  ASSIGN_OR_RETURN(int base_fd, ServiceFdBase(ctx));
+  // The report pipe sits just below the files' fds, on a number no restored process uses.
   int pfd[2];
   if (pipe2(pfd, O_CLOEXEC) < 0) return Errno("pipe");
   UniqueFd rd(pfd[0]), wr0(pfd[1]);
   int report_fd = fcntl(wr0.get(), F_DUPFD_CLOEXEC, base_fd - 2);
-  if (report_fd < 0) return Errno("dup report pipe");
+  if (report_fd < 0) return Errno("dup report pipe to fd %d", base_fd - 2);
   UniqueFd wr(report_fd);
   wr0.reset();
+  if (ctx.fds) {
+    if (report_fd != base_fd - 2 && base_fd <= ctx.fds->MaxFd())
+      return MakeError(ErrorKind::kGeneric, EBUSY, "restore: fd %d (for the report pipe) is taken",
+                       base_fd - 2);
+    ctx.fds->KeepThroughInstall({report_fd, report_fd + 1});
+  }
   // Whatever the coordinator has open above the report pipe now (inherited from its caller) must
   // not leak into the restored processes; the files' prepared fds come after this snapshot.
   std::vector<int> foreign;
@@ -481,7 +610,9 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
   int up[2] = {-1, -1}, down[2] = {-1, -1};
   if (hooked && (pipe2(up, O_CLOEXEC) < 0 || pipe2(down, O_CLOEXEC) < 0)) return Errno("pipe");
   UniqueFd up_rd(up[0]), up_wr(up[1]), down_rd(down[0]), down_wr(down[1]);
-  prctl(PR_SET_CHILD_SUBREAPER, 1);
+  // Detached without container hooks (the container verb waits for its init as our child): the
+  // root gets its final parent at once (see the fork below).
+  const bool reparent_root = opts.detach && !hooked;
 
   ChildEnv env;
   env.ctx = &ctx;
@@ -508,18 +639,50 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
   auto t_fork = Clock::now();
   fflush(nullptr);
   uint64_t root_flags = opts.root_clone_flags & ~(CLONE_NEWCGROUP | CLONE_NEWPID);
-  pid_t got = Clone3(ctx.tree.processes(0), 1, root_flags);
-  if (got < 0) {
-    if (errno == EEXIST) return MakeError(ErrorKind::kExists, EEXIST, "pid %d is in use", root);
-    return Errno("clone3 root pid %d", root);
-  }
-  if (got == 0) {
-    if (hooked) RootHandshake(ctx, root, up[1], down[0], base_fd);
-    // The child's report fd number is the same; close the read end (not CLOEXEC-relevant here).
-    close(rd.get());
-    ChildMain(env, 0);
+  pid_t got;
+  if (reparent_root) {
+    // The root's parent-death signal (the rule, see RestoreAfterCreds in restore/pstate.cc): it
+    // may fire only when the parent the root keeps dies. Detached, that parent is not us but our
+    // reaper (the nearest child subreaper above us, or init), which adopts the root when we exit;
+    // that reparenting would send the signal (the kernel's forget_original_parent). So the root
+    // is forked by a short-lived intermediate: once that exits, the root already has its final
+    // parent, and its signal is restored relative to it. Not yet a subreaper ourselves, or the
+    // root would come to us.
+    pid_t mid = fork();
+    if (mid < 0) return Errno("fork");
+    if (mid == 0) {
+      pid_t r = Clone3(ctx.tree.processes(0), 1, root_flags);
+      if (r == 0) {
+        close(rd.get());
+        ChildMain(env, 0);
+      }
+      _exit(r > 0 ? 0 : errno == EEXIST ? 17 : 1);
+    }
+    int st = 0;
+    while (waitpid(mid, &st, 0) < 0 && errno == EINTR) {
+    }
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+      if (WIFEXITED(st) && WEXITSTATUS(st) == 17)
+        return MakeError(ErrorKind::kExists, EEXIST, "pid %d is in use", root);
+      return Err("clone3 root pid %d failed (intermediate status %#x)", root, st);
+    }
+    got = root;
+  } else {
+    got = Clone3(ctx.tree.processes(0), 1, root_flags);
+    if (got < 0) {
+      if (errno == EEXIST) return MakeError(ErrorKind::kExists, EEXIST, "pid %d is in use", root);
+      return Errno("clone3 root pid %d", root);
+    }
+    if (got == 0) {
+      if (hooked) RootHandshake(ctx, root, up[1], down[0], base_fd);
+      // The child's report fd number is the same; close the read end (not CLOEXEC-relevant).
+      close(rd.get());
+      ChildMain(env, 0);
+    }
   }
   forked = true;
+  // Orphans of a failed restore come to us (KillAll reaps them).
+  prctl(PR_SET_CHILD_SUBREAPER, 1);
   if (hooked) {
     up_wr.reset();
     down_rd.reset();
@@ -582,6 +745,17 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
     uint64_t args[6] = {static_cast<uint64_t>(report_fd), 0, 0, 0, 0, 0};
     TRY(p->remote->RawSyscallIn(p->pid, SYS_close, args));
   }
+  // A group whose leader is gone (it exited; its members stay in the group): a stand-in leader
+  // with the group's id, in our session, holds the group while its members join, then dies.
+  std::vector<pid_t> stand_ins;
+  ScopeExit end_stand_ins([&] {
+    for (pid_t h : stand_ins) {
+      kill(h, SIGKILL);
+      while (waitpid(h, nullptr, __WALL) < 0 && errno == EINTR) {
+      }
+    }
+  });
+  TRY(StartGroupStandIns(ctx, &stand_ins));
   // Process groups: leaders first, then members (the group must exist). A session leader
   // already leads its group.
   for (int pass = 0; pass < 2; ++pass) {
@@ -621,10 +795,16 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
   std::map<pid_t, int> detach_sig;
   for (auto& p : ctx.procs)
     TRY_CTX(remote::EnterReissuedSyscalls(p->attached, &detach_sig), "pid %d", p->pid);
-  // A process dumped in a group stop gets its SIGSTOP back: pending now, delivered (stopping it)
-  // as soon as it is detached.
-  for (auto& p : ctx.procs)
-    if (p->entry->stopped() && kill(p->pid, SIGSTOP) < 0) return Errno("SIGSTOP %d", p->pid);
+  // A process dumped in a group stop is stopped again, with its stop signal (CRIU's
+  // finalize_restore): pending now, taken as soon as it is detached, so its parent gets the
+  // CLD_STOPPED it may wait for (WIFSTOPPED, WSTOPSIG) and a later SIGCONT a CLD_CONTINUED.
+  std::vector<pid_t> stopped;
+  for (auto& p : ctx.procs) {
+    if (!p->entry->stopped()) continue;
+    int sig = StopSignal(ctx, *p);
+    if (kill(p->pid, sig) < 0) return Errno("stop %d with signal %d", p->pid, sig);
+    stopped.push_back(p->pid);
+  }
   // Resume everything together.
   for (auto& p : ctx.procs)
     for (pid_t tid : p->attached) {
@@ -633,6 +813,8 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
         PLOG_WARN("detach %d", tid);
     }
   ok = true;
+  // Return once they are stopped: whoever acts on the restored tree next sees them stopped.
+  WaitGroupStopped(stopped);
   ctx.stats.root_pid = root;
   ctx.stats.total_ms = Ms(t_start);
   return ctx.stats;

@@ -15,7 +15,9 @@
 namespace godwit::restore {
 
 // Restores the tree; returns when it runs (detached from ptrace). stats->root_pid is its root, a
-// child of the calling process.
+// child of the calling process; with opts.detach (and no container hooks) a child of the caller's
+// reaper instead (its nearest child subreaper, or init), so the root's parent-death signal is not
+// fired by the caller's exit.
 Result<RestoreStats> Restore(const RestoreOptions& opts);
 
 // Waits for the restored root (reaping any other child meanwhile); returns an exit code: its exit

@@ -15,11 +15,10 @@ const std::vector<RestoreStep>& ProcessSteps() {
       {"mm", RestoreMm},
       {"threads", RestoreThreads},
       // Process state (restore/pstate*.cc). Handlers and altstacks point into the new memory;
-      // everything that needs privilege (chroot, sched, rlimits) before "creds"; pdeathsig and
+      // everything that needs privilege (chroot, sched) before "creds"; pdeathsig and
       // dumpable after it (a cred change resets both); timers armed late so none fires early.
       {"sigactions", RestoreSigactions},
       {"sigaltstack", RestoreSigaltstack},
-      {"rlimits", RestoreRlimits},
       {"fs", RestoreFs},
       {"personality", RestorePersonality},
       {"comm", RestoreComm},
@@ -30,6 +29,7 @@ const std::vector<RestoreStep>& ProcessSteps() {
       {"after-creds", RestoreAfterCreds},
       {"signals", RestoreSignals},
       {"timers", RestoreTimers},
+      {"rlimits", RestoreRlimits},  // last: a low limit would hinder the steps before it
       {"seccomp", RestoreSeccomp},  // filters filter injected calls too: last before core
       {"core", RestoreCore},
   };

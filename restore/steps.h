@@ -18,6 +18,9 @@ struct RestoreStep {
 const std::vector<RestoreStep>& ProcessSteps();
 
 Result<void> RestoreMm(RestoreContext& ctx, ProcessRestore& p);       // mm.cc
+// mm.cc: an empty object of the dumped shared memory object's kind and size, before the tree is
+// forked (shared anonymous memory is a real one again: "/dev/zero (deleted)" in the maps).
+Result<UniqueFd> NewShmemObject(const img::ShmemObject& o, const char* memfd_name);
 Result<void> RestoreThreads(RestoreContext& ctx, ProcessRestore& p);  // threads.cc
 // Process state (pstate*.cc).
 Result<void> RestoreSeccomp(RestoreContext& ctx, ProcessRestore& p);      // filters

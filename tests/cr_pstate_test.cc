@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 #include <linux/close_range.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -496,6 +497,119 @@ TEST(CrPstate, PosixTimers) {
     }
   }
   RoundTrip(dir, h, images);
+}
+
+// Ports of CRIU zdtm static tests of process state (tests/helpers/z_pstate.c): dump, kill,
+// restore, and the helper checks itself.
+void ZdtmRoundTrip(const std::string& mode) {
+  TempDir dir;
+  Helper h(dir, "z_pstate", {mode});
+  ASSERT_TRUE(h.ready()) << h.log();
+  std::string images = Dump(dir, h);
+  RoundTrip(dir, h, images);
+}
+
+// The grandchild's parent-death signal fires once its restored parent exits.
+TEST(CrPstateZdtm, PdeathSigFiresAfterRestore) { ZdtmRoundTrip("pdeath_sig"); }
+// One-shot timers of six clocks after holes of deleted ids, SIGEV_NONE, a periodic one.
+TEST(CrPstateZdtm, PosixTimersClocksHolesSivalPtr) { ZdtmRoundTrip("posix_timers"); }
+// SIGEV_THREAD_ID timers aimed at two threads, one on a thread's CPU clock.
+TEST(CrPstateZdtm, PthreadTimersPerThread) { ZdtmRoundTrip("pthread_timers"); }
+TEST(CrPstateZdtm, ITimersAllThreeKeepFiring) { ZdtmRoundTrip("itimers"); }
+// SCHED_RR, SCHED_IDLE, SCHED_BATCH and nice values per thread.
+TEST(CrPstateZdtm, SchedPoliciesAndNicePerThread) { ZdtmRoundTrip("sched"); }
+TEST(CrPstateZdtm, PendingSignalsInThreeThreads) { ZdtmRoundTrip("sigpending_thr"); }
+// Locked securebits, capability sets, bounding set, no_new_privs.
+TEST(CrPstateZdtm, SecurebitsLockedCapsNoNewPrivs) { ZdtmRoundTrip("secbits"); }
+TEST(CrPstateZdtm, PersonalityFlags) { ZdtmRoundTrip("personality"); }
+// An rseq area of the program's own (glibc's unregistered) in two threads.
+TEST(CrPstateZdtm, Rseq00OwnArea) { ZdtmRoundTrip("rseq00"); }
+// A child in seccomp strict mode, blocked in read(): still strict after the restore.
+TEST(CrPstateZdtm, SeccompStrictChild) { ZdtmRoundTrip("seccomp_strict"); }
+TEST(CrPstateZdtm, Dumpable01) { ZdtmRoundTrip("dumpable"); }
+// A subreaper root with a grandchild it adopted (child_subreaper_existing_child).
+TEST(CrPstateZdtm, SubreaperWithAdoptedOrphan) { ZdtmRoundTrip("subreaper_orphan"); }
+TEST(CrPstateZdtm, SigaltstackAutodisarm) { ZdtmRoundTrip("altstack_autodisarm"); }
+// Robust futex lists per thread (futex-rl): a robust mutex's dead owner is seen after restore.
+TEST(CrPstateZdtm, FutexRobustList) { ZdtmRoundTrip("futex_rl"); }
+TEST(CrPstateZdtm, OomScoreAdj) { ZdtmRoundTrip("oom_score_adj"); }
+// A thread dumped while spinning inside an rseq critical section is sent to its abort handler
+// (the seize acts as the preemption it is), restored or left running.
+TEST(CrPstateZdtm, RseqInsideCriticalSection) { ZdtmRoundTrip("rseq_cs"); }
+// A process group whose leader exited: a stand-in leader recreates it for the restore.
+TEST(CrPstateZdtm, ProcessGroupWithoutItsLeader) { ZdtmRoundTrip("pgid_orphan"); }
+TEST(CrPstateZdtm, RseqInsideCriticalSectionLeaveRunning) {
+  TempDir dir;
+  Helper h(dir, "z_pstate", {"rseq_cs"});
+  ASSERT_TRUE(h.ready()) << h.log();
+  GodwitRun d = Godwit({"dump", "--leave-running", "--pid", std::to_string(h.pid()),
+                        "--images-dir", dir / "img"},
+                       dir);
+  ASSERT_EQ(d.status, 0) << d.err;
+  ASSERT_EQ(kill(h.pid(), SIGUSR2), 0);
+  EXPECT_EQ(h.Reap(), 0) << "helper log:\n" << h.log();
+}
+
+// vfork00: a process waiting for its vfork child (not exec'd yet) cannot be dumped (the seize
+// would wait for the vfork forever): refused naming both, the tree left running and working.
+TEST(CrPstateZdtm, Vfork00RefusedWithoutHanging) {
+  TempDir dir;
+  Helper h(dir, "z_pstate", {"vfork00"});
+  ASSERT_TRUE(h.ready()) << h.log();
+  GodwitRun d = Godwit({"dump", "--pid", std::to_string(h.pid()), "--images-dir", dir / "img"}, dir);
+  EXPECT_EQ(d.status, 6) << d.err;  // kUnsupported
+  EXPECT_NE(d.err.find("vfork"), std::string::npos) << d.err;
+  struct stat sb;
+  EXPECT_NE(stat((dir / "img/inventory.img").c_str(), &sb), 0) << "a checkpoint was written";
+  ASSERT_EQ(kill(h.pid(), SIGUSR2), 0);
+  EXPECT_EQ(h.Reap(), 0) << "the tree was damaged by the refused dump:\n" << h.log();
+}
+
+// The root's parent-death signal after `restore --detach` (the rule in restore/restore.cc): it
+// does not fire when the restoring godwit exits, and it does fire when the parent the root is
+// left with dies. Here that parent is P, a child subreaper that runs the restore and exits on
+// our word.
+TEST(CrPstateZdtm, RootPdeathsigFollowsItsFinalParent) {
+  TempDir dir;
+  Helper h(dir, "z_pstate", {"pdeath_root"});
+  ASSERT_TRUE(h.ready()) << h.log();
+  std::string images = Dump(dir, h);
+  int cmd[2], done[2];
+  ASSERT_EQ(pipe(cmd), 0);
+  ASSERT_EQ(pipe(done), 0);
+  pid_t p = fork();
+  ASSERT_GE(p, 0);
+  if (p == 0) {
+    close(cmd[1]);
+    close(done[0]);
+    prctl(PR_SET_CHILD_SUBREAPER, 1);
+    GodwitRun r = Godwit({"restore", "--images-dir", images, "--detach"}, dir);
+    int st = r.status;
+    if (write(done[1], &st, sizeof st) != sizeof st) _exit(2);
+    char c;
+    (void)!read(cmd[0], &c, 1);
+    _exit(0);
+  }
+  close(cmd[0]);
+  close(done[1]);
+  int st = -1;
+  ASSERT_EQ(read(done[0], &st, sizeof st), static_cast<ssize_t>(sizeof st));
+  close(done[0]);
+  h.Restored();
+  EXPECT_EQ(st, 0) << "restore failed";
+  // Alive, P's child, its signal still set (godwit's exit did not fire it).
+  std::string stat = Slurp("/proc/" + std::to_string(h.pid()) + "/stat");
+  size_t rp = stat.rfind(')');
+  ASSERT_NE(rp, std::string::npos) << "the restored root is gone";
+  char state = 0;
+  int ppid = 0;
+  sscanf(stat.c_str() + rp + 2, "%c %d", &state, &ppid);
+  EXPECT_NE(state, 'Z');
+  EXPECT_EQ(ppid, p);
+  // P exits: the root gets SIGTERM and comes to us (the subreaper above P) to be reaped.
+  close(cmd[1]);
+  EXPECT_EQ(Wait(p), 0);
+  EXPECT_EQ(h.Reap(), 128 + SIGTERM) << "helper log:\n" << h.log();
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/shm.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -110,14 +111,20 @@ class Zdtm : public ::testing::Test {
 ZDTM(Env00, "env00")
 ZDTM(Maps00AnonFileSharedPrivate, "maps00")
 ZDTM(Maps01Large512MiBSparse, "maps_large")
-// BUG (dump/mm.cc:161-164): only MAP_SHARED/PRIVATE/ANONYMOUS and GROWSDOWN-for-[stack] are
-// recorded; madvise state (VmFlags dc = MADV_DONTFORK, dd = MADV_DONTDUMP) is lost on restore.
-ZDTM(DISABLED_Maps02MadviseFlags, "maps02")
+// madvise state (VmFlags dc = MADV_DONTFORK, dd = MADV_DONTDUMP) comes back.
+ZDTM(Maps02MadviseFlags, "maps02")
+// maps02 as CRIU checks it: every advice and mmap flag (locked, noreserve, growsdown, droppable,
+// mseal) equal after the restore; wipe-on-fork still wipes, the sealed VMA still refuses munmap.
+ZDTM(Maps02AllAdviceAndFlags, "mm_madv")
 ZDTM(Mprotect00, "mprotect00")
 ZDTM(Brk, "brk")
-// BUG (dump/mm.cc, restore/mm.cc): VM_LOCKED (mlock) is not dumped or re-applied: VmFlags "lo"
-// and VmLck are gone after restore.
-ZDTM(DISABLED_Mlock, "mlock")
+// mlock: VM_LOCKED (VmFlags "lo") and VmLck come back.
+ZDTM(Mlock, "mlock")
+// mlock, MAP_LOCKED, mlock2(MLOCK_ONFAULT) (not populated), a read-only locked VMA, and
+// mlockall(MCL_FUTURE|MCL_ONFAULT) (new mappings locked after the restore).
+ZDTM(MlockOnfaultMlockall, "mm_mlock")
+// mlock_setuid: locked as root, then setuid to an unprivileged user before the dump.
+ZDTM(MlockSetuid, "mm_mlock_setuid")
 ZDTM(Vdso01, "vdso01")
 ZDTM(Pthread00Tls, "pthread00")
 ZDTM(Pthread01KeysCondvar, "pthread01")
@@ -132,18 +139,27 @@ ZDTM(Pgid, "pgid")
 ZDTM(Zombie00, "zombie00")
 ZDTM(Pid00, "pid00")
 ZDTM(ChildThatExeced, "exec")
-// BUG: a group-stopped child (SIGSTOP, state T) is dumped without complaint and restored
-// running (state S in sigtimedwait): the stop is silently lost. Should be restored stopped (CRIU
-// does) or refused at dump.
-ZDTM(DISABLED_StoppedChild, "stopped")
+// Group-stopped children come back stopped with their stop signal (dump/tree.cc records it from
+// the seize; restore/restore.cc stops them again): stopped, stopped01/02/12 of zdtm, SIGTSTP, a
+// multi-threaded child, a stopped process group.
+ZDTM(StoppedChild, "stopped")
+ZDTM(Stopped01StopPendingByKill, "stopped01")
+ZDTM(Stopped02StopPendingByTkill, "stopped02")
+ZDTM(Stopped12, "stopped12")
+ZDTM(StoppedBySigtstp, "stopped_tstp")
+ZDTM(StoppedMultiThreaded, "stopped_threads")
+ZDTM(StoppedProcessGroup, "stopped_pgrp")
 ZDTM(ThreadBomb100, "thread_bomb")
 ZDTM(WriteRead00, "write_read00")
 ZDTM(Pipe00Pipe01, "pipe")
 ZDTM(UnlinkFstat00, "unlink_fstat00")
 ZDTM(Cwd00, "cwd00")
-// Unsupported: a removed working directory is refused at dump (clean, exit 6): "pstate: fs: cwd
-// or root DIR (deleted) was deleted". CRIU recreates it (cwd01/cwd02).
-ZDTM(DISABLED_CwdDeleted, "cwd_deleted")
+// A removed cwd (cwd01) or root is recreated, entered and removed again (restore/pstate.cc).
+ZDTM(CwdDeleted, "cwd_deleted")
+// Not yet: an fd on a removed directory is refused at dump by files/ (regular-file kind: "deleted
+// directory"); the cwd part works. Needs files/ to recreate it and share it with the cwd.
+ZDTM(DISABLED_Cwd02DeletedCwdAlsoOpen, "cwd02")
+ZDTM(RootDeleted, "root_deleted")
 ZDTM(Umask00, "umask00")
 ZDTM(FileShared, "file_shared")
 ZDTM(Fifo, "fifo")
@@ -163,32 +179,40 @@ ZDTM(PosixTimers, "posix_timers")
 ZDTM(Itimer, "itimer")
 ZDTM(Fpu00Fpu01Xstate, "fpu")
 ZDTM(Rseq, "rseq")
-// Known limitation (docs/engine.md): a SysV shm attachment comes back as a private copy, not
-// the segment: shm_nattch is 0 and writes no longer reach the segment.
-ZDTM(DISABLED_ShmAttached, "shm")
+// A SysV shm attachment is the segment itself after the restore (shmat of the same shmid).
+ZDTM(ShmAttached, "shm")
+// IPC_RMID'd segment (gone with the dumped process): created again with the same id and contents,
+// shared by parent and child, removed again (SHM_DEST); unaligned size.
+ZDTM(ShmRmidRecreated, "mm_shm_rmid")
+// A segment mapped in part: the part is the segment again (not a copy), nattch 1, shmdt works.
+ZDTM(ShmPartlyMapped, "mm_shm_partial")
 ZDTM(ManyVmas2000, "many_vmas")
-// BUG (dump/mm.cc:163): MAP_GROWSDOWN is recorded only for the VMA named [stack]; any other
-// MAP_GROWSDOWN mapping (thread stacks some runtimes make) loses VM_GROWSDOWN ("gd"). Fix: take
-// the flag from smaps VmFlags "gd".
-ZDTM(DISABLED_MapGrowsdown, "growsdown")
-// Known limitation (docs/engine.md): MADV_HUGEPAGE / MADV_NOHUGEPAGE advice (VmFlags hg/nh) is
-// lost.
-ZDTM(DISABLED_TransparentHugePageAdvice, "thp")
+// MAP_GROWSDOWN from smaps VmFlags "gd" (not only [stack]).
+ZDTM(MapGrowsdown, "growsdown")
+// grow_map, grow_map02, grow_map03: growsdown VMAs split by mprotect, one page apart, and growing
+// after the restore.
+ZDTM(GrowMap, "mm_grow")
+ZDTM(GrowMapCriu, "mm_grow_map")
+// MADV_HUGEPAGE / MADV_NOHUGEPAGE advice (VmFlags hg/nh) is kept.
+ZDTM(TransparentHugePageAdvice, "thp")
+// thp: advice and contents of a THP-backed region; huge pages again after the restore.
+ZDTM(TransparentHugePageBacked, "mm_thp")
+// memfd mappings with F_SEAL_* (write, future write, none), the fd closed.
+ZDTM(MemfdSealsMapped, "mm_memfd_seals")
+// Private file pages partly written, MAP_NORESERVE, PROT_NONE guards, mremap, MADV_DONTNEED
+// holes, mprotect-split file mapping, shared anonymous memory with a child.
+ZDTM(MemoryShapes, "mm_shapes")
 
 ZDTM(SocketUdpQueued, "udp")
 ZDTM(PrctlNamePdeathsigSubreaperNnp, "prctl")
 ZDTM(Rlimits, "rlimits")
 ZDTM(BlockedInPollAndEpollWait, "poll_block")
-// BUG (restore/restore.cc:301-310): the report pipe is dup'ed to MaxFd()+63 (the files' fds
-// above it), which is past RLIMIT_NOFILE when a process uses an fd near its hard limit (here
-// hard-1): "dup report pipe: Invalid argument". The fds at and above MaxFd()+64 cannot exist
-// there either; they would have to go below the lowest gap or the limit be raised (as root).
-ZDTM(DISABLED_FdNearHardNofileLimit, "fd_near_limit")
-// BUG (restore/pstate.cc:171): the root's PR_SET_PDEATHSIG is set while its parent is the
-// restore coordinator; `godwit restore --detach` then exits and the kernel sends the restored
-// root its death signal (SIGTERM: the root dies, exit 143). The root's pdeathsig must be set
-// only once its parent is final (or not for a detached root's coordinator parent).
-ZDTM(DISABLED_PdeathsigOnTheRootKillsItAfterDetach, "pdeathsig_root")
+// An fd at the hard RLIMIT_NOFILE - 1: the restore's own fds (report pipe, prepared files) go in
+// the highest gap of restored fd numbers below the limit (restore/restore.cc ServiceFdBase).
+ZDTM(FdNearHardNofileLimit, "fd_near_limit")
+// The root's PR_SET_PDEATHSIG survives `restore --detach` (it used to fire when the coordinator
+// exited): detached, the root gets its final parent before its state is restored.
+ZDTM(PdeathsigOnTheRootKillsItAfterDetach, "pdeathsig_root")
 
 // A shared mapping of an unlinked file (unlink_mmap00): restored, or refused cleanly with the
 // tree left running (docs/engine.md: kUnsupported).
@@ -230,8 +254,45 @@ ZDTM_LEAVE_RUNNING(LeaveRunningSocketTcp, "socket_tcp", "--tcp-established")
 ZDTM_LEAVE_RUNNING(LeaveRunningThreadsFpu, "fpu")
 ZDTM_LEAVE_RUNNING(LeaveRunningPollBlock, "poll_block")
 ZDTM_LEAVE_RUNNING(LeaveRunningZombiesSessions, "zombie00")
+ZDTM_LEAVE_RUNNING(LeaveRunningStoppedStaysStopped, "stopped")
+ZDTM_LEAVE_RUNNING(LeaveRunningStoppedThreads, "stopped_threads")
+ZDTM_LEAVE_RUNNING(LeaveRunningStoppedWithSigstopPending, "stopped12")
+
+// unlink_mmap02: a deleted file both mapped (privately) and open: the mapping maps the ghost file
+// files/ restored for the fd, so writes through the fd show in unwritten mapped pages.
+ZDTM(UnlinkMmap02DeletedFileMappedAndOpen, "mm_unlink_mmap02")
+
+// A SysV segment with a key, removed (ipcrm) between dump and restore: created again with the
+// same id, key, mode and contents, and the mapping is the segment.
+TEST_F(Zdtm, ShmRemovedBeforeRestoreRecreated) {
+  pid_t pid = Start("mm_shm_key");
+  ASSERT_GT(pid, 0);
+  auto d = Godwit({"dump", "--pid", std::to_string(pid), "--images-dir", dir_ / "img"});
+  ASSERT_EQ(d.status, 0) << d.err;
+  ASSERT_EQ(Wait(pid), 128 + SIGKILL);
+  int id = atoi(ReadAll(dir_ / "shmid").c_str());
+  ASSERT_GT(id, 0);
+  ASSERT_EQ(shmctl(id, IPC_RMID, nullptr), 0) << "the segment outlived its process";
+  auto r = Godwit({"restore", "--images-dir", dir_ / "img", "--detach"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  ASSERT_EQ(kill(pid, SIGUSR2), 0);
+  EXPECT_EQ(WaitBounded(pid, 30000), 0);
+  pids_.clear();
+}
 
 TEST_F(Zdtm, SocketTcpEstablished) { RoundTrip("socket_tcp", {"--tcp-established"}); }
+
+// Guard regions (MADV_GUARD_INSTALL) inside a VMA: not read at dump (they fault), installed
+// again at restore.
+TEST_F(Zdtm, GuardRegionsMadvGuardInstall) {
+  pid_t pid = StartHelper("z_static", {"mm_guard", "{READY}", dir_.path()});
+  if (pid <= 0) GTEST_SKIP() << "no MADV_GUARD_INSTALL (Linux < 6.13)";
+  pids_.push_back(pid);
+  ASSERT_EQ(DumpKillRestore(pid), "");
+  ASSERT_EQ(kill(pid, SIGUSR2), 0);
+  EXPECT_EQ(WaitBounded(pid, 30000), 0);
+  pids_.clear();
+}
 
 TEST_F(Zdtm, HugetlbIfReserved) {
   pid_t pid = StartHelper("z_static", {"hugetlb", "{READY}", dir_.path()});
@@ -239,6 +300,28 @@ TEST_F(Zdtm, HugetlbIfReserved) {
   pids_.push_back(pid);
   std::string err = DumpKillRestore(pid);
   ASSERT_EQ(err, "");
+  ASSERT_EQ(kill(pid, SIGUSR2), 0);
+  EXPECT_EQ(WaitBounded(pid, 30000), 0);
+  pids_.clear();
+}
+
+// maps09/maps10: shared and private hugetlb memory, the shared one shared with a child.
+TEST_F(Zdtm, HugetlbSharedIfReserved) {
+  pid_t pid = StartHelper("z_static", {"mm_hugetlb_shared", "{READY}", dir_.path()});
+  if (pid <= 0) GTEST_SKIP() << "no huge pages reserved (vm.nr_hugepages)";
+  pids_.push_back(pid);
+  ASSERT_EQ(DumpKillRestore(pid), "");
+  ASSERT_EQ(kill(pid, SIGUSR2), 0);
+  EXPECT_EQ(WaitBounded(pid, 30000), 0);
+  pids_.clear();
+}
+
+// shm-hugetlb: SHM_HUGETLB segments (unaligned size), one kept, one IPC_RMID'd and created again.
+TEST_F(Zdtm, ShmHugetlbIfReserved) {
+  pid_t pid = StartHelper("z_static", {"mm_shm_hugetlb", "{READY}", dir_.path()});
+  if (pid <= 0) GTEST_SKIP() << "no huge pages reserved (vm.nr_hugepages)";
+  pids_.push_back(pid);
+  ASSERT_EQ(DumpKillRestore(pid), "");
   ASSERT_EQ(kill(pid, SIGUSR2), 0);
   EXPECT_EQ(WaitBounded(pid, 30000), 0);
   pids_.clear();

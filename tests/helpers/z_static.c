@@ -741,17 +741,127 @@ static int m_execd(void) {
   return 0;
 }
 
-/* stopped: a child stopped by SIGSTOP stays stopped, then continues. */
+/* stopped, stopped01, stopped02, stopped12 (zdtm): a child stopped by SIGSTOP, its parent having
+ * seen the stop with WNOWAIT, then (01) another SIGSTOP by kill, (02) by tkill, (12) both. It
+ * must come back stopped: the parent's waitpid(WUNTRACED | WCONTINUED) reports the stop with
+ * its signal, SIGCONT then reports WIFCONTINUED, and the child reads the byte queued in its pipe
+ * before the dump and exits 0. Variants: "stopped_tstp" (SIGTSTP), "stopped_threads" (a
+ * 4-thread child: every thread stopped), "stopped_pgrp" (two children of a process group
+ * stopped by kill(-pgid)). */
+static void* stopped_thread(void* arg) {
+  for (;;) pause();
+  return arg;
+}
+/* A child that reads one byte from rd and exits 0; returns once it runs (and has its threads). */
+static pid_t stopped_child(int rd, int wr, int threads, pid_t pgid) {
+  int sync[2];
+  SETUP(pipe(sync) == 0);
+  pid_t c = zfork();
+  SETUP(c >= 0);
+  if (c == 0) {
+    close(wr);
+    close(sync[0]);
+    if (pgid >= 0 && setpgid(0, pgid) < 0) _exit(97);
+    for (int i = 1; i < threads; ++i) {
+      pthread_t t;
+      if (pthread_create(&t, NULL, stopped_thread, NULL)) _exit(98);
+    }
+    if (write(sync[1], "s", 1) != 1) _exit(96);
+    close(sync[1]);
+    /* '0' was queued before the dump; the parent writes '1' once it has seen it continue. */
+    char ch[2];
+    for (int i = 0; i < 2; ++i) {
+      ssize_t n;
+      do n = read(rd, &ch[i], 1); while (n < 0 && errno == EINTR);
+      if (n != 1 || ch[i] != '0' + i) _exit(1);
+    }
+    _exit(0);
+  }
+  close(sync[1]);
+  char ch;
+  SETUP(read(sync[0], &ch, 1) == 1);
+  close(sync[0]);
+  if (pgid >= 0) setpgid(c, pgid); /* also from here: no race with the kill below */
+  return c;
+}
+static int task_states_all(pid_t pid, char want) {
+  char path[64];
+  snprintf(path, sizeof path, "/proc/%d/task", pid);
+  DIR* d = opendir(path);
+  if (!d) return 0;
+  int ok = 1, n = 0;
+  struct dirent* e;
+  while ((e = readdir(d))) {
+    if (e->d_name[0] == '.') continue;
+    char p[320], buf[512];
+    snprintf(p, sizeof p, "/proc/%d/task/%.32s/stat", pid, e->d_name);
+    int fd = open(p, O_RDONLY);
+    ssize_t r = fd >= 0 ? read(fd, buf, sizeof buf - 1) : -1;
+    if (fd >= 0) close(fd);
+    if (r <= 0) continue;
+    buf[r] = 0;
+    char* rp = strrchr(buf, ')');
+    n++;
+    if (!rp || rp[2] != want) ok = 0;
+  }
+  closedir(d);
+  return ok && n > 0;
+}
+static int check_stopped_then_continue(pid_t c, int sig) {
+  int st = 0;
+  pid_t w;
+  do w = waitpid(c, &st, WUNTRACED | WCONTINUED); while (w < 0 && errno == EINTR);
+  CHECK(w == c && WIFSTOPPED(st), "child %d: waitpid %d status %#x: not reported stopped", c, w, st);
+  CHECK(WSTOPSIG(st) == sig, "child %d stopped by %d, want %d", c, WSTOPSIG(st), sig);
+  CHECK(task_states_all(c, 'T'), "child %d: a thread is not stopped (state %c)", c, proc_state(c));
+  return 0;
+}
+static int check_continued_and_exits(pid_t c, int wr) {
+  int st = 0;
+  pid_t w;
+  do w = waitpid(c, &st, WCONTINUED); while (w < 0 && errno == EINTR);
+  CHECK(w == c && WIFCONTINUED(st), "child %d: waitpid %d status %#x: not continued", c, w, st);
+  CHECK(write(wr, "1", 1) == 1, "write");
+  do w = waitpid(c, &st, 0); while (w < 0 && errno == EINTR);
+  CHECK(w == c && WIFEXITED(st) && WEXITSTATUS(st) == 0, "child %d after SIGCONT: %#x", c, st);
+  return 0;
+}
+static int stopped_extra;  /* 1: kill SIGSTOP again, 2: tkill, 3: both */
+static int stopped_sig = SIGSTOP;
+static int stopped_threads = 1;
 static int m_stopped(void) {
-  pid_t c = child_waiting(0);
-  SETUP(kill(c, SIGSTOP) == 0);
-  int st;
-  SETUP(waitpid(c, &st, WUNTRACED) == c && WIFSTOPPED(st));
+  int p[2];
+  SETUP(pipe(p) == 0);
+  if (stopped_sig != SIGSTOP) SETUP(setpgid(0, 0) == 0); /* SIGTSTP stops only a non-orphaned group */
+  pid_t c = stopped_child(p[0], p[1], stopped_threads, -1);
+  close(p[0]);
+  SETUP(kill(c, stopped_sig) == 0);
+  siginfo_t si;
+  SETUP(waitid(P_PID, c, &si, WNOWAIT | WSTOPPED) == 0);
+  if (stopped_extra & 1) SETUP(kill(c, SIGSTOP) == 0);
+  if (stopped_extra & 2) SETUP(syscall(SYS_tkill, c, SIGSTOP) == 0);
+  SETUP(write(p[1], "0", 1) == 1);
   ready_and_wait();
-  CHECK(proc_state(c) == 'T', "child state %c", proc_state(c));
-  kill(c, SIGCONT);
-  kill(c, SIGUSR2);
-  CHECK(reap(c) == 0, "child after SIGCONT");
+  if (check_stopped_then_continue(c, stopped_sig)) return check_no;
+  CHECK(kill(c, SIGCONT) == 0, "SIGCONT");
+  return check_continued_and_exits(c, p[1]);
+}
+static int m_stopped_pgrp(void) {
+  int p[2], q[2];
+  SETUP(pipe(p) == 0 && pipe(q) == 0);
+  pid_t a = stopped_child(p[0], p[1], 1, 0);
+  pid_t b = stopped_child(q[0], q[1], 1, a);
+  close(p[0]);
+  close(q[0]);
+  SETUP(kill(-a, SIGSTOP) == 0);
+  siginfo_t si;
+  SETUP(waitid(P_PID, a, &si, WNOWAIT | WSTOPPED) == 0 && waitid(P_PID, b, &si, WNOWAIT | WSTOPPED) == 0);
+  SETUP(write(p[1], "0", 1) == 1 && write(q[1], "0", 1) == 1);
+  ready_and_wait();
+  CHECK(getpgid(b) == a, "pgid of %d: %d", b, getpgid(b));
+  if (check_stopped_then_continue(a, SIGSTOP) || check_stopped_then_continue(b, SIGSTOP)) return check_no;
+  CHECK(kill(-a, SIGCONT) == 0, "SIGCONT to the group");
+  if (check_continued_and_exits(a, p[1]) || check_continued_and_exits(b, q[1])) return check_no;
   return 0;
 }
 
@@ -862,13 +972,48 @@ static int m_cwd00(void) {
   return 0;
 }
 
-/* cwd01/cwd02: the working directory was removed. */
+/* cwd01: the working directory was removed (by a child, as in zdtm): it comes back removed, at
+ * the same place (/proc/self/cwd reads the same), still with its mode. "cwd02": also open as an
+ * fd, the same directory as the cwd. "root_deleted": chrooted into a removed directory. */
+static int cwd_with_fd;
 static int m_cwd_deleted(void) {
-  SETUP(mkdir(path_in("gone"), 0755) == 0 && chdir(path_in("gone")) == 0 && rmdir(path_in("gone")) == 0);
+  SETUP(mkdir(path_in("gone"), 0751) == 0 && chdir(path_in("gone")) == 0);
+  int fd = cwd_with_fd ? open(".", O_DIRECTORY | O_RDONLY) : -1;
+  SETUP(!cwd_with_fd || fd >= 0);
+  pid_t c = zfork();
+  if (c == 0) _exit(rmdir(path_in("gone")) ? 1 : 0);
+  SETUP(reap(c) == 0);
+  char before[512], after[512];
+  ssize_t n = readlink("/proc/self/cwd", before, sizeof before - 1);
+  SETUP(n > 0);
+  before[n] = 0;
+  ready_and_wait();
+  struct stat st, sf;
+  CHECK(stat(".", &st) == 0 && st.st_nlink == 0, "cwd nlink %lu", (unsigned long)st.st_nlink);
+  CHECK((st.st_mode & 07777) == 0751, "cwd mode %o", st.st_mode & 07777);
+  CHECK(open("x", O_CREAT | O_WRONLY, 0600) < 0 && errno == ENOENT, "creating in a deleted dir");
+  n = readlink("/proc/self/cwd", after, sizeof after - 1);
+  CHECK(n > 0, "readlink cwd");
+  after[n] = 0;
+  CHECK(!strcmp(before, after), "cwd %s, was %s", after, before);
+  char buf[64];
+  CHECK(getcwd(buf, sizeof buf) == NULL && errno == ENOENT, "getcwd");
+  if (cwd_with_fd) {
+    CHECK(fstat(fd, &sf) == 0 && stat("/proc/self/cwd", &st) == 0, "stat fd / cwd");
+    CHECK(sf.st_ino == st.st_ino && sf.st_dev == st.st_dev, "the fd and the cwd differ");
+  }
+  return 0;
+}
+static int m_root_deleted(void) {
+  SETUP(mkdir(path_in("gone-root"), 0705) == 0 && chdir(path_in("gone-root")) == 0);
+  SETUP(rmdir(path_in("gone-root")) == 0 && chroot(".") == 0);
   ready_and_wait();
   struct stat st;
-  CHECK(stat(".", &st) == 0 && st.st_nlink == 0, "cwd nlink %lu", (unsigned long)st.st_nlink);
-  CHECK(open("x", O_CREAT | O_WRONLY, 0600) < 0 && errno == ENOENT, "creating in a deleted dir");
+  CHECK(stat("/", &st) == 0 && st.st_nlink == 0, "root nlink %lu", (unsigned long)st.st_nlink);
+  CHECK((st.st_mode & 07777) == 0705, "root mode %o", st.st_mode & 07777);
+  struct stat here;
+  CHECK(stat(".", &here) == 0 && here.st_ino == st.st_ino && here.st_dev == st.st_dev, "cwd is not the root");
+  CHECK(open("/x", O_CREAT | O_WRONLY, 0600) < 0 && errno == ENOENT, "creating in a deleted root");
   return 0;
 }
 
@@ -1486,6 +1631,15 @@ static int m_fd_near_limit(void) {
   SETUP(dup2(0, top) == top);
   ready_and_wait();
   CHECK(fcntl(top, F_GETFD) >= 0, "fd %d", top);
+  struct rlimit now;
+  CHECK(getrlimit(RLIMIT_NOFILE, &now) == 0 && now.rlim_cur == rl.rlim_cur && now.rlim_max == rl.rlim_max,
+        "RLIMIT_NOFILE %lu/%lu", (unsigned long)now.rlim_cur, (unsigned long)now.rlim_max);
+  /* Nothing of the restore's own is left open: the lowest free fd is the first after stdio. */
+  int fd = open("/dev/null", O_RDONLY);
+  CHECK(fd == 3, "first free fd %d", fd);
+  int n = 0;
+  for (int i = 0; i < top; ++i) n += fcntl(i, F_GETFD) >= 0;
+  CHECK(n == 4, "%d fds open below %d", n, top);
   return 0;
 }
 
@@ -1502,6 +1656,8 @@ static int m_deleted_map(void) {
   CHECK(!memcmp(p, "deleted-map", 11), "data");
   return 0;
 }
+
+#include "z_static_mm.h"
 
 int main(int argc, char** argv) {
   if (argc < 4) return 119;
@@ -1533,7 +1689,17 @@ int main(int argc, char** argv) {
       {"hugetlb", m_hugetlb}, {"udp", m_udp}, {"prctl", m_prctl}, {"rlimits", m_rlimits},
       {"poll_block", m_poll_block}, {"fd_near_limit", m_fd_near_limit}, {"deleted_map", m_deleted_map},
   };
+  int mm = mm_modes(mode); /* z_static_mm.h */
+  if (mm != -1) return mm;
   if (!strcmp(mode, "pthread00")) return m_pthread(8);
+  if (!strcmp(mode, "stopped01")) return stopped_extra = 1, m_stopped();
+  if (!strcmp(mode, "stopped02")) return stopped_extra = 2, m_stopped();
+  if (!strcmp(mode, "stopped12")) return stopped_extra = 3, m_stopped();
+  if (!strcmp(mode, "stopped_tstp")) return stopped_sig = SIGTSTP, m_stopped();
+  if (!strcmp(mode, "stopped_threads")) return stopped_threads = 4, m_stopped();
+  if (!strcmp(mode, "stopped_pgrp")) return m_stopped_pgrp();
+  if (!strcmp(mode, "cwd02")) return cwd_with_fd = 1, m_cwd_deleted();
+  if (!strcmp(mode, "root_deleted")) return m_root_deleted();
   if (!strcmp(mode, "pdeathsig_root")) return prctl_root_pdeathsig = 1, m_prctl();
   if (!strcmp(mode, "unix_abs")) return unix_rel = 0, m_unix();
   if (!strcmp(mode, "exec")) return m_exec("/proc/self/exe");

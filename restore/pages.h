@@ -1,0 +1,92 @@
+// Filling a restored process's private anonymous memory with UFFDIO_COPY.
+//
+// A page fault on fresh anonymous memory allocates a page, zeroes it and maps it; a preadv or
+// process_vm_writev into it then copies over the zeros. UFFDIO_COPY allocates the page, copies
+// the data into it and maps it, with no zeroing and no fault: on this VM (PVM guest, where
+// every fault and page-table update is expensive) 1.7x faster than the target's own preadv
+// into populated memory (measured: 4.2 vs 2.5 GB/s with recycled memory, docs/engine.md).
+//
+// How: a userfaultfd is created in the stopped target (an injected call: the uffd belongs to
+// the mm of the process that creates it), taken over with pidfd_getfd and closed there. The
+// coordinator registers the ranges (MISSING mode, anonymous VMAs only) and copies from its own
+// memory (a mapping of the page file, or a decompression buffer). Closing the uffd unregisters
+// everything. UFFD_USER_MODE_ONLY: a kernel access to a missing page of a registered range
+// (process_vm_writev, a preadv in the target) fails with EFAULT instead of waiting for a
+// fault handler that nobody runs: such a bug cannot hang the restore.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <condition_variable>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "common/remote.h"
+#include "common/result.h"
+#include "common/unique_fd.h"
+#include "images/image.h"
+
+namespace godwit::restore {
+
+class UffdFiller {
+ public:
+  // ranges: [start, end) candidates, sorted, page aligned (the anonymous private VMAs that get
+  // pages). Those the kernel refuses to register are left out (filled the usual way). nullptr
+  // (not an error) when the process cannot get a userfaultfd or GODWIT_NO_UFFD is set.
+  static Result<std::unique_ptr<UffdFiller>> Open(
+      remote::Remote* r, const std::vector<std::pair<uint64_t, uint64_t>>& ranges);
+
+  // Calls fn(va, len, registered) for the pieces of [va, va + len) in order.
+  void Split(uint64_t va, uint64_t len,
+             const std::function<void(uint64_t, uint64_t, bool)>& fn) const;
+  // Copies len bytes from src (coordinator memory, any alignment) to va, inside a registered
+  // range; page aligned va and len. Pages already present (an earlier pre-dump round's) are
+  // overwritten with process_vm_writev.
+  Result<void> Copy(uint64_t va, const void* src, uint64_t len);
+  uint64_t bytes() const { return bytes_; }
+  // Pages Copy found present and overwrote with process_vm_writev.
+  uint64_t present_pages() const { return present_; }
+
+ private:
+  UffdFiller() = default;
+  pid_t pid_ = 0;
+  UniqueFd uffd_;
+  std::vector<std::pair<uint64_t, uint64_t>> ranges_;  // registered, sorted
+  uint64_t bytes_ = 0;
+  uint64_t present_ = 0;
+};
+
+// Reads pieces of a blob (BlobReader::Read: decompressing and checking zstd chunks) on a second
+// thread, up to two pieces ahead of the consumer: decompression overlaps the copy into the
+// process. The blob must not be Read by anyone else meanwhile (pread of its fd is fine).
+class ReadAhead {
+ public:
+  struct Piece {
+    uint64_t va, blob_off, len;
+  };
+  ReadAhead(images::BlobReader* blob, std::vector<Piece> pieces, uint64_t max_len);
+  ~ReadAhead();  // stops the thread and joins it
+  ReadAhead(const ReadAhead&) = delete;
+  ReadAhead& operator=(const ReadAhead&) = delete;
+  // The next piece and its data (valid until the next call); false at the end.
+  Result<bool> Next(Piece* piece, const char** data);
+
+ private:
+  void Run();
+  images::BlobReader* blob_;
+  std::vector<Piece> pieces_;
+  std::unique_ptr<char[]> buf_[2];
+  std::mutex mu_;
+  std::condition_variable cv_;
+  size_t produced_ = 0, consumed_ = 0;  // pieces read; pieces released by the consumer
+  bool next_called_ = false, stop_ = false, failed_ = false;
+  Error error_{ErrorKind::kGeneric, 0, ""};
+  std::thread thread_;
+};
+
+}  // namespace godwit::restore
