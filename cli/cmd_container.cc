@@ -191,9 +191,11 @@ int CheckpointCmd(Global& g, const std::vector<std::string>& args) {
            o.image_path.c_str(), r->tree.processes, r->tree.threads,
            o.leave_running ? ", left running" : ", container deleted");
     const auto& p = r->phases;
-    printf("  downtime %.1f ms (until the images are complete) = freeze %.1f + collect %.1f (user "
+    printf("  downtime %.1f ms (%s) = freeze %.1f + collect %.1f (user "
            "%.1f uts %.1f ipc %.1f net %.1f mnt %.1f layer %.1f rootfs %.1f)\n",
-           p.downtime_ms, p.freeze_ms, p.collect_ms, p.userns_ms, p.uts_ms, p.ipc_ms, p.net_ms,
+           p.downtime_ms,
+           o.leave_running ? "until the tree runs again" : "until the images are complete",
+           p.freeze_ms, p.collect_ms, p.userns_ms, p.uts_ms, p.ipc_ms, p.net_ms,
            p.mnt_ms, p.layer_ms, p.rootfs_ms);
     printf("    + tree %.1f (setup %.1f seize %.1f memory %.1f rest %.1f cgroup %.1f) + write "
            "%.1f; then %s %.1f (frozen %.1f ms)\n",

@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 
 #include <chrono>
+#include <optional>
 
 #include "common/fs.h"
 #include "common/idmap.h"
@@ -262,7 +263,15 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
     ph.cgroup_hooks_ms += Ms(t_seized, Clock::now());
     return r;
   };
-  req.refreeze = [&]() {
+  // --leave-running: the engine has let the tree run (detached it) right before this hook, and
+  // what is left (its deferred zstd compression of the pages, container.img) does not depend on
+  // the tree: the container stays thawed from here, so that work is no frozen time.
+  std::optional<Clock::time_point> t_released;
+  req.refreeze = [&]() -> Result<void> {
+    if (opts.leave_running) {
+      t_released = Clock::now();
+      return Ok();
+    }
     auto t = Clock::now();
     auto r = cg->Freeze();
     ph.cgroup_hooks_ms += Ms(t, Clock::now());
@@ -289,7 +298,7 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
   finished = true;
   auto t_written = Clock::now();
   ph.write_ms = Ms(t_tree, t_written);
-  ph.downtime_ms = Ms(t_freeze, t_written);
+  ph.downtime_ms = Ms(t_freeze, t_released ? std::min(*t_released, t_written) : t_written);
 
   if (opts.leave_running) {
     thaw_on_exit = false;
@@ -307,9 +316,9 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
     }
   }
   auto t_end = Clock::now();
-  rec.mutable_times()->set_frozen_ms(Ms(t_frozen, t_end));
+  rec.mutable_times()->set_frozen_ms(Ms(t_frozen, t_released ? *t_released : t_end));
   ph.release_ms = Ms(t_written, t_end);
-  ph.frozen_ms = Ms(t_frozen, t_end);
+  ph.frozen_ms = rec.times().frozen_ms();
 
   if (!opts.export_file.empty()) {
     ASSIGN_OR_RETURN(archive::Stats st, archive::Export(opts.image_path, opts.export_file));

@@ -48,7 +48,9 @@ struct TreeStats {
 // frozen until the container is killed or thawed: frozen_ms = collect + tree + write + release up
 // to the microseconds between the steps. downtime_ms, the checkpoint's share of live migration's
 // downtime, ends when the images are complete (freeze + collect + tree + write): a migration
-// source kills only once the destination runs.
+// source kills only once the destination runs. With --leave-running the container runs again as
+// soon as the engine lets the tree go (inside tree: before its deferred compression): frozen and
+// downtime end there.
 struct CheckpointPhases {
   double prepare_ms = 0;  // before the freeze: record, config, namespaces, rootfs identity
   double freeze_ms = 0;   // cgroup freezer until every task is frozen
