@@ -36,6 +36,7 @@ container::TreeDumper EngineDumper() {
     o.shell_job = true;        // the init's stdio comes from outside the container
     o.tcp_established = true;  // the container owns its netns
     o.keep_tcp_locked = !req.leave_running;  // deleted next: its connections must stay silent
+    o.compress_later = true;  // the cgroup stays frozen after the engine: compress after the kill
     o.on_seized = req.thaw;
     o.before_detach = req.refreeze;
     // The container's cgroup is frozen before the engine runs, so the engine's page-blob
@@ -62,6 +63,7 @@ container::TreeDumper EngineDumper() {
         return std::move(locked).error();
       }
     }
+    t.compress = s->compress;
     t.threads = s->threads;
     t.bytes = s->bytes_stored;
     t.seize_ms = s->freeze_ms;
@@ -118,6 +120,7 @@ nlohmann::json PhasesJson(const container::CheckpointPhases& p) {
           {"release_ms", p.release_ms},
           {"frozen_ms", p.frozen_ms},
           {"downtime_ms", p.downtime_ms},
+          {"compress_ms", p.compress_ms},
           {"export_ms", p.export_ms},
           {"total_ms", p.total_ms}};
 }
@@ -201,7 +204,8 @@ int CheckpointCmd(Global& g, const std::vector<std::string>& args) {
            "%.1f; then %s %.1f (frozen %.1f ms)\n",
            p.tree_ms, p.tree_setup_ms, p.seize_ms, p.memory_ms, p.tree_rest_ms, p.cgroup_hooks_ms,
            p.write_ms, o.leave_running ? "thaw" : "kill", p.release_ms, p.frozen_ms);
-    printf("  total %.1f ms (prepare %.1f%s)\n", p.total_ms, p.prepare_ms,
+    printf("  total %.1f ms (prepare %.1f%s%s)\n", p.total_ms, p.prepare_ms,
+           p.compress_ms > 0.05 ? StrFormat(", zstd after %.1f", p.compress_ms).c_str() : "",
            o.export_file.empty() ? "" : StrFormat(", export %.1f", p.export_ms).c_str());
     if (!o.export_file.empty())
       printf("  exported to %s (%llu bytes)\n", o.export_file.c_str(),

@@ -34,6 +34,9 @@ struct TreeStats {
   // Set when the tree's TCP connections were left in repair mode and locked (!leave_running): if
   // the tree is thawed instead of killed after all, call it first to give them back.
   std::function<Result<void>()> resume_tcp;
+  // Set when the tree's pages were stored raw to be compressed once the tree runs again or is
+  // gone (no frozen time): returns the bytes saved; the raw set stays complete if it fails.
+  std::function<Result<uint64_t>()> compress;
   int processes = 0;
   int threads = 0;
   uint64_t bytes = 0;
@@ -74,6 +77,7 @@ struct CheckpointPhases {
   double release_ms = 0;       // kill and delete the container, or thaw it (--leave-running)
   double frozen_ms = 0;        // every task frozen until killed or thawed
   double downtime_ms = 0;      // the freeze's start until the images are complete
+  double compress_ms = 0;      // --compress zstd of the tree's pages, after kill or thaw
   double export_ms = 0;        // --export
   double total_ms = 0;
 };

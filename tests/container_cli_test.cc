@@ -8,6 +8,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <filesystem>
+
 #include <nlohmann/json.hpp>
 
 #include "container/archive.h"
@@ -118,6 +120,23 @@ TEST_F(ContainerCli, CheckpointDeletesThenLeaveRunningKeepsRunning) {
   auto cset = images::ImageSet::Open(img + "/container");
   ASSERT_OK(cset);
   ASSERT_OK(images::ImageSet::Open(img + "/tree"));
+  // zstd ran after the kill (its own phase, outside the frozen time), and the tree's page image
+  // holds compressed chunks: the raw pages written while frozen were compressed afterwards.
+  EXPECT_GT(j["phases"]["compress_ms"].get<double>(), 0);
+  EXPECT_LE(j["frozen_ms"].get<double>() + j["phases"]["compress_ms"].get<double>(),
+            j["total_ms"].get<double>() + 0.01);
+  {
+    uint64_t zstd_chunks = 0;
+    for (const auto& e : std::filesystem::directory_iterator(img + "/tree")) {
+      std::string name = e.path().filename();
+      if (name.rfind("pages-", 0) != 0) continue;
+      auto pages = images::BlobReader::OpenFile(e.path(), name, /*verified=*/false);
+      ASSERT_OK(pages);
+      ASSERT_OK((*pages)->VerifyChunks());
+      zstd_chunks += (*pages)->stats().zstd_chunks;
+    }
+    EXPECT_GT(zstd_chunks, 0u);
+  }
   img::ContainerCheckpoint rec;
   ASSERT_OK(cset->ReadOne(kContainerImage, &rec));
   EXPECT_EQ(rec.id(), id_);
