@@ -30,56 +30,9 @@
 namespace godwit::container {
 namespace {
 
+using testing::CliRun;
+using testing::Godwit;
 using testing::TempDir;
-
-struct CliRun {
-  int code = -1;
-  std::string out;
-  std::string err;
-};
-
-std::ostream& operator<<(std::ostream& os, const CliRun& r) { return os << r.out << r.err; }
-
-// Runs the godwit binary with only stdin/stdout/stderr open (the container inherits what godwit
-// has). stdout and stderr go to files, not pipes: a detached container keeps its copies open (and
-// a pipe to a peer outside the container is not something its checkpoint can take along).
-CliRun Godwit(const std::vector<std::string>& args) {
-  CliRun r;
-  static int n = 0;
-  std::string outf = StrFormat("/tmp/godwit-ccli-out-%d-%d", getpid(), n++);
-  int out = ::open(outf.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (out < 0) return r;
-  std::string errf = outf + ".err";
-  int err = ::open(errf.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (err < 0) return r;
-  std::vector<std::string> full = {GODWIT_BIN};
-  full.insert(full.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (auto& a : full) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  pid_t pid = ::fork();
-  if (pid == 0) {
-    int null = ::open("/dev/null", O_RDWR);
-    ::dup2(null, 0);
-    ::dup2(out, 1);
-    ::dup2(err, 2);
-    ::close_range(3, ~0U, 0);
-    ::execv(argv[0], argv.data());
-    ::_exit(127);
-  }
-  int st = 0;
-  ::waitpid(pid, &st, 0);
-  r.code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-  ::close(out);
-  ::close(err);
-  auto text = fs::ReadFile(outf);
-  if (text.ok()) r.out = *text;
-  auto etext = fs::ReadFile(errf);
-  if (etext.ok()) r.err = *etext;
-  ::unlink(outf.c_str());
-  ::unlink(errf.c_str());
-  return r;
-}
 
 class ContainerCli : public ::testing::Test {
  protected:
