@@ -693,24 +693,24 @@ static int m_fd(void) {
 
 /* fdt_shared: processes sharing one fd table (CLONE_FILES): an fd one opens after restore is
  * there in the other. */
-static int fdt_pipe[2], fdt_back[2];
+static int fdt_go[2][2], fdt_back[2];
 static char fdt_stack[2][64 << 10];
 static int fdt_child(void* arg) {
   int k = (int)(intptr_t)arg;
   char c;
-  if (read(fdt_pipe[0], &c, 1) != 1) _exit(2);
+  if (read(fdt_go[k][0], &c, 1) != 1) _exit(2);
   int fd = open("/dev/null", O_RDONLY);
   if (fd < 0 || dup2(fd, 910 + k) != 910 + k) _exit(3);
   close(fd);
   if (write(fdt_back[1], "o", 1) != 1) _exit(4);
-  if (read(fdt_pipe[0], &c, 1) != 1) _exit(5);
+  if (read(fdt_go[k][0], &c, 1) != 1) _exit(5);
   /* The parent closed 901 in the one table. */
   if (fcntl(901, F_GETFD) != -1) _exit(6);
   _exit(0);
 }
 static int m_fdt_shared(void) {
-  SETUP(pipe(fdt_pipe) == 0 && pipe(fdt_back) == 0);
-  SETUP(dup2(fdt_pipe[0], 901) == 901);
+  SETUP(pipe(fdt_go[0]) == 0 && pipe(fdt_go[1]) == 0 && pipe(fdt_back) == 0);
+  SETUP(dup2(fdt_back[0], 901) == 901);
   pid_t c[2];
   for (int k = 0; k < 2; k++) {
     c[k] = clone(fdt_child, fdt_stack[k] + sizeof fdt_stack[k], CLONE_FILES | SIGCHLD,
@@ -719,12 +719,12 @@ static int m_fdt_shared(void) {
   }
   ready_and_wait();
   char b[2];
-  CHECK(write(fdt_pipe[1], "aa", 2) == 2, "go 1");
+  CHECK(write(fdt_go[0][1], "a", 1) == 1 && write(fdt_go[1][1], "a", 1) == 1, "go 1");
   CHECK(read_full(fdt_back[0], b, 2) == 2, "children opened");
   CHECK(fcntl(910, F_GETFD) != -1 && fcntl(911, F_GETFD) != -1,
         "the children's new fds are not in our table");
   CHECK(close(901) == 0, "close");
-  CHECK(write(fdt_pipe[1], "bb", 2) == 2, "go 2");
+  CHECK(write(fdt_go[0][1], "b", 1) == 1 && write(fdt_go[1][1], "b", 1) == 1, "go 2");
   int r0 = reap(c[0]), r1 = reap(c[1]);
   CHECK(r0 == 0 && r1 == 0, "children %d %d", r0, r1);
   return 0;
