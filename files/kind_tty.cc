@@ -49,6 +49,66 @@ static Result<void> DumpTtyInput(DumpContext& ctx, const Probe& p, img::TtyFile*
   return Ok();
 }
 
+// Writes data to the slave with output processing off, so the master reads exactly these bytes
+// (they were processed when first written); waits (bounded) until the master has them.
+static Result<void> WriteRawOutput(int master, int slave, const std::string& data) {
+  struct termios orig {};
+  if (tcgetattr(slave, &orig) < 0) return Errno("tcgetattr");
+  struct termios raw = orig;
+  raw.c_oflag &= ~OPOST;
+  if (tcsetattr(slave, TCSANOW, &raw) < 0) return Errno("tcsetattr");
+  int fl = fcntl(slave, F_GETFL);
+  fcntl(slave, F_SETFL, fl | O_NONBLOCK);
+  auto w = fs::WriteAll(slave, data.data(), data.size());
+  fcntl(slave, F_SETFL, fl);
+  for (int i = 0; i < 1000 && w.ok() && master >= 0; i++) {
+    int n = 0;
+    if (ioctl(master, FIONREAD, &n) < 0 || static_cast<size_t>(n) >= data.size()) break;
+    usleep(1000);
+  }
+  if (tcsetattr(slave, TCSANOW, &orig) < 0) return Errno("tcsetattr");
+  TRY_CTX(w, "requeue %zu bytes of pty output", data.size());
+  return Ok();
+}
+
+// The output waiting for the master: read through the process's own description (a master
+// cannot be reopened), non-blocking for the while (the tree is frozen).
+static Result<void> DumpTtyOutput(DumpContext& ctx, const Probe& p, img::TtyFile* t, int index) {
+  int avail = 0;
+  if (ioctl(p.local, FIONREAD, &avail) < 0 || avail <= 0) return Ok();
+  int fl = fcntl(p.local, F_GETFL);
+  if (fl < 0) return Errno("pid %d fd %d: F_GETFL", p.pid, p.fd);
+  fcntl(p.local, F_SETFL, fl | O_NONBLOCK);
+  std::string data;
+  char buf[4096];
+  for (;;) {
+    ssize_t n = read(p.local, buf, sizeof(buf));
+    if (n > 0) {
+      data.append(buf, n);
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    break;
+  }
+  fcntl(p.local, F_SETFL, fl);
+  if (data.empty()) return Ok();
+  ASSIGN_OR_RETURN(*t->mutable_output(), ctx.Blob(data.data(), data.size()));
+  if (ctx.opts().leave_running) {
+    int keep = fcntl(p.local, F_DUPFD_CLOEXEC, 0);
+    std::string slave_path = StrFormat("/proc/%d/root/dev/pts/%d", p.pid, index);
+    ctx.OnResume([keep, data, slave_path] {
+      int s = open(slave_path.c_str(), O_RDWR | O_NOCTTY | O_CLOEXEC);
+      if (s >= 0) {
+        auto r = WriteRawOutput(keep, s, data);
+        if (!r.ok()) LOG_WARN("pty output not given back: %s", r.error().to_string().c_str());
+        close(s);
+      }
+      close(keep);
+    });
+  }
+  return Ok();
+}
+
 Result<void> DumpTty(DumpContext& ctx, const Probe& p, img::FileEntry& e) {
   img::TtyFile* t = e.mutable_tty();
   unsigned maj = major(p.st.st_rdev);
@@ -61,6 +121,7 @@ Result<void> DumpTty(DumpContext& ctx, const Probe& p, img::FileEntry& e) {
     if (ioctl(p.local, TIOCGPTLCK, &lock) == 0) t->set_locked(lock);
     int pkt = 0;
     if (ioctl(p.local, TIOCGPKT, &pkt) == 0) t->set_pkt_mode(pkt);
+    if (!pkt) TRY(DumpTtyOutput(ctx, p, t, index));  // packet mode: a status byte per read
     t->set_path(StrFormat("/dev/pts/%d", index));
   } else {
     index = minor(p.st.st_rdev) + (maj - 136) * 256;
@@ -187,6 +248,12 @@ Result<UniqueFd> OpenTty(RestoreContext& ctx, const img::FileEntry& e) {
       if (x.kind() == img::FILE_KIND_TTY && x.tty().pty_index() == t.pty_index() &&
           x.tty().has_input())
         TRY(RequeueInput(ctx, x.tty(), m.get(), s.get()));
+    for (const auto& [id, x] : ctx.entries())
+      if (x.kind() == img::FILE_KIND_TTY && x.tty().pty_index() == t.pty_index() &&
+          x.tty().has_output()) {
+        ASSIGN_OR_RETURN(std::string out, ctx.ReadBlob(x.tty().output()));
+        TRY(WriteRawOutput(m.get(), s.get(), out));
+      }
     for (const auto& [id, x] : ctx.entries())
       if (x.kind() == img::FILE_KIND_TTY && x.tty().pty_index() == t.pty_index() && x.tty().master()) {
         int pkt = x.tty().pkt_mode();

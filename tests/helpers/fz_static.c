@@ -872,6 +872,7 @@ static int m_pty(void) {
   struct winsize ws = {.ws_row = 33, .ws_col = 111};
   SETUP(ioctl(master, TIOCSWINSZ, &ws) == 0);
   SETUP(write(master, "to-slave", 8) == 8);
+  SETUP(write(slave, "to-master\n", 10) == 10); /* ONLCR: the master reads "\r\n" */
   char name[64];
   SETUP(ptsname_r(master, name, sizeof name) == 0);
   go_init();
@@ -906,6 +907,8 @@ static int m_pty(void) {
   CHECK(read(slave, buf, 8) == 8 && !memcmp(buf, "to-slave", 8), "queued input: %.8s", buf);
   char nm[64];
   CHECK(ptsname_r(master, nm, sizeof nm) == 0 && !strcmp(nm, name), "pts %s, was %s", nm, name);
+  CHECK(read_full(master, buf, 11) == 11 && !memcmp(buf, "to-master\r\n", 11),
+        "queued output: %.11s", buf);
   go_children();
   CHECK(reap(c) == 0, "child with controlling tty");
   CHECK(read_full(master, buf, 10) == 10 && !memcmp(buf, "from-child", 10), "child output");
