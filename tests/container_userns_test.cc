@@ -618,7 +618,7 @@ TEST(PlainTreeUserns, DumpRefusesClearly) {
   ::close(hold[1]);
   ::waitpid(pid, nullptr, 0);
   EXPECT_EQ(r.code, static_cast<int>(ErrorKind::kUnsupported)) << r.out;
-  EXPECT_NE(r.out.find("user namespace"), std::string::npos) << r.out;
+  EXPECT_NE(r.err.find("user namespace"), std::string::npos) << r;
 }
 
 }  // namespace
