@@ -80,7 +80,8 @@ std::string RandomId() {
 int CmdRun(Global& g, const std::vector<std::string>& args) {
   ArgSpec spec;
   spec.values = {"bundle",     "pid-file", "rootfs", "name", "hostname", "memory",     "cpus",
-                 "cpu-shares", "pids",     "disk",   "ip",   "gateway",  "allow-port", "env"};
+                 "cpu-shares", "pids",     "disk",   "ip",   "gateway",  "allow-port", "env",
+                 "userns-base"};
   spec.flags = {"detach", "readonly", "userns"};
   spec.aliases = {{"-b", "bundle"}, {"-d", "detach"}, {"-e", "env"}};
   auto p = Parse(args, spec);
@@ -101,7 +102,16 @@ int CmdRun(Global& g, const std::vector<std::string>& args) {
         if (!x.empty()) o.allow_ports.push_back(x);
     o.env = p->all("env");
     o.readonly = p->has("readonly");
-    o.user_ns = p->has("userns");
+    o.user_ns = p->has("userns") || p->has("userns-base");
+    if (p->has("userns-base")) {
+      char* end = nullptr;
+      unsigned long base = strtoul(p->get("userns-base").c_str(), &end, 10);
+      if (!end || *end || base == 0 || base > 0xffffffffUL - 65536)
+        return ReportError(g, "run", MakeError(ErrorKind::kUsage, 0,
+                                               "--userns-base wants a host uid > 0, got '%s'",
+                                               p->get("userns-base").c_str()));
+      o.user_ns_base = static_cast<uint32_t>(base);
+    }
     auto size = [&](const char* name, int64_t* out) -> Result<void> {
       if (!p->has(name)) return Ok();
       ASSIGN_OR_RETURN(long long v, ParseSize(p->get(name)));
@@ -169,7 +179,7 @@ GODWIT_COMMAND(run, "run",
                "run ID [--bundle DIR] [--detach] [--pid-file F]  |  run --rootfs DIR [--name ID] "
                "[--detach] [--hostname H] [--memory 256M] [--cpus 0.5] [--cpu-shares N] "
                "[--pids 64] [--disk 512M] [--ip 198.18.0.10/24] [--gateway IP] "
-               "[--allow-port 80[/tcp],53/udp] [--env K=V] [--readonly] [--userns] -- CMD...",
+               "[--allow-port 80[/tcp],53/udp] [--env K=V] [--readonly] [--userns | --userns-base HOSTUID] -- CMD...",
                "create and start a container; without --detach wait for it and delete it", CmdRun);
 
 // --- state ----------------------------------------------------------------------------------

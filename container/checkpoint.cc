@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 
 #include <chrono>
+#include <optional>
 
 #include "common/fs.h"
 #include "common/idmap.h"
@@ -18,6 +19,7 @@
 #include "runtime/cgroup.h"
 #include "runtime/container.h"
 #include "runtime/runtime.h"
+#include "runtime/storage.h"
 
 namespace godwit::container {
 namespace {
@@ -165,6 +167,15 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
   auto t_freeze = Clock::now();
   TRY_CTX(cg->Freeze(), "freeze container %s", opts.id.c_str());
   auto t_frozen = Clock::now();
+  CheckpointPhases& ph = res.phases;
+  ph.prepare_ms = Ms(t_start, t_freeze);
+  ph.freeze_ms = Ms(t_freeze, t_frozen);
+  auto lap = t_frozen;
+  auto phase = [&lap](double* into) {
+    auto now = Clock::now();
+    *into += Ms(lap, now);
+    lap = now;
+  };
   bool thaw_on_exit = true;
   ScopeExit thaw([&] {
     if (!thaw_on_exit) return;
@@ -182,10 +193,12 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
   if (Has(own, "user")) {
     ASSIGN_OR_RETURN(std::vector<pid_t> pids, cg->Pids());
     TRY_CTX(DumpUserNamespace(pid, pids, rec.mutable_userns()), "container %s", opts.id.c_str());
+    phase(&ph.userns_ms);
   }
   if (Has(own, "uts")) {
     ASSIGN_OR_RETURN(UniqueFd fd, OpenNamespace(pid, "uts"));
     TRY_CTX(uts::Dump(fd.get(), *sink), "container %s", opts.id.c_str());
+    phase(&ph.uts_ms);
   }
   if (Has(own, "ipc")) {
     ASSIGN_OR_RETURN(UniqueFd fd, OpenNamespace(pid, "ipc"));
@@ -201,20 +214,27 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
       }
     }
     TRY_CTX(ipc::Dump(fd.get(), *sink, opts.compression, mq), "container %s", opts.id.c_str());
+    phase(&ph.ipc_ms);
   }
   if (Has(own, "net")) {
     ASSIGN_OR_RETURN(UniqueFd fd, OpenNamespace(pid, "net"));
     TRY_CTX(net::Dump(fd.get(), *sink), "container %s", opts.id.c_str());
+    phase(&ph.net_ms);
   }
   if (Has(own, "mnt")) {
     TRY_CTX(mnt::Dump(pid, *sink, opts.compression), "container %s", opts.id.c_str());
-    ASSIGN_OR_RETURN(bool layer, mnt::DumpLayer(pid, c.rootfs, *sink, opts.compression));
+    phase(&ph.mnt_ms);
+    std::string upper = overlay ? runtime::StorageUpper(c.storage_dir) : "";
+    ASSIGN_OR_RETURN(bool layer, mnt::DumpLayer(pid, c.rootfs, *sink, opts.compression, upper));
     rec.set_has_layer(layer);
+    phase(&ph.layer_ms);
   }
   if (!overlay) {
     ASSIGN_OR_RETURN(*rec.mutable_rootfs(), mnt::IdentifyRootfs(c.rootfs));
+    phase(&ph.rootfs_ms);
   }
   auto t_ns = Clock::now();
+  ph.collect_ms = Ms(t_frozen, t_ns);
   rec.mutable_times()->set_namespaces_ms(Ms(t_frozen, t_ns));
 
   // The process tree, through the engine; it leaves the (cgroup-frozen) tree alive.
@@ -226,10 +246,36 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
   req.leave_running = opts.leave_running;
   req.dir = tdir;
   req.compression = opts.compression;
-  req.thaw = [&]() { return cg->Thaw(); };
-  req.refreeze = [&]() { return cg->Freeze(); };
+  auto t_seized = t_ns;
+  req.thaw = [&]() {
+    t_seized = Clock::now();
+    auto r = cg->Thaw();
+    ph.cgroup_hooks_ms += Ms(t_seized, Clock::now());
+    return r;
+  };
+  // --leave-running: the engine has let the tree run (detached it) right before this hook, and
+  // what is left (its deferred zstd compression of the pages, container.img) does not depend on
+  // the tree: the container stays thawed from here, so that work is no frozen time.
+  std::optional<Clock::time_point> t_released;
+  req.refreeze = [&]() -> Result<void> {
+    if (opts.leave_running) {
+      t_released = Clock::now();
+      return Ok();
+    }
+    auto t = Clock::now();
+    auto r = cg->Freeze();
+    ph.cgroup_hooks_ms += Ms(t, Clock::now());
+    return r;
+  };
   ASSIGN_OR_RETURN(res.tree, dump_tree(req));
   auto t_tree = Clock::now();
+  ph.tree_ms = Ms(t_ns, t_tree);
+  ph.seize_ms = res.tree.seize_ms;
+  ph.memory_ms = res.tree.memory_ms;
+  // The engine seizes right before the thaw hook runs.
+  ph.tree_setup_ms = std::max(0.0, Ms(t_ns, t_seized) - ph.seize_ms);
+  ph.tree_rest_ms = std::max(0.0, ph.tree_ms - ph.tree_setup_ms - ph.seize_ms - ph.memory_ms -
+                                      ph.cgroup_hooks_ms);
   rec.mutable_times()->set_tree_ms(Ms(t_ns, t_tree));
 
   rec.set_created_unix_ns(std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -240,6 +286,9 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
   TRY(images::WriteImage(*sink, kContainerImage, rec));
   TRY(sink->Finish(images::NewInventory()));
   finished = true;
+  auto t_written = Clock::now();
+  ph.write_ms = Ms(t_tree, t_written);
+  ph.downtime_ms = Ms(t_freeze, t_released ? std::min(*t_released, t_written) : t_written);
 
   if (opts.leave_running) {
     thaw_on_exit = false;
@@ -257,13 +306,31 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
     }
   }
   auto t_end = Clock::now();
-  rec.mutable_times()->set_frozen_ms(Ms(t_frozen, t_end));
+  rec.mutable_times()->set_frozen_ms(Ms(t_frozen, t_released ? *t_released : t_end));
+  ph.release_ms = Ms(t_written, t_end);
+  ph.frozen_ms = rec.times().frozen_ms();
+
+  if (res.tree.compress) {
+    // The tree is gone or running again: zstd now costs no downtime.
+    auto saved = res.tree.compress();
+    if (saved.ok()) {
+      res.tree.bytes -= std::min(res.tree.bytes, *saved);
+    } else {
+      LOG_WARN("container %s: compressing the tree's pages failed, they stay raw: %s",
+               opts.id.c_str(), saved.error().to_string().c_str());
+    }
+  }
+  auto t_compressed = Clock::now();
+  ph.compress_ms = Ms(t_end, t_compressed);
 
   if (!opts.export_file.empty()) {
     ASSIGN_OR_RETURN(archive::Stats st, archive::Export(opts.image_path, opts.export_file));
     res.export_size = st.size;
   }
-  rec.mutable_times()->set_total_ms(Ms(t_start, Clock::now()));
+  auto t_done = Clock::now();
+  rec.mutable_times()->set_total_ms(Ms(t_start, t_done));
+  ph.export_ms = Ms(t_compressed, t_done);
+  ph.total_ms = rec.times().total_ms();
   return res;
 }
 

@@ -19,6 +19,7 @@
 #include "common/log.h"
 #include "common/scope_exit.h"
 #include "container/ns.h"
+#include "container/ns_here.h"
 
 namespace godwit::container::ipc {
 namespace {
@@ -418,27 +419,29 @@ Result<void> Dump(int ipc_ns_fd, images::Sink& sink, images::Compression compres
   img::IpcNs ns;
   ASSIGN_OR_RETURN(images::BlobWriter blob,
                    images::BlobWriter::Create(sink, kDataBlob, compression));
-  TRY_CTX(RunInNamespace(
-              ipc_ns_fd, CLONE_NEWIPC,
-              [&]() -> Result<void> {
-                for (const char* name : kSysctls) {
-                  auto v = ReadSysctl(name);
-                  if (!v.ok()) {
-                    LOG_DEBUG("ipc sysctl %s: %s", name, v.error().to_string().c_str());
-                    continue;
-                  }
-                  img::IpcSysctl* s = ns.add_sysctls();
-                  s->set_name(name);
-                  s->set_value(*v);
-                }
-                TRY_CTX(DumpShm(ns, blob), "SysV shm");
-                TRY_CTX(DumpSem(ns), "SysV semaphores");
-                TRY_CTX(DumpMsg(ns, blob), "SysV message queues");
-                TRY_CTX(DumpMqueues(ns, blob, mqueue_dir), "POSIX message queues");
-                return Ok();
-              },
-              NsThreadOptions{.private_mounts = mqueue_dir.empty()}),
-          "dump ipc namespace");
+  auto collect = [&]() -> Result<void> {
+    for (const char* name : kSysctls) {
+      auto v = ReadSysctl(name);
+      if (!v.ok()) {
+        LOG_DEBUG("ipc sysctl %s: %s", name, v.error().to_string().c_str());
+        continue;
+      }
+      img::IpcSysctl* s = ns.add_sysctls();
+      s->set_name(name);
+      s->set_value(*v);
+    }
+    TRY_CTX(DumpShm(ns, blob), "SysV shm");
+    TRY_CTX(DumpSem(ns), "SysV semaphores");
+    TRY_CTX(DumpMsg(ns, blob), "SysV message queues");
+    TRY_CTX(DumpMqueues(ns, blob, mqueue_dir), "POSIX message queues");
+    return Ok();
+  };
+  // Listing the POSIX queues needs a mount of the namespace's mqueue fs: the container's own,
+  // or one mounted in a thread's private mount namespace (which needs that thread).
+  Result<void> r = mqueue_dir.empty() ? RunInNamespace(ipc_ns_fd, CLONE_NEWIPC, collect,
+                                                       NsThreadOptions{.private_mounts = true})
+                                      : RunHere(ipc_ns_fd, CLONE_NEWIPC, collect);
+  TRY_CTX(std::move(r), "dump ipc namespace");
   TRY(blob.Close());
   TRY(images::WriteImage(sink, kImage, ns));
   LOG_DEBUG("ipc: %d shm, %d sem, %d msg, %d mqueues, %lu data bytes", ns.shm_size(), ns.sem_size(),
@@ -460,7 +463,7 @@ Result<void> Restore(const images::ImageSet& images, int ipc_ns_fd) {
   if (needs_blob && !blob)
     return MakeError(ErrorKind::kBadImage, 0, "%s missing from %s", kDataBlob,
                      images.dir().c_str());
-  return RunInNamespace(ipc_ns_fd, CLONE_NEWIPC, [&]() -> Result<void> {
+  return RunHere(ipc_ns_fd, CLONE_NEWIPC, [&]() -> Result<void> {
     for (const img::IpcSysctl& s : ns.sysctls()) {
       bool known = false;
       for (const char* k : kSysctls) known |= s.name() == k;
@@ -484,7 +487,7 @@ Result<void> Restore(const images::ImageSet& images, int ipc_ns_fd) {
 Result<void> RemoveDestroyed(const images::ImageSet& images, int ipc_ns_fd) {
   img::IpcNs ns;
   TRY(images.ReadOne(kImage, &ns));
-  return RunInNamespace(ipc_ns_fd, CLONE_NEWIPC, [&]() -> Result<void> {
+  return RunHere(ipc_ns_fd, CLONE_NEWIPC, [&]() -> Result<void> {
     for (const auto& seg : ns.shm()) {
       if (seg.destroyed() && ::shmctl(seg.id(), IPC_RMID, nullptr) < 0)
         return Errno("shmctl(%d, IPC_RMID)", seg.id());

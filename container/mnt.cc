@@ -112,10 +112,15 @@ Result<void> ReadXattrs(int fd, img::TmpfsEntry* e) {
 // from the rootfs); directories are descended either way.
 using KeepFn = std::function<Result<bool>(const std::string& path, const struct statx& stx)>;
 
+// Whether a directory that is not kept itself can have anything kept below it (no: the walk
+// skips it).
+using DescendFn = std::function<bool(const std::string& path)>;
+
 class Walker {
  public:
-  Walker(images::ImageWriter& w, images::BlobWriter& blob, uint64_t mnt_id, KeepFn keep = nullptr)
-      : w_(w), blob_(blob), mnt_id_(mnt_id), keep_(std::move(keep)) {}
+  Walker(images::ImageWriter& w, images::BlobWriter& blob, uint64_t mnt_id, KeepFn keep = nullptr,
+         DescendFn descend = nullptr)
+      : w_(w), blob_(blob), mnt_id_(mnt_id), keep_(std::move(keep)), descend_(std::move(descend)) {}
 
   Result<void> Root(int fd) {
     struct statx stx;
@@ -171,6 +176,7 @@ class Walker {
     }
     if (!keep) {
       if (!S_ISDIR(stx.stx_mode) || stx.stx_mnt_id != mnt_id_) return Ok();
+      if (descend_ && !descend_(path)) return Ok();
       int fd = ::openat(dirfd, name.c_str(),
                         O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_NOATIME | O_CLOEXEC);
       if (fd < 0) return Errno("open dir %s", path.c_str());
@@ -269,6 +275,7 @@ class Walker {
   images::BlobWriter& blob_;
   uint64_t mnt_id_;
   KeepFn keep_;
+  DescendFn descend_;
   std::map<uint64_t, std::string> inodes_;
   uint64_t files_ = 0;
 };
@@ -700,8 +707,18 @@ std::string ReadLinkAt(int dirfd, const std::string& path) {
   return n < 0 ? std::string() : std::string(buf, n);
 }
 
-// Entries of rootfs (dirfd rfd) that the merged view (mfd) no longer has: whiteouts.
-Result<void> Whiteouts(int rfd, int mfd, const std::string& rel, images::ImageWriter& w,
+// The overlay upper dir's subdirectory `name` of ufd (-1: unknown, walk everything); -2 when the
+// upper has no such directory: nothing below it changed.
+int UpperSub(int ufd, const char* name) {
+  if (ufd < 0) return -1;
+  int fd = ::openat(ufd, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd >= 0) return fd;
+  return errno == ENOENT || errno == ENOTDIR ? -2 : -1;
+}
+
+// Entries of rootfs (dirfd rfd) that the merged view (mfd) no longer has: whiteouts. ufd: the
+// overlay's upper dir at the same place (-1: unknown), to skip directories it does not have.
+Result<void> Whiteouts(int rfd, int mfd, int ufd, const std::string& rel, images::ImageWriter& w,
                        uint64_t* count) {
   ASSIGN_OR_RETURN(std::vector<std::string> names, SortedNames(rfd, "rootfs " + rel));
   for (const auto& name : names) {
@@ -719,6 +736,9 @@ Result<void> Whiteouts(int rfd, int mfd, const std::string& rel, images::ImageWr
       continue;
     }
     if (!S_ISDIR(rs.st_mode) || !S_ISDIR(ms.st_mode)) continue;
+    int u2 = UpperSub(ufd, name.c_str());
+    if (u2 == -2) continue;
+    UniqueFd uo(u2);
     int r2 = ::openat(rfd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (r2 < 0) return Errno("open rootfs %s", path.c_str());
     UniqueFd ro(r2);
@@ -726,7 +746,7 @@ Result<void> Whiteouts(int rfd, int mfd, const std::string& rel, images::ImageWr
         ::openat(mfd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_NOATIME | O_CLOEXEC);
     if (m2 < 0) return Errno("open %s in the container", path.c_str());
     UniqueFd mo(m2);
-    TRY(Whiteouts(r2, m2, path, w, count));
+    TRY(Whiteouts(r2, m2, u2, path, w, count));
   }
   return Ok();
 }
@@ -766,8 +786,35 @@ Result<img::RootfsIdentity> IdentifyRootfs(const std::string& path) {
   return id;
 }
 
+// The overlay upper dir `upper`, open, iff it is the upperdir of pid's root mount and that
+// overlay neither redirects directories nor copies up metadata only (then a renamed directory or
+// a metacopy file would show lower contents the upper does not have); else -1.
+UniqueFd OpenUpper(pid_t pid, const std::string& upper) {
+  if (upper.empty()) return UniqueFd();
+  auto mi = fs::ReadFile(StrFormat("/proc/%d/mountinfo", pid));
+  if (!mi.ok()) return UniqueFd();
+  auto table = ParseMountInfo(*mi);
+  if (!table.ok()) return UniqueFd();
+  const img::MountEntry* root = nullptr;
+  for (const auto& m : table->mounts())
+    if (m.mountpoint() == "/") root = &m;  // the last one is on top
+  if (!root || root->fstype() != "overlay") return UniqueFd();
+  bool ours = false;
+  for (const auto& o : fs::Split(root->super_opts(), ',')) {
+    if (o == "upperdir=" + upper) ours = true;
+    if (o.rfind("redirect_dir=", 0) == 0 && o != "redirect_dir=off") return UniqueFd();
+    if (o == "metacopy=on") return UniqueFd();
+  }
+  for (const char* p : {"redirect_dir", "metacopy"}) {
+    auto v = fs::ReadFile(StrFormat("/sys/module/overlay/parameters/%s", p));
+    if (!v.ok() || fs::Trim(*v) != "N") return UniqueFd();
+  }
+  if (!ours) return UniqueFd();
+  return UniqueFd(::open(upper.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+}
+
 Result<bool> DumpLayer(pid_t pid, const std::string& rootfs, images::Sink& sink,
-                       images::Compression compression) {
+                       images::Compression compression, const std::string& upper) {
   std::string merged_path = StrFormat("/proc/%d/root/.", pid);
   int mfd = ::open(merged_path.c_str(), O_RDONLY | O_DIRECTORY | O_NOATIME | O_CLOEXEC);
   if (mfd < 0) return MakeError(ErrorKind::kNotFound, errno, "open %s", merged_path.c_str());
@@ -823,9 +870,22 @@ Result<bool> DumpLayer(pid_t pid, const std::string& rootfs, images::Sink& sink,
     if (changed) kept++;
     return changed;
   };
-  Walker walker(w, blob, mstx.stx_mnt_id, keep);
+  UniqueFd ufd = OpenUpper(pid, upper);
+  DescendFn descend;
+  if (ufd.valid()) {
+    descend = [&](const std::string& path) {
+      struct stat st;
+      if (::fstatat(ufd.get(), path.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) return true;
+      return !(errno == ENOENT || errno == ENOTDIR);
+    };
+  } else if (!upper.empty()) {
+    LOG_DEBUG("writable layer of pid %d: %s is not its upper dir, walking everything", pid,
+              upper.c_str());
+  }
+  Walker walker(w, blob, mstx.stx_mnt_id, keep, descend);
   TRY_CTX(walker.Root(mfd), "writable layer of pid %d", pid);
-  TRY_CTX(Whiteouts(rfd, mfd, "", w, &whiteouts), "writable layer of pid %d", pid);
+  TRY_CTX(Whiteouts(rfd, mfd, ufd.valid() ? ufd.get() : -1, "", w, &whiteouts),
+          "writable layer of pid %d", pid);
   TRY(w.Close());
   TRY(blob.Close());
   LOG_DEBUG("writable layer of pid %d: %lu changed, %lu deleted, %lu bytes", pid,

@@ -49,8 +49,13 @@ Result<img::RootfsIdentity> IdentifyRootfs(const std::string& path);
 // every entry of /proc/PID/root that is new or differs from rootfs (kind, mode, owner, size,
 // mtime, target), and a whiteout for every rootfs entry that is gone. Returns false and writes
 // nothing when the container's root is the rootfs directory itself (its writes went there).
+// `upper`: the overlay's upper directory as seen from here, when known (the runtime's storage).
+// If it is the upperdir of the container's root mount, only the directories it has are walked:
+// every change below a directory copies that directory up, so the rest equals the rootfs (the
+// walk then costs what changed, not the size of the rootfs).
 Result<bool> DumpLayer(pid_t pid, const std::string& rootfs, images::Sink& sink,
-                       images::Compression compression = images::Compression::kNone);
+                       images::Compression compression = images::Compression::kNone,
+                       const std::string& upper = "");
 // Applies the diff to dir, normally the restored container's root (/proc/PID/root).
 Result<void> RestoreLayer(const images::ImageSet& images, const std::string& dir);
 

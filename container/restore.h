@@ -40,6 +40,26 @@ struct TreeRestoreRequest {
 struct TreeRestoreResult {
   pid_t root_host_pid = 0;
   int processes = 0;
+  double memory_ms = 0;  // the engine's time filling memory (0: not reported)
+};
+
+// Where a restore's time goes (ms, steady clock), in order. running_ms is the restore's share of
+// live migration's downtime: from the start until the tree is detached and runs again.
+struct RestorePhases {
+  double import_ms = 0;    // --import: unpacking the export file
+  double prepare_ms = 0;   // images read, rootfs identity checked, host names and address free
+  double cgroup_ms = 0;    // cgroups created with the limits
+  double plan_ms = 0;      // the root's mount plan
+  double root_ms = 0;      // engine setup and the root task's clone with its root built inside
+  double rootfs_wait_ms = 0;  // the rootfs identity check (it runs alongside): its wait after root
+  double env_ms = 0;       // netns links/addresses/routes, mount contents, ipc (from outside)
+  double cgroup_join_ms = 0;  // the cgroup join (alongside env): its wait after env
+  double tree_ms = 0;      // processes, memory, fds, threads, TCP finalize, detach (engine)
+  double memory_ms = 0;    // of tree_ms: filling memory
+  double tree_rest_ms = 0; // of tree_ms: the rest (forks, fds, state, TCP finalize/unlock, detach)
+  double running_ms = 0;   // start until the container runs again
+  double finish_ms = 0;    // destroyed shm removed, the runtime's state record written
+  double total_ms = 0;
 };
 
 using TreeRestorer = std::function<Result<TreeRestoreResult>(const TreeRestoreRequest&)>;
@@ -63,6 +83,7 @@ struct RestoreResult {
   int processes = 0;
   double environment_ms = 0;  // cgroup, namespaces, mounts, contents
   double total_ms = 0;
+  RestorePhases phases;
 };
 
 Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& restore_tree);

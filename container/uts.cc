@@ -5,12 +5,13 @@
 #include <unistd.h>
 
 #include "container/ns.h"
+#include "container/ns_here.h"
 
 namespace godwit::container::uts {
 
 Result<img::UtsNs> Collect(int uts_ns_fd) {
   img::UtsNs out;
-  TRY_CTX(RunInNamespace(uts_ns_fd, CLONE_NEWUTS,
+  TRY_CTX(RunHere(uts_ns_fd, CLONE_NEWUTS,
                          [&]() -> Result<void> {
                            struct utsname u;
                            if (::uname(&u) < 0) return Errno("uname");
@@ -24,7 +25,7 @@ Result<img::UtsNs> Collect(int uts_ns_fd) {
 
 Result<void> Apply(const img::UtsNs& uts, int uts_ns_fd) {
   TRY_CTX(
-      RunInNamespace(uts_ns_fd, CLONE_NEWUTS,
+      RunHere(uts_ns_fd, CLONE_NEWUTS,
                      [&]() -> Result<void> {
                        if (::sethostname(uts.hostname().data(), uts.hostname().size()) < 0)
                          return Errno("sethostname '%s'", uts.hostname().c_str());

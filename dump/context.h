@@ -42,6 +42,11 @@ struct DumpOptions {
   // deletes the container): TCP connections stay in repair mode and locked, so closing them sends
   // nothing (no FIN, no RST) and the peer's packets are dropped until the restore unlocks.
   bool keep_tcp_locked = false;
+  // zstd without pre-dump rounds compresses the raw pages after the tree is let go. Set by a
+  // caller that holds the tree frozen itself after the engine returns (a container checkpoint
+  // kills its still-frozen cgroup later): that compression is then left to DumpStats::compress,
+  // to run once the tree is gone, instead of inside Dump.
+  bool compress_later = false;
   // Pre-copy: copy memory this many times while the tree runs (the first round everything, then
   // what was written since, tracked with userfaultfd write-protect), then freeze for the final,
   // small, round. 0: a plain dump.
@@ -82,6 +87,9 @@ struct DumpStats {
   std::vector<uint64_t> round_bytes;  // per pre-dump round
   std::vector<pid_t> incompressible;  // --compress zstd, but a sample did not compress: raw
   std::vector<std::pair<std::string, int>> fd_counts;
+  // With DumpOptions::compress_later and deferred zstd: compresses the raw page images in place
+  // (the image set stays complete and raw if it fails); returns the bytes saved.
+  std::function<Result<uint64_t>()> compress;
 };
 
 // Per-process handle during the dump.

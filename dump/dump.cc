@@ -334,16 +334,25 @@ Result<DumpStats> Dump(const DumpOptions& opts) {
         names.push_back(StrFormat("pages-%d.img", p->pid));
     }
     for (const auto& o : ctx.shmem) names.push_back(o.blob());
-    uint64_t before = 0, after = 0;
-    auto c = sink->CompressFinished(names, opts.zstd_level, 2, &before, &after);
-    if (c.ok()) {
-      ctx.stats.bytes_stored -= before - after;
+    std::shared_ptr<images::Sink> done(std::move(sink));
+    auto compress = [done, names, level = opts.zstd_level]() -> Result<uint64_t> {
+      uint64_t before = 0, after = 0;
+      TRY(done->CompressFinished(names, level, 2, &before, &after));
+      return before - after;
+    };
+    if (opts.compress_later) {
+      ctx.stats.compress = compress;
     } else {
-      // The raw images are complete and valid: keep them.
-      LOG_WARN("dump: compressing the images after the dump failed, they stay raw: %s",
-               c.error().to_string().c_str());
+      auto c = compress();
+      if (c.ok()) {
+        ctx.stats.bytes_stored -= *c;
+      } else {
+        // The raw images are complete and valid: keep them.
+        LOG_WARN("dump: compressing the images after the dump failed, they stay raw: %s",
+                 c.error().to_string().c_str());
+      }
+      t_end = Clock::now();
     }
-    t_end = Clock::now();
   }
   ctx.stats.total_ms = Ms(t_start, t_end);
   if (!hook.ok()) return std::move(hook.error().wrap("dump: before_detach"));

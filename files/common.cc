@@ -62,6 +62,48 @@ Result<void> SetStatusFlags(int fd, uint32_t flags) {
   return Ok();
 }
 
+Result<void> DumpOwner(const Probe& p, img::FileEntry& e) {
+  struct f_owner_ex ox = {};
+  if (fcntl(p.local, F_GETOWN_EX, &ox) < 0) return Errno("pid %d fd %d: F_GETOWN_EX", p.pid, p.fd);
+  int sig = fcntl(p.local, F_GETSIG);
+  if (sig < 0) return Errno("pid %d fd %d: F_GETSIG", p.pid, p.fd);
+  if (S_ISREG(p.st.st_mode)) {
+    int lease = fcntl(p.local, F_GETLEASE);
+    if (lease == F_RDLCK || lease == F_WRLCK) e.set_lease_plus1(lease + 1);
+  }
+  if (ox.pid == 0 && sig == 0) return Ok();
+  img::FileOwner* o = e.mutable_owner();
+  o->set_type(ox.type);
+  o->set_pid(ox.pid);
+  o->set_signum(sig);
+  return Ok();
+}
+
+Result<void> RestoreOwner(int fd, const img::FileEntry& e, bool set_pid) {
+  // A lease (file_leases) belongs to the description, like flock.
+  if (!set_pid && e.lease_plus1() && fcntl(fd, F_SETLEASE, e.lease_plus1() - 1) < 0)
+    return Errno("F_SETLEASE %s", e.lease_plus1() == 1 ? "F_RDLCK" : "F_WRLCK");
+  if (!e.has_owner()) return Ok();
+  const img::FileOwner& o = e.owner();
+  if (!set_pid) {
+    if (o.signum() && fcntl(fd, F_SETSIG, o.signum()) < 0) return Errno("F_SETSIG %d", o.signum());
+    return Ok();
+  }
+  if (o.pid() == 0) return Ok();
+  struct f_owner_ex ox = {static_cast<__pid_type>(o.type()), o.pid()};
+  if (fcntl(fd, F_SETOWN_EX, &ox) < 0) {
+    // A pid outside the restored tree (gone, or another pid namespace's number): signals for
+    // this file go nowhere, as they would have if that process had exited.
+    if (errno == ESRCH) {
+      LOG_WARN("file id %llu: owner %d (type %d) does not exist: no owner",
+               static_cast<unsigned long long>(e.id()), o.pid(), o.type());
+      return Ok();
+    }
+    return Errno("F_SETOWN_EX type %d pid %d", o.type(), o.pid());
+  }
+  return Ok();
+}
+
 std::string KindName(img::FileKind k) {
   const KindOps* ops = FindKind(k);
   return ops ? ops->name : StrFormat("kind-%d", static_cast<int>(k));
@@ -154,6 +196,8 @@ Result<int> RestoreContext::Ensure(uint64_t file_id) {
   if (Prepared(file_id) >= 0) return Prepared(file_id);
   UniqueFd fd = std::move(*r);
   TRY_CTX(SetStatusFlags(fd.get(), e->flags()), "%s file id %llu", ops->name,
+          static_cast<unsigned long long>(file_id));
+  TRY_CTX(RestoreOwner(fd.get(), *e, false), "%s file id %llu", ops->name,
           static_cast<unsigned long long>(file_id));
   for (const auto& l : e->locks())
     TRY_CTX(ApplyLock(fd.get(), l), "%s file id %llu", ops->name,

@@ -2,6 +2,7 @@
 // open file description), deduplicates shared descriptions with kcmp(KCMP_FILE) among fds on
 // the same inode, and lets the kind table record each new description once.
 #include <dirent.h>
+#include <stdio.h>
 #include <fcntl.h>
 #include <linux/kcmp.h>
 #include <sys/socket.h>
@@ -38,6 +39,27 @@ struct PendingEpoll {
   pid_t pid;
   int fd;
 };
+
+// A session leader's controlling terminal, when it is a pty (/proc/PID/stat: session, tty_nr).
+Result<void> DumpCtty(pid_t pid, img::ProcessFds& pf) {
+  std::string path = StrFormat("/proc/%d/stat", pid);
+  FILE* f = fopen(path.c_str(), "re");
+  if (!f) return Errno("open %s", path.c_str());
+  char buf[1024];
+  size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+  fclose(f);
+  buf[n] = 0;
+  const char* rp = strrchr(buf, ')');
+  int ppid = 0, pgrp = 0, sid = 0, tty_nr = 0;
+  char state;
+  if (!rp || sscanf(rp + 1, " %c %d %d %d %d", &state, &ppid, &pgrp, &sid, &tty_nr) != 5)
+    return MakeError(ErrorKind::kGeneric, 0, "%s: cannot parse", path.c_str());
+  unsigned maj = (static_cast<unsigned>(tty_nr) >> 8) & 0xfff;
+  unsigned min = (tty_nr & 0xff) | ((static_cast<unsigned>(tty_nr) >> 12) & 0xfff00);
+  if (sid != pid || !tty_nr || maj < 136 || maj > 143) return Ok();
+  pf.set_ctty_pty(static_cast<int>((maj - 136) * 256 + min) + 1);
+  return Ok();
+}
 
 }  // namespace
 
@@ -81,6 +103,14 @@ Result<void> FdDumperImpl::DumpProcess(pid_t pid) {
     if (errno == ESRCH) return MakeError(ErrorKind::kNotFound, ESRCH, "pid %d is gone", pid);
     return Errno("pidfd_open %d", pid);
   }
+  // Processes sharing one fd table (clone CLONE_FILES without CLONE_THREAD, zdtm fdt_shared):
+  // restore would give each its own table, and an fd one of them opens later would not appear
+  // in the other. Refused until restore can clone with CLONE_FILES.
+  for (pid_t other : pids_)
+    if (Kcmp(pid, other, KCMP_FILES, 0, 0) == 0)
+      return MakeError(ErrorKind::kUnsupported, 0,
+                       "pid %d shares its fd table with pid %d (clone CLONE_FILES): not supported",
+                       pid, other);
   std::string dir = StrFormat("/proc/%d/fd", pid);
   DIR* d = opendir(dir.c_str());
   if (!d) return Errno("opendir %s", dir.c_str());
@@ -143,6 +173,7 @@ Result<void> FdDumperImpl::DumpProcess(pid_t pid) {
       e.set_kind(kind);
       e.set_flags(p.info.flags & ~O_CLOEXEC);
       e.set_pos(p.info.pos);
+      TRY(DumpOwner(p, e));
       for (const auto& l : locks)
         if (l.type() != img::LOCK_TYPE_POSIX) *e.add_locks() = l;
       TRY_CTX(ops->dump(ctx_, p, e), "pid %d fd %d (%s %s)", pid, fd, ops->name, p.link.c_str());
@@ -162,6 +193,7 @@ Result<void> FdDumperImpl::DumpProcess(pid_t pid) {
         if (l.type() == img::LOCK_TYPE_POSIX) *fe->add_posix_locks() = l;
     counts_["fds"]++;
   }
+  TRY(DumpCtty(pid, pf));
   pids_.push_back(pid);
   for (const PendingEpoll& pe : epolls) TRY(ResolveEpoll(pe));
   return images::WriteImage(sink_, StrFormat("fds-%d.img", pid), pf);

@@ -205,6 +205,15 @@ Result<void> FdRestorerImpl::Install(pid_t old_pid) {
   for (const auto& fe : pf.fds())
     for (const auto& l : fe.posix_locks())
       TRY_CTX(ApplyLock(fe.fd(), l), "pid %d fd %d: POSIX lock", old_pid, fe.fd());
+  // 6. File owners (F_SETOWN): this process, its parents and children exist now, with the
+  //    numbers of this pid namespace.
+  for (const auto& fe : pf.fds()) {
+    const img::FileEntry* e = ctx_->Entry(fe.file_id());
+    if (e && e->has_owner() && e->owner().pid())
+      TRY_CTX(RestoreOwner(fe.fd(), *e, true), "pid %d fd %d", old_pid, fe.fd());
+  }
+  // 7. A session leader's controlling pty (we are past setsid here).
+  if (pf.ctty_pty()) TRY(SetCtty(*ctx_, pf, old_pid));
   return Ok();
 }
 
@@ -251,6 +260,11 @@ Result<UniqueFd> FdRestorerImpl::TakeFromTree(uint64_t file_id) {
 
 Result<void> FdRestorerImpl::Finalize() {
   ClosePrepared();
+  // Unix socket files unlinked before the dump that had to stay until now (listeners), and the
+  // directories made for them; only what this coordinator prepared (its paths).
+  for (const auto& [id, e] : ctx_->entries_)
+    if (e.kind() == img::FILE_KIND_UNIX && ctx_->prepared_.count(id))
+      TRY(FinalizeUnix(*ctx_, e, -1));
   // Prepared by a container's root task, not here: take them from the restored tree.
   for (const auto& [id, e] : ctx_->entries_) {
     if (!FindKind(e.kind())->finalize || ctx_->finalize_fds_.count(id)) continue;

@@ -59,6 +59,7 @@ struct UnixDiag {
   std::vector<uint64_t> icons;  // a listener's pending connections
   uint32_t rqueue = 0, wqueue = 0;
   int shutdown = -1;
+  uint32_t vfs_ino = 0, vfs_dev = 0;  // the bound socket file's inode (0: not bound to a path)
 };
 using UnixDiagMap = std::map<uint64_t, UnixDiag>;
 // Every unix socket of the net namespace nlsock lives in.
@@ -86,6 +87,7 @@ class DumpContext {
 
   // Per-kind state that spans descriptions (e.g. pipes whose data is stored already).
   std::set<uint64_t> pipes_with_data;
+  std::set<int> ptys_with_data;  // pty indexes whose queued input was saved
   // The unix sockets of pid's net namespace (one sock_diag dump per namespace: the tree is
   // frozen, nothing changes).
   Result<const UnixDiagMap*> UnixSockets(pid_t pid);
@@ -133,6 +135,8 @@ class RestoreContext {
   std::map<int, std::pair<int, int>> ptys;        // pty index -> (master, slave)
   std::set<std::string> used;                     // per-kind markers ("pipe:ID:r")
   std::map<std::string, int> named_fds;           // per-kind fds by key ("unix:INO", "memfd:INO")
+  std::vector<std::string> made_dirs;             // made for unlinked unix socket names; removed
+                                                  // again (deepest first) in Finalize
 
   // Moves fd to the first free number >= base_ (close-on-exec in the coordinator).
   Result<int> Park(UniqueFd fd);
@@ -172,6 +176,11 @@ Result<UniqueFd> Reopen(int fd, int flags);
 // Sets O_APPEND/O_NONBLOCK/O_ASYNC/O_DIRECT/O_NOATIME from flags with F_SETFL.
 Result<void> SetStatusFlags(int fd, uint32_t flags);
 std::string KindName(img::FileKind k);
+// The description's F_SETOWN_EX owner and F_SETSIG signal (proto FileOwner), and its lease.
+// Restore sets signal and lease when the file is opened (set_pid false), the owner in Install
+// (true).
+Result<void> DumpOwner(const Probe& p, img::FileEntry& e);
+Result<void> RestoreOwner(int fd, const img::FileEntry& e, bool set_pid);
 
 // Per-kind entry points, defined in kind_<name>.cc.
 #define GODWIT_KIND_DECL(n)                                               \
@@ -195,6 +204,10 @@ GODWIT_KIND_DECL(Netlink)
 #undef GODWIT_KIND_DECL
 Result<void> InstallEpoll(RestoreContext& ctx, const img::FileEntry& e, pid_t pid);
 Result<void> FinalizeInet(RestoreContext& ctx, const img::FileEntry& e, int fd);
+// Called by FdRestorer::Finalize for each unix socket the coordinator prepared (fd unused).
+Result<void> FinalizeUnix(RestoreContext& ctx, const img::FileEntry& e, int fd);
+// Install: a session leader's controlling pty (ProcessFds.ctty_pty), in the restored process.
+Result<void> SetCtty(RestoreContext& ctx, const img::ProcessFds& pf, pid_t old_pid);
 
 // Locks (locks.cc): flock/OFD belong to the description, POSIX locks to the process.
 std::vector<img::FileLock> ParseLocks(const FdInfo& info);

@@ -20,6 +20,7 @@
 #include <linux/sockios.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <netinet/udp.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -168,6 +169,12 @@ Result<void> DumpInet(DumpContext& ctx, const Probe& p, img::FileEntry& e) {
   sk->set_ttl(GetInt(fd, v6 ? SOL_IPV6 : SOL_IP, v6 ? IPV6_UNICAST_HOPS : IP_TTL));
   if (v6) sk->set_v6only(GetInt(fd, SOL_IPV6, IPV6_V6ONLY));
   if (sk->type() == SOCK_DGRAM) {
+    // Datagrams held back by UDP_CORK are not in any queue godwit can read (CRIU refuses too).
+    int held = 0;
+    if (sk->protocol() == IPPROTO_UDP && GetInt(fd, SOL_UDP, UDP_CORK) &&
+        ioctl(fd, SIOCOUTQ, &held) == 0 && held > 0)
+      return MakeError(ErrorKind::kUnsupported, 0, "corked UDP socket %s -> %s holds %d bytes "
+                       "(UDP_CORK)", AddrStr(sk->src()).c_str(), AddrStr(sk->dst()).c_str(), held);
     sk->set_state(sk->dst().empty() ? TCP_CLOSE : TCP_ESTABLISHED);
     return PeekQueue(ctx, fd, false, sk->mutable_queue());
   }

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <vector>
 
 #include "common/fs.h"
 #include "files/kind.h"
@@ -17,8 +18,10 @@ namespace godwit::files {
 namespace {
 constexpr int kMaxPipe = 1 << 20;  // /proc/sys/fs/pipe-max-size without CAP_SYS_RESOURCE
 
-// Copies the unread bytes of the pipe behind fd without consuming them.
-Result<std::string> PeekPipe(int fd, int capacity) {
+// Copies the unread bytes of the pipe behind fd without consuming them. tee() keeps the
+// buffers' packet marks (O_DIRECT writers), and a read never crosses one: each read's length is
+// one packet, kept in packets.
+Result<std::string> PeekPipe(int fd, int capacity, std::vector<uint32_t>* packets) {
   int tmp[2];
   if (pipe2(tmp, O_CLOEXEC | O_NONBLOCK) < 0) return Errno("pipe2");
   UniqueFd r(tmp[0]), w(tmp[1]);
@@ -30,7 +33,13 @@ Result<std::string> PeekPipe(int fd, int capacity) {
     return Errno("tee");
   }
   out.resize(n);
-  TRY(fs::ReadAll(r.get(), out.data(), n));
+  for (ssize_t got = 0; got < n;) {
+    ssize_t k = read(r.get(), out.data() + got, n - got);
+    if (k < 0 && errno == EINTR) continue;
+    if (k <= 0) return Errno("read peeked pipe data");
+    packets->push_back(static_cast<uint32_t>(k));
+    got += k;
+  }
   return out;
 }
 
@@ -52,7 +61,12 @@ Result<void> DumpPipeCommon(DumpContext& ctx, const Probe& p, img::FileEntry& e)
       rd.reset(open(StrFormat("/proc/%d/fd/%d", p.pid, p.fd).c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC));
       if (!rd) return Errno("pid %d fd %d: reopen %s for reading", p.pid, p.fd, p.link.c_str());
     }
-    ASSIGN_OR_RETURN(std::string data, PeekPipe(rd ? rd.get() : p.local, cap));
+    std::vector<uint32_t> packets;
+    ASSIGN_OR_RETURN(std::string data, PeekPipe(rd ? rd.get() : p.local, cap, &packets));
+    // More than one read: packet boundaries (only packet-mode writes make them; the read end
+    // itself never has O_DIRECT).
+    if (packets.size() > 1)
+      for (uint32_t k : packets) pf->add_packets(k);
     pf->set_data_owner(true);
     ASSIGN_OR_RETURN(*pf->mutable_data(), ctx.Blob(data.data(), data.size()));
   }
@@ -80,7 +94,21 @@ Result<void> WriteData(RestoreContext& ctx, uint64_t pipe_id, img::FileKind kind
   if (data.empty()) return Ok();
   int fl = fcntl(wfd, F_GETFL);
   fcntl(wfd, F_SETFL, fl | O_NONBLOCK);  // never block the coordinator: it all fits or fails
-  auto r = fs::WriteAll(wfd, data.data(), data.size());
+  Result<void> r = Ok();
+  if (holder->pipe().packets_size()) {
+    // One write per packet: the restored pipe is in packet mode (O_DIRECT) too.
+    size_t off = 0;
+    for (uint32_t k : holder->pipe().packets()) {
+      if (off + k > data.size()) return MakeError(ErrorKind::kBadImage, 0, "pipe packets exceed data");
+      if (write(wfd, data.data() + off, k) != static_cast<ssize_t>(k)) {
+        r = Errno("write packet of %u bytes", k);
+        break;
+      }
+      off += k;
+    }
+  } else {
+    r = fs::WriteAll(wfd, data.data(), data.size());
+  }
   fcntl(wfd, F_SETFL, fl);
   TRY_CTX(r, "refill pipe %llu with %zu bytes", static_cast<unsigned long long>(pipe_id), data.size());
   return Ok();
@@ -96,8 +124,16 @@ Result<UniqueFd> OpenPipe(RestoreContext& ctx, const img::FileEntry& e) {
   bool reader = (e.flags() & O_ACCMODE) == O_RDONLY;
   auto it = ctx.pipes.find(id);
   if (it == ctx.pipes.end()) {
+    // A packet-mode pipe: O_DIRECT cannot be set later with F_SETFL (EINVAL on pipes), only
+    // cleared; so the pipe is made with it (pipe2 gives it to the write end) when a
+    // description had it or queued packets must stay packets.
+    int direct = 0;
+    for (const auto& [oid, oe] : ctx.entries())
+      if (oe.kind() == img::FILE_KIND_PIPE && oe.pipe().pipe_id() == id &&
+          ((oe.flags() & O_DIRECT) || oe.pipe().packets_size()))
+        direct = O_DIRECT;
     int fds[2];
-    if (pipe2(fds, O_CLOEXEC) < 0) return Errno("pipe2");
+    if (pipe2(fds, O_CLOEXEC | direct) < 0) return Errno("pipe2");
     UniqueFd r(fds[0]), w(fds[1]);
     TRY(Refill(ctx, e, w.get()));
     TRY(WriteData(ctx, id, img::FILE_KIND_PIPE, w.get()));
@@ -129,13 +165,37 @@ Result<UniqueFd> OpenFifo(RestoreContext& ctx, const img::FileEntry& e) {
   uint64_t id = e.pipe().pipe_id();
   auto it = ctx.pipes.find(id);
   if (it == ctx.pipes.end()) {
-    const std::string& path = e.pipe().path();
-    struct stat st;
-    if (stat(path.c_str(), &st) < 0) return Errno("stat FIFO %s", path.c_str());
-    if (!S_ISFIFO(st.st_mode))
-      return MakeError(ErrorKind::kBadImage, 0, "%s is not a FIFO any more", path.c_str());
-    UniqueFd rw(open(path.c_str(), O_RDWR | O_NONBLOCK | O_CLOEXEC));
-    if (!rw) return Errno("open FIFO %s O_RDWR", path.c_str());
+    std::string path = e.pipe().path();
+    UniqueFd rw;
+    constexpr const char kDeleted[] = " (deleted)";
+    size_t dl = strlen(kDeleted);
+    if (path.size() > dl && path.compare(path.size() - dl, dl, kDeleted) == 0) {
+      // An unlinked FIFO (unlink_fifo): made again under a free name beside the old one, opened
+      // and unlinked; the descriptions reopen it through /proc/self/fd.
+      path.resize(path.size() - dl);
+      for (int i = 0; i < 1000 && !rw; i++) {
+        std::string p = StrFormat("%s.godwit-ghost.%d", path.c_str(), i);
+        if (mkfifo(p.c_str(), 0600) < 0) {
+          if (errno == EEXIST) continue;
+          return Errno("mkfifo ghost of deleted FIFO %s", p.c_str());
+        }
+        rw.reset(open(p.c_str(), O_RDWR | O_NONBLOCK | O_CLOEXEC));
+        int err = errno;
+        unlink(p.c_str());
+        if (!rw) {
+          errno = err;
+          return Errno("open ghost FIFO %s", p.c_str());
+        }
+      }
+      if (!rw) return MakeError(ErrorKind::kExists, EEXIST, "no free name for ghost of %s", path.c_str());
+    } else {
+      struct stat st;
+      if (stat(path.c_str(), &st) < 0) return Errno("stat FIFO %s", path.c_str());
+      if (!S_ISFIFO(st.st_mode))
+        return MakeError(ErrorKind::kBadImage, 0, "%s is not a FIFO any more", path.c_str());
+      rw.reset(open(path.c_str(), O_RDWR | O_NONBLOCK | O_CLOEXEC));
+      if (!rw) return Errno("open FIFO %s O_RDWR", path.c_str());
+    }
     TRY(Refill(ctx, e, rw.get()));
     TRY(WriteData(ctx, id, img::FILE_KIND_FIFO, rw.get()));
     ASSIGN_OR_RETURN(int prw, ctx.Park(std::move(rw)));

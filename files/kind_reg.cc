@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <vector>
 
 #include "common/fs.h"
 #include "common/log.h"
@@ -25,11 +26,12 @@ bool EndsWith(const std::string& s, const std::string& suf) {
 // Open flags for restore: never create or truncate what exists (the file is there already).
 int OpenFlags(uint32_t flags) { return (flags & ~(O_CREAT | O_TRUNC | O_EXCL | O_CLOEXEC)) | O_CLOEXEC; }
 
-Result<void> ReadWhole(int fd, uint64_t size, std::string* out) {
-  out->resize(size);
+Result<void> ReadAt(int fd, uint64_t off, uint64_t size, std::string* out) {
+  size_t base = out->size();
+  out->resize(base + size);
   size_t done = 0;
   while (done < size) {
-    ssize_t n = pread(fd, out->data() + done, size - done, done);
+    ssize_t n = pread(fd, out->data() + base + done, size - done, off + done);
     if (n < 0) {
       if (errno == EINTR) continue;
       return Errno("pread");
@@ -37,8 +39,28 @@ Result<void> ReadWhole(int fd, uint64_t size, std::string* out) {
     if (n == 0) break;
     done += n;
   }
-  out->resize(done);
+  out->resize(base + done);
   return Ok();
+}
+
+// The data extents of fd (a sparse file keeps only them), in order; the whole file when the
+// filesystem cannot tell.
+std::vector<std::pair<uint64_t, uint64_t>> Extents(int fd, uint64_t size) {
+  std::vector<std::pair<uint64_t, uint64_t>> out;
+  off_t pos = 0;
+  while (static_cast<uint64_t>(pos) < size) {
+    off_t data = lseek(fd, pos, SEEK_DATA);
+    if (data < 0) {
+      if (errno == ENXIO) break;  // only a hole up to the end
+      return {{0, size}};
+    }
+    off_t hole = lseek(fd, data, SEEK_HOLE);
+    if (hole < 0) return {{0, size}};
+    if (static_cast<uint64_t>(hole) > size) hole = static_cast<off_t>(size);
+    out.emplace_back(data, hole - data);
+    pos = hole;
+  }
+  return out;
 }
 }  // namespace
 
@@ -51,16 +73,27 @@ Result<void> DumpReg(DumpContext& ctx, const Probe& p, img::FileEntry& e) {
     if (!S_ISREG(p.st.st_mode))
       return MakeError(ErrorKind::kUnsupported, 0, "pid %d fd %d: deleted directory %s", p.pid,
                        p.fd, path.c_str());
-    if (static_cast<uint64_t>(p.st.st_size) > kMaxGhost)
-      return MakeError(ErrorKind::kUnsupported, 0, "pid %d fd %d: deleted file %s too large (%lld)",
-                       p.pid, p.fd, path.c_str(), static_cast<long long>(p.st.st_size));
     // Our copy shares the position with the process: pread leaves it alone. An O_WRONLY
-    // description cannot be read: go through /proc/PID/fd, which opens the inode afresh.
+    // description cannot be read: go through /proc/PID/fd, which opens the inode afresh (and
+    // has its own position for SEEK_DATA/SEEK_HOLE).
     UniqueFd rd(open(StrFormat("/proc/%d/fd/%d", p.pid, p.fd).c_str(), O_RDONLY | O_CLOEXEC));
     if (!rd) return Errno("pid %d fd %d: open deleted file %s", p.pid, p.fd, path.c_str());
+    auto extents = Extents(rd.get(), p.st.st_size);
+    uint64_t bytes = 0;
+    for (const auto& [off, len] : extents) bytes += len;
+    if (bytes > kMaxGhost)
+      return MakeError(ErrorKind::kUnsupported, 0,
+                       "pid %d fd %d: deleted file %s too large (%llu bytes of data)", p.pid, p.fd,
+                       path.c_str(), static_cast<unsigned long long>(bytes));
     std::string data;
-    TRY_CTX(ReadWhole(rd.get(), p.st.st_size, &data), "pid %d fd %d: %s", p.pid, p.fd, path.c_str());
+    for (const auto& [off, len] : extents) {
+      TRY_CTX(ReadAt(rd.get(), off, len, &data), "pid %d fd %d: %s", p.pid, p.fd, path.c_str());
+      r->add_extent_offsets(off);
+      r->add_extent_lengths(len);
+    }
     ASSIGN_OR_RETURN(*r->mutable_data(), ctx.Blob(data.data(), data.size()));
+    r->set_atime_ns(p.st.st_atim.tv_sec * 1000000000ll + p.st.st_atim.tv_nsec);
+    r->set_mtime_ns(p.st.st_mtim.tv_sec * 1000000000ll + p.st.st_mtim.tv_nsec);
   }
   r->set_path(path);
   r->set_mode(p.st.st_mode);
@@ -89,13 +122,42 @@ static Result<UniqueFd> OpenGhost(RestoreContext& ctx, const img::FileEntry& e) 
   }
   if (!fd) return MakeError(ErrorKind::kExists, EEXIST, "no free name for ghost of %s", path.c_str());
   auto unlink_ghost = [&] { unlink(path.c_str()); };
-  TRY_CTX(fs::WriteAll(fd.get(), data.data(), data.size()), "write ghost %s", path.c_str());
+  if (r.extent_offsets_size()) {
+    if (r.extent_offsets_size() != r.extent_lengths_size())
+      return MakeError(ErrorKind::kBadImage, 0, "ghost %s: extents without lengths", path.c_str());
+    size_t at = 0;
+    for (int i = 0; i < r.extent_offsets_size(); i++) {
+      uint64_t len = r.extent_lengths(i), off = r.extent_offsets(i);
+      if (at + len > data.size()) {
+        unlink_ghost();
+        return MakeError(ErrorKind::kBadImage, 0, "ghost %s: extents exceed data", path.c_str());
+      }
+      for (uint64_t done = 0; done < len;) {
+        ssize_t n = pwrite(fd.get(), data.data() + at + done, len - done, off + done);
+        if (n <= 0) {
+          unlink_ghost();
+          return Errno("write ghost %s at %llu", path.c_str(), static_cast<unsigned long long>(off));
+        }
+        done += n;
+      }
+      at += len;
+    }
+  } else {
+    auto w = fs::WriteAll(fd.get(), data.data(), data.size());
+    if (!w.ok()) unlink_ghost();
+    TRY_CTX(w, "write ghost %s", path.c_str());
+  }
   if (ftruncate(fd.get(), r.size()) < 0) {
     unlink_ghost();
     return Errno("ftruncate ghost %s", path.c_str());
   }
   fchown(fd.get(), r.uid(), r.gid());
   fchmod(fd.get(), r.mode() & 07777);
+  if (r.mtime_ns()) {
+    struct timespec ts[2] = {{static_cast<time_t>(r.atime_ns() / 1000000000), static_cast<long>(r.atime_ns() % 1000000000)},
+                             {static_cast<time_t>(r.mtime_ns() / 1000000000), static_cast<long>(r.mtime_ns() % 1000000000)}};
+    futimens(fd.get(), ts);  // last: writes would move mtime again
+  }
   UniqueFd out(open(path.c_str(), OpenFlags(e.flags())));
   int err = errno;
   unlink_ghost();

@@ -11,10 +11,103 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
+#include "common/fs.h"
+#include "common/log.h"
 #include "files/kind.h"
 
 namespace godwit::files {
+
+// The input queued for the slave (what the master wrote, not yet read): read now through a new
+// description of the slave (non-blocking, not the process's). With --leave-running it goes back
+// with TIOCSTI.
+static Result<void> DumpTtyInput(DumpContext& ctx, const Probe& p, img::TtyFile* t) {
+  UniqueFd rd(open(StrFormat("/proc/%d/fd/%d", p.pid, p.fd).c_str(),
+                   O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC));
+  if (!rd) return Errno("pid %d fd %d: reopen %s", p.pid, p.fd, p.link.c_str());
+  std::string data;
+  char buf[4096];
+  for (;;) {
+    ssize_t n = read(rd.get(), buf, sizeof(buf));
+    if (n > 0) {
+      data.append(buf, n);
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    break;  // EAGAIN: empty (or only a partial canonical line, which stays)
+  }
+  if (data.empty()) return Ok();
+  ASSIGN_OR_RETURN(*t->mutable_input(), ctx.Blob(data.data(), data.size()));
+  if (ctx.opts().leave_running) {
+    int keep = fcntl(rd.get(), F_DUPFD_CLOEXEC, 0);
+    ctx.OnResume([keep, data] {
+      for (char c : data) ioctl(keep, TIOCSTI, &c);
+      close(keep);
+    });
+  }
+  return Ok();
+}
+
+// Writes data to the slave with output processing off, so the master reads exactly these bytes
+// (they were processed when first written); waits (bounded) until the master has them.
+static Result<void> WriteRawOutput(int master, int slave, const std::string& data) {
+  struct termios orig {};
+  if (tcgetattr(slave, &orig) < 0) return Errno("tcgetattr");
+  struct termios raw = orig;
+  raw.c_oflag &= ~OPOST;
+  if (tcsetattr(slave, TCSANOW, &raw) < 0) return Errno("tcsetattr");
+  int fl = fcntl(slave, F_GETFL);
+  fcntl(slave, F_SETFL, fl | O_NONBLOCK);
+  auto w = fs::WriteAll(slave, data.data(), data.size());
+  fcntl(slave, F_SETFL, fl);
+  for (int i = 0; i < 1000 && w.ok() && master >= 0; i++) {
+    int n = 0;
+    if (ioctl(master, FIONREAD, &n) < 0 || static_cast<size_t>(n) >= data.size()) break;
+    usleep(1000);
+  }
+  if (tcsetattr(slave, TCSANOW, &orig) < 0) return Errno("tcsetattr");
+  TRY_CTX(w, "requeue %zu bytes of pty output", data.size());
+  return Ok();
+}
+
+// The output waiting for the master: read through the process's own description (a master
+// cannot be reopened), non-blocking for the while (the tree is frozen).
+static Result<void> DumpTtyOutput(DumpContext& ctx, const Probe& p, img::TtyFile* t, int index) {
+  int avail = 0;
+  if (ioctl(p.local, FIONREAD, &avail) < 0 || avail <= 0) return Ok();
+  int fl = fcntl(p.local, F_GETFL);
+  if (fl < 0) return Errno("pid %d fd %d: F_GETFL", p.pid, p.fd);
+  fcntl(p.local, F_SETFL, fl | O_NONBLOCK);
+  std::string data;
+  char buf[4096];
+  for (;;) {
+    ssize_t n = read(p.local, buf, sizeof(buf));
+    if (n > 0) {
+      data.append(buf, n);
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    break;
+  }
+  fcntl(p.local, F_SETFL, fl);
+  if (data.empty()) return Ok();
+  ASSIGN_OR_RETURN(*t->mutable_output(), ctx.Blob(data.data(), data.size()));
+  if (ctx.opts().leave_running) {
+    int keep = fcntl(p.local, F_DUPFD_CLOEXEC, 0);
+    std::string slave_path = StrFormat("/proc/%d/root/dev/pts/%d", p.pid, index);
+    ctx.OnResume([keep, data, slave_path] {
+      int s = open(slave_path.c_str(), O_RDWR | O_NOCTTY | O_CLOEXEC);
+      if (s >= 0) {
+        auto r = WriteRawOutput(keep, s, data);
+        if (!r.ok()) LOG_WARN("pty output not given back: %s", r.error().to_string().c_str());
+        close(s);
+      }
+      close(keep);
+    });
+  }
+  return Ok();
+}
 
 Result<void> DumpTty(DumpContext& ctx, const Probe& p, img::FileEntry& e) {
   img::TtyFile* t = e.mutable_tty();
@@ -28,12 +121,14 @@ Result<void> DumpTty(DumpContext& ctx, const Probe& p, img::FileEntry& e) {
     if (ioctl(p.local, TIOCGPTLCK, &lock) == 0) t->set_locked(lock);
     int pkt = 0;
     if (ioctl(p.local, TIOCGPKT, &pkt) == 0) t->set_pkt_mode(pkt);
+    if (!pkt) TRY(DumpTtyOutput(ctx, p, t, index));  // packet mode: a status byte per read
     t->set_path(StrFormat("/dev/pts/%d", index));
   } else {
     index = minor(p.st.st_rdev) + (maj - 136) * 256;
     t->set_path(p.link);
   }
   t->set_pty_index(index);
+  if (!master && ctx.ptys_with_data.insert(index).second) TRY(DumpTtyInput(ctx, p, t));
   struct termios tio {};
   if (tcgetattr(p.local, &tio) == 0) {
     img::Termios* x = t->mutable_termios();
@@ -73,12 +168,74 @@ static Result<void> ApplyTermios(int fd, const img::TtyFile& t) {
   return Ok();
 }
 
+// Queued input goes in through the master again, with echo and input translation off for the
+// while (it was echoed and translated the first time); the line discipline forms its lines again.
+static Result<void> RequeueInput(RestoreContext& ctx, const img::TtyFile& t, int master, int slave) {
+  ASSIGN_OR_RETURN(std::string data, ctx.ReadBlob(t.input()));
+  struct termios orig {};
+  if (tcgetattr(slave, &orig) < 0) return Errno("tcgetattr");
+  struct termios raw = orig;
+  raw.c_lflag &= ~(ECHO | ECHONL | ECHOE | ECHOK | ECHOCTL | ISIG | IEXTEN);
+  raw.c_iflag &= ~(ICRNL | INLCR | IGNCR | ISTRIP | IXON | IUCLC);
+  if (tcsetattr(slave, TCSANOW, &raw) < 0) return Errno("tcsetattr");
+  int fl = fcntl(master, F_GETFL);
+  fcntl(master, F_SETFL, fl | O_NONBLOCK);
+  auto w = fs::WriteAll(master, data.data(), data.size());
+  fcntl(master, F_SETFL, fl);
+  // The line discipline takes the bytes asynchronously: wait until the slave has them all
+  // queued before the settings change back (bounded: a kernel worker flushes them).
+  size_t want = data.size();
+  if (orig.c_lflag & ICANON) {  // only whole lines count as readable
+    size_t nl = data.find_last_of('\n');
+    want = nl == std::string::npos ? 0 : nl + 1;
+  }
+  for (int i = 0; i < 1000 && w.ok(); i++) {
+    int n = 0;
+    if (ioctl(slave, FIONREAD, &n) < 0 || static_cast<size_t>(n) >= want) break;
+    usleep(1000);
+  }
+  if (tcsetattr(slave, TCSANOW, &orig) < 0) return Errno("tcsetattr");
+  TRY_CTX(w, "requeue %zu bytes of pty input", data.size());
+  return Ok();
+}
+
+Result<void> SetCtty(RestoreContext& ctx, const img::ProcessFds& pf, pid_t old_pid) {
+  for (const auto& fe : pf.fds()) {
+    const img::FileEntry* x = ctx.Entry(fe.file_id());
+    if (!x || x->kind() != img::FILE_KIND_TTY || x->tty().master() ||
+        x->tty().pty_index() != pf.ctty_pty() - 1)
+      continue;
+    if (ioctl(fe.fd(), TIOCSCTTY, 0) < 0)
+      return Errno("pid %d: make fd %d (pty %d) the controlling terminal", old_pid, fe.fd(),
+                   pf.ctty_pty() - 1);
+    return Ok();
+  }
+  LOG_WARN("pid %d: its controlling terminal (pty %d) is open on no fd of it: not restored",
+           old_pid, pf.ctty_pty() - 1);
+  return Ok();
+}
+
 Result<UniqueFd> OpenTty(RestoreContext& ctx, const img::FileEntry& e) {
   const img::TtyFile& t = e.tty();
   auto it = ctx.ptys.find(t.pty_index());
   if (it == ctx.ptys.end()) {
-    UniqueFd m(open("/dev/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC));
-    if (!m) return Errno("open /dev/ptmx");
+    // The same pts number when it is free (programs remember ttyname): devpts hands out the
+    // lowest free index, so the lower free ones are held open until the wanted one comes.
+    UniqueFd m;
+    std::vector<UniqueFd> lower;
+    for (int tries = 0; tries <= 256; tries++) {
+      UniqueFd c(open("/dev/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC));
+      if (!c) return Errno("open /dev/ptmx");
+      int got = -1;
+      if (ioctl(c.get(), TIOCGPTN, &got) < 0 || got >= t.pty_index() || tries == 256) {
+        if (got != t.pty_index())
+          LOG_WARN("pty %d: restored as /dev/pts/%d (taken)", t.pty_index(), got);
+        m = std::move(c);
+        break;
+      }
+      lower.push_back(std::move(c));
+    }
+    lower.clear();
     int unlock = 0;
     if (ioctl(m.get(), TIOCSPTLCK, &unlock) < 0) return Errno("TIOCSPTLCK");
     UniqueFd s(ioctl(m.get(), TIOCGPTPEER, O_RDWR | O_NOCTTY | O_CLOEXEC));
@@ -87,6 +244,16 @@ Result<UniqueFd> OpenTty(RestoreContext& ctx, const img::FileEntry& e) {
     for (const auto& [id, x] : ctx.entries())
       if (x.kind() == img::FILE_KIND_TTY && x.tty().pty_index() == t.pty_index())
         TRY(ApplyTermios(s.get(), x.tty()));
+    for (const auto& [id, x] : ctx.entries())
+      if (x.kind() == img::FILE_KIND_TTY && x.tty().pty_index() == t.pty_index() &&
+          x.tty().has_input())
+        TRY(RequeueInput(ctx, x.tty(), m.get(), s.get()));
+    for (const auto& [id, x] : ctx.entries())
+      if (x.kind() == img::FILE_KIND_TTY && x.tty().pty_index() == t.pty_index() &&
+          x.tty().has_output()) {
+        ASSIGN_OR_RETURN(std::string out, ctx.ReadBlob(x.tty().output()));
+        TRY(WriteRawOutput(m.get(), s.get(), out));
+      }
     for (const auto& [id, x] : ctx.entries())
       if (x.kind() == img::FILE_KIND_TTY && x.tty().pty_index() == t.pty_index() && x.tty().master()) {
         int pkt = x.tty().pkt_mode();

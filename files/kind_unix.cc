@@ -101,6 +101,41 @@ Result<void> Connect(int fd, const std::string& name) {
   return Ok();
 }
 
+// The directories of an unlinked socket's name that are gone too (sk-unix01 removes them): made
+// for the bind, removed again in Finalize.
+void MakeParents(RestoreContext& ctx, const img::UnixSocket& u) {
+  if (!u.name_deleted()) return;
+  std::string path = Reachable(u);
+  if (path.empty() || path[0] != '/') return;
+  std::vector<std::string> missing;
+  for (size_t slash = path.rfind('/'); slash != std::string::npos && slash > 0;
+       slash = path.rfind('/', slash - 1)) {
+    std::string d = path.substr(0, slash);
+    if (access(d.c_str(), F_OK) == 0) break;
+    missing.push_back(d);
+  }
+  for (auto it = missing.rbegin(); it != missing.rend(); ++it)
+    if (mkdir(it->c_str(), 0700) == 0) ctx.made_dirs.push_back(*it);
+}
+
+// An unlinked name: its file goes again (the name may be bound by another socket next).
+void UnlinkName(const img::UnixSocket& u) {
+  if (!u.name_deleted() || u.name().empty() || u.name()[0] == '\0') return;
+  std::string path = Reachable(u);
+  struct stat st;
+  if (lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) unlink(path.c_str());
+}
+
+// The bound socket file as it was: its mode and owner (bind gives it 0777 & ~umask).
+void FixNameFile(const img::UnixSocket& u) {
+  if (u.name_deleted() || !u.name_mode()) return;
+  std::string path = Reachable(u);
+  if (chmod(path.c_str(), u.name_mode()) < 0)
+    LOG_WARN("chmod unix socket file %s: %s", path.c_str(), strerror(errno));
+  if (lchown(path.c_str(), u.name_uid(), u.name_gid()) < 0)
+    LOG_WARN("chown unix socket file %s: %s", path.c_str(), strerror(errno));
+}
+
 // Writes the queue of `e` through `from` (the peer end, or a socket that can reach e).
 Result<void> Requeue(RestoreContext& ctx, const img::UnixSocket& u, int from, const std::string& to) {
   for (const auto& m : u.queue()) {
@@ -156,6 +191,19 @@ Result<void> DumpUnix(DumpContext& ctx, const Probe& p, img::FileEntry& e) {
   }
   u->set_peer_ino(d.peer);
   if (d.shutdown > 0) u->set_shutdown(d.shutdown);
+  if (d.vfs_ino && !d.name.empty() && d.name[0] != '\0') {
+    // The socket file: its mode, or that it was unlinked (or replaced: another inode there).
+    std::string abs = d.name[0] == '/' ? d.name : u->name_dir() + "/" + d.name;
+    struct stat st;
+    if (stat(StrFormat("/proc/%d/root%s", p.pid, abs.c_str()).c_str(), &st) == 0 &&
+        st.st_ino == d.vfs_ino && S_ISSOCK(st.st_mode)) {
+      u->set_name_mode(st.st_mode & 07777);
+      u->set_name_uid(st.st_uid);
+      u->set_name_gid(st.st_gid);
+    } else {
+      u->set_name_deleted(true);
+    }
+  }
   DumpSockOpts(p.local, u->mutable_opts());
   if (d.state == 10 /* TCP_LISTEN */) {
     u->set_backlog(d.wqueue);
@@ -196,6 +244,73 @@ Result<void> DumpUnix(DumpContext& ctx, const Probe& p, img::FileEntry& e) {
   return Ok();
 }
 
+// A socket that is not one end of a pair: bound, listening or connected by name, its queue
+// resent through its name. connected_by_peer: the caller connects it (to an unlinked name).
+Result<UniqueFd> OpenPlain(RestoreContext& ctx, const img::FileEntry& e, bool connected_by_peer) {
+  const img::UnixSocket& u = e.unix_sk();
+  int type = u.type();
+  bool bind_name = !u.name().empty() && !u.accepted();
+  const img::FileEntry* peer = u.peer_ino() ? FindUnix(ctx, u.peer_ino()) : nullptr;
+  UniqueFd s(socket(AF_UNIX, type | SOCK_CLOEXEC, 0));
+  if (!s) return Errno("socket AF_UNIX type %d", type);
+  TRY(RestoreSockOpts(s.get(), u.opts()));
+  if (bind_name) MakeParents(ctx, u);
+  if (bind_name) TRY(Bind(s.get(), type, u.name(), u.name_dir()));
+  if (bind_name) FixNameFile(u);
+  if (bind_name && u.name_deleted() && u.state() != 10) {
+    // Datagram sockets connected to this unlinked name connect now, while the name is there
+    // (made here and kept for their own open); then the name goes again.
+    for (const auto& [cid, ce] : ctx.entries()) {
+      const img::UnixSocket& cu = ce.unix_sk();
+      if (ce.kind() != img::FILE_KIND_UNIX || cu.peer_ino() != u.ino() || cu.ino() == u.ino() ||
+          u.peer_ino() == cu.ino())
+        continue;
+      std::string ckey = StrFormat("unix:%llu", static_cast<unsigned long long>(cu.ino()));
+      if (ctx.named_fds.count(ckey)) continue;
+      ASSIGN_OR_RETURN(UniqueFd c, OpenPlain(ctx, ce, true));
+      TRY_CTX(Connect(c.get(), Reachable(u)), "connect to unlinked %s", Printable(u.name()).c_str());
+      ASSIGN_OR_RETURN(int parked, ctx.Park(std::move(c)));
+      ctx.KeepUntilPrepared(UniqueFd(parked));
+      ctx.named_fds[ckey] = parked;
+    }
+  }
+  if (u.state() == 10 /* TCP_LISTEN */) {
+    if (listen(s.get(), u.backlog()) < 0) return Errno("listen %s", Printable(u.name()).c_str());
+    return s;
+  }
+  if (u.listener_ino()) {
+    const img::FileEntry* l = FindUnix(ctx, u.listener_ino());
+    if (!l) return MakeError(ErrorKind::kBadImage, 0, "pending unix connection: listener missing");
+    auto lr = ctx.Ensure(l->id());
+    if (!lr.ok()) return std::move(lr).error();
+    TRY_CTX(Connect(s.get(), Reachable(l->unix_sk())), "pending connection");
+  } else if (peer && !connected_by_peer) {
+    auto pr = ctx.Ensure(peer->id());
+    if (!pr.ok()) return std::move(pr).error();
+    // The peer's name was unlinked: its open connected us already (and dropped the name).
+    auto made = ctx.named_fds.find(StrFormat("unix:%llu", static_cast<unsigned long long>(u.ino())));
+    if (made != ctx.named_fds.end()) {
+      int d = fcntl(made->second, F_DUPFD_CLOEXEC, 0);
+      if (d < 0) return Errno("dup");
+      return UniqueFd(d);
+    }
+    if (peer->unix_sk().name().empty())
+      return MakeError(ErrorKind::kUnsupported, 0, "datagram socket connected to an unnamed one");
+    TRY(Connect(s.get(), Reachable(peer->unix_sk())));
+  } else if (u.peer_external()) {
+    TRY_CTX(Connect(s.get(), u.peer_name()), "outside peer");
+  }
+  if (!u.queue().empty()) {
+    if (u.name().empty())
+      return MakeError(ErrorKind::kUnsupported, 0, "queued data on an unnamed unix socket");
+    UniqueFd tmp(socket(AF_UNIX, type | SOCK_CLOEXEC, 0));
+    TRY(Requeue(ctx, u, tmp.get(), Reachable(u)));
+  }
+  if (u.shutdown()) TRY(ApplyShutdown(s.get(), u.shutdown()));
+  if (bind_name) UnlinkName(u);  // a listener's goes in Finalize (pending clients connect)
+  return s;
+}
+
 Result<UniqueFd> OpenUnix(RestoreContext& ctx, const img::FileEntry& e) {
   const img::UnixSocket& u = e.unix_sk();
   std::string key = StrFormat("unix:%llu", static_cast<unsigned long long>(u.ino()));
@@ -220,11 +335,19 @@ Result<UniqueFd> OpenUnix(RestoreContext& ctx, const img::FileEntry& e) {
     int sv[2];
     if (socketpair(AF_UNIX, type | SOCK_CLOEXEC, 0, sv) < 0) return Errno("socketpair");
     UniqueFd mine(sv[0]), other(sv[1]);
+    if (bind_name) MakeParents(ctx, u);
     if (bind_name) TRY(Bind(mine.get(), type, u.name(), u.name_dir()));
+    if (bind_name) FixNameFile(u);
+    if (bind_name) UnlinkName(u);  // a pair needs no name to connect
     TRY(RestoreSockOpts(mine.get(), u.opts()));
     if (mutual) {
       const img::UnixSocket& pu = peer->unix_sk();
-      if (!pu.name().empty() && !pu.accepted()) TRY(Bind(other.get(), type, pu.name(), pu.name_dir()));
+      if (!pu.name().empty() && !pu.accepted()) {
+        MakeParents(ctx, pu);
+        TRY(Bind(other.get(), type, pu.name(), pu.name_dir()));
+        FixNameFile(pu);
+        UnlinkName(pu);
+      }
       TRY(RestoreSockOpts(other.get(), pu.opts()));
       TRY_CTX(Requeue(ctx, u, other.get(), ""), "unix %s", Printable(u.name()).c_str());
       TRY_CTX(Requeue(ctx, pu, mine.get(), ""), "unix %s", Printable(pu.name()).c_str());
@@ -243,37 +366,21 @@ Result<UniqueFd> OpenUnix(RestoreContext& ctx, const img::FileEntry& e) {
     return mine;
   }
 
-  UniqueFd s(socket(AF_UNIX, type | SOCK_CLOEXEC, 0));
-  if (!s) return Errno("socket AF_UNIX type %d", type);
-  TRY(RestoreSockOpts(s.get(), u.opts()));
-  if (bind_name) TRY(Bind(s.get(), type, u.name(), u.name_dir()));
-  if (u.state() == 10 /* TCP_LISTEN */) {
-    if (listen(s.get(), u.backlog()) < 0) return Errno("listen %s", Printable(u.name()).c_str());
-    return s;
-  }
-  if (u.listener_ino()) {
-    const img::FileEntry* l = FindUnix(ctx, u.listener_ino());
-    if (!l) return MakeError(ErrorKind::kBadImage, 0, "pending unix connection: listener missing");
-    auto lr = ctx.Ensure(l->id());
-    if (!lr.ok()) return std::move(lr).error();
-    TRY_CTX(Connect(s.get(), Reachable(l->unix_sk())), "pending connection");
-  } else if (peer) {
-    auto pr = ctx.Ensure(peer->id());
-    if (!pr.ok()) return std::move(pr).error();
-    if (peer->unix_sk().name().empty())
-      return MakeError(ErrorKind::kUnsupported, 0, "datagram socket connected to an unnamed one");
-    TRY(Connect(s.get(), Reachable(peer->unix_sk())));
-  } else if (u.peer_external()) {
-    TRY_CTX(Connect(s.get(), u.peer_name()), "outside peer");
-  }
-  if (!u.queue().empty()) {
-    if (u.name().empty())
-      return MakeError(ErrorKind::kUnsupported, 0, "queued data on an unnamed unix socket");
-    UniqueFd tmp(socket(AF_UNIX, type | SOCK_CLOEXEC, 0));
-    TRY(Requeue(ctx, u, tmp.get(), Reachable(u)));
-  }
-  if (u.shutdown()) TRY(ApplyShutdown(s.get(), u.shutdown()));
-  return s;
+  return OpenPlain(ctx, e, false);
+}
+
+// A socket whose file was unlinked before the dump: bound again for Prepare (peers connect to
+// it by name), its file unlinked again once the whole tree is restored.
+Result<void> FinalizeUnix(RestoreContext& ctx, const img::FileEntry& e, int fd) {
+  const img::UnixSocket& u = e.unix_sk();
+  if (!u.name_deleted() || u.accepted() || u.name().empty() || u.name()[0] == '\0') return Ok();
+  (void)fd;
+  std::string path = Reachable(u);
+  struct stat st;
+  if (lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode) && unlink(path.c_str()) < 0)
+    return Errno("unlink restored socket file %s", path.c_str());
+  for (auto it = ctx.made_dirs.rbegin(); it != ctx.made_dirs.rend(); ++it) rmdir(it->c_str());
+  return Ok();
 }
 
 }  // namespace godwit::files

@@ -28,7 +28,8 @@ Result<UnixDiagMap> DumpUnixDiag(int nl) {
   msg.nlh.nlmsg_seq = 1;
   msg.req.sdiag_family = AF_UNIX;
   msg.req.udiag_states = ~0u;
-  msg.req.udiag_show = UDIAG_SHOW_NAME | UDIAG_SHOW_PEER | UDIAG_SHOW_ICONS | UDIAG_SHOW_RQLEN;
+  msg.req.udiag_show = UDIAG_SHOW_NAME | UDIAG_SHOW_PEER | UDIAG_SHOW_ICONS | UDIAG_SHOW_RQLEN |
+                         UDIAG_SHOW_VFS;
   struct sockaddr_nl sa {};
   sa.nl_family = AF_NETLINK;
   if (sendto(nl, &msg, sizeof(msg), 0, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) < 0)
@@ -74,6 +75,12 @@ Result<UnixDiagMap> DumpUnixDiag(int nl) {
             break;
           }
           case UNIX_DIAG_SHUTDOWN: d.shutdown = *reinterpret_cast<uint8_t*>(p); break;
+          case UNIX_DIAG_VFS: {
+            auto* v = reinterpret_cast<struct unix_diag_vfs*>(p);
+            d.vfs_ino = v->udiag_vfs_ino;
+            d.vfs_dev = v->udiag_vfs_dev;
+            break;
+          }
         }
       }
       out[d.ino] = std::move(d);

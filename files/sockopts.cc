@@ -42,6 +42,13 @@ void DumpSockOpts(int fd, img::SockOpts* o) {
   o->set_oobinline(GetInt(fd, SOL_SOCKET, SO_OOBINLINE));
   o->set_mark(GetInt(fd, SOL_SOCKET, SO_MARK));
   o->set_rcvlowat(GetInt(fd, SOL_SOCKET, SO_RCVLOWAT));
+  o->set_passsec(GetInt(fd, SOL_SOCKET, SO_PASSSEC));
+  o->set_dontroute(GetInt(fd, SOL_SOCKET, SO_DONTROUTE));
+  o->set_no_check(GetInt(fd, SOL_SOCKET, SO_NO_CHECK));
+  int peek = -1;
+  socklen_t plen = sizeof(peek);
+  if (getsockopt(fd, SOL_SOCKET, SO_PEEK_OFF, &peek, &plen) == 0 && peek >= 0)
+    o->set_peek_off_plus1(peek + 1);
   struct linger lg {};
   socklen_t len = sizeof(lg);
   if (getsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, &len) == 0) {
@@ -66,6 +73,11 @@ Result<void> RestoreSockOpts(int fd, const img::SockOpts& o) {
   if (o.priority()) TRY(SetInt(fd, SOL_SOCKET, SO_PRIORITY, o.priority(), "SO_PRIORITY"));
   if (o.mark()) TRY(SetInt(fd, SOL_SOCKET, SO_MARK, o.mark(), "SO_MARK"));
   if (o.rcvlowat() > 1) TRY(SetInt(fd, SOL_SOCKET, SO_RCVLOWAT, o.rcvlowat(), "SO_RCVLOWAT"));
+  if (o.passsec()) TRY(SetInt(fd, SOL_SOCKET, SO_PASSSEC, 1, "SO_PASSSEC"));
+  if (o.dontroute()) TRY(SetInt(fd, SOL_SOCKET, SO_DONTROUTE, 1, "SO_DONTROUTE"));
+  if (o.no_check()) TRY(SetInt(fd, SOL_SOCKET, SO_NO_CHECK, 1, "SO_NO_CHECK"));
+  if (o.peek_off_plus1())
+    TRY(SetInt(fd, SOL_SOCKET, SO_PEEK_OFF, o.peek_off_plus1() - 1, "SO_PEEK_OFF"));
   // getsockopt returns the doubled value the kernel keeps; *BUFFORCE takes half of it, and is not
   // bound by rmem_max/wmem_max (we have CAP_NET_ADMIN).
   if (o.sndbuf()) TRY(SetInt(fd, SOL_SOCKET, SO_SNDBUFFORCE, o.sndbuf() / 2, "SO_SNDBUFFORCE"));

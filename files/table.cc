@@ -60,8 +60,12 @@ Result<img::FileKind> Classify(const Probe& p) {
     if ((dom == AF_INET || dom == AF_INET6) &&
         ((type == SOCK_STREAM && proto == IPPROTO_TCP) || (type == SOCK_DGRAM && proto == IPPROTO_UDP)))
       return img::FILE_KIND_INET;
-    return unsupported(StrFormat("socket family %d type %d protocol %d (%s)", dom, type, proto,
-                                 l.c_str()));
+    const char* fam = dom == AF_PACKET ? "AF_PACKET" : dom == AF_INET ? "AF_INET"
+                      : dom == AF_INET6 ? "AF_INET6" : dom == AF_VSOCK ? "AF_VSOCK"
+                      : dom == AF_ALG ? "AF_ALG" : dom == AF_KEY ? "AF_KEY" : "";
+    const char* ty = type == SOCK_RAW ? " SOCK_RAW" : type == SOCK_SEQPACKET ? " SOCK_SEQPACKET" : "";
+    return unsupported(StrFormat("socket family %d %s type %d%s protocol %d (%s)", dom, fam, type,
+                                 ty, proto, l.c_str()));
   }
   if (StartsWith(l, "anon_inode:")) {
     if (l == "anon_inode:[eventfd]") return img::FILE_KIND_EVENTFD;

@@ -657,9 +657,9 @@ nlohmann::json MakeConfig(const RunOptions& o) {
   if (o.user_ns) {
     cfg["linux"]["namespaces"].push_back({{"type", "user"}});
     cfg["linux"]["uidMappings"] =
-        json::array({{{"containerID", 0}, {"hostID", 0}, {"size", 65536}}});
+        json::array({{{"containerID", 0}, {"hostID", o.user_ns_base}, {"size", 65536}}});
     cfg["linux"]["gidMappings"] =
-        json::array({{{"containerID", 0}, {"hostID", 0}, {"size", 65536}}});
+        json::array({{{"containerID", 0}, {"hostID", o.user_ns_base}, {"size", 65536}}});
   }
   json anno = json::object();
   if (!o.ip.empty()) anno[kAnnoIp] = o.ip;

@@ -146,9 +146,11 @@ struct RunOptions {
   std::string gateway;
   std::vector<std::string> allow_ports;  // "80", "53/udp"
   std::vector<std::string> env;
-  // A user namespace mapping ids 0-65535 to the same host ids (the rootfs stays usable); a real
-  // remapping needs a bundle config with its own uidMappings/gidMappings.
+  // A user namespace mapping ids 0-65535 to host ids user_ns_base.. (0: the same host ids). The
+  // rootfs is not shifted: with a base, its files are those of an unmapped owner inside (readable
+  // and executable as "other", as a busybox rootfs is).
   bool user_ns = false;
+  uint32_t user_ns_base = 0;
   bool readonly = false;
 };
 

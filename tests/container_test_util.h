@@ -13,6 +13,8 @@
 #include <unistd.h>
 
 #include <functional>
+#include <ostream>
+#include <vector>
 #include <string>
 
 #include "common/fs.h"
@@ -142,6 +144,62 @@ inline Result<std::string> Sh(const std::string& cmd) {
   if (st != 0)
     return MakeError(ErrorKind::kGeneric, 0, "`%s` failed (%d): %s", cmd.c_str(), st, out.c_str());
   return out;
+}
+
+// One run of the godwit binary.
+struct CliRun {
+  int code = -1;
+  std::string out;  // its stdout (empty when keep_out is off)
+  std::string err;  // its stderr (logs, warnings, the error)
+};
+
+inline std::ostream& operator<<(std::ostream& os, const CliRun& r) { return os << r.out << r.err; }
+
+// Runs the godwit binary with only stdin/stdout/stderr open (a container it starts or restores
+// inherits what godwit has): stdin /dev/null, stdout and stderr each to a file (not pipes: a
+// detached container keeps its copies open; a pipe to a peer outside the container is not
+// something its checkpoint can take along). keep_out off: stdout is /dev/null too.
+// netns_fd >= 0: godwit runs in that network namespace (a stand-in host).
+inline CliRun Godwit(const std::vector<std::string>& args, bool keep_out = true,
+                     int netns_fd = -1) {
+  CliRun r;
+  static int n = 0;
+  std::string outf = StrFormat("/tmp/godwit-test-cli-%d-%d", getpid(), n++);
+  std::string errf = outf + ".err";
+  UniqueFd out(::open(outf.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+  UniqueFd err(::open(errf.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+  ::unlink(outf.c_str());
+  ::unlink(errf.c_str());
+  if (!out || !err) return r;
+  std::vector<std::string> full = {GODWIT_BIN};
+  full.insert(full.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& a : full) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    int null = ::open("/dev/null", O_RDWR);
+    ::dup2(null, 0);
+    ::dup2(keep_out ? out.get() : null, 1);
+    ::dup2(err.get(), 2);
+    if (netns_fd >= 0 && ::setns(netns_fd, CLONE_NEWNET) < 0) ::_exit(126);
+    ::close_range(3, ~0U, 0);
+    ::execv(argv[0], argv.data());
+    ::_exit(127);
+  }
+  int st = 0;
+  ::waitpid(pid, &st, 0);
+  r.code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  auto read_all = [](int fd) {
+    std::string text;
+    char buf[4096];
+    ssize_t k;
+    for (off_t off = 0; (k = ::pread(fd, buf, sizeof(buf), off)) > 0; off += k) text.append(buf, k);
+    return text;
+  };
+  r.out = read_all(out.get());
+  r.err = read_all(err.get());
+  return r;
 }
 
 }  // namespace godwit::container::testing

@@ -44,47 +44,11 @@ namespace godwit::container {
 namespace {
 
 using testing::Sh;
+using testing::CliRun;
+using testing::Godwit;
 using testing::TempDir;
 
 constexpr uint32_t kHostBase = 100000;
-
-struct CliRun {
-  int code = -1;
-  std::string out;
-};
-
-// The godwit binary; stdin and stdout /dev/null (the container keeps what godwit had), its
-// stderr (and stdout with keep_out) collected in a file.
-CliRun Godwit(const std::vector<std::string>& args, bool keep_out = true) {
-  CliRun r;
-  static int n = 0;
-  std::string outf = StrFormat("/tmp/godwit-cun-out-%d-%d", getpid(), n++);
-  int out = ::open(outf.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (out < 0) return r;
-  std::vector<std::string> full = {GODWIT_BIN};
-  full.insert(full.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (auto& a : full) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  pid_t pid = ::fork();
-  if (pid == 0) {
-    int null = ::open("/dev/null", O_RDWR);
-    ::dup2(null, 0);
-    ::dup2(keep_out ? out : null, 1);
-    ::dup2(out, 2);
-    ::close_range(3, ~0U, 0);
-    ::execv(argv[0], argv.data());
-    ::_exit(127);
-  }
-  int st = 0;
-  ::waitpid(pid, &st, 0);
-  r.code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-  ::close(out);
-  auto text = fs::ReadFile(outf);
-  if (text.ok()) r.out = *text;
-  ::unlink(outf.c_str());
-  return r;
-}
 
 int ReadInt(const std::string& path) {
   auto t = fs::ReadFile(path);
@@ -573,7 +537,7 @@ TEST_F(ContainerUserns, DamagedMapFailsCleanly) {
   ids_.push_back(copy);
   CliRun r = Godwit({"--root", root_, "restore", copy, "--image-path", bad, "--detach"});
   EXPECT_EQ(r.code, static_cast<int>(ErrorKind::kBadImage)) << r.out;
-  EXPECT_NE(r.out.find("uid map"), std::string::npos) << r.out;
+  EXPECT_NE(r.err.find("uid map"), std::string::npos) << r;
   EXPECT_FALSE(fs::Exists(root_ + "/" + copy));
   EXPECT_EQ(StatePid(id_), init_);
 }
@@ -654,7 +618,7 @@ TEST(PlainTreeUserns, DumpRefusesClearly) {
   ::close(hold[1]);
   ::waitpid(pid, nullptr, 0);
   EXPECT_EQ(r.code, static_cast<int>(ErrorKind::kUnsupported)) << r.out;
-  EXPECT_NE(r.out.find("user namespace"), std::string::npos) << r.out;
+  EXPECT_NE(r.err.find("user namespace"), std::string::npos) << r;
 }
 
 }  // namespace

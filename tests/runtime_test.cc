@@ -243,6 +243,31 @@ TEST_F(RuntimeTest, DevicesCgroupAllowList) {
   }
 }
 
+TEST_F(RuntimeTest, RunUsernsBaseShiftsTheIdsAndRefusesABadBase) {
+  std::string id = Id("unbase");
+  // The container's root is host uid 100000: it must be able to reach the rootfs.
+  ASSERT_EQ(::chmod(dir_.c_str(), 0755), 0);
+  CmdResult r = RunFg(id, {"--userns-base", "100000"},
+                      {"sh", "-c", "cat /proc/self/uid_map /proc/self/gid_map; id -u"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto lines = fs::Split(Trim(r.out), '\n');
+  ASSERT_EQ(lines.size(), 3u) << r.out;
+  auto norm = [](std::string s) {
+    std::string out;
+    for (const auto& w : fs::Split(s, ' '))
+      if (!w.empty()) out += (out.empty() ? "" : " ") + w;
+    return out;
+  };
+  EXPECT_EQ(norm(lines[0]), "0 100000 65536");
+  EXPECT_EQ(norm(lines[1]), "0 100000 65536");
+  EXPECT_EQ(lines[2], "0");
+  for (const char* bad : {"0", "x", "4294967295"}) {
+    CmdResult b = RunFg(Id("unbad"), {"--userns-base", bad}, {"true"});
+    EXPECT_EQ(b.code, static_cast<int>(ErrorKind::kUsage)) << bad << ": " << b.err;
+    EXPECT_NE(b.err.find("--userns-base"), std::string::npos) << b.err;
+  }
+}
+
 TEST_F(RuntimeTest, UserNamespaceWithMappings) {
   std::string id = Id("userns");
   std::string bundle = dir_ + "/bundle-" + id;

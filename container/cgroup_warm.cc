@@ -1,0 +1,75 @@
+#include "container/cgroup_warm.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+
+#include "common/fs.h"
+#include "common/log.h"
+
+namespace godwit::container {
+namespace {
+
+// The cgroup.procs of a cgroup this process is in (any hierarchy will do: they share the lock),
+// or "" when none is writable.
+std::string OwnProcsFile() {
+  auto text = fs::ReadFile("/proc/self/cgroup");
+  if (!text.ok()) return "";
+  for (const auto& line : fs::Split(*text, '\n')) {
+    auto first = line.find(':'), second = line.find(':', first + 1);
+    if (first == std::string::npos || second == std::string::npos) continue;
+    std::string ctrl = line.substr(first + 1, second - first - 1);
+    std::string path = line.substr(second + 1);
+    if (ctrl.rfind("name=", 0) == 0) ctrl = ctrl.substr(5);
+    std::vector<std::string> mounts;
+    if (ctrl.empty()) {
+      mounts = {"/sys/fs/cgroup/unified", "/sys/fs/cgroup"};
+    } else {
+      mounts = {"/sys/fs/cgroup/" + ctrl};
+    }
+    for (const auto& m : mounts) {
+      std::string procs = m + (path == "/" ? "" : path) + "/cgroup.procs";
+      if (::access(procs.c_str(), W_OK) == 0) return procs;
+    }
+  }
+  return "";
+}
+
+}  // namespace
+
+CgroupJoinWarmer::CgroupJoinWarmer() {
+  std::string procs = OwnProcsFile();
+  if (procs.empty()) return;
+  thread_ = std::thread([this, procs] { Run(procs); });
+}
+
+void CgroupJoinWarmer::Run(std::string procs) {
+  const std::string pid = std::to_string(::getpid());
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!stop_) {
+    lock.unlock();
+    int fd = ::open(procs.c_str(), O_WRONLY | O_CLOEXEC);
+    bool ok = fd >= 0 && ::write(fd, pid.data(), pid.size()) == static_cast<ssize_t>(pid.size());
+    int err = errno;
+    if (fd >= 0) ::close(fd);
+    lock.lock();
+    if (!ok) {
+      LOG_DEBUG("cgroup warm-up through %s: %s; giving up", procs.c_str(), strerror(err));
+      return;
+    }
+    cv_.wait_for(lock, std::chrono::milliseconds(1), [this] { return stop_; });
+  }
+}
+
+void CgroupJoinWarmer::Stop() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+}  // namespace godwit::container
