@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <set>
 #include <vector>
@@ -106,9 +107,10 @@ Result<std::shared_ptr<LastPidSetter>> StartLastPidSetter(const RestoreContext& 
       int fd = open("/proc/sys/kernel/ns_last_pid", O_WRONLY | O_CLOEXEC);
       int v;
       while (read(a[0], &v, sizeof(v)) == sizeof(v)) {
-        std::string s = std::to_string(v);
+        char s[16];  // no allocation in a fork of a possibly multi-threaded coordinator
+        int len = snprintf(s, sizeof(s), "%d", v);
         int err = 0;
-        if (fd < 0 || pwrite(fd, s.data(), s.size(), 0) != static_cast<ssize_t>(s.size()))
+        if (fd < 0 || pwrite(fd, s, len, 0) != len)
           err = fd < 0 ? EACCES : errno;
         if (write(b[1], &err, sizeof(err)) != sizeof(err)) _exit(3);
       }
