@@ -4,7 +4,9 @@
 # same pids (its init is pid 1 again), the counter carries on and the server still answers;
 # then the same through one export file. All along, a client outside the container (in the host
 # netns) keeps one TCP connection to the container's echo server and streams numbered lines: it
-# is never broken and every line comes back. Everything is removed at exit.
+# is never broken and every line comes back. Last, a --leave-running checkpoint is restored as a
+# copy under another id and IP next to the running original (same pids inside, other host pids).
+# Everything is removed at exit.
 set -euo pipefail
 GODWIT=${GODWIT:-$(dirname "$0")/../../build/godwit}
 work=$(mktemp -d /tmp/godwit-demo-container.XXXXXX)
@@ -12,11 +14,13 @@ root=$work/state
 id=demo-cr-$$
 # A subnet of 198.18.0.0/15 (benchmark space, never routed off this machine), by pid.
 ip=198.18.$((200 + $$ % 50)).10
+copy_ip=198.18.$((200 + $$ % 50)).11
 gw() { "$GODWIT" --root "$root" "$@"; }
 client=
 cleanup() {
   [ -z "$client" ] || kill "$client" 2>/dev/null || true
   gw delete --force "$id" 2>/dev/null || true
+  gw delete --force "$id-copy" 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -96,6 +100,17 @@ verify
 touch "$work/stop"
 wait "$writer"
 exec 3>&-
+
+step "godwit checkpoint --leave-running, then godwit restore $id-copy --ip $copy_ip (a copy next to the running original)"
+gw checkpoint "$id" --image-path "$work/ckpt3" --leave-running >/dev/null
+gw restore "$id-copy" --image-path "$work/ckpt3" --ip "$copy_ip/24" --detach
+hostpid() { gw state "$1" | sed -n 's/.*"pid": *\([0-9]*\).*/\1/p'; }
+echo "original: host pid $(hostpid "$id"), counter $(count), server says: $(ask)"
+echo "copy:     host pid $(hostpid "$id-copy"), counter $(gw exec "$id-copy" -- cat /dev/shm/count), server says: $(echo | busybox nc -w 2 "$copy_ip" 8080 || echo "(no answer)")"
+inside() { gw exec "$1" -- sh -c 'for p in 1 2 3; do printf "%s=%s " $p "$(cat /proc/$p/cmdline | tr "\0" " " | cut -c1-20)"; done'; }
+echo "inside the original: $(inside "$id")"
+echo "inside the copy:     $(inside "$id-copy")"
+gw delete --force "$id-copy"
 
 step "godwit delete --force $id"
 gw delete --force "$id"
