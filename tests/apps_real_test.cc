@@ -18,17 +18,11 @@
 
 #include <gtest/gtest.h>
 
-#include "cr_util.h"
+#include "zdtm_harness.h"
 
 namespace godwit::crtest {
 namespace {
 
-std::string ReadAll(const std::string& path) {
-  std::ifstream f(path);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
 void WriteFile(const std::string& path, const std::string& s) { std::ofstream(path) << s; }
 
 int64_t NowMs() {

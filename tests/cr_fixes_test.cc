@@ -13,27 +13,10 @@
 #include <functional>
 #include <iterator>
 
-#include "cr_util.h"
+#include "zdtm_harness.h"
 
 namespace godwit::crtest {
 namespace {
-
-// waitpid with a bound (a lost wake-up must fail the test, not hang it): exit code, 128+signal,
-// or -2 on timeout (the process is then killed and reaped).
-int WaitBounded(pid_t pid, int ms) {
-  int pfd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
-  if (pfd < 0) return -1;
-  pollfd pf{pfd, POLLIN, 0};
-  int n;
-  while ((n = poll(&pf, 1, ms)) < 0 && errno == EINTR) {
-  }
-  close(pfd);
-  if (n == 0) {
-    KillAndReap(pid);
-    return -2;
-  }
-  return Wait(pid);
-}
 
 class CrFixes : public ::testing::Test {
  protected:

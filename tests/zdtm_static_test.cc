@@ -16,93 +16,18 @@
 
 #include <gtest/gtest.h>
 
-#include "cr_util.h"
+#include "zdtm_harness.h"
 
 namespace godwit::crtest {
 namespace {
 
-std::string ReadAll(const std::string& path) {
-  std::ifstream f(path);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
-// Waits up to ms for pid (our child) to exit: its code, 128+signal, or -2 on timeout (killed).
-int WaitBounded(pid_t pid, int ms) {
-  int pfd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
-  if (pfd >= 0) {
-    struct pollfd p = {pfd, POLLIN, 0};
-    int r = poll(&p, 1, ms);
-    close(pfd);
-    if (r == 0) {
-      KillAndReap(pid);
-      return -2;
-    }
-  }
-  return Wait(pid);
-}
-
-class Zdtm : public ::testing::Test {
+class Zdtm : public ZdtmHarness {
  protected:
-  void SetUp() override { setenv("CR_HELPER_STDERR", (dir_ / "helper.err").c_str(), 1); }
-  void TearDown() override {
-    for (pid_t p : pids_) KillAndReap(p);
-    // Orphans of a failed check (reparented to us, the subreaper) are ours too.
-    std::ifstream kf("/proc/self/task/" + std::to_string(getpid()) + "/children");
-    for (pid_t k; kf >> k;) KillAndReap(k);
+  Zdtm() : ZdtmHarness("z_static") {}
+  void CleanUp() override {
     std::string id = ReadAll(dir_ / "shmid");
     if (!id.empty()) (void)!system(("ipcrm -m " + id + " 2>/dev/null").c_str());
-    if (HasFailure()) {
-      std::string e = ReadAll(dir_ / "helper.err");
-      if (!e.empty()) ADD_FAILURE() << "helper stderr:\n" << e;
-    }
   }
-  pid_t Start(const std::string& mode) {
-    pid_t p = StartHelper("z_static", {mode, "{READY}", dir_.path()});
-    if (p > 0) pids_.push_back(p);
-    return p;
-  }
-  // The helper's descendants now (they are reparented to us when the dump kills the tree).
-  std::vector<pid_t> Descendants(pid_t pid) {
-    std::vector<pid_t> out, todo = {pid};
-    while (!todo.empty()) {
-      pid_t p = todo.back();
-      todo.pop_back();
-      std::ifstream f("/proc/" + std::to_string(p) + "/task/" + std::to_string(p) + "/children");
-      for (pid_t k; f >> k;) {
-        out.push_back(k);
-        todo.push_back(k);
-      }
-    }
-    return out;
-  }
-  // Dump (kills), reap, restore detached; returns "" or what went wrong.
-  std::string DumpKillRestore(pid_t pid, const std::vector<std::string>& dump_extra = {}) {
-    std::vector<std::string> args = {"dump", "--pid", std::to_string(pid), "--images-dir", dir_ / "img"};
-    args.insert(args.end(), dump_extra.begin(), dump_extra.end());
-    std::vector<pid_t> kids = Descendants(pid);
-    auto d = Godwit(args);
-    if (d.status != 0) return "dump failed (" + std::to_string(d.status) + "): " + d.err;
-    int st = Wait(pid);
-    if (st != 128 + SIGKILL) return "the dumped helper ended with " + std::to_string(st);
-    for (pid_t k : kids) waitpid(k, nullptr, 0);
-    auto r = Godwit({"restore", "--images-dir", dir_ / "img", "--detach"});
-    if (r.status != 0) return "restore failed (" + std::to_string(r.status) + "): " + r.err;
-    return "";
-  }
-  // The whole zdtm cycle for one mode: the restored helper must exit 0.
-  void RoundTrip(const std::string& mode, const std::vector<std::string>& dump_extra = {}) {
-    pid_t pid = Start(mode);
-    ASSERT_GT(pid, 0) << "helper setup failed";
-    std::string err = DumpKillRestore(pid, dump_extra);
-    ASSERT_EQ(err, "");
-    ASSERT_EQ(kill(pid, SIGUSR2), 0);
-    EXPECT_EQ(WaitBounded(pid, 30000), 0) << "the restored helper's check failed (-2: hung)";
-    pids_.clear();
-  }
-  TempDir dir_;
-  std::vector<pid_t> pids_;
 };
 
 #define ZDTM(Name, mode) \

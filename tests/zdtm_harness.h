@@ -1,0 +1,120 @@
+// The zdtm cycle shared by the ported CRIU zdtm suites (zdtm_static_test, files_zdtm2_test): a
+// helper program sets one kind of state up and reports ready; the test dumps it with
+// `godwit dump` (which kills it), reaps the killed tree, restores it with
+// `godwit restore --detach` (the restored root becomes our child: the test main is a subreaper),
+// sends SIGUSR2, and the helper checks its own state and exits 0 (else the number of the failed
+// check; its stderr, kept in the test's temp dir, is printed on failure).
+#pragma once
+
+#include <poll.h>
+#include <signal.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "cr_util.h"
+
+namespace godwit::crtest {
+
+inline std::string ReadAll(const std::string& path) {
+  std::ifstream f(path);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+// waitpid with a bound (a lost wake-up or a hung check must fail the test, not hang it): exit
+// code, 128+signal, or -2 on timeout (the process is then killed and reaped).
+inline int WaitBounded(pid_t pid, int ms) {
+  int pfd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
+  if (pfd >= 0) {
+    pollfd p{pfd, POLLIN, 0};
+    int n;
+    while ((n = poll(&p, 1, ms)) < 0 && errno == EINTR) {
+    }
+    close(pfd);
+    if (n == 0) {
+      KillAndReap(pid);
+      return -2;
+    }
+  }
+  return Wait(pid);
+}
+
+class ZdtmHarness : public ::testing::Test {
+ protected:
+  explicit ZdtmHarness(std::string helper) : helper_(std::move(helper)) {}
+  void SetUp() override { setenv("CR_HELPER_STDERR", (dir_ / "helper.err").c_str(), 1); }
+  void TearDown() override {
+    for (pid_t p : pids_) KillAndReap(p);
+    // Orphans of a failed check (reparented to us, the subreaper) are ours too.
+    std::ifstream kf("/proc/self/task/" + std::to_string(getpid()) + "/children");
+    for (pid_t k; kf >> k;) KillAndReap(k);
+    CleanUp();
+    if (HasFailure()) {
+      std::string e = ReadAll(dir_ / "helper.err");
+      if (!e.empty()) ADD_FAILURE() << "helper stderr:\n" << e;
+    }
+  }
+  // What a suite's helpers leave outside the temp dir (run after the processes are gone).
+  virtual void CleanUp() {}
+
+  pid_t Start(const std::string& mode) {
+    pid_t p = StartHelper(helper_, {mode, "{READY}", dir_.path()});
+    if (p > 0) pids_.push_back(p);
+    return p;
+  }
+  // The helper's descendants now (they are reparented to us when the dump kills the tree).
+  std::vector<pid_t> Descendants(pid_t pid) {
+    std::vector<pid_t> out, todo = {pid};
+    while (!todo.empty()) {
+      pid_t p = todo.back();
+      todo.pop_back();
+      std::ifstream f("/proc/" + std::to_string(p) + "/task/" + std::to_string(p) + "/children");
+      for (pid_t k; f >> k;) {
+        out.push_back(k);
+        todo.push_back(k);
+      }
+    }
+    return out;
+  }
+  // Dump (kills), reap, restore detached; returns "" or what went wrong.
+  std::string DumpKillRestore(pid_t pid, const std::vector<std::string>& dump_extra = {}) {
+    std::vector<std::string> args = {"dump", "--pid", std::to_string(pid), "--images-dir",
+                                     dir_ / "img"};
+    args.insert(args.end(), dump_extra.begin(), dump_extra.end());
+    std::vector<pid_t> kids = Descendants(pid);
+    auto d = Godwit(args);
+    if (d.status != 0) return "dump failed (" + std::to_string(d.status) + "): " + d.err;
+    int st = Wait(pid);
+    if (st != 128 + SIGKILL) return "the dumped helper ended with " + std::to_string(st);
+    for (pid_t k : kids) waitpid(k, nullptr, 0);
+    auto r = Godwit({"restore", "--images-dir", dir_ / "img", "--detach"});
+    if (r.status != 0) return "restore failed (" + std::to_string(r.status) + "): " + r.err;
+    return "";
+  }
+  // The whole zdtm cycle for one mode: the restored helper must exit 0.
+  void RoundTrip(const std::string& mode, const std::vector<std::string>& dump_extra = {}) {
+    pid_t pid = Start(mode);
+    ASSERT_GT(pid, 0) << "helper setup failed";
+    std::string err = DumpKillRestore(pid, dump_extra);
+    ASSERT_EQ(err, "");
+    ASSERT_EQ(kill(pid, SIGUSR2), 0);
+    EXPECT_EQ(WaitBounded(pid, 30000), 0) << "the restored helper's check failed (-2: hung)";
+    pids_.clear();
+  }
+
+  std::string helper_;
+  TempDir dir_;
+  std::vector<pid_t> pids_;
+};
+
+}  // namespace godwit::crtest
