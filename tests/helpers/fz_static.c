@@ -38,49 +38,8 @@
 #include <termios.h>
 #include <unistd.h>
 
-static int check_no;
-static const char* dir;
-static int ready_fd;
+#include "zdtm_helper.h"
 
-#define CHECK(cond, ...)                                                                \
-  do {                                                                                  \
-    ++check_no;                                                                         \
-    if (!(cond)) {                                                                      \
-      fprintf(stderr, "fz_static: check %d failed (%s:%d): %s: ", check_no, __FILE__,  \
-              __LINE__, #cond);                                                         \
-      fprintf(stderr, __VA_ARGS__);                                                     \
-      fprintf(stderr, " (errno %d)\n", errno);                                          \
-      exit(check_no > 100 ? 100 : check_no);                                            \
-    }                                                                                   \
-  } while (0)
-#define SETUP(cond)                                                                            \
-  do {                                                                                         \
-    if (!(cond)) {                                                                             \
-      fprintf(stderr, "fz_static: setup failed (%s:%d): %s (errno %d)\n", __FILE__, __LINE__, \
-              #cond, errno);                                                                   \
-      exit(120);                                                                               \
-    }                                                                                          \
-  } while (0)
-
-static sigset_t usr2_set;
-
-static pid_t zfork(void) {
-  pid_t p = fork();
-  if (p == 0) close(ready_fd);
-  return p;
-}
-static void ready(void) {
-  SETUP(write(ready_fd, "ready\n", 6) == 6);
-  close(ready_fd);
-}
-static void wait_usr2(void) {
-  while (sigwaitinfo(&usr2_set, NULL) != SIGUSR2) {
-  }
-}
-static void ready_and_wait(void) {
-  ready();
-  wait_usr2();
-}
 static char* path_in(const char* name) {
   static char buf[8][512];
   static int k;

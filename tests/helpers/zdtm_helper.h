@@ -1,0 +1,59 @@
+/* The zdtm helper protocol shared by z_static.c, fz_static.c and z_pstate.c (see
+ * tests/zdtm_harness.h for the test side): the program is started as NAME MODE READY_FD [DIR]; a
+ * mode sets its state up, calls ready() (writes "ready\n" on READY_FD and closes it), waits for
+ * SIGUSR2 with wait_usr2() (blocked everywhere from main on and taken with sigwaitinfo, so it
+ * cannot be lost), checks its own state with CHECK and exits 0, or with the number of the failed
+ * check (the reason on stderr). SETUP failures exit 120. */
+#pragma once
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#define ZDTM_UNUSED __attribute__((unused))
+
+static int check_no;
+static ZDTM_UNUSED const char* dir;
+static int ready_fd;
+static sigset_t usr2_set;
+
+#define CHECK(cond, ...)                                                                \
+  do {                                                                                  \
+    ++check_no;                                                                         \
+    if (!(cond)) {                                                                      \
+      fprintf(stderr, "%s: check %d failed (%s:%d): %s: ", program_invocation_short_name, \
+              check_no, __FILE__, __LINE__, #cond);                                     \
+      fprintf(stderr, __VA_ARGS__);                                                     \
+      fprintf(stderr, " (errno %d)\n", errno);                                          \
+      exit(check_no > 100 ? 100 : check_no);                                            \
+    }                                                                                   \
+  } while (0)
+#define SETUP(cond)                                                                        \
+  do {                                                                                     \
+    if (!(cond)) {                                                                         \
+      fprintf(stderr, "%s: setup failed (%s:%d): %s (errno %d)\n",                         \
+              program_invocation_short_name, __FILE__, __LINE__, #cond, errno);            \
+      exit(120);                                                                           \
+    }                                                                                      \
+  } while (0)
+
+/* Children never keep the ready pipe open (the test waits for its EOF). */
+static ZDTM_UNUSED pid_t zfork(void) {
+  pid_t p = fork();
+  if (p == 0) close(ready_fd);
+  return p;
+}
+static ZDTM_UNUSED void ready(void) {
+  SETUP(write(ready_fd, "ready\n", 6) == 6);
+  close(ready_fd);
+}
+static ZDTM_UNUSED void wait_usr2(void) {
+  while (sigwaitinfo(&usr2_set, NULL) != SIGUSR2) {
+  }
+}
+static ZDTM_UNUSED void ready_and_wait(void) {
+  ready();
+  wait_usr2();
+}
