@@ -24,61 +24,11 @@ namespace godwit::container {
 namespace {
 
 using testing::Sh;
+using testing::ReadInt;
+using testing::WaitAbove;
+using testing::CliRun;
+using testing::Godwit;
 using testing::TempDir;
-
-struct CliRun {
-  int code = -1;
-  std::string out;
-};
-
-// The godwit binary; stdin and stdout /dev/null unless keep_out (then a file, read back).
-CliRun Godwit(const std::vector<std::string>& args, bool keep_out = true) {
-  CliRun r;
-  static int n = 0;
-  std::string outf = StrFormat("/tmp/godwit-copy-out-%d-%d", getpid(), n++);
-  int out = ::open(outf.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (out < 0) return r;
-  std::vector<std::string> full = {GODWIT_BIN};
-  full.insert(full.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (auto& a : full) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  pid_t pid = ::fork();
-  if (pid == 0) {
-    int null = ::open("/dev/null", O_RDWR);
-    ::dup2(null, 0);
-    ::dup2(keep_out ? out : null, 1);
-    ::dup2(out, 2);
-    ::close_range(3, ~0U, 0);
-    ::execv(argv[0], argv.data());
-    ::_exit(127);
-  }
-  int st = 0;
-  ::waitpid(pid, &st, 0);
-  r.code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-  ::close(out);
-  auto text = fs::ReadFile(outf);
-  if (text.ok()) r.out = *text;
-  ::unlink(outf.c_str());
-  return r;
-}
-
-int ReadInt(const std::string& path) {
-  auto t = fs::ReadFile(path);
-  return t.ok() ? atoi(t->c_str()) : -1;
-}
-
-// Polls a counter file of the container until it exceeds `above` (bounded).
-int WaitAbove(const std::string& path, int above) {
-  auto end = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  int v = -1;
-  while (std::chrono::steady_clock::now() < end) {
-    v = ReadInt(path);
-    if (v > above) return v;
-    ::usleep(10000);
-  }
-  return v;
-}
 
 std::string StatusField(pid_t pid, const std::string& key) {
   auto f = fs::ReadFile(StrFormat("/proc/%d/status", pid));

@@ -42,6 +42,7 @@ namespace {
 using testing::Sh;
 using testing::CliRun;
 using testing::Godwit;
+using testing::Knob;
 using testing::TempDir;
 using Clock = std::chrono::steady_clock;
 
@@ -238,27 +239,6 @@ bool HasEstablished(pid_t pid, const std::string& local, const std::string& remo
   const std::string v6 = m + HexAddr(local) + " " + m + HexAddr(remote) + " 01 ";
   return (t4.ok() && t4->find(v4) != std::string::npos) ||
          (t6.ok() && t6->find(v6) != std::string::npos);
-}
-
-// A cgroup knob of the container's init: v1 (CTRL's hierarchy) or the unified one.
-std::string Knob(pid_t pid, const std::string& ctrl, const std::string& v1, const std::string& v2) {
-  auto cg = fs::ReadFile(StrFormat("/proc/%d/cgroup", pid));
-  if (!cg.ok()) return "?";
-  for (const auto& line : fs::Split(*cg, '\n')) {
-    auto parts = fs::Split(line, ':');
-    if (parts.size() < 3) continue;
-    for (const auto& c : fs::Split(parts[1], ','))
-      if (c == ctrl) {
-        auto v = fs::ReadFile("/sys/fs/cgroup/" + ctrl + parts[2] + "/" + v1);
-        if (v.ok()) return fs::Trim(*v);
-      }
-  }
-  for (const auto& line : fs::Split(*cg, '\n'))
-    if (line.rfind("0::", 0) == 0) {
-      auto v = fs::ReadFile("/sys/fs/cgroup" + line.substr(3) + "/" + v2);
-      if (v.ok()) return fs::Trim(*v);
-    }
-  return "?";
 }
 
 class ContainerTcp : public ::testing::Test {

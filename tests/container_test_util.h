@@ -12,6 +12,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <functional>
 #include <ostream>
 #include <vector>
@@ -200,6 +201,46 @@ inline CliRun Godwit(const std::vector<std::string>& args, bool keep_out = true,
   r.out = read_all(out.get());
   r.err = read_all(err.get());
   return r;
+}
+
+inline int ReadInt(const std::string& path) {
+  auto t = fs::ReadFile(path);
+  return t.ok() ? atoi(t->c_str()) : -1;
+}
+
+// Polls a counter file of a container until it exceeds `above` (bounded: the container runs on
+// its own, nothing to wait on but the file).
+inline int WaitAbove(const std::string& path, int above) {
+  auto end = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  int v = -1;
+  while (std::chrono::steady_clock::now() < end) {
+    v = ReadInt(path);
+    if (v > above) return v;
+    ::usleep(10000);
+  }
+  return v;
+}
+
+// A cgroup knob of pid's cgroup: v1 (CTRL's hierarchy) or the unified one; "?" if unreadable.
+inline std::string Knob(pid_t pid, const std::string& ctrl, const std::string& v1,
+                        const std::string& v2) {
+  auto cg = fs::ReadFile(StrFormat("/proc/%d/cgroup", pid));
+  if (!cg.ok()) return "?";
+  for (const auto& line : fs::Split(*cg, '\n')) {
+    auto parts = fs::Split(line, ':');
+    if (parts.size() < 3) continue;
+    for (const auto& c : fs::Split(parts[1], ','))
+      if (c == ctrl) {
+        auto v = fs::ReadFile("/sys/fs/cgroup/" + ctrl + parts[2] + "/" + v1);
+        if (v.ok()) return fs::Trim(*v);
+      }
+  }
+  for (const auto& line : fs::Split(*cg, '\n'))
+    if (line.rfind("0::", 0) == 0) {
+      auto v = fs::ReadFile("/sys/fs/cgroup" + line.substr(3) + "/" + v2);
+      if (v.ok()) return fs::Trim(*v);
+    }
+  return "?";
 }
 
 }  // namespace godwit::container::testing

@@ -46,26 +46,11 @@ namespace {
 using testing::Sh;
 using testing::CliRun;
 using testing::Godwit;
+using testing::ReadInt;
+using testing::WaitAbove;
 using testing::TempDir;
 
 constexpr uint32_t kHostBase = 100000;
-
-int ReadInt(const std::string& path) {
-  auto t = fs::ReadFile(path);
-  return t.ok() ? atoi(t->c_str()) : -1;
-}
-
-// Polls a counter file until it exceeds `above` (bounded: the container runs on its own).
-int WaitAbove(const std::string& path, int above) {
-  auto end = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  int v = -1;
-  while (std::chrono::steady_clock::now() < end) {
-    v = ReadInt(path);
-    if (v > above) return v;
-    ::usleep(10000);
-  }
-  return v;
-}
 
 // A TCP connection to ip:port (the container's echo server), retried until it listens (bounded).
 int Connect(const std::string& ip, int port) {
