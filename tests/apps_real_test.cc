@@ -146,19 +146,6 @@ class Apps : public ::testing::Test {
     pids_.push_back(pid);
     return pid;
   }
-  std::vector<pid_t> Descendants(pid_t pid) {
-    std::vector<pid_t> out, todo = {pid};
-    while (!todo.empty()) {
-      pid_t p = todo.back();
-      todo.pop_back();
-      std::ifstream f("/proc/" + std::to_string(p) + "/task/" + std::to_string(p) + "/children");
-      for (pid_t k; f >> k;) {
-        out.push_back(k);
-        todo.push_back(k);
-      }
-    }
-    return out;
-  }
   // Dump (kills), reap the tree, restore detached; "" or what went wrong.
   std::string DumpKillRestore(pid_t pid, const std::vector<std::string>& extra = {"--tcp-established"}) {
     std::vector<std::string> args = {"dump", "--pid", std::to_string(pid), "--images-dir", dir_ / "img"};

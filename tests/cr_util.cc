@@ -149,24 +149,25 @@ void Touch(const std::string& path) {
   close(fd);
 }
 
-namespace {
-void Descendants(pid_t pid, std::vector<pid_t>* out) {
-  std::ifstream tasks_dir;
-  std::string base = "/proc/" + std::to_string(pid) + "/task/";
-  std::ifstream kids(base + std::to_string(pid) + "/children");
-  pid_t k;
-  while (kids >> k) {
-    out->push_back(k);
-    Descendants(k, out);
+std::vector<pid_t> Descendants(pid_t pid) {
+  std::vector<pid_t> out, todo = {pid};
+  while (!todo.empty()) {
+    pid_t p = todo.back();
+    todo.pop_back();
+    std::ifstream kids("/proc/" + std::to_string(p) + "/task/" + std::to_string(p) + "/children");
+    for (pid_t k; kids >> k;) {
+      out.push_back(k);
+      todo.push_back(k);
+    }
   }
+  return out;
 }
-}  // namespace
 
 void KillAndReap(pid_t pid) {
   if (pid <= 0) return;
   // The whole tree: a failed test must not leave helpers spinning.
-  std::vector<pid_t> all{pid};
-  Descendants(pid, &all);
+  std::vector<pid_t> all = Descendants(pid);
+  all.insert(all.begin(), pid);
   for (pid_t p : all) kill(p, SIGKILL);
   // The killed descendants are reparented to us (subreaper); reap everything.
   while (waitpid(-1, nullptr, 0) > 0 || errno == EINTR) {

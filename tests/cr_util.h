@@ -46,6 +46,8 @@ class TempDir {
 
 void Touch(const std::string& path);
 // Kills (SIGKILL) and reaps pid if it still exists; for fixtures' cleanup.
+// pid's descendants now (children, their children, ...), from /proc/PID/task/PID/children.
+std::vector<pid_t> Descendants(pid_t pid);
 void KillAndReap(pid_t pid);
 // Polls a condition (kernel-async state only) for up to ms milliseconds.
 bool WaitFor(int ms, bool (*cond)(pid_t), pid_t pid);

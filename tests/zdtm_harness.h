@@ -72,20 +72,6 @@ class ZdtmHarness : public ::testing::Test {
     if (p > 0) pids_.push_back(p);
     return p;
   }
-  // The helper's descendants now (they are reparented to us when the dump kills the tree).
-  std::vector<pid_t> Descendants(pid_t pid) {
-    std::vector<pid_t> out, todo = {pid};
-    while (!todo.empty()) {
-      pid_t p = todo.back();
-      todo.pop_back();
-      std::ifstream f("/proc/" + std::to_string(p) + "/task/" + std::to_string(p) + "/children");
-      for (pid_t k; f >> k;) {
-        out.push_back(k);
-        todo.push_back(k);
-      }
-    }
-    return out;
-  }
   // Dump (kills), reap, restore detached; returns "" or what went wrong.
   std::string DumpKillRestore(pid_t pid, const std::vector<std::string>& dump_extra = {}) {
     std::vector<std::string> args = {"dump", "--pid", std::to_string(pid), "--images-dir",

@@ -40,21 +40,6 @@
 
 #include "zdtm_helper.h"
 
-static char* path_in(const char* name) {
-  static char buf[8][512];
-  static int k;
-  char* b = buf[k++ % 8];
-  snprintf(b, 512, "%s/%s", dir, name);
-  return b;
-}
-static void fill(char* p, size_t n, unsigned seed) {
-  for (size_t i = 0; i < n; ++i) p[i] = (char)(seed * 31 + i * 7 + (i >> 12));
-}
-static int same(const char* p, size_t n, unsigned seed) {
-  for (size_t i = 0; i < n; ++i)
-    if (p[i] != (char)(seed * 31 + i * 7 + (i >> 12))) return 0;
-  return 1;
-}
 static ssize_t read_full(int fd, void* buf, size_t n) {
   size_t got = 0;
   while (got < n) {

@@ -52,21 +52,6 @@ static void wait_thread_go(void) {
   while (sigwaitinfo(&s, NULL) != THREAD_GO) {
   }
 }
-static char* path_in(const char* name) {
-  static char buf[8][512];
-  static int k;
-  char* b = buf[k++ % 8];
-  snprintf(b, 512, "%s/%s", dir, name);
-  return b;
-}
-static void fill(char* p, size_t n, unsigned seed) {
-  for (size_t i = 0; i < n; ++i) p[i] = (char)(seed * 31 + i * 7 + (i >> 12));
-}
-static int same(const char* p, size_t n, unsigned seed) {
-  for (size_t i = 0; i < n; ++i)
-    if (p[i] != (char)(seed * 31 + i * 7 + (i >> 12))) return 0;
-  return 1;
-}
 /* The VmFlags of the smaps entry that starts at addr ("" if none). */
 static const char* vmflags(void* addr) {
   static char flags[512];

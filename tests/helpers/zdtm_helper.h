@@ -57,3 +57,20 @@ static ZDTM_UNUSED void ready_and_wait(void) {
   ready();
   wait_usr2();
 }
+/* DIR/name, in one of 8 rotating buffers (a check may use a few at once). */
+static ZDTM_UNUSED char* path_in(const char* name) {
+  static char buf[8][512];
+  static int k;
+  char* b = buf[k++ % 8];
+  snprintf(b, 512, "%s/%s", dir, name);
+  return b;
+}
+/* A byte pattern of n bytes from seed, and its check. */
+static ZDTM_UNUSED void fill(char* p, size_t n, unsigned seed) {
+  for (size_t i = 0; i < n; ++i) p[i] = (char)(seed * 31 + i * 7 + (i >> 12));
+}
+static ZDTM_UNUSED int same(const char* p, size_t n, unsigned seed) {
+  for (size_t i = 0; i < n; ++i)
+    if (p[i] != (char)(seed * 31 + i * 7 + (i >> 12))) return 0;
+  return 1;
+}
