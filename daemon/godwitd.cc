@@ -34,7 +34,9 @@ void Usage() {
   fprintf(stderr,
           "usage: godwitd --listen ADDR:PORT --root DIR [--cgroup-parent NAME] [--bridge BR]\n"
           "               [--tls-cert F --tls-key F --tls-ca F | --insecure] [--timeout S]\n"
-          "               [--log-level error|warn|info|debug]\n");
+          "               [--log-level error|warn|info|debug] [--staging DIR] [--ready-file F]\n"
+          "               [--fault PHASE:kill|close|corrupt]  (testing: welcome, round, final,\n"
+          "               restored)\n");
 }
 
 struct Daemon {
@@ -99,6 +101,13 @@ struct Daemon {
     return 0;
   }
 
+  void Cleanup() {
+    std::vector<pid_t> live(sessions.begin(), sessions.end());
+    live.push_back(getpid());  // the daemon itself is never a session
+    int n = migrate::CleanupDeadSessions(dest, live);
+    if (n) LOG_INFO("cleaned up after %d dead session(s)", n);
+  }
+
   void Signals() {
     signals.async_wait([this](const asio::error_code& ec, int sig) {
       if (ec) return;
@@ -109,6 +118,8 @@ struct Daemon {
           if (sessions.erase(p)) {
             LOG_INFO("session %d ended (%s %d)", p, WIFEXITED(st) ? "exit" : "signal",
                      WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
+            // A session that died without its own cleanup: remove what it made.
+            if (!WIFEXITED(st)) Cleanup();
           }
         }
       } else {
@@ -123,6 +134,7 @@ struct Daemon {
           }
         }
         sessions.clear();
+        Cleanup();
         io.stop();
         return;
       }
@@ -138,7 +150,7 @@ int main(int argc, char** argv) {
   log::SetLevel(log::kInfo);
   std::vector<std::string> args(argv + 1, argv + argc);
   ArgSpec spec{{"listen", "root", "cgroup-parent", "bridge", "tls-cert", "tls-key", "tls-ca",
-                "timeout", "log-level", "staging"},
+                "timeout", "log-level", "staging", "fault", "ready-file"},
                {"insecure", "help"},
                {{"-h", "help"}}};
   auto pa = ParseArgs(args, spec);
@@ -167,6 +179,7 @@ int main(int argc, char** argv) {
   d.dest.cgroup_parent = pa->get("cgroup-parent");
   d.dest.bridge = pa->get("bridge");
   d.dest.staging = pa->get("staging");
+  d.dest.fault = pa->get("fault");  // testing and failover drills only
   if (pa->has("timeout")) d.dest.timeout_s = atof(pa->get("timeout").c_str());
   if (d.dest.timeout_s <= 0) d.dest.timeout_s = 30;
   auto hp = migrate::SplitHostPort(pa->get("listen"));
@@ -200,6 +213,11 @@ int main(int argc, char** argv) {
           local.address().to_string().c_str(), local.port(),
           d.tls.insecure ? "INSECURE plain TCP" : "mutual TLS", d.dest.root.c_str());
   fflush(stderr);
+  // Sessions of an earlier daemon that died with it.
+  {
+    int n = migrate::CleanupDeadSessions(d.dest, {});
+    if (n) LOG_INFO("cleaned up after %d session(s) of an earlier run", n);
+  }
   d.Signals();
   d.Accept();
   d.io.run();

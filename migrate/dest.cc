@@ -15,6 +15,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <signal.h>
+
+#include <algorithm>
 #include <chrono>
 #include <set>
 
@@ -116,7 +119,59 @@ int AnnounceHere() {
   return sent;
 }
 
+std::string StagingBase(const DestOptions& o) {
+  return o.staging.empty() ? o.root + "/incoming" : o.staging;
+}
+
+// Fault injection (DestOptions::fault): true when the caller must stop as if the connection
+// broke (the "close" action); "kill" does not return.
+bool Fault(const DestOptions& o, Channel& ch, const char* phase) {
+  if (o.fault.empty()) return false;
+  size_t colon = o.fault.find(':');
+  if (o.fault.substr(0, colon) != phase) return false;
+  std::string action = colon == std::string::npos ? "kill" : o.fault.substr(colon + 1);
+  LOG_WARN("fault injection: %s at %s", action.c_str(), phase);
+  if (action == "kill") raise(SIGKILL);
+  if (action == "corrupt") {
+    // Garbage where the next frame header belongs (inside TLS: the framing is what breaks).
+    std::string junk(64, '\x5a');
+    (void)ch.SendRaw(junk.data(), junk.size());
+  }
+  ch.Close();
+  return true;
+}
+
 }  // namespace
+
+int CleanupDeadSessions(const DestOptions& o, const std::vector<pid_t>& live) {
+  std::string base = StagingBase(o);
+  auto names = fs::ListDir(base);
+  if (!names.ok()) return 0;
+  int cleaned = 0;
+  for (const auto& n : *names) {
+    size_t dot = n.rfind('.');
+    if (dot == std::string::npos || dot == 0) continue;
+    pid_t pid = atoi(n.c_str() + dot + 1);
+    if (pid <= 0) continue;
+    if (std::find(live.begin(), live.end(), pid) != live.end()) continue;
+    if (pid != getpid() && kill(pid, 0) == 0 && live.empty()) continue;  // at start: still alive
+    std::string id = n.substr(0, dot);
+    std::string dir = base + "/" + n;
+    if (!fs::Exists(dir + "/committed") && runtime::ValidateId(id).ok() &&
+        fs::Exists(o.root + "/" + id)) {
+      auto r = runtime::Delete(o.root, id, /*force=*/true);
+      if (r.ok())
+        LOG_INFO("removed %s, restored by session %d which died before the commit", id.c_str(),
+                 pid);
+      else
+        LOG_ERROR("remove %s left by session %d: %s", id.c_str(), pid,
+                  r.error().to_string().c_str());
+    }
+    (void)fs::RemoveAll(dir);
+    cleaned++;
+  }
+  return cleaned;
+}
 
 std::vector<std::string> LocalKernelFeatures() { return KernelFeatureNames(); }
 
@@ -207,6 +262,8 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
     for (auto& k : LocalKernelFeatures()) wl->add_kernel_features(k);
     for (auto& c : images::CpuFeatures()) wl->add_cpu_features(c);
     wl->set_mem_available(MemAvailable());
+    if (why.empty() && Fault(o, ch, "welcome"))
+      return MakeError(ErrorKind::kPeer, 0, "fault injected at welcome");
     TRY_CTX(ch.Send(w), "handshake");
     if (!why.empty())
       return MakeError(ErrorKind::kPeer, 0, "refused migration of %s from %s: %s",
@@ -214,7 +271,7 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
   }
   LOG_INFO("migration of %s from %s accepted", res.id.c_str(), ch.peer().c_str());
 
-  std::string base = o.staging.empty() ? o.root + "/incoming" : o.staging;
+  std::string base = StagingBase(o);
   std::string staging = StrFormat("%s/%s.%d", base.c_str(), res.id.c_str(), getpid());
   TRY(fs::MkdirAll(staging, 0700));
   ScopeExit rm_staging([&] {
@@ -249,6 +306,7 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
         break;
       }
       case mig::Frame::kRoundEnd: {
+        if (Fault(o, ch, "round")) return MakeError(ErrorKind::kPeer, 0, "fault injected at round");
         mig::Frame ack;
         ack.mutable_round_ack()->set_round(f.round_end().round());
         ack.mutable_round_ack()->set_bytes_applied(rx.bytes() - round_bytes0);
@@ -270,6 +328,7 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
           (void)SendFailed(ch, e);
           return e;
         }
+        if (Fault(o, ch, "final")) return MakeError(ErrorKind::kPeer, 0, "fault injected at final");
         auto t0 = Clock::now();
         container::RestoreOptions ro;
         ro.root = o.root;
@@ -296,6 +355,8 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
         // Announce at once: the source is frozen and its network locked, so the segment may as
         // well learn the new place now; again after the commit.
         (void)AnnounceAddresses(rr->container.pid);
+        if (Fault(o, ch, "restored"))
+          return MakeError(ErrorKind::kPeer, 0, "fault injected at restored");
         TRY(ch.Send(done));
         ch.set_timeout(o.timeout_s);
         auto c = ch.Recv(&f, &payload);
@@ -317,6 +378,8 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
                            f.has_abort() ? f.abort().reason().c_str() : "");
         committed = true;
         res.committed = true;
+        // A session killed from here on leaves the container: it is the only copy now.
+        (void)fs::WriteFile(staging + "/committed", "");
         auto ta = Clock::now();
         auto an = AnnounceAddresses(rr->container.pid);
         if (!an.ok())

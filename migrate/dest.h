@@ -29,7 +29,11 @@ struct DestOptions {
   std::string bridge;                // attach restored veths to this bridge ("" = as dumped)
   std::string staging;               // where images land (default ROOT/incoming)
   double timeout_s = 30;             // per network operation
-  double restore_timeout_s = 300;    // the source waits this long for Restored
+  // Fault injection for tests and failover drills (godwitd --fault PHASE:ACTION): at PHASE
+  // ("welcome", "round", "final", "restored") the session ACTION: "kill" (SIGKILL itself, as a
+  // crashed host would), "close" (drops the connection) or "corrupt" (sends garbage instead of
+  // its next frame). Empty: none.
+  std::string fault;
 };
 
 struct DestResult {
@@ -48,6 +52,12 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o);
 
 // The checks a Hello must pass here (empty = accepted). Exposed for tests.
 std::string CheckHello(const mig::Hello& h, const DestOptions& o);
+
+// Removes what sessions that died without cleaning up left under o's staging directory: for
+// each "<id>.<pid>" whose pid is not in `live`, the restored container <id> unless the session
+// had committed it, then the directory. Returns how many were cleaned. godwitd runs it when a
+// session ends by a signal and at start.
+int CleanupDeadSessions(const DestOptions& o, const std::vector<pid_t>& live);
 
 // This host's kernel features by name (`godwit check`'s probes, cached).
 std::vector<std::string> LocalKernelFeatures();

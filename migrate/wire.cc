@@ -266,6 +266,15 @@ Result<void> Channel::Send(const mig::Frame& frame, const void* payload, size_t 
   return Ok();
 }
 
+Result<void> Channel::SendRaw(const void* data, size_t len) {
+  if (impl_->broken || !impl_->sock.is_open())
+    return MakeError(ErrorKind::kPeer, 0, "peer %s: connection already failed", peer_.c_str());
+  auto ec = impl_->Write(timeout_s_, asio::buffer(data, len));
+  if (ec) return StreamError(ec, peer_, "send");
+  sent_ += len;
+  return Ok();
+}
+
 Result<void> Channel::Recv(mig::Frame* frame, std::string* payload) {
   if (impl_->broken || !impl_->sock.is_open())
     return MakeError(ErrorKind::kPeer, 0, "peer %s: connection already failed", peer_.c_str());

@@ -45,6 +45,8 @@ class Channel {
 
   // One frame, with an optional raw payload.
   Result<void> Send(const mig::Frame& frame, const void* payload = nullptr, size_t len = 0);
+  // Raw bytes on the stream, outside any frame (fault injection: a corrupt frame).
+  Result<void> SendRaw(const void* data, size_t len);
   // The next frame; *payload receives its raw bytes (cleared when none). Errors: kPeer for a
   // closed connection, a timeout or a corrupt frame (naming what and the stream offset).
   Result<void> Recv(mig::Frame* frame, std::string* payload);

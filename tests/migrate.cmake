@@ -5,3 +5,9 @@ godwit_test(migrate_wire_test
 target_compile_definitions(migrate_wire_test PRIVATE GODWIT_SOURCE_DIR="${CMAKE_SOURCE_DIR}")
 godwit_helper(mig_dirty ${CMAKE_CURRENT_SOURCE_DIR}/helpers/mig_dirty.c)
 target_link_options(mig_dirty PRIVATE -static)
+godwit_test(migrate_test
+  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/migrate_test.cc
+  LIBS godwit_migrate godwit_container godwit_runtime nlohmann_json::nlohmann_json Threads::Threads)
+target_compile_definitions(migrate_test PRIVATE GODWIT_SCRIPTS="${CMAKE_SOURCE_DIR}/scripts"
+                           GODWITD_BIN="$<TARGET_FILE:godwitd>")
+add_dependencies(migrate_test godwitd mig_dirty)
