@@ -112,7 +112,8 @@ int MigrateCmd(Global& g, const std::vector<std::string>& args) {
       printf("%s\n", j.dump().c_str());
       return res.error().exit_code();
     }
-    if (rep.outcome == "rolled back" || rep.outcome == "refused")
+    if (rep.outcome == "rolled back" || rep.outcome == "refused" ||
+        (rep.outcome == "not started" && res.error().kind() == ErrorKind::kPeer))
       fprintf(stderr, "godwit migrate: %s: the container still runs here\n", rep.outcome.c_str());
     return ReportError(g, "migrate", res.error());
   }

@@ -90,7 +90,7 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
   auto t_start = Clock::now();
   rep->id = o.id;
   rep->to = o.to;
-  rep->outcome = "failed";
+  rep->outcome = "not started";
   TRY(runtime::ValidateId(o.id));
   ASSIGN_OR_RETURN(runtime::Container c, runtime::Container::Load(o.root, o.id));
   if (c.CurrentStatus() != runtime::Status::kRunning)

@@ -66,7 +66,9 @@ struct MigrationReport {
   std::string id, to, peer, peer_version, peer_hostname;
   bool secure = false;
   bool compressed = false;
-  std::string outcome;  // "migrated", "refused", "rolled back", "failed after commit"
+  // "migrated"; "not started" (e.g. the connection or handshake failed), "refused", "rolled back"
+  // (the container runs here as before); "failed after commit" (it runs there, not here).
+  std::string outcome;
   std::string reason;   // for everything but "migrated"
   std::vector<RoundReport> rounds;
   double fixed_cost_ms = 0;  // the fixed part of the prediction (non-memory state, restore)
