@@ -11,3 +11,6 @@ godwit_test(migrate_test
 target_compile_definitions(migrate_test PRIVATE GODWIT_SCRIPTS="${CMAKE_SOURCE_DIR}/scripts"
                            GODWITD_BIN="$<TARGET_FILE:godwitd>")
 add_dependencies(migrate_test godwitd mig_dirty)
+add_executable(migrate_bench ${PROJECT_SOURCE_DIR}/bench/migrate_bench.cc)
+target_link_libraries(migrate_bench PRIVATE godwit_migrate godwit_common)
+set_target_properties(migrate_bench PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${PROJECT_BINARY_DIR}/bench)
