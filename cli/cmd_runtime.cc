@@ -47,6 +47,8 @@ int CmdCreate(Global& g, const std::vector<std::string>& args) {
   o.id = p->positionals[0];
   o.bundle = p->get("bundle", ".");
   o.pid_file = p->get("pid-file");
+  o.cgroup_parent = g.cgroup_parent;
+  o.bridge = p->get("bridge");
   auto c = rt::Create(o);
   if (!c.ok()) return ReportError(g, "create", c.error());
   if (g.json) PrintState(g, *c);
@@ -139,9 +141,14 @@ int CmdRun(Global& g, const std::vector<std::string>& args) {
       if (*end || o.cpu_shares < 2)
         return ReportError(g, "run", Usage("bad --cpu-shares %s", p->get("cpu-shares").c_str()));
     }
-    std::string id = p->get("name");
-    if (id.empty()) id = RandomId();
-    c = rt::CreateFromRunOptions(g.root, id, o, p->get("pid-file"), /*start=*/true);
+    rt::CreateOptions co;
+    co.root = g.root;
+    co.id = p->get("name");
+    if (co.id.empty()) co.id = RandomId();
+    co.pid_file = p->get("pid-file");
+    co.start = true;
+    co.cgroup_parent = g.cgroup_parent;
+    c = rt::CreateFromRunOptions(co, o);
   } else {
     if (p->positionals.size() != 1)
       return ReportError(g, "run", Usage("expected ID --bundle DIR, or --rootfs DIR -- CMD..."));
@@ -151,6 +158,8 @@ int CmdRun(Global& g, const std::vector<std::string>& args) {
     o.bundle = p->get("bundle", ".");
     o.pid_file = p->get("pid-file");
     o.start = true;
+    o.cgroup_parent = g.cgroup_parent;
+    o.bridge = p->get("bridge");
     c = rt::Create(o);
   }
   if (!c.ok()) return ReportError(g, "run", c.error());
@@ -169,7 +178,7 @@ int CmdRun(Global& g, const std::vector<std::string>& args) {
   double t0 = ms();
   auto code = rt::Wait(*c, /*forward_signals=*/true);
   double t1 = ms();
-  auto d = rt::Delete(c->root, c->id, true);
+  auto d = rt::Delete(c->root, c->id, true, g.cgroup_parent);
   LOG_DEBUG("run %s: wait=%.2fms delete=%.2fms", c->id.c_str(), t1 - t0, ms() - t1);
   if (!code.ok()) return ReportError(g, "run", code.error());
   if (!d.ok()) return ReportError(g, "run", d.error());
@@ -246,7 +255,7 @@ int CmdDelete(Global& g, const std::vector<std::string>& args) {
   if (!p.ok()) return ReportError(g, "delete", p.error());
   if (p->positionals.empty()) return ReportError(g, "delete", Usage("expected ID..."));
   for (const auto& id : p->positionals) {
-    auto r = rt::Delete(g.root, id, p->has("force"));
+    auto r = rt::Delete(g.root, id, p->has("force"), g.cgroup_parent);
     if (!r.ok()) return ReportError(g, "delete", r.error());
   }
   return 0;

@@ -218,7 +218,7 @@ Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& re
 
   phase(&ph.prepare_ms);
   // cgroups with the limits.
-  ASSIGN_OR_RETURN(cg, runtime::OpenCgroup(opts.id));
+  ASSIGN_OR_RETURN(cg, runtime::OpenCgroup(opts.id, opts.cgroup_parent));
   TRY_CTX(cg->Create(), "cgroup of %s", opts.id.c_str());
   // From here (not before: the warm-up's first write holds cgroup_mutex, which mkdir needs, for
   // its grace period) the grace period of the join below is paid alongside the restore.
@@ -297,6 +297,7 @@ Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& re
   c.created = NowRfc3339();
   c.cgroup_paths = cg->Paths();
   c.cgroup_layout = runtime::CgroupLayoutName(cg->layout());
+  c.cgroup_parent = opts.cgroup_parent;
   c.host_veth = veth_name;
   c.storage_dir = storage;
   TRY(fs::WriteFile(c.config_path(), rec.config_json()));

@@ -136,7 +136,7 @@ json Container::ToJson() const {
       {"pid", pid},
       {"pidStartTime", pid_start_time},
       {"created", created},
-      {"cgroup", {{"layout", cgroup_layout}, {"paths", cgroup_paths}}},
+      {"cgroup", {{"layout", cgroup_layout}, {"parent", cgroup_parent}, {"paths", cgroup_paths}}},
       {"resources", ResourcesToJson(resources)},
       {"network",
        {{"hostVeth", host_veth},
@@ -183,6 +183,9 @@ Result<Container> Container::FromJson(const json& j) {
   c.created = str(j, "created");
   json cg = j.value("cgroup", json::object());
   c.cgroup_layout = str(cg, "layout");
+  // Records written before --cgroup-parent existed: the fixed "godwit".
+  c.cgroup_parent = str(cg, "parent");
+  if (c.cgroup_parent.empty()) c.cgroup_parent = "godwit";
   if (cg.contains("paths") && cg["paths"].is_object())
     for (auto it = cg["paths"].begin(); it != cg["paths"].end(); ++it)
       if (it.value().is_string()) c.cgroup_paths[it.key()] = it.value().get<std::string>();

@@ -168,6 +168,8 @@ Result<Container> Create(const CreateOptions& opts) {
   c.annotations = spec.annotations;
   c.net = spec.net;
   c.disk_quota = spec.disk_quota;
+  c.cgroup_parent = opts.cgroup_parent;
+  TRY(ValidateCgroupParent(opts.cgroup_parent));
 
   // The state dir is the container's lock: mkdir is atomic, a second create of the id fails.
   // The bundle may be the state dir itself (CreateFromRunOptions made it already).
@@ -203,7 +205,7 @@ Result<Container> Create(const CreateOptions& opts) {
   }
 
   timer.Mark("config");
-  ASSIGN_OR_RETURN(std::unique_ptr<Cgroup> cg, OpenCgroup(opts.id));
+  ASSIGN_OR_RETURN(std::unique_ptr<Cgroup> cg, OpenCgroup(opts.id, opts.cgroup_parent));
   TRY_CTX(cg->Create(), "container %s", opts.id.c_str());
   ScopeExit remove_cgroup([&] { (void)cg->Destroy(); });
   TRY_CTX(cg->Apply(spec.resources), "container %s: linux.resources", opts.id.c_str());
@@ -312,9 +314,20 @@ Result<Container> Create(const CreateOptions& opts) {
   return c;
 }
 
-Result<Container> CreateFromRunOptions(const std::string& root_in, const std::string& id,
+Result<Container> CreateFromRunOptions(const std::string& root, const std::string& id,
                                        const RunOptions& run, const std::string& pid_file,
                                        bool start) {
+  CreateOptions co;
+  co.root = root;
+  co.id = id;
+  co.pid_file = pid_file;
+  co.start = start;
+  return CreateFromRunOptions(co, run);
+}
+
+Result<Container> CreateFromRunOptions(const CreateOptions& base, const RunOptions& run) {
+  const std::string& root_in = base.root;
+  const std::string& id = base.id;
   TRY(ValidateId(id));
   if (run.args.empty()) return MakeError(ErrorKind::kUsage, 0, "no command given (-- CMD...)");
   if (run.rootfs.empty()) return MakeError(ErrorKind::kUsage, 0, "no --rootfs given");
@@ -335,12 +348,9 @@ Result<Container> CreateFromRunOptions(const std::string& root_in, const std::st
   RunOptions o = run;
   o.rootfs = *rootfs;
   TRY(fs::WriteFile(dir + "/config.json", MakeConfig(o).dump(2) + "\n"));
-  CreateOptions co;
+  CreateOptions co = base;
   co.root = root;
-  co.id = id;
   co.bundle = dir;
-  co.pid_file = pid_file;
-  co.start = start;
   auto c = Create(co);
   if (c.ok()) remove_dir.dismiss();
   return c;
@@ -471,14 +481,15 @@ Result<void> Kill(const std::string& root, const std::string& id, int sig, bool 
   return Ok();
 }
 
-Result<void> Delete(const std::string& root, const std::string& id, bool force) {
+Result<void> Delete(const std::string& root, const std::string& id, bool force,
+                    const std::string& cgroup_parent) {
   TRY(ValidateId(id));
   auto loaded = Container::Load(root, id);
   std::string dir = root + "/" + id;
   if (!loaded.ok()) {
     // A half-created container (no state.json): with --force, remove what its id implies.
     if (!force || !fs::Exists(dir)) return std::move(loaded).error();
-    ASSIGN_OR_RETURN(std::unique_ptr<Cgroup> cg, OpenCgroup(id));
+    ASSIGN_OR_RETURN(std::unique_ptr<Cgroup> cg, OpenCgroup(id, cgroup_parent));
     (void)KillAll(*cg, 0, 0);
     TRY(cg->Destroy());
     TRY(TeardownNetwork(HostVethName(root, id)));
