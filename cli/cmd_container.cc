@@ -241,7 +241,7 @@ bool IsContainerRestore(const std::vector<std::string>& args) {
 }
 
 int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
-  ArgSpec spec{{"image-path", "import", "bundle", "pid-file", "ip"},
+  ArgSpec spec{{"image-path", "import", "bundle", "pid-file", "ip", "bridge"},
                {"detach", "json"},
                {{"-d", "detach"}, {"-b", "bundle"}}};
   auto pa = ParseArgs(args, spec);

@@ -39,7 +39,7 @@ void PrintState(const Global& g, const rt::Container& c) {
 // --- create ---------------------------------------------------------------------------------
 
 int CmdCreate(Global& g, const std::vector<std::string>& args) {
-  auto p = Parse(args, {{"bundle", "pid-file"}, {}, {{"-b", "bundle"}}});
+  auto p = Parse(args, {{"bundle", "pid-file", "bridge"}, {}, {{"-b", "bundle"}}});
   if (!p.ok()) return ReportError(g, "create", p.error());
   if (p->positionals.size() != 1) return ReportError(g, "create", Usage("expected exactly one ID"));
   rt::CreateOptions o;
@@ -54,7 +54,7 @@ int CmdCreate(Global& g, const std::vector<std::string>& args) {
   if (g.json) PrintState(g, *c);
   return 0;
 }
-GODWIT_COMMAND(create, "create", "create ID [--bundle DIR] [--pid-file FILE]",
+GODWIT_COMMAND(create, "create", "create ID [--bundle DIR] [--pid-file FILE] [--bridge BR]",
                "create a container from an OCI bundle (stopped before its process runs)",
                CmdCreate);
 
@@ -83,7 +83,7 @@ int CmdRun(Global& g, const std::vector<std::string>& args) {
   ArgSpec spec;
   spec.values = {"bundle",     "pid-file", "rootfs", "name", "hostname", "memory",     "cpus",
                  "cpu-shares", "pids",     "disk",   "ip",   "gateway",  "allow-port", "env",
-                 "userns-base"};
+                 "userns-base", "bridge"};
   spec.flags = {"detach", "readonly", "userns"};
   spec.aliases = {{"-b", "bundle"}, {"-d", "detach"}, {"-e", "env"}};
   auto p = Parse(args, spec);
@@ -99,6 +99,7 @@ int CmdRun(Global& g, const std::vector<std::string>& args) {
     o.hostname = p->get("hostname");
     o.ip = p->get("ip");
     o.gateway = p->get("gateway");
+    o.bridge = p->get("bridge");
     for (const auto& a : p->all("allow-port"))
       for (const auto& x : fs::Split(a, ','))
         if (!x.empty()) o.allow_ports.push_back(x);
@@ -185,9 +186,10 @@ int CmdRun(Global& g, const std::vector<std::string>& args) {
   return *code;
 }
 GODWIT_COMMAND(run, "run",
-               "run ID [--bundle DIR] [--detach] [--pid-file F]  |  run --rootfs DIR [--name ID] "
-               "[--detach] [--hostname H] [--memory 256M] [--cpus 0.5] [--cpu-shares N] "
-               "[--pids 64] [--disk 512M] [--ip 198.18.0.10/24] [--gateway IP] "
+               "run ID [--bundle DIR] [--detach] [--pid-file F] [--bridge BR]  |  run --rootfs DIR "
+               "[--name ID] [--detach] [--hostname H] [--memory 256M] [--cpus 0.5] "
+               "[--cpu-shares N] [--pids 64] [--disk 512M] [--ip 198.18.0.10/24] [--gateway IP] "
+               "[--bridge BR] "
                "[--allow-port 80[/tcp],53/udp] [--env K=V] [--readonly] [--userns | --userns-base HOSTUID] -- CMD...",
                "create and start a container; without --detach wait for it and delete it", CmdRun);
 

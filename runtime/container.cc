@@ -143,6 +143,7 @@ json Container::ToJson() const {
         {"address", net.address},
         {"prefix", net.prefix},
         {"gateway", net.gateway},
+        {"bridge", net.bridge},
         {"allowPorts", ports}}},
       {"storage", {{"diskQuota", disk_quota}, {"dir", storage_dir}}},
       {"hostname", hostname},
@@ -195,6 +196,7 @@ Result<Container> Container::FromJson(const json& j) {
   c.net.address = str(n, "address");
   c.net.prefix = num(n, "prefix");
   c.net.gateway = str(n, "gateway");
+  c.net.bridge = str(n, "bridge");
   if (n.contains("allowPorts") && n["allowPorts"].is_array())
     for (const auto& p : n["allowPorts"])
       c.net.allow_ports.push_back({(int)num(p, "port"), str(p, "proto")});

@@ -153,6 +153,16 @@ Result<Container> Create(const CreateOptions& opts) {
                      "root.path %s: the rootfs does not exist or is not a directory",
                      spec.root_path.c_str());
   ASSIGN_OR_RETURN(spec.root_path, AbsPath(spec.root_path));
+  if (!opts.bridge.empty()) {
+    TRY(ValidateBridgeName(opts.bridge));
+    if (spec.net.address.empty())
+      return MakeError(ErrorKind::kUsage, 0,
+                       "--bridge %s: the container has no address (annotation %s)",
+                       opts.bridge.c_str(), kAnnoIp);
+    // The subnet's first host is a routed container's gateway by default, not a bridged one's.
+    if (spec.net.bridge.empty() && !spec.annotations.count(kAnnoGateway)) spec.net.gateway.clear();
+    spec.net.bridge = opts.bridge;
+  }
 
   TRY(fs::MkdirAll(opts.root, 0711));
   ASSIGN_OR_RETURN(std::string root, AbsPath(opts.root));
@@ -445,7 +455,7 @@ Result<void> Pause(const std::string& root, const std::string& id) {
   if (s != Status::kRunning)
     return MakeError(ErrorKind::kGeneric, 0, "container %s is %s, not running", id.c_str(),
                      StatusName(s));
-  ASSIGN_OR_RETURN(std::unique_ptr<Cgroup> cg, OpenCgroup(id));
+  ASSIGN_OR_RETURN(std::unique_ptr<Cgroup> cg, OpenCgroup(c));
   return cg->Freeze();
 }
 
@@ -455,7 +465,7 @@ Result<void> Resume(const std::string& root, const std::string& id) {
   if (s != Status::kPaused)
     return MakeError(ErrorKind::kGeneric, 0, "container %s is %s, not paused", id.c_str(),
                      StatusName(s));
-  ASSIGN_OR_RETURN(std::unique_ptr<Cgroup> cg, OpenCgroup(id));
+  ASSIGN_OR_RETURN(std::unique_ptr<Cgroup> cg, OpenCgroup(c));
   return cg->Thaw();
 }
 
@@ -465,7 +475,7 @@ Result<void> Kill(const std::string& root, const std::string& id, int sig, bool 
   if (s == Status::kStopped)
     return MakeError(ErrorKind::kGeneric, 0, "container %s is not running", id.c_str());
   if (all) {
-    ASSIGN_OR_RETURN(std::unique_ptr<Cgroup> cg, OpenCgroup(id));
+    ASSIGN_OR_RETURN(std::unique_ptr<Cgroup> cg, OpenCgroup(c));
     ASSIGN_OR_RETURN(auto pids, cg->Pids());
     for (pid_t p : pids) ::kill(p, sig);
     return Ok();
@@ -498,7 +508,7 @@ Result<void> Delete(const std::string& root, const std::string& id, bool force,
   }
   Container& c = *loaded;
   Status s = c.CurrentStatus();
-  ASSIGN_OR_RETURN(std::unique_ptr<Cgroup> cg, OpenCgroup(id));
+  ASSIGN_OR_RETURN(std::unique_ptr<Cgroup> cg, OpenCgroup(c));
   if (s != Status::kStopped) {
     // A created container never ran its program: delete it without --force, as runc does.
     if (!force && s != Status::kCreated)
@@ -530,7 +540,7 @@ Result<void> Delete(const std::string& root, const std::string& id, bool force,
 
 Result<std::vector<pid_t>> Ps(const std::string& root, const std::string& id) {
   ASSIGN_OR_RETURN(Container c, Container::Load(root, id));
-  ASSIGN_OR_RETURN(std::unique_ptr<Cgroup> cg, OpenCgroup(id));
+  ASSIGN_OR_RETURN(std::unique_ptr<Cgroup> cg, OpenCgroup(c));
   return cg->Pids();
 }
 
@@ -541,7 +551,7 @@ Result<int> Exec(const std::string& root, const std::string& id, const ExecOptio
     return MakeError(ErrorKind::kGeneric, 0, "container %s is %s, not running", id.c_str(),
                      StatusName(c.CurrentStatus()));
   ASSIGN_OR_RETURN(Spec spec, c.LoadSpec());
-  ASSIGN_OR_RETURN(std::unique_ptr<Cgroup> cg, OpenCgroup(id));
+  ASSIGN_OR_RETURN(std::unique_ptr<Cgroup> cg, OpenCgroup(c));
   int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, c.pid, 0));
   if (pidfd < 0) return Errno("container %s: pidfd_open %d", id.c_str(), c.pid);
   UniqueFd guard(pidfd);
