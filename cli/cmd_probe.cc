@@ -11,7 +11,8 @@
 // salt): any other byte is corruption. The run stops after --duration, when --until-file exists,
 // or on SIGINT/SIGTERM; then it stops sending, waits (up to --drain) for the echoes still in
 // flight, and prints the report: messages sent/echoed/lost, gap and RTT percentiles, and the
-// client socket's TCP counters (TCP_INFO: retransmitted segments, RTO timeouts and backoff).
+// client socket's TCP counters (TCP_INFO: retransmitted segments, RTO timeouts and backoff). If
+// TCP echoes are still missing at the end, the time since the last one counts as a gap.
 // Exit 0, or 1 (after the report) if the TCP connection broke, an echo was corrupt, or TCP
 // messages were never echoed.
 #include <fcntl.h>
@@ -354,6 +355,11 @@ class Probe {
     }
     end_ns_ = NowNs();
     if (tcp_.fd && !tcp_.broken) SampleTcpInfo();
+    // A TCP stall still going on at the end is a gap too (until now): a run stopped while
+    // nothing comes back must not report the last good gaps only. (UDP: a lost datagram is no
+    // stall; its gaps are between the echoes received.)
+    if (tcp_.fd && tcp_.echoed < tcp_.sent)
+      tcp_.gap_ns.push_back(end_ns_ - (tcp_.last_echo_ns ? tcp_.last_echo_ns : start_ns_));
     return stopped_by;
   }
 

@@ -39,10 +39,10 @@ using testing::ProbeClient;
 
 // A TCP echo server on 127.0.0.1 for one connection, in a thread: echoes every byte, or alters
 // the byte at offset `at` (kCorrupt), or closes the connection once `at` bytes were echoed
-// (kClose).
+// (kClose), or keeps reading but echoes nothing past `at` bytes (kStall).
 class EchoServer {
  public:
-  enum Mode { kEcho, kCorrupt, kClose };
+  enum Mode { kEcho, kCorrupt, kClose, kStall };
   ~EchoServer() {
     if (thread_.joinable()) {
       char b = 0;
@@ -86,6 +86,7 @@ class EchoServer {
       for (ssize_t i = 0; i < n; ++i)
         if (mode == kCorrupt && echoed_ + i == at) buf[i] ^= 0x5a;
       if (mode == kClose && echoed_ + n >= at) return;  // closes c: EOF for the client
+      if (mode == kStall && echoed_ + n > at) continue;
       if (::send(c.get(), buf, n, MSG_NOSIGNAL) != n) return;
       echoed_ += n;
     }
@@ -175,6 +176,27 @@ TEST(Probe, ClosedConnectionIsBroken) {
   EXPECT_TRUE(r["tcp"]["broken"].get<bool>());
   EXPECT_FALSE(r["tcp"]["corrupt"].get<bool>());
   EXPECT_NE(r["tcp"]["error"].get<std::string>().find("EOF"), std::string::npos) << r["tcp"];
+}
+
+// Echoes stop with the connection open: the messages never echoed fail the run, and the stall
+// still going on at the end is the longest gap.
+TEST(Probe, StallAtTheEndIsAGap) {
+  EchoServer srv;
+  auto port = srv.Start(EchoServer::kStall, 160);
+  ASSERT_TRUE(port.ok());
+  ProbeClient p;
+  ASSERT_OK(p.RunToEnd({"--tcp", Local(*port), "--interval", "1ms", "--duration", "300ms",
+                        "--drain", "200ms"}));
+  EXPECT_EQ(p.code(), 1) << p.out() << p.err();
+  const auto& r = p.report();
+  ASSERT_FALSE(r.is_discarded()) << p.out();
+  EXPECT_FALSE(r["ok"].get<bool>());
+  EXPECT_FALSE(r["tcp"]["broken"].get<bool>());
+  EXPECT_EQ(r["tcp"]["echoed"].get<uint64_t>(), 10u);
+  EXPECT_GT(r["tcp"]["lost"].get<uint64_t>(), 0u);
+  // From the 10th echo (~10 ms in) to the end (300 ms + 200 ms of drain).
+  EXPECT_GT(r["tcp"]["max_gap_ms"].get<double>(), 400.0) << r["tcp"]["gap_ms"];
+  EXPECT_NE(p.err().find("never echoed"), std::string::npos) << p.err();
 }
 
 // Waits (bounded) until the server echoed n bytes: the probe is streaming.
