@@ -174,7 +174,7 @@ struct Stream {
 struct TcpStream : Stream {
   std::vector<uint8_t> out;  // bytes not yet accepted by the socket
   size_t out_off = 0;
-  std::vector<uint8_t> in;   // a partial message
+  std::vector<uint8_t> in;  // a partial message
   // TCP_INFO, sampled along the run: the worst moments are gone by the end.
   uint32_t max_retransmits = 0, max_backoff = 0, max_rto_us = 0;
 };
@@ -488,8 +488,7 @@ class Probe {
       tcp_.Fail(true, StrFormat("byte %llu of the stream (message %llu, offset %zu) is %#x, "
                                 "sent %#x",
                                 static_cast<unsigned long long>(want * o_.size + at),
-                                static_cast<unsigned long long>(want), at, tcp_.in[at],
-                                msg_[at]));
+                                static_cast<unsigned long long>(want), at, tcp_.in[at], msg_[at]));
       return;
     }
     tcp_.Echo(want, now);
@@ -559,12 +558,9 @@ class Probe {
   json TcpJson() const {
     json j = StreamJson(tcp_);
     const tcp_info& i = last_info_.info;
-    json t = {{"total_retrans", i.tcpi_total_retrans},
-              {"retransmits_max", tcp_.max_retransmits},
-              {"backoff_max", tcp_.max_backoff},
-              {"rto_ms", i.tcpi_rto / 1000.0},
-              {"rto_max_ms", tcp_.max_rto_us / 1000.0},
-              {"state", i.tcpi_state}};
+    json t = {{"total_retrans", i.tcpi_total_retrans},  {"retransmits_max", tcp_.max_retransmits},
+              {"backoff_max", tcp_.max_backoff},        {"rto_ms", i.tcpi_rto / 1000.0},
+              {"rto_max_ms", tcp_.max_rto_us / 1000.0}, {"state", i.tcpi_state}};
     if (last_info_.has_total_rto) {
       t["total_rto"] = last_info_.total_rto;
       t["total_rto_recoveries"] = last_info_.total_rto_recoveries;
@@ -620,10 +616,11 @@ void PrintHuman(const json& r) {
                             ? "n/a"
                             : StrFormat("%d (%d ms in recovery)", i["total_rto"].get<int>(),
                                         i["total_rto_time_ms"].get<int>());
-      printf("  client TCP: %u segments retransmitted, RTO timeouts %s, most consecutive %u, "
-             "RTO %.0f ms (max %.0f)\n",
-             i["total_retrans"].get<unsigned>(), rto.c_str(), i["retransmits_max"].get<unsigned>(),
-             i["rto_ms"].get<double>(), i["rto_max_ms"].get<double>());
+      printf(
+          "  client TCP: %u segments retransmitted, RTO timeouts %s, most consecutive %u, "
+          "RTO %.0f ms (max %.0f)\n",
+          i["total_retrans"].get<unsigned>(), rto.c_str(), i["retransmits_max"].get<unsigned>(),
+          i["rto_ms"].get<double>(), i["rto_max_ms"].get<double>());
     } else {
       printf("  duplicates %llu, reordered %llu, refused %llu\n",
              s["duplicates"].get<unsigned long long>(), s["reordered"].get<unsigned long long>(),

@@ -183,7 +183,7 @@ class CgroupV1 : public Cgroup {
 
   std::map<std::string, std::string> dirs_;      // distinct directories
   std::map<std::string, std::string> dirs_all_;  // every controller -> directory
-  std::map<std::string, std::string> parents_;  // controller -> its hierarchy's mount
+  std::map<std::string, std::string> parents_;   // controller -> its hierarchy's mount
 };
 
 }  // namespace

@@ -95,7 +95,9 @@ Result<T> MakeIn(pid_t pid, const std::function<Result<T>()>& make) {
 }
 
 // A rtnetlink socket that lives in pid's network namespace.
-Result<Sock> ConnectIn(pid_t pid) { return MakeIn<Sock>(pid, [] { return Connect(); }); }
+Result<Sock> ConnectIn(pid_t pid) {
+  return MakeIn<Sock>(pid, [] { return Connect(); });
+}
 
 Result<Addr> ParseAddr(const std::string& s) {
   nl_addr* a = nullptr;

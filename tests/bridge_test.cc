@@ -111,8 +111,8 @@ class Bridge : public ::testing::Test {
   }
   // The container's echo server on host a, bridged, no gateway.
   void StartOnA() {
-    CliRun r = Gw('a', {"run", "--rootfs", rootfs_, "--name", id_, "--detach", "--ip",
-                        ip_ + "/15", "--bridge", NetnsHosts::kBridge, "--", "nc", "-ll", "-p",
+    CliRun r = Gw('a', {"run", "--rootfs", rootfs_, "--name", id_, "--detach", "--ip", ip_ + "/15",
+                        "--bridge", NetnsHosts::kBridge, "--", "nc", "-ll", "-p",
                         std::to_string(kPort), "-e", "cat"});
     ASSERT_EQ(r.code, 0) << r;
     pid_ = StatePid('a');
@@ -160,9 +160,10 @@ class Bridge : public ::testing::Test {
     EXPECT_EQ(Ip("b", "-o link").find(veth_b), std::string::npos);
     EXPECT_FALSE(fs::Exists(ra_ + "/" + id_));
     EXPECT_FALSE(fs::Exists(rb_ + "/" + id_));
-    auto cgs = Sh(StrFormat("find /sys/fs/cgroup -maxdepth 3 -type d \\( -name %s -o -name %s "
-                            "-o -name %s \\)",
-                            id_.c_str(), pa_.c_str(), pb_.c_str()));
+    auto cgs =
+        Sh(StrFormat("find /sys/fs/cgroup -maxdepth 3 -type d \\( -name %s -o -name %s "
+                     "-o -name %s \\)",
+                     id_.c_str(), pa_.c_str(), pb_.c_str()));
     ASSERT_OK(cgs);
     EXPECT_EQ(*cgs, "");
   }
@@ -229,9 +230,9 @@ TEST_F(Bridge, CheckpointOnARestoreOnBAndBackKeepsTheClientsConnection) {
   if (HasFatalFailure()) return;
   // The client's connection: numbered echoes every 2 ms through both moves.
   probe_ = std::make_unique<ProbeClient>();
-  ASSERT_OK(probe_->Start({"--tcp", StrFormat("%s:%d", ip_.c_str(), kPort), "--interval", "2ms",
-                           "--drain", "30s"},
-                          hosts_.Fd("c")));
+  ASSERT_OK(probe_->Start(
+      {"--tcp", StrFormat("%s:%d", ip_.c_str(), kPort), "--interval", "2ms", "--drain", "30s"},
+      hosts_.Fd("c")));
   std::string mac = ContainerMac();
   ASSERT_FALSE(mac.empty());
   std::string veth_a = runtime::HostVethName(ra_, id_);

@@ -65,9 +65,10 @@ class CgroupParent : public ::testing::Test {
   }
   // Any cgroup directory named like the id, or the parents, anywhere in the hierarchies.
   std::string Leftovers() {
-    auto out = Sh(StrFormat("find /sys/fs/cgroup -maxdepth 4 -type d \\( -name %s -o -name "
-                            "godwit-cgpa%d -o -name godwit-cgpb%d \\)",
-                            id_.c_str(), getpid(), getpid()));
+    auto out =
+        Sh(StrFormat("find /sys/fs/cgroup -maxdepth 4 -type d \\( -name %s -o -name "
+                     "godwit-cgpa%d -o -name godwit-cgpb%d \\)",
+                     id_.c_str(), getpid(), getpid()));
     return out.ok() ? *out : out.error().to_string();
   }
 

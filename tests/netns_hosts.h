@@ -77,8 +77,7 @@ class NetnsHosts {
 
  private:
   Result<void> Run(const char* verb) {
-    std::string cmd =
-        StrFormat("%s/netns-hosts %s %s 2>&1", GODWIT_SCRIPTS, verb, prefix_.c_str());
+    std::string cmd = StrFormat("%s/netns-hosts %s %s 2>&1", GODWIT_SCRIPTS, verb, prefix_.c_str());
     FILE* f = ::popen(cmd.c_str(), "r");
     if (!f) return Errno("popen %s", cmd.c_str());
     std::string out;

@@ -51,8 +51,8 @@ class ProbeClient {
   // waits (bounded) until it is connected. A probe that exits first fails Start with its stderr.
   Result<void> Start(const std::vector<std::string>& args, int netns_fd = -1,
                      int ready_timeout_s = 20) {
-    std::vector<std::string> full = {GODWIT_BIN, "probe", "--json", "--ready-file", ready(),
-                                     "--until-file", until()};
+    std::vector<std::string> full = {GODWIT_BIN, "probe",        "--json", "--ready-file",
+                                     ready(),    "--until-file", until()};
     full.insert(full.end(), args.begin(), args.end());
     TRY(Spawn(full, netns_fd));
     auto end = std::chrono::steady_clock::now() + std::chrono::seconds(ready_timeout_s);
@@ -61,12 +61,11 @@ class ProbeClient {
       if (::waitpid(pid_, &st, WNOHANG) == pid_) {
         pid_ = -1;
         Collect(st);
-        return MakeError(ErrorKind::kGeneric, 0, "probe exited (%d) before connecting: %s",
-                         code_, err_.c_str());
+        return MakeError(ErrorKind::kGeneric, 0, "probe exited (%d) before connecting: %s", code_,
+                         err_.c_str());
       }
       if (std::chrono::steady_clock::now() > end)
-        return MakeError(ErrorKind::kGeneric, 0, "probe not connected after %d s",
-                         ready_timeout_s);
+        return MakeError(ErrorKind::kGeneric, 0, "probe not connected after %d s", ready_timeout_s);
       ::usleep(5000);
     }
     return Ok();

@@ -185,8 +185,8 @@ TEST(Probe, StallAtTheEndIsAGap) {
   auto port = srv.Start(EchoServer::kStall, 160);
   ASSERT_TRUE(port.ok());
   ProbeClient p;
-  ASSERT_OK(p.RunToEnd({"--tcp", Local(*port), "--interval", "1ms", "--duration", "300ms",
-                        "--drain", "200ms"}));
+  ASSERT_OK(p.RunToEnd(
+      {"--tcp", Local(*port), "--interval", "1ms", "--duration", "300ms", "--drain", "200ms"}));
   EXPECT_EQ(p.code(), 1) << p.out() << p.err();
   const auto& r = p.report();
   ASSERT_FALSE(r.is_discarded()) << p.out();
@@ -220,7 +220,9 @@ TEST(Probe, SigtermAndUntilFileEndWithTheReport) {
     ASSERT_OK(p.Stop(sig));
     EXPECT_EQ(p.code(), 0) << p.out() << p.err();
     const auto& r = p.report();
-    EXPECT_EQ(r["stopped_by"], sig == SIGTERM ? "SIGTERM" : sig == SIGINT ? "SIGINT" : "until-file");
+    EXPECT_EQ(r["stopped_by"], sig == SIGTERM  ? "SIGTERM"
+                               : sig == SIGINT ? "SIGINT"
+                                               : "until-file");
     EXPECT_GE(r["tcp"]["sent"].get<uint64_t>(), 10u);
     EXPECT_EQ(r["tcp"]["echoed"], r["tcp"]["sent"]);
     EXPECT_TRUE(r["ok"].get<bool>());
@@ -248,13 +250,12 @@ TEST(Probe, RefusedConnectionFailsWithoutAReport) {
 }
 
 TEST(Probe, UsageErrors) {
-  for (std::vector<std::string> args :
-       {std::vector<std::string>{"probe"},
-        {"probe", "--tcp", "127.0.0.1:1", "--interval", "0"},
-        {"probe", "--tcp", "127.0.0.1:1", "--interval", "1parsec"},
-        {"probe", "--tcp", "127.0.0.1:1", "--size", "8"},
-        {"probe", "--tcp", "no-port"},
-        {"probe", "--tcp", "127.0.0.1:1", "extra"}}) {
+  for (std::vector<std::string> args : {std::vector<std::string>{"probe"},
+                                        {"probe", "--tcp", "127.0.0.1:1", "--interval", "0"},
+                                        {"probe", "--tcp", "127.0.0.1:1", "--interval", "1parsec"},
+                                        {"probe", "--tcp", "127.0.0.1:1", "--size", "8"},
+                                        {"probe", "--tcp", "no-port"},
+                                        {"probe", "--tcp", "127.0.0.1:1", "extra"}}) {
     CliRun r = Godwit(args);
     EXPECT_EQ(r.code, 2) << args.back() << ": " << r;
   }
@@ -278,9 +279,9 @@ TEST(ProbeHosts, TcpAndUdpAgainstAContainer) {
     args.insert(args.begin(), {"--root", root, "--cgroup-parent", "godwit-probe-test"});
     return Godwit(args, true, hosts.Fd("a"));
   };
-  CliRun r = gw({"run", "--rootfs", rootfs, "--name", id, "--detach", "--ip", ip + "/15",
-                 "--bridge", "br0", "--", "sh", "-c",
-                 "nc -ll -p 7000 -e cat & /udp_echo 7001 & wait"});
+  CliRun r =
+      gw({"run", "--rootfs", rootfs, "--name", id, "--detach", "--ip", ip + "/15", "--bridge",
+          "br0", "--", "sh", "-c", "nc -ll -p 7000 -e cat & /udp_echo 7001 & wait"});
   ASSERT_EQ(r.code, 0) << r;
   struct Cleanup {
     std::function<void()> f;
@@ -293,9 +294,9 @@ TEST(ProbeHosts, TcpAndUdpAgainstAContainer) {
 
   ProbeClient p;
   // --udp first in the list is fine; the TCP connect retries until nc listens.
-  ASSERT_OK(p.RunToEnd({"--udp", ip + ":7001", "--tcp", ip + ":7000", "--interval", "1ms",
-                        "--duration", "1s"},
-                       hosts.Fd("c")));
+  ASSERT_OK(p.RunToEnd(
+      {"--udp", ip + ":7001", "--tcp", ip + ":7000", "--interval", "1ms", "--duration", "1s"},
+      hosts.Fd("c")));
   ASSERT_EQ(p.code(), 0) << p.out() << p.err();
   const auto& rep = p.report();
   ASSERT_FALSE(rep.is_discarded()) << p.out();
@@ -316,8 +317,7 @@ TEST(ProbeHosts, TcpAndUdpAgainstAContainer) {
   EXPECT_EQ(rep["tcp"]["echoed"], rep["tcp"]["sent"]);
   printf("probe over the bridge: tcp gap p50 %.3f max %.3f ms, rtt p50 %.3f ms; udp %llu/%llu\n",
          rep["tcp"]["gap_ms"]["p50"].get<double>(), rep["tcp"]["gap_ms"]["max"].get<double>(),
-         rep["tcp"]["rtt_ms"]["p50"].get<double>(),
-         rep["udp"]["echoed"].get<unsigned long long>(),
+         rep["tcp"]["rtt_ms"]["p50"].get<double>(), rep["udp"]["echoed"].get<unsigned long long>(),
          rep["udp"]["sent"].get<unsigned long long>());
 }
 
