@@ -241,7 +241,7 @@ bool IsContainerRestore(const std::vector<std::string>& args) {
 }
 
 int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
-  ArgSpec spec{{"image-path", "import", "bundle", "pid-file", "ip"},
+  ArgSpec spec{{"image-path", "import", "bundle", "pid-file", "ip", "bridge"},
                {"detach", "json"},
                {{"-d", "detach"}, {"-b", "bundle"}}};
   auto pa = ParseArgs(args, spec);
@@ -256,6 +256,8 @@ int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
   o.import_file = pa->get("import");
   o.bundle = pa->get("bundle");
   o.ip = pa->get("ip");
+  o.bridge = pa->get("bridge");
+  o.cgroup_parent = g.cgroup_parent;
   auto r = container::Restore(o, EngineRestorer());
   if (!r.ok()) return ReportError(g, "restore", r.error());
   const runtime::Container& c = r->container;
@@ -287,7 +289,7 @@ int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
   // Foreground, as `run`: wait for the init, then remove the container.
   auto st = runtime::Wait(c, /*forward_signals=*/true);
   if (!st.ok()) return ReportError(g, "restore", st.error());
-  auto del = runtime::Delete(g.root, c.id, /*force=*/true);
+  auto del = runtime::Delete(g.root, c.id, /*force=*/true, g.cgroup_parent);
   if (!del.ok()) return ReportError(g, "restore", del.error());
   return *st;
 }

@@ -74,6 +74,7 @@ int RestoreCmd(Global& g, const std::vector<std::string>& args) {
 
 GODWIT_COMMAND(restore, "restore",
                "restore ID --image-path DIR | --import FILE [--bundle DIR] [--ip A.B.C.D[/N]] "
+               "[--bridge BR] "
                "[--detach] [--pid-file F] [--json]  (a container); "
                "restore --images-dir DIR [--detach] [--pid-file F] [--shell-job] "
                "[--inherit-fd fd[N]:KEY]... [--tcp-close] [--json]  (a process tree)",

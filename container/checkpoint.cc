@@ -163,7 +163,7 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
   }
 
   // Freeze: nothing in the container runs (or forks) from here until kill or thaw.
-  ASSIGN_OR_RETURN(std::unique_ptr<runtime::Cgroup> cg, runtime::OpenCgroup(opts.id));
+  ASSIGN_OR_RETURN(std::unique_ptr<runtime::Cgroup> cg, runtime::OpenCgroup(c));
   auto t_freeze = Clock::now();
   TRY_CTX(cg->Freeze(), "freeze container %s", opts.id.c_str());
   auto t_frozen = Clock::now();
