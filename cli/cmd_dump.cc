@@ -1,5 +1,6 @@
 // `godwit dump --pid PID --images-dir DIR [--leave-running] [--compress zstd[:LEVEL]]
-//  [--shell-job] [--external KEY]... [--tcp-established] [--json]`
+//  [--shell-job] [--external KEY]... [--tcp-established] [--json]`, and CRIU's names for the same
+// (cli/criu_opts.h); `godwit help dump` describes every option.
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -8,18 +9,73 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/command.h"
+#include "cli/criu_opts.h"
 #include "common/args.h"
 #include "dump/dump.h"
 
 namespace godwit::cli {
 namespace {
 
+constexpr const char kDumpUsage[] =
+    "dump --pid PID --images-dir DIR [OPTIONS]\n"
+    "\n"
+    "Checkpoints the process tree rooted at PID into DIR, then kills it (unless\n"
+    "--leave-running). Restore it with `godwit restore --images-dir DIR`.\n"
+    "CRIU's and runc's names are accepted where godwit means the same; file locks,\n"
+    "files unlinked while open and not-yet-accepted connections need no flag.\n"
+    "\n"
+    "options:\n"
+    "  --pid PID, -t PID, --tree PID      root of the tree to dump (CRIU: -t/--tree)\n"
+    "  --images-dir DIR, -D DIR           where the images go (runc: --image-path)\n"
+    "  --leave-running, -R                let the tree run on after the dump\n"
+    "  --tcp-established                  dump established TCP connections (TCP_REPAIR);\n"
+    "                                     without it a tree holding one is refused\n"
+    "  --tcp-close                        record established connections like\n"
+    "                                     --tcp-established; `restore --tcp-close` brings\n"
+    "                                     them back closed\n"
+    "  --shell-job, -j                    stdio on a terminal or pipes from outside the tree\n"
+    "                                     is allowed (restore it with --shell-job)\n"
+    "  --external KEY                     allow a description connected outside the tree:\n"
+    "                                     socket:[INO], unix:[PEER_INO], unix:/PATH, pipe:[INO],\n"
+    "                                     tty:PATH (restore with --inherit-fd fd[N]:KEY)\n"
+    "  --ext-unix-sk[=INO], -x[INO]       CRIU: a unix socket connected to a peer outside the\n"
+    "                                     tree; no INO: datagram sockets connected to a named\n"
+    "                                     peer (/dev/log), reconnected by name at restore\n"
+    "  --compress zstd[:LEVEL]            compress the memory pages\n"
+    "  --pre-dump-rounds N                copy memory N times while the tree runs first\n"
+    "  --file-locks, -l                   accepted: flock, POSIX and OFD locks and leases are\n"
+    "                                     always dumped\n"
+    "  --link-remap, --ghost-limit SIZE   accepted: files unlinked while open are always saved\n"
+    "                                     (their data, up to 4 GiB, holes skipped)\n"
+    "  --skip-in-flight                   accepted: not yet accepted TCP connections of a\n"
+    "                                     listener are always dropped (logged)\n"
+    "  --evasive-devices                  accepted: devices are reopened by path\n"
+    "  --manage-cgroups[=MODE]            accepted (none|props|soft|full|strict|ignore;\n"
+    "                                     runc: --manage-cgroups-mode MODE)\n"
+    "  --network-lock nftables|iptables|skip  accepted: connections are locked with\n"
+    "                                     nftables\n"
+    "  --timeout N                        accepted: freezing is bounded by godwit itself\n"
+    "  --root /                           accepted only as /: a tree in another root is a\n"
+    "                                     container (godwit checkpoint)\n"
+    "  -v, -vv, -vN, --verbosity=N        log level: 0-1 errors, 2 warnings, 3 info, 4 debug\n"
+    "  --log-file FILE, -o FILE, --work-dir DIR, -W DIR, --log-pid, --display-stats\n"
+    "                                     accepted: logs go to stderr\n"
+    "  --json                             print the statistics as JSON\n"
+    "\n"
+    "examples:\n"
+    "  godwit dump --pid 4242 --images-dir /tmp/ck\n"
+    "  godwit dump -t 4242 -D /tmp/ck --tcp-established --shell-job -v4 -o dump.log\n"
+    "  godwit dump --pid 4242 --images-dir /tmp/ck --leave-running --compress zstd";
+
 int DumpCmd(Global& g, const std::vector<std::string>& args) {
   ArgSpec spec{{"pid", "images-dir", "compress", "external", "pre-dump-rounds"},
                {"leave-running", "shell-job", "tcp-established"},
                {{"-t", "pid"}, {"-D", "images-dir"}, {"-R", "leave-running"}}};
-  auto pa = ParseArgs(args, spec);
+  AddCriuOptions(spec, CriuVerb::kDump);
+  auto pa = ParseArgs(NormalizeCriuArgs(args, CriuVerb::kDump), spec);
   if (!pa.ok()) return ReportError(g, "dump", pa.error());
+  auto criu = ApplyCriuOptions(*pa, CriuVerb::kDump);
+  if (!criu.ok()) return ReportError(g, "dump", criu.error());
   dump::DumpOptions o;
   o.pid = atoi(pa->get("pid").c_str());
   o.images_dir = pa->get("images-dir");
@@ -40,8 +96,11 @@ int DumpCmd(Global& g, const std::vector<std::string>& args) {
                                  o.pid));
   o.leave_running = pa->has("leave-running");
   o.shell_job = pa->has("shell-job");
-  o.tcp_established = pa->has("tcp-established");
+  // --tcp-close (CRIU): the connections are recorded as with --tcp-established; restore
+  // --tcp-close brings them back closed.
+  o.tcp_established = pa->has("tcp-established") || pa->has("tcp-close");
   o.external = pa->all("external");
+  o.external.insert(o.external.end(), criu->external.begin(), criu->external.end());
   o.pre_rounds = atoi(pa->get("pre-dump-rounds", "0").c_str());
   std::string c = pa->get("compress");
   if (!c.empty()) {
@@ -105,9 +164,7 @@ int DumpCmd(Global& g, const std::vector<std::string>& args) {
 
 }  // namespace
 
-GODWIT_COMMAND(dump, "dump",
-               "dump --pid PID --images-dir DIR [--leave-running] [--compress zstd[:LEVEL]] "
-               "[--pre-dump-rounds N] [--shell-job] [--external KEY]... [--json]",
+GODWIT_COMMAND(dump, "dump", kDumpUsage,
                "checkpoint a running process tree into an image directory", DumpCmd);
 
 }  // namespace godwit::cli

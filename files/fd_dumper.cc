@@ -173,7 +173,8 @@ Result<void> FdDumperImpl::DumpProcess(pid_t pid) {
       e.set_kind(kind);
       e.set_flags(p.info.flags & ~O_CLOEXEC);
       e.set_pos(p.info.pos);
-      TRY(DumpOwner(p, e));
+      // An O_PATH fd has no owner, signal or lease (fcntl refuses them: EBADF).
+      if (!(p.info.flags & O_PATH)) TRY(DumpOwner(p, e));
       for (const auto& l : locks)
         if (l.type() != img::LOCK_TYPE_POSIX) *e.add_locks() = l;
       TRY_CTX(ops->dump(ctx_, p, e), "pid %d fd %d (%s %s)", pid, fd, ops->name, p.link.c_str());
@@ -289,6 +290,7 @@ Result<void> FdDumperImpl::CheckOutsidePeers() {
 
 Result<void> FdDumperImpl::Finish() {
   TRY(CheckOutsidePeers());
+  TRY(CheckPidfdTargets(files_, pids_, first_holder_));
   ASSIGN_OR_RETURN(images::ImageWriter w, images::ImageWriter::Create(sink_, "files.img"));
   for (const auto& e : files_) TRY(w.Write(e));
   TRY(w.Close());

@@ -137,6 +137,13 @@ class RestoreContext {
   std::map<std::string, int> named_fds;           // per-kind fds by key ("unix:INO", "memfd:INO")
   std::vector<std::string> made_dirs;             // made for unlinked unix socket names; removed
                                                   // again (deepest first) in Finalize
+  // Reaped pidfd targets: pidfs inode at dump -> (stand-in pid, its go pipe's write end)
+  // (kind_pidfd.cc).
+  std::map<uint64_t, std::pair<pid_t, int>> pidfd_standins;
+  // The fds of the process Install runs for (null outside Install).
+  const img::ProcessFds* installing = nullptr;
+  // Whether that process has an fd on file_id.
+  bool InstallingHolds(uint64_t file_id) const;
 
   // Moves fd to the first free number >= base_ (close-on-exec in the coordinator).
   Result<int> Park(UniqueFd fd);
@@ -163,6 +170,9 @@ struct KindOps {
   Result<void> (*install)(RestoreContext& ctx, const img::FileEntry& e, pid_t pid) = nullptr;
   // Optional: in the coordinator just before the tree resumes; fd is the coordinator's copy.
   Result<void> (*finalize)(RestoreContext& ctx, const img::FileEntry& e, int fd) = nullptr;
+  // The install hook makes the process's own description (pidfd) and puts it on the prepared
+  // number: it runs before every other kind's (epoll registers what is there then).
+  bool install_first = false;
 };
 
 const std::vector<KindOps>& KindTable();
@@ -201,7 +211,17 @@ GODWIT_KIND_DECL(Memfd)
 GODWIT_KIND_DECL(Tty)
 GODWIT_KIND_DECL(External)
 GODWIT_KIND_DECL(Netlink)
+GODWIT_KIND_DECL(Opath)
+GODWIT_KIND_DECL(Nsfs)
+GODWIT_KIND_DECL(Pidfd)
 #undef GODWIT_KIND_DECL
+// In the holder: its pidfd on a live target of the tree, opened once the target exists.
+Result<void> InstallPidfd(RestoreContext& ctx, const img::FileEntry& e, pid_t pid);
+// At the end of the dump: every live pidfd target is a process of the tree (pids: the dumped
+// processes; a zombie counts when its parent is one); holders: file id -> first (pid, fd).
+Result<void> CheckPidfdTargets(const std::vector<img::FileEntry>& files,
+                               const std::vector<pid_t>& pids,
+                               const std::map<uint64_t, std::pair<pid_t, int>>& holders);
 Result<void> InstallEpoll(RestoreContext& ctx, const img::FileEntry& e, pid_t pid);
 Result<void> FinalizeInet(RestoreContext& ctx, const img::FileEntry& e, int fd);
 // Called by FdRestorer::Finalize for each unix socket the coordinator prepared (fd unused).
