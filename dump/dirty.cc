@@ -2,7 +2,6 @@
 
 #include <fcntl.h>
 #include <linux/userfaultfd.h>
-#include <sys/ioctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -10,26 +9,15 @@
 
 #include "common/fs.h"
 #include "common/log.h"
+#include "dump/pagemap_scan.h"
 
 namespace godwit::dump {
 namespace {
 
-// This machine's headers are 6.1: the 6.7 PAGEMAP_SCAN interface and 6.7 uffd features by hand.
+// This machine's headers are 6.1: the 6.7 uffd features by hand.
 constexpr uint64_t kFeatureWpUnpopulated = 1ULL << 13;
 constexpr uint64_t kFeatureWpAsync = 1ULL << 15;
-constexpr uint64_t kScanWpMatching = 1ULL << 0;
-constexpr uint64_t kScanCheckWpAsync = 1ULL << 1;
-constexpr uint64_t kPageIsWritten = 1ULL << 1;
 constexpr uint64_t kPage = 4096;
-
-struct PmScanArg {
-  uint64_t size, flags, start, end, walk_end, vec, vec_len, max_pages, category_inverted,
-      category_mask, category_anyof_mask, return_mask;
-};
-struct PageRegion {
-  uint64_t start, end, categories;
-};
-#define GODWIT_PAGEMAP_SCAN _IOWR('f', 16, PmScanArg)
 
 bool Trackable(const proc::MapsEntry& m) {
   if (m.shared) return false;
@@ -84,53 +72,59 @@ Result<std::unique_ptr<DirtyTracker>> DirtyTracker::Start(
     else
       t->ranges_.push_back({m.start, m.end});
   }
-  ASSIGN_OR_RETURN(t->pagemap_, fs::Open(StrFormat("/proc/%d/pagemap", pid), O_RDONLY));
   return t;
 }
 
-Result<void> DirtyTracker::CollectDirty(std::vector<PageRange>* out) {
-  std::vector<PageRegion> vec(4096);
+Result<UniqueFd> DirtyTracker::OpenPagemap() const {
+  auto fd = fs::Open(StrFormat("/proc/%d/pagemap", pid_), O_RDONLY);
+  if (!fd.ok() && (fd.error().sys_errno() == ENOENT || fd.error().sys_errno() == ESRCH))
+    return MakeError(ErrorKind::kNotFound, ESRCH, "process %d exited", pid_);
+  return fd;
+}
+
+namespace {
+
+// A scan's error, kNotFound when the process (its address space) is gone.
+Error ScanError(Error e, pid_t pid) {
+  if (e.sys_errno() == ESRCH) return MakeError(ErrorKind::kNotFound, ESRCH, "process %d exited", pid);
+  return std::move(e.wrap(StrFormat("pid %d", pid)));
+}
+
+}  // namespace
+
+Result<std::vector<PageRange>> DirtyTracker::Tracked() const {
+  ASSIGN_OR_RETURN(UniqueFd pm, OpenPagemap());
+  pagemap_scan::Query q;
+  q.category_mask = pagemap_scan::kWpAllowed;
+  q.return_mask = pagemap_scan::kWpAllowed;
+  std::vector<PageRange> out;
   for (const auto& [start, end] : ranges_) {
-    uint64_t at = start;
-    while (at < end) {
-      PmScanArg a{};
-      a.size = sizeof(a);
-      a.flags = kScanWpMatching | kScanCheckWpAsync;
-      a.start = at;
-      a.end = end;
-      a.vec = reinterpret_cast<uint64_t>(vec.data());
-      a.vec_len = vec.size();
-      a.category_mask = kPageIsWritten;
-      a.return_mask = kPageIsWritten;
-      long n = ioctl(pagemap_.get(), GODWIT_PAGEMAP_SCAN, &a);
-      if (n < 0) {
-        if (errno == ESRCH)
-          return MakeError(ErrorKind::kNotFound, ESRCH, "process %d exited", pid_);
-        // A tracked range may have been unmapped or changed since Start: skip it.
-        if (errno == EINVAL || errno == EFAULT || errno == ENOENT) break;
-        return Errno("PAGEMAP_SCAN pid %d at %#lx", pid_, static_cast<unsigned long>(at));
-      }
-      for (long i = 0; i < n; ++i) {
-        uint64_t s = vec[i].start, e = vec[i].end;
-        if (!out->empty() && out->back().addr + out->back().npages * kPage == s)
-          out->back().npages += (e - s) / kPage;
-        else
-          out->push_back({s, (e - s) / kPage});
-      }
-      // A full vector may mean more to come; walk_end says where the walk stopped.
-      if (n < static_cast<long>(vec.size())) break;
-      at = a.walk_end;
-    }
+    auto r = pagemap_scan::Scan(pm.get(), start, end, q, &out);
+    if (!r.ok()) return ScanError(std::move(r).error(), pid_);
   }
-  std::sort(out->begin(), out->end(),
-            [](const PageRange& x, const PageRange& y) { return x.addr < y.addr; });
+  return out;
+}
+
+Result<void> DirtyTracker::CollectDirty(std::vector<PageRange>* out) {
+  ASSIGN_OR_RETURN(UniqueFd pm, OpenPagemap());
+  // Without PM_SCAN_CHECK_WPASYNC a VMA not registered (any more) is skipped, not an error.
+  pagemap_scan::Query q;
+  q.flags = pagemap_scan::kWpMatching;
+  q.category_mask = pagemap_scan::kWritten;
+  q.return_mask = pagemap_scan::kWritten;
+  for (const auto& [start, end] : ranges_) {
+    auto r = pagemap_scan::Scan(pm.get(), start, end, q, out);
+    if (!r.ok()) return ScanError(std::move(r).error(), pid_);
+  }
   return Ok();
 }
 
-bool DirtyTracker::Covers(uint64_t start, uint64_t end) const {
-  for (const auto& [s, e] : ranges_)
-    if (start >= s && end <= e) return true;
-  return false;
+bool Contains(const std::vector<PageRange>& ranges, uint64_t start, uint64_t end) {
+  auto it = std::upper_bound(ranges.begin(), ranges.end(), start,
+                             [](uint64_t a, const PageRange& r) { return a < r.addr; });
+  if (it == ranges.begin()) return false;
+  --it;
+  return start >= it->addr && end <= it->addr + it->npages * kPage;
 }
 
 std::vector<PageRange> Intersect(const std::vector<PageRange>& a, const std::vector<PageRange>& b) {

@@ -72,6 +72,7 @@ class FdDumperImpl : public FdDumper {
   Result<void> DumpProcess(pid_t pid) override;
   Result<void> Finish() override;
   void Resume() override { ctx_.RunResume(); }
+  Result<void> LockOutside(pid_t tree_pid) override;
   std::vector<std::pair<std::string, int>> Counts() const override {
     std::vector<std::pair<std::string, int>> out(counts_.begin(), counts_.end());
     return out;
@@ -299,6 +300,21 @@ Result<void> FdDumperImpl::Finish() {
     img::NetLock nl;
     nl.set_table(ctx_.netlock_table);
     TRY(images::WriteImage(sink_, "files-netlock.img", nl));
+  }
+  return Ok();
+}
+
+Result<void> FdDumperImpl::LockOutside(pid_t tree_pid) {
+  std::vector<const img::FileEntry*> socks;
+  for (const auto& e : files_)
+    if (e.kind() == img::FILE_KIND_INET && e.inet().has_repair()) socks.push_back(&e);
+  ASSIGN_OR_RETURN(bool added, LockOutsideOf(ctx_.netlock_table, socks, tree_pid));
+  if (added) {
+    std::string table = ctx_.netlock_table;
+    ctx_.OnResume([table] {
+      auto r = NetUnlock(table);
+      if (!r.ok()) LOG_WARN("network unlock outside: %s", r.error().to_string().c_str());
+    });
   }
   return Ok();
 }

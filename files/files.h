@@ -59,6 +59,10 @@ class FdDumper {
   virtual Result<void> Finish() = 0;
   // The dump failed or --leave-running: undo side effects (e.g. TCP repair mode off).
   virtual void Resume() = 0;
+  // After Finish, with the tree's TCP connections kept in repair mode and locked (no Resume):
+  // the same lock in the caller's net namespace, as LockOutside below does from the images;
+  // Resume removes it too.
+  virtual Result<void> LockOutside(pid_t tree_pid) = 0;
   // Statistics for the report: number of fds and files by kind.
   virtual std::vector<std::pair<std::string, int>> Counts() const = 0;
 };

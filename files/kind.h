@@ -250,6 +250,11 @@ Result<void> NetUnlockIn(int netns_fd, const std::string& table);
 std::string LockTable(const std::string& table);
 std::string LockRules(const std::string& table, const struct sockaddr_storage& src,
                       const struct sockaddr_storage& dst);
+// The lock of table on the repaired connections socks, in the caller's net namespace (the
+// host's), unless tree_pid's namespace is the caller's: false when nothing was added
+// (tcp_resume.cc; LockOutside and FdDumper::LockOutside).
+Result<bool> LockOutsideOf(const std::string& table,
+                           const std::vector<const img::FileEntry*>& socks, pid_t tree_pid);
 // Runs `nft -f -` with script in the net namespace of netns_pid (0: ours).
 Result<void> NftRun(pid_t netns_pid, const std::string& script);
 Result<void> NftRunIn(int netns_fd, const std::string& script);  // -1: ours

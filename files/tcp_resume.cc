@@ -49,17 +49,14 @@ Result<std::map<uint64_t, img::FileEntry>> RepairedSockets(const images::ImageSe
 
 }  // namespace
 
-Result<void> LockOutside(const images::ImageSet& images, pid_t tree_pid) {
-  if (!images.Has("files-netlock.img")) return Ok();
+Result<bool> LockOutsideOf(const std::string& t, const std::vector<const img::FileEntry*>& socks,
+                           pid_t tree_pid) {
+  if (t.empty() || socks.empty()) return false;
   struct stat theirs, ours;
   if (stat(StrFormat("/proc/%d/ns/net", tree_pid).c_str(), &theirs) < 0)
     return Errno("stat net namespace of pid %d", tree_pid);
   if (stat("/proc/self/ns/net", &ours) < 0) return Errno("stat /proc/self/ns/net");
-  if (theirs.st_ino == ours.st_ino && theirs.st_dev == ours.st_dev) return Ok();
-  img::NetLock nl;
-  TRY(images.ReadOne("files-netlock.img", &nl));
-  ASSIGN_OR_RETURN(auto socks, RepairedSockets(images));
-  const std::string& t = nl.table();
+  if (theirs.st_ino == ours.st_ino && theirs.st_dev == ours.st_dev) return false;
   // The rules go into regular chains "in" (towards the tree's sockets) and "out" that the host's
   // output and forward hooks jump to.
   std::string script = StrFormat(
@@ -71,18 +68,26 @@ Result<void> LockOutside(const images::ImageSet& images, pid_t tree_pid) {
       "add rule inet %s host_out jump in\n"
       "add rule inet %s host_fwd jump in\n",
       t.c_str(), t.c_str(), t.c_str(), t.c_str(), t.c_str(), t.c_str(), t.c_str());
-  int n = 0;
-  for (const auto& [id, e] : socks) {
+  for (const img::FileEntry* e : socks) {
     struct sockaddr_storage src {}, dst {};
-    if (e.inet().src().size() > sizeof(src) || e.inet().dst().size() > sizeof(dst))
+    if (e->inet().src().size() > sizeof(src) || e->inet().dst().size() > sizeof(dst))
       return MakeError(ErrorKind::kBadImage, 0, "files.img: bad socket address");
-    memcpy(&src, e.inet().src().data(), e.inet().src().size());
-    memcpy(&dst, e.inet().dst().data(), e.inet().dst().size());
+    memcpy(&src, e->inet().src().data(), e->inet().src().size());
+    memcpy(&dst, e->inet().dst().data(), e->inet().dst().size());
     script += LockRules(t, src, dst);
-    n++;
   }
-  if (n == 0) return Ok();
   TRY_CTX(NftRun(0, script), "network lock outside the tree's namespace");
+  return true;
+}
+
+Result<void> LockOutside(const images::ImageSet& images, pid_t tree_pid) {
+  if (!images.Has("files-netlock.img")) return Ok();
+  img::NetLock nl;
+  TRY(images.ReadOne("files-netlock.img", &nl));
+  ASSIGN_OR_RETURN(auto socks, RepairedSockets(images));
+  std::vector<const img::FileEntry*> entries;
+  for (const auto& [id, e] : socks) entries.push_back(&e);
+  TRY(LockOutsideOf(nl.table(), entries, tree_pid));
   return Ok();
 }
 

@@ -334,7 +334,7 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
         ro.root = o.root;
         ro.id = res.id;
         ro.image_path = staging;
-        ro.cgroup_parent = o.cgroup_parent;
+        if (!o.cgroup_parent.empty()) ro.cgroup_parent = o.cgroup_parent;
         ro.bridge = o.bridge;
         auto rr = container::Restore(ro, container::EngineRestorer());
         res.restore_ms = MsSince(t0);

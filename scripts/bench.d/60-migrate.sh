@@ -78,9 +78,9 @@ for mib in $SIZES; do
     kill -INT $probe; wait $probe || true
     python3 - "$work/probe.json" "$work/rep.json" "$work" "$mib" <<'PY'
 import json, sys
-p = json.load(open(sys.argv[1])); r = json.load(open(sys.argv[2])); w = sys.argv[3]; m = sys.argv[4]
+p = json.load(open(sys.argv[1]))["tcp"]; r = json.load(open(sys.argv[2])); w = sys.argv[3]; m = sys.argv[4]
 open(w + "/gaps-" + m, "a").write("%f\n" % p.get("max_gap_ms", -1))
-open(w + "/rtx-" + m, "a").write("%d\n" % p.get("tcp_retransmits", p.get("total_retrans", 0)))
+open(w + "/rtx-" + m, "a").write("%d\n" % p["tcp_info"]["total_retrans"])
 open(w + "/bo-" + m, "a").write("%f %f %f %f %f %d\n" % (r["blackout"]["total_ms"], r["blackout"]["final_dump_ms"],
     r["blackout"]["restore_ms"], r["final_bytes"] / 2**20, r["rounds"][-1]["predicted_downtime_ms"], len(r["rounds"])))
 PY

@@ -74,9 +74,9 @@ wait "$probe" || { echo "probe failed:"; cat "$work/probe.err"; exit 1; }
 pids=("${pids[@]/$probe}")
 python3 - "$work/probe.json" <<'PY'
 import json, sys
-p = json.load(open(sys.argv[1]))
-print("client: %d sent, %d echoed, max gap %.1f ms (p99 %.2f ms), TCP retransmissions %d" % (
-    p.get("sent", 0), p.get("echoed", 0), p.get("max_gap_ms", 0), p.get("p99_gap_ms", 0),
-    p.get("tcp_retransmits", p.get("total_retrans", 0))))
+p = json.load(open(sys.argv[1]))["tcp"]
+print("client: %d sent, %d echoed, connection %s, max gap %.1f ms (p99 %.2f ms), TCP retransmissions %d" % (
+    p["sent"], p["echoed"], "BROKEN" if p["broken"] else "never broken", p["max_gap_ms"],
+    p["gap_ms"]["p99"], p["tcp_info"]["total_retrans"]))
 PY
 "$SCRIPTS/plot-migration" "$work/ab.json" "${DEMO_OUT:-/tmp}/godwit-migration.png" "$work/probe.json"
