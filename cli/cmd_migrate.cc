@@ -32,7 +32,7 @@ std::string Mb(double bytes) { return StrFormat("%.1f MiB", bytes / (1 << 20)); 
 int MigrateCmd(Global& g, const std::vector<std::string>& args) {
   ArgSpec spec{{"to", "tls-cert", "tls-key", "tls-ca", "max-downtime", "max-rounds", "timeout",
                 "compress", "report"},
-               {"insecure", "strict", "json"},
+               {"insecure", "strict", "json", "no-hold"},
                {}};
   auto pa = ParseArgs(args, spec);
   if (!pa.ok()) return ReportError(g, "migrate", pa.error());
@@ -84,6 +84,7 @@ int MigrateCmd(Global& g, const std::vector<std::string>& args) {
                                  comp.c_str()));
   }
   o.strict = pa->has("strict");
+  o.hold_packets = !pa->has("no-hold");
 
   bool human = !g.json;
   auto progress = [&](const migrate::RoundReport& r) {
@@ -135,7 +136,7 @@ int MigrateCmd(Global& g, const std::vector<std::string>& args) {
 GODWIT_COMMAND(migrate, "migrate",
                "migrate ID --to HOST:PORT [--tls-cert F --tls-key F --tls-ca F | --insecure] "
                "[--max-downtime 50ms] [--max-rounds N] [--timeout S] [--compress auto|zstd|none] "
-               "[--strict] [--report F.json] [--json]",
+               "[--strict] [--no-hold] [--report F.json] [--json]",
                "live-migrate a running container to the godwitd at HOST:PORT", MigrateCmd);
 
 }  // namespace

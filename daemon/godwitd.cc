@@ -213,6 +213,16 @@ int main(int argc, char** argv) {
           local.address().to_string().c_str(), local.port(),
           d.tls.insecure ? "INSECURE plain TCP" : "mutual TLS", d.dest.root.c_str());
   fflush(stderr);
+  if (pa->has("ready-file")) {
+    // For scripts and tests: exists once the daemon accepts connections (holds the port).
+    std::string rf = pa->get("ready-file");
+    FILE* f = fopen((rf + ".tmp").c_str(), "w");
+    if (f) {
+      fprintf(f, "%u\n", local.port());
+      fclose(f);
+      rename((rf + ".tmp").c_str(), rf.c_str());
+    }
+  }
   // Sessions of an earlier daemon that died with it.
   {
     int n = migrate::CleanupDeadSessions(d.dest, {});

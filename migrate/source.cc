@@ -243,7 +243,7 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
   co.precopy = pc->get();
   // Frames for the container from here on are held, then replayed on the destination.
   std::optional<PacketHold> hold;
-  if (!c.host_veth.empty()) {
+  if (o.hold_packets && !c.host_veth.empty()) {
     auto h = PacketHold::Start(c.host_veth);
     if (!h.ok()) return fail(std::move(h.error().wrap("hold packets")));
     hold.emplace(std::move(*h));

@@ -37,6 +37,10 @@ struct SourceOptions {
   double restore_timeout_s = 300;
   Compress compress = Compress::kAuto;
   bool strict = false;  // abort instead of switching over above max_downtime
+  // Hold the frames sent to the container during the switchover and replay them at the
+  // destination (migrate/packet_hold.h); off: they are dropped by the network lock and the
+  // client retransmits (what CRIU does; for comparison).
+  bool hold_packets = true;
   std::string staging;  // local image staging dir (default ROOT/outgoing)
 };
 

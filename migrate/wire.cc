@@ -120,8 +120,7 @@ void TuneSocket(int fd) {
 }
 
 std::string Describe(const asio::ip::tcp::endpoint& ep) {
-  asio::error_code ec;
-  std::string a = ep.address().to_string(ec);
+  std::string a = ep.address().to_string();
   if (ep.address().is_v6()) a = "[" + a + "]";
   return a + ":" + std::to_string(ep.port());
 }
@@ -155,7 +154,7 @@ Result<std::pair<std::string, uint16_t>> SplitHostPort(const std::string& s) {
   }
   char* end = nullptr;
   unsigned long p = strtoul(port.c_str(), &end, 10);
-  if (port.empty() || *end != '\0' || p == 0 || p > 65535)
+  if (port.empty() || *end != '\0' || p > 65535)
     return MakeError(ErrorKind::kUsage, 0, "bad port in %s", s.c_str());
   return std::make_pair(host, static_cast<uint16_t>(p));
 }

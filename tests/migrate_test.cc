@@ -17,7 +17,7 @@
 #include "container_test_util.h"
 #include "migrate/wire.h"
 #include "netns_hosts.h"
-#include "runtime/rootfs.h"
+#include "runtime/runtime.h"
 
 namespace godwit::migrate {
 namespace {

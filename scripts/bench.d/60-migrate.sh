@@ -67,7 +67,7 @@ for mib in $SIZES; do
     to=$([ $at = a ] && echo b || echo a)
     toaddr=198.18.0.$([ $to = a ] && echo 1 || echo 2)
     rm -f "$work/probe.ready"
-    in_ns c "$GODWIT" probe --tcp "$ip:8081" --interval 1ms --ready-file "$work/probe.ready" --json \
+    nsenter --net=/run/netns/"$net-c" "$GODWIT" probe --tcp "$ip:8081" --interval 1ms --ready-file "$work/probe.ready" --json \
       >"$work/probe.json" 2>"$work/probe.err" &
     probe=$!
     k=0; until [ -e "$work/probe.ready" ] || [ $k -ge 200 ]; do sleep 0.05; k=$((k+1)); done

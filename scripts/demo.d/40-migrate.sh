@@ -54,7 +54,7 @@ until [ "$(gwa exec "$id" -- cat /dev/shm/count 2>/dev/null || echo 0)" -ge 3 ];
 echo "counter on host a: $(gwa exec "$id" -- cat /dev/shm/count)"
 
 step "the client connects to $ip:8081 and sends a numbered message every 1 ms (godwit probe)"
-in_ns c "$GODWIT" probe --tcp "$ip:8081" --interval 1ms --ready-file "$work/probe.ready" --json \
+nsenter --net=/run/netns/"$net-c" "$GODWIT" probe --tcp "$ip:8081" --interval 1ms --ready-file "$work/probe.ready" --json \
   >"$work/probe.json" 2>"$work/probe.err" &
 probe=$!
 pids+=($probe)
