@@ -56,7 +56,7 @@ Result<Pages> CountPages(const std::string& tree_dir) {
 }
 
 class ContainerPreCopyTest : public ::testing::Test {
- protected:
+ public:
   void SetUp() override {
     id_ = StrFormat("gwpc%d", getpid());
     root_ = tmp_.path() + "/state";
@@ -186,6 +186,66 @@ TEST_F(ContainerPreCopyTest, CheckpointFlag) {
   ASSERT_OK(pages);
   EXPECT_LT(pages->final_pages * 8, pages->round0_pages);
   RestoreAndCheck();
+}
+
+// A migration source's sequence, with its own sinks (no image path): pre-copy rounds, a held
+// checkpoint, then kill (the destination runs it: here, a restore of the images) or resume (it
+// failed: the container carries on, every word intact).
+void PreCopyThenHold(ContainerPreCopyTest& t, bool kill) {
+  auto tree = images::OpenDirSink(t.img_ + "/" + kTreeDir);
+  auto cont = images::OpenDirSink(t.img_ + "/" + kContainerDir);
+  ASSERT_OK(tree);
+  ASSERT_OK(cont);
+  auto pc = ContainerPreCopy::Start(t.root_, t.id_, **tree);
+  ASSERT_OK(pc);
+  ASSERT_OK((*pc)->Round());
+  ASSERT_OK((*pc)->Round());
+  CheckpointOptions o;
+  o.root = t.root_;
+  o.id = t.id_;
+  o.container_sink = cont->get();
+  o.tree_sink = tree->get();
+  o.precopy = pc->get();
+  o.end = EndMode::kHold;
+  auto ck = Checkpoint(o);
+  ASSERT_OK(ck);
+  ASSERT_TRUE(ck->held != nullptr);
+  auto cg = runtime::OpenCgroup(t.id_);
+  ASSERT_OK(cg);
+  auto frozen = (*cg)->IsFrozen();
+  ASSERT_OK(frozen);
+  EXPECT_TRUE(*frozen);
+  EXPECT_OK(images::ImageSet::Open(t.img_ + "/" + kContainerDir));
+  EXPECT_OK(images::ImageSet::Open(t.img_ + "/" + kTreeDir));
+  if (kill) {
+    ASSERT_OK(ck->held->Kill(/*release_host_lock=*/false));
+    pc->reset();
+    t.RestoreAndCheck();
+    return;
+  }
+  ASSERT_OK(ck->held->Resume());
+  frozen = (*cg)->IsFrozen();
+  ASSERT_OK(frozen);
+  EXPECT_FALSE(*frozen);
+  pc->reset();  // the tracking stops; the container runs on untracked
+  EXPECT_EQ(t.StatePid(), t.pid_);
+  ASSERT_OK(fs::WriteFile(StrFormat("/proc/%d/root/tmp/go", t.pid_), "go\n"));
+  for (const char* f : {"result-0", "result-1"}) {
+    std::string v = t.WaitFile(f);
+    EXPECT_EQ(v.rfind("ok ", 0), 0u) << f << ": " << v;
+  }
+}
+
+TEST_F(ContainerPreCopyTest, PreCopyHoldResume) {
+  Start();
+  if (HasFatalFailure()) return;
+  PreCopyThenHold(*this, /*kill=*/false);
+}
+
+TEST_F(ContainerPreCopyTest, PreCopyHoldKillRestore) {
+  Start();
+  if (HasFatalFailure()) return;
+  PreCopyThenHold(*this, /*kill=*/true);
 }
 
 // A container that is paused cannot be pre-copied (its processes cannot run the call that starts

@@ -153,6 +153,44 @@ TEST_F(CrPreCopy, DroppedWithoutADumpTheTreeRunsOn) {
     EXPECT_EQ(Slurp(dir_ / ("result-" + std::to_string(i))).rfind("ok ", 0), 0u);
 }
 
+// A sink that cannot rewrite its files after Finish (as a stream to a peer): forwards to a
+// directory sink but says so.
+class NoLateCompressionSink : public images::Sink {
+ public:
+  explicit NoLateCompressionSink(images::Sink& inner) : inner_(inner) {}
+  Result<std::unique_ptr<images::Output>> Create(const std::string& name) override {
+    return inner_.Create(name);
+  }
+  Result<void> Finish(img::Inventory inv) override { return inner_.Finish(std::move(inv)); }
+  void Abort() override { inner_.Abort(); }
+
+ private:
+  images::Sink& inner_;
+};
+
+// zstd into such a sink: the pages are compressed while written (nothing left for after).
+TEST_F(CrPreCopy, ZstdIntoASinkThatCannotCompressLater) {
+  pid_t pid = Start(16, 64, 1);
+  ASSERT_GT(pid, 0);
+  auto dir = images::OpenDirSink(dir_ / "img");
+  ASSERT_TRUE(dir.ok());
+  NoLateCompressionSink sink(**dir);
+  dump::DumpOptions o;
+  o.pid = pid;
+  o.compression = images::Compression::kZstd;
+  o.compress_later = true;
+  auto st = dump::Dump(o, sink);
+  ASSERT_TRUE(st.ok()) << st.error().to_string();
+  EXPECT_FALSE(st->compress) << "nothing to compress after";
+  EXPECT_LT(st->bytes_stored * 2, st->bytes_logical);
+  auto set = images::ImageSet::Open(dir_ / "img");
+  ASSERT_TRUE(set.ok()) << set.error().to_string();
+  auto blob = set->OpenBlob("pages-" + std::to_string(pid) + ".img");
+  ASSERT_TRUE(blob.ok()) << blob.error().to_string();
+  EXPECT_GT((*blob)->stats().zstd_chunks, 0u);
+  EXPECT_EQ(RestoreAndCheck(pid, 1), 0);
+}
+
 // The CLI's --pre-copy[=N]: N rounds (2 without a value) before the frozen one.
 TEST_F(CrPreCopy, DumpFlag) {
   pid_t pid = Start(32, 128, 1);
