@@ -94,11 +94,14 @@ class ContainerPreCopyTest : public ::testing::Test {
     return "";
   }
   void Start() {
-    CliRun r = Godwit({"--root", root_, "run", "--rootfs", rootfs_, "--name", id_, "--detach",
-                       "--", "sh", "-c",
-                       "mount -t tmpfs -o size=8m tmpfs /tmp || exit 1; "
-                       "exec /bin/c_precopy - 64 256 2 /tmp stay"},
-                      false);
+    std::vector<std::string> args = {"--root", root_, "run", "--rootfs", rootfs_, "--name", id_,
+                                     "--detach"};
+    if (userns_) args.push_back("--userns");
+    for (const char* a : {"--", "sh", "-c",
+                          "mount -t tmpfs -o size=8m tmpfs /tmp || exit 1; "
+                          "exec /bin/c_precopy - 64 256 2 /tmp stay"})
+      args.push_back(a);
+    CliRun r = Godwit(args, false);
     ASSERT_EQ(r.code, 0) << r.err;
     pid_ = StatePid();
     ASSERT_GT(pid_, 0);
@@ -121,17 +124,31 @@ class ContainerPreCopyTest : public ::testing::Test {
   TempDir tmp_{"cprecopy"};
   std::string id_, root_, rootfs_, img_;
   pid_t pid_ = 0;
+  bool userns_ = false;
 };
 
+void RoundsThenCheckpoint(ContainerPreCopyTest& t);
+
 TEST_F(ContainerPreCopyTest, RoundsWhileRunningThenACheckpointOfWhatChanged) {
-  Start();
-  if (HasFatalFailure()) return;
-  auto sink = OpenTreeDirSink(img_);
+  RoundsThenCheckpoint(*this);
+}
+
+// Its processes lack CAP_SYS_PTRACE outside their user namespace: the tracking's userfaultfd is
+// for user-mode faults only, which needs none.
+TEST_F(ContainerPreCopyTest, InAUserNamespace) {
+  userns_ = true;
+  RoundsThenCheckpoint(*this);
+}
+
+void RoundsThenCheckpoint(ContainerPreCopyTest& t) {
+  t.Start();
+  if (::testing::Test::HasFatalFailure()) return;
+  auto sink = OpenTreeDirSink(t.img_);
   ASSERT_OK(sink);
-  auto pc = ContainerPreCopy::Start(root_, id_, **sink);
+  auto pc = ContainerPreCopy::Start(t.root_, t.id_, **sink);
   ASSERT_OK(pc);
-  EXPECT_EQ((*pc)->pid(), pid_);
-  auto cg = runtime::OpenCgroup(id_);
+  EXPECT_EQ((*pc)->pid(), t.pid_);
+  auto cg = runtime::OpenCgroup(t.id_);
   ASSERT_OK(cg);
   std::vector<dump::RoundStats> rounds;
   for (int i = 0; i < 3; ++i) {
@@ -150,16 +167,16 @@ TEST_F(ContainerPreCopyTest, RoundsWhileRunningThenACheckpointOfWhatChanged) {
     EXPECT_GT(rounds[i].dirty_bytes_per_s, 0) << "round " << i;
   }
   CheckpointOptions o;
-  o.root = root_;
-  o.id = id_;
-  o.image_path = img_;
+  o.root = t.root_;
+  o.id = t.id_;
+  o.image_path = t.img_;
   o.precopy = pc->get();
   auto ck = Checkpoint(o);
   ASSERT_OK(ck);
   EXPECT_EQ(ck->tree.round_bytes.size(), 3u);
-  EXPECT_FALSE(runtime::Container::Load(root_, id_).ok()) << "deleted by the checkpoint";
+  EXPECT_FALSE(runtime::Container::Load(t.root_, t.id_).ok()) << "deleted by the checkpoint";
   pc->reset();
-  auto pages = CountPages(img_ + "/" + kTreeDir);
+  auto pages = CountPages(t.img_ + "/" + kTreeDir);
   ASSERT_OK(pages);
   EXPECT_EQ(pages->processes, 2);
   EXPECT_GE(pages->round0_pages * 4096, 2 * 64 * kMiB);
@@ -168,7 +185,7 @@ TEST_F(ContainerPreCopyTest, RoundsWhileRunningThenACheckpointOfWhatChanged) {
   printf("container pre-copy: rounds %.1f / %.1f / %.1f MiB; final %.1f MiB; frozen %.1f ms\n",
          rounds[0].bytes / 1048576.0, rounds[1].bytes / 1048576.0, rounds[2].bytes / 1048576.0,
          pages->final_pages * 4096 / 1048576.0, ck->phases.frozen_ms);
-  RestoreAndCheck();
+  t.RestoreAndCheck();
 }
 
 TEST_F(ContainerPreCopyTest, CheckpointFlag) {
