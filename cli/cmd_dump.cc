@@ -30,6 +30,9 @@ int DumpCmd(Global& g, const std::vector<std::string>& args) {
                {{"-t", "pid"}, {"-D", "images-dir"}, {"-R", "leave-running"}}};
   auto pa = ParseArgs(DefaultPreCopy(args), spec);
   if (!pa.ok()) return ReportError(g, "dump", pa.error());
+  if (!pa->positionals.empty())  // "--pre-copy 3" is "--pre-copy" and a stray "3"
+    return ReportError(g, "dump", MakeError(ErrorKind::kUsage, 0, "unexpected argument %s",
+                                            pa->positionals[0].c_str()));
   dump::DumpOptions o;
   o.pid = atoi(pa->get("pid").c_str());
   std::string dir = pa->get("images-dir");
