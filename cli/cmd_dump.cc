@@ -84,6 +84,9 @@ int DumpCmd(Global& g, const std::vector<std::string>& args) {
   AddCriuOptions(spec, CriuVerb::kDump);
   auto pa = ParseArgs(DefaultPreCopy(NormalizeCriuArgs(args, CriuVerb::kDump)), spec);
   if (!pa.ok()) return ReportError(g, "dump", pa.error());
+  if (!pa->positionals.empty())  // "--pre-copy 3" is "--pre-copy" and a stray "3"
+    return ReportError(g, "dump", MakeError(ErrorKind::kUsage, 0, "unexpected argument %s",
+                                            pa->positionals[0].c_str()));
   auto criu = ApplyCriuOptions(*pa, CriuVerb::kDump);
   if (!criu.ok()) return ReportError(g, "dump", criu.error());
   dump::DumpOptions o;

@@ -123,12 +123,12 @@ Result<std::vector<std::string>> OwnNamespaces(pid_t pid) {
 HeldCheckpoint::HeldCheckpoint(std::string root, std::string id,
                                std::unique_ptr<runtime::Cgroup> cg,
                                std::function<Result<void>()> resume_tcp,
-                               std::function<Result<void>()> lock_outside)
+                               std::function<Result<void>(bool)> before_kill)
     : root_(std::move(root)),
       id_(std::move(id)),
       cg_(std::move(cg)),
       resume_tcp_(std::move(resume_tcp)),
-      lock_outside_(std::move(lock_outside)) {}
+      before_kill_(std::move(before_kill)) {}
 
 HeldCheckpoint::~HeldCheckpoint() {
   if (called_) return;
@@ -141,8 +141,7 @@ Result<void> HeldCheckpoint::Kill(bool release_host_lock) {
   if (over_) return MakeError(ErrorKind::kGeneric, 0, "container %s: no longer held", id_.c_str());
   called_ = true;
   // Before the delete: the container's veth and net namespace (with its own lock) go with it.
-  if (!release_host_lock && lock_outside_)
-    TRY_CTX(lock_outside_(), "container %s: network lock on the host", id_.c_str());
+  if (before_kill_) TRY_CTX(before_kill_(!release_host_lock), "container %s", id_.c_str());
   // Killed while still frozen: it never runs past the checkpoint. Delete kills the whole cgroup,
   // thaws, and removes cgroups, veth and state (the id is free for the restore).
   TRY(runtime::Delete(root_, id_, /*force=*/true));
@@ -369,7 +368,7 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
   // The end. The hold owns the cgroup and the tree's TCP hold from here.
   thaw_on_exit = false;
   auto held = std::make_unique<HeldCheckpoint>(opts.root, opts.id, std::move(cg),
-                                               res.tree.resume_tcp, res.tree.lock_outside);
+                                               res.tree.resume_tcp, res.tree.before_kill);
   switch (end) {
     case EndMode::kThaw:
       TRY(held->Resume());

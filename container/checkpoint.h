@@ -46,10 +46,12 @@ struct TreeStats {
   // Set when the tree's TCP connections were left in repair mode and locked (!leave_running): if
   // the tree is thawed instead of killed after all, call it first to give them back.
   std::function<Result<void>()> resume_tcp;
-  // Set with resume_tcp: right before the container (its net namespace and veth) is deleted, the
-  // same lock in the caller's net namespace, so the peers' packets are dropped there, not routed
-  // elsewhere, until a restore unlocks. resume_tcp removes it too.
-  std::function<Result<void>()> lock_outside;
+  // Set with resume_tcp: right before the container is deleted, the connections back in repair
+  // mode (closing them sends nothing) and, with lock_host, the same lock in the caller's net
+  // namespace, so the peers' packets are dropped there, not routed elsewhere, once the
+  // container's net namespace and veth are gone, until a restore unlocks. resume_tcp removes
+  // that lock too.
+  std::function<Result<void>(bool lock_host)> before_kill;
   // Set when the tree's pages were stored raw to be compressed once the tree runs again or is
   // gone (no frozen time): returns the bytes saved; the raw set stays complete if it fails.
   std::function<Result<uint64_t>()> compress;
@@ -115,8 +117,8 @@ struct TreeDumpRequest {
   std::function<Result<void>()> thaw;
   std::function<Result<void>()> refreeze;
   // false: the caller kills the tree next, or holds it (checkpoint without --leave-running): the
-  // engine keeps its TCP connections in repair mode and locked, so a kill sends the peers
-  // nothing, and returns TreeStats::resume_tcp and lock_outside.
+  // engine keeps its TCP connections locked, so a kill sends the peers nothing, and returns
+  // TreeStats::resume_tcp and before_kill.
   bool leave_running = false;
 };
 using TreeDumper = std::function<Result<TreeStats>(const TreeDumpRequest& req)>;
@@ -125,7 +127,7 @@ using TreeDumper = std::function<Result<TreeStats>(const TreeDumpRequest& req)>;
 enum class EndMode {
   kDelete,  // the container is killed while frozen and deleted (the id is free for a restore)
   kThaw,    // it runs on (--leave-running)
-  kHold,    // it stays frozen, its TCP connections in repair mode and locked: CheckpointResult::held
+  kHold,    // it stays frozen, its TCP connections locked: CheckpointResult::held
 };
 
 struct CheckpointOptions {
@@ -160,16 +162,17 @@ struct CheckpointOptions {
 };
 
 // A checkpoint ended with EndMode::kHold: its images are complete; the container is frozen (its
-// cgroup), its TCP connections in repair mode and locked. Kill or Resume ends the hold; destroyed
+// cgroup), its TCP connections locked. Kill or Resume ends the hold; destroyed
 // without either having been called, it resumes.
 class HeldCheckpoint {
  public:
   ~HeldCheckpoint();
   HeldCheckpoint(const HeldCheckpoint&) = delete;
   HeldCheckpoint& operator=(const HeldCheckpoint&) = delete;
-  // What a checkpoint without --leave-running does at its end: the peers' packets held in the
-  // caller's net namespace (the lock a restore here removes), then the container killed while
-  // frozen and deleted (cgroups, veth, state: the id is free). release_host_lock: no lock is
+  // What a checkpoint without --leave-running does at its end: the connections back in repair
+  // mode, the peers' packets held in the caller's net namespace (the lock a restore here
+  // removes), then the container killed while frozen and deleted (cgroups, veth, state: the id
+  // is free). release_host_lock: no lock is
   // left in the caller's namespace (none is put there): the container runs elsewhere now, as a
   // migration source's does once the destination confirmed. On failure the container may be
   // half gone; the hold stays for Resume or another Kill.
@@ -180,15 +183,16 @@ class HeldCheckpoint {
   const std::string& id() const { return id_; }
 
   // Made by Checkpoint: the container (state root, id) with its frozen cgroup, and the tree's
-  // TreeStats::resume_tcp and lock_outside (empty when nothing is locked).
+  // TreeStats::resume_tcp and before_kill (empty when nothing is locked).
   HeldCheckpoint(std::string root, std::string id, std::unique_ptr<runtime::Cgroup> cg,
                  std::function<Result<void>()> resume_tcp,
-                 std::function<Result<void>()> lock_outside);
+                 std::function<Result<void>(bool)> before_kill);
 
  private:
   std::string root_, id_;
   std::unique_ptr<runtime::Cgroup> cg_;
-  std::function<Result<void>()> resume_tcp_, lock_outside_;
+  std::function<Result<void>()> resume_tcp_;
+  std::function<Result<void>(bool)> before_kill_;
   bool called_ = false;  // Kill or Resume was called: the destructor leaves it
   bool over_ = false;    // killed or resumed: nothing more to do
 };

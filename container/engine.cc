@@ -56,7 +56,11 @@ TreeDumper EngineDumper(const dump::DumpTuning& tuning, dump::PreCopy* precopy) 
         hold->Resume();
         return Ok();
       };
-      t.lock_outside = [hold, pid = req.pid]() { return hold->LockOutside(pid); };
+      t.before_kill = [hold, pid = req.pid](bool lock_host) -> Result<void> {
+        hold->BeforeKill();
+        if (lock_host) TRY_CTX(hold->LockOutside(pid), "network lock on the host");
+        return Ok();
+      };
     }
     t.compress = s.compress;
     t.threads = s.threads;

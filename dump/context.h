@@ -43,10 +43,11 @@ struct DumpOptions {
   // another user namespace than the caller's may be dumped. Otherwise that is refused: a plain
   // dump saves no namespace, and the tree would come back in ours, its ids meaning other users.
   bool userns_saved_by_caller = false;
-  // With leave_running, when the caller kills the tree right after (a container checkpoint that
-  // deletes the container): TCP connections stay in repair mode and locked, so closing them sends
-  // nothing (no FIN, no RST) and the peer's packets are dropped until the restore unlocks.
-  // DumpStats::tcp then gives them back if the tree runs on after all.
+  // With leave_running, when the caller kills the tree right after or holds it stopped (a
+  // container checkpoint that deletes or holds the container): TCP connections stay locked, so
+  // the peer's packets are dropped until the restore unlocks and nothing reaches the peer;
+  // DumpStats::tcp puts them back in repair mode before the kill (closing sends nothing), or
+  // gives them back if the tree runs on after all.
   bool keep_tcp_locked = false;
   // zstd without pre-copy, into a sink that can compress after Finish, stores the pages raw and
   // compresses them after the tree is let go. Set by a caller that holds the tree frozen itself

@@ -33,7 +33,20 @@ Result<std::unique_ptr<DirtyTracker>> DirtyTracker::Start(
     pid_t pid, remote::Remote* r, const std::vector<proc::MapsEntry>& vmas) {
   std::unique_ptr<DirtyTracker> t(new DirtyTracker());
   t->pid_ = pid;
-  ASSIGN_OR_RETURN(long tfd, r->Syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));
+  // User-mode faults only: allowed without CAP_SYS_PTRACE in the initial user namespace (a
+  // container's processes, a daemon's unprivileged workers: vm.unprivileged_userfaultfd is 0
+  // here), and enough: async write-protect faults, from user or kernel mode, are resolved by the
+  // kernel without the uffd. EINVAL: a kernel before 5.11 without the flag.
+  const uint64_t args[6] = {O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY, 0, 0, 0, 0, 0};
+  ASSIGN_OR_RETURN(long tfd, r->RawSyscallIn(r->tid(), SYS_userfaultfd, args));
+  if (tfd == -EINVAL) {
+    const uint64_t plain[6] = {O_CLOEXEC | O_NONBLOCK, 0, 0, 0, 0, 0};
+    ASSIGN_OR_RETURN(tfd, r->RawSyscallIn(r->tid(), SYS_userfaultfd, plain));
+  }
+  if (tfd < 0) {
+    errno = static_cast<int>(-tfd);
+    return Errno("pid %d: userfaultfd()", pid);
+  }
   int pidfd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
   if (pidfd < 0) return Errno("pidfd_open %d", pid);
   UniqueFd upidfd(pidfd);

@@ -1,10 +1,11 @@
 // Dirty-page tracking for pre-copy without soft-dirty (CONFIG_MEM_SOFT_DIRTY is off here):
 // userfaultfd in write-protect async mode + the PAGEMAP_SCAN ioctl.
 //
-// Start (the process is seized): userfaultfd() is injected into the target (the one call that must
-// run inside it), the fd is taken with pidfd_getfd and closed in the target, then from outside:
-// UFFDIO_API (WP_ASYNC | WP_UNPOPULATED), UFFDIO_REGISTER(MODE_WP) on every private VMA and
-// UFFDIO_WRITEPROTECT over them. The process runs on; a write to a protected page is resolved by
+// Start (the process is seized): userfaultfd(UFFD_USER_MODE_ONLY) is injected into the target (the
+// one call that must run inside it; user-mode only needs no privilege), the fd is taken with
+// pidfd_getfd and closed in the target, then from outside: UFFDIO_API (WP_ASYNC |
+// WP_UNPOPULATED), UFFDIO_REGISTER(MODE_WP) on every private VMA and UFFDIO_WRITEPROTECT over
+// them. The process runs on; a write to a protected page is resolved by
 // the kernel itself (async) and the page is marked written.
 // CollectDirty: PAGEMAP_SCAN "written" pages with PM_SCAN_WP_MATCHING (get and clear: reported
 // pages are protected again), so each call returns what was written since the previous one.

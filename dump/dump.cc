@@ -118,6 +118,10 @@ Result<void> TcpHold::LockOutside(pid_t tree_pid) {
   return fds_->LockOutside(tree_pid);
 }
 
+void TcpHold::BeforeKill() {
+  if (fds_) fds_->SetTcpRepair(true);
+}
+
 void TcpHold::Resume() {
   if (!fds_) return;
   fds_->Resume();
@@ -292,7 +296,11 @@ Result<DumpStats> Dump(const DumpOptions& opts, images::Sink& sink) {
   Result<void> hook = Ok();
   if (opts.leave_running) {
     if (fds && !opts.keep_tcp_locked) fds->Resume();
-    if (fds && opts.keep_tcp_locked) ctx.stats.tcp = std::make_shared<TcpHold>(std::move(fds));
+    if (fds && opts.keep_tcp_locked) {
+      // Locked but out of repair mode: the detached threads re-enter their calls on them.
+      fds->SetTcpRepair(false);
+      ctx.stats.tcp = std::make_shared<TcpHold>(std::move(fds));
+    }
     ThawTree(frozen);
     if (seized_hook && opts.before_detach) hook = opts.before_detach();
   } else {

@@ -26,10 +26,11 @@ Result<DumpStats> Dump(const DumpOptions& opts, images::Sink& sink);
 // sink first (a directory sink removes the old images there).
 Result<void> Check(const DumpOptions& opts);
 
-// After a dump with DumpOptions::keep_tcp_locked: the tree's TCP connections, still in repair
-// mode and locked (closing them sends nothing, the peers' packets are dropped). Holds the dump's
-// fd dumper, which has what undoing needs. Destroyed without Resume, it leaves them so: the
-// caller kills the tree.
+// After a dump with DumpOptions::keep_tcp_locked: the tree's TCP connections stay locked (the
+// peers' packets and theirs are dropped), out of repair mode while the tree may run (a socket in
+// repair mode would fail its reads and queue its writes wrongly). Holds the dump's fd dumper,
+// which has what undoing needs (no image is read back: the sink may be a stream). Destroyed
+// without Resume, it leaves them locked: the caller kills the tree (after BeforeKill).
 class TcpHold {
  public:
   explicit TcpHold(std::unique_ptr<files::FdDumper> fds);
@@ -40,6 +41,9 @@ class TcpHold {
   // goes away with it (a container deleted): its peers' packets are dropped there until a
   // restore's Finalize removes it. Nothing when the tree shares the caller's namespace.
   Result<void> LockOutside(pid_t tree_pid);
+  // Right before the tree is killed: the connections back in repair mode, so that closing them
+  // sends nothing and leaves no orphan lingering in the tree's namespace.
+  void BeforeKill();
   // The tree runs on after all: repair off, every lock table removed (in the tree's namespaces
   // and the one LockOutside added), whatever else the dump took (pty queues) given back. Once.
   void Resume();

@@ -519,7 +519,7 @@ Result<void> DumpPstate(DumpContext& ctx, ProcessDump& p) {
 
 Result<bool> SameUserns(pid_t a, pid_t b) {
   auto path = [](pid_t p) {
-    return p ? StrFormat("/proc/%d/ns/user", p) : std::string("/proc/self/ns/user");
+    return StrFormat("/proc/%s/ns/user", p ? std::to_string(p).c_str() : "self");
   };
   struct stat x, y;
   if (::stat(path(a).c_str(), &x) < 0) return Errno("stat %s", path(a).c_str());

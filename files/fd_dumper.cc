@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <fcntl.h>
 #include <linux/kcmp.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -73,6 +75,7 @@ class FdDumperImpl : public FdDumper {
   Result<void> Finish() override;
   void Resume() override { ctx_.RunResume(); }
   Result<void> LockOutside(pid_t tree_pid) override;
+  void SetTcpRepair(bool on) override;
   std::vector<std::pair<std::string, int>> Counts() const override {
     std::vector<std::pair<std::string, int>> out(counts_.begin(), counts_.end());
     return out;
@@ -302,6 +305,16 @@ Result<void> FdDumperImpl::Finish() {
     TRY(images::WriteImage(sink_, "files-netlock.img", nl));
   }
   return Ok();
+}
+
+void FdDumperImpl::SetTcpRepair(bool on) {
+  for (const auto& [fd, reuse] : ctx_.repaired_tcp) {
+    int v = on ? TCP_REPAIR_ON : TCP_REPAIR_OFF_NO_WP;
+    if (setsockopt(fd, SOL_TCP, TCP_REPAIR, &v, sizeof(v)) < 0)
+      PLOG_WARN("TCP_REPAIR %s on a dumped connection", on ? "on" : "off");
+    // Repair on forces the address reuse, off leaves none: give SO_REUSEADDR back.
+    if (!on && reuse) setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &reuse, sizeof(reuse));
+  }
 }
 
 Result<void> FdDumperImpl::LockOutside(pid_t tree_pid) {

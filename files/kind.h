@@ -97,6 +97,8 @@ class DumpContext {
   // rules only on the connections' 4-tuples), once per process; undone by Resume.
   Result<void> LockProcessTcp(pid_t pid);
   std::string netlock_table;  // "" when nothing was locked
+  // The connections put in repair mode: a kept copy of each and its SO_REUSEADDR to give back.
+  std::vector<std::pair<int, int>> repaired_tcp;
   // readlink of every fd of the process being dumped (the lock scans only its sockets).
   std::map<int, std::string> links;
   std::set<pid_t> tcp_locked_pids;

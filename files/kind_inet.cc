@@ -112,6 +112,7 @@ Result<void> DumpTcpEstablished(DumpContext& ctx, const Probe& p, img::InetSocke
   TRY_CTX(SetInt(fd, SOL_TCP, TCP_REPAIR, TCP_REPAIR_ON, "TCP_REPAIR"),
           "%s -> %s", AddrStr(sk->src()).c_str(), AddrStr(sk->dst()).c_str());
   int keep = ctx.Keep(fd);
+  ctx.repaired_tcp.push_back({keep, reuse});
   ctx.OnResume([keep, reuse] {
     int off = TCP_REPAIR_OFF;
     setsockopt(keep, SOL_TCP, TCP_REPAIR, &off, sizeof(off));

@@ -35,3 +35,8 @@ godwit_test(container_copy_test
 godwit_helper(c_threads ${CMAKE_CURRENT_SOURCE_DIR}/helpers/c_threads.c Threads::Threads)
 target_link_options(c_threads PRIVATE -static)
 add_dependencies(container_copy_test c_threads)
+# Pre-copy of a running container, then a checkpoint of what changed (container/engine.h).
+godwit_test(container_precopy_test
+  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/container_precopy_test.cc
+  LIBS godwit_container godwit_runtime nlohmann_json::nlohmann_json)
+add_dependencies(container_precopy_test c_precopy)
