@@ -35,6 +35,7 @@ void Usage() {
           "usage: godwitd --listen ADDR:PORT --root DIR [--cgroup-parent NAME] [--bridge BR]\n"
           "               [--tls-cert F --tls-key F --tls-ca F | --insecure] [--timeout S]\n"
           "               [--log-level error|warn|info|debug] [--staging DIR] [--ready-file F]\n"
+          "               [--keep-staging]  (debugging: keep the received images)\n"
           "               [--fault PHASE:kill|close|corrupt]  (testing: welcome, round, final,\n"
           "               restored)\n");
 }
@@ -151,7 +152,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
   ArgSpec spec{{"listen", "root", "cgroup-parent", "bridge", "tls-cert", "tls-key", "tls-ca",
                 "timeout", "log-level", "staging", "fault", "ready-file"},
-               {"insecure", "help"},
+               {"insecure", "help", "keep-staging"},
                {{"-h", "help"}}};
   auto pa = ParseArgs(args, spec);
   if (!pa.ok()) {
@@ -179,7 +180,8 @@ int main(int argc, char** argv) {
   d.dest.cgroup_parent = pa->get("cgroup-parent");
   d.dest.bridge = pa->get("bridge");
   d.dest.staging = pa->get("staging");
-  d.dest.fault = pa->get("fault");  // testing and failover drills only
+  d.dest.fault = pa->get("fault");
+  d.dest.keep_staging = pa->has("keep-staging");  // testing and failover drills only
   if (pa->has("timeout")) d.dest.timeout_s = atof(pa->get("timeout").c_str());
   if (d.dest.timeout_s <= 0) d.dest.timeout_s = 30;
   auto hp = migrate::SplitHostPort(pa->get("listen"));

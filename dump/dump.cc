@@ -122,6 +122,8 @@ void TcpHold::BeforeKill() {
   if (fds_) fds_->SetTcpRepair(true);
 }
 
+void TcpHold::Drop() { fds_.reset(); }
+
 void TcpHold::Resume() {
   if (!fds_) return;
   fds_->Resume();

@@ -44,6 +44,10 @@ class TcpHold {
   // Right before the tree is killed: the connections back in repair mode, so that closing them
   // sends nothing and leaves no orphan lingering in the tree's namespace.
   void BeforeKill();
+  // After BeforeKill (and LockOutside, if wanted): closes the connections this hold kept open.
+  // In repair mode that sends nothing; it lets the tree's net namespace die with the tree (an
+  // open socket keeps it alive: a container's delete then waits ~500 ms for its veth).
+  void Drop();
   // The tree runs on after all: repair off, every lock table removed (in the tree's namespaces
   // and the one LockOutside added), whatever else the dump took (pty queues) given back. Once.
   void Resume();

@@ -45,6 +45,7 @@ class FdRestorerImpl : public FdRestorer {
   Result<void> Install(pid_t old_pid) override;
   void ClosePrepared() override;
   Result<void> Finalize() override;
+  void SetHostPids(std::map<pid_t, pid_t> m) override { host_pids_ = std::move(m); }
   int MaxFd() const override { return max_fd_; }
   std::set<int> UsedFds() const override;
   int FileCount() const override { return static_cast<int>(ctx_ ? ctx_->entries_.size() : 0); }
@@ -65,6 +66,7 @@ class FdRestorerImpl : public FdRestorer {
   std::unique_ptr<RestoreContext> ctx_;
   std::map<pid_t, img::ProcessFds> procs_;
   std::string netlock_table_;
+  std::map<pid_t, pid_t> host_pids_;  // dumped pid -> host pid, where they differ
   UniqueFd lock_ns_;  // the namespace LockNetwork locked (another than ours)
   int max_fd_ = 2;
   bool closed_ = false;
@@ -260,10 +262,12 @@ Result<UniqueFd> FdRestorerImpl::TakeFromTree(uint64_t file_id) {
   for (const auto& [pid, pf] : procs_)
     for (const auto& fe : pf.fds()) {
       if (fe.file_id() != file_id) continue;
-      UniqueFd pidfd(static_cast<int>(syscall(SYS_pidfd_open, pid, 0)));
+      auto h = host_pids_.find(pid);
+      pid_t host = h == host_pids_.end() ? pid : h->second;
+      UniqueFd pidfd(static_cast<int>(syscall(SYS_pidfd_open, host, 0)));
       if (!pidfd) return Errno("pidfd_open %d", pid);
       UniqueFd fd(static_cast<int>(syscall(SYS_pidfd_getfd, pidfd.get(), fe.fd(), 0)));
-      if (!fd) return Errno("take pid %d fd %d (file id %llu) to finalize it", pid, fe.fd(),
+      if (!fd) return Errno("take pid %d fd %d (file id %llu) to finalize it", host, fe.fd(),
                             static_cast<unsigned long long>(file_id));
       return fd;
     }

@@ -99,6 +99,11 @@ class FdRestorer {
   virtual void ClosePrepared() = 0;
   // In the coordinator, just before the tree resumes.
   virtual Result<void> Finalize() = 0;
+  // The host pid of each dumped pid, when they differ (a tree restored next to its still
+  // existing original, e.g. a migration's source held frozen: its processes keep the dumped
+  // host pids). Finalize takes fds from the restored processes by these, never by the dumped
+  // pids, which may name the original's processes.
+  virtual void SetHostPids(std::map<pid_t, pid_t> dumped_to_host) = 0;
   // Highest fd number any restored process uses (the engine keeps its own fds above it when
   // RLIMIT_NOFILE leaves room there).
   virtual int MaxFd() const = 0;

@@ -18,6 +18,7 @@
 #include <signal.h>
 
 #include <algorithm>
+#include <nlohmann/json.hpp>
 #include <chrono>
 #include <set>
 
@@ -139,6 +140,94 @@ bool Fault(const DestOptions& o, Channel& ch, const char* phase) {
   }
   ch.Close();
   return true;
+}
+
+struct Restored {
+  pid_t pid = 0;
+  std::string host_veth;
+  double tree_ms = 0, memory_ms = 0, env_ms = 0;
+};
+
+std::string GodwitBin(const DestOptions& o) {
+  if (!o.godwit_bin.empty()) return o.godwit_bin;
+  char buf[4096];
+  ssize_t n = readlink("/proc/self/exe", buf, sizeof(buf) - 1);
+  if (n <= 0) return "godwit";
+  std::string self(buf, n);
+  return self.substr(0, self.rfind('/') + 1) + "godwit";
+}
+
+// `godwit --root R [--cgroup-parent P] --json restore ID --image-path DIR --detach [--bridge B]`
+Result<Restored> RestoreByCli(const DestOptions& o, const std::string& id,
+                              const std::string& staging) {
+  std::vector<std::string> args = {GodwitBin(o), "--root", o.root, "--json"};
+  if (!o.cgroup_parent.empty()) {
+    args.push_back("--cgroup-parent");
+    args.push_back(o.cgroup_parent);
+  }
+  for (const char* a : {"restore", id.c_str(), "--image-path", staging.c_str(), "--detach"})
+    args.push_back(a);
+  if (!o.bridge.empty()) {
+    args.push_back("--bridge");
+    args.push_back(o.bridge);
+  }
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  int out[2], err[2];
+  if (pipe2(out, O_CLOEXEC) < 0 || pipe2(err, O_CLOEXEC) < 0) return Errno("pipe");
+  pid_t pid = fork();
+  if (pid < 0) return Errno("fork");
+  if (pid == 0) {
+    int null = open("/dev/null", O_RDONLY);
+    dup2(null, 0);
+    dup2(out[1], 1);
+    dup2(err[1], 2);
+    close_range(3, ~0U, 0);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  close(out[1]);
+  close(err[1]);
+  std::string o_text, e_text;
+  // stderr is small (one error); read stdout to the end first, then stderr.
+  for (auto [fd, into] : {std::pair<int, std::string*>{out[0], &o_text}, {err[0], &e_text}}) {
+    char buf[4096];
+    ssize_t n;
+    while ((n = read(fd, buf, sizeof(buf))) > 0 || (n < 0 && errno == EINTR))
+      if (n > 0) into->append(buf, n);
+    close(fd);
+  }
+  int st = 0;
+  while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+  }
+  if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+    ErrorKind kind = WIFEXITED(st) && WEXITSTATUS(st) >= 1 && WEXITSTATUS(st) <= 8
+                         ? static_cast<ErrorKind>(WEXITSTATUS(st))
+                         : ErrorKind::kGeneric;
+    std::string msg = e_text;
+    try {
+      auto j = nlohmann::json::parse(e_text);
+      if (j.contains("error")) msg = j["error"].get<std::string>();
+    } catch (...) {
+    }
+    return MakeError(kind, 0, "%s", fs::Trim(msg).c_str());
+  }
+  Restored r;
+  try {
+    auto j = nlohmann::json::parse(o_text);
+    r.pid = j.value("pid", 0);
+    if (j.contains("phases")) {
+      r.tree_ms = j["phases"].value("tree_ms", 0.0);
+      r.memory_ms = j["phases"]["tree"].value("memory_ms", 0.0);
+      r.env_ms = j["phases"].value("env_ms", 0.0);
+    }
+  } catch (...) {
+    return MakeError(ErrorKind::kGeneric, 0, "godwit restore printed no JSON: %s", o_text.c_str());
+  }
+  auto c = runtime::Container::Load(o.root, id);
+  if (c.ok()) r.host_veth = c->host_veth;
+  return r;
 }
 
 }  // namespace
@@ -275,6 +364,10 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
   std::string staging = StrFormat("%s/%s.%d", base.c_str(), res.id.c_str(), getpid());
   TRY(fs::MkdirAll(staging, 0700));
   ScopeExit rm_staging([&] {
+    if (o.keep_staging) {
+      LOG_INFO("images kept in %s", staging.c_str());
+      return;
+    }
     auto r = fs::RemoveAll(staging);
     if (!r.ok()) LOG_WARN("remove %s: %s", staging.c_str(), r.error().to_string().c_str());
   });
@@ -330,13 +423,9 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
         }
         if (Fault(o, ch, "final")) return MakeError(ErrorKind::kPeer, 0, "fault injected at final");
         auto t0 = Clock::now();
-        container::RestoreOptions ro;
-        ro.root = o.root;
-        ro.id = res.id;
-        ro.image_path = staging;
-        if (!o.cgroup_parent.empty()) ro.cgroup_parent = o.cgroup_parent;
-        ro.bridge = o.bridge;
-        auto rr = container::Restore(ro, container::EngineRestorer());
+        // The restore runs in a godwit process of its own: a fresh process image (no
+        // daemon state, fds or signal setup of the session leak into the restored tree).
+        auto rr = RestoreByCli(o, res.id, staging);
         res.restore_ms = MsSince(t0);
         if (!rr.ok()) {
           LOG_ERROR("migration of %s: restore failed: %s", res.id.c_str(),
@@ -347,28 +436,28 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
         restored = true;
         mig::Frame done;
         mig::Restored* rs = done.mutable_restored();
-        rs->set_init_pid(rr->container.pid);
+        rs->set_init_pid(rr->pid);
         rs->mutable_phases()->set_total_ms(res.restore_ms);
-        rs->mutable_phases()->set_tree_ms(rr->phases.tree_ms);
-        rs->mutable_phases()->set_memory_ms(rr->phases.memory_ms);
-        rs->mutable_phases()->set_env_ms(rr->phases.env_ms);
+        rs->mutable_phases()->set_tree_ms(rr->tree_ms);
+        rs->mutable_phases()->set_memory_ms(rr->memory_ms);
+        rs->mutable_phases()->set_env_ms(rr->env_ms);
         // Announce at once: the source is frozen and its network locked, so the segment may as
         // well learn the new place now; again after the commit.
-        (void)AnnounceAddresses(rr->container.pid);
+        (void)AnnounceAddresses(rr->pid);
         if (Fault(o, ch, "restored"))
           return MakeError(ErrorKind::kPeer, 0, "fault injected at restored");
         TRY(ch.Send(done));
         ch.set_timeout(o.timeout_s);
         auto c = ch.Recv(&f, &payload);
         if (!c.ok()) return std::move(c.error().wrap("waiting for the commit"));
-        if (f.has_held()) {
-          // The frames the source held while frozen: into the container before the commit.
-          auto n = InjectFrames(rr->container.host_veth, payload);
+        while (f.has_held()) {
+          // Frames the source held while frozen: into the container, before anything else.
+          auto n = InjectFrames(rr->host_veth, payload);
           if (!n.ok())
             LOG_WARN("migration of %s: held frames: %s", res.id.c_str(),
                      n.error().to_string().c_str());
           else
-            res.held_packets = *n;
+            res.held_packets += *n;
           c = ch.Recv(&f, &payload);
           if (!c.ok()) return std::move(c.error().wrap("waiting for the commit"));
         }
@@ -381,7 +470,7 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
         // A session killed from here on leaves the container: it is the only copy now.
         (void)fs::WriteFile(staging + "/committed", "");
         auto ta = Clock::now();
-        auto an = AnnounceAddresses(rr->container.pid);
+        auto an = AnnounceAddresses(rr->pid);
         if (!an.ok())
           LOG_WARN("migration of %s: announce: %s", res.id.c_str(), an.error().to_string().c_str());
         res.announce_ms = MsSince(ta);

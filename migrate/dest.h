@@ -34,6 +34,8 @@ struct DestOptions {
   // crashed host would), "close" (drops the connection) or "corrupt" (sends garbage instead of
   // its next frame). Empty: none.
   std::string fault;
+  bool keep_staging = false;
+  std::string godwit_bin;  // the godwit binary that restores ("" = the one beside this program)  // leave the received images in place (debugging)
 };
 
 struct DestResult {

@@ -6,7 +6,13 @@
 #include <net/if.h>
 #include <sys/socket.h>
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <cstring>
+
+#include "common/fs.h"
+#include "files/kind.h"
 
 namespace godwit::migrate {
 
@@ -55,6 +61,38 @@ Result<int> PacketHold::Drain(std::string* out) {
     n++;
   }
   return n;
+}
+
+namespace {
+
+std::string SilenceTable() { return StrFormat("godwit_silence_%d", getpid()); }
+
+Result<UniqueFd> NetnsOf(pid_t pid) {
+  return fs::Open(StrFormat("/proc/%d/ns/net", pid), O_RDONLY | O_CLOEXEC);
+}
+
+}  // namespace
+
+Result<void> Silence(pid_t pid) {
+  ASSIGN_OR_RETURN(UniqueFd ns, NetnsOf(pid));
+  std::string t = SilenceTable();
+  std::string script = StrFormat(
+      "add table inet %s\n"
+      "add chain inet %s out { type filter hook output priority -400; policy drop; }\n"
+      "add table arp %s\n"
+      "add chain arp %s out { type filter hook output priority -400; policy drop; }\n",
+      t.c_str(), t.c_str(), t.c_str(), t.c_str());
+  TRY_CTX(files::NftRunIn(ns.get(), script), "silence the network of pid %d", pid);
+  return Ok();
+}
+
+Result<void> Unsilence(pid_t pid) {
+  ASSIGN_OR_RETURN(UniqueFd ns, NetnsOf(pid));
+  std::string t = SilenceTable();
+  TRY_CTX(files::NftRunIn(ns.get(), StrFormat("delete table inet %s\ndelete table arp %s\n",
+                                              t.c_str(), t.c_str())),
+          "unsilence the network of pid %d", pid);
+  return Ok();
 }
 
 Result<int> InjectFrames(const std::string& host_veth, const std::string& frames) {

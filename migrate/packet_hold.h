@@ -41,6 +41,15 @@ class PacketHold {
   uint64_t dropped_ = 0;
 };
 
+// Silences a held container's network namespace (the namespace of `pid`): every packet it would
+// send (IPv4, IPv6, ARP) is dropped until Unsilence. A frozen source still has a live kernel
+// stack that answers ARP and neighbour solicitations for the address the destination now owns
+// (moving the segment's bridges back to the old port) and may answer a client's segment that its
+// lock does not cover; while the destination restores and after, the source must say nothing.
+// The table is named after the migrating process so that rollback removes exactly it.
+Result<void> Silence(pid_t pid);
+Result<void> Unsilence(pid_t pid);
+
 // Transmits length-prefixed frames (as Drain made them) on the host end `host_veth` of a
 // container's veth, i.e. into the container. Returns how many were sent.
 Result<int> InjectFrames(const std::string& host_veth, const std::string& frames);

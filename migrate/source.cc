@@ -253,6 +253,12 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
   auto ck = container::Checkpoint(co);
   if (!ck.ok()) return fail(std::move(ck.error().wrap("final checkpoint")));
   std::unique_ptr<container::HeldCheckpoint> held = std::move(ck->held);
+  // From here the source says nothing on the network (it would answer for the address the
+  // destination is about to own); a rollback lets it speak again before it resumes.
+  if (auto s = Silence(c.pid); !s.ok()) {
+    (void)held->Resume();
+    return fail(std::move(s).error());
+  }
   auto t_final = Clock::now();
   const auto& ph = ck->phases;
   auto t_freeze = t_ckpt + std::chrono::duration_cast<Clock::duration>(
@@ -276,6 +282,8 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
   if (!got.ok()) {
     // Before the commit point: the container here carries on as if nothing happened, and the
     // frames its peers sent meanwhile go to it now (no retransmission timeout for them).
+    auto u = Unsilence(c.pid);
+    if (!u.ok()) LOG_ERROR("migration of %s: %s", o.id.c_str(), u.error().to_string().c_str());
     auto r = held->Resume();
     if (r.ok() && hold) {
       std::string frames;
@@ -290,26 +298,24 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
   }
   // Commit point: the destination runs the container. Ours is deleted (never resumed).
   committed = true;
-  std::string frames;
-  int nframes = 0;
-  if (hold) {
-    auto d = hold->Drain(&frames);
-    if (d.ok()) nframes += *d;
-  }
-  auto kill = held->Kill(/*release_host_lock=*/true);
-  held.reset();
-  if (hold) {
-    auto d = hold->Drain(&frames);  // what arrived during the delete (the link may be gone)
-    if (d.ok()) nframes += *d;
-    rep->held_packets = nframes;
-  }
+  // The frames held since the freeze go first: the destination runs the container already, and
+  // every one of them is a client waiting. Then our copy goes, then what came meanwhile.
   Result<void> sent = Ok();
-  if (hold) {
+  auto ship_held = [&]() {
+    if (!hold || !sent.ok()) return;
+    std::string frames;
+    auto d = hold->Drain(&frames);
+    if (!d.ok() || *d == 0) return;
+    rep->held_packets += *d;
     mig::Frame hp;
-    hp.mutable_held()->set_count(nframes);
+    hp.mutable_held()->set_count(*d);
     hp.mutable_held()->set_dropped(hold->dropped());
     sent = ch->Send(hp, frames.data(), frames.size());
-  }
+  };
+  ship_held();
+  auto kill = held->Kill(/*release_host_lock=*/true);
+  held.reset();
+  ship_held();
   mig::Frame cm;
   cm.mutable_commit();
   if (sent.ok()) sent = ch->Send(cm);

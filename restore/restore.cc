@@ -580,6 +580,14 @@ Result<void> MapHostPids(RestoreContext& ctx, pid_t root) {
     p->pid = it->second;
     if (p->pid != e.pid()) LOG_DEBUG("restore: pid %d is host pid %d", e.pid(), p->pid);
   }
+  // The files' finalize step takes fds out of the restored processes: by their host pids (the
+  // dumped ones may still be the original's, e.g. a migration source held frozen).
+  if (ctx.fds) {
+    std::map<pid_t, pid_t> moved;
+    for (auto& p : ctx.procs)
+      if (p->pid != p->entry->pid()) moved[p->entry->pid()] = p->pid;
+    ctx.fds->SetHostPids(std::move(moved));
+  }
   return Ok();
 }
 
