@@ -187,7 +187,7 @@ bool IsContainerRestore(const std::vector<std::string>& args) {
 
 int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
   ArgSpec spec{{"image-path", "import", "bundle", "pid-file", "ip", "bridge"},
-               {"detach", "json"},
+               {"detach", "json", "no-announce", "keep-locked"},
                {{"-d", "detach"}, {"-b", "bundle"}}};
   auto pa = ParseArgs(args, spec);
   if (!pa.ok()) return ReportError(g, "restore", pa.error());
@@ -202,6 +202,9 @@ int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
   o.bundle = pa->get("bundle");
   o.ip = pa->get("ip");
   o.bridge = pa->get("bridge");
+  // A migration's destination announces the address itself, once the source is gone.
+  o.announce = !pa->has("no-announce");
+  o.keep_netlock = pa->has("keep-locked");
   o.cgroup_parent = g.cgroup_parent;
   auto r = container::Restore(o);
   if (!r.ok()) return ReportError(g, "restore", r.error());

@@ -96,6 +96,7 @@ TreeRestorer EngineRestorer() {
     o.root_inside = req.inside;
     o.root_outside = req.outside;
     o.tcp_close = req.tcp_close;
+    o.keep_netlock = req.keep_netlock;
     ASSIGN_OR_RETURN(restore::RestoreStats s, restore::Restore(o));
     TreeRestoreResult t;
     t.root_host_pid = s.root_pid;

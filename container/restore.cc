@@ -248,6 +248,7 @@ Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& re
   req.tree_dir = dir + "/" + kTreeDir;
   req.clone_flags = kRootCloneFlags;
   req.tcp_close = !opts.ip.empty();
+  req.keep_netlock = opts.keep_netlock;
   // A user namespace: its maps, and the namespaces it owns, come from a holder (restore_env.h).
   std::unique_ptr<UsernsHolder> userns;
   if (has_userns) {

@@ -35,6 +35,7 @@ struct TreeRestoreRequest {
   std::function<Result<void>(pid_t root_host_pid)> outside;
   // Established TCP connections come back closed (their address is gone: --ip).
   bool tcp_close = false;
+  bool keep_netlock = false;  // RestoreOptions::keep_netlock
 };
 
 struct TreeRestoreResult {
@@ -88,6 +89,10 @@ struct RestoreOptions {
   // runs, so the segment's bridges and peers find it at this port at once. A failure is logged,
   // not fatal.
   bool announce = true;
+  // The TCP connections come back live but still locked (their packets dropped, nothing sent):
+  // the caller unlocks them later (files::NetUnlockIn with the table files-netlock.img names).
+  // A migration's destination keeps them so until the source has committed.
+  bool keep_netlock = false;
 };
 
 struct RestoreResult {

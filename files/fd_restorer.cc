@@ -314,6 +314,10 @@ Result<void> FdRestorerImpl::Finalize() {
   ctx_->finalize_fds_.clear();
   // After every repair off (CRIU's order): the peers' packets reach live sockets only. One nft
   // run per namespace (~10 ms each: a container's and the host's), side by side.
+  if (opts_.keep_netlock) {
+    lock_ns_.reset();
+    return res;
+  }
   std::vector<Result<void>> unlocked(lock_ns.size());
   std::vector<std::thread> others;
   size_t i = 0;

@@ -41,6 +41,9 @@ struct DumpOptions {
 struct RestoreOptions {
   bool tcp_close = false;  // restore established TCP sockets closed instead of live
   bool shell_job = false;  // an outside terminal in the images is the coordinator's own (fd 0)
+  // Finalize leaves the network lock in place (the TCP connections are live but their packets
+  // still dropped): the caller removes it later (a migration's destination, at the commit).
+  bool keep_netlock = false;
   // --inherit-fd fd[N]:KEY: the coordinator's fd N stands for the external resource KEY
   std::vector<std::pair<int, std::string>> inherit_fds;
   // Memfds the engine already recreated because they are mapped (shmem.img), by the dumped

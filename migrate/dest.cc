@@ -31,6 +31,8 @@
 #include "migrate/image_stream.h"
 #include "migrate/kernel.h"
 #include "migrate/packet_hold.h"
+#include "files/kind.h"
+#include "proto/fd.pb.h"
 #include "runtime/container.h"
 #include "runtime/runtime.h"
 
@@ -148,6 +150,19 @@ struct Restored {
   double tree_ms = 0, memory_ms = 0, env_ms = 0;
 };
 
+// The restore left the connections locked (--keep-locked): the table files-netlock.img names,
+// in the restored container's net namespace.
+Result<void> UnlockRestored(const std::string& staging, pid_t pid) {
+  std::string img_dir = staging + "/tree";
+  if (!fs::Exists(img_dir + "/files-netlock.img")) return Ok();
+  ASSIGN_OR_RETURN(images::ImageSet set, images::ImageSet::OpenUnverified(img_dir));
+  img::NetLock nl;
+  TRY(set.ReadOne("files-netlock.img", &nl));
+  ASSIGN_OR_RETURN(UniqueFd ns, fs::Open(StrFormat("/proc/%d/ns/net", pid), O_RDONLY | O_CLOEXEC));
+  TRY_CTX(files::NetUnlockIn(ns.get(), nl.table()), "unlock the restored connections");
+  return Ok();
+}
+
 std::string GodwitBin(const DestOptions& o) {
   if (!o.godwit_bin.empty()) return o.godwit_bin;
   char buf[4096];
@@ -165,7 +180,11 @@ Result<Restored> RestoreByCli(const DestOptions& o, const std::string& id,
     args.push_back("--cgroup-parent");
     args.push_back(o.cgroup_parent);
   }
-  for (const char* a : {"restore", id.c_str(), "--image-path", staging.c_str(), "--detach"})
+  // Not announced yet: until the source commits, the segment must keep sending to the source
+  // (frozen and locked there, its frames held); ServeMigration announces after the commit.
+  for (const char* a :
+       {"restore", id.c_str(), "--image-path", staging.c_str(), "--detach", "--no-announce",
+        "--keep-locked"})
     args.push_back(a);
   if (!o.bridge.empty()) {
     args.push_back("--bridge");
@@ -248,6 +267,8 @@ int CleanupDeadSessions(const DestOptions& o, const std::vector<pid_t>& live) {
     std::string dir = base + "/" + n;
     if (!fs::Exists(dir + "/committed") && runtime::ValidateId(id).ok() &&
         fs::Exists(o.root + "/" + id)) {
+      auto c = runtime::Container::Load(o.root, id);
+      if (c.ok() && c->pid > 0) (void)Silence(c->pid);  // its clients live on the source
       auto r = runtime::Delete(o.root, id, /*force=*/true);
       if (r.ok())
         LOG_INFO("removed %s, restored by session %d which died before the commit", id.c_str(),
@@ -374,9 +395,12 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
   FileReceiver rx(staging);
   bool restored = false;
   bool committed = false;
+  pid_t restored_pid = 0;
   ScopeExit undo([&] {
     if (!restored || committed) return;
-    // Restored but never committed: the source may still run it. Ours goes.
+    // Restored but never committed: the source may still run it. Ours goes, silenced first so
+    // that closing its connections sends the clients nothing (no RST: they live on the source).
+    if (restored_pid > 0) (void)Silence(restored_pid);
     auto r = runtime::Delete(o.root, res.id, /*force=*/true);
     if (!r.ok())
       LOG_ERROR("migration of %s: remove the uncommitted copy: %s", res.id.c_str(),
@@ -434,6 +458,7 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
           return std::move(rr.error().wrap(StrFormat("migration of %s: restore", res.id.c_str())));
         }
         restored = true;
+        restored_pid = rr->pid;
         mig::Frame done;
         mig::Restored* rs = done.mutable_restored();
         rs->set_init_pid(rr->pid);
@@ -441,23 +466,16 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
         rs->mutable_phases()->set_tree_ms(rr->tree_ms);
         rs->mutable_phases()->set_memory_ms(rr->memory_ms);
         rs->mutable_phases()->set_env_ms(rr->env_ms);
-        // Announce at once: the source is frozen and its network locked, so the segment may as
-        // well learn the new place now; again after the commit.
-        (void)AnnounceAddresses(rr->pid);
         if (Fault(o, ch, "restored"))
           return MakeError(ErrorKind::kPeer, 0, "fault injected at restored");
         TRY(ch.Send(done));
         ch.set_timeout(o.timeout_s);
         auto c = ch.Recv(&f, &payload);
         if (!c.ok()) return std::move(c.error().wrap("waiting for the commit"));
+        std::string held_frames;
         while (f.has_held()) {
-          // Frames the source held while frozen: into the container, before anything else.
-          auto n = InjectFrames(rr->host_veth, payload);
-          if (!n.ok())
-            LOG_WARN("migration of %s: held frames: %s", res.id.c_str(),
-                     n.error().to_string().c_str());
-          else
-            res.held_packets += *n;
+          // Frames the source held while frozen: delivered once the connections are unlocked.
+          held_frames += payload;
           c = ch.Recv(&f, &payload);
           if (!c.ok()) return std::move(c.error().wrap("waiting for the commit"));
         }
@@ -467,6 +485,19 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
                            f.has_abort() ? f.abort().reason().c_str() : "");
         committed = true;
         res.committed = true;
+        // Now the container may speak: its connections unlocked, the frames held meanwhile in,
+        // the address announced.
+        auto ul = UnlockRestored(staging, rr->pid);
+        if (!ul.ok())
+          LOG_ERROR("migration of %s: %s", res.id.c_str(), ul.error().to_string().c_str());
+        if (!held_frames.empty()) {
+          auto n = InjectFrames(rr->host_veth, held_frames);
+          if (!n.ok())
+            LOG_WARN("migration of %s: held frames: %s", res.id.c_str(),
+                     n.error().to_string().c_str());
+          else
+            res.held_packets += *n;
+        }
         // A session killed from here on leaves the container: it is the only copy now.
         (void)fs::WriteFile(staging + "/committed", "");
         auto ta = Clock::now();

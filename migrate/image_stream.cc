@@ -114,13 +114,19 @@ Result<void> FileSender::Send(const std::string& name) {
     d->set_last(off + n == size);
     const char* payload = buf_.data();
     size_t plen = n;
-    if (zstd_ && n >= 4096) {
+    if (zstd_ && n >= 4096 && skip_ > 0) {
+      skip_--;
+    } else if (zstd_ && n >= 4096) {
       zbuf_.resize(ZSTD_compressBound(n));
       size_t z = ZSTD_compress(zbuf_.data(), zbuf_.size(), buf_.data(), n, 1);
       if (!ZSTD_isError(z) && z < n - n / 16) {
         d->set_zstd(true);
         payload = zbuf_.data();
         plen = z;
+        misses_ = 0;
+      } else if (adaptive_ && ++misses_ >= 4) {
+        skip_ = 64;
+        misses_ = 0;
       }
     }
     d->set_crc32c(images::Crc32c(0, payload, plen));

@@ -27,8 +27,11 @@ namespace godwit::migrate {
 // Sends whole files of one local directory as FileData frames.
 class FileSender {
  public:
-  FileSender(Channel* ch, mig::Dir dir, std::string local_dir, bool zstd)
-      : ch_(ch), dir_(dir), local_(std::move(local_dir)), zstd_(zstd) {}
+  // adaptive: after 4 chunks in a row that zstd did not shrink by 1/16, the next 64 go raw
+  // without trying (random or compressed memory costs CPU and gains nothing), then it tries
+  // again.
+  FileSender(Channel* ch, mig::Dir dir, std::string local_dir, bool zstd, bool adaptive = false)
+      : ch_(ch), dir_(dir), local_(std::move(local_dir)), zstd_(zstd), adaptive_(adaptive) {}
   // Sends local_dir/name (chunks of up to 4 MiB, zstd when enabled and it shrinks the chunk).
   Result<void> Send(const std::string& name);
   uint64_t file_bytes() const { return file_bytes_; }  // bytes of the files sent
@@ -41,6 +44,9 @@ class FileSender {
   mig::Dir dir_;
   std::string local_;
   bool zstd_;
+  bool adaptive_;
+  int misses_ = 0;  // chunks in a row zstd did not shrink
+  int skip_ = 0;    // chunks left to send raw without trying
   uint64_t file_bytes_ = 0;
   uint64_t wire_bytes_ = 0;
   double send_ms_ = 0;

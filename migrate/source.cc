@@ -6,6 +6,7 @@
 #include <chrono>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <thread>
 
 #include "common/fs.h"
 #include "common/log.h"
@@ -14,6 +15,7 @@
 #include "container/checkpoint.h"
 #include "container/engine.h"
 #include "images/image.h"
+#include "migrate/dest.h"
 #include "migrate/image_stream.h"
 #include "migrate/kernel.h"
 #include "migrate/packet_hold.h"
@@ -151,8 +153,11 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
   TRY(fs::MkdirAll(staging + "/container", 0700));
   ScopeExit rm_staging([&] { (void)fs::RemoveAll(staging); });
 
-  FileSender tree_tx(ch.get(), mig::DIR_TREE, staging + "/tree", zstd);
-  FileSender ctr_tx(ch.get(), mig::DIR_CONTAINER, staging + "/container", zstd);
+  // auto: zstd is tried per chunk and kept only where it pays (FileSender's adaptive mode).
+  FileSender tree_tx(ch.get(), mig::DIR_TREE, staging + "/tree", zstd,
+                     o.compress == Compress::kAuto);
+  FileSender ctr_tx(ch.get(), mig::DIR_CONTAINER, staging + "/container", zstd,
+                    o.compress == Compress::kAuto);
   ASSIGN_OR_RETURN(auto tree_dir, images::OpenDirSink(staging + "/tree", true));
   auto tree_sink = ForwardingSink(std::move(tree_dir),
                                   [&](const std::string& n) { return tree_tx.Send(n); });
@@ -249,7 +254,7 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
     hold.emplace(std::move(*h));
   }
   auto t_ckpt = Clock::now();
-  uint64_t wire_before_final = tree_tx.wire_bytes() + ctr_tx.wire_bytes();
+  const uint64_t files_before_final = tree_tx.file_bytes() + ctr_tx.file_bytes();
   auto ck = container::Checkpoint(co);
   if (!ck.ok()) return fail(std::move(ck.error().wrap("final checkpoint")));
   std::unique_ptr<container::HeldCheckpoint> held = std::move(ck->held);
@@ -265,7 +270,7 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
                                std::chrono::duration<double, std::milli>(ph.prepare_ms));
   rep->blackout.freeze_ms = ph.freeze_ms;
   rep->blackout.final_dump_ms = std::max(0.0, Ms(t_freeze, t_final) - ph.freeze_ms);
-  rep->final_bytes = ck->tree.bytes;
+  rep->final_bytes = tree_tx.file_bytes() + ctr_tx.file_bytes() - files_before_final;
   {
     mig::Frame f;
     f.mutable_final();
@@ -289,6 +294,15 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
       std::string frames;
       if (hold->Drain(&frames).ok()) (void)InjectFrames(c.host_veth, frames);
     }
+    // The destination's copy may have spoken for the address before it failed (its restored
+    // connections are live until its cleanup silences and deletes it, tens of ms): take the
+    // address back, and again a few times while that copy goes away.
+    if (r.ok()) {
+      for (int ms : {0, 100, 300, 1000}) {
+        if (ms) std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+        (void)AnnounceAddresses(c.pid);
+      }
+    }
     if (!r.ok()) {
       LOG_ERROR("migration of %s: resume after the destination failed: %s", o.id.c_str(),
                 r.error().to_string().c_str());
@@ -298,8 +312,6 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
   }
   // Commit point: the destination runs the container. Ours is deleted (never resumed).
   committed = true;
-  // The frames held since the freeze go first: the destination runs the container already, and
-  // every one of them is a client waiting. Then our copy goes, then what came meanwhile.
   Result<void> sent = Ok();
   auto ship_held = [&]() {
     if (!hold || !sent.ok()) return;
@@ -312,7 +324,8 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
     hp.mutable_held()->set_dropped(hold->dropped());
     sent = ch->Send(hp, frames.data(), frames.size());
   };
-  ship_held();
+  // Our copy goes first (the destination keeps its connections locked until the commit, so the
+  // frames are delivered there after it anyway), then every frame held since the freeze.
   auto kill = held->Kill(/*release_host_lock=*/true);
   held.reset();
   ship_held();
@@ -326,7 +339,6 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
   rep->blackout.announce_ms = Ms(t_committed, t_done);
   rep->blackout.total_ms = Ms(t_freeze, t_done);
   rep->total_wire_bytes = ch->bytes_sent();
-  (void)wire_before_final;
   rep->total_ms = Ms(t_start, t_done);
   if (!kill.ok()) {
     rep->outcome = "failed after commit";

@@ -78,7 +78,7 @@ struct MigrationReport {
   double fixed_cost_ms = 0;  // the fixed part of the prediction (non-memory state, restore)
   double predicted_downtime_ms = 0;
   Blackout blackout;
-  uint64_t final_bytes = 0;       // page bytes of the final (frozen) dump
+  uint64_t final_bytes = 0;       // image bytes sent during the switchover (the final delta + state)
   int held_packets = 0;           // frames held during the switchover and replayed there
   uint64_t total_wire_bytes = 0;  // everything sent
   double total_ms = 0;

@@ -620,6 +620,7 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
 
   files::RestoreOptions fo;
   fo.tcp_close = opts.tcp_close;
+  fo.keep_netlock = opts.keep_netlock;
   fo.shell_job = opts.shell_job;
   fo.inherit_fds = opts.inherit_fds;
   // A memfd both mapped and open as an fd stays one object: files/ reopens the engine's memfd.
