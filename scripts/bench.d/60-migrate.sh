@@ -40,7 +40,7 @@ scripts/migration-certs "$work/certs" host-a host-b >/dev/null
 tls() { echo --tls-cert "$work/certs/$1.pem" --tls-key "$work/certs/$1.key" --tls-ca "$work/certs/ca.pem"; }
 for h in a b; do
   addr=198.18.0.$([ $h = a ] && echo 1 || echo 2)
-  in_ns $h "$GODWITD" --listen "$addr:7070" --root "$work/$h" --cgroup-parent "godwit-$net-$h" \
+  nsenter --net=/run/netns/"$net-$h" "$GODWITD" --listen "$addr:7070" --root "$work/$h" --cgroup-parent "godwit-$net-$h" \
     $(tls host-$h) --ready-file "$work/ready-$h" --log-level warn 2>>"$work/godwitd-$h.log" &
   pids+=($!)
 done

@@ -35,12 +35,12 @@ step "two hosts (netns $net-a 198.18.0.1, $net-b 198.18.0.2), a client ($net-c 1
 tls() { echo --tls-cert "$work/certs/$1.pem" --tls-key "$work/certs/$1.key" --tls-ca "$work/certs/ca.pem"; }
 for h in a b; do
   addr=198.18.0.$([ $h = a ] && echo 1 || echo 2)
-  in_ns $h "$GODWITD" --listen "$addr:$port" --root "$work/$h" --cgroup-parent "godwit-$net-$h" \
-    $(tls host-$h) 2>"$work/godwitd-$h.log" &
+  nsenter --net=/run/netns/"$net-$h" "$GODWITD" --listen "$addr:$port" --root "$work/$h" --cgroup-parent "godwit-$net-$h" \
+    $(tls host-$h) --ready-file "$work/ready-$h" 2>"$work/godwitd-$h.log" &
   pids+=($!)
 done
 for h in a b; do
-  n=0; until grep -q listening "$work/godwitd-$h.log" || [ $n -ge 100 ]; do sleep 0.05; n=$((n+1)); done
+  n=0; until [ -e "$work/ready-$h" ] || [ $n -ge 200 ]; do sleep 0.05; n=$((n+1)); done
   sed -n 1p "$work/godwitd-$h.log"
 done
 
