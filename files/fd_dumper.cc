@@ -83,7 +83,7 @@ class FdDumperImpl : public FdDumper {
 
   images::Sink& sink_;
   DumpOptions opts_;
-  DumpContext ctx_;
+  FdDumpContext ctx_;
   std::map<std::pair<dev_t, ino_t>, std::vector<Seen>> by_inode_;
   std::vector<img::FileEntry> files_;
   std::map<uint64_t, std::pair<pid_t, int>> first_holder_;  // file id -> first (pid, fd)

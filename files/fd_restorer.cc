@@ -55,7 +55,7 @@ class FdRestorerImpl : public FdRestorer {
   }
 
   RestoreOptions opts_;
-  std::unique_ptr<RestoreContext> ctx_;
+  std::unique_ptr<FdRestoreContext> ctx_;
   std::map<pid_t, img::ProcessFds> procs_;
   std::string netlock_table_;
   UniqueFd lock_ns_;  // the namespace LockNetwork locked (another than ours)
@@ -87,7 +87,7 @@ Result<void> FdRestorerImpl::LoadImages(const images::ImageSet& images) {
   if (images.Has("files-data.blob")) {
     ASSIGN_OR_RETURN(blob, images.OpenBlob("files-data.blob"));
   }
-  ctx_ = std::make_unique<RestoreContext>(opts_, std::move(blob));
+  ctx_ = std::make_unique<FdRestoreContext>(opts_, std::move(blob));
   if (images.Has("files.img")) {
     ASSIGN_OR_RETURN(images::ImageReader rd, images.OpenImage("files.img"));
     for (;;) {

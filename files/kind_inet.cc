@@ -88,7 +88,7 @@ uint32_t QueueSeq(int fd, int queue) {
   return seq;
 }
 
-Result<void> DumpTcpEstablished(DumpContext& ctx, const Probe& p, img::InetSocket* sk,
+Result<void> DumpTcpEstablished(FdDumpContext& ctx, const Probe& p, img::InetSocket* sk,
                                 const struct tcp_info& ti) {
   int fd = p.local;
   TRY(ctx.LockProcessTcp(p.pid));
@@ -146,7 +146,7 @@ Result<void> DumpTcpEstablished(DumpContext& ctx, const Probe& p, img::InetSocke
 
 }  // namespace
 
-Result<void> DumpInet(DumpContext& ctx, const Probe& p, img::FileEntry& e) {
+Result<void> DumpInet(FdDumpContext& ctx, const Probe& p, img::FileEntry& e) {
   img::InetSocket* sk = e.mutable_inet();
   int fd = p.local;
   sk->set_ino(p.st.st_ino);
@@ -241,7 +241,7 @@ Result<void> SendAll(int fd, const std::string& data, const char* what) {
   return Ok();
 }
 
-Result<UniqueFd> OpenTcpEstablished(RestoreContext& ctx, const img::FileEntry& e) {
+Result<UniqueFd> OpenTcpEstablished(FdRestoreContext& ctx, const img::FileEntry& e) {
   const img::InetSocket& sk = e.inet();
   const img::TcpRepair& r = sk.repair();
   // Listeners first: they bind their port without SO_REUSEADDR maybe; a repaired socket forces
@@ -300,7 +300,7 @@ Result<UniqueFd> OpenTcpEstablished(RestoreContext& ctx, const img::FileEntry& e
 
 }  // namespace
 
-Result<UniqueFd> OpenInet(RestoreContext& ctx, const img::FileEntry& e) {
+Result<UniqueFd> OpenInet(FdRestoreContext& ctx, const img::FileEntry& e) {
   const img::InetSocket& sk = e.inet();
   if (sk.type() == SOCK_STREAM && Connected(sk.state())) {
     if (!ctx.opts().tcp_close) return OpenTcpEstablished(ctx, e);
@@ -346,7 +346,7 @@ Result<UniqueFd> OpenInet(RestoreContext& ctx, const img::FileEntry& e) {
   return s;
 }
 
-Result<void> FinalizeInet(RestoreContext& ctx, const img::FileEntry& e, int fd) {
+Result<void> FinalizeInet(FdRestoreContext& ctx, const img::FileEntry& e, int fd) {
   const img::InetSocket& sk = e.inet();
   if (sk.type() != SOCK_STREAM || !Connected(sk.state()) || ctx.opts().tcp_close) return Ok();
   TRY(SetInt(fd, SOL_TCP, TCP_REPAIR, TCP_REPAIR_OFF, "TCP_REPAIR off"));

@@ -110,7 +110,7 @@ std::string LockRules(const std::string& table, const sockaddr_storage& src,
                    table.c_str(), ipk, sip.c_str(), ipk, dip.c_str(), Port(src), Port(dst));
 }
 
-Result<void> DumpContext::LockProcessTcp(pid_t pid) {
+Result<void> FdDumpContext::LockProcessTcp(pid_t pid) {
   if (!tcp_locked_pids.insert(pid).second) return Ok();
   struct stat nsst;
   if (stat(StrFormat("/proc/%d/ns/net", pid).c_str(), &nsst) < 0) return Errno("stat netns");

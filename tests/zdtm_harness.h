@@ -1,4 +1,4 @@
-// The zdtm cycle shared by the ported CRIU zdtm suites (zdtm_static_test, files_zdtm2_test): a
+// The zdtm cycle shared by the ported CRIU zdtm suites (zdtm_static_test, zdtm_files_test): a
 // helper program sets one kind of state up and reports ready; the test dumps it with
 // `godwit dump` (which kills it), reaps the killed tree, restores it with
 // `godwit restore --detach` (the restored root becomes our child: the test main is a subreaper),
