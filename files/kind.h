@@ -27,6 +27,7 @@
 #include "common/result.h"
 #include "common/unique_fd.h"
 #include "files/files.h"
+#include "files/netlock.h"
 #include "images/image.h"
 #include "proto/fd.pb.h"
 
@@ -97,14 +98,13 @@ class FdDumpContext {
   Result<const UnixDiagMap*> UnixSockets(pid_t pid);
   // External keys the user allowed (DumpOptions::external, "fd:KEY" or "KEY").
   bool ExternalAllowed(const std::string& key) const;
-  // Locks every TCP connection of pid in nftables (one table per dump, in pid's net namespace,
-  // rules only on the connections' 4-tuples), once per process; undone by Resume.
+  // Locks every TCP connection of pid (netlock.h: one lock per dump, in pid's net namespace, on
+  // the connections only), once per process; undone by Resume (netlock.cc).
   Result<void> LockProcessTcp(pid_t pid);
-  std::string netlock_table;  // "" when nothing was locked
+  std::unique_ptr<NetLock> netlock;  // null when nothing was locked
   // readlink of every fd of the process being dumped (the lock scans only its sockets).
   std::map<int, std::string> links;
   std::set<pid_t> tcp_locked_pids;
-  std::set<uint64_t> netlock_netns;  // namespaces holding the table
 
  private:
   images::Sink& sink_;
@@ -230,17 +230,5 @@ Result<void> RestoreSockOpts(int fd, const img::SockOpts& o);
 // QueuedMsg per datagram, or one for a stream. Fds in flight (SCM_RIGHTS) are kUnsupported.
 Result<void> PeekQueue(FdDumpContext& ctx, int fd, bool stream,
                        google::protobuf::RepeatedPtrField<img::QueuedMsg>* out);
-
-// Network lock (netlock.cc): removes the table in the current net namespace (or in the one of
-// netns_fd) if present.
-Result<void> NetUnlock(const std::string& table);
-Result<void> NetUnlockIn(int netns_fd, const std::string& table);
-// nft script pieces: the lock table with its chains; the two rules for one connection.
-std::string LockTable(const std::string& table);
-std::string LockRules(const std::string& table, const struct sockaddr_storage& src,
-                      const struct sockaddr_storage& dst);
-// Runs `nft -f -` with script in the net namespace of netns_pid (0: ours).
-Result<void> NftRun(pid_t netns_pid, const std::string& script);
-Result<void> NftRunIn(int netns_fd, const std::string& script);  // -1: ours
 
 }  // namespace godwit::files
