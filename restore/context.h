@@ -36,6 +36,15 @@ struct RestoreOptions {
   bool shell_job = false;
   std::vector<std::pair<int, std::string>> inherit_fds;
   std::function<void(const char*, uint64_t, uint64_t)> progress;
+  // How memory is filled (restore/pages.cc). The defaults are the fast paths; each switch exists
+  // to measure against (the CLI sets them from GODWIT_NO_UFFD, GODWIT_NO_SPLIT,
+  // GODWIT_NO_POPULATE for A/B benchmarks) and as a fallback to compare behaviour.
+  struct PageFill {
+    bool uffd = true;      // anonymous private memory by UFFDIO_COPY from the coordinator
+    bool split = true;     // a coordinator thread writes half of a large raw fill
+    bool populate = true;  // MADV_POPULATE_WRITE before the process's own preadv
+  } fill;
+  images::ReadOptions read;  // how the image set is checked (ImageSet::Open)
   // Hooks for restoring a tree inside a container's fresh namespaces (all optional).
   // root_clone_flags (CLONE_NEWNS|NEWUTS|NEWIPC|NEWNET|NEWCGROUP; NEWPID follows the image) are
   // added to the root's clone3. root_inside runs in the root task right after its clone (a

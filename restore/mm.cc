@@ -529,7 +529,10 @@ Result<void> FillPages(RestoreContext& ctx, ProcessRestore& p, const img::PageMa
     if (hit) anon.push_back({v.start(), v.end()});
   }
   std::sort(anon.begin(), anon.end());
-  ASSIGN_OR_RETURN(std::unique_ptr<UffdFiller> uffd, UffdFiller::Open(r, anon));
+  std::unique_ptr<UffdFiller> uffd;
+  if (ctx.opts.fill.uffd) {
+    ASSIGN_OR_RETURN(uffd, UffdFiller::Open(r, anon));
+  }
   struct Piece {
     uint64_t va, off, len;
   };
@@ -613,8 +616,7 @@ Result<void> FillPages(RestoreContext& ctx, ProcessRestore& p, const img::PageMa
   size_t split = raw.size();
   char* map = nullptr;
   size_t map_len = 0;
-  if (raw_total >= kSplitMin && std::thread::hardware_concurrency() >= 2 &&
-      getenv("GODWIT_NO_SPLIT") == nullptr) {
+  if (raw_total >= kSplitMin && std::thread::hardware_concurrency() >= 2 && ctx.opts.fill.split) {
     struct stat st;
     if (fstat(blob->fd(), &st) == 0 && st.st_size > 0) {
       void* m = mmap(nullptr, st.st_size, PROT_READ, MAP_SHARED, blob->fd(), 0);
@@ -686,7 +688,7 @@ Result<void> FillPages(RestoreContext& ctx, ProcessRestore& p, const img::PageMa
       return Ok();
     };
     constexpr uint64_t kPopulateMin = 256 * 1024;
-    bool populate = getenv("GODWIT_NO_POPULATE") == nullptr;
+    bool populate = ctx.opts.fill.populate;
     for (size_t i = 0; i < split; ++i) {
       // Fault the destination in with one call per contiguous stretch of pieces instead of a
       // page fault per 4 KiB inside preadv.

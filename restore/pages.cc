@@ -28,8 +28,7 @@ constexpr int kUserModeOnly = UFFD_USER_MODE_ONLY;
 
 Result<std::unique_ptr<UffdFiller>> UffdFiller::Open(
     remote::Remote* r, const std::vector<std::pair<uint64_t, uint64_t>>& ranges) {
-  if (ranges.empty() || getenv("GODWIT_NO_UFFD") != nullptr)
-    return std::unique_ptr<UffdFiller>();
+  if (ranges.empty()) return std::unique_ptr<UffdFiller>();
   const uint64_t args[6] = {static_cast<uint64_t>(O_CLOEXEC | O_NONBLOCK | kUserModeOnly)};
   ASSIGN_OR_RETURN(long tfd, r->RawSyscallIn(r->tid(), SYS_userfaultfd, args));
   if (tfd < 0) {

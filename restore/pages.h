@@ -37,7 +37,7 @@ class UffdFiller {
  public:
   // ranges: [start, end) candidates, sorted, page aligned (the anonymous private VMAs that get
   // pages). Those the kernel refuses to register are left out (filled the usual way). nullptr
-  // (not an error) when the process cannot get a userfaultfd or GODWIT_NO_UFFD is set.
+  // (not an error) when the process cannot get a userfaultfd.
   static Result<std::unique_ptr<UffdFiller>> Open(
       remote::Remote* r, const std::vector<std::pair<uint64_t, uint64_t>>& ranges);
 

@@ -598,7 +598,7 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
   auto t_start = Clock::now();
   RestoreContext ctx;
   ctx.opts = opts;
-  ASSIGN_OR_RETURN(images::ImageSet set, images::ImageSet::Open(opts.images_dir));
+  ASSIGN_OR_RETURN(images::ImageSet set, images::ImageSet::Open(opts.images_dir, opts.read));
   ctx.images = &set;
   TRY(images::CheckCpuFeatures(set.inventory()));
   TRY(LoadImages(ctx));
