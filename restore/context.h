@@ -132,8 +132,12 @@ inline pid_t InnerPid(const img::ProcessEntry& e) {
 inline pid_t InnerTid(const img::ThreadCore& t) {
   return t.ns_tids_size() > 1 ? t.ns_tids(t.ns_tids_size() - 1) : t.tid();
 }
+// How many pid namespaces a process is in (1: the dumper's only).
+inline int Levels(const img::ProcessEntry& e) {
+  return e.ns_pids_size() > 1 ? e.ns_pids_size() : 1;
+}
 // The id of the process with outermost id pid, seen from pid namespace level `level` (0: the
-// dumper's), or 0 when it has none there.
+// dumper's), or 0 when it has none there (restore/load.cc).
 pid_t PidAtLevel(const RestoreContext& ctx, pid_t pid, int level);
 
 }  // namespace godwit::restore
