@@ -315,7 +315,8 @@ Result<KernelFeatures> KernelFeaturesFromJson(const nlohmann::json& j) {
   f.probe_version = j["probe_version"].get<int>();
   if (j.contains("kernel_release") && j["kernel_release"].is_string())
     f.kernel_release = j["kernel_release"].get<std::string>();
-  if (j.contains("boot_id") && j["boot_id"].is_string()) f.boot_id = j["boot_id"].get<std::string>();
+  if (j.contains("boot_id") && j["boot_id"].is_string())
+    f.boot_id = j["boot_id"].get<std::string>();
   if (j.contains("xsave_size") && j["xsave_size"].is_number_unsigned())
     f.xsave_size = j["xsave_size"].get<uint32_t>();
   if (!j.contains("features") || !j["features"].is_array()) return bad("no features");

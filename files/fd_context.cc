@@ -13,8 +13,8 @@ namespace godwit::files {
 
 Result<img::BlobRef> FdDumpContext::Blob(const void* data, size_t len) {
   if (!blob_) {
-    ASSIGN_OR_RETURN(images::BlobWriter w,
-                     images::BlobWriter::Create(sink_, "files-data.blob", images::Compression::kNone));
+    ASSIGN_OR_RETURN(images::BlobWriter w, images::BlobWriter::Create(sink_, "files-data.blob",
+                                                                      images::Compression::kNone));
     blob_ = std::make_unique<images::BlobWriter>(std::move(w));
   }
   img::BlobRef ref;

@@ -2,12 +2,12 @@
 // (Prepare), installs each process's fd table in the restored process (Install), and finishes
 // what must wait until the whole tree exists (Finalize).
 //
-// TCP, in CRIU's order (cr-restore.c: repair off in the restorer once every task is restored,
-// then the network unlock): Finalize turns repair off on every restored connection, then releases
-// the dump's network lock (netlock.h) in each net namespace the connections live in. A container's files are prepared
-// by its root task inside the container's namespaces, not by the coordinator: Finalize then takes
-// its copies of the sockets from the restored (ptrace-stopped) tree, by the fd numbers of the
-// images, and finds each socket's namespace with SIOCGSKNS.
+// TCP, in CRIU's order (cr-restore.c: repair off in the restorer once every task is restored, then
+// the network unlock): Finalize turns repair off on every restored connection, then releases the
+// dump's network lock (netlock.h) in each net namespace the connections live in. A container's
+// files are prepared by its root task inside the container's namespaces, not by the coordinator:
+// Finalize then takes its copies of the sockets from the restored (ptrace-stopped) tree, by the fd
+// numbers of the images, and finds each socket's namespace with SIOCGSKNS.
 #include <fcntl.h>
 #include <linux/close_range.h>
 #include <linux/sockios.h>

@@ -1,11 +1,11 @@
 // The per-kind table behind FdDumper/FdRestorer (internal to files/).
 //
 // Every kind of open file description lives in one file kind_<name>.cc with its dump and its
-// restore side by side, registered once in table.cc. The dispatcher (Classify, next to the table
-// in table.cc) decides the kind of an fd from fstat, readlink(/proc/PID/fd/N) and fdinfo; the
-// kind's dump fills one img::FileEntry. On restore, the kind's open creates the description in the coordinator
-// (Prepare); optional hooks run per process (Install: epoll registrations) and before the tree
-// resumes (Finalize: TCP repair off).
+// restore side by side, registered once in table.cc. The dispatcher (Classify, next to the table in
+// table.cc) decides the kind of an fd from fstat, readlink(/proc/PID/fd/N) and fdinfo; the kind's
+// dump fills one img::FileEntry. On restore, the kind's open creates the description in the
+// coordinator (Prepare); optional hooks run per process (Install: epoll registrations) and before
+// the tree resumes (Finalize: TCP repair off).
 //
 // The kinds share two contexts, FdDumpContext and FdRestoreContext (methods in fd_context.cc; the
 // "Fd" prefix keeps them apart from the engine's dump::DumpContext and restore::RestoreContext),

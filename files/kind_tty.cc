@@ -170,7 +170,8 @@ static Result<void> ApplyTermios(int fd, const img::TtyFile& t) {
 
 // Queued input goes in through the master again, with echo and input translation off for the
 // while (it was echoed and translated the first time); the line discipline forms its lines again.
-static Result<void> RequeueInput(FdRestoreContext& ctx, const img::TtyFile& t, int master, int slave) {
+static Result<void> RequeueInput(FdRestoreContext& ctx, const img::TtyFile& t, int master,
+                                 int slave) {
   ASSIGN_OR_RETURN(std::string data, ctx.ReadBlob(t.input()));
   struct termios orig {};
   if (tcgetattr(slave, &orig) < 0) return Errno("tcgetattr");

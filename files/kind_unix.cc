@@ -137,7 +137,8 @@ void FixNameFile(const img::UnixSocket& u) {
 }
 
 // Writes the queue of `e` through `from` (the peer end, or a socket that can reach e).
-Result<void> Requeue(FdRestoreContext& ctx, const img::UnixSocket& u, int from, const std::string& to) {
+Result<void> Requeue(FdRestoreContext& ctx, const img::UnixSocket& u, int from,
+                     const std::string& to) {
   for (const auto& m : u.queue()) {
     ASSIGN_OR_RETURN(std::string data, ctx.ReadBlob(m.data()));
     if (u.type() == SOCK_STREAM) {

@@ -68,7 +68,8 @@ struct Child {
 UniqueFd NewNetns() {
   UniqueFd out;
   std::thread t([&] {
-    if (unshare(CLONE_NEWNET) == 0) out.reset(open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC));
+    if (unshare(CLONE_NEWNET) == 0)
+      out.reset(open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC));
   });
   t.join();
   return out;
