@@ -18,6 +18,7 @@
 
 #include <cstring>
 
+#include "common/clone3.h"
 #include "common/fs.h"
 #include "common/log.h"
 #include "common/page.h"
@@ -37,12 +38,7 @@ bool ProbeClone3SetTid(std::string* d) {
   int base = last.ok() ? atoi(last->c_str()) + 1000 : 1000;
   for (int i = 0; i < 20; ++i) {
     pid_t want = 300 + (base + i * 7 - 300) % (pid_max - 300);
-    struct clone_args a;
-    memset(&a, 0, sizeof(a));
-    a.exit_signal = SIGCHLD;
-    a.set_tid = reinterpret_cast<uint64_t>(&want);
-    a.set_tid_size = 1;
-    long p = syscall(SYS_clone3, &a, sizeof(a));
+    pid_t p = Clone3WithPids(0, &want, 1);
     if (p == 0) _exit(0);
     if (p < 0) {
       if (errno == EEXIST) continue;

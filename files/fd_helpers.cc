@@ -110,4 +110,16 @@ std::string KindName(img::FileKind k) {
   return ops ? ops->name : StrFormat("kind-%d", static_cast<int>(k));
 }
 
+Result<std::vector<std::pair<std::string, img::ProcessFds>>> ReadProcessFds(
+    const images::ImageSet& images) {
+  std::vector<std::pair<std::string, img::ProcessFds>> out;
+  for (const auto& f : images.inventory().files()) {
+    const std::string& n = f.name();
+    if (n.rfind("fds-", 0) != 0 || n.size() < 9 || n.substr(n.size() - 4) != ".img") continue;
+    auto& [name, pf] = out.emplace_back(n, img::ProcessFds());
+    TRY(images.ReadOne(name, &pf));
+  }
+  return out;
+}
+
 }  // namespace godwit::files

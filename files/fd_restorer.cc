@@ -104,11 +104,8 @@ Result<void> FdRestorerImpl::LoadImages(const images::ImageSet& images) {
       ctx_->entries_.emplace(e.id(), std::move(e));
     }
   }
-  for (const auto& f : images.inventory().files()) {
-    const std::string& n = f.name();
-    if (n.rfind("fds-", 0) != 0 || n.size() < 9 || n.substr(n.size() - 4) != ".img") continue;
-    img::ProcessFds pf;
-    TRY(images.ReadOne(n, &pf));
+  ASSIGN_OR_RETURN(auto tables, ReadProcessFds(images));
+  for (auto& [n, pf] : tables) {
     for (const auto& fe : pf.fds()) {
       if (fe.fd() < 0 || fe.fd() > (1 << 20))
         return MakeError(ErrorKind::kBadImage, 0, "%s: bad fd number %d", n.c_str(), fe.fd());

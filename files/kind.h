@@ -185,6 +185,9 @@ Result<UniqueFd> Reopen(int fd, int flags);
 // Sets O_APPEND/O_NONBLOCK/O_ASYNC/O_DIRECT/O_NOATIME from flags with F_SETFL.
 Result<void> SetStatusFlags(int fd, uint32_t flags);
 std::string KindName(img::FileKind k);
+// Every process's fd table of an image set: the fds-<pid>.img files its inventory lists, by name.
+Result<std::vector<std::pair<std::string, img::ProcessFds>>> ReadProcessFds(
+    const images::ImageSet& images);
 // The description's F_SETOWN_EX owner and F_SETSIG signal (proto FileOwner), and its lease.
 // Restore sets signal and lease when the file is opened (set_pid false), the owner in Install
 // (true).

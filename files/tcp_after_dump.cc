@@ -88,11 +88,8 @@ Result<void> ResumeTcp(const images::ImageSet& images) {
   std::set<uint64_t> done;
   std::unique_ptr<NetLock> lock = OpenNetLock(nl.table());
   TRY(lock->Adopt(-1));  // LockOutside's
-  for (const auto& f : images.inventory().files()) {
-    const std::string& n = f.name();
-    if (n.rfind("fds-", 0) != 0 || n.size() < 9 || n.substr(n.size() - 4) != ".img") continue;
-    img::ProcessFds pf;
-    TRY(images.ReadOne(n, &pf));
+  ASSIGN_OR_RETURN(auto tables, ReadProcessFds(images));
+  for (const auto& [name, pf] : tables) {
     for (const auto& fe : pf.fds()) {
       auto it = repaired.find(fe.file_id());
       if (it == repaired.end() || done.count(fe.file_id())) continue;

@@ -27,27 +27,23 @@
 #include <cstdio>
 #include <cstring>
 
+#include "common/clone3.h"
 #include "files/files.h"
 
 namespace godwit::restore {
 namespace {
 
 pid_t Clone3(const img::ProcessEntry& e, int parent_levels, int skip, uint64_t extra_flags) {
-  struct clone_args args;
-  memset(&args, 0, sizeof(args));
-  args.exit_signal = SIGCHLD;
-  args.flags = extra_flags;
+  uint64_t flags = extra_flags;
   pid_t tids[32];  // the kernel reads an array of pid_t
   int n = 0;
   if (e.ns_pids_size() > 1) {
     for (int i = e.ns_pids_size() - 1; i >= skip && n < 32; --i) tids[n++] = e.ns_pids(i);
-    if (e.ns_pids_size() > parent_levels) args.flags |= CLONE_NEWPID;
+    if (e.ns_pids_size() > parent_levels) flags |= CLONE_NEWPID;
   } else {
     tids[n++] = e.pid();
   }
-  args.set_tid = reinterpret_cast<uint64_t>(tids);
-  args.set_tid_size = n;
-  return static_cast<pid_t>(syscall(SYS_clone3, &args, sizeof(args)));
+  return Clone3WithPids(flags, tids, n);
 }
 
 [[noreturn]] void ChildFail(const ChildEnv& env, pid_t pid, int err, const char* msg) {

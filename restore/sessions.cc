@@ -11,6 +11,7 @@
 #include <map>
 #include <set>
 
+#include "common/clone3.h"
 #include "common/log.h"
 
 namespace godwit::restore {
@@ -90,13 +91,7 @@ Result<void> StartGroupStandIns(const RestoreContext& ctx, GroupStandIns* out) {
     int sync[2];
     if (pipe2(sync, O_CLOEXEC) < 0) return Errno("pipe");
     UniqueFd rd(sync[0]), wr(sync[1]);
-    struct clone_args args;
-    memset(&args, 0, sizeof(args));
-    args.exit_signal = SIGCHLD;
-    pid_t tid = g;
-    args.set_tid = reinterpret_cast<uint64_t>(&tid);
-    args.set_tid_size = 1;
-    pid_t h = static_cast<pid_t>(syscall(SYS_clone3, &args, sizeof(args)));
+    pid_t h = Clone3WithPids(0, &g, 1);
     if (h < 0) return Errno("group %d: clone3 a stand-in leader with pid %d", g, g);
     if (h == 0) {
       // After clone: raw calls only.
