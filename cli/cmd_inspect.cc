@@ -1,6 +1,7 @@
 // `godwit inspect DIR [IMAGE...] [--json]`: what an image directory holds, like CRIU's crit. The
 // human form is a summary; --json gives every record of every object image decoded. A damaged
-// directory still shows what can be read, and the damage makes the exit code non-zero.
+// directory still shows what can be read, and the damage makes the exit code non-zero. A
+// container checkpoint (DIR/container, DIR/tree) is shown as one checkpoint of two image sets.
 #include <time.h>
 
 #include <cstdio>
@@ -39,6 +40,25 @@ std::string Str(const nlohmann::json& j, const char* key) {
 }
 
 void PrintHuman(const nlohmann::json& out) {
+  if (out.contains("parts")) {
+    // A checkpoint of several image sets (a container's): each shown as one.
+    std::string names;
+    for (const auto& p : out["parts"]) names += (names.empty() ? "" : ", ") + Str(p, "name");
+    printf("checkpoint %s: %zu image sets (%s): %s\n", out["dir"].get<std::string>().c_str(),
+           out["parts"].size(), names.c_str(),
+           !out["complete"].get<bool>()  ? "INCOMPLETE"
+           : out["verified"].get<bool>() ? "complete, all checksums match"
+                                         : "DAMAGED");
+    for (const auto& p : out["parts"]) {
+      printf("\n");
+      PrintHuman(p);
+    }
+    if (!out["damage"].empty()) {
+      printf("damage:\n");
+      for (const auto& d : out["damage"]) printf("  %s\n", d.get<std::string>().c_str());
+    }
+    return;
+  }
   printf("image directory %s: %s\n", out["dir"].get<std::string>().c_str(),
          !out["complete"].get<bool>()  ? "INCOMPLETE (no valid inventory)"
          : out["verified"].get<bool>() ? "complete, all checksums match"
@@ -107,7 +127,7 @@ void PrintHuman(const nlohmann::json& out) {
     printf("; blobs %s logical in %s (ratio %.2f)", Bytes(logical).c_str(), Bytes(stored).c_str(),
            static_cast<double>(logical) / stored);
   printf("\n");
-  if (!out["damage"].empty()) {
+  if (!out["damage"].empty() && !out.contains("name")) {  // a part's: shown by the whole
     printf("damage:\n");
     for (const auto& d : out["damage"]) printf("  %s\n", d.get<std::string>().c_str());
   }

@@ -197,12 +197,11 @@ RecordSummaryFn FindSummary(const std::string& type_name) {
   return it == Summaries().end() ? nullptr : it->second;
 }
 
-Result<nlohmann::json> InspectDir(const std::string& dir, const InspectOptions& opts,
+namespace {
+
+// One image set (a directory with, or meant to have, an inventory).
+Result<nlohmann::json> InspectSet(const std::string& dir, const InspectOptions& opts,
                                   std::vector<Error>* damage) {
-  // An odr-use of every proto's descriptor table: whoever links InspectDir links every .pb.cc
-  // object, so protobuf's generated pool knows every image type named in a header.
-  const void* const* volatile keep = img::kAllImageProtos;
-  (void)keep;
   ASSIGN_OR_RETURN(std::vector<std::string> names, fs::ListDir(dir));
   nlohmann::json out;
   out["dir"] = dir;
@@ -295,6 +294,98 @@ Result<nlohmann::json> InspectDir(const std::string& dir, const InspectOptions& 
     files.push_back(std::move(f));
   }
   out["files"] = std::move(files);
+  nlohmann::json dmg = nlohmann::json::array();
+  for (const auto& e : *damage) dmg.push_back(e.message());
+  out["damage"] = std::move(dmg);
+  return out;
+}
+
+// A regular file starting with an image or blob magic.
+bool IsImageFile(const std::string& path) {
+  struct stat st;
+  if (::lstat(path.c_str(), &st) < 0 || !S_ISREG(st.st_mode)) return false;
+  char head[8] = {};
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd || ::pread(fd.get(), head, 8, 0) != 8) return false;
+  return ProbeKind(std::string_view(head, 8)) != FileKind::kUnknown;
+}
+
+bool HoldsImages(const std::string& dir) {
+  if (fs::Exists(dir + "/" + format::kInventoryName)) return true;
+  auto names = fs::ListDir(dir);
+  if (!names.ok()) return false;
+  for (const auto& n : *names)
+    if (IsImageFile(dir + "/" + n)) return true;
+  return false;
+}
+
+// The image sets of a checkpoint made of several (one per subdirectory: a container checkpoint
+// has DIR/container and DIR/tree), sorted; empty when dir is one image set itself (it has an
+// inventory or image files of its own, or no subdirectory holding images).
+Result<std::vector<std::string>> Parts(const std::string& dir) {
+  std::vector<std::string> parts;
+  if (fs::Exists(dir + "/" + format::kInventoryName)) return parts;
+  ASSIGN_OR_RETURN(std::vector<std::string> names, fs::ListDir(dir));
+  for (const auto& n : names) {
+    std::string path = dir + "/" + n;
+    if (IsImageFile(path)) return std::vector<std::string>();
+    struct stat st;
+    if (::lstat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode) && HoldsImages(path))
+      parts.push_back(n);
+  }
+  std::sort(parts.begin(), parts.end());
+  return parts;
+}
+
+}  // namespace
+
+Result<nlohmann::json> InspectDir(const std::string& dir, const InspectOptions& opts,
+                                  std::vector<Error>* damage) {
+  // An odr-use of every proto's descriptor table: whoever links InspectDir links every .pb.cc
+  // object, so protobuf's generated pool knows every image type named in a header.
+  const void* const* volatile keep = img::kAllImageProtos;
+  (void)keep;
+  ASSIGN_OR_RETURN(std::vector<std::string> parts, Parts(dir));
+  if (parts.empty()) return InspectSet(dir, opts, damage);
+  // Several image sets: each inspected as one, its problems named by its part. The whole is
+  // complete and intact when every part is.
+  nlohmann::json out;
+  out["dir"] = dir;
+  out["parts"] = nlohmann::json::array();
+  bool complete = true, verified = true;
+  std::set<std::string> found;
+  for (const auto& part : parts) {
+    std::string pdir = dir + "/" + part;
+    InspectOptions po = opts;
+    po.only.clear();
+    for (const auto& name : opts.only) {
+      // "PART/NAME" selects in that part; a plain NAME in every part that has it.
+      if (name.rfind(part + "/", 0) == 0) {
+        po.only.push_back(name.substr(part.size() + 1));
+        found.insert(name);
+      } else if (name.find('/') == std::string::npos && fs::Exists(pdir + "/" + name)) {
+        po.only.push_back(name);
+        found.insert(name);
+      }
+    }
+    // Nothing asked of this part: only whether it is complete and intact.
+    const bool quiet = !opts.only.empty() && po.only.empty();
+    if (quiet) po.decode_records = po.summaries = false;
+    std::vector<Error> pdamage;
+    ASSIGN_OR_RETURN(nlohmann::json j, InspectSet(pdir, po, &pdamage));
+    if (quiet) j["files"] = nlohmann::json::array();
+    j["name"] = part;
+    complete = complete && j["complete"].get<bool>();
+    verified = verified && j["verified"].get<bool>();
+    for (auto& e : pdamage) damage->push_back(std::move(e.wrap(part)));
+    out["parts"].push_back(std::move(j));
+  }
+  for (const auto& name : opts.only)
+    if (!found.count(name))
+      damage->push_back(MakeError(ErrorKind::kNotFound, 0, "%s: no image %s", dir.c_str(),
+                                  name.c_str()));
+  out["complete"] = complete;
+  out["verified"] = verified;
   nlohmann::json dmg = nlohmann::json::array();
   for (const auto& e : *damage) dmg.push_back(e.message());
   out["damage"] = std::move(dmg);
