@@ -23,6 +23,7 @@
 #include "common/log.h"
 #include "common/page.h"
 #include "common/pagemap_scan.h"
+#include "common/pidfd.h"
 #include "common/unique_fd.h"
 
 namespace godwit {
@@ -143,14 +144,9 @@ bool ProbeSoftDirty(std::string* d) {
 }
 
 bool ProbePidfdGetfd(std::string* d) {
-  UniqueFd pfd(static_cast<int>(syscall(SYS_pidfd_open, getpid(), 0)));
-  if (!pfd) {
-    *d = strerror(errno);
-    return false;
-  }
-  UniqueFd fd(static_cast<int>(syscall(SYS_pidfd_getfd, pfd.get(), 0, 0)));
-  if (!fd) *d = strerror(errno);
-  return fd.valid();
+  auto fd = pidfd::TakeFd(getpid(), 0);
+  if (!fd.ok()) *d = fd.error().to_string();
+  return fd.ok();
 }
 
 bool ProbeTcpRepair(std::string* d) {
