@@ -1,7 +1,8 @@
-// `godwit checkpoint ID --image-path DIR [--leave-running] [--compress zstd[:L]] [--export FILE]`
+// `godwit checkpoint ID --image-path DIR [--leave-running] [--pre-copy[=N]] [--compress zstd[:L]]
+//  [--export FILE]`
 // `godwit restore ID --image-path DIR | --import FILE [--bundle DIR] [--detach] [--pid-file F]`
-// (flag names as runc checkpoint/restore). The library is container/; the process tree goes
-// through the engine (dump/, restore/).
+// (flag names as runc checkpoint/restore). Parses and prints; the library is container/, bound to
+// the engine (dump/, restore/) in container/engine.h.
 #include "cli/cmd_container.h"
 
 #include <unistd.h>
@@ -13,89 +14,12 @@
 
 #include "common/args.h"
 #include "common/fs.h"
-#include "container/checkpoint.h"
-#include "container/restore.h"
-#include "dump/dump.h"
-#include "files/files.h"
-#include "restore/restore.h"
+#include "cli/tuning_env.h"
+#include "container/engine.h"
 #include "runtime/runtime.h"
 
 namespace godwit::cli {
 namespace {
-
-// The engine dumps the tree and leaves it alive. The cgroup stays frozen from the namespace dumps
-// until the engine has seized every thread (the tree is then held by ptrace) and is refrozen
-// before the engine lets go: the tree never runs in between (TreeDumpRequest).
-container::TreeDumper EngineDumper() {
-  return [](const container::TreeDumpRequest& req) -> Result<container::TreeStats> {
-    dump::DumpOptions o;
-    o.pid = req.pid;
-    o.images_dir = req.dir;
-    o.leave_running = true;
-    o.compression = req.compression;
-    o.shell_job = true;        // the init's stdio comes from outside the container
-    o.tcp_established = true;  // the container owns its netns
-    o.keep_tcp_locked = !req.leave_running;  // deleted next: its connections must stay silent
-    o.compress_later = true;  // the cgroup stays frozen after the engine: compress after the kill
-    o.on_seized = req.thaw;
-    o.before_detach = req.refreeze;
-    // The container's cgroup is frozen before the engine runs, so the engine's page-blob
-    // reservation (made to happen before its own freeze) lands in the frozen time and only adds
-    // the zeroing of the reserved pages: without it the 1 GiB checkpoint's downtime is ~25% lower
-    // here (bench 50-container). The engine's switch is its environment variable for now.
-    ::setenv("GODWIT_NO_RESERVE", "1", /*overwrite=*/0);
-    auto s = dump::Dump(o);
-    if (!s.ok()) return std::move(s).error();
-    container::TreeStats t;
-    t.processes = s->processes;
-    if (o.keep_tcp_locked) {
-      // The image set was written by this process a moment ago: opened without re-reading every
-      // file for its checksum (the page blobs: 250-450 ms of frozen time at 1 GiB here).
-      t.resume_tcp = [dir = req.dir]() -> Result<void> {
-        ASSIGN_OR_RETURN(images::ImageSet set, images::ImageSet::OpenUnverified(dir));
-        return files::ResumeTcp(set);
-      };
-      // The container's netns and veth go away with it: hold its peers' packets on the host.
-      auto set = images::ImageSet::OpenUnverified(req.dir);
-      auto locked = set.ok() ? files::LockOutside(*set, req.pid) : Result<void>(set.error());
-      if (!locked.ok()) {
-        (void)t.resume_tcp();
-        return std::move(locked).error();
-      }
-    }
-    t.compress = s->compress;
-    t.threads = s->threads;
-    t.bytes = s->bytes_stored;
-    t.seize_ms = s->freeze_ms;
-    t.memory_ms = s->memdump_ms;
-    t.frozen_ms = s->frozen_ms;
-    t.remote_calls = s->remote_calls;
-    return t;
-  };
-}
-
-// The engine restores the tree with its root cloned into the container's fresh namespaces (pid 1
-// of a new pid ns, as the image says): BuildRoot inside it, the environment from outside, then the
-// files inside its mount and net namespaces.
-container::TreeRestorer EngineRestorer() {
-  return [](const container::TreeRestoreRequest& req) -> Result<container::TreeRestoreResult> {
-    restore::RestoreOptions o;
-    o.images_dir = req.tree_dir;
-    o.detach = true;     // the container verb waits (or not) for the init itself
-    o.shell_job = true;  // the init's stdio comes from outside the container
-    o.root_clone_flags = req.clone_flags;
-    o.userns_fd = req.userns_fd;
-    o.root_inside = req.inside;
-    o.root_outside = req.outside;
-    o.tcp_close = req.tcp_close;
-    ASSIGN_OR_RETURN(restore::RestoreStats s, restore::Restore(o));
-    container::TreeRestoreResult t;
-    t.root_host_pid = s.root_pid;
-    t.processes = s.processes;
-    t.memory_ms = s.memory_ms;
-    return t;
-  };
-}
 
 nlohmann::json PhasesJson(const container::CheckpointPhases& p) {
   return {{"prepare_ms", p.prepare_ms},
@@ -148,8 +72,12 @@ Result<images::Compression> ParseCompress(const std::string& c) {
 }
 
 int CheckpointCmd(Global& g, const std::vector<std::string>& args) {
-  ArgSpec spec{{"image-path", "compress", "export"}, {"leave-running", "json"}, {}};
-  auto pa = ParseArgs(args, spec);
+  ArgSpec spec{{"image-path", "compress", "export", "pre-copy"}, {"leave-running", "json"}, {}};
+  // "--pre-copy" alone means "--pre-copy=2" (ParseArgs has no options with an optional value).
+  std::vector<std::string> a = args;
+  for (auto& x : a)
+    if (x == "--pre-copy") x = "--pre-copy=2";
+  auto pa = ParseArgs(a, spec);
   if (!pa.ok()) return ReportError(g, "checkpoint", pa.error());
   if (pa->has("json")) g.json = true;
   container::CheckpointOptions o;
@@ -160,18 +88,26 @@ int CheckpointCmd(Global& g, const std::vector<std::string>& args) {
   o.image_path = pa->get("image-path");
   if (o.image_path.empty())
     return ReportError(g, "checkpoint", MakeError(ErrorKind::kUsage, 0, "need --image-path DIR"));
-  o.leave_running = pa->has("leave-running");
+  o.end = pa->has("leave-running") ? container::EndMode::kThaw : container::EndMode::kDelete;
   o.export_file = pa->get("export");
+  if (pa->has("pre-copy")) {
+    o.pre_copy_rounds = atoi(pa->get("pre-copy").c_str());
+    if (o.pre_copy_rounds <= 0)
+      return ReportError(g, "checkpoint",
+                         MakeError(ErrorKind::kUsage, 0, "--pre-copy=N: N >= 1"));
+  }
   auto comp = ParseCompress(pa->get("compress"));
   if (!comp.ok()) return ReportError(g, "checkpoint", comp.error());
   o.compression = *comp;
-  auto r = container::Checkpoint(o, EngineDumper());
+  o.tuning = DumpTuningFromEnv(o.tuning);
+  auto r = container::Checkpoint(o);
   if (!r.ok()) return ReportError(g, "checkpoint", r.error());
+  const bool left_running = o.end == container::EndMode::kThaw;
   const auto& t = r->record.times();
   if (g.json) {
     nlohmann::json j = {{"id", o.id},
                         {"image_path", o.image_path},
-                        {"left_running", o.leave_running},
+                        {"left_running", left_running},
                         {"processes", r->tree.processes},
                         {"threads", r->tree.threads},
                         {"tree_bytes", r->tree.bytes},
@@ -184,6 +120,12 @@ int CheckpointCmd(Global& g, const std::vector<std::string>& args) {
                         {"frozen_ms", t.frozen_ms()},
                         {"total_ms", t.total_ms()},
                         {"phases", PhasesJson(r->phases)}};
+    if (o.pre_copy_rounds > 0) {
+      j["pre_copy_rounds"] = o.pre_copy_rounds;
+      j["pre_copy_round_bytes"] = r->tree.round_bytes;
+      j["pre_copy_bytes"] = r->tree.pre_bytes;
+      j["pre_copy_ms"] = r->tree.pre_ms;
+    }
     if (!o.export_file.empty()) {
       j["export"] = o.export_file;
       j["export_bytes"] = r->export_size;
@@ -192,18 +134,21 @@ int CheckpointCmd(Global& g, const std::vector<std::string>& args) {
   } else {
     printf("checkpointed %s to %s: %d process(es), %d thread(s)%s\n", o.id.c_str(),
            o.image_path.c_str(), r->tree.processes, r->tree.threads,
-           o.leave_running ? ", left running" : ", container deleted");
+           left_running ? ", left running" : ", container deleted");
+    if (o.pre_copy_rounds > 0)
+      printf("  pre-copy: %d round(s) while running, %.1f MiB in %.1f ms\n", o.pre_copy_rounds,
+             r->tree.pre_bytes / 1048576.0, r->tree.pre_ms);
     const auto& p = r->phases;
     printf("  downtime %.1f ms (%s) = freeze %.1f + collect %.1f (user "
            "%.1f uts %.1f ipc %.1f net %.1f mnt %.1f layer %.1f rootfs %.1f)\n",
            p.downtime_ms,
-           o.leave_running ? "until the tree runs again" : "until the images are complete",
+           left_running ? "until the tree runs again" : "until the images are complete",
            p.freeze_ms, p.collect_ms, p.userns_ms, p.uts_ms, p.ipc_ms, p.net_ms,
            p.mnt_ms, p.layer_ms, p.rootfs_ms);
     printf("    + tree %.1f (setup %.1f seize %.1f memory %.1f rest %.1f cgroup %.1f) + write "
            "%.1f; then %s %.1f (frozen %.1f ms)\n",
            p.tree_ms, p.tree_setup_ms, p.seize_ms, p.memory_ms, p.tree_rest_ms, p.cgroup_hooks_ms,
-           p.write_ms, o.leave_running ? "thaw" : "kill", p.release_ms, p.frozen_ms);
+           p.write_ms, left_running ? "thaw" : "kill", p.release_ms, p.frozen_ms);
     printf("  total %.1f ms (prepare %.1f%s%s)\n", p.total_ms, p.prepare_ms,
            p.compress_ms > 0.05 ? StrFormat(", zstd after %.1f", p.compress_ms).c_str() : "",
            o.export_file.empty() ? "" : StrFormat(", export %.1f", p.export_ms).c_str());
@@ -241,7 +186,7 @@ bool IsContainerRestore(const std::vector<std::string>& args) {
 }
 
 int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
-  ArgSpec spec{{"image-path", "import", "bundle", "pid-file", "ip"},
+  ArgSpec spec{{"image-path", "import", "bundle", "pid-file", "ip", "bridge"},
                {"detach", "json"},
                {{"-d", "detach"}, {"-b", "bundle"}}};
   auto pa = ParseArgs(args, spec);
@@ -256,7 +201,9 @@ int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
   o.import_file = pa->get("import");
   o.bundle = pa->get("bundle");
   o.ip = pa->get("ip");
-  auto r = container::Restore(o, EngineRestorer());
+  o.bridge = pa->get("bridge");
+  o.cgroup_parent = g.cgroup_parent;
+  auto r = container::Restore(o);
   if (!r.ok()) return ReportError(g, "restore", r.error());
   const runtime::Container& c = r->container;
   std::string pid_file = pa->get("pid-file");
@@ -287,7 +234,7 @@ int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
   // Foreground, as `run`: wait for the init, then remove the container.
   auto st = runtime::Wait(c, /*forward_signals=*/true);
   if (!st.ok()) return ReportError(g, "restore", st.error());
-  auto del = runtime::Delete(g.root, c.id, /*force=*/true);
+  auto del = runtime::Delete(g.root, c.id, /*force=*/true, g.cgroup_parent);
   if (!del.ok()) return ReportError(g, "restore", del.error());
   return *st;
 }
@@ -295,7 +242,7 @@ int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
 }  // namespace godwit::cli
 
 GODWIT_COMMAND(checkpoint, "checkpoint",
-               "checkpoint ID --image-path DIR [--leave-running] [--compress zstd] "
-               "[--export FILE] [--json]",
+               "checkpoint ID --image-path DIR [--leave-running] [--pre-copy[=N]] "
+               "[--compress zstd] [--export FILE] [--json]",
                "checkpoint a running container (processes, mounts, net, ipc, limits) to images",
                godwit::cli::CheckpointCmd);

@@ -1,6 +1,6 @@
 // `godwit dump --pid PID --images-dir DIR [--leave-running] [--compress zstd[:LEVEL]]
-//  [--shell-job] [--external KEY]... [--tcp-established] [--json]`
-#include <sys/stat.h>
+//  [--shell-job] [--external KEY]... [--tcp-established] [--json]`, and CRIU's names for the same
+// (cli/criu_opts.h); `godwit help dump` describes every option.
 #include <unistd.h>
 
 #include <cstdio>
@@ -8,41 +8,107 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/command.h"
+#include "cli/criu_opts.h"
+#include "cli/tuning_env.h"
 #include "common/args.h"
 #include "dump/dump.h"
 
 namespace godwit::cli {
 namespace {
 
+// "--pre-copy" alone means "--pre-copy=2" (ParseArgs has no options with an optional value).
+std::vector<std::string> DefaultPreCopy(std::vector<std::string> args) {
+  for (auto& a : args) {
+    if (a == "--") break;
+    if (a == "--pre-copy") a = "--pre-copy=2";
+  }
+  return args;
+}
+
+constexpr const char kDumpUsage[] =
+    "dump --pid PID --images-dir DIR [OPTIONS]\n"
+    "\n"
+    "Checkpoints the process tree rooted at PID into DIR, then kills it (unless\n"
+    "--leave-running). Restore it with `godwit restore --images-dir DIR`.\n"
+    "CRIU's and runc's names are accepted where godwit means the same; file locks,\n"
+    "files unlinked while open and not-yet-accepted connections need no flag.\n"
+    "\n"
+    "options:\n"
+    "  --pid PID, -t PID, --tree PID      root of the tree to dump (CRIU: -t/--tree)\n"
+    "  --images-dir DIR, -D DIR           where the images go (runc: --image-path)\n"
+    "  --leave-running, -R                let the tree run on after the dump\n"
+    "  --tcp-established                  dump established TCP connections (TCP_REPAIR);\n"
+    "                                     without it a tree holding one is refused\n"
+    "  --tcp-close                        record established connections like\n"
+    "                                     --tcp-established; `restore --tcp-close` brings\n"
+    "                                     them back closed\n"
+    "  --shell-job, -j                    stdio on a terminal or pipes from outside the tree\n"
+    "                                     is allowed (restore it with --shell-job)\n"
+    "  --external KEY                     allow a description connected outside the tree:\n"
+    "                                     socket:[INO], unix:[PEER_INO], unix:/PATH, pipe:[INO],\n"
+    "                                     tty:PATH (restore with --inherit-fd fd[N]:KEY)\n"
+    "  --ext-unix-sk[=INO], -x[INO]       CRIU: a unix socket connected to a peer outside the\n"
+    "                                     tree; no INO: datagram sockets connected to a named\n"
+    "                                     peer (/dev/log), reconnected by name at restore\n"
+    "  --compress zstd[:LEVEL]            compress the memory pages\n"
+    "  --pre-copy[=N], --pre-dump-rounds N  copy memory N times (default 2) while the tree\n"
+    "                                     runs first: the freeze covers only what changed\n"
+    "  --file-locks, -l                   accepted: flock, POSIX and OFD locks and leases are\n"
+    "                                     always dumped\n"
+    "  --link-remap, --ghost-limit SIZE   accepted: files unlinked while open are always saved\n"
+    "                                     (their data, up to 4 GiB, holes skipped)\n"
+    "  --skip-in-flight                   accepted: not yet accepted TCP connections of a\n"
+    "                                     listener are always dropped (logged)\n"
+    "  --evasive-devices                  accepted: devices are reopened by path\n"
+    "  --manage-cgroups[=MODE]            accepted (none|props|soft|full|strict|ignore;\n"
+    "                                     runc: --manage-cgroups-mode MODE)\n"
+    "  --network-lock nftables|iptables|skip  accepted: connections are locked with\n"
+    "                                     nftables\n"
+    "  --timeout N                        accepted: freezing is bounded by godwit itself\n"
+    "  --root /                           accepted only as /: a tree in another root is a\n"
+    "                                     container (godwit checkpoint)\n"
+    "  -v, -vv, -vN, --verbosity=N        log level: 0-1 errors, 2 warnings, 3 info, 4 debug\n"
+    "  --log-file FILE, -o FILE, --work-dir DIR, -W DIR, --log-pid, --display-stats\n"
+    "                                     accepted: logs go to stderr\n"
+    "  --json                             print the statistics as JSON\n"
+    "\n"
+    "examples:\n"
+    "  godwit dump --pid 4242 --images-dir /tmp/ck\n"
+    "  godwit dump -t 4242 -D /tmp/ck --tcp-established --shell-job -v4 -o dump.log\n"
+    "  godwit dump --pid 4242 --images-dir /tmp/ck --leave-running --compress zstd";
+
 int DumpCmd(Global& g, const std::vector<std::string>& args) {
-  ArgSpec spec{{"pid", "images-dir", "compress", "external", "pre-dump-rounds"},
+  ArgSpec spec{{"pid", "images-dir", "compress", "external", "pre-dump-rounds", "pre-copy"},
                {"leave-running", "shell-job", "tcp-established"},
                {{"-t", "pid"}, {"-D", "images-dir"}, {"-R", "leave-running"}}};
-  auto pa = ParseArgs(args, spec);
+  AddCriuOptions(spec, CriuVerb::kDump);
+  auto pa = ParseArgs(DefaultPreCopy(NormalizeCriuArgs(args, CriuVerb::kDump)), spec);
   if (!pa.ok()) return ReportError(g, "dump", pa.error());
+  if (!pa->positionals.empty())  // "--pre-copy 3" is "--pre-copy" and a stray "3"
+    return ReportError(g, "dump", MakeError(ErrorKind::kUsage, 0, "unexpected argument %s",
+                                            pa->positionals[0].c_str()));
+  auto criu = ApplyCriuOptions(*pa, CriuVerb::kDump);
+  if (!criu.ok()) return ReportError(g, "dump", criu.error());
   dump::DumpOptions o;
   o.pid = atoi(pa->get("pid").c_str());
-  o.images_dir = pa->get("images-dir");
-  if (o.pid <= 0 || o.images_dir.empty())
+  std::string dir = pa->get("images-dir");
+  if (o.pid <= 0 || dir.empty())
     return ReportError(g, "dump",
                        MakeError(ErrorKind::kUsage, 0, "need --pid PID and --images-dir DIR"));
-  // A plain dump saves no namespace: a tree in its own user namespace would come back in ours,
-  // its ids meaning other users. Containers with one go through `godwit checkpoint`.
-  struct stat theirs, ours;
-  if (::stat(StrFormat("/proc/%d/ns/user", o.pid).c_str(), &theirs) == 0 &&
-      ::stat("/proc/self/ns/user", &ours) == 0 &&
-      (theirs.st_ino != ours.st_ino || theirs.st_dev != ours.st_dev))
-    return ReportError(g, "dump",
-                       MakeError(ErrorKind::kUnsupported, 0,
-                                 "pid %d is in another user namespace than godwit's: a plain dump "
-                                 "does not save namespaces (checkpoint it as a container: godwit "
-                                 "run with a user namespace, then godwit checkpoint)",
-                                 o.pid));
   o.leave_running = pa->has("leave-running");
   o.shell_job = pa->has("shell-job");
-  o.tcp_established = pa->has("tcp-established");
+  // --tcp-close (CRIU): the connections are recorded as with --tcp-established; restore
+  // --tcp-close brings them back closed.
+  o.tcp_established = pa->has("tcp-established") || pa->has("tcp-close");
   o.external = pa->all("external");
+  o.external.insert(o.external.end(), criu->external.begin(), criu->external.end());
   o.pre_rounds = atoi(pa->get("pre-dump-rounds", "0").c_str());
+  if (pa->has("pre-copy")) {
+    o.pre_rounds = atoi(pa->get("pre-copy").c_str());
+    if (o.pre_rounds <= 0)
+      return ReportError(g, "dump", MakeError(ErrorKind::kUsage, 0, "--pre-copy=N: N >= 1"));
+  }
+  o.tuning = DumpTuningFromEnv();
   std::string c = pa->get("compress");
   if (!c.empty()) {
     if (c.rfind("zstd", 0) != 0)
@@ -52,12 +118,15 @@ int DumpCmd(Global& g, const std::vector<std::string>& args) {
     if (c.size() > 5 && c[4] == ':') o.zstd_level = atoi(c.c_str() + 5);
   }
   if (isatty(STDERR_FILENO) && !g.json) o.progress = TerminalProgress;
-  auto r = dump::Dump(o);
+  if (auto ok = dump::Check(o); !ok.ok()) return ReportError(g, "dump", ok.error());
+  auto sink = images::OpenDirSink(dir, DirSinkTuningFromEnv(true));
+  if (!sink.ok()) return ReportError(g, "dump", sink.error());
+  auto r = dump::Dump(o, **sink);
   if (!r.ok()) return ReportError(g, "dump", r.error());
   const auto& s = *r;
   if (g.json) {
     nlohmann::json j = {{"pid", o.pid},
-                        {"images_dir", o.images_dir},
+                        {"images_dir", dir},
                         {"processes", s.processes},
                         {"zombies", s.zombies},
                         {"threads", s.threads},
@@ -85,7 +154,7 @@ int DumpCmd(Global& g, const std::vector<std::string>& args) {
     printf("%s\n", j.dump().c_str());
   } else {
     printf("dumped %d process(es) (%d zombie), %d thread(s), %llu VMAs into %s\n", s.processes,
-           s.zombies, s.threads, static_cast<unsigned long long>(s.vmas), o.images_dir.c_str());
+           s.zombies, s.threads, static_cast<unsigned long long>(s.vmas), dir.c_str());
     printf(
         "  pages: %llu stored (%.1f MiB, %.1f MiB in the image), %llu zero and %llu unwritten "
         "file pages skipped, %llu shared-memory pages\n",
@@ -105,9 +174,7 @@ int DumpCmd(Global& g, const std::vector<std::string>& args) {
 
 }  // namespace
 
-GODWIT_COMMAND(dump, "dump",
-               "dump --pid PID --images-dir DIR [--leave-running] [--compress zstd[:LEVEL]] "
-               "[--pre-dump-rounds N] [--shell-job] [--external KEY]... [--json]",
+GODWIT_COMMAND(dump, "dump", kDumpUsage,
                "checkpoint a running process tree into an image directory", DumpCmd);
 
 }  // namespace godwit::cli

@@ -1,5 +1,6 @@
 // `godwit restore --images-dir DIR [--detach] [--pid-file F] [--shell-job]
-//  [--inherit-fd fd[N]:KEY]... [--tcp-close] [--json]`: a process tree (the engine), and
+//  [--inherit-fd fd[N]:KEY]... [--tcp-close] [--json]`: a process tree (the engine; CRIU's names
+//  for the same are accepted, cli/criu_opts.h), and
 // `godwit restore ID --image-path DIR | --import FILE [--bundle DIR] [--detach]`: a container
 // (cmd_container.cc; runc's flag names), told apart by IsContainerRestore.
 // Without --detach, waits for the restored root (a child of this process) and exits with its
@@ -12,6 +13,7 @@
 
 #include "cli/cmd_container.h"
 #include "cli/command.h"
+#include "cli/criu_opts.h"
 #include "cli/tuning_env.h"
 #include "common/args.h"
 #include "restore/restore.h"
@@ -19,13 +21,61 @@
 namespace godwit::cli {
 namespace {
 
+constexpr const char kRestoreUsage[] =
+    "restore --images-dir DIR [OPTIONS]                  (a process tree)\n"
+    "       restore ID --image-path DIR | --import FILE [--bundle DIR] [--ip A.B.C.D[/N]]\n"
+    "               [--bridge BR] [--detach] [--pid-file F] [--json]   (a container)\n"
+    "\n"
+    "Recreates the process tree dumped into DIR with the same pids. Without --detach\n"
+    "the restored root is a child of godwit, which waits for it and exits with its\n"
+    "status (128+signal if killed). CRIU's names are accepted where godwit means the\n"
+    "same; established TCP connections, file locks and files unlinked while open\n"
+    "come back as the images hold them, without flags.\n"
+    "\n"
+    "options (process tree):\n"
+    "  --images-dir DIR, -D DIR           the images of `godwit dump`\n"
+    "  --detach, -d, --restore-detached   return once the tree runs (CRIU: -d)\n"
+    "  --pid-file F, --pidfile F          write the restored root's pid to F\n"
+    "  --tcp-close                        restore established TCP connections closed\n"
+    "  --tcp-established                  accepted: connections in the images are restored\n"
+    "                                     live (CRIU needs the flag on restore too)\n"
+    "  --shell-job, -j                    a terminal from outside the dumped tree is the\n"
+    "                                     restore's own (its fds 0-2)\n"
+    "  --inherit-fd fd[N]:KEY             godwit's fd N stands for the external KEY named at\n"
+    "                                     dump (--external), e.g. fd[0]:pipe:[1234]\n"
+    "  --ext-unix-sk[=INO], -x[INO]       accepted: datagram sockets allowed at dump are\n"
+    "                                     reconnected to their named peer\n"
+    "  --file-locks, -l, --link-remap, --skip-in-flight, --evasive-devices,\n"
+    "  --ghost-limit SIZE                 accepted: what the images hold is restored\n"
+    "  --manage-cgroups[=MODE]            accepted (none|props|soft|full|strict|ignore;\n"
+    "                                     runc: --manage-cgroups-mode MODE)\n"
+    "  --network-lock nftables|iptables|skip  accepted: the dump's nftables lock is removed\n"
+    "                                     once the connections are live\n"
+    "  --timeout N                        accepted: restore bounds its own waits\n"
+    "  --root /                           accepted only as /: restoring into another root is\n"
+    "                                     a container restore\n"
+    "  -v, -vv, -vN, --verbosity=N        log level: 0-1 errors, 2 warnings, 3 info, 4 debug\n"
+    "  --log-file FILE, -o FILE, --work-dir DIR, -W DIR, --log-pid, --display-stats\n"
+    "                                     accepted: logs go to stderr\n"
+    "  --json                             print the statistics as JSON\n"
+    "\n"
+    "examples:\n"
+    "  godwit restore --images-dir /tmp/ck\n"
+    "  godwit restore -D /tmp/ck -d --pidfile /tmp/ck.pid --tcp-established -j -v4 -o rst.log\n"
+    "  godwit restore --images-dir /tmp/ck --inherit-fd fd[0]:pipe:[1234] --tcp-close\n"
+    "  godwit restore web1 --image-path /tmp/ck --bundle /srv/web1 --detach";
+
 int RestoreCmd(Global& g, const std::vector<std::string>& args) {
-  if (IsContainerRestore(args)) return ContainerRestoreCmd(g, args);
+  std::vector<std::string> norm = NormalizeCriuArgs(args, CriuVerb::kRestore);
+  if (IsContainerRestore(norm)) return ContainerRestoreCmd(g, args);
   ArgSpec spec{{"images-dir", "pid-file", "inherit-fd"},
                {"detach", "shell-job", "tcp-close"},
                {{"-D", "images-dir"}, {"-d", "detach"}}};
-  auto pa = ParseArgs(args, spec);
+  AddCriuOptions(spec, CriuVerb::kRestore);
+  auto pa = ParseArgs(norm, spec);
   if (!pa.ok()) return ReportError(g, "restore", pa.error());
+  auto criu = ApplyCriuOptions(*pa, CriuVerb::kRestore);
+  if (!criu.ok()) return ReportError(g, "restore", criu.error());
   restore::RestoreOptions o;
   o.images_dir = pa->get("images-dir");
   if (o.images_dir.empty())
@@ -74,11 +124,7 @@ int RestoreCmd(Global& g, const std::vector<std::string>& args) {
 
 }  // namespace
 
-GODWIT_COMMAND(restore, "restore",
-               "restore ID --image-path DIR | --import FILE [--bundle DIR] [--ip A.B.C.D[/N]] "
-               "[--detach] [--pid-file F] [--json]  (a container); "
-               "restore --images-dir DIR [--detach] [--pid-file F] [--shell-job] "
-               "[--inherit-fd fd[N]:KEY]... [--tcp-close] [--json]  (a process tree)",
+GODWIT_COMMAND(restore, "restore", kRestoreUsage,
                "recreate a checkpointed container, or process tree (same pids)", RestoreCmd);
 
 }  // namespace godwit::cli

@@ -39,7 +39,7 @@ void PrintState(const Global& g, const rt::Container& c) {
 // --- create ---------------------------------------------------------------------------------
 
 int CmdCreate(Global& g, const std::vector<std::string>& args) {
-  auto p = Parse(args, {{"bundle", "pid-file"}, {}, {{"-b", "bundle"}}});
+  auto p = Parse(args, {{"bundle", "pid-file", "bridge"}, {}, {{"-b", "bundle"}}});
   if (!p.ok()) return ReportError(g, "create", p.error());
   if (p->positionals.size() != 1) return ReportError(g, "create", Usage("expected exactly one ID"));
   rt::CreateOptions o;
@@ -47,12 +47,14 @@ int CmdCreate(Global& g, const std::vector<std::string>& args) {
   o.id = p->positionals[0];
   o.bundle = p->get("bundle", ".");
   o.pid_file = p->get("pid-file");
+  o.cgroup_parent = g.cgroup_parent;
+  o.bridge = p->get("bridge");
   auto c = rt::Create(o);
   if (!c.ok()) return ReportError(g, "create", c.error());
   if (g.json) PrintState(g, *c);
   return 0;
 }
-GODWIT_COMMAND(create, "create", "create ID [--bundle DIR] [--pid-file FILE]",
+GODWIT_COMMAND(create, "create", "create ID [--bundle DIR] [--pid-file FILE] [--bridge BR]",
                "create a container from an OCI bundle (stopped before its process runs)",
                CmdCreate);
 
@@ -81,7 +83,7 @@ int CmdRun(Global& g, const std::vector<std::string>& args) {
   ArgSpec spec;
   spec.values = {"bundle",     "pid-file", "rootfs", "name", "hostname", "memory",     "cpus",
                  "cpu-shares", "pids",     "disk",   "ip",   "gateway",  "allow-port", "env",
-                 "userns-base"};
+                 "userns-base", "bridge"};
   spec.flags = {"detach", "readonly", "userns"};
   spec.aliases = {{"-b", "bundle"}, {"-d", "detach"}, {"-e", "env"}};
   auto p = Parse(args, spec);
@@ -97,6 +99,7 @@ int CmdRun(Global& g, const std::vector<std::string>& args) {
     o.hostname = p->get("hostname");
     o.ip = p->get("ip");
     o.gateway = p->get("gateway");
+    o.bridge = p->get("bridge");
     for (const auto& a : p->all("allow-port"))
       for (const auto& x : fs::Split(a, ','))
         if (!x.empty()) o.allow_ports.push_back(x);
@@ -139,9 +142,14 @@ int CmdRun(Global& g, const std::vector<std::string>& args) {
       if (*end || o.cpu_shares < 2)
         return ReportError(g, "run", Usage("bad --cpu-shares %s", p->get("cpu-shares").c_str()));
     }
-    std::string id = p->get("name");
-    if (id.empty()) id = RandomId();
-    c = rt::CreateFromRunOptions(g.root, id, o, p->get("pid-file"), /*start=*/true);
+    rt::CreateOptions co;
+    co.root = g.root;
+    co.id = p->get("name");
+    if (co.id.empty()) co.id = RandomId();
+    co.pid_file = p->get("pid-file");
+    co.start = true;
+    co.cgroup_parent = g.cgroup_parent;
+    c = rt::CreateFromRunOptions(co, o);
   } else {
     if (p->positionals.size() != 1)
       return ReportError(g, "run", Usage("expected ID --bundle DIR, or --rootfs DIR -- CMD..."));
@@ -151,6 +159,8 @@ int CmdRun(Global& g, const std::vector<std::string>& args) {
     o.bundle = p->get("bundle", ".");
     o.pid_file = p->get("pid-file");
     o.start = true;
+    o.cgroup_parent = g.cgroup_parent;
+    o.bridge = p->get("bridge");
     c = rt::Create(o);
   }
   if (!c.ok()) return ReportError(g, "run", c.error());
@@ -169,16 +179,17 @@ int CmdRun(Global& g, const std::vector<std::string>& args) {
   double t0 = ms();
   auto code = rt::Wait(*c, /*forward_signals=*/true);
   double t1 = ms();
-  auto d = rt::Delete(c->root, c->id, true);
+  auto d = rt::Delete(c->root, c->id, true, g.cgroup_parent);
   LOG_DEBUG("run %s: wait=%.2fms delete=%.2fms", c->id.c_str(), t1 - t0, ms() - t1);
   if (!code.ok()) return ReportError(g, "run", code.error());
   if (!d.ok()) return ReportError(g, "run", d.error());
   return *code;
 }
 GODWIT_COMMAND(run, "run",
-               "run ID [--bundle DIR] [--detach] [--pid-file F]  |  run --rootfs DIR [--name ID] "
-               "[--detach] [--hostname H] [--memory 256M] [--cpus 0.5] [--cpu-shares N] "
-               "[--pids 64] [--disk 512M] [--ip 198.18.0.10/24] [--gateway IP] "
+               "run ID [--bundle DIR] [--detach] [--pid-file F] [--bridge BR]  |  run --rootfs DIR "
+               "[--name ID] [--detach] [--hostname H] [--memory 256M] [--cpus 0.5] "
+               "[--cpu-shares N] [--pids 64] [--disk 512M] [--ip 198.18.0.10/24] [--gateway IP] "
+               "[--bridge BR] "
                "[--allow-port 80[/tcp],53/udp] [--env K=V] [--readonly] [--userns | --userns-base HOSTUID] -- CMD...",
                "create and start a container; without --detach wait for it and delete it", CmdRun);
 
@@ -246,7 +257,7 @@ int CmdDelete(Global& g, const std::vector<std::string>& args) {
   if (!p.ok()) return ReportError(g, "delete", p.error());
   if (p->positionals.empty()) return ReportError(g, "delete", Usage("expected ID..."));
   for (const auto& id : p->positionals) {
-    auto r = rt::Delete(g.root, id, p->has("force"));
+    auto r = rt::Delete(g.root, id, p->has("force"), g.cgroup_parent);
     if (!r.ok()) return ReportError(g, "delete", r.error());
   }
   return 0;

@@ -14,6 +14,9 @@ namespace godwit::cli {
 struct Global {
   std::string root = "/run/godwit";  // runc's --root: where container state lives
   bool json = false;                 // --json before the verb; verbs also accept it after
+  // --cgroup-parent: where new containers' cgroups go (create, run, restore); later verbs read
+  // a container's parent from its state record.
+  std::string cgroup_parent = "godwit";
 };
 
 using CommandFn = int (*)(Global& global, const std::vector<std::string>& args);

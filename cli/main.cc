@@ -1,4 +1,5 @@
-// godwit: one binary, many verbs. `godwit [--root DIR] [--json] [--log-level L] VERB ...`
+// godwit: one binary, many verbs.
+// `godwit [--root DIR] [--cgroup-parent NAME] [--json] [--log-level L] VERB ...`
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
@@ -21,7 +22,8 @@ std::map<std::string, Command>& Registry() {
 
 void PrintHelp() {
   printf("godwit %s: checkpoint/restore and live migration of Linux containers\n\n", GODWIT_VERSION);
-  printf("usage: godwit [--root DIR] [--json] [--log-level error|warn|info|debug] VERB ...\n\n");
+  printf("usage: godwit [--root DIR] [--cgroup-parent NAME] [--json] "
+         "[--log-level error|warn|info|debug] VERB ...\n\n");
   for (const auto& [name, cmd] : Registry()) printf("  %-10s %s\n", name.c_str(), cmd.summary);
   printf("\n`godwit help VERB` shows a verb's usage. Exit codes: 0 ok, 1 error, 2 usage,\n"
          "3 not found, 4 already exists, 5 bad image, 6 unsupported, 7 bad config, 8 peer failed.\n");
@@ -78,6 +80,8 @@ int main(int argc, char** argv) {
       log::SetLevel(log::kDebug);
     } else if (const char* v = value("root")) {
       global.root = v;
+    } else if (const char* v = value("cgroup-parent")) {
+      global.cgroup_parent = v;
     } else if (const char* v = value("log-level")) {
       std::string l = v;
       log::SetLevel(l == "debug" ? log::kDebug : l == "info" ? log::kInfo

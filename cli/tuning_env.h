@@ -1,17 +1,28 @@
 // The GODWIT_* switches for A/B measurements (docs/engine.md): the CLI is the only reader of the
-// environment; the libraries take the same switches as option fields, so one process (a daemon)
-// can run two operations with different settings. Each variable, when set (to anything), turns
-// the fast path off.
+// environment; the libraries take the same switches as option fields (dump/tuning.h,
+// restore::RestoreOptions, images::DirSinkOptions), so one process (a daemon) can run two
+// operations with different settings. Each variable takes effect when set (to anything).
 #pragma once
 
 #include <cstdlib>
 
+#include "dump/tuning.h"
 #include "images/image.h"
 #include "restore/context.h"
 
 namespace godwit::cli {
 
 inline bool EnvSet(const char* name) { return getenv(name) != nullptr; }
+
+// base with what the environment turns off or on: GODWIT_NO_RESERVE (no page-file reservation
+// before the freeze), GODWIT_COMPRESS_FROZEN (compress while frozen), GODWIT_NO_TARGET_WRITE
+// (the coordinator reads the pages with process_vm_readv).
+inline dump::DumpTuning DumpTuningFromEnv(dump::DumpTuning base = {}) {
+  if (EnvSet("GODWIT_NO_RESERVE")) base.reserve_pages = false;
+  if (EnvSet("GODWIT_COMPRESS_FROZEN")) base.compress_frozen = true;
+  if (EnvSet("GODWIT_NO_TARGET_WRITE")) base.target_write = false;
+  return base;
+}
 
 // GODWIT_NO_UFFD, GODWIT_NO_SPLIT, GODWIT_NO_POPULATE (page filling), GODWIT_MAPCRC (checksums
 // through mappings).

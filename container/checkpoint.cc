@@ -120,10 +120,68 @@ Result<std::vector<std::string>> OwnNamespaces(pid_t pid) {
   return own;
 }
 
+HeldCheckpoint::HeldCheckpoint(std::string root, std::string id,
+                               std::unique_ptr<runtime::Cgroup> cg,
+                               std::function<Result<void>()> resume_tcp,
+                               std::function<Result<void>(bool)> before_kill)
+    : root_(std::move(root)),
+      id_(std::move(id)),
+      cg_(std::move(cg)),
+      resume_tcp_(std::move(resume_tcp)),
+      before_kill_(std::move(before_kill)) {}
+
+HeldCheckpoint::~HeldCheckpoint() {
+  if (called_) return;
+  auto r = Resume();
+  if (!r.ok()) LOG_ERROR("container %s: resuming a held checkpoint: %s", id_.c_str(),
+                         r.error().to_string().c_str());
+}
+
+Result<void> HeldCheckpoint::Kill(bool release_host_lock) {
+  if (over_) return MakeError(ErrorKind::kGeneric, 0, "container %s: no longer held", id_.c_str());
+  called_ = true;
+  // Before the delete: the container's veth and net namespace (with its own lock) go with it.
+  if (before_kill_) TRY_CTX(before_kill_(!release_host_lock), "container %s", id_.c_str());
+  // Killed while still frozen: it never runs past the checkpoint. Delete kills the whole cgroup,
+  // thaws, and removes cgroups, veth and state (the id is free for the restore).
+  TRY(runtime::Delete(root_, id_, /*force=*/true));
+  over_ = true;
+  return Ok();
+}
+
+Result<void> HeldCheckpoint::Resume() {
+  if (over_) return MakeError(ErrorKind::kGeneric, 0, "container %s: no longer held", id_.c_str());
+  called_ = over_ = true;
+  Result<void> res = Ok();
+  // Connections out of repair mode and unlocked before the tree runs: it finds them as it left
+  // them.
+  if (resume_tcp_) {
+    auto r = resume_tcp_();
+    if (!r.ok()) res = std::move(r.error().wrap(StrFormat("container %s: TCP back from repair",
+                                                           id_.c_str())));
+  }
+  auto t = cg_->Thaw();
+  if (!t.ok() && res.ok()) res = std::move(t.error().wrap(StrFormat("thaw container %s",
+                                                                    id_.c_str())));
+  return res;
+}
+
+Result<std::unique_ptr<images::Sink>> OpenTreeDirSink(const std::string& image_path) {
+  if (image_path.empty()) return MakeError(ErrorKind::kUsage, 0, "--image-path is required");
+  TRY(fs::MkdirAll(image_path, 0700));
+  // A previous checkpoint here stops being complete before anything new is written.
+  (void)::unlink((image_path + "/" + kContainerDir + "/inventory.img").c_str());
+  return images::OpenDirSink(image_path + "/" + kTreeDir, true);
+}
+
 Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDumper& dump_tree) {
   auto t_start = Clock::now();
   TRY(runtime::ValidateId(opts.id));
-  if (opts.image_path.empty()) return MakeError(ErrorKind::kUsage, 0, "--image-path is required");
+  const EndMode end = opts.end_mode();
+  const bool leave_running = end == EndMode::kThaw;
+  if ((!opts.container_sink || !opts.tree_sink || !opts.export_file.empty()) &&
+      opts.image_path.empty())
+    return MakeError(ErrorKind::kUsage, 0, "--image-path is required");
   ASSIGN_OR_RETURN(runtime::Container c, runtime::Container::Load(opts.root, opts.id));
   if (c.CurrentStatus() != runtime::Status::kRunning) {
     return MakeError(ErrorKind::kGeneric, 0, "container %s is %s, not running", opts.id.c_str(),
@@ -133,15 +191,31 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
   ASSIGN_OR_RETURN(std::string config, fs::ReadFile(c.config_path()));
   ASSIGN_OR_RETURN(std::vector<std::string> own, OwnNamespaces(pid));
 
-  const std::string cdir = opts.image_path + "/" + kContainerDir;
-  const std::string tdir = opts.image_path + "/" + kTreeDir;
-  TRY(fs::MkdirAll(opts.image_path, 0700));
-  // A previous checkpoint here stops being complete before anything new is written.
-  (void)::unlink((cdir + "/inventory.img").c_str());
-  ASSIGN_OR_RETURN(std::unique_ptr<images::Sink> sink, images::OpenDirSink(cdir, true));
+  // The sinks: the caller's, or directories under the image path.
+  std::shared_ptr<images::Sink> own_tree, own_container;
+  images::Sink* tree_sink = opts.tree_sink;
+  images::Sink* sink = opts.container_sink;
+  if (!tree_sink) {
+    ASSIGN_OR_RETURN(std::unique_ptr<images::Sink> t, OpenTreeDirSink(opts.image_path));
+    own_tree = std::move(t);
+    tree_sink = own_tree.get();
+  }
+  if (!sink) {
+    if (!own_tree) {  // as OpenTreeDirSink does
+      TRY(fs::MkdirAll(opts.image_path, 0700));
+      (void)::unlink((opts.image_path + "/" + kContainerDir + "/inventory.img").c_str());
+    }
+    ASSIGN_OR_RETURN(std::unique_ptr<images::Sink> cs,
+                     images::OpenDirSink(opts.image_path + "/" + kContainerDir, true));
+    own_container = std::move(cs);
+    sink = own_container.get();
+  }
   bool finished = false;
+  bool tree_asked = false;  // the engine finishes or aborts the tree's sink from then on
   ScopeExit abort_sink([&] {
-    if (!finished) sink->Abort();
+    if (finished) return;
+    sink->Abort();
+    if (!tree_asked) tree_sink->Abort();
   });
 
   CheckpointResult res;
@@ -163,7 +237,7 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
   }
 
   // Freeze: nothing in the container runs (or forks) from here until kill or thaw.
-  ASSIGN_OR_RETURN(std::unique_ptr<runtime::Cgroup> cg, runtime::OpenCgroup(opts.id));
+  ASSIGN_OR_RETURN(std::unique_ptr<runtime::Cgroup> cg, runtime::OpenCgroup(c));
   auto t_freeze = Clock::now();
   TRY_CTX(cg->Freeze(), "freeze container %s", opts.id.c_str());
   auto t_frozen = Clock::now();
@@ -243,8 +317,8 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
   }
   TreeDumpRequest req;
   req.pid = pid;
-  req.leave_running = opts.leave_running;
-  req.dir = tdir;
+  req.leave_running = leave_running;
+  req.sink = tree_sink;
   req.compression = opts.compression;
   auto t_seized = t_ns;
   req.thaw = [&]() {
@@ -258,7 +332,7 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
   // the tree: the container stays thawed from here, so that work is no frozen time.
   std::optional<Clock::time_point> t_released;
   req.refreeze = [&]() -> Result<void> {
-    if (opts.leave_running) {
+    if (leave_running) {
       t_released = Clock::now();
       return Ok();
     }
@@ -267,6 +341,7 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
     ph.cgroup_hooks_ms += Ms(t, Clock::now());
     return r;
   };
+  tree_asked = true;
   ASSIGN_OR_RETURN(res.tree, dump_tree(req));
   auto t_tree = Clock::now();
   ph.tree_ms = Ms(t_ns, t_tree);
@@ -290,27 +365,34 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
   ph.write_ms = Ms(t_tree, t_written);
   ph.downtime_ms = Ms(t_freeze, t_released ? std::min(*t_released, t_written) : t_written);
 
-  if (opts.leave_running) {
-    thaw_on_exit = false;
-    TRY_CTX(cg->Thaw(), "thaw container %s", opts.id.c_str());
-  } else {
-    // Killed while still frozen: it never runs past the checkpoint. Delete kills the whole
-    // cgroup, thaws, and removes cgroups, veth and state (the id is free for the restore).
-    thaw_on_exit = false;
-    auto del = runtime::Delete(opts.root, opts.id, /*force=*/true);
-    if (!del.ok()) {
-      if (res.tree.resume_tcp) (void)res.tree.resume_tcp();
-      (void)cg->Thaw();
-      return std::move(del.error().wrap(StrFormat("checkpoint of %s is complete in %s, but",
-                                                  opts.id.c_str(), opts.image_path.c_str())));
-    }
+  // The end. The hold owns the cgroup and the tree's TCP hold from here.
+  thaw_on_exit = false;
+  auto held = std::make_unique<HeldCheckpoint>(opts.root, opts.id, std::move(cg),
+                                               res.tree.resume_tcp, res.tree.before_kill);
+  switch (end) {
+    case EndMode::kThaw:
+      TRY(held->Resume());
+      break;
+    case EndMode::kDelete:
+      if (auto k = held->Kill(/*release_host_lock=*/false); !k.ok()) {
+        (void)held->Resume();
+        return std::move(k.error().wrap(StrFormat("checkpoint of %s is complete, but",
+                                                  opts.id.c_str())));
+      }
+      break;
+    case EndMode::kHold:
+      res.held = std::move(held);
+      break;
   }
   auto t_end = Clock::now();
   rec.mutable_times()->set_frozen_ms(Ms(t_frozen, t_released ? *t_released : t_end));
   ph.release_ms = Ms(t_written, t_end);
   ph.frozen_ms = rec.times().frozen_ms();
 
-  if (res.tree.compress) {
+  if (res.tree.compress && end == EndMode::kHold) {
+    // Still frozen: compressing is the caller's, after Kill or Resume (the sink stays with it).
+    if (own_tree) res.tree.compress = [own_tree, f = res.tree.compress] { return f(); };
+  } else if (res.tree.compress) {
     // The tree is gone or running again: zstd now costs no downtime.
     auto saved = res.tree.compress();
     if (saved.ok()) {

@@ -3,28 +3,40 @@
 // Layout of DIR: DIR/container/ is this module's image set (container.img with the config, the
 // runtime state, the rootfs identity and the limits; uts, ipc, netns, mnt, tmpfs-*, layer), and
 // DIR/tree/ is the process tree's image set, written by the engine. The checkpoint is complete
-// when DIR/container/inventory.img exists: it is written last, after the tree's.
+// when DIR/container/inventory.img exists: it is written last, after the tree's. A caller may
+// give both sinks instead of DIR (a migration streaming them to a peer).
 //
 // Steps (Checkpoint, in this order):
 //   load the container record (must be running) -> freeze its cgroup (every task, bounded wait)
 //   -> uts, ipc, net (when the container owns them), mount table + tmpfs contents, writable
 //   layer: all while frozen, from outside (setns threads, /proc/PID/root) -> the process tree
 //   (TreeDumper; it leaves the tree alive and frozen) -> rootfs identity, limits, config ->
-//   container.img -> inventory -> kill and delete the container, or thaw it (--leave-running)
-//   -> optional export to one file.
-// On failure before the inventory the sink is aborted and the container thawed, untouched.
+//   container.img -> inventory -> the end (EndMode): kill and delete the container, thaw it
+//   (--leave-running), or hold it frozen for the caller (HeldCheckpoint) -> optional export.
+// On failure before the inventory the sinks are aborted and the container thawed, untouched.
+// Pre-copy rounds (container/engine.h, ContainerPreCopy) run before all this, the container
+// running: the freeze here is the final round's.
 #pragma once
 
 #include <sys/types.h>
 
 #include <functional>
+#include <memory>
 #include <string>
+#include <vector>
 
 #include "common/result.h"
+#include "dump/tuning.h"
 #include "images/image.h"
 #include "proto/container.pb.h"
 
+namespace godwit::runtime {
+class Cgroup;
+}
+
 namespace godwit::container {
+
+class ContainerPreCopy;
 
 inline constexpr char kContainerImage[] = "container.img";
 inline constexpr char kContainerDir[] = "container";  // under the image path
@@ -34,6 +46,12 @@ struct TreeStats {
   // Set when the tree's TCP connections were left in repair mode and locked (!leave_running): if
   // the tree is thawed instead of killed after all, call it first to give them back.
   std::function<Result<void>()> resume_tcp;
+  // Set with resume_tcp: right before the container is deleted, the connections back in repair
+  // mode (closing them sends nothing) and, with lock_host, the same lock in the caller's net
+  // namespace, so the peers' packets are dropped there, not routed elsewhere, once the
+  // container's net namespace and veth are gone, until a restore unlocks. resume_tcp removes
+  // that lock too.
+  std::function<Result<void>(bool lock_host)> before_kill;
   // Set when the tree's pages were stored raw to be compressed once the tree runs again or is
   // gone (no frozen time): returns the bytes saved; the raw set stays complete if it fails.
   std::function<Result<uint64_t>()> compress;
@@ -45,6 +63,10 @@ struct TreeStats {
   double memory_ms = 0;  // reading and writing pages
   double frozen_ms = 0;  // from the seize until the tree is let go (detached or killed)
   uint64_t remote_calls = 0;  // syscalls injected into the tree (~12 us each here)
+  // Pre-copy rounds before the freeze (CheckpointOptions::precopy or pre_copy_rounds).
+  std::vector<uint64_t> round_bytes;  // per round
+  uint64_t pre_bytes = 0;
+  double pre_ms = 0;
 };
 
 // Where a checkpoint's time goes (ms, steady clock), in order. As CRIU's stats: freezing, then
@@ -75,37 +97,104 @@ struct CheckpointPhases {
   double cgroup_hooks_ms = 0;  // thaw after the seize + refreeze before detaching
   double write_ms = 0;         // container.img and the inventory
   double release_ms = 0;       // kill and delete the container, or thaw it (--leave-running)
-  double frozen_ms = 0;        // every task frozen until killed or thawed
+  double frozen_ms = 0;        // every task frozen until killed or thawed (kHold: until returned)
   double downtime_ms = 0;      // the freeze's start until the images are complete
   double compress_ms = 0;      // --compress zstd of the tree's pages, after kill or thaw
   double export_ms = 0;        // --export
   double total_ms = 0;
 };
 
-// What the engine is asked to do: dump the tree rooted at pid into dir and return with the tree
-// alive. The tree arrives frozen by its cgroup. A cgroup-frozen task does stop under ptrace, but
-// it cannot run an injected syscall; so once every thread of the tree is seized (ptrace-stopped:
-// nothing can fork), the engine calls thaw(), and before it detaches it calls refreeze(), so the
-// tree never runs between the namespace dumps and the kill or thaw that ends the checkpoint.
+// What the engine is asked to do: dump the tree rooted at pid into sink (and finish it) and
+// return with the tree alive. The tree arrives frozen by its cgroup. A cgroup-frozen task does
+// stop under ptrace, but it cannot run an injected syscall; so once every thread of the tree is
+// seized (ptrace-stopped: nothing can fork), the engine calls thaw(), and before it detaches it
+// calls refreeze(), so the tree never runs between the namespace dumps and the kill or thaw that
+// ends the checkpoint.
 struct TreeDumpRequest {
   pid_t pid = 0;
-  std::string dir;
+  images::Sink* sink = nullptr;
   images::Compression compression = images::Compression::kNone;
   std::function<Result<void>()> thaw;
   std::function<Result<void>()> refreeze;
-  // false: the caller kills the tree next (checkpoint without --leave-running): the engine keeps
-  // its TCP connections in repair mode and locked, so the kill sends the peers nothing.
+  // false: the caller kills the tree next, or holds it (checkpoint without --leave-running): the
+  // engine keeps its TCP connections locked, so a kill sends the peers nothing, and returns
+  // TreeStats::resume_tcp and before_kill.
   bool leave_running = false;
 };
 using TreeDumper = std::function<Result<TreeStats>(const TreeDumpRequest& req)>;
 
+// How a checkpoint ends once its images are complete.
+enum class EndMode {
+  kDelete,  // the container is killed while frozen and deleted (the id is free for a restore)
+  kThaw,    // it runs on (--leave-running)
+  kHold,    // it stays frozen, its TCP connections locked: CheckpointResult::held
+};
+
 struct CheckpointOptions {
   std::string root = "/run/godwit";  // runtime state root (--root)
   std::string id;
+  // Where the images go as directories (DIR/container, DIR/tree); needed unless both sinks are
+  // given, and for export_file.
   std::string image_path;
+  // Deprecated spelling of end = kThaw (kept for callers of the older API).
   bool leave_running = false;
+  EndMode end = EndMode::kDelete;
   images::Compression compression = images::Compression::kNone;
   std::string export_file;  // non-empty: also write the whole checkpoint as one file
+  // The image sets' destinations, not owned; null: directory sinks under image_path. Written and
+  // finished by Checkpoint, aborted on failure. With compression and a sink that can compress
+  // after Finish, the tree's pages are stored raw and compressed after the release (with kHold:
+  // left to the caller, CheckpointResult::tree.compress, which needs tree_sink alive).
+  images::Sink* container_sink = nullptr;
+  images::Sink* tree_sink = nullptr;
+  // The engine-bound Checkpoint (container/engine.h) only:
+  // Pre-copy already running on this container, not owned: the tree dump stores only what was
+  // written since its last round, into its tree sink (tree_sink must be null or that same sink).
+  ContainerPreCopy* precopy = nullptr;
+  // Without precopy: run this many pre-copy rounds first (--pre-copy=N), into the tree sink.
+  int pre_copy_rounds = 0;
+  // The engine's A/B switches (the CLI fills them from GODWIT_*). No page-space reservation: the
+  // cgroup is frozen before the engine runs, so it would only add frozen time (the 1 GiB
+  // checkpoint's downtime is ~25% lower without it here, bench 50-container).
+  dump::DumpTuning tuning = {.reserve_pages = false};
+
+  EndMode end_mode() const { return leave_running ? EndMode::kThaw : end; }
+};
+
+// A checkpoint ended with EndMode::kHold: its images are complete; the container is frozen (its
+// cgroup), its TCP connections locked. Kill or Resume ends the hold; destroyed
+// without either having been called, it resumes.
+class HeldCheckpoint {
+ public:
+  ~HeldCheckpoint();
+  HeldCheckpoint(const HeldCheckpoint&) = delete;
+  HeldCheckpoint& operator=(const HeldCheckpoint&) = delete;
+  // What a checkpoint without --leave-running does at its end: the connections back in repair
+  // mode, the peers' packets held in the caller's net namespace (the lock a restore here
+  // removes), then the container killed while frozen and deleted (cgroups, veth, state: the id
+  // is free). release_host_lock: no lock is
+  // left in the caller's namespace (none is put there): the container runs elsewhere now, as a
+  // migration source's does once the destination confirmed. On failure the container may be
+  // half gone; the hold stays for Resume or another Kill.
+  Result<void> Kill(bool release_host_lock);
+  // TCP repair off and unlocked (the tree's and the caller's namespaces), cgroup thawed: the
+  // workload continues exactly as before the checkpoint. Not after a successful Kill.
+  Result<void> Resume();
+  const std::string& id() const { return id_; }
+
+  // Made by Checkpoint: the container (state root, id) with its frozen cgroup, and the tree's
+  // TreeStats::resume_tcp and before_kill (empty when nothing is locked).
+  HeldCheckpoint(std::string root, std::string id, std::unique_ptr<runtime::Cgroup> cg,
+                 std::function<Result<void>()> resume_tcp,
+                 std::function<Result<void>(bool)> before_kill);
+
+ private:
+  std::string root_, id_;
+  std::unique_ptr<runtime::Cgroup> cg_;
+  std::function<Result<void>()> resume_tcp_;
+  std::function<Result<void>(bool)> before_kill_;
+  bool called_ = false;  // Kill or Resume was called: the destructor leaves it
+  bool over_ = false;    // killed or resumed: nothing more to do
 };
 
 struct CheckpointResult {
@@ -113,7 +202,13 @@ struct CheckpointResult {
   TreeStats tree;
   CheckpointPhases phases;
   uint64_t export_size = 0;
+  std::unique_ptr<HeldCheckpoint> held;  // set with EndMode::kHold
 };
+
+// A checkpoint's directory DIR prepared for new images: created, a previous checkpoint there
+// made incomplete (DIR/container/inventory.img removed) before anything new is written, and the
+// tree's directory sink DIR/tree opened.
+Result<std::unique_ptr<images::Sink>> OpenTreeDirSink(const std::string& image_path);
 
 Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDumper& dump_tree);
 

@@ -190,6 +190,19 @@ Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& re
   if (has_net) TRY(images.ReadOne(net::kImage, &netns));
   std::string veth_name = rec.host_veth();
   std::string address = orig.net.address;
+  if (!opts.bridge.empty()) {
+    if (orig.net.bridge.empty() || veth_name.empty())
+      return MakeError(ErrorKind::kUsage, 0,
+                       "--bridge %s: the container was not attached to a bridge (its veth's host "
+                       "end is routed)",
+                       opts.bridge.c_str());
+    TRY(runtime::ValidateBridgeName(opts.bridge));
+    for (auto& l : *netns.mutable_links())
+      if (l.host_end().name() == veth_name) l.mutable_host_end()->set_master(opts.bridge);
+    orig.net.bridge = opts.bridge;
+  }
+  // A bridged container's port: the bridge must be there before anything is made.
+  if (!orig.net.bridge.empty()) TRY(runtime::CheckBridge(orig.net.bridge));
   if (!opts.ip.empty()) {
     if (!has_net || veth_name.empty() || address.empty())
       return MakeError(ErrorKind::kUsage, 0, "--ip: the container had no veth address");
@@ -218,7 +231,7 @@ Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& re
 
   phase(&ph.prepare_ms);
   // cgroups with the limits.
-  ASSIGN_OR_RETURN(cg, runtime::OpenCgroup(opts.id));
+  ASSIGN_OR_RETURN(cg, runtime::OpenCgroup(opts.id, opts.cgroup_parent));
   TRY_CTX(cg->Create(), "cgroup of %s", opts.id.c_str());
   // From here (not before: the warm-up's first write holds cgroup_mutex, which mkdir needs, for
   // its grace period) the grace period of the join below is paid alongside the restore.
@@ -297,11 +310,18 @@ Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& re
   c.created = NowRfc3339();
   c.cgroup_paths = cg->Paths();
   c.cgroup_layout = runtime::CgroupLayoutName(cg->layout());
+  c.cgroup_parent = opts.cgroup_parent;
   c.host_veth = veth_name;
   c.storage_dir = storage;
   TRY(fs::WriteFile(c.config_path(), rec.config_json()));
   TRY(c.Save());
   ok = true;
+  if (opts.announce && !c.net.bridge.empty() && !c.net.address.empty()) {
+    auto a = runtime::AnnounceAddress(root_pid, "eth0", c.net.address);
+    if (!a.ok())
+      LOG_WARN("container %s: announce %s: %s", c.id.c_str(), c.net.address.c_str(),
+               a.error().to_string().c_str());
+  }
 
   RestoreResult out;
   out.container = c;

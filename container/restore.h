@@ -76,6 +76,18 @@ struct RestoreOptions {
   // id, as the runtime names it); established TCP connections are restored closed (reads see
   // EOF, writes fail: their address is gone), listeners on the wildcard address keep listening.
   std::string ip;
+  // The cgroup parent on this host (runtime/cgroup.h): the restored container's cgroup is
+  // <cgroup_parent>/<id>, recorded in its state. Another parent than the checkpointed
+  // container's lets one id live under two roots at once (the two ends of a migration).
+  std::string cgroup_parent = "godwit";
+  // A bridged container (NetworkSpec::bridge) comes back attached to this bridge of the
+  // restoring host's netns instead of the one it was checkpointed on (another host's name).
+  // kUsage for a routed container. Either way eth0 keeps its MAC address.
+  std::string bridge;
+  // Bridged: announce the address (a gratuitous ARP, runtime::AnnounceAddress) once the container
+  // runs, so the segment's bridges and peers find it at this port at once. A failure is logged,
+  // not fatal.
+  bool announce = true;
 };
 
 struct RestoreResult {

@@ -16,6 +16,7 @@
 
 #include "common/remote.h"
 #include "common/result.h"
+#include "dump/tuning.h"
 #include "images/image.h"
 #include "proto/mm.pb.h"
 #include "proto/pagemap.pb.h"
@@ -27,30 +28,41 @@ class FdDumper;
 
 namespace godwit::dump {
 
-class DirtyTracker;
+class PreCopy;
+class TcpHold;
 
 struct DumpOptions {
   pid_t pid = 0;
-  std::string images_dir;
   bool leave_running = false;
   images::Compression compression = images::Compression::kNone;
   int zstd_level = 3;
   bool shell_job = false;  // stdio connected to a terminal/pipes outside the tree is fine
   std::vector<std::string> external;
   bool tcp_established = false;
-  // With leave_running, when the caller kills the tree right after (a container checkpoint that
-  // deletes the container): TCP connections stay in repair mode and locked, so closing them sends
-  // nothing (no FIN, no RST) and the peer's packets are dropped until the restore unlocks.
+  // The caller saves the tree's user namespace itself (a container checkpoint): a tree in
+  // another user namespace than the caller's may be dumped. Otherwise that is refused: a plain
+  // dump saves no namespace, and the tree would come back in ours, its ids meaning other users.
+  bool userns_saved_by_caller = false;
+  // With leave_running, when the caller kills the tree right after or holds it stopped (a
+  // container checkpoint that deletes or holds the container): TCP connections stay locked, so
+  // the peer's packets are dropped until the restore unlocks and nothing reaches the peer;
+  // DumpStats::tcp puts them back in repair mode before the kill (closing sends nothing), or
+  // gives them back if the tree runs on after all.
   bool keep_tcp_locked = false;
-  // zstd without pre-dump rounds compresses the raw pages after the tree is let go. Set by a
-  // caller that holds the tree frozen itself after the engine returns (a container checkpoint
-  // kills its still-frozen cgroup later): that compression is then left to DumpStats::compress,
-  // to run once the tree is gone, instead of inside Dump.
+  // zstd without pre-copy, into a sink that can compress after Finish, stores the pages raw and
+  // compresses them after the tree is let go. Set by a caller that holds the tree frozen itself
+  // after the engine returns (a container checkpoint kills its still-frozen cgroup later): that
+  // compression is then left to DumpStats::compress, to run once the tree is gone, instead of
+  // inside Dump.
   bool compress_later = false;
-  // Pre-copy: copy memory this many times while the tree runs (the first round everything, then
-  // what was written since, tracked with userfaultfd write-protect), then freeze for the final,
-  // small, round. 0: a plain dump.
+  // Pre-copy already running on this tree (dump/precopy.h), not owned: the dump stores only the
+  // pages written since its last round, plus the rounds' page maps. It must write into the same
+  // sink as the rounds did.
+  PreCopy* precopy = nullptr;
+  // Pre-copy as one call (the CLI's --pre-dump-rounds): Dump runs a PreCopy with this many
+  // rounds itself before the final dump. 0: none. Ignored with precopy set.
   int pre_rounds = 0;
+  DumpTuning tuning;
   // Called with (phase, done, total) for progress output; may be empty.
   std::function<void(const char*, uint64_t, uint64_t)> progress;
   // Container hooks (optional). on_seized runs once every thread of the tree is under ptrace
@@ -82,14 +94,16 @@ struct DumpStats {
   double frozen_ms = 0;   // from the first thread stopped until the tree resumed or died
   double memdump_ms = 0;  // reading pages
   double total_ms = 0;
-  uint64_t pre_bytes = 0;  // copied by pre-dump rounds while the tree ran
-  double pre_ms = 0;
-  std::vector<uint64_t> round_bytes;  // per pre-dump round
+  uint64_t pre_bytes = 0;  // copied by pre-copy rounds while the tree ran
+  double pre_ms = 0;       // their time
+  std::vector<uint64_t> round_bytes;  // per pre-copy round
   std::vector<pid_t> incompressible;  // --compress zstd, but a sample did not compress: raw
   std::vector<std::pair<std::string, int>> fd_counts;
   // With DumpOptions::compress_later and deferred zstd: compresses the raw page images in place
   // (the image set stays complete and raw if it fails); returns the bytes saved.
   std::function<Result<uint64_t>()> compress;
+  // With DumpOptions::keep_tcp_locked: the tree's connections, still in repair mode and locked.
+  std::shared_ptr<TcpHold> tcp;
 };
 
 // Per-process handle during the dump.
@@ -114,9 +128,6 @@ struct DumpContext {
   std::map<std::pair<uint64_t, uint64_t>, uint64_t> shmem_ids;
   uint64_t next_shmem_id = 1;
   std::vector<img::ShmemObject> shmem;  // written to shmem.img after every process
-  // Pre-dump: a dirty tracker per process and the rounds' page maps.
-  std::map<pid_t, std::unique_ptr<DirtyTracker>> trackers;
-  std::map<pid_t, std::vector<img::PageMap>> pre_maps;
   // Page blobs created (and their space reserved) before the freeze, by pid.
   std::map<pid_t, std::unique_ptr<images::BlobWriter>> page_blobs;
   // Every process handle (so a failure can release all remotes).

@@ -2,7 +2,6 @@
 
 #include <fcntl.h>
 #include <linux/userfaultfd.h>
-#include <sys/ioctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -10,26 +9,13 @@
 
 #include "common/fs.h"
 #include "common/log.h"
+#include "common/page.h"
+#include "common/pagemap_scan.h"
+#include "common/uffd.h"
+#include "dump/pagemap_scan.h"
 
 namespace godwit::dump {
 namespace {
-
-// This machine's headers are 6.1: the 6.7 PAGEMAP_SCAN interface and 6.7 uffd features by hand.
-constexpr uint64_t kFeatureWpUnpopulated = 1ULL << 13;
-constexpr uint64_t kFeatureWpAsync = 1ULL << 15;
-constexpr uint64_t kScanWpMatching = 1ULL << 0;
-constexpr uint64_t kScanCheckWpAsync = 1ULL << 1;
-constexpr uint64_t kPageIsWritten = 1ULL << 1;
-constexpr uint64_t kPage = 4096;
-
-struct PmScanArg {
-  uint64_t size, flags, start, end, walk_end, vec, vec_len, max_pages, category_inverted,
-      category_mask, category_anyof_mask, return_mask;
-};
-struct PageRegion {
-  uint64_t start, end, categories;
-};
-#define GODWIT_PAGEMAP_SCAN _IOWR('f', 16, PmScanArg)
 
 bool Trackable(const proc::MapsEntry& m) {
   if (m.shared) return false;
@@ -45,21 +31,20 @@ Result<std::unique_ptr<DirtyTracker>> DirtyTracker::Start(
     pid_t pid, remote::Remote* r, const std::vector<proc::MapsEntry>& vmas) {
   std::unique_ptr<DirtyTracker> t(new DirtyTracker());
   t->pid_ = pid;
-  ASSIGN_OR_RETURN(long tfd, r->Syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));
-  int pidfd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
-  if (pidfd < 0) return Errno("pidfd_open %d", pid);
-  UniqueFd upidfd(pidfd);
-  int fd = static_cast<int>(syscall(SYS_pidfd_getfd, pidfd, static_cast<int>(tfd), 0));
-  int getfd_errno = errno;
-  TRY(r->Syscall(SYS_close, static_cast<uint64_t>(tfd)));
-  if (fd < 0) {
-    errno = getfd_errno;
-    return Errno("pidfd_getfd uffd of %d", pid);
-  }
-  t->uffd_.reset(fd);
+  // User-mode faults only: allowed without CAP_SYS_PTRACE in the initial user namespace (a
+  // container's processes, a daemon's unprivileged workers: vm.unprivileged_userfaultfd is 0
+  // here), and enough: async write-protect faults, from user or kernel mode, are resolved by the
+  // kernel without the uffd. EINVAL: a kernel before 5.11 without the flag.
+  auto taken = uffd::TakeFromTarget(*r, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
+  if (!taken.ok() && taken.error().kind() == ErrorKind::kUnsupported &&
+      taken.error().sys_errno() == EINVAL)
+    taken = uffd::TakeFromTarget(*r, O_CLOEXEC | O_NONBLOCK);
+  if (!taken.ok()) return std::move(taken.error().wrap(StrFormat("pid %d", pid)));
+  t->uffd_ = std::move(*taken);
+  int fd = t->uffd_.get();
   uffdio_api api{};
   api.api = UFFD_API;
-  api.features = kFeatureWpAsync | kFeatureWpUnpopulated;
+  api.features = pagemap::kUffdFeatureWpAsync | pagemap::kUffdFeatureWpUnpopulated;
   if (ioctl(fd, UFFDIO_API, &api) < 0)
     return MakeError(ErrorKind::kUnsupported, errno, "userfaultfd WP_ASYNC in %d", pid);
   for (const auto& m : vmas) {
@@ -84,53 +69,59 @@ Result<std::unique_ptr<DirtyTracker>> DirtyTracker::Start(
     else
       t->ranges_.push_back({m.start, m.end});
   }
-  ASSIGN_OR_RETURN(t->pagemap_, fs::Open(StrFormat("/proc/%d/pagemap", pid), O_RDONLY));
   return t;
 }
 
-Result<void> DirtyTracker::CollectDirty(std::vector<PageRange>* out) {
-  std::vector<PageRegion> vec(4096);
+Result<UniqueFd> DirtyTracker::OpenPagemap() const {
+  auto fd = fs::Open(StrFormat("/proc/%d/pagemap", pid_), O_RDONLY);
+  if (!fd.ok() && (fd.error().sys_errno() == ENOENT || fd.error().sys_errno() == ESRCH))
+    return MakeError(ErrorKind::kNotFound, ESRCH, "process %d exited", pid_);
+  return fd;
+}
+
+namespace {
+
+// A scan's error, kNotFound when the process (its address space) is gone.
+Error ScanError(Error e, pid_t pid) {
+  if (e.sys_errno() == ESRCH) return MakeError(ErrorKind::kNotFound, ESRCH, "process %d exited", pid);
+  return std::move(e.wrap(StrFormat("pid %d", pid)));
+}
+
+}  // namespace
+
+Result<std::vector<PageRange>> DirtyTracker::Tracked() const {
+  ASSIGN_OR_RETURN(UniqueFd pm, OpenPagemap());
+  pagemap_scan::Query q;
+  q.category_mask = pagemap::kPageIsWpAsync;
+  q.return_mask = pagemap::kPageIsWpAsync;
+  std::vector<PageRange> out;
   for (const auto& [start, end] : ranges_) {
-    uint64_t at = start;
-    while (at < end) {
-      PmScanArg a{};
-      a.size = sizeof(a);
-      a.flags = kScanWpMatching | kScanCheckWpAsync;
-      a.start = at;
-      a.end = end;
-      a.vec = reinterpret_cast<uint64_t>(vec.data());
-      a.vec_len = vec.size();
-      a.category_mask = kPageIsWritten;
-      a.return_mask = kPageIsWritten;
-      long n = ioctl(pagemap_.get(), GODWIT_PAGEMAP_SCAN, &a);
-      if (n < 0) {
-        if (errno == ESRCH)
-          return MakeError(ErrorKind::kNotFound, ESRCH, "process %d exited", pid_);
-        // A tracked range may have been unmapped or changed since Start: skip it.
-        if (errno == EINVAL || errno == EFAULT || errno == ENOENT) break;
-        return Errno("PAGEMAP_SCAN pid %d at %#lx", pid_, static_cast<unsigned long>(at));
-      }
-      for (long i = 0; i < n; ++i) {
-        uint64_t s = vec[i].start, e = vec[i].end;
-        if (!out->empty() && out->back().addr + out->back().npages * kPage == s)
-          out->back().npages += (e - s) / kPage;
-        else
-          out->push_back({s, (e - s) / kPage});
-      }
-      // A full vector may mean more to come; walk_end says where the walk stopped.
-      if (n < static_cast<long>(vec.size())) break;
-      at = a.walk_end;
-    }
+    auto r = pagemap_scan::Scan(pm.get(), start, end, q, &out);
+    if (!r.ok()) return ScanError(std::move(r).error(), pid_);
   }
-  std::sort(out->begin(), out->end(),
-            [](const PageRange& x, const PageRange& y) { return x.addr < y.addr; });
+  return out;
+}
+
+Result<void> DirtyTracker::CollectDirty(std::vector<PageRange>* out) {
+  ASSIGN_OR_RETURN(UniqueFd pm, OpenPagemap());
+  // Without PM_SCAN_CHECK_WPASYNC a VMA not registered (any more) is skipped, not an error.
+  pagemap_scan::Query q;
+  q.flags = pagemap::kScanWpMatching;
+  q.category_mask = pagemap::kPageIsWritten;
+  q.return_mask = pagemap::kPageIsWritten;
+  for (const auto& [start, end] : ranges_) {
+    auto r = pagemap_scan::Scan(pm.get(), start, end, q, out);
+    if (!r.ok()) return ScanError(std::move(r).error(), pid_);
+  }
   return Ok();
 }
 
-bool DirtyTracker::Covers(uint64_t start, uint64_t end) const {
-  for (const auto& [s, e] : ranges_)
-    if (start >= s && end <= e) return true;
-  return false;
+bool Contains(const std::vector<PageRange>& ranges, uint64_t start, uint64_t end) {
+  auto it = std::upper_bound(ranges.begin(), ranges.end(), start,
+                             [](uint64_t a, const PageRange& r) { return a < r.addr; });
+  if (it == ranges.begin()) return false;
+  --it;
+  return start >= it->addr && end <= it->addr + it->npages * kPage;
 }
 
 std::vector<PageRange> Intersect(const std::vector<PageRange>& a, const std::vector<PageRange>& b) {

@@ -1,14 +1,21 @@
-// Dirty-page tracking for pre-dump rounds without soft-dirty (CONFIG_MEM_SOFT_DIRTY is off here):
+// Dirty-page tracking for pre-copy without soft-dirty (CONFIG_MEM_SOFT_DIRTY is off here):
 // userfaultfd in write-protect async mode + the PAGEMAP_SCAN ioctl.
 //
-// Start (the process is seized): userfaultfd() is injected into the target (the one call that must
-// run inside it), the fd is taken with pidfd_getfd and closed in the target, then from outside:
-// UFFDIO_API (WP_ASYNC | WP_UNPOPULATED), UFFDIO_REGISTER(MODE_WP) on every private VMA and
-// UFFDIO_WRITEPROTECT over them. The process runs on; a write to a protected page is resolved by
+// Start (the process is seized): userfaultfd(UFFD_USER_MODE_ONLY) is injected into the target (the
+// one call that must run inside it; user-mode only needs no privilege), the fd is taken with
+// pidfd_getfd and closed in the target, then from outside: UFFDIO_API (WP_ASYNC |
+// WP_UNPOPULATED), UFFDIO_REGISTER(MODE_WP) on every private VMA and UFFDIO_WRITEPROTECT over
+// them. The process runs on; a write to a protected page is resolved by
 // the kernel itself (async) and the page is marked written.
 // CollectDirty: PAGEMAP_SCAN "written" pages with PM_SCAN_WP_MATCHING (get and clear: reported
 // pages are protected again), so each call returns what was written since the previous one.
-// Destroying the tracker closes the uffd, which unregisters everything.
+//
+// What stays tracked: a VMA registered at Start keeps its registration through mprotect splits,
+// but loses it when it is unmapped, moved (mremap: no UFFD_FEATURE_EVENT_REMAP) or replaced
+// (mmap MAP_FIXED), or when the process execs; a VMA made since was never registered. Tracked()
+// says which ranges are still registered now (each call reads the current address space through
+// a fresh /proc/PID/pagemap), and only those are scanned: pages elsewhere must be copied whole.
+// Destroying the tracker closes the uffd, which unregisters everything and drops the protection.
 #pragma once
 
 #include <sys/types.h>
@@ -30,18 +37,23 @@ class DirtyTracker {
   // vmas: the process's maps (without the remote scratch area). Private VMAs are tracked.
   static Result<std::unique_ptr<DirtyTracker>> Start(pid_t pid, remote::Remote* r,
                                                      const std::vector<proc::MapsEntry>& vmas);
-  // Pages written since Start or the previous call, sorted; they are write-protected again.
+  // The ranges registered at Start that are still registered now, sorted. kNotFound when the
+  // process is gone.
+  Result<std::vector<PageRange>> Tracked() const;
+  // Pages of tracked ranges written since Start or the previous call, sorted; they are
+  // write-protected again. kNotFound when the process is gone.
   Result<void> CollectDirty(std::vector<PageRange>* out);
-  // True if [start, end) lies inside one tracked range.
-  bool Covers(uint64_t start, uint64_t end) const;
 
  private:
+  Result<UniqueFd> OpenPagemap() const;
   pid_t pid_ = 0;
-  UniqueFd uffd_, pagemap_;
-  std::vector<std::pair<uint64_t, uint64_t>> ranges_;
+  UniqueFd uffd_;
+  std::vector<std::pair<uint64_t, uint64_t>> ranges_;  // registered at Start
 };
 
 // a ∩ b for sorted, non-overlapping page-range lists.
 std::vector<PageRange> Intersect(const std::vector<PageRange>& a, const std::vector<PageRange>& b);
+// True if [start, end) lies inside one range of the sorted list.
+bool Contains(const std::vector<PageRange>& ranges, uint64_t start, uint64_t end);
 
 }  // namespace godwit::dump

@@ -15,8 +15,8 @@
 #include "common/log.h"
 #include "common/proc.h"
 #include "common/scope_exit.h"
-#include "dump/dirty.h"
 #include "dump/pages.h"
+#include "dump/precopy.h"
 #include "dump/steps.h"
 #include "dump/tree.h"
 #include "files/files.h"
@@ -27,93 +27,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 double Ms(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double, std::milli>(b - a).count();
-}
-
-// Pre-copy rounds while the tree runs. Round 0 copies every present page; later rounds copy what
-// was written since the previous round. Processes that appear later are dumped whole at the end.
-Result<void> PreRounds(DumpContext& ctx) {
-  auto t0 = Clock::now();
-  FrozenTree f;
-  auto frozen = FreezeTree(ctx.opts.pid, &f);
-  Result<void> res = frozen;
-  if (res.ok()) {
-    res = [&]() -> Result<void> {
-      for (const auto& e : f.tree.processes()) {
-        if (e.zombie()) continue;
-        ASSIGN_OR_RETURN(auto r, remote::Remote::Create(e.pid(), e.pid(), {}));
-        ASSIGN_OR_RETURN(auto maps, proc::ReadMaps(e.pid()));
-        maps = WithoutRange(maps, r->area_start(), r->area_end());
-        auto t = DirtyTracker::Start(e.pid(), r.get(), maps);
-        TRY(r->Release());
-        if (!t.ok()) return std::move(t.error().wrap(StrFormat("pid %d: dirty tracking", e.pid())));
-        ctx.trackers[e.pid()] = std::move(*t);
-      }
-      return Ok();
-    }();
-  }
-  ThawTree(f);
-  TRY_CTX(res, "pre-dump");
-  for (int round = 0; round < ctx.opts.pre_rounds; ++round) {
-    uint64_t round_bytes = 0;
-    for (auto& [pid, tracker] : ctx.trackers) {
-      std::vector<PageRange> runs;
-      // Round 0: which runs are in unreadable VMAs (read through /proc/PID/mem). The final round
-      // stores only the dirty pages of tracked VMAs, so round 0 must have all the others.
-      std::vector<bool> unreadable;
-      UniqueFd mem;
-      if (round == 0) {
-        ASSIGN_OR_RETURN(auto maps, proc::ReadMaps(pid));
-        ASSIGN_OR_RETURN(auto src, PresentPages::Open(pid, ctx.zero_pfn));
-        PageCounts counts;
-        for (const auto& m : maps) {
-          if (m.shared || !tracker->Covers(m.start, m.end)) continue;
-          bool file = m.inode != 0 && !m.path.empty() && m.path[0] == '/';
-          size_t before = runs.size();
-          TRY(src->Collect(m.start, m.end, file, &runs, &counts));
-          // Collect may have extended the previous VMA's last run into this one: split it.
-          if (before > 0 && runs.size() >= before && runs[before - 1].addr < m.start &&
-              runs[before - 1].addr + runs[before - 1].npages * 4096 > m.start) {
-            PageRange& last = runs[before - 1];
-            uint64_t keep = (m.start - last.addr) / 4096;
-            runs.insert(runs.begin() + before, {m.start, last.npages - keep});
-            last.npages = keep;
-          }
-          unreadable.resize(runs.size(), !(m.prot & PROT_READ));
-        }
-        if (std::find(unreadable.begin(), unreadable.end(), true) != unreadable.end()) {
-          ASSIGN_OR_RETURN(mem, fs::Open(StrFormat("/proc/%d/mem", pid), O_RDONLY));
-        }
-      } else {
-        TRY_CTX(tracker->CollectDirty(&runs), "pre-dump round %d pid %d", round, pid);
-      }
-      uint64_t total = 0;
-      for (const auto& x : runs) total += x.npages * 4096;
-      img::PageMap pm;
-      pm.set_pid(pid);
-      pm.set_blob(StrFormat("pages-%d-pre%d.img", pid, round));
-      ASSIGN_OR_RETURN(images::BlobWriter blob,
-                       images::BlobWriter::Create(*ctx.sink, pm.blob(), ctx.opts.compression,
-                                                  ctx.opts.zstd_level));
-      {
-        PageWriter w(&blob, pid, mem.get(), total);
-        for (size_t i = 0; i < runs.size(); ++i) {
-          bool use_fd = i < unreadable.size() && unreadable[i];
-          TRY(w.Add(runs[i].addr, runs[i].addr, runs[i].npages, use_fd));
-        }
-        TRY_CTX(w.Finish(), "pre-dump round %d pid %d", round, pid);
-        for (const auto& run : w.runs()) *pm.add_runs() = run;
-      }
-      TRY(blob.Close());
-      round_bytes += blob.logical_size();
-      ctx.stats.bytes_stored += blob.stored_size();
-      ctx.pre_maps[pid].push_back(std::move(pm));
-    }
-    ctx.stats.round_bytes.push_back(round_bytes);
-    ctx.stats.pre_bytes += round_bytes;
-    if (ctx.opts.progress) ctx.opts.progress("pre-dump round", round + 1, ctx.opts.pre_rounds);
-  }
-  ctx.stats.pre_ms = Ms(t0, Clock::now());
-  return Ok();
 }
 
 // Would zstd shrink pid's memory? Compresses up to 64 present pages (pagemap-guided, so nothing
@@ -197,36 +110,101 @@ Result<remote::Remote*> DumpContext::RemoteFor(ProcessDump& p) {
   return p.remote.get();
 }
 
-Result<DumpStats> Dump(const DumpOptions& opts) {
-  auto t_start = Clock::now();
+TcpHold::TcpHold(std::unique_ptr<files::FdDumper> fds) : fds_(std::move(fds)) {}
+TcpHold::~TcpHold() = default;
+
+Result<void> TcpHold::LockOutside(pid_t tree_pid) {
+  if (!fds_) return MakeError(ErrorKind::kGeneric, 0, "TCP hold: already resumed");
+  return fds_->LockOutside(tree_pid);
+}
+
+void TcpHold::BeforeKill() {
+  if (fds_) fds_->SetTcpRepair(true);
+}
+
+void TcpHold::Resume() {
+  if (!fds_) return;
+  fds_->Resume();
+  fds_.reset();
+}
+
+Result<void> Check(const DumpOptions& opts) {
   if (opts.pid <= 0) return MakeError(ErrorKind::kUsage, 0, "dump: no --pid");
   if (opts.pid == getpid()) return MakeError(ErrorKind::kUsage, 0, "dump: cannot dump myself");
-  {
-    auto st = proc::ReadStat(opts.pid);
-    if (!st.ok()) return MakeError(ErrorKind::kNotFound, ESRCH, "no process %d", opts.pid);
+  if (!proc::ReadStat(opts.pid).ok())
+    return MakeError(ErrorKind::kNotFound, ESRCH, "no process %d", opts.pid);
+  if (!opts.userns_saved_by_caller) {
+    auto same = SameUserns(opts.pid, 0);
+    if (same.ok() && !*same)
+      return MakeError(ErrorKind::kUnsupported, 0,
+                       "pid %d is in another user namespace than godwit's: a plain dump does not "
+                       "save namespaces (checkpoint it as a container: godwit run with a user "
+                       "namespace, then godwit checkpoint)",
+                       opts.pid);
   }
+  return Ok();
+}
+
+Result<DumpStats> Dump(const DumpOptions& opts, images::Sink& sink) {
+  auto t_start = Clock::now();
+  auto fail = [&sink](Error e) -> Result<DumpStats> {
+    sink.Abort();
+    return e;
+  };
+  if (auto c = Check(opts); !c.ok()) return fail(std::move(c).error());
   DumpContext ctx;
   ctx.opts = opts;
-  // zstd without pre-dump rounds: the frozen tree's pages are stored raw (written by the
-  // processes themselves), and compressed once the tree runs again or is gone
-  // (Sink::CompressFinished): compression costs no frozen time. GODWIT_COMPRESS_FROZEN=1
-  // compresses while frozen instead (the pre-dump rounds' way).
-  bool deferred = opts.compression == images::Compression::kZstd && opts.pre_rounds == 0 &&
-                  getenv("GODWIT_COMPRESS_FROZEN") == nullptr;
+  ctx.sink = &sink;
+
+  // Pre-copy: the caller's rounds, or pre_rounds of our own while the tree runs.
+  std::unique_ptr<PreCopy> own_precopy;
+  if (!opts.precopy && opts.pre_rounds > 0) {
+    auto t0 = Clock::now();
+    PreCopyOptions po;
+    po.compression = opts.compression;
+    po.zstd_level = opts.zstd_level;
+    auto pc = PreCopy::Start(opts.pid, sink, po);
+    if (!pc.ok()) return fail(std::move(pc).error());
+    own_precopy = std::move(*pc);
+    for (int i = 0; i < opts.pre_rounds; ++i) {
+      auto r = own_precopy->Round();
+      if (!r.ok()) return fail(std::move(r).error());
+      if (opts.progress) opts.progress("pre-dump round", i + 1, opts.pre_rounds);
+    }
+    ctx.opts.precopy = own_precopy.get();
+    ctx.stats.pre_ms = Ms(t0, Clock::now());
+  }
+  PreCopy* precopy = ctx.opts.precopy;
+  if (precopy) {
+    if (&precopy->sink() != &sink)
+      return fail(MakeError(ErrorKind::kUsage, 0,
+                            "dump: the pre-copy rounds went into another sink than the dump"));
+    if (precopy->pid() != opts.pid)
+      return fail(MakeError(ErrorKind::kUsage, 0, "dump: the pre-copy is of pid %d, not %d",
+                            precopy->pid(), opts.pid));
+    if (auto u = precopy->CheckUsable(); !u.ok()) return fail(std::move(u).error());
+    for (const auto& r : precopy->rounds()) {
+      ctx.stats.round_bytes.push_back(r.bytes);
+      ctx.stats.pre_bytes += r.bytes;
+      if (!own_precopy) ctx.stats.pre_ms += r.ms;
+    }
+    ctx.stats.bytes_stored += precopy->stored_bytes();
+  }
+  // zstd without pre-copy: the frozen tree's pages are stored raw (written by the processes
+  // themselves), and compressed once the tree runs again or is gone (Sink::CompressFinished):
+  // compression costs no frozen time. Where the sink cannot do that, or tuning says so, they
+  // are compressed while frozen (as with pre-copy, whose rounds were compressed as they went).
+  bool deferred = opts.compression == images::Compression::kZstd && precopy == nullptr &&
+                  !opts.tuning.compress_frozen && sink.CanCompressFinished();
   if (deferred) ctx.opts.compression = images::Compression::kNone;
-  ASSIGN_OR_RETURN(ctx.zero_pfn, ZeroPagePfn());
-  ASSIGN_OR_RETURN(std::unique_ptr<images::Sink> sink, images::OpenDirSink(opts.images_dir, true));
-  ctx.sink = sink.get();
+  {
+    auto z = ZeroPagePfn();
+    if (!z.ok()) return fail(std::move(z).error());
+    ctx.zero_pfn = *z;
+  }
 
   FrozenTree frozen;
   bool finished = false;
-  if (opts.pre_rounds > 0) {
-    auto r = PreRounds(ctx);
-    if (!r.ok()) {
-      sink->Abort();
-      return std::move(r).error();
-    }
-  }
   std::unique_ptr<files::FdDumper> fds;
   bool seized_hook = false;  // on_seized ran: before_detach is owed
   ScopeExit on_error([&] {
@@ -242,10 +220,10 @@ Result<DumpStats> Dump(const DumpOptions& opts) {
       auto r = opts.before_detach();
       if (!r.ok()) LOG_WARN("dump: before_detach: %s", r.error().to_string().c_str());
     }
-    sink->Abort();
+    sink.Abort();
   });
 
-  if (opts.pre_rounds == 0 && !getenv("GODWIT_NO_RESERVE"))
+  if (!precopy && opts.tuning.reserve_pages)
     ReservePageBlobs(ctx, opts.compression == images::Compression::kZstd);
   auto t_freeze = Clock::now();
   TRY_CTX(FreezeTree(opts.pid, &frozen), "freeze tree of %d", opts.pid);
@@ -256,14 +234,14 @@ Result<DumpStats> Dump(const DumpOptions& opts) {
     TRY_CTX(opts.on_seized(), "dump: on_seized");
   }
   ctx.tree = frozen.tree;
-  TRY(images::WriteImage(*sink, "pstree.img", ctx.tree));
+  TRY(images::WriteImage(sink, "pstree.img", ctx.tree));
 
   files::DumpOptions fo;
   fo.leave_running = opts.leave_running;
   fo.tcp_established = opts.tcp_established;
   fo.shell_job = opts.shell_job;
   fo.external = opts.external;
-  ASSIGN_OR_RETURN(fds, files::FdDumper::Create(*sink, fo));
+  ASSIGN_OR_RETURN(fds, files::FdDumper::Create(sink, fo));
   ctx.fds = fds.get();
 
   for (const auto& e : ctx.tree.processes()) {
@@ -297,7 +275,7 @@ Result<DumpStats> Dump(const DumpOptions& opts) {
     ctx.stats.fd_counts = ctx.fds->Counts();
   }
   {
-    ASSIGN_OR_RETURN(images::ImageWriter w, images::ImageWriter::Create(*sink, "shmem.img"));
+    ASSIGN_OR_RETURN(images::ImageWriter w, images::ImageWriter::Create(sink, "shmem.img"));
     for (const auto& o : ctx.shmem) TRY(w.Write(o));
     TRY(w.Close());
   }
@@ -311,13 +289,18 @@ Result<DumpStats> Dump(const DumpOptions& opts) {
     p->remote.reset();
   }
   img::Inventory inv = images::NewInventory();
-  TRY_CTX(sink->Finish(std::move(inv)), "write inventory");
+  TRY_CTX(sink.Finish(std::move(inv)), "write inventory");
   finished = true;
   // ThawTree steps threads into their re-issued syscalls, so it must run before a before_detach
   // hook that freezes the tree's cgroup again (a frozen task never reaches the syscall entry).
   Result<void> hook = Ok();
   if (opts.leave_running) {
     if (fds && !opts.keep_tcp_locked) fds->Resume();
+    if (fds && opts.keep_tcp_locked) {
+      // Locked but out of repair mode: the detached threads re-enter their calls on them.
+      fds->SetTcpRepair(false);
+      ctx.stats.tcp = std::make_shared<TcpHold>(std::move(fds));
+    }
     ThawTree(frozen);
     if (seized_hook && opts.before_detach) hook = opts.before_detach();
   } else {
@@ -334,8 +317,7 @@ Result<DumpStats> Dump(const DumpOptions& opts) {
         names.push_back(StrFormat("pages-%d.img", p->pid));
     }
     for (const auto& o : ctx.shmem) names.push_back(o.blob());
-    std::shared_ptr<images::Sink> done(std::move(sink));
-    auto compress = [done, names, level = opts.zstd_level]() -> Result<uint64_t> {
+    auto compress = [done = &sink, names, level = opts.zstd_level]() -> Result<uint64_t> {
       uint64_t before = 0, after = 0;
       TRY(done->CompressFinished(names, level, 2, &before, &after));
       return before - after;

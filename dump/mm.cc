@@ -3,7 +3,6 @@
 // pagemap-<pid>.img); shared memory objects (shared anonymous, memfd, SysV shm) once per object
 // into shmem-<id>.img, listed in shmem.img at the end of the dump.
 #include <fcntl.h>
-#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/shm.h>
 #include <sys/stat.h>
@@ -23,6 +22,8 @@
 #include "common/scope_exit.h"
 #include "dump/dirty.h"
 #include "dump/pages.h"
+#include "dump/pagemap_scan.h"
+#include "dump/precopy.h"
 #include "dump/steps.h"
 #include "proto/mm.pb.h"
 #include "proto/pagemap.pb.h"
@@ -149,42 +150,17 @@ Result<std::map<uint64_t, VmFlags>> ReadVmFlags(pid_t pid) {
 // (PAGE_IS_GUARD, Linux 6.14+; an older kernel has none to find: empty). Their pagemap entries
 // look swapped out (bit 62) but cannot be read: the page dump must skip them.
 Result<std::vector<PageRange>> ReadGuards(pid_t pid, uint64_t start, uint64_t end) {
-  struct PageRegion {
-    uint64_t start, end, categories;
-  };
-  struct PmScanArg {
-    uint64_t size, flags, start, end, walk_end, vec, vec_len, max_pages, category_inverted,
-        category_mask, category_anyof_mask, return_mask;
-  };
-  constexpr unsigned long kPagemapScan = _IOWR('f', 16, PmScanArg);
-  constexpr uint64_t kPageIsGuard = 1ULL << 8;
   std::vector<PageRange> out;
   if (start >= end) return out;
   ASSIGN_OR_RETURN(UniqueFd pm, fs::Open(StrFormat("/proc/%d/pagemap", pid), O_RDONLY));
-  PageRegion vec[256];
-  for (uint64_t at = start; at < end;) {
-    PmScanArg a{};
-    a.size = sizeof(a);
-    a.start = at;
-    a.end = end;
-    a.vec = reinterpret_cast<uint64_t>(vec);
-    a.vec_len = 256;
-    a.category_anyof_mask = kPageIsGuard;
-    a.return_mask = kPageIsGuard;
-    long n = ioctl(pm.get(), kPagemapScan, &a);
-    if (n < 0) {
-      if (errno == EINVAL || errno == ENOTTY) return out;  // no PAGE_IS_GUARD here
-      return Errno("PAGEMAP_SCAN pid %d", pid);
-    }
-    for (long i = 0; i < n; ++i) {
-      PageRange g{vec[i].start, (vec[i].end - vec[i].start) / kPage};
-      if (!out.empty() && out.back().addr + out.back().npages * kPage == g.addr)
-        out.back().npages += g.npages;
-      else
-        out.push_back(g);
-    }
-    if (n < 256) break;  // the whole range was walked (walk_end can be stale, DESIGN.md)
-    at = vec[n - 1].end;
+  pagemap_scan::Query q;
+  q.category_anyof_mask = pagemap::kPageIsGuard;
+  q.return_mask = pagemap::kPageIsGuard;
+  auto r = pagemap_scan::Scan(pm.get(), start, end, q, &out);
+  if (!r.ok()) {
+    int e = r.error().sys_errno();
+    if (e == EINVAL || e == ENOTTY) return std::vector<PageRange>{};  // no PAGE_IS_GUARD here
+    return std::move(r.error().wrap(StrFormat("pid %d: guard regions", pid)));
   }
   return out;
 }
@@ -376,10 +352,14 @@ Result<void> DumpMm(DumpContext& ctx, ProcessDump& p) {
   }
   ASSIGN_OR_RETURN(auto source, PresentPages::Open(pid, ctx.zero_pfn));
   std::vector<PageRange> readable, unreadable;
-  // With pre-dump rounds, the present pages of tracked VMAs: only the dirty ones are stored now.
+  // After pre-copy rounds, the present pages of VMAs tracked since: only the ones written since
+  // the last round are stored now.
   std::vector<PageRange> r_cov, u_cov;
-  DirtyTracker* tracker = nullptr;
-  if (auto it = ctx.trackers.find(pid); it != ctx.trackers.end()) tracker = it->second.get();
+  DirtyTracker* tracker = ctx.opts.precopy ? ctx.opts.precopy->Tracker(pid) : nullptr;
+  std::vector<PageRange> tracked;
+  if (tracker) {
+    ASSIGN_OR_RETURN(tracked, tracker->Tracked());
+  }
   PageCounts counts;
   for (const auto& m : maps) {
     ASSIGN_OR_RETURN(img::VmaKind kind, Classify(m, pid));
@@ -403,7 +383,7 @@ Result<void> DumpMm(DumpContext& ctx, ProcessDump& p) {
     } else if (kind != img::VMA_ANON_PRIVATE && kind != img::VMA_FILE_PRIVATE) {
       continue;
     }
-    bool covered = tracker && tracker->Covers(m.start, m.end);
+    bool covered = tracker && Contains(tracked, m.start, m.end);
     auto& dst =
         (m.prot & PROT_READ) ? (covered ? r_cov : readable) : (covered ? u_cov : unreadable);
     TRY(source->Collect(m.start, m.end, kind != img::VMA_ANON_PRIVATE, &dst, &counts));
@@ -446,7 +426,7 @@ Result<void> DumpMm(DumpContext& ctx, ProcessDump& p) {
   ctx.stats.pages_file += counts.file;
   TRY(images::WriteImage(*ctx.sink, StrFormat("mm-%d.img", pid), mm));
 
-  // Pages. Earlier pre-dump rounds' pages stay valid where the page is still present now (and was
+  // Pages. Earlier pre-copy rounds' pages stay valid where the page is still present now (and was
   // not written since: those are in this round's set, which restore applies last).
   auto t0 = std::chrono::steady_clock::now();
   std::vector<img::PageMap> earlier;
@@ -457,23 +437,7 @@ Result<void> DumpMm(DumpContext& ctx, ProcessDump& p) {
     TRY_CTX(tracker->CollectDirty(&dirty), "pid %d: dirty pages", pid);
     readable = MergeRanges(readable, Intersect(r_cov, dirty));
     unreadable = MergeRanges(unreadable, Intersect(u_cov, dirty));
-    for (const auto& old : ctx.pre_maps[pid]) {
-      img::PageMap f = old;
-      f.clear_runs();
-      std::vector<PageRange> runs;
-      for (const auto& run : old.runs()) runs.push_back({run.vaddr(), run.npages()});
-      // Intersect keeps order; map each kept piece back to its blob offset.
-      size_t k = 0;
-      for (const auto& piece : Intersect(runs, present)) {
-        while (old.runs(k).vaddr() + old.runs(k).npages() * kPage <= piece.addr) ++k;
-        const auto& src = old.runs(k);
-        img::PageRun* nr = f.add_runs();
-        nr->set_vaddr(piece.addr);
-        nr->set_npages(piece.npages);
-        nr->set_blob_off(src.blob_off() + (piece.addr - src.vaddr()));
-      }
-      earlier.push_back(std::move(f));
-    }
+    earlier = ctx.opts.precopy->EarlierMaps(pid, present);
   }
   img::PageMap pm;
   pm.set_pid(pid);
@@ -497,7 +461,8 @@ Result<void> DumpMm(DumpContext& ctx, ProcessDump& p) {
     ASSIGN_OR_RETURN(mem, fs::Open(StrFormat("/proc/%d/mem", pid), O_RDONLY));
   }
   {
-    PageWriter w(&blob, pid, mem.get(), total, r);  // r: pid writes its own pages
+    // r: pid writes its own pages.
+    PageWriter w(&blob, pid, mem.get(), total, ctx.opts.tuning.target_write ? r : nullptr);
     // Runs must be added in address order so the pagemap is sorted: merge both lists.
     size_t i = 0, j = 0;
     uint64_t done = 0;

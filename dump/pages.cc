@@ -255,9 +255,7 @@ int SeccompMode(pid_t pid) {
 
 Result<bool> PageWriter::SetUpTarget() {
   target_tried_ = true;
-  if (target_ == nullptr || blob_->compressed() || blob_->fd() < 0 ||
-      getenv("GODWIT_NO_TARGET_WRITE") != nullptr)
-    return false;
+  if (target_ == nullptr || blob_->compressed() || blob_->fd() < 0) return false;
   // The injected calls must not be refused by a filter (or kill the process), nor raise SIGXFSZ.
   if (int m = SeccompMode(pid_); m != 0) {
     LOG_DEBUG("pid %d: seccomp mode %d: pages go through the coordinator", pid_, m);
@@ -389,6 +387,22 @@ Result<void> PageWriter::TargetWrite(const Batch& b) {
   return flush();
 }
 
+void PageWriter::ReadVanishing(char* dst, uint64_t src, uint64_t len) {
+  uint64_t done = 0;
+  while (done < len) {
+    ssize_t n = fd_ >= 0 ? pread(fd_, dst + done, len - done, static_cast<off_t>(src + done)) : -1;
+    if (n > 0) {
+      done += n;
+      continue;
+    }
+    // Not readable at all (unmapped meanwhile, or the process is gone): a page of zeros.
+    uint64_t page = std::min(kPage - (src + done) % kPage, len - done);
+    memset(dst + done, 0, page);
+    done += page;
+    vanished_ += 1;
+  }
+}
+
 Result<void> PageWriter::ReadIntoBuffer() {
   size_t i = 0;
   while (i < cur_entries_.size()) {
@@ -398,6 +412,10 @@ Result<void> PageWriter::ReadIntoBuffer() {
       while (done < e.len) {
         ssize_t n = pread(fd_, cur_ + e.buf_off + done, e.len - done,
                           static_cast<off_t>(e.src + done));
+        if (n <= 0 && running_) {
+          ReadVanishing(cur_ + e.buf_off + done, e.src + done, e.len - done);
+          break;
+        }
         if (n <= 0)
           return Errno("read %lu bytes at %#lx of pid %d", static_cast<unsigned long>(e.len),
                        static_cast<unsigned long>(e.src + done), pid_);
@@ -426,6 +444,12 @@ Result<void> PageWriter::ReadIntoBuffer() {
     // process_vm_readv stops at the first failing remote iovec; retry from there.
     while (done < total) {
       ssize_t n = process_vm_readv(pid_, l, lc, rv, rc, 0);
+      if (n <= 0 && running_) {
+        // The first remote iovec failed: read it through fd_, page by page where needed.
+        n = static_cast<ssize_t>(rv->iov_len);
+        ReadVanishing(static_cast<char*>(l->iov_base), reinterpret_cast<uint64_t>(rv->iov_base),
+                      rv->iov_len);
+      }
       if (n <= 0)
         return Errno("process_vm_readv pid %d at %#lx", pid_,
                      reinterpret_cast<unsigned long>(rv->iov_base));

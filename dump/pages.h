@@ -1,20 +1,20 @@
-// Copying pages out of a frozen (or, for pre-dump rounds, running) process into a blob.
+// Copying pages out of a frozen (or, for pre-copy rounds, running) process into a blob.
 //
 // Which pages: a PageSource yields runs of pages per VMA. PresentPages reads /proc/PID/pagemap
-// (present, not the zero page, for private file mappings only the COWed ones). A dirty-page source
-// (userfaultfd WP_ASYNC + PAGEMAP_SCAN) plugs in the same way for pre-dump rounds.
+// (present, not the zero page, for private file mappings only the COWed ones); pre-copy rounds
+// take the written ones from a DirtyTracker (dump/dirty.h).
 //
 // How: PageWriter batches runs (up to 32 MiB, in address order). With a Remote into the stopped
 // process and a raw page file, the process writes its own pages: an injected pwritev (up to 1024
 // iovecs per call, straight from its memory into the page file: one copy, no buffer, no page
 // pinning) into file space handed out by BlobWriter::AppendExternal, while a writer thread
 // reads the previous batch back to checksum it (CommitExternal); unreadable ranges of a batch
-// are read (/proc/PID/mem) and written by the coordinator between those calls. Otherwise (compressed blobs,
-// a running process, a seccomp-filtered one, one with a file size limit, a file it cannot open,
-// GODWIT_NO_TARGET_WRITE set) batches are read with process_vm_readv (up to 1024 iovecs per call;
-// pread from /proc/PID/mem or a shmem fd for unreadable VMAs) into buffers, and the writer thread
-// appends the previous buffer to the BlobWriter (compressing if the blob does): reading and
-// writing overlap on two cores.
+// are read (/proc/PID/mem) and written by the coordinator between those calls. Otherwise
+// (compressed blobs, a running process, a seccomp-filtered one, one with a file size limit, a
+// file it cannot open, no Remote given: DumpTuning::target_write off) batches are read with
+// process_vm_readv (up to 1024 iovecs per call; pread from /proc/PID/mem or a shmem fd for
+// unreadable VMAs) into buffers, and the writer thread appends the previous buffer to the
+// BlobWriter (compressing if the blob does): reading and writing overlap on two cores.
 #pragma once
 
 #include <sys/types.h>
@@ -96,6 +96,13 @@ class PageWriter {
   uint64_t pages() const { return pages_; }
   // Pages the process wrote itself (the rest went through the coordinator).
   uint64_t target_pages() const { return target_pages_; }
+  // The process runs (a pre-copy round): its memory may change under the reads. A range that
+  // process_vm_readv cannot read (made PROT_NONE meanwhile) is read through fd (its
+  // /proc/PID/mem, which reads any mapped page); a page that cannot be read at all (unmapped
+  // meanwhile, or the process died) is stored as zeros and counted in vanished(). Harmless: an
+  // unmapped range is never tracked again, so whatever is mapped there later is copied whole.
+  void SetRunning() { running_ = true; }
+  uint64_t vanished() const { return vanished_; }
 
  private:
   struct Entry {
@@ -114,6 +121,7 @@ class PageWriter {
   Result<bool> SetUpTarget();
   Result<void> TargetWrite(const Batch& b);
   Result<void> ReadIntoBuffer();
+  void ReadVanishing(char* dst, uint64_t src, uint64_t len);
   void CloseTargetFd();
   void WriterLoop();
 
@@ -131,6 +139,8 @@ class PageWriter {
   bool external_ = true;  // until the blob cannot take an external append (then never again)
   std::vector<img::PageRun> runs_;
   uint64_t pages_ = 0, target_pages_ = 0;
+  bool running_ = false;
+  uint64_t vanished_ = 0;
 
   std::mutex mu_;
   std::condition_variable cv_;

@@ -415,11 +415,8 @@ Result<void> DumpSeccomp(pid_t pid, pid_t tid, img::Seccomp* sc) {
 // Ids are stored as the tree's user namespace sees them (ToOwnUserns) and a restore puts the
 // whole tree in one: a process in another one than the tree's root cannot be restored.
 Result<void> CheckSameUserns(pid_t root, pid_t pid) {
-  struct stat a, b;
-  if (::stat(StrFormat("/proc/%d/ns/user", root).c_str(), &a) < 0 ||
-      ::stat(StrFormat("/proc/%d/ns/user", pid).c_str(), &b) < 0)
-    return Errno("stat /proc/{%d,%d}/ns/user", root, pid);
-  if (a.st_ino != b.st_ino || a.st_dev != b.st_dev)
+  ASSIGN_OR_RETURN(bool same, SameUserns(root, pid));
+  if (!same)
     return MakeError(ErrorKind::kUnsupported, 0,
                      "pid %d is in another user namespace than the tree's root %d: not supported",
                      pid, root);
@@ -518,6 +515,16 @@ Result<void> DumpPstate(DumpContext& ctx, ProcessDump& p) {
   ps.set_pid(p.pid);
   for (const auto& k : kKinds) TRY_CTX(k.fn(ctx, p, &ps), "%s", k.name);
   return images::WriteImage(*ctx.sink, StrFormat("pstate-%d.img", p.pid), ps);
+}
+
+Result<bool> SameUserns(pid_t a, pid_t b) {
+  auto path = [](pid_t p) {
+    return StrFormat("/proc/%s/ns/user", p ? std::to_string(p).c_str() : "self");
+  };
+  struct stat x, y;
+  if (::stat(path(a).c_str(), &x) < 0) return Errno("stat %s", path(a).c_str());
+  if (::stat(path(b).c_str(), &y) < 0) return Errno("stat %s", path(b).c_str());
+  return x.st_ino == y.st_ino && x.st_dev == y.st_dev;
 }
 
 }  // namespace godwit::dump

@@ -25,4 +25,7 @@ Result<void> DumpFds(DumpContext& ctx, ProcessDump& p);     // fds.cc: files/ Fd
 // raw: store uncompressed even if the dump compresses (the data did not compress in a sample).
 Result<images::BlobWriter> OpenPageBlob(DumpContext& ctx, pid_t pid, bool raw = false);
 
+// pstate.cc: whether processes a and b (0: the caller) are in the same user namespace.
+Result<bool> SameUserns(pid_t a, pid_t b);
+
 }  // namespace godwit::dump

@@ -36,8 +36,12 @@ void FdDumpContext::RunResume() {
 }
 
 bool FdDumpContext::ExternalAllowed(const std::string& key) const {
-  for (const auto& e : opts_.external)
+  for (const auto& e : opts_.external) {
     if (e == key || e == "fd:" + key) return true;
+    // "unix:*" (dump --ext-unix-sk without an inode): every peer outside the tree known by its
+    // name ("unix:/dev/log"), not by inode.
+    if (e == "unix:*" && key.rfind("unix:", 0) == 0 && key.rfind("unix:[", 0) != 0) return true;
+  }
   return false;
 }
 
@@ -54,6 +58,13 @@ Result<std::string> FdRestoreContext::ReadBlob(const img::BlobRef& ref) {
   TRY_CTX(blob_->Read(ref.offset(), out.data(), out.size()), "files-data.blob offset %llu",
           static_cast<unsigned long long>(ref.offset()));
   return out;
+}
+
+bool FdRestoreContext::InstallingHolds(uint64_t file_id) const {
+  if (!installing) return false;
+  for (const auto& fe : installing->fds())
+    if (fe.file_id() == file_id) return true;
+  return false;
 }
 
 const img::FileEntry* FdRestoreContext::Entry(uint64_t file_id) const {

@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <fcntl.h>
 #include <linux/kcmp.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -71,6 +73,8 @@ class FdDumperImpl : public FdDumper {
   Result<void> DumpProcess(pid_t pid) override;
   Result<void> Finish() override;
   void Resume() override { ctx_.RunResume(); }
+  Result<void> LockOutside(pid_t tree_pid) override;
+  void SetTcpRepair(bool on) override;
   std::vector<std::pair<std::string, int>> Counts() const override {
     std::vector<std::pair<std::string, int>> out(counts_.begin(), counts_.end());
     return out;
@@ -170,7 +174,8 @@ Result<void> FdDumperImpl::DumpProcess(pid_t pid) {
       e.set_kind(kind);
       e.set_flags(p.info.flags & ~O_CLOEXEC);
       e.set_pos(p.info.pos);
-      TRY(DumpOwner(p, e));
+      // An O_PATH fd has no owner, signal or lease (fcntl refuses them: EBADF).
+      if (!(p.info.flags & O_PATH)) TRY(DumpOwner(p, e));
       for (const auto& l : locks)
         if (l.type() != img::LOCK_TYPE_POSIX) *e.add_locks() = l;
       TRY_CTX(ops->dump(ctx_, p, e), "pid %d fd %d (%s %s)", pid, fd, ops->name, p.link.c_str());
@@ -286,6 +291,7 @@ Result<void> FdDumperImpl::CheckOutsidePeers() {
 
 Result<void> FdDumperImpl::Finish() {
   TRY(CheckOutsidePeers());
+  TRY(CheckPidfdTargets(files_, pids_, first_holder_));
   ASSIGN_OR_RETURN(images::ImageWriter w, images::ImageWriter::Create(sink_, "files.img"));
   for (const auto& e : files_) TRY(w.Write(e));
   TRY(w.Close());
@@ -295,6 +301,27 @@ Result<void> FdDumperImpl::Finish() {
     nl.set_table(ctx_.netlock->name());
     TRY(images::WriteImage(sink_, "files-netlock.img", nl));
   }
+  return Ok();
+}
+
+void FdDumperImpl::SetTcpRepair(bool on) {
+  for (const auto& [fd, reuse] : ctx_.repaired_tcp) {
+    int v = on ? TCP_REPAIR_ON : TCP_REPAIR_OFF_NO_WP;
+    if (setsockopt(fd, SOL_TCP, TCP_REPAIR, &v, sizeof(v)) < 0)
+      PLOG_WARN("TCP_REPAIR %s on a dumped connection", on ? "on" : "off");
+    // Repair on forces the address reuse, off leaves none: give SO_REUSEADDR back.
+    if (!on && reuse) setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &reuse, sizeof(reuse));
+  }
+}
+
+Result<void> FdDumperImpl::LockOutside(pid_t tree_pid) {
+  if (!ctx_.netlock) return Ok();  // no connection was locked
+  std::vector<const img::FileEntry*> socks;
+  for (const auto& e : files_)
+    if (e.kind() == img::FILE_KIND_INET && e.inet().has_repair()) socks.push_back(&e);
+  // The dump's own lock: the Unlock that Resume runs (LockProcessTcp) releases this namespace's
+  // part too.
+  TRY(LockOutsideOf(*ctx_.netlock, socks, tree_pid));
   return Ok();
 }
 

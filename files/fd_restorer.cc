@@ -164,12 +164,17 @@ Result<void> FdRestorerImpl::Install(pid_t old_pid) {
   auto it = procs_.find(old_pid);
   static const img::ProcessFds kEmpty;
   const img::ProcessFds& pf = it == procs_.end() ? kEmpty : it->second;
+  ctx_->installing = &pf;
   // 1. Per-process kind work that needs fd numbers (epoll registrations: the kernel keys them
-  //    by number, so each target is put at its registered number for the epoll_ctl).
-  for (const auto& [id, e] : ctx_->entries_) {
-    const KindOps* ops = FindKind(e.kind());
-    if (ops->install) TRY_CTX(ops->install(*ctx_, e, old_pid), "pid %d: %s", old_pid, ops->name);
-  }
+  //    by number, so each target is put at its registered number for the epoll_ctl). Kinds
+  //    that make the process's own description here (pidfds) go first: epoll registers the
+  //    description that is on the number then.
+  for (bool first : {true, false})
+    for (const auto& [id, e] : ctx_->entries_) {
+      const KindOps* ops = FindKind(e.kind());
+      if (ops->install && ops->install_first == first)
+        TRY_CTX(ops->install(*ctx_, e, old_pid), "pid %d: %s", old_pid, ops->name);
+    }
   // 2. Every fd at its number with its close-on-exec flag.
   std::vector<bool> want(max_fd_ + 1, false);
   // Not closed below: the engine's fds and the prepared ones (step 4), when they sit in a gap.

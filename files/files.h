@@ -59,6 +59,16 @@ class FdDumper {
   virtual Result<void> Finish() = 0;
   // The dump failed or --leave-running: undo side effects (e.g. TCP repair mode off).
   virtual void Resume() = 0;
+  // After Finish, with the tree's TCP connections kept in repair mode and locked (no Resume):
+  // the same lock in the caller's net namespace, as LockOutside below does from the images;
+  // Resume removes it too.
+  virtual Result<void> LockOutside(pid_t tree_pid) = 0;
+  // The same connections in repair mode (on) or out of it (off, no window probe), the lock
+  // staying. Off before the tree may run again while it is meant to stay silent (a held
+  // checkpoint): a socket in repair mode fails the tree's reads and takes its writes into the
+  // queue last selected for repair. On again before the tree is killed: closing a socket in
+  // repair mode sends nothing and leaves no orphan behind.
+  virtual void SetTcpRepair(bool on) = 0;
   // Statistics for the report: number of fds and files by kind.
   virtual std::vector<std::pair<std::string, int>> Counts() const = 0;
 };

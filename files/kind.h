@@ -102,6 +102,9 @@ class FdDumpContext {
   // the connections only), once per process; undone by Resume (netlock.cc).
   Result<void> LockProcessTcp(pid_t pid);
   std::unique_ptr<NetLock> netlock;  // null when nothing was locked
+  // The connections put in repair mode: a kept copy of each and its SO_REUSEADDR to give back
+  // (FdDumper::SetTcpRepair).
+  std::vector<std::pair<int, int>> repaired_tcp;
   // readlink of every fd of the process being dumped (the lock scans only its sockets).
   std::map<int, std::string> links;
   std::set<pid_t> tcp_locked_pids;
@@ -141,6 +144,13 @@ class FdRestoreContext {
   std::map<std::string, int> named_fds;           // per-kind fds by key ("unix:INO", "memfd:INO")
   std::vector<std::string> made_dirs;             // made for unlinked unix socket names; removed
                                                   // again (deepest first) in Finalize
+  // Reaped pidfd targets: pidfs inode at dump -> (stand-in pid, its go pipe's write end)
+  // (kind_pidfd.cc).
+  std::map<uint64_t, std::pair<pid_t, int>> pidfd_standins;
+  // The fds of the process Install runs for (null outside Install).
+  const img::ProcessFds* installing = nullptr;
+  // Whether that process has an fd on file_id.
+  bool InstallingHolds(uint64_t file_id) const;
 
   // Moves fd to the first free number >= base_ (close-on-exec in the coordinator).
   Result<int> Park(UniqueFd fd);
@@ -167,12 +177,10 @@ struct KindOps {
   Result<void> (*install)(FdRestoreContext& ctx, const img::FileEntry& e, pid_t pid) = nullptr;
   // Optional: in the coordinator just before the tree resumes; fd is the coordinator's copy.
   Result<void> (*finalize)(FdRestoreContext& ctx, const img::FileEntry& e, int fd) = nullptr;
+  // The install hook makes the process's own description (pidfd) and puts it on the prepared
+  // number: it runs before every other kind's (epoll registers what is there then).
+  bool install_first = false;
 };
-
-// The names before the Fd prefix, for kind files written against them (being added in parallel):
-// remove once no kind_*.cc uses them.
-using DumpContext = FdDumpContext;
-using RestoreContext = FdRestoreContext;
 
 const std::vector<KindOps>& KindTable();
 const KindOps* FindKind(img::FileKind kind);
@@ -213,7 +221,17 @@ GODWIT_KIND_DECL(Memfd)
 GODWIT_KIND_DECL(Tty)
 GODWIT_KIND_DECL(External)
 GODWIT_KIND_DECL(Netlink)
+GODWIT_KIND_DECL(Opath)
+GODWIT_KIND_DECL(Nsfs)
+GODWIT_KIND_DECL(Pidfd)
 #undef GODWIT_KIND_DECL
+// In the holder: its pidfd on a live target of the tree, opened once the target exists.
+Result<void> InstallPidfd(FdRestoreContext& ctx, const img::FileEntry& e, pid_t pid);
+// At the end of the dump: every live pidfd target is a process of the tree (pids: the dumped
+// processes; a zombie counts when its parent is one); holders: file id -> first (pid, fd).
+Result<void> CheckPidfdTargets(const std::vector<img::FileEntry>& files,
+                               const std::vector<pid_t>& pids,
+                               const std::map<uint64_t, std::pair<pid_t, int>>& holders);
 Result<void> InstallEpoll(FdRestoreContext& ctx, const img::FileEntry& e, pid_t pid);
 Result<void> FinalizeInet(FdRestoreContext& ctx, const img::FileEntry& e, int fd);
 // Called by FdRestorer::Finalize for each unix socket the coordinator prepared (fd unused).
@@ -233,5 +251,11 @@ Result<void> RestoreSockOpts(int fd, const img::SockOpts& o);
 // QueuedMsg per datagram, or one for a stream. Fds in flight (SCM_RIGHTS) are kUnsupported.
 Result<void> PeekQueue(FdDumpContext& ctx, int fd, bool stream,
                        google::protobuf::RepeatedPtrField<img::QueuedMsg>* out);
+
+// The lock of the repaired connections socks in the caller's net namespace (the host's), as
+// NetLock::Where::kRouted, unless tree_pid's namespace is the caller's: false when nothing was
+// added (tcp_after_dump.cc; LockOutside and FdDumper::LockOutside).
+Result<bool> LockOutsideOf(NetLock& lock, const std::vector<const img::FileEntry*>& socks,
+                           pid_t tree_pid);
 
 }  // namespace godwit::files

@@ -1,4 +1,9 @@
-// TCP and UDP over IPv4 and IPv6.
+// TCP, UDP and UDP-Lite over IPv4 and IPv6; ping sockets (SOCK_DGRAM, IPPROTO_ICMP/ICMPV6) and
+// raw sockets (SOCK_RAW, any protocol) by family, type, protocol, binding (a raw socket's
+// "port" is its protocol, a ping socket's its echo id), peer and options (IP_HDRINCL,
+// ICMP_FILTER, IPV6_CHECKSUM); their receive queues are dropped (logged): no socket can send a
+// datagram back into them. UDP-Lite's queue is sent again through a UDP-Lite socket, with its
+// checksum coverage options.
 //
 // TCP established (with DumpOptions::tcp_established): the connections of a process are locked
 // in nftables first (netlock.cc: nothing moves, the peer never sees a RST), then each socket is
@@ -34,6 +39,13 @@
 namespace godwit::files {
 
 namespace {
+
+// Not in the UAPI headers this builds against without conflicts: include/net/udplite.h,
+// linux/icmp.h and linux/icmpv6.h.
+constexpr int UDPLITE_SEND_CSCOV = 10;
+constexpr int UDPLITE_RECV_CSCOV = 11;
+constexpr int kIcmpFilter = 1;    // SOL_RAW ICMP_FILTER
+constexpr int kIcmpv6Filter = 1;  // SOL_ICMPV6 ICMPV6_FILTER
 
 bool SentFin(int st) {
   return st == TCP_FIN_WAIT1 || st == TCP_FIN_WAIT2 || st == TCP_CLOSING || st == TCP_LAST_ACK;
@@ -100,6 +112,7 @@ Result<void> DumpTcpEstablished(FdDumpContext& ctx, const Probe& p, img::InetSoc
   TRY_CTX(SetInt(fd, SOL_TCP, TCP_REPAIR, TCP_REPAIR_ON, "TCP_REPAIR"),
           "%s -> %s", AddrStr(sk->src()).c_str(), AddrStr(sk->dst()).c_str());
   int keep = ctx.Keep(fd);
+  ctx.repaired_tcp.push_back({keep, reuse});
   ctx.OnResume([keep, reuse] {
     int off = TCP_REPAIR_OFF;
     setsockopt(keep, SOL_TCP, TCP_REPAIR, &off, sizeof(off));
@@ -144,6 +157,25 @@ Result<void> DumpTcpEstablished(FdDumpContext& ctx, const Probe& p, img::InetSoc
   return Ok();
 }
 
+// The options only raw and ping sockets have.
+Result<void> DumpRawOpts(int fd, img::InetSocket* sk) {
+  bool v6 = sk->family() == AF_INET6;
+  if (sk->type() != SOCK_RAW) return Ok();
+  if (!v6) sk->set_hdrincl(GetInt(fd, SOL_IP, IP_HDRINCL));
+  if ((!v6 && sk->protocol() == IPPROTO_ICMP) || (v6 && sk->protocol() == IPPROTO_ICMPV6)) {
+    char f[32] = {};  // struct icmp_filter (4 bytes) or icmp6_filter (32)
+    socklen_t len = v6 ? 32 : 4;
+    if (getsockopt(fd, v6 ? SOL_ICMPV6 : SOL_RAW, v6 ? kIcmpv6Filter : kIcmpFilter, f, &len) == 0)
+      sk->set_icmp_filter(std::string(f, len));
+  }
+  if (v6 && sk->protocol() != IPPROTO_ICMPV6) {
+    int off = -1;
+    socklen_t len = sizeof(off);
+    if (getsockopt(fd, SOL_IPV6, IPV6_CHECKSUM, &off, &len) == 0) sk->set_v6_checksum(off + 1);
+  }
+  return Ok();
+}
+
 }  // namespace
 
 Result<void> DumpInet(FdDumpContext& ctx, const Probe& p, img::FileEntry& e) {
@@ -168,6 +200,20 @@ Result<void> DumpInet(FdDumpContext& ctx, const Probe& p, img::FileEntry& e) {
   sk->set_tos(GetInt(fd, v6 ? SOL_IPV6 : SOL_IP, v6 ? IPV6_TCLASS : IP_TOS));
   sk->set_ttl(GetInt(fd, v6 ? SOL_IPV6 : SOL_IP, v6 ? IPV6_UNICAST_HOPS : IP_TTL));
   if (v6) sk->set_v6only(GetInt(fd, SOL_IPV6, IPV6_V6ONLY));
+  if (sk->type() == SOCK_RAW || sk->protocol() == IPPROTO_ICMP ||
+      sk->protocol() == IPPROTO_ICMPV6) {
+    TRY(DumpRawOpts(fd, sk));
+    int queued = 0;
+    if (ioctl(fd, SIOCINQ, &queued) == 0 && queued > 0)
+      LOG_WARN("pid %d fd %d: %s socket %s: %d queued bytes are not restored", p.pid, p.fd,
+               sk->type() == SOCK_RAW ? "raw" : "ping", AddrStr(sk->src()).c_str(), queued);
+    sk->set_state(sk->dst().empty() ? TCP_CLOSE : TCP_ESTABLISHED);
+    return Ok();
+  }
+  if (sk->protocol() == IPPROTO_UDPLITE) {
+    sk->set_udplite_send_cscov(GetInt(fd, IPPROTO_UDPLITE, UDPLITE_SEND_CSCOV));
+    sk->set_udplite_recv_cscov(GetInt(fd, IPPROTO_UDPLITE, UDPLITE_RECV_CSCOV));
+  }
   if (sk->type() == SOCK_DGRAM) {
     // Datagrams held back by UDP_CORK are not in any queue godwit can read (CRIU refuses too).
     int held = 0;
@@ -220,6 +266,25 @@ Result<void> CommonOpts(int fd, const img::InetSocket& sk) {
     if (sk.keepintvl()) TRY(SetInt(fd, SOL_TCP, TCP_KEEPINTVL, sk.keepintvl(), "TCP_KEEPINTVL"));
     if (sk.keepcnt()) TRY(SetInt(fd, SOL_TCP, TCP_KEEPCNT, sk.keepcnt(), "TCP_KEEPCNT"));
   }
+  return Ok();
+}
+
+Result<void> RestoreRawOpts(int fd, const img::InetSocket& sk) {
+  if (sk.protocol() == IPPROTO_UDPLITE) {
+    if (sk.udplite_send_cscov())
+      TRY(SetInt(fd, IPPROTO_UDPLITE, UDPLITE_SEND_CSCOV, sk.udplite_send_cscov(), "SEND_CSCOV"));
+    if (sk.udplite_recv_cscov())
+      TRY(SetInt(fd, IPPROTO_UDPLITE, UDPLITE_RECV_CSCOV, sk.udplite_recv_cscov(), "RECV_CSCOV"));
+  }
+  if (sk.type() != SOCK_RAW) return Ok();
+  bool v6 = sk.family() == AF_INET6;
+  if (sk.hdrincl()) TRY(SetInt(fd, SOL_IP, IP_HDRINCL, 1, "IP_HDRINCL"));
+  if (!sk.icmp_filter().empty() &&
+      setsockopt(fd, v6 ? SOL_ICMPV6 : SOL_RAW, v6 ? kIcmpv6Filter : kIcmpFilter,
+                 sk.icmp_filter().data(), sk.icmp_filter().size()) < 0)
+    return Errno("setsockopt ICMP_FILTER");
+  if (sk.v6_checksum())
+    TRY(SetInt(fd, SOL_IPV6, IPV6_CHECKSUM, sk.v6_checksum() - 1, "IPV6_CHECKSUM"));
   return Ok();
 }
 
@@ -311,8 +376,13 @@ Result<UniqueFd> OpenInet(FdRestoreContext& ctx, const img::FileEntry& e) {
     return s;
   }
   UniqueFd s(socket(sk.family(), sk.type() | SOCK_CLOEXEC, sk.protocol()));
-  if (!s) return Errno("socket family %d type %d", sk.family(), sk.type());
+  if (!s) {
+    if (errno == EACCES && (sk.protocol() == IPPROTO_ICMP || sk.protocol() == IPPROTO_ICMPV6))
+      return Errno("ping socket: this process's group is outside net.ipv4.ping_group_range");
+    return Errno("socket family %d type %d protocol %d", sk.family(), sk.type(), sk.protocol());
+  }
   TRY(CommonOpts(s.get(), sk));
+  TRY(RestoreRawOpts(s.get(), sk));
   if (sk.bound()) TRY(Bind(s.get(), sk));
   if (sk.type() == SOCK_STREAM) {
     if (sk.state() == TCP_LISTEN && listen(s.get(), sk.backlog()) < 0)
@@ -332,7 +402,9 @@ Result<UniqueFd> OpenInet(FdRestoreContext& ctx, const img::FileEntry& e) {
       auto* a = reinterpret_cast<sockaddr_in6*>(&to);
       if (IN6_IS_ADDR_UNSPECIFIED(&a->sin6_addr)) a->sin6_addr = in6addr_loopback;
     }
-    UniqueFd tmp(socket(sk.family(), SOCK_DGRAM | SOCK_CLOEXEC, 0));
+    // The same protocol: a UDP datagram never reaches a UDP-Lite socket.
+    UniqueFd tmp(socket(sk.family(), SOCK_DGRAM | SOCK_CLOEXEC, sk.protocol()));
+    if (!tmp) return Errno("socket to requeue datagrams");
     for (const auto& m : sk.queue()) {
       ASSIGN_OR_RETURN(std::string data, ctx.ReadBlob(m.data()));
       if (sendto(tmp.get(), data.data(), data.size(), MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&to), tl) !=

@@ -26,6 +26,9 @@ const std::vector<KindOps>& KindTable() {
       {img::FILE_KIND_TTY, "tty", DumpTty, OpenTty},
       {img::FILE_KIND_EXTERNAL, "external", DumpExternal, OpenExternal},
       {img::FILE_KIND_NETLINK, "netlink", DumpNetlink, OpenNetlink},
+      {img::FILE_KIND_OPATH, "opath", DumpOpath, OpenOpath},
+      {img::FILE_KIND_NSFS, "nsfs", DumpNsfs, OpenNsfs},
+      {img::FILE_KIND_PIDFD, "pidfd", DumpPidfd, OpenPidfd, InstallPidfd, nullptr, true},
   };
   return table;
 }
@@ -38,6 +41,17 @@ const KindOps* FindKind(img::FileKind kind) {
 
 static bool StartsWith(const std::string& s, const char* p) { return s.rfind(p, 0) == 0; }
 
+// "net:[4026531840]": a lower-case type, ":[", digits, "]".
+static bool IsNsfsLink(const std::string& l) {
+  size_t c = l.find(":[");
+  if (c == std::string::npos || c == 0 || l.back() != ']' || c + 3 > l.size() - 1) return false;
+  for (size_t i = 0; i < c; i++)
+    if (!(l[i] >= 'a' && l[i] <= 'z') && l[i] != '_') return false;
+  for (size_t i = c + 2; i + 1 < l.size(); i++)
+    if (l[i] < '0' || l[i] > '9') return false;
+  return l.rfind("pipe:", 0) != 0 && l.rfind("socket:", 0) != 0;
+}
+
 Result<img::FileKind> Classify(const Probe& p) {
   auto unsupported = [&](const std::string& what) -> Error {
     return MakeError(ErrorKind::kUnsupported, 0, "pid %d fd %d: unsupported fd kind: %s", p.pid,
@@ -45,6 +59,16 @@ Result<img::FileKind> Classify(const Probe& p) {
   };
   const std::string& l = p.link;
   mode_t m = p.st.st_mode;
+  // A namespace file reads "TYPE:[INODE]" and lives on nsfs, plain or O_PATH.
+  if (S_ISREG(m) && IsNsfsLink(l)) return img::FILE_KIND_NSFS;
+  if (p.info.flags & O_PATH) {
+    // No I/O through it: its path and type are its state. Regular files and directories stay
+    // "reg" (opened again with the flags, O_PATH included; deleted ones as ghosts).
+    if (StartsWith(l, "/memfd:")) return unsupported("O_PATH fd on a memfd: " + l);
+    if ((S_ISREG(m) || S_ISDIR(m)) && StartsWith(l, "/")) return img::FILE_KIND_REG;
+    if (StartsWith(l, "/")) return img::FILE_KIND_OPATH;
+    return unsupported("O_PATH fd on " + l);
+  }
   if (S_ISFIFO(m)) return StartsWith(l, "pipe:[") ? img::FILE_KIND_PIPE : img::FILE_KIND_FIFO;
   if (S_ISSOCK(m)) {
     int dom = 0, proto = 0, type = 0;
@@ -57,8 +81,11 @@ Result<img::FileKind> Classify(const Probe& p) {
     getsockopt(p.local, SOL_SOCKET, SO_TYPE, &type, &len);
     if (dom == AF_UNIX) return img::FILE_KIND_UNIX;
     if (dom == AF_NETLINK) return img::FILE_KIND_NETLINK;
+    // TCP, UDP, UDP-Lite, ping (ICMP datagram) and raw sockets: kind_inet.cc.
+    bool dgram = type == SOCK_DGRAM && (proto == IPPROTO_UDP || proto == IPPROTO_UDPLITE ||
+                                         proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6);
     if ((dom == AF_INET || dom == AF_INET6) &&
-        ((type == SOCK_STREAM && proto == IPPROTO_TCP) || (type == SOCK_DGRAM && proto == IPPROTO_UDP)))
+        ((type == SOCK_STREAM && proto == IPPROTO_TCP) || dgram || type == SOCK_RAW))
       return img::FILE_KIND_INET;
     const char* fam = dom == AF_PACKET ? "AF_PACKET" : dom == AF_INET ? "AF_INET"
                       : dom == AF_INET6 ? "AF_INET6" : dom == AF_VSOCK ? "AF_VSOCK"
@@ -73,8 +100,14 @@ Result<img::FileKind> Classify(const Probe& p) {
     if (l == "anon_inode:[signalfd]") return img::FILE_KIND_SIGNALFD;
     if (l == "anon_inode:[timerfd]") return img::FILE_KIND_TIMERFD;
     if (l == "anon_inode:inotify") return img::FILE_KIND_INOTIFY;
+    if (l == "anon_inode:[pidfd]") return img::FILE_KIND_PIDFD;
+    if (l == "anon_inode:[fanotify]")
+      return unsupported("fanotify (its marks cannot be read back from the kernel)");
+    if (StartsWith(l, "anon_inode:bpf"))
+      return unsupported(l.substr(strlen("anon_inode:")) + " (BPF objects are not dumped)");
     return unsupported(l.substr(strlen("anon_inode:")));
   }
+  if (StartsWith(l, "pidfd:")) return img::FILE_KIND_PIDFD;  // pidfs may name it so
   if (StartsWith(l, "/memfd:")) return img::FILE_KIND_MEMFD;
   if (S_ISCHR(m)) {
     unsigned maj = major(p.st.st_rdev), min = minor(p.st.st_rdev);

@@ -50,25 +50,35 @@ Result<std::map<uint64_t, img::FileEntry>> RepairedSockets(const images::ImageSe
 
 }  // namespace
 
-Result<void> LockOutside(const images::ImageSet& images, pid_t tree_pid) {
-  if (!images.Has("files-netlock.img")) return Ok();
+Result<bool> LockOutsideOf(NetLock& lock, const std::vector<const img::FileEntry*>& socks,
+                           pid_t tree_pid) {
+  if (socks.empty()) return false;
   struct stat theirs, ours;
   if (stat(StrFormat("/proc/%d/ns/net", tree_pid).c_str(), &theirs) < 0)
     return Errno("stat net namespace of pid %d", tree_pid);
   if (stat("/proc/self/ns/net", &ours) < 0) return Errno("stat /proc/self/ns/net");
-  if (theirs.st_ino == ours.st_ino && theirs.st_dev == ours.st_dev) return Ok();
+  if (theirs.st_ino == ours.st_ino && theirs.st_dev == ours.st_dev) return false;
+  std::vector<TcpConn> conns;
+  for (const img::FileEntry* e : socks) {
+    ASSIGN_OR_RETURN(TcpConn c, ConnOf(*e));
+    conns.push_back(c);
+  }
+  TRY_CTX(lock.Lock(-1, conns, NetLock::Where::kRouted),
+          "network lock outside the tree's namespace");
+  return true;
+}
+
+Result<void> LockOutside(const images::ImageSet& images, pid_t tree_pid) {
+  if (!images.Has("files-netlock.img")) return Ok();
   img::NetLock nl;
   TRY(images.ReadOne("files-netlock.img", &nl));
   ASSIGN_OR_RETURN(auto socks, RepairedSockets(images));
-  std::vector<TcpConn> conns;
-  for (const auto& [id, e] : socks) {
-    ASSIGN_OR_RETURN(TcpConn c, ConnOf(e));
-    conns.push_back(c);
-  }
+  std::vector<const img::FileEntry*> entries;
+  for (const auto& [id, e] : socks) entries.push_back(&e);
   // The same lock (by name), so that the restore's Finalize, which releases it by that name in
   // our namespace too, removes this one.
-  TRY_CTX(OpenNetLock(nl.table())->Lock(-1, conns, NetLock::Where::kRouted),
-          "network lock outside the tree's namespace");
+  std::unique_ptr<NetLock> lock = OpenNetLock(nl.table());
+  TRY(LockOutsideOf(*lock, entries, tree_pid));
   return Ok();
 }
 

@@ -87,6 +87,9 @@ class Sink {
                                         int threads, uint64_t* before, uint64_t* after) {
     return MakeError(ErrorKind::kUnsupported, 0, "this sink cannot compress after Finish");
   }
+  // Whether CompressFinished works here (a directory: its files can be rewritten). A dump that
+  // wants zstd into a sink that cannot (a stream to a peer) compresses while writing instead.
+  virtual bool CanCompressFinished() const { return false; }
   // Drops everything written (a failed dump leaves no image that claims to be complete). A
   // directory sink destroyed without Finish aborts.
   virtual void Abort() = 0;

@@ -247,6 +247,7 @@ class DirSink : public Sink {
     return Ok();
   }
 
+  bool CanCompressFinished() const override { return true; }
   Result<void> CompressFinished(const std::vector<std::string>& names, int level, int threads,
                                 uint64_t* before, uint64_t* after) override {
     if (!finished_) return MakeError(ErrorKind::kGeneric, 0, "compress before finish");

@@ -10,6 +10,7 @@
 
 #include "common/fs.h"
 #include "common/log.h"
+#include "runtime/container.h"
 
 namespace godwit::runtime {
 
@@ -68,8 +69,24 @@ Result<CgroupRoots> DetectCgroupLayout() {
   return cached;
 }
 
-std::unique_ptr<Cgroup> OpenCgroup(const CgroupRoots& roots, const std::string& id) {
-  std::string name = "godwit/" + id;
+Result<void> ValidateCgroupParent(const std::string& parent) {
+  bool ok = !parent.empty() && parent.size() <= 128;
+  for (const auto& level : fs::Split(parent, '/')) {
+    ok = ok && !level.empty() && level != "." && level != "..";
+    for (char ch : level)
+      ok = ok && (isalnum(static_cast<unsigned char>(ch)) || ch == '_' || ch == '-' || ch == '.');
+  }
+  if (!ok)
+    return MakeError(ErrorKind::kUsage, 0,
+                     "bad cgroup parent '%s': 1-128 characters, '/'-separated levels of "
+                     "[A-Za-z0-9_.-], none '.' or '..'",
+                     parent.c_str());
+  return Ok();
+}
+
+std::unique_ptr<Cgroup> OpenCgroup(const CgroupRoots& roots, const std::string& id,
+                                   const std::string& parent) {
+  std::string name = parent + "/" + id;
   switch (roots.layout) {
     case CgroupLayout::kV1:
       return NewCgroupV1(roots.v1, name);
@@ -81,9 +98,14 @@ std::unique_ptr<Cgroup> OpenCgroup(const CgroupRoots& roots, const std::string& 
   return nullptr;
 }
 
-Result<std::unique_ptr<Cgroup>> OpenCgroup(const std::string& id) {
+Result<std::unique_ptr<Cgroup>> OpenCgroup(const std::string& id, const std::string& parent) {
+  TRY(ValidateCgroupParent(parent));
   ASSIGN_OR_RETURN(CgroupRoots roots, DetectCgroupLayout());
-  return OpenCgroup(roots, id);
+  return OpenCgroup(roots, id, parent);
+}
+
+Result<std::unique_ptr<Cgroup>> OpenCgroup(const Container& c) {
+  return OpenCgroup(c.id, c.cgroup_parent.empty() ? kDefaultCgroupParent : c.cgroup_parent);
 }
 
 namespace cgroup_internal {
@@ -118,6 +140,36 @@ Result<void> MakeDir(const std::string& parent, const std::string& leaf) {
     return Errno("mkdir %s", path.c_str());
   }
   return Ok();
+}
+
+std::vector<std::string> ParentLevels(const std::string& name) {
+  std::vector<std::string> out;
+  for (size_t slash = name.find('/'); slash != std::string::npos; slash = name.find('/', slash + 1))
+    out.push_back(name.substr(0, slash));
+  return out;
+}
+
+Result<void> MakeCgroupDirs(const std::string& base, const std::string& name,
+                            const std::function<Result<void>(const std::string&)>& on_level) {
+  std::string leaf = base + "/" + name;
+  for (int attempt = 0;; ++attempt) {
+    for (const auto& level : ParentLevels(name)) {
+      std::string dir = base + "/" + level;
+      if (::mkdir(dir.c_str(), 0755) < 0 && errno != EEXIST) return Errno("mkdir %s", dir.c_str());
+      if (on_level) TRY(on_level(dir));
+    }
+    if (::mkdir(leaf.c_str(), 0755) == 0) return Ok();
+    if (errno == ENOENT && attempt < 3) continue;
+    if (errno == EEXIST)
+      return MakeError(ErrorKind::kExists, EEXIST, "cgroup %s exists", leaf.c_str());
+    return Errno("mkdir %s", leaf.c_str());
+  }
+}
+
+void RemoveEmptyParents(const std::string& base, const std::string& name) {
+  auto levels = ParentLevels(name);
+  for (auto it = levels.rbegin(); it != levels.rend(); ++it)
+    if (::rmdir((base + "/" + *it).c_str()) < 0) return;
 }
 
 Result<void> RemoveDir(const std::string& dir) {

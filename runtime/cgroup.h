@@ -4,12 +4,18 @@
 //   cgroup_hybrid.cc  v1 controllers for limits + the cgroup2 tree (/sys/fs/cgroup/unified) for
 //                     membership and freezing: a cgroup2-frozen task stops at once, a v1-frozen
 //                     one sits in D state and only takes ptrace stops after the thaw.
-// Every container's cgroup is "godwit/<id>" under each hierarchy's root ("godwit" is the shared
-// parent). The backends do the kernel I/O; nothing here prints.
+// Every container's cgroup is "<parent>/<id>" under each hierarchy's root. The parent is
+// "godwit" unless the caller names another (`godwit --cgroup-parent P`): two godwit instances with
+// different parents (two --root on one machine, e.g. the two ends of a migration) can hold the
+// same container id at once. A parent may have several levels ("godwit/host-a"); the levels are
+// made on Create and the empty ones removed on Destroy. The container's state record keeps its
+// parent, so later verbs find the cgroup without the flag. The backends do the kernel I/O;
+// nothing here prints.
 #pragma once
 
 #include <sys/types.h>
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -38,10 +44,10 @@ class Cgroup {
  public:
   virtual ~Cgroup() = default;
   virtual CgroupLayout layout() const = 0;
-  // The relative name under each root, "godwit/<id>".
+  // The relative name under each root, "<parent>/<id>".
   const std::string& name() const { return name_; }
 
-  // mkdir the cgroup in every hierarchy the backend uses (and the godwit parent). EEXIST on the
+  // mkdir the cgroup in every hierarchy the backend uses (and its parent levels). EEXIST on the
   // leaf is an error (kExists): two containers never share a cgroup.
   virtual Result<void> Create() = 0;
   // Writes the limits. A value the kernel refuses fails naming the file and value.
@@ -77,10 +83,21 @@ class Cgroup {
   std::string name_;
 };
 
+inline constexpr const char* kDefaultCgroupParent = "godwit";
+
+// A cgroup parent: 1-128 characters, '/'-separated levels of [A-Za-z0-9_.-], none "." or "..",
+// no leading, trailing or double '/'. kUsage otherwise.
+Result<void> ValidateCgroupParent(const std::string& parent);
+
 // The cgroup of a container id on this machine's layout (does not touch the kernel).
-Result<std::unique_ptr<Cgroup>> OpenCgroup(const std::string& container_id);
+Result<std::unique_ptr<Cgroup>> OpenCgroup(const std::string& container_id,
+                                           const std::string& parent = kDefaultCgroupParent);
+// The cgroup of a container from its state record (its id and the parent it was created with).
+struct Container;
+Result<std::unique_ptr<Cgroup>> OpenCgroup(const Container& c);
 // Same with explicit roots (tests, or a v2 machine mounted elsewhere).
-std::unique_ptr<Cgroup> OpenCgroup(const CgroupRoots& roots, const std::string& container_id);
+std::unique_ptr<Cgroup> OpenCgroup(const CgroupRoots& roots, const std::string& container_id,
+                                   const std::string& parent = kDefaultCgroupParent);
 
 // Backend factories (one per file).
 // v1: one directory per controller godwit uses (memory, cpu, cpuacct, pids, freezer, devices).
@@ -95,6 +112,17 @@ namespace cgroup_internal {
 Result<void> WriteKnob(const std::string& dir, const char* file, const std::string& value);
 Result<std::string> ReadKnob(const std::string& dir, const char* file);
 Result<void> MakeDir(const std::string& parent, const std::string& leaf_name);
+// The parent levels of a cgroup name, outermost first: "a/b/id" -> {"a", "a/b"}.
+std::vector<std::string> ParentLevels(const std::string& name);
+// mkdir every parent level of name under base (existing ones are fine), then the leaf. A
+// concurrent Destroy may remove an empty level between two mkdirs (ENOENT): the levels are made
+// again, a bounded number of times. on_level runs for each level once it exists (v2 enables the
+// controllers there). kExists if the leaf exists.
+Result<void> MakeCgroupDirs(const std::string& base, const std::string& name,
+                            const std::function<Result<void>(const std::string&)>& on_level);
+// rmdir the parent levels of name under base, innermost first; stops at the first that is not
+// empty (another container, or another godwit's) or gone.
+void RemoveEmptyParents(const std::string& base, const std::string& name);
 // rmdir with a bounded retry on EBUSY (tasks still exiting); ENOENT is success.
 Result<void> RemoveDir(const std::string& dir);
 Result<std::vector<pid_t>> ReadPids(const std::string& dir);

@@ -43,29 +43,17 @@ class CgroupV1 : public Cgroup {
   CgroupLayout layout() const override { return CgroupLayout::kV1; }
 
   Result<void> Create() override {
-    std::vector<std::string> made;
+    std::vector<std::string> made;  // controllers
     for (const auto& [ctrl, dir] : dirs_) {
-      std::string godwit = parents_[ctrl] + "/godwit";
-      if (::mkdir(godwit.c_str(), 0755) < 0 && errno != EEXIST) {
-        Error e = Errno("mkdir %s", godwit.c_str());
-        for (const auto& m : made) ::rmdir(m.c_str());
-        return e;
+      auto r = MakeCgroupDirs(parents_[ctrl], name_, nullptr);
+      if (!r.ok()) {
+        for (const auto& m : made) {
+          ::rmdir(dirs_[m].c_str());
+          RemoveEmptyParents(parents_[m], name_);
+        }
+        return r;
       }
-      // The last Destroy removes the empty parent; a concurrent one may do so between the two
-      // mkdirs (ENOENT): make the parent again.
-      int rc = ::mkdir(dir.c_str(), 0755);
-      for (int attempt = 0; rc < 0 && errno == ENOENT && attempt < 3; ++attempt) {
-        if (::mkdir(godwit.c_str(), 0755) < 0 && errno != EEXIST) break;
-        rc = ::mkdir(dir.c_str(), 0755);
-      }
-      if (rc < 0) {
-        Error e = errno == EEXIST
-                      ? MakeError(ErrorKind::kExists, EEXIST, "cgroup %s exists", dir.c_str())
-                      : Errno("mkdir %s", dir.c_str());
-        for (const auto& m : made) ::rmdir(m.c_str());
-        return e;
-      }
-      made.push_back(dir);
+      made.push_back(ctrl);
     }
     return Ok();
   }
@@ -140,8 +128,8 @@ class CgroupV1 : public Cgroup {
     for (const auto& [ctrl, dir] : dirs_) {
       auto r = RemoveDir(dir);
       if (!r.ok() && first.ok()) first = std::move(r).error();
-      // The empty "godwit" parent: only succeeds once the last container is gone.
-      if (r.ok()) ::rmdir((parents_[ctrl] + "/godwit").c_str());
+      // The empty parent levels: only succeed once the last container under them is gone.
+      if (r.ok()) RemoveEmptyParents(parents_[ctrl], name_);
     }
     return first;
   }
@@ -195,7 +183,7 @@ class CgroupV1 : public Cgroup {
 
   std::map<std::string, std::string> dirs_;      // distinct directories
   std::map<std::string, std::string> dirs_all_;  // every controller -> directory
-  std::map<std::string, std::string> parents_;
+  std::map<std::string, std::string> parents_;   // controller -> its hierarchy's mount
 };
 
 }  // namespace

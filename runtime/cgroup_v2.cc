@@ -1,5 +1,5 @@
 // cgroup v2: one directory in the unified hierarchy; controllers enabled top-down through
-// cgroup.subtree_control of the root and of the "godwit" parent.
+// cgroup.subtree_control of the root and of each parent level ("godwit", or --cgroup-parent's).
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/stat.h>
@@ -33,22 +33,11 @@ class CgroupV2 : public Cgroup {
   CgroupLayout layout() const override { return CgroupLayout::kV2; }
 
   Result<void> Create() override {
-    std::string parent = root_ + "/godwit";
-    // The last Destroy removes the empty parent; a concurrent one may do so between our two
-    // mkdirs (ENOENT): make the parent again.
-    for (int attempt = 0;; ++attempt) {
-      if (::mkdir(parent.c_str(), 0755) < 0 && errno != EEXIST)
-        return Errno("mkdir %s", parent.c_str());
-      if (controllers_) {
-        TRY(EnableControllers(root_));
-        TRY(EnableControllers(parent));
-      }
-      if (::mkdir(dir_.c_str(), 0755) == 0) return Ok();
-      if (errno == ENOENT && attempt < 3) continue;
-      if (errno == EEXIST)
-        return MakeError(ErrorKind::kExists, EEXIST, "cgroup %s exists", dir_.c_str());
-      return Errno("mkdir %s", dir_.c_str());
-    }
+    if (controllers_) TRY(EnableControllers(root_));
+    return MakeCgroupDirs(root_, name_, [this](const std::string& level) -> Result<void> {
+      if (controllers_) return EnableControllers(level);
+      return Ok();
+    });
   }
 
   Result<void> Apply(const Resources& res) override {
@@ -104,7 +93,7 @@ class CgroupV2 : public Cgroup {
 
   Result<void> Destroy() override {
     TRY(RemoveDir(dir_));
-    ::rmdir((root_ + "/godwit").c_str());  // only succeeds once the last container is gone
+    RemoveEmptyParents(root_, name_);  // only succeeds once the last container under it is gone
     return Ok();
   }
 

@@ -136,13 +136,14 @@ json Container::ToJson() const {
       {"pid", pid},
       {"pidStartTime", pid_start_time},
       {"created", created},
-      {"cgroup", {{"layout", cgroup_layout}, {"paths", cgroup_paths}}},
+      {"cgroup", {{"layout", cgroup_layout}, {"parent", cgroup_parent}, {"paths", cgroup_paths}}},
       {"resources", ResourcesToJson(resources)},
       {"network",
        {{"hostVeth", host_veth},
         {"address", net.address},
         {"prefix", net.prefix},
         {"gateway", net.gateway},
+        {"bridge", net.bridge},
         {"allowPorts", ports}}},
       {"storage", {{"diskQuota", disk_quota}, {"dir", storage_dir}}},
       {"hostname", hostname},
@@ -183,6 +184,9 @@ Result<Container> Container::FromJson(const json& j) {
   c.created = str(j, "created");
   json cg = j.value("cgroup", json::object());
   c.cgroup_layout = str(cg, "layout");
+  // Records written before --cgroup-parent existed: the fixed "godwit".
+  c.cgroup_parent = str(cg, "parent");
+  if (c.cgroup_parent.empty()) c.cgroup_parent = "godwit";
   if (cg.contains("paths") && cg["paths"].is_object())
     for (auto it = cg["paths"].begin(); it != cg["paths"].end(); ++it)
       if (it.value().is_string()) c.cgroup_paths[it.key()] = it.value().get<std::string>();
@@ -192,6 +196,7 @@ Result<Container> Container::FromJson(const json& j) {
   c.net.address = str(n, "address");
   c.net.prefix = num(n, "prefix");
   c.net.gateway = str(n, "gateway");
+  c.net.bridge = str(n, "bridge");
   if (n.contains("allowPorts") && n["allowPorts"].is_array())
     for (const auto& p : n["allowPorts"])
       c.net.allow_ports.push_back({(int)num(p, "port"), str(p, "proto")});

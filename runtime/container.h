@@ -28,8 +28,10 @@ struct Container {
   pid_t pid = 0;                // host pid of the container's init (pid 1 inside)
   uint64_t pid_start_time = 0;  // /proc/<pid>/stat field 22: tells a reused pid apart
   std::string created;          // RFC 3339, UTC
-  // cgroups: layout ("v1", "v2", "hybrid") and the directory per controller.
+  // cgroups: layout ("v1", "v2", "hybrid"), the parent its cgroup is under ("godwit", or the
+  // --cgroup-parent it was created or restored with) and the directory per controller.
   std::string cgroup_layout;
+  std::string cgroup_parent = "godwit";
   std::map<std::string, std::string> cgroup_paths;
   Resources resources;
   // network: empty host_veth = no veth (only loopback in its own netns, or the host's netns).

@@ -153,6 +153,16 @@ Result<Container> Create(const CreateOptions& opts) {
                      "root.path %s: the rootfs does not exist or is not a directory",
                      spec.root_path.c_str());
   ASSIGN_OR_RETURN(spec.root_path, AbsPath(spec.root_path));
+  if (!opts.bridge.empty()) {
+    TRY(ValidateBridgeName(opts.bridge));
+    if (spec.net.address.empty())
+      return MakeError(ErrorKind::kUsage, 0,
+                       "--bridge %s: the container has no address (annotation %s)",
+                       opts.bridge.c_str(), kAnnoIp);
+    // The subnet's first host is a routed container's gateway by default, not a bridged one's.
+    if (spec.net.bridge.empty() && !spec.annotations.count(kAnnoGateway)) spec.net.gateway.clear();
+    spec.net.bridge = opts.bridge;
+  }
 
   TRY(fs::MkdirAll(opts.root, 0711));
   ASSIGN_OR_RETURN(std::string root, AbsPath(opts.root));
@@ -168,6 +178,8 @@ Result<Container> Create(const CreateOptions& opts) {
   c.annotations = spec.annotations;
   c.net = spec.net;
   c.disk_quota = spec.disk_quota;
+  c.cgroup_parent = opts.cgroup_parent;
+  TRY(ValidateCgroupParent(opts.cgroup_parent));
 
   // The state dir is the container's lock: mkdir is atomic, a second create of the id fails.
   // The bundle may be the state dir itself (CreateFromRunOptions made it already).
@@ -203,7 +215,7 @@ Result<Container> Create(const CreateOptions& opts) {
   }
 
   timer.Mark("config");
-  ASSIGN_OR_RETURN(std::unique_ptr<Cgroup> cg, OpenCgroup(opts.id));
+  ASSIGN_OR_RETURN(std::unique_ptr<Cgroup> cg, OpenCgroup(opts.id, opts.cgroup_parent));
   TRY_CTX(cg->Create(), "container %s", opts.id.c_str());
   ScopeExit remove_cgroup([&] { (void)cg->Destroy(); });
   TRY_CTX(cg->Apply(spec.resources), "container %s: linux.resources", opts.id.c_str());
@@ -312,9 +324,20 @@ Result<Container> Create(const CreateOptions& opts) {
   return c;
 }
 
-Result<Container> CreateFromRunOptions(const std::string& root_in, const std::string& id,
+Result<Container> CreateFromRunOptions(const std::string& root, const std::string& id,
                                        const RunOptions& run, const std::string& pid_file,
                                        bool start) {
+  CreateOptions co;
+  co.root = root;
+  co.id = id;
+  co.pid_file = pid_file;
+  co.start = start;
+  return CreateFromRunOptions(co, run);
+}
+
+Result<Container> CreateFromRunOptions(const CreateOptions& base, const RunOptions& run) {
+  const std::string& root_in = base.root;
+  const std::string& id = base.id;
   TRY(ValidateId(id));
   if (run.args.empty()) return MakeError(ErrorKind::kUsage, 0, "no command given (-- CMD...)");
   if (run.rootfs.empty()) return MakeError(ErrorKind::kUsage, 0, "no --rootfs given");
@@ -335,12 +358,9 @@ Result<Container> CreateFromRunOptions(const std::string& root_in, const std::st
   RunOptions o = run;
   o.rootfs = *rootfs;
   TRY(fs::WriteFile(dir + "/config.json", MakeConfig(o).dump(2) + "\n"));
-  CreateOptions co;
+  CreateOptions co = base;
   co.root = root;
-  co.id = id;
   co.bundle = dir;
-  co.pid_file = pid_file;
-  co.start = start;
   auto c = Create(co);
   if (c.ok()) remove_dir.dismiss();
   return c;
@@ -435,7 +455,7 @@ Result<void> Pause(const std::string& root, const std::string& id) {
   if (s != Status::kRunning)
     return MakeError(ErrorKind::kGeneric, 0, "container %s is %s, not running", id.c_str(),
                      StatusName(s));
-  ASSIGN_OR_RETURN(std::unique_ptr<Cgroup> cg, OpenCgroup(id));
+  ASSIGN_OR_RETURN(std::unique_ptr<Cgroup> cg, OpenCgroup(c));
   return cg->Freeze();
 }
 
@@ -445,7 +465,7 @@ Result<void> Resume(const std::string& root, const std::string& id) {
   if (s != Status::kPaused)
     return MakeError(ErrorKind::kGeneric, 0, "container %s is %s, not paused", id.c_str(),
                      StatusName(s));
-  ASSIGN_OR_RETURN(std::unique_ptr<Cgroup> cg, OpenCgroup(id));
+  ASSIGN_OR_RETURN(std::unique_ptr<Cgroup> cg, OpenCgroup(c));
   return cg->Thaw();
 }
 
@@ -455,7 +475,7 @@ Result<void> Kill(const std::string& root, const std::string& id, int sig, bool 
   if (s == Status::kStopped)
     return MakeError(ErrorKind::kGeneric, 0, "container %s is not running", id.c_str());
   if (all) {
-    ASSIGN_OR_RETURN(std::unique_ptr<Cgroup> cg, OpenCgroup(id));
+    ASSIGN_OR_RETURN(std::unique_ptr<Cgroup> cg, OpenCgroup(c));
     ASSIGN_OR_RETURN(auto pids, cg->Pids());
     for (pid_t p : pids) ::kill(p, sig);
     return Ok();
@@ -471,14 +491,15 @@ Result<void> Kill(const std::string& root, const std::string& id, int sig, bool 
   return Ok();
 }
 
-Result<void> Delete(const std::string& root, const std::string& id, bool force) {
+Result<void> Delete(const std::string& root, const std::string& id, bool force,
+                    const std::string& cgroup_parent) {
   TRY(ValidateId(id));
   auto loaded = Container::Load(root, id);
   std::string dir = root + "/" + id;
   if (!loaded.ok()) {
     // A half-created container (no state.json): with --force, remove what its id implies.
     if (!force || !fs::Exists(dir)) return std::move(loaded).error();
-    ASSIGN_OR_RETURN(std::unique_ptr<Cgroup> cg, OpenCgroup(id));
+    ASSIGN_OR_RETURN(std::unique_ptr<Cgroup> cg, OpenCgroup(id, cgroup_parent));
     (void)KillAll(*cg, 0, 0);
     TRY(cg->Destroy());
     TRY(TeardownNetwork(HostVethName(root, id)));
@@ -487,7 +508,7 @@ Result<void> Delete(const std::string& root, const std::string& id, bool force) 
   }
   Container& c = *loaded;
   Status s = c.CurrentStatus();
-  ASSIGN_OR_RETURN(std::unique_ptr<Cgroup> cg, OpenCgroup(id));
+  ASSIGN_OR_RETURN(std::unique_ptr<Cgroup> cg, OpenCgroup(c));
   if (s != Status::kStopped) {
     // A created container never ran its program: delete it without --force, as runc does.
     if (!force && s != Status::kCreated)
@@ -519,7 +540,7 @@ Result<void> Delete(const std::string& root, const std::string& id, bool force) 
 
 Result<std::vector<pid_t>> Ps(const std::string& root, const std::string& id) {
   ASSIGN_OR_RETURN(Container c, Container::Load(root, id));
-  ASSIGN_OR_RETURN(std::unique_ptr<Cgroup> cg, OpenCgroup(id));
+  ASSIGN_OR_RETURN(std::unique_ptr<Cgroup> cg, OpenCgroup(c));
   return cg->Pids();
 }
 
@@ -530,7 +551,7 @@ Result<int> Exec(const std::string& root, const std::string& id, const ExecOptio
     return MakeError(ErrorKind::kGeneric, 0, "container %s is %s, not running", id.c_str(),
                      StatusName(c.CurrentStatus()));
   ASSIGN_OR_RETURN(Spec spec, c.LoadSpec());
-  ASSIGN_OR_RETURN(std::unique_ptr<Cgroup> cg, OpenCgroup(id));
+  ASSIGN_OR_RETURN(std::unique_ptr<Cgroup> cg, OpenCgroup(c));
   int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, c.pid, 0));
   if (pidfd < 0) return Errno("container %s: pidfd_open %d", id.c_str(), c.pid);
   UniqueFd guard(pidfd);

@@ -1,8 +1,12 @@
 #include "runtime/network.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <linux/if_ether.h>
+#include <linux/if_packet.h>
 #include <linux/rtnetlink.h>
 #include <net/if.h>
+#include <net/if_arp.h>
 #include <netlink/addr.h>
 #include <netlink/netlink.h>
 #include <netlink/route/addr.h>
@@ -10,10 +14,13 @@
 #include <netlink/route/link/veth.h>
 #include <netlink/route/route.h>
 #include <sched.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <functional>
 #include <memory>
 
 #include "common/fs.h"
@@ -70,20 +77,26 @@ Result<Sock> Connect() {
   return s;
 }
 
-// A rtnetlink socket that lives in pid's network namespace: the calling thread enters the
-// netns only for socket creation (a socket stays bound to the netns it was made in).
-Result<Sock> ConnectIn(pid_t pid) {
+// Runs make() with the calling thread in pid's network namespace: for socket creation (a socket
+// stays bound to the netns it was made in).
+template <typename T>
+Result<T> MakeIn(pid_t pid, const std::function<Result<T>()>& make) {
   std::string path = StrFormat("/proc/%d/ns/net", pid);
   ASSIGN_OR_RETURN(UniqueFd target, fs::Open(path, O_RDONLY));
   ASSIGN_OR_RETURN(UniqueFd self, fs::Open("/proc/thread-self/ns/net", O_RDONLY));
   if (::setns(target.get(), CLONE_NEWNET) < 0) return Errno("setns %s", path.c_str());
-  auto s = Connect();
+  auto s = make();
   if (::setns(self.get(), CLONE_NEWNET) < 0) {
     // Cannot happen short of a kernel bug; staying in the container's netns would be worse.
     PLOG_ERROR("setns back to own netns");
     abort();
   }
   return s;
+}
+
+// A rtnetlink socket that lives in pid's network namespace.
+Result<Sock> ConnectIn(pid_t pid) {
+  return MakeIn<Sock>(pid, [] { return Connect(); });
 }
 
 Result<Addr> ParseAddr(const std::string& s) {
@@ -171,9 +184,28 @@ Result<bool> AddressInUse(const std::string& addr) {
   return found;
 }
 
+Result<void> CheckBridge(const std::string& name) {
+  ASSIGN_OR_RETURN(Sock sock, Connect());
+  rtnl_link* l = nullptr;
+  int err = rtnl_link_get_kernel(sock.get(), 0, name.c_str(), &l);
+  if (err < 0) {
+    if (err == -NLE_OBJ_NOTFOUND || err == -NLE_NODEV)
+      return MakeError(ErrorKind::kNotFound, ENODEV,
+                       "bridge %s: no such link in this network namespace", name.c_str());
+    return NlError(err, "bridge %s", name.c_str());
+  }
+  Link hold(l);
+  const char* kind = rtnl_link_get_type(l);
+  if (!kind || std::string(kind) != "bridge")
+    return MakeError(ErrorKind::kBadConfig, 0, "link %s is a %s, not a bridge", name.c_str(),
+                     kind ? kind : "device without a kind");
+  return Ok();
+}
+
 Result<void> SetupNetwork(pid_t pid, const NetworkSpec& net, const std::string& host_veth) {
   if (host_veth.size() > 15)
     return Err("veth name %s: longer than 15 characters", host_veth.c_str());
+  const bool bridged = !net.bridge.empty();
   ASSIGN_OR_RETURN(Sock host, Connect());
   if (LinkExists(host_veth))
     return MakeError(ErrorKind::kExists, EEXIST, "veth %s exists", host_veth.c_str());
@@ -181,15 +213,34 @@ Result<void> SetupNetwork(pid_t pid, const NetworkSpec& net, const std::string& 
   if (used)
     return MakeError(ErrorKind::kExists, EADDRINUSE, "address %s is already in use on the host",
                      net.address.c_str());
+  int bridge_idx = 0;
+  if (bridged) {
+    TRY(CheckBridge(net.bridge));
+    ASSIGN_OR_RETURN(bridge_idx, IfIndex(host.get(), net.bridge.c_str()));
+  }
   int err = rtnl_link_veth_add(host.get(), host_veth.c_str(), "eth0", pid);
   if (err < 0)
     return NlError(err, "create veth %s <-> eth0 in netns of pid %d", host_veth.c_str(), pid);
   ScopeExit rollback([&] { (void)TeardownNetwork(host_veth); });
 
   ASSIGN_OR_RETURN(int host_idx, IfIndex(host.get(), host_veth.c_str()));
-  TRY(AddAddress(host.get(), host_idx, net.gateway + "/32", net.address + "/32",
-                 host_veth.c_str()));
-  TRY(SetUp(host.get(), host_veth.c_str()));
+  if (bridged) {
+    // Enslaved and up in one change: a port comes up already in the bridge.
+    rtnl_link* l = nullptr;
+    err = rtnl_link_get_kernel(host.get(), host_idx, nullptr, &l);
+    if (err < 0) return NlError(err, "link %s", host_veth.c_str());
+    Link orig(l);
+    Link change(rtnl_link_alloc());
+    rtnl_link_set_master(change.get(), bridge_idx);
+    rtnl_link_set_flags(change.get(), IFF_UP);
+    err = rtnl_link_change(host.get(), orig.get(), change.get(), 0);
+    if (err < 0)
+      return NlError(err, "attach %s to bridge %s", host_veth.c_str(), net.bridge.c_str());
+  } else {
+    TRY(AddAddress(host.get(), host_idx, net.gateway + "/32", net.address + "/32",
+                   host_veth.c_str()));
+    TRY(SetUp(host.get(), host_veth.c_str()));
+  }
 
   ASSIGN_OR_RETURN(Sock in, ConnectIn(pid));
   ASSIGN_OR_RETURN(int idx, IfIndex(in.get(), "eth0"));
@@ -197,24 +248,77 @@ Result<void> SetupNetwork(pid_t pid, const NetworkSpec& net, const std::string& 
   TRY(SetUp(in.get(), "eth0"));
   TRY(SetUp(in.get(), "lo"));
 
-  Route route(rtnl_route_alloc());
-  rtnl_route_set_family(route.get(), AF_INET);
-  rtnl_route_set_table(route.get(), RT_TABLE_MAIN);
-  rtnl_route_set_protocol(route.get(), RTPROT_BOOT);
-  rtnl_route_set_scope(route.get(), RT_SCOPE_UNIVERSE);
-  rtnl_route_set_type(route.get(), RTN_UNICAST);
-  ASSIGN_OR_RETURN(Addr dst, ParseAddr("0.0.0.0/0"));
-  rtnl_route_set_dst(route.get(), dst.get());
-  ASSIGN_OR_RETURN(Addr gw, ParseAddr(net.gateway));
-  rtnl_nexthop* nh = rtnl_route_nh_alloc();
-  rtnl_route_nh_set_gateway(nh, gw.get());
-  rtnl_route_nh_set_ifindex(nh, idx);
-  // The gateway is the host end's /32: reachable on the link even if outside the prefix.
-  rtnl_route_nh_set_flags(nh, RTNH_F_ONLINK);
-  rtnl_route_add_nexthop(route.get(), nh);  // the route owns nh now
-  err = rtnl_route_add(in.get(), route.get(), NLM_F_CREATE | NLM_F_EXCL);
-  if (err < 0) return NlError(err, "eth0: default route via %s", net.gateway.c_str());
+  if (!net.gateway.empty()) {
+    Route route(rtnl_route_alloc());
+    rtnl_route_set_family(route.get(), AF_INET);
+    rtnl_route_set_table(route.get(), RT_TABLE_MAIN);
+    rtnl_route_set_protocol(route.get(), RTPROT_BOOT);
+    rtnl_route_set_scope(route.get(), RT_SCOPE_UNIVERSE);
+    rtnl_route_set_type(route.get(), RTN_UNICAST);
+    ASSIGN_OR_RETURN(Addr dst, ParseAddr("0.0.0.0/0"));
+    rtnl_route_set_dst(route.get(), dst.get());
+    ASSIGN_OR_RETURN(Addr gw, ParseAddr(net.gateway));
+    rtnl_nexthop* nh = rtnl_route_nh_alloc();
+    rtnl_route_nh_set_gateway(nh, gw.get());
+    rtnl_route_nh_set_ifindex(nh, idx);
+    // Routed: the gateway is the host end's /32, reachable on the link even if outside the
+    // prefix. Bridged: a router on the segment, normally inside the prefix; onlink is harmless.
+    rtnl_route_nh_set_flags(nh, RTNH_F_ONLINK);
+    rtnl_route_add_nexthop(route.get(), nh);  // the route owns nh now
+    err = rtnl_route_add(in.get(), route.get(), NLM_F_CREATE | NLM_F_EXCL);
+    if (err < 0) return NlError(err, "eth0: default route via %s", net.gateway.c_str());
+  }
   rollback.dismiss();
+  return Ok();
+}
+
+Result<void> AnnounceAddress(pid_t pid, const std::string& ifname, const std::string& addr,
+                             int count) {
+  in_addr ip{};
+  if (::inet_pton(AF_INET, addr.c_str(), &ip) != 1)
+    return MakeError(ErrorKind::kUsage, EINVAL, "announce: %s is not an IPv4 address",
+                     addr.c_str());
+  ASSIGN_OR_RETURN(UniqueFd fd, MakeIn<UniqueFd>(pid, []() -> Result<UniqueFd> {
+                     int s = ::socket(AF_PACKET, SOCK_DGRAM | SOCK_CLOEXEC, htons(ETH_P_ARP));
+                     if (s < 0) return Errno("socket(AF_PACKET)");
+                     return UniqueFd(s);
+                   }));
+  ifreq ifr{};
+  snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", ifname.c_str());
+  if (::ioctl(fd.get(), SIOCGIFINDEX, &ifr) < 0)
+    return Errno("announce %s: interface %s in netns of pid %d", addr.c_str(), ifname.c_str(), pid);
+  int ifindex = ifr.ifr_ifindex;
+  if (::ioctl(fd.get(), SIOCGIFHWADDR, &ifr) < 0)
+    return Errno("announce %s: MAC of %s", addr.c_str(), ifname.c_str());
+  if (ifr.ifr_hwaddr.sa_family != ARPHRD_ETHER)
+    return MakeError(ErrorKind::kUnsupported, 0, "announce %s: %s is not an Ethernet device",
+                     addr.c_str(), ifname.c_str());
+  // The ARP payload for Ethernet/IPv4 (RFC 826); a gratuitous request has spa == tpa.
+  struct __attribute__((packed)) {
+    uint16_t htype, ptype;
+    uint8_t hlen, plen;
+    uint16_t op;
+    uint8_t sha[6], spa[4], tha[6], tpa[4];
+  } arp{};
+  arp.htype = htons(ARPHRD_ETHER);
+  arp.ptype = htons(ETH_P_IP);
+  arp.hlen = 6;
+  arp.plen = 4;
+  arp.op = htons(ARPOP_REQUEST);
+  memcpy(arp.sha, ifr.ifr_hwaddr.sa_data, 6);
+  memcpy(arp.spa, &ip, 4);
+  memcpy(arp.tpa, &ip, 4);
+  sockaddr_ll to{};
+  to.sll_family = AF_PACKET;
+  to.sll_protocol = htons(ETH_P_ARP);
+  to.sll_ifindex = ifindex;
+  to.sll_halen = 6;
+  memset(to.sll_addr, 0xff, 6);
+  for (int i = 0; i < count; ++i) {
+    if (::sendto(fd.get(), &arp, sizeof(arp), 0, reinterpret_cast<sockaddr*>(&to), sizeof(to)) !=
+        static_cast<ssize_t>(sizeof(arp)))
+      return Errno("announce %s: send on %s", addr.c_str(), ifname.c_str());
+  }
   return Ok();
 }
 

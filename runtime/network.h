@@ -1,8 +1,10 @@
 // The container's network: a veth pair made through libnl3 (no `ip`), the container end
-// ("eth0") inside the container's network namespace with its address and a default route, the
-// host end with the gateway address as a point-to-point peer of the container address (so many
-// containers, even in one subnet, each get their own /32 host route), and an optional firewall
-// (nftables inside the container's netns) that admits only the allowed ports.
+// ("eth0") inside the container's network namespace with its address and a default route, and an
+// optional firewall (nftables inside the container's netns) that admits only the allowed ports.
+// The host end is either routed (the gateway address as a point-to-point peer of the container
+// address, so many containers, even in one subnet, each get their own /32 host route) or bridged
+// (a port of an existing bridge, no address: the container is on the bridge's segment, OpenVZ's
+// veth mode; see NetworkSpec).
 //
 // All functions take the pid of a process inside the target network namespace, so restore code
 // can rebuild the network of a restored container the same way.
@@ -23,9 +25,11 @@ namespace godwit::runtime {
 std::string HostVethName(const std::string& root, const std::string& id);
 
 // Creates the veth pair (host_veth <-> eth0 in pid's netns) and configures both ends:
-// host: GATEWAY peer ADDRESS/32, up; container: ADDRESS/PREFIX, up, default via GATEWAY, lo up.
-// Fails with kExists if host_veth exists or the address is already used on the host.
-// On failure nothing is left (the pair is deleted).
+// routed: host GATEWAY peer ADDRESS/32, up; container ADDRESS/PREFIX, up, default via GATEWAY.
+// bridged: host end enslaved to net.bridge, up, no address; container ADDRESS/PREFIX, up, default
+// via GATEWAY only if one is given. lo up in both.
+// Fails with kExists if host_veth exists or the address is already used on the host, kNotFound
+// if the bridge does not exist (kBadConfig: not a bridge). On failure nothing is left.
 Result<void> SetupNetwork(pid_t pid, const NetworkSpec& net, const std::string& host_veth);
 
 // Deletes the host end (which destroys the pair). A missing link is success.
@@ -46,6 +50,18 @@ Result<void> ApplyFirewall(pid_t pid, const std::vector<NetworkSpec::Port>& port
 
 // The nftables ruleset ApplyFirewall loads (exposed for dump/restore and tests).
 std::string FirewallRuleset(const std::vector<NetworkSpec::Port>& ports);
+
+// Ok if `name` is a bridge in the caller's network namespace; kNotFound if there is no such
+// link, kBadConfig if it is not a bridge.
+Result<void> CheckBridge(const std::string& name);
+
+// Announces that `addr` (IPv4) is at `ifname` of pid's netns now: a gratuitous ARP request
+// (sender = target = addr, from the interface's MAC, to the broadcast address), `count` times.
+// For a bridged container that appears on another port of the segment (restored on another
+// host): the bridges learn where its MAC is now, and the neighbours refresh their entries, so
+// their packets reach it without waiting for the bridges' ageing or the peers' ARP.
+Result<void> AnnounceAddress(pid_t pid, const std::string& ifname, const std::string& addr,
+                             int count = 1);
 
 // True if a link with that name exists in the caller's network namespace.
 bool LinkExists(const std::string& name);

@@ -30,6 +30,12 @@ struct CreateOptions {
   // Create and start in one step (`run`): the init execs as soon as it is set up, without
   // stopping on exec.fifo; the container is "running" when Create returns.
   bool start = false;
+  // The cgroup parent (cgroup.h); recorded in the state, so later verbs need not repeat it.
+  std::string cgroup_parent = "godwit";
+  // Attach the veth's host end to this bridge (NetworkSpec::bridge), whatever the bundle says;
+  // the bundle must give the container an address. Without a gateway annotation, no default
+  // route.
+  std::string bridge;
 };
 
 // Creates the container (status "created"). Errors: kUsage (bad id), kNotFound (bundle or rootfs
@@ -42,6 +48,8 @@ Result<Container> Create(const CreateOptions& opts);
 Result<Container> CreateFromRunOptions(const std::string& root, const std::string& id,
                                        const RunOptions& run, const std::string& pid_file = "",
                                        bool start = false);
+// Same with every create option (root, id, pid_file, start, cgroup_parent; bundle is ignored).
+Result<Container> CreateFromRunOptions(const CreateOptions& opts, const RunOptions& run);
 
 // Releases a created container's init into execve. kNotFound / kGeneric if not "created".
 Result<void> Start(const std::string& root, const std::string& id);
@@ -61,8 +69,10 @@ Result<void> Resume(const std::string& root, const std::string& id);
 Result<void> Kill(const std::string& root, const std::string& id, int sig, bool all);
 
 // Removes a stopped container. force: kills a created/running one first (SIGKILL to the whole
-// cgroup, frozen meanwhile so nothing forks past it).
-Result<void> Delete(const std::string& root, const std::string& id, bool force);
+// cgroup, frozen meanwhile so nothing forks past it). The cgroup is found through the state
+// record; cgroup_parent only serves a half-created container that has none (--force).
+Result<void> Delete(const std::string& root, const std::string& id, bool force,
+                    const std::string& cgroup_parent = "godwit");
 
 struct ExecOptions {
   std::vector<std::string> args;

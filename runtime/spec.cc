@@ -507,7 +507,11 @@ Result<void> ParseAnnotations(const json& root, Spec& spec) {
     if (inet_pton(AF_INET, spec.net.address.c_str(), &a4) != 1)
       return Bad("annotations.%s %s: not an IPv4 address", kAnnoIp, ip.c_str());
     spec.net.gateway = get(kAnnoGateway);
-    if (spec.net.gateway.empty()) {
+    spec.net.bridge = get(kAnnoBridge);
+    if (!spec.net.bridge.empty()) TRY(ValidateBridgeName(spec.net.bridge));
+    if (spec.net.gateway.empty() && !spec.net.bridge.empty()) {
+      // Bridged: no default route unless one is given.
+    } else if (spec.net.gateway.empty()) {
       // Default gateway: the first host of the subnet, or the second if that is the container.
       uint32_t h = ntohl(a4.s_addr);
       uint32_t mask = spec.net.prefix == 0 ? 0 : ~0u << (32 - spec.net.prefix);
@@ -520,6 +524,8 @@ Result<void> ParseAnnotations(const json& root, Spec& spec) {
       return Bad("annotations.%s %s: not an IPv4 address", kAnnoGateway, spec.net.gateway.c_str());
     }
   }
+  if (!get(kAnnoBridge).empty() && get(kAnnoIp).empty())
+    return Bad("annotations.%s: needs an address (%s)", kAnnoBridge, kAnnoIp);
   if (std::string ports = get(kAnnoAllowPorts); !ports.empty()) {
     if (!spec.ns.network) return Bad("annotations.%s: needs a network namespace", kAnnoAllowPorts);
     for (const auto& p : fs::Split(ports, ',')) {
@@ -538,6 +544,17 @@ Result<void> ParseAnnotations(const json& root, Spec& spec) {
 }
 
 }  // namespace
+
+Result<void> ValidateBridgeName(const std::string& name) {
+  bool ok = !name.empty() && name.size() <= 15 && name != "." && name != "..";
+  for (char ch : name)
+    ok = ok && ch != '/' && ch != ':' && !isspace(static_cast<unsigned char>(ch)) && ch != 0;
+  if (!ok)
+    return MakeError(ErrorKind::kBadConfig, 0,
+                     "bad bridge name '%s': 1-15 characters, no '/', ':' or white space",
+                     name.c_str());
+  return Ok();
+}
 
 Result<Spec> ParseSpec(const std::string& json_text, const std::string& bundle) {
   json root = json::parse(json_text, nullptr, /*allow_exceptions=*/false);
@@ -664,6 +681,7 @@ nlohmann::json MakeConfig(const RunOptions& o) {
   json anno = json::object();
   if (!o.ip.empty()) anno[kAnnoIp] = o.ip;
   if (!o.gateway.empty()) anno[kAnnoGateway] = o.gateway;
+  if (!o.bridge.empty()) anno[kAnnoBridge] = o.bridge;
   if (!o.allow_ports.empty()) {
     std::string s;
     for (const auto& p : o.allow_ports) s += (s.empty() ? "" : ",") + p;

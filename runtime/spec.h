@@ -25,6 +25,7 @@ inline constexpr const char* kAnnoIp = "org.godwit.net.ip";                   //
 inline constexpr const char* kAnnoGateway = "org.godwit.net.gateway";         // "198.18.0.1"
 inline constexpr const char* kAnnoAllowPorts = "org.godwit.net.allow-ports";  // "80,443/tcp,53/udp"
 inline constexpr const char* kAnnoDisk = "org.godwit.storage.size";           // "512M"
+inline constexpr const char* kAnnoBridge = "org.godwit.net.bridge";           // "br0"
 
 struct IdMap {
   uint32_t container_id = 0;
@@ -91,10 +92,20 @@ struct Resources {
 };
 
 // Network settings of the container's network namespace (from annotations).
+//
+// Two modes for the veth's host end. Routed (the default): the host end holds the gateway
+// address with the container's address as its point-to-point peer (a /32 route per container).
+// Bridged (`bridge` set, OpenVZ's veth mode): the host end is a port of an existing bridge in the
+// host's netns and has no address; the container is on the bridge's L2 segment with its own
+// address, so it keeps that address and its MAC wherever a host attaches it to the same segment
+// (the two ends of a migration). The default route exists only if a gateway is given.
 struct NetworkSpec {
   std::string address;  // container address, "198.18.0.10"; empty: only loopback
   int prefix = 24;
-  std::string gateway;  // host end address and the container's default route
+  // Routed: host end address and the container's default route (defaults to the subnet's first
+  // host). Bridged: the container's default route if set, else none.
+  std::string gateway;
+  std::string bridge;  // bridged mode: the bridge's name in the host's netns
   struct Port {
     int port = 0;
     std::string proto = "tcp";  // tcp | udp
@@ -127,6 +138,9 @@ struct Spec {
   std::map<std::string, std::string> sysctl;  // linux.sysctl (applied inside the namespaces)
 };
 
+// A network interface name the kernel accepts (1-15 characters, no '/', ':' or space): kBadConfig.
+Result<void> ValidateBridgeName(const std::string& name);
+
 // Parses config.json text. bundle is the directory holding it (root.path is relative to it).
 // Errors: kBadConfig naming the field ("linux.seccomp: not supported").
 Result<Spec> ParseSpec(const std::string& json_text, const std::string& bundle);
@@ -144,6 +158,7 @@ struct RunOptions {
   int64_t disk = 0;  // bytes
   std::string ip;    // "198.18.0.10/24"
   std::string gateway;
+  std::string bridge;  // attach the veth's host end to this bridge (NetworkSpec::bridge)
   std::vector<std::string> allow_ports;  // "80", "53/udp"
   std::vector<std::string> env;
   // A user namespace mapping ids 0-65535 to host ids user_ns_base.. (0: the same host ids). The

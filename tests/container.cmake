@@ -43,3 +43,8 @@ godwit_test(container_mm_test
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/container_mm_test.cc
   LIBS godwit_container godwit_runtime nlohmann_json::nlohmann_json)
 add_dependencies(container_mm_test c_shmem)
+# Pre-copy of a running container, then a checkpoint of what changed (container/engine.h).
+godwit_test(container_precopy_test
+  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/container_precopy_test.cc
+  LIBS godwit_container godwit_runtime nlohmann_json::nlohmann_json)
+add_dependencies(container_precopy_test c_precopy)

@@ -9,7 +9,8 @@
 // and no network-lock table is left in the container's netns or rule on the host.
 // Cases: checkpoint + delete + restore, --leave-running, --export/--import, a client in another
 // netns forwarded through a (stand-in) host, --ip (connections come back closed), 20 cycles that
-// leave nothing behind; and files::ResumeTcp (a checkpoint failing after the tree dump).
+// leave nothing behind; a held checkpoint (EndMode::kHold) resumed or killed; and
+// files::ResumeTcp (a checkpoint failing after the tree dump).
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -29,8 +30,10 @@
 #include <thread>
 
 #include "common/scope_exit.h"
+#include "container/engine.h"
 #include "files/files.h"
 #include "proto/fd.pb.h"
+#include "runtime/cgroup.h"
 #include "runtime/network.h"
 #include "runtime/runtime.h"
 #include "tests/container_test_util.h"
@@ -583,6 +586,116 @@ TEST_F(ContainerTcp, TwentyCyclesWithALiveConnectionLeaveNothingBehind) {
   printf("20 cycles: frozen ms %s\n  client's longest echo gap ms %s\n", frozen.c_str(),
          gaps.c_str());
   RecordProperty("frozen_ms", frozen);
+}
+
+// A held checkpoint (EndMode::kHold, a migration source's way), through the library in this
+// process: the images are complete, the container is still there, frozen, its connection locked.
+// Returns the hold and the lock table's name.
+std::pair<std::unique_ptr<HeldCheckpoint>, std::string> HoldCheckpoint(const std::string& root,
+                                                                      const std::string& id,
+                                                                      const std::string& img,
+                                                                      pid_t pid) {
+  CheckpointOptions o;
+  o.root = root;
+  o.id = id;
+  o.image_path = img;
+  o.end = EndMode::kHold;
+  auto r = Checkpoint(o);
+  EXPECT_OK(r);
+  if (!r.ok()) return {};
+  EXPECT_TRUE(r->held != nullptr);
+  EXPECT_TRUE(fs::Exists(img + "/container/inventory.img")) << "the images are complete";
+  EXPECT_TRUE(fs::Exists(StrFormat("/proc/%d", pid))) << "the container is still there";
+  auto cg = runtime::OpenCgroup(id);
+  EXPECT_OK(cg);
+  if (cg.ok()) {
+    auto frozen = (*cg)->IsFrozen();
+    EXPECT_TRUE(frozen.ok() && *frozen) << "held frozen";
+  }
+  img::NetLock nl;
+  auto set = images::ImageSet::Open(img + "/tree");
+  EXPECT_OK(set);
+  if (set.ok()) {
+    EXPECT_OK(set->ReadOne("files-netlock.img", &nl));
+  }
+  auto tables = Sh(StrFormat("nsenter -t %d -n nft list tables", pid));
+  EXPECT_OK(tables);
+  if (tables.ok() && !nl.table().empty()) {
+    EXPECT_NE(tables->find(nl.table()), std::string::npos) << "locked in its netns: " << *tables;
+  }
+  return {std::move(r->held), nl.table()};
+}
+
+// Hold then resume: the workload carries on exactly as before, the same connection carries data
+// both ways after, the cgroup is thawed and no lock table is left anywhere.
+TEST_F(ContainerTcp, HoldThenResumeLeavesItRunning) {
+  Start();
+  if (HasFatalFailure()) return;
+  pid_t pid = pid_;
+  client_.AddBudget(256 << 10);
+  auto [held, table] = HoldCheckpoint(root_, id_, tmp_.path() + "/ckpt", pid_);
+  if (HasFailure() || !held) return;
+  ASSERT_FALSE(table.empty());
+  ASSERT_OK(held->Resume());
+  EXPECT_FALSE(held->Kill(false).ok()) << "resumed: no longer held";
+  held.reset();
+  EXPECT_EQ(StatePid(), pid);
+  auto frozen = (*runtime::OpenCgroup(id_))->IsFrozen();
+  ASSERT_OK(frozen);
+  EXPECT_FALSE(*frozen);
+  for (const std::string& where : {StrFormat("nsenter -t %d -n ", pid_), std::string()}) {
+    auto t = Sh(where + "nft list tables");
+    ASSERT_OK(t);
+    EXPECT_EQ(t->find(table), std::string::npos) << where << ": " << *t;
+  }
+  CheckNoLock();
+  CheckConnection();
+  client_.AddBudget(128 << 10);
+  CheckConnection();
+  CheckLoopback();
+  EXPECT_OK(EchoOnce(ip_, kPort));
+}
+
+// Hold then kill: what a checkpoint without --leave-running does (the host holds the peers'
+// packets while the container is gone; the restore gets the same connection back).
+TEST_F(ContainerTcp, HoldThenKillIsACheckpoint) {
+  Start();
+  if (HasFatalFailure()) return;
+  std::string img = tmp_.path() + "/ckpt";
+  client_.AddBudget(256 << 10);
+  auto [held, table] = HoldCheckpoint(root_, id_, img, pid_);
+  if (HasFailure() || !held) return;
+  ASSERT_OK(held->Kill(/*release_host_lock=*/false));
+  held.reset();  // killed: nothing to resume
+  auto host = Sh("nft list ruleset");
+  ASSERT_OK(host);
+  EXPECT_NE(host->find("daddr " + ip_ + " "), std::string::npos) << *host;
+  Restore({"--image-path", img});
+  if (HasFatalFailure()) return;
+  CheckConnection();
+  CheckNoLock();
+  CheckEnvironment();
+  CheckLoopback();
+  client_.AddBudget(128 << 10);
+  CheckConnection();
+}
+
+// Hold then kill releasing the host lock (a migration source once the destination runs the
+// container): nothing of godwit's is left in the host's nftables.
+TEST_F(ContainerTcp, HoldThenKillReleasingTheHostLockLeavesNoLock) {
+  Start();
+  if (HasFatalFailure()) return;
+  std::string img = tmp_.path() + "/ckpt";
+  auto [held, table] = HoldCheckpoint(root_, id_, img, pid_);
+  if (HasFailure() || !held) return;
+  ASSERT_OK(held->Kill(/*release_host_lock=*/true));
+  held.reset();
+  client_.Stop();
+  EXPECT_NE(Gw({"--root", root_, "state", id_}).code, 0) << "deleted";
+  auto host = Sh("nft list ruleset");
+  ASSERT_OK(host);
+  EXPECT_EQ(host->find(ip_ + " "), std::string::npos) << *host;
+  EXPECT_EQ(host->find(table), std::string::npos) << *host;
 }
 
 // A container checkpoint failing after its tree dump thaws a tree whose connections were left in

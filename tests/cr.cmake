@@ -26,3 +26,11 @@ godwit_test(cr_pages_test
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/cr_pages_test.cc ${CMAKE_CURRENT_SOURCE_DIR}/cr_util.cc
   LIBS godwit_common)
 add_dependencies(cr_pages_test cr_pages)
+
+# Driven pre-copy (dump/precopy.h): rounds on demand, then a final dump of what changed.
+godwit_helper(c_precopy ${CMAKE_CURRENT_SOURCE_DIR}/helpers/c_precopy.c)
+target_link_options(c_precopy PRIVATE -static)
+godwit_test(cr_precopy_test
+  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/cr_precopy_test.cc ${CMAKE_CURRENT_SOURCE_DIR}/cr_util.cc
+  LIBS godwit_dump godwit_images godwit_common nlohmann_json::nlohmann_json)
+add_dependencies(cr_precopy_test c_precopy)

@@ -1,0 +1,143 @@
+// `godwit migrate ID --to HOST:PORT [options]`: live-migrates a running container to the godwitd
+// at HOST:PORT. The library is migrate/ (migrate/source.h tells the flow); this file parses,
+// prints progress per round on stderr, and the summary (or --json) on stdout.
+#include <unistd.h>
+
+#include <cstdio>
+#include <nlohmann/json.hpp>
+
+#include "cli/command.h"
+#include "common/args.h"
+#include "common/fs.h"
+#include "migrate/source.h"
+
+namespace godwit::cli {
+namespace {
+
+// "50ms", "0.2s", "50" (ms) -> milliseconds.
+Result<double> ParseDuration(const std::string& s, double unit_ms) {
+  char* end = nullptr;
+  double v = strtod(s.c_str(), &end);
+  if (end == s.c_str() || v < 0) return MakeError(ErrorKind::kUsage, 0, "bad duration %s", s.c_str());
+  std::string suf(end);
+  if (suf.empty()) return v * unit_ms;
+  if (suf == "ms") return v;
+  if (suf == "s") return v * 1000;
+  if (suf == "us") return v / 1000;
+  return MakeError(ErrorKind::kUsage, 0, "bad duration %s (ms, s)", s.c_str());
+}
+
+std::string Mb(double bytes) { return StrFormat("%.1f MiB", bytes / (1 << 20)); }
+
+int MigrateCmd(Global& g, const std::vector<std::string>& args) {
+  ArgSpec spec{{"to", "tls-cert", "tls-key", "tls-ca", "max-downtime", "max-rounds", "timeout",
+                "compress", "report"},
+               {"insecure", "strict", "json", "no-hold"},
+               {}};
+  auto pa = ParseArgs(args, spec);
+  if (!pa.ok()) return ReportError(g, "migrate", pa.error());
+  if (pa->has("json")) g.json = true;
+  migrate::SourceOptions o;
+  o.root = g.root;
+  if (pa->positionals.size() != 1)
+    return ReportError(g, "migrate", MakeError(ErrorKind::kUsage, 0, "need exactly one ID"));
+  o.id = pa->positionals[0];
+  o.to = pa->get("to");
+  if (o.to.empty())
+    return ReportError(g, "migrate", MakeError(ErrorKind::kUsage, 0, "need --to HOST:PORT"));
+  o.tls.insecure = pa->has("insecure");
+  o.tls.cert = pa->get("tls-cert");
+  o.tls.key = pa->get("tls-key");
+  o.tls.ca = pa->get("tls-ca");
+  if (!o.tls.insecure && (o.tls.cert.empty() || o.tls.key.empty() || o.tls.ca.empty()))
+    return ReportError(g, "migrate",
+                       MakeError(ErrorKind::kUsage, 0,
+                                 "need --tls-cert F --tls-key F --tls-ca F (mutual TLS), or "
+                                 "--insecure for plain TCP (both sides)"));
+  if (pa->has("max-downtime")) {
+    auto d = ParseDuration(pa->get("max-downtime"), 1);
+    if (!d.ok()) return ReportError(g, "migrate", d.error());
+    o.max_downtime_ms = *d;
+  }
+  if (pa->has("max-rounds")) {
+    int n = atoi(pa->get("max-rounds").c_str());
+    if (n < 1 || n > 1000)
+      return ReportError(g, "migrate", MakeError(ErrorKind::kUsage, 0, "--max-rounds 1..1000"));
+    o.max_rounds = n;
+  }
+  if (pa->has("timeout")) {
+    auto d = ParseDuration(pa->get("timeout"), 1000);
+    if (!d.ok() || *d <= 0)
+      return ReportError(g, "migrate", MakeError(ErrorKind::kUsage, 0, "bad --timeout"));
+    o.timeout_s = *d / 1000;
+  }
+  std::string comp = pa->get("compress", "auto");
+  if (comp == "auto") {
+    o.compress = migrate::Compress::kAuto;
+  } else if (comp == "zstd") {
+    o.compress = migrate::Compress::kZstd;
+  } else if (comp == "none") {
+    o.compress = migrate::Compress::kNone;
+  } else {
+    return ReportError(g, "migrate",
+                       MakeError(ErrorKind::kUsage, 0, "--compress auto|zstd|none, not %s",
+                                 comp.c_str()));
+  }
+  o.strict = pa->has("strict");
+  o.hold_packets = !pa->has("no-hold");
+
+  bool human = !g.json;
+  auto progress = [&](const migrate::RoundReport& r) {
+    if (!human) return;
+    fprintf(stderr,
+            "round %d: %llu pages (%s) in %.1f ms, dirty %s/s, stream %s/s, predicted downtime "
+            "%.1f ms -> %s\n",
+            r.round, static_cast<unsigned long long>(r.pages), Mb(r.bytes).c_str(), r.ms,
+            Mb(r.dirty_bytes_per_s).c_str(), Mb(r.throughput_bytes_per_s).c_str(),
+            r.predicted_downtime_ms, r.decision.c_str());
+  };
+  if (human) fprintf(stderr, "migrating %s to %s\n", o.id.c_str(), o.to.c_str());
+  migrate::MigrationReport rep;
+  auto res = migrate::Migrate(o, &rep, progress);
+  std::string json = migrate::ReportJson(rep);
+  if (pa->has("report")) {
+    auto w = fs::WriteFile(pa->get("report"), json + "\n", /*atomic=*/true);
+    if (!w.ok()) fprintf(stderr, "godwit migrate: report: %s\n", w.error().to_string().c_str());
+  }
+  if (!res.ok()) {
+    if (g.json) {
+      // The report (what happened) and the error together, one object.
+      auto j = nlohmann::json::parse(json);
+      j["error"] = res.error().to_string();
+      j["exit_code"] = res.error().exit_code();
+      printf("%s\n", j.dump().c_str());
+      return res.error().exit_code();
+    }
+    if (rep.outcome == "rolled back" || rep.outcome == "refused" ||
+        (rep.outcome == "not started" && res.error().kind() == ErrorKind::kPeer))
+      fprintf(stderr, "godwit migrate: %s: the container still runs here\n", rep.outcome.c_str());
+    return ReportError(g, "migrate", res.error());
+  }
+  if (g.json) {
+    printf("%s\n", nlohmann::json::parse(json).dump().c_str());
+    return 0;
+  }
+  const auto& b = rep.blackout;
+  printf("migrated %s to %s (%s, %s) in %.0f ms: %zu pre-copy round(s), %s on the wire\n",
+         o.id.c_str(), o.to.c_str(), rep.peer_hostname.c_str(), rep.secure ? "TLS" : "insecure",
+         rep.total_ms, rep.rounds.size(), Mb(rep.total_wire_bytes).c_str());
+  printf("  blackout %.1f ms (predicted %.1f) = freeze %.1f + final dump %.1f (%s) + transfer "
+         "%.1f + restore %.1f + release %.1f + announce %.1f\n",
+         b.total_ms, rep.predicted_downtime_ms, b.freeze_ms, b.final_dump_ms,
+         Mb(rep.final_bytes).c_str(), b.transfer_ms, b.restore_ms, b.release_ms, b.announce_ms);
+  return 0;
+}
+
+GODWIT_COMMAND(migrate, "migrate",
+               "migrate ID --to HOST:PORT [--tls-cert F --tls-key F --tls-ca F | --insecure] "
+               "[--max-downtime 50ms] [--max-rounds N] [--timeout S] [--compress auto|zstd|none] "
+               "[--strict] [--no-hold] [--report F.json] [--json]",
+               "live-migrate a running container to the godwitd at HOST:PORT", MigrateCmd);
+
+}  // namespace
+}  // namespace godwit::cli

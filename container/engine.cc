@@ -1,0 +1,150 @@
+#include "container/engine.h"
+
+#include "dump/dump.h"
+#include "restore/restore.h"
+#include "runtime/container.h"
+#include "runtime/runtime.h"
+
+namespace godwit::container {
+
+Result<std::unique_ptr<ContainerPreCopy>> ContainerPreCopy::Start(const std::string& root,
+                                                                  const std::string& id,
+                                                                  images::Sink& tree_sink,
+                                                                  const dump::PreCopyOptions& o) {
+  TRY(runtime::ValidateId(id));
+  ASSIGN_OR_RETURN(runtime::Container c, runtime::Container::Load(root, id));
+  if (c.CurrentStatus() != runtime::Status::kRunning)
+    return MakeError(ErrorKind::kGeneric, 0, "container %s is %s, not running", id.c_str(),
+                     runtime::StatusName(c.CurrentStatus()));
+  std::unique_ptr<ContainerPreCopy> pc(new ContainerPreCopy());
+  pc->id_ = id;
+  auto engine = dump::PreCopy::Start(c.pid, tree_sink, o);
+  if (!engine.ok()) return std::move(engine.error().wrap(StrFormat("container %s", id.c_str())));
+  pc->engine_ = std::move(*engine);
+  return pc;
+}
+
+// The engine dumps the tree and leaves it alive. The cgroup stays frozen from the namespace dumps
+// until the engine has seized every thread (the tree is then held by ptrace) and is refrozen
+// before the engine lets go: the tree never runs in between (TreeDumpRequest).
+TreeDumper EngineDumper(const dump::DumpTuning& tuning, dump::PreCopy* precopy) {
+  return [tuning, precopy](const TreeDumpRequest& req) -> Result<TreeStats> {
+    if (req.sink == nullptr) return MakeError(ErrorKind::kUsage, 0, "tree dump: no sink");
+    dump::DumpOptions o;
+    o.pid = req.pid;
+    o.leave_running = true;
+    o.compression = req.compression;
+    o.shell_job = true;               // the init's stdio comes from outside the container
+    o.tcp_established = true;         // the container owns its netns
+    o.userns_saved_by_caller = true;  // container.img holds the container's user namespace
+    // Killed or held next: its connections must stay silent.
+    o.keep_tcp_locked = !req.leave_running;
+    o.compress_later = true;  // the cgroup stays frozen after the engine: compress after the kill
+    o.on_seized = req.thaw;
+    o.before_detach = req.refreeze;
+    o.precopy = precopy;
+    o.tuning = tuning;
+    ASSIGN_OR_RETURN(dump::DumpStats s, dump::Dump(o, *req.sink));
+    TreeStats t;
+    t.processes = s.processes;
+    if (s.tcp) {
+      // The dump's own record of what it locked (no image is read back: the sink may be a
+      // stream). The container's netns and veth go away with it: LockOutside holds its peers'
+      // packets on the host meanwhile.
+      std::shared_ptr<dump::TcpHold> hold = s.tcp;
+      t.resume_tcp = [hold]() -> Result<void> {
+        hold->Resume();
+        return Ok();
+      };
+      t.before_kill = [hold, pid = req.pid](bool lock_host) -> Result<void> {
+        hold->BeforeKill();
+        if (lock_host) TRY_CTX(hold->LockOutside(pid), "network lock on the host");
+        return Ok();
+      };
+    }
+    t.compress = s.compress;
+    t.threads = s.threads;
+    t.bytes = s.bytes_stored;
+    t.seize_ms = s.freeze_ms;
+    t.memory_ms = s.memdump_ms;
+    t.frozen_ms = s.frozen_ms;
+    t.remote_calls = s.remote_calls;
+    t.round_bytes = s.round_bytes;
+    t.pre_bytes = s.pre_bytes;
+    t.pre_ms = s.pre_ms;
+    return t;
+  };
+}
+
+// The engine restores the tree with its root cloned into the container's fresh namespaces (pid 1
+// of a new pid ns, as the image says): BuildRoot inside it, the environment from outside, then the
+// files inside its mount and net namespaces.
+TreeRestorer EngineRestorer() {
+  return [](const TreeRestoreRequest& req) -> Result<TreeRestoreResult> {
+    restore::RestoreOptions o;
+    o.images_dir = req.tree_dir;
+    o.detach = true;     // the container verb waits (or not) for the init itself
+    o.shell_job = true;  // the init's stdio comes from outside the container
+    o.root_clone_flags = req.clone_flags;
+    o.userns_fd = req.userns_fd;
+    o.root_inside = req.inside;
+    o.root_outside = req.outside;
+    o.tcp_close = req.tcp_close;
+    ASSIGN_OR_RETURN(restore::RestoreStats s, restore::Restore(o));
+    TreeRestoreResult t;
+    t.root_host_pid = s.root_pid;
+    t.processes = s.processes;
+    t.memory_ms = s.memory_ms;
+    return t;
+  };
+}
+
+Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts) {
+  CheckpointOptions o = opts;
+  std::shared_ptr<images::Sink> own_tree;
+  std::unique_ptr<ContainerPreCopy> own_precopy;
+  ContainerPreCopy* precopy = o.precopy;
+  if (precopy == nullptr && o.pre_copy_rounds > 0) {
+    images::Sink* tree = o.tree_sink;
+    if (tree == nullptr) {
+      ASSIGN_OR_RETURN(std::unique_ptr<images::Sink> t, OpenTreeDirSink(o.image_path));
+      own_tree = std::move(t);
+      tree = own_tree.get();
+    }
+    dump::PreCopyOptions po;
+    po.compression = o.compression;
+    auto pc = ContainerPreCopy::Start(o.root, o.id, *tree, po);
+    if (!pc.ok()) {
+      tree->Abort();
+      return std::move(pc).error();
+    }
+    own_precopy = std::move(*pc);
+    for (int i = 0; i < o.pre_copy_rounds; ++i) {
+      auto r = own_precopy->Round();
+      if (!r.ok()) {
+        tree->Abort();
+        return std::move(r.error().wrap(StrFormat("container %s", o.id.c_str())));
+      }
+    }
+    precopy = own_precopy.get();
+  }
+  if (precopy != nullptr) {
+    if (precopy->id() != o.id)
+      return MakeError(ErrorKind::kUsage, 0, "the pre-copy is of container %s, not %s",
+                       precopy->id().c_str(), o.id.c_str());
+    if (o.tree_sink != nullptr && o.tree_sink != &precopy->tree_sink())
+      return MakeError(ErrorKind::kUsage, 0,
+                       "container %s: the tree sink is not the one the pre-copy rounds wrote to",
+                       o.id.c_str());
+    o.tree_sink = &precopy->tree_sink();
+  }
+  auto res = Checkpoint(o, EngineDumper(o.tuning, precopy ? &precopy->engine() : nullptr));
+  // Held: a compression left to the caller needs the tree's sink, which is ours.
+  if (res.ok() && res->held && res->tree.compress && own_tree)
+    res->tree.compress = [own_tree, f = res->tree.compress] { return f(); };
+  return res;
+}
+
+Result<RestoreResult> Restore(const RestoreOptions& opts) { return Restore(opts, EngineRestorer()); }
+
+}  // namespace godwit::container

@@ -1,0 +1,42 @@
+#include "dump/pagemap_scan.h"
+
+#include <sys/ioctl.h>
+
+#include <cerrno>
+
+#include "common/page.h"
+
+namespace godwit::dump::pagemap_scan {
+
+Result<void> Scan(int pagemap_fd, uint64_t start, uint64_t end, const Query& q,
+                  std::vector<PageRange>* out) {
+  constexpr size_t kVec = 1024;
+  pagemap::PageRegion vec[kVec];
+  for (uint64_t at = start; at < end;) {
+    pagemap::PmScanArg a{};
+    a.size = sizeof(a);
+    a.flags = q.flags;
+    a.start = at;
+    a.end = end;
+    a.vec = reinterpret_cast<uint64_t>(vec);
+    a.vec_len = kVec;
+    a.category_mask = q.category_mask;
+    a.category_anyof_mask = q.category_anyof_mask;
+    a.return_mask = q.return_mask;
+    long n = ioctl(pagemap_fd, pagemap::kPagemapScan, &a);
+    if (n < 0) return Errno("PAGEMAP_SCAN %#lx-%#lx", static_cast<unsigned long>(at),
+                            static_cast<unsigned long>(end));
+    for (long i = 0; i < n; ++i) {
+      PageRange r{vec[i].start, (vec[i].end - vec[i].start) / kPage};
+      if (!out->empty() && out->back().addr + out->back().npages * kPage == r.addr)
+        out->back().npages += r.npages;
+      else
+        out->push_back(r);
+    }
+    if (n < static_cast<long>(kVec)) break;  // the whole range was walked
+    at = vec[n - 1].end;
+  }
+  return Ok();
+}
+
+}  // namespace godwit::dump::pagemap_scan

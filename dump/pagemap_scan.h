@@ -1,0 +1,27 @@
+// The PAGEMAP_SCAN walk the dump does (the ABI is common/pagemap_scan.h): used by the
+// guard-region walk (mm.cc) and dirty tracking (dirty.cc). The categories and flags of a Query are
+// common/pagemap_scan.h's (pagemap::kPageIs*, pagemap::kScan*).
+//
+// Stop a scan loop when fewer than vec_len regions came back, and continue a full one from the
+// last region's end: walk_end can be stale after the kernel restarts a walk internally.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "common/pagemap_scan.h"
+#include "common/result.h"
+#include "dump/pages.h"
+
+namespace godwit::dump::pagemap_scan {
+
+struct Query {
+  uint64_t flags = 0, category_mask = 0, category_anyof_mask = 0, return_mask = 0;
+};
+
+// Appends the pages of [start, end) that match q to out, sorted, adjacent ones merged. An
+// ioctl failure is an error with its errno (EINVAL or ENOTTY: this kernel lacks the query).
+Result<void> Scan(int pagemap_fd, uint64_t start, uint64_t end, const Query& q,
+                  std::vector<PageRange>* out);
+
+}  // namespace godwit::dump::pagemap_scan

@@ -1,0 +1,172 @@
+#include "dump/precopy.h"
+
+#include <fcntl.h>
+
+#include "common/fs.h"
+#include "common/proc.h"
+#include "dump/dirty.h"
+#include "dump/tree.h"
+
+namespace godwit::dump {
+namespace {
+
+constexpr uint64_t kPage = 4096;
+using Clock = std::chrono::steady_clock;
+
+double Ms(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double, std::milli>(b - a).count();
+}
+
+bool Gone(pid_t pid) {
+  auto st = proc::ReadStat(pid);
+  return !st.ok() || st->state == 'Z' || st->state == 'X';
+}
+
+}  // namespace
+
+PreCopy::~PreCopy() = default;
+
+Result<std::unique_ptr<PreCopy>> PreCopy::Start(pid_t pid, images::Sink& sink,
+                                                const PreCopyOptions& o) {
+  std::unique_ptr<PreCopy> pc(new PreCopy());
+  pc->pid_ = pid;
+  pc->sink_ = &sink;
+  pc->opts_ = o;
+  ASSIGN_OR_RETURN(pc->zero_pfn_, ZeroPagePfn());
+  FrozenTree f;
+  Result<void> res = FreezeTree(pid, &f);
+  if (res.ok()) {
+    res = [&]() -> Result<void> {
+      for (const auto& e : f.tree.processes()) {
+        if (e.zombie()) continue;
+        ASSIGN_OR_RETURN(auto r, remote::Remote::Create(e.pid(), e.pid(), {}));
+        ASSIGN_OR_RETURN(auto maps, proc::ReadMaps(e.pid()));
+        maps = WithoutRange(maps, r->area_start(), r->area_end());
+        auto t = DirtyTracker::Start(e.pid(), r.get(), maps);
+        TRY(r->Release());
+        if (!t.ok()) return std::move(t.error().wrap(StrFormat("pid %d: dirty tracking", e.pid())));
+        pc->procs_[e.pid()].tracker = std::move(*t);
+      }
+      return Ok();
+    }();
+  }
+  ThawTree(f);
+  TRY_CTX(res, "pre-copy of the tree of %d", pid);
+  return pc;
+}
+
+Result<RoundStats> PreCopy::Round() {
+  if (failed_)
+    return MakeError(ErrorKind::kGeneric, 0, "pre-copy of %d: an earlier round failed", pid_);
+  auto t0 = Clock::now();
+  RoundStats rs;
+  rs.round = static_cast<int>(rounds_.size());
+  for (auto it = procs_.begin(); it != procs_.end();) {
+    auto r = RoundOf(it->first, it->second, rs.round, &rs);
+    if (Gone(it->first)) {  // exited meanwhile: not part of the final dump either
+      it = procs_.erase(it);
+      continue;
+    }
+    if (!r.ok()) {
+      failed_ = true;
+      return std::move(r.error().wrap(StrFormat("pre-copy round %d pid %d", rs.round, it->first)));
+    }
+    ++it;
+  }
+  auto t1 = Clock::now();
+  rs.ms = Ms(t0, t1);
+  if (!rounds_.empty()) {
+    double s = Ms(last_start_, t1) / 1000;
+    rs.dirty_bytes_per_s = s > 0 ? rs.bytes / s : 0;
+  }
+  last_start_ = t0;
+  rounds_.push_back(rs);
+  return rs;
+}
+
+Result<void> PreCopy::RoundOf(pid_t pid, Process& p, int round, RoundStats* rs) {
+  std::vector<PageRange> runs;
+  if (round == 0) {
+    ASSIGN_OR_RETURN(std::vector<PageRange> tracked, p.tracker->Tracked());
+    ASSIGN_OR_RETURN(auto maps, proc::ReadMaps(pid));
+    ASSIGN_OR_RETURN(auto src, PresentPages::Open(pid, zero_pfn_));
+    PageCounts counts;
+    for (const auto& m : maps) {
+      if (m.shared || !Contains(tracked, m.start, m.end)) continue;
+      bool file = m.inode != 0 && !m.path.empty() && m.path[0] == '/';
+      TRY(src->Collect(m.start, m.end, file, &runs, &counts));
+    }
+  } else {
+    TRY(p.tracker->CollectDirty(&runs));
+  }
+  if (runs.empty()) return Ok();
+  uint64_t total = 0;
+  for (const auto& x : runs) total += x.npages * kPage;
+  img::PageMap pm;
+  pm.set_pid(pid);
+  pm.set_blob(StrFormat("pages-%d-pre%d.img", pid, round));
+  // Pages of mappings made unreadable meanwhile are read through it (PageWriter::SetRunning).
+  ASSIGN_OR_RETURN(UniqueFd mem, fs::Open(StrFormat("/proc/%d/mem", pid), O_RDONLY));
+  ASSIGN_OR_RETURN(images::BlobWriter blob, images::BlobWriter::Create(*sink_, pm.blob(),
+                                                                       opts_.compression,
+                                                                       opts_.zstd_level));
+  {
+    PageWriter w(&blob, pid, mem.get(), total);
+    w.SetRunning();
+    for (const auto& x : runs) TRY(w.Add(x.addr, x.addr, x.npages, false));
+    TRY(w.Finish());
+    for (const auto& run : w.runs()) *pm.add_runs() = run;
+    rs->pages += w.pages();
+  }
+  TRY(blob.Close());
+  rs->bytes += blob.logical_size();
+  rs->stored_bytes += blob.stored_size();
+  p.maps.push_back(std::move(pm));
+  return Ok();
+}
+
+uint64_t PreCopy::stored_bytes() const {
+  uint64_t n = 0;
+  for (const auto& r : rounds_) n += r.stored_bytes;
+  return n;
+}
+
+Result<void> PreCopy::CheckUsable() const {
+  if (failed_)
+    return MakeError(ErrorKind::kGeneric, 0, "pre-copy of %d: a round failed, its tracking is lost",
+                     pid_);
+  return Ok();
+}
+
+DirtyTracker* PreCopy::Tracker(pid_t pid) const {
+  if (failed_ || rounds_.empty()) return nullptr;
+  auto it = procs_.find(pid);
+  return it == procs_.end() ? nullptr : it->second.tracker.get();
+}
+
+std::vector<img::PageMap> PreCopy::EarlierMaps(pid_t pid,
+                                               const std::vector<PageRange>& present) const {
+  std::vector<img::PageMap> out;
+  auto it = procs_.find(pid);
+  if (it == procs_.end()) return out;
+  for (const auto& old : it->second.maps) {
+    img::PageMap f = old;
+    f.clear_runs();
+    std::vector<PageRange> runs;
+    for (const auto& run : old.runs()) runs.push_back({run.vaddr(), run.npages()});
+    // Intersect keeps order; map each kept piece back to its blob offset.
+    int k = 0;
+    for (const auto& piece : Intersect(runs, present)) {
+      while (old.runs(k).vaddr() + old.runs(k).npages() * kPage <= piece.addr) ++k;
+      const auto& src = old.runs(k);
+      img::PageRun* nr = f.add_runs();
+      nr->set_vaddr(piece.addr);
+      nr->set_npages(piece.npages);
+      nr->set_blob_off(src.blob_off() + (piece.addr - src.vaddr()));
+    }
+    out.push_back(std::move(f));
+  }
+  return out;
+}
+
+}  // namespace godwit::dump

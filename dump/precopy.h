@@ -1,0 +1,100 @@
+// Pre-copy driven by a caller: a running tree's memory copied round by round into a sink, then a
+// final dump (dump::Dump with DumpOptions::precopy, into the same sink) that stores only what was
+// written since the last round.
+//
+// Start seizes the tree briefly (every thread, as the dump does) to start dirty tracking in each
+// live process (dump/dirty.h: userfaultfd write-protect, async), then lets it run. Round 0 copies
+// every present page of the tracked mappings; each later round copies the pages written since the
+// previous round's scan (the scan write-protects them again). Round N of process PID goes to the
+// blob "pages-PID-preN.img" (none when nothing was written); its page map is kept here, and the
+// final dump writes the rounds' maps into pagemap-PID.img before its own (restore applies them in
+// order: later pages win). What is not tracked (a process born after Start, a mapping made,
+// moved or replaced since, a process that exec'd) is stored whole by the final dump; a process
+// gone since Start is forgotten.
+//
+// A round that fails leaves the PreCopy unusable (a scan already re-protected pages that were
+// then not copied): further rounds and the final dump refuse it. Destroying a PreCopy stops the
+// tracking (closing each userfaultfd unregisters it and drops the write protection): after the
+// final dump, or instead of it.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <map>
+#include <memory>
+#include <vector>
+
+#include "common/result.h"
+#include "dump/pages.h"
+#include "images/image.h"
+#include "proto/pagemap.pb.h"
+
+namespace godwit::dump {
+
+class DirtyTracker;
+
+struct PreCopyOptions {
+  images::Compression compression = images::Compression::kNone;
+  int zstd_level = 3;
+};
+
+struct RoundStats {
+  int round = 0;
+  uint64_t pages = 0;         // pages copied
+  uint64_t bytes = 0;         // their bytes
+  uint64_t stored_bytes = 0;  // what they took in the sink (compressed, chunk headers)
+  double ms = 0;              // the round's duration
+  // This round's bytes over the time since the previous round started: how fast the tree
+  // writes memory, what the next round (or the frozen one) will have to copy per second of
+  // delay. 0 for round 0.
+  double dirty_bytes_per_s = 0;
+};
+
+class PreCopy {
+ public:
+  // Starts dirty tracking on every live process of the running tree rooted at pid. The tree
+  // must not be stopped (a cgroup-frozen tree cannot run the injected userfaultfd()).
+  static Result<std::unique_ptr<PreCopy>> Start(pid_t pid, images::Sink& sink,
+                                                const PreCopyOptions& o = {});
+  ~PreCopy();
+  PreCopy(const PreCopy&) = delete;
+  PreCopy& operator=(const PreCopy&) = delete;
+
+  // Round 0: every present page of the tracked mappings; then the pages written since the last
+  // round.
+  Result<RoundStats> Round();
+  const std::vector<RoundStats>& rounds() const { return rounds_; }
+  pid_t pid() const { return pid_; }
+  images::Sink& sink() const { return *sink_; }
+  // Bytes the rounds stored in the sink, all together.
+  uint64_t stored_bytes() const;
+  // Usable by a final dump: at least one round done, none failed.
+  Result<void> CheckUsable() const;
+
+  // For the final dump (dump/mm.cc), the tree frozen. The tracker of pid; null when pid was not
+  // tracked or no round ran (then every page is stored).
+  DirtyTracker* Tracker(pid_t pid) const;
+  // The rounds' page maps of pid in order, each cut down to the pages in present (sorted): a page
+  // gone since (unmapped, or the zero page now) must not come back from an old round.
+  std::vector<img::PageMap> EarlierMaps(pid_t pid, const std::vector<PageRange>& present) const;
+
+ private:
+  PreCopy() = default;
+  struct Process {
+    std::unique_ptr<DirtyTracker> tracker;
+    std::vector<img::PageMap> maps;  // one per round that stored something
+  };
+  Result<void> RoundOf(pid_t pid, Process& p, int round, RoundStats* rs);
+
+  pid_t pid_ = 0;
+  images::Sink* sink_ = nullptr;
+  PreCopyOptions opts_;
+  uint64_t zero_pfn_ = 0;
+  std::map<pid_t, Process> procs_;
+  std::vector<RoundStats> rounds_;
+  std::chrono::steady_clock::time_point last_start_;
+  bool failed_ = false;
+};
+
+}  // namespace godwit::dump

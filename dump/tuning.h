@@ -1,0 +1,23 @@
+// Engine switches for A/B measurements, not for users: the defaults are what godwit does. They
+// are options, not process-wide state, so one process (a migration daemon) may run two dumps
+// with different settings at once. The CLI fills them from GODWIT_* environment variables
+// (cli/tuning_env.h); nothing under dump/ reads the environment.
+#pragma once
+
+namespace godwit::dump {
+
+struct DumpTuning {
+  // Before the freeze, create each process's page file and reserve the space its anonymous
+  // memory will take (allocating tmpfs pages is most of the cost of writing them): a shorter
+  // freeze. GODWIT_NO_RESERVE turns it off. A container checkpoint turns it off too: its cgroup
+  // is frozen before the engine runs, so the reservation would only add frozen time.
+  bool reserve_pages = true;
+  // zstd without pre-copy: compress while frozen instead of after the tree is let go
+  // (GODWIT_COMPRESS_FROZEN).
+  bool compress_frozen = false;
+  // A frozen process writes its own pages into the page file with an injected pwritev (one
+  // copy); off: the coordinator reads them with process_vm_readv (GODWIT_NO_TARGET_WRITE).
+  bool target_write = true;
+};
+
+}  // namespace godwit::dump

@@ -1,0 +1,412 @@
+#include "migrate/dest.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <ifaddrs.h>
+#include <linux/if_packet.h>
+#include <net/ethernet.h>
+#include <net/if.h>
+#include <net/if_arp.h>
+#include <sched.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/utsname.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <signal.h>
+
+#include <algorithm>
+#include <chrono>
+#include <set>
+
+#include "common/fs.h"
+#include "common/log.h"
+#include "common/scope_exit.h"
+#include "container/engine.h"
+#include "container/restore.h"
+#include "images/image.h"
+#include "migrate/image_stream.h"
+#include "migrate/kernel.h"
+#include "migrate/packet_hold.h"
+#include "runtime/container.h"
+#include "runtime/runtime.h"
+
+namespace godwit::migrate {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double MsSince(Clock::time_point t) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - t).count();
+}
+
+uint64_t MemAvailable() {
+  auto mi = fs::ReadFile("/proc/meminfo");
+  if (!mi.ok()) return 0;
+  size_t at = mi->find("MemAvailable:");
+  if (at == std::string::npos) return 0;
+  return strtoull(mi->c_str() + at + 13, nullptr, 10) * 1024;
+}
+
+Result<void> SendAbort(Channel& ch, const std::string& reason) {
+  mig::Frame f;
+  f.mutable_abort()->set_reason(reason);
+  return ch.Send(f);
+}
+
+Result<void> SendFailed(Channel& ch, const Error& e) {
+  mig::Frame f;
+  f.mutable_failed()->set_reason(e.to_string());
+  f.mutable_failed()->set_exit_code(e.exit_code());
+  return ch.Send(f);
+}
+
+struct ArpPacket {
+  uint16_t htype, ptype;
+  uint8_t hlen, plen;
+  uint16_t oper;
+  uint8_t sha[6];
+  uint8_t spa[4];
+  uint8_t tha[6];
+  uint8_t tpa[4];
+} __attribute__((packed));
+
+// In the forked helper, inside the container's netns: raw syscalls and libc only.
+int AnnounceHere() {
+  struct ifaddrs* ifa = nullptr;
+  if (getifaddrs(&ifa) < 0) return -1;
+  int sent = 0;
+  int s = socket(AF_PACKET, SOCK_DGRAM | SOCK_CLOEXEC, htons(ETH_P_ARP));
+  if (s < 0) {
+    freeifaddrs(ifa);
+    return -1;
+  }
+  for (struct ifaddrs* a = ifa; a; a = a->ifa_next) {
+    if (!a->ifa_addr || a->ifa_addr->sa_family != AF_INET) continue;
+    if (a->ifa_flags & IFF_LOOPBACK) continue;
+    if (!(a->ifa_flags & IFF_UP)) continue;
+    struct ifreq ifr {};
+    snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", a->ifa_name);
+    if (ioctl(s, SIOCGIFHWADDR, &ifr) < 0 || ifr.ifr_hwaddr.sa_family != ARPHRD_ETHER) continue;
+    unsigned idx = if_nametoindex(a->ifa_name);
+    if (idx == 0) continue;
+    ArpPacket p{};
+    p.htype = htons(ARPHRD_ETHER);
+    p.ptype = htons(ETH_P_IP);
+    p.hlen = 6;
+    p.plen = 4;
+    p.oper = htons(ARPOP_REQUEST);  // a gratuitous request: sender = target = our address
+    memcpy(p.sha, ifr.ifr_hwaddr.sa_data, 6);
+    auto* sin = reinterpret_cast<struct sockaddr_in*>(a->ifa_addr);
+    memcpy(p.spa, &sin->sin_addr, 4);
+    memcpy(p.tpa, &sin->sin_addr, 4);
+    struct sockaddr_ll ll {};
+    ll.sll_family = AF_PACKET;
+    ll.sll_protocol = htons(ETH_P_ARP);
+    ll.sll_ifindex = static_cast<int>(idx);
+    ll.sll_halen = 6;
+    memset(ll.sll_addr, 0xff, 6);
+    if (sendto(s, &p, sizeof(p), 0, reinterpret_cast<sockaddr*>(&ll), sizeof(ll)) ==
+        static_cast<ssize_t>(sizeof(p)))
+      sent++;
+    // And as a reply (some switches learn only from replies).
+    p.oper = htons(ARPOP_REPLY);
+    (void)sendto(s, &p, sizeof(p), 0, reinterpret_cast<sockaddr*>(&ll), sizeof(ll));
+  }
+  close(s);
+  freeifaddrs(ifa);
+  return sent;
+}
+
+std::string StagingBase(const DestOptions& o) {
+  return o.staging.empty() ? o.root + "/incoming" : o.staging;
+}
+
+// Fault injection (DestOptions::fault): true when the caller must stop as if the connection
+// broke (the "close" action); "kill" does not return.
+bool Fault(const DestOptions& o, Channel& ch, const char* phase) {
+  if (o.fault.empty()) return false;
+  size_t colon = o.fault.find(':');
+  if (o.fault.substr(0, colon) != phase) return false;
+  std::string action = colon == std::string::npos ? "kill" : o.fault.substr(colon + 1);
+  LOG_WARN("fault injection: %s at %s", action.c_str(), phase);
+  if (action == "kill") raise(SIGKILL);
+  if (action == "corrupt") {
+    // Garbage where the next frame header belongs (inside TLS: the framing is what breaks).
+    std::string junk(64, '\x5a');
+    (void)ch.SendRaw(junk.data(), junk.size());
+  }
+  ch.Close();
+  return true;
+}
+
+}  // namespace
+
+int CleanupDeadSessions(const DestOptions& o, const std::vector<pid_t>& live) {
+  std::string base = StagingBase(o);
+  auto names = fs::ListDir(base);
+  if (!names.ok()) return 0;
+  int cleaned = 0;
+  for (const auto& n : *names) {
+    size_t dot = n.rfind('.');
+    if (dot == std::string::npos || dot == 0) continue;
+    pid_t pid = atoi(n.c_str() + dot + 1);
+    if (pid <= 0) continue;
+    if (std::find(live.begin(), live.end(), pid) != live.end()) continue;
+    if (pid != getpid() && kill(pid, 0) == 0 && live.empty()) continue;  // at start: still alive
+    std::string id = n.substr(0, dot);
+    std::string dir = base + "/" + n;
+    if (!fs::Exists(dir + "/committed") && runtime::ValidateId(id).ok() &&
+        fs::Exists(o.root + "/" + id)) {
+      auto r = runtime::Delete(o.root, id, /*force=*/true);
+      if (r.ok())
+        LOG_INFO("removed %s, restored by session %d which died before the commit", id.c_str(),
+                 pid);
+      else
+        LOG_ERROR("remove %s left by session %d: %s", id.c_str(), pid,
+                  r.error().to_string().c_str());
+    }
+    (void)fs::RemoveAll(dir);
+    cleaned++;
+  }
+  return cleaned;
+}
+
+std::vector<std::string> LocalKernelFeatures() { return KernelFeatureNames(); }
+
+Result<int> AnnounceAddresses(pid_t pid) {
+  std::string p = StrFormat("/proc/%d/ns/net", pid);
+  ASSIGN_OR_RETURN(UniqueFd ns, fs::Open(p, O_RDONLY | O_CLOEXEC));
+  pid_t child = fork();
+  if (child < 0) return Errno("fork");
+  if (child == 0) {
+    if (setns(ns.get(), CLONE_NEWNET) < 0) _exit(255);
+    int n = AnnounceHere();
+    _exit(n < 0 ? 254 : (n > 200 ? 200 : n));
+  }
+  int st = 0;
+  while (waitpid(child, &st, 0) < 0) {
+    if (errno != EINTR) return Errno("wait for announce helper %d", child);
+  }
+  if (!WIFEXITED(st) || WEXITSTATUS(st) >= 254)
+    return MakeError(ErrorKind::kGeneric, 0, "announce in netns of pid %d failed (status %#x)",
+                     pid, st);
+  return WEXITSTATUS(st);
+}
+
+std::string CheckHello(const mig::Hello& h, const DestOptions& o) {
+  if (h.protocol_version() != mig::VERSION_CURRENT)
+    return StrFormat("protocol version %u, this host speaks %d (godwit %s)", h.protocol_version(),
+                     mig::VERSION_CURRENT, GODWIT_VERSION);
+  if (h.image_format_version() != images::kFormatVersion)
+    return StrFormat("image format version %u, this host reads %u", h.image_format_version(),
+                     images::kFormatVersion);
+  struct utsname u;
+  if (uname(&u) == 0 && !h.machine().empty() && h.machine() != u.machine)
+    return StrFormat("machine %s, this host is %s", h.machine().c_str(), u.machine);
+  {
+    img::Inventory inv;
+    for (const auto& f : h.cpu_features()) inv.add_cpu_features(f);
+    inv.set_xcr0(h.xcr0());
+    auto r = images::CheckCpuFeatures(inv);
+    if (!r.ok()) return r.error().message();
+  }
+  {
+    std::vector<std::string> have = LocalKernelFeatures();
+    std::set<std::string> here(have.begin(), have.end());
+    std::string missing;
+    for (const auto& f : h.kernel_features())
+      if (!here.count(f)) missing += (missing.empty() ? "" : ", ") + f;
+    if (!missing.empty()) return "this kernel lacks features the container relies on: " + missing;
+  }
+  if (runtime::ValidateId(h.container_id()).ok() == false)
+    return StrFormat("bad container id \"%s\"", h.container_id().c_str());
+  if (fs::Exists(o.root + "/" + h.container_id()))
+    return StrFormat("container %s already exists under %s", h.container_id().c_str(),
+                     o.root.c_str());
+  struct stat rst;
+  if (h.rootfs().empty() || ::stat(h.rootfs().c_str(), &rst) < 0 || !S_ISDIR(rst.st_mode))
+    return StrFormat("rootfs %s does not exist on this host", h.rootfs().c_str());
+  uint64_t avail = MemAvailable();
+  // The staging copy of the images and the restored memory: twice the resident size, plus slack.
+  uint64_t need = 2 * h.memory_bytes() + (64ull << 20);
+  if (avail < need)
+    return StrFormat("no room: the container needs ~%llu MiB here, %llu MiB available",
+                     static_cast<unsigned long long>(need >> 20),
+                     static_cast<unsigned long long>(avail >> 20));
+  return "";
+}
+
+Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
+  DestResult res;
+  ch.set_timeout(o.timeout_s);
+  mig::Frame f;
+  std::string payload;
+  TRY_CTX(ch.Recv(&f, &payload), "handshake");
+  if (!f.has_hello())
+    return MakeError(ErrorKind::kPeer, 0, "peer %s: expected hello, got %s", ch.peer().c_str(),
+                     FrameKind(f));
+  const mig::Hello hello = f.hello();
+  res.id = hello.container_id();
+  {
+    mig::Frame w;
+    mig::Welcome* wl = w.mutable_welcome();
+    std::string why = CheckHello(hello, o);
+    wl->set_accepted(why.empty());
+    wl->set_reason(why);
+    wl->set_protocol_version(mig::VERSION_CURRENT);
+    wl->set_godwit_version(GODWIT_VERSION);
+    struct utsname u;
+    if (uname(&u) == 0) wl->set_hostname(u.nodename);
+    for (auto& k : LocalKernelFeatures()) wl->add_kernel_features(k);
+    for (auto& c : images::CpuFeatures()) wl->add_cpu_features(c);
+    wl->set_mem_available(MemAvailable());
+    if (why.empty() && Fault(o, ch, "welcome"))
+      return MakeError(ErrorKind::kPeer, 0, "fault injected at welcome");
+    TRY_CTX(ch.Send(w), "handshake");
+    if (!why.empty())
+      return MakeError(ErrorKind::kPeer, 0, "refused migration of %s from %s: %s",
+                       hello.container_id().c_str(), ch.peer().c_str(), why.c_str());
+  }
+  LOG_INFO("migration of %s from %s accepted", res.id.c_str(), ch.peer().c_str());
+
+  std::string base = StagingBase(o);
+  std::string staging = StrFormat("%s/%s.%d", base.c_str(), res.id.c_str(), getpid());
+  TRY(fs::MkdirAll(staging, 0700));
+  ScopeExit rm_staging([&] {
+    auto r = fs::RemoveAll(staging);
+    if (!r.ok()) LOG_WARN("remove %s: %s", staging.c_str(), r.error().to_string().c_str());
+  });
+  FileReceiver rx(staging);
+  bool restored = false;
+  bool committed = false;
+  ScopeExit undo([&] {
+    if (!restored || committed) return;
+    // Restored but never committed: the source may still run it. Ours goes.
+    auto r = runtime::Delete(o.root, res.id, /*force=*/true);
+    if (!r.ok())
+      LOG_ERROR("migration of %s: remove the uncommitted copy: %s", res.id.c_str(),
+                r.error().to_string().c_str());
+    else
+      LOG_INFO("migration of %s: uncommitted copy removed", res.id.c_str());
+  });
+  auto round_start = Clock::now();
+  uint64_t round_bytes0 = 0;
+  for (;;) {
+    auto r = ch.Recv(&f, &payload);
+    if (!r.ok()) return std::move(r.error().wrap(StrFormat("migration of %s", res.id.c_str())));
+    switch (f.msg_case()) {
+      case mig::Frame::kFile: {
+        auto a = rx.Apply(f.file(), payload);
+        if (!a.ok()) {
+          (void)SendAbort(ch, a.error().to_string());
+          return std::move(a.error().wrap(StrFormat("migration of %s", res.id.c_str())));
+        }
+        break;
+      }
+      case mig::Frame::kRoundEnd: {
+        if (Fault(o, ch, "round")) return MakeError(ErrorKind::kPeer, 0, "fault injected at round");
+        mig::Frame ack;
+        ack.mutable_round_ack()->set_round(f.round_end().round());
+        ack.mutable_round_ack()->set_bytes_applied(rx.bytes() - round_bytes0);
+        ack.mutable_round_ack()->set_apply_ms(MsSince(round_start));
+        TRY(ch.Send(ack));
+        res.rounds++;
+        round_bytes0 = rx.bytes();
+        round_start = Clock::now();
+        break;
+      }
+      case mig::Frame::kFinal: {
+        if (rx.open_files() != 0 ||
+            !fs::Exists(staging + "/container/inventory.img")) {
+          Error e = MakeError(ErrorKind::kPeer, 0, "final state incomplete (%zu files open%s)",
+                              rx.open_files(),
+                              fs::Exists(staging + "/container/inventory.img")
+                                  ? ""
+                                  : ", no container inventory");
+          (void)SendFailed(ch, e);
+          return e;
+        }
+        if (Fault(o, ch, "final")) return MakeError(ErrorKind::kPeer, 0, "fault injected at final");
+        auto t0 = Clock::now();
+        container::RestoreOptions ro;
+        ro.root = o.root;
+        ro.id = res.id;
+        ro.image_path = staging;
+        if (!o.cgroup_parent.empty()) ro.cgroup_parent = o.cgroup_parent;
+        ro.bridge = o.bridge;
+        auto rr = container::Restore(ro, container::EngineRestorer());
+        res.restore_ms = MsSince(t0);
+        if (!rr.ok()) {
+          LOG_ERROR("migration of %s: restore failed: %s", res.id.c_str(),
+                    rr.error().to_string().c_str());
+          (void)SendFailed(ch, rr.error());
+          return std::move(rr.error().wrap(StrFormat("migration of %s: restore", res.id.c_str())));
+        }
+        restored = true;
+        mig::Frame done;
+        mig::Restored* rs = done.mutable_restored();
+        rs->set_init_pid(rr->container.pid);
+        rs->mutable_phases()->set_total_ms(res.restore_ms);
+        rs->mutable_phases()->set_tree_ms(rr->phases.tree_ms);
+        rs->mutable_phases()->set_memory_ms(rr->phases.memory_ms);
+        rs->mutable_phases()->set_env_ms(rr->phases.env_ms);
+        // Announce at once: the source is frozen and its network locked, so the segment may as
+        // well learn the new place now; again after the commit.
+        (void)AnnounceAddresses(rr->container.pid);
+        if (Fault(o, ch, "restored"))
+          return MakeError(ErrorKind::kPeer, 0, "fault injected at restored");
+        TRY(ch.Send(done));
+        ch.set_timeout(o.timeout_s);
+        auto c = ch.Recv(&f, &payload);
+        if (!c.ok()) return std::move(c.error().wrap("waiting for the commit"));
+        if (f.has_held()) {
+          // The frames the source held while frozen: into the container before the commit.
+          auto n = InjectFrames(rr->container.host_veth, payload);
+          if (!n.ok())
+            LOG_WARN("migration of %s: held frames: %s", res.id.c_str(),
+                     n.error().to_string().c_str());
+          else
+            res.held_packets = *n;
+          c = ch.Recv(&f, &payload);
+          if (!c.ok()) return std::move(c.error().wrap("waiting for the commit"));
+        }
+        if (!f.has_commit())
+          return MakeError(ErrorKind::kPeer, 0, "migration of %s: expected commit, got %s%s%s",
+                           res.id.c_str(), FrameKind(f), f.has_abort() ? ": " : "",
+                           f.has_abort() ? f.abort().reason().c_str() : "");
+        committed = true;
+        res.committed = true;
+        // A session killed from here on leaves the container: it is the only copy now.
+        (void)fs::WriteFile(staging + "/committed", "");
+        auto ta = Clock::now();
+        auto an = AnnounceAddresses(rr->container.pid);
+        if (!an.ok())
+          LOG_WARN("migration of %s: announce: %s", res.id.c_str(), an.error().to_string().c_str());
+        res.announce_ms = MsSince(ta);
+        mig::Frame d;
+        d.mutable_done()->set_announce_ms(res.announce_ms);
+        auto s = ch.Send(d);
+        if (!s.ok()) LOG_WARN("migration of %s: done: %s", res.id.c_str(),
+                              s.error().to_string().c_str());
+        res.bytes = rx.bytes();
+        LOG_INFO("migration of %s committed: %d rounds, %llu bytes, restore %.1f ms",
+                 res.id.c_str(), res.rounds, static_cast<unsigned long long>(res.bytes),
+                 res.restore_ms);
+        return res;
+      }
+      case mig::Frame::kAbort:
+        return MakeError(ErrorKind::kPeer, 0, "migration of %s aborted by the source: %s",
+                         res.id.c_str(), f.abort().reason().c_str());
+      default: {
+        Error e = MakeError(ErrorKind::kPeer, 0, "migration of %s: unexpected %s frame",
+                            res.id.c_str(), FrameKind(f));
+        (void)SendAbort(ch, e.message());
+        return e;
+      }
+    }
+  }
+}
+
+}  // namespace godwit::migrate

@@ -1,0 +1,191 @@
+#include "migrate/image_stream.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zstd.h>
+
+#include <chrono>
+
+#include "common/fs.h"
+#include "images/crc32c.h"
+
+namespace godwit::migrate {
+namespace {
+
+constexpr size_t kChunk = 4 << 20;
+
+double MsSince(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t).count();
+}
+
+bool SafeName(const std::string& n) {
+  return !n.empty() && n.size() < 256 && n.find('/') == std::string::npos && n != "." &&
+         n != ".." && n.find('\0') == std::string::npos;
+}
+
+// Forwards every call to the inner output; Close also tells the sink's listener.
+class ForwardingOutput : public images::Output {
+ public:
+  ForwardingOutput(std::unique_ptr<images::Output> in, std::string name,
+                   std::function<Result<void>(const std::string&)>* cb)
+      : in_(std::move(in)), name_(std::move(name)), cb_(cb) {}
+  Result<void> Write(const void* d, size_t n) override { return in_->Write(d, n); }
+  Result<void> WriteChecked(const void* d, size_t n, uint32_t c) override {
+    return in_->WriteChecked(d, n, c);
+  }
+  Result<void> Close() override {
+    TRY(in_->Close());
+    return (*cb_)(name_);
+  }
+  Result<void> Reserve(uint64_t b) override { return in_->Reserve(b); }
+  Result<int64_t> ExtendExternal(size_t n) override { return in_->ExtendExternal(n); }
+  int fd() const override { return in_->fd(); }
+  Result<void> WriteAt(uint64_t off, const void* d, size_t n) override {
+    return in_->WriteAt(off, d, n);
+  }
+  void AddChecksum(uint32_t c, size_t n) override { in_->AddChecksum(c, n); }
+
+ private:
+  std::unique_ptr<images::Output> in_;
+  std::string name_;
+  std::function<Result<void>(const std::string&)>* cb_;
+};
+
+class Forwarding : public images::Sink {
+ public:
+  Forwarding(std::unique_ptr<images::Sink> in, std::function<Result<void>(const std::string&)> cb)
+      : in_(std::move(in)), cb_(std::move(cb)) {}
+  Result<std::unique_ptr<images::Output>> Create(const std::string& name) override {
+    ASSIGN_OR_RETURN(auto out, in_->Create(name));
+    return std::unique_ptr<images::Output>(new ForwardingOutput(std::move(out), name, &cb_));
+  }
+  Result<void> Finish(img::Inventory inv) override {
+    TRY(in_->Finish(std::move(inv)));
+    return cb_("inventory.img");
+  }
+  void Abort() override { in_->Abort(); }
+
+ private:
+  std::unique_ptr<images::Sink> in_;
+  std::function<Result<void>(const std::string&)> cb_;
+};
+
+}  // namespace
+
+const char* DirName(mig::Dir d) {
+  switch (d) {
+    case mig::DIR_TREE: return "tree";
+    case mig::DIR_CONTAINER: return "container";
+    default: return nullptr;
+  }
+}
+
+std::unique_ptr<images::Sink> ForwardingSink(
+    std::unique_ptr<images::Sink> inner, std::function<Result<void>(const std::string&)> cb) {
+  return std::make_unique<Forwarding>(std::move(inner), std::move(cb));
+}
+
+Result<void> FileSender::Send(const std::string& name) {
+  auto t0 = std::chrono::steady_clock::now();
+  std::string path = local_ + "/" + name;
+  ASSIGN_OR_RETURN(UniqueFd fd, fs::Open(path, O_RDONLY | O_CLOEXEC));
+  struct stat st;
+  if (fstat(fd.get(), &st) < 0) return Errno("stat %s", path.c_str());
+  uint64_t size = static_cast<uint64_t>(st.st_size);
+  uint64_t off = 0;
+  buf_.resize(kChunk);
+  do {
+    size_t n = static_cast<size_t>(std::min<uint64_t>(kChunk, size - off));
+    size_t got = 0;
+    while (got < n) {
+      ssize_t r = pread(fd.get(), buf_.data() + got, n - got, static_cast<off_t>(off + got));
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0) return Errno("read %s at %llu", path.c_str(), (unsigned long long)(off + got));
+      if (r == 0) return MakeError(ErrorKind::kGeneric, 0, "%s shrank while being sent", path.c_str());
+      got += r;
+    }
+    mig::Frame f;
+    mig::FileData* d = f.mutable_file();
+    d->set_dir(dir_);
+    d->set_name(name);
+    d->set_offset(off);
+    d->set_length(n);
+    d->set_last(off + n == size);
+    const char* payload = buf_.data();
+    size_t plen = n;
+    if (zstd_ && n >= 4096) {
+      zbuf_.resize(ZSTD_compressBound(n));
+      size_t z = ZSTD_compress(zbuf_.data(), zbuf_.size(), buf_.data(), n, 1);
+      if (!ZSTD_isError(z) && z < n - n / 16) {
+        d->set_zstd(true);
+        payload = zbuf_.data();
+        plen = z;
+      }
+    }
+    d->set_crc32c(images::Crc32c(0, payload, plen));
+    TRY_CTX(ch_->Send(f, payload, plen), "send %s/%s", DirName(dir_), name.c_str());
+    wire_bytes_ += plen;
+    off += n;
+  } while (off < size);
+  file_bytes_ += size;
+  files_++;
+  send_ms_ += MsSince(t0);
+  return Ok();
+}
+
+Result<void> FileReceiver::Apply(const mig::FileData& f, const std::string& payload) {
+  const char* dir = DirName(f.dir());
+  if (!dir || !SafeName(f.name()))
+    return MakeError(ErrorKind::kPeer, 0, "peer sent a file with a bad name (dir %d, \"%s\")",
+                     static_cast<int>(f.dir()), f.name().c_str());
+  if (images::Crc32c(0, payload.data(), payload.size()) != f.crc32c())
+    return MakeError(ErrorKind::kPeer, 0, "%s/%s at offset %llu: payload checksum mismatch", dir,
+                     f.name().c_str(), static_cast<unsigned long long>(f.offset()));
+  const std::string* data = &payload;
+  if (f.zstd()) {
+    if (f.length() > kMaxPayload)
+      return MakeError(ErrorKind::kPeer, 0, "%s/%s: chunk of %llu bytes", dir, f.name().c_str(),
+                       static_cast<unsigned long long>(f.length()));
+    zbuf_.resize(f.length());
+    size_t n = ZSTD_decompress(zbuf_.data(), zbuf_.size(), payload.data(), payload.size());
+    if (ZSTD_isError(n) || n != f.length())
+      return MakeError(ErrorKind::kPeer, 0, "%s/%s at offset %llu: bad zstd frame", dir,
+                       f.name().c_str(), static_cast<unsigned long long>(f.offset()));
+    data = &zbuf_;
+  } else if (payload.size() != f.length()) {
+    return MakeError(ErrorKind::kPeer, 0, "%s/%s at offset %llu: %zu bytes, header says %llu", dir,
+                     f.name().c_str(), static_cast<unsigned long long>(f.offset()),
+                     payload.size(), static_cast<unsigned long long>(f.length()));
+  }
+  std::string key = std::string(dir) + "/" + f.name();
+  auto it = open_.find(key);
+  if (it == open_.end()) {
+    if (f.offset() != 0)
+      return MakeError(ErrorKind::kPeer, 0, "%s: first piece at offset %llu", key.c_str(),
+                       static_cast<unsigned long long>(f.offset()));
+    std::string d = staging_ + "/" + dir;
+    TRY(fs::MkdirAll(d, 0700));
+    ASSIGN_OR_RETURN(UniqueFd fd, fs::Open(d + "/" + f.name(),
+                                           O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW,
+                                           0600));
+    it = open_.emplace(key, std::move(fd)).first;
+  }
+  const char* p = data->data();
+  size_t len = data->size();
+  uint64_t off = f.offset();
+  while (len > 0) {
+    ssize_t w = pwrite(it->second.get(), p, len, static_cast<off_t>(off));
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) return Errno("write %s/%s at %llu", staging_.c_str(), key.c_str(),
+                             static_cast<unsigned long long>(off));
+    p += w;
+    off += w;
+    len -= w;
+  }
+  bytes_ += data->size();
+  if (f.last()) open_.erase(it);
+  return Ok();
+}
+
+}  // namespace godwit::migrate

@@ -1,0 +1,76 @@
+// Image files across the migration stream.
+//
+// Source: the dump writes into a local staging directory through a ForwardingSink, which sends
+// each image file to the peer the moment the dump closes it (so a pre-copy round's page blob
+// crosses while the next one is being written, and the final dump's files cross while the rest
+// of the final state is still being collected). The inventory goes last: the destination's set is
+// complete exactly when the source's is.
+//
+// Destination: a FileReceiver writes every FileData frame at its offset into its own staging
+// directory (names checked: one path component, no "..") after checking the payload's crc32c.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+
+#include "common/result.h"
+#include "common/unique_fd.h"
+#include "images/image.h"
+#include "migrate/wire.h"
+
+namespace godwit::migrate {
+
+// Sends whole files of one local directory as FileData frames.
+class FileSender {
+ public:
+  FileSender(Channel* ch, mig::Dir dir, std::string local_dir, bool zstd)
+      : ch_(ch), dir_(dir), local_(std::move(local_dir)), zstd_(zstd) {}
+  // Sends local_dir/name (chunks of up to 4 MiB, zstd when enabled and it shrinks the chunk).
+  Result<void> Send(const std::string& name);
+  uint64_t file_bytes() const { return file_bytes_; }  // bytes of the files sent
+  uint64_t wire_bytes() const { return wire_bytes_; }  // payload bytes sent (after zstd)
+  double send_ms() const { return send_ms_; }           // time spent sending
+  int files() const { return files_; }
+
+ private:
+  Channel* ch_;
+  mig::Dir dir_;
+  std::string local_;
+  bool zstd_;
+  uint64_t file_bytes_ = 0;
+  uint64_t wire_bytes_ = 0;
+  double send_ms_ = 0;
+  int files_ = 0;
+  std::string buf_, zbuf_;
+};
+
+// A sink that writes through `inner` (a directory sink on local_dir) and calls on_closed(name)
+// after each output is closed and after Finish (with "inventory.img"). A failing callback fails
+// that Close/Finish (and so the dump). It cannot compress after Finish: the files are gone.
+std::unique_ptr<images::Sink> ForwardingSink(std::unique_ptr<images::Sink> inner,
+                                             std::function<Result<void>(const std::string&)> on_closed);
+
+// Writes received files under a staging directory (dir/tree, dir/container).
+class FileReceiver {
+ public:
+  explicit FileReceiver(std::string staging) : staging_(std::move(staging)) {}
+  Result<void> Apply(const mig::FileData& f, const std::string& payload);
+  // Files still open (a FileData without `last` seen): the set is incomplete.
+  size_t open_files() const { return open_.size(); }
+  uint64_t bytes() const { return bytes_; }
+  const std::string& staging() const { return staging_; }
+
+ private:
+  std::string staging_;
+  std::map<std::string, UniqueFd> open_;
+  uint64_t bytes_ = 0;
+  std::string zbuf_;
+};
+
+const char* DirName(mig::Dir d);
+
+}  // namespace godwit::migrate

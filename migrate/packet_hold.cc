@@ -1,0 +1,88 @@
+#include "migrate/packet_hold.h"
+
+#include <arpa/inet.h>
+#include <linux/if_ether.h>
+#include <linux/if_packet.h>
+#include <net/if.h>
+#include <sys/socket.h>
+
+#include <cstring>
+
+namespace godwit::migrate {
+
+Result<PacketHold> PacketHold::Start(const std::string& host_veth, int rcvbuf) {
+  unsigned idx = if_nametoindex(host_veth.c_str());
+  if (idx == 0) return Errno("packet hold: link %s", host_veth.c_str());
+  int fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC | SOCK_NONBLOCK, htons(ETH_P_ALL));
+  if (fd < 0) return Errno("packet hold: socket(AF_PACKET)");
+  PacketHold h;
+  h.fd_.reset(fd);
+  // SO_RCVBUFFORCE needs CAP_NET_ADMIN (root has it); the plain one is capped by rmem_max.
+  if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &rcvbuf, sizeof(rcvbuf)) < 0)
+    (void)setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
+  // Only frames going into the container: on the host end those are outgoing. Receiving our own
+  // injected frames is impossible here (the source never injects).
+  sockaddr_ll ll{};
+  ll.sll_family = AF_PACKET;
+  ll.sll_protocol = htons(ETH_P_ALL);
+  ll.sll_ifindex = static_cast<int>(idx);
+  if (bind(fd, reinterpret_cast<sockaddr*>(&ll), sizeof(ll)) < 0)
+    return Errno("packet hold: bind to %s", host_veth.c_str());
+  return h;
+}
+
+Result<int> PacketHold::Drain(std::string* out) {
+  int n = 0;
+  char buf[65536 + 64];
+  for (;;) {
+    sockaddr_ll from{};
+    socklen_t fl = sizeof(from);
+    ssize_t r = recvfrom(fd_.get(), buf, sizeof(buf), MSG_TRUNC,
+                         reinterpret_cast<sockaddr*>(&from), &fl);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) break;
+      return Errno("packet hold: recv");
+    }
+    if (from.sll_pkttype != PACKET_OUTGOING) continue;  // the container's own replies
+    if (static_cast<size_t>(r) > sizeof(buf)) {
+      dropped_++;  // larger than any frame a veth carries without offloads: skip
+      continue;
+    }
+    uint32_t len = static_cast<uint32_t>(r);
+    out->append(reinterpret_cast<const char*>(&len), 4);
+    out->append(buf, len);
+    n++;
+  }
+  return n;
+}
+
+Result<int> InjectFrames(const std::string& host_veth, const std::string& frames) {
+  if (frames.empty()) return 0;
+  unsigned idx = if_nametoindex(host_veth.c_str());
+  if (idx == 0) return Errno("inject: link %s", host_veth.c_str());
+  UniqueFd fd(socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, htons(ETH_P_ALL)));
+  if (!fd) return Errno("inject: socket(AF_PACKET)");
+  sockaddr_ll ll{};
+  ll.sll_family = AF_PACKET;
+  ll.sll_ifindex = static_cast<int>(idx);
+  ll.sll_halen = ETH_ALEN;
+  int sent = 0;
+  size_t off = 0;
+  while (off + 4 <= frames.size()) {
+    uint32_t len;
+    memcpy(&len, frames.data() + off, 4);
+    off += 4;
+    if (len < ETH_HLEN || len > frames.size() - off)
+      return MakeError(ErrorKind::kPeer, 0, "inject: bad held frame of %u bytes at %zu", len, off);
+    const char* f = frames.data() + off;
+    memcpy(ll.sll_addr, f, ETH_ALEN);  // the frame's own destination MAC
+    if (sendto(fd.get(), f, len, 0, reinterpret_cast<sockaddr*>(&ll), sizeof(ll)) ==
+        static_cast<ssize_t>(len))
+      sent++;
+    off += len;
+  }
+  return sent;
+}
+
+}  // namespace godwit::migrate

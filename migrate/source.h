@@ -1,0 +1,94 @@
+// The source half of a live migration (`godwit migrate ID --to HOST:PORT`).
+//
+// Order (Migrate):
+//   load the container (running) -> connect + handshake (Hello/Welcome: refused = nothing done)
+//   -> pre-copy while the container runs: round 0 all its memory, then what was written since,
+//   each round's page files streamed as they close (ForwardingSink) and acknowledged
+//   -> after each round, predict the blackout and decide (Convergence): switch over, go on, or
+//   (--strict) abort -> switchover: checkpoint in hold mode (frozen, TCP in repair and locked),
+//   the final delta and the container state streamed as written -> Final -> the destination
+//   restores -> Restored: commit point -> delete the held copy here -> the frames that came for
+//   the container meanwhile (PacketHold) -> Commit -> Done (announced).
+// Rollback: any failure before Restored (refusal, restore failure, a cut or corrupt stream,
+// a timeout, --strict over budget) resumes the held copy here exactly as it was (TCP back from
+// repair, unlocked, thawed) and tells the destination to remove what it made (Abort).
+// After Restored the source never resumes (no split brain).
+#pragma once
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "common/result.h"
+#include "migrate/wire.h"
+
+namespace godwit::migrate {
+
+enum class Compress { kAuto, kZstd, kNone };
+
+struct SourceOptions {
+  std::string root = "/run/godwit";
+  std::string id;
+  std::string to;  // HOST:PORT
+  TlsConfig tls;
+  double max_downtime_ms = 50;
+  int max_rounds = 8;
+  double timeout_s = 30;  // per network operation (and the wait for each reply)
+  double restore_timeout_s = 300;
+  Compress compress = Compress::kAuto;
+  bool strict = false;  // abort instead of switching over above max_downtime
+  // Hold the frames sent to the container during the switchover and replay them at the
+  // destination (migrate/packet_hold.h); off: they are dropped by the network lock and the
+  // client retransmits (what CRIU does; for comparison).
+  bool hold_packets = true;
+  std::string staging;  // local image staging dir (default ROOT/outgoing)
+};
+
+struct RoundReport {
+  int round = 0;
+  uint64_t pages = 0;
+  uint64_t bytes = 0;       // page bytes dumped this round
+  uint64_t wire_bytes = 0;  // payload bytes sent (all files of the round, after zstd)
+  double ms = 0;            // dump + send of the round
+  double dirty_bytes_per_s = 0;
+  double throughput_bytes_per_s = 0;  // the stream's measured rate this round
+  double predicted_downtime_ms = 0;   // if we switched over now
+  std::string decision;               // "continue", "switch", "abort" with why
+};
+
+struct Blackout {
+  double freeze_ms = 0;      // freezing the container
+  double final_dump_ms = 0;  // collecting and writing the final state (sent while written)
+  double transfer_ms = 0;    // the final state's tail on the wire until Final is sent
+  double restore_ms = 0;     // the destination's restore (Final sent -> Restored)
+  double release_ms = 0;     // the held copy deleted here + Commit
+  double announce_ms = 0;    // the destination's address announcement (Commit -> Done)
+  double total_ms = 0;       // freeze start -> Done
+};
+
+struct MigrationReport {
+  std::string id, to, peer, peer_version, peer_hostname;
+  bool secure = false;
+  bool compressed = false;
+  // "migrated"; "not started" (e.g. the connection or handshake failed), "refused", "rolled back"
+  // (the container runs here as before); "failed after commit" (it runs there, not here).
+  std::string outcome;
+  std::string reason;   // for everything but "migrated"
+  std::vector<RoundReport> rounds;
+  double fixed_cost_ms = 0;  // the fixed part of the prediction (non-memory state, restore)
+  double predicted_downtime_ms = 0;
+  Blackout blackout;
+  uint64_t final_bytes = 0;       // page bytes of the final (frozen) dump
+  int held_packets = 0;           // frames held during the switchover and replayed there
+  uint64_t total_wire_bytes = 0;  // everything sent
+  double total_ms = 0;
+};
+
+// progress(report so far) after each round; may be empty.
+Result<void> Migrate(const SourceOptions& o, MigrationReport* report,
+                     const std::function<void(const RoundReport&)>& progress = {});
+
+// The report as JSON text (the --report file and --json output).
+std::string ReportJson(const MigrationReport& r);
+
+}  // namespace godwit::migrate

@@ -1,0 +1,79 @@
+// The migration stream: frames (proto/migrate.proto) over TCP, mutually authenticated TLS by
+// default, plain TCP only when both sides say --insecure.
+//
+// A Channel is one connection, used by one thread, with synchronous calls that each end within
+// the channel's timeout (asio operations run on the channel's own io_context with run_for; a
+// timed-out channel is closed and every later call fails). Frame layout (16-byte header, then the
+// Frame message, then the raw payload) is written with one gathered write, TCP_NODELAY set: a
+// stream never waits on a corked tail (CRIU's page-server stalls ~210 ms there).
+//
+// TLS: TLS 1.3 only; both sides present a certificate signed by the CA given with --tls-ca and
+// verify the peer's against it (verify_peer | fail_if_no_peer_cert). Host names are not checked:
+// membership in the operator's CA is the authorization (docs/migration.md says how to make the
+// CA and host certificates). A peer that fails the handshake is refused before any migration
+// state exists.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "common/result.h"
+#include "proto/migrate.pb.h"
+
+namespace godwit::migrate {
+
+struct TlsConfig {
+  std::string cert;  // PEM certificate chain of this host
+  std::string key;   // PEM private key
+  std::string ca;    // PEM CA that signed the peers' certificates
+  bool insecure = false;  // plain TCP (both sides must agree)
+};
+
+// Limits: a frame header above this is corrupt, as is a payload above kMaxPayload.
+inline constexpr uint32_t kMaxHeader = 1 << 20;
+inline constexpr uint64_t kMaxPayload = 64ull << 20;
+
+class Channel {
+ public:
+  ~Channel();
+  // Connects to "HOST:PORT" ("[v6]:PORT" too) and runs the client handshake.
+  static Result<std::unique_ptr<Channel>> Connect(const std::string& host_port,
+                                                  const TlsConfig& tls, double timeout_s);
+  // Takes an accepted socket (the fd is owned from now on) and runs the server handshake.
+  static Result<std::unique_ptr<Channel>> Accept(int fd, const TlsConfig& tls, double timeout_s);
+
+  // One frame, with an optional raw payload.
+  Result<void> Send(const mig::Frame& frame, const void* payload = nullptr, size_t len = 0);
+  // Raw bytes on the stream, outside any frame (fault injection: a corrupt frame).
+  Result<void> SendRaw(const void* data, size_t len);
+  // The next frame; *payload receives its raw bytes (cleared when none). Errors: kPeer for a
+  // closed connection, a timeout or a corrupt frame (naming what and the stream offset).
+  Result<void> Recv(mig::Frame* frame, std::string* payload);
+  void set_timeout(double seconds) { timeout_s_ = seconds; }
+  double timeout() const { return timeout_s_; }
+  const std::string& peer() const { return peer_; }
+  bool secure() const;
+  uint64_t bytes_sent() const { return sent_; }
+  uint64_t bytes_received() const { return received_; }
+  // Shuts the stream down (TLS close_notify when it can); idempotent.
+  void Close();
+
+  struct Impl;
+
+ private:
+  explicit Channel(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+  double timeout_s_ = 30;
+  std::string peer_;
+  uint64_t sent_ = 0;
+  uint64_t received_ = 0;
+};
+
+// Splits "HOST:PORT" / "[V6]:PORT".
+Result<std::pair<std::string, uint16_t>> SplitHostPort(const std::string& s);
+
+// Short description of a frame's kind ("hello", "file", ...), for errors and logs.
+const char* FrameKind(const mig::Frame& f);
+
+}  // namespace godwit::migrate

@@ -1,0 +1,211 @@
+// Driven pre-copy of a process tree (dump/precopy.h): the test starts tracking on a running tree
+// (helpers/c_precopy.c: two processes sharing 64 MiB copy-on-write, each writing a small working
+// set and replacing a 1 MiB mapping all the time), asks for rounds one at a time, then dumps it
+// with the pre-copy into the same sink. The rounds report their bytes and dirty rate, the final
+// dump stores a small part of the memory, and after the restore every word is checked by the
+// helper itself (exit code and result files).
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "cr_util.h"
+#include "dump/dump.h"
+#include "dump/precopy.h"
+#include "images/image.h"
+
+namespace godwit::crtest {
+namespace {
+
+constexpr uint64_t kMiB = 1 << 20;
+
+std::string Slurp(const std::string& path) {
+  std::ifstream f(path);
+  std::stringstream s;
+  s << f.rdbuf();
+  return s.str();
+}
+
+class CrPreCopy : public ::testing::Test {
+ protected:
+  void TearDown() override {
+    for (pid_t p : pids_) KillAndReap(p);
+  }
+  // The helper: MIB MiB in 2 processes, a WORKSET_KIB working set.
+  pid_t Start(int mib, int workset_kib, int nproc) {
+    pid_t p = StartHelper("c_precopy", {"{READY}", std::to_string(mib),
+                                        std::to_string(workset_kib), std::to_string(nproc),
+                                        dir_.path()});
+    if (p > 0) pids_.push_back(p);
+    return p;
+  }
+  // Reaps the killed tree, lets the restored one check itself; restore's status.
+  int RestoreAndCheck(pid_t pid, int nproc) {
+    EXPECT_EQ(Wait(pid), 128 + SIGKILL);
+    while (waitpid(-1, nullptr, 0) > 0 || errno == EINTR) {
+    }
+    pids_.clear();
+    Touch(dir_ / "go");
+    auto r = Godwit({"restore", "--images-dir", dir_ / "img"});
+    EXPECT_EQ(r.err, "");
+    for (int i = 0; i < nproc; ++i)
+      EXPECT_EQ(Slurp(dir_ / ("result-" + std::to_string(i))).rfind("ok ", 0), 0u)
+          << "process " << i << ": " << Slurp(dir_ / ("result-" + std::to_string(i)));
+    return r.status;
+  }
+  TempDir dir_;
+  std::vector<pid_t> pids_;
+};
+
+TEST_F(CrPreCopy, RoundsThenAFinalDumpOfWhatChanged) {
+  pid_t pid = Start(64, 256, 2);
+  ASSERT_GT(pid, 0);
+  auto sink = images::OpenDirSink(dir_ / "img");
+  ASSERT_TRUE(sink.ok()) << sink.error().to_string();
+  auto pc = dump::PreCopy::Start(pid, **sink);
+  ASSERT_TRUE(pc.ok()) << pc.error().to_string();
+  std::vector<dump::RoundStats> rounds;
+  for (int i = 0; i < 3; ++i) {
+    auto r = (*pc)->Round();
+    ASSERT_TRUE(r.ok()) << r.error().to_string();
+    EXPECT_EQ(r->round, i);
+    EXPECT_EQ(r->bytes, r->pages * 4096);
+    rounds.push_back(*r);
+  }
+  EXPECT_EQ((*pc)->rounds().size(), 3u);
+  // Round 0: everything present in both processes (their arrays, shared copy-on-write, count in
+  // each); then what they wrote since: their working sets and replaced regions, far less.
+  EXPECT_GE(rounds[0].bytes, 2 * 64 * kMiB);
+  EXPECT_EQ(rounds[0].dirty_bytes_per_s, 0);
+  for (int i = 1; i < 3; ++i) {
+    EXPECT_GT(rounds[i].bytes, 0u) << "round " << i;
+    EXPECT_LT(rounds[i].bytes, rounds[0].bytes / 8) << "round " << i;
+    EXPECT_GT(rounds[i].dirty_bytes_per_s, 0) << "round " << i;
+  }
+  dump::DumpOptions o;
+  o.pid = pid;
+  o.precopy = pc->get();
+  auto st = dump::Dump(o, **sink);
+  ASSERT_TRUE(st.ok()) << st.error().to_string();
+  EXPECT_EQ(st->processes, 2);
+  EXPECT_EQ(st->round_bytes.size(), 3u);
+  // The frozen round stores what was written since round 2: a few MiB of 128.
+  EXPECT_LT(st->pages_dumped * 4096, 2 * 64 * kMiB / 8) << st->pages_dumped << " pages";
+  printf("rounds: %.1f / %.1f / %.1f MiB (%.0f / %.0f MiB/s dirtied); final %.1f MiB\n",
+         rounds[0].bytes / 1048576.0, rounds[1].bytes / 1048576.0, rounds[2].bytes / 1048576.0,
+         rounds[1].dirty_bytes_per_s / 1048576.0, rounds[2].dirty_bytes_per_s / 1048576.0,
+         st->pages_dumped * 4096 / 1048576.0);
+  pc->reset();  // stops tracking (the tree is gone already)
+  EXPECT_EQ(RestoreAndCheck(pid, 2), 0);
+}
+
+// A tree that has run no round yet: the final dump stores everything (nothing was copied before).
+TEST_F(CrPreCopy, NoRoundIsAPlainDump) {
+  pid_t pid = Start(16, 64, 1);
+  ASSERT_GT(pid, 0);
+  auto sink = images::OpenDirSink(dir_ / "img");
+  ASSERT_TRUE(sink.ok());
+  auto pc = dump::PreCopy::Start(pid, **sink);
+  ASSERT_TRUE(pc.ok()) << pc.error().to_string();
+  dump::DumpOptions o;
+  o.pid = pid;
+  o.precopy = pc->get();
+  auto st = dump::Dump(o, **sink);
+  ASSERT_TRUE(st.ok()) << st.error().to_string();
+  EXPECT_GE(st->pages_dumped * 4096, 16 * kMiB);
+  EXPECT_EQ(RestoreAndCheck(pid, 1), 0);
+}
+
+// Stopping a pre-copy without a final dump leaves the tree as it was: it runs on, unprotected.
+TEST_F(CrPreCopy, DroppedWithoutADumpTheTreeRunsOn) {
+  pid_t pid = Start(16, 64, 2);
+  ASSERT_GT(pid, 0);
+  {
+    auto sink = images::OpenDirSink(dir_ / "img");
+    ASSERT_TRUE(sink.ok());
+    auto pc = dump::PreCopy::Start(pid, **sink);
+    ASSERT_TRUE(pc.ok()) << pc.error().to_string();
+    ASSERT_TRUE((*pc)->Round().ok());
+    ASSERT_TRUE((*pc)->Round().ok());
+    (*sink)->Abort();
+  }
+  // No userfaultfd was left in the processes (the one made in each was taken and closed there).
+  std::vector<pid_t> all = Descendants(pid);
+  all.push_back(pid);
+  ASSERT_EQ(all.size(), 2u);
+  for (pid_t p : all) {
+    std::string fd_dir = "/proc/" + std::to_string(p) + "/fd";
+    for (int fd = 0; fd < 64; ++fd) {
+      char link[256] = {};
+      if (readlink((fd_dir + "/" + std::to_string(fd)).c_str(), link, sizeof(link) - 1) > 0) {
+        EXPECT_EQ(std::string(link).find("userfaultfd"), std::string::npos) << p << " fd " << fd;
+      }
+    }
+  }
+  Touch(dir_ / "go");
+  EXPECT_EQ(Wait(pid), 0);
+  pids_.clear();
+  for (int i = 0; i < 2; ++i)
+    EXPECT_EQ(Slurp(dir_ / ("result-" + std::to_string(i))).rfind("ok ", 0), 0u);
+}
+
+// A sink that cannot rewrite its files after Finish (as a stream to a peer): forwards to a
+// directory sink but says so.
+class NoLateCompressionSink : public images::Sink {
+ public:
+  explicit NoLateCompressionSink(images::Sink& inner) : inner_(inner) {}
+  Result<std::unique_ptr<images::Output>> Create(const std::string& name) override {
+    return inner_.Create(name);
+  }
+  Result<void> Finish(img::Inventory inv) override { return inner_.Finish(std::move(inv)); }
+  void Abort() override { inner_.Abort(); }
+
+ private:
+  images::Sink& inner_;
+};
+
+// zstd into such a sink: the pages are compressed while written (nothing left for after).
+TEST_F(CrPreCopy, ZstdIntoASinkThatCannotCompressLater) {
+  pid_t pid = Start(16, 64, 1);
+  ASSERT_GT(pid, 0);
+  auto dir = images::OpenDirSink(dir_ / "img");
+  ASSERT_TRUE(dir.ok());
+  NoLateCompressionSink sink(**dir);
+  dump::DumpOptions o;
+  o.pid = pid;
+  o.compression = images::Compression::kZstd;
+  o.compress_later = true;
+  auto st = dump::Dump(o, sink);
+  ASSERT_TRUE(st.ok()) << st.error().to_string();
+  EXPECT_FALSE(st->compress) << "nothing to compress after";
+  EXPECT_LT(st->bytes_stored * 2, st->bytes_logical);
+  auto set = images::ImageSet::Open(dir_ / "img");
+  ASSERT_TRUE(set.ok()) << set.error().to_string();
+  auto blob = set->OpenBlob("pages-" + std::to_string(pid) + ".img");
+  ASSERT_TRUE(blob.ok()) << blob.error().to_string();
+  EXPECT_GT((*blob)->stats().zstd_chunks, 0u);
+  EXPECT_EQ(RestoreAndCheck(pid, 1), 0);
+}
+
+// The CLI's --pre-copy[=N]: N rounds (2 without a value) before the frozen one.
+TEST_F(CrPreCopy, DumpFlag) {
+  pid_t pid = Start(32, 128, 1);
+  ASSERT_GT(pid, 0);
+  auto d = Godwit({"dump", "--pid", std::to_string(pid), "--images-dir", dir_ / "img",
+                   "--pre-copy", "--json"});
+  ASSERT_EQ(d.status, 0) << d.err;
+  auto j = nlohmann::json::parse(d.out);
+  ASSERT_EQ(j["pre_dump_round_bytes"].size(), 2u);
+  EXPECT_GE(j["pre_dump_round_bytes"][0].get<uint64_t>(), 32 * kMiB);
+  EXPECT_LT(j["pages_dumped"].get<uint64_t>() * 4096, 32 * kMiB / 4);
+  EXPECT_EQ(RestoreAndCheck(pid, 1), 0);
+  auto bad = Godwit({"dump", "--pid", "1", "--images-dir", dir_ / "img2", "--pre-copy=0"});
+  EXPECT_EQ(bad.status, 2) << bad.err;
+}
+
+}  // namespace
+}  // namespace godwit::crtest

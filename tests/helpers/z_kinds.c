@@ -1,0 +1,463 @@
+/* zdtm-style helpers for the fd kinds of issue 11 (own code; CRIU's zdtm static tests symlink,
+ * symlink01, pidfd_self, pidfd_child, pidfd_kill, pidfd_dead, pidfd_diffdead, pidfd_of_thread,
+ * socket_udplite and socket_icmp say what state to set up): z_kinds MODE READY_FD DIR, the
+ * protocol of zdtm_helper.h. Kinds godwit refuses keep the refused fd at 77. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/ip.h>
+#include <netinet/ip_icmp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "zdtm_helper.h"
+
+static int pidfd_open(pid_t pid, unsigned flags) {
+  return (int)syscall(SYS_pidfd_open, pid, flags);
+}
+static int pidfd_send_signal(int fd, int sig) {
+  return (int)syscall(SYS_pidfd_send_signal, fd, sig, NULL, 0);
+}
+/* fd moved to number n. */
+static int at(int fd, int n) {
+  SETUP(fd >= 0 && dup2(fd, n) == n && close(fd) == 0);
+  return n;
+}
+/* The "Pid:" line of /proc/self/fdinfo/fd, or -2. */
+static int fdinfo_pid(int fd) {
+  char p[64], line[256];
+  snprintf(p, sizeof p, "/proc/self/fdinfo/%d", fd);
+  FILE* f = fopen(p, "re");
+  int pid = -2;
+  if (!f) return -2;
+  while (fgets(line, sizeof line, f)) sscanf(line, "Pid: %d", &pid);
+  fclose(f);
+  return pid;
+}
+static ino_t ino_of(int fd) {
+  struct stat st;
+  return fstat(fd, &st) == 0 ? st.st_ino : 0;
+}
+/* Children wait for the parent's word over a pipe (the parent gets SIGUSR2). */
+static int go_pipe[2];
+static void go_init(void) { SETUP(pipe(go_pipe) == 0); }
+static void child_wait_go(void) {
+  char c;
+  close(go_pipe[1]);
+  SETUP(read(go_pipe[0], &c, 1) == 0);
+}
+static void go_children(void) { close(go_pipe[1]); }
+static int reap(pid_t pid) {
+  int st;
+  if (waitpid(pid, &st, 0) != pid) return -1;
+  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+/* symlink / symlink01: a symlink held O_PATH|O_NOFOLLOW, its name kept or unlinked. */
+static int symlink_mode(int unlink_it) {
+  char file[512];
+  snprintf(file, sizeof file, "%s", path_in("test_file"));
+  const char* ln = path_in("test_symlink");
+  int f = open(file, O_CREAT | O_WRONLY, 0644);
+  SETUP(f >= 0 && close(f) == 0 && symlink(file, ln) == 0);
+  int fd = at(open(ln, O_PATH | O_NOFOLLOW), 50);
+  struct stat before;
+  SETUP(fstat(fd, &before) == 0 && S_ISLNK(before.st_mode));
+  if (unlink_it) SETUP(unlink(ln) == 0);
+  ready_and_wait();
+  struct stat st;
+  CHECK(fstat(fd, &st) == 0 && S_ISLNK(st.st_mode), "fd 50 is no symlink (mode %o)", st.st_mode);
+  CHECK(fcntl(fd, F_GETFL) & O_PATH, "O_PATH lost");
+  char buf[512];
+  ssize_t n = readlinkat(fd, "", buf, sizeof buf - 1);
+  CHECK(n > 0, "readlinkat");
+  buf[n] = 0;
+  CHECK(!strcmp(buf, file), "points to %s, want %s", buf, file);
+  if (unlink_it) {
+    CHECK(st.st_nlink == 0, "the symlink has %d links, want 0", (int)st.st_nlink);
+    CHECK(access(ln, F_OK) < 0 && errno == ENOENT, "the unlinked name came back");
+  } else {
+    struct stat now;
+    CHECK(lstat(ln, &now) == 0 && now.st_ino == st.st_ino, "another symlink");
+  }
+  return 0;
+}
+static int m_symlink(void) { return symlink_mode(0); }
+static int m_symlink01(void) { return symlink_mode(1); }
+
+/* O_PATH on a FIFO, a stale socket file, /dev/null, a directory and a regular file. */
+static int m_opath_misc(void) {
+  const char* fifo = path_in("fifo");
+  const char* sock = path_in("sock");
+  const char* reg = path_in("reg");
+  SETUP(mkfifo(fifo, 0600) == 0);
+  int s = socket(AF_UNIX, SOCK_STREAM, 0);
+  struct sockaddr_un a = {.sun_family = AF_UNIX};
+  snprintf(a.sun_path, sizeof a.sun_path, "%s", sock);
+  SETUP(bind(s, (void*)&a, sizeof a) == 0 && close(s) == 0); /* the file stays, the socket not */
+  int r = open(reg, O_CREAT | O_WRONLY, 0600);
+  SETUP(r >= 0 && write(r, "data", 4) == 4 && close(r) == 0);
+  int fds[5] = {at(open(fifo, O_PATH), 51), at(open(sock, O_PATH), 52),
+                at(open("/dev/null", O_PATH), 53), at(open(dir, O_PATH | O_DIRECTORY), 54),
+                at(open(reg, O_PATH), 55)};
+  const char* paths[5] = {fifo, sock, "/dev/null", dir, reg};
+  ready_and_wait();
+  for (int i = 0; i < 5; i++) {
+    struct stat st, want;
+    CHECK(fstat(fds[i], &st) == 0 && stat(paths[i], &want) == 0, "stat %s", paths[i]);
+    CHECK(st.st_ino == want.st_ino && st.st_dev == want.st_dev, "fd %d is not %s", fds[i],
+          paths[i]);
+    CHECK(fcntl(fds[i], F_GETFL) & O_PATH, "fd %d lost O_PATH", fds[i]);
+  }
+  char buf[8] = {};
+  int f = openat(fds[3], "reg", O_RDONLY);
+  CHECK(f >= 0 && read(f, buf, 8) == 4 && !memcmp(buf, "data", 4), "openat the O_PATH directory");
+  return 0;
+}
+
+/* Namespace files of the process's own namespaces, plain and O_PATH. */
+static int m_nsfs(void) {
+  int net = at(open("/proc/self/ns/net", O_RDONLY), 56);
+  int uts = at(open("/proc/self/ns/uts", O_PATH), 57);
+  int pfc = at(open("/proc/self/ns/pid_for_children", O_RDONLY), 58);
+  ready_and_wait();
+  struct stat st;
+  CHECK(stat("/proc/self/ns/net", &st) == 0 && ino_of(net) == st.st_ino, "net");
+  CHECK(stat("/proc/self/ns/uts", &st) == 0 && ino_of(uts) == st.st_ino, "uts");
+  CHECK(fcntl(uts, F_GETFL) & O_PATH, "uts lost O_PATH");
+  CHECK(stat("/proc/self/ns/pid_for_children", &st) == 0 && ino_of(pfc) == st.st_ino, "pid4c");
+  CHECK(setns(net, CLONE_NEWNET) == 0, "setns on the restored net namespace fd");
+  return 0;
+}
+
+/* A net namespace kept only by an fd (its creator is gone): refused. */
+static int m_nsfs_other(void) {
+  int sync[2];
+  SETUP(pipe(sync) == 0);
+  pid_t c = zfork();
+  if (c == 0) {
+    close(sync[0]);
+    if (unshare(CLONE_NEWNET) < 0) _exit(2);
+    close(sync[1]);
+    pause();
+    _exit(0);
+  }
+  close(sync[1]);
+  char x;
+  SETUP(read(sync[0], &x, 1) == 0);
+  char p[64];
+  snprintf(p, sizeof p, "/proc/%d/ns/net", c);
+  int fd = at(open(p, O_RDONLY), 77);
+  SETUP(kill(c, SIGKILL) == 0 && reap(c) == 128 + SIGKILL);
+  ready_and_wait();
+  CHECK(fcntl(fd, F_GETFD) >= 0, "fd");
+  return 0;
+}
+
+/* pidfd_self: a pidfd of the process itself, one of them non-blocking. */
+static int m_pidfd_self(void) {
+  int fd = at(pidfd_open(getpid(), 0), 60);
+  int nb = at(pidfd_open(getpid(), O_NONBLOCK), 61);
+  ready_and_wait();
+  CHECK(fdinfo_pid(fd) == getpid(), "Pid: %d, want %d", fdinfo_pid(fd), getpid());
+  CHECK(fdinfo_pid(nb) == getpid(), "non-blocking: Pid: %d", fdinfo_pid(nb));
+  CHECK(fcntl(nb, F_GETFL) & O_NONBLOCK, "PIDFD_NONBLOCK lost");
+  CHECK(!(fcntl(fd, F_GETFL) & O_NONBLOCK), "O_NONBLOCK appeared");
+  CHECK(pidfd_send_signal(fd, 0) == 0, "pidfd_send_signal");
+  CHECK(ino_of(fd) == ino_of(nb), "two pidfds of one process, two inodes");
+  return 0;
+}
+
+/* pidfd_child / pidfd_kill: the root holds pidfds of its child and grandchild, the child of
+ * its own child and of its parent. After restore the child kills the grandchild through its
+ * pidfd and reaps it; the root sees both ends through its pidfds. */
+static int m_pidfd_tree(void) {
+  int p[2];
+  SETUP(pipe(p) == 0);
+  go_init();
+  pid_t c = zfork();
+  if (c == 0) {
+    pid_t g = fork();
+    if (g == 0) {
+      close(go_pipe[1]); /* the child's end-of-file comes from the root alone */
+      for (;;) pause();
+    }
+    int gfd = at(pidfd_open(g, 0), 62);
+    int pfd = at(pidfd_open(getppid(), 0), 63);
+    SETUP(write(p[1], &g, sizeof g) == sizeof g);
+    close(p[1]);
+    child_wait_go();
+    if (fdinfo_pid(pfd) != getppid()) _exit(2);
+    if (fdinfo_pid(gfd) != g) _exit(3);
+    if (pidfd_send_signal(gfd, SIGKILL) != 0) _exit(4);
+    if (reap(g) != 128 + SIGKILL) _exit(5);
+    _exit(0);
+  }
+  close(p[1]);
+  pid_t g;
+  SETUP(read(p[0], &g, sizeof g) == sizeof g);
+  int cfd = at(pidfd_open(c, 0), 64);
+  int gfd = at(pidfd_open(g, 0), 65);
+  ready_and_wait();
+  CHECK(fdinfo_pid(cfd) == c, "child: Pid: %d, want %d", fdinfo_pid(cfd), c);
+  CHECK(fdinfo_pid(gfd) == g, "grandchild: Pid: %d, want %d", fdinfo_pid(gfd), g);
+  struct pollfd pf = {cfd, POLLIN, 0};
+  CHECK(poll(&pf, 1, 0) == 0, "the child's pidfd is readable while it lives");
+  go_children();
+  pf.fd = gfd;
+  CHECK(poll(&pf, 1, 30000) == 1, "the grandchild's pidfd never saw it end");
+  pf.fd = cfd;
+  CHECK(poll(&pf, 1, 30000) == 1, "the child's pidfd never saw it end");
+  CHECK(reap(c) == 0, "child");
+  return 0;
+}
+
+/* PIDFD_GET_INFO's first layout (Linux 6.13); its last field is the exit status. */
+struct pidfd_info64 {
+  uint64_t mask, cgroupid;
+  uint32_t pid, tgid, ppid, ruid, rgid, euid, egid, suid, sgid, fsuid, fsgid;
+  int32_t exit_code;
+};
+static int exit_info(int fd, int* code) {
+  struct pidfd_info64 i = {.mask = 1ull << 3};
+  if (ioctl(fd, _IOWR(0xFF, 11, struct pidfd_info64), &i) < 0) return -1;
+  if (!(i.mask & (1ull << 3))) return 0;
+  *code = i.exit_code;
+  return 1;
+}
+
+/* pidfd_dead / pidfd_diffdead: two pidfds on a child that exited 3, two on a grandchild that
+ * was killed, and one more on the grandchild in another child of the root, alive. */
+static int m_pidfd_dead(void) {
+  int p[2], q[2], sync[2];
+  SETUP(pipe(p) == 0 && pipe(q) == 0 && pipe(sync) == 0);
+  pid_t c = zfork();
+  if (c == 0) {
+    pid_t g = fork();
+    if (g == 0) {
+      for (;;) pause();
+    }
+    if (write(p[1], &g, sizeof g) != sizeof g) _exit(2);
+    if (reap(g) != 128 + SIGKILL) _exit(4);
+    _exit(3);
+  }
+  close(p[1]);
+  pid_t g;
+  SETUP(read(p[0], &g, sizeof g) == sizeof g);
+  int c1 = at(pidfd_open(c, 0), 66), c2 = at(pidfd_open(c, 0), 67);
+  int g1 = at(pidfd_open(g, 0), 68), g2 = at(pidfd_open(g, 0), 69);
+  pid_t h = zfork();
+  if (h == 0) {
+    int hg = at(pidfd_open(g, 0), 70);
+    close(sync[1]);
+    close(q[1]);
+    ino_t want;
+    if (read(q[0], &want, sizeof want) != sizeof want) _exit(2);
+    if (fdinfo_pid(hg) != -1) _exit(3);
+    if (ino_of(hg) != want) _exit(4);
+    _exit(0);
+  }
+  close(sync[1]);
+  char x;
+  SETUP(read(sync[0], &x, 1) == 0);
+  SETUP(pidfd_send_signal(g1, SIGKILL) == 0);
+  SETUP(reap(c) == 3);
+  int code = 0;
+  int has = exit_info(c1, &code) > 0;
+  SETUP(!has || (WIFEXITED(code) && WEXITSTATUS(code) == 3));
+  ready_and_wait();
+  CHECK(fdinfo_pid(c1) == -1 && fdinfo_pid(c2) == -1, "child pidfds: Pid %d %d", fdinfo_pid(c1),
+        fdinfo_pid(c2));
+  CHECK(fdinfo_pid(g1) == -1 && fdinfo_pid(g2) == -1, "grandchild pidfds");
+  CHECK(ino_of(c1) == ino_of(c2) && ino_of(g1) == ino_of(g2), "one dead process, two inodes");
+  CHECK(ino_of(c1) != ino_of(g1), "two dead processes, one inode");
+  if (has) {
+    CHECK(exit_info(c2, &code) > 0 && WIFEXITED(code) && WEXITSTATUS(code) == 3,
+          "child exit status %#x", code);
+    CHECK(exit_info(g2, &code) > 0 && WIFSIGNALED(code) && WTERMSIG(code) == SIGKILL,
+          "grandchild exit status %#x", code);
+  }
+  struct pollfd pf = {c1, POLLIN, 0};
+  CHECK(poll(&pf, 1, 0) == 1, "a dead process's pidfd is readable");
+  CHECK(pidfd_send_signal(c1, 0) < 0 && errno == ESRCH, "signal to a dead pidfd");
+  ino_t gi = ino_of(g1);
+  CHECK(write(q[1], &gi, sizeof gi) == sizeof gi, "tell the other child");
+  int hr = reap(h);
+  CHECK(hr == 0, "the other child's pidfd on the dead grandchild (exit %d)", hr);
+  return 0;
+}
+
+/* pidfd_of_thread: a PIDFD_THREAD pidfd of a thread other than the leader: refused. */
+static int tid_pipe[2];
+static void* thread_main(void* arg) {
+  (void)arg;
+  pid_t tid = gettid();
+  if (write(tid_pipe[1], &tid, sizeof tid) != sizeof tid) abort();
+  for (;;) pause();
+  return NULL;
+}
+static int m_pidfd_thread(void) {
+  pthread_t t;
+  SETUP(pipe(tid_pipe) == 0 && pthread_create(&t, NULL, thread_main, NULL) == 0);
+  pid_t tid;
+  SETUP(read(tid_pipe[0], &tid, sizeof tid) == sizeof tid);
+  int fd = at(pidfd_open(tid, O_EXCL /* PIDFD_THREAD */), 77);
+  ready_and_wait();
+  CHECK(fcntl(fd, F_GETFD) >= 0, "fd");
+  return 0;
+}
+
+/* socket_udplite: bound, connected and shut UDP-Lite sockets, a datagram queued, the checksum
+ * coverage set. */
+static int m_udplite(void) {
+  int port = 20000 + getpid() % 20000;
+  struct sockaddr_in a1 = {.sin_family = AF_INET, .sin_port = htons(port)};
+  struct sockaddr_in a2 = {.sin_family = AF_INET, .sin_port = htons(port + 1)};
+  a1.sin_addr.s_addr = a2.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  int s1 = at(socket(AF_INET, SOCK_DGRAM, IPPROTO_UDPLITE), 70);
+  int s2 = at(socket(AF_INET, SOCK_DGRAM, IPPROTO_UDPLITE), 71);
+  SETUP(bind(s1, (void*)&a1, sizeof a1) == 0 && bind(s2, (void*)&a2, sizeof a2) == 0);
+  SETUP(connect(s2, (void*)&a1, sizeof a1) == 0);
+  int cov = 20;
+  SETUP(setsockopt(s2, IPPROTO_UDPLITE, 10 /* UDPLITE_SEND_CSCOV */, &cov, sizeof cov) == 0);
+  SETUP(send(s2, "queued", 6, 0) == 6);
+  ready_and_wait();
+  int proto = 0;
+  socklen_t l = sizeof proto;
+  CHECK(getsockopt(s1, SOL_SOCKET, SO_PROTOCOL, &proto, &l) == 0 && proto == IPPROTO_UDPLITE,
+        "protocol %d", proto);
+  l = sizeof cov;
+  CHECK(getsockopt(s2, IPPROTO_UDPLITE, 10, &cov, &l) == 0 && cov == 20, "SEND_CSCOV %d", cov);
+  char buf[16] = {};
+  struct sockaddr_in from;
+  socklen_t fl = sizeof from;
+  CHECK(recvfrom(s1, buf, sizeof buf, MSG_DONTWAIT, (void*)&from, &fl) == 6 &&
+            !memcmp(buf, "queued", 6),
+        "queued datagram");
+  CHECK(sendto(s1, "msg1", 4, 0, (void*)&a2, sizeof a2) == 4, "send");
+  CHECK(send(s2, "msg_2", 5, 0) == 5, "send connected");
+  CHECK(recvfrom(s1, buf, sizeof buf, 0, (void*)&from, &fl) == 5 && !memcmp(buf, "msg_2", 5) &&
+            from.sin_port == a2.sin_port,
+        "recv from the connected one");
+  CHECK(recv(s2, buf, sizeof buf, 0) == 4 && !memcmp(buf, "msg1", 4), "recv");
+  return 0;
+}
+
+/* socket_icmp: a ping socket (its echo id bound by a first ping), then a ping after restore. */
+static int ping(int s, int seq) {
+  struct sockaddr_in to = {.sin_family = AF_INET};
+  to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  struct icmphdr h = {.type = ICMP_ECHO};
+  h.un.echo.sequence = htons(seq);
+  char pkt[64];
+  memset(pkt, 0xa5, sizeof pkt);
+  memcpy(pkt, &h, sizeof h);
+  if (sendto(s, pkt, sizeof pkt, 0, (void*)&to, sizeof to) != sizeof pkt) return -1;
+  char got[128];
+  ssize_t n = recv(s, got, sizeof got, 0);
+  if (n < (ssize_t)sizeof h) return -2;
+  struct icmphdr* r = (struct icmphdr*)got;
+  return r->type == ICMP_ECHOREPLY && ntohs(r->un.echo.sequence) == seq ? 0 : -3;
+}
+static int m_icmp(void) {
+  int s = at(socket(AF_INET, SOCK_DGRAM, IPPROTO_ICMP), 72);
+  struct timeval tv = {5, 0};
+  SETUP(setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) == 0);
+  SETUP(ping(s, 1) == 0);
+  struct sockaddr_in before, after;
+  socklen_t l = sizeof before;
+  SETUP(getsockname(s, (void*)&before, &l) == 0 && before.sin_port != 0);
+  ready_and_wait();
+  l = sizeof after;
+  CHECK(getsockname(s, (void*)&after, &l) == 0 && after.sin_port == before.sin_port,
+        "echo id %d, was %d", ntohs(after.sin_port), ntohs(before.sin_port));
+  int r = ping(s, 2);
+  CHECK(r == 0, "ping after restore: %d", r);
+  return 0;
+}
+
+/* Raw sockets: one of an unassigned protocol bound to 127.0.0.1, an ICMP one with a filter,
+ * an IPv6 one with IPV6_CHECKSUM. */
+static int m_raw(void) {
+  const int proto = 253; /* RFC 3692 experimentation */
+  int r = at(socket(AF_INET, SOCK_RAW, proto), 73);
+  struct sockaddr_in lo = {.sin_family = AF_INET};
+  lo.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  SETUP(bind(r, (void*)&lo, sizeof lo) == 0);
+  int ic = at(socket(AF_INET, SOCK_RAW, IPPROTO_ICMP), 74);
+  uint32_t filt = ~(1u << ICMP_ECHOREPLY), got_filt = 0;
+  SETUP(setsockopt(ic, SOL_RAW, 1 /* ICMP_FILTER */, &filt, sizeof filt) == 0);
+  int r6 = at(socket(AF_INET6, SOCK_RAW, proto), 75);
+  int off = 2, got_off = -1;
+  SETUP(setsockopt(r6, SOL_IPV6, IPV6_CHECKSUM, &off, sizeof off) == 0);
+  ready_and_wait();
+  socklen_t l = sizeof got_filt;
+  CHECK(getsockopt(ic, SOL_RAW, 1, &got_filt, &l) == 0 && got_filt == filt, "ICMP_FILTER %#x",
+        got_filt);
+  l = sizeof got_off;
+  CHECK(getsockopt(r6, SOL_IPV6, IPV6_CHECKSUM, &got_off, &l) == 0 && got_off == 2,
+        "IPV6_CHECKSUM %d", got_off);
+  struct sockaddr_in name;
+  l = sizeof name;
+  CHECK(getsockname(r, (void*)&name, &l) == 0 && name.sin_addr.s_addr == lo.sin_addr.s_addr,
+        "raw socket bound to %#x", ntohl(name.sin_addr.s_addr));
+  int snd = socket(AF_INET, SOCK_RAW, proto);
+  CHECK(snd >= 0 && sendto(snd, "rawdata", 7, 0, (void*)&lo, sizeof lo) == 7, "send raw");
+  char buf[128];
+  struct timeval tv = {5, 0};
+  setsockopt(r, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  ssize_t n = recv(r, buf, sizeof buf, 0);
+  struct iphdr* ip = (struct iphdr*)buf;
+  CHECK(n == (ssize_t)(ip->ihl * 4 + 7) && !memcmp(buf + ip->ihl * 4, "rawdata", 7) &&
+            ip->protocol == proto,
+        "raw receive (%zd bytes)", n);
+  return 0;
+}
+
+int main(int argc, char** argv) {
+  if (argc < 4) return 119;
+  ready_fd = atoi(argv[2]);
+  dir = argv[3];
+  sigemptyset(&usr2_set);
+  sigaddset(&usr2_set, SIGUSR2);
+  SETUP(sigprocmask(SIG_BLOCK, &usr2_set, NULL) == 0);
+  struct {
+    const char* name;
+    int (*fn)(void);
+  } modes[] = {
+      {"symlink", m_symlink},
+      {"symlink01", m_symlink01},
+      {"opath_misc", m_opath_misc},
+      {"nsfs", m_nsfs},
+      {"nsfs_other", m_nsfs_other},
+      {"pidfd_self", m_pidfd_self},
+      {"pidfd_tree", m_pidfd_tree},
+      {"pidfd_dead", m_pidfd_dead},
+      {"pidfd_thread", m_pidfd_thread},
+      {"udplite", m_udplite},
+      {"icmp", m_icmp},
+      {"raw", m_raw},
+  };
+  for (size_t i = 0; i < sizeof modes / sizeof modes[0]; ++i)
+    if (!strcmp(argv[1], modes[i].name)) return modes[i].fn();
+  fprintf(stderr, "z_kinds: unknown mode %s\n", argv[1]);
+  return 118;
+}

@@ -1,0 +1,415 @@
+// Live migration end to end (issue 10): two namespace hosts (scripts/netns-hosts) with their own
+// godwitd, --root and cgroup parent, busybox containers bridged on the hosts' segment, a client
+// namespace, real TLS (scripts/migration-certs). Every test checks where the container runs
+// afterwards, that its state carried on, and that neither host keeps anything of a migration
+// that failed (containers, staging directories); the fixture removes all at the end.
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/inotify.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "container_test_util.h"
+#include "migrate/wire.h"
+#include "netns_hosts.h"
+#include "runtime/runtime.h"
+
+namespace godwit::migrate {
+namespace {
+
+using container::testing::CliRun;
+using container::testing::Godwit;
+using container::testing::TempDir;
+using godwit::testing::NetnsHosts;
+
+// Waits (inotify, bounded) until path exists.
+bool WaitForFile(const std::string& path, int timeout_ms) {
+  std::string dir = path.substr(0, path.rfind('/'));
+  UniqueFd in(inotify_init1(IN_CLOEXEC | IN_NONBLOCK));
+  if (!in || inotify_add_watch(in.get(), dir.c_str(), IN_CREATE | IN_MOVED_TO | IN_CLOSE_WRITE) < 0)
+    return false;
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  while (!fs::Exists(path)) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                    deadline - std::chrono::steady_clock::now())
+                    .count();
+    if (left <= 0) return false;
+    struct pollfd p = {in.get(), POLLIN, 0};
+    if (poll(&p, 1, static_cast<int>(left)) > 0) {
+      char buf[4096];
+      while (read(in.get(), buf, sizeof(buf)) > 0) {
+      }
+    }
+  }
+  return true;
+}
+
+// A process started in a network namespace, stdout/stderr to files; ended by pid.
+class Proc {
+ public:
+  Proc(const std::vector<std::string>& args, int netns_fd, const std::string& out,
+       const std::string& err) {
+    std::vector<std::string> a = args;
+    std::vector<char*> argv;
+    for (auto& s : a) argv.push_back(s.data());
+    argv.push_back(nullptr);
+    pid_ = fork();
+    if (pid_ == 0) {
+      int null = open("/dev/null", O_RDWR);
+      int o = open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      int e = open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      dup2(null, 0);
+      dup2(o, 1);
+      dup2(e, 2);
+      if (netns_fd >= 0 && setns(netns_fd, CLONE_NEWNET) < 0) _exit(126);
+      close_range(3, ~0U, 0);
+      execv(argv[0], argv.data());
+      _exit(127);
+    }
+  }
+  ~Proc() { Stop(SIGKILL); }
+  // Signals and reaps; returns the exit status (128+sig if killed).
+  int Stop(int sig) {
+    if (pid_ <= 0) return status_;
+    kill(pid_, sig);
+    int st = 0;
+    while (waitpid(pid_, &st, 0) < 0 && errno == EINTR) {
+    }
+    pid_ = -1;
+    status_ = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    return status_;
+  }
+  pid_t pid() const { return pid_; }
+
+ private:
+  pid_t pid_ = -1;
+  int status_ = -1;
+};
+
+class MigrateTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_OK(hosts_.Up());
+    std::string certs = work_.path() + "/certs";
+    auto r = container::testing::Sh(std::string(GODWIT_SCRIPTS) + "/migration-certs " + certs +
+                                    " host-a host-b && " + GODWIT_SCRIPTS + "/migration-certs " +
+                                    certs + "/other intruder");
+    ASSERT_TRUE(r.ok()) << r.error().to_string();
+    rootfs_ = work_.path() + "/rootfs";
+    ASSERT_OK(runtime::MakeBusyboxRootfs(rootfs_));
+    ASSERT_OK(container::testing::Sh("cp " + std::string(GODWIT_HELPERS) + "/mig_dirty " +
+                                     rootfs_ + "/bin/"));
+  }
+  void TearDown() override {
+    for (auto& id : ids_) {
+      for (char h : {'a', 'b'}) (void)Gw(h, {"delete", "--force", id});
+    }
+    daemons_.clear();
+    // Nothing of a migration is left in either host's state root.
+    for (char h : {'a', 'b'}) {
+      for (const char* sub : {"incoming", "outgoing"}) {
+        auto l = fs::ListDir(Root(h) + "/" + sub);
+        if (l.ok()) EXPECT_TRUE(l->empty()) << Root(h) << "/" << sub << " keeps " << l->front();
+      }
+    }
+    (void)hosts_.Down();
+  }
+
+  std::string Root(char h) const { return work_.path() + "/root-" + h; }
+  std::string Parent(char h) const { return StrFormat("godwit-t%d-%c", getpid(), h); }
+  static std::string Addr(char h) { return h == 'a' ? NetnsHosts::kHostA : NetnsHosts::kHostB; }
+  std::string HostNs(char h) const { return std::string(1, h); }
+  std::vector<std::string> Tls(const std::string& who) const {
+    std::string d = work_.path() + "/certs/";
+    if (who == "intruder")
+      return {"--tls-cert", d + "other/intruder.pem", "--tls-key", d + "other/intruder.key",
+              "--tls-ca", d + "other/ca.pem"};
+    return {"--tls-cert", d + who + ".pem", "--tls-key", d + who + ".key", "--tls-ca",
+            d + "ca.pem"};
+  }
+
+  CliRun Gw(char h, std::vector<std::string> args) {
+    std::vector<std::string> full = {"--root", Root(h), "--cgroup-parent", Parent(h)};
+    full.insert(full.end(), args.begin(), args.end());
+    return Godwit(full, true, hosts_.Fd(HostNs(h)));
+  }
+
+  // godwitd on host h (mutual TLS with host-h's certificate), optional extra flags.
+  void StartDaemon(char h, std::vector<std::string> extra = {}) {
+    std::vector<std::string> args = {GODWITD_BIN, "--listen", Addr(h) + ":7070", "--root",
+                                     Root(h), "--cgroup-parent", Parent(h)};
+    auto tls = Tls(StrFormat("host-%c", h));
+    args.insert(args.end(), tls.begin(), tls.end());
+    args.insert(args.end(), extra.begin(), extra.end());
+    std::string log = StrFormat("%s/godwitd-%c-%zu.log", work_.path().c_str(), h, daemons_.size());
+    std::string ready = log + ".ready";
+    args.push_back("--ready-file");
+    args.push_back(ready);
+    daemons_.push_back(std::make_unique<Proc>(args, hosts_.Fd(HostNs(h)), "/dev/null", log));
+    ASSERT_TRUE(WaitForFile(ready, 10000)) << "godwitd did not start: " << *fs::ReadFile(log);
+  }
+  // Stops the daemons (SIGTERM: sessions end, leftovers cleaned) and returns their logs.
+  std::string StopDaemons() {
+    std::string logs;
+    for (size_t i = 0; i < daemons_.size(); ++i) daemons_[i]->Stop(SIGTERM);
+    for (char h : {'a', 'b'})
+      for (size_t i = 0; i < 8; ++i) {
+        auto t = fs::ReadFile(StrFormat("%s/godwitd-%c-%zu.log", work_.path().c_str(), h, i));
+        if (t.ok()) logs += *t;
+      }
+    daemons_.clear();
+    return logs;
+  }
+
+  // A counter (tmpfs) and an echo server on 8081, bridged with address n.
+  void RunCounter(const std::string& id, int n, const std::string& extra = "") {
+    ids_.push_back(id);
+    std::string cmd =
+        "nc -ll -p 8081 -e cat & " + extra +
+        "i=0; while true; do i=$((i+1)); echo $i > /dev/shm/count; usleep 20000; done";
+    CliRun r = Gw('a', {"run", "--rootfs", rootfs_, "--name", id, "--detach", "--bridge", "br0",
+                        "--ip", NetnsHosts::ContainerIp(n) + "/15", "--memory", "512M", "--",
+                        "sh", "-c", cmd});
+    ASSERT_EQ(r.code, 0) << r;
+    ASSERT_GT(WaitCount('a', id, 2), 2);
+  }
+  int Count(char h, const std::string& id) {
+    CliRun r = Gw(h, {"exec", id, "--", "cat", "/dev/shm/count"});
+    return r.code == 0 ? atoi(r.out.c_str()) : -1;
+  }
+  // Bounded: until the counter passes `above` (it ticks every 20 ms).
+  int WaitCount(char h, const std::string& id, int above) {
+    int c = -1;
+    for (int i = 0; i < 500 && (c = Count(h, id)) <= above; ++i) {
+    }
+    return c;
+  }
+  bool Exists(char h, const std::string& id) { return Gw(h, {"state", id}).code == 0; }
+
+  CliRun Migrate(char from, const std::string& id, std::vector<std::string> extra = {}) {
+    char to = from == 'a' ? 'b' : 'a';
+    std::vector<std::string> args = {"migrate", id, "--to", Addr(to) + ":7070"};
+    auto tls = Tls(StrFormat("host-%c", from));
+    args.insert(args.end(), tls.begin(), tls.end());
+    args.insert(args.end(), extra.begin(), extra.end());
+    return Gw(from, args);
+  }
+
+  NetnsHosts hosts_{StrFormat("gm%d", getpid() % 100000)};
+  TempDir work_{"migrate"};
+  std::string rootfs_;
+  std::vector<std::string> ids_;
+  std::vector<std::unique_ptr<Proc>> daemons_;
+};
+
+TEST_F(MigrateTest, IdleContainerThereAndBackTenTimes) {
+  StartDaemon('a');
+  StartDaemon('b');
+  RunCounter("idle", 10);
+  char at = 'a';
+  int last = Count('a', "idle");
+  for (int i = 0; i < 10; ++i) {
+    std::string rep = work_.path() + StrFormat("/rep-%d.json", i);
+    CliRun r = Migrate(at, "idle", {"--report", rep, "--json"});
+    ASSERT_EQ(r.code, 0) << "migration " << i << ": " << r;
+    char to = at == 'a' ? 'b' : 'a';
+    EXPECT_FALSE(Exists(at, "idle")) << "migration " << i;
+    ASSERT_TRUE(Exists(to, "idle")) << "migration " << i;
+    int c = WaitCount(to, "idle", last);
+    EXPECT_GT(c, last) << "the counter carries on after migration " << i;
+    last = c;
+    // The report parses and adds up.
+    auto j = nlohmann::json::parse(*fs::ReadFile(rep));
+    EXPECT_EQ(j["outcome"], "migrated");
+    EXPECT_TRUE(j["tls"].get<bool>());
+    ASSERT_GE(j["rounds"].size(), 1u);
+    EXPECT_EQ(j["rounds"].back()["decision"].get<std::string>().rfind("switch", 0), 0u);
+    const auto& b = j["blackout"];
+    double parts = b["freeze_ms"].get<double>() + b["final_dump_ms"].get<double>() +
+                   b["transfer_ms"].get<double>() + b["restore_ms"].get<double>() +
+                   b["release_ms"].get<double>() + b["announce_ms"].get<double>();
+    EXPECT_NEAR(parts, b["total_ms"].get<double>(), 1.0 + 0.02 * parts);
+    at = to;
+  }
+  // The pid inside the container is still 1 and the echo server answers on the final host.
+  CliRun ps = Gw(at, {"exec", "idle", "--", "sh", "-c", "echo hi | nc 127.0.0.1 8081"});
+  EXPECT_EQ(ps.out, "hi\n") << ps;
+}
+
+TEST_F(MigrateTest, DirtyingMemoryArrivesIntactAndFinalRoundIsSmall) {
+  StartDaemon('b');
+  ids_.push_back("dirty");
+  CliRun r = Gw('a', {"run", "--rootfs", rootfs_, "--name", "dirty", "--detach", "--bridge",
+                      "br0", "--ip", NetnsHosts::ContainerIp(11) + "/15", "--memory", "512M",
+                      "--", "/bin/mig_dirty", "64", "1", "100", "/dev/shm"});
+  ASSERT_EQ(r.code, 0) << r;
+  for (int i = 0; i < 500 && Gw('a', {"exec", "dirty", "--", "test", "-e", "/dev/shm/ready"}).code;
+       ++i) {
+  }
+  std::string rep = work_.path() + "/rep.json";
+  r = Migrate('a', "dirty", {"--report", rep, "--max-downtime", "60ms"});
+  ASSERT_EQ(r.code, 0) << r;
+  auto j = nlohmann::json::parse(*fs::ReadFile(rep));
+  ASSERT_GE(j["rounds"].size(), 2u) << j.dump(2);
+  uint64_t round0 = j["rounds"][0]["bytes"].get<uint64_t>();
+  EXPECT_GE(round0, 60ull << 20) << "round 0 holds all the memory";
+  EXPECT_LT(j["final_bytes"].get<uint64_t>(), round0 / 4) << "the final dump holds the dirty set";
+  // Every page checks out against its generation table on the destination.
+  ASSERT_EQ(Gw('b', {"exec", "dirty", "--", "rm", "-f", "/dev/shm/verify"}).code, 0);
+  ASSERT_EQ(Gw('b', {"kill", "dirty", "USR1"}).code, 0);
+  std::string v;
+  for (int i = 0; i < 500; ++i) {
+    CliRun c = Gw('b', {"exec", "dirty", "--", "cat", "/dev/shm/verify"});
+    if (c.code == 0 && !c.out.empty()) {
+      v = c.out;
+      break;
+    }
+  }
+  EXPECT_EQ(v.rfind("OK ", 0), 0u) << v;
+}
+
+TEST_F(MigrateTest, TcpClientStreamsThroughMigrationUnbroken) {
+  StartDaemon('a');
+  StartDaemon('b');
+  RunCounter("tcp", 12);
+  std::string out = work_.path() + "/probe.json", ready = work_.path() + "/probe.ready";
+  Proc probe({GODWIT_BIN, "probe", "--tcp", NetnsHosts::ContainerIp(12) + ":8081", "--interval",
+              "1ms", "--ready-file", ready, "--json"},
+             hosts_.Fd("c"), out, work_.path() + "/probe.err");
+  ASSERT_TRUE(WaitForFile(ready, 10000)) << *fs::ReadFile(work_.path() + "/probe.err");
+  CliRun r = Migrate('a', "tcp");
+  ASSERT_EQ(r.code, 0) << r;
+  r = Migrate('b', "tcp");
+  ASSERT_EQ(r.code, 0) << r;
+  EXPECT_EQ(probe.Stop(SIGINT), 0) << *fs::ReadFile(work_.path() + "/probe.err");
+  auto j = nlohmann::json::parse(*fs::ReadFile(out))["tcp"];
+  EXPECT_GT(j["echoed"].get<uint64_t>(), 100u) << j.dump();
+  EXPECT_EQ(j["echoed"], j["sent"]) << j.dump();
+  EXPECT_FALSE(j["broken"].get<bool>()) << j.dump();
+  EXPECT_FALSE(j["corrupt"].get<bool>()) << j.dump();
+  std::printf("client across two migrations: max gap %.1f ms, p99 %.2f ms, retransmissions %d\n",
+              j["max_gap_ms"].get<double>(), j["gap_ms"]["p99"].get<double>(),
+              j["tcp_info"]["total_retrans"].get<int>());
+}
+
+TEST_F(MigrateTest, TwoMigrationsAtOnceIntoOneDaemon) {
+  StartDaemon('b');
+  RunCounter("one", 13);
+  RunCounter("two", 14);
+  CliRun r1, r2;
+  std::thread t([&] { r1 = Migrate('a', "one"); });
+  r2 = Migrate('a', "two");
+  t.join();
+  EXPECT_EQ(r1.code, 0) << r1;
+  EXPECT_EQ(r2.code, 0) << r2;
+  for (const char* id : {"one", "two"}) {
+    EXPECT_FALSE(Exists('a', id)) << id;
+    EXPECT_GT(WaitCount('b', id, 0), 0) << id;
+  }
+}
+
+// Each fault leaves the container running on a exactly as before, and nothing on b.
+TEST_F(MigrateTest, DestinationFailuresRollBack) {
+  RunCounter("fault", 15);
+  std::string out = work_.path() + "/probe.json", ready = work_.path() + "/probe.ready";
+  Proc probe({GODWIT_BIN, "probe", "--tcp", NetnsHosts::ContainerIp(15) + ":8081", "--interval",
+              "2ms", "--ready-file", ready, "--json"},
+             hosts_.Fd("c"), out, work_.path() + "/probe.err");
+  ASSERT_TRUE(WaitForFile(ready, 10000));
+  for (std::string fault :
+       {"welcome:kill", "round:kill", "round:close", "round:corrupt", "final:kill", "final:close",
+        "restored:kill", "restored:close"}) {
+    SCOPED_TRACE(fault);
+    StartDaemon('b', {"--fault", fault});
+    int before = Count('a', "fault");
+    CliRun r = Migrate('a', "fault", {"--timeout", "10s"});
+    EXPECT_EQ(r.code, 8) << r;
+    EXPECT_NE(r.err.find("still runs here"), std::string::npos) << r;
+    std::string logs = StopDaemons();
+    EXPECT_FALSE(Exists('b', "fault")) << logs;
+    ASSERT_TRUE(Exists('a', "fault"));
+    EXPECT_GT(WaitCount('a', "fault", before), before) << "the container runs on after " << fault;
+  }
+  EXPECT_EQ(probe.Stop(SIGINT), 0) << *fs::ReadFile(work_.path() + "/probe.err");
+  auto j = nlohmann::json::parse(*fs::ReadFile(out))["tcp"];
+  EXPECT_EQ(j["echoed"], j["sent"]) << "the TCP connection survived every rollback: " << j.dump();
+  EXPECT_FALSE(j["broken"].get<bool>()) << j.dump();
+}
+
+TEST_F(MigrateTest, RefusedPeers) {
+  StartDaemon('b');
+  RunCounter("ref", 16);
+  // A source from another CA: refused in the TLS handshake.
+  std::vector<std::string> args = {"migrate", "ref", "--to", Addr('b') + ":7070"};
+  auto bad = Tls("intruder");
+  args.insert(args.end(), bad.begin(), bad.end());
+  CliRun r = Gw('a', args);
+  EXPECT_EQ(r.code, 8) << r;
+  // Plain TCP against a TLS daemon.
+  r = Gw('a', {"migrate", "ref", "--to", Addr('b') + ":7070", "--insecure"});
+  EXPECT_EQ(r.code, 8) << r;
+  // Another protocol version, a CPU feature this host lacks, no room: refused with the reason.
+  struct Case {
+    std::function<void(mig::Hello*)> edit;
+    const char* why;
+  };
+  std::vector<Case> cases = {
+      {[](mig::Hello* h) { h->set_protocol_version(99); }, "protocol version 99"},
+      {[](mig::Hello* h) { h->add_cpu_features("avx9000"); }, "avx9000"},
+      {[](mig::Hello* h) { h->set_memory_bytes(1ull << 50); }, "no room"},
+      {[](mig::Hello* h) { h->set_rootfs("/nonexistent"); }, "/nonexistent"},
+  };
+  for (auto& c : cases) {
+    // The test is the source here, from host a's namespace.
+    int self = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
+    ASSERT_EQ(setns(hosts_.Fd("a"), CLONE_NEWNET), 0);
+    auto tls = Tls("host-a");
+    auto ch = Channel::Connect(Addr('b') + ":7070", {tls[1], tls[3], tls[5], false}, 5);
+    ASSERT_EQ(setns(self, CLONE_NEWNET), 0);
+    close(self);
+    ASSERT_TRUE(ch.ok()) << ch.error().to_string();
+    mig::Frame f;
+    mig::Hello* h = f.mutable_hello();
+    h->set_protocol_version(mig::VERSION_CURRENT);
+    h->set_image_format_version(1);
+    h->set_container_id("ref");
+    h->set_rootfs(rootfs_);
+    c.edit(h);
+    ASSERT_TRUE((*ch)->Send(f).ok());
+    std::string p;
+    ASSERT_TRUE((*ch)->Recv(&f, &p).ok());
+    ASSERT_TRUE(f.has_welcome());
+    EXPECT_FALSE(f.welcome().accepted());
+    EXPECT_NE(f.welcome().reason().find(c.why), std::string::npos) << f.welcome().reason();
+  }
+  std::string logs = StopDaemons();
+  EXPECT_NE(logs.find("refused"), std::string::npos) << logs;
+  EXPECT_TRUE(Exists('a', "ref"));
+  EXPECT_FALSE(Exists('b', "ref"));
+}
+
+TEST_F(MigrateTest, StrictAbortsAboveTheTarget) {
+  StartDaemon('b');
+  ids_.push_back("strict");
+  CliRun r = Gw('a', {"run", "--rootfs", rootfs_, "--name", "strict", "--detach", "--bridge",
+                      "br0", "--ip", NetnsHosts::ContainerIp(17) + "/15", "--memory", "512M",
+                      "--", "/bin/mig_dirty", "64", "20", "10", "/dev/shm"});
+  ASSERT_EQ(r.code, 0) << r;
+  // 20% of 64 MiB every 10 ms can never fit 1 ms.
+  r = Migrate('a', "strict", {"--strict", "--max-downtime", "1ms", "--max-rounds", "3", "--json"});
+  EXPECT_EQ(r.code, 6) << r;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["outcome"], "rolled back");
+  EXPECT_NE(j["rounds"].back()["decision"].get<std::string>().find("--strict"), std::string::npos);
+  StopDaemons();
+  EXPECT_TRUE(Exists('a', "strict"));
+  EXPECT_FALSE(Exists('b', "strict"));
+}
+
+}  // namespace
+}  // namespace godwit::migrate

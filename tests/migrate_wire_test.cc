@@ -1,0 +1,342 @@
+// The migration stream (migrate/wire.h, migrate/image_stream.h) over real sockets and real TLS:
+// certificates from scripts/migration-certs, a second CA for the wrong-CA cases, frames with and
+// without payloads, corrupt frames, a peer that says nothing, and files carried from a directory
+// to a staging directory byte for byte.
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <functional>
+#include <random>
+#include <thread>
+
+#include "common/fs.h"
+#include "gtest/gtest.h"
+#include "migrate/dest.h"
+#include "migrate/image_stream.h"
+#include "migrate/wire.h"
+
+namespace godwit::migrate {
+namespace {
+
+std::string Run(const std::string& cmd) {
+  std::string out;
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) return "";
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
+  int st = pclose(p);
+  if (st != 0) ADD_FAILURE() << cmd << " exited " << st << ": " << out;
+  return out;
+}
+
+class Certs {
+ public:
+  Certs() {
+    char tmpl[] = "/tmp/godwit-certs-XXXXXX";
+    dir_ = mkdtemp(tmpl);
+    std::string script = std::string(GODWIT_SOURCE_DIR) + "/scripts/migration-certs";
+    Run(script + " " + dir_ + " hosta hostb");
+    Run(script + " " + dir_ + "/other intruder");
+  }
+  ~Certs() { (void)fs::RemoveAll(dir_); }
+  TlsConfig For(const std::string& host) const {
+    return {dir_ + "/" + host + ".pem", dir_ + "/" + host + ".key", dir_ + "/ca.pem", false};
+  }
+  // A certificate from another CA, which trusts only its own CA.
+  TlsConfig Intruder() const {
+    return {dir_ + "/other/intruder.pem", dir_ + "/other/intruder.key", dir_ + "/other/ca.pem",
+            false};
+  }
+  const std::string& dir() const { return dir_; }
+
+ private:
+  std::string dir_;
+};
+
+const Certs& TestCerts() {
+  static Certs c;  // removed at exit
+  return c;
+}
+
+// A listening socket on 127.0.0.1, any port.
+struct Listener {
+  int fd = -1;
+  uint16_t port = 0;
+  Listener() {
+    fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    EXPECT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+    EXPECT_EQ(listen(fd, 8), 0);
+    socklen_t l = sizeof(a);
+    getsockname(fd, reinterpret_cast<sockaddr*>(&a), &l);
+    port = ntohs(a.sin_port);
+  }
+  ~Listener() { close(fd); }
+  std::string addr() const { return "127.0.0.1:" + std::to_string(port); }
+};
+
+// Runs server(channel-or-error) on an accepted connection in a thread while the test is client.
+struct Server {
+  std::thread t;
+  Server(Listener& l, TlsConfig tls,
+         std::function<void(Result<std::unique_ptr<Channel>>)> body) {
+    t = std::thread([&l, tls, body] {
+      int c = accept4(l.fd, nullptr, nullptr, SOCK_CLOEXEC);
+      body(Channel::Accept(c, tls, 5));
+    });
+  }
+  ~Server() { t.join(); }
+};
+
+TEST(MigrateWire, MutualTlsFramesAndPayloads) {
+  Listener l;
+  std::string big(3 << 20, '\0');
+  std::mt19937 rng(7);
+  for (auto& ch : big) ch = static_cast<char>(rng());
+  {
+    Server s(l, TestCerts().For("hostb"), [&](Result<std::unique_ptr<Channel>> ch) {
+      ASSERT_TRUE(ch.ok()) << ch.error().to_string();
+      EXPECT_TRUE((*ch)->secure());
+      mig::Frame f;
+      std::string p;
+      ASSERT_TRUE((*ch)->Recv(&f, &p).ok());
+      EXPECT_TRUE(f.has_hello());
+      EXPECT_EQ(f.hello().container_id(), "c1");
+      EXPECT_TRUE(p.empty());
+      ASSERT_TRUE((*ch)->Recv(&f, &p).ok());
+      ASSERT_TRUE(f.has_file());
+      EXPECT_EQ(p, big);
+      mig::Frame w;
+      w.mutable_welcome()->set_accepted(true);
+      ASSERT_TRUE((*ch)->Send(w).ok());
+    });
+    auto c = Channel::Connect(l.addr(), TestCerts().For("hosta"), 5);
+    ASSERT_TRUE(c.ok()) << c.error().to_string();
+    mig::Frame f;
+    f.mutable_hello()->set_container_id("c1");
+    ASSERT_TRUE((*c)->Send(f).ok());
+    mig::Frame d;
+    d.mutable_file()->set_name("pages-1.img");
+    ASSERT_TRUE((*c)->Send(d, big.data(), big.size()).ok());
+    std::string p;
+    ASSERT_TRUE((*c)->Recv(&f, &p).ok());
+    EXPECT_TRUE(f.has_welcome());
+    EXPECT_TRUE(f.welcome().accepted());
+    EXPECT_GT((*c)->bytes_sent(), big.size());
+  }
+}
+
+TEST(MigrateWire, WrongCaRefusedBothWays) {
+  for (int dir = 0; dir < 2; ++dir) {
+    Listener l;
+    bool server_failed = false;
+    {
+      TlsConfig srv = dir == 0 ? TestCerts().For("hostb") : TestCerts().Intruder();
+      TlsConfig cli = dir == 0 ? TestCerts().Intruder() : TestCerts().For("hosta");
+      Server s(l, srv, [&](Result<std::unique_ptr<Channel>> ch) { server_failed = !ch.ok(); });
+      auto c = Channel::Connect(l.addr(), cli, 5);
+      // TLS 1.3: the client may finish its handshake before the server rejects its
+      // certificate; then the first read fails.
+      if (c.ok()) {
+        mig::Frame f;
+        std::string p;
+        auto r = (*c)->Recv(&f, &p);
+        EXPECT_FALSE(r.ok());
+        if (!r.ok()) {
+          EXPECT_EQ(r.error().kind(), ErrorKind::kPeer);
+        }
+      } else {
+        EXPECT_EQ(c.error().kind(), ErrorKind::kPeer) << c.error().to_string();
+      }
+    }
+    EXPECT_TRUE(server_failed) << "direction " << dir;
+  }
+}
+
+TEST(MigrateWire, PlainClientAgainstTlsServerFails) {
+  Listener l;
+  bool server_failed = false;
+  {
+    Server s(l, TestCerts().For("hostb"),
+             [&](Result<std::unique_ptr<Channel>> ch) { server_failed = !ch.ok(); });
+    TlsConfig plain;
+    plain.insecure = true;
+    auto c = Channel::Connect(l.addr(), plain, 5);
+    ASSERT_TRUE(c.ok());
+    mig::Frame f;
+    f.mutable_hello()->set_container_id("x");
+    (void)(*c)->Send(f);
+    std::string p;
+    EXPECT_FALSE((*c)->Recv(&f, &p).ok());
+  }
+  EXPECT_TRUE(server_failed);
+}
+
+TEST(MigrateWire, CorruptFrameAndSilentPeer) {
+  Listener l;
+  {
+    TlsConfig plain;
+    plain.insecure = true;
+    Server s(l, plain, [&](Result<std::unique_ptr<Channel>> ch) {
+      ASSERT_TRUE(ch.ok());
+      mig::Frame f;
+      std::string p;
+      auto r = (*ch)->Recv(&f, &p);
+      ASSERT_FALSE(r.ok());
+      EXPECT_EQ(r.error().kind(), ErrorKind::kPeer);
+      EXPECT_NE(r.error().message().find("corrupt frame"), std::string::npos)
+          << r.error().to_string();
+      // Every later call fails too.
+      EXPECT_FALSE((*ch)->Recv(&f, &p).ok());
+    });
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons(l.port);
+    ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+    const char junk[16] = "GET / HTTP/1.1\r";
+    ASSERT_EQ(write(fd, junk, sizeof(junk)), 16);
+    char c;
+    (void)read(fd, &c, 1);  // until the server closes
+    close(fd);
+  }
+  Listener l2;
+  {
+    TlsConfig plain;
+    plain.insecure = true;
+    int fd = -1;
+    Server s(l2, plain, [&](Result<std::unique_ptr<Channel>> ch) {
+      ASSERT_TRUE(ch.ok());
+      (*ch)->set_timeout(0.3);
+      mig::Frame f;
+      std::string p;
+      auto r = (*ch)->Recv(&f, &p);
+      ASSERT_FALSE(r.ok());
+      EXPECT_EQ(r.error().sys_errno(), ETIMEDOUT) << r.error().to_string();
+    });
+    fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons(l2.port);
+    ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+    char c;
+    (void)read(fd, &c, 1);  // the server gives up and closes
+    close(fd);
+  }
+}
+
+TEST(MigrateWire, FilesCrossIntactAndBadNamesRefused) {
+  char t1[] = "/tmp/godwit-wire-src-XXXXXX";
+  char t2[] = "/tmp/godwit-wire-dst-XXXXXX";
+  std::string src = mkdtemp(t1), dst = mkdtemp(t2);
+  // One compressible, one random, one empty, one over a chunk.
+  std::string zeros(5 << 20, 'a'), rnd(9 << 20, '\0');
+  std::mt19937 rng(3);
+  for (auto& ch : rnd) ch = static_cast<char>(rng());
+  ASSERT_TRUE(fs::WriteFile(src + "/a.img", zeros).ok());
+  ASSERT_TRUE(fs::WriteFile(src + "/b.img", rnd).ok());
+  ASSERT_TRUE(fs::WriteFile(src + "/empty.img", "").ok());
+  Listener l;
+  {
+    TlsConfig plain;
+    plain.insecure = true;
+    Server s(l, plain, [&](Result<std::unique_ptr<Channel>> ch) {
+      ASSERT_TRUE(ch.ok());
+      FileReceiver rx(dst);
+      mig::Frame f;
+      std::string p;
+      int bad = 0;
+      for (;;) {
+        ASSERT_TRUE((*ch)->Recv(&f, &p).ok());
+        if (f.has_done()) break;
+        ASSERT_TRUE(f.has_file());
+        auto r = rx.Apply(f.file(), p);
+        if (f.file().name() == "../evil" || f.file().name() == "crc.img") {
+          EXPECT_FALSE(r.ok());
+          bad++;
+        } else {
+          EXPECT_TRUE(r.ok()) << r.error().to_string();
+        }
+      }
+      EXPECT_EQ(bad, 2);
+      EXPECT_EQ(rx.open_files(), 0u);
+    });
+    auto c = Channel::Connect(l.addr(), plain, 5);
+    ASSERT_TRUE(c.ok());
+    FileSender tx(c->get(), mig::DIR_TREE, src, /*zstd=*/true);
+    ASSERT_TRUE(tx.Send("a.img").ok());
+    ASSERT_TRUE(tx.Send("b.img").ok());
+    ASSERT_TRUE(tx.Send("empty.img").ok());
+    EXPECT_LT(tx.wire_bytes(), zeros.size() / 10 + rnd.size() + 4096);  // 'a's compressed
+    mig::Frame f;
+    f.mutable_file()->set_dir(mig::DIR_TREE);
+    f.mutable_file()->set_name("../evil");
+    f.mutable_file()->set_length(1);
+    f.mutable_file()->set_last(true);
+    f.mutable_file()->set_crc32c(0);
+    ASSERT_TRUE((*c)->Send(f, "x", 1).ok());
+    f.mutable_file()->set_name("crc.img");
+    f.mutable_file()->set_crc32c(12345);  // wrong
+    ASSERT_TRUE((*c)->Send(f, "x", 1).ok());
+    mig::Frame d;
+    d.mutable_done();
+    ASSERT_TRUE((*c)->Send(d).ok());
+  }
+  EXPECT_EQ(*fs::ReadFile(dst + "/tree/a.img"), zeros);
+  EXPECT_EQ(*fs::ReadFile(dst + "/tree/b.img"), rnd);
+  EXPECT_EQ(*fs::ReadFile(dst + "/tree/empty.img"), "");
+  EXPECT_FALSE(fs::Exists(dst + "/evil"));
+  EXPECT_FALSE(fs::Exists(dst + "/tree/crc.img.part"));
+  (void)fs::RemoveAll(src);
+  (void)fs::RemoveAll(dst);
+}
+
+TEST(MigrateWire, HelloChecks) {
+  DestOptions o;
+  char t[] = "/tmp/godwit-hello-XXXXXX";
+  o.root = mkdtemp(t);
+  mig::Hello h;
+  h.set_protocol_version(mig::VERSION_CURRENT);
+  h.set_image_format_version(1);
+  h.set_container_id("c1");
+  h.set_rootfs("/");
+  h.set_memory_bytes(1 << 20);
+  EXPECT_EQ(CheckHello(h, o), "");
+  mig::Hello v = h;
+  v.set_protocol_version(99);
+  EXPECT_NE(CheckHello(v, o).find("protocol version 99"), std::string::npos);
+  v = h;
+  v.set_image_format_version(42);
+  EXPECT_NE(CheckHello(v, o).find("image format version 42"), std::string::npos);
+  v = h;
+  v.add_cpu_features("no-such-cpu-feature");
+  EXPECT_NE(CheckHello(v, o).find("no-such-cpu-feature"), std::string::npos);
+  v = h;
+  v.add_kernel_features("no_such_kernel_feature");
+  EXPECT_NE(CheckHello(v, o).find("no_such_kernel_feature"), std::string::npos);
+  v = h;
+  v.set_rootfs("/no/such/rootfs");
+  EXPECT_NE(CheckHello(v, o).find("/no/such/rootfs"), std::string::npos);
+  v = h;
+  v.set_memory_bytes(1ull << 50);
+  EXPECT_NE(CheckHello(v, o).find("no room"), std::string::npos);
+  v = h;
+  v.set_container_id("../x");
+  EXPECT_NE(CheckHello(v, o).find("bad container id"), std::string::npos);
+  ASSERT_TRUE(fs::MkdirAll(o.root + "/c1").ok());
+  EXPECT_NE(CheckHello(h, o).find("already exists"), std::string::npos);
+  (void)fs::RemoveAll(o.root);
+}
+
+}  // namespace
+}  // namespace godwit::migrate
