@@ -7,7 +7,8 @@
 // the host end of its veth: the host would then route the peers' retransmissions elsewhere (its
 // default route: a RST from some middlebox, seen here). The same table in the host's namespace
 // drops them (output: a local peer, forward: a remote one) until the restore's Finalize removes
-// it, once the connections are live again.
+// it, once the connections are live again. LockOutsideOf is shared with FdDumper::LockOutside,
+// which does the same from the dumper's own record with the dump's own lock.
 //
 // ResumeTcp: the caller meant to kill the tree, then did not (a failure after the dump): repair
 // off on each connection, then the lock released in every namespace that holds it.
