@@ -14,7 +14,7 @@
 
 #include "common/args.h"
 #include "common/fs.h"
-#include "cli/env_tuning.h"
+#include "cli/tuning_env.h"
 #include "container/engine.h"
 #include "runtime/runtime.h"
 

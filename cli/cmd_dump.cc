@@ -9,7 +9,7 @@
 
 #include "cli/command.h"
 #include "cli/criu_opts.h"
-#include "cli/env_tuning.h"
+#include "cli/tuning_env.h"
 #include "common/args.h"
 #include "dump/dump.h"
 
@@ -119,7 +119,7 @@ int DumpCmd(Global& g, const std::vector<std::string>& args) {
   }
   if (isatty(STDERR_FILENO) && !g.json) o.progress = TerminalProgress;
   if (auto ok = dump::Check(o); !ok.ok()) return ReportError(g, "dump", ok.error());
-  auto sink = images::OpenDirSink(dir, true);
+  auto sink = images::OpenDirSink(dir, DirSinkTuningFromEnv(true));
   if (!sink.ok()) return ReportError(g, "dump", sink.error());
   auto r = dump::Dump(o, **sink);
   if (!r.ok()) return ReportError(g, "dump", r.error());

@@ -14,6 +14,7 @@
 #include "cli/cmd_container.h"
 #include "cli/command.h"
 #include "cli/criu_opts.h"
+#include "cli/tuning_env.h"
 #include "common/args.h"
 #include "restore/restore.h"
 
@@ -96,6 +97,7 @@ int RestoreCmd(Global& g, const std::vector<std::string>& args) {
     o.inherit_fds.push_back({n, s.substr(colon + 1)});
   }
   if (isatty(STDERR_FILENO) && !g.json) o.progress = TerminalProgress;
+  RestoreTuningFromEnv(&o);
   auto r = restore::Restore(o);
   if (!r.ok()) return ReportError(g, "restore", r.error());
   const auto& s = *r;

@@ -12,7 +12,7 @@
 #include "common/fs.h"
 #include "common/log.h"
 #include "common/proc.h"
-#include "dump/core_regs.h"
+#include "images/regs.h"
 #include "dump/steps.h"
 #include "proto/core.pb.h"
 

@@ -9,15 +9,13 @@
 
 #include "common/fs.h"
 #include "common/log.h"
+#include "common/page.h"
+#include "common/pagemap_scan.h"
+#include "common/uffd.h"
 #include "dump/pagemap_scan.h"
 
 namespace godwit::dump {
 namespace {
-
-// This machine's headers are 6.1: the 6.7 uffd features by hand.
-constexpr uint64_t kFeatureWpUnpopulated = 1ULL << 13;
-constexpr uint64_t kFeatureWpAsync = 1ULL << 15;
-constexpr uint64_t kPage = 4096;
 
 bool Trackable(const proc::MapsEntry& m) {
   if (m.shared) return false;
@@ -37,30 +35,16 @@ Result<std::unique_ptr<DirtyTracker>> DirtyTracker::Start(
   // container's processes, a daemon's unprivileged workers: vm.unprivileged_userfaultfd is 0
   // here), and enough: async write-protect faults, from user or kernel mode, are resolved by the
   // kernel without the uffd. EINVAL: a kernel before 5.11 without the flag.
-  const uint64_t args[6] = {O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY, 0, 0, 0, 0, 0};
-  ASSIGN_OR_RETURN(long tfd, r->RawSyscallIn(r->tid(), SYS_userfaultfd, args));
-  if (tfd == -EINVAL) {
-    const uint64_t plain[6] = {O_CLOEXEC | O_NONBLOCK, 0, 0, 0, 0, 0};
-    ASSIGN_OR_RETURN(tfd, r->RawSyscallIn(r->tid(), SYS_userfaultfd, plain));
-  }
-  if (tfd < 0) {
-    errno = static_cast<int>(-tfd);
-    return Errno("pid %d: userfaultfd()", pid);
-  }
-  int pidfd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
-  if (pidfd < 0) return Errno("pidfd_open %d", pid);
-  UniqueFd upidfd(pidfd);
-  int fd = static_cast<int>(syscall(SYS_pidfd_getfd, pidfd, static_cast<int>(tfd), 0));
-  int getfd_errno = errno;
-  TRY(r->Syscall(SYS_close, static_cast<uint64_t>(tfd)));
-  if (fd < 0) {
-    errno = getfd_errno;
-    return Errno("pidfd_getfd uffd of %d", pid);
-  }
-  t->uffd_.reset(fd);
+  auto taken = uffd::TakeFromTarget(*r, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
+  if (!taken.ok() && taken.error().kind() == ErrorKind::kUnsupported &&
+      taken.error().sys_errno() == EINVAL)
+    taken = uffd::TakeFromTarget(*r, O_CLOEXEC | O_NONBLOCK);
+  if (!taken.ok()) return std::move(taken.error().wrap(StrFormat("pid %d", pid)));
+  t->uffd_ = std::move(*taken);
+  int fd = t->uffd_.get();
   uffdio_api api{};
   api.api = UFFD_API;
-  api.features = kFeatureWpAsync | kFeatureWpUnpopulated;
+  api.features = pagemap::kUffdFeatureWpAsync | pagemap::kUffdFeatureWpUnpopulated;
   if (ioctl(fd, UFFDIO_API, &api) < 0)
     return MakeError(ErrorKind::kUnsupported, errno, "userfaultfd WP_ASYNC in %d", pid);
   for (const auto& m : vmas) {
@@ -108,8 +92,8 @@ Error ScanError(Error e, pid_t pid) {
 Result<std::vector<PageRange>> DirtyTracker::Tracked() const {
   ASSIGN_OR_RETURN(UniqueFd pm, OpenPagemap());
   pagemap_scan::Query q;
-  q.category_mask = pagemap_scan::kWpAllowed;
-  q.return_mask = pagemap_scan::kWpAllowed;
+  q.category_mask = pagemap::kPageIsWpAsync;
+  q.return_mask = pagemap::kPageIsWpAsync;
   std::vector<PageRange> out;
   for (const auto& [start, end] : ranges_) {
     auto r = pagemap_scan::Scan(pm.get(), start, end, q, &out);
@@ -122,9 +106,9 @@ Result<void> DirtyTracker::CollectDirty(std::vector<PageRange>* out) {
   ASSIGN_OR_RETURN(UniqueFd pm, OpenPagemap());
   // Without PM_SCAN_CHECK_WPASYNC a VMA not registered (any more) is skipped, not an error.
   pagemap_scan::Query q;
-  q.flags = pagemap_scan::kWpMatching;
-  q.category_mask = pagemap_scan::kWritten;
-  q.return_mask = pagemap_scan::kWritten;
+  q.flags = pagemap::kScanWpMatching;
+  q.category_mask = pagemap::kPageIsWritten;
+  q.return_mask = pagemap::kPageIsWritten;
   for (const auto& [start, end] : ranges_) {
     auto r = pagemap_scan::Scan(pm.get(), start, end, q, out);
     if (!r.ok()) return ScanError(std::move(r).error(), pid_);

@@ -154,8 +154,8 @@ Result<std::vector<PageRange>> ReadGuards(pid_t pid, uint64_t start, uint64_t en
   if (start >= end) return out;
   ASSIGN_OR_RETURN(UniqueFd pm, fs::Open(StrFormat("/proc/%d/pagemap", pid), O_RDONLY));
   pagemap_scan::Query q;
-  q.category_anyof_mask = pagemap_scan::kGuard;
-  q.return_mask = pagemap_scan::kGuard;
+  q.category_anyof_mask = pagemap::kPageIsGuard;
+  q.return_mask = pagemap::kPageIsGuard;
   auto r = pagemap_scan::Scan(pm.get(), start, end, q, &out);
   if (!r.ok()) {
     int e = r.error().sys_errno();

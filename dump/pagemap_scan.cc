@@ -1,16 +1,19 @@
 #include "dump/pagemap_scan.h"
 
+#include <sys/ioctl.h>
+
 #include <cerrno>
+
+#include "common/page.h"
 
 namespace godwit::dump::pagemap_scan {
 
 Result<void> Scan(int pagemap_fd, uint64_t start, uint64_t end, const Query& q,
                   std::vector<PageRange>* out) {
-  constexpr uint64_t kPage = 4096;
   constexpr size_t kVec = 1024;
-  Region vec[kVec];
+  pagemap::PageRegion vec[kVec];
   for (uint64_t at = start; at < end;) {
-    Arg a{};
+    pagemap::PmScanArg a{};
     a.size = sizeof(a);
     a.flags = q.flags;
     a.start = at;
@@ -20,7 +23,7 @@ Result<void> Scan(int pagemap_fd, uint64_t start, uint64_t end, const Query& q,
     a.category_mask = q.category_mask;
     a.category_anyof_mask = q.category_anyof_mask;
     a.return_mask = q.return_mask;
-    long n = ioctl(pagemap_fd, kIoctl, &a);
+    long n = ioctl(pagemap_fd, pagemap::kPagemapScan, &a);
     if (n < 0) return Errno("PAGEMAP_SCAN %#lx-%#lx", static_cast<unsigned long>(at),
                             static_cast<unsigned long>(end));
     for (long i = 0; i < n; ++i) {

@@ -1,7 +1,7 @@
 // Engine switches for A/B measurements, not for users: the defaults are what godwit does. They
 // are options, not process-wide state, so one process (a migration daemon) may run two dumps
 // with different settings at once. The CLI fills them from GODWIT_* environment variables
-// (cli/env_tuning.h); nothing under dump/ reads the environment.
+// (cli/tuning_env.h); nothing under dump/ reads the environment.
 #pragma once
 
 namespace godwit::dump {

@@ -17,6 +17,7 @@
 #include <map>
 
 #include "common/log.h"
+#include "common/pidfd.h"
 #include "files/kind.h"
 #include "proto/fd.pb.h"
 
@@ -24,8 +25,6 @@ namespace godwit::files {
 
 namespace {
 
-int PidfdOpen(pid_t pid) { return static_cast<int>(syscall(SYS_pidfd_open, pid, 0)); }
-int PidfdGetfd(int pidfd, int fd) { return static_cast<int>(syscall(SYS_pidfd_getfd, pidfd, fd, 0)); }
 long Kcmp(pid_t p1, pid_t p2, int type, unsigned long i1, unsigned long i2) {
   return syscall(SYS_kcmp, p1, p2, type, i1, i2);
 }
@@ -87,7 +86,7 @@ class FdDumperImpl : public FdDumper {
 
   images::Sink& sink_;
   DumpOptions opts_;
-  DumpContext ctx_;
+  FdDumpContext ctx_;
   std::map<std::pair<dev_t, ino_t>, std::vector<Seen>> by_inode_;
   std::vector<img::FileEntry> files_;
   std::map<uint64_t, std::pair<pid_t, int>> first_holder_;  // file id -> first (pid, fd)
@@ -102,11 +101,10 @@ Result<std::unique_ptr<FdDumper>> FdDumper::Create(images::Sink& sink, const Dum
 }
 
 Result<void> FdDumperImpl::DumpProcess(pid_t pid) {
-  UniqueFd pidfd(PidfdOpen(pid));
-  if (!pidfd) {
-    if (errno == ESRCH) return MakeError(ErrorKind::kNotFound, ESRCH, "pid %d is gone", pid);
-    return Errno("pidfd_open %d", pid);
-  }
+  auto opened = pidfd::Open(pid);
+  if (!opened.ok() && opened.error().sys_errno() == ESRCH)
+    return MakeError(ErrorKind::kNotFound, ESRCH, "pid %d is gone", pid);
+  ASSIGN_OR_RETURN(UniqueFd pidfd, std::move(opened));
   // Processes sharing one fd table (clone CLONE_FILES without CLONE_THREAD, zdtm fdt_shared):
   // restore would give each its own table, and an fd one of them opens later would not appear
   // in the other. Refused until restore can clone with CLONE_FILES.
@@ -141,8 +139,7 @@ Result<void> FdDumperImpl::DumpProcess(pid_t pid) {
     Probe p;
     p.pid = pid;
     p.fd = fd;
-    UniqueFd local(PidfdGetfd(pidfd.get(), fd));
-    if (!local) return Errno("pid %d fd %d: pidfd_getfd", pid, fd);
+    ASSIGN_OR_RETURN(UniqueFd local, pidfd::GetFd(pidfd.get(), fd, pid));
     p.local = local.get();
     if (fstat(p.local, &p.st) < 0) return Errno("pid %d fd %d: fstat", pid, fd);
     p.link = ctx_.links[fd];
@@ -299,9 +296,9 @@ Result<void> FdDumperImpl::Finish() {
   for (const auto& e : files_) TRY(w.Write(e));
   TRY(w.Close());
   TRY(ctx_.CloseBlob());
-  if (!ctx_.netlock_table.empty()) {
+  if (ctx_.netlock) {
     img::NetLock nl;
-    nl.set_table(ctx_.netlock_table);
+    nl.set_table(ctx_.netlock->name());
     TRY(images::WriteImage(sink_, "files-netlock.img", nl));
   }
   return Ok();
@@ -318,17 +315,13 @@ void FdDumperImpl::SetTcpRepair(bool on) {
 }
 
 Result<void> FdDumperImpl::LockOutside(pid_t tree_pid) {
+  if (!ctx_.netlock) return Ok();  // no connection was locked
   std::vector<const img::FileEntry*> socks;
   for (const auto& e : files_)
     if (e.kind() == img::FILE_KIND_INET && e.inet().has_repair()) socks.push_back(&e);
-  ASSIGN_OR_RETURN(bool added, LockOutsideOf(ctx_.netlock_table, socks, tree_pid));
-  if (added) {
-    std::string table = ctx_.netlock_table;
-    ctx_.OnResume([table] {
-      auto r = NetUnlock(table);
-      if (!r.ok()) LOG_WARN("network unlock outside: %s", r.error().to_string().c_str());
-    });
-  }
+  // The dump's own lock: the Unlock that Resume runs (LockProcessTcp) releases this namespace's
+  // part too.
+  TRY(LockOutsideOf(*ctx_.netlock, socks, tree_pid));
   return Ok();
 }
 

@@ -2,12 +2,12 @@
 // (Prepare), installs each process's fd table in the restored process (Install), and finishes
 // what must wait until the whole tree exists (Finalize).
 //
-// TCP, in CRIU's order (cr-restore.c: repair off in the restorer once every task is restored,
-// then the network unlock): Finalize turns repair off on every restored connection, then deletes
-// the lock table in each net namespace the connections live in. A container's files are prepared
-// by its root task inside the container's namespaces, not by the coordinator: Finalize then takes
-// its copies of the sockets from the restored (ptrace-stopped) tree, by the fd numbers of the
-// images, and finds each socket's namespace with SIOCGSKNS.
+// TCP, in CRIU's order (cr-restore.c: repair off in the restorer once every task is restored, then
+// the network unlock): Finalize turns repair off on every restored connection, then releases the
+// dump's network lock (netlock.h) in each net namespace the connections live in. A container's
+// files are prepared by its root task inside the container's namespaces, not by the coordinator:
+// Finalize then takes its copies of the sockets from the restored (ptrace-stopped) tree, by the fd
+// numbers of the images, and finds each socket's namespace with SIOCGSKNS.
 #include <fcntl.h>
 #include <linux/close_range.h>
 #include <linux/sockios.h>
@@ -23,17 +23,12 @@
 #include <vector>
 
 #include "common/log.h"
+#include "common/netns.h"
+#include "common/pidfd.h"
 #include "files/kind.h"
 #include "proto/fd.pb.h"
 
 namespace godwit::files {
-
-bool RestoreContext::InstallingHolds(uint64_t file_id) const {
-  if (!installing) return false;
-  for (const auto& fe : installing->fds())
-    if (fe.file_id() == file_id) return true;
-  return false;
-}
 
 class FdRestorerImpl : public FdRestorer {
  public:
@@ -63,11 +58,10 @@ class FdRestorerImpl : public FdRestorer {
   }
 
   RestoreOptions opts_;
-  std::unique_ptr<RestoreContext> ctx_;
+  std::unique_ptr<FdRestoreContext> ctx_;
   std::map<pid_t, img::ProcessFds> procs_;
-  std::string netlock_table_;
+  std::unique_ptr<NetLock> netlock_;  // the dump's lock (files-netlock.img), if it took one
   std::map<pid_t, pid_t> host_pids_;  // dumped pid -> host pid, where they differ
-  UniqueFd lock_ns_;  // the namespace LockNetwork locked (another than ours)
   int max_fd_ = 2;
   bool closed_ = false;
   std::vector<int> keep_;  // the engine's fds, left open by Install
@@ -96,7 +90,7 @@ Result<void> FdRestorerImpl::LoadImages(const images::ImageSet& images) {
   if (images.Has("files-data.blob")) {
     ASSIGN_OR_RETURN(blob, images.OpenBlob("files-data.blob"));
   }
-  ctx_ = std::make_unique<RestoreContext>(opts_, std::move(blob));
+  ctx_ = std::make_unique<FdRestoreContext>(opts_, std::move(blob));
   if (images.Has("files.img")) {
     ASSIGN_OR_RETURN(images::ImageReader rd, images.OpenImage("files.img"));
     for (;;) {
@@ -112,11 +106,8 @@ Result<void> FdRestorerImpl::LoadImages(const images::ImageSet& images) {
       ctx_->entries_.emplace(e.id(), std::move(e));
     }
   }
-  for (const auto& f : images.inventory().files()) {
-    const std::string& n = f.name();
-    if (n.rfind("fds-", 0) != 0 || n.size() < 9 || n.substr(n.size() - 4) != ".img") continue;
-    img::ProcessFds pf;
-    TRY(images.ReadOne(n, &pf));
+  ASSIGN_OR_RETURN(auto tables, ReadProcessFds(images));
+  for (auto& [n, pf] : tables) {
     for (const auto& fe : pf.fds()) {
       if (fe.fd() < 0 || fe.fd() > (1 << 20))
         return MakeError(ErrorKind::kBadImage, 0, "%s: bad fd number %d", n.c_str(), fe.fd());
@@ -138,7 +129,7 @@ Result<void> FdRestorerImpl::LoadImages(const images::ImageSet& images) {
   if (images.Has("files-netlock.img")) {
     img::NetLock nl;
     TRY(images.ReadOne("files-netlock.img", &nl));
-    netlock_table_ = nl.table();
+    netlock_ = OpenNetLock(nl.table());
   }
   return Ok();
 }
@@ -240,22 +231,18 @@ void FdRestorerImpl::ClosePrepared() {
 }
 
 Result<void> FdRestorerImpl::LockNetwork(pid_t netns_pid) {
-  if (netlock_table_.empty()) return Ok();
-  std::string script = LockTable(netlock_table_);
+  if (!netlock_) return Ok();
+  std::vector<TcpConn> conns;
   for (const auto& [id, e] : ctx_->entries()) {
     if (e.kind() != img::FILE_KIND_INET || !e.inet().has_repair()) continue;
-    struct sockaddr_storage src {}, dst {};
-    if (e.inet().src().size() > sizeof(src) || e.inet().dst().size() > sizeof(dst))
-      return MakeError(ErrorKind::kBadImage, 0, "files.img: bad socket address");
-    memcpy(&src, e.inet().src().data(), e.inet().src().size());
-    memcpy(&dst, e.inet().dst().data(), e.inet().dst().size());
-    script += LockRules(netlock_table_, src, dst);
+    ASSIGN_OR_RETURN(TcpConn c, ConnOf(e));
+    conns.push_back(c);
   }
+  UniqueFd ns;
   if (netns_pid) {
-    lock_ns_.reset(open(StrFormat("/proc/%d/ns/net", netns_pid).c_str(), O_RDONLY | O_CLOEXEC));
-    if (!lock_ns_) return Errno("open net namespace of pid %d", netns_pid);
+    ASSIGN_OR_RETURN(ns, netns::Open(netns_pid));
   }
-  return NftRunIn(lock_ns_ ? lock_ns_.get() : -1, script);
+  return netlock_->Lock(ns ? ns.get() : -1, conns);
 }
 
 Result<UniqueFd> FdRestorerImpl::TakeFromTree(uint64_t file_id) {
@@ -263,12 +250,10 @@ Result<UniqueFd> FdRestorerImpl::TakeFromTree(uint64_t file_id) {
     for (const auto& fe : pf.fds()) {
       if (fe.file_id() != file_id) continue;
       auto h = host_pids_.find(pid);
-      pid_t host = h == host_pids_.end() ? pid : h->second;
-      UniqueFd pidfd(static_cast<int>(syscall(SYS_pidfd_open, host, 0)));
-      if (!pidfd) return Errno("pidfd_open %d", pid);
-      UniqueFd fd(static_cast<int>(syscall(SYS_pidfd_getfd, pidfd.get(), fe.fd(), 0)));
-      if (!fd) return Errno("take pid %d fd %d (file id %llu) to finalize it", host, fe.fd(),
-                            static_cast<unsigned long long>(file_id));
+      auto fd = pidfd::TakeFd(h == host_pids_.end() ? pid : h->second, fe.fd());
+      if (!fd.ok())
+        return std::move(fd.error().wrap(StrFormat(
+            "take file id %llu to finalize it", static_cast<unsigned long long>(file_id))));
       return fd;
     }
   return UniqueFd();  // in no process's table (only in flight, say): nothing to finalize
@@ -287,19 +272,14 @@ Result<void> FdRestorerImpl::Finalize() {
     ASSIGN_OR_RETURN(UniqueFd fd, TakeFromTree(id));
     if (fd) ctx_->finalize_fds_[id] = fd.release();
   }
-  // The namespaces holding the lock: ours (a plain restore), the one LockNetwork locked, and
-  // those of the restored sockets; by inode, each once.
-  std::map<ino_t, UniqueFd> lock_ns;
-  auto add_ns = [&](UniqueFd ns) {
-    struct stat st;
-    if (ns && fstat(ns.get(), &st) == 0 && !lock_ns.count(st.st_ino))
-      lock_ns.emplace(st.st_ino, std::move(ns));
+  // The namespaces that may hold the lock: ours (a plain restore), the one LockNetwork locked
+  // (remembered by the lock), and those of the restored sockets.
+  Result<void> res, unlocked;
+  auto adopt = [&](int ns_fd) {
+    auto r = netlock_->Adopt(ns_fd);
+    if (!r.ok() && unlocked.ok()) unlocked = std::move(r);
   };
-  if (!netlock_table_.empty()) {
-    add_ns(UniqueFd(open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC)));
-    if (lock_ns_) add_ns(UniqueFd(fcntl(lock_ns_.get(), F_DUPFD_CLOEXEC, 0)));
-  }
-  Result<void> res;
+  if (netlock_) adopt(-1);
   for (auto& [id, fd] : ctx_->finalize_fds_) {
     const img::FileEntry* e = ctx_->Entry(id);
     const KindOps* ops = FindKind(e->kind());
@@ -307,32 +287,20 @@ Result<void> FdRestorerImpl::Finalize() {
       auto r = ops->finalize(*ctx_, *e, fd);
       if (!r.ok()) res = std::move(r.error().wrap(StrFormat("finalize %s", ops->name)));
     }
-    if (!netlock_table_.empty() && e->kind() == img::FILE_KIND_INET)
-      add_ns(UniqueFd(ioctl(fd, SIOCGSKNS)));
+    if (netlock_ && e->kind() == img::FILE_KIND_INET) {
+      UniqueFd ns(ioctl(fd, SIOCGSKNS));
+      if (ns) adopt(ns.get());
+    }
     close(fd);
   }
   ctx_->finalize_fds_.clear();
-  // After every repair off (CRIU's order): the peers' packets reach live sockets only. One nft
-  // run per namespace (~10 ms each: a container's and the host's), side by side.
-  if (opts_.keep_netlock) {
-    lock_ns_.reset();
-    return res;
+  // After every repair off (CRIU's order): the peers' packets reach live sockets only. Unless
+  // the caller unlocks later (keep_netlock: a migration's destination, at the commit).
+  if (netlock_ && !opts_.keep_netlock) {
+    auto r = netlock_->Unlock();
+    if (!r.ok() && unlocked.ok()) unlocked = std::move(r);
   }
-  std::vector<Result<void>> unlocked(lock_ns.size());
-  std::vector<std::thread> others;
-  size_t i = 0;
-  for (auto& [ino, ns] : lock_ns) {
-    int fd = ns.get();
-    Result<void>* out = &unlocked[i++];
-    if (i < lock_ns.size())
-      others.emplace_back([this, fd, out] { *out = NetUnlockIn(fd, netlock_table_); });
-    else
-      *out = NetUnlockIn(fd, netlock_table_);
-  }
-  for (auto& t : others) t.join();
-  for (auto& r : unlocked)
-    if (!r.ok() && res.ok()) res = std::move(r);
-  lock_ns_.reset();
+  if (res.ok()) res = std::move(unlocked);
   return res;
 }
 

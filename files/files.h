@@ -79,11 +79,11 @@ class FdDumper {
 // After a dump that kept the tree's TCP connections in repair mode and locked (the caller meant to
 // kill the tree) when the tree runs on after all: repair off on each connection, found in the
 // still-frozen tree by the images' fd numbers, then the lock table removed from their net
-// namespaces (tcp_resume.cc). images: the dump's image set.
+// namespaces (tcp_after_dump.cc). images: the dump's image set.
 Result<void> ResumeTcp(const images::ImageSet& images);
 // With the same images, before the tree (and its net namespace) is killed: the same lock in the
 // caller's net namespace (the host's), so the peers' packets are dropped there, not routed
-// elsewhere, while the tree is gone; the restore's Finalize removes it (tcp_resume.cc).
+// elsewhere, while the tree is gone; the restore's Finalize removes it (tcp_after_dump.cc).
 // Nothing to do when tree_pid's net namespace is the caller's.
 Result<void> LockOutside(const images::ImageSet& images, pid_t tree_pid);
 

@@ -1,11 +1,15 @@
 // The per-kind table behind FdDumper/FdRestorer (internal to files/).
 //
 // Every kind of open file description lives in one file kind_<name>.cc with its dump and its
-// restore side by side, registered once in table.cc. The dispatcher (dispatch.cc) decides the
-// kind of an fd from fstat, readlink(/proc/PID/fd/N) and fdinfo; the kind's dump fills one
-// img::FileEntry. On restore, the kind's open creates the description in the coordinator
-// (Prepare); optional hooks run per process (Install: epoll registrations) and before the tree
-// resumes (Finalize: TCP repair off).
+// restore side by side, registered once in table.cc. The dispatcher (Classify, next to the table in
+// table.cc) decides the kind of an fd from fstat, readlink(/proc/PID/fd/N) and fdinfo; the kind's
+// dump fills one img::FileEntry. On restore, the kind's open creates the description in the
+// coordinator (Prepare); optional hooks run per process (Install: epoll registrations) and before
+// the tree resumes (Finalize: TCP repair off).
+//
+// The kinds share two contexts, FdDumpContext and FdRestoreContext (methods in fd_context.cc; the
+// "Fd" prefix keeps them apart from the engine's dump::DumpContext and restore::RestoreContext),
+// and the helpers in fd_helpers.cc.
 #pragma once
 
 #include <fcntl.h>
@@ -23,6 +27,7 @@
 #include "common/result.h"
 #include "common/unique_fd.h"
 #include "files/files.h"
+#include "files/netlock.h"
 #include "images/image.h"
 #include "proto/fd.pb.h"
 
@@ -67,9 +72,9 @@ Result<UnixDiagMap> DumpUnixDiag(int nlsock);
 // A socket created in the net namespace of pid (a thread enters it: setns is per thread).
 Result<UniqueFd> SocketInNetns(pid_t pid, int domain, int type, int protocol);
 
-class DumpContext {
+class FdDumpContext {
  public:
-  DumpContext(images::Sink& sink, const DumpOptions& opts) : sink_(sink), opts_(opts) {}
+  FdDumpContext(images::Sink& sink, const DumpOptions& opts) : sink_(sink), opts_(opts) {}
   const DumpOptions& opts() const { return opts_; }
   // Appends bulk bytes to files-data.blob.
   Result<img::BlobRef> Blob(const void* data, size_t len);
@@ -93,16 +98,16 @@ class DumpContext {
   Result<const UnixDiagMap*> UnixSockets(pid_t pid);
   // External keys the user allowed (DumpOptions::external, "fd:KEY" or "KEY").
   bool ExternalAllowed(const std::string& key) const;
-  // Locks every TCP connection of pid in nftables (one table per dump, in pid's net namespace,
-  // rules only on the connections' 4-tuples), once per process; undone by Resume.
+  // Locks every TCP connection of pid (netlock.h: one lock per dump, in pid's net namespace, on
+  // the connections only), once per process; undone by Resume (netlock.cc).
   Result<void> LockProcessTcp(pid_t pid);
-  std::string netlock_table;  // "" when nothing was locked
-  // The connections put in repair mode: a kept copy of each and its SO_REUSEADDR to give back.
+  std::unique_ptr<NetLock> netlock;  // null when nothing was locked
+  // The connections put in repair mode: a kept copy of each and its SO_REUSEADDR to give back
+  // (FdDumper::SetTcpRepair).
   std::vector<std::pair<int, int>> repaired_tcp;
   // readlink of every fd of the process being dumped (the lock scans only its sockets).
   std::map<int, std::string> links;
   std::set<pid_t> tcp_locked_pids;
-  std::set<uint64_t> netlock_netns;  // namespaces holding the table
 
  private:
   images::Sink& sink_;
@@ -113,9 +118,9 @@ class DumpContext {
   std::map<uint64_t, UnixDiagMap> unix_diag_;  // netns inode -> sockets
 };
 
-class RestoreContext {
+class FdRestoreContext {
  public:
-  RestoreContext(const RestoreOptions& opts, std::unique_ptr<images::BlobReader> blob)
+  FdRestoreContext(const RestoreOptions& opts, std::unique_ptr<images::BlobReader> blob)
       : opts_(opts), blob_(std::move(blob)) {}
   const RestoreOptions& opts() const { return opts_; }
   Result<std::string> ReadBlob(const img::BlobRef& ref);
@@ -165,13 +170,13 @@ class RestoreContext {
 struct KindOps {
   img::FileKind kind;
   const char* name;
-  Result<void> (*dump)(DumpContext& ctx, const Probe& p, img::FileEntry& e);
+  Result<void> (*dump)(FdDumpContext& ctx, const Probe& p, img::FileEntry& e);
   // Creates the description in the coordinator; flags and position are the kind's business.
-  Result<UniqueFd> (*open)(RestoreContext& ctx, const img::FileEntry& e);
+  Result<UniqueFd> (*open)(FdRestoreContext& ctx, const img::FileEntry& e);
   // Optional: in restored process pid, before its fds are at their numbers.
-  Result<void> (*install)(RestoreContext& ctx, const img::FileEntry& e, pid_t pid) = nullptr;
+  Result<void> (*install)(FdRestoreContext& ctx, const img::FileEntry& e, pid_t pid) = nullptr;
   // Optional: in the coordinator just before the tree resumes; fd is the coordinator's copy.
-  Result<void> (*finalize)(RestoreContext& ctx, const img::FileEntry& e, int fd) = nullptr;
+  Result<void> (*finalize)(FdRestoreContext& ctx, const img::FileEntry& e, int fd) = nullptr;
   // The install hook makes the process's own description (pidfd) and puts it on the prepared
   // number: it runs before every other kind's (epoll registers what is there then).
   bool install_first = false;
@@ -188,6 +193,9 @@ Result<UniqueFd> Reopen(int fd, int flags);
 // Sets O_APPEND/O_NONBLOCK/O_ASYNC/O_DIRECT/O_NOATIME from flags with F_SETFL.
 Result<void> SetStatusFlags(int fd, uint32_t flags);
 std::string KindName(img::FileKind k);
+// Every process's fd table of an image set: the fds-<pid>.img files its inventory lists, by name.
+Result<std::vector<std::pair<std::string, img::ProcessFds>>> ReadProcessFds(
+    const images::ImageSet& images);
 // The description's F_SETOWN_EX owner and F_SETSIG signal (proto FileOwner), and its lease.
 // Restore sets signal and lease when the file is opened (set_pid false), the owner in Install
 // (true).
@@ -196,8 +204,8 @@ Result<void> RestoreOwner(int fd, const img::FileEntry& e, bool set_pid);
 
 // Per-kind entry points, defined in kind_<name>.cc.
 #define GODWIT_KIND_DECL(n)                                               \
-  Result<void> Dump##n(DumpContext& ctx, const Probe& p, img::FileEntry& e); \
-  Result<UniqueFd> Open##n(RestoreContext& ctx, const img::FileEntry& e);
+  Result<void> Dump##n(FdDumpContext& ctx, const Probe& p, img::FileEntry& e); \
+  Result<UniqueFd> Open##n(FdRestoreContext& ctx, const img::FileEntry& e);
 GODWIT_KIND_DECL(Reg)
 GODWIT_KIND_DECL(Chr)
 GODWIT_KIND_DECL(Pipe)
@@ -218,18 +226,18 @@ GODWIT_KIND_DECL(Nsfs)
 GODWIT_KIND_DECL(Pidfd)
 #undef GODWIT_KIND_DECL
 // In the holder: its pidfd on a live target of the tree, opened once the target exists.
-Result<void> InstallPidfd(RestoreContext& ctx, const img::FileEntry& e, pid_t pid);
+Result<void> InstallPidfd(FdRestoreContext& ctx, const img::FileEntry& e, pid_t pid);
 // At the end of the dump: every live pidfd target is a process of the tree (pids: the dumped
 // processes; a zombie counts when its parent is one); holders: file id -> first (pid, fd).
 Result<void> CheckPidfdTargets(const std::vector<img::FileEntry>& files,
                                const std::vector<pid_t>& pids,
                                const std::map<uint64_t, std::pair<pid_t, int>>& holders);
-Result<void> InstallEpoll(RestoreContext& ctx, const img::FileEntry& e, pid_t pid);
-Result<void> FinalizeInet(RestoreContext& ctx, const img::FileEntry& e, int fd);
+Result<void> InstallEpoll(FdRestoreContext& ctx, const img::FileEntry& e, pid_t pid);
+Result<void> FinalizeInet(FdRestoreContext& ctx, const img::FileEntry& e, int fd);
 // Called by FdRestorer::Finalize for each unix socket the coordinator prepared (fd unused).
-Result<void> FinalizeUnix(RestoreContext& ctx, const img::FileEntry& e, int fd);
+Result<void> FinalizeUnix(FdRestoreContext& ctx, const img::FileEntry& e, int fd);
 // Install: a session leader's controlling pty (ProcessFds.ctty_pty), in the restored process.
-Result<void> SetCtty(RestoreContext& ctx, const img::ProcessFds& pf, pid_t old_pid);
+Result<void> SetCtty(FdRestoreContext& ctx, const img::ProcessFds& pf, pid_t old_pid);
 
 // Locks (locks.cc): flock/OFD belong to the description, POSIX locks to the process.
 std::vector<img::FileLock> ParseLocks(const FdInfo& info);
@@ -241,24 +249,13 @@ Result<void> RestoreSockOpts(int fd, const img::SockOpts& o);
 
 // Copies a socket's receive queue without consuming it (MSG_PEEK with SO_PEEK_OFF), one
 // QueuedMsg per datagram, or one for a stream. Fds in flight (SCM_RIGHTS) are kUnsupported.
-Result<void> PeekQueue(DumpContext& ctx, int fd, bool stream,
+Result<void> PeekQueue(FdDumpContext& ctx, int fd, bool stream,
                        google::protobuf::RepeatedPtrField<img::QueuedMsg>* out);
 
-// Network lock (netlock.cc): removes the table in the current net namespace (or in the one of
-// netns_fd) if present.
-Result<void> NetUnlock(const std::string& table);
-Result<void> NetUnlockIn(int netns_fd, const std::string& table);
-// nft script pieces: the lock table with its chains; the two rules for one connection.
-std::string LockTable(const std::string& table);
-std::string LockRules(const std::string& table, const struct sockaddr_storage& src,
-                      const struct sockaddr_storage& dst);
-// The lock of table on the repaired connections socks, in the caller's net namespace (the
-// host's), unless tree_pid's namespace is the caller's: false when nothing was added
-// (tcp_resume.cc; LockOutside and FdDumper::LockOutside).
-Result<bool> LockOutsideOf(const std::string& table,
-                           const std::vector<const img::FileEntry*>& socks, pid_t tree_pid);
-// Runs `nft -f -` with script in the net namespace of netns_pid (0: ours).
-Result<void> NftRun(pid_t netns_pid, const std::string& script);
-Result<void> NftRunIn(int netns_fd, const std::string& script);  // -1: ours
+// The lock of the repaired connections socks in the caller's net namespace (the host's), as
+// NetLock::Where::kRouted, unless tree_pid's namespace is the caller's: false when nothing was
+// added (tcp_after_dump.cc; LockOutside and FdDumper::LockOutside).
+Result<bool> LockOutsideOf(NetLock& lock, const std::vector<const img::FileEntry*>& socks,
+                           pid_t tree_pid);
 
 }  // namespace godwit::files

@@ -12,7 +12,7 @@
 
 namespace godwit::files {
 
-Result<void> DumpEpoll(DumpContext& ctx, const Probe& p, img::FileEntry& e) {
+Result<void> DumpEpoll(FdDumpContext& ctx, const Probe& p, img::FileEntry& e) {
   img::EpollFile* ep = e.mutable_epoll();
   ep->set_owner_pid(p.pid);
   // "tfd:        5 events:       19 data:                5  pos:0 ino:2b sdev:d"
@@ -31,13 +31,13 @@ Result<void> DumpEpoll(DumpContext& ctx, const Probe& p, img::FileEntry& e) {
   return Ok();
 }
 
-Result<UniqueFd> OpenEpoll(RestoreContext& ctx, const img::FileEntry& e) {
+Result<UniqueFd> OpenEpoll(FdRestoreContext& ctx, const img::FileEntry& e) {
   UniqueFd fd(epoll_create1(EPOLL_CLOEXEC));
   if (!fd) return Errno("epoll_create1");
   return fd;
 }
 
-Result<void> InstallEpoll(RestoreContext& ctx, const img::FileEntry& e, pid_t pid) {
+Result<void> InstallEpoll(FdRestoreContext& ctx, const img::FileEntry& e, pid_t pid) {
   if (e.epoll().owner_pid() != pid) return Ok();
   int epfd = ctx.Prepared(e.id());
   if (epfd < 0) return Ok();

@@ -7,7 +7,7 @@
 
 namespace godwit::files {
 
-Result<void> DumpEventfd(DumpContext& ctx, const Probe& p, img::FileEntry& e) {
+Result<void> DumpEventfd(FdDumpContext& ctx, const Probe& p, img::FileEntry& e) {
   std::string c = p.info.Get("eventfd-count");  // "%16llx"
   if (c.empty()) return MakeError(ErrorKind::kUnsupported, 0, "no eventfd-count in fdinfo");
   e.mutable_eventfd()->set_count(strtoull(c.c_str(), nullptr, 16));
@@ -17,7 +17,7 @@ Result<void> DumpEventfd(DumpContext& ctx, const Probe& p, img::FileEntry& e) {
   return Ok();
 }
 
-Result<UniqueFd> OpenEventfd(RestoreContext& ctx, const img::FileEntry& e) {
+Result<UniqueFd> OpenEventfd(FdRestoreContext& ctx, const img::FileEntry& e) {
   UniqueFd fd(eventfd(0, EFD_CLOEXEC | (e.eventfd().semaphore() ? EFD_SEMAPHORE : 0)));
   if (!fd) return Errno("eventfd");
   uint64_t c = e.eventfd().count();

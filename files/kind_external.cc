@@ -8,12 +8,12 @@
 
 namespace godwit::files {
 
-Result<void> DumpExternal(DumpContext& ctx, const Probe& p, img::FileEntry& e) {
+Result<void> DumpExternal(FdDumpContext& ctx, const Probe& p, img::FileEntry& e) {
   // Externals are decided once the whole tree is known (FdDumper::Finish), never by Classify.
   return MakeError(ErrorKind::kGeneric, 0, "external descriptions are not dumped directly");
 }
 
-Result<UniqueFd> OpenExternal(RestoreContext& ctx, const img::FileEntry& e) {
+Result<UniqueFd> OpenExternal(FdRestoreContext& ctx, const img::FileEntry& e) {
   const std::string& key = e.external().key();
   for (const auto& [fd, k] : ctx.opts().inherit_fds) {
     if (k != key) continue;

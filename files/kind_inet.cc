@@ -100,7 +100,7 @@ uint32_t QueueSeq(int fd, int queue) {
   return seq;
 }
 
-Result<void> DumpTcpEstablished(DumpContext& ctx, const Probe& p, img::InetSocket* sk,
+Result<void> DumpTcpEstablished(FdDumpContext& ctx, const Probe& p, img::InetSocket* sk,
                                 const struct tcp_info& ti) {
   int fd = p.local;
   TRY(ctx.LockProcessTcp(p.pid));
@@ -178,7 +178,7 @@ Result<void> DumpRawOpts(int fd, img::InetSocket* sk) {
 
 }  // namespace
 
-Result<void> DumpInet(DumpContext& ctx, const Probe& p, img::FileEntry& e) {
+Result<void> DumpInet(FdDumpContext& ctx, const Probe& p, img::FileEntry& e) {
   img::InetSocket* sk = e.mutable_inet();
   int fd = p.local;
   sk->set_ino(p.st.st_ino);
@@ -258,7 +258,9 @@ namespace {
 Result<void> CommonOpts(int fd, const img::InetSocket& sk) {
   TRY(RestoreSockOpts(fd, sk.opts()));
   bool v6 = sk.family() == AF_INET6;
-  if (v6) TRY(SetInt(fd, SOL_IPV6, IPV6_V6ONLY, sk.v6only(), "IPV6_V6ONLY"));
+  // Set only when it differs: raw sockets refuse IPV6_V6ONLY altogether (EINVAL).
+  if (v6 && GetInt(fd, SOL_IPV6, IPV6_V6ONLY) != static_cast<int>(sk.v6only()))
+    TRY(SetInt(fd, SOL_IPV6, IPV6_V6ONLY, sk.v6only(), "IPV6_V6ONLY"));
   if (sk.tos()) TRY(SetInt(fd, v6 ? SOL_IPV6 : SOL_IP, v6 ? IPV6_TCLASS : IP_TOS, sk.tos(), "TOS"));
   if (sk.type() == SOCK_STREAM) {
     if (sk.nodelay()) TRY(SetInt(fd, SOL_TCP, TCP_NODELAY, 1, "TCP_NODELAY"));
@@ -306,7 +308,7 @@ Result<void> SendAll(int fd, const std::string& data, const char* what) {
   return Ok();
 }
 
-Result<UniqueFd> OpenTcpEstablished(RestoreContext& ctx, const img::FileEntry& e) {
+Result<UniqueFd> OpenTcpEstablished(FdRestoreContext& ctx, const img::FileEntry& e) {
   const img::InetSocket& sk = e.inet();
   const img::TcpRepair& r = sk.repair();
   // Listeners first: they bind their port without SO_REUSEADDR maybe; a repaired socket forces
@@ -365,7 +367,7 @@ Result<UniqueFd> OpenTcpEstablished(RestoreContext& ctx, const img::FileEntry& e
 
 }  // namespace
 
-Result<UniqueFd> OpenInet(RestoreContext& ctx, const img::FileEntry& e) {
+Result<UniqueFd> OpenInet(FdRestoreContext& ctx, const img::FileEntry& e) {
   const img::InetSocket& sk = e.inet();
   if (sk.type() == SOCK_STREAM && Connected(sk.state())) {
     if (!ctx.opts().tcp_close) return OpenTcpEstablished(ctx, e);
@@ -418,7 +420,7 @@ Result<UniqueFd> OpenInet(RestoreContext& ctx, const img::FileEntry& e) {
   return s;
 }
 
-Result<void> FinalizeInet(RestoreContext& ctx, const img::FileEntry& e, int fd) {
+Result<void> FinalizeInet(FdRestoreContext& ctx, const img::FileEntry& e, int fd) {
   const img::InetSocket& sk = e.inet();
   if (sk.type() != SOCK_STREAM || !Connected(sk.state()) || ctx.opts().tcp_close) return Ok();
   TRY(SetInt(fd, SOL_TCP, TCP_REPAIR, TCP_REPAIR_OFF, "TCP_REPAIR off"));

@@ -62,7 +62,7 @@ Result<std::string> PathFromHandle(pid_t pid, unsigned long sdev, int type, cons
 }
 }  // namespace
 
-Result<void> DumpInotify(DumpContext& ctx, const Probe& p, img::FileEntry& e) {
+Result<void> DumpInotify(FdDumpContext& ctx, const Probe& p, img::FileEntry& e) {
   img::InotifyFile* in = e.mutable_inotify();
   // "wd:1 ino:1a2b sdev:800001 mask:800afce ignored_mask:0 fhandle-bytes:8 fhandle-type:1
   //  f_handle:d2b5010000000000"
@@ -89,7 +89,7 @@ Result<void> DumpInotify(DumpContext& ctx, const Probe& p, img::FileEntry& e) {
   return Ok();
 }
 
-Result<UniqueFd> OpenInotify(RestoreContext& ctx, const img::FileEntry& e) {
+Result<UniqueFd> OpenInotify(FdRestoreContext& ctx, const img::FileEntry& e) {
   UniqueFd fd(inotify_init1(IN_CLOEXEC | IN_NONBLOCK));
   if (!fd) return Errno("inotify_init1");
   std::vector<img::InotifyWatch> ws(e.inotify().watches().begin(), e.inotify().watches().end());

@@ -11,7 +11,7 @@
 
 namespace godwit::files {
 
-Result<void> DumpMemfd(DumpContext& ctx, const Probe& p, img::FileEntry& e) {
+Result<void> DumpMemfd(FdDumpContext& ctx, const Probe& p, img::FileEntry& e) {
   img::MemfdFile* m = e.mutable_memfd();
   std::string name = p.link.substr(strlen("/memfd:"));
   const char kDel[] = " (deleted)";
@@ -41,7 +41,7 @@ Result<void> DumpMemfd(DumpContext& ctx, const Probe& p, img::FileEntry& e) {
   return Ok();
 }
 
-Result<UniqueFd> OpenMemfd(RestoreContext& ctx, const img::FileEntry& e) {
+Result<UniqueFd> OpenMemfd(FdRestoreContext& ctx, const img::FileEntry& e) {
   const img::MemfdFile& m = e.memfd();
   std::string key = StrFormat("memfd:%llu", static_cast<unsigned long long>(m.ino()));
   auto it = ctx.named_fds.find(key);

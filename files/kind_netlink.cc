@@ -11,7 +11,7 @@
 
 namespace godwit::files {
 
-Result<void> DumpNetlink(DumpContext& ctx, const Probe& p, img::FileEntry& e) {
+Result<void> DumpNetlink(FdDumpContext& ctx, const Probe& p, img::FileEntry& e) {
   img::NetlinkSocket* n = e.mutable_netlink();
   int v = 0;
   socklen_t len = sizeof(v);
@@ -40,7 +40,7 @@ Result<void> DumpNetlink(DumpContext& ctx, const Probe& p, img::FileEntry& e) {
   return Ok();
 }
 
-Result<UniqueFd> OpenNetlink(RestoreContext& ctx, const img::FileEntry& e) {
+Result<UniqueFd> OpenNetlink(FdRestoreContext& ctx, const img::FileEntry& e) {
   const img::NetlinkSocket& n = e.netlink();
   UniqueFd s(socket(AF_NETLINK, n.type() | SOCK_CLOEXEC, n.protocol()));
   if (!s) return Errno("socket AF_NETLINK protocol %d", n.protocol());

@@ -26,7 +26,7 @@ bool SameNs(const std::string& path, const struct stat& st) {
 }
 }  // namespace
 
-Result<void> DumpNsfs(DumpContext& ctx, const Probe& p, img::FileEntry& e) {
+Result<void> DumpNsfs(FdDumpContext& ctx, const Probe& p, img::FileEntry& e) {
   img::NsFile* n = e.mutable_ns();
   size_t colon = p.link.find(":[");
   if (colon == std::string::npos)
@@ -53,7 +53,7 @@ Result<void> DumpNsfs(DumpContext& ctx, const Probe& p, img::FileEntry& e) {
                    p.pid, p.fd, p.link.c_str(), p.pid, type.c_str());
 }
 
-Result<UniqueFd> OpenNsfs(RestoreContext& ctx, const img::FileEntry& e) {
+Result<UniqueFd> OpenNsfs(FdRestoreContext& ctx, const img::FileEntry& e) {
   const img::NsFile& n = e.ns();
   if (n.whose() == img::NsFile::WHOSE_UNSPECIFIED || n.proc_name().empty() ||
       n.proc_name().find('/') != std::string::npos || n.proc_name()[0] == '.')

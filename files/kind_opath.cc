@@ -49,7 +49,7 @@ int MakeNode(const img::OpathFile& o, const std::string& name) {
 }
 }  // namespace
 
-Result<void> DumpOpath(DumpContext& ctx, const Probe& p, img::FileEntry& e) {
+Result<void> DumpOpath(FdDumpContext& ctx, const Probe& p, img::FileEntry& e) {
   img::OpathFile* o = e.mutable_opath();
   std::string path = p.link;
   if (path.empty() || path[0] != '/')
@@ -83,7 +83,7 @@ Result<void> DumpOpath(DumpContext& ctx, const Probe& p, img::FileEntry& e) {
   return Ok();
 }
 
-Result<UniqueFd> OpenOpath(RestoreContext& ctx, const img::FileEntry& e) {
+Result<UniqueFd> OpenOpath(FdRestoreContext& ctx, const img::FileEntry& e) {
   const img::OpathFile& o = e.opath();
   int flags = O_PATH | O_CLOEXEC | (e.flags() & (O_NOFOLLOW | O_DIRECTORY));
   if (S_ISLNK(o.mode())) flags |= O_NOFOLLOW;

@@ -104,7 +104,7 @@ Result<std::pair<pid_t, int>> ForkStandIn(int status) {
 
 }  // namespace
 
-Result<void> DumpPidfd(DumpContext& ctx, const Probe& p, img::FileEntry& e) {
+Result<void> DumpPidfd(FdDumpContext& ctx, const Probe& p, img::FileEntry& e) {
   img::PidFile* f = e.mutable_pidfd();
   std::string pid = p.info.Get("Pid");
   if (pid.empty())
@@ -155,7 +155,7 @@ Result<void> CheckPidfdTargets(const std::vector<img::FileEntry>& files,
   return Ok();
 }
 
-Result<UniqueFd> OpenPidfd(RestoreContext& ctx, const img::FileEntry& e) {
+Result<UniqueFd> OpenPidfd(FdRestoreContext& ctx, const img::FileEntry& e) {
   const img::PidFile& f = e.pidfd();
   int flags = static_cast<int>(e.flags()) & kPidfdFlags;
   if (f.pid() > 0) {
@@ -195,7 +195,7 @@ Result<UniqueFd> OpenPidfd(RestoreContext& ctx, const img::FileEntry& e) {
   return fd;
 }
 
-Result<void> InstallPidfd(RestoreContext& ctx, const img::FileEntry& e, pid_t pid) {
+Result<void> InstallPidfd(FdRestoreContext& ctx, const img::FileEntry& e, pid_t pid) {
   const img::PidFile& f = e.pidfd();
   if (f.pid() <= 0 || !ctx.InstallingHolds(e.id())) return Ok();
   int slot = ctx.Prepared(e.id());

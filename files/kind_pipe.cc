@@ -43,7 +43,7 @@ Result<std::string> PeekPipe(int fd, int capacity, std::vector<uint32_t>* packet
   return out;
 }
 
-Result<void> DumpPipeCommon(DumpContext& ctx, const Probe& p, img::FileEntry& e) {
+Result<void> DumpPipeCommon(FdDumpContext& ctx, const Probe& p, img::FileEntry& e) {
   img::PipeFile* pf = e.mutable_pipe();
   pf->set_pipe_id(p.st.st_ino);
   int cap = fcntl(p.local, F_GETPIPE_SZ);
@@ -73,7 +73,7 @@ Result<void> DumpPipeCommon(DumpContext& ctx, const Probe& p, img::FileEntry& e)
   return Ok();
 }
 
-Result<void> Refill(RestoreContext& ctx, const img::FileEntry& e, int wfd) {
+Result<void> Refill(FdRestoreContext& ctx, const img::FileEntry& e, int wfd) {
   const img::PipeFile& pf = e.pipe();
   if (pf.capacity() && fcntl(wfd, F_SETPIPE_SZ, pf.capacity()) < 0)
     return Errno("F_SETPIPE_SZ %u", pf.capacity());
@@ -81,13 +81,13 @@ Result<void> Refill(RestoreContext& ctx, const img::FileEntry& e, int wfd) {
 }
 
 // The data may sit in any end's entry: find it.
-const img::FileEntry* DataHolder(RestoreContext& ctx, uint64_t pipe_id, img::FileKind kind) {
+const img::FileEntry* DataHolder(FdRestoreContext& ctx, uint64_t pipe_id, img::FileKind kind) {
   for (const auto& [id, e] : ctx.entries())
     if (e.kind() == kind && e.pipe().pipe_id() == pipe_id && e.pipe().data_owner()) return &e;
   return nullptr;
 }
 
-Result<void> WriteData(RestoreContext& ctx, uint64_t pipe_id, img::FileKind kind, int wfd) {
+Result<void> WriteData(FdRestoreContext& ctx, uint64_t pipe_id, img::FileKind kind, int wfd) {
   const img::FileEntry* holder = DataHolder(ctx, pipe_id, kind);
   if (!holder) return Ok();
   ASSIGN_OR_RETURN(std::string data, ctx.ReadBlob(holder->pipe().data()));
@@ -115,11 +115,11 @@ Result<void> WriteData(RestoreContext& ctx, uint64_t pipe_id, img::FileKind kind
 }
 }  // namespace
 
-Result<void> DumpPipe(DumpContext& ctx, const Probe& p, img::FileEntry& e) {
+Result<void> DumpPipe(FdDumpContext& ctx, const Probe& p, img::FileEntry& e) {
   return DumpPipeCommon(ctx, p, e);
 }
 
-Result<UniqueFd> OpenPipe(RestoreContext& ctx, const img::FileEntry& e) {
+Result<UniqueFd> OpenPipe(FdRestoreContext& ctx, const img::FileEntry& e) {
   uint64_t id = e.pipe().pipe_id();
   bool reader = (e.flags() & O_ACCMODE) == O_RDONLY;
   auto it = ctx.pipes.find(id);
@@ -155,13 +155,13 @@ Result<UniqueFd> OpenPipe(RestoreContext& ctx, const img::FileEntry& e) {
   return Reopen(end, e.flags());
 }
 
-Result<void> DumpFifo(DumpContext& ctx, const Probe& p, img::FileEntry& e) {
+Result<void> DumpFifo(FdDumpContext& ctx, const Probe& p, img::FileEntry& e) {
   TRY(DumpPipeCommon(ctx, p, e));
   e.mutable_pipe()->set_path(p.link);
   return Ok();
 }
 
-Result<UniqueFd> OpenFifo(RestoreContext& ctx, const img::FileEntry& e) {
+Result<UniqueFd> OpenFifo(FdRestoreContext& ctx, const img::FileEntry& e) {
   uint64_t id = e.pipe().pipe_id();
   auto it = ctx.pipes.find(id);
   if (it == ctx.pipes.end()) {

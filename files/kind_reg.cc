@@ -64,7 +64,7 @@ std::vector<std::pair<uint64_t, uint64_t>> Extents(int fd, uint64_t size) {
 }
 }  // namespace
 
-Result<void> DumpReg(DumpContext& ctx, const Probe& p, img::FileEntry& e) {
+Result<void> DumpReg(FdDumpContext& ctx, const Probe& p, img::FileEntry& e) {
   img::RegFile* r = e.mutable_reg();
   std::string path = p.link;
   if (p.st.st_nlink == 0 && EndsWith(path, kDeleted)) {
@@ -105,7 +105,7 @@ Result<void> DumpReg(DumpContext& ctx, const Probe& p, img::FileEntry& e) {
   return Ok();
 }
 
-static Result<UniqueFd> OpenGhost(RestoreContext& ctx, const img::FileEntry& e) {
+static Result<UniqueFd> OpenGhost(FdRestoreContext& ctx, const img::FileEntry& e) {
   const img::RegFile& r = e.reg();
   ASSIGN_OR_RETURN(std::string data, ctx.ReadBlob(r.data()));
   std::string path = r.path();
@@ -168,7 +168,7 @@ static Result<UniqueFd> OpenGhost(RestoreContext& ctx, const img::FileEntry& e) 
   return out;
 }
 
-Result<UniqueFd> OpenReg(RestoreContext& ctx, const img::FileEntry& e) {
+Result<UniqueFd> OpenReg(FdRestoreContext& ctx, const img::FileEntry& e) {
   const img::RegFile& r = e.reg();
   UniqueFd fd;
   if (r.deleted()) {
@@ -193,7 +193,7 @@ Result<UniqueFd> OpenReg(RestoreContext& ctx, const img::FileEntry& e) {
   return fd;
 }
 
-Result<void> DumpChr(DumpContext& ctx, const Probe& p, img::FileEntry& e) {
+Result<void> DumpChr(FdDumpContext& ctx, const Probe& p, img::FileEntry& e) {
   img::RegFile* r = e.mutable_reg();
   if (p.link.empty() || p.link[0] != '/')
     return MakeError(ErrorKind::kUnsupported, 0, "pid %d fd %d: character device without a path: %s",
@@ -204,7 +204,7 @@ Result<void> DumpChr(DumpContext& ctx, const Probe& p, img::FileEntry& e) {
   return Ok();
 }
 
-Result<UniqueFd> OpenChr(RestoreContext& ctx, const img::FileEntry& e) {
+Result<UniqueFd> OpenChr(FdRestoreContext& ctx, const img::FileEntry& e) {
   const img::RegFile& r = e.reg();
   UniqueFd fd(open(r.path().c_str(), OpenFlags(e.flags()) | O_NOCTTY));
   if (!fd) return Errno("open %s", r.path().c_str());

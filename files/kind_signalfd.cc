@@ -6,14 +6,14 @@
 
 namespace godwit::files {
 
-Result<void> DumpSignalfd(DumpContext& ctx, const Probe& p, img::FileEntry& e) {
+Result<void> DumpSignalfd(FdDumpContext& ctx, const Probe& p, img::FileEntry& e) {
   std::string m = p.info.Get("sigmask");
   if (m.empty()) return MakeError(ErrorKind::kUnsupported, 0, "no sigmask in fdinfo");
   e.mutable_signalfd()->set_mask(strtoull(m.c_str(), nullptr, 16));
   return Ok();
 }
 
-Result<UniqueFd> OpenSignalfd(RestoreContext& ctx, const img::FileEntry& e) {
+Result<UniqueFd> OpenSignalfd(FdRestoreContext& ctx, const img::FileEntry& e) {
   sigset_t set;
   sigemptyset(&set);
   for (int s = 1; s <= 64; s++)

@@ -16,7 +16,7 @@
 
 namespace godwit::files {
 
-Result<void> DumpTimerfd(DumpContext& ctx, const Probe& p, img::FileEntry& e) {
+Result<void> DumpTimerfd(FdDumpContext& ctx, const Probe& p, img::FileEntry& e) {
   img::TimerfdFile* t = e.mutable_timerfd();
   t->set_clockid(atoi(p.info.Get("clockid").c_str()));
   t->set_ticks(strtoull(p.info.Get("ticks").c_str(), nullptr, 10));
@@ -33,7 +33,7 @@ Result<void> DumpTimerfd(DumpContext& ctx, const Probe& p, img::FileEntry& e) {
   return Ok();
 }
 
-Result<UniqueFd> OpenTimerfd(RestoreContext& ctx, const img::FileEntry& e) {
+Result<UniqueFd> OpenTimerfd(FdRestoreContext& ctx, const img::FileEntry& e) {
   const img::TimerfdFile& t = e.timerfd();
   UniqueFd fd(timerfd_create(t.clockid(), TFD_CLOEXEC));
   if (!fd) return Errno("timerfd_create clock %d", t.clockid());

@@ -22,7 +22,7 @@ namespace godwit::files {
 // The input queued for the slave (what the master wrote, not yet read): read now through a new
 // description of the slave (non-blocking, not the process's). With --leave-running it goes back
 // with TIOCSTI.
-static Result<void> DumpTtyInput(DumpContext& ctx, const Probe& p, img::TtyFile* t) {
+static Result<void> DumpTtyInput(FdDumpContext& ctx, const Probe& p, img::TtyFile* t) {
   UniqueFd rd(open(StrFormat("/proc/%d/fd/%d", p.pid, p.fd).c_str(),
                    O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC));
   if (!rd) return Errno("pid %d fd %d: reopen %s", p.pid, p.fd, p.link.c_str());
@@ -73,7 +73,7 @@ static Result<void> WriteRawOutput(int master, int slave, const std::string& dat
 
 // The output waiting for the master: read through the process's own description (a master
 // cannot be reopened), non-blocking for the while (the tree is frozen).
-static Result<void> DumpTtyOutput(DumpContext& ctx, const Probe& p, img::TtyFile* t, int index) {
+static Result<void> DumpTtyOutput(FdDumpContext& ctx, const Probe& p, img::TtyFile* t, int index) {
   int avail = 0;
   if (ioctl(p.local, FIONREAD, &avail) < 0 || avail <= 0) return Ok();
   int fl = fcntl(p.local, F_GETFL);
@@ -109,7 +109,7 @@ static Result<void> DumpTtyOutput(DumpContext& ctx, const Probe& p, img::TtyFile
   return Ok();
 }
 
-Result<void> DumpTty(DumpContext& ctx, const Probe& p, img::FileEntry& e) {
+Result<void> DumpTty(FdDumpContext& ctx, const Probe& p, img::FileEntry& e) {
   img::TtyFile* t = e.mutable_tty();
   unsigned maj = major(p.st.st_rdev);
   bool master = !(maj >= 136 && maj <= 143);
@@ -170,7 +170,8 @@ static Result<void> ApplyTermios(int fd, const img::TtyFile& t) {
 
 // Queued input goes in through the master again, with echo and input translation off for the
 // while (it was echoed and translated the first time); the line discipline forms its lines again.
-static Result<void> RequeueInput(RestoreContext& ctx, const img::TtyFile& t, int master, int slave) {
+static Result<void> RequeueInput(FdRestoreContext& ctx, const img::TtyFile& t, int master,
+                                 int slave) {
   ASSIGN_OR_RETURN(std::string data, ctx.ReadBlob(t.input()));
   struct termios orig {};
   if (tcgetattr(slave, &orig) < 0) return Errno("tcgetattr");
@@ -199,7 +200,7 @@ static Result<void> RequeueInput(RestoreContext& ctx, const img::TtyFile& t, int
   return Ok();
 }
 
-Result<void> SetCtty(RestoreContext& ctx, const img::ProcessFds& pf, pid_t old_pid) {
+Result<void> SetCtty(FdRestoreContext& ctx, const img::ProcessFds& pf, pid_t old_pid) {
   for (const auto& fe : pf.fds()) {
     const img::FileEntry* x = ctx.Entry(fe.file_id());
     if (!x || x->kind() != img::FILE_KIND_TTY || x->tty().master() ||
@@ -215,7 +216,7 @@ Result<void> SetCtty(RestoreContext& ctx, const img::ProcessFds& pf, pid_t old_p
   return Ok();
 }
 
-Result<UniqueFd> OpenTty(RestoreContext& ctx, const img::FileEntry& e) {
+Result<UniqueFd> OpenTty(FdRestoreContext& ctx, const img::FileEntry& e) {
   const img::TtyFile& t = e.tty();
   auto it = ctx.ptys.find(t.pty_index());
   if (it == ctx.ptys.end()) {

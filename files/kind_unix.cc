@@ -41,7 +41,7 @@ std::string Printable(const std::string& name) {
   return name.c_str();
 }
 
-const img::FileEntry* FindUnix(RestoreContext& ctx, uint64_t ino) {
+const img::FileEntry* FindUnix(FdRestoreContext& ctx, uint64_t ino) {
   for (const auto& [id, e] : ctx.entries())
     if (e.kind() == img::FILE_KIND_UNIX && e.unix_sk().ino() == ino) return &e;
   return nullptr;
@@ -103,7 +103,7 @@ Result<void> Connect(int fd, const std::string& name) {
 
 // The directories of an unlinked socket's name that are gone too (sk-unix01 removes them): made
 // for the bind, removed again in Finalize.
-void MakeParents(RestoreContext& ctx, const img::UnixSocket& u) {
+void MakeParents(FdRestoreContext& ctx, const img::UnixSocket& u) {
   if (!u.name_deleted()) return;
   std::string path = Reachable(u);
   if (path.empty() || path[0] != '/') return;
@@ -137,7 +137,8 @@ void FixNameFile(const img::UnixSocket& u) {
 }
 
 // Writes the queue of `e` through `from` (the peer end, or a socket that can reach e).
-Result<void> Requeue(RestoreContext& ctx, const img::UnixSocket& u, int from, const std::string& to) {
+Result<void> Requeue(FdRestoreContext& ctx, const img::UnixSocket& u, int from,
+                     const std::string& to) {
   for (const auto& m : u.queue()) {
     ASSIGN_OR_RETURN(std::string data, ctx.ReadBlob(m.data()));
     if (u.type() == SOCK_STREAM) {
@@ -170,7 +171,7 @@ Result<void> ApplyShutdown(int fd, uint32_t how) {
 }
 }  // namespace
 
-Result<void> DumpUnix(DumpContext& ctx, const Probe& p, img::FileEntry& e) {
+Result<void> DumpUnix(FdDumpContext& ctx, const Probe& p, img::FileEntry& e) {
   img::UnixSocket* u = e.mutable_unix_sk();
   ASSIGN_OR_RETURN(const UnixDiagMap* all, ctx.UnixSockets(p.pid));
   auto it = all->find(p.st.st_ino);
@@ -246,7 +247,7 @@ Result<void> DumpUnix(DumpContext& ctx, const Probe& p, img::FileEntry& e) {
 
 // A socket that is not one end of a pair: bound, listening or connected by name, its queue
 // resent through its name. connected_by_peer: the caller connects it (to an unlinked name).
-Result<UniqueFd> OpenPlain(RestoreContext& ctx, const img::FileEntry& e, bool connected_by_peer) {
+Result<UniqueFd> OpenPlain(FdRestoreContext& ctx, const img::FileEntry& e, bool connected_by_peer) {
   const img::UnixSocket& u = e.unix_sk();
   int type = u.type();
   bool bind_name = !u.name().empty() && !u.accepted();
@@ -311,7 +312,7 @@ Result<UniqueFd> OpenPlain(RestoreContext& ctx, const img::FileEntry& e, bool co
   return s;
 }
 
-Result<UniqueFd> OpenUnix(RestoreContext& ctx, const img::FileEntry& e) {
+Result<UniqueFd> OpenUnix(FdRestoreContext& ctx, const img::FileEntry& e) {
   const img::UnixSocket& u = e.unix_sk();
   std::string key = StrFormat("unix:%llu", static_cast<unsigned long long>(u.ino()));
   auto have = ctx.named_fds.find(key);
@@ -371,7 +372,7 @@ Result<UniqueFd> OpenUnix(RestoreContext& ctx, const img::FileEntry& e) {
 
 // A socket whose file was unlinked before the dump: bound again for Prepare (peers connect to
 // it by name), its file unlinked again once the whole tree is restored.
-Result<void> FinalizeUnix(RestoreContext& ctx, const img::FileEntry& e, int fd) {
+Result<void> FinalizeUnix(FdRestoreContext& ctx, const img::FileEntry& e, int fd) {
   const img::UnixSocket& u = e.unix_sk();
   if (!u.name_deleted() || u.accepted() || u.name().empty() || u.name()[0] == '\0') return Ok();
   (void)fd;

@@ -1,81 +1,30 @@
-// The network lock: while a tree's TCP connections are frozen, dumped, and not yet live again
-// after restore, their packets are dropped by nftables so the peer never gets a RST from a
-// kernel that has no socket for them (it retransmits instead). One table per dump
-// ("godwit_lock_<dumper pid>_<time>_<n>"), holding rules on exactly the connections' 4-tuples,
-// in the net namespace of the tree. Resume (a failed dump, --leave-running) deletes it; after a dump
-// that killed the tree, the restore's Finalize deletes it (files-netlock.img names it).
+// The dropping network lock (netlock.h), in nftables: one table per lock, in each namespace it
+// locks, with base chains at priority -300 (before conntrack and everything else) and one drop
+// rule per connection and direction on its exact 4-tuple, so nothing else of the namespace's
+// traffic is touched. Also the dump side's use of it: FdDumpContext::LockProcessTcp.
+#include "files/netlock.h"
+
 #include <arpa/inet.h>
-#include <dirent.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <sched.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cstring>
+#include <map>
+#include <thread>
 
-#include "common/fs.h"
 #include "common/log.h"
+#include "common/netns.h"
+#include "common/pidfd.h"
 #include "files/kind.h"
 
 namespace godwit::files {
-
-Result<void> NftRunIn(int netns_fd, const std::string& script) {
-  int in[2], err[2];
-  if (pipe2(in, O_CLOEXEC) < 0 || pipe2(err, O_CLOEXEC) < 0) return Errno("pipe");
-  pid_t pid = fork();
-  if (pid < 0) return Errno("fork");
-  if (pid == 0) {
-    if (netns_fd >= 0 && setns(netns_fd, CLONE_NEWNET) < 0) _exit(126);
-    dup2(in[0], 0);
-    dup2(err[1], 1);
-    dup2(err[1], 2);
-    execlp("nft", "nft", "-f", "-", static_cast<char*>(nullptr));
-    _exit(127);
-  }
-  close(in[0]);
-  close(err[1]);
-  auto w = fs::WriteAll(in[1], script.data(), script.size());
-  close(in[1]);
-  std::string out;
-  char buf[1024];
-  ssize_t n;
-  while ((n = read(err[0], buf, sizeof(buf))) > 0) out.append(buf, n);
-  close(err[0]);
-  int st = 0;
-  waitpid(pid, &st, 0);
-  if (!w.ok()) return w;
-  if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
-    return MakeError(ErrorKind::kGeneric, 0, "nft failed (status %#x): %s", st, fs::Trim(out).c_str());
-  return Ok();
-}
-
-Result<void> NftRun(pid_t netns_pid, const std::string& script) {
-  UniqueFd ns;
-  if (netns_pid) {
-    ns.reset(open(StrFormat("/proc/%d/ns/net", netns_pid).c_str(), O_RDONLY | O_CLOEXEC));
-    if (!ns) return Errno("open net namespace of pid %d", netns_pid);
-  }
-  return NftRunIn(ns ? ns.get() : -1, script);
-}
-
-Result<void> NetUnlockIn(int netns_fd, const std::string& table) {
-  // One nft run (each costs ~10-20 ms here). The table is absent when restoring into another
-  // namespace that was not locked: nothing to do there.
-  auto r = NftRunIn(netns_fd, StrFormat("delete table inet %s\n", table.c_str()));
-  if (!r.ok() && r.error().message().find("No such file or directory") != std::string::npos)
-    return Ok();
-  return r;
-}
-
-Result<void> NetUnlock(const std::string& table) { return NetUnlockIn(-1, table); }
-
 namespace {
+
 std::string Ip(const sockaddr_storage& ss) {
   char buf[INET6_ADDRSTRLEN] = "";
   if (ss.ss_family == AF_INET)
@@ -84,81 +33,187 @@ std::string Ip(const sockaddr_storage& ss) {
     inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6*>(&ss)->sin6_addr, buf, sizeof(buf));
   return buf;
 }
-int Port(const sockaddr_storage& ss) { return ntohs(reinterpret_cast<const sockaddr_in*>(&ss)->sin_port); }
-}  // namespace
-
-std::string LockTable(const std::string& table) {
-  return StrFormat("add table inet %s\n"
-                   "add chain inet %s in { type filter hook input priority -300; policy accept; }\n"
-                   "add chain inet %s out { type filter hook output priority -300; policy accept; }\n",
-                   table.c_str(), table.c_str(), table.c_str());
+int Port(const sockaddr_storage& ss) {
+  return ntohs(reinterpret_cast<const sockaddr_in*>(&ss)->sin_port);
 }
 
-std::string LockRules(const std::string& table, const sockaddr_storage& src,
-                      const sockaddr_storage& dst) {
-  const char* ipk = src.ss_family == AF_INET ? "ip" : "ip6";
-  std::string sip = Ip(src), dip = Ip(dst);
+// The rules on one connection: "in" drops what the peer sends, "out" what the local end sends.
+std::string ConnRules(const std::string& table, const TcpConn& c, bool out_too) {
+  const char* ipk = c.local.ss_family == AF_INET ? "ip" : "ip6";
+  std::string sip = Ip(c.local), dip = Ip(c.peer);
   // v4-mapped addresses on a v6 socket travel as IPv4.
-  if (src.ss_family == AF_INET6 && sip.rfind("::ffff:", 0) == 0 && dip.rfind("::ffff:", 0) == 0) {
+  if (c.local.ss_family == AF_INET6 && sip.rfind("::ffff:", 0) == 0 &&
+      dip.rfind("::ffff:", 0) == 0) {
     ipk = "ip";
     sip = sip.substr(7);
     dip = dip.substr(7);
   }
-  return StrFormat("add rule inet %s in %s saddr %s %s daddr %s tcp sport %d tcp dport %d drop\n"
-                   "add rule inet %s out %s saddr %s %s daddr %s tcp sport %d tcp dport %d drop\n",
-                   table.c_str(), ipk, dip.c_str(), ipk, sip.c_str(), Port(dst), Port(src),
-                   table.c_str(), ipk, sip.c_str(), ipk, dip.c_str(), Port(src), Port(dst));
+  std::string r = StrFormat(
+      "add rule inet %s in %s saddr %s %s daddr %s tcp sport %d tcp dport %d drop\n",
+      table.c_str(), ipk, dip.c_str(), ipk, sip.c_str(), Port(c.peer), Port(c.local));
+  if (out_too)
+    r += StrFormat("add rule inet %s out %s saddr %s %s daddr %s tcp sport %d tcp dport %d drop\n",
+                   table.c_str(), ipk, sip.c_str(), ipk, dip.c_str(), Port(c.local),
+                   Port(c.peer));
+  return r;
 }
 
-Result<void> DumpContext::LockProcessTcp(pid_t pid) {
-  if (!tcp_locked_pids.insert(pid).second) return Ok();
-  struct stat nsst;
-  if (stat(StrFormat("/proc/%d/ns/net", pid).c_str(), &nsst) < 0) return Errno("stat netns");
-  if (netlock_table.empty()) {
-    // Unique per dump, also for several dumps by one process in one second (a daemon): the
-    // table also goes into the host's namespace (LockOutside), which all containers share.
-    static std::atomic<int> seq{0};
-    netlock_table = StrFormat("godwit_lock_%d_%ld_%d", getpid(), static_cast<long>(time(nullptr)),
-                              seq++);
+std::string TableScript(const std::string& t, NetLock::Where where) {
+  if (where == NetLock::Where::kInside)
+    return StrFormat(
+        "add table inet %s\n"
+        "add chain inet %s in { type filter hook input priority -300; policy accept; }\n"
+        "add chain inet %s out { type filter hook output priority -300; policy accept; }\n",
+        t.c_str(), t.c_str(), t.c_str());
+  // Routed: the rules go into regular chains that the output and forward hooks jump to ("out"
+  // stays empty: the connections' own packets do not pass here while they are not live).
+  return StrFormat(
+      "add table inet %s\n"
+      "add chain inet %s in\n"
+      "add chain inet %s out\n"
+      "add chain inet %s host_out { type filter hook output priority -300; policy accept; }\n"
+      "add chain inet %s host_fwd { type filter hook forward priority -300; policy accept; }\n"
+      "add rule inet %s host_out jump in\n"
+      "add rule inet %s host_fwd jump in\n",
+      t.c_str(), t.c_str(), t.c_str(), t.c_str(), t.c_str(), t.c_str(), t.c_str());
+}
+
+class NftDropLock : public NetLock {
+ public:
+  explicit NftDropLock(std::string name) : name_(std::move(name)) {}
+  const std::string& name() const override { return name_; }
+
+  Result<void> Lock(int netns_fd, const std::vector<TcpConn>& conns, Where where) override {
+    if (conns.empty()) return Ok();
+    ASSIGN_OR_RETURN(Ns * ns, Remember(netns_fd));
+    std::string script;
+    if (!ns->has_table) script = TableScript(name_, where);
+    for (const auto& c : conns) script += ConnRules(name_, c, where == Where::kInside);
+    TRY_CTX(netns::NftRunIn(ns->fd.get(), script), "network lock %s", name_.c_str());
+    ns->has_table = true;
+    return Ok();
   }
-  UniqueFd pidfd(static_cast<int>(syscall(SYS_pidfd_open, pid, 0)));
-  if (!pidfd) return Errno("pidfd_open %d", pid);
-  std::string rules;
+
+  Result<void> Adopt(int netns_fd) override {
+    TRY(Remember(netns_fd));
+    return Ok();
+  }
+
+  Result<void> Unlock() override {
+    std::vector<Result<void>> res(ns_.size());
+    std::vector<std::thread> others;
+    size_t i = 0;
+    for (auto& [ino, ns] : ns_) {
+      int fd = ns.fd.get();
+      Result<void>* out = &res[i++];
+      auto one = [this, fd, out] { *out = UnlockIn(fd); };
+      if (i < ns_.size())
+        others.emplace_back(one);
+      else
+        one();  // the last on this thread
+    }
+    for (auto& t : others) t.join();
+    ns_.clear();
+    for (auto& r : res)
+      if (!r.ok()) return std::move(r.error());
+    return Ok();
+  }
+
+ private:
+  struct Ns {
+    UniqueFd fd;
+    bool has_table = false;  // made by this object
+  };
+
+  // By inode: each namespace once, through our own fd on it (the caller's may go away).
+  Result<Ns*> Remember(int netns_fd) {
+    UniqueFd fd(netns_fd >= 0 ? fcntl(netns_fd, F_DUPFD_CLOEXEC, 0)
+                              : open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC));
+    if (!fd) return Errno("network lock %s: net namespace fd %d", name_.c_str(), netns_fd);
+    struct stat st;
+    if (fstat(fd.get(), &st) < 0) return Errno("network lock %s: stat netns", name_.c_str());
+    auto it = ns_.find(st.st_ino);
+    if (it == ns_.end()) it = ns_.emplace(st.st_ino, Ns{std::move(fd), false}).first;
+    return &it->second;
+  }
+
+  Result<void> UnlockIn(int netns_fd) {
+    // One nft run. The table is absent where nobody locked (a namespace adopted just in case).
+    auto r = netns::NftRunIn(netns_fd, StrFormat("delete table inet %s\n", name_.c_str()));
+    if (!r.ok() && r.error().message().find("No such file or directory") != std::string::npos)
+      return Ok();
+    if (!r.ok()) return std::move(r.error().wrap("network unlock " + name_));
+    return r;
+  }
+
+  std::string name_;
+  std::map<ino_t, Ns> ns_;
+};
+
+}  // namespace
+
+Result<TcpConn> ConnOf(const img::FileEntry& e) {
+  TcpConn c;
+  if (e.inet().src().size() > sizeof(c.local) || e.inet().dst().size() > sizeof(c.peer))
+    return MakeError(ErrorKind::kBadImage, 0, "files.img: file id %llu: bad socket address",
+                     static_cast<unsigned long long>(e.id()));
+  memcpy(&c.local, e.inet().src().data(), e.inet().src().size());
+  memcpy(&c.peer, e.inet().dst().data(), e.inet().dst().size());
+  return c;
+}
+
+std::unique_ptr<NetLock> NewDropLock() {
+  // Unique per lock, also for several dumps by one process in one second (a daemon): a table
+  // may also go into the host's namespace (LockOutside), which all containers share.
+  static std::atomic<int> seq{0};
+  return std::make_unique<NftDropLock>(StrFormat(
+      "godwit_lock_%d_%ld_%d", getpid(), static_cast<long>(time(nullptr)), seq++));
+}
+
+std::unique_ptr<NetLock> OpenNetLock(const std::string& name) {
+  return std::make_unique<NftDropLock>(name);
+}
+
+Result<void> FdDumpContext::LockProcessTcp(pid_t pid) {
+  if (!tcp_locked_pids.insert(pid).second) return Ok();
+  ASSIGN_OR_RETURN(UniqueFd pidfd, pidfd::Open(pid));
+  std::vector<TcpConn> conns;
   for (const auto& [fd, link] : links) {
     if (link.rfind("socket:", 0) != 0) continue;
-    UniqueFd s(static_cast<int>(syscall(SYS_pidfd_getfd, pidfd.get(), fd, 0)));
-    if (!s) continue;
+    auto taken = pidfd::GetFd(pidfd.get(), fd, pid);
+    if (!taken.ok()) continue;
+    int s = taken->get();
     struct stat st;
-    if (fstat(s.get(), &st) < 0 || !S_ISSOCK(st.st_mode)) continue;
+    if (fstat(s, &st) < 0 || !S_ISSOCK(st.st_mode)) continue;
     int dom = 0, proto = 0;
     socklen_t l = sizeof(int);
-    getsockopt(s.get(), SOL_SOCKET, SO_DOMAIN, &dom, &l);
+    getsockopt(s, SOL_SOCKET, SO_DOMAIN, &dom, &l);
     l = sizeof(int);
-    getsockopt(s.get(), SOL_SOCKET, SO_PROTOCOL, &proto, &l);
+    getsockopt(s, SOL_SOCKET, SO_PROTOCOL, &proto, &l);
     if ((dom != AF_INET && dom != AF_INET6) || proto != IPPROTO_TCP) continue;
     struct tcp_info ti {};
     l = sizeof(ti);
-    if (getsockopt(s.get(), SOL_TCP, TCP_INFO, &ti, &l) < 0) continue;
+    if (getsockopt(s, SOL_TCP, TCP_INFO, &ti, &l) < 0) continue;
     if (ti.tcpi_state == TCP_LISTEN || ti.tcpi_state == TCP_CLOSE) continue;
-    sockaddr_storage src {}, dst {};
-    socklen_t sl = sizeof(src), dl = sizeof(dst);
-    if (getsockname(s.get(), reinterpret_cast<sockaddr*>(&src), &sl) < 0 ||
-        getpeername(s.get(), reinterpret_cast<sockaddr*>(&dst), &dl) < 0)
+    TcpConn c;
+    socklen_t sl = sizeof(c.local), dl = sizeof(c.peer);
+    if (getsockname(s, reinterpret_cast<sockaddr*>(&c.local), &sl) < 0 ||
+        getpeername(s, reinterpret_cast<sockaddr*>(&c.peer), &dl) < 0)
       continue;
-    rules += LockRules(netlock_table, src, dst);
+    conns.push_back(c);
   }
-  if (rules.empty()) return Ok();
-  std::string script;
-  if (netlock_netns.insert(nsst.st_ino).second) {
-    script += LockTable(netlock_table);
-    std::string table = netlock_table;
-    OnResume([pid, table] {
-      auto r = NftRun(pid, StrFormat("delete table inet %s\n", table.c_str()));
+  if (conns.empty()) return Ok();
+  if (!netlock) {
+    netlock = NewDropLock();
+    // Undone by Resume (a failed dump, --leave-running); after a dump that kills the tree, the
+    // restore's Finalize releases it by the name in files-netlock.img.
+    OnResume([lock = netlock.get()] {
+      auto r = lock->Unlock();
       if (!r.ok()) LOG_WARN("network unlock: %s", r.error().to_string().c_str());
     });
   }
-  script += rules;
-  TRY_CTX(NftRun(pid, script), "network lock of pid %d", pid);
+  ASSIGN_OR_RETURN(UniqueFd ns, netns::Open(pid));
+  TRY_CTX(netlock->Lock(ns.get(), conns), "network lock of pid %d", pid);
   return Ok();
 }
 

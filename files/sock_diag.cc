@@ -117,7 +117,7 @@ Result<UniqueFd> SocketInNetns(pid_t pid, int domain, int type, int protocol) {
   return UniqueFd(s);
 }
 
-Result<const UnixDiagMap*> DumpContext::UnixSockets(pid_t pid) {
+Result<const UnixDiagMap*> FdDumpContext::UnixSockets(pid_t pid) {
   struct stat st;
   std::string path = StrFormat("/proc/%d/ns/net", pid);
   if (stat(path.c_str(), &st) < 0) return Errno("stat %s", path.c_str());

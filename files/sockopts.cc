@@ -101,7 +101,7 @@ Result<void> RestoreSockOpts(int fd, const img::SockOpts& o) {
 
 namespace godwit::files {
 
-Result<void> PeekQueue(DumpContext& ctx, int fd, bool stream,
+Result<void> PeekQueue(FdDumpContext& ctx, int fd, bool stream,
                        google::protobuf::RepeatedPtrField<img::QueuedMsg>* out) {
   int orig = -1;
   socklen_t olen = sizeof(orig);

@@ -99,6 +99,14 @@ class Sink {
 // overwrite is set (then the old images are removed first: the inventory, the files it lists and
 // any file starting with an image magic; other files stay). Files of an unfinished earlier dump
 // (no inventory) are removed in both cases.
+struct DirSinkOptions {
+  bool overwrite = true;
+  // Output::Reserve on tmpfs writes the reserved pages once (zeros), so they exist before a frozen
+  // tree's pages are copied into them. false: only fallocate (for measuring the difference; the
+  // CLI sets it from GODWIT_NO_TOUCH).
+  bool touch_reserved = true;
+};
+Result<std::unique_ptr<Sink>> OpenDirSink(const std::string& dir, const DirSinkOptions& opts);
 Result<std::unique_ptr<Sink>> OpenDirSink(const std::string& dir, bool overwrite = true);
 
 // An object image being written: header, then length-delimited messages.
@@ -305,11 +313,19 @@ class BlobReader {
   int64_t plain_chunk_ = -1;   // which chunk plain_ holds
 };
 
+// How an ImageSet checks its files.
+struct ReadOptions {
+  // Large files' checksums are computed from reads into a buffer that stays in the cache: on
+  // this VM faster than mapping them (page-table costs). true: through mappings, for measuring
+  // (the CLI sets it from GODWIT_MAPCRC).
+  bool map_checksums = false;
+};
+
 class ImageSet {
  public:
   // Opens dir and verifies the inventory: format version, presence, size and checksum of every
   // listed file. A missing or damaged inventory means an incomplete checkpoint (kBadImage).
-  static Result<ImageSet> Open(const std::string& dir);
+  static Result<ImageSet> Open(const std::string& dir, const ReadOptions& opts = {});
   // Opens dir without verifying checksums (for `inspect` on damaged images).
   static Result<ImageSet> OpenUnverified(const std::string& dir);
   // Like Open, but the checksums of large files (64 MiB and more: page blobs) are computed on a
@@ -317,7 +333,7 @@ class ImageSet {
   // inventory, every file's presence and size and the small files' checksums are checked before
   // it returns. Call WaitVerified() before the point of no return (before the restored tree
   // runs): it returns the first bad file. Blobs read meanwhile are not re-checked per chunk.
-  static Result<ImageSet> OpenDeferred(const std::string& dir);
+  static Result<ImageSet> OpenDeferred(const std::string& dir, const ReadOptions& opts = {});
   // Ok for a set from Open; waits for OpenDeferred's check; an error for OpenUnverified.
   Result<void> WaitVerified() const;
 
@@ -338,9 +354,10 @@ class ImageSet {
 
  private:
   static Result<ImageSet> Load(const std::string& dir);
-  static Result<ImageSet> OpenChecked(const std::string& dir, bool defer);
+  static Result<ImageSet> OpenChecked(const std::string& dir, bool defer, const ReadOptions& opts);
   struct Pending;
   std::string dir_;
+  ReadOptions opts_;
   img::Inventory inventory_;
   bool verified_ = false;
   std::shared_ptr<Pending> pending_;  // OpenDeferred's background check

@@ -85,13 +85,13 @@ Result<std::string> ReadWholeFile(const std::string& path, const std::string& na
 
 // crc32c of [off, off + len) of a file, read in L2-sized pieces so the checksum reads from cache.
 Result<uint32_t> RangeCrc(int fd, const std::string& name, uint64_t off, uint64_t len,
-                          uint64_t size) {
+                          uint64_t size, bool map) {
   // Read into a small buffer that stays in the cache. Mapping the file instead (no copy) was
   // slower here: on this PVM guest every page-table entry set up and torn down costs more than
   // copying the page (2 GiB: 0.25-0.3 s read vs 0.5-0.8 s mapped, on 4 KiB and huge tmpfs
-  // pages alike). GODWIT_MAPCRC=1 maps, for measuring.
+  // pages alike). map (ReadOptions::map_checksums) maps, for measuring.
   constexpr uint64_t kMapPiece = 64 << 20;
-  if (len >= (4 << 20) && getenv("GODWIT_MAPCRC")) {
+  if (len >= (4 << 20) && map) {
     struct stat st;
     if (::fstat(fd, &st) == 0 && static_cast<uint64_t>(st.st_size) >= off + len) {
       uint32_t crc = 0;
@@ -136,15 +136,16 @@ Result<uint32_t> RangeCrc(int fd, const std::string& name, uint64_t off, uint64_
 
 // crc32c of a whole file. Large files (page blobs) are checksummed by two threads, each over
 // one half, joined with Crc32cCombine: verification is on the restore's critical path.
-Result<uint32_t> FileCrc(int fd, const std::string& name, uint64_t size, bool parallel = true) {
+Result<uint32_t> FileCrc(int fd, const std::string& name, uint64_t size, const ReadOptions& opts,
+                         bool parallel = true) {
   posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
   constexpr uint64_t kParallelMin = 64 << 20;
   if (!parallel || size < kParallelMin || std::thread::hardware_concurrency() < 2)
-    return RangeCrc(fd, name, 0, size, size);
+    return RangeCrc(fd, name, 0, size, size, opts.map_checksums);
   uint64_t half = size / 2;
   Result<uint32_t> second = 0u;
-  std::thread t([&] { second = RangeCrc(fd, name, half, size - half, size); });
-  auto first = RangeCrc(fd, name, 0, half, size);
+  std::thread t([&] { second = RangeCrc(fd, name, half, size - half, size, opts.map_checksums); });
+  auto first = RangeCrc(fd, name, 0, half, size, opts.map_checksums);
   t.join();
   if (!first.ok()) return first;
   if (!second.ok()) return second;
@@ -515,8 +516,9 @@ constexpr uint64_t kDeferMin = 64 << 20;
 
 // parallel: split a large file over two threads (not for the background check, which is meant
 // to leave one core to the caller).
-Result<void> CheckCrc(const std::string& dir, int fd, const img::ImageFile& f, bool parallel) {
-  auto crc = FileCrc(fd, f.name(), f.size(), parallel);
+Result<void> CheckCrc(const std::string& dir, int fd, const img::ImageFile& f,
+                      const ReadOptions& opts, bool parallel) {
+  auto crc = FileCrc(fd, f.name(), f.size(), opts, parallel);
   if (!crc.ok()) return std::move(crc.error().wrap(dir));
   if (*crc != f.crc32c())
     return MakeError(ErrorKind::kBadImage, 0,
@@ -527,8 +529,10 @@ Result<void> CheckCrc(const std::string& dir, int fd, const img::ImageFile& f, b
 }
 }  // namespace
 
-Result<ImageSet> ImageSet::OpenChecked(const std::string& dir, bool defer) {
+Result<ImageSet> ImageSet::OpenChecked(const std::string& dir, bool defer,
+                                       const ReadOptions& opts) {
   ASSIGN_OR_RETURN(ImageSet s, Load(dir));
+  s.opts_ = opts;
   std::vector<std::pair<UniqueFd, img::ImageFile>> later;
   for (const auto& f : s.inventory_.files()) {
     std::string path = dir + "/" + f.name();
@@ -544,16 +548,16 @@ Result<ImageSet> ImageSet::OpenChecked(const std::string& dir, bool defer) {
     if (defer && size >= kDeferMin)
       later.emplace_back(std::move(*fd), f);
     else
-      TRY(CheckCrc(dir, fd->get(), f, true));
+      TRY(CheckCrc(dir, fd->get(), f, opts, true));
   }
   s.verified_ = true;
   if (!later.empty()) {
     s.pending_ = std::make_shared<Pending>();
     Pending* p = s.pending_.get();
-    p->thread = std::thread([p, dir, later = std::move(later)] {
+    p->thread = std::thread([p, dir, opts, later = std::move(later)] {
       Result<void> r;
       for (const auto& [fd, f] : later) {
-        r = CheckCrc(dir, fd.get(), f, false);
+        r = CheckCrc(dir, fd.get(), f, opts, false);
         if (!r.ok()) break;
       }
       p->result = std::move(r);  // read only after join
@@ -562,8 +566,12 @@ Result<ImageSet> ImageSet::OpenChecked(const std::string& dir, bool defer) {
   return s;
 }
 
-Result<ImageSet> ImageSet::Open(const std::string& dir) { return OpenChecked(dir, false); }
-Result<ImageSet> ImageSet::OpenDeferred(const std::string& dir) { return OpenChecked(dir, true); }
+Result<ImageSet> ImageSet::Open(const std::string& dir, const ReadOptions& opts) {
+  return OpenChecked(dir, false, opts);
+}
+Result<ImageSet> ImageSet::OpenDeferred(const std::string& dir, const ReadOptions& opts) {
+  return OpenChecked(dir, true, opts);
+}
 
 Result<void> ImageSet::WaitVerified() const {
   if (!verified_)
@@ -591,7 +599,7 @@ std::vector<Error> ImageSet::Verify() const {
                                static_cast<unsigned long long>(f.size())));
       continue;
     }
-    auto crc = FileCrc(fd->get(), f.name(), f.size());
+    auto crc = FileCrc(fd->get(), f.name(), f.size(), opts_);
     if (!crc.ok()) {
       errs.push_back(std::move(crc).error());
     } else if (*crc != f.crc32c()) {

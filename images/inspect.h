@@ -43,6 +43,14 @@ struct InspectOptions {
 //  "damage": ["...", ...]}
 // Every problem found is also appended to *damage (kBadImage errors, first one first).
 // Fails only if dir cannot be listed.
+//
+// A checkpoint made of several image sets, one per subdirectory (a container checkpoint:
+// DIR/container and DIR/tree), is inspected as a whole: DIR without an inventory or image files
+// of its own, with subdirectories that hold images. Then
+// {"dir", "complete": every part complete, "verified": every part intact,
+//  "parts": [{"name": "container", ...the above for DIR/container...}, ...], "damage": [...]}
+// and each part's problems are prefixed with its name. opts.only takes "PART/NAME", or a NAME
+// looked for in every part.
 Result<nlohmann::json> InspectDir(const std::string& dir, const InspectOptions& opts,
                                   std::vector<Error>* damage);
 

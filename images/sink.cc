@@ -58,6 +58,7 @@ Result<void> WritevAll(int fd, struct iovec* iov, int n, const std::string& path
 struct DirState {
   std::mutex mu;
   std::string dir;
+  DirSinkOptions opts;
   std::vector<std::string> created;  // in creation order, for Abort and the inventory
   std::set<std::string> open;        // created and not yet closed
   std::map<std::string, img::ImageFile> closed;
@@ -97,7 +98,7 @@ class FileOutput : public Output {
     }
     reserved_ = true;
     struct statfs sf;
-    if (getenv("GODWIT_NO_TOUCH") != nullptr || ::fstatfs(fd_.get(), &sf) < 0 ||
+    if (!st_->opts.touch_reserved || ::fstatfs(fd_.get(), &sf) < 0 ||
         sf.f_type != TMPFS_MAGIC)
       return Ok();
     constexpr size_t kZeros = 1 << 20;
@@ -203,7 +204,10 @@ bool StartsWithMagic(const std::string& path) {
 
 class DirSink : public Sink {
  public:
-  explicit DirSink(std::string dir) : st_(std::make_shared<DirState>()) { st_->dir = dir; }
+  DirSink(std::string dir, const DirSinkOptions& opts) : st_(std::make_shared<DirState>()) {
+    st_->dir = std::move(dir);
+    st_->opts = opts;
+  }
   ~DirSink() override {
     if (!finished_ && !aborted_) {
       LOG_DEBUG("image sink %s dropped without Finish: removing its files", st_->dir.c_str());
@@ -367,13 +371,19 @@ bool ValidImageName(const std::string& name) {
 }
 
 Result<std::unique_ptr<Sink>> OpenDirSink(const std::string& dir, bool overwrite) {
+  DirSinkOptions opts;
+  opts.overwrite = overwrite;
+  return OpenDirSink(dir, opts);
+}
+
+Result<std::unique_ptr<Sink>> OpenDirSink(const std::string& dir, const DirSinkOptions& opts) {
   TRY_CTX(fs::MkdirAll(dir), "image directory %s", dir.c_str());
   std::string inv_path = dir + "/" + format::kInventoryName;
-  if (fs::Exists(inv_path) && !overwrite)
+  if (fs::Exists(inv_path) && !opts.overwrite)
     return MakeError(ErrorKind::kExists, 0, "%s already holds a checkpoint (%s)", dir.c_str(),
                      format::kInventoryName);
   TRY_CTX(RemoveOldImages(dir), "clear image directory %s", dir.c_str());
-  return std::unique_ptr<Sink>(new DirSink(dir));
+  return std::unique_ptr<Sink>(new DirSink(dir, opts));
 }
 
 }  // namespace godwit::images

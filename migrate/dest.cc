@@ -31,7 +31,7 @@
 #include "migrate/image_stream.h"
 #include "migrate/kernel.h"
 #include "migrate/packet_hold.h"
-#include "files/kind.h"
+#include "files/netlock.h"
 #include "proto/fd.pb.h"
 #include "runtime/container.h"
 #include "runtime/runtime.h"
@@ -159,7 +159,9 @@ Result<void> UnlockRestored(const std::string& staging, pid_t pid) {
   img::NetLock nl;
   TRY(set.ReadOne("files-netlock.img", &nl));
   ASSIGN_OR_RETURN(UniqueFd ns, fs::Open(StrFormat("/proc/%d/ns/net", pid), O_RDONLY | O_CLOEXEC));
-  TRY_CTX(files::NetUnlockIn(ns.get(), nl.table()), "unlock the restored connections");
+  std::unique_ptr<files::NetLock> lock = files::OpenNetLock(nl.table());
+  TRY_CTX(lock->Adopt(ns.get()), "unlock the restored connections");
+  TRY_CTX(lock->Unlock(), "unlock the restored connections");
   return Ok();
 }
 

@@ -12,7 +12,7 @@
 #include <cstring>
 
 #include "common/fs.h"
-#include "files/kind.h"
+#include "common/netns.h"
 
 namespace godwit::migrate {
 
@@ -82,14 +82,14 @@ Result<void> Silence(pid_t pid) {
       "add table arp %s\n"
       "add chain arp %s out { type filter hook output priority -400; policy drop; }\n",
       t.c_str(), t.c_str(), t.c_str(), t.c_str());
-  TRY_CTX(files::NftRunIn(ns.get(), script), "silence the network of pid %d", pid);
+  TRY_CTX(netns::NftRunIn(ns.get(), script), "silence the network of pid %d", pid);
   return Ok();
 }
 
 Result<void> Unsilence(pid_t pid) {
   ASSIGN_OR_RETURN(UniqueFd ns, NetnsOf(pid));
   std::string t = SilenceTable();
-  TRY_CTX(files::NftRunIn(ns.get(), StrFormat("delete table inet %s\ndelete table arp %s\n",
+  TRY_CTX(netns::NftRunIn(ns.get(), StrFormat("delete table inet %s\ndelete table arp %s\n",
                                               t.c_str(), t.c_str())),
           "unsilence the network of pid %d", pid);
   return Ok();

@@ -37,6 +37,15 @@ struct RestoreOptions {
   bool shell_job = false;
   std::vector<std::pair<int, std::string>> inherit_fds;
   std::function<void(const char*, uint64_t, uint64_t)> progress;
+  // How memory is filled (restore/pages.cc). The defaults are the fast paths; each switch exists
+  // to measure against (the CLI sets them from GODWIT_NO_UFFD, GODWIT_NO_SPLIT,
+  // GODWIT_NO_POPULATE for A/B benchmarks) and as a fallback to compare behaviour.
+  struct PageFill {
+    bool uffd = true;      // anonymous private memory by UFFDIO_COPY from the coordinator
+    bool split = true;     // a coordinator thread writes half of a large raw fill
+    bool populate = true;  // MADV_POPULATE_WRITE before the process's own preadv
+  } fill;
+  images::ReadOptions read;  // how the image set is checked (ImageSet::Open)
   // Hooks for restoring a tree inside a container's fresh namespaces (all optional).
   // root_clone_flags (CLONE_NEWNS|NEWUTS|NEWIPC|NEWNET|NEWCGROUP; NEWPID follows the image) are
   // added to the root's clone3. root_inside runs in the root task right after its clone (a
@@ -124,8 +133,12 @@ inline pid_t InnerPid(const img::ProcessEntry& e) {
 inline pid_t InnerTid(const img::ThreadCore& t) {
   return t.ns_tids_size() > 1 ? t.ns_tids(t.ns_tids_size() - 1) : t.tid();
 }
+// How many pid namespaces a process is in (1: the dumper's only).
+inline int Levels(const img::ProcessEntry& e) {
+  return e.ns_pids_size() > 1 ? e.ns_pids_size() : 1;
+}
 // The id of the process with outermost id pid, seen from pid namespace level `level` (0: the
-// dumper's), or 0 when it has none there.
+// dumper's), or 0 when it has none there (restore/load.cc).
 pid_t PidAtLevel(const RestoreContext& ctx, pid_t pid, int level);
 
 }  // namespace godwit::restore

@@ -9,7 +9,7 @@
 #include <cstring>
 #include <map>
 
-#include "dump/core_regs.h"
+#include "images/regs.h"
 #include "restore/steps.h"
 
 namespace godwit::restore {
@@ -108,7 +108,7 @@ Result<void> RestoreCore(RestoreContext& ctx, ProcessRestore& p) {
   for (const auto& t : p.core.threads()) {
     const pid_t tid = p.HostTid(t.tid());
     TRY(SetMask(tid, t.blocked()));
-    user_regs_struct regs = dump::RegsFromProto(t.regs());
+    user_regs_struct regs = img::RegsFromProto(t.regs());
     remote::PrepareSyscallRestart(&regs, /*live=*/false);
     if (rseq_abort.count(tid)) regs.rip = rseq_abort[tid];
     TRY_CTX(remote::SetRegs(tid, regs), "pid %d", p.pid);

@@ -2,14 +2,13 @@
 // space, from outside with injected syscalls:
 //   unregister glibc's rseq -> munmap everything but the scratch area, vdso/vvar, vsyscall ->
 //   move [vvar][vvar_vclock][vdso] to the dumped addresses (mremap, via a free temporary spot) ->
-//   mmap every dumped VMA (MAP_FIXED; writable while filling) -> fill pages (preadv in the target
-//   straight from a raw page file, or process_vm_writev from the coordinator for compressed ones)
-//   -> mprotect to the dumped protections -> PR_SET_MM_MAP (mm fields, auxv, exe).
+//   mmap every dumped VMA (MAP_FIXED; writable while filling; shared memory objects from
+//   restore/shmem.cc) -> advice -> fill pages (restore/pages.cc) -> mprotect to the dumped
+//   protections -> guard regions, locks -> PR_SET_MM_MAP (mm fields, auxv, exe) -> seals.
 #include <fcntl.h>
 #include <linux/prctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
-#include <sys/shm.h>
 #include <sys/socket.h>
 #include <sys/ptrace.h>
 #include <sys/syscall.h>
@@ -18,24 +17,22 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cstddef>
 #include <cstring>
-#include <set>
-#include <thread>
 
 #include "common/fs.h"
 #include "common/log.h"
+#include "common/page.h"
+#include "common/pidfd.h"
 #include "common/proc.h"
-#include "common/scope_exit.h"
+#include "common/timing.h"
+#include "restore/mm.h"
 #include "restore/pages.h"
+#include "restore/shmem.h"
 #include "restore/steps.h"
 
 namespace godwit::restore {
 namespace {
-
-constexpr uint64_t kPage = 4096;
-constexpr size_t kMaxIov = 1024;
 
 bool IsVdsoKind(img::VmaKind k) {
   return k == img::VMA_VDSO || k == img::VMA_VVAR || k == img::VMA_VVAR_VCLOCK;
@@ -118,11 +115,7 @@ Result<long> PassFd(remote::Remote* r, MmState* st, int fd) {
     int sv[2];
     TRY(r->Read(at, sv, sizeof(sv)));
     st->sock = sv[0];
-    UniqueFd pidfd(static_cast<int>(syscall(SYS_pidfd_open, r->pid(), 0)));
-    if (!pidfd.valid()) return Errno("pidfd_open %d", r->pid());
-    int got = static_cast<int>(syscall(SYS_pidfd_getfd, pidfd.get(), sv[1], 0));
-    if (got < 0) return Errno("pidfd_getfd pid %d fd %d", r->pid(), sv[1]);
-    st->local_sock.reset(got);
+    ASSIGN_OR_RETURN(st->local_sock, pidfd::TakeFd(r->pid(), sv[1]));
     TRY(r->Syscall(SYS_close, static_cast<uint64_t>(sv[1])));
   }
   char c = 0;
@@ -166,208 +159,6 @@ Result<long> PassFd(remote::Remote* r, MmState* st, int fd) {
   int out;
   memcpy(&out, CMSG_DATA(gc), sizeof(int));
   return out;
-}
-
-Result<long> OpenInTarget(remote::Remote* r, const std::string& path, int flags,
-                          int dirfd = AT_FDCWD) {
-  ASSIGN_OR_RETURN(uint64_t a, r->WriteString(0, path));
-  auto fd = r->Syscall(SYS_openat, static_cast<uint64_t>(dirfd), a, flags | O_CLOEXEC, 0);
-  if (!fd.ok())
-    return std::move(fd.error().wrap(StrFormat("open %s in pid %d", path.c_str(), r->pid())));
-  return fd;
-}
-
-const img::ShmemObject* FindShmem(const RestoreContext& ctx, uint64_t id) {
-  for (const auto& o : ctx.shmem)
-    if (o.id() == id) return &o;
-  return nullptr;
-}
-
-bool SameIpcNs(pid_t pid) {
-  struct stat a, b;
-  return stat("/proc/self/ns/ipc", &a) == 0 &&
-         stat(StrFormat("/proc/%d/ns/ipc", pid).c_str(), &b) == 0 && a.st_ino == b.st_ino;
-}
-
-// A SysV segment that is gone (IPC_RMID'd before, or never on this machine): created again from
-// the coordinator with the same id (shm_next_id), key, size, permissions and the dumped contents.
-// Only in the coordinator's own IPC namespace (a container's segments come back with its IPC
-// namespace, container/ipc.cc).
-Result<void> RecreateSysv(RestoreContext& ctx, pid_t pid, const img::ShmemObject& o) {
-  int id = o.sysv_shmid();
-  if (!o.sysv_valid())
-    return MakeError(ErrorKind::kUnsupported, 0,
-                     "SysV segment %d is gone and the image lacks its key and mode", id);
-  if (!SameIpcNs(pid))
-    return MakeError(ErrorKind::kUnsupported, 0,
-                     "SysV segment %d is gone and pid %d is in another IPC namespace", id, pid);
-  const char* next = "/proc/sys/kernel/shm_next_id";
-  TRY_CTX(fs::WriteFile(next, StrFormat("%d", id), false), "%s", next);
-  key_t key = o.sysv_destroyed() ? IPC_PRIVATE : static_cast<key_t>(o.sysv_key());
-  int huge = o.huge_page_shift() ? SHM_HUGETLB | static_cast<int>(o.huge_page_shift() << 26) : 0;
-  uint64_t segsz = o.sysv_size() ? o.sysv_size() : o.size();
-  int got = shmget(key, segsz,
-                   static_cast<int>(o.sysv_mode() & 0777) | IPC_CREAT | IPC_EXCL | huge);
-  if (got < 0) {
-    int e = errno;
-    (void)fs::WriteFile(next, "-1", false);
-    errno = e;
-    if (e == EEXIST)
-      return MakeError(ErrorKind::kExists, e,
-                       "SysV segment %d: key %#x is taken by another segment", id,
-                       static_cast<unsigned>(o.sysv_key()));
-    return Errno("shmget key %#x size %lu for SysV segment %d", static_cast<unsigned>(key),
-                 static_cast<unsigned long>(segsz), id);
-  }
-  if (got != id) {
-    shmctl(got, IPC_RMID, nullptr);
-    return MakeError(ErrorKind::kExists, 0,
-                     "SysV segment %d: created as id %d (another process took the id)", id, got);
-  }
-  auto fd = ctx.shmem_fds.find(o.id());
-  if (fd != ctx.shmem_fds.end() && segsz > 0) {
-    void* at = shmat(id, nullptr, 0);
-    if (at == reinterpret_cast<void*>(-1)) return Errno("shmat SysV segment %d", id);
-    ssize_t n = pread(fd->second.get(), at, segsz, 0);
-    int e = errno;
-    shmdt(at);
-    errno = e;
-    if (n != static_cast<ssize_t>(segsz)) return Errno("fill SysV segment %d", id);
-  }
-  struct shmid_ds ds = {};
-  if (shmctl(id, IPC_STAT, &ds) < 0) return Errno("IPC_STAT SysV segment %d", id);
-  ds.shm_perm.uid = o.sysv_uid();
-  ds.shm_perm.gid = o.sysv_gid();
-  ds.shm_perm.mode = o.sysv_mode() & 0777;
-  if (shmctl(id, IPC_SET, &ds) < 0) return Errno("IPC_SET SysV segment %d", id);
-  if (o.sysv_locked() && shmctl(id, SHM_LOCK, nullptr) < 0)
-    return Errno("SHM_LOCK SysV segment %d", id);
-  LOG_INFO("SysV segment %d (key %#x) created again with its dumped contents", id,
-           static_cast<unsigned>(o.sysv_key()));
-  return Ok();
-}
-
-// A SysV shm mapping is attached with shmat: the segment itself (same shmid, same size) when it
-// still exists in the process's IPC namespace (its contents are its own), else after creating it
-// again (RecreateSysv). false: not a SysV mapping.
-Result<bool> AttachSysv(RestoreContext& ctx, remote::Remote* r, const img::Vma& v) {
-  const img::ShmemObject* obj = FindShmem(ctx, v.shmem_id());
-  if (obj == nullptr || obj->sysv_shmid() < 0) return false;
-  int id = obj->sysv_shmid();
-  uint64_t size = (obj->size() + kPage - 1) & ~(kPage - 1);
-  uint64_t len = v.end() - v.start();
-  if (v.pgoff() > size || len > size - v.pgoff())
-    return MakeError(ErrorKind::kBadImage, 0, "vma %#lx: past the end of SysV segment %d",
-                     static_cast<unsigned long>(v.start()), id);
-  bool part = v.pgoff() != 0 || len != size;
-  struct shmid_ds ds;
-  uint64_t at = r->scratch() + 4096;
-  auto st = r->Syscall(SYS_shmctl, static_cast<uint64_t>(id), IPC_STAT, at);
-  if (!st.ok()) {
-    TRY_CTX(RecreateSysv(ctx, r->pid(), *obj), "pid %d", r->pid());
-    TRY_CTX(r->Syscall(SYS_shmctl, static_cast<uint64_t>(id), IPC_STAT, at),
-            "SysV segment %d after creating it", id);
-  }
-  TRY(r->Read(at, &ds, sizeof(ds)));
-  uint64_t segsz = obj->sysv_size() ? obj->sysv_size() : obj->size();
-  if (ds.shm_segsz != segsz)
-    return MakeError(
-        ErrorKind::kExists, 0, "SysV segment %d exists with size %lu, the dumped one had %lu", id,
-        static_cast<unsigned long>(ds.shm_segsz), static_cast<unsigned long>(segsz));
-  // Attached read-write when it was (it may be mprotect'ed writable again), then the dumped
-  // protection.
-  bool rw = (v.prot() & PROT_WRITE) || v.maywrite();
-  uint64_t flags = rw ? 0 : SHM_RDONLY;
-  if (v.prot() & PROT_EXEC) flags |= SHM_EXEC;
-  // A part of a segment (the rest was unmapped): attached whole wherever the kernel likes, the
-  // part moved into place, the rest unmapped (each VMA counts in shm_nattch).
-  ASSIGN_OR_RETURN(long addr, r->Syscall(SYS_shmat, static_cast<uint64_t>(id),
-                                         part ? 0 : v.start(), flags));
-  if (part) {
-    uint64_t a = static_cast<uint64_t>(addr);
-    TRY_CTX(r->Syscall(SYS_mremap, a + v.pgoff(), len, len, MREMAP_MAYMOVE | MREMAP_FIXED,
-                       v.start()),
-            "move part %#lx+%lu of SysV segment %d", static_cast<unsigned long>(v.pgoff()),
-            static_cast<unsigned long>(len), id);
-    if (v.pgoff() > 0) TRY(r->Syscall(SYS_munmap, a, v.pgoff()));
-    if (v.pgoff() + len < size) TRY(r->Syscall(SYS_munmap, a + v.pgoff() + len, size - v.pgoff() - len));
-  } else if (static_cast<uint64_t>(addr) != v.start()) {
-    return Err("shmat %d landed at %#lx", id, addr);
-  }
-  uint32_t got = PROT_READ | (rw ? PROT_WRITE : 0) | (v.prot() & PROT_EXEC);
-  if (got != v.prot())
-    TRY_CTX(r->Syscall(SYS_mprotect, v.start(), v.end() - v.start(), v.prot()),
-            "mprotect SysV segment %d", id);
-  return true;
-}
-
-// True when no process after p in the tree maps shared memory object id: p is its last user.
-bool LastUser(const RestoreContext& ctx, const ProcessRestore& p, uint64_t id) {
-  bool after = false;
-  for (const auto& q : ctx.procs) {
-    if (q.get() == &p) {
-      after = true;
-      continue;
-    }
-    if (!after) continue;
-    for (const auto& v : q->mm.vmas())
-      if (v.kind() == img::VMA_SHMEM && v.shmem_id() == id) return false;
-  }
-  return true;
-}
-
-// Adds the seals in `want` an object does not have yet.
-Result<void> AddSeals(RestoreContext& ctx, const img::ShmemObject& o, uint32_t want) {
-  auto fd = ctx.shmem_fds.find(o.id());
-  if (fd == ctx.shmem_fds.end()) return Ok();
-  int have = fcntl(fd->second.get(), F_GET_SEALS);
-  if (have < 0) return Errno("F_GET_SEALS on %s", o.name().c_str());
-  uint32_t add = want & ~static_cast<uint32_t>(have);
-  if (add != 0 && fcntl(fd->second.get(), F_ADD_SEALS, add) < 0)
-    return Errno("F_ADD_SEALS %#x on %s", add, o.name().c_str());
-  return Ok();
-}
-
-// Seals that must be in place before an object is mapped: with F_SEAL_WRITE the original's
-// shared mappings are all read-only and the kernel made them unable to become writable (no
-// VM_MAYWRITE), which only a mapping made after the seal gets. F_SEAL_FUTURE_WRITE (writable
-// mappings from before it exist) and F_SEAL_SEAL wait for the last user (FinishShmem).
-Result<void> EarlySeals(RestoreContext& ctx, const ProcessRestore& p) {
-  for (const auto& v : p.mm.vmas()) {
-    if (v.kind() != img::VMA_SHMEM) continue;
-    const img::ShmemObject* o = FindShmem(ctx, v.shmem_id());
-    if (o == nullptr || !o->sealing()) continue;
-    uint32_t early = o->seals() & ~static_cast<uint32_t>(F_SEAL_FUTURE_WRITE | F_SEAL_SEAL);
-    if (early != 0) TRY(AddSeals(ctx, *o, early));
-  }
-  return Ok();
-}
-
-// Once every process of the tree maps an object: a SysV segment that was IPC_RMID'd is removed
-// again (it lives on while attached), a memfd gets its seals back (F_SEAL_WRITE and
-// F_SEAL_FUTURE_WRITE would have refused the writable mappings before).
-Result<void> FinishShmem(RestoreContext& ctx, ProcessRestore& p) {
-  remote::Remote* r = p.remote.get();
-  std::set<uint64_t> done;
-  for (const auto& v : p.mm.vmas()) {
-    if (v.kind() != img::VMA_SHMEM || !done.insert(v.shmem_id()).second) continue;
-    if (!LastUser(ctx, p, v.shmem_id())) continue;
-    const img::ShmemObject* o = FindShmem(ctx, v.shmem_id());
-    if (o == nullptr) continue;
-    if (o->sysv_shmid() >= 0 && o->sysv_destroyed()) {
-      uint64_t at = r->scratch() + 4096;
-      struct shmid_ds ds;
-      auto st = r->Syscall(SYS_shmctl, static_cast<uint64_t>(o->sysv_shmid()), IPC_STAT, at);
-      if (st.ok()) {
-        TRY(r->Read(at, &ds, sizeof(ds)));
-        if (!(ds.shm_perm.mode & SHM_DEST))
-          TRY_CTX(r->Syscall(SYS_shmctl, static_cast<uint64_t>(o->sysv_shmid()), IPC_RMID, 0),
-                  "IPC_RMID SysV segment %d", o->sysv_shmid());
-      }
-    }
-    if (o->sealing() && o->seals() != 0) TRY(AddSeals(ctx, *o, o->seals()));
-  }
-  return Ok();
 }
 
 // madvise state that is not part of the mapping itself, per VMA. Before the pages are filled, so
@@ -499,226 +290,6 @@ Result<void> MapVma(RestoreContext& ctx, remote::Remote* r, const img::Vma& v, M
   return Ok();
 }
 
-// Fills the dumped private pages. Anonymous private VMAs: UFFDIO_COPY from the coordinator
-// (restore/pages.h), from buffers a second thread reads the page file into (decompressing zstd
-// chunks) ahead of the copy; no page fault, no zeroing. The rest (private file mappings, or
-// without userfaultfd): raw chunks are preadv()'d by the target itself, straight from the page
-// file into place (one call for up to 1024 runs contiguous in the file), after one
-// MADV_POPULATE_WRITE per big run (no fault per page). With much raw data, the coordinator copies
-// the second half at the same time on a second thread (process_vm_writev from a mapping of the
-// page file: one copy too). The thread is joined before FillPages returns (the coordinator forks
-// nothing while it runs). Compressed chunks: the coordinator decompresses and
-// process_vm_writev()s them.
-Result<void> FillPages(RestoreContext& ctx, ProcessRestore& p, const img::PageMap& pagemap) {
-  remote::Remote* r = p.remote.get();
-  const auto& runs = pagemap.runs();
-  if (runs.empty()) return Ok();
-  ASSIGN_OR_RETURN(std::unique_ptr<images::BlobReader> blob, ctx.images->OpenBlob(pagemap.blob()));
-  uint64_t total = 0;
-  for (const auto& run : runs) total += run.npages() * kPage;
-  // The anonymous private VMAs this pagemap writes to: filled with UFFDIO_COPY.
-  std::vector<std::pair<uint64_t, uint64_t>> anon;
-  for (const auto& v : p.mm.vmas()) {
-    if (v.kind() != img::VMA_ANON_PRIVATE) continue;
-    // UFFDIO_COPY installs small pages only: a VMA advised MADV_HUGEPAGE is filled through
-    // faults instead, so its pages come back as transparent huge pages as they were.
-    if (v.madv() & (uint64_t{1} << MADV_HUGEPAGE)) continue;
-    bool hit = std::any_of(runs.begin(), runs.end(), [&](const img::PageRun& run) {
-      return run.vaddr() < v.end() && run.vaddr() + run.npages() * kPage > v.start();
-    });
-    if (hit) anon.push_back({v.start(), v.end()});
-  }
-  std::sort(anon.begin(), anon.end());
-  ASSIGN_OR_RETURN(std::unique_ptr<UffdFiller> uffd, UffdFiller::Open(r, anon));
-  struct Piece {
-    uint64_t va, off, len;
-  };
-  std::vector<Piece> raw;  // for the target's preadv (below)
-  uint64_t raw_total = 0, done = 0;
-  constexpr uint64_t kBatch = 8ULL << 20;
-  // What goes through the coordinator: compressed runs, and with a uffd the raw parts it covers.
-  // A second thread reads them (pread into a buffer that stays in the cache, or decompresses)
-  // ahead of this one, which copies them into place. Copying straight from a mapping of the page
-  // file was slower: mapping and unmapping 2 GiB of file pages costs more here than the copy.
-  std::vector<ReadAhead::Piece> pieces;
-  auto add_pieces = [&](uint64_t va, uint64_t blob_off, uint64_t len) {
-    for (uint64_t o = 0; o < len; o += kBatch)
-      pieces.push_back({va + o, blob_off + o, std::min(kBatch, len - o)});
-  };
-  for (const auto& run : runs) {
-    uint64_t len = run.npages() * kPage;
-    auto ext = blob->RawExtents(run.blob_off(), len);
-    if (!ext.ok()) {
-      add_pieces(run.vaddr(), run.blob_off(), len);
-      continue;
-    }
-    // The parts of [va, va + n) as file extents, for the target's preadv.
-    auto add_raw = [&](uint64_t va, uint64_t n) {
-      uint64_t eva = run.vaddr();
-      for (const auto& e : *ext) {
-        uint64_t s0 = std::max(va, eva), e0 = std::min(va + n, eva + e.len);
-        if (s0 < e0) {
-          raw.push_back({s0, e.file_off + (s0 - eva), e0 - s0});
-          raw_total += e0 - s0;
-        }
-        eva += e.len;
-      }
-    };
-    if (!uffd) {
-      add_raw(run.vaddr(), len);
-      continue;
-    }
-    uffd->Split(run.vaddr(), len, [&](uint64_t va, uint64_t n, bool registered) {
-      if (registered)
-        add_pieces(va, run.blob_off() + (va - run.vaddr()), n);
-      else
-        add_raw(va, n);
-    });
-  }
-  ReadAhead ahead(blob.get(), std::move(pieces), kBatch);
-  Result<void> copied;
-  // Copy what the second thread has read.
-  while (true) {
-    ReadAhead::Piece pc;
-    const char* data = nullptr;
-    ASSIGN_OR_RETURN(bool more, ahead.Next(&pc, &data));
-    if (!more) break;
-    auto put = [&](uint64_t sva, uint64_t slen, bool registered) {
-      if (!copied.ok()) return;
-      const char* src = data + (sva - pc.va);
-      copied = registered ? uffd->Copy(sva, src, slen) : r->Write(sva, src, slen);
-    };
-    if (uffd)
-      uffd->Split(pc.va, pc.len, put);
-    else
-      put(pc.va, pc.len, false);
-    TRY(std::move(copied));
-    done += pc.len;
-    if (ctx.opts.progress) ctx.opts.progress("memory", done, total);
-  }
-  if (uffd)
-    LOG_DEBUG("pid %d: %s: %lu bytes by UFFDIO_COPY, %lu pages present already", p.pid,
-              pagemap.blob().c_str(), static_cast<unsigned long>(uffd->bytes()),
-              static_cast<unsigned long>(uffd->present_pages()));
-  // Unregisters everything: the pieces left are filled the ordinary way.
-  uffd.reset();
-  if (raw.empty()) {
-    ctx.stats.pages += total / kPage;
-    ctx.stats.bytes += total;
-    return Ok();
-  }
-
-  // The second thread's share: the pieces after split.
-  constexpr uint64_t kSplitMin = 64ULL << 20;
-  size_t split = raw.size();
-  char* map = nullptr;
-  size_t map_len = 0;
-  if (raw_total >= kSplitMin && std::thread::hardware_concurrency() >= 2 &&
-      getenv("GODWIT_NO_SPLIT") == nullptr) {
-    struct stat st;
-    if (fstat(blob->fd(), &st) == 0 && st.st_size > 0) {
-      void* m = mmap(nullptr, st.st_size, PROT_READ, MAP_SHARED, blob->fd(), 0);
-      if (m != MAP_FAILED) {
-        map = static_cast<char*>(m);
-        map_len = st.st_size;
-        uint64_t acc = 0;
-        split = 0;
-        while (split < raw.size() && acc < raw_total / 2) acc += raw[split++].len;
-      }
-    }
-  }
-  ScopeExit unmap([&] {
-    if (map) munmap(map, map_len);
-  });
-  Result<void> helper_result;
-  std::thread helper;
-  if (split < raw.size()) {
-    helper = std::thread([&, pid = r->pid()] {
-      iovec local[kMaxIov], remote[kMaxIov];
-      for (size_t i = split; i < raw.size();) {
-        size_t k = 0;
-        uint64_t want = 0;
-        for (; i < raw.size() && k < kMaxIov; ++i, ++k) {
-          if (raw[i].off + raw[i].len > map_len) {
-            helper_result = MakeError(ErrorKind::kBadImage, 0, "%s: extent beyond the file",
-                                      pagemap.blob().c_str());
-            return;
-          }
-          local[k] = {map + raw[i].off, raw[i].len};
-          remote[k] = {reinterpret_cast<void*>(raw[i].va), raw[i].len};
-          want += raw[i].len;
-        }
-        ssize_t n = process_vm_writev(pid, local, k, remote, k, 0);
-        if (n < 0 || static_cast<uint64_t>(n) != want) {
-          helper_result = n < 0 ? Errno("process_vm_writev pid %d", pid)
-                                : MakeError(ErrorKind::kGeneric, 0,
-                                            "process_vm_writev pid %d: short write", pid);
-          return;
-        }
-      }
-    });
-  }
-
-  // This thread: the target preadv()s the pieces before split.
-  auto fill = [&]() -> Result<void> {
-    // In a container the images are not in the tree's mount ns: open through the inherited fd.
-    ASSIGN_OR_RETURN(long fd,
-                     ctx.images_fd >= 0
-                         ? OpenInTarget(r, pagemap.blob(), O_RDONLY, ctx.images_fd)
-                         : OpenInTarget(r, ctx.images->dir() + "/" + pagemap.blob(), O_RDONLY));
-    uint64_t iov_base = r->scratch() + 8192;
-    size_t max_iov = std::min(kMaxIov, (r->scratch_size() - 8192) / sizeof(iovec));
-    std::vector<iovec> iov;
-    uint64_t batch_off = 0, next_off = 0;
-    auto flush = [&]() -> Result<void> {
-      if (iov.empty()) return Ok();
-      uint64_t want = 0;
-      for (auto& x : iov) want += x.iov_len;
-      TRY(r->Write(iov_base, iov.data(), iov.size() * sizeof(iovec)));
-      ASSIGN_OR_RETURN(long n, r->Syscall(SYS_preadv, static_cast<uint64_t>(fd), iov_base,
-                                          iov.size(), batch_off, 0));
-      if (static_cast<uint64_t>(n) != want)
-        return MakeError(ErrorKind::kBadImage, 0, "%s: short read at file offset %lu",
-                         pagemap.blob().c_str(), static_cast<unsigned long>(batch_off));
-      done += want;
-      if (ctx.opts.progress) ctx.opts.progress("memory", done, total);
-      iov.clear();
-      return Ok();
-    };
-    constexpr uint64_t kPopulateMin = 256 * 1024;
-    bool populate = getenv("GODWIT_NO_POPULATE") == nullptr;
-    for (size_t i = 0; i < split; ++i) {
-      // Fault the destination in with one call per contiguous stretch of pieces instead of a
-      // page fault per 4 KiB inside preadv.
-      if (populate && (i == 0 || raw[i - 1].va + raw[i - 1].len != raw[i].va)) {
-        uint64_t end = raw[i].va + raw[i].len;
-        for (size_t j = i + 1; j < split && raw[j].va == end; ++j) end += raw[j].len;
-        if (end - raw[i].va >= kPopulateMin) {
-          auto pr = r->Syscall(SYS_madvise, raw[i].va, end - raw[i].va,
-                               23 /* MADV_POPULATE_WRITE */);
-          if (!pr.ok()) populate = false;  // older kernel: fall back to faulting
-        }
-      }
-      if (iov.empty() || raw[i].off != next_off || iov.size() >= max_iov) {
-        TRY(flush());
-        batch_off = raw[i].off;
-      }
-      iov.push_back({reinterpret_cast<void*>(raw[i].va), raw[i].len});
-      next_off = raw[i].off + raw[i].len;
-    }
-    TRY(flush());
-    TRY(r->Syscall(SYS_close, static_cast<uint64_t>(fd)));
-    return Ok();
-  };
-  Result<void> res = split > 0 ? fill() : Result<void>();
-  if (helper.joinable()) helper.join();
-  TRY(std::move(res));
-  TRY(std::move(helper_result));
-  ctx.stats.pages += total / kPage;
-  ctx.stats.bytes += total;
-  return Ok();
-}
-
 struct PrctlMmMap {
   uint64_t start_code, end_code, start_data, end_data, start_brk, brk, start_stack, arg_start,
       arg_end, env_start, env_end;
@@ -765,34 +336,16 @@ Result<void> SetMmMap(remote::Remote* r, const img::MmEntry& mm) {
 
 }  // namespace
 
-Result<UniqueFd> NewShmemObject(const img::ShmemObject& o, const char* memfd_name) {
-  uint64_t size = (o.size() + kPage - 1) & ~(kPage - 1);
-  bool huge = o.huge_page_shift() != 0 && o.name().rfind("/anon_hugepage", 0) == 0;
-  if ((huge || o.name().rfind("/dev/zero", 0) == 0) && size > 0 && o.size() == size) {
-    // Shared anonymous memory: the kernel's own object (a shmem file named "dev/zero"), through
-    // a mapping of it and its map_files link; the mapping goes again at once.
-    // Shared hugetlb memory likewise ("/anon_hugepage (deleted)", huge pages of its size).
-    int hflags = huge ? MAP_HUGETLB | static_cast<int>(o.huge_page_shift() << MAP_HUGE_SHIFT) : 0;
-    void* at = mmap(nullptr, size, PROT_NONE, MAP_SHARED | MAP_ANONYMOUS | hflags, -1, 0);
-    if (at == MAP_FAILED && huge) return Errno("mmap shared hugetlb memory, %lu bytes", size);
-    if (at == MAP_FAILED) return Errno("mmap shared anonymous %lu bytes", size);
-    auto base = reinterpret_cast<unsigned long>(at);
-    UniqueFd fd(open(StrFormat("/proc/self/map_files/%lx-%lx", base, base + size).c_str(),
-                     O_RDWR | O_CLOEXEC));
-    int e = errno;
-    munmap(at, size);
-    if (fd.valid()) return fd;
-    errno = e;
-    PLOG_WARN("open the shared anonymous object through map_files: a memfd instead");
-  }
-  // Sealable when the original was; FinishShmem adds the seals once everything is mapped.
-  int fd = memfd_create(memfd_name, MFD_CLOEXEC | (o.sealing() ? MFD_ALLOW_SEALING : 0));
-  if (fd < 0) return Errno("memfd_create %s", memfd_name);
-  return UniqueFd(fd);
+Result<long> OpenInTarget(remote::Remote* r, const std::string& path, int flags, int dirfd) {
+  ASSIGN_OR_RETURN(uint64_t a, r->WriteString(0, path));
+  auto fd = r->Syscall(SYS_openat, static_cast<uint64_t>(dirfd), a, flags | O_CLOEXEC, 0);
+  if (!fd.ok())
+    return std::move(fd.error().wrap(StrFormat("open %s in pid %d", path.c_str(), r->pid())));
+  return fd;
 }
 
 Result<void> RestoreMm(RestoreContext& ctx, ProcessRestore& p) {
-  auto t0 = std::chrono::steady_clock::now();
+  auto t0 = timing::Clock::now();
   remote::Remote* r = p.remote.get();
   // glibc in the coordinator registered rseq for this thread; its area is about to go away.
   struct {
@@ -897,8 +450,7 @@ Result<void> RestoreMm(RestoreContext& ctx, ProcessRestore& p) {
     TRY_CTX(r->Syscall(SYS_mlockall, p.mm.mlockall() & (MCL_FUTURE | MCL_ONFAULT)),
             "pid %d: mlockall(%#x)", p.pid, p.mm.mlockall());
   ctx.stats.vmas += p.mm.vmas_size();
-  ctx.stats.memory_ms +=
-      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  ctx.stats.memory_ms += timing::MsSince(t0);
   return Ok();
 }
 

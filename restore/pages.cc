@@ -1,23 +1,30 @@
+// Filling a restored process's memory with its dumped pages (FillPages, called by the "mm" step
+// once the VMAs exist) and its tools: the userfaultfd filler and the read-ahead thread.
 #include "restore/pages.h"
 
 #include <fcntl.h>
 #include <linux/userfaultfd.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
-#include <cstdlib>
 #include <cstring>
 
 #include "common/log.h"
+#include "common/page.h"
+#include "common/scope_exit.h"
+#include "common/uffd.h"
+#include "restore/mm.h"
 
 namespace godwit::restore {
 namespace {
 
-constexpr uint64_t kPage = 4096;
+constexpr size_t kMaxIov = 1024;
 #ifndef UFFD_USER_MODE_ONLY
 constexpr int kUserModeOnly = 1;
 #else
@@ -28,33 +35,18 @@ constexpr int kUserModeOnly = UFFD_USER_MODE_ONLY;
 
 Result<std::unique_ptr<UffdFiller>> UffdFiller::Open(
     remote::Remote* r, const std::vector<std::pair<uint64_t, uint64_t>>& ranges) {
-  if (ranges.empty() || getenv("GODWIT_NO_UFFD") != nullptr)
-    return std::unique_ptr<UffdFiller>();
-  const uint64_t args[6] = {static_cast<uint64_t>(O_CLOEXEC | O_NONBLOCK | kUserModeOnly)};
-  ASSIGN_OR_RETURN(long tfd, r->RawSyscallIn(r->tid(), SYS_userfaultfd, args));
-  if (tfd < 0) {
-    LOG_DEBUG("pid %d: userfaultfd: %s: pages are filled without it", r->pid(),
-              strerror(static_cast<int>(-tfd)));
+  if (ranges.empty()) return std::unique_ptr<UffdFiller>();
+  auto taken = uffd::TakeFromTarget(*r, O_CLOEXEC | O_NONBLOCK | kUserModeOnly);
+  if (!taken.ok() && taken.error().kind() == ErrorKind::kUnsupported) {
+    LOG_DEBUG("pid %d: %s: pages are filled without it", r->pid(),
+              taken.error().to_string().c_str());
     return std::unique_ptr<UffdFiller>();
   }
-  int pidfd = static_cast<int>(syscall(SYS_pidfd_open, r->pid(), 0));
-  if (pidfd < 0) {
-    int e = errno;
-    TRY(r->Syscall(SYS_close, static_cast<uint64_t>(tfd)));
-    errno = e;
-    return Errno("pidfd_open %d", r->pid());
-  }
-  UniqueFd upidfd(pidfd);
-  int fd = static_cast<int>(syscall(SYS_pidfd_getfd, pidfd, static_cast<int>(tfd), 0));
-  int getfd_errno = errno;
-  TRY(r->Syscall(SYS_close, static_cast<uint64_t>(tfd)));
-  if (fd < 0) {
-    errno = getfd_errno;
-    return Errno("pidfd_getfd uffd of %d", r->pid());
-  }
+  ASSIGN_OR_RETURN(UniqueFd ufd, std::move(taken));
+  int fd = ufd.get();
   std::unique_ptr<UffdFiller> f(new UffdFiller());
   f->pid_ = r->pid();
-  f->uffd_.reset(fd);
+  f->uffd_ = std::move(ufd);
   uffdio_api api{};
   api.api = UFFD_API;
   if (ioctl(fd, UFFDIO_API, &api) < 0) {
@@ -185,6 +177,228 @@ Result<bool> ReadAhead::Next(Piece* piece, const char** data) {
   *piece = pieces_[i];
   *data = buf_[i % 2].get();
   return true;
+}
+
+// Fills the dumped private pages. Anonymous private VMAs: UFFDIO_COPY from the coordinator
+// (restore/pages.h), from buffers a second thread reads the page file into (decompressing zstd
+// chunks) ahead of the copy; no page fault, no zeroing. The rest (private file mappings, or
+// without userfaultfd): raw chunks are preadv()'d by the target itself, straight from the page
+// file into place (one call for up to 1024 runs contiguous in the file), after one
+// MADV_POPULATE_WRITE per big run (no fault per page). With much raw data, the coordinator copies
+// the second half at the same time on a second thread (process_vm_writev from a mapping of the
+// page file: one copy too). The thread is joined before FillPages returns (the coordinator forks
+// nothing while it runs). Compressed chunks: the coordinator decompresses and
+// process_vm_writev()s them.
+Result<void> FillPages(RestoreContext& ctx, ProcessRestore& p, const img::PageMap& pagemap) {
+  remote::Remote* r = p.remote.get();
+  const auto& runs = pagemap.runs();
+  if (runs.empty()) return Ok();
+  ASSIGN_OR_RETURN(std::unique_ptr<images::BlobReader> blob, ctx.images->OpenBlob(pagemap.blob()));
+  uint64_t total = 0;
+  for (const auto& run : runs) total += run.npages() * kPage;
+  // The anonymous private VMAs this pagemap writes to: filled with UFFDIO_COPY.
+  std::vector<std::pair<uint64_t, uint64_t>> anon;
+  for (const auto& v : p.mm.vmas()) {
+    if (v.kind() != img::VMA_ANON_PRIVATE) continue;
+    // UFFDIO_COPY installs small pages only: a VMA advised MADV_HUGEPAGE is filled through
+    // faults instead, so its pages come back as transparent huge pages as they were.
+    if (v.madv() & (uint64_t{1} << MADV_HUGEPAGE)) continue;
+    bool hit = std::any_of(runs.begin(), runs.end(), [&](const img::PageRun& run) {
+      return run.vaddr() < v.end() && run.vaddr() + run.npages() * kPage > v.start();
+    });
+    if (hit) anon.push_back({v.start(), v.end()});
+  }
+  std::sort(anon.begin(), anon.end());
+  std::unique_ptr<UffdFiller> uffd;
+  if (ctx.opts.fill.uffd) {
+    ASSIGN_OR_RETURN(uffd, UffdFiller::Open(r, anon));
+  }
+  struct Piece {
+    uint64_t va, off, len;
+  };
+  std::vector<Piece> raw;  // for the target's preadv (below)
+  uint64_t raw_total = 0, done = 0;
+  constexpr uint64_t kBatch = 8ULL << 20;
+  // What goes through the coordinator: compressed runs, and with a uffd the raw parts it covers.
+  // A second thread reads them (pread into a buffer that stays in the cache, or decompresses)
+  // ahead of this one, which copies them into place. Copying straight from a mapping of the page
+  // file was slower: mapping and unmapping 2 GiB of file pages costs more here than the copy.
+  std::vector<ReadAhead::Piece> pieces;
+  auto add_pieces = [&](uint64_t va, uint64_t blob_off, uint64_t len) {
+    for (uint64_t o = 0; o < len; o += kBatch)
+      pieces.push_back({va + o, blob_off + o, std::min(kBatch, len - o)});
+  };
+  for (const auto& run : runs) {
+    uint64_t len = run.npages() * kPage;
+    auto ext = blob->RawExtents(run.blob_off(), len);
+    if (!ext.ok()) {
+      add_pieces(run.vaddr(), run.blob_off(), len);
+      continue;
+    }
+    // The parts of [va, va + n) as file extents, for the target's preadv.
+    auto add_raw = [&](uint64_t va, uint64_t n) {
+      uint64_t eva = run.vaddr();
+      for (const auto& e : *ext) {
+        uint64_t s0 = std::max(va, eva), e0 = std::min(va + n, eva + e.len);
+        if (s0 < e0) {
+          raw.push_back({s0, e.file_off + (s0 - eva), e0 - s0});
+          raw_total += e0 - s0;
+        }
+        eva += e.len;
+      }
+    };
+    if (!uffd) {
+      add_raw(run.vaddr(), len);
+      continue;
+    }
+    uffd->Split(run.vaddr(), len, [&](uint64_t va, uint64_t n, bool registered) {
+      if (registered)
+        add_pieces(va, run.blob_off() + (va - run.vaddr()), n);
+      else
+        add_raw(va, n);
+    });
+  }
+  ReadAhead ahead(blob.get(), std::move(pieces), kBatch);
+  Result<void> copied;
+  // Copy what the second thread has read.
+  while (true) {
+    ReadAhead::Piece pc;
+    const char* data = nullptr;
+    ASSIGN_OR_RETURN(bool more, ahead.Next(&pc, &data));
+    if (!more) break;
+    auto put = [&](uint64_t sva, uint64_t slen, bool registered) {
+      if (!copied.ok()) return;
+      const char* src = data + (sva - pc.va);
+      copied = registered ? uffd->Copy(sva, src, slen) : r->Write(sva, src, slen);
+    };
+    if (uffd)
+      uffd->Split(pc.va, pc.len, put);
+    else
+      put(pc.va, pc.len, false);
+    TRY(std::move(copied));
+    done += pc.len;
+    if (ctx.opts.progress) ctx.opts.progress("memory", done, total);
+  }
+  if (uffd)
+    LOG_DEBUG("pid %d: %s: %lu bytes by UFFDIO_COPY, %lu pages present already", p.pid,
+              pagemap.blob().c_str(), static_cast<unsigned long>(uffd->bytes()),
+              static_cast<unsigned long>(uffd->present_pages()));
+  // Unregisters everything: the pieces left are filled the ordinary way.
+  uffd.reset();
+  if (raw.empty()) {
+    ctx.stats.pages += total / kPage;
+    ctx.stats.bytes += total;
+    return Ok();
+  }
+
+  // The second thread's share: the pieces after split.
+  constexpr uint64_t kSplitMin = 64ULL << 20;
+  size_t split = raw.size();
+  char* map = nullptr;
+  size_t map_len = 0;
+  if (raw_total >= kSplitMin && std::thread::hardware_concurrency() >= 2 && ctx.opts.fill.split) {
+    struct stat st;
+    if (fstat(blob->fd(), &st) == 0 && st.st_size > 0) {
+      void* m = mmap(nullptr, st.st_size, PROT_READ, MAP_SHARED, blob->fd(), 0);
+      if (m != MAP_FAILED) {
+        map = static_cast<char*>(m);
+        map_len = st.st_size;
+        uint64_t acc = 0;
+        split = 0;
+        while (split < raw.size() && acc < raw_total / 2) acc += raw[split++].len;
+      }
+    }
+  }
+  ScopeExit unmap([&] {
+    if (map) munmap(map, map_len);
+  });
+  Result<void> helper_result;
+  std::thread helper;
+  if (split < raw.size()) {
+    helper = std::thread([&, pid = r->pid()] {
+      iovec local[kMaxIov], remote[kMaxIov];
+      for (size_t i = split; i < raw.size();) {
+        size_t k = 0;
+        uint64_t want = 0;
+        for (; i < raw.size() && k < kMaxIov; ++i, ++k) {
+          if (raw[i].off + raw[i].len > map_len) {
+            helper_result = MakeError(ErrorKind::kBadImage, 0, "%s: extent beyond the file",
+                                      pagemap.blob().c_str());
+            return;
+          }
+          local[k] = {map + raw[i].off, raw[i].len};
+          remote[k] = {reinterpret_cast<void*>(raw[i].va), raw[i].len};
+          want += raw[i].len;
+        }
+        ssize_t n = process_vm_writev(pid, local, k, remote, k, 0);
+        if (n < 0 || static_cast<uint64_t>(n) != want) {
+          helper_result = n < 0 ? Errno("process_vm_writev pid %d", pid)
+                                : MakeError(ErrorKind::kGeneric, 0,
+                                            "process_vm_writev pid %d: short write", pid);
+          return;
+        }
+      }
+    });
+  }
+
+  // This thread: the target preadv()s the pieces before split.
+  auto fill = [&]() -> Result<void> {
+    // In a container the images are not in the tree's mount ns: open through the inherited fd.
+    ASSIGN_OR_RETURN(long fd,
+                     ctx.images_fd >= 0
+                         ? OpenInTarget(r, pagemap.blob(), O_RDONLY, ctx.images_fd)
+                         : OpenInTarget(r, ctx.images->dir() + "/" + pagemap.blob(), O_RDONLY));
+    uint64_t iov_base = r->scratch() + 8192;
+    size_t max_iov = std::min(kMaxIov, (r->scratch_size() - 8192) / sizeof(iovec));
+    std::vector<iovec> iov;
+    uint64_t batch_off = 0, next_off = 0;
+    auto flush = [&]() -> Result<void> {
+      if (iov.empty()) return Ok();
+      uint64_t want = 0;
+      for (auto& x : iov) want += x.iov_len;
+      TRY(r->Write(iov_base, iov.data(), iov.size() * sizeof(iovec)));
+      ASSIGN_OR_RETURN(long n, r->Syscall(SYS_preadv, static_cast<uint64_t>(fd), iov_base,
+                                          iov.size(), batch_off, 0));
+      if (static_cast<uint64_t>(n) != want)
+        return MakeError(ErrorKind::kBadImage, 0, "%s: short read at file offset %lu",
+                         pagemap.blob().c_str(), static_cast<unsigned long>(batch_off));
+      done += want;
+      if (ctx.opts.progress) ctx.opts.progress("memory", done, total);
+      iov.clear();
+      return Ok();
+    };
+    constexpr uint64_t kPopulateMin = 256 * 1024;
+    bool populate = ctx.opts.fill.populate;
+    for (size_t i = 0; i < split; ++i) {
+      // Fault the destination in with one call per contiguous stretch of pieces instead of a
+      // page fault per 4 KiB inside preadv.
+      if (populate && (i == 0 || raw[i - 1].va + raw[i - 1].len != raw[i].va)) {
+        uint64_t end = raw[i].va + raw[i].len;
+        for (size_t j = i + 1; j < split && raw[j].va == end; ++j) end += raw[j].len;
+        if (end - raw[i].va >= kPopulateMin) {
+          auto pr = r->Syscall(SYS_madvise, raw[i].va, end - raw[i].va,
+                               23 /* MADV_POPULATE_WRITE */);
+          if (!pr.ok()) populate = false;  // older kernel: fall back to faulting
+        }
+      }
+      if (iov.empty() || raw[i].off != next_off || iov.size() >= max_iov) {
+        TRY(flush());
+        batch_off = raw[i].off;
+      }
+      iov.push_back({reinterpret_cast<void*>(raw[i].va), raw[i].len});
+      next_off = raw[i].off + raw[i].len;
+    }
+    TRY(flush());
+    TRY(r->Syscall(SYS_close, static_cast<uint64_t>(fd)));
+    return Ok();
+  };
+  Result<void> res = split > 0 ? fill() : Result<void>();
+  if (helper.joinable()) helper.join();
+  TRY(std::move(res));
+  TRY(std::move(helper_result));
+  ctx.stats.pages += total / kPage;
+  ctx.stats.bytes += total;
+  return Ok();
 }
 
 }  // namespace godwit::restore

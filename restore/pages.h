@@ -1,13 +1,18 @@
-// Filling a restored process's private anonymous memory with UFFDIO_COPY.
+// Filling a restored process's private memory with its dumped pages (restore/pages.cc).
 //
-// A page fault on fresh anonymous memory allocates a page, zeroes it and maps it; a preadv or
-// process_vm_writev into it then copies over the zeros. UFFDIO_COPY allocates the page, copies
-// the data into it and maps it, with no zeroing and no fault: on this VM (PVM guest, where
+// FillPages, per pagemap (pre-dump rounds first): anonymous private VMAs by UFFDIO_COPY from the
+// coordinator, the rest by the process's own preadv straight from the page file (or
+// process_vm_writev from the coordinator for compressed chunks). RestoreOptions::fill switches
+// the fast paths off for measuring.
+//
+// UffdFiller. A page fault on fresh anonymous memory allocates a page, zeroes it and maps it; a
+// preadv or process_vm_writev into it then copies over the zeros. UFFDIO_COPY allocates the page,
+// copies the data into it and maps it, with no zeroing and no fault: on this VM (PVM guest, where
 // every fault and page-table update is expensive) 1.7x faster than the target's own preadv
 // into populated memory (measured: 4.2 vs 2.5 GB/s with recycled memory, docs/engine.md).
 //
-// How: a userfaultfd is created in the stopped target (an injected call: the uffd belongs to
-// the mm of the process that creates it), taken over with pidfd_getfd and closed there. The
+// How: a userfaultfd is created in the stopped target (common/uffd.h: the uffd belongs to the mm
+// of the process that creates it), taken over with pidfd_getfd and closed there. The
 // coordinator registers the ranges (MISSING mode, anonymous VMAs only) and copies from its own
 // memory (a mapping of the page file, or a decompression buffer). Closing the uffd unregisters
 // everything. UFFD_USER_MODE_ONLY: a kernel access to a missing page of a registered range
@@ -30,14 +35,19 @@
 #include "common/result.h"
 #include "common/unique_fd.h"
 #include "images/image.h"
+#include "restore/context.h"
 
 namespace godwit::restore {
+
+// Fills p's memory with the pages of one pagemap (ctx.images); the VMAs exist and are writable.
+// Threads it starts are joined before it returns (the coordinator forks nothing meanwhile).
+Result<void> FillPages(RestoreContext& ctx, ProcessRestore& p, const img::PageMap& pagemap);
 
 class UffdFiller {
  public:
   // ranges: [start, end) candidates, sorted, page aligned (the anonymous private VMAs that get
   // pages). Those the kernel refuses to register are left out (filled the usual way). nullptr
-  // (not an error) when the process cannot get a userfaultfd or GODWIT_NO_UFFD is set.
+  // (not an error) when the process cannot get a userfaultfd.
   static Result<std::unique_ptr<UffdFiller>> Open(
       remote::Remote* r, const std::vector<std::pair<uint64_t, uint64_t>>& ranges);
 

@@ -1,13 +1,16 @@
 // `godwit restore`: recreate a dumped process tree with the same pids.
 //
-// Order (restore.cc): open and verify the images (inventory, CPU features) -> load pstree, core,
-// mm, pagemap of every process -> shared memory objects into memfds -> files: Prepare -> check
-// every pid is free -> fork the tree: the coordinator clone3s the root with set_tid, each restored
-// process calls setsid if it led a session, clone3s its own children (and zombies, which exit with
-// their status), installs its fds, reports ready and waits -> the coordinator seizes every process,
-// sets process groups by injection, and runs the steps of restore/steps.cc per process ->
-// files: Finalize -> detach every thread of every process at once: the tree resumes together.
-// Any failure kills every process created so far.
+// Order (restore.cc, one line per step, each in its own file):
+//   open and verify the images (inventory, CPU features) -> load.cc: pstree, core, mm, pagemaps
+//   of every process; the tree checked (sessions.cc, nested pid namespaces) -> shmem.cc: shared
+//   memory objects made again -> load.cc: files (FdRestorer) -> fork.cc: the engine's fds, files
+//   prepared, every pid checked free, the root clone3'd with set_tid; after_clone.cc: each
+//   restored process calls setsid if it led a session, clone3s its own children (and zombies,
+//   which exit with their status), installs its fds, reports ready and waits -> attach.cc: every
+//   process seized -> sessions.cc: process groups by injection -> steps.cc: the per-process
+//   steps (mm, threads, process state, core) -> files: Finalize -> attach.cc: every thread of
+//   every process detached at once: the tree resumes together.
+// Any failure kills every process created so far (TreeFork).
 #pragma once
 
 #include "restore/context.h"

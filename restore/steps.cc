@@ -1,18 +1,24 @@
 #include "restore/steps.h"
 
+#include <sys/syscall.h>
+
+#include "common/log.h"
+
 namespace godwit::restore {
 
 const std::vector<RestoreStep>& ProcessSteps() {
   // Ordering:
   //  - mm first: it unmaps the coordinator's copy and builds the dumped address space, so every
   //    later step can point the kernel at the process's own memory (handlers, rseq, altstacks).
+  //    It is the only step that reads image files from inside the process (the page files), so
+  //    the images directory's fd is closed there after it (last_image_reader).
   //  - threads next: clone3 with set_tid inside the process; later steps may inject per thread.
   //  - new kinds of per-process state (signal handlers, creds, rlimits, timers...) go here.
   //  - signals: queues pending signals with every signal blocked (no delivery while we inject).
   //  - core last: per-thread rseq, clear_child_tid, xstate, sigmask, unmaps the scratch area and
   //    sets the final registers. Nothing may inject after it.
   static const std::vector<RestoreStep> steps = {
-      {"mm", RestoreMm},
+      {"mm", RestoreMm, /*last_image_reader=*/true},
       {"threads", RestoreThreads},
       // Process state (restore/pstate*.cc). Handlers and altstacks point into the new memory;
       // everything that needs privilege (chroot, sched) before "creds"; pdeathsig and
@@ -34,6 +40,19 @@ const std::vector<RestoreStep>& ProcessSteps() {
       {"core", RestoreCore},
   };
   return steps;
+}
+
+Result<void> RunProcessSteps(RestoreContext& ctx) {
+  for (auto& p : ctx.procs) {
+    for (const auto& step : ProcessSteps()) {
+      LOG_DEBUG("restore pid %d: %s", p->pid, step.name);
+      TRY_CTX(step.fn(ctx, *p), "restore pid %d: %s", p->pid, step.name);
+      if (step.last_image_reader && ctx.images_fd >= 0)
+        TRY_CTX(p->remote->Syscall(SYS_close, static_cast<uint64_t>(ctx.images_fd)),
+                "pid %d: close the images dir", p->pid);
+    }
+  }
+  return Ok();
 }
 
 }  // namespace godwit::restore

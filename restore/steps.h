@@ -13,14 +13,16 @@ namespace godwit::restore {
 struct RestoreStep {
   const char* name;
   Result<void> (*fn)(RestoreContext& ctx, ProcessRestore& p);
+  // The last step that opens image files inside the process (through RestoreContext::images_fd,
+  // a restored container's view of the images directory): the fd is closed there after it.
+  bool last_image_reader = false;
 };
 
 const std::vector<RestoreStep>& ProcessSteps();
+// Runs the steps, in order, for every live process of ctx (seized, with a remote channel).
+Result<void> RunProcessSteps(RestoreContext& ctx);
 
 Result<void> RestoreMm(RestoreContext& ctx, ProcessRestore& p);       // mm.cc
-// mm.cc: an empty object of the dumped shared memory object's kind and size, before the tree is
-// forked (shared anonymous memory is a real one again: "/dev/zero (deleted)" in the maps).
-Result<UniqueFd> NewShmemObject(const img::ShmemObject& o, const char* memfd_name);
 Result<void> RestoreThreads(RestoreContext& ctx, ProcessRestore& p);  // threads.cc
 // Process state (pstate*.cc).
 Result<void> RestoreSeccomp(RestoreContext& ctx, ProcessRestore& p);      // filters

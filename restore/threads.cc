@@ -26,6 +26,7 @@
 #include <set>
 #include <vector>
 
+#include "common/clone3.h"
 #include "common/fs.h"
 #include "common/proc.h"
 #include "common/unique_fd.h"
@@ -91,16 +92,9 @@ Result<std::shared_ptr<LastPidSetter>> StartLastPidSetter(const RestoreContext& 
     if (k1 > 3) syscall(SYS_close_range, 3, k1 - 1, 0);
     if (k2 > k1 + 1) syscall(SYS_close_range, k1 + 1, k2 - 1, 0);
     syscall(SYS_close_range, k2 + 1, ~0U, 0);
-    struct clone_args args;
-    memset(&args, 0, sizeof(args));
-    args.exit_signal = SIGCHLD;
-    args.set_tid = reinterpret_cast<uint64_t>(&spare);
-    args.set_tid_size = 1;
-    long g = syscall(SYS_clone3, &args, sizeof(args));
-    if (g < 0) {
-      args.set_tid_size = 0;  // taken after all: any id (only a restored tid could collide)
-      g = syscall(SYS_clone3, &args, sizeof(args));
-    }
+    pid_t g = Clone3WithPids(0, &spare, 1);
+    // Taken after all: any id (only a restored tid could collide).
+    if (g < 0) g = Clone3WithPids(0, nullptr, 0);
     if (g < 0) _exit(2);
     if (g == 0) {
       // G: the sysctl is its own pid namespace's.

@@ -35,6 +35,14 @@ godwit_test(container_copy_test
 godwit_helper(c_threads ${CMAKE_CURRENT_SOURCE_DIR}/helpers/c_threads.c Threads::Threads)
 target_link_options(c_threads PRIVATE -static)
 add_dependencies(container_copy_test c_threads)
+# Memory in containers: shared memory between processes of a restored container. c_shmem runs as
+# the container's init, so it is linked statically (busybox rootfs).
+godwit_helper(c_shmem ${CMAKE_CURRENT_SOURCE_DIR}/helpers/c_shmem.c)
+target_link_options(c_shmem PRIVATE -static)
+godwit_test(container_mm_test
+  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/container_mm_test.cc
+  LIBS godwit_container godwit_runtime nlohmann_json::nlohmann_json)
+add_dependencies(container_mm_test c_shmem)
 # Pre-copy of a running container, then a checkpoint of what changed (container/engine.h).
 godwit_test(container_precopy_test
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/container_precopy_test.cc

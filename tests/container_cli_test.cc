@@ -73,6 +73,10 @@ TEST_F(ContainerCli, CheckpointDeletesThenLeaveRunningKeepsRunning) {
   auto cset = images::ImageSet::Open(img + "/container");
   ASSERT_OK(cset);
   ASSERT_OK(images::ImageSet::Open(img + "/tree"));
+  // `godwit inspect` takes the checkpoint directory as a whole.
+  CliRun ins = Godwit({"inspect", img});
+  EXPECT_EQ(ins.code, 0) << ins;
+  EXPECT_NE(ins.out.find("2 image sets (container, tree): complete"), std::string::npos) << ins;
   // zstd ran after the kill (its own phase, outside the frozen time), and the tree's page image
   // holds compressed chunks: the raw pages written while frozen were compressed afterwards.
   EXPECT_GT(j["phases"]["compress_ms"].get<double>(), 0);

@@ -10,6 +10,23 @@ godwit_test(cr_engine_test
   LIBS godwit_dump godwit_restore godwit_files godwit_images godwit_common)
 add_dependencies(cr_engine_test cr_loop cr_tree cr_state cr_bigmem cr_pidns)
 
+# Single processes in states that need care (tests/cr_process_test.cc).
+godwit_helper(cr_blocked ${CMAKE_CURRENT_SOURCE_DIR}/helpers/cr_blocked.c)
+godwit_helper(cr_memfd_maps ${CMAKE_CURRENT_SOURCE_DIR}/helpers/cr_memfd_maps.c)
+godwit_helper(cr_session ${CMAKE_CURRENT_SOURCE_DIR}/helpers/cr_session.c)
+godwit_test(cr_process_test
+  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/cr_process_test.cc ${CMAKE_CURRENT_SOURCE_DIR}/cr_util.cc
+  LIBS godwit_common)
+add_dependencies(cr_process_test cr_blocked cr_memfd_maps cr_session)
+
+# The page dump/fill paths (dump/pages.*, restore/pages.*, restore/fill.cc): fast paths and
+# fallbacks.
+godwit_helper(cr_pages ${CMAKE_CURRENT_SOURCE_DIR}/helpers/cr_pages.c)
+godwit_test(cr_pages_test
+  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/cr_pages_test.cc ${CMAKE_CURRENT_SOURCE_DIR}/cr_util.cc
+  LIBS godwit_common)
+add_dependencies(cr_pages_test cr_pages)
+
 # Driven pre-copy (dump/precopy.h): rounds on demand, then a final dump of what changed.
 godwit_helper(c_precopy ${CMAKE_CURRENT_SOURCE_DIR}/helpers/c_precopy.c)
 target_link_options(c_precopy PRIVATE -static)

@@ -312,7 +312,7 @@ TEST_F(CrTest, PreDumpRoundsWhileWriting) {
 
 // A shared mapping of a deleted file used to be refused (the failed-dump trigger here); it is now
 // dumped as a shared memory object and its contents come back (branch fixes). A failed dump that
-// leaves the tree running is covered by CrFixes.TracedByAnotherTracerFailsCleanly.
+// leaves the tree running is covered by CrProcess.TracedByAnotherTracerFailsCleanly.
 TEST_F(CrTest, DeletedFileMappingRoundTrip) {
   pid_t pid = Start("cr_state", {"{READY}", dir_ / "go", "deleted", dir_ / "data"});
   ASSERT_GT(pid, 0);

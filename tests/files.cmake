@@ -19,14 +19,3 @@ godwit_test(files_zdtm_test
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/files_zdtm_test.cc ${CMAKE_CURRENT_SOURCE_DIR}/cr_util.cc
   LIBS godwit_files godwit_images godwit_common)
 add_dependencies(files_zdtm_test fd_kinds)
-godwit_helper(fz_static ${CMAKE_CURRENT_SOURCE_DIR}/helpers/fz_static.c util)
-godwit_test(files_zdtm2_test
-  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/files_zdtm2_test.cc ${CMAKE_CURRENT_SOURCE_DIR}/cr_util.cc
-  LIBS godwit_common)
-add_dependencies(files_zdtm2_test fz_static)
-find_package(Threads REQUIRED)
-godwit_helper(fz_kinds ${CMAKE_CURRENT_SOURCE_DIR}/helpers/fz_kinds.c Threads::Threads)
-godwit_test(files_zdtm3_test
-  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/files_zdtm3_test.cc ${CMAKE_CURRENT_SOURCE_DIR}/cr_util.cc
-  LIBS godwit_common)
-add_dependencies(files_zdtm3_test fz_kinds)

@@ -403,6 +403,74 @@ TEST_F(ImagesTest, ReserveReleasesTheUnused) {
   EXPECT_TRUE(back == data);
 }
 
+// DirSinkOptions::touch_reserved: on tmpfs the reserved pages are written once (they exist), or
+// only fallocated. Either way the reservation is allocated; touching writes zeros into it, which
+// leaves the file's size at what was written once the output closes.
+TEST_F(ImagesTest, ReserveWithoutTouchingOnlyAllocates) {
+  for (bool touch : {true, false}) {
+    DirSinkOptions o;
+    o.touch_reserved = touch;
+    std::string dir = dir_ + (touch ? "-touch" : "-notouch");
+    auto sink = OpenDirSink(dir, o);
+    ASSERT_TRUE(sink.ok());
+    auto w = BlobWriter::Create(**sink, "pages.img", Compression::kNone);
+    ASSERT_TRUE(w.ok());
+    ASSERT_TRUE(w->Reserve(8 << 20).ok());
+    struct stat st;
+    ASSERT_EQ(stat((dir + "/pages.img").c_str(), &st), 0);
+    EXPECT_GE(st.st_blocks * 512, 8 << 20) << "touch " << touch;
+    // Touching writes zeros past the end: the file grows meanwhile; only fallocate keeps it.
+    if (touch)
+      EXPECT_GE(st.st_size, 8 << 20);
+    else
+      EXPECT_LT(st.st_size, 1 << 20);
+    std::string data = RandomBytes(1 << 20, 3);
+    ASSERT_TRUE(w->Append(data.data(), data.size()).ok());
+    ASSERT_TRUE(w->Close().ok());
+    ASSERT_TRUE((*sink)->Finish(NewInventory()).ok());
+    // Both read back the same, checked through reads or through mappings.
+    for (bool map : {false, true}) {
+      ReadOptions ro;
+      ro.map_checksums = map;
+      auto set = ImageSet::Open(dir, ro);
+      ASSERT_TRUE(set.ok()) << set.error().to_string();
+      auto b = set->OpenBlob("pages.img");
+      ASSERT_TRUE(b.ok());
+      std::string back(data.size(), '\0');
+      ASSERT_TRUE((*b)->Read(0, back.data(), back.size()).ok());
+      EXPECT_TRUE(back == data);
+    }
+    (void)fs::RemoveAll(dir);
+  }
+}
+
+// ReadOptions::map_checksums finds the same damage as reading (files of 4 MiB and more are
+// checksummed through mappings then).
+TEST_F(ImagesTest, MappedChecksumsFindDamage) {
+  auto sink = OpenDirSink(dir_);
+  ASSERT_TRUE(sink.ok());
+  auto w = BlobWriter::Create(**sink, "big.img", Compression::kNone);
+  ASSERT_TRUE(w.ok());
+  std::string data = RandomBytes(9 << 20, 5);
+  ASSERT_TRUE(w->Append(data.data(), data.size()).ok());
+  ASSERT_TRUE(w->Close().ok());
+  ASSERT_TRUE((*sink)->Finish(NewInventory()).ok());
+  ReadOptions ro;
+  ro.map_checksums = true;
+  ASSERT_TRUE(ImageSet::Open(dir_, ro).ok());
+  int fd = open(Path("big.img").c_str(), O_RDWR);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(pwrite(fd, "X", 1, 7 << 20), 1);
+  close(fd);
+  for (bool map : {false, true}) {
+    ro.map_checksums = map;
+    auto set = ImageSet::Open(dir_, ro);
+    ASSERT_FALSE(set.ok()) << "map " << map;
+    EXPECT_NE(set.error().message().find("big.img: checksum mismatch"), std::string::npos)
+        << set.error().message();
+  }
+}
+
 // ---- sinks
 
 TEST_F(ImagesTest, AbortRemovesEverything) {

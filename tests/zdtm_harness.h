@@ -1,6 +1,6 @@
-// The zdtm cycle shared by the ported CRIU zdtm suites (zdtm_static_test, files_zdtm2_test): a
-// helper program sets one kind of state up and reports ready; the test dumps it with
-// `godwit dump` (which kills it), reaps the killed tree, restores it with
+// The zdtm cycle shared by the ported CRIU zdtm suites (zdtm_static_test, zdtm_files_test,
+// zdtm_kinds_test): a helper program sets one kind of state up and reports ready; the test dumps
+// it with `godwit dump` (which kills it), reaps the killed tree, restores it with
 // `godwit restore --detach` (the restored root becomes our child: the test main is a subreaper),
 // sends SIGUSR2, and the helper checks its own state and exits 0 (else the number of the failed
 // check; its stderr, kept in the test's temp dir, is printed on failure).

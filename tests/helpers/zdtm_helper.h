@@ -1,4 +1,4 @@
-/* The zdtm helper protocol shared by z_static.c, fz_static.c and z_pstate.c (see
+/* The zdtm helper protocol shared by z_static.c, z_files.c, z_kinds.c and z_pstate.c (see
  * tests/zdtm_harness.h for the test side): the program is started as NAME MODE READY_FD [DIR]; a
  * mode sets its state up, calls ready() (writes "ready\n" on READY_FD and closes it), waits for
  * SIGUSR2 with wait_usr2() (blocked everywhere from main on and taken with sigwaitinfo, so it

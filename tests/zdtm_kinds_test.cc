@@ -1,4 +1,4 @@
-// The fd kinds of issue 11 through `godwit dump`/`godwit restore` (tests/helpers/fz_kinds.c,
+// The fd kinds of issue 11 through `godwit dump`/`godwit restore` (tests/helpers/z_kinds.c,
 // the zdtm cycle of zdtm_harness.h): O_PATH fds (symlinks, also unlinked; FIFOs, socket files,
 // devices), namespace files, pidfds (self, child, grandchild, reaped), UDP-Lite, ping and raw
 // sockets; the refusals name pid, fd and kind and leave the tree running. And CRIU's option
@@ -15,9 +15,9 @@
 namespace godwit::crtest {
 namespace {
 
-class FilesZdtm3 : public ZdtmHarness {
+class ZdtmKinds : public ZdtmHarness {
  protected:
-  FilesZdtm3() : ZdtmHarness("fz_kinds") {}
+  ZdtmKinds() : ZdtmHarness("z_kinds") {}
   // A state godwit refuses: the dump fails naming the pid and each of what; the tree runs on.
   void Refused(const std::string& mode, const std::vector<std::string>& what) {
     pid_t pid = Start(mode);
@@ -33,14 +33,14 @@ class FilesZdtm3 : public ZdtmHarness {
 };
 
 #define ZDTM(Name, mode) \
-  TEST_F(FilesZdtm3, Name) { RoundTrip(mode); }
+  TEST_F(ZdtmKinds, Name) { RoundTrip(mode); }
 
 // symlink, symlink01: a symlink held O_PATH|O_NOFOLLOW, by its name or unlinked.
 ZDTM(OpathSymlink, "symlink")
 ZDTM(OpathSymlinkUnlinked, "symlink01")
 ZDTM(OpathFifoSocketFileDeviceDirRegular, "opath_misc")
 ZDTM(NsfsOwnNamespacesPlainAndOpath, "nsfs")
-TEST_F(FilesZdtm3, NsfsOfAnotherNamespaceRefusedCleanly) {
+TEST_F(ZdtmKinds, NsfsOfAnotherNamespaceRefusedCleanly) {
   Refused("nsfs_other", {"fd 77", "namespace", "neither"});
 }
 // pidfd_self, pidfd_child, pidfd_kill, pidfd_dead, pidfd_diffdead.
@@ -48,13 +48,13 @@ ZDTM(PidfdSelfBlockingAndNonBlocking, "pidfd_self")
 ZDTM(PidfdChildGrandchildAndParentKilledThroughThem, "pidfd_tree")
 ZDTM(PidfdReapedProcessesExitStatusAndInodes, "pidfd_dead")
 // pidfd_of_thread: threads are made after the files, so a thread's pidfd is refused.
-TEST_F(FilesZdtm3, PidfdOfThreadRefusedCleanly) { Refused("pidfd_thread", {"fd 77", "thread"}); }
+TEST_F(ZdtmKinds, PidfdOfThreadRefusedCleanly) { Refused("pidfd_thread", {"fd 77", "thread"}); }
 ZDTM(SocketUdpLite, "udplite")
 ZDTM(SocketRawV4V6IcmpFilter, "raw")
 
 // socket_icmp: ping sockets need the group in net.ipv4.ping_group_range (off by default);
 // the test allows group 0 for its run, as CRIU's does, and puts the range back.
-TEST_F(FilesZdtm3, SocketIcmpPing) {
+TEST_F(ZdtmKinds, SocketIcmpPing) {
   const char* knob = "/proc/sys/net/ipv4/ping_group_range";
   std::string old = ReadAll(knob);
   ASSERT_FALSE(old.empty());
@@ -65,7 +65,7 @@ TEST_F(FilesZdtm3, SocketIcmpPing) {
 
 // CRIU's and runc's option names, on both verbs, as scripts pass them (and the zdtm harness:
 // --tcp-established to dump and restore).
-TEST_F(FilesZdtm3, CriuOptionNamesOnDumpAndRestore) {
+TEST_F(ZdtmKinds, CriuOptionNamesOnDumpAndRestore) {
   pid_t pid = Start("symlink");
   ASSERT_GT(pid, 0);
   std::string img = dir_ / "img";
@@ -108,7 +108,7 @@ TEST_F(FilesZdtm3, CriuOptionNamesOnDumpAndRestore) {
   pids_.clear();
 }
 
-TEST_F(FilesZdtm3, CriuOptionValuesGodwitCannotHonourAreRefused) {
+TEST_F(ZdtmKinds, CriuOptionValuesGodwitCannotHonourAreRefused) {
   auto bad_mode = Godwit({"restore", "-D", dir_.path(), "--manage-cgroups=sometimes"});
   EXPECT_EQ(bad_mode.status, 2) << bad_mode.err;
   EXPECT_NE(bad_mode.err.find("--manage-cgroups"), std::string::npos) << bad_mode.err;
@@ -119,7 +119,7 @@ TEST_F(FilesZdtm3, CriuOptionValuesGodwitCannotHonourAreRefused) {
   EXPECT_EQ(unknown.status, 2) << unknown.err;
 }
 
-TEST_F(FilesZdtm3, HelpDescribesEveryCriuOptionWithExamples) {
+TEST_F(ZdtmKinds, HelpDescribesEveryCriuOptionWithExamples) {
   for (const char* verb : {"dump", "restore"}) {
     auto h = Godwit({"help", verb});
     ASSERT_EQ(h.status, 0);

@@ -1,6 +1,6 @@
 /* zdtm-style helpers for the fd kinds of issue 11 (own code; CRIU's zdtm static tests symlink,
  * symlink01, pidfd_self, pidfd_child, pidfd_kill, pidfd_dead, pidfd_diffdead, pidfd_of_thread,
- * socket_udplite and socket_icmp say what state to set up): fz_kinds MODE READY_FD DIR, the
+ * socket_udplite and socket_icmp say what state to set up): z_kinds MODE READY_FD DIR, the
  * protocol of zdtm_helper.h. Kinds godwit refuses keep the refused fd at 77. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -248,7 +248,7 @@ static int exit_info(int fd, int* code) {
  * was killed, and one more on the grandchild in another child of the root, alive. */
 static int m_pidfd_dead(void) {
   int p[2], q[2], sync[2];
-  SETUP(pipe(p) == 0 && pipe(q) == 0 && pipe(sync) == 0);
+  SETUP(pipe(p) == 0);
   pid_t c = zfork();
   if (c == 0) {
     pid_t g = fork();
@@ -264,6 +264,7 @@ static int m_pidfd_dead(void) {
   SETUP(read(p[0], &g, sizeof g) == sizeof g);
   int c1 = at(pidfd_open(c, 0), 66), c2 = at(pidfd_open(c, 0), 67);
   int g1 = at(pidfd_open(g, 0), 68), g2 = at(pidfd_open(g, 0), 69);
+  SETUP(pipe(q) == 0 && pipe(sync) == 0); /* only the root and h hold them */
   pid_t h = zfork();
   if (h == 0) {
     int hg = at(pidfd_open(g, 0), 70);
@@ -458,6 +459,6 @@ int main(int argc, char** argv) {
   };
   for (size_t i = 0; i < sizeof modes / sizeof modes[0]; ++i)
     if (!strcmp(argv[1], modes[i].name)) return modes[i].fn();
-  fprintf(stderr, "fz_kinds: unknown mode %s\n", argv[1]);
+  fprintf(stderr, "z_kinds: unknown mode %s\n", argv[1]);
   return 118;
 }

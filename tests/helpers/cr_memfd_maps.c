@@ -1,9 +1,9 @@
-// zdtm-style helper: cr_fix_mem READY_FD DIR
-// Memory that used to be refused or split by a dump: a memfd both open (fd) and mapped shared,
-// a private mapping of a memfd (one page written), a shared and a private mapping of files in DIR
-// that are deleted before the dump. Reports "ready", waits in sigsuspend for SIGUSR2, then checks
-// every mapping's contents and that fd and mapping are still one object (writes through one are
-// read through the other). Exit 0 if everything holds, else the number of the failed check.
+// zdtm-style helper: cr_memfd_maps READY_FD DIR
+// Memory shared between an fd and a mapping, or backed by deleted files: a memfd both open (fd) and
+// mapped shared, a private mapping of a memfd (one page written), a shared and a private mapping of
+// files in DIR that are deleted before the dump. Reports "ready", waits in sigsuspend for SIGUSR2,
+// then checks every mapping's contents and that fd and mapping are still one object (writes through
+// one are read through the other). Exit 0 if everything holds, else the number of the failed check.
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>

@@ -1,4 +1,4 @@
-// zdtm-style helper: cr_fix_sess READY_FD
+// zdtm-style helper: cr_session READY_FD
 // A session that is neither a process's own nor its parent's: R calls setsid and forks A; A forks
 // B and then calls setsid itself, so B stays in R's session while its parent A leads another one.
 // R writes "A B" on READY_FD; everyone then pauses (the test checks the sessions and kills them).

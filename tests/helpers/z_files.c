@@ -1,5 +1,5 @@
 /* Ports of CRIU zdtm static tests for file descriptors and sockets (own code; the originals in
- * checkpoint-restore/criu, test/zdtm/static/, say what each checks): fz_static MODE READY_FD DIR.
+ * checkpoint-restore/criu, test/zdtm/static/, say what each checks): z_files MODE READY_FD DIR.
  * Same protocol as z_static.c: a mode sets its state up, writes "ready\n" on READY_FD and closes
  * it, waits for SIGUSR2 (blocked, taken with sigwaitinfo), checks its own state and exits 0, or
  * with the number of the failed check (reason on stderr). Children report through their exit
@@ -1146,6 +1146,6 @@ int main(int argc, char** argv) {
   if (!strcmp(mode, "sk-unix-pending-data")) return pending_data = 1, m_sk_unix_states();
   for (size_t i = 0; i < sizeof modes / sizeof modes[0]; ++i)
     if (!strcmp(mode, modes[i].name)) return modes[i].fn();
-  fprintf(stderr, "fz_static: unknown mode %s\n", mode);
+  fprintf(stderr, "z_files: unknown mode %s\n", mode);
   return 118;
 }

@@ -1,4 +1,7 @@
-// user_regs_struct <-> img::X86Regs, header-only so restore/ can use it without linking dump/.
+// user_regs_struct <-> img::X86Regs, field by field: the one conversion between ptrace's register
+// set and the image's, used by the dump (dump/core.cc) and the restore (restore/core.cc, threads).
+// Header-only. The functions live in godwit::img next to the message they convert, so a caller in
+// any namespace finds them by argument lookup (RegsToProto(regs, core.mutable_regs())).
 #pragma once
 
 #include <sys/user.h>
@@ -7,9 +10,9 @@
 
 #include "proto/core.pb.h"
 
-namespace godwit::dump {
+namespace godwit::img {
 
-inline void RegsToProto(const user_regs_struct& r, img::X86Regs* p) {
+inline void RegsToProto(const user_regs_struct& r, X86Regs* p) {
   p->set_r15(r.r15);
   p->set_r14(r.r14);
   p->set_r13(r.r13);
@@ -39,7 +42,7 @@ inline void RegsToProto(const user_regs_struct& r, img::X86Regs* p) {
   p->set_gs(r.gs);
 }
 
-inline user_regs_struct RegsFromProto(const img::X86Regs& p) {
+inline user_regs_struct RegsFromProto(const X86Regs& p) {
   user_regs_struct r;
   memset(&r, 0, sizeof(r));
   r.r15 = p.r15();
@@ -72,4 +75,4 @@ inline user_regs_struct RegsFromProto(const img::X86Regs& p) {
   return r;
 }
 
-}  // namespace godwit::dump
+}  // namespace godwit::img

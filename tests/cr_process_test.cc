@@ -1,4 +1,8 @@
-// Engine gap fixes, each checked with a real dump -> kill -> restore of a zdtm-style helper.
+// Single processes through `godwit dump` -> kill -> `godwit restore --detach`, each in a state that
+// needs care: blocked in an interruptible call when dumped or restored, under a seccomp filter that
+// kills on injected calls, mapping memfds and deleted files, named with trailing spaces, traced by
+// someone else, or in a session its parent left with setsid. Helpers: tests/helpers/cr_blocked.c,
+// cr_memfd_maps.c, cr_session.c.
 #include <gtest/gtest.h>
 #include <poll.h>
 #include <signal.h>
@@ -18,7 +22,7 @@
 namespace godwit::crtest {
 namespace {
 
-class CrFixes : public ::testing::Test {
+class CrProcess : public ::testing::Test {
  protected:
   void TearDown() override {
     for (pid_t p : pids_) KillAndReap(p);
@@ -46,13 +50,13 @@ class CrFixes : public ::testing::Test {
   std::vector<pid_t> pids_;
 };
 
-// Fix 1: a thread restored inside an interruptible call is detached with the call already
+// A thread restored inside an interruptible call is detached with the call already
 // entered, so a signal sent right after the restore interrupts it (was lost ~1 in 6).
-void WakeUpRounds(CrFixes* t, const char* mode, long nr, int rounds,
+void WakeUpRounds(CrProcess* t, const char* mode, long nr, int rounds,
                   std::function<bool(pid_t, const std::string&)> cycle, TempDir& dir,
                   std::vector<pid_t>& pids) {
   for (int i = 0; i < rounds; ++i) {
-    pid_t pid = StartHelper("cr_fix_wake", {"{READY}", mode});
+    pid_t pid = StartHelper("cr_blocked", {"{READY}", mode});
     ASSERT_GT(pid, 0);
     pids.push_back(pid);
     static long want;
@@ -66,21 +70,21 @@ void WakeUpRounds(CrFixes* t, const char* mode, long nr, int rounds,
   }
 }
 
-TEST_F(CrFixes, SignalRightAfterRestoreWakesSigsuspend) {
+TEST_F(CrProcess, SignalRightAfterRestoreWakesSigsuspend) {
   WakeUpRounds(
       this, "sigsuspend", SYS_rt_sigsuspend, 12,
       [this](pid_t p, const std::string& d) { return DumpKillRestoreDetached(p, d); }, dir_,
       pids_);
 }
 
-TEST_F(CrFixes, SignalRightAfterRestoreInterruptsPoll) {
+TEST_F(CrProcess, SignalRightAfterRestoreInterruptsPoll) {
   WakeUpRounds(
       this, "poll", SYS_poll, 8,
       [this](pid_t p, const std::string& d) { return DumpKillRestoreDetached(p, d); }, dir_,
       pids_);
 }
 
-TEST_F(CrFixes, SignalRightAfterRestoreInterruptsRead) {
+TEST_F(CrProcess, SignalRightAfterRestoreInterruptsRead) {
   WakeUpRounds(
       this, "read", SYS_read, 8,
       [this](pid_t p, const std::string& d) { return DumpKillRestoreDetached(p, d); }, dir_,
@@ -88,7 +92,7 @@ TEST_F(CrFixes, SignalRightAfterRestoreInterruptsRead) {
 }
 
 // The same on the dump side: --leave-running puts the call back the same way.
-TEST_F(CrFixes, SignalRightAfterLeaveRunningDumpWakesSigsuspend) {
+TEST_F(CrProcess, SignalRightAfterLeaveRunningDumpWakesSigsuspend) {
   WakeUpRounds(
       this, "sigsuspend", SYS_rt_sigsuspend, 8,
       [](pid_t p, const std::string& d) {
@@ -99,20 +103,20 @@ TEST_F(CrFixes, SignalRightAfterLeaveRunningDumpWakesSigsuspend) {
       dir_, pids_);
 }
 
-// Fix 1, deterministically. The rounds above lose the wake-up only when the restored thread is
+// The same, deterministically. The rounds above lose the wake-up only when the restored thread is
 // not scheduled for the whole time between its detach and the test's kill() (after `godwit
 // restore` has exited: milliseconds), which happened about 1 in 6 runs on a loaded machine and
 // almost never on an idle one. Here the window is held open: the helper is dumped while stopped
-// (SIGSTOP) inside its call, so it is restored stopped. Without the fix, it is detached at the
-// syscall instruction and stops there before re-entering the call; the SIGUSR2 sent while it is
-// stopped then runs the handler before the call, which blocks for good once SIGCONT resumes it
-// (the bounded wait fails). With the fix, it stops inside the re-entered call, and SIGUSR2
-// interrupts that call with EINTR. poll and read fail for sure without the fix; sigsuspend does
-// not (SIGUSR2 stays blocked until the call is re-entered: its mask is the one the call saved),
-// it is here for the stop/continue path through a re-issued call.
+// (SIGSTOP) inside its call, so it is restored stopped. A thread detached at the syscall
+// instruction stops there before re-entering the call; the SIGUSR2 sent while it is stopped then
+// runs the handler before the call, which blocks for good once SIGCONT resumes it (the bounded
+// wait fails). Detached inside the re-entered call (remote::EnterReissuedSyscalls), it stops
+// there, and SIGUSR2 interrupts that call with EINTR. poll and read would fail for sure;
+// sigsuspend does not (SIGUSR2 stays blocked until the call is re-entered: its mask is the one
+// the call saved), it is here for the stop/continue path through a re-issued call.
 void WakeUpWhileStopped(const char* mode, long nr, bool leave_running, TempDir& dir,
                         std::vector<pid_t>& pids) {
-  pid_t pid = StartHelper("cr_fix_wake", {"{READY}", mode});
+  pid_t pid = StartHelper("cr_blocked", {"{READY}", mode});
   ASSERT_GT(pid, 0);
   pids.push_back(pid);
   static long want;
@@ -144,27 +148,27 @@ void WakeUpWhileStopped(const char* mode, long nr, bool leave_running, TempDir& 
   pids.pop_back();
 }
 
-TEST_F(CrFixes, SignalWhileRestoredStoppedWakesSigsuspend) {
+TEST_F(CrProcess, SignalWhileRestoredStoppedWakesSigsuspend) {
   WakeUpWhileStopped("sigsuspend", SYS_rt_sigsuspend, false, dir_, pids_);
 }
 
-TEST_F(CrFixes, SignalWhileRestoredStoppedInterruptsPoll) {
+TEST_F(CrProcess, SignalWhileRestoredStoppedInterruptsPoll) {
   WakeUpWhileStopped("poll", SYS_poll, false, dir_, pids_);
 }
 
-TEST_F(CrFixes, SignalWhileRestoredStoppedInterruptsRead) {
+TEST_F(CrProcess, SignalWhileRestoredStoppedInterruptsRead) {
   WakeUpWhileStopped("read", SYS_read, false, dir_, pids_);
 }
 
-TEST_F(CrFixes, SignalWhileStoppedAfterLeaveRunningDumpInterruptsRead) {
+TEST_F(CrProcess, SignalWhileStoppedAfterLeaveRunningDumpInterruptsRead) {
   WakeUpWhileStopped("read", SYS_read, true, dir_, pids_);
 }
 
-// Fix 2: a seccomp filter that kills the process on the calls a dump/restore injects (prctl,
+// A seccomp filter that kills the process on the calls a dump/restore injects (prctl,
 // brk, rt_sigaction, sigaltstack, getcwd...): seized with PTRACE_O_SUSPEND_SECCOMP, the process
 // survives both, and the filter is still there afterwards (getcwd then kills it with SIGSYS).
-TEST_F(CrFixes, SeccompKillFilterSurvivesDumpAndRestore) {
-  pid_t pid = Start("cr_fix_wake", {"{READY}", "seccomp"});
+TEST_F(CrProcess, SeccompKillFilterSurvivesDumpAndRestore) {
+  pid_t pid = Start("cr_blocked", {"{READY}", "seccomp"});
   ASSERT_GT(pid, 0);
   ASSERT_TRUE(WaitFor(5000, [](pid_t p) { return BlockedSyscall(p) == SYS_rt_sigsuspend; }, pid));
   ASSERT_TRUE(DumpKillRestoreDetached(pid, dir_ / "img"));
@@ -173,8 +177,8 @@ TEST_F(CrFixes, SeccompKillFilterSurvivesDumpAndRestore) {
   pids_.clear();
 }
 
-TEST_F(CrFixes, SeccompKillFilterSurvivesLeaveRunningDump) {
-  pid_t pid = Start("cr_fix_wake", {"{READY}", "seccomp"});
+TEST_F(CrProcess, SeccompKillFilterSurvivesLeaveRunningDump) {
+  pid_t pid = Start("cr_blocked", {"{READY}", "seccomp"});
   ASSERT_GT(pid, 0);
   ASSERT_TRUE(WaitFor(5000, [](pid_t p) { return BlockedSyscall(p) == SYS_rt_sigsuspend; }, pid));
   auto d = Godwit({"dump", "--pid", std::to_string(pid), "--images-dir", dir_ / "img",
@@ -185,12 +189,12 @@ TEST_F(CrFixes, SeccompKillFilterSurvivesLeaveRunningDump) {
   pids_.clear();
 }
 
-// Fixes 4 and 5: a memfd open and mapped stays one object; private memfd mappings and mappings of
-// deleted files (shared and private) come back with their contents (the dump refused them).
-TEST_F(CrFixes, MemfdsAndDeletedFileMappings) {
+// A memfd open and mapped stays one object; private memfd mappings and mappings of
+// deleted files (shared and private) come back with their contents.
+TEST_F(CrProcess, MemfdsAndDeletedFileMappings) {
   std::string files = dir_ / "files";
   ASSERT_EQ(mkdir(files.c_str(), 0700), 0);
-  pid_t pid = Start("cr_fix_mem", {"{READY}", files});
+  pid_t pid = Start("cr_memfd_maps", {"{READY}", files});
   ASSERT_GT(pid, 0);
   ASSERT_TRUE(WaitFor(5000, [](pid_t p) { return BlockedSyscall(p) == SYS_rt_sigsuspend; }, pid));
   ASSERT_TRUE(DumpKillRestoreDetached(pid, dir_ / "img"));
@@ -199,9 +203,9 @@ TEST_F(CrFixes, MemfdsAndDeletedFileMappings) {
   pids_.clear();
 }
 
-// Fix 3: a thread name's trailing spaces survive (the dump trimmed them).
-TEST_F(CrFixes, CommKeepsTrailingSpaces) {
-  pid_t pid = Start("cr_fix_wake", {"{READY}", "comm"});
+// A thread name's trailing spaces survive.
+TEST_F(CrProcess, CommKeepsTrailingSpaces) {
+  pid_t pid = Start("cr_blocked", {"{READY}", "comm"});
   ASSERT_GT(pid, 0);
   ASSERT_TRUE(WaitFor(5000, [](pid_t p) { return BlockedSyscall(p) == SYS_rt_sigsuspend; }, pid));
   ASSERT_TRUE(DumpKillRestoreDetached(pid, dir_ / "img"));
@@ -213,10 +217,10 @@ TEST_F(CrFixes, CommKeepsTrailingSpaces) {
   pids_.clear();
 }
 
-// Fix 7: a process traced by someone else (here: this test) is refused cleanly, naming the pid
+// A process traced by someone else (here: this test) is refused cleanly, naming the pid
 // and the tracer, and left untouched.
-TEST_F(CrFixes, TracedByAnotherTracerFailsCleanly) {
-  pid_t pid = Start("cr_fix_wake", {"{READY}", "sigsuspend"});
+TEST_F(CrProcess, TracedByAnotherTracerFailsCleanly) {
+  pid_t pid = Start("cr_blocked", {"{READY}", "sigsuspend"});
   ASSERT_GT(pid, 0);
   ASSERT_TRUE(WaitFor(5000, [](pid_t p) { return BlockedSyscall(p) == SYS_rt_sigsuspend; }, pid));
   ASSERT_EQ(ptrace(PTRACE_SEIZE, pid, nullptr, nullptr), 0);
@@ -237,11 +241,11 @@ TEST_F(CrFixes, TracedByAnotherTracerFailsCleanly) {
   pids_.clear();
 }
 
-// Fix 6: a session inherited before the parent's setsid (neither the process's own nor its
+// A session inherited before the parent's setsid (neither the process's own nor its
 // parent's) comes back: the parent forks that child before calling setsid.
-TEST_F(CrFixes, SessionLeftBehindByParentsSetsid) {
+TEST_F(CrProcess, SessionLeftBehindByParentsSetsid) {
   std::string line;
-  pid_t r = StartHelper("cr_fix_sess", {"{READY}"}, &line);
+  pid_t r = StartHelper("cr_session", {"{READY}"}, &line);
   ASSERT_GT(r, 0);
   pids_.push_back(r);
   pid_t a = 0, b = 0;

@@ -1,4 +1,4 @@
-// CRIU zdtm static tests for file descriptors and sockets, ported (tests/helpers/fz_static.c):
+// CRIU zdtm static tests for file descriptors and sockets, ported (tests/helpers/z_files.c):
 // the helper sets one kind of state up and reports ready; the test dumps it with `godwit dump`
 // (which kills it), reaps the killed tree, restores it with `godwit restore --detach` (the
 // restored root becomes our child: we are a subreaper), sends SIGUSR2, and the helper checks its
@@ -22,9 +22,9 @@
 namespace godwit::crtest {
 namespace {
 
-class FilesZdtm2 : public ZdtmHarness {
+class ZdtmFiles : public ZdtmHarness {
  protected:
-  FilesZdtm2() : ZdtmHarness("fz_static") {}
+  ZdtmFiles() : ZdtmHarness("z_files") {}
   // A state godwit refuses: the dump fails naming the pid and each of what; the tree runs on
   // unharmed.
   void Refused(const std::string& mode, const std::vector<std::string>& what) {
@@ -41,7 +41,7 @@ class FilesZdtm2 : public ZdtmHarness {
 };
 
 #define ZDTM(Name, mode) \
-  TEST_F(FilesZdtm2, Name) { RoundTrip(mode); }
+  TEST_F(ZdtmFiles, Name) { RoundTrip(mode); }
 
 ZDTM(Pipe00SharedWithChildDataBothWays, "pipe00")
 ZDTM(Pipe01OneMiBPipeNearlyFull, "pipe01")
@@ -57,7 +57,7 @@ ZDTM(SkUnixRelDgram, "sk-unix-rel")
 ZDTM(SkUnixManyStates, "sk-unix-states")
 // Known limitation: data sent on a connection the listener has not accepted sits in a socket
 // no process holds (the embryo); godwit refuses it at dump (files/kind_unix.cc).
-TEST_F(FilesZdtm2, SkUnixPendingConnectionWithDataRefusedCleanly) {
+TEST_F(ZdtmFiles, SkUnixPendingConnectionWithDataRefusedCleanly) {
   Refused("sk-unix-pending-data", {"has not accepted"});
 }
 ZDTM(SocketQueues, "socket_queues")
@@ -66,7 +66,7 @@ ZDTM(Sockets01Shutdown, "sockets01")
 ZDTM(Sockets02PeerClosedWithData, "sockets02")
 ZDTM(SockOpts00And01, "sock_opts")
 ZDTM(DeletedUnixSock, "deleted_unix_sock")
-TEST_F(FilesZdtm2, SocketTcpHalfClosedAndClosed) {
+TEST_F(ZdtmFiles, SocketTcpHalfClosedAndClosed) {
   RoundTrip("tcp_halfclosed", {"--tcp-established"});
 }
 ZDTM(FileFownSetownSetsigAsync, "file_fown")
@@ -88,7 +88,7 @@ ZDTM(Vfork00ExecdChild, "vfork00")
 
 // socket_udp-corked: CRIU refuses a corked UDP socket with data held back; godwit either
 // restores the held datagram or refuses cleanly.
-TEST_F(FilesZdtm2, SocketUdpCorkedRestoredOrRefused) {
+TEST_F(ZdtmFiles, SocketUdpCorkedRestoredOrRefused) {
   pid_t pid = Start("udp_corked");
   ASSERT_GT(pid, 0);
   auto d = Godwit({"dump", "--pid", std::to_string(pid), "--images-dir", dir_ / "img"});
@@ -110,7 +110,7 @@ TEST_F(FilesZdtm2, SocketUdpCorkedRestoredOrRefused) {
 // --leave-running: what the dump took to read (the pty's queued input) goes back, and the
 // original passes its own checks.
 #define ZDTM_LEAVE_RUNNING(Name, mode)                                                      \
-  TEST_F(FilesZdtm2, Name) {                                                                \
+  TEST_F(ZdtmFiles, Name) {                                                                \
     pid_t pid = Start(mode);                                                                \
     ASSERT_GT(pid, 0);                                                                      \
     auto d = Godwit({"dump", "--leave-running", "--pid", std::to_string(pid), "--images-dir", \
@@ -124,11 +124,11 @@ ZDTM_LEAVE_RUNNING(LeaveRunningPtyQueuedInput, "pty")
 ZDTM_LEAVE_RUNNING(LeaveRunningPacketPipe, "pipe_direct")
 ZDTM_LEAVE_RUNNING(LeaveRunningSockOpts, "sock_opts")
 
-TEST_F(FilesZdtm2, FanotifyRefusedCleanly) { Refused("fanotify", {"fd 77", "fanotify"}); }
-TEST_F(FilesZdtm2, PacketSocketRefusedCleanly) { Refused("packet", {"fd 77", "AF_PACKET"}); }
+TEST_F(ZdtmFiles, FanotifyRefusedCleanly) { Refused("fanotify", {"fd 77", "fanotify"}); }
+TEST_F(ZdtmFiles, PacketSocketRefusedCleanly) { Refused("packet", {"fd 77", "AF_PACKET"}); }
 // fdt_shared: processes sharing one fd table (CLONE_FILES). Refused at dump (files/fd_dumper.cc):
 // restore clones every process with its own table (restore/restore.cc), which would split it.
-TEST_F(FilesZdtm2, FdtSharedCloneFilesRefusedCleanly) { Refused("fdt_shared", {"CLONE_FILES"}); }
+TEST_F(ZdtmFiles, FdtSharedCloneFilesRefusedCleanly) { Refused("fdt_shared", {"CLONE_FILES"}); }
 
 }  // namespace
 }  // namespace godwit::crtest

@@ -1,4 +1,4 @@
-// zdtm-style helper: cr_fix_wake READY_FD MODE
+// zdtm-style helper: cr_blocked READY_FD MODE
 // Installs a SIGUSR2 handler, reports "ready" on READY_FD and blocks in an interruptible call
 // (MODE: sigsuspend, poll, read) until SIGUSR2 arrives. MODE seccomp: sigsuspend under a seccomp
 // filter that kills the process (SECCOMP_RET_KILL_PROCESS) on the calls a dump or restore injects

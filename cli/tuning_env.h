@@ -1,0 +1,44 @@
+// The GODWIT_* switches for A/B measurements (docs/engine.md): the CLI is the only reader of the
+// environment; the libraries take the same switches as option fields (dump/tuning.h,
+// restore::RestoreOptions, images::DirSinkOptions), so one process (a daemon) can run two
+// operations with different settings. Each variable takes effect when set (to anything).
+#pragma once
+
+#include <cstdlib>
+
+#include "dump/tuning.h"
+#include "images/image.h"
+#include "restore/context.h"
+
+namespace godwit::cli {
+
+inline bool EnvSet(const char* name) { return getenv(name) != nullptr; }
+
+// base with what the environment turns off or on: GODWIT_NO_RESERVE (no page-file reservation
+// before the freeze), GODWIT_COMPRESS_FROZEN (compress while frozen), GODWIT_NO_TARGET_WRITE
+// (the coordinator reads the pages with process_vm_readv).
+inline dump::DumpTuning DumpTuningFromEnv(dump::DumpTuning base = {}) {
+  if (EnvSet("GODWIT_NO_RESERVE")) base.reserve_pages = false;
+  if (EnvSet("GODWIT_COMPRESS_FROZEN")) base.compress_frozen = true;
+  if (EnvSet("GODWIT_NO_TARGET_WRITE")) base.target_write = false;
+  return base;
+}
+
+// GODWIT_NO_UFFD, GODWIT_NO_SPLIT, GODWIT_NO_POPULATE (page filling), GODWIT_MAPCRC (checksums
+// through mappings).
+inline void RestoreTuningFromEnv(restore::RestoreOptions* o) {
+  o->fill.uffd = !EnvSet("GODWIT_NO_UFFD");
+  o->fill.split = !EnvSet("GODWIT_NO_SPLIT");
+  o->fill.populate = !EnvSet("GODWIT_NO_POPULATE");
+  o->read.map_checksums = EnvSet("GODWIT_MAPCRC");
+}
+
+// GODWIT_NO_TOUCH: reserved page-file space is only fallocated, not written once.
+inline images::DirSinkOptions DirSinkTuningFromEnv(bool overwrite = true) {
+  images::DirSinkOptions o;
+  o.overwrite = overwrite;
+  o.touch_reserved = !EnvSet("GODWIT_NO_TOUCH");
+  return o;
+}
+
+}  // namespace godwit::cli

@@ -1,0 +1,65 @@
+// The network lock: while a tree's TCP connections are not live (frozen and dumped, or not yet
+// restored), packets of those connections must not reach a kernel that has no socket for them: it
+// would answer with a RST and the peer would drop the connection. The lock keeps them away until
+// the restored sockets are live, and the peer retransmits.
+//
+// Callers (files/: the dump of an inet socket, FdRestorer::LockNetwork/Finalize, LockOutside and
+// ResumeTcp) use this interface only, so a lock that holds packets and releases them once the
+// sockets are live (migration: no retransmission timeout on the peer) can replace the dropping one
+// without touching them.
+//
+// A lock has a name, recorded in the images (files-netlock.img): the process that takes it (the
+// dumper) is often not the one that releases it (the restore, or ResumeTcp after a failed
+// container checkpoint), which opens it again by that name.
+#pragma once
+
+#include <sys/socket.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/result.h"
+#include "proto/fd.pb.h"
+
+namespace godwit::files {
+
+// One TCP connection, as the local socket sees it.
+struct TcpConn {
+  sockaddr_storage local{};
+  sockaddr_storage peer{};
+};
+// The connection of a dumped inet socket (FileEntry.inet src and dst).
+Result<TcpConn> ConnOf(const img::FileEntry& e);
+
+class NetLock {
+ public:
+  // Where a namespace stands relative to the connections.
+  enum class Where {
+    kInside,  // the connections' own namespace: their packets in and out are held
+    kRouted,  // a namespace their packets are routed through (the host, for a container whose
+              // namespace is gone): packets towards the connections' local ends, which the host
+              // sends itself (a local peer) or forwards (a remote one)
+  };
+  virtual ~NetLock() = default;
+  // Recorded in files-netlock.img; OpenNetLock(name) releases the same lock from elsewhere.
+  virtual const std::string& name() const = 0;
+  // Locks conns in the net namespace netns_fd (-1: the caller's). Repeatable: more connections in
+  // a namespace already locked, or another namespace.
+  virtual Result<void> Lock(int netns_fd, const std::vector<TcpConn>& conns,
+                            Where where = Where::kInside) = 0;
+  // Namespaces where another process may have taken this lock (by name): Unlock releases it
+  // there too. Nothing to release in one is fine.
+  virtual Result<void> Adopt(int netns_fd) = 0;
+  // Releases the lock in every namespace it locked or adopted, one namespace per thread (an nft
+  // run costs ~10-20 ms here). Every namespace is tried; the first error is returned.
+  virtual Result<void> Unlock() = 0;
+};
+
+// The lock that drops (nftables): one table named "godwit_lock_<pid>_<time>_<n>" per lock, with
+// a rule per connection and direction on its 4-tuple, in each locked namespace.
+std::unique_ptr<NetLock> NewDropLock();
+// A lock taken by someone else, by its recorded name (to release it, or to lock more with it).
+std::unique_ptr<NetLock> OpenNetLock(const std::string& name);
+
+}  // namespace godwit::files

@@ -1,0 +1,139 @@
+#include "restore/load.h"
+
+#include <map>
+#include <set>
+
+#include "common/page.h"
+#include "restore/sessions.h"
+#include "restore/shmem.h"
+
+namespace godwit::restore {
+namespace {
+
+template <typename M>
+Result<void> ReadOne(const images::ImageSet& set, const std::string& name, M* msg) {
+  TRY_CTX(set.ReadOne(name, msg), "read %s", name.c_str());
+  return Ok();
+}
+
+Result<void> LoadProcess(const images::ImageSet& set, ProcessRestore* p, std::set<pid_t>* pids) {
+  const img::ProcessEntry& e = *p->entry;
+  TRY(ReadOne(set, StrFormat("core-%d.img", e.pid()), &p->core));
+  TRY(ReadOne(set, StrFormat("mm-%d.img", e.pid()), &p->mm));
+  std::string pmname = StrFormat("pagemap-%d.img", e.pid());
+  auto rd = set.OpenImage(pmname);
+  if (!rd.ok()) return std::move(rd.error().wrap("read " + pmname));
+  for (;;) {
+    img::PageMap pm;
+    ASSIGN_OR_RETURN(bool more, rd->Next(&pm));
+    if (!more) break;
+    p->pagemaps.push_back(std::move(pm));
+  }
+  if (p->core.threads_size() == 0 || p->core.threads(0).tid() != e.pid())
+    return MakeError(ErrorKind::kBadImage, 0, "core-%d.img: main thread missing", e.pid());
+  for (const auto& t : p->core.threads())
+    if (t.tid() <= 0 || (t.tid() != e.pid() && !pids->insert(t.tid()).second))
+      return MakeError(ErrorKind::kBadImage, 0, "core-%d.img: bad tid %d", e.pid(), t.tid());
+  uint64_t prev_end = 0;
+  for (const auto& v : p->mm.vmas()) {
+    if (v.start() >= v.end() || v.start() % kPage || v.end() % kPage || v.start() < prev_end)
+      return MakeError(ErrorKind::kBadImage, 0, "mm-%d.img: bad vma %#lx-%#lx", e.pid(),
+                       static_cast<unsigned long>(v.start()),
+                       static_cast<unsigned long>(v.end()));
+    prev_end = v.end();
+  }
+  for (const auto& pm : p->pagemaps) {
+    prev_end = 0;
+    for (const auto& r : pm.runs()) {
+      if (r.vaddr() % kPage || r.vaddr() < prev_end || r.npages() == 0 ||
+          r.npages() > (1ULL << 36))
+        return MakeError(ErrorKind::kBadImage, 0, "pagemap-%d.img: bad run at %#lx", e.pid(),
+                         static_cast<unsigned long>(r.vaddr()));
+      prev_end = r.vaddr() + r.npages() * kPage;
+    }
+  }
+  return Ok();
+}
+
+}  // namespace
+
+Result<void> LoadImages(RestoreContext& ctx) {
+  const auto& set = *ctx.images;
+  TRY(ReadOne(set, "pstree.img", &ctx.tree));
+  if (ctx.tree.processes_size() == 0)
+    return MakeError(ErrorKind::kBadImage, 0, "pstree.img: no processes");
+  std::set<pid_t> pids;
+  for (const auto& e : ctx.tree.processes()) {
+    if (e.pid() <= 0 || !pids.insert(e.pid()).second)
+      return MakeError(ErrorKind::kBadImage, 0, "pstree.img: bad or duplicate pid %d", e.pid());
+    if (e.zombie()) {
+      ctx.stats.zombies++;
+      continue;
+    }
+    auto p = std::make_unique<ProcessRestore>();
+    p->entry = &e;
+    p->pid = e.pid();
+    TRY(LoadProcess(set, p.get(), &pids));
+    ctx.stats.threads += 1;
+    ctx.by_pid[e.pid()] = p.get();
+    ctx.procs.push_back(std::move(p));
+  }
+  ctx.stats.processes = ctx.tree.processes_size();
+  if (set.Has("shmem.img")) {
+    ASSIGN_OR_RETURN(images::ImageReader rd, set.OpenImage("shmem.img"));
+    for (;;) {
+      img::ShmemObject o;
+      ASSIGN_OR_RETURN(bool more, rd.Next(&o));
+      if (!more) break;
+      ctx.shmem.push_back(std::move(o));
+    }
+  }
+  return Ok();
+}
+
+Result<void> CheckTree(RestoreContext& ctx) {
+  TRY(CheckSessions(ctx.tree));
+  std::map<pid_t, const img::ProcessEntry*> by;
+  for (const auto& e : ctx.tree.processes()) by[e.pid()] = &e;
+  for (const auto& e : ctx.tree.processes()) {
+    if (e.ns_pids_size() < 2) continue;
+    int parent_levels = 1;
+    if (e.pid() != ctx.tree.root_pid()) parent_levels = Levels(*by[e.ppid()]);
+    if (e.ns_pids_size() > parent_levels + 1 ||
+        (e.ns_pids_size() > parent_levels && e.ns_pids(e.ns_pids_size() - 1) != 1))
+      return MakeError(ErrorKind::kUnsupported, 0,
+                       "pid %d: its pid namespace was not created inside the tree", e.pid());
+  }
+  if (ctx.tree.processes(0).pid() != ctx.tree.root_pid())
+    return MakeError(ErrorKind::kBadImage, 0, "pstree.img: root is not first");
+  // A root that is the init of its own pid namespace (a container): only the pids inside that
+  // namespace are restored, the host ones are new.
+  if (const auto& re = ctx.tree.processes(0);
+      re.ns_pids_size() > 1 && re.ns_pids(re.ns_pids_size() - 1) == 1)
+    ctx.inner_level = re.ns_pids_size() - 1;
+  return Ok();
+}
+
+Result<std::unique_ptr<files::FdRestorer>> LoadFiles(const RestoreContext& ctx) {
+  files::RestoreOptions fo;
+  fo.tcp_close = ctx.opts.tcp_close;
+  fo.shell_job = ctx.opts.shell_job;
+  fo.inherit_fds = ctx.opts.inherit_fds;
+  // A memfd both mapped and open as an fd stays one object: files/ reopens the engine's memfd.
+  for (const auto& o : ctx.shmem)
+    if (IsMemfd(o))
+      if (auto it = ctx.shmem_fds.find(o.id()); it != ctx.shmem_fds.end())
+        fo.memfds[o.inode()] = it->second.get();
+  return files::FdRestorer::Load(*ctx.images, fo);
+}
+
+pid_t PidAtLevel(const RestoreContext& ctx, pid_t pid, int level) {
+  for (const auto& e : ctx.tree.processes()) {
+    if (e.pid() != pid) continue;
+    if (e.ns_pids_size() < 2) return level == 0 ? pid : 0;
+    return level < e.ns_pids_size() ? e.ns_pids(level) : 0;
+  }
+  return level == 0 ? pid : 0;
+}
+
+}  // namespace godwit::restore

@@ -1,0 +1,25 @@
+// Everything read from the images before anything is forked: the tree, each live process's core,
+// mm and pagemaps, the shared memory objects, and the files (files::FdRestorer); and the checks
+// that the tree can be rebuilt at all. Every image is bounds-checked here (kBadImage naming the
+// file), so the later steps trust what they get.
+#pragma once
+
+#include <memory>
+
+#include "files/files.h"
+#include "restore/context.h"
+
+namespace godwit::restore {
+
+// pstree, core-<pid>, mm-<pid>, pagemap-<pid> (every round), shmem.img into ctx; fills
+// ctx.procs, ctx.by_pid, ctx.shmem and the process counts of ctx.stats.
+Result<void> LoadImages(RestoreContext& ctx);
+// The tree can be rebuilt: root first, every parent in it, sessions (restore/sessions.h), nested
+// pid namespaces created inside the tree. Sets ctx.inner_level for a tree whose root is the init
+// of its own pid namespace (a container).
+Result<void> CheckTree(RestoreContext& ctx);
+// The files of the images, with the options that concern them (after PrepareShmem: a memfd both
+// mapped and open stays one object).
+Result<std::unique_ptr<files::FdRestorer>> LoadFiles(const RestoreContext& ctx);
+
+}  // namespace godwit::restore
