@@ -117,6 +117,7 @@ Result<void> CheckTree(RestoreContext& ctx) {
 Result<std::unique_ptr<files::FdRestorer>> LoadFiles(const RestoreContext& ctx) {
   files::RestoreOptions fo;
   fo.tcp_close = ctx.opts.tcp_close;
+  fo.keep_netlock = ctx.opts.keep_netlock;
   fo.shell_job = ctx.opts.shell_job;
   fo.inherit_fds = ctx.opts.inherit_fds;
   // A memfd both mapped and open as an fd stays one object: files/ reopens the engine's memfd.
