@@ -285,7 +285,9 @@ int CleanupDeadSessions(const DestOptions& o, const std::vector<pid_t>& live) {
   return cleaned;
 }
 
-std::vector<std::string> LocalKernelFeatures() { return KernelFeatureNames(); }
+std::vector<std::string> LocalKernelFeatures(const DestOptions& o) {
+  return KernelFeatureNames(o.root);
+}
 
 Result<int> AnnounceAddresses(pid_t pid) {
   std::string p = StrFormat("/proc/%d/ns/net", pid);
@@ -325,7 +327,7 @@ std::string CheckHello(const mig::Hello& h, const DestOptions& o) {
     if (!r.ok()) return r.error().message();
   }
   {
-    std::vector<std::string> have = LocalKernelFeatures();
+    std::vector<std::string> have = LocalKernelFeatures(o);
     std::set<std::string> here(have.begin(), have.end());
     std::string missing;
     for (const auto& f : h.kernel_features())
@@ -371,7 +373,7 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
     wl->set_godwit_version(GODWIT_VERSION);
     struct utsname u;
     if (uname(&u) == 0) wl->set_hostname(u.nodename);
-    for (auto& k : LocalKernelFeatures()) wl->add_kernel_features(k);
+    for (auto& k : LocalKernelFeatures(o)) wl->add_kernel_features(k);
     for (auto& c : images::CpuFeatures()) wl->add_cpu_features(c);
     wl->set_mem_available(MemAvailable());
     if (why.empty() && Fault(o, ch, "welcome"))

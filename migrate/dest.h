@@ -62,7 +62,7 @@ std::string CheckHello(const mig::Hello& h, const DestOptions& o);
 int CleanupDeadSessions(const DestOptions& o, const std::vector<pid_t>& live);
 
 // This host's kernel features by name (`godwit check`'s probes, cached).
-std::vector<std::string> LocalKernelFeatures();
+std::vector<std::string> LocalKernelFeatures(const DestOptions& o);
 
 // Sends gratuitous ARP for every IPv4 address of every non-loopback link in pid's network
 // namespace (a forked helper joins it). Returns how many were sent.

@@ -7,6 +7,7 @@
 
 namespace godwit::migrate {
 
-std::vector<std::string> KernelFeatureNames();
+// root: the state root whose kernel-features.json caches the probes (as `godwit check` does).
+std::vector<std::string> KernelFeatureNames(const std::string& root);
 
 }  // namespace godwit::migrate

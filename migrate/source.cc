@@ -33,11 +33,15 @@ double Ms(Clock::time_point a, Clock::time_point b) {
 // Restoring a page on the destination creates it: this VM does that at 0.4-3.3 GB/s (free page
 // reporting). The prediction takes the slow end.
 constexpr double kFillBytesPerS = 0.8e9;
-// Freeze, non-memory state on both ends, restore of the tree without its memory, release: the
-// part of the blackout that does not grow with the dirty set. Measured on this machine kind for
-// a small busybox container (bench 60-migrate); per process it grows by ~2 ms.
-constexpr double kFixedMs = 30;
-constexpr double kPerProcessMs = 2;
+// Freeze, non-memory state on both ends, restore of the tree without its memory, release and
+// announce: the part of the blackout that does not grow with the dirty set. Measured on this
+// machine kind (scripts/bench 60-migrate, tests/migrate_test): a busybox container of 3-4
+// processes blacks out 130-200 ms with a dirty set of a few pages (final dump 40-80 ms, restore
+// 50-100 ms, release and announce 25-50 ms).
+constexpr double kFixedMs = 110;
+constexpr double kPerProcessMs = 8;
+// A round this small cannot shrink further in a way that matters: the fixed part decides.
+constexpr uint64_t kMinimalRound = 256 << 10;
 
 uint64_t ResidentBytes(pid_t init) {
   // Every process of the container is a descendant of its init.
@@ -117,7 +121,7 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
       h->set_kernel_release(u.release);
       h->set_machine(u.machine);
     }
-    for (auto& k : KernelFeatureNames()) h->add_kernel_features(k);
+    for (auto& k : KernelFeatureNames(o.root)) h->add_kernel_features(k);
     for (auto& cpu : images::CpuFeatures()) h->add_cpu_features(cpu);
     h->set_xcr0(images::Xcr0());
     h->set_rootfs(c.rootfs);
@@ -210,14 +214,17 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
     double est = round == 0 ? static_cast<double>(rs->bytes) : rr.dirty_bytes_per_s * rr.ms / 1000;
     rr.predicted_downtime_ms = rep->fixed_cost_ms + est / tp * 1000 + est / kFillBytesPerS * 1000;
     bool fits = round > 0 && rr.predicted_downtime_ms <= o.max_downtime_ms;
+    bool minimal = round > 0 && rr.bytes < kMinimalRound;
     bool last = round + 1 >= o.max_rounds;
     bool stalled = round >= 2 && rep->rounds.size() >= 1 &&
                    rr.bytes > 0.8 * static_cast<double>(rep->rounds.back().bytes);
     if (fits) {
       rr.decision = StrFormat("switch: predicted %.1f ms fits %.0f ms", rr.predicted_downtime_ms,
                               o.max_downtime_ms);
-    } else if (last || stalled) {
-      const char* why = last ? "max rounds reached" : "rounds stopped shrinking";
+    } else if (minimal || last || stalled) {
+      const char* why = minimal ? "the dirty set is minimal (the fixed costs decide)"
+                        : last  ? "max rounds reached"
+                                : "rounds stopped shrinking";
       if (o.strict) {
         rr.decision = StrFormat("abort: %s, predicted %.1f ms over %.0f ms (--strict)", why,
                                 rr.predicted_downtime_ms, o.max_downtime_ms);
