@@ -34,6 +34,7 @@
 #include "files/netlock.h"
 #include "proto/fd.pb.h"
 #include "runtime/container.h"
+#include "runtime/network.h"
 #include "runtime/runtime.h"
 
 namespace godwit::migrate {
@@ -63,63 +64,6 @@ Result<void> SendFailed(Channel& ch, const Error& e) {
   f.mutable_failed()->set_reason(e.to_string());
   f.mutable_failed()->set_exit_code(e.exit_code());
   return ch.Send(f);
-}
-
-struct ArpPacket {
-  uint16_t htype, ptype;
-  uint8_t hlen, plen;
-  uint16_t oper;
-  uint8_t sha[6];
-  uint8_t spa[4];
-  uint8_t tha[6];
-  uint8_t tpa[4];
-} __attribute__((packed));
-
-// In the forked helper, inside the container's netns: raw syscalls and libc only.
-int AnnounceHere() {
-  struct ifaddrs* ifa = nullptr;
-  if (getifaddrs(&ifa) < 0) return -1;
-  int sent = 0;
-  int s = socket(AF_PACKET, SOCK_DGRAM | SOCK_CLOEXEC, htons(ETH_P_ARP));
-  if (s < 0) {
-    freeifaddrs(ifa);
-    return -1;
-  }
-  for (struct ifaddrs* a = ifa; a; a = a->ifa_next) {
-    if (!a->ifa_addr || a->ifa_addr->sa_family != AF_INET) continue;
-    if (a->ifa_flags & IFF_LOOPBACK) continue;
-    if (!(a->ifa_flags & IFF_UP)) continue;
-    struct ifreq ifr {};
-    snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", a->ifa_name);
-    if (ioctl(s, SIOCGIFHWADDR, &ifr) < 0 || ifr.ifr_hwaddr.sa_family != ARPHRD_ETHER) continue;
-    unsigned idx = if_nametoindex(a->ifa_name);
-    if (idx == 0) continue;
-    ArpPacket p{};
-    p.htype = htons(ARPHRD_ETHER);
-    p.ptype = htons(ETH_P_IP);
-    p.hlen = 6;
-    p.plen = 4;
-    p.oper = htons(ARPOP_REQUEST);  // a gratuitous request: sender = target = our address
-    memcpy(p.sha, ifr.ifr_hwaddr.sa_data, 6);
-    auto* sin = reinterpret_cast<struct sockaddr_in*>(a->ifa_addr);
-    memcpy(p.spa, &sin->sin_addr, 4);
-    memcpy(p.tpa, &sin->sin_addr, 4);
-    struct sockaddr_ll ll {};
-    ll.sll_family = AF_PACKET;
-    ll.sll_protocol = htons(ETH_P_ARP);
-    ll.sll_ifindex = static_cast<int>(idx);
-    ll.sll_halen = 6;
-    memset(ll.sll_addr, 0xff, 6);
-    if (sendto(s, &p, sizeof(p), 0, reinterpret_cast<sockaddr*>(&ll), sizeof(ll)) ==
-        static_cast<ssize_t>(sizeof(p)))
-      sent++;
-    // And as a reply (some switches learn only from replies).
-    p.oper = htons(ARPOP_REPLY);
-    (void)sendto(s, &p, sizeof(p), 0, reinterpret_cast<sockaddr*>(&ll), sizeof(ll));
-  }
-  close(s);
-  freeifaddrs(ifa);
-  return sent;
 }
 
 std::string StagingBase(const DestOptions& o) {
@@ -289,24 +233,11 @@ std::vector<std::string> LocalKernelFeatures(const DestOptions& o) {
   return KernelFeatureNames(o.root);
 }
 
-Result<int> AnnounceAddresses(pid_t pid) {
-  std::string p = StrFormat("/proc/%d/ns/net", pid);
-  ASSIGN_OR_RETURN(UniqueFd ns, fs::Open(p, O_RDONLY | O_CLOEXEC));
-  pid_t child = fork();
-  if (child < 0) return Errno("fork");
-  if (child == 0) {
-    if (setns(ns.get(), CLONE_NEWNET) < 0) _exit(255);
-    int n = AnnounceHere();
-    _exit(n < 0 ? 254 : (n > 200 ? 200 : n));
-  }
-  int st = 0;
-  while (waitpid(child, &st, 0) < 0) {
-    if (errno != EINTR) return Errno("wait for announce helper %d", child);
-  }
-  if (!WIFEXITED(st) || WEXITSTATUS(st) >= 254)
-    return MakeError(ErrorKind::kGeneric, 0, "announce in netns of pid %d failed (status %#x)",
-                     pid, st);
-  return WEXITSTATUS(st);
+Result<int> AnnounceAddresses(const std::string& root, const std::string& id) {
+  ASSIGN_OR_RETURN(runtime::Container c, runtime::Container::Load(root, id));
+  if (c.net.address.empty() || c.pid <= 0) return 0;
+  TRY(runtime::AnnounceAddress(c.pid, "eth0", c.net.address, /*count=*/2));
+  return 1;
 }
 
 std::string CheckHello(const mig::Hello& h, const DestOptions& o) {
@@ -505,7 +436,7 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
         // A session killed from here on leaves the container: it is the only copy now.
         (void)fs::WriteFile(staging + "/committed", "");
         auto ta = Clock::now();
-        auto an = AnnounceAddresses(rr->pid);
+        auto an = AnnounceAddresses(o.root, res.id);
         if (!an.ok())
           LOG_WARN("migration of %s: announce: %s", res.id.c_str(), an.error().to_string().c_str());
         res.announce_ms = MsSince(ta);

@@ -64,8 +64,9 @@ int CleanupDeadSessions(const DestOptions& o, const std::vector<pid_t>& live);
 // This host's kernel features by name (`godwit check`'s probes, cached).
 std::vector<std::string> LocalKernelFeatures(const DestOptions& o);
 
-// Sends gratuitous ARP for every IPv4 address of every non-loopback link in pid's network
-// namespace (a forked helper joins it). Returns how many were sent.
-Result<int> AnnounceAddresses(pid_t pid);
+// Announces the address of container `id` under `root` (gratuitous ARP from its eth0,
+// runtime::AnnounceAddress): the segment's bridges and neighbours find it where it runs now.
+// Returns how many addresses were announced (0: none, a container without one).
+Result<int> AnnounceAddresses(const std::string& root, const std::string& id);
 
 }  // namespace godwit::migrate

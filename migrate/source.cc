@@ -307,7 +307,7 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
     if (r.ok()) {
       for (int ms : {0, 100, 300, 1000}) {
         if (ms) std::this_thread::sleep_for(std::chrono::milliseconds(ms));
-        (void)AnnounceAddresses(c.pid);
+        (void)AnnounceAddresses(o.root, o.id);
       }
     }
     if (!r.ok()) {
