@@ -277,6 +277,10 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
                                std::chrono::duration<double, std::milli>(ph.prepare_ms));
   rep->blackout.freeze_ms = ph.freeze_ms;
   rep->blackout.final_dump_ms = std::max(0.0, Ms(t_freeze, t_final) - ph.freeze_ms);
+  rep->final_dump_phases = {{"collect_ms", ph.collect_ms}, {"net_ms", ph.net_ms},
+                            {"mnt_ms", ph.mnt_ms},         {"tree_ms", ph.tree_ms},
+                            {"seize_ms", ph.seize_ms},     {"memory_ms", ph.memory_ms},
+                            {"tree_rest_ms", ph.tree_rest_ms}, {"write_ms", ph.write_ms}};
   rep->final_bytes = tree_tx.file_bytes() + ctr_tx.file_bytes() - files_before_final;
   {
     mig::Frame f;
@@ -291,6 +295,13 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
   ch->set_timeout(o.timeout_s);
   auto t_restored = Clock::now();
   rep->blackout.restore_ms = Ms(t_sent, t_restored);
+  if (got.ok()) {
+    const auto& rp = f.restored().phases();
+    rep->restore_phases = {{"total_ms", rp.total_ms()},
+                           {"env_ms", rp.env_ms()},
+                           {"tree_ms", rp.tree_ms()},
+                           {"memory_ms", rp.memory_ms()}};
+  }
   if (!got.ok()) {
     // Before the commit point: the container here carries on as if nothing happened, and the
     // frames its peers sent meanwhile go to it now (no retransmission timeout for them).
@@ -365,6 +376,14 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
   return Ok();
 }
 
+namespace {
+nlohmann::json Phases(const std::vector<std::pair<std::string, double>>& v) {
+  nlohmann::json j = nlohmann::json::object();
+  for (const auto& [k, x] : v) j[k] = x;
+  return j;
+}
+}  // namespace
+
 std::string ReportJson(const MigrationReport& r) {
   nlohmann::json rounds = nlohmann::json::array();
   for (const auto& x : r.rounds)
@@ -397,6 +416,8 @@ std::string ReportJson(const MigrationReport& r) {
                         {"release_ms", b.release_ms},
                         {"announce_ms", b.announce_ms},
                         {"total_ms", b.total_ms}}},
+                      {"final_dump_phases", Phases(r.final_dump_phases)},
+                      {"restore_phases", Phases(r.restore_phases)},
                       {"final_bytes", r.final_bytes},
                       {"held_packets", r.held_packets},
                       {"total_wire_bytes", r.total_wire_bytes},

@@ -78,6 +78,10 @@ struct MigrationReport {
   double fixed_cost_ms = 0;  // the fixed part of the prediction (non-memory state, restore)
   double predicted_downtime_ms = 0;
   Blackout blackout;
+  // The final checkpoint's own phases (container::CheckpointPhases), for where final_dump goes.
+  std::vector<std::pair<std::string, double>> final_dump_phases;
+  // The destination's restore phases (Restored), for where restore goes.
+  std::vector<std::pair<std::string, double>> restore_phases;
   uint64_t final_bytes = 0;       // image bytes sent during the switchover (the final delta + state)
   int held_packets = 0;           // frames held during the switchover and replayed there
   uint64_t total_wire_bytes = 0;  // everything sent
