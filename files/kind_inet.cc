@@ -257,7 +257,9 @@ namespace {
 Result<void> CommonOpts(int fd, const img::InetSocket& sk) {
   TRY(RestoreSockOpts(fd, sk.opts()));
   bool v6 = sk.family() == AF_INET6;
-  if (v6) TRY(SetInt(fd, SOL_IPV6, IPV6_V6ONLY, sk.v6only(), "IPV6_V6ONLY"));
+  // Set only when it differs: raw sockets refuse IPV6_V6ONLY altogether (EINVAL).
+  if (v6 && GetInt(fd, SOL_IPV6, IPV6_V6ONLY) != static_cast<int>(sk.v6only()))
+    TRY(SetInt(fd, SOL_IPV6, IPV6_V6ONLY, sk.v6only(), "IPV6_V6ONLY"));
   if (sk.tos()) TRY(SetInt(fd, v6 ? SOL_IPV6 : SOL_IP, v6 ? IPV6_TCLASS : IP_TOS, sk.tos(), "TOS"));
   if (sk.type() == SOCK_STREAM) {
     if (sk.nodelay()) TRY(SetInt(fd, SOL_TCP, TCP_NODELAY, 1, "TCP_NODELAY"));
