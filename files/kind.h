@@ -214,6 +214,7 @@ GODWIT_KIND_DECL(Netlink)
 GODWIT_KIND_DECL(Opath)
 GODWIT_KIND_DECL(Nsfs)
 GODWIT_KIND_DECL(Pidfd)
+GODWIT_KIND_DECL(Packet)
 #undef GODWIT_KIND_DECL
 // In the holder: its pidfd on a live target of the tree, opened once the target exists.
 Result<void> InstallPidfd(RestoreContext& ctx, const img::FileEntry& e, pid_t pid);

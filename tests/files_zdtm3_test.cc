@@ -51,6 +51,11 @@ ZDTM(PidfdReapedProcessesExitStatusAndInodes, "pidfd_dead")
 TEST_F(FilesZdtm3, PidfdOfThreadRefusedCleanly) { Refused("pidfd_thread", {"fd 77", "thread"}); }
 ZDTM(SocketUdpLite, "udplite")
 ZDTM(SocketRawV4V6IcmpFilter, "raw")
+// packet_sock; packet_sock_mmap: a ring mapped into memory is refused.
+ZDTM(PacketSockOptionsMembershipsRingsFanout, "packet_sock")
+TEST_F(FilesZdtm3, PacketSockMmapRefusedCleanly) {
+  Refused("packet_mmap", {"fd 77", "packet socket", "mapped"});
+}
 
 // socket_icmp: ping sockets need the group in net.ipv4.ping_group_range (off by default);
 // the test allows group 0 for its run, as CRIU's does, and puts the range back.

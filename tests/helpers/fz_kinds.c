@@ -8,6 +8,8 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/if_ether.h>
+#include <linux/if_packet.h>
 #include <netinet/in.h>
 #include <netinet/ip.h>
 #include <netinet/ip_icmp.h>
@@ -20,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -433,6 +436,72 @@ static int m_raw(void) {
   return 0;
 }
 
+/* packet_sock: packet sockets with a version, aux data, rings, a reserve, origdev, a fanout
+ * group and memberships; packet_mmap: a ring mapped into memory (refused). */
+struct mreq_max {
+  int ifindex;
+  unsigned short type, alen;
+  unsigned char addr[32];
+};
+static int m_packet_sock(void) {
+  int sk1 = at(socket(AF_PACKET, SOCK_RAW, 0), 40);
+  int sk2 = at(socket(AF_PACKET, SOCK_DGRAM, htons(ETH_P_IP)), 41);
+  struct sockaddr_ll a = {.sll_family = AF_PACKET, .sll_ifindex = 1}, n1, n2, got;
+  SETUP(bind(sk2, (void*)&a, sizeof a) == 0);
+  socklen_t l = sizeof n1;
+  SETUP(getsockname(sk1, (void*)&n1, &l) == 0);
+  l = sizeof n2;
+  SETUP(getsockname(sk2, (void*)&n2, &l) == 0);
+  int v = TPACKET_V2, yes = 1, rsv = 8, fanout = 13 + getpid() % 1000;
+  SETUP(setsockopt(sk1, SOL_PACKET, PACKET_VERSION, &v, sizeof v) == 0);
+  SETUP(setsockopt(sk1, SOL_PACKET, PACKET_AUXDATA, &yes, sizeof yes) == 0);
+  struct tpacket_req ring = {
+      .tp_block_size = 4096, .tp_block_nr = 1, .tp_frame_size = 1024, .tp_frame_nr = 4};
+  SETUP(setsockopt(sk1, SOL_PACKET, PACKET_RX_RING, &ring, sizeof ring) == 0);
+  SETUP(setsockopt(sk2, SOL_PACKET, PACKET_RESERVE, &rsv, sizeof rsv) == 0);
+  SETUP(setsockopt(sk2, SOL_PACKET, PACKET_ORIGDEV, &yes, sizeof yes) == 0);
+  SETUP(setsockopt(sk2, SOL_PACKET, PACKET_FANOUT, &fanout, sizeof fanout) == 0);
+  struct mreq_max mr = {.ifindex = 1, .type = PACKET_MR_PROMISC};
+  SETUP(setsockopt(sk1, SOL_PACKET, PACKET_ADD_MEMBERSHIP, &mr, sizeof mr) == 0);
+  struct mreq_max mu = {.ifindex = 1, .type = PACKET_MR_UNICAST, .alen = 6};
+  SETUP(setsockopt(sk2, SOL_PACKET, PACKET_ADD_MEMBERSHIP, &mu, sizeof mu) == 0);
+  SETUP(setsockopt(sk2, SOL_PACKET, PACKET_TX_RING, &ring, sizeof ring) == 0);
+  ready_and_wait();
+  l = sizeof got;
+  CHECK(getsockname(sk1, (void*)&got, &l) == 0 && got.sll_protocol == n1.sll_protocol &&
+            got.sll_ifindex == n1.sll_ifindex,
+        "sk1 name");
+  l = sizeof got;
+  CHECK(getsockname(sk2, (void*)&got, &l) == 0 && got.sll_protocol == n2.sll_protocol &&
+            got.sll_ifindex == n2.sll_ifindex,
+        "sk2 name (ifindex %d)", got.sll_ifindex);
+  int x = 0;
+  l = sizeof x;
+  CHECK(getsockopt(sk1, SOL_PACKET, PACKET_VERSION, &x, &l) == 0 && x == TPACKET_V2, "version");
+  CHECK(getsockopt(sk1, SOL_PACKET, PACKET_AUXDATA, &x, &l) == 0 && x == 1, "auxdata");
+  CHECK(setsockopt(sk1, SOL_PACKET, PACKET_DROP_MEMBERSHIP, &mr, sizeof mr) == 0, "promisc kept");
+  CHECK(getsockopt(sk1, SOL_PACKET, PACKET_FANOUT, &x, &l) == 0 && x == 0, "sk1 fanout %x", x);
+  CHECK(getsockopt(sk2, SOL_PACKET, PACKET_RESERVE, &x, &l) == 0 && x == 8, "reserve %d", x);
+  CHECK(getsockopt(sk2, SOL_PACKET, PACKET_ORIGDEV, &x, &l) == 0 && x == 1, "origdev");
+  CHECK(setsockopt(sk2, SOL_PACKET, PACKET_DROP_MEMBERSHIP, &mu, sizeof mu) == 0, "ucast kept");
+  CHECK(getsockopt(sk2, SOL_PACKET, PACKET_FANOUT, &x, &l) == 0 && x == fanout, "fanout %x", x);
+  /* The ring is there: a second one is refused (EBUSY), as before. */
+  CHECK(setsockopt(sk1, SOL_PACKET, PACKET_RX_RING, &ring, sizeof ring) < 0 && errno == EBUSY,
+        "rx ring lost");
+  return 0;
+}
+static int m_packet_mmap(void) {
+  int s = at(socket(AF_PACKET, SOCK_RAW, 0), 77);
+  struct tpacket_req ring = {
+      .tp_block_size = 4096, .tp_block_nr = 1, .tp_frame_size = 1024, .tp_frame_nr = 4};
+  SETUP(setsockopt(s, SOL_PACKET, PACKET_RX_RING, &ring, sizeof ring) == 0);
+  void* m = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, s, 0);
+  SETUP(m != MAP_FAILED);
+  ready_and_wait();
+  CHECK(fcntl(s, F_GETFD) >= 0, "fd");
+  return 0;
+}
+
 int main(int argc, char** argv) {
   if (argc < 4) return 119;
   ready_fd = atoi(argv[2]);
@@ -456,6 +525,8 @@ int main(int argc, char** argv) {
       {"udplite", m_udplite},
       {"icmp", m_icmp},
       {"raw", m_raw},
+      {"packet_sock", m_packet_sock},
+      {"packet_mmap", m_packet_mmap},
   };
   for (size_t i = 0; i < sizeof modes / sizeof modes[0]; ++i)
     if (!strcmp(argv[1], modes[i].name)) return modes[i].fn();
