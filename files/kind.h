@@ -140,6 +140,9 @@ class RestoreContext {
   // Reaped pidfd targets: pidfs inode at dump -> (stand-in pid, its go pipe's write end)
   // (kind_pidfd.cc).
   std::map<uint64_t, std::pair<pid_t, int>> pidfd_standins;
+  // Descriptions whose flock lock the process that took it, a holder, takes again in its
+  // Install (not in Prepare): /proc/locks then names that pid, as before.
+  std::set<uint64_t> flocks_in_install;
   // The fds of the process Install runs for (null outside Install).
   const img::ProcessFds* installing = nullptr;
   // Whether that process has an fd on file_id.

@@ -57,6 +57,9 @@ TEST_F(FilesZdtm3, PacketSockMmapRefusedCleanly) {
   Refused("packet_mmap", {"fd 77", "packet socket", "mapped"});
 }
 
+// file_locks01/02: each flock and POSIX lock is held by the process that took it again.
+ZDTM(FileLocksHeldByTheirTakers, "file_locks_pid")
+
 // socket_icmp: ping sockets need the group in net.ipv4.ping_group_range (off by default);
 // the test allows group 0 for its run, as CRIU's does, and puts the range back.
 TEST_F(FilesZdtm3, SocketIcmpPing) {

@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -436,6 +437,63 @@ static int m_raw(void) {
   return 0;
 }
 
+/* file_locks01/02 (what CRIU checks): /proc/locks names the process that took each lock. The
+ * root flocks A (exclusive) and B (shared), its child flocks C and takes a POSIX lock on D; the
+ * child shares A's description. */
+static pid_t lock_pid(int fd, const char* kind) {
+  struct stat st;
+  if (fstat(fd, &st) < 0) return -3;
+  FILE* f = fopen("/proc/locks", "re");
+  char line[256], k[16];
+  pid_t pid = -2;
+  unsigned maj, min;
+  unsigned long ino;
+  int id;
+  while (f && fgets(line, sizeof line, f))
+    if (sscanf(line, "%d: %15s %*s %*s %d %x:%x:%lu", &id, k, &pid, &maj, &min, &ino) == 6 &&
+        ino == st.st_ino && !strcmp(k, kind))
+      break;
+    else
+      pid = -2;
+  if (f) fclose(f);
+  return pid;
+}
+static int m_file_locks_pid(void) {
+  int a = open(path_in("A"), O_CREAT | O_RDWR, 0600),
+      b = open(path_in("B"), O_CREAT | O_RDWR, 0600);
+  SETUP(a >= 0 && b >= 0 && flock(a, LOCK_EX) == 0 && flock(b, LOCK_SH) == 0);
+  go_init();
+  int sync[2];
+  SETUP(pipe(sync) == 0);
+  pid_t c = zfork();
+  if (c == 0) {
+    close(sync[0]);
+    int cc = open(path_in("C"), O_CREAT | O_RDWR, 0600),
+        d = open(path_in("D"), O_CREAT | O_RDWR, 0600);
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET};
+    if (cc < 0 || d < 0 || flock(cc, LOCK_EX) < 0 || fcntl(d, F_SETLK, &fl) < 0) _exit(2);
+    close(sync[1]);
+    child_wait_go();
+    if (lock_pid(cc, "FLOCK") != getpid()) _exit(3);
+    if (lock_pid(d, "POSIX") != getpid()) _exit(4);
+    if (lock_pid(a, "FLOCK") != getppid()) _exit(5);
+    _exit(0);
+  }
+  close(sync[1]);
+  char x;
+  SETUP(read(sync[0], &x, 1) == 0);
+  ready_and_wait();
+  CHECK(lock_pid(a, "FLOCK") == getpid(), "A locked by %d, want %d", lock_pid(a, "FLOCK"),
+        getpid());
+  CHECK(lock_pid(b, "FLOCK") == getpid(), "B locked by %d", lock_pid(b, "FLOCK"));
+  int probe = open(path_in("A"), O_RDWR);
+  CHECK(probe >= 0 && flock(probe, LOCK_SH | LOCK_NB) < 0 && errno == EWOULDBLOCK, "A held");
+  go_children();
+  int r = reap(c);
+  CHECK(r == 0, "the child's locks (exit %d)", r);
+  return 0;
+}
+
 /* packet_sock: packet sockets with a version, aux data, rings, a reserve, origdev, a fanout
  * group and memberships; packet_mmap: a ring mapped into memory (refused). */
 struct mreq_max {
@@ -527,6 +585,7 @@ int main(int argc, char** argv) {
       {"raw", m_raw},
       {"packet_sock", m_packet_sock},
       {"packet_mmap", m_packet_mmap},
+      {"file_locks_pid", m_file_locks_pid},
   };
   for (size_t i = 0; i < sizeof modes / sizeof modes[0]; ++i)
     if (!strcmp(argv[1], modes[i].name)) return modes[i].fn();
