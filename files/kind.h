@@ -101,6 +101,9 @@ class DumpContext {
   std::map<int, std::string> links;
   std::set<pid_t> tcp_locked_pids;
   std::set<uint64_t> netlock_netns;  // namespaces holding the table
+  // A description in flight (SCM_RIGHTS) met while peeking a unix socket queue, fd the dumper's
+  // copy: its file id, recording it first if it is new (set by FdDumper).
+  std::function<Result<uint64_t>(int fd)> in_flight;
 
  private:
   images::Sink& sink_;
@@ -242,7 +245,8 @@ void DumpSockOpts(int fd, img::SockOpts* o);
 Result<void> RestoreSockOpts(int fd, const img::SockOpts& o);
 
 // Copies a socket's receive queue without consuming it (MSG_PEEK with SO_PEEK_OFF), one
-// QueuedMsg per datagram, or one for a stream. Fds in flight (SCM_RIGHTS) are kUnsupported.
+// QueuedMsg per datagram, or one for a stream (split where fds ride on it). Fds in flight
+// (SCM_RIGHTS) are recorded through DumpContext::in_flight, their file ids on the message.
 Result<void> PeekQueue(DumpContext& ctx, int fd, bool stream,
                        google::protobuf::RepeatedPtrField<img::QueuedMsg>* out);
 

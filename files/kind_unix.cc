@@ -136,10 +136,49 @@ void FixNameFile(const img::UnixSocket& u) {
     LOG_WARN("chown unix socket file %s: %s", path.c_str(), strerror(errno));
 }
 
+// One queued message with the descriptions that were in flight on it (SCM_RIGHTS), prepared
+// first (they are in no process's table, or are, and then shared again).
+Result<void> SendWithFds(RestoreContext& ctx, const img::UnixSocket& u, int from,
+                         const std::string& to, const std::string& data, const img::QueuedMsg& m) {
+  if (m.fds_size() > 253)
+    return MakeError(ErrorKind::kBadImage, 0, "unix socket %llu: %d fds on one message",
+                     static_cast<unsigned long long>(u.ino()), m.fds_size());
+  std::vector<int> fds;
+  for (uint64_t id : m.fds()) {
+    ASSIGN_OR_RETURN(int fd, ctx.Ensure(id));
+    fds.push_back(fd);
+  }
+  std::vector<char> cbuf(CMSG_SPACE(sizeof(int) * fds.size()));
+  struct iovec iov {const_cast<char*>(data.data()), data.size()};
+  struct msghdr mh {};
+  struct sockaddr_un sa;
+  if (!to.empty()) {
+    mh.msg_name = &sa;
+    mh.msg_namelen = MakeAddr(to, &sa);
+  }
+  mh.msg_iov = &iov;
+  mh.msg_iovlen = 1;
+  mh.msg_control = cbuf.data();
+  mh.msg_controllen = cbuf.size();
+  struct cmsghdr* c = CMSG_FIRSTHDR(&mh);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+  memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
+  if (sendmsg(from, &mh, MSG_NOSIGNAL) != static_cast<ssize_t>(data.size()))
+    return Errno("requeue a %zu-byte message with %zu fds to unix socket %llu", data.size(),
+                 fds.size(), static_cast<unsigned long long>(u.ino()));
+  return Ok();
+}
+
 // Writes the queue of `e` through `from` (the peer end, or a socket that can reach e).
 Result<void> Requeue(RestoreContext& ctx, const img::UnixSocket& u, int from, const std::string& to) {
   for (const auto& m : u.queue()) {
     ASSIGN_OR_RETURN(std::string data, ctx.ReadBlob(m.data()));
+    if (m.fds_size()) {
+      TRY(SendWithFds(ctx, u, from, to, data, m));
+      continue;
+    }
     if (u.type() == SOCK_STREAM) {
       TRY(fs::WriteAll(from, data.data(), data.size()));
       continue;

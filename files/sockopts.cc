@@ -131,22 +131,57 @@ Result<void> PeekQueue(DumpContext& ctx, int fd, bool stream,
       res = Errno("recvmsg MSG_PEEK");
       break;
     }
-    bool fds_in_flight = false;
+    // Fds in flight: each becomes a description of the image (or is one already), by id.
+    std::vector<uint64_t> ids;
     for (struct cmsghdr* c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
-      if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
-        fds_in_flight = true;
-        int nfds = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-        for (int k = 0; k < nfds; k++) close(reinterpret_cast<int*>(CMSG_DATA(c))[k]);
+      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+      int nfds = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      for (int k = 0; k < nfds; k++) {
+        int got = reinterpret_cast<int*>(CMSG_DATA(c))[k];
+        if (res.ok()) {
+          if (!ctx.in_flight) {
+            res = MakeError(ErrorKind::kUnsupported, 0, "socket queue holds fds in flight");
+          } else {
+            auto id = ctx.in_flight(got);
+            if (id.ok()) ids.push_back(*id);
+            else res = std::move(id.error().wrap("a file descriptor in flight (SCM_RIGHTS)"));
+          }
+        }
+        close(got);
       }
     }
-    if (fds_in_flight || (mh.msg_flags & MSG_CTRUNC)) {
-      res = MakeError(ErrorKind::kUnsupported, 0, "socket queue holds file descriptors in flight");
+    if (!res.ok()) break;
+    if (mh.msg_flags & MSG_CTRUNC) {
+      res = MakeError(ErrorKind::kUnsupported, 0,
+                      "socket queue holds more than 64 file descriptors on one message");
       break;
     }
     if (stream) {
       if (n == 0) break;
       size_t got = std::min<size_t>(n, buf.size());
-      stream_data.append(buf.data(), got);
+      if (!ids.empty()) {
+        // A read stops after the segment carrying fds: what came before is one message, this
+        // segment another, sent again with its fds.
+        if (!stream_data.empty()) {
+          auto before = ctx.Blob(stream_data.data(), stream_data.size());
+          if (!before.ok()) {
+            res = std::move(before).error();
+            break;
+          }
+          *out->Add()->mutable_data() = *before;
+          stream_data.clear();
+        }
+        img::QueuedMsg* m = out->Add();
+        auto ref = ctx.Blob(buf.data(), got);
+        if (!ref.ok()) {
+          res = std::move(ref).error();
+          break;
+        }
+        *m->mutable_data() = *ref;
+        for (uint64_t id : ids) m->add_fds(id);
+      } else {
+        stream_data.append(buf.data(), got);
+      }
       off += got;
       continue;
     }
@@ -161,6 +196,7 @@ Result<void> PeekQueue(DumpContext& ctx, int fd, bool stream,
       break;
     }
     *m->mutable_data() = *ref;
+    for (uint64_t id : ids) m->add_fds(id);
     if (mh.msg_namelen > sizeof(sa_family_t))
       m->set_sender(std::string(reinterpret_cast<char*>(&from), mh.msg_namelen));
     off += n;

@@ -60,6 +60,12 @@ TEST_F(FilesZdtm3, PacketSockMmapRefusedCleanly) {
 // file_locks01/02: each flock and POSIX lock is held by the process that took it again.
 ZDTM(FileLocksHeldByTheirTakers, "file_locks_pid")
 
+// scm00..scm04: pipes and files in flight in datagram, seqpacket and stream queues.
+ZDTM(ScmRightsInFlightPipesAndFiles, "scm")
+TEST_F(FilesZdtm3, ScmRightsUnixSocketInFlightRefusedCleanly) {
+  Refused("scm_unix", {"a unix socket in flight"});
+}
+
 // socket_icmp: ping sockets need the group in net.ipv4.ping_group_range (off by default);
 // the test allows group 0 for its run, as CRIU's does, and puts the range back.
 TEST_F(FilesZdtm3, SocketIcmpPing) {

@@ -494,6 +494,92 @@ static int m_file_locks_pid(void) {
   return 0;
 }
 
+/* scm00..scm04: descriptions in flight in unix socket queues (SCM_RIGHTS): a pipe's read end
+ * only in flight over a datagram pair (its write end held), both ends of another in flight on
+ * one seqpacket message, a held file in flight too, and a stream carrying bytes before, with
+ * and after an fd. */
+static int send_fds(int via, const int* fds, int n, const char* data, size_t len) {
+  char cbuf[CMSG_SPACE(sizeof(int) * 4)] = {0};
+  struct iovec iov = {(void*)data, len};
+  struct msghdr h = {.msg_iov = &iov,
+                     .msg_iovlen = 1,
+                     .msg_control = cbuf,
+                     .msg_controllen = CMSG_SPACE(sizeof(int) * n)};
+  struct cmsghdr* c = CMSG_FIRSTHDR(&h);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int) * n);
+  memcpy(CMSG_DATA(c), fds, sizeof(int) * n);
+  return sendmsg(via, &h, 0) == (ssize_t)len ? 0 : -1;
+}
+/* Receives up to 4 fds into fds; returns the byte count, the fd count in *n. */
+static ssize_t recv_fds(int via, int* fds, int* n, char* data, size_t len) {
+  char cbuf[CMSG_SPACE(sizeof(int) * 4)];
+  struct iovec iov = {data, len};
+  struct msghdr h = {
+      .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof cbuf};
+  ssize_t r = recvmsg(via, &h, MSG_DONTWAIT);
+  *n = 0;
+  for (struct cmsghdr* c = CMSG_FIRSTHDR(&h); r >= 0 && c; c = CMSG_NXTHDR(&h, c))
+    if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+      int k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      memcpy(fds + *n, CMSG_DATA(c), sizeof(int) * k);
+      *n += k;
+    }
+  return r;
+}
+static int pipe_works(int r, int w) {
+  char buf[8] = {0};
+  return write(w, "HELLO", 6) == 6 && read(r, buf, sizeof buf) == 6 && !strcmp(buf, "HELLO");
+}
+static int m_scm(void) {
+  int dg[2], sp[2], st[2], p[2], q[2];
+  SETUP(socketpair(AF_UNIX, SOCK_DGRAM, 0, dg) == 0 &&
+        socketpair(AF_UNIX, SOCK_SEQPACKET, 0, sp) == 0);
+  SETUP(socketpair(AF_UNIX, SOCK_STREAM, 0, st) == 0 && pipe(p) == 0 && pipe(q) == 0);
+  int held = open(path_in("held"), O_CREAT | O_RDWR, 0600);
+  SETUP(held >= 0 && write(held, "xyz", 3) == 3);
+  /* scm00: the read end only in flight; its write end kept at another number. */
+  SETUP(send_fds(dg[0], &p[0], 1, "", 1) == 0 && close(p[0]) == 0);
+  /* scm03: both ends of q in flight on one message; closed here. */
+  SETUP(send_fds(sp[0], q, 2, "two", 3) == 0 && close(q[0]) == 0 && close(q[1]) == 0);
+  /* A stream: bytes, bytes with the held file, bytes. */
+  SETUP(write(st[0], "ab", 2) == 2 && send_fds(st[0], &held, 1, "c", 1) == 0 &&
+        write(st[0], "de", 2) == 2);
+  ready_and_wait();
+  int fds[4], n;
+  char buf[16] = {0};
+  CHECK(recv_fds(dg[1], fds, &n, buf, sizeof buf) == 1 && n == 1, "dgram message (%d fds)", n);
+  CHECK(pipe_works(fds[0], p[1]), "the pipe in flight is the pipe whose write end is held");
+  CHECK(recv_fds(sp[1], fds, &n, buf, sizeof buf) == 3 && n == 2 && !memcmp(buf, "two", 3),
+        "seqpacket message (%d fds)", n);
+  CHECK(pipe_works(fds[0], fds[1]), "both ends in flight are one pipe");
+  ssize_t r = recv_fds(st[1], fds, &n, buf, sizeof buf);
+  CHECK(r >= 2 && !memcmp(buf, "ab", 2), "stream bytes before (%zd)", r);
+  if (r == 2)
+    r = recv_fds(st[1], fds, &n, buf, sizeof buf);
+  else
+    memmove(buf, buf + 2, r -= 2);
+  CHECK(n == 1 && r >= 1 && buf[0] == 'c', "stream segment with the fd (%d fds)", n);
+  struct stat a, b;
+  CHECK(fstat(fds[0], &a) == 0 && fstat(held, &b) == 0 && a.st_ino == b.st_ino, "the held file");
+  CHECK(lseek(fds[0], 0, SEEK_CUR) == 3 && lseek(held, 0, SEEK_SET) == 0 &&
+            lseek(fds[0], 0, SEEK_CUR) == 0,
+        "one description: the offset is shared");
+  int m;
+  CHECK(recv_fds(st[1], fds, &m, buf, sizeof buf) >= 1, "stream bytes after");
+  return 0;
+}
+/* A unix socket in flight: refused. */
+static int m_scm_unix(void) {
+  int a[2], b[2];
+  SETUP(socketpair(AF_UNIX, SOCK_DGRAM, 0, a) == 0 && socketpair(AF_UNIX, SOCK_DGRAM, 0, b) == 0);
+  SETUP(send_fds(a[0], &b[0], 1, "", 1) == 0 && close(b[0]) == 0);
+  at(a[1], 77);
+  ready_and_wait();
+  return 0;
+}
+
 /* packet_sock: packet sockets with a version, aux data, rings, a reserve, origdev, a fanout
  * group and memberships; packet_mmap: a ring mapped into memory (refused). */
 struct mreq_max {
@@ -586,6 +672,8 @@ int main(int argc, char** argv) {
       {"packet_sock", m_packet_sock},
       {"packet_mmap", m_packet_mmap},
       {"file_locks_pid", m_file_locks_pid},
+      {"scm", m_scm},
+      {"scm_unix", m_scm_unix},
   };
   for (size_t i = 0; i < sizeof modes / sizeof modes[0]; ++i)
     if (!strcmp(argv[1], modes[i].name)) return modes[i].fn();
