@@ -66,6 +66,9 @@ TEST_F(FilesZdtm3, ScmRightsUnixSocketInFlightRefusedCleanly) {
   Refused("scm_unix", {"a unix socket in flight"});
 }
 
+// sk-unix-unconn: never-connected unix sockets have no queue to peek.
+ZDTM(SkUnixUnconnected, "sk_unix_unconn")
+
 // socket_icmp: ping sockets need the group in net.ipv4.ping_group_range (off by default);
 // the test allows group 0 for its run, as CRIU's does, and puts the range back.
 TEST_F(FilesZdtm3, SocketIcmpPing) {

@@ -580,6 +580,29 @@ static int m_scm_unix(void) {
   return 0;
 }
 
+/* sk-unix-unconn: unix sockets never connected (stream, seqpacket, a bound stream socket not
+ * yet listening) have no queue to peek. */
+static int m_sk_unix_unconn(void) {
+  int st = at(socket(AF_UNIX, SOCK_STREAM, 0), 42), sp = at(socket(AF_UNIX, SOCK_SEQPACKET, 0), 43);
+  int bd = at(socket(AF_UNIX, SOCK_STREAM, 0), 44);
+  struct sockaddr_un a = {.sun_family = AF_UNIX};
+  snprintf(a.sun_path, sizeof a.sun_path, "%s", path_in("unconn.sock"));
+  SETUP(bind(bd, (void*)&a, sizeof a) == 0);
+  ready_and_wait();
+  int t = 0;
+  socklen_t l = sizeof t;
+  CHECK(getsockopt(st, SOL_SOCKET, SO_TYPE, &t, &l) == 0 && t == SOCK_STREAM, "stream");
+  CHECK(getsockopt(sp, SOL_SOCKET, SO_TYPE, &t, &l) == 0 && t == SOCK_SEQPACKET, "seqpacket");
+  struct sockaddr_un got;
+  l = sizeof got;
+  CHECK(getsockname(bd, (void*)&got, &l) == 0 && !strcmp(got.sun_path, a.sun_path), "bound name");
+  CHECK(listen(bd, 1) == 0, "listen after restore");
+  int c = socket(AF_UNIX, SOCK_STREAM, 0);
+  CHECK(connect(c, (void*)&a, sizeof a) == 0, "connect to the bound socket");
+  CHECK(connect(st, (void*)&a, sizeof a) == 0, "the unconnected socket connects");
+  return 0;
+}
+
 /* packet_sock: packet sockets with a version, aux data, rings, a reserve, origdev, a fanout
  * group and memberships; packet_mmap: a ring mapped into memory (refused). */
 struct mreq_max {
@@ -674,6 +697,7 @@ int main(int argc, char** argv) {
       {"file_locks_pid", m_file_locks_pid},
       {"scm", m_scm},
       {"scm_unix", m_scm_unix},
+      {"sk_unix_unconn", m_sk_unix_unconn},
   };
   for (size_t i = 0; i < sizeof modes / sizeof modes[0]; ++i)
     if (!strcmp(argv[1], modes[i].name)) return modes[i].fn();
