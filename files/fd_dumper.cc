@@ -114,6 +114,7 @@ class FdDumperImpl : public FdDumper {
   std::map<std::string, int> counts_;
   uint64_t next_id_ = 1;
   std::vector<PendingEpoll>* epolls_ = nullptr;  // of the process being dumped
+  pid_t current_pid_ = 0;                         // the process being dumped
 };
 
 Result<std::unique_ptr<FdDumper>> FdDumper::Create(images::Sink& sink, const DumpOptions& opts) {
@@ -140,8 +141,6 @@ Result<uint64_t> FdDumperImpl::Describe(const Probe& p, bool in_flight, bool* is
                    bucket[mid].fd);
   }
   ASSIGN_OR_RETURN(img::FileKind kind, Classify(p));
-  if (in_flight && kind == img::FILE_KIND_EPOLL)
-    return MakeError(ErrorKind::kUnsupported, 0, "an epoll fd in flight in a unix socket queue");
   if (in_flight && kind == img::FILE_KIND_UNIX)
     return MakeError(ErrorKind::kUnsupported, 0,
                      "a unix socket in flight in a unix socket queue (%s)", p.link.c_str());
@@ -162,6 +161,9 @@ Result<uint64_t> FdDumperImpl::Describe(const Probe& p, bool in_flight, bool* is
     if (l.type() != img::LOCK_TYPE_POSIX) *e.add_locks() = l;
   TRY_CTX(ops->dump(ctx_, p, e), "pid %d fd %d (%s %s)%s", p.pid, p.fd, ops->name, p.link.c_str(),
           in_flight ? " in flight" : "");
+  // An epoll in flight is registered again by the process whose socket queue holds it (any
+  // process will do: registrations are keyed by file, and its targets are in the tree).
+  if (kind == img::FILE_KIND_EPOLL && in_flight) e.mutable_epoll()->set_owner_pid(current_pid_);
   if (kind == img::FILE_KIND_EPOLL && epolls_) epolls_->push_back({files_.size(), p.pid, p.fd});
   files_.push_back(std::move(e));
   if (!in_flight) first_holder_[id] = {p.pid, p.fd};
@@ -205,6 +207,7 @@ Result<void> FdDumperImpl::DumpProcess(pid_t pid) {
   pf.set_pid(pid);
   std::vector<PendingEpoll> epolls;
   epolls_ = &epolls;
+  current_pid_ = pid;
   std::set<uint64_t> posix_done;  // descriptions whose POSIX locks this process recorded
   for (int fd : fds) {
     Probe p;

@@ -62,6 +62,7 @@ ZDTM(FileLocksHeldByTheirTakers, "file_locks_pid")
 
 // scm00..scm04: pipes and files in flight in datagram, seqpacket and stream queues.
 ZDTM(ScmRightsInFlightPipesAndFiles, "scm")
+ZDTM(ScmRightsEpollInFlightWatchingItsSocket, "scm_epoll")
 TEST_F(FilesZdtm3, ScmRightsUnixSocketInFlightRefusedCleanly) {
   Refused("scm_unix", {"a unix socket in flight"});
 }

@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
@@ -570,6 +571,25 @@ static int m_scm(void) {
   CHECK(recv_fds(st[1], fds, &m, buf, sizeof buf) >= 1, "stream bytes after");
   return 0;
 }
+/* scm05: an epoll watching a socket, in flight twice in that socket's queue. */
+static int m_scm_epoll(void) {
+  int sk[2];
+  SETUP(socketpair(AF_UNIX, SOCK_DGRAM, 0, sk) == 0);
+  int ep = epoll_create1(0);
+  struct epoll_event ev = {.events = EPOLLIN, .data.u64 = 0x1234};
+  SETUP(ep >= 0 && epoll_ctl(ep, EPOLL_CTL_ADD, sk[1], &ev) == 0);
+  SETUP(send_fds(sk[0], &ep, 1, "", 1) == 0 && send_fds(sk[0], &ep, 1, "", 1) == 0);
+  SETUP(close(ep) == 0);
+  ready_and_wait();
+  int fds[4], n;
+  char c;
+  CHECK(recv_fds(sk[1], fds, &n, &c, 1) == 1 && n == 1, "the epoll back (%d fds)", n);
+  struct epoll_event got = {0};
+  CHECK(epoll_wait(fds[0], &got, 1, 0) == 1 && got.data.u64 == 0x1234 && (got.events & EPOLLIN),
+        "the epoll in flight still watches the socket");
+  return 0;
+}
+
 /* A unix socket in flight: refused. */
 static int m_scm_unix(void) {
   int a[2], b[2];
@@ -697,6 +717,7 @@ int main(int argc, char** argv) {
       {"file_locks_pid", m_file_locks_pid},
       {"scm", m_scm},
       {"scm_unix", m_scm_unix},
+      {"scm_epoll", m_scm_epoll},
       {"sk_unix_unconn", m_sk_unix_unconn},
   };
   for (size_t i = 0; i < sizeof modes / sizeof modes[0]; ++i)
