@@ -141,9 +141,6 @@ Result<uint64_t> FdDumperImpl::Describe(const Probe& p, bool in_flight, bool* is
                    bucket[mid].fd);
   }
   ASSIGN_OR_RETURN(img::FileKind kind, Classify(p));
-  if (in_flight && kind == img::FILE_KIND_UNIX)
-    return MakeError(ErrorKind::kUnsupported, 0,
-                     "a unix socket in flight in a unix socket queue (%s)", p.link.c_str());
   const KindOps* ops = FindKind(kind);
   uint64_t id = next_id_++;
   // Known before the kind's dump runs: a description met again inside it (a socket queue

@@ -162,6 +162,17 @@ Result<void> FdRestorerImpl::Prepare(int base_fd) {
       return std::move(r).error();
     }
   }
+  // Work that needs every description (queues with fds in flight), before the temporary fds
+  // (a pair end no process holds) go.
+  for (auto& fn : ctx_->after_prepare) {
+    auto r = fn();
+    if (!r.ok()) {
+      ctx_->temp_.clear();
+      CloseAll();
+      return std::move(r).error();
+    }
+  }
+  ctx_->after_prepare.clear();
   ctx_->temp_.clear();
   // base_fd may sit in a gap below MaxFd() (RLIMIT_NOFILE): no prepared fd on a restored number.
   if (base_fd <= max_fd_) {

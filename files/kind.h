@@ -143,6 +143,9 @@ class RestoreContext {
   // Reaped pidfd targets: pidfs inode at dump -> (stand-in pid, its go pipe's write end)
   // (kind_pidfd.cc).
   std::map<uint64_t, std::pair<pid_t, int>> pidfd_standins;
+  // Run in order at the end of Prepare, once every description exists (kind_unix.cc: queues
+  // carrying fds in flight, which may be the socket itself or its peer, are sent then).
+  std::vector<std::function<Result<void>()>> after_prepare;
   // Descriptions whose flock lock the process that took it, a holder, takes again in its
   // Install (not in Prepare): /proc/locks then names that pid, as before.
   std::set<uint64_t> flocks_in_install;

@@ -63,9 +63,8 @@ ZDTM(FileLocksHeldByTheirTakers, "file_locks_pid")
 // scm00..scm04: pipes and files in flight in datagram, seqpacket and stream queues.
 ZDTM(ScmRightsInFlightPipesAndFiles, "scm")
 ZDTM(ScmRightsEpollInFlightWatchingItsSocket, "scm_epoll")
-TEST_F(FilesZdtm3, ScmRightsUnixSocketInFlightRefusedCleanly) {
-  Refused("scm_unix", {"a unix socket in flight"});
-}
+// scm06: unix sockets in flight in their own queues, and a pair's end only in flight.
+ZDTM(ScmRightsUnixSocketsInFlightLooped, "scm_unix")
 
 // sk-unix-unconn: never-connected unix sockets have no queue to peek.
 ZDTM(SkUnixUnconnected, "sk_unix_unconn")

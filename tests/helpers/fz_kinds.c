@@ -590,13 +590,43 @@ static int m_scm_epoll(void) {
   return 0;
 }
 
-/* A unix socket in flight: refused. */
+/* scm06: unix sockets in flight in their own queues: a pair bound to two abstract names, each
+ * end sent over each end; and an end of another pair only in flight, with data queued. */
 static int m_scm_unix(void) {
-  int a[2], b[2];
-  SETUP(socketpair(AF_UNIX, SOCK_DGRAM, 0, a) == 0 && socketpair(AF_UNIX, SOCK_DGRAM, 0, b) == 0);
-  SETUP(send_fds(a[0], &b[0], 1, "", 1) == 0 && close(b[0]) == 0);
-  at(a[1], 77);
+  int ska[2], other[2];
+  SETUP(socketpair(AF_UNIX, SOCK_DGRAM, 0, ska) == 0 &&
+        socketpair(AF_UNIX, SOCK_STREAM, 0, other) == 0);
+  char tag = 'a' + getpid() % 26;
+  for (int i = 0; i < 2; i++) {
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    a.sun_path[1] = tag;
+    a.sun_path[2] = '0' + i;
+    SETUP(bind(ska[i], (void*)&a, sizeof(sa_family_t) + 3) == 0);
+  }
+  for (int i = 0; i < 2; i++)
+    for (int j = 0; j < 2; j++) SETUP(send_fds(ska[i], &ska[j], 1, "", 1) == 0);
+  SETUP(write(other[1], "inner", 5) == 5 && send_fds(ska[0], &other[1], 1, "o", 1) == 0);
+  SETUP(close(other[1]) == 0);
   ready_and_wait();
+  int skc = ska[0], fds[4], n;
+  char c;
+  for (int i = 0; i < 3; i++) {
+    CHECK(recv_fds(skc, fds, &n, &c, 1) == 1 && n == 1, "round %d: the socket back", i);
+    skc = fds[0];
+    struct sockaddr_un a;
+    socklen_t l = sizeof a;
+    CHECK(getsockname(skc, (void*)&a, &l) == 0 && a.sun_path[1] == tag &&
+              a.sun_path[2] == '0' + (i % 2),
+          "round %d: wrong socket", i);
+  }
+  /* ska[1]'s queue: ska[0] (taken above), ska[1], then the other pair's end. */
+  CHECK(recv_fds(ska[1], fds, &n, &c, 1) == 1 && n == 1, "ska[1] in ska[1]");
+  CHECK(recv_fds(ska[1], fds, &n, &c, 1) == 1 && n == 1 && c == 'o', "the other pair's end");
+  char buf[8] = {0};
+  CHECK(read(other[0], buf, sizeof buf) == 5 && !memcmp(buf, "inner", 5),
+        "what the end in flight had sent");
+  CHECK(write(fds[0], "x", 1) == 1 && read(other[0], buf, 1) == 1 && buf[0] == 'x',
+        "the end in flight is still connected");
   return 0;
 }
 
