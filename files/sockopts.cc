@@ -106,6 +106,19 @@ Result<void> PeekQueue(DumpContext& ctx, int fd, bool stream,
   int orig = -1;
   socklen_t olen = sizeof(orig);
   if (getsockopt(fd, SOL_SOCKET, SO_PEEK_OFF, &orig, &olen) < 0) return Errno("SO_PEEK_OFF");
+  // A unix datagram/seqpacket read of 0 bytes is a zero-length message or the end of file (the
+  // peer gone, or reads shut). With SO_PASSCRED on, for the peek only, a message comes with
+  // SCM_CREDENTIALS and the end of file with nothing. (A peeked zero-length message is skipped
+  // by the next peek: the kernel marks it peeked.)
+  int domain = 0, passcred = 0;
+  olen = sizeof(domain);
+  getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &olen);
+  bool creds = domain == AF_UNIX && !stream;
+  olen = sizeof(passcred);
+  if (creds) getsockopt(fd, SOL_SOCKET, SO_PASSCRED, &passcred, &olen);
+  int on = 1;
+  if (creds && !passcred && setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &on, sizeof(on)) < 0)
+    return Errno("SO_PASSCRED");
   std::vector<char> buf(256 << 10);
   std::string stream_data;
   int off = 0;
@@ -116,7 +129,7 @@ Result<void> PeekQueue(DumpContext& ctx, int fd, bool stream,
       break;
     }
     struct sockaddr_storage from {};
-    char cbuf[CMSG_SPACE(sizeof(int) * 64)];
+    char cbuf[CMSG_SPACE(sizeof(int) * 64) + CMSG_SPACE(sizeof(struct ucred))];
     struct iovec iov {buf.data(), buf.size()};
     struct msghdr mh {};
     mh.msg_name = &from;
@@ -138,7 +151,9 @@ Result<void> PeekQueue(DumpContext& ctx, int fd, bool stream,
     }
     // Fds in flight: each becomes a description of the image (or is one already), by id.
     std::vector<uint64_t> ids;
+    bool got_creds = false;
     for (struct cmsghdr* c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
+      if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_CREDENTIALS) got_creds = true;
       if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
       int nfds = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
       for (int k = 0; k < nfds; k++) {
@@ -190,6 +205,7 @@ Result<void> PeekQueue(DumpContext& ctx, int fd, bool stream,
       off += got;
       continue;
     }
+    if (n == 0 && creds && !got_creds) break;  // end of file, not a message
     if (static_cast<size_t>(n) > buf.size()) {  // datagram larger than the buffer: grow, again
       buf.resize(n);
       continue;
@@ -207,6 +223,7 @@ Result<void> PeekQueue(DumpContext& ctx, int fd, bool stream,
     off += n;
   }
   setsockopt(fd, SOL_SOCKET, SO_PEEK_OFF, &orig, sizeof(orig));
+  if (creds && !passcred) setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &passcred, sizeof(passcred));
   TRY(res);
   if (stream && !stream_data.empty()) {
     ASSIGN_OR_RETURN(*out->Add()->mutable_data(), ctx.Blob(stream_data.data(), stream_data.size()));

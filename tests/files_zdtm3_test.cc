@@ -69,6 +69,9 @@ ZDTM(ScmRightsUnixSocketsInFlightLooped, "scm_unix")
 // sk-unix-unconn: never-connected unix sockets have no queue to peek.
 ZDTM(SkUnixUnconnected, "sk_unix_unconn")
 
+// Zero-length seqpacket and datagram messages; a seqpacket socket whose peer closed.
+ZDTM(SkUnixZeroLengthMessagesAndEndOfFile, "zero_len")
+
 // socket_icmp: ping sockets need the group in net.ipv4.ping_group_range (off by default);
 // the test allows group 0 for its run, as CRIU's does, and puts the range back.
 TEST_F(FilesZdtm3, SocketIcmpPing) {

@@ -630,6 +630,27 @@ static int m_scm_unix(void) {
   return 0;
 }
 
+/* Zero-length messages in seqpacket and datagram queues, and a seqpacket socket whose peer is
+ * gone (end of file after the queue). */
+static int m_zero_len(void) {
+  int sp[2], dg[2];
+  SETUP(socketpair(AF_UNIX, SOCK_SEQPACKET, 0, sp) == 0 &&
+        socketpair(AF_UNIX, SOCK_DGRAM, 0, dg) == 0);
+  SETUP(send(sp[1], "a", 1, 0) == 1 && send(sp[1], "", 0, 0) == 0 && send(sp[1], "b", 1, 0) == 1);
+  SETUP(close(sp[1]) == 0);
+  SETUP(send(dg[1], "", 0, 0) == 0 && send(dg[1], "c", 1, 0) == 1);
+  ready_and_wait();
+  char buf[8];
+  CHECK(recv(sp[0], buf, sizeof buf, MSG_DONTWAIT) == 1 && buf[0] == 'a', "seqpacket a");
+  CHECK(recv(sp[0], buf, sizeof buf, MSG_DONTWAIT) == 0, "seqpacket empty message");
+  CHECK(recv(sp[0], buf, sizeof buf, MSG_DONTWAIT) == 1 && buf[0] == 'b', "seqpacket b");
+  CHECK(recv(sp[0], buf, sizeof buf, MSG_DONTWAIT) == 0, "seqpacket end of file");
+  CHECK(recv(dg[0], buf, sizeof buf, MSG_DONTWAIT) == 0, "datagram empty message");
+  CHECK(recv(dg[0], buf, sizeof buf, MSG_DONTWAIT) == 1 && buf[0] == 'c', "datagram c");
+  CHECK(recv(dg[0], buf, sizeof buf, MSG_DONTWAIT) < 0 && errno == EAGAIN, "nothing more");
+  return 0;
+}
+
 /* sk-unix-unconn: unix sockets never connected (stream, seqpacket, a bound stream socket not
  * yet listening) have no queue to peek. */
 static int m_sk_unix_unconn(void) {
@@ -749,6 +770,7 @@ int main(int argc, char** argv) {
       {"scm_unix", m_scm_unix},
       {"scm_epoll", m_scm_epoll},
       {"sk_unix_unconn", m_sk_unix_unconn},
+      {"zero_len", m_zero_len},
   };
   for (size_t i = 0; i < sizeof modes / sizeof modes[0]; ++i)
     if (!strcmp(argv[1], modes[i].name)) return modes[i].fn();
