@@ -123,6 +123,7 @@ Result<void> FdRestorerImpl::LoadImages(const images::ImageSet& images) {
                          n.c_str(), fe.fd(), static_cast<unsigned long long>(fe.file_id()));
       max_fd_ = std::max(max_fd_, fe.fd());
     }
+    ctx_->tree_pids.insert(pf.pid());
     procs_[pf.pid()] = std::move(pf);
   }
   for (const auto& [id, e] : ctx_->entries_)

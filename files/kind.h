@@ -149,6 +149,8 @@ class RestoreContext {
   // Descriptions whose flock lock the process that took it, a holder, takes again in its
   // Install (not in Prepare): /proc/locks then names that pid, as before.
   std::set<uint64_t> flocks_in_install;
+  // The processes of the restored tree (those with an fd image).
+  std::set<pid_t> tree_pids;
   // The fds of the process Install runs for (null outside Install).
   const img::ProcessFds* installing = nullptr;
   // Whether that process has an fd on file_id.
@@ -225,6 +227,8 @@ GODWIT_KIND_DECL(Nsfs)
 GODWIT_KIND_DECL(Pidfd)
 GODWIT_KIND_DECL(Packet)
 #undef GODWIT_KIND_DECL
+// In the holder: a file under /proc/PID of a process of the tree, opened once PID exists.
+Result<void> InstallReg(RestoreContext& ctx, const img::FileEntry& e, pid_t pid);
 // In the holder: its pidfd on a live target of the tree, opened once the target exists.
 Result<void> InstallPidfd(RestoreContext& ctx, const img::FileEntry& e, pid_t pid);
 // At the end of the dump: every live pidfd target is a process of the tree (pids: the dumped

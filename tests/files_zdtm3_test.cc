@@ -72,6 +72,9 @@ ZDTM(SkUnixUnconnected, "sk_unix_unconn")
 // Zero-length seqpacket and datagram messages; a seqpacket socket whose peer closed.
 ZDTM(SkUnixZeroLengthMessagesAndEndOfFile, "zero_len")
 
+// child_opened_proc: files under /proc/PID of processes of the tree follow the restored pids.
+ZDTM(ProcFilesOfTreeProcesses, "proc_files")
+
 // socket_icmp: ping sockets need the group in net.ipv4.ping_group_range (off by default);
 // the test allows group 0 for its run, as CRIU's does, and puts the range back.
 TEST_F(FilesZdtm3, SocketIcmpPing) {

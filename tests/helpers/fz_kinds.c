@@ -651,6 +651,47 @@ static int m_zero_len(void) {
   return 0;
 }
 
+/* child_opened_proc: files under /proc/PID of the tree: the parent's /proc/CHILD/stat, the
+ * child's /proc/PARENT/status and its own /proc/SELF directory. */
+static int m_proc_files(void) {
+  go_init();
+  int sync[2];
+  SETUP(pipe(sync) == 0);
+  pid_t parent = getpid();
+  pid_t c = zfork();
+  if (c == 0) {
+    close(sync[0]);
+    char p[64];
+    snprintf(p, sizeof p, "/proc/%d/status", parent);
+    int ps = at(open(p, O_RDONLY), 45);
+    snprintf(p, sizeof p, "/proc/%d", getpid());
+    int self = at(open(p, O_RDONLY | O_DIRECTORY), 46);
+    close(sync[1]);
+    child_wait_go();
+    char buf[4096] = {0};
+    if (read(ps, buf, sizeof buf - 1) <= 0) _exit(2);
+    char want[64];
+    snprintf(want, sizeof want, "\nPid:\t%d\n", parent);
+    if (!strstr(buf, want)) _exit(3);
+    int st = openat(self, "stat", O_RDONLY);
+    if (st < 0 || read(st, buf, sizeof buf - 1) <= 0 || atoi(buf) != getpid()) _exit(4);
+    _exit(0);
+  }
+  close(sync[1]);
+  char x;
+  SETUP(read(sync[0], &x, 1) == 0);
+  char p[64];
+  snprintf(p, sizeof p, "/proc/%d/stat", c);
+  int cs = at(open(p, O_RDONLY), 47);
+  ready_and_wait();
+  char buf[512] = {0};
+  CHECK(read(cs, buf, sizeof buf - 1) > 0 && atoi(buf) == c, "/proc/%d/stat reads %.20s", c, buf);
+  go_children();
+  int r = reap(c);
+  CHECK(r == 0, "the child's /proc files (exit %d)", r);
+  return 0;
+}
+
 /* sk-unix-unconn: unix sockets never connected (stream, seqpacket, a bound stream socket not
  * yet listening) have no queue to peek. */
 static int m_sk_unix_unconn(void) {
@@ -771,6 +812,7 @@ int main(int argc, char** argv) {
       {"scm_epoll", m_scm_epoll},
       {"sk_unix_unconn", m_sk_unix_unconn},
       {"zero_len", m_zero_len},
+      {"proc_files", m_proc_files},
   };
   for (size_t i = 0; i < sizeof modes / sizeof modes[0]; ++i)
     if (!strcmp(argv[1], modes[i].name)) return modes[i].fn();
