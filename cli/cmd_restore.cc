@@ -22,8 +22,8 @@ namespace {
 
 constexpr const char kRestoreUsage[] =
     "restore --images-dir DIR [OPTIONS]                  (a process tree)\n"
-    "       restore ID --image-path DIR | --import FILE [--bundle DIR] [--ip A.B.C.D[/N]]\n"
-    "               [--detach] [--pid-file F] [--json]   (a container)\n"
+    "       godwit restore ID --image-path DIR | --import FILE [--bundle DIR]\n"
+    "               [--ip A.B.C.D[/N]] [--detach] [--pid-file F] [--json]   (a container)\n"
     "\n"
     "Recreates the process tree dumped into DIR with the same pids. Without --detach\n"
     "the restored root is a child of godwit, which waits for it and exits with its\n"
