@@ -23,9 +23,9 @@ namespace {
 
 constexpr const char kRestoreUsage[] =
     "restore --images-dir DIR [OPTIONS]                  (a process tree)\n"
-    "       restore ID --image-path DIR | --import FILE [--bundle DIR] [--ip A.B.C.D[/N]]\n"
-    "               [--bridge BR] [--no-announce] [--keep-locked] [--detach] [--pid-file F]\n"
-    "               [--json]                             (a container)\n"
+    "       godwit restore ID --image-path DIR | --import FILE [--bundle DIR]\n"
+    "               [--ip A.B.C.D[/N]] [--bridge BR] [--no-announce] [--keep-locked]\n"
+    "               [--detach] [--pid-file F] [--json]   (a container)\n"
     "\n"
     "Recreates the process tree dumped into DIR with the same pids. Without --detach\n"
     "the restored root is a child of godwit, which waits for it and exits with its\n"

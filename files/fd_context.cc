@@ -111,8 +111,9 @@ Result<int> FdRestoreContext::Ensure(uint64_t file_id) {
   TRY_CTX(RestoreOwner(fd.get(), *e, false), "%s file id %llu", ops->name,
           static_cast<unsigned long long>(file_id));
   for (const auto& l : e->locks())
-    TRY_CTX(ApplyLock(fd.get(), l), "%s file id %llu", ops->name,
-            static_cast<unsigned long long>(file_id));
+    if (l.type() != img::LOCK_TYPE_FLOCK || !flocks_in_install.count(file_id))
+      TRY_CTX(ApplyLock(fd.get(), l), "%s file id %llu", ops->name,
+              static_cast<unsigned long long>(file_id));
   ASSIGN_OR_RETURN(int parked, Park(std::move(fd)));
   prepared_[file_id] = parked;
   if (ops->finalize) finalize_fds_[file_id] = parked;  // kept past ClosePrepared

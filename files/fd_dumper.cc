@@ -2,11 +2,11 @@
 // open file description), deduplicates shared descriptions with kcmp(KCMP_FILE) among fds on
 // the same inode, and lets the kind table record each new description once.
 #include <dirent.h>
-#include <stdio.h>
 #include <fcntl.h>
 #include <linux/kcmp.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stdio.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -67,7 +67,24 @@ Result<void> DumpCtty(pid_t pid, img::ProcessFds& pf) {
 class FdDumperImpl : public FdDumper {
  public:
   FdDumperImpl(images::Sink& sink, const DumpOptions& opts)
-      : sink_(sink), opts_(opts), ctx_(sink, opts_) {}
+      : sink_(sink), opts_(opts), ctx_(sink, opts_) {
+    // A description a unix socket queue holds (SCM_RIGHTS), met while peeking it: fd is the
+    // dumper's copy, kept open (kcmp compares it with later fds).
+    ctx_.in_flight = [this](int fd) -> Result<uint64_t> {
+      Probe p;
+      p.pid = getpid();
+      p.fd = ctx_.Keep(fd);
+      p.local = p.fd;
+      if (fstat(p.local, &p.st) < 0) return Errno("fstat an fd in flight");
+      char buf[4096];
+      ssize_t n = readlink(StrFormat("/proc/self/fd/%d", p.fd).c_str(), buf, sizeof(buf) - 1);
+      if (n < 0) return Errno("readlink an fd in flight");
+      p.link.assign(buf, n);
+      ASSIGN_OR_RETURN(p.info, ReadFdInfo(p.pid, p.fd));
+      bool is_new;
+      return Describe(p, true, &is_new);
+    };
+  }
   ~FdDumperImpl() override = default;
 
   Result<void> DumpProcess(pid_t pid) override;
@@ -81,6 +98,9 @@ class FdDumperImpl : public FdDumper {
   }
 
  private:
+  // The file id of the description behind fd of pid (our copy: local), dumping it first when it
+  // is new. in_flight: a description only a socket queue holds (pid is ours, fd our copy).
+  Result<uint64_t> Describe(const Probe& probe, bool in_flight, bool* is_new);
   Result<void> ResolveEpoll(const PendingEpoll& pe);
   Result<void> CheckOutsidePeers();
 
@@ -94,10 +114,59 @@ class FdDumperImpl : public FdDumper {
   std::vector<pid_t> pids_;
   std::map<std::string, int> counts_;
   uint64_t next_id_ = 1;
+  std::vector<PendingEpoll>* epolls_ = nullptr;  // of the process being dumped
+  pid_t current_pid_ = 0;                         // the process being dumped
 };
 
 Result<std::unique_ptr<FdDumper>> FdDumper::Create(images::Sink& sink, const DumpOptions& opts) {
   return std::unique_ptr<FdDumper>(new FdDumperImpl(sink, opts));
+}
+
+Result<uint64_t> FdDumperImpl::Describe(const Probe& p, bool in_flight, bool* is_new) {
+  // Descriptions on one inode (all anon-inode fds share one) are kept in the kernel's order
+  // of their struct file pointers, which kcmp reports (0 equal, 1 less, 2 greater): a binary
+  // search finds a shared description in O(log n) calls.
+  *is_new = false;
+  auto& bucket = by_inode_[{p.st.st_dev, p.st.st_ino}];
+  size_t lo = 0, hi = bucket.size();
+  while (lo < hi) {
+    size_t mid = (lo + hi) / 2;
+    long c = Kcmp(p.pid, bucket[mid].pid, KCMP_FILE, p.fd, bucket[mid].fd);
+    if (c == 0) return bucket[mid].id;
+    if (c == 1)
+      hi = mid;
+    else if (c == 2)
+      lo = mid + 1;
+    else
+      return Errno("pid %d fd %d: kcmp with pid %d fd %d", p.pid, p.fd, bucket[mid].pid,
+                   bucket[mid].fd);
+  }
+  ASSIGN_OR_RETURN(img::FileKind kind, Classify(p));
+  const KindOps* ops = FindKind(kind);
+  uint64_t id = next_id_++;
+  // Known before the kind's dump runs: a description met again inside it (a socket queue
+  // holding it) finds this id.
+  bucket.insert(bucket.begin() + lo, Seen{p.pid, p.fd, id});
+  *is_new = true;
+  img::FileEntry e;
+  e.set_id(id);
+  e.set_kind(kind);
+  e.set_flags(p.info.flags & ~O_CLOEXEC);
+  e.set_pos(p.info.pos);
+  // An O_PATH fd has no owner, signal or lease (fcntl refuses them: EBADF).
+  if (!(p.info.flags & O_PATH)) TRY(DumpOwner(p, e));
+  for (const auto& l : ParseLocks(p.info))
+    if (l.type() != img::LOCK_TYPE_POSIX) *e.add_locks() = l;
+  TRY_CTX(ops->dump(ctx_, p, e), "pid %d fd %d (%s %s)%s", p.pid, p.fd, ops->name, p.link.c_str(),
+          in_flight ? " in flight" : "");
+  // An epoll in flight is registered again by the process whose socket queue holds it (any
+  // process will do: registrations are keyed by file, and its targets are in the tree).
+  if (kind == img::FILE_KIND_EPOLL && in_flight) e.mutable_epoll()->set_owner_pid(current_pid_);
+  if (kind == img::FILE_KIND_EPOLL && epolls_) epolls_->push_back({files_.size(), p.pid, p.fd});
+  files_.push_back(std::move(e));
+  if (!in_flight) first_holder_[id] = {p.pid, p.fd};
+  counts_[in_flight ? std::string(ops->name) + " in flight" : ops->name]++;
+  return id;
 }
 
 Result<void> FdDumperImpl::DumpProcess(pid_t pid) {
@@ -134,6 +203,8 @@ Result<void> FdDumperImpl::DumpProcess(pid_t pid) {
   img::ProcessFds pf;
   pf.set_pid(pid);
   std::vector<PendingEpoll> epolls;
+  epolls_ = &epolls;
+  current_pid_ = pid;
   std::set<uint64_t> posix_done;  // descriptions whose POSIX locks this process recorded
   for (int fd : fds) {
     Probe p;
@@ -145,46 +216,10 @@ Result<void> FdDumperImpl::DumpProcess(pid_t pid) {
     p.link = ctx_.links[fd];
     ASSIGN_OR_RETURN(p.info, ReadFdInfo(pid, fd));
 
-    // Descriptions on one inode (all anon-inode fds share one) are kept in the kernel's order
-    // of their struct file pointers, which kcmp reports (0 equal, 1 less, 2 greater): a binary
-    // search finds a shared description in O(log n) calls.
-    uint64_t id = 0;
-    bool found = false;
-    auto& bucket = by_inode_[{p.st.st_dev, p.st.st_ino}];
-    size_t lo = 0, hi = bucket.size();
-    while (lo < hi) {
-      size_t mid = (lo + hi) / 2;
-      long c = Kcmp(pid, bucket[mid].pid, KCMP_FILE, fd, bucket[mid].fd);
-      if (c == 0) {
-        id = bucket[mid].id;
-        found = true;
-        break;
-      }
-      if (c == 1) hi = mid;
-      else if (c == 2) lo = mid + 1;
-      else return Errno("pid %d fd %d: kcmp with pid %d fd %d", pid, fd, bucket[mid].pid, bucket[mid].fd);
-    }
     std::vector<img::FileLock> locks = ParseLocks(p.info);
-    if (id == 0) {
-      ASSIGN_OR_RETURN(img::FileKind kind, Classify(p));
-      const KindOps* ops = FindKind(kind);
-      img::FileEntry e;
-      id = next_id_++;
-      e.set_id(id);
-      e.set_kind(kind);
-      e.set_flags(p.info.flags & ~O_CLOEXEC);
-      e.set_pos(p.info.pos);
-      // An O_PATH fd has no owner, signal or lease (fcntl refuses them: EBADF).
-      if (!(p.info.flags & O_PATH)) TRY(DumpOwner(p, e));
-      for (const auto& l : locks)
-        if (l.type() != img::LOCK_TYPE_POSIX) *e.add_locks() = l;
-      TRY_CTX(ops->dump(ctx_, p, e), "pid %d fd %d (%s %s)", pid, fd, ops->name, p.link.c_str());
-      if (kind == img::FILE_KIND_EPOLL) epolls.push_back({files_.size(), pid, fd});
-      files_.push_back(std::move(e));
-      first_holder_[id] = {pid, fd};
-      counts_[ops->name]++;
-    }
-    if (!found) bucket.insert(bucket.begin() + lo, Seen{pid, fd, id});
+    bool is_new = false;
+    ASSIGN_OR_RETURN(uint64_t id, Describe(p, false, &is_new));
+    if (!first_holder_.count(id)) first_holder_[id] = {pid, fd};
     fd_ids_[{pid, fd}] = id;
     img::FdEntry* fe = pf.add_fds();
     fe->set_fd(fd);
@@ -195,6 +230,7 @@ Result<void> FdDumperImpl::DumpProcess(pid_t pid) {
         if (l.type() == img::LOCK_TYPE_POSIX) *fe->add_posix_locks() = l;
     counts_["fds"]++;
   }
+  epolls_ = nullptr;
   TRY(DumpCtty(pid, pf));
   pids_.push_back(pid);
   for (const PendingEpoll& pe : epolls) TRY(ResolveEpoll(pe));
@@ -263,8 +299,10 @@ Result<void> FdDumperImpl::CheckOutsidePeers() {
     } else if (e.kind() == img::FILE_KIND_TTY) {
       const img::TtyFile& t = e.tty();
       if (t.master() || pty_masters.count(t.pty_index())) continue;
-      if (opts_.shell_job) key = "tty";
-      else if (ctx_.ExternalAllowed(StrFormat("tty:%s", t.path().c_str()))) key = "tty:" + t.path();
+      if (opts_.shell_job)
+        key = "tty";
+      else if (ctx_.ExternalAllowed(StrFormat("tty:%s", t.path().c_str())))
+        key = "tty:" + t.path();
       else
         return MakeError(ErrorKind::kUnsupported, 0,
                          "pid %d fd %d: terminal %s belongs to no process of the tree "

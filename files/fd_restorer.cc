@@ -116,6 +116,7 @@ Result<void> FdRestorerImpl::LoadImages(const images::ImageSet& images) {
                          n.c_str(), fe.fd(), static_cast<unsigned long long>(fe.file_id()));
       max_fd_ = std::max(max_fd_, fe.fd());
     }
+    ctx_->tree_pids.insert(pf.pid());
     procs_[pf.pid()] = std::move(pf);
   }
   for (const auto& [id, e] : ctx_->entries_)
@@ -126,6 +127,15 @@ Result<void> FdRestorerImpl::LoadImages(const images::ImageSet& images) {
                            static_cast<unsigned long long>(id), t.tfd());
         max_fd_ = std::max(max_fd_, t.tfd());
       }
+  // A flock is taken again by its taker when that process holds the description.
+  for (const auto& [id, e] : ctx_->entries_)
+    for (const auto& l : e.locks()) {
+      if (l.type() != img::LOCK_TYPE_FLOCK || l.pid() <= 0) continue;
+      auto p = procs_.find(l.pid());
+      if (p == procs_.end()) continue;
+      for (const auto& fe : p->second.fds())
+        if (fe.file_id() == id) ctx_->flocks_in_install.insert(id);
+    }
   if (images.Has("files-netlock.img")) {
     img::NetLock nl;
     TRY(images.ReadOne("files-netlock.img", &nl));
@@ -146,6 +156,17 @@ Result<void> FdRestorerImpl::Prepare(int base_fd) {
       return std::move(r).error();
     }
   }
+  // Work that needs every description (queues with fds in flight), before the temporary fds
+  // (a pair end no process holds) go.
+  for (auto& fn : ctx_->after_prepare) {
+    auto r = fn();
+    if (!r.ok()) {
+      ctx_->temp_.clear();
+      CloseAll();
+      return std::move(r).error();
+    }
+  }
+  ctx_->after_prepare.clear();
   ctx_->temp_.clear();
   // base_fd may sit in a gap below MaxFd() (RLIMIT_NOFILE): no prepared fd on a restored number.
   if (base_fd <= max_fd_) {
@@ -210,6 +231,15 @@ Result<void> FdRestorerImpl::Install(pid_t old_pid) {
   for (const auto& fe : pf.fds())
     for (const auto& l : fe.posix_locks())
       TRY_CTX(ApplyLock(fe.fd(), l), "pid %d fd %d: POSIX lock", old_pid, fe.fd());
+  //    flock locks this process took (flocks_in_install), on the first of its fds on each.
+  std::set<uint64_t> flocked;
+  for (const auto& fe : pf.fds()) {
+    if (!ctx_->flocks_in_install.count(fe.file_id()) || !flocked.insert(fe.file_id()).second)
+      continue;
+    for (const auto& l : ctx_->Entry(fe.file_id())->locks())
+      if (l.type() == img::LOCK_TYPE_FLOCK && l.pid() == old_pid)
+        TRY_CTX(ApplyLock(fe.fd(), l), "pid %d fd %d: flock", old_pid, fe.fd());
+  }
   // 6. File owners (F_SETOWN): this process, its parents and children exist now, with the
   //    numbers of this pid namespace.
   for (const auto& fe : pf.fds()) {

@@ -108,6 +108,9 @@ class FdDumpContext {
   // readlink of every fd of the process being dumped (the lock scans only its sockets).
   std::map<int, std::string> links;
   std::set<pid_t> tcp_locked_pids;
+  // A description in flight (SCM_RIGHTS) met while peeking a unix socket queue, fd the dumper's
+  // copy: its file id, recording it first if it is new (set by FdDumper).
+  std::function<Result<uint64_t>(int fd)> in_flight;
 
  private:
   images::Sink& sink_;
@@ -147,6 +150,14 @@ class FdRestoreContext {
   // Reaped pidfd targets: pidfs inode at dump -> (stand-in pid, its go pipe's write end)
   // (kind_pidfd.cc).
   std::map<uint64_t, std::pair<pid_t, int>> pidfd_standins;
+  // Run in order at the end of Prepare, once every description exists (kind_unix.cc: queues
+  // carrying fds in flight, which may be the socket itself or its peer, are sent then).
+  std::vector<std::function<Result<void>()>> after_prepare;
+  // Descriptions whose flock lock the process that took it, a holder, takes again in its
+  // Install (not in Prepare): /proc/locks then names that pid, as before.
+  std::set<uint64_t> flocks_in_install;
+  // The processes of the restored tree (those with an fd image).
+  std::set<pid_t> tree_pids;
   // The fds of the process Install runs for (null outside Install).
   const img::ProcessFds* installing = nullptr;
   // Whether that process has an fd on file_id.
@@ -224,7 +235,10 @@ GODWIT_KIND_DECL(Netlink)
 GODWIT_KIND_DECL(Opath)
 GODWIT_KIND_DECL(Nsfs)
 GODWIT_KIND_DECL(Pidfd)
+GODWIT_KIND_DECL(Packet)
 #undef GODWIT_KIND_DECL
+// In the holder: a file under /proc/PID of a process of the tree, opened once PID exists.
+Result<void> InstallReg(FdRestoreContext& ctx, const img::FileEntry& e, pid_t pid);
 // In the holder: its pidfd on a live target of the tree, opened once the target exists.
 Result<void> InstallPidfd(FdRestoreContext& ctx, const img::FileEntry& e, pid_t pid);
 // At the end of the dump: every live pidfd target is a process of the tree (pids: the dumped
@@ -248,7 +262,8 @@ void DumpSockOpts(int fd, img::SockOpts* o);
 Result<void> RestoreSockOpts(int fd, const img::SockOpts& o);
 
 // Copies a socket's receive queue without consuming it (MSG_PEEK with SO_PEEK_OFF), one
-// QueuedMsg per datagram, or one for a stream. Fds in flight (SCM_RIGHTS) are kUnsupported.
+// QueuedMsg per datagram, or one for a stream (split where fds ride on it). Fds in flight
+// (SCM_RIGHTS) are recorded through FdDumpContext::in_flight, their file ids on the message.
 Result<void> PeekQueue(FdDumpContext& ctx, int fd, bool stream,
                        google::protobuf::RepeatedPtrField<img::QueuedMsg>* out);
 

@@ -113,6 +113,9 @@ Result<void> DumpPidfd(FdDumpContext& ctx, const Probe& p, img::FileEntry& e) {
   pid_t target = atoi(pid.c_str());
   f->set_pid(target);
   f->set_ino(p.st.st_ino);
+  std::string nspid = p.info.Get("NSpid");
+  size_t last = nspid.find_last_of(" \t");
+  f->set_ns_pid(atoi(last == std::string::npos ? nspid.c_str() : nspid.c_str() + last + 1));
   if (target == 0)
     return MakeError(ErrorKind::kUnsupported, 0,
                      "pid %d fd %d: pidfd of a process outside godwit's pid namespace", p.pid,
@@ -202,20 +205,22 @@ Result<void> InstallPidfd(FdRestoreContext& ctx, const img::FileEntry& e, pid_t 
   if (slot < 0)
     return MakeError(ErrorKind::kBadImage, 0, "pidfd file id %llu was not prepared",
                      static_cast<unsigned long long>(e.id()));
+  // In a container's own pid namespace the holder names the target by its pid there.
+  pid_t target = f.ns_pid() > 0 ? f.ns_pid() : f.pid();
   auto deadline = std::chrono::steady_clock::now() + kTargetWait;
   UniqueFd fd;
   while (!fd) {
-    fd.reset(PidfdOpen(f.pid(), static_cast<int>(e.flags()) & kPidfdFlags));
+    fd.reset(PidfdOpen(target, static_cast<int>(e.flags()) & kPidfdFlags));
     if (fd) break;
-    if (errno != ESRCH) return Errno("pidfd_open %d", f.pid());
+    if (errno != ESRCH) return Errno("pidfd_open %d", target);
     if (std::chrono::steady_clock::now() > deadline)
       return MakeError(ErrorKind::kGeneric, ESRCH,
-                       "pidfd of pid %d: the target was not restored within %lld s", f.pid(),
+                       "pidfd of pid %d: the target was not restored within %lld s", target,
                        static_cast<long long>(kTargetWait.count()));
     struct timespec ts = {0, 1000000};  // the target's parent is still forking: poll each 1 ms
     nanosleep(&ts, nullptr);
   }
-  if (dup3(fd.get(), slot, O_CLOEXEC) < 0) return Errno("dup3 pidfd of pid %d", f.pid());
+  if (dup3(fd.get(), slot, O_CLOEXEC) < 0) return Errno("dup3 pidfd of pid %d", target);
   return Ok();
 }
 

@@ -3,7 +3,9 @@
 // recreated at restore: a "ghost" created at the original path (or beside it when that name is
 // taken again), opened, and unlinked again, so the process holds an unlinked file as before.
 #include <fcntl.h>
+#include <sys/eventfd.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -96,6 +98,13 @@ Result<void> DumpReg(FdDumpContext& ctx, const Probe& p, img::FileEntry& e) {
     r->set_mtime_ns(p.st.st_mtim.tv_sec * 1000000000ll + p.st.st_mtim.tv_nsec);
   }
   r->set_path(path);
+  // "/proc/PID" or "/proc/PID/...": a process's file, which restore opens once PID exists.
+  if (!r->deleted() && path.rfind("/proc/", 0) == 0) {
+    size_t end = 6;
+    while (end < path.size() && path[end] >= '0' && path[end] <= '9') end++;
+    if (end > 6 && end - 6 < 10 && (end == path.size() || path[end] == '/'))
+      r->set_proc_pid(atoi(path.c_str() + 6));
+  }
   r->set_mode(p.st.st_mode);
   r->set_size(p.st.st_size);
   r->set_dev(p.st.st_dev);
@@ -170,6 +179,13 @@ static Result<UniqueFd> OpenGhost(FdRestoreContext& ctx, const img::FileEntry& e
 
 Result<UniqueFd> OpenReg(FdRestoreContext& ctx, const img::FileEntry& e) {
   const img::RegFile& r = e.reg();
+  if (r.proc_pid() > 0 && ctx.tree_pids.count(r.proc_pid())) {
+    // /proc/PID of a process of the tree, which does not exist yet: a placeholder, replaced
+    // by InstallReg in the holder.
+    UniqueFd ph(eventfd(0, EFD_CLOEXEC));
+    if (!ph) return Errno("eventfd (placeholder for %s)", r.path().c_str());
+    return ph;
+  }
   UniqueFd fd;
   if (r.deleted()) {
     ASSIGN_OR_RETURN(fd, OpenGhost(ctx, e));
@@ -191,6 +207,31 @@ Result<UniqueFd> OpenReg(FdRestoreContext& ctx, const img::FileEntry& e) {
     lseek(fd.get(), static_cast<off_t>(e.pos()), SEEK_SET);
   }
   return fd;
+}
+
+Result<void> InstallReg(FdRestoreContext& ctx, const img::FileEntry& e, pid_t pid) {
+  const img::RegFile& r = e.reg();
+  if (r.proc_pid() <= 0 || !ctx.tree_pids.count(r.proc_pid()) || !ctx.InstallingHolds(e.id()))
+    return Ok();
+  int slot = ctx.Prepared(e.id());
+  if (slot < 0) return MakeError(ErrorKind::kBadImage, 0, "%s was not prepared", r.path().c_str());
+  // Every process forks its children before its own Install: PID appears without waiting on
+  // any Install (another branch of the tree may still be forking: bounded).
+  std::string dir = StrFormat("/proc/%d", r.proc_pid());
+  for (int i = 0; access(dir.c_str(), F_OK) < 0; i++) {
+    if (i >= 30000)
+      return MakeError(ErrorKind::kGeneric, ESRCH, "%s: pid %d was not restored within 30 s",
+                       r.path().c_str(), r.proc_pid());
+    struct timespec ts = {0, 1000000};
+    nanosleep(&ts, nullptr);
+  }
+  UniqueFd fd(open(r.path().c_str(), OpenFlags(e.flags())));
+  if (!fd) return Errno("open %s flags %#o", r.path().c_str(), e.flags());
+  if (!(e.flags() & O_PATH) && e.pos() &&
+      lseek(fd.get(), static_cast<off_t>(e.pos()), SEEK_SET) < 0)
+    return Errno("lseek %s to %llu", r.path().c_str(), static_cast<unsigned long long>(e.pos()));
+  if (dup3(fd.get(), slot, O_CLOEXEC) < 0) return Errno("dup3 %s", r.path().c_str());
+  return Ok();
 }
 
 Result<void> DumpChr(FdDumpContext& ctx, const Probe& p, img::FileEntry& e) {

@@ -12,6 +12,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <climits>
@@ -88,6 +89,15 @@ Result<void> BindHere(int fd, int type, const std::string& name) {
         if (bind(fd, reinterpret_cast<sockaddr*>(&sa), len) == 0) return Ok();
       }
     }
+  } else {
+    // An abstract name of a dead socket that was in flight in a queue (its own, or a cycle's)
+    // stays bound until the kernel's unix garbage collector, scheduled by the dumped tree's
+    // death, frees it: wait for it a bounded time.
+    for (int i = 0; i < 200 && errno == EADDRINUSE; i++) {
+      struct timespec ts = {0, 10 * 1000 * 1000};
+      nanosleep(&ts, nullptr);
+      if (bind(fd, reinterpret_cast<sockaddr*>(&sa), len) == 0) return Ok();
+    }
   }
   return MakeError(ErrorKind::kExists, EADDRINUSE, "unix address %s is already in use",
                    Printable(name).c_str());
@@ -136,11 +146,50 @@ void FixNameFile(const img::UnixSocket& u) {
     LOG_WARN("chown unix socket file %s: %s", path.c_str(), strerror(errno));
 }
 
+// One queued message with the descriptions that were in flight on it (SCM_RIGHTS), prepared
+// first (they are in no process's table, or are, and then shared again).
+Result<void> SendWithFds(FdRestoreContext& ctx, const img::UnixSocket& u, int from,
+                         const std::string& to, const std::string& data, const img::QueuedMsg& m) {
+  if (m.fds_size() > 253)
+    return MakeError(ErrorKind::kBadImage, 0, "unix socket %llu: %d fds on one message",
+                     static_cast<unsigned long long>(u.ino()), m.fds_size());
+  std::vector<int> fds;
+  for (uint64_t id : m.fds()) {
+    ASSIGN_OR_RETURN(int fd, ctx.Ensure(id));
+    fds.push_back(fd);
+  }
+  std::vector<char> cbuf(CMSG_SPACE(sizeof(int) * fds.size()));
+  struct iovec iov {const_cast<char*>(data.data()), data.size()};
+  struct msghdr mh {};
+  struct sockaddr_un sa;
+  if (!to.empty()) {
+    mh.msg_name = &sa;
+    mh.msg_namelen = MakeAddr(to, &sa);
+  }
+  mh.msg_iov = &iov;
+  mh.msg_iovlen = 1;
+  mh.msg_control = cbuf.data();
+  mh.msg_controllen = cbuf.size();
+  struct cmsghdr* c = CMSG_FIRSTHDR(&mh);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+  memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
+  if (sendmsg(from, &mh, MSG_NOSIGNAL) != static_cast<ssize_t>(data.size()))
+    return Errno("requeue a %zu-byte message with %zu fds to unix socket %llu", data.size(),
+                 fds.size(), static_cast<unsigned long long>(u.ino()));
+  return Ok();
+}
+
 // Writes the queue of `e` through `from` (the peer end, or a socket that can reach e).
 Result<void> Requeue(FdRestoreContext& ctx, const img::UnixSocket& u, int from,
                      const std::string& to) {
   for (const auto& m : u.queue()) {
     ASSIGN_OR_RETURN(std::string data, ctx.ReadBlob(m.data()));
+    if (m.fds_size()) {
+      TRY(SendWithFds(ctx, u, from, to, data, m));
+      continue;
+    }
     if (u.type() == SOCK_STREAM) {
       TRY(fs::WriteAll(from, data.data(), data.size()));
       continue;
@@ -158,6 +207,12 @@ Result<void> Requeue(FdRestoreContext& ctx, const img::UnixSocket& u, int from,
                    static_cast<unsigned long long>(u.ino()));
   }
   return Ok();
+}
+
+bool CarriesFds(const img::UnixSocket& u) {
+  for (const auto& m : u.queue())
+    if (m.fds_size()) return true;
+  return false;
 }
 
 Result<void> ApplyShutdown(int fd, uint32_t how) {
@@ -301,6 +356,22 @@ Result<UniqueFd> OpenPlain(FdRestoreContext& ctx, const img::FileEntry& e, bool 
   } else if (u.peer_external()) {
     TRY_CTX(Connect(s.get(), u.peer_name()), "outside peer");
   }
+  if (!u.queue().empty() && !u.name().empty() && CarriesFds(u)) {
+    // Fds in flight (maybe this socket, or one connected to it): the queue, the shutdown and
+    // the name's unlink wait until every description exists.
+    uint64_t id = e.id();
+    const img::UnixSocket* up = &u;  // entries() nodes stay put
+    ctx.after_prepare.push_back([&ctx, id, up, bind_name]() -> Result<void> {
+      UniqueFd tmp(socket(AF_UNIX, up->type() | SOCK_CLOEXEC, 0));
+      if (!tmp) return Errno("socket AF_UNIX");
+      TRY(Requeue(ctx, *up, tmp.get(), Reachable(*up)));
+      int self = ctx.Prepared(id);
+      if (up->shutdown() && self >= 0) TRY(ApplyShutdown(self, up->shutdown()));
+      if (bind_name) UnlinkName(*up);
+      return Ok();
+    });
+    return s;
+  }
   if (!u.queue().empty()) {
     if (u.name().empty())
       return MakeError(ErrorKind::kUnsupported, 0, "queued data on an unnamed unix socket");
@@ -350,14 +421,47 @@ Result<UniqueFd> OpenUnix(FdRestoreContext& ctx, const img::FileEntry& e) {
         UnlinkName(pu);
       }
       TRY(RestoreSockOpts(other.get(), pu.opts()));
-      TRY_CTX(Requeue(ctx, u, other.get(), ""), "unix %s", Printable(u.name()).c_str());
-      TRY_CTX(Requeue(ctx, pu, mine.get(), ""), "unix %s", Printable(pu.name()).c_str());
-      TRY(ApplyShutdown(mine.get(), u.shutdown()));
-      TRY(ApplyShutdown(other.get(), pu.shutdown() & ~(u.shutdown() & kSendShutdown ? kRcvShutdown : 0)));
+      auto requeue = [&ctx](const img::UnixSocket& u, const img::UnixSocket& pu, int mine,
+                            int other) -> Result<void> {
+        TRY_CTX(Requeue(ctx, u, other, ""), "unix %s", Printable(u.name()).c_str());
+        TRY_CTX(Requeue(ctx, pu, mine, ""), "unix %s", Printable(pu.name()).c_str());
+        TRY(ApplyShutdown(mine, u.shutdown()));
+        return ApplyShutdown(other,
+                             pu.shutdown() & ~(u.shutdown() & kSendShutdown ? kRcvShutdown : 0));
+      };
+      if (CarriesFds(u) || CarriesFds(pu)) {
+        // Fds in flight (maybe these very sockets): sent once every description exists,
+        // through the prepared ends.
+        uint64_t mid = e.id(), oid = peer->id();
+        const img::UnixSocket *up = &u, *pp = &pu;
+        ctx.after_prepare.push_back([&ctx, requeue, mid, oid, up, pp]() -> Result<void> {
+          int m = ctx.Prepared(mid), o = ctx.Prepared(oid);
+          if (m < 0 || o < 0)
+            return MakeError(ErrorKind::kBadImage, 0, "unix pair %llu/%llu was not prepared",
+                             static_cast<unsigned long long>(mid),
+                             static_cast<unsigned long long>(oid));
+          return requeue(*up, *pp, m, o);
+        });
+      } else {
+        TRY(requeue(u, pu, mine.get(), other.get()));
+      }
       std::string pkey = StrFormat("unix:%llu", static_cast<unsigned long long>(pu.ino()));
       ASSIGN_OR_RETURN(int parked, ctx.Park(std::move(other)));
       ctx.KeepUntilPrepared(UniqueFd(parked));
       ctx.named_fds[pkey] = parked;
+    } else if (CarriesFds(u)) {
+      // The peer closed, fds in flight: the data once every description exists, then end of
+      // file (the other end goes with the temporary fds, after that).
+      ASSIGN_OR_RETURN(int o, ctx.Park(std::move(other)));
+      ctx.KeepUntilPrepared(UniqueFd(o));
+      uint64_t mid = e.id();
+      const img::UnixSocket* up = &u;
+      ctx.after_prepare.push_back([&ctx, mid, up, o]() -> Result<void> {
+        TRY(Requeue(ctx, *up, o, ""));
+        int m = ctx.Prepared(mid);
+        if (m >= 0) TRY(ApplyShutdown(m, up->shutdown() & kSendShutdown));
+        return Ok();
+      });
     } else {
       // The peer closed: the data, then end of file.
       TRY(Requeue(ctx, u, other.get(), ""));

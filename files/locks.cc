@@ -1,6 +1,8 @@
 // File locks. fdinfo lists, per fd, the locks taken through that open file description: flock
-// and OFD locks belong to the description (taken again in Prepare on the new description),
-// POSIX locks to the process that took them (taken again by that process in Install).
+// and OFD locks belong to the description (taken again in Prepare on the new description; a
+// flock by the process that took it, in its Install, when it holds the description, so
+// /proc/locks names the same pid), POSIX locks to the process that took them (taken again by
+// that process in Install).
 #include <fcntl.h>
 #include <sys/file.h>
 
@@ -28,6 +30,7 @@ std::vector<img::FileLock> ParseLocks(const FdInfo& info) {
     else if (!strcmp(type, "OFDLCK")) l.set_type(img::LOCK_TYPE_OFD);
     else continue;  // leases, "DELEG": not restorable; leases are rare
     l.set_write(!strcmp(rw, "WRITE"));
+    l.set_pid(pid);
     l.set_start(start);
     l.set_end(!strcmp(end, "EOF") ? -1 : strtoll(end, nullptr, 10));
     out.push_back(l);

@@ -106,6 +106,19 @@ Result<void> PeekQueue(FdDumpContext& ctx, int fd, bool stream,
   int orig = -1;
   socklen_t olen = sizeof(orig);
   if (getsockopt(fd, SOL_SOCKET, SO_PEEK_OFF, &orig, &olen) < 0) return Errno("SO_PEEK_OFF");
+  // A unix datagram/seqpacket read of 0 bytes is a zero-length message or the end of file (the
+  // peer gone, or reads shut). With SO_PASSCRED on, for the peek only, a message comes with
+  // SCM_CREDENTIALS and the end of file with nothing. (A peeked zero-length message is skipped
+  // by the next peek: the kernel marks it peeked.)
+  int domain = 0, passcred = 0;
+  olen = sizeof(domain);
+  getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &olen);
+  bool creds = domain == AF_UNIX && !stream;
+  olen = sizeof(passcred);
+  if (creds) getsockopt(fd, SOL_SOCKET, SO_PASSCRED, &passcred, &olen);
+  int on = 1;
+  if (creds && !passcred && setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &on, sizeof(on)) < 0)
+    return Errno("SO_PASSCRED");
   std::vector<char> buf(256 << 10);
   std::string stream_data;
   int off = 0;
@@ -116,7 +129,7 @@ Result<void> PeekQueue(FdDumpContext& ctx, int fd, bool stream,
       break;
     }
     struct sockaddr_storage from {};
-    char cbuf[CMSG_SPACE(sizeof(int) * 64)];
+    char cbuf[CMSG_SPACE(sizeof(int) * 64) + CMSG_SPACE(sizeof(struct ucred))];
     struct iovec iov {buf.data(), buf.size()};
     struct msghdr mh {};
     mh.msg_name = &from;
@@ -128,28 +141,71 @@ Result<void> PeekQueue(FdDumpContext& ctx, int fd, bool stream,
     ssize_t n = recvmsg(fd, &mh, MSG_PEEK | MSG_DONTWAIT | MSG_TRUNC | MSG_CMSG_CLOEXEC);
     if (n < 0) {
       if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+      // A stream or seqpacket socket never connected (or listening) has no queue to read:
+      // recvmsg says EINVAL (zdtm sk-unix-unconn).
+      if ((errno == EINVAL || errno == ENOTCONN) && off == 0 && out->empty() &&
+          stream_data.empty())
+        break;
       res = Errno("recvmsg MSG_PEEK");
       break;
     }
-    bool fds_in_flight = false;
+    // Fds in flight: each becomes a description of the image (or is one already), by id.
+    std::vector<uint64_t> ids;
+    bool got_creds = false;
     for (struct cmsghdr* c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
-      if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
-        fds_in_flight = true;
-        int nfds = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-        for (int k = 0; k < nfds; k++) close(reinterpret_cast<int*>(CMSG_DATA(c))[k]);
+      if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_CREDENTIALS) got_creds = true;
+      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+      int nfds = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      for (int k = 0; k < nfds; k++) {
+        int got = reinterpret_cast<int*>(CMSG_DATA(c))[k];
+        if (res.ok()) {
+          if (!ctx.in_flight) {
+            res = MakeError(ErrorKind::kUnsupported, 0, "socket queue holds fds in flight");
+          } else {
+            auto id = ctx.in_flight(got);
+            if (id.ok()) ids.push_back(*id);
+            else res = std::move(id.error().wrap("a file descriptor in flight (SCM_RIGHTS)"));
+          }
+        }
+        close(got);
       }
     }
-    if (fds_in_flight || (mh.msg_flags & MSG_CTRUNC)) {
-      res = MakeError(ErrorKind::kUnsupported, 0, "socket queue holds file descriptors in flight");
+    if (!res.ok()) break;
+    if (mh.msg_flags & MSG_CTRUNC) {
+      res = MakeError(ErrorKind::kUnsupported, 0,
+                      "socket queue holds more than 64 file descriptors on one message");
       break;
     }
     if (stream) {
       if (n == 0) break;
       size_t got = std::min<size_t>(n, buf.size());
-      stream_data.append(buf.data(), got);
+      if (!ids.empty()) {
+        // A read stops after the segment carrying fds: what came before is one message, this
+        // segment another, sent again with its fds.
+        if (!stream_data.empty()) {
+          auto before = ctx.Blob(stream_data.data(), stream_data.size());
+          if (!before.ok()) {
+            res = std::move(before).error();
+            break;
+          }
+          *out->Add()->mutable_data() = *before;
+          stream_data.clear();
+        }
+        img::QueuedMsg* m = out->Add();
+        auto ref = ctx.Blob(buf.data(), got);
+        if (!ref.ok()) {
+          res = std::move(ref).error();
+          break;
+        }
+        *m->mutable_data() = *ref;
+        for (uint64_t id : ids) m->add_fds(id);
+      } else {
+        stream_data.append(buf.data(), got);
+      }
       off += got;
       continue;
     }
+    if (n == 0 && creds && !got_creds) break;  // end of file, not a message
     if (static_cast<size_t>(n) > buf.size()) {  // datagram larger than the buffer: grow, again
       buf.resize(n);
       continue;
@@ -161,11 +217,13 @@ Result<void> PeekQueue(FdDumpContext& ctx, int fd, bool stream,
       break;
     }
     *m->mutable_data() = *ref;
+    for (uint64_t id : ids) m->add_fds(id);
     if (mh.msg_namelen > sizeof(sa_family_t))
       m->set_sender(std::string(reinterpret_cast<char*>(&from), mh.msg_namelen));
     off += n;
   }
   setsockopt(fd, SOL_SOCKET, SO_PEEK_OFF, &orig, sizeof(orig));
+  if (creds && !passcred) setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &passcred, sizeof(passcred));
   TRY(res);
   if (stream && !stream_data.empty()) {
     ASSIGN_OR_RETURN(*out->Add()->mutable_data(), ctx.Blob(stream_data.data(), stream_data.size()));

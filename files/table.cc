@@ -11,7 +11,7 @@ namespace godwit::files {
 
 const std::vector<KindOps>& KindTable() {
   static const std::vector<KindOps> table = {
-      {img::FILE_KIND_REG, "reg", DumpReg, OpenReg},
+      {img::FILE_KIND_REG, "reg", DumpReg, OpenReg, InstallReg, nullptr, true},
       {img::FILE_KIND_CHR, "chr", DumpChr, OpenChr},
       {img::FILE_KIND_PIPE, "pipe", DumpPipe, OpenPipe},
       {img::FILE_KIND_FIFO, "fifo", DumpFifo, OpenFifo},
@@ -29,6 +29,7 @@ const std::vector<KindOps>& KindTable() {
       {img::FILE_KIND_OPATH, "opath", DumpOpath, OpenOpath},
       {img::FILE_KIND_NSFS, "nsfs", DumpNsfs, OpenNsfs},
       {img::FILE_KIND_PIDFD, "pidfd", DumpPidfd, OpenPidfd, InstallPidfd, nullptr, true},
+      {img::FILE_KIND_PACKET, "packet", DumpPacket, OpenPacket},
   };
   return table;
 }
@@ -81,6 +82,7 @@ Result<img::FileKind> Classify(const Probe& p) {
     getsockopt(p.local, SOL_SOCKET, SO_TYPE, &type, &len);
     if (dom == AF_UNIX) return img::FILE_KIND_UNIX;
     if (dom == AF_NETLINK) return img::FILE_KIND_NETLINK;
+    if (dom == AF_PACKET) return img::FILE_KIND_PACKET;
     // TCP, UDP, UDP-Lite, ping (ICMP datagram) and raw sockets: kind_inet.cc.
     bool dgram = type == SOCK_DGRAM && (proto == IPPROTO_UDP || proto == IPPROTO_UDPLITE ||
                                          proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6);

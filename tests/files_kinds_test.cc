@@ -517,7 +517,8 @@ TEST_F(FilesKinds, FileLocksFlockPosixOfd) {
 
 TEST_F(FilesKinds, UnsupportedKindNamesPidFdKind) {
   pid_t pid = SpawnStopped([] {
-    int s = socket(AF_PACKET, SOCK_DGRAM, 0);
+    // A family godwit does not dump (packet sockets are dumped since issue 11).
+    int s = socket(AF_VSOCK, SOCK_STREAM, 0);
     if (dup2(s, 13) != 13) return 10;
     close(s);
     return 0;
@@ -531,7 +532,7 @@ TEST_F(FilesKinds, UnsupportedKindNamesPidFdKind) {
   EXPECT_EQ(r.error().kind(), ErrorKind::kUnsupported);
   std::string msg = r.error().to_string();
   EXPECT_NE(msg.find(StrFormat("pid %d fd 13", pid)), std::string::npos) << msg;
-  EXPECT_NE(msg.find(StrFormat("socket family %d", AF_PACKET)), std::string::npos) << msg;
+  EXPECT_NE(msg.find(StrFormat("socket family %d", AF_VSOCK)), std::string::npos) << msg;
   EXPECT_FALSE(fs::Exists(dir_ + "/img/inventory.img"));
 }
 

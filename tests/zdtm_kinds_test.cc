@@ -51,6 +51,29 @@ ZDTM(PidfdReapedProcessesExitStatusAndInodes, "pidfd_dead")
 TEST_F(ZdtmKinds, PidfdOfThreadRefusedCleanly) { Refused("pidfd_thread", {"fd 77", "thread"}); }
 ZDTM(SocketUdpLite, "udplite")
 ZDTM(SocketRawV4V6IcmpFilter, "raw")
+// packet_sock; packet_sock_mmap: a ring mapped into memory is refused.
+ZDTM(PacketSockOptionsMembershipsRingsFanout, "packet_sock")
+TEST_F(ZdtmKinds, PacketSockMmapRefusedCleanly) {
+  Refused("packet_mmap", {"fd 77", "packet socket", "mapped"});
+}
+
+// file_locks01/02: each flock and POSIX lock is held by the process that took it again.
+ZDTM(FileLocksHeldByTheirTakers, "file_locks_pid")
+
+// scm00..scm04: pipes and files in flight in datagram, seqpacket and stream queues.
+ZDTM(ScmRightsInFlightPipesAndFiles, "scm")
+ZDTM(ScmRightsEpollInFlightWatchingItsSocket, "scm_epoll")
+// scm06: unix sockets in flight in their own queues, and a pair's end only in flight.
+ZDTM(ScmRightsUnixSocketsInFlightLooped, "scm_unix")
+
+// sk-unix-unconn: never-connected unix sockets have no queue to peek.
+ZDTM(SkUnixUnconnected, "sk_unix_unconn")
+
+// Zero-length seqpacket and datagram messages; a seqpacket socket whose peer closed.
+ZDTM(SkUnixZeroLengthMessagesAndEndOfFile, "zero_len")
+
+// child_opened_proc: files under /proc/PID of processes of the tree follow the restored pids.
+ZDTM(ProcFilesOfTreeProcesses, "proc_files")
 
 // socket_icmp: ping sockets need the group in net.ipv4.ping_group_range (off by default);
 // the test allows group 0 for its run, as CRIU's does, and puts the range back.

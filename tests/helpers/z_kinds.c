@@ -8,6 +8,8 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/if_ether.h>
+#include <linux/if_packet.h>
 #include <netinet/in.h>
 #include <netinet/ip.h>
 #include <netinet/ip_icmp.h>
@@ -19,7 +21,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <sys/file.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -433,6 +438,349 @@ static int m_raw(void) {
   return 0;
 }
 
+/* file_locks01/02 (what CRIU checks): /proc/locks names the process that took each lock. The
+ * root flocks A (exclusive) and B (shared), its child flocks C and takes a POSIX lock on D; the
+ * child shares A's description. */
+static pid_t lock_pid(int fd, const char* kind) {
+  struct stat st;
+  if (fstat(fd, &st) < 0) return -3;
+  FILE* f = fopen("/proc/locks", "re");
+  char line[256], k[16];
+  pid_t pid = -2;
+  unsigned maj, min;
+  unsigned long ino;
+  int id;
+  while (f && fgets(line, sizeof line, f))
+    if (sscanf(line, "%d: %15s %*s %*s %d %x:%x:%lu", &id, k, &pid, &maj, &min, &ino) == 6 &&
+        ino == st.st_ino && !strcmp(k, kind))
+      break;
+    else
+      pid = -2;
+  if (f) fclose(f);
+  return pid;
+}
+static int m_file_locks_pid(void) {
+  int a = open(path_in("A"), O_CREAT | O_RDWR, 0600),
+      b = open(path_in("B"), O_CREAT | O_RDWR, 0600);
+  SETUP(a >= 0 && b >= 0 && flock(a, LOCK_EX) == 0 && flock(b, LOCK_SH) == 0);
+  go_init();
+  int sync[2];
+  SETUP(pipe(sync) == 0);
+  pid_t c = zfork();
+  if (c == 0) {
+    close(sync[0]);
+    int cc = open(path_in("C"), O_CREAT | O_RDWR, 0600),
+        d = open(path_in("D"), O_CREAT | O_RDWR, 0600);
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET};
+    if (cc < 0 || d < 0 || flock(cc, LOCK_EX) < 0 || fcntl(d, F_SETLK, &fl) < 0) _exit(2);
+    close(sync[1]);
+    child_wait_go();
+    if (lock_pid(cc, "FLOCK") != getpid()) _exit(3);
+    if (lock_pid(d, "POSIX") != getpid()) _exit(4);
+    if (lock_pid(a, "FLOCK") != getppid()) _exit(5);
+    _exit(0);
+  }
+  close(sync[1]);
+  char x;
+  SETUP(read(sync[0], &x, 1) == 0);
+  ready_and_wait();
+  CHECK(lock_pid(a, "FLOCK") == getpid(), "A locked by %d, want %d", lock_pid(a, "FLOCK"),
+        getpid());
+  CHECK(lock_pid(b, "FLOCK") == getpid(), "B locked by %d", lock_pid(b, "FLOCK"));
+  int probe = open(path_in("A"), O_RDWR);
+  CHECK(probe >= 0 && flock(probe, LOCK_SH | LOCK_NB) < 0 && errno == EWOULDBLOCK, "A held");
+  go_children();
+  int r = reap(c);
+  CHECK(r == 0, "the child's locks (exit %d)", r);
+  return 0;
+}
+
+/* scm00..scm04: descriptions in flight in unix socket queues (SCM_RIGHTS): a pipe's read end
+ * only in flight over a datagram pair (its write end held), both ends of another in flight on
+ * one seqpacket message, a held file in flight too, and a stream carrying bytes before, with
+ * and after an fd. */
+static int send_fds(int via, const int* fds, int n, const char* data, size_t len) {
+  char cbuf[CMSG_SPACE(sizeof(int) * 4)] = {0};
+  struct iovec iov = {(void*)data, len};
+  struct msghdr h = {.msg_iov = &iov,
+                     .msg_iovlen = 1,
+                     .msg_control = cbuf,
+                     .msg_controllen = CMSG_SPACE(sizeof(int) * n)};
+  struct cmsghdr* c = CMSG_FIRSTHDR(&h);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int) * n);
+  memcpy(CMSG_DATA(c), fds, sizeof(int) * n);
+  return sendmsg(via, &h, 0) == (ssize_t)len ? 0 : -1;
+}
+/* Receives up to 4 fds into fds; returns the byte count, the fd count in *n. */
+static ssize_t recv_fds(int via, int* fds, int* n, char* data, size_t len) {
+  char cbuf[CMSG_SPACE(sizeof(int) * 4)];
+  struct iovec iov = {data, len};
+  struct msghdr h = {
+      .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof cbuf};
+  ssize_t r = recvmsg(via, &h, MSG_DONTWAIT);
+  *n = 0;
+  for (struct cmsghdr* c = CMSG_FIRSTHDR(&h); r >= 0 && c; c = CMSG_NXTHDR(&h, c))
+    if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+      int k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      memcpy(fds + *n, CMSG_DATA(c), sizeof(int) * k);
+      *n += k;
+    }
+  return r;
+}
+static int pipe_works(int r, int w) {
+  char buf[8] = {0};
+  return write(w, "HELLO", 6) == 6 && read(r, buf, sizeof buf) == 6 && !strcmp(buf, "HELLO");
+}
+static int m_scm(void) {
+  int dg[2], sp[2], st[2], p[2], q[2];
+  SETUP(socketpair(AF_UNIX, SOCK_DGRAM, 0, dg) == 0 &&
+        socketpair(AF_UNIX, SOCK_SEQPACKET, 0, sp) == 0);
+  SETUP(socketpair(AF_UNIX, SOCK_STREAM, 0, st) == 0 && pipe(p) == 0 && pipe(q) == 0);
+  int held = open(path_in("held"), O_CREAT | O_RDWR, 0600);
+  SETUP(held >= 0 && write(held, "xyz", 3) == 3);
+  /* scm00: the read end only in flight; its write end kept at another number. */
+  SETUP(send_fds(dg[0], &p[0], 1, "", 1) == 0 && close(p[0]) == 0);
+  /* scm03: both ends of q in flight on one message; closed here. */
+  SETUP(send_fds(sp[0], q, 2, "two", 3) == 0 && close(q[0]) == 0 && close(q[1]) == 0);
+  /* A stream: bytes, bytes with the held file, bytes. */
+  SETUP(write(st[0], "ab", 2) == 2 && send_fds(st[0], &held, 1, "c", 1) == 0 &&
+        write(st[0], "de", 2) == 2);
+  ready_and_wait();
+  int fds[4], n;
+  char buf[16] = {0};
+  CHECK(recv_fds(dg[1], fds, &n, buf, sizeof buf) == 1 && n == 1, "dgram message (%d fds)", n);
+  CHECK(pipe_works(fds[0], p[1]), "the pipe in flight is the pipe whose write end is held");
+  CHECK(recv_fds(sp[1], fds, &n, buf, sizeof buf) == 3 && n == 2 && !memcmp(buf, "two", 3),
+        "seqpacket message (%d fds)", n);
+  CHECK(pipe_works(fds[0], fds[1]), "both ends in flight are one pipe");
+  ssize_t r = recv_fds(st[1], fds, &n, buf, sizeof buf);
+  CHECK(r >= 2 && !memcmp(buf, "ab", 2), "stream bytes before (%zd)", r);
+  if (r == 2)
+    r = recv_fds(st[1], fds, &n, buf, sizeof buf);
+  else
+    memmove(buf, buf + 2, r -= 2);
+  CHECK(n == 1 && r >= 1 && buf[0] == 'c', "stream segment with the fd (%d fds)", n);
+  struct stat a, b;
+  CHECK(fstat(fds[0], &a) == 0 && fstat(held, &b) == 0 && a.st_ino == b.st_ino, "the held file");
+  CHECK(lseek(fds[0], 0, SEEK_CUR) == 3 && lseek(held, 0, SEEK_SET) == 0 &&
+            lseek(fds[0], 0, SEEK_CUR) == 0,
+        "one description: the offset is shared");
+  int m;
+  CHECK(recv_fds(st[1], fds, &m, buf, sizeof buf) >= 1, "stream bytes after");
+  return 0;
+}
+/* scm05: an epoll watching a socket, in flight twice in that socket's queue. */
+static int m_scm_epoll(void) {
+  int sk[2];
+  SETUP(socketpair(AF_UNIX, SOCK_DGRAM, 0, sk) == 0);
+  int ep = epoll_create1(0);
+  struct epoll_event ev = {.events = EPOLLIN, .data.u64 = 0x1234};
+  SETUP(ep >= 0 && epoll_ctl(ep, EPOLL_CTL_ADD, sk[1], &ev) == 0);
+  SETUP(send_fds(sk[0], &ep, 1, "", 1) == 0 && send_fds(sk[0], &ep, 1, "", 1) == 0);
+  SETUP(close(ep) == 0);
+  ready_and_wait();
+  int fds[4], n;
+  char c;
+  CHECK(recv_fds(sk[1], fds, &n, &c, 1) == 1 && n == 1, "the epoll back (%d fds)", n);
+  struct epoll_event got = {0};
+  CHECK(epoll_wait(fds[0], &got, 1, 0) == 1 && got.data.u64 == 0x1234 && (got.events & EPOLLIN),
+        "the epoll in flight still watches the socket");
+  return 0;
+}
+
+/* scm06: unix sockets in flight in their own queues: a pair bound to two abstract names, each
+ * end sent over each end; and an end of another pair only in flight, with data queued. */
+static int m_scm_unix(void) {
+  int ska[2], other[2];
+  SETUP(socketpair(AF_UNIX, SOCK_DGRAM, 0, ska) == 0 &&
+        socketpair(AF_UNIX, SOCK_STREAM, 0, other) == 0);
+  char tag = 'a' + getpid() % 26;
+  for (int i = 0; i < 2; i++) {
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    a.sun_path[1] = tag;
+    a.sun_path[2] = '0' + i;
+    SETUP(bind(ska[i], (void*)&a, sizeof(sa_family_t) + 3) == 0);
+  }
+  for (int i = 0; i < 2; i++)
+    for (int j = 0; j < 2; j++) SETUP(send_fds(ska[i], &ska[j], 1, "", 1) == 0);
+  SETUP(write(other[1], "inner", 5) == 5 && send_fds(ska[0], &other[1], 1, "o", 1) == 0);
+  SETUP(close(other[1]) == 0);
+  ready_and_wait();
+  int skc = ska[0], fds[4], n;
+  char c;
+  for (int i = 0; i < 3; i++) {
+    CHECK(recv_fds(skc, fds, &n, &c, 1) == 1 && n == 1, "round %d: the socket back", i);
+    skc = fds[0];
+    struct sockaddr_un a;
+    socklen_t l = sizeof a;
+    CHECK(getsockname(skc, (void*)&a, &l) == 0 && a.sun_path[1] == tag &&
+              a.sun_path[2] == '0' + (i % 2),
+          "round %d: wrong socket", i);
+  }
+  /* ska[1]'s queue: ska[0] (taken above), ska[1], then the other pair's end. */
+  CHECK(recv_fds(ska[1], fds, &n, &c, 1) == 1 && n == 1, "ska[1] in ska[1]");
+  CHECK(recv_fds(ska[1], fds, &n, &c, 1) == 1 && n == 1 && c == 'o', "the other pair's end");
+  char buf[8] = {0};
+  CHECK(read(other[0], buf, sizeof buf) == 5 && !memcmp(buf, "inner", 5),
+        "what the end in flight had sent");
+  CHECK(write(fds[0], "x", 1) == 1 && read(other[0], buf, 1) == 1 && buf[0] == 'x',
+        "the end in flight is still connected");
+  return 0;
+}
+
+/* Zero-length messages in seqpacket and datagram queues, and a seqpacket socket whose peer is
+ * gone (end of file after the queue). */
+static int m_zero_len(void) {
+  int sp[2], dg[2];
+  SETUP(socketpair(AF_UNIX, SOCK_SEQPACKET, 0, sp) == 0 &&
+        socketpair(AF_UNIX, SOCK_DGRAM, 0, dg) == 0);
+  SETUP(send(sp[1], "a", 1, 0) == 1 && send(sp[1], "", 0, 0) == 0 && send(sp[1], "b", 1, 0) == 1);
+  SETUP(close(sp[1]) == 0);
+  SETUP(send(dg[1], "", 0, 0) == 0 && send(dg[1], "c", 1, 0) == 1);
+  ready_and_wait();
+  char buf[8];
+  CHECK(recv(sp[0], buf, sizeof buf, MSG_DONTWAIT) == 1 && buf[0] == 'a', "seqpacket a");
+  CHECK(recv(sp[0], buf, sizeof buf, MSG_DONTWAIT) == 0, "seqpacket empty message");
+  CHECK(recv(sp[0], buf, sizeof buf, MSG_DONTWAIT) == 1 && buf[0] == 'b', "seqpacket b");
+  CHECK(recv(sp[0], buf, sizeof buf, MSG_DONTWAIT) == 0, "seqpacket end of file");
+  CHECK(recv(dg[0], buf, sizeof buf, MSG_DONTWAIT) == 0, "datagram empty message");
+  CHECK(recv(dg[0], buf, sizeof buf, MSG_DONTWAIT) == 1 && buf[0] == 'c', "datagram c");
+  CHECK(recv(dg[0], buf, sizeof buf, MSG_DONTWAIT) < 0 && errno == EAGAIN, "nothing more");
+  return 0;
+}
+
+/* child_opened_proc: files under /proc/PID of the tree: the parent's /proc/CHILD/stat, the
+ * child's /proc/PARENT/status and its own /proc/SELF directory. */
+static int m_proc_files(void) {
+  go_init();
+  int sync[2];
+  SETUP(pipe(sync) == 0);
+  pid_t parent = getpid();
+  pid_t c = zfork();
+  if (c == 0) {
+    close(sync[0]);
+    char p[64];
+    snprintf(p, sizeof p, "/proc/%d/status", parent);
+    int ps = at(open(p, O_RDONLY), 45);
+    snprintf(p, sizeof p, "/proc/%d", getpid());
+    int self = at(open(p, O_RDONLY | O_DIRECTORY), 46);
+    close(sync[1]);
+    child_wait_go();
+    char buf[4096] = {0};
+    if (read(ps, buf, sizeof buf - 1) <= 0) _exit(2);
+    char want[64];
+    snprintf(want, sizeof want, "\nPid:\t%d\n", parent);
+    if (!strstr(buf, want)) _exit(3);
+    int st = openat(self, "stat", O_RDONLY);
+    if (st < 0 || read(st, buf, sizeof buf - 1) <= 0 || atoi(buf) != getpid()) _exit(4);
+    _exit(0);
+  }
+  close(sync[1]);
+  char x;
+  SETUP(read(sync[0], &x, 1) == 0);
+  char p[64];
+  snprintf(p, sizeof p, "/proc/%d/stat", c);
+  int cs = at(open(p, O_RDONLY), 47);
+  ready_and_wait();
+  char buf[512] = {0};
+  CHECK(read(cs, buf, sizeof buf - 1) > 0 && atoi(buf) == c, "/proc/%d/stat reads %.20s", c, buf);
+  go_children();
+  int r = reap(c);
+  CHECK(r == 0, "the child's /proc files (exit %d)", r);
+  return 0;
+}
+
+/* sk-unix-unconn: unix sockets never connected (stream, seqpacket, a bound stream socket not
+ * yet listening) have no queue to peek. */
+static int m_sk_unix_unconn(void) {
+  int st = at(socket(AF_UNIX, SOCK_STREAM, 0), 42), sp = at(socket(AF_UNIX, SOCK_SEQPACKET, 0), 43);
+  int bd = at(socket(AF_UNIX, SOCK_STREAM, 0), 44);
+  struct sockaddr_un a = {.sun_family = AF_UNIX};
+  snprintf(a.sun_path, sizeof a.sun_path, "%s", path_in("unconn.sock"));
+  SETUP(bind(bd, (void*)&a, sizeof a) == 0);
+  ready_and_wait();
+  int t = 0;
+  socklen_t l = sizeof t;
+  CHECK(getsockopt(st, SOL_SOCKET, SO_TYPE, &t, &l) == 0 && t == SOCK_STREAM, "stream");
+  CHECK(getsockopt(sp, SOL_SOCKET, SO_TYPE, &t, &l) == 0 && t == SOCK_SEQPACKET, "seqpacket");
+  struct sockaddr_un got;
+  l = sizeof got;
+  CHECK(getsockname(bd, (void*)&got, &l) == 0 && !strcmp(got.sun_path, a.sun_path), "bound name");
+  CHECK(listen(bd, 1) == 0, "listen after restore");
+  int c = socket(AF_UNIX, SOCK_STREAM, 0);
+  CHECK(connect(c, (void*)&a, sizeof a) == 0, "connect to the bound socket");
+  CHECK(connect(st, (void*)&a, sizeof a) == 0, "the unconnected socket connects");
+  return 0;
+}
+
+/* packet_sock: packet sockets with a version, aux data, rings, a reserve, origdev, a fanout
+ * group and memberships; packet_mmap: a ring mapped into memory (refused). */
+struct mreq_max {
+  int ifindex;
+  unsigned short type, alen;
+  unsigned char addr[32];
+};
+static int m_packet_sock(void) {
+  int sk1 = at(socket(AF_PACKET, SOCK_RAW, 0), 40);
+  int sk2 = at(socket(AF_PACKET, SOCK_DGRAM, htons(ETH_P_IP)), 41);
+  struct sockaddr_ll a = {.sll_family = AF_PACKET, .sll_ifindex = 1}, n1, n2, got;
+  SETUP(bind(sk2, (void*)&a, sizeof a) == 0);
+  socklen_t l = sizeof n1;
+  SETUP(getsockname(sk1, (void*)&n1, &l) == 0);
+  l = sizeof n2;
+  SETUP(getsockname(sk2, (void*)&n2, &l) == 0);
+  int v = TPACKET_V2, yes = 1, rsv = 8, fanout = 13 + getpid() % 1000;
+  SETUP(setsockopt(sk1, SOL_PACKET, PACKET_VERSION, &v, sizeof v) == 0);
+  SETUP(setsockopt(sk1, SOL_PACKET, PACKET_AUXDATA, &yes, sizeof yes) == 0);
+  struct tpacket_req ring = {
+      .tp_block_size = 4096, .tp_block_nr = 1, .tp_frame_size = 1024, .tp_frame_nr = 4};
+  SETUP(setsockopt(sk1, SOL_PACKET, PACKET_RX_RING, &ring, sizeof ring) == 0);
+  SETUP(setsockopt(sk2, SOL_PACKET, PACKET_RESERVE, &rsv, sizeof rsv) == 0);
+  SETUP(setsockopt(sk2, SOL_PACKET, PACKET_ORIGDEV, &yes, sizeof yes) == 0);
+  SETUP(setsockopt(sk2, SOL_PACKET, PACKET_FANOUT, &fanout, sizeof fanout) == 0);
+  struct mreq_max mr = {.ifindex = 1, .type = PACKET_MR_PROMISC};
+  SETUP(setsockopt(sk1, SOL_PACKET, PACKET_ADD_MEMBERSHIP, &mr, sizeof mr) == 0);
+  struct mreq_max mu = {.ifindex = 1, .type = PACKET_MR_UNICAST, .alen = 6};
+  SETUP(setsockopt(sk2, SOL_PACKET, PACKET_ADD_MEMBERSHIP, &mu, sizeof mu) == 0);
+  SETUP(setsockopt(sk2, SOL_PACKET, PACKET_TX_RING, &ring, sizeof ring) == 0);
+  ready_and_wait();
+  l = sizeof got;
+  CHECK(getsockname(sk1, (void*)&got, &l) == 0 && got.sll_protocol == n1.sll_protocol &&
+            got.sll_ifindex == n1.sll_ifindex,
+        "sk1 name");
+  l = sizeof got;
+  CHECK(getsockname(sk2, (void*)&got, &l) == 0 && got.sll_protocol == n2.sll_protocol &&
+            got.sll_ifindex == n2.sll_ifindex,
+        "sk2 name (ifindex %d)", got.sll_ifindex);
+  int x = 0;
+  l = sizeof x;
+  CHECK(getsockopt(sk1, SOL_PACKET, PACKET_VERSION, &x, &l) == 0 && x == TPACKET_V2, "version");
+  CHECK(getsockopt(sk1, SOL_PACKET, PACKET_AUXDATA, &x, &l) == 0 && x == 1, "auxdata");
+  CHECK(setsockopt(sk1, SOL_PACKET, PACKET_DROP_MEMBERSHIP, &mr, sizeof mr) == 0, "promisc kept");
+  CHECK(getsockopt(sk1, SOL_PACKET, PACKET_FANOUT, &x, &l) == 0 && x == 0, "sk1 fanout %x", x);
+  CHECK(getsockopt(sk2, SOL_PACKET, PACKET_RESERVE, &x, &l) == 0 && x == 8, "reserve %d", x);
+  CHECK(getsockopt(sk2, SOL_PACKET, PACKET_ORIGDEV, &x, &l) == 0 && x == 1, "origdev");
+  CHECK(setsockopt(sk2, SOL_PACKET, PACKET_DROP_MEMBERSHIP, &mu, sizeof mu) == 0, "ucast kept");
+  CHECK(getsockopt(sk2, SOL_PACKET, PACKET_FANOUT, &x, &l) == 0 && x == fanout, "fanout %x", x);
+  /* The ring is there: a second one is refused (EBUSY), as before. */
+  CHECK(setsockopt(sk1, SOL_PACKET, PACKET_RX_RING, &ring, sizeof ring) < 0 && errno == EBUSY,
+        "rx ring lost");
+  return 0;
+}
+static int m_packet_mmap(void) {
+  int s = at(socket(AF_PACKET, SOCK_RAW, 0), 77);
+  struct tpacket_req ring = {
+      .tp_block_size = 4096, .tp_block_nr = 1, .tp_frame_size = 1024, .tp_frame_nr = 4};
+  SETUP(setsockopt(s, SOL_PACKET, PACKET_RX_RING, &ring, sizeof ring) == 0);
+  void* m = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, s, 0);
+  SETUP(m != MAP_FAILED);
+  ready_and_wait();
+  CHECK(fcntl(s, F_GETFD) >= 0, "fd");
+  return 0;
+}
+
 int main(int argc, char** argv) {
   if (argc < 4) return 119;
   ready_fd = atoi(argv[2]);
@@ -456,6 +804,15 @@ int main(int argc, char** argv) {
       {"udplite", m_udplite},
       {"icmp", m_icmp},
       {"raw", m_raw},
+      {"packet_sock", m_packet_sock},
+      {"packet_mmap", m_packet_mmap},
+      {"file_locks_pid", m_file_locks_pid},
+      {"scm", m_scm},
+      {"scm_unix", m_scm_unix},
+      {"scm_epoll", m_scm_epoll},
+      {"sk_unix_unconn", m_sk_unix_unconn},
+      {"zero_len", m_zero_len},
+      {"proc_files", m_proc_files},
   };
   for (size_t i = 0; i < sizeof modes / sizeof modes[0]; ++i)
     if (!strcmp(argv[1], modes[i].name)) return modes[i].fn();
