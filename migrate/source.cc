@@ -271,6 +271,14 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
     (void)held->Resume();
     return fail(std::move(s).error());
   }
+  bool silenced = true;
+  // Any return before the commit: the network speaks again before `held` (destroyed after this,
+  // declared before) resumes the tree.
+  ScopeExit unsilence([&] {
+    if (!silenced || committed) return;
+    auto u = Unsilence(c.pid);
+    if (!u.ok()) LOG_ERROR("migration of %s: %s", o.id.c_str(), u.error().to_string().c_str());
+  });
   auto t_final = Clock::now();
   const auto& ph = ck->phases;
   auto t_freeze = t_ckpt + std::chrono::duration_cast<Clock::duration>(
@@ -307,6 +315,7 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
     // frames its peers sent meanwhile go to it now (no retransmission timeout for them).
     auto u = Unsilence(c.pid);
     if (!u.ok()) LOG_ERROR("migration of %s: %s", o.id.c_str(), u.error().to_string().c_str());
+    silenced = false;
     auto r = held->Resume();
     if (r.ok() && hold) {
       std::string frames;
