@@ -27,6 +27,37 @@ Result<double> ParseDuration(const std::string& s, double unit_ms) {
   return MakeError(ErrorKind::kUsage, 0, "bad duration %s (ms, s)", s.c_str());
 }
 
+constexpr const char kMigrateUsage[] =
+    "migrate ID --to HOST:PORT [OPTIONS]\n"
+    "\n"
+    "Live-migrates the running container ID to the godwitd at HOST:PORT: its memory is copied in\n"
+    "rounds while it runs, then it is frozen for a short switchover, restored there, and deleted\n"
+    "here once the destination runs it. TCP connections survive; packets for the container during\n"
+    "the switchover are held and delivered at the destination. On any failure before that the\n"
+    "container keeps running here, untouched (exit 8). docs/migration.md tells the flow.\n"
+    "\n"
+    "options:\n"
+    "  --to HOST:PORT                the destination godwitd ([V6]:PORT for IPv6)\n"
+    "  --tls-cert F --tls-key F --tls-ca F\n"
+    "                                this host's certificate and key, the CA that signed both\n"
+    "                                ends' (mutual TLS 1.3; scripts/migration-certs makes them)\n"
+    "  --insecure                    plain TCP instead (the daemon must say --insecure too)\n"
+    "  --max-downtime 50ms           switch over once the predicted blackout fits (ms, s)\n"
+    "  --max-rounds 8                pre-copy rounds at most\n"
+    "  --strict                      abort (the container stays here) rather than switch over\n"
+    "                                above --max-downtime (exit 6)\n"
+    "  --timeout 30s                 per network operation\n"
+    "  --compress auto|zstd|none     page frames: auto tries zstd and keeps it where it pays\n"
+    "  --no-hold                     drop the container's packets during the switchover (the\n"
+    "                                clients retransmit) instead of holding them: comparison\n"
+    "  --report F.json               the report: rounds, decisions, blackout by phase\n"
+    "  --json                        the report on stdout as one object (errors included)\n"
+    "\n"
+    "examples:\n"
+    "  godwit migrate web1 --to 10.0.0.2:7070 --tls-cert /etc/godwit/a.pem \\\n"
+    "      --tls-key /etc/godwit/a.key --tls-ca /etc/godwit/ca.pem --report web1.json\n"
+    "  godwit --root /run/a migrate c1 --to 198.18.0.2:7070 --insecure --max-downtime 100ms";
+
 std::string Mb(double bytes) { return StrFormat("%.1f MiB", bytes / (1 << 20)); }
 
 int MigrateCmd(Global& g, const std::vector<std::string>& args) {
@@ -133,10 +164,7 @@ int MigrateCmd(Global& g, const std::vector<std::string>& args) {
   return 0;
 }
 
-GODWIT_COMMAND(migrate, "migrate",
-               "migrate ID --to HOST:PORT [--tls-cert F --tls-key F --tls-ca F | --insecure] "
-               "[--max-downtime 50ms] [--max-rounds N] [--timeout S] [--compress auto|zstd|none] "
-               "[--strict] [--no-hold] [--report F.json] [--json]",
+GODWIT_COMMAND(migrate, "migrate", kMigrateUsage,
                "live-migrate a running container to the godwitd at HOST:PORT", MigrateCmd);
 
 }  // namespace
