@@ -63,7 +63,10 @@ Result<RoundStats> PreCopy::Round() {
   rs.round = static_cast<int>(rounds_.size());
   for (auto it = procs_.begin(); it != procs_.end();) {
     auto r = RoundOf(it->first, it->second, rs.round, &rs);
-    if (Gone(it->first)) {  // exited meanwhile: not part of the final dump either
+    // Exited meanwhile (a zombie, reaped, or still exiting: its mm already gone shows as ESRCH):
+    // not part of the final dump either.
+    if (Gone(it->first) ||
+        (!r.ok() && (r.error().sys_errno() == ESRCH || r.error().kind() == ErrorKind::kNotFound))) {
       it = procs_.erase(it);
       continue;
     }

@@ -350,7 +350,7 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
     if (!r.ok()) return std::move(r.error().wrap(StrFormat("migration of %s", res.id.c_str())));
     switch (f.msg_case()) {
       case mig::Frame::kFile: {
-        auto a = rx.Apply(f.file(), payload);
+        auto a = rx.ApplyAsync(f.file(), std::move(payload));
         if (!a.ok()) {
           (void)SendAbort(ch, a.error().to_string());
           return std::move(a.error().wrap(StrFormat("migration of %s", res.id.c_str())));
@@ -358,6 +358,10 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
         break;
       }
       case mig::Frame::kRoundEnd: {
+        if (auto d = rx.Drain(); !d.ok()) {
+          (void)SendAbort(ch, d.error().to_string());
+          return std::move(d.error().wrap(StrFormat("migration of %s", res.id.c_str())));
+        }
         if (Fault(o, ch, "round")) return MakeError(ErrorKind::kPeer, 0, "fault injected at round");
         mig::Frame ack;
         ack.mutable_round_ack()->set_round(f.round_end().round());
@@ -370,6 +374,10 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
         break;
       }
       case mig::Frame::kFinal: {
+        if (auto d = rx.Drain(); !d.ok()) {
+          (void)SendFailed(ch, d.error());
+          return std::move(d.error().wrap(StrFormat("migration of %s", res.id.c_str())));
+        }
         if (rx.open_files() != 0 ||
             !fs::Exists(staging + "/container/inventory.img")) {
           Error e = MakeError(ErrorKind::kPeer, 0, "final state incomplete (%zu files open%s)",

@@ -6,6 +6,11 @@
 #include <zstd.h>
 
 #include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <optional>
+#include <thread>
 
 #include "common/fs.h"
 #include "images/crc32c.h"
@@ -137,6 +142,70 @@ Result<void> FileSender::Send(const std::string& name) {
   file_bytes_ += size;
   files_++;
   send_ms_ += MsSince(t0);
+  return Ok();
+}
+
+struct FileReceiver::Async {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<std::pair<mig::FileData, std::string>> q;
+  bool busy = false;
+  bool stop = false;
+  std::optional<Error> err;
+  std::thread worker;
+};
+
+FileReceiver::FileReceiver(std::string staging) : staging_(std::move(staging)) {}
+
+FileReceiver::~FileReceiver() {
+  if (!async_) return;
+  {
+    std::lock_guard<std::mutex> l(async_->mu);
+    async_->stop = true;
+  }
+  async_->cv.notify_all();
+  async_->worker.join();
+}
+
+Result<void> FileReceiver::ApplyAsync(const mig::FileData& f, std::string payload) {
+  if (!async_) {
+    async_ = std::make_unique<Async>();
+    async_->worker = std::thread([this] {
+      Async& a = *async_;
+      std::unique_lock<std::mutex> l(a.mu);
+      for (;;) {
+        a.cv.wait(l, [&] { return a.stop || !a.q.empty(); });
+        if (a.q.empty()) return;  // stop
+        auto item = std::move(a.q.front());
+        a.q.pop_front();
+        a.busy = true;
+        l.unlock();
+        a.cv.notify_all();  // room in the queue
+        Result<void> r = a.err ? Result<void>(Ok()) : Apply(item.first, item.second);
+        l.lock();
+        a.busy = false;
+        if (!r.ok() && !a.err) a.err = std::move(r).error();
+        a.cv.notify_all();
+      }
+    });
+  }
+  Async& a = *async_;
+  std::unique_lock<std::mutex> l(a.mu);
+  if (a.err) return *a.err;
+  a.cv.wait(l, [&] { return a.q.size() < 4 || a.err; });
+  if (a.err) return *a.err;
+  a.q.emplace_back(f, std::move(payload));
+  l.unlock();
+  a.cv.notify_all();
+  return Ok();
+}
+
+Result<void> FileReceiver::Drain() {
+  if (!async_) return Ok();
+  Async& a = *async_;
+  std::unique_lock<std::mutex> l(a.mu);
+  a.cv.wait(l, [&] { return (a.q.empty() && !a.busy) || a.err; });
+  if (a.err) return *a.err;
   return Ok();
 }
 

@@ -63,14 +63,23 @@ std::unique_ptr<images::Sink> ForwardingSink(std::unique_ptr<images::Sink> inner
 // Writes received files under a staging directory (dir/tree, dir/container).
 class FileReceiver {
  public:
-  explicit FileReceiver(std::string staging) : staging_(std::move(staging)) {}
+  explicit FileReceiver(std::string staging);
+  ~FileReceiver();
   Result<void> Apply(const mig::FileData& f, const std::string& payload);
+  // The same on a writer thread: the caller goes on receiving (TLS, checksums) while the
+  // previous pieces are written (creating a page costs as much as receiving it here), up to a
+  // few pieces ahead. An error of an earlier piece is returned by a later call or by Drain.
+  Result<void> ApplyAsync(const mig::FileData& f, std::string payload);
+  // Waits until every piece given to ApplyAsync is written; the first error if any.
+  Result<void> Drain();
   // Files still open (a FileData without `last` seen): the set is incomplete.
   size_t open_files() const { return open_.size(); }
   uint64_t bytes() const { return bytes_; }
   const std::string& staging() const { return staging_; }
 
  private:
+  struct Async;
+  std::unique_ptr<Async> async_;
   std::string staging_;
   std::map<std::string, UniqueFd> open_;
   uint64_t bytes_ = 0;

@@ -75,7 +75,7 @@ for mib in $SIZES; do
     gw $at migrate "$id" --to "$toaddr:7070" $(tls host-$at) --report "$work/rep.json" >/dev/null 2>"$work/mig.err" \
       || { echo "migration $i of $mib MiB failed:"; cat "$work/mig.err"; }
     sleep 0.3
-    kill -INT $probe; wait $probe || true
+    kill -INT $probe 2>/dev/null || true; wait $probe || echo "  (probe: $(tail -c 300 "$work/probe.err"))"
     python3 - "$work/probe.json" "$work/rep.json" "$work" "$mib" <<'PY'
 import json, sys
 p = json.load(open(sys.argv[1]))["tcp"]; r = json.load(open(sys.argv[2])); w = sys.argv[3]; m = sys.argv[4]
