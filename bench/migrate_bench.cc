@@ -153,9 +153,11 @@ int main(int argc, char** argv) {
       mig::Frame f;
       std::string p;
       while ((*ch)->Recv(&f, &p).ok() && f.has_file()) {
-        if (!r.Apply(f.file(), p).ok()) break;
-        if (f.file().last()) break;
+        bool last = f.file().last();
+        if (!r.ApplyAsync(f.file(), std::move(p)).ok()) break;
+        if (last) break;
       }
+      (void)r.Drain();  // as the destination does at a round's end
     });
     auto ch = migrate::Channel::Connect("127.0.0.1:" + std::to_string(port), Tls(certs, "host-a"), 30);
     if (!ch.ok()) return 1;
