@@ -52,11 +52,6 @@ TreeDumper EngineDumper(const dump::DumpTuning& tuning, dump::PreCopy* precopy) 
       // stream). The container's netns and veth go away with it: LockOutside holds its peers'
       // packets on the host meanwhile.
       std::shared_ptr<dump::TcpHold> hold = s.tcp;
-      // The tree is frozen again (its cgroup) and detached: nothing of it can reach a socket
-      // now, so the connections go back into repair mode at once. Left out of it while held,
-      // a connection's kernel keeps acknowledging what arrives before the lock is complete and
-      // its timers run; a kill or delete then answers with a RST. Resume turns it off first.
-      hold->BeforeKill();
       t.resume_tcp = [hold]() -> Result<void> {
         hold->Resume();
         return Ok();
