@@ -72,20 +72,9 @@ Result<int64_t> ParseDurationNs(const std::string& s, int64_t default_unit_ns, c
 
 // "HOST:PORT" or "[V6]:PORT" -> an address (numeric or a name).
 Result<sockaddr_storage> Resolve(const std::string& target, int socktype, socklen_t* len) {
-  std::string host, port;
-  if (!target.empty() && target[0] == '[') {
-    size_t close = target.find(']');
-    if (close == std::string::npos || close + 1 >= target.size() || target[close + 1] != ':')
-      return MakeError(ErrorKind::kUsage, 0, "%s: want [ADDR]:PORT", target.c_str());
-    host = target.substr(1, close - 1);
-    port = target.substr(close + 2);
-  } else {
-    size_t colon = target.rfind(':');
-    if (colon == std::string::npos || colon == 0)
-      return MakeError(ErrorKind::kUsage, 0, "%s: want HOST:PORT", target.c_str());
-    host = target.substr(0, colon);
-    port = target.substr(colon + 1);
-  }
+  ASSIGN_OR_RETURN(auto hp, SplitHostPort(target));
+  const std::string& host = hp.first;
+  const std::string& port = hp.second;
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = socktype;

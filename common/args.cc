@@ -50,6 +50,26 @@ Result<ParsedArgs> ParseArgs(const std::vector<std::string>& args, const ArgSpec
   return out;
 }
 
+Result<std::pair<std::string, std::string>> SplitHostPort(const std::string& s) {
+  std::string host, port;
+  if (!s.empty() && s[0] == '[') {
+    size_t close = s.find(']');
+    if (close == std::string::npos || close + 1 >= s.size() || s[close + 1] != ':')
+      return MakeError(ErrorKind::kUsage, 0, "bad address %s: want [V6]:PORT", s.c_str());
+    host = s.substr(1, close - 1);
+    port = s.substr(close + 2);
+  } else {
+    size_t colon = s.rfind(':');
+    if (colon == std::string::npos || colon == 0)
+      return MakeError(ErrorKind::kUsage, 0, "bad address %s: want HOST:PORT", s.c_str());
+    host = s.substr(0, colon);
+    port = s.substr(colon + 1);
+  }
+  if (host.empty() || port.empty())
+    return MakeError(ErrorKind::kUsage, 0, "bad address %s: want HOST:PORT", s.c_str());
+  return std::make_pair(host, port);
+}
+
 Result<long long> ParseSize(const std::string& s) {
   if (s.empty()) return MakeError(ErrorKind::kUsage, 0, "empty size");
   char* end = nullptr;

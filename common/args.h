@@ -5,6 +5,7 @@
 #include <map>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/result.h"
@@ -37,6 +38,10 @@ struct ParsedArgs {
 
 // args excludes the verb. Unknown options are a kUsage error naming the option.
 Result<ParsedArgs> ParseArgs(const std::vector<std::string>& args, const ArgSpec& spec);
+
+// "HOST:PORT" or "[V6]:PORT" -> (HOST, PORT), both non-empty and unchecked otherwise (a name or
+// a number). kUsage naming s when it has neither form.
+Result<std::pair<std::string, std::string>> SplitHostPort(const std::string& s);
 
 // "256M", "1G", "4096" -> bytes.
 Result<long long> ParseSize(const std::string& s);

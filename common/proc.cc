@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <set>
 
 #include "common/fs.h"
 
@@ -132,6 +133,24 @@ Result<std::vector<pid_t>> ListChildren(pid_t pid, pid_t tid) {
   std::vector<pid_t> out;
   for (const auto& s : fs::Split(fs::Trim(text), ' '))
     if (!s.empty()) out.push_back(atoi(s.c_str()));
+  return out;
+}
+
+std::vector<pid_t> Descendants(pid_t root) {
+  std::vector<pid_t> out;
+  std::vector<pid_t> todo{root};
+  std::set<pid_t> seen;
+  while (!todo.empty()) {
+    pid_t pid = todo.back();
+    todo.pop_back();
+    if (!seen.insert(pid).second) continue;
+    out.push_back(pid);
+    auto tasks = ListTasks(pid);
+    if (!tasks.ok()) continue;
+    for (pid_t t : *tasks)
+      if (auto kids = ListChildren(pid, t); kids.ok())
+        todo.insert(todo.end(), kids->begin(), kids->end());
+  }
   return out;
 }
 

@@ -46,6 +46,11 @@ Result<std::vector<pid_t>> ListTasks(pid_t pid);
 // Children of one thread (/proc/PID/task/TID/children).
 Result<std::vector<pid_t>> ListChildren(pid_t pid, pid_t tid);
 
+// root and every process below it (the children of each of their threads), root first: a walk
+// of a running tree, so it may be outdated as soon as it returns. A process whose threads cannot
+// be listed (gone, or a zombie) is included, its children (none) not.
+std::vector<pid_t> Descendants(pid_t root);
+
 // The NSpid line of /proc/PID/task/TID/status: the id in each pid namespace, outermost first.
 Result<std::vector<pid_t>> ReadNsPids(pid_t pid, pid_t tid);
 

@@ -72,18 +72,7 @@ bool SampleCompresses(pid_t pid) {
 // will take (allocating tmpfs pages is most of the cost of writing them). A racy walk of the tree
 // is fine: this is only an estimate.
 void ReservePageBlobs(DumpContext& ctx, bool sample) {
-  std::vector<pid_t> todo{ctx.opts.pid};
-  std::set<pid_t> seen;
-  while (!todo.empty()) {
-    pid_t pid = todo.back();
-    todo.pop_back();
-    if (!seen.insert(pid).second) continue;
-    auto tasks = proc::ListTasks(pid);
-    if (!tasks.ok()) continue;
-    for (pid_t t : *tasks) {
-      auto kids = proc::ListChildren(pid, t);
-      if (kids.ok()) todo.insert(todo.end(), kids->begin(), kids->end());
-    }
+  for (pid_t pid : proc::Descendants(ctx.opts.pid)) {
     auto status = fs::ReadFile(StrFormat("/proc/%d/status", pid));
     if (!status.ok()) continue;
     size_t at = status->find("RssAnon:");

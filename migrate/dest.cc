@@ -1,15 +1,6 @@
 #include "migrate/dest.h"
 
-#include <arpa/inet.h>
 #include <fcntl.h>
-#include <ifaddrs.h>
-#include <linux/if_packet.h>
-#include <net/ethernet.h>
-#include <net/if.h>
-#include <net/if_arp.h>
-#include <sched.h>
-#include <sys/ioctl.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
@@ -25,8 +16,6 @@
 #include "common/fs.h"
 #include "common/log.h"
 #include "common/scope_exit.h"
-#include "container/engine.h"
-#include "container/restore.h"
 #include "images/image.h"
 #include "migrate/image_stream.h"
 #include "migrate/kernel.h"

@@ -43,38 +43,16 @@ constexpr double kPerProcessMs = 8;
 // A round this small cannot shrink further in a way that matters: the fixed part decides.
 constexpr uint64_t kMinimalRound = 256 << 10;
 
-uint64_t ResidentBytes(pid_t init) {
-  // Every process of the container is a descendant of its init.
+// Resident memory of the processes (the room the destination needs).
+uint64_t ResidentBytes(const std::vector<pid_t>& pids) {
   uint64_t total = 0;
-  std::vector<pid_t> todo{init};
-  for (size_t i = 0; i < todo.size() && i < 100000; ++i) {
-    pid_t p = todo[i];
+  for (pid_t p : pids) {
     auto st = fs::ReadFile(StrFormat("/proc/%d/status", p));
-    if (st.ok()) {
-      size_t at = st->find("VmRSS:");
-      if (at != std::string::npos) total += strtoull(st->c_str() + at + 6, nullptr, 10) * 1024;
-    }
-    auto tasks = proc::ListTasks(p);
-    if (!tasks.ok()) continue;
-    for (pid_t t : *tasks) {
-      auto kids = proc::ListChildren(p, t);
-      if (kids.ok()) todo.insert(todo.end(), kids->begin(), kids->end());
-    }
+    if (!st.ok()) continue;
+    size_t at = st->find("VmRSS:");
+    if (at != std::string::npos) total += strtoull(st->c_str() + at + 6, nullptr, 10) * 1024;
   }
   return total;
-}
-
-int CountProcesses(pid_t init) {
-  std::vector<pid_t> todo{init};
-  for (size_t i = 0; i < todo.size() && i < 100000; ++i) {
-    auto tasks = proc::ListTasks(todo[i]);
-    if (!tasks.ok()) continue;
-    for (pid_t t : *tasks) {
-      auto kids = proc::ListChildren(todo[i], t);
-      if (kids.ok()) todo.insert(todo.end(), kids->begin(), kids->end());
-    }
-  }
-  return static_cast<int>(todo.size());
 }
 
 Result<void> RecvExpect(Channel& ch, mig::Frame* f, mig::Frame::MsgCase want, const char* what) {
@@ -103,6 +81,9 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
     return MakeError(ErrorKind::kUnsupported, 0, "container %s is %s, not running", o.id.c_str(),
                      runtime::StatusName(c.CurrentStatus()));
 
+  // Every process of the container is a descendant of its init.
+  const std::vector<pid_t> tree = proc::Descendants(c.pid);
+
   // Connect and agree.
   ASSIGN_OR_RETURN(std::unique_ptr<Channel> ch, Channel::Connect(o.to, o.tls, o.timeout_s));
   rep->peer = ch->peer();
@@ -125,7 +106,7 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
     for (auto& cpu : images::CpuFeatures()) h->add_cpu_features(cpu);
     h->set_xcr0(images::Xcr0());
     h->set_rootfs(c.rootfs);
-    h->set_memory_bytes(ResidentBytes(c.pid));
+    h->set_memory_bytes(ResidentBytes(tree));
     if (c.resources.memory_limit) h->set_memory_limit(*c.resources.memory_limit);
     h->set_compress(zstd);
     TRY_CTX(ch->Send(f), "handshake with %s", o.to.c_str());
@@ -180,8 +161,7 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
   // Pre-copy rounds while the container runs.
   auto pc = container::ContainerPreCopy::Start(o.root, o.id, *tree_sink);
   if (!pc.ok()) return fail(std::move(pc.error().wrap("pre-copy")));
-  const int nproc = CountProcesses(c.pid);
-  rep->fixed_cost_ms = kFixedMs + kPerProcessMs * nproc;
+  rep->fixed_cost_ms = kFixedMs + kPerProcessMs * static_cast<double>(tree.size());
   double last_throughput = 0;
   for (int round = 0;; ++round) {
     auto t0 = Clock::now();

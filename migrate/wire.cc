@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cstring>
 
+#include "common/args.h"
 #include "common/log.h"
 
 namespace godwit::migrate {
@@ -135,28 +136,28 @@ Error StreamError(const asio::error_code& ec, const std::string& peer, const cha
                    ec.message().c_str());
 }
 
+// The TLS layer over impl's connected socket, and its handshake.
+Result<void> Handshake(Channel::Impl& impl, const TlsConfig& tls, bool server,
+                       const std::string& peer, double timeout_s) {
+  ASSIGN_OR_RETURN(impl.ctx, MakeTlsContext(tls, server));
+  impl.tls = std::make_unique<asio::ssl::stream<asio::ip::tcp::socket&>>(impl.sock, *impl.ctx);
+  auto ec = impl.Run(timeout_s, [&](auto handler) {
+    impl.tls->async_handshake(server ? asio::ssl::stream_base::server
+                                     : asio::ssl::stream_base::client,
+                              handler);
+  });
+  if (ec) return StreamError(ec, peer, "TLS handshake");
+  return Ok();
+}
+
 }  // namespace
 
 Result<std::pair<std::string, uint16_t>> SplitHostPort(const std::string& s) {
-  std::string host, port;
-  if (!s.empty() && s[0] == '[') {
-    size_t close = s.find(']');
-    if (close == std::string::npos || close + 1 >= s.size() || s[close + 1] != ':')
-      return MakeError(ErrorKind::kUsage, 0, "bad address %s: want [V6]:PORT", s.c_str());
-    host = s.substr(1, close - 1);
-    port = s.substr(close + 2);
-  } else {
-    size_t colon = s.rfind(':');
-    if (colon == std::string::npos || colon == 0)
-      return MakeError(ErrorKind::kUsage, 0, "bad address %s: want HOST:PORT", s.c_str());
-    host = s.substr(0, colon);
-    port = s.substr(colon + 1);
-  }
+  ASSIGN_OR_RETURN(auto hp, godwit::SplitHostPort(s));
   char* end = nullptr;
-  unsigned long p = strtoul(port.c_str(), &end, 10);
-  if (port.empty() || *end != '\0' || p > 65535)
-    return MakeError(ErrorKind::kUsage, 0, "bad port in %s", s.c_str());
-  return std::make_pair(host, static_cast<uint16_t>(p));
+  unsigned long p = strtoul(hp.second.c_str(), &end, 10);
+  if (*end != '\0' || p > 65535) return MakeError(ErrorKind::kUsage, 0, "bad port in %s", s.c_str());
+  return std::make_pair(hp.first, static_cast<uint16_t>(p));
 }
 
 const char* FrameKind(const mig::Frame& f) {
@@ -202,14 +203,7 @@ Result<std::unique_ptr<Channel>> Channel::Connect(const std::string& host_port,
   if (ec) return StreamError(ec, host_port, "connect");
   TuneSocket(impl->sock.native_handle());
   std::string peer = Describe(impl->sock.remote_endpoint(ec));
-  if (!tls.insecure) {
-    ASSIGN_OR_RETURN(impl->ctx, MakeTlsContext(tls, /*server=*/false));
-    impl->tls = std::make_unique<asio::ssl::stream<asio::ip::tcp::socket&>>(impl->sock, *impl->ctx);
-    ec = impl->Run(timeout_s, [&](auto handler) {
-      impl->tls->async_handshake(asio::ssl::stream_base::client, handler);
-    });
-    if (ec) return StreamError(ec, peer, "TLS handshake");
-  }
+  if (!tls.insecure) TRY(Handshake(*impl, tls, /*server=*/false, peer, timeout_s));
   std::unique_ptr<Channel> ch(new Channel(std::move(impl)));
   ch->peer_ = peer;
   ch->timeout_s_ = timeout_s;
@@ -233,14 +227,7 @@ Result<std::unique_ptr<Channel>> Channel::Accept(int fd, const TlsConfig& tls, d
   }
   TuneSocket(fd);
   std::string peer = Describe(impl->sock.remote_endpoint(ec));
-  if (!tls.insecure) {
-    ASSIGN_OR_RETURN(impl->ctx, MakeTlsContext(tls, /*server=*/true));
-    impl->tls = std::make_unique<asio::ssl::stream<asio::ip::tcp::socket&>>(impl->sock, *impl->ctx);
-    ec = impl->Run(timeout_s, [&](auto handler) {
-      impl->tls->async_handshake(asio::ssl::stream_base::server, handler);
-    });
-    if (ec) return StreamError(ec, peer, "TLS handshake");
-  }
+  if (!tls.insecure) TRY(Handshake(*impl, tls, /*server=*/true, peer, timeout_s));
   std::unique_ptr<Channel> ch(new Channel(std::move(impl)));
   ch->peer_ = peer;
   ch->timeout_s_ = timeout_s;

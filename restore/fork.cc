@@ -118,20 +118,10 @@ Result<void> ReadHandshake(int fd, pid_t root) {
 // every process has reported (all are forked and none has exited).
 Result<void> MapHostPids(RestoreContext& ctx, pid_t root) {
   std::map<pid_t, pid_t> host_of;  // id at inner_level -> host pid
-  std::vector<pid_t> todo{root};
-  std::set<pid_t> seen;
-  while (!todo.empty()) {
-    pid_t h = todo.back();
-    todo.pop_back();
-    if (!seen.insert(h).second) continue;
+  for (pid_t h : proc::Descendants(root)) {
     auto ns = proc::ReadNsPids(h, h);
     if (ns.ok() && static_cast<int>(ns->size()) > ctx.inner_level)
       host_of[(*ns)[ctx.inner_level]] = h;
-    auto tasks = proc::ListTasks(h);
-    if (!tasks.ok()) continue;  // a zombie of the tree
-    for (pid_t t : *tasks)
-      if (auto kids = proc::ListChildren(h, t); kids.ok())
-        todo.insert(todo.end(), kids->begin(), kids->end());
   }
   for (auto& p : ctx.procs) {
     const img::ProcessEntry& e = *p->entry;
