@@ -16,6 +16,7 @@
 #include "common/fs.h"
 #include "cli/tuning_env.h"
 #include "container/engine.h"
+#include "restore/lazy.h"
 #include "runtime/runtime.h"
 
 namespace godwit::cli {
@@ -187,7 +188,7 @@ bool IsContainerRestore(const std::vector<std::string>& args) {
 
 int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
   ArgSpec spec{{"image-path", "import", "bundle", "pid-file", "ip", "bridge"},
-               {"detach", "json", "no-announce", "keep-locked"},
+               {"detach", "json", "no-announce", "keep-locked", "lazy"},
                {{"-d", "detach"}, {"-b", "bundle"}}};
   auto pa = ParseArgs(args, spec);
   if (!pa.ok()) return ReportError(g, "restore", pa.error());
@@ -205,6 +206,7 @@ int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
   // A migration's destination announces the address itself, once the source is gone.
   o.announce = !pa->has("no-announce");
   o.keep_netlock = pa->has("keep-locked");
+  o.lazy = pa->has("lazy");
   o.cgroup_parent = g.cgroup_parent;
   auto r = container::Restore(o);
   if (!r.ok()) return ReportError(g, "restore", r.error());
@@ -214,10 +216,20 @@ int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
     auto w = fs::WriteFile(pid_file, std::to_string(c.pid) + "\n", true);
     if (!w.ok()) return ReportError(g, "restore", w.error());
   }
+  // Lazy: the owed pages are installed by this process while it waits for the init, or,
+  // detached, by a pager process (its pid is printed: the pages are in when it exits).
+  pid_t pager_pid = 0;
+  if (r->pager && pa->has("detach")) {
+    auto d = r->pager->Detach();
+    if (!d.ok()) return ReportError(g, "restore", d.error());
+    pager_pid = *d;
+  }
   if (g.json) {
     nlohmann::json j = {{"id", c.id},
                         {"pid", c.pid},
                         {"processes", r->processes},
+                        {"lazy_bytes", r->lazy_bytes},
+                        {"lazy_pager_pid", pager_pid},
                         {"environment_ms", r->environment_ms},
                         {"total_ms", r->total_ms},
                         {"phases", PhasesJson(r->phases)}};
@@ -231,6 +243,9 @@ int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
            p.rootfs_wait_ms);
     printf("    + env %.1f + join %.1f + tree %.1f (memory %.1f rest %.1f); total %.1f ms\n",
            p.env_ms, p.cgroup_join_ms, p.tree_ms, p.memory_ms, p.tree_rest_ms, p.total_ms);
+    if (r->lazy_bytes > 0)
+      printf("  lazy: %.1f MiB paged in after it runs%s\n", r->lazy_bytes / 1048576.0,
+             pager_pid > 0 ? StrFormat(" by pager pid %d", pager_pid).c_str() : "");
   }
   fflush(stdout);
   if (pa->has("detach")) return 0;

@@ -16,6 +16,7 @@
 #include "cli/criu_opts.h"
 #include "cli/tuning_env.h"
 #include "common/args.h"
+#include "restore/lazy.h"
 #include "restore/restore.h"
 
 namespace godwit::cli {
@@ -25,7 +26,7 @@ constexpr const char kRestoreUsage[] =
     "restore --images-dir DIR [OPTIONS]                  (a process tree)\n"
     "       godwit restore ID --image-path DIR | --import FILE [--bundle DIR]\n"
     "               [--ip A.B.C.D[/N]] [--bridge BR] [--no-announce] [--keep-locked]\n"
-    "               [--detach] [--pid-file F] [--json]   (a container)\n"
+    "               [--detach] [--lazy] [--pid-file F] [--json]   (a container)\n"
     "\n"
     "Recreates the process tree dumped into DIR with the same pids. Without --detach\n"
     "the restored root is a child of godwit, which waits for it and exits with its\n"
@@ -38,6 +39,12 @@ constexpr const char kRestoreUsage[] =
     "  --detach, -d, --restore-detached   return once the tree runs (CRIU: -d)\n"
     "  --pid-file F, --pidfile F          write the restored root's pid to F\n"
     "  --tcp-close                        restore established TCP connections closed\n"
+    "  --lazy                             run the tree as soon as its non-memory state is\n"
+    "                                     back; anonymous memory is paged in afterwards\n"
+    "                                     (userfaultfd: faulted pages first, the rest in the\n"
+    "                                     background). With --detach a pager process does\n"
+    "                                     it: its pid is printed (lazy_pager_pid); the pages\n"
+    "                                     are all in when it exits. Same for containers.\n"
     "  --tcp-established                  accepted: connections in the images are restored\n"
     "                                     live (CRIU needs the flag on restore too)\n"
     "  --shell-job, -j                    a terminal from outside the dumped tree is the\n"
@@ -64,13 +71,14 @@ constexpr const char kRestoreUsage[] =
     "  godwit restore --images-dir /tmp/ck\n"
     "  godwit restore -D /tmp/ck -d --pidfile /tmp/ck.pid --tcp-established -j -v4 -o rst.log\n"
     "  godwit restore --images-dir /tmp/ck --inherit-fd fd[0]:pipe:[1234] --tcp-close\n"
+    "  godwit restore --images-dir /tmp/ck --lazy -d --json\n"
     "  godwit restore web1 --image-path /tmp/ck --bundle /srv/web1 --detach";
 
 int RestoreCmd(Global& g, const std::vector<std::string>& args) {
   std::vector<std::string> norm = NormalizeCriuArgs(args, CriuVerb::kRestore);
   if (IsContainerRestore(norm)) return ContainerRestoreCmd(g, args);
   ArgSpec spec{{"images-dir", "pid-file", "inherit-fd"},
-               {"detach", "shell-job", "tcp-close"},
+               {"detach", "shell-job", "tcp-close", "lazy"},
                {{"-D", "images-dir"}, {"-d", "detach"}}};
   AddCriuOptions(spec, CriuVerb::kRestore);
   auto pa = ParseArgs(norm, spec);
@@ -85,6 +93,7 @@ int RestoreCmd(Global& g, const std::vector<std::string>& args) {
   o.pid_file = pa->get("pid-file");
   o.shell_job = pa->has("shell-job");
   o.tcp_close = pa->has("tcp-close");
+  o.lazy = pa->has("lazy");
   for (const auto& s : pa->all("inherit-fd")) {
     // fd[N]:KEY
     int n = -1;
@@ -101,13 +110,22 @@ int RestoreCmd(Global& g, const std::vector<std::string>& args) {
   auto r = restore::Restore(o);
   if (!r.ok()) return ReportError(g, "restore", r.error());
   const auto& s = *r;
+  // Lazy: the pages still owed are installed by this process while it waits for the root, or,
+  // detached, by a pager process of its own (its pid is printed: wait for it to exit).
+  pid_t pager_pid = 0;
+  if (s.pager && o.detach) {
+    auto d = s.pager->Detach();
+    if (!d.ok()) return ReportError(g, "restore", d.error());
+    pager_pid = *d;
+  }
   if (g.json) {
     nlohmann::json j = {{"root_pid", s.root_pid}, {"processes", s.processes},
                         {"zombies", s.zombies},   {"threads", s.threads},
                         {"vmas", s.vmas},         {"pages", s.pages},
                         {"bytes", s.bytes},       {"remote_syscalls", s.remote_calls},
                         {"fork_ms", s.fork_ms},   {"memory_ms", s.memory_ms},
-                        {"total_ms", s.total_ms}, {"detached", o.detach}};
+                        {"total_ms", s.total_ms}, {"detached", o.detach},
+                        {"lazy_bytes", s.lazy_bytes}, {"lazy_pager_pid", pager_pid}};
     printf("%s\n", j.dump().c_str());
   } else {
     printf("restored %d process(es) (%d zombie), %d thread(s), root pid %d\n", s.processes,
@@ -115,6 +133,9 @@ int RestoreCmd(Global& g, const std::vector<std::string>& args) {
     printf("  pages: %llu (%.1f MiB), %llu VMAs; fork %.1f ms, memory %.1f ms, total %.1f ms\n",
            static_cast<unsigned long long>(s.pages), s.bytes / 1048576.0,
            static_cast<unsigned long long>(s.vmas), s.fork_ms, s.memory_ms, s.total_ms);
+    if (s.lazy_bytes > 0)
+      printf("  lazy: %.1f MiB paged in after the tree runs%s\n", s.lazy_bytes / 1048576.0,
+             pager_pid > 0 ? StrFormat(" by pager pid %d", pager_pid).c_str() : "");
   }
   fflush(stdout);
   if (o.detach) return 0;

@@ -25,12 +25,14 @@ inline dump::DumpTuning DumpTuningFromEnv(dump::DumpTuning base = {}) {
 }
 
 // GODWIT_NO_UFFD, GODWIT_NO_SPLIT, GODWIT_NO_POPULATE (page filling), GODWIT_MAPCRC (checksums
-// through mappings).
+// through mappings), GODWIT_LAZY_FAULTS_ONLY (restore --lazy installs faulted pages only: tests
+// of the fault path, measuring).
 inline void RestoreTuningFromEnv(restore::RestoreOptions* o) {
   o->fill.uffd = !EnvSet("GODWIT_NO_UFFD");
   o->fill.split = !EnvSet("GODWIT_NO_SPLIT");
   o->fill.populate = !EnvSet("GODWIT_NO_POPULATE");
   o->read.map_checksums = EnvSet("GODWIT_MAPCRC");
+  o->lazy_background = !EnvSet("GODWIT_LAZY_FAULTS_ONLY");
 }
 
 // GODWIT_NO_TOUCH: reserved page-file space is only fallocated, not written once.

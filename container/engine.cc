@@ -92,11 +92,14 @@ TreeRestorer EngineRestorer() {
     o.root_outside = req.outside;
     o.tcp_close = req.tcp_close;
     o.keep_netlock = req.keep_netlock;
+    o.lazy = req.lazy;
     ASSIGN_OR_RETURN(restore::RestoreStats s, restore::Restore(o));
     TreeRestoreResult t;
     t.root_host_pid = s.root_pid;
     t.processes = s.processes;
     t.memory_ms = s.memory_ms;
+    t.lazy_bytes = s.lazy_bytes;
+    t.pager = s.pager;
     return t;
   };
 }

@@ -249,6 +249,7 @@ Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& re
   req.clone_flags = kRootCloneFlags;
   req.tcp_close = !opts.ip.empty();
   req.keep_netlock = opts.keep_netlock;
+  req.lazy = opts.lazy;
   // A user namespace: its maps, and the namespaces it owns, come from a holder (restore_env.h).
   std::unique_ptr<UsernsHolder> userns;
   if (has_userns) {
@@ -327,6 +328,8 @@ Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& re
   RestoreResult out;
   out.container = c;
   out.processes = tree.processes;
+  out.lazy_bytes = tree.lazy_bytes;
+  out.pager = tree.pager;
   out.environment_ms = env_ms;
   phase(&ph.finish_ms);
   out.total_ms = Ms(t0, lap);

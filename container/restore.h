@@ -14,10 +14,15 @@
 #include <sys/types.h>
 
 #include <functional>
+#include <memory>
 #include <string>
 
 #include "common/result.h"
 #include "runtime/container.h"
+
+namespace godwit::restore {
+class LazyPager;  // restore/lazy.h
+}
 
 namespace godwit::container {
 
@@ -36,12 +41,16 @@ struct TreeRestoreRequest {
   // Established TCP connections come back closed (their address is gone: --ip).
   bool tcp_close = false;
   bool keep_netlock = false;  // RestoreOptions::keep_netlock
+  bool lazy = false;          // restore::RestoreOptions::lazy
 };
 
 struct TreeRestoreResult {
   pid_t root_host_pid = 0;
   int processes = 0;
   double memory_ms = 0;  // the engine's time filling memory (0: not reported)
+  // Lazy: pages still owed when the tree started to run, and who installs them.
+  uint64_t lazy_bytes = 0;
+  std::shared_ptr<restore::LazyPager> pager;
 };
 
 // Where a restore's time goes (ms, steady clock), in order. running_ms is the restore's share of
@@ -93,6 +102,9 @@ struct RestoreOptions {
   // the caller unlocks them later (files::NetUnlockIn with the table files-netlock.img names).
   // A migration's destination keeps them so until the source has committed.
   bool keep_netlock = false;
+  // Anonymous memory is paged in after the container runs (restore --lazy, restore/lazy.h):
+  // RestoreResult::pager installs it; the caller waits for it or detaches it.
+  bool lazy = false;
 };
 
 struct RestoreResult {
@@ -101,6 +113,8 @@ struct RestoreResult {
   double environment_ms = 0;  // cgroup, namespaces, mounts, contents
   double total_ms = 0;
   RestorePhases phases;
+  uint64_t lazy_bytes = 0;
+  std::shared_ptr<restore::LazyPager> pager;  // with lazy, while pages are owed
 };
 
 Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& restore_tree);

@@ -36,6 +36,8 @@ void Usage() {
           "               [--tls-cert F --tls-key F --tls-ca F | --insecure] [--timeout S]\n"
           "               [--log-level error|warn|info|debug] [--staging DIR] [--ready-file F]\n"
           "               [--keep-staging]  (debugging: keep the received images)\n"
+          "               [--no-lazy]  (fill the container's memory before it runs, for\n"
+          "                            measuring; default: paged in after, restore --lazy)\n"
           "               [--fault PHASE:kill|close|corrupt]  (testing: welcome, round, final,\n"
           "               restored)\n");
 }
@@ -152,7 +154,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
   ArgSpec spec{{"listen", "root", "cgroup-parent", "bridge", "tls-cert", "tls-key", "tls-ca",
                 "timeout", "log-level", "staging", "fault", "ready-file"},
-               {"insecure", "help", "keep-staging"},
+               {"insecure", "help", "keep-staging", "no-lazy"},
                {{"-h", "help"}}};
   auto pa = ParseArgs(args, spec);
   if (!pa.ok()) {
@@ -182,6 +184,7 @@ int main(int argc, char** argv) {
   d.dest.staging = pa->get("staging");
   d.dest.fault = pa->get("fault");
   d.dest.keep_staging = pa->has("keep-staging");  // testing and failover drills only
+  d.dest.lazy = !pa->has("no-lazy");
   if (pa->has("timeout")) d.dest.timeout_s = atof(pa->get("timeout").c_str());
   if (d.dest.timeout_s <= 0) d.dest.timeout_s = 30;
   auto hp = migrate::SplitHostPort(pa->get("listen"));

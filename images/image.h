@@ -319,6 +319,10 @@ struct ReadOptions {
   // this VM faster than mapping them (page-table costs). true: through mappings, for measuring
   // (the CLI sets it from GODWIT_MAPCRC).
   bool map_checksums = false;
+  // Blob files (page data) are not checksummed whole when the set is opened: their chunks'
+  // checksums are checked as they are read instead (a lazy restore reads them after the tree
+  // runs; a whole-file pass first would put every page in the downtime).
+  bool chunk_checked_blobs = false;
 };
 
 class ImageSet {
@@ -340,6 +344,9 @@ class ImageSet {
   const img::Inventory& inventory() const { return inventory_; }
   const std::string& dir() const { return dir_; }
   bool Has(const std::string& name) const;
+  // Whether a listed file's whole-file checksum was checked (OpenBlob's chunks are then not
+  // checked again): false for blobs under ReadOptions::chunk_checked_blobs.
+  bool Verified(const std::string& name) const;
   // (Named OpenImage, not Open: C++ cannot overload the static Open(dir) with a member of the
   // same parameter list.)
   Result<ImageReader> OpenImage(const std::string& name) const;
@@ -361,6 +368,7 @@ class ImageSet {
   img::Inventory inventory_;
   bool verified_ = false;
   std::shared_ptr<Pending> pending_;  // OpenDeferred's background check
+  std::vector<std::string> chunk_checked_;  // blobs left to their chunk checksums
 };
 
 // What a file in an image directory holds, from its magic.

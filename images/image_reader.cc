@@ -545,6 +545,13 @@ Result<ImageSet> ImageSet::OpenChecked(const std::string& dir, bool defer,
                        f.name().c_str(), static_cast<unsigned long long>(size),
                        static_cast<unsigned long long>(f.size()),
                        static_cast<unsigned long long>(std::min<uint64_t>(size, f.size())));
+    char head[8] = {};
+    if (opts.chunk_checked_blobs && size >= sizeof(head) &&
+        pread(fd->get(), head, sizeof(head), 0) == static_cast<ssize_t>(sizeof(head)) &&
+        ProbeKind(std::string_view(head, sizeof(head))) == FileKind::kBlob) {
+      s.chunk_checked_.push_back(f.name());
+      continue;
+    }
     if (defer && size >= kDeferMin)
       later.emplace_back(std::move(*fd), f);
     else
@@ -611,6 +618,11 @@ std::vector<Error> ImageSet::Verify() const {
   return errs;
 }
 
+bool ImageSet::Verified(const std::string& name) const {
+  return verified_ &&
+         std::find(chunk_checked_.begin(), chunk_checked_.end(), name) == chunk_checked_.end();
+}
+
 bool ImageSet::Has(const std::string& name) const {
   for (const auto& f : inventory_.files())
     if (f.name() == name) return true;
@@ -631,7 +643,7 @@ Result<std::unique_ptr<BlobReader>> ImageSet::OpenBlob(const std::string& name) 
   if (!Has(name))
     return MakeError(ErrorKind::kBadImage, 0, "%s: blob %s is not in the inventory", dir_.c_str(),
                      name.c_str());
-  auto b = BlobReader::OpenFile(dir_ + "/" + name, name, verified_);
+  auto b = BlobReader::OpenFile(dir_ + "/" + name, name, Verified(name));
   if (!b.ok()) return std::move(b.error().wrap(dir_));
   return b;
 }

@@ -81,6 +81,7 @@ struct Restored {
   pid_t pid = 0;
   std::string host_veth;
   double tree_ms = 0, memory_ms = 0, env_ms = 0;
+  uint64_t lazy_bytes = 0;
 };
 
 // The restore left the connections locked (--keep-locked): the table files-netlock.img names,
@@ -121,6 +122,7 @@ Result<Restored> RestoreByCli(const DestOptions& o, const std::string& id,
        {"restore", id.c_str(), "--image-path", staging.c_str(), "--detach", "--no-announce",
         "--keep-locked"})
     args.push_back(a);
+  if (o.lazy) args.push_back("--lazy");
   if (!o.bridge.empty()) {
     args.push_back("--bridge");
     args.push_back(o.bridge);
@@ -171,6 +173,7 @@ Result<Restored> RestoreByCli(const DestOptions& o, const std::string& id,
   try {
     auto j = nlohmann::json::parse(o_text);
     r.pid = j.value("pid", 0);
+    r.lazy_bytes = j.value("lazy_bytes", uint64_t{0});
     if (j.contains("phases")) {
       r.tree_ms = j["phases"].value("tree_ms", 0.0);
       r.memory_ms = j["phases"]["tree"].value("memory_ms", 0.0);
@@ -398,6 +401,7 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
         rs->mutable_phases()->set_tree_ms(rr->tree_ms);
         rs->mutable_phases()->set_memory_ms(rr->memory_ms);
         rs->mutable_phases()->set_env_ms(rr->env_ms);
+        rs->mutable_phases()->set_lazy_bytes(rr->lazy_bytes);
         if (Fault(o, ch, "restored"))
           return MakeError(ErrorKind::kPeer, 0, "fault injected at restored");
         TRY(ch.Send(done));

@@ -35,6 +35,10 @@ struct DestOptions {
   // its next frame). Empty: none.
   std::string fault;
   bool keep_staging = false;
+  // Restore with --lazy: the container runs once its non-memory state is back; its memory is
+  // paged in afterwards (restore/lazy.h), out of the blackout. false (godwitd --no-lazy): filled
+  // before it runs, for measuring.
+  bool lazy = true;
   std::string godwit_bin;  // the godwit binary that restores ("" = the one beside this program)  // leave the received images in place (debugging)
 };
 

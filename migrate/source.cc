@@ -288,7 +288,8 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
     rep->restore_phases = {{"total_ms", rp.total_ms()},
                            {"env_ms", rp.env_ms()},
                            {"tree_ms", rp.tree_ms()},
-                           {"memory_ms", rp.memory_ms()}};
+                           {"memory_ms", rp.memory_ms()},
+                           {"lazy_bytes", rp.lazy_bytes()}};
   }
   if (!got.ok()) {
     // Before the commit point: the container here carries on as if nothing happened, and the

@@ -28,6 +28,8 @@ class FdRestorer;
 
 namespace godwit::restore {
 
+class LazyPager;  // restore/lazy.h
+
 struct RestoreOptions {
   std::string images_dir;
   bool detach = false;
@@ -46,6 +48,12 @@ struct RestoreOptions {
     bool populate = true;  // MADV_POPULATE_WRITE before the process's own preadv
   } fill;
   images::ReadOptions read;  // how the image set is checked (ImageSet::Open)
+  // Anonymous private memory is paged in after the tree runs (restore/lazy.h): the restore
+  // returns with RestoreStats::pager still filling. Page blobs are then checked chunk by chunk
+  // as they are read, not whole before (ReadOptions::chunk_checked_blobs).
+  bool lazy = false;
+  // false: the pager installs faulted pages only, never pushes the rest (tests, measuring).
+  bool lazy_background = true;
   // Hooks for restoring a tree inside a container's fresh namespaces (all optional).
   // root_clone_flags (CLONE_NEWNS|NEWUTS|NEWIPC|NEWNET|NEWCGROUP; NEWPID follows the image) are
   // added to the root's clone3. root_inside runs in the root task right after its clone (a
@@ -77,6 +85,10 @@ struct RestoreStats {
   double memory_ms = 0;
   double total_ms = 0;
   pid_t root_pid = 0;
+  // With RestoreOptions::lazy, when pages are still owed: Wait() or Detach() it (its destructor
+  // waits).
+  std::shared_ptr<LazyPager> pager;
+  uint64_t lazy_bytes = 0;  // owed when the tree started to run
 };
 
 struct ProcessRestore {
@@ -120,6 +132,7 @@ struct RestoreContext {
   // plain tree keeps its host pids).
   int inner_level = 0;
   pid_t root_host_pid = 0;  // once forked
+  std::shared_ptr<LazyPager> lazy;  // RestoreOptions::lazy
   // With a user namespace: sets the next tid of the tree's pid namespace for the threads step
   // (made on first use; see restore/threads.cc).
   std::shared_ptr<LastPidSetter> last_pid;

@@ -26,6 +26,7 @@
 #include "common/pidfd.h"
 #include "common/proc.h"
 #include "common/timing.h"
+#include "restore/lazy.h"
 #include "restore/mm.h"
 #include "restore/pages.h"
 #include "restore/shmem.h"
@@ -334,6 +335,27 @@ Result<void> SetMmMap(remote::Remote* r, const img::MmEntry& mm) {
   return Ok();
 }
 
+// Lazy restore (restore/lazy.h): the anonymous private VMAs that get pages are registered with
+// the pager, so FillPages records their pages instead of copying them. Left to the eager fill:
+// VMAs advised MADV_HUGEPAGE (UFFDIO_COPY installs small pages), locked ones (mlock would fault
+// every page in anyway, inside the restore), and those the program marked MADV_DONTFORK or
+// MADV_WIPEONFORK (a child made while pages are owed would be owed pages it must not have).
+template <typename HasPages>
+Result<void> RegisterLazy(RestoreContext& ctx, ProcessRestore& p, const HasPages& has_pages) {
+  constexpr uint64_t kNotLazy = (uint64_t{1} << MADV_HUGEPAGE) | (uint64_t{1} << MADV_DONTFORK) |
+                                (uint64_t{1} << MADV_WIPEONFORK);
+  std::vector<std::pair<uint64_t, uint64_t>> ranges;
+  for (const auto& v : p.mm.vmas()) {
+    if (v.kind() != img::VMA_ANON_PRIVATE || v.locked() || (v.madv() & kNotLazy)) continue;
+    if (!has_pages(v.start(), v.end())) continue;
+    ranges.push_back({v.start(), v.end()});
+  }
+  std::sort(ranges.begin(), ranges.end());
+  ASSIGN_OR_RETURN(bool lazy, ctx.lazy->AddProcess(*p.remote, ranges));
+  (void)lazy;  // false: FillPages fills this process now
+  return Ok();
+}
+
 }  // namespace
 
 Result<long> OpenInTarget(remote::Remote* r, const std::string& path, int flags, int dirfd) {
@@ -416,6 +438,7 @@ Result<void> RestoreMm(RestoreContext& ctx, ProcessRestore& p) {
   };
   for (const auto& v : p.mm.vmas())
     if (v.madv() != 0 && !kernel_made(v)) TRY_CTX(ApplyAdvice(r, v), "pid %d", p.pid);
+  if (ctx.lazy) TRY_CTX(RegisterLazy(ctx, p, has_pages), "pid %d: lazy pages", p.pid);
   for (const auto& pm : p.pagemaps) TRY_CTX(FillPages(ctx, p, pm), "pid %d: pages", p.pid);
   // Final protections where the fill needed PROT_WRITE.
   for (const auto& v : p.mm.vmas()) {

@@ -19,6 +19,7 @@
 #include "common/page.h"
 #include "common/scope_exit.h"
 #include "common/uffd.h"
+#include "restore/lazy.h"
 #include "restore/mm.h"
 
 namespace godwit::restore {
@@ -209,15 +210,23 @@ Result<void> FillPages(RestoreContext& ctx, ProcessRestore& p, const img::PageMa
     if (hit) anon.push_back({v.start(), v.end()});
   }
   std::sort(anon.begin(), anon.end());
+  // Lazy (restore/lazy.h): the registered parts are recorded for the pager, not copied.
+  LazyPager* lazy = nullptr;
+  if (ctx.lazy) {
+    bool any = false;
+    for (const auto& [s, e] : anon)
+      ctx.lazy->Split(p.pid, s, e - s, [&](uint64_t, uint64_t, bool reg) { any = any || reg; });
+    if (any) lazy = ctx.lazy.get();
+  }
   std::unique_ptr<UffdFiller> uffd;
-  if (ctx.opts.fill.uffd) {
+  if (ctx.opts.fill.uffd && lazy == nullptr) {
     ASSIGN_OR_RETURN(uffd, UffdFiller::Open(r, anon));
   }
   struct Piece {
     uint64_t va, off, len;
   };
   std::vector<Piece> raw;  // for the target's preadv (below)
-  uint64_t raw_total = 0, done = 0;
+  uint64_t raw_total = 0, done = 0, lazy_bytes = 0;
   constexpr uint64_t kBatch = 8ULL << 20;
   // What goes through the coordinator: compressed runs, and with a uffd the raw parts it covers.
   // A second thread reads them (pread into a buffer that stays in the cache, or decompresses)
@@ -231,6 +240,32 @@ Result<void> FillPages(RestoreContext& ctx, ProcessRestore& p, const img::PageMa
   for (const auto& run : runs) {
     uint64_t len = run.npages() * kPage;
     auto ext = blob->RawExtents(run.blob_off(), len);
+    if (lazy != nullptr) {
+      Result<void> added;
+      lazy->Split(p.pid, run.vaddr(), len, [&](uint64_t va, uint64_t n, bool registered) {
+        if (!added.ok()) return;
+        uint64_t off = run.blob_off() + (va - run.vaddr());
+        if (registered) {
+          added = lazy->AddPages(p.pid, va, n, ctx.images->dir() + "/" + pagemap.blob(),
+                                 pagemap.blob(), ctx.images->Verified(pagemap.blob()), off);
+          lazy_bytes += n;
+          return;
+        }
+        auto part = blob->RawExtents(off, n);
+        if (!part.ok()) {
+          add_pieces(va, off, n);
+          return;
+        }
+        uint64_t fva = va;
+        for (const auto& e : *part) {
+          raw.push_back({fva, e.file_off, e.len});
+          raw_total += e.len;
+          fva += e.len;
+        }
+      });
+      TRY(std::move(added));
+      continue;
+    }
     if (!ext.ok()) {
       add_pieces(run.vaddr(), run.blob_off(), len);
       continue;
@@ -258,6 +293,9 @@ Result<void> FillPages(RestoreContext& ctx, ProcessRestore& p, const img::PageMa
         add_raw(va, n);
     });
   }
+  if (lazy != nullptr)
+    LOG_DEBUG("pid %d: %s: %lu bytes left to the lazy pager", p.pid, pagemap.blob().c_str(),
+              static_cast<unsigned long>(lazy_bytes));
   ReadAhead ahead(blob.get(), std::move(pieces), kBatch);
   Result<void> copied;
   // Copy what the second thread has read.

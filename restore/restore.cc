@@ -9,6 +9,7 @@
 #include "files/files.h"
 #include "restore/attach.h"
 #include "restore/fork.h"
+#include "restore/lazy.h"
 #include "restore/load.h"
 #include "restore/sessions.h"
 #include "restore/shmem.h"
@@ -20,7 +21,12 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
   timing::PhaseTimer timer;
   RestoreContext ctx;
   ctx.opts = opts;
-  ASSIGN_OR_RETURN(images::ImageSet set, images::ImageSet::Open(opts.images_dir, opts.read));
+  images::ReadOptions read = opts.read;
+  if (opts.lazy) {
+    read.chunk_checked_blobs = true;
+    ctx.lazy = std::make_shared<LazyPager>(opts.lazy_background);
+  }
+  ASSIGN_OR_RETURN(images::ImageSet set, images::ImageSet::Open(opts.images_dir, read));
   ctx.images = &set;
   TRY(images::CheckCpuFeatures(set.inventory()));
   TRY(LoadImages(ctx));    // load.cc
@@ -49,6 +55,11 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
   // Return once they are stopped: whoever acts on the restored tree next sees them stopped.
   WaitGroupStopped(stopped);
   ctx.stats.root_pid = ctx.root_host_pid;
+  if (ctx.lazy && ctx.lazy->active()) {
+    ctx.stats.lazy_bytes = ctx.lazy->owed_bytes();
+    ctx.stats.pager = ctx.lazy;
+    ctx.lazy->Go();  // the tree runs: the rest of its pages now
+  }
   ctx.stats.total_ms = timer.TotalMs();
   return ctx.stats;
 }

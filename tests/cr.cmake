@@ -34,3 +34,11 @@ godwit_test(cr_precopy_test
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/cr_precopy_test.cc ${CMAKE_CURRENT_SOURCE_DIR}/cr_util.cc
   LIBS godwit_dump godwit_images godwit_common nlohmann_json::nlohmann_json)
 add_dependencies(cr_precopy_test c_precopy)
+
+# Lazy restore (restore/lazy.h): faults from several threads, fork/mremap/madvise/munmap while
+# pages are owed, kernel reads of owed pages, a killed process, damaged pages.
+godwit_helper(lazy_mem ${CMAKE_CURRENT_SOURCE_DIR}/helpers/lazy_mem.c Threads::Threads)
+godwit_test(cr_lazy_test
+  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/cr_lazy_test.cc ${CMAKE_CURRENT_SOURCE_DIR}/cr_util.cc
+  LIBS godwit_common nlohmann_json::nlohmann_json)
+add_dependencies(cr_lazy_test lazy_mem)

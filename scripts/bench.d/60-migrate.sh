@@ -9,7 +9,8 @@
 # Targets (issue 10): max gap <= 50 ms at 64 MiB and <= 100 ms at 1 GiB, no retransmission
 # timeout, 1 GiB within 2x of 64 MiB, stream >= 0.8x of loopback TLS. CRIU 4.2 here: 406 ms at
 # 64 MiB, 2.04 s at 1 GiB (stop-and-copy; its pre-dump needs soft-dirty). Env: BENCH_MIGRATE_N (5),
-# BENCH_MIGRATE_SIZES ("64 1024").
+# BENCH_MIGRATE_SIZES ("64 1024"), BENCH_MIGRATE_REPORTS (a directory that keeps every migration's
+# report and probe output).
 set -euo pipefail
 self=$(readlink -f "$0")
 cd "$(dirname "$self")/../.."
@@ -84,6 +85,11 @@ open(w + "/rtx-" + m, "a").write("%d\n" % p["tcp_info"]["total_retrans"])
 open(w + "/bo-" + m, "a").write("%f %f %f %f %f %d\n" % (r["blackout"]["total_ms"], r["blackout"]["final_dump_ms"],
     r["blackout"]["restore_ms"], r["final_bytes"] / 2**20, r["rounds"][-1]["predicted_downtime_ms"], len(r["rounds"])))
 PY
+    if [ -n "${BENCH_MIGRATE_REPORTS:-}" ]; then
+      mkdir -p "$BENCH_MIGRATE_REPORTS"
+      cp "$work/rep.json" "$BENCH_MIGRATE_REPORTS/report-$mib-$i.json"
+      cp "$work/probe.json" "$BENCH_MIGRATE_REPORTS/probe-$mib-$i.json"
+    fi
     at=$to
   done
   GAP[$mib]=$(med <"$work/gaps-$mib")

@@ -1,0 +1,623 @@
+// The lazy pager (see lazy.h for the design and its rules).
+#include "restore/lazy.h"
+
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+
+#include "common/log.h"
+#include "common/page.h"
+#include "common/uffd.h"
+#include "images/image.h"
+
+namespace godwit::restore {
+namespace {
+
+constexpr uint64_t kFaultWindow = 64 << 10;  // served around a fault
+constexpr uint64_t kPiece = 2 << 20;          // a worker's copy
+constexpr int kWorkers = 2;
+
+constexpr uint64_t kFeatures = UFFD_FEATURE_EVENT_FORK | UFFD_FEATURE_EVENT_REMAP |
+                               UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP;
+
+}  // namespace
+
+// Blob readers of one thread: a BlobReader keeps a decompression context and the last chunk, so
+// threads do not share them. Each opens the pager's fd again through /proc/self/fd (its own file
+// offset; works for a file unlinked since).
+class LazyPager::Readers {
+ public:
+  explicit Readers(const LazyPager* pager) : pager_(pager) {}
+  Result<void> Read(uint32_t blob, uint64_t off, void* dst, size_t len) {
+    if (blob >= readers_.size()) readers_.resize(blob + 1);
+    if (!readers_[blob]) {
+      std::string path, name;
+      bool verified;
+      {
+        std::lock_guard<std::mutex> l(pager_->mu_);
+        const Blob& b = pager_->blobs_[blob];
+        path = StrFormat("/proc/self/fd/%d", b.fd.get());
+        name = b.name;
+        verified = b.verified;
+      }
+      ASSIGN_OR_RETURN(readers_[blob], images::BlobReader::OpenFile(path, name, verified));
+    }
+    return readers_[blob]->Read(off, dst, len);
+  }
+
+ private:
+  const LazyPager* pager_;
+  std::vector<std::unique_ptr<images::BlobReader>> readers_;
+};
+
+LazyPager::LazyPager(bool background) : background_(background) {}
+
+LazyPager::~LazyPager() {
+  auto r = Wait();
+  if (!r.ok()) LOG_WARN("lazy pages: %s", r.error().to_string().c_str());
+}
+
+bool LazyPager::active() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return !procs_.empty() && !done_;
+}
+
+LazyPager::Stats LazyPager::stats() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return stats_;
+}
+
+uint64_t LazyPager::owed_bytes() const {
+  std::lock_guard<std::mutex> l(mu_);
+  uint64_t n = 0;
+  for (const auto& p : procs_) {
+    if (p->dead) continue;
+    for (const auto& [s, seg] : p->pending) n += seg.end - s;
+    for (const auto& [s, seg] : p->inflight) n += seg.end - s;
+  }
+  return n;
+}
+
+// Removes [s, e) from m; the removed parts (with their sources) go to out.
+void LazyPager::Carve(Map& m, uint64_t s, uint64_t e, std::vector<Piece>* out, Proc* p) {
+  if (s >= e) return;
+  auto it = m.upper_bound(s);
+  if (it != m.begin()) {
+    auto prev = std::prev(it);
+    if (prev->second.end > s) it = prev;
+  }
+  while (it != m.end() && it->first < e) {
+    uint64_t ss = it->first;
+    Seg seg = it->second;
+    it = m.erase(it);
+    uint64_t cs = std::max(ss, s), ce = std::min(seg.end, e);
+    if (ss < cs) m[ss] = {cs, seg.blob, seg.off};
+    if (ce < seg.end) m[ce] = {seg.end, seg.blob, seg.off + (ce - ss)};
+    if (out) out->push_back({p, cs, ce - cs, seg.blob, seg.off + (cs - ss)});
+    it = m.upper_bound(ce - 1);
+  }
+}
+
+void LazyPager::Insert(Map& m, uint64_t s, uint64_t e, uint32_t blob, uint64_t off) {
+  Carve(m, s, e, nullptr, nullptr);
+  m[s] = {e, blob, off};
+}
+
+Result<bool> LazyPager::AddProcess(remote::Remote& r,
+                                   const std::vector<std::pair<uint64_t, uint64_t>>& ranges) {
+  if (ranges.empty()) return false;
+  auto taken = uffd::TakeFromTarget(r, O_CLOEXEC | O_NONBLOCK);
+  if (!taken.ok()) {
+    if (taken.error().kind() != ErrorKind::kUnsupported) return std::move(taken).error();
+    LOG_INFO("pid %d: no userfaultfd for lazy pages (%s): its memory is filled now", r.pid(),
+             taken.error().to_string().c_str());
+    return false;
+  }
+  auto p = std::make_unique<Proc>();
+  p->pid = r.pid();
+  p->uffd = std::move(*taken);
+  uffdio_api api{};
+  api.api = UFFD_API;
+  api.features = kFeatures;
+  if (ioctl(p->uffd.get(), UFFDIO_API, &api) < 0) {
+    LOG_INFO("pid %d: UFFDIO_API with fork/remap/remove/unmap events: %s: its memory is filled "
+             "now",
+             r.pid(), strerror(errno));
+    return false;
+  }
+  for (const auto& [s, e] : ranges) {
+    uffdio_register reg{};
+    reg.range.start = s;
+    reg.range.len = e - s;
+    reg.mode = UFFDIO_REGISTER_MODE_MISSING;
+    if (ioctl(p->uffd.get(), UFFDIO_REGISTER, &reg) < 0 ||
+        !(reg.ioctls & (1ULL << _UFFDIO_COPY)) || !(reg.ioctls & (1ULL << _UFFDIO_ZEROPAGE))) {
+      LOG_DEBUG("pid %d: lazy register %#lx-%#lx: %s", r.pid(), static_cast<unsigned long>(s),
+                static_cast<unsigned long>(e), strerror(errno));
+      continue;
+    }
+    p->ranges.push_back({s, e});
+  }
+  if (p->ranges.empty()) return false;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    procs_.push_back(std::move(p));
+    stats_.processes++;
+    done_ = false;
+  }
+  Start();
+  Wake();
+  return true;
+}
+
+Result<void> LazyPager::AddPages(pid_t pid, uint64_t va, uint64_t len, const std::string& path,
+                                 const std::string& name, bool verified, uint64_t off) {
+  std::lock_guard<std::mutex> l(mu_);
+  Proc* p = nullptr;
+  for (auto& q : procs_)
+    if (q->pid == pid && !q->dead) p = q.get();
+  if (p == nullptr)
+    return MakeError(ErrorKind::kGeneric, 0, "lazy pages: pid %d is not registered", pid);
+  auto it = blob_index_.find(path);
+  uint32_t b;
+  if (it != blob_index_.end()) {
+    b = it->second;
+  } else {
+    int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return Errno("open %s", path.c_str());
+    b = static_cast<uint32_t>(blobs_.size());
+    blobs_.push_back({UniqueFd(fd), name, verified});
+    blob_index_[path] = b;
+  }
+  Insert(p->pending, va, va + len, b, off);
+  cv_.notify_all();
+  return Ok();
+}
+
+void LazyPager::Start() {
+  std::lock_guard<std::mutex> l(mu_);
+  if (running_) return;
+  if (!wake_) wake_ = UniqueFd(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  running_ = true;
+  stop_ = false;
+  events_ = std::thread([this] { EventLoop(); });
+  if (background_ && go_)
+    for (int i = 0; i < kWorkers; ++i) workers_.emplace_back([this] { Worker(); });
+}
+
+void LazyPager::Go() {
+  std::lock_guard<std::mutex> l(mu_);
+  if (go_) return;
+  go_ = true;
+  if (running_ && background_)
+    for (int i = 0; i < kWorkers; ++i) workers_.emplace_back([this] { Worker(); });
+}
+
+void LazyPager::Stop() {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (!running_) return;
+    stop_ = true;
+  }
+  Wake();
+  cv_.notify_all();
+  if (events_.joinable()) events_.join();
+  for (auto& t : workers_) t.join();
+  workers_.clear();
+  std::lock_guard<std::mutex> l(mu_);
+  running_ = false;
+}
+
+void LazyPager::Wake() {
+  if (!wake_) return;
+  uint64_t one = 1;
+  ssize_t n = write(wake_.get(), &one, sizeof(one));
+  (void)n;
+}
+
+bool LazyPager::AllDone() const {
+  for (const auto& p : procs_)
+    if (!p->dead && (!p->pending.empty() || !p->inflight.empty())) return false;
+  return true;
+}
+
+void LazyPager::Fail(Error e) {
+  std::vector<pid_t> kill_them;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (!error_) error_ = std::make_unique<Error>(std::move(e));
+    for (auto& p : procs_) {
+      if (!p->dead && p->pid > 0) kill_them.push_back(p->pid);
+      p->dead = true;
+      p->pending.clear();
+      p->inflight.clear();
+    }
+  }
+  // Wrong memory must not run: the processes this restore made are killed (their pids are ours).
+  for (pid_t pid : kill_them) kill(pid, SIGKILL);
+  cv_.notify_all();
+  Wake();
+}
+
+Result<void> LazyPager::Wait() {
+  Go();
+  {
+    std::unique_lock<std::mutex> l(mu_);
+    cv_.wait(l, [&] { return !running_ || AllDone(); });
+  }
+  Stop();
+  std::lock_guard<std::mutex> l(mu_);
+  done_ = true;
+  // Closing the userfaultfds unregisters the ranges: every page is in (or its process is gone).
+  for (auto& p : procs_) p->uffd.reset();
+  if (error_) return *error_;
+  return Ok();
+}
+
+Result<pid_t> LazyPager::Detach() {
+  if (!active() || owed_bytes() == 0) {
+    TRY(Wait());
+    return 0;
+  }
+  // The threads do not survive fork: stop them (faults wait meanwhile), fork, start them again
+  // in the child. The parent's copies of the userfaultfds are then closed: the child's keep the
+  // ranges registered.
+  Stop();
+  pid_t child = fork();
+  if (child < 0) {
+    Start();
+    return Errno("fork the lazy pager");
+  }
+  if (child == 0) {
+    // Only what the pager needs stays open: not the caller's pipes, locks or namespaces (a
+    // caller waiting for EOF on our stdout, or a lock on the container's state, would wait for
+    // the whole fill).
+    setsid();
+    int null = open("/dev/null", O_RDWR);
+    if (null >= 0) {
+      dup2(null, 0);
+      dup2(null, 1);
+      dup2(null, 2);
+    }
+    std::vector<int> keep = {0, 1, 2, wake_.get()};
+    for (const auto& p : procs_) keep.push_back(p->uffd.get());
+    for (const auto& b : blobs_) keep.push_back(b.fd.get());
+    std::sort(keep.begin(), keep.end());
+    int from = 0;
+    for (int k : keep) {
+      if (k > from) syscall(SYS_close_range, from, k - 1, 0);
+      from = std::max(from, k + 1);
+    }
+    syscall(SYS_close_range, from, ~0U, 0);
+    Start();
+    auto r = Wait();
+    _exit(r.ok() ? 0 : 1);
+  }
+  std::lock_guard<std::mutex> l(mu_);
+  for (auto& p : procs_) {
+    p->uffd.reset();
+    p->dead = true;
+    p->pending.clear();
+    p->inflight.clear();
+  }
+  done_ = true;
+  return child;
+}
+
+// Reads every message of every userfaultfd (exclusive gate: no copy is running), keeps the record
+// true and collects the faults. false when nothing was read.
+bool LazyPager::HandleEvents(std::vector<std::pair<Proc*, uint64_t>>* faults) {
+  std::unique_lock<std::shared_mutex> gate(gate_);
+  std::lock_guard<std::mutex> l(mu_);
+  bool any = false;
+  std::vector<std::unique_ptr<Proc>> born;
+  for (size_t i = 0; i < procs_.size(); ++i) {
+    Proc* p = procs_[i].get();
+    if (!p->uffd) continue;
+    uffd_msg msgs[64];
+    for (;;) {
+      ssize_t n = read(p->uffd.get(), msgs, sizeof(msgs));
+      if (n <= 0) break;
+      any = true;
+      for (size_t k = 0; k < static_cast<size_t>(n) / sizeof(uffd_msg); ++k) {
+        const uffd_msg& m = msgs[k];
+        switch (m.event) {
+          case UFFD_EVENT_PAGEFAULT:
+            faults->push_back({p, m.arg.pagefault.address & ~(kPage - 1)});
+            break;
+          case UFFD_EVENT_FORK: {
+            // The child owes what the parent owed at the fork (nothing is being copied now).
+            auto c = std::make_unique<Proc>();
+            c->uffd = UniqueFd(static_cast<int>(m.arg.fork.ufd));
+            fcntl(c->uffd.get(), F_SETFL, O_NONBLOCK);
+            fcntl(c->uffd.get(), F_SETFD, FD_CLOEXEC);
+            c->ranges = p->ranges;
+            c->pending = p->pending;
+            for (const auto& [s, seg] : p->inflight) Insert(c->pending, s, seg.end, seg.blob, seg.off);
+            stats_.forks++;
+            stats_.processes++;
+            born.push_back(std::move(c));
+            break;
+          }
+          case UFFD_EVENT_REMAP: {
+            uint64_t from = m.arg.remap.from, to = m.arg.remap.to, len = m.arg.remap.len;
+            std::vector<Piece> moved;
+            Carve(p->pending, from, from + len, &moved, p);
+            Carve(p->inflight, from, from + len, &moved, p);
+            for (const auto& pc : moved)
+              Insert(p->pending, pc.va - from + to, pc.va - from + to + pc.len, pc.blob, pc.off);
+            break;
+          }
+          case UFFD_EVENT_REMOVE:
+          case UFFD_EVENT_UNMAP: {
+            uint64_t s = m.arg.remove.start, e = m.arg.remove.end;
+            std::vector<Piece> gone;
+            Carve(p->pending, s, e, &gone, p);
+            Carve(p->inflight, s, e, &gone, p);
+            for (const auto& pc : gone) stats_.dropped_bytes += pc.len;
+            break;
+          }
+          default:
+            break;
+        }
+      }
+    }
+  }
+  for (auto& c : born) procs_.push_back(std::move(c));
+  if (any) {
+    generation_++;
+    cv_.notify_all();
+  }
+  return any;
+}
+
+LazyPager::CopyResult LazyPager::Copy(const Piece& pc, const char* data) {
+  // What is still owed of the piece (events may have taken parts of it).
+  std::vector<Piece> parts;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (pc.proc->dead) return CopyResult::kDone;
+    auto it = pc.proc->inflight.upper_bound(pc.va);
+    if (it != pc.proc->inflight.begin()) --it;
+    for (; it != pc.proc->inflight.end() && it->first < pc.va + pc.len; ++it) {
+      uint64_t s = std::max(it->first, pc.va), e = std::min(it->second.end, pc.va + pc.len);
+      if (s < e) parts.push_back({pc.proc, s, e - s, it->second.blob, it->second.off + (s - it->first)});
+    }
+  }
+  int fd = pc.proc->uffd.get();
+  uint64_t copied = 0;
+  for (const auto& part : parts) {
+    // The data of a part: the same blob bytes the piece was read from (events only carve).
+    uint64_t va = part.va, len = part.len;
+    const char* src = data + (part.va - pc.va);
+    while (len > 0) {
+      uffdio_copy cp{};
+      cp.dst = va;
+      cp.src = reinterpret_cast<uint64_t>(src);
+      cp.len = len;
+      int rc = ioctl(fd, UFFDIO_COPY, &cp);
+      int err = errno;
+      uint64_t done = rc == 0 ? len : (cp.copy > 0 ? static_cast<uint64_t>(cp.copy) : 0);
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        Carve(pc.proc->inflight, va, va + done, nullptr, nullptr);
+      }
+      copied += done;
+      va += done;
+      src += done;
+      len -= done;
+      if (rc == 0 || len == 0) continue;
+      if (err == EEXIST) {
+        // Present: the program wrote it (newer than the image). Skip the page.
+        std::lock_guard<std::mutex> l(mu_);
+        Carve(pc.proc->inflight, va, va + kPage, nullptr, nullptr);
+        va += kPage;
+        src += kPage;
+        len -= kPage;
+        continue;
+      }
+      if (err == EAGAIN || err == EINTR) {
+        std::lock_guard<std::mutex> l(mu_);
+        stats_.bytes += copied;
+        return CopyResult::kRetry;
+      }
+      std::lock_guard<std::mutex> l(mu_);
+      if (err == ESRCH || err == ENOENT) {
+        // ESRCH: the process is gone (exit, exec). ENOENT: the range is no longer registered.
+        if (err == ESRCH) {
+          pc.proc->dead = true;
+          pc.proc->pending.clear();
+          pc.proc->inflight.clear();
+        } else {
+          Carve(pc.proc->inflight, va, va + len, nullptr, nullptr);
+        }
+        break;
+      }
+      LOG_WARN("lazy pages: UFFDIO_COPY pid %d at %#lx: %s", pc.proc->pid,
+               static_cast<unsigned long>(va), strerror(err));
+      Carve(pc.proc->inflight, va, va + len, nullptr, nullptr);
+      break;
+    }
+  }
+  std::lock_guard<std::mutex> l(mu_);
+  stats_.bytes += copied;
+  cv_.notify_all();
+  return CopyResult::kDone;
+}
+
+// Takes the next background piece (moved to inflight); false when nothing is pending.
+bool LazyPager::TakeBackground(Piece* pc) {
+  for (size_t n = 0; n < procs_.size(); ++n) {
+    Proc* p = procs_[(cursor_ + n) % procs_.size()].get();
+    if (p->dead || p->pending.empty() || !p->uffd) continue;
+    auto it = p->pending.begin();
+    uint64_t s = it->first, e = std::min(it->second.end, s + kPiece);
+    std::vector<Piece> out;
+    Carve(p->pending, s, e, &out, p);
+    *pc = out.front();
+    p->inflight[s] = {e, pc->blob, pc->off};
+    cursor_ = (cursor_ + n) % procs_.size();
+    return true;
+  }
+  return false;
+}
+
+void LazyPager::Worker() {
+  Readers rd(this);
+  std::vector<char> buf(kPiece);
+  for (;;) {
+    Piece pc{};
+    {
+      std::unique_lock<std::mutex> l(mu_);
+      cv_.wait(l, [&] {
+        if (stop_) return true;
+        for (const auto& p : procs_)
+          if (!p->dead && !p->pending.empty() && p->uffd) return true;
+        return false;
+      });
+      if (stop_) return;
+      if (!TakeBackground(&pc)) continue;
+    }
+    auto r = rd.Read(pc.blob, pc.off, buf.data(), pc.len);
+    if (!r.ok()) {
+      Fail(std::move(r.error().wrap(StrFormat("lazy pages of pid %d at %#lx", pc.proc->pid,
+                                              static_cast<unsigned long>(pc.va)))));
+      return;
+    }
+    for (;;) {
+      uint64_t gen;
+      CopyResult res;
+      {
+        std::shared_lock<std::shared_mutex> gate(gate_);
+        {
+          std::lock_guard<std::mutex> l(mu_);
+          gen = generation_;
+        }
+        res = Copy(pc, buf.data());
+      }
+      if (res == CopyResult::kDone) break;
+      // Events are unread: the event thread reads them (exclusive gate), then we go on.
+      std::unique_lock<std::mutex> l(mu_);
+      cv_.wait_for(l, std::chrono::milliseconds(5), [&] { return stop_ || generation_ != gen; });
+      if (stop_) {
+        // The rest goes back to pending for whoever runs next (Detach's child).
+        std::vector<Piece> back;
+        Carve(pc.proc->inflight, pc.va, pc.va + pc.len, &back, pc.proc);
+        for (const auto& b : back) Insert(pc.proc->pending, b.va, b.va + b.len, b.blob, b.off);
+        return;
+      }
+    }
+  }
+}
+
+bool LazyPager::Serve(Proc* p, uint64_t addr, Readers& rd) {
+  enum { kCopy, kWait, kZero } what = kZero;
+  Piece pc{};
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (p->dead || !p->uffd) return true;
+    auto in = [&](Map& m) {
+      auto it = m.upper_bound(addr);
+      if (it == m.begin()) return m.end();
+      --it;
+      return it->second.end > addr ? it : m.end();
+    };
+    auto it = in(p->pending);
+    if (it != p->pending.end()) {
+      uint64_t w = addr & ~(kFaultWindow - 1);
+      uint64_t s = std::max(it->first, w), e = std::min(it->second.end, w + kFaultWindow);
+      std::vector<Piece> out;
+      Carve(p->pending, s, e, &out, p);
+      pc = out.front();
+      p->inflight[s] = {e, pc.blob, pc.off};
+      what = kCopy;
+    } else if (in(p->inflight) != p->inflight.end()) {
+      what = kWait;  // a worker's copy wakes it
+    }
+    stats_.faults++;
+    if (what == kZero) stats_.zero_faults++;
+  }
+  if (what == kWait) return true;
+  std::shared_lock<std::shared_mutex> gate(gate_);
+  if (what == kCopy) {
+    char buf[kFaultWindow];
+    auto r = rd.Read(pc.blob, pc.off, buf, pc.len);
+    if (!r.ok()) {
+      gate.unlock();
+      Fail(std::move(r.error().wrap(StrFormat("lazy pages of pid %d at %#lx", p->pid,
+                                              static_cast<unsigned long>(pc.va)))));
+      return true;
+    }
+    if (Copy(pc, buf) == CopyResult::kDone) return true;
+    // Back to pending: served after the events.
+    std::lock_guard<std::mutex> l(mu_);
+    std::vector<Piece> back;
+    Carve(p->inflight, pc.va, pc.va + pc.len, &back, p);
+    for (const auto& b : back) Insert(p->pending, b.va, b.va + b.len, b.blob, b.off);
+    return false;
+  }
+  uffdio_zeropage z{};
+  z.range.start = addr;
+  z.range.len = kPage;
+  if (ioctl(p->uffd.get(), UFFDIO_ZEROPAGE, &z) == 0) return true;
+  if (errno == EAGAIN) return false;
+  if (errno == EEXIST) {
+    uffdio_range w{addr, kPage};
+    ioctl(p->uffd.get(), UFFDIO_WAKE, &w);
+  }
+  return true;
+}
+
+void LazyPager::EventLoop() {
+  Readers rd(this);
+  std::vector<std::pair<Proc*, uint64_t>> retry;
+  for (;;) {
+    std::vector<pollfd> fds;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      if (stop_) return;
+      fds.push_back({wake_.get(), POLLIN, 0});
+      for (const auto& p : procs_)
+        if (p->uffd && !p->dead) fds.push_back({p->uffd.get(), POLLIN, 0});
+    }
+    int rc = poll(fds.data(), fds.size(), retry.empty() ? 100 : 1);
+    if (rc < 0 && errno != EINTR) {
+      Fail(Errno("lazy pages: poll"));
+      return;
+    }
+    if (fds[0].revents & POLLIN) {
+      uint64_t v;
+      ssize_t n = read(wake_.get(), &v, sizeof(v));
+      (void)n;
+    }
+    std::vector<std::pair<Proc*, uint64_t>> faults;
+    HandleEvents(&faults);
+    if (rc == 0 && retry.empty()) {
+      // Quiet for a while: install the first owed page of each process. It is owed anyway, and
+      // it is how a process that died is noticed (ESRCH) when no worker runs (faults only).
+      std::lock_guard<std::mutex> l(mu_);
+      for (const auto& p : procs_)
+        if (!p->dead && p->uffd && !p->pending.empty())
+          faults.push_back({p.get(), p->pending.begin()->first});
+    }
+    faults.insert(faults.end(), retry.begin(), retry.end());
+    retry.clear();
+    for (const auto& [p, addr] : faults)
+      if (!Serve(p, addr, rd)) retry.push_back({p, addr});
+    std::lock_guard<std::mutex> l(mu_);
+    if (retry.empty() && AllDone()) cv_.notify_all();
+  }
+}
+
+}  // namespace godwit::restore

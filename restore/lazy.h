@@ -1,0 +1,187 @@
+// Lazy restore (restore --lazy): the tree runs as soon as its non-memory state is back; the
+// pages of its anonymous private memory are installed afterwards by userfaultfd, faulted pages
+// first, the rest pushed in the background from two threads.
+//
+// How. The "mm" step (restore/pages.cc) registers each process's anonymous private VMAs with a
+// userfaultfd taken from it (MISSING mode, NOT user-mode-only: a read(2) into a page not yet
+// there must wait for it, not fail with EFAULT) and records, per page, which blob and offset
+// hold it (later pre-copy rounds override earlier ones). Nothing is copied then. From the first
+// registration on, the pager's threads run, because the rest of the restore (the coordinator's
+// writes of a signal frame, mlock) may touch those pages too.
+//
+// Threads. One event thread polls every userfaultfd: page faults are served at once (the 64 KiB
+// around the fault, or a zero page where the image has none); the non-cooperative events keep the
+// record true: FORK (a child made while pages are missing gets its own userfaultfd: it is owed
+// the same pages), REMAP (mremap moves what is owed), REMOVE and UNMAP (MADV_DONTNEED/munmap: a
+// page dropped by the program must stay zero, never be filled later). Two workers copy what is
+// left in 2 MiB pieces. A worker's UFFDIO_COPY runs under a shared gate; the event thread reads
+// events under the exclusive gate, so no copy that was decided before a REMOVE lands after the
+// kernel zapped the range (the kernel itself refuses copies with EAGAIN while an event is
+// unread). A page already present (written by the program) is newer than the image: EEXIST is
+// skipped.
+//
+// Life. Wait() returns once every page is in (or every owing process is gone); Detach() hands
+// the work to a forked process (a restore that returns at once, --detach) and returns its pid.
+// The destructor waits: a pager dropped early would leave pages that read back as zeros. If the
+// pages cannot be read (a damaged chunk), the processes it knows are killed (SIGKILL, by pid)
+// rather than left running with wrong memory; if the pager itself is killed, the pages not yet
+// in read as zeros: documented in docs/engine.md.
+#pragma once
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <shared_mutex>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "common/remote.h"
+#include "common/result.h"
+#include "common/unique_fd.h"
+
+namespace godwit::restore {
+
+class LazyPager {
+ public:
+  struct Stats {
+    uint64_t processes = 0;   // registered (forks included)
+    uint64_t bytes = 0;       // installed by UFFDIO_COPY
+    uint64_t faults = 0;      // page faults served
+    uint64_t zero_faults = 0;  // of them: pages the image does not hold
+    uint64_t forks = 0;
+    uint64_t dropped_bytes = 0;  // owed pages the program unmapped or discarded first
+  };
+
+  // background: workers push the pages nobody faulted (false: faulted pages only).
+  explicit LazyPager(bool background = true);
+  ~LazyPager();  // Wait()s
+  LazyPager(const LazyPager&) = delete;
+  LazyPager& operator=(const LazyPager&) = delete;
+
+  // Registers r's process's ranges [start, end) (sorted, page aligned, anonymous private) for
+  // missing faults with a userfaultfd taken from it. The ranges the kernel refuses are left out.
+  // false (not an error): this process cannot be paged lazily (no userfaultfd for it, e.g. inside
+  // a user namespace): the caller fills it.
+  Result<bool> AddProcess(remote::Remote& r, const std::vector<std::pair<uint64_t, uint64_t>>& ranges);
+  // The registered parts of [va, va + len), in order: fn(va, len, registered).
+  template <typename Fn>
+  void Split(pid_t pid, uint64_t va, uint64_t len, Fn fn) const;
+  // The pages [va, va + len) of pid (inside its registered ranges) hold blob `path`'s logical
+  // bytes from off. A later call for the same page wins. The blob file is opened here, so it may
+  // be unlinked afterwards. verified: its whole-file checksum was checked (chunks are not again).
+  Result<void> AddPages(pid_t pid, uint64_t va, uint64_t len, const std::string& path,
+                        const std::string& name, bool verified, uint64_t off);
+
+  // Starts pushing the pages nobody faulted (two workers). Until then only faults are served: the
+  // restore calls it once the tree runs, so the background copies do not take the CPU from the
+  // restore itself (this machine has two cores).
+  void Go();
+  // Until every owed page is in or its process is gone; the first error (a page that could not
+  // be read: its processes were killed). Idempotent. Calls Go().
+  Result<void> Wait();
+  // Forks a process that finishes the work (with stdio on /dev/null, in its own session) and
+  // returns its pid; this object then owes nothing. 0 when nothing is owed.
+  Result<pid_t> Detach();
+
+  bool active() const;
+  Stats stats() const;
+  uint64_t owed_bytes() const;
+
+ private:
+  struct Seg {
+    uint64_t end;
+    uint32_t blob;
+    uint64_t off;
+  };
+  using Map = std::map<uint64_t, Seg>;  // start -> segment; never overlapping
+  struct Proc {
+    pid_t pid = 0;  // 0 for a forked child (the fork event does not say)
+    UniqueFd uffd;
+    std::vector<std::pair<uint64_t, uint64_t>> ranges;  // registered
+    Map pending, inflight;
+    bool dead = false;
+  };
+  struct Piece {
+    Proc* proc;
+    uint64_t va, len;
+    uint32_t blob;
+    uint64_t off;
+  };
+  struct Blob {
+    UniqueFd fd;
+    std::string name;
+    bool verified;
+  };
+  class Readers;  // per-thread blob readers (lazy.cc)
+
+  static void Carve(Map& m, uint64_t s, uint64_t e, std::vector<Piece>* out, Proc* p);
+  static void Insert(Map& m, uint64_t s, uint64_t e, uint32_t blob, uint64_t off);
+  void Start();
+  void Stop();
+  void EventLoop();
+  void Worker();
+  bool HandleEvents(std::vector<std::pair<Proc*, uint64_t>>* faults);
+  // Serves one fault; false when it must be retried after the next events.
+  bool Serve(Proc* p, uint64_t addr, Readers& rd);
+  // Copies what is still in flight of a taken piece. kRetry: EAGAIN (events unread).
+  enum class CopyResult { kDone, kRetry };
+  CopyResult Copy(const Piece& pc, const char* data);
+  bool TakeBackground(Piece* pc);
+  bool AllDone() const;  // mu_ held
+  void Fail(Error e);
+  void Wake();
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::shared_mutex gate_;
+  std::vector<std::unique_ptr<Proc>> procs_;
+  std::vector<Blob> blobs_;
+  std::map<std::string, uint32_t> blob_index_;
+  UniqueFd wake_;  // eventfd: the event thread's poll set changed, or stop
+  std::thread events_;
+  std::vector<std::thread> workers_;
+  bool background_ = true;
+  bool go_ = false;  // Go() was called: workers run
+  bool running_ = false, stop_ = false, done_ = false;
+  uint64_t generation_ = 0;  // events handled (a worker's EAGAIN waits for the next)
+  size_t cursor_ = 0;        // the process the workers fill next
+  Stats stats_;
+  std::unique_ptr<Error> error_;
+};
+
+template <typename Fn>
+void LazyPager::Split(pid_t pid, uint64_t va, uint64_t len, Fn fn) const {
+  const std::vector<std::pair<uint64_t, uint64_t>>* ranges = nullptr;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    for (const auto& p : procs_)
+      if (p->pid == pid) ranges = &p->ranges;  // fixed once added
+  }
+  uint64_t end = va + len;
+  if (ranges == nullptr) {
+    fn(va, len, false);
+    return;
+  }
+  for (const auto& [s, e] : *ranges) {
+    if (va >= end) break;
+    if (e <= va) continue;
+    if (s >= end) break;
+    if (va < s) {
+      fn(va, s - va, false);
+      va = s;
+    }
+    uint64_t x = std::min(end, e);
+    fn(va, x - va, true);
+    va = x;
+  }
+  if (va < end) fn(va, end - va, false);
+}
+
+}  // namespace godwit::restore

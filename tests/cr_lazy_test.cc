@@ -1,0 +1,140 @@
+// Lazy restore (restore --lazy, restore/lazy.h): the tree runs before its anonymous memory is in;
+// the pager installs faulted pages and pushes the rest. helpers/lazy_mem.c checks the memory
+// byte for byte with faults from several threads at once, a fork while pages are owed, the
+// kernel reading an owed page (write(2) from it), and pages the program discards, moves or
+// unmaps after the restore (they must not be filled with the image's old contents).
+// GODWIT_LAZY_FAULTS_ONLY makes the pager install faulted pages only, so every page the helper
+// checks goes through the fault path.
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "cr_util.h"
+
+namespace godwit::crtest {
+namespace {
+
+// Waits up to ms for pid (a child of this test) to exit; its status (exit code or 128+signal), or
+// -2 if it is still running then.
+int WaitWithin(pid_t pid, int ms) {
+  int pfd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
+  if (pfd < 0) return Wait(pid);  // already reaped or gone
+  pollfd p{pfd, POLLIN, 0};
+  int rc = poll(&p, 1, ms);
+  close(pfd);
+  if (rc <= 0) return -2;
+  return Wait(pid);
+}
+
+class CrLazy : public ::testing::Test {
+ protected:
+  void TearDown() override {
+    for (pid_t p : pids_) KillAndReap(p);
+    unsetenv("GODWIT_LAZY_FAULTS_ONLY");
+  }
+  // Starts lazy_mem with mib MiB, dumps it (killing it).
+  void StartAndDump(int mib) {
+    pid_t p = StartHelper("lazy_mem", {"{READY}", dir_ / "go", std::to_string(mib)});
+    ASSERT_GT(p, 0);
+    pids_.push_back(p);
+    auto d = Godwit({"dump", "--pid", std::to_string(p), "--images-dir", dir_ / "img"});
+    ASSERT_EQ(d.status, 0) << d.err;
+    KillAndReap(p);
+  }
+  // restore --lazy --detach: the root and the pager (both reparented to this test).
+  nlohmann::json RestoreDetached() {
+    auto r = Godwit({"restore", "--images-dir", dir_ / "img", "--lazy", "--detach", "--json"});
+    EXPECT_EQ(r.status, 0) << r.err;
+    if (r.status != 0) return {};
+    auto j = nlohmann::json::parse(r.out);
+    root_ = j["root_pid"].get<int>();
+    pager_ = j["lazy_pager_pid"].get<int>();
+    pids_.push_back(root_);
+    if (pager_ > 0) pids_.push_back(pager_);
+    return j;
+  }
+  TempDir dir_;
+  std::vector<pid_t> pids_;
+  pid_t root_ = 0, pager_ = 0;
+};
+
+TEST_F(CrLazy, FaultedPagesOnlyEveryCheckHolds) {
+  setenv("GODWIT_LAZY_FAULTS_ONLY", "1", 1);
+  StartAndDump(64);
+  auto j = RestoreDetached();
+  ASSERT_FALSE(j.empty());
+  // Nothing is pushed: the big region (64 MiB) is owed when the tree runs.
+  EXPECT_GE(j["lazy_bytes"].get<uint64_t>(), 64ull << 20);
+  ASSERT_GT(pager_, 0);
+  Touch(dir_ / "go");
+  EXPECT_EQ(WaitWithin(root_, 120000), 0) << "lazy_mem failed a check (its exit code names it)";
+  // The helper is gone: the pager notices and ends, with nothing left.
+  EXPECT_EQ(WaitWithin(pager_, 30000), 0);
+}
+
+TEST_F(CrLazy, BackgroundFillEveryCheckHolds) {
+  StartAndDump(128);
+  auto j = RestoreDetached();
+  ASSERT_FALSE(j.empty());
+  Touch(dir_ / "go");
+  EXPECT_EQ(WaitWithin(root_, 120000), 0) << "lazy_mem failed a check (its exit code names it)";
+  if (pager_ > 0) EXPECT_EQ(WaitWithin(pager_, 30000), 0);
+}
+
+TEST_F(CrLazy, ForegroundRestoreWaitsAndReturnsTheStatus) {
+  StartAndDump(32);
+  pid_t g = GodwitAsync({"restore", "--images-dir", dir_ / "img", "--lazy"});
+  ASSERT_GT(g, 0);
+  pids_.push_back(g);
+  Touch(dir_ / "go");
+  EXPECT_EQ(WaitWithin(g, 120000), 0);
+}
+
+TEST_F(CrLazy, ProcessKilledMidFillLeavesNothingBehind) {
+  setenv("GODWIT_LAZY_FAULTS_ONLY", "1", 1);
+  StartAndDump(64);
+  auto j = RestoreDetached();
+  ASSERT_FALSE(j.empty());
+  ASSERT_GT(pager_, 0);
+  kill(root_, SIGKILL);
+  EXPECT_EQ(WaitWithin(root_, 30000), 128 + SIGKILL);
+  EXPECT_EQ(WaitWithin(pager_, 30000), 0) << "the pager outlived its only process";
+}
+
+TEST_F(CrLazy, DamagedPagesKillTheTreeInsteadOfRunningWrongMemory) {
+  setenv("GODWIT_LAZY_FAULTS_ONLY", "1", 1);
+  StartAndDump(16);
+  // Flip bytes in the middle of the page blob (chunk data, not headers: 4 KiB-aligned page data
+  // past the first chunk header).
+  std::string blob = dir_ / ("img/pages-" + std::to_string(pids_[0]) + ".img");
+  std::fstream f(blob, std::ios::in | std::ios::out | std::ios::binary);
+  ASSERT_TRUE(f.good()) << blob;
+  f.seekg(0, std::ios::end);
+  std::streamoff size = f.tellg();
+  ASSERT_GT(size, 8 << 20);
+  f.seekp(size / 2);
+  f.write("godwit-damage", 13);
+  f.close();
+  // Without --lazy the whole-file checksum refuses the set before anything runs.
+  auto eager = Godwit({"restore", "--images-dir", dir_ / "img", "--detach", "--json"});
+  EXPECT_NE(eager.status, 0);
+  auto j = RestoreDetached();
+  ASSERT_FALSE(j.empty());
+  ASSERT_GT(pager_, 0);
+  Touch(dir_ / "go");
+  EXPECT_EQ(WaitWithin(root_, 60000), 128 + SIGKILL) << "a process ran on damaged memory";
+  EXPECT_EQ(WaitWithin(pager_, 30000), 1);
+}
+
+}  // namespace
+}  // namespace godwit::crtest
