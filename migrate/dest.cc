@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <chrono>
 #include <set>
 
@@ -394,6 +395,18 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
         }
         restored = true;
         restored_pid = rr->pid;
+        // From now on every frame the host sends into the restored container is kept too: after
+        // the commit the address is announced before the connections are unlocked, and what
+        // arrives in between (dropped by the lock) is replayed after the source's frames.
+        std::optional<PacketHold> own_hold;
+        if (!rr->host_veth.empty()) {
+          auto h = PacketHold::Start(rr->host_veth);
+          if (h.ok())
+            own_hold = std::move(*h);
+          else
+            LOG_WARN("migration of %s: holding frames at %s: %s", res.id.c_str(),
+                     rr->host_veth.c_str(), h.error().to_string().c_str());
+        }
         mig::Frame done;
         mig::Restored* rs = done.mutable_restored();
         rs->set_init_pid(rr->pid);
@@ -421,11 +434,25 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
                            f.has_abort() ? f.abort().reason().c_str() : "");
         committed = true;
         res.committed = true;
-        // Now the container may speak: its connections unlocked, the frames held meanwhile in,
-        // the address announced.
+        auto ta = Clock::now();
+        // A session killed from here on leaves the container: it is the only copy now.
+        (void)fs::WriteFile(staging + "/committed", "");
+        // Now the container may speak. First the address: the segment sends to this port from
+        // now on (our hold keeps what arrives while the connections are still locked). Then the
+        // connections unlocked, the frames the source held and ours replayed, in that order.
+        auto an = AnnounceAddresses(o.root, res.id);
+        if (!an.ok())
+          LOG_WARN("migration of %s: announce: %s", res.id.c_str(), an.error().to_string().c_str());
         auto ul = UnlockRestored(staging, rr->pid);
         if (!ul.ok())
           LOG_ERROR("migration of %s: %s", res.id.c_str(), ul.error().to_string().c_str());
+        if (own_hold) {
+          auto d = own_hold->Drain(&held_frames);
+          if (!d.ok())
+            LOG_WARN("migration of %s: frames held here: %s", res.id.c_str(),
+                     d.error().to_string().c_str());
+          own_hold.reset();
+        }
         if (!held_frames.empty()) {
           auto n = InjectFrames(rr->host_veth, held_frames);
           if (!n.ok())
@@ -434,18 +461,21 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
           else
             res.held_packets += *n;
         }
-        // A session killed from here on leaves the container: it is the only copy now.
-        (void)fs::WriteFile(staging + "/committed", "");
-        auto ta = Clock::now();
-        auto an = AnnounceAddresses(o.root, res.id);
-        if (!an.ok())
-          LOG_WARN("migration of %s: announce: %s", res.id.c_str(), an.error().to_string().c_str());
         res.announce_ms = MsSince(ta);
         mig::Frame d;
         d.mutable_done()->set_announce_ms(res.announce_ms);
         auto s = ch.Send(d);
         if (!s.ok()) LOG_WARN("migration of %s: done: %s", res.id.c_str(),
                               s.error().to_string().c_str());
+        // Frames that reached the source after the commit, before the segment learnt this port:
+        // the source ships them after Done, then closes.
+        ch.set_timeout(2);
+        while (s.ok()) {
+          auto late = ch.Recv(&f, &payload);
+          if (!late.ok() || !f.has_held()) break;
+          auto n = InjectFrames(rr->host_veth, payload);
+          if (n.ok()) res.held_packets += *n;
+        }
         res.bytes = rx.bytes();
         LOG_INFO("migration of %s committed: %d rounds, %llu bytes, restore %.1f ms",
                  res.id.c_str(), res.rounds, static_cast<unsigned long long>(res.bytes),

@@ -11,6 +11,8 @@
 
 #include <cstring>
 
+#include "common/log.h"
+
 #include "common/fs.h"
 #include "common/netns.h"
 
@@ -105,7 +107,7 @@ Result<int> InjectFrames(const std::string& host_veth, const std::string& frames
   ll.sll_family = AF_PACKET;
   ll.sll_ifindex = static_cast<int>(idx);
   ll.sll_halen = ETH_ALEN;
-  int sent = 0;
+  int sent = 0, failed = 0, first_errno = 0;
   size_t off = 0;
   while (off + 4 <= frames.size()) {
     uint32_t len;
@@ -116,10 +118,16 @@ Result<int> InjectFrames(const std::string& host_veth, const std::string& frames
     const char* f = frames.data() + off;
     memcpy(ll.sll_addr, f, ETH_ALEN);  // the frame's own destination MAC
     if (sendto(fd.get(), f, len, 0, reinterpret_cast<sockaddr*>(&ll), sizeof(ll)) ==
-        static_cast<ssize_t>(len))
+        static_cast<ssize_t>(len)) {
       sent++;
+    } else {
+      if (failed++ == 0) first_errno = errno;
+    }
     off += len;
   }
+  if (failed > 0)
+    LOG_WARN("inject into %s: %d of %d frames not sent (first: %s)", host_veth.c_str(), failed,
+             sent + failed, strerror(first_errno));
   return sent;
 }
 

@@ -332,10 +332,11 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
     hp.mutable_held()->set_dropped(hold->dropped());
     sent = ch->Send(hp, frames.data(), frames.size());
   };
-  // Our copy goes first (the destination keeps its connections locked until the commit, so the
-  // frames are delivered there after it anyway), then every frame held since the freeze.
-  auto kill = held->Kill(/*release_host_lock=*/true);
-  held.reset();
+  // Every frame held since the freeze, then the commit: the destination announces the address
+  // at once (its own end holds what arrives from then on), unlocks and replays them. Until the
+  // segment has learnt the new port, frames still arrive here: held too, and shipped after Done
+  // (the destination waits for them). Our copy is frozen and silenced and never resumes; it is
+  // deleted once the frames are off.
   ship_held();
   mig::Frame cm;
   cm.mutable_commit();
@@ -344,6 +345,16 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
   rep->blackout.release_ms = Ms(t_restored, t_committed);
   Result<void> done = sent.ok() ? RecvExpect(*ch, &f, mig::Frame::kDone, "done") : sent;
   auto t_done = Clock::now();
+  if (done.ok()) {
+    int before = rep->held_packets;
+    ship_held();
+    rep->late_packets = rep->held_packets - before;
+  }
+  ch->Close();
+  auto t_kill = Clock::now();
+  auto kill = held->Kill(/*release_host_lock=*/true);
+  held.reset();
+  rep->source_delete_ms = Ms(t_kill, Clock::now());
   rep->blackout.announce_ms = Ms(t_committed, t_done);
   rep->blackout.total_ms = Ms(t_freeze, t_done);
   rep->total_wire_bytes = ch->bytes_sent();
@@ -362,7 +373,6 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
         o.id.c_str(), o.to.c_str())));
   }
   rep->outcome = "migrated";
-  ch->Close();
   return Ok();
 }
 
@@ -410,6 +420,8 @@ std::string ReportJson(const MigrationReport& r) {
                       {"restore_phases", Phases(r.restore_phases)},
                       {"final_bytes", r.final_bytes},
                       {"held_packets", r.held_packets},
+                      {"late_packets", r.late_packets},
+                      {"source_delete_ms", r.source_delete_ms},
                       {"total_wire_bytes", r.total_wire_bytes},
                       {"total_ms", r.total_ms}};
   if (!r.reason.empty()) j["reason"] = r.reason;

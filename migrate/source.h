@@ -61,8 +61,10 @@ struct Blackout {
   double final_dump_ms = 0;  // collecting and writing the final state (sent while written)
   double transfer_ms = 0;    // the final state's tail on the wire until Final is sent
   double restore_ms = 0;     // the destination's restore (Final sent -> Restored)
-  double release_ms = 0;     // the held copy deleted here + Commit
-  double announce_ms = 0;    // the destination's address announcement (Commit -> Done)
+  double release_ms = 0;     // Restored -> Commit sent (the held frames shipped first)
+  // Commit -> Done: the destination announces the address, unlocks the connections and replays
+  // the frames held here and at its own end meanwhile.
+  double announce_ms = 0;
   double total_ms = 0;       // freeze start -> Done
 };
 
@@ -84,6 +86,8 @@ struct MigrationReport {
   std::vector<std::pair<std::string, double>> restore_phases;
   uint64_t final_bytes = 0;       // image bytes sent during the switchover (the final delta + state)
   int held_packets = 0;           // frames held during the switchover and replayed there
+  int late_packets = 0;  // of them: arrived here after the commit, shipped after Done
+  double source_delete_ms = 0;    // deleting the held copy here, after Done
   uint64_t total_wire_bytes = 0;  // everything sent
   double total_ms = 0;
 };

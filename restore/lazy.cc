@@ -7,6 +7,7 @@
 #include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -474,6 +475,9 @@ bool LazyPager::TakeBackground(Piece* pc) {
 }
 
 void LazyPager::Worker() {
+  // Pushing pages nobody waits for yields to everything else on the machine: the restored
+  // program, the faults it takes (the event thread is not niced), a migration's switchover.
+  setpriority(PRIO_PROCESS, static_cast<id_t>(gettid()), 10);
   Readers rd(this);
   std::vector<char> buf(kPiece);
   for (;;) {

@@ -29,6 +29,7 @@ ids=()
 in_ns() { local ns=$1; shift; nsenter --net=/run/netns/"$net-$ns" "$@"; }
 gw() { local h=$1; shift; in_ns "$h" "$GODWIT" --root "$work/$h" --cgroup-parent "godwit-$net-$h" "$@"; }
 cleanup() {
+  if [ -n "${BENCH_MIGRATE_REPORTS:-}" ]; then cp "$work"/godwitd-*.log "$BENCH_MIGRATE_REPORTS/" 2>/dev/null || true; fi
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
   for id in "${ids[@]}"; do gw a delete --force "$id" >/dev/null 2>&1 || true; gw b delete --force "$id" >/dev/null 2>&1 || true; done
