@@ -15,6 +15,7 @@
 #include "common/log.h"
 #include "common/proc.h"
 #include "common/scope_exit.h"
+#include "dump/lazy_wait.h"
 #include "dump/pages.h"
 #include "dump/precopy.h"
 #include "dump/steps.h"
@@ -143,6 +144,9 @@ Result<DumpStats> Dump(const DumpOptions& opts, images::Sink& sink) {
     return e;
   };
   if (auto c = Check(opts); !c.ok()) return fail(std::move(c).error());
+  if (!opts.precopy) {
+    if (auto w = WaitLazyPages(opts.pid, kLazyWaitMs); !w.ok()) return fail(std::move(w).error());
+  }
   DumpContext ctx;
   ctx.opts = opts;
   ctx.sink = &sink;

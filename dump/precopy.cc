@@ -5,6 +5,7 @@
 #include "common/fs.h"
 #include "common/proc.h"
 #include "dump/dirty.h"
+#include "dump/lazy_wait.h"
 #include "dump/tree.h"
 
 namespace godwit::dump {
@@ -33,6 +34,7 @@ Result<std::unique_ptr<PreCopy>> PreCopy::Start(pid_t pid, images::Sink& sink,
   pc->sink_ = &sink;
   pc->opts_ = o;
   ASSIGN_OR_RETURN(pc->zero_pfn_, ZeroPagePfn());
+  TRY(WaitLazyPages(pid, kLazyWaitMs));
   FrozenTree f;
   Result<void> res = FreezeTree(pid, &f);
   if (res.ok()) {

@@ -138,3 +138,28 @@ TEST_F(CrLazy, DamagedPagesKillTheTreeInsteadOfRunningWrongMemory) {
 
 }  // namespace
 }  // namespace godwit::crtest
+
+namespace godwit::crtest {
+namespace {
+
+// A tree dumped again while its pager is still installing pages: the dump waits for the pager
+// (the owed pages are not there yet and would be lost as zeros), and the second set restores
+// byte for byte.
+TEST_F(CrLazy, DumpOfAStillPagedTreeWaitsForThePager) {
+  StartAndDump(128);
+  auto j = RestoreDetached();
+  ASSERT_FALSE(j.empty());
+  auto d = Godwit({"dump", "--pid", std::to_string(root_), "--images-dir", dir_ / "img2"});
+  ASSERT_EQ(d.status, 0) << d.err;
+  EXPECT_EQ(WaitWithin(root_, 30000), 128 + SIGKILL);
+  if (pager_ > 0) EXPECT_EQ(WaitWithin(pager_, 30000), 0);
+  auto r = Godwit({"restore", "--images-dir", dir_ / "img2", "--detach", "--json"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  pid_t again = nlohmann::json::parse(r.out)["root_pid"].get<int>();
+  pids_.push_back(again);
+  Touch(dir_ / "go");
+  EXPECT_EQ(WaitWithin(again, 120000), 0) << "lazy_mem failed a check (its exit code names it)";
+}
+
+}  // namespace
+}  // namespace godwit::crtest

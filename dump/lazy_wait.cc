@@ -1,0 +1,60 @@
+#include "dump/lazy_wait.h"
+
+#include <time.h>
+
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "common/fs.h"
+#include "common/log.h"
+#include "common/proc.h"
+
+namespace godwit::dump {
+namespace {
+
+// Whether pid has a VMA whose VmFlags carry "um" (VM_UFFD_MISSING). false if unreadable (gone).
+bool HasMissingRegistration(pid_t pid) {
+  auto text = fs::ReadFile(StrFormat("/proc/%d/smaps", pid));
+  if (!text.ok()) return false;
+  size_t pos = 0;
+  while ((pos = text->find("VmFlags:", pos)) != std::string::npos) {
+    size_t eol = text->find('\n', pos);
+    std::string flags = " " + text->substr(pos + 8, eol == std::string::npos ? std::string::npos
+                                                                             : eol - pos - 8) + " ";
+    if (flags.find(" um ") != std::string::npos) return true;
+    pos = eol == std::string::npos ? text->size() : eol;
+  }
+  return false;
+}
+
+}  // namespace
+
+Result<void> WaitLazyPages(pid_t root, int timeout_ms) {
+  std::vector<pid_t> pids = proc::Descendants(root);
+  pids.insert(pids.begin(), root);
+  timespec start, now;
+  clock_gettime(CLOCK_MONOTONIC, &start);
+  bool logged = false;
+  for (pid_t pid : pids) {
+    while (HasMissingRegistration(pid)) {
+      if (!logged) {
+        LOG_INFO("pid %d is still being paged in by a lazy restore's pager: waiting for it", pid);
+        logged = true;
+      }
+      clock_gettime(CLOCK_MONOTONIC, &now);
+      double ms = (now.tv_sec - start.tv_sec) * 1e3 + (now.tv_nsec - start.tv_nsec) / 1e6;
+      if (ms > timeout_ms)
+        return MakeError(ErrorKind::kGeneric, EBUSY,
+                         "pid %d still has pages owed by a lazy restore's pager after %d ms "
+                         "(its memory is not all there yet): try again when it is done",
+                         pid, timeout_ms);
+      // The pager's progress is kernel-side state only: poll it.
+      timespec ts{0, 5 * 1000 * 1000};
+      nanosleep(&ts, nullptr);
+    }
+  }
+  return Ok();
+}
+
+}  // namespace godwit::dump
