@@ -162,8 +162,16 @@ Result<bool> LazyPager::AddProcess(remote::Remote& r,
   return true;
 }
 
-Result<void> LazyPager::AddPages(pid_t pid, uint64_t va, uint64_t len, const std::string& path,
-                                 const std::string& name, bool verified, uint64_t off) {
+std::vector<std::pair<uint64_t, uint64_t>> LazyPager::Ranges(pid_t pid) const {
+  std::lock_guard<std::mutex> l(mu_);
+  for (const auto& p : procs_)
+    if (p->pid == pid && !p->dead) return p->ranges;
+  return {};
+}
+
+Result<void> LazyPager::AddPages(pid_t pid, const std::string& path, const std::string& name,
+                                 bool verified, const std::vector<Run>& runs) {
+  if (runs.empty()) return Ok();
   std::lock_guard<std::mutex> l(mu_);
   Proc* p = nullptr;
   for (auto& q : procs_)
@@ -181,7 +189,7 @@ Result<void> LazyPager::AddPages(pid_t pid, uint64_t va, uint64_t len, const std
     blobs_.push_back({UniqueFd(fd), name, verified});
     blob_index_[path] = b;
   }
-  Insert(p->pending, va, va + len, b, off);
+  for (const auto& r : runs) Insert(p->pending, r.va, r.va + r.len, b, r.off);
   cv_.notify_all();
   return Ok();
 }

@@ -30,6 +30,7 @@
 
 #include <sys/types.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
@@ -70,14 +71,21 @@ class LazyPager {
   // false (not an error): this process cannot be paged lazily (no userfaultfd for it, e.g. inside
   // a user namespace): the caller fills it.
   Result<bool> AddProcess(remote::Remote& r, const std::vector<std::pair<uint64_t, uint64_t>>& ranges);
-  // The registered parts of [va, va + len), in order: fn(va, len, registered).
+  // The ranges registered for pid (empty: none, it is filled eagerly).
+  std::vector<std::pair<uint64_t, uint64_t>> Ranges(pid_t pid) const;
+  // The registered parts of [va, va + len) (ranges sorted), in order: fn(va, len, registered).
   template <typename Fn>
-  void Split(pid_t pid, uint64_t va, uint64_t len, Fn fn) const;
-  // The pages [va, va + len) of pid (inside its registered ranges) hold blob `path`'s logical
-  // bytes from off. A later call for the same page wins. The blob file is opened here, so it may
-  // be unlinked afterwards. verified: its whole-file checksum was checked (chunks are not again).
-  Result<void> AddPages(pid_t pid, uint64_t va, uint64_t len, const std::string& path,
-                        const std::string& name, bool verified, uint64_t off);
+  static void Split(const std::vector<std::pair<uint64_t, uint64_t>>& ranges, uint64_t va,
+                    uint64_t len, Fn fn);
+  // Pages of pid (inside its registered ranges) held by blob `path` (opened here, so it may be
+  // unlinked afterwards; verified: its whole-file checksum was checked, chunks are not again):
+  // each run's [va, va + len) holds the blob's logical bytes from off. Later calls win over
+  // earlier ones for the same page (pre-copy rounds, then the final dump).
+  struct Run {
+    uint64_t va, len, off;
+  };
+  Result<void> AddPages(pid_t pid, const std::string& path, const std::string& name,
+                        bool verified, const std::vector<Run>& runs);
 
   // Starts pushing the pages nobody faulted (two workers). Until then only faults are served: the
   // restore calls it once the tree runs, so the background copies do not take the CPU from the
@@ -157,21 +165,15 @@ class LazyPager {
 };
 
 template <typename Fn>
-void LazyPager::Split(pid_t pid, uint64_t va, uint64_t len, Fn fn) const {
-  const std::vector<std::pair<uint64_t, uint64_t>>* ranges = nullptr;
-  {
-    std::lock_guard<std::mutex> l(mu_);
-    for (const auto& p : procs_)
-      if (p->pid == pid) ranges = &p->ranges;  // fixed once added
-  }
+void LazyPager::Split(const std::vector<std::pair<uint64_t, uint64_t>>& ranges, uint64_t va,
+                      uint64_t len, Fn fn) {
   uint64_t end = va + len;
-  if (ranges == nullptr) {
-    fn(va, len, false);
-    return;
-  }
-  for (const auto& [s, e] : *ranges) {
-    if (va >= end) break;
-    if (e <= va) continue;
+  auto it = std::upper_bound(ranges.begin(), ranges.end(), va,
+                             [](uint64_t x, const std::pair<uint64_t, uint64_t>& r) {
+                               return x < r.second;
+                             });
+  for (; it != ranges.end() && va < end; ++it) {
+    const auto& [s, e] = *it;
     if (s >= end) break;
     if (va < s) {
       fn(va, s - va, false);

@@ -212,11 +212,11 @@ Result<void> FillPages(RestoreContext& ctx, ProcessRestore& p, const img::PageMa
   std::sort(anon.begin(), anon.end());
   // Lazy (restore/lazy.h): the registered parts are recorded for the pager, not copied.
   LazyPager* lazy = nullptr;
+  std::vector<std::pair<uint64_t, uint64_t>> lazy_ranges;
+  std::vector<LazyPager::Run> lazy_runs;
   if (ctx.lazy) {
-    bool any = false;
-    for (const auto& [s, e] : anon)
-      ctx.lazy->Split(p.pid, s, e - s, [&](uint64_t, uint64_t, bool reg) { any = any || reg; });
-    if (any) lazy = ctx.lazy.get();
+    lazy_ranges = ctx.lazy->Ranges(p.pid);
+    if (!lazy_ranges.empty()) lazy = ctx.lazy.get();
   }
   std::unique_ptr<UffdFiller> uffd;
   if (ctx.opts.fill.uffd && lazy == nullptr) {
@@ -241,13 +241,11 @@ Result<void> FillPages(RestoreContext& ctx, ProcessRestore& p, const img::PageMa
     uint64_t len = run.npages() * kPage;
     auto ext = blob->RawExtents(run.blob_off(), len);
     if (lazy != nullptr) {
-      Result<void> added;
-      lazy->Split(p.pid, run.vaddr(), len, [&](uint64_t va, uint64_t n, bool registered) {
-        if (!added.ok()) return;
+      LazyPager::Split(lazy_ranges, run.vaddr(), len,
+                       [&](uint64_t va, uint64_t n, bool registered) {
         uint64_t off = run.blob_off() + (va - run.vaddr());
         if (registered) {
-          added = lazy->AddPages(p.pid, va, n, ctx.images->dir() + "/" + pagemap.blob(),
-                                 pagemap.blob(), ctx.images->Verified(pagemap.blob()), off);
+          lazy_runs.push_back({va, n, off});
           lazy_bytes += n;
           return;
         }
@@ -263,7 +261,6 @@ Result<void> FillPages(RestoreContext& ctx, ProcessRestore& p, const img::PageMa
           fva += e.len;
         }
       });
-      TRY(std::move(added));
       continue;
     }
     if (!ext.ok()) {
@@ -292,6 +289,10 @@ Result<void> FillPages(RestoreContext& ctx, ProcessRestore& p, const img::PageMa
       else
         add_raw(va, n);
     });
+  }
+  if (lazy != nullptr) {
+    TRY(lazy->AddPages(p.pid, ctx.images->dir() + "/" + pagemap.blob(), pagemap.blob(),
+                       ctx.images->Verified(pagemap.blob()), lazy_runs));
   }
   if (lazy != nullptr)
     LOG_DEBUG("pid %d: %s: %lu bytes left to the lazy pager", p.pid, pagemap.blob().c_str(),
