@@ -90,7 +90,9 @@ uint64_t LazyPager::owed_bytes() const {
   return n;
 }
 
-// Removes [s, e) from m; the removed parts (with their sources) go to out.
+// Removes [s, e) from m; the removed parts (with their sources) go to out. A segment cut on
+// its left keeps its node (only its end changes); one cut in the middle gains one node: the
+// common case of a later pre-copy round's page inside an earlier round's run costs one insert.
 void LazyPager::Carve(Map& m, uint64_t s, uint64_t e, std::vector<Piece>* out, Proc* p) {
   if (s >= e) return;
   auto it = m.upper_bound(s);
@@ -99,20 +101,30 @@ void LazyPager::Carve(Map& m, uint64_t s, uint64_t e, std::vector<Piece>* out, P
     if (prev->second.end > s) it = prev;
   }
   while (it != m.end() && it->first < e) {
-    uint64_t ss = it->first;
-    Seg seg = it->second;
-    it = m.erase(it);
-    uint64_t cs = std::max(ss, s), ce = std::min(seg.end, e);
-    if (ss < cs) m[ss] = {cs, seg.blob, seg.off};
-    if (ce < seg.end) m[ce] = {seg.end, seg.blob, seg.off + (ce - ss)};
+    const uint64_t ss = it->first;
+    const Seg seg = it->second;
+    const uint64_t cs = std::max(ss, s), ce = std::min(seg.end, e);
     if (out) out->push_back({p, cs, ce - cs, seg.blob, seg.off + (cs - ss)});
-    it = m.upper_bound(ce - 1);
+    if (ss < cs) {
+      it->second.end = cs;
+      if (ce < seg.end) {
+        m.emplace_hint(std::next(it), ce, Seg{seg.end, seg.blob, seg.off + (ce - ss)});
+        return;
+      }
+      ++it;
+    } else {
+      it = m.erase(it);
+      if (ce < seg.end) {
+        m.emplace_hint(it, ce, Seg{seg.end, seg.blob, seg.off + (ce - ss)});
+        return;
+      }
+    }
   }
 }
 
 void LazyPager::Insert(Map& m, uint64_t s, uint64_t e, uint32_t blob, uint64_t off) {
   Carve(m, s, e, nullptr, nullptr);
-  m[s] = {e, blob, off};
+  m.emplace(s, Seg{e, blob, off});
 }
 
 Result<bool> LazyPager::AddProcess(remote::Remote& r,
