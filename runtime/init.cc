@@ -24,6 +24,7 @@
 #include <cstring>
 
 #include "common/result.h"
+#include "runtime/console.h"
 #include "runtime/storage.h"
 
 extern char** environ;
@@ -104,10 +105,42 @@ Result<void> MakeMountPoint(const Mount& m, const std::string& target) {
   return Ok();
 }
 
+// A "cgroup" mount: a tmpfs holding a bind mount of the container's own cgroup directory per
+// hierarchy (v1 controllers under their names, the cgroup2 part as "unified"), or on a pure
+// cgroup2 host that directory bound on the destination itself; then everything read-only if
+// the options say "ro". The container sees its own limits and members, never the host's tree.
+Result<void> MountCgroups(const Mount& m, const std::string& target) {
+  bool ro = m.flags & MS_RDONLY;
+  unsigned long keep = m.flags & (MS_NOSUID | MS_NODEV | MS_NOEXEC);
+  auto bind = [&](const std::string& src, const std::string& dst) -> Result<void> {
+    if (::mount(src.c_str(), dst.c_str(), nullptr, MS_BIND, nullptr) < 0)
+      return Errno("bind %s on %s", src.c_str(), m.destination.c_str());
+    if (::mount(nullptr, dst.c_str(), nullptr,
+                MS_BIND | MS_REMOUNT | keep | (ro ? MS_RDONLY : 0) | LockedFlags(dst.c_str()),
+                nullptr) < 0)
+      return Errno("remount %s read-only", dst.c_str());
+    return Ok();
+  };
+  if (m.cgroup_dirs.size() == 1 && m.cgroup_dirs.count("unified"))
+    return bind(m.cgroup_dirs.at("unified"), target);
+  if (::mount("tmpfs", target.c_str(), "tmpfs", keep, "mode=755") < 0)
+    return Errno("mount tmpfs on %s", m.destination.c_str());
+  for (const auto& [name, dir] : m.cgroup_dirs) {
+    std::string sub = target + "/" + name;
+    if (::mkdir(sub.c_str(), 0755) < 0 && errno != EEXIST) return Errno("mkdir %s", sub.c_str());
+    TRY(bind(dir, sub));
+  }
+  if (ro && ::mount(nullptr, target.c_str(), nullptr, MS_REMOUNT | MS_RDONLY | keep, "mode=755") < 0)
+    return Errno("remount %s read-only", m.destination.c_str());
+  return Ok();
+}
+
 Result<void> DoMount(const Mount& m, const std::string& newroot) {
   std::string target = newroot + m.destination;
   TRY(MakeMountPoint(m, target));
-  if (m.bind) {
+  if (m.type == "cgroup") {
+    TRY(MountCgroups(m, target));
+  } else if (m.bind) {
     unsigned long f = MS_BIND | (m.recursive ? MS_REC : 0);
     if (::mount(m.source.c_str(), target.c_str(), nullptr, f, nullptr) < 0)
       return Errno("bind mount %s on %s", m.source.c_str(), m.destination.c_str());
@@ -236,6 +269,17 @@ std::string FindExecutable(const std::string& file, const std::vector<std::strin
     start = end + 1;
   }
   return "";
+}
+
+int ApplySeccompAndCredentials(const Process& p, const SeccompProgram* seccomp, int cap_last_cap,
+                               const char** what) {
+  bool early = seccomp && !p.no_new_privileges;
+  if (early)
+    if (int rc = LoadSeccomp(*seccomp); rc < 0) return *what = "load the seccomp filter", rc;
+  if (int rc = ApplyCredentials(p, cap_last_cap, what); rc < 0) return rc;
+  if (seccomp && !early)
+    if (int rc = LoadSeccomp(*seccomp); rc < 0) return *what = "load the seccomp filter", rc;
+  return 0;
 }
 
 int ApplyCredentials(const Process& p, int cap_last_cap, const char** what) {
@@ -399,7 +443,14 @@ void Run(const Plan& plan) {
   for (auto r : {SetupUts(s), BuildRoot(s, plan.storage_dir)})
     if (!r.ok()) Fail(r.error().kind(), r.error().sys_errno(), "%s", r.error().message().c_str());
 
-  // 3. The process: cwd, executable, credentials.
+  // 3. The process: terminal, cwd, executable, credentials.
+  if (plan.console_fd >= 0) {
+    const char* what = "";
+    if (int rc = SetupConsole(plan.console_fd, s.process.console_height, s.process.console_width,
+                              s.process.uid, s.process.gid, &what);
+        rc < 0)
+      Fail(ErrorKind::kGeneric, -rc, "process.terminal: %s", what);
+  }
   if (::chdir(s.process.cwd.c_str()) < 0)
     Fail(ErrorKind::kBadConfig, errno, "process.cwd %s", s.process.cwd.c_str());
   std::string exe = FindExecutable(s.process.args[0], s.process.env);
@@ -411,7 +462,8 @@ void Run(const Plan& plan) {
   if (s.ns.cgroup && ::unshare(CLONE_NEWCGROUP) < 0) FAIL_ERRNO("unshare(CLONE_NEWCGROUP)");
 
   const char* what = "";
-  if (int rc = ApplyCredentials(s.process, plan.cap_last_cap, &what); rc < 0)
+  if (int rc = ApplySeccompAndCredentials(s.process, plan.seccomp, plan.cap_last_cap, &what);
+      rc < 0)
     Fail(ErrorKind::kGeneric, -rc, "%s for uid %u gid %u", what, s.process.uid, s.process.gid);
   ::umask(s.process.umask ? *s.process.umask : 022);
 
