@@ -151,7 +151,9 @@ int CheckpointCmd(Global& g, const std::vector<std::string>& args) {
   if (!r.ok()) return fail(r.error());
   const bool left_running = o.end == container::EndMode::kThaw;
   const auto& t = r->record.times();
-  if (g.json) {
+  if (!work.empty() && !g.json) {
+    // Driven by an engine (runc's --work-path): the report goes to dump.log, stdout stays quiet.
+  } else if (g.json) {
     nlohmann::json j = {{"id", o.id},
                         {"image_path", o.image_path},
                         {"left_running", left_running},
@@ -202,6 +204,14 @@ int CheckpointCmd(Global& g, const std::vector<std::string>& args) {
     if (!o.export_file.empty())
       printf("  exported to %s (%llu bytes)\n", o.export_file.c_str(),
              static_cast<unsigned long long>(r->export_size));
+  }
+  // Engines (Podman) call a checkpoint complete when <image-path>/inventory.img exists. godwit's
+  // completeness mark is its container inventory, written last: a relative link to it says the
+  // same thing in the place they look (and travels in their tar of the directory).
+  if (!work.empty()) {
+    std::string link = o.image_path + "/inventory.img";
+    if (::symlink("container/inventory.img", link.c_str()) < 0 && errno != EEXIST)
+      return fail(Errno("symlink %s", link.c_str()));
   }
   WriteWorkLog(work, "dump.log",
                StrFormat("godwit checkpoint %s: %d process(es), %d thread(s), downtime %.1f ms, "
@@ -269,6 +279,8 @@ int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
   // A migration's destination announces the address itself, once the source is gone.
   o.announce = !pa->has("no-announce");
   o.keep_netlock = pa->has("keep-locked");
+  // An engine's restore (runc's --work-path, Podman): it restored the rootfs changes itself.
+  o.trust_rootfs = !work.empty();
   o.cgroup_parent = g.cgroup_parent;
   // An engine's bundle names the cgroup (linux.cgroupsPath): the restored container goes under
   // that path's parent (its leaf is the id, as for every restored container).
@@ -290,7 +302,9 @@ int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
   WriteWorkLog(work, "restore.log",
                StrFormat("godwit restore %s: init pid %d, %d process(es), total %.1f ms",
                          c.id.c_str(), c.pid, r->processes, r->phases.total_ms));
-  if (g.json) {
+  if (!work.empty() && !g.json) {
+    // Driven by an engine: the report goes to restore.log, stdout stays quiet.
+  } else if (g.json) {
     nlohmann::json j = {{"id", c.id},
                         {"pid", c.pid},
                         {"processes", r->processes},

@@ -105,33 +105,29 @@ Result<void> MakeMountPoint(const Mount& m, const std::string& target) {
   return Ok();
 }
 
-// A "cgroup" mount: a tmpfs holding a bind mount of the container's own cgroup directory per
-// hierarchy (v1 controllers under their names, the cgroup2 part as "unified"), or on a pure
-// cgroup2 host that directory bound on the destination itself; then everything read-only if
-// the options say "ro". The container sees its own limits and members, never the host's tree.
+// A "cgroup" mount: a fresh cgroup2 mount where the host has a cgroup2 hierarchy (pure v2, or a
+// hybrid's unified tree), read-only as the options say, as runc mounts it. With a cgroup
+// namespace it shows the container's own cgroup as its root (the init unshares it later, so the
+// mount's root is fixed at that point by the kernel's view); without one, the host's tree,
+// read-only. In a user namespace the kernel refuses a fresh cgroup2 mount without a cgroup
+// namespace: the container's own cgroup2 directory is bound instead. A v1-only host gets an
+// empty read-only tmpfs: the v1 hierarchies are not shown (a tree of per-controller binds could
+// not be rebuilt by a restore).
 Result<void> MountCgroups(const Mount& m, const std::string& target) {
-  bool ro = m.flags & MS_RDONLY;
-  unsigned long keep = m.flags & (MS_NOSUID | MS_NODEV | MS_NOEXEC);
-  auto bind = [&](const std::string& src, const std::string& dst) -> Result<void> {
-    if (::mount(src.c_str(), dst.c_str(), nullptr, MS_BIND, nullptr) < 0)
-      return Errno("bind %s on %s", src.c_str(), m.destination.c_str());
-    if (::mount(nullptr, dst.c_str(), nullptr,
-                MS_BIND | MS_REMOUNT | keep | (ro ? MS_RDONLY : 0) | LockedFlags(dst.c_str()),
-                nullptr) < 0)
-      return Errno("remount %s read-only", dst.c_str());
+  unsigned long flags = m.flags & (MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RELATIME);
+  auto unified = m.cgroup_dirs.find("unified");
+  if (unified == m.cgroup_dirs.end()) {
+    if (::mount("tmpfs", target.c_str(), "tmpfs", flags, "mode=755,size=0") < 0)
+      return Errno("mount an empty tmpfs on %s (no cgroup2 on this host)", m.destination.c_str());
     return Ok();
-  };
-  if (m.cgroup_dirs.size() == 1 && m.cgroup_dirs.count("unified"))
-    return bind(m.cgroup_dirs.at("unified"), target);
-  if (::mount("tmpfs", target.c_str(), "tmpfs", keep, "mode=755") < 0)
-    return Errno("mount tmpfs on %s", m.destination.c_str());
-  for (const auto& [name, dir] : m.cgroup_dirs) {
-    std::string sub = target + "/" + name;
-    if (::mkdir(sub.c_str(), 0755) < 0 && errno != EEXIST) return Errno("mkdir %s", sub.c_str());
-    TRY(bind(dir, sub));
   }
-  if (ro && ::mount(nullptr, target.c_str(), nullptr, MS_REMOUNT | MS_RDONLY | keep, "mode=755") < 0)
-    return Errno("remount %s read-only", m.destination.c_str());
+  if (::mount("cgroup2", target.c_str(), "cgroup2", flags, nullptr) == 0) return Ok();
+  if (errno != EPERM) return Errno("mount cgroup2 on %s", m.destination.c_str());
+  if (::mount(unified->second.c_str(), target.c_str(), nullptr, MS_BIND, nullptr) < 0)
+    return Errno("bind %s on %s", unified->second.c_str(), m.destination.c_str());
+  if (::mount(nullptr, target.c_str(), nullptr,
+              MS_BIND | MS_REMOUNT | flags | LockedFlags(target.c_str()), nullptr) < 0)
+    return Errno("remount %s with its options", m.destination.c_str());
   return Ok();
 }
 

@@ -45,9 +45,9 @@ struct Mount {
   bool bind = false;
   bool recursive = false;
   // type "cgroup": the container's own cgroup directories on the host, by hierarchy ("memory",
-  // "unified", ...), filled by Create before the init builds its root: they are bind-mounted
-  // (read-only as the options say) under the destination, as runc does without a cgroup
-  // namespace. Empty: a read-only empty tmpfs.
+  // "unified", ...), filled by Create before the init builds its root. init.cc mounts cgroup2
+  // there (read-only as the options say) when the host has a cgroup2 hierarchy, else an empty
+  // read-only tmpfs.
   std::map<std::string, std::string> cgroup_dirs;
 };
 
