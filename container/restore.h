@@ -93,6 +93,9 @@ struct RestoreOptions {
   // the caller unlocks them later (files::NetUnlockIn with the table files-netlock.img names).
   // A migration's destination keeps them so until the source has committed.
   bool keep_netlock = false;
+  // The caller vouches for the rootfs (an engine such as Podman that restores the rootfs changes
+  // itself and whose runtime made mount points in it): no identity check against the image.
+  bool trust_rootfs = false;
 };
 
 struct RestoreResult {
