@@ -72,8 +72,42 @@ Result<images::Compression> ParseCompress(const std::string& c) {
   return MakeError(ErrorKind::kUsage, 0, "--compress %s: only zstd", c.c_str());
 }
 
+// --work-path DIR (runc/Podman): where CRIU would write its log; godwit writes there what it
+// reports (the summary, or the error), so an engine that shows "log file: DIR/dump.log" on
+// failure points at godwit's own words.
+void WriteWorkLog(const std::string& work_path, const char* name, const std::string& text) {
+  if (work_path.empty()) return;
+  (void)fs::MkdirAll(work_path, 0700);
+  (void)fs::WriteFile(work_path + "/" + name, text + "\n");
+}
+
+// runc's checkpoint/restore flags that ask for what godwit always does (established TCP
+// connections, file locks, unix sockets to outside peers, an outside terminal are in the images
+// without flags) or that only tune CRIU.
+const std::vector<std::string> kRuncCrFlags = {"tcp-established", "file-locks", "ext-unix-sk",
+                                               "shell-job", "no-subreaper", "no-pivot",
+                                               "auto-dedup"};
+const std::vector<std::string> kRuncCrValues = {"work-path", "manage-cgroups-mode",
+                                                "parent-path", "lsm-profile",
+                                                "lsm-mount-context"};
+
+Result<void> CheckRuncCrValues(const ParsedArgs& pa) {
+  std::string mode = pa.get("manage-cgroups-mode");
+  if (!mode.empty() && mode != "soft" && mode != "full" && mode != "strict" && mode != "ignore")
+    return MakeError(ErrorKind::kUsage, 0, "--manage-cgroups-mode %s: soft|full|strict|ignore",
+                     mode.c_str());
+  for (const char* k : {"lsm-profile", "lsm-mount-context"})
+    if (!pa.get(k).empty())
+      return MakeError(ErrorKind::kUnsupported, 0, "--%s: no LSM support in godwit", k);
+  return Ok();
+}
+
 int CheckpointCmd(Global& g, const std::vector<std::string>& args) {
-  ArgSpec spec{{"image-path", "compress", "export", "pre-copy"}, {"leave-running", "json"}, {}};
+  ArgSpec spec{{"image-path", "compress", "export", "pre-copy"},
+               {"leave-running", "json", "pre-dump"},
+               {}};
+  for (const auto& f : kRuncCrFlags) spec.flags.insert(f);
+  for (const auto& v : kRuncCrValues) spec.values.insert(v);
   // "--pre-copy" alone means "--pre-copy=2" (ParseArgs has no options with an optional value).
   std::vector<std::string> a = args;
   for (auto& x : a)
@@ -81,14 +115,27 @@ int CheckpointCmd(Global& g, const std::vector<std::string>& args) {
   auto pa = ParseArgs(a, spec);
   if (!pa.ok()) return ReportError(g, "checkpoint", pa.error());
   if (pa->has("json")) g.json = true;
+  const std::string work = pa->get("work-path");
+  auto fail = [&](const Error& e) {
+    WriteWorkLog(work, "dump.log", "godwit checkpoint: error: " + e.to_string());
+    return ReportError(g, "checkpoint", e);
+  };
+  if (auto r = CheckRuncCrValues(*pa); !r.ok()) return fail(r.error());
+  // runc's --pre-dump writes a memory-only image that a later checkpoint names with
+  // --parent-path; godwit's incremental dump is its in-process pre-copy (--pre-copy=N). A
+  // checkpoint naming a parent is complete without it, so only --pre-dump itself is refused.
+  if (pa->has("pre-dump"))
+    return fail(MakeError(ErrorKind::kUnsupported, 0,
+                          "--pre-dump: separate pre-dump images are not supported; use "
+                          "--pre-copy=N (dirty-tracked rounds inside one checkpoint)"));
   container::CheckpointOptions o;
   o.root = g.root;
   if (pa->positionals.size() != 1)
-    return ReportError(g, "checkpoint", MakeError(ErrorKind::kUsage, 0, "need exactly one ID"));
+    return fail(MakeError(ErrorKind::kUsage, 0, "need exactly one ID"));
   o.id = pa->positionals[0];
   o.image_path = pa->get("image-path");
   if (o.image_path.empty())
-    return ReportError(g, "checkpoint", MakeError(ErrorKind::kUsage, 0, "need --image-path DIR"));
+    return fail(MakeError(ErrorKind::kUsage, 0, "need --image-path DIR"));
   o.end = pa->has("leave-running") ? container::EndMode::kThaw : container::EndMode::kDelete;
   o.export_file = pa->get("export");
   if (pa->has("pre-copy")) {
@@ -98,14 +145,16 @@ int CheckpointCmd(Global& g, const std::vector<std::string>& args) {
                          MakeError(ErrorKind::kUsage, 0, "--pre-copy=N: N >= 1"));
   }
   auto comp = ParseCompress(pa->get("compress"));
-  if (!comp.ok()) return ReportError(g, "checkpoint", comp.error());
+  if (!comp.ok()) return fail(comp.error());
   o.compression = *comp;
   o.tuning = DumpTuningFromEnv(o.tuning);
   auto r = container::Checkpoint(o);
-  if (!r.ok()) return ReportError(g, "checkpoint", r.error());
+  if (!r.ok()) return fail(r.error());
   const bool left_running = o.end == container::EndMode::kThaw;
   const auto& t = r->record.times();
-  if (g.json) {
+  if (!work.empty() && !g.json) {
+    // Driven by an engine (runc's --work-path): the report goes to dump.log, stdout stays quiet.
+  } else if (g.json) {
     nlohmann::json j = {{"id", o.id},
                         {"image_path", o.image_path},
                         {"left_running", left_running},
@@ -157,6 +206,19 @@ int CheckpointCmd(Global& g, const std::vector<std::string>& args) {
       printf("  exported to %s (%llu bytes)\n", o.export_file.c_str(),
              static_cast<unsigned long long>(r->export_size));
   }
+  // Engines (Podman) call a checkpoint complete when <image-path>/inventory.img exists. godwit's
+  // completeness mark is its container inventory, written last: a relative link to it says the
+  // same thing in the place they look (and travels in their tar of the directory).
+  if (!work.empty()) {
+    std::string link = o.image_path + "/inventory.img";
+    if (::symlink("container/inventory.img", link.c_str()) < 0 && errno != EEXIST)
+      return fail(Errno("symlink %s", link.c_str()));
+  }
+  WriteWorkLog(work, "dump.log",
+               StrFormat("godwit checkpoint %s: %d process(es), %d thread(s), downtime %.1f ms, "
+                         "total %.1f ms%s",
+                         o.id.c_str(), r->tree.processes, r->tree.threads, r->phases.downtime_ms,
+                         r->phases.total_ms, left_running ? ", left running" : ""));
   fflush(stdout);
   return 0;
 }
@@ -187,12 +249,24 @@ bool IsContainerRestore(const std::vector<std::string>& args) {
 }
 
 int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
-  ArgSpec spec{{"image-path", "import", "bundle", "pid-file", "ip", "bridge"},
+  ArgSpec spec{{"image-path", "import", "bundle", "pid-file", "ip", "bridge", "console-socket"},
                {"detach", "json", "no-announce", "keep-locked", "lazy"},
                {{"-d", "detach"}, {"-b", "bundle"}}};
+  for (const auto& f : kRuncCrFlags) spec.flags.insert(f);
+  for (const auto& v : kRuncCrValues) spec.values.insert(v);
   auto pa = ParseArgs(args, spec);
   if (!pa.ok()) return ReportError(g, "restore", pa.error());
   if (pa->has("json")) g.json = true;
+  const std::string work = pa->get("work-path");
+  auto fail = [&](const Error& e) {
+    WriteWorkLog(work, "restore.log", "godwit restore: error: " + e.to_string());
+    return ReportError(g, "restore", e);
+  };
+  if (auto r = CheckRuncCrValues(*pa); !r.ok()) return fail(r.error());
+  if (pa->has("console-socket"))
+    return fail(MakeError(ErrorKind::kUnsupported, 0,
+                          "--console-socket: restoring a container whose process has a terminal "
+                          "is not supported"));
   if (pa->positionals.size() != 1)
     return ReportError(g, "restore", MakeError(ErrorKind::kUsage, 0, "need exactly one ID"));
   container::RestoreOptions o;
@@ -207,24 +281,40 @@ int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
   o.announce = !pa->has("no-announce");
   o.keep_netlock = pa->has("keep-locked");
   o.lazy = pa->has("lazy");
+  // An engine's restore (runc's --work-path, Podman): it restored the rootfs changes itself.
+  o.trust_rootfs = !work.empty();
   o.cgroup_parent = g.cgroup_parent;
+  // An engine's bundle names the cgroup (linux.cgroupsPath): the restored container goes under
+  // that path's parent (its leaf is the id, as for every restored container).
+  if (!o.bundle.empty()) {
+    auto spec = runtime::LoadSpec(o.bundle);
+    if (spec.ok() && !spec->cgroups_path.empty()) {
+      auto place = runtime::ParseCgroupsPath(spec->cgroups_path, g.systemd_cgroup);
+      if (place.ok() && !place->parent.empty()) o.cgroup_parent = place->parent;
+    }
+  }
   auto r = container::Restore(o);
-  if (!r.ok()) return ReportError(g, "restore", r.error());
+  if (!r.ok()) return fail(r.error());
   const runtime::Container& c = r->container;
   std::string pid_file = pa->get("pid-file");
   if (!pid_file.empty()) {
     auto w = fs::WriteFile(pid_file, std::to_string(c.pid) + "\n", true);
-    if (!w.ok()) return ReportError(g, "restore", w.error());
+    if (!w.ok()) return fail(w.error());
   }
   // Lazy: the owed pages are installed by this process while it waits for the init, or,
   // detached, by a pager process (its pid is printed: the pages are in when it exits).
   pid_t pager_pid = 0;
   if (r->pager && pa->has("detach")) {
     auto d = r->pager->Detach();
-    if (!d.ok()) return ReportError(g, "restore", d.error());
+    if (!d.ok()) return fail(d.error());
     pager_pid = *d;
   }
-  if (g.json) {
+  WriteWorkLog(work, "restore.log",
+               StrFormat("godwit restore %s: init pid %d, %d process(es), total %.1f ms",
+                         c.id.c_str(), c.pid, r->processes, r->phases.total_ms));
+  if (!work.empty() && !g.json) {
+    // Driven by an engine: the report goes to restore.log, stdout stays quiet.
+  } else if (g.json) {
     nlohmann::json j = {{"id", c.id},
                         {"pid", c.pid},
                         {"processes", r->processes},
@@ -261,6 +351,9 @@ int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
 
 GODWIT_COMMAND(checkpoint, "checkpoint",
                "checkpoint ID --image-path DIR [--leave-running] [--pre-copy[=N]] "
-               "[--compress zstd] [--export FILE] [--json]",
+               "[--compress zstd] [--export FILE] [--work-path DIR] [--json]\n"
+               "  runc's --tcp-established --file-locks --ext-unix-sk --shell-job "
+               "--manage-cgroups-mode M --parent-path P are accepted (godwit does it without "
+               "flags); --pre-dump is refused (use --pre-copy=N)",
                "checkpoint a running container (processes, mounts, net, ipc, limits) to images",
                godwit::cli::CheckpointCmd);

@@ -39,9 +39,17 @@ void PrintState(const Global& g, const rt::Container& c) {
 // --- create ---------------------------------------------------------------------------------
 
 int CmdCreate(Global& g, const std::vector<std::string>& args) {
-  auto p = Parse(args, {{"bundle", "pid-file", "bridge"}, {}, {{"-b", "bundle"}}});
+  // runc's --no-pivot and --no-new-keyring are accepted: godwit always pivots and never makes a
+  // session keyring, which is the stricter choice either way.
+  auto p = Parse(args, {{"bundle", "pid-file", "bridge", "console-socket", "preserve-fds"},
+                        {"no-pivot", "no-new-keyring"},
+                        {{"-b", "bundle"}}});
   if (!p.ok()) return ReportError(g, "create", p.error());
   if (p->positionals.size() != 1) return ReportError(g, "create", Usage("expected exactly one ID"));
+  if (p->has("preserve-fds") && p->get("preserve-fds") != "0")
+    return ReportError(g, "create", MakeError(ErrorKind::kUnsupported, 0,
+                                              "--preserve-fds %s: not supported",
+                                              p->get("preserve-fds").c_str()));
   rt::CreateOptions o;
   o.root = g.root;
   o.id = p->positionals[0];
@@ -49,12 +57,15 @@ int CmdCreate(Global& g, const std::vector<std::string>& args) {
   o.pid_file = p->get("pid-file");
   o.cgroup_parent = g.cgroup_parent;
   o.bridge = p->get("bridge");
+  o.console_socket = p->get("console-socket");
+  o.systemd_cgroup = g.systemd_cgroup;
   auto c = rt::Create(o);
   if (!c.ok()) return ReportError(g, "create", c.error());
   if (g.json) PrintState(g, *c);
   return 0;
 }
-GODWIT_COMMAND(create, "create", "create ID [--bundle DIR] [--pid-file FILE] [--bridge BR]",
+GODWIT_COMMAND(create, "create",
+               "create ID [--bundle DIR] [--pid-file FILE] [--console-socket SOCK] [--bridge BR]",
                "create a container from an OCI bundle (stopped before its process runs)",
                CmdCreate);
 
@@ -83,7 +94,7 @@ int CmdRun(Global& g, const std::vector<std::string>& args) {
   ArgSpec spec;
   spec.values = {"bundle",     "pid-file", "rootfs", "name", "hostname", "memory",     "cpus",
                  "cpu-shares", "pids",     "disk",   "ip",   "gateway",  "allow-port", "env",
-                 "userns-base", "bridge"};
+                 "userns-base", "bridge", "console-socket"};
   spec.flags = {"detach", "readonly", "userns"};
   spec.aliases = {{"-b", "bundle"}, {"-d", "detach"}, {"-e", "env"}};
   auto p = Parse(args, spec);
@@ -161,6 +172,8 @@ int CmdRun(Global& g, const std::vector<std::string>& args) {
     o.start = true;
     o.cgroup_parent = g.cgroup_parent;
     o.bridge = p->get("bridge");
+    o.console_socket = p->get("console-socket");
+    o.systemd_cgroup = g.systemd_cgroup;
     c = rt::Create(o);
   }
   if (!c.ok()) return ReportError(g, "run", c.error());
@@ -258,6 +271,9 @@ int CmdDelete(Global& g, const std::vector<std::string>& args) {
   if (p->positionals.empty()) return ReportError(g, "delete", Usage("expected ID..."));
   for (const auto& id : p->positionals) {
     auto r = rt::Delete(g.root, id, p->has("force"), g.cgroup_parent);
+    // As runc: --force on a container that is already gone is success (Podman cleans up after
+    // a checkpoint that removed it, or after a failed create).
+    if (!r.ok() && p->has("force") && r.error().kind() == ErrorKind::kNotFound) continue;
     if (!r.ok()) return ReportError(g, "delete", r.error());
   }
   return 0;
@@ -326,22 +342,107 @@ GODWIT_COMMAND(ps, "ps", "ps ID", "list the processes of a container (host pids)
 // --- exec -----------------------------------------------------------------------------------
 
 int CmdExec(Global& g, const std::vector<std::string>& args) {
-  auto p = Parse(args, {{"env", "cwd"}, {}, {{"-e", "env"}}});
+  auto p = Parse(args, {{"env", "cwd", "process", "pid-file", "console-socket", "user",
+                         "preserve-fds"},
+                        {"detach", "tty", "no-new-privs", "ignore-paused"},
+                        {{"-e", "env"}, {"-d", "detach"}, {"-t", "tty"}, {"-u", "user"},
+                         {"-p", "process"}}});
   if (!p.ok()) return ReportError(g, "exec", p.error());
   if (p->positionals.empty()) return ReportError(g, "exec", Usage("expected ID -- CMD..."));
+  if (p->has("preserve-fds") && p->get("preserve-fds") != "0")
+    return ReportError(g, "exec", MakeError(ErrorKind::kUnsupported, 0,
+                                            "--preserve-fds: not supported"));
   rt::ExecOptions o;
   o.args = p->rest;
   o.args.insert(o.args.begin(), p->positionals.begin() + 1, p->positionals.end());
   o.env = p->all("env");
   o.cwd = p->get("cwd");
+  o.pid_file = p->get("pid-file");
+  o.detach = p->has("detach");
+  o.tty = p->has("tty");
+  o.console_socket = p->get("console-socket");
+  if (p->has("process")) {
+    auto text = fs::ReadFile(p->get("process"));
+    if (!text.ok()) return ReportError(g, "exec", text.error());
+    auto proc = rt::ParseProcessJson(*text);
+    if (!proc.ok()) return ReportError(g, "exec", proc.error());
+    o.process = std::move(*proc);
+    if (p->has("no-new-privs")) o.process->no_new_privileges = true;
+  } else if (o.args.empty()) {
+    return ReportError(g, "exec", Usage("expected ID -- CMD... or --process FILE"));
+  }
+  if (p->has("user")) {
+    unsigned uid = 0, gid = 0;
+    std::string u = p->get("user");
+    int n = sscanf(u.c_str(), "%u:%u", &uid, &gid);
+    if (n < 1 || u.find_first_not_of("0123456789:") != std::string::npos)
+      return ReportError(g, "exec", Usage("--user %s: expected UID[:GID]", u.c_str()));
+    o.uid = uid;
+    if (n == 2) o.gid = gid;
+  }
   fflush(stdout);
   auto code = rt::Exec(g.root, p->positionals[0], o);
   if (!code.ok()) return ReportError(g, "exec", code.error());
-  return *code;
+  return o.detach ? 0 : *code;
 }
-GODWIT_COMMAND(exec, "exec", "exec ID [--env K=V] [--cwd DIR] -- CMD...",
+GODWIT_COMMAND(exec, "exec",
+               "exec ID [--env K=V] [--cwd DIR] [--user UID[:GID]] [--tty --console-socket S] "
+               "[--detach] [--pid-file F] [--process F.json | -- CMD...]",
                "run a process inside a running container (all its namespaces and cgroups)",
                CmdExec);
+
+// --- update ---------------------------------------------------------------------------------
+
+int CmdUpdate(Global& g, const std::vector<std::string>& args) {
+  auto p = Parse(args, {{"resources", "memory", "memory-swap", "cpu-quota", "cpu-period",
+                         "cpu-share", "pids-limit"},
+                        {},
+                        {{"-r", "resources"}}});
+  if (!p.ok()) return ReportError(g, "update", p.error());
+  if (p->positionals.size() != 1) return ReportError(g, "update", Usage("expected exactly one ID"));
+  rt::Resources res;
+  if (p->has("resources")) {
+    std::string f = p->get("resources");
+    auto text = fs::ReadFile(f == "-" ? "/dev/stdin" : f);
+    if (!text.ok()) return ReportError(g, "update", text.error());
+    auto r = rt::ParseResourcesJson(*text);
+    if (!r.ok()) return ReportError(g, "update", r.error());
+    res = *r;
+  }
+  auto num = [&](const char* name, auto* out, bool size) -> Result<void> {
+    if (!p->has(name)) return Ok();
+    std::string v = p->get(name);
+    long long n = 0;
+    if (v == "-1") {
+      n = -1;
+    } else if (size) {
+      ASSIGN_OR_RETURN(n, ParseSize(v));
+    } else {
+      char* end = nullptr;
+      n = strtoll(v.c_str(), &end, 10);
+      if (v.empty() || *end) return MakeError(ErrorKind::kUsage, 0, "--%s %s", name, v.c_str());
+    }
+    *out = n;
+    return Ok();
+  };
+  auto flags = [&]() -> Result<void> {
+    TRY(num("memory", &res.memory_limit, true));
+    TRY(num("memory-swap", &res.memory_swap, true));
+    TRY(num("cpu-quota", &res.cpu_quota, false));
+    TRY(num("cpu-period", &res.cpu_period, false));
+    TRY(num("cpu-share", &res.cpu_shares, false));
+    return num("pids-limit", &res.pids_limit, false);
+  };
+  if (auto r = flags(); !r.ok()) return ReportError(g, "update", r.error());
+  auto r = rt::Update(g.root, p->positionals[0], res);
+  if (!r.ok()) return ReportError(g, "update", r.error());
+  return 0;
+}
+GODWIT_COMMAND(update, "update",
+               "update ID [--resources FILE|-] [--memory 64M] [--memory-swap 128M] "
+               "[--cpu-quota US] [--cpu-period US] [--cpu-share N] [--pids-limit N]",
+               "change a running container's limits (OCI linux.resources JSON, or flags)",
+               CmdUpdate);
 
 }  // namespace
 }  // namespace godwit::cli

@@ -17,6 +17,13 @@ struct Global {
   // --cgroup-parent: where new containers' cgroups go (create, run, restore); later verbs read
   // a container's parent from its state record.
   std::string cgroup_parent = "godwit";
+  // runc's global flags, as conmon and Podman pass them. --log FILE: errors are also appended
+  // there (--log-format json: one {"level","msg","time"} object a line, which is what conmon
+  // reads back); --systemd-cgroup (or --cgroup-manager systemd): linux.cgroupsPath is in
+  // systemd's slice:prefix:name form, mapped onto cgroupfs (no systemd is asked).
+  std::string log_file;
+  std::string log_format = "text";
+  bool systemd_cgroup = false;
 };
 
 using CommandFn = int (*)(Global& global, const std::vector<std::string>& args);

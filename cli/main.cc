@@ -1,7 +1,9 @@
 // godwit: one binary, many verbs.
-// `godwit [--root DIR] [--cgroup-parent NAME] [--json] [--log-level L] VERB ...`
+// `godwit [--root DIR] [--cgroup-parent NAME] [--json] [--log-level L] [--log FILE]
+//  [--log-format text|json] [--systemd-cgroup] [--cgroup-manager cgroupfs|systemd] VERB ...`
 #include <algorithm>
 #include <cstdio>
+#include <ctime>
 #include <cstring>
 #include <map>
 #include <string>
@@ -23,7 +25,9 @@ std::map<std::string, Command>& Registry() {
 void PrintHelp() {
   printf("godwit %s: checkpoint/restore and live migration of Linux containers\n\n", GODWIT_VERSION);
   printf("usage: godwit [--root DIR] [--cgroup-parent NAME] [--json] "
-         "[--log-level error|warn|info|debug] VERB ...\n\n");
+         "[--log-level error|warn|info|debug]\n"
+         "              [--log FILE] [--log-format text|json] [--systemd-cgroup] "
+         "[--cgroup-manager cgroupfs|systemd] VERB ...\n\n");
   for (const auto& [name, cmd] : Registry()) printf("  %-10s %s\n", name.c_str(), cmd.summary);
   printf("\n`godwit help VERB` shows a verb's usage. Exit codes: 0 ok, 1 error, 2 usage,\n"
          "3 not found, 4 already exists, 5 bad image, 6 unsupported, 7 bad config, 8 peer failed.\n");
@@ -44,7 +48,32 @@ void TerminalProgress(const char* phase, uint64_t done, uint64_t total) {
   fprintf(stderr, "\r%s: %3d%%%s", phase, pct, done >= total ? "\n" : "");
 }
 
+namespace {
+
+// --log FILE: the error appended as runc would log it (conmon and Podman read it back).
+void LogToFile(const Global& global, const char* verb, const Error& err) {
+  if (global.log_file.empty()) return;
+  FILE* f = fopen(global.log_file.c_str(), "ae");
+  if (!f) return;
+  timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  tm t;
+  gmtime_r(&ts.tv_sec, &t);
+  char when[64];
+  strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &t);
+  std::string msg = std::string(verb) + ": " + err.to_string();
+  if (global.log_format == "json")
+    fprintf(f, "%s\n",
+            nlohmann::json({{"level", "error"}, {"msg", msg}, {"time", when}}).dump().c_str());
+  else
+    fprintf(f, "time=\"%s\" level=error msg=%s\n", when, nlohmann::json(msg).dump().c_str());
+  fclose(f);
+}
+
+}  // namespace
+
 int ReportError(const Global& global, const char* verb, const Error& err) {
+  LogToFile(global, verb, err);
   if (global.json) {
     nlohmann::json j = {{"error", err.message()},
                         {"verb", verb},
@@ -82,6 +111,31 @@ int main(int argc, char** argv) {
       global.root = v;
     } else if (const char* v = value("cgroup-parent")) {
       global.cgroup_parent = v;
+    } else if (const char* v = value("log")) {
+      global.log_file = v;
+    } else if (const char* v = value("log-format")) {
+      global.log_format = v;
+      if (global.log_format != "text" && global.log_format != "json") {
+        fprintf(stderr, "godwit: --log-format %s: expected text or json\n", v);
+        return static_cast<int>(ErrorKind::kUsage);
+      }
+    } else if (a == "--systemd-cgroup") {
+      global.systemd_cgroup = true;
+    } else if (const char* v = value("cgroup-manager")) {
+      std::string m = v;
+      if (m != "cgroupfs" && m != "systemd" && m != "disabled") {
+        fprintf(stderr, "godwit: --cgroup-manager %s: expected cgroupfs or systemd\n", v);
+        return static_cast<int>(ErrorKind::kUsage);
+      }
+      global.systemd_cgroup = m == "systemd";
+    } else if (const char* v = value("rootless")) {
+      // runc's --rootless true|false|auto: godwit runs as root only; accepted for "false"/"auto".
+      if (std::string(v) == "true") {
+        fprintf(stderr, "godwit: --rootless true: rootless containers are not supported\n");
+        return static_cast<int>(ErrorKind::kUnsupported);
+      }
+    } else if (value("criu")) {
+      // runc's path to CRIU: godwit checkpoints itself and never runs criu.
     } else if (const char* v = value("log-level")) {
       std::string l = v;
       log::SetLevel(l == "debug" ? log::kDebug : l == "info" ? log::kInfo

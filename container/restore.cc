@@ -170,6 +170,7 @@ Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& re
                              [path = spec.root_path] { return mnt::IdentifyRootfs(path); });
   auto check_rootfs = [&]() -> Result<void> {
     auto here = identity.get();
+    if (opts.trust_rootfs) return Ok();
     if (!here.ok()) {
       return MakeError(ErrorKind::kNotFound, here.error().sys_errno(), "rootfs %s: %s",
                        spec.root_path.c_str(), here.error().message().c_str());
@@ -313,6 +314,7 @@ Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& re
   c.cgroup_paths = cg->Paths();
   c.cgroup_layout = runtime::CgroupLayoutName(cg->layout());
   c.cgroup_parent = opts.cgroup_parent;
+  c.cgroup_leaf.clear();  // the restored cgroup is <cgroup_parent>/<id>, whatever the original's
   c.host_veth = veth_name;
   c.storage_dir = storage;
   TRY(fs::WriteFile(c.config_path(), rec.config_json()));

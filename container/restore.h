@@ -105,6 +105,9 @@ struct RestoreOptions {
   // Anonymous memory is paged in after the container runs (restore --lazy, restore/lazy.h):
   // RestoreResult::pager installs it; the caller waits for it or detaches it.
   bool lazy = false;
+  // The caller vouches for the rootfs (an engine such as Podman that restores the rootfs changes
+  // itself and whose runtime made mount points in it): no identity check against the image.
+  bool trust_rootfs = false;
 };
 
 struct RestoreResult {

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <linux/mount.h>
+#include <limits.h>
 #include <linux/securebits.h>
 #include <signal.h>
 #include <sys/mount.h>
@@ -11,6 +12,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdio>
+#include <cstring>
 #include <map>
 
 #include "common/fs.h"
@@ -367,6 +370,17 @@ int BuildRoot(const RootPlan& plan, const char** what) {
   }
   for (const MountStep& s : plan.mounts) {
     const char* t = s.target.c_str();
+    // The mount point's parents may be missing from a rootfs the original runtime made them in
+    // (an engine's fresh rootfs: Podman's /run/.containerenv on an image without /run).
+    {
+      char dir[PATH_MAX];
+      snprintf(dir, sizeof(dir), "%s", t);
+      for (char* p = dir + 1; (p = strchr(p, '/')) != nullptr; ++p) {
+        *p = 0;
+        if (::mkdir(dir, 0755) < 0 && errno != EEXIST) break;
+        *p = '/';
+      }
+    }
     if (s.bind && s.file) {
       if (s.bind_from_root && (S_ISCHR(s.prep_mode) || S_ISBLK(s.prep_mode))) {
         if (::mknod(s.source.c_str(), s.prep_mode, s.prep_rdev) < 0 && errno != EEXIST)

@@ -273,6 +273,8 @@ Result<void> FdDumperImpl::CheckOutsidePeers() {
   for (const auto& e : files_) {
     if (e.kind() == img::FILE_KIND_UNIX) unix_inos.insert(e.unix_sk().ino());
     if (e.kind() == img::FILE_KIND_TTY && e.tty().master()) pty_masters.insert(e.tty().pty_index());
+    if (e.kind() == img::FILE_KIND_PIPE && e.pipe().path().empty())
+      ((e.flags() & O_ACCMODE) == O_WRONLY ? pipe_ends_w : pipe_ends_r).insert(e.pipe().pipe_id());
   }
   for (auto& e : files_) {
     auto [pid, fd] = first_holder_[e.id()];
@@ -310,7 +312,18 @@ Result<void> FdDumperImpl::CheckOutsidePeers() {
                          pid, fd, t.path().c_str());
     } else if (e.kind() == img::FILE_KIND_PIPE) {
       key = StrFormat("pipe:[%llu]", static_cast<unsigned long long>(e.pipe().pipe_id()));
-      if (!ctx_.ExternalAllowed(key)) continue;  // a pipe whose other end was closed
+      bool write_end = (e.flags() & O_ACCMODE) == O_WRONLY;
+      bool other_end_inside =
+          (write_end ? pipe_ends_r : pipe_ends_w).count(e.pipe().pipe_id()) > 0;
+      if (ctx_.ExternalAllowed(key)) {
+      } else if (opts_.shell_job && !pids_.empty() && pid == pids_.front() && fd <= 2 &&
+                 e.pipe().path().empty() && !other_end_inside) {
+        // A shell job's (a container's) root with a pipe from outside on its stdio (conmon's,
+        // a shell pipeline's): restored as the coordinator's own fd of that number.
+        key = StrFormat("stdio:%d", fd);
+      } else {
+        continue;  // a pipe whose other end was closed
+      }
     } else {
       continue;
     }

@@ -21,6 +21,17 @@ Result<UniqueFd> OpenExternal(FdRestoreContext& ctx, const img::FileEntry& e) {
     if (d < 0) return Errno("--inherit-fd fd[%d]:%s", fd, key.c_str());
     return UniqueFd(d);
   }
+  if (key.rfind("stdio:", 0) == 0 && ctx.opts().shell_job) {
+    // The root's stdio pipe from outside (FdDumper): the coordinator's fd of that number, the
+    // same open description (a dup, so the peer, e.g. conmon, keeps reading it).
+    int n = atoi(key.c_str() + 6);
+    int d = n >= 0 && n <= 2 ? fcntl(n, F_DUPFD_CLOEXEC, 0) : -1;
+    if (d < 0)
+      return MakeError(ErrorKind::kNotFound, errno,
+                       "shell job: the images hold %s (%s) but restore's fd %d is not open",
+                       key.c_str(), e.external().link().c_str(), n);
+    return UniqueFd(d);
+  }
   if (key == "tty" && ctx.opts().shell_job) {
     for (int fd = 0; fd <= 2; fd++) {
       if (!isatty(fd)) continue;

@@ -36,12 +36,32 @@ bool SeccompSuspended() {
 
 }  // namespace
 
-Result<void> RestoreSeccomp(RestoreContext& ctx, ProcessRestore& p) {
+namespace {
+
+// A thread whose dumped credentials can install filters (no_new_privs or CAP_SYS_ADMIN).
+bool CanInstall(const img::ThreadState& t) {
+  return t.creds().no_new_privs() || (t.creds().cap_effective() & (1ULL << CAP_SYS_ADMIN));
+}
+
+Result<void> InstallSeccomp(RestoreContext& ctx, ProcessRestore& p, bool early) {
   ASSIGN_OR_RETURN(img::ProcessState ps, LoadPstate(ctx, p));
   remote::Remote* r = p.remote.get();
+  // Early (before "creds"): the filters of threads that gave up CAP_SYS_ADMIN without
+  // no_new_privs (runc's and Podman's default: a seccomp profile, a reduced capability set) go
+  // in while the thread still has the coordinator's privileges. The calls injected afterwards
+  // (creds, signals, rlimits, core) bypass them because the seize suspended seccomp
+  // (PTRACE_O_SUSPEND_SECCOMP); without that suspension they are left to the late step, which
+  // refuses them clearly.
+  const bool suspended = SeccompSuspended();
   for (const auto& t : ps.threads()) {
     const auto& sc = t.seccomp();
     if (sc.mode() == SECCOMP_MODE_DISABLED) continue;
+    if (sc.mode() == SECCOMP_MODE_FILTER) {
+      bool want_early = suspended && !CanInstall(t);
+      if (want_early != early) continue;
+    } else if (early) {
+      continue;
+    }
     if (sc.mode() == SECCOMP_MODE_STRICT) {
       if (!SeccompSuspended())
         return MakeError(ErrorKind::kUnsupported, 0,
@@ -55,7 +75,7 @@ Result<void> RestoreSeccomp(RestoreContext& ctx, ProcessRestore& p) {
     if (sc.mode() != SECCOMP_MODE_FILTER)
       return MakeError(ErrorKind::kBadImage, 0, "pstate-%d.img: thread %d: seccomp mode %u",
                        p.pid, t.tid(), sc.mode());
-    if (!t.creds().no_new_privs() && !(t.creds().cap_effective() & (1ULL << CAP_SYS_ADMIN)))
+    if (!early && !CanInstall(t))
       return MakeError(ErrorKind::kUnsupported, 0,
                        "thread %d: %d seccomp filters but neither no_new_privs nor CAP_SYS_ADMIN "
                        "to install them again",
@@ -80,6 +100,16 @@ Result<void> RestoreSeccomp(RestoreContext& ctx, ProcessRestore& p) {
     }
   }
   return Ok();
+}
+
+}  // namespace
+
+Result<void> RestoreSeccompEarly(RestoreContext& ctx, ProcessRestore& p) {
+  return InstallSeccomp(ctx, p, /*early=*/true);
+}
+
+Result<void> RestoreSeccomp(RestoreContext& ctx, ProcessRestore& p) {
+  return InstallSeccomp(ctx, p, /*early=*/false);
 }
 
 }  // namespace godwit::restore

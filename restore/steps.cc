@@ -31,6 +31,7 @@ const std::vector<RestoreStep>& ProcessSteps() {
       {"sched", RestoreSched},
       {"proc-flags", RestoreProcFlags},
       {"posix-timers", RestorePosixTimers},  // created disarmed; alarm clocks need privilege
+      {"seccomp-early", RestoreSeccompEarly},  // filters the dumped creds could not install
       {"creds", RestoreCreds},
       {"after-creds", RestoreAfterCreds},
       {"signals", RestoreSignals},

@@ -26,6 +26,9 @@ Result<void> RestoreMm(RestoreContext& ctx, ProcessRestore& p);       // mm.cc
 Result<void> RestoreThreads(RestoreContext& ctx, ProcessRestore& p);  // threads.cc
 // Process state (pstate*.cc).
 Result<void> RestoreSeccomp(RestoreContext& ctx, ProcessRestore& p);      // filters
+// Before "creds": the filters of threads whose dumped creds could not install them (neither
+// no_new_privs nor CAP_SYS_ADMIN), when the seize suspended seccomp (restore/pstate_seccomp.cc).
+Result<void> RestoreSeccompEarly(RestoreContext& ctx, ProcessRestore& p);
 Result<void> RestoreSigactions(RestoreContext& ctx, ProcessRestore& p);
 Result<void> RestoreSigaltstack(RestoreContext& ctx, ProcessRestore& p);
 Result<void> RestoreRlimits(RestoreContext& ctx, ProcessRestore& p);

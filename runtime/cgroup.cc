@@ -86,7 +86,8 @@ Result<void> ValidateCgroupParent(const std::string& parent) {
 
 std::unique_ptr<Cgroup> OpenCgroup(const CgroupRoots& roots, const std::string& id,
                                    const std::string& parent) {
-  std::string name = parent + "/" + id;
+  // "/": the hierarchy's root itself (a one-level linux.cgroupsPath).
+  std::string name = parent == "/" || parent.empty() ? id : parent + "/" + id;
   switch (roots.layout) {
     case CgroupLayout::kV1:
       return NewCgroupV1(roots.v1, name);
@@ -99,13 +100,14 @@ std::unique_ptr<Cgroup> OpenCgroup(const CgroupRoots& roots, const std::string& 
 }
 
 Result<std::unique_ptr<Cgroup>> OpenCgroup(const std::string& id, const std::string& parent) {
-  TRY(ValidateCgroupParent(parent));
+  if (parent != "/") TRY(ValidateCgroupParent(parent));
   ASSIGN_OR_RETURN(CgroupRoots roots, DetectCgroupLayout());
   return OpenCgroup(roots, id, parent);
 }
 
 Result<std::unique_ptr<Cgroup>> OpenCgroup(const Container& c) {
-  return OpenCgroup(c.id, c.cgroup_parent.empty() ? kDefaultCgroupParent : c.cgroup_parent);
+  return OpenCgroup(c.cgroup_leaf.empty() ? c.id : c.cgroup_leaf,
+                    c.cgroup_parent.empty() ? kDefaultCgroupParent : c.cgroup_parent);
 }
 
 namespace cgroup_internal {

@@ -59,10 +59,21 @@ class CgroupV1 : public Cgroup {
   }
 
   Result<void> Apply(const Resources& res) override {
-    if (res.memory_limit) {
+    if (res.memory_limit || res.memory_swap) {
       TRY(Need("memory", "linux.resources.memory"));
-      TRY(WriteKnob(dirs_all_["memory"], "memory.limit_in_bytes",
-                    std::to_string(*res.memory_limit)));
+      const std::string& dir = dirs_all_["memory"];
+      // memsw (limit + swap) exists only where the kernel accounts swap; runc ignores swap
+      // elsewhere too. The kernel keeps memsw >= limit: raising both needs memsw first,
+      // lowering both the limit first. Try memsw first, and the other order if refused.
+      bool memsw = res.memory_swap && fs::Exists(dir + "/memory.memsw.limit_in_bytes");
+      bool swap_done = false;
+      if (memsw)
+        swap_done = WriteKnob(dir, "memory.memsw.limit_in_bytes",
+                              std::to_string(*res.memory_swap)).ok();
+      if (res.memory_limit)
+        TRY(WriteKnob(dir, "memory.limit_in_bytes", std::to_string(*res.memory_limit)));
+      if (memsw && !swap_done)
+        TRY(WriteKnob(dir, "memory.memsw.limit_in_bytes", std::to_string(*res.memory_swap)));
     }
     if (res.cpu_shares || res.cpu_quota || res.cpu_period) TRY(Need("cpu", "linux.resources.cpu"));
     if (res.cpu_shares)

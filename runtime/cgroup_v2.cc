@@ -6,6 +6,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <set>
 
 #include "common/fs.h"
@@ -45,6 +46,13 @@ class CgroupV2 : public Cgroup {
       TRY(Need("memory", "linux.resources.memory"));
       TRY(WriteKnob(dir_, "memory.max",
                     *res.memory_limit < 0 ? "max" : std::to_string(*res.memory_limit)));
+    }
+    // OCI's swap is limit + swap; cgroup2 has swap alone. Absent without swap accounting.
+    if (res.memory_swap && fs::Exists(dir_ + "/memory.swap.max")) {
+      std::string v = "max";
+      if (*res.memory_swap >= 0 && res.memory_limit && *res.memory_limit >= 0)
+        v = std::to_string(std::max<int64_t>(0, *res.memory_swap - *res.memory_limit));
+      TRY(WriteKnob(dir_, "memory.swap.max", v));
     }
     if (res.cpu_shares || res.cpu_quota || res.cpu_period) TRY(Need("cpu", "linux.resources.cpu"));
     if (res.cpu_shares)

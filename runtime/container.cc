@@ -60,6 +60,7 @@ bool ReadStat(pid_t pid, char* state, uint64_t* start) {
 json ResourcesToJson(const Resources& r) {
   json j = json::object();
   if (r.memory_limit) j["memory"] = *r.memory_limit;
+  if (r.memory_swap) j["memorySwap"] = *r.memory_swap;
   if (r.cpu_shares) j["cpuShares"] = *r.cpu_shares;
   if (r.cpu_quota) j["cpuQuota"] = *r.cpu_quota;
   if (r.cpu_period) j["cpuPeriod"] = *r.cpu_period;
@@ -72,6 +73,8 @@ Resources ResourcesFromJson(const json& j) {
   if (!j.is_object()) return r;
   if (j.contains("memory") && j["memory"].is_number_integer())
     r.memory_limit = j["memory"].get<int64_t>();
+  if (j.contains("memorySwap") && j["memorySwap"].is_number_integer())
+    r.memory_swap = j["memorySwap"].get<int64_t>();
   if (j.contains("cpuShares") && j["cpuShares"].is_number_integer())
     r.cpu_shares = j["cpuShares"].get<uint64_t>();
   if (j.contains("cpuQuota") && j["cpuQuota"].is_number_integer())
@@ -136,7 +139,11 @@ json Container::ToJson() const {
       {"pid", pid},
       {"pidStartTime", pid_start_time},
       {"created", created},
-      {"cgroup", {{"layout", cgroup_layout}, {"parent", cgroup_parent}, {"paths", cgroup_paths}}},
+      {"cgroup",
+       {{"layout", cgroup_layout},
+        {"parent", cgroup_parent},
+        {"leaf", cgroup_leaf},
+        {"paths", cgroup_paths}}},
       {"resources", ResourcesToJson(resources)},
       {"network",
        {{"hostVeth", host_veth},
@@ -187,6 +194,7 @@ Result<Container> Container::FromJson(const json& j) {
   // Records written before --cgroup-parent existed: the fixed "godwit".
   c.cgroup_parent = str(cg, "parent");
   if (c.cgroup_parent.empty()) c.cgroup_parent = "godwit";
+  c.cgroup_leaf = str(cg, "leaf");
   if (cg.contains("paths") && cg["paths"].is_object())
     for (auto it = cg["paths"].begin(); it != cg["paths"].end(); ++it)
       if (it.value().is_string()) c.cgroup_paths[it.key()] = it.value().get<std::string>();

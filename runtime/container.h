@@ -32,6 +32,10 @@ struct Container {
   // --cgroup-parent it was created or restored with) and the directory per controller.
   std::string cgroup_layout;
   std::string cgroup_parent = "godwit";
+  // The cgroup's own name under the parent: the id, unless linux.cgroupsPath named another
+  // ("libpod-<id>", "libpod-<id>.scope"); then cgroup_parent is that path's parent ("/" for the
+  // hierarchy's root).
+  std::string cgroup_leaf;
   std::map<std::string, std::string> cgroup_paths;
   Resources resources;
   // network: empty host_veth = no veth (only loopback in its own netns, or the host's netns).

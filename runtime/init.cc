@@ -24,6 +24,7 @@
 #include <cstring>
 
 #include "common/result.h"
+#include "runtime/console.h"
 #include "runtime/storage.h"
 
 extern char** environ;
@@ -104,10 +105,38 @@ Result<void> MakeMountPoint(const Mount& m, const std::string& target) {
   return Ok();
 }
 
+// A "cgroup" mount: a fresh cgroup2 mount where the host has a cgroup2 hierarchy (pure v2, or a
+// hybrid's unified tree), read-only as the options say, as runc mounts it. With a cgroup
+// namespace it shows the container's own cgroup as its root (the init unshares it later, so the
+// mount's root is fixed at that point by the kernel's view); without one, the host's tree,
+// read-only. In a user namespace the kernel refuses a fresh cgroup2 mount without a cgroup
+// namespace: the container's own cgroup2 directory is bound instead. A v1-only host gets an
+// empty read-only tmpfs: the v1 hierarchies are not shown (a tree of per-controller binds could
+// not be rebuilt by a restore).
+Result<void> MountCgroups(const Mount& m, const std::string& target) {
+  unsigned long flags = m.flags & (MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RELATIME);
+  auto unified = m.cgroup_dirs.find("unified");
+  if (unified == m.cgroup_dirs.end()) {
+    if (::mount("tmpfs", target.c_str(), "tmpfs", flags, "mode=755,size=0") < 0)
+      return Errno("mount an empty tmpfs on %s (no cgroup2 on this host)", m.destination.c_str());
+    return Ok();
+  }
+  if (::mount("cgroup2", target.c_str(), "cgroup2", flags, nullptr) == 0) return Ok();
+  if (errno != EPERM) return Errno("mount cgroup2 on %s", m.destination.c_str());
+  if (::mount(unified->second.c_str(), target.c_str(), nullptr, MS_BIND, nullptr) < 0)
+    return Errno("bind %s on %s", unified->second.c_str(), m.destination.c_str());
+  if (::mount(nullptr, target.c_str(), nullptr,
+              MS_BIND | MS_REMOUNT | flags | LockedFlags(target.c_str()), nullptr) < 0)
+    return Errno("remount %s with its options", m.destination.c_str());
+  return Ok();
+}
+
 Result<void> DoMount(const Mount& m, const std::string& newroot) {
   std::string target = newroot + m.destination;
   TRY(MakeMountPoint(m, target));
-  if (m.bind) {
+  if (m.type == "cgroup") {
+    TRY(MountCgroups(m, target));
+  } else if (m.bind) {
     unsigned long f = MS_BIND | (m.recursive ? MS_REC : 0);
     if (::mount(m.source.c_str(), target.c_str(), nullptr, f, nullptr) < 0)
       return Errno("bind mount %s on %s", m.source.c_str(), m.destination.c_str());
@@ -236,6 +265,17 @@ std::string FindExecutable(const std::string& file, const std::vector<std::strin
     start = end + 1;
   }
   return "";
+}
+
+int ApplySeccompAndCredentials(const Process& p, const SeccompProgram* seccomp, int cap_last_cap,
+                               const char** what) {
+  bool early = seccomp && !p.no_new_privileges;
+  if (early)
+    if (int rc = LoadSeccomp(*seccomp); rc < 0) return *what = "load the seccomp filter", rc;
+  if (int rc = ApplyCredentials(p, cap_last_cap, what); rc < 0) return rc;
+  if (seccomp && !early)
+    if (int rc = LoadSeccomp(*seccomp); rc < 0) return *what = "load the seccomp filter", rc;
+  return 0;
 }
 
 int ApplyCredentials(const Process& p, int cap_last_cap, const char** what) {
@@ -399,7 +439,14 @@ void Run(const Plan& plan) {
   for (auto r : {SetupUts(s), BuildRoot(s, plan.storage_dir)})
     if (!r.ok()) Fail(r.error().kind(), r.error().sys_errno(), "%s", r.error().message().c_str());
 
-  // 3. The process: cwd, executable, credentials.
+  // 3. The process: terminal, cwd, executable, credentials.
+  if (plan.console_fd >= 0) {
+    const char* what = "";
+    if (int rc = SetupConsole(plan.console_fd, s.process.console_height, s.process.console_width,
+                              s.process.uid, s.process.gid, &what);
+        rc < 0)
+      Fail(ErrorKind::kGeneric, -rc, "process.terminal: %s", what);
+  }
   if (::chdir(s.process.cwd.c_str()) < 0)
     Fail(ErrorKind::kBadConfig, errno, "process.cwd %s", s.process.cwd.c_str());
   std::string exe = FindExecutable(s.process.args[0], s.process.env);
@@ -411,7 +458,8 @@ void Run(const Plan& plan) {
   if (s.ns.cgroup && ::unshare(CLONE_NEWCGROUP) < 0) FAIL_ERRNO("unshare(CLONE_NEWCGROUP)");
 
   const char* what = "";
-  if (int rc = ApplyCredentials(s.process, plan.cap_last_cap, &what); rc < 0)
+  if (int rc = ApplySeccompAndCredentials(s.process, plan.seccomp, plan.cap_last_cap, &what);
+      rc < 0)
     Fail(ErrorKind::kGeneric, -rc, "%s for uid %u gid %u", what, s.process.uid, s.process.gid);
   ::umask(s.process.umask ? *s.process.umask : 022);
 

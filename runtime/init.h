@@ -12,6 +12,7 @@
 
 #include "common/result.h"
 #include "runtime/cgroup.h"
+#include "runtime/seccomp.h"
 #include "runtime/spec.h"
 
 namespace godwit::runtime::init {
@@ -33,6 +34,8 @@ struct Plan {
   // `run`: exec right after setup; the sync socket's EOF (close-on-exec) tells the parent.
   bool start_now = false;
   int cap_last_cap = 40;
+  const SeccompProgram* seccomp = nullptr;  // installed right before the credentials change
+  int console_fd = -1;  // process.terminal: the connected --console-socket (console.h)
 };
 
 // Never returns: execs the container process or _exit()s.
@@ -52,6 +55,12 @@ Result<void> BuildRoot(const Spec& s, const std::string& storage_dir);
 // Shared with exec: setgroups/setresgid/capabilities/setresuid/no_new_privs/rlimits as the
 // spec's process says. Returns 0 or -errno with *what naming the failed step.
 int ApplyCredentials(const Process& p, int cap_last_cap, const char** what);
+
+// Seccomp and credentials in runc's order: the filter before the capabilities are dropped when
+// the process keeps its privileges (loading it without no_new_privs needs CAP_SYS_ADMIN), after
+// them otherwise (no_new_privs is set by then and the filter sees fewer setup calls).
+int ApplySeccompAndCredentials(const Process& p, const SeccompProgram* seccomp, int cap_last_cap,
+                               const char** what);
 
 // Looks up file in the PATH of env (or "/usr/local/sbin:...:/bin"); "" if not found.
 std::string FindExecutable(const std::string& file, const std::vector<std::string>& env);

@@ -13,14 +13,18 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstring>
+#include <optional>
 
 #include "common/fs.h"
 #include "common/log.h"
 #include "common/scope_exit.h"
 #include "runtime/cgroup.h"
+#include "runtime/console.h"
 #include "runtime/init.h"
 #include "runtime/network.h"
 #include "runtime/runtime.h"
+#include "runtime/seccomp.h"
 #include "runtime/storage.h"
 
 namespace godwit::runtime {
@@ -180,6 +184,21 @@ Result<Container> Create(const CreateOptions& opts) {
   c.disk_quota = spec.disk_quota;
   c.cgroup_parent = opts.cgroup_parent;
   TRY(ValidateCgroupParent(opts.cgroup_parent));
+  std::string cgroup_leaf = opts.id;
+  if (!spec.cgroups_path.empty()) {
+    ASSIGN_OR_RETURN(CgroupPlacement place,
+                     ParseCgroupsPath(spec.cgroups_path, opts.systemd_cgroup));
+    c.cgroup_parent = place.parent.empty() ? "/" : place.parent;
+    c.cgroup_leaf = cgroup_leaf = place.leaf;
+  }
+  ASSIGN_OR_RETURN(SeccompProgram seccomp, CompileSeccomp(spec.seccomp));
+  UniqueFd console;
+  if (spec.process.terminal) {
+    if (opts.console_socket.empty())
+      return MakeError(ErrorKind::kUsage, 0,
+                       "process.terminal is true: --console-socket PATH is required");
+    ASSIGN_OR_RETURN(console, ConnectConsoleSocket(opts.console_socket));
+  }
 
   // The state dir is the container's lock: mkdir is atomic, a second create of the id fails.
   // The bundle may be the state dir itself (CreateFromRunOptions made it already).
@@ -215,12 +234,14 @@ Result<Container> Create(const CreateOptions& opts) {
   }
 
   timer.Mark("config");
-  ASSIGN_OR_RETURN(std::unique_ptr<Cgroup> cg, OpenCgroup(opts.id, opts.cgroup_parent));
+  ASSIGN_OR_RETURN(std::unique_ptr<Cgroup> cg, OpenCgroup(cgroup_leaf, c.cgroup_parent));
   TRY_CTX(cg->Create(), "container %s", opts.id.c_str());
   ScopeExit remove_cgroup([&] { (void)cg->Destroy(); });
   TRY_CTX(cg->Apply(spec.resources), "container %s: linux.resources", opts.id.c_str());
   c.cgroup_layout = CgroupLayoutName(cg->layout());
   c.cgroup_paths = cg->Paths();
+  for (auto& m : spec.mounts)
+    if (m.type == "cgroup") m.cgroup_dirs = c.cgroup_paths;
   timer.Mark("cgroup-create");
 
   UniqueFd fifo;
@@ -248,6 +269,8 @@ Result<Container> Create(const CreateOptions& opts) {
   plan.fifo_fd = fifo.get();
   plan.start_now = opts.start;
   plan.cap_last_cap = CapLastCap();
+  plan.seccomp = seccomp.empty() ? nullptr : &seccomp;
+  plan.console_fd = console.get();
 
   UniqueFd cgroup_fd;
   if (std::string into = cg->CloneIntoPath(); !into.empty())
@@ -264,6 +287,7 @@ Result<Container> Create(const CreateOptions& opts) {
     init::Run(plan);  // never returns
   }
   child_sock.reset();
+  console.reset();
   c.pid = pid;
   timer.Mark("clone");
   ScopeExit kill_init([&] {
@@ -545,27 +569,41 @@ Result<std::vector<pid_t>> Ps(const std::string& root, const std::string& id) {
 }
 
 Result<int> Exec(const std::string& root, const std::string& id, const ExecOptions& opts) {
-  if (opts.args.empty()) return MakeError(ErrorKind::kUsage, 0, "exec: no command given");
   ASSIGN_OR_RETURN(Container c, Container::Load(root, id));
   if (c.CurrentStatus() != Status::kRunning)
     return MakeError(ErrorKind::kGeneric, 0, "container %s is %s, not running", id.c_str(),
                      StatusName(c.CurrentStatus()));
   ASSIGN_OR_RETURN(Spec spec, c.LoadSpec());
   ASSIGN_OR_RETURN(std::unique_ptr<Cgroup> cg, OpenCgroup(c));
-  int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, c.pid, 0));
-  if (pidfd < 0) return Errno("container %s: pidfd_open %d", id.c_str(), c.pid);
-  UniqueFd guard(pidfd);
-  if (ProcessStartTime(c.pid) != c.pid_start_time)
-    return MakeError(ErrorKind::kGeneric, 0, "container %s is not running", id.c_str());
 
-  Process proc = spec.process;
-  proc.args = opts.args;
+  Process proc = opts.process ? *opts.process : spec.process;
+  if (!opts.args.empty()) proc.args = opts.args;
+  if (proc.args.empty()) return MakeError(ErrorKind::kUsage, 0, "exec: no command given");
   for (const auto& e : opts.env) {
     std::string key = e.substr(0, e.find('='));
     std::erase_if(proc.env, [&](const std::string& x) { return x.substr(0, x.find('=')) == key; });
     proc.env.push_back(e);
   }
   if (!opts.cwd.empty()) proc.cwd = opts.cwd;
+  if (opts.uid) proc.uid = *opts.uid;
+  if (opts.gid) proc.gid = *opts.gid;
+  if (opts.tty) proc.terminal = true;
+  if (!opts.process) proc.terminal = opts.tty;  // the container's own terminal is not ours
+  UniqueFd console;
+  if (proc.terminal) {
+    if (opts.console_socket.empty())
+      return MakeError(ErrorKind::kUsage, 0, "exec with a terminal: --console-socket is required");
+    ASSIGN_OR_RETURN(console, ConnectConsoleSocket(opts.console_socket));
+  }
+  // The container's filter applies to every process in it, as runc does.
+  ASSIGN_OR_RETURN(SeccompProgram seccomp, CompileSeccomp(spec.seccomp));
+
+  int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, c.pid, 0));
+  if (pidfd < 0) return Errno("container %s: pidfd_open %d", id.c_str(), c.pid);
+  UniqueFd guard(pidfd);
+  if (ProcessStartTime(c.pid) != c.pid_start_time)
+    return MakeError(ErrorKind::kGeneric, 0, "container %s is not running", id.c_str());
+
   int ns_flags = CLONE_NEWNS;
   if (c.ns.pid) ns_flags |= CLONE_NEWPID;
   if (c.ns.uts) ns_flags |= CLONE_NEWUTS;
@@ -574,9 +612,12 @@ Result<int> Exec(const std::string& root, const std::string& id, const ExecOptio
   if (c.ns.cgroup) ns_flags |= CLONE_NEWCGROUP;
   if (c.ns.user) ns_flags |= CLONE_NEWUSER;
   int last_cap = CapLastCap();
+  const bool detach = opts.detach;
 
   // An intermediate child joins the cgroups and namespaces (so the caller's own namespaces stay
-  // untouched), then forks the real process: a pid namespace applies only to children.
+  // untouched), then forks the real process: a pid namespace applies only to children. The
+  // socket carries, in order: the real process's host pid (an int32), then either an error
+  // Reply or EOF (the process's execve closed the last copy; close-on-exec).
   int sp[2];
   if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sp) < 0) return Errno("socketpair");
   UniqueFd rd(sp[0]), wr(sp[1]);
@@ -604,40 +645,107 @@ Result<int> Exec(const std::string& root, const std::string& id, const ExecOptio
       sigset_t none;
       sigemptyset(&none);
       ::sigprocmask(SIG_SETMASK, &none, nullptr);
+      if (console.valid()) {
+        const char* what = "";
+        if (int rc = SetupConsole(console.get(), proc.console_height, proc.console_width,
+                                  proc.uid, proc.gid, &what);
+            rc < 0)
+          fail(-rc, std::string("terminal: ") + what);
+      }
       if (::chdir(proc.cwd.c_str()) < 0) fail(errno, "chdir " + proc.cwd);
       std::string exe = init::FindExecutable(proc.args[0], proc.env);
       if (exe.empty()) fail(ENOENT, proc.args[0] + ": not found in the container");
-      const char* what = "";
-      if (int rc = init::ApplyCredentials(proc, last_cap, &what); rc < 0) fail(-rc, what);
-      ::umask(proc.umask ? *proc.umask : 022);
+      if (proc.oom_score_adj) {
+        int fd = ::open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
+        std::string v = std::to_string(*proc.oom_score_adj);
+        if (fd >= 0) (void)!::write(fd, v.data(), v.size());
+        if (fd >= 0) ::close(fd);
+      }
       std::vector<char*> argv, envp;
       for (auto& a : proc.args) argv.push_back(a.data());
       argv.push_back(nullptr);
       for (auto& e : proc.env) envp.push_back(e.data());
       envp.push_back(nullptr);
+      ::umask(proc.umask ? *proc.umask : 022);
       ::syscall(SYS_close_range, 3U, ~0U, CLOSE_RANGE_CLOEXEC);  // only stdio passes in
+      const char* what = "";
+      if (int rc = init::ApplySeccompAndCredentials(proc, seccomp.empty() ? nullptr : &seccomp,
+                                                    last_cap, &what);
+          rc < 0)
+        fail(-rc, what);
       ::execve(exe.c_str(), argv.data(), envp.data());  // success closes wr (CLOEXEC)
       fail(errno, "execve " + exe);
     }
+    int32_t host_pid = child;
+    (void)!::write(wr.get(), &host_pid, sizeof(host_pid));
     wr.reset();
+    // Detached: the process is reparented to our caller's subreaper (or pid 1) when we exit.
+    if (detach) _exit(0);
     int status = 0;
     while (::waitpid(child, &status, 0) < 0 && errno == EINTR) {
     }
     _exit(WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
   }
   wr.reset();
-  init::Reply reply;
-  ssize_t n = ::read(rd.get(), &reply, sizeof(reply));
+  console.reset();
+  pid_t host_pid = 0;
+  std::optional<Error> failed;
+  for (;;) {
+    init::Reply reply;
+    ssize_t n = ::read(rd.get(), &reply, sizeof(reply));
+    if (n < 0 && errno == EINTR) continue;
+    if (n == sizeof(int32_t)) {
+      int32_t p;
+      memcpy(&p, &reply, sizeof(p));
+      host_pid = p;
+      continue;
+    }
+    if (n == sizeof(reply)) {
+      reply.msg[sizeof(reply.msg) - 1] = 0;
+      failed = Error(ErrorKind::kGeneric, reply.err,
+                     StrFormat("exec in container %s: %s", id.c_str(), reply.msg));
+    }
+    break;  // EOF: exec'd
+  }
+  if (!failed && host_pid > 0 && !opts.pid_file.empty()) {
+    auto w = fs::WriteFile(opts.pid_file, std::to_string(host_pid));
+    if (!w.ok()) failed = std::move(w).error();
+  }
+  if (detach) {
+    while (::waitpid(mid, nullptr, 0) < 0 && errno == EINTR) {
+    }
+    if (failed) return std::move(*failed);
+    if (host_pid <= 0)
+      return MakeError(ErrorKind::kGeneric, 0, "exec in container %s: no process", id.c_str());
+    return static_cast<int>(host_pid);
+  }
   int status = 0;
   while (::waitpid(mid, &status, 0) < 0 && errno == EINTR) {
   }
-  if (n == sizeof(reply)) {
-    reply.msg[sizeof(reply.msg) - 1] = 0;
-    return Error(ErrorKind::kGeneric, reply.err,
-                 StrFormat("exec in container %s: %s", id.c_str(), reply.msg));
-  }
+  if (failed) return std::move(*failed);
   if (WIFEXITED(status)) return WEXITSTATUS(status);
   return 128 + WTERMSIG(status);
+}
+
+Result<void> Update(const std::string& root, const std::string& id, const Resources& res) {
+  ASSIGN_OR_RETURN(Container c, Container::Load(root, id));
+  if (c.CurrentStatus() == Status::kStopped)
+    return MakeError(ErrorKind::kGeneric, 0, "container %s is not running", id.c_str());
+  if (!res.devices.empty())
+    return MakeError(ErrorKind::kUnsupported, 0,
+                     "update %s: device rules are set at create only", id.c_str());
+  ASSIGN_OR_RETURN(std::unique_ptr<Cgroup> cg, OpenCgroup(c));
+  TRY_CTX(cg->Apply(res), "update %s", id.c_str());
+  auto merge = [](auto& into, const auto& from) {
+    if (from) into = from;
+  };
+  merge(c.resources.memory_limit, res.memory_limit);
+  merge(c.resources.memory_swap, res.memory_swap);
+  merge(c.resources.cpu_shares, res.cpu_shares);
+  merge(c.resources.cpu_quota, res.cpu_quota);
+  merge(c.resources.cpu_period, res.cpu_period);
+  merge(c.resources.pids_limit, res.pids_limit);
+  return c.Save();
 }
 
 Result<int> ParseSignal(const std::string& s_in) {
@@ -646,7 +754,7 @@ Result<int> ParseSignal(const std::string& s_in) {
   if (isdigit(static_cast<unsigned char>(s[0]))) {
     char* end;
     long v = strtol(s.c_str(), &end, 10);
-    if (*end || v <= 0 || v >= 65)
+    if (*end || v < 0 || v >= 65)
       return MakeError(ErrorKind::kUsage, 0, "bad signal %s", s_in.c_str());
     return static_cast<int>(v);
   }

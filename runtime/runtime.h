@@ -11,6 +11,7 @@
 #include <signal.h>
 #include <sys/types.h>
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -36,6 +37,11 @@ struct CreateOptions {
   // the bundle must give the container an address. Without a gateway annotation, no default
   // route.
   std::string bridge;
+  // process.terminal: the unix socket that receives the pty master (console.h). Required then.
+  std::string console_socket;
+  // --systemd-cgroup: linux.cgroupsPath is in systemd's slice:prefix:name form. godwit never
+  // asks systemd: the path is mapped onto cgroupfs (ParseCgroupsPath).
+  bool systemd_cgroup = false;
 };
 
 // Creates the container (status "created"). Errors: kUsage (bad id), kNotFound (bundle or rootfs
@@ -78,10 +84,24 @@ struct ExecOptions {
   std::vector<std::string> args;
   std::vector<std::string> env;  // added to the container's process env
   std::string cwd;               // default: the container's process.cwd
+  // The whole process (`exec --process F.json`): replaces the container's process.* (args, env,
+  // cwd, user, capabilities, rlimits, terminal); args/env/cwd above still apply on top.
+  std::optional<Process> process;
+  std::optional<uint32_t> uid, gid;  // --user UID[:GID]
+  bool tty = false;                  // process.terminal (needs console_socket)
+  std::string console_socket;
+  std::string pid_file;  // written with the process's host pid once it has exec'd
+  // Return once the process has exec'd (its exit is then its new parent's business: the
+  // nearest subreaper, e.g. conmon); the result is its host pid instead of an exit code.
+  bool detach = false;
 };
-// Runs a process in all the container's namespaces and cgroups; waits and returns its exit
-// code (128+signal if killed).
+// Runs a process in all the container's namespaces and cgroups, under the container's seccomp
+// filter; waits and returns its exit code (128+signal if killed), or with detach its pid.
 Result<int> Exec(const std::string& root, const std::string& id, const ExecOptions& opts);
+
+// `update`: writes new limits into the container's cgroups and records them in its state.
+// Fields not given are left as they are.
+Result<void> Update(const std::string& root, const std::string& id, const Resources& res);
 
 // Host pids of every process in the container's cgroup.
 Result<std::vector<pid_t>> Ps(const std::string& root, const std::string& id);
@@ -94,7 +114,7 @@ Result<std::vector<pid_t>> Ps(const std::string& root, const std::string& id);
 // (network.h), MountStorage (storage.h), HostVethName.
 Result<Container> Register(Container c, const std::string& config_json);
 
-// Parses "KILL", "SIGKILL", "9" -> 9.
+// Parses "KILL", "SIGKILL", "9" -> 9; "0" -> 0 (a liveness check, as kill(2)).
 Result<int> ParseSignal(const std::string& s);
 
 // Builds a busybox root filesystem in dir (bin/busybox copied from /bin/busybox, applet

@@ -142,6 +142,8 @@ Result<std::vector<int>> ParseCapList(const json& caps, const char* key) {
   return out;
 }
 
+Result<void> ParseSeccomp(const json& j, Seccomp& sc);  // below, with the cgroups path
+
 Result<std::vector<IdMap>> ParseIdMaps(const json& linux, const char* key) {
   std::vector<IdMap> out;
   if (!linux.contains(key)) return out;
@@ -224,8 +226,8 @@ Result<void> ParseMounts(const json& root, Spec& spec) {
   if (!root.contains("mounts")) return Ok();
   const json& arr = root["mounts"];
   if (!arr.is_array()) return Bad("mounts: expected an array");
-  static const std::set<std::string> kTypes = {"proc",   "sysfs", "tmpfs", "devpts",
-                                               "mqueue", "bind",  "none",  ""};
+  static const std::set<std::string> kTypes = {"proc", "sysfs", "tmpfs",   "devpts", "mqueue",
+                                               "bind", "none",  "cgroup", "cgroup2", ""};
   for (size_t i = 0; i < arr.size(); ++i) {
     std::string where = StrFormat("mounts[%zu]", i);
     const json& j = arr[i];
@@ -245,10 +247,13 @@ Result<void> ParseMounts(const json& root, Spec& spec) {
     if (!kTypes.count(m.type))
       return Bad(
           "%s.type %s (%s): mount type not supported (supported: proc, sysfs, tmpfs, "
-          "devpts, mqueue, bind)",
+          "devpts, mqueue, cgroup, bind)",
           where.c_str(), m.type.c_str(), m.destination.c_str());
     TRY(ParseMountOptions(m, where));
     if (m.type == "bind") m.bind = true;
+    if (m.type == "cgroup2") m.type = "cgroup";  // one kind: the container's own cgroups
+    if (m.type == "cgroup" && m.bind)
+      return Bad("%s: a cgroup mount cannot be a bind mount", where.c_str());
     if ((m.type == "none" || m.type.empty()) && !m.bind)
       return Bad("%s: type %s without bind option", where.c_str(), m.type.c_str());
     if (m.bind) {
@@ -271,8 +276,18 @@ Result<void> ParseProcess(const json& root, Spec& spec) {
     if (v < -1000 || v > 1000) return Bad("process.oomScoreAdj %lld: out of range", (long long)v);
     spec.process.oom_score_adj = static_cast<int>(v);
   }
-  ASSIGN_OR_RETURN(bool terminal, GetBool(p, "terminal", "process", false));
-  if (terminal) return Bad("process.terminal: true is not supported (no console socket)");
+  ASSIGN_OR_RETURN(spec.process.terminal, GetBool(p, "terminal", "process", false));
+  if (p.contains("consoleSize")) {
+    const json& cs = p["consoleSize"];
+    TRY(OnlyKeys(cs, "process.consoleSize", {"height", "width"}));
+    for (const char* k : {"height", "width"}) {
+      if (!cs.contains(k)) continue;
+      ASSIGN_OR_RETURN(int64_t v, GetInt(cs[k], std::string("process.consoleSize.") + k));
+      if (v < 0 || v > 65535) return Bad("process.consoleSize.%s: out of range", k);
+      (k[0] == 'h' ? spec.process.console_height : spec.process.console_width) =
+          static_cast<uint16_t>(v);
+    }
+  }
   ASSIGN_OR_RETURN(spec.process.args, GetStrings(p, "args", "process"));
   if (spec.process.args.empty()) return Bad("process.args: must not be empty");
   ASSIGN_OR_RETURN(spec.process.env, GetStrings(p, "env", "process"));
@@ -339,7 +354,14 @@ Result<void> ParseResources(const json& r, Spec& spec) {
   auto& res = spec.resources;
   if (r.contains("memory")) {
     const json& m = r["memory"];
-    TRY(OnlyKeys(m, "linux.resources.memory", {"limit"}, {"disableOOMKiller", "swappiness"}));
+    TRY(OnlyKeys(m, "linux.resources.memory", {"limit", "swap"},
+                 {"disableOOMKiller", "swappiness"}));
+    if (m.contains("swap")) {
+      ASSIGN_OR_RETURN(int64_t v, GetInt(m["swap"], "linux.resources.memory.swap"));
+      if (v == 0 || v < -1)
+        return Bad("linux.resources.memory.swap %lld: must be > 0 or -1", (long long)v);
+      res.memory_swap = v;
+    }
     if (m.contains("disableOOMKiller") && m["disableOOMKiller"].is_boolean() &&
         m["disableOOMKiller"].get<bool>())
       return Bad("linux.resources.memory.disableOOMKiller: true is not supported");
@@ -411,9 +433,13 @@ Result<void> ParseLinux(const json& root, Spec& spec) {
   const json& l = root["linux"];
   TRY(OnlyKeys(l, "linux",
                {"namespaces", "uidMappings", "gidMappings", "resources", "maskedPaths",
-                "readonlyPaths", "rootfsPropagation", "sysctl", "cgroupsPath"}));
-  if (l.contains("cgroupsPath"))
-    return Bad("linux.cgroupsPath: not supported (godwit places cgroups under godwit/ID)");
+                "readonlyPaths", "rootfsPropagation", "sysctl", "cgroupsPath", "seccomp"}));
+  if (l.contains("cgroupsPath")) {
+    ASSIGN_OR_RETURN(spec.cgroups_path, GetString(l, "cgroupsPath", "linux", false));
+    if (!spec.cgroups_path.empty())
+      TRY(ParseCgroupsPath(spec.cgroups_path, spec.cgroups_path.find(':') != std::string::npos));
+  }
+  if (l.contains("seccomp")) TRY(ParseSeccomp(l["seccomp"], spec.seccomp));
   if (l.contains("namespaces")) {
     if (!l["namespaces"].is_array()) return Bad("linux.namespaces: expected an array");
     for (const auto& n : l["namespaces"]) {
@@ -543,7 +569,118 @@ Result<void> ParseAnnotations(const json& root, Spec& spec) {
   return Ok();
 }
 
+Result<void> ParseSeccomp(const json& j, Seccomp& sc) {
+  const std::string w = "linux.seccomp";
+  TRY(OnlyKeys(j, w,
+               {"defaultAction", "defaultErrnoRet", "architectures", "flags", "syscalls"},
+               // runc ignores these too when no listener is given.
+               {"listenerPath", "listenerMetadata"}));
+  if (j.contains("listenerPath") && !j["listenerPath"].is_null() &&
+      !(j["listenerPath"].is_string() && j["listenerPath"].get<std::string>().empty()))
+    return Bad("linux.seccomp.listenerPath: SCMP_ACT_NOTIFY listeners are not supported");
+  sc.present = true;
+  ASSIGN_OR_RETURN(sc.default_action, GetString(j, "defaultAction", w, true));
+  if (j.contains("defaultErrnoRet")) {
+    ASSIGN_OR_RETURN(int64_t v, GetInt(j["defaultErrnoRet"], w + ".defaultErrnoRet"));
+    sc.default_errno = static_cast<uint32_t>(v);
+  }
+  ASSIGN_OR_RETURN(sc.architectures, GetStrings(j, "architectures", w));
+  ASSIGN_OR_RETURN(sc.flags, GetStrings(j, "flags", w));
+  if (!j.contains("syscalls") || j["syscalls"].is_null()) return Ok();
+  if (!j["syscalls"].is_array()) return Bad("linux.seccomp.syscalls: expected an array");
+  for (const auto& r : j["syscalls"]) {
+    const std::string rw = w + ".syscalls[]";
+    TRY(OnlyKeys(r, rw, {"names", "action", "errnoRet", "args"}, {"comment", "includes",
+                                                                   "excludes"}));
+    Seccomp::Rule rule;
+    ASSIGN_OR_RETURN(rule.names, GetStrings(r, "names", rw));
+    ASSIGN_OR_RETURN(rule.action, GetString(r, "action", rw, true));
+    if (r.contains("errnoRet")) {
+      ASSIGN_OR_RETURN(int64_t v, GetInt(r["errnoRet"], rw + ".errnoRet"));
+      rule.errno_ret = static_cast<uint32_t>(v);
+    }
+    if (r.contains("args") && !r["args"].is_null()) {
+      if (!r["args"].is_array()) return Bad("%s.args: expected an array", rw.c_str());
+      for (const auto& a : r["args"]) {
+        TRY(OnlyKeys(a, rw + ".args[]", {"index", "value", "valueTwo", "op"}));
+        Seccomp::Arg arg;
+        if (!a.contains("index") || !a["index"].is_number_unsigned())
+          return Bad("%s.args[].index: expected an unsigned integer", rw.c_str());
+        arg.index = a["index"].get<uint32_t>();
+        if (a.contains("value")) arg.value = a["value"].get<uint64_t>();
+        if (a.contains("valueTwo")) arg.value_two = a["valueTwo"].get<uint64_t>();
+        ASSIGN_OR_RETURN(arg.op, GetString(a, "op", rw + ".args[]", true));
+        rule.args.push_back(arg);
+      }
+    }
+    sc.syscalls.push_back(std::move(rule));
+  }
+  return Ok();
+}
+
+bool CgroupLevelOk(const std::string& l) {
+  if (l.empty() || l == "." || l == ".." || l.size() > 255) return false;
+  for (char ch : l)
+    if (!(isalnum(static_cast<unsigned char>(ch)) || ch == '_' || ch == '.' || ch == '-'))
+      return false;
+  return true;
+}
+
 }  // namespace
+
+Result<CgroupPlacement> ParseCgroupsPath(const std::string& path, bool systemd) {
+  CgroupPlacement p;
+  if (systemd || (path.find(':') != std::string::npos && path[0] != '/')) {
+    // slice:prefix:name. systemd nests "a-b-c.slice" as a.slice/a-b.slice/a-b-c.slice.
+    auto parts = fs::Split(path, ':');
+    if (parts.size() != 3 || parts[2].empty())
+      return Bad("linux.cgroupsPath %s: expected slice:prefix:name (systemd form)", path.c_str());
+    std::string slice = parts[0].empty() ? "system.slice" : parts[0];
+    if (slice.size() < 7 || slice.compare(slice.size() - 6, 6, ".slice") != 0 ||
+        slice.find('/') != std::string::npos)
+      return Bad("linux.cgroupsPath %s: %s is not a slice name", path.c_str(), slice.c_str());
+    if (slice != "-.slice") {
+      std::string stem = slice.substr(0, slice.size() - 6);
+      for (size_t dash = stem.find('-'); dash != std::string::npos;
+           dash = stem.find('-', dash + 1)) {
+        if (!p.parent.empty()) p.parent += "/";
+        p.parent += stem.substr(0, dash) + ".slice";
+      }
+      if (!p.parent.empty()) p.parent += "/";
+      p.parent += slice;
+    }
+    p.leaf = parts[1].empty() ? parts[2] : parts[1] + "-" + parts[2];
+    if (p.leaf.find('.') == std::string::npos) p.leaf += ".scope";
+  } else {
+    std::string rel = path;
+    while (!rel.empty() && rel[0] == '/') rel.erase(0, 1);
+    size_t slash = rel.rfind('/');
+    p.leaf = slash == std::string::npos ? rel : rel.substr(slash + 1);
+    p.parent = slash == std::string::npos ? "" : rel.substr(0, slash);
+  }
+  for (const auto& l : fs::Split(p.parent, '/'))
+    if (!p.parent.empty() && !CgroupLevelOk(l))
+      return Bad("linux.cgroupsPath %s: bad level '%s'", path.c_str(), l.c_str());
+  if (!CgroupLevelOk(p.leaf)) return Bad("linux.cgroupsPath %s: bad name", path.c_str());
+  return p;
+}
+
+Result<Process> ParseProcessJson(const std::string& text) {
+  json p = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (p.is_discarded() || !p.is_object()) return Bad("process: not a JSON object");
+  json root = {{"process", p}};
+  Spec spec;
+  TRY(ParseProcess(root, spec));
+  return spec.process;
+}
+
+Result<Resources> ParseResourcesJson(const std::string& text) {
+  json r = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (r.is_discarded() || !r.is_object()) return Bad("linux.resources: not a JSON object");
+  Spec spec;
+  TRY(ParseResources(r, spec));
+  return spec.resources;
+}
 
 Result<void> ValidateBridgeName(const std::string& name) {
   bool ok = !name.empty() && name.size() <= 15 && name != "." && name != "..";

@@ -44,6 +44,11 @@ struct Mount {
   std::string data;               // filesystem-specific options ("mode=755,size=65536k")
   bool bind = false;
   bool recursive = false;
+  // type "cgroup": the container's own cgroup directories on the host, by hierarchy ("memory",
+  // "unified", ...), filled by Create before the init builds its root. init.cc mounts cgroup2
+  // there (read-only as the options say) when the host has a cgroup2 hierarchy, else an empty
+  // read-only tmpfs.
+  std::map<std::string, std::string> cgroup_dirs;
 };
 
 struct Rlimit {
@@ -69,6 +74,31 @@ struct Process {
   std::optional<int> oom_score_adj;
   Capabilities caps;
   std::vector<Rlimit> rlimits;
+  // process.terminal: the process gets a new pty (made inside the container's devpts) as its
+  // stdio and controlling terminal; the master goes to the caller's --console-socket.
+  bool terminal = false;
+  uint16_t console_height = 0, console_width = 0;  // process.consoleSize, 0 = not given
+};
+
+// linux.seccomp, kept as the config says; runtime/seccomp.cc compiles it with libseccomp.
+struct Seccomp {
+  bool present = false;
+  std::string default_action = "SCMP_ACT_ALLOW";
+  std::optional<uint32_t> default_errno;  // defaultErrnoRet
+  std::vector<std::string> architectures;  // SCMP_ARCH_*
+  std::vector<std::string> flags;          // SECCOMP_FILTER_FLAG_*
+  struct Arg {
+    uint32_t index = 0;
+    uint64_t value = 0, value_two = 0;
+    std::string op;  // SCMP_CMP_*
+  };
+  struct Rule {
+    std::vector<std::string> names;
+    std::string action;
+    std::optional<uint32_t> errno_ret;
+    std::vector<Arg> args;
+  };
+  std::vector<Rule> syscalls;
 };
 
 // Resource limits (linux.resources). Unset values are not written.
@@ -78,6 +108,9 @@ struct Resources {
   std::optional<int64_t> cpu_quota;     // us per period; -1 = unlimited
   std::optional<uint64_t> cpu_period;   // us
   std::optional<int64_t> pids_limit;    // -1 or 0 = unlimited
+  // memory.swap (limit + swap, as OCI says): v1 memory.memsw.limit_in_bytes where the kernel
+  // accounts swap, v2 memory.swap.max (swap - limit); ignored where neither exists, as runc.
+  std::optional<int64_t> memory_swap;
   struct DeviceRule {
     bool allow = false;
     char type = 'a';                 // a, c, b
@@ -86,7 +119,7 @@ struct Resources {
   };
   std::vector<DeviceRule> devices;  // v1 devices controller only
   bool empty() const {
-    return !memory_limit && !cpu_shares && !cpu_quota && !cpu_period && !pids_limit &&
+    return !memory_limit && !memory_swap && !cpu_shares && !cpu_quota && !cpu_period && !pids_limit &&
            devices.empty();
   }
 };
@@ -136,7 +169,22 @@ struct Spec {
   NetworkSpec net;         // from annotations
   int64_t disk_quota = 0;  // bytes, from annotations; 0 = no quota, writes go to the rootfs
   std::map<std::string, std::string> sysctl;  // linux.sysctl (applied inside the namespaces)
+  Seccomp seccomp;                            // linux.seccomp
+  // linux.cgroupsPath as given: "/a/b/leaf" or "a/b/leaf" (cgroupfs) or "slice:prefix:name"
+  // (systemd); see CgroupPlacement. Empty: <--cgroup-parent>/<id>.
+  std::string cgroups_path;
 };
+
+// Where a container's cgroup goes: "<parent>/<leaf>" under every hierarchy's root.
+struct CgroupPlacement {
+  std::string parent;  // may be empty (the leaf sits at the hierarchy's root)
+  std::string leaf;
+};
+// Maps linux.cgroupsPath onto cgroupfs: "/a/b/c" and "a/b/c" -> {"a/b", "c"}; the systemd form
+// "slice:prefix:name" (with or without --systemd-cgroup) -> the path systemd would give the
+// scope, {"machine.slice" or "a.slice/a-b.slice", "prefix-name.scope"} (no systemd is asked:
+// godwit writes the cgroupfs directly). kBadConfig on "..", empty levels or bad characters.
+Result<CgroupPlacement> ParseCgroupsPath(const std::string& path, bool systemd);
 
 // A network interface name the kernel accepts (1-15 characters, no '/', ':' or space): kBadConfig.
 Result<void> ValidateBridgeName(const std::string& name);
@@ -145,6 +193,10 @@ Result<void> ValidateBridgeName(const std::string& name);
 // Errors: kBadConfig naming the field ("linux.seccomp: not supported").
 Result<Spec> ParseSpec(const std::string& json_text, const std::string& bundle);
 Result<Spec> LoadSpec(const std::string& bundle);  // bundle/config.json
+// An OCI process object alone (`exec --process F.json`), parsed as config.json's "process".
+Result<Process> ParseProcessJson(const std::string& json_text);
+// An OCI linux.resources object alone (`update --resources F.json`).
+Result<Resources> ParseResourcesJson(const std::string& json_text);
 
 // The convenience form of `godwit run --rootfs DIR ...`: options that become a config.json.
 struct RunOptions {

@@ -7,6 +7,7 @@
 #include "runtime/cgroup.h"
 #include "runtime/network.h"
 #include "runtime/runtime.h"
+#include "runtime/seccomp.h"
 #include "runtime/spec.h"
 
 namespace godwit::runtime {
@@ -85,8 +86,8 @@ TEST(RuntimeSpecTest, UnsupportedFieldsAreNamed) {
   j["linux"]["namespaces"][0]["path"] = "/proc/1/ns/pid";
   ExpectBad(j, "path");
   j = Base();
-  j["mounts"].push_back({{"destination", "/sys/fs/cgroup"}, {"type", "cgroup"}});
-  ExpectBad(j, "cgroup");
+  j["mounts"].push_back({{"destination", "/mnt"}, {"type", "nfs"}});
+  ExpectBad(j, "nfs");
   j = Base();
   j["process"]["selinuxLabel"] = "x";
   ExpectBad(j, "process.selinuxLabel");
@@ -94,8 +95,11 @@ TEST(RuntimeSpecTest, UnsupportedFieldsAreNamed) {
   j["process"]["apparmorProfile"] = "x";
   ExpectBad(j, "process.apparmorProfile");
   j = Base();
-  j["linux"]["resources"]["memory"] = {{"swap", 1}};
-  ExpectBad(j, "linux.resources.memory.swap");
+  j["linux"]["resources"]["memory"] = {{"kernel", 1}};
+  ExpectBad(j, "linux.resources.memory.kernel");
+  j = Base();
+  j["linux"]["seccomp"] = {{"defaultAction", "SCMP_ACT_ALLOW"}, {"listenerPath", "/run/agent"}};
+  ExpectBad(j, "linux.seccomp.listenerPath");
   j = Base();
   j["linux"]["resources"]["blockIO"] = json::object();
   ExpectBad(j, "linux.resources.blockIO");
@@ -147,6 +151,92 @@ TEST(RuntimeSpecTest, UserNamespaceMappingsAndCapabilities) {
   EXPECT_EQ(s->process.caps.bounding, (std::vector<int>{5, 10}));
   j["process"]["capabilities"]["effective"] = {"CAP_FLY"};
   ExpectBad(j, "CAP_FLY");
+}
+
+// What Podman sends (recorded from Podman 4.3.1): a seccomp profile, a cgroupsPath, a cgroup
+// mount, a terminal, memory swap.
+TEST(RuntimeSpecTest, PodmanFieldsParse) {
+  json j = Base();
+  j["linux"]["seccomp"] = {
+      {"defaultAction", "SCMP_ACT_ERRNO"},
+      {"defaultErrnoRet", 38},
+      {"architectures", {"SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"}},
+      {"syscalls",
+       {{{"names", {"read", "write", "no_such_syscall_here"}}, {"action", "SCMP_ACT_ALLOW"}},
+        {{"names", {"personality"}},
+         {"action", "SCMP_ACT_ALLOW"},
+         {"args", {{{"index", 0}, {"value", 8}, {"op", "SCMP_CMP_EQ"}}}}},
+        {{"names", {"socket"}},
+         {"action", "SCMP_ACT_ERRNO"},
+         {"errnoRet", 22},
+         {"args", {{{"index", 0}, {"value", 40}, {"op", "SCMP_CMP_EQ"}}}}}}}};
+  j["linux"]["cgroupsPath"] = "/libpod_parent/libpod-abc";
+  j["mounts"].push_back({{"destination", "/sys/fs/cgroup"},
+                         {"type", "cgroup"},
+                         {"source", "cgroup"},
+                         {"options", {"rprivate", "nosuid", "noexec", "nodev", "relatime", "ro"}}});
+  j["process"]["terminal"] = true;
+  j["process"]["consoleSize"] = {{"height", 40}, {"width", 120}};
+  j["linux"]["resources"]["memory"] = {{"limit", 1 << 26}, {"swap", 1 << 27}};
+  auto s = Parse(j);
+  ASSERT_TRUE(s.ok()) << s.error().to_string();
+  EXPECT_TRUE(s->seccomp.present);
+  EXPECT_EQ(s->seccomp.syscalls.size(), 3u);
+  EXPECT_EQ(s->seccomp.default_errno.value_or(0), 38u);
+  EXPECT_EQ(s->cgroups_path, "/libpod_parent/libpod-abc");
+  EXPECT_EQ(s->mounts.back().type, "cgroup");
+  EXPECT_TRUE(s->mounts.back().flags & MS_RDONLY);
+  EXPECT_TRUE(s->process.terminal);
+  EXPECT_EQ(s->process.console_height, 40);
+  EXPECT_EQ(s->process.console_width, 120);
+  EXPECT_EQ(s->resources.memory_swap.value_or(0), 1 << 27);
+  // libseccomp compiles it (the unknown syscall name is skipped, as runc does).
+  auto prog = CompileSeccomp(s->seccomp);
+  ASSERT_TRUE(prog.ok()) << prog.error().to_string();
+  EXPECT_GT(prog->insns.size(), 4u);
+  s->seccomp.syscalls[0].action = "SCMP_ACT_BOGUS";
+  auto bad = CompileSeccomp(s->seccomp);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.error().message().find("SCMP_ACT_BOGUS"), std::string::npos);
+}
+
+TEST(RuntimeSpecTest, CgroupsPathPlacement) {
+  auto p = ParseCgroupsPath("/libpod_parent/libpod-abc", false);
+  ASSERT_TRUE(p.ok());
+  EXPECT_EQ(p->parent, "libpod_parent");
+  EXPECT_EQ(p->leaf, "libpod-abc");
+  p = ParseCgroupsPath("top", false);
+  ASSERT_TRUE(p.ok());
+  EXPECT_EQ(p->parent, "");
+  EXPECT_EQ(p->leaf, "top");
+  // systemd's slice:prefix:name, laid out as systemd would on cgroupfs.
+  p = ParseCgroupsPath("machine.slice:libpod:abc", true);
+  ASSERT_TRUE(p.ok());
+  EXPECT_EQ(p->parent, "machine.slice");
+  EXPECT_EQ(p->leaf, "libpod-abc.scope");
+  p = ParseCgroupsPath("user-1000.slice:crio:abc", true);
+  ASSERT_TRUE(p.ok());
+  EXPECT_EQ(p->parent, "user.slice/user-1000.slice");
+  EXPECT_EQ(p->leaf, "crio-abc.scope");
+  EXPECT_FALSE(ParseCgroupsPath("/a/../b", false).ok());
+  EXPECT_FALSE(ParseCgroupsPath("machine.slice:x", true).ok());
+  EXPECT_FALSE(ParseCgroupsPath("notaslice:p:n", true).ok());
+}
+
+TEST(RuntimeSpecTest, ProcessAndResourcesAlone) {
+  auto p = ParseProcessJson(R"({"terminal":true,"user":{"uid":5,"gid":6},"args":["true"],
+                                "env":["A=b"],"cwd":"/tmp"})");
+  ASSERT_TRUE(p.ok()) << p.error().to_string();
+  EXPECT_TRUE(p->terminal);
+  EXPECT_EQ(p->uid, 5u);
+  EXPECT_EQ(p->cwd, "/tmp");
+  EXPECT_FALSE(ParseProcessJson(R"({"args":["x"],"selinuxLabel":"l"})").ok());
+  auto r = ParseResourcesJson(
+      R"({"memory":{"limit":67108864,"swap":134217728},"cpu":{"quota":50000,"period":100000}})");
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  EXPECT_EQ(r->memory_limit.value_or(0), 67108864);
+  EXPECT_EQ(r->cpu_quota.value_or(0), 50000);
+  EXPECT_FALSE(ParseResourcesJson(R"({"blockIO":{}})").ok());
 }
 
 TEST(RuntimeSpecTest, SignalsAndNames) {

@@ -12,6 +12,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -734,17 +735,19 @@ TEST_F(RuntimeBadInputTest, MalformedAndUnsupportedConfig) {
   ExpectNothingLeft(id);
 
   json cfg = json::parse(GoodConfig());
-  cfg["linux"]["seccomp"] = {{"defaultAction", "SCMP_ACT_ERRNO"}};
+  cfg["linux"]["seccomp"] = {{"defaultAction", "SCMP_ACT_NOTIFY"}};
   r = Run({"create", id, "--bundle", Bundle(id, cfg.dump())});
   EXPECT_EQ(r.code, 7);
   EXPECT_NE(r.err.find("linux.seccomp"), std::string::npos) << r.err;
   ExpectNothingLeft(id);
 
+  // A terminal needs somewhere to send the pty master.
   cfg = json::parse(GoodConfig());
   cfg["process"]["terminal"] = true;
   r = Run({"create", id, "--bundle", Bundle(id, cfg.dump())});
-  EXPECT_EQ(r.code, 7);
-  EXPECT_NE(r.err.find("process.terminal"), std::string::npos) << r.err;
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("--console-socket"), std::string::npos) << r.err;
+  ExpectNothingLeft(id);
 
   cfg = json::parse(GoodConfig("no-such-program"));
   r = Run({"create", id, "--bundle", Bundle(id, cfg.dump())});
@@ -792,6 +795,141 @@ TEST_F(RuntimeBadInputTest, AddressAlreadyInUse) {
   EXPECT_NE(r.err.find("in use"), std::string::npos) << r.err;
   ExpectNothingLeft(b);
   EXPECT_TRUE(LinkExists(c.host_veth));
+}
+
+// What an engine (Podman, conmon) asks of an OCI runtime, on real containers: a seccomp profile
+// that the kernel enforces (on exec'd processes too), linux.cgroupsPath honoured, a read-only
+// cgroup mount, exec --detach --pid-file, kill 0, update, a terminal through --console-socket,
+// delete --force of a gone id.
+class RuntimeEngineTest : public RuntimeBadInputTest {};
+
+TEST_F(RuntimeEngineTest, SeccompCgroupsPathExecUpdateKill0) {
+  std::string id = Id("eng");
+  std::string parent = StrFormat("gweng-%d", getpid());
+  json cfg = json::parse(GoodConfig());
+  cfg["process"]["args"] = {"sleep", "1000"};
+  cfg["linux"]["cgroupsPath"] = "/" + parent + "/leaf-" + id;
+  cfg["linux"]["seccomp"] = {
+      {"defaultAction", "SCMP_ACT_ALLOW"},
+      {"syscalls",
+       {{{"names", {"mkdir", "mkdirat"}}, {"action", "SCMP_ACT_ERRNO"}, {"errnoRet", 1}}}}};
+  cfg["mounts"].push_back({{"destination", "/sys/fs/cgroup"},
+                           {"type", "cgroup"},
+                           {"source", "cgroup"},
+                           {"options", {"nosuid", "noexec", "nodev", "ro"}}});
+  CmdResult r = Run({"run", id, "--bundle", Bundle(id, cfg.dump()), "--detach"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto c = Container::Load(root_, id);
+  ASSERT_TRUE(c.ok());
+  ASSERT_FALSE(c->cgroup_paths.empty());
+  for (const auto& [ctrl, path] : c->cgroup_paths) {
+    EXPECT_NE(path.find(parent + "/leaf-" + id), std::string::npos) << ctrl << " " << path;
+    EXPECT_TRUE(fs::Exists(path)) << path;
+  }
+  auto pids = Ps(root_, id);
+  ASSERT_TRUE(pids.ok());
+  EXPECT_EQ(pids->size(), 1u);
+
+  // The filter holds for the init and for what exec starts.
+  CmdResult st = Run({"exec", id, "--", "grep", "Seccomp:", "/proc/1/status"});
+  EXPECT_NE(st.out.find("2"), std::string::npos) << st.out << st.err;
+  CmdResult mk = Run({"exec", id, "--", "mkdir", "/tmp/blocked"});
+  EXPECT_NE(mk.code, 0);
+  EXPECT_NE(mk.err.find("Operation not permitted"), std::string::npos) << mk.err;
+  CmdResult ro = Run({"exec", id, "--", "sh", "-c", "touch /sys/fs/cgroup/x 2>/dev/null || echo ro"});
+  EXPECT_EQ(Trim(ro.out), "ro") << ro.err;
+
+  // exec --detach --pid-file: returns once the process runs; we (the subreaper) reap it.
+  std::string pidf = dir_ + "/exec-" + id + ".pid";
+  CmdResult ex = Run({"exec", "--detach", "--pid-file", pidf, id, "--", "sleep", "1000"});
+  ASSERT_EQ(ex.code, 0) << ex.err;
+  pid_t p = atoi(ReadOr(pidf).c_str());
+  ASSERT_GT(p, 0);
+  EXPECT_NE(ReadOr(StrFormat("/proc/%d/cmdline", p)).find("sleep"), std::string::npos);
+  pids = Ps(root_, id);
+  ASSERT_TRUE(pids.ok());
+  EXPECT_EQ(pids->size(), 2u);
+  kill(p, SIGKILL);
+  EXPECT_EQ(waitpid(p, nullptr, 0), p);
+
+  EXPECT_EQ(Run({"kill", id, "0"}).code, 0);  // liveness, as conmon asks
+
+  CmdResult up = Run({"update", "--memory", "64M", id});
+  ASSERT_EQ(up.code, 0) << up.err;
+  if (c->cgroup_paths.count("memory")) {
+    EXPECT_EQ(Trim(ReadOr(c->cgroup_paths["memory"] + "/memory.limit_in_bytes")), "67108864");
+  } else {
+    EXPECT_EQ(Trim(ReadOr(c->cgroup_paths["unified"] + "/memory.max")), "67108864");
+  }
+  auto after = Container::Load(root_, id);
+  ASSERT_TRUE(after.ok());
+  EXPECT_EQ(after->resources.memory_limit.value_or(0), 67108864);
+
+  EXPECT_EQ(Run({"delete", "--force", id}).code, 0);
+  for (const auto& [ctrl, path] : c->cgroup_paths) EXPECT_FALSE(fs::Exists(path)) << path;
+  auto roots = DetectCgroupLayout();
+  ASSERT_TRUE(roots.ok());
+  for (const auto& [ctrl, mnt] : roots->v1) EXPECT_FALSE(fs::Exists(mnt + "/" + parent)) << ctrl;
+  // Gone already: --force says so with success, as runc (engines clean up twice).
+  EXPECT_EQ(Run({"delete", "--force", id}).code, 0);
+  EXPECT_EQ(Run({"delete", id}).code, 3);
+}
+
+TEST_F(RuntimeEngineTest, TerminalThroughConsoleSocket) {
+  std::string id = Id("tty");
+  std::string sock_path = dir_ + "/console-" + id + ".sock";
+  int ls = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(ls, 0);
+  ScopeExit close_ls([&] {
+    close(ls);
+    unlink(sock_path.c_str());
+  });
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", sock_path.c_str());
+  ASSERT_EQ(bind(ls, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  ASSERT_EQ(listen(ls, 4), 0);
+
+  json cfg = json::parse(GoodConfig());
+  cfg["process"]["terminal"] = true;
+  cfg["process"]["consoleSize"] = {{"height", 33}, {"width", 101}};
+  cfg["process"]["args"] = {"sh", "-c", "echo hello-$(tty); stty size; sleep 1000"};
+  CmdResult r = Run({"run", id, "--bundle", Bundle(id, cfg.dump()), "--detach",
+                     "--console-socket", sock_path});
+  ASSERT_EQ(r.code, 0) << r.err;
+  int conn = accept4(ls, nullptr, nullptr, SOCK_CLOEXEC);
+  ASSERT_GE(conn, 0);
+  char name[128] = {};
+  alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int))];
+  iovec iov{name, sizeof(name) - 1};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = cbuf;
+  msg.msg_controllen = sizeof(cbuf);
+  ASSERT_GT(recvmsg(conn, &msg, 0), 0);
+  close(conn);
+  cmsghdr* cm = CMSG_FIRSTHDR(&msg);
+  ASSERT_NE(cm, nullptr);
+  ASSERT_EQ(cm->cmsg_type, SCM_RIGHTS);
+  int master;
+  memcpy(&master, CMSG_DATA(cm), sizeof(int));
+  ScopeExit close_master([&] { close(master); });
+  EXPECT_EQ(std::string(name), "/dev/pts/0");
+  // The program's output arrives on the master: its stdout is the pty, sized as configured.
+  std::string out;
+  double deadline = time(nullptr) + 20;
+  while (time(nullptr) < deadline && out.find("33 101") == std::string::npos) {
+    pollfd pfd{master, POLLIN, 0};
+    if (poll(&pfd, 1, 1000) <= 0) continue;
+    char buf[256];
+    ssize_t n = read(master, buf, sizeof(buf));
+    if (n <= 0) break;
+    out.append(buf, n);
+  }
+  EXPECT_NE(out.find("hello-/dev/pts/0"), std::string::npos) << out;
+  EXPECT_NE(out.find("33 101"), std::string::npos) << out;
+  EXPECT_EQ(Run({"delete", "--force", id}).code, 0);
 }
 
 }  // namespace
