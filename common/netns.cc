@@ -1,10 +1,12 @@
 #include "common/netns.h"
 
 #include <fcntl.h>
-#include <sys/wait.h>
+#include <nftables/libnftables.h>
 #include <unistd.h>
 
 #include <cstdlib>
+#include <memory>
+#include <mutex>
 
 #include "common/fs.h"
 #include "common/log.h"
@@ -25,7 +27,34 @@ const char* NsName(int nstype) {
   }
 }
 
-Result<UniqueFd> OpenNs(pid_t pid, const char* name) {
+struct NftCtxDel {
+  void operator()(nft_ctx* c) const { nft_ctx_free(c); }
+};
+
+// libnftables keeps process-wide state (its one-time init, the xtables glue) that contexts share
+// without a lock: one call at a time in this process.
+std::mutex nft_mu;
+
+Result<std::string> NftHere(const std::string& script, int netns_fd) {
+  std::lock_guard<std::mutex> lock(nft_mu);
+  // Made here, in the target namespace: the context's netlink socket belongs to it.
+  std::unique_ptr<nft_ctx, NftCtxDel> ctx(nft_ctx_new(NFT_CTX_DEFAULT));
+  if (!ctx) return MakeError(ErrorKind::kGeneric, ENOMEM, "nft_ctx_new");
+  if (nft_ctx_buffer_output(ctx.get()) != 0 || nft_ctx_buffer_error(ctx.get()) != 0)
+    return MakeError(ErrorKind::kGeneric, 0, "nft: cannot buffer its output");
+  int rc = nft_run_cmd_from_buffer(ctx.get(), script.c_str());
+  if (rc != 0) {
+    const char* err = nft_ctx_get_error_buffer(ctx.get());
+    return MakeError(ErrorKind::kGeneric, 0, "nft failed in netns fd %d: %s", netns_fd,
+                     fs::Trim(err ? err : "").c_str());
+  }
+  const char* out = nft_ctx_get_output_buffer(ctx.get());
+  return std::string(out ? out : "");
+}
+
+}  // namespace
+
+Result<UniqueFd> OpenNamespace(pid_t pid, const char* name) {
   std::string path = pid == 0 ? StrFormat("/proc/thread-self/ns/%s", name)
                               : StrFormat("/proc/%d/ns/%s", pid, name);
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -35,58 +64,17 @@ Result<UniqueFd> OpenNs(pid_t pid, const char* name) {
   return UniqueFd(fd);
 }
 
-}  // namespace
+Result<UniqueFd> Open(pid_t pid) { return OpenNamespace(pid, "net"); }
 
-Result<UniqueFd> Open(pid_t pid) { return OpenNs(pid, "net"); }
-
-Result<void> NftRunIn(int netns_fd, const std::string& script) {
-  int in[2], out[2];
-  if (pipe2(in, O_CLOEXEC) < 0) return Errno("pipe");
-  UniqueFd in_rd(in[0]), in_wr(in[1]);
-  if (pipe2(out, O_CLOEXEC) < 0) return Errno("pipe");
-  UniqueFd out_rd(out[0]), out_wr(out[1]);
-  pid_t pid = fork();
-  if (pid < 0) return Errno("fork nft");
-  if (pid == 0) {
-    // Only raw calls here: the caller may have other threads.
-    if (netns_fd >= 0 && setns(netns_fd, CLONE_NEWNET) < 0) _exit(126);
-    dup2(in[0], 0);
-    dup2(out[1], 1);
-    dup2(out[1], 2);
-    execlp("nft", "nft", "-f", "-", static_cast<char*>(nullptr));
-    // Not on PATH (a daemon's minimal environment): where distributions put it.
-    execl("/usr/sbin/nft", "nft", "-f", "-", static_cast<char*>(nullptr));
-    execl("/sbin/nft", "nft", "-f", "-", static_cast<char*>(nullptr));
-    _exit(127);
-  }
-  in_rd.reset();
-  out_wr.reset();
-  auto w = fs::WriteAll(in_wr.get(), script.data(), script.size());
-  in_wr.reset();
-  std::string text;
-  char buf[4096];
-  for (;;) {
-    ssize_t n = read(out_rd.get(), buf, sizeof(buf));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    text.append(buf, n);
-  }
-  int st = 0;
-  while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
-  }
-  if (WIFEXITED(st) && WEXITSTATUS(st) == 126)
-    return MakeError(ErrorKind::kGeneric, 0, "nft: could not enter the net namespace (fd %d)",
-                     netns_fd);
-  if (WIFEXITED(st) && WEXITSTATUS(st) == 127)
-    return MakeError(ErrorKind::kNotFound, 0, "nft: not found");
-  if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
-    return MakeError(ErrorKind::kGeneric, 0, "nft failed (status %#x): %s", st,
-                     fs::Trim(text).c_str());
-  if (!w.ok()) return std::move(w.error().wrap("nft script"));
-  return Ok();
+Result<std::string> NftRunIn(int netns_fd, const std::string& script) {
+  if (netns_fd < 0) return NftHere(script, netns_fd);
+  ASSIGN_OR_RETURN(ScopedNetns in, ScopedNetns::Enter(netns_fd));
+  auto r = NftHere(script, netns_fd);
+  TRY(in.Leave());
+  return r;
 }
 
-Result<void> NftRun(pid_t netns_pid, const std::string& script) {
+Result<std::string> NftRun(pid_t netns_pid, const std::string& script) {
   if (netns_pid == 0) return NftRunIn(-1, script);
   ASSIGN_OR_RETURN(UniqueFd ns, Open(netns_pid));
   return NftRunIn(ns.get(), script);
@@ -95,7 +83,7 @@ Result<void> NftRun(pid_t netns_pid, const std::string& script) {
 Result<ScopedNetns> ScopedNetns::Enter(int ns_fd, int nstype) {
   const char* name = NsName(nstype);
   if (!name) return MakeError(ErrorKind::kUsage, EINVAL, "ScopedNetns: namespace type %#x", nstype);
-  ASSIGN_OR_RETURN(UniqueFd own, OpenNs(0, name));
+  ASSIGN_OR_RETURN(UniqueFd own, OpenNamespace(0, name));
   if (setns(ns_fd, nstype) < 0) return Errno("setns(fd %d, %s)", ns_fd, name);
   return ScopedNetns(std::move(own), nstype);
 }
@@ -115,6 +103,14 @@ ScopedNetns::~ScopedNetns() {
     LOG_ERROR("%s", r.error().to_string().c_str());
     abort();
   }
+}
+
+Result<void> RunHere(int ns_fd, int nstype, const std::function<Result<void>()>& fn) {
+  if (ns_fd < 0) return fn();
+  ASSIGN_OR_RETURN(ScopedNetns in, ScopedNetns::Enter(ns_fd, nstype));
+  Result<void> r = fn();
+  TRY(in.Leave());
+  return r;
 }
 
 }  // namespace godwit::netns

@@ -10,6 +10,7 @@
 #include "common/idmap.h"
 #include "common/log.h"
 #include "common/scope_exit.h"
+#include "common/timing.h"
 #include "container/archive.h"
 #include "container/ipc.h"
 #include "container/mnt.h"
@@ -24,10 +25,7 @@
 namespace godwit::container {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-double Ms(Clock::time_point a, Clock::time_point b) {
-  return std::chrono::duration<double, std::milli>(b - a).count();
-}
+using timing::Clock;
 
 void FillLimits(const runtime::Resources& r, img::CgroupLimits* l) {
   if (r.memory_limit) {
@@ -242,14 +240,9 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
   TRY_CTX(cg->Freeze(), "freeze container %s", opts.id.c_str());
   auto t_frozen = Clock::now();
   CheckpointPhases& ph = res.phases;
-  ph.prepare_ms = Ms(t_start, t_freeze);
-  ph.freeze_ms = Ms(t_freeze, t_frozen);
-  auto lap = t_frozen;
-  auto phase = [&lap](double* into) {
-    auto now = Clock::now();
-    *into += Ms(lap, now);
-    lap = now;
-  };
+  ph.prepare_ms = timing::MsBetween(t_start, t_freeze);
+  ph.freeze_ms = timing::MsBetween(t_freeze, t_frozen);
+  timing::PhaseTimer laps(t_frozen);  // the namespaces' phases, one after the other
   bool thaw_on_exit = true;
   ScopeExit thaw([&] {
     if (!thaw_on_exit) return;
@@ -261,18 +254,18 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
     auto r = cg->Thaw();
     if (!r.ok()) LOG_ERROR("thaw container %s: %s", opts.id.c_str(), r.error().to_string().c_str());
   });
-  rec.mutable_times()->set_freeze_ms(Ms(t_freeze, t_frozen));
+  rec.mutable_times()->set_freeze_ms(timing::MsBetween(t_freeze, t_frozen));
 
   // Namespaces, mounts and the writable layer, read from outside while frozen.
   if (Has(own, "user")) {
     ASSIGN_OR_RETURN(std::vector<pid_t> pids, cg->Pids());
     TRY_CTX(DumpUserNamespace(pid, pids, rec.mutable_userns()), "container %s", opts.id.c_str());
-    phase(&ph.userns_ms);
+    laps.LapInto(&ph.userns_ms);
   }
   if (Has(own, "uts")) {
     ASSIGN_OR_RETURN(UniqueFd fd, OpenNamespace(pid, "uts"));
     TRY_CTX(uts::Dump(fd.get(), *sink), "container %s", opts.id.c_str());
-    phase(&ph.uts_ms);
+    laps.LapInto(&ph.uts_ms);
   }
   if (Has(own, "ipc")) {
     ASSIGN_OR_RETURN(UniqueFd fd, OpenNamespace(pid, "ipc"));
@@ -288,28 +281,28 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
       }
     }
     TRY_CTX(ipc::Dump(fd.get(), *sink, opts.compression, mq), "container %s", opts.id.c_str());
-    phase(&ph.ipc_ms);
+    laps.LapInto(&ph.ipc_ms);
   }
   if (Has(own, "net")) {
     ASSIGN_OR_RETURN(UniqueFd fd, OpenNamespace(pid, "net"));
     TRY_CTX(net::Dump(fd.get(), *sink), "container %s", opts.id.c_str());
-    phase(&ph.net_ms);
+    laps.LapInto(&ph.net_ms);
   }
   if (Has(own, "mnt")) {
     TRY_CTX(mnt::Dump(pid, *sink, opts.compression), "container %s", opts.id.c_str());
-    phase(&ph.mnt_ms);
+    laps.LapInto(&ph.mnt_ms);
     std::string upper = overlay ? runtime::StorageUpper(c.storage_dir) : "";
     ASSIGN_OR_RETURN(bool layer, mnt::DumpLayer(pid, c.rootfs, *sink, opts.compression, upper));
     rec.set_has_layer(layer);
-    phase(&ph.layer_ms);
+    laps.LapInto(&ph.layer_ms);
   }
   if (!overlay) {
     ASSIGN_OR_RETURN(*rec.mutable_rootfs(), mnt::IdentifyRootfs(c.rootfs));
-    phase(&ph.rootfs_ms);
+    laps.LapInto(&ph.rootfs_ms);
   }
   auto t_ns = Clock::now();
-  ph.collect_ms = Ms(t_frozen, t_ns);
-  rec.mutable_times()->set_namespaces_ms(Ms(t_frozen, t_ns));
+  ph.collect_ms = timing::MsBetween(t_frozen, t_ns);
+  rec.mutable_times()->set_namespaces_ms(timing::MsBetween(t_frozen, t_ns));
 
   // The process tree, through the engine; it leaves the (cgroup-frozen) tree alive.
   if (!dump_tree) {
@@ -324,7 +317,7 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
   req.thaw = [&]() {
     t_seized = Clock::now();
     auto r = cg->Thaw();
-    ph.cgroup_hooks_ms += Ms(t_seized, Clock::now());
+    ph.cgroup_hooks_ms += timing::MsBetween(t_seized, Clock::now());
     return r;
   };
   // --leave-running: the engine has let the tree run (detached it) right before this hook, and
@@ -338,20 +331,20 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
     }
     auto t = Clock::now();
     auto r = cg->Freeze();
-    ph.cgroup_hooks_ms += Ms(t, Clock::now());
+    ph.cgroup_hooks_ms += timing::MsBetween(t, Clock::now());
     return r;
   };
   tree_asked = true;
   ASSIGN_OR_RETURN(res.tree, dump_tree(req));
   auto t_tree = Clock::now();
-  ph.tree_ms = Ms(t_ns, t_tree);
+  ph.tree_ms = timing::MsBetween(t_ns, t_tree);
   ph.seize_ms = res.tree.seize_ms;
   ph.memory_ms = res.tree.memory_ms;
   // The engine seizes right before the thaw hook runs.
-  ph.tree_setup_ms = std::max(0.0, Ms(t_ns, t_seized) - ph.seize_ms);
+  ph.tree_setup_ms = std::max(0.0, timing::MsBetween(t_ns, t_seized) - ph.seize_ms);
   ph.tree_rest_ms = std::max(0.0, ph.tree_ms - ph.tree_setup_ms - ph.seize_ms - ph.memory_ms -
                                       ph.cgroup_hooks_ms);
-  rec.mutable_times()->set_tree_ms(Ms(t_ns, t_tree));
+  rec.mutable_times()->set_tree_ms(timing::MsBetween(t_ns, t_tree));
 
   rec.set_created_unix_ns(std::chrono::duration_cast<std::chrono::nanoseconds>(
                               std::chrono::system_clock::now().time_since_epoch())
@@ -362,8 +355,8 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
   TRY(sink->Finish(images::NewInventory()));
   finished = true;
   auto t_written = Clock::now();
-  ph.write_ms = Ms(t_tree, t_written);
-  ph.downtime_ms = Ms(t_freeze, t_released ? std::min(*t_released, t_written) : t_written);
+  ph.write_ms = timing::MsBetween(t_tree, t_written);
+  ph.downtime_ms = timing::MsBetween(t_freeze, t_released ? std::min(*t_released, t_written) : t_written);
 
   // The end. The hold owns the cgroup and the tree's TCP hold from here.
   thaw_on_exit = false;
@@ -385,8 +378,8 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
       break;
   }
   auto t_end = Clock::now();
-  rec.mutable_times()->set_frozen_ms(Ms(t_frozen, t_released ? *t_released : t_end));
-  ph.release_ms = Ms(t_written, t_end);
+  rec.mutable_times()->set_frozen_ms(timing::MsBetween(t_frozen, t_released ? *t_released : t_end));
+  ph.release_ms = timing::MsBetween(t_written, t_end);
   ph.frozen_ms = rec.times().frozen_ms();
 
   if (res.tree.compress && end == EndMode::kHold) {
@@ -403,15 +396,15 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
     }
   }
   auto t_compressed = Clock::now();
-  ph.compress_ms = Ms(t_end, t_compressed);
+  ph.compress_ms = timing::MsBetween(t_end, t_compressed);
 
   if (!opts.export_file.empty()) {
     ASSIGN_OR_RETURN(archive::Stats st, archive::Export(opts.image_path, opts.export_file));
     res.export_size = st.size;
   }
   auto t_done = Clock::now();
-  rec.mutable_times()->set_total_ms(Ms(t_start, t_done));
-  ph.export_ms = Ms(t_compressed, t_done);
+  rec.mutable_times()->set_total_ms(timing::MsBetween(t_start, t_done));
+  ph.export_ms = timing::MsBetween(t_compressed, t_done);
   ph.total_ms = rec.times().total_ms();
   return res;
 }

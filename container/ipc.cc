@@ -17,9 +17,9 @@
 
 #include "common/fs.h"
 #include "common/log.h"
+#include "common/page.h"
 #include "common/scope_exit.h"
 #include "container/ns.h"
-#include "container/ns_here.h"
 
 namespace godwit::container::ipc {
 namespace {
@@ -47,8 +47,6 @@ constexpr const char* kSysctls[] = {
     "fs/mqueue/msg_default",
     "fs/mqueue/msgsize_default",
 };
-
-constexpr size_t kPage = 4096;
 
 void FillPerm(const struct ipc_perm& p, img::IpcPerm* out) {
   out->set_key(p.__key);

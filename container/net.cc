@@ -10,21 +10,13 @@
 #include <linux/neighbour.h>
 #include <linux/rtnetlink.h>
 #include <net/if.h>
-#include <netlink/netlink.h>
-#include <netlink/route/addr.h>
-#include <netlink/route/link.h>
 #include <netlink/route/link/veth.h>
-#include <netlink/route/neighbour.h>
-#include <netlink/route/route.h>
-#include <netlink/route/rule.h>
-#include <netlink/socket.h>
 #include <sched.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <cstdarg>
 #include <map>
 #include <memory>
 #include <set>
@@ -35,78 +27,21 @@
 #include "common/log.h"
 #include "common/scope_exit.h"
 #include "container/ns.h"
-#include "container/ns_here.h"
+#include "runtime/nl.h"
 
 namespace godwit::container::net {
 namespace {
 
-// ---- libnl ownership ----------------------------------------------------------------------
-
-struct SockDel {
-  void operator()(nl_sock* s) const { nl_socket_free(s); }
-};
-struct CacheDel {
-  void operator()(nl_cache* c) const { nl_cache_free(c); }
-};
-struct AddrDel {
-  void operator()(nl_addr* a) const { nl_addr_put(a); }
-};
-struct LinkDel {
-  void operator()(rtnl_link* l) const { rtnl_link_put(l); }
-};
-struct RtAddrDel {
-  void operator()(rtnl_addr* a) const { rtnl_addr_put(a); }
-};
-struct RouteDel {
-  void operator()(rtnl_route* r) const { rtnl_route_put(r); }
-};
-struct RuleDel {
-  void operator()(rtnl_rule* r) const { rtnl_rule_put(r); }
-};
-struct NeighDel {
-  void operator()(rtnl_neigh* n) const { rtnl_neigh_put(n); }
-};
-using Sock = std::unique_ptr<nl_sock, SockDel>;
-using Cache = std::unique_ptr<nl_cache, CacheDel>;
-using Addr = std::unique_ptr<nl_addr, AddrDel>;
-using Link = std::unique_ptr<rtnl_link, LinkDel>;
-using RtAddr = std::unique_ptr<rtnl_addr, RtAddrDel>;
-using Route = std::unique_ptr<rtnl_route, RouteDel>;
-using Rule = std::unique_ptr<rtnl_rule, RuleDel>;
-using Neigh = std::unique_ptr<rtnl_neigh, NeighDel>;
-
-Error NlError(int err, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
-Error NlError(int err, const char* fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  std::string ctx = VStrFormat(fmt, ap);
-  va_end(ap);
-  int e = err < 0 ? -err : err;
-  ErrorKind kind = ErrorKind::kGeneric;
-  if (e == NLE_EXIST) kind = ErrorKind::kExists;
-  if (e == NLE_OBJ_NOTFOUND || e == NLE_NODEV) kind = ErrorKind::kNotFound;
-  return MakeError(kind, 0, "%s: %s", ctx.c_str(), nl_geterror(e));
-}
-
-bool IsExists(int err) { return err == -NLE_EXIST || err == NLE_EXIST; }
-
-// A NETLINK_ROUTE socket in netns_fd (-1: the calling thread's netns).
-Result<Sock> OpenRouteSocket(int netns_fd) {
-  Sock sock;
-  auto open = [&]() -> Result<void> {
-    sock.reset(nl_socket_alloc());
-    if (!sock) return MakeError(ErrorKind::kGeneric, ENOMEM, "nl_socket_alloc");
-    if (int err = nl_connect(sock.get(), NETLINK_ROUTE); err < 0)
-      return NlError(err, "connect rtnetlink");
-    return Ok();
-  };
-  if (netns_fd < 0) {
-    TRY(open());
-  } else {
-    TRY(RunHere(netns_fd, CLONE_NEWNET, open));
-  }
-  return sock;
-}
+using nl::Addr;
+using nl::Cache;
+using nl::IsExists;
+using nl::Link;
+using nl::Neigh;
+using nl::NlError;
+using nl::Route;
+using nl::Rule;
+using nl::RtAddr;
+using nl::Sock;
 
 Result<Cache> LinkCache(nl_sock* sock) {
   nl_cache* c = nullptr;
@@ -539,17 +474,11 @@ Result<bool> HasNftTables() {
   }
 }
 
-Result<std::string> CollectNft(int netns_fd) {
-  auto r = RunInNetns(netns_fd, {"nft", "list", "ruleset"});
-  if (!r.ok()) {
-    LOG_WARN("nftables ruleset not dumped: %s", r.error().to_string().c_str());
-    return std::string();
-  }
-  if (r->exit_status != 0) {
-    return MakeError(ErrorKind::kGeneric, 0, "nft list ruleset: exit %d: %s", r->exit_status,
-                     r->err.c_str());
-  }
-  return r->out;
+// The ruleset of the calling thread's net namespace, as `nft list ruleset` prints it.
+Result<std::string> CollectNft() {
+  auto r = netns::NftRunIn(-1, "list ruleset\n");
+  if (!r.ok()) return std::move(r.error().wrap("nft list ruleset"));
+  return r;
 }
 
 // ---- restore ------------------------------------------------------------------------------
@@ -789,31 +718,27 @@ Result<void> AddNeigh(nl_sock* sock, const img::NetNeigh& nn) {
 
 Result<img::NetNs> Collect(int netns_fd) {
   img::NetNs ns;
-  // Collected while the container is frozen, so the work is spread over two threads and nft (a
-  // separate process, milliseconds to start) only runs when there is a table to list. This
+  // Collected while the container is frozen, so the work is spread over two threads. This
   // thread opens an rtnetlink socket in the netns and reads links, addresses, routes, rules and
-  // neighbours over it, while a second one, inside the netns, asks nfnetlink for tables
-  // (starting nft if there are any) and reads the sysctls into a message of its own.
-  ASSIGN_OR_RETURN(Sock sock, OpenRouteSocket(netns_fd));
+  // neighbours over it, while a second one, inside the netns, reads the sysctls into a message of
+  // its own and lists the nftables ruleset (only when nfnetlink shows a table: most containers
+  // have none).
+  ASSIGN_OR_RETURN(Sock sock, nl::ConnectRoute(netns_fd));
   img::NetNs sysctls;
   Result<std::string> nft = std::string();
-  std::thread nft_thread;
   Result<void> in_ns = Ok();
   std::thread ns_thread([&] {
     in_ns = RunHere(netns_fd, CLONE_NEWNET, [&]() -> Result<void> {
+      TRY(CollectSysctls(sysctls));
       auto tables = HasNftTables();
       if (!tables.ok())
         LOG_DEBUG("nftables tables unknown, listing: %s", tables.error().to_string().c_str());
-      if (!tables.ok() || *tables)
-        nft_thread = std::thread([&] { nft = CollectNft(netns_fd); });
-      return CollectSysctls(sysctls);
+      if (!tables.ok() || *tables) nft = CollectNft();
+      return Ok();
     });
   });
-  ScopeExit join([&] {
-    ns_thread.join();
-    if (nft_thread.joinable()) nft_thread.join();
-  });
-  ASSIGN_OR_RETURN(Sock host, OpenRouteSocket(-1));
+  ScopeExit join([&] { ns_thread.join(); });
+  ASSIGN_OR_RETURN(Sock host, nl::ConnectRoute(-1));
   TRY_CTX(CollectLinks(sock.get(), host.get(), ns), "dump netns links");
   TRY_CTX(CollectAddrs(sock.get(), ns), "dump netns addresses");
   TRY_CTX(CollectRoutes(sock.get(), ns), "dump netns routes");
@@ -821,7 +746,6 @@ Result<img::NetNs> Collect(int netns_fd) {
   TRY_CTX(CollectNeighs(sock.get(), ns), "dump netns neighbours");
   join.dismiss();
   ns_thread.join();
-  if (nft_thread.joinable()) nft_thread.join();
   TRY_CTX(in_ns, "dump netns");
   ns.mutable_sysctls()->Swap(sysctls.mutable_sysctls());
   TRY_CTX(nft, "dump nftables ruleset");
@@ -833,8 +757,8 @@ Result<img::NetNs> Collect(int netns_fd) {
 }
 
 Result<void> Apply(const img::NetNs& ns, int netns_fd) {
-  ASSIGN_OR_RETURN(Sock sock, OpenRouteSocket(netns_fd));
-  ASSIGN_OR_RETURN(Sock host, OpenRouteSocket(-1));
+  ASSIGN_OR_RETURN(Sock sock, nl::ConnectRoute(netns_fd));
+  ASSIGN_OR_RETURN(Sock host, nl::ConnectRoute(-1));
   std::vector<std::string> host_created;
   ScopeExit rollback([&] {
     for (const auto& name : host_created) {
@@ -919,13 +843,8 @@ Result<void> Apply(const img::NetNs& ns, int netns_fd) {
   // No "flush ruleset": the namespace is fresh, and the restore's network lock (a table holding
   // the TCP connections' packets until their sockets are live, files/netlock.cc) is already in
   // it and must stay.
-  if (!ns.nft_ruleset().empty()) {
-    ASSIGN_OR_RETURN(CommandOutput out,
-                     RunInNetns(netns_fd, {"nft", "-f", "/dev/stdin"}, ns.nft_ruleset()));
-    if (out.exit_status != 0)
-      return MakeError(ErrorKind::kGeneric, 0, "nft -f (restore ruleset): exit %d: %s",
-                       out.exit_status, out.err.c_str());
-  }
+  if (!ns.nft_ruleset().empty())
+    TRY_CTX(netns::NftRunIn(netns_fd, ns.nft_ruleset()), "restore the nftables ruleset");
   rollback.dismiss();
   return Ok();
 }
@@ -942,7 +861,7 @@ Result<void> Restore(const images::ImageSet& images, int netns_fd) {
 }
 
 Result<void> DeleteLink(int netns_fd, const std::string& name) {
-  ASSIGN_OR_RETURN(Sock sock, OpenRouteSocket(netns_fd));
+  ASSIGN_OR_RETURN(Sock sock, nl::ConnectRoute(netns_fd));
   Link l(rtnl_link_alloc());
   rtnl_link_set_name(l.get(), name.c_str());
   if (int err = rtnl_link_delete(sock.get(), l.get()); err < 0)

@@ -1,7 +1,8 @@
 // Namespace plumbing shared by the per-namespace modules (net.cc, ipc.cc, uts.cc, mnt.cc).
 //
-// Net, IPC and UTS namespaces are per thread: setns() on a fresh thread switches only that
-// thread, so the dumper's own namespaces never change and parallel dumps do not interfere. A
+// Net, IPC and UTS namespaces are per thread: setns() on a thread switches only that thread
+// (RunHere: the calling thread, and back; RunInNamespace: a fresh one, also for a mount
+// namespace), so the dumper's own namespaces never change and parallel dumps do not interfere. A
 // netlink socket, a mqueue fd or an open /proc/sys/net file stays bound to the namespace it was
 // opened in, so they may be used from any thread afterwards.
 #pragma once
@@ -12,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "common/netns.h"
 #include "common/result.h"
 #include "common/unique_fd.h"
 
@@ -30,20 +32,9 @@ struct NsThreadOptions {
 Result<void> RunInNamespace(int ns_fd, int nstype, const std::function<Result<void>()>& fn,
                             const NsThreadOptions& opts = {});
 
-// Opens /proc/PID/ns/NAME (NAME: "net", "ipc", "uts", "mnt", ...); pid 0 means this thread.
-Result<UniqueFd> OpenNamespace(pid_t pid, const char* name);
-
-// The output of a command run inside a network namespace.
-struct CommandOutput {
-  int exit_status = 0;  // WEXITSTATUS, or 128+signal
-  std::string out;
-  std::string err;
-};
-
-// fork + setns(netns_fd) + exec argv[0] (searched in PATH) with stdin from `input`. Output is
-// collected in memfds, so neither side can block the other.
-Result<CommandOutput> RunInNetns(int netns_fd, const std::vector<std::string>& argv,
-                                 const std::string& input = "");
+// Opening a namespace and running a function inside one on the calling thread: common/netns.h.
+using netns::OpenNamespace;
+using netns::RunHere;
 
 // A sysctl under /proc/sys ("net/ipv4/ip_forward") of the calling thread's namespaces, trailing
 // newline stripped.

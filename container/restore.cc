@@ -14,6 +14,7 @@
 #include "common/fs.h"
 #include "common/log.h"
 #include "common/scope_exit.h"
+#include "common/timing.h"
 #include "container/archive.h"
 #include "container/cgroup_warm.h"
 #include "container/checkpoint.h"
@@ -29,10 +30,7 @@
 namespace godwit::container {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-double Ms(Clock::time_point a, Clock::time_point b) {
-  return std::chrono::duration<double, std::milli>(b - a).count();
-}
+using timing::Clock;
 
 std::string NowRfc3339() {
   struct timespec ts;
@@ -122,19 +120,14 @@ Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& re
     if (!imported.empty()) (void)fs::RemoveAll(imported);
   });
   RestorePhases ph;
-  auto lap = t0;
-  auto phase = [&lap](double* into) {
-    auto now = Clock::now();
-    *into += Ms(lap, now);
-    lap = now;
-  };
-  phase(&ph.prepare_ms);
+  timing::PhaseTimer laps(t0);  // the driver's phases, one after the other
+  laps.LapInto(&ph.prepare_ms);
   if (!opts.import_file.empty()) {
     std::string target = dir.empty() ? state_dir + "/import" : dir;
     TRY_CTX(archive::Import(opts.import_file, target), "import %s", opts.import_file.c_str());
     if (dir.empty()) imported = target;
     dir = target;
-    phase(&ph.import_ms);
+    laps.LapInto(&ph.import_ms);
   }
   ASSIGN_OR_RETURN(images::ImageSet images, images::ImageSet::Open(dir + "/" + kContainerDir));
   img::ContainerCheckpoint rec;
@@ -230,7 +223,7 @@ Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& re
                        address.c_str());
   }
 
-  phase(&ph.prepare_ms);
+  laps.LapInto(&ph.prepare_ms);
   // cgroups with the limits.
   ASSIGN_OR_RETURN(cg, runtime::OpenCgroup(opts.id, opts.cgroup_parent));
   TRY_CTX(cg->Create(), "cgroup of %s", opts.id.c_str());
@@ -239,7 +232,7 @@ Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& re
   CgroupJoinWarmer warm;
   runtime::Resources res = LimitsToResources(rec.limits());
   TRY_CTX(cg->Apply(res), "limits of %s", opts.id.c_str());
-  phase(&ph.cgroup_ms);
+  laps.LapInto(&ph.cgroup_ms);
 
   std::string storage = rec.has_layer() ? state_dir + "/storage" : "";
   if (!storage.empty()) TRY(fs::MkdirAll(storage, 0700));
@@ -268,32 +261,32 @@ Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& re
   req.inside = [&plan](const char** what) { return BuildRoot(plan, what); };
   auto t_env = Clock::now();
   double env_ms = 0;
-  phase(&ph.plan_ms);
+  laps.LapInto(&ph.plan_ms);
   req.outside = [&](pid_t pid) -> Result<void> {
     root_pid = pid;
     if (userns) userns->Stop();
-    phase(&ph.root_ms);
+    laps.LapInto(&ph.root_ms);
     TRY(check_rootfs());
-    phase(&ph.rootfs_wait_ms);
+    laps.LapInto(&ph.rootfs_wait_ms);
     host_veth = veth_name;  // from here on the rollback deletes it
     // The cgroup join runs alongside: it is mostly waiting (a v1 cpuset attach alone takes
     // 7-15 ms here) and independent of the namespaces' contents.
     auto join = std::async(std::launch::async, [&] { return cg->AddProcess(pid); });
     auto filled = FillEnvironment(images, rec, table, has_net ? &netns : nullptr, pid);
-    phase(&ph.env_ms);
+    laps.LapInto(&ph.env_ms);
     auto joined = join.get();
     warm.Stop();
-    phase(&ph.cgroup_join_ms);  // what the join adds after the environment
+    laps.LapInto(&ph.cgroup_join_ms);  // what the join adds after the environment
     TRY(std::move(filled));
     TRY_CTX(std::move(joined), "join cgroup of %s", opts.id.c_str());
-    env_ms = Ms(t_env, Clock::now());
+    env_ms = timing::MsBetween(t_env, Clock::now());
     return Ok();
   };
   auto restored = restore_tree(req);
   if (identity.valid()) TRY(check_rootfs());  // the engine failed before the hook ran
   ASSIGN_OR_RETURN(TreeRestoreResult tree, std::move(restored));
-  phase(&ph.tree_ms);
-  ph.running_ms = Ms(t0, lap);
+  laps.LapInto(&ph.tree_ms);
+  ph.running_ms = timing::MsBetween(t0, laps.last());
   ph.memory_ms = tree.memory_ms;
   ph.tree_rest_ms = std::max(0.0, ph.tree_ms - ph.memory_ms);
   root_pid = tree.root_host_pid;
@@ -333,8 +326,8 @@ Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& re
   out.lazy_bytes = tree.lazy_bytes;
   out.pager = tree.pager;
   out.environment_ms = env_ms;
-  phase(&ph.finish_ms);
-  out.total_ms = Ms(t0, lap);
+  laps.LapInto(&ph.finish_ms);
+  out.total_ms = timing::MsBetween(t0, laps.last());
   ph.total_ms = out.total_ms;
   out.phases = ph;
   return out;

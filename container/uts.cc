@@ -5,7 +5,6 @@
 #include <unistd.h>
 
 #include "container/ns.h"
-#include "container/ns_here.h"
 
 namespace godwit::container::uts {
 

@@ -13,8 +13,10 @@
 
 #include "common/fs.h"
 #include "common/log.h"
+#include "common/page.h"
 #include "common/proc.h"
 #include "common/scope_exit.h"
+#include "common/timing.h"
 #include "dump/lazy_wait.h"
 #include "dump/pages.h"
 #include "dump/precopy.h"
@@ -25,10 +27,7 @@
 namespace godwit::dump {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-double Ms(Clock::time_point a, Clock::time_point b) {
-  return std::chrono::duration<double, std::milli>(b - a).count();
-}
+using timing::Clock;
 
 // Would zstd shrink pid's memory? Compresses up to 64 present pages (pagemap-guided, so nothing
 // is faulted in) spread over its largest private writable mappings. Random or already compressed
@@ -39,30 +38,30 @@ bool SampleCompresses(pid_t pid) {
   auto pm = fs::Open(StrFormat("/proc/%d/pagemap", pid), O_RDONLY);
   if (!pm.ok()) return true;
   std::vector<char> sample;
-  std::vector<char> page(4096);
+  std::vector<char> page(kPage);
   auto eligible = [](const proc::MapsEntry& m) {
     return !m.shared && (m.prot & PROT_WRITE) && (m.prot & PROT_READ);
   };
   uint64_t total = 0;
   for (const auto& m : *maps)
-    if (eligible(m)) total += (m.end - m.start) / 4096;
+    if (eligible(m)) total += (m.end - m.start) / kPage;
   if (total == 0) return true;
   // Samples in proportion to each mapping's size: the big ones decide.
   for (const auto& m : *maps) {
     if (!eligible(m)) continue;
-    uint64_t npages = (m.end - m.start) / 4096;
+    uint64_t npages = (m.end - m.start) / kPage;
     uint64_t want = 64 * npages / total;
     if (want == 0) continue;
     uint64_t step = std::max<uint64_t>(1, npages / want);
     for (uint64_t i = 0; i < npages; i += step) {
-      uint64_t a = m.start + i * 4096, e = 0;
-      if (pread(pm->get(), &e, 8, a / 4096 * 8) != 8 || !(e & (1ULL << 63))) continue;
-      iovec l{page.data(), 4096}, r{reinterpret_cast<void*>(a), 4096};
-      if (process_vm_readv(pid, &l, 1, &r, 1, 0) != 4096) continue;
+      uint64_t a = m.start + i * kPage, e = 0;
+      if (pread(pm->get(), &e, 8, a / kPage * 8) != 8 || !(e & (1ULL << 63))) continue;
+      iovec l{page.data(), kPage}, r{reinterpret_cast<void*>(a), kPage};
+      if (process_vm_readv(pid, &l, 1, &r, 1, 0) != static_cast<ssize_t>(kPage)) continue;
       sample.insert(sample.end(), page.begin(), page.end());
     }
   }
-  if (sample.size() < 8 * 4096) return true;  // too little to judge: let zstd decide per chunk
+  if (sample.size() < 8 * kPage) return true;  // too little to judge: let zstd decide per chunk
   std::vector<char> out(ZSTD_compressBound(sample.size()));
   size_t z = ZSTD_compress(out.data(), out.size(), sample.data(), sample.size(), 1);
   if (ZSTD_isError(z)) return true;
@@ -167,7 +166,7 @@ Result<DumpStats> Dump(const DumpOptions& opts, images::Sink& sink) {
       if (opts.progress) opts.progress("pre-dump round", i + 1, opts.pre_rounds);
     }
     ctx.opts.precopy = own_precopy.get();
-    ctx.stats.pre_ms = Ms(t0, Clock::now());
+    ctx.stats.pre_ms = timing::MsBetween(t0, Clock::now());
   }
   PreCopy* precopy = ctx.opts.precopy;
   if (precopy) {
@@ -223,7 +222,7 @@ Result<DumpStats> Dump(const DumpOptions& opts, images::Sink& sink) {
   auto t_freeze = Clock::now();
   TRY_CTX(FreezeTree(opts.pid, &frozen), "freeze tree of %d", opts.pid);
   auto t_frozen = Clock::now();
-  ctx.stats.freeze_ms = Ms(t_freeze, t_frozen);
+  ctx.stats.freeze_ms = timing::MsBetween(t_freeze, t_frozen);
   if (opts.on_seized) {
     seized_hook = true;
     TRY_CTX(opts.on_seized(), "dump: on_seized");
@@ -303,7 +302,7 @@ Result<DumpStats> Dump(const DumpOptions& opts, images::Sink& sink) {
     KillTree(frozen);
   }
   auto t_end = Clock::now();
-  ctx.stats.frozen_ms = Ms(t_freeze, t_end);
+  ctx.stats.frozen_ms = timing::MsBetween(t_freeze, t_end);
   if (deferred) {
     std::vector<std::string> names;
     for (const auto& p : ctx.procs) {
@@ -331,7 +330,7 @@ Result<DumpStats> Dump(const DumpOptions& opts, images::Sink& sink) {
       t_end = Clock::now();
     }
   }
-  ctx.stats.total_ms = Ms(t_start, t_end);
+  ctx.stats.total_ms = timing::MsBetween(t_start, t_end);
   if (!hook.ok()) return std::move(hook.error().wrap("dump: before_detach"));
   return ctx.stats;
 }

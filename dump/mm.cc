@@ -18,8 +18,10 @@
 
 #include "common/fs.h"
 #include "common/log.h"
+#include "common/page.h"
 #include "common/proc.h"
 #include "common/scope_exit.h"
+#include "common/timing.h"
 #include "dump/dirty.h"
 #include "dump/pages.h"
 #include "dump/pagemap_scan.h"
@@ -30,8 +32,6 @@
 
 namespace godwit::dump {
 namespace {
-
-constexpr uint64_t kPage = 4096;
 
 bool StartsWith(const std::string& s, const char* p) { return s.rfind(p, 0) == 0; }
 
@@ -182,10 +182,6 @@ std::vector<PageRange> Subtract(const std::vector<PageRange>& ranges,
     if (s < e) out.push_back({s, (e - s) / kPage});
   }
   return out;
-}
-
-double MsSince(std::chrono::steady_clock::time_point t) {
-  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t).count();
 }
 
 }  // namespace
@@ -481,7 +477,7 @@ Result<void> DumpMm(DumpContext& ctx, ProcessDump& p) {
   TRY(blob.Close());
   ctx.stats.bytes_logical += blob.logical_size();
   ctx.stats.bytes_stored += blob.stored_size();
-  ctx.stats.memdump_ms += MsSince(t0);
+  ctx.stats.memdump_ms += timing::MsSince(t0);
   // Rounds in order; restore applies them in order, so later pages win.
   ASSIGN_OR_RETURN(images::ImageWriter pw,
                    images::ImageWriter::Create(*ctx.sink, StrFormat("pagemap-%d.img", pid)));

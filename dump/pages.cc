@@ -14,12 +14,12 @@
 
 #include "common/fs.h"
 #include "common/log.h"
+#include "common/page.h"
 #include "images/format.h"
 
 namespace godwit::dump {
 namespace {
 
-constexpr uint64_t kPage = 4096;
 constexpr uint64_t kPresent = 1ULL << 63;
 constexpr uint64_t kSwapped = 1ULL << 62;
 constexpr uint64_t kFileShared = 1ULL << 61;

@@ -3,7 +3,9 @@
 #include <fcntl.h>
 
 #include "common/fs.h"
+#include "common/page.h"
 #include "common/proc.h"
+#include "common/timing.h"
 #include "dump/dirty.h"
 #include "dump/lazy_wait.h"
 #include "dump/tree.h"
@@ -11,12 +13,7 @@
 namespace godwit::dump {
 namespace {
 
-constexpr uint64_t kPage = 4096;
-using Clock = std::chrono::steady_clock;
-
-double Ms(Clock::time_point a, Clock::time_point b) {
-  return std::chrono::duration<double, std::milli>(b - a).count();
-}
+using timing::Clock;
 
 bool Gone(pid_t pid) {
   auto st = proc::ReadStat(pid);
@@ -79,9 +76,9 @@ Result<RoundStats> PreCopy::Round() {
     ++it;
   }
   auto t1 = Clock::now();
-  rs.ms = Ms(t0, t1);
+  rs.ms = timing::MsBetween(t0, t1);
   if (!rounds_.empty()) {
-    double s = Ms(last_start_, t1) / 1000;
+    double s = timing::MsBetween(last_start_, t1) / 1000;
     rs.dirty_bytes_per_s = s > 0 ? rs.bytes / s : 0;
   }
   last_start_ = t0;

@@ -51,8 +51,8 @@ class NetLock {
   // Namespaces where another process may have taken this lock (by name): Unlock releases it
   // there too. Nothing to release in one is fine.
   virtual Result<void> Adopt(int netns_fd) = 0;
-  // Releases the lock in every namespace it locked or adopted, one namespace per thread (an nft
-  // run costs ~10-20 ms here). Every namespace is tried; the first error is returned.
+  // Releases the lock in every namespace it locked or adopted. Every namespace is tried; the
+  // first error is returned.
   virtual Result<void> Unlock() = 0;
 };
 

@@ -17,6 +17,7 @@
 #include "common/fs.h"
 #include "common/log.h"
 #include "common/scope_exit.h"
+#include "common/timing.h"
 #include "images/image.h"
 #include "migrate/image_stream.h"
 #include "migrate/kernel.h"
@@ -30,10 +31,8 @@
 namespace godwit::migrate {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-double MsSince(Clock::time_point t) {
-  return std::chrono::duration<double, std::milli>(Clock::now() - t).count();
-}
+using timing::Clock;
+using timing::MsSince;
 
 uint64_t MemAvailable() {
   auto mi = fs::ReadFile("/proc/meminfo");

@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "common/fs.h"
+#include "common/timing.h"
 #include "images/crc32c.h"
 
 namespace godwit::migrate {
@@ -20,9 +21,7 @@ namespace {
 
 constexpr size_t kChunk = 4 << 20;
 
-double MsSince(std::chrono::steady_clock::time_point t) {
-  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t).count();
-}
+using timing::MsSince;
 
 bool SafeName(const std::string& n) {
   return !n.empty() && n.size() < 256 && n.find('/') == std::string::npos && n != "." &&

@@ -12,6 +12,7 @@
 #include "common/log.h"
 #include "common/proc.h"
 #include "common/scope_exit.h"
+#include "common/timing.h"
 #include "container/checkpoint.h"
 #include "container/engine.h"
 #include "images/image.h"
@@ -25,10 +26,8 @@
 namespace godwit::migrate {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-double Ms(Clock::time_point a, Clock::time_point b) {
-  return std::chrono::duration<double, std::milli>(b - a).count();
-}
+using timing::Clock;
+constexpr auto Ms = timing::MsBetween;  // Ms(a, b): from a to b
 
 // Restoring a page on the destination creates it: this VM does that at 0.4-3.3 GB/s (free page
 // reporting). The prediction takes the slow end.

@@ -7,96 +7,37 @@
 #include <linux/rtnetlink.h>
 #include <net/if.h>
 #include <net/if_arp.h>
-#include <netlink/addr.h>
-#include <netlink/netlink.h>
-#include <netlink/route/addr.h>
-#include <netlink/route/link.h>
 #include <netlink/route/link/veth.h>
-#include <netlink/route/route.h>
 #include <sched.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
-
-#include <functional>
-#include <memory>
 
 #include "common/fs.h"
 #include "common/log.h"
+#include "common/netns.h"
 #include "common/scope_exit.h"
+#include "common/timing.h"
 #include "common/unique_fd.h"
+#include "runtime/nl.h"
 
 namespace godwit::runtime {
 namespace {
 
-struct SockDel {
-  void operator()(nl_sock* s) const { nl_socket_free(s); }
-};
-struct LinkDel {
-  void operator()(rtnl_link* l) const { rtnl_link_put(l); }
-};
-struct AddrDel {
-  void operator()(nl_addr* a) const { nl_addr_put(a); }
-};
-struct RtAddrDel {
-  void operator()(rtnl_addr* a) const { rtnl_addr_put(a); }
-};
-struct RouteDel {
-  void operator()(rtnl_route* r) const { rtnl_route_put(r); }
-};
-struct CacheDel {
-  void operator()(nl_cache* c) const { nl_cache_free(c); }
-};
-using Sock = std::unique_ptr<nl_sock, SockDel>;
-using Link = std::unique_ptr<rtnl_link, LinkDel>;
-using Addr = std::unique_ptr<nl_addr, AddrDel>;
-using RtAddr = std::unique_ptr<rtnl_addr, RtAddrDel>;
-using Route = std::unique_ptr<rtnl_route, RouteDel>;
-using Cache = std::unique_ptr<nl_cache, CacheDel>;
+using nl::Addr;
+using nl::Cache;
+using nl::Link;
+using nl::NlError;
+using nl::Route;
+using nl::RtAddr;
+using nl::Sock;
 
-Error NlError(int err, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
-Error NlError(int err, const char* fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  std::string s = VStrFormat(fmt, ap);
-  va_end(ap);
-  int e = err < 0 ? -err : err;
-  ErrorKind kind = e == NLE_EXIST                              ? ErrorKind::kExists
-                   : (e == NLE_OBJ_NOTFOUND || e == NLE_NODEV) ? ErrorKind::kNotFound
-                                                               : ErrorKind::kGeneric;
-  return Error(kind, 0, s + ": " + nl_geterror(e));
-}
-
-Result<Sock> Connect() {
-  Sock s(nl_socket_alloc());
-  if (!s) return MakeError(ErrorKind::kGeneric, ENOMEM, "nl_socket_alloc");
-  int err = nl_connect(s.get(), NETLINK_ROUTE);
-  if (err < 0) return NlError(err, "nl_connect(NETLINK_ROUTE)");
-  return s;
-}
-
-// Runs make() with the calling thread in pid's network namespace: for socket creation (a socket
-// stays bound to the netns it was made in).
-template <typename T>
-Result<T> MakeIn(pid_t pid, const std::function<Result<T>()>& make) {
-  std::string path = StrFormat("/proc/%d/ns/net", pid);
-  ASSIGN_OR_RETURN(UniqueFd target, fs::Open(path, O_RDONLY));
-  ASSIGN_OR_RETURN(UniqueFd self, fs::Open("/proc/thread-self/ns/net", O_RDONLY));
-  if (::setns(target.get(), CLONE_NEWNET) < 0) return Errno("setns %s", path.c_str());
-  auto s = make();
-  if (::setns(self.get(), CLONE_NEWNET) < 0) {
-    // Cannot happen short of a kernel bug; staying in the container's netns would be worse.
-    PLOG_ERROR("setns back to own netns");
-    abort();
-  }
-  return s;
-}
+Result<Sock> Connect() { return nl::ConnectRoute(-1); }
 
 // A rtnetlink socket that lives in pid's network namespace.
 Result<Sock> ConnectIn(pid_t pid) {
-  return MakeIn<Sock>(pid, [] { return Connect(); });
+  ASSIGN_OR_RETURN(UniqueFd ns, netns::Open(pid));
+  return nl::ConnectRoute(ns.get());
 }
 
 Result<Addr> ParseAddr(const std::string& s) {
@@ -189,7 +130,7 @@ Result<void> CheckBridge(const std::string& name) {
   rtnl_link* l = nullptr;
   int err = rtnl_link_get_kernel(sock.get(), 0, name.c_str(), &l);
   if (err < 0) {
-    if (err == -NLE_OBJ_NOTFOUND || err == -NLE_NODEV)
+    if (nl::IsNotFound(err))
       return MakeError(ErrorKind::kNotFound, ENODEV,
                        "bridge %s: no such link in this network namespace", name.c_str());
     return NlError(err, "bridge %s", name.c_str());
@@ -278,11 +219,15 @@ Result<void> AnnounceAddress(pid_t pid, const std::string& ifname, const std::st
   if (::inet_pton(AF_INET, addr.c_str(), &ip) != 1)
     return MakeError(ErrorKind::kUsage, EINVAL, "announce: %s is not an IPv4 address",
                      addr.c_str());
-  ASSIGN_OR_RETURN(UniqueFd fd, MakeIn<UniqueFd>(pid, []() -> Result<UniqueFd> {
-                     int s = ::socket(AF_PACKET, SOCK_DGRAM | SOCK_CLOEXEC, htons(ETH_P_ARP));
-                     if (s < 0) return Errno("socket(AF_PACKET)");
-                     return UniqueFd(s);
-                   }));
+  // Made in the container's namespace: a socket stays where it was created.
+  ASSIGN_OR_RETURN(UniqueFd ns, netns::Open(pid));
+  UniqueFd fd;
+  TRY(netns::RunHere(ns.get(), CLONE_NEWNET, [&]() -> Result<void> {
+    int s = ::socket(AF_PACKET, SOCK_DGRAM | SOCK_CLOEXEC, htons(ETH_P_ARP));
+    if (s < 0) return Errno("socket(AF_PACKET)");
+    fd.reset(s);
+    return Ok();
+  }));
   ifreq ifr{};
   snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", ifname.c_str());
   if (::ioctl(fd.get(), SIOCGIFINDEX, &ifr) < 0)
@@ -327,19 +272,15 @@ Result<void> TeardownNetwork(const std::string& host_veth) {
   Link l(rtnl_link_alloc());
   rtnl_link_set_name(l.get(), host_veth.c_str());
   int err = rtnl_link_delete(s.get(), l.get());
-  if (err < 0 && err != -NLE_OBJ_NOTFOUND && err != -NLE_NODEV)
+  if (err < 0 && !nl::IsNotFound(err))
     return NlError(err, "delete veth %s", host_veth.c_str());
   return Ok();
 }
 
 Result<void> TeardownNetworkOfDeadNetns(const std::string& host_veth, int wait_ms) {
-  timespec start, now;
-  clock_gettime(CLOCK_MONOTONIC, &start);
-  for (;;) {
+  auto start = timing::Clock::now();
+  while (timing::MsSince(start) < wait_ms) {
     if (!LinkExists(host_veth)) return Ok();
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    if ((now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000 >= wait_ms)
-      break;
     usleep(500);
   }
   return TeardownNetwork(host_veth);
@@ -370,43 +311,7 @@ std::string FirewallRuleset(const std::vector<NetworkSpec::Port>& ports) {
 }
 
 Result<void> ApplyFirewall(pid_t pid, const std::vector<NetworkSpec::Port>& ports) {
-  std::string rules = FirewallRuleset(ports);
-  std::string path = StrFormat("/proc/%d/ns/net", pid);
-  ASSIGN_OR_RETURN(UniqueFd ns, fs::Open(path, O_RDONLY));
-  int in[2], err[2];
-  if (::pipe2(in, O_CLOEXEC) < 0) return Errno("pipe");
-  if (::pipe2(err, O_CLOEXEC) < 0) {
-    ::close(in[0]);
-    ::close(in[1]);
-    return Errno("pipe");
-  }
-  pid_t child = ::fork();
-  if (child < 0) return Errno("fork nft");
-  if (child == 0) {
-    if (::setns(ns.get(), CLONE_NEWNET) < 0) _exit(126);
-    ::dup2(in[0], 0);
-    ::dup2(err[1], 1);
-    ::dup2(err[1], 2);
-    const char* nft = ::access("/usr/sbin/nft", X_OK) == 0 ? "/usr/sbin/nft" : "/sbin/nft";
-    ::execl(nft, "nft", "-f", "-", nullptr);
-    _exit(127);
-  }
-  ::close(in[0]);
-  ::close(err[1]);
-  auto w = fs::WriteAll(in[1], rules.data(), rules.size());
-  ::close(in[1]);
-  std::string out;
-  char buf[4096];
-  ssize_t n;
-  while ((n = ::read(err[0], buf, sizeof(buf))) > 0) out.append(buf, n);
-  ::close(err[0]);
-  int status = 0;
-  while (::waitpid(child, &status, 0) < 0 && errno == EINTR) {
-  }
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
-    return MakeError(ErrorKind::kGeneric, 0, "nft -f - in netns of pid %d failed (status %d): %s",
-                     pid, status, fs::Trim(out).c_str());
-  if (!w.ok()) return w;
+  TRY_CTX(netns::NftRun(pid, FirewallRuleset(ports)), "firewall in netns of pid %d", pid);
   return Ok();
 }
 

@@ -119,6 +119,13 @@ TEST(Netns, NftRunsInAnotherNamespaceOnly) {
   ASSERT_TRUE(ns.valid());
   const std::string table = StrFormat("godwit_common_test_%d", getpid());
   ASSERT_TRUE(netns::NftRunIn(ns.get(), "add table inet " + table + "\n").ok());
+  // What nft prints comes back: the table is listed there, not here.
+  auto listed = netns::NftRunIn(ns.get(), "list tables\n");
+  ASSERT_TRUE(listed.ok()) << listed.error().to_string();
+  EXPECT_NE(listed->find(table), std::string::npos) << *listed;
+  auto ours = netns::NftRunIn(-1, "list tables\n");
+  ASSERT_TRUE(ours.ok()) << ours.error().to_string();
+  EXPECT_EQ(ours->find(table), std::string::npos) << *ours;
   // Not in ours: deleting it here fails, there it succeeds (so it was there).
   auto here = netns::NftRunIn(-1, "delete table inet " + table + "\n");
   EXPECT_FALSE(here.ok());

@@ -16,7 +16,6 @@
 #include "container/checkpoint.h"
 #include "container/mnt.h"
 #include "container/ns.h"
-#include "container/ns_here.h"
 #include "proto/container.pb.h"
 #include "runtime/network.h"
 #include "runtime/runtime.h"
