@@ -98,6 +98,17 @@ class NftDropLock : public NetLock {
     return Ok();
   }
 
+  Result<void> Open() override {
+    Result<void> first = Ok();
+    for (auto& [ino, ns] : ns_) {
+      auto r = netns::NftRunIn(ns.fd.get(), StrFormat("flush table inet %s\n", name_.c_str()));
+      if (!r.ok() && r.error().message().find("No such file or directory") != std::string::npos)
+        continue;
+      if (!r.ok() && first.ok()) first = std::move(r.error().wrap("network lock open " + name_));
+    }
+    return first;
+  }
+
   Result<void> Unlock() override {
     // One after the other: an nft run in process takes a fraction of a millisecond, and
     // libnftables runs one call at a time anyway (common/netns.h).

@@ -54,6 +54,11 @@ class NetLock {
   // Releases the lock in every namespace it locked or adopted. Every namespace is tried; the
   // first error is returned.
   virtual Result<void> Unlock() = 0;
+  // Lets the connections' packets through at once, in every namespace, without Unlock's wait:
+  // the rules go, the table and its (accepting) chains stay. Removing a table unregisters its
+  // hooks, which waits for an RCU grace period (10-60 ms on this VM); a migration's switch calls
+  // Open inside the blackout and Unlock after it.
+  virtual Result<void> Open() = 0;
 };
 
 // The lock that drops (nftables): one table named "godwit_lock_<pid>_<time>_<n>" per lock, with

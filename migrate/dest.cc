@@ -22,6 +22,7 @@
 #include "migrate/image_stream.h"
 #include "migrate/kernel.h"
 #include "migrate/packet_hold.h"
+#include "common/netns.h"
 #include "files/netlock.h"
 #include "proto/fd.pb.h"
 #include "runtime/container.h"
@@ -85,18 +86,20 @@ struct Restored {
 };
 
 // The restore left the connections locked (--keep-locked): the table files-netlock.img names,
-// in the restored container's net namespace.
-Result<void> UnlockRestored(const std::string& staging, pid_t pid) {
+// in the restored container's net namespace. Adopted before the commit, so that unlocking after
+// it is one nft call (nullptr: nothing is locked).
+Result<std::unique_ptr<files::NetLock>> AdoptRestoredLock(const std::string& staging, pid_t pid) {
   std::string img_dir = staging + "/tree";
-  if (!fs::Exists(img_dir + "/files-netlock.img")) return Ok();
+  if (!fs::Exists(img_dir + "/files-netlock.img")) return std::unique_ptr<files::NetLock>();
   ASSIGN_OR_RETURN(images::ImageSet set, images::ImageSet::OpenUnverified(img_dir));
   img::NetLock nl;
   TRY(set.ReadOne("files-netlock.img", &nl));
   ASSIGN_OR_RETURN(UniqueFd ns, fs::Open(StrFormat("/proc/%d/ns/net", pid), O_RDONLY | O_CLOEXEC));
   std::unique_ptr<files::NetLock> lock = files::OpenNetLock(nl.table());
-  TRY_CTX(lock->Adopt(ns.get()), "unlock the restored connections");
-  TRY_CTX(lock->Unlock(), "unlock the restored connections");
-  return Ok();
+  TRY_CTX(lock->Adopt(ns.get()), "adopt the restored connections' lock");
+  // libnftables' one-time set-up, done now rather than inside the switch.
+  (void)netns::NftRunIn(ns.get(), "list table inet " + nl.table());
+  return lock;
 }
 
 std::string GodwitBin(const DestOptions& o) {
@@ -230,6 +233,16 @@ Result<int> AnnounceAddresses(const std::string& root, const std::string& id) {
   if (c.net.address.empty() || c.pid <= 0) return 0;
   TRY(runtime::AnnounceAddress(c.pid, "eth0", c.net.address, /*count=*/2));
   return 1;
+}
+
+// The announcement of a restored container's address, prepared (nullopt: nothing to announce).
+Result<std::optional<runtime::GratuitousArp>> PrepareAnnounce(const std::string& root,
+                                                                const std::string& id) {
+  ASSIGN_OR_RETURN(runtime::Container c, runtime::Container::Load(root, id));
+  if (c.net.address.empty() || c.pid <= 0) return std::optional<runtime::GratuitousArp>();
+  ASSIGN_OR_RETURN(runtime::GratuitousArp g,
+                   runtime::GratuitousArp::Prepare(c.pid, "eth0", c.net.address));
+  return std::optional<runtime::GratuitousArp>(std::move(g));
 }
 
 std::string CheckHello(const mig::Hello& h, const DestOptions& o) {
@@ -406,6 +419,24 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
             LOG_WARN("migration of %s: holding frames at %s: %s", res.id.c_str(),
                      rr->host_veth.c_str(), h.error().to_string().c_str());
         }
+        // What the switch will do, prepared now: the announcement and the lock's release.
+        std::optional<runtime::GratuitousArp> arp;
+        {
+          auto a = PrepareAnnounce(o.root, res.id);
+          if (a.ok())
+            arp = std::move(*a);
+          else
+            LOG_WARN("migration of %s: announce: %s", res.id.c_str(),
+                     a.error().to_string().c_str());
+        }
+        std::unique_ptr<files::NetLock> restored_lock;
+        {
+          auto l = AdoptRestoredLock(staging, rr->pid);
+          if (l.ok())
+            restored_lock = std::move(*l);
+          else
+            LOG_ERROR("migration of %s: %s", res.id.c_str(), l.error().to_string().c_str());
+        }
         mig::Frame done;
         mig::Restored* rs = done.mutable_restored();
         rs->set_init_pid(rr->pid);
@@ -439,17 +470,28 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
         // Now the container may speak. First the address: the segment sends to this port from
         // now on (our hold keeps what arrives while the connections are still locked). Then the
         // connections unlocked, the frames the source held and ours replayed, in that order.
-        auto an = AnnounceAddresses(o.root, res.id);
-        if (!an.ok())
-          LOG_WARN("migration of %s: announce: %s", res.id.c_str(), an.error().to_string().c_str());
-        auto ul = UnlockRestored(staging, rr->pid);
+        if (arp) {
+          auto an = arp->Send(2);
+          if (!an.ok())
+            LOG_WARN("migration of %s: %s", res.id.c_str(), an.error().to_string().c_str());
+        }
+        double arp_ms = MsSince(ta);
+        auto tu = Clock::now();
+        Result<void> ul = Ok();
+        if (restored_lock) ul = restored_lock->Open();  // the table goes after Done
+        double unlock_ms = MsSince(tu);
+        auto tr = Clock::now();
+        int held_here = 0;
         if (!ul.ok())
-          LOG_ERROR("migration of %s: %s", res.id.c_str(), ul.error().to_string().c_str());
+          LOG_ERROR("migration of %s: unlock the restored connections: %s", res.id.c_str(),
+                    ul.error().to_string().c_str());
         if (own_hold) {
           auto d = own_hold->Drain(&held_frames);
           if (!d.ok())
             LOG_WARN("migration of %s: frames held here: %s", res.id.c_str(),
                      d.error().to_string().c_str());
+          else
+            held_here = *d;
           own_hold.reset();
         }
         if (!held_frames.empty()) {
@@ -460,12 +502,22 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
           else
             res.held_packets += *n;
         }
+        double replay_ms = MsSince(tr);
         res.announce_ms = MsSince(ta);
         mig::Frame d;
         d.mutable_done()->set_announce_ms(res.announce_ms);
+        d.mutable_done()->set_arp_ms(arp_ms);
+        d.mutable_done()->set_unlock_ms(unlock_ms);
+        d.mutable_done()->set_replay_ms(replay_ms);
+        d.mutable_done()->set_held_here(held_here);
         auto s = ch.Send(d);
         if (!s.ok()) LOG_WARN("migration of %s: done: %s", res.id.c_str(),
                               s.error().to_string().c_str());
+        if (restored_lock) {
+          auto u = restored_lock->Unlock();
+          if (!u.ok())
+            LOG_WARN("migration of %s: %s", res.id.c_str(), u.error().to_string().c_str());
+        }
         // Frames that reached the source after the commit, before the segment learnt this port:
         // the source ships them after Done, then closes.
         ch.set_timeout(2);

@@ -345,6 +345,12 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
   Result<void> done = sent.ok() ? RecvExpect(*ch, &f, mig::Frame::kDone, "done") : sent;
   auto t_done = Clock::now();
   if (done.ok()) {
+    const auto& dn = f.done();
+    rep->switch_phases = {{"total_ms", dn.announce_ms()},
+                          {"arp_ms", dn.arp_ms()},
+                          {"unlock_ms", dn.unlock_ms()},
+                          {"replay_ms", dn.replay_ms()},
+                          {"held_here", static_cast<double>(dn.held_here())}};
     int before = rep->held_packets;
     ship_held();
     rep->late_packets = rep->held_packets - before;
@@ -417,6 +423,7 @@ std::string ReportJson(const MigrationReport& r) {
                         {"total_ms", b.total_ms}}},
                       {"final_dump_phases", Phases(r.final_dump_phases)},
                       {"restore_phases", Phases(r.restore_phases)},
+                      {"switch_phases", Phases(r.switch_phases)},
                       {"final_bytes", r.final_bytes},
                       {"held_packets", r.held_packets},
                       {"late_packets", r.late_packets},

@@ -84,6 +84,8 @@ struct MigrationReport {
   std::vector<std::pair<std::string, double>> final_dump_phases;
   // The destination's restore phases (Restored), for where restore goes.
   std::vector<std::pair<std::string, double>> restore_phases;
+  // The destination's switch after the commit (Done): ARP, unlock, replay of held frames.
+  std::vector<std::pair<std::string, double>> switch_phases;
   uint64_t final_bytes = 0;       // image bytes sent during the switchover (the final delta + state)
   int held_packets = 0;           // frames held during the switchover and replayed there
   int late_packets = 0;  // of them: arrived here after the commit, shipped after Done

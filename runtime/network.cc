@@ -213,27 +213,28 @@ Result<void> SetupNetwork(pid_t pid, const NetworkSpec& net, const std::string& 
   return Ok();
 }
 
-Result<void> AnnounceAddress(pid_t pid, const std::string& ifname, const std::string& addr,
-                             int count) {
+Result<GratuitousArp> GratuitousArp::Prepare(pid_t pid, const std::string& ifname,
+                                             const std::string& addr) {
   in_addr ip{};
   if (::inet_pton(AF_INET, addr.c_str(), &ip) != 1)
     return MakeError(ErrorKind::kUsage, EINVAL, "announce: %s is not an IPv4 address",
                      addr.c_str());
+  GratuitousArp g;
+  g.what_ = StrFormat("%s on %s", addr.c_str(), ifname.c_str());
   // Made in the container's namespace: a socket stays where it was created.
   ASSIGN_OR_RETURN(UniqueFd ns, netns::Open(pid));
-  UniqueFd fd;
   TRY(netns::RunHere(ns.get(), CLONE_NEWNET, [&]() -> Result<void> {
     int s = ::socket(AF_PACKET, SOCK_DGRAM | SOCK_CLOEXEC, htons(ETH_P_ARP));
     if (s < 0) return Errno("socket(AF_PACKET)");
-    fd.reset(s);
+    g.fd_.reset(s);
     return Ok();
   }));
   ifreq ifr{};
   snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", ifname.c_str());
-  if (::ioctl(fd.get(), SIOCGIFINDEX, &ifr) < 0)
+  if (::ioctl(g.fd_.get(), SIOCGIFINDEX, &ifr) < 0)
     return Errno("announce %s: interface %s in netns of pid %d", addr.c_str(), ifname.c_str(), pid);
   int ifindex = ifr.ifr_ifindex;
-  if (::ioctl(fd.get(), SIOCGIFHWADDR, &ifr) < 0)
+  if (::ioctl(g.fd_.get(), SIOCGIFHWADDR, &ifr) < 0)
     return Errno("announce %s: MAC of %s", addr.c_str(), ifname.c_str());
   if (ifr.ifr_hwaddr.sa_family != ARPHRD_ETHER)
     return MakeError(ErrorKind::kUnsupported, 0, "announce %s: %s is not an Ethernet device",
@@ -245,6 +246,7 @@ Result<void> AnnounceAddress(pid_t pid, const std::string& ifname, const std::st
     uint16_t op;
     uint8_t sha[6], spa[4], tha[6], tpa[4];
   } arp{};
+  static_assert(sizeof(arp) == sizeof(g.arp_));
   arp.htype = htons(ARPHRD_ETHER);
   arp.ptype = htons(ETH_P_IP);
   arp.hlen = 6;
@@ -253,18 +255,29 @@ Result<void> AnnounceAddress(pid_t pid, const std::string& ifname, const std::st
   memcpy(arp.sha, ifr.ifr_hwaddr.sa_data, 6);
   memcpy(arp.spa, &ip, 4);
   memcpy(arp.tpa, &ip, 4);
-  sockaddr_ll to{};
-  to.sll_family = AF_PACKET;
-  to.sll_protocol = htons(ETH_P_ARP);
-  to.sll_ifindex = ifindex;
-  to.sll_halen = 6;
-  memset(to.sll_addr, 0xff, 6);
+  memcpy(g.arp_.data(), &arp, sizeof(arp));
+  g.to_ = {};
+  g.to_.sll_family = AF_PACKET;
+  g.to_.sll_protocol = htons(ETH_P_ARP);
+  g.to_.sll_ifindex = ifindex;
+  g.to_.sll_halen = 6;
+  memset(g.to_.sll_addr, 0xff, 6);
+  return g;
+}
+
+Result<void> GratuitousArp::Send(int count) const {
   for (int i = 0; i < count; ++i) {
-    if (::sendto(fd.get(), &arp, sizeof(arp), 0, reinterpret_cast<sockaddr*>(&to), sizeof(to)) !=
-        static_cast<ssize_t>(sizeof(arp)))
-      return Errno("announce %s: send on %s", addr.c_str(), ifname.c_str());
+    if (::sendto(fd_.get(), arp_.data(), arp_.size(), 0, reinterpret_cast<const sockaddr*>(&to_),
+                 sizeof(to_)) != static_cast<ssize_t>(arp_.size()))
+      return Errno("announce %s: send", what_.c_str());
   }
   return Ok();
+}
+
+Result<void> AnnounceAddress(pid_t pid, const std::string& ifname, const std::string& addr,
+                             int count) {
+  ASSIGN_OR_RETURN(GratuitousArp g, GratuitousArp::Prepare(pid, ifname, addr));
+  return g.Send(count);
 }
 
 Result<void> TeardownNetwork(const std::string& host_veth) {

@@ -10,12 +10,16 @@
 // can rebuild the network of a restored container the same way.
 #pragma once
 
+#include <linux/if_packet.h>
 #include <sys/types.h>
 
+#include <array>
+#include <cstdint>
 #include <string>
 #include <vector>
 
 #include "common/result.h"
+#include "common/unique_fd.h"
 #include "runtime/spec.h"
 
 namespace godwit::runtime {
@@ -62,6 +66,21 @@ Result<void> CheckBridge(const std::string& name);
 // their packets reach it without waiting for the bridges' ageing or the peers' ARP.
 Result<void> AnnounceAddress(pid_t pid, const std::string& ifname, const std::string& addr,
                              int count = 1);
+
+// The same, prepared ahead (socket in pid's netns, frame built) so that the moment it is sent
+// costs one sendto: a migration's destination prepares it before the commit.
+class GratuitousArp {
+ public:
+  static Result<GratuitousArp> Prepare(pid_t pid, const std::string& ifname,
+                                       const std::string& addr);
+  Result<void> Send(int count = 1) const;
+
+ private:
+  UniqueFd fd_;
+  std::array<uint8_t, 28> arp_{};
+  sockaddr_ll to_{};
+  std::string what_;
+};
 
 // True if a link with that name exists in the caller's network namespace.
 bool LinkExists(const std::string& name);
