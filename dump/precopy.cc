@@ -1,6 +1,7 @@
 #include "dump/precopy.h"
 
 #include <fcntl.h>
+#include <signal.h>
 
 #include "common/fs.h"
 #include "common/page.h"
@@ -33,7 +34,16 @@ Result<std::unique_ptr<PreCopy>> PreCopy::Start(pid_t pid, images::Sink& sink,
   ASSIGN_OR_RETURN(pc->zero_pfn_, ZeroPagePfn());
   TRY(WaitLazyPages(pid, kLazyWaitMs));
   FrozenTree f;
+  // The tree runs: a short-lived child (a shell's `sleep`) may exit while the tree is walked and
+  // seized. Walk it again; only the root's own exit is an error.
   Result<void> res = FreezeTree(pid, &f);
+  for (int attempt = 0; attempt < 10 && !res.ok() && res.error().sys_errno() == ESRCH &&
+                        kill(pid, 0) == 0;
+       ++attempt) {
+    ThawTree(f);
+    f = FrozenTree();
+    res = FreezeTree(pid, &f);
+  }
   if (res.ok()) {
     res = [&]() -> Result<void> {
       for (const auto& e : f.tree.processes()) {
