@@ -249,7 +249,8 @@ bool IsContainerRestore(const std::vector<std::string>& args) {
 }
 
 int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
-  ArgSpec spec{{"image-path", "import", "bundle", "pid-file", "ip", "bridge", "console-socket"},
+  ArgSpec spec{{"image-path", "import", "bundle", "pid-file", "ip", "bridge", "console-socket",
+                "wait-fd"},
                {"detach", "json", "no-announce", "keep-locked", "lazy"},
                {{"-d", "detach"}, {"-b", "bundle"}}};
   for (const auto& f : kRuncCrFlags) spec.flags.insert(f);
@@ -257,6 +258,17 @@ int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
   auto pa = ParseArgs(args, spec);
   if (!pa.ok()) return ReportError(g, "restore", pa.error());
   if (pa->has("json")) g.json = true;
+  if (pa->has("wait-fd")) {
+    // godwitd starts the restore ahead (its start-up out of a migration's blackout) and lets
+    // it go with one byte on this fd; EOF means the migration ended otherwise: nothing to do.
+    int fd = atoi(pa->get("wait-fd").c_str());
+    char b;
+    ssize_t n;
+    while ((n = read(fd, &b, 1)) < 0 && errno == EINTR) {
+    }
+    close(fd);
+    if (n != 1) return 0;
+  }
   const std::string work = pa->get("work-path");
   auto fail = [&](const Error& e) {
     WriteWorkLog(work, "restore.log", "godwit restore: error: " + e.to_string());

@@ -169,6 +169,8 @@ int main(int argc, char** argv) {
   std::string l = pa->get("log-level", "info");
   log::SetLevel(l == "debug" ? log::kDebug : l == "warn" ? log::kWarn
                 : l == "error" ? log::kError : log::kInfo);
+  // A session writes to pipes (a restore started ahead): a peer gone is an error, not a death.
+  signal(SIGPIPE, SIG_IGN);
   Daemon d;
   d.tls.insecure = pa->has("insecure");
   d.tls.cert = pa->get("tls-cert");

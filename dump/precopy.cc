@@ -35,10 +35,13 @@ Result<std::unique_ptr<PreCopy>> PreCopy::Start(pid_t pid, images::Sink& sink,
   TRY(WaitLazyPages(pid, kLazyWaitMs));
   FrozenTree f;
   // The tree runs: a short-lived child (a shell's `sleep`) may exit while the tree is walked and
-  // seized. Walk it again; only the root's own exit is an error.
+  // seized (gone: ESRCH; half-way: its main thread a zombie). Walk it again; only the root's own
+  // exit is an error.
   Result<void> res = FreezeTree(pid, &f);
-  for (int attempt = 0; attempt < 10 && !res.ok() && res.error().sys_errno() == ESRCH &&
-                        kill(pid, 0) == 0;
+  auto exiting = [](const Error& e) {
+    return e.sys_errno() == ESRCH || e.message().find("exited") != std::string::npos;
+  };
+  for (int attempt = 0; attempt < 10 && !res.ok() && exiting(res.error()) && kill(pid, 0) == 0;
        ++attempt) {
     ThawTree(f);
     f = FrozenTree();

@@ -112,8 +112,28 @@ std::string GodwitBin(const DestOptions& o) {
 }
 
 // `godwit --root R [--cgroup-parent P] --json restore ID --image-path DIR --detach [--bridge B]`
-Result<Restored> RestoreByCli(const DestOptions& o, const std::string& id,
-                              const std::string& staging) {
+// `godwit restore` started ahead, during the pre-copy: its exec, dynamic linking and start-up
+// (10-15 ms here) happen before the blackout. It waits on fd 3 (`--wait-fd 3`) for one byte;
+// EOF instead (the migration ended otherwise) makes it exit at once, having done nothing.
+class PendingRestore {
+ public:
+  static Result<std::unique_ptr<PendingRestore>> Spawn(const DestOptions& o, const std::string& id,
+                                                       const std::string& staging);
+  ~PendingRestore();
+  // Lets it run; its result.
+  Result<Restored> Go();
+
+ private:
+  PendingRestore() = default;
+  DestOptions o_;
+  std::string id_;
+  pid_t pid_ = -1;
+  UniqueFd go_, out_, err_;
+};
+
+Result<std::unique_ptr<PendingRestore>> PendingRestore::Spawn(const DestOptions& o,
+                                                              const std::string& id,
+                                                              const std::string& staging) {
   std::vector<std::string> args = {GodwitBin(o), "--root", o.root, "--json"};
   if (!o.cgroup_parent.empty()) {
     args.push_back("--cgroup-parent");
@@ -121,9 +141,8 @@ Result<Restored> RestoreByCli(const DestOptions& o, const std::string& id,
   }
   // Not announced yet: until the source commits, the segment must keep sending to the source
   // (frozen and locked there, its frames held); ServeMigration announces after the commit.
-  for (const char* a :
-       {"restore", id.c_str(), "--image-path", staging.c_str(), "--detach", "--no-announce",
-        "--keep-locked"})
+  for (const char* a : {"restore", id.c_str(), "--image-path", staging.c_str(), "--detach",
+                        "--no-announce", "--keep-locked", "--wait-fd", "3"})
     args.push_back(a);
   if (o.lazy) args.push_back("--lazy");
   if (!o.bridge.empty()) {
@@ -133,33 +152,75 @@ Result<Restored> RestoreByCli(const DestOptions& o, const std::string& id,
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
-  int out[2], err[2];
-  if (pipe2(out, O_CLOEXEC) < 0 || pipe2(err, O_CLOEXEC) < 0) return Errno("pipe");
+  int out[2], err[2], go[2];
+  if (pipe2(out, O_CLOEXEC) < 0) return Errno("pipe");
+  if (pipe2(err, O_CLOEXEC) < 0) {
+    close(out[0]);
+    close(out[1]);
+    return Errno("pipe");
+  }
+  if (pipe2(go, O_CLOEXEC) < 0) {
+    for (int fd : {out[0], out[1], err[0], err[1]}) close(fd);
+    return Errno("pipe");
+  }
+  std::unique_ptr<PendingRestore> p(new PendingRestore());
+  p->o_ = o;
+  p->id_ = id;
+  p->out_ = UniqueFd(out[0]);
+  p->err_ = UniqueFd(err[0]);
+  p->go_ = UniqueFd(go[1]);
   pid_t pid = fork();
-  if (pid < 0) return Errno("fork");
+  if (pid < 0) {
+    for (int fd : {out[1], err[1], go[0]}) close(fd);
+    return Errno("fork");
+  }
   if (pid == 0) {
     int null = open("/dev/null", O_RDONLY);
     dup2(null, 0);
     dup2(out[1], 1);
     dup2(err[1], 2);
-    close_range(3, ~0U, 0);
+    dup2(go[0], 3);
+    close_range(4, ~0U, 0);
+    signal(SIGPIPE, SIG_DFL);  // godwitd ignores it; a fresh program should not inherit that
     execv(argv[0], argv.data());
     _exit(127);
   }
-  close(out[1]);
-  close(err[1]);
+  for (int fd : {out[1], err[1], go[0]}) close(fd);
+  p->pid_ = pid;
+  return p;
+}
+
+PendingRestore::~PendingRestore() {
+  if (pid_ <= 0) return;
+  go_.reset();  // EOF: it exits without restoring
+  out_.reset();
+  err_.reset();
+  while (waitpid(pid_, nullptr, 0) < 0 && errno == EINTR) {
+  }
+}
+
+Result<Restored> PendingRestore::Go() {
+  if (pid_ <= 0) return MakeError(ErrorKind::kGeneric, 0, "restore of %s: already run", id_.c_str());
+  char one = 1;
+  if (write(go_.get(), &one, 1) != 1) return Errno("start the restore of %s", id_.c_str());
+  go_.reset();
   std::string o_text, e_text;
   // stderr is small (one error); read stdout to the end first, then stderr.
-  for (auto [fd, into] : {std::pair<int, std::string*>{out[0], &o_text}, {err[0], &e_text}}) {
+  for (auto [fd, into] :
+       {std::pair<int, std::string*>{out_.get(), &o_text}, {err_.get(), &e_text}}) {
     char buf[4096];
     ssize_t n;
     while ((n = read(fd, buf, sizeof(buf))) > 0 || (n < 0 && errno == EINTR))
       if (n > 0) into->append(buf, n);
-    close(fd);
   }
+  out_.reset();
+  err_.reset();
   int st = 0;
-  while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+  while (waitpid(pid_, &st, 0) < 0 && errno == EINTR) {
   }
+  pid_ = -1;
+  const DestOptions& o = o_;
+  const std::string& id = id_;
   if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
     ErrorKind kind = WIFEXITED(st) && WEXITSTATUS(st) >= 1 && WEXITSTATUS(st) <= 8
                          ? static_cast<ErrorKind>(WEXITSTATUS(st))
@@ -336,6 +397,7 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
   bool restored = false;
   bool committed = false;
   pid_t restored_pid = 0;
+  std::unique_ptr<PendingRestore> pending;  // started at the first round, run at Final
   ScopeExit undo([&] {
     if (!restored || committed) return;
     // Restored but never committed: the source may still run it. Ours goes, silenced first so
@@ -368,6 +430,14 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
           return std::move(d.error().wrap(StrFormat("migration of %s", res.id.c_str())));
         }
         if (Fault(o, ch, "round")) return MakeError(ErrorKind::kPeer, 0, "fault injected at round");
+        if (!pending) {
+          auto sp = PendingRestore::Spawn(o, res.id, staging);
+          if (sp.ok())
+            pending = std::move(*sp);
+          else
+            LOG_WARN("migration of %s: starting the restore ahead: %s", res.id.c_str(),
+                     sp.error().to_string().c_str());
+        }
         mig::Frame ack;
         ack.mutable_round_ack()->set_round(f.round_end().round());
         ack.mutable_round_ack()->set_bytes_applied(rx.bytes() - round_bytes0);
@@ -397,7 +467,15 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
         auto t0 = Clock::now();
         // The restore runs in a godwit process of its own: a fresh process image (no
         // daemon state, fds or signal setup of the session leak into the restored tree).
-        auto rr = RestoreByCli(o, res.id, staging);
+        if (!pending) {
+          auto sp = PendingRestore::Spawn(o, res.id, staging);
+          if (!sp.ok()) {
+            (void)SendFailed(ch, sp.error());
+            return std::move(sp.error().wrap(StrFormat("migration of %s", res.id.c_str())));
+          }
+          pending = std::move(*sp);
+        }
+        auto rr = pending->Go();
         res.restore_ms = MsSince(t0);
         if (!rr.ok()) {
           LOG_ERROR("migration of %s: restore failed: %s", res.id.c_str(),
