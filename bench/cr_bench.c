@@ -1,8 +1,9 @@
 // Driver of the checkpoint/restore benchmark (scripts/bench.d/20-cr.sh):
 //   cr_bench GODWIT CR_HOLD DIR MIB COMPRESS(raw|zstd) REPS [DATA(random|low)]
 // For each rep: start cr_hold with MIB MiB of random data, `godwit dump` it into DIR (killing
-// it), then `godwit restore` it and kill the restored copy once it runs. Prints one line of
-// key=value (medians over reps): dump and restore wall seconds, frozen ms, image bytes.
+// it), then `godwit restore` it and kill the restored copy once it runs, then the same with
+// `restore --lazy`. Prints one line of key=value (medians over reps): dump, restore and lazy
+// restore wall seconds (restores: until the tree runs), frozen ms, image bytes.
 // It is a child subreaper so the killed originals are reaped here (pid 1 of this VM does not).
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -92,7 +93,8 @@ int main(int argc, char** argv) {
   // returned to the host by then (free page reporting, ~2 s), so every run pays for new memory.
   const char* settle_env = getenv("CR_SETTLE");
   int settle = settle_env ? atoi(settle_env) : 3;
-  double dump_s[16], frozen[16], freeze[16], memdump[16], restore_s[16], restore_mem[16], bytes = 0, image = 0;
+  double dump_s[16], frozen[16], freeze[16], memdump[16], restore_s[16], restore_mem[16],
+      lazy_s[16], bytes = 0, image = 0;
   for (int r = 0; r < reps && r < 16; ++r) {
     int p[2];
     if (pipe(p)) return 1;
@@ -155,14 +157,29 @@ int main(int argc, char** argv) {
     }
     kill(root, SIGKILL);
     waitpid(g, &st, 0);
+    // The same images restored with --lazy: until the tree runs (its memory paged in after).
+    char* la[] = {(char*)godwit, "restore", "--images-dir", (char*)dir, "--lazy", "--json", NULL};
+    sleep(settle);
+    t0 = now();
+    g = spawn(la, &fd);
+    readline(fd, line, sizeof(line));
+    lazy_s[r] = now() - t0;
+    close(fd);
+    root = (int)num(line, "root_pid");
+    if (root <= 0) {
+      fprintf(stderr, "lazy restore failed: %s\n", line);
+      return 1;
+    }
+    kill(root, SIGKILL);
+    waitpid(g, &st, 0);
     char cmd[4200];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
     if (system(cmd)) return 1;
   }
   int n = reps < 16 ? reps : 16;
   printf("bytes=%.0f image=%.0f dump_s=%.3f frozen_ms=%.1f freeze_ms=%.1f memdump_ms=%.1f "
-         "restore_s=%.3f restore_memory_ms=%.1f\n",
+         "restore_s=%.3f restore_memory_ms=%.1f lazy_s=%.4f\n",
          bytes, image, median(dump_s, n), median(frozen, n), median(freeze, n), median(memdump, n),
-         median(restore_s, n), median(restore_mem, n));
+         median(restore_s, n), median(restore_mem, n), median(lazy_s, n));
   return 0;
 }
