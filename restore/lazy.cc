@@ -132,7 +132,8 @@ Result<bool> LazyPager::AddProcess(remote::Remote& r,
   if (ranges.empty()) return false;
   auto taken = uffd::TakeFromTarget(r, O_CLOEXEC | O_NONBLOCK);
   if (!taken.ok()) {
-    if (taken.error().kind() != ErrorKind::kUnsupported) return std::move(taken).error();
+    // Whatever the reason (EPERM inside a user namespace: a userfaultfd that waits for kernel
+    // accesses needs CAP_SYS_PTRACE in the initial one), this process is filled now instead.
     LOG_INFO("pid %d: no userfaultfd for lazy pages (%s): its memory is filled now", r.pid(),
              taken.error().to_string().c_str());
     return false;
