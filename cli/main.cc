@@ -93,6 +93,8 @@ int ReportError(const Global& global, const char* verb, const Error& err) {
 
 int main(int argc, char** argv) {
   using namespace godwit;
+  // GODWIT_LOG=debug|info|warn|error: the log level before any option changes it.
+  log::SetLevel(log::LevelFromName(getenv("GODWIT_LOG")));
   cli::Global global;
   int i = 1;
   for (; i < argc; ++i) {

@@ -10,14 +10,9 @@
 
 namespace godwit::log {
 namespace {
-std::atomic<int> g_level{[] {
-  const char* env = getenv("GODWIT_LOG");
-  if (env == nullptr) return static_cast<int>(kWarn);
-  if (!strcmp(env, "debug")) return static_cast<int>(kDebug);
-  if (!strcmp(env, "info")) return static_cast<int>(kInfo);
-  if (!strcmp(env, "error")) return static_cast<int>(kError);
-  return static_cast<int>(kWarn);
-}()};
+// The library reads no environment: the programs set the level (cli/main.cc from --log-level,
+// --debug or GODWIT_LOG; godwitd from --log-level).
+std::atomic<int> g_level{kWarn};
 
 const char* kNames[] = {"error", "warn", "info", "debug"};
 
@@ -38,6 +33,15 @@ void VWrite(Level level, int err, const char* file, int line, const char* fmt, v
   (void)unused;
 }
 }  // namespace
+
+Level LevelFromName(const char* name, Level fallback) {
+  if (name == nullptr) return fallback;
+  if (!strcmp(name, "debug")) return kDebug;
+  if (!strcmp(name, "info")) return kInfo;
+  if (!strcmp(name, "warn")) return kWarn;
+  if (!strcmp(name, "error")) return kError;
+  return fallback;
+}
 
 void SetLevel(Level level) { g_level = level; }
 Level GetLevel() { return static_cast<Level>(g_level.load(std::memory_order_relaxed)); }

@@ -9,6 +9,8 @@ namespace godwit::log {
 enum Level { kError = 0, kWarn = 1, kInfo = 2, kDebug = 3 };
 
 void SetLevel(Level level);
+// "error", "warn", "info", "debug" -> the level; anything else (or nullptr) -> fallback.
+Level LevelFromName(const char* name, Level fallback = kWarn);
 Level GetLevel();
 void Write(Level level, const char* file, int line, const char* fmt, ...)
     __attribute__((format(printf, 4, 5)));
