@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <sys/eventfd.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -69,6 +70,20 @@ std::vector<std::pair<uint64_t, uint64_t>> Extents(int fd, uint64_t size) {
 Result<void> DumpReg(FdDumpContext& ctx, const Probe& p, img::FileEntry& e) {
   img::RegFile* r = e.mutable_reg();
   std::string path = p.link;
+  // A file on a mount outside the process's mount namespace (issue 11: a container's stdout
+  // redirected to a host file): the restore inside the container could not open its path, and a
+  // kill-mode checkpoint would lose the workload. Reopened by path (flags, position) by the
+  // restorer in its own namespace (FdRestorer::Load); it must be reachable from ours now.
+  ASSIGN_OR_RETURN(bool visible, ctx.MountVisible(p.pid, p.info.mnt_id));
+  if (!visible && !(p.st.st_nlink == 0 && EndsWith(path, kDeleted))) {
+    struct stat here;
+    if (stat(path.c_str(), &here) < 0 || here.st_ino != p.st.st_ino || here.st_dev != p.st.st_dev)
+      return MakeError(ErrorKind::kUnsupported, 0,
+                       "pid %d fd %d: %s is on a mount outside the process's mount namespace and "
+                       "not the same file at that path here: a restore could not open it again",
+                       p.pid, p.fd, path.c_str());
+    r->set_host_file(true);
+  }
   if (p.st.st_nlink == 0 && EndsWith(path, kDeleted)) {
     path.resize(path.size() - strlen(kDeleted));
     r->set_deleted(true);
@@ -187,7 +202,14 @@ Result<UniqueFd> OpenReg(FdRestoreContext& ctx, const img::FileEntry& e) {
     return ph;
   }
   UniqueFd fd;
-  if (r.deleted()) {
+  if (r.host_file()) {
+    int pre = ctx.HostFile(e.id());
+    if (pre < 0)
+      return MakeError(ErrorKind::kNotFound, ENOENT, "host file %s was not opened",
+                       r.path().c_str());
+    fd.reset(fcntl(pre, F_DUPFD_CLOEXEC, 0));
+    if (!fd) return Errno("dup host file %s", r.path().c_str());
+  } else if (r.deleted()) {
     ASSIGN_OR_RETURN(fd, OpenGhost(ctx, e));
   } else {
     fd.reset(open(r.path().c_str(), OpenFlags(e.flags())));
@@ -240,14 +262,52 @@ Result<void> DumpChr(FdDumpContext& ctx, const Probe& p, img::FileEntry& e) {
     return MakeError(ErrorKind::kUnsupported, 0, "pid %d fd %d: character device without a path: %s",
                      p.pid, p.fd, p.link.c_str());
   r->set_path(p.link);
+  // A device node unlinked while open (zdtm deleted_dev): made again by mknod, opened and
+  // unlinked at restore.
+  if (p.st.st_nlink == 0 && EndsWith(p.link, kDeleted)) {
+    r->set_path(p.link.substr(0, p.link.size() - strlen(kDeleted)));
+    r->set_deleted(true);
+  }
   r->set_mode(p.st.st_mode);
   r->set_rdev(p.st.st_rdev);
+  r->set_uid(p.st.st_uid);
+  r->set_gid(p.st.st_gid);
   return Ok();
+}
+
+// The node of a deleted device, at its path or beside it when the name is taken again.
+static Result<UniqueFd> OpenDeletedDevice(const img::FileEntry& e) {
+  const img::RegFile& r = e.reg();
+  for (int i = 0; i < 1000; i++) {
+    std::string p = i == 0 ? r.path() : StrFormat("%s.godwit-ghost.%d", r.path().c_str(), i);
+    if (mknod(p.c_str(), (r.mode() & S_IFMT) | (r.mode() & 07777), r.rdev()) < 0) {
+      if (errno == EEXIST) continue;
+      return Errno("mknod the deleted device %s (%u:%u)", p.c_str(), major(r.rdev()),
+                   minor(r.rdev()));
+    }
+    (void)!chown(p.c_str(), r.uid(), r.gid());
+    (void)!chmod(p.c_str(), r.mode() & 07777);
+    UniqueFd fd(open(p.c_str(), OpenFlags(e.flags()) | O_NOCTTY));
+    int err = errno;
+    unlink(p.c_str());
+    if (!fd) {
+      errno = err;
+      return Errno("open the deleted device %s", p.c_str());
+    }
+    return fd;
+  }
+  return MakeError(ErrorKind::kExists, EEXIST, "%s: no free name for the deleted device",
+                   r.path().c_str());
 }
 
 Result<UniqueFd> OpenChr(FdRestoreContext& ctx, const img::FileEntry& e) {
   const img::RegFile& r = e.reg();
-  UniqueFd fd(open(r.path().c_str(), OpenFlags(e.flags()) | O_NOCTTY));
+  UniqueFd fd;
+  if (r.deleted()) {
+    ASSIGN_OR_RETURN(fd, OpenDeletedDevice(e));
+  } else {
+    fd.reset(open(r.path().c_str(), OpenFlags(e.flags()) | O_NOCTTY));
+  }
   if (!fd) return Errno("open %s", r.path().c_str());
   struct stat st;
   if (fstat(fd.get(), &st) == 0 && st.st_rdev != r.rdev())

@@ -128,6 +128,14 @@ Result<void> DumpTty(FdDumpContext& ctx, const Probe& p, img::FileEntry& e) {
     t->set_path(p.link);
   }
   t->set_pty_index(index);
+  struct stat ss {};
+  if (stat(StrFormat("/proc/%d/root/dev/pts/%d", p.pid, index).c_str(), &ss) == 0 &&
+      ss.st_rdev == makedev(136 + index / 256, index % 256)) {
+    t->set_has_slave_stat(true);
+    t->set_slave_uid(ss.st_uid);
+    t->set_slave_gid(ss.st_gid);
+    t->set_slave_mode(ss.st_mode & 07777);
+  }
   if (!master && ctx.ptys_with_data.insert(index).second) TRY(DumpTtyInput(ctx, p, t));
   struct termios tio {};
   if (tcgetattr(p.local, &tio) == 0) {
@@ -241,6 +249,11 @@ Result<UniqueFd> OpenTty(FdRestoreContext& ctx, const img::FileEntry& e) {
     if (ioctl(m.get(), TIOCSPTLCK, &unlock) < 0) return Errno("TIOCSPTLCK");
     UniqueFd s(ioctl(m.get(), TIOCGPTPEER, O_RDWR | O_NOCTTY | O_CLOEXEC));
     if (!s) return Errno("TIOCGPTPEER");
+    // In a user namespace the dumped ids may not map: then the kernel's are kept, with a warning.
+    if (t.has_slave_stat() && (fchown(s.get(), t.slave_uid(), t.slave_gid()) < 0 ||
+                               fchmod(s.get(), t.slave_mode()) < 0))
+      LOG_WARN("pty %d: slave owner %u:%u mode %o not restored: %s", t.pty_index(),
+               t.slave_uid(), t.slave_gid(), t.slave_mode(), strerror(errno));
     // Settings of the slave side (termios belongs to the tty, either end sets it).
     for (const auto& [id, x] : ctx.entries())
       if (x.kind() == img::FILE_KIND_TTY && x.tty().pty_index() == t.pty_index())
