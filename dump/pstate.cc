@@ -201,6 +201,11 @@ Result<void> DumpFs(DumpContext& ctx, ProcessDump& p, img::ProcessState* ps) {
       fs->set_cwd_deleted(true);
       ASSIGN_OR_RETURN(uint32_t mode, DirMode(cwd_link));
       fs->set_cwd_mode(mode);
+      struct stat cst;
+      if (stat(cwd_link.c_str(), &cst) == 0) {
+        fs->set_cwd_dev(cst.st_dev);
+        fs->set_cwd_ino(cst.st_ino);
+      }
     } else if (cwd != "/") {
       return MakeError(ErrorKind::kUnsupported, 0, "pid %d: cwd %s inside a removed root %s",
                        p.pid, cwd.c_str(), root.c_str());

@@ -49,6 +49,17 @@ class FdRestorerImpl : public FdRestorer {
   int FileCount() const override { return static_cast<int>(ctx_ ? ctx_->entries_.size() : 0); }
   void KeepThroughInstall(std::vector<int> fds) override { keep_ = std::move(fds); }
   Result<void> LockNetwork(pid_t netns_pid) override;
+  int RemovedDirFd(pid_t pid, uint64_t dev, uint64_t ino) const override {
+    auto p = procs_.find(pid);
+    if (p == procs_.end() || !ctx_) return -1;
+    for (const auto& fe : p->second.fds()) {
+      const img::FileEntry* e = ctx_->Entry(fe.file_id());
+      if (e && e->kind() == img::FILE_KIND_REG && e->reg().deleted() && S_ISDIR(e->reg().mode()) &&
+          e->reg().dev() == dev && e->reg().ino() == ino)
+        return fe.fd();
+    }
+    return -1;
+  }
 
  private:
   Result<UniqueFd> TakeFromTree(uint64_t file_id);

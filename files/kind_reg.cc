@@ -87,9 +87,11 @@ Result<void> DumpReg(FdDumpContext& ctx, const Probe& p, img::FileEntry& e) {
   if (p.st.st_nlink == 0 && EndsWith(path, kDeleted)) {
     path.resize(path.size() - strlen(kDeleted));
     r->set_deleted(true);
-    if (!S_ISREG(p.st.st_mode))
-      return MakeError(ErrorKind::kUnsupported, 0, "pid %d fd %d: deleted directory %s", p.pid,
-                       p.fd, path.c_str());
+    if (!S_ISREG(p.st.st_mode) && !S_ISDIR(p.st.st_mode))
+      return MakeError(ErrorKind::kUnsupported, 0, "pid %d fd %d: deleted file %s of mode %o",
+                       p.pid, p.fd, path.c_str(), p.st.st_mode);
+  }
+  if (r->deleted() && S_ISREG(p.st.st_mode)) {
     // Our copy shares the position with the process: pread leaves it alone. An O_WRONLY
     // description cannot be read: go through /proc/PID/fd, which opens the inode afresh (and
     // has its own position for SEEK_DATA/SEEK_HOLE).
@@ -192,6 +194,54 @@ static Result<UniqueFd> OpenGhost(FdRestoreContext& ctx, const img::FileEntry& e
   return out;
 }
 
+// A directory removed while open (zdtm rmdir_open, cwd02): an empty directory made again at its
+// path (or beside it when the name is taken; missing parents made too), opened with the
+// description's flags and removed again with what was made for it.
+static Result<UniqueFd> OpenRemovedDir(const img::FileEntry& e) {
+  const img::RegFile& r = e.reg();
+  std::vector<std::string> made;
+  auto remove_made = [&] {
+    for (auto it = made.rbegin(); it != made.rend(); ++it) rmdir(it->c_str());
+  };
+  std::string parent = r.path().substr(0, r.path().rfind('/'));
+  std::vector<std::string> missing;
+  for (std::string d = parent; !d.empty() && access(d.c_str(), F_OK) < 0;
+       d = d.substr(0, d.rfind('/')))
+    missing.push_back(d);
+  for (auto it = missing.rbegin(); it != missing.rend(); ++it) {
+    if (mkdir(it->c_str(), 0700) < 0) {
+      remove_made();
+      return Errno("mkdir %s (parent of the removed directory %s)", it->c_str(),
+                   r.path().c_str());
+    }
+    made.push_back(*it);
+  }
+  for (int i = 0; i < 1000; i++) {
+    std::string p = i == 0 ? r.path() : StrFormat("%s.godwit-ghost.%d", r.path().c_str(), i);
+    if (mkdir(p.c_str(), r.mode() & 07777) < 0) {
+      if (errno == EEXIST) continue;
+      int err = errno;
+      remove_made();
+      errno = err;
+      return Errno("mkdir the removed directory %s", p.c_str());
+    }
+    (void)!chown(p.c_str(), r.uid(), r.gid());
+    (void)!chmod(p.c_str(), r.mode() & 07777);
+    UniqueFd fd(open(p.c_str(), OpenFlags(e.flags()) | O_DIRECTORY));
+    int err = errno;
+    rmdir(p.c_str());
+    remove_made();
+    if (!fd) {
+      errno = err;
+      return Errno("open the removed directory %s", p.c_str());
+    }
+    return fd;
+  }
+  remove_made();
+  return MakeError(ErrorKind::kExists, EEXIST, "%s: no free name for the removed directory",
+                   r.path().c_str());
+}
+
 Result<UniqueFd> OpenReg(FdRestoreContext& ctx, const img::FileEntry& e) {
   const img::RegFile& r = e.reg();
   if (r.proc_pid() > 0 && ctx.tree_pids.count(r.proc_pid())) {
@@ -209,6 +259,8 @@ Result<UniqueFd> OpenReg(FdRestoreContext& ctx, const img::FileEntry& e) {
                        r.path().c_str());
     fd.reset(fcntl(pre, F_DUPFD_CLOEXEC, 0));
     if (!fd) return Errno("dup host file %s", r.path().c_str());
+  } else if (r.deleted() && S_ISDIR(r.mode())) {
+    ASSIGN_OR_RETURN(fd, OpenRemovedDir(e));
   } else if (r.deleted()) {
     ASSIGN_OR_RETURN(fd, OpenGhost(ctx, e));
   } else {

@@ -16,6 +16,7 @@
 #include "common/log.h"
 #include "common/scope_exit.h"
 #include "common/sched_attr.h"
+#include "files/files.h"
 #include "restore/steps.h"
 
 namespace godwit::restore {
@@ -180,7 +181,15 @@ Result<void> RestoreFs(RestoreContext& ctx, ProcessRestore& p) {
     ASSIGN_OR_RETURN(uint64_t at, r->WriteString(0, fs.root()));
     TRY_CTX(r->Syscall(SYS_chroot, at), "chroot %s", fs.root().c_str());
   }
-  if (fs.cwd_deleted()) {
+  int open_dir = fs.cwd_deleted() && ctx.fds && fs.cwd_ino()
+                     ? ctx.fds->RemovedDirFd(p.entry->pid(), fs.cwd_dev(), fs.cwd_ino())
+                     : -1;
+  if (open_dir >= 0) {
+    // Also open (zdtm cwd02): files/ restored it as a removed directory; entering it through
+    // that fd keeps cwd and fd one directory.
+    TRY_CTX(r->Syscall(SYS_fchdir, open_dir), "fchdir %d (removed cwd %s, also open)", open_dir,
+            fs.cwd().c_str());
+  } else if (fs.cwd_deleted()) {
     std::vector<std::string> made;
     std::string at;
     auto mk = MakeRemovedDir(r, p.pid, fs.cwd(), fs.cwd_mode(), &made, &at);

@@ -71,6 +71,8 @@ TEST_F(ZdtmMore, SocketTcpFinWait1) { RoundTrip("fin_wait1", {"--tcp-established
 TEST_F(ZdtmMore, SocketTcp6FinWait1) { RoundTrip("fin_wait1_v6", {"--tcp-established"}); }
 TEST_F(ZdtmMore, SocketTcp4v6FinWait1) { RoundTrip("fin_wait1_4v6", {"--tcp-established"}); }
 
+// rmdir_open: directories removed while open (plainly and O_PATH) are removed directories again.
+ZDTM(RmdirOpen, "rmdir_open")
 // deleted_dev: a device node unlinked while open is made again, opened and unlinked.
 ZDTM(DeletedDeviceNode, "deleted_dev")
 // sk-freebind: IP_FREEBIND / IPV6_FREEBIND sockets bound to addresses this host lacks.

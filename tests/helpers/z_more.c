@@ -577,6 +577,22 @@ static int m_cgroups(void) {
   return 0;
 }
 
+/* rmdir_open: a directory held open (and one O_PATH) after rmdir. */
+static int m_rmdir_open(void) {
+  SETUP(mkdir(path_in("gone"), 0750) == 0);
+  int fd = open(path_in("gone"), O_DIRECTORY | O_RDONLY);
+  int op = open(path_in("gone"), O_PATH | O_DIRECTORY);
+  SETUP(fd >= 0 && op >= 0 && rmdir(path_in("gone")) == 0);
+  ready_and_wait();
+  struct stat st, so;
+  CHECK(fstat(fd, &st) == 0 && S_ISDIR(st.st_mode) && st.st_nlink == 0, "removed directory");
+  CHECK((st.st_mode & 07777) == 0750, "mode %o", st.st_mode & 07777);
+  CHECK(fstat(op, &so) == 0 && S_ISDIR(so.st_mode) && so.st_nlink == 0, "removed (O_PATH)");
+  CHECK(openat(fd, "x", O_CREAT | O_WRONLY, 0600) < 0 && errno == ENOENT, "creating in it");
+  CHECK(access(path_in("gone"), F_OK) < 0, "nothing left at the path");
+  return 0;
+}
+
 int main(int argc, char** argv) {
   if (argc < 4) return 119;
   ready_fd = atoi(argv[2]);
@@ -602,6 +618,7 @@ int main(int argc, char** argv) {
       {"deleted_dev", m_deleted_dev},
       {"freebind", m_freebind},
       {"cgroups", m_cgroups},
+      {"rmdir_open", m_rmdir_open},
       {"fin_wait1_v6", m_fin_wait1_v6},
       {"fin_wait1_4v6", m_fin_wait1_4v6},
   };
