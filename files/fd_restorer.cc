@@ -288,6 +288,8 @@ Result<void> FdRestorerImpl::Install(pid_t old_pid) {
   }
   // 7. A session leader's controlling pty (we are past setsid here).
   if (pf.ctty_pty()) TRY(SetCtty(*ctx_, pf, old_pid));
+  // 8. /dev/tty, which opens the controlling terminal just set.
+  TRY(OpenDevTtys(*ctx_, pf, old_pid));
   return Ok();
 }
 

@@ -267,6 +267,8 @@ Result<void> FinalizeInet(FdRestoreContext& ctx, const img::FileEntry& e, int fd
 Result<void> FinalizeUnix(FdRestoreContext& ctx, const img::FileEntry& e, int fd);
 // Install: a session leader's controlling pty (ProcessFds.ctty_pty), in the restored process.
 Result<void> SetCtty(FdRestoreContext& ctx, const img::ProcessFds& pf, pid_t old_pid);
+// Opens /dev/tty again on each fd of the process that held it (after SetCtty).
+Result<void> OpenDevTtys(FdRestoreContext& ctx, const img::ProcessFds& pf, pid_t old_pid);
 
 // Locks (locks.cc): flock/OFD belong to the description, POSIX locks to the process.
 std::vector<img::FileLock> ParseLocks(const FdInfo& info);

@@ -355,6 +355,13 @@ static Result<UniqueFd> OpenDeletedDevice(const img::FileEntry& e) {
 Result<UniqueFd> OpenChr(FdRestoreContext& ctx, const img::FileEntry& e) {
   const img::RegFile& r = e.reg();
   UniqueFd fd;
+  if (r.rdev() == makedev(5, 0)) {
+    // /dev/tty is the opener's controlling terminal: the holder opens it in its Install, once
+    // its own is set (OpenDevTtys); a placeholder sits on the prepared number until then.
+    fd.reset(eventfd(0, EFD_CLOEXEC));
+    if (!fd) return Errno("eventfd (placeholder for /dev/tty)");
+    return fd;
+  }
   if (r.deleted()) {
     ASSIGN_OR_RETURN(fd, OpenDeletedDevice(e));
   } else {
@@ -367,6 +374,20 @@ Result<UniqueFd> OpenChr(FdRestoreContext& ctx, const img::FileEntry& e) {
                      static_cast<unsigned long>(st.st_rdev), r.rdev());
   if (e.pos()) lseek(fd.get(), static_cast<off_t>(e.pos()), SEEK_SET);
   return fd;
+}
+
+Result<void> OpenDevTtys(FdRestoreContext& ctx, const img::ProcessFds& pf, pid_t old_pid) {
+  for (const auto& fe : pf.fds()) {
+    const img::FileEntry* e = ctx.Entry(fe.file_id());
+    if (!e || e->kind() != img::FILE_KIND_CHR || e->reg().rdev() != makedev(5, 0)) continue;
+    UniqueFd t(open("/dev/tty", OpenFlags(e->flags()) | O_NOCTTY));
+    if (!t)
+      return Errno("pid %d fd %d: /dev/tty (only a session leader's controlling terminal is "
+                   "restored)", old_pid, fe.fd());
+    if (dup3(t.get(), fe.fd(), fe.cloexec() ? O_CLOEXEC : 0) < 0)
+      return Errno("pid %d: dup3 /dev/tty -> %d", old_pid, fe.fd());
+  }
+  return Ok();
 }
 
 }  // namespace godwit::files

@@ -71,6 +71,8 @@ TEST_F(ZdtmMore, SocketTcpFinWait1) { RoundTrip("fin_wait1", {"--tcp-established
 TEST_F(ZdtmMore, SocketTcp6FinWait1) { RoundTrip("fin_wait1_v6", {"--tcp-established"}); }
 TEST_F(ZdtmMore, SocketTcp4v6FinWait1) { RoundTrip("fin_wait1_4v6", {"--tcp-established"}); }
 
+// tty03: a session leader holding /dev/tty, its controlling terminal a pty of the tree.
+ZDTM(DevTtyOfASessionLeader, "dev_tty")
 // rmdir_open: directories removed while open (plainly and O_PATH) are removed directories again.
 ZDTM(RmdirOpen, "rmdir_open")
 // deleted_dev: a device node unlinked while open is made again, opened and unlinked.

@@ -22,6 +22,7 @@
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/ioctl.h>
 #include <sys/ptrace.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
@@ -593,6 +594,42 @@ static int m_rmdir_open(void) {
   return 0;
 }
 
+/* tty03-like: a session leader whose controlling terminal is a pty of the tree holds /dev/tty
+ * open: after the restore it is still its controlling terminal's /dev/tty. */
+static int m_dev_tty(void) {
+  int m = posix_openpt(O_RDWR | O_NOCTTY);
+  SETUP(m >= 0 && grantpt(m) == 0 && unlockpt(m) == 0);
+  char name[64];
+  SETUP(ptsname_r(m, name, sizeof name) == 0);
+  int p[2];
+  SETUP(pipe(p) == 0);
+  pid_t c = zfork();
+  if (c == 0) {
+    close(p[0]);
+    if (setsid() < 0) _exit(1);
+    int s = open(name, O_RDWR);
+    if (s < 0 || ioctl(s, TIOCSCTTY, 0) < 0) _exit(2);
+    int t = open("/dev/tty", O_RDWR);
+    if (t < 0 || write(p[1], "r", 1) != 1) _exit(3);
+    wait_usr2();
+    if (write(t, "hi", 2) != 2) _exit(4);
+    struct stat st;
+    if (fstat(t, &st) < 0 || major(st.st_rdev) != 5 || minor(st.st_rdev) != 0) _exit(5);
+    _exit(0);
+  }
+  close(p[1]);
+  char b[8];
+  SETUP(read(p[0], b, 1) == 1);
+  ready_and_wait();
+  kill(c, SIGUSR2);
+  int st = reap(c);
+  CHECK(st == 0, "the child's /dev/tty: %d", st);
+  struct pollfd pf = {.fd = m, .events = POLLIN};
+  CHECK(poll(&pf, 1, 5000) == 1 && read(m, b, sizeof b) == 2 && !memcmp(b, "hi", 2),
+        "what it wrote to /dev/tty reaches the master");
+  return 0;
+}
+
 int main(int argc, char** argv) {
   if (argc < 4) return 119;
   ready_fd = atoi(argv[2]);
@@ -619,6 +656,7 @@ int main(int argc, char** argv) {
       {"freebind", m_freebind},
       {"cgroups", m_cgroups},
       {"rmdir_open", m_rmdir_open},
+      {"dev_tty", m_dev_tty},
       {"fin_wait1_v6", m_fin_wait1_v6},
       {"fin_wait1_4v6", m_fin_wait1_4v6},
   };
