@@ -339,6 +339,10 @@ Result<void> FdRestorerImpl::Finalize() {
   for (const auto& [id, e] : ctx_->entries_)
     if (e.kind() == img::FILE_KIND_UNIX && ctx_->prepared_.count(id))
       TRY(FinalizeUnix(*ctx_, e, -1));
+  // Link remaps (an unlinked name of a file with other links): opened by now.
+  for (const auto& [id, e] : ctx_->entries_)
+    if (e.kind() == img::FILE_KIND_REG && !e.reg().link_remap().empty())
+      unlink(e.reg().link_remap().c_str());
   // Prepared by a container's root task, not here: take them from the restored tree.
   for (const auto& [id, e] : ctx_->entries_) {
     if (!FindKind(e.kind())->finalize || ctx_->finalize_fds_.count(id)) continue;

@@ -67,6 +67,40 @@ std::vector<std::pair<uint64_t, uint64_t>> Extents(int fd, uint64_t size) {
 }
 }  // namespace
 
+// The open name of a file was unlinked, but the inode lives on under other names: a hard link to
+// it beside its old name keeps it reachable by a path (the same inode for restore, not a copy).
+// Only where the holder sees the dumper's paths (its mount namespace is ours). Removed again
+// when the tree keeps running; otherwise by the restore's Finalize.
+static Result<std::string> LinkRemap(FdDumpContext& ctx, const Probe& p, const std::string& path) {
+  struct stat mine, theirs;
+  if (stat("/proc/self/ns/mnt", &mine) < 0 ||
+      stat(StrFormat("/proc/%d/ns/mnt", p.pid).c_str(), &theirs) < 0 ||
+      mine.st_ino != theirs.st_ino)
+    return MakeError(ErrorKind::kUnsupported, 0,
+                     "pid %d fd %d: %s was unlinked but has other links, in another mount "
+                     "namespace: cannot be linked again",
+                     p.pid, p.fd, path.c_str());
+  std::string dir = path.substr(0, path.rfind('/'));
+  std::string src = StrFormat("/proc/%d/fd/%d", p.pid, p.fd);
+  for (int i = 0; i < 1000; i++) {
+    std::string name = StrFormat("%s/.godwit-link-remap.%llu.%d", dir.c_str(),
+                                 static_cast<unsigned long long>(p.st.st_ino), i);
+    if (linkat(AT_FDCWD, src.c_str(), AT_FDCWD, name.c_str(), AT_SYMLINK_FOLLOW) == 0) {
+      ctx.OnResume([name] { unlink(name.c_str()); });
+      return name;
+    }
+    if (errno != EEXIST)
+      return Errno("pid %d fd %d: link the unlinked %s (other links remain) as %s", p.pid, p.fd,
+                   path.c_str(), name.c_str());
+    struct stat there;  // a remap of the same inode (a second description): share it
+    if (stat(name.c_str(), &there) == 0 && there.st_ino == p.st.st_ino &&
+        there.st_dev == p.st.st_dev)
+      return name;
+  }
+  return MakeError(ErrorKind::kExists, EEXIST, "pid %d fd %d: no free link remap name for %s",
+                   p.pid, p.fd, path.c_str());
+}
+
 Result<void> DumpReg(FdDumpContext& ctx, const Probe& p, img::FileEntry& e) {
   img::RegFile* r = e.mutable_reg();
   std::string path = p.link;
@@ -83,6 +117,12 @@ Result<void> DumpReg(FdDumpContext& ctx, const Probe& p, img::FileEntry& e) {
                        "not the same file at that path here: a restore could not open it again",
                        p.pid, p.fd, path.c_str());
     r->set_host_file(true);
+  }
+  if (p.st.st_nlink > 0 && S_ISREG(p.st.st_mode) && EndsWith(path, kDeleted) &&
+      !(e.flags() & O_PATH)) {
+    path.resize(path.size() - strlen(kDeleted));
+    ASSIGN_OR_RETURN(std::string remap, LinkRemap(ctx, p, path));
+    r->set_link_remap(remap);
   }
   if (p.st.st_nlink == 0 && EndsWith(path, kDeleted)) {
     path.resize(path.size() - strlen(kDeleted));
@@ -263,6 +303,11 @@ Result<UniqueFd> OpenReg(FdRestoreContext& ctx, const img::FileEntry& e) {
     ASSIGN_OR_RETURN(fd, OpenRemovedDir(e));
   } else if (r.deleted()) {
     ASSIGN_OR_RETURN(fd, OpenGhost(ctx, e));
+  } else if (!r.link_remap().empty()) {
+    fd.reset(open(r.link_remap().c_str(), OpenFlags(e.flags())));
+    if (!fd)
+      return Errno("open %s (link to the unlinked %s) flags %#o", r.link_remap().c_str(),
+                   r.path().c_str(), e.flags());
   } else {
     fd.reset(open(r.path().c_str(), OpenFlags(e.flags())));
     if (!fd) return Errno("open %s flags %#o", r.path().c_str(), e.flags());

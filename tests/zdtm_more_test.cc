@@ -73,6 +73,19 @@ TEST_F(ZdtmMore, SocketTcp4v6FinWait1) { RoundTrip("fin_wait1_4v6", {"--tcp-esta
 
 // tty03: a session leader holding /dev/tty, its controlling terminal a pty of the tree.
 ZDTM(DevTtyOfASessionLeader, "dev_tty")
+// unlink_fstat03: an unlinked name of a file with another link is that same file again.
+ZDTM(UnlinkedNameOfAFileWithAnotherLink, "unlink_linked")
+// --leave-running: the remap link is gone again (the helper checks its file has one link).
+TEST_F(ZdtmMore, UnlinkedNameLeaveRunningRemovesTheRemap) {
+  pid_t pid = Start("unlink_linked");
+  ASSERT_GT(pid, 0);
+  auto d = Godwit({"dump", "--leave-running", "--pid", std::to_string(pid), "--images-dir",
+                   dir_ / "img"});
+  ASSERT_EQ(d.status, 0) << d.err;
+  ASSERT_EQ(kill(pid, SIGUSR2), 0);
+  EXPECT_EQ(WaitBounded(pid, 30000), 0);
+  pids_.clear();
+}
 // rmdir_open: directories removed while open (plainly and O_PATH) are removed directories again.
 ZDTM(RmdirOpen, "rmdir_open")
 // deleted_dev: a device node unlinked while open is made again, opened and unlinked.

@@ -630,6 +630,29 @@ static int m_dev_tty(void) {
   return 0;
 }
 
+/* unlink_fstat03: a file opened, linked under a second name, the first name unlinked, then
+ * grown: the fd is the same inode (the second name's) after the restore, with its size. */
+static int m_unlink_linked(void) {
+  int fd = open(path_in("f"), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  SETUP(fd >= 0 && link(path_in("f"), path_in("f.link")) == 0 && unlink(path_in("f")) == 0);
+  char buf[1000];
+  memset(buf, '0', sizeof buf);
+  SETUP(write(fd, buf, sizeof buf) == sizeof buf);
+  struct stat before;
+  SETUP(fstat(fd, &before) == 0);
+  ready_and_wait();
+  struct stat after, other;
+  CHECK(fstat(fd, &after) == 0 && stat(path_in("f.link"), &other) == 0, "stat");
+  CHECK(after.st_ino == before.st_ino && after.st_dev == before.st_dev, "another inode");
+  CHECK(other.st_ino == after.st_ino, "the fd is not the linked name's file");
+  CHECK(after.st_size == 1000 && lseek(fd, 0, SEEK_CUR) == 1000, "size %lld",
+        (long long)after.st_size);
+  CHECK(after.st_nlink == 1, "links %lu (a remap left behind)", (unsigned long)after.st_nlink);
+  CHECK(write(fd, "x", 1) == 1 && stat(path_in("f.link"), &other) == 0 && other.st_size == 1001,
+        "writes reach the linked name");
+  return 0;
+}
+
 int main(int argc, char** argv) {
   if (argc < 4) return 119;
   ready_fd = atoi(argv[2]);
@@ -657,6 +680,7 @@ int main(int argc, char** argv) {
       {"cgroups", m_cgroups},
       {"rmdir_open", m_rmdir_open},
       {"dev_tty", m_dev_tty},
+      {"unlink_linked", m_unlink_linked},
       {"fin_wait1_v6", m_fin_wait1_v6},
       {"fin_wait1_4v6", m_fin_wait1_4v6},
   };
