@@ -86,6 +86,8 @@ TEST_F(ZdtmMore, UnlinkedNameLeaveRunningRemovesTheRemap) {
   EXPECT_EQ(WaitBounded(pid, 30000), 0);
   pids_.clear();
 }
+// zombie01: a zombie in a process group whose leader is gone is in that group again.
+ZDTM(ZombieInAGroupWhoseLeaderIsGone, "zombie_pgid")
 // rmdir_open: directories removed while open (plainly and O_PATH) are removed directories again.
 ZDTM(RmdirOpen, "rmdir_open")
 // deleted_dev: a device node unlinked while open is made again, opened and unlinked.
