@@ -8,6 +8,7 @@
 #include <sys/uio.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -35,19 +36,32 @@ Error ThreadGone(pid_t tid, int status) {
                    WTERMSIG(status));
 }
 
+// The first `syscall` instruction in [start, end) of pid, read in chunks; 0 if none.
+uint64_t FindSyscallIn(pid_t pid, uint64_t start, uint64_t end) {
+  std::vector<unsigned char> buf(64 * 1024 + 1);
+  for (uint64_t at = start; at < end; at += buf.size() - 1) {
+    size_t len = std::min<uint64_t>(buf.size(), end - at);
+    iovec local{buf.data(), len}, remote{reinterpret_cast<void*>(at), len};
+    ssize_t n = process_vm_readv(pid, &local, 1, &remote, 1, 0);
+    if (n <= 1) return 0;
+    for (ssize_t i = 0; i + 1 < n; ++i)
+      if (buf[i] == 0x0f && buf[i + 1] == 0x05) return at + i;
+  }
+  return 0;
+}
+
+// A `syscall` instruction in pid: in its [vdso], or, for a process that unmapped it (zdtm
+// vdso02), in any other executable mapping (its libc has many).
 Result<uint64_t> FindSyscallInVdso(pid_t pid) {
   ASSIGN_OR_RETURN(auto maps, proc::ReadMaps(pid));
-  for (const auto& m : maps) {
-    if (m.path != "[vdso]") continue;
-    std::vector<unsigned char> buf(m.end - m.start);
-    iovec local{buf.data(), buf.size()}, remote{reinterpret_cast<void*>(m.start), buf.size()};
-    if (process_vm_readv(pid, &local, 1, &remote, 1, 0) != static_cast<ssize_t>(buf.size()))
-      return Errno("read [vdso] of %d", pid);
-    for (size_t i = 0; i + 1 < buf.size(); ++i)
-      if (buf[i] == 0x0f && buf[i + 1] == 0x05) return m.start + i;
-    return MakeError(ErrorKind::kUnsupported, 0, "no syscall instruction in [vdso] of %d", pid);
-  }
-  return MakeError(ErrorKind::kUnsupported, 0, "process %d has no [vdso]", pid);
+  for (const auto& m : maps)
+    if (m.path == "[vdso]")
+      if (uint64_t at = FindSyscallIn(pid, m.start, m.end)) return at;
+  for (const auto& m : maps)
+    if ((m.prot & PROT_EXEC) && m.path != "[vdso]" && m.path != "[vsyscall]")
+      if (uint64_t at = FindSyscallIn(pid, m.start, m.end)) return at;
+  return MakeError(ErrorKind::kUnsupported, 0,
+                   "process %d has no syscall instruction in an executable mapping", pid);
 }
 
 }  // namespace

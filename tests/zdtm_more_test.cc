@@ -88,6 +88,9 @@ TEST_F(ZdtmMore, UnlinkedNameLeaveRunningRemovesTheRemap) {
 }
 // zombie01: a zombie in a process group whose leader is gone is in that group again.
 ZDTM(ZombieInAGroupWhoseLeaderIsGone, "zombie_pgid")
+// A process that unmapped its [vdso]: the injected calls start at a syscall instruction of
+// another executable mapping; restored without a [vdso].
+ZDTM(VdsoUnmapped, "vdso_unmapped")
 // rmdir_open: directories removed while open (plainly and O_PATH) are removed directories again.
 ZDTM(RmdirOpen, "rmdir_open")
 // deleted_dev: a device node unlinked while open is made again, opened and unlinked.

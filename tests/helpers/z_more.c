@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/ioctl.h>
@@ -30,6 +31,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "zdtm_helper.h"
@@ -653,6 +655,40 @@ static int m_unlink_linked(void) {
   return 0;
 }
 
+/* vdso unmapped (zdtm vdso02-like): the process removed its [vdso] and [vvar]: dumped and
+ * restored without them, its own code still runs and the clock works by syscalls. */
+static int unmap_named(const char* name) {
+  FILE* f = fopen("/proc/self/maps", "r");
+  char line[512];
+  int n = 0;
+  while (f && fgets(line, sizeof line, f)) {
+    unsigned long a, b;
+    if (strstr(line, name) && sscanf(line, "%lx-%lx", &a, &b) == 2 && munmap((void*)a, b - a) == 0)
+      n++;
+  }
+  if (f) fclose(f);
+  return n;
+}
+static int has_named(const char* name) {
+  FILE* f = fopen("/proc/self/maps", "r");
+  char line[512];
+  int n = 0;
+  while (f && fgets(line, sizeof line, f))
+    if (strstr(line, name)) n++;
+  if (f) fclose(f);
+  return n;
+}
+static int m_vdso_unmapped(void) {
+  SETUP(unmap_named("[vdso]") == 1);
+  unmap_named("[vvar");
+  SETUP(!has_named("[vdso]"));
+  ready_and_wait();
+  CHECK(!has_named("[vdso]"), "a [vdso] came back");
+  struct timespec ts;
+  CHECK(syscall(SYS_clock_gettime, CLOCK_MONOTONIC, &ts) == 0 && ts.tv_sec > 0, "clock");
+  return 0;
+}
+
 int main(int argc, char** argv) {
   if (argc < 4) return 119;
   ready_fd = atoi(argv[2]);
@@ -681,6 +717,7 @@ int main(int argc, char** argv) {
       {"rmdir_open", m_rmdir_open},
       {"dev_tty", m_dev_tty},
       {"unlink_linked", m_unlink_linked},
+      {"vdso_unmapped", m_vdso_unmapped},
       {"fin_wait1_v6", m_fin_wait1_v6},
       {"fin_wait1_4v6", m_fin_wait1_4v6},
   };
