@@ -91,6 +91,10 @@ ZDTM(ZombieInAGroupWhoseLeaderIsGone, "zombie_pgid")
 // A process that unmapped its [vdso]: the injected calls start at a syscall instruction of
 // another executable mapping; restored without a [vdso].
 ZDTM(VdsoUnmapped, "vdso_unmapped")
+// socket_close_data: a socketpair end whose peer closed after sending (datagram and stream).
+ZDTM(SocketCloseDataDatagramAndStream, "close_data")
+// chroot, chroot-file: files inside and outside the root of a chrooted process.
+ZDTM(ChrootWithFilesInsideAndOutside, "chroot")
 // rmdir_open: directories removed while open (plainly and O_PATH) are removed directories again.
 ZDTM(RmdirOpen, "rmdir_open")
 // deleted_dev: a device node unlinked while open is made again, opened and unlinked.

@@ -689,6 +689,41 @@ static int m_vdso_unmapped(void) {
   return 0;
 }
 
+/* chroot / chroot-file: a process chrooted into a directory, holding a file inside its root
+ * (opened after the chroot) and one outside it (opened before). */
+static int m_chroot(void) {
+  SETUP(mkdir(path_in("root"), 0755) == 0 && mkdir(path_in("root/d"), 0755) == 0);
+  int out = open(path_in("outside"), O_RDWR | O_CREAT, 0600);
+  SETUP(out >= 0 && write(out, "out", 3) == 3);
+  SETUP(chroot(path_in("root")) == 0 && chdir("/d") == 0);
+  int in = open("/d/inside", O_RDWR | O_CREAT, 0600);
+  SETUP(in >= 0 && write(in, "in", 2) == 2);
+  ready_and_wait();
+  char buf[8];
+  CHECK(pread(in, buf, 2, 0) == 2 && !memcmp(buf, "in", 2), "inside");
+  CHECK(pread(out, buf, 3, 0) == 3 && !memcmp(buf, "out", 3), "outside");
+  CHECK(access("/d/inside", F_OK) == 0, "the root");
+  CHECK(getcwd(buf, sizeof buf) && !strcmp(buf, "/d"), "cwd %s", buf);
+  return 0;
+}
+
+/* socket_close_data(01): one end of a socketpair closed after sending, the data still queued at
+ * the other end (datagram and stream). */
+static int m_close_data(void) {
+  int d[2], t[2];
+  SETUP(socketpair(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK, 0, d) == 0);
+  SETUP(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, t) == 0);
+  SETUP(write(d[1], "hello", 6) == 6 && write(t[1], "world", 6) == 6);
+  close(d[1]);
+  close(t[1]);
+  ready_and_wait();
+  char buf[16];
+  CHECK(read(d[0], buf, sizeof buf) == 6 && !strcmp(buf, "hello"), "datagram");
+  CHECK(read(t[0], buf, sizeof buf) == 6 && !strcmp(buf, "world"), "stream");
+  CHECK(read(t[0], buf, sizeof buf) == 0, "then end of file");
+  return 0;
+}
+
 int main(int argc, char** argv) {
   if (argc < 4) return 119;
   ready_fd = atoi(argv[2]);
@@ -718,6 +753,8 @@ int main(int argc, char** argv) {
       {"dev_tty", m_dev_tty},
       {"unlink_linked", m_unlink_linked},
       {"vdso_unmapped", m_vdso_unmapped},
+      {"chroot", m_chroot},
+      {"close_data", m_close_data},
       {"fin_wait1_v6", m_fin_wait1_v6},
       {"fin_wait1_4v6", m_fin_wait1_4v6},
   };
