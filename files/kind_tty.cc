@@ -126,6 +126,14 @@ Result<void> DumpTty(FdDumpContext& ctx, const Probe& p, img::FileEntry& e) {
   } else {
     index = minor(p.st.st_rdev) + (maj - 136) * 256;
     t->set_path(p.link);
+    // devpts removes a slave's node once its master is closed: the terminal is hung up, and a
+    // new pair cannot be hung up after the restore made it the controlling terminal (zdtm pty04).
+    const std::string gone = " (deleted)";
+    if (p.link.size() > gone.size() &&
+        p.link.compare(p.link.size() - gone.size(), gone.size(), gone) == 0)
+      return MakeError(ErrorKind::kUnsupported, 0,
+                       "pid %d fd %d: pty slave %s whose master was closed (hung up)", p.pid, p.fd,
+                       p.link.c_str());
   }
   t->set_pty_index(index);
   struct stat ss {};

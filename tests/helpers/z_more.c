@@ -724,6 +724,40 @@ static int m_close_data(void) {
   return 0;
 }
 
+/* pty04: two slave descriptions of a pty whose master was closed (hung up), one the
+ * controlling terminal of a session leader that ignores SIGHUP. Refused at dump (the test checks
+ * the refusal names it and the tree runs on). */
+static int m_pty_no_master(void) {
+  int p[2];
+  SETUP(pipe(p) == 0);
+  pid_t c = zfork();
+  if (c == 0) {
+    close(p[0]);
+    signal(SIGHUP, SIG_IGN);
+    if (setsid() < 0) _exit(1);
+    int m = posix_openpt(O_RDWR | O_NOCTTY);
+    char name[64];
+    if (m < 0 || grantpt(m) || unlockpt(m) || ptsname_r(m, name, sizeof name)) _exit(2);
+    int s1 = open(name, O_RDWR), s2 = open(name, O_RDWR | O_NOCTTY);
+    if (s1 < 0 || s2 < 0 || ioctl(s1, TIOCSCTTY, 0) < 0) _exit(3);
+    close(m);
+    if (write(p[1], "r", 1) != 1) _exit(4);
+    wait_usr2();
+    char b;
+    if (read(s1, &b, 1) > 0) _exit(6); /* hung up: end of file or EIO */
+    if (close(s1) || close(s2)) _exit(7);
+    _exit(0);
+  }
+  close(p[1]);
+  char b;
+  SETUP(read(p[0], &b, 1) == 1);
+  ready_and_wait();
+  kill(c, SIGUSR2);
+  int st = reap(c);
+  CHECK(st == 0, "the session leader's hung-up pty: %d", st);
+  return 0;
+}
+
 int main(int argc, char** argv) {
   if (argc < 4) return 119;
   ready_fd = atoi(argv[2]);
@@ -755,6 +789,7 @@ int main(int argc, char** argv) {
       {"vdso_unmapped", m_vdso_unmapped},
       {"chroot", m_chroot},
       {"close_data", m_close_data},
+      {"pty_no_master", m_pty_no_master},
       {"fin_wait1_v6", m_fin_wait1_v6},
       {"fin_wait1_4v6", m_fin_wait1_4v6},
   };
