@@ -108,6 +108,8 @@ TEST_F(ZdtmMore, PtySlaveWhoseMasterClosedRefusedCleanly) {
   EXPECT_EQ(WaitBounded(pid, 30000), 0) << "the refused dump damaged the tree";
   pids_.clear();
 }
+// fifo_ro, unlink_fifo_wronly: a FIFO held by a reader only; an unlinked one by a writer only.
+ZDTM(FifoReaderOnlyAndUnlinkedWriterOnly, "fifo_ro")
 // rmdir_open: directories removed while open (plainly and O_PATH) are removed directories again.
 ZDTM(RmdirOpen, "rmdir_open")
 // deleted_dev: a device node unlinked while open is made again, opened and unlinked.

@@ -758,6 +758,28 @@ static int m_pty_no_master(void) {
   return 0;
 }
 
+/* fifo_ro: a FIFO held only by a reader (non-blocking); unlink_fifo_wronly: an unlinked FIFO
+ * held by a writer (opened while a reader existed, which then closed). */
+static int m_fifo_ro(void) {
+  signal(SIGPIPE, SIG_IGN);
+  SETUP(mkfifo(path_in("ro"), 0600) == 0 && mkfifo(path_in("wo"), 0600) == 0);
+  int r = open(path_in("ro"), O_RDONLY | O_NONBLOCK);
+  int tmp = open(path_in("wo"), O_RDONLY | O_NONBLOCK);
+  int w = open(path_in("wo"), O_WRONLY | O_NONBLOCK);
+  SETUP(r >= 0 && tmp >= 0 && w >= 0 && write(w, "abc", 3) == 3);
+  close(tmp);
+  SETUP(unlink(path_in("wo")) == 0);
+  ready_and_wait();
+  char b[8];
+  CHECK(read(r, b, sizeof b) == 0, "no writer: end of file");
+  CHECK((fcntl(r, F_GETFL) & O_ACCMODE) == O_RDONLY, "read-only");
+  CHECK((fcntl(w, F_GETFL) & O_ACCMODE) == O_WRONLY, "write-only");
+  struct stat st;
+  CHECK(fstat(w, &st) == 0 && S_ISFIFO(st.st_mode) && st.st_nlink == 0, "unlinked FIFO");
+  CHECK(write(w, "d", 1) < 0 && errno == EPIPE, "no reader: EPIPE");
+  return 0;
+}
+
 int main(int argc, char** argv) {
   if (argc < 4) return 119;
   ready_fd = atoi(argv[2]);
@@ -790,6 +812,7 @@ int main(int argc, char** argv) {
       {"chroot", m_chroot},
       {"close_data", m_close_data},
       {"pty_no_master", m_pty_no_master},
+      {"fifo_ro", m_fifo_ro},
       {"fin_wait1_v6", m_fin_wait1_v6},
       {"fin_wait1_4v6", m_fin_wait1_4v6},
   };
