@@ -172,9 +172,10 @@ TEST_F(ZdtmContainer, NothingRunsAfterKillModeCheckpointTwentyTimes) {
 }
 
 // Known bug, open (issue 11): now and then (1 in ~10 cycles here) the restored shell writes the
-// number it wrote last before the checkpoint again: the dumped state is from before a write the
-// file already has. Only with the container verbs (a plain dump/restore of the same loop, 20
-// cycles, keeps the order): the cgroup thaw around the engine's seize is the suspect.
+// number it wrote last before the checkpoint again. One such image: the shell in wait4
+// (-ERESTARTSYS) for its forked usleep (in clock_nanosleep), i.e. past its `echo N`, yet the
+// restored shell echoes N again: its memory is older than its registers and the file. Only with
+// the container verbs (a plain dump/restore of the same loop, 20 cycles, keeps the order).
 TEST_F(ZdtmContainer, DISABLED_RestoredLoopNeverRepeatsItsLastWrite) {
   CheckpointRestoreCycles(20, true);
 }
