@@ -8,6 +8,7 @@
 #include <sys/uio.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -35,19 +36,32 @@ Error ThreadGone(pid_t tid, int status) {
                    WTERMSIG(status));
 }
 
+// The first `syscall` instruction in [start, end) of pid, read in chunks; 0 if none.
+uint64_t FindSyscallIn(pid_t pid, uint64_t start, uint64_t end) {
+  std::vector<unsigned char> buf(64 * 1024 + 1);
+  for (uint64_t at = start; at < end; at += buf.size() - 1) {
+    size_t len = std::min<uint64_t>(buf.size(), end - at);
+    iovec local{buf.data(), len}, remote{reinterpret_cast<void*>(at), len};
+    ssize_t n = process_vm_readv(pid, &local, 1, &remote, 1, 0);
+    if (n <= 1) return 0;
+    for (ssize_t i = 0; i + 1 < n; ++i)
+      if (buf[i] == 0x0f && buf[i + 1] == 0x05) return at + i;
+  }
+  return 0;
+}
+
+// A `syscall` instruction in pid: in its [vdso], or, for a process that unmapped it (zdtm
+// vdso02), in any other executable mapping (its libc has many).
 Result<uint64_t> FindSyscallInVdso(pid_t pid) {
   ASSIGN_OR_RETURN(auto maps, proc::ReadMaps(pid));
-  for (const auto& m : maps) {
-    if (m.path != "[vdso]") continue;
-    std::vector<unsigned char> buf(m.end - m.start);
-    iovec local{buf.data(), buf.size()}, remote{reinterpret_cast<void*>(m.start), buf.size()};
-    if (process_vm_readv(pid, &local, 1, &remote, 1, 0) != static_cast<ssize_t>(buf.size()))
-      return Errno("read [vdso] of %d", pid);
-    for (size_t i = 0; i + 1 < buf.size(); ++i)
-      if (buf[i] == 0x0f && buf[i + 1] == 0x05) return m.start + i;
-    return MakeError(ErrorKind::kUnsupported, 0, "no syscall instruction in [vdso] of %d", pid);
-  }
-  return MakeError(ErrorKind::kUnsupported, 0, "process %d has no [vdso]", pid);
+  for (const auto& m : maps)
+    if (m.path == "[vdso]")
+      if (uint64_t at = FindSyscallIn(pid, m.start, m.end)) return at;
+  for (const auto& m : maps)
+    if ((m.prot & PROT_EXEC) && m.path != "[vdso]" && m.path != "[vsyscall]")
+      if (uint64_t at = FindSyscallIn(pid, m.start, m.end)) return at;
+  return MakeError(ErrorKind::kUnsupported, 0,
+                   "process %d has no syscall instruction in an executable mapping", pid);
 }
 
 }  // namespace
@@ -217,7 +231,11 @@ Result<long> Remote::Inject(pid_t tid, long nr, const uint64_t args[6], uint64_t
   uint64_t mask = 0;
   if (ptrace(PTRACE_GETSIGMASK, tid, sizeof(mask), &mask) < 0)
     return Errno("PTRACE_GETSIGMASK %d", tid);
-  const uint64_t all = ~uint64_t{0};
+  // With int3 SIGTRAP stays open: the trap is forced (force_sig), and a forced signal that is
+  // blocked or ignored has its disposition reset to SIG_DFL by the kernel: the process's own
+  // SIGTRAP handler would be gone after the dump or the restore (zdtm sigtrap). RawSyscallIn
+  // uses int3 only where no SIGTRAP is pending or ignored (TrapSafe).
+  const uint64_t all = int3 ? ~(uint64_t{1} << (SIGTRAP - 1)) : ~uint64_t{0};
   if (ptrace(PTRACE_SETSIGMASK, tid, sizeof(all), &all) < 0)
     return Errno("PTRACE_SETSIGMASK %d", tid);
   ScopeExit unblock([&] { ptrace(PTRACE_SETSIGMASK, tid, sizeof(mask), &mask); });
@@ -235,7 +253,18 @@ Result<long> Remote::Inject(pid_t tid, long nr, const uint64_t args[6], uint64_t
       if (!int3 && ++syscall_stops == 2) break;  // entry, then exit
       continue;
     }
-    if (sig == SIGTRAP && int3) break;
+    if (sig == SIGTRAP && int3) {
+      siginfo_t si{};
+      if (ptrace(PTRACE_GETSIGINFO, tid, nullptr, &si) == 0 && si.si_code != SI_KERNEL) {
+        // A SIGTRAP sent from outside while the call ran (not our int3): it is taken (the
+        // process never had a way to see it); later calls step by syscall stops.
+        LOG_WARN("pid %d tid %d: SIGTRAP (code %d) from pid %d during an injected syscall",
+                 pid_, tid, si.si_code, si.si_pid);
+        trap_unsafe_ = true;
+        continue;
+      }
+      break;
+    }
     // Only SIGKILL, SIGSTOP and faults get through the full mask. A SIGKILL ends the wait with
     // an error in WaitStop. A SIGSTOP sent from outside during the dump cannot stay pending:
     // suppress it (the task is held by us anyway). Anything else is a kernel-generated
@@ -252,9 +281,57 @@ Result<long> Remote::Inject(pid_t tid, long nr, const uint64_t args[6], uint64_t
   return static_cast<long>(out.rax);
 }
 
+// Whether a call sets SIGTRAP's disposition or queues a SIGTRAP: after it, the int3 of the next
+// calls could reset that disposition (SIG_IGN) or meet that signal.
+static bool TouchesSigtrap(long nr, const uint64_t a[6]) {
+  switch (nr) {
+    case SYS_rt_sigaction:
+      return a[0] == SIGTRAP && a[1] != 0;
+    case SYS_kill:
+    case SYS_tkill:
+    case SYS_rt_sigqueueinfo:
+      return a[1] == SIGTRAP;
+    case SYS_tgkill:
+    case SYS_rt_tgsigqueueinfo:
+      return a[2] == SIGTRAP;
+    default:
+      return false;
+  }
+}
+
+// int3 (one stop per call) is safe in a thread where SIGTRAP is neither pending (the open
+// SIGTRAP would deliver it to us instead of the trap) nor ignored (the forced trap would reset it
+// to SIG_DFL); elsewhere calls step by syscall-entry and -exit stops, which raise no signal.
+bool Remote::TrapSafe(pid_t tid) {
+  if (trap_unsafe_) return false;
+  auto it = trap_safe_.find(tid);
+  if (it != trap_safe_.end()) return it->second;
+  bool safe = false;
+  auto text = fs::ReadFile(StrFormat("/proc/%d/task/%d/status", pid_, tid));
+  if (text.ok()) {
+    const uint64_t bit = uint64_t{1} << (SIGTRAP - 1);
+    int seen = 0;
+    safe = true;
+    for (const auto& line : fs::Split(*text, '\n')) {
+      for (const char* f : {"SigPnd:", "ShdPnd:", "SigIgn:"}) {
+        if (line.rfind(f, 0) != 0) continue;
+        ++seen;
+        if (strtoull(line.c_str() + strlen(f), nullptr, 16) & bit) safe = false;
+      }
+    }
+    if (seen != 3) safe = false;
+  }
+  trap_safe_[tid] = safe;
+  return safe;
+}
+
 Result<long> Remote::RawSyscallIn(pid_t tid, long nr, const uint64_t args[6]) {
   if (!mapped_) return Err("remote %d: scratch area is gone", pid_);
-  return Inject(tid, nr, args, area_, true);
+  bool touches = TouchesSigtrap(nr, args);
+  bool int3 = !touches && TrapSafe(tid);
+  auto ret = Inject(tid, nr, args, area_, int3);
+  if (touches) trap_unsafe_ = true;
+  return ret;
 }
 
 Result<long> Remote::SyscallIn(pid_t tid, long nr, uint64_t a0, uint64_t a1, uint64_t a2,

@@ -8,7 +8,8 @@
 //
 // Bootstrap: the first call (an mmap of the scratch area) runs at a `syscall` instruction found in
 // the target's [vdso], stepping with PTRACE_SYSCALL (entry stop, exit stop). The scratch area then
-// holds `syscall; int3` so later calls need one stop only (the int3's SIGTRAP, suppressed). The
+// holds `syscall; int3` so later calls need one stop only (the int3's SIGTRAP, suppressed; where
+// SIGTRAP is pending or ignored, calls step by syscall stops instead: see TrapSafe). The
 // rest of the area is scratch memory for syscall arguments (paths, structs, iovecs).
 //
 // Usage (dump side, a tree frozen with Seize):
@@ -110,6 +111,7 @@ class Remote {
   Remote() = default;
   Result<long> Inject(pid_t tid, long nr, const uint64_t args[6], uint64_t insn, bool int3);
   Result<void> Unmap(bool restore_regs);
+  bool TrapSafe(pid_t tid);
 
   pid_t pid_ = 0, tid_ = 0;
   uint64_t area_ = 0;
@@ -118,6 +120,9 @@ class Remote {
   std::map<pid_t, user_regs_struct> saved_;
   UniqueFd mem_;
   uint64_t calls_ = 0;
+  // SIGTRAP state per thread (TrapSafe); trap_unsafe_: a call touched SIGTRAP, no more int3.
+  std::map<pid_t, bool> trap_safe_;
+  bool trap_unsafe_ = false;
 };
 
 }  // namespace godwit::remote

@@ -296,7 +296,7 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
     rec.set_has_layer(layer);
     laps.LapInto(&ph.layer_ms);
   }
-  if (!overlay) {
+  if (!overlay && leave_running) {  // the tree runs on after the engine: identify it frozen now
     ASSIGN_OR_RETURN(*rec.mutable_rootfs(), mnt::IdentifyRootfs(c.rootfs));
     laps.LapInto(&ph.rootfs_ms);
   }
@@ -336,6 +336,16 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
   };
   tree_asked = true;
   ASSIGN_OR_RETURN(res.tree, dump_tree(req));
+  // A rootfs the container writes into is identified once the tree is dumped and frozen again
+  // (killed or held next):
+  // the cgroup is thawed while the engine holds the tree (req.thaw), and a write that landed
+  // between an earlier identity and the engine's seize made the restore refuse the rootfs
+  // (issue 11: 2 of 3 tries with a container appending every millisecond).
+  if (!overlay && !leave_running) {
+    auto t_id = Clock::now();
+    ASSIGN_OR_RETURN(*rec.mutable_rootfs(), mnt::IdentifyRootfs(c.rootfs));
+    ph.rootfs_ms += Ms(t_id, Clock::now());
+  }
   auto t_tree = Clock::now();
   ph.tree_ms = timing::MsBetween(t_ns, t_tree);
   ph.seize_ms = res.tree.seize_ms;

@@ -201,6 +201,11 @@ Result<void> DumpFs(DumpContext& ctx, ProcessDump& p, img::ProcessState* ps) {
       fs->set_cwd_deleted(true);
       ASSIGN_OR_RETURN(uint32_t mode, DirMode(cwd_link));
       fs->set_cwd_mode(mode);
+      struct stat cst;
+      if (stat(cwd_link.c_str(), &cst) == 0) {
+        fs->set_cwd_dev(cst.st_dev);
+        fs->set_cwd_ino(cst.st_ino);
+      }
     } else if (cwd != "/") {
       return MakeError(ErrorKind::kUnsupported, 0, "pid %d: cwd %s inside a removed root %s",
                        p.pid, cwd.c_str(), root.c_str());
@@ -226,7 +231,10 @@ Result<void> DumpFs(DumpContext& ctx, ProcessDump& p, img::ProcessState* ps) {
   return Ok();
 }
 
-// personality, dumpable, child subreaper, THP disable, oom_score_adj: per-process flags.
+constexpr uint64_t kMembarrierGetRegistrations = 1 << 9;  // MEMBARRIER_CMD_GET_REGISTRATIONS
+
+// personality, dumpable, child subreaper, THP disable, oom_score_adj, loginuid, membarrier
+// registrations: per-process flags.
 Result<void> DumpProcFlags(DumpContext& ctx, ProcessDump& p, img::ProcessState* ps) {
   ASSIGN_OR_RETURN(std::string pers, fs::ReadFile(StrFormat("/proc/%d/personality", p.pid)));
   ps->set_personality(static_cast<uint32_t>(strtoul(fs::Trim(pers).c_str(), nullptr, 16)));
@@ -241,6 +249,15 @@ Result<void> DumpProcFlags(DumpContext& ctx, ProcessDump& p, img::ProcessState* 
   ps->set_thp_disable(static_cast<uint32_t>(thp));
   ASSIGN_OR_RETURN(std::string oom, fs::ReadFile(StrFormat("/proc/%d/oom_score_adj", p.pid)));
   ps->set_oom_score_adj(atoi(fs::Trim(oom).c_str()));
+  auto login = fs::ReadFile(StrFormat("/proc/%d/loginuid", p.pid));
+  if (login.ok()) {
+    ps->set_has_loginuid(true);
+    ps->set_loginuid(static_cast<uint32_t>(strtoul(fs::Trim(*login).c_str(), nullptr, 10)));
+  }
+  // Registrations are per mm; a kernel without GET_REGISTRATIONS (< 6.3) says EINVAL: none known.
+  uint64_t q[6] = {kMembarrierGetRegistrations, 0, 0, 0, 0, 0};
+  ASSIGN_OR_RETURN(long mb, r->RawSyscallIn(p.pid, SYS_membarrier, q));
+  if (mb > 0) ps->set_membarrier_registrations(static_cast<uint32_t>(mb));
   return Ok();
 }
 

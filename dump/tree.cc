@@ -3,6 +3,7 @@
 #include <linux/kcmp.h>
 #include <signal.h>
 #include <sys/ptrace.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <sys/user.h>
 #include <sys/syscall.h>
@@ -239,6 +240,22 @@ Result<std::vector<pid_t>> SeizeThreads(pid_t pid, std::set<pid_t>* seized_set, 
 
 }  // namespace
 
+namespace {
+// The cgroups of pid, when its cgroup namespace is ours (ProcessEntry.cgroups).
+Result<void> DumpCgroups(pid_t pid, img::ProcessEntry* e) {
+  struct stat mine, theirs;
+  if (stat("/proc/self/ns/cgroup", &mine) < 0 ||
+      stat(StrFormat("/proc/%d/ns/cgroup", pid).c_str(), &theirs) < 0 ||
+      mine.st_ino != theirs.st_ino)
+    return Ok();
+  std::string path = StrFormat("/proc/%d/cgroup", pid);
+  ASSIGN_OR_RETURN(std::string text, fs::ReadFile(path));
+  for (const auto& line : fs::Split(text, '\n'))
+    if (!line.empty()) e->add_cgroups(line);
+  return Ok();
+}
+}  // namespace
+
 Result<void> FreezeTree(pid_t root, FrozenTree* out) {
   std::set<pid_t> seized_set;
   std::deque<pid_t> queue{root};
@@ -285,6 +302,7 @@ Result<void> FreezeTree(pid_t root, FrozenTree* out) {
     for (pid_t t : tids) e.add_threads(t);
     if (auto ns = proc::ReadNsPids(pid, pid); ns.ok() && ns->size() > 1)
       for (pid_t n : *ns) e.add_ns_pids(n);
+    TRY(DumpCgroups(pid, &e));
     for (pid_t t : tids) {
       auto kids = proc::ListChildren(pid, t);
       if (!kids.ok()) return Vanished(pid);

@@ -3,7 +3,12 @@
 // FdRestoreContext, what their open functions share during Prepare (prepared fds by file id, the
 // dependency walk, per-kind state). Not the engine's dump::DumpContext / restore::RestoreContext.
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
+
+#include <cstdlib>
+
+#include "common/fs.h"
 
 #include "files/kind.h"
 
@@ -118,6 +123,23 @@ Result<int> FdRestoreContext::Ensure(uint64_t file_id) {
   prepared_[file_id] = parked;
   if (ops->finalize) finalize_fds_[file_id] = parked;  // kept past ClosePrepared
   return parked;
+}
+
+Result<bool> FdDumpContext::MountVisible(pid_t pid, int mnt_id) {
+  if (mnt_id < 0) return true;  // no mnt_id in fdinfo: nothing to tell
+  struct stat st;
+  std::string ns = StrFormat("/proc/%d/ns/mnt", pid);
+  if (stat(ns.c_str(), &st) < 0) return Errno("stat %s", ns.c_str());
+  auto it = mounts_.find(st.st_ino);
+  if (it == mounts_.end()) {
+    std::string path = StrFormat("/proc/%d/mountinfo", pid);
+    ASSIGN_OR_RETURN(std::string text, fs::ReadFile(path));
+    std::set<int> ids;
+    for (const auto& line : fs::Split(text, '\n'))
+      if (!line.empty()) ids.insert(atoi(line.c_str()));
+    it = mounts_.emplace(st.st_ino, std::move(ids)).first;
+  }
+  return it->second.count(mnt_id) > 0;
 }
 
 }  // namespace godwit::files

@@ -33,7 +33,10 @@ namespace godwit::files {
 class FdRestorerImpl : public FdRestorer {
  public:
   FdRestorerImpl(const RestoreOptions& opts) : opts_(opts) {}
-  ~FdRestorerImpl() override { CloseAll(); }
+  ~FdRestorerImpl() override {
+    CloseAll();
+    DropLockOfFailedRestore();
+  }
 
   Result<void> LoadImages(const images::ImageSet& images);
   Result<void> Prepare(int base_fd) override;
@@ -46,9 +49,33 @@ class FdRestorerImpl : public FdRestorer {
   int FileCount() const override { return static_cast<int>(ctx_ ? ctx_->entries_.size() : 0); }
   void KeepThroughInstall(std::vector<int> fds) override { keep_ = std::move(fds); }
   Result<void> LockNetwork(pid_t netns_pid) override;
+  int RemovedDirFd(pid_t pid, uint64_t dev, uint64_t ino) const override {
+    auto p = procs_.find(pid);
+    if (p == procs_.end() || !ctx_) return -1;
+    for (const auto& fe : p->second.fds()) {
+      const img::FileEntry* e = ctx_->Entry(fe.file_id());
+      if (e && e->kind() == img::FILE_KIND_REG && e->reg().deleted() && S_ISDIR(e->reg().mode()) &&
+          e->reg().dev() == dev && e->reg().ino() == ino)
+        return fe.fd();
+    }
+    return -1;
+  }
 
  private:
   Result<UniqueFd> TakeFromTree(uint64_t file_id);
+
+  // A restore that failed before Finalize: its tree is gone (TreeFork killed it before we go),
+  // so nothing will ever unlock the dump's lock, which would drop the connections' packets
+  // forever (issue 11: 36 godwit_lock_* tables after one run of CRIU's suite). Released here,
+  // in our namespace and where LockNetwork locked, unless the caller unlocks (keep_netlock).
+  void DropLockOfFailedRestore() {
+    if (!netlock_ || finalized_ || opts_.keep_netlock) return;
+    (void)netlock_->Adopt(-1);
+    auto r = netlock_->Unlock();
+    if (!r.ok())
+      LOG_WARN("failed restore: network lock %s not released: %s", netlock_->name().c_str(),
+               r.error().to_string().c_str());
+  }
 
   void CloseAll() {
     if (!ctx_) return;
@@ -64,6 +91,7 @@ class FdRestorerImpl : public FdRestorer {
   std::map<pid_t, pid_t> host_pids_;  // dumped pid -> host pid, where they differ
   int max_fd_ = 2;
   bool closed_ = false;
+  bool finalized_ = false;  // Finalize ran (it releases the lock itself)
   std::vector<int> keep_;  // the engine's fds, left open by Install
 };
 
@@ -136,6 +164,17 @@ Result<void> FdRestorerImpl::LoadImages(const images::ImageSet& images) {
       for (const auto& fe : p->second.fds())
         if (fe.file_id() == id) ctx_->flocks_in_install.insert(id);
     }
+  // Host files (on a mount outside the tree's mount namespace): opened here, in the restorer's
+  // namespace, before a container's root task prepares the rest inside the container's.
+  for (const auto& [id, e] : ctx_->entries_) {
+    if (e.kind() != img::FILE_KIND_REG || !e.reg().host_file()) continue;
+    int flags = (e.flags() & ~(O_CREAT | O_TRUNC | O_EXCL | O_CLOEXEC)) | O_CLOEXEC;
+    UniqueFd fd(open(e.reg().path().c_str(), flags));
+    if (!fd)
+      return Errno("open host file %s flags %#o (the tree held it from outside its mount "
+                   "namespace)", e.reg().path().c_str(), e.flags());
+    ctx_->host_files[id] = std::move(fd);
+  }
   if (images.Has("files-netlock.img")) {
     img::NetLock nl;
     TRY(images.ReadOne("files-netlock.img", &nl));
@@ -249,12 +288,15 @@ Result<void> FdRestorerImpl::Install(pid_t old_pid) {
   }
   // 7. A session leader's controlling pty (we are past setsid here).
   if (pf.ctty_pty()) TRY(SetCtty(*ctx_, pf, old_pid));
+  // 8. /dev/tty, which opens the controlling terminal just set.
+  TRY(OpenDevTtys(*ctx_, pf, old_pid));
   return Ok();
 }
 
 void FdRestorerImpl::ClosePrepared() {
   if (closed_ || !ctx_) return;
   closed_ = true;
+  ctx_->host_files.clear();
   for (const auto& [id, fd] : ctx_->prepared_) {
     if (!ctx_->finalize_fds_.count(id)) close(fd);
   }
@@ -290,12 +332,17 @@ Result<UniqueFd> FdRestorerImpl::TakeFromTree(uint64_t file_id) {
 }
 
 Result<void> FdRestorerImpl::Finalize() {
+  finalized_ = true;
   ClosePrepared();
   // Unix socket files unlinked before the dump that had to stay until now (listeners), and the
   // directories made for them; only what this coordinator prepared (its paths).
   for (const auto& [id, e] : ctx_->entries_)
     if (e.kind() == img::FILE_KIND_UNIX && ctx_->prepared_.count(id))
       TRY(FinalizeUnix(*ctx_, e, -1));
+  // Link remaps (an unlinked name of a file with other links): opened by now.
+  for (const auto& [id, e] : ctx_->entries_)
+    if (e.kind() == img::FILE_KIND_REG && !e.reg().link_remap().empty())
+      unlink(e.reg().link_remap().c_str());
   // Prepared by a container's root task, not here: take them from the restored tree.
   for (const auto& [id, e] : ctx_->entries_) {
     if (!FindKind(e.kind())->finalize || ctx_->finalize_fds_.count(id)) continue;

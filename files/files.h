@@ -125,6 +125,10 @@ class FdRestorer {
   // the dump made, so Finalize removes it there once the sockets are live): a peer's
   // retransmission arriving before the restore would otherwise get a RST.
   virtual Result<void> LockNetwork(pid_t netns_pid = 0) = 0;
+  // The fd number at which dumped process `pid` holds a removed directory with inode dev:ino
+  // (restored as a removed directory too), or -1: a removed cwd that is also open (zdtm cwd02)
+  // is entered through it, so cwd and fd stay one directory.
+  virtual int RemovedDirFd(pid_t pid, uint64_t dev, uint64_t ino) const = 0;
 };
 
 }  // namespace godwit::files

@@ -69,6 +69,9 @@ struct UnixDiag {
 using UnixDiagMap = std::map<uint64_t, UnixDiag>;
 // Every unix socket of the net namespace nlsock lives in.
 Result<UnixDiagMap> DumpUnixDiag(int nlsock);
+// sk_shutdown (1 RCV_SHUTDOWN, 2 SEND_SHUTDOWN) of the inet socket with inode ino in pid's net
+// namespace, from NETLINK_SOCK_DIAG (nothing else tells it for a datagram socket).
+Result<int> InetShutdown(pid_t pid, int family, int protocol, uint64_t ino);
 // A socket created in the net namespace of pid (a thread enters it: setns is per thread).
 Result<UniqueFd> SocketInNetns(pid_t pid, int domain, int type, int protocol);
 
@@ -96,6 +99,10 @@ class FdDumpContext {
   // The unix sockets of pid's net namespace (one sock_diag dump per namespace: the tree is
   // frozen, nothing changes).
   Result<const UnixDiagMap*> UnixSockets(pid_t pid);
+  // Whether mount mnt_id is in pid's mount namespace (/proc/PID/mountinfo, read once per
+  // namespace). A file on a mount that is not (a host file a container was started with, e.g. its
+  // stdout redirected) cannot be opened again by its path where that tree is restored.
+  Result<bool> MountVisible(pid_t pid, int mnt_id);
   // External keys the user allowed (DumpOptions::external, "fd:KEY" or "KEY").
   bool ExternalAllowed(const std::string& key) const;
   // Locks every TCP connection of pid (netlock.h: one lock per dump, in pid's net namespace, on
@@ -119,6 +126,7 @@ class FdDumpContext {
   std::vector<std::function<void()>> undo_;
   std::vector<UniqueFd> kept_;
   std::map<uint64_t, UnixDiagMap> unix_diag_;  // netns inode -> sockets
+  std::map<uint64_t, std::set<int>> mounts_;    // mntns inode -> mount ids
 };
 
 class FdRestoreContext {
@@ -158,6 +166,13 @@ class FdRestoreContext {
   std::set<uint64_t> flocks_in_install;
   // The processes of the restored tree (those with an fd image).
   std::set<pid_t> tree_pids;
+  // Host files (RegFile.host_file), opened by the restorer in its own mount namespace when the
+  // images are loaded: file id -> fd; -1 if none.
+  std::map<uint64_t, UniqueFd> host_files;
+  int HostFile(uint64_t id) const {
+    auto it = host_files.find(id);
+    return it == host_files.end() ? -1 : it->second.get();
+  }
   // The fds of the process Install runs for (null outside Install).
   const img::ProcessFds* installing = nullptr;
   // Whether that process has an fd on file_id.
@@ -228,6 +243,7 @@ GODWIT_KIND_DECL(Epoll)
 GODWIT_KIND_DECL(Signalfd)
 GODWIT_KIND_DECL(Timerfd)
 GODWIT_KIND_DECL(Inotify)
+GODWIT_KIND_DECL(Fanotify)
 GODWIT_KIND_DECL(Memfd)
 GODWIT_KIND_DECL(Tty)
 GODWIT_KIND_DECL(External)
@@ -252,6 +268,8 @@ Result<void> FinalizeInet(FdRestoreContext& ctx, const img::FileEntry& e, int fd
 Result<void> FinalizeUnix(FdRestoreContext& ctx, const img::FileEntry& e, int fd);
 // Install: a session leader's controlling pty (ProcessFds.ctty_pty), in the restored process.
 Result<void> SetCtty(FdRestoreContext& ctx, const img::ProcessFds& pf, pid_t old_pid);
+// Opens /dev/tty again on each fd of the process that held it (after SetCtty).
+Result<void> OpenDevTtys(FdRestoreContext& ctx, const img::ProcessFds& pf, pid_t old_pid);
 
 // Locks (locks.cc): flock/OFD belong to the description, POSIX locks to the process.
 std::vector<img::FileLock> ParseLocks(const FdInfo& info);

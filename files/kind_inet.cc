@@ -200,6 +200,9 @@ Result<void> DumpInet(FdDumpContext& ctx, const Probe& p, img::FileEntry& e) {
   sk->set_tos(GetInt(fd, v6 ? SOL_IPV6 : SOL_IP, v6 ? IPV6_TCLASS : IP_TOS));
   sk->set_ttl(GetInt(fd, v6 ? SOL_IPV6 : SOL_IP, v6 ? IPV6_UNICAST_HOPS : IP_TTL));
   if (v6) sk->set_v6only(GetInt(fd, SOL_IPV6, IPV6_V6ONLY));
+  sk->set_freebind(GetInt(fd, v6 ? SOL_IPV6 : SOL_IP, v6 ? IPV6_FREEBIND : IP_FREEBIND) != 0);
+  sk->set_transparent(GetInt(fd, v6 ? SOL_IPV6 : SOL_IP, v6 ? IPV6_TRANSPARENT : IP_TRANSPARENT) !=
+                      0);
   if (sk->type() == SOCK_RAW || sk->protocol() == IPPROTO_ICMP ||
       sk->protocol() == IPPROTO_ICMPV6) {
     TRY(DumpRawOpts(fd, sk));
@@ -222,6 +225,10 @@ Result<void> DumpInet(FdDumpContext& ctx, const Probe& p, img::FileEntry& e) {
       return MakeError(ErrorKind::kUnsupported, 0, "corked UDP socket %s -> %s holds %d bytes "
                        "(UDP_CORK)", AddrStr(sk->src()).c_str(), AddrStr(sk->dst()).c_str(), held);
     sk->set_state(sk->dst().empty() ? TCP_CLOSE : TCP_ESTABLISHED);
+    // shutdown() of a datagram socket (zdtm socket_udp_shutdown): a write-shut one must keep
+    // failing with EPIPE, a read-shut one keep reading EOF.
+    ASSIGN_OR_RETURN(int how, InetShutdown(p.pid, sk->family(), sk->protocol(), p.st.st_ino));
+    sk->set_shutdown(static_cast<uint32_t>(how));
     return PeekQueue(ctx, fd, false, sk->mutable_queue());
   }
   struct tcp_info ti {};
@@ -262,6 +269,12 @@ Result<void> CommonOpts(int fd, const img::InetSocket& sk) {
   if (v6 && GetInt(fd, SOL_IPV6, IPV6_V6ONLY) != static_cast<int>(sk.v6only()))
     TRY(SetInt(fd, SOL_IPV6, IPV6_V6ONLY, sk.v6only(), "IPV6_V6ONLY"));
   if (sk.tos()) TRY(SetInt(fd, v6 ? SOL_IPV6 : SOL_IP, v6 ? IPV6_TCLASS : IP_TOS, sk.tos(), "TOS"));
+  // Before the bind, which needs them for an address this host does not have (zdtm sk-freebind).
+  if (sk.freebind())
+    TRY(SetInt(fd, v6 ? SOL_IPV6 : SOL_IP, v6 ? IPV6_FREEBIND : IP_FREEBIND, 1, "FREEBIND"));
+  if (sk.transparent())
+    TRY(SetInt(fd, v6 ? SOL_IPV6 : SOL_IP, v6 ? IPV6_TRANSPARENT : IP_TRANSPARENT, 1,
+               "TRANSPARENT"));
   if (sk.type() == SOCK_STREAM) {
     if (sk.nodelay()) TRY(SetInt(fd, SOL_TCP, TCP_NODELAY, 1, "TCP_NODELAY"));
     if (sk.keepidle()) TRY(SetInt(fd, SOL_TCP, TCP_KEEPIDLE, sk.keepidle(), "TCP_KEEPIDLE"));
@@ -417,6 +430,11 @@ Result<UniqueFd> OpenInet(FdRestoreContext& ctx, const img::FileEntry& e) {
   if (!sk.dst().empty() &&
       connect(s.get(), reinterpret_cast<const sockaddr*>(sk.dst().data()), sk.dst().size()) < 0)
     return Errno("connect UDP %s", AddrStr(sk.dst()).c_str());
+  // After the queue went back (a read-shut socket still holds what it had). On an unconnected
+  // datagram socket the kernel records the shutdown and says ENOTCONN.
+  for (auto [bit, how] : {std::pair{1u, SHUT_RD}, std::pair{2u, SHUT_WR}})
+    if ((sk.shutdown() & bit) && shutdown(s.get(), how) < 0 && errno != ENOTCONN)
+      return Errno("shutdown %d of UDP %s", how, AddrStr(sk.src()).c_str());
   return s;
 }
 

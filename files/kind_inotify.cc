@@ -3,7 +3,11 @@
 // watches again in wd order; the kernel hands out wds cyclically, so a watch that got a lower
 // wd than recorded is removed and added again until it lands on its number. Events that were
 // queued but not read are not restored (the queue is drained of the IN_IGNORED this causes).
+// fanotify (same file): the group's init flags and every mark from fdinfo (an inode by its file
+// handle, a mount by its id, a filesystem by its device), marked again at restore; queued
+// events and pending permission requests are not kept.
 #include <fcntl.h>
+#include <sys/fanotify.h>
 #include <sys/inotify.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -60,7 +64,104 @@ Result<std::string> PathFromHandle(pid_t pid, unsigned long sdev, int type, cons
     return MakeError(ErrorKind::kUnsupported, 0, "inotify watch on deleted %s", path.c_str());
   return path;
 }
+// The mount point (as the process sees it) of mount id mnt_id in pid's mount namespace.
+Result<std::string> MountPointOf(pid_t pid, int mnt_id) {
+  ASSIGN_OR_RETURN(std::string mi, fs::ReadFile(StrFormat("/proc/%d/mountinfo", pid)));
+  for (const std::string& line : fs::Split(mi, '\n')) {
+    int id;
+    char root[4096], mp[4096];
+    if (sscanf(line.c_str(), "%d %*d %*u:%*u %4095s %4095s", &id, root, mp) == 3 && id == mnt_id)
+      return std::string(mp);
+  }
+  return MakeError(ErrorKind::kNotFound, 0, "no mount %d in pid %d", mnt_id, pid);
+}
 }  // namespace
+
+Result<void> DumpFanotify(FdDumpContext& ctx, const Probe& p, img::FileEntry& e) {
+  img::FanotifyFile* f = e.mutable_fanotify();
+  // "fanotify flags:10 event-flags:0"; the fdinfo parser splits at the first ':'.
+  unsigned flags = 0, ev = 0;
+  std::string head = "flags:" + p.info.Get("fanotify flags");
+  if (sscanf(head.c_str(), "flags:%x event-flags:%x", &flags, &ev) != 2)
+    return MakeError(ErrorKind::kUnsupported, 0, "fanotify: cannot parse 'fanotify %s'",
+                     head.c_str());
+  f->set_flags(flags);
+  f->set_event_flags(ev);
+  for (const std::string& rest : p.info.All("fanotify ino")) {
+    std::string v = "ino:" + rest;
+    unsigned long ino, sdev;
+    unsigned mflags, mask, ign, bytes;
+    int type;
+    char hex[300];
+    if (sscanf(v.c_str(), "ino:%lx sdev:%lx mflags:%x mask:%x ignored_mask:%x fhandle-bytes:%x "
+               "fhandle-type:%x f_handle:%299s",
+               &ino, &sdev, &mflags, &mask, &ign, &bytes, &type, hex) != 8)
+      return MakeError(ErrorKind::kUnsupported, 0, "fanotify: cannot parse 'fanotify %s'",
+                       v.c_str());
+    img::FanotifyMark* m = f->add_marks();
+    m->set_type(img::FanotifyMark::INODE);
+    m->set_mflags(mflags);
+    m->set_mask(mask);
+    m->set_ignored_mask(ign);
+    ASSIGN_OR_RETURN(std::string path, PathFromHandle(p.pid, sdev, type, hex));
+    m->set_path(path);
+  }
+  for (const std::string& rest : p.info.All("fanotify mnt_id")) {
+    std::string v = "mnt_id:" + rest;
+    unsigned id, mflags, mask, ign;
+    if (sscanf(v.c_str(), "mnt_id:%x mflags:%x mask:%x ignored_mask:%x", &id, &mflags, &mask,
+               &ign) != 4)
+      return MakeError(ErrorKind::kUnsupported, 0, "fanotify: cannot parse 'fanotify %s'",
+                       v.c_str());
+    img::FanotifyMark* m = f->add_marks();
+    m->set_type(img::FanotifyMark::MOUNT);
+    m->set_mflags(mflags);
+    m->set_mask(mask);
+    m->set_ignored_mask(ign);
+    ASSIGN_OR_RETURN(std::string path, MountPointOf(p.pid, static_cast<int>(id)));
+    m->set_path(path);
+  }
+  for (const std::string& rest : p.info.All("fanotify sdev")) {
+    std::string v = "sdev:" + rest;
+    unsigned long sdev;
+    unsigned mflags, mask, ign;
+    if (sscanf(v.c_str(), "sdev:%lx mflags:%x mask:%x ignored_mask:%x", &sdev, &mflags, &mask,
+               &ign) != 4)
+      return MakeError(ErrorKind::kUnsupported, 0, "fanotify: cannot parse 'fanotify %s'",
+                       v.c_str());
+    img::FanotifyMark* m = f->add_marks();
+    m->set_type(img::FanotifyMark::FILESYSTEM);
+    m->set_mflags(mflags);
+    m->set_mask(mask);
+    m->set_ignored_mask(ign);
+    ASSIGN_OR_RETURN(std::string path, MountOf(p.pid, sdev));
+    m->set_path(path);
+  }
+  return Ok();
+}
+
+Result<UniqueFd> OpenFanotify(FdRestoreContext& ctx, const img::FileEntry& e) {
+  const img::FanotifyFile& f = e.fanotify();
+  // The group keeps its init flags, FAN_CLOEXEC included (fdinfo shows them): the same ones, and
+  // our copy made close-on-exec apart (the fd's own flag is set by Install).
+  UniqueFd fd(fanotify_init(f.flags(), f.event_flags()));
+  if (!fd) return Errno("fanotify_init flags %#x event flags %#x", f.flags(), f.event_flags());
+  fcntl(fd.get(), F_SETFD, FD_CLOEXEC);
+  for (const auto& m : f.marks()) {
+    unsigned base = FAN_MARK_ADD | (m.type() == img::FanotifyMark::MOUNT        ? FAN_MARK_MOUNT
+                                    : m.type() == img::FanotifyMark::FILESYSTEM ? FAN_MARK_FILESYSTEM
+                                                                                : 0);
+    if (m.mask() && fanotify_mark(fd.get(), base, m.mask(), AT_FDCWD, m.path().c_str()) < 0)
+      return Errno("fanotify_mark %s mask %#llx", m.path().c_str(),
+                   static_cast<unsigned long long>(m.mask()));
+    unsigned ign = base | FAN_MARK_IGNORED_MASK | (m.mflags() & FAN_MARK_IGNORED_SURV_MODIFY);
+    if (m.ignored_mask() &&
+        fanotify_mark(fd.get(), ign, m.ignored_mask(), AT_FDCWD, m.path().c_str()) < 0)
+      return Errno("fanotify_mark %s ignored mask %#llx", m.path().c_str(),
+                   static_cast<unsigned long long>(m.ignored_mask()));
+  }
+  return fd;
+}
 
 Result<void> DumpInotify(FdDumpContext& ctx, const Probe& p, img::FileEntry& e) {
   img::InotifyFile* in = e.mutable_inotify();

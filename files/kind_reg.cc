@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <sys/eventfd.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -66,15 +67,71 @@ std::vector<std::pair<uint64_t, uint64_t>> Extents(int fd, uint64_t size) {
 }
 }  // namespace
 
+// The open name of a file was unlinked, but the inode lives on under other names: a hard link to
+// it beside its old name keeps it reachable by a path (the same inode for restore, not a copy).
+// Only where the holder sees the dumper's paths (its mount namespace is ours). Removed again
+// when the tree keeps running; otherwise by the restore's Finalize.
+static Result<std::string> LinkRemap(FdDumpContext& ctx, const Probe& p, const std::string& path) {
+  struct stat mine, theirs;
+  if (stat("/proc/self/ns/mnt", &mine) < 0 ||
+      stat(StrFormat("/proc/%d/ns/mnt", p.pid).c_str(), &theirs) < 0 ||
+      mine.st_ino != theirs.st_ino)
+    return MakeError(ErrorKind::kUnsupported, 0,
+                     "pid %d fd %d: %s was unlinked but has other links, in another mount "
+                     "namespace: cannot be linked again",
+                     p.pid, p.fd, path.c_str());
+  std::string dir = path.substr(0, path.rfind('/'));
+  std::string src = StrFormat("/proc/%d/fd/%d", p.pid, p.fd);
+  for (int i = 0; i < 1000; i++) {
+    std::string name = StrFormat("%s/.godwit-link-remap.%llu.%d", dir.c_str(),
+                                 static_cast<unsigned long long>(p.st.st_ino), i);
+    if (linkat(AT_FDCWD, src.c_str(), AT_FDCWD, name.c_str(), AT_SYMLINK_FOLLOW) == 0) {
+      ctx.OnResume([name] { unlink(name.c_str()); });
+      return name;
+    }
+    if (errno != EEXIST)
+      return Errno("pid %d fd %d: link the unlinked %s (other links remain) as %s", p.pid, p.fd,
+                   path.c_str(), name.c_str());
+    struct stat there;  // a remap of the same inode (a second description): share it
+    if (stat(name.c_str(), &there) == 0 && there.st_ino == p.st.st_ino &&
+        there.st_dev == p.st.st_dev)
+      return name;
+  }
+  return MakeError(ErrorKind::kExists, EEXIST, "pid %d fd %d: no free link remap name for %s",
+                   p.pid, p.fd, path.c_str());
+}
+
 Result<void> DumpReg(FdDumpContext& ctx, const Probe& p, img::FileEntry& e) {
   img::RegFile* r = e.mutable_reg();
   std::string path = p.link;
+  // A file on a mount outside the process's mount namespace (issue 11: a container's stdout
+  // redirected to a host file): the restore inside the container could not open its path, and a
+  // kill-mode checkpoint would lose the workload. Reopened by path (flags, position) by the
+  // restorer in its own namespace (FdRestorer::Load); it must be reachable from ours now.
+  ASSIGN_OR_RETURN(bool visible, ctx.MountVisible(p.pid, p.info.mnt_id));
+  if (!visible && !(p.st.st_nlink == 0 && EndsWith(path, kDeleted))) {
+    struct stat here;
+    if (stat(path.c_str(), &here) < 0 || here.st_ino != p.st.st_ino || here.st_dev != p.st.st_dev)
+      return MakeError(ErrorKind::kUnsupported, 0,
+                       "pid %d fd %d: %s is on a mount outside the process's mount namespace and "
+                       "not the same file at that path here: a restore could not open it again",
+                       p.pid, p.fd, path.c_str());
+    r->set_host_file(true);
+  }
+  if (p.st.st_nlink > 0 && S_ISREG(p.st.st_mode) && EndsWith(path, kDeleted) &&
+      !(e.flags() & O_PATH)) {
+    path.resize(path.size() - strlen(kDeleted));
+    ASSIGN_OR_RETURN(std::string remap, LinkRemap(ctx, p, path));
+    r->set_link_remap(remap);
+  }
   if (p.st.st_nlink == 0 && EndsWith(path, kDeleted)) {
     path.resize(path.size() - strlen(kDeleted));
     r->set_deleted(true);
-    if (!S_ISREG(p.st.st_mode))
-      return MakeError(ErrorKind::kUnsupported, 0, "pid %d fd %d: deleted directory %s", p.pid,
-                       p.fd, path.c_str());
+    if (!S_ISREG(p.st.st_mode) && !S_ISDIR(p.st.st_mode))
+      return MakeError(ErrorKind::kUnsupported, 0, "pid %d fd %d: deleted file %s of mode %o",
+                       p.pid, p.fd, path.c_str(), p.st.st_mode);
+  }
+  if (r->deleted() && S_ISREG(p.st.st_mode)) {
     // Our copy shares the position with the process: pread leaves it alone. An O_WRONLY
     // description cannot be read: go through /proc/PID/fd, which opens the inode afresh (and
     // has its own position for SEEK_DATA/SEEK_HOLE).
@@ -177,6 +234,54 @@ static Result<UniqueFd> OpenGhost(FdRestoreContext& ctx, const img::FileEntry& e
   return out;
 }
 
+// A directory removed while open (zdtm rmdir_open, cwd02): an empty directory made again at its
+// path (or beside it when the name is taken; missing parents made too), opened with the
+// description's flags and removed again with what was made for it.
+static Result<UniqueFd> OpenRemovedDir(const img::FileEntry& e) {
+  const img::RegFile& r = e.reg();
+  std::vector<std::string> made;
+  auto remove_made = [&] {
+    for (auto it = made.rbegin(); it != made.rend(); ++it) rmdir(it->c_str());
+  };
+  std::string parent = r.path().substr(0, r.path().rfind('/'));
+  std::vector<std::string> missing;
+  for (std::string d = parent; !d.empty() && access(d.c_str(), F_OK) < 0;
+       d = d.substr(0, d.rfind('/')))
+    missing.push_back(d);
+  for (auto it = missing.rbegin(); it != missing.rend(); ++it) {
+    if (mkdir(it->c_str(), 0700) < 0) {
+      remove_made();
+      return Errno("mkdir %s (parent of the removed directory %s)", it->c_str(),
+                   r.path().c_str());
+    }
+    made.push_back(*it);
+  }
+  for (int i = 0; i < 1000; i++) {
+    std::string p = i == 0 ? r.path() : StrFormat("%s.godwit-ghost.%d", r.path().c_str(), i);
+    if (mkdir(p.c_str(), r.mode() & 07777) < 0) {
+      if (errno == EEXIST) continue;
+      int err = errno;
+      remove_made();
+      errno = err;
+      return Errno("mkdir the removed directory %s", p.c_str());
+    }
+    (void)!chown(p.c_str(), r.uid(), r.gid());
+    (void)!chmod(p.c_str(), r.mode() & 07777);
+    UniqueFd fd(open(p.c_str(), OpenFlags(e.flags()) | O_DIRECTORY));
+    int err = errno;
+    rmdir(p.c_str());
+    remove_made();
+    if (!fd) {
+      errno = err;
+      return Errno("open the removed directory %s", p.c_str());
+    }
+    return fd;
+  }
+  remove_made();
+  return MakeError(ErrorKind::kExists, EEXIST, "%s: no free name for the removed directory",
+                   r.path().c_str());
+}
+
 Result<UniqueFd> OpenReg(FdRestoreContext& ctx, const img::FileEntry& e) {
   const img::RegFile& r = e.reg();
   if (r.proc_pid() > 0 && ctx.tree_pids.count(r.proc_pid())) {
@@ -187,8 +292,22 @@ Result<UniqueFd> OpenReg(FdRestoreContext& ctx, const img::FileEntry& e) {
     return ph;
   }
   UniqueFd fd;
-  if (r.deleted()) {
+  if (r.host_file()) {
+    int pre = ctx.HostFile(e.id());
+    if (pre < 0)
+      return MakeError(ErrorKind::kNotFound, ENOENT, "host file %s was not opened",
+                       r.path().c_str());
+    fd.reset(fcntl(pre, F_DUPFD_CLOEXEC, 0));
+    if (!fd) return Errno("dup host file %s", r.path().c_str());
+  } else if (r.deleted() && S_ISDIR(r.mode())) {
+    ASSIGN_OR_RETURN(fd, OpenRemovedDir(e));
+  } else if (r.deleted()) {
     ASSIGN_OR_RETURN(fd, OpenGhost(ctx, e));
+  } else if (!r.link_remap().empty()) {
+    fd.reset(open(r.link_remap().c_str(), OpenFlags(e.flags())));
+    if (!fd)
+      return Errno("open %s (link to the unlinked %s) flags %#o", r.link_remap().c_str(),
+                   r.path().c_str(), e.flags());
   } else {
     fd.reset(open(r.path().c_str(), OpenFlags(e.flags())));
     if (!fd) return Errno("open %s flags %#o", r.path().c_str(), e.flags());
@@ -240,14 +359,59 @@ Result<void> DumpChr(FdDumpContext& ctx, const Probe& p, img::FileEntry& e) {
     return MakeError(ErrorKind::kUnsupported, 0, "pid %d fd %d: character device without a path: %s",
                      p.pid, p.fd, p.link.c_str());
   r->set_path(p.link);
+  // A device node unlinked while open (zdtm deleted_dev): made again by mknod, opened and
+  // unlinked at restore.
+  if (p.st.st_nlink == 0 && EndsWith(p.link, kDeleted)) {
+    r->set_path(p.link.substr(0, p.link.size() - strlen(kDeleted)));
+    r->set_deleted(true);
+  }
   r->set_mode(p.st.st_mode);
   r->set_rdev(p.st.st_rdev);
+  r->set_uid(p.st.st_uid);
+  r->set_gid(p.st.st_gid);
   return Ok();
+}
+
+// The node of a deleted device, at its path or beside it when the name is taken again.
+static Result<UniqueFd> OpenDeletedDevice(const img::FileEntry& e) {
+  const img::RegFile& r = e.reg();
+  for (int i = 0; i < 1000; i++) {
+    std::string p = i == 0 ? r.path() : StrFormat("%s.godwit-ghost.%d", r.path().c_str(), i);
+    if (mknod(p.c_str(), (r.mode() & S_IFMT) | (r.mode() & 07777), r.rdev()) < 0) {
+      if (errno == EEXIST) continue;
+      return Errno("mknod the deleted device %s (%u:%u)", p.c_str(), major(r.rdev()),
+                   minor(r.rdev()));
+    }
+    (void)!chown(p.c_str(), r.uid(), r.gid());
+    (void)!chmod(p.c_str(), r.mode() & 07777);
+    UniqueFd fd(open(p.c_str(), OpenFlags(e.flags()) | O_NOCTTY));
+    int err = errno;
+    unlink(p.c_str());
+    if (!fd) {
+      errno = err;
+      return Errno("open the deleted device %s", p.c_str());
+    }
+    return fd;
+  }
+  return MakeError(ErrorKind::kExists, EEXIST, "%s: no free name for the deleted device",
+                   r.path().c_str());
 }
 
 Result<UniqueFd> OpenChr(FdRestoreContext& ctx, const img::FileEntry& e) {
   const img::RegFile& r = e.reg();
-  UniqueFd fd(open(r.path().c_str(), OpenFlags(e.flags()) | O_NOCTTY));
+  UniqueFd fd;
+  if (r.rdev() == makedev(5, 0)) {
+    // /dev/tty is the opener's controlling terminal: the holder opens it in its Install, once
+    // its own is set (OpenDevTtys); a placeholder sits on the prepared number until then.
+    fd.reset(eventfd(0, EFD_CLOEXEC));
+    if (!fd) return Errno("eventfd (placeholder for /dev/tty)");
+    return fd;
+  }
+  if (r.deleted()) {
+    ASSIGN_OR_RETURN(fd, OpenDeletedDevice(e));
+  } else {
+    fd.reset(open(r.path().c_str(), OpenFlags(e.flags()) | O_NOCTTY));
+  }
   if (!fd) return Errno("open %s", r.path().c_str());
   struct stat st;
   if (fstat(fd.get(), &st) == 0 && st.st_rdev != r.rdev())
@@ -255,6 +419,20 @@ Result<UniqueFd> OpenChr(FdRestoreContext& ctx, const img::FileEntry& e) {
                      static_cast<unsigned long>(st.st_rdev), r.rdev());
   if (e.pos()) lseek(fd.get(), static_cast<off_t>(e.pos()), SEEK_SET);
   return fd;
+}
+
+Result<void> OpenDevTtys(FdRestoreContext& ctx, const img::ProcessFds& pf, pid_t old_pid) {
+  for (const auto& fe : pf.fds()) {
+    const img::FileEntry* e = ctx.Entry(fe.file_id());
+    if (!e || e->kind() != img::FILE_KIND_CHR || e->reg().rdev() != makedev(5, 0)) continue;
+    UniqueFd t(open("/dev/tty", OpenFlags(e->flags()) | O_NOCTTY));
+    if (!t)
+      return Errno("pid %d fd %d: /dev/tty (only a session leader's controlling terminal is "
+                   "restored)", old_pid, fe.fd());
+    if (dup3(t.get(), fe.fd(), fe.cloexec() ? O_CLOEXEC : 0) < 0)
+      return Errno("pid %d: dup3 /dev/tty -> %d", old_pid, fe.fd());
+  }
+  return Ok();
 }
 
 }  // namespace godwit::files

@@ -126,8 +126,24 @@ Result<void> DumpTty(FdDumpContext& ctx, const Probe& p, img::FileEntry& e) {
   } else {
     index = minor(p.st.st_rdev) + (maj - 136) * 256;
     t->set_path(p.link);
+    // devpts removes a slave's node once its master is closed: the terminal is hung up, and a
+    // new pair cannot be hung up after the restore made it the controlling terminal (zdtm pty04).
+    const std::string gone = " (deleted)";
+    if (p.link.size() > gone.size() &&
+        p.link.compare(p.link.size() - gone.size(), gone.size(), gone) == 0)
+      return MakeError(ErrorKind::kUnsupported, 0,
+                       "pid %d fd %d: pty slave %s whose master was closed (hung up)", p.pid, p.fd,
+                       p.link.c_str());
   }
   t->set_pty_index(index);
+  struct stat ss {};
+  if (stat(StrFormat("/proc/%d/root/dev/pts/%d", p.pid, index).c_str(), &ss) == 0 &&
+      ss.st_rdev == makedev(136 + index / 256, index % 256)) {
+    t->set_has_slave_stat(true);
+    t->set_slave_uid(ss.st_uid);
+    t->set_slave_gid(ss.st_gid);
+    t->set_slave_mode(ss.st_mode & 07777);
+  }
   if (!master && ctx.ptys_with_data.insert(index).second) TRY(DumpTtyInput(ctx, p, t));
   struct termios tio {};
   if (tcgetattr(p.local, &tio) == 0) {
@@ -241,6 +257,11 @@ Result<UniqueFd> OpenTty(FdRestoreContext& ctx, const img::FileEntry& e) {
     if (ioctl(m.get(), TIOCSPTLCK, &unlock) < 0) return Errno("TIOCSPTLCK");
     UniqueFd s(ioctl(m.get(), TIOCGPTPEER, O_RDWR | O_NOCTTY | O_CLOEXEC));
     if (!s) return Errno("TIOCGPTPEER");
+    // In a user namespace the dumped ids may not map: then the kernel's are kept, with a warning.
+    if (t.has_slave_stat() && (fchown(s.get(), t.slave_uid(), t.slave_gid()) < 0 ||
+                               fchmod(s.get(), t.slave_mode()) < 0))
+      LOG_WARN("pty %d: slave owner %u:%u mode %o not restored: %s", t.pty_index(),
+               t.slave_uid(), t.slave_gid(), t.slave_mode(), strerror(errno));
     // Settings of the slave side (termios belongs to the tty, either end sets it).
     for (const auto& [id, x] : ctx.entries())
       if (x.kind() == img::FILE_KIND_TTY && x.tty().pty_index() == t.pty_index())

@@ -293,7 +293,9 @@ Result<void> DumpUnix(FdDumpContext& ctx, const Probe& p, img::FileEntry& e) {
                        static_cast<unsigned long long>(d.peer));
   }
   bool pair = d.peer && all->count(d.peer) && all->at(d.peer).peer == d.ino;
-  if (!u->queue().empty() && d.name.empty() && !pair && !(d.peer == 0 && d.type != SOCK_DGRAM))
+  // Without a peer (it closed: socket_close_data) the queue is resent through a pair whose other
+  // end then closes (OpenUnix), datagram sockets included.
+  if (!u->queue().empty() && d.name.empty() && !pair && d.peer != 0)
     return MakeError(ErrorKind::kUnsupported, 0,
                      "unnamed unix socket with %d queued messages and no peer to resend them",
                      u->queue_size());
@@ -402,6 +404,11 @@ Result<UniqueFd> OpenUnix(FdRestoreContext& ctx, const img::FileEntry& e) {
   bool mutual = peer && (type != SOCK_DGRAM || peer->unix_sk().peer_ino() == u.ino());
   bool peer_gone = u.peer_ino() == 0 && u.state() == 1 /* TCP_ESTABLISHED */ &&
                    type != SOCK_DGRAM && !u.listener_ino();
+  // An unnamed datagram socket holding messages from a peer that is gone (zdtm
+  // socket_close_data): they come back through a pair whose other end then closes; one that
+  // was not connected (state TCP_CLOSE) is disconnected again (AF_UNSPEC).
+  bool dgram_orphan = type == SOCK_DGRAM && u.peer_ino() == 0 && !bind_name && !u.queue().empty();
+  peer_gone = peer_gone || dgram_orphan;
 
   if (mutual || peer_gone) {
     int sv[2];
@@ -467,6 +474,11 @@ Result<UniqueFd> OpenUnix(FdRestoreContext& ctx, const img::FileEntry& e) {
       TRY(Requeue(ctx, u, other.get(), ""));
       other.reset();
       TRY(ApplyShutdown(mine.get(), u.shutdown() & kSendShutdown));
+    }
+    if (dgram_orphan && u.state() != 1) {
+      sockaddr un{};
+      un.sa_family = AF_UNSPEC;
+      if (connect(mine.get(), &un, sizeof(un)) < 0) return Errno("disconnect unix datagram");
     }
     return mine;
   }

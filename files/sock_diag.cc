@@ -3,6 +3,7 @@
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
 #include <linux/sock_diag.h>
+#include <linux/inet_diag.h>
 #include <linux/unix_diag.h>
 #include <sched.h>
 #include <sys/socket.h>
@@ -84,6 +85,53 @@ Result<UnixDiagMap> DumpUnixDiag(int nl) {
         }
       }
       out[d.ino] = std::move(d);
+    }
+  }
+}
+
+Result<int> InetShutdown(pid_t pid, int family, int protocol, uint64_t ino) {
+  ASSIGN_OR_RETURN(UniqueFd nl, SocketInNetns(pid, AF_NETLINK, SOCK_RAW, NETLINK_SOCK_DIAG));
+  struct {
+    struct nlmsghdr nlh;
+    struct inet_diag_req_v2 req;
+  } msg{};
+  msg.nlh.nlmsg_len = sizeof(msg);
+  msg.nlh.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+  msg.nlh.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+  msg.nlh.nlmsg_seq = 1;
+  msg.req.sdiag_family = static_cast<uint8_t>(family);
+  msg.req.sdiag_protocol = static_cast<uint8_t>(protocol);
+  msg.req.idiag_states = ~0u;
+  struct sockaddr_nl sa {};
+  sa.nl_family = AF_NETLINK;
+  if (sendto(nl.get(), &msg, sizeof(msg), 0, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) < 0)
+    return Errno("sock_diag: send");
+  int found = -1;
+  std::vector<char> buf(1 << 16);
+  for (;;) {
+    ssize_t n = recv(nl.get(), buf.data(), buf.size(), 0);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Errno("sock_diag: recv");
+    }
+    for (auto* h = reinterpret_cast<struct nlmsghdr*>(buf.data()); NLMSG_OK(h, n);
+         h = NLMSG_NEXT(h, n)) {
+      if (h->nlmsg_type == NLMSG_DONE) {
+        if (found < 0)
+          return MakeError(ErrorKind::kNotFound, 0, "sock_diag: no socket inode %llu (family %d "
+                           "protocol %d)", static_cast<unsigned long long>(ino), family, protocol);
+        return found;
+      }
+      if (h->nlmsg_type == NLMSG_ERROR) {
+        errno = -reinterpret_cast<struct nlmsgerr*>(NLMSG_DATA(h))->error;
+        return Errno("sock_diag: inet dump");
+      }
+      auto* m = reinterpret_cast<struct inet_diag_msg*>(NLMSG_DATA(h));
+      if (m->idiag_inode != ino) continue;
+      found = 0;
+      int len = h->nlmsg_len - NLMSG_LENGTH(sizeof(*m));
+      for (auto* a = reinterpret_cast<struct rtattr*>(m + 1); RTA_OK(a, len); a = RTA_NEXT(a, len))
+        if (a->rta_type == INET_DIAG_SHUTDOWN) found = *static_cast<uint8_t*>(RTA_DATA(a));
     }
   }
 }

@@ -1,4 +1,5 @@
 // Socket-level options that applications set, shared by unix and inet sockets.
+#include <linux/filter.h>
 #include <net/if.h>
 #include <sys/socket.h>
 #include <sys/time.h>
@@ -61,6 +62,15 @@ void DumpSockOpts(int fd, img::SockOpts* o) {
   len = sizeof(dev);
   if (getsockopt(fd, SOL_SOCKET, SO_BINDTODEVICE, dev, &len) == 0 && len > 0 && dev[0])
     o->set_bindtodevice(dev);
+  // SO_GET_FILTER counts in struct sock_filter units: asked with 0 it says how many. An eBPF
+  // program (SO_ATTACH_BPF) has no classic form: EACCES, and it is not kept.
+  socklen_t n = 0;
+  if (getsockopt(fd, SOL_SOCKET, SO_GET_FILTER, nullptr, &n) == 0 && n > 0) {
+    std::string insns(n * sizeof(sock_filter), '\0');
+    if (getsockopt(fd, SOL_SOCKET, SO_GET_FILTER, insns.data(), &n) == 0)
+      o->set_filter(insns.substr(0, n * sizeof(sock_filter)));
+  }
+  o->set_lock_filter(GetInt(fd, SOL_SOCKET, SO_LOCK_FILTER) != 0);
 }
 
 Result<void> RestoreSockOpts(int fd, const img::SockOpts& o) {
@@ -94,6 +104,14 @@ Result<void> RestoreSockOpts(int fd, const img::SockOpts& o) {
   if (!o.bindtodevice().empty() &&
       setsockopt(fd, SOL_SOCKET, SO_BINDTODEVICE, o.bindtodevice().data(), o.bindtodevice().size()) < 0)
     return Errno("SO_BINDTODEVICE %s", o.bindtodevice().c_str());
+  if (!o.filter().empty()) {
+    sock_fprog prog{static_cast<unsigned short>(o.filter().size() / sizeof(sock_filter)),
+                    reinterpret_cast<sock_filter*>(const_cast<char*>(o.filter().data()))};
+    if (setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof(prog)) < 0)
+      return Errno("SO_ATTACH_FILTER (%u insns)", prog.len);
+  }
+  // Last: a locked filter cannot be changed, and nothing after this needs to.
+  if (o.lock_filter()) TRY(SetInt(fd, SOL_SOCKET, SO_LOCK_FILTER, 1, "SO_LOCK_FILTER"));
   return Ok();
 }
 

@@ -30,6 +30,7 @@ const std::vector<KindOps>& KindTable() {
       {img::FILE_KIND_NSFS, "nsfs", DumpNsfs, OpenNsfs},
       {img::FILE_KIND_PIDFD, "pidfd", DumpPidfd, OpenPidfd, InstallPidfd, nullptr, true},
       {img::FILE_KIND_PACKET, "packet", DumpPacket, OpenPacket},
+      {img::FILE_KIND_FANOTIFY, "fanotify", DumpFanotify, OpenFanotify},
   };
   return table;
 }
@@ -103,8 +104,7 @@ Result<img::FileKind> Classify(const Probe& p) {
     if (l == "anon_inode:[timerfd]") return img::FILE_KIND_TIMERFD;
     if (l == "anon_inode:inotify") return img::FILE_KIND_INOTIFY;
     if (l == "anon_inode:[pidfd]") return img::FILE_KIND_PIDFD;
-    if (l == "anon_inode:[fanotify]")
-      return unsupported("fanotify (its marks cannot be read back from the kernel)");
+    if (l == "anon_inode:[fanotify]") return img::FILE_KIND_FANOTIFY;
     if (StartsWith(l, "anon_inode:bpf"))
       return unsupported(l.substr(strlen("anon_inode:")) + " (BPF objects are not dumped)");
     return unsupported(l.substr(strlen("anon_inode:")));

@@ -17,6 +17,7 @@
 //  - Errors travel as a Report (after_clone.h) on the report pipe: one atomic write.
 #include "restore/after_clone.h"
 
+#include <fcntl.h>
 #include <linux/sched.h>
 #include <sched.h>
 #include <signal.h>
@@ -56,8 +57,51 @@ pid_t Clone3(const img::ProcessEntry& e, int parent_levels, int skip, uint64_t e
   _exit(120);
 }
 
-// A dumped zombie: exits again the way it did, so its parent finds the same status.
-[[noreturn]] void ZombieMain(const img::ProcessEntry& e) {
+// A zombie stays in its process group until it is reaped, so it has to join that group before
+// it exits (the coordinator joins the live processes to theirs only later): its own group
+// (it led one), or one whose leader is gone (zdtm zombie01): a stand-in child with the group's
+// id makes the group, the zombie joins it, the stand-in exits and is reaped. A group of a live
+// process of the tree does not exist yet: the zombie stays in its parent's group. Not in a
+// nested pid namespace (the ids would be another level's).
+void ZombieJoinGroup(const ChildEnv& env, const img::ProcessEntry& e) {
+  pid_t want = e.pgid();
+  if (want <= 0 || syscall(SYS_getpgid, 0) == want || e.ns_pids_size() > 1) return;
+  if (want == e.pid()) {
+    syscall(SYS_setpgid, 0, 0);
+    return;
+  }
+  for (const auto& o : env.ctx->tree.processes())
+    if (o.pid() == want) return;  // its leader is restored (alive or a zombie): not made yet
+  if (syscall(SYS_setpgid, 0, want) == 0) return;  // the group exists (outside the tree)
+  int made[2], go[2];
+  if (syscall(SYS_pipe2, made, O_CLOEXEC) < 0) return;
+  if (syscall(SYS_pipe2, go, O_CLOEXEC) < 0) return;
+  pid_t s = Clone3WithPids(0, &want, 1);
+  if (s == 0) {
+    close(go[1]);
+    close(made[0]);
+    char c = syscall(SYS_setpgid, 0, 0) == 0 ? 'g' : 'x';
+    (void)!write(made[1], &c, 1);
+    (void)!read(go[0], &c, 1);  // until the zombie has joined
+    _exit(0);
+  }
+  close(made[1]);
+  close(go[0]);
+  if (s > 0) {
+    char c = 0;
+    if (read(made[0], &c, 1) == 1 && c == 'g') syscall(SYS_setpgid, 0, want);
+    close(go[1]);
+    siginfo_t si;
+    while (syscall(SYS_waitid, P_PID, s, &si, WEXITED, nullptr) < 0 && errno == EINTR) {
+    }
+  }
+  close(made[0]);
+}
+
+// A dumped zombie: joins its group, exits again the way it did, so its parent finds the same
+// status.
+[[noreturn]] void ZombieMain(const ChildEnv& env, const img::ProcessEntry& e) {
+  ZombieJoinGroup(env, e);
   int status = e.exit_status();
   if (WIFSIGNALED(status)) {
     signal(WTERMSIG(status), SIG_DFL);
@@ -89,7 +133,7 @@ pid_t Clone3Tree(const img::ProcessEntry& e, int parent_levels, int inner_level,
   if (env.ctx->fds == nullptr)
     syscall(SYS_close_range, env.report_fd + (env.ctx->images_fd >= 0 ? 2 : 1), ~0U, 0);
   for (int fd : env.foreign_fds) close(fd);
-  if (e.zombie()) ZombieMain(e);
+  if (e.zombie()) ZombieMain(env, e);
   const ChildOrder& order = env.forks[idx];
   std::vector<pid_t> zombies;
   auto fork_child = [&](int k) {

@@ -4,6 +4,7 @@
 // belongs to; scheduling attributes are set from outside (sched_setattr takes a tid).
 #include "restore/pstate.h"
 
+#include <fcntl.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -15,6 +16,7 @@
 #include "common/log.h"
 #include "common/scope_exit.h"
 #include "common/sched_attr.h"
+#include "files/files.h"
 #include "restore/steps.h"
 
 namespace godwit::restore {
@@ -179,7 +181,15 @@ Result<void> RestoreFs(RestoreContext& ctx, ProcessRestore& p) {
     ASSIGN_OR_RETURN(uint64_t at, r->WriteString(0, fs.root()));
     TRY_CTX(r->Syscall(SYS_chroot, at), "chroot %s", fs.root().c_str());
   }
-  if (fs.cwd_deleted()) {
+  int open_dir = fs.cwd_deleted() && ctx.fds && fs.cwd_ino()
+                     ? ctx.fds->RemovedDirFd(p.entry->pid(), fs.cwd_dev(), fs.cwd_ino())
+                     : -1;
+  if (open_dir >= 0) {
+    // Also open (zdtm cwd02): files/ restored it as a removed directory; entering it through
+    // that fd keeps cwd and fd one directory.
+    TRY_CTX(r->Syscall(SYS_fchdir, open_dir), "fchdir %d (removed cwd %s, also open)", open_dir,
+            fs.cwd().c_str());
+  } else if (fs.cwd_deleted()) {
     std::vector<std::string> made;
     std::string at;
     auto mk = MakeRemovedDir(r, p.pid, fs.cwd(), fs.cwd_mode(), &made, &at);
@@ -270,6 +280,26 @@ Result<void> RestoreProcFlags(RestoreContext& ctx, ProcessRestore& p) {
   // oom_score_adj, written from outside. Below the value the restorer's process inherited, the
   // kernel wants CAP_SYS_RESOURCE (oom_score_adj_min), which this machine lacks: then a warning,
   // the process keeps the lowest value allowed (like CRIU, which does not fail on it either).
+  // membarrier registrations of the mm (private expedited & co.): registered again, each once.
+  for (uint32_t bit = 1; bit != 0 && bit <= ps.membarrier_registrations(); bit <<= 1) {
+    if (!(ps.membarrier_registrations() & bit)) continue;
+    TRY_CTX(r->Syscall(SYS_membarrier, bit, 0, 0), "pid %d: membarrier register %#x", p.pid, bit);
+  }
+  // loginuid: only the process itself may write it (proc_loginuid_write), with
+  // CAP_AUDIT_CONTROL, which it still has here (before "creds").
+  if (ps.has_loginuid()) {
+    std::string lpath = StrFormat("/proc/%d/loginuid", p.pid);
+    auto now = fs::ReadFile(lpath);
+    if (!now.ok() || strtoul(fs::Trim(*now).c_str(), nullptr, 10) != ps.loginuid()) {
+      ASSIGN_OR_RETURN(uint64_t name, r->WriteString(0, "/proc/self/loginuid"));
+      ASSIGN_OR_RETURN(long fd, r->Syscall(SYS_openat, AT_FDCWD, name, O_WRONLY | O_CLOEXEC));
+      std::string v = StrFormat("%u", ps.loginuid());
+      TRY(r->Write(r->scratch() + 256, v.data(), v.size()));
+      auto w = r->Syscall(SYS_write, fd, r->scratch() + 256, v.size());
+      TRY(r->Syscall(SYS_close, fd));
+      TRY_CTX(std::move(w), "pid %d: loginuid %u", p.pid, ps.loginuid());
+    }
+  }
   std::string path = StrFormat("/proc/%d/oom_score_adj", p.pid);
   auto have = fs::ReadFile(path);
   if (have.ok() && atoi(fs::Trim(*have).c_str()) != ps.oom_score_adj()) {

@@ -8,6 +8,7 @@
 #include "common/timing.h"
 #include "files/files.h"
 #include "restore/attach.h"
+#include "restore/cgroups.h"
 #include "restore/fork.h"
 #include "restore/lazy.h"
 #include "restore/load.h"
@@ -45,6 +46,7 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
   TRY(SeizeTree(ctx, fork.report_fd()));  // attach.cc
   GroupStandIns stand_ins;                 // until the tree runs
   TRY(JoinProcessGroups(ctx, &stand_ins));  // sessions.cc
+  TRY(JoinCgroups(ctx));                    // cgroups.cc: before memory is charged
   TRY(RunProcessSteps(ctx));                // steps.cc: mm, threads, process state, core
   ctx.last_pid.reset();  // its helper leaves the tree's pid namespace before the tree runs
   if (ctx.fds) TRY_CTX(ctx.fds->Finalize(), "files finalize");

@@ -25,3 +25,15 @@ add_dependencies(zdtm_kinds_test z_kinds)
 godwit_test(apps_real_test
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/apps_real_test.cc ${CMAKE_CURRENT_SOURCE_DIR}/cr_util.cc
   LIBS godwit_common)
+# Process state issue 11 found wrong after a restore (z_more.c: SIGTRAP, seccomp TSYNC,
+# membarrier, loginuid; more socket and pipe states) and the never-lose-a-workload cases.
+godwit_helper(z_more ${CMAKE_CURRENT_SOURCE_DIR}/helpers/z_more.c Threads::Threads)
+godwit_test(zdtm_more_test
+  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/zdtm_more_test.cc ${CMAKE_CURRENT_SOURCE_DIR}/cr_util.cc
+  LIBS godwit_common)
+add_dependencies(zdtm_more_test z_more)
+# Never lose a workload (issue 11): a container whose stdout is a host file through a kill-mode
+# checkpoint and its restore.
+godwit_test(zdtm_container_test
+  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/zdtm_container_test.cc
+  LIBS godwit_container godwit_runtime nlohmann_json::nlohmann_json)

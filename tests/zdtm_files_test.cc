@@ -124,7 +124,8 @@ ZDTM_LEAVE_RUNNING(LeaveRunningPtyQueuedInput, "pty")
 ZDTM_LEAVE_RUNNING(LeaveRunningPacketPipe, "pipe_direct")
 ZDTM_LEAVE_RUNNING(LeaveRunningSockOpts, "sock_opts")
 
-TEST_F(ZdtmFiles, FanotifyRefusedCleanly) { Refused("fanotify", {"fd 77", "fanotify"}); }
+// fanotify00: the group, its inode, ignored and mount marks (fdinfo the same), events again.
+ZDTM(Fanotify00MarksAndEvents, "fanotify")
 // A packet socket (refused until issue 11; tests/zdtm_kinds_test.cc has CRIU's packet_sock).
 ZDTM(PacketSocketRawAllProtocols, "packet")
 // fdt_shared: processes sharing one fd table (CLONE_FILES). Refused at dump (files/fd_dumper.cc):

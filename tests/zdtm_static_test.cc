@@ -81,9 +81,9 @@ ZDTM(UnlinkFstat00, "unlink_fstat00")
 ZDTM(Cwd00, "cwd00")
 // A removed cwd (cwd01) or root is recreated, entered and removed again (restore/pstate.cc).
 ZDTM(CwdDeleted, "cwd_deleted")
-// Not yet: an fd on a removed directory is refused at dump by files/ (regular-file kind: "deleted
-// directory"); the cwd part works. Needs files/ to recreate it and share it with the cwd.
-ZDTM(DISABLED_Cwd02DeletedCwdAlsoOpen, "cwd02")
+// cwd02: the removed cwd is also open: files/ makes the removed directory again for the fd and
+// the cwd is entered through it (one directory, as before).
+ZDTM(Cwd02DeletedCwdAlsoOpen, "cwd02")
 ZDTM(RootDeleted, "root_deleted")
 ZDTM(Umask00, "umask00")
 ZDTM(FileShared, "file_shared")
