@@ -344,7 +344,7 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
   if (!overlay && !leave_running) {
     auto t_id = Clock::now();
     ASSIGN_OR_RETURN(*rec.mutable_rootfs(), mnt::IdentifyRootfs(c.rootfs));
-    ph.rootfs_ms += Ms(t_id, Clock::now());
+    ph.rootfs_ms += timing::MsBetween(t_id, Clock::now());
   }
   auto t_tree = Clock::now();
   ph.tree_ms = timing::MsBetween(t_ns, t_tree);
