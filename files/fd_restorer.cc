@@ -32,7 +32,7 @@ namespace godwit::files {
 
 class FdRestorerImpl : public FdRestorer {
  public:
-  FdRestorerImpl(const RestoreOptions& opts) : opts_(opts) {}
+  FdRestorerImpl(const FdRestoreOptions& opts) : opts_(opts) {}
   ~FdRestorerImpl() override {
     CloseAll();
     DropLockOfFailedRestore();
@@ -84,7 +84,7 @@ class FdRestorerImpl : public FdRestorer {
     ctx_->finalize_fds_.clear();
   }
 
-  RestoreOptions opts_;
+  FdRestoreOptions opts_;
   std::unique_ptr<FdRestoreContext> ctx_;
   std::map<pid_t, img::ProcessFds> procs_;
   std::unique_ptr<NetLock> netlock_;  // the dump's lock (files-netlock.img), if it took one
@@ -107,7 +107,7 @@ std::set<int> FdRestorerImpl::UsedFds() const {
 }
 
 Result<std::unique_ptr<FdRestorer>> FdRestorer::Load(const images::ImageSet& images,
-                                                     const RestoreOptions& opts) {
+                                                     const FdRestoreOptions& opts) {
   auto r = std::make_unique<FdRestorerImpl>(opts);
   TRY(r->LoadImages(images));
   return std::unique_ptr<FdRestorer>(std::move(r));

@@ -38,7 +38,7 @@ struct DumpOptions {
   std::vector<std::string> external;
 };
 
-struct RestoreOptions {
+struct FdRestoreOptions {
   bool tcp_close = false;  // restore established TCP sockets closed instead of live
   bool shell_job = false;  // an outside terminal in the images is the coordinator's own (fd 0)
   // Finalize leaves the network lock in place (the TCP connections are live but their packets
@@ -90,7 +90,7 @@ Result<void> LockOutside(const images::ImageSet& images, pid_t tree_pid);
 class FdRestorer {
  public:
   static Result<std::unique_ptr<FdRestorer>> Load(const images::ImageSet& images,
-                                                  const RestoreOptions& opts);
+                                                  const FdRestoreOptions& opts);
   virtual ~FdRestorer() = default;
   // In the coordinator, before the first fork: opens every open file description at fd numbers
   // >= base_fd.

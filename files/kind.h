@@ -131,9 +131,9 @@ class FdDumpContext {
 
 class FdRestoreContext {
  public:
-  FdRestoreContext(const RestoreOptions& opts, std::unique_ptr<images::BlobReader> blob)
+  FdRestoreContext(const FdRestoreOptions& opts, std::unique_ptr<images::BlobReader> blob)
       : opts_(opts), blob_(std::move(blob)) {}
-  const RestoreOptions& opts() const { return opts_; }
+  const FdRestoreOptions& opts() const { return opts_; }
   Result<std::string> ReadBlob(const img::BlobRef& ref);
 
   // The prepared fd of a description, opening it (and what it depends on) first if needed.
@@ -183,7 +183,7 @@ class FdRestoreContext {
 
  private:
   friend class FdRestorerImpl;
-  const RestoreOptions& opts_;
+  const FdRestoreOptions& opts_;
   std::unique_ptr<images::BlobReader> blob_;
   std::map<uint64_t, img::FileEntry> entries_;
   std::map<uint64_t, int> prepared_;

@@ -35,7 +35,7 @@ struct RestoreOptions {
   bool detach = false;
   std::string pid_file;
   bool tcp_close = false;
-  bool keep_netlock = false;  // files::RestoreOptions::keep_netlock
+  bool keep_netlock = false;  // files::FdRestoreOptions::keep_netlock
   bool shell_job = false;
   std::vector<std::pair<int, std::string>> inherit_fds;
   std::function<void(const char*, uint64_t, uint64_t)> progress;

@@ -115,7 +115,7 @@ Result<void> CheckTree(RestoreContext& ctx) {
 }
 
 Result<std::unique_ptr<files::FdRestorer>> LoadFiles(const RestoreContext& ctx) {
-  files::RestoreOptions fo;
+  files::FdRestoreOptions fo;
   fo.tcp_close = ctx.opts.tcp_close;
   fo.keep_netlock = ctx.opts.keep_netlock;
   fo.shell_job = ctx.opts.shell_job;

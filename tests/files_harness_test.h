@@ -112,7 +112,7 @@ using Check = std::function<std::string()>;
 // Restores dir: one process per (old pid, check), checks run one after the other in list
 // order, after Finalize. Returns "" or the failures.
 inline std::string Restore(const std::string& dir, const std::vector<std::pair<pid_t, Check>>& procs,
-                           const RestoreOptions& opts = {}) {
+                           const FdRestoreOptions& opts = {}) {
   if (getenv("GODWIT_FILES_DEBUG")) {  // the images, for a person debugging a test
     auto set = images::ImageSet::Open(dir);
     if (set.ok()) {
@@ -196,7 +196,7 @@ inline std::string Restore(const std::string& dir, const std::vector<std::pair<p
 
 // The common case: one process, set up, dumped, killed, restored, checked.
 inline std::string RoundTrip(const std::function<int()>& setup, const Check& check,
-                             const DumpOptions& dopts = {}, const RestoreOptions& ropts = {}) {
+                             const DumpOptions& dopts = {}, const FdRestoreOptions& ropts = {}) {
   std::string dir = TempDir("rt");
   pid_t pid = SpawnStopped(setup);
   if (pid < 0) return "setup failed";

@@ -581,7 +581,7 @@ TEST_F(FilesKinds, OutsideTerminalNeedsShellJob) {
   ASSERT_TRUE(r2.ok()) << r2.error().to_string();
   // Restore with the coordinator's terminal standing in: --inherit-fd fd[N]:tty.
   int s = open(slave.c_str(), O_RDWR | O_NOCTTY);
-  RestoreOptions ro;
+  FdRestoreOptions ro;
   ro.inherit_fds = {{s, "tty"}};
   std::string res = Restore(dir_ + "/b", {{pid, []() -> std::string {
                                              CHECK_OR(isatty(0), "fd 0 not a tty");
@@ -610,7 +610,7 @@ TEST_F(FilesKinds, MappedMemfdSharesTheEnginesObject) {
   // The engine's copy of the object (it restored it for a mapping): the fd must open that one.
   int engine = memfd_create("engine", 0);
   ASSERT_EQ(write(engine, "engine", 6), 6);
-  RestoreOptions ro;
+  FdRestoreOptions ro;
   ro.memfds = {{st.st_ino, engine}};
   std::string res = Restore(dir_ + "/img", {{pid, []() -> std::string {
                                                char b[6];
@@ -644,7 +644,7 @@ TEST_F(FilesKinds, ExternalPipeOnStdinWithInheritFd) {
   int q[2];
   ASSERT_EQ(pipe(q), 0);
   ASSERT_EQ(write(q[1], "fed", 3), 3);
-  RestoreOptions ro;
+  FdRestoreOptions ro;
   ro.inherit_fds = {{q[0], key}};
   std::string res = Restore(dir_ + "/img", {{pid, []() -> std::string {
                                                CHECK_OR(ReadN(0, 3) == "fed", "stdin not inherited");
