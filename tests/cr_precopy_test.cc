@@ -30,6 +30,30 @@ std::string Slurp(const std::string& path) {
   return s.str();
 }
 
+// utime + stime of pid and its descendants (clock ticks), from /proc/PID/stat.
+long long TreeCpuTicks(pid_t pid) {
+  std::vector<pid_t> all = Descendants(pid);
+  all.push_back(pid);
+  long long sum = 0;
+  for (pid_t p : all) {
+    std::string st = Slurp("/proc/" + std::to_string(p) + "/stat");
+    size_t rp = st.rfind(')');
+    if (rp == std::string::npos) continue;
+    std::istringstream in(st.substr(rp + 2));
+    std::string field;
+    // Fields after the comm: state is field 3; utime and stime are fields 14 and 15.
+    for (int i = 3; i <= 15 && in >> field; ++i)
+      if (i == 14 || i == 15) sum += std::stoll(field);
+  }
+  return sum;
+}
+
+// Waits (up to 10 s) until the tree has run since `since` ticks: a round then has something to
+// find even on a loaded machine (the writer may otherwise not get a CPU between two rounds).
+void WaitTreeRan(pid_t pid, long long since) {
+  for (int i = 0; i < 10000 && TreeCpuTicks(pid) <= since; ++i) usleep(1000);
+}
+
 class CrPreCopy : public ::testing::Test {
  protected:
   void TearDown() override {
@@ -69,8 +93,11 @@ TEST_F(CrPreCopy, RoundsThenAFinalDumpOfWhatChanged) {
   auto pc = dump::PreCopy::Start(pid, **sink);
   ASSERT_TRUE(pc.ok()) << pc.error().to_string();
   std::vector<dump::RoundStats> rounds;
+  long long ticks = 0;
   for (int i = 0; i < 3; ++i) {
+    if (i > 0) WaitTreeRan(pid, ticks);
     auto r = (*pc)->Round();
+    ticks = TreeCpuTicks(pid);
     ASSERT_TRUE(r.ok()) << r.error().to_string();
     EXPECT_EQ(r->round, i);
     EXPECT_EQ(r->bytes, r->pages * 4096);

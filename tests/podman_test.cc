@@ -175,8 +175,10 @@ class PodmanTest : public ::testing::Test {
                           // defaults for root are above the hard limits here.
                           "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024",
                           "localhost/godwit-bb", "sh", "-c",
-                          "i=0; while :; do i=$((i+1)); echo $i; echo $i > /tmp/n; "
-                          "sleep 0.1; done"});
+                          // /tmp/n replaced by a rename: never seen empty (a checkpoint or a
+                          // read may fall between a truncate and a write).
+                          "i=0; while :; do i=$((i+1)); echo $i; echo $i > /tmp/n.t; "
+                          "mv /tmp/n.t /tmp/n; sleep 0.1; done"});
     EXPECT_EQ(r.code, 0) << r.out << r.err;
     return fs::Trim(r.out);
   }
@@ -186,9 +188,14 @@ class PodmanTest : public ::testing::Test {
   }
 
   long Counter(const std::string& name) {
-    CmdResult r = Podman({"exec", name, "cat", "/tmp/n"});
-    if (r.code != 0) return -1;
-    return atol(r.out.c_str());
+    // The shell rewrites /tmp/n in place (truncate, then write): a read in between sees it
+    // empty, which is no value; read again.
+    for (int i = 0; i < 50; ++i) {
+      CmdResult r = Podman({"exec", name, "cat", "/tmp/n"});
+      if (r.code != 0) return -1;
+      if (!fs::Trim(r.out).empty()) return atol(r.out.c_str());
+    }
+    return -1;
   }
 
   long LastLogLine(const std::string& name) {
