@@ -158,9 +158,21 @@ int MigrateCmd(Global& g, const std::vector<std::string>& args) {
          o.id.c_str(), o.to.c_str(), rep.peer_hostname.c_str(), rep.secure ? "TLS" : "insecure",
          rep.total_ms, rep.rounds.size(), Mb(rep.total_wire_bytes).c_str());
   printf("  blackout %.1f ms (predicted %.1f) = freeze %.1f + final dump %.1f (%s) + transfer "
-         "%.1f + restore %.1f + release %.1f + announce %.1f\n",
+         "%.1f + restore %.1f + commit %.1f + switch %.1f\n",
          b.total_ms, rep.predicted_downtime_ms, b.freeze_ms, b.final_dump_ms,
          Mb(rep.final_bytes).c_str(), b.transfer_ms, b.restore_ms, b.release_ms, b.announce_ms);
+  // The destination's switch after the commit: ARP, unlock, the held frames replayed.
+  double arp = 0, unlock = 0, replay = 0, here = 0;
+  for (const auto& [k, v] : rep.switch_phases) {
+    if (k == "arp_ms") arp = v;
+    if (k == "unlock_ms") unlock = v;
+    if (k == "replay_ms") replay = v;
+    if (k == "held_here") here = v;
+  }
+  if (!rep.switch_phases.empty())
+    printf("  switch: ARP %.1f + unlock %.1f + replay %.1f ms; frames held %d (%d after the "
+           "commit, %.0f at the destination)\n",
+           arp, unlock, replay, rep.held_packets, rep.late_packets, here);
   return 0;
 }
 
