@@ -2,29 +2,22 @@
 
 #include <time.h>
 
-#include <cstring>
 #include <string>
 #include <vector>
 
-#include "common/fs.h"
 #include "common/log.h"
 #include "common/proc.h"
+#include "dump/vmflags.h"
 
 namespace godwit::dump {
 namespace {
 
-// Whether pid has a VMA whose VmFlags carry "um" (VM_UFFD_MISSING). false if unreadable (gone).
+// Whether pid has a VMA registered for missing faults. false if unreadable (gone).
 bool HasMissingRegistration(pid_t pid) {
-  auto text = fs::ReadFile(StrFormat("/proc/%d/smaps", pid));
-  if (!text.ok()) return false;
-  size_t pos = 0;
-  while ((pos = text->find("VmFlags:", pos)) != std::string::npos) {
-    size_t eol = text->find('\n', pos);
-    std::string flags = " " + text->substr(pos + 8, eol == std::string::npos ? std::string::npos
-                                                                             : eol - pos - 8) + " ";
-    if (flags.find(" um ") != std::string::npos) return true;
-    pos = eol == std::string::npos ? text->size() : eol;
-  }
+  auto flags = ReadVmFlags(pid);
+  if (!flags.ok()) return false;
+  for (const auto& [start, f] : *flags)
+    if (f.uffd_missing) return true;
   return false;
 }
 

@@ -289,14 +289,7 @@ std::vector<std::string> LocalKernelFeatures(const DestOptions& o) {
   return KernelFeatureNames(o.root);
 }
 
-Result<int> AnnounceAddresses(const std::string& root, const std::string& id) {
-  ASSIGN_OR_RETURN(runtime::Container c, runtime::Container::Load(root, id));
-  if (c.net.address.empty() || c.pid <= 0) return 0;
-  TRY(runtime::AnnounceAddress(c.pid, "eth0", c.net.address, /*count=*/2));
-  return 1;
-}
-
-// The announcement of a restored container's address, prepared (nullopt: nothing to announce).
+// The announcement of a container's address, prepared (nullopt: nothing to announce).
 Result<std::optional<runtime::GratuitousArp>> PrepareAnnounce(const std::string& root,
                                                                 const std::string& id) {
   ASSIGN_OR_RETURN(runtime::Container c, runtime::Container::Load(root, id));
@@ -304,6 +297,13 @@ Result<std::optional<runtime::GratuitousArp>> PrepareAnnounce(const std::string&
   ASSIGN_OR_RETURN(runtime::GratuitousArp g,
                    runtime::GratuitousArp::Prepare(c.pid, "eth0", c.net.address));
   return std::optional<runtime::GratuitousArp>(std::move(g));
+}
+
+Result<int> AnnounceAddresses(const std::string& root, const std::string& id) {
+  ASSIGN_OR_RETURN(std::optional<runtime::GratuitousArp> arp, PrepareAnnounce(root, id));
+  if (!arp) return 0;
+  TRY(arp->Send(2));
+  return 1;
 }
 
 std::string CheckHello(const mig::Hello& h, const DestOptions& o) {

@@ -280,6 +280,14 @@ Result<void> LazyPager::Wait() {
   }
   Stop();
   std::lock_guard<std::mutex> l(mu_);
+  if (!done_ && stats_.processes > 0)
+    LOG_DEBUG("lazy pages done: %llu bytes installed, %llu faults (%llu zero), %llu forks, "
+              "%llu bytes dropped by the program first",
+              static_cast<unsigned long long>(stats_.bytes),
+              static_cast<unsigned long long>(stats_.faults),
+              static_cast<unsigned long long>(stats_.zero_faults),
+              static_cast<unsigned long long>(stats_.forks),
+              static_cast<unsigned long long>(stats_.dropped_bytes));
   done_ = true;
   // Closing the userfaultfds unregisters the ranges: every page is in (or its process is gone).
   for (auto& p : procs_) p->uffd.reset();

@@ -240,34 +240,7 @@ Result<void> FillPages(RestoreContext& ctx, ProcessRestore& p, const img::PageMa
   for (const auto& run : runs) {
     uint64_t len = run.npages() * kPage;
     auto ext = blob->RawExtents(run.blob_off(), len);
-    if (lazy != nullptr) {
-      LazyPager::Split(lazy_ranges, run.vaddr(), len,
-                       [&](uint64_t va, uint64_t n, bool registered) {
-        uint64_t off = run.blob_off() + (va - run.vaddr());
-        if (registered) {
-          lazy_runs.push_back({va, n, off});
-          lazy_bytes += n;
-          return;
-        }
-        auto part = blob->RawExtents(off, n);
-        if (!part.ok()) {
-          add_pieces(va, off, n);
-          return;
-        }
-        uint64_t fva = va;
-        for (const auto& e : *part) {
-          raw.push_back({fva, e.file_off, e.len});
-          raw_total += e.len;
-          fva += e.len;
-        }
-      });
-      continue;
-    }
-    if (!ext.ok()) {
-      add_pieces(run.vaddr(), run.blob_off(), len);
-      continue;
-    }
-    // The parts of [va, va + n) as file extents, for the target's preadv.
+    // The parts of [va, va + n) as file extents, for the target's preadv (a raw run only).
     auto add_raw = [&](uint64_t va, uint64_t n) {
       uint64_t eva = run.vaddr();
       for (const auto& e : *ext) {
@@ -279,6 +252,25 @@ Result<void> FillPages(RestoreContext& ctx, ProcessRestore& p, const img::PageMa
         eva += e.len;
       }
     };
+    if (lazy != nullptr) {
+      LazyPager::Split(lazy_ranges, run.vaddr(), len,
+                       [&](uint64_t va, uint64_t n, bool registered) {
+        uint64_t off = run.blob_off() + (va - run.vaddr());
+        if (registered) {
+          lazy_runs.push_back({va, n, off});
+          lazy_bytes += n;
+        } else if (ext.ok()) {
+          add_raw(va, n);
+        } else {
+          add_pieces(va, off, n);
+        }
+      });
+      continue;
+    }
+    if (!ext.ok()) {
+      add_pieces(run.vaddr(), run.blob_off(), len);
+      continue;
+    }
     if (!uffd) {
       add_raw(run.vaddr(), len);
       continue;
