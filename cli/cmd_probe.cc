@@ -47,6 +47,16 @@ namespace {
 
 using nlohmann::json;
 
+// Wall-clock ms since the epoch of a CLOCK_MONOTONIC time in ns (0 stays 0).
+double UnixMs(int64_t mono_ns) {
+  if (mono_ns == 0) return 0;
+  timespec m, r;
+  clock_gettime(CLOCK_MONOTONIC, &m);
+  clock_gettime(CLOCK_REALTIME, &r);
+  int64_t offset = (r.tv_sec - m.tv_sec) * 1000000000LL + (r.tv_nsec - m.tv_nsec);
+  return (mono_ns + offset) / 1e6;
+}
+
 int64_t NowNs() {
   timespec t;
   clock_gettime(CLOCK_MONOTONIC, &t);
@@ -144,12 +154,18 @@ struct Stream {
   std::vector<int64_t> sent_ns;  // send time by seq
   std::vector<int64_t> rtt_ns, gap_ns;
   int64_t last_echo_ns = 0;
+  int64_t max_gap_end_ns = 0;  // when the longest gap ended (CLOCK_MONOTONIC)
   std::string error;  // why the stream failed (broken or corrupt); "" if fine
   bool corrupt = false, broken = false;
 
   void Echo(uint64_t seq, int64_t now) {
     rtt_ns.push_back(now - sent_ns[seq]);
-    if (last_echo_ns) gap_ns.push_back(now - last_echo_ns);
+    if (last_echo_ns) {
+      int64_t g = now - last_echo_ns;
+      if (gap_ns.empty() || g > *std::max_element(gap_ns.begin(), gap_ns.end()))
+        max_gap_end_ns = now;
+      gap_ns.push_back(g);
+    }
     last_echo_ns = now;
     echoed++;
   }
@@ -538,6 +554,13 @@ class Probe {
             {"lost", s.sent - s.echoed},
             {"max_gap_ms", s.gap_ns.empty() ? 0.0 : Distribution(s.gap_ns)["max"].get<double>()},
             {"gap_ms", Distribution(s.gap_ns)},
+            // When the longest gap started and ended, on the wall clock (ms since the epoch): to
+            // line it up with a migration report's blackout.start_unix_ms on the same host.
+            {"max_gap_end_unix_ms", UnixMs(s.max_gap_end_ns)},
+            {"max_gap_start_unix_ms",
+             s.gap_ns.empty() ? 0.0
+                              : UnixMs(s.max_gap_end_ns) -
+                                    *std::max_element(s.gap_ns.begin(), s.gap_ns.end()) / 1e6},
             {"rtt_ms", Distribution(s.rtt_ns)},
             {"corrupt", s.corrupt},
             {"broken", s.broken},

@@ -350,6 +350,7 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
   ph.tree_ms = timing::MsBetween(t_ns, t_tree);
   ph.seize_ms = res.tree.seize_ms;
   ph.memory_ms = res.tree.memory_ms;
+  ph.tree_steps = res.tree.steps;
   // The engine seizes right before the thaw hook runs.
   ph.tree_setup_ms = std::max(0.0, timing::MsBetween(t_ns, t_seized) - ph.seize_ms);
   ph.tree_rest_ms = std::max(0.0, ph.tree_ms - ph.tree_setup_ms - ph.seize_ms - ph.memory_ms -

@@ -63,6 +63,7 @@ struct TreeStats {
   double memory_ms = 0;  // reading and writing pages
   double frozen_ms = 0;  // from the seize until the tree is let go (detached or killed)
   uint64_t remote_calls = 0;  // syscalls injected into the tree (~12 us each here)
+  std::vector<std::pair<std::string, double>> steps;  // the engine's frozen time by step (ms)
   // Pre-copy rounds before the freeze (CheckpointOptions::precopy or pre_copy_rounds).
   std::vector<uint64_t> round_bytes;  // per round
   uint64_t pre_bytes = 0;
@@ -102,6 +103,7 @@ struct CheckpointPhases {
   double compress_ms = 0;      // --compress zstd of the tree's pages, after kill or thaw
   double export_ms = 0;        // --export
   double total_ms = 0;
+  std::vector<std::pair<std::string, double>> tree_steps;  // TreeStats::steps
 };
 
 // What the engine is asked to do: dump the tree rooted at pid into sink (and finish it) and

@@ -70,6 +70,7 @@ TreeDumper EngineDumper(const dump::DumpTuning& tuning, dump::PreCopy* precopy) 
     t.memory_ms = s.memdump_ms;
     t.frozen_ms = s.frozen_ms;
     t.remote_calls = s.remote_calls;
+    t.steps = s.step_ms;
     t.round_bytes = s.round_bytes;
     t.pre_bytes = s.pre_bytes;
     t.pre_ms = s.pre_ms;

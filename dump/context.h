@@ -99,6 +99,9 @@ struct DumpStats {
   std::vector<uint64_t> round_bytes;  // per pre-copy round
   std::vector<pid_t> incompressible;  // --compress zstd, but a sample did not compress: raw
   std::vector<std::pair<std::string, int>> fd_counts;
+  // Where the frozen time went inside the engine (ms): each per-process step summed over the
+  // tree ("core", "pstate", "fds", "mm"), then "fds_finish", "images", "release", "detach".
+  std::vector<std::pair<std::string, double>> step_ms;
   // With DumpOptions::compress_later and deferred zstd: compresses the raw page images in place
   // (the image set stays complete and raw if it fails); returns the bytes saved.
   std::function<Result<uint64_t>()> compress;

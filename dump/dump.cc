@@ -249,10 +249,24 @@ Result<DumpStats> Dump(const DumpOptions& opts, images::Sink& sink) {
     p->entry = &e;
     ctx.procs.push_back(std::move(p));
   }
+  const auto& steps = ProcessSteps();
+  for (const auto& step : steps) ctx.stats.step_ms.emplace_back(step.name, 0.0);
+  timing::PhaseTimer laps;
+  auto lap = [&](const char* name) {
+    double ms = 0;
+    laps.LapInto(&ms);
+    for (auto& [n, v] : ctx.stats.step_ms)
+      if (n == name) {
+        v += ms;
+        return;
+      }
+    ctx.stats.step_ms.emplace_back(name, ms);
+  };
   for (auto& p : ctx.procs) {
-    for (const auto& step : ProcessSteps()) {
+    for (const auto& step : steps) {
       LOG_DEBUG("dump pid %d: %s", p->pid, step.name);
       auto r = step.fn(ctx, *p);
+      lap(step.name);
       if (!r.ok()) {
         // A member that died meanwhile shows up as ESRCH somewhere inside a step: say so.
         auto st = proc::ReadStat(p->pid);
@@ -268,6 +282,7 @@ Result<DumpStats> Dump(const DumpOptions& opts, images::Sink& sink) {
     TRY_CTX(ctx.fds->Finish(), "dump files");
     ctx.stats.fd_counts = ctx.fds->Counts();
   }
+  lap("fds_finish");
   {
     ASSIGN_OR_RETURN(images::ImageWriter w, images::ImageWriter::Create(sink, "shmem.img"));
     for (const auto& o : ctx.shmem) TRY(w.Write(o));
@@ -282,9 +297,11 @@ Result<DumpStats> Dump(const DumpOptions& opts, images::Sink& sink) {
     TRY_CTX(p->remote->Release(), "pid %d: release remote", p->pid);
     p->remote.reset();
   }
+  lap("release");
   img::Inventory inv = images::NewInventory();
   TRY_CTX(sink.Finish(std::move(inv)), "write inventory");
   finished = true;
+  lap("images");
   // ThawTree steps threads into their re-issued syscalls, so it must run before a before_detach
   // hook that freezes the tree's cgroup again (a frozen task never reaches the syscall entry).
   Result<void> hook = Ok();
@@ -301,6 +318,7 @@ Result<DumpStats> Dump(const DumpOptions& opts, images::Sink& sink) {
     if (seized_hook && opts.before_detach) hook = opts.before_detach();
     KillTree(frozen);
   }
+  lap("detach");
   auto t_end = Clock::now();
   ctx.stats.frozen_ms = timing::MsBetween(t_freeze, t_end);
   if (deferred) {

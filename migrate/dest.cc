@@ -83,7 +83,18 @@ struct Restored {
   std::string host_veth;
   double tree_ms = 0, memory_ms = 0, env_ms = 0;
   uint64_t lazy_bytes = 0;
+  std::vector<std::pair<std::string, double>> steps;  // the restore command's phases, flattened
 };
+
+void Flatten(const nlohmann::json& j, const std::string& prefix,
+             std::vector<std::pair<std::string, double>>* out) {
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    if (it->is_object())
+      Flatten(*it, prefix + it.key() + ".", out);
+    else if (it->is_number())
+      out->emplace_back(prefix + it.key(), it->get<double>());
+  }
+}
 
 // The restore left the connections locked (--keep-locked): the table files-netlock.img names,
 // in the restored container's net namespace. Adopted before the commit, so that unlocking after
@@ -242,6 +253,7 @@ Result<Restored> PendingRestore::Go() {
       r.tree_ms = j["phases"].value("tree_ms", 0.0);
       r.memory_ms = j["phases"]["tree"].value("memory_ms", 0.0);
       r.env_ms = j["phases"].value("env_ms", 0.0);
+      Flatten(j["phases"], "restore.", &r.steps);
     }
   } catch (...) {
     return MakeError(ErrorKind::kGeneric, 0, "godwit restore printed no JSON: %s", o_text.c_str());
@@ -477,6 +489,7 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
         }
         auto rr = pending->Go();
         res.restore_ms = MsSince(t0);
+        auto t_prep = Clock::now();
         if (!rr.ok()) {
           LOG_ERROR("migration of %s: restore failed: %s", res.id.c_str(),
                     rr.error().to_string().c_str());
@@ -488,7 +501,10 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
         // From now on every frame the host sends into the restored container is kept too: after
         // the commit the address is announced before the connections are unlocked, and what
         // arrives in between (dropped by the lock) is replayed after the source's frames.
+        // Both packet sockets live until this session ends: closing one waits for an RCU grace
+        // period (packet_hold.h), which must not fall inside the switch.
         std::optional<PacketHold> own_hold;
+        std::optional<FrameInjector> injector;
         if (!rr->host_veth.empty()) {
           auto h = PacketHold::Start(rr->host_veth);
           if (h.ok())
@@ -496,6 +512,11 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
           else
             LOG_WARN("migration of %s: holding frames at %s: %s", res.id.c_str(),
                      rr->host_veth.c_str(), h.error().to_string().c_str());
+          auto in = FrameInjector::Open(rr->host_veth);
+          if (in.ok())
+            injector = std::move(*in);
+          else
+            LOG_WARN("migration of %s: %s", res.id.c_str(), in.error().to_string().c_str());
         }
         // What the switch will do, prepared now: the announcement and the lock's release.
         std::optional<runtime::GratuitousArp> arp;
@@ -523,6 +544,10 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
         rs->mutable_phases()->set_memory_ms(rr->memory_ms);
         rs->mutable_phases()->set_env_ms(rr->env_ms);
         rs->mutable_phases()->set_lazy_bytes(rr->lazy_bytes);
+        auto& steps = *rs->mutable_phases()->mutable_steps();
+        for (const auto& [k, v] : rr->steps) steps[k] = v;
+        steps["dest.restore_process_ms"] = res.restore_ms;
+        steps["dest.prepare_switch_ms"] = MsSince(t_prep);
         if (Fault(o, ch, "restored"))
           return MakeError(ErrorKind::kPeer, 0, "fault injected at restored");
         TRY(ch.Send(done));
@@ -570,10 +595,9 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
                      d.error().to_string().c_str());
           else
             held_here = *d;
-          own_hold.reset();
         }
-        if (!held_frames.empty()) {
-          auto n = InjectFrames(rr->host_veth, held_frames);
+        if (!held_frames.empty() && injector) {
+          auto n = injector->Send(held_frames);
           if (!n.ok())
             LOG_WARN("migration of %s: held frames: %s", res.id.c_str(),
                      n.error().to_string().c_str());
@@ -601,8 +625,8 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
         ch.set_timeout(2);
         while (s.ok()) {
           auto late = ch.Recv(&f, &payload);
-          if (!late.ok() || !f.has_held()) break;
-          auto n = InjectFrames(rr->host_veth, payload);
+          if (!late.ok() || !f.has_held() || !injector) break;
+          auto n = injector->Send(payload);
           if (n.ok()) res.held_packets += *n;
         }
         res.bytes = rx.bytes();

@@ -97,15 +97,21 @@ Result<void> Unsilence(pid_t pid) {
   return Ok();
 }
 
-Result<int> InjectFrames(const std::string& host_veth, const std::string& frames) {
-  if (frames.empty()) return 0;
+Result<FrameInjector> FrameInjector::Open(const std::string& host_veth) {
   unsigned idx = if_nametoindex(host_veth.c_str());
   if (idx == 0) return Errno("inject: link %s", host_veth.c_str());
-  UniqueFd fd(socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, htons(ETH_P_ALL)));
-  if (!fd) return Errno("inject: socket(AF_PACKET)");
+  FrameInjector in;
+  in.fd_.reset(socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, 0));  // send only: no protocol hook
+  if (!in.fd_) return Errno("inject: socket(AF_PACKET)");
+  in.ifindex_ = static_cast<int>(idx);
+  in.veth_ = host_veth;
+  return in;
+}
+
+Result<int> FrameInjector::Send(const std::string& frames) {
   sockaddr_ll ll{};
   ll.sll_family = AF_PACKET;
-  ll.sll_ifindex = static_cast<int>(idx);
+  ll.sll_ifindex = ifindex_;
   ll.sll_halen = ETH_ALEN;
   int sent = 0, failed = 0, first_errno = 0;
   size_t off = 0;
@@ -117,7 +123,8 @@ Result<int> InjectFrames(const std::string& host_veth, const std::string& frames
       return MakeError(ErrorKind::kPeer, 0, "inject: bad held frame of %u bytes at %zu", len, off);
     const char* f = frames.data() + off;
     memcpy(ll.sll_addr, f, ETH_ALEN);  // the frame's own destination MAC
-    if (sendto(fd.get(), f, len, 0, reinterpret_cast<sockaddr*>(&ll), sizeof(ll)) ==
+    ll.sll_protocol = *reinterpret_cast<const uint16_t*>(f + 12);  // its EtherType, as sent
+    if (sendto(fd_.get(), f, len, 0, reinterpret_cast<sockaddr*>(&ll), sizeof(ll)) ==
         static_cast<ssize_t>(len)) {
       sent++;
     } else {
@@ -126,9 +133,15 @@ Result<int> InjectFrames(const std::string& host_veth, const std::string& frames
     off += len;
   }
   if (failed > 0)
-    LOG_WARN("inject into %s: %d of %d frames not sent (first: %s)", host_veth.c_str(), failed,
+    LOG_WARN("inject into %s: %d of %d frames not sent (first: %s)", veth_.c_str(), failed,
              sent + failed, strerror(first_errno));
   return sent;
+}
+
+Result<int> InjectFrames(const std::string& host_veth, const std::string& frames) {
+  if (frames.empty()) return 0;
+  ASSIGN_OR_RETURN(FrameInjector in, FrameInjector::Open(host_veth));
+  return in.Send(frames);
 }
 
 }  // namespace godwit::migrate

@@ -50,8 +50,23 @@ class PacketHold {
 Result<void> Silence(pid_t pid);
 Result<void> Unsilence(pid_t pid);
 
-// Transmits length-prefixed frames (as Drain made them) on the host end `host_veth` of a
-// container's veth, i.e. into the container. Returns how many were sent.
+// Transmits length-prefixed frames (as Drain made them) on the host end of a container's veth,
+// i.e. into the container. Open it before it is needed and close it after the switch: closing a
+// packet socket waits for an RCU grace period (synchronize_net: 10-60 ms here), as does closing
+// a PacketHold, so neither may be closed inside the blackout.
+class FrameInjector {
+ public:
+  static Result<FrameInjector> Open(const std::string& host_veth);
+  // Returns how many were sent.
+  Result<int> Send(const std::string& frames);
+
+ private:
+  UniqueFd fd_;
+  int ifindex_ = 0;
+  std::string veth_;
+};
+
+// FrameInjector::Open + Send, for a path where the close's grace period does not matter.
 Result<int> InjectFrames(const std::string& host_veth, const std::string& frames);
 
 }  // namespace godwit::migrate

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <thread>
@@ -263,11 +264,20 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
   auto t_freeze = t_ckpt + std::chrono::duration_cast<Clock::duration>(
                                std::chrono::duration<double, std::milli>(ph.prepare_ms));
   rep->blackout.freeze_ms = ph.freeze_ms;
+  rep->blackout.start_unix_ms =
+      std::chrono::duration<double, std::milli>(
+          (std::chrono::system_clock::now() - std::chrono::duration_cast<std::chrono::system_clock::duration>(Clock::now() - t_freeze)).time_since_epoch())
+          .count();
   rep->blackout.final_dump_ms = std::max(0.0, Ms(t_freeze, t_final) - ph.freeze_ms);
   rep->final_dump_phases = {{"collect_ms", ph.collect_ms}, {"net_ms", ph.net_ms},
                             {"mnt_ms", ph.mnt_ms},         {"tree_ms", ph.tree_ms},
                             {"seize_ms", ph.seize_ms},     {"memory_ms", ph.memory_ms},
-                            {"tree_rest_ms", ph.tree_rest_ms}, {"write_ms", ph.write_ms}};
+                            {"tree_rest_ms", ph.tree_rest_ms}, {"write_ms", ph.write_ms},
+                            {"cgroup_hooks_ms", ph.cgroup_hooks_ms},
+                            {"tree_setup_ms", ph.tree_setup_ms}, {"rootfs_ms", ph.rootfs_ms},
+                            {"layer_ms", ph.layer_ms}};
+  for (const auto& [name, ms] : ph.tree_steps)
+    rep->final_dump_phases.emplace_back("tree_" + name + "_ms", ms);
   rep->final_bytes = tree_tx.file_bytes() + ctr_tx.file_bytes() - files_before_final;
   {
     mig::Frame f;
@@ -289,6 +299,8 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
                            {"tree_ms", rp.tree_ms()},
                            {"memory_ms", rp.memory_ms()},
                            {"lazy_bytes", rp.lazy_bytes()}};
+    std::map<std::string, double> sorted(rp.steps().begin(), rp.steps().end());
+    for (const auto& [k, v] : sorted) rep->restore_phases.emplace_back(k, v);
   }
   if (!got.ok()) {
     // Before the commit point: the container here carries on as if nothing happened, and the
@@ -420,7 +432,8 @@ std::string ReportJson(const MigrationReport& r) {
                         {"restore_ms", b.restore_ms},
                         {"release_ms", b.release_ms},
                         {"announce_ms", b.announce_ms},
-                        {"total_ms", b.total_ms}}},
+                        {"total_ms", b.total_ms},
+                        {"start_unix_ms", b.start_unix_ms}}},
                       {"final_dump_phases", Phases(r.final_dump_phases)},
                       {"restore_phases", Phases(r.restore_phases)},
                       {"switch_phases", Phases(r.switch_phases)},

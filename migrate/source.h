@@ -66,6 +66,7 @@ struct Blackout {
   // the frames held here and at its own end meanwhile.
   double announce_ms = 0;
   double total_ms = 0;       // freeze start -> Done
+  double start_unix_ms = 0;  // the freeze's start on the wall clock (ms since the epoch)
 };
 
 struct MigrationReport {
