@@ -151,6 +151,9 @@ int DumpCmd(Global& g, const std::vector<std::string>& args) {
     nlohmann::json fds = nlohmann::json::object();
     for (const auto& [k, n] : s.fd_counts) fds[k] = n;
     j["fds"] = fds;
+    nlohmann::json steps = nlohmann::json::object();
+    for (const auto& [k, ms] : s.step_ms) steps[k + "_ms"] = ms;
+    j["frozen_steps"] = steps;
     printf("%s\n", j.dump().c_str());
   } else {
     printf("dumped %d process(es) (%d zombie), %d thread(s), %llu VMAs into %s\n", s.processes,

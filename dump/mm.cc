@@ -233,11 +233,20 @@ Result<images::BlobWriter> OpenPageBlob(DumpContext& ctx, pid_t pid, bool raw) {
 Result<void> DumpMm(DumpContext& ctx, ProcessDump& p) {
   pid_t pid = p.pid;
   ASSIGN_OR_RETURN(remote::Remote * r, ctx.RemoteFor(p));
+  timing::PhaseTimer pt;
   // smaps costs ~4 us per VMA (16 ms for 4000 VMAs, ten times /proc/PID/maps) in the kernel:
   // read it on a second thread while this one injects, reads maps and walks the pagemap. The
   // flags are filled into the VMAs once both are done.
   Result<std::map<uint64_t, VmFlags>> vmflags_res = std::map<uint64_t, VmFlags>{};
-  std::thread smaps_thread([&] { vmflags_res = ReadVmFlags(pid); });
+  // After pre-copy, the last round's smaps flags when no VMA changed since (a BPF iterator
+  // compares them in microseconds; dump/vma_iter.h): no smaps walk while frozen.
+  std::optional<std::map<uint64_t, VmFlags>> reused;
+  if (ctx.opts.precopy && ctx.opts.precopy->Tracker(pid) != nullptr) {
+    if (const VmFlagsSnapshot* snap = ctx.opts.precopy->VmFlagsOf(pid))
+      reused = ReuseVmFlags(pid, *snap, r->area_start(), r->area_end());
+  }
+  std::thread smaps_thread;
+  if (!reused) smaps_thread = std::thread([&] { vmflags_res = ReadVmFlags(pid); });
   ScopeExit join_smaps([&] {
     if (smaps_thread.joinable()) smaps_thread.join();
   });
@@ -262,6 +271,7 @@ Result<void> DumpMm(DumpContext& ctx, ProcessDump& p) {
   ssize_t n = readlink(StrFormat("/proc/%d/exe", pid).c_str(), exe, sizeof(exe) - 1);
   if (n > 0) mm.set_exe_path(std::string(exe, n));
 
+  pt.Lap("head");
   ASSIGN_OR_RETURN(auto maps0, proc::ReadMaps(pid));
   auto maps = WithoutRange(maps0, r->area_start(), r->area_end());
   uint64_t lo = ~0ULL, hi = 0;
@@ -276,6 +286,7 @@ Result<void> DumpMm(DumpContext& ctx, ProcessDump& p) {
     a->set_start(g.addr);
     a->set_end(g.addr + g.npages * kPage);
   }
+  pt.Lap("maps+guards");
   ASSIGN_OR_RETURN(auto source, PresentPages::Open(pid, ctx.zero_pfn));
   std::vector<PageRange> readable, unreadable;
   // After pre-copy rounds, the present pages of VMAs tracked since: only the ones written since
@@ -287,6 +298,8 @@ Result<void> DumpMm(DumpContext& ctx, ProcessDump& p) {
     ASSIGN_OR_RETURN(tracked, tracker->Tracked());
   }
   PageCounts counts;
+  UniqueFd scan_fd;
+  pt.Lap("tracked");
   for (const auto& m : maps) {
     ASSIGN_OR_RETURN(img::VmaKind kind, Classify(m, pid));
     img::Vma* v = mm.add_vmas();
@@ -312,6 +325,18 @@ Result<void> DumpMm(DumpContext& ctx, ProcessDump& p) {
     bool covered = tracker && Contains(tracked, m.start, m.end);
     auto& dst =
         (m.prot & PROT_READ) ? (covered ? r_cov : readable) : (covered ? u_cov : unreadable);
+    if (covered) {
+      // Only the dirty ones among these are read: ranges from one PAGEMAP_SCAN walk suffice
+      // (reading an entry per page cost ~50 ms per GiB while frozen).
+      if (!scan_fd) {
+        ASSIGN_OR_RETURN(scan_fd, fs::Open(StrFormat("/proc/%d/pagemap", pid), O_RDONLY));
+      }
+      TRY_CTX(pagemap_scan::ContentPages(scan_fd.get(), m.start, m.end,
+                                         kind != img::VMA_ANON_PRIVATE, &dst),
+              "pid %d: pages of %#lx-%#lx", pid, static_cast<unsigned long>(m.start),
+              static_cast<unsigned long>(m.end));
+      continue;
+    }
     TRY(source->Collect(m.start, m.end, kind != img::VMA_ANON_PRIVATE, &dst, &counts));
   }
   if (!guards.empty()) {
@@ -320,7 +345,10 @@ Result<void> DumpMm(DumpContext& ctx, ProcessDump& p) {
     r_cov = Subtract(r_cov, guards);
     u_cov = Subtract(u_cov, guards);
   }
-  smaps_thread.join();
+  pt.Lap("collect");
+  if (smaps_thread.joinable()) smaps_thread.join();
+  pt.Lap("smaps_wait");
+  if (reused) vmflags_res = std::move(*reused);
   ASSIGN_OR_RETURN(auto vmflags, std::move(vmflags_res));
   // The scratch area was mmap'ed by us just now: mm->def_flags (mlockall(MCL_FUTURE)) shows there.
   if (auto it = vmflags.find(r->area_start()); it != vmflags.end() && it->second.locked)
@@ -360,10 +388,13 @@ Result<void> DumpMm(DumpContext& ctx, ProcessDump& p) {
     std::vector<PageRange> present =
         MergeRanges(MergeRanges(readable, r_cov), MergeRanges(unreadable, u_cov));
     std::vector<PageRange> dirty;
+    pt.Lap("mm_img");
     TRY_CTX(tracker->CollectDirty(&dirty), "pid %d: dirty pages", pid);
+    pt.Lap("dirty");
     readable = MergeRanges(readable, Intersect(r_cov, dirty));
     unreadable = MergeRanges(unreadable, Intersect(u_cov, dirty));
     earlier = ctx.opts.precopy->EarlierMaps(pid, present);
+    pt.Lap("earlier");
   }
   img::PageMap pm;
   pm.set_pid(pid);
@@ -413,7 +444,12 @@ Result<void> DumpMm(DumpContext& ctx, ProcessDump& p) {
                    images::ImageWriter::Create(*ctx.sink, StrFormat("pagemap-%d.img", pid)));
   for (const auto& e : earlier) TRY(pw.Write(e));
   TRY(pw.Write(pm));
-  return pw.Close();
+  TRY(pw.Close());
+  pt.Lap("pages+pagemap");
+  std::string laps;
+  for (const auto& [k, ms] : pt.phases()) laps += StrFormat(" %s %.1f", k.c_str(), ms);
+  LOG_DEBUG("pid %d: mm step (ms):%s", pid, laps.c_str());
+  return Ok();
 }
 
 }  // namespace godwit::dump

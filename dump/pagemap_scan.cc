@@ -20,6 +20,7 @@ Result<void> Scan(int pagemap_fd, uint64_t start, uint64_t end, const Query& q,
     a.end = end;
     a.vec = reinterpret_cast<uint64_t>(vec);
     a.vec_len = kVec;
+    a.category_inverted = q.category_inverted;
     a.category_mask = q.category_mask;
     a.category_anyof_mask = q.category_anyof_mask;
     a.return_mask = q.return_mask;
@@ -37,6 +38,17 @@ Result<void> Scan(int pagemap_fd, uint64_t start, uint64_t end, const Query& q,
     at = vec[n - 1].end;
   }
   return Ok();
+}
+
+Result<void> ContentPages(int pagemap_fd, uint64_t start, uint64_t end, bool private_file,
+                          std::vector<PageRange>* out) {
+  Query q;
+  uint64_t not_these = pagemap::kPageIsPfnZero | (private_file ? pagemap::kPageIsFile : 0);
+  q.category_inverted = not_these;  // inverted, then required: none of them
+  q.category_mask = not_these;
+  q.category_anyof_mask = pagemap::kPageIsPresent | pagemap::kPageIsSwapped;
+  q.return_mask = q.category_anyof_mask;
+  return Scan(pagemap_fd, start, end, q, out);
 }
 
 }  // namespace godwit::dump::pagemap_scan

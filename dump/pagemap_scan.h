@@ -16,12 +16,20 @@
 namespace godwit::dump::pagemap_scan {
 
 struct Query {
-  uint64_t flags = 0, category_mask = 0, category_anyof_mask = 0, return_mask = 0;
+  uint64_t flags = 0, category_inverted = 0, category_mask = 0, category_anyof_mask = 0,
+           return_mask = 0;
 };
 
 // Appends the pages of [start, end) that match q to out, sorted, adjacent ones merged. An
 // ioctl failure is an error with its errno (EINVAL or ENOTTY: this kernel lacks the query).
 Result<void> Scan(int pagemap_fd, uint64_t start, uint64_t end, const Query& q,
                   std::vector<PageRange>* out);
+
+// The pages of [start, end) with content of the process's own, as PresentPages::Collect decides
+// (present or swapped, not the zero page; with private_file, not the file's page-cache page), in
+// one walk that returns ranges instead of a pagemap entry per page: ~ten times faster on big
+// mappings. It does not count the pages it skips.
+Result<void> ContentPages(int pagemap_fd, uint64_t start, uint64_t end, bool private_file,
+                          std::vector<PageRange>* out);
 
 }  // namespace godwit::dump::pagemap_scan

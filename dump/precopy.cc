@@ -10,6 +10,7 @@
 #include "dump/dirty.h"
 #include "dump/lazy_wait.h"
 #include "dump/tree.h"
+#include "dump/vmflags.h"
 
 namespace godwit::dump {
 namespace {
@@ -100,6 +101,9 @@ Result<RoundStats> PreCopy::Round() {
 }
 
 Result<void> PreCopy::RoundOf(pid_t pid, Process& p, int round, RoundStats* rs) {
+  // The VMA flags as of this round, for the final dump to reuse when nothing changed since
+  // (dump/vmflags.h): smaps costs it a page-table walk of the whole tree while frozen.
+  p.vmflags = TakeVmFlagsSnapshot(pid);
   std::vector<PageRange> runs;
   if (round == 0) {
     ASSIGN_OR_RETURN(std::vector<PageRange> tracked, p.tracker->Tracked());
@@ -151,6 +155,13 @@ Result<void> PreCopy::CheckUsable() const {
     return MakeError(ErrorKind::kGeneric, 0, "pre-copy of %d: a round failed, its tracking is lost",
                      pid_);
   return Ok();
+}
+
+const VmFlagsSnapshot* PreCopy::VmFlagsOf(pid_t pid) const {
+  if (failed_ || rounds_.empty()) return nullptr;
+  auto it = procs_.find(pid);
+  if (it == procs_.end() || !it->second.vmflags) return nullptr;
+  return &*it->second.vmflags;
 }
 
 DirtyTracker* PreCopy::Tracker(pid_t pid) const {

@@ -23,10 +23,12 @@
 #include <chrono>
 #include <map>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "common/result.h"
 #include "dump/pages.h"
+#include "dump/vmflags.h"
 #include "images/image.h"
 #include "proto/pagemap.pb.h"
 
@@ -78,12 +80,15 @@ class PreCopy {
   // The rounds' page maps of pid in order, each cut down to the pages in present (sorted): a page
   // gone since (unmapped, or the zero page now) must not come back from an old round.
   std::vector<img::PageMap> EarlierMaps(pid_t pid, const std::vector<PageRange>& present) const;
+  // pid's VMA flags as the last round saw them (null: not taken, see dump/vmflags.h).
+  const VmFlagsSnapshot* VmFlagsOf(pid_t pid) const;
 
  private:
   PreCopy() = default;
   struct Process {
     std::unique_ptr<DirtyTracker> tracker;
     std::vector<img::PageMap> maps;  // one per round that stored something
+    std::optional<VmFlagsSnapshot> vmflags;  // as of the last round
   };
   Result<void> RoundOf(pid_t pid, Process& p, int round, RoundStats* rs);
 

@@ -9,6 +9,7 @@
 #include <string_view>
 
 #include "common/fs.h"
+#include "common/log.h"
 
 namespace godwit::dump {
 
@@ -77,6 +78,68 @@ Result<std::map<uint64_t, VmFlags>> ReadVmFlags(pid_t pid) {
     }
     pos = eol + 1;
   }
+  return out;
+}
+
+std::optional<VmFlagsSnapshot> TakeVmFlagsSnapshot(pid_t pid) {
+  const VmaIter* it = VmaIter::Shared();
+  if (it == nullptr) return std::nullopt;
+  auto before = it->Read(pid);
+  if (!before.ok()) {
+    LOG_DEBUG("pid %d: %s", pid, before.error().to_string().c_str());
+    return std::nullopt;
+  }
+  auto flags = ReadVmFlags(pid);
+  if (!flags.ok()) return std::nullopt;
+  auto after = it->Read(pid);
+  // smaps shows the vsyscall gate (a kernel address) too: it is no VMA of the process.
+  size_t listed = 0;
+  for (const auto& [start, f] : *flags) listed += start < (1ULL << 63) ? 1 : 0;
+  if (!after.ok() || *after != *before || listed != before->size()) {
+    LOG_DEBUG("pid %d: its VMAs changed while smaps was read (%zu VMAs, %zu in smaps)", pid,
+              before->size(), listed);
+    return std::nullopt;
+  }
+  for (const auto& v : *before) {
+    auto f = flags->find(v.start);
+    if (f == flags->end()) return std::nullopt;
+    if (((v.flags & kVmLocked) != 0) != f->second.locked ||
+        ((v.flags & kVmLockOnFault) != 0) != f->second.onfault) {
+      LOG_DEBUG("pid %d: VMA %#lx: raw lock bits %#lx disagree with smaps: not reused", pid,
+                static_cast<unsigned long>(v.start), static_cast<unsigned long>(v.flags));
+      return std::nullopt;
+    }
+  }
+  return VmFlagsSnapshot{std::move(*before), std::move(*flags)};
+}
+
+std::optional<std::map<uint64_t, VmFlags>> ReuseVmFlags(pid_t pid, const VmFlagsSnapshot& snap,
+                                                        uint64_t skip_start, uint64_t skip_end) {
+  const VmaIter* it = VmaIter::Shared();
+  if (it == nullptr) return std::nullopt;
+  auto now = it->Read(pid);
+  if (!now.ok()) return std::nullopt;
+  std::map<uint64_t, VmFlags> out = snap.flags;
+  size_t j = 0;
+  for (const auto& v : *now) {
+    if (v.start < skip_end && v.end > skip_start) {
+      if (v.start != skip_start || v.end != skip_end) return std::nullopt;  // merged: smaps
+      VmFlags f;
+      f.locked = (v.flags & kVmLocked) != 0;
+      f.onfault = (v.flags & kVmLockOnFault) != 0;
+      out[v.start] = f;
+      continue;
+    }
+    if (j >= snap.raw.size() || !(snap.raw[j] == v)) {
+      LOG_DEBUG("pid %d: VMA %#lx-%#lx (flags %#lx) changed since the last round: smaps read",
+                pid, static_cast<unsigned long>(v.start), static_cast<unsigned long>(v.end),
+                static_cast<unsigned long>(v.flags));
+      return std::nullopt;
+    }
+    ++j;
+  }
+  if (j != snap.raw.size()) return std::nullopt;
+  LOG_DEBUG("pid %d: VMA flags unchanged since the last round: smaps not read", pid);
   return out;
 }
 

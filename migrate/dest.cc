@@ -133,6 +133,7 @@ class PendingRestore {
   ~PendingRestore();
   // Lets it run; its result.
   Result<Restored> Go();
+  Result<Restored> Parse(const std::string& json_line) const;
 
  private:
   PendingRestore() = default;
@@ -216,6 +217,19 @@ Result<Restored> PendingRestore::Go() {
   if (write(go_.get(), &one, 1) != 1) return Errno("start the restore of %s", id_.c_str());
   go_.reset();
   std::string o_text, e_text;
+  // On success it prints one JSON line once the container runs, then exits: its exit (freeing
+  // its memory, a few ms) is not waited for inside the blackout; the destructor reaps it.
+  {
+    char buf[4096];
+    ssize_t n;
+    while (o_text.find('\n') == std::string::npos &&
+           ((n = read(out_.get(), buf, sizeof(buf))) > 0 || (n < 0 && errno == EINTR)))
+      if (n > 0) o_text.append(buf, n);
+    if (o_text.find('\n') != std::string::npos) {
+      auto r = Parse(o_text);
+      if (r.ok()) return r;
+    }
+  }
   // stderr is small (one error); read stdout to the end first, then stderr.
   for (auto [fd, into] :
        {std::pair<int, std::string*>{out_.get(), &o_text}, {err_.get(), &e_text}}) {
@@ -230,8 +244,6 @@ Result<Restored> PendingRestore::Go() {
   while (waitpid(pid_, &st, 0) < 0 && errno == EINTR) {
   }
   pid_ = -1;
-  const DestOptions& o = o_;
-  const std::string& id = id_;
   if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
     ErrorKind kind = WIFEXITED(st) && WEXITSTATUS(st) >= 1 && WEXITSTATUS(st) <= 8
                          ? static_cast<ErrorKind>(WEXITSTATUS(st))
@@ -244,6 +256,10 @@ Result<Restored> PendingRestore::Go() {
     }
     return MakeError(kind, 0, "%s", fs::Trim(msg).c_str());
   }
+  return Parse(o_text);
+}
+
+Result<Restored> PendingRestore::Parse(const std::string& o_text) const {
   Restored r;
   try {
     auto j = nlohmann::json::parse(o_text);
@@ -258,7 +274,9 @@ Result<Restored> PendingRestore::Go() {
   } catch (...) {
     return MakeError(ErrorKind::kGeneric, 0, "godwit restore printed no JSON: %s", o_text.c_str());
   }
-  auto c = runtime::Container::Load(o.root, id);
+  if (r.pid <= 0)
+    return MakeError(ErrorKind::kGeneric, 0, "godwit restore printed no pid: %s", o_text.c_str());
+  auto c = runtime::Container::Load(o_.root, id_);
   if (c.ok()) r.host_veth = c->host_veth;
   return r;
 }
@@ -503,6 +521,7 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
         // arrives in between (dropped by the lock) is replayed after the source's frames.
         // Both packet sockets live until this session ends: closing one waits for an RCU grace
         // period (packet_hold.h), which must not fall inside the switch.
+        timing::PhaseTimer prep;
         std::optional<PacketHold> own_hold;
         std::optional<FrameInjector> injector;
         if (!rr->host_veth.empty()) {
@@ -518,6 +537,7 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
           else
             LOG_WARN("migration of %s: %s", res.id.c_str(), in.error().to_string().c_str());
         }
+        prep.Lap("dest.prep_hold_ms");
         // What the switch will do, prepared now: the announcement and the lock's release.
         std::optional<runtime::GratuitousArp> arp;
         {
@@ -528,6 +548,7 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
             LOG_WARN("migration of %s: announce: %s", res.id.c_str(),
                      a.error().to_string().c_str());
         }
+        prep.Lap("dest.prep_arp_ms");
         std::unique_ptr<files::NetLock> restored_lock;
         {
           auto l = AdoptRestoredLock(staging, rr->pid);
@@ -547,6 +568,8 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
         auto& steps = *rs->mutable_phases()->mutable_steps();
         for (const auto& [k, v] : rr->steps) steps[k] = v;
         steps["dest.restore_process_ms"] = res.restore_ms;
+        prep.Lap("dest.prep_lock_ms");
+        for (const auto& [k, v] : prep.phases()) steps[k] = v;
         steps["dest.prepare_switch_ms"] = MsSince(t_prep);
         if (Fault(o, ch, "restored"))
           return MakeError(ErrorKind::kPeer, 0, "fault injected at restored");

@@ -21,7 +21,9 @@ namespace godwit::migrate {
 Result<PacketHold> PacketHold::Start(const std::string& host_veth, int rcvbuf) {
   unsigned idx = if_nametoindex(host_veth.c_str());
   if (idx == 0) return Errno("packet hold: link %s", host_veth.c_str());
-  int fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC | SOCK_NONBLOCK, htons(ETH_P_ALL));
+  // Protocol 0 here, ETH_P_ALL at bind: a socket created with a protocol is hooked at once, and
+  // binding it to a device re-hooks it, which waits for an RCU grace period (10-60 ms here).
+  int fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (fd < 0) return Errno("packet hold: socket(AF_PACKET)");
   PacketHold h;
   h.fd_.reset(fd);

@@ -6,6 +6,7 @@
 // helper itself (exit code and result files).
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -16,7 +17,10 @@
 #include "cr_util.h"
 #include "dump/dump.h"
 #include "dump/precopy.h"
+#include "dump/vma_iter.h"
+#include "dump/vmflags.h"
 #include "images/image.h"
+#include "proto/mm.pb.h"
 
 namespace godwit::crtest {
 namespace {
@@ -128,6 +132,93 @@ TEST_F(CrPreCopy, RoundsThenAFinalDumpOfWhatChanged) {
          st->pages_dumped * 4096 / 1048576.0);
   pc->reset();  // stops tracking (the tree is gone already)
   EXPECT_EQ(RestoreAndCheck(pid, 2), 0);
+}
+
+// After pre-copy the final dump takes the VMA flags from the last round's smaps read when a BPF
+// iterator shows no VMA changed since (dump/vmflags.h). A flag set before the round comes through
+// that way; one set on a whole mapping after the round (madvise splits nothing there, the VMA
+// keeps its bounds) must be seen all the same: the raw flags differ, smaps is read again.
+TEST_F(CrPreCopy, VmaFlagsChangedAfterTheLastRoundReachTheImage) {
+  if (dump::VmaIter::Shared() == nullptr) GTEST_SKIP() << "no BPF task_vma iterator here";
+  int go[2], ack[2];
+  ASSERT_EQ(pipe(go), 0);
+  ASSERT_EQ(pipe(ack), 0);
+  constexpr size_t kLen = 64 * 4096;
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    // Two mappings kept apart by a PROT_NONE page so they never merge.
+    char* m = static_cast<char*>(
+        mmap(nullptr, 3 * kLen, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+    if (m == MAP_FAILED) _exit(1);
+    char* before = m;
+    char* after = m + 2 * kLen;
+    mprotect(m + kLen, kLen, PROT_NONE);
+    memset(before, 1, kLen);
+    memset(after, 2, kLen);
+    madvise(before, kLen, MADV_DONTDUMP);
+    uint64_t addrs[2] = {reinterpret_cast<uint64_t>(before), reinterpret_cast<uint64_t>(after)};
+    if (write(ack[1], addrs, sizeof(addrs)) != sizeof(addrs)) _exit(1);
+    char c;
+    if (read(go[0], &c, 1) != 1) _exit(1);
+    madvise(after, kLen, MADV_DONTFORK);
+    if (write(ack[1], "d", 1) != 1) _exit(1);
+    close_range(0, ~0U, 0);  // nothing connected outside the tree for the dump to refuse
+    for (;;) pause();
+  }
+  pids_.push_back(pid);
+  close(go[0]);
+  close(ack[1]);
+  uint64_t addrs[2];
+  ASSERT_EQ(read(ack[0], addrs, sizeof(addrs)), static_cast<ssize_t>(sizeof(addrs)));
+  // The iterator sees the process's VMAs as maps does.
+  auto raw = dump::VmaIter::Shared()->Read(pid);
+  ASSERT_TRUE(raw.ok()) << raw.error().to_string();
+  int seen = 0;
+  for (const auto& v : *raw) seen += (v.start == addrs[0] || v.start == addrs[1]) ? 1 : 0;
+  EXPECT_EQ(seen, 2);
+  auto flags = dump::ReadVmFlags(pid);
+  ASSERT_TRUE(flags.ok());
+  size_t listed = 0;
+  for (const auto& [start, f] : *flags) listed += start < (1ULL << 63) ? 1 : 0;
+  EXPECT_EQ(raw->size(), listed);
+
+  auto sink = images::OpenDirSink(dir_ / "img");
+  ASSERT_TRUE(sink.ok()) << sink.error().to_string();
+  auto pc = dump::PreCopy::Start(pid, **sink);
+  ASSERT_TRUE(pc.ok()) << pc.error().to_string();
+  ASSERT_TRUE((*pc)->Round().ok());
+  ASSERT_NE((*pc)->VmFlagsOf(pid), nullptr) << "the round took no snapshot of the VMA flags";
+  ASSERT_EQ(write(go[1], "g", 1), 1);
+  char c;
+  ASSERT_EQ(read(ack[0], &c, 1), 1);
+  ASSERT_EQ(read(ack[0], &c, 1), 0);  // EOF: the child closed its fds
+  close(go[1]);
+  close(ack[0]);
+  dump::DumpOptions o;
+  o.pid = pid;
+  o.precopy = pc->get();
+  auto st = dump::Dump(o, **sink);
+  ASSERT_TRUE(st.ok()) << st.error().to_string();
+  pc->reset();
+  EXPECT_EQ(Wait(pid), 128 + SIGKILL);
+  pids_.clear();
+  auto set = images::ImageSet::Open(dir_ / "img");
+  ASSERT_TRUE(set.ok()) << set.error().to_string();
+  img::MmEntry mm;
+  ASSERT_TRUE(set->ReadOne("mm-" + std::to_string(pid) + ".img", &mm).ok());
+  int found = 0;
+  for (const auto& v : mm.vmas()) {
+    if (v.start() == addrs[0]) {
+      found++;
+      EXPECT_TRUE(v.madv() & (1ULL << MADV_DONTDUMP)) << "set before the round: lost";
+      EXPECT_FALSE(v.madv() & (1ULL << MADV_DONTFORK));
+    } else if (v.start() == addrs[1]) {
+      found++;
+      EXPECT_TRUE(v.madv() & (1ULL << MADV_DONTFORK)) << "set after the round: not seen";
+    }
+  }
+  EXPECT_EQ(found, 2);
 }
 
 // A tree that has run no round yet: the final dump stores everything (nothing was copied before).
