@@ -17,6 +17,7 @@
 #include "common/result.h"
 #include "common/unique_fd.h"
 #include "images/image.h"
+#include "restore/lazy.h"
 #include "proto/core.pb.h"
 #include "proto/mm.pb.h"
 #include "proto/pagemap.pb.h"
@@ -27,8 +28,6 @@ class FdRestorer;
 }
 
 namespace godwit::restore {
-
-class LazyPager;  // restore/lazy.h
 
 struct RestoreOptions {
   std::string images_dir;
@@ -97,6 +96,8 @@ struct ProcessRestore {
   img::ProcessCore core;
   img::MmEntry mm;
   std::vector<img::PageMap> pagemaps;  // pre-dump rounds first, applied in order
+  // Lazy: what FillPages left to the pager, per pagemap in order, recorded in one batch.
+  std::vector<LazyPager::Source> lazy_sources;
   std::unique_ptr<remote::Remote> remote;
   std::vector<pid_t> attached;  // threads under our ptrace (host tids), the main thread first
   // pid is the host pid: entry->pid() when the tree keeps its host pids, else what the kernel

@@ -191,18 +191,87 @@ Result<void> LazyPager::AddPages(pid_t pid, const std::string& path, const std::
     if (q->pid == pid && !q->dead) p = q.get();
   if (p == nullptr)
     return MakeError(ErrorKind::kGeneric, 0, "lazy pages: pid %d is not registered", pid);
-  auto it = blob_index_.find(path);
-  uint32_t b;
-  if (it != blob_index_.end()) {
-    b = it->second;
-  } else {
-    int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return Errno("open %s", path.c_str());
-    b = static_cast<uint32_t>(blobs_.size());
-    blobs_.push_back({UniqueFd(fd), name, verified});
-    blob_index_[path] = b;
-  }
+  ASSIGN_OR_RETURN(uint32_t b, BlobIndex(path, name, verified));
   for (const auto& r : runs) Insert(p->pending, r.va, r.va + r.len, b, r.off);
+  cv_.notify_all();
+  return Ok();
+}
+
+Result<uint32_t> LazyPager::BlobIndex(const std::string& path, const std::string& name,
+                                      bool verified) {
+  auto it = blob_index_.find(path);
+  if (it != blob_index_.end()) return it->second;
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return Errno("open %s", path.c_str());
+  uint32_t b = static_cast<uint32_t>(blobs_.size());
+  blobs_.push_back({UniqueFd(fd), name, verified});
+  blob_index_[path] = b;
+  return b;
+}
+
+Result<void> LazyPager::AddPagesBatch(pid_t pid, const std::vector<Source>& sources) {
+  struct Out {
+    uint64_t va, end;
+    uint32_t blob;
+    uint64_t off;
+  };
+  std::vector<Out> out;
+  std::vector<std::pair<uint64_t, uint64_t>> covered, next;  // sorted, merged
+  std::vector<uint32_t> index(sources.size());
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    for (size_t i = 0; i < sources.size(); ++i) {
+      if (sources[i].runs.empty()) continue;
+      ASSIGN_OR_RETURN(index[i], BlobIndex(sources[i].path, sources[i].name, sources[i].verified));
+    }
+  }
+  // Newest first: each run minus what newer sources cover.
+  for (size_t k = sources.size(); k-- > 0;) {
+    const auto& runs = sources[k].runs;
+    if (runs.empty()) continue;
+    size_t c = 0;
+    for (const Run& r : runs) {
+      uint64_t s = r.va, e = r.va + r.len;
+      while (c < covered.size() && covered[c].second <= s) ++c;
+      for (size_t j = c; j < covered.size() && covered[j].first < e && s < e; ++j) {
+        if (covered[j].first > s)
+          out.push_back({s, covered[j].first, index[k], r.off + (s - r.va)});
+        s = std::max(s, covered[j].second);
+      }
+      if (s < e) out.push_back({s, e, index[k], r.off + (s - r.va)});
+    }
+    // covered |= this source's runs
+    next.clear();
+    size_t a = 0, b = 0;
+    auto push = [&](uint64_t s, uint64_t e) {
+      if (!next.empty() && s <= next.back().second)
+        next.back().second = std::max(next.back().second, e);
+      else
+        next.push_back({s, e});
+    };
+    while (a < covered.size() || b < runs.size()) {
+      if (b >= runs.size() || (a < covered.size() && covered[a].first < runs[b].va)) {
+        push(covered[a].first, covered[a].second);
+        ++a;
+      } else {
+        push(runs[b].va, runs[b].va + runs[b].len);
+        ++b;
+      }
+    }
+    covered.swap(next);
+  }
+  std::sort(out.begin(), out.end(), [](const Out& x, const Out& y) { return x.va < y.va; });
+  std::lock_guard<std::mutex> l(mu_);
+  Proc* p = nullptr;
+  for (auto& q : procs_)
+    if (q->pid == pid && !q->dead) p = q.get();
+  if (p == nullptr)
+    return MakeError(ErrorKind::kGeneric, 0, "lazy pages: pid %d is not registered", pid);
+  if (p->pending.empty()) {
+    for (const Out& o : out) p->pending.emplace_hint(p->pending.end(), o.va, Seg{o.end, o.blob, o.off});
+  } else {
+    for (const Out& o : out) Insert(p->pending, o.va, o.end, o.blob, o.off);
+  }
   cv_.notify_all();
   return Ok();
 }

@@ -86,6 +86,16 @@ class LazyPager {
   };
   Result<void> AddPages(pid_t pid, const std::string& path, const std::string& name,
                         bool verified, const std::vector<Run>& runs);
+  // Several blobs' pages of pid at once (every pre-copy round and the final dump), oldest first:
+  // where they overlap the later wins. Resolved here in one sweep (newest first, against what
+  // newer ones cover) and recorded in address order, instead of carving the record run by run:
+  // ~100k runs of a 1 GiB tree after pre-copy cost 40-90 ms that way.
+  struct Source {
+    std::string path, name;
+    bool verified = false;
+    std::vector<Run> runs;  // sorted, non-overlapping
+  };
+  Result<void> AddPagesBatch(pid_t pid, const std::vector<Source>& sources);
 
   // Starts pushing the pages nobody faulted (two workers). Until then only faults are served: the
   // restore calls it once the tree runs, so the background copies do not take the CPU from the
@@ -131,6 +141,7 @@ class LazyPager {
 
   static void Carve(Map& m, uint64_t s, uint64_t e, std::vector<Piece>* out, Proc* p);
   static void Insert(Map& m, uint64_t s, uint64_t e, uint32_t blob, uint64_t off);
+  Result<uint32_t> BlobIndex(const std::string& path, const std::string& name, bool verified);
   void Start();
   void Stop();
   void EventLoop();

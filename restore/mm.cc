@@ -440,6 +440,10 @@ Result<void> RestoreMm(RestoreContext& ctx, ProcessRestore& p) {
     if (v.madv() != 0 && !kernel_made(v)) TRY_CTX(ApplyAdvice(r, v), "pid %d", p.pid);
   if (ctx.lazy) TRY_CTX(RegisterLazy(ctx, p, has_pages), "pid %d: lazy pages", p.pid);
   for (const auto& pm : p.pagemaps) TRY_CTX(FillPages(ctx, p, pm), "pid %d: pages", p.pid);
+  if (!p.lazy_sources.empty()) {
+    TRY_CTX(ctx.lazy->AddPagesBatch(p.pid, p.lazy_sources), "pid %d: lazy pages", p.pid);
+    p.lazy_sources.clear();
+  }
   // Final protections where the fill needed PROT_WRITE.
   for (const auto& v : p.mm.vmas()) {
     bool filled = has_pages(v.start(), v.end());

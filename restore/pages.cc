@@ -282,9 +282,10 @@ Result<void> FillPages(RestoreContext& ctx, ProcessRestore& p, const img::PageMa
         add_raw(va, n);
     });
   }
-  if (lazy != nullptr) {
-    TRY(lazy->AddPages(p.pid, ctx.images->dir() + "/" + pagemap.blob(), pagemap.blob(),
-                       ctx.images->Verified(pagemap.blob()), lazy_runs));
+  if (lazy != nullptr && !lazy_runs.empty()) {
+    // Recorded with the other rounds' once every pagemap was seen (RestoreMm).
+    p.lazy_sources.push_back({ctx.images->dir() + "/" + pagemap.blob(), pagemap.blob(),
+                              ctx.images->Verified(pagemap.blob()), std::move(lazy_runs)});
   }
   if (lazy != nullptr)
     LOG_DEBUG("pid %d: %s: %lu bytes left to the lazy pager", p.pid, pagemap.blob().c_str(),
