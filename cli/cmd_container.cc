@@ -14,6 +14,7 @@
 
 #include "common/args.h"
 #include "common/fs.h"
+#include "common/timing.h"
 #include "cli/tuning_env.h"
 #include "container/engine.h"
 #include "restore/lazy.h"
@@ -63,6 +64,7 @@ nlohmann::json PhasesJson(const container::RestorePhases& p) {
           {"tree", {{"memory_ms", p.memory_ms}, {"rest_ms", p.tree_rest_ms}}},
           {"running_ms", p.running_ms},
           {"finish_ms", p.finish_ms},
+          {"pager_detach_ms", p.pager_detach_ms},
           {"total_ms", p.total_ms}};
 }
 
@@ -316,11 +318,13 @@ int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
   // Lazy: the owed pages are installed by this process while it waits for the init, or,
   // detached, by a pager process (its pid is printed: the pages are in when it exits).
   pid_t pager_pid = 0;
+  auto t_detach = timing::Clock::now();
   if (r->pager && pa->has("detach")) {
     auto d = r->pager->Detach();
     if (!d.ok()) return fail(d.error());
     pager_pid = *d;
   }
+  r->phases.pager_detach_ms = timing::MsSince(t_detach);
   WriteWorkLog(work, "restore.log",
                StrFormat("godwit restore %s: init pid %d, %d process(es), total %.1f ms",
                          c.id.c_str(), c.pid, r->processes, r->phases.total_ms));

@@ -69,6 +69,7 @@ struct RestorePhases {
   double tree_rest_ms = 0; // of tree_ms: the rest (forks, fds, state, TCP finalize/unlock, detach)
   double running_ms = 0;   // start until the container runs again
   double finish_ms = 0;    // destroyed shm removed, the runtime's state record written
+  double pager_detach_ms = 0;  // the caller handing the lazy pager to its own process (--detach)
   double total_ms = 0;
 };
 
