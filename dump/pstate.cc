@@ -22,6 +22,7 @@
 #include "common/fs.h"
 #include "common/idmap.h"
 #include "common/log.h"
+#include "common/timing.h"
 #include "common/sched_attr.h"
 #include "dump/steps.h"
 #include "images/inspect.h"
@@ -530,7 +531,14 @@ std::string Summarize(const google::protobuf::Message& m) {
 Result<void> DumpPstate(DumpContext& ctx, ProcessDump& p) {
   img::ProcessState ps;
   ps.set_pid(p.pid);
-  for (const auto& k : kKinds) TRY_CTX(k.fn(ctx, p, &ps), "%s", k.name);
+  timing::PhaseTimer t;
+  for (const auto& k : kKinds) {
+    TRY_CTX(k.fn(ctx, p, &ps), "%s", k.name);
+    t.Lap(k.name);
+  }
+  std::string laps;
+  for (const auto& [k, ms] : t.phases()) laps += StrFormat(" %s %.2f", k.c_str(), ms);
+  LOG_DEBUG("pid %d: pstate (ms):%s", p.pid, laps.c_str());
   return images::WriteImage(*ctx.sink, StrFormat("pstate-%d.img", p.pid), ps);
 }
 

@@ -402,19 +402,26 @@ Result<void> RestoreMm(RestoreContext& ctx, ProcessRestore& p) {
 
   MmState st;
   // Which VMAs get pages: those a run (of any round) falls in.
-  std::vector<Interval> runs;
-  for (const auto& pm : p.pagemaps)
-    for (const auto& run : pm.runs())
-      runs.push_back({run.vaddr(), run.vaddr() + run.npages() * kPage});
-  std::sort(runs.begin(), runs.end(),
-            [](const Interval& a, const Interval& b) { return a.start < b.start; });
-  // Their union: rounds may overlap.
-  std::vector<Interval> uni;
-  for (const auto& iv : runs) {
-    if (!uni.empty() && iv.start <= uni.back().end)
-      uni.back().end = std::max(uni.back().end, iv.end);
+  // Their union: each pagemap's runs are sorted (load.cc checks), rounds may overlap; merged map
+  // by map (a sort of every run of every round cost ~10 ms at 1 GiB after pre-copy).
+  std::vector<Interval> uni, one, merged;
+  auto push = [](std::vector<Interval>& v, uint64_t s, uint64_t e) {
+    if (!v.empty() && s <= v.back().end)
+      v.back().end = std::max(v.back().end, e);
     else
-      uni.push_back(iv);
+      v.push_back({s, e});
+  };
+  for (const auto& pm : p.pagemaps) {
+    one.clear();
+    for (const auto& run : pm.runs()) push(one, run.vaddr(), run.vaddr() + run.npages() * kPage);
+    merged.clear();
+    size_t a = 0, b = 0;
+    while (a < uni.size() || b < one.size()) {
+      const Interval& iv =
+          (b >= one.size() || (a < uni.size() && uni[a].start < one[b].start)) ? uni[a++] : one[b++];
+      push(merged, iv.start, iv.end);
+    }
+    uni.swap(merged);
   }
   auto has_pages = [&](uint64_t s, uint64_t e) {
     auto it = std::upper_bound(uni.begin(), uni.end(), s,

@@ -239,6 +239,18 @@ Result<void> FillPages(RestoreContext& ctx, ProcessRestore& p, const img::PageMa
   };
   for (const auto& run : runs) {
     uint64_t len = run.npages() * kPage;
+    if (lazy != nullptr) {
+      // Most runs lie wholly inside a registered range: recorded as they are, no extents needed.
+      auto in = std::upper_bound(lazy_ranges.begin(), lazy_ranges.end(), run.vaddr(),
+                                 [](uint64_t x, const std::pair<uint64_t, uint64_t>& r) {
+                                   return x < r.second;
+                                 });
+      if (in != lazy_ranges.end() && in->first <= run.vaddr() && run.vaddr() + len <= in->second) {
+        lazy_runs.push_back({run.vaddr(), len, run.blob_off()});
+        lazy_bytes += len;
+        continue;
+      }
+    }
     auto ext = blob->RawExtents(run.blob_off(), len);
     // The parts of [va, va + n) as file extents, for the target's preadv (a raw run only).
     auto add_raw = [&](uint64_t va, uint64_t n) {
