@@ -246,6 +246,9 @@ TEST(MigrateWire, FilesCrossIntactAndBadNamesRefused) {
   ASSERT_TRUE(fs::WriteFile(src + "/a.img", zeros).ok());
   ASSERT_TRUE(fs::WriteFile(src + "/b.img", rnd).ok());
   ASSERT_TRUE(fs::WriteFile(src + "/empty.img", "").ok());
+  // Adaptive: random chunks then compressible ones in one file (4 MiB chunks).
+  std::string mixed = rnd.substr(0, 8 << 20) + std::string(8 << 20, 'b');
+  ASSERT_TRUE(fs::WriteFile(src + "/c.img", mixed).ok());
   Listener l;
   {
     TlsConfig plain;
@@ -278,6 +281,11 @@ TEST(MigrateWire, FilesCrossIntactAndBadNamesRefused) {
     ASSERT_TRUE(tx.Send("b.img").ok());
     ASSERT_TRUE(tx.Send("empty.img").ok());
     EXPECT_LT(tx.wire_bytes(), zeros.size() / 10 + rnd.size() + 4096);  // 'a's compressed
+    // Adaptive: the random chunks go raw (a 64 KiB sample said so), the 'b's compressed.
+    FileSender tx2(c->get(), mig::DIR_TREE, src, /*zstd=*/true, /*adaptive=*/true);
+    ASSERT_TRUE(tx2.Send("c.img").ok());
+    EXPECT_GE(tx2.wire_bytes(), 8u << 20);
+    EXPECT_LT(tx2.wire_bytes(), (8u << 20) + (8u << 20) / 10);
     mig::Frame f;
     f.mutable_file()->set_dir(mig::DIR_TREE);
     f.mutable_file()->set_name("../evil");
@@ -295,6 +303,7 @@ TEST(MigrateWire, FilesCrossIntactAndBadNamesRefused) {
   EXPECT_EQ(*fs::ReadFile(dst + "/tree/a.img"), zeros);
   EXPECT_EQ(*fs::ReadFile(dst + "/tree/b.img"), rnd);
   EXPECT_EQ(*fs::ReadFile(dst + "/tree/empty.img"), "");
+  EXPECT_EQ(*fs::ReadFile(dst + "/tree/c.img"), mixed);
   EXPECT_FALSE(fs::Exists(dst + "/evil"));
   EXPECT_FALSE(fs::Exists(dst + "/tree/crc.img.part"));
   (void)fs::RemoveAll(src);
