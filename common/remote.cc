@@ -334,6 +334,17 @@ Result<long> Remote::RawSyscallIn(pid_t tid, long nr, const uint64_t args[6]) {
   return ret;
 }
 
+Result<bool> Remote::RunCode(uint64_t addr) {
+  if (!mapped_) return Err("remote %d: scratch area is gone", pid_);
+  if (addr < scratch() || addr >= area_ + size_)
+    return Err("remote %d: code at %#lx is outside the scratch area", pid_,
+               static_cast<unsigned long>(addr));
+  if (!TrapSafe(tid_)) return false;
+  const uint64_t none[6] = {};
+  TRY(Inject(tid_, 0, none, addr, /*int3=*/true));
+  return true;
+}
+
 Result<long> Remote::SyscallIn(pid_t tid, long nr, uint64_t a0, uint64_t a1, uint64_t a2,
                                uint64_t a3, uint64_t a4, uint64_t a5) {
   uint64_t args[6] = {a0, a1, a2, a3, a4, a5};

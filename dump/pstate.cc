@@ -69,19 +69,65 @@ Result<std::vector<uint64_t>> Numbers(const std::string& s, int base) {
 
 // Every signal, defaults included: a SIG_DFL entry keeps its flags and mask (sigaction() reads
 // them back, and SIGCHLD's SA_NOCLDWAIT acts with SIG_DFL). 62 injected calls, ~0.75 ms.
+// x86-64 code that queries every signal's action in one injection (64 rt_sigaction calls cost
+// ~2.5 ms one by one, in frozen time, per process):
+//   for (sig = 1; sig <= 64; sig++) rc[sig-1] = rt_sigaction(sig, NULL, &out[sig-1], 8); int3
+std::vector<uint8_t> SigactionBatch(uint64_t out, uint64_t rc) {
+  std::vector<uint8_t> c = {0x49, 0xBD};  // mov r13, out
+  for (int i = 0; i < 8; ++i) c.push_back(static_cast<uint8_t>(out >> (8 * i)));
+  c.insert(c.end(), {0x49, 0xBE});  // mov r14, rc
+  for (int i = 0; i < 8; ++i) c.push_back(static_cast<uint8_t>(rc >> (8 * i)));
+  c.insert(c.end(), {0x41, 0xBC, 0x01, 0x00, 0x00, 0x00});  // mov r12d, 1
+  const std::vector<uint8_t> loop = {
+      0x44, 0x89, 0xE7,                    // mov edi, r12d
+      0x31, 0xF6,                          // xor esi, esi
+      0x4C, 0x89, 0xEA,                    // mov rdx, r13
+      0x41, 0xBA, 0x08, 0x00, 0x00, 0x00,  // mov r10d, 8
+      0xB8, SYS_rt_sigaction, 0x00, 0x00, 0x00,  // mov eax, SYS_rt_sigaction
+      0x0F, 0x05,                          // syscall
+      0x49, 0x89, 0x06,                    // mov [r14], rax
+      0x49, 0x83, 0xC5, 0x20,              // add r13, 32
+      0x49, 0x83, 0xC6, 0x08,              // add r14, 8
+      0x41, 0xFF, 0xC4,                    // inc r12d
+      0x41, 0x83, 0xFC, kMaxSig + 1,       // cmp r12d, 65
+  };
+  c.insert(c.end(), loop.begin(), loop.end());
+  c.push_back(0x75);  // jne loop
+  c.push_back(static_cast<uint8_t>(-(static_cast<int>(loop.size()) + 2)));
+  c.push_back(0xCC);  // int3
+  return c;
+}
+
 Result<void> DumpHandlers(DumpContext& ctx, ProcessDump& p, img::ProcessState* ps) {
   ASSIGN_OR_RETURN(remote::Remote * r, ctx.RemoteFor(p));
+  // The kernel's x86-64 sigaction per signal: handler, flags, restorer, mask.
+  uint64_t ka[kMaxSig][4] = {};
+  int64_t rc[kMaxSig] = {};
+  const uint64_t code = r->scratch(), out = code + 256, rcs = out + sizeof(ka);
+  static_assert(sizeof(ka) + sizeof(rc) + 256 < 64 * 1024);
+  std::vector<uint8_t> stub = SigactionBatch(out, rcs);
+  TRY(r->Write(code, stub.data(), stub.size()));
+  ASSIGN_OR_RETURN(bool batched, r->RunCode(code));
+  if (batched) {
+    TRY(r->Read(out, ka, sizeof(ka)));
+    TRY(r->Read(rcs, rc, sizeof(rc)));
+  }
   for (int sig = 1; sig <= kMaxSig; ++sig) {
     if (sig == SIGKILL || sig == SIGSTOP) continue;
-    uint64_t ka[4] = {};  // handler, flags, restorer, mask: the kernel's x86-64 sigaction
-    TRY_CTX(r->Syscall(SYS_rt_sigaction, sig, 0, r->scratch(), 8), "rt_sigaction %d", sig);
-    TRY(r->Read(r->scratch(), ka, sizeof(ka)));
+    uint64_t* k = ka[sig - 1];
+    if (!batched) {
+      TRY_CTX(r->Syscall(SYS_rt_sigaction, sig, 0, r->scratch(), 8), "rt_sigaction %d", sig);
+      TRY(r->Read(r->scratch(), k, 4 * sizeof(uint64_t)));
+    } else if (rc[sig - 1] != 0) {
+      return MakeError(ErrorKind::kGeneric, static_cast<int>(-rc[sig - 1]),
+                       "rt_sigaction %d in %d", sig, p.pid);
+    }
     auto* a = ps->mutable_handlers()->add_actions();
     a->set_signo(sig);
-    a->set_handler(ka[0]);
-    a->set_flags(ka[1]);
-    a->set_restorer(ka[2]);
-    a->set_mask(ka[3]);
+    a->set_handler(k[0]);
+    a->set_flags(k[1]);
+    a->set_restorer(k[2]);
+    a->set_mask(k[3]);
   }
   return Ok();
 }
