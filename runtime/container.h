@@ -53,6 +53,9 @@ struct Container {
   std::string state_path() const { return dir() + "/state.json"; }
   std::string fifo_path() const { return dir() + "/exec.fifo"; }
   std::string config_path() const { return dir() + "/config.json"; }
+  // A detached container's stdout and stderr (`run --detach`, a container `restore --detach`
+  // without an engine): read by `godwit logs`, removed with the state dir by delete.
+  std::string log_path() const { return dir() + "/container.log"; }
 
   // Live status: stopped if the init is gone, a zombie or a different process with its pid;
   // created while exec.fifo exists; paused while its cgroup is frozen; running otherwise.
