@@ -317,24 +317,21 @@ int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
     }
   }
   if (ProgressFn f = ProgressFor(g)) o.progress = f;
-  // Detached and not driven by an engine (conmon hands the restore its own pipes) nor by
-  // godwitd: the container's output goes to its log (`godwit logs ID`), as for `run --detach`.
+  // Detached and not driven by an engine (conmon hands the restore its own pipes): the
+  // container's output goes to its log (`godwit logs ID`), as for `run --detach`. A container
+  // that was run detached finds its log again (the images name it; made here when missing,
+  // e.g. on a migration's destination).
   std::unique_ptr<DetachedOutput> output;
-  if (pa->has("detach") && work.empty() && !pa->has("wait-fd")) {
+  if (pa->has("detach") && work.empty()) {
     if (auto v = runtime::ValidateId(o.id); !v.ok()) return fail(v.error());
-    auto d = DetachedOutput::Open(g.root, o.id);
+    auto d = DetachedOutput::Open(g.root, o.id, /*fresh=*/false);
     if (!d.ok()) return fail(d.error());
     output = std::move(*d);
   }
   auto r = container::Restore(o);
   if (output) {
     output->Restore();
-    if (r.ok()) {
-      if (auto k = output->Keep(r->container); !k.ok()) {
-        (void)runtime::Delete(g.root, o.id, /*force=*/true, g.cgroup_parent);
-        return fail(k.error());
-      }
-    }
+    output->Keep();
   }
   if (!r.ok()) return fail(r.error());
   const runtime::Container& c = r->container;

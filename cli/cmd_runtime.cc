@@ -147,7 +147,7 @@ int CmdRun(Global& g, const std::vector<std::string>& args) {
   if (!p.ok()) return ReportError(g, "run", p.error());
   // Foreground: a signal arriving while the container is created must be forwarded, not kill us.
   if (!p->has("detach")) rt::BlockForwardedSignals();
-  // Detached without a terminal: the container's stdout/stderr go to <state dir>/container.log
+  // Detached without a terminal: the container's stdout/stderr go to <root>/.logs/<id>.log
   // (`godwit logs ID`), its stdin is /dev/null. The id is needed before Create for that.
   std::string id = p->has("rootfs") ? p->get("name") : "";
   if (p->has("rootfs") && id.empty()) id = RandomId();
@@ -155,7 +155,7 @@ int CmdRun(Global& g, const std::vector<std::string>& args) {
   std::unique_ptr<DetachedOutput> output;
   if (p->has("detach") && p->get("console-socket").empty() && !id.empty()) {
     if (auto v = rt::ValidateId(id); !v.ok()) return ReportError(g, "run", v.error());
-    auto o = DetachedOutput::Open(g.root, id);
+    auto o = DetachedOutput::Open(g.root, id, /*fresh=*/true);
     if (!o.ok()) return ReportError(g, "run", o.error());
     output = std::move(*o);
   }
@@ -235,12 +235,7 @@ int CmdRun(Global& g, const std::vector<std::string>& args) {
   }
   if (output) {
     output->Restore();
-    if (c.ok()) {
-      if (auto k = output->Keep(*c); !k.ok()) {
-        (void)rt::Delete(c->root, c->id, true, g.cgroup_parent);
-        return ReportError(g, "run", k.error());
-      }
-    }
+    if (c.ok()) output->Keep();
   }
   if (!c.ok()) return ReportError(g, "run", c.error());
   if (p->has("detach")) {
@@ -275,7 +270,7 @@ GODWIT_COMMAND(run, "run",
                "filesystem with the config generated from flags (--rootfs). Without --detach\n"
                "godwit waits, forwards INT/TERM/HUP to the container, deletes it when it exits\n"
                "and exits with its status. With --detach it prints the id and returns; the\n"
-               "container's stdout and stderr go to <root>/<ID>/container.log (`godwit logs\n"
+               "container's stdout and stderr go to <root>/.logs/<ID>.log (`godwit logs\n"
                "ID`), its stdin is /dev/null (not with --console-socket).\n"
                "\n"
                "options (both forms):\n"
@@ -377,12 +372,13 @@ int CmdLogs(Global& g, const std::vector<std::string>& args) {
   auto p = Parse(args, {{}, {"follow"}, {{"-f", "follow"}}});
   if (!p.ok()) return ReportError(g, "logs", p.error());
   if (p->positionals.size() != 1) return ReportError(g, "logs", Usage("expected exactly one ID"));
+  // A checkpointed (so deleted) container's log is still there: printed without the container.
   auto c = rt::Container::Load(g.root, p->positionals[0]);
-  if (!c.ok()) return ReportError(g, "logs", c.error());
-  std::string path = c->log_path();
+  std::string path = rt::LogPath(g.root, p->positionals[0]);
   UniqueFd log(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!log && errno != ENOENT) return ReportError(g, "logs", Errno("open %s", path.c_str()));
+  if (!c.ok() && !log) return ReportError(g, "logs", c.error());
   if (!log) {
-    if (errno != ENOENT) return ReportError(g, "logs", Errno("open %s", path.c_str()));
     return ReportError(
         g, "logs",
         MakeError(ErrorKind::kNotFound, ENOENT,
@@ -392,15 +388,17 @@ int CmdLogs(Global& g, const std::vector<std::string>& args) {
                   c->id.c_str(), path.c_str()));
   }
   fflush(stdout);
-  auto r = p->has("follow") ? Follow(log.get(), path, *c) : CopyOut(log.get());
+  bool live = c.ok() && c->pid > 0 && c->CurrentStatus() != rt::Status::kStopped;
+  auto r = p->has("follow") && live ? Follow(log.get(), path, *c) : CopyOut(log.get());
   if (!r.ok()) return ReportError(g, "logs", r.error());
   return 0;
 }
 GODWIT_COMMAND(logs, "logs", "logs ID [--follow]",
                "print a detached container's output (stdout and stderr, as written)", CmdLogs,
                "`godwit run --detach` (and a container `restore --detach` not driven by an\n"
-               "engine) sends the container's stdout and stderr to <root>/<ID>/container.log;\n"
-               "logs prints it. The file goes with `godwit delete`. Containers made with\n"
+               "engine) sends the container's stdout and stderr to <root>/.logs/<ID>.log;\n"
+               "logs prints it. A checkpoint keeps it (the images name it; the restore appends\n"
+               "to it); it goes with `godwit delete`. Containers made with\n"
                "create/start write to their creator's stdio instead (conmon, containerd's shim).\n"
                "\n"
                "options:\n"
@@ -498,9 +496,12 @@ int CmdDelete(Global& g, const std::vector<std::string>& args) {
     auto r = rt::Delete(g.root, id, p->has("force"), g.cgroup_parent);
     // As runc: --force on a container that is already gone is success (Podman cleans up after
     // a checkpoint that removed it, or after a failed create).
-    if (!r.ok() && p->has("force") && r.error().kind() == ErrorKind::kNotFound) continue;
-    if (!r.ok()) return ReportError(g, "delete", r.error());
-    deleted.push_back(id);
+    bool gone = !r.ok() && p->has("force") && r.error().kind() == ErrorKind::kNotFound;
+    if (!r.ok() && !gone) return ReportError(g, "delete", r.error());
+    // The log outlives the container (a checkpoint keeps it for the restore): it goes here.
+    if (::unlink(rt::LogPath(g.root, id).c_str()) < 0 && errno != ENOENT)
+      return ReportError(g, "delete", Errno("unlink %s", rt::LogPath(g.root, id).c_str()));
+    if (!gone) deleted.push_back(id);
   }
   if (g.json) printf("%s\n", json({{"deleted", deleted}}).dump().c_str());
   return 0;

@@ -1,6 +1,11 @@
 // A detached container's output: `run --detach` and a container `restore --detach` (not driven
-// by an engine) make the container's stdout/stderr a log file in its state dir
-// (runtime::Container::log_path, read by `godwit logs`) and its stdin /dev/null.
+// by an engine) make the container's stdout/stderr a log file under the state root
+// (runtime::LogPath, read by `godwit logs`) and its stdin /dev/null.
+//
+// The log is outside the container's state dir on purpose: a checkpoint records the init's
+// stdout as a host file by path and a restore opens that path again, while the checkpoint (which
+// deletes the container) removes the state dir. So the log outlives the container until
+// `godwit delete` (the cli verb) removes it; a restore appends to it.
 #pragma once
 
 #include <fcntl.h>
@@ -11,26 +16,28 @@
 #include <string>
 
 #include "cli/command.h"
-#include "common/unique_fd.h"
 #include "common/fs.h"
 #include "common/result.h"
+#include "common/unique_fd.h"
 #include "runtime/container.h"
 
 namespace godwit::cli {
 
-// While alive, godwit's own fds 0-2 are /dev/null and a log file: the init of a container
-// created meanwhile inherits them. The file is made under the state root (the container's
-// state dir does not exist before Create) and moved into it by Keep.
+// While alive, godwit's own fds 0-2 are /dev/null and the log: the init of a container created
+// or restored meanwhile inherits them.
 class DetachedOutput {
  public:
+  // fresh: a new container (`run`): the log starts empty. Otherwise (a restore) it is appended
+  // to, and made if missing (a restore on another host opens the path its images name).
   static Result<std::unique_ptr<DetachedOutput>> Open(const std::string& root,
-                                                       const std::string& id) {
-    TRY(fs::MkdirAll(root, 0711));
+                                                       const std::string& id, bool fresh) {
     std::unique_ptr<DetachedOutput> d(new DetachedOutput());
-    d->tmp_ = StrFormat("%s/.%s.log.%d", root.c_str(), id.c_str(), getpid());
-    UniqueFd log(::open(d->tmp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC,
-                        0640));
-    if (!log) return Errno("open %s", d->tmp_.c_str());
+    d->path_ = runtime::LogPath(root, id);
+    TRY(fs::MkdirAll(root + "/" + runtime::kLogDir, 0700));
+    UniqueFd log(::open(d->path_.c_str(),
+                        O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | (fresh ? O_TRUNC : 0), 0640));
+    if (!log) return Errno("open %s", d->path_.c_str());
+    d->fresh_ = fresh;
     UniqueFd null(::open("/dev/null", O_RDONLY | O_CLOEXEC));
     if (!null) return Errno("open /dev/null");
     fflush(stdout);
@@ -40,7 +47,7 @@ class DetachedOutput {
       if (!d->saved_[fd]) return Errno("dup fd %d", fd);
     }
     if (::dup2(null.get(), 0) < 0 || ::dup2(log.get(), 1) < 0 || ::dup2(log.get(), 2) < 0)
-      return Errno("dup2 %s", d->tmp_.c_str());
+      return Errno("dup2 %s", d->path_.c_str());
     d->redirected_ = true;
     SetProgressFd(d->saved_[2].get());  // a progress meter stays on the terminal
     return d;
@@ -56,22 +63,19 @@ class DetachedOutput {
     redirected_ = false;
   }
 
-  // The container exists: its log moves into its state dir.
-  Result<void> Keep(const runtime::Container& c) {
-    if (::rename(tmp_.c_str(), c.log_path().c_str()) < 0)
-      return Errno("rename %s to %s", tmp_.c_str(), c.log_path().c_str());
-    tmp_.clear();
-    return Ok();
-  }
+  // The container exists: the log stays.
+  void Keep() { path_.clear(); }
 
+  // Without Keep a fresh log goes (the container was not made).
   ~DetachedOutput() {
     Restore();
-    if (!tmp_.empty()) ::unlink(tmp_.c_str());
+    if (fresh_ && !path_.empty()) ::unlink(path_.c_str());
   }
 
  private:
   DetachedOutput() = default;
-  std::string tmp_;
+  std::string path_;
+  bool fresh_ = false;
   UniqueFd saved_[3];
   bool redirected_ = false;
 };

@@ -116,6 +116,7 @@ class ContainerdTest : public ::testing::Test {
     ns_ = StrFormat("gwctd%d", getpid());
     cgroup_ = StrFormat("gwctd-%d", getpid());
     sockets_before_ = Entries(kShimSockets);
+    run_dir_existed_ = fs::Exists("/run/containerd");
     ASSERT_TRUE(fs::MkdirAll(dir_ + "/bin").ok());
     ASSERT_TRUE(fs::MkdirAll(dir_ + "/fifo").ok());
     // The shim runs `<runc-binary> --root R --log L --log-format json VERB ...`: a wrapper
@@ -181,6 +182,11 @@ class ContainerdTest : public ::testing::Test {
     }
     for (const auto& s : Entries(kShimSockets))
       if (!sockets_before_.count(s)) unlink((std::string(kShimSockets) + "/" + s).c_str());
+    // The directories containerd made there, when it was the first (rmdir: only if empty).
+    if (!run_dir_existed_) {
+      for (const char* d : {"/run/containerd/s", "/run/containerd/fifo", "/run/containerd"})
+        rmdir(d);
+    }
     if (auto mi = fs::ReadFile("/proc/self/mountinfo"); mi.ok()) {
       std::vector<std::string> left;
       for (const auto& line : fs::Split(*mi, '\n')) {
@@ -221,7 +227,8 @@ class ContainerdTest : public ::testing::Test {
                           const std::vector<std::string>& cmd) {
     std::vector<std::string> a = {"run",
                                   "--runc-binary", dir_ + "/bin/godwit",
-                                  "--runc-root", dir_ + "/gwroot/" + ns_,
+                                  // the shim adds the namespace: godwit's root is gwroot/NS
+                                  "--runc-root", dir_ + "/gwroot",
                                   "--fifo-dir", dir_ + "/fifo",
                                   "--cgroup", "/" + cgroup_ + "/" + id};
     a.insert(a.end(), flags.begin(), flags.end());
@@ -253,6 +260,7 @@ class ContainerdTest : public ::testing::Test {
   static std::string dir_, ns_, cgroup_;
   static pid_t containerd_;
   static std::set<std::string> sockets_before_;
+  static bool run_dir_existed_;
 };
 
 std::string ContainerdTest::dir_;
@@ -260,6 +268,7 @@ std::string ContainerdTest::ns_;
 std::string ContainerdTest::cgroup_;
 pid_t ContainerdTest::containerd_ = -1;
 std::set<std::string> ContainerdTest::sockets_before_;
+bool ContainerdTest::run_dir_existed_ = true;
 
 TEST_F(ContainerdTest, ForegroundTaskOutputAndExitCode) {
   CmdResult r = CtrRun({"--rm"}, "fg", {"sh", "-c", "echo hello-$((6*7)) from $(cat /proc/1/comm); exit 3"});
@@ -290,10 +299,12 @@ TEST_F(ContainerdTest, DetachedTaskPsExecPauseResumeCheckpointKillDelete) {
 
   // exec through the shim: `exec --process F --detach --pid-file P`, its exit code relayed.
   auto counter = [&]() -> long {
-    CmdResult r = Ctr({"task", "exec", "--exec-id", StrFormat("e%d", rand()), id, "cat", "/tmp/n"});
+    CmdResult r = Ctr({"task", "exec", "--fifo-dir", dir_ + "/fifo", "--exec-id",
+                       StrFormat("e%d", rand()), id, "cat", "/tmp/n"});
     return r.code == 0 ? atol(r.out.c_str()) : -1;
   };
-  CmdResult ex = Ctr({"task", "exec", "--exec-id", "e1", id, "sh", "-c", "echo in-$$; exit 4"});
+  CmdResult ex = Ctr({"task", "exec", "--fifo-dir", dir_ + "/fifo", "--exec-id", "e1", id, "sh",
+                      "-c", "echo in-$$; exit 4"});
   EXPECT_EQ(ex.code, 4) << ex;
   EXPECT_NE(ex.out.find("in-"), std::string::npos) << ex;
   ASSERT_TRUE(Eventually([&] { return counter() >= 2; }));

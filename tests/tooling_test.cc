@@ -117,7 +117,7 @@ TEST_F(Tooling, DetachedRunLogsStdoutAndStderrAndFollowEndsWithTheInit) {
   // a file the test creates, prints the last line and exits.
   RunDetached("cat; echo cat-done; echo out-1; echo err-1 >&2; "
               "while [ ! -e /tmp/go ]; do sleep 0.01; done; echo last-line");
-  std::string log = root_ + "/" + id_ + "/container.log";
+  std::string log = root_ + "/.logs/" + id_ + ".log";
   auto have = [&](const std::string& s) { return Has(Gw({"logs", id_}).out, s); };
   for (int i = 0; i < 500 && !have("err-1"); ++i) usleep(10000);
   CliRun l = Gw({"logs", id_});
@@ -150,6 +150,33 @@ TEST_F(Tooling, DetachedRunLogsStdoutAndStderrAndFollowEndsWithTheInit) {
   ASSERT_EQ(Gw({"delete", id_}).code, 0);
   EXPECT_FALSE(fs::Exists(log));
   EXPECT_EQ(Gw({"logs", id_}).code, 3);
+}
+
+// A checkpoint deletes the container but keeps its log (the images name it); the restored
+// counter goes on appending to it; delete removes it.
+TEST_F(Tooling, LogOutlivesCheckpointAndTheRestoreAppends) {
+  RunDetached("i=0; while :; do i=$((i+1)); echo tick-$i; sleep 0.02; done");
+  auto last = [&]() -> long {
+    auto lines = fs::Split(fs::Trim(Gw({"logs", id_}).out), '\n');
+    return lines.empty() || lines.back().rfind("tick-", 0) != 0 ? -1
+                                                                : atol(lines.back().c_str() + 5);
+  };
+  for (int i = 0; i < 500 && last() < 3; ++i) usleep(10000);
+  ASSERT_GE(last(), 3);
+  std::string img = tmp_.path() + "/img";
+  CliRun c = Gw({"checkpoint", id_, "--image-path", img});
+  ASSERT_EQ(c.code, 0) << c;
+  EXPECT_EQ(Gw({"state", id_}).code, 3);
+  long at_checkpoint = last();  // printed without the container
+  ASSERT_GE(at_checkpoint, 3);
+  CliRun r = Gw({"restore", id_, "--image-path", img, "--detach"});
+  ASSERT_EQ(r.code, 0) << r;
+  for (int i = 0; i < 500 && last() <= at_checkpoint + 2; ++i) usleep(10000);
+  EXPECT_GT(last(), at_checkpoint + 2);
+  // The history is one sequence: the restore appended, it did not start a new file.
+  EXPECT_TRUE(Has(Gw({"logs", id_}).out, "tick-1\ntick-2\n"));
+  ASSERT_EQ(Gw({"delete", "--force", id_}).code, 0);
+  EXPECT_FALSE(fs::Exists(root_ + "/.logs/" + id_ + ".log"));
 }
 
 TEST_F(Tooling, CreatedContainerHasNoLogAndSaysWhy) {
