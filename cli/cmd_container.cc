@@ -322,7 +322,7 @@ int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
   // that was run detached finds its log again (the images name it; made here when missing,
   // e.g. on a migration's destination).
   std::unique_ptr<DetachedOutput> output;
-  if (pa->has("detach") && work.empty()) {
+  if (pa->has("detach") && work.empty() && DetachedOutput::Wanted()) {
     if (auto v = runtime::ValidateId(o.id); !v.ok()) return fail(v.error());
     auto d = DetachedOutput::Open(g.root, o.id, /*fresh=*/false);
     if (!d.ok()) return fail(d.error());

@@ -147,13 +147,15 @@ int CmdRun(Global& g, const std::vector<std::string>& args) {
   if (!p.ok()) return ReportError(g, "run", p.error());
   // Foreground: a signal arriving while the container is created must be forwarded, not kill us.
   if (!p->has("detach")) rt::BlockForwardedSignals();
-  // Detached without a terminal: the container's stdout/stderr go to <root>/.logs/<id>.log
-  // (`godwit logs ID`), its stdin is /dev/null. The id is needed before Create for that.
+  // Detached without a terminal for the container, godwit's stdout a terminal or a pipe: the
+  // container's stdout/stderr go to <root>/.logs/<id>.log (`godwit logs ID`), its stdin is
+  // /dev/null (detached_output.h). The id is needed before Create for that.
   std::string id = p->has("rootfs") ? p->get("name") : "";
   if (p->has("rootfs") && id.empty()) id = RandomId();
   if (!p->has("rootfs") && p->positionals.size() == 1) id = p->positionals[0];
   std::unique_ptr<DetachedOutput> output;
-  if (p->has("detach") && p->get("console-socket").empty() && !id.empty()) {
+  if (p->has("detach") && p->get("console-socket").empty() && !id.empty() &&
+      DetachedOutput::Wanted()) {
     if (auto v = rt::ValidateId(id); !v.ok()) return ReportError(g, "run", v.error());
     auto o = DetachedOutput::Open(g.root, id, /*fresh=*/true);
     if (!o.ok()) return ReportError(g, "run", o.error());
@@ -269,9 +271,11 @@ GODWIT_COMMAND(run, "run",
                "Creates and starts a container. From a bundle (runc's form), or from a root\n"
                "filesystem with the config generated from flags (--rootfs). Without --detach\n"
                "godwit waits, forwards INT/TERM/HUP to the container, deletes it when it exits\n"
-               "and exits with its status. With --detach it prints the id and returns; the\n"
-               "container's stdout and stderr go to <root>/.logs/<ID>.log (`godwit logs\n"
-               "ID`), its stdin is /dev/null (not with --console-socket).\n"
+               "and exits with its status. With --detach it prints the id and returns; when\n"
+               "godwit's stdout is a terminal or a pipe, the container's stdout and stderr go\n"
+               "to <root>/.logs/<ID>.log (`godwit logs ID`) and its stdin is /dev/null (not\n"
+               "with --console-socket). A stdout redirected to a file or /dev/null stays the\n"
+               "container's, as with runc (`godwit run -d ... > app.log`).\n"
                "\n"
                "options (both forms):\n"
                "  --detach, -d             return once it runs; output to the container's log\n"
@@ -383,8 +387,9 @@ int CmdLogs(Global& g, const std::vector<std::string>& args) {
         g, "logs",
         MakeError(ErrorKind::kNotFound, ENOENT,
                   "container %s has no log (%s): only `run --detach` and a detached container "
-                  "restore write one; a container made with create/start writes to its "
-                  "creator's stdio (an engine such as conmon or containerd's shim keeps it)",
+                  "restore run from a terminal or a pipe write one; with stdout redirected to a "
+                  "file the output is there, and a container made with create/start writes to "
+                  "its creator's stdio (an engine such as conmon or containerd's shim keeps it)",
                   c->id.c_str(), path.c_str()));
   }
   fflush(stdout);
@@ -396,7 +401,8 @@ int CmdLogs(Global& g, const std::vector<std::string>& args) {
 GODWIT_COMMAND(logs, "logs", "logs ID [--follow]",
                "print a detached container's output (stdout and stderr, as written)", CmdLogs,
                "`godwit run --detach` (and a container `restore --detach` not driven by an\n"
-               "engine) sends the container's stdout and stderr to <root>/.logs/<ID>.log;\n"
+               "engine), run from a terminal or a pipe, sends the container's stdout and\n"
+               "stderr to <root>/.logs/<ID>.log;\n"
                "logs prints it. A checkpoint keeps it (the images name it; the restore appends\n"
                "to it); it goes with `godwit delete`. Containers made with\n"
                "create/start write to their creator's stdio instead (conmon, containerd's shim).\n"

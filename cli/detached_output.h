@@ -1,6 +1,9 @@
 // A detached container's output: `run --detach` and a container `restore --detach` (not driven
 // by an engine) make the container's stdout/stderr a log file under the state root
-// (runtime::LogPath, read by `godwit logs`) and its stdin /dev/null.
+// (runtime::LogPath, read by `godwit logs`) and its stdin /dev/null, when godwit's own stdout is
+// a terminal or a pipe (where a detached container's output would be lost or would hold the
+// reader). A stdout redirected to a file or /dev/null stays the container's, as with runc
+// (`godwit run -d ... > app.log`; issue 11 keeps that file across checkpoint and restore).
 //
 // The log is outside the container's state dir on purpose: a checkpoint records the init's
 // stdout as a host file by path and a restore opens that path again, while the checkpoint (which
@@ -9,6 +12,7 @@
 #pragma once
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -27,12 +31,22 @@ namespace godwit::cli {
 // or restored meanwhile inherits them.
 class DetachedOutput {
  public:
+  // godwit's stdout is a terminal, a pipe or a socket (or closed): the container's output goes
+  // to its log. A file or a device like /dev/null is the caller's choice, kept.
+  static bool Wanted() {
+    struct stat st;
+    if (::fstat(STDOUT_FILENO, &st) < 0) return true;
+    return isatty(STDOUT_FILENO) || S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode);
+  }
+
   // fresh: a new container (`run`): the log starts empty. Otherwise (a restore) it is appended
   // to, and made if missing (a restore on another host opens the path its images name).
   static Result<std::unique_ptr<DetachedOutput>> Open(const std::string& root,
                                                        const std::string& id, bool fresh) {
     std::unique_ptr<DetachedOutput> d(new DetachedOutput());
     d->path_ = runtime::LogPath(root, id);
+    // The root as Create makes it (0711: a user-namespaced container's root must traverse it).
+    TRY(fs::MkdirAll(root, 0711));
     TRY(fs::MkdirAll(root + "/" + runtime::kLogDir, 0700));
     UniqueFd log(::open(d->path_.c_str(),
                         O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | (fresh ? O_TRUNC : 0), 0640));

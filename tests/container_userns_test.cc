@@ -191,7 +191,7 @@ class ContainerUserns : public ::testing::Test {
   void Run() {
     ids_.push_back(id_);
     CliRun r = Godwit({"--root", root_, "run", id_, "--bundle", bundle_, "--detach"}, false);
-    ASSERT_EQ(r.code, 0) << r.out;
+    ASSERT_EQ(r.code, 0) << r;
     init_ = StatePid(id_);
     ASSERT_GT(init_, 0);
     reap_.push_back(init_);
