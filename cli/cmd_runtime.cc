@@ -761,7 +761,7 @@ int CmdExec(Global& g, const std::vector<std::string>& args) {
   return o.detach ? 0 : *code;
 }
 GODWIT_COMMAND(exec, "exec",
-               "exec ID [--env K=V] [--cwd DIR] [--user UID[:GID]] [--tty --console-socket S] "
+               "exec ID [--env K=V] [--cwd DIR] [--user UID[:GID]] [--tty [--console-socket S]] "
                "[--detach] [--pid-file F] [--process F.json | -- CMD...]",
                "run a process inside a running container (all its namespaces and cgroups)",
                CmdExec,
