@@ -43,6 +43,17 @@ int CheckCmd(Global& g, const std::vector<std::string>& args) {
 }  // namespace
 
 GODWIT_COMMAND(check, "check", "check [--force] [--json]",
-               "which kernel features godwit needs and this machine offers", CheckCmd);
+               "which kernel features godwit needs and this machine offers", CheckCmd,
+               "Probes the kernel features checkpoint/restore needs (clone3 set_tid, ptrace\n"
+               "seize, userfaultfd, TCP_REPAIR, ...) and prints one line each. The result is\n"
+               "cached in <root>/kernel-features.json; exit 6 when a required feature is missing.\n"
+               "\n"
+               "options:\n"
+               "  --force   probe again instead of reading the cache\n"
+               "  --json    one object: {\"features\":[...],\"ok\":BOOL,\"missing\":[...],\"cached\":BOOL}\n"
+               "\n"
+               "examples:\n"
+               "  godwit check\n"
+               "  godwit check --force --json\n");
 
 }  // namespace godwit::cli

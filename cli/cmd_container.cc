@@ -15,6 +15,7 @@
 #include "common/args.h"
 #include "common/fs.h"
 #include "common/timing.h"
+#include "cli/detached_output.h"
 #include "cli/tuning_env.h"
 #include "container/engine.h"
 #include "restore/lazy.h"
@@ -138,6 +139,15 @@ int CheckpointCmd(Global& g, const std::vector<std::string>& args) {
   o.image_path = pa->get("image-path");
   if (o.image_path.empty())
     return fail(MakeError(ErrorKind::kUsage, 0, "need --image-path DIR"));
+  // A paused container is an unsupported state (exit 6), not an error: the checkpoint freezes
+  // and thaws the cgroup itself, and would thaw what its owner froze. containerd's client
+  // pauses a task before checkpointing it, so `ctr task checkpoint` stops here (docs/podman.md).
+  if (auto c = runtime::Container::Load(o.root, o.id);
+      c.ok() && c->CurrentStatus() == runtime::Status::kPaused)
+    return fail(MakeError(ErrorKind::kUnsupported, 0,
+                          "container %s is paused: `godwit resume %s` first (a checkpoint "
+                          "freezes the container itself)",
+                          o.id.c_str(), o.id.c_str()));
   o.end = pa->has("leave-running") ? container::EndMode::kThaw : container::EndMode::kDelete;
   o.export_file = pa->get("export");
   if (pa->has("pre-copy")) {
@@ -150,6 +160,7 @@ int CheckpointCmd(Global& g, const std::vector<std::string>& args) {
   if (!comp.ok()) return fail(comp.error());
   o.compression = *comp;
   o.tuning = DumpTuningFromEnv(o.tuning);
+  if (ProgressFn f = ProgressFor(g)) o.progress = f;
   auto r = container::Checkpoint(o);
   if (!r.ok()) return fail(r.error());
   const bool left_running = o.end == container::EndMode::kThaw;
@@ -307,7 +318,23 @@ int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
       if (place.ok() && !place->parent.empty()) o.cgroup_parent = place->parent;
     }
   }
+  if (ProgressFn f = ProgressFor(g)) o.progress = f;
+  // Detached and not driven by an engine (conmon hands the restore its own pipes): the
+  // container's output goes to its log (`godwit logs ID`), as for `run --detach`. A container
+  // that was run detached finds its log again (the images name it; made here when missing,
+  // e.g. on a migration's destination).
+  std::unique_ptr<DetachedOutput> output;
+  if (pa->has("detach") && work.empty() && DetachedOutput::Wanted()) {
+    if (auto v = runtime::ValidateId(o.id); !v.ok()) return fail(v.error());
+    auto d = DetachedOutput::Open(g.root, o.id, /*fresh=*/false);
+    if (!d.ok()) return fail(d.error());
+    output = std::move(*d);
+  }
   auto r = container::Restore(o);
+  if (output) {
+    output->Restore();
+    output->Keep();
+  }
   if (!r.ok()) return fail(r.error());
   const runtime::Container& c = r->container;
   std::string pid_file = pa->get("pid-file");
@@ -372,4 +399,30 @@ GODWIT_COMMAND(checkpoint, "checkpoint",
                "--manage-cgroups-mode M --parent-path P are accepted (godwit does it without "
                "flags); --pre-dump is refused (use --pre-copy=N)",
                "checkpoint a running container (processes, mounts, net, ipc, limits) to images",
-               godwit::cli::CheckpointCmd);
+               godwit::cli::CheckpointCmd,
+               "Checkpoints a running container into DIR: namespaces (uts, ipc, net, mounts),\n"
+               "the writable layer, limits and the process tree, frozen through the cgroup\n"
+               "freezer. Without --leave-running the container is killed and deleted once the\n"
+               "images are complete (its id is free for `restore`). A paused container is refused\n"
+               "with exit 6 (`godwit resume ID` first).\n"
+               "\n"
+               "options:\n"
+               "  --image-path DIR        where the images go (required; made if missing)\n"
+               "  --leave-running         thaw the container afterwards instead of deleting it\n"
+               "  --pre-copy[=N]          copy memory in N rounds (default 2) while it runs, dirty-\n"
+               "                          tracked, then freeze for the rest: shorter downtime\n"
+               "  --compress zstd[:L]     compress the pages (after the container is let go)\n"
+               "  --export FILE           also pack the images into one file (`restore --import`)\n"
+               "  --work-path DIR         runc's: the report (or error) goes to DIR/dump.log and\n"
+               "                          stdout stays quiet (engines: Podman, containerd's shim)\n"
+               "  --json                  the statistics and phase times as one object\n"
+               "  --tcp-established, --file-locks, --ext-unix-sk, --shell-job, --parent-path P,\n"
+               "  --manage-cgroups-mode M accepted (runc's): godwit restores these without flags\n"
+               "  --pre-dump              refused (exit 6): use --pre-copy=N\n"
+               "\n"
+               "A checkpoint on a terminal shows its progress on stderr (phase, MiB, rate).\n"
+               "\n"
+               "examples:\n"
+               "  godwit checkpoint web1 --image-path /var/lib/ck/web1\n"
+               "  godwit checkpoint web1 --image-path /tmp/ck --leave-running --compress zstd\n"
+               "  godwit checkpoint web1 --image-path /tmp/ck --pre-copy=3 --export web1.gwx --json\n");

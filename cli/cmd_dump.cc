@@ -117,7 +117,7 @@ int DumpCmd(Global& g, const std::vector<std::string>& args) {
     o.compression = images::Compression::kZstd;
     if (c.size() > 5 && c[4] == ':') o.zstd_level = atoi(c.c_str() + 5);
   }
-  if (isatty(STDERR_FILENO) && !g.json) o.progress = TerminalProgress;
+  if (ProgressFn f = ProgressFor(g)) o.progress = f;
   if (auto ok = dump::Check(o); !ok.ok()) return ReportError(g, "dump", ok.error());
   auto sink = images::OpenDirSink(dir, DirSinkTuningFromEnv(true));
   if (!sink.ok()) return ReportError(g, "dump", sink.error());

@@ -163,6 +163,15 @@ int Inspect(Global& global, const std::vector<std::string>& args) {
 
 // With IMAGE names, only those files are shown (the inventory and its verification still are).
 GODWIT_COMMAND(inspect, "inspect", "inspect DIR [IMAGE...] [--json]",
-               "show what an image directory holds (every record decoded with --json)", Inspect);
+               "show what an image directory holds (every record decoded with --json)", Inspect,
+               "Lists the images in DIR (an image directory of `dump` or `checkpoint`): each\n"
+               "file's kind, records and size; IMAGE... limits it to those files.\n"
+               "\n"
+               "options:\n"
+               "  --json   every record decoded, as one object\n"
+               "\n"
+               "examples:\n"
+               "  godwit inspect /tmp/ck\n"
+               "  godwit inspect /tmp/ck/tree core-1234.img --json\n");
 
 }  // namespace godwit::cli

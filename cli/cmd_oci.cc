@@ -69,7 +69,17 @@ int CmdFeatures(Global& g, const std::vector<std::string>& args) {
   return 0;
 }
 GODWIT_COMMAND(features, "features", "features",
-               "what this runtime supports, as the OCI runtime features JSON", CmdFeatures);
+               "what this runtime supports, as the OCI runtime features JSON", CmdFeatures,
+               "Prints the OCI runtime features document (runtime-spec features.md): the\n"
+               "namespaces, capabilities, mount options, cgroup versions and seccomp actions godwit\n"
+               "supports. Engines read it to learn what the runtime can do.\n"
+               "\n"
+               "options:\n"
+               "  --json (global)   compact, on one line\n"
+               "\n"
+               "examples:\n"
+               "  godwit features\n"
+               "  godwit --json features | jq .linux.seccomp\n");
 
 int CmdSpec(Global& g, const std::vector<std::string>& args) {
   auto p = ParseArgs(args, {{"bundle"}, {"rootless"}, {{"-b", "bundle"}}});
@@ -91,7 +101,17 @@ int CmdSpec(Global& g, const std::vector<std::string>& args) {
   return 0;
 }
 GODWIT_COMMAND(spec, "spec", "spec [--bundle DIR]",
-               "write a template config.json (busybox sh in ./rootfs) into the bundle", CmdSpec);
+               "write a template config.json (busybox sh in ./rootfs) into the bundle", CmdSpec,
+               "Writes a template config.json into the bundle directory: busybox `sh` in\n"
+               "./rootfs, the usual namespaces, no network. Refuses to overwrite one.\n"
+               "\n"
+               "options:\n"
+               "  --bundle DIR, -b DIR   the bundle directory (default .)\n"
+               "  --rootless             refused: godwit runs rootful containers only\n"
+               "\n"
+               "examples:\n"
+               "  mkdir b && godwit mkrootfs b/rootfs && godwit spec -b b\n"
+               "  godwit spec --bundle /srv/web1\n");
 
 }  // namespace
 }  // namespace godwit::cli

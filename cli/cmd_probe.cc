@@ -719,6 +719,25 @@ GODWIT_COMMAND(probe, "probe",
                "[--drain 5s] [--json]",
                "measure the downtime a client sees: numbered echoes at a fixed interval, gaps, "
                "RTTs, TCP retransmissions (stops on SIGINT/SIGTERM with the report)",
-               CmdProbe);
+               CmdProbe,
+               "Measures the downtime a client sees: sends numbered echoes at a fixed interval\n"
+               "to a TCP (and optionally UDP) echo server and reports gaps, the longest one and\n"
+               "the order of replies. Used by the migration tests and benchmarks.\n"
+               "\n"
+               "options:\n"
+               "  --tcp HOST:PORT          the TCP echo server (required)\n"
+               "  --udp HOST:PORT          also probe over UDP\n"
+               "  --interval 1ms           time between probes\n"
+               "  --duration S             stop after S seconds\n"
+               "  --until-file F           stop once F exists\n"
+               "  --ready-file F           create F once the connection is up\n"
+               "  --size 16                bytes per probe\n"
+               "  --connect-timeout 10s    how long to try connecting\n"
+               "  --drain 5s               wait this long for late replies at the end\n"
+               "  --json                   the report as one object\n"
+               "\n"
+               "examples:\n"
+               "  godwit probe --tcp 198.18.0.10:7 --interval 1ms --duration 10 --json\n"
+               "  godwit probe --tcp 10.0.0.5:7 --until-file /tmp/stop --ready-file /tmp/ready\n");
 
 }  // namespace godwit::cli

@@ -16,6 +16,7 @@
 #include "cli/criu_opts.h"
 #include "cli/tuning_env.h"
 #include "common/args.h"
+#include "common/fs.h"
 #include "restore/lazy.h"
 #include "restore/restore.h"
 
@@ -30,7 +31,13 @@ constexpr const char kRestoreUsage[] =
     "\n"
     "Recreates the process tree dumped into DIR with the same pids. Without --detach\n"
     "the restored root is a child of godwit, which waits for it and exits with its\n"
-    "status (128+signal if killed). CRIU's names are accepted where godwit means the\n"
+    "status (128+signal if killed). With --detach godwit exits once the tree runs: the\n"
+    "root's parent becomes the nearest subreaper above godwit (PR_SET_CHILD_SUBREAPER),\n"
+    "else pid 1. Where pid 1 does not reap (a container's init, some VMs) the root\n"
+    "stays a zombie when it exits and holds its pid: the next restore of the same\n"
+    "images fails naming it. Run detached restores (and what ends them) under\n"
+    "`godwit subreaper -- SCRIPT`, or from a supervisor that is a subreaper and reaps\n"
+    "the pid written by --pid-file. CRIU's names are accepted where godwit means the\n"
     "same; established TCP connections, file locks and files unlinked while open\n"
     "come back as the images hold them, without flags.\n"
     "\n"
@@ -74,6 +81,38 @@ constexpr const char kRestoreUsage[] =
     "  godwit restore --images-dir /tmp/ck --lazy -d --json\n"
     "  godwit restore web1 --image-path /tmp/ck --bundle /srv/web1 --detach";
 
+// The engine refuses a pid that is taken ("pid N is in use"). When N is a zombie, say whose, and
+// what to do: the usual one is the root of an earlier `restore --detach` that exited after its
+// parent godwit had gone, re-parented to a pid 1 that does not reap.
+Error ExplainTakenPid(const Error& err) {
+  size_t at = err.message().find("pid ");
+  int pid = 0;
+  if (err.kind() != ErrorKind::kExists || at == std::string::npos ||
+      sscanf(err.message().c_str() + at, "pid %d is in use", &pid) != 1 || pid <= 0)
+    return err;
+  auto stat = fs::ReadFile(StrFormat("/proc/%d/stat", pid));
+  if (!stat.ok()) return err;
+  // "pid (comm) S ppid ...": comm may hold spaces and parentheses; the last ')' ends it.
+  size_t close = stat->rfind(')');
+  char state = 0;
+  int ppid = 0;
+  if (close == std::string::npos || sscanf(stat->c_str() + close + 1, " %c %d", &state, &ppid) != 2 ||
+      state != 'Z')
+    return err;
+  auto with = [&](const std::string& why) {
+    return Error(err.kind(), err.sys_errno(), err.message() + ": " + why);
+  };
+  if (ppid == 1)
+    return with(StrFormat(
+        "pid %d is a zombie whose parent is pid 1, which does not reap it on this host: most "
+        "likely the root of an earlier `restore --detach` (its parent is the nearest subreaper "
+        "above godwit, else pid 1) that has exited. Only its parent can free the pid; run "
+        "detached restores and whatever ends them under `godwit subreaper -- SCRIPT`, or from a "
+        "supervisor that is a subreaper and reaps the pid written by --pid-file",
+        pid));
+  return with(StrFormat("pid %d is a zombie not yet reaped by its parent, pid %d", pid, ppid));
+}
+
 int RestoreCmd(Global& g, const std::vector<std::string>& args) {
   std::vector<std::string> norm = NormalizeCriuArgs(args, CriuVerb::kRestore);
   if (IsContainerRestore(norm)) return ContainerRestoreCmd(g, args);
@@ -105,10 +144,10 @@ int RestoreCmd(Global& g, const std::vector<std::string>& args) {
           MakeError(ErrorKind::kUsage, 0, "--inherit-fd %s: want fd[N]:KEY", s.c_str()));
     o.inherit_fds.push_back({n, s.substr(colon + 1)});
   }
-  if (isatty(STDERR_FILENO) && !g.json) o.progress = TerminalProgress;
+  if (ProgressFn f = ProgressFor(g)) o.progress = f;
   RestoreTuningFromEnv(&o);
   auto r = restore::Restore(o);
-  if (!r.ok()) return ReportError(g, "restore", r.error());
+  if (!r.ok()) return ReportError(g, "restore", ExplainTakenPid(r.error()));
   const auto& s = *r;
   // Lazy: the pages still owed are installed by this process while it waits for the root, or,
   // detached, by a pager process of its own (its pid is printed: wait for it to exit).

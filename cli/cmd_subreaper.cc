@@ -60,6 +60,15 @@ int Subreaper(Global& global, const std::vector<std::string>& args) {
 }  // namespace
 
 GODWIT_COMMAND(subreaper, "subreaper", "subreaper -- CMD [ARG...]",
-               "run CMD as a child subreaper that reaps every orphaned descendant", Subreaper);
+               "run CMD as a child subreaper that reaps every orphaned descendant", Subreaper,
+               "Runs CMD as a child subreaper (PR_SET_CHILD_SUBREAPER): every process orphaned\n"
+               "below it (detached containers, restored trees whose godwit has exited) is\n"
+               "re-parented to it and reaped when it exits, instead of becoming a zombie of a\n"
+               "pid 1 that does not reap. Exits with CMD's status once CMD has exited; descendants\n"
+               "still running then are named on stderr and left alone.\n"
+               "\n"
+               "examples:\n"
+               "  godwit subreaper -- sh -c 'godwit restore -D /tmp/ck -d --pidfile p; ...; kill $(cat p)'\n"
+               "  godwit subreaper -- ./scripts/my-migration-test\n");
 
 }  // namespace godwit::cli

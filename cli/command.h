@@ -33,7 +33,13 @@ struct Command {
   const char* usage;    // "create ID --bundle DIR [--pid-file F]"
   const char* summary;  // one line for `godwit help`
   CommandFn fn;
+  // `godwit help VERB`: what the verb does, each flag described, and examples (runc's
+  // `help checkpoint` is the model). Printed after the usage line.
+  const char* help = nullptr;
 };
+
+// Prints a verb's usage, summary and help text to stdout (`godwit help VERB`, `VERB --help`).
+void PrintVerbHelp(const Command& cmd);
 
 bool Register(const Command& cmd);
 
@@ -41,9 +47,17 @@ bool Register(const Command& cmd);
 // code. The only place errors reach the user.
 int ReportError(const Global& global, const char* verb, const Error& err);
 
-// A one-line "phase: NN%" progress meter on stderr, redrawn only when the percentage changes.
-// Verbs install it only when stderr is a terminal and --json is off.
+// A one-line progress meter on stderr: "phase: NN%  DONE/TOTAL MiB  RATE MiB/s", redrawn at
+// most 10 times a second (and when a phase starts or ends); the line is closed when a phase
+// reaches its total. done/total are bytes. Verbs install it only when stderr is a terminal and
+// --json is off (ProgressFor), so pipes, logs and engines see nothing.
 void TerminalProgress(const char* phase, uint64_t done, uint64_t total);
+// TerminalProgress when stderr is a terminal and --json is off, else null.
+using ProgressFn = void (*)(const char*, uint64_t, uint64_t);
+ProgressFn ProgressFor(const Global& global);
+// Where TerminalProgress draws (default stderr): a detached container's output takes over fd 2
+// while it is created (detached_output.h), the meter stays on the terminal.
+void SetProgressFd(int fd);
 
 }  // namespace godwit::cli
 

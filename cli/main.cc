@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <ctime>
 #include <cstring>
+#include <unistd.h>
 #include <map>
 #include <string>
 #include <vector>
@@ -40,12 +41,55 @@ bool Register(const Command& cmd) {
   return true;
 }
 
+void PrintVerbHelp(const Command& c) {
+  printf("usage: godwit %s\n\n%s\n", c.usage, c.summary);
+  if (c.help) printf("\n%s", c.help);
+}
+
+namespace {
+int progress_fd = STDERR_FILENO;
+}  // namespace
+
+void SetProgressFd(int fd) { progress_fd = fd; }
+
 void TerminalProgress(const char* phase, uint64_t done, uint64_t total) {
-  static int last = -1;
+  static std::string last_phase;
+  static double phase_start = 0, last_draw = 0;
+  static bool open_line = false;
+  timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  double now = t.tv_sec + t.tv_nsec / 1e9;
+  bool new_phase = last_phase != phase;
+  if (new_phase) {
+    if (open_line) dprintf(progress_fd, "\n");
+    last_phase = phase;
+    phase_start = now;
+    last_draw = 0;
+  }
+  bool finished = total > 0 && done >= total;
+  // Redrawn at most 10 times a second: a terminal over ssh should not be the bottleneck.
+  if (!new_phase && !finished && now - last_draw < 0.1) return;
+  last_draw = now;
+  double secs = now - phase_start;
+  double mib = done / 1048576.0;
   int pct = total ? static_cast<int>(done * 100 / total) : 100;
-  if (pct == last) return;
-  last = pct;
-  fprintf(stderr, "\r%s: %3d%%%s", phase, pct, done >= total ? "\n" : "");
+  // Phases count bytes, but for the pre-copy rounds ("pre-dump round": N of M).
+  size_t len = strlen(phase);
+  if (len >= 5 && strcmp(phase + len - 5, "round") == 0)
+    dprintf(progress_fd, "\r%s %llu of %llu\033[K", phase, static_cast<unsigned long long>(done),
+            static_cast<unsigned long long>(total));
+  else
+    dprintf(progress_fd, "\r%s: %3d%%  %.1f/%.1f MiB  %.0f MiB/s\033[K", phase, pct, mib,
+            total / 1048576.0, secs > 0 ? mib / secs : 0.0);
+  open_line = !finished;
+  if (finished) {
+    dprintf(progress_fd, "\n");
+    last_phase.clear();
+  }
+}
+
+ProgressFn ProgressFor(const Global& global) {
+  return isatty(STDERR_FILENO) && !global.json ? TerminalProgress : nullptr;
 }
 
 namespace {
@@ -160,9 +204,13 @@ int main(int argc, char** argv) {
   auto& reg = cli::Registry();
   if (verb == "help") {
     if (i + 1 < argc && reg.count(argv[i + 1])) {
-      const auto& c = reg[argv[i + 1]];
-      printf("usage: godwit %s\n%s\n", c.usage, c.summary);
+      cli::PrintVerbHelp(reg[argv[i + 1]]);
       return 0;
+    }
+    if (i + 1 < argc) {
+      fprintf(stderr, "godwit help: unknown verb '%s'\n", argv[i + 1]);
+      cli::PrintHelp();
+      return static_cast<int>(ErrorKind::kUsage);
     }
     cli::PrintHelp();
     return 0;
@@ -182,7 +230,7 @@ int main(int argc, char** argv) {
   for (const auto& a : args) {
     if (a == "--") break;
     if (a == "--help" || a == "-h") {
-      printf("usage: godwit %s\n%s\n", it->second.usage, it->second.summary);
+      cli::PrintVerbHelp(it->second);
       return 0;
     }
   }

@@ -311,6 +311,7 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
   TreeDumpRequest req;
   req.pid = pid;
   req.leave_running = leave_running;
+  req.progress = opts.progress;
   req.sink = tree_sink;
   req.compression = opts.compression;
   auto t_seized = t_ns;

@@ -122,6 +122,8 @@ struct TreeDumpRequest {
   // engine keeps its TCP connections locked, so a kill sends the peers nothing, and returns
   // TreeStats::resume_tcp and before_kill.
   bool leave_running = false;
+  // (phase, done, total) from the engine (dump::DumpOptions::progress); may be empty.
+  std::function<void(const char*, uint64_t, uint64_t)> progress;
 };
 using TreeDumper = std::function<Result<TreeStats>(const TreeDumpRequest& req)>;
 
@@ -135,6 +137,8 @@ enum class EndMode {
 struct CheckpointOptions {
   std::string root = "/run/godwit";  // runtime state root (--root)
   std::string id;
+  // The tree's dump progress (bytes), for a terminal meter (cli); may be empty.
+  std::function<void(const char*, uint64_t, uint64_t)> progress;
   // Where the images go as directories (DIR/container, DIR/tree); needed unless both sinks are
   // given, and for export_file.
   std::string image_path;

@@ -44,6 +44,7 @@ TreeDumper EngineDumper(const dump::DumpTuning& tuning, dump::PreCopy* precopy) 
     o.before_detach = req.refreeze;
     o.precopy = precopy;
     o.tuning = tuning;
+    o.progress = req.progress;
     ASSIGN_OR_RETURN(dump::DumpStats s, dump::Dump(o, *req.sink));
     TreeStats t;
     t.processes = s.processes;
@@ -94,6 +95,7 @@ TreeRestorer EngineRestorer() {
     o.tcp_close = req.tcp_close;
     o.keep_netlock = req.keep_netlock;
     o.lazy = req.lazy;
+    o.progress = req.progress;
     ASSIGN_OR_RETURN(restore::RestoreStats s, restore::Restore(o));
     TreeRestoreResult t;
     t.root_host_pid = s.root_pid;

@@ -244,6 +244,7 @@ Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& re
   req.tcp_close = !opts.ip.empty();
   req.keep_netlock = opts.keep_netlock;
   req.lazy = opts.lazy;
+  req.progress = opts.progress;
   // A user namespace: its maps, and the namespaces it owns, come from a holder (restore_env.h).
   std::unique_ptr<UsernsHolder> userns;
   if (has_userns) {

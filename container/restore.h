@@ -42,6 +42,8 @@ struct TreeRestoreRequest {
   bool tcp_close = false;
   bool keep_netlock = false;  // RestoreOptions::keep_netlock
   bool lazy = false;          // restore::RestoreOptions::lazy
+  // (phase, done, total) from the engine (restore::RestoreOptions::progress); may be empty.
+  std::function<void(const char*, uint64_t, uint64_t)> progress;
 };
 
 struct TreeRestoreResult {
@@ -78,6 +80,8 @@ using TreeRestorer = std::function<Result<TreeRestoreResult>(const TreeRestoreRe
 struct RestoreOptions {
   std::string root = "/run/godwit";
   std::string id;
+  // The tree's restore progress (bytes), for a terminal meter (cli); may be empty.
+  std::function<void(const char*, uint64_t, uint64_t)> progress;
   std::string image_path;   // a checkpoint directory, or where --import unpacks (optional)
   std::string import_file;  // an export file
   std::string bundle;       // another bundle (config.json + rootfs) than the original's

@@ -81,6 +81,15 @@ Result<std::vector<ListEntry>> ListContainers(const std::string& root);
 // Container ids: 1-64 chars of [A-Za-z0-9_.-], not starting with '.' or '-'.
 Result<void> ValidateId(const std::string& id);
 
+// A detached container's stdout and stderr (`run --detach`, a container `restore --detach`):
+// <root>/.logs/<id>.log, read by `godwit logs`. Outside the state dir: a checkpoint deletes the
+// container but its images name the log (a host file the restore opens again); `godwit delete`
+// removes it (cli/detached_output.h). Ids never start with '.', so no id collides with it.
+inline constexpr const char* kLogDir = ".logs";
+inline std::string LogPath(const std::string& root, const std::string& id) {
+  return root + "/" + kLogDir + "/" + id + ".log";
+}
+
 // Field 22 (starttime, clock ticks since boot) of /proc/<pid>/stat; 0 if the pid is gone.
 uint64_t ProcessStartTime(pid_t pid);
 // The state letter of /proc/<pid>/stat ('R', 'S', 'Z', ...); 0 if gone.

@@ -535,8 +535,9 @@ Result<void> Delete(const std::string& root, const std::string& id, bool force,
   ASSIGN_OR_RETURN(std::unique_ptr<Cgroup> cg, OpenCgroup(c));
   if (s != Status::kStopped) {
     // A created container never ran its program: delete it without --force, as runc does.
+    // kUnsupported (exit 6, "unsupported state"): the id is right, its state is not.
     if (!force && s != Status::kCreated)
-      return MakeError(ErrorKind::kGeneric, 0,
+      return MakeError(ErrorKind::kUnsupported, 0,
                        "container %s is %s: stop it first or use delete --force", id.c_str(),
                        StatusName(s));
     TRY(KillAll(*cg, c.pid, c.pid_start_time));

@@ -74,7 +74,8 @@ Result<void> Resume(const std::string& root, const std::string& id);
 // Sends sig to the init, or with all=true to every process in its cgroup.
 Result<void> Kill(const std::string& root, const std::string& id, int sig, bool all);
 
-// Removes a stopped container. force: kills a created/running one first (SIGKILL to the whole
+// Removes a stopped (or created) container; a running or paused one without force is
+// kUnsupported (exit 6). force: kills a created/running one first (SIGKILL to the whole
 // cgroup, frozen meanwhile so nothing forks past it). The cgroup is found through the state
 // record; cgroup_parent only serves a half-created container that has none (--force).
 Result<void> Delete(const std::string& root, const std::string& id, bool force,

@@ -99,10 +99,10 @@ TEST_F(CgroupParent, OneIdUnderTwoRootsAndParents) {
   EXPECT_EQ(nlohmann::json::parse(*rec)["cgroup"]["parent"], pa_);
 
   // Later verbs without the flag find each container's own cgroup.
-  CliRun ps = Godwit({"--root", ra_, "--json", "ps", id_});
+  CliRun ps = Godwit({"--root", ra_, "ps", "--format", "json", id_});
   ASSERT_EQ(ps.code, 0) << ps;
   EXPECT_EQ(nlohmann::json::parse(ps.out), nlohmann::json::array({pid_a_}));
-  ps = Godwit({"--root", rb_, "--json", "ps", id_});
+  ps = Godwit({"--root", rb_, "ps", "--format", "json", id_});
   ASSERT_EQ(ps.code, 0) << ps;
   EXPECT_EQ(nlohmann::json::parse(ps.out), nlohmann::json::array({pid_b_}));
   ASSERT_EQ(Godwit({"--root", ra_, "pause", id_}).code, 0);

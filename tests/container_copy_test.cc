@@ -76,7 +76,7 @@ class ContainerCopy : public ::testing::Test {
   // short-lived usleeps): pid inside -> host pid.
   std::map<pid_t, pid_t> Stable(const std::string& id) {
     std::map<pid_t, pid_t> out;
-    CliRun r = Godwit({"--root", root_, "--json", "ps", id});
+    CliRun r = Godwit({"--root", root_, "ps", "--format", "json", id});
     auto j = nlohmann::json::parse(r.out, nullptr, false);
     if (r.code != 0 || !j.is_array()) return out;
     pid_t init = StatePid(id);

@@ -172,7 +172,7 @@ class ContainerUserns : public ::testing::Test {
   // The container's processes: host pid -> pid inside.
   std::map<pid_t, pid_t> Processes(const std::string& id) {
     std::map<pid_t, pid_t> out;
-    CliRun r = Godwit({"--root", root_, "--json", "ps", id});
+    CliRun r = Godwit({"--root", root_, "ps", "--format", "json", id});
     auto j = nlohmann::json::parse(r.out, nullptr, false);
     if (r.code != 0 || !j.is_array()) return out;
     pid_t init = StatePid(id);
@@ -191,7 +191,7 @@ class ContainerUserns : public ::testing::Test {
   void Run() {
     ids_.push_back(id_);
     CliRun r = Godwit({"--root", root_, "run", id_, "--bundle", bundle_, "--detach"}, false);
-    ASSERT_EQ(r.code, 0) << r.out;
+    ASSERT_EQ(r.code, 0) << r;
     init_ = StatePid(id_);
     ASSERT_GT(init_, 0);
     reap_.push_back(init_);

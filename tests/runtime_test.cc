@@ -551,7 +551,7 @@ TEST_F(RuntimeTest, DeleteForceStopsARunningContainer) {
   Container c = RunDetached(id, {}, {"sh", "-c", "sleep 1000 & sleep 1000 & exec sleep 1000"});
   ASSERT_GT(c.pid, 0);
   CmdResult d = Run({"delete", id});
-  EXPECT_EQ(d.code, 1);
+  EXPECT_EQ(d.code, 6);  // unsupported state: running, no --force
   EXPECT_NE(d.err.find("running"), std::string::npos);
   // The shell forks its two sleeps after `run -d` returned: wait (bounded) for all three.
   for (int i = 0; i < 500; ++i) {
@@ -561,13 +561,14 @@ TEST_F(RuntimeTest, DeleteForceStopsARunningContainer) {
       break;
     usleep(10000);
   }
-  CmdResult ps = Run({"ps", "--json", id});
+  CmdResult ps = Run({"ps", "--format", "json", id});
   ASSERT_EQ(ps.code, 0);
   EXPECT_EQ(json::parse(ps.out).size(), 3u) << ps.out;
   CmdResult l = Run({"list", "--json"});
   ASSERT_EQ(l.code, 0);
   bool listed = false;
-  for (const auto& e : json::parse(l.out))
+  json listing = json::parse(l.out);
+  for (const auto& e : listing["containers"])
     listed = listed || (e["id"] == id && e["status"] == "running" && e["pid"] == c.pid);
   EXPECT_TRUE(listed) << l.out;
   d = Run({"delete", "--force", id});
@@ -603,7 +604,7 @@ TEST_F(RuntimeTest, CreateStartStateFromBundle) {
   ASSERT_EQ(Run({"start", id}).code, 0);
   EXPECT_EQ(json::parse(Run({"state", id}).out)["status"], "running");
   EXPECT_NE(Run({"start", id}).code, 0);  // only once
-  CmdResult ps = Run({"ps", "--json", id});
+  CmdResult ps = Run({"ps", "--format", "json", id});
   ASSERT_EQ(ps.code, 0);
   EXPECT_EQ(json::parse(ps.out), json::array({pid}));
   // pid 1 of a pid namespace ignores default-action signals like TERM: KILL it.
@@ -671,7 +672,7 @@ TEST_F(RuntimeTest, RegisterAdoptsAContainerBuiltElsewhere) {
   ASSERT_TRUE(r.ok()) << r.error().to_string();
   EXPECT_EQ(Register(c, MakeConfig(o).dump()).error().kind(), ErrorKind::kExists);
   EXPECT_EQ(json::parse(Run({"state", id}).out)["status"], "running");
-  EXPECT_EQ(json::parse(Run({"ps", "--json", id}).out), json::array({pid}));
+  EXPECT_EQ(json::parse(Run({"ps", "--format", "json", id}).out), json::array({pid}));
   ASSERT_EQ(Run({"delete", "--force", id}).code, 0);
   int st = 0;
   ASSERT_EQ(waitpid(pid, &st, 0), pid);
