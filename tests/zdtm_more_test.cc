@@ -68,6 +68,12 @@ ZDTM(SocketUdpShutdown, "udp_shutdown")
 // socket-tcp{,6,4v6}-fin-wait1: the tree's end in FIN-WAIT-1 behind a full send queue, the peer
 // outside the tree; restored, the queue and the FIN reach the peer, and its data comes in.
 TEST_F(ZdtmMore, SocketTcpFinWait1) { RoundTrip("fin_wait1", {"--tcp-established"}); }
+// socket-tcp{,6}-syn-sent: a connect in progress (its SYNs dropped by a full listener outside
+// the tree) comes back connecting from the same address with the same ISN; once the listener
+// has room, the handshake completes and data flows (the control connection is established:
+// --tcp-established).
+TEST_F(ZdtmMore, SocketTcpSynSent) { RoundTrip("syn_sent", {"--tcp-established"}); }
+TEST_F(ZdtmMore, SocketTcp6SynSent) { RoundTrip("syn_sent_v6", {"--tcp-established"}); }
 TEST_F(ZdtmMore, SocketTcp6FinWait1) { RoundTrip("fin_wait1_v6", {"--tcp-established"}); }
 TEST_F(ZdtmMore, SocketTcp4v6FinWait1) { RoundTrip("fin_wait1_4v6", {"--tcp-established"}); }
 
