@@ -160,13 +160,13 @@ pid_t Clone3Tree(const img::ProcessEntry& e, int parent_levels, int inner_level,
       }
     }
     pid_t got = Clone3Tree(c, Levels(e), env.ctx->inner_level, flags);
+    if (got == 0) ChildMain(env, k);  // reads env.files_sync
     env.files_sync = -1;
     if (got < 0) {
       char msg[64];
       snprintf(msg, sizeof(msg), "clone3 pid %d", c.pid());
       ChildFail(env, e.pid(), errno, msg);
     }
-    if (got == 0) ChildMain(env, k);
     if (c.zombie()) zombies.push_back(got);
   };
   // A session leader forks the children that stay in the session it inherited first, then calls

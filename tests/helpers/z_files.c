@@ -645,7 +645,7 @@ static int fdt_child(void* arg) {
   char c;
   pid_t gc = 0;
   if (k == 0) {
-    gc = fork();
+    gc = zfork();
     if (gc < 0) _exit(8);
     if (gc == 0) {
       if (read(fdt_gc[0], &c, 1) != 1) _exit(2);
