@@ -303,7 +303,7 @@ Result<void> FdDumperImpl::CheckOutsidePeers() {
                          u.peer_name().empty() ? "" : u.peer_name().c_str(), key.c_str());
     } else if (e.kind() == img::FILE_KIND_TTY) {
       const img::TtyFile& t = e.tty();
-      if (t.master() || pty_masters.count(t.pty_index())) continue;
+      if (t.master() || t.hung_up() || pty_masters.count(t.pty_index())) continue;
       if (opts_.shell_job)
         key = "tty";
       else if (ctx_.ExternalAllowed(StrFormat("tty:%s", t.path().c_str())))

@@ -816,8 +816,8 @@ static int m_close_data(void) {
 }
 
 /* pty04: two slave descriptions of a pty whose master was closed (hung up), one the
- * controlling terminal of a session leader that ignores SIGHUP. Refused at dump (the test checks
- * the refusal names it and the tree runs on). */
+ * controlling terminal of a session leader that ignores SIGHUP. Restored hung up: reads end
+ * of file, writes fail with EIO, still a pty slave, and no controlling terminal. */
 static int m_pty_no_master(void) {
   int p[2];
   SETUP(pipe(p) == 0);
@@ -835,7 +835,13 @@ static int m_pty_no_master(void) {
     if (write(p[1], "r", 1) != 1) _exit(4);
     wait_usr2();
     char b;
-    if (read(s1, &b, 1) > 0) _exit(6); /* hung up: end of file or EIO */
+    if (read(s1, &b, 1) != 0 || read(s2, &b, 1) != 0) _exit(6); /* hung up: end of file */
+    if (write(s1, "x", 1) != -1 || errno != EIO) _exit(8);       /* and writes fail */
+    struct stat st;
+    if (fstat(s2, &st) || !S_ISCHR(st.st_mode) || major(st.st_rdev) < 136 ||
+        major(st.st_rdev) > 143)
+      _exit(9); /* still a pty slave */
+    if (open("/dev/tty", O_RDWR) >= 0) _exit(10); /* no controlling terminal any more */
     if (close(s1) || close(s2)) _exit(7);
     _exit(0);
   }
