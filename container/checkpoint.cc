@@ -296,8 +296,17 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
     rec.set_has_layer(layer);
     laps.LapInto(&ph.layer_ms);
   }
-  if (!overlay && leave_running) {  // the tree runs on after the engine: identify it frozen now
+  // A rootfs the container writes into: besides the digest, the files the tree holds open or
+  // maps, which the restore checks one by one (other changes of the rootfs break nothing).
+  auto identify_writable = [&]() -> Result<void> {
     ASSIGN_OR_RETURN(*rec.mutable_rootfs(), mnt::IdentifyRootfs(c.rootfs));
+    ASSIGN_OR_RETURN(std::vector<pid_t> pids, cg->Pids());
+    TRY_CTX(mnt::IdentifyHeldFiles(c.rootfs, pids, rec.mutable_rootfs()), "container %s",
+            opts.id.c_str());
+    return Ok();
+  };
+  if (!overlay && leave_running) {  // the tree runs on after the engine: identify it frozen now
+    TRY(identify_writable());
     laps.LapInto(&ph.rootfs_ms);
   }
   auto t_ns = Clock::now();
@@ -344,7 +353,7 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
   // (issue 11: 2 of 3 tries with a container appending every millisecond).
   if (!overlay && !leave_running) {
     auto t_id = Clock::now();
-    ASSIGN_OR_RETURN(*rec.mutable_rootfs(), mnt::IdentifyRootfs(c.rootfs));
+    TRY(identify_writable());
     ph.rootfs_ms += timing::MsBetween(t_id, Clock::now());
   }
   auto t_tree = Clock::now();

@@ -26,7 +26,8 @@ Result<std::unique_ptr<ContainerPreCopy>> ContainerPreCopy::Start(const std::str
 
 // The engine dumps the tree and leaves it alive. The cgroup stays frozen from the namespace dumps
 // until the engine has seized every thread (the tree is then held by ptrace) and is refrozen
-// before the engine lets go: the tree never runs in between (TreeDumpRequest).
+// while the engine still holds every thread, before it lets go: the tree never runs in between
+// (TreeDumpRequest).
 TreeDumper EngineDumper(const dump::DumpTuning& tuning, dump::PreCopy* precopy) {
   return [tuning, precopy](const TreeDumpRequest& req) -> Result<TreeStats> {
     if (req.sink == nullptr) return MakeError(ErrorKind::kUsage, 0, "tree dump: no sink");
@@ -42,6 +43,8 @@ TreeDumper EngineDumper(const dump::DumpTuning& tuning, dump::PreCopy* precopy) 
     o.compress_later = true;  // the cgroup stays frozen after the engine: compress after the kill
     o.on_seized = req.thaw;
     o.before_detach = req.refreeze;
+    // Killed or held next: frozen before the detach, so that not one syscall runs after the dump.
+    o.freeze_before_detach = !req.leave_running;
     o.precopy = precopy;
     o.tuning = tuning;
     o.progress = req.progress;

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "common/fs.h"
+#include "common/proc.h"
 #include "common/log.h"
 #include "common/scope_exit.h"
 
@@ -784,6 +785,87 @@ Result<img::RootfsIdentity> IdentifyRootfs(const std::string& path) {
   id.set_digest(StrFormat("%016llx", static_cast<unsigned long long>(h.h)));
   id.set_entries(entries);
   return id;
+}
+
+Result<void> IdentifyHeldFiles(const std::string& path, const std::vector<pid_t>& pids,
+                               img::RootfsIdentity* id) {
+  struct stat rst;
+  if (::stat(path.c_str(), &rst) < 0) return Errno("stat %s", path.c_str());
+  std::map<std::string, img::RootfsFile> held;
+  // `inner` is the file's path in the tree's mount namespace; it is the rootfs's when the rootfs
+  // has the same inode at that path.
+  auto consider = [&](const std::string& inner, dev_t dev, ino_t ino) {
+    if (inner.empty() || inner[0] != '/' || held.count(inner)) return;
+    if (inner.size() > 10 && inner.compare(inner.size() - 10, 10, " (deleted)") == 0) return;
+    if (dev != rst.st_dev) return;
+    struct stat st;
+    std::string here = path + inner;
+    if (::lstat(here.c_str(), &st) < 0 || !S_ISREG(st.st_mode) || st.st_ino != ino ||
+        st.st_dev != dev)
+      return;
+    img::RootfsFile f;
+    f.set_path(inner);
+    f.set_size(static_cast<uint64_t>(st.st_size));
+    f.set_mtime_ns(static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec);
+    f.set_mode(st.st_mode);
+    held[inner] = std::move(f);
+  };
+  for (pid_t pid : pids) {
+    std::string fddir = StrFormat("/proc/%d/fd", pid);
+    if (DIR* d = ::opendir(fddir.c_str())) {
+      while (struct dirent* de = ::readdir(d)) {
+        if (de->d_name[0] == '.') continue;
+        std::string link = fddir + "/" + de->d_name;
+        struct stat st;
+        if (::stat(link.c_str(), &st) < 0 || !S_ISREG(st.st_mode)) continue;
+        consider(ReadLinkAt(AT_FDCWD, link), st.st_dev, st.st_ino);
+      }
+      ::closedir(d);
+    }
+    auto maps = proc::ReadMaps(pid);
+    if (!maps.ok()) continue;  // a zombie, or gone
+    for (const auto& m : *maps)
+      if (m.inode != 0)
+        consider(m.path, makedev(m.dev_major, m.dev_minor), static_cast<ino_t>(m.inode));
+  }
+  for (auto& [p, f] : held) *id->add_held() = std::move(f);
+  id->set_has_held(true);
+  return Ok();
+}
+
+Result<void> CheckRootfs(const img::RootfsIdentity& was, const img::RootfsIdentity& here,
+                         const std::string& path) {
+  if (here.digest() == was.digest()) return Ok();
+  if (!was.has_held())
+    return MakeError(ErrorKind::kBadImage, 0,
+                     "the checkpoint was made from another rootfs (%s, digest %s, %lu entries); "
+                     "%s has digest %s (%lu entries)",
+                     was.path().c_str(), was.digest().c_str(),
+                     static_cast<unsigned long>(was.entries()), path.c_str(),
+                     here.digest().c_str(), static_cast<unsigned long>(here.entries()));
+  for (const auto& f : was.held()) {
+    std::string p = path + f.path();
+    struct stat st;
+    if (::lstat(p.c_str(), &st) < 0)
+      return MakeError(ErrorKind::kBadImage, errno,
+                       "rootfs %s: %s, which the checkpointed tree holds open or maps, is gone "
+                       "(another rootfs, or changed since the checkpoint)",
+                       path.c_str(), f.path().c_str());
+    int64_t mtime = static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
+    if (static_cast<uint64_t>(st.st_size) != f.size() || mtime != f.mtime_ns() ||
+        st.st_mode != f.mode())
+      return MakeError(ErrorKind::kBadImage, 0,
+                       "rootfs %s: %s, which the checkpointed tree holds open or maps, changed "
+                       "since the checkpoint (size %llu -> %llu, mtime %s, mode %o -> %o)",
+                       path.c_str(), f.path().c_str(), static_cast<unsigned long long>(f.size()),
+                       static_cast<unsigned long long>(st.st_size),
+                       mtime == f.mtime_ns() ? "same" : "changed", f.mode(), st.st_mode);
+  }
+  LOG_INFO("rootfs %s changed since the checkpoint (%lu -> %lu entries), but none of the %d "
+           "files the tree holds open or maps did",
+           path.c_str(), static_cast<unsigned long>(was.entries()),
+           static_cast<unsigned long>(here.entries()), was.held_size());
+  return Ok();
 }
 
 // The overlay upper dir `upper`, open, iff it is the upperdir of pid's root mount and that

@@ -44,6 +44,16 @@ Result<void> RestoreTmpfs(const images::ImageSet& images, uint32_t mnt_id, const
 // The identity of a root filesystem: a digest over every entry's path, type, mode, owner, size,
 // mtime and symlink target (contents are not read), staying on one filesystem.
 Result<img::RootfsIdentity> IdentifyRootfs(const std::string& path);
+// Adds to id the regular files of the rootfs at `path` that pids (frozen) hold open or map: an fd
+// or mapping whose file is the rootfs entry at the same path (same device and inode). Sets
+// has_held. Files elsewhere (tmpfs, host files, deleted ones) are not the rootfs's.
+Result<void> IdentifyHeldFiles(const std::string& path, const std::vector<pid_t>& pids,
+                               img::RootfsIdentity* id);
+// Whether the rootfs at `path` (identity `here`) is the one a checkpoint recorded (`was`): the
+// same digest, or, with held files recorded, each of them unchanged (size, mtime, mode). The
+// error names the first changed file.
+Result<void> CheckRootfs(const img::RootfsIdentity& was, const img::RootfsIdentity& here,
+                         const std::string& path);
 
 // The writable layer of a container whose root is an overlay (or any other view) over `rootfs`:
 // every entry of /proc/PID/root that is new or differs from rootfs (kind, mode, owner, size,

@@ -168,15 +168,7 @@ Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& re
       return MakeError(ErrorKind::kNotFound, here.error().sys_errno(), "rootfs %s: %s",
                        spec.root_path.c_str(), here.error().message().c_str());
     }
-    if (here->digest() != rec.rootfs().digest()) {
-      return MakeError(ErrorKind::kBadImage, 0,
-                       "the checkpoint was made from another rootfs (%s, digest %s, %lu entries); "
-                       "%s has digest %s (%lu entries)",
-                       rec.rootfs().path().c_str(), rec.rootfs().digest().c_str(),
-                       static_cast<unsigned long>(rec.rootfs().entries()), spec.root_path.c_str(),
-                       here->digest().c_str(), static_cast<unsigned long>(here->entries()));
-    }
-    return Ok();
+    return mnt::CheckRootfs(rec.rootfs(), *here, spec.root_path);
   };
   // The network, readdressed and renamed when asked to.
   img::NetNs netns;

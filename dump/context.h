@@ -76,6 +76,16 @@ struct DumpOptions {
   // itself succeeded.
   std::function<Result<void>()> on_seized;
   std::function<Result<void>()> before_detach;
+  // With leave_running and before_detach, when before_detach freezes the tree's cgroup and the
+  // caller kills or holds the tree next (a container checkpoint that deletes or holds it): on
+  // success before_detach runs while every thread is still ptrace-stopped, and the threads are
+  // detached into the frozen cgroup without being stepped into their re-issued calls
+  // (DetachFrozen): nothing of the tree runs after its state was taken, not one syscall (issue
+  // 11: detached first, a shell appended the next line to its file before the refreeze, and
+  // its restored copy appended it again). The price, only if the held tree is resumed after
+  // all: a signal that arrives while it is held runs its handler before the interrupted call
+  // is re-entered, which then does not return EINTR.
+  bool freeze_before_detach = false;
 };
 
 struct DumpStats {

@@ -303,7 +303,8 @@ Result<DumpStats> Dump(const DumpOptions& opts, images::Sink& sink) {
   finished = true;
   lap("images");
   // ThawTree steps threads into their re-issued syscalls, so it must run before a before_detach
-  // hook that freezes the tree's cgroup again (a frozen task never reaches the syscall entry).
+  // hook that freezes the tree's cgroup again (a frozen task never reaches the syscall entry),
+  // unless the tree is not meant to run again (freeze_before_detach: no stepping at all).
   Result<void> hook = Ok();
   if (opts.leave_running) {
     if (fds && !opts.keep_tcp_locked) fds->Resume();
@@ -312,8 +313,18 @@ Result<DumpStats> Dump(const DumpOptions& opts, images::Sink& sink) {
       fds->SetTcpRepair(false);
       ctx.stats.tcp = std::make_shared<TcpHold>(std::move(fds));
     }
-    ThawTree(frozen);
-    if (seized_hook && opts.before_detach) hook = opts.before_detach();
+    if (opts.freeze_before_detach && seized_hook && opts.before_detach) {
+      // Frozen while still stopped by ptrace, then let go into the frozen cgroup.
+      hook = opts.before_detach();
+      if (hook.ok()) {
+        DetachFrozen(frozen);
+      } else {
+        ThawTree(frozen);  // the caller thaws the tree on this error: resume it properly
+      }
+    } else {
+      ThawTree(frozen);
+      if (seized_hook && opts.before_detach) hook = opts.before_detach();
+    }
   } else {
     if (seized_hook && opts.before_detach) hook = opts.before_detach();
     KillTree(frozen);

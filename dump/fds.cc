@@ -6,6 +6,8 @@ namespace godwit::dump {
 
 Result<void> DumpFds(DumpContext& ctx, ProcessDump& p) {
   if (ctx.fds == nullptr) return Ok();
+  // Its parent's table, dumped with the parent (FreezeTree found it with kcmp KCMP_FILES).
+  if (p.entry && p.entry->shares_parent_files()) return Ok();
   TRY_CTX(ctx.fds->DumpProcess(p.pid), "pid %d: file descriptors", p.pid);
   return Ok();
 }

@@ -303,6 +303,9 @@ Result<void> FreezeTree(pid_t root, FrozenTree* out) {
     if (auto ns = proc::ReadNsPids(pid, pid); ns.ok() && ns->size() > 1)
       for (pid_t n : *ns) e.add_ns_pids(n);
     TRY(DumpCgroups(pid, &e));
+    // Its parent's fd table (CLONE_FILES): one table, dumped and restored once, by the parent.
+    if (pid != root && syscall(SYS_kcmp, pid, st->ppid, KCMP_FILES, 0, 0) == 0)
+      e.set_shares_parent_files(true);
     for (pid_t t : tids) {
       auto kids = proc::ListChildren(pid, t);
       if (!kids.ok()) return Vanished(pid);
@@ -355,6 +358,12 @@ void ThawTree(const FrozenTree& t) {
       PLOG_WARN("detach %d", tid);
   }
   WaitStoppedAgain(t);
+}
+
+void DetachFrozen(const FrozenTree& t) {
+  for (pid_t tid : t.seized)
+    if (ptrace(PTRACE_DETACH, tid, nullptr, nullptr) < 0 && errno != ESRCH)
+      PLOG_WARN("detach %d", tid);
 }
 
 void KillTree(const FrozenTree& t) {

@@ -23,6 +23,13 @@ Result<void> FreezeTree(pid_t root, FrozenTree* out);
 
 // Detaches every seized thread: the tree resumes where it was.
 void ThawTree(const FrozenTree& t);
+// Detaches every seized thread where it stopped, without stepping any into its re-issued call:
+// for a tree whose cgroup the caller froze while every thread was still ptrace-stopped (a
+// ptrace stop counts as frozen). Each detached thread goes from its stop (in the kernel's signal
+// path) straight into the freezer's trap: it executes neither an instruction nor a syscall
+// until the cgroup is thawed. Then it runs its interrupted call again from the syscall
+// instruction (Remote::Release set that up).
+void DetachFrozen(const FrozenTree& t);
 // SIGKILLs every live process of the tree, then detaches.
 void KillTree(const FrozenTree& t);
 

@@ -175,12 +175,15 @@ Result<void> FdDumperImpl::DumpProcess(pid_t pid) {
     return MakeError(ErrorKind::kNotFound, ESRCH, "pid %d is gone", pid);
   ASSIGN_OR_RETURN(UniqueFd pidfd, std::move(opened));
   // Processes sharing one fd table (clone CLONE_FILES without CLONE_THREAD, zdtm fdt_shared):
-  // restore would give each its own table, and an fd one of them opens later would not appear
-  // in the other. Refused until restore can clone with CLONE_FILES.
+  // a child sharing its parent's is not dumped here (ProcessEntry.shares_parent_files: restore
+  // clones it with CLONE_FILES). Any other sharing (a holder reparented away from the table's
+  // other holders) is refused: restore would give each its own table, and an fd one of them
+  // opens later would not appear in the other.
   for (pid_t other : pids_)
     if (Kcmp(pid, other, KCMP_FILES, 0, 0) == 0)
       return MakeError(ErrorKind::kUnsupported, 0,
-                       "pid %d shares its fd table with pid %d (clone CLONE_FILES): not supported",
+                       "pid %d shares its fd table with pid %d, not its parent (clone CLONE_FILES): "
+                       "not supported",
                        pid, other);
   std::string dir = StrFormat("/proc/%d/fd", pid);
   DIR* d = opendir(dir.c_str());
@@ -300,7 +303,7 @@ Result<void> FdDumperImpl::CheckOutsidePeers() {
                          u.peer_name().empty() ? "" : u.peer_name().c_str(), key.c_str());
     } else if (e.kind() == img::FILE_KIND_TTY) {
       const img::TtyFile& t = e.tty();
-      if (t.master() || pty_masters.count(t.pty_index())) continue;
+      if (t.master() || t.hung_up() || pty_masters.count(t.pty_index())) continue;
       if (opts_.shell_job)
         key = "tty";
       else if (ctx_.ExternalAllowed(StrFormat("tty:%s", t.path().c_str())))

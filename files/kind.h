@@ -72,6 +72,9 @@ Result<UnixDiagMap> DumpUnixDiag(int nlsock);
 // sk_shutdown (1 RCV_SHUTDOWN, 2 SEND_SHUTDOWN) of the inet socket with inode ino in pid's net
 // namespace, from NETLINK_SOCK_DIAG (nothing else tells it for a datagram socket).
 Result<int> InetShutdown(pid_t pid, int family, int protocol, uint64_t ino);
+// The destination address (a sockaddr_in or sockaddr_in6) of the inet socket inode ino in pid's
+// net namespace, from NETLINK_SOCK_DIAG: known while getpeername still says ENOTCONN (SYN_SENT).
+Result<std::string> InetDestination(pid_t pid, int family, int protocol, uint64_t ino);
 // A socket created in the net namespace of pid (a thread enters it: setns is per thread).
 Result<UniqueFd> SocketInNetns(pid_t pid, int domain, int type, int protocol);
 

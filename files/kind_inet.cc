@@ -157,6 +157,34 @@ Result<void> DumpTcpEstablished(FdDumpContext& ctx, const Probe& p, img::InetSoc
   return Ok();
 }
 
+// A connect in progress (SYN_SENT): where to, and the sequence number of its SYN. Its
+// destination is known to sock_diag only (getpeername: ENOTCONN). The ISN is one below the
+// socket's write_seq, read in repair mode, switched off again at once (outside ESTABLISHED that
+// sends nothing); the SYN retransmissions go on meanwhile. No lock: a SYN-ACK that reaches the
+// killed socket is answered with a reset, and the restored socket's SYN starts the handshake
+// again with the same ISN.
+Result<void> DumpTcpSynSent(const Probe& p, img::InetSocket* sk) {
+  int fd = p.local;
+  ASSIGN_OR_RETURN(std::string dst, InetDestination(p.pid, sk->family(), IPPROTO_TCP, p.st.st_ino));
+  if (dst.empty())
+    return MakeError(ErrorKind::kGeneric, 0, "TCP socket %s in SYN_SENT: sock_diag has no "
+                     "destination", AddrStr(sk->src()).c_str());
+  sk->set_dst(dst);
+  int reuse = 0;
+  socklen_t rl = sizeof(reuse);
+  getsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &reuse, &rl);
+  TRY_CTX(SetInt(fd, SOL_TCP, TCP_REPAIR, TCP_REPAIR_ON, "TCP_REPAIR"),
+          "TCP socket %s -> %s in SYN_SENT: read its ISN", AddrStr(sk->src()).c_str(),
+          AddrStr(dst).c_str());
+  uint32_t write_seq = QueueSeq(fd, TCP_SEND_QUEUE);
+  int off = TCP_REPAIR_OFF;
+  setsockopt(fd, SOL_TCP, TCP_REPAIR, &off, sizeof(off));
+  // Repair off leaves sk_reuse at "no reuse": give SO_REUSEADDR back.
+  if (reuse) setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &reuse, sizeof(reuse));
+  sk->set_syn_isn(write_seq - 1);  // the SYN takes one sequence number
+  return Ok();
+}
+
 // The options only raw and ping sockets have.
 Result<void> DumpRawOpts(int fd, img::InetSocket* sk) {
   bool v6 = sk->family() == AF_INET6;
@@ -250,6 +278,7 @@ Result<void> DumpInet(FdDumpContext& ctx, const Probe& p, img::FileEntry& e) {
     return Ok();
   }
   if (st == TCP_CLOSE) return Ok();  // fresh or closed socket: options and binding only
+  if (st == TCP_SYN_SENT) return DumpTcpSynSent(p, sk);
   if (!Connected(st))
     return MakeError(ErrorKind::kUnsupported, 0, "TCP socket %s -> %s in state %d",
                      AddrStr(sk->src()).c_str(), AddrStr(sk->dst()).c_str(), st);
@@ -317,6 +346,34 @@ Result<void> SendAll(int fd, const std::string& data, const char* what) {
     ssize_t n = send(fd, data.data() + off, data.size() - off, MSG_DONTWAIT | MSG_NOSIGNAL);
     if (n < 0) return Errno("refill TCP %s queue at %zu of %zu", what, off, data.size());
     off += n;
+  }
+  return Ok();
+}
+
+// SYN_SENT again: the dumped ISN goes in as write_seq (repair mode, on a closed socket), which
+// connect() then uses instead of a new one; a non-blocking connect sends the SYN (the peer sees
+// a retransmission) and leaves the socket connecting, as the process left it: its own
+// connect() called again waits for the handshake (EALREADY when non-blocking), a poll for
+// POLLOUT says when it is done. Bound before (Bind above): the same source port.
+Result<void> ConnectSynSent(int fd, const img::InetSocket& sk) {
+  if (sk.dst().empty())
+    return MakeError(ErrorKind::kBadImage, 0, "TCP socket %s in SYN_SENT without a destination",
+                     AddrStr(sk.src()).c_str());
+  TRY(SetInt(fd, SOL_TCP, TCP_REPAIR, TCP_REPAIR_ON, "TCP_REPAIR"));
+  TRY(SetInt(fd, SOL_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE, "TCP_REPAIR_QUEUE"));
+  TRY(SetInt(fd, SOL_TCP, TCP_QUEUE_SEQ, static_cast<int>(sk.syn_isn()), "TCP_QUEUE_SEQ (ISN)"));
+  TRY(SetInt(fd, SOL_TCP, TCP_REPAIR, TCP_REPAIR_OFF, "TCP_REPAIR off"));
+  if (sk.opts().reuseaddr()) TRY(SetInt(fd, SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR"));
+  int fl = fcntl(fd, F_GETFL);
+  if (fl < 0) return Errno("F_GETFL");
+  if (fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) return Errno("F_SETFL");
+  int r = connect(fd, reinterpret_cast<const sockaddr*>(sk.dst().data()), sk.dst().size());
+  int err = errno;
+  fcntl(fd, F_SETFL, fl);
+  if (r < 0 && err != EINPROGRESS) {
+    errno = err;
+    return Errno("connect %s -> %s again (SYN_SENT)", AddrStr(sk.src()).c_str(),
+                 AddrStr(sk.dst()).c_str());
   }
   return Ok();
 }
@@ -402,6 +459,7 @@ Result<UniqueFd> OpenInet(FdRestoreContext& ctx, const img::FileEntry& e) {
   if (sk.type() == SOCK_STREAM) {
     if (sk.state() == TCP_LISTEN && listen(s.get(), sk.backlog()) < 0)
       return Errno("listen %s", AddrStr(sk.src()).c_str());
+    if (sk.state() == TCP_SYN_SENT) TRY(ConnectSynSent(s.get(), sk));
     return s;
   }
   // UDP: the queue goes back through a socket sending to ours, then the connect (a connected

@@ -126,14 +126,16 @@ Result<void> DumpTty(FdDumpContext& ctx, const Probe& p, img::FileEntry& e) {
   } else {
     index = minor(p.st.st_rdev) + (maj - 136) * 256;
     t->set_path(p.link);
-    // devpts removes a slave's node once its master is closed: the terminal is hung up, and a
-    // new pair cannot be hung up after the restore made it the controlling terminal (zdtm pty04).
+    // devpts removes a slave's node once its master is closed: the terminal is hung up (zdtm
+    // pty04). The hangup also took it away from the session it controlled, so nothing is left
+    // of it but a file that reads end of file and fails writes: no termios, queues or owner.
     const std::string gone = " (deleted)";
     if (p.link.size() > gone.size() &&
-        p.link.compare(p.link.size() - gone.size(), gone.size(), gone) == 0)
-      return MakeError(ErrorKind::kUnsupported, 0,
-                       "pid %d fd %d: pty slave %s whose master was closed (hung up)", p.pid, p.fd,
-                       p.link.c_str());
+        p.link.compare(p.link.size() - gone.size(), gone.size(), gone) == 0) {
+      t->set_hung_up(true);
+      t->set_pty_index(index);
+      return Ok();
+    }
   }
   t->set_pty_index(index);
   struct stat ss {};
@@ -232,8 +234,23 @@ Result<void> SetCtty(FdRestoreContext& ctx, const img::ProcessFds& pf, pid_t old
   return Ok();
 }
 
+// A hung-up slave (TtyFile.hung_up): the slave of a new pair, hung up by closing its master at
+// once, here in the coordinator, before any restored process (or session) exists: the kernel
+// signals nobody. Each description gets its own pair (a hung-up file keeps nothing of its tty).
+static Result<UniqueFd> OpenHungUpSlave(const img::TtyFile& t, int flags) {
+  UniqueFd m(open("/dev/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC));
+  if (!m) return Errno("pty %d (hung up): open /dev/ptmx", t.pty_index());
+  int unlock = 0;
+  if (ioctl(m.get(), TIOCSPTLCK, &unlock) < 0) return Errno("TIOCSPTLCK");
+  UniqueFd s(ioctl(m.get(), TIOCGPTPEER, (flags & O_ACCMODE) | O_NOCTTY | O_CLOEXEC));
+  if (!s) return Errno("pty %d (hung up): TIOCGPTPEER", t.pty_index());
+  m.reset();  // pty_close of the master hangs the slave up
+  return s;
+}
+
 Result<UniqueFd> OpenTty(FdRestoreContext& ctx, const img::FileEntry& e) {
   const img::TtyFile& t = e.tty();
+  if (!t.master() && t.hung_up()) return OpenHungUpSlave(t, e.flags());
   auto it = ctx.ptys.find(t.pty_index());
   if (it == ctx.ptys.end()) {
     // The same pts number when it is free (programs remember ttyname): devpts hands out the

@@ -6,6 +6,7 @@
 #include <linux/inet_diag.h>
 #include <linux/unix_diag.h>
 #include <sched.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <fcntl.h>
@@ -89,7 +90,16 @@ Result<UnixDiagMap> DumpUnixDiag(int nl) {
   }
 }
 
-Result<int> InetShutdown(pid_t pid, int family, int protocol, uint64_t ino) {
+namespace {
+
+// The sock_diag record of inet socket ino in pid's net namespace: its shutdown bits and its
+// destination (sockaddr bytes, empty when it has no port).
+struct InetDiag {
+  int shutdown = 0;
+  std::string dst;
+};
+
+Result<InetDiag> InetDiagOf(pid_t pid, int family, int protocol, uint64_t ino) {
   ASSIGN_OR_RETURN(UniqueFd nl, SocketInNetns(pid, AF_NETLINK, SOCK_RAW, NETLINK_SOCK_DIAG));
   struct {
     struct nlmsghdr nlh;
@@ -106,7 +116,8 @@ Result<int> InetShutdown(pid_t pid, int family, int protocol, uint64_t ino) {
   sa.nl_family = AF_NETLINK;
   if (sendto(nl.get(), &msg, sizeof(msg), 0, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) < 0)
     return Errno("sock_diag: send");
-  int found = -1;
+  bool found = false;
+  InetDiag out;
   std::vector<char> buf(1 << 16);
   for (;;) {
     ssize_t n = recv(nl.get(), buf.data(), buf.size(), 0);
@@ -117,10 +128,10 @@ Result<int> InetShutdown(pid_t pid, int family, int protocol, uint64_t ino) {
     for (auto* h = reinterpret_cast<struct nlmsghdr*>(buf.data()); NLMSG_OK(h, n);
          h = NLMSG_NEXT(h, n)) {
       if (h->nlmsg_type == NLMSG_DONE) {
-        if (found < 0)
+        if (!found)
           return MakeError(ErrorKind::kNotFound, 0, "sock_diag: no socket inode %llu (family %d "
                            "protocol %d)", static_cast<unsigned long long>(ino), family, protocol);
-        return found;
+        return out;
       }
       if (h->nlmsg_type == NLMSG_ERROR) {
         errno = -reinterpret_cast<struct nlmsgerr*>(NLMSG_DATA(h))->error;
@@ -128,12 +139,39 @@ Result<int> InetShutdown(pid_t pid, int family, int protocol, uint64_t ino) {
       }
       auto* m = reinterpret_cast<struct inet_diag_msg*>(NLMSG_DATA(h));
       if (m->idiag_inode != ino) continue;
-      found = 0;
+      found = true;
+      if (m->id.idiag_dport != 0) {
+        if (m->idiag_family == AF_INET) {
+          sockaddr_in a{};
+          a.sin_family = AF_INET;
+          a.sin_port = m->id.idiag_dport;
+          memcpy(&a.sin_addr, m->id.idiag_dst, sizeof(a.sin_addr));
+          out.dst.assign(reinterpret_cast<char*>(&a), sizeof(a));
+        } else if (m->idiag_family == AF_INET6) {
+          sockaddr_in6 a{};
+          a.sin6_family = AF_INET6;
+          a.sin6_port = m->id.idiag_dport;
+          memcpy(&a.sin6_addr, m->id.idiag_dst, sizeof(a.sin6_addr));
+          out.dst.assign(reinterpret_cast<char*>(&a), sizeof(a));
+        }
+      }
       int len = h->nlmsg_len - NLMSG_LENGTH(sizeof(*m));
       for (auto* a = reinterpret_cast<struct rtattr*>(m + 1); RTA_OK(a, len); a = RTA_NEXT(a, len))
-        if (a->rta_type == INET_DIAG_SHUTDOWN) found = *static_cast<uint8_t*>(RTA_DATA(a));
+        if (a->rta_type == INET_DIAG_SHUTDOWN) out.shutdown = *static_cast<uint8_t*>(RTA_DATA(a));
     }
   }
+}
+
+}  // namespace
+
+Result<int> InetShutdown(pid_t pid, int family, int protocol, uint64_t ino) {
+  ASSIGN_OR_RETURN(InetDiag d, InetDiagOf(pid, family, protocol, ino));
+  return d.shutdown;
+}
+
+Result<std::string> InetDestination(pid_t pid, int family, int protocol, uint64_t ino) {
+  ASSIGN_OR_RETURN(InetDiag d, InetDiagOf(pid, family, protocol, ino));
+  return d.dst;
 }
 
 Result<UniqueFd> SocketInNetns(pid_t pid, int domain, int type, int protocol) {

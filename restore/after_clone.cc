@@ -129,22 +129,44 @@ pid_t Clone3Tree(const img::ProcessEntry& e, int parent_levels, int inner_level,
   // files' Install if there are fd images), the report pipe and the prepared fds above it.
   // The user namespace to join sits just below the report pipe (restore/fork.cc).
   const int userns_fd = env.ctx->opts.userns_fd >= 0 ? env.report_fd - 1 : -1;
-  syscall(SYS_close_range, 3, env.report_fd - (userns_fd >= 0 ? 2 : 1), 0);
-  if (env.ctx->fds == nullptr)
-    syscall(SYS_close_range, env.report_fd + (env.ctx->images_fd >= 0 ? 2 : 1), ~0U, 0);
-  for (int fd : env.foreign_fds) close(fd);
+  // A child sharing its parent's fd table (CLONE_FILES) leaves the table to the parent: the
+  // parent cleaned it before the clone and installs it once (after files_sync), and closing
+  // anything here (the report pipe, the user namespace fd) would close it for the parent too.
+  const bool shared_table = e.shares_parent_files();
+  const int files_sync = shared_table ? env.files_sync : -1;
+  env.files_sync = -1;
+  if (!shared_table) {
+    syscall(SYS_close_range, 3, env.report_fd - (userns_fd >= 0 ? 2 : 1), 0);
+    if (env.ctx->fds == nullptr)
+      syscall(SYS_close_range, env.report_fd + (env.ctx->images_fd >= 0 ? 2 : 1), ~0U, 0);
+    for (int fd : env.foreign_fds) close(fd);
+  }
   if (e.zombie()) ZombieMain(env, e);
   const ChildOrder& order = env.forks[idx];
   std::vector<pid_t> zombies;
+  // The children that share this table and say when they have forked theirs (files_sync).
+  int sync[2] = {-1, -1};
+  int sharing = 0;
   auto fork_child = [&](int k) {
     const auto& c = env.ctx->tree.processes(k);
-    pid_t got = Clone3Tree(c, Levels(e), env.ctx->inner_level);
+    uint64_t flags = 0;
+    if (c.shares_parent_files()) {
+      flags = CLONE_FILES;
+      if (env.ctx->fds && !c.zombie()) {
+        if (sync[1] < 0 && syscall(SYS_pipe2, sync, O_CLOEXEC) < 0)
+          ChildFail(env, e.pid(), errno, "pipe for CLONE_FILES children");
+        env.files_sync = sync[1];
+        sharing++;
+      }
+    }
+    pid_t got = Clone3Tree(c, Levels(e), env.ctx->inner_level, flags);
+    if (got == 0) ChildMain(env, k);  // reads env.files_sync
+    env.files_sync = -1;
     if (got < 0) {
       char msg[64];
       snprintf(msg, sizeof(msg), "clone3 pid %d", c.pid());
       ChildFail(env, e.pid(), errno, msg);
     }
-    if (got == 0) ChildMain(env, k);
     if (c.zombie()) zombies.push_back(got);
   };
   // A session leader forks the children that stay in the session it inherited first, then calls
@@ -164,13 +186,38 @@ pid_t Clone3Tree(const img::ProcessEntry& e, int parent_levels, int inner_level,
     while (waitid(P_PID, z, &si, WEXITED | WNOWAIT) < 0 && errno == EINTR) {
     }
   }
-  if (env.ctx->fds) {
-    auto r = env.ctx->fds->Install(e.pid());
-    if (!r.ok()) ChildFail(env, e.pid(), r.error().sys_errno(), r.error().to_string().c_str());
+  // Children on this table have forked theirs: the prepared fds may go.
+  for (int i = 0; i < sharing; ++i) {
+    char c;
+    ssize_t n;
+    while ((n = read(sync[0], &c, 1)) < 0 && errno == EINTR) {
+    }
+    if (n != 1) ChildFail(env, e.pid(), EPIPE, "a CLONE_FILES child died before its forks");
   }
-  if (userns_fd >= 0) {
-    if (setns(userns_fd, CLONE_NEWUSER) < 0) ChildFail(env, e.pid(), errno, "join user namespace");
-    close(userns_fd);
+  if (sync[0] >= 0) {
+    close(sync[0]);
+    close(sync[1]);
+  }
+  if (shared_table) {
+    // Joins the user namespace before the parent may close that fd (after files_sync).
+    if (userns_fd >= 0 && setns(userns_fd, CLONE_NEWUSER) < 0)
+      ChildFail(env, e.pid(), errno, "join user namespace");
+    // Its report before the parent may go on and close the report pipe (in this table).
+    Report rep{};
+    rep.pid = e.pid();
+    if (write(env.report_fd, &rep, sizeof(rep)) != sizeof(rep)) _exit(121);
+    if (files_sync >= 0 && write(files_sync, "f", 1) != 1) _exit(121);
+    for (;;) pause();
+  } else {
+    if (env.ctx->fds) {
+      auto r = env.ctx->fds->Install(e.pid());
+      if (!r.ok()) ChildFail(env, e.pid(), r.error().sys_errno(), r.error().to_string().c_str());
+    }
+    if (userns_fd >= 0) {
+      if (setns(userns_fd, CLONE_NEWUSER) < 0)
+        ChildFail(env, e.pid(), errno, "join user namespace");
+      close(userns_fd);
+    }
   }
   Report rep{};
   rep.pid = e.pid();

@@ -27,6 +27,10 @@ struct ChildEnv {
   int report_fd;                  // the report pipe's write end (userns fd at report_fd - 1)
   std::vector<int> foreign_fds;   // the coordinator's own fds above report_fd (not prepared)
   std::vector<ChildOrder> forks;  // per tree index (restore/sessions.h)
+  // Set by a parent right before it clones a child that shares its fd table (CLONE_FILES): the
+  // write end of a pipe on which the child says it has forked its own children (they copy the
+  // table while the prepared fds are still in it), so the parent installs the table only then.
+  int files_sync = -1;
 };
 
 // Forks e with its pid in every pid namespace from level `skip` in (innermost first in set_tid;

@@ -128,9 +128,10 @@ ZDTM_LEAVE_RUNNING(LeaveRunningSockOpts, "sock_opts")
 ZDTM(Fanotify00MarksAndEvents, "fanotify")
 // A packet socket (refused until issue 11; tests/zdtm_kinds_test.cc has CRIU's packet_sock).
 ZDTM(PacketSocketRawAllProtocols, "packet")
-// fdt_shared: processes sharing one fd table (CLONE_FILES). Refused at dump (files/fd_dumper.cc):
-// restore clones every process with its own table (restore/restore.cc), which would split it.
-TEST_F(ZdtmFiles, FdtSharedCloneFilesRefusedCleanly) { Refused("fdt_shared", {"CLONE_FILES"}); }
+// fdt_shared: processes sharing one fd table (CLONE_FILES): the children are cloned from their
+// parent with CLONE_FILES on restore (ProcessEntry.shares_parent_files), so an fd a child opens
+// afterwards is in the parent's table and the parent's close is seen by the children.
+ZDTM(FdtSharedCloneFiles, "fdt_shared")
 
 }  // namespace
 }  // namespace godwit::crtest

@@ -636,12 +636,23 @@ static int m_fd(void) {
 }
 
 /* fdt_shared: processes sharing one fd table (CLONE_FILES): an fd one opens after restore is
- * there in the other. */
-static int fdt_go[2][2], fdt_back[2];
+ * there in the other. Child 0 also forked a grandchild (a copy of the shared table, its own from
+ * then on): the parent's close of 901 does not reach it. */
+static int fdt_go[2][2], fdt_back[2], fdt_gc[2];
 static char fdt_stack[2][64 << 10];
 static int fdt_child(void* arg) {
   int k = (int)(intptr_t)arg;
   char c;
+  pid_t gc = 0;
+  if (k == 0) {
+    gc = zfork();
+    if (gc < 0) _exit(8);
+    if (gc == 0) {
+      if (read(fdt_gc[0], &c, 1) != 1) _exit(2);
+      _exit(fcntl(901, F_GETFD) == -1 ? 3 : 0);
+    }
+    if (write(fdt_back[1], "f", 1) != 1) _exit(9);
+  }
   if (read(fdt_go[k][0], &c, 1) != 1) _exit(2);
   int fd = open("/dev/null", O_RDONLY);
   if (fd < 0 || dup2(fd, 910 + k) != 910 + k) _exit(3);
@@ -650,10 +661,14 @@ static int fdt_child(void* arg) {
   if (read(fdt_go[k][0], &c, 1) != 1) _exit(5);
   /* The parent closed 901 in the one table. */
   if (fcntl(901, F_GETFD) != -1) _exit(6);
+  if (gc > 0) {
+    int st = -1;
+    if (waitpid(gc, &st, 0) != gc || !WIFEXITED(st) || WEXITSTATUS(st) != 0) _exit(7);
+  }
   _exit(0);
 }
 static int m_fdt_shared(void) {
-  SETUP(pipe(fdt_go[0]) == 0 && pipe(fdt_go[1]) == 0 && pipe(fdt_back) == 0);
+  SETUP(pipe(fdt_go[0]) == 0 && pipe(fdt_go[1]) == 0 && pipe(fdt_back) == 0 && pipe(fdt_gc) == 0);
   SETUP(dup2(fdt_back[0], 901) == 901);
   pid_t c[2];
   for (int k = 0; k < 2; k++) {
@@ -661,6 +676,8 @@ static int m_fdt_shared(void) {
                  (void*)(intptr_t)k);
     SETUP(c[k] > 0);
   }
+  char f;
+  SETUP(read(fdt_back[0], &f, 1) == 1); /* the grandchild exists */
   ready_and_wait();
   char b[2];
   CHECK(write(fdt_go[0][1], "a", 1) == 1 && write(fdt_go[1][1], "a", 1) == 1, "go 1");
@@ -668,6 +685,7 @@ static int m_fdt_shared(void) {
   CHECK(fcntl(910, F_GETFD) != -1 && fcntl(911, F_GETFD) != -1,
         "the children's new fds are not in our table");
   CHECK(close(901) == 0, "close");
+  CHECK(write(fdt_gc[1], "g", 1) == 1, "grandchild go");
   CHECK(write(fdt_go[0][1], "b", 1) == 1 && write(fdt_go[1][1], "b", 1) == 1, "go 2");
   int r0 = reap(c[0]), r1 = reap(c[1]);
   CHECK(r0 == 0 && r1 == 0, "children %d %d", r0, r1);

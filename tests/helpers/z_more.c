@@ -11,6 +11,7 @@
 #include <linux/membarrier.h>
 #include <linux/seccomp.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
@@ -440,6 +441,96 @@ static int m_fin_wait1(void) { return fin_wait1(AF_INET, AF_INET); }
 static int m_fin_wait1_v6(void) { return fin_wait1(AF_INET6, AF_INET6); }
 static int m_fin_wait1_4v6(void) { return fin_wait1(AF_INET6, AF_INET); }
 
+/* socket-tcp-syn-sent (v4, v6): a non-blocking connect still in SYN_SENT. The listener is outside
+ * the tree (a grandchild left to the test, as in fin_wait1) with a backlog of 0 that one waiting
+ * connection fills: it drops every SYN. The peer also holds a control connection to the tree.
+ * After the restore the tree says "go" on it, the peer accepts the filler (room again), the next
+ * SYN of the restored socket completes the handshake, and a byte goes each way. */
+static int bind_loopback(int family, int fd, int* port) {
+  if (family == AF_INET) {
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof a;
+    if (bind(fd, (struct sockaddr*)&a, len) || getsockname(fd, (struct sockaddr*)&a, &len))
+      return -1;
+    *port = ntohs(a.sin_port);
+  } else {
+    struct sockaddr_in6 a = {.sin6_family = AF_INET6, .sin6_addr = in6addr_loopback};
+    socklen_t len = sizeof a;
+    if (bind(fd, (struct sockaddr*)&a, len) || getsockname(fd, (struct sockaddr*)&a, &len))
+      return -1;
+    *port = ntohs(a.sin6_port);
+  }
+  return 0;
+}
+static int tcp_state(int fd) {
+  struct tcp_info ti;
+  socklen_t len = sizeof ti;
+  return getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) ? -1 : ti.tcpi_state;
+}
+static int syn_sent(int family) {
+  int l = socket(family, SOCK_STREAM, 0), cl = socket(family, SOCK_STREAM, 0);
+  int port, ctl_port;
+  SETUP(l >= 0 && cl >= 0 && bind_loopback(family, l, &port) == 0 && listen(l, 0) == 0);
+  SETUP(bind_loopback(family, cl, &ctl_port) == 0 && listen(cl, 1) == 0);
+  pid_t mid = zfork();
+  if (mid == 0) {
+    if (fork() != 0) _exit(0);
+    /* The peer, outside the tree. */
+    close(cl);
+    int filler = tcp_connect_to(family, port); /* waits in l's queue: it is full now */
+    int ctl = tcp_connect_to(family, ctl_port);
+    char c;
+    if (filler < 0 || ctl < 0) _exit(1);
+    if (read(ctl, &c, 1) != 1 || c != 'g') _exit(2);
+    int a = accept(l, NULL, NULL); /* the filler: room for the restored SYN */
+    int b = accept(l, NULL, NULL);
+    if (a < 0 || b < 0) _exit(3);
+    if (read(b, &c, 1) != 1) _exit(4);
+    c++;
+    if (write(b, &c, 1) != 1) _exit(5);
+    if (read(b, &c, 1) != 0) _exit(6); /* until the tree closes */
+    _exit(0);
+  }
+  SETUP(reap(mid) == 0);
+  close(l);
+  int ctl = accept(cl, NULL, NULL); /* after the filler */
+  SETUP(ctl >= 0);
+  close(cl);
+  int sk = socket(family, SOCK_STREAM | SOCK_NONBLOCK, 0);
+  SETUP(sk >= 0);
+  int r;
+  if (family == AF_INET) {
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    r = connect(sk, (struct sockaddr*)&a, sizeof a);
+  } else {
+    struct sockaddr_in6 a = {.sin6_family = AF_INET6, .sin6_port = htons(port),
+                             .sin6_addr = in6addr_loopback};
+    r = connect(sk, (struct sockaddr*)&a, sizeof a);
+  }
+  SETUP(r < 0 && errno == EINPROGRESS);
+  SETUP(tcp_state(sk) == TCP_SYN_SENT);
+  ready_and_wait();
+  CHECK(tcp_state(sk) == TCP_SYN_SENT, "restored in state %d, not SYN_SENT", tcp_state(sk));
+  CHECK(fcntl(sk, F_GETFL) & O_NONBLOCK, "O_NONBLOCK");
+  CHECK(write(ctl, "g", 1) == 1, "go");
+  struct pollfd pf = {.fd = sk, .events = POLLOUT};
+  CHECK(poll(&pf, 1, 20000) == 1, "the handshake did not complete");
+  int err = -1;
+  socklen_t el = sizeof err;
+  CHECK(getsockopt(sk, SOL_SOCKET, SO_ERROR, &err, &el) == 0 && err == 0, "SO_ERROR %d", err);
+  CHECK(tcp_state(sk) == TCP_ESTABLISHED, "state %d", tcp_state(sk));
+  fcntl(sk, F_SETFL, 0);
+  char c = 5;
+  CHECK(write(sk, &c, 1) == 1, "send");
+  CHECK(read(sk, &c, 1) == 1 && c == 6, "the peer's answer %d", c);
+  close(sk);
+  close(ctl);
+  return 0;
+}
+static int m_syn_sent(void) { return syn_sent(AF_INET); }
+static int m_syn_sent_v6(void) { return syn_sent(AF_INET6); }
+
 /* deleted_dev: a character device node (a copy of /dev/null's) opened and unlinked. */
 static int m_deleted_dev(void) {
   struct stat null;
@@ -725,8 +816,8 @@ static int m_close_data(void) {
 }
 
 /* pty04: two slave descriptions of a pty whose master was closed (hung up), one the
- * controlling terminal of a session leader that ignores SIGHUP. Refused at dump (the test checks
- * the refusal names it and the tree runs on). */
+ * controlling terminal of a session leader that ignores SIGHUP. Restored hung up: reads end
+ * of file, writes fail with EIO, still a pty slave, and no controlling terminal. */
 static int m_pty_no_master(void) {
   int p[2];
   SETUP(pipe(p) == 0);
@@ -744,7 +835,13 @@ static int m_pty_no_master(void) {
     if (write(p[1], "r", 1) != 1) _exit(4);
     wait_usr2();
     char b;
-    if (read(s1, &b, 1) > 0) _exit(6); /* hung up: end of file or EIO */
+    if (read(s1, &b, 1) != 0 || read(s2, &b, 1) != 0) _exit(6); /* hung up: end of file */
+    if (write(s1, "x", 1) != -1 || errno != EIO) _exit(8);       /* and writes fail */
+    struct stat st;
+    if (fstat(s2, &st) || !S_ISCHR(st.st_mode) || major(st.st_rdev) < 136 ||
+        major(st.st_rdev) > 143)
+      _exit(9); /* still a pty slave */
+    if (open("/dev/tty", O_RDWR) >= 0) _exit(10); /* no controlling terminal any more */
     if (close(s1) || close(s2)) _exit(7);
     _exit(0);
   }
@@ -815,6 +912,8 @@ int main(int argc, char** argv) {
       {"fifo_ro", m_fifo_ro},
       {"fin_wait1_v6", m_fin_wait1_v6},
       {"fin_wait1_4v6", m_fin_wait1_4v6},
+      {"syn_sent", m_syn_sent},
+      {"syn_sent_v6", m_syn_sent_v6},
   };
   for (size_t i = 0; i < sizeof modes / sizeof modes[0]; ++i)
     if (!strcmp(argv[1], modes[i].name)) return modes[i].fn();
