@@ -139,15 +139,6 @@ int CheckpointCmd(Global& g, const std::vector<std::string>& args) {
   o.image_path = pa->get("image-path");
   if (o.image_path.empty())
     return fail(MakeError(ErrorKind::kUsage, 0, "need --image-path DIR"));
-  // A paused container is an unsupported state (exit 6), not an error: the checkpoint freezes
-  // and thaws the cgroup itself, and would thaw what its owner froze. containerd's client
-  // pauses a task before checkpointing it, so `ctr task checkpoint` stops here (docs/podman.md).
-  if (auto c = runtime::Container::Load(o.root, o.id);
-      c.ok() && c->CurrentStatus() == runtime::Status::kPaused)
-    return fail(MakeError(ErrorKind::kUnsupported, 0,
-                          "container %s is paused: `godwit resume %s` first (a checkpoint "
-                          "freezes the container itself)",
-                          o.id.c_str(), o.id.c_str()));
   o.end = pa->has("leave-running") ? container::EndMode::kThaw : container::EndMode::kDelete;
   o.export_file = pa->get("export");
   if (pa->has("pre-copy")) {
@@ -403,8 +394,9 @@ GODWIT_COMMAND(checkpoint, "checkpoint",
                "Checkpoints a running container into DIR: namespaces (uts, ipc, net, mounts),\n"
                "the writable layer, limits and the process tree, frozen through the cgroup\n"
                "freezer. Without --leave-running the container is killed and deleted once the\n"
-               "images are complete (its id is free for `restore`). A paused container is refused\n"
-               "with exit 6 (`godwit resume ID` first).\n"
+               "images are complete (its id is free for `restore`). A paused container is\n"
+               "checkpointed too (containerd pauses a task first) and stays paused with\n"
+               "--leave-running.\n"
                "\n"
                "options:\n"
                "  --image-path DIR        where the images go (required; made if missing)\n"

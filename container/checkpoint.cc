@@ -147,7 +147,7 @@ Result<void> HeldCheckpoint::Kill(bool release_host_lock) {
   return Ok();
 }
 
-Result<void> HeldCheckpoint::Resume() {
+Result<void> HeldCheckpoint::Resume(bool thaw) {
   if (over_) return MakeError(ErrorKind::kGeneric, 0, "container %s: no longer held", id_.c_str());
   called_ = over_ = true;
   Result<void> res = Ok();
@@ -158,8 +158,9 @@ Result<void> HeldCheckpoint::Resume() {
     if (!r.ok()) res = std::move(r.error().wrap(StrFormat("container %s: TCP back from repair",
                                                            id_.c_str())));
   }
-  auto t = cg_->Thaw();
-  if (!t.ok() && res.ok()) res = std::move(t.error().wrap(StrFormat("thaw container %s",
+  auto t = thaw ? cg_->Thaw() : cg_->Freeze();
+  if (!t.ok() && res.ok()) res = std::move(t.error().wrap(StrFormat("%s container %s",
+                                                                    thaw ? "thaw" : "freeze",
                                                                     id_.c_str())));
   return res;
 }
@@ -181,10 +182,16 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
       opts.image_path.empty())
     return MakeError(ErrorKind::kUsage, 0, "--image-path is required");
   ASSIGN_OR_RETURN(runtime::Container c, runtime::Container::Load(opts.root, opts.id));
-  if (c.CurrentStatus() != runtime::Status::kRunning) {
+  // A paused container (frozen by its owner: containerd pauses a task before checkpointing it,
+  // as runc allows) is checkpointed the same way and left paused with --leave-running.
+  const bool paused = c.CurrentStatus() == runtime::Status::kPaused;
+  if (c.CurrentStatus() != runtime::Status::kRunning && !paused) {
     return MakeError(ErrorKind::kGeneric, 0, "container %s is %s, not running", opts.id.c_str(),
                      runtime::StatusName(c.CurrentStatus()));
   }
+  if (paused && end == EndMode::kHold)
+    return MakeError(ErrorKind::kUnsupported, 0,
+                     "container %s is paused: resume it before migrating it", opts.id.c_str());
   const pid_t pid = c.pid;
   ASSIGN_OR_RETURN(std::string config, fs::ReadFile(c.config_path()));
   ASSIGN_OR_RETURN(std::vector<std::string> own, OwnNamespaces(pid));
@@ -251,7 +258,7 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
       if (!r.ok()) LOG_ERROR("container %s: TCP back from repair: %s", opts.id.c_str(),
                              r.error().to_string().c_str());
     }
-    auto r = cg->Thaw();
+    auto r = paused ? cg->Freeze() : cg->Thaw();  // as it was before the checkpoint
     if (!r.ok()) LOG_ERROR("thaw container %s: %s", opts.id.c_str(), r.error().to_string().c_str());
   });
   rec.mutable_times()->set_freeze_ms(timing::MsBetween(t_freeze, t_frozen));
@@ -337,6 +344,7 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
   req.refreeze = [&]() -> Result<void> {
     if (leave_running) {
       t_released = Clock::now();
+      if (paused) return cg->Freeze();  // paused it was, paused it stays
       return Ok();
     }
     auto t = Clock::now();
@@ -385,7 +393,7 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
                                                res.tree.resume_tcp, res.tree.before_kill);
   switch (end) {
     case EndMode::kThaw:
-      TRY(held->Resume());
+      TRY(held->Resume(/*thaw=*/!paused));
       break;
     case EndMode::kDelete:
       if (auto k = held->Kill(/*release_host_lock=*/false); !k.ok()) {

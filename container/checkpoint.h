@@ -185,7 +185,8 @@ class HeldCheckpoint {
   Result<void> Kill(bool release_host_lock);
   // TCP repair off and unlocked (the tree's and the caller's namespaces), cgroup thawed: the
   // workload continues exactly as before the checkpoint. Not after a successful Kill.
-  Result<void> Resume();
+  // thaw=false: the cgroup stays frozen (the container was paused by its owner before).
+  Result<void> Resume(bool thaw = true);
   const std::string& id() const { return id_; }
 
   // Made by Checkpoint: the container (state root, id) with its frozen cgroup, and the tree's
