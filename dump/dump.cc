@@ -71,7 +71,9 @@ bool SampleCompresses(pid_t pid) {
 // Before the freeze: create each process's page blob and reserve the space its anonymous memory
 // will take (allocating tmpfs pages is most of the cost of writing them). A racy walk of the tree
 // is fine: this is only an estimate.
-void ReservePageBlobs(DumpContext& ctx, bool sample) {
+// reserve false (kill mode releasing the tree's memory): the blobs only, their pages come from
+// the memory the tree gives back while frozen.
+void ReservePageBlobs(DumpContext& ctx, bool sample, bool reserve) {
   for (pid_t pid : proc::Descendants(ctx.opts.pid)) {
     auto status = fs::ReadFile(StrFormat("/proc/%d/status", pid));
     if (!status.ok()) continue;
@@ -82,8 +84,10 @@ void ReservePageBlobs(DumpContext& ctx, bool sample) {
     if (raw) ctx.stats.incompressible.push_back(pid);
     auto blob = OpenPageBlob(ctx, pid, raw);
     if (!blob.ok()) continue;
-    auto r = blob->Reserve(kb * 1024 + (kb * 1024) / 64);
-    if (!r.ok()) LOG_DEBUG("reserve pages of %d: %s", pid, r.error().to_string().c_str());
+    if (reserve) {
+      auto r = blob->Reserve(kb * 1024 + (kb * 1024) / 64);
+      if (!r.ok()) LOG_DEBUG("reserve pages of %d: %s", pid, r.error().to_string().c_str());
+    }
     ctx.page_blobs[pid] = std::make_unique<images::BlobWriter>(std::move(*blob));
   }
 }
@@ -209,7 +213,14 @@ Result<DumpStats> Dump(const DumpOptions& opts, images::Sink& sink) {
         if (!r.ok()) LOG_WARN("release pid %d: %s", p->pid, r.error().to_string().c_str());
       }
     if (fds) fds->Resume();
-    ThawTree(frozen);  // before the hook: see the end of Dump
+    if (ctx.released) {
+      // Some of its memory is gone already (kill mode): it cannot run on.
+      LOG_WARN("dump of %d failed after its memory was being released: the tree is killed",
+               opts.pid);
+      KillTree(frozen);
+    } else {
+      ThawTree(frozen);  // before the hook: see the end of Dump
+    }
     if (seized_hook && opts.before_detach) {
       auto r = opts.before_detach();
       if (!r.ok()) LOG_WARN("dump: before_detach: %s", r.error().to_string().c_str());
@@ -217,8 +228,9 @@ Result<DumpStats> Dump(const DumpOptions& opts, images::Sink& sink) {
     sink.Abort();
   });
 
+  ctx.release = !opts.leave_running && opts.tuning.release_memory;
   if (!precopy && opts.tuning.reserve_pages)
-    ReservePageBlobs(ctx, opts.compression == images::Compression::kZstd);
+    ReservePageBlobs(ctx, opts.compression == images::Compression::kZstd, !ctx.release);
   auto t_freeze = Clock::now();
   TRY_CTX(FreezeTree(opts.pid, &frozen), "freeze tree of %d", opts.pid);
   auto t_frozen = Clock::now();
@@ -249,21 +261,30 @@ Result<DumpStats> Dump(const DumpOptions& opts, images::Sink& sink) {
     p->entry = &e;
     ctx.procs.push_back(std::move(p));
   }
-  for (auto& p : ctx.procs) {
-    for (const auto& step : ProcessSteps()) {
-      LOG_DEBUG("dump pid %d: %s", p->pid, step.name);
-      auto r = step.fn(ctx, *p);
-      if (!r.ok()) {
-        // A member that died meanwhile shows up as ESRCH somewhere inside a step: say so.
-        auto st = proc::ReadStat(p->pid);
-        if (!st.ok() || st->state == 'Z' || st->state == 'X')
-          return MakeError(ErrorKind::kNotFound, ESRCH,
-                           "process %d exited during the dump (in step %s: %s)", p->pid, step.name,
-                           r.error().to_string().c_str());
-        return std::move(r.error().wrap(StrFormat("dump pid %d: %s", p->pid, step.name)));
-      }
+  auto run_step = [&](ProcessDump& p, const DumpStep& step) -> Result<void> {
+    LOG_DEBUG("dump pid %d: %s", p.pid, step.name);
+    auto r = step.fn(ctx, p);
+    if (!r.ok()) {
+      // A member that died meanwhile shows up as ESRCH somewhere inside a step: say so.
+      auto st = proc::ReadStat(p.pid);
+      if (!st.ok() || st->state == 'Z' || st->state == 'X')
+        return MakeError(ErrorKind::kNotFound, ESRCH,
+                         "process %d exited during the dump (in step %s: %s)", p.pid, step.name,
+                         r.error().to_string().c_str());
+      return std::move(r.error().wrap(StrFormat("dump pid %d: %s", p.pid, step.name)));
     }
-  }
+    return Ok();
+  };
+  // Releasing memory (kill mode): every process's other steps first, so that whatever refuses
+  // the tree (an fd kind, a pstate) does so before any memory is released and the tree can
+  // still be thawed untouched; then the memory of each.
+  for (auto& p : ctx.procs)
+    for (const auto& step : ProcessSteps())
+      if (!ctx.release || step.fn != DumpMm) TRY(run_step(*p, step));
+  if (ctx.release)
+    for (auto& p : ctx.procs)
+      for (const auto& step : ProcessSteps())
+        if (step.fn == DumpMm) TRY(run_step(*p, step));
   if (ctx.fds) {
     TRY_CTX(ctx.fds->Finish(), "dump files");
     ctx.stats.fd_counts = ctx.fds->Counts();

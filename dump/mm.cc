@@ -389,6 +389,16 @@ Result<void> DumpMm(DumpContext& ctx, ProcessDump& p) {
   {
     // r: pid writes its own pages.
     PageWriter w(&blob, pid, mem.get(), total, ctx.opts.tuning.target_write ? r : nullptr);
+    // Only where the image has room for all of it: a dump failing on a full file system must
+    // leave the tree intact (a stream's room is unknown: nothing released).
+    int64_t room = blob.available();
+    if (ctx.release && room >= 0 && static_cast<uint64_t>(room) >= total + total / 64 + (1 << 20)) {
+      ctx.released = true;  // from the first batch on, the tree cannot run again
+      w.SetRelease(r);
+    } else if (ctx.release) {
+      LOG_INFO("pid %d: %lld bytes free for %lu bytes of pages: its memory is kept until the end",
+               pid, static_cast<long long>(room), static_cast<unsigned long>(total));
+    }
     // Runs must be added in address order so the pagemap is sorted: merge both lists.
     size_t i = 0, j = 0;
     uint64_t done = 0;
@@ -403,6 +413,7 @@ Result<void> DumpMm(DumpContext& ctx, ProcessDump& p) {
     TRY_CTX(w.Finish(), "pid %d: pages", pid);
     for (const auto& run : w.runs()) *pm.add_runs() = run;
     ctx.stats.pages_dumped += w.pages();
+    ctx.stats.released_bytes += w.released_bytes();
   }
   TRY(blob.Close());
   ctx.stats.bytes_logical += blob.logical_size();

@@ -461,6 +461,35 @@ Result<void> PageWriter::ReadIntoBuffer() {
   return Ok();
 }
 
+void PageWriter::Release(const std::vector<Entry>& entries) {
+  if (entries.empty()) return;
+  // One call for the batch's hull (the gaps are pages not dumped: the process never runs again),
+  // around the Remote's own area (its code and scratch are still used); per run if the kernel
+  // refuses the hull (a locked or hugetlb VMA in it stops the walk there).
+  uint64_t lo = entries.front().src, hi = entries.back().src + entries.back().len;
+  uint64_t a = release_->area_start(), b = release_->area_end();
+  std::vector<std::pair<uint64_t, uint64_t>> hull;
+  if (hi <= a || lo >= b) {
+    hull.push_back({lo, hi});
+  } else {
+    if (lo < a) hull.push_back({lo, a});
+    if (hi > b) hull.push_back({b, hi});
+  }
+  auto advise = [&](uint64_t s, uint64_t e) {
+    auto r = release_->Syscall(SYS_madvise, s, e - s, MADV_DONTNEED);
+    return r.ok() && *r == 0;
+  };
+  bool all = true;
+  for (const auto& [s, e] : hull) all = advise(s, e) && all;
+  if (!all) {
+    for (const auto& x : entries) {
+      if (x.src < b && x.src + x.len > a) continue;  // never inside the area (not dumped anyway)
+      advise(x.src, x.src + x.len);
+    }
+  }
+  for (const auto& x : entries) released_ += x.len;
+}
+
 Result<void> PageWriter::Flush() {
   if (cur_ == nullptr) return Ok();
   if (!target_tried_) {
@@ -485,6 +514,7 @@ Result<void> PageWriter::Flush() {
     batch.entries = std::move(cur_entries_);
     cur_entries_.clear();
   }
+  if (release_) Release(batch.entries);
   {
     std::lock_guard<std::mutex> l(mu_);
     queue_.push_back(std::move(batch));

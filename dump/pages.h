@@ -103,6 +103,14 @@ class PageWriter {
   // unmapped range is never tracked again, so whatever is mapped there later is copied whole.
   void SetRunning() { running_ = true; }
   uint64_t vanished() const { return vanished_; }
+  // Kill mode: the process never runs again. Once a batch's pages are copied out of it (into the
+  // page file, or a buffer), their ranges are released in it (an injected madvise(MADV_DONTNEED)
+  // through the Remote, which must be given; its own area is never touched): the page file's
+  // new pages come from the memory just freed, and the dump never needs the tree's size again in
+  // free memory. Gaps between a batch's runs (pages not dumped) are released too. A range the
+  // kernel refuses (mlocked, hugetlb not aligned) stays. r: a Remote into pid (stopped).
+  void SetRelease(remote::Remote* r) { release_ = r; }
+  uint64_t released_bytes() const { return released_; }
 
  private:
   struct Entry {
@@ -124,6 +132,8 @@ class PageWriter {
   void ReadVanishing(char* dst, uint64_t src, uint64_t len);
   void CloseTargetFd();
   void WriterLoop();
+  // SetRelease: frees the source ranges of entries in the process.
+  void Release(const std::vector<Entry>& entries);
 
   images::BlobWriter* blob_;
   pid_t pid_;
@@ -141,6 +151,8 @@ class PageWriter {
   uint64_t pages_ = 0, target_pages_ = 0;
   bool running_ = false;
   uint64_t vanished_ = 0;
+  remote::Remote* release_ = nullptr;
+  uint64_t released_ = 0;
 
   std::mutex mu_;
   std::condition_variable cv_;

@@ -18,6 +18,11 @@ struct DumpTuning {
   // A frozen process writes its own pages into the page file with an injected pwritev (one
   // copy); off: the coordinator reads them with process_vm_readv (GODWIT_NO_TARGET_WRITE).
   bool target_write = true;
+  // Kill mode (not leave_running): each process's memory is released as its pages go into the
+  // image (PageWriter::SetRelease), so the image's pages come from memory just freed and a dump
+  // needs little free memory beyond the tree's own. Its page files are then not reserved before
+  // the freeze (that would take the tree's size again). GODWIT_NO_RELEASE turns it off.
+  bool release_memory = true;
 };
 
 }  // namespace godwit::dump

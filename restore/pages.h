@@ -22,6 +22,7 @@
 
 #include <sys/types.h>
 
+#include <atomic>
 #include <cstdint>
 #include <condition_variable>
 #include <functional>
@@ -58,17 +59,18 @@ class UffdFiller {
   // range; page aligned va and len. Pages already present (an earlier pre-dump round's) are
   // overwritten with process_vm_writev.
   Result<void> Copy(uint64_t va, const void* src, uint64_t len);
-  uint64_t bytes() const { return bytes_; }
+  uint64_t bytes() const { return bytes_.load(); }
   // Pages Copy found present and overwrote with process_vm_writev.
-  uint64_t present_pages() const { return present_; }
+  uint64_t present_pages() const { return present_.load(); }
 
  private:
   UffdFiller() = default;
   pid_t pid_ = 0;
   UniqueFd uffd_;
   std::vector<std::pair<uint64_t, uint64_t>> ranges_;  // registered, sorted
-  uint64_t bytes_ = 0;
-  uint64_t present_ = 0;
+  // Copy may run on several threads at once.
+  std::atomic<uint64_t> bytes_{0};
+  std::atomic<uint64_t> present_{0};
 };
 
 // Reads pieces of a blob (BlobReader::Read: decompressing and checking zstd chunks) on a second
