@@ -121,7 +121,7 @@ Result<void> PresentPages::Collect(uint64_t start, uint64_t end, bool private_fi
 
 PageWriter::PageWriter(images::BlobWriter* blob, pid_t pid, int fd, uint64_t total_bytes,
                        remote::Remote* target)
-    : blob_(blob), pid_(pid), fd_(fd), target_(target) {
+    : blob_(blob), pid_(pid), fd_(fd), target_(target), total_bytes_(total_bytes) {
   buf_size_ = std::max<uint64_t>(kPage, std::min<uint64_t>(total_bytes, 32ULL << 20));
   int nbufs = total_bytes > buf_size_ ? 3 : 1;
   // Untouched until used (the target-write path never touches them): only address space.
@@ -459,6 +459,14 @@ Result<void> PageWriter::ReadIntoBuffer() {
     }
   }
   return Ok();
+}
+
+void PageWriter::SetRelease(remote::Remote* r) {
+  release_ = r;
+  if (r != nullptr) {
+    uint64_t want = std::max<uint64_t>(total_bytes_ / 32 / kPage * kPage, 8ULL << 20);
+    buf_size_ = std::min<size_t>(buf_size_, want);
+  }
 }
 
 void PageWriter::Release(const std::vector<Entry>& entries) {

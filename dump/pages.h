@@ -109,7 +109,9 @@ class PageWriter {
   // new pages come from the memory just freed, and the dump never needs the tree's size again in
   // free memory. Gaps between a batch's runs (pages not dumped) are released too. A range the
   // kernel refuses (mlocked, hugetlb not aligned) stays. r: a Remote into pid (stopped).
-  void SetRelease(remote::Remote* r) { release_ = r; }
+  // Batches are smaller then (down to 8 MiB, a 32nd of the pages): a batch is what the dump
+  // holds at once beyond the tree. Before the first Add.
+  void SetRelease(remote::Remote* r);
   uint64_t released_bytes() const { return released_; }
 
  private:
@@ -142,6 +144,7 @@ class PageWriter {
   long target_fd_ = -1;  // the page file, open in the target
   bool target_tried_ = false;
   size_t buf_size_;
+  uint64_t total_bytes_;
   std::vector<std::unique_ptr<char[]>> bufs_;
   char* cur_ = nullptr;
   size_t cur_len_ = 0;
