@@ -131,6 +131,10 @@ struct DumpContext {
   std::vector<img::ShmemObject> shmem;  // written to shmem.img after every process
   // Page blobs created (and their space reserved) before the freeze, by pid.
   std::map<pid_t, std::unique_ptr<images::BlobWriter>> page_blobs;
+  // Their second files (DumpTuning::split_pages), and every second file written (for compressing
+  // after the dump).
+  std::map<pid_t, std::unique_ptr<images::BlobWriter>> page_blobs2;
+  std::vector<std::pair<pid_t, std::string>> second_page_blobs;
   // Kill mode with DumpTuning::release_memory: memory is released as it is dumped. Once it has
   // begun (released), a failure kills the tree instead of thawing it: it cannot run on.
   bool release = false;

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <chrono>
 #include <set>
+#include <thread>
 
 #include "common/fs.h"
 #include "common/log.h"
@@ -73,7 +74,7 @@ bool SampleCompresses(pid_t pid) {
 // is fine: this is only an estimate.
 // reserve false (kill mode releasing the tree's memory): the blobs only, their pages come from
 // the memory the tree gives back while frozen.
-void ReservePageBlobs(DumpContext& ctx, bool sample, bool reserve) {
+void ReservePageBlobs(DumpContext& ctx, bool sample, bool reserve_all) {
   for (pid_t pid : proc::Descendants(ctx.opts.pid)) {
     auto status = fs::ReadFile(StrFormat("/proc/%d/status", pid));
     if (!status.ok()) continue;
@@ -84,8 +85,28 @@ void ReservePageBlobs(DumpContext& ctx, bool sample, bool reserve) {
     if (raw) ctx.stats.incompressible.push_back(pid);
     auto blob = OpenPageBlob(ctx, pid, raw);
     if (!blob.ok()) continue;
+    bool reserve = reserve_all;
+    uint64_t bytes = kb * 1024 + (kb * 1024) / 64;
+    if (reserve && ctx.opts.tuning.split_pages && !blob->compressed() && blob->fd() >= 0 &&
+        bytes >= kSplitPagesMin && std::thread::hardware_concurrency() >= 2) {
+      // Two page files (dump/mm.cc), each reserved by its own thread: on one file the two
+      // would serialize on its inode.
+      auto b2 = images::BlobWriter::Create(*ctx.sink, SecondPageBlobName(pid),
+                                           images::Compression::kNone, ctx.opts.zstd_level);
+      if (b2.ok()) {
+        auto blob2 = std::make_unique<images::BlobWriter>(std::move(*b2));
+        Result<void> r2;
+        std::thread t([&] { r2 = blob2->Reserve(bytes / 2); });
+        auto r = blob->Reserve(bytes - bytes / 2);
+        t.join();
+        if (!r.ok()) LOG_DEBUG("reserve pages of %d: %s", pid, r.error().to_string().c_str());
+        if (!r2.ok()) LOG_DEBUG("reserve pages of %d: %s", pid, r2.error().to_string().c_str());
+        ctx.page_blobs2[pid] = std::move(blob2);
+        reserve = false;  // done
+      }
+    }
     if (reserve) {
-      auto r = blob->Reserve(kb * 1024 + (kb * 1024) / 64);
+      auto r = blob->Reserve(bytes);
       if (!r.ok()) LOG_DEBUG("reserve pages of %d: %s", pid, r.error().to_string().c_str());
     }
     ctx.page_blobs[pid] = std::make_unique<images::BlobWriter>(std::move(*blob));
@@ -297,6 +318,8 @@ Result<DumpStats> Dump(const DumpOptions& opts, images::Sink& sink) {
   // Blobs reserved for processes that turned out not to be live members of the tree.
   for (auto& [pid, b] : ctx.page_blobs) TRY(b->Close());
   ctx.page_blobs.clear();
+  for (auto& [pid, b] : ctx.page_blobs2) TRY(b->Close());
+  ctx.page_blobs2.clear();
   for (auto& p : ctx.procs) {
     if (!p->remote) continue;
     ctx.stats.remote_calls += p->remote->calls();
@@ -326,11 +349,13 @@ Result<DumpStats> Dump(const DumpOptions& opts, images::Sink& sink) {
   ctx.stats.frozen_ms = timing::MsBetween(t_freeze, t_end);
   if (deferred) {
     std::vector<std::string> names;
+    auto& inc = ctx.stats.incompressible;
     for (const auto& p : ctx.procs) {
-      auto& inc = ctx.stats.incompressible;
       if (std::find(inc.begin(), inc.end(), p->pid) == inc.end())
         names.push_back(StrFormat("pages-%d.img", p->pid));
     }
+    for (const auto& [pid, name] : ctx.second_page_blobs)
+      if (std::find(inc.begin(), inc.end(), pid) == inc.end()) names.push_back(name);
     for (const auto& o : ctx.shmem) names.push_back(o.blob());
     auto compress = [done = &sink, names, level = opts.zstd_level]() -> Result<uint64_t> {
       uint64_t before = 0, after = 0;

@@ -25,6 +25,7 @@
 #include <memory>
 #include <mutex>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "common/proc.h"
@@ -75,6 +76,22 @@ std::vector<PageRange> MergeRanges(std::vector<PageRange> a, const std::vector<P
 // The pfn of the kernel's zero page (a read fault on fresh anonymous memory maps it).
 Result<uint64_t> ZeroPagePfn();
 
+// Ranges released by a PageWriter that has no Remote (one running on another thread than the
+// coordinator, which alone injects): queued here for the coordinator's writer to release.
+class ReleaseQueue {
+ public:
+  void Push(const std::vector<std::pair<uint64_t, uint64_t>>& ranges);
+  std::vector<std::pair<uint64_t, uint64_t>> Take();
+
+ private:
+  std::mutex mu_;
+  std::vector<std::pair<uint64_t, uint64_t>> ranges_;
+};
+
+// madvise(MADV_DONTNEED) of [start, end) ranges in r's process, skipping r's own area; a range
+// the kernel refuses stays (see PageWriter::SetRelease).
+void ReleaseRanges(remote::Remote* r, const std::vector<std::pair<uint64_t, uint64_t>>& ranges);
+
 class PageWriter {
  public:
   // pid: read with process_vm_readv from it; fd >= 0: pread from that fd (shmem objects,
@@ -111,7 +128,11 @@ class PageWriter {
   // kernel refuses (mlocked, hugetlb not aligned) stays. r: a Remote into pid (stopped).
   // Batches are smaller then (down to 8 MiB, a 32nd of the pages): a batch is what the dump
   // holds at once beyond the tree. Before the first Add.
-  void SetRelease(remote::Remote* r);
+  // queue: with r, the writer also releases what other writers queued there (after each of its
+  // batches); without r (a writer on another thread), its ranges are queued there instead.
+  // hull false: only the runs themselves, not the gaps between them (another writer takes
+  // pages from the same process in those gaps).
+  void SetRelease(remote::Remote* r, ReleaseQueue* queue = nullptr, bool hull = true);
   uint64_t released_bytes() const { return released_; }
 
  private:
@@ -155,6 +176,8 @@ class PageWriter {
   bool running_ = false;
   uint64_t vanished_ = 0;
   remote::Remote* release_ = nullptr;
+  ReleaseQueue* release_queue_ = nullptr;
+  bool release_hull_ = true;
   uint64_t released_ = 0;
 
   std::mutex mu_;
