@@ -237,13 +237,27 @@ Result<void> FillPages(RestoreContext& ctx, ProcessRestore& p, const img::PageMa
   // ahead of this one, which copies them into place. Copying straight from a mapping of the page
   // file was slower: mapping and unmapping 2 GiB of file pages costs more here than the copy.
   std::vector<ReadAhead::Piece> pieces;
+  // Pieces of up to kBatch end at chunk ends where they can (cuts: the chunk ends inside the
+  // run, for a raw one): a chunk split between two pieces (read by two threads) would be read and
+  // checked twice, each time whole.
+  std::vector<uint64_t> cuts;
   auto add_pieces = [&](uint64_t va, uint64_t blob_off, uint64_t len) {
-    for (uint64_t o = 0; o < len; o += kBatch)
-      pieces.push_back({va + o, blob_off + o, std::min(kBatch, len - o)});
+    for (uint64_t o = 0; o < len;) {
+      uint64_t start = blob_off + o, limit = blob_off + std::min(len, o + kBatch);
+      auto it = std::upper_bound(cuts.begin(), cuts.end(), limit);  // first cut past limit
+      uint64_t end = it != cuts.begin() && *(it - 1) > start ? *(it - 1) : limit;
+      pieces.push_back({va + o, start, end - start});
+      o = end - blob_off;
+    }
   };
   for (const auto& run : runs) {
     uint64_t len = run.npages() * kPage;
     auto ext = blob->RawExtents(run.blob_off(), len);
+    cuts.clear();
+    if (ext.ok()) {
+      uint64_t at = run.blob_off();
+      for (const auto& e : *ext) cuts.push_back(at += e.len);
+    }
     // The parts of [va, va + n) as file extents, for the target's preadv (a raw run only).
     auto add_raw = [&](uint64_t va, uint64_t n) {
       uint64_t eva = run.vaddr();
