@@ -1,9 +1,12 @@
 // Filling a restored process's private memory with its dumped pages (restore/pages.cc).
 //
 // FillPages, per pagemap (pre-dump rounds first): anonymous private VMAs by UFFDIO_COPY from the
-// coordinator, the rest by the process's own preadv straight from the page file (or
-// process_vm_writev from the coordinator for compressed chunks). RestoreOptions::fill switches
-// the fast paths off for measuring.
+// coordinator (from two threads for 64 MiB and more: page creation scales with the second core),
+// the rest by the process's own preadv straight from the page file (or process_vm_writev from
+// the coordinator for compressed chunks). Page data of a set that leaves blobs to their chunk
+// checksums (every restore now, restore.cc) is checked while it is filled: chunks the
+// coordinator reads as it reads them, those the process reads on a thread alongside; the tree
+// never runs on a bad chunk. RestoreOptions::fill switches the fast paths off for measuring.
 //
 // UffdFiller. A page fault on fresh anonymous memory allocates a page, zeroes it and maps it; a
 // preadv or process_vm_writev into it then copies over the zeros. UFFDIO_COPY allocates the page,
