@@ -1,9 +1,12 @@
 // Driver of the checkpoint/restore benchmark (scripts/bench.d/20-cr.sh):
-//   cr_bench GODWIT CR_HOLD DIR MIB COMPRESS(raw|zstd) REPS [DATA(random|low)]
+//   cr_bench GODWIT[:GODWIT2...] CR_HOLD DIR MIB COMPRESS(raw|zstd) REPS [DATA(random|low)]
 // For each rep: start cr_hold with MIB MiB of random data, `godwit dump` it into DIR (killing
 // it), then `godwit restore` it and kill the restored copy once it runs, then the same with
-// `restore --lazy`. Prints one line of key=value (medians over reps): dump, restore and lazy
-// restore wall seconds (restores: until the tree runs), frozen ms, image bytes.
+// `restore --lazy`. Several godwit binaries (an old build and a new one): each rep runs them one
+// after the other (paired runs on a shared machine). Prints per binary one line of key=value
+// (medians over reps): dump, restore and lazy restore wall seconds (restores: until the tree
+// runs), frozen ms, image bytes, and peak_extra: the dump's peak memory beyond what the tree
+// held before it (a memory cgroup holding the tree and godwit; -1 without one).
 // It is a child subreaper so the killed originals are reaped here (pid 1 of this VM does not).
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -83,9 +86,89 @@ static long long dir_bytes(const char* dir) {
   return s;
 }
 
+// A memory cgroup this process joins (v1 or v2), so what it starts is charged there.
+static char cg_path[512], cg_parent[512];
+static int cg_v2;
+
+static int write_file(const char* path, const char* v) {
+  FILE* f = fopen(path, "w");
+  if (!f) return -1;
+  int ok = fputs(v, f) >= 0;
+  return fclose(f) == 0 && ok ? 0 : -1;
+}
+
+static long long read_ll(const char* path) {
+  FILE* f = fopen(path, "r");
+  long long v = -1;
+  if (!f) return -1;
+  if (fscanf(f, "%lld", &v) != 1) v = -1;
+  fclose(f);
+  return v;
+}
+
+static void cg_join(void) {
+  const char* base = NULL;
+  const char* key = NULL;
+  if (access("/sys/fs/cgroup/cgroup.controllers", F_OK) == 0) {
+    cg_v2 = 1;
+    base = "/sys/fs/cgroup";
+    key = "0::";
+  } else if (access("/sys/fs/cgroup/memory/cgroup.procs", F_OK) == 0) {
+    base = "/sys/fs/cgroup/memory";
+    key = ":memory:";
+  } else {
+    return;
+  }
+  FILE* f = fopen("/proc/self/cgroup", "r");
+  char line[1024];
+  strcpy(cg_parent, base);
+  while (f && fgets(line, sizeof(line), f)) {
+    char* at = strstr(line, key);
+    if (!at) continue;
+    line[strcspn(line, "\n")] = 0;
+    snprintf(cg_parent, sizeof(cg_parent), "%s%s", base, at + strlen(key));
+    break;
+  }
+  if (f) fclose(f);
+  snprintf(cg_path, sizeof(cg_path), "%s/godwit-bench-cr-%d", base, getpid());
+  char procs[600], me[32];
+  snprintf(procs, sizeof(procs), "%s/cgroup.procs", cg_path);
+  snprintf(me, sizeof(me), "%d", getpid());
+  if (mkdir(cg_path, 0755) != 0 || write_file(procs, me) != 0) {
+    rmdir(cg_path);
+    cg_path[0] = 0;
+  }
+}
+
+static void cg_leave(void) {
+  if (!cg_path[0]) return;
+  char procs[600], me[32];
+  snprintf(procs, sizeof(procs), "%s/cgroup.procs", cg_parent);
+  snprintf(me, sizeof(me), "%d", getpid());
+  write_file(procs, me);
+  for (int i = 0; i < 100 && rmdir(cg_path) != 0; ++i) usleep(10000);
+}
+
+static long long cg_read(const char* v1, const char* v2) {
+  if (!cg_path[0]) return -1;
+  char p[600];
+  snprintf(p, sizeof(p), "%s/%s", cg_path, cg_v2 ? v2 : v1);
+  return read_ll(p);
+}
+
+static void cg_reset_peak(void) {
+  if (!cg_path[0]) return;
+  char p[600];
+  snprintf(p, sizeof(p), "%s/%s", cg_path, cg_v2 ? "memory.peak" : "memory.max_usage_in_bytes");
+  write_file(p, "0");
+}
+
 int main(int argc, char** argv) {
   if (argc < 7) return 100;
-  const char *godwit = argv[1], *hold = argv[2], *dir = argv[3], *mib = argv[4], *comp = argv[5];
+  const char *hold = argv[2], *dir = argv[3], *mib = argv[4], *comp = argv[5];
+  char* bins[4];
+  int nbins = 0;
+  for (char* b = strtok(argv[1], ":"); b && nbins < 4; b = strtok(NULL, ":")) bins[nbins++] = b;
   int reps = atoi(argv[6]);
   char* data = argc > 7 ? argv[7] : "random";
   prctl(PR_SET_CHILD_SUBREAPER, 1);
@@ -93,11 +176,14 @@ int main(int argc, char** argv) {
   // returned to the host by then (free page reporting, ~2 s), so every run pays for new memory.
   const char* settle_env = getenv("CR_SETTLE");
   int settle = settle_env ? atoi(settle_env) : 3;
-  double dump_s[16], frozen[16], freeze[16], memdump[16], restore_s[16], restore_mem[16],
-      lazy_s[16], bytes = 0, image = 0;
-  for (int r = 0; r < reps && r < 16; ++r) {
+  double dump_s[4][16], frozen[4][16], freeze[4][16], memdump[4][16], restore_s[4][16],
+      restore_mem[4][16], lazy_s[4][16], peak[4][16], bytes = 0, image = 0;
+  cg_join();
+  for (int rb = 0; rb < reps * nbins && rb < 16 * nbins; ++rb) {
+    int r = rb / nbins, bi = rb % nbins;
+    const char* godwit = bins[bi];
     int p[2];
-    if (pipe(p)) return 1;
+    if (pipe(p)) { cg_leave(); return 1; }
     pid_t holder = fork();
     if (holder == 0) {
       int null = open("/dev/null", O_RDWR);
@@ -125,20 +211,24 @@ int main(int argc, char** argv) {
     int fd;
     char line[4096];
     sleep(settle);
+    long long before = cg_read("memory.usage_in_bytes", "memory.current");
+    cg_reset_peak();
     double t0 = now();
     pid_t g = spawn(da, &fd);
     readline(fd, line, sizeof(line));
     int st;
     waitpid(g, &st, 0);
-    dump_s[r] = now() - t0;
+    dump_s[bi][r] = now() - t0;
+    long long pk = cg_read("memory.max_usage_in_bytes", "memory.peak");
+    peak[bi][r] = before >= 0 && pk >= 0 ? (double)(pk - before) : -1;
     close(fd);
     if (!WIFEXITED(st) || WEXITSTATUS(st)) {
       fprintf(stderr, "dump failed: %s\n", line);
-      return 1;
+      { cg_leave(); return 1; }
     }
-    frozen[r] = num(line, "frozen_ms");
-    freeze[r] = num(line, "freeze_ms");
-    memdump[r] = num(line, "memdump_ms");
+    frozen[bi][r] = num(line, "frozen_ms");
+    freeze[bi][r] = num(line, "freeze_ms");
+    memdump[bi][r] = num(line, "memdump_ms");
     bytes = num(line, "bytes");
     waitpid(holder, &st, 0);
     image = dir_bytes(dir);
@@ -147,13 +237,13 @@ int main(int argc, char** argv) {
     t0 = now();
     g = spawn(ra, &fd);
     readline(fd, line, sizeof(line));  // printed once the tree runs
-    restore_s[r] = now() - t0;
+    restore_s[bi][r] = now() - t0;
     close(fd);
-    restore_mem[r] = num(line, "memory_ms");
+    restore_mem[bi][r] = num(line, "memory_ms");
     int root = (int)num(line, "root_pid");
     if (root <= 0) {
       fprintf(stderr, "restore failed: %s\n", line);
-      return 1;
+      { cg_leave(); return 1; }
     }
     kill(root, SIGKILL);
     waitpid(g, &st, 0);
@@ -163,23 +253,26 @@ int main(int argc, char** argv) {
     t0 = now();
     g = spawn(la, &fd);
     readline(fd, line, sizeof(line));
-    lazy_s[r] = now() - t0;
+    lazy_s[bi][r] = now() - t0;
     close(fd);
     root = (int)num(line, "root_pid");
     if (root <= 0) {
       fprintf(stderr, "lazy restore failed: %s\n", line);
-      return 1;
+      { cg_leave(); return 1; }
     }
     kill(root, SIGKILL);
     waitpid(g, &st, 0);
     char cmd[4200];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-    if (system(cmd)) return 1;
+    if (system(cmd)) { cg_leave(); return 1; }
   }
+  cg_leave();
   int n = reps < 16 ? reps : 16;
-  printf("bytes=%.0f image=%.0f dump_s=%.3f frozen_ms=%.1f freeze_ms=%.1f memdump_ms=%.1f "
-         "restore_s=%.3f restore_memory_ms=%.1f lazy_s=%.4f\n",
-         bytes, image, median(dump_s, n), median(frozen, n), median(freeze, n), median(memdump, n),
-         median(restore_s, n), median(restore_mem, n), median(lazy_s, n));
+  for (int bi = 0; bi < nbins; ++bi)
+    printf("bin=%d bytes=%.0f image=%.0f dump_s=%.3f frozen_ms=%.1f freeze_ms=%.1f memdump_ms=%.1f "
+           "restore_s=%.3f restore_memory_ms=%.1f lazy_s=%.4f peak_extra=%.0f\n",
+           bi, bytes, image, median(dump_s[bi], n), median(frozen[bi], n), median(freeze[bi], n),
+           median(memdump[bi], n), median(restore_s[bi], n), median(restore_mem[bi], n),
+           median(lazy_s[bi], n), median(peak[bi], n));
   return 0;
 }

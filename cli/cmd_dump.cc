@@ -141,6 +141,7 @@ int DumpCmd(Global& g, const std::vector<std::string>& args) {
                         {"freeze_ms", s.freeze_ms},
                         {"frozen_ms", s.frozen_ms},
                         {"memdump_ms", s.memdump_ms},
+                        {"released_bytes", s.released_bytes},
                         {"total_ms", s.total_ms},
                         {"left_running", o.leave_running},
                         {"pre_dump_rounds", o.pre_rounds},

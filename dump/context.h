@@ -100,6 +100,7 @@ struct DumpStats {
   uint64_t bytes_logical = 0;  // page bytes before compression
   uint64_t bytes_stored = 0;   // page bytes in the image
   uint64_t remote_calls = 0;
+  uint64_t released_bytes = 0;  // kill mode: memory released in the tree as it was dumped
   double freeze_ms = 0;   // seizing the whole tree
   double frozen_ms = 0;   // from the first thread stopped until the tree resumed or died
   double memdump_ms = 0;  // reading pages
@@ -143,6 +144,14 @@ struct DumpContext {
   std::vector<img::ShmemObject> shmem;  // written to shmem.img after every process
   // Page blobs created (and their space reserved) before the freeze, by pid.
   std::map<pid_t, std::unique_ptr<images::BlobWriter>> page_blobs;
+  // Their second files (DumpTuning::split_pages), and every second file written (for compressing
+  // after the dump).
+  std::map<pid_t, std::unique_ptr<images::BlobWriter>> page_blobs2;
+  std::vector<std::pair<pid_t, std::string>> second_page_blobs;
+  // Kill mode with DumpTuning::release_memory: memory is released as it is dumped. Once it has
+  // begun (released), a failure kills the tree instead of thawing it: it cannot run on.
+  bool release = false;
+  bool released = false;
   // Every process handle (so a failure can release all remotes).
   std::vector<std::unique_ptr<ProcessDump>> procs;
 

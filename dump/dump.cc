@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <chrono>
 #include <set>
+#include <thread>
 
 #include "common/fs.h"
 #include "common/log.h"
@@ -71,7 +72,9 @@ bool SampleCompresses(pid_t pid) {
 // Before the freeze: create each process's page blob and reserve the space its anonymous memory
 // will take (allocating tmpfs pages is most of the cost of writing them). A racy walk of the tree
 // is fine: this is only an estimate.
-void ReservePageBlobs(DumpContext& ctx, bool sample) {
+// reserve false (kill mode releasing the tree's memory): the blobs only, their pages come from
+// the memory the tree gives back while frozen.
+void ReservePageBlobs(DumpContext& ctx, bool sample, bool reserve_all) {
   for (pid_t pid : proc::Descendants(ctx.opts.pid)) {
     auto status = fs::ReadFile(StrFormat("/proc/%d/status", pid));
     if (!status.ok()) continue;
@@ -82,8 +85,30 @@ void ReservePageBlobs(DumpContext& ctx, bool sample) {
     if (raw) ctx.stats.incompressible.push_back(pid);
     auto blob = OpenPageBlob(ctx, pid, raw);
     if (!blob.ok()) continue;
-    auto r = blob->Reserve(kb * 1024 + (kb * 1024) / 64);
-    if (!r.ok()) LOG_DEBUG("reserve pages of %d: %s", pid, r.error().to_string().c_str());
+    bool reserve = reserve_all;
+    uint64_t bytes = kb * 1024 + (kb * 1024) / 64;
+    if (reserve && ctx.opts.tuning.split_pages && !blob->compressed() && blob->fd() >= 0 &&
+        bytes >= kSplitPagesMin && std::thread::hardware_concurrency() >= 2) {
+      // Two page files (dump/mm.cc), each reserved by its own thread: on one file the two
+      // would serialize on its inode.
+      auto b2 = images::BlobWriter::Create(*ctx.sink, SecondPageBlobName(pid),
+                                           images::Compression::kNone, ctx.opts.zstd_level);
+      if (b2.ok()) {
+        auto blob2 = std::make_unique<images::BlobWriter>(std::move(*b2));
+        Result<void> r2;
+        std::thread t([&] { r2 = blob2->Reserve(bytes / 2); });
+        auto r = blob->Reserve(bytes - bytes / 2);
+        t.join();
+        if (!r.ok()) LOG_DEBUG("reserve pages of %d: %s", pid, r.error().to_string().c_str());
+        if (!r2.ok()) LOG_DEBUG("reserve pages of %d: %s", pid, r2.error().to_string().c_str());
+        ctx.page_blobs2[pid] = std::move(blob2);
+        reserve = false;  // done
+      }
+    }
+    if (reserve) {
+      auto r = blob->Reserve(bytes);
+      if (!r.ok()) LOG_DEBUG("reserve pages of %d: %s", pid, r.error().to_string().c_str());
+    }
     ctx.page_blobs[pid] = std::make_unique<images::BlobWriter>(std::move(*blob));
   }
 }
@@ -209,7 +234,14 @@ Result<DumpStats> Dump(const DumpOptions& opts, images::Sink& sink) {
         if (!r.ok()) LOG_WARN("release pid %d: %s", p->pid, r.error().to_string().c_str());
       }
     if (fds) fds->Resume();
-    ThawTree(frozen);  // before the hook: see the end of Dump
+    if (ctx.released) {
+      // Some of its memory is gone already (kill mode): it cannot run on.
+      LOG_WARN("dump of %d failed after its memory was being released: the tree is killed",
+               opts.pid);
+      KillTree(frozen);
+    } else {
+      ThawTree(frozen);  // before the hook: see the end of Dump
+    }
     if (seized_hook && opts.before_detach) {
       auto r = opts.before_detach();
       if (!r.ok()) LOG_WARN("dump: before_detach: %s", r.error().to_string().c_str());
@@ -217,8 +249,9 @@ Result<DumpStats> Dump(const DumpOptions& opts, images::Sink& sink) {
     sink.Abort();
   });
 
+  ctx.release = !opts.leave_running && opts.tuning.release_memory;
   if (!precopy && opts.tuning.reserve_pages)
-    ReservePageBlobs(ctx, opts.compression == images::Compression::kZstd);
+    ReservePageBlobs(ctx, opts.compression == images::Compression::kZstd, !ctx.release);
   auto t_freeze = Clock::now();
   TRY_CTX(FreezeTree(opts.pid, &frozen), "freeze tree of %d", opts.pid);
   auto t_frozen = Clock::now();
@@ -262,22 +295,31 @@ Result<DumpStats> Dump(const DumpOptions& opts, images::Sink& sink) {
       }
     ctx.stats.step_ms.emplace_back(name, ms);
   };
-  for (auto& p : ctx.procs) {
-    for (const auto& step : steps) {
-      LOG_DEBUG("dump pid %d: %s", p->pid, step.name);
-      auto r = step.fn(ctx, *p);
-      lap(step.name);
-      if (!r.ok()) {
-        // A member that died meanwhile shows up as ESRCH somewhere inside a step: say so.
-        auto st = proc::ReadStat(p->pid);
-        if (!st.ok() || st->state == 'Z' || st->state == 'X')
-          return MakeError(ErrorKind::kNotFound, ESRCH,
-                           "process %d exited during the dump (in step %s: %s)", p->pid, step.name,
-                           r.error().to_string().c_str());
-        return std::move(r.error().wrap(StrFormat("dump pid %d: %s", p->pid, step.name)));
-      }
+  auto run_step = [&](ProcessDump& p, const DumpStep& step) -> Result<void> {
+    LOG_DEBUG("dump pid %d: %s", p.pid, step.name);
+    auto r = step.fn(ctx, p);
+    lap(step.name);
+    if (!r.ok()) {
+      // A member that died meanwhile shows up as ESRCH somewhere inside a step: say so.
+      auto st = proc::ReadStat(p.pid);
+      if (!st.ok() || st->state == 'Z' || st->state == 'X')
+        return MakeError(ErrorKind::kNotFound, ESRCH,
+                         "process %d exited during the dump (in step %s: %s)", p.pid, step.name,
+                         r.error().to_string().c_str());
+      return std::move(r.error().wrap(StrFormat("dump pid %d: %s", p.pid, step.name)));
     }
-  }
+    return Ok();
+  };
+  // Releasing memory (kill mode): every process's other steps first, so that whatever refuses
+  // the tree (an fd kind, a pstate) does so before any memory is released and the tree can
+  // still be thawed untouched; then the memory of each.
+  for (auto& p : ctx.procs)
+    for (const auto& step : steps)
+      if (!ctx.release || step.fn != DumpMm) TRY(run_step(*p, step));
+  if (ctx.release)
+    for (auto& p : ctx.procs)
+      for (const auto& step : steps)
+        if (step.fn == DumpMm) TRY(run_step(*p, step));
   if (ctx.fds) {
     TRY_CTX(ctx.fds->Finish(), "dump files");
     ctx.stats.fd_counts = ctx.fds->Counts();
@@ -291,6 +333,8 @@ Result<DumpStats> Dump(const DumpOptions& opts, images::Sink& sink) {
   // Blobs reserved for processes that turned out not to be live members of the tree.
   for (auto& [pid, b] : ctx.page_blobs) TRY(b->Close());
   ctx.page_blobs.clear();
+  for (auto& [pid, b] : ctx.page_blobs2) TRY(b->Close());
+  ctx.page_blobs2.clear();
   for (auto& p : ctx.procs) {
     if (!p->remote) continue;
     ctx.stats.remote_calls += p->remote->calls();
@@ -334,11 +378,13 @@ Result<DumpStats> Dump(const DumpOptions& opts, images::Sink& sink) {
   ctx.stats.frozen_ms = timing::MsBetween(t_freeze, t_end);
   if (deferred) {
     std::vector<std::string> names;
+    auto& inc = ctx.stats.incompressible;
     for (const auto& p : ctx.procs) {
-      auto& inc = ctx.stats.incompressible;
       if (std::find(inc.begin(), inc.end(), p->pid) == inc.end())
         names.push_back(StrFormat("pages-%d.img", p->pid));
     }
+    for (const auto& [pid, name] : ctx.second_page_blobs)
+      if (std::find(inc.begin(), inc.end(), pid) == inc.end()) names.push_back(name);
     for (const auto& o : ctx.shmem) names.push_back(o.blob());
     auto compress = [done = &sink, names, level = opts.zstd_level]() -> Result<uint64_t> {
       uint64_t before = 0, after = 0;

@@ -6,7 +6,10 @@
 // process the steps of dump/steps.cc -> files.img, shmem.img -> release the remote channels ->
 // inventory (Sink::Finish: the checkpoint is complete only now) -> kill the tree, or thaw it
 // (leave_running). On any failure the sink is aborted (no inventory) and the tree thawed
-// untouched.
+// untouched. Except in kill mode with DumpTuning::release_memory: every process's other steps
+// run first, then the memory of each, released batch by batch as it goes into the image (where
+// the image's file system has room for all of it); a failure after the first release kills the
+// tree (it cannot run on without the memory).
 #pragma once
 
 #include <memory>

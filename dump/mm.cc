@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <map>
@@ -33,6 +34,10 @@
 
 namespace godwit::dump {
 namespace {
+
+// Splitting the pages over two files and writers (DumpTuning::split_pages): in stretches of this
+// size.
+constexpr uint64_t kSplitStretch = 4ULL << 20;
 
 bool StartsWith(const std::string& s, const char* p) { return s.rfind(p, 0) == 0; }
 
@@ -219,6 +224,8 @@ Result<void> DumpShmemObject(DumpContext& ctx, pid_t pid, const proc::MapsEntry&
   ctx.shmem.push_back(std::move(obj));
   return Ok();
 }
+
+std::string SecondPageBlobName(pid_t pid) { return StrFormat("pages-%d.2.img", pid); }
 
 Result<images::BlobWriter> OpenPageBlob(DumpContext& ctx, pid_t pid, bool raw) {
   images::Compression c = raw ? images::Compression::kNone : ctx.opts.compression;
@@ -417,23 +424,107 @@ Result<void> DumpMm(DumpContext& ctx, ProcessDump& p) {
   if (!unreadable.empty()) {
     ASSIGN_OR_RETURN(mem, fs::Open(StrFormat("/proc/%d/mem", pid), O_RDONLY));
   }
+  // Both cores: with a raw page file in a directory and enough pages, a second thread copies
+  // part of them into a second file (its own pagemap record) while the process writes its own
+  // share into the first: two writers into one file would serialize on its inode. The pages are
+  // cut into stretches taken in address order by whichever writer is ready (each file's runs
+  // stay sorted): the faster one takes more.
+  std::unique_ptr<images::BlobWriter> blob2;
+  const bool target_write = ctx.opts.tuning.target_write;
+  if (auto it = ctx.page_blobs2.find(pid); it != ctx.page_blobs2.end()) {
+    blob2 = std::move(it->second);
+    ctx.page_blobs2.erase(it);
+  }
+  if (!blob2 && ctx.opts.tuning.split_pages && !blob.compressed() && blob.fd() >= 0 &&
+      total >= kSplitPagesMin && std::thread::hardware_concurrency() >= 2) {
+    auto b = images::BlobWriter::Create(*ctx.sink, SecondPageBlobName(pid),
+                                        images::Compression::kNone, ctx.opts.zstd_level);
+    if (b.ok()) blob2 = std::make_unique<images::BlobWriter>(std::move(*b));
+  }
+  img::PageMap pm2;
+  pm2.set_pid(pid);
   {
     // r: pid writes its own pages.
-    PageWriter w(&blob, pid, mem.get(), total, ctx.opts.tuning.target_write ? r : nullptr);
-    // Runs must be added in address order so the pagemap is sorted: merge both lists.
-    size_t i = 0, j = 0;
-    uint64_t done = 0;
-    while (i < readable.size() || j < unreadable.size()) {
+    PageWriter w(&blob, pid, mem.get(), total, target_write ? r : nullptr);
+    std::unique_ptr<PageWriter> w2;
+    if (blob2) {
+      ctx.second_page_blobs.push_back({pid, SecondPageBlobName(pid)});
+      pm2.set_blob(SecondPageBlobName(pid));
+      // Read by this process (process_vm_readv) into buffers, appended by its writer thread.
+      w2 = std::make_unique<PageWriter>(blob2.get(), pid, mem.get(), total / 2, nullptr);
+    }
+    ReleaseQueue released;
+    // Only where the image has room for all of it: a dump failing on a full file system must
+    // leave the tree intact (a stream's room is unknown: nothing released).
+    int64_t room = blob.available();
+    if (ctx.release && room >= 0 && static_cast<uint64_t>(room) >= total + total / 64 + (1 << 20)) {
+      ctx.released = true;  // from the first batch on, the tree cannot run again
+      w.SetRelease(r, w2 ? &released : nullptr, /*hull=*/!w2);
+      if (w2) w2->SetRelease(nullptr, &released, false);
+    } else if (ctx.release) {
+      LOG_INFO("pid %d: %lld bytes free for %lu bytes of pages: its memory is kept until the end",
+               pid, static_cast<long long>(room), static_cast<unsigned long>(total));
+    }
+    // Runs must be added in address order so the pagemap is sorted: merge both lists, cut into
+    // stretches.
+    struct Stretch {
+      uint64_t addr, npages;
+      bool use_fd;
+    };
+    std::vector<Stretch> work;
+    const uint64_t per = w2 ? kSplitStretch / kPage : ~0ULL;
+    for (size_t i = 0, j = 0; i < readable.size() || j < unreadable.size();) {
       bool take_r =
           j >= unreadable.size() || (i < readable.size() && readable[i].addr < unreadable[j].addr);
       const PageRange& x = take_r ? readable[i++] : unreadable[j++];
-      TRY(w.Add(x.addr, x.addr, x.npages, !take_r));
-      done += x.npages * kPage;
-      if (ctx.opts.progress) ctx.opts.progress("memory", done, total);
+      for (uint64_t k = 0; k < x.npages; k += per)
+        work.push_back({x.addr + k * kPage, std::min(per, x.npages - k), !take_r});
     }
-    TRY_CTX(w.Finish(), "pid %d: pages", pid);
+    std::atomic<size_t> next{0};
+    std::atomic<uint64_t> done{0};
+    auto feed = [&](PageWriter& pw, bool main) -> Result<void> {
+      for (;;) {
+        size_t i = next.fetch_add(1);
+        if (i >= work.size()) return Ok();
+        const Stretch& x = work[i];
+        auto a = pw.Add(x.addr, x.addr, x.npages, x.use_fd);
+        if (!a.ok()) {
+          next = work.size();  // the other writer stops too
+          return a;
+        }
+        uint64_t d = done.fetch_add(x.npages * kPage) + x.npages * kPage;
+        if (main && ctx.opts.progress) ctx.opts.progress("memory", d, total);
+      }
+    };
+    Result<void> second;
+    std::thread helper;
+    if (w2) {
+      helper = std::thread([&] {
+        second = feed(*w2, false);
+        if (second.ok()) second = w2->Finish();
+      });
+    }
+    Result<void> first = feed(w, true);
+    if (first.ok()) first = w.Finish();
+    if (!first.ok()) next = work.size();
+    if (helper.joinable()) helper.join();
+    // What the second writer released last (the first one releases the queue as it goes).
+    if (ctx.released) ReleaseRanges(r, released.Take());
+    TRY_CTX(std::move(first), "pid %d: pages", pid);
+    TRY_CTX(std::move(second), "pid %d: pages (second file)", pid);
     for (const auto& run : w.runs()) *pm.add_runs() = run;
     ctx.stats.pages_dumped += w.pages();
+    ctx.stats.released_bytes += w.released_bytes();
+    if (w2) {
+      for (const auto& run : w2->runs()) *pm2.add_runs() = run;
+      ctx.stats.pages_dumped += w2->pages();
+      ctx.stats.released_bytes += w2->released_bytes();
+    }
+  }
+  if (blob2) {
+    TRY(blob2->Close());
+    ctx.stats.bytes_logical += blob2->logical_size();
+    ctx.stats.bytes_stored += blob2->stored_size();
   }
   TRY(blob.Close());
   ctx.stats.bytes_logical += blob.logical_size();
@@ -444,6 +535,7 @@ Result<void> DumpMm(DumpContext& ctx, ProcessDump& p) {
                    images::ImageWriter::Create(*ctx.sink, StrFormat("pagemap-%d.img", pid)));
   for (const auto& e : earlier) TRY(pw.Write(e));
   TRY(pw.Write(pm));
+  if (blob2) TRY(pw.Write(pm2));  // disjoint from pm: the order between them does not matter
   TRY(pw.Close());
   pt.Lap("pages+pagemap");
   std::string laps;

@@ -121,7 +121,7 @@ Result<void> PresentPages::Collect(uint64_t start, uint64_t end, bool private_fi
 
 PageWriter::PageWriter(images::BlobWriter* blob, pid_t pid, int fd, uint64_t total_bytes,
                        remote::Remote* target)
-    : blob_(blob), pid_(pid), fd_(fd), target_(target) {
+    : blob_(blob), pid_(pid), fd_(fd), target_(target), total_bytes_(total_bytes) {
   buf_size_ = std::max<uint64_t>(kPage, std::min<uint64_t>(total_bytes, 32ULL << 20));
   int nbufs = total_bytes > buf_size_ ? 3 : 1;
   // Untouched until used (the target-write path never touches them): only address space.
@@ -461,6 +461,79 @@ Result<void> PageWriter::ReadIntoBuffer() {
   return Ok();
 }
 
+void ReleaseQueue::Push(const std::vector<std::pair<uint64_t, uint64_t>>& ranges) {
+  std::lock_guard<std::mutex> l(mu_);
+  ranges_.insert(ranges_.end(), ranges.begin(), ranges.end());
+}
+
+std::vector<std::pair<uint64_t, uint64_t>> ReleaseQueue::Take() {
+  std::vector<std::pair<uint64_t, uint64_t>> out;
+  std::lock_guard<std::mutex> l(mu_);
+  out.swap(ranges_);
+  return out;
+}
+
+namespace {
+
+// madvise(MADV_DONTNEED) of [s, e) in r's process; false if refused.
+bool Advise(remote::Remote* r, uint64_t s, uint64_t e) {
+  auto x = r->Syscall(SYS_madvise, s, e - s, MADV_DONTNEED);
+  return x.ok() && *x == 0;
+}
+
+}  // namespace
+
+void ReleaseRanges(remote::Remote* r, const std::vector<std::pair<uint64_t, uint64_t>>& ranges) {
+  uint64_t a = r->area_start(), b = r->area_end();
+  for (const auto& [s, e] : ranges) {
+    if (s < b && e > a) continue;  // never inside the area (not dumped anyway)
+    Advise(r, s, e);
+  }
+}
+
+void PageWriter::SetRelease(remote::Remote* r, ReleaseQueue* queue, bool hull) {
+  release_ = r;
+  release_queue_ = queue;
+  release_hull_ = hull;
+  if (r != nullptr || queue != nullptr) {
+    uint64_t want = std::max<uint64_t>(total_bytes_ / 32 / kPage * kPage, 8ULL << 20);
+    buf_size_ = std::min<size_t>(buf_size_, want);
+  }
+}
+
+void PageWriter::Release(const std::vector<Entry>& entries) {
+  if (entries.empty()) return;
+  std::vector<std::pair<uint64_t, uint64_t>> runs;  // the entries, contiguous ones merged
+  for (const auto& x : entries) {
+    released_ += x.len;
+    if (!runs.empty() && runs.back().second == x.src)
+      runs.back().second += x.len;
+    else
+      runs.push_back({x.src, x.src + x.len});
+  }
+  if (release_ == nullptr) {
+    if (release_queue_) release_queue_->Push(runs);
+    return;
+  }
+  bool done = false;
+  if (release_hull_) {
+    // One call for the batch's hull (the gaps are pages not dumped: the process never runs
+    // again), around the Remote's own area (its code and scratch are still used); per run if
+    // the kernel refuses the hull (a locked or hugetlb VMA in it stops the walk there).
+    uint64_t lo = runs.front().first, hi = runs.back().second;
+    uint64_t a = release_->area_start(), b = release_->area_end();
+    done = true;
+    if (hi <= a || lo >= b) {
+      done = Advise(release_, lo, hi);
+    } else {
+      if (lo < a) done = Advise(release_, lo, a) && done;
+      if (hi > b) done = Advise(release_, b, hi) && done;
+    }
+  }
+  if (!done) ReleaseRanges(release_, runs);
+  if (release_queue_) ReleaseRanges(release_, release_queue_->Take());
+}
+
 Result<void> PageWriter::Flush() {
   if (cur_ == nullptr) return Ok();
   if (!target_tried_) {
@@ -485,6 +558,7 @@ Result<void> PageWriter::Flush() {
     batch.entries = std::move(cur_entries_);
     cur_entries_.clear();
   }
+  if (release_ || release_queue_) Release(batch.entries);
   {
     std::lock_guard<std::mutex> l(mu_);
     queue_.push_back(std::move(batch));

@@ -25,6 +25,7 @@
 #include <memory>
 #include <mutex>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "common/proc.h"
@@ -75,6 +76,22 @@ std::vector<PageRange> MergeRanges(std::vector<PageRange> a, const std::vector<P
 // The pfn of the kernel's zero page (a read fault on fresh anonymous memory maps it).
 Result<uint64_t> ZeroPagePfn();
 
+// Ranges released by a PageWriter that has no Remote (one running on another thread than the
+// coordinator, which alone injects): queued here for the coordinator's writer to release.
+class ReleaseQueue {
+ public:
+  void Push(const std::vector<std::pair<uint64_t, uint64_t>>& ranges);
+  std::vector<std::pair<uint64_t, uint64_t>> Take();
+
+ private:
+  std::mutex mu_;
+  std::vector<std::pair<uint64_t, uint64_t>> ranges_;
+};
+
+// madvise(MADV_DONTNEED) of [start, end) ranges in r's process, skipping r's own area; a range
+// the kernel refuses stays (see PageWriter::SetRelease).
+void ReleaseRanges(remote::Remote* r, const std::vector<std::pair<uint64_t, uint64_t>>& ranges);
+
 class PageWriter {
  public:
   // pid: read with process_vm_readv from it; fd >= 0: pread from that fd (shmem objects,
@@ -103,6 +120,20 @@ class PageWriter {
   // unmapped range is never tracked again, so whatever is mapped there later is copied whole.
   void SetRunning() { running_ = true; }
   uint64_t vanished() const { return vanished_; }
+  // Kill mode: the process never runs again. Once a batch's pages are copied out of it (into the
+  // page file, or a buffer), their ranges are released in it (an injected madvise(MADV_DONTNEED)
+  // through the Remote, which must be given; its own area is never touched): the page file's
+  // new pages come from the memory just freed, and the dump never needs the tree's size again in
+  // free memory. Gaps between a batch's runs (pages not dumped) are released too. A range the
+  // kernel refuses (mlocked, hugetlb not aligned) stays. r: a Remote into pid (stopped).
+  // Batches are smaller then (down to 8 MiB, a 32nd of the pages): a batch is what the dump
+  // holds at once beyond the tree. Before the first Add.
+  // queue: with r, the writer also releases what other writers queued there (after each of its
+  // batches); without r (a writer on another thread), its ranges are queued there instead.
+  // hull false: only the runs themselves, not the gaps between them (another writer takes
+  // pages from the same process in those gaps).
+  void SetRelease(remote::Remote* r, ReleaseQueue* queue = nullptr, bool hull = true);
+  uint64_t released_bytes() const { return released_; }
 
  private:
   struct Entry {
@@ -124,6 +155,8 @@ class PageWriter {
   void ReadVanishing(char* dst, uint64_t src, uint64_t len);
   void CloseTargetFd();
   void WriterLoop();
+  // SetRelease: frees the source ranges of entries in the process.
+  void Release(const std::vector<Entry>& entries);
 
   images::BlobWriter* blob_;
   pid_t pid_;
@@ -132,6 +165,7 @@ class PageWriter {
   long target_fd_ = -1;  // the page file, open in the target
   bool target_tried_ = false;
   size_t buf_size_;
+  uint64_t total_bytes_;
   std::vector<std::unique_ptr<char[]>> bufs_;
   char* cur_ = nullptr;
   size_t cur_len_ = 0;
@@ -141,6 +175,10 @@ class PageWriter {
   uint64_t pages_ = 0, target_pages_ = 0;
   bool running_ = false;
   uint64_t vanished_ = 0;
+  remote::Remote* release_ = nullptr;
+  ReleaseQueue* release_queue_ = nullptr;
+  bool release_hull_ = true;
+  uint64_t released_ = 0;
 
   std::mutex mu_;
   std::condition_variable cv_;

@@ -24,6 +24,10 @@ Result<void> DumpFds(DumpContext& ctx, ProcessDump& p);     // fds.cc: files/ Fd
 // mm.cc: the page blob of pid (pages-PID.img), created early by the driver to reserve space.
 // raw: store uncompressed even if the dump compresses (the data did not compress in a sample).
 Result<images::BlobWriter> OpenPageBlob(DumpContext& ctx, pid_t pid, bool raw = false);
+// The second page file of pid (DumpTuning::split_pages): a pagemap record of its own. Used from
+// this many bytes of pages.
+inline constexpr uint64_t kSplitPagesMin = 64ULL << 20;
+std::string SecondPageBlobName(pid_t pid);
 
 // pstate.cc: whether processes a and b (0: the caller) are in the same user namespace.
 Result<bool> SameUserns(pid_t a, pid_t b);

@@ -18,6 +18,18 @@ struct DumpTuning {
   // A frozen process writes its own pages into the page file with an injected pwritev (one
   // copy); off: the coordinator reads them with process_vm_readv (GODWIT_NO_TARGET_WRITE).
   bool target_write = true;
+  // Kill mode (not leave_running): each process's memory is released as its pages go into the
+  // image (PageWriter::SetRelease), so the image's pages come from memory just freed and a dump
+  // needs little free memory beyond the tree's own. Its page files are then not reserved before
+  // the freeze (that would take the tree's size again). GODWIT_NO_RELEASE turns it off.
+  bool release_memory = true;
+  // The frozen copy on both cores: a raw page file in a directory is split in two, the second
+  // written by a coordinator thread while the process writes the first (dump/mm.cc); before
+  // the freeze both are reserved, each by its own thread. Off: in paired runs here (1 GiB,
+  // leave-running, 7 each, load 3.6) it froze longer (860 vs 773 ms median) with the same total:
+  // the coordinator's copy (process_vm_readv, then a write) costs two copies on the core the
+  // process's own pwritev and the checksums already share. GODWIT_SPLIT_PAGES turns it on.
+  bool split_pages = false;
 };
 
 }  // namespace godwit::dump

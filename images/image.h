@@ -68,6 +68,8 @@ class Output {
     return MakeError(ErrorKind::kGeneric, 0, "output: WriteAt not supported");
   }
   virtual void AddChecksum(uint32_t crc32c, size_t len) {}
+  // Bytes that can still be written (the file system's free space); -1 when unknown (a stream).
+  virtual int64_t Available() const { return -1; }
 };
 
 // Where a dump writes. Thread-compatible: one writer per Output, Create/Finish from one thread.
@@ -174,6 +176,8 @@ class BlobWriter {
   Result<void> CommitExternal(const External& ext);
   // The file for external writes (-1 if none).
   int fd() const { return out_ ? out_->fd() : -1; }
+  // Output::Available: -1 when unknown.
+  int64_t available() const { return out_ ? out_->Available() : -1; }
   bool compressed() const { return comp_ != Compression::kNone; }
   // Writes what is gathered and closes the output.
   Result<void> Close();
@@ -269,6 +273,10 @@ class BlobReader {
   // Checks every chunk's checksum (reads the whole file); the error names the first bad chunk's
   // offset. For locating damage (inspect); Read checks the chunks it reads anyway.
   Result<void> VerifyChunks() const;
+  // Checks the checksums of the chunks that hold logical [offset, offset + len): for a reader
+  // that read those bytes some other way (straight from the file into place) from a blob left to
+  // its chunk checksums. Thread-safe (no state of the reader is used but its index and fd).
+  Result<void> VerifyRange(uint64_t offset, uint64_t len) const;
 
   struct Stats {
     uint64_t chunks = 0, zstd_chunks = 0, logical_bytes = 0, stored_bytes = 0, file_bytes = 0;

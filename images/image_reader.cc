@@ -368,6 +368,28 @@ Result<void> BlobReader::VerifyChunks() const {
   return Ok();
 }
 
+Result<void> BlobReader::VerifyRange(uint64_t offset, uint64_t len) const {
+  uint64_t size = logical_size();
+  if (offset > size || len > size - offset)
+    return MakeError(ErrorKind::kBadImage, 0, "%s: range [%llu, +%llu) beyond logical size %llu",
+                     name_.c_str(), static_cast<unsigned long long>(offset),
+                     static_cast<unsigned long long>(len), static_cast<unsigned long long>(size));
+  if (len == 0) return Ok();
+  std::vector<char> buf;
+  for (size_t i = FindChunk(offset); i < chunks_.size() && chunks_[i].logical_off < offset + len;
+       ++i) {
+    const Chunk& c = chunks_[i];
+    buf.resize(c.stored_len);
+    TRY(ReadAt(c.file_off, buf.data(), c.stored_len));
+    if (Crc32c(0, buf.data(), c.stored_len) != c.crc)
+      return Bad(name_, c.file_off - sizeof(format::ChunkHeader),
+                 "chunk checksum mismatch (chunk of logical [%llu, +%llu))",
+                 static_cast<unsigned long long>(c.logical_off),
+                 static_cast<unsigned long long>(c.logical_len));
+  }
+  return Ok();
+}
+
 size_t BlobReader::FindChunk(uint64_t offset) const {
   auto it = std::upper_bound(chunks_.begin(), chunks_.end(), offset,
                              [](uint64_t o, const Chunk& c) { return o < c.logical_off; });

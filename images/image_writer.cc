@@ -407,11 +407,12 @@ Result<bool> BlobWriter::AppendExternal(size_t len, External* ext) {
 
 Result<void> BlobWriter::CommitExternal(const External& ext) {
   if (!out_) return MakeError(ErrorKind::kGeneric, 0, "blob %s: commit after close", name_.c_str());
-  if (readback_.size() < format::kMaxChunk) readback_.resize(format::kMaxChunk);
   int fd = out_->fd();
+  if (readback_.size() < format::kMaxChunk) readback_.resize(format::kMaxChunk);
   for (const auto& c : ext.chunks) {
     // The data was written by another process: read it back (hot in the page cache) to
-    // checksum what the file holds.
+    // checksum what the file holds. (Through a mapping of the batch instead: no faster in the
+    // dump here, measured in paired runs, issue 13.)
     uint64_t data_off = c.header_off + sizeof(format::ChunkHeader);
     for (uint32_t got = 0; got < c.len;) {
       ssize_t n = pread(fd, readback_.data() + got, c.len - got, static_cast<off_t>(data_off + got));

@@ -142,6 +142,12 @@ class FileOutput : public Output {
 
   void AddChecksum(uint32_t crc, size_t len) override { crc_ = Crc32cCombine(crc_, crc, len); }
 
+  int64_t Available() const override {
+    struct statfs sf;
+    if (!fd_ || ::fstatfs(fd_.get(), &sf) < 0) return -1;
+    return static_cast<int64_t>(sf.f_bavail) * sf.f_bsize;
+  }
+
   Result<void> Close() override {
     if (!fd_) return MakeError(ErrorKind::kGeneric, 0, "%s: closed twice", path_.c_str());
     TRY(Flush());

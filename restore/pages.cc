@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 
@@ -226,6 +227,9 @@ Result<void> FillPages(RestoreContext& ctx, ProcessRestore& p, const img::PageMa
     uint64_t va, off, len;
   };
   std::vector<Piece> raw;  // for the target's preadv (below)
+  // The same as logical ranges of the blob: their chunks' checksums are checked while the target
+  // reads them (a set that left blobs to their chunk checksums, restore.cc).
+  std::vector<std::pair<uint64_t, uint64_t>> raw_logical;
   uint64_t raw_total = 0, done = 0, lazy_bytes = 0;
   constexpr uint64_t kBatch = 8ULL << 20;
   // What goes through the coordinator: compressed runs, and with a uffd the raw parts it covers.
@@ -233,9 +237,18 @@ Result<void> FillPages(RestoreContext& ctx, ProcessRestore& p, const img::PageMa
   // ahead of this one, which copies them into place. Copying straight from a mapping of the page
   // file was slower: mapping and unmapping 2 GiB of file pages costs more here than the copy.
   std::vector<ReadAhead::Piece> pieces;
+  // Pieces of up to kBatch end at chunk ends where they can (cuts: the chunk ends inside the
+  // run, for a raw one): a chunk split between two pieces (read by two threads) would be read and
+  // checked twice, each time whole.
+  std::vector<uint64_t> cuts;
   auto add_pieces = [&](uint64_t va, uint64_t blob_off, uint64_t len) {
-    for (uint64_t o = 0; o < len; o += kBatch)
-      pieces.push_back({va + o, blob_off + o, std::min(kBatch, len - o)});
+    for (uint64_t o = 0; o < len;) {
+      uint64_t start = blob_off + o, limit = blob_off + std::min(len, o + kBatch);
+      auto it = std::upper_bound(cuts.begin(), cuts.end(), limit);  // first cut past limit
+      uint64_t end = it != cuts.begin() && *(it - 1) > start ? *(it - 1) : limit;
+      pieces.push_back({va + o, start, end - start});
+      o = end - blob_off;
+    }
   };
   for (const auto& run : runs) {
     uint64_t len = run.npages() * kPage;
@@ -252,6 +265,11 @@ Result<void> FillPages(RestoreContext& ctx, ProcessRestore& p, const img::PageMa
       }
     }
     auto ext = blob->RawExtents(run.blob_off(), len);
+    cuts.clear();
+    if (ext.ok()) {
+      uint64_t at = run.blob_off();
+      for (const auto& e : *ext) cuts.push_back(at += e.len);
+    }
     // The parts of [va, va + n) as file extents, for the target's preadv (a raw run only).
     auto add_raw = [&](uint64_t va, uint64_t n) {
       uint64_t eva = run.vaddr();
@@ -260,6 +278,11 @@ Result<void> FillPages(RestoreContext& ctx, ProcessRestore& p, const img::PageMa
         if (s0 < e0) {
           raw.push_back({s0, e.file_off + (s0 - eva), e0 - s0});
           raw_total += e0 - s0;
+          uint64_t lo = run.blob_off() + (s0 - run.vaddr());
+          if (!raw_logical.empty() && raw_logical.back().first + raw_logical.back().second == lo)
+            raw_logical.back().second += e0 - s0;
+          else
+            raw_logical.push_back({lo, e0 - s0});
         }
         eva += e.len;
       }
@@ -302,26 +325,75 @@ Result<void> FillPages(RestoreContext& ctx, ProcessRestore& p, const img::PageMa
   if (lazy != nullptr)
     LOG_DEBUG("pid %d: %s: %lu bytes left to the lazy pager", p.pid, pagemap.blob().c_str(),
               static_cast<unsigned long>(lazy_bytes));
-  ReadAhead ahead(blob.get(), std::move(pieces), kBatch);
-  Result<void> copied;
-  // Copy what the second thread has read.
-  while (true) {
-    ReadAhead::Piece pc;
-    const char* data = nullptr;
-    ASSIGN_OR_RETURN(bool more, ahead.Next(&pc, &data));
-    if (!more) break;
+  // Copies one piece's data into place (UFFDIO_COPY where registered). Called from two threads
+  // at once for a large fill: UFFDIO_COPY on one uffd from several threads is fine (each takes
+  // the mm's lock shared); Remote::Write is not thread-safe (it may open /proc/PID/mem once).
+  std::mutex write_mu, progress_mu;
+  auto copy_piece = [&](const ReadAhead::Piece& pc, const char* data) -> Result<void> {
+    Result<void> copied;
     auto put = [&](uint64_t sva, uint64_t slen, bool registered) {
       if (!copied.ok()) return;
       const char* src = data + (sva - pc.va);
-      copied = registered ? uffd->Copy(sva, src, slen) : r->Write(sva, src, slen);
+      if (registered) {
+        copied = uffd->Copy(sva, src, slen);
+      } else {
+        std::lock_guard<std::mutex> l(write_mu);
+        copied = r->Write(sva, src, slen);
+      }
     };
     if (uffd)
       uffd->Split(pc.va, pc.len, put);
     else
       put(pc.va, pc.len, false);
     TRY(std::move(copied));
+    std::lock_guard<std::mutex> l(progress_mu);
     done += pc.len;
     if (ctx.opts.progress) ctx.opts.progress("memory", done, total);
+    return Ok();
+  };
+  uint64_t pieces_total = 0;
+  for (const auto& pc : pieces) pieces_total += pc.len;
+  constexpr uint64_t kTwoMin = 64ULL << 20;
+  if (pieces_total >= kTwoMin && std::thread::hardware_concurrency() >= 2 && ctx.opts.fill.split) {
+    // Two workers, each reading its pieces (pread into a buffer that stays in the cache; chunk
+    // checksums checked there when the set left them to the chunks, zstd decompressed) and
+    // copying them into place: page creation (UFFDIO_COPY allocates the pages) is the bound
+    // here, and it scales with a second core. Each worker has its own reader (a BlobReader is
+    // not thread-safe).
+    ASSIGN_OR_RETURN(std::unique_ptr<images::BlobReader> blob2,
+                     ctx.images->OpenBlob(pagemap.blob()));
+    std::atomic<size_t> next{0};
+    std::atomic<bool> stop{false};
+    auto work = [&](images::BlobReader* b) -> Result<void> {
+      std::unique_ptr<char[]> buf(new char[kBatch]);
+      for (;;) {
+        size_t i = next.fetch_add(1);
+        if (i >= pieces.size() || stop.load()) return Ok();
+        const ReadAhead::Piece& pc = pieces[i];
+        Result<void> r1 = b->Read(pc.blob_off, buf.get(), pc.len);
+        if (r1.ok()) r1 = copy_piece(pc, buf.get());
+        if (!r1.ok()) {
+          stop = true;
+          return r1;
+        }
+      }
+    };
+    Result<void> second;
+    std::thread t([&] { second = work(blob2.get()); });
+    Result<void> first = work(blob.get());
+    t.join();
+    TRY(std::move(first));
+    TRY(std::move(second));
+  } else {
+    ReadAhead ahead(blob.get(), std::move(pieces), kBatch);
+    // Copy what the second thread has read.
+    while (true) {
+      ReadAhead::Piece pc;
+      const char* data = nullptr;
+      ASSIGN_OR_RETURN(bool more, ahead.Next(&pc, &data));
+      if (!more) break;
+      TRY(copy_piece(pc, data));
+    }
   }
   if (uffd)
     LOG_DEBUG("pid %d: %s: %lu bytes by UFFDIO_COPY, %lu pages present already", p.pid,
@@ -355,6 +427,21 @@ Result<void> FillPages(RestoreContext& ctx, ProcessRestore& p, const img::PageMa
   }
   ScopeExit unmap([&] {
     if (map) munmap(map, map_len);
+  });
+  // The raw pieces' chunks are checked on another thread while they are filled (the coordinator
+  // mostly waits for the target's preadv meanwhile): the tree does not run before this is done.
+  Result<void> verify_result;
+  std::thread verifier;
+  if (!ctx.images->Verified(pagemap.blob())) {
+    verifier = std::thread([&, b = blob.get()] {
+      for (const auto& [off, len] : raw_logical) {
+        verify_result = b->VerifyRange(off, len);
+        if (!verify_result.ok()) return;
+      }
+    });
+  }
+  ScopeExit join_verifier([&] {
+    if (verifier.joinable()) verifier.join();
   });
   Result<void> helper_result;
   std::thread helper;
@@ -438,8 +525,10 @@ Result<void> FillPages(RestoreContext& ctx, ProcessRestore& p, const img::PageMa
   };
   Result<void> res = split > 0 ? fill() : Result<void>();
   if (helper.joinable()) helper.join();
+  if (verifier.joinable()) verifier.join();
   TRY(std::move(res));
   TRY(std::move(helper_result));
+  TRY(std::move(verify_result));
   ctx.stats.pages += total / kPage;
   ctx.stats.bytes += total;
   return Ok();

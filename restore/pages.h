@@ -1,9 +1,12 @@
 // Filling a restored process's private memory with its dumped pages (restore/pages.cc).
 //
 // FillPages, per pagemap (pre-dump rounds first): anonymous private VMAs by UFFDIO_COPY from the
-// coordinator, the rest by the process's own preadv straight from the page file (or
-// process_vm_writev from the coordinator for compressed chunks). RestoreOptions::fill switches
-// the fast paths off for measuring.
+// coordinator (from two threads for 64 MiB and more: page creation scales with the second core),
+// the rest by the process's own preadv straight from the page file (or process_vm_writev from
+// the coordinator for compressed chunks). Page data of a set that leaves blobs to their chunk
+// checksums (every restore now, restore.cc) is checked while it is filled: chunks the
+// coordinator reads as it reads them, those the process reads on a thread alongside; the tree
+// never runs on a bad chunk. RestoreOptions::fill switches the fast paths off for measuring.
 //
 // UffdFiller. A page fault on fresh anonymous memory allocates a page, zeroes it and maps it; a
 // preadv or process_vm_writev into it then copies over the zeros. UFFDIO_COPY allocates the page,
@@ -22,6 +25,7 @@
 
 #include <sys/types.h>
 
+#include <atomic>
 #include <cstdint>
 #include <condition_variable>
 #include <functional>
@@ -58,17 +62,18 @@ class UffdFiller {
   // range; page aligned va and len. Pages already present (an earlier pre-dump round's) are
   // overwritten with process_vm_writev.
   Result<void> Copy(uint64_t va, const void* src, uint64_t len);
-  uint64_t bytes() const { return bytes_; }
+  uint64_t bytes() const { return bytes_.load(); }
   // Pages Copy found present and overwrote with process_vm_writev.
-  uint64_t present_pages() const { return present_; }
+  uint64_t present_pages() const { return present_.load(); }
 
  private:
   UffdFiller() = default;
   pid_t pid_ = 0;
   UniqueFd uffd_;
   std::vector<std::pair<uint64_t, uint64_t>> ranges_;  // registered, sorted
-  uint64_t bytes_ = 0;
-  uint64_t present_ = 0;
+  // Copy may run on several threads at once.
+  std::atomic<uint64_t> bytes_{0};
+  std::atomic<uint64_t> present_{0};
 };
 
 // Reads pieces of a blob (BlobReader::Read: decompressing and checking zstd chunks) on a second

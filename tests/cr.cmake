@@ -25,7 +25,7 @@ godwit_helper(cr_pages ${CMAKE_CURRENT_SOURCE_DIR}/helpers/cr_pages.c)
 godwit_test(cr_pages_test
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/cr_pages_test.cc ${CMAKE_CURRENT_SOURCE_DIR}/cr_util.cc
   LIBS godwit_common)
-add_dependencies(cr_pages_test cr_pages)
+add_dependencies(cr_pages_test cr_pages cr_bigmem)
 
 # Driven pre-copy (dump/precopy.h): rounds on demand, then a final dump of what changed.
 godwit_helper(c_precopy ${CMAKE_CURRENT_SOURCE_DIR}/helpers/c_precopy.c)

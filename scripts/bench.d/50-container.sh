@@ -34,7 +34,7 @@ MIB=${BENCH_CONTAINER_MIB:-1024}
 NBIG=$((N / 2 > 3 ? N / 2 : 3))
 out=$BUILD/bench
 mkdir -p "$out"
-cc -O2 -Wall -o "$out/cr_memcpy" bench/cr_memcpy.c
+cc -O2 -Wall -pthread -o "$out/cr_memcpy" bench/cr_memcpy.c
 cc -O2 -Wall -static -o "$out/container_hold" bench/container_hold.c
 work=$(mktemp -d /tmp/godwit-bench-container.XXXXXX)
 img=/dev/shm/godwit-bench-container-$$
