@@ -336,6 +336,24 @@ int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
   // Lazy: the owed pages are installed by this process while it waits for the init, or,
   // detached, by a pager process (its pid is printed: the pages are in when it exits).
   pid_t pager_pid = 0;
+  // Driven by godwitd (--wait-fd, --json): the daemon needs only the running container, and
+  // forking the pager (a copy of this process, 5-13 ms) would sit inside a migration's blackout:
+  // the JSON line goes out first, without the pager's pid (its threads serve faults meanwhile).
+  if (pa->has("wait-fd") && g.json && r->pager && pa->has("detach")) {
+    nlohmann::json j = {{"id", c.id},
+                        {"pid", c.pid},
+                        {"processes", r->processes},
+                        {"lazy_bytes", r->lazy_bytes},
+                        {"lazy_pager_pid", nullptr},
+                        {"environment_ms", r->environment_ms},
+                        {"total_ms", r->total_ms},
+                        {"phases", PhasesJson(r->phases)}};
+    printf("%s\n", j.dump().c_str());
+    fflush(stdout);
+    auto d = r->pager->Detach();
+    if (!d.ok()) return fail(d.error());
+    return 0;
+  }
   auto t_detach = timing::Clock::now();
   if (r->pager && pa->has("detach")) {
     auto d = r->pager->Detach();

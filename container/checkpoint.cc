@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 
 #include <chrono>
+#include <nlohmann/json.hpp>
 #include <optional>
 
 #include "common/fs.h"
@@ -194,6 +195,20 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
                      "container %s is paused: resume it before migrating it", opts.id.c_str());
   const pid_t pid = c.pid;
   ASSIGN_OR_RETURN(std::string config, fs::ReadFile(c.config_path()));
+  {
+    // A namespace joined by path belongs to someone else (Podman's network): not the
+    // container's to dump or to make again at restore.
+    auto j = nlohmann::json::parse(config, nullptr, false);
+    if (j.is_object() && j.contains("linux") && j["linux"].is_object() &&
+        j["linux"].contains("namespaces") && j["linux"]["namespaces"].is_array())
+      for (const auto& n : j["linux"]["namespaces"])
+        if (n.is_object() && n.contains("path") && n.contains("type") && n["type"].is_string())
+          return MakeError(ErrorKind::kUnsupported, 0,
+                           "container %s joined an existing %s namespace "
+                           "(linux.namespaces[].path, e.g. Podman's network): checkpointing it "
+                           "is not supported",
+                           opts.id.c_str(), n["type"].get<std::string>().c_str());
+  }
   ASSIGN_OR_RETURN(std::vector<std::string> own, OwnNamespaces(pid));
 
   // The sinks: the caller's, or directories under the image path.

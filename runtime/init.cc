@@ -378,7 +378,7 @@ Result<void> BuildRoot(const Spec& s, const std::string& storage_dir) {
       if (ch == '.') ch = '/';
     TRY(WriteFile(path, v));
   }
-  if (s.ns.network) TRY(LoopbackUp());
+  if (s.ns.network) TRY(LoopbackUp());  // a joined one is its owner's to configure
 
   for (const auto& p : s.masked_paths) {
     struct stat st;
@@ -415,6 +415,11 @@ void Run(const Plan& plan) {
   if (plan.cgroup) {
     auto r = plan.cgroup->EnterSelf(plan.born_into);
     if (!r.ok()) Fail(r.error().kind(), r.error().sys_errno(), "%s", r.error().message().c_str());
+  }
+  // Namespaces joined by path (before /sys is mounted: sysfs shows the mounter's network).
+  for (const auto& [fd, type] : plan.join) {
+    if (::setns(fd, type) < 0) FAIL_ERRNO("setns into linux.namespaces[].path (type %#x)", type);
+    ::close(fd);
   }
 
   // 1. In a user namespace nothing privileged works before the parent wrote the id maps: wait

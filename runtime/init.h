@@ -9,6 +9,8 @@
 #include <sys/types.h>
 
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "common/result.h"
 #include "runtime/cgroup.h"
@@ -36,6 +38,8 @@ struct Plan {
   int cap_last_cap = 40;
   const SeccompProgram* seccomp = nullptr;  // installed right before the credentials change
   int console_fd = -1;  // process.terminal: the connected --console-socket (console.h)
+  // linux.namespaces[].path: (fd, CLONE_NEW*) joined with setns first thing.
+  std::vector<std::pair<int, int>> join;
 };
 
 // Never returns: execs the container process or _exit()s.

@@ -262,8 +262,20 @@ Result<Container> Create(const CreateOptions& opts) {
   if (spec.ns.user) flags |= CLONE_NEWUSER;
   // CLONE_NEWCGROUP is left to the child: it unshares after joining its cgroups.
 
+  // Namespaces joined by path: opened here (a bad path fails the create, naming it), joined by
+  // the init first thing.
+  std::vector<UniqueFd> join_fds;
+  std::vector<std::pair<int, int>> join;
+  for (const auto& [type, path] : spec.ns.paths) {
+    int nstype = type == "network" ? CLONE_NEWNET : type == "ipc" ? CLONE_NEWIPC : CLONE_NEWUTS;
+    ASSIGN_OR_RETURN(UniqueFd fd, fs::Open(path, O_RDONLY | O_CLOEXEC));
+    join.emplace_back(fd.get(), nstype);
+    join_fds.push_back(std::move(fd));
+  }
+
   init::Plan plan;
   plan.spec = &spec;
+  plan.join = join;
   plan.storage_dir = c.storage_dir;
   plan.sync_fd = child_sock.get();
   plan.fifo_fd = fifo.get();

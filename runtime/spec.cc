@@ -445,9 +445,19 @@ Result<void> ParseLinux(const json& root, Spec& spec) {
     for (const auto& n : l["namespaces"]) {
       TRY(OnlyKeys(n, "linux.namespaces[]", {"type", "path"}));
       ASSIGN_OR_RETURN(std::string type, GetString(n, "type", "linux.namespaces[]", true));
-      if (n.contains("path"))
-        return Bad("linux.namespaces[%s].path: joining an existing namespace is not supported",
-                   type.c_str());
+      if (n.contains("path")) {
+        ASSIGN_OR_RETURN(std::string path, GetString(n, "path", "linux.namespaces[]", true));
+        if (type != "network" && type != "ipc" && type != "uts")
+          return Bad("linux.namespaces[%s].path: joining an existing %s namespace is not "
+                     "supported (network, ipc and uts are)",
+                     type.c_str(), type.c_str());
+        if (path.empty() || path[0] != '/')
+          return Bad("linux.namespaces[%s].path: %s is not an absolute path", type.c_str(),
+                     path.c_str());
+        if (!spec.ns.paths.emplace(type, path).second)
+          return Bad("linux.namespaces: type %s listed twice", type.c_str());
+        continue;
+      }
       bool* flag = type == "pid"       ? &spec.ns.pid
                    : type == "mount"   ? &spec.ns.mount
                    : type == "uts"     ? &spec.ns.uts
@@ -457,7 +467,8 @@ Result<void> ParseLinux(const json& root, Spec& spec) {
                    : type == "user"    ? &spec.ns.user
                                        : nullptr;
       if (!flag) return Bad("linux.namespaces: type %s not supported", type.c_str());
-      if (*flag) return Bad("linux.namespaces: type %s listed twice", type.c_str());
+      if (*flag || spec.ns.paths.count(type))
+        return Bad("linux.namespaces: type %s listed twice", type.c_str());
       *flag = true;
     }
   }
@@ -483,7 +494,9 @@ Result<void> ParseLinux(const json& root, Spec& spec) {
       bool net = k.rfind("net.", 0) == 0;
       bool ipc = k.rfind("kernel.msg", 0) == 0 || k.rfind("kernel.shm", 0) == 0 ||
                  k == "kernel.sem" || k.rfind("fs.mqueue.", 0) == 0;
-      if (!(net && spec.ns.network) && !(ipc && spec.ns.ipc))
+      bool own_net = spec.ns.network || spec.ns.paths.count("network");
+      bool own_ipc = spec.ns.ipc || spec.ns.paths.count("ipc");
+      if (!(net && own_net) && !(ipc && own_ipc))
         return Bad("linux.sysctl.%s: not a sysctl of the container's namespaces", k.c_str());
       spec.sysctl[k] = it.value().get<std::string>();
     }
@@ -719,6 +732,9 @@ Result<Spec> ParseSpec(const std::string& json_text, const std::string& bundle) 
   if (!spec.ns.mount) return Bad("linux.namespaces: a mount namespace is required (pivot_root)");
   if ((!spec.hostname.empty() || !spec.domainname.empty()) && !spec.ns.uts)
     return Bad("hostname/domainname: needs a uts namespace");
+  if (spec.ns.user && !spec.ns.paths.empty())
+    return Bad("linux.namespaces[].path: joining a namespace from a new user namespace is not "
+               "supported");
   if (spec.ns.user && (spec.uid_mappings.empty() || spec.gid_mappings.empty()))
     return Bad("linux.uidMappings/gidMappings: required with a user namespace");
   if (!spec.ns.user && (!spec.uid_mappings.empty() || !spec.gid_mappings.empty()))

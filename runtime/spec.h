@@ -150,6 +150,10 @@ struct NetworkSpec {
 struct Namespaces {
   bool pid = false, mount = false, uts = false, ipc = false, network = false, cgroup = false,
        user = false;
+  // linux.namespaces[].path: joined (setns) instead of created, e.g. the network namespace
+  // Podman's netavark made for a container or a pod. network, ipc and uts only; the flag of a
+  // joined type stays false (no new namespace is made). type -> path.
+  std::map<std::string, std::string> paths;
 };
 
 struct Spec {

@@ -614,6 +614,73 @@ TEST_F(RuntimeTest, CreateStartStateFromBundle) {
   EXPECT_EQ(Run({"delete", id}).code, 0);
 }
 
+// linux.namespaces[].path (Podman's netavark hands the network namespace it made this way): the
+// container joins that namespace instead of making one; a path for a kind godwit cannot join is
+// refused naming it; a checkpoint of such a container is refused (exit 6), it runs on.
+TEST_F(RuntimeTest, JoinsANetworkNamespaceByPath) {
+  // A network namespace kept alive by an fd of ours, reachable as /proc/OURPID/fd/N.
+  int ready[2];
+  ASSERT_EQ(pipe2(ready, O_CLOEXEC), 0);
+  pid_t holder = fork();
+  ASSERT_GE(holder, 0);
+  if (holder == 0) {
+    if (unshare(CLONE_NEWNET) < 0) _exit(1);
+    char c = 'r';
+    if (write(ready[1], &c, 1) != 1) _exit(1);
+    pause();
+    _exit(0);
+  }
+  close(ready[1]);
+  char c;
+  ASSERT_EQ(read(ready[0], &c, 1), 1);
+  close(ready[0]);
+  int nsfd = open(StrFormat("/proc/%d/ns/net", holder).c_str(), O_RDONLY | O_CLOEXEC);
+  kill(holder, SIGKILL);
+  Reap(holder);
+  ASSERT_GE(nsfd, 0);
+  struct stat want;
+  ASSERT_EQ(fstat(nsfd, &want), 0);
+  std::string path = StrFormat("/proc/%d/fd/%d", getpid(), nsfd);
+
+  std::string id = Id("netpath");
+  std::string bundle = dir_ + "/bundle-" + id;
+  ASSERT_TRUE(fs::MkdirAll(bundle).ok());
+  RunOptions o;
+  o.rootfs = dir_ + "/rootfs";
+  o.args = {"sleep", "1000"};
+  json cfg = MakeConfig(o);
+  for (auto& n : cfg["linux"]["namespaces"])
+    if (n["type"] == "network") n["path"] = path;
+  ASSERT_TRUE(fs::WriteFile(bundle + "/config.json", cfg.dump()).ok());
+  CmdResult r = Run({"create", id, "--bundle", bundle});
+  ASSERT_EQ(r.code, 0) << r.err;
+  ASSERT_EQ(Run({"start", id}).code, 0);
+  pid_t pid = json::parse(Run({"state", id}).out)["pid"].get<int>();
+  struct stat got;
+  ASSERT_EQ(stat(StrFormat("/proc/%d/ns/net", pid).c_str(), &got), 0);
+  EXPECT_EQ(got.st_ino, want.st_ino);
+  EXPECT_EQ(got.st_dev, want.st_dev);
+  CmdResult ck = Run({"checkpoint", id, "--image-path", dir_ + "/img-" + id});
+  EXPECT_EQ(ck.code, 6) << ck.err;
+  EXPECT_NE(ck.err.find("linux.namespaces"), std::string::npos) << ck.err;
+  EXPECT_EQ(json::parse(Run({"state", id}).out)["status"], "running");
+  EXPECT_EQ(Run({"delete", "--force", id}).code, 0);
+  Reap(pid);
+  close(nsfd);
+
+  // pid namespaces are not joined by path: refused, naming the field.
+  std::string id2 = Id("pidpath");
+  std::string bundle2 = dir_ + "/bundle-" + id2;
+  ASSERT_TRUE(fs::MkdirAll(bundle2).ok());
+  json cfg2 = MakeConfig(o);
+  for (auto& n : cfg2["linux"]["namespaces"])
+    if (n["type"] == "pid") n["path"] = "/proc/1/ns/pid";
+  ASSERT_TRUE(fs::WriteFile(bundle2 + "/config.json", cfg2.dump()).ok());
+  CmdResult r2 = Run({"create", id2, "--bundle", bundle2});
+  EXPECT_EQ(r2.code, 7) << r2.err;
+  EXPECT_NE(r2.err.find("linux.namespaces[pid].path"), std::string::npos) << r2.err;
+}
+
 TEST_F(RuntimeTest, FreezeAndThawThroughTheCgroup) {
   std::string id = Id("freeze");
   Container c = RunDetached(id, {}, {"sleep", "1000"});
