@@ -92,6 +92,11 @@ class PodmanTest : public ::testing::Test {
     if (!HavePodman()) return;
     dir_ = StrFormat("/tmp/godwit-podman-%d", getpid());
     cgroup_parent_ = StrFormat("gwpodman-%d", getpid());
+    // Podman's default network (netavark) adds iptables chains and turns on forwarding the
+    // first time: whatever was not there before is removed again at the end.
+    netavark_before_ = RunCmd({"iptables", "-t", "nat", "-S", "NETAVARK-HOSTPORT-DNAT"}).code == 0;
+    auto fwd = fs::ReadFile("/proc/sys/net/ipv4/ip_forward");
+    ip_forward_before_ = fwd.ok() ? fs::Trim(*fwd) : "";
     ASSERT_TRUE(fs::MkdirAll(dir_ + "/tmp").ok());
     ASSERT_TRUE(fs::MkdirAll(dir_ + "/bin").ok());
     // godwit's state root is ours through a wrapper named godwit: Podman 4.3.1 drops
@@ -126,6 +131,27 @@ class PodmanTest : public ::testing::Test {
     }
     (void)fs::RemoveAll(dir_);
     RemoveCgroupParent();
+    if (!netavark_before_) {
+      const std::vector<std::vector<std::string>> undo = {
+          {"-t", "nat", "-D", "PREROUTING", "-m", "addrtype", "--dst-type", "LOCAL", "-j",
+           "NETAVARK-HOSTPORT-DNAT"},
+          {"-t", "nat", "-D", "OUTPUT", "-m", "addrtype", "--dst-type", "LOCAL", "-j",
+           "NETAVARK-HOSTPORT-DNAT"},
+          {"-t", "nat", "-D", "POSTROUTING", "-j", "NETAVARK-HOSTPORT-MASQ"},
+          {"-t", "nat", "-F", "NETAVARK-HOSTPORT-DNAT"}, {"-t", "nat", "-X", "NETAVARK-HOSTPORT-DNAT"},
+          {"-t", "nat", "-F", "NETAVARK-HOSTPORT-MASQ"}, {"-t", "nat", "-X", "NETAVARK-HOSTPORT-MASQ"},
+          {"-t", "nat", "-F", "NETAVARK-HOSTPORT-SETMARK"},
+          {"-t", "nat", "-X", "NETAVARK-HOSTPORT-SETMARK"},
+          {"-D", "FORWARD", "-m", "comment", "--comment", "netavark firewall plugin rules", "-j",
+           "NETAVARK_FORWARD"},
+          {"-F", "NETAVARK_FORWARD"}, {"-X", "NETAVARK_FORWARD"}};
+      for (auto a : undo) {
+        a.insert(a.begin(), "iptables");
+        RunCmd(a);
+      }
+    }
+    if (!ip_forward_before_.empty())
+      (void)fs::WriteFile("/proc/sys/net/ipv4/ip_forward", ip_forward_before_ + "\n");
     while (waitpid(-1, nullptr, WNOHANG) > 0) {
     }
   }
@@ -211,11 +237,14 @@ class PodmanTest : public ::testing::Test {
     return j.is_object() ? j.value("status", "") : "";
   }
 
-  static std::string dir_, cgroup_parent_;
+  static std::string dir_, cgroup_parent_, ip_forward_before_;
+  static bool netavark_before_;
 };
 
 std::string PodmanTest::dir_;
 std::string PodmanTest::cgroup_parent_;
+std::string PodmanTest::ip_forward_before_;
+bool PodmanTest::netavark_before_ = false;
 
 TEST_F(PodmanTest, RunExecLogsTopPauseUpdateStopRm) {
   std::string id = RunCounter("life");
@@ -270,6 +299,24 @@ TEST_F(PodmanTest, RunExecLogsTopPauseUpdateStopRm) {
   CmdResult rm = Podman({"rm", "life"});
   EXPECT_EQ(rm.code, 0) << rm.err;
   EXPECT_FALSE(fs::Exists(dir_ + "/godwit/" + id));
+}
+
+// Podman's default network: it makes the container's network namespace itself (netavark or
+// CNI) and hands it to the runtime as linux.namespaces[network].path; the container joins it and
+// finds Podman's interface and address there.
+TEST_F(PodmanTest, DefaultNetworkNamespaceIsJoined) {
+  CmdResult r = Podman({"run", "--rm", "--cgroup-parent", "/" + cgroup_parent_,
+                        "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024",
+                        "localhost/godwit-bb", "sh", "-c", "ip -4 addr show; cat /proc/net/route"});
+  ASSERT_EQ(r.code, 0) << r.out << r.err;
+  // An address other than loopback's, and a default route: Podman's network, not an empty one.
+  EXPECT_NE(r.out.find("inet "), std::string::npos) << r.out;
+  bool other = false;
+  for (const auto& line : fs::Split(r.out, '\n'))
+    if (line.find("inet ") != std::string::npos && line.find("127.0.0.1") == std::string::npos)
+      other = true;
+  EXPECT_TRUE(other) << r.out;
+  EXPECT_NE(r.out.find("00000000"), std::string::npos) << r.out;  // the default route
 }
 
 TEST_F(PodmanTest, CheckpointExportRestoreImportCarriesOn) {
