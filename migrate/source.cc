@@ -30,15 +30,16 @@ namespace {
 using timing::Clock;
 constexpr auto Ms = timing::MsBetween;  // Ms(a, b): from a to b
 
-// Restoring a page on the destination creates it: this VM does that at 0.4-3.3 GB/s (free page
-// reporting). The prediction takes the slow end.
+// The final delta's pages are created twice inside the blackout (the source's staging file, the
+// destination's received file; the lazy restore fills the process after it runs): this VM does
+// that at 0.4-3.3 GB/s (free page reporting). The prediction takes the slow end.
 constexpr double kFillBytesPerS = 0.8e9;
 // Freeze, non-memory state on both ends, restore of the tree without its memory, release and
 // announce: the part of the blackout that does not grow with the dirty set. Measured on this
-// machine kind (scripts/bench 60-migrate, tests/migrate_test): a busybox container of 3-4
-// processes blacks out 130-200 ms with a dirty set of a few pages (final dump 40-80 ms, restore
-// 50-100 ms, release and announce 25-50 ms).
-constexpr double kFixedMs = 110;
+// machine kind (scripts/bench 60-migrate, session 5): a busybox container of 3 processes blacks
+// out 85-113 ms with a dirty set of a few pages (final dump 40-54 ms, restore 37-53 ms, release
+// and announce 6-19 ms).
+constexpr double kFixedMs = 80;
 constexpr double kPerProcessMs = 8;
 // A round this small cannot shrink further in a way that matters: the fixed part decides.
 constexpr uint64_t kMinimalRound = 256 << 10;
