@@ -339,16 +339,18 @@ int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
   // Driven by godwitd (--wait-fd, --json): the daemon needs only the running container, and
   // forking the pager (a copy of this process, 5-13 ms) would sit inside a migration's blackout:
   // the JSON line goes out first, without the pager's pid (its threads serve faults meanwhile).
+  auto result_json = [&](const nlohmann::json& pager) {
+    return nlohmann::json{{"id", c.id},
+                          {"pid", c.pid},
+                          {"processes", r->processes},
+                          {"lazy_bytes", r->lazy_bytes},
+                          {"lazy_pager_pid", pager},
+                          {"environment_ms", r->environment_ms},
+                          {"total_ms", r->total_ms},
+                          {"phases", PhasesJson(r->phases)}};
+  };
   if (pa->has("wait-fd") && g.json && r->pager && pa->has("detach")) {
-    nlohmann::json j = {{"id", c.id},
-                        {"pid", c.pid},
-                        {"processes", r->processes},
-                        {"lazy_bytes", r->lazy_bytes},
-                        {"lazy_pager_pid", nullptr},
-                        {"environment_ms", r->environment_ms},
-                        {"total_ms", r->total_ms},
-                        {"phases", PhasesJson(r->phases)}};
-    printf("%s\n", j.dump().c_str());
+    printf("%s\n", result_json(nullptr).dump().c_str());
     fflush(stdout);
     auto d = r->pager->Detach();
     if (!d.ok()) return fail(d.error());
@@ -367,15 +369,7 @@ int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
   if (!work.empty() && !g.json) {
     // Driven by an engine: the report goes to restore.log, stdout stays quiet.
   } else if (g.json) {
-    nlohmann::json j = {{"id", c.id},
-                        {"pid", c.pid},
-                        {"processes", r->processes},
-                        {"lazy_bytes", r->lazy_bytes},
-                        {"lazy_pager_pid", pager_pid},
-                        {"environment_ms", r->environment_ms},
-                        {"total_ms", r->total_ms},
-                        {"phases", PhasesJson(r->phases)}};
-    printf("%s\n", j.dump().c_str());
+    printf("%s\n", result_json(pager_pid).dump().c_str());
   } else {
     const auto& p = r->phases;
     printf("restored %s: init pid %d, %d process(es)\n", c.id.c_str(), c.pid, r->processes);

@@ -186,15 +186,17 @@ Result<void> LazyPager::AddPages(pid_t pid, const std::string& path, const std::
                                  bool verified, const std::vector<Run>& runs) {
   if (runs.empty()) return Ok();
   std::lock_guard<std::mutex> l(mu_);
-  Proc* p = nullptr;
-  for (auto& q : procs_)
-    if (q->pid == pid && !q->dead) p = q.get();
-  if (p == nullptr)
-    return MakeError(ErrorKind::kGeneric, 0, "lazy pages: pid %d is not registered", pid);
+  ASSIGN_OR_RETURN(Proc * p, LiveProc(pid));
   ASSIGN_OR_RETURN(uint32_t b, BlobIndex(path, name, verified));
   for (const auto& r : runs) Insert(p->pending, r.va, r.va + r.len, b, r.off);
   cv_.notify_all();
   return Ok();
+}
+
+Result<LazyPager::Proc*> LazyPager::LiveProc(pid_t pid) {
+  for (auto& q : procs_)
+    if (q->pid == pid && !q->dead) return q.get();
+  return MakeError(ErrorKind::kGeneric, 0, "lazy pages: pid %d is not registered", pid);
 }
 
 Result<uint32_t> LazyPager::BlobIndex(const std::string& path, const std::string& name,
@@ -262,13 +264,10 @@ Result<void> LazyPager::AddPagesBatch(pid_t pid, const std::vector<Source>& sour
   }
   std::sort(out.begin(), out.end(), [](const Out& x, const Out& y) { return x.va < y.va; });
   std::lock_guard<std::mutex> l(mu_);
-  Proc* p = nullptr;
-  for (auto& q : procs_)
-    if (q->pid == pid && !q->dead) p = q.get();
-  if (p == nullptr)
-    return MakeError(ErrorKind::kGeneric, 0, "lazy pages: pid %d is not registered", pid);
+  ASSIGN_OR_RETURN(Proc * p, LiveProc(pid));
   if (p->pending.empty()) {
-    for (const Out& o : out) p->pending.emplace_hint(p->pending.end(), o.va, Seg{o.end, o.blob, o.off});
+    for (const Out& o : out)
+      p->pending.emplace_hint(p->pending.end(), o.va, Seg{o.end, o.blob, o.off});
   } else {
     for (const Out& o : out) Insert(p->pending, o.va, o.end, o.blob, o.off);
   }

@@ -141,7 +141,9 @@ class LazyPager {
 
   static void Carve(Map& m, uint64_t s, uint64_t e, std::vector<Piece>* out, Proc* p);
   static void Insert(Map& m, uint64_t s, uint64_t e, uint32_t blob, uint64_t off);
+  // Under mu_: the blob's index (opened on first use); the live registered process of pid.
   Result<uint32_t> BlobIndex(const std::string& path, const std::string& name, bool verified);
+  Result<Proc*> LiveProc(pid_t pid);
   void Start();
   void Stop();
   void EventLoop();
