@@ -158,11 +158,11 @@ void ZdtmContainer::CheckpointRestoreCycles(int cycles, bool check_order) {
     }
   std::string cuts;
   for (long a : ats) cuts += StrFormat(" %ld", a);
-  if (check_order)
+  if (check_order) {
     EXPECT_TRUE(ordered) << "each number once, in order: nothing was written twice or lost: "
-                       << where << "; last numbers at the checkpoints:" << cuts;
+                         << where << "; last numbers at the checkpoints:" << cuts;
+  }
 }
-
 
 // Nothing in the container runs after a kill-mode checkpoint, 20 times (issue 11: the rootfs
 // identity was taken before the engine thawed the cgroup around its seize, and 2 of 3 restores
