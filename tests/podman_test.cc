@@ -95,6 +95,7 @@ class PodmanTest : public ::testing::Test {
     // Podman's default network (netavark) adds iptables chains and turns on forwarding the
     // first time: whatever was not there before is removed again at the end.
     netavark_before_ = RunCmd({"iptables", "-t", "nat", "-S", "NETAVARK-HOSTPORT-DNAT"}).code == 0;
+    tables_before_ = RunCmd({"nft", "list", "tables"}).out;  // iptables-nft makes ip nat/filter
     auto fwd = fs::ReadFile("/proc/sys/net/ipv4/ip_forward");
     ip_forward_before_ = fwd.ok() ? fs::Trim(*fwd) : "";
     ASSERT_TRUE(fs::MkdirAll(dir_ + "/tmp").ok());
@@ -150,6 +151,11 @@ class PodmanTest : public ::testing::Test {
         RunCmd(a);
       }
     }
+    // The tables iptables-nft made for those chains, now empty, when they were not there before.
+    for (const char* t : {"nat", "filter"})
+      if (tables_before_.find(StrFormat("table ip %s\n", t)) == std::string::npos &&
+          RunCmd({"iptables", "-t", t, "-S"}).out.find("-A ") == std::string::npos)
+        RunCmd({"nft", "delete", "table", "ip", t});
     if (!ip_forward_before_.empty())
       (void)fs::WriteFile("/proc/sys/net/ipv4/ip_forward", ip_forward_before_ + "\n");
     while (waitpid(-1, nullptr, WNOHANG) > 0) {
@@ -237,13 +243,14 @@ class PodmanTest : public ::testing::Test {
     return j.is_object() ? j.value("status", "") : "";
   }
 
-  static std::string dir_, cgroup_parent_, ip_forward_before_;
+  static std::string dir_, cgroup_parent_, ip_forward_before_, tables_before_;
   static bool netavark_before_;
 };
 
 std::string PodmanTest::dir_;
 std::string PodmanTest::cgroup_parent_;
 std::string PodmanTest::ip_forward_before_;
+std::string PodmanTest::tables_before_;
 bool PodmanTest::netavark_before_ = false;
 
 TEST_F(PodmanTest, RunExecLogsTopPauseUpdateStopRm) {
