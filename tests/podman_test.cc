@@ -21,47 +21,14 @@
 #include <vector>
 
 #include "common/fs.h"
+#include "run_cmd.h"
 #include "runtime/runtime.h"
 
 namespace godwit {
 namespace {
 
-struct CmdResult {
-  int code = -1;
-  std::string out, err;
-};
-
-// Runs argv with stdout/stderr in files (conmon and the containers outlive the command and keep
-// inherited pipes open) and stdin from /dev/null.
-CmdResult RunCmd(const std::vector<std::string>& args) {
-  static int seq = 0;
-  std::string base = StrFormat("/tmp/godwit-podman-out-%d-%d", getpid(), seq++);
-  std::string out = base + ".out", err = base + ".err";
-  pid_t pid = fork();
-  if (pid == 0) {
-    int o = open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    int e = open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    int n = open("/dev/null", O_RDONLY);
-    dup2(n, 0);
-    dup2(o, 1);
-    dup2(e, 2);
-    std::vector<char*> argv;
-    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    execvp(argv[0], argv.data());
-    _exit(127);
-  }
-  int status = 0;
-  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
-  CmdResult r;
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  r.out = fs::ReadFile(out).ok() ? *fs::ReadFile(out) : "";
-  r.err = fs::ReadFile(err).ok() ? *fs::ReadFile(err) : "";
-  unlink(out.c_str());
-  unlink(err.c_str());
-  return r;
-}
+using cmdtest::CmdResult;
+using cmdtest::RunCmd;
 
 double Now() {
   timespec t;
