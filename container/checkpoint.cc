@@ -4,10 +4,8 @@
 #include <sys/stat.h>
 
 #include <chrono>
-#include <functional>
 #include <nlohmann/json.hpp>
 #include <optional>
-#include <thread>
 
 #include "common/fs.h"
 #include "common/idmap.h"
@@ -286,74 +284,39 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
     TRY_CTX(DumpUserNamespace(pid, pids, rec.mutable_userns()), "container %s", opts.id.c_str());
     laps.LapInto(&ph.userns_ms);
   }
-  // The namespaces' readers are independent (each enters its own namespace in its own thread,
-  // each writes its own images; the sinks are safe for that): run at once on both cores instead
-  // of one after the other (frozen time). Each one's time is its own.
-  struct Collector {
-    double* ms;
-    std::function<Result<void>()> fn;
-  };
-  std::vector<Collector> collectors;
   if (Has(own, "uts")) {
-    collectors.push_back({&ph.uts_ms, [&]() -> Result<void> {
-      ASSIGN_OR_RETURN(UniqueFd fd, OpenNamespace(pid, "uts"));
-      TRY_CTX(uts::Dump(fd.get(), *sink), "container %s", opts.id.c_str());
-      return Ok();
-    }});
+    ASSIGN_OR_RETURN(UniqueFd fd, OpenNamespace(pid, "uts"));
+    TRY_CTX(uts::Dump(fd.get(), *sink), "container %s", opts.id.c_str());
+    laps.LapInto(&ph.uts_ms);
   }
   if (Has(own, "ipc")) {
-    collectors.push_back({&ph.ipc_ms, [&]() -> Result<void> {
-      ASSIGN_OR_RETURN(UniqueFd fd, OpenNamespace(pid, "ipc"));
-      // The container's own mqueue mount lists its queues without mounting one.
-      std::string mq;
-      if (Has(own, "mnt") && fs::Exists(StrFormat("/proc/%d/root/dev/mqueue", pid))) {
-        auto mi = fs::ReadFile(StrFormat("/proc/%d/mountinfo", pid));
-        auto table = mi.ok() ? mnt::ParseMountInfo(*mi) : Result<img::MountTable>(mi.error());
-        if (table.ok()) {
-          for (const auto& m : table->mounts())
-            if (m.mountpoint() == "/dev/mqueue" && m.fstype() == "mqueue")
-              mq = StrFormat("/proc/%d/root/dev/mqueue", pid);
-        }
+    ASSIGN_OR_RETURN(UniqueFd fd, OpenNamespace(pid, "ipc"));
+    // The container's own mqueue mount lists its queues without mounting one.
+    std::string mq;
+    if (Has(own, "mnt") && fs::Exists(StrFormat("/proc/%d/root/dev/mqueue", pid))) {
+      auto mi = fs::ReadFile(StrFormat("/proc/%d/mountinfo", pid));
+      auto table = mi.ok() ? mnt::ParseMountInfo(*mi) : Result<img::MountTable>(mi.error());
+      if (table.ok()) {
+        for (const auto& m : table->mounts())
+          if (m.mountpoint() == "/dev/mqueue" && m.fstype() == "mqueue")
+            mq = StrFormat("/proc/%d/root/dev/mqueue", pid);
       }
-      TRY_CTX(ipc::Dump(fd.get(), *sink, opts.compression, mq), "container %s", opts.id.c_str());
-      return Ok();
-    }});
+    }
+    TRY_CTX(ipc::Dump(fd.get(), *sink, opts.compression, mq), "container %s", opts.id.c_str());
+    laps.LapInto(&ph.ipc_ms);
   }
   if (Has(own, "net")) {
-    collectors.push_back({&ph.net_ms, [&]() -> Result<void> {
-      ASSIGN_OR_RETURN(UniqueFd fd, OpenNamespace(pid, "net"));
-      TRY_CTX(net::Dump(fd.get(), *sink), "container %s", opts.id.c_str());
-      return Ok();
-    }});
-  }
-  bool layer = false;
-  if (Has(own, "mnt")) {
-    collectors.push_back({&ph.mnt_ms, [&]() -> Result<void> {
-      TRY_CTX(mnt::Dump(pid, *sink, opts.compression), "container %s", opts.id.c_str());
-      auto t_layer = Clock::now();
-      std::string upper = overlay ? runtime::StorageUpper(c.storage_dir) : "";
-      ASSIGN_OR_RETURN(layer, mnt::DumpLayer(pid, c.rootfs, *sink, opts.compression, upper));
-      ph.layer_ms = timing::MsSince(t_layer);
-      return Ok();
-    }});
-  }
-  {
-    std::vector<Result<void>> results(collectors.size(), Ok());
-    auto run = [&](size_t i) {
-      auto t0 = Clock::now();
-      results[i] = collectors[i].fn();
-      *collectors[i].ms = timing::MsSince(t0);
-    };
-    std::vector<std::thread> threads;
-    for (size_t i = 1; i < collectors.size(); ++i) threads.emplace_back(run, i);
-    if (!collectors.empty()) run(0);
-    for (auto& t : threads) t.join();
-    for (auto& r : results) TRY(std::move(r));
-    laps.Skip();
+    ASSIGN_OR_RETURN(UniqueFd fd, OpenNamespace(pid, "net"));
+    TRY_CTX(net::Dump(fd.get(), *sink), "container %s", opts.id.c_str());
+    laps.LapInto(&ph.net_ms);
   }
   if (Has(own, "mnt")) {
+    TRY_CTX(mnt::Dump(pid, *sink, opts.compression), "container %s", opts.id.c_str());
+    laps.LapInto(&ph.mnt_ms);
+    std::string upper = overlay ? runtime::StorageUpper(c.storage_dir) : "";
+    ASSIGN_OR_RETURN(bool layer, mnt::DumpLayer(pid, c.rootfs, *sink, opts.compression, upper));
     rec.set_has_layer(layer);
-    ph.mnt_ms = std::max(0.0, ph.mnt_ms - ph.layer_ms);  // its job timed both
+    laps.LapInto(&ph.layer_ms);
   }
   // A rootfs the container writes into: besides the digest, the files the tree holds open or
   // maps, which the restore checks one by one (other changes of the rootfs break nothing).

@@ -88,7 +88,7 @@ struct CheckpointPhases {
   double mnt_ms = 0;     // mount table and tmpfs contents
   double layer_ms = 0;   // writable-layer changes
   double rootfs_ms = 0;  // rootfs identity when taken while frozen (no overlay)
-  double collect_ms = 0;  // the seven above, read at once (their times overlap), wall time
+  double collect_ms = 0;  // the seven above
   // The process tree (engine), call to return.
   double tree_ms = 0;
   double tree_setup_ms = 0;  // before the seize (page blob reservation, images)

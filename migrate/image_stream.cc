@@ -59,14 +59,8 @@ class ForwardingOutput : public images::Output {
 
 class Forwarding : public images::Sink {
  public:
-  // Outputs may be closed from several threads (a checkpoint reads its namespaces at once): the
-  // listener (a FileSender on one channel) is called one at a time.
   Forwarding(std::unique_ptr<images::Sink> in, std::function<Result<void>(const std::string&)> cb)
-      : in_(std::move(in)),
-        cb_([mu = std::make_shared<std::mutex>(), f = std::move(cb)](const std::string& n) {
-          std::lock_guard<std::mutex> l(*mu);
-          return f(n);
-        }) {}
+      : in_(std::move(in)), cb_(std::move(cb)) {}
   Result<std::unique_ptr<images::Output>> Create(const std::string& name) override {
     ASSIGN_OR_RETURN(auto out, in_->Create(name));
     return std::unique_ptr<images::Output>(new ForwardingOutput(std::move(out), name, &cb_));
