@@ -265,10 +265,10 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
   auto t_freeze = t_ckpt + std::chrono::duration_cast<Clock::duration>(
                                std::chrono::duration<double, std::milli>(ph.prepare_ms));
   rep->blackout.freeze_ms = ph.freeze_ms;
+  // The wall clock now, less the time since the freeze on the steady clock.
   rep->blackout.start_unix_ms =
       std::chrono::duration<double, std::milli>(
-          (std::chrono::system_clock::now() - std::chrono::duration_cast<std::chrono::system_clock::duration>(Clock::now() - t_freeze)).time_since_epoch())
-          .count();
+          std::chrono::system_clock::now().time_since_epoch()).count() - Ms(t_freeze, Clock::now());
   rep->blackout.final_dump_ms = std::max(0.0, Ms(t_freeze, t_final) - ph.freeze_ms);
   rep->final_dump_phases = {{"collect_ms", ph.collect_ms}, {"net_ms", ph.net_ms},
                             {"mnt_ms", ph.mnt_ms},         {"tree_ms", ph.tree_ms},

@@ -36,21 +36,7 @@ namespace {
 using cmdtest::CmdResult;
 using cmdtest::RunCmd;
 
-double Now() {
-  timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return t.tv_sec + t.tv_nsec / 1e9;
-}
-
-// Polls pred until it holds or the deadline passes: each probe is a real query of the state.
-bool Eventually(const std::function<bool()>& pred, double seconds = 20) {
-  double end = Now() + seconds;
-  while (Now() < end) {
-    if (pred()) return true;
-    usleep(20 * 1000);
-  }
-  return pred();
-}
+using cmdtest::Eventually;
 
 std::string ReadOr(const std::string& path) {
   auto r = fs::ReadFile(path);

@@ -30,22 +30,7 @@ namespace {
 using cmdtest::CmdResult;
 using cmdtest::RunCmd;
 
-double Now() {
-  timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return t.tv_sec + t.tv_nsec / 1e9;
-}
-
-// Polls pred until it holds or the deadline passes (no sleep stands in for synchronization:
-// each probe is a real query of the state).
-bool Eventually(const std::function<bool()>& pred, double seconds = 20) {
-  double end = Now() + seconds;
-  while (Now() < end) {
-    if (pred()) return true;
-    usleep(50 * 1000);
-  }
-  return pred();
-}
+using cmdtest::Eventually;
 
 bool HavePodman() {
   for (const char* d : {"/usr/bin/podman", "/usr/local/bin/podman", "/bin/podman"})

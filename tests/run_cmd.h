@@ -7,7 +7,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <time.h>
+
 #include <cerrno>
+#include <functional>
 #include <ostream>
 #include <string>
 #include <vector>
@@ -51,6 +54,23 @@ inline CmdResult RunCmd(const std::vector<std::string>& args) {
   unlink(out.c_str());
   unlink(err.c_str());
   return r;
+}
+
+inline double NowSeconds() {
+  timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return t.tv_sec + t.tv_nsec / 1e9;
+}
+
+// Polls pred until it holds or the deadline passes (no sleep stands in for synchronization:
+// each probe is a real query of the state).
+inline bool Eventually(const std::function<bool()>& pred, double seconds = 20) {
+  double end = NowSeconds() + seconds;
+  while (NowSeconds() < end) {
+    if (pred()) return true;
+    usleep(20 * 1000);
+  }
+  return pred();
 }
 
 // For test messages: `EXPECT_EQ(r.code, 0) << r;`

@@ -28,47 +28,20 @@
 #include "common/scope_exit.h"
 #include "runtime/cgroup.h"
 #include "runtime/network.h"
+#include "run_cmd.h"
 
 namespace godwit::runtime {
 namespace {
 
 using nlohmann::json;
 
-struct CmdResult {
-  int code = -1;
-  std::string out, err;
-};
+using cmdtest::CmdResult;
 
 // Runs godwit with args; stdout/stderr go to files (a detached container inherits them, so a
 // pipe would never reach EOF).
 CmdResult Godwit(const std::string& root, std::vector<std::string> args) {
-  static int seq = 0;
-  std::string base = StrFormat("/tmp/godwit-rt-out-%d-%d", getpid(), seq++);
-  std::string out = base + ".out", err = base + ".err";
   args.insert(args.begin(), {GODWIT_BIN, "--root", root});
-  pid_t pid = fork();
-  if (pid == 0) {
-    int o = open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    int e = open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    int n = open("/dev/null", O_RDONLY);
-    dup2(n, 0);
-    dup2(o, 1);
-    dup2(e, 2);
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    execv(argv[0], argv.data());
-    _exit(127);
-  }
-  int status = 0;
-  waitpid(pid, &status, 0);
-  CmdResult r;
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  r.out = fs::ReadFile(out).ok() ? *fs::ReadFile(out) : "";
-  r.err = fs::ReadFile(err).ok() ? *fs::ReadFile(err) : "";
-  unlink(out.c_str());
-  unlink(err.c_str());
-  return r;
+  return cmdtest::RunCmd(args);
 }
 
 std::string Trim(const std::string& s) { return fs::Trim(s); }
