@@ -22,6 +22,8 @@
 #include "common/result.h"
 #include "common/unique_fd.h"
 
+struct nft_ctx;  // libnftables
+
 namespace godwit::netns {
 
 // /proc/PID/ns/NAME (NAME: "net", "ipc", "uts", "mnt", ...), or with pid 0 the calling thread's
@@ -36,6 +38,29 @@ Result<UniqueFd> Open(pid_t pid);
 Result<std::string> NftRunIn(int netns_fd, const std::string& script);
 // The same in the net namespace of netns_pid (0: the caller's).
 Result<std::string> NftRun(pid_t netns_pid, const std::string& script);
+
+// A libnftables context kept for several runs in one net namespace. Closing nftables' netlink
+// socket waits for nf_tables' pending object destruction (an RCU grace period, 5-20 ms here)
+// whenever a deletion anywhere on the machine is still pending, and a flush or delete run through
+// the socket leaves one pending: NftRunIn pays that at every call's end. A caller with a deadline
+// (a lock opened inside a migration's switch) keeps one of these and lets it go later. Holds the
+// namespace (its socket does) until destroyed.
+class NftContext {
+ public:
+  static Result<NftContext> Open(int netns_fd);  // -1: the caller's namespace
+  NftContext(NftContext&& o) noexcept;
+  NftContext& operator=(NftContext&& o) noexcept;
+  NftContext(const NftContext&) = delete;
+  ~NftContext();
+  // As NftRunIn, in this context's namespace.
+  Result<std::string> Run(const std::string& script);
+
+ private:
+  NftContext() = default;
+  void Free();
+  UniqueFd ns_;            // the namespace (invalid: the caller's at Open, no switch)
+  ::nft_ctx* ctx_ = nullptr;
+};
 
 // The calling thread in the namespace ns_fd (of type nstype: CLONE_NEWNET by default; also
 // CLONE_NEWUTS, CLONE_NEWIPC) until Leave() or the end of the scope, then back in the one it was

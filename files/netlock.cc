@@ -88,20 +88,22 @@ class NftDropLock : public NetLock {
     std::string script;
     if (!ns->has_table) script = TableScript(name_, where);
     for (const auto& c : conns) script += ConnRules(name_, c, where == Where::kInside);
-    TRY_CTX(netns::NftRunIn(ns->fd.get(), script), "network lock %s", name_.c_str());
+    TRY_CTX(ns->nft.Run(script), "network lock %s", name_.c_str());
     ns->has_table = true;
     return Ok();
   }
 
   Result<void> Adopt(int netns_fd) override {
-    TRY(Remember(netns_fd));
+    ASSIGN_OR_RETURN(Ns * ns, Remember(netns_fd));
+    // libnftables' one-time set-up (its caches), done now rather than in a caller's switch.
+    (void)ns->nft.Run(StrFormat("list table inet %s\n", name_.c_str()));
     return Ok();
   }
 
   Result<void> Open() override {
     Result<void> first = Ok();
     for (auto& [ino, ns] : ns_) {
-      auto r = netns::NftRunIn(ns.fd.get(), StrFormat("flush table inet %s\n", name_.c_str()));
+      auto r = ns.nft.Run(StrFormat("flush table inet %s\n", name_.c_str()));
       if (!r.ok() && r.error().message().find("No such file or directory") != std::string::npos)
         continue;
       if (!r.ok() && first.ok()) first = std::move(r.error().wrap("network lock open " + name_));
@@ -114,16 +116,17 @@ class NftDropLock : public NetLock {
     // libnftables runs one call at a time anyway (common/netns.h).
     Result<void> first = Ok();
     for (auto& [ino, ns] : ns_) {
-      auto r = UnlockIn(ns.fd.get());
+      auto r = UnlockIn(ns);
       if (!r.ok() && first.ok()) first = std::move(r);
     }
-    ns_.clear();
+    ns_.clear();  // closes the contexts: this may wait for a grace period (netns.h)
     return first;
   }
 
  private:
   struct Ns {
     UniqueFd fd;
+    netns::NftContext nft;   // one per namespace, kept: closing one can wait (netns.h)
     bool has_table = false;  // made by this object
   };
 
@@ -135,13 +138,16 @@ class NftDropLock : public NetLock {
     struct stat st;
     if (fstat(fd.get(), &st) < 0) return Errno("network lock %s: stat netns", name_.c_str());
     auto it = ns_.find(st.st_ino);
-    if (it == ns_.end()) it = ns_.emplace(st.st_ino, Ns{std::move(fd), false}).first;
+    if (it == ns_.end()) {
+      ASSIGN_OR_RETURN(netns::NftContext nft, netns::NftContext::Open(fd.get()));
+      it = ns_.emplace(st.st_ino, Ns{std::move(fd), std::move(nft), false}).first;
+    }
     return &it->second;
   }
 
-  Result<void> UnlockIn(int netns_fd) {
+  Result<void> UnlockIn(Ns& ns) {
     // One nft run. The table is absent where nobody locked (a namespace adopted just in case).
-    auto r = netns::NftRunIn(netns_fd, StrFormat("delete table inet %s\n", name_.c_str()));
+    auto r = ns.nft.Run(StrFormat("delete table inet %s\n", name_.c_str()));
     if (!r.ok() && r.error().message().find("No such file or directory") != std::string::npos)
       return Ok();
     if (!r.ok()) return std::move(r.error().wrap("network unlock " + name_));

@@ -107,9 +107,8 @@ Result<std::unique_ptr<files::NetLock>> AdoptRestoredLock(const std::string& sta
   TRY(set.ReadOne("files-netlock.img", &nl));
   ASSIGN_OR_RETURN(UniqueFd ns, fs::Open(StrFormat("/proc/%d/ns/net", pid), O_RDONLY | O_CLOEXEC));
   std::unique_ptr<files::NetLock> lock = files::OpenNetLock(nl.table());
+  // Also libnftables' set-up and the context the switch's Open uses, made now.
   TRY_CTX(lock->Adopt(ns.get()), "adopt the restored connections' lock");
-  // libnftables' one-time set-up, done now rather than inside the switch.
-  (void)netns::NftRunIn(ns.get(), "list table inet " + nl.table());
   return lock;
 }
 

@@ -246,20 +246,6 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
   auto ck = container::Checkpoint(co);
   if (!ck.ok()) return fail(std::move(ck.error().wrap("final checkpoint")));
   std::unique_ptr<container::HeldCheckpoint> held = std::move(ck->held);
-  // From here the source says nothing on the network (it would answer for the address the
-  // destination is about to own); a rollback lets it speak again before it resumes.
-  if (auto s = Silence(c.pid); !s.ok()) {
-    (void)held->Resume();
-    return fail(std::move(s).error());
-  }
-  bool silenced = true;
-  // Any return before the commit: the network speaks again before `held` (destroyed after this,
-  // declared before) resumes the tree.
-  ScopeExit unsilence([&] {
-    if (!silenced || committed) return;
-    auto u = Unsilence(c.pid);
-    if (!u.ok()) LOG_ERROR("migration of %s: %s", o.id.c_str(), u.error().to_string().c_str());
-  });
   auto t_final = Clock::now();
   const auto& ph = ck->phases;
   auto t_freeze = t_ckpt + std::chrono::duration_cast<Clock::duration>(
@@ -287,6 +273,21 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
   }
   auto t_sent = Clock::now();
   rep->blackout.transfer_ms = Ms(t_final, t_sent);
+  // From here the source says nothing on the network (it would answer for the address the
+  // destination is about to own): needed before the commit, not before the final state leaves,
+  // so it runs while the destination restores. A rollback lets it speak again before it resumes.
+  if (auto s = Silence(c.pid); !s.ok()) {
+    (void)held->Resume();
+    return fail(std::move(s).error());
+  }
+  bool silenced = true;
+  // Any return before the commit: the network speaks again before `held` (destroyed after this,
+  // declared before) resumes the tree.
+  ScopeExit unsilence([&] {
+    if (!silenced || committed) return;
+    auto u = Unsilence(c.pid);
+    if (!u.ok()) LOG_ERROR("migration of %s: %s", o.id.c_str(), u.error().to_string().c_str());
+  });
   ch->set_timeout(o.restore_timeout_s);
   mig::Frame f;
   auto got = RecvExpect(*ch, &f, mig::Frame::kRestored, "restore on the destination");

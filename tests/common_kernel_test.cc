@@ -136,6 +136,34 @@ TEST(Netns, NftRunsInAnotherNamespaceOnly) {
   EXPECT_NE(bad.error().message().find("nft failed"), std::string::npos) << bad.error().message();
 }
 
+// A kept context acts in its namespace on every run, whichever namespace the calling thread is
+// in, survives a failed run, and leaves the thread where it was.
+TEST(Netns, NftContextKeepsItsNamespace) {
+  UniqueFd ns = NewNetns();
+  ASSERT_TRUE(ns.valid());
+  struct stat before;
+  ASSERT_EQ(stat("/proc/thread-self/ns/net", &before), 0);
+  auto ctx = netns::NftContext::Open(ns.get());
+  ASSERT_TRUE(ctx.ok()) << ctx.error().to_string();
+  ns.reset();  // the context holds its own reference to the namespace
+  const std::string table = StrFormat("godwit_ctx_test_%d", getpid());
+  ASSERT_TRUE(ctx->Run("add table inet " + table + "\n").ok());
+  EXPECT_FALSE(ctx->Run("this is not nft\n").ok());
+  auto listed = ctx->Run("list tables\n");
+  ASSERT_TRUE(listed.ok()) << listed.error().to_string();
+  EXPECT_NE(listed->find(table), std::string::npos) << *listed;
+  auto ours = netns::NftRunIn(-1, "list tables\n");
+  ASSERT_TRUE(ours.ok());
+  EXPECT_EQ(ours->find(table), std::string::npos) << *ours;
+  netns::NftContext moved = std::move(*ctx);
+  EXPECT_TRUE(moved.Run("flush table inet " + table + "\n").ok());
+  EXPECT_TRUE(moved.Run("delete table inet " + table + "\n").ok());
+  EXPECT_FALSE(moved.Run("delete table inet " + table + "\n").ok());  // it was there, now gone
+  struct stat after;
+  ASSERT_EQ(stat("/proc/thread-self/ns/net", &after), 0);
+  EXPECT_EQ(before.st_ino, after.st_ino);
+}
+
 TEST(Netns, ScopedNetnsEntersAndComesBack) {
   UniqueFd ns = NewNetns();
   ASSERT_TRUE(ns.valid());
