@@ -314,7 +314,11 @@ Result<void> FdRestorerImpl::LockNetwork(pid_t netns_pid) {
   if (netns_pid) {
     ASSIGN_OR_RETURN(ns, netns::Open(netns_pid));
   }
-  return netlock_->Lock(ns ? ns.get() : -1, conns);
+  TRY(netlock_->Lock(ns ? ns.get() : -1, conns));
+  // Unlocked by the caller (a migration's destination, at its commit): until then the namespace
+  // says nothing at all (NetLock::Quiet), from before its links exist.
+  if (opts_.keep_netlock && netns_pid) TRY(netlock_->Quiet(ns.get()));
+  return Ok();
 }
 
 Result<UniqueFd> FdRestorerImpl::TakeFromTree(uint64_t file_id) {

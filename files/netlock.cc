@@ -93,6 +93,23 @@ class NftDropLock : public NetLock {
     return Ok();
   }
 
+  Result<void> Quiet(int netns_fd) override {
+    ASSIGN_OR_RETURN(Ns * ns, Remember(netns_fd));
+    std::string script;
+    if (!ns->has_table) script = TableScript(name_, Where::kInside);
+    // Rules, not chain policies: Open's flush removes them and leaves accepting chains.
+    script += StrFormat(
+        "add chain inet %s quiet { type filter hook output priority -400; policy accept; }\n"
+        "add rule inet %s quiet drop\n"
+        "add table arp %s\n"
+        "add chain arp %s quiet { type filter hook output priority -400; policy accept; }\n"
+        "add rule arp %s quiet drop\n",
+        name_.c_str(), name_.c_str(), name_.c_str(), name_.c_str(), name_.c_str());
+    TRY_CTX(ns->nft.Run(script), "network lock %s: quiet", name_.c_str());
+    ns->has_table = true;
+    return Ok();
+  }
+
   Result<void> Adopt(int netns_fd) override {
     ASSIGN_OR_RETURN(Ns * ns, Remember(netns_fd));
     // libnftables' one-time set-up (its caches), done now rather than in a caller's switch.
@@ -103,10 +120,12 @@ class NftDropLock : public NetLock {
   Result<void> Open() override {
     Result<void> first = Ok();
     for (auto& [ino, ns] : ns_) {
-      auto r = ns.nft.Run(StrFormat("flush table inet %s\n", name_.c_str()));
-      if (!r.ok() && r.error().message().find("No such file or directory") != std::string::npos)
-        continue;
-      if (!r.ok() && first.ok()) first = std::move(r.error().wrap("network lock open " + name_));
+      for (const char* family : {"inet", "arp"}) {  // arp: only where Quiet made it
+        auto r = ns.nft.Run(StrFormat("flush table %s %s\n", family, name_.c_str()));
+        if (!r.ok() && r.error().message().find("No such file or directory") != std::string::npos)
+          continue;
+        if (!r.ok() && first.ok()) first = std::move(r.error().wrap("network lock open " + name_));
+      }
     }
     return first;
   }
@@ -146,11 +165,14 @@ class NftDropLock : public NetLock {
   }
 
   Result<void> UnlockIn(Ns& ns) {
-    // One nft run. The table is absent where nobody locked (a namespace adopted just in case).
-    auto r = ns.nft.Run(StrFormat("delete table inet %s\n", name_.c_str()));
-    if (!r.ok() && r.error().message().find("No such file or directory") != std::string::npos)
-      return Ok();
-    if (!r.ok()) return std::move(r.error().wrap("network unlock " + name_));
+    // The tables are absent where nobody locked (a namespace adopted just in case), the arp one
+    // where nobody made it quiet.
+    for (const char* family : {"inet", "arp"}) {
+      auto r = ns.nft.Run(StrFormat("delete table %s %s\n", family, name_.c_str()));
+      if (!r.ok() && r.error().message().find("No such file or directory") != std::string::npos)
+        continue;
+      if (!r.ok()) return std::move(r.error().wrap("network unlock " + name_));
+    }
     return Ok();
   }
 

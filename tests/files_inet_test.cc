@@ -2,6 +2,8 @@
 // process outside the dumped tree that streams a known pattern both ways and fails on any error
 // or wrong byte: the connection must survive dump, kill and restore with nothing lost.
 #include <arpa/inet.h>
+#include <sched.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -9,6 +11,11 @@
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 
+#include <cstdlib>
+#include <thread>
+
+#include "common/netns.h"
+#include "files/netlock.h"
 #include "tests/files_harness_test.h"
 
 namespace godwit::files::testing {
@@ -386,4 +393,77 @@ TEST(FilesInet, TcpPortTakenAtRestoreIsExists) {
 }
 
 }  // namespace
+
+// A socket made in the named netns (/run/netns/NAME), from a thread that enters it.
+UniqueFd SocketIn(const std::string& ns, int type) {
+  int fd = -1;
+  std::thread t([&] {
+    int nfd = ::open(("/run/netns/" + ns).c_str(), O_RDONLY | O_CLOEXEC);
+    if (nfd >= 0 && ::setns(nfd, CLONE_NEWNET) == 0)
+      fd = ::socket(AF_INET, type | SOCK_CLOEXEC, 0);
+    if (nfd >= 0) ::close(nfd);
+  });
+  t.join();
+  return UniqueFd(fd);
+}
+
+// NetLock::Quiet (a migration's destination before its commit): nothing leaves the namespace,
+// not even the ARP request a first datagram needs; Open lets everything out; Unlock removes the
+// lock's tables (inet and arp) there.
+TEST(NetLock, QuietSilencesANamespaceUntilOpen) {
+  const std::string a = StrFormat("gwq%d-a", getpid()), b = StrFormat("gwq%d-b", getpid());
+  auto sh = [](const std::string& c) { return std::system(c.c_str()); };
+  struct Cleanup {
+    std::string a, b;
+    ~Cleanup() {
+      (void)std::system(("ip netns del " + a + " 2>/dev/null; ip netns del " + b + " 2>/dev/null")
+                            .c_str());
+    }
+  } cleanup{a, b};
+  ASSERT_EQ(sh("ip netns add " + a + " && ip netns add " + b + " && ip -n " + a +
+               " link add q0 type veth peer name q1 netns " + b + " && ip -n " + a +
+               " addr add 198.18.250.1/30 dev q0 && ip -n " + b +
+               " addr add 198.18.250.2/30 dev q1 && ip -n " + b + " link set q1 up"),
+            0);
+  UniqueFd ns(::open(("/run/netns/" + a).c_str(), O_RDONLY | O_CLOEXEC));
+  ASSERT_TRUE(ns.valid());
+  std::unique_ptr<NetLock> lock = NewDropLock();
+  ASSERT_TRUE(lock->Quiet(ns.get()).ok());
+  ASSERT_EQ(sh("ip -n " + a + " link set q0 up"), 0);  // its IPv6 chatter is dropped too
+
+  UniqueFd rx = SocketIn(b, SOCK_DGRAM), tx = SocketIn(a, SOCK_DGRAM);
+  ASSERT_TRUE(rx.valid() && tx.valid());
+  sockaddr_in to{};
+  to.sin_family = AF_INET;
+  to.sin_port = htons(7777);
+  ::inet_pton(AF_INET, "198.18.250.2", &to.sin_addr);
+  ASSERT_EQ(::bind(rx.get(), reinterpret_cast<sockaddr*>(&to), sizeof(to)), 0) << strerror(errno);
+  auto send_one = [&] {
+    return ::sendto(tx.get(), "x", 1, 0, reinterpret_cast<sockaddr*>(&to), sizeof(to));
+  };
+  auto received = [&](int ms) {
+    pollfd p{rx.get(), POLLIN, 0};
+    return ::poll(&p, 1, ms) == 1;
+  };
+  // Dropped on the way out (a local sender is told: EPERM); nothing arrives.
+  EXPECT_EQ(send_one(), -1);
+  EXPECT_EQ(errno, EPERM);
+  EXPECT_FALSE(received(100));
+  auto tables = netns::NftRunIn(ns.get(), "list tables\n");
+  ASSERT_TRUE(tables.ok());
+  EXPECT_NE(tables->find("table arp " + lock->name()), std::string::npos) << *tables;
+
+  ASSERT_TRUE(lock->Open().ok());
+  bool got = false;
+  for (int i = 0; i < 50 && !got; ++i) {  // the first send may wait for its neighbour
+    EXPECT_EQ(send_one(), 1) << strerror(errno);
+    got = received(100);
+  }
+  EXPECT_TRUE(got) << "nothing got out after Open";
+  ASSERT_TRUE(lock->Unlock().ok());
+  tables = netns::NftRunIn(ns.get(), "list tables\n");
+  ASSERT_TRUE(tables.ok());
+  EXPECT_EQ(tables->find(lock->name()), std::string::npos) << *tables;
+}
+
 }  // namespace godwit::files::testing
