@@ -28,15 +28,14 @@ nlohmann::json PhasesJson(const container::CheckpointPhases& p) {
   return {{"prepare_ms", p.prepare_ms},
           {"freeze_ms", p.freeze_ms},
           {"collect_ms", p.collect_ms},
-          {"collect", {{"userns_ms", p.userns_ms}, {"net_ms", p.net_ms}}},
-          // Read on a second thread while the tree is dumped (rootfs: after it, when killed).
-          {"alongside_tree",
-           {{"uts_ms", p.uts_ms},
+          {"collect",
+           {{"userns_ms", p.userns_ms},
+            {"uts_ms", p.uts_ms},
             {"ipc_ms", p.ipc_ms},
+            {"net_ms", p.net_ms},
             {"mnt_ms", p.mnt_ms},
             {"layer_ms", p.layer_ms},
-            {"rootfs_ms", p.rootfs_ms},
-            {"wait_ms", p.collect_wait_ms}}},
+            {"rootfs_ms", p.rootfs_ms}}},
           {"tree_ms", p.tree_ms},
           {"tree",
            {{"setup_ms", p.tree_setup_ms},
@@ -194,13 +193,12 @@ int CheckpointCmd(Global& g, const std::vector<std::string>& args) {
       printf("  pre-copy: %d round(s) while running, %.1f MiB in %.1f ms\n", o.pre_copy_rounds,
              r->tree.pre_bytes / 1048576.0, r->tree.pre_ms);
     const auto& p = r->phases;
-    printf("  downtime %.1f ms (%s) = freeze %.1f + collect %.1f (user %.1f net %.1f)\n",
+    printf("  downtime %.1f ms (%s) = freeze %.1f + collect %.1f (user "
+           "%.1f uts %.1f ipc %.1f net %.1f mnt %.1f layer %.1f rootfs %.1f)\n",
            p.downtime_ms,
            left_running ? "until the tree runs again" : "until the images are complete",
-           p.freeze_ms, p.collect_ms, p.userns_ms, p.net_ms);
-    printf("    alongside the tree: uts %.1f ipc %.1f mnt %.1f layer %.1f rootfs %.1f (waited "
-           "%.1f)\n",
-           p.uts_ms, p.ipc_ms, p.mnt_ms, p.layer_ms, p.rootfs_ms, p.collect_wait_ms);
+           p.freeze_ms, p.collect_ms, p.userns_ms, p.uts_ms, p.ipc_ms, p.net_ms,
+           p.mnt_ms, p.layer_ms, p.rootfs_ms);
     printf("    + tree %.1f (setup %.1f seize %.1f memory %.1f rest %.1f cgroup %.1f) + write "
            "%.1f; then %s %.1f (frozen %.1f ms)\n",
            p.tree_ms, p.tree_setup_ms, p.seize_ms, p.memory_ms, p.tree_rest_ms, p.cgroup_hooks_ms,

@@ -4,10 +4,8 @@
 #include <sys/stat.h>
 
 #include <chrono>
-#include <future>
-#include <optional>
-
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "common/fs.h"
 #include "common/idmap.h"
@@ -286,74 +284,53 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
     TRY_CTX(DumpUserNamespace(pid, pids, rec.mutable_userns()), "container %s", opts.id.c_str());
     laps.LapInto(&ph.userns_ms);
   }
+  if (Has(own, "uts")) {
+    ASSIGN_OR_RETURN(UniqueFd fd, OpenNamespace(pid, "uts"));
+    TRY_CTX(uts::Dump(fd.get(), *sink), "container %s", opts.id.c_str());
+    laps.LapInto(&ph.uts_ms);
+  }
+  if (Has(own, "ipc")) {
+    ASSIGN_OR_RETURN(UniqueFd fd, OpenNamespace(pid, "ipc"));
+    // The container's own mqueue mount lists its queues without mounting one.
+    std::string mq;
+    if (Has(own, "mnt") && fs::Exists(StrFormat("/proc/%d/root/dev/mqueue", pid))) {
+      auto mi = fs::ReadFile(StrFormat("/proc/%d/mountinfo", pid));
+      auto table = mi.ok() ? mnt::ParseMountInfo(*mi) : Result<img::MountTable>(mi.error());
+      if (table.ok()) {
+        for (const auto& m : table->mounts())
+          if (m.mountpoint() == "/dev/mqueue" && m.fstype() == "mqueue")
+            mq = StrFormat("/proc/%d/root/dev/mqueue", pid);
+      }
+    }
+    TRY_CTX(ipc::Dump(fd.get(), *sink, opts.compression, mq), "container %s", opts.id.c_str());
+    laps.LapInto(&ph.ipc_ms);
+  }
   if (Has(own, "net")) {
     ASSIGN_OR_RETURN(UniqueFd fd, OpenNamespace(pid, "net"));
     TRY_CTX(net::Dump(fd.get(), *sink), "container %s", opts.id.c_str());
     laps.LapInto(&ph.net_ms);
   }
-  // The rest of the container's state (uts, ipc, mounts with tmpfs contents, the layer, the
-  // rootfs identity) is read on a second core while the engine dumps the tree: the tree is
-  // frozen or held stopped by the engine throughout, and the two write to their own sinks. The
-  // network stays before it: the engine's TCP lock adds a table to the namespace's ruleset.
-  timing::PhaseTimer side_laps(Clock::now());
+  if (Has(own, "mnt")) {
+    TRY_CTX(mnt::Dump(pid, *sink, opts.compression), "container %s", opts.id.c_str());
+    laps.LapInto(&ph.mnt_ms);
+    std::string upper = overlay ? runtime::StorageUpper(c.storage_dir) : "";
+    ASSIGN_OR_RETURN(bool layer, mnt::DumpLayer(pid, c.rootfs, *sink, opts.compression, upper));
+    rec.set_has_layer(layer);
+    laps.LapInto(&ph.layer_ms);
+  }
   // A rootfs the container writes into: besides the digest, the files the tree holds open or
   // maps, which the restore checks one by one (other changes of the rootfs break nothing).
-  auto identify_writable = [&](img::ContainerCheckpoint* into) -> Result<void> {
-    ASSIGN_OR_RETURN(*into->mutable_rootfs(), mnt::IdentifyRootfs(c.rootfs));
+  auto identify_writable = [&]() -> Result<void> {
+    ASSIGN_OR_RETURN(*rec.mutable_rootfs(), mnt::IdentifyRootfs(c.rootfs));
     ASSIGN_OR_RETURN(std::vector<pid_t> pids, cg->Pids());
-    TRY_CTX(mnt::IdentifyHeldFiles(c.rootfs, pids, into->mutable_rootfs()), "container %s",
+    TRY_CTX(mnt::IdentifyHeldFiles(c.rootfs, pids, rec.mutable_rootfs()), "container %s",
             opts.id.c_str());
     return Ok();
   };
-  // What the reader finds goes here, not into rec, which this thread writes meanwhile.
-  img::ContainerCheckpoint side;
-  auto collect_rest = [&]() -> Result<void> {
-    if (Has(own, "uts")) {
-      ASSIGN_OR_RETURN(UniqueFd fd, OpenNamespace(pid, "uts"));
-      TRY_CTX(uts::Dump(fd.get(), *sink), "container %s", opts.id.c_str());
-      side_laps.LapInto(&ph.uts_ms);
-    }
-    if (Has(own, "ipc")) {
-      ASSIGN_OR_RETURN(UniqueFd fd, OpenNamespace(pid, "ipc"));
-      // The container's own mqueue mount lists its queues without mounting one.
-      std::string mq;
-      if (Has(own, "mnt") && fs::Exists(StrFormat("/proc/%d/root/dev/mqueue", pid))) {
-        auto mi = fs::ReadFile(StrFormat("/proc/%d/mountinfo", pid));
-        auto table = mi.ok() ? mnt::ParseMountInfo(*mi) : Result<img::MountTable>(mi.error());
-        if (table.ok()) {
-          for (const auto& m : table->mounts())
-            if (m.mountpoint() == "/dev/mqueue" && m.fstype() == "mqueue")
-              mq = StrFormat("/proc/%d/root/dev/mqueue", pid);
-        }
-      }
-      TRY_CTX(ipc::Dump(fd.get(), *sink, opts.compression, mq), "container %s", opts.id.c_str());
-      side_laps.LapInto(&ph.ipc_ms);
-    }
-    if (Has(own, "mnt")) {
-      TRY_CTX(mnt::Dump(pid, *sink, opts.compression), "container %s", opts.id.c_str());
-      side_laps.LapInto(&ph.mnt_ms);
-      std::string upper = overlay ? runtime::StorageUpper(c.storage_dir) : "";
-      ASSIGN_OR_RETURN(bool layer, mnt::DumpLayer(pid, c.rootfs, *sink, opts.compression, upper));
-      side.set_has_layer(layer);
-      side_laps.LapInto(&ph.layer_ms);
-    }
-    if (!overlay && leave_running) {  // the tree runs on after the engine: identify it frozen now
-      TRY(identify_writable(&side));
-      side_laps.LapInto(&ph.rootfs_ms);
-    }
-    return Ok();
-  };
-  auto collected = std::async(std::launch::async, collect_rest);
-  bool collect_joined = false;
-  // Joined before any return from here: the reader uses this frame's state.
-  ScopeExit join_collect([&] {
-    if (!collect_joined) collected.wait();
-  });
-  auto join_rest = [&]() -> Result<void> {
-    if (collect_joined) return Ok();
-    collect_joined = true;
-    return collected.get();
-  };
+  if (!overlay && leave_running) {  // the tree runs on after the engine: identify it frozen now
+    TRY(identify_writable());
+    laps.LapInto(&ph.rootfs_ms);
+  }
   auto t_ns = Clock::now();
   ph.collect_ms = timing::MsBetween(t_frozen, t_ns);
   rec.mutable_times()->set_namespaces_ms(timing::MsBetween(t_frozen, t_ns));
@@ -381,8 +358,6 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
   std::optional<Clock::time_point> t_released;
   req.refreeze = [&]() -> Result<void> {
     if (leave_running) {
-      // The tree runs again once this returns: the reader must be done with its state.
-      TRY(join_rest());
       t_released = Clock::now();
       if (paused) return cg->Freeze();  // paused it was, paused it stays
       return Ok();
@@ -394,13 +369,6 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
   };
   tree_asked = true;
   ASSIGN_OR_RETURN(res.tree, dump_tree(req));
-  {
-    auto t_join = Clock::now();
-    TRY(join_rest());
-    ph.collect_wait_ms = timing::MsBetween(t_join, Clock::now());
-    rec.set_has_layer(side.has_layer());
-    if (side.has_rootfs()) *rec.mutable_rootfs() = std::move(*side.mutable_rootfs());
-  }
   // A rootfs the container writes into is identified once the tree is dumped and frozen again
   // (killed or held next):
   // the cgroup is thawed while the engine holds the tree (req.thaw), and a write that landed
@@ -408,7 +376,7 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
   // (issue 11: 2 of 3 tries with a container appending every millisecond).
   if (!overlay && !leave_running) {
     auto t_id = Clock::now();
-    TRY(identify_writable(&rec));
+    TRY(identify_writable());
     ph.rootfs_ms += timing::MsBetween(t_id, Clock::now());
   }
   auto t_tree = Clock::now();

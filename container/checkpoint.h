@@ -88,11 +88,7 @@ struct CheckpointPhases {
   double mnt_ms = 0;     // mount table and tmpfs contents
   double layer_ms = 0;   // writable-layer changes
   double rootfs_ms = 0;  // rootfs identity when taken while frozen (no overlay)
-  // Frozen until the tree's dump starts: the user and net namespaces. The others above (uts,
-  // ipc, mounts, layer, rootfs when frozen) are read on a second thread while the tree is dumped;
-  // collect_wait_ms is how long the tree's end waited for that reader.
-  double collect_ms = 0;
-  double collect_wait_ms = 0;
+  double collect_ms = 0;  // the seven above
   // The process tree (engine), call to return.
   double tree_ms = 0;
   double tree_setup_ms = 0;  // before the seize (page blob reservation, images)
@@ -155,8 +151,6 @@ struct CheckpointOptions {
   // finished by Checkpoint, aborted on failure. With compression and a sink that can compress
   // after Finish, the tree's pages are stored raw and compressed after the release (with kHold:
   // left to the caller, CheckpointResult::tree.compress, which needs tree_sink alive).
-  // The two are written from two threads at once (the container's namespaces are read while
-  // the engine dumps the tree): callers whose sinks share a transport serialize it.
   images::Sink* container_sink = nullptr;
   images::Sink* tree_sink = nullptr;
   // The engine-bound Checkpoint (container/engine.h) only:

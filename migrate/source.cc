@@ -5,11 +5,9 @@
 
 #include <chrono>
 #include <map>
-#include <mutex>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <thread>
-
-#include <nlohmann/json.hpp>
 
 #include "common/fs.h"
 #include "common/log.h"
@@ -146,19 +144,12 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
                      o.compress == Compress::kAuto);
   FileSender ctr_tx(ch.get(), mig::DIR_CONTAINER, staging + "/container", zstd,
                     o.compress == Compress::kAuto);
-  // One channel, two writers: the final checkpoint writes the container's state from a second
-  // thread while the tree is dumped (container/checkpoint.h); each file goes out whole.
-  std::mutex send_mu;
   ASSIGN_OR_RETURN(auto tree_dir, images::OpenDirSink(staging + "/tree", true));
-  auto tree_sink = ForwardingSink(std::move(tree_dir), [&](const std::string& n) {
-    std::lock_guard<std::mutex> g(send_mu);
-    return tree_tx.Send(n);
-  });
+  auto tree_sink = ForwardingSink(std::move(tree_dir),
+                                  [&](const std::string& n) { return tree_tx.Send(n); });
   ASSIGN_OR_RETURN(auto ctr_dir, images::OpenDirSink(staging + "/container", true));
-  auto ctr_sink = ForwardingSink(std::move(ctr_dir), [&](const std::string& n) {
-    std::lock_guard<std::mutex> g(send_mu);
-    return ctr_tx.Send(n);
-  });
+  auto ctr_sink = ForwardingSink(std::move(ctr_dir),
+                                 [&](const std::string& n) { return ctr_tx.Send(n); });
 
   auto fail = [&](Error e) -> Result<void> {
     abort_reason = e.to_string();
@@ -266,7 +257,6 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
           std::chrono::system_clock::now().time_since_epoch()).count() - Ms(t_freeze, Clock::now());
   rep->blackout.final_dump_ms = std::max(0.0, Ms(t_freeze, t_final) - ph.freeze_ms);
   rep->final_dump_phases = {{"collect_ms", ph.collect_ms}, {"net_ms", ph.net_ms},
-                            {"collect_wait_ms", ph.collect_wait_ms},
                             {"mnt_ms", ph.mnt_ms},         {"tree_ms", ph.tree_ms},
                             {"seize_ms", ph.seize_ms},     {"memory_ms", ph.memory_ms},
                             {"tree_rest_ms", ph.tree_rest_ms}, {"write_ms", ph.write_ms},
