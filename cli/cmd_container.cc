@@ -344,6 +344,7 @@ int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
                           {"pid", c.pid},
                           {"processes", r->processes},
                           {"lazy_bytes", r->lazy_bytes},
+                          {"hot_bytes", r->hot_bytes},
                           {"lazy_pager_pid", pager},
                           {"environment_ms", r->environment_ms},
                           {"total_ms", r->total_ms},

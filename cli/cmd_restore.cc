@@ -170,7 +170,8 @@ int RestoreCmd(Global& g, const std::vector<std::string>& args) {
                         {"bytes", s.bytes},       {"remote_syscalls", s.remote_calls},
                         {"fork_ms", s.fork_ms},   {"memory_ms", s.memory_ms},
                         {"total_ms", s.total_ms}, {"detached", o.detach},
-                        {"lazy_bytes", s.lazy_bytes}, {"lazy_pager_pid", pager_pid}};
+                        {"lazy_bytes", s.lazy_bytes}, {"hot_bytes", s.hot_bytes},
+                        {"lazy_pager_pid", pager_pid}};
     printf("%s\n", j.dump().c_str());
   } else {
     printf("restored %d process(es) (%d zombie), %d thread(s), root pid %d\n", s.processes,
@@ -179,8 +180,11 @@ int RestoreCmd(Global& g, const std::vector<std::string>& args) {
            static_cast<unsigned long long>(s.pages), s.bytes / 1048576.0,
            static_cast<unsigned long long>(s.vmas), s.fork_ms, s.memory_ms, s.total_ms);
     if (s.lazy_bytes > 0)
-      printf("  lazy: %.1f MiB paged in after the tree runs%s\n", s.lazy_bytes / 1048576.0,
-             pager_pid > 0 ? StrFormat(" by pager pid %d", pager_pid).c_str() : "");
+      printf("  lazy: %.1f MiB paged in after the tree runs%s (%.1f MiB written last before "
+             "the dump installed first)\n",
+             s.lazy_bytes / 1048576.0,
+             pager_pid > 0 ? StrFormat(" by pager pid %d", pager_pid).c_str() : "",
+             s.hot_bytes / 1048576.0);
   }
   fflush(stdout);
   if (o.detach) return 0;

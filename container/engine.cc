@@ -105,6 +105,7 @@ TreeRestorer EngineRestorer() {
     t.processes = s.processes;
     t.memory_ms = s.memory_ms;
     t.lazy_bytes = s.lazy_bytes;
+    t.hot_bytes = s.hot_bytes;
     t.pager = s.pager;
     return t;
   };

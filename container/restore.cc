@@ -317,6 +317,7 @@ Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& re
   out.container = c;
   out.processes = tree.processes;
   out.lazy_bytes = tree.lazy_bytes;
+  out.hot_bytes = tree.hot_bytes;
   out.pager = tree.pager;
   out.environment_ms = env_ms;
   laps.LapInto(&ph.finish_ms);

@@ -52,6 +52,7 @@ struct TreeRestoreResult {
   double memory_ms = 0;  // the engine's time filling memory (0: not reported)
   // Lazy: pages still owed when the tree started to run, and who installs them.
   uint64_t lazy_bytes = 0;
+  uint64_t hot_bytes = 0;  // restore::RestoreStats::hot_bytes
   std::shared_ptr<restore::LazyPager> pager;
 };
 
@@ -122,6 +123,7 @@ struct RestoreResult {
   double total_ms = 0;
   RestorePhases phases;
   uint64_t lazy_bytes = 0;
+  uint64_t hot_bytes = 0;  // restore::RestoreStats::hot_bytes
   std::shared_ptr<restore::LazyPager> pager;  // with lazy, while pages are owed
 };
 

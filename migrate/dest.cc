@@ -264,6 +264,8 @@ Result<Restored> PendingRestore::Parse(const std::string& o_text) const {
     auto j = nlohmann::json::parse(o_text);
     r.pid = j.value("pid", 0);
     r.lazy_bytes = j.value("lazy_bytes", uint64_t{0});
+    r.steps.emplace_back("restore.hot_bytes",
+                         static_cast<double>(j.value("hot_bytes", uint64_t{0})));
     if (j.contains("phases")) {
       r.tree_ms = j["phases"].value("tree_ms", 0.0);
       r.memory_ms = j["phases"]["tree"].value("memory_ms", 0.0);

@@ -88,6 +88,7 @@ struct RestoreStats {
   // waits).
   std::shared_ptr<LazyPager> pager;
   uint64_t lazy_bytes = 0;  // owed when the tree started to run
+  uint64_t hot_bytes = 0;   // of a lazy restore after pre-copy: the last round's, installed first
 };
 
 struct ProcessRestore {

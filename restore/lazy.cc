@@ -275,6 +275,47 @@ Result<void> LazyPager::AddPagesBatch(pid_t pid, const std::vector<Source>& sour
   return Ok();
 }
 
+Result<uint64_t> LazyPager::FillNow(pid_t pid, const std::vector<Run>& runs,
+                                    uint64_t max_bytes) {
+  Readers rd(this);
+  std::vector<char> buf;
+  uint64_t filled = 0;
+  for (const Run& run : runs) {
+    if (filled >= max_bytes) break;
+    std::vector<Piece> pieces;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      ASSIGN_OR_RETURN(Proc * p, LiveProc(pid));
+      Carve(p->pending, run.va, run.va + std::min(run.len, max_bytes - filled), &pieces, p);
+      for (const Piece& pc : pieces) p->inflight[pc.va] = {pc.va + pc.len, pc.blob, pc.off};
+    }
+    for (const Piece& pc : pieces) {
+      buf.resize(pc.len);
+      TRY_CTX(rd.Read(pc.blob, pc.off, buf.data(), pc.len), "lazy pages of pid %d at %#lx", pid,
+              static_cast<unsigned long>(pc.va));
+      for (;;) {
+        uint64_t gen;
+        CopyResult res;
+        {
+          std::shared_lock<std::shared_mutex> gate(gate_);
+          {
+            std::lock_guard<std::mutex> l(mu_);
+            gen = generation_;
+          }
+          res = Copy(pc, buf.data());
+        }
+        if (res == CopyResult::kDone) break;
+        // Events unread (the event thread reads them), as a worker waits for them.
+        std::unique_lock<std::mutex> l(mu_);
+        cv_.wait_for(l, std::chrono::milliseconds(5), [&] { return stop_ || generation_ != gen; });
+        if (stop_) return filled;
+      }
+      filled += pc.len;
+    }
+  }
+  return filled;
+}
+
 void LazyPager::Start() {
   std::lock_guard<std::mutex> l(mu_);
   if (running_) return;

@@ -96,6 +96,11 @@ class LazyPager {
     std::vector<Run> runs;  // sorted, non-overlapping
   };
   Result<void> AddPagesBatch(pid_t pid, const std::vector<Source>& sources);
+  // Installs now, on the calling thread, what pid is owed inside runs (in order, up to
+  // max_bytes): the pages a migration's last round found written, the program's working set, go
+  // in before it runs instead of each costing it a fault right after the switch. Returns the bytes
+  // installed.
+  Result<uint64_t> FillNow(pid_t pid, const std::vector<Run>& runs, uint64_t max_bytes);
 
   // Starts pushing the pages nobody faulted (two workers). Until then only faults are served: the
   // restore calls it once the tree runs, so the background copies do not take the CPU from the
