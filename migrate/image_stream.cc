@@ -29,7 +29,7 @@ constexpr size_t kChunk = 256 << 10;
 constexpr size_t kRegion = 4 << 20;
 constexpr size_t kQueue = 16;  // pieces waiting for the receiver's writer thread (4 MiB)
 constexpr size_t kSpare = kQueue + 2;
-constexpr size_t kMapMin = 64 << 10;  // smaller chunks are read: a mapping costs more
+constexpr size_t kMapMin = 64 << 10;  // smaller files are read: a mapping costs more
 constexpr size_t kSample = 64 << 10;  // adaptive zstd: tried on this much of a region first
 
 using timing::MsSince;
@@ -107,22 +107,14 @@ void FileSender::Chunk::Unmap() {
 }
 
 Result<void> FileSender::Prepare(int fd, const std::string& path, Chunk* c) {
-  c->Unmap();
   const char* data = nullptr;
-  // The chunk mapped (page cache pages, no copy: the copy of a pread cost ~10% of the stream's
-  // CPU) when the file is still as long as when the send started: the staging files are closed
-  // by the dump before they are sent and nothing truncates them (a shorter file would fault).
-  struct stat st;
-  if (c->len >= kMapMin && fstat(fd, &st) == 0 &&
-      static_cast<uint64_t>(st.st_size) >= c->off + c->len) {
-    // Not MAP_POPULATE: populating goes page by page (get_user_pages); faults map 16 at once.
-    void* m = mmap(nullptr, c->len, PROT_READ, MAP_SHARED, fd,
-                   static_cast<off_t>(c->off));
-    if (m != MAP_FAILED) {
-      c->map = m;
-      c->map_len = c->len;
-      data = static_cast<const char*>(m);
-    }
+  if (c->map) {
+    // The file must still be as long: a mapped page past its end would fault (SIGBUS).
+    struct stat st;
+    if (fstat(fd, &st) < 0) return Errno("stat %s", path.c_str());
+    if (static_cast<uint64_t>(st.st_size) < c->off + c->len)
+      return MakeError(ErrorKind::kGeneric, 0, "%s shrank while being sent", path.c_str());
+    data = static_cast<const char*>(c->map) + c->off;
   }
   if (!data) {
     if (!c->raw) c->raw.reset(new char[kChunk]);
@@ -190,16 +182,30 @@ Result<void> FileSender::Send(const std::string& name) {
   // here (both ends share two cores in the benchmark: the CPU is the limit either way).
   if (!chunk_) chunk_ = std::make_unique<Chunk>();
   Chunk& c = *chunk_;
+  // The file mapped once (page cache pages, no copy: a pread's copy cost ~10% of the stream's
+  // CPU; mapping chunk by chunk cost a TLB shootdown per chunk). The staging files are closed by
+  // the dump before they are sent and nothing truncates them; Prepare checks the size anyway.
+  // Not MAP_POPULATE: populating goes page by page (get_user_pages); faults map 16 at once.
+  if (size >= kMapMin) {
+    void* m = mmap(nullptr, size, PROT_READ, MAP_SHARED, fd.get(), 0);
+    if (m != MAP_FAILED) {
+      c.map = m;
+      c.map_len = size;
+    }
+  }
   uint64_t off = 0;
   do {
     c.off = off;
     c.len = static_cast<size_t>(std::min<uint64_t>(kChunk, size - off));
     auto sent = Prepare(fd.get(), path, &c);
     if (sent.ok()) sent = send(c);
-    c.Unmap();
-    TRY(std::move(sent));
+    if (!sent.ok()) {
+      c.Unmap();
+      return std::move(sent).error();
+    }
     off += c.len;
   } while (off < size);
+  c.Unmap();
   file_bytes_ += size;
   files_++;
   send_ms_ += MsSince(t0);

@@ -48,7 +48,7 @@ class FileSender {
     uint32_t crc = 0;
     std::unique_ptr<char[]> raw, z;  // kChunk and its zstd bound, reused chunk after chunk
     bool region_try = true;          // adaptive: zstd's sample of this 4 MiB region shrank
-    void* map = nullptr;             // the chunk mapped from the file (raw unused), or null
+    void* map = nullptr;             // the whole file mapped (raw unused), or null
     size_t map_len = 0;
     const char* payload = nullptr;   // what goes on the wire: map, raw or z
     size_t plen = 0;
