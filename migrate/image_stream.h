@@ -33,7 +33,6 @@ class FileSender {
   FileSender(Channel* ch, mig::Dir dir, std::string local_dir, bool zstd, bool adaptive = false)
       : ch_(ch), dir_(dir), local_(std::move(local_dir)), zstd_(zstd), adaptive_(adaptive) {}
   // Sends local_dir/name (chunks of up to 256 KiB, zstd when enabled and it shrinks the chunk).
-  // A chunk is mapped from the file, not read: the file must not shrink while it is sent.
   Result<void> Send(const std::string& name);
   uint64_t file_bytes() const { return file_bytes_; }  // bytes of the files sent
   uint64_t wire_bytes() const { return wire_bytes_; }  // payload bytes sent (after zstd)
@@ -48,12 +47,8 @@ class FileSender {
     uint32_t crc = 0;
     std::unique_ptr<char[]> raw, z;  // kChunk and its zstd bound, reused chunk after chunk
     bool region_try = true;          // adaptive: zstd's sample of this 4 MiB region shrank
-    void* map = nullptr;             // the whole file mapped (raw unused), or null
-    size_t map_len = 0;
-    const char* payload = nullptr;   // what goes on the wire: map, raw or z
+    const char* payload = nullptr;   // what goes on the wire: raw or z
     size_t plen = 0;
-    void Unmap();
-    ~Chunk() { Unmap(); }
   };
   // Reads chunk [off, off + len) of fd (path for errors) and prepares its payload.
   Result<void> Prepare(int fd, const std::string& path, Chunk* c);

@@ -8,10 +8,11 @@
 // without MSG_MORE: a stream never waits on a corked tail (CRIU's page-server stalls ~210 ms
 // there); the bytes before them carry MSG_MORE, so a large payload leaves in full segments.
 //
-// TLS: OpenSSL directly on the socket (its records sent from and received into OpenSSL's own
-// buffers, read-ahead of 256 KiB: one recv() per many records; no BIO pair and no event loop in
-// between, which cost two extra copies and a syscall per 16 KiB record; docs/migration.md has
-// the numbers). Kernel TLS is not used: this project's kernels lack CONFIG_TLS.
+// TLS: OpenSSL directly on the socket through a small BIO of ours (send() with MSG_NOSIGNAL and
+// MSG_MORE; received bytes buffered 256 KiB at a time: one recv() per many records), with no
+// BIO pair and no event loop in between (asio::ssl's cost a copy each way and a wakeup per
+// record; docs/migration.md has the numbers). Kernel TLS is not used: the kernels here are built
+// without CONFIG_TLS.
 // TLS 1.3 only; both sides present a certificate signed by the CA given with --tls-ca and
 // verify the peer's against it (verify_peer | fail_if_no_peer_cert). Host names are not checked:
 // membership in the operator's CA is the authorization (docs/migration.md says how to make the
