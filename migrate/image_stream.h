@@ -83,7 +83,7 @@ class FileReceiver {
   Result<void> ApplyAsync(const mig::FileData& f, std::string payload);
   // The same, taking *payload's bytes and leaving in *payload a buffer the writer is done with
   // (its size kept: Channel::Recv into it neither allocates nor zero-fills: a fresh
-  // buffer per piece cost its page faults and a memset, ~6% of the stream's CPU).
+  // buffer per piece cost its page faults and a memset, ~5% of the stream's profile).
   Result<void> ApplyAsync(const mig::FileData& f, std::string* payload);
   // Waits until every piece given to ApplyAsync is written; the first error if any.
   Result<void> Drain();
