@@ -443,8 +443,9 @@ Result<void> Channel::Send(const mig::Frame& frame, const void* payload, size_t 
   const size_t body = frame.ByteSizeLong();
   FrameHeader h{kMagic, static_cast<uint32_t>(body), len};
   // Header, message and (under TLS) the payload's first bytes in one buffer: a frame's start
-  // fills one record instead of a small record of its own.
-  const size_t head = std::min(len, impl_->ssl ? kRecord : size_t{0});
+  // fills one record exactly instead of leaving a small record of its own.
+  const size_t room = impl_->ssl && sizeof(h) + body < kRecord ? kRecord - sizeof(h) - body : 0;
+  const size_t head = std::min(len, room);
   std::string& out = impl_->out;
   out.resize(sizeof(h) + body + head);
   memcpy(out.data(), &h, sizeof(h));
@@ -510,6 +511,7 @@ void Channel::Close() {
     // close_notify, bounded: a peer that is gone must not hold us. Its close_notify is not
     // waited for (nothing more is read from a closed channel).
     ERR_clear_error();
+    impl_->bio.more = false;
     auto dl = Deadline(1.0);
     for (;;) {
       int r = SSL_shutdown(impl_->ssl);
