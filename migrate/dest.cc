@@ -448,7 +448,7 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
     if (!r.ok()) return std::move(r.error().wrap(StrFormat("migration of %s", res.id.c_str())));
     switch (f.msg_case()) {
       case mig::Frame::kFile: {
-        auto a = rx.ApplyAsync(f.file(), std::move(payload));
+        auto a = rx.ApplyAsync(f.file(), &payload);  // payload gets a written buffer back
         if (!a.ok()) {
           (void)SendAbort(ch, a.error().to_string());
           return std::move(a.error().wrap(StrFormat("migration of %s", res.id.c_str())));

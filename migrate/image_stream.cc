@@ -11,6 +11,7 @@
 #include <mutex>
 #include <optional>
 #include <thread>
+#include <vector>
 
 #include "common/fs.h"
 #include "common/timing.h"
@@ -19,8 +20,15 @@
 namespace godwit::migrate {
 namespace {
 
-constexpr size_t kChunk = 4 << 20;
-constexpr size_t kSample = 64 << 10;  // adaptive zstd: tried on this much of a chunk first
+// 256 KiB: a chunk stays in the L2 cache between its checksum, its compression and its
+// encryption (sender), and its decryption, checksum and write (receiver); and the receiver's
+// writer starts after 256 KiB instead of 4 MiB. 4 MiB chunks measured ~1.5-2x slower here.
+constexpr size_t kChunk = 256 << 10;
+// Adaptive zstd decides once per region of this many bytes, on a sample of its first chunk.
+constexpr size_t kRegion = 4 << 20;
+constexpr size_t kQueue = 16;  // pieces waiting for the receiver's writer thread (4 MiB)
+constexpr size_t kSpare = kQueue + 2;
+constexpr size_t kSample = 64 << 10;  // adaptive zstd: tried on this much of a region first
 
 using timing::MsSince;
 
@@ -92,6 +100,9 @@ std::unique_ptr<images::Sink> ForwardingSink(
 }
 
 Result<void> FileSender::Prepare(int fd, const std::string& path, Chunk* c) {
+  // Read, not mapped: mapping the file instead of copying it measured no gain (1.13 vs 1.15 CPU
+  // seconds per 512 MiB: the faults and the unmap's rmap work cost what the copy did) and a
+  // file that shrank would fault instead of failing.
   if (!c->raw) c->raw.reset(new char[kChunk]);
   size_t got = 0;
   while (got < c->len) {
@@ -101,19 +112,24 @@ Result<void> FileSender::Prepare(int fd, const std::string& path, Chunk* c) {
     if (r == 0) return MakeError(ErrorKind::kGeneric, 0, "%s shrank while being sent", path.c_str());
     got += r;
   }
+  const char* data = c->raw.get();
   c->zstd = false;
-  c->payload = c->raw.get();
+  c->payload = data;
   c->plen = c->len;
   if (zstd_ && c->len >= 4096) {
     if (!c->z) c->z.reset(new char[ZSTD_compressBound(kChunk)]);
-    bool try_it = true;
-    if (adaptive_ && c->len > 2 * kSample) {
-      size_t z = ZSTD_compress(c->z.get(), ZSTD_compressBound(kSample),
-                               c->raw.get() + c->len / 2 - kSample / 2, kSample, 1);
-      try_it = !ZSTD_isError(z) && z < kSample - kSample / 16;
+    if (!adaptive_) {
+      c->region_try = true;
+    } else if (c->off % kRegion == 0) {
+      c->region_try = true;
+      if (c->len > 2 * kSample) {
+        size_t z = ZSTD_compress(c->z.get(), ZSTD_compressBound(kSample),
+                                 data + c->len / 2 - kSample / 2, kSample, 1);
+        c->region_try = !ZSTD_isError(z) && z < kSample - kSample / 16;
+      }
     }
-    if (try_it) {
-      size_t z = ZSTD_compress(c->z.get(), ZSTD_compressBound(kChunk), c->raw.get(), c->len, 1);
+    if (c->region_try) {
+      size_t z = ZSTD_compress(c->z.get(), ZSTD_compressBound(kChunk), data, c->len, 1);
       if (!ZSTD_isError(z) && z < c->len - c->len / 16) {
         c->zstd = true;
         c->payload = c->z.get();
@@ -168,6 +184,7 @@ struct FileReceiver::Async {
   std::mutex mu;
   std::condition_variable cv;
   std::deque<std::pair<mig::FileData, std::string>> q;
+  std::vector<std::string> spare;  // written pieces' buffers, for ApplyAsync(f, std::string*)
   bool busy = false;
   bool stop = false;
   std::optional<Error> err;
@@ -202,6 +219,7 @@ Result<void> FileReceiver::ApplyAsync(const mig::FileData& f, std::string payloa
         a.cv.notify_all();  // room in the queue
         Result<void> r = a.err ? Result<void>(Ok()) : Apply(item.first, item.second);
         l.lock();
+        if (a.spare.size() < kSpare) a.spare.push_back(std::move(item.second));
         a.busy = false;
         if (!r.ok() && !a.err) a.err = std::move(r).error();
         a.cv.notify_all();
@@ -211,11 +229,23 @@ Result<void> FileReceiver::ApplyAsync(const mig::FileData& f, std::string payloa
   Async& a = *async_;
   std::unique_lock<std::mutex> l(a.mu);
   if (a.err) return *a.err;
-  a.cv.wait(l, [&] { return a.q.size() < 4 || a.err; });
+  a.cv.wait(l, [&] { return a.q.size() < kQueue || a.err; });
   if (a.err) return *a.err;
   a.q.emplace_back(f, std::move(payload));
   l.unlock();
   a.cv.notify_all();
+  return Ok();
+}
+
+Result<void> FileReceiver::ApplyAsync(const mig::FileData& f, std::string* payload) {
+  std::string p = std::move(*payload);
+  payload->clear();
+  TRY(ApplyAsync(f, std::move(p)));
+  std::lock_guard<std::mutex> l(async_->mu);
+  if (!async_->spare.empty()) {
+    *payload = std::move(async_->spare.back());
+    async_->spare.pop_back();
+  }
   return Ok();
 }
 

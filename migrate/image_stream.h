@@ -27,11 +27,12 @@ namespace godwit::migrate {
 // Sends whole files of one local directory as FileData frames.
 class FileSender {
  public:
-  // adaptive: zstd is tried on a 64 KiB sample of each chunk first, and on the chunk only when
-  // the sample shrank by 1/16 (random or compressed memory costs 1.5% of a try, not a whole one).
+  // adaptive: zstd is tried on a 64 KiB sample of each 4 MiB region of a file first, and on the
+  // region's chunks only when the sample shrank by 1/16 (random or compressed memory costs 1.5%
+  // of a try, not a whole one).
   FileSender(Channel* ch, mig::Dir dir, std::string local_dir, bool zstd, bool adaptive = false)
       : ch_(ch), dir_(dir), local_(std::move(local_dir)), zstd_(zstd), adaptive_(adaptive) {}
-  // Sends local_dir/name (chunks of up to 4 MiB, zstd when enabled and it shrinks the chunk).
+  // Sends local_dir/name (chunks of up to 256 KiB, zstd when enabled and it shrinks the chunk).
   Result<void> Send(const std::string& name);
   uint64_t file_bytes() const { return file_bytes_; }  // bytes of the files sent
   uint64_t wire_bytes() const { return wire_bytes_; }  // payload bytes sent (after zstd)
@@ -45,6 +46,7 @@ class FileSender {
     bool zstd = false;
     uint32_t crc = 0;
     std::unique_ptr<char[]> raw, z;  // kChunk and its zstd bound, reused chunk after chunk
+    bool region_try = true;          // adaptive: zstd's sample of this 4 MiB region shrank
     const char* payload = nullptr;   // what goes on the wire: raw or z
     size_t plen = 0;
   };
@@ -79,6 +81,10 @@ class FileReceiver {
   // previous pieces are written (creating a page costs as much as receiving it here), up to a
   // few pieces ahead. An error of an earlier piece is returned by a later call or by Drain.
   Result<void> ApplyAsync(const mig::FileData& f, std::string payload);
+  // The same, taking *payload's bytes and leaving in *payload a buffer the writer is done with
+  // (its size kept: Channel::Recv into it neither allocates nor zero-fills: a fresh
+  // buffer per piece cost its page faults and a memset, ~5% of the stream's profile).
+  Result<void> ApplyAsync(const mig::FileData& f, std::string* payload);
   // Waits until every piece given to ApplyAsync is written; the first error if any.
   Result<void> Drain();
   // Files still open (a FileData without `last` seen): the set is incomplete.

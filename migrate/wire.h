@@ -2,12 +2,18 @@
 // default, plain TCP only when both sides say --insecure.
 //
 // A Channel is one connection, used by one thread, with synchronous calls that each end within
-// the channel's timeout (asio operations run on the channel's own io_context with run_for; a
-// timed-out channel is closed and every later call fails). Frame layout (16-byte header, then the
-// Frame message, then the raw payload) is written with one gathered write, TCP_NODELAY set: a
-// stream never waits on a corked tail (CRIU's page-server stalls ~210 ms there).
+// the channel's timeout (a non-blocking socket; calls wait in poll() until their deadline; a
+// timed-out channel is marked failed and every later call fails). Frame layout: a 16-byte header,
+// the Frame message, the raw payload. TCP_NODELAY is set and a frame's last bytes are sent
+// without MSG_MORE: a stream never waits on a corked tail (CRIU's page-server stalls ~210 ms
+// there); the bytes before them carry MSG_MORE, so a large payload leaves in full segments.
 //
-// TLS: TLS 1.3 only; both sides present a certificate signed by the CA given with --tls-ca and
+// TLS: OpenSSL directly on the socket through a small BIO of ours (send() with MSG_NOSIGNAL and
+// MSG_MORE; received bytes buffered 256 KiB at a time: one recv() per many records), with no
+// BIO pair and no event loop in between (asio::ssl's cost a copy each way and a wakeup per
+// record; docs/migration.md has the numbers). Kernel TLS is not used: the kernels here are built
+// without CONFIG_TLS.
+// TLS 1.3 only; both sides present a certificate signed by the CA given with --tls-ca and
 // verify the peer's against it (verify_peer | fail_if_no_peer_cert). Host names are not checked:
 // membership in the operator's CA is the authorization (docs/migration.md says how to make the
 // CA and host certificates). A peer that fails the handshake is refused before any migration

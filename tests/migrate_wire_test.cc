@@ -9,10 +9,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <random>
 #include <thread>
+#include <vector>
 
 #include "common/fs.h"
 #include "gtest/gtest.h"
@@ -306,6 +309,161 @@ TEST(MigrateWire, FilesCrossIntactAndBadNamesRefused) {
   EXPECT_EQ(*fs::ReadFile(dst + "/tree/c.img"), mixed);
   EXPECT_FALSE(fs::Exists(dst + "/evil"));
   EXPECT_FALSE(fs::Exists(dst + "/tree/crc.img.part"));
+  (void)fs::RemoveAll(src);
+  (void)fs::RemoveAll(dst);
+}
+
+// Under TLS: a payload far above the socket buffers (the sender waits for room, the receiver for
+// records), a corrupt frame sent through the TLS layer, and a peer closing inside a frame.
+TEST(MigrateWire, TlsLargePayloadCorruptFrameAndTruncation) {
+  Listener l;
+  std::string big(40 << 20, '\0');
+  std::mt19937_64 rng(11);
+  for (size_t i = 0; i + 8 <= big.size(); i += 8) {
+    uint64_t v = rng();
+    memcpy(&big[i], &v, 8);
+  }
+  {
+    Server s(l, TestCerts().For("hostb"), [&](Result<std::unique_ptr<Channel>> ch) {
+      ASSERT_TRUE(ch.ok()) << ch.error().to_string();
+      mig::Frame f;
+      std::string p;
+      ASSERT_TRUE((*ch)->Recv(&f, &p).ok());
+      ASSERT_TRUE(f.has_file());
+      EXPECT_EQ(f.file().name(), "big.img");
+      EXPECT_TRUE(p == big);
+      auto r = (*ch)->Recv(&f, &p);
+      ASSERT_FALSE(r.ok());
+      EXPECT_EQ(r.error().kind(), ErrorKind::kPeer);
+      EXPECT_NE(r.error().message().find("corrupt frame"), std::string::npos)
+          << r.error().to_string();
+      EXPECT_FALSE((*ch)->Recv(&f, &p).ok());
+    });
+    auto c = Channel::Connect(l.addr(), TestCerts().For("hosta"), 5);
+    ASSERT_TRUE(c.ok()) << c.error().to_string();
+    EXPECT_TRUE((*c)->secure());
+    mig::Frame f;
+    f.mutable_file()->set_name("big.img");
+    ASSERT_TRUE((*c)->Send(f, big.data(), big.size()).ok());
+    const char junk[16] = "GET / HTTP/1.1\r";
+    ASSERT_TRUE((*c)->SendRaw(junk, sizeof(junk)).ok());
+  }
+  Listener l2;
+  {
+    Server s(l2, TestCerts().For("hostb"), [&](Result<std::unique_ptr<Channel>> ch) {
+      ASSERT_TRUE(ch.ok()) << ch.error().to_string();
+      mig::Frame f;
+      std::string p;
+      auto r = (*ch)->Recv(&f, &p);
+      ASSERT_FALSE(r.ok());
+      EXPECT_EQ(r.error().kind(), ErrorKind::kPeer);
+      EXPECT_NE(r.error().message().find("closed by the peer"), std::string::npos)
+          << r.error().to_string();
+    });
+    auto c = Channel::Connect(l2.addr(), TestCerts().For("hosta"), 5);
+    ASSERT_TRUE(c.ok()) << c.error().to_string();
+    // A header announcing 1 MiB of payload, 100 bytes of it, then the end of the stream.
+    struct {
+      uint32_t magic, header_len;
+      uint64_t payload_len;
+    } h{0x464d5747, 0, 1 << 20};
+    ASSERT_TRUE((*c)->SendRaw(&h, sizeof(h)).ok());
+    std::string some(100, 'x');
+    ASSERT_TRUE((*c)->SendRaw(some.data(), some.size()).ok());
+    (*c)->Close();
+  }
+}
+
+// A TLS handshake with a peer that says nothing ends at the timeout.
+TEST(MigrateWire, TlsHandshakeTimesOut) {
+  Listener l;
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = htons(l.port);
+  ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+  int c = accept4(l.fd, nullptr, nullptr, SOCK_CLOEXEC);
+  ASSERT_GE(c, 0);
+  auto t0 = std::chrono::steady_clock::now();
+  auto ch = Channel::Accept(c, TestCerts().For("hostb"), 0.3);
+  double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  ASSERT_FALSE(ch.ok());
+  EXPECT_EQ(ch.error().kind(), ErrorKind::kPeer);
+  EXPECT_EQ(ch.error().sys_errno(), ETIMEDOUT) << ch.error().to_string();
+  EXPECT_NE(ch.error().message().find("TLS handshake"), std::string::npos);
+  EXPECT_GE(s, 0.29);
+  EXPECT_LT(s, 3.0);
+  close(fd);
+}
+
+// The receiver's writer thread with recycled buffers (ApplyAsync(f, std::string*)), over TLS:
+// files of sizes around the 256 KiB chunk and the 64 KiB mapping threshold cross intact, the
+// buffers come back, and a piece with a wrong checksum fails the receiver with a clear error.
+TEST(MigrateWire, FilesCrossAsyncWithRecycledBuffers) {
+  char t1[] = "/tmp/godwit-wire-src-XXXXXX";
+  char t2[] = "/tmp/godwit-wire-dst-XXXXXX";
+  std::string src = mkdtemp(t1), dst = mkdtemp(t2);
+  std::mt19937 rng(5);
+  std::vector<std::pair<std::string, std::string>> files;
+  for (size_t n : {size_t{0}, size_t{1}, size_t{(64 << 10) - 1}, size_t{256 << 10},
+                   size_t{(256 << 10) + 1}, size_t{(9 << 20) + 4097}}) {
+    std::string d(n, '\0');
+    for (auto& ch : d) ch = static_cast<char>(rng());
+    files.emplace_back("f" + std::to_string(n) + ".img", d);
+    ASSERT_TRUE(fs::WriteFile(src + "/" + files.back().first, d).ok());
+  }
+  Listener l;
+  bool recycled = false;
+  std::string bad_error;
+  {
+    Server s(l, TestCerts().For("hostb"), [&](Result<std::unique_ptr<Channel>> ch) {
+      ASSERT_TRUE(ch.ok()) << ch.error().to_string();
+      FileReceiver rx(dst);
+      mig::Frame f;
+      std::string p;
+      for (;;) {
+        ASSERT_TRUE((*ch)->Recv(&f, &p).ok());
+        if (f.has_round_end()) break;
+        ASSERT_TRUE(f.has_file());
+        ASSERT_TRUE(rx.ApplyAsync(f.file(), &p).ok());
+        if (p.capacity() >= (256u << 10)) recycled = true;
+      }
+      ASSERT_TRUE(rx.Drain().ok());
+      EXPECT_EQ(rx.open_files(), 0u);
+      // Then a piece whose checksum is wrong: refused by the writer, reported by Drain.
+      ASSERT_TRUE((*ch)->Recv(&f, &p).ok());
+      ASSERT_TRUE(f.has_file());
+      auto a = rx.ApplyAsync(f.file(), &p);
+      auto d = a.ok() ? rx.Drain() : a;
+      ASSERT_FALSE(d.ok());
+      EXPECT_EQ(d.error().kind(), ErrorKind::kPeer);
+      bad_error = d.error().message();
+    });
+    auto c = Channel::Connect(l.addr(), TestCerts().For("hosta"), 5);
+    ASSERT_TRUE(c.ok()) << c.error().to_string();
+    FileSender tx(c->get(), mig::DIR_TREE, src, /*zstd=*/false);
+    for (auto& [name, data] : files) ASSERT_TRUE(tx.Send(name).ok()) << name;
+    EXPECT_EQ(tx.files(), static_cast<int>(files.size()));
+    mig::Frame e;
+    e.mutable_round_end()->set_round(0);
+    ASSERT_TRUE((*c)->Send(e).ok());
+    mig::Frame f;
+    f.mutable_file()->set_dir(mig::DIR_TREE);
+    f.mutable_file()->set_name("crc.img");
+    f.mutable_file()->set_length(5);
+    f.mutable_file()->set_last(true);
+    f.mutable_file()->set_crc32c(12345);  // wrong
+    ASSERT_TRUE((*c)->Send(f, "hello", 5).ok());
+  }
+  EXPECT_TRUE(recycled);
+  EXPECT_NE(bad_error.find("crc.img at offset 0: payload checksum mismatch"), std::string::npos)
+      << bad_error;
+  for (auto& [name, data] : files) {
+    auto got = fs::ReadFile(dst + "/tree/" + name);
+    ASSERT_TRUE(got.ok()) << name;
+    EXPECT_TRUE(*got == data) << name;
+  }
   (void)fs::RemoveAll(src);
   (void)fs::RemoveAll(dst);
 }

@@ -5,7 +5,8 @@
 # (alternating a->b, b->a): the client-observed max gap (its own probe per migration) and the
 # client's retransmissions, the source's blackout and its phases; medians and worst. Then the
 # pre-copy stream's throughput (godwit's FileSender over its TLS Channel, /dev/shm to /dev/shm)
-# as a ratio to plain loopback TCP and to loopback TLS, measured in the same run (medians of 3).
+# as a ratio to plain loopback TCP, to loopback TLS and to godwit's TLS channel without files,
+# measured in the same run (medians of BENCH_STREAM_N, 5).
 # Targets (issue 10): max gap <= 50 ms at 64 MiB and <= 100 ms at 1 GiB, no retransmission
 # timeout, 1 GiB within 2x of 64 MiB, stream >= 0.8x of loopback TLS. CRIU 4.2 here: 406 ms at
 # 64 MiB, 2.04 s at 1 GiB (stop-and-copy; its pre-dump needs soft-dirty). Env: BENCH_MIGRATE_N (5),
@@ -105,11 +106,19 @@ if [ -n "${GAP[64]:-}" ] && [ -n "${GAP[1024]:-}" ]; then
   awk -v a="${GAP[64]}" -v b="${GAP[1024]}" 'BEGIN {printf "  targets: 64 MiB %.1f ms (<= 50), 1 GiB %.1f ms (<= 100), 1 GiB / 64 MiB = %.2fx (<= 2x)\n", a, b, b / a}'
 fi
 
-: >"$work/tcp"; : >"$work/tls"; : >"$work/stream"
-for i in 1 2 3; do
-  for m in tcp tls stream; do
-    "$BUILD/bench/migrate_bench" $m 512 "$work/certs" | python3 -c 'import json,sys; print(json.load(sys.stdin)["bytes_per_s"])' >>"$work/$m"
+# The stream against its limits, interleaved run by run (the machine's load drifts): plain TCP,
+# asio::ssl loopback TLS (raw bytes, the target's baseline), godwit's TLS Channel alone (memory
+# to memory: what the transport costs without files) and the stream (file to file).
+modes="tcp tls chan stream"
+for m in $modes; do : >"$work/$m"; done
+for i in $(seq 1 "${BENCH_STREAM_N:-5}"); do
+  for m in $modes; do
+    "$BUILD/bench/migrate_bench" $m 512 "$work/certs" | python3 -c 'import json,sys; j=json.load(sys.stdin); print(j["bytes_per_s"], j["cpu_seconds"])' >>"$work/$m"
   done
 done
-tcp=$(med <"$work/tcp"); tlsr=$(med <"$work/tls"); st=$(med <"$work/stream")
-awk -v t="$tcp" -v l="$tlsr" -v s="$st" 'BEGIN {printf "stream (TLS, file to file) %.2f GB/s = %.2fx loopback TLS (%.2f GB/s; target >= 0.8x), %.2fx plain loopback TCP (%.2f GB/s)\n", s/1e9, s/l, l/1e9, s/t, t/1e9}'
+tcp=$(cut -d' ' -f1 "$work/tcp" | med); tlsr=$(cut -d' ' -f1 "$work/tls" | med)
+ch=$(cut -d' ' -f1 "$work/chan" | med); st=$(cut -d' ' -f1 "$work/stream" | med)
+# CPU seconds of both ends (the rates above follow the load of other processes; these do not).
+tlsc=$(cut -d' ' -f2 "$work/tls" | med); stc=$(cut -d' ' -f2 "$work/stream" | med)
+awk -v t="$tcp" -v l="$tlsr" -v c="$ch" -v s="$st" 'BEGIN {printf "stream (TLS, file to file) %.2f GB/s = %.2fx loopback TLS (%.2f GB/s; target >= 0.8x), %.2fx godwit'"'"'s TLS channel memory to memory (%.2f GB/s), %.2fx plain loopback TCP (%.2f GB/s)\n", s/1e9, s/l, l/1e9, s/c, c/1e9, s/t, t/1e9}'
+awk -v l="$tlsc" -v s="$stc" 'BEGIN {printf "  CPU for 512 MiB (both ends): stream %.2f s, loopback TLS %.2f s (%.2fx)\n", s, l, s/l}'
