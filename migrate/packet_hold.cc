@@ -4,6 +4,7 @@
 #include <linux/if_ether.h>
 #include <linux/if_packet.h>
 #include <net/if.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 
 #include <fcntl.h>
@@ -41,6 +42,77 @@ Result<PacketHold> PacketHold::Start(const std::string& host_veth, int rcvbuf) {
   return h;
 }
 
+namespace {
+
+uint32_t SumWords(const uint8_t* p, size_t n, uint32_t sum) {
+  for (; n > 1; p += 2, n -= 2) sum += (uint32_t{p[0]} << 8) | p[1];
+  if (n) sum += uint32_t{p[0]} << 8;
+  return sum;
+}
+
+uint16_t Fold(uint32_t sum) {
+  while (sum >> 16) sum = (sum & 0xffff) + (sum >> 16);
+  return static_cast<uint16_t>(~sum);
+}
+
+}  // namespace
+
+// A frame a local sender handed to a veth with checksum offload carries a partial TCP/UDP
+// checksum (the pseudo-header's only: CHECKSUM_PARTIAL, completed by nobody on a virtual path).
+// Sent again through a packet socket it is an ordinary frame, checked and dropped by the
+// receiver: every held segment was lost that way and the client had to send it again.
+void FixChecksums(char* frame, size_t len) {
+  auto* f = reinterpret_cast<uint8_t*>(frame);
+  size_t off = ETH_HLEN;
+  if (len < off) return;
+  uint16_t type = static_cast<uint16_t>((f[12] << 8) | f[13]);
+  if (type == ETH_P_8021Q && len >= off + 4) {
+    type = static_cast<uint16_t>((f[16] << 8) | f[17]);
+    off += 4;
+  }
+  uint8_t proto;
+  size_t l4, l4len;
+  uint32_t sum = 0;
+  if (type == ETH_P_IP) {
+    if (len < off + 20) return;
+    const uint8_t* ip = f + off;
+    size_t ihl = (ip[0] & 0xf) * 4u, total = (size_t{ip[2]} << 8) | ip[3];
+    if ((ip[0] >> 4) != 4 || ihl < 20 || total < ihl || off + total > len) return;
+    if (((ip[6] << 8) | ip[7]) & 0x3fff) return;  // a fragment: the checksum spans them all
+    proto = ip[9];
+    l4 = off + ihl;
+    l4len = total - ihl;
+    sum = SumWords(ip + 12, 8, 0);  // source and destination
+  } else if (type == ETH_P_IPV6) {
+    if (len < off + 40) return;
+    const uint8_t* ip = f + off;
+    size_t plen = (size_t{ip[4]} << 8) | ip[5];
+    if ((ip[0] >> 4) != 6 || off + 40 + plen > len) return;
+    proto = ip[6];  // extension headers are left alone
+    l4 = off + 40;
+    l4len = plen;
+    sum = SumWords(ip + 8, 32, 0);
+  } else {
+    return;
+  }
+  size_t at;
+  if (proto == IPPROTO_TCP && l4len >= 20) {
+    at = 16;
+  } else if (proto == IPPROTO_UDP && l4len >= 8) {
+    at = 6;
+  } else {
+    return;
+  }
+  sum += proto;
+  sum += static_cast<uint32_t>(l4len & 0xffff) + static_cast<uint32_t>(l4len >> 16);
+  uint8_t* seg = f + l4;
+  seg[at] = seg[at + 1] = 0;
+  uint16_t c = Fold(SumWords(seg, l4len, sum));
+  if (proto == IPPROTO_UDP && c == 0) c = 0xffff;
+  seg[at] = static_cast<uint8_t>(c >> 8);
+  seg[at + 1] = static_cast<uint8_t>(c & 0xff);
+}
+
 Result<int> PacketHold::Drain(std::string* out) {
   int n = 0;
   char buf[65536 + 64];
@@ -60,6 +132,7 @@ Result<int> PacketHold::Drain(std::string* out) {
       continue;
     }
     uint32_t len = static_cast<uint32_t>(r);
+    FixChecksums(buf, len);
     out->append(reinterpret_cast<const char*>(&len), 4);
     out->append(buf, len);
     n++;

@@ -41,6 +41,10 @@ class PacketHold {
   uint64_t dropped_ = 0;
 };
 
+// Completes the TCP/UDP checksum of one Ethernet frame (IPv4 or IPv6) in place; other frames are
+// left as they are. Drain does it to every frame it holds (packet_hold.cc says why).
+void FixChecksums(char* frame, size_t len);
+
 // Silences a held container's network namespace (the namespace of `pid`): every packet it would
 // send (IPv4, IPv6, ARP) is dropped until Unsilence. A frozen source still has a live kernel
 // stack that answers ARP and neighbour solicitations for the address the destination now owns
