@@ -147,7 +147,9 @@ Result<void> DumpBpfMap(FdDumpContext& ctx, const Probe& p, img::FileEntry& e) {
   if (n && (info.map_flags & BPF_F_RDONLY))
     return refuse("BPF_F_RDONLY with elements: they cannot be written again from user space");
   m->set_entries(n);
-  if (!data.empty()) ASSIGN_OR_RETURN(*m->mutable_data(), ctx.Blob(data.data(), data.size()));
+  if (!data.empty()) {
+    ASSIGN_OR_RETURN(*m->mutable_data(), ctx.Blob(data.data(), data.size()));
+  }
   return Ok();
 }
 
