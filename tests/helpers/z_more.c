@@ -32,6 +32,7 @@
 #include <sys/sysmacros.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -933,6 +934,56 @@ static int m_sock_ip_tcp_opts(void) {
   return 0;
 }
 
+/* socket_snd_addr: datagrams queued on a named socket from named senders, one closed since the
+ * send (abstract), one still open (abstract), one closed whose name was a path: recvmsg names
+ * each sender after the restore. */
+static socklen_t un_addr(struct sockaddr_un* a, const char* name, size_t len) {
+  memset(a, 0, sizeof *a);
+  a->sun_family = AF_UNIX;
+  memcpy(a->sun_path, name, len);
+  return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len);
+}
+static int m_snd_addr(void) {
+  char srv_name[64], a_name[64], b_name[64];
+  int n = snprintf(srv_name, sizeof srv_name, "%czsrv-%d", 0, getpid());
+  snprintf(a_name, sizeof a_name, "%czA-%d", 0, getpid());
+  snprintf(b_name, sizeof b_name, "%czB-%d", 0, getpid());
+  const char* c_path = path_in("sender.sock");
+  struct sockaddr_un sa;
+  int srv = socket(AF_UNIX, SOCK_DGRAM, 0);
+  SETUP(srv >= 0 && bind(srv, (struct sockaddr*)&sa, un_addr(&sa, srv_name, (size_t)n)) == 0);
+  const char* names[3] = {a_name, b_name, c_path};
+  size_t lens[3] = {(size_t)n - 1, (size_t)n - 1, strlen(c_path)};
+  int keep = -1;
+  for (int i = 0; i < 3; ++i) {
+    int c = socket(AF_UNIX, SOCK_DGRAM, 0);
+    SETUP(c >= 0 && bind(c, (struct sockaddr*)&sa, un_addr(&sa, names[i], lens[i])) == 0);
+    SETUP(sendto(c, "hello", 6, 0, (struct sockaddr*)&sa, un_addr(&sa, srv_name, (size_t)n)) == 6);
+    if (i == 1)
+      keep = c;
+    else
+      close(c);
+  }
+  SETUP(unlink(c_path) == 0);
+  ready_and_wait();
+  for (int i = 0; i < 3; ++i) {
+    char buf[16];
+    struct sockaddr_un from;
+    socklen_t fl = sizeof from;
+    memset(&from, 0, sizeof from);
+    ssize_t r = recvfrom(srv, buf, sizeof buf, MSG_DONTWAIT, (struct sockaddr*)&from, &fl);
+    CHECK(r == 6 && !strcmp(buf, "hello"), "message %d: %zd", i, r);
+    CHECK(fl == offsetof(struct sockaddr_un, sun_path) + lens[i] + (i == 2 ? 1 : 0) &&
+              !memcmp(from.sun_path, names[i], lens[i]),
+          "sender %d: %u bytes, %s", i, fl, from.sun_path[0] ? from.sun_path : from.sun_path + 1);
+  }
+  struct sockaddr_un own;
+  socklen_t ol = sizeof own;
+  CHECK(getsockname(keep, (struct sockaddr*)&own, &ol) == 0 && !memcmp(own.sun_path, b_name, lens[1]),
+        "the live sender keeps its name");
+  return 0;
+}
+
 int main(int argc, char** argv) {
   if (argc < 4) return 119;
   ready_fd = atoi(argv[2]);
@@ -971,6 +1022,7 @@ int main(int argc, char** argv) {
       {"syn_sent", m_syn_sent},
       {"syn_sent_v6", m_syn_sent_v6},
       {"sock_ip_tcp_opts", m_sock_ip_tcp_opts},
+      {"snd_addr", m_snd_addr},
   };
   for (size_t i = 0; i < sizeof modes / sizeof modes[0]; ++i)
     if (!strcmp(argv[1], modes[i].name)) return modes[i].fn();
