@@ -152,10 +152,18 @@ Result<img::PageMap> FixInherited(RestoreContext& ctx, ProcessRestore& p,
                                   const std::vector<const img::Vma*>& inherited,
                                   const img::PageMap& pagemap) {
   remote::Remote* r = p.remote.get();
+  // The owner's own VMAs hold exactly its pages already (the coordinator filled them from its
+  // page map and nothing else touched them): nothing to compare or drop there.
+  auto owned = [&](const img::Vma* v) {
+    for (const auto& c : ctx.cow)
+      if (c.start == v->start() && c.owner == p.pid) return true;
+    return false;
+  };
   img::PageMap rest = pagemap;
   rest.clear_runs();
   std::unique_ptr<images::BlobReader> blob;
   std::string want, have;
+  UniqueFd mem;
   uint64_t written = 0, kept = 0;
   for (const auto& run : pagemap.runs()) {
     const uint64_t rs = run.vaddr(), re = rs + run.npages() * kPage;
@@ -169,14 +177,26 @@ Result<img::PageMap> FixInherited(RestoreContext& ctx, ProcessRestore& p,
       o->set_blob_off(run.blob_off() + (s - rs));
     };
     std::vector<std::pair<uint64_t, uint64_t>> inside;
+    std::vector<std::pair<uint64_t, uint64_t>> mine;  // the parts in VMAs this process owns
     for (const img::Vma* v : inherited) {
       uint64_t s = std::max(rs, v->start()), e = std::min(re, v->end());
-      if (s < e) inside.push_back({s, e});
+      if (s >= e) continue;
+      inside.push_back({s, e});
+      if (owned(v)) mine.push_back({s, e});
     }
+    auto is_owned = [&](uint64_t s) {
+      for (const auto& m : mine)
+        if (m.first == s) return true;
+      return false;
+    };
     std::sort(inside.begin(), inside.end());
     for (const auto& [s, e] : inside) {
       keep_plain(at, s);
       at = e;
+      if (is_owned(s)) {
+        kept += (e - s) / kPage;
+        continue;
+      }
       // Inside: compare with what the fork gave, write the pages that differ.
       if (!blob) {
         ASSIGN_OR_RETURN(blob, ctx.images->OpenBlob(pagemap.blob()));
@@ -184,8 +204,16 @@ Result<img::PageMap> FixInherited(RestoreContext& ctx, ProcessRestore& p,
       want.resize(e - s);
       have.resize(e - s);
       TRY(blob->Read(run.blob_off() + (s - rs), want.data(), e - s));
-      TRY_CTX(r->Read(s, have.data(), e - s), "pid %d: inherited pages at %#lx", p.pid,
-              static_cast<unsigned long>(s));
+      // Through /proc/PID/mem, not process_vm_readv (Remote::Read): that pins the pages, and
+      // pinning an anonymous page shared copy-on-write unshares it even for reading (the
+      // kernel's fix for pins across fork), the very sharing this keeps.
+      if (!mem) {
+        mem = UniqueFd(open(StrFormat("/proc/%d/mem", p.pid).c_str(), O_RDONLY | O_CLOEXEC));
+        if (!mem) return Errno("open /proc/%d/mem", p.pid);
+      }
+      if (pread(mem.get(), have.data(), e - s, static_cast<off_t>(s)) !=
+          static_cast<ssize_t>(e - s))
+        return Errno("pid %d: read inherited pages at %#lx", p.pid, static_cast<unsigned long>(s));
       for (uint64_t o = 0; o < e - s;) {
         if (memcmp(want.data() + o, have.data() + o, kPage) == 0) {
           o += kPage;
@@ -205,6 +233,12 @@ Result<img::PageMap> FixInherited(RestoreContext& ctx, ProcessRestore& p,
   // Pages of the inherited VMAs this process did not have: the fork's copies go (zeros again, or
   // the file's page), then the VMA's own protection.
   for (const img::Vma* v : inherited) {
+    if (owned(v)) {
+      if (v->prot() != (PROT_READ | PROT_WRITE))
+        TRY_CTX(r->Syscall(SYS_mprotect, v->start(), v->end() - v->start(), v->prot()),
+                "pid %d: mprotect %#lx", p.pid, static_cast<unsigned long>(v->start()));
+      continue;
+    }
     uint64_t at = v->start();
     auto drop = [&](uint64_t s, uint64_t e) -> Result<void> {
       if (s >= e) return Ok();
