@@ -213,19 +213,28 @@ struct IntOpt {
 };
 std::vector<IntOpt> ExtraOptList(int family, int type, int protocol) {
   std::vector<IntOpt> l;
+  // Multicast, fragment-size and raw-only options: datagram and raw sockets only (a stream
+  // socket refuses the multicast ones, EINVAL).
+  const bool dgram = type != SOCK_STREAM;
   if (family == AF_INET) {
     for (int o : {IP_PKTINFO, IP_RECVTTL, IP_RECVTOS, IP_RECVOPTS, IP_RETOPTS, IP_RECVERR,
-                  IP_MTU_DISCOVER, IP_MULTICAST_TTL, IP_MULTICAST_LOOP, IP_MULTICAST_ALL,
-                  IP_RECVORIGDSTADDR, IP_BIND_ADDRESS_NO_PORT, IP_NODEFRAG, IP_CHECKSUM,
-                  IP_RECVFRAGSIZE, IP_MINTTL, IP_PASSSEC})
+                  IP_MTU_DISCOVER, IP_RECVORIGDSTADDR, IP_BIND_ADDRESS_NO_PORT, IP_MINTTL,
+                  IP_PASSSEC})
       l.push_back({SOL_IP, o});
+    if (dgram)
+      for (int o : {IP_MULTICAST_TTL, IP_MULTICAST_LOOP, IP_MULTICAST_ALL, IP_NODEFRAG,
+                    IP_CHECKSUM, IP_RECVFRAGSIZE})
+        l.push_back({SOL_IP, o});
   } else {
     for (int o : {IPV6_RECVPKTINFO, IPV6_RECVHOPLIMIT, IPV6_RECVTCLASS, IPV6_RECVERR,
-                  IPV6_MTU_DISCOVER, IPV6_MULTICAST_HOPS, IPV6_MULTICAST_LOOP,
-                  IPV6_MULTICAST_ALL, IPV6_RECVORIGDSTADDR, IPV6_RECVPATHMTU, IPV6_DONTFRAG,
-                  IPV6_AUTOFLOWLABEL, IPV6_RECVFRAGSIZE, IPV6_MINHOPCOUNT, IPV6_RECVRTHDR,
-                  IPV6_RECVHOPOPTS, IPV6_RECVDSTOPTS})
+                  IPV6_MTU_DISCOVER, IPV6_RECVORIGDSTADDR, IPV6_RECVPATHMTU, IPV6_DONTFRAG,
+                  IPV6_AUTOFLOWLABEL, IPV6_MINHOPCOUNT, IPV6_RECVRTHDR, IPV6_RECVHOPOPTS,
+                  IPV6_RECVDSTOPTS})
       l.push_back({SOL_IPV6, o});
+    if (dgram)
+      for (int o : {IPV6_MULTICAST_HOPS, IPV6_MULTICAST_LOOP, IPV6_MULTICAST_ALL,
+                    IPV6_RECVFRAGSIZE})
+        l.push_back({SOL_IPV6, o});
   }
   if (type == SOCK_STREAM) {
     for (int o : {TCP_CORK, TCP_USER_TIMEOUT, TCP_SYNCNT, TCP_LINGER2, TCP_DEFER_ACCEPT,
@@ -246,6 +255,9 @@ void DumpExtraOpts(int fd, img::InetSocket* sk) {
     socklen_t vl = sizeof(v), fl = sizeof(f);
     if (getsockopt(fd, o.level, o.opt, &v, &vl) < 0 || vl != sizeof(v)) continue;
     if (fresh && getsockopt(fresh.get(), o.level, o.opt, &f, &fl) == 0 && f == v) continue;
+    // Only what a socket takes back: tried on the fresh one (a value the kernel reports but
+    // refuses, or an option of another state, would fail the restore for nothing).
+    if (fresh && setsockopt(fresh.get(), o.level, o.opt, &v, sizeof(v)) < 0) continue;
     img::IntSockOpt* x = sk->add_extra_opts();
     x->set_level(o.level);
     x->set_opt(o.opt);

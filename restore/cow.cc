@@ -29,7 +29,8 @@ bool Premappable(const img::Vma& v) {
 
 bool SameMapping(const img::Vma& a, const img::Vma& b) {
   if (a.start() != b.start() || a.end() != b.end() || a.kind() != b.kind()) return false;
-  if ((a.flags() & MAP_GROWSDOWN) != (b.flags() & MAP_GROWSDOWN)) return false;
+  const uint32_t mapped = MAP_GROWSDOWN | MAP_NORESERVE;  // what mmap fixes (advice comes later)
+  if ((a.flags() & mapped) != (b.flags() & mapped)) return false;
   if (a.kind() == img::VMA_FILE_PRIVATE)
     return a.path() == b.path() && a.inode() == b.inode() && a.dev() == b.dev() &&
            a.pgoff() == b.pgoff();
@@ -50,12 +51,14 @@ bool MapHere(const img::Vma& v) {
   void* got;
   if (v.kind() == img::VMA_ANON_PRIVATE) {
     got = mmap(want, len, PROT_READ | PROT_WRITE,
-               MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+               MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE | (v.flags() & MAP_NORESERVE), -1,
+               0);
   } else {
     UniqueFd fd(open(v.path().c_str(), O_RDONLY | O_CLOEXEC));
     struct stat st {};
     if (!fd || fstat(fd.get(), &st) < 0 || st.st_ino != v.inode()) return false;
-    got = mmap(want, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED_NOREPLACE, fd.get(),
+    got = mmap(want, len, PROT_READ | PROT_WRITE,
+               MAP_PRIVATE | MAP_FIXED_NOREPLACE | (v.flags() & MAP_NORESERVE), fd.get(),
                static_cast<off_t>(v.pgoff()));
   }
   if (got == MAP_FAILED) return false;
