@@ -23,6 +23,7 @@
 #include "common/proc.h"
 #include "common/scope_exit.h"
 #include "common/timing.h"
+#include "dump/aio.h"
 #include "dump/dirty.h"
 #include "dump/pages.h"
 #include "dump/pagemap_scan.h"
@@ -322,6 +323,10 @@ Result<void> DumpMm(DumpContext& ctx, ProcessDump& p) {
     uint32_t flags = m.shared ? MAP_SHARED : MAP_PRIVATE;
     if (kind == img::VMA_ANON_PRIVATE) flags |= MAP_ANONYMOUS;
     v->set_flags(flags);  // + the VmFlags ones below
+    if (IsAioRing(m)) {  // dump/aio.cc: io_setup again on restore, not shared memory
+      TRY(DumpAioRing(pid, r, m, v));
+      continue;
+    }
     if (kind == img::VMA_SHMEM) {
       TRY_CTX(DumpShmemObject(ctx, pid, m, v, r), "pid %d: shared memory %s", pid, m.path.c_str());
       if (m.shared) continue;
@@ -367,6 +372,7 @@ Result<void> DumpMm(DumpContext& ctx, ProcessDump& p) {
       continue;
     }
     const VmFlags& f = it->second;
+    if (v.kind() == img::VMA_AIO_RING) continue;  // the kernel's flags, made again by io_setup
     bool shared = (v.flags() & MAP_SHARED) != 0;
     v.set_flags(v.flags() | (f.growsdown ? MAP_GROWSDOWN : 0) | (f.noreserve ? MAP_NORESERVE : 0));
     v.set_madv(f.madv);

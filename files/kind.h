@@ -255,6 +255,7 @@ GODWIT_KIND_DECL(Opath)
 GODWIT_KIND_DECL(Nsfs)
 GODWIT_KIND_DECL(Pidfd)
 GODWIT_KIND_DECL(Packet)
+GODWIT_KIND_DECL(BpfMap)
 #undef GODWIT_KIND_DECL
 // In the holder: a file under /proc/PID of a process of the tree, opened once PID exists.
 Result<void> InstallReg(FdRestoreContext& ctx, const img::FileEntry& e, pid_t pid);

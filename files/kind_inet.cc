@@ -204,6 +204,81 @@ Result<void> DumpRawOpts(int fd, img::InetSocket* sk) {
   return Ok();
 }
 
+// Integer options kept when they differ from a fresh socket's (InetSocket.extra_opts). Those
+// with fields of their own (TOS, TTL, FREEBIND, TRANSPARENT, HDRINCL, NODELAY, keepalive
+// parameters) are not here; neither are those the repair or the bind set (TCP_MAXSEG,
+// TCP_WINDOW_CLAMP, IP_BIND_ADDRESS_NO_PORT is: it must be set before the bind, and is).
+struct IntOpt {
+  int level, opt;
+};
+std::vector<IntOpt> ExtraOptList(int family, int type, int protocol) {
+  std::vector<IntOpt> l;
+  // Multicast, fragment-size and raw-only options: datagram and raw sockets only (a stream
+  // socket refuses the multicast ones, EINVAL).
+  const bool dgram = type != SOCK_STREAM;
+  if (family == AF_INET) {
+    for (int o : {IP_PKTINFO, IP_RECVTTL, IP_RECVTOS, IP_RECVOPTS, IP_RETOPTS, IP_RECVERR,
+                  IP_MTU_DISCOVER, IP_RECVORIGDSTADDR, IP_BIND_ADDRESS_NO_PORT, IP_MINTTL,
+                  IP_PASSSEC})
+      l.push_back({SOL_IP, o});
+    if (dgram)
+      for (int o : {IP_MULTICAST_TTL, IP_MULTICAST_LOOP, IP_MULTICAST_ALL, IP_NODEFRAG,
+                    IP_CHECKSUM, IP_RECVFRAGSIZE})
+        l.push_back({SOL_IP, o});
+  } else {
+    for (int o : {IPV6_RECVPKTINFO, IPV6_RECVHOPLIMIT, IPV6_RECVTCLASS, IPV6_RECVERR,
+                  IPV6_MTU_DISCOVER, IPV6_RECVORIGDSTADDR, IPV6_RECVPATHMTU, IPV6_DONTFRAG,
+                  IPV6_AUTOFLOWLABEL, IPV6_MINHOPCOUNT, IPV6_RECVRTHDR, IPV6_RECVHOPOPTS,
+                  IPV6_RECVDSTOPTS})
+      l.push_back({SOL_IPV6, o});
+    if (dgram)
+      for (int o : {IPV6_MULTICAST_HOPS, IPV6_MULTICAST_LOOP, IPV6_MULTICAST_ALL,
+                    IPV6_RECVFRAGSIZE})
+        l.push_back({SOL_IPV6, o});
+  }
+  if (type == SOCK_STREAM) {
+    for (int o : {TCP_CORK, TCP_USER_TIMEOUT, TCP_SYNCNT, TCP_LINGER2, TCP_DEFER_ACCEPT,
+                  TCP_NOTSENT_LOWAT, TCP_THIN_LINEAR_TIMEOUTS, TCP_FASTOPEN,
+                  TCP_FASTOPEN_CONNECT, TCP_QUICKACK})
+      l.push_back({SOL_TCP, o});
+  } else if (type == SOCK_DGRAM && protocol == IPPROTO_UDP) {
+    for (int o : {UDP_CORK, UDP_SEGMENT, UDP_GRO, UDP_NO_CHECK6_TX, UDP_NO_CHECK6_RX})
+      l.push_back({SOL_UDP, o});
+  }
+  return l;
+}
+
+void DumpExtraOpts(int fd, img::InetSocket* sk) {
+  UniqueFd fresh(socket(sk->family(), sk->type() | SOCK_CLOEXEC, sk->protocol()));
+  for (const IntOpt& o : ExtraOptList(sk->family(), sk->type(), sk->protocol())) {
+    int v = 0, f = 0;
+    socklen_t vl = sizeof(v), fl = sizeof(f);
+    if (getsockopt(fd, o.level, o.opt, &v, &vl) < 0 || vl != sizeof(v)) continue;
+    if (fresh && getsockopt(fresh.get(), o.level, o.opt, &f, &fl) == 0 && f == v) continue;
+    // Only what a socket takes back: tried on the fresh one (a value the kernel reports but
+    // refuses, or an option of another state, would fail the restore for nothing).
+    if (fresh && setsockopt(fresh.get(), o.level, o.opt, &v, sizeof(v)) < 0) continue;
+    img::IntSockOpt* x = sk->add_extra_opts();
+    x->set_level(o.level);
+    x->set_opt(o.opt);
+    x->set_value(v);
+  }
+}
+
+// TCP_QUICKACK last: other settings may leave the quick-ack (pingpong) mode again.
+Result<void> RestoreExtraOpts(int fd, const img::InetSocket& sk) {
+  for (int pass = 0; pass < 2; ++pass)
+    for (const auto& o : sk.extra_opts()) {
+      bool quickack = o.level() == SOL_TCP && o.opt() == TCP_QUICKACK;
+      if (quickack != (pass == 1)) continue;
+      int v = o.value();
+      if (setsockopt(fd, o.level(), o.opt(), &v, sizeof(v)) < 0)
+        return Errno("setsockopt level %d option %d = %d on %s", o.level(), o.opt(), v,
+                     AddrStr(sk.src()).c_str());
+    }
+  return Ok();
+}
+
 }  // namespace
 
 Result<void> DumpInet(FdDumpContext& ctx, const Probe& p, img::FileEntry& e) {
@@ -224,6 +299,7 @@ Result<void> DumpInet(FdDumpContext& ctx, const Probe& p, img::FileEntry& e) {
   };
   sk->set_bound(port(sk->src()) != 0);
   DumpSockOpts(fd, sk->mutable_opts());
+  DumpExtraOpts(fd, sk);
   bool v6 = sk->family() == AF_INET6;
   sk->set_tos(GetInt(fd, v6 ? SOL_IPV6 : SOL_IP, v6 ? IPV6_TCLASS : IP_TOS));
   sk->set_ttl(GetInt(fd, v6 ? SOL_IPV6 : SOL_IP, v6 ? IPV6_UNICAST_HOPS : IP_TTL));
@@ -255,8 +331,13 @@ Result<void> DumpInet(FdDumpContext& ctx, const Probe& p, img::FileEntry& e) {
     sk->set_state(sk->dst().empty() ? TCP_CLOSE : TCP_ESTABLISHED);
     // shutdown() of a datagram socket (zdtm socket_udp_shutdown): a write-shut one must keep
     // failing with EPIPE, a read-shut one keep reading EOF.
-    ASSIGN_OR_RETURN(int how, InetShutdown(p.pid, sk->family(), sk->protocol(), p.st.st_ino));
-    sk->set_shutdown(static_cast<uint32_t>(how));
+    // A socket never bound nor connected is in no table sock_diag walks (zdtm sock_ip_opts: UDP
+    // sockets with options only); a shutdown of one is kept by nothing a restore could tell.
+    auto how = InetShutdown(p.pid, sk->family(), sk->protocol(), p.st.st_ino);
+    if (!how.ok() && !(how.error().kind() == ErrorKind::kNotFound && !sk->bound() &&
+                       sk->dst().empty()))
+      return std::move(how).error();
+    sk->set_shutdown(how.ok() ? static_cast<uint32_t>(*how) : 0);
     return PeekQueue(ctx, fd, false, sk->mutable_queue());
   }
   struct tcp_info ti {};
@@ -455,6 +536,7 @@ Result<UniqueFd> OpenInet(FdRestoreContext& ctx, const img::FileEntry& e) {
   }
   TRY(CommonOpts(s.get(), sk));
   TRY(RestoreRawOpts(s.get(), sk));
+  TRY(RestoreExtraOpts(s.get(), sk));
   if (sk.bound()) TRY(Bind(s.get(), sk));
   if (sk.type() == SOCK_STREAM) {
     if (sk.state() == TCP_LISTEN && listen(s.get(), sk.backlog()) < 0)
@@ -509,7 +591,9 @@ Result<void> FinalizeInet(FdRestoreContext& ctx, const img::FileEntry& e, int fd
   }
   if (SentFin(sk.state()) && shutdown(fd, SHUT_WR) < 0) return Errno("shutdown SHUT_WR");
   if (GotFin(sk.state()) && shutdown(fd, SHUT_RD) < 0) return Errno("shutdown SHUT_RD");
-  return Ok();
+  // The other options once the connection is live again (TCP_CORK would hold the unsent data
+  // sent just above).
+  return RestoreExtraOpts(fd, sk);
 }
 
 }  // namespace godwit::files

@@ -181,6 +181,33 @@ Result<void> SendWithFds(FdRestoreContext& ctx, const img::UnixSocket& u, int fr
   return Ok();
 }
 
+// A datagram's named sender (zdtm socket_snd_addr): recvmsg names the socket that sent it, even
+// one closed since (the queued message keeps it). The message goes again from a socket bound to
+// that name while the name is free (abstract, or an absolute path: its file is removed again
+// after the send; the sender's address stays with the queued message), or from the restored
+// socket that holds the name now. -1: neither (the message goes from `from`, unnamed).
+int SenderFor(FdRestoreContext& ctx, int type, const std::string& sender, UniqueFd* tmp) {
+  const size_t off = offsetof(struct sockaddr_un, sun_path);
+  if (sender.size() <= off + 1) return -1;
+  std::string name = sender.substr(off);
+  if (name[0] != '\0') name = name.c_str();  // a path: up to its NUL
+  if (name.empty() || (name[0] != '\0' && name[0] != '/')) return -1;
+  UniqueFd s(socket(AF_UNIX, type | SOCK_CLOEXEC, 0));
+  struct sockaddr_un sa;
+  socklen_t len = MakeAddr(name, &sa);
+  if (s && bind(s.get(), reinterpret_cast<sockaddr*>(&sa), len) == 0) {
+    if (name[0] == '/') unlink(name.c_str());  // the bound socket keeps its name
+    *tmp = std::move(s);
+    return tmp->get();
+  }
+  for (const auto& [id, e] : ctx.entries()) {
+    if (e.kind() != img::FILE_KIND_UNIX || e.unix_sk().name() != name) continue;
+    int fd = ctx.Prepared(id);
+    if (fd >= 0) return fd;
+  }
+  return -1;
+}
+
 // Writes the queue of `e` through `from` (the peer end, or a socket that can reach e).
 Result<void> Requeue(FdRestoreContext& ctx, const img::UnixSocket& u, int from,
                      const std::string& to) {
@@ -200,7 +227,14 @@ Result<void> Requeue(FdRestoreContext& ctx, const img::UnixSocket& u, int from,
     } else {
       struct sockaddr_un sa;
       socklen_t len = MakeAddr(to, &sa);
-      n = sendto(from, data.data(), data.size(), MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&sa), len);
+      UniqueFd named;
+      int src = u.type() == SOCK_DGRAM ? SenderFor(ctx, u.type(), m.sender(), &named) : -1;
+      n = src >= 0 ? sendto(src, data.data(), data.size(), MSG_DONTWAIT,
+                            reinterpret_cast<sockaddr*>(&sa), len)
+                   : -1;
+      if (n < 0)  // no sender by that name, or it may not send here: an unnamed one
+        n = sendto(from, data.data(), data.size(), MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&sa),
+                   len);
     }
     if (n != static_cast<ssize_t>(data.size()))
       return Errno("requeue %zu-byte message to unix socket %llu", data.size(),

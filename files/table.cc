@@ -31,6 +31,7 @@ const std::vector<KindOps>& KindTable() {
       {img::FILE_KIND_PIDFD, "pidfd", DumpPidfd, OpenPidfd, InstallPidfd, nullptr, true},
       {img::FILE_KIND_PACKET, "packet", DumpPacket, OpenPacket},
       {img::FILE_KIND_FANOTIFY, "fanotify", DumpFanotify, OpenFanotify},
+      {img::FILE_KIND_BPFMAP, "bpfmap", DumpBpfMap, OpenBpfMap},
   };
   return table;
 }
@@ -105,6 +106,7 @@ Result<img::FileKind> Classify(const Probe& p) {
     if (l == "anon_inode:inotify") return img::FILE_KIND_INOTIFY;
     if (l == "anon_inode:[pidfd]") return img::FILE_KIND_PIDFD;
     if (l == "anon_inode:[fanotify]") return img::FILE_KIND_FANOTIFY;
+    if (l == "anon_inode:bpf-map") return img::FILE_KIND_BPFMAP;
     if (StartsWith(l, "anon_inode:bpf"))
       return unsupported(l.substr(strlen("anon_inode:")) + " (BPF objects are not dumped)");
     return unsupported(l.substr(strlen("anon_inode:")));

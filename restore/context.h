@@ -45,6 +45,9 @@ struct RestoreOptions {
     bool uffd = true;      // anonymous private memory by UFFDIO_COPY from the coordinator
     bool split = true;     // a coordinator thread writes half of a large raw fill
     bool populate = true;  // MADV_POPULATE_WRITE before the process's own preadv
+    // Private memory a parent shares copy-on-write with its children comes back shared
+    // (restore/cow.h): the coordinator maps and fills it before the tree forks.
+    bool inherit_cow = true;
   } fill;
   images::ReadOptions read;  // how the image set is checked (ImageSet::Open)
   // Anonymous private memory is paged in after the tree runs (restore/lazy.h): the restore
@@ -135,6 +138,15 @@ struct RestoreContext {
   int inner_level = 0;
   pid_t root_host_pid = 0;  // once forked
   std::shared_ptr<LazyPager> lazy;  // RestoreOptions::lazy
+  // Private VMAs the coordinator mapped and filled before the fork, inherited by every process
+  // of the tree (restore/cow.h); each process keeps those it has and corrects their pages.
+  struct CowRange {
+    uint64_t start = 0, end = 0;
+    const img::Vma* vma = nullptr;  // the owner's (the highest process of the tree that has it)
+    pid_t owner = 0;
+  };
+  std::vector<CowRange> cow;
+  bool cow_mapped = false;  // the coordinator's own mappings of cow are still there
   // With a user namespace: sets the next tid of the tree's pid namespace for the threads step
   // (made on first use; see restore/threads.cc).
   std::shared_ptr<LastPidSetter> last_pid;

@@ -26,6 +26,7 @@
 #include "common/pidfd.h"
 #include "common/proc.h"
 #include "common/timing.h"
+#include "restore/cow.h"
 #include "restore/lazy.h"
 #include "restore/mm.h"
 #include "restore/pages.h"
@@ -400,8 +401,17 @@ Result<void> RestoreMm(RestoreContext& ctx, ProcessRestore& p) {
       keep.push_back({0, 0});  // separator
     }
   }
-  for (const auto& iv : keep)
-    if (iv.end > iv.start) TRY_CTX(r->Syscall(SYS_munmap, iv.start, iv.end - iv.start), "munmap");
+  // Private VMAs inherited through the fork (restore/cow.h) stay where they are.
+  const std::vector<const img::Vma*> inherited = InheritedVmas(ctx, p);
+  for (const auto& iv : keep) {
+    uint64_t at = iv.start;
+    for (const img::Vma* v : inherited) {  // sorted by start, as the dump wrote them
+      if (v->end() <= at || v->start() >= iv.end) continue;
+      if (v->start() > at) TRY_CTX(r->Syscall(SYS_munmap, at, v->start() - at), "munmap");
+      at = v->end();
+    }
+    if (iv.end > at) TRY_CTX(r->Syscall(SYS_munmap, at, iv.end - at), "munmap");
+  }
   TRY(MoveVdso(r, cur, p.mm));
 
   MmState st;
@@ -435,6 +445,7 @@ Result<void> RestoreMm(RestoreContext& ctx, ProcessRestore& p) {
   };
   TRY_CTX(EarlySeals(ctx, p), "pid %d", p.pid);
   for (const auto& v : p.mm.vmas()) {
+    if (std::find(inherited.begin(), inherited.end(), &v) != inherited.end()) continue;
     bool fill = has_pages(v.start(), v.end());
     TRY_CTX(MapVma(ctx, r, v, &st, fill), "pid %d: map %#lx-%#lx %s", p.pid,
             static_cast<unsigned long>(v.start()), static_cast<unsigned long>(v.end()),
@@ -450,7 +461,16 @@ Result<void> RestoreMm(RestoreContext& ctx, ProcessRestore& p) {
   for (const auto& v : p.mm.vmas())
     if (v.madv() != 0 && !kernel_made(v)) TRY_CTX(ApplyAdvice(r, v), "pid %d", p.pid);
   if (ctx.lazy) TRY_CTX(RegisterLazy(ctx, p, has_pages), "pid %d: lazy pages", p.pid);
-  for (const auto& pm : p.pagemaps) TRY_CTX(FillPages(ctx, p, pm), "pid %d: pages", p.pid);
+  if (inherited.empty()) {
+    for (const auto& pm : p.pagemaps) TRY_CTX(FillPages(ctx, p, pm), "pid %d: pages", p.pid);
+  } else {
+    // Inherited VMAs first: their pages are corrected in place, the rest filled as usual (one
+    // page map: premapping is off for pre-copied images).
+    const img::PageMap none;
+    ASSIGN_OR_RETURN(img::PageMap rest,
+                     FixInherited(ctx, p, inherited, p.pagemaps.empty() ? none : p.pagemaps[0]));
+    TRY_CTX(FillPages(ctx, p, rest), "pid %d: pages", p.pid);
+  }
   if (!p.lazy_sources.empty()) {
     TRY_CTX(ctx.lazy->AddPagesBatch(p.pid, p.lazy_sources), "pid %d: lazy pages", p.pid);
     // After pre-copy rounds, the last blob holds what the program wrote in the last moments
@@ -467,6 +487,11 @@ Result<void> RestoreMm(RestoreContext& ctx, ProcessRestore& p) {
     }
     p.lazy_sources.clear();
   }
+  // AIO rings into the ranges MapVma left free for them (restore/aio.cc).
+  for (const auto& v : p.mm.vmas())
+    if (v.kind() == img::VMA_AIO_RING)
+      TRY_CTX(RestoreAioRing(r, v), "pid %d: AIO ring %#lx", p.pid,
+              static_cast<unsigned long>(v.start()));
   // Final protections where the fill needed PROT_WRITE.
   for (const auto& v : p.mm.vmas()) {
     bool filled = has_pages(v.start(), v.end());

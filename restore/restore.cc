@@ -5,10 +5,12 @@
 #include <sys/wait.h>
 
 #include "common/fs.h"
+#include "common/scope_exit.h"
 #include "common/timing.h"
 #include "files/files.h"
 #include "restore/attach.h"
 #include "restore/cgroups.h"
+#include "restore/cow.h"
 #include "restore/fork.h"
 #include "restore/lazy.h"
 #include "restore/load.h"
@@ -41,8 +43,12 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
   // Declared after fds and set: on failure it kills the tree before they go away.
   TreeFork fork(ctx);  // fork.cc, after_clone.cc
   TRY(fork.Prepare());
+  // Private memory parents share with their children, mapped here to be inherited (cow.h).
+  ScopeExit drop_premaps([&] { DropPremaps(ctx); });
+  TRY(PremapInherited(ctx));
   timer.Skip();
   TRY(fork.Run());
+  DropPremaps(ctx);
   ctx.stats.fork_ms = timer.Lap("fork");
 
   TRY(SeizeTree(ctx, fork.report_fd()));  // attach.cc

@@ -37,3 +37,9 @@ add_dependencies(zdtm_more_test z_more)
 godwit_test(zdtm_container_test
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/zdtm_container_test.cc
   LIBS godwit_container godwit_runtime nlohmann_json::nlohmann_json)
+# Kernel objects of issue 11 (z_kobj.c: BPF maps, AIO rings, copy-on-write memory).
+godwit_helper(z_kobj ${CMAKE_CURRENT_SOURCE_DIR}/helpers/z_kobj.c)
+godwit_test(zdtm_kobj_test
+  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/zdtm_kobj_test.cc ${CMAKE_CURRENT_SOURCE_DIR}/cr_util.cc
+  LIBS godwit_common)
+add_dependencies(zdtm_kobj_test z_kobj)

@@ -77,6 +77,13 @@ TEST_F(ZdtmMore, SocketTcp6SynSent) { RoundTrip("syn_sent_v6", {"--tcp-establish
 TEST_F(ZdtmMore, SocketTcp6FinWait1) { RoundTrip("fin_wait1_v6", {"--tcp-established"}); }
 TEST_F(ZdtmMore, SocketTcp4v6FinWait1) { RoundTrip("fin_wait1_4v6", {"--tcp-established"}); }
 
+// sock_ip_opts00/01, sock_tcp_opts00/01: IP_PKTINFO, IPV6_RECVPKTINFO, FREEBIND, IP_RECVERR,
+// MTU discovery, multicast loop off, TCP_CORK, TCP_NODELAY, TCP_QUICKACK (1 and 0),
+// TCP_USER_TIMEOUT, UDP_SEGMENT on UDP, raw and TCP sockets, v4 and v6 (InetSocket.extra_opts).
+ZDTM(SockIpAndTcpOptions, "sock_ip_tcp_opts")
+// socket_snd_addr: queued datagrams name their senders again (abstract and path, closed since
+// the send or still open).
+ZDTM(SocketSndAddr, "snd_addr")
 // tty03: a session leader holding /dev/tty, its controlling terminal a pty of the tree.
 ZDTM(DevTtyOfASessionLeader, "dev_tty")
 // unlink_fstat03: an unlinked name of a file with another link is that same file again.

@@ -12,6 +12,7 @@
 #include <linux/seccomp.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <netinet/udp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
@@ -31,6 +32,7 @@
 #include <sys/sysmacros.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -877,6 +879,111 @@ static int m_fifo_ro(void) {
   return 0;
 }
 
+/* sock_ip_opts00/01, sock_tcp_opts00/01: IP- and TCP-level options on unconnected sockets (UDP
+ * and raw, v4 and v6; TCP v4 and v6), set to 1 on one socket of each kind and to 0 on another
+ * (where 0 is not a fresh socket's value: TCP_QUICKACK, IP_MULTICAST_LOOP), and a few more
+ * (IP_RECVERR, IP_MTU_DISCOVER, TCP_USER_TIMEOUT, UDP_SEGMENT), all read back the same. */
+struct ip_opt {
+  int level, opt, val;
+};
+static int set_all(int s, const struct ip_opt* o, int n) {
+  for (int i = 0; i < n; ++i)
+    if (setsockopt(s, o[i].level, o[i].opt, &o[i].val, sizeof(int)) < 0) return -1;
+  return 0;
+}
+static int check_all(int s, const struct ip_opt* o, int n, const char* what) {
+  for (int i = 0; i < n; ++i) {
+    int v = -1;
+    socklen_t l = sizeof v;
+    CHECK(getsockopt(s, o[i].level, o[i].opt, &v, &l) == 0 && v == o[i].val,
+          "%s: option %d/%d is %d, want %d", what, o[i].level, o[i].opt, v, o[i].val);
+  }
+  return 0;
+}
+static int m_sock_ip_tcp_opts(void) {
+  const struct ip_opt v4[] = {{SOL_IP, IP_FREEBIND, 1}, {SOL_IP, IP_PKTINFO, 1},
+                              {SOL_IP, IP_RECVERR, 1}, {SOL_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO},
+                              {SOL_IP, IP_MULTICAST_LOOP, 0}, {SOL_IP, IP_RECVTOS, 1}};
+  const struct ip_opt v6[] = {{SOL_IPV6, 78 /* IPV6_FREEBIND */, 1}, {SOL_IPV6, IPV6_RECVPKTINFO, 1},
+                              {SOL_IPV6, IPV6_RECVERR, 1}, {SOL_IPV6, IPV6_MULTICAST_LOOP, 0},
+                              {SOL_IPV6, IPV6_RECVHOPLIMIT, 1}};
+  const struct ip_opt tcp1[] = {{SOL_TCP, TCP_CORK, 1}, {SOL_TCP, TCP_NODELAY, 1},
+                                {SOL_TCP, TCP_QUICKACK, 1}, {SOL_TCP, TCP_USER_TIMEOUT, 4321}};
+  const struct ip_opt tcp0[] = {{SOL_TCP, TCP_CORK, 0}, {SOL_TCP, TCP_NODELAY, 0},
+                                {SOL_TCP, TCP_QUICKACK, 0}};
+  const struct ip_opt udp[] = {{SOL_UDP, 103 /* UDP_SEGMENT */, 1000}};
+  int u4 = socket(AF_INET, SOCK_DGRAM, IPPROTO_UDP), r4 = socket(AF_INET, SOCK_RAW, IPPROTO_UDP);
+  int u6 = socket(AF_INET6, SOCK_DGRAM, IPPROTO_UDP), r6 = socket(AF_INET6, SOCK_RAW, IPPROTO_UDP);
+  int t4 = socket(AF_INET, SOCK_STREAM, 0), t6 = socket(AF_INET6, SOCK_STREAM, 0);
+  int z4 = socket(AF_INET, SOCK_STREAM, 0), z6 = socket(AF_INET6, SOCK_STREAM, 0);
+  SETUP(u4 >= 0 && r4 >= 0 && u6 >= 0 && r6 >= 0 && t4 >= 0 && t6 >= 0 && z4 >= 0 && z6 >= 0);
+  SETUP(set_all(u4, v4, 6) == 0 && set_all(r4, v4, 6) == 0 && set_all(u4, udp, 1) == 0);
+  SETUP(set_all(u6, v6, 5) == 0 && set_all(r6, v6, 5) == 0);
+  SETUP(set_all(t4, tcp1, 4) == 0 && set_all(t6, tcp1, 4) == 0);
+  SETUP(set_all(z4, tcp0, 3) == 0 && set_all(z6, tcp0, 3) == 0);
+  ready_and_wait();
+  check_all(u4, v4, 6, "udp4");
+  check_all(u4, udp, 1, "udp4 segment");
+  check_all(r4, v4, 6, "raw4");
+  check_all(u6, v6, 5, "udp6");
+  check_all(r6, v6, 5, "raw6");
+  check_all(t4, tcp1, 4, "tcp4");
+  check_all(t6, tcp1, 4, "tcp6");
+  check_all(z4, tcp0, 3, "tcp4 zero");
+  check_all(z6, tcp0, 3, "tcp6 zero");
+  return 0;
+}
+
+/* socket_snd_addr: datagrams queued on a named socket from named senders, one closed since the
+ * send (abstract), one still open (abstract), one closed whose name was a path: recvmsg names
+ * each sender after the restore. */
+static socklen_t un_addr(struct sockaddr_un* a, const char* name, size_t len) {
+  memset(a, 0, sizeof *a);
+  a->sun_family = AF_UNIX;
+  memcpy(a->sun_path, name, len);
+  return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len);
+}
+static int m_snd_addr(void) {
+  char srv_name[64], a_name[64], b_name[64];
+  int n = snprintf(srv_name, sizeof srv_name, "%czsrv-%d", 0, getpid());
+  snprintf(a_name, sizeof a_name, "%czA-%d", 0, getpid());
+  snprintf(b_name, sizeof b_name, "%czB-%d", 0, getpid());
+  const char* c_path = path_in("sender.sock");
+  struct sockaddr_un sa;
+  int srv = socket(AF_UNIX, SOCK_DGRAM, 0);
+  SETUP(srv >= 0 && bind(srv, (struct sockaddr*)&sa, un_addr(&sa, srv_name, (size_t)n)) == 0);
+  const char* names[3] = {a_name, b_name, c_path};
+  size_t lens[3] = {(size_t)n - 1, (size_t)n - 1, strlen(c_path)};
+  int keep = -1;
+  for (int i = 0; i < 3; ++i) {
+    int c = socket(AF_UNIX, SOCK_DGRAM, 0);
+    SETUP(c >= 0 && bind(c, (struct sockaddr*)&sa, un_addr(&sa, names[i], lens[i])) == 0);
+    SETUP(sendto(c, "hello", 6, 0, (struct sockaddr*)&sa, un_addr(&sa, srv_name, (size_t)n)) == 6);
+    if (i == 1)
+      keep = c;
+    else
+      close(c);
+  }
+  SETUP(unlink(c_path) == 0);
+  ready_and_wait();
+  for (int i = 0; i < 3; ++i) {
+    char buf[16];
+    struct sockaddr_un from;
+    socklen_t fl = sizeof from;
+    memset(&from, 0, sizeof from);
+    ssize_t r = recvfrom(srv, buf, sizeof buf, MSG_DONTWAIT, (struct sockaddr*)&from, &fl);
+    CHECK(r == 6 && !strcmp(buf, "hello"), "message %d: %zd", i, r);
+    CHECK(fl == offsetof(struct sockaddr_un, sun_path) + lens[i] + (i == 2 ? 1 : 0) &&
+              !memcmp(from.sun_path, names[i], lens[i]),
+          "sender %d: %u bytes, %s", i, fl, from.sun_path[0] ? from.sun_path : from.sun_path + 1);
+  }
+  struct sockaddr_un own;
+  socklen_t ol = sizeof own;
+  CHECK(getsockname(keep, (struct sockaddr*)&own, &ol) == 0 && !memcmp(own.sun_path, b_name, lens[1]),
+        "the live sender keeps its name");
+  return 0;
+}
+
 int main(int argc, char** argv) {
   if (argc < 4) return 119;
   ready_fd = atoi(argv[2]);
@@ -914,6 +1021,8 @@ int main(int argc, char** argv) {
       {"fin_wait1_4v6", m_fin_wait1_4v6},
       {"syn_sent", m_syn_sent},
       {"syn_sent_v6", m_syn_sent_v6},
+      {"sock_ip_tcp_opts", m_sock_ip_tcp_opts},
+      {"snd_addr", m_snd_addr},
   };
   for (size_t i = 0; i < sizeof modes / sizeof modes[0]; ++i)
     if (!strcmp(argv[1], modes[i].name)) return modes[i].fn();
