@@ -174,6 +174,9 @@ class BlobWriter {
   // without a file; use Append.
   Result<bool> AppendExternal(size_t len, External* out);
   Result<void> CommitExternal(const External& ext);
+  // The same for data whose chunk checksums the caller computed as it wrote them (crcs: one per
+  // chunk of ext, Crc32c of its data): nothing is read back.
+  Result<void> CommitExternal(const External& ext, const std::vector<uint32_t>& crcs);
   // The file for external writes (-1 if none).
   int fd() const { return out_ ? out_->fd() : -1; }
   // Output::Available: -1 when unknown.
