@@ -56,8 +56,12 @@ uint64_t PageCapture::FdsFor(uint64_t bytes) {
 }
 
 Result<std::unique_ptr<PageCapture>> PageCapture::Start(remote::Remote* r, int mem_fd,
-                                                        std::vector<images::BlobWriter*> blobs) {
+                                                        std::vector<images::BlobWriter*> blobs,
+                                                        uint64_t total) {
+  if (blobs.empty() || blobs.size() > 2)
+    return MakeError(ErrorKind::kGeneric, EINVAL, "page capture: %zu blobs", blobs.size());
   std::unique_ptr<PageCapture> c(new PageCapture());
+  c->total_ = total;
   c->r_ = r;
   c->mem_fd_ = mem_fd;
   c->pipe_bytes_ = PipeBytes();
@@ -192,8 +196,13 @@ Result<void> PageCapture::Splice() {
 
 void PageCapture::CloseBatch() {
   if (!cur_ || cur_->len == 0) return;
-  Drain* d = drains_[next_drain_++ % drains_.size()].get();
-  order_.push_back(cur_.get());
+  // The first half of the bytes to the first drain, the rest to the second: each page file
+  // holds one contiguous part of the address space (a lazy restore records one run per file
+  // and VMA instead of one per batch).
+  size_t k = drains_.size() > 1 && batched_ >= total_ / 2 ? 1 : 0;
+  batched_ += cur_->len;
+  Drain* d = drains_[k].get();
+  order_[k].push_back(cur_.get());
   {
     std::lock_guard<std::mutex> l(mu_);
     d->queue.push_back(std::move(cur_));
@@ -254,7 +263,12 @@ Result<void> PageCapture::EndCapture() {
 
 void PageCapture::Release() {
   uint64_t a = r_->area_start(), b = r_->area_end();
-  for (Batch* bt : order_) {
+  // In the order the drains take them: one of each in turn, so both start at once.
+  std::vector<Batch*> order;
+  for (size_t i = 0; i < std::max(order_[0].size(), order_[1].size()); ++i)
+    for (auto& o : order_)
+      if (i < o.size()) order.push_back(o[i]);
+  for (Batch* bt : order) {
     // One call for the batch's hull (the gaps are pages not dumped: the process never runs
     // again), around the Remote's own area; per entry if the kernel refuses (a locked or
     // hugetlb VMA in it stops the walk there).
@@ -277,7 +291,8 @@ void PageCapture::Release() {
     }
     cv_.notify_all();
   }
-  order_.clear();
+  order_[0].clear();
+  order_[1].clear();
 }
 
 void PageCapture::DrainLoop(Drain* d) {

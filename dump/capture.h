@@ -46,9 +46,11 @@ class PageCapture {
   static uint64_t FdsFor(uint64_t bytes);
 
   // r: a Remote into the (stopped) process; mem_fd: its /proc/PID/mem. blobs: 1 or 2 page blobs,
-  // each drained by its own thread (batches alternate between them, in address order each).
+  // each drained by its own thread: the first gets the first half of the total bytes that will
+  // be added, the second the rest (each in address order).
   static Result<std::unique_ptr<PageCapture>> Start(remote::Remote* r, int mem_fd,
-                                                    std::vector<images::BlobWriter*> blobs);
+                                                    std::vector<images::BlobWriter*> blobs,
+                                                    uint64_t total);
   ~PageCapture();
   PageCapture(const PageCapture&) = delete;
   PageCapture& operator=(const PageCapture&) = delete;
@@ -109,8 +111,9 @@ class PageCapture {
   std::vector<Entry> pending_;  // readable pieces not spliced yet
   uint64_t pending_len_ = 0;
   std::unique_ptr<Batch> cur_;
-  std::vector<Batch*> order_;  // every batch in address order (owned by the drains' queues)
-  size_t next_drain_ = 0;
+  // Each drain's batches in address order (owned by the drains' queues), until released.
+  std::vector<Batch*> order_[2];
+  uint64_t total_ = 0, batched_ = 0;
   uint64_t pages_ = 0, captured_ = 0, released_ = 0;
 
   std::vector<std::unique_ptr<Drain>> drains_;

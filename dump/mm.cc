@@ -486,7 +486,7 @@ Result<void> DumpMm(DumpContext& ctx, ProcessDump& p) {
       }
       std::vector<images::BlobWriter*> blobs{&blob};
       if (blob2) blobs.push_back(blob2.get());
-      auto cap = PageCapture::Start(r, mem.get(), blobs);
+      auto cap = PageCapture::Start(r, mem.get(), blobs, total);
       if (cap.ok()) {
         auto& c = *cap;
         for (size_t i = 0, j = 0; i < readable.size() || j < unreadable.size();) {
