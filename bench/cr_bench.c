@@ -223,7 +223,9 @@ int main(int argc, char** argv) {
     peak[bi][r] = before >= 0 && pk >= 0 ? (double)(pk - before) : -1;
     close(fd);
     if (!WIFEXITED(st) || WEXITSTATUS(st)) {
-      fprintf(stderr, "dump failed: %s\n", line);
+      fprintf(stderr, "dump failed (%s, wait status %#x): %s\n", godwit, st, line);
+      kill(holder, SIGKILL);  // not killed by the dump: reaped here, not left to pid 1
+      waitpid(holder, NULL, 0);
       { cg_leave(); return 1; }
     }
     frozen[bi][r] = num(line, "frozen_ms");

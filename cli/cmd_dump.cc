@@ -142,6 +142,8 @@ int DumpCmd(Global& g, const std::vector<std::string>& args) {
                         {"frozen_ms", s.frozen_ms},
                         {"memdump_ms", s.memdump_ms},
                         {"released_bytes", s.released_bytes},
+                        {"captured_bytes", s.captured_bytes},
+                        {"drain_ms", s.drain_ms},
                         {"total_ms", s.total_ms},
                         {"left_running", o.leave_running},
                         {"pre_dump_rounds", o.pre_rounds},

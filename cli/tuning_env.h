@@ -17,13 +17,15 @@ inline bool EnvSet(const char* name) { return getenv(name) != nullptr; }
 // base with what the environment turns off or on: GODWIT_NO_RESERVE (no page-file reservation
 // before the freeze), GODWIT_COMPRESS_FROZEN (compress while frozen), GODWIT_NO_TARGET_WRITE
 // (the coordinator reads the pages with process_vm_readv), GODWIT_NO_RELEASE (kill mode keeps the
-// tree's memory until it is killed), GODWIT_SPLIT_PAGES (two page files per process, two
-// writers).
+// tree's memory until it is killed), GODWIT_NO_CAPTURE (kill mode copies the pages while
+// frozen instead of capturing them by reference), GODWIT_SPLIT_PAGES (two page files per
+// process, two writers).
 inline dump::DumpTuning DumpTuningFromEnv(dump::DumpTuning base = {}) {
   if (EnvSet("GODWIT_NO_RESERVE")) base.reserve_pages = false;
   if (EnvSet("GODWIT_COMPRESS_FROZEN")) base.compress_frozen = true;
   if (EnvSet("GODWIT_NO_TARGET_WRITE")) base.target_write = false;
   if (EnvSet("GODWIT_NO_RELEASE")) base.release_memory = false;
+  if (EnvSet("GODWIT_NO_CAPTURE")) base.capture_pages = false;
   if (EnvSet("GODWIT_SPLIT_PAGES")) base.split_pages = true;
   return base;
 }

@@ -16,7 +16,9 @@
 
 #include "common/remote.h"
 #include "common/result.h"
+#include "common/unique_fd.h"
 #include "dump/tuning.h"
+#include "dump/vmflags.h"
 #include "images/image.h"
 #include "proto/mm.pb.h"
 #include "proto/pagemap.pb.h"
@@ -28,6 +30,7 @@ class FdDumper;
 
 namespace godwit::dump {
 
+class PageCapture;
 class PreCopy;
 class TcpHold;
 
@@ -101,8 +104,13 @@ struct DumpStats {
   uint64_t bytes_stored = 0;   // page bytes in the image
   uint64_t remote_calls = 0;
   uint64_t released_bytes = 0;  // kill mode: memory released in the tree as it was dumped
+  uint64_t captured_bytes = 0;  // kill mode: pages held by reference while frozen, copied after
   double freeze_ms = 0;   // seizing the whole tree
-  double frozen_ms = 0;   // from the first thread stopped until the tree resumed or died
+  // From the first thread stopped until the tree resumed or died; with captured pages (kill
+  // mode, dump/capture.h) until its state was wholly captured (it could have been killed then:
+  // it never ran again, and nothing read from it after that point).
+  double frozen_ms = 0;
+  double drain_ms = 0;    // kill mode with captured pages: copying them into the image after
   double memdump_ms = 0;  // reading pages
   double total_ms = 0;
   uint64_t pre_bytes = 0;  // copied by pre-copy rounds while the tree ran
@@ -152,6 +160,30 @@ struct DumpContext {
   // begun (released), a failure kills the tree instead of thawing it: it cannot run on.
   bool release = false;
   bool released = false;
+  // Every seized thread (FreezeTree's list).
+  const std::vector<pid_t>* seized = nullptr;
+  // Before the first release: from then on the tree cannot run on, so a dumper that dies (killed
+  // mid-way) must take it along (PTRACE_O_EXITKILL on every thread) rather than let it resume
+  // without its memory. Sets released.
+  void MarkReleased();
+  // Kill mode with DumpTuning::capture_pages (dump/capture.h): each process's pages are held by
+  // reference while frozen and copied into its page files once the whole tree is captured
+  // (FinishCapturedPages). capture_fds: holder pipes this process may still open.
+  bool capture = false;
+  int64_t capture_fds = 0;
+  struct Captured {
+    pid_t pid = 0;
+    std::unique_ptr<images::BlobWriter> blob, blob2;
+    img::PageMap pm, pm2;
+    UniqueFd mem;
+    std::unique_ptr<PageCapture> capture;  // after the blobs: its drains stop before they go
+    ~Captured();
+    Captured();
+    Captured(Captured&&);
+  };
+  std::vector<Captured> captured;
+  // VMA flags read before the freeze (big processes, no pre-copy), reused frozen if unchanged.
+  std::map<pid_t, VmFlagsSnapshot> vmflags;
   // Every process handle (so a failure can release all remotes).
   std::vector<std::unique_ptr<ProcessDump>> procs;
 

@@ -3,12 +3,16 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/ptrace.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <zstd.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cstring>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -18,11 +22,13 @@
 #include "common/proc.h"
 #include "common/scope_exit.h"
 #include "common/timing.h"
+#include "dump/capture.h"
 #include "dump/lazy_wait.h"
 #include "dump/pages.h"
 #include "dump/precopy.h"
 #include "dump/steps.h"
 #include "dump/tree.h"
+#include "dump/vmflags.h"
 #include "files/files.h"
 
 namespace godwit::dump {
@@ -67,6 +73,19 @@ bool SampleCompresses(pid_t pid) {
   size_t z = ZSTD_compress(out.data(), out.size(), sample.data(), sample.size(), 1);
   if (ZSTD_isError(z)) return true;
   return z < sample.size() * 9 / 10;
+}
+
+// smaps flags of the tree's big processes (RssAnon >= 32 MiB) into ctx.vmflags.
+void TakeVmFlagsSnapshots(DumpContext& ctx) {
+  std::vector<pid_t> pids = proc::Descendants(ctx.opts.pid);
+  for (pid_t pid : pids) {
+    auto status = fs::ReadFile(StrFormat("/proc/%d/status", pid));
+    if (!status.ok()) continue;
+    size_t at = status->find("RssAnon:");
+    if (at == std::string::npos) continue;  // a zombie
+    if (strtoull(status->c_str() + at + 8, nullptr, 10) < (32 << 10)) continue;
+    if (auto snap = TakeVmFlagsSnapshot(pid)) ctx.vmflags[pid] = std::move(*snap);
+  }
 }
 
 // Before the freeze: create each process's page blob and reserve the space its anonymous memory
@@ -116,6 +135,18 @@ void ReservePageBlobs(DumpContext& ctx, bool sample, bool reserve_all) {
 }  // namespace
 
 DumpContext::~DumpContext() = default;
+
+void DumpContext::MarkReleased() {
+  if (released) return;
+  released = true;
+  if (seized == nullptr) return;
+  for (pid_t tid : *seized) {
+    long opts = PTRACE_O_TRACESYSGOOD | PTRACE_O_EXITKILL;
+    if (ptrace(PTRACE_SETOPTIONS, tid, nullptr, opts | PTRACE_O_SUSPEND_SECCOMP) == 0) continue;
+    if (ptrace(PTRACE_SETOPTIONS, tid, nullptr, opts) != 0)
+      LOG_WARN("thread %d: PTRACE_O_EXITKILL: %s", tid, strerror(errno));
+  }
+}
 
 Result<remote::Remote*> DumpContext::RemoteFor(ProcessDump& p) {
   if (!p.remote) {
@@ -168,12 +199,19 @@ Result<DumpStats> Dump(const DumpOptions& opts, images::Sink& sink) {
     return e;
   };
   if (auto c = Check(opts); !c.ok()) return fail(std::move(c).error());
-  if (!opts.precopy) {
-    if (auto w = WaitLazyPages(opts.pid, kLazyWaitMs); !w.ok()) return fail(std::move(w).error());
-  }
   DumpContext ctx;
   ctx.opts = opts;
   ctx.sink = &sink;
+  if (!opts.precopy) {
+    // smaps walks every page table (45-85 ms per GiB): the big processes' flags are read now,
+    // while the tree runs, once for both the lazy-pager check and the mm step, which reuses them
+    // frozen if a BPF iterator shows the same VMAs then (dump/vmflags.h), as after pre-copy.
+    // Small processes: smaps costs little either way. Not for a tree frozen already (a container
+    // checkpoint, reserve_pages off): that would only add to its frozen time.
+    if (opts.pre_rounds == 0 && opts.tuning.reserve_pages) TakeVmFlagsSnapshots(ctx);
+    if (auto w = WaitLazyPages(opts.pid, kLazyWaitMs, &ctx.vmflags); !w.ok())
+      return fail(std::move(w).error());
+  }
 
   // Pre-copy: the caller's rounds, or pre_rounds of our own while the tree runs.
   std::unique_ptr<PreCopy> own_precopy;
@@ -250,11 +288,31 @@ Result<DumpStats> Dump(const DumpOptions& opts, images::Sink& sink) {
   });
 
   ctx.release = !opts.leave_running && opts.tuning.release_memory;
+  if (ctx.release && opts.tuning.capture_pages && !precopy) {
+    // Holder pipes are fds of ours (dump/capture.h): as many as the hard limit allows, minus
+    // what is open and a margin for the rest of the dump.
+    rlimit nofile{};
+    if (getrlimit(RLIMIT_NOFILE, &nofile) == 0) {
+      if (nofile.rlim_cur < nofile.rlim_max) {
+        rlimit raised = nofile;
+        raised.rlim_cur = nofile.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &raised) == 0) nofile = raised;
+      }
+      int64_t open_fds = 0;
+      if (auto fds_open = fs::ListDir("/proc/self/fd"); fds_open.ok())
+        open_fds = static_cast<int64_t>(fds_open->size());
+      int64_t limit = nofile.rlim_cur == RLIM_INFINITY ? (1 << 20)
+                                                       : static_cast<int64_t>(nofile.rlim_cur);
+      ctx.capture_fds = limit - open_fds - 256;
+      ctx.capture = ctx.capture_fds > 0;
+    }
+  }
   if (!precopy && opts.tuning.reserve_pages)
     ReservePageBlobs(ctx, opts.compression == images::Compression::kZstd, !ctx.release);
   auto t_freeze = Clock::now();
   TRY_CTX(FreezeTree(opts.pid, &frozen), "freeze tree of %d", opts.pid);
   auto t_frozen = Clock::now();
+  ctx.seized = &frozen.seized;
   ctx.stats.freeze_ms = timing::MsBetween(t_freeze, t_frozen);
   if (opts.on_seized) {
     seized_hook = true;
@@ -335,6 +393,15 @@ Result<DumpStats> Dump(const DumpOptions& opts, images::Sink& sink) {
   ctx.page_blobs.clear();
   for (auto& [pid, b] : ctx.page_blobs2) TRY(b->Close());
   ctx.page_blobs2.clear();
+  // Captured pages (kill mode): the tree's state is wholly taken; nothing more is read from it.
+  // Its memory is released and the pages copied into the image now.
+  std::optional<Clock::time_point> t_captured;
+  if (!ctx.captured.empty()) {
+    t_captured = Clock::now();
+    lap("release");
+    TRY(FinishCapturedPages(ctx));
+    lap("drain");
+  }
   for (auto& p : ctx.procs) {
     if (!p->remote) continue;
     ctx.stats.remote_calls += p->remote->calls();
@@ -375,7 +442,7 @@ Result<DumpStats> Dump(const DumpOptions& opts, images::Sink& sink) {
   }
   lap("detach");
   auto t_end = Clock::now();
-  ctx.stats.frozen_ms = timing::MsBetween(t_freeze, t_end);
+  ctx.stats.frozen_ms = timing::MsBetween(t_freeze, t_captured ? *t_captured : t_end);
   if (deferred) {
     std::vector<std::string> names;
     auto& inc = ctx.stats.incompressible;

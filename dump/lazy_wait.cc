@@ -23,13 +23,21 @@ bool HasMissingRegistration(pid_t pid) {
 
 }  // namespace
 
-Result<void> WaitLazyPages(pid_t root, int timeout_ms) {
+Result<void> WaitLazyPages(pid_t root, int timeout_ms,
+                           const std::map<pid_t, VmFlagsSnapshot>* known) {
   std::vector<pid_t> pids = proc::Descendants(root);
   pids.insert(pids.begin(), root);
   timespec start, now;
   clock_gettime(CLOCK_MONOTONIC, &start);
   bool logged = false;
   for (pid_t pid : pids) {
+    if (known != nullptr) {
+      if (auto it = known->find(pid); it != known->end()) {
+        bool um = false;
+        for (const auto& [start, f] : it->second.flags) um = um || f.uffd_missing;
+        if (!um) continue;
+      }
+    }
     while (HasMissingRegistration(pid)) {
       if (!logged) {
         LOG_INFO("pid %d is still being paged in by a lazy restore's pager: waiting for it", pid);

@@ -8,13 +8,19 @@
 
 #include <sys/types.h>
 
+#include <map>
+
 #include "common/result.h"
+#include "dump/vmflags.h"
 
 namespace godwit::dump {
 
 // Waits (up to timeout_ms) until no process of root's tree has a VMA registered for missing
 // faults. kBusy-like error naming the pid when the time is up. Returns at once in the usual case.
-Result<void> WaitLazyPages(pid_t root, int timeout_ms);
+// known: smaps flags read just before (dump.cc, big processes): a process whose flags there
+// show no such VMA is not read again (smaps walks every page table: ~60 ms per GiB).
+Result<void> WaitLazyPages(pid_t root, int timeout_ms,
+                           const std::map<pid_t, VmFlagsSnapshot>* known = nullptr);
 inline constexpr int kLazyWaitMs = 60000;
 
 }  // namespace godwit::dump

@@ -51,4 +51,44 @@ Result<void> ContentPages(int pagemap_fd, uint64_t start, uint64_t end, bool pri
   return Scan(pagemap_fd, start, end, q, out);
 }
 
+Result<void> ContentPagesCounted(int pagemap_fd, uint64_t start, uint64_t end, bool private_file,
+                                 std::vector<PageRange>* out, PageCounts* counts) {
+  constexpr size_t kVec = 1024;
+  pagemap::PageRegion vec[kVec];
+  const uint64_t skip = pagemap::kPageIsPfnZero | (private_file ? pagemap::kPageIsFile : 0);
+  for (uint64_t at = start; at < end;) {
+    pagemap::PmScanArg a{};
+    a.size = sizeof(a);
+    a.start = at;
+    a.end = end;
+    a.vec = reinterpret_cast<uint64_t>(vec);
+    a.vec_len = kVec;
+    a.category_anyof_mask = pagemap::kPageIsPresent | pagemap::kPageIsSwapped;
+    a.return_mask = a.category_anyof_mask | skip;
+    long n = ioctl(pagemap_fd, pagemap::kPagemapScan, &a);
+    if (n < 0) return Errno("PAGEMAP_SCAN %#lx-%#lx", static_cast<unsigned long>(at),
+                            static_cast<unsigned long>(end));
+    for (long i = 0; i < n; ++i) {
+      uint64_t c = vec[i].categories;
+      uint64_t np = (vec[i].end - vec[i].start) / kPage;
+      if (c & pagemap::kPageIsPresent) counts->present += np;
+      if (!(c & pagemap::kPageIsSwapped) && (c & skip)) {
+        if (c & pagemap::kPageIsPfnZero)
+          counts->zero += np;
+        else
+          counts->file += np;  // still the page cache's page: never written
+        continue;
+      }
+      PageRange r{vec[i].start, np};
+      if (!out->empty() && out->back().addr + out->back().npages * kPage == r.addr)
+        out->back().npages += r.npages;
+      else
+        out->push_back(r);
+    }
+    if (n < static_cast<long>(kVec)) break;  // the whole range was walked
+    at = vec[n - 1].end;
+  }
+  return Ok();
+}
+
 }  // namespace godwit::dump::pagemap_scan

@@ -32,4 +32,9 @@ Result<void> Scan(int pagemap_fd, uint64_t start, uint64_t end, const Query& q,
 Result<void> ContentPages(int pagemap_fd, uint64_t start, uint64_t end, bool private_file,
                           std::vector<PageRange>* out);
 
+// The same, counting what it skips as PresentPages::Collect does (one walk, ranges returned with
+// their categories): the final dump's source of pages where the kernel has PAGEMAP_SCAN.
+Result<void> ContentPagesCounted(int pagemap_fd, uint64_t start, uint64_t end, bool private_file,
+                                 std::vector<PageRange>* out, PageCounts* counts);
+
 }  // namespace godwit::dump::pagemap_scan

@@ -28,6 +28,10 @@ Result<images::BlobWriter> OpenPageBlob(DumpContext& ctx, pid_t pid, bool raw = 
 // this many bytes of pages.
 inline constexpr uint64_t kSplitPagesMin = 64ULL << 20;
 std::string SecondPageBlobName(pid_t pid);
+// mm.cc, kill mode with captured pages (DumpContext::captured), once every process is captured:
+// releases each process's memory and copies its pages into its page files, then writes its
+// pagemap. A failure leaves the tree unable to run (the caller kills it).
+Result<void> FinishCapturedPages(DumpContext& ctx);
 
 // pstate.cc: whether processes a and b (0: the caller) are in the same user namespace.
 Result<bool> SameUserns(pid_t a, pid_t b);

@@ -23,6 +23,12 @@ struct DumpTuning {
   // needs little free memory beyond the tree's own. Its page files are then not reserved before
   // the freeze (that would take the tree's size again). GODWIT_NO_RELEASE turns it off.
   bool release_memory = true;
+  // Kill mode with release_memory, where the image has room for the pages: frozen, each process
+  // only vmsplices its pages into pipes (references, no copy); once the whole tree is captured
+  // its memory is released and the pages are copied into the page files on two threads
+  // (dump/capture.h). The frozen time no longer grows with the copy. GODWIT_NO_CAPTURE turns it
+  // off (the pages are then copied while frozen, released batch by batch as above).
+  bool capture_pages = true;
   // The frozen copy on both cores: a raw page file in a directory is split in two, the second
   // written by a coordinator thread while the process writes the first (dump/mm.cc); before
   // the freeze both are reserved, each by its own thread. Off: in paired runs here (1 GiB,

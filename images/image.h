@@ -15,6 +15,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -174,6 +175,9 @@ class BlobWriter {
   // without a file; use Append.
   Result<bool> AppendExternal(size_t len, External* out);
   Result<void> CommitExternal(const External& ext);
+  // The same for data whose chunk checksums the caller computed as it wrote them (crcs: one per
+  // chunk of ext, Crc32c of its data): nothing is read back.
+  Result<void> CommitExternal(const External& ext, const std::vector<uint32_t>& crcs);
   // The file for external writes (-1 if none).
   int fd() const { return out_ ? out_->fd() : -1; }
   // Output::Available: -1 when unknown.
@@ -256,6 +260,14 @@ class BlobReader {
   // Reads logical [offset, offset+len) into dst, verifying chunk checksums (unless the blob comes
   // from a verified set, whose whole-file checksums cover them).
   Result<void> Read(uint64_t offset, void* dst, size_t len);
+  // The same through a small buffer: logical [offset, offset+len) read into buf in pieces of at
+  // most piece bytes, each handed to fn(logical offset, data, n) while it is still in the cache
+  // (one pass over memory instead of three for a big read: into a big buffer, checksummed, copied
+  // out). A raw chunk's checksum is known only after its last piece: fn may have been given
+  // pieces of a chunk that then fails, so an error means everything fn received is suspect.
+  // Compressed chunks, and raw ones only partly in the range, are read whole first (Read).
+  Result<void> ReadPieces(uint64_t offset, uint64_t len, char* buf, size_t piece,
+                          const std::function<Result<void>(uint64_t, const char*, size_t)>& fn);
   uint64_t logical_size() const;
   // For raw (uncompressed) blobs: the file offset where logical offset lies contiguously for len
   // bytes, so a restorer may preadv() straight into place; an error if compressed or split.

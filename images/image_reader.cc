@@ -468,6 +468,45 @@ Result<void> BlobReader::Read(uint64_t offset, void* dst, size_t len) {
   return Ok();
 }
 
+Result<void> BlobReader::ReadPieces(
+    uint64_t offset, uint64_t len, char* buf, size_t piece,
+    const std::function<Result<void>(uint64_t, const char*, size_t)>& fn) {
+  uint64_t size = logical_size();
+  if (offset > size || len > size - offset)
+    return MakeError(ErrorKind::kBadImage, 0, "%s: read of [%llu, +%llu) beyond logical size %llu",
+                     name_.c_str(), static_cast<unsigned long long>(offset),
+                     static_cast<unsigned long long>(len), static_cast<unsigned long long>(size));
+  if (piece == 0) return MakeError(ErrorKind::kGeneric, EINVAL, "%s: pieces of 0 bytes", name_.c_str());
+  for (size_t i = len > 0 ? FindChunk(offset) : 0; len > 0; i++) {
+    const Chunk& c = chunks_[i];
+    uint64_t skip = offset - c.logical_off;
+    uint64_t n = std::min<uint64_t>(len, c.logical_len - skip);
+    bool whole = skip == 0 && n == c.logical_len;
+    if (c.zstd || (!whole && !verified_) || static_cast<int64_t>(i) == plain_chunk_) {
+      for (uint64_t done = 0; done < n;) {
+        size_t k = static_cast<size_t>(std::min<uint64_t>(piece, n - done));
+        TRY(ReadChunk(i, skip + done, buf, k));
+        TRY(fn(offset + done, buf, k));
+        done += k;
+      }
+    } else {
+      uint32_t crc = 0;
+      for (uint64_t done = 0; done < n;) {
+        size_t k = static_cast<size_t>(std::min<uint64_t>(piece, n - done));
+        TRY(ReadAt(c.file_off + skip + done, buf, k));
+        if (!verified_) crc = Crc32c(crc, buf, k);
+        TRY(fn(offset + done, buf, k));
+        done += k;
+      }
+      if (!verified_ && crc != c.crc)
+        return Bad(name_, c.file_off - sizeof(format::ChunkHeader), "chunk checksum mismatch");
+    }
+    offset += n;
+    len -= n;
+  }
+  return Ok();
+}
+
 Result<std::vector<BlobReader::Extent>> BlobReader::RawExtents(uint64_t offset,
                                                                uint64_t len) const {
   uint64_t size = logical_size();

@@ -436,6 +436,26 @@ Result<void> BlobWriter::CommitExternal(const External& ext) {
   return Ok();
 }
 
+Result<void> BlobWriter::CommitExternal(const External& ext, const std::vector<uint32_t>& crcs) {
+  if (!out_) return MakeError(ErrorKind::kGeneric, 0, "blob %s: commit after close", name_.c_str());
+  if (crcs.size() != ext.chunks.size())
+    return MakeError(ErrorKind::kGeneric, 0, "blob %s: %zu checksums for %zu chunks", name_.c_str(),
+                     crcs.size(), ext.chunks.size());
+  for (size_t i = 0; i < ext.chunks.size(); ++i) {
+    const auto& c = ext.chunks[i];
+    format::ChunkHeader h;
+    h.kind = format::kChunkRaw;
+    h.logical_len = c.len;
+    h.logical_off = c.logical_off;
+    h.stored_len = c.len;
+    h.crc32c = crcs[i];
+    TRY_CTX(out_->WriteAt(c.header_off, &h, sizeof(h)), "blob %s", name_.c_str());
+    out_->AddChecksum(Crc32c(0, &h, sizeof(h)), sizeof(h));
+    out_->AddChecksum(h.crc32c, c.len);
+  }
+  return Ok();
+}
+
 Result<void> BlobWriter::Close() {
   if (!out_) return MakeError(ErrorKind::kGeneric, 0, "blob %s: closed twice", name_.c_str());
   Result<void> r;

@@ -364,14 +364,22 @@ Result<void> FillPages(RestoreContext& ctx, ProcessRestore& p, const img::PageMa
                      ctx.images->OpenBlob(pagemap.blob()));
     std::atomic<size_t> next{0};
     std::atomic<bool> stop{false};
+    // Each piece through a small buffer that stays in the cache: read from the page file,
+    // checksummed and copied into place from there (BlobReader::ReadPieces; through an 8 MiB
+    // buffer each byte crossed memory three more times). A chunk whose checksum fails after some
+    // of it was copied fails the restore, which kills the tree: it never runs on it.
+    constexpr size_t kSmall = 256 << 10;
     auto work = [&](images::BlobReader* b) -> Result<void> {
-      std::unique_ptr<char[]> buf(new char[kBatch]);
+      std::unique_ptr<char[]> buf(new char[kSmall]);
       for (;;) {
         size_t i = next.fetch_add(1);
         if (i >= pieces.size() || stop.load()) return Ok();
         const ReadAhead::Piece& pc = pieces[i];
-        Result<void> r1 = b->Read(pc.blob_off, buf.get(), pc.len);
-        if (r1.ok()) r1 = copy_piece(pc, buf.get());
+        Result<void> r1 = b->ReadPieces(
+            pc.blob_off, pc.len, buf.get(), kSmall,
+            [&](uint64_t lo, const char* d, size_t k) -> Result<void> {
+              return copy_piece({pc.va + (lo - pc.blob_off), lo, k}, d);
+            });
         if (!r1.ok()) {
           stop = true;
           return r1;

@@ -337,22 +337,114 @@ TEST_F(CrPages, KillModeReusesTheTreesMemory) {
 }
 
 // Kill mode releasing memory as it goes, over memory shaped to split batches (runs of one page,
-// unreadable and read-only ranges, COWed file pages): every page restores exactly.
+// unreadable and read-only ranges, COWed file pages): every page restores exactly. By default
+// the pages are captured by reference while frozen (vmsplice, dump/capture.h) and copied after;
+// GODWIT_NO_CAPTURE copies them while frozen.
 TEST_F(CrPages, KillModeReleaseKeepsEveryPage) {
-  pid_t pid = Start("random");
+  for (bool capture : {true, false}) {
+    SCOPED_TRACE(capture ? "captured" : "copied while frozen");
+    unlink((dir_ / "go").c_str());
+    std::string img = dir_ / (capture ? "img-captured" : "img-copied");
+    pid_t pid = Start("random");
+    ASSERT_GT(pid, 0);
+    if (!capture) setenv("GODWIT_NO_CAPTURE", "1", 1);
+    auto d = Godwit({"dump", "--pid", std::to_string(pid), "--images-dir", img, "--json"});
+    unsetenv("GODWIT_NO_CAPTURE");
+    ASSERT_EQ(d.status, 0) << d.err;
+    EXPECT_EQ(Wait(pid), 128 + SIGKILL);
+    pids_.clear();
+    auto j = nlohmann::json::parse(d.out);
+    EXPECT_GE(j["released_bytes"].get<uint64_t>(), kData);
+    if (capture) {
+      EXPECT_GE(j["captured_bytes"].get<uint64_t>(), kData);
+      EXPECT_GT(j["drain_ms"].get<double>(), 0);
+    } else {
+      EXPECT_EQ(j["captured_bytes"].get<uint64_t>(), 0u);
+    }
+    auto r = Godwit({"restore", "--images-dir", img, "--detach", "--json"});
+    ASSERT_EQ(r.status, 0) << r.err;
+    pid_t root = nlohmann::json::parse(r.out)["root_pid"].get<int>();
+    pids_.push_back(root);
+    Touch(dir_ / "go");
+    EXPECT_EQ(Wait(root), 0);
+    pids_.clear();
+  }
+}
+
+// Captured pages of a large process go into two page files (two drain threads, one pagemap
+// record each); full and lazy restores put every byte back.
+TEST_F(CrPages, CapturedPagesInTwoFilesRestoreExactly) {
+  for (bool lazy : {false, true}) {
+    SCOPED_TRACE(lazy ? "lazy" : "full");
+    std::string img = dir_ / (lazy ? "img-lazy" : "img-full");
+    unlink((dir_ / "go").c_str());
+    pid_t pid = StartHelper("cr_bigmem", {"{READY}", dir_ / "go", "96"});
+    ASSERT_GT(pid, 0);
+    pids_.push_back(pid);
+    auto d = Godwit({"dump", "--pid", std::to_string(pid), "--images-dir", img, "--json"});
+    ASSERT_EQ(d.status, 0) << d.err;
+    EXPECT_EQ(Wait(pid), 128 + SIGKILL);
+    pids_.clear();
+    auto j = nlohmann::json::parse(d.out);
+    EXPECT_GE(j["captured_bytes"].get<uint64_t>(), 96ull << 20);
+    struct stat st;
+    ASSERT_EQ(stat((img + "/pages-" + std::to_string(pid) + ".2.img").c_str(), &st), 0);
+    EXPECT_GT(st.st_size, 16 << 20);  // the second drain took its share
+    std::vector<std::string> args = {"restore", "--images-dir", img, "--detach", "--json"};
+    if (lazy) args.push_back("--lazy");
+    auto r = Godwit(args);
+    ASSERT_EQ(r.status, 0) << r.err;
+    pid_t root = nlohmann::json::parse(r.out)["root_pid"].get<int>();
+    pids_.push_back(root);
+    Touch(dir_ / "go");
+    EXPECT_EQ(Wait(root), 0);
+    pids_.clear();
+  }
+}
+
+long long RssAnonKb(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/status");
+  std::string k;
+  while (f >> k) {
+    long long v;
+    if (k == "RssAnon:" && f >> v) return v;
+  }
+  return -1;
+}
+
+bool IsZombieOrGone(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+  std::string s;
+  if (!std::getline(f, s)) return true;
+  size_t at = s.rfind(')');
+  return at == std::string::npos || at + 2 >= s.size() || s[at + 2] == 'Z' || s[at + 2] == 'X';
+}
+
+// A dumper killed once the tree's memory is being released (kill mode: after the capture, while
+// the pages are copied) takes the tree with it (PTRACE_O_EXITKILL): nothing is left running on
+// memory that is gone, and the checkpoint has no inventory (it is not a checkpoint).
+TEST_F(CrPages, DumperKilledAfterReleaseLeavesNothingRunning) {
+  pid_t pid = StartHelper("cr_bigmem", {"{READY}", dir_ / "go", "384"});
   ASSERT_GT(pid, 0);
-  auto d = Godwit({"dump", "--pid", std::to_string(pid), "--images-dir", dir_ / "img", "--json"});
-  ASSERT_EQ(d.status, 0) << d.err;
+  pids_.push_back(pid);
+  ASSERT_GT(RssAnonKb(pid), 300 << 10);
+  pid_t g = GodwitAsync({"dump", "--pid", std::to_string(pid), "--images-dir", dir_ / "img"});
+  ASSERT_GT(g, 0);
+  // Released: its resident memory drops (the copy into the image takes longer than that).
+  bool releasing = WaitFor(60000, [](pid_t p) {
+    long long kb = RssAnonKb(p);
+    return kb >= 0 && kb < (192 << 10);
+  }, pid);
+  if (!IsZombieOrGone(g)) kill(g, SIGKILL);
+  int gs = Wait(g);
+  ASSERT_TRUE(releasing);
+  if (gs == 0) GTEST_SKIP() << "the dump finished before it could be killed";
+  EXPECT_EQ(gs, 128 + SIGKILL);
+  EXPECT_TRUE(WaitFor(10000, IsZombieOrGone, pid)) << "the tree runs on without its memory";
   EXPECT_EQ(Wait(pid), 128 + SIGKILL);
   pids_.clear();
-  auto j = nlohmann::json::parse(d.out);
-  EXPECT_GE(j["released_bytes"].get<uint64_t>(), kData);
-  auto r = Godwit({"restore", "--images-dir", dir_ / "img", "--detach", "--json"});
-  ASSERT_EQ(r.status, 0) << r.err;
-  pid_t root = nlohmann::json::parse(r.out)["root_pid"].get<int>();
-  pids_.push_back(root);
-  Touch(dir_ / "go");
-  EXPECT_EQ(Wait(root), 0);
+  struct stat st;
+  EXPECT_NE(stat((dir_ / "img/inventory.img").c_str(), &st), 0);
 }
 
 // GODWIT_SPLIT_PAGES: the pages of a large process go into two files (two writers, one pagemap
