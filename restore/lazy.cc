@@ -293,23 +293,7 @@ Result<uint64_t> LazyPager::FillNow(pid_t pid, const std::vector<Run>& runs,
       buf.resize(pc.len);
       TRY_CTX(rd.Read(pc.blob, pc.off, buf.data(), pc.len), "lazy pages of pid %d at %#lx", pid,
               static_cast<unsigned long>(pc.va));
-      for (;;) {
-        uint64_t gen;
-        CopyResult res;
-        {
-          std::shared_lock<std::shared_mutex> gate(gate_);
-          {
-            std::lock_guard<std::mutex> l(mu_);
-            gen = generation_;
-          }
-          res = Copy(pc, buf.data());
-        }
-        if (res == CopyResult::kDone) break;
-        // Events unread (the event thread reads them), as a worker waits for them.
-        std::unique_lock<std::mutex> l(mu_);
-        cv_.wait_for(l, std::chrono::milliseconds(5), [&] { return stop_ || generation_ != gen; });
-        if (stop_) return filled;
-      }
+      if (!CopyAll(pc, buf.data())) return filled;
       filled += pc.len;
     }
   }
@@ -642,28 +626,32 @@ void LazyPager::Worker() {
                                               static_cast<unsigned long>(pc.va)))));
       return;
     }
-    for (;;) {
-      uint64_t gen;
-      CopyResult res;
+    if (!CopyAll(pc, buf.data())) return;
+  }
+}
+
+bool LazyPager::CopyAll(const Piece& pc, const char* data) {
+  for (;;) {
+    uint64_t gen;
+    CopyResult res;
+    {
+      std::shared_lock<std::shared_mutex> gate(gate_);
       {
-        std::shared_lock<std::shared_mutex> gate(gate_);
-        {
-          std::lock_guard<std::mutex> l(mu_);
-          gen = generation_;
-        }
-        res = Copy(pc, buf.data());
+        std::lock_guard<std::mutex> l(mu_);
+        gen = generation_;
       }
-      if (res == CopyResult::kDone) break;
-      // Events are unread: the event thread reads them (exclusive gate), then we go on.
-      std::unique_lock<std::mutex> l(mu_);
-      cv_.wait_for(l, std::chrono::milliseconds(5), [&] { return stop_ || generation_ != gen; });
-      if (stop_) {
-        // The rest goes back to pending for whoever runs next (Detach's child).
-        std::vector<Piece> back;
-        Carve(pc.proc->inflight, pc.va, pc.va + pc.len, &back, pc.proc);
-        for (const auto& b : back) Insert(pc.proc->pending, b.va, b.va + b.len, b.blob, b.off);
-        return;
-      }
+      res = Copy(pc, data);
+    }
+    if (res == CopyResult::kDone) return true;
+    // Events are unread: the event thread reads them (exclusive gate), then we go on.
+    std::unique_lock<std::mutex> l(mu_);
+    cv_.wait_for(l, std::chrono::milliseconds(5), [&] { return stop_ || generation_ != gen; });
+    if (stop_) {
+      // The rest goes back to pending for whoever runs next (Detach's child).
+      std::vector<Piece> back;
+      Carve(pc.proc->inflight, pc.va, pc.va + pc.len, &back, pc.proc);
+      for (const auto& b : back) Insert(pc.proc->pending, b.va, b.va + b.len, b.blob, b.off);
+      return false;
     }
   }
 }

@@ -159,6 +159,9 @@ class LazyPager {
   // Copies what is still in flight of a taken piece. kRetry: EAGAIN (events unread).
   enum class CopyResult { kDone, kRetry };
   CopyResult Copy(const Piece& pc, const char* data);
+  // Copy until done, waiting for the event thread whenever events are unread; false if the
+  // pager stops first (what is left of the piece goes back to pending).
+  bool CopyAll(const Piece& pc, const char* data);
   bool TakeBackground(Piece* pc);
   bool AllDone() const;  // mu_ held
   void Fail(Error e);
