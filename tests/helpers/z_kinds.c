@@ -782,16 +782,9 @@ static int m_packet_mmap(void) {
 }
 
 int main(int argc, char** argv) {
-  if (argc < 4) return 119;
-  ready_fd = atoi(argv[2]);
-  dir = argv[3];
-  sigemptyset(&usr2_set);
-  sigaddset(&usr2_set, SIGUSR2);
-  SETUP(sigprocmask(SIG_BLOCK, &usr2_set, NULL) == 0);
-  struct {
-    const char* name;
-    int (*fn)(void);
-  } modes[] = {
+  int bad = zdtm_start(argc, argv);
+  if (bad) return bad;
+  static const struct zdtm_mode modes[] = {
       {"symlink", m_symlink},
       {"symlink01", m_symlink01},
       {"opath_misc", m_opath_misc},
@@ -814,8 +807,5 @@ int main(int argc, char** argv) {
       {"zero_len", m_zero_len},
       {"proc_files", m_proc_files},
   };
-  for (size_t i = 0; i < sizeof modes / sizeof modes[0]; ++i)
-    if (!strcmp(argv[1], modes[i].name)) return modes[i].fn();
-  fprintf(stderr, "z_kinds: unknown mode %s\n", argv[1]);
-  return 118;
+  return zdtm_run(argv[1], modes, sizeof modes / sizeof modes[0]);
 }

@@ -391,24 +391,14 @@ static int m_cow(void) {
 }
 
 int main(int argc, char** argv) {
-  if (argc < 4) return 119;
-  ready_fd = atoi(argv[2]);
-  dir = argv[3];
-  sigemptyset(&usr2_set);
-  sigaddset(&usr2_set, SIGUSR2);
-  SETUP(sigprocmask(SIG_BLOCK, &usr2_set, NULL) == 0);
-  struct {
-    const char* name;
-    int (*fn)(void);
-  } modes[] = {
+  int bad = zdtm_start(argc, argv);
+  if (bad) return bad;
+  static const struct zdtm_mode modes[] = {
       {"bpf", m_bpf},
       {"bpf_queue", m_bpf_queue},
       {"aio00", m_aio00},
       {"aio01", m_aio01},
       {"cow", m_cow},
   };
-  for (size_t i = 0; i < sizeof modes / sizeof modes[0]; ++i)
-    if (!strcmp(argv[1], modes[i].name)) return modes[i].fn();
-  fprintf(stderr, "z_kobj: unknown mode %s\n", argv[1]);
-  return 118;
+  return zdtm_run(argv[1], modes, sizeof modes / sizeof modes[0]);
 }

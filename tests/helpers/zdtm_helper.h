@@ -1,7 +1,7 @@
-/* The zdtm helper protocol shared by z_static.c, z_files.c, z_kinds.c and z_pstate.c (see
- * tests/zdtm_harness.h for the test side): the program is started as NAME MODE READY_FD [DIR]; a
- * mode sets its state up, calls ready() (writes "ready\n" on READY_FD and closes it), waits for
- * SIGUSR2 with wait_usr2() (blocked everywhere from main on and taken with sigwaitinfo, so it
+/* The zdtm helper protocol shared by z_static.c, z_files.c, z_kinds.c, z_more.c, z_kobj.c and
+ * z_pstate.c (see tests/zdtm_harness.h for the test side): the program is started as NAME MODE
+ * READY_FD [DIR]; a mode sets its state up, calls ready() (writes "ready\n" on READY_FD and closes
+ * it), waits for SIGUSR2 with wait_usr2() (blocked everywhere from main on and taken with sigwaitinfo, so it
  * cannot be lost), checks its own state with CHECK and exits 0, or with the number of the failed
  * check (the reason on stderr). SETUP failures exit 120. */
 #pragma once
@@ -10,6 +10,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #define ZDTM_UNUSED __attribute__((unused))
@@ -73,4 +74,27 @@ static ZDTM_UNUSED int same(const char* p, size_t n, unsigned seed) {
   for (size_t i = 0; i < n; ++i)
     if (p[i] != (char)(seed * 31 + i * 7 + (i >> 12))) return 0;
   return 1;
+}
+
+/* A helper's modes, by name. */
+struct zdtm_mode {
+  const char* name;
+  int (*fn)(void);
+};
+/* main's start: NAME MODE READY_FD DIR taken, SIGUSR2 blocked. 0, or 119 for too few arguments. */
+static ZDTM_UNUSED int zdtm_start(int argc, char** argv) {
+  if (argc < 4) return 119;
+  ready_fd = atoi(argv[2]);
+  dir = argv[3];
+  sigemptyset(&usr2_set);
+  sigaddset(&usr2_set, SIGUSR2);
+  SETUP(sigprocmask(SIG_BLOCK, &usr2_set, NULL) == 0);
+  return 0;
+}
+/* Runs the mode named `mode` of modes[0, n); 118 for an unknown one. */
+static ZDTM_UNUSED int zdtm_run(const char* mode, const struct zdtm_mode* modes, size_t n) {
+  for (size_t i = 0; i < n; ++i)
+    if (!strcmp(mode, modes[i].name)) return modes[i].fn();
+  fprintf(stderr, "%s: unknown mode %s\n", program_invocation_short_name, mode);
+  return 118;
 }
