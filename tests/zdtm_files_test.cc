@@ -25,19 +25,6 @@ namespace {
 class ZdtmFiles : public ZdtmHarness {
  protected:
   ZdtmFiles() : ZdtmHarness("z_files") {}
-  // A state godwit refuses: the dump fails naming the pid and each of what; the tree runs on
-  // unharmed.
-  void Refused(const std::string& mode, const std::vector<std::string>& what) {
-    pid_t pid = Start(mode);
-    ASSERT_GT(pid, 0) << "helper setup failed";
-    auto d = Godwit({"dump", "--pid", std::to_string(pid), "--images-dir", dir_ / "img"});
-    EXPECT_NE(d.status, 0) << "the dump of an unsupported state succeeded";
-    EXPECT_NE(d.err.find("pid " + std::to_string(pid)), std::string::npos) << d.err;
-    for (const auto& w : what) EXPECT_NE(d.err.find(w), std::string::npos) << d.err;
-    ASSERT_EQ(kill(pid, SIGUSR2), 0);
-    EXPECT_EQ(WaitBounded(pid, 30000), 0) << "the refused dump damaged the tree";
-    pids_.clear();
-  }
 };
 
 #define ZDTM(Name, mode) \
