@@ -2,7 +2,6 @@
 // process outside the dumped tree that streams a known pattern both ways and fails on any error
 // or wrong byte: the connection must survive dump, kill and restore with nothing lost.
 #include <arpa/inet.h>
-#include <sched.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -12,11 +11,11 @@
 #include <sys/socket.h>
 
 #include <cstdlib>
-#include <thread>
 
 #include "common/netns.h"
 #include "files/netlock.h"
 #include "tests/files_harness_test.h"
+#include "tests/scratch_netns.h"
 
 namespace godwit::files::testing {
 namespace {
@@ -394,16 +393,10 @@ TEST(FilesInet, TcpPortTakenAtRestoreIsExists) {
 
 }  // namespace
 
-// A socket made in the named netns (/run/netns/NAME), from a thread that enters it.
+// A socket made in the named netns (/run/netns/NAME).
 UniqueFd SocketIn(const std::string& ns, int type) {
   int fd = -1;
-  std::thread t([&] {
-    int nfd = ::open(("/run/netns/" + ns).c_str(), O_RDONLY | O_CLOEXEC);
-    if (nfd >= 0 && ::setns(nfd, CLONE_NEWNET) == 0)
-      fd = ::socket(AF_INET, type | SOCK_CLOEXEC, 0);
-    if (nfd >= 0) ::close(nfd);
-  });
-  t.join();
+  godwit::testing::InNetns(ns, [&] { fd = ::socket(AF_INET, type | SOCK_CLOEXEC, 0); });
   return UniqueFd(fd);
 }
 
@@ -413,13 +406,7 @@ UniqueFd SocketIn(const std::string& ns, int type) {
 TEST(NetLock, QuietSilencesANamespaceUntilOpen) {
   const std::string a = StrFormat("gwq%d-a", getpid()), b = StrFormat("gwq%d-b", getpid());
   auto sh = [](const std::string& c) { return std::system(c.c_str()); };
-  struct Cleanup {
-    std::string a, b;
-    ~Cleanup() {
-      (void)std::system(("ip netns del " + a + " 2>/dev/null; ip netns del " + b + " 2>/dev/null")
-                            .c_str());
-    }
-  } cleanup{a, b};
+  godwit::testing::ScratchNetns cleanup({a, b});
   ASSERT_EQ(sh("ip netns add " + a + " && ip netns add " + b + " && ip -n " + a +
                " link add q0 type veth peer name q1 netns " + b + " && ip -n " + a +
                " addr add 198.18.250.1/30 dev q0 && ip -n " + b +

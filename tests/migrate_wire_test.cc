@@ -5,7 +5,6 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <poll.h>
-#include <sched.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -26,6 +25,7 @@
 #include "migrate/image_stream.h"
 #include "migrate/packet_hold.h"
 #include "migrate/wire.h"
+#include "tests/scratch_netns.h"
 
 namespace godwit::migrate {
 namespace {
@@ -517,13 +517,7 @@ TEST(MigrateWire, HelloChecks) {
 // the replay (every held frame of a migration was lost that way).
 TEST(PacketHold, HeldFramesAreDeliveredAgain) {
   const std::string h = StrFormat("gwh%d-h", getpid()), c = StrFormat("gwh%d-c", getpid());
-  struct Cleanup {
-    std::string h, c;
-    ~Cleanup() {
-      (void)std::system(("ip netns del " + h + " 2>/dev/null; ip netns del " + c + " 2>/dev/null")
-                            .c_str());
-    }
-  } cleanup{h, c};
+  godwit::testing::ScratchNetns cleanup({h, c});
   ASSERT_EQ(std::system(("ip netns add " + h + " && ip netns add " + c + " && ip -n " + h +
                          " link add ph type veth peer name pc netns " + c + " && ip -n " + h +
                          " addr add 198.18.251.1/30 dev ph && ip -n " + c +
@@ -531,21 +525,14 @@ TEST(PacketHold, HeldFramesAreDeliveredAgain) {
                          " link set ph up && ip -n " + c + " link set pc up")
                             .c_str()),
             0);
-  // Sockets and the hold are made by threads in the namespaces (a socket stays where it was
-  // made); they are used from here.
-  auto in_ns = [](const std::string& ns, const std::function<void()>& fn) {
-    std::thread t([&] {
-      int fd = ::open(("/run/netns/" + ns).c_str(), O_RDONLY | O_CLOEXEC);
-      if (fd >= 0 && ::setns(fd, CLONE_NEWNET) == 0) fn();
-      if (fd >= 0) ::close(fd);
-    });
-    t.join();
-  };
+  // Sockets and the hold are made in the namespaces (a socket stays where it was made); they
+  // are used from here.
+  using godwit::testing::InNetns;
   UniqueFd rx, tx;
   std::optional<PacketHold> hold;
   std::optional<FrameInjector> inj;
-  in_ns(c, [&] { rx.reset(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0)); });
-  in_ns(h, [&] {
+  InNetns(c, [&] { rx.reset(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0)); });
+  InNetns(h, [&] {
     tx.reset(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
     auto ho = PacketHold::Start("ph");
     if (ho.ok()) hold.emplace(std::move(*ho));
