@@ -320,6 +320,8 @@ class BlobReader {
   Result<void> ReadAt(uint64_t file_off, void* dst, size_t len) const;
   Result<void> ReadChunk(size_t i, uint64_t skip, char* dst, size_t len);
   size_t FindChunk(uint64_t offset) const;
+  // Reads chunk c's stored bytes (into *buf) and checks them against its checksum.
+  Result<void> CheckChunk(const Chunk& c, std::vector<char>* buf) const;
   std::string name_;
   UniqueFd fd_;
   std::string mem_;  // the whole blob when opened FromBuffer

@@ -356,15 +356,7 @@ BlobReader::Stats BlobReader::stats() const {
 
 Result<void> BlobReader::VerifyChunks() const {
   std::vector<char> buf;
-  for (const Chunk& c : chunks_) {
-    buf.resize(c.stored_len);
-    TRY(ReadAt(c.file_off, buf.data(), c.stored_len));
-    if (Crc32c(0, buf.data(), c.stored_len) != c.crc)
-      return Bad(name_, c.file_off - sizeof(format::ChunkHeader),
-                 "chunk checksum mismatch (chunk of logical [%llu, +%llu))",
-                 static_cast<unsigned long long>(c.logical_off),
-                 static_cast<unsigned long long>(c.logical_len));
-  }
+  for (const Chunk& c : chunks_) TRY(CheckChunk(c, &buf));
   return Ok();
 }
 
@@ -377,16 +369,19 @@ Result<void> BlobReader::VerifyRange(uint64_t offset, uint64_t len) const {
   if (len == 0) return Ok();
   std::vector<char> buf;
   for (size_t i = FindChunk(offset); i < chunks_.size() && chunks_[i].logical_off < offset + len;
-       ++i) {
-    const Chunk& c = chunks_[i];
-    buf.resize(c.stored_len);
-    TRY(ReadAt(c.file_off, buf.data(), c.stored_len));
-    if (Crc32c(0, buf.data(), c.stored_len) != c.crc)
-      return Bad(name_, c.file_off - sizeof(format::ChunkHeader),
-                 "chunk checksum mismatch (chunk of logical [%llu, +%llu))",
-                 static_cast<unsigned long long>(c.logical_off),
-                 static_cast<unsigned long long>(c.logical_len));
-  }
+       ++i)
+    TRY(CheckChunk(chunks_[i], &buf));
+  return Ok();
+}
+
+Result<void> BlobReader::CheckChunk(const Chunk& c, std::vector<char>* buf) const {
+  buf->resize(c.stored_len);
+  TRY(ReadAt(c.file_off, buf->data(), c.stored_len));
+  if (Crc32c(0, buf->data(), c.stored_len) != c.crc)
+    return Bad(name_, c.file_off - sizeof(format::ChunkHeader),
+               "chunk checksum mismatch (chunk of logical [%llu, +%llu))",
+               static_cast<unsigned long long>(c.logical_off),
+               static_cast<unsigned long long>(c.logical_len));
   return Ok();
 }
 
