@@ -1,9 +1,9 @@
 /* The zdtm helper protocol shared by z_static.c, z_files.c, z_kinds.c, z_more.c, z_kobj.c and
  * z_pstate.c (see tests/zdtm_harness.h for the test side): the program is started as NAME MODE
  * READY_FD [DIR]; a mode sets its state up, calls ready() (writes "ready\n" on READY_FD and closes
- * it), waits for SIGUSR2 with wait_usr2() (blocked everywhere from main on and taken with sigwaitinfo, so it
- * cannot be lost), checks its own state with CHECK and exits 0, or with the number of the failed
- * check (the reason on stderr). SETUP failures exit 120. */
+ * it), waits for SIGUSR2 with wait_usr2() (blocked everywhere from main on and taken with
+ * sigwaitinfo, so it cannot be lost), checks its own state with CHECK and exits 0, or with the
+ * number of the failed check (the reason on stderr). SETUP failures exit 120. */
 #pragma once
 
 #include <errno.h>
