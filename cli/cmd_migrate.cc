@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <nlohmann/json.hpp>
 
 #include "cli/command.h"
@@ -116,6 +117,7 @@ int MigrateCmd(Global& g, const std::vector<std::string>& args) {
   }
   o.strict = pa->has("strict");
   o.hold_packets = !pa->has("no-hold");
+  o.boost = !getenv("GODWIT_NO_BOOST");  // A/B runs only (common/priority.h)
 
   bool human = !g.json;
   auto progress = [&](const migrate::RoundReport& r) {

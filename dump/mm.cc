@@ -449,6 +449,7 @@ Result<void> DumpMm(DumpContext& ctx, ProcessDump& p) {
     blob_owner = std::make_unique<images::BlobWriter>(std::move(b));
   }
   images::BlobWriter& blob = *blob_owner;
+  pt.Lap("blob");
   UniqueFd mem;
   if (!unreadable.empty()) {
     ASSIGN_OR_RETURN(mem, fs::Open(StrFormat("/proc/%d/mem", pid), O_RDONLY));
@@ -597,6 +598,7 @@ Result<void> DumpMm(DumpContext& ctx, ProcessDump& p) {
     if (first.ok()) first = w.Finish();
     if (!first.ok()) next = work.size();
     if (helper.joinable()) helper.join();
+    pt.Lap("pages");
     // What the second writer released last (the first one releases the queue as it goes).
     if (ctx.released) ReleaseRanges(r, released.Take());
     TRY_CTX(std::move(first), "pid %d: pages", pid);
@@ -619,6 +621,7 @@ Result<void> DumpMm(DumpContext& ctx, ProcessDump& p) {
   ctx.stats.bytes_logical += blob.logical_size();
   ctx.stats.bytes_stored += blob.stored_size();
   ctx.stats.memdump_ms += timing::MsSince(t0);
+  pt.Lap("close");
   // Rounds in order; restore applies them in order, so later pages win.
   ASSIGN_OR_RETURN(images::ImageWriter pw,
                    images::ImageWriter::Create(*ctx.sink, StrFormat("pagemap-%d.img", pid)));
@@ -626,7 +629,7 @@ Result<void> DumpMm(DumpContext& ctx, ProcessDump& p) {
   TRY(pw.Write(pm));
   if (blob2) TRY(pw.Write(pm2));  // disjoint from pm: the order between them does not matter
   TRY(pw.Close());
-  pt.Lap("pages+pagemap");
+  pt.Lap("pagemap");
   std::string laps;
   for (const auto& [k, ms] : pt.phases()) laps += StrFormat(" %s %.1f", k.c_str(), ms);
   LOG_DEBUG("pid %d: mm step (ms):%s", pid, laps.c_str());

@@ -16,12 +16,14 @@
 
 #include "common/fs.h"
 #include "common/log.h"
+#include "common/priority.h"
 #include "common/scope_exit.h"
 #include "common/timing.h"
 #include "images/image.h"
 #include "migrate/image_stream.h"
 #include "migrate/kernel.h"
 #include "migrate/packet_hold.h"
+#include "migrate/staging.h"
 #include "common/netns.h"
 #include "files/netlock.h"
 #include "proto/fd.pb.h"
@@ -56,8 +58,11 @@ Result<void> SendFailed(Channel& ch, const Error& e) {
   return ch.Send(f);
 }
 
-std::string StagingBase(const DestOptions& o) {
-  return o.staging.empty() ? o.root + "/incoming" : o.staging;
+// Where sessions stage their images: --staging, or memory-backed when there is room
+// (migrate/staging.h).
+std::vector<std::string> StagingBases(const DestOptions& o) {
+  if (!o.staging.empty()) return {o.staging};
+  return StagingCandidates(o.root, "incoming");
 }
 
 // Fault injection (DestOptions::fault): true when the caller must stop as if the connection
@@ -130,6 +135,9 @@ class PendingRestore {
   static Result<std::unique_ptr<PendingRestore>> Spawn(const DestOptions& o, const std::string& id,
                                                        const std::string& staging);
   ~PendingRestore();
+  // Raises it to the blackout's priority (common/priority.h): the tree it forks inherits that
+  // until each process takes its own scheduling attributes from the images.
+  void Boost() { (void)RaisePriority(pid_); }
   // Lets it run; its result.
   Result<Restored> Go();
   Result<Restored> Parse(const std::string& json_line) const;
@@ -284,8 +292,10 @@ Result<Restored> PendingRestore::Parse(const std::string& o_text) const {
 
 }  // namespace
 
-int CleanupDeadSessions(const DestOptions& o, const std::vector<pid_t>& live) {
-  std::string base = StagingBase(o);
+namespace {
+
+int CleanupDeadSessionsIn(const DestOptions& o, const std::string& base,
+                          const std::vector<pid_t>& live) {
   auto names = fs::ListDir(base);
   if (!names.ok()) return 0;
   int cleaned = 0;
@@ -313,6 +323,15 @@ int CleanupDeadSessions(const DestOptions& o, const std::vector<pid_t>& live) {
     (void)fs::RemoveAll(dir);
     cleaned++;
   }
+  if (o.staging.empty()) RemoveStagingIfEmpty(base);
+  return cleaned;
+}
+
+}  // namespace
+
+int CleanupDeadSessions(const DestOptions& o, const std::vector<pid_t>& live) {
+  int cleaned = 0;
+  for (const auto& base : StagingBases(o)) cleaned += CleanupDeadSessionsIn(o, base, live);
   return cleaned;
 }
 
@@ -404,6 +423,7 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
     for (auto& k : LocalKernelFeatures(o)) wl->add_kernel_features(k);
     for (auto& c : images::CpuFeatures()) wl->add_cpu_features(c);
     wl->set_mem_available(MemAvailable());
+    wl->set_takes_switchover(true);
     if (why.empty() && Fault(o, ch, "welcome"))
       return MakeError(ErrorKind::kPeer, 0, "fault injected at welcome");
     TRY_CTX(ch.Send(w), "handshake");
@@ -413,9 +433,11 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
   }
   LOG_INFO("migration of %s from %s accepted", res.id.c_str(), ch.peer().c_str());
 
-  std::string base = StagingBase(o);
+  std::string base = o.staging.empty()
+                         ? ChooseStaging(o.root, "incoming", hello.memory_bytes())
+                         : o.staging;
   std::string staging = StrFormat("%s/%s.%d", base.c_str(), res.id.c_str(), getpid());
-  TRY(fs::MkdirAll(staging, 0700));
+  TRY(MakeStaging(staging));
   ScopeExit rm_staging([&] {
     if (o.keep_staging) {
       LOG_INFO("images kept in %s", staging.c_str());
@@ -423,6 +445,7 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
     }
     auto r = fs::RemoveAll(staging);
     if (!r.ok()) LOG_WARN("remove %s: %s", staging.c_str(), r.error().to_string().c_str());
+    if (o.staging.empty()) RemoveStagingIfEmpty(base);
   });
   FileReceiver rx(staging);
   bool restored = false;
@@ -443,6 +466,7 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
   });
   auto round_start = Clock::now();
   uint64_t round_bytes0 = 0;
+  PriorityBoost boost;  // from the Switchover (the freeze) until this session ends
   for (;;) {
     auto r = ch.Recv(&f, &payload);
     if (!r.ok()) return std::move(r.error().wrap(StrFormat("migration of %s", res.id.c_str())));
@@ -479,6 +503,14 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
         round_start = Clock::now();
         break;
       }
+      case mig::Frame::kSwitchover: {
+        // The blackout starts: this thread, the receiver's writer and the restore waiting to
+        // go do its work (common/priority.h). The boost ends with the session (after Done).
+        boost.Add(0);
+        if (pid_t w = rx.writer_tid(); w > 0) boost.Add(w);
+        if (pending) pending->Boost();
+        break;
+      }
       case mig::Frame::kFinal: {
         if (auto d = rx.Drain(); !d.ok()) {
           (void)SendFailed(ch, d.error());
@@ -505,6 +537,7 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
             return std::move(sp.error().wrap(StrFormat("migration of %s", res.id.c_str())));
           }
           pending = std::move(*sp);
+          if (!boost.empty()) pending->Boost();
         }
         auto rr = pending->Go();
         res.restore_ms = MsSince(t0);
@@ -569,6 +602,7 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
         auto& steps = *rs->mutable_phases()->mutable_steps();
         for (const auto& [k, v] : rr->steps) steps[k] = v;
         steps["dest.restore_process_ms"] = res.restore_ms;
+        steps["dest.boosted"] = boost.empty() ? 0 : 1;  // common/priority.h
         prep.Lap("dest.prep_lock_ms");
         for (const auto& [k, v] : prep.phases()) steps[k] = v;
         steps["dest.prepare_switch_ms"] = MsSince(t_prep);

@@ -5,6 +5,7 @@
 #include <unistd.h>
 #include <zstd.h>
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <deque>
@@ -188,10 +189,13 @@ struct FileReceiver::Async {
   bool busy = false;
   bool stop = false;
   std::optional<Error> err;
+  std::atomic<pid_t> tid{0};
   std::thread worker;
 };
 
 FileReceiver::FileReceiver(std::string staging) : staging_(std::move(staging)) {}
+
+pid_t FileReceiver::writer_tid() const { return async_ ? async_->tid.load() : 0; }
 
 FileReceiver::~FileReceiver() {
   if (!async_) return;
@@ -208,6 +212,7 @@ Result<void> FileReceiver::ApplyAsync(const mig::FileData& f, std::string payloa
     async_ = std::make_unique<Async>();
     async_->worker = std::thread([this] {
       Async& a = *async_;
+      a.tid = gettid();
       std::unique_lock<std::mutex> l(a.mu);
       for (;;) {
         a.cv.wait(l, [&] { return a.stop || !a.q.empty(); });

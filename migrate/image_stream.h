@@ -10,6 +10,8 @@
 // directory (names checked: one path component, no "..") after checking the payload's crc32c.
 #pragma once
 
+#include <sys/types.h>
+
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -91,6 +93,8 @@ class FileReceiver {
   size_t open_files() const { return open_.size(); }
   uint64_t bytes() const { return bytes_; }
   const std::string& staging() const { return staging_; }
+  // The writer thread of ApplyAsync (0 before the first call or before it started).
+  pid_t writer_tid() const;
 
  private:
   struct Async;

@@ -11,6 +11,7 @@
 
 #include "common/fs.h"
 #include "common/log.h"
+#include "common/priority.h"
 #include "common/proc.h"
 #include "common/scope_exit.h"
 #include "common/timing.h"
@@ -21,6 +22,7 @@
 #include "migrate/image_stream.h"
 #include "migrate/kernel.h"
 #include "migrate/packet_hold.h"
+#include "migrate/staging.h"
 #include "runtime/cgroup.h"
 #include "runtime/container.h"
 
@@ -91,6 +93,7 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
   rep->secure = ch->secure();
   bool zstd = o.compress != Compress::kNone;
   rep->compressed = zstd;
+  bool takes_switchover = false;
   {
     mig::Frame f;
     mig::Hello* h = f.mutable_hello();
@@ -114,6 +117,7 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
     TRY(RecvExpect(*ch, &f, mig::Frame::kWelcome, "handshake"));
     rep->peer_version = f.welcome().godwit_version();
     rep->peer_hostname = f.welcome().hostname();
+    takes_switchover = f.welcome().takes_switchover();
     if (!f.welcome().accepted()) {
       rep->outcome = "refused";
       rep->reason = f.welcome().reason();
@@ -132,12 +136,20 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
     (void)ch->Send(f);
   });
 
-  std::string base = o.staging.empty() ? o.root + "/outgoing" : o.staging;
+  // Memory-backed when there is room (migrate/staging.h): the final dump creates its files
+  // inside the blackout. Each page file goes as soon as it has been sent (nothing reads it
+  // again here), so the staging copy never holds more than a round.
+  std::string base = o.staging.empty()
+                         ? ChooseStaging(o.root, "outgoing", ResidentBytes(tree))
+                         : o.staging;
   std::string staging = StrFormat("%s/%s.%d", base.c_str(), o.id.c_str(), getpid());
   (void)fs::RemoveAll(staging);
-  TRY(fs::MkdirAll(staging + "/tree", 0700));
+  TRY(MakeStaging(staging + "/tree"));
   TRY(fs::MkdirAll(staging + "/container", 0700));
-  ScopeExit rm_staging([&] { (void)fs::RemoveAll(staging); });
+  ScopeExit rm_staging([&] {
+    (void)fs::RemoveAll(staging);
+    if (o.staging.empty()) RemoveStagingIfEmpty(base);
+  });
 
   // auto: zstd is tried per chunk and kept only where it pays (FileSender's adaptive mode).
   FileSender tree_tx(ch.get(), mig::DIR_TREE, staging + "/tree", zstd,
@@ -145,8 +157,11 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
   FileSender ctr_tx(ch.get(), mig::DIR_CONTAINER, staging + "/container", zstd,
                     o.compress == Compress::kAuto);
   ASSIGN_OR_RETURN(auto tree_dir, images::OpenDirSink(staging + "/tree", true));
-  auto tree_sink = ForwardingSink(std::move(tree_dir),
-                                  [&](const std::string& n) { return tree_tx.Send(n); });
+  auto tree_sink = ForwardingSink(std::move(tree_dir), [&](const std::string& n) -> Result<void> {
+    TRY(tree_tx.Send(n));
+    if (n.rfind("pages-", 0) == 0) (void)::unlink((staging + "/tree/" + n).c_str());
+    return Ok();
+  });
   ASSIGN_OR_RETURN(auto ctr_dir, images::OpenDirSink(staging + "/container", true));
   auto ctr_sink = ForwardingSink(std::move(ctr_dir),
                                  [&](const std::string& n) { return ctr_tx.Send(n); });
@@ -225,7 +240,16 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
     if (rr.decision.rfind("switch", 0) == 0) break;
   }
 
-  // Switchover: freeze, final delta + state streamed as written, held frozen here.
+  // Switchover: freeze, final delta + state streamed as written, held frozen here. The
+  // blackout's work runs at a raised priority on both ends until the commit (common/priority.h).
+  PriorityBoost boost;
+  if (o.boost) boost.Add(0);
+  rep->boosted = !boost.empty();
+  if (takes_switchover && o.boost) {
+    mig::Frame sw;
+    sw.mutable_switchover();
+    if (auto s = ch->Send(sw); !s.ok()) return fail(std::move(s).error());
+  }
   container::CheckpointOptions co;
   co.root = o.root;
   co.id = o.id;
@@ -358,6 +382,7 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
   rep->blackout.release_ms = Ms(t_restored, t_committed);
   Result<void> done = sent.ok() ? RecvExpect(*ch, &f, mig::Frame::kDone, "done") : sent;
   auto t_done = Clock::now();
+  boost.End();  // the blackout is over; deleting the copy here is not part of it
   if (done.ok()) {
     const auto& dn = f.done();
     rep->switch_phases = {{"total_ms", dn.announce_ms()},
@@ -422,6 +447,7 @@ std::string ReportJson(const MigrationReport& r) {
                       {"peer_version", r.peer_version},
                       {"peer_hostname", r.peer_hostname},
                       {"tls", r.secure},
+                      {"boosted", r.boosted},
                       {"compress", r.compressed},
                       {"outcome", r.outcome},
                       {"rounds", rounds},

@@ -41,7 +41,10 @@ struct SourceOptions {
   // destination (migrate/packet_hold.h); off: they are dropped by the network lock and the
   // client retransmits (what CRIU does; for comparison).
   bool hold_packets = true;
-  std::string staging;  // local image staging dir (default ROOT/outgoing)
+  std::string staging;  // local image staging dir (default: migrate/staging.h)
+  // Run the blackout's work at nice -20 on both ends (common/priority.h); off for A/B runs
+  // (GODWIT_NO_BOOST). The destination boosts only when the source asks (Switchover frame).
+  bool boost = true;
 };
 
 struct RoundReport {
@@ -73,6 +76,7 @@ struct MigrationReport {
   std::string id, to, peer, peer_version, peer_hostname;
   bool secure = false;
   bool compressed = false;
+  bool boosted = false;  // the blackout ran at a raised priority here (common/priority.h)
   // "migrated"; "not started" (e.g. the connection or handshake failed), "refused", "rolled back"
   // (the container runs here as before); "failed after commit" (it runs there, not here).
   std::string outcome;

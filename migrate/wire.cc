@@ -355,6 +355,7 @@ const char* FrameKind(const mig::Frame& f) {
     case mig::Frame::kDone: return "done";
     case mig::Frame::kAbort: return "abort";
     case mig::Frame::kHeld: return "held-packets";
+    case mig::Frame::kSwitchover: return "switchover";
     case mig::Frame::MSG_NOT_SET: break;
   }
   return "empty";

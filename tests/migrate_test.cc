@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "container_test_util.h"
+#include "migrate/staging.h"
 #include "migrate/wire.h"
 #include "netns_hosts.h"
 #include "runtime/runtime.h"
@@ -110,11 +111,16 @@ class MigrateTest : public ::testing::Test {
       for (char h : {'a', 'b'}) (void)Gw(h, {"delete", "--force", id});
     }
     daemons_.clear();
-    // Nothing of a migration is left in either host's state root.
+    // Nothing of a migration is left in either host's state root or memory-backed staging
+    // (migrate/staging.h: that directory goes with the last session).
     for (char h : {'a', 'b'}) {
       for (const char* sub : {"incoming", "outgoing"}) {
-        auto l = fs::ListDir(Root(h) + "/" + sub);
-        if (l.ok()) EXPECT_TRUE(l->empty()) << Root(h) << "/" << sub << " keeps " << l->front();
+        auto bases = migrate::StagingCandidates(Root(h), sub);
+        auto l = fs::ListDir(bases[0]);
+        if (l.ok()) {
+          EXPECT_TRUE(l->empty()) << bases[0] << " keeps " << l->front();
+        }
+        EXPECT_FALSE(fs::Exists(bases[1])) << bases[1] << " is left";
       }
     }
     (void)hosts_.Down();
@@ -211,7 +217,9 @@ class MigrateTest : public ::testing::Test {
 TEST_F(MigrateTest, IdleContainerThereAndBackTenTimes) {
   StartDaemon('a');
   StartDaemon('b');
-  RunCounter("idle", 10);
+  // A process with a nice value of its own: the blackout's raised priority (common/priority.h)
+  // must not stick to the restored tree.
+  RunCounter("idle", 10, "sleep 100000 & renice -n 7 -p $! >/dev/null; ");
   char at = 'a';
   int last = Count('a', "idle");
   for (int i = 0; i < 10; ++i) {
@@ -228,6 +236,8 @@ TEST_F(MigrateTest, IdleContainerThereAndBackTenTimes) {
     auto j = nlohmann::json::parse(*fs::ReadFile(rep));
     EXPECT_EQ(j["outcome"], "migrated");
     EXPECT_TRUE(j["tls"].get<bool>());
+    EXPECT_TRUE(j["boosted"].get<bool>());
+    EXPECT_EQ(j["restore_phases"]["dest.boosted"].get<double>(), 1.0);
     ASSERT_GE(j["rounds"].size(), 1u);
     EXPECT_EQ(j["rounds"].back()["decision"].get<std::string>().rfind("switch", 0), 0u);
     const auto& b = j["blackout"];
@@ -240,6 +250,10 @@ TEST_F(MigrateTest, IdleContainerThereAndBackTenTimes) {
   // The pid inside the container is still 1 and the echo server answers on the final host.
   CliRun ps = Gw(at, {"exec", "idle", "--", "sh", "-c", "echo hi | nc 127.0.0.1 8081"});
   EXPECT_EQ(ps.out, "hi\n") << ps;
+  // Each process kept its own nice value (field 19 of stat): the init 0, the sleeper 7.
+  CliRun nice = Gw(at, {"exec", "idle", "--", "sh", "-c",
+                        "cut -d' ' -f19 /proc/1/stat; cut -d' ' -f19 /proc/$(pidof sleep)/stat"});
+  EXPECT_EQ(nice.out, "0\n7\n") << nice;
 }
 
 TEST_F(MigrateTest, DirtyingMemoryArrivesIntactAndFinalRoundIsSmall) {

@@ -7,7 +7,11 @@
 #include <poll.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <linux/magic.h>
+#include <sys/mount.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -20,10 +24,13 @@
 #include <vector>
 
 #include "common/fs.h"
+#include "common/priority.h"
+#include "container_test_util.h"
 #include "gtest/gtest.h"
 #include "migrate/dest.h"
 #include "migrate/image_stream.h"
 #include "migrate/packet_hold.h"
+#include "migrate/staging.h"
 #include "migrate/wire.h"
 #include "tests/scratch_netns.h"
 
@@ -571,6 +578,65 @@ TEST(PacketHold, HeldFramesAreDeliveredAgain) {
   got.clear();
   ASSERT_TRUE(receive(&got)) << "the replayed datagram was not delivered";
   EXPECT_EQ(got, msg);
+}
+
+// Staging (migrate/staging.h): a state root on a disk file system stages in /dev/shm, one of
+// its own per root, gone with its last session; a tmpfs root stages in itself; no room in
+// /dev/shm: the root.
+TEST(Staging, MemoryBackedUnlessTheRootIsOrThereIsNoRoom) {
+  struct statfs shm;
+  ASSERT_EQ(statfs("/dev/shm", &shm), 0);
+  if (static_cast<uint64_t>(shm.f_type) != TMPFS_MAGIC) GTEST_SKIP() << "/dev/shm is no tmpfs";
+  const std::string disk = StrFormat("/var/tmp/godwit-staging-%d", getpid());
+  ASSERT_OK(fs::MkdirAll(disk, 0700));
+  struct statfs ds;
+  ASSERT_EQ(statfs(disk.c_str(), &ds), 0);
+  std::string got = ChooseStaging(disk, "incoming", 1 << 20);
+  if (static_cast<uint64_t>(ds.f_type) == TMPFS_MAGIC) {
+    EXPECT_EQ(got, disk + "/incoming");
+  } else {
+    EXPECT_EQ(got.rfind("/dev/shm/godwit-", 0), 0u) << got;
+    EXPECT_EQ(got, StagingCandidates(disk, "incoming")[1]);
+    // Two roots never share one; the same root finds its own again.
+    EXPECT_NE(got, ChooseStaging(disk + "-other", "incoming", 1 << 20));
+    EXPECT_EQ(got, ChooseStaging(disk + "/.", "incoming", 1 << 20));
+    // More than /dev/shm holds: the root itself.
+    EXPECT_EQ(ChooseStaging(disk, "incoming", 1ull << 62), disk + "/incoming");
+    // A session's directory, then the base and its parent gone once empty (not before).
+    ASSERT_OK(MakeStaging(got + "/c1.1"));
+    ASSERT_OK(MakeStaging(got + "/c2.2"));
+    ASSERT_OK(fs::RemoveAll(got + "/c1.1"));
+    RemoveStagingIfEmpty(got);
+    EXPECT_TRUE(fs::Exists(got + "/c2.2"));
+    ASSERT_OK(fs::RemoveAll(got + "/c2.2"));
+    RemoveStagingIfEmpty(got);
+    EXPECT_FALSE(fs::Exists(got));
+    EXPECT_FALSE(fs::Exists(got.substr(0, got.rfind('/'))));
+  }
+  ASSERT_OK(fs::RemoveAll(disk));
+  // A tmpfs root: staged in itself.
+  container::testing::TempDir t("staging");
+  ASSERT_EQ(mount("tmpfs", t.path().c_str(), "tmpfs", 0, "size=16m"), 0) << strerror(errno);
+  EXPECT_EQ(ChooseStaging(t.path(), "outgoing", 1 << 20), t.path() + "/outgoing");
+}
+
+// The blackout's priority (common/priority.h): a thread raised to nice -20 and put back to the
+// nice it had; threads it starts meanwhile inherit the raised one.
+TEST(Priority, BoostRaisesAThreadAndPutsItBack) {
+  std::thread t([] {
+    ASSERT_EQ(setpriority(PRIO_PROCESS, 0, 3), 0);
+    {
+      PriorityBoost b;
+      b.Add(0);
+      ASSERT_FALSE(b.empty()) << "no CAP_SYS_NICE?";
+      EXPECT_EQ(getpriority(PRIO_PROCESS, 0), kBlackoutNice);
+      int child = 0;
+      std::thread([&] { child = getpriority(PRIO_PROCESS, 0); }).join();
+      EXPECT_EQ(child, kBlackoutNice);
+    }
+    EXPECT_EQ(getpriority(PRIO_PROCESS, 0), 3);
+  });
+  t.join();
 }
 
 }  // namespace

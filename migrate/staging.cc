@@ -1,0 +1,69 @@
+#include "migrate/staging.h"
+
+#include <linux/magic.h>
+#include <stdlib.h>
+#include <sys/statfs.h>
+
+#include <unistd.h>
+
+#include <cerrno>
+
+#include "common/fs.h"
+#include "common/result.h"
+
+namespace godwit::migrate {
+namespace {
+
+constexpr const char* kShm = "/dev/shm";
+constexpr uint64_t kMargin = 256ull << 20;  // left free in /dev/shm beyond the staged bytes
+
+bool IsTmpfs(const std::string& path, uint64_t* free_bytes) {
+  struct statfs s;
+  if (statfs(path.c_str(), &s) < 0 || static_cast<uint64_t>(s.f_type) != TMPFS_MAGIC)
+    return false;
+  if (free_bytes) *free_bytes = static_cast<uint64_t>(s.f_bavail) * s.f_bsize;
+  return true;
+}
+
+// FNV-1a of the root's absolute path: stable across runs, so a restarted daemon finds the
+// directories its dead sessions left.
+std::string ShmBase(const std::string& root) {
+  char* abs = realpath(root.c_str(), nullptr);
+  std::string path = abs ? abs : root;
+  free(abs);
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : path) {
+    h ^= c;
+    h *= 1099511628211ull;
+  }
+  return StrFormat("%s/godwit-%016llx", kShm, static_cast<unsigned long long>(h));
+}
+
+}  // namespace
+
+std::string ChooseStaging(const std::string& root, const char* leaf, uint64_t need_bytes) {
+  std::string in_root = root + "/" + leaf;
+  if (IsTmpfs(root, nullptr)) return in_root;
+  uint64_t free_bytes = 0;
+  if (!IsTmpfs(kShm, &free_bytes) || free_bytes < need_bytes + kMargin) return in_root;
+  return ShmBase(root) + "/" + leaf;
+}
+
+std::vector<std::string> StagingCandidates(const std::string& root, const char* leaf) {
+  return {root + "/" + leaf, ShmBase(root) + "/" + leaf};
+}
+
+Result<void> MakeStaging(const std::string& dir) {
+  auto r = fs::MkdirAll(dir, 0700);
+  if (!r.ok() && r.error().sys_errno() == ENOENT) r = fs::MkdirAll(dir, 0700);
+  return r;
+}
+
+void RemoveStagingIfEmpty(const std::string& base) {
+  // rmdir fails on a directory another session still uses: that is the check.
+  if (::rmdir(base.c_str()) < 0) return;
+  std::string parent = base.substr(0, base.rfind('/'));
+  if (parent.rfind(std::string(kShm) + "/godwit-", 0) == 0) (void)::rmdir(parent.c_str());
+}
+
+}  // namespace godwit::migrate
