@@ -17,8 +17,10 @@
 #include "common/timing.h"
 #include "cli/detached_output.h"
 #include "cli/tuning_env.h"
+#include "container/checkpoint.h"
 #include "container/engine.h"
 #include "restore/lazy.h"
+#include "restore/load.h"
 #include "runtime/runtime.h"
 
 namespace godwit::cli {
@@ -264,14 +266,24 @@ int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
   if (pa->has("json")) g.json = true;
   if (pa->has("wait-fd")) {
     // godwitd starts the restore ahead (its start-up out of a migration's blackout) and lets
-    // it go with one byte on this fd; EOF means the migration ended otherwise: nothing to do.
+    // it go with one byte (1) on this fd; EOF means the migration ended otherwise: nothing to
+    // do. Meanwhile 'p' (after each pre-copy round): parse the rounds' page maps that arrived
+    // (restore/load.h), so the blackout does not.
     int fd = atoi(pa->get("wait-fd").c_str());
-    char b;
-    ssize_t n;
-    while ((n = read(fd, &b, 1)) < 0 && errno == EINTR) {
+    const std::string tree_dir = pa->get("image-path") + "/" + container::kTreeDir;
+    for (;;) {
+      char b;
+      ssize_t n;
+      while ((n = read(fd, &b, 1)) < 0 && errno == EINTR) {
+      }
+      if (n != 1) {
+        close(fd);
+        return 0;
+      }
+      if (b != 'p') break;
+      restore::PreloadPageMaps(tree_dir);
     }
     close(fd);
-    if (n != 1) return 0;
   }
   const std::string work = pa->get("work-path");
   auto fail = [&](const Error& e) {
@@ -345,6 +357,7 @@ int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
                           {"processes", r->processes},
                           {"lazy_bytes", r->lazy_bytes},
                           {"hot_bytes", r->hot_bytes},
+                          {"preloaded_pagemaps", restore::PreloadHits()},
                           {"lazy_pager_pid", pager},
                           {"environment_ms", r->environment_ms},
                           {"total_ms", r->total_ms},

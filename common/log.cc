@@ -1,5 +1,6 @@
 #include "common/log.h"
 
+#include <time.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -20,8 +21,13 @@ void VWrite(Level level, int err, const char* file, int line, const char* fmt, v
   char buf[1024];
   int n = snprintf(buf, sizeof(buf), "godwit[%d] %s: ", getpid(), kNames[level]);
   if (level == kDebug) {
+    // Debug lines carry the monotonic clock (ms): where the time of a step goes, read off a log.
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
     const char* base = strrchr(file, '/');
-    n += snprintf(buf + n, sizeof(buf) - n, "%s:%d: ", base ? base + 1 : file, line);
+    n += snprintf(buf + n, sizeof(buf) - n,
+                  "%ld.%03ld %s:%d: ", ts.tv_sec * 1000 + ts.tv_nsec / 1000000,
+                  (ts.tv_nsec / 1000) % 1000, base ? base + 1 : file, line);
   }
   if (n < static_cast<int>(sizeof(buf))) n += vsnprintf(buf + n, sizeof(buf) - n, fmt, ap);
   if (err != 0 && n < static_cast<int>(sizeof(buf)))

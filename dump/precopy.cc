@@ -140,7 +140,12 @@ Result<void> PreCopy::RoundOf(pid_t pid, Process& p, int round, RoundStats* rs) 
   TRY(blob.Close());
   rs->bytes += blob.logical_size();
   rs->stored_bytes += blob.stored_size();
+  // The round's page map as an image of its own, out at once (a migration sends it with the
+  // round's pages): the final dump refers to it instead of writing its runs while frozen.
+  std::string image = StrFormat("pagemap-%d-pre%d.img", pid, round);
+  TRY(images::WriteImage(*sink_, image, pm));
   p.maps.push_back(std::move(pm));
+  p.map_images.push_back(std::move(image));
   return Ok();
 }
 
@@ -170,12 +175,39 @@ DirtyTracker* PreCopy::Tracker(pid_t pid) const {
   return it == procs_.end() ? nullptr : it->second.tracker.get();
 }
 
+namespace {
+
+// Whether every run of m lies inside present (both sorted by address).
+bool AllPresent(const img::PageMap& m, const std::vector<PageRange>& present) {
+  size_t k = 0;
+  for (const auto& run : m.runs()) {
+    const uint64_t s = run.vaddr(), e = s + run.npages() * kPage;
+    while (k < present.size() && present[k].addr + present[k].npages * kPage <= s) ++k;
+    if (k == present.size() || present[k].addr > s ||
+        present[k].addr + present[k].npages * kPage < e)
+      return false;
+  }
+  return true;
+}
+
+}  // namespace
+
 std::vector<img::PageMap> PreCopy::EarlierMaps(pid_t pid,
                                                const std::vector<PageRange>& present) const {
   std::vector<img::PageMap> out;
   auto it = procs_.find(pid);
   if (it == procs_.end()) return out;
-  for (const auto& old : it->second.maps) {
+  const Process& proc = it->second;
+  for (size_t i = 0; i < proc.maps.size(); ++i) {
+    const img::PageMap& old = proc.maps[i];
+    if (i < proc.map_images.size() && AllPresent(old, present)) {
+      img::PageMap ref;
+      ref.set_pid(old.pid());
+      ref.set_blob(old.blob());
+      ref.set_runs_image(proc.map_images[i]);
+      out.push_back(std::move(ref));
+      continue;
+    }
     img::PageMap f = old;
     f.clear_runs();
     std::vector<PageRange> runs;

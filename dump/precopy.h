@@ -79,6 +79,11 @@ class PreCopy {
   DirtyTracker* Tracker(pid_t pid) const;
   // The rounds' page maps of pid in order, each cut down to the pages in present (sorted): a page
   // gone since (unmapped, or the zero page now) must not come back from an old round.
+  // A round whose runs all lie in present (the usual case: nothing of it unmapped or dropped
+  // since) comes as a reference to the page map image that round wrote
+  // (pagemap-PID-preN.img: `runs_image`, no runs): rebuilding and serializing every earlier run
+  // inside the freeze cost ~30 ms at 1 GiB after 8 rounds (~200k runs), and a migration has
+  // sent those images before the freeze.
   std::vector<img::PageMap> EarlierMaps(pid_t pid, const std::vector<PageRange>& present) const;
   // pid's VMA flags as the last round saw them (null: not taken, see dump/vmflags.h).
   const VmFlagsSnapshot* VmFlagsOf(pid_t pid) const;
@@ -88,6 +93,7 @@ class PreCopy {
   struct Process {
     std::unique_ptr<DirtyTracker> tracker;
     std::vector<img::PageMap> maps;  // one per round that stored something
+    std::vector<std::string> map_images;  // maps[i]'s own image (pagemap-PID-preN.img)
     std::optional<VmFlagsSnapshot> vmflags;  // as of the last round
   };
   Result<void> RoundOf(pid_t pid, Process& p, int round, RoundStats* rs);

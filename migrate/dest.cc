@@ -138,6 +138,11 @@ class PendingRestore {
   // Raises it to the blackout's priority (common/priority.h): the tree it forks inherits that
   // until each process takes its own scheduling attributes from the images.
   void Boost() { (void)RaisePriority(pid_); }
+  // After a round: it parses the page maps that arrived (restore/load.h PreloadPageMaps).
+  void Preload() {
+    char p = 'p';
+    if (go_.valid()) (void)!write(go_.get(), &p, 1);
+  }
   // Lets it run; its result.
   Result<Restored> Go();
   Result<Restored> Parse(const std::string& json_line) const;
@@ -274,6 +279,8 @@ Result<Restored> PendingRestore::Parse(const std::string& o_text) const {
     r.lazy_bytes = j.value("lazy_bytes", uint64_t{0});
     r.steps.emplace_back("restore.hot_bytes",
                          static_cast<double>(j.value("hot_bytes", uint64_t{0})));
+    r.steps.emplace_back("restore.preloaded_pagemaps",
+                         static_cast<double>(j.value("preloaded_pagemaps", uint64_t{0})));
     if (j.contains("phases")) {
       r.tree_ms = j["phases"].value("tree_ms", 0.0);
       r.memory_ms = j["phases"]["tree"].value("memory_ms", 0.0);
@@ -493,6 +500,7 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
             LOG_WARN("migration of %s: starting the restore ahead: %s", res.id.c_str(),
                      sp.error().to_string().c_str());
         }
+        if (pending) pending->Preload();  // the round's files are all written (Drain)
         mig::Frame ack;
         ack.mutable_round_ack()->set_round(f.round_end().round());
         ack.mutable_round_ack()->set_bytes_applied(rx.bytes() - round_bytes0);

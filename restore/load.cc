@@ -3,12 +3,53 @@
 #include <map>
 #include <set>
 
+#include "common/fs.h"
 #include "common/page.h"
+#include "images/crc32c.h"
 #include "restore/sessions.h"
 #include "restore/shmem.h"
 
 namespace godwit::restore {
 namespace {
+
+struct Preloaded {
+  uint64_t size = 0;
+  uint32_t crc = 0;
+  img::PageMap map;
+};
+
+std::map<std::string, Preloaded>& Cache() {
+  static std::map<std::string, Preloaded> cache;
+  return cache;
+}
+size_t g_hits = 0;
+
+bool IsRoundPageMap(const std::string& n) {
+  return n.rfind("pagemap-", 0) == 0 && n.find("-pre") != std::string::npos &&
+         n.size() > 4 && n.compare(n.size() - 4, 4, ".img") == 0;
+}
+
+// The record of a round's page map image: preloaded when its bytes are the listed ones, else
+// read now.
+Result<img::PageMap> RoundPageMap(const images::ImageSet& set, const std::string& name) {
+  auto& cache = Cache();
+  auto it = cache.find(name);
+  if (it != cache.end()) {
+    for (const auto& f : set.inventory().files()) {
+      if (f.name() != name) continue;
+      if (f.size() == it->second.size && f.crc32c() == it->second.crc) {
+        img::PageMap m = std::move(it->second.map);
+        cache.erase(it);
+        g_hits++;
+        return m;
+      }
+      break;
+    }
+  }
+  img::PageMap m;
+  TRY_CTX(set.ReadOne(name, &m), "read %s", name.c_str());
+  return m;
+}
 
 template <typename M>
 Result<void> ReadOne(const images::ImageSet& set, const std::string& name, M* msg) {
@@ -27,6 +68,18 @@ Result<void> LoadProcess(const images::ImageSet& set, ProcessRestore* p, std::se
     img::PageMap pm;
     ASSIGN_OR_RETURN(bool more, rd->Next(&pm));
     if (!more) break;
+    if (!pm.runs_image().empty()) {
+      // A round's record in an image of its own (dump/precopy.h).
+      if (pm.runs_size() != 0 || !IsRoundPageMap(pm.runs_image()) || !set.Has(pm.runs_image()))
+        return MakeError(ErrorKind::kBadImage, 0, "%s: bad reference to %s", pmname.c_str(),
+                         pm.runs_image().c_str());
+      ASSIGN_OR_RETURN(img::PageMap full, RoundPageMap(set, pm.runs_image()));
+      if (full.pid() != pm.pid() || full.blob() != pm.blob() || !full.runs_image().empty())
+        return MakeError(ErrorKind::kBadImage, 0, "%s: %s holds pid %d blob %s, not pid %d blob %s",
+                         pmname.c_str(), pm.runs_image().c_str(), full.pid(),
+                         full.blob().c_str(), pm.pid(), pm.blob().c_str());
+      pm = std::move(full);
+    }
     p->pagemaps.push_back(std::move(pm));
   }
   if (p->core.threads_size() == 0 || p->core.threads(0).tid() != e.pid())
@@ -56,6 +109,30 @@ Result<void> LoadProcess(const images::ImageSet& set, ProcessRestore* p, std::se
 }
 
 }  // namespace
+
+void PreloadPageMaps(const std::string& tree_dir) {
+  auto names = fs::ListDir(tree_dir);
+  if (!names.ok()) return;
+  auto& cache = Cache();
+  for (const auto& n : *names) {
+    if (!IsRoundPageMap(n) || cache.count(n)) continue;
+    // Written once and whole by the receiver: a file still being written fails to parse (or
+    // its checksum differs from the inventory's later) and is simply read again at the load.
+    auto data = fs::ReadFile(tree_dir + "/" + n);
+    if (!data.ok()) continue;
+    Preloaded pre;
+    pre.size = data->size();
+    pre.crc = images::Crc32c(0, data->data(), data->size());
+    auto rd = images::ImageReader::FromBuffer(n, std::move(*data));
+    if (!rd.ok()) continue;
+    auto got = rd->Next(&pre.map);
+    if (!got.ok() || !*got) continue;
+    cache[n] = std::move(pre);
+  }
+}
+
+size_t PreloadedPageMaps() { return Cache().size(); }
+size_t PreloadHits() { return g_hits; }
 
 Result<void> LoadImages(RestoreContext& ctx) {
   const auto& set = *ctx.images;

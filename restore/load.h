@@ -5,11 +5,22 @@
 #pragma once
 
 #include <memory>
+#include <string>
 
 #include "files/files.h"
 #include "restore/context.h"
 
 namespace godwit::restore {
+
+// Page map images of pre-copy rounds (pagemap-PID-preN.img) parsed ahead: a migration's
+// destination has them long before the final state arrives (each comes with its round), and
+// parsing ~200k runs at 1 GiB after 8 rounds cost ~30 ms inside the blackout. The restore waiting
+// to go (`restore --wait-fd`) preloads what is there after each round; LoadImages takes a
+// preloaded record when the file's bytes are the ones the inventory lists (size and crc32c).
+// One per process; not thread-safe (the restore's main thread uses it).
+void PreloadPageMaps(const std::string& tree_dir);
+size_t PreloadedPageMaps();  // how many are held (tests)
+size_t PreloadHits();        // how many LoadImages took from the preloaded ones (the report)
 
 // pstree, core-<pid>, mm-<pid>, pagemap-<pid> (every round), shmem.img into ctx; fills
 // ctx.procs, ctx.by_pid, ctx.shmem and the process counts of ctx.stats.

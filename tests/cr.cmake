@@ -32,7 +32,8 @@ godwit_helper(c_precopy ${CMAKE_CURRENT_SOURCE_DIR}/helpers/c_precopy.c)
 target_link_options(c_precopy PRIVATE -static)
 godwit_test(cr_precopy_test
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/cr_precopy_test.cc ${CMAKE_CURRENT_SOURCE_DIR}/cr_util.cc
-  LIBS godwit_dump godwit_images godwit_common nlohmann_json::nlohmann_json)
+  LIBS godwit_dump godwit_restore godwit_files godwit_images godwit_common
+       nlohmann_json::nlohmann_json)
 add_dependencies(cr_precopy_test c_precopy)
 
 # Lazy restore (restore/lazy.h): faults from several threads, fork/mremap/madvise/munmap while

@@ -6,6 +6,7 @@
 // helper itself (exit code and result files).
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -21,6 +22,8 @@
 #include "dump/vmflags.h"
 #include "images/image.h"
 #include "proto/mm.pb.h"
+#include "restore/context.h"
+#include "restore/load.h"
 
 namespace godwit::crtest {
 namespace {
@@ -131,6 +134,86 @@ TEST_F(CrPreCopy, RoundsThenAFinalDumpOfWhatChanged) {
          rounds[1].dirty_bytes_per_s / 1048576.0, rounds[2].dirty_bytes_per_s / 1048576.0,
          st->pages_dumped * 4096 / 1048576.0);
   pc->reset();  // stops tracking (the tree is gone already)
+  EXPECT_EQ(RestoreAndCheck(pid, 2), 0);
+}
+
+// Each round writes its page map as an image of its own; the final dump refers to those instead
+// of repeating their runs while frozen (dump/precopy.h). A restore that parsed them ahead
+// (restore/load.h PreloadPageMaps, what a migration's waiting restore does after each round)
+// takes the parsed records, only when the bytes are the listed ones; a half-written file is
+// left for the load to read.
+TEST_F(CrPreCopy, RoundPageMapsAreReferencedAndPreloaded) {
+  pid_t pid = Start(16, 64, 2);
+  ASSERT_GT(pid, 0);
+  auto sink = images::OpenDirSink(dir_ / "img");
+  ASSERT_TRUE(sink.ok()) << sink.error().to_string();
+  auto pc = dump::PreCopy::Start(pid, **sink);
+  ASSERT_TRUE(pc.ok()) << pc.error().to_string();
+  long long ticks = 0;
+  for (int i = 0; i < 2; ++i) {
+    if (i > 0) WaitTreeRan(pid, ticks);
+    auto r = (*pc)->Round();
+    ticks = TreeCpuTicks(pid);
+    ASSERT_TRUE(r.ok()) << r.error().to_string();
+  }
+  dump::DumpOptions o;
+  o.pid = pid;
+  o.precopy = pc->get();
+  auto st = dump::Dump(o, **sink);
+  ASSERT_TRUE(st.ok()) << st.error().to_string();
+  pc->reset();
+  // A copy of one round's image cut in half, in a directory of its own: not preloaded.
+  auto set = images::ImageSet::Open(dir_ / "img");
+  ASSERT_TRUE(set.ok()) << set.error().to_string();
+  std::string some_round;
+  for (const auto& f : set->inventory().files())
+    if (f.name().rfind("pagemap-", 0) == 0 && f.name().find("-pre") != std::string::npos)
+      some_round = f.name();
+  ASSERT_FALSE(some_round.empty()) << "no round page map image";
+  std::string bytes = Slurp(dir_ / ("img/" + some_round));
+  ASSERT_GT(bytes.size(), 64u);
+  ASSERT_EQ(mkdir((dir_ / "half").c_str(), 0700), 0);
+  {
+    std::ofstream half(dir_ / ("half/" + some_round));
+    half << bytes.substr(0, bytes.size() / 2);
+  }
+  restore::PreloadPageMaps(dir_ / "half");
+  EXPECT_EQ(restore::PreloadedPageMaps(), 0u);
+  // Loaded without and with the preload: the same runs; with it, every reference was a hit.
+  auto load = [&](std::vector<size_t>* runs) -> int {
+    restore::RestoreContext ctx;
+    ctx.images = &*set;
+    size_t before = restore::PreloadHits();
+    auto l = restore::LoadImages(ctx);
+    EXPECT_TRUE(l.ok()) << l.error().to_string();
+    for (const auto& p : ctx.procs)
+      for (const auto& pm : p->pagemaps) {
+        EXPECT_TRUE(pm.runs_image().empty());
+        runs->push_back(pm.runs_size());
+      }
+    return static_cast<int>(restore::PreloadHits() - before);
+  };
+  // The references the final dump made (a round whose pages are partly gone since, e.g. the
+  // helper's replaced mapping, is written cut down instead).
+  int refs = 0;
+  for (const auto& f : set->inventory().files()) {
+    if (f.name().rfind("pagemap-", 0) != 0 || f.name().find("-pre") != std::string::npos) continue;
+    auto rd = set->OpenImage(f.name());
+    ASSERT_TRUE(rd.ok());
+    img::PageMap pm;
+    while (*rd->Next(&pm)) refs += pm.runs_image().empty() ? 0 : 1;
+  }
+  EXPECT_GE(refs, 1);
+  std::vector<size_t> plain, preloaded;
+  EXPECT_EQ(load(&plain), 0);
+  restore::PreloadPageMaps(dir_ / "img");
+  size_t held = restore::PreloadedPageMaps();
+  EXPECT_EQ(held, 4u) << "two rounds of two processes";
+  EXPECT_EQ(load(&preloaded), refs);
+  EXPECT_EQ(restore::PreloadedPageMaps(), held - refs) << "each hit taken, not kept";
+  EXPECT_EQ(plain, preloaded);
+  EXPECT_EQ(plain.size(), 6u) << "two rounds and the final dump, two processes";
+  // The restored tree's memory is right with the referenced rounds (the helper checks it).
   EXPECT_EQ(RestoreAndCheck(pid, 2), 0);
 }
 
