@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 
 #include "common/fs.h"
+#include "common/log.h"
 #include "common/scope_exit.h"
 #include "common/timing.h"
 #include "files/files.h"
@@ -35,10 +36,12 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
   ctx.images = &set;
   TRY(images::CheckCpuFeatures(set.inventory()));
   TRY(LoadImages(ctx));    // load.cc
+  LOG_DEBUG("restore: images loaded");
   TRY(CheckTree(ctx));     // load.cc, sessions.cc
   TRY(PrepareShmem(ctx));  // shmem.cc: every shared memory object made again and filled
   ASSIGN_OR_RETURN(std::unique_ptr<files::FdRestorer> fds, LoadFiles(ctx));
   ctx.fds = fds.get();
+  LOG_DEBUG("restore: files loaded");
 
   // Declared after fds and set: on failure it kills the tree before they go away.
   TreeFork fork(ctx);  // fork.cc, after_clone.cc
@@ -50,18 +53,22 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
   TRY(fork.Run());
   DropPremaps(ctx);
   ctx.stats.fork_ms = timer.Lap("fork");
+  LOG_DEBUG("restore: tree forked");
 
   TRY(SeizeTree(ctx, fork.report_fd()));  // attach.cc
   GroupStandIns stand_ins;                 // until the tree runs
   TRY(JoinProcessGroups(ctx, &stand_ins));  // sessions.cc
   TRY(JoinCgroups(ctx));                    // cgroups.cc: before memory is charged
+  LOG_DEBUG("restore: seized, groups and cgroups joined");
   TRY(RunProcessSteps(ctx));                // steps.cc: mm, threads, process state, core
   ctx.last_pid.reset();  // its helper leaves the tree's pid namespace before the tree runs
   if (ctx.fds) TRY_CTX(ctx.fds->Finalize(), "files finalize");
+  LOG_DEBUG("restore: files finalized");
   if (!opts.pid_file.empty())
     TRY(fs::WriteFile(opts.pid_file, StrFormat("%d", ctx.root_host_pid), true));
   ASSIGN_OR_RETURN(std::vector<pid_t> stopped, ResumeTree(ctx));  // attach.cc: all at once
   fork.Release();
+  LOG_DEBUG("restore: tree resumed");
   // Return once they are stopped: whoever acts on the restored tree next sees them stopped.
   WaitGroupStopped(stopped);
   ctx.stats.root_pid = ctx.root_host_pid;
