@@ -37,9 +37,11 @@ class PriorityBoost {
   PriorityBoost& operator=(const PriorityBoost&) = delete;
   ~PriorityBoost() { End(); }
 
-  // tid 0: the calling thread.
+  // tid 0: the calling thread. Once per thread (a second Add would remember the raised nice).
   void Add(pid_t tid) {
     if (tid == 0) tid = gettid();
+    for (const auto& [t, nice] : saved_)
+      if (t == tid) return;
     errno = 0;
     int was = getpriority(PRIO_PROCESS, static_cast<id_t>(tid));
     if (was == -1 && errno != 0) return;

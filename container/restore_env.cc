@@ -557,9 +557,11 @@ Result<void> FillEnvironment(const images::ImageSet& images, const img::Containe
       }));
     }
   }
+  LOG_DEBUG("environment: uts and ipc filled");
   if (netns) {
     ASSIGN_OR_RETURN(UniqueFd fd, OpenNamespace(root_pid, "net"));
     TRY_CTX(net::Apply(*netns, fd.get()), "restore network namespace");
+    LOG_DEBUG("environment: network filled");
   }
   std::string root = StrFormat("/proc/%d/root", root_pid);
   if (rec.has_layer()) TRY_CTX(mnt::RestoreLayer(images, root + "/."), "writable layer");
@@ -605,6 +607,7 @@ Result<void> FillEnvironment(const images::ImageSet& images, const img::Containe
               "tmpfs %s", m.mountpoint().c_str());
     }
     if (ParseFlags(m.mount_opts()) & MS_RDONLY) readonly.push_back(&m);
+    LOG_DEBUG("environment: tmpfs %s filled", m.mountpoint().c_str());
   }
   if (!readonly.empty()) {
     // From a thread inside the container's mount namespace (its root is the container's).
