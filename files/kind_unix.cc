@@ -91,10 +91,19 @@ Result<void> BindHere(int fd, int type, const std::string& name) {
     }
   } else {
     // An abstract name of a dead socket that was in flight in a queue (its own, or a cycle's)
-    // stays bound until the kernel's unix garbage collector, scheduled by the dumped tree's
-    // death, frees it: wait for it a bounded time.
-    for (int i = 0; i < 200 && errno == EADDRINUSE; i++) {
-      struct timespec ts = {0, 10 * 1000 * 1000};
+    // stays bound until the kernel's unix garbage collector frees it. The collector runs when a
+    // unix socket is released while sockets are in flight, and a request made while it runs is
+    // dropped: the dumped tree's last sockets may have closed during a collection that still
+    // saw the cycle reachable, and then nothing collects it until some unix socket somewhere
+    // closes. So each try releases one of ours (a fresh pair) to schedule a collection, then
+    // waits a little for it: bounded (2 s).
+    for (int i = 0; i < 400 && errno == EADDRINUSE; i++) {
+      int pair[2];
+      if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) == 0) {
+        close(pair[0]);
+        close(pair[1]);
+      }
+      struct timespec ts = {0, 5 * 1000 * 1000};
       nanosleep(&ts, nullptr);
       if (bind(fd, reinterpret_cast<sockaddr*>(&sa), len) == 0) return Ok();
     }

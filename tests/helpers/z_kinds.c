@@ -596,12 +596,14 @@ static int m_scm_unix(void) {
   int ska[2], other[2];
   SETUP(socketpair(AF_UNIX, SOCK_DGRAM, 0, ska) == 0 &&
         socketpair(AF_UNIX, SOCK_STREAM, 0, other) == 0);
-  char tag = 'a' + getpid() % 26;
+  /* Abstract names with the whole pid in them: two runs at once on one host never collide. */
+  char names[2][32];
+  int len = 0;
   for (int i = 0; i < 2; i++) {
     struct sockaddr_un a = {.sun_family = AF_UNIX};
-    a.sun_path[1] = tag;
-    a.sun_path[2] = '0' + i;
-    SETUP(bind(ska[i], (void*)&a, sizeof(sa_family_t) + 3) == 0);
+    len = snprintf(names[i], sizeof names[i], "gw-scm06-%d-%d", (int)getpid(), i);
+    memcpy(a.sun_path + 1, names[i], len);
+    SETUP(bind(ska[i], (void*)&a, sizeof(sa_family_t) + 1 + len) == 0);
   }
   for (int i = 0; i < 2; i++)
     for (int j = 0; j < 2; j++) SETUP(send_fds(ska[i], &ska[j], 1, "", 1) == 0);
@@ -615,8 +617,8 @@ static int m_scm_unix(void) {
     skc = fds[0];
     struct sockaddr_un a;
     socklen_t l = sizeof a;
-    CHECK(getsockname(skc, (void*)&a, &l) == 0 && a.sun_path[1] == tag &&
-              a.sun_path[2] == '0' + (i % 2),
+    CHECK(getsockname(skc, (void*)&a, &l) == 0 && l == sizeof(sa_family_t) + 1 + len &&
+              !memcmp(a.sun_path + 1, names[i % 2], len),
           "round %d: wrong socket", i);
   }
   /* ska[1]'s queue: ska[0] (taken above), ska[1], then the other pair's end. */
