@@ -72,5 +72,10 @@ class NetLock {
 std::unique_ptr<NetLock> NewDropLock();
 // A lock taken by someone else, by its recorded name (to release it, or to lock more with it).
 std::unique_ptr<NetLock> OpenNetLock(const std::string& name);
+// The lock a migration's destination restore (FdRestoreOptions::keep_netlock) takes when the
+// images carry none (no TCP connection was locked): Quiet only, so that the restored namespace
+// says nothing before the commit either. The name is the same for every such restore: the
+// namespace is the container's own, new one, and the destination adopts it by this name.
+inline constexpr char kQuietLockName[] = "godwit_quiet";
 
 }  // namespace godwit::files

@@ -96,17 +96,21 @@ void Flatten(const nlohmann::json& j, const std::string& prefix,
   }
 }
 
-// The restore left the connections locked (--keep-locked): the table files-netlock.img names,
-// in the restored container's net namespace. Adopted before the commit, so that unlocking after
-// it is one nft call (nullptr: nothing is locked).
+// The restore left the namespace quiet and the connections locked (--keep-locked): the table
+// files-netlock.img names, or kQuietLockName where no connection was locked, in the restored
+// container's net namespace. Adopted before the commit, so that opening it after the commit is
+// one nft call.
 Result<std::unique_ptr<files::NetLock>> AdoptRestoredLock(const std::string& staging, pid_t pid) {
   std::string img_dir = staging + "/tree";
-  if (!fs::Exists(img_dir + "/files-netlock.img")) return std::unique_ptr<files::NetLock>();
-  ASSIGN_OR_RETURN(images::ImageSet set, images::ImageSet::OpenUnverified(img_dir));
-  img::NetLock nl;
-  TRY(set.ReadOne("files-netlock.img", &nl));
+  std::string name = files::kQuietLockName;
+  if (fs::Exists(img_dir + "/files-netlock.img")) {
+    ASSIGN_OR_RETURN(images::ImageSet set, images::ImageSet::OpenUnverified(img_dir));
+    img::NetLock nl;
+    TRY(set.ReadOne("files-netlock.img", &nl));
+    name = nl.table();
+  }
   ASSIGN_OR_RETURN(UniqueFd ns, fs::Open(StrFormat("/proc/%d/ns/net", pid), O_RDONLY | O_CLOEXEC));
-  std::unique_ptr<files::NetLock> lock = files::OpenNetLock(nl.table());
+  std::unique_ptr<files::NetLock> lock = files::OpenNetLock(name);
   // Also libnftables' set-up and the context the switch's Open uses, made now.
   TRY_CTX(lock->Adopt(ns.get()), "adopt the restored connections' lock");
   return lock;

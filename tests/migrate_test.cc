@@ -3,7 +3,11 @@
 // namespace, real TLS (scripts/migration-certs). Every test checks where the container runs
 // afterwards, that its state carried on, and that neither host keeps anything of a migration
 // that failed (containers, staging directories); the fixture removes all at the end.
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <linux/if_ether.h>
+#include <linux/if_packet.h>
+#include <net/if.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/inotify.h>
@@ -14,6 +18,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "common/netns.h"
 #include "container_test_util.h"
 #include "migrate/wire.h"
 #include "netns_hosts.h"
@@ -302,6 +307,105 @@ TEST_F(MigrateTest, TcpClientStreamsThroughMigrationUnbroken) {
   std::printf("client across two migrations: max gap %.1f ms, p99 %.2f ms, retransmissions %d\n",
               j["max_gap_ms"].get<double>(), j["gap_ms"]["p99"].get<double>(),
               j["tcp_info"]["total_retrans"].get<int>());
+}
+
+// The frames that come out of host h onto the segment, captured in the segment's namespace (a
+// packet socket on its port to h, made before and drained after what is watched).
+class SegmentCapture {
+ public:
+  SegmentCapture(int br_netns_fd, char h) {
+    std::thread t([&] {
+      if (setns(br_netns_fd, CLONE_NEWNET) < 0) return;
+      fd_.reset(socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC | SOCK_NONBLOCK, htons(ETH_P_ALL)));
+      int big = 16 << 20;
+      setsockopt(fd_.get(), SOL_SOCKET, SO_RCVBUFFORCE, &big, sizeof(big));
+      sockaddr_ll ll{};
+      ll.sll_family = AF_PACKET;
+      ll.sll_protocol = htons(ETH_P_ALL);
+      ll.sll_ifindex = static_cast<int>(if_nametoindex(StrFormat("to-%c", h).c_str()));
+      if (ll.sll_ifindex == 0 || bind(fd_.get(), reinterpret_cast<sockaddr*>(&ll), sizeof(ll)) < 0)
+        fd_.reset();
+    });
+    t.join();
+  }
+  bool ok() const { return static_cast<bool>(fd_); }
+  // Every frame received from the host since the start, in order.
+  std::vector<std::string> Drain() {
+    std::vector<std::string> out;
+    char buf[2048];
+    for (;;) {
+      sockaddr_ll from{};
+      socklen_t fl = sizeof(from);
+      ssize_t n = recvfrom(fd_.get(), buf, sizeof(buf), 0, reinterpret_cast<sockaddr*>(&from), &fl);
+      if (n < 0) break;
+      if (from.sll_pkttype != PACKET_OUTGOING && n >= ETH_HLEN) out.emplace_back(buf, n);
+    }
+    return out;
+  }
+
+ private:
+  UniqueFd fd_;
+};
+
+// The destination says nothing before the commit, with or without TCP connections (the first
+// frame with the container's MAC out of the destination host is the commit's gratuitous ARP):
+// its link's IPv6 chatter (MLD reports, router solicitations) would teach the segment the
+// container's MAC there while the source still holds the clients' frames. And no lock, quiet or
+// silence table is left in the container or on either host afterwards.
+TEST_F(MigrateTest, DestinationSaysNothingBeforeTheCommit) {
+  StartDaemon('a');
+  StartDaemon('b');
+  RunCounter("quiet", 18);  // a listening nc only: no connection, nothing for the dump to lock
+  const std::string ip = NetnsHosts::ContainerIp(18);
+  std::unique_ptr<Proc> probe;
+  for (char from : {'a', 'b'}) {
+    char to = from == 'a' ? 'b' : 'a';
+    SCOPED_TRACE(StrFormat("%c -> %c, %s TCP connections", from, to, probe ? "with" : "without"));
+    SegmentCapture cap(hosts_.Fd("br"), to);
+    ASSERT_TRUE(cap.ok());
+    CliRun r = Migrate(from, "quiet");
+    ASSERT_EQ(r.code, 0) << r;
+    std::vector<std::string> frames = cap.Drain();
+    // The container's MAC: the sender of the gratuitous ARP for its address.
+    size_t arp_at = frames.size();
+    std::string mac;
+    for (size_t i = 0; i < frames.size() && arp_at == frames.size(); ++i) {
+      const std::string& f = frames[i];
+      in_addr sender{};
+      if (f.size() < 42 || f.compare(12, 2, "\x08\x06") != 0) continue;
+      memcpy(&sender, f.data() + 28, 4);
+      if (inet_ntoa(sender) != ip) continue;
+      arp_at = i;
+      mac = f.substr(22, 6);
+    }
+    ASSERT_LT(arp_at, frames.size()) << "no gratuitous ARP for " << ip << " out of host " << to;
+    for (size_t i = 0; i < arp_at; ++i)
+      EXPECT_NE(frames[i].substr(6, 6), mac)
+          << "frame " << i << " (EtherType " << std::hex
+          << (static_cast<uint8_t>(frames[i][12]) << 8 | static_cast<uint8_t>(frames[i][13]))
+          << ") left the destination before its gratuitous ARP";
+    // Nothing of the switch is left: no godwit table in either host nor in the container.
+    for (char h : {'a', 'b'}) {
+      auto t = netns::NftRunIn(hosts_.Fd(HostNs(h)), "list tables\n");
+      ASSERT_TRUE(t.ok()) << t.error().to_string();
+      EXPECT_EQ(t->find("godwit_"), std::string::npos) << "host " << h << ": " << *t;
+    }
+    auto st = nlohmann::json::parse(Gw(to, {"state", "quiet"}).out, nullptr, false);
+    ASSERT_FALSE(st.is_discarded());
+    auto t = netns::NftRun(st["pid"].get<pid_t>(), "list tables\n");
+    ASSERT_TRUE(t.ok()) << t.error().to_string();
+    EXPECT_EQ(t->find("godwit_"), std::string::npos) << "in the container: " << *t;
+    // The way back with a connection to lock.
+    if (!probe) {
+      std::string ready = work_.path() + "/probe.ready";
+      probe = std::make_unique<Proc>(
+          std::vector<std::string>{GODWIT_BIN, "probe", "--tcp", ip + ":8081", "--interval",
+                                   "5ms", "--ready-file", ready, "--json"},
+          hosts_.Fd("c"), work_.path() + "/probe.json", work_.path() + "/probe.err");
+      ASSERT_TRUE(WaitForFile(ready, 10000)) << *fs::ReadFile(work_.path() + "/probe.err");
+    }
+  }
+  EXPECT_EQ(probe->Stop(SIGINT), 0) << *fs::ReadFile(work_.path() + "/probe.err");
 }
 
 TEST_F(MigrateTest, TwoMigrationsAtOnceIntoOneDaemon) {
