@@ -306,6 +306,7 @@ int CleanupDeadSessions(const DestOptions& o, const std::vector<pid_t>& live) {
         fs::Exists(o.root + "/" + id)) {
       auto c = runtime::Container::Load(o.root, id);
       if (c.ok() && c->pid > 0) (void)Silence(c->pid);  // its clients live on the source
+      if (c.ok()) (void)Unplug(c->host_veth);
       auto r = runtime::Delete(o.root, id, /*force=*/true);
       if (r.ok())
         LOG_INFO("removed %s, restored by session %d which died before the commit", id.c_str(),
@@ -432,12 +433,16 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
   bool restored = false;
   bool committed = false;
   pid_t restored_pid = 0;
+  std::string restored_veth;
   std::unique_ptr<PendingRestore> pending;  // started at the first round, run at Final
   ScopeExit undo([&] {
     if (!restored || committed) return;
     // Restored but never committed: the source may still run it. Ours goes, silenced first so
-    // that closing its connections sends the clients nothing (no RST: they live on the source).
+    // that closing its connections sends the clients nothing (no RST: they live on the source),
+    // and off the segment before it dies (Unplug).
     if (restored_pid > 0) (void)Silence(restored_pid);
+    if (auto u = Unplug(restored_veth); !u.ok())
+      LOG_WARN("migration of %s: %s", res.id.c_str(), u.error().to_string().c_str());
     auto r = runtime::Delete(o.root, res.id, /*force=*/true);
     if (!r.ok())
       LOG_ERROR("migration of %s: remove the uncommitted copy: %s", res.id.c_str(),
@@ -521,6 +526,7 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
         }
         restored = true;
         restored_pid = rr->pid;
+        restored_veth = rr->host_veth;
         // From now on every frame the host sends into the restored container is kept too: after
         // the commit the address is announced before the connections are unlocked, and what
         // arrives in between (dropped by the lock) is replayed after the source's frames.
