@@ -48,8 +48,8 @@ class NetLock {
   // a namespace already locked, or another namespace.
   virtual Result<void> Lock(int netns_fd, const std::vector<TcpConn>& conns,
                             Where where = Where::kInside) = 0;
-  // Until Open: nothing at all leaves the namespace netns_fd (IPv4 and IPv6 output and ARP are
-  // dropped there by this lock's tables). A migration's destination must say nothing before the
+  // Until Open: nothing at all leaves the namespace netns_fd (IPv4 and IPv6 output but on
+  // loopback, and ARP, are dropped there by this lock's tables). A migration's destination must say nothing before the
   // commit: the IPv6 router solicitation and MLD report its link sends when it comes up would
   // teach the segment's bridges the container's MAC at the destination, and the peers' frames
   // would go there (dropped by the lock, held by nobody) instead of to the source's hold.
