@@ -423,6 +423,43 @@ TEST_F(MigrateTest, NothingSpeaksForTheContainerButItsLiveCopy) {
   EXPECT_EQ(probe->Stop(SIGINT), 0) << *fs::ReadFile(work_.path() + "/probe.err");
 }
 
+// A client pinging the container every millisecond and sending it UDP datagrams, through a
+// migration there and back: the pings that arrive while it is frozen are held and answered by
+// the destination, none is lost; the UDP server, which receives while frozen (datagrams queued in
+// its socket go with it), migrates, and its echoes carry on intact.
+TEST_F(MigrateTest, PingAndUdpClientsThroughMigration) {
+  StartDaemon('a');
+  StartDaemon('b');
+  ASSERT_OK(container::testing::Sh("cp " + std::string(GODWIT_HELPERS) + "/udp_echo " + rootfs_ +
+                                   "/bin/"));
+  RunCounter("ping", 19, "/bin/udp_echo 8082 & ");
+  const std::string ip = NetnsHosts::ContainerIp(19);
+  std::string out = work_.path() + "/probe.json", ready = work_.path() + "/probe.ready";
+  Proc probe({GODWIT_BIN, "probe", "--icmp", ip, "--udp", ip + ":8082", "--interval", "1ms",
+              "--ready-file", ready, "--json"},
+             hosts_.Fd("c"), out, work_.path() + "/probe.err");
+  ASSERT_TRUE(WaitForFile(ready, 10000)) << *fs::ReadFile(work_.path() + "/probe.err");
+  CliRun r = Migrate('a', "ping");
+  ASSERT_EQ(r.code, 0) << r;
+  r = Migrate('b', "ping");
+  ASSERT_EQ(r.code, 0) << r;
+  EXPECT_EQ(probe.Stop(SIGINT), 0) << *fs::ReadFile(work_.path() + "/probe.err");
+  auto j = nlohmann::json::parse(*fs::ReadFile(out));
+  const auto& icmp = j["icmp"];
+  EXPECT_GT(icmp["echoed"].get<uint64_t>(), 100u) << icmp.dump();
+  EXPECT_EQ(icmp["lost"].get<uint64_t>(), 0u) << icmp.dump();
+  EXPECT_FALSE(icmp["corrupt"].get<bool>()) << icmp.dump();
+  const auto& udp = j["udp"];
+  EXPECT_GT(udp["echoed"].get<uint64_t>(), 100u) << udp.dump();
+  EXPECT_FALSE(udp["corrupt"].get<bool>()) << udp.dump();
+  std::printf("ping across two migrations: %llu sent, %llu lost, %llu answered twice, max gap "
+              "%.1f ms; UDP: %llu sent, %llu lost, %llu duplicates, max gap %.1f ms\n",
+              icmp["sent"].get<unsigned long long>(), icmp["lost"].get<unsigned long long>(),
+              icmp["duplicates"].get<unsigned long long>(), icmp["max_gap_ms"].get<double>(),
+              udp["sent"].get<unsigned long long>(), udp["lost"].get<unsigned long long>(),
+              udp["duplicates"].get<unsigned long long>(), udp["max_gap_ms"].get<double>());
+}
+
 TEST_F(MigrateTest, TwoMigrationsAtOnceIntoOneDaemon) {
   StartDaemon('b');
   // Each its own rootfs: a restore checks that the rootfs is the one checkpointed, and one
