@@ -421,6 +421,9 @@ class Probe {
           if (ticks > 1) late_ticks_ += ticks - 1;  // one message per wake-up, no catching up
           if (stopped_by.empty()) Send(now);
         }
+        // Replies read below may be to what was just sent (a fast path answers within the
+        // send): their round trip is timed from now, not from before the send.
+        now = NowNs();
       }
       if (p[2].revents) TcpEvents(p[2].revents, now);
       if (p[3].revents) UdpEvents(now);
