@@ -1,8 +1,10 @@
-// `godwit probe --tcp HOST:PORT [--udp HOST:PORT] [--interval 1ms] [--duration S]
+// `godwit probe --tcp HOST:PORT [--udp HOST:PORT] [--icmp HOST] [--interval 1ms] [--duration S]
 //  [--until-file F] [--ready-file F] [--size N] [--connect-timeout S] [--drain S] [--json]`:
 // the downtime a real client sees, measured from the client's side (the migration's researchers'
 // tool). Every interval it sends a small numbered message to an echo server (over one TCP
-// connection, and/or as one UDP datagram) and reads the echoes back. It records each message's
+// connection, and/or as one UDP datagram, and/or as the payload of an ICMP echo request, which
+// the target's kernel answers: what `ping -i` sees, from a raw socket, so as root) and reads the
+// echoes back. It records each message's
 // round trip and the gaps between consecutive echoes received: while the server is frozen or in
 // flight, no echo comes back, and the longest gap is the outage as this client lived it,
 // retransmission timers included.
@@ -18,7 +20,9 @@
 #include <fcntl.h>
 #include <linux/tcp.h>  // the kernel's struct tcp_info (glibc's stops at tcpi_total_retrans)
 #include <netdb.h>
+#include <netinet/icmp6.h>
 #include <netinet/in.h>
+#include <netinet/ip_icmp.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/signalfd.h>
@@ -189,6 +193,13 @@ struct UdpStream : Stream {
   uint64_t duplicates = 0, reordered = 0, refused = 0, max_seq = 0;
 };
 
+// Echo requests carry the message as their payload; the replies are matched by the identifier
+// (ours among every ICMP the raw socket sees) and checked like UDP echoes.
+struct IcmpStream : UdpStream {
+  bool v6 = false;
+  uint16_t ident = 0;
+};
+
 // TCP_INFO with the fields these headers (Linux 6.1) lack: tcpi_rcv_wnd and tcpi_rehash (6.2),
 // then tcpi_total_rto, tcpi_total_rto_recoveries and tcpi_total_rto_time (6.7) follow
 // tcpi_snd_wnd; a kernel returns as much of the struct as it has.
@@ -216,7 +227,7 @@ Result<TcpCounters> ReadTcpInfo(int fd) {
 }
 
 struct ProbeOptions {
-  std::string tcp, udp;
+  std::string tcp, udp, icmp;
   int64_t interval_ns = 1000000;
   int64_t duration_ns = 0;  // 0: until a signal or the until-file
   int64_t connect_timeout_ns = 10000000000;
@@ -272,6 +283,54 @@ Result<UniqueFd> ConnectUdp(const std::string& target) {
   return fd;
 }
 
+// "HOST" or "[V6]": a raw ICMP (ICMPv6) socket connected to it, so that only its packets come in,
+// and filtered to echo replies.
+Result<UniqueFd> ConnectIcmp(const std::string& target, bool* v6) {
+  std::string host = target;
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']')
+    host = host.substr(1, host.size() - 2);
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_RAW;
+  addrinfo* res = nullptr;
+  int rc = ::getaddrinfo(host.c_str(), nullptr, &hints, &res);
+  if (rc != 0 || !res)
+    return MakeError(ErrorKind::kUsage, 0, "--icmp %s: %s", target.c_str(), gai_strerror(rc));
+  sockaddr_storage ss{};
+  memcpy(&ss, res->ai_addr, res->ai_addrlen);
+  socklen_t len = res->ai_addrlen;
+  ::freeaddrinfo(res);
+  *v6 = ss.ss_family == AF_INET6;
+  UniqueFd fd(::socket(ss.ss_family, SOCK_RAW | SOCK_CLOEXEC | SOCK_NONBLOCK,
+                       *v6 ? IPPROTO_ICMPV6 : IPPROTO_ICMP));
+  if (!fd) return Errno("--icmp %s: raw ICMP socket (needs CAP_NET_RAW)", target.c_str());
+  if (*v6) {
+    icmp6_filter f;
+    ICMP6_FILTER_SETBLOCKALL(&f);
+    ICMP6_FILTER_SETPASS(ICMP6_ECHO_REPLY, &f);
+    if (::setsockopt(fd.get(), IPPROTO_ICMPV6, ICMP6_FILTER, &f, sizeof(f)) < 0)
+      return Errno("--icmp %s: ICMP6_FILTER", target.c_str());
+  } else {
+    // linux/icmp.h's ICMP_FILTER (its header clashes with glibc's): a set bit drops that type.
+    constexpr int kIcmpFilter = 1;
+    uint32_t f = ~(1u << ICMP_ECHOREPLY);
+    if (::setsockopt(fd.get(), SOL_RAW, kIcmpFilter, &f, sizeof(f)) < 0)
+      return Errno("--icmp %s: ICMP_FILTER", target.c_str());
+  }
+  if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&ss), len) < 0)
+    return Errno("--icmp %s: connect", target.c_str());
+  return fd;
+}
+
+// The Internet checksum of an ICMP message (ICMPv6's is the kernel's: it covers a pseudo-header).
+uint16_t IcmpChecksum(const uint8_t* p, size_t n) {
+  uint32_t sum = 0;
+  for (; n > 1; p += 2, n -= 2) sum += (uint32_t{p[0]} << 8) | p[1];
+  if (n) sum += uint32_t{p[0]} << 8;
+  while (sum >> 16) sum = (sum & 0xffff) + (sum >> 16);
+  return static_cast<uint16_t>(~sum);
+}
+
 std::string LocalName(int fd) {
   sockaddr_storage ss{};
   socklen_t l = sizeof(ss);
@@ -296,6 +355,13 @@ class Probe {
       udp_.target = o_.udp;
       ASSIGN_OR_RETURN(udp_.fd, ConnectUdp(o_.udp));
       udp_.local = LocalName(udp_.fd.get());
+    }
+    if (!o_.icmp.empty()) {
+      icmp_.target = o_.icmp;
+      ASSIGN_OR_RETURN(icmp_.fd, ConnectIcmp(o_.icmp, &icmp_.v6));
+      icmp_.local = LocalName(icmp_.fd.get());
+      // Raw sockets see every ICMP of the namespace: ours are told apart by the identifier.
+      icmp_.ident = static_cast<uint16_t>((salt_ >> 17) ^ getpid());
     }
     return Ok();
   }
@@ -329,15 +395,16 @@ class Probe {
         next_info = now + 10000000;
         SampleTcpInfo();
       }
-      pollfd p[4] = {{timer.get(), POLLIN, 0},
+      pollfd p[5] = {{timer.get(), POLLIN, 0},
                      {signal_fd, POLLIN, 0},
                      {tcp_.fd ? tcp_.fd.get() : -1, 0, 0},
-                     {udp_.fd ? udp_.fd.get() : -1, POLLIN, 0}};
+                     {udp_.fd ? udp_.fd.get() : -1, POLLIN, 0},
+                     {icmp_.fd ? icmp_.fd.get() : -1, POLLIN, 0}};
       if (tcp_.fd && !tcp_.broken)
         p[2].events = POLLIN | (tcp_.out.size() > tcp_.out_off ? POLLOUT : 0);
       else
         p[2].fd = -1;
-      int n = ::poll(p, 4, 10);
+      int n = ::poll(p, 5, 10);
       if (n < 0 && errno != EINTR) return Errno("poll");
       if (n <= 0) continue;
       now = NowNs();
@@ -354,9 +421,13 @@ class Probe {
           if (ticks > 1) late_ticks_ += ticks - 1;  // one message per wake-up, no catching up
           if (stopped_by.empty()) Send(now);
         }
+        // Replies read below may be to what was just sent (a fast path answers within the
+        // send): their round trip is timed from now, not from before the send.
+        now = NowNs();
       }
       if (p[2].revents) TcpEvents(p[2].revents, now);
       if (p[3].revents) UdpEvents(now);
+      if (p[4].revents) IcmpEvents(now);
     }
     end_ns_ = NowNs();
     if (tcp_.fd && !tcp_.broken) SampleTcpInfo();
@@ -376,12 +447,13 @@ class Probe {
               {"late_ticks", late_ticks_}};
     if (tcp_.fd || !tcp_.target.empty()) j["tcp"] = TcpJson();
     if (udp_.fd || !udp_.target.empty()) j["udp"] = UdpJson();
+    if (icmp_.fd || !icmp_.target.empty()) j["icmp"] = IcmpJson();
     j["ok"] = Failure().empty();
     return j;
   }
 
   // Why the run failed ("" if it did not): the TCP stream broke, was corrupt or kept messages,
-  // or a UDP echo was corrupt.
+  // or a UDP or ICMP echo was corrupt.
   std::string Failure() const {
     if (!tcp_.error.empty()) return "tcp: " + tcp_.error;
     if (tcp_.fd && tcp_.echoed != tcp_.sent)
@@ -389,6 +461,7 @@ class Probe {
                        static_cast<unsigned long long>(tcp_.sent - tcp_.echoed),
                        static_cast<unsigned long long>(tcp_.sent));
     if (!udp_.error.empty()) return "udp: " + udp_.error;
+    if (!icmp_.error.empty()) return "icmp: " + icmp_.error;
     return "";
   }
 
@@ -396,6 +469,7 @@ class Probe {
     std::string text;
     if (tcp_.fd) text += "tcp " + tcp_.local + " " + tcp_.target + "\n";
     if (udp_.fd) text += "udp " + udp_.local + " " + udp_.target + "\n";
+    if (icmp_.fd) text += "icmp " + icmp_.local + " " + icmp_.target + "\n";
     std::string tmp = file + ".tmp";
     if (fs::WriteFile(tmp, text).ok()) ::rename(tmp.c_str(), file.c_str());
   }
@@ -404,9 +478,10 @@ class Probe {
   bool Drained(int64_t now, int64_t stop_ns) const {
     if (now - stop_ns >= o_.drain_ns) return true;
     bool tcp_done = !tcp_.fd || tcp_.broken || !tcp_.error.empty() || tcp_.echoed == tcp_.sent;
-    // UDP echoes can be lost for good: a short grace for the stragglers.
+    // UDP and ICMP echoes can be lost for good: a short grace for the stragglers.
     bool udp_done = !udp_.fd || udp_.echoed == udp_.sent || now - stop_ns >= 500000000;
-    return tcp_done && udp_done;
+    bool icmp_done = !icmp_.fd || icmp_.echoed == icmp_.sent || now - stop_ns >= 500000000;
+    return tcp_done && udp_done && icmp_done;
   }
 
   void Send(int64_t now) {
@@ -426,6 +501,25 @@ class Probe {
       if (::send(udp_.fd.get(), msg_.data(), msg_.size(), MSG_NOSIGNAL) < 0 &&
           errno == ECONNREFUSED)
         udp_.refused++;
+    }
+    if (icmp_.fd) {
+      // type, code, checksum, identifier, sequence (its low 16 bits; the payload has all 64).
+      std::vector<uint8_t> req(8 + o_.size, 0);
+      req[0] = icmp_.v6 ? ICMP6_ECHO_REQUEST : ICMP_ECHO;
+      req[4] = static_cast<uint8_t>(icmp_.ident >> 8);
+      req[5] = static_cast<uint8_t>(icmp_.ident);
+      req[6] = static_cast<uint8_t>(icmp_.sent >> 8);
+      req[7] = static_cast<uint8_t>(icmp_.sent);
+      FillMessage(salt_ ^ 0xAAAA, icmp_.sent, o_.size, req.data() + 8);
+      if (!icmp_.v6) {
+        uint16_t c = IcmpChecksum(req.data(), req.size());
+        req[2] = static_cast<uint8_t>(c >> 8);
+        req[3] = static_cast<uint8_t>(c);
+      }
+      icmp_.sent_ns.push_back(now);
+      icmp_.seen.push_back(false);
+      icmp_.sent++;
+      (void)::send(icmp_.fd.get(), req.data(), req.size(), MSG_NOSIGNAL);  // else: lost
     }
   }
 
@@ -510,30 +604,56 @@ class Probe {
         }
         break;
       }
-      if (static_cast<size_t>(r) != o_.size) {
-        udp_.Fail(true, StrFormat("an echo of %zd bytes, sent %zu", r, o_.size));
-        continue;
+      Datagram(udp_, salt_ ^ 0x5555, buf.data(), static_cast<size_t>(r), now);
+    }
+  }
+
+  // One echo of a datagram stream (UDP, ICMP): checked, counted once.
+  void Datagram(UdpStream& s, uint64_t salt, const uint8_t* m, size_t len, int64_t now) {
+    if (len != o_.size) {
+      s.Fail(true, StrFormat("an echo of %zu bytes, sent %zu", len, o_.size));
+      return;
+    }
+    uint64_t seq = SeqOf(m);
+    if (seq >= s.sent) {
+      s.Fail(true, StrFormat("echo of message %llu, which was never sent",
+                             static_cast<unsigned long long>(seq)));
+      return;
+    }
+    FillMessage(salt, seq, o_.size, msg_.data());
+    if (memcmp(msg_.data(), m, o_.size) != 0) {
+      s.Fail(true, StrFormat("echo of message %llu differs from what was sent",
+                             static_cast<unsigned long long>(seq)));
+      return;
+    }
+    if (s.seen[seq]) {
+      s.duplicates++;
+      return;
+    }
+    s.seen[seq] = true;
+    if (s.echoed && seq < s.max_seq) s.reordered++;
+    s.max_seq = std::max(s.max_seq, seq);
+    s.Echo(seq, now);
+  }
+
+  void IcmpEvents(int64_t now) {
+    std::vector<uint8_t> buf(o_.size + 128);
+    for (;;) {
+      ssize_t r = ::recv(icmp_.fd.get(), buf.data(), buf.size(), MSG_TRUNC);
+      if (r < 0) break;
+      size_t len = std::min(static_cast<size_t>(r), buf.size());
+      const uint8_t* m = buf.data();
+      if (!icmp_.v6) {  // IPv4 raw sockets receive the IP header too
+        size_t ihl = len ? (m[0] & 0xf) * 4u : 0;
+        if (ihl < 20 || ihl > len) continue;
+        m += ihl;
+        len -= ihl;
+        r -= static_cast<ssize_t>(ihl);
       }
-      uint64_t seq = SeqOf(buf.data());
-      if (seq >= udp_.sent) {
-        udp_.Fail(true, StrFormat("echo of message %llu, which was never sent",
-                                  static_cast<unsigned long long>(seq)));
-        continue;
-      }
-      FillMessage(salt_ ^ 0x5555, seq, o_.size, msg_.data());
-      if (memcmp(msg_.data(), buf.data(), o_.size) != 0) {
-        udp_.Fail(true, StrFormat("echo of message %llu differs from what was sent",
-                                  static_cast<unsigned long long>(seq)));
-        continue;
-      }
-      if (udp_.seen[seq]) {
-        udp_.duplicates++;
-        continue;
-      }
-      udp_.seen[seq] = true;
-      if (udp_.echoed && seq < udp_.max_seq) udp_.reordered++;
-      udp_.max_seq = std::max(udp_.max_seq, seq);
-      udp_.Echo(seq, now);
+      if (len < 8 || m[0] != (icmp_.v6 ? ICMP6_ECHO_REPLY : ICMP_ECHOREPLY) || m[1] != 0 ||
+          ((m[4] << 8) | m[5]) != icmp_.ident)
+        continue;  // another's, or not a reply
+      Datagram(icmp_, salt_ ^ 0xAAAA, m + 8, static_cast<size_t>(r) - 8, now);
     }
   }
 
@@ -592,11 +712,20 @@ class Probe {
     return j;
   }
 
+  json IcmpJson() const {
+    json j = StreamJson(icmp_);
+    j["duplicates"] = icmp_.duplicates;
+    j["reordered"] = icmp_.reordered;
+    j["ident"] = icmp_.ident;
+    return j;
+  }
+
   ProbeOptions o_;
   uint64_t salt_ = 0;
   std::vector<uint8_t> msg_;
   TcpStream tcp_;
   UdpStream udp_;
+  IcmpStream icmp_;
   TcpCounters last_info_;
   int64_t start_ns_ = 0, end_ns_ = 0;
   uint64_t late_ticks_ = 0;
@@ -606,7 +735,7 @@ void PrintHuman(const json& r) {
   printf("probe: %.3f s, one %d-byte message every %.3f ms, stopped by %s\n",
          r["duration_s"].get<double>(), r["size"].get<int>(), r["interval_ms"].get<double>(),
          r["stopped_by"].get<std::string>().c_str());
-  for (const char* proto : {"tcp", "udp"}) {
+  for (const char* proto : {"tcp", "udp", "icmp"}) {
     if (!r.contains(proto)) continue;
     const json& s = r[proto];
     printf("%s %s -> %s: sent %llu, echoed %llu, lost %llu%s%s\n", proto,
@@ -634,15 +763,16 @@ void PrintHuman(const json& r) {
           i["total_retrans"].get<unsigned>(), rto.c_str(), i["retransmits_max"].get<unsigned>(),
           i["rto_ms"].get<double>(), i["rto_max_ms"].get<double>());
     } else {
-      printf("  duplicates %llu, reordered %llu, refused %llu\n",
-             s["duplicates"].get<unsigned long long>(), s["reordered"].get<unsigned long long>(),
-             s["refused"].get<unsigned long long>());
+      printf("  duplicates %llu, reordered %llu", s["duplicates"].get<unsigned long long>(),
+             s["reordered"].get<unsigned long long>());
+      if (s.contains("refused")) printf(", refused %llu", s["refused"].get<unsigned long long>());
+      printf("\n");
     }
   }
 }
 
 int CmdProbe(Global& g, const std::vector<std::string>& args) {
-  ArgSpec spec{{"tcp", "udp", "interval", "duration", "until-file", "ready-file", "size",
+  ArgSpec spec{{"tcp", "udp", "icmp", "interval", "duration", "until-file", "ready-file", "size",
                 "connect-timeout", "drain"},
                {"json"},
                {}};
@@ -656,7 +786,9 @@ int CmdProbe(Global& g, const std::vector<std::string>& args) {
   ProbeOptions o;
   o.tcp = p->get("tcp");
   o.udp = p->get("udp");
-  if (o.tcp.empty() && o.udp.empty()) return usage("need --tcp HOST:PORT and/or --udp HOST:PORT");
+  o.icmp = p->get("icmp");
+  if (o.tcp.empty() && o.udp.empty() && o.icmp.empty())
+    return usage("need --tcp HOST:PORT, --udp HOST:PORT and/or --icmp HOST");
   auto dur = [&](const char* name, int64_t unit, int64_t* out) -> Result<void> {
     if (!p->has(name)) return Ok();
     ASSIGN_OR_RETURN(*out, ParseDurationNs(p->get(name), unit, name));
@@ -714,19 +846,21 @@ int CmdProbe(Global& g, const std::vector<std::string>& args) {
 }  // namespace
 
 GODWIT_COMMAND(probe, "probe",
-               "probe --tcp HOST:PORT [--udp HOST:PORT] [--interval 1ms] [--duration S] "
-               "[--until-file F] [--ready-file F] [--size 16] [--connect-timeout 10s] "
-               "[--drain 5s] [--json]",
+               "probe [--tcp HOST:PORT] [--udp HOST:PORT] [--icmp HOST] [--interval 1ms] "
+               "[--duration S] [--until-file F] [--ready-file F] [--size 16] "
+               "[--connect-timeout 10s] [--drain 5s] [--json]",
                "measure the downtime a client sees: numbered echoes at a fixed interval, gaps, "
                "RTTs, TCP retransmissions (stops on SIGINT/SIGTERM with the report)",
                CmdProbe,
                "Measures the downtime a client sees: sends numbered echoes at a fixed interval\n"
-               "to a TCP (and optionally UDP) echo server and reports gaps, the longest one and\n"
-               "the order of replies. Used by the migration tests and benchmarks.\n"
+               "to a TCP and/or UDP echo server and/or as ICMP echo requests (ping), and reports\n"
+               "gaps, the longest one and the order of replies. Used by the migration tests and\n"
+               "benchmarks.\n"
                "\n"
-               "options:\n"
-               "  --tcp HOST:PORT          the TCP echo server (required)\n"
-               "  --udp HOST:PORT          also probe over UDP\n"
+               "options (at least one of --tcp, --udp, --icmp):\n"
+               "  --tcp HOST:PORT          probe a TCP echo server over one connection\n"
+               "  --udp HOST:PORT          probe a UDP echo server\n"
+               "  --icmp HOST              ping HOST (echo requests; a raw socket: needs root)\n"
                "  --interval 1ms           time between probes\n"
                "  --duration S             stop after S seconds\n"
                "  --until-file F           stop once F exists\n"
@@ -738,6 +872,7 @@ GODWIT_COMMAND(probe, "probe",
                "\n"
                "examples:\n"
                "  godwit probe --tcp 198.18.0.10:7 --interval 1ms --duration 10 --json\n"
-               "  godwit probe --tcp 10.0.0.5:7 --until-file /tmp/stop --ready-file /tmp/ready\n");
+               "  godwit probe --tcp 10.0.0.5:7 --until-file /tmp/stop --ready-file /tmp/ready\n"
+               "  godwit probe --icmp 198.18.1.10 --interval 1ms --json\n");
 
 }  // namespace godwit::cli

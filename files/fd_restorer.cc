@@ -87,7 +87,9 @@ class FdRestorerImpl : public FdRestorer {
   FdRestoreOptions opts_;
   std::unique_ptr<FdRestoreContext> ctx_;
   std::map<pid_t, img::ProcessFds> procs_;
-  std::unique_ptr<NetLock> netlock_;  // the dump's lock (files-netlock.img), if it took one
+  // The dump's lock (files-netlock.img), if it took one; else, behind a migration, the quiet one
+  // (kQuietLockName: LockNetwork).
+  std::unique_ptr<NetLock> netlock_;
   std::map<pid_t, pid_t> host_pids_;  // dumped pid -> host pid, where they differ
   int max_fd_ = 2;
   bool closed_ = false;
@@ -303,6 +305,11 @@ void FdRestorerImpl::ClosePrepared() {
 }
 
 Result<void> FdRestorerImpl::LockNetwork(pid_t netns_pid) {
+  // A migration's destination is quiet until its commit with or without connections to lock:
+  // the first IPv6 router solicitation or MLD report of its link would teach the segment's
+  // bridges the container's MAC here, and the peers' frames (pings, UDP) would come here while
+  // the source still holds the others.
+  if (!netlock_ && opts_.keep_netlock && netns_pid) netlock_ = OpenNetLock(kQuietLockName);
   if (!netlock_) return Ok();
   std::vector<TcpConn> conns;
   for (const auto& [id, e] : ctx_->entries()) {

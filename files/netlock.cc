@@ -97,10 +97,12 @@ class NftDropLock : public NetLock {
     ASSIGN_OR_RETURN(Ns * ns, Remember(netns_fd));
     std::string script;
     if (!ns->has_table) script = TableScript(name_, Where::kInside);
-    // Rules, not chain policies: Open's flush removes them and leaves accepting chains.
+    // Rules, not chain policies: Open's flush removes them and leaves accepting chains. Not on
+    // loopback, which leaves nothing: the restore requeues the datagrams a UDP socket had queued
+    // by sending them to it (EPERM here made the restore of such a socket fail).
     script += StrFormat(
         "add chain inet %s quiet { type filter hook output priority -400; policy accept; }\n"
-        "add rule inet %s quiet drop\n"
+        "add rule inet %s quiet oifname != \"lo\" drop\n"
         "add table arp %s\n"
         "add chain arp %s quiet { type filter hook output priority -400; policy accept; }\n"
         "add rule arp %s quiet drop\n",

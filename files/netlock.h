@@ -48,8 +48,8 @@ class NetLock {
   // a namespace already locked, or another namespace.
   virtual Result<void> Lock(int netns_fd, const std::vector<TcpConn>& conns,
                             Where where = Where::kInside) = 0;
-  // Until Open: nothing at all leaves the namespace netns_fd (IPv4 and IPv6 output and ARP are
-  // dropped there by this lock's tables). A migration's destination must say nothing before the
+  // Until Open: nothing at all leaves the namespace netns_fd (IPv4 and IPv6 output but on
+  // loopback, and ARP, are dropped there by this lock's tables). A migration's destination must say nothing before the
   // commit: the IPv6 router solicitation and MLD report its link sends when it comes up would
   // teach the segment's bridges the container's MAC at the destination, and the peers' frames
   // would go there (dropped by the lock, held by nobody) instead of to the source's hold.
@@ -72,5 +72,10 @@ class NetLock {
 std::unique_ptr<NetLock> NewDropLock();
 // A lock taken by someone else, by its recorded name (to release it, or to lock more with it).
 std::unique_ptr<NetLock> OpenNetLock(const std::string& name);
+// The lock a migration's destination restore (FdRestoreOptions::keep_netlock) takes when the
+// images carry none (no TCP connection was locked): Quiet only, so that the restored namespace
+// says nothing before the commit either. The name is the same for every such restore: the
+// namespace is the container's own, new one, and the destination adopts it by this name.
+inline constexpr char kQuietLockName[] = "godwit_quiet";
 
 }  // namespace godwit::files

@@ -101,17 +101,21 @@ void Flatten(const nlohmann::json& j, const std::string& prefix,
   }
 }
 
-// The restore left the connections locked (--keep-locked): the table files-netlock.img names,
-// in the restored container's net namespace. Adopted before the commit, so that unlocking after
-// it is one nft call (nullptr: nothing is locked).
+// The restore left the namespace quiet and the connections locked (--keep-locked): the table
+// files-netlock.img names, or kQuietLockName where no connection was locked, in the restored
+// container's net namespace. Adopted before the commit, so that opening it after the commit is
+// one nft call.
 Result<std::unique_ptr<files::NetLock>> AdoptRestoredLock(const std::string& staging, pid_t pid) {
   std::string img_dir = staging + "/tree";
-  if (!fs::Exists(img_dir + "/files-netlock.img")) return std::unique_ptr<files::NetLock>();
-  ASSIGN_OR_RETURN(images::ImageSet set, images::ImageSet::OpenUnverified(img_dir));
-  img::NetLock nl;
-  TRY(set.ReadOne("files-netlock.img", &nl));
+  std::string name = files::kQuietLockName;
+  if (fs::Exists(img_dir + "/files-netlock.img")) {
+    ASSIGN_OR_RETURN(images::ImageSet set, images::ImageSet::OpenUnverified(img_dir));
+    img::NetLock nl;
+    TRY(set.ReadOne("files-netlock.img", &nl));
+    name = nl.table();
+  }
   ASSIGN_OR_RETURN(UniqueFd ns, fs::Open(StrFormat("/proc/%d/ns/net", pid), O_RDONLY | O_CLOEXEC));
-  std::unique_ptr<files::NetLock> lock = files::OpenNetLock(nl.table());
+  std::unique_ptr<files::NetLock> lock = files::OpenNetLock(name);
   // Also libnftables' set-up and the context the switch's Open uses, made now.
   TRY_CTX(lock->Adopt(ns.get()), "adopt the restored connections' lock");
   return lock;
@@ -319,6 +323,7 @@ int CleanupDeadSessionsIn(const DestOptions& o, const std::string& base,
         fs::Exists(o.root + "/" + id)) {
       auto c = runtime::Container::Load(o.root, id);
       if (c.ok() && c->pid > 0) (void)Silence(c->pid);  // its clients live on the source
+      if (c.ok()) (void)Unplug(c->host_veth);
       auto r = runtime::Delete(o.root, id, /*force=*/true);
       if (r.ok())
         LOG_INFO("removed %s, restored by session %d which died before the commit", id.c_str(),
@@ -458,12 +463,16 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
   bool restored = false;
   bool committed = false;
   pid_t restored_pid = 0;
+  std::string restored_veth;
   std::unique_ptr<PendingRestore> pending;  // started at the first round, run at Final
   ScopeExit undo([&] {
     if (!restored || committed) return;
     // Restored but never committed: the source may still run it. Ours goes, silenced first so
-    // that closing its connections sends the clients nothing (no RST: they live on the source).
+    // that closing its connections sends the clients nothing (no RST: they live on the source),
+    // and off the segment before it dies (Unplug).
     if (restored_pid > 0) (void)Silence(restored_pid);
+    if (auto u = Unplug(restored_veth); !u.ok())
+      LOG_WARN("migration of %s: %s", res.id.c_str(), u.error().to_string().c_str());
     auto r = runtime::Delete(o.root, res.id, /*force=*/true);
     if (!r.ok())
       LOG_ERROR("migration of %s: remove the uncommitted copy: %s", res.id.c_str(),
@@ -558,6 +567,7 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
         }
         restored = true;
         restored_pid = rr->pid;
+        restored_veth = rr->host_veth;
         // From now on every frame the host sends into the restored container is kept too: after
         // the commit the address is announced before the connections are unlocked, and what
         // arrives in between (dropped by the lock) is replayed after the source's frames.

@@ -16,6 +16,7 @@
 
 #include "common/fs.h"
 #include "common/netns.h"
+#include "runtime/network.h"
 
 namespace godwit::migrate {
 
@@ -169,6 +170,12 @@ Result<void> Unsilence(pid_t pid) {
   TRY_CTX(netns::NftRunIn(ns.get(), StrFormat("delete table inet %s\ndelete table arp %s\n",
                                               t.c_str(), t.c_str())),
           "unsilence the network of pid %d", pid);
+  return Ok();
+}
+
+Result<void> Unplug(const std::string& host_veth) {
+  if (host_veth.empty()) return Ok();
+  TRY_CTX(runtime::TeardownNetwork(host_veth), "take %s off the segment", host_veth.c_str());
   return Ok();
 }
 

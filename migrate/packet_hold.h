@@ -54,6 +54,15 @@ void FixChecksums(char* frame, size_t len);
 Result<void> Silence(pid_t pid);
 Result<void> Unsilence(pid_t pid);
 
+// Takes a silenced container off the segment before it is deleted: removes its veth (both ends)
+// while its namespace lives, and with it its silence. Deleting a container kills it first, and a
+// dying namespace loses its nftables hooks (nf_tables' pre_exit) a grace period before its links
+// (10-60 ms here, longer under load): meanwhile its kernel speaks and answers unfiltered (an ARP
+// or neighbour probe, an MLD report), the segment's bridges learn its MAC at this port again, and
+// the clients' next segments reach a stack without their sockets, which answers them with a RST.
+// No link: nothing to do.
+Result<void> Unplug(const std::string& host_veth);
+
 // Transmits length-prefixed frames (as Drain made them) on the host end of a container's veth,
 // i.e. into the container. Open it before it is needed and close it after the switch: closing a
 // packet socket waits for an RCU grace period (synchronize_net: 10-60 ms here), as does closing

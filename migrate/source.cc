@@ -396,6 +396,9 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
   }
   ch->Close();
   auto t_kill = Clock::now();
+  // Off the segment before it dies (Unplug says why: else a RST can reach the clients).
+  if (auto u = Unplug(c.host_veth); !u.ok())
+    LOG_WARN("migration of %s: %s", o.id.c_str(), u.error().to_string().c_str());
   auto kill = held->Kill(/*release_host_lock=*/true);
   held.reset();
   rep->source_delete_ms = Ms(t_kill, Clock::now());
