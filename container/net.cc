@@ -474,11 +474,30 @@ Result<bool> HasNftTables() {
   }
 }
 
-// The ruleset of the calling thread's net namespace, as `nft list ruleset` prints it.
+// The ruleset of the calling thread's net namespace, as `nft list ruleset` prints it, without
+// godwit's own tables (godwit_*: a dump's network lock, a migration's silence or deafness, a
+// restore's quiet): they hold the namespace still for the checkpoint and are no part of it (a
+// deaf table restored would cut the container off for good). `nft list ruleset` prints each
+// table as a block from "table FAMILY NAME {" to a "}" line, both at column 0.
 Result<std::string> CollectNft() {
   auto r = netns::NftRunIn(-1, "list ruleset\n");
   if (!r.ok()) return std::move(r.error().wrap("nft list ruleset"));
-  return r;
+  std::string out;
+  bool skip = false;
+  size_t at = 0;
+  while (at < r->size()) {
+    size_t nl = r->find('\n', at);
+    size_t end = nl == std::string::npos ? r->size() : nl + 1;
+    std::string_view line(r->data() + at, end - at);
+    if (line.rfind("table ", 0) == 0) {
+      size_t name = line.find(' ', 6);  // after the family
+      skip = name != std::string_view::npos && line.substr(name + 1).rfind("godwit_", 0) == 0;
+    }
+    if (!skip) out.append(line);
+    if (skip && line.rfind("}", 0) == 0) skip = false;
+    at = end;
+  }
+  return out;
 }
 
 // ---- restore ------------------------------------------------------------------------------

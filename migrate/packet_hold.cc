@@ -173,6 +173,33 @@ Result<void> Unsilence(pid_t pid) {
   return Ok();
 }
 
+namespace {
+std::string DeafTable() { return StrFormat("godwit_deaf_%d", getpid()); }
+}  // namespace
+
+Result<void> Deafen(pid_t pid) {
+  ASSIGN_OR_RETURN(UniqueFd ns, NetnsOf(pid));
+  std::string t = DeafTable();
+  std::string script = StrFormat(
+      "add table inet %s\n"
+      "add chain inet %s in { type filter hook prerouting priority -400; policy accept; }\n"
+      "add rule inet %s in iifname != \"lo\" drop\n"
+      "add table arp %s\n"
+      "add chain arp %s in { type filter hook input priority -400; policy drop; }\n",
+      t.c_str(), t.c_str(), t.c_str(), t.c_str(), t.c_str());
+  TRY_CTX(netns::NftRunIn(ns.get(), script), "deafen the network of pid %d", pid);
+  return Ok();
+}
+
+Result<void> Undeafen(pid_t pid) {
+  ASSIGN_OR_RETURN(UniqueFd ns, NetnsOf(pid));
+  std::string t = DeafTable();
+  TRY_CTX(netns::NftRunIn(ns.get(), StrFormat("delete table inet %s\ndelete table arp %s\n",
+                                              t.c_str(), t.c_str())),
+          "undeafen the network of pid %d", pid);
+  return Ok();
+}
+
 Result<void> Unplug(const std::string& host_veth) {
   if (host_veth.empty()) return Ok();
   TRY_CTX(runtime::TeardownNetwork(host_veth), "take %s off the segment", host_veth.c_str());

@@ -54,6 +54,17 @@ void FixChecksums(char* frame, size_t len);
 Result<void> Silence(pid_t pid);
 Result<void> Unsilence(pid_t pid);
 
+// Makes a held container's network namespace (the namespace of `pid`) deaf: every packet that
+// comes in from outside it (not over its loopback) is dropped, ARP included. The source does it
+// right after its PacketHold starts: from then on the frames for the container exist only in the
+// hold, replayed once at the destination. Without it a frame that reached the container between
+// the hold's start and the final dump of its socket was delivered twice (from the image and from
+// the replay): harmless for TCP, a duplicate ICMP reply, and for UDP a duplicate datagram whose
+// replay burst overflowed the server's receive buffer (92 datagrams lost in one migration).
+// A rollback undoes it before the held frames go to the resumed container.
+Result<void> Deafen(pid_t pid);
+Result<void> Undeafen(pid_t pid);
+
 // Takes a silenced container off the segment before it is deleted: removes its veth (both ends)
 // while its namespace lives, and with it its silence. Deleting a container kills it first, and a
 // dying namespace loses its nftables hooks (nf_tables' pre_exit) a grace period before its links

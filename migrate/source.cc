@@ -260,10 +260,28 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
   co.precopy = pc->get();
   // Frames for the container from here on are held, then replayed on the destination.
   std::optional<PacketHold> hold;
+  bool deaf = false, released = false;
+  // Before the commit, whatever ends the migration: the container hears again and gets the
+  // frames held for it (after it resumed: `held`, declared below, is gone before this runs).
+  auto release_hold = [&] {
+    if (released || committed) return;
+    released = true;
+    if (deaf) {
+      auto u = Undeafen(c.pid);
+      if (!u.ok()) LOG_ERROR("migration of %s: %s", o.id.c_str(), u.error().to_string().c_str());
+    }
+    if (!hold) return;
+    std::string frames;
+    if (hold->Drain(&frames).ok()) (void)InjectFrames(c.host_veth, frames);
+  };
+  ScopeExit give_back([&] { release_hold(); });
   if (o.hold_packets && !c.host_veth.empty()) {
     auto h = PacketHold::Start(c.host_veth);
     if (!h.ok()) return fail(std::move(h.error().wrap("hold packets")));
     hold.emplace(std::move(*h));
+    // From here frames for the container reach only the hold (Deafen says why).
+    if (auto d = Deafen(c.pid); !d.ok()) return fail(std::move(d.error().wrap("hold packets")));
+    deaf = true;
   }
   auto t_ckpt = Clock::now();
   const uint64_t files_before_final = tree_tx.file_bytes() + ctr_tx.file_bytes();
@@ -335,10 +353,7 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
     if (!u.ok()) LOG_ERROR("migration of %s: %s", o.id.c_str(), u.error().to_string().c_str());
     silenced = false;
     auto r = held->Resume();
-    if (r.ok() && hold) {
-      std::string frames;
-      if (hold->Drain(&frames).ok()) (void)InjectFrames(c.host_veth, frames);
-    }
+    if (r.ok()) release_hold();
     // The destination's copy may have spoken for the address before it failed (its restored
     // connections are live until its cleanup silences and deletes it, tens of ms): take the
     // address back, and again a few times while that copy goes away.
