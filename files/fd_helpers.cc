@@ -71,12 +71,35 @@ Result<void> DumpOwner(const Probe& p, img::FileEntry& e) {
   if (S_ISREG(p.st.st_mode)) {
     int lease = fcntl(p.local, F_GETLEASE);
     if (lease == F_RDLCK || lease == F_WRLCK) e.set_lease_plus1(lease + 1);
+    // A lease being broken: F_GETLEASE says what it is going to (UNLCK, or READ for a write
+    // lease), fdinfo says BREAKING.
+    for (const auto& line : p.info.All("lock")) {
+      auto b = line.find("BREAKING");
+      if (line.find("LEASE") == std::string::npos || b == std::string::npos) continue;
+      bool to_read = line.compare(line.find_first_not_of(' ', b + 8), 4, "READ") == 0;
+      e.set_lease_plus1((to_read ? F_WRLCK : F_RDLCK) + 1);
+      e.set_lease_breaking(true);
+    }
   }
   if (ox.pid == 0 && sig == 0) return Ok();
   img::FileOwner* o = e.mutable_owner();
   o->set_type(ox.type);
   o->set_pid(ox.pid);
   o->set_signum(sig);
+  return Ok();
+}
+
+Result<void> BreakLease(int fd, const img::FileEntry& e) {
+  if (!e.lease_breaking()) return Ok();
+  // A conflicting open starts the break and fails (O_NONBLOCK): a writer breaks a read lease to
+  // UNLCK, a reader a write lease to READ.
+  int want = e.lease_plus1() - 1 == F_WRLCK ? O_RDONLY : O_WRONLY;
+  int c = open(StrFormat("/proc/self/fd/%d", fd).c_str(), want | O_NONBLOCK | O_CLOEXEC);
+  if (c >= 0) {
+    close(c);
+    return MakeError(ErrorKind::kGeneric, 0, "fd %d: the lease to break is not there", fd);
+  }
+  if (errno != EWOULDBLOCK) return Errno("fd %d: break the lease again", fd);
   return Ok();
 }
 
