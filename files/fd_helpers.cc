@@ -94,7 +94,16 @@ Result<void> BreakLease(int fd, const img::FileEntry& e) {
   // A conflicting open starts the break and fails (O_NONBLOCK): a writer breaks a read lease to
   // UNLCK, a reader a write lease to READ.
   int want = e.lease_plus1() - 1 == F_WRLCK ? O_RDONLY : O_WRONLY;
+  // Its holder had its SIGIO before the dump: none now (the process has no handlers yet, and
+  // SIGIO would kill it). No owner for the break, the owner back after.
+  struct f_owner_ex ox = {};
+  if (fcntl(fd, F_GETOWN_EX, &ox) < 0) return Errno("fd %d: F_GETOWN_EX", fd);
+  struct f_owner_ex none = {F_OWNER_PID, 0};
+  if (fcntl(fd, F_SETOWN_EX, &none) < 0) return Errno("fd %d: F_SETOWN_EX 0", fd);
   int c = open(StrFormat("/proc/self/fd/%d", fd).c_str(), want | O_NONBLOCK | O_CLOEXEC);
+  int err = errno;
+  if (fcntl(fd, F_SETOWN_EX, &ox) < 0) return Errno("fd %d: F_SETOWN_EX back", fd);
+  errno = err;
   if (c >= 0) {
     close(c);
     return MakeError(ErrorKind::kGeneric, 0, "fd %d: the lease to break is not there", fd);

@@ -820,6 +820,14 @@ Result<void> FinalizeInet(FdRestoreContext& ctx, const img::FileEntry& e, int fd
   const img::InetSocket& sk = e.inet();
   if (SharesReuseport(ctx, e)) TRY(SetInt(fd, SOL_SOCKET, SO_REUSEPORT, 0, "SO_REUSEPORT off"));
   if (sk.type() != SOCK_STREAM || !Connected(sk.state()) || ctx.opts().tcp_close) return Ok();
+  // FIN_WAIT2, all acked: the FIN goes in while in repair mode, counted as sent and not sent
+  // (the peer has it; and the lock, still on, would drop it: TCP keeps a segment the output
+  // hook drops as unsent), and its ack is made up below.
+  const bool fin_acked = sk.state() == TCP_FIN_WAIT2 && sk.repair().send_queue().length() == 0;
+  if (fin_acked) {
+    TRY(SetInt(fd, SOL_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE, "TCP_REPAIR_QUEUE"));
+    if (shutdown(fd, SHUT_WR) < 0) return Errno("shutdown SHUT_WR (in repair mode)");
+  }
   TRY(SetInt(fd, SOL_TCP, TCP_REPAIR, TCP_REPAIR_OFF, "TCP_REPAIR off"));
   // Repair off resets sk_reuse to "no reuse": the application's SO_REUSEADDR comes back here.
   if (sk.opts().reuseaddr()) TRY(SetInt(fd, SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR"));
@@ -835,7 +843,13 @@ Result<void> FinalizeInet(FdRestoreContext& ctx, const img::FileEntry& e, int fd
   const uint32_t una = r.snd_seq() - static_cast<uint32_t>(r.send_queue().length());
   const int st = sk.state();
   auto peer_fin = [&]() -> Result<void> {
+    int before = tcp_state_of(fd);
     auto inj = InjectFromPeer(fd, sk, r.rcv_seq(), una, TH_FIN | TH_ACK, PeerWindow(r));
+    // Loopback delivery is done by the time sendto returns, or soon after; a firewall rule of
+    // the host may drop it.
+    for (int i = 0; inj.ok() && i < 50 && tcp_state_of(fd) == before; i++) usleep(1000);
+    if (inj.ok() && tcp_state_of(fd) == before)
+      inj = MakeError(ErrorKind::kGeneric, 0, "the peer's FIN made up did not arrive (dropped?)");
     if (inj.ok()) return Ok();
     // Reads still end where the peer's FIN was (the state shows ESTABLISHED or FIN_WAIT*).
     LOG_WARN("TCP %s -> %s: %s; its received FIN becomes SHUT_RD", AddrStr(sk.src()).c_str(),
@@ -844,18 +858,11 @@ Result<void> FinalizeInet(FdRestoreContext& ctx, const img::FileEntry& e, int fd
     return Ok();
   };
   if (st == TCP_LAST_ACK || st == TCP_CLOSE_WAIT) TRY(peer_fin());
-  if (SentFin(st) && shutdown(fd, SHUT_WR) < 0) return Errno("shutdown SHUT_WR");
+  if (SentFin(st) && !fin_acked && shutdown(fd, SHUT_WR) < 0) return Errno("shutdown SHUT_WR");
   if (st == TCP_CLOSING) TRY(peer_fin());
   // FIN_WAIT2: the peer had acked our FIN; its ack again (made up: the real one comes only after
   // a retransmission) leaves the socket where it was.
-  if (st == TCP_FIN_WAIT2 && r.send_queue().length() == 0) {
-    // Once the FIN is out (pacing may hold it a moment): an ack beyond what was sent is dropped.
-    for (int i = 0; i < 200; i++) {
-      struct tcp_info ti {};
-      socklen_t tl = sizeof(ti);
-      if (getsockopt(fd, SOL_TCP, TCP_INFO, &ti, &tl) < 0 || ti.tcpi_unacked > 0) break;
-      usleep(1000);
-    }
+  if (fin_acked) {
     auto inj = InjectFromPeer(fd, sk, r.rcv_seq(), r.snd_seq() + 1, TH_ACK, PeerWindow(r));
     if (!inj.ok())
       LOG_WARN("TCP %s: the ack of its FIN: %s (the peer's retransmission will do)",

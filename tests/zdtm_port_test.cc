@@ -79,8 +79,6 @@ ZDTM(SockOpts02BufLockAndBroadcast, "sock_opts02")
 TEST_F(ZdtmPort, SocketExtConnectedOutside) { RoundTrip("socket_ext", {"--ext-unix-sk"}); }
 // socket_aio: a glibc aio_read blocked in a thread on a connection inside the tree.
 ZDTM_TCP(SocketAio, "socket_aio")
-// sock_peercred: SO_PEERCRED of a socketpair made by a dead child with other ids.
-ZDTM(SockPeercred, "sock_peercred")
 // fifo_upon_unix_socket00/01: a FIFO made at the path of a bound (unlinked) socket.
 ZDTM(FifoUponUnixSocket00, "fifo_upon_unix00")
 ZDTM(FifoUponUnixSocket01RelativeName, "fifo_upon_unix01")
