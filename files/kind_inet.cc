@@ -753,8 +753,15 @@ Result<UniqueFd> OpenTcpClosed(FdRestoreContext& ctx, const img::FileEntry& e) {
 
 Result<UniqueFd> OpenInet(FdRestoreContext& ctx, const img::FileEntry& e) {
   const img::InetSocket& sk = e.inet();
-  if (sk.type() == SOCK_STREAM && sk.state() == TCP_CLOSE && sk.closed() && sk.has_repair())
-    return OpenTcpClosed(ctx, e);
+  if (sk.type() == SOCK_STREAM && sk.state() == TCP_CLOSE && sk.closed() && sk.has_repair()) {
+    auto c = OpenTcpClosed(ctx, e);
+    if (c.ok()) return c;
+    // Its addresses in use again (a new connection on the same ports): a plain closed socket,
+    // which reads ENOTCONN instead of its end.
+    LOG_WARN("closed TCP socket %s (was connected to %s) restored unconnected: %s",
+             AddrStr(sk.src()).c_str(), AddrStr(sk.dst()).c_str(),
+             c.error().to_string().c_str());
+  }
   if (sk.type() == SOCK_STREAM && Connected(sk.state())) {
     if (!ctx.opts().tcp_close) return OpenTcpEstablished(ctx, e);
     // --tcp-close: a socket that reads EOF and fails writes, as after a reset.
@@ -775,7 +782,8 @@ Result<UniqueFd> OpenInet(FdRestoreContext& ctx, const img::FileEntry& e) {
   // A port shared through SO_REUSEPORT by a socket that dropped the option since (zdtm
   // socket-tcp-reuseport): it binds with the option, and drops it in Finalize, once all are bound.
   if (SharesReuseport(ctx, e)) TRY(SetInt(s.get(), SOL_SOCKET, SO_REUSEPORT, 1, "SO_REUSEPORT"));
-  if (sk.bound()) TRY(Bind(s.get(), sk));
+  // A closed connection holds no port (the kernel let it go when it closed).
+  if (sk.bound() && !sk.closed()) TRY(Bind(s.get(), sk));
   if (sk.type() == SOCK_STREAM) {
     if (sk.state() == TCP_LISTEN && listen(s.get(), sk.backlog()) < 0)
       return Errno("listen %s", AddrStr(sk.src()).c_str());
