@@ -85,7 +85,7 @@ int GetInt(int fd, int level, int opt) {
   return v;
 }
 
-int tcp_state_of(int fd) {
+int TcpState(int fd) {
   struct tcp_info ti {};
   socklen_t len = sizeof(ti);
   return getsockopt(fd, SOL_TCP, TCP_INFO, &ti, &len) < 0 ? -1 : ti.tcpi_state;
@@ -739,10 +739,10 @@ Result<UniqueFd> OpenTcpClosed(FdRestoreContext& ctx, const img::FileEntry& e) {
   }
   TRY_CTX(InjectFromPeer(fd, sk, seq, r.snd_seq(), TH_RST | TH_ACK, 0),
           "the reset of closed TCP socket %s", AddrStr(sk.src()).c_str());
-  if (tcp_state_of(fd) != TCP_CLOSE)
+  if (TcpState(fd) != TCP_CLOSE)
     return MakeError(ErrorKind::kGeneric, 0, "closed TCP socket %s -> %s: state %d after its "
                      "peer's segments, not CLOSE", AddrStr(sk.src()).c_str(),
-                     AddrStr(sk.dst()).c_str(), tcp_state_of(fd));
+                     AddrStr(sk.dst()).c_str(), TcpState(fd));
   TRY(SetInt(fd, SOL_TCP, TCP_REPAIR, TCP_REPAIR_OFF, "TCP_REPAIR off"));
   if (sk.opts().reuseaddr()) TRY(SetInt(fd, SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR"));
   TRY(RestoreExtraOpts(fd, sk));
@@ -851,12 +851,12 @@ Result<void> FinalizeInet(FdRestoreContext& ctx, const img::FileEntry& e, int fd
   const uint32_t una = r.snd_seq() - static_cast<uint32_t>(r.send_queue().length());
   const int st = sk.state();
   auto peer_fin = [&]() -> Result<void> {
-    int before = tcp_state_of(fd);
+    int before = TcpState(fd);
     auto inj = InjectFromPeer(fd, sk, r.rcv_seq(), una, TH_FIN | TH_ACK, PeerWindow(r));
     // Loopback delivery is done by the time sendto returns, or soon after; a firewall rule of
     // the host may drop it.
-    for (int i = 0; inj.ok() && i < 50 && tcp_state_of(fd) == before; i++) usleep(1000);
-    if (inj.ok() && tcp_state_of(fd) == before)
+    for (int i = 0; inj.ok() && i < 50 && TcpState(fd) == before; i++) usleep(1000);
+    if (inj.ok() && TcpState(fd) == before)
       inj = MakeError(ErrorKind::kGeneric, 0, "the peer's FIN made up did not arrive (dropped?)");
     if (inj.ok()) return Ok();
     // Reads still end where the peer's FIN was (the state shows ESTABLISHED or FIN_WAIT*).
