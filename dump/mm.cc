@@ -411,6 +411,18 @@ Result<void> DumpMm(DumpContext& ctx, ProcessDump& p) {
           if (o.id() == v.shmem_id()) o.set_huge_page_shift(v.huge_page_shift());
     }
   }
+  // MAP_DROPPABLE memory (zdtm maps11): the kernel may drop its content at any time, and a
+  // restore drops it (CRIU's choice): its pages are not saved; restored, it reads zeros.
+  std::vector<PageRange> droppable;
+  for (const img::Vma& v : mm.vmas())
+    if (v.droppable() && v.end() > v.start())
+      droppable.push_back({v.start(), (v.end() - v.start()) / kPage});
+  if (!droppable.empty()) {
+    readable = Subtract(readable, droppable);
+    unreadable = Subtract(unreadable, droppable);
+    r_cov = Subtract(r_cov, droppable);
+    u_cov = Subtract(u_cov, droppable);
+  }
   ctx.stats.vmas += mm.vmas_size();
   ctx.stats.pages_zero += counts.zero;
   ctx.stats.pages_file += counts.file;

@@ -7,6 +7,7 @@
 // leave partial state for a later one. The kinds are independent reads, so their order is free;
 // on the restore side each kind is its own step because there the order matters.
 #include <linux/filter.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/ptrace.h>
@@ -517,6 +518,10 @@ Result<void> DumpThreads(DumpContext& ctx, ProcessDump& p, img::ProcessState* ps
     s->set_period(sa.sched_period);
     s->set_util_min(sa.sched_util_min);
     s->set_util_max(sa.sched_util_max);
+    cpu_set_t cpus;
+    CPU_ZERO(&cpus);
+    if (sched_getaffinity(tid, sizeof(cpus), &cpus) == 0)
+      t->set_cpu_affinity(std::string(reinterpret_cast<const char*>(&cpus), sizeof(cpus)));
     TRY_CTX(r->SyscallIn(tid, SYS_prctl, PR_GET_PDEATHSIG, r->scratch()), "pdeathsig in %d", tid);
     int sig = 0;
     TRY(r->Read(r->scratch(), &sig, sizeof(sig)));

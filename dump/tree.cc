@@ -252,6 +252,16 @@ Result<void> DumpCgroups(pid_t pid, img::ProcessEntry* e) {
   ASSIGN_OR_RETURN(std::string text, fs::ReadFile(path));
   for (const auto& line : fs::Split(text, '\n'))
     if (!line.empty()) e->add_cgroups(line);
+  // A thread in cgroups of its own (a v1 tasks file or cgroup2's cgroup.threads move one thread).
+  for (pid_t tid : e->threads()) {
+    if (tid == pid) continue;
+    auto t = fs::ReadFile(StrFormat("/proc/%d/task/%d/cgroup", pid, tid));
+    if (!t.ok() || *t == text) continue;
+    img::ThreadCgroups* tc = e->add_thread_cgroups();
+    tc->set_tid(tid);
+    for (const auto& line : fs::Split(*t, '\n'))
+      if (!line.empty()) tc->add_cgroups(line);
+  }
   return Ok();
 }
 }  // namespace

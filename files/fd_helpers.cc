@@ -71,12 +71,44 @@ Result<void> DumpOwner(const Probe& p, img::FileEntry& e) {
   if (S_ISREG(p.st.st_mode)) {
     int lease = fcntl(p.local, F_GETLEASE);
     if (lease == F_RDLCK || lease == F_WRLCK) e.set_lease_plus1(lease + 1);
+    // A lease being broken: F_GETLEASE says what it is going to (UNLCK, or READ for a write
+    // lease), fdinfo says BREAKING.
+    for (const auto& line : p.info.All("lock")) {
+      auto b = line.find("BREAKING");
+      if (line.find("LEASE") == std::string::npos || b == std::string::npos) continue;
+      bool to_read = line.compare(line.find_first_not_of(' ', b + 8), 4, "READ") == 0;
+      e.set_lease_plus1((to_read ? F_WRLCK : F_RDLCK) + 1);
+      e.set_lease_breaking(true);
+    }
   }
   if (ox.pid == 0 && sig == 0) return Ok();
   img::FileOwner* o = e.mutable_owner();
   o->set_type(ox.type);
   o->set_pid(ox.pid);
   o->set_signum(sig);
+  return Ok();
+}
+
+Result<void> BreakLease(int fd, const img::FileEntry& e) {
+  if (!e.lease_breaking()) return Ok();
+  // A conflicting open starts the break and fails (O_NONBLOCK): a writer breaks a read lease to
+  // UNLCK, a reader a write lease to READ.
+  int want = e.lease_plus1() - 1 == F_WRLCK ? O_RDONLY : O_WRONLY;
+  // Its holder had its SIGIO before the dump: none now (the process has no handlers yet, and
+  // SIGIO would kill it). No owner for the break, the owner back after.
+  struct f_owner_ex ox = {};
+  if (fcntl(fd, F_GETOWN_EX, &ox) < 0) return Errno("fd %d: F_GETOWN_EX", fd);
+  struct f_owner_ex none = {F_OWNER_PID, 0};
+  if (fcntl(fd, F_SETOWN_EX, &none) < 0) return Errno("fd %d: F_SETOWN_EX 0", fd);
+  int c = open(StrFormat("/proc/self/fd/%d", fd).c_str(), want | O_NONBLOCK | O_CLOEXEC);
+  int err = errno;
+  if (fcntl(fd, F_SETOWN_EX, &ox) < 0) return Errno("fd %d: F_SETOWN_EX back", fd);
+  errno = err;
+  if (c >= 0) {
+    close(c);
+    return MakeError(ErrorKind::kGeneric, 0, "fd %d: the lease to break is not there", fd);
+  }
+  if (errno != EWOULDBLOCK) return Errno("fd %d: break the lease again", fd);
   return Ok();
 }
 

@@ -35,6 +35,7 @@ class FdRestorerImpl : public FdRestorer {
   FdRestorerImpl(const FdRestoreOptions& opts) : opts_(opts) {}
   ~FdRestorerImpl() override {
     CloseAll();
+    if (!finalized_) PutBackMovedAside();
     DropLockOfFailedRestore();
   }
 
@@ -75,6 +76,16 @@ class FdRestorerImpl : public FdRestorer {
     if (!r.ok())
       LOG_WARN("failed restore: network lock %s not released: %s", netlock_->name().c_str(),
                r.error().to_string().c_str());
+  }
+
+  // Files moved aside from the paths of unlinked unix socket names (kind_unix.cc BindTaken):
+  // back at their paths, over the sockets' files (in Finalize, or when a restore failed).
+  void PutBackMovedAside() {
+    if (!ctx_) return;
+    for (auto it = ctx_->moved_aside.rbegin(); it != ctx_->moved_aside.rend(); ++it)
+      if (rename(it->first.c_str(), it->second.c_str()) < 0)
+        LOG_WARN("put %s back at %s: %s", it->first.c_str(), it->second.c_str(), strerror(errno));
+    ctx_->moved_aside.clear();
   }
 
   void CloseAll() {
@@ -288,6 +299,12 @@ Result<void> FdRestorerImpl::Install(pid_t old_pid) {
     if (e && e->has_owner() && e->owner().pid())
       TRY_CTX(RestoreOwner(fe.fd(), *e, true), "pid %d fd %d", old_pid, fe.fd());
   }
+  // 6b. Leases that were being broken: broken again, their owner (SIGIO's target) set above.
+  for (const auto& fe : pf.fds()) {
+    const img::FileEntry* e = ctx_->Entry(fe.file_id());
+    if (e && e->lease_breaking())
+      TRY_CTX(BreakLease(fe.fd(), *e), "pid %d fd %d", old_pid, fe.fd());
+  }
   // 7. A session leader's controlling pty (we are past setsid here).
   if (pf.ctty_pty()) TRY(SetCtty(*ctx_, pf, old_pid));
   // 8. /dev/tty, which opens the controlling terminal just set.
@@ -350,6 +367,7 @@ Result<void> FdRestorerImpl::Finalize() {
   for (const auto& [id, e] : ctx_->entries_)
     if (e.kind() == img::FILE_KIND_UNIX && ctx_->prepared_.count(id))
       TRY(FinalizeUnix(*ctx_, e, -1));
+  PutBackMovedAside();
   // Link remaps (an unlinked name of a file with other links): opened by now.
   for (const auto& [id, e] : ctx_->entries_)
     if (e.kind() == img::FILE_KIND_REG && !e.reg().link_remap().empty())

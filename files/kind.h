@@ -158,6 +158,13 @@ class FdRestoreContext {
   std::map<std::string, int> named_fds;           // per-kind fds by key ("unix:INO", "memfd:INO")
   std::vector<std::string> made_dirs;             // made for unlinked unix socket names; removed
                                                   // again (deepest first) in Finalize
+  // Unlinked unix socket names bound again for Prepare: file id -> the inode of the file the
+  // bind made (Finalize unlinks that file only, not what took the path since).
+  std::map<uint64_t, ino_t> unix_bound_ino;
+  // Files found at the path of an unlinked socket name (zdtm fifo_upon_unix_socket,
+  // del_standalone_un: a FIFO or another socket's file took it): renamed aside for the bind,
+  // (aside, path), put back over the bound file in Finalize, or by a failed restore.
+  std::vector<std::pair<std::string, std::string>> moved_aside;
   // Reaped pidfd targets: pidfs inode at dump -> (stand-in pid, its go pipe's write end)
   // (kind_pidfd.cc).
   std::map<uint64_t, std::pair<pid_t, int>> pidfd_standins;
@@ -230,6 +237,8 @@ Result<std::vector<std::pair<std::string, img::ProcessFds>>> ReadProcessFds(
 // (true).
 Result<void> DumpOwner(const Probe& p, img::FileEntry& e);
 Result<void> RestoreOwner(int fd, const img::FileEntry& e, bool set_pid);
+// A lease that was being broken (FileEntry.lease_breaking), set by RestoreOwner: broken again.
+Result<void> BreakLease(int fd, const img::FileEntry& e);
 
 // Per-kind entry points, defined in kind_<name>.cc.
 #define GODWIT_KIND_DECL(n)                                               \
@@ -282,6 +291,8 @@ Result<void> ApplyLock(int fd, const img::FileLock& l);
 // Socket options shared by unix and inet sockets (sockopts.cc).
 void DumpSockOpts(int fd, img::SockOpts* o);
 Result<void> RestoreSockOpts(int fd, const img::SockOpts& o);
+// SO_BUF_LOCK as dumped (SockOpts.buf_lock_plus1): after any SO_*BUFFORCE, which locks both.
+Result<void> RestoreBufLock(int fd, const img::SockOpts& o);
 
 // Copies a socket's receive queue without consuming it (MSG_PEEK with SO_PEEK_OFF), one
 // QueuedMsg per datagram, or one for a stream (split where fds ride on it). Fds in flight

@@ -18,12 +18,18 @@
 // -> sent part of the send queue (in repair mode) -> window; and in Finalize (the tree is about
 // to resume): network unlock, repair off (sends a window probe), the unsent part, FINs of
 // half-closed states. Half-closed: a FIN we sent (FIN_WAIT*, CLOSING, LAST_ACK) is sent again
-// after repair off; a FIN we received (CLOSE_WAIT, LAST_ACK, CLOSING) becomes SHUT_RD, so
-// reads end with EOF after the queued data.
+// after repair off; a FIN we received (CLOSE_WAIT, LAST_ACK, CLOSING) is made up as the peer's
+// and given to the socket (InjectFromPeer: a raw segment, marked to pass the network lock), in
+// the order that leads to the dumped state (CLOSING: our FIN first); TCP_REPAIR itself only
+// makes ESTABLISHED sockets. A closed socket that had a connection (CLOSE, its peer still in
+// SO_PEERNAME) is connected again in repair mode and closed by a made-up FIN and reset (it had
+// both FINs) or a reset (SO_ERROR said reset), its unread data queued first.
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <linux/sockios.h>
 #include <netinet/in.h>
+#include <netinet/ip.h>
+#include <netinet/ip6.h>
 #include <netinet/tcp.h>
 #include <netinet/udp.h>
 #include <sys/ioctl.h>
@@ -31,10 +37,13 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <optional>
 
 #include "common/fs.h"
 #include "common/log.h"
+#include "common/netns.h"
 #include "files/kind.h"
+#include "files/netlock.h"
 
 namespace godwit::files {
 
@@ -76,8 +85,140 @@ int GetInt(int fd, int level, int opt) {
   return v;
 }
 
+int TcpState(int fd) {
+  struct tcp_info ti {};
+  socklen_t len = sizeof(ti);
+  return getsockopt(fd, SOL_TCP, TCP_INFO, &ti, &len) < 0 ? -1 : ti.tcpi_state;
+}
+
 Result<void> SetInt(int fd, int level, int opt, int v, const char* what) {
   if (setsockopt(fd, level, opt, &v, sizeof(v)) < 0) return Errno("setsockopt %s=%d", what, v);
+  return Ok();
+}
+
+// The internet checksum of a TCP segment: the pseudo header's words and the segment's.
+uint32_t CsumAdd(uint32_t sum, const void* p, size_t n) {
+  const uint8_t* b = static_cast<const uint8_t*>(p);
+  for (size_t i = 0; i + 1 < n; i += 2) sum += (b[i] << 8) | b[i + 1];
+  if (n & 1) sum += b[n - 1] << 8;
+  return sum;
+}
+uint16_t CsumFold(uint32_t sum) {
+  while (sum >> 16) sum = (sum & 0xffff) + (sum >> 16);
+  return htons(static_cast<uint16_t>(~sum & 0xffff));
+}
+
+// The peer's window as its segments carry it (scaled).
+uint16_t PeerWindow(const img::TcpRepair& r) {
+  uint32_t w = r.wscale_ok() ? r.snd_wnd() >> r.snd_wscale() : r.snd_wnd();
+  return static_cast<uint16_t>(std::min<uint32_t>(w, 0xffff));
+}
+
+// A TCP segment from the connection's peer to the socket fd (sk's addresses), made here: a raw
+// IPPROTO_RAW socket of fd's network namespace writes the IP header itself (the peer's address
+// as source), with kNetLockPassMark so that the restore's network lock lets it through. This is
+// how a restored socket gets a FIN or a reset it had received: TCP_REPAIR makes ESTABLISHED
+// sockets only, and only the peer's segments move one on from there. No TCP options: Linux takes
+// a segment without a timestamp on a connection that has them (no PAWS check without one).
+Result<void> InjectFromPeer(int fd, const img::InetSocket& sk, uint32_t seq, uint32_t ack,
+                            uint8_t flags, uint16_t window) {
+  sockaddr_storage local{}, peer{};
+  memcpy(&local, sk.src().data(), std::min(sk.src().size(), sizeof(local)));
+  memcpy(&peer, sk.dst().data(), std::min(sk.dst().size(), sizeof(peer)));
+  bool v4 = local.ss_family == AF_INET;
+  in_addr l4{}, p4{};
+  in6_addr l6{}, p6{};
+  uint16_t lport, pport;
+  if (v4) {
+    l4 = reinterpret_cast<sockaddr_in*>(&local)->sin_addr;
+    p4 = reinterpret_cast<sockaddr_in*>(&peer)->sin_addr;
+    lport = reinterpret_cast<sockaddr_in*>(&local)->sin_port;
+    pport = reinterpret_cast<sockaddr_in*>(&peer)->sin_port;
+  } else {
+    auto* l = reinterpret_cast<sockaddr_in6*>(&local);
+    auto* r = reinterpret_cast<sockaddr_in6*>(&peer);
+    lport = l->sin6_port;
+    pport = r->sin6_port;
+    if (IN6_IS_ADDR_V4MAPPED(&l->sin6_addr) && IN6_IS_ADDR_V4MAPPED(&r->sin6_addr)) {
+      v4 = true;  // a v4 connection of a v6 socket travels as IPv4
+      memcpy(&l4, &l->sin6_addr.s6_addr[12], 4);
+      memcpy(&p4, &r->sin6_addr.s6_addr[12], 4);
+    } else {
+      l6 = l->sin6_addr;
+      p6 = r->sin6_addr;
+    }
+  }
+  UniqueFd ns(ioctl(fd, SIOCGSKNS));
+  std::optional<netns::ScopedNetns> in;
+  if (ns) {
+    ASSIGN_OR_RETURN(netns::ScopedNetns s, netns::ScopedNetns::Enter(ns.get()));
+    in.emplace(std::move(s));
+  }
+  UniqueFd raw(socket(v4 ? AF_INET : AF_INET6, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW));
+  if (!raw) return Errno("raw socket to give %s its peer's segment", AddrStr(sk.src()).c_str());
+  int mark = static_cast<int>(kNetLockPassMark);
+  if (setsockopt(raw.get(), SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) < 0)
+    return Errno("SO_MARK on the raw socket");
+  tcphdr th{};
+  th.source = pport;
+  th.dest = lport;
+  th.seq = htonl(seq);
+  th.ack_seq = htonl(ack);
+  th.doff = sizeof(th) / 4;
+  th.fin = (flags & TH_FIN) != 0;
+  th.rst = (flags & TH_RST) != 0;
+  th.ack = (flags & TH_ACK) != 0;
+  th.window = htons(window);
+  uint32_t sum = 0;
+  char pkt[sizeof(ip6_hdr) + sizeof(tcphdr)];
+  size_t len;
+  sockaddr_storage to{};
+  socklen_t tl;
+  if (v4) {
+    sum = CsumAdd(sum, &p4, 4);
+    sum = CsumAdd(sum, &l4, 4);
+    sum += IPPROTO_TCP + sizeof(th);
+    th.check = CsumFold(CsumAdd(sum, &th, sizeof(th)));
+    iphdr ip{};
+    ip.version = 4;
+    ip.ihl = sizeof(ip) / 4;
+    ip.tot_len = htons(sizeof(ip) + sizeof(th));
+    ip.frag_off = htons(IP_DF);
+    ip.ttl = 64;
+    ip.protocol = IPPROTO_TCP;
+    ip.saddr = p4.s_addr;
+    ip.daddr = l4.s_addr;
+    memcpy(pkt, &ip, sizeof(ip));
+    memcpy(pkt + sizeof(ip), &th, sizeof(th));
+    len = sizeof(ip) + sizeof(th);
+    auto* a = reinterpret_cast<sockaddr_in*>(&to);
+    a->sin_family = AF_INET;
+    a->sin_addr = l4;
+    tl = sizeof(*a);
+  } else {
+    sum = CsumAdd(sum, &p6, 16);
+    sum = CsumAdd(sum, &l6, 16);
+    sum += IPPROTO_TCP + sizeof(th);
+    th.check = CsumFold(CsumAdd(sum, &th, sizeof(th)));
+    ip6_hdr ip{};
+    ip.ip6_flow = htonl(6u << 28);
+    ip.ip6_plen = htons(sizeof(th));
+    ip.ip6_nxt = IPPROTO_TCP;
+    ip.ip6_hlim = 64;
+    ip.ip6_src = p6;
+    ip.ip6_dst = l6;
+    memcpy(pkt, &ip, sizeof(ip));
+    memcpy(pkt + sizeof(ip), &th, sizeof(th));
+    len = sizeof(ip) + sizeof(th);
+    auto* a = reinterpret_cast<sockaddr_in6*>(&to);
+    a->sin6_family = AF_INET6;
+    a->sin6_addr = l6;
+    tl = sizeof(*a);
+  }
+  if (sendto(raw.get(), pkt, len, 0, reinterpret_cast<sockaddr*>(&to), tl) !=
+      static_cast<ssize_t>(len))
+    return Errno("send %s the peer's segment", AddrStr(sk.src()).c_str());
+  if (in) TRY(in->Leave());
   return Ok();
 }
 
@@ -182,6 +323,55 @@ Result<void> DumpTcpSynSent(const Probe& p, img::InetSocket* sk) {
   // Repair off leaves sk_reuse at "no reuse": give SO_REUSEADDR back.
   if (reuse) setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &reuse, sizeof(reuse));
   sk->set_syn_isn(write_seq - 1);  // the SYN takes one sequence number
+  return Ok();
+}
+
+// A closed socket that had a connection (socket-tcp-closed, socket-tcp-reseted): its peer from
+// SO_PEERNAME (getpeername says ENOTCONN once closed), how it ended from SO_ERROR (a reset
+// leaves ECONNRESET or EPIPE; reading it clears it, as a read by the process would), and in
+// repair mode (switched off again at once: outside ESTABLISHED that sends nothing) its sequence
+// numbers and what it had not read. Nothing to lock: the connection is over.
+Result<void> DumpTcpClosed(FdDumpContext& ctx, const Probe& p, img::InetSocket* sk,
+                           const struct tcp_info& ti) {
+  int fd = p.local;
+  struct sockaddr_storage ss {};
+  // SO_PEERNAME wants the exact size of the family's address (EINVAL for more).
+  socklen_t len = sk->family() == AF_INET ? sizeof(sockaddr_in) : sizeof(sockaddr_in6);
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERNAME, &ss, &len) < 0 || len < sizeof(sockaddr_in) ||
+      reinterpret_cast<sockaddr_in*>(&ss)->sin_port == 0)
+    return Ok();  // never connected: options and binding only
+  sk->set_dst(std::string(reinterpret_cast<char*>(&ss), len));
+  int err = GetInt(fd, SOL_SOCKET, SO_ERROR);
+  sk->set_closed(err ? 2 : 1);
+  int reuse = GetInt(fd, SOL_SOCKET, SO_REUSEADDR);
+  TRY_CTX(SetInt(fd, SOL_TCP, TCP_REPAIR, TCP_REPAIR_ON, "TCP_REPAIR"),
+          "closed TCP socket %s (was %s)", AddrStr(sk->src()).c_str(), AddrStr(sk->dst()).c_str());
+  img::TcpRepair* r = sk->mutable_repair();
+  int inq = 0;
+  ioctl(fd, SIOCINQ, &inq);
+  uint32_t snd = QueueSeq(fd, TCP_SEND_QUEUE);
+  uint32_t rcv = QueueSeq(fd, TCP_RECV_QUEUE);
+  auto recvq = PeekTcpQueue(fd, TCP_RECV_QUEUE, inq);
+  int off = TCP_REPAIR_OFF;
+  setsockopt(fd, SOL_TCP, TCP_REPAIR, &off, sizeof(off));
+  if (reuse) setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &reuse, sizeof(reuse));
+  if (!recvq.ok()) return std::move(recvq).error();
+  // After FINs both ways both sequences count a FIN; the restore gives the peer's again.
+  r->set_snd_seq(snd - (err ? 0 : 1));
+  r->set_rcv_seq(rcv - (err ? 0 : 1));
+  ASSIGN_OR_RETURN(*r->mutable_send_queue(), ctx.Blob("", 0));
+  ASSIGN_OR_RETURN(*r->mutable_recv_queue(), ctx.Blob(recvq->data(), recvq->size()));
+  r->set_mss(GetInt(fd, SOL_TCP, TCP_MAXSEG));
+  r->set_sack(ti.tcpi_options & TCPI_OPT_SACK);
+  r->set_timestamps(ti.tcpi_options & TCPI_OPT_TIMESTAMPS);
+  r->set_wscale_ok(ti.tcpi_options & TCPI_OPT_WSCALE);
+  r->set_snd_wscale(ti.tcpi_snd_wscale);
+  r->set_rcv_wscale(ti.tcpi_rcv_wscale);
+  r->set_snd_wnd(65535);
+  r->set_max_window(65535);
+  r->set_rcv_wnd(65535);
+  r->set_snd_wl1(r->rcv_seq());
+  r->set_rcv_wup(r->rcv_seq());
   return Ok();
 }
 
@@ -358,7 +548,7 @@ Result<void> DumpInet(FdDumpContext& ctx, const Probe& p, img::FileEntry& e) {
                "restored", p.pid, p.fd, AddrStr(sk->src()).c_str(), ti.tcpi_unacked);
     return Ok();
   }
-  if (st == TCP_CLOSE) return Ok();  // fresh or closed socket: options and binding only
+  if (st == TCP_CLOSE) return DumpTcpClosed(ctx, p, sk, ti);
   if (st == TCP_SYN_SENT) return DumpTcpSynSent(p, sk);
   if (!Connected(st))
     return MakeError(ErrorKind::kUnsupported, 0, "TCP socket %s -> %s in state %d",
@@ -502,6 +692,7 @@ Result<UniqueFd> OpenTcpEstablished(FdRestoreContext& ctx, const img::FileEntry&
   int snd = std::max<int>(sk.opts().sndbuf() / 2, need), rcv = std::max<int>(sk.opts().rcvbuf() / 2, need);
   TRY(SetInt(fd, SOL_SOCKET, SO_SNDBUFFORCE, snd, "SO_SNDBUFFORCE"));
   TRY(SetInt(fd, SOL_SOCKET, SO_RCVBUFFORCE, rcv, "SO_RCVBUFFORCE"));
+  TRY(RestoreBufLock(fd, sk.opts()));
   TRY(SetInt(fd, SOL_TCP, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE, "TCP_REPAIR_QUEUE"));
   TRY(SendAll(fd, recvq, "receive"));
   TRY(SetInt(fd, SOL_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE, "TCP_REPAIR_QUEUE"));
@@ -516,10 +707,61 @@ Result<UniqueFd> OpenTcpEstablished(FdRestoreContext& ctx, const img::FileEntry&
   return s;
 }
 
+// Whether e, bound without SO_REUSEPORT now, shares its address with another socket of the images
+// that has it: it was bound with the option, cleared after (binding again without it would fail).
+bool SharesReuseport(FdRestoreContext& ctx, const img::FileEntry& e) {
+  const img::InetSocket& sk = e.inet();
+  if (!sk.bound() || sk.opts().reuseport() || sk.type() != SOCK_STREAM) return false;
+  for (const auto& [id, x] : ctx.entries()) {
+    if (id == e.id() || x.kind() != img::FILE_KIND_INET) continue;
+    const img::InetSocket& o = x.inet();
+    if (o.type() == sk.type() && o.opts().reuseport() && o.src() == sk.src()) return true;
+  }
+  return false;
+}
+
+// A closed socket that had a connection (DumpTcpClosed): connected again in repair mode with
+// its unread data, then closed the way it was by the peer's made-up segments, still in repair
+// mode (the socket sends nothing of its own): a FIN (reads end), then a reset (CLOSE, writes
+// fail; sk_err EPIPE, which its first write reports where the original's said EPIPE without
+// one), or the reset alone (ECONNRESET after the data). It keeps its addresses: getsockname and
+// SO_PEERNAME say what they said.
+Result<UniqueFd> OpenTcpClosed(FdRestoreContext& ctx, const img::FileEntry& e) {
+  const img::InetSocket& sk = e.inet();
+  const img::TcpRepair& r = sk.repair();
+  ASSIGN_OR_RETURN(UniqueFd s, OpenTcpEstablished(ctx, e));
+  int fd = s.get();
+  uint32_t seq = r.rcv_seq();
+  if (sk.closed() == 1) {
+    TRY_CTX(InjectFromPeer(fd, sk, seq, r.snd_seq(), TH_FIN | TH_ACK, PeerWindow(r)),
+            "the FIN of closed TCP socket %s", AddrStr(sk.src()).c_str());
+    seq++;
+  }
+  TRY_CTX(InjectFromPeer(fd, sk, seq, r.snd_seq(), TH_RST | TH_ACK, 0),
+          "the reset of closed TCP socket %s", AddrStr(sk.src()).c_str());
+  if (TcpState(fd) != TCP_CLOSE)
+    return MakeError(ErrorKind::kGeneric, 0, "closed TCP socket %s -> %s: state %d after its "
+                     "peer's segments, not CLOSE", AddrStr(sk.src()).c_str(),
+                     AddrStr(sk.dst()).c_str(), TcpState(fd));
+  TRY(SetInt(fd, SOL_TCP, TCP_REPAIR, TCP_REPAIR_OFF, "TCP_REPAIR off"));
+  if (sk.opts().reuseaddr()) TRY(SetInt(fd, SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR"));
+  TRY(RestoreExtraOpts(fd, sk));
+  return s;
+}
+
 }  // namespace
 
 Result<UniqueFd> OpenInet(FdRestoreContext& ctx, const img::FileEntry& e) {
   const img::InetSocket& sk = e.inet();
+  if (sk.type() == SOCK_STREAM && sk.state() == TCP_CLOSE && sk.closed() && sk.has_repair()) {
+    auto c = OpenTcpClosed(ctx, e);
+    if (c.ok()) return c;
+    // Its addresses in use again (a new connection on the same ports): a plain closed socket,
+    // which reads ENOTCONN instead of its end.
+    LOG_WARN("closed TCP socket %s (was connected to %s) restored unconnected: %s",
+             AddrStr(sk.src()).c_str(), AddrStr(sk.dst()).c_str(),
+             c.error().to_string().c_str());
+  }
   if (sk.type() == SOCK_STREAM && Connected(sk.state())) {
     if (!ctx.opts().tcp_close) return OpenTcpEstablished(ctx, e);
     // --tcp-close: a socket that reads EOF and fails writes, as after a reset.
@@ -537,7 +779,11 @@ Result<UniqueFd> OpenInet(FdRestoreContext& ctx, const img::FileEntry& e) {
   TRY(CommonOpts(s.get(), sk));
   TRY(RestoreRawOpts(s.get(), sk));
   TRY(RestoreExtraOpts(s.get(), sk));
-  if (sk.bound()) TRY(Bind(s.get(), sk));
+  // A port shared through SO_REUSEPORT by a socket that dropped the option since (zdtm
+  // socket-tcp-reuseport): it binds with the option, and drops it in Finalize, once all are bound.
+  if (SharesReuseport(ctx, e)) TRY(SetInt(s.get(), SOL_SOCKET, SO_REUSEPORT, 1, "SO_REUSEPORT"));
+  // A closed connection holds no port (the kernel let it go when it closed).
+  if (sk.bound() && !sk.closed()) TRY(Bind(s.get(), sk));
   if (sk.type() == SOCK_STREAM) {
     if (sk.state() == TCP_LISTEN && listen(s.get(), sk.backlog()) < 0)
       return Errno("listen %s", AddrStr(sk.src()).c_str());
@@ -580,7 +826,16 @@ Result<UniqueFd> OpenInet(FdRestoreContext& ctx, const img::FileEntry& e) {
 
 Result<void> FinalizeInet(FdRestoreContext& ctx, const img::FileEntry& e, int fd) {
   const img::InetSocket& sk = e.inet();
+  if (SharesReuseport(ctx, e)) TRY(SetInt(fd, SOL_SOCKET, SO_REUSEPORT, 0, "SO_REUSEPORT off"));
   if (sk.type() != SOCK_STREAM || !Connected(sk.state()) || ctx.opts().tcp_close) return Ok();
+  // FIN_WAIT2, all acked: the FIN goes in while in repair mode, counted as sent and not sent
+  // (the peer has it; and the lock, still on, would drop it: TCP keeps a segment the output
+  // hook drops as unsent), and its ack is made up below.
+  const bool fin_acked = sk.state() == TCP_FIN_WAIT2 && sk.repair().send_queue().length() == 0;
+  if (fin_acked) {
+    TRY(SetInt(fd, SOL_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE, "TCP_REPAIR_QUEUE"));
+    if (shutdown(fd, SHUT_WR) < 0) return Errno("shutdown SHUT_WR (in repair mode)");
+  }
   TRY(SetInt(fd, SOL_TCP, TCP_REPAIR, TCP_REPAIR_OFF, "TCP_REPAIR off"));
   // Repair off resets sk_reuse to "no reuse": the application's SO_REUSEADDR comes back here.
   if (sk.opts().reuseaddr()) TRY(SetInt(fd, SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR"));
@@ -589,8 +844,38 @@ Result<void> FinalizeInet(FdRestoreContext& ctx, const img::FileEntry& e, int fd
     ASSIGN_OR_RETURN(std::string sendq, ctx.ReadBlob(r.send_queue()));
     TRY(SendAll(fd, sendq.substr(sendq.size() - r.unsent()), "unsent"));
   }
-  if (SentFin(sk.state()) && shutdown(fd, SHUT_WR) < 0) return Errno("shutdown SHUT_WR");
-  if (GotFin(sk.state()) && shutdown(fd, SHUT_RD) < 0) return Errno("shutdown SHUT_RD");
+  // The FINs, in the order that leads to the dumped state: the peer's first for LAST_ACK
+  // (CLOSE_WAIT, then ours), ours first for CLOSING (FIN_WAIT1, then the peer's, which does not
+  // ack ours). The peer's is made up (InjectFromPeer): its sequence number is the restored
+  // rcv_nxt, its ack the first byte not acked (acks nothing new).
+  const uint32_t una = r.snd_seq() - static_cast<uint32_t>(r.send_queue().length());
+  const int st = sk.state();
+  auto peer_fin = [&]() -> Result<void> {
+    int before = TcpState(fd);
+    auto inj = InjectFromPeer(fd, sk, r.rcv_seq(), una, TH_FIN | TH_ACK, PeerWindow(r));
+    // Loopback delivery is done by the time sendto returns, or soon after; a firewall rule of
+    // the host may drop it.
+    for (int i = 0; inj.ok() && i < 50 && TcpState(fd) == before; i++) usleep(1000);
+    if (inj.ok() && TcpState(fd) == before)
+      inj = MakeError(ErrorKind::kGeneric, 0, "the peer's FIN made up did not arrive (dropped?)");
+    if (inj.ok()) return Ok();
+    // Reads still end where the peer's FIN was (the state shows ESTABLISHED or FIN_WAIT*).
+    LOG_WARN("TCP %s -> %s: %s; its received FIN becomes SHUT_RD", AddrStr(sk.src()).c_str(),
+             AddrStr(sk.dst()).c_str(), inj.error().message().c_str());
+    if (shutdown(fd, SHUT_RD) < 0) return Errno("shutdown SHUT_RD");
+    return Ok();
+  };
+  if (st == TCP_LAST_ACK || st == TCP_CLOSE_WAIT) TRY(peer_fin());
+  if (SentFin(st) && !fin_acked && shutdown(fd, SHUT_WR) < 0) return Errno("shutdown SHUT_WR");
+  if (st == TCP_CLOSING) TRY(peer_fin());
+  // FIN_WAIT2: the peer had acked our FIN; its ack again (made up: the real one comes only after
+  // a retransmission) leaves the socket where it was.
+  if (fin_acked) {
+    auto inj = InjectFromPeer(fd, sk, r.rcv_seq(), r.snd_seq() + 1, TH_ACK, PeerWindow(r));
+    if (!inj.ok())
+      LOG_WARN("TCP %s: the ack of its FIN: %s (the peer's retransmission will do)",
+               AddrStr(sk.src()).c_str(), inj.error().message().c_str());
+  }
   // The other options once the connection is live again (TCP_CORK would hold the unsent data
   // sent just above).
   return RestoreExtraOpts(fd, sk);

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "common/fs.h"
+#include "common/pid_standin.h"
 #include "common/log.h"
 #include "files/kind.h"
 
@@ -80,7 +81,13 @@ static Result<std::string> LinkRemap(FdDumpContext& ctx, const Probe& p, const s
                      "pid %d fd %d: %s was unlinked but has other links, in another mount "
                      "namespace: cannot be linked again",
                      p.pid, p.fd, path.c_str());
+  // Beside the old name; its directory removed too (zdtm unlink_regular00): in the nearest
+  // directory above it that is still there, on the same filesystem (else link fails, EXDEV).
   std::string dir = path.substr(0, path.rfind('/'));
+  struct stat ds;
+  while (!dir.empty() && stat(dir.c_str(), &ds) < 0 && errno == ENOENT)
+    dir = dir.substr(0, dir.rfind('/'));
+  if (dir.empty()) dir = "/";
   std::string src = StrFormat("/proc/%d/fd/%d", p.pid, p.fd);
   for (int i = 0; i < 1000; i++) {
     std::string name = StrFormat("%s/.godwit-link-remap.%llu.%d", dir.c_str(),
@@ -118,6 +125,10 @@ Result<void> DumpReg(FdDumpContext& ctx, const Probe& p, img::FileEntry& e) {
                        p.pid, p.fd, path.c_str());
     r->set_host_file(true);
   }
+  // /proc/PID of a process that is gone (zdtm remap_dead_pid_root): procfs says "(deleted)"
+  // of its directory; it is that process's entry, opened again through a stand-in with its pid.
+  if (path.rfind("/proc/", 0) == 0 && EndsWith(path, kDeleted) && S_ISDIR(p.st.st_mode))
+    path.resize(path.size() - strlen(kDeleted));
   if (p.st.st_nlink > 0 && S_ISREG(p.st.st_mode) && EndsWith(path, kDeleted) &&
       !(e.flags() & O_PATH)) {
     path.resize(path.size() - strlen(kDeleted));
@@ -310,6 +321,12 @@ Result<UniqueFd> OpenReg(FdRestoreContext& ctx, const img::FileEntry& e) {
                    r.path().c_str(), e.flags());
   } else {
     fd.reset(open(r.path().c_str(), OpenFlags(e.flags())));
+    if (!fd && errno == ENOENT && r.proc_pid() > 0 && !ctx.tree_pids.count(r.proc_pid())) {
+      // /proc/PID of a process that died before the dump (zdtm remap_dead_pid): opened through a
+      // stand-in with that pid, which then goes: the fd is on a dead process's entry again.
+      ASSIGN_OR_RETURN(PidStandIn standin, PidStandIn::Make(r.proc_pid()));
+      fd.reset(open(r.path().c_str(), OpenFlags(e.flags())));
+    }
     if (!fd) return Errno("open %s flags %#o", r.path().c_str(), e.flags());
     struct stat st;
     if (fstat(fd.get(), &st) == 0 && S_ISREG(st.st_mode) && S_ISREG(r.mode()) &&

@@ -137,6 +137,41 @@ void MakeParents(FdRestoreContext& ctx, const img::UnixSocket& u) {
     if (mkdir(it->c_str(), 0700) == 0) ctx.made_dirs.push_back(*it);
 }
 
+// Binds e's socket fd to its name. The path of an unlinked name may be taken by another file
+// since (zdtm fifo_upon_unix_socket: a FIFO; del_standalone_un: another listener's file moved
+// over it): that file is renamed aside for the bind and put back in Finalize, so the socket has
+// its name and the path its file. A file at the name of a socket that was not unlinked, which is
+// an unlinked name's file this restore bound, goes (that one was made for Prepare only).
+Result<void> BindTaken(FdRestoreContext& ctx, const img::FileEntry& e, int fd) {
+  const img::UnixSocket& u = e.unix_sk();
+  auto b = Bind(fd, u.type(), u.name(), u.name_dir());
+  std::string path = Reachable(u);
+  struct stat st;
+  if (!b.ok() && b.error().sys_errno() == EADDRINUSE && !path.empty() && path[0] == '/' &&
+      lstat(path.c_str(), &st) == 0) {
+    bool ours = false;
+    for (const auto& [id, ino] : ctx.unix_bound_ino) ours |= ino == st.st_ino;
+    if (ours) {
+      unlink(path.c_str());
+      b = Bind(fd, u.type(), u.name(), u.name_dir());
+    } else if (u.name_deleted()) {
+      for (int i = 0; i < 100; i++) {
+        std::string aside = StrFormat("%s.godwit-aside.%d", path.c_str(), i);
+        if (access(aside.c_str(), F_OK) == 0) continue;
+        if (rename(path.c_str(), aside.c_str()) < 0)
+          return Errno("move %s aside to bind unix socket %s", path.c_str(), path.c_str());
+        ctx.moved_aside.push_back({aside, path});
+        b = Bind(fd, u.type(), u.name(), u.name_dir());
+        break;
+      }
+    }
+  }
+  if (!b.ok()) return b;
+  if (u.name_deleted() && !path.empty() && path[0] == '/' && lstat(path.c_str(), &st) == 0)
+    ctx.unix_bound_ino[e.id()] = st.st_ino;
+  return Ok();
+}
+
 // An unlinked name: its file goes again (the name may be bound by another socket next).
 void UnlinkName(const img::UnixSocket& u) {
   if (!u.name_deleted() || u.name().empty() || u.name()[0] == '\0') return;
@@ -356,7 +391,7 @@ Result<UniqueFd> OpenPlain(FdRestoreContext& ctx, const img::FileEntry& e, bool 
   if (!s) return Errno("socket AF_UNIX type %d", type);
   TRY(RestoreSockOpts(s.get(), u.opts()));
   if (bind_name) MakeParents(ctx, u);
-  if (bind_name) TRY(Bind(s.get(), type, u.name(), u.name_dir()));
+  if (bind_name) TRY(BindTaken(ctx, e, s.get()));
   if (bind_name) FixNameFile(u);
   if (bind_name && u.name_deleted() && u.state() != 10) {
     // Datagram sockets connected to this unlinked name connect now, while the name is there
@@ -374,6 +409,17 @@ Result<UniqueFd> OpenPlain(FdRestoreContext& ctx, const img::FileEntry& e, bool 
       ctx.KeepUntilPrepared(UniqueFd(parked));
       ctx.named_fds[ckey] = parked;
     }
+    // A file moved aside for the bind (BindTaken) goes back now that its peers are connected: a
+    // FIFO there is opened by its path next (zdtm fifo_upon_unix_socket). A listener's stays
+    // aside until Finalize (connections to it are made by name).
+    std::string path = Reachable(u);
+    for (auto it = ctx.moved_aside.begin(); it != ctx.moved_aside.end(); ++it)
+      if (it->second == path) {
+        if (rename(it->first.c_str(), path.c_str()) < 0)
+          return Errno("put %s back at %s", it->first.c_str(), path.c_str());
+        ctx.moved_aside.erase(it);
+        break;
+      }
   }
   if (u.state() == 10 /* TCP_LISTEN */) {
     if (listen(s.get(), u.backlog()) < 0) return Errno("listen %s", Printable(u.name()).c_str());
@@ -537,7 +583,10 @@ Result<void> FinalizeUnix(FdRestoreContext& ctx, const img::FileEntry& e, int fd
   (void)fd;
   std::string path = Reachable(u);
   struct stat st;
-  if (lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode) && unlink(path.c_str()) < 0)
+  auto bound = ctx.unix_bound_ino.find(e.id());
+  bool mine = bound == ctx.unix_bound_ino.end() || lstat(path.c_str(), &st) != 0 ||
+              st.st_ino == bound->second;
+  if (mine && lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode) && unlink(path.c_str()) < 0)
     return Errno("unlink restored socket file %s", path.c_str());
   for (auto it = ctx.made_dirs.rbegin(); it != ctx.made_dirs.rend(); ++it) rmdir(it->c_str());
   return Ok();

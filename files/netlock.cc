@@ -48,12 +48,15 @@ std::string ConnRules(const std::string& table, const TcpConn& c, bool out_too) 
     dip = dip.substr(7);
   }
   std::string r = StrFormat(
-      "add rule inet %s in %s saddr %s %s daddr %s tcp sport %d tcp dport %d drop\n",
-      table.c_str(), ipk, dip.c_str(), ipk, sip.c_str(), Port(c.peer), Port(c.local));
+      "add rule inet %s in %s saddr %s %s daddr %s tcp sport %d tcp dport %d meta mark != 0x%x "
+      "drop\n",
+      table.c_str(), ipk, dip.c_str(), ipk, sip.c_str(), Port(c.peer), Port(c.local),
+      kNetLockPassMark);
   if (out_too)
-    r += StrFormat("add rule inet %s out %s saddr %s %s daddr %s tcp sport %d tcp dport %d drop\n",
+    r += StrFormat("add rule inet %s out %s saddr %s %s daddr %s tcp sport %d tcp dport %d "
+                   "meta mark != 0x%x drop\n",
                    table.c_str(), ipk, sip.c_str(), ipk, dip.c_str(), Port(c.local),
-                   Port(c.peer));
+                   Port(c.peer), kNetLockPassMark);
   return r;
 }
 

@@ -24,6 +24,10 @@
 
 namespace godwit::files {
 
+// Packets carrying this mark (SO_MARK) pass the lock: the segments the restore makes up as the
+// peer's (kind_inet.cc: a FIN or reset a restored socket had received) while the lock holds.
+constexpr uint32_t kNetLockPassMark = 0x67647769;
+
 // One TCP connection, as the local socket sees it.
 struct TcpConn {
   sockaddr_storage local{};

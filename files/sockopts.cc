@@ -71,6 +71,14 @@ void DumpSockOpts(int fd, img::SockOpts* o) {
       o->set_filter(insns.substr(0, n * sizeof(sock_filter)));
   }
   o->set_lock_filter(GetInt(fd, SOL_SOCKET, SO_LOCK_FILTER) != 0);
+  int lock = 0;
+  socklen_t ll = sizeof(lock);
+  if (getsockopt(fd, SOL_SOCKET, SO_BUF_LOCK, &lock, &ll) == 0) o->set_buf_lock_plus1(lock + 1);
+}
+
+Result<void> RestoreBufLock(int fd, const img::SockOpts& o) {
+  if (!o.buf_lock_plus1()) return Ok();
+  return SetInt(fd, SOL_SOCKET, SO_BUF_LOCK, o.buf_lock_plus1() - 1, "SO_BUF_LOCK");
 }
 
 Result<void> RestoreSockOpts(int fd, const img::SockOpts& o) {
@@ -112,7 +120,7 @@ Result<void> RestoreSockOpts(int fd, const img::SockOpts& o) {
   }
   // Last: a locked filter cannot be changed, and nothing after this needs to.
   if (o.lock_filter()) TRY(SetInt(fd, SOL_SOCKET, SO_LOCK_FILTER, 1, "SO_LOCK_FILTER"));
-  return Ok();
+  return RestoreBufLock(fd, o);
 }
 
 }  // namespace godwit::files

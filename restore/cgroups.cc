@@ -64,7 +64,50 @@ Result<void> MkdirAll(const std::string& dir) {
   return Ok();
 }
 
+// Splits "ID:CONTROLLERS:PATH"; false for a malformed line.
+bool SplitCgroupLine(const std::string& line, std::string* controllers, std::string* path) {
+  auto c1 = line.find(':');
+  auto c2 = c1 == std::string::npos ? c1 : line.find(':', c1 + 1);
+  if (c2 == std::string::npos) return false;
+  *controllers = line.substr(c1 + 1, c2 - c1 - 1);
+  *path = line.substr(c2 + 1);
+  return true;
+}
+
 }  // namespace
+
+Result<void> JoinThreadCgroups(RestoreContext& ctx) {
+  if (ctx.opts.root_inside || ctx.opts.root_clone_flags) return Ok();
+  std::vector<CgroupMount> mounts;
+  for (auto& p : ctx.procs) {
+    for (const auto& tc : p->entry->thread_cgroups()) {
+      if (mounts.empty()) mounts = CgroupMounts();
+      pid_t tid = p->HostTid(tc.tid());
+      auto now = fs::ReadFile(StrFormat("/proc/%d/task/%d/cgroup", p->pid, tid));
+      std::set<std::string> have;
+      if (now.ok())
+        for (const auto& l : fs::Split(*now, '\n')) have.insert(l);
+      for (const auto& line : tc.cgroups()) {
+        if (have.count(line)) continue;
+        std::string controllers, path;
+        if (!SplitCgroupLine(line, &controllers, &path))
+          return MakeError(ErrorKind::kBadImage, 0, "pstree.img: pid %d thread %d: bad cgroup "
+                           "line %s", p->entry->pid(), tc.tid(), line.c_str());
+        std::string dir = CgroupDir(mounts, controllers, path);
+        if (dir.empty()) {
+          LOG_WARN("restore: thread %d of pid %d stays out of cgroup %s (hierarchy %s is not "
+                   "mounted)", tc.tid(), p->entry->pid(), path.c_str(), controllers.c_str());
+          continue;
+        }
+        TRY_CTX(MkdirAll(dir), "thread %d: cgroup %s", tc.tid(), line.c_str());
+        const char* file = controllers.empty() ? "/cgroup.threads" : "/tasks";
+        TRY_CTX(fs::WriteFile(dir + file, StrFormat("%d", tid)), "thread %d of pid %d: join "
+                "cgroup %s (%s)", tc.tid(), p->entry->pid(), line.c_str(), dir.c_str());
+      }
+    }
+  }
+  return Ok();
+}
 
 Result<void> JoinCgroups(RestoreContext& ctx) {
   if (ctx.opts.root_inside || ctx.opts.root_clone_flags) return Ok();

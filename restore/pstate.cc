@@ -5,15 +5,19 @@
 #include "restore/pstate.h"
 
 #include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "common/fs.h"
 #include "common/log.h"
+#include "common/pid_standin.h"
 #include "common/scope_exit.h"
 #include "common/sched_attr.h"
 #include "files/files.h"
@@ -160,6 +164,16 @@ void RemoveMade(remote::Remote* r, pid_t pid, const std::vector<std::string>& ma
 
 }  // namespace
 
+// The pid of a "/proc/PID[/...]" path whose process is gone here, or 0.
+static pid_t DeadProcPid(const std::string& path) {
+  if (path.rfind("/proc/", 0) != 0) return 0;
+  size_t end = 6;
+  while (end < path.size() && path[end] >= '0' && path[end] <= '9') end++;
+  if (end == 6 || end - 6 >= 10 || (end < path.size() && path[end] != '/')) return 0;
+  pid_t pid = atoi(path.c_str() + 6);
+  return kill(pid, 0) < 0 && errno == ESRCH ? pid : 0;
+}
+
 // chroot first (the root is a path in the dumper's view, resolved from the restorer's root),
 // then chdir to the cwd as the process saw it, under its new root. chroot needs CAP_SYS_CHROOT,
 // so this runs before "creds". A removed root or cwd is recreated, entered and removed again:
@@ -189,6 +203,14 @@ Result<void> RestoreFs(RestoreContext& ctx, ProcessRestore& p) {
     // that fd keeps cwd and fd one directory.
     TRY_CTX(r->Syscall(SYS_fchdir, open_dir), "fchdir %d (removed cwd %s, also open)", open_dir,
             fs.cwd().c_str());
+  } else if (fs.cwd_deleted() && DeadProcPid(fs.cwd()) > 0) {
+    // The cwd was /proc/PID of a process that died before the dump (zdtm unhashed_proc): entered
+    // through a stand-in with that pid, which then goes (getcwd says ENOENT again).
+    ASSIGN_OR_RETURN(PidStandIn standin, PidStandIn::Make(DeadProcPid(fs.cwd())));
+    ASSIGN_OR_RETURN(long cd, PathCall(r, p.pid, SYS_chdir, fs.cwd()));
+    if (cd < 0)
+      return MakeError(ErrorKind::kGeneric, static_cast<int>(-cd), "chdir %s (a dead process's "
+                       "/proc entry): %s", fs.cwd().c_str(), strerror(static_cast<int>(-cd)));
   } else if (fs.cwd_deleted()) {
     std::vector<std::string> made;
     std::string at;
@@ -262,6 +284,15 @@ Result<void> RestoreSched(RestoreContext& ctx, ProcessRestore& p) {
     // Real-time policies ignore sched_nice, yet keep a nice value for a later switch back.
     if (setpriority(PRIO_PROCESS, static_cast<id_t>(p.HostTid(t.tid())), s.nice()) < 0)
       return Errno("setpriority %d nice %d", t.tid(), s.nice());
+    if (!t.cpu_affinity().empty()) {
+      cpu_set_t cpus;
+      CPU_ZERO(&cpus);
+      memcpy(&cpus, t.cpu_affinity().data(), std::min(t.cpu_affinity().size(), sizeof(cpus)));
+      // None of its CPUs here (another machine, a narrower cpuset): it keeps the ones it has.
+      if (sched_setaffinity(p.HostTid(t.tid()), sizeof(cpus), &cpus) < 0)
+        LOG_WARN("restore: thread %d keeps its CPU affinity: sched_setaffinity: %s", t.tid(),
+                 strerror(errno));
+    }
   }
   return Ok();
 }

@@ -61,6 +61,7 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
   TRY(JoinCgroups(ctx));                    // cgroups.cc: before memory is charged
   LOG_DEBUG("restore: seized, groups and cgroups joined");
   TRY(RunProcessSteps(ctx));                // steps.cc: mm, threads, process state, core
+  TRY(JoinThreadCgroups(ctx));              // cgroups.cc: threads that were moved alone
   ctx.last_pid.reset();  // its helper leaves the tree's pid namespace before the tree runs
   if (ctx.fds) TRY_CTX(ctx.fds->Finalize(), "files finalize");
   LOG_DEBUG("restore: files finalized");
