@@ -374,6 +374,9 @@ Result<DumpStats> Dump(const DumpOptions& opts, images::Sink& sink) {
   for (auto& p : ctx.procs)
     for (const auto& step : steps)
       if (!ctx.release || step.fn != DumpMm) TRY(run_step(*p, step));
+  // What only the whole tree's files tell (a unix peer outside it, a pidfd's target): refused
+  // here too, before the first page is released.
+  if (ctx.release && ctx.fds) TRY_CTX(ctx.fds->Check(), "dump files");
   if (ctx.release)
     for (auto& p : ctx.procs)
       for (const auto& step : steps)

@@ -88,6 +88,7 @@ class FdDumperImpl : public FdDumper {
   ~FdDumperImpl() override = default;
 
   Result<void> DumpProcess(pid_t pid) override;
+  Result<void> Check() override;
   Result<void> Finish() override;
   void Resume() override { ctx_.RunResume(); }
   Result<void> LockOutside(pid_t tree_pid) override;
@@ -343,9 +344,13 @@ Result<void> FdDumperImpl::CheckOutsidePeers() {
   return Ok();
 }
 
-Result<void> FdDumperImpl::Finish() {
+Result<void> FdDumperImpl::Check() {
   TRY(CheckOutsidePeers());
-  TRY(CheckPidfdTargets(files_, pids_, first_holder_));
+  return CheckPidfdTargets(files_, pids_, first_holder_);
+}
+
+Result<void> FdDumperImpl::Finish() {
+  TRY(Check());
   ASSIGN_OR_RETURN(images::ImageWriter w, images::ImageWriter::Create(sink_, "files.img"));
   for (const auto& e : files_) TRY(w.Write(e));
   TRY(w.Close());

@@ -58,6 +58,10 @@ class FdDumper {
   virtual ~FdDumper() = default;
   // The tree is frozen (ptrace-seized or cgroup-frozen). Writes fds-<pid>.img.
   virtual Result<void> DumpProcess(pid_t pid) = 0;
+  // After every process: whether the tree's descriptions can be restored at all (peers outside
+  // the tree, pidfd targets), writing nothing. A kill-mode dump asks before it releases any
+  // memory: a refusal must leave the tree running. Finish checks the same again.
+  virtual Result<void> Check() = 0;
   // After every process: writes files.img and the data blobs.
   virtual Result<void> Finish() = 0;
   // The dump failed or --leave-running: undo side effects (e.g. TCP repair mode off).

@@ -77,6 +77,11 @@ ZDTM(SockOpts02BufLockAndBroadcast, "sock_opts02")
 // --ext-unix-sk (CRIU's option; reconnected by name at restore). Without it the dump refuses,
 // naming the socket and its peer's name.
 TEST_F(ZdtmPort, SocketExtConnectedOutside) { RoundTrip("socket_ext", {"--ext-unix-sk"}); }
+// Without the flag: refused before the kill-mode dump releases any memory (the check needs the
+// whole tree's files, so it runs between the other steps and the memory): the tree runs on.
+TEST_F(ZdtmPort, SocketExtRefusedWithoutTheFlagTreeRunsOn) {
+  Refused("socket_ext", {"connected to a peer outside the tree"});
+}
 // socket_aio: a glibc aio_read blocked in a thread on a connection inside the tree.
 ZDTM_TCP(SocketAio, "socket_aio")
 // fifo_upon_unix_socket00/01: a FIFO made at the path of a bound (unlinked) socket.
