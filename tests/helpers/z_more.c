@@ -582,7 +582,7 @@ static int m_freebind(void) {
 }
 
 /* cgroup00/cgroup04-like: a named cgroup v1 hierarchy mounted in DIR/cg with the root process
- * in "sub" and a grandchild in "sub/subsub", and (where cgroup2 is mounted) a cgroup2 group of
+ * in "s<pid>" and a grandchild in "s<pid>/subsub", and (where cgroup2 is mounted) a cgroup2 group of
  * our own: after the restore each process is in the cgroups it was in. The test unmounts and
  * removes them afterwards (paths in DIR/cgroups). */
 static char v2dir[512];
@@ -608,8 +608,12 @@ static int cg_has(const char* line) {
   return found;
 }
 static int m_cgroups(void) {
-  char name[64], opts[96], mnt[512], sub[600], subsub[700];
-  snprintf(name, sizeof name, "gwzdtm%d", getpid());
+  /* One named hierarchy for every run (each run's own groups in it): a v1 hierarchy outlives
+   * its last mount (the kernel keeps it for the next mount of that name), so a name per run
+   * left one more behind each time. */
+  char name[64], opts[96], mnt[512], sub[600], subsub[700], leaf[32];
+  snprintf(name, sizeof name, "gwzdtm");
+  snprintf(leaf, sizeof leaf, "s%d", getpid());
   snprintf(opts, sizeof opts, "none,name=%s", name);
   snprintf(mnt, sizeof mnt, "%s", path_in("cg"));
   SETUP(mkdir(mnt, 0700) == 0);
@@ -617,8 +621,8 @@ static int m_cgroups(void) {
   SETUP(rec != NULL);
   SETUP(mount("none", mnt, "cgroup", 0, opts) == 0);
   fprintf(rec, "mount %s\n", mnt);
-  snprintf(sub, sizeof sub, "%s/sub", mnt);
-  snprintf(subsub, sizeof subsub, "%s/sub/subsub", mnt);
+  snprintf(sub, sizeof sub, "%s/%s", mnt, leaf);
+  snprintf(subsub, sizeof subsub, "%s/%s/subsub", mnt, leaf);
   fprintf(rec, "dir %s\ndir %s\n", subsub, sub);
   /* cgroup2, when mounted here (hybrid: /sys/fs/cgroup/unified): a group beside ours. */
   FILE* mi = fopen("/proc/self/mountinfo", "r");
@@ -627,7 +631,7 @@ static int m_cgroups(void) {
     char* dash = strstr(line, " - cgroup2 ");
     char root[256], at[256];
     if (dash && sscanf(line, "%*s %*s %*s %255s %255s", root, at) == 2 && !strcmp(root, "/")) {
-      snprintf(v2dir, sizeof v2dir, "%s/%s", at, name);
+      snprintf(v2dir, sizeof v2dir, "%s/%s%s", at, name, leaf);
       break;
     }
   }
@@ -647,13 +651,13 @@ static int m_cgroups(void) {
       if (write(q[1], &b, 1) != 1) _exit(2);
       if (read(p[0], &b, 1) != 1) _exit(3);
       char want[128];
-      snprintf(want, sizeof want, "name=%s:/sub/subsub\n", name);
+      snprintf(want, sizeof want, "name=%s:/%s/subsub\n", name, leaf);
       _exit(cg_has(want) ? 0 : 4);
     }
     char b;
     if (read(p[0], &b, 1) != 1) _exit(5);
     char want[128];
-    snprintf(want, sizeof want, "name=%s:/sub\n", name);
+    snprintf(want, sizeof want, "name=%s:/%s\n", name, leaf);
     if (!cg_has(want)) _exit(6);
     _exit(reap(g));
   }
@@ -661,10 +665,10 @@ static int m_cgroups(void) {
   SETUP(read(q[0], &b, 1) == 1);
   ready_and_wait();
   char want[128];
-  snprintf(want, sizeof want, "name=%s:/sub\n", name);
+  snprintf(want, sizeof want, "name=%s:/%s\n", name, leaf);
   CHECK(cg_has(want), "the root is not in %s", want);
   if (v2dir[0]) {
-    snprintf(want, sizeof want, ":/%s\n", name);
+    snprintf(want, sizeof want, ":/%s%s\n", name, leaf);
     CHECK(cg_has(want), "the root is not in cgroup2 %s", want);
   }
   CHECK(write(p[1], "gg", 2) == 2, "go");
