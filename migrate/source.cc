@@ -38,11 +38,13 @@ constexpr auto Ms = timing::MsBetween;  // Ms(a, b): from a to b
 constexpr double kFillBytesPerS = 0.8e9;
 // Freeze, non-memory state on both ends, restore of the tree without its memory, release and
 // announce: the part of the blackout that does not grow with the dirty set. Measured on this
-// machine kind (scripts/bench 60-migrate, session 5): a busybox container of 3 processes blacks
-// out 85-113 ms with a dirty set of a few pages (final dump 40-54 ms, restore 37-53 ms, release
-// and announce 6-19 ms).
-constexpr double kFixedMs = 80;
-constexpr double kPerProcessMs = 8;
+// machine kind (scripts/bench 60-migrate, session 7, quiet): a container of 3 processes with a
+// TCP connection blacks out 57-88 ms (median 65) at 64 MiB and 91-113 ms (median 96) at 1 GiB
+// with a dirty set of a few pages; the restore's record of the pre-copied pages for the lazy
+// pager is what grows with the memory (~25 ms a GiB).
+constexpr double kFixedMs = 50;
+constexpr double kPerProcessMs = 5;
+constexpr double kPerGiBMs = 25;
 // A round this small cannot shrink further in a way that matters: the fixed part decides.
 constexpr uint64_t kMinimalRound = 256 << 10;
 
@@ -177,7 +179,8 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
   // Pre-copy rounds while the container runs.
   auto pc = container::ContainerPreCopy::Start(o.root, o.id, *tree_sink);
   if (!pc.ok()) return fail(std::move(pc.error().wrap("pre-copy")));
-  rep->fixed_cost_ms = kFixedMs + kPerProcessMs * static_cast<double>(tree.size());
+  rep->fixed_cost_ms = kFixedMs + kPerProcessMs * static_cast<double>(tree.size()) +
+                       kPerGiBMs * static_cast<double>(ResidentBytes(tree)) / (1ull << 30);
   double last_throughput = 0;
   for (int round = 0;; ++round) {
     auto t0 = Clock::now();
