@@ -7,8 +7,9 @@
 // (medians over reps): dump, restore and lazy restore wall seconds (restores: until the tree
 // runs), frozen ms, image bytes, and peak_extra: the dump's peak memory beyond what the tree
 // held before it (a memory cgroup holding the tree and godwit; -1 without one). dump_cpu and
-// restore_cpu: CPU seconds (user + system) the dump and the full restore cost, godwit's own and
-// the tree's during it (injected calls run in the tree's processes): unlike the wall times, they
+// restore_cpu: CPU seconds (user + system) the dump and the full restore (until the tree runs)
+// cost, godwit's own and the tree's (injected calls run in the tree's processes; the restored
+// tree is a single process here): unlike the wall times, they
 // hardly move with what else the shared machine runs; on two otherwise idle cores a command
 // cannot take less than half of it.
 // It is a child subreaper so the killed originals are reaped here (pid 1 of this VM does not).
@@ -277,13 +278,15 @@ int main(int argc, char** argv) {
     close(fd);
     restore_mem[bi][r] = num(line, "memory_ms");
     int root = (int)num(line, "root_pid");
+    // Read now, not from wait4 after the kill: the killed root's exit (freeing its memory) is
+    // not part of the restore.
+    restore_cpu[bi][r] = proc_cpu_s(g) + (root > 0 ? proc_cpu_s(root) : 0);
     if (root <= 0) {
       fprintf(stderr, "restore failed: %s\n", line);
       { cg_leave(); return 1; }
     }
     kill(root, SIGKILL);
-    wait4(g, &st, 0, &ru);  // with the root it waited for
-    restore_cpu[bi][r] = ru_s(&ru);
+    waitpid(g, &st, 0);
     // The same images restored with --lazy: until the tree runs (its memory paged in after).
     char* la[] = {(char*)godwit, "restore", "--images-dir", (char*)dir, "--lazy", "--json", NULL};
     sleep(settle);
