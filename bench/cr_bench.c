@@ -6,7 +6,12 @@
 // after the other (paired runs on a shared machine). Prints per binary one line of key=value
 // (medians over reps): dump, restore and lazy restore wall seconds (restores: until the tree
 // runs), frozen ms, image bytes, and peak_extra: the dump's peak memory beyond what the tree
-// held before it (a memory cgroup holding the tree and godwit; -1 without one).
+// held before it (a memory cgroup holding the tree and godwit; -1 without one). dump_cpu and
+// restore_cpu: CPU seconds (user + system) the dump and the full restore (until the tree runs)
+// cost, godwit's own and the tree's (injected calls run in the tree's processes; the restored
+// tree is a single process here): unlike the wall times, they
+// hardly move with what else the shared machine runs; on two otherwise idle cores a command
+// cannot take less than half of it.
 // It is a child subreaper so the killed originals are reaped here (pid 1 of this VM does not).
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -16,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -60,6 +66,29 @@ static int readline(int fd, char* buf, size_t len) {
   }
   buf[n] = 0;
   return (int)n;
+}
+
+static double ru_s(const struct rusage* ru) {
+  return ru->ru_utime.tv_sec + ru->ru_utime.tv_usec / 1e6 + ru->ru_stime.tv_sec +
+         ru->ru_stime.tv_usec / 1e6;
+}
+
+// CPU seconds pid has used so far (utime + stime of /proc/PID/stat), -1 if unreadable.
+static double proc_cpu_s(pid_t pid) {
+  char path[64], buf[1024];
+  snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+  FILE* f = fopen(path, "r");
+  if (!f) return -1;
+  size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+  fclose(f);
+  buf[n] = 0;
+  char* p = strrchr(buf, ')');
+  unsigned long long ut = 0, st = 0;
+  // After the comm: state ppid pgrp session tty_nr tpgid flags minflt cminflt majflt cmajflt
+  // utime stime.
+  if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
+    return -1;
+  return (double)(ut + st) / sysconf(_SC_CLK_TCK);
 }
 
 static int cmp(const void* a, const void* b) {
@@ -177,7 +206,8 @@ int main(int argc, char** argv) {
   const char* settle_env = getenv("CR_SETTLE");
   int settle = settle_env ? atoi(settle_env) : 3;
   double dump_s[4][16], frozen[4][16], freeze[4][16], memdump[4][16], restore_s[4][16],
-      restore_mem[4][16], lazy_s[4][16], peak[4][16], bytes = 0, image = 0;
+      restore_mem[4][16], lazy_s[4][16], peak[4][16], dump_cpu[4][16], restore_cpu[4][16],
+      bytes = 0, image = 0;
   cg_join();
   for (int rb = 0; rb < reps * nbins && rb < 16 * nbins; ++rb) {
     int r = rb / nbins, bi = rb % nbins;
@@ -213,12 +243,15 @@ int main(int argc, char** argv) {
     sleep(settle);
     long long before = cg_read("memory.usage_in_bytes", "memory.current");
     cg_reset_peak();
+    double hold_cpu = proc_cpu_s(holder);
     double t0 = now();
     pid_t g = spawn(da, &fd);
     readline(fd, line, sizeof(line));
     int st;
-    waitpid(g, &st, 0);
+    struct rusage ru;
+    wait4(g, &st, 0, &ru);
     dump_s[bi][r] = now() - t0;
+    dump_cpu[bi][r] = ru_s(&ru);
     long long pk = cg_read("memory.max_usage_in_bytes", "memory.peak");
     peak[bi][r] = before >= 0 && pk >= 0 ? (double)(pk - before) : -1;
     close(fd);
@@ -232,7 +265,9 @@ int main(int argc, char** argv) {
     freeze[bi][r] = num(line, "freeze_ms");
     memdump[bi][r] = num(line, "memdump_ms");
     bytes = num(line, "bytes");
-    waitpid(holder, &st, 0);
+    struct rusage hru;
+    wait4(holder, &st, 0, &hru);
+    if (hold_cpu >= 0) dump_cpu[bi][r] += ru_s(&hru) - hold_cpu;
     image = dir_bytes(dir);
     char* ra[] = {(char*)godwit, "restore", "--images-dir", (char*)dir, "--json", NULL};
     sleep(settle);
@@ -243,6 +278,9 @@ int main(int argc, char** argv) {
     close(fd);
     restore_mem[bi][r] = num(line, "memory_ms");
     int root = (int)num(line, "root_pid");
+    // Read now, not from wait4 after the kill: the killed root's exit (freeing its memory) is
+    // not part of the restore.
+    restore_cpu[bi][r] = proc_cpu_s(g) + (root > 0 ? proc_cpu_s(root) : 0);
     if (root <= 0) {
       fprintf(stderr, "restore failed: %s\n", line);
       { cg_leave(); return 1; }
@@ -272,9 +310,11 @@ int main(int argc, char** argv) {
   int n = reps < 16 ? reps : 16;
   for (int bi = 0; bi < nbins; ++bi)
     printf("bin=%d bytes=%.0f image=%.0f dump_s=%.3f frozen_ms=%.1f freeze_ms=%.1f memdump_ms=%.1f "
-           "restore_s=%.3f restore_memory_ms=%.1f lazy_s=%.4f peak_extra=%.0f\n",
+           "restore_s=%.3f restore_memory_ms=%.1f lazy_s=%.4f peak_extra=%.0f dump_cpu=%.3f "
+           "restore_cpu=%.3f\n",
            bi, bytes, image, median(dump_s[bi], n), median(frozen[bi], n), median(freeze[bi], n),
            median(memdump[bi], n), median(restore_s[bi], n), median(restore_mem[bi], n),
-           median(lazy_s[bi], n), median(peak[bi], n));
+           median(lazy_s[bi], n), median(peak[bi], n), median(dump_cpu[bi], n),
+           median(restore_cpu[bi], n));
   return 0;
 }

@@ -101,7 +101,7 @@ int main(int argc, char** argv) {
   printf(
       "crc32c %s: %.2f GB/s from memory = %.2fx memcpy, %.2f GB/s from cache (table "
       "fallback %.2f GB/s)\n",
-      Crc32cHardware() ? "sse4.2" : "table", n / t_crc / 1e9, (n / t_crc / 1e9) / memcpy_gbs,
+      Crc32cHardware() ? "hardware" : "table", n / t_crc / 1e9, (n / t_crc / 1e9) / memcpy_gbs,
       n / t_hot / 1e9, sw_n / t_sw / 1e9);
 
   struct Mode {

@@ -53,8 +53,10 @@ TEST(ImagesCrc32c, KnownVectorsAndPaths) {
   EXPECT_EQ(Crc32c(0, "123456789", 9), 0xe3069283u);
   EXPECT_EQ(Crc32cSoftware(0, "123456789", 9), 0xe3069283u);
   std::string data = RandomBytes(100000, 1);
-  for (size_t len : {0ul, 1ul, 7ul, 8ul, 4095ul, 12288ul, 12289ul, 40000ul, 100000ul}) {
-    for (size_t start : {0ul, 1ul, 3ul}) {
+  // Around the folding path's threshold and round (256 bytes) too.
+  for (size_t len : {0ul, 1ul, 7ul, 8ul, 255ul, 256ul, 257ul, 263ul, 511ul, 512ul, 767ul, 4095ul,
+                     12288ul, 12289ul, 40000ul, 100000ul}) {
+    for (size_t start : {0ul, 1ul, 3ul, 13ul}) {
       if (start + len > data.size()) continue;
       uint32_t sw = Crc32cSoftware(0, data.data() + start, len);
       EXPECT_EQ(Crc32c(0, data.data() + start, len), sw) << len << " " << start;

@@ -11,7 +11,10 @@
 # restore until the tree runs, each time also as a ratio x to the time the limit needs for the
 # same bytes (bytes / recent2: creating the pages on both cores), and the dump's peak extra memory
 # (a memory cgroup holding the tree and godwit: its peak minus its usage before the dump) in % of
-# the tree. The machine is shared: compare paired lines, and note `uptime` with every number.
+# the tree. cpu_s: the CPU seconds the dump and the full restore cost (godwit's and the tree's
+# during it): the wall times move 2-5x with what the other sessions run, these hardly; on two
+# otherwise idle cores a command needs at least half of it. The machine is shared: compare paired
+# lines, and note `uptime` with every number.
 # Targets (issue 13, 2 GiB): dump total <= 1.4 s, frozen <= 300 ms (no pre-copy), lazy
 # time-to-running <= 30 ms, full restore <= 0.6 s, peak extra memory <= 10% (kill mode).
 #
@@ -59,8 +62,8 @@ for fs in ${CR_FS:-shm}; do
     read -r hot fresh r1 r2 i1 i2 < <("$out/cr_memcpy" "$size" "$settle")
     printf "%s %s MiB limits GB/s: hot %.2f | recent 1t %.2f 2t %.2f | idle 1t %.2f 2t %.2f | load %s\n" \
       "$fs" "$size" "$hot" "$r1" "$r2" "$i1" "$i2" "$(cut -d' ' -f1-3 /proc/loadavg)"
-    printf "  %-5s %-6s %3s | %6s %5s | %8s %5s | %6s %5s | %7s | %6s | %7s\n" \
-      comp data bin dump_s x dump_frz x rest_s x lazy_ms peak% image_MiB
+    printf "  %-5s %-6s %3s | %6s %5s %5s | %8s %5s | %6s %5s %5s | %7s | %6s | %7s\n" \
+      comp data bin dump_s x cpu_s dump_frz x rest_s x cpu_s lazy_ms peak% image_MiB
     for cd in ${CR_COMBOS:-raw/random zstd/random zstd/low}; do
       comp=${cd%/*} data=${cd#*/}
       "$out/cr_bench" "$bins" "$out/cr_hold" "$dir" "$size" "$comp" "$reps" "$data" |
@@ -68,17 +71,20 @@ for fs in ${CR_FS:-shm}; do
         eval "$line"
         awk -v c="$comp" -v da="$data" -v bin="$bin" -v r2="$r2" -v b="$bytes" -v im="$image" \
             -v d="$dump_s" -v f="$frozen_ms" -v r="$restore_s" -v lz="$lazy_s" -v pk="$peak_extra" \
+            -v dc="$dump_cpu" -v rc="$restore_cpu" \
             'BEGIN {
           lim = b / (r2 * 1e9);  # seconds to create the pages on both cores
           pp = pk < 0 ? -1 : 100 * pk / b;
-          printf "  %-5s %-6s %3s | %6.3f %5.2f | %8.1f %5.2f | %6.3f %5.2f | %7.1f | %6.1f | %7.1f\n",
-                 c, da, bin, d, d / lim, f, f / 1000 / lim, r, r / lim, lz * 1000, pp, im / 1048576 }'
+          printf "  %-5s %-6s %3s | %6.3f %5.2f %5.2f | %8.1f %5.2f | %6.3f %5.2f %5.2f | %7.1f | %6.1f | %7.1f\n",
+                 c, da, bin, d, d / lim, dc, f, f / 1000 / lim, r, r / lim, rc, lz * 1000, pp,
+                 im / 1048576 }'
       done
     done
   done
   [ "$fs" = huge ] && umount "$mnt"
 done
 echo "(dump_s, rest_s: wall time of the whole godwit command (restore: until the tree runs);"
+echo " cpu_s: CPU seconds of the command and of the tree during it (two idle cores: >= cpu_s / 2);"
 echo " dump_frz: frozen ms; x: that time / (bytes / recent2), the time both cores need to create"
 echo " the pages; lazy_ms: restore --lazy until the tree runs; peak%: the dump's peak extra memory"
 echo " in % of the tree (-1: no memory cgroup); data: random = incompressible (stored raw even with"
