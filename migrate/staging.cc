@@ -3,7 +3,6 @@
 #include <linux/magic.h>
 #include <stdlib.h>
 #include <sys/statfs.h>
-
 #include <unistd.h>
 
 #include <cerrno>
