@@ -116,10 +116,12 @@ class MigrateTest : public ::testing::Test {
     for (auto& id : ids_) {
       for (char h : {'a', 'b'}) (void)Gw(h, {"delete", "--force", id});
     }
-    daemons_.clear();
+    // SIGTERM, as an operator stops it: the daemon ends its sessions and removes what they
+    // staged (a SIGKILL would leave a session's staging to the next daemon on that root).
+    (void)StopDaemons();
     // Nothing of a migration is left in either host's state root or memory-backed staging
-    // (migrate/staging.h). The daemons were killed, possibly between a session's end and its
-    // base directory's removal: an empty base is removed here (each test has its own roots).
+    // (migrate/staging.h); an empty base left by a session that ended while another ran is
+    // removed here (each test has its own roots).
     for (char h : {'a', 'b'}) {
       for (const char* sub : {"incoming", "outgoing"}) {
         for (const auto& base : migrate::StagingCandidates(Root(h), sub)) {
@@ -408,12 +410,14 @@ TEST_F(MigrateTest, NothingSpeaksForTheContainerButItsLiveCopy) {
     };
     for (size_t i = 0; i < frames.size(); ++i) {
       if (frames[i].bytes.substr(6, 6) != mac) continue;
-      if (i < arp_at)
+      if (i < arp_at) {
         EXPECT_EQ(frames[i].host, from) << "frame " << i << " (" << type(frames[i].bytes)
                                         << ") left the destination before the commit";
-      if (i > arp_at)
+      }
+      if (i > arp_at) {
         EXPECT_EQ(frames[i].host, to) << "frame " << i << " (" << type(frames[i].bytes)
                                       << ") left the source after the commit";
+      }
     }
     // Nothing of the switch is left: no godwit_ table in either host nor in the container.
     for (char h : {'a', 'b'}) {
