@@ -37,6 +37,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <map>
 #include <optional>
 
 #include "common/fs.h"
@@ -806,10 +807,38 @@ Result<UniqueFd> OpenInet(FdRestoreContext& ctx, const img::FileEntry& e) {
     // The same protocol: a UDP datagram never reaches a UDP-Lite socket.
     UniqueFd tmp(socket(sk.family(), SOCK_DGRAM | SOCK_CLOEXEC, sk.protocol()));
     if (!tmp) return Errno("socket to requeue datagrams");
+    // Each datagram from its own sender's address where a transparent socket can take it (a
+    // server answers recvfrom's address: a client's, not ours; a migrated UDP server's queued
+    // requests are answered to their clients), else from the plain one (an address a restored
+    // socket holds again, no CAP_NET_ADMIN).
+    std::map<std::string, UniqueFd> senders;
+    auto from_sender = [&](const std::string& addr) -> int {
+      if (addr.size() != (sk.family() == AF_INET ? sizeof(sockaddr_in) : sizeof(sockaddr_in6)) ||
+          reinterpret_cast<const sockaddr*>(addr.data())->sa_family != sk.family())
+        return tmp.get();
+      auto it = senders.find(addr);
+      if (it == senders.end()) {
+        UniqueFd f(socket(sk.family(), SOCK_DGRAM | SOCK_CLOEXEC, sk.protocol()));
+        int one = 1;
+        bool ok = f.valid() &&
+                  (sk.family() == AF_INET
+                       ? setsockopt(f.get(), SOL_IP, IP_TRANSPARENT, &one, sizeof one) == 0
+                       : setsockopt(f.get(), SOL_IPV6, IPV6_TRANSPARENT, &one, sizeof one) == 0) &&
+                  setsockopt(f.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) == 0 &&
+                  bind(f.get(), reinterpret_cast<const sockaddr*>(addr.data()), addr.size()) == 0;
+        it = senders.emplace(addr, ok ? std::move(f) : UniqueFd()).first;
+      }
+      return it->second.valid() ? it->second.get() : tmp.get();
+    };
     for (const auto& m : sk.queue()) {
       ASSIGN_OR_RETURN(std::string data, ctx.ReadBlob(m.data()));
-      if (sendto(tmp.get(), data.data(), data.size(), MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&to), tl) !=
-          static_cast<ssize_t>(data.size()))
+      int via = from_sender(m.sender());
+      ssize_t n = sendto(via, data.data(), data.size(), MSG_DONTWAIT,
+                         reinterpret_cast<sockaddr*>(&to), tl);
+      if (n < 0 && via != tmp.get())  // refused from there: from the plain socket after all
+        n = sendto(tmp.get(), data.data(), data.size(), MSG_DONTWAIT,
+                   reinterpret_cast<sockaddr*>(&to), tl);
+      if (n != static_cast<ssize_t>(data.size()))
         return Errno("requeue UDP datagram to %s", AddrStr(sk.src()).c_str());
     }
   }

@@ -73,6 +73,8 @@ ZDTM_TCP(SocketTcpReuseport, "tcp_reuseport")
 
 // sock_opts02 (SO_BUF_LOCK), socket_udp-broadcast (SO_BROADCAST).
 ZDTM(SockOpts02BufLockAndBroadcast, "sock_opts02")
+// Queued UDP datagrams keep their senders (recvfrom's address: where a server answers).
+ZDTM(UdpQueuedDatagramsKeepTheirSenders, "udp_senders")
 // socket-ext: a datagram socket connected to one of a process outside the tree: allowed with
 // --ext-unix-sk (CRIU's option; reconnected by name at restore). Without it the dump refuses,
 // naming the socket and its peer's name.

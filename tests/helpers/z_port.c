@@ -412,6 +412,34 @@ static int m_sock_opts02(void) {
   return 0;
 }
 
+/* UDP datagrams queued with their senders: a server reads each datagram's sender with
+ * recvfrom and answers there, so the restored queue must keep them (a sender bound to another
+ * local address, 127.0.0.9, and closed before the dump: its address is free again). */
+static int m_udp_senders(void) {
+  int srv = socket(AF_INET, SOCK_DGRAM, 0), c = socket(AF_INET, SOCK_DGRAM, 0);
+  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  SETUP(srv >= 0 && c >= 0 && bind(srv, (void*)&sa, sizeof sa) == 0);
+  socklen_t l = sizeof sa;
+  SETUP(getsockname(srv, (void*)&sa, &l) == 0);
+  struct sockaddr_in from = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(0x7f000009)};
+  SETUP(bind(c, (void*)&from, sizeof from) == 0);
+  l = sizeof from;
+  SETUP(getsockname(c, (void*)&from, &l) == 0);
+  SETUP(sendto(c, "who", 3, 0, (void*)&sa, sizeof sa) == 3);
+  SETUP(close(c) == 0);
+  ready_and_wait();
+  char buf[8];
+  struct sockaddr_in got = {0};
+  l = sizeof got;
+  CHECK(recvfrom(srv, buf, sizeof buf, MSG_DONTWAIT, (void*)&got, &l) == 3 &&
+            !memcmp(buf, "who", 3),
+        "the queued datagram");
+  CHECK(got.sin_addr.s_addr == from.sin_addr.s_addr && got.sin_port == from.sin_port,
+        "its sender %#x:%d, was %#x:%d", ntohl(got.sin_addr.s_addr), ntohs(got.sin_port),
+        ntohl(from.sin_addr.s_addr), ntohs(from.sin_port));
+  return 0;
+}
+
 /* socket-ext: a datagram socket connected to a socket bound by a process outside the tree.
  * Restored: still connected to it (the name is unlinked first: the connection is to the
  * socket, not the name); the datagram reaches the outside process. */
@@ -1459,6 +1487,7 @@ int main(int argc, char** argv) {
       {"tcp_reseted", m_tcp_reseted},
       {"tcp_reuseport", m_tcp_reuseport},
       {"sock_opts02", m_sock_opts02},
+      {"udp_senders", m_udp_senders},
       {"socket_ext", m_socket_ext},
       {"socket_aio", m_socket_aio},
       {"fifo_upon_unix00", m_fifo_upon_unix00},
