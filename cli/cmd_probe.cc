@@ -44,6 +44,7 @@
 #include "cli/command.h"
 #include "common/args.h"
 #include "common/fs.h"
+#include "common/inet_checksum.h"
 #include "common/unique_fd.h"
 
 namespace godwit::cli {
@@ -322,15 +323,6 @@ Result<UniqueFd> ConnectIcmp(const std::string& target, bool* v6) {
   return fd;
 }
 
-// The Internet checksum of an ICMP message (ICMPv6's is the kernel's: it covers a pseudo-header).
-uint16_t IcmpChecksum(const uint8_t* p, size_t n) {
-  uint32_t sum = 0;
-  for (; n > 1; p += 2, n -= 2) sum += (uint32_t{p[0]} << 8) | p[1];
-  if (n) sum += uint32_t{p[0]} << 8;
-  while (sum >> 16) sum = (sum & 0xffff) + (sum >> 16);
-  return static_cast<uint16_t>(~sum);
-}
-
 std::string LocalName(int fd) {
   sockaddr_storage ss{};
   socklen_t l = sizeof(ss);
@@ -512,7 +504,7 @@ class Probe {
       req[7] = static_cast<uint8_t>(icmp_.sent);
       FillMessage(salt_ ^ 0xAAAA, icmp_.sent, o_.size, req.data() + 8);
       if (!icmp_.v6) {
-        uint16_t c = IcmpChecksum(req.data(), req.size());
+        uint16_t c = inet::Checksum(req.data(), req.size());
         req[2] = static_cast<uint8_t>(c >> 8);
         req[3] = static_cast<uint8_t>(c);
       }

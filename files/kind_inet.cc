@@ -41,6 +41,7 @@
 #include <optional>
 
 #include "common/fs.h"
+#include "common/inet_checksum.h"
 #include "common/log.h"
 #include "common/netns.h"
 #include "files/kind.h"
@@ -95,18 +96,6 @@ int TcpState(int fd) {
 Result<void> SetInt(int fd, int level, int opt, int v, const char* what) {
   if (setsockopt(fd, level, opt, &v, sizeof(v)) < 0) return Errno("setsockopt %s=%d", what, v);
   return Ok();
-}
-
-// The internet checksum of a TCP segment: the pseudo header's words and the segment's.
-uint32_t CsumAdd(uint32_t sum, const void* p, size_t n) {
-  const uint8_t* b = static_cast<const uint8_t*>(p);
-  for (size_t i = 0; i + 1 < n; i += 2) sum += (b[i] << 8) | b[i + 1];
-  if (n & 1) sum += b[n - 1] << 8;
-  return sum;
-}
-uint16_t CsumFold(uint32_t sum) {
-  while (sum >> 16) sum = (sum & 0xffff) + (sum >> 16);
-  return htons(static_cast<uint16_t>(~sum & 0xffff));
 }
 
 // The peer's window as its segments carry it (scaled).
@@ -176,10 +165,10 @@ Result<void> InjectFromPeer(int fd, const img::InetSocket& sk, uint32_t seq, uin
   sockaddr_storage to{};
   socklen_t tl;
   if (v4) {
-    sum = CsumAdd(sum, &p4, 4);
-    sum = CsumAdd(sum, &l4, 4);
+    sum = inet::SumWords(sum, &p4, 4);
+    sum = inet::SumWords(sum, &l4, 4);
     sum += IPPROTO_TCP + sizeof(th);
-    th.check = CsumFold(CsumAdd(sum, &th, sizeof(th)));
+    th.check = htons(inet::Fold(inet::SumWords(sum, &th, sizeof(th))));
     iphdr ip{};
     ip.version = 4;
     ip.ihl = sizeof(ip) / 4;
@@ -197,10 +186,10 @@ Result<void> InjectFromPeer(int fd, const img::InetSocket& sk, uint32_t seq, uin
     a->sin_addr = l4;
     tl = sizeof(*a);
   } else {
-    sum = CsumAdd(sum, &p6, 16);
-    sum = CsumAdd(sum, &l6, 16);
+    sum = inet::SumWords(sum, &p6, 16);
+    sum = inet::SumWords(sum, &l6, 16);
     sum += IPPROTO_TCP + sizeof(th);
-    th.check = CsumFold(CsumAdd(sum, &th, sizeof(th)));
+    th.check = htons(inet::Fold(inet::SumWords(sum, &th, sizeof(th))));
     ip6_hdr ip{};
     ip.ip6_flow = htonl(6u << 28);
     ip.ip6_plen = htons(sizeof(th));

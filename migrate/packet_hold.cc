@@ -12,9 +12,9 @@
 
 #include <cstring>
 
-#include "common/log.h"
-
 #include "common/fs.h"
+#include "common/inet_checksum.h"
+#include "common/log.h"
 #include "common/netns.h"
 #include "runtime/network.h"
 
@@ -43,21 +43,6 @@ Result<PacketHold> PacketHold::Start(const std::string& host_veth, int rcvbuf) {
   return h;
 }
 
-namespace {
-
-uint32_t SumWords(const uint8_t* p, size_t n, uint32_t sum) {
-  for (; n > 1; p += 2, n -= 2) sum += (uint32_t{p[0]} << 8) | p[1];
-  if (n) sum += uint32_t{p[0]} << 8;
-  return sum;
-}
-
-uint16_t Fold(uint32_t sum) {
-  while (sum >> 16) sum = (sum & 0xffff) + (sum >> 16);
-  return static_cast<uint16_t>(~sum);
-}
-
-}  // namespace
-
 // A frame a local sender handed to a veth with checksum offload carries a partial TCP/UDP
 // checksum (the pseudo-header's only: CHECKSUM_PARTIAL, completed by nobody on a virtual path).
 // Sent again through a packet socket it is an ordinary frame, checked and dropped by the
@@ -83,7 +68,7 @@ void FixChecksums(char* frame, size_t len) {
     proto = ip[9];
     l4 = off + ihl;
     l4len = total - ihl;
-    sum = SumWords(ip + 12, 8, 0);  // source and destination
+    sum = inet::SumWords(0, ip + 12, 8);  // source and destination
   } else if (type == ETH_P_IPV6) {
     if (len < off + 40) return;
     const uint8_t* ip = f + off;
@@ -92,7 +77,7 @@ void FixChecksums(char* frame, size_t len) {
     proto = ip[6];  // extension headers are left alone
     l4 = off + 40;
     l4len = plen;
-    sum = SumWords(ip + 8, 32, 0);
+    sum = inet::SumWords(0, ip + 8, 32);
   } else {
     return;
   }
@@ -108,7 +93,7 @@ void FixChecksums(char* frame, size_t len) {
   sum += static_cast<uint32_t>(l4len & 0xffff) + static_cast<uint32_t>(l4len >> 16);
   uint8_t* seg = f + l4;
   seg[at] = seg[at + 1] = 0;
-  uint16_t c = Fold(SumWords(seg, l4len, sum));
+  uint16_t c = inet::Fold(inet::SumWords(sum, seg, l4len));
   if (proto == IPPROTO_UDP && c == 0) c = 0xffff;
   seg[at] = static_cast<uint8_t>(c >> 8);
   seg[at + 1] = static_cast<uint8_t>(c & 0xff);
