@@ -259,7 +259,11 @@ Result<void> DumpTcpEstablished(FdDumpContext& ctx, const Probe& p, img::InetSoc
   int st = sk->state();
   // The queues' FINs take a sequence number but no byte.
   if (SentFin(st) && outq > 0) outq--;
-  if (SentFin(st) && unsent > 0 && unsent > outq) unsent = outq;
+  // SIOCOUTQNSD counts from snd_nxt to write_seq: a FIN not sent yet (a closed window) is its
+  // last unit, not a byte of data. Counting it as one made the restored socket's sent part a
+  // byte short of what the peer had acked: the peer's acks then lay beyond the restored snd_nxt
+  // and were dropped, forever when the window was closed (SocketTcpClosing hung 1 run in 5).
+  if (SentFin(st) && unsent > 0) unsent--;
   ASSIGN_OR_RETURN(std::string sendq, PeekTcpQueue(fd, TCP_SEND_QUEUE, outq));
   ASSIGN_OR_RETURN(std::string recvq, PeekTcpQueue(fd, TCP_RECV_QUEUE, inq));
   if (static_cast<int>(sendq.size()) != outq || static_cast<int>(recvq.size()) != inq)
