@@ -257,10 +257,17 @@ Result<void> RestoreSched(RestoreContext& ctx, ProcessRestore& p) {
   ASSIGN_OR_RETURN(img::ProcessState ps, LoadPstate(ctx, p));
   remote::Remote* r = p.remote.get();
   for (const auto& t : ps.threads()) {
-    const auto& s = t.sched();
     if (t.timer_slack_ns() != 0)
       TRY_CTX(r->SyscallIn(p.HostTid(t.tid()), SYS_prctl, PR_SET_TIMERSLACK, t.timer_slack_ns()),
               "timer slack of %d", t.tid());
+  }
+  return Ok();
+}
+
+Result<void> ApplySchedAttrs(RestoreContext& ctx, ProcessRestore& p) {
+  ASSIGN_OR_RETURN(img::ProcessState ps, LoadPstate(ctx, p));
+  for (const auto& t : ps.threads()) {
+    const auto& s = t.sched();
     SchedAttr sa{};
     sa.size = sizeof(sa);
     sa.sched_policy = s.policy();

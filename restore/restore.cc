@@ -65,6 +65,7 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
   ctx.last_pid.reset();  // its helper leaves the tree's pid namespace before the tree runs
   if (ctx.fds) TRY_CTX(ctx.fds->Finalize(), "files finalize");
   LOG_DEBUG("restore: files finalized");
+  for (auto& p : ctx.procs) TRY_CTX(ApplySchedAttrs(ctx, *p), "restore pid %d: sched", p->pid);
   if (!opts.pid_file.empty())
     TRY(fs::WriteFile(opts.pid_file, StrFormat("%d", ctx.root_host_pid), true));
   ASSIGN_OR_RETURN(std::vector<pid_t> stopped, ResumeTree(ctx));  // attach.cc: all at once

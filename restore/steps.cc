@@ -21,7 +21,7 @@ const std::vector<RestoreStep>& ProcessSteps() {
       {"mm", RestoreMm, /*last_image_reader=*/true},
       {"threads", RestoreThreads},
       // Process state (restore/pstate*.cc). Handlers and altstacks point into the new memory;
-      // everything that needs privilege (chroot, sched) before "creds"; pdeathsig and
+      // everything that needs privilege (chroot, timer slack) before "creds"; pdeathsig and
       // dumpable after it (a cred change resets both); timers armed late so none fires early.
       {"sigactions", RestoreSigactions},
       {"sigaltstack", RestoreSigaltstack},

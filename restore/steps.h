@@ -35,7 +35,11 @@ Result<void> RestoreRlimits(RestoreContext& ctx, ProcessRestore& p);
 Result<void> RestoreFs(RestoreContext& ctx, ProcessRestore& p);          // cwd, root, umask
 Result<void> RestorePersonality(RestoreContext& ctx, ProcessRestore& p);
 Result<void> RestoreComm(RestoreContext& ctx, ProcessRestore& p);
-Result<void> RestoreSched(RestoreContext& ctx, ProcessRestore& p);       // + timer slack
+Result<void> RestoreSched(RestoreContext& ctx, ProcessRestore& p);       // timer slack
+// Policy, nice, priority, affinity: set from outside once nothing is injected any more (just
+// before the tree resumes), so that the injections run at the priority the tree inherited from
+// the restore (a migration's blackout runs at nice -20), not at the tree's own.
+Result<void> ApplySchedAttrs(RestoreContext& ctx, ProcessRestore& p);
 Result<void> RestoreProcFlags(RestoreContext& ctx, ProcessRestore& p);   // subreaper, THP
 Result<void> RestorePosixTimers(RestoreContext& ctx, ProcessRestore& p);  // create, disarmed
 Result<void> RestoreCreds(RestoreContext& ctx, ProcessRestore& p);
