@@ -375,9 +375,26 @@ Result<void> BlobReader::VerifyRange(uint64_t offset, uint64_t len) const {
 }
 
 Result<void> BlobReader::CheckChunk(const Chunk& c, std::vector<char>* buf) const {
-  buf->resize(c.stored_len);
-  TRY(ReadAt(c.file_off, buf->data(), c.stored_len));
-  if (Crc32c(0, buf->data(), c.stored_len) != c.crc)
+  // Through a small buffer that stays in the cache: a chunk-sized one (up to 4 MiB) was fresh
+  // memory for every check, its page faults costing more than the checksum itself (3.8 ms for
+  // one chunk here, to check a 20 KiB piece of it in a restore).
+  constexpr size_t kStep = 256 << 10;
+  uint32_t crc = 0;
+  if (in_mem_) {
+    if (c.file_off > file_size_ || c.stored_len > file_size_ - c.file_off)
+      return Bad(name_, c.file_off, "read of %llu bytes beyond the end of the file",
+                 static_cast<unsigned long long>(c.stored_len));
+    crc = Crc32c(0, mem_.data() + c.file_off, c.stored_len);
+  } else {
+    buf->resize(std::min<size_t>(kStep, c.stored_len));
+    for (uint64_t done = 0; done < c.stored_len;) {
+      size_t n = std::min<uint64_t>(kStep, c.stored_len - done);
+      TRY(ReadAt(c.file_off + done, buf->data(), n));
+      crc = Crc32c(crc, buf->data(), n);
+      done += n;
+    }
+  }
+  if (crc != c.crc)
     return Bad(name_, c.file_off - sizeof(format::ChunkHeader),
                "chunk checksum mismatch (chunk of logical [%llu, +%llu))",
                static_cast<unsigned long long>(c.logical_off),
