@@ -332,6 +332,7 @@ int CleanupDeadSessionsIn(const DestOptions& o, const std::string& base,
         LOG_ERROR("remove %s left by session %d: %s", id.c_str(), pid,
                   r.error().to_string().c_str());
     }
+    if (o.keep_staging) continue;  // kept for debugging (godwitd --keep-staging)
     (void)fs::RemoveAll(dir);
     cleaned++;
   }
