@@ -303,7 +303,7 @@ Result<UniqueFd> ConnectIcmp(const std::string& target, bool* v6) {
   ::freeaddrinfo(res);
   *v6 = ss.ss_family == AF_INET6;
   UniqueFd fd(::socket(ss.ss_family, SOCK_RAW | SOCK_CLOEXEC | SOCK_NONBLOCK,
-                       *v6 ? IPPROTO_ICMPV6 : IPPROTO_ICMP));
+                       *v6 ? static_cast<int>(IPPROTO_ICMPV6) : static_cast<int>(IPPROTO_ICMP)));
   if (!fd) return Errno("--icmp %s: raw ICMP socket (needs CAP_NET_RAW)", target.c_str());
   if (*v6) {
     icmp6_filter f;

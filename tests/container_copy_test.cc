@@ -282,17 +282,24 @@ TEST_F(ContainerCopy, RestoreWhileAHostProcessHoldsADumpedHostPid) {
   pid_t pid = StatePid(id_);
   ASSERT_GT(pid, 0);
   reap_.push_back(pid);
-  if (held_init) EXPECT_NE(pid, init_);
+  if (held_init) {
+    EXPECT_NE(pid, init_);
+  }
   EXPECT_EQ(NsPids(pid).back(), 1);
   std::map<pid_t, pid_t> after = Stable(id_);
   ASSERT_EQ(after.size(), before.size());
   for (const auto& [inner, host] : before) {
     ASSERT_EQ(after.count(inner), 1u) << "pid " << inner << " inside is missing";
-    if (host == held_init || host == held_sleep) EXPECT_NE(after[inner], host);
+    if (host == held_init || host == held_sleep) {
+      EXPECT_NE(after[inner], host);
+    }
   }
   // The placeholders are untouched, the counter carries on.
-  for (pid_t p : {held_init, held_sleep})
-    if (p) EXPECT_EQ(NsPids(p).size(), 1u) << p;
+  for (pid_t p : {held_init, held_sleep}) {
+    if (p) {
+      EXPECT_EQ(NsPids(p).size(), 1u) << p;
+    }
+  }
   std::string count = StrFormat("/proc/%d/root/dev/shm/count", pid);
   int v = ReadInt(count);
   EXPECT_GT(v, 2);

@@ -203,11 +203,11 @@ inline std::string RoundTrip(const std::function<int()>& setup, const Check& che
   auto r = DumpPids({pid}, dir, dopts);
   KillAll({pid});
   if (!r.ok()) {
-    fs::RemoveAll(dir);
+    (void)fs::RemoveAll(dir);
     return "dump: " + r.error().to_string();
   }
   std::string res = Restore(dir, {{pid, check}}, ropts);
-  fs::RemoveAll(dir);
+  (void)fs::RemoveAll(dir);
   return res;
 }
 
