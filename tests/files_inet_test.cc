@@ -88,7 +88,7 @@ class FilesTcp : public ::testing::TestWithParam<int> {
   void SetUp() override { dir_ = TempDir("tcp"); }
   void TearDown() override {
     DropTables();
-    fs::RemoveAll(dir_);
+    (void)fs::RemoveAll(dir_);
   }
   std::string dir_;
 };
@@ -388,7 +388,7 @@ TEST(FilesInet, TcpPortTakenAtRestoreIsExists) {
   ASSERT_FALSE(pr.ok());
   EXPECT_EQ(pr.error().kind(), ErrorKind::kExists) << pr.error().to_string();
   close(squat);
-  fs::RemoveAll(dir);
+  (void)fs::RemoveAll(dir);
 }
 
 }  // namespace

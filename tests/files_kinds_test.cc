@@ -21,7 +21,7 @@ namespace {
 class FilesKinds : public ::testing::Test {
  protected:
   void SetUp() override { dir_ = TempDir("kinds"); }
-  void TearDown() override { fs::RemoveAll(dir_); }
+  void TearDown() override { (void)fs::RemoveAll(dir_); }
   std::string dir_;
 };
 
@@ -193,7 +193,7 @@ TEST_F(FilesKinds, PipeSharedByTwoProcesses) {
                return "";
              }}});
   EXPECT_EQ(res, "");
-  fs::RemoveAll(dir);
+  (void)fs::RemoveAll(dir);
 }
 
 TEST_F(FilesKinds, SharedDescriptionOffsetMovesForBoth) {
@@ -228,7 +228,7 @@ TEST_F(FilesKinds, SharedDescriptionOffsetMovesForBoth) {
                                      return "";
                                    }}});
   EXPECT_EQ(res, "");
-  fs::RemoveAll(dir);
+  (void)fs::RemoveAll(dir);
 }
 
 TEST_F(FilesKinds, FifoWithData) {

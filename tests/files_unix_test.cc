@@ -18,7 +18,7 @@ socklen_t Addr(const std::string& name, struct sockaddr_un* sa) {
 class FilesUnix : public ::testing::Test {
  protected:
   void SetUp() override { dir_ = TempDir("unix"); }
-  void TearDown() override { fs::RemoveAll(dir_); }
+  void TearDown() override { (void)fs::RemoveAll(dir_); }
   std::string dir_;
 };
 
