@@ -21,6 +21,7 @@
 
 #include "cli/command.h"
 #include "common/fs.h"
+#include "common/log.h"
 #include "common/result.h"
 #include "common/unique_fd.h"
 #include "runtime/container.h"
@@ -64,6 +65,7 @@ class DetachedOutput {
       return Errno("dup2 %s", d->path_.c_str());
     d->redirected_ = true;
     SetProgressFd(d->saved_[2].get());  // a progress meter stays on the terminal
+    log::SetFd(d->saved_[2].get());     // and godwit's warnings: the caller's, not the app's log
     return d;
   }
 
@@ -74,6 +76,7 @@ class DetachedOutput {
     fflush(stderr);
     for (int fd = 0; fd < 3; ++fd) (void)::dup2(saved_[fd].get(), fd);
     SetProgressFd(STDERR_FILENO);
+    log::SetFd(STDERR_FILENO);
     redirected_ = false;
   }
 

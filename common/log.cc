@@ -14,6 +14,7 @@ namespace {
 // The library reads no environment: the programs set the level (cli/main.cc from --log-level,
 // --debug or GODWIT_LOG; godwitd from --log-level).
 std::atomic<int> g_level{kWarn};
+std::atomic<int> g_fd{2};
 
 const char* kNames[] = {"error", "warn", "info", "debug"};
 
@@ -35,7 +36,7 @@ void VWrite(Level level, int err, const char* file, int line, const char* fmt, v
   if (n >= static_cast<int>(sizeof(buf)) - 1) n = sizeof(buf) - 2;
   buf[n++] = '\n';
   // One write() per line so lines from parallel processes do not interleave.
-  ssize_t unused = ::write(STDERR_FILENO, buf, n);
+  ssize_t unused = ::write(g_fd.load(std::memory_order_relaxed), buf, n);
   (void)unused;
 }
 }  // namespace
@@ -50,6 +51,7 @@ Level LevelFromName(const char* name, Level fallback) {
 }
 
 void SetLevel(Level level) { g_level = level; }
+void SetFd(int fd) { g_fd = fd; }
 Level GetLevel() { return static_cast<Level>(g_level.load(std::memory_order_relaxed)); }
 
 void Write(Level level, const char* file, int line, const char* fmt, ...) {

@@ -12,6 +12,9 @@ void SetLevel(Level level);
 // "error", "warn", "info", "debug" -> the level; anything else (or nullptr) -> fallback.
 Level LevelFromName(const char* name, Level fallback = kWarn);
 Level GetLevel();
+// Where the lines go: stderr (2) unless told otherwise (a detached restore points godwit's own
+// stderr at the container's log while it runs; its lines stay the caller's: cli/detached_output.h).
+void SetFd(int fd);
 void Write(Level level, const char* file, int line, const char* fmt, ...)
     __attribute__((format(printf, 4, 5)));
 void WriteErrno(Level level, int err, const char* file, int line, const char* fmt, ...)

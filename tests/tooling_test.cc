@@ -190,10 +190,13 @@ TEST_F(Tooling, LogOutlivesCheckpointAndTheRestoreAppends) {
   EXPECT_EQ(Gw({"state", id_}).code, 3);
   long at_checkpoint = last();  // printed without the container
   ASSERT_GE(at_checkpoint, 3);
-  CliRun r = Gw({"restore", id_, "--image-path", img, "--detach"});
+  CliRun r = Gw({"--debug", "restore", id_, "--image-path", img, "--detach"});
   ASSERT_EQ(r.code, 0) << r;
+  // godwit's own lines go to its caller's stderr, not into the application's log.
+  EXPECT_TRUE(Has(r.err, "restore: images loaded")) << r.err;
   for (int i = 0; i < 500 && last() <= at_checkpoint + 2; ++i) usleep(10000);
   EXPECT_GT(last(), at_checkpoint + 2);
+  EXPECT_FALSE(Has(Gw({"logs", id_}).out, "godwit[")) << Gw({"logs", id_}).out;
   // The history is one sequence: the restore appended, it did not start a new file.
   EXPECT_TRUE(Has(Gw({"logs", id_}).out, "tick-1\ntick-2\n"));
   ASSERT_EQ(Gw({"delete", "--force", id_}).code, 0);
