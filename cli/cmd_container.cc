@@ -38,6 +38,7 @@ nlohmann::json PhasesJson(const container::CheckpointPhases& p) {
             {"mnt_ms", p.mnt_ms},
             {"layer_ms", p.layer_ms},
             {"rootfs_ms", p.rootfs_ms}}},
+          {"layer_alongside_ms", p.layer_alongside_ms},
           {"tree_ms", p.tree_ms},
           {"tree",
            {{"setup_ms", p.tree_setup_ms},

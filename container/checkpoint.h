@@ -86,9 +86,12 @@ struct CheckpointPhases {
   double ipc_ms = 0;
   double net_ms = 0;     // links, addresses, routes, sysctls, nftables
   double mnt_ms = 0;     // mount table and tmpfs contents
-  double layer_ms = 0;   // writable-layer changes
+  double layer_ms = 0;   // writable-layer changes (in line: --leave-running, a caller's sinks)
   double rootfs_ms = 0;  // rootfs identity when taken while frozen (no overlay)
   double collect_ms = 0;  // the seven above
+  // Kill and hold modes into directories: the writable layer's walk on a thread alongside the
+  // tree (its length; a wait for it after the tree counts in tree_ms). 0 when in line.
+  double layer_alongside_ms = 0;
   // The process tree (engine), call to return.
   double tree_ms = 0;
   double tree_setup_ms = 0;  // before the seize (page blob reservation, images)

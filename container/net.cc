@@ -25,6 +25,7 @@
 
 #include "common/fs.h"
 #include "common/log.h"
+#include "common/timing.h"
 #include "common/scope_exit.h"
 #include "container/ns.h"
 #include "runtime/nl.h"
@@ -776,6 +777,7 @@ Result<img::NetNs> Collect(int netns_fd) {
 }
 
 Result<void> Apply(const img::NetNs& ns, int netns_fd) {
+  timing::PhaseTimer pt;
   ASSIGN_OR_RETURN(Sock sock, nl::ConnectRoute(netns_fd));
   ASSIGN_OR_RETURN(Sock host, nl::ConnectRoute(-1));
   std::vector<std::string> host_created;
@@ -786,7 +788,9 @@ Result<void> Apply(const img::NetNs& ns, int netns_fd) {
     }
   });
 
+  pt.Lap("sockets");
   TRY(RunHere(netns_fd, CLONE_NEWNET, [&] { return ApplySysctls(ns, false); }));
+  pt.Lap("sysctls");
 
   std::map<std::string, const img::NetLink*> by_name;
   for (const auto& l : ns.links()) by_name[l.name()] = &l;
@@ -823,7 +827,9 @@ Result<void> Apply(const img::NetNs& ns, int netns_fd) {
     }
   }
 
+  pt.Lap("links");
   TRY(RunHere(netns_fd, CLONE_NEWNET, [&] { return ApplySysctls(ns, true); }));
+  pt.Lap("if_sysctls");
 
   for (const auto& l : ns.links()) {
     TRY_CTX(ChangeLink(sock.get(), l.name(), l.mtu(), l.txqlen(), l.alias(), l.master(), l.flags(),
@@ -837,7 +843,9 @@ Result<void> Apply(const img::NetNs& ns, int netns_fd) {
         TRY_CTX(AddAddr(host.get(), a), "host end %s", h.name().c_str());
     }
   }
+  pt.Lap("attrs");
   for (const auto& a : ns.addrs()) TRY(AddAddr(sock.get(), a));
+  pt.Lap("addrs");
   for (const auto& l : ns.links()) {
     TRY_CTX(ChangeLink(sock.get(), l.name(), 0, 0, "", "", l.flags(), true), "set %s up",
             l.name().c_str());
@@ -854,6 +862,7 @@ Result<void> Apply(const img::NetNs& ns, int netns_fd) {
       if (!h.gateway().empty()) return true;
     return false;
   };
+  pt.Lap("up");
   std::stable_sort(routes.begin(), routes.end(),
                    [&](auto* a, auto* b) { return !has_gw(a) && has_gw(b); });
   for (const img::NetRoute* r : routes) TRY(AddRoute(sock.get(), *r));
@@ -862,9 +871,14 @@ Result<void> Apply(const img::NetNs& ns, int netns_fd) {
   // No "flush ruleset": the namespace is fresh, and the restore's network lock (a table holding
   // the TCP connections' packets until their sockets are live, files/netlock.cc) is already in
   // it and must stay.
+  pt.Lap("routes");
   if (!ns.nft_ruleset().empty())
     TRY_CTX(netns::NftRunIn(netns_fd, ns.nft_ruleset()), "restore the nftables ruleset");
+  pt.Lap("nft");
   rollback.dismiss();
+  std::string laps;
+  for (const auto& [k, ms] : pt.phases()) laps += StrFormat(" %s %.2f", k.c_str(), ms);
+  LOG_DEBUG("netns restored (ms):%s", laps.c_str());
   return Ok();
 }
 

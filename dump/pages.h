@@ -155,6 +155,8 @@ class PageWriter {
   void ReadVanishing(char* dst, uint64_t src, uint64_t len);
   void CloseTargetFd();
   void WriterLoop();
+  // Appends (or commits) a batch and records its runs; returns its buffer to free_.
+  void Write(Batch& b);
   // SetRelease: frees the source ranges of entries in the process.
   void Release(const std::vector<Entry>& entries);
 
@@ -186,6 +188,8 @@ class PageWriter {
   std::deque<char*> free_;
   bool done_ = false;
   bool failed_ = false;
+  bool inline_ = false;  // batches written on the caller's thread: no writer thread
+
   Error error_{ErrorKind::kGeneric, 0, ""};
   std::thread writer_;
 };
