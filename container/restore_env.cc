@@ -566,48 +566,54 @@ Result<void> FillEnvironment(const images::ImageSet& images, const img::Containe
   std::string root = StrFormat("/proc/%d/root", root_pid);
   if (rec.has_layer()) TRY_CTX(mnt::RestoreLayer(images, root + "/."), "writable layer");
   std::vector<const img::MountEntry*> readonly;
-  UniqueFd mntns;
-  for (const auto& m : table.mounts()) {
-    if (!m.contents_dumped()) continue;
-    // Into a clone of that mount alone: what is mounted over its entries (the host's device
-    // nodes bound onto /dev/null and co. in a user namespace) must not be written through.
-    if (!mntns.valid()) {
-      ASSIGN_OR_RETURN(mntns, OpenNamespace(root_pid, "mnt"));
-    }
-    UniqueFd view;
+  // Each into a clone of that mount alone: what is mounted over its entries (the host's device
+  // nodes bound onto /dev/null and co. in a user namespace) must not be written through. The
+  // clones are made at once, from one thread in the container's mount namespace (a thread each
+  // cost 0.2-12 ms under load).
+  std::vector<const img::MountEntry*> dumped;
+  for (const auto& m : table.mounts())
+    if (m.contents_dumped()) dumped.push_back(&m);
+  std::vector<UniqueFd> views;
+  if (!dumped.empty()) {
+    ASSIGN_OR_RETURN(UniqueFd mntns, OpenNamespace(root_pid, "mnt"));
     TRY(RunInNamespace(
         mntns.get(), CLONE_NEWNS,
         [&]() -> Result<void> {
-          long fd = ::syscall(SYS_open_tree, AT_FDCWD, m.mountpoint().c_str(),
-                              OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
-          if (fd < 0) return Errno("open_tree %s", m.mountpoint().c_str());
-          view.reset(static_cast<int>(fd));
+          for (const img::MountEntry* m : dumped) {
+            long fd = ::syscall(SYS_open_tree, AT_FDCWD, m->mountpoint().c_str(),
+                                OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
+            if (fd < 0) return Errno("open_tree %s", m->mountpoint().c_str());
+            views.emplace_back(static_cast<int>(fd));
+          }
           return Ok();
         },
         NsThreadOptions{.unshare_fs = true}));
-    auto fill = [&]() -> Result<void> {
-      return mnt::RestoreTmpfs(images, m.mnt_id(), StrFormat("/proc/self/fd/%d", view.get()));
-    };
-    if (!rec.has_userns()) {
-      TRY_CTX(fill(), "tmpfs %s", m.mountpoint().c_str());
-    } else {
-      // A tmpfs the user namespace owns takes only inodes of ids mapped in it: create them as
-      // the container's root (fsuid/fsgid on a thread of our own, keeping our capabilities to
-      // chown them to their owners next).
-      uint32_t fsuid = ContainerRootId(rec.userns().uid_map()),
-               fsgid = ContainerRootId(rec.userns().gid_map());
-      TRY_CTX(RunInNamespace(-1, 0,
-                             [&]() -> Result<void> {
-                               if (::prctl(PR_SET_SECUREBITS, SECBIT_NO_SETUID_FIXUP) < 0)
-                                 return Errno("PR_SET_SECUREBITS");
-                               ::syscall(SYS_setfsgid, fsgid);
-                               ::syscall(SYS_setfsuid, fsuid);
-                               return fill();
-                             }),
+  }
+  auto fill_all = [&]() -> Result<void> {
+    for (size_t i = 0; i < dumped.size(); ++i) {
+      const img::MountEntry& m = *dumped[i];
+      TRY_CTX(mnt::RestoreTmpfs(images, m.mnt_id(), StrFormat("/proc/self/fd/%d", views[i].get())),
               "tmpfs %s", m.mountpoint().c_str());
+      if (ParseFlags(m.mount_opts()) & MS_RDONLY) readonly.push_back(&m);
+      LOG_DEBUG("environment: tmpfs %s filled", m.mountpoint().c_str());
     }
-    if (ParseFlags(m.mount_opts()) & MS_RDONLY) readonly.push_back(&m);
-    LOG_DEBUG("environment: tmpfs %s filled", m.mountpoint().c_str());
+    return Ok();
+  };
+  if (!rec.has_userns()) {
+    TRY(fill_all());
+  } else if (!dumped.empty()) {
+    // A tmpfs the user namespace owns takes only inodes of ids mapped in it: create them as the
+    // container's root (fsuid/fsgid on a thread of our own, keeping our capabilities to chown
+    // them to their owners next).
+    uint32_t fsuid = ContainerRootId(rec.userns().uid_map()),
+             fsgid = ContainerRootId(rec.userns().gid_map());
+    TRY(RunInNamespace(-1, 0, [&]() -> Result<void> {
+      if (::prctl(PR_SET_SECUREBITS, SECBIT_NO_SETUID_FIXUP) < 0)
+        return Errno("PR_SET_SECUREBITS");
+      ::syscall(SYS_setfsgid, fsgid);
+      ::syscall(SYS_setfsuid, fsuid);
+      return fill_all();
+    }));
   }
   if (!readonly.empty()) {
     // From a thread inside the container's mount namespace (its root is the container's).
