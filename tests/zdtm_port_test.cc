@@ -152,6 +152,8 @@ ZDTM(DgramSocketConnectedToItself, "dgram_self")
 ZDTM(PosixTimerOfDeadThread, "timer_dead_thread")
 // sk-freebind-false: bound to a foreign address with FREEBIND, which was turned off since.
 ZDTM(BoundWithFreebindTurnedOff, "freebind_off")
+// maps06: 15000 VMAs (the dump's VMA iterator went round without end).
+ZDTM(FifteenThousandVmas, "many_vmas")
 
 
 }  // namespace
