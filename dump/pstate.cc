@@ -365,6 +365,14 @@ Result<void> DumpPosixTimers(DumpContext& ctx, ProcessDump& p, img::ProcessState
       if (strcmp(who, "tid") == 0) {
         notify |= SIGEV_THREAD_ID;
         t->set_notify_tid(n);
+        // Aimed at a thread that has exited (zdtm dead_thread_posix_timer): it can never
+        // deliver, and timer_create refuses a tid that is not a thread of the process; kept as
+        // an inert timer (SIGEV_NONE), as the kernel keeps it.
+        struct stat st;
+        if (stat(StrFormat("/proc/%d/task/%d", p.pid, n).c_str(), &st) < 0) {
+          notify = SIGEV_NONE;
+          t->clear_notify_tid();
+        }
       }
       t->set_notify(notify);
     } else if (key == "ClockID") {

@@ -116,7 +116,7 @@ Result<int> FdRestoreContext::Ensure(uint64_t file_id) {
   TRY_CTX(RestoreOwner(fd.get(), *e, false), "%s file id %llu", ops->name,
           static_cast<unsigned long long>(file_id));
   for (const auto& l : e->locks())
-    if (l.type() != img::LOCK_TYPE_FLOCK || !flocks_in_install.count(file_id))
+    if (l.type() != img::LOCK_TYPE_FLOCK || !flock_takers.count(file_id))
       TRY_CTX(ApplyLock(fd.get(), l), "%s file id %llu", ops->name,
               static_cast<unsigned long long>(file_id));
   ASSIGN_OR_RETURN(int parked, Park(std::move(fd)));

@@ -77,8 +77,13 @@ Result<void> DumpOwner(const Probe& p, img::FileEntry& e) {
       auto b = line.find("BREAKING");
       if (line.find("LEASE") == std::string::npos || b == std::string::npos) continue;
       bool to_read = line.compare(line.find_first_not_of(' ', b + 8), 4, "READ") == 0;
-      e.set_lease_plus1((to_read ? F_WRLCK : F_RDLCK) + 1);
+      // Going to UNLCK: a read lease, or a write lease (broken by a writer) when the
+      // description is open for writing (a read lease needs a read-only description).
+      int acc = fcntl(p.local, F_GETFL);
+      bool writable = acc >= 0 && (acc & O_ACCMODE) != O_RDONLY;
+      e.set_lease_plus1((to_read || writable ? F_WRLCK : F_RDLCK) + 1);
       e.set_lease_breaking(true);
+      e.set_lease_break_to_unlck(!to_read && writable);
     }
   }
   if (ox.pid == 0 && sig == 0) return Ok();
@@ -92,8 +97,8 @@ Result<void> DumpOwner(const Probe& p, img::FileEntry& e) {
 Result<void> BreakLease(int fd, const img::FileEntry& e) {
   if (!e.lease_breaking()) return Ok();
   // A conflicting open starts the break and fails (O_NONBLOCK): a writer breaks a read lease to
-  // UNLCK, a reader a write lease to READ.
-  int want = e.lease_plus1() - 1 == F_WRLCK ? O_RDONLY : O_WRONLY;
+  // UNLCK, a reader a write lease to READ, a writer a write lease to UNLCK.
+  int want = e.lease_plus1() - 1 == F_WRLCK && !e.lease_break_to_unlck() ? O_RDONLY : O_WRONLY;
   // Its holder had its SIGIO before the dump: none now (the process has no handlers yet, and
   // SIGIO would kill it). No owner for the break, the owner back after.
   struct f_owner_ex ox = {};

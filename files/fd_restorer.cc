@@ -168,14 +168,26 @@ Result<void> FdRestorerImpl::LoadImages(const images::ImageSet& images) {
                            static_cast<unsigned long long>(id), t.tfd());
         max_fd_ = std::max(max_fd_, t.tfd());
       }
-  // A flock is taken again by its taker when that process holds the description.
+  // A flock is taken again by its taker when that process holds the description, else by the
+  // first process of the tree that holds it (the taker closed its fd after forking).
+  auto holds = [](const img::ProcessFds& pf, uint64_t id) {
+    for (const auto& fe : pf.fds())
+      if (fe.file_id() == id) return true;
+    return false;
+  };
   for (const auto& [id, e] : ctx_->entries_)
     for (const auto& l : e.locks()) {
-      if (l.type() != img::LOCK_TYPE_FLOCK || l.pid() <= 0) continue;
+      if (l.type() != img::LOCK_TYPE_FLOCK) continue;
       auto p = procs_.find(l.pid());
-      if (p == procs_.end()) continue;
-      for (const auto& fe : p->second.fds())
-        if (fe.file_id() == id) ctx_->flocks_in_install.insert(id);
+      if (p != procs_.end() && holds(p->second, id)) {
+        ctx_->flock_takers[id] = l.pid();
+        continue;
+      }
+      for (const auto& [pid, pf] : procs_)
+        if (holds(pf, id)) {
+          ctx_->flock_takers[id] = pid;
+          break;
+        }
     }
   // Host files (on a mount outside the tree's mount namespace): opened here, in the restorer's
   // namespace, before a container's root task prepares the rest inside the container's.
@@ -283,13 +295,15 @@ Result<void> FdRestorerImpl::Install(pid_t old_pid) {
   for (const auto& fe : pf.fds())
     for (const auto& l : fe.posix_locks())
       TRY_CTX(ApplyLock(fe.fd(), l), "pid %d fd %d: POSIX lock", old_pid, fe.fd());
-  //    flock locks this process took (flocks_in_install), on the first of its fds on each.
+  //    flock locks this process takes (flock_takers), on the first of its fds on each.
   std::set<uint64_t> flocked;
   for (const auto& fe : pf.fds()) {
-    if (!ctx_->flocks_in_install.count(fe.file_id()) || !flocked.insert(fe.file_id()).second)
+    auto t = ctx_->flock_takers.find(fe.file_id());
+    if (t == ctx_->flock_takers.end() || t->second != old_pid ||
+        !flocked.insert(fe.file_id()).second)
       continue;
     for (const auto& l : ctx_->Entry(fe.file_id())->locks())
-      if (l.type() == img::LOCK_TYPE_FLOCK && l.pid() == old_pid)
+      if (l.type() == img::LOCK_TYPE_FLOCK)
         TRY_CTX(ApplyLock(fe.fd(), l), "pid %d fd %d: flock", old_pid, fe.fd());
   }
   // 6. File owners (F_SETOWN): this process, its parents and children exist now, with the

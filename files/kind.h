@@ -171,9 +171,12 @@ class FdRestoreContext {
   // Run in order at the end of Prepare, once every description exists (kind_unix.cc: queues
   // carrying fds in flight, which may be the socket itself or its peer, are sent then).
   std::vector<std::function<Result<void>()>> after_prepare;
-  // Descriptions whose flock lock the process that took it, a holder, takes again in its
-  // Install (not in Prepare): /proc/locks then names that pid, as before.
-  std::set<uint64_t> flocks_in_install;
+  // Descriptions whose flock a process of the tree takes again in its Install (not in Prepare),
+  // file id -> that process's old pid: the process that took it when it still holds the
+  // description, else the first holder (a parent that took the lock, forked and closed its fd
+  // leaves the child the only holder): /proc/locks then names a process of the tree, not the
+  // restorer.
+  std::map<uint64_t, pid_t> flock_takers;
   // The processes of the restored tree (those with an fd image).
   std::set<pid_t> tree_pids;
   // Host files (RegFile.host_file), opened by the restorer in its own mount namespace when the

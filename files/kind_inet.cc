@@ -599,6 +599,18 @@ Result<void> RestoreRawOpts(int fd, const img::InetSocket& sk) {
 
 Result<void> Bind(int fd, const img::InetSocket& sk) {
   if (bind(fd, reinterpret_cast<const sockaddr*>(sk.src().data()), sk.src().size()) == 0) return Ok();
+  if (errno == EADDRNOTAVAIL && !sk.freebind()) {
+    // Bound to an address this host does not have while FREEBIND was on, which the process
+    // turned off since (zdtm sk-freebind-false): bound the same way, then FREEBIND off again.
+    bool v6 = sk.family() == AF_INET6;
+    int level = v6 ? SOL_IPV6 : SOL_IP, opt = v6 ? IPV6_FREEBIND : IP_FREEBIND;
+    TRY(SetInt(fd, level, opt, 1, "FREEBIND (for the bind)"));
+    int r = bind(fd, reinterpret_cast<const sockaddr*>(sk.src().data()), sk.src().size());
+    int err = errno;
+    TRY(SetInt(fd, level, opt, 0, "FREEBIND off"));
+    if (r == 0) return Ok();
+    errno = err;
+  }
   if (errno == EADDRINUSE)
     return MakeError(ErrorKind::kExists, EADDRINUSE, "%s address %s is already in use",
                      sk.type() == SOCK_STREAM ? "TCP" : "UDP", AddrStr(sk.src()).c_str());

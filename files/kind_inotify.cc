@@ -10,6 +10,7 @@
 #include <sys/fanotify.h>
 #include <sys/inotify.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -60,9 +61,27 @@ Result<std::string> PathFromHandle(pid_t pid, unsigned long sdev, int type, cons
   ssize_t rn = readlink(StrFormat("/proc/%d/root", pid).c_str(), rl, sizeof(rl) - 1);
   if (rn > 0) root.assign(rl, rn);
   if (!root.empty() && root != "/" && path.rfind(root, 0) == 0) path = path.substr(root.size());
-  if (path.size() > 10 && path.compare(path.size() - 10, 10, " (deleted)") == 0)
-    return MakeError(ErrorKind::kUnsupported, 0, "inotify watch on deleted %s", path.c_str());
   return path;
+}
+
+constexpr char kDeleted[] = " (deleted)";
+bool IsDeleted(const std::string& path) {
+  return path.size() > 10 && path.compare(path.size() - 10, 10, kDeleted) == 0;
+}
+
+// Whether pid holds an fd on the inode (ino, kernel-encoded sdev): a watch on an unlinked inode
+// is restored on the restored deleted file, so one must be dumped.
+bool HoldsInode(pid_t pid, unsigned long ino, unsigned long sdev) {
+  dev_t dev = makedev(sdev >> 20, sdev & 0xfffff);
+  std::string dir = StrFormat("/proc/%d/fd", pid);
+  auto names = fs::ListDir(dir);
+  if (!names.ok()) return false;
+  for (const std::string& n : *names) {
+    struct stat st;
+    if (stat((dir + "/" + n).c_str(), &st) == 0 && st.st_ino == ino && st.st_dev == dev)
+      return true;
+  }
+  return false;
 }
 // The mount point (as the process sees it) of mount id mnt_id in pid's mount namespace.
 Result<std::string> MountPointOf(pid_t pid, int mnt_id) {
@@ -104,6 +123,8 @@ Result<void> DumpFanotify(FdDumpContext& ctx, const Probe& p, img::FileEntry& e)
     m->set_mask(mask);
     m->set_ignored_mask(ign);
     ASSIGN_OR_RETURN(std::string path, PathFromHandle(p.pid, sdev, type, hex));
+    if (IsDeleted(path))
+      return MakeError(ErrorKind::kUnsupported, 0, "fanotify mark on deleted %s", path.c_str());
     m->set_path(path);
   }
   for (const std::string& rest : p.info.All("fanotify mnt_id")) {
@@ -185,10 +206,34 @@ Result<void> DumpInotify(FdDumpContext& ctx, const Probe& p, img::FileEntry& e) 
     w->set_ino(ino);
     w->set_sdev(sdev);
     ASSIGN_OR_RETURN(std::string path, PathFromHandle(p.pid, sdev, type, hex));
+    if (IsDeleted(path)) {
+      // Unlinked: restorable when the process holds the inode open (its deleted file is dumped
+      // with its data and made again at restore); otherwise nothing names the inode any more.
+      if (!HoldsInode(p.pid, ino, sdev))
+        return MakeError(ErrorKind::kUnsupported, 0,
+                         "inotify watch on deleted %s, which no fd of pid %d holds open",
+                         path.c_str(), p.pid);
+      path.resize(path.size() - strlen(kDeleted));
+      w->set_deleted(true);
+    }
     w->set_path(path);
   }
   return Ok();
 }
+
+namespace {
+// The restored deleted file a watch on an unlinked inode goes on: the RegFile of the same inode.
+Result<int> DeletedWatchTarget(FdRestoreContext& ctx, const img::InotifyWatch& w) {
+  dev_t dev = makedev(w.sdev() >> 20, w.sdev() & 0xfffff);
+  for (const auto& [id, e] : ctx.entries())
+    if (e.kind() == img::FILE_KIND_REG && e.reg().deleted() && e.reg().ino() == w.ino() &&
+        e.reg().dev() == dev)
+      return ctx.Ensure(id);
+  return MakeError(ErrorKind::kBadImage, 0,
+                   "files.img: inotify watch on deleted %s: no deleted file of inode %llu",
+                   w.path().c_str(), static_cast<unsigned long long>(w.ino()));
+}
+}  // namespace
 
 Result<UniqueFd> OpenInotify(FdRestoreContext& ctx, const img::FileEntry& e) {
   UniqueFd fd(inotify_init1(IN_CLOEXEC | IN_NONBLOCK));
@@ -198,8 +243,13 @@ Result<UniqueFd> OpenInotify(FdRestoreContext& ctx, const img::FileEntry& e) {
   bool removed = false;
   for (const auto& w : ws) {
     uint32_t mask = w.mask() & ~IN_MASK_ADD;
+    std::string target = w.path();
+    if (w.deleted()) {
+      ASSIGN_OR_RETURN(int gfd, DeletedWatchTarget(ctx, w));
+      target = StrFormat("/proc/self/fd/%d", gfd);
+    }
     for (int tries = 0;; tries++) {
-      int wd = inotify_add_watch(fd.get(), w.path().c_str(), mask);
+      int wd = inotify_add_watch(fd.get(), target.c_str(), mask);
       if (wd < 0) return Errno("inotify_add_watch %s", w.path().c_str());
       if (wd == w.wd()) break;
       if (wd > w.wd() || tries > (1 << 16))

@@ -28,7 +28,11 @@ bool EndsWith(const std::string& s, const std::string& suf) {
 }
 
 // Open flags for restore: never create or truncate what exists (the file is there already).
-int OpenFlags(uint32_t flags) { return (flags & ~(O_CREAT | O_TRUNC | O_EXCL | O_CLOEXEC)) | O_CLOEXEC; }
+// O_TMPFILE (which carries O_DIRECTORY) stays in the flags of a file made by it (zdtm fd01's
+// tmpfile()): opening its ghost, a regular file, by name with it would fail (ENOTDIR).
+int OpenFlags(uint32_t flags) {
+  return (flags & ~(O_CREAT | O_TRUNC | O_EXCL | O_CLOEXEC | O_TMPFILE)) | O_CLOEXEC;
+}
 
 Result<void> ReadAt(int fd, uint64_t off, uint64_t size, std::string* out) {
   size_t base = out->size();
@@ -313,7 +317,23 @@ Result<UniqueFd> OpenReg(FdRestoreContext& ctx, const img::FileEntry& e) {
   } else if (r.deleted() && S_ISDIR(r.mode())) {
     ASSIGN_OR_RETURN(fd, OpenRemovedDir(e));
   } else if (r.deleted()) {
-    ASSIGN_OR_RETURN(fd, OpenGhost(ctx, e));
+    // Descriptions of one deleted inode (opened by two names, both unlinked since: zdtm link10)
+    // share one ghost: the first makes it, the others open it again through /proc/self/fd.
+    std::string key = StrFormat("ghost:%llu:%llu", static_cast<unsigned long long>(r.dev()),
+                                static_cast<unsigned long long>(r.ino()));
+    auto have = ctx.named_fds.find(key);
+    if (have != ctx.named_fds.end()) {
+      fd.reset(open(StrFormat("/proc/self/fd/%d", have->second).c_str(), OpenFlags(e.flags())));
+      if (!fd)
+        return Errno("open the ghost of deleted %s again flags %#o", r.path().c_str(), e.flags());
+    } else {
+      ASSIGN_OR_RETURN(fd, OpenGhost(ctx, e));
+      int keep = fcntl(fd.get(), F_DUPFD_CLOEXEC, 0);
+      if (keep < 0) return Errno("dup ghost of %s", r.path().c_str());
+      ASSIGN_OR_RETURN(int parked, ctx.Park(UniqueFd(keep)));
+      ctx.KeepUntilPrepared(UniqueFd(parked));
+      ctx.named_fds[key] = parked;
+    }
   } else if (!r.link_remap().empty()) {
     fd.reset(open(r.link_remap().c_str(), OpenFlags(e.flags())));
     if (!fd)

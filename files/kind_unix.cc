@@ -431,6 +431,11 @@ Result<UniqueFd> OpenPlain(FdRestoreContext& ctx, const img::FileEntry& e, bool 
     auto lr = ctx.Ensure(l->id());
     if (!lr.ok()) return std::move(lr).error();
     TRY_CTX(Connect(s.get(), Reachable(l->unix_sk())), "pending connection");
+  } else if (u.peer_ino() == u.ino()) {
+    // Connected to itself: to its own name, bound above.
+    if (u.name().empty())
+      return MakeError(ErrorKind::kUnsupported, 0, "unnamed datagram socket connected to itself");
+    TRY_CTX(Connect(s.get(), Reachable(u)), "connect to itself");
   } else if (peer && !connected_by_peer) {
     auto pr = ctx.Ensure(peer->id());
     if (!pr.ok()) return std::move(pr).error();
@@ -453,17 +458,26 @@ Result<UniqueFd> OpenPlain(FdRestoreContext& ctx, const img::FileEntry& e, bool 
     uint64_t id = e.id();
     const img::UnixSocket* up = &u;  // entries() nodes stay put
     ctx.after_prepare.push_back([&ctx, id, up, bind_name]() -> Result<void> {
-      UniqueFd tmp(socket(AF_UNIX, up->type() | SOCK_CLOEXEC, 0));
-      if (!tmp) return Errno("socket AF_UNIX");
-      TRY(Requeue(ctx, *up, tmp.get(), Reachable(*up)));
       int self = ctx.Prepared(id);
+      if (up->peer_ino() == up->ino() && self >= 0) {
+        // Connected to itself: only it may send to itself.
+        TRY(Requeue(ctx, *up, self, ""));
+      } else {
+        UniqueFd tmp(socket(AF_UNIX, up->type() | SOCK_CLOEXEC, 0));
+        if (!tmp) return Errno("socket AF_UNIX");
+        TRY(Requeue(ctx, *up, tmp.get(), Reachable(*up)));
+      }
       if (up->shutdown() && self >= 0) TRY(ApplyShutdown(self, up->shutdown()));
       if (bind_name) UnlinkName(*up);
       return Ok();
     });
     return s;
   }
-  if (!u.queue().empty()) {
+  if (!u.queue().empty() && u.peer_ino() == u.ino()) {
+    // Connected to itself: a datagram socket connected elsewhere refuses other senders (EPERM),
+    // so it sends its queue to itself.
+    TRY(Requeue(ctx, u, s.get(), ""));
+  } else if (!u.queue().empty()) {
     if (u.name().empty())
       return MakeError(ErrorKind::kUnsupported, 0, "queued data on an unnamed unix socket");
     UniqueFd tmp(socket(AF_UNIX, type | SOCK_CLOEXEC, 0));
@@ -490,7 +504,10 @@ Result<UniqueFd> OpenUnix(FdRestoreContext& ctx, const img::FileEntry& e) {
   int type = u.type();
   bool bind_name = !u.name().empty() && !u.accepted();
   const img::FileEntry* peer = u.peer_ino() ? FindUnix(ctx, u.peer_ino()) : nullptr;
-  bool mutual = peer && (type != SOCK_DGRAM || peer->unix_sk().peer_ino() == u.ino());
+  // A datagram socket connected to itself (zdtm sockets_dgram) is no pair: OpenPlain binds it
+  // and connects it to its own name.
+  bool mutual = peer && u.peer_ino() != u.ino() &&
+                (type != SOCK_DGRAM || peer->unix_sk().peer_ino() == u.ino());
   bool peer_gone = u.peer_ino() == 0 && u.state() == 1 /* TCP_ESTABLISHED */ &&
                    type != SOCK_DGRAM && !u.listener_ino();
   // An unnamed datagram socket holding messages from a peer that is gone (zdtm

@@ -1,8 +1,8 @@
 // File locks. fdinfo lists, per fd, the locks taken through that open file description: flock
 // and OFD locks belong to the description (taken again in Prepare on the new description; a
 // flock by the process that took it, in its Install, when it holds the description, so
-// /proc/locks names the same pid), POSIX locks to the process that took them (taken again by
-// that process in Install).
+// /proc/locks names the same pid, else by the first process of the tree that holds it),
+// POSIX locks to the process that took them (taken again by that process in Install).
 #include <fcntl.h>
 #include <sys/file.h>
 

@@ -135,5 +135,26 @@ ZDTM(CgroupThreads, "cgroup_threads")
 ZDTM(Cgroupv2_00Threaded, "cgroupv2_00")
 ZDTM(CgroupIfpriomap, "cgroup_ifpriomap")
 
+// Found failing when CRIU's own zdtm binaries were run against godwit (docs/zdtm.md):
+// file_locks03/04: a flock whose taker closed its fd after forking.
+ZDTM(FlockHeldByTheChildAlone, "flock_inherited")
+// link10, unlink_fstat02, write_read10: one deleted inode behind several descriptions.
+ZDTM(GhostSharedByDescriptionsAndProcesses, "ghost_shared")
+// file_lease02/03/04: write leases being broken, to UNLCK (by a writer) and to READ.
+ZDTM(WriteLeasesBreaking, "lease_write_breaking")
+// inotify00: a watch on an unlinked file the process holds open.
+ZDTM(InotifyWatchOnDeletedOpenFile, "inotify_deleted")
+// fd01: tmpfile() (O_TMPFILE) descriptions.
+ZDTM(OTmpfileFile, "tmpfile")
+// sockets_dgram: a datagram socket connected to itself.
+ZDTM(DgramSocketConnectedToItself, "dgram_self")
+// dead_thread_posix_timer: a SIGEV_THREAD_ID timer whose thread exited.
+ZDTM(PosixTimerOfDeadThread, "timer_dead_thread")
+// sk-freebind-false: bound to a foreign address with FREEBIND, which was turned off since.
+ZDTM(BoundWithFreebindTurnedOff, "freebind_off")
+// maps06: 15000 VMAs (the dump's VMA iterator went round without end).
+ZDTM(FifteenThousandVmas, "many_vmas")
+
+
 }  // namespace
 }  // namespace godwit::crtest

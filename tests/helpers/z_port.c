@@ -1474,6 +1474,255 @@ static int m_cgroup_ifpriomap(void) {
   return 0;
 }
 
+/* ---- Measured against CRIU's own zdtm binaries (docs/zdtm.md, "The upstream binaries") ---- */
+
+/* file_locks03/04: a flock taken by the parent, which forked and closed its fd: the child is
+ * the only holder. Restored: the lock is held by a process of the tree (fdinfo names the child
+ * or the parent, not the restorer) and still excludes another description. */
+#include <sys/file.h>
+static int lock_owner_in_fdinfo(pid_t pid, int fd) {
+  char p[64], line[256];
+  snprintf(p, sizeof p, "/proc/%d/fdinfo/%d", pid, fd);
+  FILE* f = fopen(p, "r");
+  if (!f) return -1;
+  int owner = 0;
+  while (fgets(line, sizeof line, f))
+    if (!strncmp(line, "lock:", 5) && strstr(line, "FLOCK")) {
+      char type[16], mand[16], rw[16];
+      int id;
+      if (sscanf(line, "lock:\t%d: %15s %15s %15s %d", &id, type, mand, rw, &owner) != 5) owner = -2;
+    }
+  fclose(f);
+  return owner;
+}
+static int m_flock_inherited(void) {
+  int fd = open(path_in("flocked"), O_CREAT | O_RDWR, 0600);
+  SETUP(fd >= 0 && flock(fd, LOCK_EX) == 0);
+  int hold[2];
+  SETUP(pipe(hold) == 0);
+  pid_t c = zfork();
+  SETUP(c >= 0);
+  if (c == 0) {
+    close(hold[1]);
+    char b;
+    (void)!read(hold[0], &b, 1); /* until the parent goes */
+    _exit(0);
+  }
+  close(hold[0]);
+  close(fd); /* the child holds the description, and so the lock, alone */
+  ready_and_wait();
+  int owner = lock_owner_in_fdinfo(c, fd);
+  CHECK(owner == c || owner == getpid(), "the lock names pid %d, not the child %d or us %d", owner,
+        c, getpid());
+  int other = open(path_in("flocked"), O_RDONLY);
+  CHECK(other >= 0 && flock(other, LOCK_EX | LOCK_NB) < 0 && errno == EWOULDBLOCK,
+        "another description took the lock: not held");
+  close(hold[1]);
+  CHECK(reap(c) == 0, "child");
+  return 0;
+}
+
+/* link10, unlink_fstat02, write_read10: one deleted inode held by several descriptions (opened
+ * by two names, both unlinked; one more in a child). Restored: one inode, what one writes the
+ * others read. */
+static int m_ghost_shared(void) {
+  char a[512], b[512];
+  snprintf(a, sizeof a, "%s", path_in("ghost_a"));
+  snprintf(b, sizeof b, "%s", path_in("ghost_b"));
+  int wr = open(a, O_WRONLY | O_CREAT | O_EXCL, 0644);
+  SETUP(wr >= 0 && link(a, b) == 0);
+  int rd = open(b, O_RDONLY);
+  int rw = open(a, O_RDWR);
+  SETUP(rd >= 0 && rw >= 0 && write(wr, "abc", 3) == 3 && unlink(a) == 0 && unlink(b) == 0);
+  int go[2];
+  SETUP(pipe(go) == 0);
+  pid_t c = zfork();
+  SETUP(c >= 0);
+  if (c == 0) { /* its own description (rw), written after the restore */
+    close(go[1]);
+    close(wr);
+    close(rd);
+    char x;
+    if (read(go[0], &x, 1) != 1) _exit(2);
+    _exit(pwrite(rw, "xyz", 3, 3) == 3 ? 0 : 3);
+  }
+  close(go[0]);
+  close(rw);
+  ready_and_wait();
+  struct stat s1, s2;
+  CHECK(fstat(wr, &s1) == 0 && fstat(rd, &s2) == 0, "fstat");
+  CHECK(s1.st_ino == s2.st_ino && s1.st_dev == s2.st_dev, "two inodes (%lu, %lu)",
+        (unsigned long)s1.st_ino, (unsigned long)s2.st_ino);
+  CHECK(s1.st_nlink == 0, "the ghost is linked (%lu)", (unsigned long)s1.st_nlink);
+  CHECK(write(go[1], "g", 1) == 1, "wake the child");
+  CHECK(reap(c) == 0, "the child's write");
+  char buf[8] = {0};
+  CHECK(pread(rd, buf, 6, 0) == 6 && !memcmp(buf, "abcxyz", 6), "read '%s'", buf);
+  return 0;
+}
+
+/* file_lease02/03/04: write leases being broken: to READ by a reader, to UNLCK by a writer (on
+ * a description open for writing, so it was a write lease). Restored: still breaking, towards
+ * the same type. */
+static int m_lease_write_breaking(void) {
+  struct sigaction sa = {.sa_handler = on_lease, .sa_flags = SA_RESTART};
+  SETUP(sigaction(SIGIO, &sa, NULL) == 0);
+  char to_unlck[512], to_read[512];
+  snprintf(to_unlck, sizeof to_unlck, "%s", path_in("lease_w_unlck"));
+  snprintf(to_read, sizeof to_read, "%s", path_in("lease_w_read"));
+  int u = open(to_unlck, O_WRONLY | O_CREAT, 0666);
+  int r = open(to_read, O_RDWR | O_CREAT, 0666);
+  SETUP(u >= 0 && r >= 0 && fcntl(u, F_SETLEASE, F_WRLCK) == 0 &&
+        fcntl(r, F_SETLEASE, F_WRLCK) == 0);
+  int w = open(to_unlck, O_WRONLY | O_NONBLOCK);
+  SETUP(w < 0 && errno == EWOULDBLOCK);
+  int rr = open(to_read, O_RDONLY | O_NONBLOCK);
+  SETUP(rr < 0 && errno == EWOULDBLOCK);
+  SETUP(fcntl(u, F_GETLEASE) == F_UNLCK && fcntl(r, F_GETLEASE) == F_RDLCK);
+  ready_and_wait();
+  CHECK(fcntl(u, F_GETLEASE) == F_UNLCK, "write lease broken by a writer: %d, not UNLCK",
+        fcntl(u, F_GETLEASE));
+  CHECK(fcntl(r, F_GETLEASE) == F_RDLCK, "write lease broken by a reader: %d, not RDLCK",
+        fcntl(r, F_GETLEASE));
+  int again = open(to_unlck, O_RDONLY | O_NONBLOCK);
+  CHECK(again < 0 && errno == EWOULDBLOCK, "a reader opened it: the break is gone");
+  return 0;
+}
+
+/* inotify00: a watch on a file that was unlinked while open. Restored: the watch is on the
+ * restored deleted file (closing it after a write gives IN_CLOSE_WRITE). */
+static int m_inotify_deleted(void) {
+  char f[512];
+  snprintf(f, sizeof f, "%s", path_in("watched_gone"));
+  int fd = open(f, O_CREAT | O_RDWR, 0644);
+  int in = inotify_init1(IN_NONBLOCK);
+  SETUP(fd >= 0 && in >= 0);
+  int wd = inotify_add_watch(in, f, IN_CLOSE_WRITE | IN_DELETE_SELF);
+  SETUP(wd >= 0 && unlink(f) == 0);
+  char buf[4096];
+  SETUP(read(in, buf, sizeof buf) < 0 || 1); /* drain IN_ATTRIB etc. */
+  ready_and_wait();
+  CHECK(write(fd, "x", 1) == 1, "write");
+  close(fd);
+  ssize_t n = read(in, buf, sizeof buf);
+  CHECK(n > 0, "no event after closing the deleted file");
+  unsigned mask = 0;
+  for (ssize_t off = 0; off < n;) {
+    struct inotify_event* ev = (struct inotify_event*)(buf + off);
+    if (ev->wd == wd) mask |= ev->mask;
+    off += sizeof *ev + ev->len;
+  }
+  CHECK(mask & IN_CLOSE_WRITE, "events %#x on wd %d, no IN_CLOSE_WRITE", mask, wd);
+  return 0;
+}
+
+/* fd01's tmpfile(): an O_TMPFILE file (its flags keep O_TMPFILE). Restored with its data. */
+static int m_tmpfile(void) {
+  int fd = open(dir, O_TMPFILE | O_RDWR, 0600);
+  SETUP(fd >= 0 && write(fd, "tmpdata", 7) == 7);
+  ready_and_wait();
+  char buf[8] = {0};
+  CHECK(pread(fd, buf, 7, 0) == 7 && !strcmp(buf, "tmpdata"), "data '%s'", buf);
+  struct stat st;
+  CHECK(fstat(fd, &st) == 0 && st.st_nlink == 0 && S_ISREG(st.st_mode), "not a deleted file");
+  CHECK(write(fd, "!", 1) == 1, "not writable");
+  return 0;
+}
+
+/* sockets_dgram: a named datagram socket connected to itself. Restored: still bound and
+ * connected to its own name; what it sends it receives. */
+static int m_dgram_self(void) {
+  struct sockaddr_un a = {.sun_family = AF_UNIX};
+  snprintf(a.sun_path, sizeof a.sun_path, "%s", path_in("self.sock"));
+  int s = socket(AF_UNIX, SOCK_DGRAM, 0);
+  SETUP(s >= 0 && bind(s, (struct sockaddr*)&a, sizeof a) == 0 &&
+        connect(s, (struct sockaddr*)&a, sizeof a) == 0 && write(s, "q", 1) == 1);
+  ready_and_wait();
+  char b[8] = {0};
+  CHECK(recv(s, b, sizeof b, MSG_DONTWAIT) == 1 && b[0] == 'q', "queued datagram lost");
+  CHECK(write(s, "ping", 4) == 4, "send to itself");
+  CHECK(recv(s, b, sizeof b, MSG_DONTWAIT) == 4 && !memcmp(b, "ping", 4), "no datagram back");
+  struct sockaddr_un peer;
+  socklen_t len = sizeof peer;
+  CHECK(getpeername(s, (struct sockaddr*)&peer, &len) == 0 && !strcmp(peer.sun_path, a.sun_path),
+        "peer is not itself");
+  return 0;
+}
+
+/* dead_thread_posix_timer: a POSIX timer aimed (SIGEV_THREAD_ID) at a thread that has exited.
+ * Restored: the timer exists (with its id). */
+static timer_t dead_thread_timer;
+static void* make_thread_timer(void* arg) {
+  (void)arg;
+  struct sigevent ev = {.sigev_notify = SIGEV_THREAD_ID, .sigev_signo = SIGRTMIN};
+  ev._sigev_un._tid = (pid_t)syscall(SYS_gettid);
+  return timer_create(CLOCK_MONOTONIC, &ev, &dead_thread_timer) ? (void*)1 : NULL;
+}
+static int m_timer_dead_thread(void) {
+  pthread_t t;
+  void* r;
+  SETUP(pthread_create(&t, NULL, make_thread_timer, NULL) == 0 && pthread_join(t, &r) == 0 &&
+        r == NULL);
+  ready_and_wait();
+  struct itimerspec v;
+  CHECK(timer_gettime(dead_thread_timer, &v) == 0, "the timer is gone");
+  CHECK(timer_delete(dead_thread_timer) == 0, "timer_delete");
+  return 0;
+}
+
+/* sk-freebind-false: a UDP socket bound to an address this host does not have while
+ * IP_FREEBIND was on, turned off since. Restored: the same address, FREEBIND off. */
+static int m_freebind_off(void) {
+  struct sockaddr_in6 a = {.sin6_family = AF_INET6, .sin6_port = 0};
+  SETUP(inet_pton(AF_INET6, "2001:db8::42:1", &a.sin6_addr) == 1);
+  int s = socket(AF_INET6, SOCK_DGRAM, 0), on = 1, off = 0;
+  SETUP(s >= 0 && setsockopt(s, SOL_IP, IP_FREEBIND, &on, sizeof on) == 0 &&
+        bind(s, (struct sockaddr*)&a, sizeof a) == 0 &&
+        setsockopt(s, SOL_IP, IP_FREEBIND, &off, sizeof off) == 0);
+  struct sockaddr_in6 before, after;
+  socklen_t len = sizeof before;
+  SETUP(getsockname(s, (struct sockaddr*)&before, &len) == 0);
+  ready_and_wait();
+  len = sizeof after;
+  CHECK(getsockname(s, (struct sockaddr*)&after, &len) == 0 &&
+            !memcmp(&after.sin6_addr, &before.sin6_addr, sizeof after.sin6_addr) &&
+            after.sin6_port == before.sin6_port,
+        "bound elsewhere");
+  int v = -1;
+  len = sizeof v;
+  CHECK(getsockopt(s, SOL_IP, IP_FREEBIND, &v, &len) == 0 && v == 0, "FREEBIND is %d", v);
+  return 0;
+}
+
+/* maps06: thousands of small VMAs (a private mapping of one file page between anonymous pages,
+ * each written). The dump's BPF VMA iterator went round without end past a few thousand VMAs
+ * (the dump died of bad_alloc); it must fall back to smaps. Restored: every page's value. */
+static int m_many_vmas(void) {
+  enum { kN = 5000 };
+  long ps = sysconf(_SC_PAGESIZE);
+  int fd = open(path_in("vmas"), O_RDWR | O_CREAT, 0644);
+  SETUP(fd >= 0 && ftruncate(fd, ps) == 0);
+  char* base = mmap(NULL, (size_t)ps * kN * 3, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  SETUP(base != MAP_FAILED);
+  for (int i = 0; i < kN; i++) {
+    int* f = mmap(base + (size_t)i * 3 * ps, ps, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED,
+                  fd, 0);
+    int* a = mmap(base + ((size_t)i * 3 + 1) * ps, ps, PROT_READ | PROT_WRITE,
+                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+    SETUP(f != MAP_FAILED && a != MAP_FAILED);
+    f[0] = 2 * i;
+    a[0] = i;
+  }
+  close(fd);
+  ready_and_wait();
+  for (int i = 0; i < kN; i++) {
+    int* f = (int*)(base + (size_t)i * 3 * ps);
+    int* a = (int*)(base + ((size_t)i * 3 + 1) * ps);
+    CHECK(f[0] == 2 * i && a[0] == i, "VMA pair %d: %d %d", i, f[0], a[0]);
+  }
+  return 0;
+}
+
 int main(int argc, char** argv) {
   int bad = zdtm_start(argc, argv);
   if (bad) return bad;
@@ -1522,6 +1771,15 @@ int main(int argc, char** argv) {
       {"cgroup_threads", m_cgroup_threads},
       {"cgroupv2_00", m_cgroupv2_00},
       {"cgroup_ifpriomap", m_cgroup_ifpriomap},
+      {"flock_inherited", m_flock_inherited},
+      {"ghost_shared", m_ghost_shared},
+      {"lease_write_breaking", m_lease_write_breaking},
+      {"inotify_deleted", m_inotify_deleted},
+      {"tmpfile", m_tmpfile},
+      {"dgram_self", m_dgram_self},
+      {"timer_dead_thread", m_timer_dead_thread},
+      {"freebind_off", m_freebind_off},
+      {"many_vmas", m_many_vmas},
   };
   return zdtm_run(argv[1], modes, sizeof modes / sizeof modes[0]);
 }
