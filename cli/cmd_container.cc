@@ -265,6 +265,21 @@ int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
   auto pa = ParseArgs(args, spec);
   if (!pa.ok()) return ReportError(g, "restore", pa.error());
   if (pa->has("json")) g.json = true;
+  const std::string work = pa->get("work-path");
+  // Detached and not driven by an engine (conmon hands the restore its own pipes): the
+  // container's output goes to its log (`godwit logs ID`), as for `run --detach`. A container
+  // that was run detached finds its log again (the images name it; made here when missing,
+  // e.g. on a migration's destination). Opened before a --wait-fd wait: its file creation is
+  // then not in a migration's blackout.
+  std::unique_ptr<DetachedOutput> output;
+  bool log_was_there = false;
+  if (pa->has("detach") && work.empty() && DetachedOutput::Wanted() &&
+      pa->positionals.size() == 1 && runtime::ValidateId(pa->positionals[0]).ok()) {
+    log_was_there = fs::Exists(runtime::LogPath(g.root, pa->positionals[0]));
+    auto d = DetachedOutput::Open(g.root, pa->positionals[0], /*fresh=*/false);
+    if (!d.ok()) return ReportError(g, "restore", d.error());
+    output = std::move(*d);
+  }
   if (pa->has("wait-fd")) {
     // godwitd starts the restore ahead (its start-up out of a migration's blackout) and lets
     // it go with one byte (1) on this fd; EOF means the migration ended otherwise: nothing to
@@ -279,6 +294,11 @@ int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
       }
       if (n != 1) {
         close(fd);
+        // Not restored here: a log made for it goes too.
+        if (output && !log_was_there) {
+          output.reset();
+          (void)::unlink(runtime::LogPath(g.root, pa->positionals[0]).c_str());
+        }
         return 0;
       }
       if (b != 'p') break;
@@ -286,9 +306,14 @@ int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
     }
     close(fd);
   }
-  const std::string work = pa->get("work-path");
+  auto o_id = [&] { return pa->positionals.empty() ? std::string() : pa->positionals[0]; };
   auto fail = [&](const Error& e) {
     WriteWorkLog(work, "restore.log", "godwit restore: error: " + e.to_string());
+    if (output) {
+      output->Restore();  // the error is the caller's, not the container's log's
+      // Nothing restored: a log made for it goes too (an earlier one stays).
+      if (!log_was_there) (void)::unlink(runtime::LogPath(g.root, o_id()).c_str());
+    }
     return ReportError(g, "restore", e);
   };
   if (auto r = CheckRuncCrValues(*pa); !r.ok()) return fail(r.error());
@@ -323,23 +348,13 @@ int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
     }
   }
   if (ProgressFn f = ProgressFor(g)) o.progress = f;
-  // Detached and not driven by an engine (conmon hands the restore its own pipes): the
-  // container's output goes to its log (`godwit logs ID`), as for `run --detach`. A container
-  // that was run detached finds its log again (the images name it; made here when missing,
-  // e.g. on a migration's destination).
-  std::unique_ptr<DetachedOutput> output;
-  if (pa->has("detach") && work.empty() && DetachedOutput::Wanted()) {
-    if (auto v = runtime::ValidateId(o.id); !v.ok()) return fail(v.error());
-    auto d = DetachedOutput::Open(g.root, o.id, /*fresh=*/false);
-    if (!d.ok()) return fail(d.error());
-    output = std::move(*d);
-  }
   auto r = container::Restore(o);
+  if (!r.ok()) return fail(r.error());
   if (output) {
     output->Restore();
     output->Keep();
+    log_was_there = true;  // the container's now: a later error leaves it
   }
-  if (!r.ok()) return fail(r.error());
   const runtime::Container& c = r->container;
   std::string pid_file = pa->get("pid-file");
   if (!pid_file.empty()) {

@@ -203,6 +203,15 @@ TEST_F(Tooling, LogOutlivesCheckpointAndTheRestoreAppends) {
   EXPECT_FALSE(fs::Exists(root_ + "/.logs/" + id_ + ".log"));
 }
 
+// A detached restore that fails makes no log (it opens the log before it waits or restores)
+// and says why on its own stderr.
+TEST_F(Tooling, FailedDetachedRestoreLeavesNoLog) {
+  CliRun r = Gw({"restore", id_, "--image-path", tmp_.path() + "/no-images", "--detach"});
+  EXPECT_EQ(r.code, 3) << r;
+  EXPECT_TRUE(Has(r.err, "no-images")) << r.err;
+  EXPECT_FALSE(fs::Exists(root_ + "/.logs/" + id_ + ".log"));
+}
+
 // `run -d ... > file` (stdout a file, as godwit's test helper has it): the container writes
 // there, as with runc; no log is made.
 TEST_F(Tooling, StdoutRedirectedToAFileStaysTheContainers) {
