@@ -163,6 +163,9 @@ Result<std::unique_ptr<PendingRestore>> PendingRestore::Spawn(const DestOptions&
                                                               const std::string& id,
                                                               const std::string& staging) {
   std::vector<std::string> args = {GodwitBin(o), "--root", o.root, "--json"};
+  // A daemon at debug level: the restore's debug lines too (its steps on the monotonic clock),
+  // copied into the daemon's log once it ran (~100 lines: the pipe holds them meanwhile).
+  if (log::GetLevel() >= log::kDebug) args.push_back("--debug");
   if (!o.cgroup_parent.empty()) {
     args.push_back("--cgroup-parent");
     args.push_back(o.cgroup_parent);
@@ -220,6 +223,16 @@ Result<std::unique_ptr<PendingRestore>> PendingRestore::Spawn(const DestOptions&
 
 PendingRestore::~PendingRestore() {
   if (pid_ <= 0) return;
+  if (log::GetLevel() >= log::kDebug && err_.valid()) {
+    // What it wrote (its detached lazy pager keeps the pipe open: no end of file to wait for).
+    (void)fcntl(err_.get(), F_SETFL, O_NONBLOCK);
+    std::string text;
+    char buf[4096];
+    ssize_t n;
+    while ((n = read(err_.get(), buf, sizeof(buf))) > 0) text.append(buf, n);
+    for (const auto& line : fs::Split(text, '\n'))
+      if (!line.empty()) LOG_DEBUG("restore of %s: %s", id_.c_str(), line.c_str());
+  }
   go_.reset();  // EOF: it exits without restoring
   out_.reset();
   err_.reset();

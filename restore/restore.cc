@@ -39,6 +39,7 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
   LOG_DEBUG("restore: images loaded");
   TRY(CheckTree(ctx));     // load.cc, sessions.cc
   TRY(PrepareShmem(ctx));  // shmem.cc: every shared memory object made again and filled
+  LOG_DEBUG("restore: tree checked, %zu shared memory object(s)", ctx.shmem.size());
   ASSIGN_OR_RETURN(std::unique_ptr<files::FdRestorer> fds, LoadFiles(ctx));
   ctx.fds = fds.get();
   LOG_DEBUG("restore: files loaded");
