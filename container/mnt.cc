@@ -28,27 +28,6 @@ std::string TmpfsBlob(uint32_t mnt_id) { return StrFormat("tmpfs-%u-data.img", m
 
 namespace {
 
-// The entry names of the directory dirfd (not . and ..), sorted; dirfd stays open and unmoved.
-Result<std::vector<std::string>> SortedNames(int dirfd, const std::string& what) {
-  int dup = ::fcntl(dirfd, F_DUPFD_CLOEXEC, 0);
-  if (dup < 0) return Errno("dup");
-  DIR* d = ::fdopendir(dup);
-  if (!d) {
-    ::close(dup);
-    return Errno("fdopendir %s", what.c_str());
-  }
-  std::vector<std::string> names;
-  errno = 0;
-  while (struct dirent* de = ::readdir(d)) {
-    if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) names.push_back(de->d_name);
-  }
-  int e = errno;
-  ::closedir(d);
-  if (e) return MakeError(ErrorKind::kGeneric, e, "readdir %s", what.c_str());
-  std::sort(names.begin(), names.end());
-  return names;
-}
-
 // The entries of the directory dirfd (not . and ..) with their d_type (DT_UNKNOWN where the file
 // system does not tell), sorted by name; dirfd stays open. Read from the start: the dup shares
 // dirfd's offset, which an earlier listing (the layer's walk of the same directory) left at the
@@ -74,6 +53,15 @@ Result<std::vector<std::pair<std::string, unsigned char>>> SortedEntries(int dir
   if (e) return MakeError(ErrorKind::kGeneric, e, "readdir %s", what.c_str());
   std::sort(out.begin(), out.end());
   return out;
+}
+
+// The entry names of the directory dirfd (not . and ..), sorted; dirfd stays open.
+Result<std::vector<std::string>> SortedNames(int dirfd, const std::string& what) {
+  ASSIGN_OR_RETURN(auto entries, SortedEntries(dirfd, what));
+  std::vector<std::string> names;
+  names.reserve(entries.size());
+  for (auto& [name, type] : entries) names.push_back(std::move(name));
+  return names;
 }
 
 // mountinfo escapes space, tab, newline and backslash as \ooo.
