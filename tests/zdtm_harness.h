@@ -8,6 +8,7 @@
 
 #include <poll.h>
 #include <signal.h>
+#include <sys/mount.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -66,6 +67,17 @@ class ZdtmHarness : public ::testing::Test {
   }
   // What a suite's helpers leave outside the temp dir (run after the processes are gone).
   virtual void CleanUp() {}
+  // The cgroups a cgroups mode made, as it recorded them in DIR/cgroups ("mount PATH" and
+  // "dir PATH", deepest first): the directories removed, then the mounts detached.
+  void RemoveRecordedCgroups() {
+    std::istringstream in(ReadAll(dir_ / "cgroups"));
+    std::vector<std::string> mounts;
+    for (std::string what, path; in >> what >> path;) {
+      if (what == "mount") mounts.push_back(path);
+      if (what == "dir") rmdir(path.c_str());
+    }
+    for (const auto& m : mounts) umount2(m.c_str(), MNT_DETACH);
+  }
 
   pid_t Start(const std::string& mode) {
     pid_t p = StartHelper(helper_, {mode, "{READY}", dir_.path()});

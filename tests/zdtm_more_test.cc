@@ -22,16 +22,7 @@ namespace {
 class ZdtmMore : public ZdtmHarness {
  protected:
   ZdtmMore() : ZdtmHarness("z_more") {}
-  // What the cgroups mode made (DIR/cgroups: "mount PATH", "dir PATH", deepest first).
-  void CleanUp() override {
-    std::istringstream in(ReadAll(dir_ / "cgroups"));
-    std::vector<std::string> mounts;
-    for (std::string what, path; in >> what >> path;) {
-      if (what == "mount") mounts.push_back(path);
-      if (what == "dir") rmdir(path.c_str());
-    }
-    for (const auto& m : mounts) umount2(m.c_str(), MNT_DETACH);
-  }
+  void CleanUp() override { RemoveRecordedCgroups(); }
 };
 
 #define ZDTM(Name, mode) \

@@ -30,13 +30,7 @@ class ZdtmPort : public ZdtmHarness {
   // What the modes leave outside the temp dir: cgroups ("dir PATH" deepest first, "mount PATH"),
   // nftables tables (DIR/nft) and tmpfs mounts (DIR/mounts).
   void CleanUp() override {
-    std::istringstream in(ReadAll(dir_ / "cgroups"));
-    std::vector<std::string> mounts;
-    for (std::string what, path; in >> what >> path;) {
-      if (what == "mount") mounts.push_back(path);
-      if (what == "dir") rmdir(path.c_str());
-    }
-    for (const auto& m : mounts) umount2(m.c_str(), MNT_DETACH);
+    RemoveRecordedCgroups();
     std::istringstream nft(ReadAll(dir_ / "nft"));
     for (std::string t; nft >> t;)
       (void)!system(("nft delete table inet " + t + " 2>/dev/null").c_str());

@@ -51,11 +51,6 @@ static ssize_t read_full(int fd, void* buf, size_t n) {
   return got;
 }
 /* The children's exit codes: the first non-zero one (its number plus 50), or 0. */
-static int reap(pid_t pid) {
-  int st;
-  if (waitpid(pid, &st, 0) != pid) return -1;
-  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-}
 /* Children wait for the parent's word over a pipe (the parent gets SIGUSR2). */
 static int go_pipe[2];
 static void go_init(void) { SETUP(pipe(go_pipe) == 0); }

@@ -70,11 +70,6 @@ static void child_wait_go(void) {
   SETUP(read(go_pipe[0], &c, 1) == 0);
 }
 static void go_children(void) { close(go_pipe[1]); }
-static int reap(pid_t pid) {
-  int st;
-  if (waitpid(pid, &st, 0) != pid) return -1;
-  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-}
 
 /* symlink / symlink01: a symlink held O_PATH|O_NOFOLLOW, its name kept or unlinked. */
 static int symlink_mode(int unlink_it) {

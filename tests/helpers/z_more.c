@@ -39,13 +39,6 @@
 
 #include "zdtm_helper.h"
 
-static int reap(pid_t p) {
-  int st = 0;
-  while (waitpid(p, &st, __WALL) < 0)
-    if (errno != EINTR) return -1;
-  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-}
-
 /* sigtrap: a SIGTRAP handler, and a SIGTRAP pending while blocked, read back by signalfd; an
  * ignored SIGTRAP in a child. Restore's (and dump's) ptrace traps must touch neither. */
 static volatile sig_atomic_t traps;
@@ -358,17 +351,6 @@ static int m_pty_owner(void) {
  * queue and a FIN queued behind it (FIN-WAIT-1); the peer is outside the tree (a grandchild
  * that its parent left: reparented to the test, a subreaper). After the restore the peer reads
  * everything, sends the rest of its message and its FIN, and says how much it got. */
-static int fill_send(int fd) {
-  int fl = fcntl(fd, F_GETFL), size = 0;
-  fcntl(fd, F_SETFL, fl | O_NONBLOCK);
-  for (;;) {
-    ssize_t n = write(fd, "zdtm test packet", 16);
-    if (n < 0) break;
-    size += (int)n;
-  }
-  fcntl(fd, F_SETFL, fl);
-  return errno == EAGAIN ? size : -1;
-}
 static int tcp_connect_to(int family, int port) {
   int c = socket(family, SOCK_STREAM, 0);
   if (c < 0) return -1;

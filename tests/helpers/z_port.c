@@ -31,13 +31,6 @@
 
 #include "zdtm_helper.h"
 
-static int reap(pid_t p) {
-  int st = 0;
-  while (waitpid(p, &st, __WALL) < 0)
-    if (errno != EINTR) return -1;
-  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-}
-
 /* ---- TCP states (socket-tcp{,6,4v6}-{fin-wait2,close-wait,last-ack,closing}) ----
  * The tree's end of a connection in the state, the peer a process outside the tree (a grandchild
  * its parent left: reparented to the test, a subreaper), which also holds a control connection.
@@ -86,19 +79,6 @@ static int tcp_client(int family, int port) {
     r = connect(c, (struct sockaddr*)&a, sizeof a);
   }
   return r == 0 ? c : -1;
-}
-/* Writes until the send queue is full; the bytes written. */
-static int fill_send(int fd) {
-  int fl = fcntl(fd, F_GETFL), size = 0;
-  fcntl(fd, F_SETFL, fl | O_NONBLOCK);
-  for (;;) {
-    ssize_t n = write(fd, "zdtm test packet", 16);
-    if (n < 0) break;
-    size += (int)n;
-  }
-  int e = errno;
-  fcntl(fd, F_SETFL, fl);
-  return e == EAGAIN ? size : -1;
 }
 /* Reads to EOF; the bytes read, -1 on an error. */
 static int drain(int fd) {
@@ -239,7 +219,6 @@ static int m_tcp_fin_wait2(void) { return tcp_states(FIN_WAIT2); }
 static int m_tcp_close_wait(void) { return tcp_states(CLOSE_WAIT); }
 static int m_tcp_last_ack(void) { return tcp_states(LAST_ACK); }
 static int m_tcp_closing(void) { return tcp_states(CLOSING); }
-
 
 /* socket-tcp-closed, socket-tcp-closed-last-ack: a loopback pair both ends of which shut their
  * writes: the client's socket closed (its peer's FIN received; TIME_WAIT is the kernel's), the

@@ -46,12 +46,6 @@
 
 #include "zdtm_helper.h"
 
-static int reap(pid_t p) {
-  int st;
-  while (waitpid(p, &st, 0) < 0)
-    if (errno != EINTR) return -1;
-  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-}
 static long long ms_of(const struct timespec* t) { return t->tv_sec * 1000LL + t->tv_nsec / 1000000; }
 static long long now_ms(clockid_t c) {
   struct timespec t;

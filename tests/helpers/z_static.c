@@ -118,12 +118,6 @@ static pid_t child_waiting(int code) {
   }
   return p;
 }
-static int reap(pid_t p) {
-  int st;
-  while (waitpid(p, &st, 0) < 0)
-    if (errno != EINTR) return -1;
-  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-}
 
 /* ---- environment and memory ---- */
 

@@ -7,10 +7,12 @@
 #pragma once
 
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define ZDTM_UNUSED __attribute__((unused))
@@ -57,6 +59,27 @@ static ZDTM_UNUSED void wait_usr2(void) {
 static ZDTM_UNUSED void ready_and_wait(void) {
   ready();
   wait_usr2();
+}
+/* Waits for child p (clone children too); its exit status, 128 + the signal, or -1. */
+static ZDTM_UNUSED int reap(pid_t p) {
+  int st = 0;
+  while (waitpid(p, &st, __WALL) < 0)
+    if (errno != EINTR) return -1;
+  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+/* Writes to fd until it would block (its send buffer and the peer's window full); the bytes
+ * written, -1 on another error. */
+static ZDTM_UNUSED int fill_send(int fd) {
+  int fl = fcntl(fd, F_GETFL), size = 0;
+  fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+  for (;;) {
+    ssize_t n = write(fd, "zdtm test packet", 16);
+    if (n < 0) break;
+    size += (int)n;
+  }
+  int e = errno;
+  fcntl(fd, F_SETFL, fl);
+  return e == EAGAIN ? size : -1;
 }
 /* DIR/name, in one of 8 rotating buffers (a check may use a few at once). */
 static ZDTM_UNUSED char* path_in(const char* name) {
