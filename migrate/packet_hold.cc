@@ -134,6 +134,18 @@ Result<UniqueFd> NetnsOf(pid_t pid) {
   return fs::Open(StrFormat("/proc/%d/ns/net", pid), O_RDONLY | O_CLOEXEC);
 }
 
+std::string DeafTable() { return StrFormat("godwit_deaf_%d", getpid()); }
+
+// Deletes the inet and arp tables named t in pid's network namespace (what Silence and Deafen
+// made); `what` names the step in the error.
+Result<void> DeleteTables(pid_t pid, const std::string& t, const char* what) {
+  ASSIGN_OR_RETURN(UniqueFd ns, NetnsOf(pid));
+  TRY_CTX(netns::NftRunIn(ns.get(), StrFormat("delete table inet %s\ndelete table arp %s\n",
+                                              t.c_str(), t.c_str())),
+          "%s the network of pid %d", what, pid);
+  return Ok();
+}
+
 }  // namespace
 
 Result<void> Silence(pid_t pid) {
@@ -149,18 +161,7 @@ Result<void> Silence(pid_t pid) {
   return Ok();
 }
 
-Result<void> Unsilence(pid_t pid) {
-  ASSIGN_OR_RETURN(UniqueFd ns, NetnsOf(pid));
-  std::string t = SilenceTable();
-  TRY_CTX(netns::NftRunIn(ns.get(), StrFormat("delete table inet %s\ndelete table arp %s\n",
-                                              t.c_str(), t.c_str())),
-          "unsilence the network of pid %d", pid);
-  return Ok();
-}
-
-namespace {
-std::string DeafTable() { return StrFormat("godwit_deaf_%d", getpid()); }
-}  // namespace
+Result<void> Unsilence(pid_t pid) { return DeleteTables(pid, SilenceTable(), "unsilence"); }
 
 Result<void> Deafen(pid_t pid) {
   ASSIGN_OR_RETURN(UniqueFd ns, NetnsOf(pid));
@@ -176,14 +177,7 @@ Result<void> Deafen(pid_t pid) {
   return Ok();
 }
 
-Result<void> Undeafen(pid_t pid) {
-  ASSIGN_OR_RETURN(UniqueFd ns, NetnsOf(pid));
-  std::string t = DeafTable();
-  TRY_CTX(netns::NftRunIn(ns.get(), StrFormat("delete table inet %s\ndelete table arp %s\n",
-                                              t.c_str(), t.c_str())),
-          "undeafen the network of pid %d", pid);
-  return Ok();
-}
+Result<void> Undeafen(pid_t pid) { return DeleteTables(pid, DeafTable(), "undeafen"); }
 
 Result<void> Unplug(const std::string& host_veth) {
   if (host_veth.empty()) return Ok();
