@@ -210,16 +210,8 @@ __attribute__((target("avx512f,avx512vl,vpclmulqdq,pclmul,sse4.2"))) uint32_t Ra
   _mm512_store_si512(av, a3);
   uint64_t c = _mm_crc32_u64(0, tv[0] ^ tv[2] ^ tv[4] ^ av[6]);
   c = _mm_crc32_u64(c, tv[1] ^ tv[3] ^ tv[5] ^ av[7]);
-  while (n >= 8) {
-    uint64_t v;
-    memcpy(&v, p, 8);
-    c = _mm_crc32_u64(c, v);
-    p += 8;
-    n -= 8;
-  }
-  uint32_t rr = static_cast<uint32_t>(c);
-  while (n--) rr = _mm_crc32_u8(rr, *p++);
-  return rr;
+  // The rest (under 256 bytes) as any other short buffer.
+  return RawHardware(static_cast<uint32_t>(c), p, n);
 }
 
 bool DetectFold() {
