@@ -159,16 +159,16 @@ Result<void> InjectFromPeer(int fd, const img::InetSocket& sk, uint32_t seq, uin
   th.rst = (flags & TH_RST) != 0;
   th.ack = (flags & TH_ACK) != 0;
   th.window = htons(window);
-  uint32_t sum = 0;
+  // The checksum covers the pseudo-header: both addresses, the protocol and the TCP length.
+  uint32_t sum = v4 ? inet::SumWords(inet::SumWords(0, &p4, 4), &l4, 4)
+                    : inet::SumWords(inet::SumWords(0, &p6, 16), &l6, 16);
+  sum += IPPROTO_TCP + sizeof(th);
+  th.check = htons(inet::Fold(inet::SumWords(sum, &th, sizeof(th))));
   char pkt[sizeof(ip6_hdr) + sizeof(tcphdr)];
-  size_t len;
+  size_t hlen;
   sockaddr_storage to{};
   socklen_t tl;
   if (v4) {
-    sum = inet::SumWords(sum, &p4, 4);
-    sum = inet::SumWords(sum, &l4, 4);
-    sum += IPPROTO_TCP + sizeof(th);
-    th.check = htons(inet::Fold(inet::SumWords(sum, &th, sizeof(th))));
     iphdr ip{};
     ip.version = 4;
     ip.ihl = sizeof(ip) / 4;
@@ -178,18 +178,13 @@ Result<void> InjectFromPeer(int fd, const img::InetSocket& sk, uint32_t seq, uin
     ip.protocol = IPPROTO_TCP;
     ip.saddr = p4.s_addr;
     ip.daddr = l4.s_addr;
-    memcpy(pkt, &ip, sizeof(ip));
-    memcpy(pkt + sizeof(ip), &th, sizeof(th));
-    len = sizeof(ip) + sizeof(th);
+    hlen = sizeof(ip);
+    memcpy(pkt, &ip, hlen);
     auto* a = reinterpret_cast<sockaddr_in*>(&to);
     a->sin_family = AF_INET;
     a->sin_addr = l4;
     tl = sizeof(*a);
   } else {
-    sum = inet::SumWords(sum, &p6, 16);
-    sum = inet::SumWords(sum, &l6, 16);
-    sum += IPPROTO_TCP + sizeof(th);
-    th.check = htons(inet::Fold(inet::SumWords(sum, &th, sizeof(th))));
     ip6_hdr ip{};
     ip.ip6_flow = htonl(6u << 28);
     ip.ip6_plen = htons(sizeof(th));
@@ -197,14 +192,15 @@ Result<void> InjectFromPeer(int fd, const img::InetSocket& sk, uint32_t seq, uin
     ip.ip6_hlim = 64;
     ip.ip6_src = p6;
     ip.ip6_dst = l6;
-    memcpy(pkt, &ip, sizeof(ip));
-    memcpy(pkt + sizeof(ip), &th, sizeof(th));
-    len = sizeof(ip) + sizeof(th);
+    hlen = sizeof(ip);
+    memcpy(pkt, &ip, hlen);
     auto* a = reinterpret_cast<sockaddr_in6*>(&to);
     a->sin6_family = AF_INET6;
     a->sin6_addr = l6;
     tl = sizeof(*a);
   }
+  memcpy(pkt + hlen, &th, sizeof(th));
+  const size_t len = hlen + sizeof(th);
   if (sendto(raw.get(), pkt, len, 0, reinterpret_cast<sockaddr*>(&to), tl) !=
       static_cast<ssize_t>(len))
     return Errno("send %s the peer's segment", AddrStr(sk.src()).c_str());
