@@ -280,6 +280,13 @@ int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
     if (!d.ok()) return ReportError(g, "restore", d.error());
     output = std::move(*d);
   }
+  // Nothing restored: godwit's own stdio back, and a log made for it goes too (an earlier one
+  // stays; so does the log of a container restored before a later error).
+  auto drop_output = [&] {
+    if (!output) return;
+    output.reset();
+    if (!log_was_there) (void)::unlink(runtime::LogPath(g.root, pa->positionals[0]).c_str());
+  };
   if (pa->has("wait-fd")) {
     // godwitd starts the restore ahead (its start-up out of a migration's blackout) and lets
     // it go with one byte (1) on this fd; EOF means the migration ended otherwise: nothing to
@@ -294,11 +301,7 @@ int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
       }
       if (n != 1) {
         close(fd);
-        // Not restored here: a log made for it goes too.
-        if (output && !log_was_there) {
-          output.reset();
-          (void)::unlink(runtime::LogPath(g.root, pa->positionals[0]).c_str());
-        }
+        drop_output();
         return 0;
       }
       if (b != 'p') break;
@@ -306,14 +309,9 @@ int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
     }
     close(fd);
   }
-  auto o_id = [&] { return pa->positionals.empty() ? std::string() : pa->positionals[0]; };
   auto fail = [&](const Error& e) {
     WriteWorkLog(work, "restore.log", "godwit restore: error: " + e.to_string());
-    if (output) {
-      output->Restore();  // the error is the caller's, not the container's log's
-      // Nothing restored: a log made for it goes too (an earlier one stays).
-      if (!log_was_there) (void)::unlink(runtime::LogPath(g.root, o_id()).c_str());
-    }
+    drop_output();  // the error is the caller's, not the container's log's
     return ReportError(g, "restore", e);
   };
   if (auto r = CheckRuncCrValues(*pa); !r.ok()) return fail(r.error());
