@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 
 #include "common/args.h"
@@ -69,6 +70,7 @@ nlohmann::json PhasesJson(const container::RestorePhases& p) {
           {"running_ms", p.running_ms},
           {"finish_ms", p.finish_ms},
           {"pager_detach_ms", p.pager_detach_ms},
+          {"ahead_ms", p.ahead_ms},
           {"total_ms", p.total_ms}};
 }
 
@@ -287,43 +289,9 @@ int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
     output.reset();
     if (!log_was_there) (void)::unlink(runtime::LogPath(g.root, pa->positionals[0]).c_str());
   };
-  if (pa->has("wait-fd")) {
-    // godwitd starts the restore ahead (its start-up out of a migration's blackout) and lets
-    // it go with one byte (1) on this fd; EOF means the migration ended otherwise: nothing to
-    // do. Meanwhile 'p' (after each pre-copy round): parse the rounds' page maps that arrived
-    // (restore/load.h), so the blackout does not.
-    int fd = atoi(pa->get("wait-fd").c_str());
-    const std::string tree_dir = pa->get("image-path") + "/" + container::kTreeDir;
-    for (;;) {
-      char b;
-      ssize_t n;
-      while ((n = read(fd, &b, 1)) < 0 && errno == EINTR) {
-      }
-      if (n != 1) {
-        close(fd);
-        drop_output();
-        return 0;
-      }
-      if (b != 'p') break;
-      restore::PreloadPageMaps(tree_dir);
-    }
-    close(fd);
-  }
-  auto fail = [&](const Error& e) {
-    WriteWorkLog(work, "restore.log", "godwit restore: error: " + e.to_string());
-    drop_output();  // the error is the caller's, not the container's log's
-    return ReportError(g, "restore", e);
-  };
-  if (auto r = CheckRuncCrValues(*pa); !r.ok()) return fail(r.error());
-  if (pa->has("console-socket"))
-    return fail(MakeError(ErrorKind::kUnsupported, 0,
-                          "--console-socket: restoring a container whose process has a terminal "
-                          "is not supported"));
-  if (pa->positionals.size() != 1)
-    return ReportError(g, "restore", MakeError(ErrorKind::kUsage, 0, "need exactly one ID"));
   container::RestoreOptions o;
   o.root = g.root;
-  o.id = pa->positionals[0];
+  o.id = pa->positionals.size() == 1 ? pa->positionals[0] : "";
   o.image_path = pa->get("image-path");
   o.import_file = pa->get("import");
   o.bundle = pa->get("bundle");
@@ -346,7 +314,52 @@ int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
     }
   }
   if (ProgressFn f = ProgressFor(g)) o.progress = f;
-  auto r = container::Restore(o);
+  // 'e' on the wait fd: the container's own images are in (a migration's source dumps the tree
+  // next): its environment is made now, out of the blackout (container::PrepareRestore).
+  std::optional<Result<container::PreparedRestorePtr>> ahead;
+  if (pa->has("wait-fd")) {
+    // godwitd starts the restore ahead (its start-up out of a migration's blackout) and lets
+    // it go with one byte (1) on this fd; EOF means the migration ended otherwise: nothing to
+    // do. Meanwhile 'p' (after each pre-copy round): parse the rounds' page maps that arrived
+    // (restore/load.h), so the blackout does not.
+    int fd = atoi(pa->get("wait-fd").c_str());
+    const std::string tree_dir = pa->get("image-path") + "/" + container::kTreeDir;
+    for (;;) {
+      char b;
+      ssize_t n;
+      while ((n = read(fd, &b, 1)) < 0 && errno == EINTR) {
+      }
+      if (n != 1) {
+        close(fd);
+        drop_output();
+        return 0;
+      }
+      if (b == 'e') {
+        if (!ahead && pa->positionals.size() == 1) ahead = container::PrepareRestore(o, true);
+        continue;
+      }
+      if (b != 'p') break;
+      restore::PreloadPageMaps(tree_dir);
+    }
+    close(fd);
+  }
+  auto fail = [&](const Error& e) {
+    WriteWorkLog(work, "restore.log", "godwit restore: error: " + e.to_string());
+    drop_output();  // the error is the caller's, not the container's log's
+    return ReportError(g, "restore", e);
+  };
+  if (auto r = CheckRuncCrValues(*pa); !r.ok()) return fail(r.error());
+  if (pa->has("console-socket"))
+    return fail(MakeError(ErrorKind::kUnsupported, 0,
+                          "--console-socket: restoring a container whose process has a terminal "
+                          "is not supported"));
+  if (pa->positionals.size() != 1)
+    return ReportError(g, "restore", MakeError(ErrorKind::kUsage, 0, "need exactly one ID"));
+  Result<container::RestoreResult> r =
+      !ahead        ? container::Restore(o)
+      : ahead->ok() ? container::FinishRestore(std::move(**ahead))
+                    : Result<container::RestoreResult>(std::move(ahead->error()));
+  ahead.reset();
   if (!r.ok()) return fail(r.error());
   if (output) {
     output->Restore();
@@ -374,6 +387,7 @@ int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
                           {"preloaded_pagemaps", restore::PreloadHits()},
                           {"lazy_pager_pid", pager},
                           {"environment_ms", r->environment_ms},
+                          {"environment_ahead", r->environment_ahead},
                           {"total_ms", r->total_ms},
                           {"phases", PhasesJson(r->phases)}};
   };

@@ -356,6 +356,11 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
     TRY(identify_writable());
     laps.LapInto(&ph.rootfs_ms);
   }
+  if (opts.namespaces_dumped) {
+    if (layer_job.valid())  // the record says whether there is a layer
+      return MakeError(ErrorKind::kUsage, 0, "an early record needs the layer dumped in line");
+    TRY_CTX(opts.namespaces_dumped(rec), "container %s", opts.id.c_str());
+  }
   auto t_ns = Clock::now();
   ph.collect_ms = timing::MsBetween(t_frozen, t_ns);
   rec.mutable_times()->set_namespaces_ms(timing::MsBetween(t_frozen, t_ns));

@@ -160,6 +160,11 @@ struct CheckpointOptions {
   // Pre-copy already running on this container, not owned: the tree dump stores only what was
   // written since its last round, into its tree sink (tree_sink must be null or that same sink).
   ContainerPreCopy* precopy = nullptr;
+  // Called while frozen once the container's namespaces, mounts and writable layer are dumped,
+  // before the tree's dump, with the record as known then (what container.img will repeat, less
+  // the rootfs identity and the times): a migration sends it (container::kEarlyImage) so that the
+  // destination makes the environment while the tree is dumped. An error fails the checkpoint.
+  std::function<Result<void>(const img::ContainerCheckpoint& early)> namespaces_dumped;
   // Without precopy: run this many pre-copy rounds first (--pre-copy=N), into the tree sink.
   int pre_copy_rounds = 0;
   // The engine's A/B switches (the CLI fills them from GODWIT_*). No page-space reservation: the

@@ -95,6 +95,8 @@ TreeRestorer EngineRestorer() {
     o.userns_fd = req.userns_fd;
     o.root_inside = req.inside;
     o.root_outside = req.outside;
+    o.root_fresh_netns = req.fresh_netns;
+    o.root_forked = req.forked;
     o.tcp_close = req.tcp_close;
     o.keep_netlock = req.keep_netlock;
     o.lazy = req.lazy;
@@ -158,5 +160,9 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts) {
 }
 
 Result<RestoreResult> Restore(const RestoreOptions& opts) { return Restore(opts, EngineRestorer()); }
+
+Result<RestoreResult> FinishRestore(PreparedRestorePtr p) {
+  return FinishRestore(std::move(p), EngineRestorer());
+}
 
 }  // namespace godwit::container

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <chrono>
 #include <future>
+#include <optional>
 
 #include "common/fs.h"
 #include "common/log.h"
@@ -23,6 +24,8 @@
 #include "container/net.h"
 #include "container/ns.h"
 #include "container/restore_env.h"
+#include "files/netlock.h"
+#include "common/netns.h"
 #include "runtime/cgroup.h"
 #include "runtime/network.h"
 #include "runtime/runtime.h"
@@ -82,13 +85,105 @@ Result<void> Readdress(img::NetNs* ns, const std::string& from, const std::strin
 
 }  // namespace
 
-Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& restore_tree) {
-  auto t0 = Clock::now();
+// Everything a restore holds between PrepareRestore and FinishRestore; dropped before the
+// restore completed (ok), it undoes what it made, the last made first.
+class PreparedRestore {
+ public:
+  explicit PreparedRestore(const RestoreOptions& o) : opts(o), t0(Clock::now()), laps(t0) {}
+  ~PreparedRestore() {
+    if (!imported.empty()) (void)fs::RemoveAll(imported);  // restored or not
+    if (ok) return;
+    if (root_pid > 0) {
+      ::kill(root_pid, SIGKILL);
+      (void)::waitpid(root_pid, nullptr, 0);
+    }
+    if (holder) holder->Stop();
+    if (userns) userns->Stop();
+    if (!host_veth.empty()) (void)net::DeleteLink(-1, host_veth);
+    if (warm) warm->Stop();
+    if (cg) (void)cg->Destroy();
+    if (!state_dir.empty()) (void)fs::RemoveAll(state_dir);
+  }
+
+  RestoreOptions opts;
+  Clock::time_point t0;
+  RestorePhases ph;
+  timing::PhaseTimer laps;  // the driver's phases, one after the other
+  bool ok = false;
+  std::string state_dir;  // claimed (removed on failure)
+  std::unique_ptr<runtime::Cgroup> cg;
+  std::unique_ptr<CgroupJoinWarmer> warm;
+  std::string host_veth;  // made here: deleted on failure
+  pid_t root_pid = 0;
+  std::string dir, imported;
+  std::optional<images::ImageSet> images;
+  img::ContainerCheckpoint rec;
+  img::MountTable table;
+  runtime::Container orig;
+  runtime::Spec spec;
+  std::string bundle;
+  std::future<Result<img::RootfsIdentity>> identity;
+  img::NetNs netns;
+  bool has_net = false;
+  std::string veth_name, address, storage;
+  RootPlan plan;
+  std::unique_ptr<UsernsHolder> userns;
+  // Made ahead (PrepareRestore's `ahead`): the environment, in the holder's namespaces.
+  std::optional<AheadPlan> ahead;
+  std::unique_ptr<EnvHolder> holder;
+  std::optional<netns::NftContext> ahead_quiet;  // kept: closing it can wait a grace period
+  double env_ms = 0;
+
+  Result<void> CheckRootfs() {
+    auto here = identity.get();
+    if (opts.trust_rootfs) return Ok();
+    if (!here.ok()) {
+      return MakeError(ErrorKind::kNotFound, here.error().sys_errno(), "rootfs %s: %s",
+                       spec.root_path.c_str(), here.error().message().c_str());
+    }
+    return mnt::CheckRootfs(rec.rootfs(), *here, spec.root_path);
+  }
+  Result<void> BuildAhead();
+};
+
+void PreparedRestoreDeleter::operator()(PreparedRestore* p) const { delete p; }
+
+namespace {
+
+// The quiet rules of an environment made ahead: its own table, until the tree's lock (made quiet
+// too, LockNetwork) takes over.
+constexpr char kAheadQuietTable[] = "godwit_ahead";
+
+// The fields of the record the environment was made from, against the final record's.
+Result<void> SameEnvironment(const img::ContainerCheckpoint& early,
+                             const img::ContainerCheckpoint& rec) {
+  auto differs = [&](const char* what) {
+    return MakeError(ErrorKind::kBadImage, 0, "%s: %s differs from %s's, which the environment "
+                     "was made from", kContainerImage, what, kEarlyImage);
+  };
+  if (early.id() != rec.id()) return differs("id");
+  if (early.config_json() != rec.config_json()) return differs("config");
+  if (early.state_json() != rec.state_json()) return differs("state");
+  if (early.host_veth() != rec.host_veth()) return differs("host veth");
+  if (early.has_layer() != rec.has_layer()) return differs("writable layer");
+  if (early.has_userns() != rec.has_userns()) return differs("user namespace");
+  if (early.limits().SerializeAsString() != rec.limits().SerializeAsString())
+    return differs("limits");
+  if (std::vector<std::string>(early.namespaces().begin(), early.namespaces().end()) !=
+      std::vector<std::string>(rec.namespaces().begin(), rec.namespaces().end()))
+    return differs("namespaces");
+  return Ok();
+}
+
+}  // namespace
+
+Result<PreparedRestorePtr> PrepareRestore(const RestoreOptions& opts, bool ahead) {
+  PreparedRestorePtr p(new PreparedRestore(opts));
   TRY(runtime::ValidateId(opts.id));
   if (opts.image_path.empty() && opts.import_file.empty())
     return MakeError(ErrorKind::kUsage, 0, "restore needs --image-path DIR or --import FILE");
-  if (!restore_tree)
-    return MakeError(ErrorKind::kUnsupported, 0, "no process-tree restorer linked");
+  if (ahead && opts.image_path.empty())
+    return MakeError(ErrorKind::kUsage, 0, "a restore prepared ahead needs --image-path DIR");
 
   // Claim the id first: an existing container of that id is never touched.
   TRY(fs::MkdirAll(opts.root, 0711));
@@ -98,40 +193,35 @@ Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& re
       return MakeError(ErrorKind::kExists, EEXIST, "container %s already exists", opts.id.c_str());
     return Errno("mkdir %s", state_dir.c_str());
   }
-  bool ok = false;
-  std::unique_ptr<runtime::Cgroup> cg;
-  std::string host_veth;
-  pid_t root_pid = 0;
-  ScopeExit rollback([&] {
-    if (ok) return;
-    if (root_pid > 0) {
-      ::kill(root_pid, SIGKILL);
-      (void)::waitpid(root_pid, nullptr, 0);
-    }
-    if (!host_veth.empty()) (void)net::DeleteLink(-1, host_veth);
-    if (cg) (void)cg->Destroy();
-    (void)fs::RemoveAll(state_dir);
-  });
+  p->state_dir = state_dir;
+  RestorePhases& ph = p->ph;
+  auto& laps = p->laps;
 
   // The images: a checkpoint directory, or an export file unpacked next to the state.
-  std::string dir = opts.image_path;
-  std::string imported;
-  ScopeExit drop_import([&] {
-    if (!imported.empty()) (void)fs::RemoveAll(imported);
-  });
-  RestorePhases ph;
-  timing::PhaseTimer laps(t0);  // the driver's phases, one after the other
+  p->dir = opts.image_path;
   laps.LapInto(&ph.prepare_ms);
   if (!opts.import_file.empty()) {
-    std::string target = dir.empty() ? state_dir + "/import" : dir;
+    std::string target = p->dir.empty() ? state_dir + "/import" : p->dir;
     TRY_CTX(archive::Import(opts.import_file, target), "import %s", opts.import_file.c_str());
-    if (dir.empty()) imported = target;
-    dir = target;
+    if (p->dir.empty()) p->imported = target;
+    p->dir = target;
     laps.LapInto(&ph.import_ms);
   }
-  ASSIGN_OR_RETURN(images::ImageSet images, images::ImageSet::Open(dir + "/" + kContainerDir));
-  img::ContainerCheckpoint rec;
-  TRY(images.ReadOne(kContainerImage, &rec));
+  // Ahead: the container's images are there but for its final record and inventory (the
+  // source writes the early record once its namespaces are dumped); the whole set is verified
+  // by FinishRestore.
+  const std::string cdir = p->dir + "/" + kContainerDir;
+  if (ahead) {
+    ASSIGN_OR_RETURN(images::ImageSet s, images::ImageSet::OpenPartial(cdir));
+    p->images.emplace(std::move(s));
+    TRY(p->images->ReadOne(kEarlyImage, &p->rec));
+  } else {
+    ASSIGN_OR_RETURN(images::ImageSet s, images::ImageSet::Open(cdir));
+    p->images.emplace(std::move(s));
+    TRY(p->images->ReadOne(kContainerImage, &p->rec));
+  }
+  const images::ImageSet& images = *p->images;
+  img::ContainerCheckpoint& rec = p->rec;
   const bool has_userns =
       std::find(rec.namespaces().begin(), rec.namespaces().end(), "user") != rec.namespaces().end();
   if (has_userns) {
@@ -140,42 +230,33 @@ Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& re
                        kContainerImage);
     TRY_CTX(CheckUserNamespace(rec.userns()), "%s", kContainerImage);
   }
-  img::MountTable table;
   if (images.Has(mnt::kImage)) {
-    ASSIGN_OR_RETURN(table, mnt::ReadMounts(images));
+    ASSIGN_OR_RETURN(p->table, mnt::ReadMounts(images));
   }
   nlohmann::json state_json = nlohmann::json::parse(rec.state_json(), nullptr, false);
   if (state_json.is_discarded())
     return MakeError(ErrorKind::kBadImage, 0, "%s: state record is not JSON", kContainerImage);
-  ASSIGN_OR_RETURN(runtime::Container orig, runtime::Container::FromJson(state_json));
+  ASSIGN_OR_RETURN(p->orig, runtime::Container::FromJson(state_json));
+  runtime::Container& orig = p->orig;
 
   // The config and rootfs: the original bundle's, or the one given.
-  runtime::Spec spec;
-  std::string bundle = opts.bundle.empty() ? orig.bundle : opts.bundle;
+  p->bundle = opts.bundle.empty() ? orig.bundle : opts.bundle;
   if (opts.bundle.empty()) {
-    ASSIGN_OR_RETURN(spec, runtime::ParseSpec(rec.config_json(), bundle));
+    ASSIGN_OR_RETURN(p->spec, runtime::ParseSpec(rec.config_json(), p->bundle));
   } else {
-    ASSIGN_OR_RETURN(spec, runtime::LoadSpec(bundle));
+    ASSIGN_OR_RETURN(p->spec, runtime::LoadSpec(p->bundle));
   }
   // The identity walks the whole rootfs: it runs alongside the checks, the cgroup and the root
   // task's creation below, and its verdict is taken before the environment is filled.
-  auto identity = std::async(std::launch::async,
-                             [path = spec.root_path] { return mnt::IdentifyRootfs(path); });
-  auto check_rootfs = [&]() -> Result<void> {
-    auto here = identity.get();
-    if (opts.trust_rootfs) return Ok();
-    if (!here.ok()) {
-      return MakeError(ErrorKind::kNotFound, here.error().sys_errno(), "rootfs %s: %s",
-                       spec.root_path.c_str(), here.error().message().c_str());
-    }
-    return mnt::CheckRootfs(rec.rootfs(), *here, spec.root_path);
-  };
+  p->identity = std::async(std::launch::async,
+                           [path = p->spec.root_path] { return mnt::IdentifyRootfs(path); });
   // The network, readdressed and renamed when asked to.
-  img::NetNs netns;
-  bool has_net = images.Has(net::kImage);
-  if (has_net) TRY(images.ReadOne(net::kImage, &netns));
-  std::string veth_name = rec.host_veth();
-  std::string address = orig.net.address;
+  p->has_net = images.Has(net::kImage);
+  img::NetNs& netns = p->netns;
+  if (p->has_net) TRY(images.ReadOne(net::kImage, &netns));
+  p->veth_name = rec.host_veth();
+  p->address = orig.net.address;
+  std::string& veth_name = p->veth_name;
   if (!opts.bridge.empty()) {
     if (orig.net.bridge.empty() || veth_name.empty())
       return MakeError(ErrorKind::kUsage, 0,
@@ -190,11 +271,11 @@ Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& re
   // A bridged container's port: the bridge must be there before anything is made.
   if (!orig.net.bridge.empty()) TRY(runtime::CheckBridge(orig.net.bridge));
   if (!opts.ip.empty()) {
-    if (!has_net || veth_name.empty() || address.empty())
+    if (!p->has_net || veth_name.empty() || p->address.empty())
       return MakeError(ErrorKind::kUsage, 0, "--ip: the container had no veth address");
-    TRY(Readdress(&netns, address, opts.ip, &orig.net.prefix));
-    address = fs::Split(opts.ip, '/')[0];
-    orig.net.address = address;
+    TRY(Readdress(&netns, p->address, opts.ip, &orig.net.prefix));
+    p->address = fs::Split(opts.ip, '/')[0];
+    orig.net.address = p->address;
   }
   if (!veth_name.empty() && (opts.id != rec.id() || opts.root != orig.root)) {
     veth_name = runtime::HostVethName(opts.root, opts.id);
@@ -208,92 +289,190 @@ Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& re
   if (!veth_name.empty() && runtime::LinkExists(veth_name))
     return MakeError(ErrorKind::kExists, EEXIST, "veth %s already exists on the host",
                      veth_name.c_str());
-  if (!address.empty()) {
-    ASSIGN_OR_RETURN(bool used, runtime::AddressInUse(address));
+  if (!p->address.empty()) {
+    ASSIGN_OR_RETURN(bool used, runtime::AddressInUse(p->address));
     if (used)
       return MakeError(ErrorKind::kExists, EADDRINUSE, "address %s is already in use on the host",
-                       address.c_str());
+                       p->address.c_str());
   }
 
   laps.LapInto(&ph.prepare_ms);
   // cgroups with the limits.
-  ASSIGN_OR_RETURN(cg, runtime::OpenCgroup(opts.id, opts.cgroup_parent));
-  TRY_CTX(cg->Create(), "cgroup of %s", opts.id.c_str());
+  ASSIGN_OR_RETURN(p->cg, runtime::OpenCgroup(opts.id, opts.cgroup_parent));
+  TRY_CTX(p->cg->Create(), "cgroup of %s", opts.id.c_str());
   // From here (not before: the warm-up's first write holds cgroup_mutex, which mkdir needs, for
   // its grace period) the grace period of the join below is paid alongside the restore.
-  CgroupJoinWarmer warm;
+  p->warm = std::make_unique<CgroupJoinWarmer>();
   runtime::Resources res = LimitsToResources(rec.limits());
-  TRY_CTX(cg->Apply(res), "limits of %s", opts.id.c_str());
+  TRY_CTX(p->cg->Apply(res), "limits of %s", opts.id.c_str());
   laps.LapInto(&ph.cgroup_ms);
 
-  std::string storage = rec.has_layer() ? state_dir + "/storage" : "";
-  if (!storage.empty()) TRY(fs::MkdirAll(storage, 0700));
-  ASSIGN_OR_RETURN(RootPlan plan, PlanRoot(table, spec, rec.has_layer(), storage, &images));
+  p->storage = rec.has_layer() ? state_dir + "/storage" : "";
+  if (!p->storage.empty()) TRY(fs::MkdirAll(p->storage, 0700));
+  ASSIGN_OR_RETURN(p->plan, PlanRoot(p->table, p->spec, rec.has_layer(), p->storage, &images));
+  if (ahead) {
+    auto a = PlanAhead(p->plan);
+    if (a.ok()) {
+      p->ahead = std::move(*a);
+    } else {
+      LOG_DEBUG("restore of %s: environment not made ahead: %s", opts.id.c_str(),
+                a.error().to_string().c_str());
+    }
+  }
+  laps.LapInto(&ph.plan_ms);
+  if (p->ahead) TRY(p->BuildAhead());
+  return p;
+}
+
+// The holder, quiet before its links exist, filled from outside; the rootfs check is left to
+// the finish (the final record names the rootfs).
+Result<void> PreparedRestore::BuildAhead() {
+  auto t_env = Clock::now();
+  ASSIGN_OR_RETURN(holder, EnvHolder::Start(ahead->holder,
+                                            [&](pid_t h) { return cg->AddProcess(h); }));
+  ahead->join = holder->Joins();
+  laps.LapInto(&ph.root_ms);
+  if (has_net) {
+    ASSIGN_OR_RETURN(UniqueFd ns, OpenNamespace(holder->pid(), "net"));
+    ASSIGN_OR_RETURN(netns::NftContext nft, netns::NftContext::Open(ns.get()));
+    TRY_CTX(nft.Run(StrFormat("add table inet %s\n", kAheadQuietTable) +
+                    files::QuietRules(kAheadQuietTable)),
+            "make the environment quiet");
+    ahead_quiet.emplace(std::move(nft));
+  }
+  host_veth = veth_name;  // from here on the rollback deletes it
+  TRY(FillEnvironment(*images, rec, table, has_net ? &netns : nullptr, holder->pid(),
+                      FillPart::kAhead));
+  laps.LapInto(&ph.env_ms);
+  env_ms = timing::MsBetween(t_env, Clock::now());
+  LOG_DEBUG("restore of %s: environment made ahead in %.1f ms", opts.id.c_str(), env_ms);
+  return Ok();
+}
+
+Result<RestoreResult> FinishRestore(PreparedRestorePtr p,
+                                    const TreeRestorer& restore_tree) {
+  if (!restore_tree)
+    return MakeError(ErrorKind::kUnsupported, 0, "no process-tree restorer linked");
+  const RestoreOptions& opts = p->opts;
+  RestorePhases& ph = p->ph;
+  auto& laps = p->laps;
+  auto& cg = p->cg;
+  if (p->ahead) {
+    // The final record and the whole set, verified; the environment was made from the early
+    // record, which must say the same.
+    // From here the clock is the blackout's: what was made ahead is reported apart.
+    RestorePhases fresh;
+    fresh.ahead_ms = timing::MsBetween(p->t0, laps.last());
+    ph = fresh;
+    p->t0 = Clock::now();
+    laps.Skip();
+    ASSIGN_OR_RETURN(images::ImageSet s, images::ImageSet::Open(p->dir + "/" + kContainerDir));
+    img::ContainerCheckpoint rec;
+    TRY(s.ReadOne(kContainerImage, &rec));
+    TRY(SameEnvironment(p->rec, rec));
+    p->rec = std::move(rec);
+    p->images.emplace(std::move(s));
+    laps.LapInto(&ph.prepare_ms);
+  }
+  const images::ImageSet& images = *p->images;
+  const img::ContainerCheckpoint& rec = p->rec;
 
   TreeRestoreRequest req;
-  req.tree_dir = dir + "/" + kTreeDir;
+  req.tree_dir = p->dir + "/" + kTreeDir;
   req.clone_flags = kRootCloneFlags;
   req.tcp_close = !opts.ip.empty();
   req.keep_netlock = opts.keep_netlock;
   req.lazy = opts.lazy;
   req.progress = opts.progress;
   // A user namespace: its maps, and the namespaces it owns, come from a holder (restore_env.h).
-  std::unique_ptr<UsernsHolder> userns;
-  if (has_userns) {
+  if (rec.has_userns() && !p->ahead) {
     // The holder joins the container's cgroup before it makes the cgroup namespace (rooted
     // there); it is stopped as soon as the root has joined its namespaces (its pid must not
     // count against the container's pids limit while the tree is forked).
-    ASSIGN_OR_RETURN(userns,
-                     UsernsHolder::Start(rec.userns(), [&](pid_t h) { return cg->AddProcess(h); }));
-    plan.join = userns->Joins();
-    plan.userns_fd = userns->user_fd();
-    TRY(PlanUsernsMounts(&plan, rec.userns()));
+    ASSIGN_OR_RETURN(p->userns, UsernsHolder::Start(rec.userns(), [&](pid_t h) {
+                       return cg->AddProcess(h);
+                     }));
+    p->plan.join = p->userns->Joins();
+    p->plan.userns_fd = p->userns->user_fd();
+    TRY(PlanUsernsMounts(&p->plan, rec.userns()));
     req.clone_flags = 0;  // pid ns from the image; the others joined in BuildRoot
-    req.userns_fd = userns->user_fd();
+    req.userns_fd = p->userns->user_fd();
   }
-  req.inside = [&plan](const char** what) { return BuildRoot(plan, what); };
+  if (p->ahead) {
+    // Pid 1 of a new pid namespace (the image says so), it joins the holder's others and
+    // mounts proc (JoinAheadRoot).
+    req.clone_flags = 0;
+    req.fresh_netns = p->has_net;
+    req.inside = [a = &*p->ahead](const char** what) { return JoinAheadRoot(*a, what); };
+  } else {
+    req.inside = [plan = &p->plan](const char** what) { return BuildRoot(*plan, what); };
+  }
   auto t_env = Clock::now();
-  double env_ms = 0;
   laps.LapInto(&ph.plan_ms);
-  req.outside = [&](pid_t pid) -> Result<void> {
-    root_pid = pid;
-    if (userns) userns->Stop();
+  PreparedRestore* pr = p.get();
+  // Ahead, the cgroup join is what is left to wait for: it starts as soon as the root exists,
+  // alongside its joining the namespaces and mounting proc.
+  std::future<Result<void>> early_join;
+  if (p->ahead)
+    req.forked = [&](pid_t pid) {
+      early_join = std::async(std::launch::async, [&cg, pid] { return cg->AddProcess(pid); });
+    };
+  req.outside = [&, pr](pid_t pid) -> Result<void> {
+    pr->root_pid = pid;
+    if (pr->userns) pr->userns->Stop();
     laps.LapInto(&ph.root_ms);
-    TRY(check_rootfs());
+    TRY(pr->CheckRootfs());
     laps.LapInto(&ph.rootfs_wait_ms);
-    host_veth = veth_name;  // from here on the rollback deletes it
+    if (pr->ahead) {
+      // The holder's work is done (the root is in its namespaces); the tree's lock, quiet too,
+      // has taken over from ours (restore::RestoreOptions::root_fresh_netns).
+      pr->holder->Stop();
+      if (pr->ahead_quiet)
+        TRY_CTX(pr->ahead_quiet->Run(StrFormat("delete table inet %s\ndelete table arp %s\n",
+                                               kAheadQuietTable, kAheadQuietTable)),
+                "the environment's own quiet rules");
+      auto filled = FillEnvironment(images, rec, pr->table, nullptr, pid, FillPart::kUnderProc);
+      auto joined = early_join.valid() ? early_join.get() : cg->AddProcess(pid);
+      pr->warm->Stop();
+      laps.LapInto(&ph.cgroup_join_ms);
+      TRY(std::move(filled));
+      TRY_CTX(std::move(joined), "join cgroup of %s", opts.id.c_str());
+      return Ok();
+    }
+    pr->host_veth = pr->veth_name;  // from here on the rollback deletes it
     // The cgroup join runs alongside: it is mostly waiting (a v1 cpuset attach alone takes
     // 7-15 ms here) and independent of the namespaces' contents.
     auto join = std::async(std::launch::async, [&] { return cg->AddProcess(pid); });
-    auto filled = FillEnvironment(images, rec, table, has_net ? &netns : nullptr, pid);
+    auto filled = FillEnvironment(images, rec, pr->table, pr->has_net ? &pr->netns : nullptr, pid);
     laps.LapInto(&ph.env_ms);
     auto joined = join.get();
-    warm.Stop();
+    pr->warm->Stop();
     laps.LapInto(&ph.cgroup_join_ms);  // what the join adds after the environment
     TRY(std::move(filled));
     TRY_CTX(std::move(joined), "join cgroup of %s", opts.id.c_str());
-    env_ms = timing::MsBetween(t_env, Clock::now());
+    pr->env_ms = timing::MsBetween(t_env, Clock::now());
     return Ok();
   };
   auto restored = restore_tree(req);
-  if (identity.valid()) TRY(check_rootfs());  // the engine failed before the hook ran
+  if (p->identity.valid()) TRY(p->CheckRootfs());  // the engine failed before the hook ran
   ASSIGN_OR_RETURN(TreeRestoreResult tree, std::move(restored));
   laps.LapInto(&ph.tree_ms);
-  ph.running_ms = timing::MsBetween(t0, laps.last());
+  ph.running_ms = timing::MsBetween(p->t0, laps.last());
   ph.memory_ms = tree.memory_ms;
   ph.tree_rest_ms = std::max(0.0, ph.tree_ms - ph.memory_ms);
-  root_pid = tree.root_host_pid;
+  p->root_pid = tree.root_host_pid;
+  pid_t root_pid = p->root_pid;
   if (images.Has(ipc::kImage)) {
     ASSIGN_OR_RETURN(UniqueFd ipcfd, OpenNamespace(root_pid, "ipc"));
     TRY(ipc::RemoveDestroyed(images, ipcfd.get()));
   }
 
   // The runtime's record: from now on it is an ordinary container.
-  runtime::Container c = orig;
+  runtime::Container c = p->orig;
   c.root = opts.root;
   c.id = opts.id;
-  c.bundle = bundle;
-  c.rootfs = spec.root_path;
+  c.bundle = p->bundle;
+  c.rootfs = p->spec.root_path;
   c.pid = root_pid;
   c.pid_start_time = runtime::ProcessStartTime(root_pid);
   c.created = NowRfc3339();
@@ -301,11 +480,11 @@ Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& re
   c.cgroup_layout = runtime::CgroupLayoutName(cg->layout());
   c.cgroup_parent = opts.cgroup_parent;
   c.cgroup_leaf.clear();  // the restored cgroup is <cgroup_parent>/<id>, whatever the original's
-  c.host_veth = veth_name;
-  c.storage_dir = storage;
+  c.host_veth = p->veth_name;
+  c.storage_dir = p->storage;
   TRY(fs::WriteFile(c.config_path(), rec.config_json()));
   TRY(c.Save());
-  ok = true;
+  p->ok = true;
   if (opts.announce && !c.net.bridge.empty() && !c.net.address.empty()) {
     auto a = runtime::AnnounceAddress(root_pid, "eth0", c.net.address);
     if (!a.ok())
@@ -319,12 +498,20 @@ Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& re
   out.lazy_bytes = tree.lazy_bytes;
   out.hot_bytes = tree.hot_bytes;
   out.pager = tree.pager;
-  out.environment_ms = env_ms;
+  out.environment_ms = p->env_ms;
+  out.environment_ahead = p->ahead.has_value();
   laps.LapInto(&ph.finish_ms);
-  out.total_ms = timing::MsBetween(t0, laps.last());
+  out.total_ms = timing::MsBetween(p->t0, laps.last());
   ph.total_ms = out.total_ms;
   out.phases = ph;
   return out;
+}
+
+Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& restore_tree) {
+  if (!restore_tree)
+    return MakeError(ErrorKind::kUnsupported, 0, "no process-tree restorer linked");
+  ASSIGN_OR_RETURN(PreparedRestorePtr p, PrepareRestore(opts, /*ahead=*/false));
+  return FinishRestore(std::move(p), restore_tree);
 }
 
 }  // namespace godwit::container

@@ -38,6 +38,11 @@ struct TreeRestoreRequest {
   int userns_fd = -1;  // >= 0: every process joins this user namespace (RestoreOptions::userns_fd)
   std::function<int(const char** what)> inside;
   std::function<Result<void>(pid_t root_host_pid)> outside;
+  // With the root's host pid right after its clone (restore::RestoreOptions::root_forked).
+  std::function<void(pid_t root_host_pid)> forked;
+  // The root's net namespace is a fresh one `inside` joins (restore::RestoreOptions::
+  // root_fresh_netns): its connections are locked as for CLONE_NEWNET.
+  bool fresh_netns = false;
   // Established TCP connections come back closed (their address is gone: --ip).
   bool tcp_close = false;
   bool keep_netlock = false;  // RestoreOptions::keep_netlock
@@ -73,6 +78,9 @@ struct RestorePhases {
   double running_ms = 0;   // start until the container runs again
   double finish_ms = 0;    // destroyed shm removed, the runtime's state record written
   double pager_detach_ms = 0;  // the caller handing the lazy pager to its own process (--detach)
+  // Prepared ahead (PrepareRestore's `ahead`): the record, checks, cgroup and environment made
+  // before the tree's images were there; the other phases count from FinishRestore.
+  double ahead_ms = 0;
   double total_ms = 0;
 };
 
@@ -120,6 +128,7 @@ struct RestoreResult {
   runtime::Container container;
   int processes = 0;
   double environment_ms = 0;  // cgroup, namespaces, mounts, contents
+  bool environment_ahead = false;  // made by PrepareRestore before the tree's images came
   double total_ms = 0;
   RestorePhases phases;
   uint64_t lazy_bytes = 0;
@@ -128,5 +137,27 @@ struct RestoreResult {
 };
 
 Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& restore_tree);
+
+// A restore in two steps, for a migration's destination: PrepareRestore does everything that
+// needs only the container's own images (the record, checks, the cgroup with its limits) and,
+// `ahead`, its whole environment (restore_env.h EnvHolder: namespaces, root and mounts, network,
+// tmpfs contents, layer), from the early record (kEarlyImage) and the container images already
+// there; FinishRestore, once the tree's images and the final record are in, verifies the set,
+// checks that the final record says what the early one said, and restores the tree into that
+// environment. Where the environment cannot be made ahead (a user namespace, a host mount under
+// /proc) FinishRestore makes it as Restore does. Dropping a prepared restore undoes it.
+class PreparedRestore;
+struct PreparedRestoreDeleter {
+  void operator()(PreparedRestore* p) const;  // undoes what it made, unless it finished
+};
+using PreparedRestorePtr = std::unique_ptr<PreparedRestore, PreparedRestoreDeleter>;
+// The record as the source knew it once the namespaces were dumped (a migration writes it
+// before the tree's dump; container.img, written last, must repeat it).
+inline constexpr char kEarlyImage[] = "container-early.img";
+Result<PreparedRestorePtr> PrepareRestore(const RestoreOptions& opts, bool ahead);
+Result<RestoreResult> FinishRestore(PreparedRestorePtr p,
+                                    const TreeRestorer& restore_tree);
+// With the engine (container/engine.cc).
+Result<RestoreResult> FinishRestore(PreparedRestorePtr p);
 
 }  // namespace godwit::container

@@ -294,6 +294,63 @@ int MakeUsernsMounts(const RootPlan& plan, int out_fd) {
   return 0;
 }
 
+// One step of a plan, in its order (raw syscalls only): the mount point (and its parents) made,
+// then the mount. mfd >= 0: a user namespace's detached mount (MakeUsernsMounts) moved there.
+int MountOne(const MountStep& s, int mfd, const char** what) {
+#define STEP(cond, name) \
+  do {                   \
+    if (cond) {          \
+      *what = name;      \
+      return errno;      \
+    }                    \
+  } while (0)
+  const char* t = s.target.c_str();
+  // The mount point's parents may be missing from a rootfs the original runtime made them in
+  // (an engine's fresh rootfs: Podman's /run/.containerenv on an image without /run).
+  {
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof(dir), "%s", t);
+    for (char* p = dir + 1; (p = strchr(p, '/')) != nullptr; ++p) {
+      *p = 0;
+      if (::mkdir(dir, 0755) < 0 && errno != EEXIST) break;
+      *p = '/';
+    }
+  }
+  if (s.bind && s.file) {
+    if (s.bind_from_root && (S_ISCHR(s.prep_mode) || S_ISBLK(s.prep_mode))) {
+      if (::mknod(s.source.c_str(), s.prep_mode, s.prep_rdev) < 0 && errno != EEXIST)
+        STEP(true, "mknod a bind source");
+    } else if (s.bind_from_root) {
+      int fd = ::open(s.source.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+      if (fd >= 0) ::close(fd);
+    }
+    int fd = ::open(t, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    if (fd >= 0) ::close(fd);
+  } else {
+    if (::mkdir(t, 0755) < 0 && errno != EEXIST) STEP(true, "mkdir a mount point");
+  }
+  if (s.bind) {
+    STEP(::mount(s.source.c_str(), t, nullptr, MS_BIND | MS_REC, nullptr) < 0, "bind mount");
+    // The atime flags too: in a mount namespace owned by a user namespace they are locked.
+    unsigned long keep = s.flags & (MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_NOATIME |
+                                    MS_NODIRATIME | MS_RELATIME | MS_STRICTATIME);
+    if (keep)
+      STEP(::mount(nullptr, t, nullptr, MS_REMOUNT | MS_BIND | keep, nullptr) < 0,
+           "remount bind with flags");
+  } else if (mfd >= 0) {
+    STEP(::syscall(SYS_move_mount, mfd, "", AT_FDCWD, t, MOVE_MOUNT_F_EMPTY_PATH) < 0,
+         "move a user namespace mount into place");
+    ::close(mfd);
+  } else {
+    STEP(::mount(s.source.c_str(), t, s.fstype.c_str(), s.flags,
+                 s.data.empty() ? nullptr : s.data.c_str()) < 0,
+         "mount");
+  }
+  if (s.propagation) STEP(::mount(nullptr, t, nullptr, s.propagation, nullptr) < 0, "propagation");
+#undef STEP
+  return 0;
+}
+
 }  // namespace
 
 int BuildRoot(const RootPlan& plan, const char** what) {
@@ -369,51 +426,8 @@ int BuildRoot(const RootPlan& plan, const char** what) {
     newroot = plan.rootfs.c_str();
   }
   for (const MountStep& s : plan.mounts) {
-    const char* t = s.target.c_str();
-    // The mount point's parents may be missing from a rootfs the original runtime made them in
-    // (an engine's fresh rootfs: Podman's /run/.containerenv on an image without /run).
-    {
-      char dir[PATH_MAX];
-      snprintf(dir, sizeof(dir), "%s", t);
-      for (char* p = dir + 1; (p = strchr(p, '/')) != nullptr; ++p) {
-        *p = 0;
-        if (::mkdir(dir, 0755) < 0 && errno != EEXIST) break;
-        *p = '/';
-      }
-    }
-    if (s.bind && s.file) {
-      if (s.bind_from_root && (S_ISCHR(s.prep_mode) || S_ISBLK(s.prep_mode))) {
-        if (::mknod(s.source.c_str(), s.prep_mode, s.prep_rdev) < 0 && errno != EEXIST)
-          STEP(true, "mknod a bind source");
-      } else if (s.bind_from_root) {
-        int fd = ::open(s.source.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
-        if (fd >= 0) ::close(fd);
-      }
-      int fd = ::open(t, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
-      if (fd >= 0) ::close(fd);
-    } else {
-      if (::mkdir(t, 0755) < 0 && errno != EEXIST) STEP(true, "mkdir a mount point");
-    }
-    if (s.bind) {
-      STEP(::mount(s.source.c_str(), t, nullptr, MS_BIND | MS_REC, nullptr) < 0, "bind mount");
-      // The atime flags too: in a mount namespace owned by a user namespace they are locked.
-      unsigned long keep = s.flags & (MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_NOATIME |
-                                      MS_NODIRATIME | MS_RELATIME | MS_STRICTATIME);
-      if (keep)
-        STEP(::mount(nullptr, t, nullptr, MS_REMOUNT | MS_BIND | keep, nullptr) < 0,
-             "remount bind with flags");
-    } else if (s.userns_mount && plan.userns_fd >= 0) {
-      int mfd = userns_mounts[next_userns++];
-      STEP(::syscall(SYS_move_mount, mfd, "", AT_FDCWD, t, MOVE_MOUNT_F_EMPTY_PATH) < 0,
-           "move a user namespace mount into place");
-      ::close(mfd);
-    } else {
-      STEP(::mount(s.source.c_str(), t, s.fstype.c_str(), s.flags,
-                   s.data.empty() ? nullptr : s.data.c_str()) < 0,
-           "mount");
-    }
-    if (s.propagation)
-      STEP(::mount(nullptr, t, nullptr, s.propagation, nullptr) < 0, "propagation");
+    int mfd = s.userns_mount && plan.userns_fd >= 0 ? userns_mounts[next_userns++] : -1;
+    if (int err = MountOne(s, mfd, what)) return err;
   }
   if (plan.userns_fd >= 0) {
     ::syscall(SYS_setfsgid, saved_fsgid);
@@ -533,12 +547,23 @@ Result<std::unique_ptr<UsernsHolder>> UsernsHolder::Start(
 
 Result<void> FillEnvironment(const images::ImageSet& images, const img::ContainerCheckpoint& rec,
                              const img::MountTable& table, const img::NetNs* netns,
-                             pid_t root_pid) {
-  if (images.Has(uts::kImage)) {
+                             pid_t root_pid, FillPart part) {
+  // Mounts under a proc mount are the root's (AheadPlan::root_steps).
+  std::vector<std::string> procs;
+  for (const auto& m : table.mounts())
+    if (m.fstype() == "proc") procs.push_back(m.mountpoint());
+  auto wanted = [&](const img::MountEntry& m) {
+    if (part == FillPart::kAll) return true;
+    bool under = false;
+    for (const auto& p : procs) under |= PrefixPath(p, m.mountpoint());
+    return under == (part == FillPart::kUnderProc);
+  };
+  if (part == FillPart::kUnderProc) netns = nullptr;
+  if (part != FillPart::kUnderProc && images.Has(uts::kImage)) {
     ASSIGN_OR_RETURN(UniqueFd fd, OpenNamespace(root_pid, "uts"));
     TRY(uts::Restore(images, fd.get()));
   }
-  if (images.Has(ipc::kImage)) {
+  if (part != FillPart::kUnderProc && images.Has(ipc::kImage)) {
     ASSIGN_OR_RETURN(UniqueFd fd, OpenNamespace(root_pid, "ipc"));
     if (!rec.has_userns()) {
       TRY(ipc::Restore(images, fd.get()));
@@ -564,7 +589,8 @@ Result<void> FillEnvironment(const images::ImageSet& images, const img::Containe
     LOG_DEBUG("environment: network filled");
   }
   std::string root = StrFormat("/proc/%d/root", root_pid);
-  if (rec.has_layer()) TRY_CTX(mnt::RestoreLayer(images, root + "/."), "writable layer");
+  if (part != FillPart::kUnderProc && rec.has_layer())
+    TRY_CTX(mnt::RestoreLayer(images, root + "/."), "writable layer");
   std::vector<const img::MountEntry*> readonly;
   // Each into a clone of that mount alone: what is mounted over its entries (the host's device
   // nodes bound onto /dev/null and co. in a user namespace) must not be written through. The
@@ -572,7 +598,7 @@ Result<void> FillEnvironment(const images::ImageSet& images, const img::Containe
   // cost 0.2-12 ms under load).
   std::vector<const img::MountEntry*> dumped;
   for (const auto& m : table.mounts())
-    if (m.contents_dumped()) dumped.push_back(&m);
+    if (m.contents_dumped() && wanted(m)) dumped.push_back(&m);
   std::vector<UniqueFd> views;
   if (!dumped.empty()) {
     ASSIGN_OR_RETURN(UniqueFd mntns, OpenNamespace(root_pid, "mnt"));
@@ -631,6 +657,155 @@ Result<void> FillEnvironment(const images::ImageSet& images, const img::Containe
         NsThreadOptions{.unshare_fs = true}));
   }
   return Ok();
+}
+
+}  // namespace godwit::container
+
+namespace godwit::container {
+namespace {
+
+// path relative to root ("/a/b" under "/r" -> "/a/b"), or "" when it is not under it.
+std::string UnderRoot(const std::string& root, const std::string& path) {
+  if (path == root) return "/";
+  if (path.rfind(root, 0) == 0 && path.size() > root.size() && path[root.size()] == '/')
+    return path.substr(root.size());
+  return "";
+}
+
+}  // namespace
+
+Result<AheadPlan> PlanAhead(const RootPlan& plan) {
+  if (plan.userns_fd >= 0 || !plan.join.empty())
+    return MakeError(ErrorKind::kUnsupported, 0, "a user namespace's root is built by the root");
+  const std::string& newroot = plan.merged.empty() ? plan.rootfs : plan.merged;
+  AheadPlan a;
+  a.holder = plan;
+  a.holder.mounts.clear();
+  std::vector<std::string> proc_targets;  // container paths of the proc mounts
+  for (const MountStep& s : plan.mounts) {
+    std::string target = UnderRoot(newroot, s.target);
+    if (target.empty())
+      return MakeError(ErrorKind::kUnsupported, 0, "mount target %s is outside the root",
+                       s.target.c_str());
+    bool under_proc = !s.bind && s.fstype == "proc";
+    for (const auto& p : proc_targets) under_proc |= PrefixPath(p, target);
+    if (!under_proc) {
+      // A bind whose source lies in a proc mount needs that proc first.
+      if (s.bind && s.bind_from_root)
+        for (const auto& p : proc_targets)
+          if (PrefixPath(p, UnderRoot(newroot, s.source)))
+            return MakeError(ErrorKind::kUnsupported, 0, "mount %s is bound from proc",
+                             target.c_str());
+      a.holder.mounts.push_back(s);
+      continue;
+    }
+    if (!s.bind && s.fstype == "proc") proc_targets.push_back(target);
+    MountStep r = s;
+    r.target = target;
+    if (s.bind) {
+      // After the root joined the mount namespace, only the container's paths are in reach.
+      std::string src = s.bind_from_root ? UnderRoot(newroot, s.source) : "";
+      if (src.empty())
+        return MakeError(ErrorKind::kUnsupported, 0, "mount %s under proc is bound from the host",
+                         target.c_str());
+      r.source = src;
+    }
+    a.root_steps.push_back(std::move(r));
+  }
+  return a;
+}
+
+int JoinAheadRoot(const AheadPlan& a, const char** what) {
+  for (const auto& [fd, type] : a.join) {
+    if (::setns(fd, type) < 0) {
+      *what = "join a namespace made ahead";
+      return errno;
+    }
+  }
+  // The mount namespace's root is the container's (the holder pivoted into it).
+  if (::chdir("/") < 0) {
+    *what = "chdir /";
+    return errno;
+  }
+  for (const MountStep& s : a.root_steps)
+    if (int err = MountOne(s, -1, what)) return err;
+  *what = nullptr;
+  return 0;
+}
+
+void EnvHolder::Stop() {
+  if (pid_ <= 0) return;
+  hold_.reset();
+  ::kill(pid_, SIGKILL);
+  while (::waitpid(pid_, nullptr, 0) < 0 && errno == EINTR) {
+  }
+  pid_ = -1;
+}
+
+std::vector<std::pair<int, int>> EnvHolder::Joins() const {
+  return {{mnt_.get(), CLONE_NEWNS},
+          {uts_.get(), CLONE_NEWUTS},
+          {ipc_.get(), CLONE_NEWIPC},
+          {net_.get(), CLONE_NEWNET},
+          {cgroup_.get(), CLONE_NEWCGROUP}};
+}
+
+Result<std::unique_ptr<EnvHolder>> EnvHolder::Start(
+    const RootPlan& plan, const std::function<Result<void>(pid_t)>& before_namespaces) {
+  struct Status {
+    int err;
+    char what[120];
+  };
+  int up[2], down[2];
+  if (::pipe2(up, O_CLOEXEC) < 0) return Errno("pipe");
+  UniqueFd up_rd(up[0]), up_wr(up[1]);
+  if (::pipe2(down, O_CLOEXEC) < 0) return Errno("pipe");
+  UniqueFd down_rd(down[0]), down_wr(down[1]);
+  std::unique_ptr<EnvHolder> h(new EnvHolder());
+  fflush(nullptr);
+  pid_t pid = ::fork();
+  if (pid < 0) return Errno("fork the environment holder");
+  if (pid == 0) {
+    // Raw calls only (BuildRoot's rules).
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    up_rd.reset();
+    down_wr.reset();
+    char c;
+    if (::read(down_rd.get(), &c, 1) != 1) ::_exit(1);  // in the cgroup
+    Status st{};
+    const char* what = "unshare the namespaces";
+    if (::unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWCGROUP) < 0)
+      st.err = errno;
+    else
+      st.err = BuildRoot(plan, &what);
+    if (st.err) snprintf(st.what, sizeof(st.what), "%s", what ? what : "build the root");
+    if (::write(up_wr.get(), &st, sizeof(st)) != sizeof(st) || st.err) ::_exit(1);
+    while (::read(down_rd.get(), &c, 1) < 0 && errno == EINTR) {
+    }
+    ::_exit(0);
+  }
+  h->pid_ = pid;
+  up_wr.reset();
+  down_rd.reset();
+  if (before_namespaces) TRY(before_namespaces(pid));
+  char go = 'g';
+  if (::write(down_wr.get(), &go, 1) != 1) return Errno("wake the environment holder %d", pid);
+  Status st{};
+  ssize_t n;
+  while ((n = ::read(up_rd.get(), &st, sizeof(st))) < 0 && errno == EINTR) {
+  }
+  if (n != sizeof(st)) return Err("environment holder %d died building the root", pid);
+  st.what[sizeof(st.what) - 1] = 0;
+  if (st.err)
+    return MakeError(ErrorKind::kGeneric, st.err, "environment holder %d: %s: %s", pid, st.what,
+                     strerror(st.err));
+  h->hold_ = std::move(down_wr);
+  ASSIGN_OR_RETURN(h->mnt_, OpenNamespace(pid, "mnt"));
+  ASSIGN_OR_RETURN(h->uts_, OpenNamespace(pid, "uts"));
+  ASSIGN_OR_RETURN(h->ipc_, OpenNamespace(pid, "ipc"));
+  ASSIGN_OR_RETURN(h->net_, OpenNamespace(pid, "net"));
+  ASSIGN_OR_RETURN(h->cgroup_, OpenNamespace(pid, "cgroup"));
+  return h;
 }
 
 }  // namespace godwit::container

@@ -90,8 +90,12 @@ int BuildRoot(const RootPlan& plan, const char** what);
 
 // From outside, once BuildRoot is done in root_pid: uts, ipc, net, tmpfs contents, layer.
 // net: the network to build (the image's, possibly readdressed); null: none.
+// part: all of it, or for an environment made ahead (AheadPlan) what the holder's mounts take
+// (everything but the contents of mounts under proc), then those once the root mounted proc.
+enum class FillPart { kAll, kAhead, kUnderProc };
 Result<void> FillEnvironment(const images::ImageSet& images, const img::ContainerCheckpoint& rec,
-                             const img::MountTable& table, const img::NetNs* net, pid_t root_pid);
+                             const img::MountTable& table, const img::NetNs* net, pid_t root_pid,
+                             FillPart part = FillPart::kAll);
 
 // A container with a user namespace is restored into namespaces made by a holder process:
 // it unshares a user namespace, we write the image's maps (setgroups, uid_map, gid_map), then it
@@ -123,6 +127,51 @@ class UsernsHolder {
   pid_t pid_ = -1;
   UniqueFd hold_;  // its read end: EOF releases it
   UniqueFd user_, mnt_, uts_, ipc_, net_, cgroup_;
+};
+
+// The environment made ahead of the tree (a migration's destination makes it while the source
+// still dumps the tree): a holder process, in the container's cgroup, unshares the mount, UTS,
+// IPC, net and cgroup namespaces and builds the root in its mount namespace (BuildRoot with every
+// step but those of the pid namespace); FillEnvironment then fills it through the holder's pid.
+// The root task, cloned later as pid 1 of a new pid namespace (as the image says), joins the
+// holder's namespaces and mounts what only a process of that pid namespace can: proc (its pidns=
+// option takes no namespace below the caller's, and an empty pid namespace cannot be entered) and
+// everything mounted under it (JoinAheadRoot).
+struct AheadPlan {
+  RootPlan holder;                    // BuildRoot in the holder: every step but root_steps
+  std::vector<MountStep> root_steps;  // proc and what is under it: container paths, in order
+  std::vector<std::pair<int, int>> join;  // (fd, CLONE_NEW*): EnvHolder::Joins
+};
+
+// Splits a plan for a holder and the root. kUnsupported names what cannot be built ahead (a user
+// namespace; a mount under proc bound from the host): the caller makes the environment the
+// usual way then.
+Result<AheadPlan> PlanAhead(const RootPlan& plan);
+
+// Runs in the root task (raw syscalls only): joins a.join, then mounts a.root_steps. 0 or an
+// errno, *what naming the step.
+int JoinAheadRoot(const AheadPlan& a, const char** what);
+
+class EnvHolder {
+ public:
+  // before_namespaces(pid): the cgroup join, before the holder unshares its namespaces (the
+  // cgroup namespace is rooted where it is then). Fails with the step BuildRoot failed at.
+  static Result<std::unique_ptr<EnvHolder>> Start(
+      const RootPlan& plan, const std::function<Result<void>(pid_t)>& before_namespaces);
+  ~EnvHolder() { Stop(); }
+  EnvHolder(const EnvHolder&) = delete;
+  EnvHolder& operator=(const EnvHolder&) = delete;
+  // Kills and reaps it; the namespaces live on in whoever joined them.
+  void Stop();
+
+  pid_t pid() const { return pid_; }
+  std::vector<std::pair<int, int>> Joins() const;
+
+ private:
+  EnvHolder() = default;
+  pid_t pid_ = -1;
+  UniqueFd hold_;
+  UniqueFd mnt_, uts_, ipc_, net_, cgroup_;
 };
 
 // Checks the image's maps the way the kernel will (kBadImage names the flaw).

@@ -80,6 +80,20 @@ std::string TableScript(const std::string& t, NetLock::Where where) {
       t.c_str(), t.c_str(), t.c_str(), t.c_str(), t.c_str(), t.c_str(), t.c_str());
 }
 
+}  // namespace
+
+std::string QuietRules(const std::string& t) {
+  return StrFormat(
+      "add chain inet %s quiet { type filter hook output priority -400; policy accept; }\n"
+      "add rule inet %s quiet oifname != \"lo\" drop\n"
+      "add table arp %s\n"
+      "add chain arp %s quiet { type filter hook output priority -400; policy accept; }\n"
+      "add rule arp %s quiet drop\n",
+      t.c_str(), t.c_str(), t.c_str(), t.c_str(), t.c_str());
+}
+
+namespace {
+
 class NftDropLock : public NetLock {
  public:
   explicit NftDropLock(std::string name) : name_(std::move(name)) {}
@@ -103,13 +117,7 @@ class NftDropLock : public NetLock {
     // Rules, not chain policies: Open's flush removes them and leaves accepting chains. Not on
     // loopback, which leaves nothing: the restore requeues the datagrams a UDP socket had queued
     // by sending them to it (EPERM here made the restore of such a socket fail).
-    script += StrFormat(
-        "add chain inet %s quiet { type filter hook output priority -400; policy accept; }\n"
-        "add rule inet %s quiet oifname != \"lo\" drop\n"
-        "add table arp %s\n"
-        "add chain arp %s quiet { type filter hook output priority -400; policy accept; }\n"
-        "add rule arp %s quiet drop\n",
-        name_.c_str(), name_.c_str(), name_.c_str(), name_.c_str(), name_.c_str());
+    script += QuietRules(name_);
     TRY_CTX(ns->nft.Run(script), "network lock %s: quiet", name_.c_str());
     ns->has_table = true;
     return Ok();

@@ -82,4 +82,9 @@ std::unique_ptr<NetLock> OpenNetLock(const std::string& name);
 // namespace is the container's own, new one, and the destination adopts it by this name.
 inline constexpr char kQuietLockName[] = "godwit_quiet";
 
+// The rules that make a namespace quiet in table t (inet and arp; the inet table must exist):
+// NetLock::Quiet's, for a caller that keeps its own nftables context (a container's environment
+// made ahead, quiet before its links exist, until the tree's own lock takes over).
+std::string QuietRules(const std::string& t);
+
 }  // namespace godwit::files

@@ -354,6 +354,10 @@ class ImageSet {
   static Result<ImageSet> Open(const std::string& dir, const ReadOptions& opts = {});
   // Opens dir without verifying checksums (for `inspect` on damaged images).
   static Result<ImageSet> OpenUnverified(const std::string& dir);
+  // The files in dir now, without an inventory (not written yet) and unverified: what a
+  // migration's destination reads of a set while the rest is still coming. Open the whole set
+  // again once it is complete (its inventory then verifies what was read).
+  static Result<ImageSet> OpenPartial(const std::string& dir);
   // Like Open, but the checksums of large files (64 MiB and more: page blobs) are computed on a
   // background thread while the caller goes on (restoring memory on the other core); the
   // inventory, every file's presence and size and the small files' checksums are checked before

@@ -575,6 +575,22 @@ Result<ImageSet> ImageSet::Load(const std::string& dir) {
 
 Result<ImageSet> ImageSet::OpenUnverified(const std::string& dir) { return Load(dir); }
 
+Result<ImageSet> ImageSet::OpenPartial(const std::string& dir) {
+  ImageSet s;
+  s.dir_ = dir;
+  ASSIGN_OR_RETURN(std::vector<std::string> names, fs::ListDir(dir));
+  std::sort(names.begin(), names.end());
+  for (const auto& n : names) {
+    if (n == format::kInventoryName || n.empty() || n[0] == '.') continue;
+    struct stat st;
+    if (::stat((dir + "/" + n).c_str(), &st) < 0 || !S_ISREG(st.st_mode)) continue;
+    img::ImageFile* f = s.inventory_.add_files();
+    f->set_name(n);
+    f->set_size(static_cast<uint64_t>(st.st_size));
+  }
+  return s;
+}
+
 struct ImageSet::Pending {
   std::mutex mu;
   std::thread thread;

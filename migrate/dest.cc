@@ -147,6 +147,12 @@ class PendingRestore {
     char p = 'p';
     if (go_.valid()) (void)!write(go_.get(), &p, 1);
   }
+  // The container's own images are in: it makes the environment while the tree's arrive
+  // (container::PrepareRestore).
+  void Ahead() {
+    char e = 'e';
+    if (go_.valid()) (void)!write(go_.get(), &e, 1);
+  }
   // Lets it run; its result.
   Result<Restored> Go();
   Result<Restored> Parse(const std::string& json_line) const;
@@ -450,6 +456,7 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
     for (auto& c : images::CpuFeatures()) wl->add_cpu_features(c);
     wl->set_mem_available(MemAvailable());
     wl->set_takes_switchover(true);
+    wl->set_takes_env_ahead(true);
     if (why.empty() && Fault(o, ch, "welcome"))
       return MakeError(ErrorKind::kPeer, 0, "fault injected at welcome");
     TRY_CTX(ch.Send(w), "handshake");
@@ -540,6 +547,14 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
         boost.Add(0);
         if (pid_t w = rx.writer_tid(); w > 0) boost.Add(w);
         if (pending) pending->Boost();
+        break;
+      }
+      case mig::Frame::kEnvReady: {
+        if (auto d = rx.Drain(); !d.ok()) {
+          (void)SendAbort(ch, d.error().to_string());
+          return std::move(d.error().wrap(StrFormat("migration of %s", res.id.c_str())));
+        }
+        if (pending) pending->Ahead();
         break;
       }
       case mig::Frame::kFinal: {

@@ -17,6 +17,7 @@
 #include "common/timing.h"
 #include "container/checkpoint.h"
 #include "container/engine.h"
+#include "container/restore.h"
 #include "images/image.h"
 #include "migrate/dest.h"
 #include "migrate/image_stream.h"
@@ -96,6 +97,7 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
   bool zstd = o.compress != Compress::kNone;
   rep->compressed = zstd;
   bool takes_switchover = false;
+  bool takes_env_ahead = false;
   {
     mig::Frame f;
     mig::Hello* h = f.mutable_hello();
@@ -120,6 +122,7 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
     rep->peer_version = f.welcome().godwit_version();
     rep->peer_hostname = f.welcome().hostname();
     takes_switchover = f.welcome().takes_switchover();
+    takes_env_ahead = f.welcome().takes_env_ahead() && o.env_ahead;
     if (!f.welcome().accepted()) {
       rep->outcome = "refused";
       rep->reason = f.welcome().reason();
@@ -261,6 +264,16 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
   co.container_sink = ctr_sink.get();
   co.tree_sink = tree_sink.get();
   co.precopy = pc->get();
+  // The container's images go first: the destination makes its environment while the tree is
+  // dumped here (container::PrepareRestore), out of the blackout's sequence.
+  if (takes_env_ahead) {
+    co.namespaces_dumped = [&](const img::ContainerCheckpoint& early) -> Result<void> {
+      TRY(images::WriteImage(*ctr_sink, container::kEarlyImage, early));
+      mig::Frame er;
+      er.mutable_env_ready();
+      return ch->Send(er);
+    };
+  }
   // Frames for the container from here on are held, then replayed on the destination.
   std::optional<PacketHold> hold;
   bool deaf = false, released = false;

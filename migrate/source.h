@@ -45,6 +45,9 @@ struct SourceOptions {
   // Run the blackout's work at nice -20 on both ends (common/priority.h); off for A/B runs
   // (GODWIT_NO_BOOST). The destination boosts only when the source asks (Switchover frame).
   bool boost = true;
+  // The destination makes the container's environment while the tree is dumped here (EnvReady);
+  // off for A/B runs (GODWIT_NO_ENV_AHEAD): made inside the restore, after the final state.
+  bool env_ahead = true;
 };
 
 struct RoundReport {

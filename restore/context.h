@@ -73,6 +73,12 @@ struct RestoreOptions {
   int userns_fd = -1;
   std::function<int(const char** what)> root_inside;
   std::function<Result<void>(pid_t root_host_pid)> root_outside;
+  // Called with the root's host pid right after its clone, while it runs root_inside: work
+  // root_outside needs done, started early (a cgroup join is mostly waiting).
+  std::function<void(pid_t root_host_pid)> root_forked;
+  // The root's net namespace is a fresh one joined by root_inside (made ahead by a holder, not
+  // by root_clone_flags): its TCP connections are locked as for CLONE_NEWNET.
+  bool root_fresh_netns = false;
 };
 
 struct RestoreStats {

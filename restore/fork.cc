@@ -213,6 +213,7 @@ Result<void> TreeFork::Prepare() {
 
 Result<void> TreeFork::Run() {
   TRY(ForkRoot());
+  if (ctx_.opts.root_forked) ctx_.opts.root_forked(ctx_.root_host_pid);
   if (hooked_) TRY(Handshake());
   report_wr_.reset();
   TRY(WaitReports());
@@ -304,7 +305,7 @@ Result<void> TreeFork::Handshake() {
   TRY(ReadHandshake(up_rd_.get(), root));
   // A fresh net namespace: its TCP connections are locked before the outside hook brings its
   // addresses up (a peer's retransmission would get a RST); Finalize unlocks.
-  if (ctx_.fds && (opts.root_clone_flags & CLONE_NEWNET))
+  if (ctx_.fds && ((opts.root_clone_flags & CLONE_NEWNET) || opts.root_fresh_netns))
     TRY_CTX(ctx_.fds->LockNetwork(root), "restore root %d: network lock", root);
   if (opts.root_outside) TRY_CTX(opts.root_outside(root), "restore root %d: outside", root);
   char go = 1;

@@ -9,8 +9,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <poll.h>
+
+#include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <mutex>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "runtime/network.h"
 #include "runtime/runtime.h"
@@ -82,6 +88,12 @@ class ContainerCr : public ::testing::Test {
     // The counter's last value is in the checkpoint's tmpfs image: read it after the restore.
     CliRun r = Godwit({"--root", root_, "restore", id_, "--image-path", img, "--detach"});
     ASSERT_EQ(r.code, 0) << r.out;
+    CheckRestored(pid);
+  }
+
+  // After a restore of the container whose init was host pid `pid`.
+  void CheckRestored(pid_t pid) {
+    std::string count = StrFormat("/proc/%d/root/dev/shm/count", pid);
     pid_ = StatePid();
     ASSERT_EQ(pid_, pid) << "same host pid";
     auto st = fs::ReadFile(StrFormat("/proc/%d/status", pid));
@@ -161,6 +173,192 @@ TEST_F(ContainerCr, FiveCyclesLeaveNothingBehind) {
   for (double f : frozen_ms_) ms += StrFormat("%.1f ", f);
   RecordProperty("frozen_ms", ms);
   printf("frozen ms per checkpoint: %s\n", ms.c_str());
+}
+
+// A migration's destination makes the container's environment while the source still dumps the
+// tree (restore --wait-fd: 'e', then the go byte): the same restore as Cycle's, with the
+// environment made before the tree's images were there. Then the same, abandoned after 'e'
+// (the migration failed): nothing of it is left.
+class ContainerAhead : public ContainerCr {
+ protected:
+  // `godwit --debug --json restore ID --image-path IMG --detach --wait-fd 3`, its stderr read by a
+  // thread (WaitFor a line), stdout to a file.
+  void Start(const std::string& img) {
+    int go[2], err[2];
+    ASSERT_EQ(::pipe2(go, O_CLOEXEC), 0);
+    ASSERT_EQ(::pipe2(err, O_CLOEXEC), 0);
+    out_ = StrFormat("/tmp/godwit-test-ahead-%d", getpid());
+    UniqueFd out(::open(out_.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+    ASSERT_TRUE(out.valid());
+    std::vector<std::string> full = {GODWIT_BIN, "--debug", "--root", root_, "--json", "restore",
+                                     id_, "--image-path", img, "--detach", "--wait-fd", "3"};
+    std::vector<char*> argv;
+    for (auto& a : full) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    restore_ = ::fork();
+    if (restore_ == 0) {
+      int null = ::open("/dev/null", O_RDWR);
+      ::dup2(null, 0);
+      ::dup2(out.get(), 1);
+      ::dup2(err[1], 2);
+      ::dup2(go[0], 3);
+      ::close_range(4, ~0U, 0);
+      ::execv(argv[0], argv.data());
+      ::_exit(127);
+    }
+    ::close(go[0]);
+    ::close(err[1]);
+    go_.reset(go[1]);
+    err_rd_ = err[0];
+    reader_ = std::thread([this] {
+      char buf[4096];
+      for (;;) {
+        pollfd pf{err_rd_, POLLIN, 0};
+        int n = ::poll(&pf, 1, 100);
+        if (n == 0 && stop_) break;
+        if (n <= 0) continue;
+        ssize_t k = ::read(err_rd_, buf, sizeof(buf));
+        std::lock_guard<std::mutex> l(mu_);
+        if (k <= 0) {
+          eof_ = true;
+          cv_.notify_all();
+          break;
+        }
+        err_text_.append(buf, k);
+        cv_.notify_all();
+      }
+    });
+  }
+  // Until its stderr shows `what` (true) or ends (false).
+  bool WaitFor(const std::string& what) {
+    std::unique_lock<std::mutex> l(mu_);
+    cv_.wait(l, [&] { return eof_ || err_text_.find(what) != std::string::npos; });
+    return err_text_.find(what) != std::string::npos;
+  }
+  int Finish() {
+    go_.reset();
+    int st = 0;
+    ::waitpid(restore_, &st, 0);
+    restore_ = 0;
+    stop_ = true;
+    if (reader_.joinable()) reader_.join();
+    ::close(err_rd_);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  }
+  void TearDown() override {
+    if (restore_ > 0) Finish();
+    if (!out_.empty()) ::unlink(out_.c_str());
+    ContainerCr::TearDown();
+  }
+  // The holder: the restore's one child while the environment is made ahead.
+  pid_t Holder() {
+    auto kids = fs::ReadFile(StrFormat("/proc/%d/task/%d/children", restore_, restore_));
+    return kids.ok() ? atoi(kids->c_str()) : 0;
+  }
+  // A checkpoint as a migration's destination has it when the source sends EnvReady: the
+  // container's images and the early record, no tree and no container inventory yet.
+  std::string CheckpointAway() {
+    std::string img = tmp_.path() + "/ckpt";
+    CliRun c = Godwit({"--root", root_, "checkpoint", id_, "--image-path", img});
+    EXPECT_EQ(c.code, 0) << c;
+    Reap();
+    std::string cdir = img + "/container";
+    EXPECT_OK(Sh("cp " + cdir + "/container.img " + cdir + "/container-early.img"));
+    EXPECT_EQ(::rename((img + "/tree").c_str(), (img + "/tree.away").c_str()), 0);
+    EXPECT_EQ(::rename((cdir + "/inventory.img").c_str(), (cdir + "/inventory.away").c_str()), 0);
+    return img;
+  }
+  void BringBack(const std::string& img) {
+    std::string cdir = img + "/container";
+    ASSERT_EQ(::rename((img + "/tree.away").c_str(), (img + "/tree").c_str()), 0);
+    ASSERT_EQ(::rename((cdir + "/inventory.away").c_str(), (cdir + "/inventory.img").c_str()), 0);
+  }
+
+  pid_t restore_ = 0;
+  UniqueFd go_;
+  int err_rd_ = -1;
+  std::string out_;
+  std::thread reader_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::string err_text_;
+  bool eof_ = false;
+  std::atomic<bool> stop_{false};
+};
+
+TEST_F(ContainerAhead, EnvironmentMadeBeforeTheTreeArrives) {
+  Run();
+  if (HasFatalFailure()) return;
+  pid_t pid = pid_;
+  std::string veth = runtime::HostVethName(root_, id_);
+  std::string img = CheckpointAway();
+  if (HasFailure()) return;
+  Start(img);
+  if (HasFatalFailure()) return;
+  ASSERT_EQ(::write(go_.get(), "e", 1), 1);
+  ASSERT_TRUE(WaitFor("environment made ahead")) << err_text_;
+  // Made without the tree: the veth, and a holder in the container's cgroup whose namespaces
+  // hold its address, hostname and tmpfs contents.
+  EXPECT_TRUE(runtime::LinkExists(veth));
+  pid_t holder = Holder();
+  ASSERT_GT(holder, 0);
+  auto hcg = fs::ReadFile(StrFormat("/proc/%d/cgroup", holder));
+  ASSERT_TRUE(hcg.ok());
+  EXPECT_NE(hcg->find(id_), std::string::npos) << *hcg;
+  auto addr = Sh(StrFormat("nsenter -t %d -n ip -4 -o addr show dev eth0", holder));
+  ASSERT_OK(addr);
+  EXPECT_NE(addr->find(ip_ + "/24"), std::string::npos) << *addr;
+  auto host = Sh(StrFormat("nsenter -t %d -u hostname", holder));
+  ASSERT_OK(host);
+  EXPECT_EQ(*host, "cr-" + id_ + "\n");
+  EXPECT_EQ(*fs::ReadFile(StrFormat("/proc/%d/root/dev/shm/f", holder)), "before\n");
+  // Quiet until the tree's own lock takes over: nothing leaves its links.
+  auto rules = Sh(StrFormat("nsenter -t %d -n nft list tables", holder));
+  ASSERT_OK(rules);
+  EXPECT_NE(rules->find("godwit_ahead"), std::string::npos) << *rules;
+
+  BringBack(img);
+  ASSERT_EQ(::write(go_.get(), "\1", 1), 1);
+  ASSERT_EQ(Finish(), 0) << err_text_;
+  auto out = fs::ReadFile(out_);
+  ASSERT_TRUE(out.ok());
+  auto j = nlohmann::json::parse(*out, nullptr, false);
+  ASSERT_FALSE(j.is_discarded()) << *out;
+  EXPECT_TRUE(j.value("environment_ahead", false)) << *out;
+  EXPECT_GT(j["phases"].value("ahead_ms", 0.0), 0.0) << *out;
+  EXPECT_FALSE(fs::Exists(StrFormat("/proc/%d", holder))) << "the holder is gone";
+  CheckRestored(pid);
+  if (HasFatalFailure()) return;
+  // The environment's own quiet rules went with the holder; proc is the container's.
+  auto after = Sh(StrFormat("nsenter -t %d -n nft list tables", pid_));
+  ASSERT_OK(after);
+  EXPECT_EQ(after->find("godwit_ahead"), std::string::npos) << *after;
+  auto init = fs::ReadFile(StrFormat("/proc/%d/root/proc/1/status", pid_));
+  ASSERT_TRUE(init.ok());
+  EXPECT_NE(init->find(StrFormat("NSpid:\t1\n")), std::string::npos) << *init;
+}
+
+TEST_F(ContainerAhead, AbandonedAfterTheEnvironmentLeavesNothing) {
+  Run();
+  if (HasFatalFailure()) return;
+  std::string veth = runtime::HostVethName(root_, id_);
+  std::string img = CheckpointAway();
+  if (HasFailure()) return;
+  Start(img);
+  if (HasFatalFailure()) return;
+  ASSERT_EQ(::write(go_.get(), "e", 1), 1);
+  ASSERT_TRUE(WaitFor("environment made ahead")) << err_text_;
+  pid_t holder = Holder();
+  ASSERT_GT(holder, 0);
+  EXPECT_TRUE(runtime::LinkExists(veth));
+  // The migration ends otherwise: EOF on the wait fd.
+  EXPECT_EQ(Finish(), 0) << err_text_;
+  EXPECT_FALSE(fs::Exists(StrFormat("/proc/%d", holder)));
+  EXPECT_FALSE(fs::Exists(root_ + "/" + id_));
+  auto cgs = Sh("find /sys/fs/cgroup -maxdepth 3 -name " + id_);
+  ASSERT_OK(cgs);
+  EXPECT_EQ(*cgs, "");
+  EXPECT_FALSE(runtime::LinkExists(veth)) << "deleted by the rollback";
 }
 
 }  // namespace
