@@ -150,10 +150,6 @@ void PreparedRestoreDeleter::operator()(PreparedRestore* p) const { delete p; }
 
 namespace {
 
-// The quiet rules of an environment made ahead: its own table, until the tree's lock (made quiet
-// too, LockNetwork) takes over.
-constexpr char kAheadQuietTable[] = "godwit_ahead";
-
 // The fields of the record the environment was made from, against the final record's.
 Result<void> SameEnvironment(const img::ContainerCheckpoint& early,
                              const img::ContainerCheckpoint& rec) {
@@ -335,8 +331,8 @@ Result<void> PreparedRestore::BuildAhead() {
   if (has_net) {
     ASSIGN_OR_RETURN(UniqueFd ns, OpenNamespace(holder->pid(), "net"));
     ASSIGN_OR_RETURN(netns::NftContext nft, netns::NftContext::Open(ns.get()));
-    TRY_CTX(nft.Run(StrFormat("add table inet %s\n", kAheadQuietTable) +
-                    files::QuietRules(kAheadQuietTable)),
+    TRY_CTX(nft.Run(StrFormat("add table inet %s\n", files::kAheadQuietName) +
+                    files::QuietRules(files::kAheadQuietName)),
             "make the environment quiet");
     ahead_quiet.emplace(std::move(nft));
   }
@@ -427,12 +423,17 @@ Result<RestoreResult> FinishRestore(PreparedRestorePtr p,
       // The holder's work is done (the root is in its namespaces); the tree's lock, quiet too,
       // has taken over from ours (restore::RestoreOptions::root_fresh_netns).
       pr->holder->Stop();
+      LOG_DEBUG("restore of %s: holder stopped", opts.id.c_str());
+      // Emptied, not deleted: a deletion unregisters hooks and waits for a grace period (1.5
+      // ms here); the caller deletes the table after the commit (files::kAheadQuietName).
       if (pr->ahead_quiet)
-        TRY_CTX(pr->ahead_quiet->Run(StrFormat("delete table inet %s\ndelete table arp %s\n",
-                                               kAheadQuietTable, kAheadQuietTable)),
+        TRY_CTX(pr->ahead_quiet->Run(StrFormat("flush table inet %s\nflush table arp %s\n",
+                                               files::kAheadQuietName, files::kAheadQuietName)),
                 "the environment's own quiet rules");
+      LOG_DEBUG("restore of %s: holder and its quiet rules gone", opts.id.c_str());
       auto filled = FillEnvironment(images, rec, pr->table, nullptr, pid, FillPart::kUnderProc);
       auto joined = early_join.valid() ? early_join.get() : cg->AddProcess(pid);
+      LOG_DEBUG("restore of %s: root %d joined its cgroup", opts.id.c_str(), pid);
       pr->warm->Stop();
       laps.LapInto(&ph.cgroup_join_ms);
       TRY(std::move(filled));

@@ -352,7 +352,9 @@ Result<void> FdRestorerImpl::LockNetwork(pid_t netns_pid) {
   if (netns_pid) {
     ASSIGN_OR_RETURN(ns, netns::Open(netns_pid));
   }
+  LOG_DEBUG("restore: network lock %s opened", netlock_->name().c_str());
   TRY(netlock_->Lock(ns ? ns.get() : -1, conns));
+  LOG_DEBUG("restore: %zu connection(s) locked", conns.size());
   // Unlocked by the caller (a migration's destination, at its commit): until then the namespace
   // says nothing at all (NetLock::Quiet), from before its links exist.
   if (opts_.keep_netlock && netns_pid) TRY(netlock_->Quiet(ns.get()));

@@ -82,6 +82,12 @@ std::unique_ptr<NetLock> OpenNetLock(const std::string& name);
 // namespace is the container's own, new one, and the destination adopts it by this name.
 inline constexpr char kQuietLockName[] = "godwit_quiet";
 
+// The table of a container environment made ahead (container::PrepareRestore): quiet before its
+// links exist, emptied (its chains stay, accepting) once the tree's own lock is in place, deleted
+// by the caller after the commit (deleting hooks waits for an RCU grace period: not while the
+// container is down).
+inline constexpr char kAheadQuietName[] = "godwit_ahead";
+
 // The rules that make a namespace quiet in table t (inet and arp; the inet table must exist):
 // NetLock::Quiet's, for a caller that keeps its own nftables context (a container's environment
 // made ahead, quiet before its links exist, until the tree's own lock takes over).

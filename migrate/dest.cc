@@ -725,6 +725,11 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
           if (!u.ok())
             LOG_WARN("migration of %s: %s", res.id.c_str(), u.error().to_string().c_str());
         }
+        // The environment made ahead left its emptied quiet table (files::kAheadQuietName).
+        if (auto ns = netns::Open(restored_pid); ns.ok()) {
+          auto ahead = files::OpenNetLock(files::kAheadQuietName);
+          if (ahead->Adopt(ns->get()).ok()) (void)ahead->Unlock();
+        }
         // Frames that reached the source after the commit, before the segment learnt this port:
         // the source ships them after Done, then closes.
         ch.set_timeout(2);

@@ -213,6 +213,7 @@ Result<void> TreeFork::Prepare() {
 
 Result<void> TreeFork::Run() {
   TRY(ForkRoot());
+  LOG_DEBUG("restore: root %d cloned", ctx_.root_host_pid);
   if (ctx_.opts.root_forked) ctx_.opts.root_forked(ctx_.root_host_pid);
   if (hooked_) TRY(Handshake());
   report_wr_.reset();
@@ -303,14 +304,18 @@ Result<void> TreeFork::Handshake() {
   up_wr_.reset();
   down_rd_.reset();
   TRY(ReadHandshake(up_rd_.get(), root));
+  LOG_DEBUG("restore: root %d built its namespaces", root);
   // A fresh net namespace: its TCP connections are locked before the outside hook brings its
   // addresses up (a peer's retransmission would get a RST); Finalize unlocks.
   if (ctx_.fds && ((opts.root_clone_flags & CLONE_NEWNET) || opts.root_fresh_netns))
     TRY_CTX(ctx_.fds->LockNetwork(root), "restore root %d: network lock", root);
+  LOG_DEBUG("restore: root %d network locked", root);
   if (opts.root_outside) TRY_CTX(opts.root_outside(root), "restore root %d: outside", root);
+  LOG_DEBUG("restore: root %d outside hook done", root);
   char go = 1;
   if (write(down_wr_.get(), &go, 1) != 1) return Errno("restore: wake root %d", root);
   TRY(ReadHandshake(up_rd_.get(), root));  // files prepared in the root
+  LOG_DEBUG("restore: root %d prepared its files", root);
   up_rd_.reset();
   down_wr_.reset();
   return Ok();

@@ -248,6 +248,8 @@ TEST_F(MigrateTest, IdleContainerThereAndBackTenTimes) {
     EXPECT_TRUE(j["tls"].get<bool>());
     EXPECT_TRUE(j["boosted"].get<bool>());
     EXPECT_EQ(j["restore_phases"]["dest.boosted"].get<double>(), 1.0);
+    // The destination made the environment while the source dumped the tree (EnvReady).
+    EXPECT_GT(j["restore_phases"].value("restore.ahead_ms", 0.0), 0.0) << j["restore_phases"];
     ASSERT_GE(j["rounds"].size(), 1u);
     EXPECT_EQ(j["rounds"].back()["decision"].get<std::string>().rfind("switch", 0), 0u);
     const auto& b = j["blackout"];
@@ -260,6 +262,13 @@ TEST_F(MigrateTest, IdleContainerThereAndBackTenTimes) {
   // The pid inside the container is still 1 and the echo server answers on the final host.
   CliRun ps = Gw(at, {"exec", "idle", "--", "sh", "-c", "echo hi | nc 127.0.0.1 8081"});
   EXPECT_EQ(ps.out, "hi\n") << ps;
+  // Neither the environment's quiet table nor the connections' lock is left in its namespace.
+  CliRun st = Gw(at, {"state", "idle"});
+  auto sj = nlohmann::json::parse(st.out, nullptr, false);
+  ASSERT_FALSE(sj.is_discarded()) << st;
+  auto tables = container::testing::Sh(StrFormat("nsenter -t %d -n nft list tables", sj.value("pid", 0)));
+  ASSERT_OK(tables);
+  EXPECT_EQ(tables->find("godwit_"), std::string::npos) << *tables;
   // Each process kept its own nice value (field 19 of stat): the init 0, the sleeper 7.
   CliRun nice = Gw(at, {"exec", "idle", "--", "sh", "-c",
                         "cut -d' ' -f19 /proc/1/stat; cut -d' ' -f19 /proc/$(pidof sleep)/stat"});
