@@ -225,6 +225,12 @@ Result<void> RestoreFs(RestoreContext& ctx, ProcessRestore& p) {
     ASSIGN_OR_RETURN(uint64_t a, r->WriteString(0, at));
     TRY_CTX(r->Syscall(SYS_chroot, a), "chroot %s (removed)", at.c_str());
   } else if (!fs.root().empty() && fs.root() != "/") {
+    if (fs.cwd_outside_root()) {
+      // A cwd outside the root (chroot without a chdir): entered first, chroot keeps it.
+      ASSIGN_OR_RETURN(uint64_t cd, r->WriteString(0, fs.cwd()));
+      TRY_CTX(r->Syscall(SYS_chdir, cd), "chdir %s (outside root %s)", fs.cwd().c_str(),
+              fs.root().c_str());
+    }
     ASSIGN_OR_RETURN(uint64_t at, r->WriteString(0, fs.root()));
     TRY_CTX(r->Syscall(SYS_chroot, at), "chroot %s", fs.root().c_str());
   }
@@ -256,7 +262,7 @@ Result<void> RestoreFs(RestoreContext& ctx, ProcessRestore& p) {
     if (*cd < 0)
       return MakeError(ErrorKind::kGeneric, static_cast<int>(-*cd), "chdir %s (removed cwd): %s",
                        at.c_str(), strerror(static_cast<int>(-*cd)));
-  } else if (!fs.cwd().empty()) {
+  } else if (!fs.cwd().empty() && !fs.cwd_outside_root()) {
     ASSIGN_OR_RETURN(uint64_t at, r->WriteString(0, fs.cwd()));
     TRY_CTX(r->Syscall(SYS_chdir, at), "chdir %s (under root %s)", fs.cwd().c_str(),
             fs.root().c_str());
