@@ -208,13 +208,21 @@ static pid_t DeadProcPid(const std::string& path) {
 }
 
 // chroot first (the root is a path in the dumper's view, resolved from the restorer's root),
-// then chdir to the cwd as the process saw it, under its new root. chroot needs CAP_SYS_CHROOT,
-// so this runs before "creds". A removed root or cwd is recreated, entered and removed again:
-// a removed root from here (its path is in our view), a removed cwd by the process.
+// then chdir to the cwd as the process saw it, under its new root (a cwd outside the root: in
+// our view, before the chroot). chroot needs CAP_SYS_CHROOT, so this runs before "creds". A
+// removed root or cwd is recreated, entered and removed again: a removed root from here (its
+// path is in our view), a removed cwd by the process.
 Result<void> RestoreFs(RestoreContext& ctx, ProcessRestore& p) {
   ASSIGN_OR_RETURN(img::ProcessState ps, LoadPstate(ctx, p));
   remote::Remote* r = p.remote.get();
   const auto& fs = ps.fs();
+  if (fs.cwd_outside_root()) {
+    // A cwd outside the root (chroot without a chdir, zdtm chroot): entered before the chroot,
+    // which keeps it.
+    ASSIGN_OR_RETURN(uint64_t cd, r->WriteString(0, fs.cwd()));
+    TRY_CTX(r->Syscall(SYS_chdir, cd), "chdir %s (outside root %s)", fs.cwd().c_str(),
+            fs.root().c_str());
+  }
   if (fs.root_deleted()) {
     std::vector<std::string> root_made;
     std::string at;
@@ -225,12 +233,6 @@ Result<void> RestoreFs(RestoreContext& ctx, ProcessRestore& p) {
     ASSIGN_OR_RETURN(uint64_t a, r->WriteString(0, at));
     TRY_CTX(r->Syscall(SYS_chroot, a), "chroot %s (removed)", at.c_str());
   } else if (!fs.root().empty() && fs.root() != "/") {
-    if (fs.cwd_outside_root()) {
-      // A cwd outside the root (chroot without a chdir): entered first, chroot keeps it.
-      ASSIGN_OR_RETURN(uint64_t cd, r->WriteString(0, fs.cwd()));
-      TRY_CTX(r->Syscall(SYS_chdir, cd), "chdir %s (outside root %s)", fs.cwd().c_str(),
-              fs.root().c_str());
-    }
     ASSIGN_OR_RETURN(uint64_t at, r->WriteString(0, fs.root()));
     TRY_CTX(r->Syscall(SYS_chroot, at), "chroot %s", fs.root().c_str());
   }
