@@ -266,9 +266,19 @@ Result<void> DumpFs(DumpContext& ctx, ProcessDump& p, img::ProcessState* ps) {
     cwd.assign(static_cast<size_t>(n), '\0');
     TRY(r->Read(r->scratch(), cwd.data(), cwd.size()));
     cwd.resize(strnlen(cwd.c_str(), cwd.size()));
-    if (cwd.empty() || cwd[0] != '/')  // "(unreachable)/...": outside its root
-      return MakeError(ErrorKind::kUnsupported, 0, "pid %d: cwd %s is outside its root", p.pid,
-                       cwd.c_str());
+    if (cwd.empty() || cwd[0] != '/') {
+      // "(unreachable)/...": outside its root (chroot without a chdir). Kept in our view, from
+      // the link, and entered before the chroot at restore.
+      std::string cwd_link = StrFormat("/proc/%d/cwd", p.pid);
+      ASSIGN_OR_RETURN(std::string raw, ReadLink(cwd_link));
+      bool deleted = false;
+      std::string outside = Undeleted(raw, &deleted);
+      if (deleted || outside.empty() || outside[0] != '/')
+        return MakeError(ErrorKind::kUnsupported, 0, "pid %d: cwd %s is outside its root %s%s",
+                         p.pid, raw.c_str(), root.c_str(), deleted ? " and removed" : "");
+      cwd = outside;
+      fs->set_cwd_outside_root(true);
+    }
   }
   fs->set_cwd(cwd);
   fs->set_root(root);

@@ -283,6 +283,22 @@ Result<void> FreezeTree(pid_t root, FrozenTree* out) {
     e.set_pid(pid);
     e.set_ppid(pid == root ? 0 : st->ppid);
     if (st->state == 'Z') {
+      // A leader that called pthread_exit stays a zombie while its other threads run on (zdtm
+      // pthread02): the group is alive, not a zombie to recreate. Its memory and files are
+      // reachable only through the live threads; not supported: refused, naming a live thread.
+      if (auto tasks = proc::ListTasks(pid); tasks.ok()) {
+        for (pid_t tid : *tasks) {
+          if (tid == pid) continue;
+          auto ts = fs::ReadFile(StrFormat("/proc/%d/task/%d/stat", pid, tid));
+          size_t paren = ts.ok() ? ts->rfind(')') : std::string::npos;
+          if (paren == std::string::npos || paren + 2 >= ts->size() || (*ts)[paren + 2] == 'Z')
+            continue;
+          return MakeError(ErrorKind::kUnsupported, 0,
+                           "pid %d: its thread group leader exited (pthread_exit) while thread %d "
+                           "runs on: a thread group without its leader is not supported",
+                           pid, tid);
+        }
+      }
       if (pid == root) return MakeError(ErrorKind::kNotFound, 0, "process %d is a zombie", root);
       e.set_zombie(true);
       e.set_exit_status(st->exit_code);

@@ -279,6 +279,12 @@ Result<void> FdRestorerImpl::Install(pid_t old_pid) {
       return Errno("pid %d: dup3 %d -> %d", old_pid, src, fe.fd());
     want[fe.fd()] = true;
   }
+  // 2b. Kind work that needs this process's fds at their numbers.
+  for (const auto& [id, e] : ctx_->entries_) {
+    const KindOps* ops = FindKind(e.kind());
+    if (ops->install_late) TRY_CTX(ops->install_late(*ctx_, e, old_pid), "pid %d: %s", old_pid,
+                                   ops->name);
+  }
   // 3. Nothing else below the engine's range: numbers used only for registrations, and what the
   //    coordinator had open, go away.
   for (int fd = 0; fd <= max_fd_; fd++) {

@@ -219,6 +219,9 @@ struct KindOps {
   // The install hook makes the process's own description (pidfd) and puts it on the prepared
   // number: it runs before every other kind's (epoll registers what is there then).
   bool install_first = false;
+  // Optional: in restored process pid once its fds are at their numbers (a file of its own fd
+  // table, /proc/PID/fdinfo/N, opens only once fd N is there).
+  Result<void> (*install_late)(FdRestoreContext& ctx, const img::FileEntry& e, pid_t pid) = nullptr;
 };
 
 const std::vector<KindOps>& KindTable();
@@ -271,6 +274,7 @@ GODWIT_KIND_DECL(BpfMap)
 #undef GODWIT_KIND_DECL
 // In the holder: a file under /proc/PID of a process of the tree, opened once PID exists.
 Result<void> InstallReg(FdRestoreContext& ctx, const img::FileEntry& e, pid_t pid);
+Result<void> InstallRegLate(FdRestoreContext& ctx, const img::FileEntry& e, pid_t pid);
 // In the holder: its pidfd on a live target of the tree, opened once the target exists.
 Result<void> InstallPidfd(FdRestoreContext& ctx, const img::FileEntry& e, pid_t pid);
 // At the end of the dump: every live pidfd target is a process of the tree (pids: the dumped

@@ -365,9 +365,19 @@ Result<UniqueFd> OpenReg(FdRestoreContext& ctx, const img::FileEntry& e) {
   return fd;
 }
 
+// /proc/PID/fd/N or /proc/PID/fdinfo/N of the installing process pid itself (zdtm fanotify00
+// keeps /proc/self/fdinfo/N open): fd N exists only once the fds are at their numbers.
+static bool OwnFdTableFile(const img::RegFile& r, pid_t pid) {
+  if (r.proc_pid() != pid) return false;
+  std::string own = StrFormat("/proc/%d/fd", pid);
+  const std::string& path = r.path();
+  return path.rfind(own + "/", 0) == 0 || path.rfind(own + "info/", 0) == 0;
+}
+
 Result<void> InstallReg(FdRestoreContext& ctx, const img::FileEntry& e, pid_t pid) {
   const img::RegFile& r = e.reg();
-  if (r.proc_pid() <= 0 || !ctx.tree_pids.count(r.proc_pid()) || !ctx.InstallingHolds(e.id()))
+  if (r.proc_pid() <= 0 || !ctx.tree_pids.count(r.proc_pid()) || !ctx.InstallingHolds(e.id()) ||
+      OwnFdTableFile(r, pid))
     return Ok();
   int slot = ctx.Prepared(e.id());
   if (slot < 0) return MakeError(ErrorKind::kBadImage, 0, "%s was not prepared", r.path().c_str());
@@ -387,6 +397,23 @@ Result<void> InstallReg(FdRestoreContext& ctx, const img::FileEntry& e, pid_t pi
       lseek(fd.get(), static_cast<off_t>(e.pos()), SEEK_SET) < 0)
     return Errno("lseek %s to %llu", r.path().c_str(), static_cast<unsigned long long>(e.pos()));
   if (dup3(fd.get(), slot, O_CLOEXEC) < 0) return Errno("dup3 %s", r.path().c_str());
+  return Ok();
+}
+
+Result<void> InstallRegLate(FdRestoreContext& ctx, const img::FileEntry& e, pid_t pid) {
+  const img::RegFile& r = e.reg();
+  if (!ctx.installing || !ctx.tree_pids.count(r.proc_pid()) || !ctx.InstallingHolds(e.id()) ||
+      !OwnFdTableFile(r, pid))
+    return Ok();
+  UniqueFd fd(open(r.path().c_str(), OpenFlags(e.flags())));
+  if (!fd) return Errno("open %s flags %#o (a file of its own fd table)", r.path().c_str(), e.flags());
+  if (!(e.flags() & O_PATH) && e.pos() &&
+      lseek(fd.get(), static_cast<off_t>(e.pos()), SEEK_SET) < 0)
+    return Errno("lseek %s to %llu", r.path().c_str(), static_cast<unsigned long long>(e.pos()));
+  // In place of the placeholder on each number it holds.
+  for (const auto& fe : ctx.installing->fds())
+    if (fe.file_id() == e.id() && dup3(fd.get(), fe.fd(), fe.cloexec() ? O_CLOEXEC : 0) < 0)
+      return Errno("dup3 %s -> %d", r.path().c_str(), fe.fd());
   return Ok();
 }
 

@@ -11,7 +11,7 @@ namespace godwit::files {
 
 const std::vector<KindOps>& KindTable() {
   static const std::vector<KindOps> table = {
-      {img::FILE_KIND_REG, "reg", DumpReg, OpenReg, InstallReg, nullptr, true},
+      {img::FILE_KIND_REG, "reg", DumpReg, OpenReg, InstallReg, nullptr, true, InstallRegLate},
       {img::FILE_KIND_CHR, "chr", DumpChr, OpenChr},
       {img::FILE_KIND_PIPE, "pipe", DumpPipe, OpenPipe},
       {img::FILE_KIND_FIFO, "fifo", DumpFifo, OpenFifo},

@@ -208,13 +208,21 @@ static pid_t DeadProcPid(const std::string& path) {
 }
 
 // chroot first (the root is a path in the dumper's view, resolved from the restorer's root),
-// then chdir to the cwd as the process saw it, under its new root. chroot needs CAP_SYS_CHROOT,
-// so this runs before "creds". A removed root or cwd is recreated, entered and removed again:
-// a removed root from here (its path is in our view), a removed cwd by the process.
+// then chdir to the cwd as the process saw it, under its new root (a cwd outside the root: in
+// our view, before the chroot). chroot needs CAP_SYS_CHROOT, so this runs before "creds". A
+// removed root or cwd is recreated, entered and removed again: a removed root from here (its
+// path is in our view), a removed cwd by the process.
 Result<void> RestoreFs(RestoreContext& ctx, ProcessRestore& p) {
   ASSIGN_OR_RETURN(img::ProcessState ps, LoadPstate(ctx, p));
   remote::Remote* r = p.remote.get();
   const auto& fs = ps.fs();
+  if (fs.cwd_outside_root()) {
+    // A cwd outside the root (chroot without a chdir, zdtm chroot): entered before the chroot,
+    // which keeps it.
+    ASSIGN_OR_RETURN(uint64_t cd, r->WriteString(0, fs.cwd()));
+    TRY_CTX(r->Syscall(SYS_chdir, cd), "chdir %s (outside root %s)", fs.cwd().c_str(),
+            fs.root().c_str());
+  }
   if (fs.root_deleted()) {
     std::vector<std::string> root_made;
     std::string at;
@@ -256,7 +264,7 @@ Result<void> RestoreFs(RestoreContext& ctx, ProcessRestore& p) {
     if (*cd < 0)
       return MakeError(ErrorKind::kGeneric, static_cast<int>(-*cd), "chdir %s (removed cwd): %s",
                        at.c_str(), strerror(static_cast<int>(-*cd)));
-  } else if (!fs.cwd().empty()) {
+  } else if (!fs.cwd().empty() && !fs.cwd_outside_root()) {
     ASSIGN_OR_RETURN(uint64_t at, r->WriteString(0, fs.cwd()));
     TRY_CTX(r->Syscall(SYS_chdir, at), "chdir %s (under root %s)", fs.cwd().c_str(),
             fs.root().c_str());

@@ -148,6 +148,25 @@ ZDTM(PosixTimerOfDeadThread, "timer_dead_thread")
 ZDTM(BoundWithFreebindTurnedOff, "freebind_off")
 // maps06: 15000 VMAs (the dump's VMA iterator went round without end).
 ZDTM(FifteenThousandVmas, "many_vmas")
+// chroot: chrooted without a chdir, the cwd outside the root (the dump refused it).
+ZDTM(ChrootCwdOutsideRoot, "chroot_cwd_outside")
+// fanotify00: /proc/self/fdinfo/N of its own fd N held open (restore opened it before fd N).
+ZDTM(OwnFdinfoFileHeldOpen, "own_fdinfo")
+// pthread02 in a child: a thread group whose leader called pthread_exit. Refused (it was dumped
+// as a zombie, its live thread lost), naming the live thread; the tree runs on.
+// The refusal comes while the tree is frozen, naming the child, not the root (Refused's check).
+TEST_F(ZdtmPort, ThreadGroupWithoutLeaderRefused) {
+  pid_t pid = Start("zombie_leader_threads");
+  ASSERT_GT(pid, 0) << "helper setup failed";
+  auto d = Godwit({"dump", "--pid", std::to_string(pid), "--images-dir", dir_ / "img"});
+  EXPECT_NE(d.status, 0) << "the dump of a thread group without its leader succeeded";
+  EXPECT_NE(d.err.find("freeze tree of " + std::to_string(pid)), std::string::npos) << d.err;
+  EXPECT_NE(d.err.find("thread group leader exited (pthread_exit) while thread"),
+            std::string::npos) << d.err;
+  ASSERT_EQ(kill(pid, SIGUSR2), 0);
+  EXPECT_EQ(WaitBounded(pid, 30000), 0) << "the refused dump damaged the tree";
+  pids_.clear();
+}
 
 
 }  // namespace

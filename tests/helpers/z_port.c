@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
@@ -1702,6 +1703,94 @@ static int m_many_vmas(void) {
   return 0;
 }
 
+/* chroot: a process chrooted into a directory without a chdir: its cwd stays outside its root
+ * (getcwd says "(unreachable)..."). Restored: the same root (a file made in it by "/" name) and
+ * the same cwd outside it (a relative name still opens the file next to it). */
+static int m_chroot_cwd_outside(void) {
+  int outf = open(path_in("outside"), O_RDWR | O_CREAT, 0644);
+  SETUP(outf >= 0 && write(outf, "out", 3) == 3 && mkdir(path_in("root"), 0755) == 0);
+  SETUP(chdir(dir) == 0 && chroot(path_in("root")) == 0);
+  int inf = open("/inside", O_RDWR | O_CREAT, 0644);
+  SETUP(inf >= 0 && write(inf, "in", 2) == 2);
+  char cwd[512];
+  SETUP(syscall(SYS_getcwd, cwd, sizeof cwd) > 0 && cwd[0] != '/');
+  ready_and_wait();
+  char buf[8] = {0};
+  int f = open("/inside", O_RDONLY);
+  CHECK(f >= 0 && read(f, buf, sizeof buf) == 2 && !memcmp(buf, "in", 2), "root moved");
+  CHECK(syscall(SYS_getcwd, cwd, sizeof cwd) > 0 && cwd[0] != '/', "cwd now %s", cwd);
+  f = open("outside", O_RDONLY);
+  memset(buf, 0, sizeof buf);
+  CHECK(f >= 0 && read(f, buf, sizeof buf) == 3 && !memcmp(buf, "out", 3), "cwd moved");
+  CHECK(open(path_in("outside"), O_RDONLY) < 0, "not chrooted");
+  return 0;
+}
+
+/* fanotify00 keeps /proc/self/fdinfo/N of its own fanotify fd open (a FILE it never closes).
+ * Restored: the fdinfo file is of fd N, opened once fd N is back (it failed with ENOENT). */
+static int m_own_fdinfo(void) {
+  int efd = eventfd(7, 0);
+  char p[64];
+  snprintf(p, sizeof p, "/proc/self/fdinfo/%d", efd);
+  int info = open(p, O_RDONLY);
+  SETUP(efd >= 0 && info >= 0);
+  ready_and_wait();
+  char buf[512] = {0};
+  CHECK(pread(info, buf, sizeof buf - 1, 0) > 0, "read fdinfo");
+  CHECK(strstr(buf, "eventfd-count:") != NULL, "not the eventfd's fdinfo: %s", buf);
+  struct stat a, b;
+  snprintf(p, sizeof p, "/proc/%d/fdinfo/%d", getpid(), efd);
+  CHECK(fstat(info, &a) == 0 && stat(p, &b) == 0 && a.st_ino == b.st_ino, "another fdinfo file");
+  return 0;
+}
+
+/* pthread02: a process whose main thread called pthread_exit while another thread runs on (the
+ * leader a zombie, the group alive). Not supported: the dump refuses, naming the live thread,
+ * before it stops anything (it recorded the leader as a zombie and lost the thread). */
+static int zl_pipe[2];
+static void* zl_thread(void* arg) {
+  (void)arg;
+  char c;
+  (void)!read(zl_pipe[0], &c, 1); /* EOF once the parent closes its end */
+  exit(0);
+}
+static int m_zombie_leader_threads(void) {
+  SETUP(pipe(zl_pipe) == 0);
+  pid_t child = zfork();
+  SETUP(child >= 0);
+  if (child == 0) {
+    close(zl_pipe[1]);
+    pthread_t t;
+    if (pthread_create(&t, NULL, zl_thread, NULL)) _exit(2);
+    pthread_exit(NULL);
+  }
+  close(zl_pipe[0]);
+  /* The child's leader is a zombie once its pthread_exit is through (no event tells its parent:
+   * its group lives on): bounded wait on its state. */
+  char p[64], st[512];
+  snprintf(p, sizeof p, "/proc/%d/stat", child);
+  int zombie = 0;
+  for (int i = 0; i < 10000 && !zombie; i++) {
+    int f = open(p, O_RDONLY);
+    ssize_t n = f >= 0 ? read(f, st, sizeof st - 1) : -1;
+    if (f >= 0) close(f);
+    if (n > 0) {
+      st[n] = 0;
+      char* r = strrchr(st, ')');
+      zombie = r && r[1] == ' ' && r[2] == 'Z';
+    }
+    if (!zombie) {
+      struct timespec ts = {0, 1000000};
+      nanosleep(&ts, NULL);
+    }
+  }
+  SETUP(zombie);
+  ready_and_wait();
+  close(zl_pipe[1]);
+  CHECK(reap(child) == 0, "the child's thread did not exit 0");
+  return 0;
+}
+
 int main(int argc, char** argv) {
   int bad = zdtm_start(argc, argv);
   if (bad) return bad;
@@ -1759,6 +1848,9 @@ int main(int argc, char** argv) {
       {"timer_dead_thread", m_timer_dead_thread},
       {"freebind_off", m_freebind_off},
       {"many_vmas", m_many_vmas},
+      {"chroot_cwd_outside", m_chroot_cwd_outside},
+      {"own_fdinfo", m_own_fdinfo},
+      {"zombie_leader_threads", m_zombie_leader_threads},
   };
   return zdtm_run(argv[1], modes, sizeof modes / sizeof modes[0]);
 }
