@@ -15,6 +15,7 @@
 
 #include "common/args.h"
 #include "common/fs.h"
+#include "common/log.h"
 #include "common/timing.h"
 #include "cli/detached_output.h"
 #include "cli/tuning_env.h"
@@ -355,10 +356,14 @@ int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
                           "is not supported"));
   if (pa->positionals.size() != 1)
     return ReportError(g, "restore", MakeError(ErrorKind::kUsage, 0, "need exactly one ID"));
+  // An environment that could not be made ahead (undone by then) is made the usual way.
+  if (ahead && !ahead->ok()) {
+    LOG_WARN("restore of %s: making the environment ahead failed, restoring the usual way: %s",
+             o.id.c_str(), ahead->error().to_string().c_str());
+    ahead.reset();
+  }
   Result<container::RestoreResult> r =
-      !ahead        ? container::Restore(o)
-      : ahead->ok() ? container::FinishRestore(std::move(**ahead))
-                    : Result<container::RestoreResult>(std::move(ahead->error()));
+      ahead ? container::FinishRestore(std::move(**ahead)) : container::Restore(o);
   ahead.reset();
   if (!r.ok()) return fail(r.error());
   if (output) {

@@ -129,6 +129,7 @@ class PreparedRestore {
   RootPlan plan;
   std::unique_ptr<UsernsHolder> userns;
   // Made ahead (PrepareRestore's `ahead`): the environment, in the holder's namespaces.
+  bool early = false;  // prepared from the early record and a partial set
   std::optional<AheadPlan> ahead;
   std::unique_ptr<EnvHolder> holder;
   std::optional<netns::NftContext> ahead_quiet;  // kept: closing it can wait a grace period
@@ -211,6 +212,7 @@ Result<PreparedRestorePtr> PrepareRestore(const RestoreOptions& opts, bool ahead
     ASSIGN_OR_RETURN(images::ImageSet s, images::ImageSet::OpenPartial(cdir));
     p->images.emplace(std::move(s));
     TRY(p->images->ReadOne(kEarlyImage, &p->rec));
+    p->early = true;
   } else {
     ASSIGN_OR_RETURN(images::ImageSet s, images::ImageSet::Open(cdir));
     p->images.emplace(std::move(s));
@@ -353,7 +355,7 @@ Result<RestoreResult> FinishRestore(PreparedRestorePtr p,
   RestorePhases& ph = p->ph;
   auto& laps = p->laps;
   auto& cg = p->cg;
-  if (p->ahead) {
+  if (p->early) {
     // The final record and the whole set, verified; the environment was made from the early
     // record, which must say the same.
     // From here the clock is the blackout's: what was made ahead is reported apart.

@@ -342,6 +342,29 @@ TEST_F(ContainerAhead, EnvironmentMadeBeforeTheTreeArrives) {
   EXPECT_NE(init->find(StrFormat("NSpid:\t1\n")), std::string::npos) << *init;
 }
 
+TEST_F(ContainerAhead, EnvironmentNotMadeAheadIsMadeTheUsualWay) {
+  Run();
+  if (HasFatalFailure()) return;
+  pid_t pid = pid_;
+  std::string img = CheckpointAway();
+  if (HasFailure()) return;
+  // No early record: making the environment ahead fails (and undoes itself).
+  ASSERT_EQ(::unlink((img + "/container/container-early.img").c_str()), 0);
+  Start(img);
+  if (HasFatalFailure()) return;
+  ASSERT_EQ(::write(go_.get(), "e", 1), 1);
+  BringBack(img);
+  ASSERT_EQ(::write(go_.get(), "\1", 1), 1);
+  ASSERT_EQ(Finish(), 0) << err_text_;
+  EXPECT_NE(err_text_.find("restoring the usual way"), std::string::npos) << err_text_;
+  auto out = fs::ReadFile(out_);
+  ASSERT_TRUE(out.ok());
+  auto j = nlohmann::json::parse(*out, nullptr, false);
+  ASSERT_FALSE(j.is_discarded()) << *out;
+  EXPECT_FALSE(j.value("environment_ahead", true)) << *out;
+  CheckRestored(pid);
+}
+
 TEST_F(ContainerAhead, AbandonedAfterTheEnvironmentLeavesNothing) {
   Run();
   if (HasFatalFailure()) return;
