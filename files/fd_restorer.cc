@@ -288,6 +288,9 @@ Result<void> FdRestorerImpl::Install(pid_t old_pid) {
     syscall(SYS_close_range, fd, end, 0);
     fd = end;
   }
+  // 3b. A session leader's controlling pty (we are past setsid here), while the prepared copies
+  //     are open: the leader may hold no fd of its terminal.
+  if (pf.ctty_pty()) TRY(SetCtty(*ctx_, pf, old_pid));
   // 4. The prepared copies, before the POSIX locks: closing any fd of a file drops the
   //    process's POSIX locks on it.
   for (const auto& [id, fd] : ctx_->prepared_) close(fd);
@@ -319,8 +322,6 @@ Result<void> FdRestorerImpl::Install(pid_t old_pid) {
     if (e && e->lease_breaking())
       TRY_CTX(BreakLease(fe.fd(), *e), "pid %d fd %d", old_pid, fe.fd());
   }
-  // 7. A session leader's controlling pty (we are past setsid here).
-  if (pf.ctty_pty()) TRY(SetCtty(*ctx_, pf, old_pid));
   // 8. /dev/tty, which opens the controlling terminal just set.
   TRY(OpenDevTtys(*ctx_, pf, old_pid));
   return Ok();

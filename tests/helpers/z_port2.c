@@ -1,0 +1,225 @@
+/* zdtm-style helpers for CRIU zdtm static tests that failed as CRIU's own binaries although
+ * their earlier ports passed (own code; each test's .c says what state to set up and what to
+ * check): z_port2 MODE READY_FD DIR, the protocol of zdtm_helper.h. Run by
+ * tests/zdtm_port2_test.cc. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <termios.h>
+#include <unistd.h>
+
+#include "zdtm_helper.h"
+
+/* A pty pair's master (the slave unlocked); its slave's name in name. */
+static int open_pty(char* name, size_t n) {
+  int m = open("/dev/ptmx", O_RDWR | O_NOCTTY);
+  SETUP(m >= 0 && grantpt(m) == 0 && unlockpt(m) == 0 && ptsname_r(m, name, n) == 0);
+  return m;
+}
+
+/* ---- tty00 (CRIU's): a session leader whose controlling terminal is open on no fd of it (it
+ * opened the slave, which made it its terminal, and closed it); the parent holds the master.
+ * After the restore the pty is still its terminal: closing the master hangs it up and the leader
+ * gets SIGHUP. */
+static int m_ctty_no_fd(void) {
+  char name[64];
+  int master = open_pty(name, sizeof name);
+  int sync[2];
+  SETUP(pipe(sync) == 0);
+  pid_t c = zfork();
+  if (c == 0) {
+    close(sync[0]);
+    close(master);
+    sigset_t hup;
+    sigemptyset(&hup);
+    sigaddset(&hup, SIGHUP);
+    sigprocmask(SIG_BLOCK, &hup, NULL);
+    if (setsid() < 0) _exit(2);
+    int s = open(name, O_RDWR); /* the first tty a session leader opens becomes its ctty */
+    if (s < 0) _exit(3);
+    close(s);
+    close(sync[1]);
+    siginfo_t si;
+    int got;
+    while ((got = sigwaitinfo(&hup, &si)) < 0 && errno == EINTR) {
+    }
+    _exit(got == SIGHUP ? 0 : 4);
+  }
+  close(sync[1]);
+  char x;
+  SETUP(read(sync[0], &x, 1) == 0);
+  pid_t sid = 0;
+  SETUP(ioctl(master, TIOCGSID, &sid) == 0 && sid == c);
+  ready_and_wait();
+  CHECK(ioctl(master, TIOCGSID, &sid) == 0, "the pty is nobody's terminal after the restore");
+  CHECK(sid == c, "the pty is the terminal of session %d, not of %d", sid, c);
+  CHECK(close(master) == 0, "close master");
+  int r = reap(c);
+  CHECK(r == 0, "the session leader got no SIGHUP (exit %d)", r);
+  return 0;
+}
+
+/* ---- pty03 (CRIU's): a session leader that made the pty its terminal (TIOCSCTTY on the slave)
+ * and closed the slave, keeping the master only. After the restore /dev/tty opens its terminal,
+ * and what the master writes is read there. */
+static int m_ctty_master_only(void) {
+  int go[2], res[2];
+  SETUP(pipe(go) == 0 && pipe(res) == 0);
+  int sync[2];
+  SETUP(pipe(sync) == 0);
+  pid_t c = zfork();
+  if (c == 0) {
+    close(go[1]);
+    close(res[0]);
+    close(sync[0]);
+    if (setsid() < 0) _exit(2);
+    char name[64];
+    int master = open_pty(name, sizeof name);
+    int s = open(name, O_RDWR | O_NOCTTY);
+    if (s < 0 || ioctl(s, TIOCSCTTY, 1) < 0) _exit(3);
+    close(s);
+    close(sync[1]);
+    char x;
+    if (read(go[0], &x, 1) != 0) _exit(4);
+    int code = 0;
+    int t = open("/dev/tty", O_RDWR);
+    if (t < 0) code = 5;
+    signal(SIGHUP, SIG_IGN);
+    char buf[8] = {0};
+    if (!code && write(master, "ping\n", 5) != 5) code = 6;
+    if (!code && read(t, buf, 5) != 5) code = 7;
+    if (!code && memcmp(buf, "ping\n", 5)) code = 8;
+    if (write(res[1], &code, sizeof code) != sizeof code) _exit(9);
+    _exit(0);
+  }
+  close(go[0]);
+  close(res[1]);
+  close(sync[1]);
+  char x;
+  SETUP(read(sync[0], &x, 1) == 0);
+  ready_and_wait();
+  close(go[1]);
+  int code = -1;
+  CHECK(read(res[0], &code, sizeof code) == sizeof code, "no result from the session leader");
+  CHECK(code == 0, "the leader's terminal after the restore: step %d failed (5: /dev/tty, 7: read)",
+        code);
+  CHECK(reap(c) == 0, "the session leader failed");
+  return 0;
+}
+
+/* ---- tty03 (CRIU's): the terminal of a session leader that holds no fd of it, while the master
+ * is its parent's and the slave was opened by nobody else; a child of the leader left for a
+ * session of its own. After the restore the pty is still the leader's terminal. */
+static int m_ctty_other_session(void) {
+  char name[64];
+  int master = open_pty(name, sizeof name);
+  int sync[2];
+  SETUP(pipe(sync) == 0);
+  pid_t c = zfork();
+  if (c == 0) {
+    close(sync[0]);
+    close(master);
+    if (setsid() < 0) _exit(2);
+    int s = open(name, O_RDWR | O_NOCTTY);
+    if (s < 0 || ioctl(s, TIOCSCTTY, 1) < 0) _exit(3);
+    pid_t g = fork();
+    if (g == 0) {
+      close(s);
+      if (setsid() < 0) _exit(2);
+      close(sync[1]);
+      pause();
+      _exit(0);
+    }
+    close(s);
+    close(sync[1]);
+    pause();
+    _exit(0);
+  }
+  close(sync[1]);
+  char x;
+  SETUP(read(sync[0], &x, 1) == 0);
+  pid_t sid = 0;
+  SETUP(ioctl(master, TIOCGSID, &sid) == 0 && sid == c);
+  ready_and_wait();
+  CHECK(ioctl(master, TIOCGSID, &sid) == 0, "the pty is nobody's terminal after the restore");
+  CHECK(sid == c, "the pty is the terminal of session %d, not of %d", sid, c);
+  kill(c, SIGKILL);
+  reap(c);
+  return 0;
+}
+
+/* ---- session00 DOUBLE_CHANGESID, session01 (CRIU's): a process in the session of a leader two
+ * setsid calls above it: X leads a session and forks A; A forks B, then calls setsid; B forks C,
+ * then calls setsid. C stays in X's session, B in B's, A in A's. */
+static int m_setsid_chain(void) {
+  int sync[2];
+  SETUP(pipe(sync) == 0);
+  pid_t* pids = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  SETUP(pids != MAP_FAILED);
+  pid_t x = zfork();
+  if (x == 0) {
+    close(sync[0]);
+    if (setsid() < 0) _exit(2);
+    pids[0] = getpid();
+    pid_t a = fork();
+    if (a == 0) {
+      pids[1] = getpid();
+      pid_t b = fork();
+      if (b == 0) {
+        pids[2] = getpid();
+        pid_t c = fork();
+        if (c == 0) {
+          pids[3] = getpid();
+          close(sync[1]);
+          pause();
+          _exit(0);
+        }
+        if (setsid() < 0) _exit(2);
+        close(sync[1]);
+        pause();
+        _exit(0);
+      }
+      if (setsid() < 0) _exit(2);
+      close(sync[1]);
+      pause();
+      _exit(0);
+    }
+    close(sync[1]);
+    pause();
+    _exit(0);
+  }
+  close(sync[1]);
+  char c;
+  SETUP(read(sync[0], &c, 1) == 0);
+  /* The chain as set up: C in X's session, A and B lead their own. */
+  SETUP(getsid(pids[3]) == pids[0] && getsid(pids[2]) == pids[2] && getsid(pids[1]) == pids[1]);
+  ready_and_wait();
+  CHECK(getsid(pids[0]) == pids[0], "X leads no session");
+  CHECK(getsid(pids[1]) == pids[1], "A: session %d", getsid(pids[1]));
+  CHECK(getsid(pids[2]) == pids[2], "B: session %d", getsid(pids[2]));
+  CHECK(getsid(pids[3]) == pids[0], "C: session %d, not X's %d", getsid(pids[3]), pids[0]);
+  for (int i = 3; i >= 0; --i) kill(pids[i], SIGKILL);
+  reap(x);
+  return 0;
+}
+
+int main(int argc, char** argv) {
+  int bad = zdtm_start(argc, argv);
+  if (bad) return bad;
+  static const struct zdtm_mode modes[] = {
+      {"ctty_no_fd", m_ctty_no_fd},
+      {"ctty_master_only", m_ctty_master_only},
+      {"ctty_other_session", m_ctty_other_session},
+      {"setsid_chain", m_setsid_chain},
+  };
+  return zdtm_run(argv[1], modes, sizeof modes / sizeof modes[0]);
+}
