@@ -401,6 +401,8 @@ Result<void> FdRestorerImpl::Finalize() {
     if (!r.ok() && unlocked.ok()) unlocked = std::move(r);
   };
   if (netlock_) adopt(-1);
+  // Established connections with sent bytes not yet acked, kept for a probe once unlocked.
+  std::vector<std::pair<const img::FileEntry*, UniqueFd>> unacked;
   for (auto& [id, fd] : ctx_->finalize_fds_) {
     const img::FileEntry* e = ctx_->Entry(id);
     const KindOps* ops = FindKind(e->kind());
@@ -412,6 +414,8 @@ Result<void> FdRestorerImpl::Finalize() {
       UniqueFd ns(ioctl(fd, SIOCGSKNS));
       if (ns) adopt(ns.get());
     }
+    if (e->kind() == img::FILE_KIND_INET && HasUnackedData(*e))
+      unacked.emplace_back(e, UniqueFd(fcntl(fd, F_DUPFD_CLOEXEC, 0)));
     close(fd);
   }
   ctx_->finalize_fds_.clear();
@@ -420,6 +424,13 @@ Result<void> FdRestorerImpl::Finalize() {
   if (netlock_ && !opts_.keep_netlock) {
     auto r = netlock_->Unlock();
     if (!r.ok() && unlocked.ok()) unlocked = std::move(r);
+    // The repair off's window probe went to the lock: the peer learns of the connection again
+    // only at the restored retransmission timeout (a second). A probe now has the peer answer
+    // at once: an ack, or a reset when the peer is gone (socket-tcp-reseted: the write after
+    // the restore must fail).
+    if (r.ok())
+      for (auto& [e, fd] : unacked)
+        if (fd) ProbePeer(*e, fd.get());
   }
   if (res.ok()) res = std::move(unlocked);
   return res;

@@ -5,7 +5,10 @@
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -13,6 +16,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <termios.h>
 #include <unistd.h>
@@ -212,6 +216,65 @@ static int m_setsid_chain(void) {
   return 0;
 }
 
+/* ---- socket-tcp-reseted (CRIU's): the dump comes before the server end learns that its peer
+ * is gone. The client was reset (an nftables rule answered its ack of "asdas" with a reset) while
+ * the server's "asdas" is unacked; the server's retransmissions are dropped (a rule on data
+ * segments from its port) so that only a probe without data can reach the client's port. After
+ * the restore the peer's reset must come at once: "asd" reads back and a write fails. */
+static int tcp_state_of(int fd) {
+  struct tcp_info ti;
+  socklen_t len = sizeof ti;
+  return getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) ? -1 : ti.tcpi_state;
+}
+static int nft(const char* fmt, int a, int b) {
+  char cmd[512], c2[256];
+  snprintf(c2, sizeof c2, fmt, a, b);
+  snprintf(cmd, sizeof cmd, "nft '%s' >/dev/null 2>&1", c2);
+  return system(cmd) == 0 ? 0 : -1;
+}
+static int m_tcp_reset_unacked(void) {
+  int l = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t al = sizeof a;
+  SETUP(l >= 0 && bind(l, (void*)&a, al) == 0 && listen(l, 4) == 0 &&
+        getsockname(l, (void*)&a, &al) == 0);
+  int port = ntohs(a.sin_port);
+  int clt = socket(AF_INET, SOCK_STREAM, 0);
+  SETUP(clt >= 0 && connect(clt, (void*)&a, sizeof a) == 0);
+  int fd = accept(l, NULL, NULL);
+  SETUP(fd >= 0 && write(clt, "asd", 3) == 3);
+  FILE* rec = fopen(path_in("nft"), "w");
+  SETUP(rec != NULL);
+  fprintf(rec, "gwzport2%d\n", getpid());
+  fclose(rec);
+  SETUP(nft("add table inet gwzport2%d", getpid(), 0) == 0);
+  SETUP(nft("add chain inet gwzport2%d in { type filter hook input priority 0; }", getpid(), 0) ==
+        0);
+  SETUP(nft("add chain inet gwzport2%d out { type filter hook output priority 0; }", getpid(),
+            0) == 0);
+  SETUP(nft("add rule inet gwzport2%d in tcp dport %d reject with tcp reset", getpid(), port) ==
+        0);
+  SETUP(write(fd, "asdas", 5) == 5);
+  for (int i = 0; i < 2000 && tcp_state_of(clt) != TCP_CLOSE; i++) usleep(1000);
+  SETUP(tcp_state_of(clt) == TCP_CLOSE);
+  SETUP(nft("add rule inet gwzport2%d out tcp sport %d tcp flags & psh == psh drop", getpid(),
+            port) == 0);
+  SETUP(nft("flush chain inet gwzport2%d in", getpid(), 0) == 0);
+  SETUP(tcp_state_of(fd) == TCP_ESTABLISHED);
+  ready_and_wait();
+  char buf[10];
+  ssize_t n = read(fd, buf, sizeof buf);
+  CHECK(n == 3 && !memcmp(buf, "asd", 3), "read %zd bytes", n);
+  signal(SIGPIPE, SIG_IGN);
+  n = write(fd, buf, 3);
+  int e = errno;
+  nft("delete table inet gwzport2%d", getpid(), 0);
+  errno = e;
+  CHECK(n == -1, "a write to the connection whose peer is gone succeeded (state %d)",
+        tcp_state_of(fd));
+  return 0;
+}
+
 int main(int argc, char** argv) {
   int bad = zdtm_start(argc, argv);
   if (bad) return bad;
@@ -220,6 +283,7 @@ int main(int argc, char** argv) {
       {"ctty_master_only", m_ctty_master_only},
       {"ctty_other_session", m_ctty_other_session},
       {"setsid_chain", m_setsid_chain},
+      {"tcp_reset_unacked", m_tcp_reset_unacked},
   };
   return zdtm_run(argv[1], modes, sizeof modes / sizeof modes[0]);
 }
