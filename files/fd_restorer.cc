@@ -50,6 +50,19 @@ class FdRestorerImpl : public FdRestorer {
   int FileCount() const override { return static_cast<int>(ctx_ ? ctx_->entries_.size() : 0); }
   void KeepThroughInstall(std::vector<int> fds) override { keep_ = std::move(fds); }
   Result<void> LockNetwork(pid_t netns_pid) override;
+  std::vector<ThreadPidfd> ThreadPidfds(pid_t pid) const override {
+    std::vector<ThreadPidfd> out;
+    auto p = procs_.find(pid);
+    if (p == procs_.end() || !ctx_) return out;
+    for (const auto& fe : p->second.fds()) {
+      const img::FileEntry* e = ctx_->Entry(fe.file_id());
+      if (!e || e->kind() != img::FILE_KIND_PIDFD || e->pidfd().tgid() <= 0) continue;
+      const img::PidFile& f = e->pidfd();
+      out.push_back({fe.fd(), f.ns_pid() > 0 ? f.ns_pid() : f.pid(), PidfdOpenFlags(*e),
+                     fe.cloexec()});
+    }
+    return out;
+  }
   int RemovedDirFd(pid_t pid, uint64_t dev, uint64_t ino) const override {
     auto p = procs_.find(pid);
     if (p == procs_.end() || !ctx_) return -1;

@@ -44,5 +44,9 @@ TEST_F(ZdtmPort2, TcpPeerGoneLearnedRightAfterTheRestore) {
   RoundTrip("tcp_reset_unacked", {"--tcp-established"});
 }
 
+// pidfd_of_thread: a pidfd of a thread (PIDFD_THREAD) still names it: a signal through it with
+// PIDFD_SIGNAL_THREAD reaches that thread.
+ZDTM(PidfdOfAThread, "pidfd_thread")
+
 }  // namespace
 }  // namespace godwit::crtest

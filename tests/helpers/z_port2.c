@@ -10,6 +10,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +18,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <termios.h>
 #include <unistd.h>
@@ -275,6 +277,44 @@ static int m_tcp_reset_unacked(void) {
   return 0;
 }
 
+/* ---- pidfd_of_thread (CRIU's): a pidfd of a thread other than the leader (PIDFD_THREAD). After
+ * the restore it still names that thread: a signal sent through it with PIDFD_SIGNAL_THREAD
+ * reaches the thread, which takes it with sigwaitinfo and ends. */
+static pid_t pidfd_thread_tid;
+static int pidfd_thread_got;
+static void* pidfd_thread(void* arg) {
+  sigset_t one;
+  sigemptyset(&one);
+  sigaddset(&one, SIGUSR1);
+  pidfd_thread_tid = (pid_t)syscall(SYS_gettid);
+  __atomic_store_n((int*)arg, 1, __ATOMIC_SEQ_CST);
+  syscall(SYS_futex, arg, 1 /* FUTEX_WAKE */, 1, NULL, NULL, 0);
+  int s;
+  while ((s = sigwaitinfo(&one, NULL)) < 0 && errno == EINTR) {
+  }
+  pidfd_thread_got = s;
+  return NULL;
+}
+static int m_pidfd_thread(void) {
+  sigset_t one;
+  sigemptyset(&one);
+  sigaddset(&one, SIGUSR1);
+  SETUP(sigprocmask(SIG_BLOCK, &one, NULL) == 0);
+  static int started;
+  pthread_t th;
+  SETUP(pthread_create(&th, NULL, pidfd_thread, &started) == 0);
+  while (!__atomic_load_n(&started, __ATOMIC_SEQ_CST))
+    syscall(SYS_futex, &started, 0 /* FUTEX_WAIT */, 0, NULL, NULL, 0);
+  int pidfd = (int)syscall(SYS_pidfd_open, pidfd_thread_tid, O_EXCL /* PIDFD_THREAD */);
+  SETUP(pidfd >= 0);
+  ready_and_wait();
+  CHECK(syscall(SYS_pidfd_send_signal, pidfd, SIGUSR1, NULL, 1 /* PIDFD_SIGNAL_THREAD */) == 0,
+        "pidfd_send_signal to thread %d", pidfd_thread_tid);
+  CHECK(pthread_join(th, NULL) == 0, "join");
+  CHECK(pidfd_thread_got == SIGUSR1, "the thread took %d", pidfd_thread_got);
+  return 0;
+}
+
 int main(int argc, char** argv) {
   int bad = zdtm_start(argc, argv);
   if (bad) return bad;
@@ -284,6 +324,7 @@ int main(int argc, char** argv) {
       {"ctty_other_session", m_ctty_other_session},
       {"setsid_chain", m_setsid_chain},
       {"tcp_reset_unacked", m_tcp_reset_unacked},
+      {"pidfd_thread", m_pidfd_thread},
   };
   return zdtm_run(argv[1], modes, sizeof modes / sizeof modes[0]);
 }
