@@ -47,6 +47,9 @@ TEST_F(ZdtmPort2, TcpPeerGoneLearnedRightAfterTheRestore) {
 // pidfd_of_thread: a pidfd of a thread (PIDFD_THREAD) still names it: a signal through it with
 // PIDFD_SIGNAL_THREAD reaches that thread.
 ZDTM(PidfdOfAThread, "pidfd_thread")
+// vdso02: a process without [vdso] and [vvar] (it unmapped them), this kernel's [vvar_vclock]
+// kept: restored without them, the rest at its address.
+ZDTM(VdsoUnmappedStaysUnmapped, "vdso_unmapped")
 
 }  // namespace
 }  // namespace godwit::crtest

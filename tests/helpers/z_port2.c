@@ -315,6 +315,59 @@ static int m_pidfd_thread(void) {
   return 0;
 }
 
+/* ---- vdso02 (CRIU's): a process that unmapped its [vdso] and [vvar] (a kernel booted without
+ * vdso, in short); this kernel's other data pages ([vvar_vclock]) stay. After the restore it has
+ * neither again, and what it kept is where it was. */
+static int find_map(pid_t pid, const char* name, unsigned long* start) {
+  char path[64], line[512];
+  snprintf(path, sizeof path, "/proc/%d/maps", pid);
+  FILE* f = fopen(path, "re");
+  if (!f) return -1;
+  int found = 0;
+  while (fgets(line, sizeof line, f))
+    if (strstr(line, name) && sscanf(line, "%lx-", start) == 1) found = 1;
+  fclose(f);
+  return found;
+}
+static int m_vdso_unmapped(void) {
+  int sync[2];
+  SETUP(pipe(sync) == 0);
+  unsigned long vd = 0, vv = 0, vc = 0;
+  SETUP(find_map(getpid(), "[vdso]", &vd) == 1 && find_map(getpid(), "[vvar]", &vv) == 1);
+  int had_vclock = find_map(getpid(), "[vvar_vclock]", &vc) == 1;
+  pid_t c = zfork();
+  if (c == 0) {
+    close(sync[0]);
+    char path[64], line[512];
+    snprintf(path, sizeof path, "/proc/%d/maps", getpid());
+    FILE* f = fopen(path, "re");
+    unsigned long a[2][2];
+    int n = 0;
+    while (f && n < 2 && fgets(line, sizeof line, f))
+      if ((strstr(line, "[vdso]") || strstr(line, "[vvar]\n")) &&
+          sscanf(line, "%lx-%lx", &a[n][0], &a[n][1]) == 2)
+        n++;
+    if (f) fclose(f);
+    for (int i = 0; i < n; ++i) syscall(SYS_munmap, a[i][0], a[i][1] - a[i][0]);
+    syscall(SYS_close, sync[1]);
+    for (;;) syscall(SYS_pause);
+  }
+  close(sync[1]);
+  char x;
+  SETUP(read(sync[0], &x, 1) == 0);
+  unsigned long at = 0;
+  SETUP(find_map(c, "[vdso]", &at) == 0 && find_map(c, "[vvar]", &at) == 0);
+  ready_and_wait();
+  CHECK(find_map(c, "[vdso]", &at) == 0, "the restored child has a [vdso] at %lx", at);
+  CHECK(find_map(c, "[vvar]", &at) == 0, "the restored child has a [vvar] at %lx", at);
+  if (had_vclock)
+    CHECK(find_map(c, "[vvar_vclock]", &at) == 1 && at == vc, "[vvar_vclock] at %lx, not %lx",
+          at, vc);
+  kill(c, SIGKILL);
+  reap(c);
+  return 0;
+}
+
 int main(int argc, char** argv) {
   int bad = zdtm_start(argc, argv);
   if (bad) return bad;
@@ -325,6 +378,7 @@ int main(int argc, char** argv) {
       {"setsid_chain", m_setsid_chain},
       {"tcp_reset_unacked", m_tcp_reset_unacked},
       {"pidfd_thread", m_pidfd_thread},
+      {"vdso_unmapped", m_vdso_unmapped},
   };
   return zdtm_run(argv[1], modes, sizeof modes / sizeof modes[0]);
 }
