@@ -50,6 +50,19 @@ class FdRestorerImpl : public FdRestorer {
   int FileCount() const override { return static_cast<int>(ctx_ ? ctx_->entries_.size() : 0); }
   void KeepThroughInstall(std::vector<int> fds) override { keep_ = std::move(fds); }
   Result<void> LockNetwork(pid_t netns_pid) override;
+  std::vector<ThreadPidfd> ThreadPidfds(pid_t pid) const override {
+    std::vector<ThreadPidfd> out;
+    auto p = procs_.find(pid);
+    if (p == procs_.end() || !ctx_) return out;
+    for (const auto& fe : p->second.fds()) {
+      const img::FileEntry* e = ctx_->Entry(fe.file_id());
+      if (!e || e->kind() != img::FILE_KIND_PIDFD || e->pidfd().tgid() <= 0) continue;
+      const img::PidFile& f = e->pidfd();
+      out.push_back({fe.fd(), f.ns_pid() > 0 ? f.ns_pid() : f.pid(), PidfdOpenFlags(*e),
+                     fe.cloexec()});
+    }
+    return out;
+  }
   int RemovedDirFd(pid_t pid, uint64_t dev, uint64_t ino) const override {
     auto p = procs_.find(pid);
     if (p == procs_.end() || !ctx_) return -1;
@@ -294,6 +307,9 @@ Result<void> FdRestorerImpl::Install(pid_t old_pid) {
     syscall(SYS_close_range, fd, end, 0);
     fd = end;
   }
+  // 3b. A session leader's controlling pty (we are past setsid here), while the prepared copies
+  //     are open: the leader may hold no fd of its terminal.
+  if (pf.ctty_pty()) TRY(SetCtty(*ctx_, pf, old_pid));
   // 4. The prepared copies, before the POSIX locks: closing any fd of a file drops the
   //    process's POSIX locks on it.
   for (const auto& [id, fd] : ctx_->prepared_) close(fd);
@@ -325,8 +341,6 @@ Result<void> FdRestorerImpl::Install(pid_t old_pid) {
     if (e && e->lease_breaking())
       TRY_CTX(BreakLease(fe.fd(), *e), "pid %d fd %d", old_pid, fe.fd());
   }
-  // 7. A session leader's controlling pty (we are past setsid here).
-  if (pf.ctty_pty()) TRY(SetCtty(*ctx_, pf, old_pid));
   // 8. /dev/tty, which opens the controlling terminal just set.
   TRY(OpenDevTtys(*ctx_, pf, old_pid));
   return Ok();
@@ -408,6 +422,8 @@ Result<void> FdRestorerImpl::Finalize() {
     if (!r.ok() && unlocked.ok()) unlocked = std::move(r);
   };
   if (netlock_) adopt(-1);
+  // Established connections with sent bytes not yet acked, kept for a probe once unlocked.
+  std::vector<std::pair<const img::FileEntry*, UniqueFd>> unacked;
   for (auto& [id, fd] : ctx_->finalize_fds_) {
     const img::FileEntry* e = ctx_->Entry(id);
     const KindOps* ops = FindKind(e->kind());
@@ -419,6 +435,8 @@ Result<void> FdRestorerImpl::Finalize() {
       UniqueFd ns(ioctl(fd, SIOCGSKNS));
       if (ns) adopt(ns.get());
     }
+    if (e->kind() == img::FILE_KIND_INET && HasUnackedData(*e))
+      unacked.emplace_back(e, UniqueFd(fcntl(fd, F_DUPFD_CLOEXEC, 0)));
     close(fd);
   }
   ctx_->finalize_fds_.clear();
@@ -427,6 +445,13 @@ Result<void> FdRestorerImpl::Finalize() {
   if (netlock_ && !opts_.keep_netlock) {
     auto r = netlock_->Unlock();
     if (!r.ok() && unlocked.ok()) unlocked = std::move(r);
+    // The repair off's window probe went to the lock: the peer learns of the connection again
+    // only at the restored retransmission timeout (a second). A probe now has the peer answer
+    // at once: an ack, or a reset when the peer is gone (socket-tcp-reseted: the write after
+    // the restore must fail).
+    if (r.ok())
+      for (auto& [e, fd] : unacked)
+        if (fd) ProbePeer(*e, fd.get());
   }
   if (res.ok()) res = std::move(unlocked);
   return res;

@@ -133,6 +133,16 @@ class FdRestorer {
   // (restored as a removed directory too), or -1: a removed cwd that is also open (zdtm cwd02)
   // is entered through it, so cwd and fd stay one directory.
   virtual int RemovedDirFd(pid_t pid, uint64_t dev, uint64_t ino) const = 0;
+  // The pidfds of threads (PIDFD_THREAD, a thread other than a leader) that dumped process `pid`
+  // holds: Install leaves a placeholder at each fd number, and the restore opens the real pidfd
+  // once the threads exist (restore/threads.cc).
+  struct ThreadPidfd {
+    int fd;
+    pid_t tid;     // as the holder names it (its pid namespace)
+    int flags;     // pidfd_open flags (PIDFD_THREAD, PIDFD_NONBLOCK)
+    bool cloexec;
+  };
+  virtual std::vector<ThreadPidfd> ThreadPidfds(pid_t pid) const = 0;
 };
 
 }  // namespace godwit::files

@@ -284,6 +284,13 @@ Result<void> CheckPidfdTargets(const std::vector<img::FileEntry>& files,
                                const std::map<uint64_t, std::pair<pid_t, int>>& holders);
 Result<void> InstallEpoll(FdRestoreContext& ctx, const img::FileEntry& e, pid_t pid);
 Result<void> FinalizeInet(FdRestoreContext& ctx, const img::FileEntry& e, int fd);
+// The pidfd_open flags of a pidfd's description (PIDFD_NONBLOCK, PIDFD_THREAD).
+int PidfdOpenFlags(const img::FileEntry& e);
+// An established TCP connection that had sent bytes its peer had not acked yet.
+bool HasUnackedData(const img::FileEntry& e);
+// After the network unlock: a window probe (repair on and off) so that the peer answers now,
+// not at the retransmission timeout. Failures are logged: the retransmission does it later.
+void ProbePeer(const img::FileEntry& e, int fd);
 // Called by FdRestorer::Finalize for each unix socket the coordinator prepared (fd unused).
 Result<void> FinalizeUnix(FdRestoreContext& ctx, const img::FileEntry& e, int fd);
 // Install: a session leader's controlling pty (ProcessFds.ctty_pty), in the restored process.

@@ -854,6 +854,29 @@ Result<UniqueFd> OpenInet(FdRestoreContext& ctx, const img::FileEntry& e) {
   return s;
 }
 
+bool HasUnackedData(const img::FileEntry& e) {
+  if (e.kind() != img::FILE_KIND_INET || !e.has_inet()) return false;
+  const img::InetSocket& sk = e.inet();
+  return sk.type() == SOCK_STREAM && sk.state() == TCP_ESTABLISHED && !sk.tcp_close() &&
+         sk.repair().send_queue().length() > sk.repair().unsent();
+}
+
+void ProbePeer(const img::FileEntry& e, int fd) {
+  // Repair off sends a window probe (tcp_send_window_probe) on an established socket; it also
+  // resets sk_reuse, which SO_REUSEADDR sets back (as in FinalizeInet).
+  int on = TCP_REPAIR_ON, off = TCP_REPAIR_OFF;
+  if (setsockopt(fd, SOL_TCP, TCP_REPAIR, &on, sizeof on) < 0 ||
+      setsockopt(fd, SOL_TCP, TCP_REPAIR, &off, sizeof off) < 0) {
+    LOG_WARN("TCP %s -> %s: no probe after the restore: %s", AddrStr(e.inet().src()).c_str(),
+             AddrStr(e.inet().dst()).c_str(), strerror(errno));
+    return;
+  }
+  if (e.inet().opts().reuseaddr()) {
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  }
+}
+
 Result<void> FinalizeInet(FdRestoreContext& ctx, const img::FileEntry& e, int fd) {
   const img::InetSocket& sk = e.inet();
   if (SharesReuseport(ctx, e)) TRY(SetInt(fd, SOL_SOCKET, SO_REUSEPORT, 0, "SO_REUSEPORT off"));

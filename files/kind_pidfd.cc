@@ -10,7 +10,9 @@
 // Install, so each target appears without waiting on any Install, and the wait is bounded.
 // Each holder gets its own description (two processes sharing one pidfd description after fork
 // get one each: same target, same pidfs inode). A pidfd of a thread other than the group leader
-// (PIDFD_THREAD) is refused: the engine makes threads after the files are installed.
+// (PIDFD_THREAD, pidfd_of_thread) is opened later: the engine makes threads after the files are
+// installed, so Install leaves the placeholder and the threads step opens it in the holder
+// (FdRestorer::ThreadPidfds, restore/threads.cc).
 //
 // A reaped target (pidfd_dead, pidfd_diffdead): a stand-in child of the preparing process is
 // forked, every pidfd of that dead process (one pidfs inode at dump) opened on it, then it exits
@@ -123,11 +125,7 @@ Result<void> DumpPidfd(FdDumpContext& ctx, const Probe& p, img::FileEntry& e) {
   if (target > 0) {
     pid_t tgid = 0, ppid = 0;
     char state;
-    if (ReadStatus(target, &tgid, &ppid, &state) && tgid != target)
-      return MakeError(ErrorKind::kUnsupported, 0,
-                       "pid %d fd %d: pidfd of thread %d of pid %d (PIDFD_THREAD): threads are "
-                       "made after the files are restored",
-                       p.pid, p.fd, target, tgid);
+    if (ReadStatus(target, &tgid, &ppid, &state) && tgid != target) f->set_tgid(tgid);
     return Ok();
   }
   PidfdInfo info{};
@@ -147,7 +145,7 @@ Result<void> CheckPidfdTargets(const std::vector<img::FileEntry>& files,
     if (e.kind() != img::FILE_KIND_PIDFD || e.pidfd().pid() <= 0) continue;
     pid_t t = e.pidfd().pid(), tgid = 0, ppid = 0;
     char state = '?';
-    if (tree.count(t)) continue;
+    if (tree.count(t) || tree.count(e.pidfd().tgid())) continue;  // a process, or its thread
     if (ReadStatus(t, &tgid, &ppid, &state) && state == 'Z' && tree.count(ppid)) continue;
     auto h = holders.find(e.id());
     return MakeError(ErrorKind::kUnsupported, 0,
@@ -198,9 +196,12 @@ Result<UniqueFd> OpenPidfd(FdRestoreContext& ctx, const img::FileEntry& e) {
   return fd;
 }
 
+int PidfdOpenFlags(const img::FileEntry& e) { return static_cast<int>(e.flags()) & kPidfdFlags; }
+
 Result<void> InstallPidfd(FdRestoreContext& ctx, const img::FileEntry& e, pid_t pid) {
   const img::PidFile& f = e.pidfd();
-  if (f.pid() <= 0 || !ctx.InstallingHolds(e.id())) return Ok();
+  // A thread's: the placeholder stays until the threads exist.
+  if (f.pid() <= 0 || f.tgid() > 0 || !ctx.InstallingHolds(e.id())) return Ok();
   int slot = ctx.Prepared(e.id());
   if (slot < 0)
     return MakeError(ErrorKind::kBadImage, 0, "pidfd file id %llu was not prepared",

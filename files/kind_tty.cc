@@ -219,18 +219,31 @@ static Result<void> RequeueInput(FdRestoreContext& ctx, const img::TtyFile& t, i
 }
 
 Result<void> SetCtty(FdRestoreContext& ctx, const img::ProcessFds& pf, pid_t old_pid) {
-  for (const auto& fe : pf.fds()) {
-    const img::FileEntry* x = ctx.Entry(fe.file_id());
-    if (!x || x->kind() != img::FILE_KIND_TTY || x->tty().master() ||
-        x->tty().pty_index() != pf.ctty_pty() - 1)
-      continue;
-    if (ioctl(fe.fd(), TIOCSCTTY, 0) < 0)
-      return Errno("pid %d: make fd %d (pty %d) the controlling terminal", old_pid, fe.fd(),
-                   pf.ctty_pty() - 1);
+  const int index = pf.ctty_pty() - 1;
+  auto of_pty = [&](uint64_t id, bool want_slave) {
+    const img::FileEntry* x = ctx.Entry(id);
+    return x && x->kind() == img::FILE_KIND_TTY && x->tty().pty_index() == index &&
+           !x->tty().hung_up() && (!want_slave || !x->tty().master());
+  };
+  // TIOCSCTTY takes any fd of the pair: on the master the kernel acts on its slave. A leader
+  // often keeps no fd of its terminal (it closed the slave after the open that made it its
+  // terminal, or only the master is left, or another process holds the pair): then a prepared
+  // description of the pair, still open in this process until the prepared copies go, is used.
+  int use = -1;
+  for (bool want_slave : {true, false})
+    for (const auto& fe : pf.fds())
+      if (use < 0 && of_pty(fe.file_id(), want_slave)) use = fe.fd();
+  if (use < 0)
+    for (const auto& [id, x] : ctx.entries())
+      if (use < 0 && of_pty(id, false)) use = ctx.Prepared(id);
+  if (use < 0) {
+    LOG_WARN("pid %d: its controlling terminal (pty %d) is open nowhere in the tree: not restored",
+             old_pid, index);
     return Ok();
   }
-  LOG_WARN("pid %d: its controlling terminal (pty %d) is open on no fd of it: not restored",
-           old_pid, pf.ctty_pty() - 1);
+  if (ioctl(use, TIOCSCTTY, 0) < 0)
+    return Errno("pid %d: make pty %d its controlling terminal (through fd %d)", old_pid, index,
+                 use);
   return Ok();
 }
 

@@ -57,6 +57,47 @@ Result<void> MoveVdso(remote::Remote* r, const std::vector<proc::MapsEntry>& cur
     for (auto* m : have) TRY(r->Syscall(SYS_munmap, m->start, m->end - m->start));
     return Ok();
   }
+  auto name_of = [](const img::Vma* v) {
+    return v->kind() == img::VMA_VDSO ? "[vdso]" : v->kind() == img::VMA_VVAR ? "[vvar]"
+                                                                              : "[vvar_vclock]";
+  };
+  // The process unmapped its vdso (zdtm vdso02 unmaps [vdso] and [vvar]): no code reads the data
+  // pages left at fixed offsets from it, so each one left goes to its dumped address alone, and
+  // what it unmapped goes.
+  bool has_vdso = false;
+  for (auto* v : want) has_vdso |= v->kind() == img::VMA_VDSO;
+  if (!has_vdso) {
+    std::vector<std::pair<const proc::MapsEntry*, const img::Vma*>> keep;
+    for (auto* m : have) {
+      const img::Vma* w = nullptr;
+      for (auto* v : want)
+        if (m->path == name_of(v) && m->end - m->start == v->end() - v->start()) w = v;
+      if (w)
+        keep.emplace_back(m, w);
+      else
+        TRY(r->Syscall(SYS_munmap, m->start, m->end - m->start));
+    }
+    if (keep.size() != want.size())
+      return MakeError(ErrorKind::kUnsupported, 0,
+                       "pid %d: the dumped vdso data pages differ from this kernel's", r->pid());
+    // Through a spot clear of both addresses, so that no move lands on another's pages.
+    uint64_t tmp = std::max(r->area_end(), want.back()->end()) + (64ULL << 20);
+    tmp = (tmp + (1ULL << 21) - 1) & ~((1ULL << 21) - 1);
+    for (size_t i = 0; i < keep.size(); ++i) {
+      const auto* m = keep[i].first;
+      uint64_t len = m->end - m->start, at = tmp + (i << 24);
+      TRY_CTX(r->Syscall(SYS_mremap, m->start, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, at),
+              "mremap %s", m->path.c_str());
+    }
+    for (size_t i = 0; i < keep.size(); ++i) {
+      const auto* m = keep[i].first;
+      uint64_t len = m->end - m->start, at = tmp + (i << 24);
+      TRY_CTX(r->Syscall(SYS_mremap, at, len, len, MREMAP_MAYMOVE | MREMAP_FIXED,
+                         keep[i].second->start()),
+              "mremap %s to the dumped address", m->path.c_str());
+    }
+    return Ok();
+  }
   auto shape_error = [&] {
     return MakeError(ErrorKind::kUnsupported, 0,
                      "pid %d: the dumped vdso/vvar layout differs from this kernel's", r->pid());

@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <map>
 #include <set>
@@ -16,50 +17,85 @@
 
 namespace godwit::restore {
 
-Result<void> CheckSessions(const img::ProcessTree& tree) {
+namespace {
+
+// For each process, whether it is forked before its parent's setsid. A child in neither its
+// parent's session nor its own (nor leading one) was forked before the parent called setsid:
+// the parent was in that session then, so the parent was itself forked in it, after its own
+// parent's setsid when that parent is in it now, or before it, and so on up the tree (session00's
+// DOUBLE_CHANGESID, session01: a grandchild keeps the session two setsid calls above it). The
+// session each process needs at its fork goes up from the deepest processes; a leader whose
+// children need two different sessions, or a need its parent cannot meet, is refused.
+Result<std::map<pid_t, bool>> PlanSessions(const img::ProcessTree& tree) {
   std::map<pid_t, const img::ProcessEntry*> by;
   for (const auto& e : tree.processes()) by[e.pid()] = &e;
+  std::map<pid_t, int> depth;
   for (const auto& e : tree.processes()) {
-    if (e.pid() == tree.root_pid()) continue;
-    auto it = by.find(e.ppid());
-    if (it == by.end())
-      return MakeError(ErrorKind::kBadImage, 0, "pstree.img: parent %d of %d is not in the tree",
-                       e.ppid(), e.pid());
-    // Also allowed: the session the parent was in before it called setsid (the child was forked
-    // before it): the grandparent's, or for a child of the root, the one outside the tree (then
-    // restored as the coordinator's, like the root's own).
-    const img::ProcessEntry& parent = *it->second;
-    bool inherited_before_setsid = false;
-    if (parent.sid() == parent.pid() && e.sid() != parent.sid()) {
-      if (parent.pid() == tree.root_pid()) {
-        inherited_before_setsid = by.find(e.sid()) == by.end();
-      } else if (auto gp = by.find(parent.ppid()); gp != by.end()) {
-        inherited_before_setsid = gp->second->sid() == e.sid();
-      }
+    int d = 0;
+    for (pid_t p = e.pid(); p != tree.root_pid() && d <= tree.processes_size(); ++d) {
+      auto it = by.find(by.at(p)->ppid());
+      if (it == by.end())
+        return MakeError(ErrorKind::kBadImage, 0, "pstree.img: parent %d of %d is not in the tree",
+                         by.at(p)->ppid(), p);
+      p = it->first;
     }
-    if (e.sid() != e.pid() && e.sid() != parent.sid() && !inherited_before_setsid)
-      return MakeError(ErrorKind::kUnsupported, 0,
-                       "pid %d: session %d is neither its own, its parent's nor the one its "
-                       "parent %d left with setsid",
-                       e.pid(), e.sid(), parent.pid());
+    depth[e.pid()] = d;
   }
+  std::vector<const img::ProcessEntry*> order;
+  for (const auto& e : tree.processes()) order.push_back(&e);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](auto* a, auto* b) { return depth[a->pid()] > depth[b->pid()]; });
+  // need: the session a process is in when it is forked (a leader's, before its setsid). A
+  // process that leads no session never called setsid: it was forked in the one it is in.
+  std::map<pid_t, pid_t> need;
+  for (const auto& e : tree.processes())
+    if (e.sid() != e.pid()) need[e.pid()] = e.sid();
+  std::map<pid_t, bool> before;
+  for (const img::ProcessEntry* e : order) {
+    before[e->pid()] = false;
+    auto n = need.find(e->pid());
+    if (e->pid() == tree.root_pid() || n == need.end()) continue;
+    const img::ProcessEntry& parent = *by.at(e->ppid());
+    if (n->second == parent.sid()) continue;  // forked after the parent's setsid, or no setsid
+    bool ok = parent.sid() == parent.pid();
+    if (ok && parent.pid() == tree.root_pid()) {
+      // The root's session before its setsid is the one outside the tree (restored as the
+      // coordinator's, like the root's own).
+      ok = by.find(n->second) == by.end();
+    } else if (ok) {
+      auto pn = need.find(parent.pid());
+      ok = pn == need.end() || pn->second == n->second;
+      if (ok) need[parent.pid()] = n->second;
+    }
+    if (!ok)
+      return MakeError(ErrorKind::kUnsupported, 0,
+                       "pid %d: session %d is neither its own, its parent's nor one its parent %d "
+                       "left with setsid",
+                       e->pid(), n->second, parent.pid());
+    before[e->pid()] = true;
+  }
+  return before;
+}
+
+}  // namespace
+
+Result<void> CheckSessions(const img::ProcessTree& tree) {
+  TRY(PlanSessions(tree));
   return Ok();
 }
 
 std::vector<ChildOrder> PlanForks(const img::ProcessTree& tree) {
   std::map<pid_t, int> index;
   for (int i = 0; i < tree.processes_size(); ++i) index[tree.processes(i).pid()] = i;
+  auto before = PlanSessions(tree);  // CheckSessions refused the tree already when it fails
   std::vector<ChildOrder> plan(tree.processes_size());
   for (int i = 0; i < tree.processes_size(); ++i) {
     const auto& c = tree.processes(i);
     if (c.pid() == tree.root_pid()) continue;
     auto it = index.find(c.ppid());
-    if (it == index.end()) continue;  // CheckSessions refused the tree already
-    const auto& parent = tree.processes(it->second);
-    // A child in neither the parent's session nor its own was forked before the parent called
-    // setsid: it is in the session the parent inherited (CheckSessions allows only that).
+    if (it == index.end()) continue;
     plan[it->second].children.push_back(i);
-    plan[it->second].before_setsid.push_back(c.sid() != parent.sid() && c.sid() != c.pid());
+    plan[it->second].before_setsid.push_back(before.ok() && before->at(c.pid()));
   }
   return plan;
 }

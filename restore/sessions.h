@@ -15,8 +15,9 @@
 
 namespace godwit::restore {
 
-// The sessions can be rebuilt: each process leads its own, shares its parent's, or kept the one
-// its parent left with setsid (forked before it). kUnsupported names the process otherwise.
+// The sessions can be rebuilt: each process leads its own, shares its parent's, or kept one its
+// parent left with setsid (forked before it; the parent itself may have kept it from its own
+// parent the same way). kUnsupported names the process otherwise.
 Result<void> CheckSessions(const img::ProcessTree& tree);
 
 // Per process of the tree (by index): its children (indices, in tree order), and for each whether

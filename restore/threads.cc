@@ -28,6 +28,7 @@
 
 #include "common/clone3.h"
 #include "common/fs.h"
+#include "files/files.h"
 #include "common/proc.h"
 #include "common/unique_fd.h"
 #include "restore/steps.h"
@@ -193,6 +194,23 @@ Result<void> RestoreThreads(RestoreContext& ctx, ProcessRestore& p) {
     p.attached.push_back(host);
     ctx.stats.threads++;
   }
+  // Pidfds of threads (pidfd_of_thread): their targets exist now. Each replaces the placeholder
+  // Install left at its number.
+  if (ctx.fds)
+    for (const auto& t : ctx.fds->ThreadPidfds(p.entry->pid())) {
+      auto opened = r->Syscall(SYS_pidfd_open, static_cast<uint64_t>(t.tid),
+                               static_cast<uint64_t>(t.flags));
+      if (!opened.ok())
+        return std::move(opened.error().wrap(
+            StrFormat("pid %d fd %d: pidfd_open thread %d", p.pid, t.fd, t.tid)));
+      long got = *opened;
+      auto dup = r->Syscall(SYS_dup3, static_cast<uint64_t>(got), static_cast<uint64_t>(t.fd),
+                            static_cast<uint64_t>(t.cloexec ? O_CLOEXEC : 0));
+      TRY(r->Syscall(SYS_close, static_cast<uint64_t>(got)));
+      if (!dup.ok())
+        return std::move(dup.error().wrap(StrFormat("pid %d fd %d: dup3 the pidfd of thread %d",
+                                                    p.pid, t.fd, t.tid)));
+    }
   return Ok();
 }
 

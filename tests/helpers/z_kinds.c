@@ -306,7 +306,8 @@ static int m_pidfd_dead(void) {
   return 0;
 }
 
-/* pidfd_of_thread: a PIDFD_THREAD pidfd of a thread other than the leader: refused. */
+/* pidfd_of_thread: a PIDFD_THREAD pidfd of a thread other than the leader, at its number and
+ * naming the thread (a signal 0 through it with PIDFD_SIGNAL_THREAD). */
 static int tid_pipe[2];
 static void* thread_main(void* arg) {
   (void)arg;
@@ -323,6 +324,8 @@ static int m_pidfd_thread(void) {
   int fd = at(pidfd_open(tid, O_EXCL /* PIDFD_THREAD */), 77);
   ready_and_wait();
   CHECK(fcntl(fd, F_GETFD) >= 0, "fd");
+  CHECK(syscall(SYS_pidfd_send_signal, fd, 0, NULL, 1 /* PIDFD_SIGNAL_THREAD */) == 0,
+        "the pidfd at 77 does not name thread %d", tid);
   return 0;
 }
 

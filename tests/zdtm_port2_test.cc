@@ -1,0 +1,55 @@
+// CRIU zdtm static tests that failed when CRIU's own binaries ran against godwit although their
+// earlier ports passed (the ports kept an fd the real test closes, or a simpler process tree),
+// ported again (tests/helpers/z_port2.c) through `godwit dump` and `godwit restore` (the zdtm
+// cycle of zdtm_harness.h): the helper sets the test's state up, the test dumps (kills),
+// restores, and the restored helper checks its own state.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <sstream>
+#include <string>
+
+#include "zdtm_harness.h"
+
+namespace godwit::crtest {
+namespace {
+
+class ZdtmPort2 : public ZdtmHarness {
+ protected:
+  ZdtmPort2() : ZdtmHarness("z_port2") {}
+  // The nftables tables a mode made (DIR/nft), when its check did not get to delete them.
+  void CleanUp() override {
+    std::istringstream nft(ReadAll(dir_ / "nft"));
+    for (std::string t; nft >> t;)
+      (void)!system(("nft delete table inet " + t + " 2>/dev/null").c_str());
+  }
+};
+
+#define ZDTM(Name, mode) \
+  TEST_F(ZdtmPort2, Name) { RoundTrip(mode); }
+
+// tty00: a session leader's terminal open on no fd of it (the parent holds the master): still
+// its terminal, hung up (SIGHUP) when the master closes.
+ZDTM(CttyHeldByNoFdOfTheLeader, "ctty_no_fd")
+// pty03: the leader keeps the master only: /dev/tty opens and reads what the master writes.
+ZDTM(CttyLeaderHoldsTheMasterOnly, "ctty_master_only")
+// tty03: the leader holds nothing of its terminal, a child of it left for its own session.
+ZDTM(CttyOfALeaderWithAChildInAnotherSession, "ctty_other_session")
+// session00 (DOUBLE_CHANGESID), session01: a process in the session of a leader two setsid
+// calls above it.
+ZDTM(SessionKeptAcrossTwoSetsidCalls, "setsid_chain")
+// socket-tcp-reseted: dumped before the server end learned that its peer is gone (its data
+// unacked, retransmissions dropped): after the restore a probe brings the peer's reset at once.
+TEST_F(ZdtmPort2, TcpPeerGoneLearnedRightAfterTheRestore) {
+  RoundTrip("tcp_reset_unacked", {"--tcp-established"});
+}
+
+// pidfd_of_thread: a pidfd of a thread (PIDFD_THREAD) still names it: a signal through it with
+// PIDFD_SIGNAL_THREAD reaches that thread.
+ZDTM(PidfdOfAThread, "pidfd_thread")
+// vdso02: a process without [vdso] and [vvar] (it unmapped them), this kernel's [vvar_vclock]
+// kept: restored without them, the rest at its address.
+ZDTM(VdsoUnmappedStaysUnmapped, "vdso_unmapped")
+
+}  // namespace
+}  // namespace godwit::crtest
