@@ -459,7 +459,7 @@ Result<void> CheckUserNamespace(const img::UserNamespace& u) {
   return Ok();
 }
 
-void UsernsHolder::Stop() {
+void NamespaceHolder::Stop() {
   if (pid_ <= 0) return;
   hold_.reset();
   ::kill(pid_, SIGKILL);
@@ -468,12 +468,21 @@ void UsernsHolder::Stop() {
   pid_ = -1;
 }
 
-std::vector<std::pair<int, int>> UsernsHolder::Joins() const {
+std::vector<std::pair<int, int>> NamespaceHolder::Joins() const {
   return {{mnt_.get(), CLONE_NEWNS},
           {uts_.get(), CLONE_NEWUTS},
           {ipc_.get(), CLONE_NEWIPC},
           {net_.get(), CLONE_NEWNET},
           {cgroup_.get(), CLONE_NEWCGROUP}};
+}
+
+Result<void> NamespaceHolder::OpenNamespaces() {
+  ASSIGN_OR_RETURN(mnt_, OpenNamespace(pid_, "mnt"));
+  ASSIGN_OR_RETURN(uts_, OpenNamespace(pid_, "uts"));
+  ASSIGN_OR_RETURN(ipc_, OpenNamespace(pid_, "ipc"));
+  ASSIGN_OR_RETURN(net_, OpenNamespace(pid_, "net"));
+  ASSIGN_OR_RETURN(cgroup_, OpenNamespace(pid_, "cgroup"));
+  return Ok();
 }
 
 Result<std::unique_ptr<UsernsHolder>> UsernsHolder::Start(
@@ -537,11 +546,7 @@ Result<std::unique_ptr<UsernsHolder>> UsernsHolder::Start(
   TRY(status('n', "unshare(CLONE_NEWNS|NEWUTS|NEWIPC|NEWNET|NEWCGROUP)"));
   h->hold_ = std::move(down_wr);
   ASSIGN_OR_RETURN(h->user_, OpenNamespace(pid, "user"));
-  ASSIGN_OR_RETURN(h->mnt_, OpenNamespace(pid, "mnt"));
-  ASSIGN_OR_RETURN(h->uts_, OpenNamespace(pid, "uts"));
-  ASSIGN_OR_RETURN(h->ipc_, OpenNamespace(pid, "ipc"));
-  ASSIGN_OR_RETURN(h->net_, OpenNamespace(pid, "net"));
-  ASSIGN_OR_RETURN(h->cgroup_, OpenNamespace(pid, "cgroup"));
+  TRY(h->OpenNamespaces());
   return h;
 }
 
@@ -733,23 +738,6 @@ int JoinAheadRoot(const AheadPlan& a, const char** what) {
   return 0;
 }
 
-void EnvHolder::Stop() {
-  if (pid_ <= 0) return;
-  hold_.reset();
-  ::kill(pid_, SIGKILL);
-  while (::waitpid(pid_, nullptr, 0) < 0 && errno == EINTR) {
-  }
-  pid_ = -1;
-}
-
-std::vector<std::pair<int, int>> EnvHolder::Joins() const {
-  return {{mnt_.get(), CLONE_NEWNS},
-          {uts_.get(), CLONE_NEWUTS},
-          {ipc_.get(), CLONE_NEWIPC},
-          {net_.get(), CLONE_NEWNET},
-          {cgroup_.get(), CLONE_NEWCGROUP}};
-}
-
 Result<std::unique_ptr<EnvHolder>> EnvHolder::Start(
     const RootPlan& plan, const std::function<Result<void>(pid_t)>& before_namespaces) {
   struct Status {
@@ -800,11 +788,7 @@ Result<std::unique_ptr<EnvHolder>> EnvHolder::Start(
     return MakeError(ErrorKind::kGeneric, st.err, "environment holder %d: %s: %s", pid, st.what,
                      strerror(st.err));
   h->hold_ = std::move(down_wr);
-  ASSIGN_OR_RETURN(h->mnt_, OpenNamespace(pid, "mnt"));
-  ASSIGN_OR_RETURN(h->uts_, OpenNamespace(pid, "uts"));
-  ASSIGN_OR_RETURN(h->ipc_, OpenNamespace(pid, "ipc"));
-  ASSIGN_OR_RETURN(h->net_, OpenNamespace(pid, "net"));
-  ASSIGN_OR_RETURN(h->cgroup_, OpenNamespace(pid, "cgroup"));
+  TRY(h->OpenNamespaces());
   return h;
 }
 

@@ -104,29 +104,40 @@ Result<void> FillEnvironment(const images::ImageSet& images, const img::Containe
 // the host level too) joins those namespaces in BuildRoot, and every restored process joins the
 // user namespace once its children are forked (restore::RestoreOptions::userns_fd). The holder
 // is killed and reaped when this object goes.
-class UsernsHolder {
+// A process holding namespaces made for a restore (UsernsHolder, EnvHolder): it waits on a pipe
+// until Stop (or this object's end) kills and reaps it; the namespaces live on in whoever joined
+// them, and in the fds kept here.
+class NamespaceHolder {
+ public:
+  virtual ~NamespaceHolder() { Stop(); }
+  NamespaceHolder(const NamespaceHolder&) = delete;
+  NamespaceHolder& operator=(const NamespaceHolder&) = delete;
+  void Stop();
+  pid_t pid() const { return pid_; }
+  // (fd, CLONE_NEW*) of the mount, UTS, IPC, network and cgroup namespaces, for RootPlan::join.
+  std::vector<std::pair<int, int>> Joins() const;
+
+ protected:
+  NamespaceHolder() = default;
+  Result<void> OpenNamespaces();  // of pid_
+  pid_t pid_ = -1;
+  UniqueFd hold_;  // its read end's peer: EOF releases it
+  UniqueFd mnt_, uts_, ipc_, net_, cgroup_;
+};
+
+class UsernsHolder : public NamespaceHolder {
  public:
   // before_namespaces(pid) runs once the maps are written, before the holder unshares the
   // other namespaces: the restore moves it into the container's cgroup there, so that the cgroup
   // namespace it makes too is rooted at the container's cgroup.
   static Result<std::unique_ptr<UsernsHolder>> Start(
       const img::UserNamespace& u, const std::function<Result<void>(pid_t)>& before_namespaces);
-  ~UsernsHolder() { Stop(); }
-  // Kills and reaps the holder (its namespaces live on in whoever joined them; the fds stay).
-  void Stop();
-  UsernsHolder(const UsernsHolder&) = delete;
-  UsernsHolder& operator=(const UsernsHolder&) = delete;
 
-  pid_t pid() const { return pid_; }
   int user_fd() const { return user_.get(); }
-  // (fd, CLONE_NEW*) of the mount, UTS, IPC, network and cgroup namespaces, for RootPlan::join.
-  std::vector<std::pair<int, int>> Joins() const;
 
  private:
   UsernsHolder() = default;
-  pid_t pid_ = -1;
-  UniqueFd hold_;  // its read end: EOF releases it
-  UniqueFd user_, mnt_, uts_, ipc_, net_, cgroup_;
+  UniqueFd user_;
 };
 
 // The environment made ahead of the tree (a migration's destination makes it while the source
@@ -152,26 +163,15 @@ Result<AheadPlan> PlanAhead(const RootPlan& plan);
 // errno, *what naming the step.
 int JoinAheadRoot(const AheadPlan& a, const char** what);
 
-class EnvHolder {
+class EnvHolder : public NamespaceHolder {
  public:
   // before_namespaces(pid): the cgroup join, before the holder unshares its namespaces (the
   // cgroup namespace is rooted where it is then). Fails with the step BuildRoot failed at.
   static Result<std::unique_ptr<EnvHolder>> Start(
       const RootPlan& plan, const std::function<Result<void>(pid_t)>& before_namespaces);
-  ~EnvHolder() { Stop(); }
-  EnvHolder(const EnvHolder&) = delete;
-  EnvHolder& operator=(const EnvHolder&) = delete;
-  // Kills and reaps it; the namespaces live on in whoever joined them.
-  void Stop();
-
-  pid_t pid() const { return pid_; }
-  std::vector<std::pair<int, int>> Joins() const;
 
  private:
   EnvHolder() = default;
-  pid_t pid_ = -1;
-  UniqueFd hold_;
-  UniqueFd mnt_, uts_, ipc_, net_, cgroup_;
 };
 
 // Checks the image's maps the way the kernel will (kBadImage names the flaw).

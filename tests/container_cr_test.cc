@@ -274,6 +274,20 @@ class ContainerAhead : public ContainerCr {
     ASSERT_EQ(::rename((cdir + "/inventory.away").c_str(), (cdir + "/inventory.img").c_str()), 0);
   }
 
+  // A container run, checkpointed away, and its environment made ahead by a waiting restore.
+  std::string RunThenAhead(pid_t* pid) {
+    Run();
+    if (HasFatalFailure()) return "";
+    *pid = pid_;
+    std::string img = CheckpointAway();
+    if (HasFailure()) return "";
+    Start(img);
+    if (HasFatalFailure()) return "";
+    EXPECT_EQ(::write(go_.get(), "e", 1), 1);
+    EXPECT_TRUE(WaitFor("environment made ahead")) << err_text_;
+    return img;
+  }
+
   pid_t restore_ = 0;
   UniqueFd go_;
   int err_rd_ = -1;
@@ -287,16 +301,10 @@ class ContainerAhead : public ContainerCr {
 };
 
 TEST_F(ContainerAhead, EnvironmentMadeBeforeTheTreeArrives) {
-  Run();
-  if (HasFatalFailure()) return;
-  pid_t pid = pid_;
-  std::string veth = runtime::HostVethName(root_, id_);
-  std::string img = CheckpointAway();
+  pid_t pid = 0;
+  std::string img = RunThenAhead(&pid);
   if (HasFailure()) return;
-  Start(img);
-  if (HasFatalFailure()) return;
-  ASSERT_EQ(::write(go_.get(), "e", 1), 1);
-  ASSERT_TRUE(WaitFor("environment made ahead")) << err_text_;
+  std::string veth = runtime::HostVethName(root_, id_);
   // Made without the tree: the veth, and a holder in the container's cgroup whose namespaces
   // hold its address, hostname and tmpfs contents.
   EXPECT_TRUE(runtime::LinkExists(veth));
@@ -366,15 +374,10 @@ TEST_F(ContainerAhead, EnvironmentNotMadeAheadIsMadeTheUsualWay) {
 }
 
 TEST_F(ContainerAhead, AbandonedAfterTheEnvironmentLeavesNothing) {
-  Run();
-  if (HasFatalFailure()) return;
-  std::string veth = runtime::HostVethName(root_, id_);
-  std::string img = CheckpointAway();
+  pid_t pid = 0;
+  std::string img = RunThenAhead(&pid);
   if (HasFailure()) return;
-  Start(img);
-  if (HasFatalFailure()) return;
-  ASSERT_EQ(::write(go_.get(), "e", 1), 1);
-  ASSERT_TRUE(WaitFor("environment made ahead")) << err_text_;
+  std::string veth = runtime::HostVethName(root_, id_);
   pid_t holder = Holder();
   ASSERT_GT(holder, 0);
   EXPECT_TRUE(runtime::LinkExists(veth));
