@@ -204,12 +204,33 @@ Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& re
       for (auto& a : *l.mutable_host_end()->mutable_addrs()) a.set_ifname(veth_name);
     }
   }
-  // Names and addresses on the host must be free before anything is created.
-  if (!veth_name.empty() && runtime::LinkExists(veth_name))
-    return MakeError(ErrorKind::kExists, EEXIST, "veth %s already exists on the host",
-                     veth_name.c_str());
+  // Names and addresses on the host must be free before anything is created. The id is ours
+  // (the state dir above): a veth of its name is the previous container's of this id,
+  // checkpointed and killed just before, whose namespace the kernel is still taking down (the
+  // checkpoint leaves that to it); so is one of the image's name whose peer namespace is dead.
+  // Their names and addresses count as free: the environment waits for them to go (or deletes
+  // them after 500 ms) before making the new veth, alongside the restore's start-up.
+  std::vector<std::string> leftover;
+  if (!veth_name.empty() && runtime::LinkExists(veth_name)) leftover.push_back(veth_name);
+  if (!rec.host_veth().empty() && rec.host_veth() != veth_name) {
+    ASSIGN_OR_RETURN(runtime::HostEnd st, runtime::HostEndState(rec.host_veth()));
+    if (st == runtime::HostEnd::kDying) leftover.push_back(rec.host_veth());
+  }
   if (!address.empty()) {
-    ASSIGN_OR_RETURN(bool used, runtime::AddressInUse(address));
+    ASSIGN_OR_RETURN(bool used, runtime::AddressInUse(address, leftover));
+    const std::string& old_veth = rec.host_veth();
+    if (used && !old_veth.empty() && old_veth != veth_name &&
+        std::find(leftover.begin(), leftover.end(), old_veth) == leftover.end() &&
+        runtime::LinkExists(old_veth)) {
+      // The image's own veth, under another id: the original container still running (a copy:
+      // the address is taken), or killed by its checkpoint a moment ago, its namespace not yet
+      // dead (an RCU grace period or two). Long enough for the latter.
+      ASSIGN_OR_RETURN(runtime::HostEnd st, runtime::WaitHostEnd(old_veth, 100));
+      if (st != runtime::HostEnd::kAlive) {
+        if (st == runtime::HostEnd::kDying) leftover.push_back(old_veth);
+        ASSIGN_OR_RETURN(used, runtime::AddressInUse(address, leftover));
+      }
+    }
     if (used)
       return MakeError(ErrorKind::kExists, EADDRINUSE, "address %s is already in use on the host",
                        address.c_str());
@@ -265,6 +286,8 @@ Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& re
     // The cgroup join runs alongside: it is mostly waiting (a v1 cpuset attach alone takes
     // 7-15 ms here) and independent of the namespaces' contents.
     auto join = std::async(std::launch::async, [&] { return cg->AddProcess(pid); });
+    for (const auto& name : leftover)
+      TRY_CTX(runtime::TeardownNetworkOfDeadNetns(name), "the previous container's veth");
     auto filled = FillEnvironment(images, rec, table, has_net ? &netns : nullptr, pid);
     laps.LapInto(&ph.env_ms);
     auto joined = join.get();

@@ -320,6 +320,11 @@ Result<Container> Create(const CreateOptions& opts) {
   });
   if (!spec.net.address.empty()) {
     std::string veth = HostVethName(root, opts.id);
+    // The id's state dir is ours (mkdir above): a veth of its name is an earlier container's of
+    // this id whose namespace the kernel is still taking down (a checkpoint leaves that to it).
+    if (LinkExists(veth))
+      TRY_CTX(TeardownNetworkOfDeadNetns(veth), "container %s: the veth of its previous run",
+              opts.id.c_str());
     TRY_CTX(SetupNetwork(pid, spec.net, veth), "container %s", opts.id.c_str());
     c.host_veth = veth;
   }
@@ -528,7 +533,7 @@ Result<void> Kill(const std::string& root, const std::string& id, int sig, bool 
 }
 
 Result<void> Delete(const std::string& root, const std::string& id, bool force,
-                    const std::string& cgroup_parent) {
+                    const std::string& cgroup_parent, bool wait_for_veth) {
   TRY(ValidateId(id));
   auto loaded = Container::Load(root, id);
   std::string dir = root + "/" + id;
@@ -542,6 +547,7 @@ Result<void> Delete(const std::string& root, const std::string& id, bool force,
     TRY(UnmountStorage(dir + "/storage"));
     return fs::RemoveAll(dir);
   }
+  PhaseTimer timer;
   Container& c = *loaded;
   Status s = c.CurrentStatus();
   ASSIGN_OR_RETURN(std::unique_ptr<Cgroup> cg, OpenCgroup(c));
@@ -553,7 +559,9 @@ Result<void> Delete(const std::string& root, const std::string& id, bool force,
                        "container %s is %s: stop it first or use delete --force", id.c_str(),
                        StatusName(s));
     TRY(KillAll(*cg, c.pid, c.pid_start_time));
+    timer.Mark("kill");
     WaitGone(c.pid, c.pid_start_time);
+    timer.Mark("wait");
   } else {
     // The init is gone; its pid namespace took every other process with it, but with a shared
     // pid namespace stragglers may remain in the cgroup.
@@ -561,14 +569,14 @@ Result<void> Delete(const std::string& root, const std::string& id, bool force,
     if (pids.ok() && !pids->empty()) (void)KillAll(*cg, 0, 0);
     if (c.pid > 0) (void)::waitpid(c.pid, nullptr, WNOHANG);
   }
-  PhaseTimer timer;
   TRY_CTX(cg->Destroy(), "delete %s", id.c_str());
   timer.Mark("cgroups");
   // The init is gone (killed and waited for above, or stopped): its netns is dying.
-  if (!c.host_veth.empty())
+  if (!c.host_veth.empty() && wait_for_veth)
     TRY_CTX(TeardownNetworkOfDeadNetns(c.host_veth), "delete %s", id.c_str());
   timer.Mark("veth");
   if (!c.storage_dir.empty()) TRY_CTX(UnmountStorage(c.storage_dir), "delete %s", id.c_str());
+  timer.Mark("storage");
   TRY(fs::RemoveAll(dir));
   timer.Mark("state");
   LOG_DEBUG("delete %s:%s", id.c_str(), timer.text().c_str());

@@ -190,9 +190,10 @@ TEST_F(ContainerRestore, EnvironmentRoundTrip) {
   ASSERT_OK(ck);
   EXPECT_TRUE(ck->record.has_layer());
   EXPECT_GE(ck->record.times().freeze_ms(), 0);
-  // Without --leave-running the container is gone: id, veth and cgroup free again.
+  // Without --leave-running the container is gone: id and cgroup free again. Its veth goes with
+  // its network namespace, which the kernel takes down on its own a moment later: the restore
+  // right after must not mind it (and the veth it makes is the only one left, below).
   EXPECT_FALSE(runtime::Container::Load(root_, id_).ok());
-  EXPECT_FALSE(runtime::LinkExists(c->host_veth));
 
   RestoreOptions ro;
   ro.root = root_;
@@ -341,7 +342,8 @@ TEST_F(ContainerRestore, TwentyCyclesLeaveNothingBehind) {
     auto ck = Checkpoint(co, NoTree());
     ASSERT_OK(ck);
     if (prev > 0) (void)::waitpid(prev, nullptr, 0);  // unless Delete reaped it already
-    EXPECT_FALSE(runtime::LinkExists(veth));
+    // The veth may still be going (the kernel's, with the dead namespace): the restore right
+    // after waits for it where it must.
     EXPECT_TRUE(CgroupDirs(id_).empty());
     RestoreOptions ro;
     ro.root = root_;
