@@ -143,13 +143,16 @@ Result<void> HeldCheckpoint::Kill(bool release_host_lock) {
   // Before the delete: the container's veth and net namespace (with its own lock) go with it.
   if (before_kill_) TRY_CTX(before_kill_(!release_host_lock), "container %s", id_.c_str());
   // Killed while still frozen: it never runs past the checkpoint. Delete kills the whole cgroup,
-  // thaws, and removes cgroups and state (the id is free for the restore). The veth goes with
-  // the dead network namespace, which the kernel takes down asynchronously (1-30 ms after the
-  // kill here: what the checkpoint opened in the namespace is freed after an RCU grace period,
-  // then cleanup_net() unregisters the pair): waiting for it was a third of an idle container's
-  // checkpoint. A restore (or run) of the id that still finds the veth waits for the rest, or
-  // deletes it after 500 ms, alongside its own start-up (container/restore.cc).
-  TRY(runtime::Delete(root_, id_, /*force=*/true, "godwit", /*wait_for_veth=*/false));
+  // thaws, and removes cgroups and state (the id is free for the restore). Deferred: what only
+  // waits is left to others (runtime.h). The veth goes with the dead network namespace, which
+  // the kernel takes down asynchronously (1-30 ms after the kill here: what the checkpoint
+  // opened in the namespace is freed after an RCU grace period, then cleanup_net() unregisters
+  // the pair): waiting for it was a third of an idle container's checkpoint; a restore (or run)
+  // of the id that still finds the veth waits for the rest, or deletes it after 500 ms,
+  // alongside its own start-up (container/restore.cc). The state dir is renamed away, its
+  // removal (a synchronous discard per freed block on this VM's file system) left to that
+  // restore too.
+  TRY(runtime::Delete(root_, id_, /*force=*/true, "godwit", /*deferred=*/true));
   over_ = true;
   return Ok();
 }

@@ -98,6 +98,12 @@ Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& re
       return MakeError(ErrorKind::kExists, EEXIST, "container %s already exists", opts.id.c_str());
     return Errno("mkdir %s", state_dir.c_str());
   }
+  // The state dir a checkpoint of the id left to remove (runtime::Delete, deferred): its
+  // removal is mostly waiting for discards, done alongside (joined when Restore returns).
+  auto remove_deferred = std::async(std::launch::async, [&opts] {
+    auto r = runtime::RemoveDeferred(opts.root, opts.id);
+    if (!r.ok()) LOG_WARN("%s", r.error().to_string().c_str());
+  });
   bool ok = false;
   std::unique_ptr<runtime::Cgroup> cg;
   std::string host_veth;

@@ -50,6 +50,11 @@ class PhaseTimer {
   std::string text_;
 };
 
+// Where a deferred Delete leaves the id's state dir (runtime.h).
+std::string DeferredDir(const std::string& root, const std::string& id) {
+  return root + "/." + id + ".removed";
+}
+
 std::string NowRfc3339() {
   timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
@@ -212,6 +217,8 @@ Result<Container> Create(const CreateOptions& opts) {
     return Errno("mkdir %s", c.dir().c_str());
   }
   ScopeExit remove_dir([&] { (void)fs::RemoveAll(c.dir()); });
+  // What a checkpoint of the id left to remove (Delete, deferred): the id is ours now.
+  TRY(RemoveDeferred(root, opts.id));
   if (!bundle_is_dir) {
     // Keep the config as created: exec and checkpoint read it later even if the bundle changes.
     ASSIGN_OR_RETURN(std::string text, fs::ReadFile(bundle + "/config.json"));
@@ -533,10 +540,11 @@ Result<void> Kill(const std::string& root, const std::string& id, int sig, bool 
 }
 
 Result<void> Delete(const std::string& root, const std::string& id, bool force,
-                    const std::string& cgroup_parent, bool wait_for_veth) {
+                    const std::string& cgroup_parent, bool deferred) {
   TRY(ValidateId(id));
   auto loaded = Container::Load(root, id);
   std::string dir = root + "/" + id;
+  if (force) TRY(RemoveDeferred(root, id));
   if (!loaded.ok()) {
     // A half-created container (no state.json): with --force, remove what its id implies.
     if (!force || !fs::Exists(dir)) return std::move(loaded).error();
@@ -572,15 +580,25 @@ Result<void> Delete(const std::string& root, const std::string& id, bool force,
   TRY_CTX(cg->Destroy(), "delete %s", id.c_str());
   timer.Mark("cgroups");
   // The init is gone (killed and waited for above, or stopped): its netns is dying.
-  if (!c.host_veth.empty() && wait_for_veth)
+  if (!c.host_veth.empty() && !deferred)
     TRY_CTX(TeardownNetworkOfDeadNetns(c.host_veth), "delete %s", id.c_str());
   timer.Mark("veth");
   if (!c.storage_dir.empty()) TRY_CTX(UnmountStorage(c.storage_dir), "delete %s", id.c_str());
   timer.Mark("storage");
-  TRY(fs::RemoveAll(dir));
+  // A rename frees no block: the id is free all the same. An earlier deferred removal not yet
+  // done (the target exists): this one is done here.
+  std::string removed = DeferredDir(root, id);
+  if (!deferred || ::rename(dir.c_str(), removed.c_str()) < 0) TRY(fs::RemoveAll(dir));
   timer.Mark("state");
   LOG_DEBUG("delete %s:%s", id.c_str(), timer.text().c_str());
   return Ok();
+}
+
+Result<void> RemoveDeferred(const std::string& root, const std::string& id) {
+  std::string removed = DeferredDir(root, id);
+  struct stat st;
+  if (::lstat(removed.c_str(), &st) < 0) return Ok();
+  return fs::RemoveAll(removed);
 }
 
 Result<std::vector<pid_t>> Ps(const std::string& root, const std::string& id) {
