@@ -544,7 +544,7 @@ Result<void> Delete(const std::string& root, const std::string& id, bool force,
   TRY(ValidateId(id));
   auto loaded = Container::Load(root, id);
   std::string dir = root + "/" + id;
-  if (force) TRY(RemoveDeferred(root, id));
+  if (force && !deferred) TRY(RemoveDeferred(root, id));  // `delete -f ID`: a leftover too
   if (!loaded.ok()) {
     // A half-created container (no state.json): with --force, remove what its id implies.
     if (!force || !fs::Exists(dir)) return std::move(loaded).error();
