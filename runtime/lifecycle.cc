@@ -540,11 +540,11 @@ Result<void> Kill(const std::string& root, const std::string& id, int sig, bool 
 }
 
 Result<void> Delete(const std::string& root, const std::string& id, bool force,
-                    const std::string& cgroup_parent, bool deferred) {
+                    const std::string& cgroup_parent, Deferral deferred) {
   TRY(ValidateId(id));
   auto loaded = Container::Load(root, id);
   std::string dir = root + "/" + id;
-  if (force && !deferred) TRY(RemoveDeferred(root, id));  // `delete -f ID`: a leftover too
+  if (force && !deferred.state_dir) TRY(RemoveDeferred(root, id));  // `delete -f ID`: a leftover
   if (!loaded.ok()) {
     // A half-created container (no state.json): with --force, remove what its id implies.
     if (!force || !fs::Exists(dir)) return std::move(loaded).error();
@@ -580,7 +580,7 @@ Result<void> Delete(const std::string& root, const std::string& id, bool force,
   TRY_CTX(cg->Destroy(), "delete %s", id.c_str());
   timer.Mark("cgroups");
   // The init is gone (killed and waited for above, or stopped): its netns is dying.
-  if (!c.host_veth.empty() && !deferred)
+  if (!c.host_veth.empty() && !deferred.veth)
     TRY_CTX(TeardownNetworkOfDeadNetns(c.host_veth), "delete %s", id.c_str());
   timer.Mark("veth");
   if (!c.storage_dir.empty()) TRY_CTX(UnmountStorage(c.storage_dir), "delete %s", id.c_str());
@@ -588,7 +588,7 @@ Result<void> Delete(const std::string& root, const std::string& id, bool force,
   // A rename frees no block: the id is free all the same. An earlier deferred removal not yet
   // done (the target exists): this one is done here.
   std::string removed = DeferredDir(root, id);
-  if (!deferred || ::rename(dir.c_str(), removed.c_str()) < 0) TRY(fs::RemoveAll(dir));
+  if (!deferred.state_dir || ::rename(dir.c_str(), removed.c_str()) < 0) TRY(fs::RemoveAll(dir));
   timer.Mark("state");
   LOG_DEBUG("delete %s:%s", id.c_str(), timer.text().c_str());
   return Ok();
