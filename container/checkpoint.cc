@@ -137,14 +137,23 @@ HeldCheckpoint::~HeldCheckpoint() {
                          r.error().to_string().c_str());
 }
 
-Result<void> HeldCheckpoint::Kill(bool release_host_lock) {
+Result<void> HeldCheckpoint::Kill(bool release_host_lock, bool defer_state_dir) {
   if (over_) return MakeError(ErrorKind::kGeneric, 0, "container %s: no longer held", id_.c_str());
   called_ = true;
   // Before the delete: the container's veth and net namespace (with its own lock) go with it.
   if (before_kill_) TRY_CTX(before_kill_(!release_host_lock), "container %s", id_.c_str());
   // Killed while still frozen: it never runs past the checkpoint. Delete kills the whole cgroup,
-  // thaws, and removes cgroups, veth and state (the id is free for the restore).
-  TRY(runtime::Delete(root_, id_, /*force=*/true));
+  // thaws, and removes cgroups and state (the id is free for the restore). What only waits is
+  // left to others (runtime::Deferral). The veth goes with the dead network namespace, which
+  // the kernel takes down asynchronously (1-30 ms after the kill here: what the checkpoint
+  // opened in the namespace is freed after an RCU grace period, then cleanup_net() unregisters
+  // the pair): waiting for it was a third of an idle container's checkpoint; a restore (or run)
+  // of the id that still finds the veth waits for the rest, or deletes it after 500 ms,
+  // alongside its own start-up (container/restore.cc). The state dir, asked: renamed away, its
+  // removal (a synchronous discard per freed block on this VM's file system) left to that
+  // restore too.
+  TRY(runtime::Delete(root_, id_, /*force=*/true, "godwit",
+                      {.veth = true, .state_dir = defer_state_dir}));
   over_ = true;
   return Ok();
 }
@@ -451,7 +460,7 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
       TRY(held->Resume(/*thaw=*/!paused));
       break;
     case EndMode::kDelete:
-      if (auto k = held->Kill(/*release_host_lock=*/false); !k.ok()) {
+      if (auto k = held->Kill(/*release_host_lock=*/false, /*defer_state_dir=*/true); !k.ok()) {
         (void)held->Resume();
         return std::move(k.error().wrap(StrFormat("checkpoint of %s is complete, but",
                                                   opts.id.c_str())));

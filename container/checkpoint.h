@@ -189,8 +189,10 @@ class HeldCheckpoint {
   // is free). release_host_lock: no lock is
   // left in the caller's namespace (none is put there): the container runs elsewhere now, as a
   // migration source's does once the destination confirmed. On failure the container may be
-  // half gone; the hold stays for Resume or another Kill.
-  Result<void> Kill(bool release_host_lock);
+  // half gone; the hold stays for Resume or another Kill. The veth is left to the kernel
+  // (runtime::Deferral); defer_state_dir: the state dir too, for the next restore of the id here
+  // (a checkpoint's own end; a migration's source removes it).
+  Result<void> Kill(bool release_host_lock, bool defer_state_dir = false);
   // TCP repair off and unlocked (the tree's and the caller's namespaces), cgroup thawed: the
   // workload continues exactly as before the checkpoint. Not after a successful Kill.
   // thaw=false: the cgroup stays frozen (the container was paused by its owner before).

@@ -29,6 +29,7 @@
 #include "runtime/cgroup.h"
 #include "runtime/network.h"
 #include "runtime/runtime.h"
+#include "runtime/storage.h"
 
 namespace godwit::container {
 namespace {
@@ -101,11 +102,15 @@ class PreparedRestore {
     if (userns) userns->Stop();
     if (!host_veth.empty()) (void)net::DeleteLink(-1, host_veth);
     if (warm) warm->Stop();
+    if (storage_on_host) (void)runtime::UnmountStorage(storage);
     if (cg) (void)cg->Destroy();
     if (!state_dir.empty()) (void)fs::RemoveAll(state_dir);
   }
 
   RestoreOptions opts;
+  // The state dir a checkpoint of the id left to remove (runtime::Delete, deferred): its
+  // removal is mostly waiting for discards, done alongside (joined when this goes).
+  std::future<void> remove_deferred;
   Clock::time_point t0;
   RestorePhases ph;
   timing::PhaseTimer laps;  // the driver's phases, one after the other
@@ -126,6 +131,10 @@ class PreparedRestore {
   img::NetNs netns;
   bool has_net = false;
   std::string veth_name, address, storage;
+  // Veths of the previous container of this id (or of the image's name, their namespace dead)
+  // the kernel is still taking down: waited for (or deleted) before the new veth is made.
+  std::vector<std::string> leftover;
+  bool storage_on_host = false;  // the layer's tmpfs mounted here (unmounted on failure)
   RootPlan plan;
   std::unique_ptr<UsernsHolder> userns;
   // Made ahead (PrepareRestore's `ahead`): the environment, in the holder's namespaces.
@@ -191,6 +200,10 @@ Result<PreparedRestorePtr> PrepareRestore(const RestoreOptions& opts, bool ahead
     return Errno("mkdir %s", state_dir.c_str());
   }
   p->state_dir = state_dir;
+  p->remove_deferred = std::async(std::launch::async, [o = &p->opts] {
+    auto r = runtime::RemoveDeferred(o->root, o->id);
+    if (!r.ok()) LOG_WARN("%s", r.error().to_string().c_str());
+  });
   RestorePhases& ph = p->ph;
   auto& laps = p->laps;
 
@@ -283,12 +296,33 @@ Result<PreparedRestorePtr> PrepareRestore(const RestoreOptions& opts, bool ahead
       for (auto& a : *l.mutable_host_end()->mutable_addrs()) a.set_ifname(veth_name);
     }
   }
-  // Names and addresses on the host must be free before anything is created.
-  if (!veth_name.empty() && runtime::LinkExists(veth_name))
-    return MakeError(ErrorKind::kExists, EEXIST, "veth %s already exists on the host",
-                     veth_name.c_str());
+  // Names and addresses on the host must be free before anything is created. The id is ours
+  // (the state dir above): a veth of its name is the previous container's of this id,
+  // checkpointed and killed just before, whose namespace the kernel is still taking down (the
+  // checkpoint leaves that to it); so is one of the image's name whose peer namespace is dead.
+  // Their names and addresses count as free: the environment waits for them to go (or deletes
+  // them after 500 ms) before making the new veth, alongside the restore's start-up.
+  std::vector<std::string>& leftover = p->leftover;
+  if (!veth_name.empty() && runtime::LinkExists(veth_name)) leftover.push_back(veth_name);
+  if (!rec.host_veth().empty() && rec.host_veth() != veth_name) {
+    ASSIGN_OR_RETURN(runtime::HostEnd st, runtime::HostEndState(rec.host_veth()));
+    if (st == runtime::HostEnd::kDying) leftover.push_back(rec.host_veth());
+  }
   if (!p->address.empty()) {
-    ASSIGN_OR_RETURN(bool used, runtime::AddressInUse(p->address));
+    ASSIGN_OR_RETURN(bool used, runtime::AddressInUse(p->address, leftover));
+    const std::string& old_veth = rec.host_veth();
+    if (used && !old_veth.empty() && old_veth != veth_name &&
+        std::find(leftover.begin(), leftover.end(), old_veth) == leftover.end() &&
+        runtime::LinkExists(old_veth)) {
+      // The image's own veth, under another id: the original container still running (a copy:
+      // the address is taken), or killed by its checkpoint a moment ago, its namespace not yet
+      // dead (an RCU grace period or two). Long enough for the latter.
+      ASSIGN_OR_RETURN(runtime::HostEnd st, runtime::WaitHostEnd(old_veth, 100));
+      if (st != runtime::HostEnd::kAlive) {
+        if (st == runtime::HostEnd::kDying) leftover.push_back(old_veth);
+        ASSIGN_OR_RETURN(used, runtime::AddressInUse(p->address, leftover));
+      }
+    }
     if (used)
       return MakeError(ErrorKind::kExists, EADDRINUSE, "address %s is already in use on the host",
                        p->address.c_str());
@@ -308,6 +342,17 @@ Result<PreparedRestorePtr> PrepareRestore(const RestoreOptions& opts, bool ahead
   p->storage = rec.has_layer() ? state_dir + "/storage" : "";
   if (!p->storage.empty()) TRY(fs::MkdirAll(p->storage, 0700));
   ASSIGN_OR_RETURN(p->plan, PlanRoot(p->table, p->spec, rec.has_layer(), p->storage, &images));
+  // The layer's tmpfs mounted here, on the host, as `godwit run` does (runtime::MountStorage),
+  // rather than by BuildRoot in the container's mount namespace only: a later checkpoint then
+  // reaches the overlay's upper dir and walks only what changed (mnt::DumpLayer), not every
+  // entry of the root (~3 ms of CPU for a busybox). With a user namespace (the tmpfs made as
+  // the container's root, inside) or no size, BuildRoot mounts it as before.
+  if (!p->storage.empty() && !has_userns && p->plan.disk_quota > 0) {
+    TRY_CTX(runtime::MountStorage(p->storage, p->plan.disk_quota, 0, 0), "storage of %s",
+            opts.id.c_str());
+    p->storage_on_host = true;
+    p->plan.storage_mounted = true;
+  }
   if (ahead) {
     auto a = PlanAhead(p->plan);
     if (a.ok()) {
@@ -338,6 +383,8 @@ Result<void> PreparedRestore::BuildAhead() {
             "make the environment quiet");
     ahead_quiet.emplace(std::move(nft));
   }
+  for (const auto& name : leftover)
+    TRY_CTX(runtime::TeardownNetworkOfDeadNetns(name), "the previous container's veth");
   host_veth = veth_name;  // from here on the rollback deletes it
   TRY(FillEnvironment(*images, rec, table, has_net ? &netns : nullptr, holder->pid(),
                       FillPart::kAhead));
@@ -446,6 +493,8 @@ Result<RestoreResult> FinishRestore(PreparedRestorePtr p,
     // The cgroup join runs alongside: it is mostly waiting (a v1 cpuset attach alone takes
     // 7-15 ms here) and independent of the namespaces' contents.
     auto join = std::async(std::launch::async, [&] { return cg->AddProcess(pid); });
+    for (const auto& name : pr->leftover)
+      TRY_CTX(runtime::TeardownNetworkOfDeadNetns(name), "the previous container's veth");
     auto filled = FillEnvironment(images, rec, pr->table, pr->has_net ? &pr->netns : nullptr, pid);
     laps.LapInto(&ph.env_ms);
     auto joined = join.get();

@@ -411,12 +411,14 @@ int BuildRoot(const RootPlan& plan, const char** what) {
   }
   const char* newroot;
   if (!plan.merged.empty()) {
-    STEP(::mount("godwit-storage", plan.storage_dir.c_str(), "tmpfs", MS_NOSUID | MS_NODEV,
-                 plan.quota_opts.c_str()) < 0,
-         "mount storage tmpfs");
-    STEP(::mkdir(plan.upper.c_str(), 0755) < 0 || ::mkdir(plan.work.c_str(), 0755) < 0 ||
-             ::mkdir(plan.merged.c_str(), 0755) < 0,
-         "mkdir upper/work/merged");
+    if (!plan.storage_mounted) {
+      STEP(::mount("godwit-storage", plan.storage_dir.c_str(), "tmpfs", MS_NOSUID | MS_NODEV,
+                   plan.quota_opts.c_str()) < 0,
+           "mount storage tmpfs");
+      STEP(::mkdir(plan.upper.c_str(), 0755) < 0 || ::mkdir(plan.work.c_str(), 0755) < 0 ||
+               ::mkdir(plan.merged.c_str(), 0755) < 0,
+           "mkdir upper/work/merged");
+    }
     STEP(::mount("overlay", plan.merged.c_str(), "overlay", 0, plan.overlay_opts.c_str()) < 0,
          "mount overlay");
     newroot = plan.merged.c_str();

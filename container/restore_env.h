@@ -69,6 +69,9 @@ struct RootPlan {
   bool readonly = false;
   int64_t disk_quota = 0;   // > 0: overlay with upper/work in a tmpfs of this size
   std::string storage_dir;  // host directory for that tmpfs (exists, stays empty on the host)
+  // The caller mounted that tmpfs (with upper, work, merged) on the host already (Restore: a
+  // later checkpoint then reaches the upper dir); BuildRoot mounts only the overlay.
+  bool storage_mounted = false;
   std::vector<MountStep> mounts;
   // Prepared strings, so the child builds none.
   std::string overlay_opts, upper, work, merged, quota_opts;

@@ -73,16 +73,25 @@ uint64_t Xcr0() {
 }
 
 std::vector<std::string> CpuFeatures() {
-  std::vector<std::string> out;
-  unsigned max_leaf = __get_cpuid_max(0, nullptr);
-  for (const Feature& f : kFeatures) {
-    if (f.leaf > max_leaf) continue;
-    unsigned a = 0, b = 0, c = 0, d = 0;
-    __cpuid_count(f.leaf, f.subleaf, a, b, c, d);
-    unsigned r = f.reg == 'a' ? a : f.reg == 'b' ? b : f.reg == 'c' ? c : d;
-    if (r & (1u << f.bit)) out.push_back(f.name);
-  }
-  return out;
+  // Once per process, one CPUID per leaf: in a VM every CPUID is a trap to the hypervisor
+  // (tens of microseconds under nested virtualization), and each image set's inventory asks.
+  static const std::vector<std::string> features = [] {
+    std::vector<std::string> out;
+    unsigned max_leaf = __get_cpuid_max(0, nullptr);
+    unsigned leaf = ~0u, subleaf = ~0u, a = 0, b = 0, c = 0, d = 0;
+    for (const Feature& f : kFeatures) {  // grouped by leaf
+      if (f.leaf > max_leaf) continue;
+      if (f.leaf != leaf || f.subleaf != subleaf) {
+        leaf = f.leaf;
+        subleaf = f.subleaf;
+        __cpuid_count(leaf, subleaf, a, b, c, d);
+      }
+      unsigned r = f.reg == 'a' ? a : f.reg == 'b' ? b : f.reg == 'c' ? c : d;
+      if (r & (1u << f.bit)) out.push_back(f.name);
+    }
+    return out;
+  }();
+  return features;
 }
 
 Result<void> CheckCpuFeatures(const img::Inventory& inv) {

@@ -58,10 +58,12 @@ Tables MakeTables() {
     p = MultModP(p, p);
   }
   // Advancing a raw register over n zero bytes multiplies it by x^(8n): linear, so a table per
-  // byte position of the register is enough.
+  // byte position of the register is enough. kStride is a power of two: x^(8 kStride) is one of
+  // the x^(2^n) (a product per basis vector, not 128 KiB of table steps at every start-up).
+  static_assert((kStride & (kStride - 1)) == 0, "kStride: a power of two");
+  const uint32_t advance = t.x2n[__builtin_ctzll(8 * kStride)];
   uint32_t basis[32];
-  static uint8_t zeros[kStride];
-  for (int b = 0; b < 32; b++) basis[b] = RawSlow(1u << b, zeros, kStride, t);
+  for (int b = 0; b < 32; b++) basis[b] = MultModP(advance, 1u << b);
   for (int k = 0; k < 4; k++)
     for (uint32_t v = 0; v < 256; v++) {
       uint32_t r = 0;

@@ -50,6 +50,11 @@ class PhaseTimer {
   std::string text_;
 };
 
+// Where a deferred Delete leaves the id's state dir (runtime.h).
+std::string DeferredDir(const std::string& root, const std::string& id) {
+  return root + "/." + id + ".removed";
+}
+
 std::string NowRfc3339() {
   timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
@@ -212,6 +217,8 @@ Result<Container> Create(const CreateOptions& opts) {
     return Errno("mkdir %s", c.dir().c_str());
   }
   ScopeExit remove_dir([&] { (void)fs::RemoveAll(c.dir()); });
+  // What a checkpoint of the id left to remove (Delete, deferred): the id is ours now.
+  TRY(RemoveDeferred(root, opts.id));
   if (!bundle_is_dir) {
     // Keep the config as created: exec and checkpoint read it later even if the bundle changes.
     ASSIGN_OR_RETURN(std::string text, fs::ReadFile(bundle + "/config.json"));
@@ -320,6 +327,11 @@ Result<Container> Create(const CreateOptions& opts) {
   });
   if (!spec.net.address.empty()) {
     std::string veth = HostVethName(root, opts.id);
+    // The id's state dir is ours (mkdir above): a veth of its name is an earlier container's of
+    // this id whose namespace the kernel is still taking down (a checkpoint leaves that to it).
+    if (LinkExists(veth))
+      TRY_CTX(TeardownNetworkOfDeadNetns(veth), "container %s: the veth of its previous run",
+              opts.id.c_str());
     TRY_CTX(SetupNetwork(pid, spec.net, veth), "container %s", opts.id.c_str());
     c.host_veth = veth;
   }
@@ -528,10 +540,11 @@ Result<void> Kill(const std::string& root, const std::string& id, int sig, bool 
 }
 
 Result<void> Delete(const std::string& root, const std::string& id, bool force,
-                    const std::string& cgroup_parent) {
+                    const std::string& cgroup_parent, Deferral deferred) {
   TRY(ValidateId(id));
   auto loaded = Container::Load(root, id);
   std::string dir = root + "/" + id;
+  if (force && !deferred.state_dir) TRY(RemoveDeferred(root, id));  // `delete -f ID`: a leftover
   if (!loaded.ok()) {
     // A half-created container (no state.json): with --force, remove what its id implies.
     if (!force || !fs::Exists(dir)) return std::move(loaded).error();
@@ -542,6 +555,7 @@ Result<void> Delete(const std::string& root, const std::string& id, bool force,
     TRY(UnmountStorage(dir + "/storage"));
     return fs::RemoveAll(dir);
   }
+  PhaseTimer timer;
   Container& c = *loaded;
   Status s = c.CurrentStatus();
   ASSIGN_OR_RETURN(std::unique_ptr<Cgroup> cg, OpenCgroup(c));
@@ -553,7 +567,9 @@ Result<void> Delete(const std::string& root, const std::string& id, bool force,
                        "container %s is %s: stop it first or use delete --force", id.c_str(),
                        StatusName(s));
     TRY(KillAll(*cg, c.pid, c.pid_start_time));
+    timer.Mark("kill");
     WaitGone(c.pid, c.pid_start_time);
+    timer.Mark("wait");
   } else {
     // The init is gone; its pid namespace took every other process with it, but with a shared
     // pid namespace stragglers may remain in the cgroup.
@@ -561,18 +577,28 @@ Result<void> Delete(const std::string& root, const std::string& id, bool force,
     if (pids.ok() && !pids->empty()) (void)KillAll(*cg, 0, 0);
     if (c.pid > 0) (void)::waitpid(c.pid, nullptr, WNOHANG);
   }
-  PhaseTimer timer;
   TRY_CTX(cg->Destroy(), "delete %s", id.c_str());
   timer.Mark("cgroups");
   // The init is gone (killed and waited for above, or stopped): its netns is dying.
-  if (!c.host_veth.empty())
+  if (!c.host_veth.empty() && !deferred.veth)
     TRY_CTX(TeardownNetworkOfDeadNetns(c.host_veth), "delete %s", id.c_str());
   timer.Mark("veth");
   if (!c.storage_dir.empty()) TRY_CTX(UnmountStorage(c.storage_dir), "delete %s", id.c_str());
-  TRY(fs::RemoveAll(dir));
+  timer.Mark("storage");
+  // A rename frees no block: the id is free all the same. An earlier deferred removal not yet
+  // done (the target exists): this one is done here.
+  std::string removed = DeferredDir(root, id);
+  if (!deferred.state_dir || ::rename(dir.c_str(), removed.c_str()) < 0) TRY(fs::RemoveAll(dir));
   timer.Mark("state");
   LOG_DEBUG("delete %s:%s", id.c_str(), timer.text().c_str());
   return Ok();
+}
+
+Result<void> RemoveDeferred(const std::string& root, const std::string& id) {
+  std::string removed = DeferredDir(root, id);
+  struct stat st;
+  if (::lstat(removed.c_str(), &st) < 0) return Ok();
+  return fs::RemoveAll(removed);
 }
 
 Result<std::vector<pid_t>> Ps(const std::string& root, const std::string& id) {

@@ -8,10 +8,13 @@
 #include <net/if.h>
 #include <net/if_arp.h>
 #include <netlink/route/link/veth.h>
+#include <poll.h>
 #include <sched.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
+
+#include <algorithm>
 
 #include "common/fs.h"
 #include "common/log.h"
@@ -105,7 +108,10 @@ std::string HostVethName(const std::string& root, const std::string& id) {
 
 bool LinkExists(const std::string& name) { return if_nametoindex(name.c_str()) != 0; }
 
-Result<bool> AddressInUse(const std::string& addr) {
+Result<bool> AddressInUse(const std::string& addr, const std::vector<std::string>& except_links) {
+  std::vector<int> except;
+  for (const auto& name : except_links)
+    if (unsigned idx = if_nametoindex(name.c_str())) except.push_back(static_cast<int>(idx));
   ASSIGN_OR_RETURN(Sock sock, Connect());
   nl_cache* c = nullptr;
   int err = rtnl_addr_alloc_cache(sock.get(), &c);
@@ -116,6 +122,8 @@ Result<bool> AddressInUse(const std::string& addr) {
   for (nl_object* o = nl_cache_get_first(c); o && !found; o = nl_cache_get_next(o)) {
     auto* a = reinterpret_cast<rtnl_addr*>(o);
     if (rtnl_addr_get_family(a) != AF_INET) continue;
+    if (std::find(except.begin(), except.end(), rtnl_addr_get_ifindex(a)) != except.end())
+      continue;
     for (nl_addr* x : {rtnl_addr_get_local(a), rtnl_addr_get_peer(a)}) {
       if (x && nl_addr_get_len(x) == 4 &&
           memcmp(nl_addr_get_binary_addr(x), nl_addr_get_binary_addr(want.get()), 4) == 0)
@@ -290,12 +298,73 @@ Result<void> TeardownNetwork(const std::string& host_veth) {
   return Ok();
 }
 
-Result<void> TeardownNetworkOfDeadNetns(const std::string& host_veth, int wait_ms) {
-  auto start = timing::Clock::now();
-  while (timing::MsSince(start) < wait_ms) {
-    if (!LinkExists(host_veth)) return Ok();
-    usleep(500);
+namespace {
+
+Result<HostEnd> HostEndStateOn(nl_sock* s, const std::string& host_veth) {
+  rtnl_link* l = nullptr;
+  int err = rtnl_link_get_kernel(s, 0, host_veth.c_str(), &l);
+  if (err < 0) {
+    if (nl::IsNotFound(err)) return HostEnd::kGone;
+    return NlError(err, "link %s", host_veth.c_str());
   }
+  Link hold(l);
+  // The kernel reports the peer's namespace by its id here (allocated on demand while the
+  // namespace lives); cleanup_net() unhashes a dead namespace's ids first thing, so from then
+  // on the link says "not assigned" (-1) until its unregistration, further down the same
+  // cleanup.
+  int32_t nsid = 0;
+  if (rtnl_link_get_link_netnsid(l, &nsid) == 0 && nsid < 0) return HostEnd::kDying;
+  return HostEnd::kAlive;
+}
+
+}  // namespace
+
+Result<HostEnd> HostEndState(const std::string& host_veth) {
+  ASSIGN_OR_RETURN(Sock s, Connect());
+  return HostEndStateOn(s.get(), host_veth);
+}
+
+Result<HostEnd> WaitHostEnd(const std::string& host_veth, int wait_ms) {
+  auto start = timing::Clock::now();
+  // Woken by the kernel rather than polling: every link change (the unregistration among them)
+  // and namespace-id change (a dead namespace's id going: RTM_DELNSID) in this namespace is a
+  // message on this socket; each wakes a fresh look at the link. Other containers' changes
+  // wake it too (harmless), and a bounded poll covers messages lost to a full socket buffer.
+  int ev = ::socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC | SOCK_NONBLOCK, NETLINK_ROUTE);
+  if (ev < 0) return Errno("socket(NETLINK_ROUTE)");
+  UniqueFd events(ev);
+  sockaddr_nl sa{};
+  sa.nl_family = AF_NETLINK;
+  if (::bind(ev, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) < 0)
+    return Errno("bind rtnetlink events");
+  for (int group : {RTNLGRP_LINK, RTNLGRP_NSID}) {
+    if (::setsockopt(ev, SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, &group, sizeof(group)) < 0)
+      return Errno("rtnetlink group %d", group);
+  }
+  ASSIGN_OR_RETURN(Sock s, Connect());
+  double dying_ms = -1;
+  for (;;) {
+    ASSIGN_OR_RETURN(HostEnd st, HostEndStateOn(s.get(), host_veth));
+    if (st == HostEnd::kDying && dying_ms < 0) dying_ms = timing::MsSince(start);
+    double waited = timing::MsSince(start);
+    if (st == HostEnd::kGone || waited >= wait_ms) {
+      LOG_DEBUG("veth %s: %s after %.2f ms (its peer namespace dead after %.2f ms)",
+                host_veth.c_str(), st == HostEnd::kGone ? "gone" : "still there", waited,
+                dying_ms);
+      return st;
+    }
+    pollfd p{ev, POLLIN, 0};
+    int timeout = std::max(1, std::min(20, static_cast<int>(wait_ms - waited)));
+    if (::poll(&p, 1, timeout) < 0 && errno != EINTR) return Errno("poll rtnetlink events");
+    char buf[8192];
+    while (::recv(ev, buf, sizeof(buf), 0) > 0 || errno == ENOBUFS) {
+    }
+  }
+}
+
+Result<void> TeardownNetworkOfDeadNetns(const std::string& host_veth, int wait_ms) {
+  ASSIGN_OR_RETURN(HostEnd st, WaitHostEnd(host_veth, wait_ms));
+  if (st == HostEnd::kGone) return Ok();
   return TeardownNetwork(host_veth);
 }
 

@@ -40,10 +40,27 @@ Result<void> SetupNetwork(pid_t pid, const NetworkSpec& net, const std::string& 
 Result<void> TeardownNetwork(const std::string& host_veth);
 
 // For a container whose processes are gone: its network namespace is being destroyed and the
-// kernel removes the pair by itself, in 6-10 ms here, while an explicit RTM_DELLINK takes
-// 15-30 ms (unregister waits for RCU). Waits up to wait_ms for that, then deletes explicitly
-// (something else may hold the namespace).
+// kernel removes the pair by itself, while an explicit RTM_DELLINK takes 15-30 ms (unregister
+// waits for RCU). Waits up to wait_ms for that (WaitHostEnd), then deletes explicitly (something
+// else may hold the namespace).
+//
+// How long the kernel takes: the namespace dies once its last reference goes, which need not be
+// the container's last process. Killed right after a checkpoint, a container's namespace lives
+// on 5-15 ms (measured here; one never checkpointed dies with its last process): what the
+// checkpoint opened in it, its netlink sockets among it, is freed after an RCU grace period.
+// Then cleanup_net() unregisters the pair (more grace periods, the rtnl lock): 1-30 ms in all.
 Result<void> TeardownNetworkOfDeadNetns(const std::string& host_veth, int wait_ms = 500);
+
+// A veth's host end, as seen from the caller's network namespace: gone (no such link); dying
+// (its peer's namespace is dead: cleanup_net() has unhashed the namespace's id, which the link
+// then reports as "not assigned", and removes the pair next); alive (anything else: the peer's
+// namespace lives, or has lost its last reference only just).
+enum class HostEnd { kGone, kDying, kAlive };
+Result<HostEnd> HostEndState(const std::string& host_veth);
+
+// Waits up to wait_ms until host_veth is gone, woken by the kernel's link and namespace-id
+// notifications (and every 20 ms regardless); returns the state it saw last. Deletes nothing.
+Result<HostEnd> WaitHostEnd(const std::string& host_veth, int wait_ms);
 
 // Brings "lo" up in pid's network namespace (without any other config).
 Result<void> LoopbackUp(pid_t pid);
@@ -85,7 +102,9 @@ class GratuitousArp {
 // True if a link with that name exists in the caller's network namespace.
 bool LinkExists(const std::string& name);
 
-// True if the IPv4 address is a local or peer address of any link in the caller's netns.
-Result<bool> AddressInUse(const std::string& addr);
+// True if the IPv4 address is a local or peer address of any link in the caller's netns (other
+// than except_links: a dying veth's, see HostEnd).
+Result<bool> AddressInUse(const std::string& addr,
+                          const std::vector<std::string>& except_links = {});
 
 }  // namespace godwit::runtime

@@ -78,8 +78,24 @@ Result<void> Kill(const std::string& root, const std::string& id, int sig, bool 
 // kUnsupported (exit 6). force: kills a created/running one first (SIGKILL to the whole
 // cgroup, frozen meanwhile so nothing forks past it). The cgroup is found through the state
 // record; cgroup_parent only serves a half-created container that has none (--force).
+// What a checkpoint's delete leaves to others rather than wait for (Deferral). veth: the veth
+// goes with the container's network namespace, which the kernel tears down asynchronously
+// (network.h: 1-30 ms); otherwise Delete waits for that (500 ms at most, then deletes it); a
+// create or restore of the id that still finds it waits for it then, bounded the same way.
+// state_dir: removing the state dir frees its blocks, which on a file system mounted with
+// discard and without a journal (this VM's /run and /tmp) is a synchronous discard per block,
+// 3-4 ms each; deferred, it is renamed to <root>/.<id>.removed (no id starts with '.': list
+// skips it) for the next create or restore of the id to remove, alongside its own work
+// (RemoveDeferred); `delete -f ID` removes it too.
+struct Deferral {
+  bool veth = false;
+  bool state_dir = false;
+};
 Result<void> Delete(const std::string& root, const std::string& id, bool force,
-                    const std::string& cgroup_parent = "godwit");
+                    const std::string& cgroup_parent = "godwit", Deferral deferred = {});
+
+// Removes the state dir a deferred Delete of the id left (nothing if there is none).
+Result<void> RemoveDeferred(const std::string& root, const std::string& id);
 
 struct ExecOptions {
   std::vector<std::string> args;

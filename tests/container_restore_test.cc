@@ -16,6 +16,7 @@
 
 #include <set>
 
+#include "common/scope_exit.h"
 #include "container/checkpoint.h"
 #include "container/mnt.h"
 #include "container/restore.h"
@@ -190,9 +191,10 @@ TEST_F(ContainerRestore, EnvironmentRoundTrip) {
   ASSERT_OK(ck);
   EXPECT_TRUE(ck->record.has_layer());
   EXPECT_GE(ck->record.times().freeze_ms(), 0);
-  // Without --leave-running the container is gone: id, veth and cgroup free again.
+  // Without --leave-running the container is gone: id and cgroup free again. Its veth goes with
+  // its network namespace, which the kernel takes down on its own a moment later: the restore
+  // right after must not mind it (and the veth it makes is the only one left, below).
   EXPECT_FALSE(runtime::Container::Load(root_, id_).ok());
-  EXPECT_FALSE(runtime::LinkExists(c->host_veth));
 
   RestoreOptions ro;
   ro.root = root_;
@@ -341,7 +343,8 @@ TEST_F(ContainerRestore, TwentyCyclesLeaveNothingBehind) {
     auto ck = Checkpoint(co, NoTree());
     ASSERT_OK(ck);
     if (prev > 0) (void)::waitpid(prev, nullptr, 0);  // unless Delete reaped it already
-    EXPECT_FALSE(runtime::LinkExists(veth));
+    // The veth may still be going (the kernel's, with the dead namespace): the restore right
+    // after waits for it where it must.
     EXPECT_TRUE(CgroupDirs(id_).empty());
     RestoreOptions ro;
     ro.root = root_;
@@ -374,6 +377,69 @@ TEST_F(ContainerRestore, TwentyCyclesLeaveNothingBehind) {
 
 namespace godwit::container {
 namespace {
+
+// A veth of the id's name still there at the restore (the previous container's: a checkpoint
+// leaves it to the kernel, which removes it with the dead namespace; here its namespace is held
+// by a stand-in, so it never goes by itself): the restore does not count its name or address as
+// taken, waits for it (bounded), deletes it and makes its own.
+TEST_F(ContainerRestore, LeftoverVethOfTheIdIsWaitedForAndReplaced) {
+  auto c = StartContainer();
+  ASSERT_OK(c);
+  CheckpointOptions co;
+  co.root = root_;
+  co.id = id_;
+  co.image_path = images_;
+  ASSERT_OK(Checkpoint(co, NoTree()));
+  // The state dir went aside for the restore to remove.
+  EXPECT_FALSE(fs::Exists(root_ + "/" + id_));
+  auto gone = runtime::WaitHostEnd(c->host_veth, 5000);
+  ASSERT_OK(gone);
+  ASSERT_EQ(*gone, runtime::HostEnd::kGone);
+  // The stand-in: a veth of the same name and addresses, its peer in a namespace we hold.
+  int ready[2];
+  ASSERT_EQ(::pipe2(ready, O_CLOEXEC), 0);
+  pid_t holder = ::fork();
+  ASSERT_GE(holder, 0);
+  if (holder == 0) {
+    char ok = ::unshare(CLONE_NEWNET) == 0 ? 'y' : 'n';
+    (void)!::write(ready[1], &ok, 1);
+    for (;;) ::pause();
+  }
+  ::close(ready[1]);
+  char ok = 0;
+  ASSERT_EQ(::read(ready[0], &ok, 1), 1);
+  ::close(ready[0]);
+  ScopeExit reap([&] {
+    ::kill(holder, SIGKILL);
+    ::waitpid(holder, nullptr, 0);
+  });
+  ASSERT_EQ(ok, 'y');
+  std::string veth = c->host_veth;
+  ASSERT_OK(Sh(StrFormat("ip link add %s type veth peer name eth0 netns %d && "
+                         "ip addr add 198.19.%d.1/32 peer 198.19.%d.10/32 dev %s && "
+                         "ip link set %s up",
+                         veth.c_str(), holder, x_, x_, veth.c_str(), veth.c_str())));
+  auto st = runtime::HostEndState(veth);
+  ASSERT_OK(st);
+  EXPECT_EQ(*st, runtime::HostEnd::kAlive);
+
+  RestoreOptions ro;
+  ro.root = root_;
+  ro.id = id_;
+  ro.image_path = images_;
+  auto rs = Restore(ro, StubTree({"/bin/sleep", "1000"}));
+  ASSERT_OK(rs);
+  EXPECT_FALSE(fs::Exists(root_ + "/." + id_ + ".removed"));
+  // The veth now is the restored container's: the host reaches it, and the stand-in's end is
+  // gone from the holder's namespace with the old pair.
+  EXPECT_EQ(rs->container.host_veth, veth);
+  EXPECT_OK(Sh(StrFormat("busybox ping -c 1 -W 5 198.19.%d.10", x_)));
+  auto in_holder = Sh(StrFormat("nsenter -t %d -n ip -o link show", holder));
+  ASSERT_OK(in_holder);
+  EXPECT_EQ(in_holder->find("eth0"), std::string::npos) << *in_holder;
+  ASSERT_OK(runtime::Delete(root_, id_, true));
+  EXPECT_FALSE(runtime::LinkExists(veth));
+}
 
 // A copy next to the running original: another id, another address; the host end gets the new
 // id's name. Both answer on their own address.
