@@ -329,6 +329,7 @@ Result<PreparedRestorePtr> PrepareRestore(const RestoreOptions& opts, bool ahead
   }
 
   laps.LapInto(&ph.prepare_ms);
+  LOG_DEBUG("restore of %s: images read, names and addresses free", opts.id.c_str());
   // cgroups with the limits.
   ASSIGN_OR_RETURN(p->cg, runtime::OpenCgroup(opts.id, opts.cgroup_parent));
   TRY_CTX(p->cg->Create(), "cgroup of %s", opts.id.c_str());
@@ -338,6 +339,7 @@ Result<PreparedRestorePtr> PrepareRestore(const RestoreOptions& opts, bool ahead
   runtime::Resources res = LimitsToResources(rec.limits());
   TRY_CTX(p->cg->Apply(res), "limits of %s", opts.id.c_str());
   laps.LapInto(&ph.cgroup_ms);
+  LOG_DEBUG("restore of %s: cgroup made", opts.id.c_str());
 
   p->storage = rec.has_layer() ? state_dir + "/storage" : "";
   if (!p->storage.empty()) TRY(fs::MkdirAll(p->storage, 0700));
@@ -371,10 +373,13 @@ Result<PreparedRestorePtr> PrepareRestore(const RestoreOptions& opts, bool ahead
 // the finish (the final record names the rootfs).
 Result<void> PreparedRestore::BuildAhead() {
   auto t_env = Clock::now();
-  ASSIGN_OR_RETURN(holder, EnvHolder::Start(ahead->holder,
-                                            [&](pid_t h) { return cg->AddProcess(h); }));
+  std::function<Result<void>(pid_t)> join_cgroup;
+  if (ahead->cgroup_ns_in_holder) join_cgroup = [&](pid_t h) { return cg->AddProcess(h); };
+  ASSIGN_OR_RETURN(holder,
+                   EnvHolder::Start(ahead->holder, ahead->cgroup_ns_in_holder, join_cgroup));
   ahead->join = holder->Joins();
   laps.LapInto(&ph.root_ms);
+  LOG_DEBUG("restore of %s: holder %d built the root", opts.id.c_str(), holder->pid());
   if (has_net) {
     ASSIGN_OR_RETURN(UniqueFd ns, OpenNamespace(holder->pid(), "net"));
     ASSIGN_OR_RETURN(netns::NftContext nft, netns::NftContext::Open(ns.get()));
@@ -445,8 +450,9 @@ Result<RestoreResult> FinishRestore(PreparedRestorePtr p,
   }
   if (p->ahead) {
     // Pid 1 of a new pid namespace (the image says so), it joins the holder's others and
-    // mounts proc (JoinAheadRoot).
-    req.clone_flags = 0;
+    // mounts proc (JoinAheadRoot); it makes its cgroup namespace once in the cgroup, unless the
+    // holder made it for a cgroup mount.
+    req.clone_flags = p->ahead->cgroup_ns_in_holder ? 0 : CLONE_NEWCGROUP;
     req.fresh_netns = p->has_net;
     req.inside = [a = &*p->ahead](const char** what) { return JoinAheadRoot(*a, what); };
   } else {

@@ -694,6 +694,7 @@ Result<AheadPlan> PlanAhead(const RootPlan& plan) {
     if (target.empty())
       return MakeError(ErrorKind::kUnsupported, 0, "mount target %s is outside the root",
                        s.target.c_str());
+    if (!s.bind && (s.fstype == "cgroup" || s.fstype == "cgroup2")) a.cgroup_ns_in_holder = true;
     bool under_proc = !s.bind && s.fstype == "proc";
     for (const auto& p : proc_targets) under_proc |= PrefixPath(p, target);
     if (!under_proc) {
@@ -741,7 +742,10 @@ int JoinAheadRoot(const AheadPlan& a, const char** what) {
 }
 
 Result<std::unique_ptr<EnvHolder>> EnvHolder::Start(
-    const RootPlan& plan, const std::function<Result<void>(pid_t)>& before_namespaces) {
+    const RootPlan& plan, bool with_cgroup_ns,
+    const std::function<Result<void>(pid_t)>& before_namespaces) {
+  const int flags = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET |
+                    (with_cgroup_ns ? CLONE_NEWCGROUP : 0);
   struct Status {
     int err;
     char what[120];
@@ -761,10 +765,10 @@ Result<std::unique_ptr<EnvHolder>> EnvHolder::Start(
     up_rd.reset();
     down_wr.reset();
     char c;
-    if (::read(down_rd.get(), &c, 1) != 1) ::_exit(1);  // in the cgroup
+    if (::read(down_rd.get(), &c, 1) != 1) ::_exit(1);  // in the cgroup, when asked
     Status st{};
     const char* what = "unshare the namespaces";
-    if (::unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWCGROUP) < 0)
+    if (::unshare(flags) < 0)
       st.err = errno;
     else
       st.err = BuildRoot(plan, &what);

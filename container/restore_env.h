@@ -155,6 +155,12 @@ struct AheadPlan {
   RootPlan holder;                    // BuildRoot in the holder: every step but root_steps
   std::vector<MountStep> root_steps;  // proc and what is under it: container paths, in order
   std::vector<std::pair<int, int>> join;  // (fd, CLONE_NEW*): EnvHolder::Joins
+  // A cgroup mount in the container: its cgroup namespace must exist when the holder mounts it,
+  // so the holder joins the container's cgroup and makes it. Else (the usual case) the root
+  // makes it once it has joined the cgroup (CLONE_NEWCGROUP after root_outside), and the holder
+  // stays out of the cgroup: its join would pay the first cgroup.procs write's grace period
+  // (7-15 ms here) during the source's dump.
+  bool cgroup_ns_in_holder = false;
 };
 
 // Splits a plan for a holder and the root. kUnsupported names what cannot be built ahead (a user
@@ -168,10 +174,12 @@ int JoinAheadRoot(const AheadPlan& a, const char** what);
 
 class EnvHolder : public NamespaceHolder {
  public:
-  // before_namespaces(pid): the cgroup join, before the holder unshares its namespaces (the
-  // cgroup namespace is rooted where it is then). Fails with the step BuildRoot failed at.
+  // before_namespaces(pid) (may be empty): the cgroup join, before the holder unshares its
+  // namespaces; with_cgroup_ns: it makes a cgroup namespace too (rooted where it is then).
+  // Fails with the step BuildRoot failed at.
   static Result<std::unique_ptr<EnvHolder>> Start(
-      const RootPlan& plan, const std::function<Result<void>(pid_t)>& before_namespaces);
+      const RootPlan& plan, bool with_cgroup_ns,
+      const std::function<Result<void>(pid_t)>& before_namespaces);
 
  private:
   EnvHolder() = default;
