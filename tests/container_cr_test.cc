@@ -305,14 +305,18 @@ TEST_F(ContainerAhead, EnvironmentMadeBeforeTheTreeArrives) {
   std::string img = RunThenAhead(&pid);
   if (HasFailure()) return;
   std::string veth = runtime::HostVethName(root_, id_);
-  // Made without the tree: the veth, and a holder in the container's cgroup whose namespaces
-  // hold its address, hostname and tmpfs contents.
+  // Made without the tree: the veth, the cgroup, and a holder whose namespaces hold its
+  // address, hostname and tmpfs contents (outside the cgroup: no cgroup mount in this container
+  // needs the cgroup namespace before the root makes it).
   EXPECT_TRUE(runtime::LinkExists(veth));
+  auto cgs = Sh("find /sys/fs/cgroup -maxdepth 3 -name " + id_);
+  ASSERT_OK(cgs);
+  EXPECT_NE(*cgs, "");
   pid_t holder = Holder();
   ASSERT_GT(holder, 0);
   auto hcg = fs::ReadFile(StrFormat("/proc/%d/cgroup", holder));
   ASSERT_TRUE(hcg.ok());
-  EXPECT_NE(hcg->find(id_), std::string::npos) << *hcg;
+  EXPECT_EQ(hcg->find(id_), std::string::npos) << *hcg;
   auto addr = Sh(StrFormat("nsenter -t %d -n ip -4 -o addr show dev eth0", holder));
   ASSERT_OK(addr);
   EXPECT_NE(addr->find(ip_ + "/24"), std::string::npos) << *addr;
@@ -344,6 +348,13 @@ TEST_F(ContainerAhead, EnvironmentMadeBeforeTheTreeArrives) {
     ASSERT_OK(after);
     EXPECT_EQ(after->find("drop"), std::string::npos) << *after;
   }
+  // Its cgroup namespace is rooted at its cgroup (made by the root after its join).
+  CliRun cg = Godwit({"--root", root_, "exec", id_, "--", "cat", "/proc/1/cgroup"});
+  ASSERT_EQ(cg.code, 0) << cg;
+  EXPECT_NE(cg.out.find(":/\n"), std::string::npos) << cg.out;
+  for (const auto& line : fs::Split(cg.out, '\n'))
+    if (!line.empty() && line.find("name=") == std::string::npos)
+      EXPECT_EQ(line.substr(line.size() - 2), ":/") << cg.out;
   // proc is the container's.
   auto init = fs::ReadFile(StrFormat("/proc/%d/root/proc/1/status", pid_));
   ASSERT_TRUE(init.ok());
