@@ -399,10 +399,12 @@ int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
   if (pa->has("wait-fd") && g.json && r->pager && pa->has("detach")) {
     printf("%s\n", result_json(nullptr).dump().c_str());
     fflush(stdout);
+    r->leftovers.reset();  // may wait (container::RestoreResult::leftovers): the line is out
     auto d = r->pager->Detach();
     if (!d.ok()) return fail(d.error());
     return 0;
   }
+  r->leftovers.reset();  // before the pager's fork: it must not hold them
   auto t_detach = timing::Clock::now();
   if (r->pager && pa->has("detach")) {
     auto d = r->pager->Detach();

@@ -562,6 +562,13 @@ Result<RestoreResult> FinishRestore(PreparedRestorePtr p,
   out.total_ms = timing::MsBetween(p->t0, laps.last());
   ph.total_ms = out.total_ms;
   out.phases = ph;
+  if (!p->imported.empty()) {  // the unpacked export: not the caller's to keep
+    (void)fs::RemoveAll(p->imported);
+    p->imported.clear();
+  }
+  out.leftovers = std::shared_ptr<void>(p.release(), [](void* x) {
+    PreparedRestoreDeleter()(static_cast<PreparedRestore*>(x));
+  });
   return out;
 }
 

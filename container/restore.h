@@ -134,6 +134,11 @@ struct RestoreResult {
   uint64_t lazy_bytes = 0;
   uint64_t hot_bytes = 0;  // restore::RestoreStats::hot_bytes
   std::shared_ptr<restore::LazyPager> pager;  // with lazy, while pages are owed
+  // What the restore held until it ran (a PreparedRestore: the holder's namespace fds, the
+  // environment's nftables context, helper threads): closing some of it waits (an RCU grace
+  // period for a netlink socket whose table was just changed), so the caller drops it once it
+  // has reported the container running.
+  std::shared_ptr<void> leftovers;
 };
 
 Result<RestoreResult> Restore(const RestoreOptions& opts, const TreeRestorer& restore_tree);
