@@ -294,9 +294,7 @@ int MakeUsernsMounts(const RootPlan& plan, int out_fd) {
   return 0;
 }
 
-// One step of a plan, in its order (raw syscalls only): the mount point (and its parents) made,
-// then the mount. mfd >= 0: a user namespace's detached mount (MakeUsernsMounts) moved there.
-int MountOne(const MountStep& s, int mfd, const char** what) {
+// A step of BuildRoot or MountOne: errno with *what naming it, when cond.
 #define STEP(cond, name) \
   do {                   \
     if (cond) {          \
@@ -304,6 +302,10 @@ int MountOne(const MountStep& s, int mfd, const char** what) {
       return errno;      \
     }                    \
   } while (0)
+
+// One step of a plan, in its order (raw syscalls only): the mount point (and its parents) made,
+// then the mount. mfd >= 0: a user namespace's detached mount (MakeUsernsMounts) moved there.
+int MountOne(const MountStep& s, int mfd, const char** what) {
   const char* t = s.target.c_str();
   // The mount point's parents may be missing from a rootfs the original runtime made them in
   // (an engine's fresh rootfs: Podman's /run/.containerenv on an image without /run).
@@ -347,20 +349,12 @@ int MountOne(const MountStep& s, int mfd, const char** what) {
          "mount");
   }
   if (s.propagation) STEP(::mount(nullptr, t, nullptr, s.propagation, nullptr) < 0, "propagation");
-#undef STEP
   return 0;
 }
 
 }  // namespace
 
 int BuildRoot(const RootPlan& plan, const char** what) {
-#define STEP(cond, name) \
-  do {                   \
-    if (cond) {          \
-      *what = name;      \
-      return errno;      \
-    }                    \
-  } while (0)
   for (const auto& [fd, type] : plan.join)
     STEP(::setns(fd, type) < 0, "join a namespace of the user namespace holder");
   STEP(::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) < 0, "make / rprivate");
