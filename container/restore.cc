@@ -464,10 +464,10 @@ Result<RestoreResult> FinishRestore(PreparedRestorePtr p,
   // Ahead, the cgroup join is what is left to wait for: it starts as soon as the root exists,
   // alongside its joining the namespaces and mounting proc.
   std::future<Result<void>> early_join;
-  if (p->ahead)
-    req.forked = [&](pid_t pid) {
-      early_join = std::async(std::launch::async, [&cg, pid] { return cg->AddProcess(pid); });
-    };
+  auto start_join = [&](pid_t pid) {
+    early_join = std::async(std::launch::async, [&cg, pid] { return cg->AddProcess(pid); });
+  };
+  if (p->ahead) req.forked = start_join;
   req.outside = [&, pr](pid_t pid) -> Result<void> {
     pr->root_pid = pid;
     if (pr->userns) pr->userns->Stop();
@@ -476,9 +476,9 @@ Result<RestoreResult> FinishRestore(PreparedRestorePtr p,
     laps.LapInto(&ph.rootfs_wait_ms);
     if (pr->ahead) {
       // The holder's work is done (the root is in its namespaces); the tree's lock, quiet too,
-      // has taken over from ours (restore::RestoreOptions::root_fresh_netns).
+      // has taken over from ours (restore::RestoreOptions::root_fresh_netns). Its cgroup join
+      // started with the root (req.forked).
       pr->holder->Stop();
-      LOG_DEBUG("restore of %s: holder stopped", opts.id.c_str());
       // Emptied, not deleted: a deletion unregisters hooks and waits for a grace period (1.5
       // ms here); the caller deletes the table after the commit (files::kAheadQuietName).
       if (pr->ahead_quiet)
@@ -486,28 +486,26 @@ Result<RestoreResult> FinishRestore(PreparedRestorePtr p,
                                                files::kAheadQuietName, files::kAheadQuietName)),
                 "the environment's own quiet rules");
       LOG_DEBUG("restore of %s: holder and its quiet rules gone", opts.id.c_str());
-      auto filled = FillEnvironment(images, rec, pr->table, nullptr, pid, FillPart::kUnderProc);
-      auto joined = early_join.valid() ? early_join.get() : cg->AddProcess(pid);
-      LOG_DEBUG("restore of %s: root %d joined its cgroup", opts.id.c_str(), pid);
-      pr->warm->Stop();
-      laps.LapInto(&ph.cgroup_join_ms);
-      TRY(std::move(filled));
-      TRY_CTX(std::move(joined), "join cgroup of %s", opts.id.c_str());
-      return Ok();
+    } else {
+      pr->host_veth = pr->veth_name;  // from here on the rollback deletes it
+      // The cgroup join runs alongside: it is mostly waiting (a v1 cpuset attach alone takes
+      // 7-15 ms here) and independent of the namespaces' contents.
+      start_join(pid);
+      for (const auto& name : pr->leftover)
+        TRY_CTX(runtime::TeardownNetworkOfDeadNetns(name), "the previous container's veth");
     }
-    pr->host_veth = pr->veth_name;  // from here on the rollback deletes it
-    // The cgroup join runs alongside: it is mostly waiting (a v1 cpuset attach alone takes
-    // 7-15 ms here) and independent of the namespaces' contents.
-    auto join = std::async(std::launch::async, [&] { return cg->AddProcess(pid); });
-    for (const auto& name : pr->leftover)
-      TRY_CTX(runtime::TeardownNetworkOfDeadNetns(name), "the previous container's veth");
-    auto filled = FillEnvironment(images, rec, pr->table, pr->has_net ? &pr->netns : nullptr, pid);
+    // Made ahead, only the contents of the mounts under proc are left (the root mounted them).
+    auto filled = pr->ahead ? FillEnvironment(images, rec, pr->table, nullptr, pid,
+                                              FillPart::kUnderProc)
+                            : FillEnvironment(images, rec, pr->table,
+                                              pr->has_net ? &pr->netns : nullptr, pid);
     laps.LapInto(&ph.env_ms);
-    auto joined = join.get();
+    auto joined = early_join.valid() ? early_join.get() : cg->AddProcess(pid);
     pr->warm->Stop();
     laps.LapInto(&ph.cgroup_join_ms);  // what the join adds after the environment
     TRY(std::move(filled));
     TRY_CTX(std::move(joined), "join cgroup of %s", opts.id.c_str());
+    if (pr->ahead) return Ok();  // env_ms: the environment's time ahead (BuildAhead)
     pr->env_ms = timing::MsBetween(t_env, Clock::now());
     return Ok();
   };

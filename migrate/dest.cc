@@ -143,22 +143,19 @@ class PendingRestore {
   // until each process takes its own scheduling attributes from the images.
   void Boost() { (void)RaisePriority(pid_); }
   // After a round: it parses the page maps that arrived (restore/load.h PreloadPageMaps).
-  void Preload() {
-    char p = 'p';
-    if (go_.valid()) (void)!write(go_.get(), &p, 1);
-  }
+  void Preload() { Tell('p'); }
   // The container's own images are in: it makes the environment while the tree's arrive
   // (container::PrepareRestore).
-  void Ahead() {
-    char e = 'e';
-    if (go_.valid()) (void)!write(go_.get(), &e, 1);
-  }
+  void Ahead() { Tell('e'); }
   // Lets it run; its result.
   Result<Restored> Go();
   Result<Restored> Parse(const std::string& json_line) const;
 
  private:
   PendingRestore() = default;
+  void Tell(char c) {
+    if (go_.valid()) (void)!write(go_.get(), &c, 1);
+  }
   DestOptions o_;
   std::string id_;
   pid_t pid_ = -1;
@@ -504,6 +501,14 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
   auto round_start = Clock::now();
   uint64_t round_bytes0 = 0;
   PriorityBoost boost;  // from the Switchover (the freeze) until this session ends
+  // The files of the frames so far are all written; else the source is told why.
+  auto drained = [&]() -> Result<void> {
+    if (auto d = rx.Drain(); !d.ok()) {
+      (void)SendAbort(ch, d.error().to_string());
+      return std::move(d.error().wrap(StrFormat("migration of %s", res.id.c_str())));
+    }
+    return Ok();
+  };
   for (;;) {
     auto r = ch.Recv(&f, &payload);
     if (!r.ok()) return std::move(r.error().wrap(StrFormat("migration of %s", res.id.c_str())));
@@ -517,10 +522,7 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
         break;
       }
       case mig::Frame::kRoundEnd: {
-        if (auto d = rx.Drain(); !d.ok()) {
-          (void)SendAbort(ch, d.error().to_string());
-          return std::move(d.error().wrap(StrFormat("migration of %s", res.id.c_str())));
-        }
+        TRY(drained());
         if (Fault(o, ch, "round")) return MakeError(ErrorKind::kPeer, 0, "fault injected at round");
         if (!pending) {
           auto sp = PendingRestore::Spawn(o, res.id, staging);
@@ -550,10 +552,7 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
         break;
       }
       case mig::Frame::kEnvReady: {
-        if (auto d = rx.Drain(); !d.ok()) {
-          (void)SendAbort(ch, d.error().to_string());
-          return std::move(d.error().wrap(StrFormat("migration of %s", res.id.c_str())));
-        }
+        TRY(drained());
         if (pending) pending->Ahead();
         break;
       }
