@@ -26,6 +26,7 @@ namespace godwit::restore {
 namespace {
 
 constexpr uint64_t kFaultWindow = 64 << 10;  // served around a fault
+constexpr int kWorkerNice = 10;              // background copies yield (Worker)
 constexpr uint64_t kPiece = 2 << 20;          // a worker's copy
 constexpr int kWorkers = 2;
 
@@ -108,14 +109,14 @@ void LazyPager::Carve(Map& m, uint64_t s, uint64_t e, std::vector<Piece>* out, P
     if (ss < cs) {
       it->second.end = cs;
       if (ce < seg.end) {
-        m.emplace_hint(std::next(it), ce, Seg{seg.end, seg.blob, seg.off + (ce - ss)});
+        m.emplace_hint(std::next(it), ce, Seg{seg.end, seg.blob, seg.off + (ce - ss), seg.worker});
         return;
       }
       ++it;
     } else {
       it = m.erase(it);
       if (ce < seg.end) {
-        m.emplace_hint(it, ce, Seg{seg.end, seg.blob, seg.off + (ce - ss)});
+        m.emplace_hint(it, ce, Seg{seg.end, seg.blob, seg.off + (ce - ss), seg.worker});
         return;
       }
     }
@@ -374,11 +375,12 @@ Result<void> LazyPager::Wait() {
   Stop();
   std::lock_guard<std::mutex> l(mu_);
   if (!done_ && stats_.processes > 0)
-    LOG_DEBUG("lazy pages done: %llu bytes installed, %llu faults (%llu zero), %llu forks, "
-              "%llu bytes dropped by the program first",
+    LOG_DEBUG("lazy pages done: %llu bytes installed, %llu faults (%llu zero, %llu waited for "
+              "a worker), %llu forks, %llu bytes dropped by the program first",
               static_cast<unsigned long long>(stats_.bytes),
               static_cast<unsigned long long>(stats_.faults),
               static_cast<unsigned long long>(stats_.zero_faults),
+              static_cast<unsigned long long>(stats_.lent),
               static_cast<unsigned long long>(stats_.forks),
               static_cast<unsigned long long>(stats_.dropped_bytes));
   done_ = true;
@@ -594,7 +596,7 @@ bool LazyPager::TakeBackground(Piece* pc) {
     std::vector<Piece> out;
     Carve(p->pending, s, e, &out, p);
     *pc = out.front();
-    p->inflight[s] = {e, pc->blob, pc->off};
+    p->inflight[s] = {e, pc->blob, pc->off, static_cast<pid_t>(gettid())};
     cursor_ = (cursor_ + n) % procs_.size();
     return true;
   }
@@ -604,7 +606,10 @@ bool LazyPager::TakeBackground(Piece* pc) {
 void LazyPager::Worker() {
   // Pushing pages nobody waits for yields to everything else on the machine: the restored
   // program, the faults it takes (the event thread is not niced), a migration's switchover.
-  setpriority(PRIO_PROCESS, static_cast<id_t>(gettid()), 10);
+  // Until a fault lands in the piece it copies: then the program waits for it, and the event
+  // thread lends it its own priority (Serve) until the piece is in.
+  const auto self = static_cast<id_t>(gettid());
+  setpriority(PRIO_PROCESS, self, kWorkerNice);
   Readers rd(this);
   std::vector<char> buf(kPiece);
   for (;;) {
@@ -627,6 +632,8 @@ void LazyPager::Worker() {
       return;
     }
     if (!CopyAll(pc, buf.data())) return;
+    if (lent_.load(std::memory_order_relaxed) && getpriority(PRIO_PROCESS, self) != kWorkerNice)
+      setpriority(PRIO_PROCESS, self, kWorkerNice);
   }
 }
 
@@ -677,8 +684,20 @@ bool LazyPager::Serve(Proc* p, uint64_t addr, Readers& rd) {
       pc = out.front();
       p->inflight[s] = {e, pc.blob, pc.off};
       what = kCopy;
-    } else if (in(p->inflight) != p->inflight.end()) {
+    } else if (auto f = in(p->inflight); f != p->inflight.end()) {
       what = kWait;  // a worker's copy wakes it
+      // The program now waits for a worker that yields to everything (nice 10: under load it
+      // may wait tens of ms for a core, measured as a migrated server silent for 74 ms after
+      // its restore). It gets the event thread's priority until its piece is in.
+      if (f->second.worker != 0) {
+        errno = 0;
+        int mine = getpriority(PRIO_PROCESS, static_cast<id_t>(gettid()));
+        if (errno == 0 && mine < kWorkerNice &&
+            setpriority(PRIO_PROCESS, static_cast<id_t>(f->second.worker), mine) == 0) {
+          lent_.store(true, std::memory_order_relaxed);
+          stats_.lent++;
+        }
+      }
     }
     stats_.faults++;
     if (what == kZero) stats_.zero_faults++;

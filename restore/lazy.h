@@ -58,6 +58,7 @@ class LazyPager {
     uint64_t zero_faults = 0;  // of them: pages the image does not hold
     uint64_t forks = 0;
     uint64_t dropped_bytes = 0;  // owed pages the program unmapped or discarded first
+    uint64_t lent = 0;  // faults that found their page in a worker's copy: it got their priority
   };
 
   // background: workers push the pages nobody faulted (false: faulted pages only).
@@ -122,6 +123,7 @@ class LazyPager {
     uint64_t end;
     uint32_t blob;
     uint64_t off;
+    pid_t worker = 0;  // in flight: the background worker copying it (0: a fault or FillNow)
   };
   using Map = std::map<uint64_t, Seg>;  // start -> segment; never overlapping
   struct Proc {
@@ -180,6 +182,7 @@ class LazyPager {
   bool go_ = false;  // Go() was called: workers run
   bool running_ = false, stop_ = false, done_ = false;
   uint64_t generation_ = 0;  // events handled (a worker's EAGAIN waits for the next)
+  std::atomic<bool> lent_{false};  // a worker got the event thread's priority (Serve)
   size_t cursor_ = 0;        // the process the workers fill next
   Stats stats_;
   std::unique_ptr<Error> error_;

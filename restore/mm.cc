@@ -385,6 +385,12 @@ Result<void> SetMmMap(remote::Remote* r, const img::MmEntry& mm) {
 // The most of a lazily restored process's last pre-copy blob installed before it runs
 // (LazyPager::FillNow): ~1 ms of page creation here.
 constexpr uint64_t kHotSetBytes = 2 << 20;
+// A process that owes at most this is filled whole before it runs, while the tree's fills stay
+// under kEagerTreeBytes: a server's helpers (a shell, cat, a worker that sleeps) cost the pager
+// a fault each time they wake, and each fault can wait behind a background copy; filling their
+// few pages now costs microseconds.
+constexpr uint64_t kSmallLazyBytes = 1 << 20;
+constexpr uint64_t kEagerTreeBytes = 8 << 20;
 
 template <typename HasPages>
 Result<void> RegisterLazy(RestoreContext& ctx, ProcessRestore& p, const HasPages& has_pages) {
@@ -519,9 +525,18 @@ Result<void> RestoreMm(RestoreContext& ctx, ProcessRestore& p) {
     // server's next reply). Installed now, up to a bound that keeps this out of the blackout's
     // growth; the rest stays lazy.
     bool precopied = false;
-    for (const auto& src : p.lazy_sources)
+    uint64_t owed = 0;
+    for (const auto& src : p.lazy_sources) {
       if (src.name.find("-pre") != std::string::npos) precopied = true;
-    if (precopied && p.lazy_sources.size() > 1) {
+      for (const auto& run : src.runs) owed += run.len;
+    }
+    if (owed <= kSmallLazyBytes && ctx.stats.hot_bytes + owed <= kEagerTreeBytes) {
+      for (const auto& src : p.lazy_sources) {
+        auto n = ctx.lazy->FillNow(p.pid, src.runs, kSmallLazyBytes);
+        if (!n.ok()) return std::move(n.error().wrap(StrFormat("pid %d: lazy pages", p.pid)));
+        ctx.stats.hot_bytes += *n;
+      }
+    } else if (precopied && p.lazy_sources.size() > 1) {
       auto n = ctx.lazy->FillNow(p.pid, p.lazy_sources.back().runs, kHotSetBytes);
       if (!n.ok()) return std::move(n.error().wrap(StrFormat("pid %d: lazy pages", p.pid)));
       ctx.stats.hot_bytes += *n;
