@@ -5,6 +5,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "cli/command.h"
@@ -164,6 +165,13 @@ int MigrateCmd(Global& g, const std::vector<std::string>& args) {
          "%.1f + restore %.1f + commit %.1f + switch %.1f\n",
          b.total_ms, rep.predicted_downtime_ms, b.freeze_ms, b.final_dump_ms,
          Mb(rep.final_bytes).c_str(), b.transfer_ms, b.restore_ms, b.release_ms, b.announce_ms);
+  std::map<std::string, double> fp(rep.fixed_cost_parts.begin(), rep.fixed_cost_parts.end());
+  if (!fp.empty())
+    printf("  its fixed part %.1f ms = measured on this container: state %.1f + tree %.1f (its "
+           "stop at pre-copy start %.1f ms, model %.1f); modelled: restore %.1f + freeze %.1f + "
+           "switch %.1f\n",
+           rep.fixed_cost_ms, fp["collect_ms"], fp["tree_ms"], fp["tree_start_measured_ms"],
+           fp["tree_model_ms"], fp["restore_ms"], fp["freeze_ms"], fp["switch_ms"]);
   // The destination's switch after the commit: ARP, unlock, the held frames replayed.
   double arp = 0, unlock = 0, replay = 0, here = 0;
   for (const auto& [k, v] : rep.switch_phases) {

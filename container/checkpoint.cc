@@ -120,6 +120,57 @@ Result<std::vector<std::string>> OwnNamespaces(pid_t pid) {
   return own;
 }
 
+namespace {
+
+// The container's uts, ipc and net namespaces (those it owns) into sink, each lapped into ph.
+Result<void> DumpUtsIpcNet(pid_t pid, const std::vector<std::string>& own, images::Sink& sink,
+                           images::Compression compression, const std::string& id,
+                           CheckpointPhases* ph, timing::PhaseTimer* laps) {
+  if (Has(own, "uts")) {
+    ASSIGN_OR_RETURN(UniqueFd fd, OpenNamespace(pid, "uts"));
+    TRY_CTX(uts::Dump(fd.get(), sink), "container %s", id.c_str());
+    laps->LapInto(&ph->uts_ms);
+  }
+  if (Has(own, "ipc")) {
+    ASSIGN_OR_RETURN(UniqueFd fd, OpenNamespace(pid, "ipc"));
+    // The container's own mqueue mount lists its queues without mounting one.
+    std::string mq;
+    if (Has(own, "mnt") && fs::Exists(StrFormat("/proc/%d/root/dev/mqueue", pid))) {
+      auto mi = fs::ReadFile(StrFormat("/proc/%d/mountinfo", pid));
+      auto table = mi.ok() ? mnt::ParseMountInfo(*mi) : Result<img::MountTable>(mi.error());
+      if (table.ok()) {
+        for (const auto& m : table->mounts())
+          if (m.mountpoint() == "/dev/mqueue" && m.fstype() == "mqueue")
+            mq = StrFormat("/proc/%d/root/dev/mqueue", pid);
+      }
+    }
+    TRY_CTX(ipc::Dump(fd.get(), sink, compression, mq), "container %s", id.c_str());
+    laps->LapInto(&ph->ipc_ms);
+  }
+  if (Has(own, "net")) {
+    ASSIGN_OR_RETURN(UniqueFd fd, OpenNamespace(pid, "net"));
+    TRY_CTX(net::Dump(fd.get(), sink), "container %s", id.c_str());
+    laps->LapInto(&ph->net_ms);
+  }
+  return Ok();
+}
+
+}  // namespace
+
+Result<double> RehearseCollect(const std::string& root, const std::string& id,
+                               images::Sink& sink) {
+  TRY(runtime::ValidateId(id));
+  ASSIGN_OR_RETURN(runtime::Container c, runtime::Container::Load(root, id));
+  ASSIGN_OR_RETURN(std::vector<std::string> own, OwnNamespaces(c.pid));
+  auto t0 = Clock::now();
+  CheckpointPhases ph;
+  timing::PhaseTimer laps(t0);
+  TRY(DumpUtsIpcNet(c.pid, own, sink, images::Compression::kNone, id, &ph, &laps));
+  if (Has(own, "mnt"))
+    TRY_CTX(mnt::Dump(c.pid, sink, images::Compression::kNone), "container %s", id.c_str());
+  return timing::MsBetween(t0, Clock::now());
+}
+
 HeldCheckpoint::HeldCheckpoint(std::string root, std::string id,
                                std::unique_ptr<runtime::Cgroup> cg,
                                std::function<Result<void>()> resume_tcp,
@@ -299,32 +350,7 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
     TRY_CTX(DumpUserNamespace(pid, pids, rec.mutable_userns()), "container %s", opts.id.c_str());
     laps.LapInto(&ph.userns_ms);
   }
-  if (Has(own, "uts")) {
-    ASSIGN_OR_RETURN(UniqueFd fd, OpenNamespace(pid, "uts"));
-    TRY_CTX(uts::Dump(fd.get(), *sink), "container %s", opts.id.c_str());
-    laps.LapInto(&ph.uts_ms);
-  }
-  if (Has(own, "ipc")) {
-    ASSIGN_OR_RETURN(UniqueFd fd, OpenNamespace(pid, "ipc"));
-    // The container's own mqueue mount lists its queues without mounting one.
-    std::string mq;
-    if (Has(own, "mnt") && fs::Exists(StrFormat("/proc/%d/root/dev/mqueue", pid))) {
-      auto mi = fs::ReadFile(StrFormat("/proc/%d/mountinfo", pid));
-      auto table = mi.ok() ? mnt::ParseMountInfo(*mi) : Result<img::MountTable>(mi.error());
-      if (table.ok()) {
-        for (const auto& m : table->mounts())
-          if (m.mountpoint() == "/dev/mqueue" && m.fstype() == "mqueue")
-            mq = StrFormat("/proc/%d/root/dev/mqueue", pid);
-      }
-    }
-    TRY_CTX(ipc::Dump(fd.get(), *sink, opts.compression, mq), "container %s", opts.id.c_str());
-    laps.LapInto(&ph.ipc_ms);
-  }
-  if (Has(own, "net")) {
-    ASSIGN_OR_RETURN(UniqueFd fd, OpenNamespace(pid, "net"));
-    TRY_CTX(net::Dump(fd.get(), *sink), "container %s", opts.id.c_str());
-    laps.LapInto(&ph.net_ms);
-  }
+  TRY(DumpUtsIpcNet(pid, own, *sink, opts.compression, opts.id, &ph, &laps));
   // The writable layer's walk compares every entry of the container's root with the rootfs
   // (5-12 ms for a busybox rootfs whose overlay upper is out of reach, as after a restore: its
   // tmpfs is mounted in the container's mount namespace only). Unless the tree runs on after the

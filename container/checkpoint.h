@@ -232,6 +232,12 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
 // The container's own namespaces: those of pid that differ from the caller's.
 Result<std::vector<std::string>> OwnNamespaces(pid_t pid);
 
+// The container's own state that a checkpoint reads while it is frozen (uts, ipc, net, the mount
+// table and tmpfs contents), read once now while it runs, into sink (a throwaway copy: the
+// container may change it meanwhile), timed in ms: what that part of the frozen time costs for
+// this container (a migration's prediction of its blackout, migrate/source.cc).
+Result<double> RehearseCollect(const std::string& root, const std::string& id, images::Sink& sink);
+
 // The user namespace of a container whose init is `init` (its uid/gid maps as host root reads
 // them, and setgroups). pids: every process of the container; kUnsupported for a process in a
 // nested user namespace or with more than one thread (see docs/container.md, user namespaces).

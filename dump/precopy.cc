@@ -35,6 +35,7 @@ Result<std::unique_ptr<PreCopy>> PreCopy::Start(pid_t pid, images::Sink& sink,
   ASSIGN_OR_RETURN(pc->zero_pfn_, ZeroPagePfn());
   TRY(WaitLazyPages(pid, kLazyWaitMs));
   FrozenTree f;
+  const auto t_start = Clock::now();
   // The tree runs: a short-lived child (a shell's `sleep`) may exit while the tree is walked and
   // seized (gone: ESRCH; half-way: its main thread a zombie). Walk it again; only the root's own
   // exit is an error.
@@ -65,6 +66,7 @@ Result<std::unique_ptr<PreCopy>> PreCopy::Start(pid_t pid, images::Sink& sink,
   }
   ThawTree(f);
   TRY_CTX(res, "pre-copy of the tree of %d", pid);
+  pc->start_ms_ = timing::MsBetween(t_start, Clock::now());
   return pc;
 }
 

@@ -69,6 +69,11 @@ class PreCopy {
   const std::vector<RoundStats>& rounds() const { return rounds_; }
   pid_t pid() const { return pid_; }
   images::Sink& sink() const { return *sink_; }
+  // Start's stop of the tree, measured: every thread seized, a call injected into each process
+  // (its dirty tracking), let go. What a final dump's seize and per-process work costs on this
+  // very tree scales with it (a migration's prediction of its blackout).
+  double start_ms() const { return start_ms_; }
+  size_t processes() const { return procs_.size(); }
   // Bytes the rounds stored in the sink, all together.
   uint64_t stored_bytes() const;
   // Usable by a final dump: at least one round done, none failed.
@@ -106,6 +111,7 @@ class PreCopy {
   std::vector<RoundStats> rounds_;
   std::chrono::steady_clock::time_point last_start_;
   bool failed_ = false;
+  double start_ms_ = 0;
 };
 
 }  // namespace godwit::dump

@@ -43,9 +43,28 @@ constexpr double kFillBytesPerS = 0.8e9;
 // TCP connection blacks out 57-88 ms (median 65) at 64 MiB and 91-113 ms (median 96) at 1 GiB
 // with a dirty set of a few pages; the restore's record of the pre-copied pages for the lazy
 // pager is what grows with the memory (~25 ms a GiB).
-constexpr double kFixedMs = 50;
-constexpr double kPerProcessMs = 5;
+//
+// The parts measured on this container before the first round (PredictFixedCosts):
+//   collect: its namespaces, mounts and tmpfs contents read once while it runs
+//     (container::RehearseCollect), as the final dump reads them frozen;
+//   tree: the pre-copy start's stop of the tree (every thread seized, one call injected into
+//     each process; dump::PreCopy::start_ms) times kTreeOverStart: the final dump seizes the
+//     same threads and runs its per-process steps (tens of injected calls each) where the start
+//     ran one; on this machine kind the final tree dump took 1.9-4.6x the start (3 processes,
+//     bench 60, median ~3.4), up to 10x for a start that found every thread idle (the demo):
+//     the measurement only raises the tree's part above its model (kTreeBaseMs +
+//     kTreePerProcessMs a process), so a slow machine or a costly tree is seen, never hidden.
+// The destination's part cannot be measured before its restore: modelled per process, plus the
+// lazy pager's record of the pre-copied pages (~25 ms a GiB), plus the switch (commit, unlock,
+// replay, announce).
+constexpr double kTreeOverStart = 3.5;
+constexpr double kTreeBaseMs = 8;
+constexpr double kTreePerProcessMs = 4;
+constexpr double kRestoreBaseMs = 10;
+constexpr double kRestorePerProcessMs = 5;
 constexpr double kPerGiBMs = 25;
+constexpr double kSwitchMs = 3;
+constexpr double kFreezeMs = 1;
 // A round this small cannot shrink further in a way that matters: the fixed part decides.
 constexpr uint64_t kMinimalRound = 256 << 10;
 
@@ -182,8 +201,34 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
   // Pre-copy rounds while the container runs.
   auto pc = container::ContainerPreCopy::Start(o.root, o.id, *tree_sink);
   if (!pc.ok()) return fail(std::move(pc.error().wrap("pre-copy")));
-  rep->fixed_cost_ms = kFixedMs + kPerProcessMs * static_cast<double>(tree.size()) +
-                       kPerGiBMs * static_cast<double>(ResidentBytes(tree)) / (1ull << 30);
+  {
+    // The fixed part of the blackout, measured here where it can be (the constants above).
+    double collect = 0;
+    {
+      std::string dir = staging + "/rehearsal";
+      auto sink = images::OpenDirSink(dir, true);
+      auto ms = sink.ok() ? container::RehearseCollect(o.root, o.id, **sink)
+                          : Result<double>(sink.error());
+      if (sink.ok()) (*sink)->Abort();
+      (void)fs::RemoveAll(dir);
+      if (!ms.ok()) return fail(std::move(ms.error().wrap("measuring the container's state")));
+      collect = *ms;
+    }
+    const double start = (*pc)->engine().start_ms();
+    const double n = static_cast<double>((*pc)->engine().processes());
+    const double gib = static_cast<double>(ResidentBytes(tree)) / (1ull << 30);
+    const double restore = kRestoreBaseMs + kRestorePerProcessMs * n + kPerGiBMs * gib;
+    const double tree_model = kTreeBaseMs + kTreePerProcessMs * n;
+    const double tree_ms = std::max(kTreeOverStart * start, tree_model);
+    rep->fixed_cost_parts = {{"freeze_ms", kFreezeMs},
+                             {"collect_ms", collect},
+                             {"tree_ms", tree_ms},
+                             {"tree_start_measured_ms", start},
+                             {"tree_model_ms", tree_model},
+                             {"restore_ms", restore},
+                             {"switch_ms", kSwitchMs}};
+    rep->fixed_cost_ms = kFreezeMs + collect + tree_ms + restore + kSwitchMs;
+  }
   double last_throughput = 0;
   for (int round = 0;; ++round) {
     auto t0 = Clock::now();
@@ -486,6 +531,7 @@ std::string ReportJson(const MigrationReport& r) {
                       {"outcome", r.outcome},
                       {"rounds", rounds},
                       {"fixed_cost_ms", r.fixed_cost_ms},
+                      {"fixed_cost_parts", Phases(r.fixed_cost_parts)},
                       {"predicted_downtime_ms", r.predicted_downtime_ms},
                       {"blackout",
                        {{"freeze_ms", b.freeze_ms},

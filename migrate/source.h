@@ -86,6 +86,10 @@ struct MigrationReport {
   std::string reason;   // for everything but "migrated"
   std::vector<RoundReport> rounds;
   double fixed_cost_ms = 0;  // the fixed part of the prediction (non-memory state, restore)
+  // Its parts (ms): collect and tree measured on this container before the first round (the
+  // names say which: *_measured_ms are the measurements they come from), restore and switch
+  // modelled (migrate/source.cc).
+  std::vector<std::pair<std::string, double>> fixed_cost_parts;
   double predicted_downtime_ms = 0;
   Blackout blackout;
   // The final checkpoint's own phases (container::CheckpointPhases), for where final_dump goes.

@@ -250,6 +250,16 @@ TEST_F(MigrateTest, IdleContainerThereAndBackTenTimes) {
     EXPECT_EQ(j["restore_phases"]["dest.boosted"].get<double>(), 1.0);
     // The destination made the environment while the source dumped the tree (EnvReady).
     EXPECT_GT(j["restore_phases"].value("restore.ahead_ms", 0.0), 0.0) << j["restore_phases"];
+    // The fixed part of the prediction: the source's half measured on this container.
+    const auto& fp = j["fixed_cost_parts"];
+    EXPECT_GT(fp["collect_ms"].get<double>(), 0.0) << fp;
+    EXPECT_GT(fp["tree_start_measured_ms"].get<double>(), 0.0) << fp;
+    EXPECT_GE(fp["tree_ms"].get<double>(), fp["tree_model_ms"].get<double>()) << fp;
+    EXPECT_NEAR(fp["freeze_ms"].get<double>() + fp["collect_ms"].get<double>() +
+                    fp["tree_ms"].get<double>() + fp["restore_ms"].get<double>() +
+                    fp["switch_ms"].get<double>(),
+                j["fixed_cost_ms"].get<double>(), 0.01)
+        << fp;
     ASSERT_GE(j["rounds"].size(), 1u);
     EXPECT_EQ(j["rounds"].back()["decision"].get<std::string>().rfind("switch", 0), 0u);
     const auto& b = j["blackout"];
