@@ -368,6 +368,8 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
                             {"layer_ms", ph.layer_ms}};
   for (const auto& [name, ms] : ph.tree_steps)
     rep->final_dump_phases.emplace_back("tree_" + name + "_ms", ms);
+  rep->final_dump_phases.emplace_back("tree_injected_calls",
+                                      static_cast<double>(ck->tree.remote_calls));
   rep->final_bytes = tree_tx.file_bytes() + ctr_tx.file_bytes() - files_before_final;
   {
     mig::Frame f;
