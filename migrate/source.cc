@@ -8,6 +8,9 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <thread>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
 
 #include "common/fs.h"
 #include "common/log.h"
@@ -67,6 +70,70 @@ constexpr double kSwitchMs = 3;
 constexpr double kFreezeMs = 1;
 // A round this small cannot shrink further in a way that matters: the fixed part decides.
 constexpr uint64_t kMinimalRound = 256 << 10;
+
+// The final dump's files (and the frames between them) go to the peer from a thread of their
+// own, in the order the dump closed them: the dump's thread goes on with the next process
+// instead of reading back, encrypting and sending each image (~10% of its time in the blackout,
+// perf). Everything pushed runs in order; after a failure the rest is skipped and Drain says why.
+class SendQueue {
+ public:
+  explicit SendQueue(bool boost) {
+    th_ = std::thread([this, boost] {
+      if (boost) (void)RaisePriority(0);  // the blackout's work (common/priority.h)
+      Run();
+    });
+  }
+  ~SendQueue() {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    th_.join();
+  }
+  SendQueue(const SendQueue&) = delete;
+  SendQueue& operator=(const SendQueue&) = delete;
+
+  void Push(std::function<Result<void>()> fn) {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      q_.push_back(std::move(fn));
+    }
+    cv_.notify_all();
+  }
+  // Until everything pushed so far ran; the first failure.
+  Result<void> Drain() {
+    std::unique_lock<std::mutex> l(mu_);
+    cv_.wait(l, [&] { return q_.empty() && !busy_; });
+    return result_;
+  }
+
+ private:
+  void Run() {
+    std::unique_lock<std::mutex> l(mu_);
+    for (;;) {
+      cv_.wait(l, [&] { return stop_ || !q_.empty(); });
+      if (q_.empty()) return;  // stopped, nothing left
+      auto fn = std::move(q_.front());
+      q_.pop_front();
+      busy_ = true;
+      bool failed = !result_.ok();
+      l.unlock();
+      Result<void> r = failed ? Result<void>(Ok()) : fn();
+      l.lock();
+      if (!r.ok() && result_.ok()) result_ = std::move(r);
+      busy_ = false;
+      cv_.notify_all();
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<Result<void>()>> q_;
+  bool busy_ = false, stop_ = false;
+  Result<void> result_ = Ok();
+  std::thread th_;
+};
 
 // Resident memory of the processes (the room the destination needs).
 uint64_t ResidentBytes(const std::vector<pid_t>& pids) {
@@ -180,15 +247,25 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
                      o.compress == Compress::kAuto);
   FileSender ctr_tx(ch.get(), mig::DIR_CONTAINER, staging + "/container", zstd,
                     o.compress == Compress::kAuto);
-  ASSIGN_OR_RETURN(auto tree_dir, images::OpenDirSink(staging + "/tree", true));
-  auto tree_sink = ForwardingSink(std::move(tree_dir), [&](const std::string& n) -> Result<void> {
+  // During the final dump (async set): sent from the SendQueue's thread, in order.
+  SendQueue* async = nullptr;
+  auto send_tree = [&](const std::string& n) -> Result<void> {
     TRY(tree_tx.Send(n));
     if (n.rfind("pages-", 0) == 0) (void)::unlink((staging + "/tree/" + n).c_str());
     return Ok();
+  };
+  ASSIGN_OR_RETURN(auto tree_dir, images::OpenDirSink(staging + "/tree", true));
+  auto tree_sink = ForwardingSink(std::move(tree_dir), [&](const std::string& n) -> Result<void> {
+    if (!async) return send_tree(n);
+    async->Push([&send_tree, n] { return send_tree(n); });
+    return Ok();
   });
   ASSIGN_OR_RETURN(auto ctr_dir, images::OpenDirSink(staging + "/container", true));
-  auto ctr_sink = ForwardingSink(std::move(ctr_dir),
-                                 [&](const std::string& n) { return ctr_tx.Send(n); });
+  auto ctr_sink = ForwardingSink(std::move(ctr_dir), [&](const std::string& n) -> Result<void> {
+    if (!async) return ctr_tx.Send(n);
+    async->Push([&ctr_tx, n] { return ctr_tx.Send(n); });
+    return Ok();
+  });
 
   auto fail = [&](Error e) -> Result<void> {
     abort_reason = e.to_string();
@@ -314,9 +391,14 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
   if (takes_env_ahead) {
     co.namespaces_dumped = [&](const img::ContainerCheckpoint& early) -> Result<void> {
       TRY(images::WriteImage(*ctr_sink, container::kEarlyImage, early));
-      mig::Frame er;
-      er.mutable_env_ready();
-      return ch->Send(er);
+      auto send = [&ch]() -> Result<void> {
+        mig::Frame er;
+        er.mutable_env_ready();
+        return ch->Send(er);
+      };
+      if (!async) return send();
+      async->Push(send);  // after the container's images, queued before it
+      return Ok();
     };
   }
   // Frames for the container from here on are held, then replayed on the destination.
@@ -346,8 +428,20 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
   }
   auto t_ckpt = Clock::now();
   const uint64_t files_before_final = tree_tx.file_bytes() + ctr_tx.file_bytes();
+  std::optional<SendQueue> queue;
+  if (o.async_send) {
+    queue.emplace(o.boost);
+    async = &*queue;
+  }
   auto ck = container::Checkpoint(co);
+  Result<void> sent_all = queue ? queue->Drain() : Result<void>(Ok());
+  async = nullptr;
+  queue.reset();
   if (!ck.ok()) return fail(std::move(ck.error().wrap("final checkpoint")));
+  if (!sent_all.ok()) {
+    (void)ck->held->Resume();
+    return fail(std::move(sent_all.error().wrap("final checkpoint: sending its images")));
+  }
   std::unique_ptr<container::HeldCheckpoint> held = std::move(ck->held);
   auto t_final = Clock::now();
   const auto& ph = ck->phases;

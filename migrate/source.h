@@ -48,6 +48,9 @@ struct SourceOptions {
   // The destination makes the container's environment while the tree is dumped here (EnvReady);
   // off for A/B runs (GODWIT_NO_ENV_AHEAD): made inside the restore, after the final state.
   bool env_ahead = true;
+  // The final dump's images go to the peer from a thread of their own while the dump goes on;
+  // off for A/B runs (GODWIT_NO_ASYNC_SEND): sent by the dump's thread as each is closed.
+  bool async_send = true;
 };
 
 struct RoundReport {
