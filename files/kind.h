@@ -72,6 +72,9 @@ Result<UnixDiagMap> DumpUnixDiag(int nlsock);
 // sk_shutdown (1 RCV_SHUTDOWN, 2 SEND_SHUTDOWN) of the inet socket with inode ino in pid's net
 // namespace, from NETLINK_SOCK_DIAG (nothing else tells it for a datagram socket).
 Result<int> InetShutdown(pid_t pid, int family, int protocol, uint64_t ino);
+// Whether the TCP connection src -> dst (sockaddr bytes) has a peer on this host (pid's net
+// namespace) that no process holds yet (in a listener's accept queue), with nothing queued.
+Result<bool> PeerUnaccepted(pid_t pid, const std::string& src, const std::string& dst);
 // The destination address (a sockaddr_in or sockaddr_in6) of the inet socket inode ino in pid's
 // net namespace, from NETLINK_SOCK_DIAG: known while getpeername still says ENOTCONN (SYN_SENT).
 Result<std::string> InetDestination(pid_t pid, int family, int protocol, uint64_t ino);
