@@ -288,7 +288,7 @@ Result<void> DumpTcpEstablished(FdDumpContext& ctx, const Probe& p, img::InetSoc
   // Its peer not accepted yet (InetSocket.peer_unaccepted): nothing sent either way, so a new
   // handshake from the same address to the restored listener is the same connection.
   if (st == TCP_ESTABLISHED && outq == 0 && inq == 0) {
-    auto un = PeerUnaccepted(p.pid, sk->src(), sk->dst());
+    auto un = ctx.PeerUnaccepted(p.pid, sk->src(), sk->dst());
     if (un.ok() && *un) {
       sk->set_peer_unaccepted(true);
       LOG_INFO("pid %d fd %d: TCP %s -> %s: its peer is not accepted yet", p.pid, p.fd,

@@ -201,13 +201,21 @@ void Diag16(int family, const __be32 addr[4], uint8_t out[16]) {
   }
 }
 
-}  // namespace
+// A connection's key: both ends' addresses (16 bytes each) and ports; empty for other families.
+std::string ConnKey(const uint8_t local[16], uint16_t lport, const uint8_t remote[16],
+                    uint16_t rport) {
+  std::string k(reinterpret_cast<const char*>(local), 16);
+  k.append(reinterpret_cast<const char*>(&lport), 2);
+  k.append(reinterpret_cast<const char*>(remote), 16);
+  k.append(reinterpret_cast<const char*>(&rport), 2);
+  return k;
+}
 
-Result<bool> PeerUnaccepted(pid_t pid, const std::string& src, const std::string& dst) {
-  uint8_t s16[16], d16[16];
-  uint16_t sport = 0, dport = 0;
-  if (!Addr16(src, s16, &sport) || !Addr16(dst, d16, &dport)) return false;
+// The established TCP sockets of pid's net namespace that no process holds (inode 0: in a
+// listener's accept queue) and that have nothing queued, by ConnKey (local = the socket's).
+Result<std::set<std::string>> UnacceptedTcp(pid_t pid) {
   ASSIGN_OR_RETURN(UniqueFd nl, SocketInNetns(pid, AF_NETLINK, SOCK_RAW, NETLINK_SOCK_DIAG));
+  std::set<std::string> out;
   for (int family : {AF_INET, AF_INET6}) {
     struct {
       struct nlmsghdr nlh;
@@ -220,9 +228,8 @@ Result<bool> PeerUnaccepted(pid_t pid, const std::string& src, const std::string
     msg.req.sdiag_protocol = IPPROTO_TCP;
     msg.req.idiag_states = 1u << TCP_ESTABLISHED;
     if (send(nl.get(), &msg, sizeof(msg), 0) < 0) return Errno("sock_diag: send");
-    bool found = false, done = false;
     std::vector<char> buf(1 << 16);
-    while (!done) {
+    for (bool done = false; !done;) {
       ssize_t n = recv(nl.get(), buf.data(), buf.size(), 0);
       if (n < 0) {
         if (errno == EINTR) continue;
@@ -239,21 +246,34 @@ Result<bool> PeerUnaccepted(pid_t pid, const std::string& src, const std::string
           return Errno("sock_diag: tcp dump");
         }
         auto* m = reinterpret_cast<struct inet_diag_msg*>(NLMSG_DATA(h));
-        // The peer's source is our destination and the other way round; no file (inode 0),
-        // nothing queued in it.
-        if (m->idiag_inode != 0 || m->id.idiag_sport != dport || m->id.idiag_dport != sport)
-          continue;
+        if (m->idiag_inode != 0 || m->idiag_rqueue != 0 || m->idiag_wqueue != 0) continue;
         uint8_t a[16], b[16];
         Diag16(m->idiag_family, m->id.idiag_src, a);
         Diag16(m->idiag_family, m->id.idiag_dst, b);
-        if (memcmp(a, d16, 16) == 0 && memcmp(b, s16, 16) == 0 && m->idiag_rqueue == 0 &&
-            m->idiag_wqueue == 0)
-          found = true;
+        out.insert(ConnKey(a, m->id.idiag_sport, b, m->id.idiag_dport));
       }
     }
-    if (found) return true;
   }
-  return false;
+  return out;
+}
+
+}  // namespace
+
+Result<bool> FdDumpContext::PeerUnaccepted(pid_t pid, const std::string& src,
+                                           const std::string& dst) {
+  uint8_t s16[16], d16[16];
+  uint16_t sport = 0, dport = 0;
+  if (!Addr16(src, s16, &sport) || !Addr16(dst, d16, &dport)) return false;
+  struct stat st;
+  std::string path = StrFormat("/proc/%d/ns/net", pid);
+  if (stat(path.c_str(), &st) < 0) return Errno("stat %s", path.c_str());
+  auto it = unaccepted_.find(st.st_ino);
+  if (it == unaccepted_.end()) {
+    ASSIGN_OR_RETURN(std::set<std::string> set, UnacceptedTcp(pid));
+    it = unaccepted_.emplace(st.st_ino, std::move(set)).first;
+  }
+  // The peer's local end is our destination.
+  return it->second.count(ConnKey(d16, dport, s16, sport)) > 0;
 }
 
 Result<int> InetShutdown(pid_t pid, int family, int protocol, uint64_t ino) {
