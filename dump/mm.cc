@@ -57,6 +57,7 @@ bool IsDeleted(const std::string& path) {
 // flags: a private memfd or deleted-file mapping) is restored as a private mapping of the object,
 // with its written (copied-on-write) pages on top, like a private file mapping.
 Result<img::VmaKind> Classify(const proc::MapsEntry& m, pid_t pid) {
+  if (StartsWith(m.path, "socket:[")) return img::VMA_PACKET_RING;
   if (m.path == "[vdso]") return img::VMA_VDSO;
   if (m.path == "[vvar]") return img::VMA_VVAR;
   if (m.path == "[vvar_vclock]") return img::VMA_VVAR_VCLOCK;
@@ -121,6 +122,50 @@ std::vector<PageRange> Subtract(const std::vector<PageRange>& ranges,
     if (s < e) out.push_back({s, (e - s) / kPage});
   }
   return out;
+}
+
+// A mapping of a socket (zdtm packet_sock_mmap: PACKET_RX_RING / PACKET_TX_RING rings mapped
+// into memory): only a packet socket's rings are mapped again (from the process's fd of that
+// socket, after the files restored the socket with its rings); their frames are not stored (the
+// kernel owns what it writes there, as for the queued packets files/kind_packet.cc drops).
+// Refused when no fd of the process holds the socket (it closed the fd after mmap): restore has
+// no socket to map.
+Result<void> DumpSocketMapping(pid_t pid, const proc::MapsEntry& m, img::Vma* v) {
+  const std::string ino = std::to_string(m.inode);
+  bool packet = false;
+  if (auto net = fs::ReadFile(StrFormat("/proc/%d/net/packet", pid)); net.ok()) {
+    // sk RefCnt Type Proto Iface R Rmem User Inode: the inode is the last column.
+    for (std::string_view rest = *net; !rest.empty();) {
+      size_t nl = rest.find('\n');
+      std::string_view line = rest.substr(0, nl);
+      rest = nl == std::string_view::npos ? std::string_view() : rest.substr(nl + 1);
+      size_t sp = line.find_last_of(' ');
+      if (sp != std::string_view::npos && line.substr(sp + 1) == ino) packet = true;
+    }
+  }
+  if (!packet)
+    return MakeError(ErrorKind::kUnsupported, 0,
+                     "pid %d: mapping %#lx-%#lx of %s: only a packet socket's rings can be mapped "
+                     "again",
+                     pid, static_cast<unsigned long>(m.start), static_cast<unsigned long>(m.end),
+                     m.path.c_str());
+  auto fds = fs::ListDir(StrFormat("/proc/%d/fd", pid));
+  if (fds.ok()) {
+    for (const auto& n : *fds) {
+      char buf[64];
+      ssize_t len =
+          readlink(StrFormat("/proc/%d/fd/%s", pid, n.c_str()).c_str(), buf, sizeof(buf) - 1);
+      if (len > 0 && std::string_view(buf, len) == m.path) {
+        v->set_ring_fd(atoi(n.c_str()));
+        return Ok();
+      }
+    }
+  }
+  return MakeError(ErrorKind::kUnsupported, 0,
+                   "pid %d: packet ring %#lx-%#lx of %s is mapped but no fd of the process holds "
+                   "the socket",
+                   pid, static_cast<unsigned long>(m.start), static_cast<unsigned long>(m.end),
+                   m.path.c_str());
 }
 
 }  // namespace
@@ -337,6 +382,10 @@ Result<void> DumpMm(DumpContext& ctx, ProcessDump& p) {
     v->set_flags(flags);  // + the VmFlags ones below
     if (IsAioRing(m)) {  // dump/aio.cc: io_setup again on restore, not shared memory
       TRY(DumpAioRing(pid, r, m, v));
+      continue;
+    }
+    if (kind == img::VMA_PACKET_RING) {
+      TRY(DumpSocketMapping(pid, m, v));
       continue;
     }
     if (kind == img::VMA_SHMEM) {

@@ -72,6 +72,7 @@ Result<UnixDiagMap> DumpUnixDiag(int nlsock);
 // sk_shutdown (1 RCV_SHUTDOWN, 2 SEND_SHUTDOWN) of the inet socket with inode ino in pid's net
 // namespace, from NETLINK_SOCK_DIAG (nothing else tells it for a datagram socket).
 Result<int> InetShutdown(pid_t pid, int family, int protocol, uint64_t ino);
+
 // The destination address (a sockaddr_in or sockaddr_in6) of the inet socket inode ino in pid's
 // net namespace, from NETLINK_SOCK_DIAG: known while getpeername still says ENOTCONN (SYN_SENT).
 Result<std::string> InetDestination(pid_t pid, int family, int protocol, uint64_t ino);
@@ -102,6 +103,10 @@ class FdDumpContext {
   // The unix sockets of pid's net namespace (one sock_diag dump per namespace: the tree is
   // frozen, nothing changes).
   Result<const UnixDiagMap*> UnixSockets(pid_t pid);
+  // Whether the TCP connection src -> dst (sockaddr bytes) of pid has a peer in its net
+  // namespace that no process holds yet (in a listener's accept queue), nothing queued in it
+  // (one sock_diag dump per namespace).
+  Result<bool> PeerUnaccepted(pid_t pid, const std::string& src, const std::string& dst);
   // Whether mount mnt_id is in pid's mount namespace (/proc/PID/mountinfo, read once per
   // namespace). A file on a mount that is not (a host file a container was started with, e.g. its
   // stdout redirected) cannot be opened again by its path where that tree is restored.
@@ -129,6 +134,7 @@ class FdDumpContext {
   std::vector<std::function<void()>> undo_;
   std::vector<UniqueFd> kept_;
   std::map<uint64_t, UnixDiagMap> unix_diag_;  // netns inode -> sockets
+  std::map<uint64_t, std::set<std::string>> unaccepted_;  // netns inode -> PeerUnaccepted keys
   std::map<uint64_t, std::set<int>> mounts_;    // mntns inode -> mount ids
 };
 

@@ -285,6 +285,16 @@ Result<void> DumpTcpEstablished(FdDumpContext& ctx, const Probe& p, img::InetSoc
   r->set_max_window(w.max_window);
   r->set_rcv_wnd(w.rcv_wnd);
   r->set_rcv_wup(w.rcv_wup);
+  // Its peer not accepted yet (InetSocket.peer_unaccepted): nothing sent either way, so a new
+  // handshake from the same address to the restored listener is the same connection.
+  if (st == TCP_ESTABLISHED && outq == 0 && inq == 0) {
+    auto un = ctx.PeerUnaccepted(p.pid, sk->src(), sk->dst());
+    if (un.ok() && *un) {
+      sk->set_peer_unaccepted(true);
+      LOG_INFO("pid %d fd %d: TCP %s -> %s: its peer is not accepted yet", p.pid, p.fd,
+               AddrStr(sk->src()).c_str(), AddrStr(sk->dst()).c_str());
+    }
+  }
   return Ok();
 }
 
@@ -534,8 +544,10 @@ Result<void> DumpInet(FdDumpContext& ctx, const Probe& p, img::FileEntry& e) {
   if (st == TCP_LISTEN) {
     sk->set_backlog(ti.tcpi_sacked);  // a listener's tcpi_sacked is its backlog
     if (ti.tcpi_unacked)
-      LOG_WARN("pid %d fd %d: listener %s has %u connections not yet accepted: they are not "
-               "restored", p.pid, p.fd, AddrStr(sk->src()).c_str(), ti.tcpi_unacked);
+      LOG_WARN(
+          "pid %d fd %d: listener %s has %u connections not yet accepted: only those "
+          "whose client is dumped too come back (it connects again)",
+          p.pid, p.fd, AddrStr(sk->src()).c_str(), ti.tcpi_unacked);
     return Ok();
   }
   if (st == TCP_CLOSE) return DumpTcpClosed(ctx, p, sk, ti);
@@ -709,6 +721,72 @@ Result<UniqueFd> OpenTcpEstablished(FdRestoreContext& ctx, const img::FileEntry&
   return s;
 }
 
+// A listener of the images that dst (sockaddr bytes) reaches: the same port, its address dst's
+// or the wildcard (IPv4 to an IPv6 wildcard listener unless it is v6only).
+bool HasListenerFor(FdRestoreContext& ctx, const std::string& dst) {
+  auto split = [](const std::string& sa, std::string* addr, uint16_t* port, int* fam) {
+    if (sa.size() < sizeof(sockaddr)) return false;
+    *fam = reinterpret_cast<const sockaddr*>(sa.data())->sa_family;
+    if (*fam == AF_INET && sa.size() >= sizeof(sockaddr_in)) {
+      sockaddr_in a;
+      memcpy(&a, sa.data(), sizeof(a));
+      *port = a.sin_port;
+      addr->assign(reinterpret_cast<char*>(&a.sin_addr), 4);
+      return true;
+    }
+    if (*fam == AF_INET6 && sa.size() >= sizeof(sockaddr_in6)) {
+      sockaddr_in6 a;
+      memcpy(&a, sa.data(), sizeof(a));
+      *port = a.sin6_port;
+      addr->assign(reinterpret_cast<char*>(&a.sin6_addr), 16);
+      return true;
+    }
+    return false;
+  };
+  std::string da;
+  uint16_t dp = 0;
+  int df = 0;
+  if (!split(dst, &da, &dp, &df)) return false;
+  for (const auto& [id, x] : ctx.entries()) {
+    if (x.kind() != img::FILE_KIND_INET || x.inet().state() != TCP_LISTEN) continue;
+    std::string la;
+    uint16_t lp = 0;
+    int lf = 0;
+    if (!split(x.inet().src(), &la, &lp, &lf) || lp != dp) continue;
+    bool any = la.find_first_not_of('\0') == std::string::npos;
+    if ((lf == df && (any || la == da)) ||
+        (lf == AF_INET6 && df == AF_INET && any && !x.inet().v6only()))
+      return true;
+  }
+  return false;
+}
+
+// InetSocket.peer_unaccepted: connected again for real (not in repair mode) from its address to
+// the restored listener, without waiting (non-blocking; the process's own flags come back with
+// its fd). The handshake may wait for the network lock to go (the peer's SYN-ACK), then the
+// connection is in the listener's queue as it was.
+Result<UniqueFd> OpenTcpReconnect(FdRestoreContext& ctx, const img::FileEntry& e) {
+  const img::InetSocket& sk = e.inet();
+  for (const auto& [id, x] : ctx.entries())
+    if (x.kind() == img::FILE_KIND_INET && x.inet().state() == TCP_LISTEN) {
+      auto lr = ctx.Ensure(id);
+      if (!lr.ok()) return std::move(lr).error();
+    }
+  UniqueFd s(socket(sk.family(), SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, IPPROTO_TCP));
+  if (!s) return Errno("socket");
+  int fd = s.get();
+  TRY(CommonOpts(fd, sk));
+  TRY(RestoreExtraOpts(fd, sk));
+  TRY(Bind(fd, sk));
+  if (connect(fd, reinterpret_cast<const sockaddr*>(sk.dst().data()), sk.dst().size()) < 0 &&
+      errno != EINPROGRESS)
+    return Errno("connect %s -> %s again (its peer was not accepted yet)",
+                 AddrStr(sk.src()).c_str(), AddrStr(sk.dst()).c_str());
+  int fl = fcntl(fd, F_GETFL);
+  if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0) return Errno("F_SETFL");
+  return s;
+}
+
 // Whether e, bound without SO_REUSEPORT now, shares its address with another socket of the images
 // that has it: it was bound with the option, cleared after (binding again without it would fail).
 bool SharesReuseport(FdRestoreContext& ctx, const img::FileEntry& e) {
@@ -765,6 +843,8 @@ Result<UniqueFd> OpenInet(FdRestoreContext& ctx, const img::FileEntry& e) {
              c.error().to_string().c_str());
   }
   if (sk.type() == SOCK_STREAM && Connected(sk.state())) {
+    if (!ctx.opts().tcp_close && sk.peer_unaccepted() && HasListenerFor(ctx, sk.dst()))
+      return OpenTcpReconnect(ctx, e);
     if (!ctx.opts().tcp_close) return OpenTcpEstablished(ctx, e);
     // --tcp-close: a socket that reads EOF and fails writes, as after a reset.
     UniqueFd s(socket(sk.family(), SOCK_STREAM | SOCK_CLOEXEC, 0));
@@ -881,6 +961,8 @@ Result<void> FinalizeInet(FdRestoreContext& ctx, const img::FileEntry& e, int fd
   const img::InetSocket& sk = e.inet();
   if (SharesReuseport(ctx, e)) TRY(SetInt(fd, SOL_SOCKET, SO_REUSEPORT, 0, "SO_REUSEPORT off"));
   if (sk.type() != SOCK_STREAM || !Connected(sk.state()) || ctx.opts().tcp_close) return Ok();
+  // Connected again for real (OpenTcpReconnect): nothing to repair.
+  if (sk.peer_unaccepted() && GetInt(fd, SOL_TCP, TCP_REPAIR) == 0) return Ok();
   // FIN_WAIT2, all acked: the FIN goes in while in repair mode, counted as sent and not sent
   // (the peer has it; and the lock, still on, would drop it: TCP keeps a segment the output
   // hook drops as unsent), and its ack is made up below.

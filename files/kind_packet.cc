@@ -4,9 +4,10 @@
 // (readable only through NETLINK_SOCK_DIAG's packet_diag), the fanout group, socket options.
 // Restore in the order an application sets them up: socket, options, bind, version before
 // rings, memberships, fanout, then the rings. Queued packets are dropped (logged): nothing can
-// put them back. A ring mapped into the process's memory (packet_sock_mmap) is refused: the
-// mapping would have to be restored onto the new ring. Interfaces are kept by index, so the
-// restore must see the same interfaces (the same net namespace, or a container's recreated
+// put them back. A ring mapped into the process's memory (packet_sock_mmap) is a VMA_PACKET_RING
+// of the memory dump (dump/mm.cc): mapped again from this socket's fd once its rings are set up
+// here (restore/mm.cc); the frames in the rings are not stored. Interfaces are kept by index, so
+// the restore must see the same interfaces (the same net namespace, or a container's recreated
 // one with the same order).
 #include <linux/if_packet.h>
 #include <linux/netlink.h>
@@ -18,7 +19,6 @@
 #include <unistd.h>
 
 #include <cstring>
-#include <fstream>
 
 #include "common/log.h"
 #include "files/kind.h"
@@ -130,15 +130,6 @@ Result<void> PacketDiag(pid_t pid, uint64_t ino, img::PacketSocket* pk) {
   }
 }
 
-// Whether pid maps the socket (a ring shared with the process's memory).
-bool Mapped(pid_t pid, uint64_t ino) {
-  std::ifstream maps(StrFormat("/proc/%d/maps", pid));
-  std::string want = StrFormat("socket:[%llu]", static_cast<unsigned long long>(ino));
-  for (std::string line; std::getline(maps, line);)
-    if (line.find(want) != std::string::npos) return true;
-  return false;
-}
-
 Result<void> SetRingOpt(int fd, int opt, const img::PacketRing& r, int version) {
   if (r.block_nr() == 0) return Ok();
   tpacket_req3 req{};
@@ -189,10 +180,6 @@ Result<void> DumpPacket(FdDumpContext& ctx, const Probe& p, img::FileEntry& e) {
     pk->set_protocol(a->sll_protocol);
     pk->set_bound(a->sll_ifindex != 0);
   }
-  if (Mapped(p.pid, p.st.st_ino))
-    return MakeError(ErrorKind::kUnsupported, 0,
-                     "pid %d fd %d: packet socket %llu has its ring mapped into memory", p.pid,
-                     p.fd, static_cast<unsigned long long>(p.st.st_ino));
   if (type != SOCK_PACKET) {
     pk->set_version(GetInt(fd, PACKET_VERSION));
     pk->set_reserve(GetInt(fd, PACKET_RESERVE));

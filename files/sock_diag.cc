@@ -7,6 +7,7 @@
 #include <linux/unix_diag.h>
 #include <sched.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <fcntl.h>
@@ -163,6 +164,117 @@ Result<InetDiag> InetDiagOf(pid_t pid, int family, int protocol, uint64_t ino) {
 }
 
 }  // namespace
+
+namespace {
+
+// An address as 16 bytes, IPv4 as v4-mapped IPv6 (a v4 client of a v6 listener: the accepted
+// side is AF_INET6 with mapped addresses), and its port (network order).
+bool Addr16(const std::string& sa, uint8_t out[16], uint16_t* port) {
+  memset(out, 0, 16);
+  if (sa.size() >= sizeof(sockaddr_in6) &&
+      reinterpret_cast<const sockaddr*>(sa.data())->sa_family == AF_INET6) {
+    sockaddr_in6 a;
+    memcpy(&a, sa.data(), sizeof(a));
+    memcpy(out, &a.sin6_addr, 16);
+    *port = a.sin6_port;
+    return true;
+  }
+  if (sa.size() >= sizeof(sockaddr_in) &&
+      reinterpret_cast<const sockaddr*>(sa.data())->sa_family == AF_INET) {
+    sockaddr_in a;
+    memcpy(&a, sa.data(), sizeof(a));
+    out[10] = out[11] = 0xff;
+    memcpy(out + 12, &a.sin_addr, 4);
+    *port = a.sin_port;
+    return true;
+  }
+  return false;
+}
+
+void Diag16(int family, const __be32 addr[4], uint8_t out[16]) {
+  memset(out, 0, 16);
+  if (family == AF_INET6) {
+    memcpy(out, addr, 16);
+  } else {
+    out[10] = out[11] = 0xff;
+    memcpy(out + 12, addr, 4);
+  }
+}
+
+// A connection's key: both ends' addresses (16 bytes each) and ports; empty for other families.
+std::string ConnKey(const uint8_t local[16], uint16_t lport, const uint8_t remote[16],
+                    uint16_t rport) {
+  std::string k(reinterpret_cast<const char*>(local), 16);
+  k.append(reinterpret_cast<const char*>(&lport), 2);
+  k.append(reinterpret_cast<const char*>(remote), 16);
+  k.append(reinterpret_cast<const char*>(&rport), 2);
+  return k;
+}
+
+// The established TCP sockets of pid's net namespace that no process holds (inode 0: in a
+// listener's accept queue) and that have nothing queued, by ConnKey (local = the socket's).
+Result<std::set<std::string>> UnacceptedTcp(pid_t pid) {
+  ASSIGN_OR_RETURN(UniqueFd nl, SocketInNetns(pid, AF_NETLINK, SOCK_RAW, NETLINK_SOCK_DIAG));
+  std::set<std::string> out;
+  for (int family : {AF_INET, AF_INET6}) {
+    struct {
+      struct nlmsghdr nlh;
+      struct inet_diag_req_v2 req;
+    } msg{};
+    msg.nlh.nlmsg_len = sizeof(msg);
+    msg.nlh.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+    msg.nlh.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+    msg.req.sdiag_family = static_cast<uint8_t>(family);
+    msg.req.sdiag_protocol = IPPROTO_TCP;
+    msg.req.idiag_states = 1u << TCP_ESTABLISHED;
+    if (send(nl.get(), &msg, sizeof(msg), 0) < 0) return Errno("sock_diag: send");
+    std::vector<char> buf(1 << 16);
+    for (bool done = false; !done;) {
+      ssize_t n = recv(nl.get(), buf.data(), buf.size(), 0);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        return Errno("sock_diag: recv");
+      }
+      for (auto* h = reinterpret_cast<struct nlmsghdr*>(buf.data()); NLMSG_OK(h, n);
+           h = NLMSG_NEXT(h, n)) {
+        if (h->nlmsg_type == NLMSG_DONE) {
+          done = true;
+          break;
+        }
+        if (h->nlmsg_type == NLMSG_ERROR) {
+          errno = -reinterpret_cast<struct nlmsgerr*>(NLMSG_DATA(h))->error;
+          return Errno("sock_diag: tcp dump");
+        }
+        auto* m = reinterpret_cast<struct inet_diag_msg*>(NLMSG_DATA(h));
+        if (m->idiag_inode != 0 || m->idiag_rqueue != 0 || m->idiag_wqueue != 0) continue;
+        uint8_t a[16], b[16];
+        Diag16(m->idiag_family, m->id.idiag_src, a);
+        Diag16(m->idiag_family, m->id.idiag_dst, b);
+        out.insert(ConnKey(a, m->id.idiag_sport, b, m->id.idiag_dport));
+      }
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+Result<bool> FdDumpContext::PeerUnaccepted(pid_t pid, const std::string& src,
+                                           const std::string& dst) {
+  uint8_t s16[16], d16[16];
+  uint16_t sport = 0, dport = 0;
+  if (!Addr16(src, s16, &sport) || !Addr16(dst, d16, &dport)) return false;
+  struct stat st;
+  std::string path = StrFormat("/proc/%d/ns/net", pid);
+  if (stat(path.c_str(), &st) < 0) return Errno("stat %s", path.c_str());
+  auto it = unaccepted_.find(st.st_ino);
+  if (it == unaccepted_.end()) {
+    ASSIGN_OR_RETURN(std::set<std::string> set, UnacceptedTcp(pid));
+    it = unaccepted_.emplace(st.st_ino, std::move(set)).first;
+  }
+  // The peer's local end is our destination.
+  return it->second.count(ConnKey(d16, dport, s16, sport)) > 0;
+}
 
 Result<int> InetShutdown(pid_t pid, int family, int protocol, uint64_t ino) {
   ASSIGN_OR_RETURN(InetDiag d, InetDiagOf(pid, family, protocol, ino));

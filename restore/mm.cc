@@ -323,6 +323,12 @@ Result<void> MapVma(RestoreContext& ctx, remote::Remote* r, const img::Vma& v, M
       pgoff = v.pgoff();
       break;
     }
+    case img::VMA_PACKET_RING:
+      // The process's own fd of the packet socket, installed with its rings by now (the files
+      // are in place before the memory; files/kind_packet.cc).
+      fd = v.ring_fd();
+      flags &= ~static_cast<uint64_t>(MAP_NORESERVE);
+      break;
     default:
       return Ok();
   }

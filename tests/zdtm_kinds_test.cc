@@ -40,10 +40,11 @@ ZDTM(PidfdReapedProcessesExitStatusAndInodes, "pidfd_dead")
 ZDTM(PidfdOfThreadAtItsNumber, "pidfd_thread")
 ZDTM(SocketUdpLite, "udplite")
 ZDTM(SocketRawV4V6IcmpFilter, "raw")
-// packet_sock; packet_sock_mmap: a ring mapped into memory is refused.
+// packet_sock; packet_sock_mmap (tests/zdtm_port2_test.cc): a ring mapped into memory whose socket
+// no fd holds any more is refused.
 ZDTM(PacketSockOptionsMembershipsRingsFanout, "packet_sock")
-TEST_F(ZdtmKinds, PacketSockMmapRefusedCleanly) {
-  Refused("packet_mmap", {"fd 77", "packet socket", "mapped"});
+TEST_F(ZdtmKinds, PacketRingMappedWithoutItsSocketRefusedCleanly) {
+  Refused("packet_mmap", {"packet ring", "no fd of the process holds"});
 }
 
 // file_locks01/02: each flock and POSIX lock is held by the process that took it again.

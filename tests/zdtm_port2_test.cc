@@ -50,6 +50,14 @@ ZDTM(PidfdOfAThread, "pidfd_thread")
 // vdso02: a process without [vdso] and [vvar] (it unmapped them), this kernel's [vvar_vclock]
 // kept: restored without them, the rest at its address.
 ZDTM(VdsoUnmappedStaysUnmapped, "vdso_unmapped")
+// packet_sock_mmap: a packet socket's rings mapped into memory: mapped again at their address
+// from the restored socket, its live RX ring (was refused at dump).
+ZDTM(PacketRingsMappedAgain, "packet_ring_mapped")
+// socket-tcp6-syn-sent (its firewall rule is IPv4 only): a connection not accepted yet by a
+// listener of the tree, v6 and v4-mapped: accepted after the restore, bytes both ways.
+TEST_F(ZdtmPort2, TcpConnectionNotYetAcceptedComesBack) {
+  RoundTrip("tcp_peer_unaccepted", {"--tcp-established"});
+}
 
 }  // namespace
 }  // namespace godwit::crtest
