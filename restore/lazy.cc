@@ -27,6 +27,7 @@ namespace {
 
 constexpr uint64_t kFaultWindow = 64 << 10;  // served around a fault
 constexpr int kWorkerNice = 10;              // background copies yield (Worker)
+constexpr int kLentNice = 0;                 // ...until a fault waits for one (Serve)
 constexpr uint64_t kPiece = 2 << 20;          // a worker's copy
 constexpr int kWorkers = 2;
 
@@ -607,7 +608,7 @@ void LazyPager::Worker() {
   // Pushing pages nobody waits for yields to everything else on the machine: the restored
   // program, the faults it takes (the event thread is not niced), a migration's switchover.
   // Until a fault lands in the piece it copies: then the program waits for it, and the event
-  // thread lends it its own priority (Serve) until the piece is in.
+  // thread raises it to kLentNice (Serve) until the piece is in.
   const auto self = static_cast<id_t>(gettid());
   setpriority(PRIO_PROCESS, self, kWorkerNice);
   Readers rd(this);
@@ -688,15 +689,13 @@ bool LazyPager::Serve(Proc* p, uint64_t addr, Readers& rd) {
       what = kWait;  // a worker's copy wakes it
       // The program now waits for a worker that yields to everything (nice 10: under load it
       // may wait tens of ms for a core, measured as a migrated server silent for 74 ms after
-      // its restore). It gets the event thread's priority until its piece is in.
-      if (f->second.worker != 0) {
-        errno = 0;
-        int mine = getpriority(PRIO_PROCESS, static_cast<id_t>(gettid()));
-        if (errno == 0 && mine < kWorkerNice &&
-            setpriority(PRIO_PROCESS, static_cast<id_t>(f->second.worker), mine) == 0) {
-          lent_.store(true, std::memory_order_relaxed);
-          stats_.lent++;
-        }
+      // its restore). It gets a program's default priority (nice 0) until its piece is in: not
+      // the event thread's (a migration's restore runs at nice -20), else a program that faults
+      // all the time would keep the workers above its own other processes while they fill.
+      if (f->second.worker != 0 &&
+          setpriority(PRIO_PROCESS, static_cast<id_t>(f->second.worker), kLentNice) == 0) {
+        lent_.store(true, std::memory_order_relaxed);
+        stats_.lent++;
       }
     }
     stats_.faults++;
