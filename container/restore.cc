@@ -467,18 +467,46 @@ Result<RestoreResult> FinishRestore(PreparedRestorePtr p,
   auto start_join = [&](pid_t pid) {
     early_join = std::async(std::launch::async, [&cg, pid] { return cg->AddProcess(pid); });
   };
-  if (p->ahead) req.forked = start_join;
+  // Not made ahead and without a user namespace, the root's namespaces are made by its clone:
+  // their contents (uts, ipc, the network, mostly the veth's creation) are filled from here
+  // while the root builds its mounts (BuildRoot), on the other core; the contents of the mounts
+  // are left to the outside hook. The engine locked a fresh net namespace's connections first.
+  std::optional<Result<void>> ns_filled;
+  auto fill_namespaces = [&, pr](pid_t pid) {
+    laps.LapInto(&ph.root_ms);
+    pr->host_veth = pr->veth_name;  // from here on the rollback deletes it
+    start_join(pid);  // mostly waiting (a v1 cpuset attach alone took 7-15 ms here)
+    ns_filled = [&]() -> Result<void> {
+      for (const auto& name : pr->leftover)
+        TRY_CTX(runtime::TeardownNetworkOfDeadNetns(name), "the previous container's veth");
+      return FillEnvironment(images, rec, pr->table, pr->has_net ? &pr->netns : nullptr, pid,
+                             FillPart::kNamespaces);
+    }();
+    laps.LapInto(&ph.env_ms);
+    LOG_DEBUG("restore of %s: namespaces filled", opts.id.c_str());
+  };
+  if (p->ahead) {
+    req.forked = start_join;
+  } else if (!p->userns) {
+    req.forked = fill_namespaces;
+  }
   req.outside = [&, pr](pid_t pid) -> Result<void> {
     pr->root_pid = pid;
     if (pr->userns) pr->userns->Stop();
     laps.LapInto(&ph.root_ms);
     TRY(pr->CheckRootfs());
     laps.LapInto(&ph.rootfs_wait_ms);
-    if (pr->ahead) {
+    if (ns_filled) {
+      // Started at the clone (fill_namespaces), with the cgroup join.
+    } else if (pr->ahead) {
       // The holder's work is done (the root is in its namespaces); the tree's lock, quiet too,
       // has taken over from ours (restore::RestoreOptions::root_fresh_netns). Its cgroup join
-      // started with the root (req.forked).
-      pr->holder->Stop();
+      // started with the root (req.forked). Reaped with the leftovers, unless it is in the
+      // container's cgroup (its pid would count against the limit while the tree is forked).
+      if (pr->ahead->cgroup_ns_in_holder)
+        pr->holder->Stop();
+      else
+        pr->holder->Kill();
       // Emptied, not deleted: a deletion unregisters hooks and waits for a grace period (1.5
       // ms here); the caller deletes the table after the commit (files::kAheadQuietName).
       if (pr->ahead_quiet)
@@ -495,10 +523,12 @@ Result<RestoreResult> FinishRestore(PreparedRestorePtr p,
         TRY_CTX(runtime::TeardownNetworkOfDeadNetns(name), "the previous container's veth");
     }
     // Made ahead, only the contents of the mounts under proc are left (the root mounted them).
-    auto filled = pr->ahead ? FillEnvironment(images, rec, pr->table, nullptr, pid,
-                                              FillPart::kUnderProc)
-                            : FillEnvironment(images, rec, pr->table,
-                                              pr->has_net ? &pr->netns : nullptr, pid);
+    Result<void> filled =
+        pr->ahead    ? FillEnvironment(images, rec, pr->table, nullptr, pid, FillPart::kUnderProc)
+        : !ns_filled ? FillEnvironment(images, rec, pr->table, pr->has_net ? &pr->netns : nullptr,
+                                       pid)
+        : ns_filled->ok() ? FillEnvironment(images, rec, pr->table, nullptr, pid, FillPart::kMounts)
+                          : std::move(*ns_filled);
     laps.LapInto(&ph.env_ms);
     auto joined = early_join.valid() ? early_join.get() : cg->AddProcess(pid);
     pr->warm->Stop();

@@ -43,7 +43,7 @@ int StopSignal(const RestoreContext& ctx, const ProcessRestore& p) {
   if (p.core.threads(0).blocked() & (1ULL << (sig - 1))) return SIGSTOP;
   auto ps = LoadPstate(ctx, p);
   if (!ps.ok()) return SIGSTOP;
-  for (const auto& a : ps->handlers().actions())
+  for (const auto& a : (*ps)->handlers().actions())
     if (a.signo() == sig && a.handler() != 0) return SIGSTOP;  // SIG_DFL is 0
   return sig;
 }

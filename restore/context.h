@@ -26,6 +26,9 @@
 namespace godwit::files {
 class FdRestorer;
 }
+namespace godwit::img {
+class ProcessState;  // proto/pstate.pb.h
+}
 
 namespace godwit::restore {
 
@@ -114,6 +117,8 @@ struct ProcessRestore {
   // gave (see RestoreContext::inner_level). host_tids: dumped tid -> host tid of the other
   // threads, when they differ.
   std::map<pid_t, pid_t> host_tids;
+  // pstate-<pid>.img, once loaded (restore/pstate.h LoadPstate).
+  mutable std::shared_ptr<const img::ProcessState> pstate;
   pid_t HostTid(pid_t image_tid) const {
     if (image_tid == entry->pid()) return pid;
     auto it = host_tids.find(image_tid);
