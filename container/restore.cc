@@ -472,6 +472,7 @@ Result<RestoreResult> FinishRestore(PreparedRestorePtr p,
   // while the root builds its mounts (BuildRoot), on the other core; the contents of the mounts
   // are left to the outside hook. The engine locked a fresh net namespace's connections first.
   std::optional<Result<void>> ns_filled;
+  std::future<Result<std::string>> quiet_flushed;  // made ahead: the quiet table emptied
   auto fill_namespaces = [&, pr](pid_t pid) {
     laps.LapInto(&ph.root_ms);
     pr->host_veth = pr->veth_name;  // from here on the rollback deletes it
@@ -508,12 +509,15 @@ Result<RestoreResult> FinishRestore(PreparedRestorePtr p,
       else
         pr->holder->Kill();
       // Emptied, not deleted: a deletion unregisters hooks and waits for a grace period (1.5
-      // ms here); the caller deletes the table after the commit (files::kAheadQuietName).
+      // ms here); the caller deletes the table after the commit (files::kAheadQuietName). On a
+      // thread, alongside the rest of this hook (joined before it returns: the engine clones
+      // only while it is single-threaded).
       if (pr->ahead_quiet)
-        TRY_CTX(pr->ahead_quiet->Run(StrFormat("flush table inet %s\nflush table arp %s\n",
-                                               files::kAheadQuietName, files::kAheadQuietName)),
-                "the environment's own quiet rules");
-      LOG_DEBUG("restore of %s: holder and its quiet rules gone", opts.id.c_str());
+        quiet_flushed = std::async(std::launch::async, [q = &*pr->ahead_quiet] {
+          return q->Run(StrFormat("flush table inet %s\nflush table arp %s\n",
+                                  files::kAheadQuietName, files::kAheadQuietName));
+        });
+      LOG_DEBUG("restore of %s: holder gone", opts.id.c_str());
     } else {
       pr->host_veth = pr->veth_name;  // from here on the rollback deletes it
       // The cgroup join runs alongside: it is mostly waiting (a v1 cpuset attach alone takes
@@ -532,6 +536,11 @@ Result<RestoreResult> FinishRestore(PreparedRestorePtr p,
     laps.LapInto(&ph.env_ms);
     auto joined = early_join.valid() ? early_join.get() : cg->AddProcess(pid);
     pr->warm->Stop();
+    if (quiet_flushed.valid()) {
+      auto flushed = quiet_flushed.get();
+      if (filled.ok() && !flushed.ok())
+        filled = std::move(flushed.error().wrap("the environment's own quiet rules"));
+    }
     laps.LapInto(&ph.cgroup_join_ms);  // what the join adds after the environment
     TRY(std::move(filled));
     TRY_CTX(std::move(joined), "join cgroup of %s", opts.id.c_str());
