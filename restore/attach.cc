@@ -1,6 +1,7 @@
 #include "restore/attach.h"
 
 #include <signal.h>
+#include <sys/auxv.h>
 #include <sys/ptrace.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -35,6 +36,27 @@ Result<uint64_t> FindArea(pid_t pid, const img::MmEntry& mm, size_t size) {
   return cand;
 }
 
+// A `syscall` instruction in our own [vdso], for Remote's bootstrap (0: none found, Remote
+// searches the process). The restored processes are copies of this one until their "mm" step:
+// their vdso is ours, at our address, so it is found once here rather than by reading every
+// process's maps and vdso.
+uint64_t OwnVdsoSyscall() {
+  static const uint64_t at = [] {
+    const uint64_t base = getauxval(AT_SYSINFO_EHDR);
+    if (base == 0) return uint64_t{0};
+    auto maps = proc::ReadMaps(getpid());
+    if (!maps.ok()) return uint64_t{0};
+    for (const auto& m : *maps) {
+      if (m.start != base || m.path != "[vdso]") continue;
+      const auto* b = reinterpret_cast<const unsigned char*>(m.start);
+      for (uint64_t i = 0; i + 1 < m.end - m.start; ++i)
+        if (b[i] == 0x0f && b[i + 1] == 0x05) return m.start + i;
+    }
+    return uint64_t{0};
+  }();
+  return at;
+}
+
 // The signal that stops p again: the one it was stopped with, unless p now handles, ignores or
 // blocks it (then it would not stop p): SIGSTOP, which cannot be caught.
 int StopSignal(const RestoreContext& ctx, const ProcessRestore& p) {
@@ -63,6 +85,7 @@ Result<void> SeizeTree(RestoreContext& ctx, int report_fd) {
     ASSIGN_OR_RETURN(uint64_t at, FindArea(p->pid, p->mm, 256 * 1024));
     remote::Remote::Options ro;
     ro.at = at;
+    ro.bootstrap_syscall = OwnVdsoSyscall();
     auto rr = remote::Remote::Create(p->pid, p->pid, ro);
     if (!rr.ok()) return std::move(rr.error().wrap(StrFormat("pid %d", p->pid)));
     p->remote = std::move(*rr);
