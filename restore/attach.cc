@@ -4,6 +4,7 @@
 #include <sys/auxv.h>
 #include <sys/ptrace.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -73,15 +74,35 @@ int StopSignal(const RestoreContext& ctx, const ProcessRestore& p) {
 }  // namespace
 
 Result<void> SeizeTree(RestoreContext& ctx, int report_fd) {
+  // Every process seized and interrupted first, then each stop waited for: the processes get
+  // to their stops at the same time (each needs a core for it), not one after the other.
   for (auto& p : ctx.procs) {
     // PTRACE_O_SUSPEND_SECCOMP: the restored filters must not see the calls injected after the
     // "seccomp" step (it needs CAP_SYS_ADMIN: without it, seize without and hope).
     const unsigned long opts = PTRACE_O_TRACECLONE | PTRACE_O_TRACESYSGOOD | PTRACE_O_EXITKILL;
-    auto seized = remote::SeizeAndInterrupt(p->pid, opts | PTRACE_O_SUSPEND_SECCOMP);
-    if (!seized.ok() && seized.error().sys_errno() == EPERM)
-      seized = remote::SeizeAndInterrupt(p->pid, opts);
-    TRY_CTX(std::move(seized), "seize restored pid %d", p->pid);
+    long rc = ptrace(PTRACE_SEIZE, p->pid, nullptr, opts | PTRACE_O_SUSPEND_SECCOMP);
+    if (rc < 0 && errno == EPERM) rc = ptrace(PTRACE_SEIZE, p->pid, nullptr, opts);
+    if (rc < 0) {
+      if (errno == ESRCH)
+        return MakeError(ErrorKind::kNotFound, ESRCH, "seize restored pid %d: gone", p->pid);
+      return Errno("seize restored pid %d", p->pid);
+    }
     p->attached.push_back(p->pid);
+    if (ptrace(PTRACE_INTERRUPT, p->pid, nullptr, nullptr) < 0)
+      return Errno("PTRACE_INTERRUPT restored pid %d", p->pid);
+  }
+  for (auto& p : ctx.procs) {
+    // The interrupt's stop (PTRACE_EVENT_STOP), or first a signal-delivery stop that raced with
+    // it: resumed with its signal, which stays pending (remote::SeizeAndInterrupt's loop).
+    for (;;) {
+      ASSIGN_OR_RETURN(int status, remote::WaitStop(p->pid));
+      if ((status >> 16) == PTRACE_EVENT_STOP) break;
+      int sig = WSTOPSIG(status);
+      if (ptrace(PTRACE_CONT, p->pid, nullptr, reinterpret_cast<void*>(static_cast<long>(sig))) < 0)
+        return Errno("PTRACE_CONT restored pid %d", p->pid);
+    }
+  }
+  for (auto& p : ctx.procs) {
     ASSIGN_OR_RETURN(uint64_t at, FindArea(p->pid, p->mm, 256 * 1024));
     remote::Remote::Options ro;
     ro.at = at;
