@@ -17,7 +17,16 @@ namespace {
 std::string OwnProcsFile() {
   auto text = fs::ReadFile("/proc/self/cgroup");
   if (!text.ok()) return "";
-  for (const auto& line : fs::Split(*text, '\n')) {
+  // Named hierarchies other than systemd's last: they are seldom mounted under /sys/fs/cgroup
+  // (a machine that ran CRIU's tests can list dozens).
+  std::vector<std::string> lines, named;
+  for (auto& line : fs::Split(*text, '\n')) {
+    bool other = line.find(":name=") != std::string::npos &&
+                 line.find(":name=systemd:") == std::string::npos;
+    (other ? named : lines).push_back(std::move(line));
+  }
+  lines.insert(lines.end(), named.begin(), named.end());
+  for (const auto& line : lines) {
     auto first = line.find(':'), second = line.find(':', first + 1);
     if (first == std::string::npos || second == std::string::npos) continue;
     std::string ctrl = line.substr(first + 1, second - first - 1);
