@@ -77,7 +77,8 @@ struct RestoreOptions {
   std::function<int(const char** what)> root_inside;
   std::function<Result<void>(pid_t root_host_pid)> root_outside;
   // Called with the root's host pid right after its clone, while it runs root_inside: work
-  // root_outside needs done, started early (a cgroup join is mostly waiting).
+  // root_outside needs done, started early (a cgroup join is mostly waiting; the contents of
+  // namespaces the clone made). A net namespace the clone made is locked before this runs.
   std::function<void(pid_t root_host_pid)> root_forked;
   // The root's net namespace is a fresh one joined by root_inside (made ahead by a holder, not
   // by root_clone_flags): its TCP connections are locked as for CLONE_NEWNET.
