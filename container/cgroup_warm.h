@@ -27,7 +27,7 @@ class CgroupJoinWarmer {
   void Stop();
 
  private:
-  void Run(std::string procs);
+  void Run();
 
   std::mutex mu_;
   std::condition_variable cv_;

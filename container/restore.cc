@@ -206,6 +206,15 @@ Result<PreparedRestorePtr> PrepareRestore(const RestoreOptions& opts, bool ahead
   });
   RestorePhases& ph = p->ph;
   auto& laps = p->laps;
+  // The cgroup, first: from here (not before: the warm-up's first write holds cgroup_mutex,
+  // which mkdir needs, for its grace period) the grace period of the root's join is paid
+  // alongside the restore. The join comes as soon as the root is cloned, ~5 ms from here on
+  // an idle machine, and a grace period here is 7-15 ms: started after the checks below, the
+  // warm-up was often not warm yet when the join came (0.4-8 ms of waiting for it).
+  ASSIGN_OR_RETURN(p->cg, runtime::OpenCgroup(opts.id, opts.cgroup_parent));
+  TRY_CTX(p->cg->Create(), "cgroup of %s", opts.id.c_str());
+  p->warm = std::make_unique<CgroupJoinWarmer>();
+  laps.LapInto(&ph.cgroup_ms);
 
   // The images: a checkpoint directory, or an export file unpacked next to the state.
   p->dir = opts.image_path;
@@ -330,12 +339,7 @@ Result<PreparedRestorePtr> PrepareRestore(const RestoreOptions& opts, bool ahead
 
   laps.LapInto(&ph.prepare_ms);
   LOG_DEBUG("restore of %s: images read, names and addresses free", opts.id.c_str());
-  // cgroups with the limits.
-  ASSIGN_OR_RETURN(p->cg, runtime::OpenCgroup(opts.id, opts.cgroup_parent));
-  TRY_CTX(p->cg->Create(), "cgroup of %s", opts.id.c_str());
-  // From here (not before: the warm-up's first write holds cgroup_mutex, which mkdir needs, for
-  // its grace period) the grace period of the join below is paid alongside the restore.
-  p->warm = std::make_unique<CgroupJoinWarmer>();
+  // The cgroup's limits (made at the start).
   runtime::Resources res = LimitsToResources(rec.limits());
   TRY_CTX(p->cg->Apply(res), "limits of %s", opts.id.c_str());
   laps.LapInto(&ph.cgroup_ms);
@@ -467,25 +471,57 @@ Result<RestoreResult> FinishRestore(PreparedRestorePtr p,
   auto start_join = [&](pid_t pid) {
     early_join = std::async(std::launch::async, [&cg, pid] { return cg->AddProcess(pid); });
   };
-  if (p->ahead) req.forked = start_join;
+  // Not made ahead and without a user namespace, the root's namespaces are made by its clone:
+  // their contents (uts, ipc, the network, mostly the veth's creation) are filled from here
+  // while the root builds its mounts (BuildRoot), on the other core; the contents of the mounts
+  // are left to the outside hook. The engine locked a fresh net namespace's connections first.
+  std::optional<Result<void>> ns_filled;
+  std::future<Result<std::string>> quiet_flushed;  // made ahead: the quiet table emptied
+  auto fill_namespaces = [&, pr](pid_t pid) {
+    laps.LapInto(&ph.root_ms);
+    pr->host_veth = pr->veth_name;  // from here on the rollback deletes it
+    start_join(pid);  // mostly waiting (a v1 cpuset attach alone took 7-15 ms here)
+    ns_filled = [&]() -> Result<void> {
+      for (const auto& name : pr->leftover)
+        TRY_CTX(runtime::TeardownNetworkOfDeadNetns(name), "the previous container's veth");
+      return FillEnvironment(images, rec, pr->table, pr->has_net ? &pr->netns : nullptr, pid,
+                             FillPart::kNamespaces);
+    }();
+    laps.LapInto(&ph.env_ms);
+    LOG_DEBUG("restore of %s: namespaces filled", opts.id.c_str());
+  };
+  if (p->ahead) {
+    req.forked = start_join;
+  } else if (!p->userns) {
+    req.forked = fill_namespaces;
+  }
   req.outside = [&, pr](pid_t pid) -> Result<void> {
     pr->root_pid = pid;
     if (pr->userns) pr->userns->Stop();
     laps.LapInto(&ph.root_ms);
     TRY(pr->CheckRootfs());
     laps.LapInto(&ph.rootfs_wait_ms);
-    if (pr->ahead) {
+    if (ns_filled) {
+      // Started at the clone (fill_namespaces), with the cgroup join.
+    } else if (pr->ahead) {
       // The holder's work is done (the root is in its namespaces); the tree's lock, quiet too,
       // has taken over from ours (restore::RestoreOptions::root_fresh_netns). Its cgroup join
-      // started with the root (req.forked).
-      pr->holder->Stop();
+      // started with the root (req.forked). Reaped with the leftovers, unless it is in the
+      // container's cgroup (its pid would count against the limit while the tree is forked).
+      if (pr->ahead->cgroup_ns_in_holder)
+        pr->holder->Stop();
+      else
+        pr->holder->Kill();
       // Emptied, not deleted: a deletion unregisters hooks and waits for a grace period (1.5
-      // ms here); the caller deletes the table after the commit (files::kAheadQuietName).
+      // ms here); the caller deletes the table after the commit (files::kAheadQuietName). On a
+      // thread, alongside the rest of this hook (joined before it returns: the engine clones
+      // only while it is single-threaded).
       if (pr->ahead_quiet)
-        TRY_CTX(pr->ahead_quiet->Run(StrFormat("flush table inet %s\nflush table arp %s\n",
-                                               files::kAheadQuietName, files::kAheadQuietName)),
-                "the environment's own quiet rules");
-      LOG_DEBUG("restore of %s: holder and its quiet rules gone", opts.id.c_str());
+        quiet_flushed = std::async(std::launch::async, [q = &*pr->ahead_quiet] {
+          return q->Run(StrFormat("flush table inet %s\nflush table arp %s\n",
+                                  files::kAheadQuietName, files::kAheadQuietName));
+        });
+      LOG_DEBUG("restore of %s: holder gone", opts.id.c_str());
     } else {
       pr->host_veth = pr->veth_name;  // from here on the rollback deletes it
       // The cgroup join runs alongside: it is mostly waiting (a v1 cpuset attach alone takes
@@ -495,13 +531,20 @@ Result<RestoreResult> FinishRestore(PreparedRestorePtr p,
         TRY_CTX(runtime::TeardownNetworkOfDeadNetns(name), "the previous container's veth");
     }
     // Made ahead, only the contents of the mounts under proc are left (the root mounted them).
-    auto filled = pr->ahead ? FillEnvironment(images, rec, pr->table, nullptr, pid,
-                                              FillPart::kUnderProc)
-                            : FillEnvironment(images, rec, pr->table,
-                                              pr->has_net ? &pr->netns : nullptr, pid);
+    Result<void> filled =
+        pr->ahead    ? FillEnvironment(images, rec, pr->table, nullptr, pid, FillPart::kUnderProc)
+        : !ns_filled ? FillEnvironment(images, rec, pr->table, pr->has_net ? &pr->netns : nullptr,
+                                       pid)
+        : ns_filled->ok() ? FillEnvironment(images, rec, pr->table, nullptr, pid, FillPart::kMounts)
+                          : std::move(*ns_filled);
     laps.LapInto(&ph.env_ms);
     auto joined = early_join.valid() ? early_join.get() : cg->AddProcess(pid);
     pr->warm->Stop();
+    if (quiet_flushed.valid()) {
+      auto flushed = quiet_flushed.get();
+      if (filled.ok() && !flushed.ok())
+        filled = std::move(flushed.error().wrap("the environment's own quiet rules"));
+    }
     laps.LapInto(&ph.cgroup_join_ms);  // what the join adds after the environment
     TRY(std::move(filled));
     TRY_CTX(std::move(joined), "join cgroup of %s", opts.id.c_str());

@@ -455,10 +455,16 @@ Result<void> CheckUserNamespace(const img::UserNamespace& u) {
   return Ok();
 }
 
-void NamespaceHolder::Stop() {
-  if (pid_ <= 0) return;
+void NamespaceHolder::Kill() {
+  if (pid_ <= 0 || killed_) return;
   hold_.reset();
   ::kill(pid_, SIGKILL);
+  killed_ = true;
+}
+
+void NamespaceHolder::Stop() {
+  if (pid_ <= 0) return;
+  Kill();
   while (::waitpid(pid_, nullptr, 0) < 0 && errno == EINTR) {
   }
   pid_ = -1;
@@ -554,17 +560,19 @@ Result<void> FillEnvironment(const images::ImageSet& images, const img::Containe
   for (const auto& m : table.mounts())
     if (m.fstype() == "proc") procs.push_back(m.mountpoint());
   auto wanted = [&](const img::MountEntry& m) {
-    if (part == FillPart::kAll) return true;
+    if (part == FillPart::kAll || part == FillPart::kMounts) return true;
+    if (part == FillPart::kNamespaces) return false;
     bool under = false;
     for (const auto& p : procs) under |= PrefixPath(p, m.mountpoint());
     return under == (part == FillPart::kUnderProc);
   };
-  if (part == FillPart::kUnderProc) netns = nullptr;
-  if (part != FillPart::kUnderProc && images.Has(uts::kImage)) {
+  const bool namespaces = part != FillPart::kUnderProc && part != FillPart::kMounts;
+  if (!namespaces) netns = nullptr;
+  if (namespaces && images.Has(uts::kImage)) {
     ASSIGN_OR_RETURN(UniqueFd fd, OpenNamespace(root_pid, "uts"));
     TRY(uts::Restore(images, fd.get()));
   }
-  if (part != FillPart::kUnderProc && images.Has(ipc::kImage)) {
+  if (namespaces && images.Has(ipc::kImage)) {
     ASSIGN_OR_RETURN(UniqueFd fd, OpenNamespace(root_pid, "ipc"));
     if (!rec.has_userns()) {
       TRY(ipc::Restore(images, fd.get()));
@@ -590,7 +598,7 @@ Result<void> FillEnvironment(const images::ImageSet& images, const img::Containe
     LOG_DEBUG("environment: network filled");
   }
   std::string root = StrFormat("/proc/%d/root", root_pid);
-  if (part != FillPart::kUnderProc && rec.has_layer())
+  if (part != FillPart::kUnderProc && part != FillPart::kNamespaces && rec.has_layer())
     TRY_CTX(mnt::RestoreLayer(images, root + "/."), "writable layer");
   std::vector<const img::MountEntry*> readonly;
   // Each into a clone of that mount alone: what is mounted over its entries (the host's device

@@ -94,8 +94,10 @@ int BuildRoot(const RootPlan& plan, const char** what);
 // From outside, once BuildRoot is done in root_pid: uts, ipc, net, tmpfs contents, layer.
 // net: the network to build (the image's, possibly readdressed); null: none.
 // part: all of it, or for an environment made ahead (AheadPlan) what the holder's mounts take
-// (everything but the contents of mounts under proc), then those once the root mounted proc.
-enum class FillPart { kAll, kAhead, kUnderProc };
+// (everything but the contents of mounts under proc), then those once the root mounted proc; or
+// in two halves: the namespaces' contents (uts, ipc, net: they need no mount, so they are filled
+// while the root builds its mounts), then the mounts' (layer, tmpfs contents).
+enum class FillPart { kAll, kAhead, kUnderProc, kNamespaces, kMounts };
 Result<void> FillEnvironment(const images::ImageSet& images, const img::ContainerCheckpoint& rec,
                              const img::MountTable& table, const img::NetNs* net, pid_t root_pid,
                              FillPart part = FillPart::kAll);
@@ -115,7 +117,10 @@ class NamespaceHolder {
   virtual ~NamespaceHolder() { Stop(); }
   NamespaceHolder(const NamespaceHolder&) = delete;
   NamespaceHolder& operator=(const NamespaceHolder&) = delete;
-  void Stop();
+  void Stop();  // kills (unless Kill did) and reaps it
+  // Kills it, reaped by Stop (or this object's end): its exit tears down its copy of our
+  // address space, which nothing needs to wait for while it is not in the container's cgroup.
+  void Kill();
   pid_t pid() const { return pid_; }
   // (fd, CLONE_NEW*) of the mount, UTS, IPC, network and cgroup namespaces, for RootPlan::join.
   std::vector<std::pair<int, int>> Joins() const;
@@ -124,6 +129,7 @@ class NamespaceHolder {
   NamespaceHolder() = default;
   Result<void> OpenNamespaces();  // of pid_
   pid_t pid_ = -1;
+  bool killed_ = false;
   UniqueFd hold_;  // its read end's peer: EOF releases it
   UniqueFd mnt_, uts_, ipc_, net_, cgroup_;
 };

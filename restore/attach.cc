@@ -1,8 +1,10 @@
 #include "restore/attach.h"
 
 #include <signal.h>
+#include <sys/auxv.h>
 #include <sys/ptrace.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -35,6 +37,27 @@ Result<uint64_t> FindArea(pid_t pid, const img::MmEntry& mm, size_t size) {
   return cand;
 }
 
+// A `syscall` instruction in our own [vdso], for Remote's bootstrap (0: none found, Remote
+// searches the process). The restored processes are copies of this one until their "mm" step:
+// their vdso is ours, at our address, so it is found once here rather than by reading every
+// process's maps and vdso.
+uint64_t OwnVdsoSyscall() {
+  static const uint64_t at = [] {
+    const uint64_t base = getauxval(AT_SYSINFO_EHDR);
+    if (base == 0) return uint64_t{0};
+    auto maps = proc::ReadMaps(getpid());
+    if (!maps.ok()) return uint64_t{0};
+    for (const auto& m : *maps) {
+      if (m.start != base || m.path != "[vdso]") continue;
+      const auto* b = reinterpret_cast<const unsigned char*>(m.start);
+      for (uint64_t i = 0; i + 1 < m.end - m.start; ++i)
+        if (b[i] == 0x0f && b[i + 1] == 0x05) return m.start + i;
+    }
+    return uint64_t{0};
+  }();
+  return at;
+}
+
 // The signal that stops p again: the one it was stopped with, unless p now handles, ignores or
 // blocks it (then it would not stop p): SIGSTOP, which cannot be caught.
 int StopSignal(const RestoreContext& ctx, const ProcessRestore& p) {
@@ -43,7 +66,7 @@ int StopSignal(const RestoreContext& ctx, const ProcessRestore& p) {
   if (p.core.threads(0).blocked() & (1ULL << (sig - 1))) return SIGSTOP;
   auto ps = LoadPstate(ctx, p);
   if (!ps.ok()) return SIGSTOP;
-  for (const auto& a : ps->handlers().actions())
+  for (const auto& a : (*ps)->handlers().actions())
     if (a.signo() == sig && a.handler() != 0) return SIGSTOP;  // SIG_DFL is 0
   return sig;
 }
@@ -51,18 +74,39 @@ int StopSignal(const RestoreContext& ctx, const ProcessRestore& p) {
 }  // namespace
 
 Result<void> SeizeTree(RestoreContext& ctx, int report_fd) {
+  // Every process seized and interrupted first, then each stop waited for: the processes get
+  // to their stops at the same time (each needs a core for it), not one after the other.
   for (auto& p : ctx.procs) {
     // PTRACE_O_SUSPEND_SECCOMP: the restored filters must not see the calls injected after the
     // "seccomp" step (it needs CAP_SYS_ADMIN: without it, seize without and hope).
     const unsigned long opts = PTRACE_O_TRACECLONE | PTRACE_O_TRACESYSGOOD | PTRACE_O_EXITKILL;
-    auto seized = remote::SeizeAndInterrupt(p->pid, opts | PTRACE_O_SUSPEND_SECCOMP);
-    if (!seized.ok() && seized.error().sys_errno() == EPERM)
-      seized = remote::SeizeAndInterrupt(p->pid, opts);
-    TRY_CTX(std::move(seized), "seize restored pid %d", p->pid);
+    long rc = ptrace(PTRACE_SEIZE, p->pid, nullptr, opts | PTRACE_O_SUSPEND_SECCOMP);
+    if (rc < 0 && errno == EPERM) rc = ptrace(PTRACE_SEIZE, p->pid, nullptr, opts);
+    if (rc < 0) {
+      if (errno == ESRCH)
+        return MakeError(ErrorKind::kNotFound, ESRCH, "seize restored pid %d: gone", p->pid);
+      return Errno("seize restored pid %d", p->pid);
+    }
     p->attached.push_back(p->pid);
+    if (ptrace(PTRACE_INTERRUPT, p->pid, nullptr, nullptr) < 0)
+      return Errno("PTRACE_INTERRUPT restored pid %d", p->pid);
+  }
+  for (auto& p : ctx.procs) {
+    // The interrupt's stop (PTRACE_EVENT_STOP), or first a signal-delivery stop that raced with
+    // it: resumed with its signal, which stays pending (remote::SeizeAndInterrupt's loop).
+    for (;;) {
+      ASSIGN_OR_RETURN(int status, remote::WaitStop(p->pid));
+      if ((status >> 16) == PTRACE_EVENT_STOP) break;
+      int sig = WSTOPSIG(status);
+      if (ptrace(PTRACE_CONT, p->pid, nullptr, reinterpret_cast<void*>(static_cast<long>(sig))) < 0)
+        return Errno("PTRACE_CONT restored pid %d", p->pid);
+    }
+  }
+  for (auto& p : ctx.procs) {
     ASSIGN_OR_RETURN(uint64_t at, FindArea(p->pid, p->mm, 256 * 1024));
     remote::Remote::Options ro;
     ro.at = at;
+    ro.bootstrap_syscall = OwnVdsoSyscall();
     auto rr = remote::Remote::Create(p->pid, p->pid, ro);
     if (!rr.ok()) return std::move(rr.error().wrap(StrFormat("pid %d", p->pid)));
     p->remote = std::move(*rr);

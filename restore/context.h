@@ -26,6 +26,9 @@
 namespace godwit::files {
 class FdRestorer;
 }
+namespace godwit::img {
+class ProcessState;  // proto/pstate.pb.h
+}
 
 namespace godwit::restore {
 
@@ -74,7 +77,8 @@ struct RestoreOptions {
   std::function<int(const char** what)> root_inside;
   std::function<Result<void>(pid_t root_host_pid)> root_outside;
   // Called with the root's host pid right after its clone, while it runs root_inside: work
-  // root_outside needs done, started early (a cgroup join is mostly waiting).
+  // root_outside needs done, started early (a cgroup join is mostly waiting; the contents of
+  // namespaces the clone made). A net namespace the clone made is locked before this runs.
   std::function<void(pid_t root_host_pid)> root_forked;
   // The root's net namespace is a fresh one joined by root_inside (made ahead by a holder, not
   // by root_clone_flags): its TCP connections are locked as for CLONE_NEWNET.
@@ -114,6 +118,8 @@ struct ProcessRestore {
   // gave (see RestoreContext::inner_level). host_tids: dumped tid -> host tid of the other
   // threads, when they differ.
   std::map<pid_t, pid_t> host_tids;
+  // pstate-<pid>.img, once loaded (restore/pstate.h LoadPstate).
+  mutable std::shared_ptr<const img::ProcessState> pstate;
   pid_t HostTid(pid_t image_tid) const {
     if (image_tid == entry->pid()) return pid;
     auto it = host_tids.find(image_tid);

@@ -214,6 +214,9 @@ Result<void> TreeFork::Prepare() {
 Result<void> TreeFork::Run() {
   TRY(ForkRoot());
   LOG_DEBUG("restore: root %d cloned", ctx_.root_host_pid);
+  // A net namespace made by the clone exists now: its TCP connections are locked before
+  // root_forked may start filling it (addresses up) alongside the root's root_inside.
+  if (hooked_ && ctx_.fds && (ctx_.opts.root_clone_flags & CLONE_NEWNET)) TRY(LockRootNetwork());
   if (ctx_.opts.root_forked) ctx_.opts.root_forked(ctx_.root_host_pid);
   if (hooked_) TRY(Handshake());
   report_wr_.reset();
@@ -297,6 +300,15 @@ Result<void> TreeFork::ForkRoot() {
   return Ok();
 }
 
+// A fresh net namespace: its TCP connections are locked before anything brings its addresses
+// up (a peer's retransmission would get a RST); Finalize unlocks.
+Result<void> TreeFork::LockRootNetwork() {
+  pid_t root = ctx_.root_host_pid;
+  TRY_CTX(ctx_.fds->LockNetwork(root), "restore root %d: network lock", root);
+  LOG_DEBUG("restore: root %d network locked", root);
+  return Ok();
+}
+
 // The coordinator's side of the container hooks (RootHandshake in after_clone.cc).
 Result<void> TreeFork::Handshake() {
   const RestoreOptions& opts = ctx_.opts;
@@ -305,11 +317,9 @@ Result<void> TreeFork::Handshake() {
   down_rd_.reset();
   TRY(ReadHandshake(up_rd_.get(), root));
   LOG_DEBUG("restore: root %d built its namespaces", root);
-  // A fresh net namespace: its TCP connections are locked before the outside hook brings its
-  // addresses up (a peer's retransmission would get a RST); Finalize unlocks.
-  if (ctx_.fds && ((opts.root_clone_flags & CLONE_NEWNET) || opts.root_fresh_netns))
-    TRY_CTX(ctx_.fds->LockNetwork(root), "restore root %d: network lock", root);
-  LOG_DEBUG("restore: root %d network locked", root);
+  // A net namespace root_inside joined (made ahead): locked now, before the outside hook.
+  if (ctx_.fds && opts.root_fresh_netns && !(opts.root_clone_flags & CLONE_NEWNET))
+    TRY(LockRootNetwork());
   if (opts.root_outside) TRY_CTX(opts.root_outside(root), "restore root %d: outside", root);
   LOG_DEBUG("restore: root %d outside hook done", root);
   char go = 1;

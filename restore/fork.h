@@ -39,6 +39,7 @@ class TreeFork {
  private:
   Result<void> ForkRoot();
   Result<void> Handshake();
+  Result<void> LockRootNetwork();
   Result<void> WaitReports();
 
   RestoreContext& ctx_;

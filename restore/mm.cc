@@ -26,6 +26,7 @@
 #include "common/pidfd.h"
 #include "common/proc.h"
 #include "common/timing.h"
+#include "restore/batch.h"
 #include "restore/cow.h"
 #include "restore/lazy.h"
 #include "restore/mm.h"
@@ -45,7 +46,7 @@ struct Interval {
 };
 
 // Moves the current vdso block (vvar, vvar_vclock, vdso) to the dumped addresses.
-Result<void> MoveVdso(remote::Remote* r, const std::vector<proc::MapsEntry>& cur,
+Result<void> MoveVdso(remote::Remote* r, SyscallBatch* b, const std::vector<proc::MapsEntry>& cur,
                       const img::MmEntry& mm) {
   std::vector<const proc::MapsEntry*> have;
   for (const auto& m : cur)
@@ -54,7 +55,7 @@ Result<void> MoveVdso(remote::Remote* r, const std::vector<proc::MapsEntry>& cur
   for (const auto& v : mm.vmas())
     if (IsVdsoKind(v.kind())) want.push_back(&v);
   if (want.empty()) {
-    for (auto* m : have) TRY(r->Syscall(SYS_munmap, m->start, m->end - m->start));
+    for (auto* m : have) b->Add("munmap " + m->path, SYS_munmap, m->start, m->end - m->start);
     return Ok();
   }
   auto name_of = [](const img::Vma* v) {
@@ -75,7 +76,7 @@ Result<void> MoveVdso(remote::Remote* r, const std::vector<proc::MapsEntry>& cur
       if (w)
         keep.emplace_back(m, w);
       else
-        TRY(r->Syscall(SYS_munmap, m->start, m->end - m->start));
+        b->Add("munmap " + m->path, SYS_munmap, m->start, m->end - m->start);
     }
     if (keep.size() != want.size())
       return MakeError(ErrorKind::kUnsupported, 0,
@@ -86,15 +87,14 @@ Result<void> MoveVdso(remote::Remote* r, const std::vector<proc::MapsEntry>& cur
     for (size_t i = 0; i < keep.size(); ++i) {
       const auto* m = keep[i].first;
       uint64_t len = m->end - m->start, at = tmp + (i << 24);
-      TRY_CTX(r->Syscall(SYS_mremap, m->start, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, at),
-              "mremap %s", m->path.c_str());
+      b->Add("mremap " + m->path, SYS_mremap, m->start, len, len, MREMAP_MAYMOVE | MREMAP_FIXED,
+             at);
     }
     for (size_t i = 0; i < keep.size(); ++i) {
       const auto* m = keep[i].first;
       uint64_t len = m->end - m->start, at = tmp + (i << 24);
-      TRY_CTX(r->Syscall(SYS_mremap, at, len, len, MREMAP_MAYMOVE | MREMAP_FIXED,
-                         keep[i].second->start()),
-              "mremap %s to the dumped address", m->path.c_str());
+      b->Add("mremap " + m->path + " to the dumped address", SYS_mremap, at, len, len,
+             MREMAP_MAYMOVE | MREMAP_FIXED, keep[i].second->start());
     }
     return Ok();
   }
@@ -125,13 +125,11 @@ Result<void> MoveVdso(remote::Remote* r, const std::vector<proc::MapsEntry>& cur
       return Err("pid %d: no room to move the vdso", r->pid());
   }
   for (auto* m : have)
-    TRY_CTX(r->Syscall(SYS_mremap, m->start, m->end - m->start, m->end - m->start,
-                       MREMAP_MAYMOVE | MREMAP_FIXED, tmp + (m->start - lo)),
-            "mremap %s", m->path.c_str());
+    b->Add("mremap " + m->path, SYS_mremap, m->start, m->end - m->start, m->end - m->start,
+           MREMAP_MAYMOVE | MREMAP_FIXED, tmp + (m->start - lo));
   for (auto* m : have)
-    TRY_CTX(r->Syscall(SYS_mremap, tmp + (m->start - lo), m->end - m->start, m->end - m->start,
-                       MREMAP_MAYMOVE | MREMAP_FIXED, m->start + delta),
-            "mremap %s to the dumped address", m->path.c_str());
+    b->Add("mremap " + m->path + " to the dumped address", SYS_mremap, tmp + (m->start - lo),
+           m->end - m->start, m->end - m->start, MREMAP_MAYMOVE | MREMAP_FIXED, m->start + delta);
   return Ok();
 }
 
@@ -261,8 +259,10 @@ Result<UniqueFd> OpenGhostOf(const RestoreContext& ctx, const img::Vma& v) {
   return UniqueFd();
 }
 
-Result<void> MapVma(RestoreContext& ctx, remote::Remote* r, const img::Vma& v, MmState* st,
-                    bool will_fill) {
+// Queues the mmap in b (its fd, if any, opened now); what must run first (a SysV attach, an fd
+// passed over a socket) flushes b.
+Result<void> MapVma(RestoreContext& ctx, remote::Remote* r, SyscallBatch* b, const img::Vma& v,
+                    MmState* st, bool will_fill) {
   uint64_t len = v.end() - v.start();
   uint64_t prot = v.prot() | (will_fill ? PROT_WRITE : 0);
   uint64_t flags =
@@ -293,6 +293,7 @@ Result<void> MapVma(RestoreContext& ctx, remote::Remote* r, const img::Vma& v, M
       break;
     }
     case img::VMA_SHMEM: {
+      TRY(b->Flush());  // the unmaps before an attach at a fixed address
       // MAP_PRIVATE: a private memfd / deleted-file mapping (its written pages are filled after).
       bool priv = (v.flags() & MAP_PRIVATE) != 0;
       if (!priv) {
@@ -332,10 +333,9 @@ Result<void> MapVma(RestoreContext& ctx, remote::Remote* r, const img::Vma& v, M
     default:
       return Ok();
   }
-  ASSIGN_OR_RETURN(long addr, r->Syscall(SYS_mmap, v.start(), len, prot, flags,
-                                         static_cast<uint64_t>(fd), pgoff));
-  if (static_cast<uint64_t>(addr) != v.start())
-    return Err("mmap %#lx landed at %#lx", static_cast<unsigned long>(v.start()), addr);
+  b->Add(StrFormat("map %#lx-%#lx %s", static_cast<unsigned long>(v.start()),
+                   static_cast<unsigned long>(v.end()), v.path().c_str()),
+         SYS_mmap, v.start(), len, prot, flags, static_cast<uint64_t>(fd), pgoff, v.start());
   return Ok();
 }
 
@@ -435,8 +435,10 @@ Result<void> RestoreMm(RestoreContext& ctx, ProcessRestore& p) {
   if (ptrace(static_cast<__ptrace_request>(PTRACE_GET_RSEQ_CONFIGURATION), p.pid,
              reinterpret_cast<void*>(sizeof(rc)), &rc) < 0)
     return Errno("PTRACE_GET_RSEQ_CONFIGURATION %d", p.pid);
-  if (rc.ptr != 0)
-    TRY_CTX(r->Syscall(SYS_rseq, rc.ptr, rc.size, 1 /*UNREGISTER*/, rc.sig), "rseq unregister");
+  // The calls that take the coordinator's copy apart and map the dumped VMAs go in one batch
+  // (restore/batch.h): ~20-40 calls a process, one stop.
+  SyscallBatch batch(r);
+  if (rc.ptr != 0) batch.Add("rseq unregister", SYS_rseq, rc.ptr, rc.size, 1 /*UNREGISTER*/, rc.sig);
 
   ASSIGN_OR_RETURN(auto cur, proc::ReadMaps(p.pid));
   // Unmap everything but the scratch area, the vdso block and vsyscall, in coalesced ranges.
@@ -460,12 +462,12 @@ Result<void> RestoreMm(RestoreContext& ctx, ProcessRestore& p) {
     uint64_t at = iv.start;
     for (const img::Vma* v : inherited) {  // sorted by start, as the dump wrote them
       if (v->end() <= at || v->start() >= iv.end) continue;
-      if (v->start() > at) TRY_CTX(r->Syscall(SYS_munmap, at, v->start() - at), "munmap");
+      if (v->start() > at) batch.Add("munmap", SYS_munmap, at, v->start() - at);
       at = v->end();
     }
-    if (iv.end > at) TRY_CTX(r->Syscall(SYS_munmap, at, iv.end - at), "munmap");
+    if (iv.end > at) batch.Add("munmap", SYS_munmap, at, iv.end - at);
   }
-  TRY(MoveVdso(r, cur, p.mm));
+  TRY(MoveVdso(r, &batch, cur, p.mm));
 
   MmState st;
   // Which VMAs get pages: those a run (of any round) falls in.
@@ -500,12 +502,14 @@ Result<void> RestoreMm(RestoreContext& ctx, ProcessRestore& p) {
   for (const auto& v : p.mm.vmas()) {
     if (std::find(inherited.begin(), inherited.end(), &v) != inherited.end()) continue;
     bool fill = has_pages(v.start(), v.end());
-    TRY_CTX(MapVma(ctx, r, v, &st, fill), "pid %d: map %#lx-%#lx %s", p.pid,
+    TRY_CTX(MapVma(ctx, r, &batch, v, &st, fill), "pid %d: map %#lx-%#lx %s", p.pid,
             static_cast<unsigned long>(v.start()), static_cast<unsigned long>(v.end()),
             v.path().c_str());
   }
-  for (auto& [path, fd] : st.file_fds) TRY(r->Syscall(SYS_close, static_cast<uint64_t>(fd)));
-  if (st.sock >= 0) TRY(r->Syscall(SYS_close, static_cast<uint64_t>(st.sock)));
+  for (auto& [path, fd] : st.file_fds)
+    batch.Add("close " + path, SYS_close, static_cast<uint64_t>(fd));
+  if (st.sock >= 0) batch.Add("close the fd passing socket", SYS_close, static_cast<uint64_t>(st.sock));
+  TRY_CTX(batch.Flush(), "pid %d", p.pid);
   // The vdso block and vsyscall come from the kernel with their own flags: no advice, locks or
   // seals of ours on them.
   auto kernel_made = [](const img::Vma& v) {

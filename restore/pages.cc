@@ -132,6 +132,12 @@ Result<void> UffdFiller::Copy(uint64_t va, const void* src, uint64_t len) {
 ReadAhead::ReadAhead(images::BlobReader* blob, std::vector<Piece> pieces, uint64_t max_len)
     : blob_(blob), pieces_(std::move(pieces)) {
   if (pieces_.empty()) return;
+  // One piece (a small process's few compressed pages): read by Next on the caller's thread.
+  // A thread would overlap nothing, and on a busy machine its start waits for a core.
+  if (pieces_.size() == 1) {
+    buf_[0].reset(new char[pieces_[0].len]);
+    return;
+  }
   for (auto& b : buf_) b.reset(new char[max_len]);
   thread_ = std::thread([this] { Run(); });
 }
@@ -174,6 +180,13 @@ Result<bool> ReadAhead::Next(Piece* piece, const char** data) {
   cv_.notify_all();
   size_t i = consumed_;
   if (i >= pieces_.size()) return false;
+  if (!thread_.joinable()) {  // inline (the constructor)
+    l.unlock();
+    TRY(blob_->Read(pieces_[0].blob_off, buf_[0].get(), pieces_[0].len));
+    *piece = pieces_[0];
+    *data = buf_[0].get();
+    return true;
+  }
   cv_.wait(l, [&] { return produced_ > i || failed_; });
   if (produced_ <= i) return error_;
   *piece = pieces_[i];
@@ -219,8 +232,12 @@ Result<void> FillPages(RestoreContext& ctx, ProcessRestore& p, const img::PageMa
     lazy_ranges = ctx.lazy->Ranges(p.pid);
     if (!lazy_ranges.empty()) lazy = ctx.lazy.get();
   }
+  // A few pages (a small process's whole memory is often 30-60 KiB) are written by the
+  // coordinator below (kCoordinatorRaw): a userfaultfd for them costs more injected calls (its
+  // creation and handing over) and ioctls than it saves.
+  constexpr uint64_t kCoordinatorRaw = 256 << 10;
   std::unique_ptr<UffdFiller> uffd;
-  if (ctx.opts.fill.uffd && lazy == nullptr) {
+  if (ctx.opts.fill.uffd && lazy == nullptr && total > kCoordinatorRaw) {
     ASSIGN_OR_RETURN(uffd, UffdFiller::Open(r, anon));
   }
   struct Piece {
@@ -419,7 +436,6 @@ Result<void> FillPages(RestoreContext& ctx, ProcessRestore& p, const img::PageMa
   // the lazy ranges): read and written by the coordinator (pread, process_vm_writev), checked
   // first. The target's preadv costs an open, the call and a close injected into it, plus a
   // checking thread here: ~1-3 ms a page map, per process and per round, for a few pages.
-  constexpr uint64_t kCoordinatorRaw = 256 << 10;
   if (raw_total <= kCoordinatorRaw) {
     if (!ctx.images->Verified(pagemap.blob()))
       for (const auto& [off, len] : raw_logical) TRY(blob->VerifyRange(off, len));

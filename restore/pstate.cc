@@ -25,8 +25,10 @@
 
 namespace godwit::restore {
 
-Result<img::ProcessState> LoadPstate(const RestoreContext& ctx, const ProcessRestore& p) {
-  img::ProcessState ps;
+Result<const img::ProcessState*> LoadPstate(const RestoreContext& ctx, const ProcessRestore& p) {
+  if (p.pstate) return p.pstate.get();
+  auto loaded = std::make_shared<img::ProcessState>();
+  img::ProcessState& ps = *loaded;
   std::string name = StrFormat("pstate-%d.img", p.entry->pid());
   TRY_CTX(ctx.images->ReadOne(name, &ps), "read %s", name.c_str());
   if (ps.pid() != p.entry->pid())
@@ -45,7 +47,8 @@ Result<img::ProcessState> LoadPstate(const RestoreContext& ctx, const ProcessRes
       return MakeError(ErrorKind::kBadImage, 0, "%s: thread %d is not in core-%d.img", name.c_str(),
                        t.tid(), p.pid);
   }
-  return ps;
+  p.pstate = std::move(loaded);
+  return p.pstate.get();
 }
 
 namespace {
@@ -94,7 +97,8 @@ static bool ReadProcLimits(pid_t pid, rlimit (&out)[RLIM_NLIMITS]) {
 }
 
 Result<void> RestoreRlimits(RestoreContext& ctx, ProcessRestore& p) {
-  ASSIGN_OR_RETURN(img::ProcessState ps, LoadPstate(ctx, p));
+  ASSIGN_OR_RETURN(const img::ProcessState* pstate, LoadPstate(ctx, p));
+  const img::ProcessState& ps = *pstate;
   remote::Remote* r = p.remote.get();
   const uint64_t old_at = r->scratch(), new_at = r->scratch() + sizeof(rlimit);
   rlimit now[RLIM_NLIMITS];
@@ -213,7 +217,8 @@ static pid_t DeadProcPid(const std::string& path) {
 // removed root or cwd is recreated, entered and removed again: a removed root from here (its
 // path is in our view), a removed cwd by the process.
 Result<void> RestoreFs(RestoreContext& ctx, ProcessRestore& p) {
-  ASSIGN_OR_RETURN(img::ProcessState ps, LoadPstate(ctx, p));
+  ASSIGN_OR_RETURN(const img::ProcessState* pstate, LoadPstate(ctx, p));
+  const img::ProcessState& ps = *pstate;
   remote::Remote* r = p.remote.get();
   const auto& fs = ps.fs();
   if (fs.cwd_outside_root()) {
@@ -274,7 +279,8 @@ Result<void> RestoreFs(RestoreContext& ctx, ProcessRestore& p) {
 }
 
 Result<void> RestorePersonality(RestoreContext& ctx, ProcessRestore& p) {
-  ASSIGN_OR_RETURN(img::ProcessState ps, LoadPstate(ctx, p));
+  ASSIGN_OR_RETURN(const img::ProcessState* pstate, LoadPstate(ctx, p));
+  const img::ProcessState& ps = *pstate;
   TRY_CTX(p.remote->Syscall(SYS_personality, ps.personality()), "personality %#x",
           ps.personality());
   return Ok();
@@ -295,7 +301,8 @@ Result<void> RestoreComm(RestoreContext&, ProcessRestore& p) {
 
 // Timer slack first: the kernel ignores (and reports 0 for) the slack of real-time tasks.
 Result<void> RestoreSched(RestoreContext& ctx, ProcessRestore& p) {
-  ASSIGN_OR_RETURN(img::ProcessState ps, LoadPstate(ctx, p));
+  ASSIGN_OR_RETURN(const img::ProcessState* pstate, LoadPstate(ctx, p));
+  const img::ProcessState& ps = *pstate;
   remote::Remote* r = p.remote.get();
   for (const auto& t : ps.threads()) {
     if (t.timer_slack_ns() != 0)
@@ -306,7 +313,8 @@ Result<void> RestoreSched(RestoreContext& ctx, ProcessRestore& p) {
 }
 
 Result<void> ApplySchedAttrs(RestoreContext& ctx, ProcessRestore& p) {
-  ASSIGN_OR_RETURN(img::ProcessState ps, LoadPstate(ctx, p));
+  ASSIGN_OR_RETURN(const img::ProcessState* pstate, LoadPstate(ctx, p));
+  const img::ProcessState& ps = *pstate;
   for (const auto& t : ps.threads()) {
     const auto& s = t.sched();
     SchedAttr sa{};
@@ -346,7 +354,8 @@ Result<void> ApplySchedAttrs(RestoreContext& ctx, ProcessRestore& p) {
 }
 
 Result<void> RestoreProcFlags(RestoreContext& ctx, ProcessRestore& p) {
-  ASSIGN_OR_RETURN(img::ProcessState ps, LoadPstate(ctx, p));
+  ASSIGN_OR_RETURN(const img::ProcessState* pstate, LoadPstate(ctx, p));
+  const img::ProcessState& ps = *pstate;
   remote::Remote* r = p.remote.get();
   TRY_CTX(r->Syscall(SYS_prctl, PR_SET_CHILD_SUBREAPER, ps.child_subreaper() ? 1 : 0),
           "PR_SET_CHILD_SUBREAPER");
@@ -393,7 +402,8 @@ Result<void> RestoreProcFlags(RestoreContext& ctx, ProcessRestore& p) {
 // A credential change clears the parent-death signal and resets "dumpable" (commit_creds), so
 // both are set after "creds".
 Result<void> RestoreAfterCreds(RestoreContext& ctx, ProcessRestore& p) {
-  ASSIGN_OR_RETURN(img::ProcessState ps, LoadPstate(ctx, p));
+  ASSIGN_OR_RETURN(const img::ProcessState* pstate, LoadPstate(ctx, p));
+  const img::ProcessState& ps = *pstate;
   remote::Remote* r = p.remote.get();
   for (const auto& t : ps.threads())
     TRY_CTX(r->SyscallIn(p.HostTid(t.tid()), SYS_prctl, PR_SET_PDEATHSIG, t.pdeathsig()),

@@ -8,8 +8,9 @@
 
 namespace godwit::restore {
 
-// pstate-<pid>.img of a restored process (small: read again by every step), checked against
-// core-<pid>.img (same threads).
-Result<img::ProcessState> LoadPstate(const RestoreContext& ctx, const ProcessRestore& p);
+// pstate-<pid>.img of a restored process, checked against core-<pid>.img (same threads): read
+// and checked by the first step that asks, kept in p for the others (~14 steps a process each
+// opened, read and parsed it again).
+Result<const img::ProcessState*> LoadPstate(const RestoreContext& ctx, const ProcessRestore& p);
 
 }  // namespace godwit::restore

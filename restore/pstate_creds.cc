@@ -136,7 +136,8 @@ bool SameCreds(const img::Creds& a, const img::Creds& b) {
 }  // namespace
 
 Result<void> RestoreCreds(RestoreContext& ctx, ProcessRestore& p) {
-  ASSIGN_OR_RETURN(img::ProcessState ps, LoadPstate(ctx, p));
+  ASSIGN_OR_RETURN(const img::ProcessState* pstate, LoadPstate(ctx, p));
+  const img::ProcessState& ps = *pstate;
   ASSIGN_OR_RETURN(int last_cap, LastCap());
   ASSIGN_OR_RETURN(img::Creds own, OwnCreds(last_cap));
   for (const auto& t : ps.threads()) {

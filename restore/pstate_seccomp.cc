@@ -100,7 +100,8 @@ bool CanInstall(const img::ThreadState& t) {
 }
 
 Result<void> InstallSeccomp(RestoreContext& ctx, ProcessRestore& p, bool early) {
-  ASSIGN_OR_RETURN(img::ProcessState ps, LoadPstate(ctx, p));
+  ASSIGN_OR_RETURN(const img::ProcessState* pstate, LoadPstate(ctx, p));
+  const img::ProcessState& ps = *pstate;
   remote::Remote* r = p.remote.get();
   // Early (before "creds"): the filters of threads that gave up CAP_SYS_ADMIN without
   // no_new_privs (runc's and Podman's default: a seccomp profile, a reduced capability set) go

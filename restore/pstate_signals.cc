@@ -35,7 +35,8 @@ Result<uint64_t> NotDefault(pid_t pid) {
 // coordinator's needs no call, as long as /proc agrees the process still has it (SigCgt/SigIgn).
 // Every other signal is set by an injected rt_sigaction: exact, and usually only a few calls.
 Result<void> RestoreSigactions(RestoreContext& ctx, ProcessRestore& p) {
-  ASSIGN_OR_RETURN(img::ProcessState ps, LoadPstate(ctx, p));
+  ASSIGN_OR_RETURN(const img::ProcessState* pstate, LoadPstate(ctx, p));
+  const img::ProcessState& ps = *pstate;
   ASSIGN_OR_RETURN(uint64_t current, NotDefault(p.pid));
   remote::Remote* r = p.remote.get();
   bool seen[65] = {};
@@ -62,7 +63,8 @@ Result<void> RestoreSigactions(RestoreContext& ctx, ProcessRestore& p) {
 }
 
 Result<void> RestoreSigaltstack(RestoreContext& ctx, ProcessRestore& p) {
-  ASSIGN_OR_RETURN(img::ProcessState ps, LoadPstate(ctx, p));
+  ASSIGN_OR_RETURN(const img::ProcessState* pstate, LoadPstate(ctx, p));
+  const img::ProcessState& ps = *pstate;
   remote::Remote* r = p.remote.get();
   for (const auto& t : ps.threads()) {
     stack_t ss{};

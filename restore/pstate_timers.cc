@@ -109,7 +109,8 @@ Result<void> CreateTimers(remote::Remote* r, pid_t pid,
 // alarm clock (CLOCK_*_ALARM) needs CAP_WAKE_ALARM at creation, which the process may have
 // dropped since.
 Result<void> RestorePosixTimers(RestoreContext& ctx, ProcessRestore& p) {
-  ASSIGN_OR_RETURN(img::ProcessState ps, LoadPstate(ctx, p));
+  ASSIGN_OR_RETURN(const img::ProcessState* pstate, LoadPstate(ctx, p));
+  const img::ProcessState& ps = *pstate;
   std::vector<const img::PosixTimer*> timers;
   for (const auto& t : ps.timers()) timers.push_back(&t);
   if (!timers.empty()) TRY_CTX(CreateTimers(p.remote.get(), p.pid, timers), "posix timers");
@@ -118,7 +119,8 @@ Result<void> RestorePosixTimers(RestoreContext& ctx, ProcessRestore& p) {
 
 // Step "timers": arms the POSIX timers and the interval timers, last before "core".
 Result<void> RestoreTimers(RestoreContext& ctx, ProcessRestore& p) {
-  ASSIGN_OR_RETURN(img::ProcessState ps, LoadPstate(ctx, p));
+  ASSIGN_OR_RETURN(const img::ProcessState* pstate, LoadPstate(ctx, p));
+  const img::ProcessState& ps = *pstate;
   remote::Remote* r = p.remote.get();
   std::vector<const img::PosixTimer*> timers;
   for (const auto& t : ps.timers()) timers.push_back(&t);
