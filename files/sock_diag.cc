@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <functional>
 #include <thread>
 
 #include "files/kind.h"
@@ -100,8 +101,10 @@ struct InetDiag {
   std::string dst;
 };
 
-Result<InetDiag> InetDiagOf(pid_t pid, int family, int protocol, uint64_t ino) {
-  ASSIGN_OR_RETURN(UniqueFd nl, SocketInNetns(pid, AF_NETLINK, SOCK_RAW, NETLINK_SOCK_DIAG));
+// One inet_diag dump (family, protocol, states) over nl: each record to fn, whose false ends the
+// walk early (the rest of the dump is drained: the socket stays usable).
+Result<void> WalkInetDiag(int nl, int family, int protocol, uint32_t states,
+                          const std::function<bool(const nlmsghdr*, const inet_diag_msg*)>& fn) {
   struct {
     struct nlmsghdr nlh;
     struct inet_diag_req_v2 req;
@@ -112,55 +115,65 @@ Result<InetDiag> InetDiagOf(pid_t pid, int family, int protocol, uint64_t ino) {
   msg.nlh.nlmsg_seq = 1;
   msg.req.sdiag_family = static_cast<uint8_t>(family);
   msg.req.sdiag_protocol = static_cast<uint8_t>(protocol);
-  msg.req.idiag_states = ~0u;
+  msg.req.idiag_states = states;
   struct sockaddr_nl sa {};
   sa.nl_family = AF_NETLINK;
-  if (sendto(nl.get(), &msg, sizeof(msg), 0, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) < 0)
+  if (sendto(nl, &msg, sizeof(msg), 0, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) < 0)
     return Errno("sock_diag: send");
-  bool found = false;
-  InetDiag out;
+  bool more = true;
   std::vector<char> buf(1 << 16);
   for (;;) {
-    ssize_t n = recv(nl.get(), buf.data(), buf.size(), 0);
+    ssize_t n = recv(nl, buf.data(), buf.size(), 0);
     if (n < 0) {
       if (errno == EINTR) continue;
       return Errno("sock_diag: recv");
     }
     for (auto* h = reinterpret_cast<struct nlmsghdr*>(buf.data()); NLMSG_OK(h, n);
          h = NLMSG_NEXT(h, n)) {
-      if (h->nlmsg_type == NLMSG_DONE) {
-        if (!found)
-          return MakeError(ErrorKind::kNotFound, 0, "sock_diag: no socket inode %llu (family %d "
-                           "protocol %d)", static_cast<unsigned long long>(ino), family, protocol);
-        return out;
-      }
+      if (h->nlmsg_type == NLMSG_DONE) return Ok();
       if (h->nlmsg_type == NLMSG_ERROR) {
         errno = -reinterpret_cast<struct nlmsgerr*>(NLMSG_DATA(h))->error;
-        return Errno("sock_diag: inet dump");
+        return Errno("sock_diag: inet dump (family %d protocol %d)", family, protocol);
       }
-      auto* m = reinterpret_cast<struct inet_diag_msg*>(NLMSG_DATA(h));
-      if (m->idiag_inode != ino) continue;
-      found = true;
-      if (m->id.idiag_dport != 0) {
-        if (m->idiag_family == AF_INET) {
-          sockaddr_in a{};
-          a.sin_family = AF_INET;
-          a.sin_port = m->id.idiag_dport;
-          memcpy(&a.sin_addr, m->id.idiag_dst, sizeof(a.sin_addr));
-          out.dst.assign(reinterpret_cast<char*>(&a), sizeof(a));
-        } else if (m->idiag_family == AF_INET6) {
-          sockaddr_in6 a{};
-          a.sin6_family = AF_INET6;
-          a.sin6_port = m->id.idiag_dport;
-          memcpy(&a.sin6_addr, m->id.idiag_dst, sizeof(a.sin6_addr));
-          out.dst.assign(reinterpret_cast<char*>(&a), sizeof(a));
-        }
-      }
-      int len = h->nlmsg_len - NLMSG_LENGTH(sizeof(*m));
-      for (auto* a = reinterpret_cast<struct rtattr*>(m + 1); RTA_OK(a, len); a = RTA_NEXT(a, len))
-        if (a->rta_type == INET_DIAG_SHUTDOWN) out.shutdown = *static_cast<uint8_t*>(RTA_DATA(a));
+      if (more) more = fn(h, reinterpret_cast<struct inet_diag_msg*>(NLMSG_DATA(h)));
     }
   }
+}
+
+Result<InetDiag> InetDiagOf(pid_t pid, int family, int protocol, uint64_t ino) {
+  ASSIGN_OR_RETURN(UniqueFd nl, SocketInNetns(pid, AF_NETLINK, SOCK_RAW, NETLINK_SOCK_DIAG));
+  bool found = false;
+  InetDiag out;
+  TRY(WalkInetDiag(nl.get(), family, protocol, ~0u,
+                   [&](const nlmsghdr* h, const inet_diag_msg* m) {
+    if (m->idiag_inode != ino) return true;
+    found = true;
+    if (m->id.idiag_dport != 0) {
+      if (m->idiag_family == AF_INET) {
+        sockaddr_in a{};
+        a.sin_family = AF_INET;
+        a.sin_port = m->id.idiag_dport;
+        memcpy(&a.sin_addr, m->id.idiag_dst, sizeof(a.sin_addr));
+        out.dst.assign(reinterpret_cast<char*>(&a), sizeof(a));
+      } else if (m->idiag_family == AF_INET6) {
+        sockaddr_in6 a{};
+        a.sin6_family = AF_INET6;
+        a.sin6_port = m->id.idiag_dport;
+        memcpy(&a.sin6_addr, m->id.idiag_dst, sizeof(a.sin6_addr));
+        out.dst.assign(reinterpret_cast<char*>(&a), sizeof(a));
+      }
+    }
+    int len = h->nlmsg_len - NLMSG_LENGTH(sizeof(*m));
+    for (auto* a = reinterpret_cast<const struct rtattr*>(m + 1); RTA_OK(a, len);
+         a = RTA_NEXT(a, len))
+      if (a->rta_type == INET_DIAG_SHUTDOWN)
+        out.shutdown = *static_cast<const uint8_t*>(RTA_DATA(a));
+    return false;
+  }));
+  if (!found)
+    return MakeError(ErrorKind::kNotFound, 0, "sock_diag: no socket inode %llu (family %d "
+                     "protocol %d)", static_cast<unsigned long long>(ino), family, protocol);
+  return out;
 }
 
 }  // namespace
@@ -217,42 +230,15 @@ Result<std::set<std::string>> UnacceptedTcp(pid_t pid) {
   ASSIGN_OR_RETURN(UniqueFd nl, SocketInNetns(pid, AF_NETLINK, SOCK_RAW, NETLINK_SOCK_DIAG));
   std::set<std::string> out;
   for (int family : {AF_INET, AF_INET6}) {
-    struct {
-      struct nlmsghdr nlh;
-      struct inet_diag_req_v2 req;
-    } msg{};
-    msg.nlh.nlmsg_len = sizeof(msg);
-    msg.nlh.nlmsg_type = SOCK_DIAG_BY_FAMILY;
-    msg.nlh.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
-    msg.req.sdiag_family = static_cast<uint8_t>(family);
-    msg.req.sdiag_protocol = IPPROTO_TCP;
-    msg.req.idiag_states = 1u << TCP_ESTABLISHED;
-    if (send(nl.get(), &msg, sizeof(msg), 0) < 0) return Errno("sock_diag: send");
-    std::vector<char> buf(1 << 16);
-    for (bool done = false; !done;) {
-      ssize_t n = recv(nl.get(), buf.data(), buf.size(), 0);
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        return Errno("sock_diag: recv");
-      }
-      for (auto* h = reinterpret_cast<struct nlmsghdr*>(buf.data()); NLMSG_OK(h, n);
-           h = NLMSG_NEXT(h, n)) {
-        if (h->nlmsg_type == NLMSG_DONE) {
-          done = true;
-          break;
-        }
-        if (h->nlmsg_type == NLMSG_ERROR) {
-          errno = -reinterpret_cast<struct nlmsgerr*>(NLMSG_DATA(h))->error;
-          return Errno("sock_diag: tcp dump");
-        }
-        auto* m = reinterpret_cast<struct inet_diag_msg*>(NLMSG_DATA(h));
-        if (m->idiag_inode != 0 || m->idiag_rqueue != 0 || m->idiag_wqueue != 0) continue;
-        uint8_t a[16], b[16];
-        Diag16(m->idiag_family, m->id.idiag_src, a);
-        Diag16(m->idiag_family, m->id.idiag_dst, b);
-        out.insert(ConnKey(a, m->id.idiag_sport, b, m->id.idiag_dport));
-      }
-    }
+    TRY(WalkInetDiag(nl.get(), family, IPPROTO_TCP, 1u << TCP_ESTABLISHED,
+                     [&](const nlmsghdr*, const inet_diag_msg* m) {
+      if (m->idiag_inode != 0 || m->idiag_rqueue != 0 || m->idiag_wqueue != 0) return true;
+      uint8_t a[16], b[16];
+      Diag16(m->idiag_family, m->id.idiag_src, a);
+      Diag16(m->idiag_family, m->id.idiag_dst, b);
+      out.insert(ConnKey(a, m->id.idiag_sport, b, m->id.idiag_dport));
+      return true;
+    }));
   }
   return out;
 }
