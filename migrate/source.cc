@@ -4,13 +4,13 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <condition_variable>
+#include <deque>
 #include <map>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <thread>
-#include <condition_variable>
-#include <deque>
-#include <mutex>
 
 #include "common/fs.h"
 #include "common/log.h"
@@ -47,9 +47,10 @@ constexpr double kFillBytesPerS = 0.8e9;
 // with a dirty set of a few pages; the restore's record of the pre-copied pages for the lazy
 // pager is what grows with the memory (~25 ms a GiB).
 //
-// The parts measured on this container before the first round (PredictFixedCosts):
+// The parts measured on this container before the first round (Migrate):
 //   collect: its namespaces, mounts and tmpfs contents read once while it runs
-//     (container::RehearseCollect), as the final dump reads them frozen;
+//     (container::RehearseCollect), as the final dump reads them frozen (kCollectMs when that
+//     read fails: the container changes under it, e.g. a file removed mid-walk);
 //   tree: the pre-copy start's stop of the tree (every thread seized, one call injected into
 //     each process; dump::PreCopy::start_ms) times kTreeOverStart: the final dump seizes the
 //     same threads and runs its per-process steps (tens of injected calls each) where the start
@@ -68,6 +69,7 @@ constexpr double kRestorePerProcessMs = 5;
 constexpr double kPerGiBMs = 25;
 constexpr double kSwitchMs = 3;
 constexpr double kFreezeMs = 1;
+constexpr double kCollectMs = 5;
 // A round this small cannot shrink further in a way that matters: the fixed part decides.
 constexpr uint64_t kMinimalRound = 256 << 10;
 
@@ -280,7 +282,7 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
   if (!pc.ok()) return fail(std::move(pc.error().wrap("pre-copy")));
   {
     // The fixed part of the blackout, measured here where it can be (the constants above).
-    double collect = 0;
+    double collect = kCollectMs;
     {
       std::string dir = staging + "/rehearsal";
       auto sink = images::OpenDirSink(dir, true);
@@ -288,8 +290,12 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
                           : Result<double>(sink.error());
       if (sink.ok()) (*sink)->Abort();
       (void)fs::RemoveAll(dir);
-      if (!ms.ok()) return fail(std::move(ms.error().wrap("measuring the container's state")));
-      collect = *ms;
+      if (ms.ok()) {
+        collect = *ms;
+      } else {  // only a measurement: the prediction takes the model
+        LOG_WARN("migration of %s: measuring its state: %s", o.id.c_str(),
+                 ms.error().to_string().c_str());
+      }
     }
     const double start = (*pc)->engine().start_ms();
     const double n = static_cast<double>((*pc)->engine().processes());
