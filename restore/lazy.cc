@@ -711,7 +711,9 @@ bool LazyPager::Serve(Proc* p, uint64_t addr, Readers& rd) {
       // its restore). It gets a program's default priority (nice 0) until its piece is in: not
       // the event thread's (a migration's restore runs at nice -20), else a program that faults
       // all the time would keep the workers above its own other processes while they fill.
-      if (f->second.worker != 0 &&
+      // Only a live thread of ours (a worker that failed leaves its piece in flight: its tid
+      // may be anyone's by now).
+      if (f->second.worker != 0 && syscall(SYS_tgkill, getpid(), f->second.worker, 0) == 0 &&
           setpriority(PRIO_PROCESS, static_cast<id_t>(f->second.worker), kLentNice) == 0) {
         lent_.store(true, std::memory_order_relaxed);
         stats_.lent++;
