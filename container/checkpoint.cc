@@ -414,9 +414,9 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
   req.thaw = [&]() {
     t_seized = Clock::now();
     auto r = cg->Thaw();
-    ph.cgroup_hooks_ms += timing::MsBetween(t_seized, Clock::now());
-    LOG_DEBUG("container %s: thawed under ptrace in %.2f ms", opts.id.c_str(),
-              timing::MsBetween(t_seized, Clock::now()));
+    const double ms = timing::MsBetween(t_seized, Clock::now());
+    ph.cgroup_hooks_ms += ms;
+    LOG_DEBUG("container %s: thawed under ptrace in %.2f ms", opts.id.c_str(), ms);
     return r;
   };
   // --leave-running: the engine has let the tree run (detached it) right before this hook, and
@@ -431,9 +431,9 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
     }
     auto t = Clock::now();
     auto r = cg->Freeze();
-    ph.cgroup_hooks_ms += timing::MsBetween(t, Clock::now());
-    LOG_DEBUG("container %s: frozen again in %.2f ms", opts.id.c_str(),
-              timing::MsBetween(t, Clock::now()));
+    const double ms = timing::MsBetween(t, Clock::now());
+    ph.cgroup_hooks_ms += ms;
+    LOG_DEBUG("container %s: frozen again in %.2f ms", opts.id.c_str(), ms);
     return r;
   };
   tree_asked = true;

@@ -120,6 +120,15 @@ class ContainerRestore : public ::testing::Test {
     for (const auto& id : {id_, id_ + "b"}) (void)runtime::Delete(root_, id, true);
   }
 
+  // A checkpoint of this test's container into images_.
+  CheckpointOptions Opts() const {
+    CheckpointOptions co;
+    co.root = root_;
+    co.id = id_;
+    co.image_path = images_;
+    return co;
+  }
+
   Result<runtime::Container> StartContainer() {
     runtime::RunOptions run;
     run.rootfs = rootfs_;
@@ -183,10 +192,7 @@ TEST_F(ContainerRestore, EnvironmentRoundTrip) {
   std::set<std::string> mounts_before = Mounts(c->pid);
   ASSERT_FALSE(mounts_before.empty());
 
-  CheckpointOptions co;
-  co.root = root_;
-  co.id = id_;
-  co.image_path = images_;
+  CheckpointOptions co = Opts();
   auto ck = Checkpoint(co, NoTree());
   ASSERT_OK(ck);
   EXPECT_TRUE(ck->record.has_layer());
@@ -250,10 +256,7 @@ TEST_F(ContainerRestore, EnvironmentRoundTrip) {
 TEST_F(ContainerRestore, BadInputLeavesNothingAndExistingUntouched) {
   auto c = StartContainer();
   ASSERT_OK(c);
-  CheckpointOptions co;
-  co.root = root_;
-  co.id = id_;
-  co.image_path = images_;
+  CheckpointOptions co = Opts();
   co.leave_running = true;
   co.export_file = tmp_.path() + "/export.gwx";
   auto ck = Checkpoint(co, NoTree());
@@ -336,10 +339,7 @@ TEST_F(ContainerRestore, TwentyCyclesLeaveNothingBehind) {
   pid_t prev = 0;  // the stand-in's init is our child: reap it once the checkpoint killed it
   for (int i = 0; i < 20; i++) {
     SCOPED_TRACE("cycle " + std::to_string(i));
-    CheckpointOptions co;
-    co.root = root_;
-    co.id = id_;
-    co.image_path = images_;
+    CheckpointOptions co = Opts();
     auto ck = Checkpoint(co, NoTree());
     ASSERT_OK(ck);
     if (prev > 0) (void)::waitpid(prev, nullptr, 0);  // unless Delete reaped it already
@@ -385,10 +385,7 @@ namespace {
 TEST_F(ContainerRestore, LeftoverVethOfTheIdIsWaitedForAndReplaced) {
   auto c = StartContainer();
   ASSERT_OK(c);
-  CheckpointOptions co;
-  co.root = root_;
-  co.id = id_;
-  co.image_path = images_;
+  CheckpointOptions co = Opts();
   ASSERT_OK(Checkpoint(co, NoTree()));
   // The state dir went aside for the restore to remove.
   EXPECT_FALSE(fs::Exists(root_ + "/" + id_));
@@ -447,10 +444,7 @@ TEST_F(ContainerRestore, CopyUnderAnotherIdAndAddress) {
   auto c = StartContainer();
   ASSERT_OK(c);
   ASSERT_OK(Populate(c->pid));
-  CheckpointOptions co;
-  co.root = root_;
-  co.id = id_;
-  co.image_path = images_;
+  CheckpointOptions co = Opts();
   co.leave_running = true;
   ASSERT_OK(Checkpoint(co, NoTree()));
   RestoreOptions ro;

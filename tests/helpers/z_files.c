@@ -1059,30 +1059,15 @@ static int m_packet(void) {
 /* tty00: a child leads a session whose controlling terminal is a pty slave; when the parent
  * closes the master after restore, the kernel hangs the terminal up and the child gets SIGHUP. */
 static int m_tty00(void) {
-  int master = open("/dev/ptmx", O_RDWR | O_NOCTTY);
-  SETUP(master >= 0 && grantpt(master) == 0 && unlockpt(master) == 0);
   char name[64];
-  SETUP(ptsname_r(master, name, sizeof name) == 0);
+  int master = open_pty(name, sizeof name);
   int sync[2];
   SETUP(pipe(sync) == 0);
   pid_t c = zfork();
   if (c == 0) {
     close(sync[0]);
     close(master);
-    sigset_t hup;
-    sigemptyset(&hup);
-    sigaddset(&hup, SIGHUP);
-    sigprocmask(SIG_BLOCK, &hup, NULL);
-    if (setsid() < 0) _exit(2);
-    int s = open(name, O_RDWR); /* the first tty a session leader opens becomes its ctty */
-    if (s < 0) _exit(3);
-    close(sync[1]);
-    siginfo_t si;
-    int got;
-    while ((got = sigwaitinfo(&hup, &si)) < 0 && errno == EINTR) {
-    }
-    if (got != SIGHUP) _exit(4);
-    _exit(0);
+    ctty_leader_until_hup(name, 1, sync[1]);
   }
   close(sync[1]);
   char x;

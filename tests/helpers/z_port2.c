@@ -30,13 +30,6 @@
 
 #include "zdtm_helper.h"
 
-/* A pty pair's master (the slave unlocked); its slave's name in name. */
-static int open_pty(char* name, size_t n) {
-  int m = open("/dev/ptmx", O_RDWR | O_NOCTTY);
-  SETUP(m >= 0 && grantpt(m) == 0 && unlockpt(m) == 0 && ptsname_r(m, name, n) == 0);
-  return m;
-}
-
 /* ---- tty00 (CRIU's): a session leader whose controlling terminal is open on no fd of it (it
  * opened the slave, which made it its terminal, and closed it); the parent holds the master.
  * After the restore the pty is still its terminal: closing the master hangs it up and the leader
@@ -50,20 +43,7 @@ static int m_ctty_no_fd(void) {
   if (c == 0) {
     close(sync[0]);
     close(master);
-    sigset_t hup;
-    sigemptyset(&hup);
-    sigaddset(&hup, SIGHUP);
-    sigprocmask(SIG_BLOCK, &hup, NULL);
-    if (setsid() < 0) _exit(2);
-    int s = open(name, O_RDWR); /* the first tty a session leader opens becomes its ctty */
-    if (s < 0) _exit(3);
-    close(s);
-    close(sync[1]);
-    siginfo_t si;
-    int got;
-    while ((got = sigwaitinfo(&hup, &si)) < 0 && errno == EINTR) {
-    }
-    _exit(got == SIGHUP ? 0 : 4);
+    ctty_leader_until_hup(name, 0, sync[1]);
   }
   close(sync[1]);
   char x;

@@ -67,6 +67,32 @@ static ZDTM_UNUSED int reap(pid_t p) {
     if (errno != EINTR) return -1;
   return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
+/* A pty pair's master (the slave unlocked); its slave's name in name. */
+static ZDTM_UNUSED int open_pty(char* name, size_t n) {
+  int m = open("/dev/ptmx", O_RDWR | O_NOCTTY);
+  SETUP(m >= 0 && grantpt(m) == 0 && unlockpt(m) == 0 && ptsname_r(m, name, n) == 0);
+  return m;
+}
+/* In a forked child: leads a session whose controlling terminal is the pty slave `name` (the
+ * first tty a session leader opens), open on an fd of it or not (keep_slave), tells the parent by
+ * closing sync_w, then exits 0 once the terminal's hang-up (SIGHUP, blocked and waited for)
+ * arrives; 2-4 when a step fails. */
+static ZDTM_UNUSED void ctty_leader_until_hup(const char* name, int keep_slave, int sync_w) {
+  sigset_t hup;
+  sigemptyset(&hup);
+  sigaddset(&hup, SIGHUP);
+  sigprocmask(SIG_BLOCK, &hup, NULL);
+  if (setsid() < 0) _exit(2);
+  int s = open(name, O_RDWR);
+  if (s < 0) _exit(3);
+  if (!keep_slave) close(s);
+  close(sync_w);
+  siginfo_t si;
+  int got;
+  while ((got = sigwaitinfo(&hup, &si)) < 0 && errno == EINTR) {
+  }
+  _exit(got == SIGHUP ? 0 : 4);
+}
 /* Writes to fd until it would block (its send buffer and the peer's window full); the bytes
  * written, -1 on another error. */
 static ZDTM_UNUSED int fill_send(int fd) {
