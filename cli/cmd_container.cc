@@ -389,6 +389,7 @@ int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
                           {"processes", r->processes},
                           {"lazy_bytes", r->lazy_bytes},
                           {"hot_bytes", r->hot_bytes},
+                          {"lazy_prepared_bytes", r->lazy_prepared_bytes},
                           {"preloaded_pagemaps", restore::PreloadHits()},
                           {"lazy_pager_pid", pager},
                           {"environment_ms", r->environment_ms},

@@ -108,6 +108,7 @@ TreeRestorer EngineRestorer() {
     t.memory_ms = s.memory_ms;
     t.lazy_bytes = s.lazy_bytes;
     t.hot_bytes = s.hot_bytes;
+    t.lazy_prepared_bytes = s.lazy_prepared_bytes;
     t.pager = s.pager;
     return t;
   };

@@ -596,6 +596,7 @@ Result<RestoreResult> FinishRestore(PreparedRestorePtr p,
   out.processes = tree.processes;
   out.lazy_bytes = tree.lazy_bytes;
   out.hot_bytes = tree.hot_bytes;
+  out.lazy_prepared_bytes = tree.lazy_prepared_bytes;
   out.pager = tree.pager;
   out.environment_ms = p->env_ms;
   out.environment_ahead = p->ahead.has_value();

@@ -58,6 +58,7 @@ struct TreeRestoreResult {
   // Lazy: pages still owed when the tree started to run, and who installs them.
   uint64_t lazy_bytes = 0;
   uint64_t hot_bytes = 0;  // restore::RestoreStats::hot_bytes
+  uint64_t lazy_prepared_bytes = 0;  // restore::RestoreStats::lazy_prepared_bytes
   std::shared_ptr<restore::LazyPager> pager;
 };
 
@@ -133,6 +134,7 @@ struct RestoreResult {
   RestorePhases phases;
   uint64_t lazy_bytes = 0;
   uint64_t hot_bytes = 0;  // restore::RestoreStats::hot_bytes
+  uint64_t lazy_prepared_bytes = 0;  // restore::RestoreStats::lazy_prepared_bytes
   std::shared_ptr<restore::LazyPager> pager;  // with lazy, while pages are owed
   // What the restore held until it ran (a PreparedRestore: the holder's namespace fds, the
   // environment's nftables context, helper threads): closing some of it waits (an RCU grace

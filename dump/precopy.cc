@@ -4,6 +4,7 @@
 #include <signal.h>
 
 #include "common/fs.h"
+#include "common/log.h"
 #include "common/page.h"
 #include "common/proc.h"
 #include "common/timing.h"
@@ -186,8 +187,12 @@ bool AllPresent(const img::PageMap& m, const std::vector<PageRange>& present) {
     const uint64_t s = run.vaddr(), e = s + run.npages() * kPage;
     while (k < present.size() && present[k].addr + present[k].npages * kPage <= s) ++k;
     if (k == present.size() || present[k].addr > s ||
-        present[k].addr + present[k].npages * kPage < e)
+        present[k].addr + present[k].npages * kPage < e) {
+      LOG_DEBUG("pid %d: %s: pages %#lx-%#lx are gone since: the round is written cut down",
+                m.pid(), m.blob().c_str(), static_cast<unsigned long>(s),
+                static_cast<unsigned long>(e));
       return false;
+    }
   }
   return true;
 }

@@ -299,6 +299,8 @@ Result<Restored> PendingRestore::Parse(const std::string& o_text) const {
     r.lazy_bytes = j.value("lazy_bytes", uint64_t{0});
     r.steps.emplace_back("restore.hot_bytes",
                          static_cast<double>(j.value("hot_bytes", uint64_t{0})));
+    r.steps.emplace_back("restore.lazy_prepared_bytes",
+                         static_cast<double>(j.value("lazy_prepared_bytes", uint64_t{0})));
     r.steps.emplace_back("restore.preloaded_pagemaps",
                          static_cast<double>(j.value("preloaded_pagemaps", uint64_t{0})));
     if (j.contains("phases")) {

@@ -18,6 +18,7 @@
 #include <cstring>
 
 #include "common/log.h"
+#include "common/timing.h"
 #include "common/page.h"
 #include "common/uffd.h"
 #include "images/image.h"
@@ -213,29 +214,17 @@ Result<uint32_t> LazyPager::BlobIndex(const std::string& path, const std::string
   return b;
 }
 
-Result<void> LazyPager::AddPagesBatch(pid_t pid, const std::vector<Source>& sources) {
-  struct Out {
-    uint64_t va, end;
-    uint32_t blob;
-    uint64_t off;
-  };
-  std::vector<Out> out;
+std::vector<LazyPager::Segment> LazyPager::Resolve(
+    const std::vector<const std::vector<Run>*>& rounds) {
+  std::vector<Segment> out;
   std::vector<std::pair<uint64_t, uint64_t>> covered, next;  // sorted, merged
-  std::vector<uint32_t> index(sources.size());
   size_t total = 0;
-  for (const auto& src : sources) total += src.runs.size();
+  for (const auto* runs : rounds) total += runs->size();
   out.reserve(total * 2);  // each newer run splits at most one older segment in two
-  std::vector<size_t> blocks;  // where each source's (sorted) part of `out` starts
-  {
-    std::lock_guard<std::mutex> l(mu_);
-    for (size_t i = 0; i < sources.size(); ++i) {
-      if (sources[i].runs.empty()) continue;
-      ASSIGN_OR_RETURN(index[i], BlobIndex(sources[i].path, sources[i].name, sources[i].verified));
-    }
-  }
-  // Newest first: each run minus what newer sources cover.
-  for (size_t k = sources.size(); k-- > 0;) {
-    const auto& runs = sources[k].runs;
+  std::vector<size_t> blocks;  // where each round's (sorted) part of `out` starts
+  // Newest first: each run minus what newer rounds cover.
+  for (size_t k = rounds.size(); k-- > 0;) {
+    const auto& runs = *rounds[k];
     if (runs.empty()) continue;
     blocks.push_back(out.size());
     size_t c = 0;
@@ -244,12 +233,12 @@ Result<void> LazyPager::AddPagesBatch(pid_t pid, const std::vector<Source>& sour
       while (c < covered.size() && covered[c].second <= s) ++c;
       for (size_t j = c; j < covered.size() && covered[j].first < e && s < e; ++j) {
         if (covered[j].first > s)
-          out.push_back({s, covered[j].first, index[k], r.off + (s - r.va)});
+          out.push_back({s, covered[j].first, static_cast<uint32_t>(k), r.off + (s - r.va)});
         s = std::max(s, covered[j].second);
       }
-      if (s < e) out.push_back({s, e, index[k], r.off + (s - r.va)});
+      if (s < e) out.push_back({s, e, static_cast<uint32_t>(k), r.off + (s - r.va)});
     }
-    // covered |= this source's runs
+    // covered |= this round's runs
     next.clear();
     size_t a = 0, b = 0;
     auto push = [&](uint64_t s, uint64_t e) {
@@ -269,9 +258,9 @@ Result<void> LazyPager::AddPagesBatch(pid_t pid, const std::vector<Source>& sour
     }
     covered.swap(next);
   }
-  // Each source's part is sorted already (its runs are): merged pairwise, not sorted again (a
+  // Each round's part is sorted already (its runs are): merged pairwise, not sorted again (a
   // 1 GiB process after pre-copy rounds has ~100k segments here).
-  auto by_va = [](const Out& x, const Out& y) { return x.va < y.va; };
+  auto by_va = [](const Segment& x, const Segment& y) { return x.va < y.va; };
   blocks.push_back(out.size());
   while (blocks.size() > 2) {
     std::vector<size_t> merged;
@@ -284,13 +273,95 @@ Result<void> LazyPager::AddPagesBatch(pid_t pid, const std::vector<Source>& sour
     merged.push_back(blocks.back());
     blocks.swap(merged);
   }
+  return out;
+}
+
+void LazyPager::Overlay(std::vector<Segment>* segs, const std::vector<Run>& runs,
+                        uint32_t source) {
+  if (runs.empty()) return;
+  std::vector<Segment> out;
+  out.reserve(segs->size() + 2 * runs.size());
+  size_t j = 0;  // the next run to output (runs go out in order, before what starts after them)
+  auto runs_before = [&](uint64_t va) {
+    for (; j < runs.size() && runs[j].va < va; ++j)
+      out.push_back({runs[j].va, runs[j].va + runs[j].len, source, runs[j].off});
+  };
+  size_t c = 0;  // the first run that ends after the current segment's start
+  for (const Segment& g : *segs) {
+    while (c < runs.size() && runs[c].va + runs[c].len <= g.va) ++c;
+    // g's parts between the runs that overlap it survive.
+    uint64_t s = g.va;
+    for (size_t k = c; k < runs.size() && runs[k].va < g.end; ++k) {
+      if (runs[k].va > s) {
+        runs_before(s);
+        out.push_back({s, runs[k].va, g.source, g.off + (s - g.va)});
+      }
+      s = std::max(s, runs[k].va + runs[k].len);
+    }
+    if (s < g.end) {
+      runs_before(s);
+      out.push_back({s, g.end, g.source, g.off + (s - g.va)});
+    }
+  }
+  runs_before(~uint64_t{0});
+  segs->swap(out);
+}
+
+LazyPager::Map LazyPager::BuildMap(const std::vector<Segment>& segs) {
+  Map m;
+  for (const Segment& g : segs) m.emplace_hint(m.end(), g.va, Seg{g.end, g.source, g.off});
+  return m;
+}
+
+std::vector<LazyPager::Segment> LazyPager::Take(Map& m, uint64_t s, uint64_t e) {
+  std::vector<Piece> gone;
+  Carve(m, s, e, &gone, nullptr);
+  std::vector<Segment> out;
+  out.reserve(gone.size());
+  for (const auto& pc : gone) out.push_back({pc.va, pc.va + pc.len, pc.blob, pc.off});
+  return out;
+}
+
+Result<void> LazyPager::Adopt(pid_t pid, Prepared* prepared, const std::vector<uint32_t>& remap) {
   std::lock_guard<std::mutex> l(mu_);
   ASSIGN_OR_RETURN(Proc * p, LiveProc(pid));
+  bool same = true;
+  for (size_t i = 0; i < remap.size(); ++i) same = same && remap[i] == i;
+  Map& m = prepared->pending;
+  if (!same)
+    for (auto& [va, seg] : m) seg.blob = remap.at(seg.blob);
   if (p->pending.empty()) {
-    for (const Out& o : out)
-      p->pending.emplace_hint(p->pending.end(), o.va, Seg{o.end, o.blob, o.off});
+    p->pending.swap(m);
   } else {
-    for (const Out& o : out) Insert(p->pending, o.va, o.end, o.blob, o.off);
+    for (const auto& [va, seg] : m) Insert(p->pending, va, seg.end, seg.blob, seg.off);
+  }
+  cv_.notify_all();
+  return Ok();
+}
+
+Result<void> LazyPager::AddPagesBatch(pid_t pid, const std::vector<Source>& sources) {
+  auto started = timing::Clock::now();
+  std::vector<uint32_t> index(sources.size());
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    for (size_t i = 0; i < sources.size(); ++i) {
+      if (sources[i].runs.empty()) continue;
+      ASSIGN_OR_RETURN(index[i], BlobIndex(sources[i].path, sources[i].name, sources[i].verified));
+    }
+  }
+  std::vector<const std::vector<Run>*> rounds;
+  for (const auto& src : sources) rounds.push_back(&src.runs);
+  std::vector<Segment> out = Resolve(rounds);
+  auto merged_at = timing::Clock::now();
+  std::lock_guard<std::mutex> l(mu_);
+  ASSIGN_OR_RETURN(Proc * p, LiveProc(pid));
+  LOG_DEBUG("pid %d: lazy record: %zu segments merged in %.2f ms", pid, out.size(),
+            timing::MsBetween(started, merged_at));
+  if (p->pending.empty()) {
+    for (const Segment& o : out)
+      p->pending.emplace_hint(p->pending.end(), o.va, Seg{o.end, index[o.source], o.off});
+  } else {
+    for (const Segment& o : out) Insert(p->pending, o.va, o.end, index[o.source], o.off);
   }
   cv_.notify_all();
   return Ok();

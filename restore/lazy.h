@@ -97,6 +97,44 @@ class LazyPager {
     std::vector<Run> runs;  // sorted, non-overlapping
   };
   Result<void> AddPagesBatch(pid_t pid, const std::vector<Source>& sources);
+
+  // Where each page of several rounds comes from once later rounds win: disjoint segments in
+  // address order, `source` the index of the round (oldest first) that holds the page.
+  struct Segment {
+    uint64_t va, end;
+    uint32_t source;
+    uint64_t off;
+  };
+  static std::vector<Segment> Resolve(const std::vector<const std::vector<Run>*>& rounds);
+  // The same one round at a time: *segs (Resolve's result so far) with runs of a newer round
+  // (index source) laid over it, in one sweep.
+  static void Overlay(std::vector<Segment>* segs, const std::vector<Run>& runs, uint32_t source);
+
+  struct Seg {
+    uint64_t end;
+    uint32_t blob;
+    uint64_t off;
+    pid_t worker = 0;  // in flight: the background worker copying it (0: a fault or FillNow)
+  };
+  using Map = std::map<uint64_t, Seg>;  // start -> segment; never overlapping
+  // A process's owed pages of earlier pre-copy rounds resolved ahead, while a migration's
+  // restore waits for the final state (restore/load.h PreloadPageMaps): recording ~200k segments
+  // of a 1 GiB tree cost 20-46 ms inside the blackout. `pending.blob` indexes `blobs`.
+  struct Prepared {
+    std::vector<std::string> blobs;  // names in the image directory, oldest round first
+    std::vector<std::pair<uint64_t, uint64_t>> covered;  // the union of the rounds' runs
+    uint64_t bytes = 0;
+    Map pending;
+  };
+  static Map BuildMap(const std::vector<Segment>& segs);
+  // Takes [s, e) out of m: what it held there, in address order (source: the segment's blob).
+  static std::vector<Segment> Take(Map& m, uint64_t s, uint64_t e);
+  // Takes *prepared as pid's owed pages (before its later rounds' AddPages/AddPagesBatch, which
+  // win over it): the map is moved in whole, its blob indices renumbered only if this pager's
+  // differ. verified(name): the blob's whole-file checksum was checked.
+  template <typename Verified>
+  Result<void> AdoptPrepared(pid_t pid, const std::string& dir, Prepared* prepared,
+                             Verified verified);
   // Installs now, on the calling thread, what pid is owed inside runs (in order, up to
   // max_bytes): the pages a migration's last round found written, the program's working set, go
   // in before it runs instead of each costing it a fault right after the switch. Returns the bytes
@@ -119,13 +157,6 @@ class LazyPager {
   uint64_t owed_bytes() const;
 
  private:
-  struct Seg {
-    uint64_t end;
-    uint32_t blob;
-    uint64_t off;
-    pid_t worker = 0;  // in flight: the background worker copying it (0: a fault or FillNow)
-  };
-  using Map = std::map<uint64_t, Seg>;  // start -> segment; never overlapping
   struct Proc {
     pid_t pid = 0;  // 0 for a forked child (the fork event does not say)
     UniqueFd uffd;
@@ -151,6 +182,8 @@ class LazyPager {
   // Under mu_: the blob's index (opened on first use); the live registered process of pid.
   Result<uint32_t> BlobIndex(const std::string& path, const std::string& name, bool verified);
   Result<Proc*> LiveProc(pid_t pid);
+  // AdoptPrepared's body, once the blobs are numbered (remap[i]: the pager's index of blob i).
+  Result<void> Adopt(pid_t pid, Prepared* prepared, const std::vector<uint32_t>& remap);
   void Start();
   void Stop();
   void EventLoop();
@@ -187,6 +220,20 @@ class LazyPager {
   Stats stats_;
   std::unique_ptr<Error> error_;
 };
+
+template <typename Verified>
+Result<void> LazyPager::AdoptPrepared(pid_t pid, const std::string& dir, Prepared* prepared,
+                                      Verified verified) {
+  std::vector<uint32_t> remap(prepared->blobs.size());
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    for (size_t i = 0; i < remap.size(); ++i) {
+      const std::string& name = prepared->blobs[i];
+      ASSIGN_OR_RETURN(remap[i], BlobIndex(dir + "/" + name, name, verified(name)));
+    }
+  }
+  return Adopt(pid, prepared, remap);
+}
 
 template <typename Fn>
 void LazyPager::Split(const std::vector<std::pair<uint64_t, uint64_t>>& ranges, uint64_t va,

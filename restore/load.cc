@@ -1,9 +1,13 @@
 #include "restore/load.h"
 
+#include <algorithm>
+#include <cstdio>
 #include <map>
 #include <set>
+#include <tuple>
 
 #include "common/fs.h"
+#include "common/log.h"
 #include "common/page.h"
 #include "images/crc32c.h"
 #include "restore/sessions.h"
@@ -23,6 +27,72 @@ std::map<std::string, Preloaded>& Cache() {
   return cache;
 }
 size_t g_hits = 0;
+std::set<std::string>& HitNames() {  // the round page maps LoadImages took preloaded
+  static std::set<std::string> names;
+  return names;
+}
+
+// One process's rounds, laid over each other as they arrive (LazyPager::Overlay).
+struct Ahead {
+  std::vector<std::string> maps;  // the round page map images applied, oldest first
+  int last_round = -1;
+  std::vector<LazyPager::Segment> segs;
+  LazyPager::Prepared prepared;  // blobs and covered kept up to date; pending built per pass
+  bool broken = false, changed = false;
+};
+std::map<pid_t, Ahead>& Aheads() {
+  static std::map<pid_t, Ahead> aheads;
+  return aheads;
+}
+
+// Lays round `round` of pid (its page map pm, preloaded as `name`) over the earlier ones.
+void AddAhead(pid_t pid, int round, const std::string& name, const img::PageMap& pm) {
+  Ahead& a = Aheads()[pid];
+  if (a.broken) return;
+  if (round <= a.last_round) {  // rounds arrive in order; anything else is not trusted
+    a.broken = true;
+    return;
+  }
+  std::vector<LazyPager::Run> runs;
+  runs.reserve(pm.runs_size());
+  uint64_t prev_end = 0;
+  for (const auto& r : pm.runs()) {
+    // LoadImages checks the same before the restore uses a page map; not checked yet here.
+    if (r.vaddr() % kPage || r.vaddr() < prev_end || r.npages() == 0 ||
+        r.npages() > (1ULL << 36)) {
+      a.broken = true;
+      return;
+    }
+    runs.push_back({r.vaddr(), r.npages() * kPage, r.blob_off()});
+    prev_end = r.vaddr() + r.npages() * kPage;
+  }
+  LazyPager::Overlay(&a.segs, runs, static_cast<uint32_t>(a.prepared.blobs.size()));
+  a.prepared.blobs.push_back(pm.blob());
+  // covered |= runs
+  auto& cov = a.prepared.covered;
+  std::vector<std::pair<uint64_t, uint64_t>> next;
+  next.reserve(cov.size() + runs.size());
+  auto push = [&](uint64_t s, uint64_t e) {
+    if (!next.empty() && s <= next.back().second)
+      next.back().second = std::max(next.back().second, e);
+    else
+      next.push_back({s, e});
+  };
+  size_t i = 0, k = 0;
+  while (i < cov.size() || k < runs.size()) {
+    if (k >= runs.size() || (i < cov.size() && cov[i].first < runs[k].va)) {
+      push(cov[i].first, cov[i].second);
+      ++i;
+    } else {
+      push(runs[k].va, runs[k].va + runs[k].len);
+      ++k;
+    }
+  }
+  cov.swap(next);
+  a.maps.push_back(name);
+  a.last_round = round;
+  a.changed = true;
+}
 
 bool IsRoundPageMap(const std::string& n) {
   return n.rfind("pagemap-", 0) == 0 && n.find("-pre") != std::string::npos &&
@@ -41,10 +111,15 @@ Result<img::PageMap> RoundPageMap(const images::ImageSet& set, const std::string
         img::PageMap m = std::move(it->second.map);
         cache.erase(it);
         g_hits++;
+        HitNames().insert(name);
         return m;
       }
+      LOG_DEBUG("%s: preloaded %lu bytes, the inventory lists %lu: read again", name.c_str(),
+                static_cast<unsigned long>(it->second.size), static_cast<unsigned long>(f.size()));
       break;
     }
+  } else {
+    LOG_DEBUG("%s: not preloaded", name.c_str());
   }
   img::PageMap m;
   TRY_CTX(set.ReadOne(name, &m), "read %s", name.c_str());
@@ -114,6 +189,7 @@ void PreloadPageMaps(const std::string& tree_dir) {
   auto names = fs::ListDir(tree_dir);
   if (!names.ok()) return;
   auto& cache = Cache();
+  std::vector<std::tuple<pid_t, int, std::string>> fresh;
   for (const auto& n : *names) {
     if (!IsRoundPageMap(n) || cache.count(n)) continue;
     // Written once and whole by the receiver: a file still being written fails to parse (or
@@ -127,8 +203,92 @@ void PreloadPageMaps(const std::string& tree_dir) {
     if (!rd.ok()) continue;
     auto got = rd->Next(&pre.map);
     if (!got.ok() || !*got) continue;
+    int pid = 0, round = -1, used = 0;
+    if (sscanf(n.c_str(), "pagemap-%d-pre%d.img%n", &pid, &round, &used) == 2 &&
+        static_cast<size_t>(used) == n.size() && pid > 0 && round >= 0)
+      fresh.emplace_back(pid, round, n);
     cache[n] = std::move(pre);
   }
+  // The lazy pager's record of the new rounds, in round order per process, and its map.
+  std::sort(fresh.begin(), fresh.end());
+  for (const auto& [pid, round, n] : fresh) AddAhead(pid, round, n, cache[n].map);
+  for (auto& [pid, a] : Aheads()) {
+    if (!a.changed || a.broken) continue;
+    a.prepared.pending = LazyPager::BuildMap(a.segs);
+    a.prepared.bytes = 0;
+    for (const auto& g : a.segs) a.prepared.bytes += g.end - g.va;
+    a.changed = false;
+  }
+}
+
+namespace {
+
+// The parts of round page map orig that cut (the final dump's copy of that round, cut down to
+// the pages still present: dump/precopy.cc EarlierMaps) lacks, appended to *gone; false if cut
+// is not such a copy (a run outside orig's, or at another blob offset).
+bool GoneSince(const img::PageMap& orig, const img::PageMap& cut,
+               std::vector<std::pair<uint64_t, uint64_t>>* gone) {
+  int k = 0;
+  for (const auto& o : orig.runs()) {
+    uint64_t s = o.vaddr(), e = s + o.npages() * kPage;
+    for (; k < cut.runs_size() && cut.runs(k).vaddr() < e; ++k) {
+      const auto& c = cut.runs(k);
+      uint64_t cs = c.vaddr(), ce = cs + c.npages() * kPage;
+      if (cs < s || ce > e || c.blob_off() != o.blob_off() + (cs - o.vaddr())) return false;
+      if (cs > s) gone->push_back({s, cs});
+      s = ce;
+    }
+    if (s < e) gone->push_back({s, e});
+  }
+  return k == cut.runs_size();
+}
+
+}  // namespace
+
+std::optional<LazyPager::Prepared> TakeLazyAhead(pid_t image_pid,
+                                                 const std::vector<img::PageMap>& pagemaps) {
+  auto it = Aheads().find(image_pid);
+  if (it == Aheads().end()) return std::nullopt;
+  Ahead a = std::move(it->second);
+  Aheads().erase(it);
+  if (a.broken || a.changed || pagemaps.size() != a.maps.size() + 1) {
+    LOG_DEBUG("pid %d: rounds resolved ahead not used: %zu rounds for %zu page maps%s", image_pid,
+              a.maps.size(), pagemaps.size(), a.broken ? " (out of order or bad runs)" : "");
+    return std::nullopt;
+  }
+  // A round the final dump wrote cut down (pages gone since: a heap trimmed, a stack or a
+  // mapping released) is the preloaded one minus those pages; gone from every round, since a
+  // later round holding such a page is cut the same way.
+  std::vector<std::pair<uint64_t, uint64_t>> gone;
+  for (size_t i = 0; i < a.maps.size(); ++i) {
+    bool ok = pagemaps[i].blob() == a.prepared.blobs[i];
+    if (ok && !HitNames().count(a.maps[i])) {
+      auto c = Cache().find(a.maps[i]);
+      ok = c != Cache().end() && GoneSince(c->second.map, pagemaps[i], &gone);
+    }
+    if (!ok) {
+      LOG_DEBUG("pid %d: rounds resolved ahead not used: %s differs from the preloaded %s",
+                image_pid, pagemaps[i].blob().c_str(), a.maps[i].c_str());
+      return std::nullopt;
+    }
+  }
+  if (!gone.empty()) {
+    std::sort(gone.begin(), gone.end());
+    std::vector<std::pair<uint64_t, uint64_t>> kept;
+    size_t g = 0;
+    for (auto [s, e] : a.prepared.covered) {  // covered minus gone (both sorted)
+      while (g < gone.size() && gone[g].second <= s) ++g;
+      for (size_t h = g; h < gone.size() && gone[h].first < e; ++h) {
+        if (gone[h].first > s) kept.push_back({s, gone[h].first});
+        s = std::max(s, gone[h].second);
+      }
+      if (s < e) kept.push_back({s, e});
+    }
+    a.prepared.covered.swap(kept);
+    for (const auto& [s, e] : gone)
+      for (const auto& g : LazyPager::Take(a.prepared.pending, s, e)) a.prepared.bytes -= g.end - g.va;
+  }
+  return std::move(a.prepared);
 }
 
 size_t PreloadedPageMaps() { return Cache().size(); }

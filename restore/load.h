@@ -5,10 +5,13 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "files/files.h"
 #include "restore/context.h"
+#include "restore/lazy.h"
 
 namespace godwit::restore {
 
@@ -21,6 +24,13 @@ namespace godwit::restore {
 void PreloadPageMaps(const std::string& tree_dir);
 size_t PreloadedPageMaps();  // how many are held (tests)
 size_t PreloadHits();        // how many LoadImages took from the preloaded ones (the report)
+// A process's earlier rounds resolved for the lazy pager (LazyPager::Prepared), built by
+// PreloadPageMaps as the rounds arrive (their map ready too: the blackout only adds the final
+// dump's pages on top). Taken once, when `pagemaps` (the process's, oldest first, as LoadImages
+// read them) holds exactly those rounds, each loaded from the preloaded bytes, and then its final
+// dump; else nothing (the restore records the rounds itself).
+std::optional<LazyPager::Prepared> TakeLazyAhead(pid_t image_pid,
+                                                 const std::vector<img::PageMap>& pagemaps);
 
 // pstree, core-<pid>, mm-<pid>, pagemap-<pid> (every round), shmem.img into ctx; fills
 // ctx.procs, ctx.by_pid, ctx.shmem and the process counts of ctx.stats.

@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstring>
+#include <optional>
 
 #include "common/fs.h"
 #include "common/log.h"
@@ -29,6 +30,7 @@
 #include "restore/batch.h"
 #include "restore/cow.h"
 #include "restore/lazy.h"
+#include "restore/load.h"
 #include "restore/mm.h"
 #include "restore/pages.h"
 #include "restore/shmem.h"
@@ -480,7 +482,18 @@ Result<void> RestoreMm(RestoreContext& ctx, ProcessRestore& p) {
     else
       v.push_back({s, e});
   };
-  for (const auto& pm : p.pagemaps) {
+  // A migration's earlier rounds resolved while the restore waited (restore/load.h): only the
+  // final dump's page map is walked here. Not with COW-inherited VMAs (their fill is per page).
+  std::optional<LazyPager::Prepared> ahead;
+  if (ctx.lazy && inherited.empty() && p.pagemaps.size() >= 2)
+    ahead = TakeLazyAhead(p.entry->pid(), p.pagemaps);
+  size_t first_map = 0;
+  if (ahead) {
+    for (const auto& [s, e] : ahead->covered) uni.push_back({s, e});
+    first_map = p.pagemaps.size() - 1;
+  }
+  for (size_t i = first_map; i < p.pagemaps.size(); ++i) {
+    const auto& pm = p.pagemaps[i];
     one.clear();
     for (const auto& run : pm.runs()) push(one, run.vaddr(), run.vaddr() + run.npages() * kPage);
     merged.clear();
@@ -518,7 +531,43 @@ Result<void> RestoreMm(RestoreContext& ctx, ProcessRestore& p) {
   for (const auto& v : p.mm.vmas())
     if (v.madv() != 0 && !kernel_made(v)) TRY_CTX(ApplyAdvice(r, v), "pid %d", p.pid);
   if (ctx.lazy) TRY_CTX(RegisterLazy(ctx, p, has_pages), "pid %d: lazy pages", p.pid);
-  if (inherited.empty()) {
+  if (ahead) {
+    // The earlier rounds' pages outside the pager's ranges (a binary's data in its private file
+    // mapping, a locked or MADV_HUGEPAGE VMA, a range the kernel refused): taken out of the
+    // record and filled now, round by round (each page from the newest round that holds it), before
+    // the final dump's pages.
+    auto ranges = ctx.lazy->Ranges(p.pid);
+    std::vector<img::PageMap> eager(ahead->blobs.size());
+    size_t r = 0;
+    for (auto [s, e] : ahead->covered) {
+      while (r < ranges.size() && ranges[r].second <= s) ++r;
+      auto take = [&](uint64_t from, uint64_t to) {
+        for (const auto& g : LazyPager::Take(ahead->pending, from, to)) {
+          img::PageRun* run = eager[g.source].add_runs();
+          run->set_vaddr(g.va);
+          run->set_npages((g.end - g.va) / kPage);
+          run->set_blob_off(g.off);
+          ahead->bytes -= g.end - g.va;
+        }
+      };
+      for (size_t k = r; k < ranges.size() && ranges[k].first < e; ++k) {
+        if (ranges[k].first > s) take(s, ranges[k].first);
+        s = std::max(s, ranges[k].second);
+      }
+      if (s < e) take(s, e);
+    }
+    for (size_t k = 0; k < eager.size(); ++k) {
+      if (eager[k].runs_size() == 0) continue;
+      eager[k].set_pid(p.entry->pid());
+      eager[k].set_blob(ahead->blobs[k]);
+      TRY_CTX(FillPages(ctx, p, eager[k]), "pid %d: pages", p.pid);
+    }
+    ctx.stats.lazy_prepared_bytes += ahead->bytes;
+    TRY_CTX(ctx.lazy->AdoptPrepared(p.pid, ctx.images->dir(), &*ahead,
+                                    [&](const std::string& n) { return ctx.images->Verified(n); }),
+            "pid %d: lazy pages", p.pid);
+    TRY_CTX(FillPages(ctx, p, p.pagemaps.back()), "pid %d: pages", p.pid);
+  } else if (inherited.empty()) {
     for (const auto& pm : p.pagemaps) TRY_CTX(FillPages(ctx, p, pm), "pid %d: pages", p.pid);
   } else {
     // Inherited VMAs first: their pages are corrected in place, the rest filled as usual (one
@@ -528,29 +577,43 @@ Result<void> RestoreMm(RestoreContext& ctx, ProcessRestore& p) {
                      FixInherited(ctx, p, inherited, p.pagemaps.empty() ? none : p.pagemaps[0]));
     TRY_CTX(FillPages(ctx, p, rest), "pid %d: pages", p.pid);
   }
-  if (!p.lazy_sources.empty()) {
-    TRY_CTX(ctx.lazy->AddPagesBatch(p.pid, p.lazy_sources), "pid %d: lazy pages", p.pid);
+  if (!p.lazy_sources.empty() || ahead) {
+    timing::PhaseTimer lt;
+    size_t nruns = 0;
+    for (const auto& src : p.lazy_sources) nruns += src.runs.size();
+    if (!p.lazy_sources.empty())
+      TRY_CTX(ctx.lazy->AddPagesBatch(p.pid, p.lazy_sources), "pid %d: lazy pages", p.pid);
+    double record_ms = lt.Lap("record");
     // After pre-copy rounds, the last blob holds what the program wrote in the last moments
     // before its freeze: its working set, which it touches first when it runs (a migrated
     // server's next reply). Installed now, up to a bound that keeps this out of the blackout's
     // growth; the rest stays lazy.
-    bool precopied = false;
-    uint64_t owed = 0;
+    bool precopied = ahead.has_value();
+    uint64_t owed = ahead ? ahead->bytes : 0;
     for (const auto& src : p.lazy_sources) {
       if (src.name.find("-pre") != std::string::npos) precopied = true;
       for (const auto& run : src.runs) owed += run.len;
     }
     if (owed <= kSmallLazyBytes && ctx.stats.hot_bytes + owed <= kEagerTreeBytes) {
-      for (const auto& src : p.lazy_sources) {
-        auto n = ctx.lazy->FillNow(p.pid, src.runs, kSmallLazyBytes);
+      std::vector<std::vector<LazyPager::Run>> all;
+      if (ahead) {
+        all.emplace_back();
+        for (const auto& [s, e] : ahead->covered) all.back().push_back({s, e - s, 0});
+      }
+      for (const auto& src : p.lazy_sources) all.push_back(src.runs);
+      for (const auto& runs : all) {
+        auto n = ctx.lazy->FillNow(p.pid, runs, kSmallLazyBytes);
         if (!n.ok()) return std::move(n.error().wrap(StrFormat("pid %d: lazy pages", p.pid)));
         ctx.stats.hot_bytes += *n;
       }
-    } else if (precopied && p.lazy_sources.size() > 1) {
+    } else if (precopied && !p.lazy_sources.empty() &&
+               (ahead || p.lazy_sources.size() > 1)) {
       auto n = ctx.lazy->FillNow(p.pid, p.lazy_sources.back().runs, kHotSetBytes);
       if (!n.ok()) return std::move(n.error().wrap(StrFormat("pid %d: lazy pages", p.pid)));
       ctx.stats.hot_bytes += *n;
     }
+    LOG_DEBUG("pid %d: lazy pages: %zu runs of %zu sources recorded in %.2f ms, filled now in "
+              "%.2f ms", p.pid, nruns, p.lazy_sources.size(), record_ms, lt.Lap("fill"));
     p.lazy_sources.clear();
   }
   // AIO rings into the ranges MapVma left free for them (restore/aio.cc).

@@ -42,9 +42,16 @@ class CrLazy : public ::testing::Test {
   void TearDown() override {
     for (pid_t p : pids_) KillAndReap(p);
     unsetenv("GODWIT_LAZY_FAULTS_ONLY");
+    unsetenv("CR_HELPER_STDERR");
+  }
+  // What lazy_mem said on stderr (which check failed, what a wrong page holds).
+  std::string HelperSaid() {
+    std::ifstream f(dir_ / "helper.err");
+    return std::string(std::istreambuf_iterator<char>(f), {});
   }
   // Starts lazy_mem with mib MiB, dumps it (killing it).
   void StartAndDump(int mib) {
+    setenv("CR_HELPER_STDERR", (dir_ / "helper.err").c_str(), 1);
     pid_t p = StartHelper("lazy_mem", {"{READY}", dir_ / "go", std::to_string(mib)});
     ASSERT_GT(p, 0);
     pids_.push_back(p);
@@ -78,7 +85,7 @@ TEST_F(CrLazy, FaultedPagesOnlyEveryCheckHolds) {
   EXPECT_GE(j["lazy_bytes"].get<uint64_t>(), 64ull << 20);
   ASSERT_GT(pager_, 0);
   Touch(dir_ / "go");
-  EXPECT_EQ(WaitWithin(root_, 120000), 0) << "lazy_mem failed a check (its exit code names it)";
+  EXPECT_EQ(WaitWithin(root_, 120000), 0) << "lazy_mem failed a check: " << HelperSaid();
   // The helper is gone: the pager notices and ends, with nothing left.
   EXPECT_EQ(WaitWithin(pager_, 30000), 0);
 }
@@ -88,13 +95,16 @@ TEST_F(CrLazy, BackgroundFillEveryCheckHolds) {
   auto j = RestoreDetached();
   ASSERT_FALSE(j.empty());
   Touch(dir_ / "go");
-  EXPECT_EQ(WaitWithin(root_, 120000), 0) << "lazy_mem failed a check (its exit code names it)";
-  if (pager_ > 0) EXPECT_EQ(WaitWithin(pager_, 30000), 0);
+  EXPECT_EQ(WaitWithin(root_, 120000), 0) << "lazy_mem failed a check: " << HelperSaid();
+  if (pager_ > 0) {
+    EXPECT_EQ(WaitWithin(pager_, 30000), 0);
+  }
 }
 
 // After pre-copy rounds, what was written since the last one (lazy_mem's stack, at least: it
 // loops on nanosleep) is installed before the tree runs, within its bound; every check holds.
 TEST_F(CrLazy, PreCopiedDumpInstallsTheLastRoundFirst) {
+  setenv("CR_HELPER_STDERR", (dir_ / "helper.err").c_str(), 1);
   pid_t p = StartHelper("lazy_mem", {"{READY}", dir_ / "go", "32"});
   ASSERT_GT(p, 0);
   pids_.push_back(p);
@@ -108,8 +118,10 @@ TEST_F(CrLazy, PreCopiedDumpInstallsTheLastRoundFirst) {
   EXPECT_LE(j["hot_bytes"].get<uint64_t>(), 2u << 20) << j.dump();
   EXPECT_GE(j["lazy_bytes"].get<uint64_t>(), 32ull << 20) << j.dump();
   Touch(dir_ / "go");
-  EXPECT_EQ(WaitWithin(root_, 120000), 0) << "lazy_mem failed a check (its exit code names it)";
-  if (pager_ > 0) EXPECT_EQ(WaitWithin(pager_, 30000), 0);
+  EXPECT_EQ(WaitWithin(root_, 120000), 0) << "lazy_mem failed a check: " << HelperSaid();
+  if (pager_ > 0) {
+    EXPECT_EQ(WaitWithin(pager_, 30000), 0);
+  }
 }
 
 // A process that owes little (here busybox's sleep: its stack, heap and data) is filled whole
@@ -142,7 +154,7 @@ TEST_F(CrLazy, ForegroundRestoreWaitsAndReturnsTheStatus) {
   ASSERT_GT(g, 0);
   pids_.push_back(g);
   Touch(dir_ / "go");
-  EXPECT_EQ(WaitWithin(g, 120000), 0);
+  EXPECT_EQ(WaitWithin(g, 120000), 0) << "lazy_mem failed a check: " << HelperSaid();
 }
 
 TEST_F(CrLazy, ProcessKilledMidFillLeavesNothingBehind) {
@@ -202,13 +214,15 @@ TEST_F(CrLazy, DumpOfAStillPagedTreeWaitsForThePager) {
   auto d = Godwit({"dump", "--pid", std::to_string(root_), "--images-dir", dir_ / "img2"});
   ASSERT_EQ(d.status, 0) << d.err;
   EXPECT_EQ(WaitWithin(root_, 30000), 128 + SIGKILL);
-  if (pager_ > 0) EXPECT_EQ(WaitWithin(pager_, 30000), 0);
+  if (pager_ > 0) {
+    EXPECT_EQ(WaitWithin(pager_, 30000), 0);
+  }
   auto r = Godwit({"restore", "--images-dir", dir_ / "img2", "--detach", "--json"});
   ASSERT_EQ(r.status, 0) << r.err;
   pid_t again = nlohmann::json::parse(r.out)["root_pid"].get<int>();
   pids_.push_back(again);
   Touch(dir_ / "go");
-  EXPECT_EQ(WaitWithin(again, 120000), 0) << "lazy_mem failed a check (its exit code names it)";
+  EXPECT_EQ(WaitWithin(again, 120000), 0) << "lazy_mem failed a check: " << HelperSaid();
 }
 
 }  // namespace

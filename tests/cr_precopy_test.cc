@@ -11,7 +11,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <array>
+#include <cstdio>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -23,6 +26,7 @@
 #include "images/image.h"
 #include "proto/mm.pb.h"
 #include "restore/context.h"
+#include "restore/lazy.h"
 #include "restore/load.h"
 
 namespace godwit::crtest {
@@ -180,17 +184,21 @@ TEST_F(CrPreCopy, RoundPageMapsAreReferencedAndPreloaded) {
   restore::PreloadPageMaps(dir_ / "half");
   EXPECT_EQ(restore::PreloadedPageMaps(), 0u);
   // Loaded without and with the preload: the same runs; with it, every reference was a hit.
+  std::vector<std::pair<pid_t, std::vector<img::PageMap>>> loaded;  // the last load's
   auto load = [&](std::vector<size_t>* runs) -> int {
     restore::RestoreContext ctx;
     ctx.images = &*set;
     size_t before = restore::PreloadHits();
     auto l = restore::LoadImages(ctx);
     EXPECT_TRUE(l.ok()) << l.error().to_string();
-    for (const auto& p : ctx.procs)
+    loaded.clear();
+    for (const auto& p : ctx.procs) {
       for (const auto& pm : p->pagemaps) {
         EXPECT_TRUE(pm.runs_image().empty());
         runs->push_back(pm.runs_size());
       }
+      loaded.emplace_back(p->entry->pid(), p->pagemaps);
+    }
     return static_cast<int>(restore::PreloadHits() - before);
   };
   // The references the final dump made (a round whose pages are partly gone since, e.g. the
@@ -213,8 +221,171 @@ TEST_F(CrPreCopy, RoundPageMapsAreReferencedAndPreloaded) {
   EXPECT_EQ(restore::PreloadedPageMaps(), held - refs) << "each hit taken, not kept";
   EXPECT_EQ(plain, preloaded);
   EXPECT_EQ(plain.size(), 6u) << "two rounds and the final dump, two processes";
+  // The lazy pager's record of the rounds, built by the preload round by round: taken for a
+  // process only when its final page map refers to every preloaded round (the helper's replaced
+  // mapping makes the final dump write a round cut down instead: its pages there are gone), and
+  // then the same segments as resolving the rounds all at once (the restore's own way).
+  std::map<pid_t, int> refs_of;
+  for (const auto& f : set->inventory().files()) {
+    int pid = 0;
+    if (sscanf(f.name().c_str(), "pagemap-%d.img", &pid) != 1) continue;
+    auto rd = set->OpenImage(f.name());
+    ASSERT_TRUE(rd.ok());
+    img::PageMap pm;
+    while (*rd->Next(&pm)) refs_of[pid] += pm.runs_image().empty() ? 0 : 1;
+  }
+  for (const auto& [pid, maps] : loaded) {
+    // A round written cut down (not referenced) is the preloaded one minus its gone pages.
+    auto ahead = restore::TakeLazyAhead(pid, maps);
+    ASSERT_TRUE(ahead.has_value()) << "pid " << pid << ": " << refs_of[pid] << " of "
+                                   << maps.size() - 1 << " rounds referenced";
+    std::vector<std::vector<restore::LazyPager::Run>> rounds(maps.size() - 1);
+    uint64_t bytes = 0;
+    for (size_t i = 0; i + 1 < maps.size(); ++i) {
+      EXPECT_EQ(ahead->blobs[i], maps[i].blob());
+      for (const auto& r : maps[i].runs())
+        rounds[i].push_back({r.vaddr(), r.npages() * 4096, r.blob_off()});
+    }
+    std::vector<const std::vector<restore::LazyPager::Run>*> ptrs;
+    for (const auto& r : rounds) ptrs.push_back(&r);
+    auto want = restore::LazyPager::Resolve(ptrs);
+    ASSERT_EQ(ahead->pending.size(), want.size()) << "pid " << pid;
+    size_t i = 0;
+    for (const auto& [va, seg] : ahead->pending) {
+      EXPECT_EQ(va, want[i].va);
+      EXPECT_EQ(seg.end, want[i].end);
+      EXPECT_EQ(seg.blob, want[i].source);
+      EXPECT_EQ(seg.off, want[i].off);
+      bytes += seg.end - va;
+      ++i;
+    }
+    EXPECT_EQ(ahead->bytes, bytes);
+    EXPECT_FALSE(restore::TakeLazyAhead(pid, maps).has_value()) << "taken once";
+  }
   // The restored tree's memory is right with the referenced rounds (the helper checks it).
   EXPECT_EQ(RestoreAndCheck(pid, 2), 0);
+}
+
+// The lazy pager's record of pre-copy rounds, built one round at a time as they arrive
+// (LazyPager::Overlay, a migration's waiting restore) or all at once (Resolve, the restore
+// itself): both give, for every page, the newest round that holds it and that round's offset,
+// checked page by page against a plain model on random rounds (runs inside, across and beside
+// earlier ones, adjacent runs, holes).
+TEST(LazyRecord, RoundByRoundEqualsAllAtOnceAndThePageModel) {
+  using restore::LazyPager;
+  uint64_t seed = 0x9E3779B97F4A7C15ULL;
+  auto rnd = [&](uint64_t n) {
+    seed ^= seed << 13;
+    seed ^= seed >> 7;
+    seed ^= seed << 17;
+    return seed % n;
+  };
+  constexpr uint64_t kPages = 512, kPg = 4096, kBase = 0x7f0000000000ULL;
+  for (int trial = 0; trial < 200; ++trial) {
+    int nrounds = 1 + static_cast<int>(rnd(6));
+    std::vector<std::vector<LazyPager::Run>> rounds(nrounds);
+    // model[page] = (round, off) of the newest round holding it; round -1: none.
+    std::vector<std::pair<int, uint64_t>> model(kPages, {-1, 0});
+    for (int k = 0; k < nrounds; ++k) {
+      uint64_t page = rnd(8), off = rnd(100) * kPg;
+      while (page < kPages) {
+        uint64_t len = 1 + rnd(trial % 3 == 0 ? 64 : 6);
+        len = std::min(len, kPages - page);
+        rounds[k].push_back({kBase + page * kPg, len * kPg, off});
+        for (uint64_t i = 0; i < len; ++i) model[page + i] = {k, off + i * kPg};
+        off += len * kPg + rnd(3) * kPg;
+        page += len + rnd(trial % 2 ? 2 : 40);  // adjacent runs too (gap 0)
+      }
+    }
+    std::vector<const std::vector<LazyPager::Run>*> ptrs;
+    for (const auto& r : rounds) ptrs.push_back(&r);
+    auto all = LazyPager::Resolve(ptrs);
+    std::vector<LazyPager::Segment> step;
+    for (int k = 0; k < nrounds; ++k) LazyPager::Overlay(&step, rounds[k], k);
+    ASSERT_EQ(step.size(), all.size()) << "trial " << trial;
+    for (size_t i = 0; i < all.size(); ++i) {
+      ASSERT_EQ(step[i].va, all[i].va) << "trial " << trial << " segment " << i;
+      ASSERT_EQ(step[i].end, all[i].end);
+      ASSERT_EQ(step[i].source, all[i].source);
+      ASSERT_EQ(step[i].off, all[i].off);
+    }
+    std::vector<std::pair<int, uint64_t>> got(kPages, {-1, 0});
+    uint64_t prev_end = 0;
+    for (const auto& g : step) {
+      ASSERT_GE(g.va, prev_end) << "trial " << trial << ": unsorted or overlapping";
+      ASSERT_LT(g.va, g.end);
+      prev_end = g.end;
+      for (uint64_t va = g.va; va < g.end; va += kPg)
+        got[(va - kBase) / kPg] = {static_cast<int>(g.source), g.off + (va - g.va)};
+    }
+    for (uint64_t i = 0; i < kPages; ++i)
+      ASSERT_EQ(got[i], model[i]) << "trial " << trial << " page " << i;
+    auto map = LazyPager::BuildMap(step);
+    ASSERT_EQ(map.size(), step.size());
+  }
+}
+
+// A round the final dump wrote cut down (pages gone since) is taken as the preloaded round minus
+// those pages; a copy that is not a cut of the preloaded one (a run at another blob offset, or
+// outside the round's runs) makes the restore resolve the rounds itself.
+TEST(LazyRecord, RoundCutDownByTheFinalDumpLosesItsGonePages) {
+  TempDir dir;
+  auto sink = images::OpenDirSink(dir.path());
+  ASSERT_TRUE(sink.ok()) << sink.error().to_string();
+  constexpr uint64_t kPg = 4096, kA = 0x10000000;
+  auto map = [](const std::string& blob, std::vector<std::array<uint64_t, 3>> runs) {
+    img::PageMap m;
+    m.set_pid(4242);
+    m.set_blob(blob);
+    for (const auto& [va, n, off] : runs) {
+      auto* r = m.add_runs();
+      r->set_vaddr(va);
+      r->set_npages(n);
+      r->set_blob_off(off);
+    }
+    return m;
+  };
+  // Round 0: 16 pages at kA and 4 more; round 1 rewrote pages 2-3.
+  img::PageMap r0 = map("pages-4242-pre0.img", {{kA, 16, 0}, {kA + 32 * kPg, 4, 16 * kPg}});
+  img::PageMap r1 = map("pages-4242-pre1.img", {{kA + 2 * kPg, 2, 0}});
+  ASSERT_TRUE(images::WriteImage(**sink, "pagemap-4242-pre0.img", r0).ok());
+  ASSERT_TRUE(images::WriteImage(**sink, "pagemap-4242-pre1.img", r1).ok());
+  restore::PreloadPageMaps(dir.path());
+  // The final dump: pages 8-11 and the 4 at 32 are gone; round 0 comes cut down, round 1 whole
+  // (as LoadImages hands them over; round 1 was not referenced here either: a cut copy of it
+  // equal to the original is fine too).
+  img::PageMap cut0 = map("pages-4242-pre0.img", {{kA, 8, 0}, {kA + 12 * kPg, 4, 12 * kPg}});
+  img::PageMap fin = map("pages-4242.img", {{kA + 5 * kPg, 1, 0}});
+  auto ahead = restore::TakeLazyAhead(4242, {cut0, r1, fin});
+  ASSERT_TRUE(ahead.has_value());
+  std::vector<restore::LazyPager::Run> a0 = {{kA, 8 * kPg, 0}, {kA + 12 * kPg, 4 * kPg, 12 * kPg}},
+                                       a1 = {{kA + 2 * kPg, 2 * kPg, 0}};
+  auto want = restore::LazyPager::Resolve({&a0, &a1});
+  ASSERT_EQ(ahead->pending.size(), want.size());
+  size_t i = 0;
+  uint64_t bytes = 0;
+  for (const auto& [va, seg] : ahead->pending) {
+    EXPECT_EQ(va, want[i].va) << i;
+    EXPECT_EQ(seg.end, want[i].end) << i;
+    EXPECT_EQ(seg.blob, want[i].source) << i;
+    EXPECT_EQ(seg.off, want[i].off) << i;
+    bytes += seg.end - va;
+    ++i;
+  }
+  EXPECT_EQ(ahead->bytes, bytes);
+  EXPECT_EQ(bytes, 12 * kPg);
+  using Iv = std::pair<uint64_t, uint64_t>;
+  EXPECT_EQ(ahead->covered, (std::vector<Iv>{{kA, kA + 8 * kPg}, {kA + 12 * kPg, kA + 16 * kPg}}));
+
+  // The same rounds again (pid 4343), the final dump's copy of round 0 at another offset.
+  TempDir dir2;
+  auto sink2 = images::OpenDirSink(dir2.path());
+  ASSERT_TRUE(sink2.ok());
+  r0.set_pid(4343);
+  ASSERT_TRUE(images::WriteImage(**sink2, "pagemap-4343-pre0.img", r0).ok());
+  restore::PreloadPageMaps(dir2.path());
+  img::PageMap moved = map("pages-4242-pre0.img", {{kA, 8, kPg}});
+  EXPECT_FALSE(restore::TakeLazyAhead(4343, {moved, fin}).has_value());
 }
 
 // After pre-copy the final dump takes the VMA flags from the last round's smaps read when a BPF

@@ -58,12 +58,32 @@ static int zero(const char* p, size_t len) {
 struct part {
   size_t from, to;
   int bad;
+  size_t first_bad;
 };
+
+// What a wrong page holds instead: zero, another page of the big region (which), or neither.
+static void describe(size_t i) {
+  const uint64_t* p = big + i * (PAGE / 8);
+  if (zero((const char*)p, PAGE)) {
+    fprintf(stderr, "big page %zu reads zero\n", i);
+    return;
+  }
+  for (size_t j = 0; j < big_pages; ++j)
+    if (check(p, 1, j)) {
+      fprintf(stderr, "big page %zu holds page %zu's data\n", i, j);
+      return;
+    }
+  size_t same = 0;
+  uint64_t want[PAGE / 8];
+  fill(want, 1, i);
+  for (int k = 0; k < PAGE / 8; ++k) same += p[k] == want[k];
+  fprintf(stderr, "big page %zu holds other data (%zu of 512 words right)\n", i, same);
+}
 
 static void* verify(void* arg) {
   struct part* pt = arg;
   for (size_t i = pt->from; i < pt->to; ++i)
-    if (!check(big + i * (PAGE / 8), 1, i)) pt->bad++;
+    if (!check(big + i * (PAGE / 8), 1, i) && pt->bad++ == 0) pt->first_bad = i;
   return NULL;
 }
 
@@ -131,6 +151,7 @@ int main(int argc, char** argv) {
     parts[i].from = big_pages * i / 4;
     parts[i].to = big_pages * (i + 1) / 4;
     parts[i].bad = 0;
+    parts[i].first_bad = 0;
     pthread_create(&t[i], NULL, verify, &parts[i]);
   }
   int bad = 0;
@@ -140,6 +161,8 @@ int main(int argc, char** argv) {
   }
   if (bad) {
     fprintf(stderr, "%d pages of the big region differ\n", bad);
+    for (int i = 0; i < 4; ++i)
+      if (parts[i].bad) describe(parts[i].first_bad);
     return 2;
   }
   int st = 0;
@@ -153,7 +176,9 @@ int main(int argc, char** argv) {
   }
   for (size_t i = 0; i < SMALL / PAGE; ++i)
     if (!check((uint64_t*)(m2 + i * PAGE), 3, i)) {
-      fprintf(stderr, "page %zu of the mremapped region differs\n", i);
+      fprintf(stderr, "page %zu of the mremapped region (now at %p, was %p) differs: %s\n", i,
+              (void*)(m2 + i * PAGE), (void*)(m + i * PAGE),
+              zero(m2 + i * PAGE, PAGE) ? "it reads zero" : "it holds other data");
       return 5;
     }
   if (!zero(u, SMALL)) {
