@@ -1,30 +1,31 @@
 #include "dump/tree.h"
 
 #include <linux/kcmp.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/ptrace.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/user.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
-
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
-#include <string>
 #include <deque>
 #include <map>
 #include <set>
+#include <string>
 
 #include "common/fs.h"
 #include "common/log.h"
 #include "common/proc.h"
 #include "common/remote.h"
 #include "common/scope_exit.h"
+#include "common/unique_fd.h"
 
 namespace godwit::dump {
 namespace {
@@ -165,9 +166,7 @@ Result<void> Seize(pid_t tid, unsigned long options, int* stop_sig) {
 // execs or exits, the child running on the parent's memory. Neither can be restored as it was
 // (CRIU refuses too: zdtm vfork00), so the dump fails naming both, before anything is seized.
 Result<void> CheckOwnMm(pid_t pid, pid_t parent) {
-  auto shares = [](pid_t a, pid_t b) {
-    return syscall(SYS_kcmp, a, b, KCMP_VM, 0, 0) == 0;
-  };
+  auto shares = [](pid_t a, pid_t b) { return syscall(SYS_kcmp, a, b, KCMP_VM, 0, 0) == 0; };
   if (parent > 0 && shares(pid, parent))
     return MakeError(ErrorKind::kUnsupported, 0,
                      "process %d shares its memory with its parent %d (a vfork child that has not "
@@ -212,8 +211,8 @@ Result<std::vector<pid_t>> SeizeThreads(pid_t pid, std::set<pid_t>* seized_set, 
         // Traced by someone else (a debugger, strace, another dumper): ptrace allows one tracer.
         if (pid_t tracer = TracerOf(pid, tid); tracer > 0)
           return MakeError(ErrorKind::kUnsupported, EBUSY,
-                           "process %d (thread %d) is traced by pid %d (%s); detach it first",
-                           pid, tid, tracer, CommOf(tracer).c_str());
+                           "process %d (thread %d) is traced by pid %d (%s); detach it first", pid,
+                           tid, tracer, CommOf(tracer).c_str());
         // EPERM on a non-main thread: a zombie thread (exited, not yet reaped) cannot be seized.
         auto st = proc::ReadTaskStat(pid, tid);
         if (st.ok() && (st->state == 'Z' || st->state == 'X')) {
@@ -370,6 +369,50 @@ void WaitStoppedAgain(const FrozenTree& t) {
   }
 }
 
+// Returns once every process of a killed tree has died (a zombie or gone), or after 10 s. Like a
+// tracer's dump waiting on its tracees: a caller that restores the same pids right after must not
+// find one still exiting (a child still tearing its memory down becomes a zombie of the tree's
+// parent only later, and its pid is in use until that parent reaps it). A thread the kill woke
+// before its PTRACE_DETACH stays traced: once dead it waits for us, the tracer, to release it, and
+// its process's exit waits for its threads; so the threads (and the main threads of processes that
+// are not our children, handed on to their real parents) are waited for without WNOWAIT.
+void WaitKilled(const FrozenTree& t, const std::set<pid_t>& leaders, std::vector<UniqueFd>* alive) {
+  std::set<pid_t> pending;
+  for (const auto& p : t.tree.processes()) {
+    if (p.zombie()) continue;
+    for (int tid : p.threads())
+      if (tid != p.pid() || leaders.count(tid)) pending.insert(tid);
+  }
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (!alive->empty()) {
+    for (auto it = pending.begin(); it != pending.end();) {
+      int status = 0;
+      pid_t r = waitpid(*it, &status, __WALL | WNOHANG);
+      bool gone =
+          (r < 0 && errno == ECHILD) || (r == *it && (WIFEXITED(status) || WIFSIGNALED(status)));
+      if (r == *it && WIFSTOPPED(status)) ptrace(PTRACE_DETACH, *it, nullptr, nullptr);
+      it = gone ? pending.erase(it) : std::next(it);
+    }
+    std::vector<pollfd> fds;
+    for (const auto& fd : *alive) fds.push_back({fd.get(), POLLIN, 0});
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                    deadline - std::chrono::steady_clock::now())
+                    .count();
+    if (left <= 0) {
+      LOG_WARN("kill: %zu process(es) of the tree of %d not dead after 10 s", alive->size(),
+               t.tree.root_pid());
+      return;
+    }
+    // Short rounds while traced threads are left to release; otherwise until one exits.
+    int n = poll(fds.data(), fds.size(), pending.empty() ? static_cast<int>(left) : 10);
+    if (n < 0 && errno != EINTR) return;
+    std::vector<UniqueFd> still;
+    for (size_t i = 0; i < fds.size(); i++)
+      if (!(fds[i].revents & (POLLIN | POLLHUP | POLLERR))) still.push_back(std::move((*alive)[i]));
+    *alive = std::move(still);
+  }
+}
+
 }  // namespace
 
 void ThawTree(const FrozenTree& t) {
@@ -393,9 +436,27 @@ void DetachFrozen(const FrozenTree& t) {
 }
 
 void KillTree(const FrozenTree& t) {
+  // A pidfd per process, taken before the kill (its pid cannot be reused under us): it is
+  // readable once the whole thread group has exited.
+  std::vector<UniqueFd> alive;
+  // Main threads ours to wait on: every process's but the root's when it is our own child (its
+  // exit status is our caller's to collect; a tracer waiting on its own child reaps it for good).
+  // The other processes' parents are in the tree.
+  std::set<pid_t> leaders;
+  for (const auto& p : t.tree.processes()) {
+    if (p.zombie()) continue;
+    int fd = static_cast<int>(syscall(SYS_pidfd_open, p.pid(), 0));
+    if (fd >= 0) alive.emplace_back(fd);
+    if (p.pid() != t.tree.root_pid()) {
+      leaders.insert(p.pid());
+    } else if (auto st = proc::ReadStat(p.pid()); !st.ok() || st->ppid != getpid()) {
+      leaders.insert(p.pid());
+    }
+  }
   for (const auto& p : t.tree.processes())
     if (!p.zombie()) kill(p.pid(), SIGKILL);
   for (pid_t tid : t.seized) ptrace(PTRACE_DETACH, tid, nullptr, nullptr);
+  WaitKilled(t, leaders, &alive);
 }
 
 }  // namespace godwit::dump

@@ -30,7 +30,8 @@ void ThawTree(const FrozenTree& t);
 // until the cgroup is thawed. Then it runs its interrupted call again from the syscall
 // instruction (Remote::Release set that up).
 void DetachFrozen(const FrozenTree& t);
-// SIGKILLs every live process of the tree, then detaches.
+// SIGKILLs every live process of the tree, then detaches, and returns once each is dead (a
+// zombie or gone; at most 10 s): whoever restores the same pids next finds none still exiting.
 void KillTree(const FrozenTree& t);
 
 }  // namespace godwit::dump

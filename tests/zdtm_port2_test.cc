@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include "zdtm_harness.h"
 
@@ -57,6 +58,35 @@ ZDTM(PacketRingsMappedAgain, "packet_ring_mapped")
 // listener of the tree, v6 and v4-mapped: accepted after the restore, bytes both ways.
 TEST_F(ZdtmPort2, TcpConnectionNotYetAcceptedComesBack) {
   RoundTrip("tcp_peer_unaccepted", {"--tcp-established"});
+}
+
+// poll (as the harness ran it): `godwit dump` kills the tree and returns only once every process
+// of it is dead, a zombie or gone (children with threads and memory take a while to exit); a
+// restore right after finds none of their pids still in use.
+TEST_F(ZdtmPort2, KilledTreeIsDeadWhenTheDumpReturns) {
+  pid_t pid = Start("slow_to_die");
+  ASSERT_GT(pid, 0) << "helper setup failed";
+  std::vector<pid_t> tree = Descendants(pid);
+  ASSERT_EQ(tree.size(), 6u);
+  tree.push_back(pid);
+  auto d = Godwit({"dump", "--pid", std::to_string(pid), "--images-dir", dir_ / "img"});
+  ASSERT_EQ(d.status, 0) << d.err;
+  // Nothing reaped yet: each is our zombie (the root our child, the others reparented to us, the
+  // subreaper) or gone.
+  for (pid_t p : tree) {
+    std::string st = ReadAll("/proc/" + std::to_string(p) + "/stat");
+    char state = st.empty() ? 'X' : st[st.rfind(')') + 2];
+    EXPECT_TRUE(state == 'Z' || state == 'X') << "pid " << p << " is '" << state
+                                              << "' after the dump returned";
+  }
+  ASSERT_EQ(Wait(pid), 128 + SIGKILL);
+  for (pid_t p : tree)
+    if (p != pid) waitpid(p, nullptr, 0);
+  auto r = Godwit({"restore", "--images-dir", dir_ / "img", "--detach"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  ASSERT_EQ(kill(pid, SIGUSR2), 0);
+  EXPECT_EQ(WaitBounded(pid, 30000), 0) << "the restored helper's check failed (-2: hung)";
+  pids_.clear();
 }
 
 }  // namespace

@@ -449,6 +449,63 @@ static int m_tcp_peer_unaccepted(void) {
   return 0;
 }
 
+/* ---- poll (CRIU's, as the harness ran it): the restore wanted a pid whose process was still
+ * exiting after `godwit dump` returned (killed, not yet a zombie its new parent could reap).
+ * Children with threads and touched memory take a while to die: `godwit dump` returns only once
+ * all of them are dead (the test checks that), and the restored ones are whole. */
+#define DYING_KIDS 6
+#define DYING_THREADS 12
+static void* dying_thread(void* arg) {
+  (void)arg;
+  for (;;) pause();
+  return NULL;
+}
+static int threads_of(pid_t p) {
+  char path[64], line[256];
+  snprintf(path, sizeof path, "/proc/%d/status", p);
+  FILE* f = fopen(path, "r");
+  int n = -1;
+  if (!f) return -1;
+  while (fgets(line, sizeof line, f))
+    if (sscanf(line, "Threads: %d", &n) == 1) break;
+  fclose(f);
+  return n;
+}
+static int m_slow_to_die(void) {
+  pid_t kids[DYING_KIDS];
+  int sync[2];
+  SETUP(pipe(sync) == 0);
+  for (int i = 0; i < DYING_KIDS; ++i) {
+    kids[i] = zfork();
+    SETUP(kids[i] >= 0);
+    if (kids[i] == 0) {
+      close(sync[0]);
+      size_t len = 16u << 20;
+      char* m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (m == MAP_FAILED) _exit(2);
+      for (size_t o = 0; o < len; o += 4096) m[o] = (char)(o >> 12);
+      for (int t = 0; t < DYING_THREADS; ++t) {
+        pthread_t th;
+        if (pthread_create(&th, NULL, dying_thread, NULL) != 0) _exit(3);
+      }
+      close(sync[1]);
+      for (;;) pause();
+    }
+  }
+  close(sync[1]);
+  char x;
+  SETUP(read(sync[0], &x, 1) == 0);
+  for (int i = 0; i < DYING_KIDS; ++i) SETUP(threads_of(kids[i]) == DYING_THREADS + 1);
+  ready_and_wait();
+  for (int i = 0; i < DYING_KIDS; ++i) {
+    int n = threads_of(kids[i]);
+    CHECK(n == DYING_THREADS + 1, "child %d has %d threads after the restore", kids[i], n);
+    CHECK(kill(kids[i], SIGKILL) == 0, "kill %d", kids[i]);
+    CHECK(reap(kids[i]) == 128 + SIGKILL, "reap %d", kids[i]);
+  }
+  return 0;
+}
+
 int main(int argc, char** argv) {
   int bad = zdtm_start(argc, argv);
   if (bad) return bad;
@@ -462,6 +519,7 @@ int main(int argc, char** argv) {
       {"vdso_unmapped", m_vdso_unmapped},
       {"packet_ring_mapped", m_packet_ring_mapped},
       {"tcp_peer_unaccepted", m_tcp_peer_unaccepted},
+      {"slow_to_die", m_slow_to_die},
   };
   return zdtm_run(argv[1], modes, sizeof modes / sizeof modes[0]);
 }
