@@ -65,19 +65,20 @@ struct part {
 static void describe(size_t i) {
   const uint64_t* p = big + i * (PAGE / 8);
   if (zero((const char*)p, PAGE)) {
-    fprintf(stderr, "big page %zu reads zero\n", i);
+    fprintf(stderr, "big page %zu (at %p) reads zero\n", i, (void*)p);
     return;
   }
   for (size_t j = 0; j < big_pages; ++j)
     if (check(p, 1, j)) {
-      fprintf(stderr, "big page %zu holds page %zu's data\n", i, j);
+      fprintf(stderr, "big page %zu (at %p) holds page %zu's data\n", i, (void*)p, j);
       return;
     }
   size_t same = 0;
   uint64_t want[PAGE / 8];
   fill(want, 1, i);
   for (int k = 0; k < PAGE / 8; ++k) same += p[k] == want[k];
-  fprintf(stderr, "big page %zu holds other data (%zu of 512 words right)\n", i, same);
+  fprintf(stderr, "big page %zu (at %p) holds other data (%zu of 512 words right)\n", i,
+          (void*)p, same);
 }
 
 static void* verify(void* arg) {
