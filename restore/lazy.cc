@@ -103,6 +103,11 @@ void LazyPager::Carve(Map& m, uint64_t s, uint64_t e, std::vector<Piece>* out, P
     auto prev = std::prev(it);
     if (prev->second.end > s) it = prev;
   }
+  CarveAt(m, it, s, e, out, p);
+}
+
+LazyPager::Map::iterator LazyPager::CarveAt(Map& m, Map::iterator it, uint64_t s, uint64_t e,
+                                            std::vector<Piece>* out, Proc* p) {
   while (it != m.end() && it->first < e) {
     const uint64_t ss = it->first;
     const Seg seg = it->second;
@@ -110,18 +115,37 @@ void LazyPager::Carve(Map& m, uint64_t s, uint64_t e, std::vector<Piece>* out, P
     if (out) out->push_back({p, cs, ce - cs, seg.blob, seg.off + (cs - ss)});
     if (ss < cs) {
       it->second.end = cs;
-      if (ce < seg.end) {
-        m.emplace_hint(std::next(it), ce, Seg{seg.end, seg.blob, seg.off + (ce - ss), seg.worker});
-        return;
-      }
+      if (ce < seg.end)
+        return m.emplace_hint(std::next(it), ce,
+                              Seg{seg.end, seg.blob, seg.off + (ce - ss), seg.worker});
       ++it;
     } else {
       it = m.erase(it);
-      if (ce < seg.end) {
-        m.emplace_hint(it, ce, Seg{seg.end, seg.blob, seg.off + (ce - ss), seg.worker});
-        return;
-      }
+      if (ce < seg.end)
+        return m.emplace_hint(it, ce, Seg{seg.end, seg.blob, seg.off + (ce - ss), seg.worker});
     }
+  }
+  return it;
+}
+
+void LazyPager::InsertSorted(Map& m, const std::vector<Segment>& segs,
+                             const std::vector<uint32_t>& blob_of) {
+  // One walk along m: the next segment is usually a few nodes on (a migration's final dump over
+  // the rounds' record, ~200k nodes laid out in address order), where a lookup from the root
+  // costs ~18 cold nodes; a far one is looked up.
+  auto pos = m.begin();
+  for (const Segment& g : segs) {
+    int steps = 0;
+    while (pos != m.end() && pos->second.end <= g.va && steps < 16) {
+      ++pos;
+      ++steps;
+    }
+    if (pos != m.end() && pos->second.end <= g.va) {
+      pos = m.upper_bound(g.va);
+      if (pos != m.begin() && std::prev(pos)->second.end > g.va) pos = std::prev(pos);
+    }
+    pos = CarveAt(m, pos, g.va, g.end, nullptr, nullptr);
+    m.emplace_hint(pos, g.va, Seg{g.end, blob_of[g.source], g.off});
   }
 }
 
@@ -361,7 +385,7 @@ Result<void> LazyPager::AddPagesBatch(pid_t pid, const std::vector<Source>& sour
     for (const Segment& o : out)
       p->pending.emplace_hint(p->pending.end(), o.va, Seg{o.end, index[o.source], o.off});
   } else {
-    for (const Segment& o : out) Insert(p->pending, o.va, o.end, index[o.source], o.off);
+    InsertSorted(p->pending, out, index);
   }
   cv_.notify_all();
   return Ok();

@@ -179,6 +179,16 @@ class LazyPager {
 
   static void Carve(Map& m, uint64_t s, uint64_t e, std::vector<Piece>* out, Proc* p);
   static void Insert(Map& m, uint64_t s, uint64_t e, uint32_t blob, uint64_t off);
+  // Carve from it (the first node whose end is past s, or m.end()); returns the first node
+  // starting at or after e.
+  static Map::iterator CarveAt(Map& m, Map::iterator it, uint64_t s, uint64_t e,
+                               std::vector<Piece>* out, Proc* p);
+ public:
+  // Lays segs (sorted, disjoint; source indexes blob_of) over m: they win where they overlap.
+  static void InsertSorted(Map& m, const std::vector<Segment>& segs,
+                           const std::vector<uint32_t>& blob_of);
+
+ private:
   // Under mu_: the blob's index (opened on first use); the live registered process of pid.
   Result<uint32_t> BlobIndex(const std::string& path, const std::string& name, bool verified);
   Result<Proc*> LiveProc(pid_t pid);
