@@ -428,6 +428,7 @@ Result<long> OpenInTarget(remote::Remote* r, const std::string& path, int flags,
 
 Result<void> RestoreMm(RestoreContext& ctx, ProcessRestore& p) {
   auto t0 = timing::Clock::now();
+  timing::PhaseTimer mt(t0);
   remote::Remote* r = p.remote.get();
   // glibc in the coordinator registered rseq for this thread; its area is about to go away.
   struct {
@@ -523,6 +524,7 @@ Result<void> RestoreMm(RestoreContext& ctx, ProcessRestore& p) {
     batch.Add("close " + path, SYS_close, static_cast<uint64_t>(fd));
   if (st.sock >= 0) batch.Add("close the fd passing socket", SYS_close, static_cast<uint64_t>(st.sock));
   TRY_CTX(batch.Flush(), "pid %d", p.pid);
+  mt.Lap("map");
   // The vdso block and vsyscall come from the kernel with their own flags: no advice, locks or
   // seals of ours on them.
   auto kernel_made = [](const img::Vma& v) {
@@ -531,6 +533,7 @@ Result<void> RestoreMm(RestoreContext& ctx, ProcessRestore& p) {
   for (const auto& v : p.mm.vmas())
     if (v.madv() != 0 && !kernel_made(v)) TRY_CTX(ApplyAdvice(r, v), "pid %d", p.pid);
   if (ctx.lazy) TRY_CTX(RegisterLazy(ctx, p, has_pages), "pid %d: lazy pages", p.pid);
+  mt.Lap("register");
   if (ahead) {
     // The earlier rounds' pages outside the pager's ranges (a binary's data in its private file
     // mapping, a locked or MADV_HUGEPAGE VMA, a range the kernel refused): taken out of the
@@ -562,10 +565,12 @@ Result<void> RestoreMm(RestoreContext& ctx, ProcessRestore& p) {
       eager[k].set_blob(ahead->blobs[k]);
       TRY_CTX(FillPages(ctx, p, eager[k]), "pid %d: pages", p.pid);
     }
+    mt.Lap("eager_rounds");
     ctx.stats.lazy_prepared_bytes += ahead->bytes;
     TRY_CTX(ctx.lazy->AdoptPrepared(p.pid, ctx.images->dir(), &*ahead,
                                     [&](const std::string& n) { return ctx.images->Verified(n); }),
             "pid %d: lazy pages", p.pid);
+    mt.Lap("adopt");
     TRY_CTX(FillPages(ctx, p, p.pagemaps.back()), "pid %d: pages", p.pid);
   } else if (inherited.empty()) {
     for (const auto& pm : p.pagemaps) TRY_CTX(FillPages(ctx, p, pm), "pid %d: pages", p.pid);
@@ -577,6 +582,7 @@ Result<void> RestoreMm(RestoreContext& ctx, ProcessRestore& p) {
                      FixInherited(ctx, p, inherited, p.pagemaps.empty() ? none : p.pagemaps[0]));
     TRY_CTX(FillPages(ctx, p, rest), "pid %d: pages", p.pid);
   }
+  mt.Lap("fill");
   if (!p.lazy_sources.empty() || ahead) {
     timing::PhaseTimer lt;
     size_t nruns = 0;
@@ -655,6 +661,12 @@ Result<void> RestoreMm(RestoreContext& ctx, ProcessRestore& p) {
             "pid %d: mlockall(%#x)", p.pid, p.mm.mlockall());
   ctx.stats.vmas += p.mm.vmas_size();
   ctx.stats.memory_ms += timing::MsSince(t0);
+  if (ctx.lazy) {
+    mt.Lap("rest");
+    std::string parts;
+    for (const auto& [name, ms] : mt.phases()) parts += StrFormat(" %s %.2f", name.c_str(), ms);
+    LOG_DEBUG("pid %d: mm step (ms):%s", p.pid, parts.c_str());
+  }
   return Ok();
 }
 
