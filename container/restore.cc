@@ -181,6 +181,18 @@ Result<void> SameEnvironment(const img::ContainerCheckpoint& early,
   return Ok();
 }
 
+// The namespaces (of those the root's clone makes: net, ipc, uts) that the container did not own
+// but shared with the host (a spec without them: the host's network, as `--net=host`): the
+// restored root stays in the restorer's, where its sockets and addresses are.
+int SharedNamespaceFlags(const img::ContainerCheckpoint& rec) {
+  auto owns = [&](const char* ns) {
+    return std::find(rec.namespaces().begin(), rec.namespaces().end(), ns) !=
+           rec.namespaces().end();
+  };
+  return (owns("net") ? 0 : CLONE_NEWNET) | (owns("ipc") ? 0 : CLONE_NEWIPC) |
+         (owns("uts") ? 0 : CLONE_NEWUTS);
+}
+
 }  // namespace
 
 Result<PreparedRestorePtr> PrepareRestore(const RestoreOptions& opts, bool ahead) {
@@ -359,7 +371,11 @@ Result<PreparedRestorePtr> PrepareRestore(const RestoreOptions& opts, bool ahead
     p->storage_on_host = true;
     p->plan.storage_mounted = true;
   }
-  if (ahead) {
+  // The environment holder makes every namespace of its own.
+  if (ahead && SharedNamespaceFlags(rec) != 0) {
+    LOG_DEBUG("restore of %s: environment not made ahead: it shares host namespaces",
+              opts.id.c_str());
+  } else if (ahead) {
     auto a = PlanAhead(p->plan);
     if (a.ok()) {
       p->ahead = std::move(*a);
@@ -433,7 +449,7 @@ Result<RestoreResult> FinishRestore(PreparedRestorePtr p,
 
   TreeRestoreRequest req;
   req.tree_dir = p->dir + "/" + kTreeDir;
-  req.clone_flags = kRootCloneFlags;
+  req.clone_flags = kRootCloneFlags & ~SharedNamespaceFlags(rec);
   req.tcp_close = !opts.ip.empty();
   req.keep_netlock = opts.keep_netlock;
   req.lazy = opts.lazy;
