@@ -138,10 +138,10 @@ class Apps : public ::testing::Test {
     std::string log = dir_ / "app.log";
     pid_t pid = fork();
     if (pid == 0) {
+      int null = open("/dev/null", O_RDONLY);
+      int l = open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);  // as root: in dir_
       if (gid >= 0 && (setgroups(0, nullptr) != 0 || setgid(gid) != 0)) _exit(126);
       if (uid >= 0 && setuid(uid) != 0) _exit(126);
-      int null = open("/dev/null", O_RDONLY);
-      int l = open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
       dup2(null, 0);
       dup2(l, 1);
       dup2(l, 2);
@@ -506,8 +506,8 @@ bool PgUser(int* uid, int* gid) {
 int RunAs(const std::vector<std::string>& argv, int uid, int gid, const std::string& log) {
   pid_t pid = fork();
   if (pid == 0) {
-    if (setgroups(0, nullptr) != 0 || setgid(gid) != 0 || setuid(uid) != 0) _exit(126);
-    int l = open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    int l = open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);  // as root: in the test's dir
+    if (l < 0 || setgroups(0, nullptr) != 0 || setgid(gid) != 0 || setuid(uid) != 0) _exit(126);
     int null = open("/dev/null", O_RDONLY);
     dup2(null, 0);
     dup2(l, 1);
@@ -603,7 +603,7 @@ class Postgres : public Apps {
 // shared memory (anonymous shared, SysV, POSIX /dev/shm), latches (self-pipes, epoll) and the
 // listening sockets; the client's TCP connection is held across the checkpoint.
 TEST_F(Postgres, SessionAndTransactionSurviveProcessTreeCheckpoint) {
-  InitDb(dir_.path());
+  ASSERT_NO_FATAL_FAILURE(InitDb(dir_.path()));
   int port = FreePort();
   pid_t pid = Spawn({PgBin("postgres"), "-D", data_, "-p", std::to_string(port), "-k", dir_.path(),
                      "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"},
@@ -626,6 +626,7 @@ TEST_F(Postgres, SessionAndTransactionSurviveProcessTreeCheckpoint) {
 // not listed in config.json) and no network namespace of its own (the host's, as --net=host);
 // `godwit checkpoint --tcp-established` and `godwit restore`: the client's session goes on.
 TEST_F(Postgres, SessionSurvivesContainerCheckpointWithHostNetwork) {
+  chmod(dir_.path().c_str(), 0755);  // the postgres user reaches its data directory
   std::string b = dir_ / "bundle", rootfs = b + "/rootfs", id = "gwpg" + std::to_string(getpid());
   ASSERT_EQ(Godwit({"mkrootfs", rootfs, "--busybox", "/usr/bin/busybox"}).status, 0);
   ASSERT_EQ(Godwit({"spec", "--bundle", b}).status, 0);
@@ -637,7 +638,7 @@ TEST_F(Postgres, SessionSurvivesContainerCheckpointWithHostNetwork) {
   std::ofstream(rootfs + "/etc/passwd", std::ios::app)
       << "postgres:x:" << uid_ << ":" << gid_ << "::/data:/bin/sh\n";
   ASSERT_EQ(mkdir((rootfs + "/data").c_str(), 0755), 0);
-  InitDb(rootfs + "/data");
+  ASSERT_NO_FATAL_FAILURE(InitDb(rootfs + "/data"));
   int port = FreePort();
   std::ofstream(data_ + "/postgresql.conf", std::ios::app)
       << "listen_addresses = '127.0.0.1'\nport = " << port
@@ -698,8 +699,7 @@ const srv = http.createServer((req, res) => {
   w.postMessage(v);
 });
 srv.keepAliveTimeout = 600000;
-srv.listen(0, '127.0.0.1', () => { fs.writeSync(3, srv.address().port + '
-'); fs.closeSync(3); });
+srv.listen(0, '127.0.0.1', () => { fs.writeSync(3, srv.address().port + '\n'); fs.closeSync(3); });
 )");
   std::string line;
   pid_t pid = StartProgram("/usr/bin/node", {dir_ / "app.js"}, &line);
@@ -711,7 +711,9 @@ srv.listen(0, '127.0.0.1', () => { fs.writeSync(3, srv.address().port + '
   ASSERT_GE(c, 0);
   bool ok;
   // {"ticks":T,"n":N,"sq":S,"pid":P}
+  int asked = 0;  // requests so far: the worker's counter
   auto get = [&](int sock, int v, long* ticks) {
+    ++asked;
     if (!SendAll(sock, "GET /" + std::to_string(v) + " HTTP/1.1\r\nHost: x\r\n\r\n")) return std::string();
     std::string b = HttpBody(sock, &ok);
     size_t t = b.find("\"ticks\":");
@@ -727,14 +729,14 @@ srv.listen(0, '127.0.0.1', () => { fs.writeSync(3, srv.address().port + '
   EXPECT_EQ(get(c, 8, &t1), ",\"n\":2,\"sq\":64" + p);
   EXPECT_GE(t1, t0);
   // The interval timer fires on after the restore (bounded: each request is a round trip).
-  int i = 0;
-  for (int64_t end = NowMs() + 10000; NowMs() < end && get(c, 1, &t2).size() && t2 <= t1 + 3; ++i) {
+  for (int64_t end = NowMs() + 10000; NowMs() < end && get(c, 1, &t2).size() && t2 <= t1 + 3;) {
   }
   EXPECT_GT(t2, t1 + 3) << "the setInterval timer stopped";
   int c2 = Connect(port);
   ASSERT_GE(c2, 0);
   long t3;
-  EXPECT_EQ(get(c2, 9, &t3), ",\"n\":" + std::to_string(3 + i) + ",\"sq\":81" + p);
+  std::string last = get(c2, 9, &t3);
+  EXPECT_EQ(last, ",\"n\":" + std::to_string(asked) + ",\"sq\":81" + p);
   close(c2);
   close(c);
 }
