@@ -534,7 +534,8 @@ struct Fnv {
 // The mount a directory fd is on (statx mount id).
 Result<uint64_t> MountIdOf(int fd, const std::string& path) {
   struct statx stx;
-  if (::statx(fd, "", AT_EMPTY_PATH, STATX_MNT_ID, &stx) < 0) return Errno("statx %s", path.c_str());
+  if (::statx(fd, "", AT_EMPTY_PATH, STATX_MNT_ID, &stx) < 0)
+    return Errno("statx %s", path.c_str());
   return static_cast<uint64_t>(stx.stx_mnt_id);
 }
 

@@ -371,11 +371,7 @@ Result<PreparedRestorePtr> PrepareRestore(const RestoreOptions& opts, bool ahead
     p->storage_on_host = true;
     p->plan.storage_mounted = true;
   }
-  // The environment holder makes every namespace of its own.
-  if (ahead && SharedNamespaceFlags(rec) != 0) {
-    LOG_DEBUG("restore of %s: environment not made ahead: it shares host namespaces",
-              opts.id.c_str());
-  } else if (ahead) {
+  if (ahead) {
     auto a = PlanAhead(p->plan);
     if (a.ok()) {
       p->ahead = std::move(*a);
@@ -396,7 +392,8 @@ Result<void> PreparedRestore::BuildAhead() {
   std::function<Result<void>(pid_t)> join_cgroup;
   if (ahead->cgroup_ns_in_holder) join_cgroup = [&](pid_t h) { return cg->AddProcess(h); };
   ASSIGN_OR_RETURN(holder,
-                   EnvHolder::Start(ahead->holder, ahead->cgroup_ns_in_holder, join_cgroup));
+                   EnvHolder::Start(ahead->holder, ahead->cgroup_ns_in_holder, join_cgroup,
+                                    SharedNamespaceFlags(rec)));
   ahead->join = holder->Joins();
   laps.LapInto(&ph.root_ms);
   LOG_DEBUG("restore of %s: holder %d built the root", opts.id.c_str(), holder->pid());

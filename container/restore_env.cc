@@ -770,9 +770,10 @@ int JoinAheadRoot(const AheadPlan& a, const char** what) {
 
 Result<std::unique_ptr<EnvHolder>> EnvHolder::Start(
     const RootPlan& plan, bool with_cgroup_ns,
-    const std::function<Result<void>(pid_t)>& before_namespaces) {
-  const int flags = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET |
-                    (with_cgroup_ns ? CLONE_NEWCGROUP : 0);
+    const std::function<Result<void>(pid_t)>& before_namespaces, int shared_flags) {
+  const int flags = (CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET |
+                     (with_cgroup_ns ? CLONE_NEWCGROUP : 0)) &
+                    ~(shared_flags & (CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET));
   struct Status {
     int err;
     char what[120];

@@ -409,7 +409,8 @@ class PgConn {
       std::string b;
       if (!Read(&t, &b)) return "connection closed during startup";
       if (t == 'E') return Field(b, 'M');
-      if (t == 'K' && b.size() >= 4) backend_pid_ = ntohl(*reinterpret_cast<const uint32_t*>(b.data()));
+      if (t == 'K' && b.size() >= 4)
+        backend_pid_ = ntohl(*reinterpret_cast<const uint32_t*>(b.data()));
       if (t == 'Z') return "";
     }
   }
@@ -487,7 +488,8 @@ class PgConn {
 
 // The PostgreSQL server binaries (the Debian layout, or links in /usr/local/bin).
 std::string PgBin(const std::string& name) {
-  for (std::string d : {"/usr/local/bin/", "/usr/lib/postgresql/15/bin/", "/usr/lib/postgresql/16/bin/"})
+  for (std::string d :
+       {"/usr/local/bin/", "/usr/lib/postgresql/15/bin/", "/usr/lib/postgresql/16/bin/"})
     if (access((d + name).c_str(), X_OK) == 0) return d + name;
   return "";
 }
@@ -663,7 +665,8 @@ TEST_F(Postgres, SessionSurvivesContainerCheckpointWithHostNetwork) {
   PgConn c;
   ASSERT_EQ(c.OpenWithin("127.0.0.1", port, 20000), "");
   OpenSession(c);
-  auto ck = Godwit({"--root", root_, "checkpoint", id, "--image-path", dir_ / "ck", "--tcp-established"});
+  auto ck = Godwit(
+      {"--root", root_, "checkpoint", id, "--image-path", dir_ / "ck", "--tcp-established"});
   ASSERT_EQ(ck.status, 0) << ck.err;
   // The killed container's processes were reparented to us (the subreaper): reaped.
   for (pid_t k; (k = waitpid(-1, nullptr, WNOHANG)) > 0;) {
@@ -714,7 +717,8 @@ srv.listen(0, '127.0.0.1', () => { fs.writeSync(3, srv.address().port + '\n'); f
   int asked = 0;  // requests so far: the worker's counter
   auto get = [&](int sock, int v, long* ticks) {
     ++asked;
-    if (!SendAll(sock, "GET /" + std::to_string(v) + " HTTP/1.1\r\nHost: x\r\n\r\n")) return std::string();
+    if (!SendAll(sock, "GET /" + std::to_string(v) + " HTTP/1.1\r\nHost: x\r\n\r\n"))
+      return std::string();
     std::string b = HttpBody(sock, &ok);
     size_t t = b.find("\"ticks\":");
     *ticks = t == std::string::npos ? -1 : atol(b.c_str() + t + 8);
@@ -781,7 +785,8 @@ public class App {
             long n, min = Long.MAX_VALUE;
             synchronized (served) { n = ++served[0]; }
             for (AtomicLong x : spins) min = Math.min(min, x.get());
-            out.println(l + " " + n + " " + ticks.get() + " " + min + " " + ProcessHandle.current().pid());
+            long pid = ProcessHandle.current().pid();
+            out.println(l + " " + n + " " + ticks.get() + " " + min + " " + pid);
           }
         } catch (IOException e) {}
         return null;
@@ -790,7 +795,8 @@ public class App {
   }
 }
 )");
-  ASSERT_EQ(system(("/usr/bin/javac -d " + dir_.path() + " " + dir_.path() + "/App.java").c_str()), 0);
+  std::string javac = "/usr/bin/javac -d " + dir_.path() + " " + dir_.path() + "/App.java";
+  ASSERT_EQ(system(javac.c_str()), 0);
   int port = FreePort();
   pid_t pid = Spawn({"/usr/bin/java", "-Xmx64m", "-cp", dir_.path(), "App", std::to_string(port)});
   int c = ConnectWithin(port, 20000);
@@ -798,7 +804,8 @@ public class App {
   // "WORD N TICKS MINSPIN PID": N counts requests over all connections.
   auto ask = [&](int s, const std::string& w, long* ticks, long* spin) {
     if (!SendAll(s, w + "\n")) return std::string();
-    std::string l = ReadUntil(s, [](const std::string& b) { return b.find('\n') != std::string::npos; });
+    std::string l =
+        ReadUntil(s, [](const std::string& b) { return b.find('\n') != std::string::npos; });
     std::istringstream in(l);
     std::string word, n, pidw;
     in >> word >> n >> *ticks >> *spin >> pidw;
