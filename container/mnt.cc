@@ -531,8 +531,18 @@ struct Fnv {
   void Add(uint64_t v) { Add(&v, sizeof(v)); }
 };
 
-// Walks a host directory tree (one filesystem), parents before children, names sorted.
-Result<void> WalkHost(int dirfd, const std::string& rel, dev_t dev,
+// The mount a directory fd is on (statx mount id).
+Result<uint64_t> MountIdOf(int fd, const std::string& path) {
+  struct statx stx;
+  if (::statx(fd, "", AT_EMPTY_PATH, STATX_MNT_ID, &stx) < 0)
+    return Errno("statx %s", path.c_str());
+  return static_cast<uint64_t>(stx.stx_mnt_id);
+}
+
+// Walks a host directory tree (one mount), parents before children, names sorted. A directory
+// with another mount on it is reported but not entered, also when that mount is a bind of the
+// same filesystem (host /usr bound under a rootfs): its entries are that mount's, not the tree's.
+Result<void> WalkHost(int dirfd, const std::string& rel, dev_t dev, uint64_t mnt_id,
                       const std::function<Result<bool>(int, const std::string&, const std::string&,
                                                        const struct stat&)>& fn) {
   ASSIGN_OR_RETURN(std::vector<std::string> names, SortedNames(dirfd, rel));
@@ -546,7 +556,8 @@ Result<void> WalkHost(int dirfd, const std::string& rel, dev_t dev,
       int fd = ::openat(dirfd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
       if (fd < 0) return Errno("open %s", path.c_str());
       UniqueFd owned(fd);
-      TRY(WalkHost(fd, path, dev, fn));
+      ASSIGN_OR_RETURN(uint64_t here, MountIdOf(fd, path));
+      if (here == mnt_id) TRY(WalkHost(fd, path, dev, mnt_id, fn));
     }
   }
   return Ok();
@@ -792,7 +803,8 @@ Result<img::RootfsIdentity> IdentifyRootfs(const std::string& path) {
   if (::fstat(root.get(), &rst) < 0) return Errno("stat %s", path.c_str());
   Fnv h;
   uint64_t entries = 0;
-  TRY_CTX(WalkHost(root.get(), "", rst.st_dev,
+  ASSIGN_OR_RETURN(uint64_t root_mnt, MountIdOf(root.get(), path));
+  TRY_CTX(WalkHost(root.get(), "", rst.st_dev, root_mnt,
                    [&](int dirfd, const std::string& name, const std::string& rel,
                        const struct stat& st) -> Result<bool> {
                      entries++;

@@ -181,6 +181,18 @@ Result<void> SameEnvironment(const img::ContainerCheckpoint& early,
   return Ok();
 }
 
+// The namespaces (of those the root's clone makes: net, ipc, uts) that the container did not own
+// but shared with the host (a spec without them: the host's network, as `--net=host`): the
+// restored root stays in the restorer's, where its sockets and addresses are.
+int SharedNamespaceFlags(const img::ContainerCheckpoint& rec) {
+  auto owns = [&](const char* ns) {
+    return std::find(rec.namespaces().begin(), rec.namespaces().end(), ns) !=
+           rec.namespaces().end();
+  };
+  return (owns("net") ? 0 : CLONE_NEWNET) | (owns("ipc") ? 0 : CLONE_NEWIPC) |
+         (owns("uts") ? 0 : CLONE_NEWUTS);
+}
+
 }  // namespace
 
 Result<PreparedRestorePtr> PrepareRestore(const RestoreOptions& opts, bool ahead) {
@@ -380,7 +392,8 @@ Result<void> PreparedRestore::BuildAhead() {
   std::function<Result<void>(pid_t)> join_cgroup;
   if (ahead->cgroup_ns_in_holder) join_cgroup = [&](pid_t h) { return cg->AddProcess(h); };
   ASSIGN_OR_RETURN(holder,
-                   EnvHolder::Start(ahead->holder, ahead->cgroup_ns_in_holder, join_cgroup));
+                   EnvHolder::Start(ahead->holder, ahead->cgroup_ns_in_holder, join_cgroup,
+                                    SharedNamespaceFlags(rec)));
   ahead->join = holder->Joins();
   laps.LapInto(&ph.root_ms);
   LOG_DEBUG("restore of %s: holder %d built the root", opts.id.c_str(), holder->pid());
@@ -433,7 +446,7 @@ Result<RestoreResult> FinishRestore(PreparedRestorePtr p,
 
   TreeRestoreRequest req;
   req.tree_dir = p->dir + "/" + kTreeDir;
-  req.clone_flags = kRootCloneFlags;
+  req.clone_flags = kRootCloneFlags & ~SharedNamespaceFlags(rec);
   req.tcp_close = !opts.ip.empty();
   req.keep_netlock = opts.keep_netlock;
   req.lazy = opts.lazy;

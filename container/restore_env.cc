@@ -146,12 +146,37 @@ Result<RootPlan> PlanRoot(const img::MountTable& table, const runtime::Spec& spe
     for (const auto& m : table.mounts())
       if (!placed[m.mnt_id()]) order.push_back(&m);  // a parent loop: keep them, listed order
   }
+  // Mounts beneath the rootfs directory on the host (host /usr bound into it before `run`): the
+  // recursive bind of the rootfs brought them into the container, and brings them again here.
+  std::vector<img::MountEntry> under_rootfs;
+  std::string base = spec.root_path;
+  if (!has_layer) {
+    char real[PATH_MAX];
+    if (::realpath(spec.root_path.c_str(), real)) base = real;
+    auto text = fs::ReadFile("/proc/self/mountinfo");
+    auto host = text.ok() ? mnt::ParseMountInfo(*text) : Result<img::MountTable>(text.error());
+    if (host.ok())
+      for (const auto& h : host->mounts())
+        if (h.mountpoint().size() > base.size() && PrefixPath(base, h.mountpoint()))
+          under_rootfs.push_back(h);
+  }
+  auto brought_by_rootfs_bind = [&](const img::MountEntry& m) {
+    for (const auto& h : under_rootfs)
+      if (h.mountpoint() == JoinPath(base, m.mountpoint()) &&
+          h.dev_major() == m.dev_major() && h.dev_minor() == m.dev_minor() && h.root() == m.root())
+        return true;
+    return false;
+  };
   std::vector<const img::MountEntry*> done = {root};
   for (const img::MountEntry* mp : order) {
     const img::MountEntry& m = *mp;
     if (&m == root) continue;
     if (m.mountpoint() == "/")
       return MakeError(ErrorKind::kUnsupported, 0, "a second mount on / (mount %u)", m.mnt_id());
+    if (brought_by_rootfs_bind(m)) {
+      done.push_back(&m);
+      continue;
+    }
     MountStep s;
     s.target = JoinPath(newroot, m.mountpoint());
     s.fstype = m.fstype();
@@ -745,9 +770,10 @@ int JoinAheadRoot(const AheadPlan& a, const char** what) {
 
 Result<std::unique_ptr<EnvHolder>> EnvHolder::Start(
     const RootPlan& plan, bool with_cgroup_ns,
-    const std::function<Result<void>(pid_t)>& before_namespaces) {
-  const int flags = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET |
-                    (with_cgroup_ns ? CLONE_NEWCGROUP : 0);
+    const std::function<Result<void>(pid_t)>& before_namespaces, int shared_flags) {
+  const int flags = (CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET |
+                     (with_cgroup_ns ? CLONE_NEWCGROUP : 0)) &
+                    ~(shared_flags & (CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET));
   struct Status {
     int err;
     char what[120];

@@ -183,9 +183,10 @@ class EnvHolder : public NamespaceHolder {
   // before_namespaces(pid) (may be empty): the cgroup join, before the holder unshares its
   // namespaces; with_cgroup_ns: it makes a cgroup namespace too (rooted where it is then).
   // Fails with the step BuildRoot failed at.
+  // shared_flags: the CLONE_NEW* namespaces the container shares with the host (not made).
   static Result<std::unique_ptr<EnvHolder>> Start(
       const RootPlan& plan, bool with_cgroup_ns,
-      const std::function<Result<void>(pid_t)>& before_namespaces);
+      const std::function<Result<void>(pid_t)>& before_namespaces, int shared_flags = 0);
 
  private:
   EnvHolder() = default;
