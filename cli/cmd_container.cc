@@ -340,7 +340,7 @@ int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
         continue;
       }
       if (b != 'p') break;
-      restore::PreloadPageMaps(tree_dir);
+      restore::PreloadPageMaps(tree_dir, o.lazy);
     }
     close(fd);
   }

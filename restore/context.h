@@ -102,8 +102,9 @@ struct RestoreStats {
   std::shared_ptr<LazyPager> pager;
   uint64_t lazy_bytes = 0;  // owed when the tree started to run
   uint64_t hot_bytes = 0;   // of a lazy restore after pre-copy: the last round's, installed first
-  // Of lazy_bytes: earlier rounds' pages the restore found resolved ahead (restore/load.h
-  // TakeLazyAhead), not recorded inside the restore.
+  // Earlier rounds' pages the restore found resolved ahead (restore/load.h TakeLazyAhead) and
+  // handed to the pager as they were, not recorded inside the restore (the final dump may
+  // replace some of them, a small process is filled whole before it runs).
   uint64_t lazy_prepared_bytes = 0;
 };
 

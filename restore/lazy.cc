@@ -347,6 +347,7 @@ std::vector<LazyPager::Segment> LazyPager::Take(Map& m, uint64_t s, uint64_t e) 
 }
 
 Result<void> LazyPager::Adopt(pid_t pid, Prepared* prepared, const std::vector<uint32_t>& remap) {
+  if (prepared->pending.empty()) return Ok();
   std::lock_guard<std::mutex> l(mu_);
   ASSIGN_OR_RETURN(Proc * p, LiveProc(pid));
   bool same = true;
@@ -627,7 +628,7 @@ bool LazyPager::HandleEvents(std::vector<std::pair<Proc*, uint64_t>>* faults) {
   return any;
 }
 
-LazyPager::CopyResult LazyPager::Copy(const Piece& pc, const char* data) {
+LazyPager::CopyResult LazyPager::Copy(const Piece& pc, const char* data, bool drop_unmapped) {
   // What is still owed of the piece (events may have taken parts of it).
   std::vector<Piece> parts;
   {
@@ -646,14 +647,15 @@ LazyPager::CopyResult LazyPager::Copy(const Piece& pc, const char* data) {
     // The data of a part: the same blob bytes the piece was read from (events only carve).
     uint64_t va = part.va, len = part.len;
     const char* src = data + (part.va - pc.va);
+    bool page_at_a_time = false;
     while (len > 0) {
       uffdio_copy cp{};
       cp.dst = va;
       cp.src = reinterpret_cast<uint64_t>(src);
-      cp.len = len;
+      cp.len = page_at_a_time ? kPage : len;
       int rc = ioctl(fd, UFFDIO_COPY, &cp);
       int err = errno;
-      uint64_t done = rc == 0 ? len : (cp.copy > 0 ? static_cast<uint64_t>(cp.copy) : 0);
+      uint64_t done = rc == 0 ? cp.len : (cp.copy > 0 ? static_cast<uint64_t>(cp.copy) : 0);
       {
         std::lock_guard<std::mutex> l(mu_);
         Carve(pc.proc->inflight, va, va + done, nullptr, nullptr);
@@ -672,22 +674,46 @@ LazyPager::CopyResult LazyPager::Copy(const Piece& pc, const char* data) {
         len -= kPage;
         continue;
       }
+      if (err == ENOENT && !page_at_a_time && len > kPage) {
+        // The range is not one registered VMA now. Either it crosses a VMA's end (a split by
+        // mprotect, which sends no event): page by page from here; or part of it was just moved
+        // or unmapped (mremap, munmap): the kernel looks the VMA up before it checks for an unread
+        // event, so that is ENOENT too, not EAGAIN.
+        page_at_a_time = true;
+        continue;
+      }
+      if (err == ENOENT && !drop_unmapped) {
+        // No registered VMA at va: an mremap or munmap whose event is not read yet (the page
+        // must stay owed: the event moves it, or drops it) — wait for the events, then again.
+        // Dropping the rest here once lost pages next to a moved region (zeros where the image
+        // had data).
+        std::lock_guard<std::mutex> l(mu_);
+        stats_.bytes += copied;
+        return CopyResult::kRetryUnmapped;
+      }
       if (err == EAGAIN || err == EINTR) {
         std::lock_guard<std::mutex> l(mu_);
         stats_.bytes += copied;
         return CopyResult::kRetry;
       }
       std::lock_guard<std::mutex> l(mu_);
-      if (err == ESRCH || err == ENOENT) {
-        // ESRCH: the process is gone (exit, exec). ENOENT: the range is no longer registered.
-        if (err == ESRCH) {
-          pc.proc->dead = true;
-          pc.proc->pending.clear();
-          pc.proc->inflight.clear();
-        } else {
-          Carve(pc.proc->inflight, va, va + len, nullptr, nullptr);
-        }
+      if (err == ESRCH) {
+        // The process is gone (exit, exec).
+        pc.proc->dead = true;
+        pc.proc->pending.clear();
+        pc.proc->inflight.clear();
         break;
+      }
+      if (err == ENOENT) {
+        // Still in no registered VMA after events came and went (drop_unmapped): nothing can
+        // fault on it; this page is not owed any more.
+        LOG_DEBUG("lazy pages: pid %d at %#lx: in no registered range, dropped", pc.proc->pid,
+                  static_cast<unsigned long>(va));
+        Carve(pc.proc->inflight, va, va + kPage, nullptr, nullptr);
+        va += kPage;
+        src += kPage;
+        len -= kPage;
+        continue;
       }
       LOG_WARN("lazy pages: UFFDIO_COPY pid %d at %#lx: %s", pc.proc->pid,
                static_cast<unsigned long>(va), strerror(err));
@@ -753,6 +779,11 @@ void LazyPager::Worker() {
 }
 
 bool LazyPager::CopyAll(const Piece& pc, const char* data) {
+  // ENOENT with no event read since, this many times (5 ms apart): the page is in no VMA and no
+  // event will say so (a page lies in no registered range only through an event otherwise).
+  constexpr int kUnmappedTries = 200;
+  int unmapped_tries = 0;
+  uint64_t last_gen = 0;
   for (;;) {
     uint64_t gen;
     CopyResult res;
@@ -762,9 +793,12 @@ bool LazyPager::CopyAll(const Piece& pc, const char* data) {
         std::lock_guard<std::mutex> l(mu_);
         gen = generation_;
       }
-      res = Copy(pc, data);
+      if (gen != last_gen) unmapped_tries = 0;
+      last_gen = gen;
+      res = Copy(pc, data, unmapped_tries >= kUnmappedTries);
     }
     if (res == CopyResult::kDone) return true;
+    if (res == CopyResult::kRetryUnmapped) unmapped_tries++;
     // Events are unread: the event thread reads them (exclusive gate), then we go on.
     std::unique_lock<std::mutex> l(mu_);
     cv_.wait_for(l, std::chrono::milliseconds(5), [&] { return stop_ || generation_ != gen; });
@@ -778,7 +812,7 @@ bool LazyPager::CopyAll(const Piece& pc, const char* data) {
   }
 }
 
-bool LazyPager::Serve(Proc* p, uint64_t addr, Readers& rd) {
+bool LazyPager::Serve(Proc* p, uint64_t addr, Readers& rd, bool quiet) {
   enum { kCopy, kWait, kZero } what = kZero;
   Piece pc{};
   {
@@ -828,7 +862,7 @@ bool LazyPager::Serve(Proc* p, uint64_t addr, Readers& rd) {
                                               static_cast<unsigned long>(pc.va)))));
       return true;
     }
-    if (Copy(pc, buf) == CopyResult::kDone) return true;
+    if (Copy(pc, buf, quiet) == CopyResult::kDone) return true;
     // Back to pending: served after the events.
     std::lock_guard<std::mutex> l(mu_);
     std::vector<Piece> back;
@@ -841,10 +875,10 @@ bool LazyPager::Serve(Proc* p, uint64_t addr, Readers& rd) {
   z.range.len = kPage;
   if (ioctl(p->uffd.get(), UFFDIO_ZEROPAGE, &z) == 0) return true;
   if (errno == EAGAIN) return false;
-  if (errno == EEXIST) {
-    uffdio_range w{addr, kPage};
-    ioctl(p->uffd.get(), UFFDIO_WAKE, &w);
-  }
+  // EEXIST: the page is there; ENOENT: no registered VMA there any more (moved or unmapped by
+  // another thread while this one faulted). Either way the faulting thread takes its fault again.
+  uffdio_range w{addr, kPage};
+  ioctl(p->uffd.get(), UFFDIO_WAKE, &w);
   return true;
 }
 
@@ -870,7 +904,7 @@ void LazyPager::EventLoop() {
       ssize_t n = read(wake_.get(), &v, sizeof(v));
       (void)n;
     }
-    std::vector<std::pair<Proc*, uint64_t>> faults;
+    std::vector<std::pair<Proc*, uint64_t>> faults, quiet;
     HandleEvents(&faults);
     if (rc == 0 && retry.empty()) {
       // Quiet for a while: install the first owed page of each process. It is owed anyway, and
@@ -878,12 +912,14 @@ void LazyPager::EventLoop() {
       std::lock_guard<std::mutex> l(mu_);
       for (const auto& p : procs_)
         if (!p->dead && p->uffd && !p->pending.empty())
-          faults.push_back({p.get(), p->pending.begin()->first});
+          quiet.push_back({p.get(), p->pending.begin()->first});
     }
     faults.insert(faults.end(), retry.begin(), retry.end());
     retry.clear();
     for (const auto& [p, addr] : faults)
-      if (!Serve(p, addr, rd)) retry.push_back({p, addr});
+      if (!Serve(p, addr, rd, false)) retry.push_back({p, addr});
+    // No event for 100 ms: a page still in no registered VMA is not owed any more.
+    for (const auto& [p, addr] : quiet) Serve(p, addr, rd, true);
     std::lock_guard<std::mutex> l(mu_);
     if (retry.empty() && AllDone()) cv_.notify_all();
   }

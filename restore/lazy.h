@@ -199,11 +199,14 @@ class LazyPager {
   void EventLoop();
   void Worker();
   bool HandleEvents(std::vector<std::pair<Proc*, uint64_t>>* faults);
-  // Serves one fault; false when it must be retried after the next events.
-  bool Serve(Proc* p, uint64_t addr, Readers& rd);
-  // Copies what is still in flight of a taken piece. kRetry: EAGAIN (events unread).
-  enum class CopyResult { kDone, kRetry };
-  CopyResult Copy(const Piece& pc, const char* data);
+  // Serves one fault; false when it must be retried after the next events. quiet: not a fault
+  // but the first owed page after 100 ms without events (a page in no VMA then is dropped).
+  bool Serve(Proc* p, uint64_t addr, Readers& rd, bool quiet);
+  // Copies what is still in flight of a taken piece. kRetry: EAGAIN (events unread);
+  // kRetryUnmapped: a page in no registered VMA (an mremap or munmap whose event is unread);
+  // drop_unmapped: such a page is dropped instead (no event came for it).
+  enum class CopyResult { kDone, kRetry, kRetryUnmapped };
+  CopyResult Copy(const Piece& pc, const char* data, bool drop_unmapped);
   // Copy until done, waiting for the event thread whenever events are unread; false if the
   // pager stops first (what is left of the piece goes back to pending).
   bool CopyAll(const Piece& pc, const char* data);

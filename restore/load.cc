@@ -31,14 +31,19 @@ std::set<std::string>& HitNames() {  // the round page maps LoadImages took prel
   static std::set<std::string> names;
   return names;
 }
+// The round page maps the final dump referred to but LoadImages read again (the preloaded bytes
+// were not the listed ones): a record built from them is not to be trusted.
+std::set<std::string>& MissedNames() {
+  static std::set<std::string> names;
+  return names;
+}
 
 // One process's rounds, laid over each other as they arrive (LazyPager::Overlay).
 struct Ahead {
   std::vector<std::string> maps;  // the round page map images applied, oldest first
   int last_round = -1;
-  std::vector<LazyPager::Segment> segs;
-  LazyPager::Prepared prepared;  // blobs and covered kept up to date; pending built per pass
-  bool broken = false, changed = false;
+  LazyPager::Prepared prepared;  // kept up to date round by round
+  bool broken = false;
 };
 std::map<pid_t, Ahead>& Aheads() {
   static std::map<pid_t, Ahead> aheads;
@@ -66,7 +71,13 @@ void AddAhead(pid_t pid, int round, const std::string& name, const img::PageMap&
     runs.push_back({r.vaddr(), r.npages() * kPage, r.blob_off()});
     prev_end = r.vaddr() + r.npages() * kPage;
   }
-  LazyPager::Overlay(&a.segs, runs, static_cast<uint32_t>(a.prepared.blobs.size()));
+  // Laid over the record in one walk: the cost follows the round's runs, not the record's size
+  // (the last round's comes while the source dumps the final state).
+  std::vector<LazyPager::Segment> segs;
+  segs.reserve(runs.size());
+  for (const auto& r : runs) segs.push_back({r.va, r.va + r.len, 0, r.off});
+  LazyPager::InsertSorted(a.prepared.pending, segs,
+                          {static_cast<uint32_t>(a.prepared.blobs.size())});
   a.prepared.blobs.push_back(pm.blob());
   // covered |= runs
   auto& cov = a.prepared.covered;
@@ -89,9 +100,11 @@ void AddAhead(pid_t pid, int round, const std::string& name, const img::PageMap&
     }
   }
   cov.swap(next);
+  // The record holds every page of the rounds' runs: exactly their union.
+  a.prepared.bytes = 0;
+  for (const auto& [cs, ce] : cov) a.prepared.bytes += ce - cs;
   a.maps.push_back(name);
   a.last_round = round;
-  a.changed = true;
 }
 
 bool IsRoundPageMap(const std::string& n) {
@@ -112,6 +125,7 @@ Result<img::PageMap> RoundPageMap(const images::ImageSet& set, const std::string
         cache.erase(it);
         g_hits++;
         HitNames().insert(name);
+        MissedNames().erase(name);
         return m;
       }
       LOG_DEBUG("%s: preloaded %lu bytes, the inventory lists %lu: read again", name.c_str(),
@@ -121,6 +135,8 @@ Result<img::PageMap> RoundPageMap(const images::ImageSet& set, const std::string
   } else {
     LOG_DEBUG("%s: not preloaded", name.c_str());
   }
+  MissedNames().insert(name);
+  HitNames().erase(name);
   img::PageMap m;
   TRY_CTX(set.ReadOne(name, &m), "read %s", name.c_str());
   return m;
@@ -185,7 +201,14 @@ Result<void> LoadProcess(const images::ImageSet& set, ProcessRestore* p, std::se
 
 }  // namespace
 
-void PreloadPageMaps(const std::string& tree_dir) {
+void ForgetPreloaded() {
+  Cache().clear();
+  HitNames().clear();
+  MissedNames().clear();
+  Aheads().clear();
+}
+
+void PreloadPageMaps(const std::string& tree_dir, bool lazy) {
   auto names = fs::ListDir(tree_dir);
   if (!names.ok()) return;
   auto& cache = Cache();
@@ -209,16 +232,10 @@ void PreloadPageMaps(const std::string& tree_dir) {
       fresh.emplace_back(pid, round, n);
     cache[n] = std::move(pre);
   }
-  // The lazy pager's record of the new rounds, in round order per process, and its map.
+  // The lazy pager's record of the new rounds, in round order per process.
+  if (!lazy) return;
   std::sort(fresh.begin(), fresh.end());
   for (const auto& [pid, round, n] : fresh) AddAhead(pid, round, n, cache[n].map);
-  for (auto& [pid, a] : Aheads()) {
-    if (!a.changed || a.broken) continue;
-    a.prepared.pending = LazyPager::BuildMap(a.segs);
-    a.prepared.bytes = 0;
-    for (const auto& g : a.segs) a.prepared.bytes += g.end - g.va;
-    a.changed = false;
-  }
 }
 
 namespace {
@@ -251,7 +268,11 @@ std::optional<LazyPager::Prepared> TakeLazyAhead(pid_t image_pid,
   if (it == Aheads().end()) return std::nullopt;
   Ahead a = std::move(it->second);
   Aheads().erase(it);
-  if (a.broken || a.changed || pagemaps.size() != a.maps.size() + 1) {
+  // After the rounds, the final dump's page maps (one, or two halves of a large delta).
+  bool finals = pagemaps.size() > a.maps.size();
+  for (size_t i = a.maps.size(); finals && i < pagemaps.size(); ++i)
+    finals = pagemaps[i].blob().find("-pre") == std::string::npos;
+  if (a.broken || !finals) {
     LOG_DEBUG("pid %d: rounds resolved ahead not used: %zu rounds for %zu page maps%s", image_pid,
               a.maps.size(), pagemaps.size(), a.broken ? " (out of order or bad runs)" : "");
     return std::nullopt;
@@ -261,7 +282,7 @@ std::optional<LazyPager::Prepared> TakeLazyAhead(pid_t image_pid,
   // later round holding such a page is cut the same way.
   std::vector<std::pair<uint64_t, uint64_t>> gone;
   for (size_t i = 0; i < a.maps.size(); ++i) {
-    bool ok = pagemaps[i].blob() == a.prepared.blobs[i];
+    bool ok = pagemaps[i].blob() == a.prepared.blobs[i] && !MissedNames().count(a.maps[i]);
     if (ok && !HitNames().count(a.maps[i])) {
       auto c = Cache().find(a.maps[i]);
       ok = c != Cache().end() && GoneSince(c->second.map, pagemaps[i], &gone);

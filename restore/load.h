@@ -21,7 +21,10 @@ namespace godwit::restore {
 // to go (`restore --wait-fd`) preloads what is there after each round; LoadImages takes a
 // preloaded record when the file's bytes are the ones the inventory lists (size and crc32c).
 // One per process; not thread-safe (the restore's main thread uses it).
-void PreloadPageMaps(const std::string& tree_dir);
+// lazy: the restore is lazy; the rounds are also resolved for its pager (TakeLazyAhead).
+void PreloadPageMaps(const std::string& tree_dir, bool lazy = true);
+// Drops every preloaded record (tests: a process normally preloads for one restore).
+void ForgetPreloaded();
 size_t PreloadedPageMaps();  // how many are held (tests)
 size_t PreloadHits();        // how many LoadImages took from the preloaded ones (the report)
 // A process's earlier rounds resolved for the lazy pager (LazyPager::Prepared), built by

@@ -488,10 +488,10 @@ Result<void> RestoreMm(RestoreContext& ctx, ProcessRestore& p) {
   std::optional<LazyPager::Prepared> ahead;
   if (ctx.lazy && inherited.empty() && p.pagemaps.size() >= 2)
     ahead = TakeLazyAhead(p.entry->pid(), p.pagemaps);
-  size_t first_map = 0;
+  size_t first_map = 0;  // the final dump's page maps (one, or two for a large delta) from here
   if (ahead) {
     for (const auto& [s, e] : ahead->covered) uni.push_back({s, e});
-    first_map = p.pagemaps.size() - 1;
+    first_map = ahead->blobs.size();
   }
   for (size_t i = first_map; i < p.pagemaps.size(); ++i) {
     const auto& pm = p.pagemaps[i];
@@ -566,12 +566,20 @@ Result<void> RestoreMm(RestoreContext& ctx, ProcessRestore& p) {
       TRY_CTX(FillPages(ctx, p, eager[k]), "pid %d: pages", p.pid);
     }
     mt.Lap("eager_rounds");
-    ctx.stats.lazy_prepared_bytes += ahead->bytes;
-    TRY_CTX(ctx.lazy->AdoptPrepared(p.pid, ctx.images->dir(), &*ahead,
-                                    [&](const std::string& n) { return ctx.images->Verified(n); }),
-            "pid %d: lazy pages", p.pid);
+    if (ranges.empty()) {
+      // The pager took no range of this process (no userfaultfd for it, every VMA locked...):
+      // the rounds were all filled just now, as it is.
+      ahead.reset();
+    } else {
+      ctx.stats.lazy_prepared_bytes += ahead->bytes;
+      TRY_CTX(ctx.lazy->AdoptPrepared(
+                  p.pid, ctx.images->dir(), &*ahead,
+                  [&](const std::string& n) { return ctx.images->Verified(n); }),
+              "pid %d: lazy pages", p.pid);
+    }
     mt.Lap("adopt");
-    TRY_CTX(FillPages(ctx, p, p.pagemaps.back()), "pid %d: pages", p.pid);
+    for (size_t i = first_map; i < p.pagemaps.size(); ++i)
+      TRY_CTX(FillPages(ctx, p, p.pagemaps[i]), "pid %d: pages", p.pid);
   } else if (inherited.empty()) {
     for (const auto& pm : p.pagemaps) TRY_CTX(FillPages(ctx, p, pm), "pid %d: pages", p.pid);
   } else {

@@ -42,4 +42,5 @@ godwit_helper(lazy_mem ${CMAKE_CURRENT_SOURCE_DIR}/helpers/lazy_mem.c Threads::T
 godwit_test(cr_lazy_test
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/cr_lazy_test.cc ${CMAKE_CURRENT_SOURCE_DIR}/cr_util.cc
   LIBS godwit_common nlohmann_json::nlohmann_json)
-add_dependencies(cr_lazy_test lazy_mem)
+godwit_helper(lazy_churn ${CMAKE_CURRENT_SOURCE_DIR}/helpers/lazy_churn.c)
+add_dependencies(cr_lazy_test lazy_mem lazy_churn)

@@ -181,6 +181,7 @@ TEST_F(CrPreCopy, RoundPageMapsAreReferencedAndPreloaded) {
     std::ofstream half(dir_ / ("half/" + some_round));
     half << bytes.substr(0, bytes.size() / 2);
   }
+  restore::ForgetPreloaded();
   restore::PreloadPageMaps(dir_ / "half");
   EXPECT_EQ(restore::PreloadedPageMaps(), 0u);
   // Loaded without and with the preload: the same runs; with it, every reference was a hit.
@@ -242,7 +243,6 @@ TEST_F(CrPreCopy, RoundPageMapsAreReferencedAndPreloaded) {
     std::vector<std::vector<restore::LazyPager::Run>> rounds(maps.size() - 1);
     uint64_t bytes = 0;
     for (size_t i = 0; i + 1 < maps.size(); ++i) {
-      EXPECT_EQ(ahead->blobs[i], maps[i].blob());
       for (const auto& r : maps[i].runs())
         rounds[i].push_back({r.vaddr(), r.npages() * 4096, r.blob_off()});
     }
@@ -260,6 +260,14 @@ TEST_F(CrPreCopy, RoundPageMapsAreReferencedAndPreloaded) {
       ++i;
     }
     EXPECT_EQ(ahead->bytes, bytes);
+    std::vector<std::pair<uint64_t, uint64_t>> cov;
+    for (const auto& [va, seg] : ahead->pending) {
+      if (!cov.empty() && cov.back().second == va)
+        cov.back().second = seg.end;
+      else
+        cov.push_back({va, seg.end});
+    }
+    EXPECT_EQ(ahead->covered, cov) << "covered is the union of the rounds' pages";
     EXPECT_FALSE(restore::TakeLazyAhead(pid, maps).has_value()) << "taken once";
   }
   // The restored tree's memory is right with the referenced rounds (the helper checks it).
@@ -347,6 +355,7 @@ TEST(LazyRecord, RoundByRoundEqualsAllAtOnceAndThePageModel) {
 // those pages; a copy that is not a cut of the preloaded one (a run at another blob offset, or
 // outside the round's runs) makes the restore resolve the rounds itself.
 TEST(LazyRecord, RoundCutDownByTheFinalDumpLosesItsGonePages) {
+  restore::ForgetPreloaded();
   TempDir dir;
   auto sink = images::OpenDirSink(dir.path());
   ASSERT_TRUE(sink.ok()) << sink.error().to_string();
@@ -404,6 +413,26 @@ TEST(LazyRecord, RoundCutDownByTheFinalDumpLosesItsGonePages) {
   restore::PreloadPageMaps(dir2.path());
   img::PageMap moved = map("pages-4242-pre0.img", {{kA, 8, kPg}});
   EXPECT_FALSE(restore::TakeLazyAhead(4343, {moved, fin}).has_value());
+  // A "cut" holding a run the preloaded round does not have.
+  TempDir dir3;
+  auto sink3 = images::OpenDirSink(dir3.path());
+  ASSERT_TRUE(sink3.ok());
+  ASSERT_TRUE(images::WriteImage(**sink3, "pagemap-4444-pre0.img", r0).ok());
+  restore::PreloadPageMaps(dir3.path());
+  img::PageMap outside = map("pages-4242-pre0.img", {{kA, 8, 0}, {kA + 20 * kPg, 1, 0}});
+  EXPECT_FALSE(restore::TakeLazyAhead(4444, {outside, fin}).has_value());
+  // Two final page maps (a large delta's halves) after the rounds: taken.
+  TempDir dir4;
+  auto sink4 = images::OpenDirSink(dir4.path());
+  ASSERT_TRUE(sink4.ok());
+  ASSERT_TRUE(images::WriteImage(**sink4, "pagemap-4545-pre0.img", r0).ok());
+  restore::PreloadPageMaps(dir4.path());
+  img::PageMap cut_all = map("pages-4242-pre0.img", {{kA, 16, 0}, {kA + 32 * kPg, 4, 16 * kPg}});
+  img::PageMap fin2 = map("pages-4242-2.img", {{kA + 40 * kPg, 1, 0}});
+  auto two = restore::TakeLazyAhead(4545, {cut_all, fin, fin2});
+  ASSERT_TRUE(two.has_value());
+  EXPECT_EQ(two->bytes, 20 * kPg);
+  restore::ForgetPreloaded();
 }
 
 // After pre-copy the final dump takes the VMA flags from the last round's smaps read when a BPF

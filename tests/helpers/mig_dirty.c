@@ -1,7 +1,10 @@
 // A workload for live-migration tests and benchmarks: holds MIB MiB of anonymous memory and
 // rewrites PCT percent of its pages (chosen at random) every INTERVAL_MS, forever.
 //
-//   mig_dirty MIB PCT INTERVAL_MS DIR
+//   mig_dirty MIB PCT INTERVAL_MS DIR [lock]
+//
+// lock: every mapping is locked (mlockall MCL_CURRENT) once filled: a lazy restore can page none
+// of it (the restore fills it whole).
 //
 // Every page is self-describing: word 0 its index, word 1 its generation, the rest pseudo-random
 // words seeded by (index, generation): incompressible, and checkable. A separate table holds each
@@ -62,7 +65,7 @@ static void write_file(const char* dir, const char* name, const char* text) {
 
 int main(int argc, char** argv) {
   if (argc < 5) {
-    fprintf(stderr, "usage: mig_dirty MIB PCT INTERVAL_MS DIR\n");
+    fprintf(stderr, "usage: mig_dirty MIB PCT INTERVAL_MS DIR [lock]\n");
     return 2;
   }
   uint64_t npages = strtoull(argv[1], NULL, 10) * (1 << 20) / PAGE;
@@ -77,6 +80,10 @@ int main(int argc, char** argv) {
   for (uint64_t i = 0; i < npages; ++i) {
     gens[i] = 0;
     fill(mem + i * WORDS, i, 0);
+  }
+  if (argc > 5 && strcmp(argv[5], "lock") == 0 && mlockall(MCL_CURRENT) != 0) {
+    perror("mlockall");
+    return 4;
   }
   struct sigaction sa;
   memset(&sa, 0, sizeof(sa));
