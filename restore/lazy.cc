@@ -262,25 +262,7 @@ std::vector<LazyPager::Segment> LazyPager::Resolve(
       }
       if (s < e) out.push_back({s, e, static_cast<uint32_t>(k), r.off + (s - r.va)});
     }
-    // covered |= this round's runs
-    next.clear();
-    size_t a = 0, b = 0;
-    auto push = [&](uint64_t s, uint64_t e) {
-      if (!next.empty() && s <= next.back().second)
-        next.back().second = std::max(next.back().second, e);
-      else
-        next.push_back({s, e});
-    };
-    while (a < covered.size() || b < runs.size()) {
-      if (b >= runs.size() || (a < covered.size() && covered[a].first < runs[b].va)) {
-        push(covered[a].first, covered[a].second);
-        ++a;
-      } else {
-        push(runs[b].va, runs[b].va + runs[b].len);
-        ++b;
-      }
-    }
-    covered.swap(next);
+    Unite(&covered, runs, &next);
   }
   // Each round's part is sorted already (its runs are): merged pairwise, not sorted again (a
   // 1 GiB process after pre-copy rounds has ~100k segments here).
@@ -298,6 +280,31 @@ std::vector<LazyPager::Segment> LazyPager::Resolve(
     blocks.swap(merged);
   }
   return out;
+}
+
+void LazyPager::Unite(std::vector<std::pair<uint64_t, uint64_t>>* covered,
+                      const std::vector<Run>& runs,
+                      std::vector<std::pair<uint64_t, uint64_t>>* next) {
+  next->clear();
+  next->reserve(covered->size() + runs.size());
+  auto push = [&](uint64_t s, uint64_t e) {
+    if (!next->empty() && s <= next->back().second)
+      next->back().second = std::max(next->back().second, e);
+    else
+      next->push_back({s, e});
+  };
+  const auto& cov = *covered;
+  size_t a = 0, b = 0;
+  while (a < cov.size() || b < runs.size()) {
+    if (b >= runs.size() || (a < cov.size() && cov[a].first < runs[b].va)) {
+      push(cov[a].first, cov[a].second);
+      ++a;
+    } else {
+      push(runs[b].va, runs[b].va + runs[b].len);
+      ++b;
+    }
+  }
+  covered->swap(*next);
 }
 
 void LazyPager::Overlay(std::vector<Segment>* segs, const std::vector<Run>& runs,

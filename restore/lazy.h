@@ -106,6 +106,10 @@ class LazyPager {
     uint64_t off;
   };
   static std::vector<Segment> Resolve(const std::vector<const std::vector<Run>*>& rounds);
+  // *covered (sorted, merged intervals) |= runs (sorted); next is scratch space.
+  static void Unite(std::vector<std::pair<uint64_t, uint64_t>>* covered,
+                    const std::vector<Run>& runs,
+                    std::vector<std::pair<uint64_t, uint64_t>>* next);
   // The same one round at a time: *segs (Resolve's result so far) with runs of a newer round
   // (index source) laid over it, in one sweep.
   static void Overlay(std::vector<Segment>* segs, const std::vector<Run>& runs, uint32_t source);

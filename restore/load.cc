@@ -79,27 +79,9 @@ void AddAhead(pid_t pid, int round, const std::string& name, const img::PageMap&
   LazyPager::InsertSorted(a.prepared.pending, segs,
                           {static_cast<uint32_t>(a.prepared.blobs.size())});
   a.prepared.blobs.push_back(pm.blob());
-  // covered |= runs
-  auto& cov = a.prepared.covered;
   std::vector<std::pair<uint64_t, uint64_t>> next;
-  next.reserve(cov.size() + runs.size());
-  auto push = [&](uint64_t s, uint64_t e) {
-    if (!next.empty() && s <= next.back().second)
-      next.back().second = std::max(next.back().second, e);
-    else
-      next.push_back({s, e});
-  };
-  size_t i = 0, k = 0;
-  while (i < cov.size() || k < runs.size()) {
-    if (k >= runs.size() || (i < cov.size() && cov[i].first < runs[k].va)) {
-      push(cov[i].first, cov[i].second);
-      ++i;
-    } else {
-      push(runs[k].va, runs[k].va + runs[k].len);
-      ++k;
-    }
-  }
-  cov.swap(next);
+  LazyPager::Unite(&a.prepared.covered, runs, &next);
+  const auto& cov = a.prepared.covered;
   // The record holds every page of the rounds' runs: exactly their union.
   a.prepared.bytes = 0;
   for (const auto& [cs, ce] : cov) a.prepared.bytes += ce - cs;

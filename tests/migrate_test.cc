@@ -182,6 +182,17 @@ class MigrateTest : public ::testing::Test {
     return logs;
   }
 
+  // mig_dirty's check of its whole memory (SIGUSR1), as it wrote it to /dev/shm/verify ("OK ..."
+  // or "BAD page ..."); empty if it never came.
+  std::string VerifyDirty(char host, const std::string& id) {
+    if (Gw(host, {"exec", id, "--", "rm", "-f", "/dev/shm/verify"}).code != 0) return "";
+    if (Gw(host, {"kill", id, "USR1"}).code != 0) return "";
+    for (int i = 0; i < 500; ++i) {
+      CliRun c = Gw(host, {"exec", id, "--", "cat", "/dev/shm/verify"});
+      if (c.code == 0 && !c.out.empty()) return c.out;
+    }
+    return "";
+  }
   // A counter (tmpfs) and an echo server on 8081, bridged with address n.
   void RunCounter(const std::string& id, int n, const std::string& extra = "",
                   const std::string& rootfs = "") {
@@ -314,16 +325,7 @@ TEST_F(MigrateTest, DirtyingMemoryArrivesIntactAndFinalRoundIsSmall) {
   r = Migrate('b', "dirty", {"--max-downtime", "60ms"});
   ASSERT_EQ(r.code, 0) << r;
   // Every page checks out against its generation table after both hops.
-  ASSERT_EQ(Gw('a', {"exec", "dirty", "--", "rm", "-f", "/dev/shm/verify"}).code, 0);
-  ASSERT_EQ(Gw('a', {"kill", "dirty", "USR1"}).code, 0);
-  std::string v;
-  for (int i = 0; i < 500; ++i) {
-    CliRun c = Gw('a', {"exec", "dirty", "--", "cat", "/dev/shm/verify"});
-    if (c.code == 0 && !c.out.empty()) {
-      v = c.out;
-      break;
-    }
-  }
+  std::string v = VerifyDirty('a', "dirty");
   EXPECT_EQ(v.rfind("OK ", 0), 0u) << v;
 }
 
@@ -352,15 +354,7 @@ TEST_F(MigrateTest, LockedMemoryIsFilledWholeFromTheRoundsResolvedAhead) {
   ASSERT_GE(j["rounds"].size(), 2u) << j.dump(2);
   EXPECT_EQ(j["restore_phases"].value("restore.lazy_prepared_bytes", -1.0), 0.0)
       << j["restore_phases"];
-  ASSERT_EQ(Gw('b', {"kill", "locked", "USR1"}).code, 0);
-  std::string v;
-  for (int i = 0; i < 500; ++i) {
-    CliRun c = Gw('b', {"exec", "locked", "--", "cat", "/dev/shm/verify"});
-    if (c.code == 0 && !c.out.empty()) {
-      v = c.out;
-      break;
-    }
-  }
+  std::string v = VerifyDirty('b', "locked");
   EXPECT_EQ(v.rfind("OK ", 0), 0u) << v;
 }
 
