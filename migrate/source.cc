@@ -163,6 +163,39 @@ Result<void> RecvExpect(Channel& ch, mig::Frame* f, mig::Frame::MsgCase want, co
 
 }  // namespace
 
+RoundVerdict DecideRound(const RoundInput& in) {
+  RoundVerdict v;
+  const bool fits = in.round > 0 && in.predicted_ms <= in.max_downtime_ms;
+  const bool minimal = in.round > 0 && in.bytes < kMinimalRound;
+  const bool last = in.round + 1 >= in.max_rounds;
+  const bool stalled_now = in.round >= 2 && in.prev_bytes > 0 &&
+                           static_cast<double>(in.bytes) > 0.8 * static_cast<double>(in.prev_bytes);
+  v.stalls = stalled_now ? in.stalls_before + 1 : 0;
+  const bool stalled =
+      stalled_now && (v.stalls >= 2 || in.predicted_ms <= 4 * in.max_downtime_ms);
+  if (fits) {
+    v.kind = RoundVerdict::kSwitch;
+    v.decision = StrFormat("switch: predicted %.1f ms fits %.0f ms", in.predicted_ms,
+                           in.max_downtime_ms);
+  } else if (minimal || last || stalled) {
+    const char* why = minimal ? "the dirty set is minimal (the fixed costs decide)"
+                      : last  ? "max rounds reached"
+                              : "rounds stopped shrinking";
+    v.kind = in.strict ? RoundVerdict::kAbort : RoundVerdict::kSwitch;
+    v.decision = StrFormat("%s: %s, predicted %.1f ms over %.0f ms%s",
+                           in.strict ? "abort" : "switch", why, in.predicted_ms,
+                           in.max_downtime_ms, in.strict ? " (--strict)" : "");
+  } else if (stalled_now) {
+    v.decision = StrFormat("continue: the round did not shrink, predicted %.1f ms over %.0f ms "
+                           "(more than 4x: one more round)",
+                           in.predicted_ms, in.max_downtime_ms);
+  } else {
+    v.decision = StrFormat("continue: predicted %.1f ms over %.0f ms", in.predicted_ms,
+                           in.max_downtime_ms);
+  }
+  return v;
+}
+
 Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
                      const std::function<void(const RoundReport&)>& progress) {
   auto t_start = Clock::now();
@@ -313,6 +346,7 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
     rep->fixed_cost_ms = kFreezeMs + collect + tree_ms + restore + kSwitchMs;
   }
   double last_throughput = 0;
+  int stalls = 0;  // consecutive rounds that did not shrink
   for (int round = 0;; ++round) {
     auto t0 = Clock::now();
     uint64_t wire0 = tree_tx.wire_bytes();
@@ -343,35 +377,24 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
     // freeze, at this round's rate, over about one more round's time.
     double est = round == 0 ? static_cast<double>(rs->bytes) : rr.dirty_bytes_per_s * rr.ms / 1000;
     rr.predicted_downtime_ms = rep->fixed_cost_ms + est / tp * 1000 + est / kFillBytesPerS * 1000;
-    bool fits = round > 0 && rr.predicted_downtime_ms <= o.max_downtime_ms;
-    bool minimal = round > 0 && rr.bytes < kMinimalRound;
-    bool last = round + 1 >= o.max_rounds;
-    bool stalled = round >= 2 && rep->rounds.size() >= 1 &&
-                   rr.bytes > 0.8 * static_cast<double>(rep->rounds.back().bytes);
-    if (fits) {
-      rr.decision = StrFormat("switch: predicted %.1f ms fits %.0f ms", rr.predicted_downtime_ms,
-                              o.max_downtime_ms);
-    } else if (minimal || last || stalled) {
-      const char* why = minimal ? "the dirty set is minimal (the fixed costs decide)"
-                        : last  ? "max rounds reached"
-                                : "rounds stopped shrinking";
-      if (o.strict) {
-        rr.decision = StrFormat("abort: %s, predicted %.1f ms over %.0f ms (--strict)", why,
-                                rr.predicted_downtime_ms, o.max_downtime_ms);
-      } else {
-        rr.decision = StrFormat("switch: %s, predicted %.1f ms over %.0f ms", why,
-                                rr.predicted_downtime_ms, o.max_downtime_ms);
-      }
-    } else {
-      rr.decision = StrFormat("continue: predicted %.1f ms over %.0f ms",
-                              rr.predicted_downtime_ms, o.max_downtime_ms);
-    }
+    RoundInput in;
+    in.round = round;
+    in.bytes = rr.bytes;
+    in.prev_bytes = rep->rounds.empty() ? 0 : rep->rounds.back().bytes;
+    in.predicted_ms = rr.predicted_downtime_ms;
+    in.max_downtime_ms = o.max_downtime_ms;
+    in.max_rounds = o.max_rounds;
+    in.stalls_before = stalls;
+    in.strict = o.strict;
+    RoundVerdict v = DecideRound(in);
+    stalls = v.stalls;
+    rr.decision = v.decision;
     rep->rounds.push_back(rr);
     rep->predicted_downtime_ms = rr.predicted_downtime_ms;
     if (progress) progress(rr);
-    if (rr.decision.rfind("abort", 0) == 0)
+    if (v.kind == RoundVerdict::kAbort)
       return fail(MakeError(ErrorKind::kUnsupported, 0, "%s", rr.decision.c_str()));
-    if (rr.decision.rfind("switch", 0) == 0) break;
+    if (v.kind == RoundVerdict::kSwitch) break;
   }
 
   // Switchover: freeze, final delta + state streamed as written, held frozen here. The

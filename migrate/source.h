@@ -116,4 +116,24 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* report,
 // The report as JSON text (the --report file and --json output).
 std::string ReportJson(const MigrationReport& r);
 
+// What to do after a pre-copy round (docs/migration.md, Convergence): switch when the predicted
+// blackout fits; switch anyway (abort with strict) when the round is minimal, max_rounds is
+// reached, or the rounds stopped shrinking (a round > 80% of the one before). A first such stall
+// far above the target (over 4x) gets one more round: on a loaded host the stream's rate halves
+// for a while, and switching then froze 1 GiB containers for 1-4 s with 80-200 MiB still dirty.
+struct RoundInput {
+  int round = 0;
+  uint64_t bytes = 0, prev_bytes = 0;  // this round's and the one before's (round >= 1)
+  double predicted_ms = 0, max_downtime_ms = 0;
+  int max_rounds = 8;
+  int stalls_before = 0;  // consecutive stalled rounds just before this one
+  bool strict = false;
+};
+struct RoundVerdict {
+  enum Kind { kContinue, kSwitch, kAbort } kind = kContinue;
+  std::string decision;  // the report's text, with the reason
+  int stalls = 0;        // consecutive stalled rounds, this one included
+};
+RoundVerdict DecideRound(const RoundInput& in);
+
 }  // namespace godwit::migrate
