@@ -289,7 +289,8 @@ std::optional<LazyPager::Prepared> TakeLazyAhead(pid_t image_pid,
     }
     a.prepared.covered.swap(kept);
     for (const auto& [s, e] : gone)
-      for (const auto& g : LazyPager::Take(a.prepared.pending, s, e)) a.prepared.bytes -= g.end - g.va;
+      for (const auto& g : LazyPager::Take(a.prepared.pending, s, e))
+        a.prepared.bytes -= g.end - g.va;
   }
   return std::move(a.prepared);
 }
