@@ -307,43 +307,6 @@ void LazyPager::Unite(std::vector<std::pair<uint64_t, uint64_t>>* covered,
   covered->swap(*next);
 }
 
-void LazyPager::Overlay(std::vector<Segment>* segs, const std::vector<Run>& runs,
-                        uint32_t source) {
-  if (runs.empty()) return;
-  std::vector<Segment> out;
-  out.reserve(segs->size() + 2 * runs.size());
-  size_t j = 0;  // the next run to output (runs go out in order, before what starts after them)
-  auto runs_before = [&](uint64_t va) {
-    for (; j < runs.size() && runs[j].va < va; ++j)
-      out.push_back({runs[j].va, runs[j].va + runs[j].len, source, runs[j].off});
-  };
-  size_t c = 0;  // the first run that ends after the current segment's start
-  for (const Segment& g : *segs) {
-    while (c < runs.size() && runs[c].va + runs[c].len <= g.va) ++c;
-    // g's parts between the runs that overlap it survive.
-    uint64_t s = g.va;
-    for (size_t k = c; k < runs.size() && runs[k].va < g.end; ++k) {
-      if (runs[k].va > s) {
-        runs_before(s);
-        out.push_back({s, runs[k].va, g.source, g.off + (s - g.va)});
-      }
-      s = std::max(s, runs[k].va + runs[k].len);
-    }
-    if (s < g.end) {
-      runs_before(s);
-      out.push_back({s, g.end, g.source, g.off + (s - g.va)});
-    }
-  }
-  runs_before(~uint64_t{0});
-  segs->swap(out);
-}
-
-LazyPager::Map LazyPager::BuildMap(const std::vector<Segment>& segs) {
-  Map m;
-  for (const Segment& g : segs) m.emplace_hint(m.end(), g.va, Seg{g.end, g.source, g.off});
-  return m;
-}
-
 std::vector<LazyPager::Segment> LazyPager::Take(Map& m, uint64_t s, uint64_t e) {
   std::vector<Piece> gone;
   Carve(m, s, e, &gone, nullptr);

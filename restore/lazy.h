@@ -110,9 +110,11 @@ class LazyPager {
   static void Unite(std::vector<std::pair<uint64_t, uint64_t>>* covered,
                     const std::vector<Run>& runs,
                     std::vector<std::pair<uint64_t, uint64_t>>* next);
-  // The same one round at a time: *segs (Resolve's result so far) with runs of a newer round
-  // (index source) laid over it, in one sweep.
-  static void Overlay(std::vector<Segment>* segs, const std::vector<Run>& runs, uint32_t source);
+  // fn(s, e) for each part of the intervals `from` (sorted, disjoint) outside `holes` (sorted by
+  // start; they may overlap), in order.
+  template <typename Fn>
+  static void Outside(const std::vector<std::pair<uint64_t, uint64_t>>& from,
+                      const std::vector<std::pair<uint64_t, uint64_t>>& holes, Fn fn);
 
   struct Seg {
     uint64_t end;
@@ -130,7 +132,10 @@ class LazyPager {
     uint64_t bytes = 0;
     Map pending;
   };
-  static Map BuildMap(const std::vector<Segment>& segs);
+  // Lays segs (sorted, disjoint; source indexes blob_of) over m: they win where they overlap.
+  // A round resolved ahead is laid over the record of the earlier ones this way (load.cc).
+  static void InsertSorted(Map& m, const std::vector<Segment>& segs,
+                           const std::vector<uint32_t>& blob_of);
   // Takes [s, e) out of m: what it held there, in address order (source: the segment's blob).
   static std::vector<Segment> Take(Map& m, uint64_t s, uint64_t e);
   // Takes *prepared as pid's owed pages (before its later rounds' AddPages/AddPagesBatch, which
@@ -187,12 +192,6 @@ class LazyPager {
   // starting at or after e.
   static Map::iterator CarveAt(Map& m, Map::iterator it, uint64_t s, uint64_t e,
                                std::vector<Piece>* out, Proc* p);
- public:
-  // Lays segs (sorted, disjoint; source indexes blob_of) over m: they win where they overlap.
-  static void InsertSorted(Map& m, const std::vector<Segment>& segs,
-                           const std::vector<uint32_t>& blob_of);
-
- private:
   // Under mu_: the blob's index (opened on first use); the live registered process of pid.
   Result<uint32_t> BlobIndex(const std::string& path, const std::string& name, bool verified);
   Result<Proc*> LiveProc(pid_t pid);
@@ -250,6 +249,20 @@ Result<void> LazyPager::AdoptPrepared(pid_t pid, const std::string& dir, Prepare
     }
   }
   return Adopt(pid, prepared, remap);
+}
+
+template <typename Fn>
+void LazyPager::Outside(const std::vector<std::pair<uint64_t, uint64_t>>& from,
+                        const std::vector<std::pair<uint64_t, uint64_t>>& holes, Fn fn) {
+  size_t h = 0;  // the first hole that ends after the current interval's start
+  for (auto [s, e] : from) {
+    while (h < holes.size() && holes[h].second <= s) ++h;
+    for (size_t k = h; k < holes.size() && holes[k].first < e; ++k) {
+      if (holes[k].first > s) fn(s, holes[k].first);
+      s = std::max(s, holes[k].second);
+    }
+    if (s < e) fn(s, e);
+  }
 }
 
 template <typename Fn>

@@ -38,7 +38,7 @@ std::set<std::string>& MissedNames() {
   return names;
 }
 
-// One process's rounds, laid over each other as they arrive (LazyPager::Overlay).
+// One process's rounds, laid over each other as they arrive (LazyPager::InsertSorted).
 struct Ahead {
   std::vector<std::string> maps;  // the round page map images applied, oldest first
   int last_round = -1;
@@ -278,15 +278,8 @@ std::optional<LazyPager::Prepared> TakeLazyAhead(pid_t image_pid,
   if (!gone.empty()) {
     std::sort(gone.begin(), gone.end());
     std::vector<std::pair<uint64_t, uint64_t>> kept;
-    size_t g = 0;
-    for (auto [s, e] : a.prepared.covered) {  // covered minus gone (both sorted)
-      while (g < gone.size() && gone[g].second <= s) ++g;
-      for (size_t h = g; h < gone.size() && gone[h].first < e; ++h) {
-        if (gone[h].first > s) kept.push_back({s, gone[h].first});
-        s = std::max(s, gone[h].second);
-      }
-      if (s < e) kept.push_back({s, e});
-    }
+    LazyPager::Outside(a.prepared.covered, gone,
+                       [&](uint64_t s, uint64_t e) { kept.push_back({s, e}); });
     a.prepared.covered.swap(kept);
     for (const auto& [s, e] : gone)
       for (const auto& g : LazyPager::Take(a.prepared.pending, s, e))

@@ -541,24 +541,15 @@ Result<void> RestoreMm(RestoreContext& ctx, ProcessRestore& p) {
     // the final dump's pages.
     auto ranges = ctx.lazy->Ranges(p.pid);
     std::vector<img::PageMap> eager(ahead->blobs.size());
-    size_t r = 0;
-    for (auto [s, e] : ahead->covered) {
-      while (r < ranges.size() && ranges[r].second <= s) ++r;
-      auto take = [&](uint64_t from, uint64_t to) {
-        for (const auto& g : LazyPager::Take(ahead->pending, from, to)) {
-          img::PageRun* run = eager[g.source].add_runs();
-          run->set_vaddr(g.va);
-          run->set_npages((g.end - g.va) / kPage);
-          run->set_blob_off(g.off);
-          ahead->bytes -= g.end - g.va;
-        }
-      };
-      for (size_t k = r; k < ranges.size() && ranges[k].first < e; ++k) {
-        if (ranges[k].first > s) take(s, ranges[k].first);
-        s = std::max(s, ranges[k].second);
+    LazyPager::Outside(ahead->covered, ranges, [&](uint64_t s, uint64_t e) {
+      for (const auto& g : LazyPager::Take(ahead->pending, s, e)) {
+        img::PageRun* run = eager[g.source].add_runs();
+        run->set_vaddr(g.va);
+        run->set_npages((g.end - g.va) / kPage);
+        run->set_blob_off(g.off);
+        ahead->bytes -= g.end - g.va;
       }
-      if (s < e) take(s, e);
-    }
+    });
     for (size_t k = 0; k < eager.size(); ++k) {
       if (eager[k].runs_size() == 0) continue;
       eager[k].set_pid(p.entry->pid());

@@ -65,6 +65,28 @@ void WaitTreeRan(pid_t pid, long long since) {
   for (int i = 0; i < 10000 && TreeCpuTicks(pid) <= since; ++i) usleep(1000);
 }
 
+// Whether the lazy pager's record m holds exactly the segments want (blob = the round's index),
+// node by node; *bytes: what it covers.
+::testing::AssertionResult SameRecord(const restore::LazyPager::Map& m,
+                                      const std::vector<restore::LazyPager::Segment>& want,
+                                      uint64_t* bytes = nullptr) {
+  if (m.size() != want.size())
+    return ::testing::AssertionFailure() << m.size() << " segments, want " << want.size();
+  size_t i = 0;
+  uint64_t n = 0;
+  for (const auto& [va, seg] : m) {
+    const auto& w = want[i++];
+    if (va != w.va || seg.end != w.end || seg.blob != w.source || seg.off != w.off)
+      return ::testing::AssertionFailure()
+             << "segment " << i - 1 << ": " << std::hex << va << "-" << seg.end << " blob "
+             << std::dec << seg.blob << " off " << seg.off << ", want " << std::hex << w.va
+             << "-" << w.end << " blob " << std::dec << w.source << " off " << w.off;
+    n += seg.end - va;
+  }
+  if (bytes) *bytes = n;
+  return ::testing::AssertionSuccess();
+}
+
 class CrPreCopy : public ::testing::Test {
  protected:
   void TearDown() override {
@@ -248,17 +270,8 @@ TEST_F(CrPreCopy, RoundPageMapsAreReferencedAndPreloaded) {
     }
     std::vector<const std::vector<restore::LazyPager::Run>*> ptrs;
     for (const auto& r : rounds) ptrs.push_back(&r);
-    auto want = restore::LazyPager::Resolve(ptrs);
-    ASSERT_EQ(ahead->pending.size(), want.size()) << "pid " << pid;
-    size_t i = 0;
-    for (const auto& [va, seg] : ahead->pending) {
-      EXPECT_EQ(va, want[i].va);
-      EXPECT_EQ(seg.end, want[i].end);
-      EXPECT_EQ(seg.blob, want[i].source);
-      EXPECT_EQ(seg.off, want[i].off);
-      bytes += seg.end - va;
-      ++i;
-    }
+    EXPECT_TRUE(SameRecord(ahead->pending, restore::LazyPager::Resolve(ptrs), &bytes))
+        << "pid " << pid;
     EXPECT_EQ(ahead->bytes, bytes);
     std::vector<std::pair<uint64_t, uint64_t>> cov;
     for (const auto& [va, seg] : ahead->pending) {
@@ -275,8 +288,8 @@ TEST_F(CrPreCopy, RoundPageMapsAreReferencedAndPreloaded) {
 }
 
 // The lazy pager's record of pre-copy rounds, built one round at a time as they arrive
-// (LazyPager::Overlay, a migration's waiting restore) or all at once (Resolve, the restore
-// itself): both give, for every page, the newest round that holds it and that round's offset,
+// (LazyPager::InsertSorted over a map, a migration's waiting restore) or all at once (Resolve,
+// the restore itself): both give, for every page, the newest round that holds it and that round's offset,
 // checked page by page against a plain model on random rounds (runs inside, across and beside
 // earlier ones, adjacent runs, holes).
 TEST(LazyRecord, RoundByRoundEqualsAllAtOnceAndThePageModel) {
@@ -308,18 +321,18 @@ TEST(LazyRecord, RoundByRoundEqualsAllAtOnceAndThePageModel) {
     std::vector<const std::vector<LazyPager::Run>*> ptrs;
     for (const auto& r : rounds) ptrs.push_back(&r);
     auto all = LazyPager::Resolve(ptrs);
-    std::vector<LazyPager::Segment> step;
-    for (int k = 0; k < nrounds; ++k) LazyPager::Overlay(&step, rounds[k], k);
-    ASSERT_EQ(step.size(), all.size()) << "trial " << trial;
-    for (size_t i = 0; i < all.size(); ++i) {
-      ASSERT_EQ(step[i].va, all[i].va) << "trial " << trial << " segment " << i;
-      ASSERT_EQ(step[i].end, all[i].end);
-      ASSERT_EQ(step[i].source, all[i].source);
-      ASSERT_EQ(step[i].off, all[i].off);
+    // Round by round, as the waiting restore does (load.cc AddAhead): each round's runs laid
+    // over the map of the earlier ones.
+    LazyPager::Map step;
+    for (int k = 0; k < nrounds; ++k) {
+      std::vector<LazyPager::Segment> segs;
+      for (const auto& r : rounds[k]) segs.push_back({r.va, r.va + r.len, 0, r.off});
+      LazyPager::InsertSorted(step, segs, {static_cast<uint32_t>(k)});
     }
+    ASSERT_TRUE(SameRecord(step, all)) << "trial " << trial;
     std::vector<std::pair<int, uint64_t>> got(kPages, {-1, 0});
     uint64_t prev_end = 0;
-    for (const auto& g : step) {
+    for (const auto& g : all) {
       ASSERT_GE(g.va, prev_end) << "trial " << trial << ": unsorted or overlapping";
       ASSERT_LT(g.va, g.end);
       prev_end = g.end;
@@ -328,26 +341,6 @@ TEST(LazyRecord, RoundByRoundEqualsAllAtOnceAndThePageModel) {
     }
     for (uint64_t i = 0; i < kPages; ++i)
       ASSERT_EQ(got[i], model[i]) << "trial " << trial << " page " << i;
-    auto map = LazyPager::BuildMap(step);
-    ASSERT_EQ(map.size(), step.size());
-    // The restore's way with a record built ahead: the last round laid over the map of the
-    // earlier ones in one walk (InsertSorted) gives the same map.
-    if (nrounds >= 2) {
-      std::vector<const std::vector<LazyPager::Run>*> older(ptrs.begin(), ptrs.end() - 1);
-      auto m = LazyPager::BuildMap(LazyPager::Resolve(older));
-      std::vector<LazyPager::Segment> last;
-      for (const auto& r : rounds.back()) last.push_back({r.va, r.va + r.len, 0, r.off});
-      LazyPager::InsertSorted(m, last, {static_cast<uint32_t>(nrounds - 1)});
-      ASSERT_EQ(m.size(), map.size()) << "trial " << trial;
-      auto a = m.begin();
-      for (const auto& [va, seg] : map) {
-        ASSERT_EQ(a->first, va) << "trial " << trial;
-        ASSERT_EQ(a->second.end, seg.end);
-        ASSERT_EQ(a->second.blob, seg.blob);
-        ASSERT_EQ(a->second.off, seg.off);
-        ++a;
-      }
-    }
   }
 }
 
@@ -387,18 +380,8 @@ TEST(LazyRecord, RoundCutDownByTheFinalDumpLosesItsGonePages) {
   ASSERT_TRUE(ahead.has_value());
   std::vector<restore::LazyPager::Run> a0 = {{kA, 8 * kPg, 0}, {kA + 12 * kPg, 4 * kPg, 12 * kPg}},
                                        a1 = {{kA + 2 * kPg, 2 * kPg, 0}};
-  auto want = restore::LazyPager::Resolve({&a0, &a1});
-  ASSERT_EQ(ahead->pending.size(), want.size());
-  size_t i = 0;
   uint64_t bytes = 0;
-  for (const auto& [va, seg] : ahead->pending) {
-    EXPECT_EQ(va, want[i].va) << i;
-    EXPECT_EQ(seg.end, want[i].end) << i;
-    EXPECT_EQ(seg.blob, want[i].source) << i;
-    EXPECT_EQ(seg.off, want[i].off) << i;
-    bytes += seg.end - va;
-    ++i;
-  }
+  EXPECT_TRUE(SameRecord(ahead->pending, restore::LazyPager::Resolve({&a0, &a1}), &bytes));
   EXPECT_EQ(ahead->bytes, bytes);
   EXPECT_EQ(bytes, 12 * kPg);
   using Iv = std::pair<uint64_t, uint64_t>;

@@ -182,6 +182,22 @@ class MigrateTest : public ::testing::Test {
     return logs;
   }
 
+  // mig_dirty ARGS as the container id on host a, bridged with address n; returns once its
+  // memory is filled (DIR/ready).
+  void RunDirty(const std::string& id, int n, const std::string& memory,
+                const std::vector<std::string>& args) {
+    ids_.push_back(id);
+    std::vector<std::string> cmd = {"run", "--rootfs", rootfs_, "--name", id, "--detach",
+                                    "--bridge", "br0", "--ip",
+                                    NetnsHosts::ContainerIp(n) + "/15", "--memory", memory,
+                                    "--", "/bin/mig_dirty"};
+    cmd.insert(cmd.end(), args.begin(), args.end());
+    CliRun r = Gw('a', cmd);
+    ASSERT_EQ(r.code, 0) << r;
+    for (int i = 0; i < 500 && Gw('a', {"exec", id, "--", "test", "-e", "/dev/shm/ready"}).code;
+         ++i) {
+    }
+  }
   // mig_dirty's check of its whole memory (SIGUSR1), as it wrote it to /dev/shm/verify ("OK ..."
   // or "BAD page ..."); empty if it never came.
   std::string VerifyDirty(char host, const std::string& id) {
@@ -299,16 +315,10 @@ TEST_F(MigrateTest, IdleContainerThereAndBackTenTimes) {
 TEST_F(MigrateTest, DirtyingMemoryArrivesIntactAndFinalRoundIsSmall) {
   StartDaemon('a');
   StartDaemon('b');
-  ids_.push_back("dirty");
-  CliRun r = Gw('a', {"run", "--rootfs", rootfs_, "--name", "dirty", "--detach", "--bridge",
-                      "br0", "--ip", NetnsHosts::ContainerIp(11) + "/15", "--memory", "512M",
-                      "--", "/bin/mig_dirty", "64", "1", "100", "/dev/shm"});
-  ASSERT_EQ(r.code, 0) << r;
-  for (int i = 0; i < 500 && Gw('a', {"exec", "dirty", "--", "test", "-e", "/dev/shm/ready"}).code;
-       ++i) {
-  }
+  RunDirty("dirty", 11, "512M", {"64", "1", "100", "/dev/shm"});
+  if (HasFatalFailure()) return;
   std::string rep = work_.path() + "/rep.json";
-  r = Migrate('a', "dirty", {"--report", rep, "--max-downtime", "60ms"});
+  CliRun r = Migrate('a', "dirty", {"--report", rep, "--max-downtime", "60ms"});
   ASSERT_EQ(r.code, 0) << r;
   auto j = nlohmann::json::parse(*fs::ReadFile(rep));
   ASSERT_GE(j["rounds"].size(), 2u) << j.dump(2);
@@ -336,19 +346,13 @@ TEST_F(MigrateTest, DirtyingMemoryArrivesIntactAndFinalRoundIsSmall) {
 TEST_F(MigrateTest, LockedMemoryIsFilledWholeFromTheRoundsResolvedAhead) {
   StartDaemon('a');
   StartDaemon('b');
-  ids_.push_back("locked");
-  CliRun r = Gw('a', {"run", "--rootfs", rootfs_, "--name", "locked", "--detach", "--bridge",
-                      "br0", "--ip", NetnsHosts::ContainerIp(20) + "/15", "--memory", "256M",
-                      "--", "/bin/mig_dirty", "4", "5", "20", "/dev/shm", "lock"});
-  ASSERT_EQ(r.code, 0) << r;
-  for (int i = 0;
-       i < 500 && Gw('a', {"exec", "locked", "--", "test", "-e", "/dev/shm/ready"}).code; ++i) {
-  }
+  RunDirty("locked", 20, "256M", {"4", "5", "20", "/dev/shm", "lock"});
+  if (HasFatalFailure()) return;
   ASSERT_EQ(Gw('a', {"exec", "locked", "--", "grep", "-q", "VmLck:[^0]*[1-9]",
                      "/proc/1/status"}).code, 0)
       << "the workload's memory is not locked";
   std::string rep = work_.path() + "/rep.json";
-  r = Migrate('a', "locked", {"--report", rep, "--max-downtime", "60ms"});
+  CliRun r = Migrate('a', "locked", {"--report", rep, "--max-downtime", "60ms"});
   ASSERT_EQ(r.code, 0) << r;
   auto j = nlohmann::json::parse(*fs::ReadFile(rep));
   ASSERT_GE(j["rounds"].size(), 2u) << j.dump(2);
