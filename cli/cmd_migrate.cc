@@ -48,6 +48,9 @@ constexpr const char kMigrateUsage[] =
     "  --max-rounds 8                pre-copy rounds at most\n"
     "  --strict                      abort (the container stays here) rather than switch over\n"
     "                                above --max-downtime (exit 6)\n"
+    "  --no-auto-converge            never throttle the container's CPU (by default, while it\n"
+    "                                writes memory faster than half the stream's rate, each\n"
+    "                                round takes more of its CPU away, until the freeze)\n"
     "  --timeout 30s                 per network operation\n"
     "  --compress auto|zstd|none     page frames: auto tries zstd and keeps it where it pays\n"
     "  --no-hold                     drop the container's packets during the switchover (the\n"
@@ -65,7 +68,7 @@ std::string Mb(double bytes) { return StrFormat("%.1f MiB", bytes / (1 << 20)); 
 int MigrateCmd(Global& g, const std::vector<std::string>& args) {
   ArgSpec spec{{"to", "tls-cert", "tls-key", "tls-ca", "max-downtime", "max-rounds", "timeout",
                 "compress", "report"},
-               {"insecure", "strict", "json", "no-hold"},
+               {"insecure", "strict", "json", "no-hold", "no-auto-converge"},
                {}};
   auto pa = ParseArgs(args, spec);
   if (!pa.ok()) return ReportError(g, "migrate", pa.error());
@@ -118,6 +121,7 @@ int MigrateCmd(Global& g, const std::vector<std::string>& args) {
   }
   o.strict = pa->has("strict");
   o.hold_packets = !pa->has("no-hold");
+  o.auto_converge = !pa->has("no-auto-converge");
   o.boost = !getenv("GODWIT_NO_BOOST");  // A/B runs only (common/priority.h)
   o.env_ahead = !getenv("GODWIT_NO_ENV_AHEAD");  // A/B runs only
   o.async_send = !getenv("GODWIT_NO_ASYNC_SEND");  // A/B runs only

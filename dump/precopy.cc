@@ -95,7 +95,7 @@ Result<RoundStats> PreCopy::Round() {
   auto t1 = Clock::now();
   rs.ms = timing::MsBetween(t0, t1);
   if (!rounds_.empty()) {
-    double s = timing::MsBetween(last_start_, t1) / 1000;
+    double s = timing::MsBetween(last_start_, t0) / 1000;
     rs.dirty_bytes_per_s = s > 0 ? rs.bytes / s : 0;
   }
   last_start_ = t0;

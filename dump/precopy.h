@@ -47,9 +47,10 @@ struct RoundStats {
   uint64_t bytes = 0;         // their bytes
   uint64_t stored_bytes = 0;  // what they took in the sink (compressed, chunk headers)
   double ms = 0;              // the round's duration
-  // This round's bytes over the time since the previous round started: how fast the tree
-  // writes memory, what the next round (or the frozen one) will have to copy per second of
-  // delay. 0 for round 0.
+  // This round's bytes over the time from the previous round's start to this one's: the pages
+  // were written between the two rounds' scans (each at its round's start), not during this
+  // round's own copy. How fast the tree writes memory: what the next round (or the frozen one)
+  // will have to copy per second of delay. 0 for round 0.
   double dirty_bytes_per_s = 0;
 };
 

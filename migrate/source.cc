@@ -137,6 +137,86 @@ class SendQueue {
   std::thread th_;
 };
 
+// Auto-converge's hand on the container's CPU (SourceOptions::auto_converge). The quota is a
+// share of the CPU the container used in its last unthrottled round (its cgroup's usage), per
+// kThrottlePeriodUs: a short period, so a throttled container pauses ~20 ms at most at a time
+// and a client's requests never wait longer than that. The container's own bandwidth (read at
+// Open) is written back by Release: before the freeze (a throttled task would reach the freezer
+// only when its next period starts) and on every way out.
+constexpr uint64_t kThrottlePeriodUs = 20000;
+constexpr int64_t kMinQuotaUs = 1000;  // the kernel's floor
+
+class CpuThrottle {
+ public:
+  // Null (with a warning) where the container's cgroup has no CPU bandwidth control.
+  static std::unique_ptr<CpuThrottle> Open(const runtime::Container& c) {
+    auto cg = runtime::OpenCgroup(c);
+    Result<runtime::CpuBandwidth> own = cg.ok() ? (*cg)->CpuLimit()
+                                                : Result<runtime::CpuBandwidth>(cg.error());
+    Result<uint64_t> used = own.ok() ? (*cg)->CpuUsageNs() : Result<uint64_t>(own.error());
+    if (!used.ok()) {
+      LOG_WARN("migration of %s: no auto-converge: %s", c.id.c_str(),
+               used.error().to_string().c_str());
+      return nullptr;
+    }
+    return std::unique_ptr<CpuThrottle>(
+        new CpuThrottle(c.id, std::move(*cg), *own, *used));
+  }
+  CpuThrottle(const CpuThrottle&) = delete;
+  CpuThrottle& operator=(const CpuThrottle&) = delete;
+  ~CpuThrottle() { Release(); }
+
+  // At each round's end: the CPU the container used since the last call, in CPUs, kept as the
+  // base of the throttle while it runs unthrottled.
+  void Sample() {
+    auto used = cg_->CpuUsageNs();
+    auto now = Clock::now();
+    if (!used.ok()) return;
+    double s = Ms(mark_, now) / 1000;
+    if (!set_ && s > 0 && *used >= used_)
+      base_cpus_ = static_cast<double>(*used - used_) / 1e9 / s;
+    used_ = *used;
+    mark_ = now;
+  }
+
+  // Takes pct percent of the base away (the kernel's floor and the container's own limit
+  // apply). The CPU left, in percent of one CPU.
+  Result<double> Set(int pct) {
+    double quota = (100 - pct) / 100.0 * base_cpus_ * static_cast<double>(kThrottlePeriodUs);
+    if (own_.quota_us >= 0 && own_.period_us > 0)
+      quota = std::min(quota, static_cast<double>(own_.quota_us) * kThrottlePeriodUs /
+                                  static_cast<double>(own_.period_us));
+    runtime::CpuBandwidth b;
+    b.quota_us = std::max<int64_t>(kMinQuotaUs, static_cast<int64_t>(quota));
+    b.period_us = kThrottlePeriodUs;
+    set_ = true;  // a refused write may have lifted the quota already: Release puts it back
+    TRY_CTX(cg_->SetCpuLimit(b), "auto-converge: throttling %s", id_.c_str());
+    return 100.0 * static_cast<double>(b.quota_us) / kThrottlePeriodUs;
+  }
+
+  void Release() {
+    if (!set_) return;
+    set_ = false;
+    auto r = cg_->SetCpuLimit(own_);
+    if (!r.ok())
+      LOG_ERROR("migration of %s: giving its CPU bandwidth back: %s", id_.c_str(),
+                r.error().to_string().c_str());
+  }
+
+ private:
+  CpuThrottle(std::string id, std::unique_ptr<runtime::Cgroup> cg, runtime::CpuBandwidth own,
+              uint64_t used)
+      : id_(std::move(id)), cg_(std::move(cg)), own_(own), used_(used), mark_(Clock::now()) {}
+
+  std::string id_;
+  std::unique_ptr<runtime::Cgroup> cg_;
+  runtime::CpuBandwidth own_;
+  uint64_t used_ = 0;  // usage at mark_
+  Clock::time_point mark_;
+  double base_cpus_ = 0;
+  bool set_ = false;
+};
+
 // Resident memory of the processes (the room the destination needs).
 uint64_t ResidentBytes(const std::vector<pid_t>& pids) {
   uint64_t total = 0;
@@ -173,6 +253,28 @@ RoundVerdict DecideRound(const RoundInput& in) {
   v.stalls = stalled_now ? in.stalls_before + 1 : 0;
   const bool stalled =
       stalled_now && (v.stalls >= 2 || in.predicted_ms <= 4 * in.max_downtime_ms);
+  v.throttle_pct = in.throttle_pct;
+  int next_throttle = in.throttle_pct;
+  for (int step : kThrottleSteps) {
+    if (step > in.throttle_pct) {
+      next_throttle = step;
+      break;
+    }
+  }
+  // Written faster than half the stream's rate, or a round that did not shrink: a writer that
+  // rewrites everything shows a rate no higher than the stream's (it cannot dirty more than all).
+  const bool outpaced = stalled_now || (in.round >= 1 && in.throughput_bytes_per_s > 0 &&
+                                        in.dirty_bytes_per_s > 0.5 * in.throughput_bytes_per_s);
+  if (!fits && !minimal && !last && outpaced && in.can_throttle &&
+      next_throttle > in.throttle_pct) {
+    v.throttle_pct = next_throttle;
+    v.decision = StrFormat("continue: %s at %.0f MB/s against the stream's %.0f MB/s "
+                           "(predicted %.1f ms over %.0f ms): CPU throttled by %d%%",
+                           stalled_now ? "the round did not shrink, written" : "written",
+                           in.dirty_bytes_per_s / 1e6, in.throughput_bytes_per_s / 1e6,
+                           in.predicted_ms, in.max_downtime_ms, next_throttle);
+    return v;
+  }
   if (fits) {
     v.kind = RoundVerdict::kSwitch;
     v.decision = StrFormat("switch: predicted %.1f ms fits %.0f ms", in.predicted_ms,
@@ -347,6 +449,10 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
   }
   double last_throughput = 0;
   int stalls = 0;  // consecutive rounds that did not shrink
+  std::unique_ptr<CpuThrottle> throttle;
+  if (o.auto_converge) throttle = CpuThrottle::Open(c);
+  int throttle_pct = 0;
+  double quota_pct = 0;  // what the throttle leaves, in percent of one CPU
   for (int round = 0;; ++round) {
     auto t0 = Clock::now();
     uint64_t wire0 = tree_tx.wire_bytes();
@@ -386,9 +492,28 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
     in.max_rounds = o.max_rounds;
     in.stalls_before = stalls;
     in.strict = o.strict;
+    in.dirty_bytes_per_s = rr.dirty_bytes_per_s;
+    in.throughput_bytes_per_s = last_throughput;
+    in.can_throttle = throttle != nullptr;
+    in.throttle_pct = throttle_pct;
+    if (throttle) throttle->Sample();
     RoundVerdict v = DecideRound(in);
     stalls = v.stalls;
     rr.decision = v.decision;
+    if (v.throttle_pct != throttle_pct && v.kind == RoundVerdict::kContinue) {
+      auto q = throttle->Set(v.throttle_pct);
+      if (q.ok()) {
+        throttle_pct = v.throttle_pct;
+        quota_pct = *q;
+        rr.decision += StrFormat(" (%.0f%% of a CPU)", *q);
+      } else {  // a round more without it
+        LOG_WARN("migration of %s: %s", o.id.c_str(), q.error().to_string().c_str());
+        rr.decision += " (failed: " + q.error().to_string() + ")";
+        throttle.reset();
+      }
+    }
+    rr.cpu_throttle_pct = throttle_pct;
+    rr.cpu_quota_pct = quota_pct;
     rep->rounds.push_back(rr);
     rep->predicted_downtime_ms = rr.predicted_downtime_ms;
     if (progress) progress(rr);
@@ -455,6 +580,8 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
     if (auto d = Deafen(c.pid); !d.ok()) return fail(std::move(d.error().wrap("hold packets")));
     deaf = true;
   }
+  // The container's own CPU bandwidth back before the freeze (CpuThrottle).
+  if (throttle) throttle->Release();
   auto t_ckpt = Clock::now();
   const uint64_t files_before_final = tree_tx.file_bytes() + ctr_tx.file_bytes();
   std::optional<SendQueue> queue;
@@ -643,7 +770,9 @@ std::string ReportJson(const MigrationReport& r) {
                       {"dirty_bytes_per_s", x.dirty_bytes_per_s},
                       {"throughput_bytes_per_s", x.throughput_bytes_per_s},
                       {"predicted_downtime_ms", x.predicted_downtime_ms},
-                      {"decision", x.decision}});
+                      {"decision", x.decision},
+                      {"cpu_throttle_pct", x.cpu_throttle_pct},
+                      {"cpu_quota_pct", x.cpu_quota_pct}});
   const Blackout& b = r.blackout;
   nlohmann::json j = {{"id", r.id},
                       {"to", r.to},

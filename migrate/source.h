@@ -51,6 +51,11 @@ struct SourceOptions {
   // The final dump's images go to the peer from a thread of their own while the dump goes on;
   // off for A/B runs (GODWIT_NO_ASYNC_SEND): sent by the dump's thread as each is closed.
   bool async_send = true;
+  // Auto-converge (QEMU's name for it): while the container writes its memory faster than half
+  // the stream's rate, its CPU is throttled harder each round through its cgroup's bandwidth
+  // (RoundVerdict::throttle_pct), and given back before the freeze (and on every failure).
+  // Off: `godwit migrate --no-auto-converge`.
+  bool auto_converge = true;
 };
 
 struct RoundReport {
@@ -63,6 +68,10 @@ struct RoundReport {
   double throughput_bytes_per_s = 0;  // the stream's measured rate this round
   double predicted_downtime_ms = 0;   // if we switched over now
   std::string decision;               // "continue", "switch", "abort" with why
+  // Auto-converge: the share of the container's CPU taken away for the next round (0: none),
+  // and the CPU it may then use, in percent of one CPU (0 when not throttled).
+  int cpu_throttle_pct = 0;
+  double cpu_quota_pct = 0;
 };
 
 struct Blackout {
@@ -121,6 +130,10 @@ std::string ReportJson(const MigrationReport& r);
 // reached, or the rounds stopped shrinking (a round > 80% of the one before). A first such stall
 // far above the target (over 4x) gets one more round: on a loaded host the stream's rate halves
 // for a while, and switching then froze 1 GiB containers for 1-4 s with 80-200 MiB still dirty.
+// Auto-converge (can_throttle): from round 1, while the container writes faster than half the
+// stream's rate (QEMU's trigger) or a round did not shrink, the round does not end the pre-copy
+// for having stalled; the container's CPU is throttled harder instead (kThrottleSteps), until
+// the last step.
 struct RoundInput {
   int round = 0;
   uint64_t bytes = 0, prev_bytes = 0;  // this round's and the one before's (round >= 1)
@@ -128,12 +141,18 @@ struct RoundInput {
   int max_rounds = 8;
   int stalls_before = 0;  // consecutive stalled rounds just before this one
   bool strict = false;
+  double dirty_bytes_per_s = 0, throughput_bytes_per_s = 0;
+  bool can_throttle = false;
+  int throttle_pct = 0;  // in force during this round
 };
 struct RoundVerdict {
   enum Kind { kContinue, kSwitch, kAbort } kind = kContinue;
   std::string decision;  // the report's text, with the reason
   int stalls = 0;        // consecutive stalled rounds, this one included
+  int throttle_pct = 0;  // for the next round
 };
+// The throttle's steps: each takes away half of the CPU the step before left.
+inline constexpr int kThrottleSteps[] = {30, 65, 82, 91, 95};
 RoundVerdict DecideRound(const RoundInput& in);
 
 }  // namespace godwit::migrate

@@ -27,6 +27,13 @@
 namespace godwit::runtime {
 
 enum class CgroupLayout { kV1, kV2, kHybrid };
+
+// CFS bandwidth: quota_us of CPU time per period_us (over all CPUs); quota_us < 0 = unlimited.
+struct CpuBandwidth {
+  int64_t quota_us = -1;
+  uint64_t period_us = 100000;
+  bool operator==(const CpuBandwidth&) const = default;
+};
 const char* CgroupLayoutName(CgroupLayout l);
 
 // Where the hierarchies live. Tests and callers normally use DetectCgroupLayout().
@@ -77,6 +84,14 @@ class Cgroup {
   virtual std::map<std::string, std::string> Paths() const = 0;
   // Counters for tests and reports: "oom_kill" (memory), "pids_max_hit" (pids events).
   virtual Result<std::map<std::string, int64_t>> Events() const = 0;
+  // The CPU bandwidth as the kernel has it now, and setting it (both values, in the order the
+  // kernel accepts). The migration's auto-converge throttles a container whose memory is
+  // written faster than it can be sent, and writes the values it read back (migrate/source.cc);
+  // the container's configured limits (its state record) are not touched.
+  virtual Result<CpuBandwidth> CpuLimit() const = 0;
+  virtual Result<void> SetCpuLimit(const CpuBandwidth& b) = 0;
+  // CPU time used by the cgroup's tasks since it was made, in ns.
+  virtual Result<uint64_t> CpuUsageNs() const = 0;
 
  protected:
   explicit Cgroup(std::string name) : name_(std::move(name)) {}

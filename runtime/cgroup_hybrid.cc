@@ -58,6 +58,9 @@ class CgroupHybrid : public Cgroup {
     return p;
   }
   Result<std::map<std::string, int64_t>> Events() const override { return v1_->Events(); }
+  Result<CpuBandwidth> CpuLimit() const override { return v1_->CpuLimit(); }
+  Result<void> SetCpuLimit(const CpuBandwidth& b) override { return v1_->SetCpuLimit(b); }
+  Result<uint64_t> CpuUsageNs() const override { return v1_->CpuUsageNs(); }
 
  private:
   std::unique_ptr<Cgroup> v1_, v2_;

@@ -147,6 +147,34 @@ class CgroupV1 : public Cgroup {
 
   std::map<std::string, std::string> Paths() const override { return dirs_all_; }
 
+  Result<CpuBandwidth> CpuLimit() const override {
+    TRY(Need("cpu", "cpu bandwidth"));
+    const std::string& dir = dirs_all_.at("cpu");
+    ASSIGN_OR_RETURN(std::string q, ReadKnob(dir, "cpu.cfs_quota_us"));
+    ASSIGN_OR_RETURN(std::string p, ReadKnob(dir, "cpu.cfs_period_us"));
+    CpuBandwidth b;
+    b.quota_us = strtoll(q.c_str(), nullptr, 10);
+    b.period_us = strtoull(p.c_str(), nullptr, 10);
+    return b;
+  }
+
+  Result<void> SetCpuLimit(const CpuBandwidth& b) override {
+    TRY(Need("cpu", "cpu bandwidth"));
+    const std::string& dir = dirs_all_.at("cpu");
+    // The kernel checks a quota against the current period (and the parents' limits): lift the
+    // quota first, then set the period, then the quota.
+    TRY(WriteKnob(dir, "cpu.cfs_quota_us", "-1"));
+    TRY(WriteKnob(dir, "cpu.cfs_period_us", std::to_string(b.period_us)));
+    if (b.quota_us >= 0) TRY(WriteKnob(dir, "cpu.cfs_quota_us", std::to_string(b.quota_us)));
+    return Ok();
+  }
+
+  Result<uint64_t> CpuUsageNs() const override {
+    TRY(Need("cpuacct", "cpu usage"));
+    ASSIGN_OR_RETURN(std::string u, ReadKnob(dirs_all_.at("cpuacct"), "cpuacct.usage"));
+    return strtoull(u.c_str(), nullptr, 10);
+  }
+
   Result<std::map<std::string, int64_t>> Events() const override {
     std::map<std::string, int64_t> out;
     if (auto it = dirs_all_.find("memory"); it != dirs_all_.end()) {

@@ -107,6 +107,28 @@ class CgroupV2 : public Cgroup {
 
   std::map<std::string, std::string> Paths() const override { return {{"unified", dir_}}; }
 
+  Result<CpuBandwidth> CpuLimit() const override {
+    ASSIGN_OR_RETURN(std::string s, ReadKnob(dir_, "cpu.max"));
+    auto f = fs::Split(fs::Trim(s), ' ');
+    if (f.size() != 2)
+      return MakeError(ErrorKind::kGeneric, 0, "%s/cpu.max: unexpected \"%s\"", dir_.c_str(),
+                       fs::Trim(s).c_str());
+    CpuBandwidth b;
+    b.quota_us = f[0] == "max" ? -1 : strtoll(f[0].c_str(), nullptr, 10);
+    b.period_us = strtoull(f[1].c_str(), nullptr, 10);
+    return b;
+  }
+
+  Result<void> SetCpuLimit(const CpuBandwidth& b) override {
+    std::string quota = b.quota_us < 0 ? "max" : std::to_string(b.quota_us);
+    return WriteKnob(dir_, "cpu.max", quota + " " + std::to_string(b.period_us));
+  }
+
+  Result<uint64_t> CpuUsageNs() const override {
+    ASSIGN_OR_RETURN(std::string s, ReadKnob(dir_, "cpu.stat"));
+    return static_cast<uint64_t>(ParseKeyValues(s)["usage_usec"]) * 1000;
+  }
+
   Result<std::map<std::string, int64_t>> Events() const override {
     std::map<std::string, int64_t> out;
     if (auto s = ReadKnob(dir_, "memory.events"); s.ok())

@@ -24,6 +24,7 @@
 #include "migrate/staging.h"
 #include "migrate/wire.h"
 #include "netns_hosts.h"
+#include "runtime/cgroup.h"
 #include "runtime/runtime.h"
 
 namespace godwit::migrate {
@@ -185,12 +186,14 @@ class MigrateTest : public ::testing::Test {
   // mig_dirty ARGS as the container id on host a, bridged with address n; returns once its
   // memory is filled (DIR/ready).
   void RunDirty(const std::string& id, int n, const std::string& memory,
-                const std::vector<std::string>& args) {
+                const std::vector<std::string>& args, const std::vector<std::string>& run = {}) {
     ids_.push_back(id);
     std::vector<std::string> cmd = {"run", "--rootfs", rootfs_, "--name", id, "--detach",
                                     "--bridge", "br0", "--ip",
-                                    NetnsHosts::ContainerIp(n) + "/15", "--memory", memory,
-                                    "--", "/bin/mig_dirty"};
+                                    NetnsHosts::ContainerIp(n) + "/15", "--memory", memory};
+    cmd.insert(cmd.end(), run.begin(), run.end());
+    cmd.push_back("--");
+    cmd.push_back("/bin/mig_dirty");
     cmd.insert(cmd.end(), args.begin(), args.end());
     CliRun r = Gw('a', cmd);
     ASSERT_EQ(r.code, 0) << r;
@@ -641,6 +644,60 @@ TEST_F(MigrateTest, RefusedPeers) {
   EXPECT_NE(logs.find("refused"), std::string::npos) << logs;
   EXPECT_TRUE(Exists('a', "ref"));
   EXPECT_FALSE(Exists('b', "ref"));
+}
+
+// Auto-converge: a container rewriting its memory as fast as its CPU allows never lets a round
+// shrink. Each round takes more of its CPU away (the report says how much), and whatever ends
+// the migration gives the container its own CPU limit back: here (a --strict abort) and there
+// (restored with its configured limit, not the throttle). Without auto-converge no round is
+// throttled. Every page checks out at both ends.
+TEST_F(MigrateTest, AutoConvergeThrottlesAWriterAndGivesItsCpuBack) {
+  StartDaemon('b');
+  RunDirty("spin", 21, "256M", {"64", "5", "-1", "/dev/shm"}, {"--cpus", "1.5"});
+  if (HasFatalFailure()) return;
+  auto limit = [&](char h) -> runtime::CpuBandwidth {
+    auto cg = runtime::OpenCgroup("spin", Parent(h));
+    if (!cg.ok()) return {};
+    auto b = (*cg)->CpuLimit();
+    return b.ok() ? *b : runtime::CpuBandwidth{};
+  };
+  const runtime::CpuBandwidth own{150000, 100000};
+  ASSERT_EQ(limit('a'), own);
+  auto throttled_rounds = [](const nlohmann::json& j) {
+    int n = 0;
+    for (const auto& r : j["rounds"]) {
+      if (r["cpu_throttle_pct"].get<int>() == 0) continue;
+      ++n;
+      // What the throttle left: at least the kernel's floor, at most the container's own 1.5.
+      EXPECT_GE(r["cpu_quota_pct"].get<double>(), 5) << r;
+      EXPECT_LE(r["cpu_quota_pct"].get<double>(), 150) << r;
+    }
+    return n;
+  };
+  CliRun r = Migrate('a', "spin", {"--strict", "--max-downtime", "1ms", "--max-rounds", "4",
+                                   "--no-auto-converge", "--json"});
+  ASSERT_EQ(r.code, 6) << r;
+  EXPECT_EQ(throttled_rounds(nlohmann::json::parse(r.out)), 0) << r.out;
+  r = Migrate('a', "spin", {"--strict", "--max-downtime", "1ms", "--max-rounds", "4", "--json"});
+  ASSERT_EQ(r.code, 6) << r;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["outcome"], "rolled back");
+  ASSERT_GE(throttled_rounds(j), 1) << j["rounds"].dump(2);
+  for (const auto& round : j["rounds"]) {  // the first step
+    if (round["cpu_throttle_pct"].get<int>() == 0) continue;
+    EXPECT_NE(round["decision"].get<std::string>().find("throttled by 30%"), std::string::npos)
+        << round;
+    break;
+  }
+  EXPECT_EQ(limit('a'), own) << "the rolled-back container keeps a throttle";
+  std::string v = VerifyDirty('a', "spin");
+  EXPECT_EQ(v.rfind("OK ", 0), 0u) << v;
+  r = Migrate('a', "spin", {"--max-downtime", "1ms", "--max-rounds", "4", "--json"});
+  ASSERT_EQ(r.code, 0) << r;
+  EXPECT_GE(throttled_rounds(nlohmann::json::parse(r.out)), 1) << r.out;
+  EXPECT_EQ(limit('b'), own) << "restored with the throttle instead of its own limit";
+  v = VerifyDirty('b', "spin");
+  EXPECT_EQ(v.rfind("OK ", 0), 0u) << v;
 }
 
 TEST_F(MigrateTest, StrictAbortsAboveTheTarget) {

@@ -703,5 +703,67 @@ TEST(Convergence, OneStallFarAboveTheTargetGetsOneMoreRound) {
   EXPECT_EQ(DecideRound(in).kind, RoundVerdict::kContinue);
 }
 
+// Auto-converge: a container writing faster than half the stream's rate is throttled one step
+// more each round instead of switching over on a stall, until the last step; then the stall
+// rules decide again. Without a throttle (none possible, or --no-auto-converge) nothing changes.
+TEST(Convergence, AWriterOutpacingTheStreamIsThrottledStepByStep) {
+  constexpr uint64_t kMiB = 1 << 20;
+  RoundInput in;
+  in.max_downtime_ms = 50;
+  in.max_rounds = 8;
+  in.round = 2;
+  in.prev_bytes = 64 * kMiB;
+  in.bytes = 64 * kMiB;  // stalled: everything written again
+  in.predicted_ms = 150;  // within 4x: the old rules switch at once
+  in.dirty_bytes_per_s = 600e6;
+  in.throughput_bytes_per_s = 700e6;
+  EXPECT_EQ(DecideRound(in).kind, RoundVerdict::kSwitch);
+  EXPECT_EQ(DecideRound(in).throttle_pct, 0);
+  in.can_throttle = true;
+  std::vector<int> steps;
+  for (int i = 0; i < 8; ++i) {
+    RoundVerdict v = DecideRound(in);
+    if (v.kind != RoundVerdict::kContinue) {
+      EXPECT_EQ(v.kind, RoundVerdict::kSwitch);
+      EXPECT_NE(v.decision.find("rounds stopped shrinking"), std::string::npos) << v.decision;
+      EXPECT_EQ(v.throttle_pct, in.throttle_pct) << "the last step stays until the freeze";
+      break;
+    }
+    EXPECT_NE(v.decision.find("throttled by"), std::string::npos) << v.decision;
+    EXPECT_GT(v.throttle_pct, in.throttle_pct);
+    steps.push_back(v.throttle_pct);
+    in.throttle_pct = v.throttle_pct;
+    in.stalls_before = v.stalls;
+  }
+  EXPECT_EQ(steps, std::vector<int>(std::begin(kThrottleSteps), std::end(kThrottleSteps)));
+  // A round that shrank, written under half the stream's rate: no step.
+  in.throttle_pct = 30;
+  in.stalls_before = 0;
+  in.dirty_bytes_per_s = 300e6;
+  in.bytes = 20 * kMiB;
+  RoundVerdict v = DecideRound(in);
+  EXPECT_EQ(v.kind, RoundVerdict::kContinue) << v.decision;
+  EXPECT_EQ(v.decision.find("throttled"), std::string::npos) << v.decision;
+  EXPECT_EQ(v.throttle_pct, 30);
+  // A round that did not shrink is throttled whatever the rates say (a writer rewriting all of
+  // its memory shows at most the stream's rate).
+  in.bytes = 64 * kMiB;
+  v = DecideRound(in);
+  EXPECT_EQ(v.kind, RoundVerdict::kContinue) << v.decision;
+  EXPECT_EQ(v.throttle_pct, 65);
+  EXPECT_NE(v.decision.find("did not shrink"), std::string::npos) << v.decision;
+  // A fit, the last round or round 0 never throttle.
+  in.dirty_bytes_per_s = 600e6;
+  in.throttle_pct = 0;
+  in.predicted_ms = 40;
+  EXPECT_EQ(DecideRound(in).throttle_pct, 0);
+  in.predicted_ms = 150;
+  in.round = 7;
+  EXPECT_EQ(DecideRound(in).throttle_pct, 0);
+  in.round = 0;
+  in.prev_bytes = 0;
+  EXPECT_EQ(DecideRound(in).throttle_pct, 0);
+}
+
 }  // namespace
 }  // namespace godwit::migrate

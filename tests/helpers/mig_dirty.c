@@ -3,6 +3,8 @@
 //
 //   mig_dirty MIB PCT INTERVAL_MS DIR [lock]
 //
+// INTERVAL_MS 0: the pages are rewritten once, then it waits for signals; < 0: rewritten without
+// pause, as fast as the CPU it gets allows (a writer only a CPU throttle slows down).
 // lock: every mapping is locked (mlockall MCL_CURRENT) once filled: a lazy restore can page none
 // of it (the restore fills it whole).
 //
@@ -122,8 +124,8 @@ int main(int argc, char** argv) {
     if (interval_ms > 0) {
       struct timespec ts = {interval_ms / 1000, (interval_ms % 1000) * 1000000L};
       nanosleep(&ts, NULL);
-    } else {
+    } else if (interval_ms == 0) {
       pause();
-    }
+    }  // < 0: at once again, as fast as the CPU allows
   }
 }
