@@ -179,6 +179,12 @@ class CpuThrottle {
     mark_ = now;
   }
 
+  // Whether a throttle can slow the container: it used at least twice the kernel's floor (a
+  // writer using less, e.g. one that sleeps between bursts, is not slowed by any quota).
+  bool Bites() const {
+    return base_cpus_ * kThrottlePeriodUs >= 2.0 * static_cast<double>(kMinQuotaUs);
+  }
+
   // Takes pct percent of the base away (the kernel's floor and the container's own limit
   // apply). The CPU left, in percent of one CPU.
   Result<double> Set(int pct) {
@@ -494,9 +500,9 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
     in.strict = o.strict;
     in.dirty_bytes_per_s = rr.dirty_bytes_per_s;
     in.throughput_bytes_per_s = last_throughput;
-    in.can_throttle = throttle != nullptr;
     in.throttle_pct = throttle_pct;
     if (throttle) throttle->Sample();
+    in.can_throttle = throttle && throttle->Bites();
     RoundVerdict v = DecideRound(in);
     stalls = v.stalls;
     rr.decision = v.decision;

@@ -53,7 +53,8 @@ struct SourceOptions {
   bool async_send = true;
   // Auto-converge (QEMU's name for it): while the container writes its memory faster than half
   // the stream's rate, its CPU is throttled harder each round through its cgroup's bandwidth
-  // (RoundVerdict::throttle_pct), and given back before the freeze (and on every failure).
+  // (RoundVerdict::throttle_pct), and given back before the freeze (and on every failure). A
+  // container using under a tenth of a CPU is never throttled: no quota slows it.
   // Off: `godwit migrate --no-auto-converge`.
   bool auto_converge = true;
 };
