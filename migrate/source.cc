@@ -512,10 +512,12 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
         throttle_pct = v.throttle_pct;
         quota_pct = *q;
         rr.decision += StrFormat(" (%.0f%% of a CPU)", *q);
-      } else {  // a round more without it
+      } else {  // its own bandwidth back (the reset), and the rounds go on without
         LOG_WARN("migration of %s: %s", o.id.c_str(), q.error().to_string().c_str());
         rr.decision += " (failed: " + q.error().to_string() + ")";
         throttle.reset();
+        throttle_pct = 0;
+        quota_pct = 0;
       }
     }
     rr.cpu_throttle_pct = throttle_pct;
