@@ -1,12 +1,15 @@
 // `godwit migrate ID --to HOST:PORT [options]`: live-migrates a running container to the godwitd
 // at HOST:PORT. The library is migrate/ (migrate/source.h tells the flow); this file parses,
 // prints progress per round on stderr, and the summary (or --json) on stdout.
+#include <pthread.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "cli/command.h"
 #include "common/args.h"
@@ -36,7 +39,10 @@ constexpr const char kMigrateUsage[] =
     "rounds while it runs, then it is frozen for a short switchover, restored there, and deleted\n"
     "here once the destination runs it. TCP connections survive; packets for the container during\n"
     "the switchover are held and delivered at the destination. On any failure before that the\n"
-    "container keeps running here, untouched (exit 8). docs/migration.md tells the flow.\n"
+    "container keeps running here, untouched (exit 8). SIGINT, SIGTERM or SIGHUP during the\n"
+    "pre-copy rounds roll it back the same way (exit 128 + the signal's number); one that comes\n"
+    "during the switchover (a blackout of milliseconds) lets it end first. docs/migration.md\n"
+    "tells the flow.\n"
     "\n"
     "options:\n"
     "  --to HOST:PORT                the destination godwitd ([V6]:PORT for IPv6)\n"
@@ -64,6 +70,46 @@ constexpr const char kMigrateUsage[] =
     "  godwit --root /run/a migrate c1 --to 198.18.0.2:7070 --insecure --max-downtime 100ms";
 
 std::string Mb(double bytes) { return StrFormat("%.1f MiB", bytes / (1 << 20)); }
+
+// SIGINT, SIGTERM and SIGHUP during a migration stop it the safe way (migrate::Cancel): they are
+// blocked in every thread and taken by a watcher thread. SIGUSR2 (blocked too) ends the
+// watcher. The number of the signal taken, 0 if none.
+class SignalWatch {
+ public:
+  explicit SignalWatch(migrate::Cancel* cancel) {
+    sigemptyset(&set_);
+    for (int s : {SIGINT, SIGTERM, SIGHUP, SIGUSR2}) sigaddset(&set_, s);
+    pthread_sigmask(SIG_BLOCK, &set_, &old_);
+    th_ = std::thread([this, cancel] {
+      for (;;) {
+        int sig = 0;
+        if (sigwait(&set_, &sig) != 0 || sig == SIGUSR2) return;
+        taken_ = sig;
+        cancel->Request(sigabbrev_np(sig) ? std::string("SIG") + sigabbrev_np(sig) : "signal");
+        fprintf(stderr,
+                "godwit migrate: %s: stopping the migration (a switchover already under way "
+                "ends first)\n",
+                strsignal(sig));
+      }
+    });
+  }
+  ~SignalWatch() {
+    pthread_kill(th_.native_handle(), SIGUSR2);
+    th_.join();
+    // A SIGUSR2 sent from outside meanwhile is dropped with the rest of the set's pending ones.
+    sigset_t pending;
+    timespec zero{0, 0};
+    while (sigpending(&pending) == 0 && sigtimedwait(&set_, nullptr, &zero) > 0) {
+    }
+    pthread_sigmask(SIG_SETMASK, &old_, nullptr);
+  }
+  int taken() const { return taken_; }
+
+ private:
+  sigset_t set_, old_;
+  std::atomic<int> taken_{0};
+  std::thread th_;
+};
 
 int MigrateCmd(Global& g, const std::vector<std::string>& args) {
   ArgSpec spec{{"to", "tls-cert", "tls-key", "tls-ca", "max-downtime", "max-rounds", "timeout",
@@ -138,20 +184,36 @@ int MigrateCmd(Global& g, const std::vector<std::string>& args) {
   };
   if (human) fprintf(stderr, "migrating %s to %s\n", o.id.c_str(), o.to.c_str());
   migrate::MigrationReport rep;
-  auto res = migrate::Migrate(o, &rep, progress);
+  migrate::Cancel cancel;
+  o.cancel = &cancel;
+  int sig = 0;
+  auto res = [&] {
+    SignalWatch watch(&cancel);
+    auto r = migrate::Migrate(o, &rep, progress);
+    sig = watch.taken();
+    return r;
+  }();
   std::string json = migrate::ReportJson(rep);
   if (pa->has("report")) {
     auto w = fs::WriteFile(pa->get("report"), json + "\n", /*atomic=*/true);
     if (!w.ok()) fprintf(stderr, "godwit migrate: report: %s\n", w.error().to_string().c_str());
   }
   if (!res.ok()) {
+    // Stopped by a signal: the shell's code for it (128 + its number).
+    const int code = sig && cancel.requested() ? 128 + sig : res.error().exit_code();
     if (g.json) {
       // The report (what happened) and the error together, one object.
       auto j = nlohmann::json::parse(json);
       j["error"] = res.error().to_string();
-      j["exit_code"] = res.error().exit_code();
+      j["exit_code"] = code;
       printf("%s\n", j.dump().c_str());
-      return res.error().exit_code();
+      return code;
+    }
+    if (code != res.error().exit_code()) {
+      fprintf(stderr, "godwit migrate: %s: %s%s\n", res.error().to_string().c_str(),
+              rep.outcome.c_str(), rep.outcome == "failed after commit" ? ""
+                                   : ": the container still runs here");
+      return code;
     }
     if (rep.outcome == "rolled back" || rep.outcome == "refused" ||
         (rep.outcome == "not started" && res.error().kind() == ErrorKind::kPeer))

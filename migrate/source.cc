@@ -249,6 +249,41 @@ Result<void> RecvExpect(Channel& ch, mig::Frame* f, mig::Frame::MsgCase want, co
 
 }  // namespace
 
+void Cancel::Request(const std::string& why) {
+  std::lock_guard<std::mutex> l(mu_);
+  if (requested_) return;
+  requested_ = true;
+  why_ = why;
+  if (ch_ && !switching_) ch_->Interrupt();
+}
+
+bool Cancel::requested() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return requested_;
+}
+
+std::string Cancel::reason() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return why_;
+}
+
+bool Cancel::Attach(Channel* ch) {
+  std::lock_guard<std::mutex> l(mu_);
+  ch_ = ch;
+  return !requested_;
+}
+
+void Cancel::Detach() {
+  std::lock_guard<std::mutex> l(mu_);
+  ch_ = nullptr;
+}
+
+bool Cancel::EnterSwitchover() {
+  std::lock_guard<std::mutex> l(mu_);
+  switching_ = true;
+  return !requested_;
+}
+
 RoundVerdict DecideRound(const RoundInput& in) {
   RoundVerdict v;
   const bool fits = in.round > 0 && in.predicted_ms <= in.max_downtime_ms;
@@ -321,6 +356,13 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
 
   // Connect and agree.
   ASSIGN_OR_RETURN(std::unique_ptr<Channel> ch, Channel::Connect(o.to, o.tls, o.timeout_s));
+  auto interrupted = [&] {
+    return MakeError(ErrorKind::kGeneric, 0, "interrupted (%s)", o.cancel->reason().c_str());
+  };
+  if (o.cancel && !o.cancel->Attach(ch.get())) return interrupted();
+  ScopeExit detach([&] {
+    if (o.cancel) o.cancel->Detach();
+  });
   rep->peer = ch->peer();
   rep->secure = ch->secure();
   bool zstd = o.compress != Compress::kNone;
@@ -411,6 +453,10 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
   });
 
   auto fail = [&](Error e) -> Result<void> {
+    // A cut stream's error says less than why it was cut.
+    if (o.cancel && o.cancel->requested() && e.message().rfind("interrupted (", 0) != 0)
+      e = Error(ErrorKind::kGeneric, 0,
+                "interrupted (" + o.cancel->reason() + "): " + e.to_string());
     abort_reason = e.to_string();
     rep->outcome = "rolled back";
     rep->reason = abort_reason;
@@ -460,6 +506,7 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
   int throttle_pct = 0;
   double quota_pct = 0;  // what the throttle leaves, in percent of one CPU
   for (int round = 0;; ++round) {
+    if (o.cancel && o.cancel->requested()) return fail(interrupted());
     auto t0 = Clock::now();
     uint64_t wire0 = tree_tx.wire_bytes();
     double send0 = tree_tx.send_ms();
@@ -532,6 +579,8 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
 
   // Switchover: freeze, final delta + state streamed as written, held frozen here. The
   // blackout's work runs at a raised priority on both ends until the commit (common/priority.h).
+  // A cancel from here on waits for its end (Cancel).
+  if (o.cancel && !o.cancel->EnterSwitchover()) return fail(interrupted());
   PriorityBoost boost;
   if (o.boost) boost.Add(0);
   rep->boosted = !boost.empty();

@@ -16,6 +16,7 @@
 #pragma once
 
 #include <functional>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -25,6 +26,31 @@
 namespace godwit::migrate {
 
 enum class Compress { kAuto, kZstd, kNone };
+
+class Channel;
+
+// Stops a migration from another thread (the CLI's signal watcher). Before the switchover it
+// cuts the stream and the migration rolls back: the container runs here as before, the
+// destination removes what it made (it sees the connection end). From the switchover on it only
+// records the request: the switchover ends, committed or rolled back, within its timeouts (a
+// migration stopped in its blackout would leave the container frozen here).
+class Cancel {
+ public:
+  void Request(const std::string& why);
+  bool requested() const;
+  std::string reason() const;
+  // Migrate's side: the stream to cut (false when already requested), gone again at its end;
+  // the switchover's start (false when requested before it: roll back instead).
+  bool Attach(Channel* ch);
+  void Detach();
+  bool EnterSwitchover();
+
+ private:
+  mutable std::mutex mu_;
+  Channel* ch_ = nullptr;
+  bool switching_ = false, requested_ = false;
+  std::string why_;
+};
 
 struct SourceOptions {
   std::string root = "/run/godwit";
@@ -57,6 +83,7 @@ struct SourceOptions {
   // container using under a tenth of a CPU is never throttled: no quota slows it.
   // Off: `godwit migrate --no-auto-converge`.
   bool auto_converge = true;
+  Cancel* cancel = nullptr;  // optional
 };
 
 struct RoundReport {

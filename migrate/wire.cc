@@ -506,6 +506,10 @@ Result<void> Channel::Recv(mig::Frame* frame, std::string* payload) {
   return Ok();
 }
 
+void Channel::Interrupt() {
+  if (impl_ && impl_->fd) (void)::shutdown(impl_->fd.get(), SHUT_RDWR);
+}
+
 void Channel::Close() {
   if (!impl_ || !impl_->fd) return;
   if (impl_->ssl && !impl_->broken) {

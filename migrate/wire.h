@@ -64,6 +64,9 @@ class Channel {
   uint64_t bytes_received() const { return received_; }
   // Shuts the stream down (TLS close_notify when it can); idempotent.
   void Close();
+  // From another thread: cuts the connection (shutdown, no close_notify): the call in progress
+  // and every later one fail at once. The fd stays open until Close.
+  void Interrupt();
 
   struct Impl;
 

@@ -57,6 +57,28 @@ bool WaitForFile(const std::string& path, int timeout_ms) {
   return true;
 }
 
+// Waits (inotify, bounded) until the file at path holds text.
+bool WaitForText(const std::string& path, const std::string& text, int timeout_ms) {
+  if (!WaitForFile(path, timeout_ms)) return false;
+  UniqueFd in(inotify_init1(IN_CLOEXEC | IN_NONBLOCK));
+  if (!in || inotify_add_watch(in.get(), path.c_str(), IN_MODIFY) < 0) return false;
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  for (;;) {
+    auto t = fs::ReadFile(path);
+    if (t.ok() && t->find(text) != std::string::npos) return true;
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                    deadline - std::chrono::steady_clock::now())
+                    .count();
+    if (left <= 0) return false;
+    struct pollfd p = {in.get(), POLLIN, 0};
+    if (poll(&p, 1, static_cast<int>(left)) > 0) {
+      char buf[4096];
+      while (read(in.get(), buf, sizeof(buf)) > 0) {
+      }
+    }
+  }
+}
+
 // A process started in a network namespace, stdout/stderr to files; ended by pid.
 class Proc {
  public:
@@ -85,6 +107,11 @@ class Proc {
   int Stop(int sig) {
     if (pid_ <= 0) return status_;
     kill(pid_, sig);
+    return Wait();
+  }
+  // Reaps it; the exit status (128+sig if killed).
+  int Wait() {
+    if (pid_ <= 0) return status_;
     int st = 0;
     while (waitpid(pid_, &st, 0) < 0 && errno == EINTR) {
     }
@@ -698,6 +725,46 @@ TEST_F(MigrateTest, AutoConvergeThrottlesAWriterAndGivesItsCpuBack) {
   EXPECT_EQ(limit('b'), own) << "restored with the throttle instead of its own limit";
   v = VerifyDirty('b', "spin");
   EXPECT_EQ(v.rfind("OK ", 0), 0u) << v;
+}
+
+// An operator stopping a migration (SIGTERM, SIGINT: Ctrl-C) during its pre-copy rounds: the
+// stream is cut, the migration rolls back and exits 128 + the signal, the container runs here
+// as before (every page intact) and nothing of it is left at the destination (TearDown checks
+// both hosts' staging). Before, the signal killed the command where it stood.
+TEST_F(MigrateTest, SignalDuringPreCopyRollsBack) {
+  StartDaemon('b');
+  RunDirty("sig", 22, "256M", {"64", "20", "10", "/dev/shm"});
+  if (HasFatalFailure()) return;
+  for (int sig : {SIGTERM, SIGINT}) {
+    std::string err = StrFormat("%s/migrate-%d.err", work_.path().c_str(), sig);
+    std::string rep = StrFormat("%s/migrate-%d.json", work_.path().c_str(), sig);
+    std::vector<std::string> args = {GODWIT_BIN, "--root", Root('a'), "--cgroup-parent",
+                                     Parent('a'), "migrate", "sig", "--to", Addr('b') + ":7070",
+                                     "--max-downtime", "1ms", "--max-rounds", "50", "--strict",
+                                     "--report", rep};
+    auto tls = Tls("host-a");
+    args.insert(args.end(), tls.begin(), tls.end());
+    Proc m(args, hosts_.Fd(HostNs('a')), "/dev/null", err);
+    ASSERT_TRUE(WaitForText(err, "round 1:", 60000)) << *fs::ReadFile(err);
+    EXPECT_EQ(m.Stop(sig), 128 + sig) << *fs::ReadFile(err);
+    auto j = nlohmann::json::parse(*fs::ReadFile(rep));
+    EXPECT_EQ(j["outcome"], "rolled back") << j.dump(2);
+    EXPECT_NE(j["reason"].get<std::string>().find(std::string("interrupted (SIG") +
+                                                   sigabbrev_np(sig) + ")"),
+              std::string::npos)
+        << j["reason"];
+    EXPECT_NE(fs::ReadFile(err)->find("the container still runs here"), std::string::npos)
+        << *fs::ReadFile(err);
+    CliRun st = Gw('a', {"state", "sig"});
+    EXPECT_NE(st.out.find("running"), std::string::npos) << st;
+    EXPECT_FALSE(Exists('b', "sig"));
+  }
+  std::string v = VerifyDirty('a', "sig");
+  EXPECT_EQ(v.rfind("OK ", 0), 0u) << v;
+  // The daemon took the cut streams as aborted migrations and still serves.
+  CliRun r = Migrate('a', "sig", {"--max-downtime", "1ms", "--max-rounds", "2"});
+  ASSERT_EQ(r.code, 0) << r;
+  EXPECT_TRUE(Exists('b', "sig"));
 }
 
 TEST_F(MigrateTest, StrictAbortsAboveTheTarget) {
