@@ -117,10 +117,11 @@ int CheckpointCmd(Global& g, const std::vector<std::string>& args) {
                {}};
   for (const auto& f : kRuncCrFlags) spec.flags.insert(f);
   for (const auto& v : kRuncCrValues) spec.values.insert(v);
-  // "--pre-copy" alone means "--pre-copy=2" (ParseArgs has no options with an optional value).
+  // "--pre-copy" alone means "--pre-copy=auto" (ParseArgs has no options with an optional
+  // value): rounds until they converge.
   std::vector<std::string> a = args;
   for (auto& x : a)
-    if (x == "--pre-copy") x = "--pre-copy=2";
+    if (x == "--pre-copy") x = "--pre-copy=auto";
   auto pa = ParseArgs(a, spec);
   if (!pa.ok()) return ReportError(g, "checkpoint", pa.error());
   if (pa->has("json")) g.json = true;
@@ -148,10 +149,9 @@ int CheckpointCmd(Global& g, const std::vector<std::string>& args) {
   o.end = pa->has("leave-running") ? container::EndMode::kThaw : container::EndMode::kDelete;
   o.export_file = pa->get("export");
   if (pa->has("pre-copy")) {
-    o.pre_copy_rounds = atoi(pa->get("pre-copy").c_str());
-    if (o.pre_copy_rounds <= 0)
-      return ReportError(g, "checkpoint",
-                         MakeError(ErrorKind::kUsage, 0, "--pre-copy=N: N >= 1"));
+    auto n = ParsePreCopy(pa->get("pre-copy"));
+    if (!n.ok()) return ReportError(g, "checkpoint", n.error());
+    o.pre_copy_rounds = *n;
   }
   auto comp = ParseCompress(pa->get("compress"));
   if (!comp.ok()) return fail(comp.error());
@@ -180,8 +180,9 @@ int CheckpointCmd(Global& g, const std::vector<std::string>& args) {
                         {"frozen_ms", t.frozen_ms()},
                         {"total_ms", t.total_ms()},
                         {"phases", PhasesJson(r->phases)}};
-    if (o.pre_copy_rounds > 0) {
-      j["pre_copy_rounds"] = o.pre_copy_rounds;
+    if (o.pre_copy_rounds != 0) {
+      j["pre_copy_rounds"] = r->tree.round_bytes.size();
+      j["pre_reserved_bytes"] = r->tree.pre_reserved_bytes;
       j["pre_copy_round_bytes"] = r->tree.round_bytes;
       j["pre_copy_bytes"] = r->tree.pre_bytes;
       j["pre_copy_ms"] = r->tree.pre_ms;
@@ -195,9 +196,9 @@ int CheckpointCmd(Global& g, const std::vector<std::string>& args) {
     printf("checkpointed %s to %s: %d process(es), %d thread(s)%s\n", o.id.c_str(),
            o.image_path.c_str(), r->tree.processes, r->tree.threads,
            left_running ? ", left running" : ", container deleted");
-    if (o.pre_copy_rounds > 0)
-      printf("  pre-copy: %d round(s) while running, %.1f MiB in %.1f ms\n", o.pre_copy_rounds,
-             r->tree.pre_bytes / 1048576.0, r->tree.pre_ms);
+    if (o.pre_copy_rounds != 0)
+      printf("  pre-copy: %zu round(s) while running, %.1f MiB in %.1f ms\n",
+             r->tree.round_bytes.size(), r->tree.pre_bytes / 1048576.0, r->tree.pre_ms);
     const auto& p = r->phases;
     printf("  downtime %.1f ms (%s) = freeze %.1f + collect %.1f (user "
            "%.1f uts %.1f ipc %.1f net %.1f mnt %.1f layer %.1f rootfs %.1f)\n",

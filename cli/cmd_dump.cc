@@ -16,11 +16,12 @@
 namespace godwit::cli {
 namespace {
 
-// "--pre-copy" alone means "--pre-copy=2" (ParseArgs has no options with an optional value).
+// "--pre-copy" alone means "--pre-copy=auto": rounds until they converge (ParseArgs has no
+// options with an optional value).
 std::vector<std::string> DefaultPreCopy(std::vector<std::string> args) {
   for (auto& a : args) {
     if (a == "--") break;
-    if (a == "--pre-copy") a = "--pre-copy=2";
+    if (a == "--pre-copy") a = "--pre-copy=auto";
   }
   return args;
 }
@@ -51,8 +52,9 @@ constexpr const char kDumpUsage[] =
     "                                     tree; no INO: datagram sockets connected to a named\n"
     "                                     peer (/dev/log), reconnected by name at restore\n"
     "  --compress zstd[:LEVEL]            compress the memory pages\n"
-    "  --pre-copy[=N], --pre-dump-rounds N  copy memory N times (default 2) while the tree\n"
-    "                                     runs first: the freeze covers only what changed\n"
+    "  --pre-copy[=N], --pre-dump-rounds N  copy memory N times while the tree runs first:\n"
+    "                                     the freeze covers only what changed; without N, until\n"
+    "                                     a round is small (8 MiB) or stops shrinking (8 at most)\n"
     "  --file-locks, -l                   accepted: flock, POSIX and OFD locks and leases are\n"
     "                                     always dumped\n"
     "  --link-remap, --ghost-limit SIZE   accepted: files unlinked while open are always saved\n"
@@ -104,9 +106,9 @@ int DumpCmd(Global& g, const std::vector<std::string>& args) {
   o.external.insert(o.external.end(), criu->external.begin(), criu->external.end());
   o.pre_rounds = atoi(pa->get("pre-dump-rounds", "0").c_str());
   if (pa->has("pre-copy")) {
-    o.pre_rounds = atoi(pa->get("pre-copy").c_str());
-    if (o.pre_rounds <= 0)
-      return ReportError(g, "dump", MakeError(ErrorKind::kUsage, 0, "--pre-copy=N: N >= 1"));
+    auto n = ParsePreCopy(pa->get("pre-copy"));
+    if (!n.ok()) return ReportError(g, "dump", n.error());
+    o.pre_rounds = *n;
   }
   o.tuning = DumpTuningFromEnv();
   std::string c = pa->get("compress");
@@ -146,7 +148,8 @@ int DumpCmd(Global& g, const std::vector<std::string>& args) {
                         {"drain_ms", s.drain_ms},
                         {"total_ms", s.total_ms},
                         {"left_running", o.leave_running},
-                        {"pre_dump_rounds", o.pre_rounds},
+                        {"pre_dump_rounds", s.round_bytes.size()},
+                        {"pre_reserved_bytes", s.pre_reserved_bytes},
                         {"pre_dump_bytes", s.pre_bytes},
                         {"pre_dump_round_bytes", s.round_bytes},
                         {"pre_dump_ms", s.pre_ms},
@@ -168,9 +171,9 @@ int DumpCmd(Global& g, const std::vector<std::string>& args) {
         s.bytes_stored / 1048576.0, static_cast<unsigned long long>(s.pages_zero),
         static_cast<unsigned long long>(s.pages_file),
         static_cast<unsigned long long>(s.shmem_pages));
-    if (o.pre_rounds > 0)
-      printf("  pre-dump: %d round(s) while running, %.1f MiB in %.1f ms\n", o.pre_rounds,
-             s.pre_bytes / 1048576.0, s.pre_ms);
+    if (!s.round_bytes.empty())
+      printf("  pre-dump: %zu round(s) while running, %.1f MiB in %.1f ms\n",
+             s.round_bytes.size(), s.pre_bytes / 1048576.0, s.pre_ms);
     printf("  frozen %.1f ms (freezing %.1f ms, memory %.1f ms), total %.1f ms; tree %s\n",
            s.frozen_ms, s.freeze_ms, s.memdump_ms, s.total_ms,
            o.leave_running ? "left running" : "killed");

@@ -47,6 +47,10 @@ bool Register(const Command& cmd);
 // code. The only place errors reach the user.
 int ReportError(const Global& global, const char* verb, const Error& err);
 
+// --pre-copy's value (dump, checkpoint): N >= 1 rounds, or "auto" (dump::kPreCopyAuto: until
+// they converge). kUsage otherwise.
+Result<int> ParsePreCopy(const std::string& value);
+
 // A one-line progress meter on stderr: "phase: NN%  DONE/TOTAL MiB  RATE MiB/s", redrawn at
 // most 10 times a second (and when a phase starts or ends); the line is closed when a phase
 // reaches its total. done/total are bytes. Verbs install it only when stderr is a terminal and

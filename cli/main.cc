@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/command.h"
+#include "dump/precopy.h"
 #include "common/log.h"
 
 namespace godwit::cli {
@@ -115,6 +116,16 @@ void LogToFile(const Global& global, const char* verb, const Error& err) {
 }
 
 }  // namespace
+
+Result<int> ParsePreCopy(const std::string& value) {
+  if (value == "auto") return dump::kPreCopyAuto;
+  char* end = nullptr;
+  long n = strtol(value.c_str(), &end, 10);
+  if (value.empty() || *end || n < 1 || n > 1000)
+    return MakeError(ErrorKind::kUsage, 0, "--pre-copy=%s: a count of rounds >= 1, or auto",
+                     value.c_str());
+  return static_cast<int>(n);
+}
 
 int ReportError(const Global& global, const char* verb, const Error& err) {
   LogToFile(global, verb, err);

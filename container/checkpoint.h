@@ -67,6 +67,7 @@ struct TreeStats {
   // Pre-copy rounds before the freeze (CheckpointOptions::precopy or pre_copy_rounds).
   std::vector<uint64_t> round_bytes;  // per round
   uint64_t pre_bytes = 0;
+  uint64_t pre_reserved_bytes = 0;  // room for the final delta made before the freeze
   double pre_ms = 0;
 };
 
@@ -165,7 +166,8 @@ struct CheckpointOptions {
   // the rootfs identity and the times): a migration sends it (container::kEarlyImage) so that the
   // destination makes the environment while the tree is dumped. An error fails the checkpoint.
   std::function<Result<void>(const img::ContainerCheckpoint& early)> namespaces_dumped;
-  // Without precopy: run this many pre-copy rounds first (--pre-copy=N), into the tree sink.
+  // Without precopy: run this many pre-copy rounds first (--pre-copy=N), into the tree sink;
+  // dump::kPreCopyAuto (-1): until they converge (dump::PreCopy::Converged).
   int pre_copy_rounds = 0;
   // The engine's A/B switches (the CLI fills them from GODWIT_*). No page-space reservation: the
   // cgroup is frozen before the engine runs, so it would only add frozen time (the 1 GiB

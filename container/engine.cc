@@ -78,6 +78,7 @@ TreeDumper EngineDumper(const dump::DumpTuning& tuning, dump::PreCopy* precopy) 
     t.round_bytes = s.round_bytes;
     t.pre_bytes = s.pre_bytes;
     t.pre_ms = s.pre_ms;
+    t.pre_reserved_bytes = s.pre_reserved_bytes;
     return t;
   };
 }
@@ -119,7 +120,7 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts) {
   std::shared_ptr<images::Sink> own_tree;
   std::unique_ptr<ContainerPreCopy> own_precopy;
   ContainerPreCopy* precopy = o.precopy;
-  if (precopy == nullptr && o.pre_copy_rounds > 0) {
+  if (precopy == nullptr && (o.pre_copy_rounds > 0 || o.pre_copy_rounds == dump::kPreCopyAuto)) {
     images::Sink* tree = o.tree_sink;
     if (tree == nullptr) {
       ASSIGN_OR_RETURN(std::unique_ptr<images::Sink> t, OpenTreeDirSink(o.image_path));
@@ -134,15 +135,21 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts) {
       return std::move(pc).error();
     }
     own_precopy = std::move(*pc);
-    for (int i = 0; i < o.pre_copy_rounds; ++i) {
+    const bool until_converged = o.pre_copy_rounds == dump::kPreCopyAuto;
+    const int most = until_converged ? dump::PreCopy::kMaxAutoRounds : o.pre_copy_rounds;
+    for (int i = 0; i < most; ++i) {
       auto r = own_precopy->Round();
       if (!r.ok()) {
         tree->Abort();
         return std::move(r.error().wrap(StrFormat("container %s", o.id.c_str())));
       }
+      if (until_converged && own_precopy->engine().Converged()) break;
     }
     precopy = own_precopy.get();
   }
+  // The final delta's page files made and reserved while the container runs: the cgroup is
+  // frozen before the engine (a migration's source did this before its packet hold already).
+  if (precopy != nullptr) precopy->engine().PrepareFinal();
   if (precopy != nullptr) {
     if (precopy->id() != o.id)
       return MakeError(ErrorKind::kUsage, 0, "the pre-copy is of container %s, not %s",

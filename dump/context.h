@@ -63,7 +63,8 @@ struct DumpOptions {
   // sink as the rounds did.
   PreCopy* precopy = nullptr;
   // Pre-copy as one call (the CLI's --pre-dump-rounds): Dump runs a PreCopy with this many
-  // rounds itself before the final dump. 0: none. Ignored with precopy set.
+  // rounds itself before the final dump. 0: none; kPreCopyAuto: until they converge
+  // (PreCopy::Converged). Ignored with precopy set.
   int pre_rounds = 0;
   DumpTuning tuning;
   // Called with (phase, done, total) for progress output; may be empty.
@@ -114,6 +115,8 @@ struct DumpStats {
   double memdump_ms = 0;  // reading pages
   double total_ms = 0;
   uint64_t pre_bytes = 0;  // copied by pre-copy rounds while the tree ran
+  // Room for the final deltas made before the freeze (PreCopy::PrepareFinal).
+  uint64_t pre_reserved_bytes = 0;
   double pre_ms = 0;       // their time
   std::vector<uint64_t> round_bytes;  // per pre-copy round
   std::vector<pid_t> incompressible;  // --compress zstd, but a sample did not compress: raw

@@ -215,7 +215,7 @@ Result<DumpStats> Dump(const DumpOptions& opts, images::Sink& sink) {
 
   // Pre-copy: the caller's rounds, or pre_rounds of our own while the tree runs.
   std::unique_ptr<PreCopy> own_precopy;
-  if (!opts.precopy && opts.pre_rounds > 0) {
+  if (!opts.precopy && (opts.pre_rounds > 0 || opts.pre_rounds == kPreCopyAuto)) {
     auto t0 = Clock::now();
     PreCopyOptions po;
     po.compression = opts.compression;
@@ -223,10 +223,13 @@ Result<DumpStats> Dump(const DumpOptions& opts, images::Sink& sink) {
     auto pc = PreCopy::Start(opts.pid, sink, po);
     if (!pc.ok()) return fail(std::move(pc).error());
     own_precopy = std::move(*pc);
-    for (int i = 0; i < opts.pre_rounds; ++i) {
+    const bool until_converged = opts.pre_rounds == kPreCopyAuto;
+    const int most = until_converged ? PreCopy::kMaxAutoRounds : opts.pre_rounds;
+    for (int i = 0; i < most; ++i) {
       auto r = own_precopy->Round();
       if (!r.ok()) return fail(std::move(r).error());
-      if (opts.progress) opts.progress("pre-dump round", i + 1, opts.pre_rounds);
+      if (opts.progress) opts.progress("pre-dump round", i + 1, most);
+      if (until_converged && own_precopy->Converged()) break;
     }
     ctx.opts.precopy = own_precopy.get();
     ctx.stats.pre_ms = timing::MsBetween(t0, Clock::now());
@@ -309,6 +312,9 @@ Result<DumpStats> Dump(const DumpOptions& opts, images::Sink& sink) {
   }
   if (!precopy && opts.tuning.reserve_pages)
     ReservePageBlobs(ctx, opts.compression == images::Compression::kZstd, !ctx.release);
+  // After pre-copy: the final deltas' page files made and their room reserved while the tree
+  // still runs (a frozen tree's caller, e.g. a container checkpoint, did it before its freeze).
+  if (precopy && opts.tuning.reserve_pages) precopy->PrepareFinal();
   auto t_freeze = Clock::now();
   TRY_CTX(FreezeTree(opts.pid, &frozen), "freeze tree of %d", opts.pid);
   auto t_frozen = Clock::now();
@@ -319,6 +325,10 @@ Result<DumpStats> Dump(const DumpOptions& opts, images::Sink& sink) {
     TRY_CTX(opts.on_seized(), "dump: on_seized");
   }
   ctx.tree = frozen.tree;
+  if (precopy) {
+    ctx.stats.pre_reserved_bytes = precopy->prepared_bytes();
+    for (auto& [pid, b] : precopy->TakeFinalBlobs()) ctx.page_blobs[pid] = std::move(b);
+  }
   TRY(images::WriteImage(sink, "pstree.img", ctx.tree));
 
   files::DumpOptions fo;
@@ -441,7 +451,11 @@ Result<DumpStats> Dump(const DumpOptions& opts, images::Sink& sink) {
     }
   } else {
     if (seized_hook && opts.before_detach) hook = opts.before_detach();
-    KillTree(frozen);
+    Clock::time_point killed;
+    KillTree(frozen, &killed);
+    // The state is whole and the tree will never run again once the kill is out: the wait for
+    // its death (the kernel freeing its memory) is not frozen time, as in CRIU.
+    if (!t_captured) t_captured = killed;
   }
   lap("detach");
   auto t_end = Clock::now();

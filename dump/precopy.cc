@@ -3,6 +3,8 @@
 #include <fcntl.h>
 #include <signal.h>
 
+#include <algorithm>
+
 #include "common/fs.h"
 #include "common/log.h"
 #include "common/page.h"
@@ -107,6 +109,8 @@ Result<void> PreCopy::RoundOf(pid_t pid, Process& p, int round, RoundStats* rs) 
   // The VMA flags as of this round, for the final dump to reuse when nothing changed since
   // (dump/vmflags.h): smaps costs it a page-table walk of the whole tree while frozen.
   p.vmflags = TakeVmFlagsSnapshot(pid);
+  p.before_bytes = p.last_bytes;
+  p.last_bytes = 0;
   std::vector<PageRange> runs;
   if (round == 0) {
     ASSIGN_OR_RETURN(std::vector<PageRange> tracked, p.tracker->Tracked());
@@ -141,6 +145,7 @@ Result<void> PreCopy::RoundOf(pid_t pid, Process& p, int round, RoundStats* rs) 
     rs->pages += w.pages();
   }
   TRY(blob.Close());
+  p.last_bytes = blob.logical_size();
   rs->bytes += blob.logical_size();
   rs->stored_bytes += blob.stored_size();
   // The round's page map as an image of its own, out at once (a migration sends it with the
@@ -150,6 +155,44 @@ Result<void> PreCopy::RoundOf(pid_t pid, Process& p, int round, RoundStats* rs) 
   p.maps.push_back(std::move(pm));
   p.map_images.push_back(std::move(image));
   return Ok();
+}
+
+void PreCopy::PrepareFinal() {
+  if (prepared_ || failed_ || rounds_.empty()) return;
+  prepared_ = true;
+  if (opts_.compression != images::Compression::kNone) return;
+  for (const auto& [pid, p] : procs_) {
+    const uint64_t estimate = std::max(p.last_bytes, p.before_bytes);
+    if (estimate < kPrepareMin) continue;
+    auto b = images::BlobWriter::Create(*sink_, StrFormat("pages-%d.img", pid),
+                                        images::Compression::kNone, opts_.zstd_level);
+    if (!b.ok()) {
+      LOG_DEBUG("pid %d: final page blob: %s", pid, b.error().to_string().c_str());
+      continue;
+    }
+    auto blob = std::make_unique<images::BlobWriter>(std::move(*b));
+    const uint64_t room = estimate + estimate / 64;
+    if (auto r = blob->Reserve(room); !r.ok()) {
+      LOG_DEBUG("pid %d: reserving the final pages: %s", pid, r.error().to_string().c_str());
+    } else {
+      prepared_bytes_ += room;
+    }
+    final_blobs_[pid] = std::move(blob);
+  }
+}
+
+std::map<pid_t, std::unique_ptr<images::BlobWriter>> PreCopy::TakeFinalBlobs() {
+  auto out = std::move(final_blobs_);
+  final_blobs_.clear();
+  return out;
+}
+
+bool PreCopy::Converged() const {
+  const size_t n = rounds_.size();
+  if (n < 2) return false;
+  if (n >= static_cast<size_t>(kMaxAutoRounds)) return true;
+  const uint64_t last = rounds_[n - 1].bytes, before = rounds_[n - 2].bytes;
+  return last <= kConvergedBytes || static_cast<double>(last) > 0.8 * static_cast<double>(before);
 }
 
 uint64_t PreCopy::stored_bytes() const {

@@ -435,7 +435,7 @@ void DetachFrozen(const FrozenTree& t) {
       PLOG_WARN("detach %d", tid);
 }
 
-void KillTree(const FrozenTree& t) {
+void KillTree(const FrozenTree& t, std::chrono::steady_clock::time_point* killed) {
   // A pidfd per process, taken before the kill (its pid cannot be reused under us): it is
   // readable once the whole thread group has exited.
   std::vector<UniqueFd> alive;
@@ -456,6 +456,7 @@ void KillTree(const FrozenTree& t) {
   for (const auto& p : t.tree.processes())
     if (!p.zombie()) kill(p.pid(), SIGKILL);
   for (pid_t tid : t.seized) ptrace(PTRACE_DETACH, tid, nullptr, nullptr);
+  if (killed) *killed = std::chrono::steady_clock::now();
   WaitKilled(t, leaders, &alive);
 }
 

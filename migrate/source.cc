@@ -581,6 +581,10 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
   // blackout's work runs at a raised priority on both ends until the commit (common/priority.h).
   // A cancel from here on waits for its end (Cancel).
   if (o.cancel && !o.cancel->EnterSwitchover()) return fail(interrupted());
+  // The final delta's page files made and their room reserved (dump::PreCopy::PrepareFinal)
+  // before the packets are held: creating pages inside the blackout is what this VM does
+  // slowest, and from the hold on the clients wait.
+  (*pc)->engine().PrepareFinal();
   PriorityBoost boost;
   if (o.boost) boost.Add(0);
   rep->boosted = !boost.empty();
