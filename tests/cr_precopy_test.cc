@@ -593,7 +593,8 @@ TEST_F(CrPreCopy, ZstdIntoASinkThatCannotCompressLater) {
   EXPECT_EQ(RestoreAndCheck(pid, 1), 0);
 }
 
-// The CLI's --pre-copy[=N]: N rounds (2 without a value) before the frozen one.
+// The CLI's --pre-copy[=N]: without a value, rounds until one is small (a 128 KiB working set:
+// the second round already is), at most 8.
 TEST_F(CrPreCopy, DumpFlag) {
   pid_t pid = Start(32, 128, 1);
   ASSERT_GT(pid, 0);
@@ -601,12 +602,35 @@ TEST_F(CrPreCopy, DumpFlag) {
                    "--pre-copy", "--json"});
   ASSERT_EQ(d.status, 0) << d.err;
   auto j = nlohmann::json::parse(d.out);
-  ASSERT_EQ(j["pre_dump_round_bytes"].size(), 2u);
+  ASSERT_EQ(j["pre_dump_round_bytes"].size(), 2u) << j;
+  EXPECT_EQ(j["pre_dump_rounds"].get<int>(), 2);
   EXPECT_GE(j["pre_dump_round_bytes"][0].get<uint64_t>(), 32 * kMiB);
   EXPECT_LT(j["pages_dumped"].get<uint64_t>() * 4096, 32 * kMiB / 4);
   EXPECT_EQ(RestoreAndCheck(pid, 1), 0);
-  auto bad = Godwit({"dump", "--pid", "1", "--images-dir", dir_ / "img2", "--pre-copy=0"});
-  EXPECT_EQ(bad.status, 2) << bad.err;
+  for (const char* v : {"--pre-copy=0", "--pre-copy=x", "--pre-copy=2x"}) {
+    auto bad = Godwit({"dump", "--pid", "1", "--images-dir", dir_ / "img2", v});
+    EXPECT_EQ(bad.status, 2) << v << ": " << bad.err;
+  }
+}
+
+// --pre-copy=N runs exactly N rounds; each process whose last rounds held at least 256 KiB gets
+// its final page file made and its room reserved before the freeze (PreCopy::PrepareFinal), so
+// the frozen copy writes into pages that exist; two processes each writing a 2 MiB working set
+// in both arrays, restored and checked word for word.
+TEST_F(CrPreCopy, FinalDeltaRoomIsReservedBeforeTheFreeze) {
+  pid_t pid = Start(64, 2048, 2);
+  ASSERT_GT(pid, 0);
+  auto d = Godwit({"dump", "--pid", std::to_string(pid), "--images-dir", dir_ / "img",
+                   "--pre-copy=3", "--json"});
+  ASSERT_EQ(d.status, 0) << d.err;
+  auto j = nlohmann::json::parse(d.out);
+  EXPECT_EQ(j["pre_dump_rounds"].get<int>(), 3) << j;
+  ASSERT_EQ(j["pre_dump_round_bytes"].size(), 3u) << j;
+  // The rounds after the first hold both working sets of both processes (4 MiB each).
+  EXPECT_GE(j["pre_dump_round_bytes"][2].get<uint64_t>(), 2 * kMiB) << j;
+  EXPECT_GE(j["pre_reserved_bytes"].get<uint64_t>(), 2 * kMiB) << j;
+  EXPECT_GT(j["pages_dumped"].get<uint64_t>(), 0u) << j;
+  EXPECT_EQ(RestoreAndCheck(pid, 2), 0);
 }
 
 }  // namespace
