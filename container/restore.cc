@@ -522,12 +522,23 @@ Result<RestoreResult> FinishRestore(PreparedRestorePtr p,
     laps.LapInto(&ph.root_ms);
     pr->host_veth = pr->veth_name;  // from here on the rollback deletes it
     if (!pr->self_join) start_join(pid);  // mostly waiting (a grace period: 7-15 ms here)
-    ns_filled = [&]() -> Result<void> {
-      for (const auto& name : pr->leftover)
-        TRY_CTX(runtime::TeardownNetworkOfDeadNetns(name), "the previous container's veth");
-      return FillEnvironment(images, rec, pr->table, pr->has_net ? &pr->netns : nullptr, pid,
-                             FillPart::kNamespaces);
-    }();
+    // The previous container's veth (mostly waiting for the kernel to remove it: 1-30 ms after
+    // its checkpoint's kill) is waited for on a thread while uts, ipc and the namespace's own
+    // sysctls are filled, and joined before the links are made.
+    std::future<Result<void>> gone;
+    if (!pr->leftover.empty())
+      gone = std::async(std::launch::async, [pr]() -> Result<void> {
+        for (const auto& name : pr->leftover)
+          TRY_CTX(runtime::TeardownNetworkOfDeadNetns(name), "the previous container's veth");
+        return Ok();
+      });
+    auto wait_gone = [&]() -> Result<void> { return gone.valid() ? gone.get() : Ok(); };
+    ns_filled = FillEnvironment(images, rec, pr->table, pr->has_net ? &pr->netns : nullptr, pid,
+                                FillPart::kNamespaces, wait_gone);
+    if (gone.valid()) {  // no network filled, or failed before its links
+      Result<void> r = gone.get();
+      if (ns_filled->ok() && !r.ok()) ns_filled = std::move(r);
+    }
     laps.LapInto(&ph.env_ms);
     LOG_DEBUG("restore of %s: namespaces filled", opts.id.c_str());
   };
