@@ -591,8 +591,8 @@ Result<RestoreResult> FinishRestore(PreparedRestorePtr p,
                           : std::move(*ns_filled);
     laps.LapInto(&ph.env_ms);
     Result<void> joined = early_join.valid() ? early_join.get()
-                          : pr->self_join     ? Ok()  // the root joined them (enter_cgroup)
-                                              : cg->AddProcess(pid);
+                          : pr->self_join    ? Ok()  // the root joined them (enter_cgroup)
+                                             : cg->AddProcess(pid);
     if (pr->warm) pr->warm->Stop();
     if (quiet_flushed.valid()) {
       auto flushed = quiet_flushed.get();

@@ -578,9 +578,8 @@ Result<std::unique_ptr<UsernsHolder>> UsernsHolder::Start(
 }
 
 Result<void> FillEnvironment(const images::ImageSet& images, const img::ContainerCheckpoint& rec,
-                             const img::MountTable& table, const img::NetNs* netns,
-                             pid_t root_pid, FillPart part,
-                             const std::function<Result<void>()>& before_links) {
+                             const img::MountTable& table, const img::NetNs* netns, pid_t root_pid,
+                             FillPart part, const std::function<Result<void>()>& before_links) {
   // Mounts under a proc mount are the root's (AheadPlan::root_steps).
   std::vector<std::string> procs;
   for (const auto& m : table.mounts())
