@@ -98,6 +98,8 @@ TreeRestorer EngineRestorer() {
     o.root_outside = req.outside;
     o.root_fresh_netns = req.fresh_netns;
     o.root_forked = req.forked;
+    o.root_cgroup_fd = req.cgroup_fd;
+    o.root_enter_cgroup = req.enter_cgroup;
     o.tcp_close = req.tcp_close;
     o.keep_netlock = req.keep_netlock;
     o.lazy = req.lazy;

@@ -776,7 +776,8 @@ Result<img::NetNs> Collect(int netns_fd) {
   return ns;
 }
 
-Result<void> Apply(const img::NetNs& ns, int netns_fd) {
+Result<void> Apply(const img::NetNs& ns, int netns_fd,
+                   const std::function<Result<void>()>& before_links) {
   timing::PhaseTimer pt;
   ASSIGN_OR_RETURN(Sock sock, nl::ConnectRoute(netns_fd));
   ASSIGN_OR_RETURN(Sock host, nl::ConnectRoute(-1));
@@ -791,6 +792,8 @@ Result<void> Apply(const img::NetNs& ns, int netns_fd) {
   pt.Lap("sockets");
   TRY(RunHere(netns_fd, CLONE_NEWNET, [&] { return ApplySysctls(ns, false); }));
   pt.Lap("sysctls");
+  if (before_links) TRY(before_links());
+  pt.Lap("before_links");
 
   std::map<std::string, const img::NetLink*> by_name;
   for (const auto& l : ns.links()) by_name[l.name()] = &l;

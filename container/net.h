@@ -17,6 +17,7 @@
 // On failure, host ends created so far are deleted; the target netns is the caller's to drop.
 #pragma once
 
+#include <functional>
 #include <string>
 
 #include "common/result.h"
@@ -30,7 +31,10 @@ inline constexpr char kImage[] = "netns.img";
 // Reads the state of netns_fd; veth host ends are looked up in the calling thread's netns.
 Result<img::NetNs> Collect(int netns_fd);
 // Rebuilds `ns` into netns_fd (normally a fresh netns); host ends go into the caller's netns.
-Result<void> Apply(const img::NetNs& ns, int netns_fd);
+// before_links (may be empty) runs after the namespace's own sysctls, right before the links are
+// made: what the links need first (the previous container's veth gone) is waited for there.
+Result<void> Apply(const img::NetNs& ns, int netns_fd,
+                   const std::function<Result<void>()>& before_links = nullptr);
 
 Result<void> Dump(int netns_fd, images::Sink& sink);
 Result<void> Restore(const images::ImageSet& images, int netns_fd);

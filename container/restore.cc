@@ -1,6 +1,7 @@
 #include "container/restore.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -117,6 +118,9 @@ class PreparedRestore {
   bool ok = false;
   std::string state_dir;  // claimed (removed on failure)
   std::unique_ptr<runtime::Cgroup> cg;
+  // The root joins its cgroups itself (born into the cgroup2 one, runtime::Cgroup::EnterSelf
+  // for the rest): nothing joins from outside, nothing needs warming.
+  bool self_join = false;
   std::unique_ptr<CgroupJoinWarmer> warm;
   std::string host_veth;  // made here: deleted on failure
   pid_t root_pid = 0;
@@ -218,14 +222,16 @@ Result<PreparedRestorePtr> PrepareRestore(const RestoreOptions& opts, bool ahead
   });
   RestorePhases& ph = p->ph;
   auto& laps = p->laps;
-  // The cgroup, first: from here (not before: the warm-up's first write holds cgroup_mutex,
-  // which mkdir needs, for its grace period) the grace period of the root's join is paid
-  // alongside the restore. The join comes as soon as the root is cloned, ~5 ms from here on
-  // an idle machine, and a grace period here is 7-15 ms: started after the checks below, the
-  // warm-up was often not warm yet when the join came (0.4-8 ms of waiting for it).
+  // The cgroup, first. A join from outside (a holder's, and the root's when made ahead: see
+  // self_join below) takes the threadgroup lock for writing, whose first writer after a quiet
+  // spell waits for an RCU grace period (7-15 ms here): the warm-up pays it from here (not
+  // before: its first write holds cgroup_mutex, which mkdir needs, for its grace period),
+  // alongside the restore. The join comes as soon as the root is cloned, ~5 ms from here on an
+  // idle machine: started after the checks below, the warm-up was often not warm yet when the
+  // join came (0.4-8 ms of waiting for it).
   ASSIGN_OR_RETURN(p->cg, runtime::OpenCgroup(opts.id, opts.cgroup_parent));
   TRY_CTX(p->cg->Create(), "cgroup of %s", opts.id.c_str());
-  p->warm = std::make_unique<CgroupJoinWarmer>();
+  if (ahead) p->warm = std::make_unique<CgroupJoinWarmer>();
   laps.LapInto(&ph.cgroup_ms);
 
   // The images: a checkpoint directory, or an export file unpacked next to the state.
@@ -262,6 +268,12 @@ Result<PreparedRestorePtr> PrepareRestore(const RestoreOptions& opts, bool ahead
                        kContainerImage);
     TRY_CTX(CheckUserNamespace(rec.userns()), "%s", kContainerImage);
   }
+  // Without a user namespace (its holder is moved in from outside, which the warm-up is for)
+  // and not made ahead, the root joins its cgroups itself: born into the cgroup2 one, a v1
+  // "tasks" write of its own thread for the others, neither of which takes the threadgroup lock
+  // (restore::RestoreOptions::root_cgroup_fd): no grace period to wait for.
+  p->self_join = !ahead && !has_userns;
+  if (!p->self_join && !p->warm) p->warm = std::make_unique<CgroupJoinWarmer>();
   if (images.Has(mnt::kImage)) {
     ASSIGN_OR_RETURN(p->table, mnt::ReadMounts(images));
   }
@@ -475,6 +487,22 @@ Result<RestoreResult> FinishRestore(PreparedRestorePtr p,
   } else {
     req.inside = [plan = &p->plan](const char** what) { return BuildRoot(*plan, what); };
   }
+  UniqueFd cgroup_fd;
+  if (p->self_join) {
+    if (std::string into = cg->CloneIntoPath(); !into.empty()) {
+      cgroup_fd.reset(::open(into.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+      if (!cgroup_fd.valid()) return Errno("open %s", into.c_str());
+    }
+    req.cgroup_fd = cgroup_fd.get();
+    // In the root, right after its clone (a copy of this process; before BuildRoot, while the
+    // host's cgroupfs is in its mount namespace). Its children are forked after root_outside.
+    req.enter_cgroup = [c = cg.get()](bool born_into, const char** what) {
+      auto r = c->EnterSelf(born_into);
+      if (r.ok()) return 0;
+      *what = "join the container's cgroups";
+      return r.error().sys_errno() ? r.error().sys_errno() : EINVAL;
+    };
+  }
   auto t_env = Clock::now();
   laps.LapInto(&ph.plan_ms);
   PreparedRestore* pr = p.get();
@@ -493,13 +521,24 @@ Result<RestoreResult> FinishRestore(PreparedRestorePtr p,
   auto fill_namespaces = [&, pr](pid_t pid) {
     laps.LapInto(&ph.root_ms);
     pr->host_veth = pr->veth_name;  // from here on the rollback deletes it
-    start_join(pid);  // mostly waiting (a v1 cpuset attach alone took 7-15 ms here)
-    ns_filled = [&]() -> Result<void> {
-      for (const auto& name : pr->leftover)
-        TRY_CTX(runtime::TeardownNetworkOfDeadNetns(name), "the previous container's veth");
-      return FillEnvironment(images, rec, pr->table, pr->has_net ? &pr->netns : nullptr, pid,
-                             FillPart::kNamespaces);
-    }();
+    if (!pr->self_join) start_join(pid);  // mostly waiting (a grace period: 7-15 ms here)
+    // The previous container's veth (mostly waiting for the kernel to remove it: 1-30 ms after
+    // its checkpoint's kill) is waited for on a thread while uts, ipc and the namespace's own
+    // sysctls are filled, and joined before the links are made.
+    std::future<Result<void>> gone;
+    if (!pr->leftover.empty())
+      gone = std::async(std::launch::async, [pr]() -> Result<void> {
+        for (const auto& name : pr->leftover)
+          TRY_CTX(runtime::TeardownNetworkOfDeadNetns(name), "the previous container's veth");
+        return Ok();
+      });
+    auto wait_gone = [&]() -> Result<void> { return gone.valid() ? gone.get() : Ok(); };
+    ns_filled = FillEnvironment(images, rec, pr->table, pr->has_net ? &pr->netns : nullptr, pid,
+                                FillPart::kNamespaces, wait_gone);
+    if (gone.valid()) {  // no network filled, or failed before its links
+      Result<void> r = gone.get();
+      if (ns_filled->ok() && !r.ok()) ns_filled = std::move(r);
+    }
     laps.LapInto(&ph.env_ms);
     LOG_DEBUG("restore of %s: namespaces filled", opts.id.c_str());
   };
@@ -551,8 +590,10 @@ Result<RestoreResult> FinishRestore(PreparedRestorePtr p,
         : ns_filled->ok() ? FillEnvironment(images, rec, pr->table, nullptr, pid, FillPart::kMounts)
                           : std::move(*ns_filled);
     laps.LapInto(&ph.env_ms);
-    auto joined = early_join.valid() ? early_join.get() : cg->AddProcess(pid);
-    pr->warm->Stop();
+    Result<void> joined = early_join.valid() ? early_join.get()
+                          : pr->self_join    ? Ok()  // the root joined them (enter_cgroup)
+                                             : cg->AddProcess(pid);
+    if (pr->warm) pr->warm->Stop();
     if (quiet_flushed.valid()) {
       auto flushed = quiet_flushed.get();
       if (filled.ok() && !flushed.ok())

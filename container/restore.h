@@ -40,6 +40,11 @@ struct TreeRestoreRequest {
   std::function<Result<void>(pid_t root_host_pid)> outside;
   // With the root's host pid right after its clone (restore::RestoreOptions::root_forked).
   std::function<void(pid_t root_host_pid)> forked;
+  // The root joins its cgroups itself: born in cgroup_fd's cgroup2 directory when >= 0, then
+  // enter_cgroup in the root before `inside` (restore::RestoreOptions::root_cgroup_fd,
+  // root_enter_cgroup).
+  int cgroup_fd = -1;
+  std::function<int(bool born_into, const char** what)> enter_cgroup;
   // The root's net namespace is a fresh one `inside` joins (restore::RestoreOptions::
   // root_fresh_netns): its connections are locked as for CLONE_NEWNET.
   bool fresh_netns = false;

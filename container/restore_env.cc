@@ -578,8 +578,8 @@ Result<std::unique_ptr<UsernsHolder>> UsernsHolder::Start(
 }
 
 Result<void> FillEnvironment(const images::ImageSet& images, const img::ContainerCheckpoint& rec,
-                             const img::MountTable& table, const img::NetNs* netns,
-                             pid_t root_pid, FillPart part) {
+                             const img::MountTable& table, const img::NetNs* netns, pid_t root_pid,
+                             FillPart part, const std::function<Result<void>()>& before_links) {
   // Mounts under a proc mount are the root's (AheadPlan::root_steps).
   std::vector<std::string> procs;
   for (const auto& m : table.mounts())
@@ -619,7 +619,7 @@ Result<void> FillEnvironment(const images::ImageSet& images, const img::Containe
   LOG_DEBUG("environment: uts and ipc filled");
   if (netns) {
     ASSIGN_OR_RETURN(UniqueFd fd, OpenNamespace(root_pid, "net"));
-    TRY_CTX(net::Apply(*netns, fd.get()), "restore network namespace");
+    TRY_CTX(net::Apply(*netns, fd.get(), before_links), "restore network namespace");
     LOG_DEBUG("environment: network filled");
   }
   std::string root = StrFormat("/proc/%d/root", root_pid);

@@ -97,10 +97,12 @@ int BuildRoot(const RootPlan& plan, const char** what);
 // (everything but the contents of mounts under proc), then those once the root mounted proc; or
 // in two halves: the namespaces' contents (uts, ipc, net: they need no mount, so they are filled
 // while the root builds its mounts), then the mounts' (layer, tmpfs contents).
+// before_links: net::Apply's (the network's links are made after it returns).
 enum class FillPart { kAll, kAhead, kUnderProc, kNamespaces, kMounts };
 Result<void> FillEnvironment(const images::ImageSet& images, const img::ContainerCheckpoint& rec,
                              const img::MountTable& table, const img::NetNs* net, pid_t root_pid,
-                             FillPart part = FillPart::kAll);
+                             FillPart part = FillPart::kAll,
+                             const std::function<Result<void>()>& before_links = nullptr);
 
 // A container with a user namespace is restored into namespaces made by a holder process:
 // it unshares a user namespace, we write the image's maps (setgroups, uid_map, gid_map), then it

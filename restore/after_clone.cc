@@ -34,7 +34,8 @@
 namespace godwit::restore {
 namespace {
 
-pid_t Clone3(const img::ProcessEntry& e, int parent_levels, int skip, uint64_t extra_flags) {
+pid_t Clone3(const img::ProcessEntry& e, int parent_levels, int skip, uint64_t extra_flags,
+             int cgroup_fd) {
   uint64_t flags = extra_flags;
   pid_t tids[32];  // the kernel reads an array of pid_t
   int n = 0;
@@ -44,7 +45,7 @@ pid_t Clone3(const img::ProcessEntry& e, int parent_levels, int skip, uint64_t e
   } else {
     tids[n++] = e.pid();
   }
-  return Clone3WithPids(flags, tids, n);
+  return Clone3WithPids(flags, tids, n, cgroup_fd);
 }
 
 [[noreturn]] void ChildFail(const ChildEnv& env, pid_t pid, int err, const char* msg) {
@@ -116,10 +117,10 @@ void ZombieJoinGroup(const ChildEnv& env, const img::ProcessEntry& e) {
 }  // namespace
 
 pid_t Clone3Tree(const img::ProcessEntry& e, int parent_levels, int inner_level,
-                 uint64_t extra_flags) {
-  pid_t got = Clone3(e, parent_levels, 0, extra_flags);
+                 uint64_t extra_flags, int cgroup_fd) {
+  pid_t got = Clone3(e, parent_levels, 0, extra_flags, cgroup_fd);
   if (got < 0 && errno == EEXIST && inner_level > 0)
-    got = Clone3(e, parent_levels, inner_level, extra_flags);
+    got = Clone3(e, parent_levels, inner_level, extra_flags, cgroup_fd);
   return got;
 }
 
@@ -234,8 +235,12 @@ void RootHandshake(RestoreContext& ctx, pid_t pid, int up, int down, int base_fd
   const RestoreOptions& o = ctx.opts;
   Report rep{};
   rep.pid = pid;
-  const char* what = "root_inside";
-  if (o.root_inside) rep.err = o.root_inside(&what);
+  const char* what = "root_enter_cgroup";
+  if (o.root_enter_cgroup) rep.err = o.root_enter_cgroup(ctx.root_born_into_cgroup, &what);
+  if (!rep.err && o.root_inside) {
+    what = "root_inside";
+    rep.err = o.root_inside(&what);
+  }
   if (rep.err) snprintf(rep.msg, sizeof(rep.msg), "%s", what ? what : "root_inside");
   if (write(up, &rep, sizeof(rep)) != sizeof(rep) || rep.err) _exit(120);
   char go;

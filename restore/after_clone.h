@@ -38,9 +38,10 @@ struct ChildEnv {
 // there) creates it. In a tree with its own pid namespace (inner_level > 0) a taken host pid is
 // left to the kernel (a copy next to its running original): only the pids inside must be the
 // dumped ones. parent_levels: how many pid namespaces the parent (or the coordinator) is in.
-// Returns what clone3 returns (0 in the child).
+// Returns what clone3 returns (0 in the child). cgroup_fd >= 0: born in that cgroup2 directory
+// (Clone3WithPids).
 pid_t Clone3Tree(const img::ProcessEntry& e, int parent_levels, int inner_level,
-                 uint64_t extra_flags = 0);
+                 uint64_t extra_flags = 0, int cgroup_fd = -1);
 
 // The restored process at tree index idx, right after its clone3: forks its children (and
 // zombies), leads its session, installs its fds, joins the user namespace, reports ready and
@@ -48,9 +49,10 @@ pid_t Clone3Tree(const img::ProcessEntry& e, int parent_levels, int inner_level,
 [[noreturn]] void ChildMain(ChildEnv& env, int idx);
 
 // The root task's side of the container hooks (RestoreOptions::root_*), before ChildMain: runs
-// root_inside, waits for the coordinator's go (root_outside done), unshares its cgroup namespace
-// and prepares the files inside the container's namespaces. up: root -> coordinator (two
-// Reports: inside done, files prepared); down: the go byte. Exits on failure.
+// root_enter_cgroup and root_inside, waits for the coordinator's go (root_outside done),
+// unshares its cgroup namespace and prepares the files inside the container's namespaces. up:
+// root -> coordinator (two Reports: inside done, files prepared); down: the go byte. Exits on
+// failure.
 void RootHandshake(RestoreContext& ctx, pid_t pid, int up, int down, int base_fd);
 
 }  // namespace godwit::restore

@@ -83,6 +83,15 @@ struct RestoreOptions {
   // The root's net namespace is a fresh one joined by root_inside (made ahead by a holder, not
   // by root_clone_flags): its TCP connections are locked as for CLONE_NEWNET.
   bool root_fresh_netns = false;
+  // The root's cgroups, joined from inside instead of by root_outside: >= 0, a cgroup2 directory
+  // the root is cloned into (CLONE_INTO_CGROUP; without it where the kernel refuses), and
+  // root_enter_cgroup runs in the root before root_inside, told whether it was born there, to
+  // join the rest itself (a v1 "tasks" write of its own thread takes no global lock; a move from
+  // outside takes cgroup_threadgroup_rwsem for writing, whose first writer after a quiet spell
+  // waits for an RCU grace period: 5-15 ms here). Its children inherit them. Non-zero is an
+  // errno and *what names the step.
+  int root_cgroup_fd = -1;
+  std::function<int(bool born_into, const char** what)> root_enter_cgroup;
 };
 
 struct RestoreStats {
@@ -153,6 +162,9 @@ struct RestoreContext {
   // plain tree keeps its host pids).
   int inner_level = 0;
   pid_t root_host_pid = 0;  // once forked
+  // The root was cloned into RestoreOptions::root_cgroup_fd (set before the clone it returns
+  // from, so the root reads it too).
+  bool root_born_into_cgroup = false;
   std::shared_ptr<LazyPager> lazy;  // RestoreOptions::lazy
   // Private VMAs the coordinator mapped and filled before the fork, inherited by every process
   // of the tree (restore/cow.h); each process keeps those it has and corrects their pages.

@@ -15,6 +15,7 @@
 #include <map>
 #include <set>
 
+#include "common/clone3.h"
 #include "common/fs.h"
 #include "common/log.h"
 #include "common/proc.h"
@@ -254,7 +255,7 @@ Result<void> TreeFork::ForkRoot() {
     if (mid < 0) return Errno("fork");
     if (mid == 0) {
       // After fork (after_clone.cc's rules): raw calls, then the root's ChildMain or _exit.
-      pid_t r = Clone3Tree(ctx_.tree.processes(0), 1, ctx_.inner_level, root_flags);
+      pid_t r = CloneRoot(root_flags);
       if (r == 0) {
         close(report_rd_.get());
         ChildMain(env_, 0);
@@ -276,7 +277,7 @@ Result<void> TreeFork::ForkRoot() {
     }
     got = root;
   } else {
-    got = Clone3Tree(ctx_.tree.processes(0), 1, ctx_.inner_level, root_flags);
+    got = CloneRoot(root_flags);
     if (got < 0) {
       if (errno == EEXIST) return MakeError(ErrorKind::kExists, EEXIST, "pid %d is in use", root);
       return Errno("clone3 root pid %d", root);
@@ -298,6 +299,21 @@ Result<void> TreeFork::ForkRoot() {
   // Orphans of a failed restore come to us (KillAll reaps them).
   prctl(PR_SET_CHILD_SUBREAPER, 1);
   return Ok();
+}
+
+// The root's clone3 (after_clone.cc's rules: raw calls only, the intermediate makes it too),
+// into RestoreOptions::root_cgroup_fd when given, and again without where the kernel refuses
+// CLONE_INTO_CGROUP. The root returns from it too: it finds root_born_into_cgroup as set before
+// the call it returns from.
+pid_t TreeFork::CloneRoot(uint64_t flags) {
+  const int cg = ctx_.opts.root_cgroup_fd;
+  ctx_.root_born_into_cgroup = cg >= 0;
+  pid_t got = Clone3Tree(ctx_.tree.processes(0), 1, ctx_.inner_level, flags, cg);
+  if (got < 0 && cg >= 0 && CloneIntoCgroupRefused(errno)) {
+    ctx_.root_born_into_cgroup = false;
+    got = Clone3Tree(ctx_.tree.processes(0), 1, ctx_.inner_level, flags);
+  }
+  return got;
 }
 
 // A fresh net namespace: its TCP connections are locked before anything brings its addresses

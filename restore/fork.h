@@ -38,6 +38,7 @@ class TreeFork {
 
  private:
   Result<void> ForkRoot();
+  pid_t CloneRoot(uint64_t flags);
   Result<void> Handshake();
   Result<void> LockRootNetwork();
   Result<void> WaitReports();
