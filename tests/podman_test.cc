@@ -47,6 +47,8 @@ class PodmanTest : public ::testing::Test {
     // Podman's default network (netavark) adds iptables chains and turns on forwarding the
     // first time: whatever was not there before is removed again at the end.
     netavark_before_ = RunCmd({"iptables", "-t", "nat", "-S", "NETAVARK-HOSTPORT-DNAT"}).code == 0;
+    // Where Podman's network is CNI (Debian 12's Podman 4.3), its firewall plugin's chains.
+    cni_before_ = RunCmd({"iptables", "-S", "CNI-FORWARD"}).code == 0;
     tables_before_ = RunCmd({"nft", "list", "tables"}).out;  // iptables-nft makes ip nat/filter
     auto fwd = fs::ReadFile("/proc/sys/net/ipv4/ip_forward");
     ip_forward_before_ = fwd.ok() ? fs::Trim(*fwd) : "";
@@ -98,6 +100,16 @@ class PodmanTest : public ::testing::Test {
           {"-D", "FORWARD", "-m", "comment", "--comment", "netavark firewall plugin rules", "-j",
            "NETAVARK_FORWARD"},
           {"-F", "NETAVARK_FORWARD"}, {"-X", "NETAVARK_FORWARD"}};
+      for (auto a : undo) {
+        a.insert(a.begin(), "iptables");
+        RunCmd(a);
+      }
+    }
+    if (!cni_before_) {
+      const std::vector<std::vector<std::string>> undo = {
+          {"-D", "FORWARD", "-m", "comment", "--comment", "CNI firewall plugin rules", "-j",
+           "CNI-FORWARD"},
+          {"-F", "CNI-FORWARD"}, {"-X", "CNI-FORWARD"}, {"-F", "CNI-ADMIN"}, {"-X", "CNI-ADMIN"}};
       for (auto a : undo) {
         a.insert(a.begin(), "iptables");
         RunCmd(a);
@@ -197,6 +209,7 @@ class PodmanTest : public ::testing::Test {
 
   static std::string dir_, cgroup_parent_, ip_forward_before_, tables_before_;
   static bool netavark_before_;
+  static bool cni_before_;
 };
 
 std::string PodmanTest::dir_;
@@ -204,6 +217,7 @@ std::string PodmanTest::cgroup_parent_;
 std::string PodmanTest::ip_forward_before_;
 std::string PodmanTest::tables_before_;
 bool PodmanTest::netavark_before_ = false;
+bool PodmanTest::cni_before_ = false;
 
 TEST_F(PodmanTest, RunExecLogsTopPauseUpdateStopRm) {
   std::string id = RunCounter("life");
