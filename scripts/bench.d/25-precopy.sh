@@ -18,7 +18,7 @@ REPS=${PC_REPS:-5}
 work=$(mktemp -d /dev/shm/godwit-bench-precopy.XXXXXX)
 pid=
 cleanup() {
-  if [ -n "$pid" ]; then kill -9 "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
+  if [ -n "$pid" ]; then kill -9 "$pid" 2>/dev/null || true; { wait "$pid"; } 2>/dev/null || true; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -35,7 +35,7 @@ for i in $(seq 1 "$REPS"); do
   k=0; until [ -e "$work/w/ready" ] || [ $k -ge 1200 ]; do sleep 0.05; k=$((k+1)); done
   sleep 1  # a few bursts of writes before the first round
   "$GODWIT" dump --pid "$pid" --images-dir "$work/img" --pre-copy --json >"$work/dump.json"
-  wait "$pid" 2>/dev/null || true  # killed by the dump
+  { wait "$pid"; } 2>/dev/null || true  # killed by the dump
   t0=$(date +%s%N)
   "$GODWIT" restore --images-dir "$work/img" --detach >/dev/null
   t1=$(date +%s%N)
