@@ -100,6 +100,13 @@ class CrPreCopy : public ::testing::Test {
     if (p > 0) pids_.push_back(p);
     return p;
   }
+  // `godwit dump --pid PID --images-dir DIR/img FLAG --json` (kill mode): its JSON.
+  void DumpWith(pid_t pid, const std::string& flag, nlohmann::json* j) {
+    auto d = Godwit({"dump", "--pid", std::to_string(pid), "--images-dir", dir_ / "img", flag,
+                     "--json"});
+    ASSERT_EQ(d.status, 0) << d.err;
+    *j = nlohmann::json::parse(d.out);
+  }
   // Reaps the killed tree, lets the restored one check itself; restore's status.
   int RestoreAndCheck(pid_t pid, int nproc) {
     EXPECT_EQ(Wait(pid), 128 + SIGKILL);
@@ -598,10 +605,8 @@ TEST_F(CrPreCopy, ZstdIntoASinkThatCannotCompressLater) {
 TEST_F(CrPreCopy, DumpFlag) {
   pid_t pid = Start(32, 128, 1);
   ASSERT_GT(pid, 0);
-  auto d = Godwit({"dump", "--pid", std::to_string(pid), "--images-dir", dir_ / "img",
-                   "--pre-copy", "--json"});
-  ASSERT_EQ(d.status, 0) << d.err;
-  auto j = nlohmann::json::parse(d.out);
+  nlohmann::json j;
+  ASSERT_NO_FATAL_FAILURE(DumpWith(pid, "--pre-copy", &j));
   ASSERT_EQ(j["pre_dump_round_bytes"].size(), 2u) << j;
   EXPECT_EQ(j["pre_dump_rounds"].get<int>(), 2);
   EXPECT_GE(j["pre_dump_round_bytes"][0].get<uint64_t>(), 32 * kMiB);
@@ -620,10 +625,8 @@ TEST_F(CrPreCopy, DumpFlag) {
 TEST_F(CrPreCopy, FinalDeltaRoomIsReservedBeforeTheFreeze) {
   pid_t pid = Start(64, 2048, 2);
   ASSERT_GT(pid, 0);
-  auto d = Godwit({"dump", "--pid", std::to_string(pid), "--images-dir", dir_ / "img",
-                   "--pre-copy=3", "--json"});
-  ASSERT_EQ(d.status, 0) << d.err;
-  auto j = nlohmann::json::parse(d.out);
+  nlohmann::json j;
+  ASSERT_NO_FATAL_FAILURE(DumpWith(pid, "--pre-copy=3", &j));
   EXPECT_EQ(j["pre_dump_rounds"].get<int>(), 3) << j;
   ASSERT_EQ(j["pre_dump_round_bytes"].size(), 3u) << j;
   // The rounds after the first hold both working sets of both processes (4 MiB each).

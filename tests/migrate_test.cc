@@ -15,6 +15,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <thread>
@@ -35,14 +36,13 @@ using container::testing::Godwit;
 using container::testing::TempDir;
 using godwit::testing::NetnsHosts;
 
-// Waits (inotify, bounded) until path exists.
-bool WaitForFile(const std::string& path, int timeout_ms) {
-  std::string dir = path.substr(0, path.rfind('/'));
+// Watches watched (inotify, mask) until done() holds, at most timeout_ms.
+bool WaitWatching(const std::string& watched, uint32_t mask, int timeout_ms,
+                  const std::function<bool()>& done) {
   UniqueFd in(inotify_init1(IN_CLOEXEC | IN_NONBLOCK));
-  if (!in || inotify_add_watch(in.get(), dir.c_str(), IN_CREATE | IN_MOVED_TO | IN_CLOSE_WRITE) < 0)
-    return false;
+  if (!in || inotify_add_watch(in.get(), watched.c_str(), mask) < 0) return false;
   auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
-  while (!fs::Exists(path)) {
+  while (!done()) {
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
                     deadline - std::chrono::steady_clock::now())
                     .count();
@@ -57,26 +57,19 @@ bool WaitForFile(const std::string& path, int timeout_ms) {
   return true;
 }
 
-// Waits (inotify, bounded) until the file at path holds text.
+// Waits (bounded) until path exists.
+bool WaitForFile(const std::string& path, int timeout_ms) {
+  return WaitWatching(path.substr(0, path.rfind('/')), IN_CREATE | IN_MOVED_TO | IN_CLOSE_WRITE,
+                      timeout_ms, [&] { return fs::Exists(path); });
+}
+
+// Waits (bounded) until the file at path holds text.
 bool WaitForText(const std::string& path, const std::string& text, int timeout_ms) {
   if (!WaitForFile(path, timeout_ms)) return false;
-  UniqueFd in(inotify_init1(IN_CLOEXEC | IN_NONBLOCK));
-  if (!in || inotify_add_watch(in.get(), path.c_str(), IN_MODIFY) < 0) return false;
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
-  for (;;) {
+  return WaitWatching(path, IN_MODIFY, timeout_ms, [&] {
     auto t = fs::ReadFile(path);
-    if (t.ok() && t->find(text) != std::string::npos) return true;
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-                    deadline - std::chrono::steady_clock::now())
-                    .count();
-    if (left <= 0) return false;
-    struct pollfd p = {in.get(), POLLIN, 0};
-    if (poll(&p, 1, static_cast<int>(left)) > 0) {
-      char buf[4096];
-      while (read(in.get(), buf, sizeof(buf)) > 0) {
-      }
-    }
-  }
+    return t.ok() && t->find(text) != std::string::npos;
+  });
 }
 
 // A process started in a network namespace, stdout/stderr to files; ended by pid.
