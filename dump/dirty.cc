@@ -27,8 +27,7 @@ bool Trackable(const proc::MapsEntry& m) {
 
 }  // namespace
 
-Result<std::unique_ptr<DirtyTracker>> DirtyTracker::Start(
-    pid_t pid, remote::Remote* r, const std::vector<proc::MapsEntry>& vmas) {
+Result<std::unique_ptr<DirtyTracker>> DirtyTracker::Take(pid_t pid, remote::Remote* r) {
   std::unique_ptr<DirtyTracker> t(new DirtyTracker());
   t->pid_ = pid;
   // User-mode faults only: allowed without CAP_SYS_PTRACE in the initial user namespace (a
@@ -47,6 +46,12 @@ Result<std::unique_ptr<DirtyTracker>> DirtyTracker::Start(
   api.features = pagemap::kUffdFeatureWpAsync | pagemap::kUffdFeatureWpUnpopulated;
   if (ioctl(fd, UFFDIO_API, &api) < 0)
     return MakeError(ErrorKind::kUnsupported, errno, "userfaultfd WP_ASYNC in %d", pid);
+  return t;
+}
+
+Result<void> DirtyTracker::Arm(const std::vector<proc::MapsEntry>& vmas) {
+  const pid_t pid = pid_;
+  const int fd = uffd_.get();
   for (const auto& m : vmas) {
     if (!Trackable(m)) continue;
     uffdio_register reg{};
@@ -54,7 +59,10 @@ Result<std::unique_ptr<DirtyTracker>> DirtyTracker::Start(
     reg.range.len = m.end - m.start;
     reg.mode = UFFDIO_REGISTER_MODE_WP;
     if (ioctl(fd, UFFDIO_REGISTER, &reg) < 0) {
-      // Not every mapping can be tracked; those are dumped whole in the final round.
+      // The address space is gone (the process exited since it was let go).
+      if (errno == ESRCH) return MakeError(ErrorKind::kNotFound, ESRCH, "process %d exited", pid);
+      // Not every mapping can be tracked (nor one unmapped since Take); those are dumped whole
+      // in the final round.
       LOG_DEBUG("pid %d: uffd register %#lx-%#lx %s: %s", pid, static_cast<unsigned long>(m.start),
                 static_cast<unsigned long>(m.end), m.path.c_str(), strerror(errno));
       continue;
@@ -62,14 +70,16 @@ Result<std::unique_ptr<DirtyTracker>> DirtyTracker::Start(
     uffdio_writeprotect wp{};
     wp.range = reg.range;
     wp.mode = UFFDIO_WRITEPROTECT_MODE_WP;
-    if (ioctl(fd, UFFDIO_WRITEPROTECT, &wp) < 0)
+    if (ioctl(fd, UFFDIO_WRITEPROTECT, &wp) < 0) {
+      if (errno == ESRCH) return MakeError(ErrorKind::kNotFound, ESRCH, "process %d exited", pid);
       return Errno("pid %d: UFFDIO_WRITEPROTECT %#lx", pid, static_cast<unsigned long>(m.start));
-    if (!t->ranges_.empty() && t->ranges_.back().second == m.start)
-      t->ranges_.back().second = m.end;
+    }
+    if (!ranges_.empty() && ranges_.back().second == m.start)
+      ranges_.back().second = m.end;
     else
-      t->ranges_.push_back({m.start, m.end});
+      ranges_.push_back({m.start, m.end});
   }
-  return t;
+  return Ok();
 }
 
 Result<UniqueFd> DirtyTracker::OpenPagemap() const {

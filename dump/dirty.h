@@ -1,12 +1,16 @@
 // Dirty-page tracking for pre-copy without soft-dirty (CONFIG_MEM_SOFT_DIRTY is off here):
 // userfaultfd in write-protect async mode + the PAGEMAP_SCAN ioctl.
 //
-// Start (the process is seized): userfaultfd(UFFD_USER_MODE_ONLY) is injected into the target (the
+// Take (the process is seized): userfaultfd(UFFD_USER_MODE_ONLY) is injected into the target (the
 // one call that must run inside it; user-mode only needs no privilege), the fd is taken with
-// pidfd_getfd and closed in the target, then from outside: UFFDIO_API (WP_ASYNC |
-// WP_UNPOPULATED), UFFDIO_REGISTER(MODE_WP) on every private VMA and UFFDIO_WRITEPROTECT over
-// them. The process runs on; a write to a protected page is resolved by
-// the kernel itself (async) and the page is marked written.
+// pidfd_getfd and closed in the target, and UFFDIO_API (WP_ASYNC | WP_UNPOPULATED) set up.
+// Arm (the process may run again: the ioctls work on its address space from outside):
+// UFFDIO_REGISTER(MODE_WP) on every private VMA and UFFDIO_WRITEPROTECT over them. Write-
+// protecting 1 GiB took ~25 ms, a pause every client of the tree saw while it was seized. A page
+// written before Arm protected it is read by round 0, which starts after Arm; a mapping changed
+// in between registers as it is now, or not at all (then it is stored whole). The process runs
+// on; a write to a protected page is resolved by the kernel itself (async) and the page is
+// marked written.
 // CollectDirty: PAGEMAP_SCAN "written" pages with PM_SCAN_WP_MATCHING (get and clear: reported
 // pages are protected again), so each call returns what was written since the previous one.
 //
@@ -34,10 +38,12 @@ namespace godwit::dump {
 
 class DirtyTracker {
  public:
+  // The process seized (r): its userfaultfd.
+  static Result<std::unique_ptr<DirtyTracker>> Take(pid_t pid, remote::Remote* r);
   // vmas: the process's maps (without the remote scratch area). Private VMAs are tracked.
-  static Result<std::unique_ptr<DirtyTracker>> Start(pid_t pid, remote::Remote* r,
-                                                     const std::vector<proc::MapsEntry>& vmas);
-  // The ranges registered at Start that are still registered now, sorted. kNotFound when the
+  // kNotFound when the process is gone.
+  Result<void> Arm(const std::vector<proc::MapsEntry>& vmas);
+  // The ranges registered by Arm that are still registered now, sorted. kNotFound when the
   // process is gone.
   Result<std::vector<PageRange>> Tracked() const;
   // Pages of tracked ranges written since Start or the previous call, sorted; they are
@@ -48,7 +54,7 @@ class DirtyTracker {
   Result<UniqueFd> OpenPagemap() const;
   pid_t pid_ = 0;
   UniqueFd uffd_;
-  std::vector<std::pair<uint64_t, uint64_t>> ranges_;  // registered at Start
+  std::vector<std::pair<uint64_t, uint64_t>> ranges_;  // registered by Arm
 };
 
 // a ∩ b for sorted, non-overlapping page-range lists.

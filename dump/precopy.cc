@@ -52,14 +52,16 @@ Result<std::unique_ptr<PreCopy>> PreCopy::Start(pid_t pid, images::Sink& sink,
     f = FrozenTree();
     res = FreezeTree(pid, &f);
   }
+  // Each process's maps as seized (without the scratch area), armed once the tree runs again.
+  std::map<pid_t, std::vector<proc::MapsEntry>> maps_of;
   if (res.ok()) {
     res = [&]() -> Result<void> {
       for (const auto& e : f.tree.processes()) {
         if (e.zombie()) continue;
         ASSIGN_OR_RETURN(auto r, remote::Remote::Create(e.pid(), e.pid(), {}));
         ASSIGN_OR_RETURN(auto maps, proc::ReadMaps(e.pid()));
-        maps = WithoutRange(maps, r->area_start(), r->area_end());
-        auto t = DirtyTracker::Start(e.pid(), r.get(), maps);
+        maps_of[e.pid()] = WithoutRange(maps, r->area_start(), r->area_end());
+        auto t = DirtyTracker::Take(e.pid(), r.get());
         TRY(r->Release());
         if (!t.ok()) return std::move(t.error().wrap(StrFormat("pid %d: dirty tracking", e.pid())));
         pc->procs_[e.pid()].tracker = std::move(*t);
@@ -70,6 +72,17 @@ Result<std::unique_ptr<PreCopy>> PreCopy::Start(pid_t pid, images::Sink& sink,
   ThawTree(f);
   TRY_CTX(res, "pre-copy of the tree of %d", pid);
   pc->start_ms_ = timing::MsBetween(t_start, Clock::now());
+  // Registration and write protection from outside, the tree running (dump/dirty.h): round 0
+  // starts after it, so a page written before its protection is read then.
+  for (auto it = pc->procs_.begin(); it != pc->procs_.end();) {
+    auto a = it->second.tracker->Arm(maps_of[it->first]);
+    if (!a.ok() && a.error().kind() == ErrorKind::kNotFound) {  // exited since: not dumped
+      it = pc->procs_.erase(it);
+      continue;
+    }
+    TRY_CTX(std::move(a), "pre-copy of the tree of %d: pid %d: dirty tracking", pid, it->first);
+    ++it;
+  }
   return pc;
 }
 

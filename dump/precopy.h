@@ -2,8 +2,9 @@
 // final dump (dump::Dump with DumpOptions::precopy, into the same sink) that stores only what was
 // written since the last round.
 //
-// Start seizes the tree briefly (every thread, as the dump does) to start dirty tracking in each
-// live process (dump/dirty.h: userfaultfd write-protect, async), then lets it run. Round 0 copies
+// Start seizes the tree briefly (every thread, as the dump does) to take a userfaultfd of each
+// live process, lets it run, then starts dirty tracking from outside (dump/dirty.h: write-protect,
+// async). Round 0 copies
 // every present page of the tracked mappings; each later round copies the pages written since the
 // previous round's scan (the scan write-protects them again). Round N of process PID goes to the
 // blob "pages-PID-preN.img" (none when nothing was written); its page map is kept here, and the
