@@ -571,6 +571,10 @@ Result<void> RestoreMm(RestoreContext& ctx, ProcessRestore& p) {
     mt.Lap("adopt");
     for (size_t i = first_map; i < p.pagemaps.size(); ++i)
       TRY_CTX(FillPages(ctx, p, p.pagemaps[i]), "pid %d: pages", p.pid);
+  } else if (inherited.empty() && p.pagemaps.size() >= 2) {
+    // Pre-copied: each page from the newest map that holds it, written once.
+    for (const auto& pm : NewestOnly(p.pagemaps))
+      TRY_CTX(FillPages(ctx, p, pm), "pid %d: pages", p.pid);
   } else if (inherited.empty()) {
     for (const auto& pm : p.pagemaps) TRY_CTX(FillPages(ctx, p, pm), "pid %d: pages", p.pid);
   } else {

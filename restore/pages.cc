@@ -204,6 +204,56 @@ Result<bool> ReadAhead::Next(Piece* piece, const char** data) {
 // page file: one copy too). The thread is joined before FillPages returns (the coordinator forks
 // nothing while it runs). Compressed chunks: the coordinator decompresses and
 // process_vm_writev()s them.
+std::vector<img::PageMap> NewestOnly(const std::vector<img::PageMap>& maps) {
+  using Interval = std::pair<uint64_t, uint64_t>;
+  std::vector<img::PageMap> out(maps.size());
+  std::vector<Interval> covered, mine, merged;  // what the later maps hold (sorted, merged)
+  for (size_t k = maps.size(); k-- > 0;) {
+    const img::PageMap& pm = maps[k];
+    img::PageMap& o = out[k];
+    o = pm;
+    o.clear_runs();
+    mine.clear();
+    size_t h = 0;  // the first later interval that ends after the current run's start
+    for (const auto& run : pm.runs()) {
+      const uint64_t s = run.vaddr(), e = s + run.npages() * kPage;
+      if (!mine.empty() && mine.back().second == s)
+        mine.back().second = e;
+      else
+        mine.push_back({s, e});
+      while (h < covered.size() && covered[h].second <= s) ++h;
+      uint64_t cur = s;
+      for (size_t j = h; cur < e;) {
+        if (j < covered.size() && covered[j].first <= cur) {  // inside a later map's pages
+          cur = std::max(cur, covered[j].second);
+          ++j;
+          continue;
+        }
+        const uint64_t stop = j < covered.size() ? std::min(e, covered[j].first) : e;
+        img::PageRun* r = o.add_runs();
+        r->set_vaddr(cur);
+        r->set_npages((stop - cur) / kPage);
+        r->set_blob_off(run.blob_off() + (cur - s));
+        cur = stop;
+      }
+    }
+    // covered |= this map's pages.
+    merged.clear();
+    size_t a = 0, b = 0;
+    while (a < covered.size() || b < mine.size()) {
+      const Interval& iv = (b >= mine.size() || (a < covered.size() && covered[a] < mine[b]))
+                               ? covered[a++]
+                               : mine[b++];
+      if (!merged.empty() && iv.first <= merged.back().second)
+        merged.back().second = std::max(merged.back().second, iv.second);
+      else
+        merged.push_back(iv);
+    }
+    covered.swap(merged);
+  }
+  return out;
+}
+
 Result<void> FillPages(RestoreContext& ctx, ProcessRestore& p, const img::PageMap& pagemap) {
   remote::Remote* r = p.remote.get();
   const auto& runs = pagemap.runs();

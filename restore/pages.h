@@ -47,6 +47,12 @@ namespace godwit::restore {
 // Threads it starts are joined before it returns (the coordinator forks nothing meanwhile).
 Result<void> FillPages(RestoreContext& ctx, ProcessRestore& p, const img::PageMap& pagemap);
 
+// A pre-copied process's page maps (rounds, then the final dump's), each cut down to the pages no
+// later one holds: filled in any order they give what filling them all in order gives (later
+// maps win), each page written once. A full restore of a 2 GiB process after 6 rounds of a
+// 1%/100 ms writer wrote 2.9 GB before.
+std::vector<img::PageMap> NewestOnly(const std::vector<img::PageMap>& maps);
+
 class UffdFiller {
  public:
   // ranges: [start, end) candidates, sorted, page aligned (the anonymous private VMAs that get

@@ -28,6 +28,7 @@
 #include "restore/context.h"
 #include "restore/lazy.h"
 #include "restore/load.h"
+#include "restore/pages.h"
 
 namespace godwit::crtest {
 namespace {
@@ -299,6 +300,57 @@ TEST_F(CrPreCopy, RoundPageMapsAreReferencedAndPreloaded) {
 // the restore itself): both give, for every page, the newest round that holds it and that round's offset,
 // checked page by page against a plain model on random rounds (runs inside, across and beside
 // earlier ones, adjacent runs, holes).
+// A full restore of pre-copied images fills each page once, from the newest page map holding it
+// (restore::NewestOnly): random rounds against a page model; the cut-down maps never overlap,
+// keep their blob offsets right, and stay sorted.
+TEST(NewestOnly, EachPageOnceFromTheNewestMapThatHoldsIt) {
+  uint64_t seed = 0x2545F4914F6CDD1DULL;
+  auto rnd = [&](uint64_t n) {
+    seed ^= seed << 13;
+    seed ^= seed >> 7;
+    seed ^= seed << 17;
+    return seed % n;
+  };
+  constexpr uint64_t kPages = 2048, kPg = 4096, kBase = 0x7f0000000000ULL;
+  for (int trial = 0; trial < 200; ++trial) {
+    const int nmaps = 1 + static_cast<int>(rnd(6));
+    std::vector<img::PageMap> maps(nmaps);
+    std::vector<std::pair<int, uint64_t>> model(kPages, {-1, 0});  // page -> (map, blob offset)
+    for (int k = 0; k < nmaps; ++k) {
+      maps[k].set_blob("pages-" + std::to_string(k));
+      uint64_t page = rnd(8), off = rnd(100) * kPg;
+      while (page < kPages) {
+        uint64_t len = std::min<uint64_t>(1 + rnd(trial % 3 == 0 ? 64 : 6), kPages - page);
+        img::PageRun* r = maps[k].add_runs();
+        r->set_vaddr(kBase + page * kPg);
+        r->set_npages(len);
+        r->set_blob_off(off);
+        for (uint64_t i = 0; i < len; ++i) model[page + i] = {k, off + i * kPg};
+        off += len * kPg + rnd(3) * kPg;
+        page += len + rnd(trial % 2 ? 2 : 40);  // adjacent runs too (gap 0)
+      }
+    }
+    auto out = restore::NewestOnly(maps);
+    ASSERT_EQ(out.size(), maps.size());
+    std::vector<std::pair<int, uint64_t>> got(kPages, {-1, 0});
+    for (int k = 0; k < nmaps; ++k) {
+      EXPECT_EQ(out[k].blob(), maps[k].blob());
+      uint64_t prev_end = 0;
+      for (const auto& r : out[k].runs()) {
+        ASSERT_GT(r.npages(), 0u) << "trial " << trial;
+        ASSERT_GE(r.vaddr(), prev_end) << "trial " << trial << ": map " << k << " not sorted";
+        prev_end = r.vaddr() + r.npages() * kPg;
+        for (uint64_t i = 0; i < r.npages(); ++i) {
+          uint64_t page = (r.vaddr() - kBase) / kPg + i;
+          ASSERT_EQ(got[page].first, -1) << "trial " << trial << ": page " << page << " twice";
+          got[page] = {k, r.blob_off() + i * kPg};
+        }
+      }
+    }
+    ASSERT_EQ(got, model) << "trial " << trial;
+  }
+}
+
 TEST(LazyRecord, RoundByRoundEqualsAllAtOnceAndThePageModel) {
   using restore::LazyPager;
   uint64_t seed = 0x9E3779B97F4A7C15ULL;
