@@ -99,13 +99,15 @@ class PreCopy {
   const VmFlagsSnapshot* VmFlagsOf(pid_t pid) const;
 
   // Before the final dump's freeze, the tree still running: each process whose last two rounds
-  // stored at least kPrepareMin gets its final page blob (pages-PID.img, uncompressed rounds
-  // only) made in the sink now, with room reserved for as much as the larger of them held (the
-  // final delta is what was written since: usually less; a writer in bursts, e.g. 1% every
-  // 100 ms, leaves rounds that caught one burst or none). The frozen copy then writes into pages that
-  // exist: creating them costs 0.4-3.3 GB/s on this VM, and inside the freeze that was most of
-  // a pre-copied dump's frozen time (2 GiB, 1%/100 ms: 15-45 MiB deltas frozen 30-146 ms). Only
-  // an estimate: a delta larger than its room takes the rest as before. Once; failures only
+  // (round 0, a copy of everything, not counted) stored at least kPrepareMin gets its final
+  // page blob (pages-PID.img, uncompressed rounds only) made in the sink now, with room reserved
+  // for as much as the larger of them held (the final delta is what was written since: usually
+  // less; a writer in bursts, e.g. 1% every 100 ms, leaves rounds that caught one burst or
+  // none). The frozen copy then writes into pages that exist: creating them costs 0.4-3.3 GB/s
+  // on this VM, and inside the freeze that was most of a pre-copied dump's frozen time (2 GiB,
+  // 1%/100 ms: 15-45 MiB deltas frozen 30-146 ms). Only an estimate: a delta larger than its
+  // room takes the rest as before; the room left over is truncated when the blob is closed,
+  // frozen (~8 GB/s here: far cheaper than creating the same pages). Once; failures only
   // logged (nothing prepared for that process).
   void PrepareFinal();
   // The final dump takes them (dump/dump.cc: into DumpContext::page_blobs).
@@ -129,7 +131,7 @@ class PreCopy {
     std::vector<std::string> map_images;  // maps[i]'s own image (pagemap-PID-preN.img)
     std::optional<VmFlagsSnapshot> vmflags;  // as of the last round
     uint64_t last_bytes = 0;  // what the last round stored of it
-    uint64_t before_bytes = 0;  // and the round before (a writer in bursts: one of them)
+    uint64_t before_bytes = 0;  // and the round before, from round 1 on (a writer in bursts)
   };
   Result<void> RoundOf(pid_t pid, Process& p, int round, RoundStats* rs);
 
