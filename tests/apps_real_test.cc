@@ -124,6 +124,12 @@ class Apps : public ::testing::Test {
  protected:
   void TearDown() override {
     for (pid_t p : pids_) KillAndReap(p);
+    // Files a killed application leaves (a JVM's hsperfdata, /tmp/hsperfdata_USER/PID: removed
+    // by the JVM on a normal exit only), then their directory when it is empty.
+    for (const auto& f : remove_after_) {
+      ::unlink(f.c_str());
+      ::rmdir(f.substr(0, f.rfind('/')).c_str());
+    }
     // Orphans of a failed check (reparented to us, the subreaper) are ours too.
     std::ifstream kf("/proc/self/task/" + std::to_string(getpid()) + "/children");
     for (pid_t k; kf >> k;) KillAndReap(k);
@@ -171,6 +177,7 @@ class Apps : public ::testing::Test {
   }
   TempDir dir_;
   std::vector<pid_t> pids_;
+  std::vector<std::string> remove_after_;  // unlinked in TearDown, after the kills
 };
 
 // python3: worker threads computing, a server thread with an accepted connection and a client
@@ -799,6 +806,7 @@ public class App {
   ASSERT_EQ(system(javac.c_str()), 0);
   int port = FreePort();
   pid_t pid = Spawn({"/usr/bin/java", "-Xmx64m", "-cp", dir_.path(), "App", std::to_string(port)});
+  remove_after_.push_back("/tmp/hsperfdata_root/" + std::to_string(pid));
   int c = ConnectWithin(port, 20000);
   ASSERT_GE(c, 0) << "java did not start listening";
   // "WORD N TICKS MINSPIN PID": N counts requests over all connections.
