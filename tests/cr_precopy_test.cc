@@ -295,22 +295,22 @@ TEST_F(CrPreCopy, RoundPageMapsAreReferencedAndPreloaded) {
   EXPECT_EQ(RestoreAndCheck(pid, 2), 0);
 }
 
-// The lazy pager's record of pre-copy rounds, built one round at a time as they arrive
-// (LazyPager::InsertSorted over a map, a migration's waiting restore) or all at once (Resolve,
-// the restore itself): both give, for every page, the newest round that holds it and that round's offset,
-// checked page by page against a plain model on random rounds (runs inside, across and beside
-// earlier ones, adjacent runs, holes).
-// A full restore of pre-copied images fills each page once, from the newest page map holding it
-// (restore::NewestOnly): random rounds against a page model; the cut-down maps never overlap,
-// keep their blob offsets right, and stay sorted.
-TEST(NewestOnly, EachPageOnceFromTheNewestMapThatHoldsIt) {
-  uint64_t seed = 0x2545F4914F6CDD1DULL;
-  auto rnd = [&](uint64_t n) {
+// A small pseudo-random generator for the randomized tests below (xorshift64).
+struct XorShift {
+  uint64_t seed;
+  uint64_t operator()(uint64_t n) {
     seed ^= seed << 13;
     seed ^= seed >> 7;
     seed ^= seed << 17;
     return seed % n;
-  };
+  }
+};
+
+// A full restore of pre-copied images fills each page once, from the newest page map holding it
+// (restore::NewestOnly): random rounds against a page model; the cut-down maps never overlap,
+// keep their blob offsets right, and stay sorted.
+TEST(NewestOnly, EachPageOnceFromTheNewestMapThatHoldsIt) {
+  XorShift rnd{0x2545F4914F6CDD1DULL};
   constexpr uint64_t kPages = 2048, kPg = 4096, kBase = 0x7f0000000000ULL;
   for (int trial = 0; trial < 200; ++trial) {
     const int nmaps = 1 + static_cast<int>(rnd(6));
@@ -351,15 +351,14 @@ TEST(NewestOnly, EachPageOnceFromTheNewestMapThatHoldsIt) {
   }
 }
 
+// The lazy pager's record of pre-copy rounds, built one round at a time as they arrive
+// (LazyPager::InsertSorted over a map, a migration's waiting restore) or all at once (Resolve,
+// the restore itself): both give, for every page, the newest round that holds it and that round's offset,
+// checked page by page against a plain model on random rounds (runs inside, across and beside
+// earlier ones, adjacent runs, holes).
 TEST(LazyRecord, RoundByRoundEqualsAllAtOnceAndThePageModel) {
   using restore::LazyPager;
-  uint64_t seed = 0x9E3779B97F4A7C15ULL;
-  auto rnd = [&](uint64_t n) {
-    seed ^= seed << 13;
-    seed ^= seed >> 7;
-    seed ^= seed << 17;
-    return seed % n;
-  };
+  XorShift rnd{0x9E3779B97F4A7C15ULL};
   constexpr uint64_t kPages = 2048, kPg = 4096, kBase = 0x7f0000000000ULL;
   for (int trial = 0; trial < 200; ++trial) {
     int nrounds = 1 + static_cast<int>(rnd(6));
