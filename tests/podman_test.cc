@@ -9,12 +9,14 @@
 // installed (scripts/setup installs it).
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <net/if.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -49,6 +51,9 @@ class PodmanTest : public ::testing::Test {
     netavark_before_ = RunCmd({"iptables", "-t", "nat", "-S", "NETAVARK-HOSTPORT-DNAT"}).code == 0;
     // Where Podman's network is CNI (Debian 12's Podman 4.3), its firewall plugin's chains.
     cni_before_ = RunCmd({"iptables", "-S", "CNI-FORWARD"}).code == 0;
+    // And the default network's bridge: cni-podman0 (CNI) or podman0 (netavark).
+    for (const char* br : {"cni-podman0", "podman0"})
+      if (if_nametoindex(br) != 0) bridges_before_.push_back(br);
     tables_before_ = RunCmd({"nft", "list", "tables"}).out;  // iptables-nft makes ip nat/filter
     auto fwd = fs::ReadFile("/proc/sys/net/ipv4/ip_forward");
     ip_forward_before_ = fwd.ok() ? fs::Trim(*fwd) : "";
@@ -86,6 +91,13 @@ class PodmanTest : public ::testing::Test {
     }
     (void)fs::RemoveAll(dir_);
     RemoveCgroupParent();
+    // Each command of undo through iptables, in order; a failing one (nothing to undo) is fine.
+    auto iptables = [](const std::vector<std::vector<std::string>>& undo) {
+      for (auto a : undo) {
+        a.insert(a.begin(), "iptables");
+        RunCmd(a);
+      }
+    };
     if (!netavark_before_) {
       const std::vector<std::vector<std::string>> undo = {
           {"-t", "nat", "-D", "PREROUTING", "-m", "addrtype", "--dst-type", "LOCAL", "-j",
@@ -100,21 +112,19 @@ class PodmanTest : public ::testing::Test {
           {"-D", "FORWARD", "-m", "comment", "--comment", "netavark firewall plugin rules", "-j",
            "NETAVARK_FORWARD"},
           {"-F", "NETAVARK_FORWARD"}, {"-X", "NETAVARK_FORWARD"}};
-      for (auto a : undo) {
-        a.insert(a.begin(), "iptables");
-        RunCmd(a);
-      }
+      iptables(undo);
     }
     if (!cni_before_) {
       const std::vector<std::vector<std::string>> undo = {
           {"-D", "FORWARD", "-m", "comment", "--comment", "CNI firewall plugin rules", "-j",
            "CNI-FORWARD"},
           {"-F", "CNI-FORWARD"}, {"-X", "CNI-FORWARD"}, {"-F", "CNI-ADMIN"}, {"-X", "CNI-ADMIN"}};
-      for (auto a : undo) {
-        a.insert(a.begin(), "iptables");
-        RunCmd(a);
-      }
+      iptables(undo);
     }
+    for (const char* br : {"cni-podman0", "podman0"})
+      if (std::find(bridges_before_.begin(), bridges_before_.end(), br) == bridges_before_.end() &&
+          if_nametoindex(br) != 0)
+        RunCmd({"ip", "link", "delete", br});
     // The tables iptables-nft made for those chains, now empty, when they were not there before.
     for (const char* t : {"nat", "filter"})
       if (tables_before_.find(StrFormat("table ip %s\n", t)) == std::string::npos &&
@@ -210,6 +220,7 @@ class PodmanTest : public ::testing::Test {
   static std::string dir_, cgroup_parent_, ip_forward_before_, tables_before_;
   static bool netavark_before_;
   static bool cni_before_;
+  static std::vector<std::string> bridges_before_;
 };
 
 std::string PodmanTest::dir_;
@@ -218,6 +229,7 @@ std::string PodmanTest::ip_forward_before_;
 std::string PodmanTest::tables_before_;
 bool PodmanTest::netavark_before_ = false;
 bool PodmanTest::cni_before_ = false;
+std::vector<std::string> PodmanTest::bridges_before_;
 
 TEST_F(PodmanTest, RunExecLogsTopPauseUpdateStopRm) {
   std::string id = RunCounter("life");
