@@ -175,6 +175,23 @@ class Apps : public ::testing::Test {
     if (r.status != 0) return "restore failed (" + std::to_string(r.status) + "): " + r.err;
     return "";
   }
+  // A server that writes its port on fd 3 when it listens (StartProgram): its pid (killed at
+  // TearDown) and *port; 0 when it did not start or named no port (a failure is recorded).
+  pid_t StartServer(const std::string& path, const std::vector<std::string>& args, int* port) {
+    std::string line;
+    pid_t pid = StartProgram(path, args, &line);
+    if (pid <= 0) {
+      ADD_FAILURE() << path << " did not start";
+      return 0;
+    }
+    pids_.push_back(pid);
+    *port = atoi(line.c_str());
+    if (*port <= 0) {
+      ADD_FAILURE() << path << " named no port: \"" << line << "\"";
+      return 0;
+    }
+    return pid;
+  }
   TempDir dir_;
   std::vector<pid_t> pids_;
   std::vector<std::string> remove_after_;  // unlinked in TearDown, after the kills
@@ -242,12 +259,9 @@ s = http.server.ThreadingHTTPServer(('127.0.0.1', 0), h)
 os.write(3, (str(s.server_address[1]) + '\n').encode()); os.close(3)
 s.serve_forever()
 )");
-  std::string line;
-  pid_t pid = StartProgram("/usr/bin/python3", {dir_ / "srv.py", dir_ / "www"}, &line);
+  int port = 0;
+  pid_t pid = StartServer("/usr/bin/python3", {dir_ / "srv.py", dir_ / "www"}, &port);
   ASSERT_GT(pid, 0);
-  pids_.push_back(pid);
-  int port = atoi(line.c_str());
-  ASSERT_GT(port, 0);
   int c = Connect(port);
   ASSERT_GE(c, 0);
   bool ok;
@@ -711,12 +725,9 @@ const srv = http.createServer((req, res) => {
 srv.keepAliveTimeout = 600000;
 srv.listen(0, '127.0.0.1', () => { fs.writeSync(3, srv.address().port + '\n'); fs.closeSync(3); });
 )");
-  std::string line;
-  pid_t pid = StartProgram("/usr/bin/node", {dir_ / "app.js"}, &line);
+  int port = 0;
+  pid_t pid = StartServer("/usr/bin/node", {dir_ / "app.js"}, &port);
   ASSERT_GT(pid, 0);
-  pids_.push_back(pid);
-  int port = atoi(line.c_str());
-  ASSERT_GT(port, 0);
   int c = Connect(port);
   ASSERT_GE(c, 0);
   bool ok;
