@@ -356,8 +356,10 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
 
   // Connect and agree.
   ASSIGN_OR_RETURN(std::unique_ptr<Channel> ch, Channel::Connect(o.to, o.tls, o.timeout_s));
-  auto interrupted = [&] {
-    return MakeError(ErrorKind::kGeneric, 0, "interrupted (%s)", o.cancel->reason().c_str());
+  // Why a cancelled migration ends, with the error the cut stream gave (if any) after it.
+  auto interrupted = [&](const std::string& cause = "") {
+    return MakeError(ErrorKind::kGeneric, 0, "interrupted (%s)%s%s", o.cancel->reason().c_str(),
+                     cause.empty() ? "" : ": ", cause.c_str());
   };
   if (o.cancel && !o.cancel->Attach(ch.get())) return interrupted();
   ScopeExit detach([&] {
@@ -455,8 +457,7 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
   auto fail = [&](Error e) -> Result<void> {
     // A cut stream's error says less than why it was cut.
     if (o.cancel && o.cancel->requested() && e.message().rfind("interrupted (", 0) != 0)
-      e = Error(ErrorKind::kGeneric, 0,
-                "interrupted (" + o.cancel->reason() + "): " + e.to_string());
+      e = interrupted(e.to_string());
     abort_reason = e.to_string();
     rep->outcome = "rolled back";
     rep->reason = abort_reason;

@@ -58,10 +58,10 @@ class CgroupV2 : public Cgroup {
     if (res.cpu_shares)
       TRY(WriteKnob(dir_, "cpu.weight", std::to_string(SharesToWeight(*res.cpu_shares))));
     if (res.cpu_quota || res.cpu_period) {
-      std::string quota =
-          !res.cpu_quota || *res.cpu_quota < 0 ? "max" : std::to_string(*res.cpu_quota);
-      std::string period = std::to_string(res.cpu_period ? *res.cpu_period : 100000);
-      TRY(WriteKnob(dir_, "cpu.max", quota + " " + period));
+      CpuBandwidth b;  // unlimited, the default period, unless given
+      if (res.cpu_quota) b.quota_us = *res.cpu_quota;
+      if (res.cpu_period) b.period_us = *res.cpu_period;
+      TRY(SetCpuLimit(b));
     }
     if (res.pids_limit) {
       TRY(Need("pids", "linux.resources.pids"));
