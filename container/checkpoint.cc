@@ -391,11 +391,8 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
     TRY(identify_writable());
     laps.LapInto(&ph.rootfs_ms);
   }
-  if (opts.namespaces_dumped) {
-    if (layer_job.valid())  // the record says whether there is a layer
-      return MakeError(ErrorKind::kUsage, 0, "an early record needs the layer dumped in line");
-    TRY_CTX(opts.namespaces_dumped(rec), "container %s", opts.id.c_str());
-  }
+  if (opts.namespaces_dumped && layer_job.valid())  // the record says whether there is a layer
+    return MakeError(ErrorKind::kUsage, 0, "an early record needs the layer dumped in line");
   auto t_ns = Clock::now();
   ph.collect_ms = timing::MsBetween(t_frozen, t_ns);
   rec.mutable_times()->set_namespaces_ms(timing::MsBetween(t_frozen, t_ns));
@@ -411,18 +408,25 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
   req.sink = tree_sink;
   req.compression = opts.compression;
   auto t_seized = t_ns;
-  req.thaw = [&]() {
+  req.thaw = [&]() -> Result<void> {
     t_seized = Clock::now();
     auto r = cg->Thaw();
     const double ms = timing::MsBetween(t_seized, Clock::now());
     ph.cgroup_hooks_ms += ms;
     LOG_DEBUG("container %s: thawed under ptrace in %.2f ms", opts.id.c_str(), ms);
-    return r;
+    TRY(r);
+    // The early record goes out only now: a migration's destination then makes the environment
+    // (its cgroup moves hold the cgroup lock across RCU grace periods), and the thaw above, a
+    // cgroup.freeze write, waited for that lock up to ~16 ms when it came after.
+    if (opts.namespaces_dumped)
+      TRY_CTX(opts.namespaces_dumped(rec), "container %s", opts.id.c_str());
+    return Ok();
   };
   // --leave-running: the engine has let the tree run (detached it) right before this hook, and
   // what is left (its deferred zstd compression of the pages, container.img) does not depend on
   // the tree: the container stays thawed from here, so that work is no frozen time.
   std::optional<Clock::time_point> t_released;
+  bool tree_returned = false;
   req.refreeze = [&]() -> Result<void> {
     if (leave_running) {
       t_released = Clock::now();
@@ -432,12 +436,22 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
     auto t = Clock::now();
     auto r = cg->Freeze();
     const double ms = timing::MsBetween(t, Clock::now());
-    ph.cgroup_hooks_ms += ms;
+    // Inside the engine, or after the record (TreeStats::release): part of release_ms then.
+    if (!tree_returned) ph.cgroup_hooks_ms += ms;
     LOG_DEBUG("container %s: frozen again in %.2f ms", opts.id.c_str(), ms);
     return r;
   };
   tree_asked = true;
   ASSIGN_OR_RETURN(res.tree, dump_tree(req));
+  tree_returned = true;
+  // The tree may still be ptrace-stopped (TreeStats::release): let go on every error path,
+  // before the thaw above runs.
+  ScopeExit release_on_error([&] {
+    if (!res.tree.release) return;
+    auto r = res.tree.release();
+    if (!r.ok()) LOG_WARN("container %s: letting the tree go: %s", opts.id.c_str(),
+                          r.error().to_string().c_str());
+  });
   if (layer_job.valid()) {
     Result<bool> layer = layer_job.get();
     ph.layer_alongside_ms = layer_walk_ms;
@@ -478,6 +492,13 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
   TRY(sink->Finish(images::NewInventory()));
   finished = true;
   auto t_written = Clock::now();
+  // The images are out (a migration's destination restores from here): now the refreeze and
+  // the detach.
+  if (res.tree.release) {
+    auto release = std::move(res.tree.release);
+    res.tree.release = nullptr;
+    TRY(release());
+  }
   ph.write_ms = timing::MsBetween(t_tree, t_written);
   ph.downtime_ms = timing::MsBetween(t_freeze, t_released ? std::min(*t_released, t_written) : t_written);
 

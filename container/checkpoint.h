@@ -55,6 +55,10 @@ struct TreeStats {
   // Set when the tree's pages were stored raw to be compressed once the tree runs again or is
   // gone (no frozen time): returns the bytes saved; the raw set stays complete if it fails.
   std::function<Result<uint64_t>()> compress;
+  // Set when the dumper left the tree ptrace-stopped for the caller to let go (refreeze, then
+  // detach into the frozen cgroup): called once, on this thread, as soon as the container's own
+  // images are complete, and on every error path.
+  std::function<Result<void>()> release;
   int processes = 0;
   int threads = 0;
   uint64_t bytes = 0;
@@ -99,9 +103,13 @@ struct CheckpointPhases {
   double seize_ms = 0;       // ptrace-seizing every thread
   double memory_ms = 0;      // pages
   double tree_rest_ms = 0;   // core, process state, fds (and the TCP network lock), images
-  double cgroup_hooks_ms = 0;  // thaw after the seize + refreeze before detaching
+  // Thaw after the seize, + refreeze before detaching when the engine does it (not when it
+  // leaves that to TreeStats::release: then it is in release_ms).
+  double cgroup_hooks_ms = 0;
   double write_ms = 0;         // container.img and the inventory
-  double release_ms = 0;       // kill and delete the container, or thaw it (--leave-running)
+  // The tree let go (refreeze and detach: TreeStats::release), then killed and the container
+  // deleted, held, or thawed (--leave-running).
+  double release_ms = 0;
   double frozen_ms = 0;        // every task frozen until killed or thawed (kHold: until returned)
   double downtime_ms = 0;      // the freeze's start until the images are complete
   double compress_ms = 0;      // --compress zstd of the tree's pages, after kill or thaw
@@ -161,8 +169,9 @@ struct CheckpointOptions {
   // Pre-copy already running on this container, not owned: the tree dump stores only what was
   // written since its last round, into its tree sink (tree_sink must be null or that same sink).
   ContainerPreCopy* precopy = nullptr;
-  // Called while frozen once the container's namespaces, mounts and writable layer are dumped,
-  // before the tree's dump, with the record as known then (what container.img will repeat, less
+  // Called once the container's namespaces, mounts and writable layer are dumped and the engine
+  // holds every thread of the tree (ptrace-stopped, the cgroup thawed: TreeDumpRequest::thaw),
+  // before the tree's state is read, with the record as known then (what container.img will repeat, less
   // the rootfs identity and the times): a migration sends it (container::kEarlyImage) so that the
   // destination makes the environment while the tree is dumped. An error fails the checkpoint.
   std::function<Result<void>(const img::ContainerCheckpoint& early)> namespaces_dumped;

@@ -45,6 +45,8 @@ TreeDumper EngineDumper(const dump::DumpTuning& tuning, dump::PreCopy* precopy) 
     o.before_detach = req.refreeze;
     // Killed or held next: frozen before the detach, so that not one syscall runs after the dump.
     o.freeze_before_detach = !req.leave_running;
+    // ... and let go after the container's record is out (TreeStats::release).
+    o.defer_release = !req.leave_running;
     o.precopy = precopy;
     o.tuning = tuning;
     o.progress = req.progress;
@@ -68,6 +70,7 @@ TreeDumper EngineDumper(const dump::DumpTuning& tuning, dump::PreCopy* precopy) 
       };
     }
     t.compress = s.compress;
+    t.release = s.release;
     t.threads = s.threads;
     t.bytes = s.bytes_stored;
     t.seize_ms = s.freeze_ms;

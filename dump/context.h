@@ -90,6 +90,13 @@ struct DumpOptions {
   // all: a signal that arrives while it is held runs its handler before the interrupted call
   // is re-entered, which then does not return EINTR.
   bool freeze_before_detach = false;
+  // With freeze_before_detach: Dump returns with every thread still ptrace-stopped and hands
+  // the rest (before_detach, then DetachFrozen; ThawTree if the hook fails) to the caller as
+  // DumpStats::release, which must call it on this thread (the tracer), on success and on every
+  // error path. A container checkpoint writes its own record first: a migration's destination
+  // starts restoring before the cgroup freeze, which can wait milliseconds for the cgroup lock
+  // (held across an RCU grace period by another task's cgroup move).
+  bool defer_release = false;
 };
 
 struct DumpStats {
@@ -129,6 +136,9 @@ struct DumpStats {
   std::function<Result<uint64_t>()> compress;
   // With DumpOptions::keep_tcp_locked: the tree's connections, still in repair mode and locked.
   std::shared_ptr<TcpHold> tcp;
+  // With DumpOptions::defer_release: lets the tree go (once; the tree stays ptrace-stopped until
+  // then). Its error is before_detach's.
+  std::function<Result<void>()> release;
 };
 
 // Per-process handle during the dump.

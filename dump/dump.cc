@@ -437,7 +437,21 @@ Result<DumpStats> Dump(const DumpOptions& opts, images::Sink& sink) {
       fds->SetTcpRepair(false);
       ctx.stats.tcp = std::make_shared<TcpHold>(std::move(fds));
     }
-    if (opts.freeze_before_detach && seized_hook && opts.before_detach) {
+    if (opts.freeze_before_detach && seized_hook && opts.before_detach && opts.defer_release) {
+      // The caller lets go (DumpOptions::defer_release): the same steps as below, later.
+      ctx.stats.release = [tree = std::make_shared<FrozenTree>(frozen),
+                           hook_fn = opts.before_detach, done = false]() mutable -> Result<void> {
+        if (done) return Ok();
+        done = true;
+        Result<void> h = hook_fn();
+        if (h.ok()) {
+          DetachFrozen(*tree);
+        } else {
+          ThawTree(*tree);
+        }
+        return h;
+      };
+    } else if (opts.freeze_before_detach && seized_hook && opts.before_detach) {
       // Frozen while still stopped by ptrace, then let go into the frozen cgroup.
       hook = opts.before_detach();
       if (hook.ok()) {
