@@ -395,6 +395,7 @@ int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
                           {"lazy_pager_pid", pager},
                           {"environment_ms", r->environment_ms},
                           {"environment_ahead", r->environment_ahead},
+                          {"netlock_table", r->netlock_table},
                           {"total_ms", r->total_ms},
                           {"phases", PhasesJson(r->phases)}};
   };

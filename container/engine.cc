@@ -100,6 +100,7 @@ TreeRestorer EngineRestorer() {
     o.root_inside = req.inside;
     o.root_outside = req.outside;
     o.root_fresh_netns = req.fresh_netns;
+    o.root_netns_locked = req.netns_locked;
     o.root_forked = req.forked;
     o.root_cgroup_fd = req.cgroup_fd;
     o.root_enter_cgroup = req.enter_cgroup;

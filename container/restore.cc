@@ -412,8 +412,12 @@ Result<void> PreparedRestore::BuildAhead() {
   if (has_net) {
     ASSIGN_OR_RETURN(UniqueFd ns, OpenNamespace(holder->pid(), "net"));
     ASSIGN_OR_RETURN(netns::NftContext nft, netns::NftContext::Open(ns.get()));
+    // Deaf too for a caller that unlocks after its commit (a migration's destination): the
+    // whole namespace stays locked so until then, and the tree takes no lock of its own (two
+    // libnftables calls and a context in the blackout, ~2-3 ms here).
     TRY_CTX(nft.Run(StrFormat("add table inet %s\n", files::kAheadQuietName) +
-                    files::QuietRules(files::kAheadQuietName)),
+                    files::QuietRules(files::kAheadQuietName) +
+                    (opts.keep_netlock ? files::DeafRules(files::kAheadQuietName) : "")),
             "make the environment quiet");
     ahead_quiet.emplace(std::move(nft));
   }
@@ -483,6 +487,7 @@ Result<RestoreResult> FinishRestore(PreparedRestorePtr p,
     // holder made it for a cgroup mount.
     req.clone_flags = p->ahead->cgroup_ns_in_holder ? 0 : CLONE_NEWCGROUP;
     req.fresh_netns = p->has_net;
+    req.netns_locked = p->has_net && p->ahead_quiet && opts.keep_netlock;
     req.inside = [a = &*p->ahead](const char** what) { return JoinAheadRoot(*a, what); };
   } else {
     req.inside = [plan = &p->plan](const char** what) { return BuildRoot(*plan, what); };
@@ -557,7 +562,8 @@ Result<RestoreResult> FinishRestore(PreparedRestorePtr p,
       // Started at the clone (fill_namespaces), with the cgroup join.
     } else if (pr->ahead) {
       // The holder's work is done (the root is in its namespaces); the tree's lock, quiet too,
-      // has taken over from ours (restore::RestoreOptions::root_fresh_netns). Its cgroup join
+      // has taken over from ours (restore::RestoreOptions::root_fresh_netns), or ours, deaf
+      // too, is the whole lock until the caller's commit (req.netns_locked). Its cgroup join
       // started with the root (req.forked). Reaped with the leftovers, unless it is in the
       // container's cgroup (its pid would count against the limit while the tree is forked).
       if (pr->ahead->cgroup_ns_in_holder)
@@ -568,7 +574,7 @@ Result<RestoreResult> FinishRestore(PreparedRestorePtr p,
       // ms here); the caller deletes the table after the commit (files::kAheadQuietName). On a
       // thread, alongside the rest of this hook (joined before it returns: the engine clones
       // only while it is single-threaded).
-      if (pr->ahead_quiet)
+      if (pr->ahead_quiet && !req.netns_locked)
         quiet_flushed = std::async(std::launch::async, [q = &*pr->ahead_quiet] {
           return q->Run(StrFormat("flush table inet %s\nflush table arp %s\n",
                                   files::kAheadQuietName, files::kAheadQuietName));
@@ -654,6 +660,7 @@ Result<RestoreResult> FinishRestore(PreparedRestorePtr p,
   out.pager = tree.pager;
   out.environment_ms = p->env_ms;
   out.environment_ahead = p->ahead.has_value();
+  if (req.netns_locked) out.netlock_table = files::kAheadQuietName;
   laps.LapInto(&ph.finish_ms);
   out.total_ms = timing::MsBetween(p->t0, laps.last());
   ph.total_ms = out.total_ms;

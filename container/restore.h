@@ -48,6 +48,9 @@ struct TreeRestoreRequest {
   // The root's net namespace is a fresh one `inside` joins (restore::RestoreOptions::
   // root_fresh_netns): its connections are locked as for CLONE_NEWNET.
   bool fresh_netns = false;
+  // With fresh_netns: locked whole by the caller already (restore::RestoreOptions::
+  // root_netns_locked).
+  bool netns_locked = false;
   // Established TCP connections come back closed (their address is gone: --ip).
   bool tcp_close = false;
   bool keep_netlock = false;  // RestoreOptions::keep_netlock
@@ -135,6 +138,11 @@ struct RestoreResult {
   int processes = 0;
   double environment_ms = 0;  // cgroup, namespaces, mounts, contents
   bool environment_ahead = false;  // made by PrepareRestore before the tree's images came
+  // With keep_netlock: the nftables table (inet, and arp where quiet) in the container's net
+  // namespace that holds it locked and quiet, for the caller to open and remove: the environment
+  // made ahead's (files::kAheadQuietName), or empty: the tree's (the table files-netlock.img
+  // names, files::kQuietLockName without one).
+  std::string netlock_table;
   double total_ms = 0;
   RestorePhases phases;
   uint64_t lazy_bytes = 0;

@@ -421,7 +421,10 @@ Result<void> FdRestorerImpl::Finalize() {
     auto r = netlock_->Adopt(ns_fd);
     if (!r.ok() && unlocked.ok()) unlocked = std::move(r);
   };
-  if (netlock_) adopt(-1);
+  // The caller unlocks (keep_netlock) by the lock's name, with its own contexts: nothing to
+  // adopt here (each adoption is an nftables context and a call: ~1 ms of a migration's blackout).
+  const bool adopting = netlock_ && !opts_.keep_netlock;
+  if (adopting) adopt(-1);
   // Established connections with sent bytes not yet acked, kept for a probe once unlocked.
   std::vector<std::pair<const img::FileEntry*, UniqueFd>> unacked;
   for (auto& [id, fd] : ctx_->finalize_fds_) {
@@ -431,7 +434,7 @@ Result<void> FdRestorerImpl::Finalize() {
       auto r = ops->finalize(*ctx_, *e, fd);
       if (!r.ok()) res = std::move(r.error().wrap(StrFormat("finalize %s", ops->name)));
     }
-    if (netlock_ && e->kind() == img::FILE_KIND_INET) {
+    if (adopting && e->kind() == img::FILE_KIND_INET) {
       UniqueFd ns(ioctl(fd, SIOCGSKNS));
       if (ns) adopt(ns.get());
     }

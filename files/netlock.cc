@@ -92,6 +92,15 @@ std::string QuietRules(const std::string& t) {
       t.c_str(), t.c_str(), t.c_str(), t.c_str(), t.c_str());
 }
 
+std::string DeafRules(const std::string& t) {
+  // Not loopback: segments the restore gives a socket from its peer (InjectFromPeer) are routed
+  // there, and so are the datagrams it requeues on UDP sockets.
+  return StrFormat(
+      "add chain inet %s deaf { type filter hook input priority -400; policy accept; }\n"
+      "add rule inet %s deaf iifname != \"lo\" drop\n",
+      t.c_str(), t.c_str());
+}
+
 namespace {
 
 class NftDropLock : public NetLock {

@@ -92,5 +92,10 @@ inline constexpr char kAheadQuietName[] = "godwit_ahead";
 // NetLock::Quiet's, for a caller that keeps its own nftables context (a container's environment
 // made ahead, quiet before its links exist, until the tree's own lock takes over).
 std::string QuietRules(const std::string& t);
+// Rules that drop everything arriving in the namespace but on loopback, in table t (inet; the
+// table must exist). With QuietRules, a lock on every connection of a namespace that has none
+// live yet: a migration's environment made ahead locks its whole namespace so, until the commit
+// (the tree's own lock is then not needed: container::RestoreResult::netlock_table).
+std::string DeafRules(const std::string& t);
 
 }  // namespace godwit::files

@@ -86,6 +86,7 @@ bool Fault(const DestOptions& o, Channel& ch, const char* phase) {
 struct Restored {
   pid_t pid = 0;
   std::string host_veth;
+  std::string netlock_table;  // container::RestoreResult::netlock_table
   double tree_ms = 0, memory_ms = 0, env_ms = 0;
   uint64_t lazy_bytes = 0;
   std::vector<std::pair<std::string, double>> steps;  // the restore command's phases, flattened
@@ -102,13 +103,15 @@ void Flatten(const nlohmann::json& j, const std::string& prefix,
 }
 
 // The restore left the namespace quiet and the connections locked (--keep-locked): the table
-// files-netlock.img names, or kQuietLockName where no connection was locked, in the restored
-// container's net namespace. Adopted before the commit, so that opening it after the commit is
-// one nft call.
-Result<std::unique_ptr<files::NetLock>> AdoptRestoredLock(const std::string& staging, pid_t pid) {
+// it names (`netlock_table`: the environment made ahead's, locking the whole namespace), else
+// the one files-netlock.img names, or kQuietLockName where no connection was locked, in the
+// restored container's net namespace. Adopted before the commit, so that opening it after the
+// commit is one nft call.
+Result<std::unique_ptr<files::NetLock>> AdoptRestoredLock(const std::string& staging, pid_t pid,
+                                                          const std::string& named) {
   std::string img_dir = staging + "/tree";
-  std::string name = files::kQuietLockName;
-  if (fs::Exists(img_dir + "/files-netlock.img")) {
+  std::string name = named.empty() ? files::kQuietLockName : named;
+  if (named.empty() && fs::Exists(img_dir + "/files-netlock.img")) {
     ASSIGN_OR_RETURN(images::ImageSet set, images::ImageSet::OpenUnverified(img_dir));
     img::NetLock nl;
     TRY(set.ReadOne("files-netlock.img", &nl));
@@ -296,6 +299,7 @@ Result<Restored> PendingRestore::Parse(const std::string& o_text) const {
   try {
     auto j = nlohmann::json::parse(o_text);
     r.pid = j.value("pid", 0);
+    r.netlock_table = j.value("netlock_table", std::string());
     r.lazy_bytes = j.value("lazy_bytes", uint64_t{0});
     r.steps.emplace_back("restore.hot_bytes",
                          static_cast<double>(j.value("hot_bytes", uint64_t{0})));
@@ -633,7 +637,7 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
         prep.Lap("dest.prep_arp_ms");
         std::unique_ptr<files::NetLock> restored_lock;
         {
-          auto l = AdoptRestoredLock(staging, rr->pid);
+          auto l = AdoptRestoredLock(staging, rr->pid, rr->netlock_table);
           if (l.ok())
             restored_lock = std::move(*l);
           else
@@ -726,8 +730,10 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
           if (!u.ok())
             LOG_WARN("migration of %s: %s", res.id.c_str(), u.error().to_string().c_str());
         }
-        // The environment made ahead left its emptied quiet table (files::kAheadQuietName).
-        if (auto ns = netns::Open(restored_pid); ns.ok()) {
+        // The environment made ahead left its emptied quiet table (files::kAheadQuietName),
+        // unless that was the lock just removed.
+        if (auto ns = netns::Open(restored_pid);
+            ns.ok() && (!restored_lock || restored_lock->name() != files::kAheadQuietName)) {
           auto ahead = files::OpenNetLock(files::kAheadQuietName);
           if (ahead->Adopt(ns->get()).ok()) (void)ahead->Unlock();
         }

@@ -83,6 +83,10 @@ struct RestoreOptions {
   // The root's net namespace is a fresh one joined by root_inside (made ahead by a holder, not
   // by root_clone_flags): its TCP connections are locked as for CLONE_NEWNET.
   bool root_fresh_netns = false;
+  // With root_fresh_netns and keep_netlock: the caller has locked that namespace whole already
+  // (a migration's environment made ahead: nothing in or out but loopback until its commit), so
+  // the tree takes no lock of its own there.
+  bool root_netns_locked = false;
   // The root's cgroups, joined from inside instead of by root_outside: >= 0, a cgroup2 directory
   // the root is cloned into (CLONE_INTO_CGROUP; without it where the kernel refuses), and
   // root_enter_cgroup runs in the root before root_inside, told whether it was born there, to
