@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <set>
 #include <thread>
 #include <vector>
@@ -135,6 +136,10 @@ class SysctlDir {
       if (n < 0) return Errno("read /proc/sys/net/%s", name.c_str());
       if (n == 0) break;
       v.append(buf, n);
+      // A sysctl's read formats the value from the offset on, as much as fits: a short read
+      // ending in a newline is all of it (no second read for the end: ~150 calls fewer per
+      // namespace, in a frozen container's dump).
+      if (static_cast<size_t>(n) < sizeof(buf) && buf[n - 1] == '\n') break;
     }
     while (!v.empty() && v.back() == '\n') v.pop_back();
     return v;
@@ -161,17 +166,37 @@ void AddSysctl(const SysctlDir& dir, img::NetNs& ns, const std::string& name) {
   s->set_value(*v);
 }
 
+// The writable ipv4/tcp_* sysctls of a net namespace, by its inode: the same for every dump of
+// it, so a migration's rehearsal of the collect (RehearseCollect, while the container runs)
+// leaves the final dump, frozen, ~90 stat calls fewer. Guarded: the collect runs on a thread.
+std::vector<std::string> WritableTcpSysctls(const SysctlDir& dir) {
+  static std::mutex mu;
+  static std::map<std::pair<dev_t, ino_t>, std::vector<std::string>> known;
+  struct stat self;
+  const bool keyed = ::stat("/proc/thread-self/ns/net", &self) == 0;
+  if (keyed) {
+    std::lock_guard<std::mutex> l(mu);
+    if (auto it = known.find({self.st_dev, self.st_ino}); it != known.end()) return it->second;
+  }
+  std::vector<std::string> names;
+  auto tcp = fs::ListDir("/proc/sys/net/ipv4");
+  if (tcp.ok()) {
+    std::sort(tcp->begin(), tcp->end());
+    for (const std::string& f : *tcp)
+      if (f.rfind("tcp_", 0) == 0 && dir.Writable("ipv4/" + f)) names.push_back("ipv4/" + f);
+  }
+  if (keyed && tcp.ok()) {
+    std::lock_guard<std::mutex> l(mu);
+    known[{self.st_dev, self.st_ino}] = names;
+  }
+  return names;
+}
+
 // Runs on a thread inside the netns: /proc/sys/net resolves to the opener's netns.
 Result<void> CollectSysctls(img::NetNs& ns) {
   SysctlDir dir;
   for (const char* name : kFixedSysctls) AddSysctl(dir, ns, name);
-  auto tcp = fs::ListDir("/proc/sys/net/ipv4");
-  if (tcp.ok()) {
-    std::sort(tcp->begin(), tcp->end());
-    for (const std::string& f : *tcp) {
-      if (f.rfind("tcp_", 0) == 0 && dir.Writable("ipv4/" + f)) AddSysctl(dir, ns, "ipv4/" + f);
-    }
-  }
+  for (const std::string& name : WritableTcpSysctls(dir)) AddSysctl(dir, ns, name);
   for (const char* fam : {"ipv4", "ipv6"}) {
     auto ifs = fs::ListDir(StrFormat("/proc/sys/net/%s/conf", fam));
     if (!ifs.ok()) continue;  // IPv6 disabled on the kernel command line
