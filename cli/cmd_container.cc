@@ -21,6 +21,7 @@
 #include "cli/tuning_env.h"
 #include "container/checkpoint.h"
 #include "container/engine.h"
+#include "images/precheck.h"
 #include "restore/lazy.h"
 #include "restore/load.h"
 #include "runtime/runtime.h"
@@ -319,6 +320,9 @@ int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
   // 'e' on the wait fd: the container's own images are in (a migration's source dumps the tree
   // next): its environment is made now, out of the blackout (container::PrepareRestore).
   std::optional<Result<container::PreparedRestorePtr>> ahead;
+  // The rounds' page files checked whole by a helper on idle CPU meanwhile (images/precheck.h):
+  // reaped when this command ends.
+  std::unique_ptr<images::Prechecker> precheck;
   if (pa->has("wait-fd")) {
     // godwitd starts the restore ahead (its start-up out of a migration's blackout) and lets
     // it go with one byte (1) on this fd; EOF means the migration ended otherwise: nothing to
@@ -336,12 +340,38 @@ int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
         drop_output();
         return 0;
       }
+      if (b != 'p' && precheck) {  // the rounds are over: what the helper finished counts
+        size_t n = precheck->Finish();
+        LOG_DEBUG("restore: %zu chunk(s) of the rounds' page files checked ahead", n);
+      }
       if (b == 'e') {
         if (!ahead && pa->positionals.size() == 1) ahead = container::PrepareRestore(o, true);
         continue;
       }
       if (b != 'p') break;
       restore::PreloadPageMaps(tree_dir, o.lazy);
+      if (!precheck) {
+        auto s = images::Prechecker::Start();
+        if (s.ok())
+          precheck = std::move(*s);
+        else
+          LOG_DEBUG("restore: no checks ahead: %s", s.error().to_string().c_str());
+      }
+      if (precheck) {
+        // Smallest first: a small process's round is checked whole in a moment, and the pages
+        // filled from the rounds inside the blackout lie in every process's first chunks.
+        std::vector<std::pair<off_t, std::string>> files;
+        if (auto names = fs::ListDir(tree_dir); names.ok())
+          for (const auto& n : *names) {
+            struct stat st;
+            std::string path = tree_dir + "/" + n;
+            if (n.rfind("pages-", 0) == 0 && n.find("-pre") != std::string::npos &&
+                ::stat(path.c_str(), &st) == 0)
+              files.emplace_back(st.st_size, path);
+          }
+        std::sort(files.begin(), files.end());
+        for (const auto& [size, path] : files) precheck->Add(path);
+      }
     }
     close(fd);
   }
@@ -392,6 +422,7 @@ int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
                           {"hot_bytes", r->hot_bytes},
                           {"lazy_prepared_bytes", r->lazy_prepared_bytes},
                           {"preloaded_pagemaps", restore::PreloadHits()},
+                          {"prechecked_chunks", images::PrecheckHits()},
                           {"lazy_pager_pid", pager},
                           {"environment_ms", r->environment_ms},
                           {"environment_ahead", r->environment_ahead},

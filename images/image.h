@@ -289,6 +289,10 @@ class BlobReader {
   // that read those bytes some other way (straight from the file into place) from a blob left to
   // its chunk checksums. Thread-safe (no state of the reader is used but its index and fd).
   Result<void> VerifyRange(uint64_t offset, uint64_t len) const;
+  // Checks the chunks in file order and calls ok(file offset of the chunk's stored bytes) after
+  // each good one; stops when ok returns false, or with the error of a bad chunk
+  // (images/precheck.h's helper).
+  Result<void> CheckEachChunk(const std::function<bool(uint64_t file_off)>& ok) const;
 
   struct Stats {
     uint64_t chunks = 0, zstd_chunks = 0, logical_bytes = 0, stored_bytes = 0, file_bytes = 0;
@@ -315,7 +319,9 @@ class BlobReader {
     uint64_t logical_off, logical_len, file_off, stored_len;
     uint32_t crc;
     bool zstd;
+    bool ahead = false;  // checked ahead (images/precheck.h): not again
   };
+  bool Trusted(const Chunk& c) const { return verified_ || c.ahead; }
   Result<void> BuildIndex();
   Result<void> ReadAt(uint64_t file_off, void* dst, size_t len) const;
   Result<void> ReadChunk(size_t i, uint64_t skip, char* dst, size_t len);

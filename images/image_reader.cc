@@ -22,6 +22,7 @@
 #include "images/crc32c.h"
 #include "images/format.h"
 #include "images/image.h"
+#include "images/precheck.h"
 
 namespace godwit::images {
 namespace {
@@ -288,6 +289,11 @@ Result<std::unique_ptr<BlobReader>> BlobReader::OpenFile(const std::string& path
   b->verified_ = verified;
   ASSIGN_OR_RETURN(b->fd_, OpenRegular(path, name, &b->file_size_));
   TRY(b->BuildIndex());
+  if (!verified) {
+    // Chunks checked ahead by a helper while this file was the same (images/precheck.h).
+    std::set<uint64_t> ahead = PrecheckedChunks(path, b->fd_.get());
+    for (Chunk& c : b->chunks_) c.ahead = ahead.count(c.file_off) > 0;
+  }
   return b;
 }
 
@@ -386,6 +392,15 @@ Result<void> BlobReader::VerifyChunks() const {
   return Ok();
 }
 
+Result<void> BlobReader::CheckEachChunk(const std::function<bool(uint64_t)>& ok) const {
+  std::vector<char> buf;
+  for (const Chunk& c : chunks_) {
+    TRY(CheckChunk(c, &buf));
+    if (!ok(c.file_off)) break;
+  }
+  return Ok();
+}
+
 Result<void> BlobReader::VerifyRange(uint64_t offset, uint64_t len) const {
   uint64_t size = logical_size();
   if (offset > size || len > size - offset)
@@ -396,7 +411,7 @@ Result<void> BlobReader::VerifyRange(uint64_t offset, uint64_t len) const {
   std::vector<char> buf;
   for (size_t i = FindChunk(offset); i < chunks_.size() && chunks_[i].logical_off < offset + len;
        ++i)
-    TRY(CheckChunk(chunks_[i], &buf));
+    if (!chunks_[i].ahead) TRY(CheckChunk(chunks_[i], &buf));
   return Ok();
 }
 
@@ -442,7 +457,7 @@ Result<void> BlobReader::ReadChunk(size_t i, uint64_t skip, char* dst, size_t le
     return Ok();
   }
   if (!c.zstd) {
-    if (verified_) return ReadAt(c.file_off + skip, dst, len);
+    if (Trusted(c)) return ReadAt(c.file_off + skip, dst, len);
     if (whole) {
       TRY(ReadAt(c.file_off, dst, len));
       if (Crc32c(0, dst, len) != c.crc)
@@ -461,7 +476,7 @@ Result<void> BlobReader::ReadChunk(size_t i, uint64_t skip, char* dst, size_t le
   scratch_.resize(c.stored_len);
   TRY(ReadAt(c.file_off, scratch_.data(), c.stored_len));
   uint64_t hdr = c.file_off - sizeof(format::ChunkHeader);
-  if (!verified_ && Crc32c(0, scratch_.data(), c.stored_len) != c.crc)
+  if (!Trusted(c) && Crc32c(0, scratch_.data(), c.stored_len) != c.crc)
     return Bad(name_, hdr, "chunk checksum mismatch");
   if (!dctx_) {
     dctx_ = ZSTD_createDCtx();
@@ -520,7 +535,7 @@ Result<void> BlobReader::ReadPieces(
     uint64_t skip = offset - c.logical_off;
     uint64_t n = std::min<uint64_t>(len, c.logical_len - skip);
     bool whole = skip == 0 && n == c.logical_len;
-    if (c.zstd || (!whole && !verified_) || static_cast<int64_t>(i) == plain_chunk_) {
+    if (c.zstd || (!whole && !Trusted(c)) || static_cast<int64_t>(i) == plain_chunk_) {
       for (uint64_t done = 0; done < n;) {
         size_t k = static_cast<size_t>(std::min<uint64_t>(piece, n - done));
         TRY(ReadChunk(i, skip + done, buf, k));
@@ -532,11 +547,11 @@ Result<void> BlobReader::ReadPieces(
       for (uint64_t done = 0; done < n;) {
         size_t k = static_cast<size_t>(std::min<uint64_t>(piece, n - done));
         TRY(ReadAt(c.file_off + skip + done, buf, k));
-        if (!verified_) crc = Crc32c(crc, buf, k);
+        if (!Trusted(c)) crc = Crc32c(crc, buf, k);
         TRY(fn(offset + done, buf, k));
         done += k;
       }
-      if (!verified_ && crc != c.crc)
+      if (!Trusted(c) && crc != c.crc)
         return Bad(name_, c.file_off - sizeof(format::ChunkHeader), "chunk checksum mismatch");
     }
     offset += n;

@@ -307,6 +307,8 @@ Result<Restored> PendingRestore::Parse(const std::string& o_text) const {
                          static_cast<double>(j.value("lazy_prepared_bytes", uint64_t{0})));
     r.steps.emplace_back("restore.preloaded_pagemaps",
                          static_cast<double>(j.value("preloaded_pagemaps", uint64_t{0})));
+    r.steps.emplace_back("restore.prechecked_chunks",
+                         static_cast<double>(j.value("prechecked_chunks", uint64_t{0})));
     if (j.contains("phases")) {
       r.tree_ms = j["phases"].value("tree_ms", 0.0);
       r.memory_ms = j["phases"]["tree"].value("memory_ms", 0.0);

@@ -6,6 +6,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <signal.h>
+
 #include <map>
 #include <random>
 
@@ -13,6 +15,7 @@
 #include "images/crc32c.h"
 #include "images/format.h"
 #include "images/image.h"
+#include "images/precheck.h"
 
 namespace godwit::images {
 namespace {
@@ -855,6 +858,136 @@ TEST_F(ImagesBadInput, BadNamesInInventory) {
   img += body;
   ASSERT_TRUE(fs::WriteFile(Path("inventory.img"), img).ok());
   ExpectBad(OpenVerified(dir_), "inventory.img");
+}
+
+// Page file chunks checked ahead by a helper process (images/precheck.h): trusted while the file
+// is the one checked, checked again once it changed, never past a bad chunk.
+class ImagesPrecheck : public ImagesTest {
+ protected:
+  void SetUp() override {
+    ImagesTest::SetUp();
+    ForgetPrechecked();
+    auto sink = OpenDirSink(dir_, true);
+    ASSERT_TRUE(sink.ok());
+    data_ = RandomBytes(7 * format::kMaxChunk / 2, 11);  // 4 raw chunks
+    auto b = BlobWriter::Create(**sink, "pages-1-pre0.img", Compression::kNone);
+    ASSERT_TRUE(b.ok());
+    ASSERT_TRUE(b->Append(data_.data(), data_.size()).ok());
+    ASSERT_TRUE(b->Close().ok());
+    ASSERT_TRUE((*sink)->Finish(NewInventory()).ok());
+  }
+  void TearDown() override {
+    ForgetPrechecked();
+    ImagesTest::TearDown();
+  }
+  // Runs a helper over the blob; the chunks it registered.
+  size_t Precheck() {
+    auto p = Prechecker::Start();
+    EXPECT_TRUE(p.ok());
+    if (!p.ok()) return 0;
+    pid_t pid = (*p)->pid();
+    (*p)->Add(Path("pages-1-pre0.img"));
+    (*p)->Add(Path("pages-1-pre0.img"));  // once per path
+    (*p)->Add(Path("no-such-file.img"));
+    size_t n = (*p)->Finish(/*wait_all=*/true);
+    p->reset();
+    EXPECT_EQ(kill(pid, 0), -1);  // reaped
+    EXPECT_EQ(errno, ESRCH);
+    return n;
+  }
+  Result<void> ReadBack() {
+    ReadOptions o;
+    o.chunk_checked_blobs = true;
+    ASSIGN_OR_RETURN(ImageSet set, ImageSet::Open(dir_, o));
+    if (set.Verified("pages-1-pre0.img"))
+      return MakeError(ErrorKind::kGeneric, 0, "the blob counts as checked whole");
+    ASSIGN_OR_RETURN(auto b, set.OpenBlob("pages-1-pre0.img"));
+    std::string back(data_.size(), '\0');
+    TRY(b->Read(0, back.data(), back.size()));
+    if (back != data_) return MakeError(ErrorKind::kGeneric, 0, "read back differs");
+    // VerifyRange (the restore's check of pieces read straight into place) too.
+    TRY(b->VerifyRange(0, data_.size()));
+    return Ok();
+  }
+  // Flips a byte of the blob's file where logical offset `at` is stored.
+  void FlipLogical(uint64_t at) {
+    auto b = BlobReader::OpenFile(Path("pages-1-pre0.img"), "pages-1-pre0.img", true);
+    ASSERT_TRUE(b.ok());
+    auto ext = (*b)->RawExtents(at, 1);
+    ASSERT_TRUE(ext.ok());
+    ASSERT_EQ(ext->size(), 1u);
+    off_t off = static_cast<off_t>((*ext)[0].file_off);
+    b->reset();
+    int fd = open(Path("pages-1-pre0.img").c_str(), O_RDWR | O_CLOEXEC);
+    ASSERT_GE(fd, 0);
+    char c;
+    ASSERT_EQ(pread(fd, &c, 1, off), 1);
+    c ^= 0x20;
+    ASSERT_EQ(pwrite(fd, &c, 1, off), 1);
+    close(fd);
+  }
+  std::string data_;
+};
+
+TEST_F(ImagesPrecheck, ChunksCheckedAheadAreTrustedWhileTheFileIsTheSame) {
+  EXPECT_EQ(Precheck(), 4u);
+  EXPECT_EQ(PrecheckHits(), 0u);
+  ASSERT_TRUE(ReadBack().ok());
+  EXPECT_EQ(PrecheckHits(), 4u);
+  int fd = open(Path("pages-1-pre0.img").c_str(), O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  EXPECT_EQ(PrecheckedChunks(Path("pages-1-pre0.img"), fd).size(), 4u);
+  // Another path to the same file is not the registered one.
+  EXPECT_TRUE(PrecheckedChunks(dir_ + "//pages-1-pre0.img", fd).empty());
+  close(fd);
+  // A registered chunk's checksum is really not checked again: damage made after the check and
+  // registered as the file's state (only the helper registers, and only while the file is the
+  // one it read) goes unseen in that chunk, and is found in the others.
+  FlipLogical(100);
+  FlipLogical(format::kMaxChunk + 100);
+  struct stat st;
+  ASSERT_EQ(stat(Path("pages-1-pre0.img").c_str(), &st), 0);
+  ForgetPrechecked();
+  auto b = BlobReader::OpenFile(Path("pages-1-pre0.img"), "pages-1-pre0.img", false);
+  ASSERT_TRUE(b.ok());
+  auto first = (*b)->RawExtents(0, 1);
+  ASSERT_TRUE(first.ok());
+  NotePrechecked(Path("pages-1-pre0.img"), st, (*first)[0].file_off);
+  b = BlobReader::OpenFile(Path("pages-1-pre0.img"), "pages-1-pre0.img", false);
+  ASSERT_TRUE(b.ok());
+  std::string part(4096, '\0');
+  ASSERT_TRUE((*b)->Read(0, part.data(), part.size()).ok());
+  EXPECT_NE(memcmp(part.data(), data_.data(), part.size()), 0);
+  EXPECT_TRUE((*b)->VerifyRange(0, 4096).ok());
+  ExpectBad((*b)->Read(format::kMaxChunk, part.data(), part.size()), "pages-1-pre0.img");
+}
+
+TEST_F(ImagesPrecheck, AFileChangedAfterItsCheckIsCheckedAgain) {
+  ASSERT_EQ(Precheck(), 4u);
+  // The third chunk damaged afterwards: its checksum is checked again, and fails.
+  FlipLogical(data_.size() - 100);
+  int fd = open(Path("pages-1-pre0.img").c_str(), O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  EXPECT_TRUE(PrecheckedChunks(Path("pages-1-pre0.img"), fd).empty());
+  close(fd);
+  auto b = BlobReader::OpenFile(Path("pages-1-pre0.img"), "pages-1-pre0.img", false);
+  ASSERT_TRUE(b.ok());
+  std::string back(data_.size(), '\0');
+  ExpectBad((*b)->Read(0, back.data(), back.size()), "pages-1-pre0.img");
+  EXPECT_EQ(PrecheckHits(), 0u);
+}
+
+TEST_F(ImagesPrecheck, TheHelperStopsAtABadChunk) {
+  // The second chunk is bad before the check: only the first is registered.
+  FlipLogical(format::kMaxChunk + 4096);
+  EXPECT_EQ(Precheck(), 1u);
+  auto b = BlobReader::OpenFile(Path("pages-1-pre0.img"), "pages-1-pre0.img", false);
+  ASSERT_TRUE(b.ok());
+  std::string part(4096, '\0');
+  ASSERT_TRUE((*b)->Read(0, part.data(), part.size()).ok());
+  EXPECT_EQ(memcmp(part.data(), data_.data(), part.size()), 0);
+  ExpectBad((*b)->Read(format::kMaxChunk, part.data(), part.size()), "pages-1-pre0.img");
+  ExpectBad((*b)->VerifyRange(format::kMaxChunk, 4096), "pages-1-pre0.img");
 }
 
 }  // namespace
