@@ -497,7 +497,9 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
   if (res.tree.release) {
     auto release = std::move(res.tree.release);
     res.tree.release = nullptr;
-    TRY(release());
+    // Failed: the tree was let go running (as an engine failure leaves it), thawed below.
+    TRY_CTX(release(), "container %s: the images are complete, but the refreeze failed and it "
+            "runs on", opts.id.c_str());
   }
   ph.write_ms = timing::MsBetween(t_tree, t_written);
   ph.downtime_ms = timing::MsBetween(t_freeze, t_released ? std::min(*t_released, t_written) : t_written);
