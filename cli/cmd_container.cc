@@ -323,6 +323,7 @@ int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
   // The rounds' page files checked whole by a helper on idle CPU meanwhile (images/precheck.h):
   // reaped when this command ends.
   std::unique_ptr<images::Prechecker> precheck;
+  bool prechecked = false;  // its results taken
   if (pa->has("wait-fd")) {
     // godwitd starts the restore ahead (its start-up out of a migration's blackout) and lets
     // it go with one byte (1) on this fd; EOF means the migration ended otherwise: nothing to
@@ -340,7 +341,8 @@ int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
         drop_output();
         return 0;
       }
-      if (b != 'p' && precheck) {  // the rounds are over: what the helper finished counts
+      if (b != 'p' && precheck && !prechecked) {  // the rounds are over: what it finished counts
+        prechecked = true;
         size_t n = precheck->Finish();
         LOG_DEBUG("restore: %zu chunk(s) of the rounds' page files checked ahead", n);
       }

@@ -459,12 +459,22 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
       return std::move(layer.error().wrap(StrFormat("container %s", opts.id.c_str())));
     rec.set_has_layer(*layer);
   }
-  // A rootfs the container writes into is identified once the tree is dumped and frozen again
-  // (killed or held next):
+  // A rootfs the container writes into is identified once the tree is dumped and stopped for
+  // good (killed or held next):
   // the cgroup is thawed while the engine holds the tree (req.thaw), and a write that landed
   // between an earlier identity and the engine's seize made the restore refuse the rootfs
-  // (issue 11: 2 of 3 tries with a container appending every millisecond).
+  // (issue 11: 2 of 3 tries with a container appending every millisecond). The tree is still
+  // ptrace-stopped here (TreeStats::release comes after the record); a process of the cgroup
+  // outside the tree (a `godwit exec`) is not, so then the cgroup is frozen again first.
   if (!overlay && !leave_running) {
+    if (res.tree.release) {
+      auto pids = cg->Pids();
+      if (!pids.ok() || static_cast<int>(pids->size()) != res.tree.processes) {
+        auto release = std::move(res.tree.release);
+        res.tree.release = nullptr;
+        TRY_CTX(release(), "container %s: frozen again", opts.id.c_str());
+      }
+    }
     auto t_id = Clock::now();
     TRY(identify_writable());
     ph.rootfs_ms += timing::MsBetween(t_id, Clock::now());

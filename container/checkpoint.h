@@ -10,8 +10,9 @@
 //   load the container record (must be running) -> freeze its cgroup (every task, bounded wait)
 //   -> uts, ipc, net (when the container owns them), mount table + tmpfs contents, writable
 //   layer: all while frozen, from outside (setns threads, /proc/PID/root) -> the process tree
-//   (TreeDumper; it leaves the tree alive and frozen) -> rootfs identity, limits, config ->
-//   container.img -> inventory -> the end (EndMode): kill and delete the container, thaw it
+//   (TreeDumper; it leaves the tree alive, frozen or still ptrace-stopped: TreeStats::release)
+//   -> rootfs identity, limits, config -> container.img -> inventory -> the tree refrozen and
+//   let go (release) -> the end (EndMode): kill and delete the container, thaw it
 //   (--leave-running), or hold it frozen for the caller (HeldCheckpoint) -> optional export.
 // On failure before the inventory the sinks are aborted and the container thawed, untouched.
 // Pre-copy rounds (container/engine.h, ContainerPreCopy) run before all this, the container
@@ -122,8 +123,8 @@ struct CheckpointPhases {
 // return with the tree alive. The tree arrives frozen by its cgroup. A cgroup-frozen task does
 // stop under ptrace, but it cannot run an injected syscall; so once every thread of the tree is
 // seized (ptrace-stopped: nothing can fork), the engine calls thaw(), and before it detaches it
-// calls refreeze(), so the tree never runs between the namespace dumps and the kill or thaw that
-// ends the checkpoint.
+// calls refreeze() (itself, or through TreeStats::release once the caller's images are out), so
+// the tree never runs between the namespace dumps and the kill or thaw that ends the checkpoint.
 struct TreeDumpRequest {
   pid_t pid = 0;
   images::Sink* sink = nullptr;

@@ -90,7 +90,8 @@ struct DumpOptions {
   // all: a signal that arrives while it is held runs its handler before the interrupted call
   // is re-entered, which then does not return EINTR.
   bool freeze_before_detach = false;
-  // With freeze_before_detach: Dump returns with every thread still ptrace-stopped and hands
+  // With freeze_before_detach (and leave_running, on_seized and before_detach set: else it is
+  // ignored and Dump lets go itself): Dump returns with every thread still ptrace-stopped and hands
   // the rest (before_detach, then DetachFrozen; ThawTree if the hook fails) to the caller as
   // DumpStats::release, which must call it on this thread (the tracer), on success and on every
   // error path. A container checkpoint writes its own record first: a migration's destination

@@ -11,6 +11,8 @@
 #include <fcntl.h>
 #include <linux/close_range.h>
 #include <linux/sockios.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -355,6 +357,37 @@ void FdRestorerImpl::ClosePrepared() {
   }
 }
 
+namespace {
+
+// Whether conn's peer address is one of the calling thread's net namespace (a connection over
+// loopback: both ends restored there). A bind to it succeeds only then (or with
+// ip_nonlocal_bind, which at worst locks a connection the caller's table already silences).
+bool PeerIsLocal(const TcpConn& c) {
+  sockaddr_storage peer = c.peer;
+  socklen_t len = sizeof(sockaddr_in6);
+  if (peer.ss_family == AF_INET6) {
+    auto* p6 = reinterpret_cast<sockaddr_in6*>(&peer);
+    if (IN6_IS_ADDR_V4MAPPED(&p6->sin6_addr)) {
+      sockaddr_in p4{};
+      p4.sin_family = AF_INET;
+      memcpy(&p4.sin_addr, &p6->sin6_addr.s6_addr[12], 4);
+      memcpy(&peer, &p4, sizeof(p4));
+    }
+  }
+  if (peer.ss_family == AF_INET) {
+    reinterpret_cast<sockaddr_in*>(&peer)->sin_port = 0;
+    len = sizeof(sockaddr_in);
+  } else if (peer.ss_family == AF_INET6) {
+    reinterpret_cast<sockaddr_in6*>(&peer)->sin6_port = 0;
+  } else {
+    return false;
+  }
+  UniqueFd s(::socket(peer.ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  return s && ::bind(s.get(), reinterpret_cast<const sockaddr*>(&peer), len) == 0;
+}
+
+}  // namespace
+
 Result<void> FdRestorerImpl::LockNetwork(pid_t netns_pid) {
   // A migration's destination is quiet until its commit with or without connections to lock:
   // the first IPv6 router solicitation or MLD report of its link would teach the segment's
@@ -371,6 +404,24 @@ Result<void> FdRestorerImpl::LockNetwork(pid_t netns_pid) {
   UniqueFd ns;
   if (netns_pid) {
     ASSIGN_OR_RETURN(ns, netns::Open(netns_pid));
+  }
+  if (opts_.keep_netlock && opts_.netns_locked && netns_pid) {
+    // The caller's table silences everything but loopback: the connections over loopback are
+    // locked in it (both directions), the others need nothing (no table, rules or context of
+    // ours in the blackout). The caller opens that table at its commit.
+    std::vector<TcpConn> local;
+    TRY_CTX(netns::RunHere(ns.get(), CLONE_NEWNET, [&]() -> Result<void> {
+              for (const auto& c : conns)
+                if (PeerIsLocal(c)) local.push_back(c);
+              return Ok();
+            }),
+            "network lock: which connections are over loopback");
+    LOG_DEBUG("restore: namespace locked by the caller; %zu of %zu connection(s) over loopback",
+              local.size(), conns.size());
+    netlock_.reset();
+    if (local.empty()) return Ok();
+    netlock_ = OpenNetLock(kAheadQuietName);
+    return netlock_->Lock(ns.get(), local);
   }
   LOG_DEBUG("restore: network lock %s opened", netlock_->name().c_str());
   TRY(netlock_->Lock(ns ? ns.get() : -1, conns));

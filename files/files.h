@@ -44,6 +44,11 @@ struct FdRestoreOptions {
   // Finalize leaves the network lock in place (the TCP connections are live but their packets
   // still dropped): the caller removes it later (a migration's destination, at the commit).
   bool keep_netlock = false;
+  // With keep_netlock: the restored tree's fresh net namespace is locked whole by the caller
+  // already (kAheadQuietName's table: nothing in or out but on loopback; a migration's
+  // environment made ahead), so LockNetwork locks there, in that table, only the connections
+  // whose both ends are in the namespace (over loopback), and makes it no quieter.
+  bool netns_locked = false;
   // --inherit-fd fd[N]:KEY: the coordinator's fd N stands for the external resource KEY
   std::vector<std::pair<int, std::string>> inherit_fds;
   // Memfds the engine already recreated because they are mapped (shmem.img), by the dumped

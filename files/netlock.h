@@ -83,9 +83,12 @@ std::unique_ptr<NetLock> OpenNetLock(const std::string& name);
 inline constexpr char kQuietLockName[] = "godwit_quiet";
 
 // The table of a container environment made ahead (container::PrepareRestore): quiet before its
-// links exist, emptied (its chains stay, accepting) once the tree's own lock is in place, deleted
-// by the caller after the commit (deleting hooks waits for an RCU grace period: not while the
-// container is down).
+// links exist. For a caller that unlocks after its commit (keep_netlock: a migration's
+// destination) it is deaf too (DeafRules) and is the tree's whole lock: the restore adds only the
+// connections over loopback to it (FdRestoreOptions::netns_locked), and the caller opens it at
+// the commit; otherwise it is emptied (its chains stay, accepting) once the tree's own lock is in
+// place. Deleted by the caller after the commit (deleting hooks waits for an RCU grace period:
+// not while the container is down).
 inline constexpr char kAheadQuietName[] = "godwit_ahead";
 
 // The rules that make a namespace quiet in table t (inet and arp; the inet table must exist):

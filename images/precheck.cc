@@ -4,6 +4,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -95,8 +96,12 @@ bool WriteAll(int fd, const char* p, size_t n) {
 }  // namespace
 
 Result<std::unique_ptr<Prechecker>> Prechecker::Start() {
+  // The paths go over a socket, not a pipe: a helper that died (killed by the OOM killer, say)
+  // must not take the restore with it by SIGPIPE (godwitd starts it with the default action):
+  // send(MSG_NOSIGNAL) gets EPIPE instead.
   int to[2], from[2];
-  if (::pipe2(to, O_CLOEXEC) < 0) return Errno("precheck: pipe");
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, to) < 0)
+    return Errno("precheck: socketpair");
   if (::pipe2(from, O_CLOEXEC) < 0) {
     int e = errno;
     ::close(to[0]);
@@ -132,9 +137,10 @@ Result<std::unique_ptr<Prechecker>> Prechecker::Start() {
   p->pid_ = pid;
   p->to_.reset(to[1]);
   p->from_.reset(from[0]);
-  // Never blocks the restore: a path that does not fit the pipe is simply not prechecked.
-  (void)fcntl(to[1], F_SETFL, O_NONBLOCK);
+  // Never blocks the restore: a path that does not fit the socket is simply not prechecked.
+  // The results wait in the pipe until Finish: room for ~7000 chunks (28 GiB of rounds).
   (void)fcntl(from[0], F_SETFL, O_NONBLOCK);
+  (void)fcntl(from[0], F_SETPIPE_SZ, 1 << 20);
   return p;
 }
 
@@ -151,7 +157,7 @@ void Prechecker::Add(const std::string& path) {
   if (finished_ || !to_ || path.find('\n') != std::string::npos || !queued_.insert(path).second)
     return;
   std::string line = path + "\n";
-  ssize_t w = ::write(to_.get(), line.data(), line.size());
+  ssize_t w = ::send(to_.get(), line.data(), line.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
   if (w != static_cast<ssize_t>(line.size())) to_.reset();  // full or broken: no more
 }
 
@@ -178,7 +184,7 @@ size_t Prechecker::Finish(bool wait_all) {
   while ((nl = got.find('\n', start)) != std::string::npos) {
     std::string line = got.substr(start, nl - start);
     start = nl + 1;
-    size_t tab = line.find('\t');
+    size_t tab = line.rfind('\t');
     if (tab == std::string::npos) continue;
     unsigned long long dev, ino, off;
     long long size, ms, cs;

@@ -638,6 +638,7 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
         }
         prep.Lap("dest.prep_arp_ms");
         std::unique_ptr<files::NetLock> restored_lock;
+        const std::string restored_table = rr->netlock_table;
         {
           auto l = AdoptRestoredLock(staging, rr->pid, rr->netlock_table);
           if (l.ok())
@@ -694,11 +695,22 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
         auto tu = Clock::now();
         Result<void> ul = Ok();
         if (restored_lock) ul = restored_lock->Open();  // the table goes after Done
+        if (!restored_lock || !ul.ok()) {
+          // Not adopted before the commit, or its rules would not go: the lock removed the slow
+          // way now (its hooks unregistered: a grace period), rather than leave the only copy of
+          // the container locked (with the environment made ahead, deaf and mute).
+          if (!ul.ok())
+            LOG_ERROR("migration of %s: unlock the restored connections: %s", res.id.c_str(),
+                      ul.error().to_string().c_str());
+          auto again = AdoptRestoredLock(staging, restored_pid, restored_table);
+          ul = again.ok() ? (*again)->Unlock() : Result<void>(again.error());
+          restored_lock.reset();
+        }
         double unlock_ms = MsSince(tu);
         auto tr = Clock::now();
         int held_here = 0;
         if (!ul.ok())
-          LOG_ERROR("migration of %s: unlock the restored connections: %s", res.id.c_str(),
+          LOG_ERROR("migration of %s: remove the restored connections' lock: %s", res.id.c_str(),
                     ul.error().to_string().c_str());
         if (own_hold) {
           auto d = own_hold->Drain(&held_frames);
@@ -733,9 +745,9 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
             LOG_WARN("migration of %s: %s", res.id.c_str(), u.error().to_string().c_str());
         }
         // The environment made ahead left its emptied quiet table (files::kAheadQuietName),
-        // unless that was the lock just removed.
+        // unless that was the lock just removed (a lock that found no table goes on quietly).
         if (auto ns = netns::Open(restored_pid);
-            ns.ok() && (!restored_lock || restored_lock->name() != files::kAheadQuietName)) {
+            ns.ok() && restored_table != files::kAheadQuietName) {
           auto ahead = files::OpenNetLock(files::kAheadQuietName);
           if (ahead->Adopt(ns->get()).ok()) (void)ahead->Unlock();
         }

@@ -85,7 +85,8 @@ struct RestoreOptions {
   bool root_fresh_netns = false;
   // With root_fresh_netns and keep_netlock: the caller has locked that namespace whole already
   // (a migration's environment made ahead: nothing in or out but loopback until its commit), so
-  // the tree takes no lock of its own there.
+  // the tree takes no lock of its own there: only its connections over loopback are added to
+  // the caller's table (files::FdRestoreOptions::netns_locked).
   bool root_netns_locked = false;
   // The root's cgroups, joined from inside instead of by root_outside: >= 0, a cgroup2 directory
   // the root is cloned into (CLONE_INTO_CGROUP; without it where the kernel refuses), and

@@ -334,8 +334,7 @@ Result<void> TreeFork::Handshake() {
   TRY(ReadHandshake(up_rd_.get(), root));
   LOG_DEBUG("restore: root %d built its namespaces", root);
   // A net namespace root_inside joined (made ahead): locked now, before the outside hook.
-  if (ctx_.fds && opts.root_fresh_netns && !(opts.root_clone_flags & CLONE_NEWNET) &&
-      !(opts.root_netns_locked && opts.keep_netlock))
+  if (ctx_.fds && opts.root_fresh_netns && !(opts.root_clone_flags & CLONE_NEWNET))
     TRY(LockRootNetwork());
   if (opts.root_outside) TRY_CTX(opts.root_outside(root), "restore root %d: outside", root);
   LOG_DEBUG("restore: root %d outside hook done", root);

@@ -924,6 +924,12 @@ class ImagesPrecheck : public ImagesTest {
     ASSERT_EQ(pread(fd, &c, 1, off), 1);
     c ^= 0x20;
     ASSERT_EQ(pwrite(fd, &c, 1, off), 1);
+    // And a modification time of its own: the write's could fall in the same clock tick as the
+    // file's creation (the identity would not show the change).
+    struct stat st;
+    ASSERT_EQ(fstat(fd, &st), 0);
+    timespec ts[2] = {{0, UTIME_OMIT}, {st.st_mtim.tv_sec + 1, st.st_mtim.tv_nsec}};
+    ASSERT_EQ(futimens(fd, ts), 0);
     close(fd);
   }
   std::string data_;
