@@ -160,13 +160,17 @@ struct Stream {
   std::vector<int64_t> rtt_ns, gap_ns;
   int64_t last_echo_ns = 0;
   int64_t max_gap_end_ns = 0;  // when the longest gap ended (CLOCK_MONOTONIC)
+  // When the run stopped sending (0: not yet). A gap counts until then only: once the client
+  // stops, its peer's last echoes can wait for the client's delayed ACK (Nagle on the echoing
+  // side: ~40 ms here), which is not the service's stall.
+  int64_t stop_ns = 0;
   std::string error;  // why the stream failed (broken or corrupt); "" if fine
   bool corrupt = false, broken = false;
 
   void Echo(uint64_t seq, int64_t now) {
     rtt_ns.push_back(now - sent_ns[seq]);
-    if (last_echo_ns) {
-      int64_t g = now - last_echo_ns;
+    if (last_echo_ns && (!stop_ns || last_echo_ns < stop_ns)) {
+      int64_t g = (stop_ns ? std::min(now, stop_ns) : now) - last_echo_ns;
       if (gap_ns.empty() || g > *std::max_element(gap_ns.begin(), gap_ns.end()))
         max_gap_end_ns = now;
       gap_ns.push_back(g);
@@ -380,7 +384,7 @@ class Probe {
           if (::stat(o_.until_file.c_str(), &st) == 0) stopped_by = "until-file";
         }
         if (!tcp_.error.empty()) stopped_by = "error";
-        if (!stopped_by.empty()) stop_ns = now;
+        if (!stopped_by.empty()) stop_ns = tcp_.stop_ns = udp_.stop_ns = icmp_.stop_ns = now;
       }
       if (!stopped_by.empty() && Drained(now, stop_ns)) break;
       if (tcp_.fd && !tcp_.broken && now >= next_info) {
@@ -404,7 +408,7 @@ class Probe {
         signalfd_siginfo si;
         if (::read(signal_fd, &si, sizeof(si)) == sizeof(si) && stopped_by.empty()) {
           stopped_by = si.ssi_signo == SIGINT ? "SIGINT" : "SIGTERM";
-          stop_ns = now;
+          stop_ns = tcp_.stop_ns = udp_.stop_ns = icmp_.stop_ns = now;
         }
       }
       if (p[0].revents & POLLIN) {
