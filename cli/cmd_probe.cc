@@ -159,7 +159,10 @@ struct Stream {
   std::vector<int64_t> sent_ns;  // send time by seq
   std::vector<int64_t> rtt_ns, gap_ns;
   int64_t last_echo_ns = 0;
-  int64_t max_gap_end_ns = 0;  // when the longest gap ended (CLOCK_MONOTONIC)
+  int64_t max_gap_ns = 0, max_gap_end_ns = 0;  // the longest gap and when it ended (MONOTONIC)
+  // The longest gaps (length, end), longest first: to line each stall up with what happened then.
+  static constexpr size_t kLongest = 16;
+  std::vector<std::pair<int64_t, int64_t>> longest;
   // When the run stopped sending (0: not yet). A gap counts until then only: once the client
   // stops, its peer's last echoes can wait for the client's delayed ACK (Nagle on the echoing
   // side: ~40 ms here), which is not the service's stall.
@@ -170,13 +173,19 @@ struct Stream {
   void Echo(uint64_t seq, int64_t now) {
     rtt_ns.push_back(now - sent_ns[seq]);
     if (last_echo_ns && (!stop_ns || last_echo_ns < stop_ns)) {
-      int64_t g = (stop_ns ? std::min(now, stop_ns) : now) - last_echo_ns;
-      if (gap_ns.empty() || g > *std::max_element(gap_ns.begin(), gap_ns.end()))
-        max_gap_end_ns = now;
-      gap_ns.push_back(g);
+      AddGap((stop_ns ? std::min(now, stop_ns) : now) - last_echo_ns, now);
     }
     last_echo_ns = now;
     echoed++;
+  }
+  void AddGap(int64_t g, int64_t end) {
+    if (gap_ns.empty() || g > max_gap_ns) max_gap_ns = g, max_gap_end_ns = end;
+    gap_ns.push_back(g);
+    if (longest.size() == kLongest && g <= longest.back().first) return;
+    auto at = std::upper_bound(longest.begin(), longest.end(), std::make_pair(g, end),
+                               [](const auto& a, const auto& b) { return a.first > b.first; });
+    longest.insert(at, {g, end});
+    if (longest.size() > kLongest) longest.pop_back();
   }
   void Fail(bool is_corrupt, const std::string& why) {
     if (!error.empty()) return;
@@ -431,7 +440,7 @@ class Probe {
     // nothing comes back must not report the last good gaps only. (UDP: a lost datagram is no
     // stall; its gaps are between the echoes received.)
     if (tcp_.fd && tcp_.echoed < tcp_.sent)
-      tcp_.gap_ns.push_back(end_ns_ - (tcp_.last_echo_ns ? tcp_.last_echo_ns : start_ns_));
+      tcp_.AddGap(end_ns_ - (tcp_.last_echo_ns ? tcp_.last_echo_ns : start_ns_), end_ns_);
     return stopped_by;
   }
 
@@ -663,20 +672,22 @@ class Probe {
   }
 
   json StreamJson(const Stream& s) const {
+    json longest = json::array();
+    for (const auto& [g, end] : s.longest)
+      longest.push_back({{"ms", g / 1e6}, {"start_unix_ms", UnixMs(end) - g / 1e6}});
     return {{"target", s.target},
             {"local", s.local},
             {"sent", s.sent},
             {"echoed", s.echoed},
             {"lost", s.sent - s.echoed},
-            {"max_gap_ms", s.gap_ns.empty() ? 0.0 : Distribution(s.gap_ns)["max"].get<double>()},
+            {"max_gap_ms", s.max_gap_ns / 1e6},
             {"gap_ms", Distribution(s.gap_ns)},
             // When the longest gap started and ended, on the wall clock (ms since the epoch): to
             // line it up with a migration report's blackout.start_unix_ms on the same host.
             {"max_gap_end_unix_ms", UnixMs(s.max_gap_end_ns)},
             {"max_gap_start_unix_ms",
-             s.gap_ns.empty() ? 0.0
-                              : UnixMs(s.max_gap_end_ns) -
-                                    *std::max_element(s.gap_ns.begin(), s.gap_ns.end()) / 1e6},
+             s.gap_ns.empty() ? 0.0 : UnixMs(s.max_gap_end_ns) - s.max_gap_ns / 1e6},
+            {"longest_gaps", longest},  // up to 16, longest first
             {"rtt_ms", Distribution(s.rtt_ns)},
             {"corrupt", s.corrupt},
             {"broken", s.broken},

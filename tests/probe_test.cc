@@ -131,6 +131,12 @@ TEST(Probe, CleanRunOverLoopback) {
   EXPECT_LE(g["p99"].get<double>(), g["p999"].get<double>());
   EXPECT_LE(g["p999"].get<double>(), g["max"].get<double>());
   EXPECT_EQ(t["max_gap_ms"], g["max"]);
+  // The longest gaps, longest first, each with its start (to line up with a migration's log).
+  const auto& lg = t["longest_gaps"];
+  ASSERT_EQ(lg.size(), std::min<uint64_t>(16, sent - 1)) << lg;
+  EXPECT_EQ(lg[0]["ms"], g["max"]);
+  EXPECT_DOUBLE_EQ(lg[0]["start_unix_ms"].get<double>(), t["max_gap_start_unix_ms"].get<double>());
+  for (size_t i = 1; i < lg.size(); ++i) EXPECT_LE(lg[i]["ms"], lg[i - 1]["ms"]) << lg;
   EXPECT_GT(t["rtt_ms"]["p50"].get<double>(), 0.0);
   EXPECT_EQ(t["tcp_info"]["total_retrans"].get<int>(), 0);
   EXPECT_FALSE(t["corrupt"].get<bool>());
@@ -189,6 +195,9 @@ TEST(Probe, StallAtTheEndIsAGap) {
   auto port = srv.Start(EchoServer::kStall, 160);
   ASSERT_TRUE(port.ok());
   ProbeClient p;
+  const double before_unix_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::system_clock::now().time_since_epoch())
+          .count();
   ASSERT_OK(p.RunToEnd(
       {"--tcp", Local(*port), "--interval", "1ms", "--duration", "300ms", "--drain", "200ms"}));
   EXPECT_EQ(p.code(), 1) << p.out() << p.err();
@@ -200,6 +209,12 @@ TEST(Probe, StallAtTheEndIsAGap) {
   EXPECT_GT(r["tcp"]["lost"].get<uint64_t>(), 0u);
   // From the 10th echo (~10 ms in) to the end (300 ms + 200 ms of drain).
   EXPECT_GT(r["tcp"]["max_gap_ms"].get<double>(), 400.0) << r["tcp"]["gap_ms"];
+  // That stall is the longest gap; it started at the 10th echo, well before the run's end.
+  const auto& lg = r["tcp"]["longest_gaps"];
+  ASSERT_EQ(lg.size(), 10u) << lg;  // 9 gaps between the echoes, then the stall
+  EXPECT_EQ(lg[0]["ms"], r["tcp"]["max_gap_ms"]);
+  EXPECT_GT(lg[0]["start_unix_ms"].get<double>(), before_unix_ms) << lg;
+  EXPECT_LT(lg[0]["start_unix_ms"].get<double>(), before_unix_ms + 250) << lg;
   EXPECT_NE(p.err().find("never echoed"), std::string::npos) << p.err();
 }
 
