@@ -37,6 +37,7 @@ inline void RestoreTuningFromEnv(restore::RestoreOptions* o) {
   o->fill.uffd = !EnvSet("GODWIT_NO_UFFD");
   o->fill.split = !EnvSet("GODWIT_NO_SPLIT");
   o->fill.populate = !EnvSet("GODWIT_NO_POPULATE");
+  o->lazy_pace = !EnvSet("GODWIT_NO_PACE");
   o->read.map_checksums = EnvSet("GODWIT_MAPCRC");
   o->lazy_background = !EnvSet("GODWIT_LAZY_FAULTS_ONLY");
 }

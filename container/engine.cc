@@ -107,6 +107,7 @@ TreeRestorer EngineRestorer() {
     o.tcp_close = req.tcp_close;
     o.keep_netlock = req.keep_netlock;
     o.lazy = req.lazy;
+    o.lazy_pace = req.lazy_pace;
     o.progress = req.progress;
     ASSIGN_OR_RETURN(restore::RestoreStats s, restore::Restore(o));
     TreeRestoreResult t;

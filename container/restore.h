@@ -55,6 +55,7 @@ struct TreeRestoreRequest {
   bool tcp_close = false;
   bool keep_netlock = false;  // RestoreOptions::keep_netlock
   bool lazy = false;          // restore::RestoreOptions::lazy
+  bool lazy_pace = true;      // restore::RestoreOptions::lazy_pace
   // (phase, done, total) from the engine (restore::RestoreOptions::progress); may be empty.
   std::function<void(const char*, uint64_t, uint64_t)> progress;
 };
@@ -128,6 +129,7 @@ struct RestoreOptions {
   // Anonymous memory is paged in after the container runs (restore --lazy, restore/lazy.h):
   // RestoreResult::pager installs it; the caller waits for it or detaches it.
   bool lazy = false;
+  bool lazy_pace = true;  // restore::RestoreOptions::lazy_pace (A/B runs: GODWIT_NO_PACE)
   // The caller vouches for the rootfs (an engine such as Podman that restores the rootfs changes
   // itself and whose runtime made mount points in it): no identity check against the image.
   bool trust_rootfs = false;

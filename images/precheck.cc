@@ -16,6 +16,7 @@
 #include <mutex>
 
 #include "common/log.h"
+#include "common/priority.h"
 #include "images/image.h"
 
 namespace godwit::images {
@@ -56,7 +57,8 @@ bool WriteAll(int fd, const char* p, size_t n) {
 // The helper: one path per line on fd 3; for each good chunk of the file (in file order, while
 // the file stays the same), a line on fd 4:
 // "PATH\tDEV INO SIZE MTIME_S MTIME_NS CTIME_S CTIME_NS FILE_OFF". Ends at EOF.
-[[noreturn]] void HelperMain() {
+[[noreturn]] void HelperMain(bool paced) {
+  Pacer pacer(paced);  // the rounds' checks are background work (common/priority.h)
   std::string in;
   char rd[4096];
   for (;;) {
@@ -88,6 +90,7 @@ bool WriteAll(int fd, const char* p, size_t n) {
       if (::fstat((*blob)->fd(), &now) < 0 || !SameFile(same, now)) return false;
       std::string line = prefix + std::to_string(off) + "\n";
       if (!WriteAll(4, line.data(), line.size())) _exit(0);
+      pacer.Tick();
       return true;
     });
   }
@@ -95,7 +98,7 @@ bool WriteAll(int fd, const char* p, size_t n) {
 
 }  // namespace
 
-Result<std::unique_ptr<Prechecker>> Prechecker::Start() {
+Result<std::unique_ptr<Prechecker>> Prechecker::Start(bool paced) {
   // The paths go over a socket, not a pipe: a helper that died (killed by the OOM killer, say)
   // must not take the restore with it by SIGPIPE (godwitd starts it with the default action):
   // send(MSG_NOSIGNAL) gets EPIPE instead.
@@ -129,7 +132,7 @@ Result<std::unique_ptr<Prechecker>> Prechecker::Start() {
     }
     sched_param sp{};
     (void)sched_setscheduler(0, SCHED_IDLE, &sp);
-    HelperMain();
+    HelperMain(paced);
   }
   ::close(to[0]);
   ::close(from[1]);

@@ -28,7 +28,8 @@ class Prechecker {
  public:
   // Forks the helper (killed with its parent: PR_SET_PDEATHSIG). The caller must be
   // single-threaded.
-  static Result<std::unique_ptr<Prechecker>> Start();
+  // paced: the helper naps briefly and often (common/priority.h Pacer); false for A/B runs.
+  static Result<std::unique_ptr<Prechecker>> Start(bool paced = true);
   ~Prechecker();
   Prechecker(const Prechecker&) = delete;
   Prechecker& operator=(const Prechecker&) = delete;

@@ -59,6 +59,9 @@ struct RestoreOptions {
   bool lazy = false;
   // false: the pager installs faulted pages only, never pushes the rest (tests, measuring).
   bool lazy_background = true;
+  // The pushes nap briefly and often (common/priority.h Pacer); false: they do not (A/B runs:
+  // GODWIT_NO_PACE).
+  bool lazy_pace = true;
   // Hooks for restoring a tree inside a container's fresh namespaces (all optional).
   // root_clone_flags (CLONE_NEWNS|NEWUTS|NEWIPC|NEWNET|NEWCGROUP; NEWPID follows the image) are
   // added to the root's clone3. root_inside runs in the root task right after its clone (a

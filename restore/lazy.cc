@@ -18,6 +18,7 @@
 #include <cstring>
 
 #include "common/log.h"
+#include "common/priority.h"
 #include "common/timing.h"
 #include "common/page.h"
 #include "common/uffd.h"
@@ -65,7 +66,7 @@ class LazyPager::Readers {
   std::vector<std::unique_ptr<images::BlobReader>> readers_;
 };
 
-LazyPager::LazyPager(bool background) : background_(background) {}
+LazyPager::LazyPager(bool background, bool pace) : background_(background), pace_(pace) {}
 
 LazyPager::~LazyPager() {
   auto r = Wait();
@@ -723,6 +724,7 @@ void LazyPager::Worker() {
   setpriority(PRIO_PROCESS, self, kWorkerNice);
   Readers rd(this);
   std::vector<char> buf(kPiece);
+  Pacer pacer(pace_);  // and naps briefly and often (common/priority.h: nice is not enough)
   for (;;) {
     Piece pc{};
     {
@@ -743,6 +745,7 @@ void LazyPager::Worker() {
       return;
     }
     if (!CopyAll(pc, buf.data())) return;
+    pacer.Tick();
     if (lent_.load(std::memory_order_relaxed) && getpriority(PRIO_PROCESS, self) != kWorkerNice)
       setpriority(PRIO_PROCESS, self, kWorkerNice);
   }

@@ -62,7 +62,8 @@ class LazyPager {
   };
 
   // background: workers push the pages nobody faulted (false: faulted pages only).
-  explicit LazyPager(bool background = true);
+  // pace: the workers nap briefly and often (RestoreOptions::lazy_pace).
+  explicit LazyPager(bool background = true, bool pace = true);
   ~LazyPager();  // Wait()s
   LazyPager(const LazyPager&) = delete;
   LazyPager& operator=(const LazyPager&) = delete;
@@ -228,6 +229,7 @@ class LazyPager {
   std::thread events_;
   std::vector<std::thread> workers_;
   bool background_ = true;
+  bool pace_ = true;
   bool go_ = false;  // Go() was called: workers run
   bool running_ = false, stop_ = false, done_ = false;
   uint64_t generation_ = 0;  // events handled (a worker's EAGAIN waits for the next)

@@ -30,7 +30,7 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
   // pass before: that pass was a tenth of a full restore, on one core.
   read.chunk_checked_blobs = true;
   if (opts.lazy) {
-    ctx.lazy = std::make_shared<LazyPager>(opts.lazy_background);
+    ctx.lazy = std::make_shared<LazyPager>(opts.lazy_background, opts.lazy_pace);
   }
   ASSIGN_OR_RETURN(images::ImageSet set, images::ImageSet::Open(opts.images_dir, read));
   ctx.images = &set;

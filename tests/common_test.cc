@@ -1,9 +1,11 @@
 #include <fcntl.h>
+#include <sys/resource.h>
 
 #include <gtest/gtest.h>
 
 #include "common/args.h"
 #include "common/fs.h"
+#include "common/priority.h"
 #include "common/result.h"
 
 namespace godwit {
@@ -54,3 +56,43 @@ TEST(Args, ParsesOptionsFlagsAndRest) {
 
 }  // namespace
 }  // namespace godwit
+
+// The CPU time of the calling thread, and how often it gave the CPU up of its own accord.
+struct ThreadUse {
+  int64_t cpu_ns;
+  long voluntary;
+};
+ThreadUse Use() {
+  timespec t;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+  rusage ru{};
+  getrusage(RUSAGE_THREAD, &ru);
+  return {static_cast<int64_t>(t.tv_sec) * 1'000'000'000 + t.tv_nsec, ru.ru_nvcsw};
+}
+
+// Burns `cpu_ns` of this thread's CPU in pieces of ~50 us, ticking the pacer between them; the
+// voluntary context switches it took meanwhile.
+long BurnTicking(godwit::Pacer& p, int64_t cpu_ns) {
+  ThreadUse start = Use();
+  volatile uint64_t x = 0;
+  for (;;) {
+    ThreadUse now = Use();
+    if (now.cpu_ns - start.cpu_ns >= cpu_ns) return now.voluntary - start.voluntary;
+    int64_t piece_end = now.cpu_ns + 50'000;
+    while (Use().cpu_ns < piece_end) x = x + 1;
+    p.Tick();
+  }
+}
+
+TEST(Pacer, NapsAfterEveryRunOfCpuAndNotWhenOff) {
+  // 40 ms of CPU: a nap after each 2 ms of it (the first Tick only starts counting).
+  godwit::Pacer on;
+  long naps = BurnTicking(on, 40'000'000);
+  EXPECT_GE(naps, 40 / 2 - 2);
+  EXPECT_LE(naps, 40 / 2 + 10);  // plus whatever else made this thread wait (a page fault's I/O)
+  godwit::Pacer off(false);
+  EXPECT_LE(BurnTicking(off, 40'000'000), 5);
+  // Turned on later: from then.
+  off.set_on(true);
+  EXPECT_GE(BurnTicking(off, 20'000'000), 20 / 2 - 2);
+}

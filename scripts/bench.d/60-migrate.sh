@@ -3,7 +3,8 @@
 # the container every 1 ms over TCP (`godwit probe`): for a container holding 64 MiB and 1 GiB
 # while rewriting 1% of its pages every 100 ms (tests/helpers/mig_dirty), N migrations each
 # (alternating a->b, b->a): the client-observed max gap (its own probe per migration) and the
-# client's retransmissions, the source's blackout and its phases; medians and worst. Then the
+# client's retransmissions, the source's blackout and its phases, the longest gap outside the
+# blackout; medians and worst. Then the
 # pre-copy stream's throughput (godwit's FileSender over its TLS Channel, /dev/shm to /dev/shm)
 # as a ratio to plain loopback TCP, to loopback TLS and to godwit's TLS channel without files,
 # measured in the same run (medians of BENCH_STREAM_N, 5).
@@ -65,7 +66,7 @@ for mib in $SIZES; do
     </dev/null >/dev/null 2>&1
   k=0; until gw a exec "$id" -- test -e /dev/shm/ready 2>/dev/null || [ $k -ge 600 ]; do sleep 0.1; k=$((k+1)); done
   at=a
-  : >"$work/gaps-$mib"; : >"$work/bo-$mib"; : >"$work/rtx-$mib"
+  : >"$work/gaps-$mib"; : >"$work/bo-$mib"; : >"$work/rtx-$mib"; : >"$work/outside-$mib"
   for i in $(seq 1 "$N"); do
     to=$([ $at = a ] && echo b || echo a)
     toaddr=198.18.0.$([ $to = a ] && echo 1 || echo 2)
@@ -83,6 +84,11 @@ for mib in $SIZES; do
 import json, sys
 p = json.load(open(sys.argv[1]))["tcp"]; r = json.load(open(sys.argv[2])); w = sys.argv[3]; m = sys.argv[4]
 open(w + "/gaps-" + m, "a").write("%f\n" % p.get("max_gap_ms", -1))
+# The longest gap outside the blackout (the probe's 16 longest, each with its start): what the
+# client saw while the container ran on either host.
+bs, bl = r["blackout"]["start_unix_ms"], r["blackout"]["total_ms"]
+out = [g["ms"] for g in p.get("longest_gaps", []) if not (bs - 5 <= g["start_unix_ms"] <= bs + bl + 5)]
+open(w + "/outside-" + m, "a").write("%f\n" % (max(out) if out else 0))
 open(w + "/rtx-" + m, "a").write("%d\n" % p["tcp_info"]["total_retrans"])
 open(w + "/bo-" + m, "a").write("%f %f %f %f %f %d\n" % (r["blackout"]["total_ms"], r["blackout"]["final_dump_ms"],
     r["blackout"]["restore_ms"], r["final_bytes"] / 2**20, r["rounds"][-1]["predicted_downtime_ms"], len(r["rounds"])))
@@ -100,6 +106,8 @@ PY
     "$(cut -d' ' -f1 "$work/bo-$mib" | med)" "$(cut -d' ' -f2 "$work/bo-$mib" | med)" \
     "$(cut -d' ' -f3 "$work/bo-$mib" | med)" "$(cut -d' ' -f4 "$work/bo-$mib" | med)" \
     "$(cut -d' ' -f5 "$work/bo-$mib" | med)" "$(cut -d' ' -f6 "$work/bo-$mib" | med)"
+  printf '         outside the blackout: longest gap median %7.1f ms, worst %7.1f ms\n' \
+    "$(med <"$work/outside-$mib")" "$(worst <"$work/outside-$mib")"
   gw $at delete --force "$id" >/dev/null 2>&1 || true
 done
 if [ -n "${GAP[64]:-}" ] && [ -n "${GAP[1024]:-}" ]; then
