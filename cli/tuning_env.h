@@ -32,7 +32,7 @@ inline dump::DumpTuning DumpTuningFromEnv(dump::DumpTuning base = {}) {
 
 // GODWIT_NO_UFFD, GODWIT_NO_SPLIT, GODWIT_NO_POPULATE (page filling), GODWIT_MAPCRC (checksums
 // through mappings), GODWIT_LAZY_FAULTS_ONLY (restore --lazy installs faulted pages only: tests
-// of the fault path, measuring).
+// of the fault path, measuring), GODWIT_NO_PACE (its pushes never nap: common/priority.h Pacer).
 inline void RestoreTuningFromEnv(restore::RestoreOptions* o) {
   o->fill.uffd = !EnvSet("GODWIT_NO_UFFD");
   o->fill.split = !EnvSet("GODWIT_NO_SPLIT");
