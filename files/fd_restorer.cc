@@ -365,15 +365,7 @@ namespace {
 bool PeerIsLocal(const TcpConn& c) {
   sockaddr_storage peer = c.peer;
   socklen_t len = sizeof(sockaddr_in6);
-  if (peer.ss_family == AF_INET6) {
-    auto* p6 = reinterpret_cast<sockaddr_in6*>(&peer);
-    if (IN6_IS_ADDR_V4MAPPED(&p6->sin6_addr)) {
-      sockaddr_in p4{};
-      p4.sin_family = AF_INET;
-      memcpy(&p4.sin_addr, &p6->sin6_addr.s6_addr[12], 4);
-      memcpy(&peer, &p4, sizeof(p4));
-    }
-  }
+  (void)UnmapV4(&peer);
   if (peer.ss_family == AF_INET) {
     reinterpret_cast<sockaddr_in*>(&peer)->sin_port = 0;
     len = sizeof(sockaddr_in);

@@ -112,9 +112,12 @@ uint16_t PeerWindow(const img::TcpRepair& r) {
 // a segment without a timestamp on a connection that has them (no PAWS check without one).
 Result<void> InjectFromPeer(int fd, const img::InetSocket& sk, uint32_t seq, uint32_t ack,
                             uint8_t flags, uint16_t window) {
-  sockaddr_storage local{}, peer{};
-  memcpy(&local, sk.src().data(), std::min(sk.src().size(), sizeof(local)));
-  memcpy(&peer, sk.dst().data(), std::min(sk.dst().size(), sizeof(peer)));
+  TcpConn conn;
+  memcpy(&conn.local, sk.src().data(), std::min(sk.src().size(), sizeof(conn.local)));
+  memcpy(&conn.peer, sk.dst().data(), std::min(sk.dst().size(), sizeof(conn.peer)));
+  // A v4 connection of a v6 socket travels as IPv4.
+  const TcpConn t = AsTravels(conn);
+  sockaddr_storage local = t.local, peer = t.peer;
   bool v4 = local.ss_family == AF_INET;
   in_addr l4{}, p4{};
   in6_addr l6{}, p6{};
@@ -129,14 +132,8 @@ Result<void> InjectFromPeer(int fd, const img::InetSocket& sk, uint32_t seq, uin
     auto* r = reinterpret_cast<sockaddr_in6*>(&peer);
     lport = l->sin6_port;
     pport = r->sin6_port;
-    if (IN6_IS_ADDR_V4MAPPED(&l->sin6_addr) && IN6_IS_ADDR_V4MAPPED(&r->sin6_addr)) {
-      v4 = true;  // a v4 connection of a v6 socket travels as IPv4
-      memcpy(&l4, &l->sin6_addr.s6_addr[12], 4);
-      memcpy(&p4, &r->sin6_addr.s6_addr[12], 4);
-    } else {
-      l6 = l->sin6_addr;
-      p6 = r->sin6_addr;
-    }
+    l6 = l->sin6_addr;
+    p6 = r->sin6_addr;
   }
   UniqueFd ns(ioctl(fd, SIOCGSKNS));
   std::optional<netns::ScopedNetns> in;

@@ -36,17 +36,38 @@ int Port(const sockaddr_storage& ss) {
   return ntohs(reinterpret_cast<const sockaddr_in*>(&ss)->sin_port);
 }
 
+}  // namespace
+
+bool UnmapV4(sockaddr_storage* ss) {
+  if (ss->ss_family != AF_INET6) return false;
+  const auto* s6 = reinterpret_cast<const sockaddr_in6*>(ss);
+  if (!IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr)) return false;
+  sockaddr_in s4{};
+  s4.sin_family = AF_INET;
+  s4.sin_port = s6->sin6_port;
+  memcpy(&s4.sin_addr, &s6->sin6_addr.s6_addr[12], 4);
+  *ss = sockaddr_storage{};
+  memcpy(ss, &s4, sizeof(s4));
+  return true;
+}
+
+TcpConn AsTravels(const TcpConn& c) {
+  TcpConn t = c;
+  sockaddr_storage l = c.local, p = c.peer;
+  if (UnmapV4(&l) && UnmapV4(&p)) {
+    t.local = l;
+    t.peer = p;
+  }
+  return t;
+}
+
+namespace {
+
 // The rules on one connection: "in" drops what the peer sends, "out" what the local end sends.
-std::string ConnRules(const std::string& table, const TcpConn& c, bool out_too) {
+std::string ConnRules(const std::string& table, const TcpConn& conn, bool out_too) {
+  const TcpConn c = AsTravels(conn);  // v4-mapped addresses on a v6 socket travel as IPv4
   const char* ipk = c.local.ss_family == AF_INET ? "ip" : "ip6";
   std::string sip = Ip(c.local), dip = Ip(c.peer);
-  // v4-mapped addresses on a v6 socket travel as IPv4.
-  if (c.local.ss_family == AF_INET6 && sip.rfind("::ffff:", 0) == 0 &&
-      dip.rfind("::ffff:", 0) == 0) {
-    ipk = "ip";
-    sip = sip.substr(7);
-    dip = dip.substr(7);
-  }
   std::string r = StrFormat(
       "add rule inet %s in %s saddr %s %s daddr %s tcp sport %d tcp dport %d meta mark != 0x%x "
       "drop\n",

@@ -35,6 +35,12 @@ struct TcpConn {
 };
 // The connection of a dumped inet socket (FileEntry.inet src and dst).
 Result<TcpConn> ConnOf(const img::FileEntry& e);
+// A v4-mapped IPv6 address (::ffff:a.b.c.d) as the IPv4 address it stands for, port kept; false
+// (unchanged) for any other address.
+bool UnmapV4(sockaddr_storage* ss);
+// The connection as its packets travel: both ends v4-mapped (an IPv4 connection of an IPv6
+// socket) become IPv4; anything else stays.
+TcpConn AsTravels(const TcpConn& c);
 
 class NetLock {
  public:

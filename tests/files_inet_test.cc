@@ -40,9 +40,19 @@ struct Addr {
   socklen_t len = 0;
 };
 
+// FilesTcp's third family: an IPv6 socket connected to ::ffff:127.0.0.1, whose packets travel as
+// IPv4 (the lock and the restore's made-up segments must say IPv4).
+constexpr int kV4Mapped = 1000;
+int SocketFamily(int param) { return param == kV4Mapped ? AF_INET6 : param; }
+
 Addr Loopback(int family) {
   Addr a;
-  if (family == AF_INET) {
+  if (family == kV4Mapped) {
+    auto* s = reinterpret_cast<sockaddr_in6*>(&a.ss);
+    s->sin6_family = AF_INET6;
+    inet_pton(AF_INET6, "::ffff:127.0.0.1", &s->sin6_addr);
+    a.len = sizeof(*s);
+  } else if (family == AF_INET) {
     auto* s = reinterpret_cast<sockaddr_in*>(&a.ss);
     s->sin_family = AF_INET;
     s->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
@@ -94,10 +104,10 @@ class FilesTcp : public ::testing::TestWithParam<int> {
 };
 
 TEST_P(FilesTcp, EstablishedSurvivesWithQueuesBothWays) {
-  const int family = GetParam();
+  const int param = GetParam(), family = SocketFamily(param);
   constexpr size_t kA = 20000;  // client -> server, unread by the server at dump
   int l = socket(family, SOCK_STREAM, 0);
-  Addr la = Loopback(family);
+  Addr la = Loopback(param);
   ASSERT_EQ(bind(l, (sockaddr*)&la.ss, la.len), 0);
   ASSERT_EQ(listen(l, 4), 0);
   getsockname(l, (sockaddr*)&la.ss, &la.len);
@@ -204,9 +214,9 @@ TEST_P(FilesTcp, EstablishedSurvivesWithQueuesBothWays) {
 }
 
 TEST_P(FilesTcp, WithoutTcpEstablishedDumpFailsAndUnlocks) {
-  const int family = GetParam();
+  const int param = GetParam(), family = SocketFamily(param);
   int l = socket(family, SOCK_STREAM, 0);
-  Addr la = Loopback(family);
+  Addr la = Loopback(param);
   ASSERT_EQ(bind(l, (sockaddr*)&la.ss, la.len), 0);
   listen(l, 1);
   getsockname(l, (sockaddr*)&la.ss, &la.len);
@@ -244,9 +254,9 @@ TEST_P(FilesTcp, WithoutTcpEstablishedDumpFailsAndUnlocks) {
 // Half-closed: fd 4 sent its FIN (FIN_WAIT2) and still receives; fd 6 got the peer's FIN with
 // data before it (CLOSE_WAIT) and still sends. The peers (fds 5 and 7 of the test) are outside.
 TEST_P(FilesTcp, HalfClosedBothDirections) {
-  const int family = GetParam();
+  const int param = GetParam(), family = SocketFamily(param);
   int l = socket(family, SOCK_STREAM, 0);
-  Addr la = Loopback(family);
+  Addr la = Loopback(param);
   ASSERT_EQ(bind(l, (sockaddr*)&la.ss, la.len), 0);
   listen(l, 4);
   getsockname(l, (sockaddr*)&la.ss, &la.len);
@@ -311,8 +321,40 @@ TEST_P(FilesTcp, HalfClosedBothDirections) {
   close(c2);
 }
 
-INSTANTIATE_TEST_SUITE_P(Families, FilesTcp, ::testing::Values(AF_INET, AF_INET6),
-                         [](const auto& info) { return info.param == AF_INET ? "v4" : "v6"; });
+INSTANTIATE_TEST_SUITE_P(Families, FilesTcp, ::testing::Values(AF_INET, AF_INET6, kV4Mapped),
+                         [](const auto& info) {
+                           return info.param == AF_INET ? "v4" : info.param == AF_INET6 ? "v6" : "v4mapped";
+                         });
+
+TEST(NetLock, V4MappedConnectionsTravelAsIpv4) {
+  TcpConn c;
+  auto* l = reinterpret_cast<sockaddr_in6*>(&c.local);
+  auto* r = reinterpret_cast<sockaddr_in6*>(&c.peer);
+  l->sin6_family = r->sin6_family = AF_INET6;
+  l->sin6_port = htons(80);
+  r->sin6_port = htons(40000);
+  ASSERT_EQ(inet_pton(AF_INET6, "::ffff:198.18.1.10", &l->sin6_addr), 1);
+  ASSERT_EQ(inet_pton(AF_INET6, "::ffff:198.18.0.100", &r->sin6_addr), 1);
+  TcpConn t = AsTravels(c);
+  ASSERT_EQ(t.local.ss_family, AF_INET);
+  ASSERT_EQ(t.peer.ss_family, AF_INET);
+  auto* l4 = reinterpret_cast<sockaddr_in*>(&t.local);
+  auto* r4 = reinterpret_cast<sockaddr_in*>(&t.peer);
+  EXPECT_EQ(ntohl(l4->sin_addr.s_addr), 0xc612010aU);  // 198.18.1.10
+  EXPECT_EQ(ntohl(r4->sin_addr.s_addr), 0xc6120064U);  // 198.18.0.100
+  EXPECT_EQ(ntohs(l4->sin_port), 80);
+  EXPECT_EQ(ntohs(r4->sin_port), 40000);
+  // One end mapped, the other a real IPv6 address: stays IPv6 as it is.
+  ASSERT_EQ(inet_pton(AF_INET6, "fd00::1", &r->sin6_addr), 1);
+  t = AsTravels(c);
+  EXPECT_EQ(t.local.ss_family, AF_INET6);
+  EXPECT_EQ(t.peer.ss_family, AF_INET6);
+  EXPECT_EQ(memcmp(&t.local, &c.local, sizeof(c.local)), 0);
+  // Not mapped: unchanged, and said so.
+  sockaddr_storage ss = c.peer;
+  EXPECT_FALSE(UnmapV4(&ss));
+  EXPECT_EQ(memcmp(&ss, &c.peer, sizeof(ss)), 0);
+}
 
 TEST(FilesInet, UdpBoundConnectedWithQueueAndOptions) {
   for (int family : {AF_INET, AF_INET6}) {
