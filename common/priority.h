@@ -74,7 +74,7 @@ class PriorityBoost {
 // 100 ms (58-104 ms in most of 3 runs each), whatever the hogs' priority: nice 0, nice 19,
 // SCHED_IDLE, or in a cgroup of cpu.shares 2. With both hogs on one CPU, or one hog, 5 ms at most.
 // With the hogs napping 0.1 ms after every 2 ms, 5.8 ms at most (3 runs; every 4 ms: 8.4 ms).
-// Priority does not help; a break does. Its cost: ~5% of the work's throughput.
+// Priority does not help; a break does. Its cost: a 1 GiB lazy fill ~10% longer (docs/engine.md).
 class Pacer {
  public:
   static constexpr int64_t kRunNs = 2'000'000;
