@@ -67,9 +67,11 @@ class PriorityBoost {
 // a break while it runs.
 //
 // Measured (session 14): a client echoing through a container every 1 ms saw gaps of ~100 ms
-// during the pre-copy rounds at 1 GiB (bench 60). The container's echo process was runnable and
-// waited for a CPU (perf sched: 114 ms) while the stream's two ends kept both CPUs of the host
-// busy. It happens without godwit too: two CPU hogs on a two-CPU host, a task sleeping 1 ms at a
+// while the container ran at 1 GiB (bench 60): its echo process was runnable and waited for a
+// CPU (perf sched: 114 ms) while both CPUs of the host were busy: with a migration's stream, or
+// with the lazy pager's two workers filling the migrated copy. Napping workers: the longest gap
+// outside the blackout, median of 12, 74.0 -> 35.3 ms (docs/migration.md). The pattern without
+// godwit: two CPU hogs on a two-CPU host, a task sleeping 1 ms at a
 // time in a cgroup whose other task computes 20 ms every 100 ms, and the sleeper waits up to
 // 100 ms (58-104 ms in most of 3 runs each), whatever the hogs' priority: nice 0, nice 19,
 // SCHED_IDLE, or in a cgroup of cpu.shares 2. With both hogs on one CPU, or one hog, 5 ms at most.
