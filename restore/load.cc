@@ -352,7 +352,7 @@ Result<std::unique_ptr<files::FdRestorer>> LoadFiles(const RestoreContext& ctx) 
   files::FdRestoreOptions fo;
   fo.tcp_close = ctx.opts.tcp_close;
   fo.keep_netlock = ctx.opts.keep_netlock;
-  fo.netns_locked = ctx.opts.keep_netlock && ctx.opts.root_netns_locked;
+  fo.netns_locked = ctx.opts.root_netns_locked;  // meaningful with keep_netlock only
   fo.shell_job = ctx.opts.shell_job;
   fo.inherit_fds = ctx.opts.inherit_fds;
   // A memfd both mapped and open as an fd stays one object: files/ reopens the engine's memfd.
