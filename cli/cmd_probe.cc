@@ -159,8 +159,8 @@ struct Stream {
   std::vector<int64_t> sent_ns;  // send time by seq
   std::vector<int64_t> rtt_ns, gap_ns;
   int64_t last_echo_ns = 0;
-  int64_t max_gap_ns = 0, max_gap_end_ns = 0;  // the longest gap and when it ended (MONOTONIC)
-  // The longest gaps (length, end), longest first: to line each stall up with what happened then.
+  // The longest gaps (length, end on CLOCK_MONOTONIC), longest first (of equal ones, the first):
+  // to line each stall up with what happened then. The front is the max gap.
   static constexpr size_t kLongest = 16;
   std::vector<std::pair<int64_t, int64_t>> longest;
   // When the run stopped sending (0: not yet). A gap counts until then only: once the client
@@ -179,7 +179,6 @@ struct Stream {
     echoed++;
   }
   void AddGap(int64_t g, int64_t end) {
-    if (gap_ns.empty() || g > max_gap_ns) max_gap_ns = g, max_gap_end_ns = end;
     gap_ns.push_back(g);
     if (longest.size() == kLongest && g <= longest.back().first) return;
     auto at = std::upper_bound(longest.begin(), longest.end(), std::make_pair(g, end),
@@ -383,6 +382,7 @@ class Probe {
     start_ns_ = NowNs();
     std::string stopped_by;
     int64_t next_check = 0, next_info = 0, stop_ns = 0;
+    auto stop = [&](int64_t t) { stop_ns = tcp_.stop_ns = udp_.stop_ns = icmp_.stop_ns = t; };
     for (;;) {
       int64_t now = NowNs();
       if (stopped_by.empty()) {
@@ -393,7 +393,7 @@ class Probe {
           if (::stat(o_.until_file.c_str(), &st) == 0) stopped_by = "until-file";
         }
         if (!tcp_.error.empty()) stopped_by = "error";
-        if (!stopped_by.empty()) stop_ns = tcp_.stop_ns = udp_.stop_ns = icmp_.stop_ns = now;
+        if (!stopped_by.empty()) stop(now);
       }
       if (!stopped_by.empty() && Drained(now, stop_ns)) break;
       if (tcp_.fd && !tcp_.broken && now >= next_info) {
@@ -417,7 +417,7 @@ class Probe {
         signalfd_siginfo si;
         if (::read(signal_fd, &si, sizeof(si)) == sizeof(si) && stopped_by.empty()) {
           stopped_by = si.ssi_signo == SIGINT ? "SIGINT" : "SIGTERM";
-          stop_ns = tcp_.stop_ns = udp_.stop_ns = icmp_.stop_ns = now;
+          stop(now);
         }
       }
       if (p[0].revents & POLLIN) {
@@ -675,18 +675,20 @@ class Probe {
     json longest = json::array();
     for (const auto& [g, end] : s.longest)
       longest.push_back({{"ms", g / 1e6}, {"start_unix_ms", UnixMs(end) - g / 1e6}});
+    const int64_t max_gap_ns = s.longest.empty() ? 0 : s.longest.front().first;
+    const int64_t max_gap_end_ns = s.longest.empty() ? 0 : s.longest.front().second;
     return {{"target", s.target},
             {"local", s.local},
             {"sent", s.sent},
             {"echoed", s.echoed},
             {"lost", s.sent - s.echoed},
-            {"max_gap_ms", s.max_gap_ns / 1e6},
+            {"max_gap_ms", max_gap_ns / 1e6},
             {"gap_ms", Distribution(s.gap_ns)},
             // When the longest gap started and ended, on the wall clock (ms since the epoch): to
             // line it up with a migration report's blackout.start_unix_ms on the same host.
-            {"max_gap_end_unix_ms", UnixMs(s.max_gap_end_ns)},
+            {"max_gap_end_unix_ms", UnixMs(max_gap_end_ns)},
             {"max_gap_start_unix_ms",
-             s.gap_ns.empty() ? 0.0 : UnixMs(s.max_gap_end_ns) - s.max_gap_ns / 1e6},
+             s.gap_ns.empty() ? 0.0 : UnixMs(max_gap_end_ns) - max_gap_ns / 1e6},
             {"longest_gaps", longest},  // up to 16, longest first
             {"rtt_ms", Distribution(s.rtt_ns)},
             {"corrupt", s.corrupt},
