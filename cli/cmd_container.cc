@@ -304,7 +304,8 @@ int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
   o.announce = !pa->has("no-announce");
   o.keep_netlock = pa->has("keep-locked");
   o.lazy = pa->has("lazy");
-  o.lazy_pace = !getenv("GODWIT_NO_PACE");  // A/B runs only (common/priority.h Pacer)
+  const bool pace = !getenv("GODWIT_NO_PACE");  // A/B runs only (common/priority.h Pacer)
+  o.lazy_pace = pace;
   // An engine's restore (runc's --work-path, Podman): it restored the rootfs changes itself.
   o.trust_rootfs = !work.empty();
   o.cgroup_parent = g.cgroup_parent;
@@ -354,7 +355,7 @@ int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
       if (b != 'p') break;
       restore::PreloadPageMaps(tree_dir, o.lazy);
       if (!precheck) {
-        auto s = images::Prechecker::Start(!getenv("GODWIT_NO_PACE"));  // A/B runs only
+        auto s = images::Prechecker::Start(pace);
         if (s.ok())
           precheck = std::move(*s);
         else

@@ -83,18 +83,12 @@ class Pacer {
   static constexpr int64_t kNapNs = 100'000;
 
   explicit Pacer(bool on = true) : on_(on) {}
-  void set_on(bool on) {
-    if (on == on_) return;
-    on_ = on;
-    mark_ = 0;
-  }
-  bool on() const { return on_; }
   // Between two pieces of work (each well under kRunNs): naps once the calling thread used
   // kRunNs of CPU since its last nap. One Pacer per thread.
   void Tick() {
     if (!on_) return;
     int64_t now = ThreadCpuNs();
-    if (mark_ == 0 || now < mark_) {
+    if (mark_ == 0) {
       mark_ = now;
       return;
     }

@@ -92,7 +92,4 @@ TEST(Pacer, NapsAfterEveryRunOfCpuAndNotWhenOff) {
   EXPECT_LE(naps, 40 / 2 + 10);  // plus whatever else made this thread wait (a page fault's I/O)
   godwit::Pacer off(false);
   EXPECT_LE(BurnTicking(off, 40'000'000), 5);
-  // Turned on later: from then.
-  off.set_on(true);
-  EXPECT_GE(BurnTicking(off, 20'000'000), 20 / 2 - 2);
 }
