@@ -514,6 +514,12 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
   ph.write_ms = timing::MsBetween(t_tree, t_written);
   ph.downtime_ms = timing::MsBetween(t_freeze, t_released ? std::min(*t_released, t_written) : t_written);
 
+  // A hold returns the container frozen by its cgroup: the refreeze came while the tree was
+  // still ptrace-stopped, and the detach that followed wakes its threads, which enter the
+  // freezer again on their own (none runs its code meanwhile; a v1 freezer reads FREEZING until
+  // the last one is in). Writing FROZEN again waits for that (runtime::Cgroup::Freeze).
+  if (end == EndMode::kHold)
+    TRY_CTX(cg->Freeze(), "container %s: frozen again after the detach", opts.id.c_str());
   // The end. The hold owns the cgroup and the tree's TCP hold from here.
   thaw_on_exit = false;
   auto held = std::make_unique<HeldCheckpoint>(opts.root, opts.id, std::move(cg),
