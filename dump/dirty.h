@@ -18,7 +18,8 @@
 // but loses it when it is unmapped, moved (mremap: no UFFD_FEATURE_EVENT_REMAP) or replaced
 // (mmap MAP_FIXED), or when the process execs; a VMA made since was never registered. Tracked()
 // says which ranges are still registered now (each call reads the current address space through
-// a fresh /proc/PID/pagemap), and only those are scanned: pages elsewhere must be copied whole.
+// a fresh /proc/PID/pagemap, one page per VMA: registration is the VMA's), and only those are
+// scanned: pages elsewhere must be copied whole.
 // Destroying the tracker closes the uffd, which unregisters everything and drops the protection.
 #pragma once
 
@@ -43,9 +44,10 @@ class DirtyTracker {
   // vmas: the process's maps (without the remote scratch area). Private VMAs are tracked.
   // kNotFound when the process is gone.
   Result<void> Arm(const std::vector<proc::MapsEntry>& vmas);
-  // The ranges registered by Arm that are still registered now, sorted. kNotFound when the
-  // process is gone.
-  Result<std::vector<PageRange>> Tracked() const;
+  // The ranges registered by Arm that are still registered now, sorted, as parts of the VMAs in
+  // maps (the process's maps now, sorted; exact when it is stopped). kNotFound when the process
+  // is gone.
+  Result<std::vector<PageRange>> Tracked(const std::vector<proc::MapsEntry>& maps) const;
   // Pages of tracked ranges written since Start or the previous call, sorted; they are
   // write-protected again. kNotFound when the process is gone.
   Result<void> CollectDirty(std::vector<PageRange>* out);

@@ -359,7 +359,7 @@ Result<void> DumpMm(DumpContext& ctx, ProcessDump& p) {
   DirtyTracker* tracker = ctx.opts.precopy ? ctx.opts.precopy->Tracker(pid) : nullptr;
   std::vector<PageRange> tracked;
   if (tracker) {
-    ASSIGN_OR_RETURN(tracked, tracker->Tracked());
+    ASSIGN_OR_RETURN(tracked, tracker->Tracked(maps));
   }
   PageCounts counts;
   UniqueFd scan_fd;

@@ -27,11 +27,12 @@ Result<void> Walk(int pagemap_fd, uint64_t start, uint64_t end, const Query& q, 
     a.category_mask = q.category_mask;
     a.category_anyof_mask = q.category_anyof_mask;
     a.return_mask = q.return_mask;
+    a.max_pages = q.max_pages;
     long n = ioctl(pagemap_fd, pagemap::kPagemapScan, &a);
     if (n < 0) return Errno("PAGEMAP_SCAN %#lx-%#lx", static_cast<unsigned long>(at),
                             static_cast<unsigned long>(end));
     for (long i = 0; i < n; ++i) fn(vec[i]);
-    if (n < static_cast<long>(kVec)) break;  // the whole range was walked
+    if (n < static_cast<long>(kVec) || q.max_pages) break;  // walked, or enough pages
     at = vec[n - 1].end;
   }
   return Ok();

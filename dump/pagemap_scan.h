@@ -18,6 +18,7 @@ namespace godwit::dump::pagemap_scan {
 struct Query {
   uint64_t flags = 0, category_inverted = 0, category_mask = 0, category_anyof_mask = 0,
            return_mask = 0;
+  uint64_t max_pages = 0;  // stop after this many matching pages (0: no limit)
 };
 
 // Appends the pages of [start, end) that match q to out, sorted, adjacent ones merged. An

@@ -128,8 +128,8 @@ Result<void> PreCopy::RoundOf(pid_t pid, Process& p, int round, RoundStats* rs) 
   p.last_bytes = 0;
   std::vector<PageRange> runs;
   if (round == 0) {
-    ASSIGN_OR_RETURN(std::vector<PageRange> tracked, p.tracker->Tracked());
     ASSIGN_OR_RETURN(auto maps, proc::ReadMaps(pid));
+    ASSIGN_OR_RETURN(std::vector<PageRange> tracked, p.tracker->Tracked(maps));
     ASSIGN_OR_RETURN(auto src, PresentPages::Open(pid, zero_pfn_));
     PageCounts counts;
     for (const auto& m : maps) {
