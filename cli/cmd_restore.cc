@@ -52,7 +52,7 @@ constexpr const char kRestoreUsage[] =
     "                                     background). With --detach a pager process does\n"
     "                                     it: its pid is printed (lazy_pager_pid); the pages\n"
     "                                     are all in when it exits. Same for containers.\n"
-    "  --no-announce                      (container) no gratuitous ARP for its address\n"
+    "  --no-announce                      (container) no gratuitous ARP or NA for its addresses\n"
     "  --keep-locked                      (container; a migration's destination) its TCP\n"
     "                                     connections stay locked and it sends nothing at\n"
     "                                     all (no IPv6 solicitation, no ARP) until the lock\n"

@@ -646,10 +646,9 @@ Result<RestoreResult> FinishRestore(PreparedRestorePtr p,
   TRY(c.Save());
   p->ok = true;
   if (opts.announce && !c.net.bridge.empty() && !c.net.address.empty()) {
-    auto a = runtime::AnnounceAddress(root_pid, "eth0", c.net.address);
+    auto a = runtime::AnnounceAddresses(root_pid, "eth0");
     if (!a.ok())
-      LOG_WARN("container %s: announce %s: %s", c.id.c_str(), c.net.address.c_str(),
-               a.error().to_string().c_str());
+      LOG_WARN("container %s: announce: %s", c.id.c_str(), a.error().to_string().c_str());
   }
 
   RestoreResult out;

@@ -118,8 +118,8 @@ struct RestoreOptions {
   // restoring host's netns instead of the one it was checkpointed on (another host's name).
   // kUsage for a routed container. Either way eth0 keeps its MAC address.
   std::string bridge;
-  // Bridged: announce the address (a gratuitous ARP, runtime::AnnounceAddress) once the container
-  // runs, so the segment's bridges and peers find it at this port at once. A failure is logged,
+  // Bridged: announce its addresses (gratuitous ARP, unsolicited NA: runtime::Announcement) once
+  // the container runs, so the segment's bridges and peers find it at this port at once. A failure is logged,
   // not fatal.
   bool announce = true;
   // The TCP connections come back live but still locked (their packets dropped, nothing sent):

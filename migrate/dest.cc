@@ -376,21 +376,21 @@ std::vector<std::string> LocalKernelFeatures(const DestOptions& o) {
   return KernelFeatureNames(o.root);
 }
 
-// The announcement of a container's address, prepared (nullopt: nothing to announce).
-Result<std::optional<runtime::GratuitousArp>> PrepareAnnounce(const std::string& root,
-                                                                const std::string& id) {
+// The announcement of a container's addresses, prepared (nullopt: nothing to announce, a
+// container without a network of godwit's).
+Result<std::optional<runtime::Announcement>> PrepareAnnounce(const std::string& root,
+                                                             const std::string& id) {
   ASSIGN_OR_RETURN(runtime::Container c, runtime::Container::Load(root, id));
-  if (c.net.address.empty() || c.pid <= 0) return std::optional<runtime::GratuitousArp>();
-  ASSIGN_OR_RETURN(runtime::GratuitousArp g,
-                   runtime::GratuitousArp::Prepare(c.pid, "eth0", c.net.address));
-  return std::optional<runtime::GratuitousArp>(std::move(g));
+  if (c.net.address.empty() || c.pid <= 0) return std::optional<runtime::Announcement>();
+  ASSIGN_OR_RETURN(runtime::Announcement a, runtime::Announcement::Prepare(c.pid, "eth0"));
+  return std::optional<runtime::Announcement>(std::move(a));
 }
 
 Result<int> AnnounceAddresses(const std::string& root, const std::string& id) {
-  ASSIGN_OR_RETURN(std::optional<runtime::GratuitousArp> arp, PrepareAnnounce(root, id));
-  if (!arp) return 0;
-  TRY(arp->Send(2));
-  return 1;
+  ASSIGN_OR_RETURN(std::optional<runtime::Announcement> a, PrepareAnnounce(root, id));
+  if (!a) return 0;
+  TRY(a->Send(2));
+  return static_cast<int>(a->addresses().size());
 }
 
 std::string CheckHello(const mig::Hello& h, const DestOptions& o) {
@@ -627,7 +627,7 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
         }
         prep.Lap("dest.prep_hold_ms");
         // What the switch will do, prepared now: the announcement and the lock's release.
-        std::optional<runtime::GratuitousArp> arp;
+        std::optional<runtime::Announcement> arp;
         {
           auto a = PrepareAnnounce(o.root, res.id);
           if (a.ok())

@@ -9,7 +9,7 @@
 //   written as they arrive, a RoundAck per round -> Final -> restore from the staging directory
 //   -> Restored -> HeldPackets (replayed into the container) -> Commit (the source deleted its
 //   copy) -> announce the container's addresses
-//   (gratuitous ARP on its links) -> Done.
+//   (gratuitous ARP, unsolicited NA on its links) -> Done.
 // Any failure, an Abort, a closed connection or a timeout before Commit removes everything made
 // here (the restored container included); the staging directory is always removed.
 #pragma once
@@ -68,9 +68,10 @@ int CleanupDeadSessions(const DestOptions& o, const std::vector<pid_t>& live);
 // This host's kernel features by name (`godwit check`'s probes, cached).
 std::vector<std::string> LocalKernelFeatures(const DestOptions& o);
 
-// Announces the address of container `id` under `root` (gratuitous ARP from its eth0,
-// runtime::AnnounceAddress): the segment's bridges and neighbours find it where it runs now.
-// Returns how many addresses were announced (0: none, a container without one).
+// Announces the addresses of container `id` under `root` (from its eth0, twice each: gratuitous
+// ARP for IPv4, unsolicited neighbour advertisements for IPv6, runtime::Announcement): the
+// segment's bridges and neighbours find it where it runs now. Returns how many addresses were
+// announced (0: none, a container without a network of godwit's).
 Result<int> AnnounceAddresses(const std::string& root, const std::string& id);
 
 }  // namespace godwit::migrate

@@ -371,6 +371,7 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
   });
   rep->peer = ch->peer();
   rep->secure = ch->secure();
+  rep->cipher = ch->cipher();
   bool zstd = o.compress != Compress::kNone;
   rep->compressed = zstd;
   bool takes_switchover = false;
@@ -846,6 +847,7 @@ std::string ReportJson(const MigrationReport& r) {
                       {"peer_version", r.peer_version},
                       {"peer_hostname", r.peer_hostname},
                       {"tls", r.secure},
+                      {"tls_cipher", r.cipher},
                       {"boosted", r.boosted},
                       {"compress", r.compressed},
                       {"outcome", r.outcome},

@@ -118,6 +118,7 @@ struct Blackout {
 struct MigrationReport {
   std::string id, to, peer, peer_version, peer_hostname;
   bool secure = false;
+  std::string cipher;  // the TLS suite agreed on (empty: --insecure)
   bool compressed = false;
   bool boosted = false;  // the blackout ran at a raised priority here (common/priority.h)
   // "migrated"; "not started" (e.g. the connection or handshake failed), "refused", "rolled back"

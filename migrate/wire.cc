@@ -356,6 +356,7 @@ const char* FrameKind(const mig::Frame& f) {
     case mig::Frame::kAbort: return "abort";
     case mig::Frame::kHeld: return "held-packets";
     case mig::Frame::kSwitchover: return "switchover";
+    case mig::Frame::kEnvReady: return "env-ready";
     case mig::Frame::MSG_NOT_SET: break;
   }
   return "empty";
@@ -366,6 +367,12 @@ Channel::Channel(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Channel::~Channel() { Close(); }
 
 bool Channel::secure() const { return impl_->ssl != nullptr; }
+
+std::string Channel::cipher() const {
+  if (!impl_->ssl) return "";
+  const char* n = SSL_get_cipher_name(impl_->ssl);
+  return n ? n : "";
+}
 
 Result<std::unique_ptr<Channel>> Channel::Connect(const std::string& host_port,
                                                   const TlsConfig& tls, double timeout_s) {

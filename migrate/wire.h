@@ -60,6 +60,8 @@ class Channel {
   double timeout() const { return timeout_s_; }
   const std::string& peer() const { return peer_; }
   bool secure() const;
+  // The TLS suite agreed on (OpenSSL's default: "TLS_AES_256_GCM_SHA384"); empty without TLS.
+  std::string cipher() const;
   uint64_t bytes_sent() const { return sent_; }
   uint64_t bytes_received() const { return received_; }
   // Shuts the stream down (TLS close_notify when it can); idempotent.

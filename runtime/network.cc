@@ -3,10 +3,12 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <linux/if_ether.h>
+#include <linux/if_addr.h>
 #include <linux/if_packet.h>
 #include <linux/rtnetlink.h>
 #include <net/if.h>
 #include <net/if_arp.h>
+#include <netinet/in.h>
 #include <netlink/route/link/veth.h>
 #include <poll.h>
 #include <sched.h>
@@ -221,71 +223,161 @@ Result<void> SetupNetwork(pid_t pid, const NetworkSpec& net, const std::string& 
   return Ok();
 }
 
-Result<GratuitousArp> GratuitousArp::Prepare(pid_t pid, const std::string& ifname,
-                                             const std::string& addr) {
-  in_addr ip{};
-  if (::inet_pton(AF_INET, addr.c_str(), &ip) != 1)
-    return MakeError(ErrorKind::kUsage, EINVAL, "announce: %s is not an IPv4 address",
-                     addr.c_str());
-  GratuitousArp g;
-  g.what_ = StrFormat("%s on %s", addr.c_str(), ifname.c_str());
-  // Made in the container's namespace: a socket stays where it was created.
+namespace {
+
+// The ICMPv6 checksum (RFC 4443 2.3): the one's complement sum over the IPv6 pseudo-header
+// (source, destination, upper-layer length, next header) and the message.
+uint16_t Icmp6Checksum(const in6_addr& src, const in6_addr& dst, const uint8_t* msg, size_t len) {
+  uint32_t sum = 0;
+  auto add = [&](const uint8_t* p, size_t n) {
+    for (size_t i = 0; i + 1 < n; i += 2) sum += (p[i] << 8) | p[i + 1];
+    if (n & 1) sum += p[n - 1] << 8;
+  };
+  add(src.s6_addr, 16);
+  add(dst.s6_addr, 16);
+  const uint8_t tail[8] = {static_cast<uint8_t>(len >> 24), static_cast<uint8_t>(len >> 16),
+                           static_cast<uint8_t>(len >> 8), static_cast<uint8_t>(len), 0, 0, 0,
+                           IPPROTO_ICMPV6};
+  add(tail, sizeof(tail));
+  add(msg, len);
+  while (sum >> 16) sum = (sum & 0xffff) + (sum >> 16);
+  return static_cast<uint16_t>(~sum);
+}
+
+// A gratuitous ARP request for ip (RFC 826 payload for Ethernet/IPv4; spa == tpa).
+std::vector<uint8_t> GratuitousArpPayload(const in_addr& ip, const uint8_t mac[6]) {
+  std::vector<uint8_t> b(28, 0);
+  const uint16_t htype = htons(ARPHRD_ETHER), ptype = htons(ETH_P_IP), op = htons(ARPOP_REQUEST);
+  memcpy(&b[0], &htype, 2);
+  memcpy(&b[2], &ptype, 2);
+  b[4] = 6;
+  b[5] = 4;
+  memcpy(&b[6], &op, 2);
+  memcpy(&b[8], mac, 6);    // sha
+  memcpy(&b[14], &ip, 4);   // spa
+  memcpy(&b[24], &ip, 4);   // tpa (tha stays zero)
+  return b;
+}
+
+// An unsolicited neighbour advertisement for ip: IPv6 header (from ip itself, to ff02::1, hop
+// limit 255) and ICMPv6 type 136 with Override set and the target link-layer address option.
+std::vector<uint8_t> UnsolicitedNaPacket(const in6_addr& ip, const uint8_t mac[6]) {
+  constexpr size_t kIcmp = 24 + 8;  // NA, then one 8-byte option
+  std::vector<uint8_t> b(40 + kIcmp, 0);
+  in6_addr all_nodes{};
+  all_nodes.s6_addr[0] = 0xff;
+  all_nodes.s6_addr[1] = 0x02;
+  all_nodes.s6_addr[15] = 0x01;
+  b[0] = 0x60;  // version 6, traffic class and flow label 0
+  b[4] = 0;
+  b[5] = kIcmp;
+  b[6] = IPPROTO_ICMPV6;
+  b[7] = 255;  // receivers drop neighbour discovery with any other hop limit
+  memcpy(&b[8], ip.s6_addr, 16);
+  memcpy(&b[24], all_nodes.s6_addr, 16);
+  uint8_t* m = &b[40];
+  m[0] = 136;   // neighbour advertisement
+  m[4] = 0x20;  // Override; not Router, not Solicited
+  memcpy(&m[8], ip.s6_addr, 16);
+  m[24] = 2;  // target link-layer address
+  m[25] = 1;  // in units of 8 bytes
+  memcpy(&m[26], mac, 6);
+  const uint16_t ck = htons(Icmp6Checksum(ip, all_nodes, m, kIcmp));
+  memcpy(&m[2], &ck, 2);
+  return b;
+}
+
+}  // namespace
+
+Result<Announcement> Announcement::Prepare(pid_t pid, const std::string& ifname) {
+  Announcement g;
+  g.what_ = StrFormat("%s in netns of pid %d", ifname.c_str(), pid);
+  // Made in the container's namespace: a socket stays where it was created. Protocol 0: it
+  // only sends (each frame's EtherType comes with its address).
   ASSIGN_OR_RETURN(UniqueFd ns, netns::Open(pid));
   TRY(netns::RunHere(ns.get(), CLONE_NEWNET, [&]() -> Result<void> {
-    int s = ::socket(AF_PACKET, SOCK_DGRAM | SOCK_CLOEXEC, htons(ETH_P_ARP));
+    int s = ::socket(AF_PACKET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (s < 0) return Errno("socket(AF_PACKET)");
     g.fd_.reset(s);
     return Ok();
   }));
   ifreq ifr{};
   snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", ifname.c_str());
-  if (::ioctl(g.fd_.get(), SIOCGIFINDEX, &ifr) < 0)
-    return Errno("announce %s: interface %s in netns of pid %d", addr.c_str(), ifname.c_str(), pid);
-  int ifindex = ifr.ifr_ifindex;
+  if (::ioctl(g.fd_.get(), SIOCGIFINDEX, &ifr) < 0) return Errno("announce: %s", g.what_.c_str());
+  const int ifindex = ifr.ifr_ifindex;
   if (::ioctl(g.fd_.get(), SIOCGIFHWADDR, &ifr) < 0)
-    return Errno("announce %s: MAC of %s", addr.c_str(), ifname.c_str());
+    return Errno("announce: MAC of %s", g.what_.c_str());
   if (ifr.ifr_hwaddr.sa_family != ARPHRD_ETHER)
-    return MakeError(ErrorKind::kUnsupported, 0, "announce %s: %s is not an Ethernet device",
-                     addr.c_str(), ifname.c_str());
-  // The ARP payload for Ethernet/IPv4 (RFC 826); a gratuitous request has spa == tpa.
-  struct __attribute__((packed)) {
-    uint16_t htype, ptype;
-    uint8_t hlen, plen;
-    uint16_t op;
-    uint8_t sha[6], spa[4], tha[6], tpa[4];
-  } arp{};
-  static_assert(sizeof(arp) == sizeof(g.arp_));
-  arp.htype = htons(ARPHRD_ETHER);
-  arp.ptype = htons(ETH_P_IP);
-  arp.hlen = 6;
-  arp.plen = 4;
-  arp.op = htons(ARPOP_REQUEST);
-  memcpy(arp.sha, ifr.ifr_hwaddr.sa_data, 6);
-  memcpy(arp.spa, &ip, 4);
-  memcpy(arp.tpa, &ip, 4);
-  memcpy(g.arp_.data(), &arp, sizeof(arp));
-  g.to_ = {};
-  g.to_.sll_family = AF_PACKET;
-  g.to_.sll_protocol = htons(ETH_P_ARP);
-  g.to_.sll_ifindex = ifindex;
-  g.to_.sll_halen = 6;
-  memset(g.to_.sll_addr, 0xff, 6);
+    return MakeError(ErrorKind::kUnsupported, 0, "announce: %s is not an Ethernet device",
+                     g.what_.c_str());
+  uint8_t mac[6];
+  memcpy(mac, ifr.ifr_hwaddr.sa_data, 6);
+
+  ASSIGN_OR_RETURN(Sock sock, ConnectIn(pid));
+  nl_cache* c = nullptr;
+  if (int err = rtnl_addr_alloc_cache(sock.get(), &c); err < 0)
+    return NlError(err, "announce: addresses of %s", g.what_.c_str());
+  Cache cache(c);
+  std::vector<Frame> v6;
+  std::vector<std::string> v6_names;
+  for (nl_object* o = nl_cache_get_first(c); o; o = nl_cache_get_next(o)) {
+    auto* a = reinterpret_cast<rtnl_addr*>(o);
+    nl_addr* local = rtnl_addr_get_local(a);
+    if (rtnl_addr_get_ifindex(a) != ifindex || !local) continue;
+    const int fam = rtnl_addr_get_family(a);
+    char name[INET6_ADDRSTRLEN] = {};
+    Frame f;
+    f.to.sll_family = AF_PACKET;
+    f.to.sll_ifindex = ifindex;
+    f.to.sll_halen = 6;
+    if (fam == AF_INET && nl_addr_get_len(local) == 4) {
+      in_addr ip;
+      memcpy(&ip, nl_addr_get_binary_addr(local), 4);
+      f.bytes = GratuitousArpPayload(ip, mac);
+      f.to.sll_protocol = htons(ETH_P_ARP);
+      memset(f.to.sll_addr, 0xff, 6);
+      inet_ntop(AF_INET, &ip, name, sizeof(name));
+      g.frames_.push_back(std::move(f));
+      g.addrs_.push_back(name);
+    } else if (fam == AF_INET6 && nl_addr_get_len(local) == 16) {
+      // A tentative address is not the interface's yet (DAD), and one that failed DAD is
+      // someone else's: neither is announced (RFC 4862 5.4).
+      if (rtnl_addr_get_flags(a) & (IFA_F_TENTATIVE | IFA_F_DADFAILED)) continue;
+      in6_addr ip;
+      memcpy(&ip, nl_addr_get_binary_addr(local), 16);
+      f.bytes = UnsolicitedNaPacket(ip, mac);
+      f.to.sll_protocol = htons(ETH_P_IPV6);
+      const uint8_t all_nodes_mac[6] = {0x33, 0x33, 0, 0, 0, 1};
+      memcpy(f.to.sll_addr, all_nodes_mac, 6);
+      inet_ntop(AF_INET6, &ip, name, sizeof(name));
+      v6.push_back(std::move(f));
+      v6_names.push_back(name);
+    }
+  }
+  for (size_t i = 0; i < v6.size(); ++i) {
+    g.frames_.push_back(std::move(v6[i]));
+    g.addrs_.push_back(std::move(v6_names[i]));
+  }
   return g;
 }
 
-Result<void> GratuitousArp::Send(int count) const {
+Result<void> Announcement::Send(int count) const {
   for (int i = 0; i < count; ++i) {
-    if (::sendto(fd_.get(), arp_.data(), arp_.size(), 0, reinterpret_cast<const sockaddr*>(&to_),
-                 sizeof(to_)) != static_cast<ssize_t>(arp_.size()))
-      return Errno("announce %s: send", what_.c_str());
+    for (size_t k = 0; k < frames_.size(); ++k) {
+      const Frame& f = frames_[k];
+      if (::sendto(fd_.get(), f.bytes.data(), f.bytes.size(), 0,
+                   reinterpret_cast<const sockaddr*>(&f.to),
+                   sizeof(f.to)) != static_cast<ssize_t>(f.bytes.size()))
+        return Errno("announce %s on %s: send", addrs_[k].c_str(), what_.c_str());
+    }
   }
   return Ok();
 }
 
-Result<void> AnnounceAddress(pid_t pid, const std::string& ifname, const std::string& addr,
-                             int count) {
-  ASSIGN_OR_RETURN(GratuitousArp g, GratuitousArp::Prepare(pid, ifname, addr));
-  return g.Send(count);
+Result<Announcement> AnnounceAddresses(pid_t pid, const std::string& ifname, int count) {
+  ASSIGN_OR_RETURN(Announcement a, Announcement::Prepare(pid, ifname));
+  TRY(a.Send(count));
+  return a;
 }
 
 Result<void> TeardownNetwork(const std::string& host_veth) {

@@ -76,28 +76,37 @@ std::string FirewallRuleset(const std::vector<NetworkSpec::Port>& ports);
 // link, kBadConfig if it is not a bridge.
 Result<void> CheckBridge(const std::string& name);
 
-// Announces that `addr` (IPv4) is at `ifname` of pid's netns now: a gratuitous ARP request
-// (sender = target = addr, from the interface's MAC, to the broadcast address), `count` times.
-// For a bridged container that appears on another port of the segment (restored on another
-// host): the bridges learn where its MAC is now, and the neighbours refresh their entries, so
-// their packets reach it without waiting for the bridges' ageing or the peers' ARP.
-Result<void> AnnounceAddress(pid_t pid, const std::string& ifname, const std::string& addr,
-                             int count = 1);
-
-// The same, prepared ahead (socket in pid's netns, frame built) so that the moment it is sent
-// costs one sendto: a migration's destination prepares it before the commit.
-class GratuitousArp {
+// Announces that the addresses of `ifname` in pid's netns are at that interface now: for each
+// IPv4 address a gratuitous ARP request (sender = target = the address, from the interface's MAC,
+// to the broadcast address); for each IPv6 address (link-local included, none still tentative)
+// an unsolicited neighbour advertisement (RFC 4861 7.2.6: Override set, the MAC as the target
+// link-layer option, to all-nodes ff02::1, hop limit 255). IPv4 first. For a bridged container
+// that appears on another port of the segment (restored on another host): the bridges learn
+// where its MAC is now, and the neighbours refresh their entries, so their packets reach it
+// without waiting for the bridges' ageing, the peers' ARP or their neighbour unreachability
+// detection. Prepared ahead (socket in pid's netns, frames built) so that sending costs one
+// sendto per frame: a migration's destination prepares it before the commit.
+class Announcement {
  public:
-  static Result<GratuitousArp> Prepare(pid_t pid, const std::string& ifname,
-                                       const std::string& addr);
+  static Result<Announcement> Prepare(pid_t pid, const std::string& ifname);
+  // Each frame `count` times, in order.
   Result<void> Send(int count = 1) const;
+  // The addresses announced, in the order sent ("198.18.0.5", "fe80::...").
+  const std::vector<std::string>& addresses() const { return addrs_; }
 
  private:
+  struct Frame {
+    std::vector<uint8_t> bytes;  // after the Ethernet header (the kernel adds it)
+    sockaddr_ll to{};
+  };
   UniqueFd fd_;
-  std::array<uint8_t, 28> arp_{};
-  sockaddr_ll to_{};
+  std::vector<Frame> frames_;
+  std::vector<std::string> addrs_;
   std::string what_;
 };
+
+// Prepare and Send(count): every address of ifname announced now. Returns the announcement.
+Result<Announcement> AnnounceAddresses(pid_t pid, const std::string& ifname, int count = 1);
 
 // True if a link with that name exists in the caller's network namespace.
 bool LinkExists(const std::string& name);

@@ -296,6 +296,7 @@ TEST_F(MigrateTest, IdleContainerThereAndBackTenTimes) {
     auto j = nlohmann::json::parse(*fs::ReadFile(rep));
     EXPECT_EQ(j["outcome"], "migrated");
     EXPECT_TRUE(j["tls"].get<bool>());
+    EXPECT_EQ(j["tls_cipher"].get<std::string>().rfind("TLS_", 0), 0u) << j["tls_cipher"];
     EXPECT_TRUE(j["boosted"].get<bool>());
     EXPECT_EQ(j["restore_phases"]["dest.boosted"].get<double>(), 1.0);
     // The destination made the environment while the source dumped the tree (EnvReady).
@@ -489,6 +490,16 @@ TEST_F(MigrateTest, NothingSpeaksForTheContainerButItsLiveCopy) {
       return StrFormat("EtherType %#x",
                        (static_cast<uint8_t>(f[12]) << 8) | static_cast<uint8_t>(f[13]));
     };
+    // After the ARP, its IPv6 addresses (the link-local one at least) are announced too: an
+    // unsolicited neighbour advertisement from the same MAC, out of the destination.
+    bool na = false;
+    for (size_t i = arp_at + 1; i < frames.size() && !na; ++i) {
+      const std::string& f = frames[i].bytes;
+      na = frames[i].host == to && f.substr(6, 6) == mac && f.size() >= 14 + 40 + 32 &&
+           f.compare(12, 2, "\x86\xdd", 2) == 0 && static_cast<uint8_t>(f[14 + 6]) == 58 &&
+           static_cast<uint8_t>(f[14 + 40]) == 136;
+    }
+    EXPECT_TRUE(na) << "no unsolicited neighbour advertisement out of host " << to;
     for (size_t i = 0; i < frames.size(); ++i) {
       if (frames[i].bytes.substr(6, 6) != mac) continue;
       if (i < arp_at) {

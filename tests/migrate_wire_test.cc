@@ -5,6 +5,12 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <linux/rtnetlink.h>
+#include <linux/neighbour.h>
+#include <sched.h>
+#include <sys/wait.h>
+#include <linux/if_packet.h>
+#include <linux/if_ether.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <linux/magic.h>
@@ -20,11 +26,13 @@
 #include <functional>
 #include <optional>
 #include <random>
+#include <set>
 #include <thread>
 #include <vector>
 
 #include "common/fs.h"
 #include "common/priority.h"
+#include "common/scope_exit.h"
 #include "container_test_util.h"
 #include "gtest/gtest.h"
 #include "migrate/dest.h"
@@ -33,6 +41,7 @@
 #include "migrate/source.h"
 #include "migrate/staging.h"
 #include "migrate/wire.h"
+#include "runtime/network.h"
 #include "tests/scratch_netns.h"
 
 namespace godwit::migrate {
@@ -120,6 +129,7 @@ TEST(MigrateWire, MutualTlsFramesAndPayloads) {
     Server s(l, TestCerts().For("hostb"), [&](Result<std::unique_ptr<Channel>> ch) {
       ASSERT_TRUE(ch.ok()) << ch.error().to_string();
       EXPECT_TRUE((*ch)->secure());
+      EXPECT_EQ((*ch)->cipher().rfind("TLS_AES_", 0), 0u) << (*ch)->cipher();  // TLS 1.3, AES-GCM
       mig::Frame f;
       std::string p;
       ASSERT_TRUE((*ch)->Recv(&f, &p).ok());
@@ -146,6 +156,7 @@ TEST(MigrateWire, MutualTlsFramesAndPayloads) {
     EXPECT_TRUE(f.has_welcome());
     EXPECT_TRUE(f.welcome().accepted());
     EXPECT_GT((*c)->bytes_sent(), big.size());
+    EXPECT_EQ((*c)->cipher().rfind("TLS_AES_", 0), 0u) << (*c)->cipher();
   }
 }
 
@@ -579,6 +590,147 @@ TEST(PacketHold, HeldFramesAreDeliveredAgain) {
   got.clear();
   ASSERT_TRUE(receive(&got)) << "the replayed datagram was not delivered";
   EXPECT_EQ(got, msg);
+}
+
+// The announcement a migration's destination sends at the commit (runtime::Announcement): a
+// gratuitous ARP per IPv4 address, then an unsolicited neighbour advertisement per IPv6 address
+// (global and link-local) of the interface. Seen on the segment, and taken by a neighbour: a peer
+// that still has the address at another MAC (where the container ran before) moves its entry.
+TEST(Announce, GratuitousArpAndUnsolicitedNaForEveryAddress) {
+  const std::string h = StrFormat("gwa%d-h", getpid()), c = StrFormat("gwa%d-c", getpid());
+  godwit::testing::ScratchNetns cleanup({h, c});
+  // Every address made by hand and usable at once: no duplicate address detection, no link-local
+  // of the kernel's (it, and the multicast route, come only once the link watcher saw the
+  // carrier, asynchronously), so nothing here waits for a timer.
+  const std::string nodad =
+      " sysctl -qw net.ipv6.conf.default.accept_dad=0 net.ipv6.conf.all.accept_dad=0";
+  ASSERT_EQ(std::system(("ip netns add " + h + " && ip netns add " + c + " && ip netns exec " + h +
+                         nodad + " && ip netns exec " + c + nodad + " && ip -n " + h +
+                         " link add ph address 02:00:00:00:00:05 type veth peer name pc netns " +
+                         c + " && ip -n " + h + " link set ph addrgenmode none && ip -n " + c +
+                         " link set pc addrgenmode none && ip -n " + h +
+                         " addr add 198.18.252.5/24 dev ph && ip -n " + h +
+                         " addr add 2001:db8:252::5/64 dev ph && ip -n " + h +
+                         " addr add fe80::ff:fe00:5/64 dev ph && ip -n " + c +
+                         " addr add 2001:db8:252::6/64 dev pc && ip -n " + h +
+                         " link set ph up && ip -n " + c + " link set pc up && ip -n " + c +
+                         " -6 route replace multicast ff00::/8 dev pc table local")
+                            .c_str()),
+            0);
+  // A neighbour that knows the addresses at the MAC the container had before.
+  for (const char* a : {"2001:db8:252::5", "fe80::ff:fe00:5"})
+    ASSERT_EQ(std::system(StrFormat("ip -n %s -6 neigh replace %s lladdr 02:00:00:00:00:99 dev pc "
+                                    "nud stale",
+                                    c.c_str(), a)
+                              .c_str()),
+              0);
+  // A process of the "container" (its network namespace is what the announcement joins): it says
+  // when it is in there, and stays until the test closes `hold` (or dies).
+  int ready[2], hold[2];
+  ASSERT_EQ(pipe2(ready, O_CLOEXEC), 0);
+  ASSERT_EQ(pipe2(hold, O_CLOEXEC), 0);
+  pid_t in_h = fork();
+  ASSERT_GE(in_h, 0);
+  if (in_h == 0) {
+    int ns = ::open(("/run/netns/" + h).c_str(), O_RDONLY | O_CLOEXEC);
+    if (ns < 0 || ::setns(ns, CLONE_NEWNET) != 0) _exit(1);
+    char b;
+    (void)!::write(ready[1], "r", 1);
+    ::close(hold[1]);
+    (void)!::read(hold[0], &b, 1);
+    _exit(0);
+  }
+  ::close(ready[1]);
+  ::close(hold[0]);
+  ScopeExit reap([&] {
+    ::close(hold[1]);
+    ::close(ready[0]);
+    ::kill(in_h, SIGKILL);
+    ::waitpid(in_h, nullptr, 0);
+  });
+  char b;
+  ASSERT_EQ(::read(ready[0], &b, 1), 1);
+  using godwit::testing::InNetns;
+  UniqueFd cap, neigh;
+  InNetns(c, [&] {
+    cap.reset(::socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, htons(ETH_P_ALL)));
+    neigh.reset(::socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE));
+  });
+  ASSERT_TRUE(cap.valid() && neigh.valid()) << strerror(errno);
+  sockaddr_nl groups{};
+  groups.nl_family = AF_NETLINK;
+  groups.nl_groups = RTMGRP_NEIGH;
+  ASSERT_EQ(::bind(neigh.get(), reinterpret_cast<sockaddr*>(&groups), sizeof(groups)), 0)
+      << strerror(errno);
+
+  auto an = runtime::Announcement::Prepare(in_h, "ph");
+  ASSERT_TRUE(an.ok()) << an.error().to_string();
+  EXPECT_EQ(an->addresses(), (std::vector<std::string>{"198.18.252.5", "2001:db8:252::5",
+                                                       "fe80::ff:fe00:5"}));
+  ASSERT_TRUE(an->Send(1).ok());
+
+  // On the wire: the ARP, then one advertisement per IPv6 address, from the interface's MAC.
+  const std::string mac("\x02\x00\x00\x00\x00\x05", 6);
+  std::vector<std::string> seen;
+  for (;;) {
+    pollfd p{cap.get(), POLLIN, 0};
+    if (seen.size() == 3 || ::poll(&p, 1, 5000) != 1) break;
+    char buf[2048];
+    ssize_t n = ::recv(cap.get(), buf, sizeof(buf), 0);
+    ASSERT_GT(n, 14);
+    std::string f(buf, static_cast<size_t>(n));
+    if (f.substr(6, 6) != mac) continue;
+    if (f.compare(12, 2, "\x08\x06", 2) == 0) {
+      ASSERT_GE(f.size(), 42u);
+      EXPECT_EQ(f.substr(0, 6), std::string(6, '\xff'));
+      EXPECT_EQ(f.substr(22, 6), mac);                   // sender hardware address
+      EXPECT_EQ(f.substr(28, 4), f.substr(38, 4));       // sender == target: gratuitous
+      char ip[INET_ADDRSTRLEN];
+      inet_ntop(AF_INET, f.data() + 28, ip, sizeof(ip));
+      seen.push_back(ip);
+    } else if (f.compare(12, 2, "\x86\xdd", 2) == 0 && f.size() >= 14 + 40 + 32 &&
+               static_cast<uint8_t>(f[14 + 6]) == IPPROTO_ICMPV6 &&
+               static_cast<uint8_t>(f[14 + 40]) == 136) {
+      EXPECT_EQ(f.substr(0, 6), std::string("\x33\x33\x00\x00\x00\x01", 6));
+      EXPECT_EQ(static_cast<uint8_t>(f[14 + 7]), 255);       // hop limit
+      EXPECT_EQ(static_cast<uint8_t>(f[14 + 40 + 4]), 0x20);  // Override, not Solicited
+      EXPECT_EQ(f.substr(14 + 40 + 26, 6), mac);               // target link-layer address
+      char ip[INET6_ADDRSTRLEN];
+      inet_ntop(AF_INET6, f.data() + 14 + 40 + 8, ip, sizeof(ip));
+      seen.push_back(ip);
+    }
+  }
+  EXPECT_EQ(seen, an->addresses());
+  // The neighbour took them (a bad checksum or hop limit would have been dropped): its entries
+  // point at the interface's MAC now. The kernel handles a frame after the capture saw it: its
+  // neighbour notifications (subscribed before the send) say when.
+  std::set<std::string> moved;
+  for (;;) {
+    pollfd p{neigh.get(), POLLIN, 0};
+    if (moved.size() == 2 || ::poll(&p, 1, 5000) != 1) break;
+    char buf[8192];
+    ssize_t n = ::recv(neigh.get(), buf, sizeof(buf), 0);
+    ASSERT_GT(n, 0);
+    for (auto* nh = reinterpret_cast<nlmsghdr*>(buf); NLMSG_OK(nh, static_cast<unsigned>(n));
+         nh = NLMSG_NEXT(nh, n)) {
+      if (nh->nlmsg_type != RTM_NEWNEIGH) continue;
+      auto* nd = static_cast<ndmsg*>(NLMSG_DATA(nh));
+      if (nd->ndm_family != AF_INET6) continue;
+      std::string dst, ll;
+      int len = static_cast<int>(RTM_PAYLOAD(nh));
+      for (auto* a = reinterpret_cast<rtattr*>(reinterpret_cast<char*>(nd) + NLMSG_ALIGN(sizeof(*nd)));
+           RTA_OK(a, len); a = RTA_NEXT(a, len)) {
+        if (a->rta_type == NDA_DST && RTA_PAYLOAD(a) == 16) {
+          char ip[INET6_ADDRSTRLEN];
+          inet_ntop(AF_INET6, RTA_DATA(a), ip, sizeof(ip));
+          dst = ip;
+        }
+        if (a->rta_type == NDA_LLADDR) ll.assign(static_cast<char*>(RTA_DATA(a)), RTA_PAYLOAD(a));
+      }
+      if (ll == mac) moved.insert(dst);
+    }
+  }
+  EXPECT_EQ(moved, (std::set<std::string>{"2001:db8:252::5", "fe80::ff:fe00:5"}));
 }
 
 // Staging (migrate/staging.h): a state root on a disk file system stages in /dev/shm, one of
