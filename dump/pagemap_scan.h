@@ -28,14 +28,18 @@ Result<void> Scan(int pagemap_fd, uint64_t start, uint64_t end, const Query& q,
 
 // The pages of [start, end) with content of the process's own, as PresentPages::Collect decides
 // (present or swapped, not the zero page; with private_file, not the file's page-cache page), in
-// one walk that returns ranges instead of a pagemap entry per page: ~ten times faster on big
-// mappings. It does not count the pages it skips.
-Result<void> ContentPages(int pagemap_fd, uint64_t start, uint64_t end, bool private_file,
-                          std::vector<PageRange>* out);
-
-// The same, counting what it skips as PresentPages::Collect does (one walk, ranges returned with
-// their categories): the final dump's source of pages where the kernel has PAGEMAP_SCAN.
+// one walk that returns ranges with their categories instead of a pagemap entry per page (~ten
+// times faster on big mappings), counting what it skips as PresentPages::Collect does: the final
+// dump's source of pages where the kernel has PAGEMAP_SCAN.
 Result<void> ContentPagesCounted(int pagemap_fd, uint64_t start, uint64_t end, bool private_file,
                                  std::vector<PageRange>* out, PageCounts* counts);
+
+// For a VMA tracked since a pre-copy started (registered for write-protect, dump/dirty.h): in one
+// walk, its pages with content of the process's own (as ContentPagesCounted, uncounted) to
+// `content`, and those of them written since the last round (not write-protected again:
+// PAGE_IS_WRITTEN) to `written`. Nothing is protected again: the final dump's walk, after which
+// tracking ends. A range of 128 MiB or more is walked in two halves on two threads.
+Result<void> ContentAndWritten(int pagemap_fd, uint64_t start, uint64_t end, bool private_file,
+                               std::vector<PageRange>* content, std::vector<PageRange>* written);
 
 }  // namespace godwit::dump::pagemap_scan

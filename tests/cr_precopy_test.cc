@@ -4,6 +4,10 @@
 // with the pre-copy into the same sink. The rounds report their bytes and dirty rate, the final
 // dump stores a small part of the memory, and after the restore every word is checked by the
 // helper itself (exit code and result files).
+#include <linux/userfaultfd.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/stat.h>
@@ -19,6 +23,10 @@
 #include <sstream>
 
 #include "cr_util.h"
+#include "common/unique_fd.h"
+#include "common/fs.h"
+#include "common/pagemap_scan.h"
+#include "dump/pagemap_scan.h"
 #include "dump/dump.h"
 #include "dump/precopy.h"
 #include "dump/vma_iter.h"
@@ -689,3 +697,77 @@ TEST_F(CrPreCopy, FinalDeltaRoomIsReservedBeforeTheFreeze) {
 
 }  // namespace
 }  // namespace godwit::crtest
+
+// The final dump's walk of a tracked VMA (dump/pagemap_scan.h ContentAndWritten): one walk gives
+// the pages with content and, among them, the ones written since they were protected; a VMA of
+// 128 MiB or more is walked in two halves on two threads, which must give the same ranges as
+// walking it in pieces one after the other. Here: this process's own 256 MiB, tracked like a
+// pre-copied one (userfaultfd, async write-protect), written in both halves and across the middle,
+// with a hole (MADV_DONTNEED) and pages that hold the zero page (read only).
+TEST(PagemapScan, ContentAndWrittenInOneWalkSplitOrNot) {
+  constexpr size_t kLen = 256 << 20, kPg = 4096;
+  // 2 MiB aligned, so that the halves' border is the middle.
+  char* raw = static_cast<char*>(
+      mmap(nullptr, kLen + (2 << 20), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  ASSERT_NE(raw, MAP_FAILED);
+  char* p = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(raw) + (2 << 20) - 1) &
+                                    ~uintptr_t((2 << 20) - 1));
+  ASSERT_EQ(madvise(p, kLen, MADV_NOHUGEPAGE), 0);
+  for (size_t i = 0; i < kLen; i += kPg) p[i] = 1;
+  godwit::UniqueFd uffd(static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK)));
+  ASSERT_TRUE(uffd.valid()) << strerror(errno);
+  uffdio_api api{};
+  api.api = UFFD_API;
+  api.features = godwit::pagemap::kUffdFeatureWpAsync | godwit::pagemap::kUffdFeatureWpUnpopulated;
+  if (ioctl(uffd.get(), UFFDIO_API, &api) < 0) GTEST_SKIP() << "no userfaultfd WP_ASYNC here";
+  uffdio_register reg{};
+  reg.range = {reinterpret_cast<uint64_t>(p), kLen};
+  reg.mode = UFFDIO_REGISTER_MODE_WP;
+  ASSERT_EQ(ioctl(uffd.get(), UFFDIO_REGISTER, &reg), 0) << strerror(errno);
+  uffdio_writeprotect wp{};
+  wp.range = reg.range;
+  wp.mode = UFFDIO_WRITEPROTECT_MODE_WP;
+  ASSERT_EQ(ioctl(uffd.get(), UFFDIO_WRITEPROTECT, &wp), 0) << strerror(errno);
+  // A hole made since (anonymous: the zap leaves no marker), written since: a page near the
+  // start, a run across the middle, the last page.
+  ASSERT_EQ(madvise(p + 8 * kPg, 4 * kPg, MADV_DONTNEED), 0);
+  const size_t mid = kLen / 2;
+  p[3 * kPg] = 2;
+  for (size_t i = mid - 2 * kPg; i < mid + 3 * kPg; i += kPg) p[i] = 2;
+  p[kLen - kPg] = 2;
+  volatile char sink = p[9 * kPg];  // read from the hole: the zero page, no content
+  (void)sink;
+  auto pm = godwit::fs::Open("/proc/self/pagemap", O_RDONLY);
+  ASSERT_TRUE(pm.ok()) << pm.error().to_string();
+  const uint64_t a = reinterpret_cast<uint64_t>(p);
+  std::vector<godwit::dump::PageRange> content, written;
+  auto r = godwit::dump::pagemap_scan::ContentAndWritten(pm->get(), a, a + kLen, false, &content, &written);
+  if (!r.ok() && (r.error().sys_errno() == EINVAL || r.error().sys_errno() == ENOTTY))
+    GTEST_SKIP() << "no PAGEMAP_SCAN here";
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  auto ranges = [](const std::vector<godwit::dump::PageRange>& v) {
+    std::vector<std::pair<uint64_t, uint64_t>> out;
+    for (const auto& x : v) out.push_back({x.addr, x.npages});
+    return out;
+  };
+  using R = std::vector<std::pair<uint64_t, uint64_t>>;
+  EXPECT_EQ(ranges(content), (R{{a, 8}, {a + 12 * kPg, kLen / kPg - 12}}));
+  EXPECT_EQ(ranges(written), (R{{a + 3 * kPg, 1}, {a + mid - 2 * kPg, 5}, {a + kLen - kPg, 1}}));
+  // The same from pieces under the split size, walked one after the other.
+  std::vector<godwit::dump::PageRange> c2, w2;
+  for (uint64_t at = a; at < a + kLen; at += 32 << 20) {
+    std::vector<godwit::dump::PageRange> c, w;
+    ASSERT_TRUE(godwit::dump::pagemap_scan::ContentAndWritten(pm->get(), at, at + (32 << 20), false, &c, &w).ok());
+    for (auto pair : {std::make_pair(&c, &c2), std::make_pair(&w, &w2)})
+      for (const auto& x : *pair.first) {
+        auto& dst = *pair.second;
+        if (!dst.empty() && dst.back().addr + dst.back().npages * kPg == x.addr)
+          dst.back().npages += x.npages;
+        else
+          dst.push_back(x);
+      }
+  }
+  EXPECT_EQ(ranges(c2), ranges(content));
+  EXPECT_EQ(ranges(w2), ranges(written));
+  munmap(raw, kLen + (2 << 20));
+}
