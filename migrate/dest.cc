@@ -687,7 +687,9 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
         // now on (our hold keeps what arrives while the connections are still locked). Then the
         // connections unlocked, the frames the source held and ours replayed, in that order.
         if (arp) {
-          auto an = arp->Send(2);
+          // The first address only (one frame teaches the segment the port); the others go
+          // after Done: 2-6 more frames, each crossing the bridge to every port inside sendto.
+          auto an = arp->SendFirst(2);
           if (!an.ok())
             LOG_WARN("migration of %s: %s", res.id.c_str(), an.error().to_string().c_str());
         }
@@ -739,6 +741,11 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
         auto s = ch.Send(d);
         if (!s.ok()) LOG_WARN("migration of %s: done: %s", res.id.c_str(),
                               s.error().to_string().c_str());
+        if (arp) {
+          auto an = arp->SendRest(2);
+          if (!an.ok())
+            LOG_WARN("migration of %s: %s", res.id.c_str(), an.error().to_string().c_str());
+        }
         if (restored_lock) {
           auto u = restored_lock->Unlock();
           if (!u.ok())

@@ -361,9 +361,12 @@ Result<Announcement> Announcement::Prepare(pid_t pid, const std::string& ifname)
   return g;
 }
 
-Result<void> Announcement::Send(int count) const {
+Result<void> Announcement::Send(int count) const { return SendRange(0, frames_.size(), count); }
+
+Result<void> Announcement::SendRange(size_t from, size_t to, int count) const {
+  to = std::min(to, frames_.size());
   for (int i = 0; i < count; ++i) {
-    for (size_t k = 0; k < frames_.size(); ++k) {
+    for (size_t k = from; k < to; ++k) {
       const Frame& f = frames_[k];
       if (::sendto(fd_.get(), f.bytes.data(), f.bytes.size(), 0,
                    reinterpret_cast<const sockaddr*>(&f.to),

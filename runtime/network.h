@@ -91,10 +91,16 @@ class Announcement {
   static Result<Announcement> Prepare(pid_t pid, const std::string& ifname);
   // Each frame `count` times, in order.
   Result<void> Send(int count = 1) const;
+  // The first frame only (the first IPv4 address's ARP, else the first IPv6 advertisement),
+  // `count` times: enough for the segment's bridges to learn the port, which is what a
+  // migration's commit waits for; then the others (SendRest) once the blackout is over.
+  Result<void> SendFirst(int count = 1) const { return SendRange(0, 1, count); }
+  Result<void> SendRest(int count = 1) const { return SendRange(1, frames_.size(), count); }
   // The addresses announced, in the order sent ("198.18.0.5", "fe80::...").
   const std::vector<std::string>& addresses() const { return addrs_; }
 
  private:
+  Result<void> SendRange(size_t from, size_t to, int count) const;
   struct Frame {
     std::vector<uint8_t> bytes;  // after the Ethernet header (the kernel adds it)
     sockaddr_ll to{};

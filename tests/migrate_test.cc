@@ -15,6 +15,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -431,6 +432,24 @@ class SegmentCapture {
     t.join();
   }
   bool ok() const { return static_cast<bool>(fd_); }
+  // More frames into *out until one satisfies pred or timeout_ms pass (true: it came).
+  bool WaitFor(std::vector<Frame>* out, const std::function<bool(const Frame&)>& pred,
+               int timeout_ms) {
+    for (const Frame& f : *out)
+      if (pred(f)) return true;
+    auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+    for (;;) {
+      int left = static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                      end - std::chrono::steady_clock::now())
+                                      .count());
+      pollfd p{fd_.get(), POLLIN, 0};
+      if (left <= 0 || ::poll(&p, 1, left) != 1) return false;
+      size_t had = out->size();
+      for (Frame& f : Drain()) out->push_back(std::move(f));
+      for (size_t i = had; i < out->size(); ++i)
+        if (pred((*out)[i])) return true;
+    }
+  }
   std::vector<Frame> Drain() {
     std::vector<Frame> out;
     char buf[2048];
@@ -492,14 +511,15 @@ TEST_F(MigrateTest, NothingSpeaksForTheContainerButItsLiveCopy) {
     };
     // After the ARP, its IPv6 addresses (the link-local one at least) are announced too: an
     // unsolicited neighbour advertisement from the same MAC, out of the destination.
-    bool na = false;
-    for (size_t i = arp_at + 1; i < frames.size() && !na; ++i) {
-      const std::string& f = frames[i].bytes;
-      na = frames[i].host == to && f.substr(6, 6) == mac && f.size() >= 14 + 40 + 32 &&
-           f.compare(12, 2, "\x86\xdd", 2) == 0 && static_cast<uint8_t>(f[14 + 6]) == 58 &&
-           static_cast<uint8_t>(f[14 + 40]) == 136;
-    }
-    EXPECT_TRUE(na) << "no unsolicited neighbour advertisement out of host " << to;
+    // They go right after Done, while the source deletes its copy: waited for.
+    auto is_na = [&](const SegmentCapture::Frame& fr) {
+      const std::string& f = fr.bytes;
+      return fr.host == to && f.substr(6, 6) == mac && f.size() >= 14 + 40 + 32 &&
+             f.compare(12, 2, "\x86\xdd", 2) == 0 && static_cast<uint8_t>(f[14 + 6]) == 58 &&
+             static_cast<uint8_t>(f[14 + 40]) == 136;
+    };
+    EXPECT_TRUE(cap.WaitFor(&frames, is_na, 5000))
+        << "no unsolicited neighbour advertisement out of host " << to;
     for (size_t i = 0; i < frames.size(); ++i) {
       if (frames[i].bytes.substr(6, 6) != mac) continue;
       if (i < arp_at) {
