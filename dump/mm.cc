@@ -357,6 +357,7 @@ Result<void> DumpMm(DumpContext& ctx, ProcessDump& p) {
   // the last round are stored now.
   std::vector<PageRange> r_cov, u_cov;
   std::vector<PageRange> dirty_cov;  // of those, the ones written since the last round
+  std::vector<PageRange> swapped_pf;  // of those in private file mappings, "swapped" ones
   DirtyTracker* tracker = ctx.opts.precopy ? ctx.opts.precopy->Tracker(pid) : nullptr;
   std::vector<PageRange> tracked;
   if (tracker) {
@@ -408,7 +409,8 @@ Result<void> DumpMm(DumpContext& ctx, ProcessDump& p) {
         ASSIGN_OR_RETURN(scan_fd, fs::Open(StrFormat("/proc/%d/pagemap", pid), O_RDONLY));
       }
       TRY_CTX(pagemap_scan::ContentAndWritten(scan_fd.get(), m.start, m.end,
-                                              kind != img::VMA_ANON_PRIVATE, &dst, &dirty_cov),
+                                              kind != img::VMA_ANON_PRIVATE, &dst, &dirty_cov,
+                                              &swapped_pf),
               "pid %d: pages of %#lx-%#lx", pid, static_cast<unsigned long>(m.start),
               static_cast<unsigned long>(m.end));
       continue;
@@ -431,6 +433,16 @@ Result<void> DumpMm(DumpContext& ctx, ProcessDump& p) {
       counts = before;
     }
     TRY(source->Collect(m.start, m.end, kind != img::VMA_ANON_PRIVATE, &dst, &counts));
+  }
+  if (!swapped_pf.empty()) {
+    // Write-protect markers are no pages: one where a protected copy of a file page was zapped
+    // since (MADV_DONTNEED: the file's page shows again there) must not keep a round's copy
+    // (present below decides which earlier pages stay), and the untouched pages of a file
+    // mapping all hold one.
+    ASSIGN_OR_RETURN(std::vector<PageRange> markers,
+                     pagemap_scan::PteMarkers(scan_fd.get(), swapped_pf));
+    r_cov = Subtract(r_cov, markers);
+    u_cov = Subtract(u_cov, markers);
   }
   if (!guards.empty()) {
     readable = Subtract(readable, guards);

@@ -1,7 +1,9 @@
 #include "dump/pagemap_scan.h"
 
 #include <sys/ioctl.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <thread>
 
@@ -81,7 +83,8 @@ namespace {
 // ContentAndWritten over one part, without threads.
 Result<void> ContentAndWrittenPart(int pagemap_fd, uint64_t start, uint64_t end, bool private_file,
                                    std::vector<PageRange>* content,
-                                   std::vector<PageRange>* written) {
+                                   std::vector<PageRange>* written,
+                                   std::vector<PageRange>* swapped) {
   const uint64_t skip = pagemap::kPageIsPfnZero | (private_file ? pagemap::kPageIsFile : 0);
   Query q;
   q.category_anyof_mask = pagemap::kPageIsPresent | pagemap::kPageIsSwapped;
@@ -90,7 +93,10 @@ Result<void> ContentAndWrittenPart(int pagemap_fd, uint64_t start, uint64_t end,
     const uint64_t c = g.categories;
     if (!(c & pagemap::kPageIsSwapped) && (c & skip)) return;  // as ContentPagesCounted
     Append(g, content);
-    if (c & pagemap::kPageIsWritten) Append(g, written);
+    if (c & pagemap::kPageIsWritten)
+      Append(g, written);
+    else if (private_file && swapped && (c & pagemap::kPageIsSwapped))
+      Append(g, swapped);
   });
 }
 
@@ -103,25 +109,50 @@ void AppendAll(std::vector<PageRange>* a, const std::vector<PageRange>& b) {
 }  // namespace
 
 Result<void> ContentAndWritten(int pagemap_fd, uint64_t start, uint64_t end, bool private_file,
-                               std::vector<PageRange>* content, std::vector<PageRange>* written) {
+                               std::vector<PageRange>* content, std::vector<PageRange>* written,
+                               std::vector<PageRange>* swapped) {
   // The walk costs ~4 ms per GiB of page tables: a large range is walked in two halves on two
   // threads (mmap_lock is taken shared by each), which halves it inside the freeze.
   constexpr uint64_t kSplitMin = 128ull << 20, kAlign = 2ull << 20;
   const uint64_t mid = (start + (end - start) / 2) & ~(kAlign - 1);
   if (end - start < kSplitMin || mid <= start || mid >= end || std::thread::hardware_concurrency() < 2)
-    return ContentAndWrittenPart(pagemap_fd, start, end, private_file, content, written);
-  std::vector<PageRange> c2, w2;
+    return ContentAndWrittenPart(pagemap_fd, start, end, private_file, content, written, swapped);
+  std::vector<PageRange> c2, w2, s2;
   Result<void> second = Ok();
   std::thread t([&] {
-    second = ContentAndWrittenPart(pagemap_fd, mid, end, private_file, &c2, &w2);
+    second = ContentAndWrittenPart(pagemap_fd, mid, end, private_file, &c2, &w2,
+                                   swapped ? &s2 : nullptr);
   });
-  Result<void> first = ContentAndWrittenPart(pagemap_fd, start, mid, private_file, content, written);
+  Result<void> first =
+      ContentAndWrittenPart(pagemap_fd, start, mid, private_file, content, written, swapped);
   t.join();
   TRY(std::move(first));
   TRY(std::move(second));
   AppendAll(content, c2);
   AppendAll(written, w2);
+  if (swapped) AppendAll(swapped, s2);
   return Ok();
+}
+
+Result<std::vector<PageRange>> PteMarkers(int pagemap_fd, const std::vector<PageRange>& ranges) {
+  std::vector<PageRange> out;
+  std::vector<uint64_t> buf;
+  for (const PageRange& r : ranges) {
+    for (uint64_t done = 0; done < r.npages;) {
+      const uint64_t n = std::min<uint64_t>(r.npages - done, 8192);
+      const uint64_t addr = r.addr + done * kPage;
+      buf.resize(n);
+      ssize_t got = pread(pagemap_fd, buf.data(), n * 8, static_cast<off_t>(addr / kPage * 8));
+      if (got != static_cast<ssize_t>(n * 8))
+        return Errno("read pagemap at %#lx", static_cast<unsigned long>(addr));
+      for (uint64_t i = 0; i < n; ++i) {
+        if (!IsPteMarker(buf[i])) continue;
+        Append({addr + i * kPage, addr + (i + 1) * kPage, 0}, &out);
+      }
+      done += n;
+    }
+  }
+  return out;
 }
 
 }  // namespace godwit::dump::pagemap_scan

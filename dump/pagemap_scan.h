@@ -39,7 +39,14 @@ Result<void> ContentPagesCounted(int pagemap_fd, uint64_t start, uint64_t end, b
 // `content`, and those of them written since the last round (not write-protected again:
 // PAGE_IS_WRITTEN) to `written`. Nothing is protected again: the final dump's walk, after which
 // tracking ends. A range of 128 MiB or more is walked in two halves on two threads.
+// With private_file, the "swapped" pages not written since also go to *swapped (sorted): among
+// them the write-protect markers that stand for no page (PteMarkers tells them apart).
 Result<void> ContentAndWritten(int pagemap_fd, uint64_t start, uint64_t end, bool private_file,
-                               std::vector<PageRange>* content, std::vector<PageRange>* written);
+                               std::vector<PageRange>* content, std::vector<PageRange>* written,
+                               std::vector<PageRange>* swapped = nullptr);
+
+// The pages of ranges (sorted) whose /proc/PID/pagemap entry is a write-protect marker
+// (dump/pages.h IsPteMarker), read from pagemap_fd.
+Result<std::vector<PageRange>> PteMarkers(int pagemap_fd, const std::vector<PageRange>& ranges);
 
 }  // namespace godwit::dump::pagemap_scan

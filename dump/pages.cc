@@ -96,7 +96,7 @@ Result<void> PresentPages::Collect(uint64_t start, uint64_t end, bool private_fi
       uint64_t e = buf_[i];
       bool take = false;
       if (e & kSwapped) {
-        take = true;
+        take = !IsPteMarker(e);  // a marker is no page (a tracked file mapping's untouched ones)
       } else if (e & kPresent) {
         counts->present++;
         if (private_file && (e & kFileShared)) {

@@ -73,6 +73,16 @@ std::vector<proc::MapsEntry> WithoutRange(const std::vector<proc::MapsEntry>& ma
 // Concatenates and sorts non-overlapping range lists.
 std::vector<PageRange> MergeRanges(std::vector<PageRange> a, const std::vector<PageRange>& b);
 
+// True for a /proc/PID/pagemap entry that holds only a userfaultfd write-protect marker: no page
+// at all (the kernel leaves one where a protected page of a file mapping was zapped, and on
+// every page left untouched in a file mapping when tracking starts), though the entry says
+// "swapped". Its swap type (the low 5 bits, shown to CAP_SYS_ADMIN only) is SWP_PTE_MARKER, 31;
+// real swap types are below it. Without the capability the type reads 0: not recognized.
+inline bool IsPteMarker(uint64_t pagemap_entry) {
+  return (pagemap_entry & (1ULL << 62)) && !(pagemap_entry & (1ULL << 63)) &&
+         (pagemap_entry & 31) == 31;
+}
+
 // The pfn of the kernel's zero page (a read fault on fresh anonymous memory maps it).
 Result<uint64_t> ZeroPagePfn();
 

@@ -3,7 +3,9 @@
 // fill: their arrays start as shared copy-on-write pages) each increment words of a small working
 // set (WORKSET_KIB of each array) in both arrays, a little memory written all the time. Every
 // 2048 increments a 1 MiB region (mapped before the tracking started) is replaced by a fresh
-// mapping (mmap MAP_FIXED over it) filled for a new generation: one dirty tracking never saw. Once DIR/go exists, each
+// mapping (mmap MAP_FIXED over it) filled for a new generation: one dirty tracking never saw. Every
+// 8192 increments one more page of a private mapping of DIR/priv (copied on write before) is
+// dropped with MADV_DONTNEED, so it reads the file again. Once DIR/go exists, each
 // process checks every word (a == b, the increments add up, the region holds its generation)
 // and writes "ok N" or "bad CODE" to DIR/result-I; the first waits for the others.
 // Then it exits with 0 or the first bad code, or with "stay" sleeps (a container's init).
@@ -46,10 +48,28 @@ static uint64_t* fill_region(uint64_t* at, uint64_t gen) {
   return r;
 }
 
+// A private mapping of DIR/priv (PRIV_PAGES pages of 'f'), every page copied on write ('c')
+// before the tracking starts; then one page after another dropped (MADV_DONTNEED) while the
+// rounds run: those read the file's 'f' again, and a restore must not bring the copies back.
+#define PRIV_PAGES 256
+static char* map_priv(void) {
+  char p[600];
+  path(p, sizeof(p), "priv");
+  int fd = open(p, O_RDONLY);
+  if (fd < 0) exit(21);
+  char* m = mmap(NULL, PRIV_PAGES * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+  close(fd);
+  if (m == MAP_FAILED) exit(22);
+  for (size_t i = 0; i < PRIV_PAGES; ++i) memset(m + i * 4096, 'c', 4096);
+  return m;
+}
+
 // One process's loop until DIR/go, then its check. Returns 0 or a bad code.
 static int work(int index, uint64_t* a, uint64_t* b, size_t n, size_t workset,
                 uint64_t* region) {
   uint64_t gen = 0;
+  char* priv = map_priv();
+  size_t dropped = 0;
   struct timespec pause = {0, 50000};
   char go[600];
   path(go, sizeof(go), "go");
@@ -61,6 +81,8 @@ static int work(int index, uint64_t* a, uint64_t* b, size_t n, size_t workset,
     a[idx]++;
     b[idx]++;
     if ((it & 2047) == 0) region = fill_region(region, ++gen);
+    if ((it & 8191) == 0 && dropped < PRIV_PAGES)
+      madvise(priv + 4096 * dropped++, 4096, MADV_DONTNEED);
     if ((it & 63) == 0) nanosleep(&pause, NULL);
     if ((it & 1023) == 0 && access(go, F_OK) == 0) break;
   }
@@ -74,6 +96,8 @@ static int work(int index, uint64_t* a, uint64_t* b, size_t n, size_t workset,
   if (!bad && sa - s0 != it) bad = 12;
   for (size_t j = 0; j < REGION / 8 && !bad; ++j)
     if (region[j] != gen * 1000003u + j) bad = 13;
+  for (size_t i = 0; i < PRIV_PAGES * 4096 && !bad; ++i)
+    if (priv[i] != (i / 4096 < dropped ? 'f' : 'c')) bad = 14;
   char name[32], text[64];
   snprintf(name, sizeof(name), "result-%d", index);
   if (bad)
@@ -98,6 +122,17 @@ int main(int argc, char** argv) {
   uint64_t* b = mmap(NULL, n * 8, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (a == MAP_FAILED || b == MAP_FAILED) return 3;
   for (size_t j = 0; j < n; ++j) a[j] = b[j] = j;
+  {
+    char p[600];
+    path(p, sizeof(p), "priv");
+    int fd = open(p, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0) return 10;
+    char page[4096];
+    memset(page, 'f', sizeof(page));
+    for (int i = 0; i < PRIV_PAGES; ++i)
+      if (write(fd, page, sizeof(page)) != (ssize_t)sizeof(page)) return 10;
+    close(fd);
+  }
   // Mapped before the tracking starts, replaced after: tracking must see that it is not the
   // mapping it protected.
   uint64_t* region = fill_region(NULL, 0);
