@@ -29,6 +29,17 @@
 namespace godwit::cli {
 namespace {
 
+// The detached lazy pager's pid in the container's record (runtime::Container::pager_pid), so
+// that delete waits for it.
+void RecordPager(runtime::Container c, pid_t pager) {
+  if (pager <= 0) return;
+  c.pager_pid = pager;
+  c.pager_start_time = runtime::ProcessStartTime(pager);
+  if (auto s = c.Save(); !s.ok())
+    LOG_WARN("container %s: recording its lazy pager %d: %s", c.id.c_str(), pager,
+             s.error().to_string().c_str());
+}
+
 nlohmann::json PhasesJson(const container::CheckpointPhases& p) {
   return {{"prepare_ms", p.prepare_ms},
           {"freeze_ms", p.freeze_ms},
@@ -440,6 +451,7 @@ int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
     r->leftovers.reset();  // may wait (container::RestoreResult::leftovers): the line is out
     auto d = r->pager->Detach();
     if (!d.ok()) return fail(d.error());
+    RecordPager(c, *d);
     return 0;
   }
   r->leftovers.reset();  // before the pager's fork: it must not hold them
@@ -448,6 +460,7 @@ int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
     auto d = r->pager->Detach();
     if (!d.ok()) return fail(d.error());
     pager_pid = *d;
+    RecordPager(c, pager_pid);
   }
   r->phases.pager_detach_ms = timing::MsSince(t_detach);
   WriteWorkLog(work, "restore.log",

@@ -10,9 +10,13 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "cli/command.h"
+#include "common/fs.h"
+#include "common/proc.h"
 
 namespace godwit::cli {
 namespace {
@@ -45,8 +49,27 @@ int Subreaper(Global& global, const std::vector<std::string>& args) {
     if (p < 0 && errno == EINTR) continue;
     if (p < 0) break;  // ECHILD: every descendant has been reaped
     if (p == 0) {
-      fprintf(stderr, "godwit subreaper: descendants of %s still running after it exited\n",
-              args[start].c_str());
+      // Named: our children now (each orphan below us was re-parented here).
+      std::string who;
+      if (auto names = fs::ListDir("/proc"); names.ok()) {
+        for (const auto& n : *names) {
+          char* end = nullptr;
+          long pid = strtol(n.c_str(), &end, 10);
+          if (pid <= 0 || *end != '\0') continue;
+          auto st = proc::ReadStat(static_cast<pid_t>(pid));
+          if (!st.ok() || st->ppid != getpid()) continue;
+          std::string cmd = st->comm;
+          if (auto c = fs::ReadFile(StrFormat("/proc/%ld/cmdline", pid)); c.ok() && !c->empty()) {
+            cmd = c->substr(0, 120);
+            for (char& ch : cmd)
+              if (ch == '\0') ch = ' ';
+            while (!cmd.empty() && cmd.back() == ' ') cmd.pop_back();
+          }
+          who += StrFormat(" %ld (%s)", pid, cmd.c_str());
+        }
+      }
+      fprintf(stderr, "godwit subreaper: descendants of %s still running after it exited:%s\n",
+              args[start].c_str(), who.empty() ? " (gone meanwhile)" : who.c_str());
       break;
     }
     if (p == child) {

@@ -138,6 +138,8 @@ json Container::ToJson() const {
       {"rootfs", rootfs},
       {"pid", pid},
       {"pidStartTime", pid_start_time},
+      {"lazyPagerPid", pager_pid},
+      {"lazyPagerStartTime", pager_start_time},
       {"created", created},
       {"cgroup",
        {{"layout", cgroup_layout},
@@ -188,6 +190,11 @@ Result<Container> Container::FromJson(const json& j) {
   c.pid_start_time = j.contains("pidStartTime") && j["pidStartTime"].is_number_unsigned()
                          ? j["pidStartTime"].get<uint64_t>()
                          : 0;
+  c.pager_pid = num(j, "lazyPagerPid");
+  c.pager_start_time =
+      j.contains("lazyPagerStartTime") && j["lazyPagerStartTime"].is_number_unsigned()
+          ? j["lazyPagerStartTime"].get<uint64_t>()
+          : 0;
   c.created = str(j, "created");
   json cg = j.value("cgroup", json::object());
   c.cgroup_layout = str(cg, "layout");

@@ -27,6 +27,10 @@ struct Container {
   std::string rootfs;           // absolute root.path
   pid_t pid = 0;                // host pid of the container's init (pid 1 inside)
   uint64_t pid_start_time = 0;  // /proc/<pid>/stat field 22: tells a reused pid apart
+  // The lazy pager a restore left filling its memory (restore --lazy --detach), if any: it
+  // ends by itself once the tree is gone, and delete waits for it.
+  pid_t pager_pid = 0;
+  uint64_t pager_start_time = 0;
   std::string created;          // RFC 3339, UTC
   // cgroups: layout ("v1", "v2", "hybrid"), the parent its cgroup is under ("godwit", or the
   // --cgroup-parent it was created or restored with) and the directory per controller.

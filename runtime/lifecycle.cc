@@ -577,6 +577,16 @@ Result<void> Delete(const std::string& root, const std::string& id, bool force,
     if (pids.ok() && !pids->empty()) (void)KillAll(*cg, 0, 0);
     if (c.pid > 0) (void)::waitpid(c.pid, nullptr, WNOHANG);
   }
+  // The lazy pager a restore left ends by itself once the tree is gone: waited for, so that
+  // nothing of the container outlives its delete; one still there then is ours to end.
+  if (c.pager_pid > 0 && ProcessStartTime(c.pager_pid) == c.pager_start_time) {
+    WaitGone(c.pager_pid, c.pager_start_time);
+    if (ProcessStartTime(c.pager_pid) == c.pager_start_time) {
+      ::kill(c.pager_pid, SIGKILL);
+      WaitGone(c.pager_pid, c.pager_start_time);
+    }
+    timer.Mark("pager");
+  }
   TRY_CTX(cg->Destroy(), "delete %s", id.c_str());
   timer.Mark("cgroups");
   // The init is gone (killed and waited for above, or stopped): its netns is dying.

@@ -275,6 +275,32 @@ TEST_F(ContainerPreCopyTest, PreCopyHoldKillRestore) {
   PreCopyThenHold(*this, /*kill=*/true);
 }
 
+// A lazily restored container (restore --lazy --detach) has a pager process filling its memory
+// after it runs; the container's record names it, and a delete that comes before the pager is
+// done waits for it to end (it does once the tree is gone): nothing of the container outlives
+// its delete.
+TEST_F(ContainerPreCopyTest, DeleteWaitsForTheLazyPager) {
+  Start();
+  if (HasFatalFailure()) return;
+  ASSERT_EQ(Godwit({"--root", root_, "checkpoint", id_, "--image-path", img_}).code, 0);
+  Reap();
+  CliRun r = Godwit({"--root", root_, "--json", "restore", id_, "--image-path", img_, "--detach",
+                     "--lazy"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out, nullptr, false);
+  ASSERT_FALSE(j.is_discarded()) << r.out;
+  pid_ = j.value("pid", 0);
+  const pid_t pager = j.value("lazy_pager_pid", 0);
+  ASSERT_GT(pager, 0) << r.out;  // 2 x 64 MiB owed: the pager is far from done
+  auto state = nlohmann::json::parse(*fs::ReadFile(root_ + "/" + id_ + "/state.json"));
+  EXPECT_EQ(state.value("lazyPagerPid", 0), pager);
+  ASSERT_EQ(Godwit({"--root", root_, "delete", "--force", id_}).code, 0);
+  char st = runtime::ProcessState(pager);
+  EXPECT_TRUE(st == 0 || st == 'Z') << "pager " << pager << " still there after the delete: " << st;
+  ::waitpid(pager, nullptr, 0);  // ours to reap when this test is its subreaper
+  Reap();
+}
+
 // A container that is paused cannot be pre-copied (its processes cannot run the call that starts
 // the tracking); nothing is left changed.
 TEST_F(ContainerPreCopyTest, PausedIsRefused) {

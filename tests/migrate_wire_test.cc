@@ -671,15 +671,21 @@ TEST(Announce, GratuitousArpAndUnsolicitedNaForEveryAddress) {
 
   // On the wire: the ARP, then one advertisement per IPv6 address, from the interface's MAC.
   const std::string mac("\x02\x00\x00\x00\x00\x05", 6);
+  // Reads fd until done() or 5 s without anything, each datagram to on().
+  auto receive = [](int fd, const std::function<bool()>& done,
+                    const std::function<void(const std::string&)>& on) {
+    char buf[8192];
+    for (;;) {
+      pollfd p{fd, POLLIN, 0};
+      if (done() || ::poll(&p, 1, 5000) != 1) return;
+      ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+      if (n <= 0) return;
+      on(std::string(buf, static_cast<size_t>(n)));
+    }
+  };
   std::vector<std::string> seen;
-  for (;;) {
-    pollfd p{cap.get(), POLLIN, 0};
-    if (seen.size() == 3 || ::poll(&p, 1, 5000) != 1) break;
-    char buf[2048];
-    ssize_t n = ::recv(cap.get(), buf, sizeof(buf), 0);
-    ASSERT_GT(n, 14);
-    std::string f(buf, static_cast<size_t>(n));
-    if (f.substr(6, 6) != mac) continue;
+  receive(cap.get(), [&] { return seen.size() == 3; }, [&](const std::string& f) {
+    if (f.size() < 14 || f.substr(6, 6) != mac) return;
     if (f.compare(12, 2, "\x08\x06", 2) == 0) {
       ASSERT_GE(f.size(), 42u);
       EXPECT_EQ(f.substr(0, 6), std::string(6, '\xff'));
@@ -699,20 +705,16 @@ TEST(Announce, GratuitousArpAndUnsolicitedNaForEveryAddress) {
       inet_ntop(AF_INET6, f.data() + 14 + 40 + 8, ip, sizeof(ip));
       seen.push_back(ip);
     }
-  }
+  });
   EXPECT_EQ(seen, an->addresses());
   // The neighbour took them (a bad checksum or hop limit would have been dropped): its entries
   // point at the interface's MAC now. The kernel handles a frame after the capture saw it: its
   // neighbour notifications (subscribed before the send) say when.
   std::set<std::string> moved;
-  for (;;) {
-    pollfd p{neigh.get(), POLLIN, 0};
-    if (moved.size() == 2 || ::poll(&p, 1, 5000) != 1) break;
-    char buf[8192];
-    ssize_t n = ::recv(neigh.get(), buf, sizeof(buf), 0);
-    ASSERT_GT(n, 0);
-    for (auto* nh = reinterpret_cast<nlmsghdr*>(buf); NLMSG_OK(nh, static_cast<unsigned>(n));
-         nh = NLMSG_NEXT(nh, n)) {
+  receive(neigh.get(), [&] { return moved.size() == 2; }, [&](const std::string& msg) {
+    int n = static_cast<int>(msg.size());
+    for (auto* nh = reinterpret_cast<const nlmsghdr*>(msg.data());
+         NLMSG_OK(nh, static_cast<unsigned>(n)); nh = NLMSG_NEXT(nh, n)) {
       if (nh->nlmsg_type != RTM_NEWNEIGH) continue;
       auto* nd = static_cast<ndmsg*>(NLMSG_DATA(nh));
       if (nd->ndm_family != AF_INET6) continue;
@@ -729,7 +731,7 @@ TEST(Announce, GratuitousArpAndUnsolicitedNaForEveryAddress) {
       }
       if (ll == mac) moved.insert(dst);
     }
-  }
+  });
   EXPECT_EQ(moved, (std::set<std::string>{"2001:db8:252::5", "fe80::ff:fe00:5"}));
 }
 
