@@ -635,6 +635,8 @@ Result<RestoreResult> FinishRestore(PreparedRestorePtr p,
   c.rootfs = p->spec.root_path;
   c.pid = root_pid;
   c.pid_start_time = runtime::ProcessStartTime(root_pid);
+  c.pager_pid = 0;  // the original's pager, if it had one, is not this one's (set on detach)
+  c.pager_start_time = 0;
   c.created = NowRfc3339();
   c.cgroup_paths = cg->Paths();
   c.cgroup_layout = runtime::CgroupLayoutName(cg->layout());
