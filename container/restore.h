@@ -119,8 +119,8 @@ struct RestoreOptions {
   // kUsage for a routed container. Either way eth0 keeps its MAC address.
   std::string bridge;
   // Bridged: announce its addresses (gratuitous ARP, unsolicited NA: runtime::Announcement) once
-  // the container runs, so the segment's bridges and peers find it at this port at once. A failure is logged,
-  // not fatal.
+  // the container runs, so the segment's bridges and peers find it at this port at once. A
+  // failure is logged, not fatal.
   bool announce = true;
   // The TCP connections come back live but still locked (their packets dropped, nothing sent):
   // the caller unlocks them later (files::NetUnlockIn with the table files-netlock.img names).

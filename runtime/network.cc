@@ -318,8 +318,6 @@ Result<Announcement> Announcement::Prepare(pid_t pid, const std::string& ifname)
   if (int err = rtnl_addr_alloc_cache(sock.get(), &c); err < 0)
     return NlError(err, "announce: addresses of %s", g.what_.c_str());
   Cache cache(c);
-  std::vector<Frame> v6;
-  std::vector<std::string> v6_names;
   for (nl_object* o = nl_cache_get_first(c); o; o = nl_cache_get_next(o)) {
     auto* a = reinterpret_cast<rtnl_addr*>(o);
     nl_addr* local = rtnl_addr_get_local(a);
@@ -337,8 +335,6 @@ Result<Announcement> Announcement::Prepare(pid_t pid, const std::string& ifname)
       f.to.sll_protocol = htons(ETH_P_ARP);
       memset(f.to.sll_addr, 0xff, 6);
       inet_ntop(AF_INET, &ip, name, sizeof(name));
-      g.frames_.push_back(std::move(f));
-      g.addrs_.push_back(name);
     } else if (fam == AF_INET6 && nl_addr_get_len(local) == 16) {
       // A tentative address is not the interface's yet (DAD), and one that failed DAD is
       // someone else's: neither is announced (RFC 4862 5.4).
@@ -350,15 +346,22 @@ Result<Announcement> Announcement::Prepare(pid_t pid, const std::string& ifname)
       const uint8_t all_nodes_mac[6] = {0x33, 0x33, 0, 0, 0, 1};
       memcpy(f.to.sll_addr, all_nodes_mac, 6);
       inet_ntop(AF_INET6, &ip, name, sizeof(name));
-      v6.push_back(std::move(f));
-      v6_names.push_back(name);
+    } else {
+      continue;
     }
+    f.addr = name;
+    g.frames_.push_back(std::move(f));
   }
-  for (size_t i = 0; i < v6.size(); ++i) {
-    g.frames_.push_back(std::move(v6[i]));
-    g.addrs_.push_back(std::move(v6_names[i]));
-  }
+  // IPv4 first, each family in the kernel's order.
+  std::stable_partition(g.frames_.begin(), g.frames_.end(),
+                        [](const Frame& f) { return f.to.sll_protocol == htons(ETH_P_ARP); });
   return g;
+}
+
+std::vector<std::string> Announcement::addresses() const {
+  std::vector<std::string> out;
+  for (const Frame& f : frames_) out.push_back(f.addr);
+  return out;
 }
 
 Result<void> Announcement::Send(int count) const { return SendRange(0, frames_.size(), count); }
@@ -371,7 +374,7 @@ Result<void> Announcement::SendRange(size_t from, size_t to, int count) const {
       if (::sendto(fd_.get(), f.bytes.data(), f.bytes.size(), 0,
                    reinterpret_cast<const sockaddr*>(&f.to),
                    sizeof(f.to)) != static_cast<ssize_t>(f.bytes.size()))
-        return Errno("announce %s on %s: send", addrs_[k].c_str(), what_.c_str());
+        return Errno("announce %s on %s: send", f.addr.c_str(), what_.c_str());
     }
   }
   return Ok();

@@ -13,7 +13,6 @@
 #include <linux/if_packet.h>
 #include <sys/types.h>
 
-#include <array>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -97,17 +96,17 @@ class Announcement {
   Result<void> SendFirst(int count = 1) const { return SendRange(0, 1, count); }
   Result<void> SendRest(int count = 1) const { return SendRange(1, frames_.size(), count); }
   // The addresses announced, in the order sent ("198.18.0.5", "fe80::...").
-  const std::vector<std::string>& addresses() const { return addrs_; }
+  std::vector<std::string> addresses() const;
 
  private:
   Result<void> SendRange(size_t from, size_t to, int count) const;
   struct Frame {
+    std::string addr;            // the address it announces
     std::vector<uint8_t> bytes;  // after the Ethernet header (the kernel adds it)
     sockaddr_ll to{};
   };
   UniqueFd fd_;
-  std::vector<Frame> frames_;
-  std::vector<std::string> addrs_;
+  std::vector<Frame> frames_;  // IPv4 addresses' ARPs first
   std::string what_;
 };
 
