@@ -6,9 +6,10 @@
 //                                         4 MiB writes of raw bytes: loopback TLS
 //   migrate_bench chan MIB CERTDIR        godwit's TLS Channel alone: 4 MiB frames of raw bytes
 //                                         from memory into memory (no files, no checksums)
-//   migrate_bench stream MIB CERTDIR      godwit's stream: a page file of MIB random MiB in
-//                                         /dev/shm sent with FileSender over a TLS Channel and
-//                                         written by a FileReceiver into /dev/shm
+//   migrate_bench stream MIB CERTDIR      godwit's stream: a page file of MIB random MiB,
+//                                         staged as a migration stages it (migrate/staging.h),
+//                                         sent with FileSender over a TLS Channel and written by
+//                                         a FileReceiver into another staging directory
 // Prints {"mode":..., "bytes":..., "seconds":..., "bytes_per_s":...}.
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -26,6 +27,7 @@
 
 #include "common/fs.h"
 #include "migrate/image_stream.h"
+#include "migrate/staging.h"
 #include "migrate/wire.h"
 
 using namespace godwit;
@@ -177,8 +179,11 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (mode == "stream") {
-    std::string src = "/dev/shm/godwit-mbench-src." + std::to_string(getpid());
-    std::string dst = "/dev/shm/godwit-mbench-dst." + std::to_string(getpid());
+    // Staged as a migration stages its files (migrate/staging.h): in the huge-page tmpfs when
+    // there is one, else in /dev/shm.
+    std::string base = migrate::PrivateTmpfs().empty() ? "/dev/shm" : migrate::PrivateTmpfs();
+    std::string src = base + "/godwit-mbench-src." + std::to_string(getpid());
+    std::string dst = base + "/godwit-mbench-dst." + std::to_string(getpid());
     (void)fs::MkdirAll(src, 0700);
     {
       FILE* f = fopen((src + "/pages.img").c_str(), "w");

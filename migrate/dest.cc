@@ -471,20 +471,33 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
   }
   LOG_INFO("migration of %s from %s accepted", res.id.c_str(), ch.peer().c_str());
 
-  std::string base = o.staging.empty()
-                         ? ChooseStaging(o.root, "incoming", hello.memory_bytes())
-                         : o.staging;
-  std::string staging = StrFormat("%s/%s.%d", base.c_str(), res.id.c_str(), getpid());
-  TRY(MakeStaging(staging));
+  // The session's record (its directory; `committed` in it once the copy here is the only one)
+  // goes where a restarted daemon looks for the records of sessions that died (ChooseStaging).
+  // The images go to this session's huge-page tmpfs when it has room (they go with the
+  // session), else beside the record (migrate/staging.h).
+  const std::string huge = o.staging.empty() && !o.keep_staging
+                               ? HugeStaging("incoming", hello.memory_bytes())
+                               : std::string();
+  const std::string base =
+      o.staging.empty()
+          ? ChooseStaging(o.root, "incoming", huge.empty() ? hello.memory_bytes() : 0)
+          : o.staging;
+  const std::string record = StrFormat("%s/%s.%d", base.c_str(), res.id.c_str(), getpid());
+  const std::string staging =
+      huge.empty() ? record : StrFormat("%s/%s.%d", huge.c_str(), res.id.c_str(), getpid());
+  TRY(MakeStaging(record));
   ScopeExit rm_staging([&] {
     if (o.keep_staging) {
       LOG_INFO("images kept in %s", staging.c_str());
       return;
     }
-    auto r = fs::RemoveAll(staging);
-    if (!r.ok()) LOG_WARN("remove %s: %s", staging.c_str(), r.error().to_string().c_str());
+    for (const auto& d : {staging, record}) {
+      auto r = fs::RemoveAll(d);
+      if (!r.ok()) LOG_WARN("remove %s: %s", d.c_str(), r.error().to_string().c_str());
+    }
     if (o.staging.empty()) RemoveStagingIfEmpty(base);
   });
+  if (staging != record) TRY(MakeStaging(staging));
   FileReceiver rx(staging);
   bool restored = false;
   bool committed = false;
@@ -682,7 +695,7 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
         res.committed = true;
         auto ta = Clock::now();
         // A session killed from here on leaves the container: it is the only copy now.
-        (void)fs::WriteFile(staging + "/committed", "");
+        (void)fs::WriteFile(record + "/committed", "");
         // Now the container may speak. First the address: the segment sends to this port from
         // now on (our hold keeps what arrives while the connections are still locked). Then the
         // connections unlocked, the frames the source held and ours replayed, in that order.

@@ -419,12 +419,13 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
     (void)ch->Send(f);
   });
 
-  // Memory-backed when there is room (migrate/staging.h): the final dump creates its files
-  // inside the blackout. Each page file goes as soon as it has been sent (nothing reads it
-  // again here), so the staging copy never holds more than a round.
-  std::string base = o.staging.empty()
-                         ? ChooseStaging(o.root, "outgoing", ResidentBytes(tree))
-                         : o.staging;
+  // Memory-backed when there is room, in huge pages when the kernel gives us a tmpfs of our own
+  // (migrate/staging.h): the final dump creates its files inside the blackout. Each page file
+  // goes as soon as it has been sent (nothing reads it again here), so the staging copy never
+  // holds more than a round.
+  std::string base = o.staging;
+  if (base.empty()) base = HugeStaging("outgoing", ResidentBytes(tree));
+  if (base.empty()) base = ChooseStaging(o.root, "outgoing", ResidentBytes(tree));
   std::string staging = StrFormat("%s/%s.%d", base.c_str(), o.id.c_str(), getpid());
   (void)fs::RemoveAll(staging);
   TRY(MakeStaging(staging + "/tree"));

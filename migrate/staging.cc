@@ -1,25 +1,30 @@
 #include "migrate/staging.h"
 
+#include <fcntl.h>
 #include <linux/magic.h>
+#include <linux/mount.h>
 #include <stdlib.h>
 #include <sys/statfs.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstring>
 
 #include "common/fs.h"
+#include "common/log.h"
 #include "common/result.h"
+#include "common/unique_fd.h"
 
 namespace godwit::migrate {
 namespace {
 
 constexpr const char* kShm = "/dev/shm";
-constexpr uint64_t kMargin = 256ull << 20;  // left free in /dev/shm beyond the staged bytes
+constexpr uint64_t kMargin = 256ull << 20;  // left free in a tmpfs beyond the staged bytes
 
 bool IsTmpfs(const std::string& path, uint64_t* free_bytes) {
   struct statfs s;
-  if (statfs(path.c_str(), &s) < 0 || static_cast<uint64_t>(s.f_type) != TMPFS_MAGIC)
-    return false;
+  if (statfs(path.c_str(), &s) < 0 || static_cast<uint64_t>(s.f_type) != TMPFS_MAGIC) return false;
   if (free_bytes) *free_bytes = static_cast<uint64_t>(s.f_bavail) * s.f_bsize;
   return true;
 }
@@ -38,7 +43,46 @@ std::string ShmBase(const std::string& root) {
   return StrFormat("%s/godwit-%016llx", kShm, static_cast<unsigned long long>(h));
 }
 
+// A detached tmpfs: huge=within_size (folios as large as the writes, up to 2 MiB), half
+// of the RAM at most (tmpfs's default, as /dev/shm), only root may enter.
+Result<UniqueFd> MountPrivateTmpfs() {
+  UniqueFd fs(static_cast<int>(::syscall(SYS_fsopen, "tmpfs", FSOPEN_CLOEXEC)));
+  if (!fs) return Errno("fsopen tmpfs");
+  for (auto [k, v] : {std::pair{"huge", "within_size"}, {"mode", "0700"}}) {
+    if (::syscall(SYS_fsconfig, fs.get(), FSCONFIG_SET_STRING, k, v, 0) < 0)
+      return Errno("fsconfig tmpfs %s=%s", k, v);
+  }
+  if (::syscall(SYS_fsconfig, fs.get(), FSCONFIG_CMD_CREATE, nullptr, nullptr, 0) < 0)
+    return Errno("fsconfig tmpfs create");
+  UniqueFd m(static_cast<int>(::syscall(SYS_fsmount, fs.get(), FSMOUNT_CLOEXEC,
+                                        MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC)));
+  if (!m) return Errno("fsmount tmpfs");
+  return m;
+}
+
 }  // namespace
+
+const std::string& PrivateTmpfs() {
+  static const std::string path = [] {
+    if (getenv("GODWIT_NO_HUGE_STAGING")) return std::string();  // A/B runs only
+    auto m = MountPrivateTmpfs();
+    if (!m.ok()) {
+      LOG_INFO("no huge-page staging tmpfs (%s): staging in /dev/shm or the root",
+               m.error().to_string().c_str());
+      return std::string();
+    }
+    return StrFormat("/proc/%d/fd/%d", getpid(), m->release());
+  }();
+  return path;
+}
+
+std::string HugeStaging(const char* leaf, uint64_t need_bytes) {
+  uint64_t free_bytes = 0;
+  if (PrivateTmpfs().empty() || !IsTmpfs(PrivateTmpfs(), &free_bytes) ||
+      free_bytes < need_bytes + kMargin)
+    return "";
+  return PrivateTmpfs() + "/" + leaf;
+}
 
 std::string ChooseStaging(const std::string& root, const char* leaf, uint64_t need_bytes) {
   std::string in_root = root + "/" + leaf;

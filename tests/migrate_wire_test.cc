@@ -14,6 +14,7 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <linux/magic.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -773,6 +774,72 @@ TEST(Staging, MemoryBackedUnlessTheRootIsOrThereIsNoRoom) {
   container::testing::TempDir t("staging");
   ASSERT_EQ(mount("tmpfs", t.path().c_str(), "tmpfs", 0, "size=16m"), 0) << strerror(errno);
   EXPECT_EQ(ChooseStaging(t.path(), "outgoing", 1 << 20), t.path() + "/outgoing");
+}
+
+// The images' own tmpfs (migrate/staging.h): a tmpfs with large folios, in no mount namespace
+// (nothing to unmount on any exit), reached through a close-on-exec descriptor of this process.
+TEST(Staging, ImagesGoToAHugePageTmpfsOfTheProcessOwn) {
+  const std::string& p = PrivateTmpfs();
+  ASSERT_FALSE(p.empty()) << "fsopen/fsmount of a tmpfs refused (see the log)";
+  const std::string prefix = StrFormat("/proc/%d/fd/", getpid());
+  ASSERT_EQ(p.rfind(prefix, 0), 0u) << p;
+  int fd = atoi(p.c_str() + prefix.size());
+  EXPECT_EQ(fcntl(fd, F_GETFD) & FD_CLOEXEC, FD_CLOEXEC);
+  EXPECT_EQ(&PrivateTmpfs(), &p);  // mounted once
+  struct statfs sf;
+  ASSERT_EQ(statfs(p.c_str(), &sf), 0);
+  EXPECT_EQ(static_cast<uint64_t>(sf.f_type), TMPFS_MAGIC);
+  // Attached nowhere: no mount of this namespace has its id.
+  auto info = fs::ReadFile(StrFormat("/proc/self/fdinfo/%d", fd));
+  ASSERT_OK(info);
+  size_t at = info->find("mnt_id:");
+  ASSERT_NE(at, std::string::npos);
+  int mnt_id = atoi(info->c_str() + at + 7);
+  auto mounts = fs::ReadFile("/proc/self/mountinfo");
+  ASSERT_OK(mounts);
+  for (const auto& l : fs::Split(*mounts, '\n')) EXPECT_NE(atoi(l.c_str()), mnt_id) << l;
+
+  const std::string base = HugeStaging("outgoing", 8 << 20);
+  ASSERT_EQ(base, p + "/outgoing");
+  EXPECT_EQ(HugeStaging("outgoing", 1ull << 62), "");  // more than it holds: not there
+  const std::string dir = base + "/c.1";
+  ASSERT_OK(MakeStaging(dir));
+  // A staged page file written as the stream writes one (pwrite in 256 KiB pieces) is held in
+  // large folios: mapped, its first page is a compound head and the next ones its tails
+  // (/proc/kpageflags), where /dev/shm would hold 4 KiB pages.
+  constexpr size_t kSize = 8 << 20;
+  auto f = fs::Open(dir + "/pages-1.img", O_RDWR | O_CREAT | O_TRUNC, 0600);
+  ASSERT_OK(f);
+  std::string chunk(256 << 10, 'x');
+  for (size_t off = 0; off < kSize; off += chunk.size())
+    ASSERT_EQ(pwrite(f->get(), chunk.data(), chunk.size(), off), ssize_t(chunk.size()));
+  void* m = mmap(nullptr, kSize, PROT_READ, MAP_SHARED | MAP_POPULATE, f->get(), 0);
+  ASSERT_NE(m, MAP_FAILED) << strerror(errno);
+  ScopeExit unmap([&] { munmap(m, kSize); });
+  auto pm = fs::Open("/proc/self/pagemap", O_RDONLY);
+  auto kf = fs::Open("/proc/kpageflags", O_RDONLY);
+  ASSERT_OK(pm);
+  ASSERT_OK(kf);
+  auto flags = [&](size_t page) -> uint64_t {
+    uint64_t e = 0, fl = 0;
+    uintptr_t va = reinterpret_cast<uintptr_t>(m) + page * 4096;
+    EXPECT_EQ(pread(pm->get(), &e, 8, (va / 4096) * 8), 8);
+    EXPECT_TRUE(e >> 63) << "page " << page << " not present";
+    uint64_t pfn = e & ((1ull << 55) - 1);
+    EXPECT_NE(pfn, 0u) << "no PFN (CAP_SYS_ADMIN?)";
+    EXPECT_EQ(pread(kf->get(), &fl, 8, pfn * 8), 8);
+    return fl;
+  };
+  constexpr int kHead = 15, kTail = 16;  // KPF_COMPOUND_HEAD, KPF_COMPOUND_TAIL
+  EXPECT_TRUE(flags(0) >> kHead & 1);
+  EXPECT_TRUE(flags(1) >> kTail & 1);
+  EXPECT_TRUE(flags(15) >> kTail & 1);
+  unmap.dismiss();
+  munmap(m, kSize);
+  f->reset();
+  ASSERT_OK(fs::RemoveAll(dir));
+  RemoveStagingIfEmpty(base);
+  EXPECT_FALSE(fs::Exists(base));
 }
 
 // The blackout's priority (common/priority.h): a thread raised to nice -20 and put back to the

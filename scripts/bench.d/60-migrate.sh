@@ -5,7 +5,8 @@
 # (alternating a->b, b->a): the client-observed max gap (its own probe per migration) and the
 # client's retransmissions, the source's blackout and its phases, the longest gap outside the
 # blackout; medians and worst. Then the
-# pre-copy stream's throughput (godwit's FileSender over its TLS Channel, /dev/shm to /dev/shm)
+# pre-copy stream's throughput (godwit's FileSender over its TLS Channel, staged file to staged
+# file as a migration stages them)
 # as a ratio to plain loopback TCP, to loopback TLS and to godwit's TLS channel without files,
 # measured in the same run (medians of BENCH_STREAM_N, 5).
 # Targets (issue 10): max gap <= 50 ms at 64 MiB and <= 100 ms at 1 GiB, no retransmission
