@@ -671,6 +671,7 @@ Result<DestResult> ServeMigration(Channel& ch, const DestOptions& o) {
         for (const auto& [k, v] : rr->steps) steps[k] = v;
         steps["dest.restore_process_ms"] = res.restore_ms;
         steps["dest.boosted"] = boost.empty() ? 0 : 1;  // common/priority.h
+        steps["dest.huge_staging"] = huge.empty() ? 0 : 1;  // migrate/staging.h
         prep.Lap("dest.prep_lock_ms");
         for (const auto& [k, v] : prep.phases()) steps[k] = v;
         steps["dest.prepare_switch_ms"] = MsSince(t_prep);

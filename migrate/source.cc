@@ -1,5 +1,7 @@
 #include "migrate/source.h"
 
+#include <linux/magic.h>
+#include <sys/statfs.h>
 #include <sys/utsname.h>
 #include <unistd.h>
 
@@ -423,17 +425,23 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
   // (migrate/staging.h): the final dump creates its files inside the blackout. Each page file
   // goes as soon as it has been sent (nothing reads it again here), so the staging copy never
   // holds more than a round.
-  std::string base = o.staging;
-  if (base.empty()) base = HugeStaging("outgoing", ResidentBytes(tree));
+  std::string base = o.staging.empty() ? HugeStaging("outgoing", ResidentBytes(tree)) : o.staging;
+  const bool huge = o.staging.empty() && !base.empty();
   if (base.empty()) base = ChooseStaging(o.root, "outgoing", ResidentBytes(tree));
   std::string staging = StrFormat("%s/%s.%d", base.c_str(), o.id.c_str(), getpid());
   (void)fs::RemoveAll(staging);
   TRY(MakeStaging(staging + "/tree"));
-  TRY(fs::MkdirAll(staging + "/container", 0700));
+  struct statfs sf;
+  rep->staging = huge ? "huge-tmpfs"
+                 : statfs(staging.c_str(), &sf) == 0 &&
+                         static_cast<uint64_t>(sf.f_type) == TMPFS_MAGIC
+                     ? "tmpfs"
+                     : "disk";
   ScopeExit rm_staging([&] {
     (void)fs::RemoveAll(staging);
     if (o.staging.empty()) RemoveStagingIfEmpty(base);
   });
+  TRY(fs::MkdirAll(staging + "/container", 0700));
 
   // auto: zstd is tried per chunk and kept only where it pays (FileSender's adaptive mode).
   FileSender tree_tx(ch.get(), mig::DIR_TREE, staging + "/tree", zstd,
@@ -849,6 +857,7 @@ std::string ReportJson(const MigrationReport& r) {
                       {"peer_hostname", r.peer_hostname},
                       {"tls", r.secure},
                       {"tls_cipher", r.cipher},
+                      {"staging", r.staging},
                       {"boosted", r.boosted},
                       {"compress", r.compressed},
                       {"outcome", r.outcome},

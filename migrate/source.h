@@ -119,6 +119,7 @@ struct MigrationReport {
   std::string id, to, peer, peer_version, peer_hostname;
   bool secure = false;
   std::string cipher;  // the TLS suite agreed on (empty: --insecure)
+  std::string staging;  // where the images were staged: "huge-tmpfs", "tmpfs" or "disk"
   bool compressed = false;
   bool boosted = false;  // the blackout ran at a raised priority here (common/priority.h)
   // "migrated"; "not started" (e.g. the connection or handshake failed), "refused", "rolled back"
