@@ -1,6 +1,5 @@
 #include "migrate/staging.h"
 
-#include <fcntl.h>
 #include <linux/magic.h>
 #include <linux/mount.h>
 #include <stdlib.h>
@@ -9,7 +8,6 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <cstring>
 
 #include "common/fs.h"
 #include "common/log.h"
