@@ -158,7 +158,7 @@ Result<void> DumpUtsIpcNet(pid_t pid, const std::vector<std::string>& own, image
 }  // namespace
 
 Result<double> RehearseCollect(const std::string& root, const std::string& id,
-                               images::Sink& sink) {
+                               images::Sink& sink, const mnt::Precopied* files) {
   TRY(runtime::ValidateId(id));
   ASSIGN_OR_RETURN(runtime::Container c, runtime::Container::Load(root, id));
   ASSIGN_OR_RETURN(std::vector<std::string> own, OwnNamespaces(c.pid));
@@ -167,7 +167,9 @@ Result<double> RehearseCollect(const std::string& root, const std::string& id,
   timing::PhaseTimer laps(t0);
   TRY(DumpUtsIpcNet(c.pid, own, sink, images::Compression::kNone, id, &ph, &laps));
   if (Has(own, "mnt"))
-    TRY_CTX(mnt::Dump(c.pid, sink, images::Compression::kNone), "container %s", id.c_str());
+    TRY_CTX(mnt::Dump(c.pid, sink, images::Compression::kNone, files), "container %s",
+            id.c_str());
+  if (files) files->reused_bytes = 0;  // a rehearsal: only the final dump's count is reported
   return timing::MsBetween(t0, Clock::now());
 }
 
@@ -362,7 +364,8 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
   std::future<Result<bool>> layer_job;  // destroyed (joined) before the sinks and their abort
   double layer_walk_ms = 0;
   if (Has(own, "mnt")) {
-    TRY_CTX(mnt::Dump(pid, *sink, opts.compression), "container %s", opts.id.c_str());
+    TRY_CTX(mnt::Dump(pid, *sink, opts.compression, opts.precopy_files), "container %s",
+            opts.id.c_str());
     laps.LapInto(&ph.mnt_ms);
     std::string upper = overlay ? runtime::StorageUpper(c.storage_dir) : "";
     if (own_tree && own_container && !leave_running) {

@@ -38,6 +38,9 @@ class Cgroup;
 namespace godwit::container {
 
 class ContainerPreCopy;
+namespace mnt {
+struct Precopied;
+}
 
 inline constexpr char kContainerImage[] = "container.img";
 inline constexpr char kContainerDir[] = "container";  // under the image path
@@ -170,6 +173,9 @@ struct CheckpointOptions {
   // Pre-copy already running on this container, not owned: the tree dump stores only what was
   // written since its last round, into its tree sink (tree_sink must be null or that same sink).
   ContainerPreCopy* precopy = nullptr;
+  // Tmpfs contents copied ahead into container_sink (ContainerPreCopy::CopyFilesAhead), not
+  // owned: files unchanged since are referred to, not read again.
+  const mnt::Precopied* precopy_files = nullptr;
   // Called once the container's namespaces, mounts and writable layer are dumped and the engine
   // holds every thread of the tree (ptrace-stopped, the cgroup thawed: TreeDumpRequest::thaw),
   // before the tree's state is read, with the record as known then (what container.img will repeat, less
@@ -248,7 +254,8 @@ Result<std::vector<std::string>> OwnNamespaces(pid_t pid);
 // table and tmpfs contents), read once now while it runs, into sink (a throwaway copy: the
 // container may change it meanwhile), timed in ms: what that part of the frozen time costs for
 // this container (a migration's prediction of its blackout, migrate/source.cc).
-Result<double> RehearseCollect(const std::string& root, const std::string& id, images::Sink& sink);
+Result<double> RehearseCollect(const std::string& root, const std::string& id, images::Sink& sink,
+                               const mnt::Precopied* files = nullptr);
 
 // The user namespace of a container whose init is `init` (its uid/gid maps as host root reads
 // them, and setgroups). pids: every process of the container; kUnsupported for a process in a

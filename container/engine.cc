@@ -24,6 +24,16 @@ Result<std::unique_ptr<ContainerPreCopy>> ContainerPreCopy::Start(const std::str
   return pc;
 }
 
+Result<void> ContainerPreCopy::CopyFilesAhead(images::Sink& container_sink,
+                                              images::Compression compression) {
+  files_.reset();
+  auto f = std::make_unique<mnt::Precopied>();
+  TRY_CTX(mnt::PrecopyTmpfs(pid(), container_sink, compression, f.get()), "container %s",
+          id_.c_str());
+  files_ = std::move(f);
+  return Ok();
+}
+
 // The engine dumps the tree and leaves it alive. The cgroup stays frozen from the namespace dumps
 // until the engine has seized every thread (the tree is then held by ptrace) and is refrozen
 // while the engine still holds every thread, before it lets go: the tree never runs in between

@@ -22,6 +22,7 @@
 #include "container/restore.h"
 #include "dump/precopy.h"
 #include "dump/tuning.h"
+#include "container/mnt.h"
 #include "images/image.h"
 
 namespace godwit::container {
@@ -43,11 +44,17 @@ class ContainerPreCopy {
   pid_t pid() const { return engine_->pid(); }  // the container's init, host pid
   images::Sink& tree_sink() const { return engine_->sink(); }
   dump::PreCopy& engine() { return *engine_; }
+  // Copies the container's tmpfs contents into container_sink while it runs (mnt::PrecopyTmpfs):
+  // the final checkpoint then reads only the files changed since. Again: a fresh copy.
+  Result<void> CopyFilesAhead(images::Sink& container_sink, images::Compression compression);
+  // What CopyFilesAhead copied (null before it, or after it failed).
+  const mnt::Precopied* files() const { return files_.get(); }
 
  private:
   ContainerPreCopy() = default;
   std::string id_;
   std::unique_ptr<dump::PreCopy> engine_;
+  std::unique_ptr<mnt::Precopied> files_;
 };
 
 // The engine's dump of a container's tree (the cgroup hooks, TCP kept locked to be killed or

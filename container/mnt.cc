@@ -7,12 +7,14 @@
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <sys/xattr.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <climits>
 #include <functional>
 #include <map>
+#include <memory>
 #include <set>
 #include <vector>
 
@@ -124,6 +126,20 @@ Result<void> ReadXattrs(int fd, img::TmpfsEntry* e) {
   return Ok();
 }
 
+}  // namespace
+
+bool StillPrecopied(const PrecopiedFile& was, const struct statx& now, int64_t taken_ns) {
+  // Inode times come from a coarse clock (a tick: 1-10 ms): a write in the same tick as the
+  // copy, after it, leaves them as they were. Only a file unchanged well before the copy began
+  // is trusted.
+  constexpr int64_t kTickMarginNs = 50'000'000;
+  return now.stx_ino == was.ino && now.stx_size == was.size &&
+         Ns(now.stx_mtime) == was.mtime_ns && Ns(now.stx_ctime) == was.ctime_ns &&
+         was.ctime_ns < taken_ns - kTickMarginNs;
+}
+
+namespace {
+
 // Decides whether an entry goes into the image (the writable-layer diff keeps only what differs
 // from the rootfs); directories are descended either way.
 using KeepFn = std::function<Result<bool>(const std::string& path, const struct statx& stx)>;
@@ -154,6 +170,12 @@ class Walker {
   }
 
   uint64_t files() const { return files_; }
+  // The final dump: files unchanged since `base` was copied are referred to, not read.
+  void UseBase(const PrecopiedTree* base) { base_ = base; }
+  // A copy ahead (the container runs): what identifies each file copied goes into *record; a
+  // file that changes kind, vanishes or shrinks while read is left out (the final dump reads it).
+  void Record(PrecopiedTree* record) { record_ = record; }
+  uint64_t reused() const { return reused_; }
 
  private:
   void Fill(const struct statx& stx, const std::string& path, img::TmpfsEntry* e) {
@@ -181,8 +203,10 @@ class Walker {
   Result<void> Entry(int dirfd, const std::string& name, const std::string& path) {
     struct statx stx;
     if (::statx(dirfd, name.c_str(), AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS | STATX_MNT_ID, &stx) <
-        0)
+        0) {
+      if (record_ && errno == ENOENT) return Ok();  // removed since the directory was read
       return Errno("statx %s", path.c_str());
+    }
     img::TmpfsEntry e;
     Fill(stx, path, &e);
     files_++;
@@ -222,6 +246,7 @@ class Walker {
         // symlink's; the image keeps the value from before).
         int fd = ::openat(dirfd, name.c_str(),
                           O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_NOATIME | O_CLOEXEC);
+        if (fd < 0 && record_) return Ok();  // gone or replaced since its statx
         if (fd < 0) return Errno("open dir %s", path.c_str());
         UniqueFd owned(fd);
         TRY(ReadXattrs(fd, &e));
@@ -232,15 +257,36 @@ class Walker {
         int fd = ::openat(dirfd, name.c_str(), O_RDONLY | O_NOFOLLOW | O_NOATIME | O_CLOEXEC);
         if (fd < 0 && errno == EPERM)
           fd = ::openat(dirfd, name.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0 && record_) return Ok();  // gone or replaced since its statx
         if (fd < 0) return Errno("open %s", path.c_str());
         UniqueFd owned(fd);
         TRY(ReadXattrs(fd, &e));
+        if (base_) {
+          auto it = base_->files.find(path);
+          if (it != base_->files.end() && StillPrecopied(it->second, stx, base_->taken_ns)) {
+            for (const auto& x : it->second.extents) *e.add_extents() = x;
+            e.set_data_blob(base_->blob);
+            reused_ += stx.stx_size;
+            return w_.Write(e);
+          }
+        }
+        if (record_) {
+          if (!Contents(fd, stx.stx_size, &e).ok()) return Ok();  // changing while read
+          PrecopiedFile& f = record_->files[path];
+          f.ino = stx.stx_ino;
+          f.size = stx.stx_size;
+          f.mtime_ns = Ns(stx.stx_mtime);
+          f.ctime_ns = Ns(stx.stx_ctime);
+          f.extents.assign(e.extents().begin(), e.extents().end());
+          return w_.Write(e);
+        }
         TRY_CTX(Contents(fd, stx.stx_size, &e), "%s", path.c_str());
         return w_.Write(e);
       }
       case S_IFLNK: {
         std::string target(stx.stx_size + 1, '\0');
         ssize_t n = ::readlinkat(dirfd, name.c_str(), target.data(), target.size());
+        if (n < 0 && record_) return Ok();
         if (n < 0) return Errno("readlink %s", path.c_str());
         target.resize(n);
         e.set_link_target(target);
@@ -294,6 +340,9 @@ class Walker {
   DescendFn descend_;
   std::map<uint64_t, std::string> inodes_;
   uint64_t files_ = 0;
+  const PrecopiedTree* base_ = nullptr;
+  PrecopiedTree* record_ = nullptr;
+  uint64_t reused_ = 0;
 };
 
 // ---- restore ------------------------------------------------------------------------------
@@ -347,7 +396,8 @@ struct timespec Ts(int64_t ns) {
 
 class Restorer {
  public:
-  Restorer(int root, images::BlobReader* blob) : root_(root), blob_(blob) {}
+  Restorer(int root, images::BlobReader* blob, const images::ImageSet* images = nullptr)
+      : root_(root), blob_(blob), images_(images) {}
 
   Result<void> Entry(const img::TmpfsEntry& e) {
     TRY(CheckPath(e.path()));
@@ -461,9 +511,26 @@ class Restorer {
     return Ok();
   }
 
+  // The blob an entry's bytes are in: the image's own, or the one it names (a pre-copy's).
+  Result<images::BlobReader*> BlobOf(const img::TmpfsEntry& e) {
+    if (e.data_blob().empty()) {
+      if (!blob_) return MakeError(ErrorKind::kBadImage, 0, "tmpfs data blob missing");
+      return blob_;
+    }
+    auto it = others_.find(e.data_blob());
+    if (it != others_.end()) return it->second.get();
+    if (!images_ || !images_->Has(e.data_blob()))
+      return MakeError(ErrorKind::kBadImage, 0, "%s: its data blob %s is not in the image set",
+                       e.path().c_str(), e.data_blob().c_str());
+    ASSIGN_OR_RETURN(auto b, images_->OpenBlob(e.data_blob()));
+    images::BlobReader* raw = b.get();
+    others_[e.data_blob()] = std::move(b);
+    return raw;
+  }
+
   Result<void> Contents(int fd, const img::TmpfsEntry& e) {
     if (e.extents_size() == 0) return Ok();
-    if (!blob_) return MakeError(ErrorKind::kBadImage, 0, "tmpfs data blob missing");
+    ASSIGN_OR_RETURN(images::BlobReader * blob, BlobOf(e));
     std::vector<char> buf(1 << 20);
     for (const auto& x : e.extents()) {
       if (x.offset() > e.size() || x.length() > e.size() - x.offset())
@@ -473,7 +540,7 @@ class Restorer {
                          static_cast<unsigned long>(e.size()));
       for (uint64_t done = 0; done < x.length();) {
         size_t n = std::min<uint64_t>(buf.size(), x.length() - done);
-        TRY(blob_->Read(x.blob_offset() + done, buf.data(), n));
+        TRY(blob->Read(x.blob_offset() + done, buf.data(), n));
         ssize_t w = ::pwrite(fd, buf.data(), n, x.offset() + done);
         if (w < 0) return Errno("pwrite");
         if (static_cast<size_t>(w) != n)
@@ -511,6 +578,8 @@ class Restorer {
 
   int root_;
   images::BlobReader* blob_;
+  const images::ImageSet* images_;
+  std::map<std::string, std::unique_ptr<images::BlobReader>> others_;
   std::vector<const img::TmpfsEntry*> times_;
 };
 
@@ -600,16 +669,28 @@ Result<img::MountTable> ParseMountInfo(const std::string& text) {
   return t;
 }
 
-Result<void> Dump(pid_t pid, images::Sink& sink, images::Compression compression) {
-  std::string proc = StrFormat("/proc/%d", pid);
-  auto text = fs::ReadFile(proc + "/mountinfo");
+namespace {
+
+struct OpenTmpfs {
+  img::MountEntry* mount;
+  UniqueFd root;
+};
+
+// The mount table of pid's mount namespace.
+Result<img::MountTable> ReadTable(pid_t pid) {
+  auto text = fs::ReadFile(StrFormat("/proc/%d/mountinfo", pid));
   if (!text.ok()) {
     if (text.error().sys_errno() == ENOENT || text.error().sys_errno() == ESRCH)
       return MakeError(ErrorKind::kNotFound, ESRCH, "pid %d: no such process", pid);
     return std::move(text).error();
   }
-  ASSIGN_OR_RETURN(img::MountTable table, ParseMountInfo(*text));
-  // One dump per tmpfs superblock, through a mount of its root when there is one.
+  return ParseMountInfo(*text);
+}
+
+// The tmpfs superblocks of table whose contents are dumped, each opened through a mount of its
+// root when there is one.
+Result<std::vector<OpenTmpfs>> OpenTmpfsMounts(pid_t pid, img::MountTable& table) {
+  std::string proc = StrFormat("/proc/%d", pid);
   std::map<std::pair<uint32_t, uint32_t>, img::MountEntry*> chosen;
   for (auto& m : *table.mutable_mounts()) {
     if (m.fstype() != "tmpfs") continue;
@@ -617,6 +698,7 @@ Result<void> Dump(pid_t pid, images::Sink& sink, images::Compression compression
     auto it = chosen.find(dev);
     if (it == chosen.end() || (it->second->root() != "/" && m.root() == "/")) chosen[dev] = &m;
   }
+  std::vector<OpenTmpfs> out;
   for (auto& [dev, m] : chosen) {
     // A tmpfs hidden under another mount on the same path cannot be reached by path; nothing in
     // the container can reach it that way either. Its contents are not dumped (said in mnt.img).
@@ -641,18 +723,69 @@ Result<void> Dump(pid_t pid, images::Sink& sink, images::Compression compression
           ErrorKind::kUnsupported, 0, "pid %d: %s reaches mount %llu, not tmpfs mount %u", pid,
           m->mountpoint().c_str(), static_cast<unsigned long long>(stx.stx_mnt_id), m->mnt_id());
     }
+    out.push_back({m, std::move(root)});
+  }
+  return out;
+}
+
+}  // namespace
+
+Result<void> PrecopyTmpfs(pid_t pid, images::Sink& sink, images::Compression compression,
+                          Precopied* out) {
+  ASSIGN_OR_RETURN(img::MountTable table, ReadTable(pid));
+  ASSIGN_OR_RETURN(std::vector<OpenTmpfs> mounts, OpenTmpfsMounts(pid, table));
+  for (auto& [m, root] : mounts) {
+    PrecopiedTree& t = out->tmpfs[m->mnt_id()];
+    t = PrecopiedTree();
+    t.blob = StrFormat("tmpfs-%u-data-pre.img", m->mnt_id());
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    t.taken_ns = static_cast<int64_t>(now.tv_sec) * 1000000000LL + now.tv_nsec;
+    ASSIGN_OR_RETURN(images::ImageWriter w,
+                     images::ImageWriter::Create(sink, StrFormat("tmpfs-%u-pre.img", m->mnt_id())));
+    ASSIGN_OR_RETURN(images::BlobWriter blob, images::BlobWriter::Create(sink, t.blob, compression));
+    Walker walker(w, blob, m->mnt_id());
+    walker.Record(&t);
+    // What was recorded before a failure stays valid (each file's bytes are whole in the blob);
+    // the rest is read by the final dump. The files are closed either way: an image set cannot
+    // be finished with one still open.
+    auto walked = walker.Root(root.get());
+    if (!walked.ok())
+      LOG_WARN("copying tmpfs %s of pid %d ahead stopped at %zu files: %s",
+               m->mountpoint().c_str(), pid, t.files.size(),
+               walked.error().to_string().c_str());
+    TRY(w.Close());
+    TRY(blob.Close());
+    out->bytes += blob.logical_size();
+    LOG_DEBUG("tmpfs %s copied ahead: %zu files, %lu bytes", m->mountpoint().c_str(),
+              t.files.size(), static_cast<unsigned long>(blob.logical_size()));
+  }
+  return Ok();
+}
+
+Result<void> Dump(pid_t pid, images::Sink& sink, images::Compression compression,
+                  const Precopied* pre) {
+  ASSIGN_OR_RETURN(img::MountTable table, ReadTable(pid));
+  ASSIGN_OR_RETURN(std::vector<OpenTmpfs> mounts, OpenTmpfsMounts(pid, table));
+  for (auto& [m, root] : mounts) {
     ASSIGN_OR_RETURN(images::ImageWriter w,
                      images::ImageWriter::Create(sink, TmpfsImage(m->mnt_id())));
     ASSIGN_OR_RETURN(images::BlobWriter blob,
                      images::BlobWriter::Create(sink, TmpfsBlob(m->mnt_id()), compression));
     Walker walker(w, blob, m->mnt_id());
-    TRY_CTX(walker.Root(fd), "dump tmpfs %s of pid %d", m->mountpoint().c_str(), pid);
+    if (pre) {
+      auto it = pre->tmpfs.find(m->mnt_id());
+      if (it != pre->tmpfs.end()) walker.UseBase(&it->second);
+    }
+    TRY_CTX(walker.Root(root.get()), "dump tmpfs %s of pid %d", m->mountpoint().c_str(), pid);
     TRY(w.Close());
     TRY(blob.Close());
+    if (pre) pre->reused_bytes += walker.reused();
     m->set_contents_dumped(true);
-    LOG_DEBUG("tmpfs %s: %lu entries, %lu bytes", m->mountpoint().c_str(),
-              static_cast<unsigned long>(walker.files()),
-              static_cast<unsigned long>(blob.logical_size()));
+    LOG_DEBUG("tmpfs %s: %lu entries, %lu bytes, %lu referred to the copy ahead",
+              m->mountpoint().c_str(), static_cast<unsigned long>(walker.files()),
+              static_cast<unsigned long>(blob.logical_size()),
+              static_cast<unsigned long>(walker.reused()));
   }
   return images::WriteImage(sink, kImage, table);
 }
@@ -675,7 +808,7 @@ Result<void> RestoreEntries(const images::ImageSet& images, const std::string& i
   ASSIGN_OR_RETURN(UniqueFd root, fs::Open(dir, O_RDONLY | O_DIRECTORY));
   // Entries stay alive until the times pass at the end.
   std::vector<std::unique_ptr<img::TmpfsEntry>> entries;
-  Restorer r(root.get(), blob.get());
+  Restorer r(root.get(), blob.get(), &images);
   for (;;) {
     auto e = std::make_unique<img::TmpfsEntry>();
     ASSIGN_OR_RETURN(bool more, reader.Next(e.get()));

@@ -14,9 +14,13 @@
 // image cannot write outside it.
 #pragma once
 
+#include <sys/stat.h>
 #include <sys/types.h>
 
+#include <atomic>
+#include <map>
 #include <string>
+#include <vector>
 
 #include "common/result.h"
 #include "images/image.h"
@@ -34,9 +38,40 @@ std::string TmpfsBlob(uint32_t mnt_id);
 // Parses the text of a mountinfo file (octal escapes decoded).
 Result<img::MountTable> ParseMountInfo(const std::string& text);
 
-// Dumps the mount list of pid's mount namespace and the contents of its tmpfs mounts.
+// The regular files of a tree of files (a tmpfs) copied ahead of a final dump, while the
+// container ran: a migration's rounds copy the tmpfs contents once, and the final dump (frozen)
+// refers to that copy for every file unchanged since, instead of reading it again.
+struct PrecopiedFile {
+  uint64_t ino = 0, size = 0;
+  int64_t mtime_ns = 0, ctime_ns = 0;  // as statx gave them before the contents were read
+  std::vector<img::TmpfsExtent> extents;  // offsets into the tree's blob
+};
+struct PrecopiedTree {
+  std::string blob;  // the blob holding the files' bytes
+  int64_t taken_ns = 0;  // CLOCK_REALTIME when the walk began
+  std::map<std::string, PrecopiedFile> files;  // by path relative to the tree's root
+};
+struct Precopied {
+  std::map<uint32_t, PrecopiedTree> tmpfs;  // by tmpfs mount id
+  uint64_t bytes = 0;  // copied ahead
+  mutable std::atomic<uint64_t> reused_bytes{0};  // referred to by final dumps since
+};
+// Whether a file whose statx is `now` still holds what was copied as `was`: the same inode,
+// size, mtime and change time, the change time older than the copy by more than the kernel's
+// clock granularity (a write in the same tick as the copy would leave it unchanged).
+bool StillPrecopied(const PrecopiedFile& was, const struct statx& now, int64_t taken_ns);
+// Copies the contents of pid's tmpfs mounts (as Dump would find them) into sink, while the
+// container runs: per mount a blob "tmpfs-<mnt_id>-data-pre.img" (and its entries,
+// "tmpfs-<mnt_id>-pre.img"), and what identifies each copied file into *out.
+Result<void> PrecopyTmpfs(pid_t pid, images::Sink& sink, images::Compression compression,
+                          Precopied* out);
+
+// Dumps the mount list of pid's mount namespace and the contents of its tmpfs mounts. With
+// `pre`, a file unchanged since pre's copy (StillPrecopied) is not read: its entry refers to
+// pre's blob (TmpfsEntry.data_blob).
 Result<void> Dump(pid_t pid, images::Sink& sink,
-                  images::Compression compression = images::Compression::kNone);
+                  images::Compression compression = images::Compression::kNone,
+                  const Precopied* pre = nullptr);
 Result<img::MountTable> ReadMounts(const images::ImageSet& images);
 // Recreates the contents of the tmpfs dumped from mount mnt_id into dir.
 Result<void> RestoreTmpfs(const images::ImageSet& images, uint32_t mnt_id, const std::string& dir);

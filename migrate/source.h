@@ -120,6 +120,9 @@ struct MigrationReport {
   bool secure = false;
   std::string cipher;  // the TLS suite agreed on (empty: --insecure)
   std::string staging;  // where the images were staged: "huge-tmpfs", "tmpfs" or "disk"
+  // The container's tmpfs contents copied while it ran, and how much of it the final checkpoint
+  // referred to instead of reading it again (container::ContainerPreCopy::CopyFilesAhead).
+  uint64_t files_ahead_bytes = 0, files_ahead_reused_bytes = 0;
   bool compressed = false;
   bool boosted = false;  // the blackout ran at a raised priority here (common/priority.h)
   // "migrated"; "not started" (e.g. the connection or handshake failed), "refused", "rolled back"

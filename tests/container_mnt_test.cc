@@ -9,10 +9,12 @@
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/xattr.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <functional>
+#include <map>
 
 #include "common/scope_exit.h"
 #include "container/mnt.h"
@@ -210,6 +212,105 @@ TEST(ContainerMnt, TmpfsRoundTrip) {
   std::string nested_after = Snapshot(dst.path() + "/sub");
   // The nested root's times and mode are restored too.
   EXPECT_EQ(nested_before, nested_after);
+}
+
+// A migration's copy ahead (mnt::PrecopyTmpfs) and the final dump that refers to it: a file
+// unchanged since the copy is not read again (its entry names the copy's blob); one written,
+// replaced, created or changed within the clock's granularity of the copy is; a removed one is
+// gone. The restore from both is the tmpfs as it was at the final dump, entry by entry.
+TEST(ContainerMnt, TmpfsCopiedAheadIsReferredToWhereUnchanged) {
+  TempDir src("mnt-pre-src");
+  NsHolder a;
+  ASSERT_OK(a.Start(CLONE_NEWNS, [&] { return Populate(src.path()); }));
+  const std::string v = StrFormat("/proc/%d/root", a.pid());
+  std::string keep(1 << 20, '\0');
+  for (size_t i = 0; i < keep.size(); i++) keep[i] = static_cast<char>(i * 7919 >> 3);
+  ASSERT_EQ(WriteAt(v + "/keep", keep, 0), 0);
+  ASSERT_EQ(WriteAt(v + "/edit", std::string(65536, 'e'), 0), 0);
+  ASSERT_EQ(WriteAt(v + "/gone", "gone", 0), 0);
+  ASSERT_EQ(WriteAt(v + "/renamed", "old inode", 0), 0);
+  // Until every file's change time is well before the copy (the test waits for the clock, not
+  // for another actor): a change time near the copy's start is not trusted.
+  for (;;) {
+    struct statx stx;
+    ASSERT_EQ(::statx(AT_FDCWD, (v + "/renamed").c_str(), 0, STATX_CTIME, &stx), 0);
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    int64_t age = (now.tv_sec - stx.stx_ctime.tv_sec) * 1000000000LL + now.tv_nsec -
+                  stx.stx_ctime.tv_nsec;
+    if (age > 100'000'000) break;
+    struct timespec nap = {0, 10'000'000};
+    nanosleep(&nap, nullptr);
+  }
+  ASSERT_EQ(WriteAt(v + "/fresh", "written just before the copy", 0), 0);
+
+  TempDir dir("mnt-pre-img");
+  mnt::Precopied pre;
+  auto set = testing::DumpToDir(dir.path(), [&](images::Sink& s) -> Result<void> {
+    TRY(mnt::PrecopyTmpfs(a.pid(), s, images::Compression::kNone, &pre));
+    // The container runs on: a file rewritten in place with its old size and mtime put back
+    // (only the change time tells), one replaced by a rename, one removed, one made.
+    struct stat old;
+    if (::stat((v + "/edit").c_str(), &old) < 0) return Errno("stat edit");
+    if (WriteAt(v + "/edit", "EDITED", 1000)) return Errno("edit");
+    struct timespec ts[2] = {old.st_atim, old.st_mtim};
+    if (::utimensat(AT_FDCWD, (v + "/edit").c_str(), ts, 0) < 0) return Errno("utimens");
+    if (WriteAt(v + "/renamed.tmp", "new inode", 0) ||
+        ::rename((v + "/renamed.tmp").c_str(), (v + "/renamed").c_str()) < 0)
+      return Errno("rename");
+    if (::unlink((v + "/gone").c_str()) < 0) return Errno("unlink");
+    if (WriteAt(v + "/new", "made after the copy", 0)) return Errno("new");
+    return mnt::Dump(a.pid(), s, images::Compression::kNone, &pre);
+  });
+  ASSERT_OK(set);
+  ASSERT_EQ(pre.tmpfs.size(), 2u);  // the root tmpfs and /sub
+  EXPECT_GE(pre.bytes, keep.size());
+
+  auto table = mnt::ReadMounts(*set);
+  ASSERT_OK(table);
+  uint32_t root_id = 0;
+  for (const auto& m : table->mounts())
+    if (m.mountpoint() == "/") root_id = m.mnt_id();
+  ASSERT_NE(root_id, 0u);
+  std::map<std::string, std::string> blob_of;
+  auto rd = set->OpenImage(mnt::TmpfsImage(root_id));
+  ASSERT_OK(rd);
+  for (;;) {
+    img::TmpfsEntry e;
+    auto more = rd->Next(&e);
+    ASSERT_OK(more);
+    if (!*more) break;
+    if (e.type() == img::TMPFS_REG) blob_of[e.path()] = e.data_blob();
+  }
+  const std::string pre_blob = StrFormat("tmpfs-%u-data-pre.img", root_id);
+  EXPECT_EQ(blob_of["keep"], pre_blob);
+  EXPECT_EQ(blob_of["d/e/big"], pre_blob);
+  for (const char* changed : {"edit", "renamed", "new", "fresh"})
+    EXPECT_EQ(blob_of[changed], "") << changed;
+  EXPECT_EQ(blob_of.count("gone"), 0u);
+  EXPECT_GE(pre.reused_bytes.load(), keep.size());
+
+  std::string before = Snapshot(v + "/.");
+  a.Stop();
+  TempDir dst("mnt-pre-dst");
+  ASSERT_EQ(::mount("tmpfs", dst.path().c_str(), "tmpfs", 0, "size=16m"), 0);
+  ASSERT_OK(mnt::RestoreTmpfs(*set, root_id, dst.path()));
+  std::string after = Snapshot(dst.path());
+  before.replace(before.find("/sub is a mountpoint"), 20,
+                 after.substr(after.find("/sub mode"),
+                              after.find('\n', after.find("/sub mode")) - after.find("/sub mode")));
+  EXPECT_EQ(before, after);
+  ASSERT_EQ(::umount2(dst.path().c_str(), MNT_DETACH), 0);
+
+  // Without the copy's blob the restore names what is missing.
+  ASSERT_EQ(::unlink((dir.path() + "/" + pre_blob).c_str()), 0);
+  auto partial = images::ImageSet::OpenPartial(dir.path());
+  ASSERT_OK(partial);
+  TempDir dst2("mnt-pre-dst2");
+  auto r = mnt::RestoreTmpfs(*partial, root_id, dst2.path());
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().kind(), ErrorKind::kBadImage);
+  EXPECT_NE(r.error().to_string().find(pre_blob), std::string::npos) << r.error().to_string();
 }
 
 TEST(ContainerMnt, CraftedImageCannotEscape) {
