@@ -371,12 +371,13 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
     if (own_tree && own_container && !leave_running) {
       layer_job = std::async(std::launch::async, [&, upper]() -> Result<bool> {
         auto t = Clock::now();
-        auto r = mnt::DumpLayer(pid, c.rootfs, *sink, opts.compression, upper);
+        auto r = mnt::DumpLayer(pid, c.rootfs, *sink, opts.compression, upper, opts.precopy_files);
         layer_walk_ms = timing::MsBetween(t, Clock::now());
         return r;
       });
     } else {
-      ASSIGN_OR_RETURN(bool layer, mnt::DumpLayer(pid, c.rootfs, *sink, opts.compression, upper));
+      ASSIGN_OR_RETURN(bool layer, mnt::DumpLayer(pid, c.rootfs, *sink, opts.compression, upper,
+                                                  opts.precopy_files));
       rec.set_has_layer(layer);
       laps.LapInto(&ph.layer_ms);
     }

@@ -1,9 +1,12 @@
 #include "container/engine.h"
 
+#include <algorithm>
+
 #include "dump/dump.h"
 #include "restore/restore.h"
 #include "runtime/container.h"
 #include "runtime/runtime.h"
+#include "runtime/storage.h"
 
 namespace godwit::container {
 
@@ -18,6 +21,10 @@ Result<std::unique_ptr<ContainerPreCopy>> ContainerPreCopy::Start(const std::str
                      runtime::StatusName(c.CurrentStatus()));
   std::unique_ptr<ContainerPreCopy> pc(new ContainerPreCopy());
   pc->id_ = id;
+  pc->rootfs_ = c.rootfs;
+  pc->upper_ = c.disk_quota > 0 ? runtime::StorageUpper(c.storage_dir) : "";
+  if (auto own = OwnNamespaces(c.pid); own.ok())
+    pc->own_mnt_ = std::find(own->begin(), own->end(), "mnt") != own->end();
   auto engine = dump::PreCopy::Start(c.pid, tree_sink, o);
   if (!engine.ok()) return std::move(engine.error().wrap(StrFormat("container %s", id.c_str())));
   pc->engine_ = std::move(*engine);
@@ -30,6 +37,10 @@ Result<void> ContainerPreCopy::CopyFilesAhead(images::Sink& container_sink,
   auto f = std::make_unique<mnt::Precopied>();
   TRY_CTX(mnt::PrecopyTmpfs(pid(), container_sink, compression, f.get()), "container %s",
           id_.c_str());
+  if (own_mnt_) {
+    TRY_CTX(mnt::PrecopyLayer(pid(), rootfs_, container_sink, compression, upper_, f.get()),
+            "container %s", id_.c_str());
+  }
   files_ = std::move(f);
   return Ok();
 }

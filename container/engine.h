@@ -44,8 +44,9 @@ class ContainerPreCopy {
   pid_t pid() const { return engine_->pid(); }  // the container's init, host pid
   images::Sink& tree_sink() const { return engine_->sink(); }
   dump::PreCopy& engine() { return *engine_; }
-  // Copies the container's tmpfs contents into container_sink while it runs (mnt::PrecopyTmpfs):
-  // the final checkpoint then reads only the files changed since. Again: a fresh copy.
+  // Copies the container's tmpfs contents and its writable layer's files into container_sink
+  // while it runs (mnt::PrecopyTmpfs, mnt::PrecopyLayer): the final checkpoint then reads only
+  // the files changed since. Again: a fresh copy.
   Result<void> CopyFilesAhead(images::Sink& container_sink, images::Compression compression);
   // What CopyFilesAhead copied (null before it, or after it failed).
   const mnt::Precopied* files() const { return files_.get(); }
@@ -55,6 +56,8 @@ class ContainerPreCopy {
   std::string id_;
   std::unique_ptr<dump::PreCopy> engine_;
   std::unique_ptr<mnt::Precopied> files_;
+  std::string rootfs_, upper_;  // the container's rootfs and overlay upper dir (if any)
+  bool own_mnt_ = false;        // a mount namespace of its own (else no layer of its own)
 };
 
 // The engine's dump of a container's tree (the cgroup hooks, TCP kept locked to be killed or

@@ -1068,8 +1068,14 @@ UniqueFd OpenUpper(pid_t pid, const std::string& upper) {
   return UniqueFd(::open(upper.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
 }
 
-Result<bool> DumpLayer(pid_t pid, const std::string& rootfs, images::Sink& sink,
-                       images::Compression compression, const std::string& upper) {
+namespace {
+
+// DumpLayer into the named image and blob; with base, unchanged files refer to it; with record,
+// a copy ahead (walk errors end the walk, what was recorded stays).
+Result<bool> WalkLayer(pid_t pid, const std::string& rootfs, images::Sink& sink,
+                       images::Compression compression, const std::string& upper,
+                       const char* image, const std::string& blob_name,
+                       const PrecopiedTree* base, PrecopiedTree* record, uint64_t* reused) {
   std::string merged_path = StrFormat("/proc/%d/root/.", pid);
   int mfd = ::open(merged_path.c_str(), O_RDONLY | O_DIRECTORY | O_NOATIME | O_CLOEXEC);
   if (mfd < 0) return MakeError(ErrorKind::kNotFound, errno, "open %s", merged_path.c_str());
@@ -1084,9 +1090,9 @@ Result<bool> DumpLayer(pid_t pid, const std::string& rootfs, images::Sink& sink,
   // no layer to tell apart.
   if (makedev(mstx.stx_dev_major, mstx.stx_dev_minor) == rst.st_dev && mstx.stx_ino == rst.st_ino)
     return false;
-  ASSIGN_OR_RETURN(images::ImageWriter w, images::ImageWriter::Create(sink, kLayerImage));
+  ASSIGN_OR_RETURN(images::ImageWriter w, images::ImageWriter::Create(sink, image));
   ASSIGN_OR_RETURN(images::BlobWriter blob,
-                   images::BlobWriter::Create(sink, kLayerBlob, compression));
+                   images::BlobWriter::Create(sink, blob_name, compression));
   int rfd = rfs.get();
   uint64_t kept = 0, whiteouts = 0;
   RootStat rootstat(rfd);
@@ -1143,15 +1149,58 @@ Result<bool> DumpLayer(pid_t pid, const std::string& rootfs, images::Sink& sink,
               upper.c_str());
   }
   Walker walker(w, blob, mstx.stx_mnt_id, keep, descend);
-  TRY_CTX(walker.Root(mfd), "writable layer of pid %d", pid);
-  TRY_CTX(Whiteouts(rfd, mfd, ufd.valid() ? ufd.get() : -1, "", w, &whiteouts),
-          "writable layer of pid %d", pid);
+  walker.UseBase(base);
+  walker.Record(record);
+  if (record) {
+    auto walked = walker.Root(mfd);
+    if (!walked.ok())
+      LOG_WARN("copying the writable layer of pid %d ahead stopped at %zu files: %s", pid,
+               record->files.size(), walked.error().to_string().c_str());
+  } else {
+    TRY_CTX(walker.Root(mfd), "writable layer of pid %d", pid);
+    TRY_CTX(Whiteouts(rfd, mfd, ufd.valid() ? ufd.get() : -1, "", w, &whiteouts),
+            "writable layer of pid %d", pid);
+  }
   TRY(w.Close());
   TRY(blob.Close());
-  LOG_DEBUG("writable layer of pid %d: %lu changed, %lu deleted, %lu bytes", pid,
-            static_cast<unsigned long>(kept), static_cast<unsigned long>(whiteouts),
-            static_cast<unsigned long>(blob.logical_size()));
+  if (reused) *reused += walker.reused();
+  LOG_DEBUG("writable layer of pid %d%s: %lu changed, %lu deleted, %lu bytes, %lu referred to "
+            "the copy ahead",
+            pid, record ? " (copied ahead)" : "", static_cast<unsigned long>(kept),
+            static_cast<unsigned long>(whiteouts),
+            static_cast<unsigned long>(blob.logical_size()),
+            static_cast<unsigned long>(walker.reused()));
+  if (record) record->blob = blob_name;
   return true;
+}
+
+}  // namespace
+
+Result<bool> DumpLayer(pid_t pid, const std::string& rootfs, images::Sink& sink,
+                       images::Compression compression, const std::string& upper,
+                       const Precopied* pre) {
+  uint64_t reused = 0;
+  ASSIGN_OR_RETURN(bool layer, WalkLayer(pid, rootfs, sink, compression, upper, kLayerImage,
+                                         kLayerBlob, pre && pre->layer ? &*pre->layer : nullptr,
+                                         nullptr, &reused));
+  if (pre) pre->reused_bytes += reused;
+  return layer;
+}
+
+Result<void> PrecopyLayer(pid_t pid, const std::string& rootfs, images::Sink& sink,
+                          images::Compression compression, const std::string& upper,
+                          Precopied* out) {
+  PrecopiedTree t;
+  struct timespec now;
+  clock_gettime(CLOCK_REALTIME, &now);
+  t.taken_ns = static_cast<int64_t>(now.tv_sec) * 1000000000LL + now.tv_nsec;
+  ASSIGN_OR_RETURN(bool layer, WalkLayer(pid, rootfs, sink, compression, upper, "layer-pre.img",
+                                         "layer-data-pre.img", nullptr, &t, nullptr));
+  out->layer.reset();
+  if (!layer) return Ok();
+  for (const auto& [path, f] : t.files) out->bytes += f.size;
+  out->layer = std::move(t);
+  return Ok();
 }
 
 Result<void> RestoreLayer(const images::ImageSet& images, const std::string& dir) {

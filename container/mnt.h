@@ -19,6 +19,7 @@
 
 #include <atomic>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -53,6 +54,7 @@ struct PrecopiedTree {
 };
 struct Precopied {
   std::map<uint32_t, PrecopiedTree> tmpfs;  // by tmpfs mount id
+  std::optional<PrecopiedTree> layer;  // the writable layer's files (PrecopyLayer)
   uint64_t bytes = 0;  // copied ahead
   mutable std::atomic<uint64_t> reused_bytes{0};  // referred to by final dumps since
 };
@@ -98,9 +100,16 @@ Result<void> CheckRootfs(const img::RootfsIdentity& was, const img::RootfsIdenti
 // If it is the upperdir of the container's root mount, only the directories it has are walked:
 // every change below a directory copies that directory up, so the rest equals the rootfs (the
 // walk then costs what changed, not the size of the rootfs).
+// With `pre`, a file unchanged since pre's copy of the layer is referred to, not read.
 Result<bool> DumpLayer(pid_t pid, const std::string& rootfs, images::Sink& sink,
                        images::Compression compression = images::Compression::kNone,
-                       const std::string& upper = "");
+                       const std::string& upper = "", const Precopied* pre = nullptr);
+// The writable layer's files copied ahead, while the container runs ("layer-pre.img",
+// "layer-data-pre.img"): what DumpLayer would keep, recorded into out->layer (left empty when
+// the container has no layer).
+Result<void> PrecopyLayer(pid_t pid, const std::string& rootfs, images::Sink& sink,
+                          images::Compression compression, const std::string& upper,
+                          Precopied* out);
 // Applies the diff to dir, normally the restored container's root (/proc/PID/root).
 Result<void> RestoreLayer(const images::ImageSet& images, const std::string& dir);
 

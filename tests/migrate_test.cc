@@ -346,20 +346,31 @@ TEST_F(MigrateTest, IdleContainerThereAndBackTenTimes) {
   EXPECT_EQ(nice.out, "0\n7\n") << nice;
 }
 
-// The container's tmpfs contents go with the rounds (mnt::PrecopyTmpfs): the final checkpoint
-// refers to what is unchanged since (a 24 MiB file) and reads only what changed (the counter
-// the container rewrites every 20 ms); both arrive as they were at the freeze.
-TEST_F(MigrateTest, TmpfsContentsGoAheadOfTheFreeze) {
+// The container's tmpfs contents and its writable layer's files go with the rounds
+// (mnt::PrecopyTmpfs, mnt::PrecopyLayer): the final checkpoint refers to what is unchanged since
+// (24 and 8 MiB files) and reads only what changed (the counter the container rewrites every
+// 20 ms); all arrive as they were at the freeze.
+TEST_F(MigrateTest, TmpfsAndLayerFilesGoAheadOfTheFreeze) {
   StartDaemon('b');
-  RunCounter("files", 12, "head -c 25165824 /dev/urandom > /dev/shm/blob; ");
-  if (HasFatalFailure()) return;
-  CliRun sum = Gw('a', {"exec", "files", "--", "md5sum", "/dev/shm/blob"});
+  // A writable layer of its own (--disk: an overlay) holding an 8 MiB file, a 24 MiB file in
+  // its /dev/shm, and a counter rewritten every 20 ms.
+  ids_.push_back("files");
+  CliRun run = Gw('a', {"run", "--rootfs", rootfs_, "--name", "files", "--detach", "--bridge",
+                        "br0", "--ip", NetnsHosts::ContainerIp(12) + "/15", "--memory", "512M",
+                        "--disk", "64M", "--", "sh", "-c",
+                        "head -c 25165824 /dev/urandom > /dev/shm/blob; "
+                        "head -c 8388608 /dev/urandom > /layerfile; nc -ll -p 8081 -e cat & "
+                        "i=0; while true; do i=$((i+1)); echo $i > /dev/shm/count; "
+                        "usleep 20000; done"});
+  ASSERT_EQ(run.code, 0) << run;
+  ASSERT_GT(WaitCount('a', "files", 2), 2);
+  CliRun sum = Gw('a', {"exec", "files", "--", "md5sum", "/dev/shm/blob", "/layerfile"});
   ASSERT_EQ(sum.code, 0) << sum;
-  // Until the file's change time is well in the past (the clock, not another actor): a file
+  // Until the files' change times are well in the past (the clock, not another actor): a file
   // changed within the clock's granularity of the copy is read again at the freeze.
   for (;;) {
     CliRun age = Gw('a', {"exec", "files", "--", "sh", "-c",
-                          "echo $(( $(date +%s) - $(stat -c %Z /dev/shm/blob) ))"});
+                          "echo $(( $(date +%s) - $(stat -c %Z /layerfile) ))"});
     ASSERT_EQ(age.code, 0) << age;
     if (atoi(age.out.c_str()) >= 2) break;  // whole seconds: 2 is more than one
   }
@@ -367,11 +378,11 @@ TEST_F(MigrateTest, TmpfsContentsGoAheadOfTheFreeze) {
   CliRun r = Migrate('a', "files", {"--report", rep});
   ASSERT_EQ(r.code, 0) << r;
   auto j = nlohmann::json::parse(*fs::ReadFile(rep));
-  EXPECT_GE(j["files_ahead_bytes"].get<uint64_t>(), 24ull << 20) << j.dump(2);
-  EXPECT_GE(j["files_ahead_reused_bytes"].get<uint64_t>(), 24ull << 20) << j.dump(2);
-  // The final checkpoint did not send the file again: its bytes on the wire are far below it.
+  EXPECT_GE(j["files_ahead_bytes"].get<uint64_t>(), 32ull << 20) << j.dump(2);
+  EXPECT_GE(j["files_ahead_reused_bytes"].get<uint64_t>(), 32ull << 20) << j.dump(2);
+  // The final checkpoint did not send them again: its bytes on the wire are far below them.
   EXPECT_LT(j["final_bytes"].get<uint64_t>(), 8ull << 20) << j.dump(2);
-  CliRun there = Gw('b', {"exec", "files", "--", "md5sum", "/dev/shm/blob"});
+  CliRun there = Gw('b', {"exec", "files", "--", "md5sum", "/dev/shm/blob", "/layerfile"});
   EXPECT_EQ(there.out, sum.out) << there;
   int c = Count('b', "files");
   EXPECT_GT(WaitCount('b', "files", c), c) << "the counter carries on from the freeze";
