@@ -133,7 +133,8 @@ bool StillPrecopied(const PrecopiedFile& was, const struct statx& now, int64_t t
   // copy, after it, leaves them as they were. Only a file unchanged well before the copy began
   // is trusted.
   constexpr int64_t kTickMarginNs = 50'000'000;
-  return now.stx_ino == was.ino && now.stx_size == was.size &&
+  return makedev(now.stx_dev_major, now.stx_dev_minor) == was.dev && now.stx_ino == was.ino &&
+         now.stx_size == was.size &&
          Ns(now.stx_mtime) == was.mtime_ns && Ns(now.stx_ctime) == was.ctime_ns &&
          was.ctime_ns < taken_ns - kTickMarginNs;
 }
@@ -273,6 +274,7 @@ class Walker {
         if (record_) {
           if (!Contents(fd, stx.stx_size, &e).ok()) return Ok();  // changing while read
           PrecopiedFile& f = record_->files[path];
+          f.dev = makedev(stx.stx_dev_major, stx.stx_dev_minor);
           f.ino = stx.stx_ino;
           f.size = stx.stx_size;
           f.mtime_ns = Ns(stx.stx_mtime);

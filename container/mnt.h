@@ -43,7 +43,7 @@ Result<img::MountTable> ParseMountInfo(const std::string& text);
 // container ran: a migration's rounds copy the tmpfs contents once, and the final dump (frozen)
 // refers to that copy for every file unchanged since, instead of reading it again.
 struct PrecopiedFile {
-  uint64_t ino = 0, size = 0;
+  uint64_t dev = 0, ino = 0, size = 0;
   int64_t mtime_ns = 0, ctime_ns = 0;  // as statx gave them before the contents were read
   std::vector<img::TmpfsExtent> extents;  // offsets into the tree's blob
 };
@@ -58,8 +58,8 @@ struct Precopied {
   uint64_t bytes = 0;  // copied ahead
   mutable std::atomic<uint64_t> reused_bytes{0};  // referred to by final dumps since
 };
-// Whether a file whose statx is `now` still holds what was copied as `was`: the same inode,
-// size, mtime and change time, the change time older than the copy by more than the kernel's
+// Whether a file whose statx is `now` still holds what was copied as `was`: the same device and
+// inode, size, mtime and change time, the change time older than the copy by more than the kernel's
 // clock granularity (a write in the same tick as the copy would leave it unchanged).
 bool StillPrecopied(const PrecopiedFile& was, const struct statx& now, int64_t taken_ns);
 // Copies the contents of pid's tmpfs mounts (as Dump would find them) into sink, while the

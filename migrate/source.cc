@@ -462,9 +462,16 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
     return Ok();
   });
   ASSIGN_OR_RETURN(auto ctr_dir, images::OpenDirSink(staging + "/container", true));
+  // The files copied ahead (ContainerPreCopy::CopyFilesAhead) are not read here again either.
+  auto send_ctr = [&](const std::string& n) -> Result<void> {
+    TRY(ctr_tx.Send(n));
+    if (n.size() > 8 && n.compare(n.size() - 8, 8, "-pre.img") == 0)
+      (void)::unlink((staging + "/container/" + n).c_str());
+    return Ok();
+  };
   auto ctr_sink = ForwardingSink(std::move(ctr_dir), [&](const std::string& n) -> Result<void> {
-    if (!async) return ctr_tx.Send(n);
-    async->Push([&ctr_tx, n] { return ctr_tx.Send(n); });
+    if (!async) return send_ctr(n);
+    async->Push([&send_ctr, n] { return send_ctr(n); });
     return Ok();
   });
 
