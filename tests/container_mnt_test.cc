@@ -214,6 +214,36 @@ TEST(ContainerMnt, TmpfsRoundTrip) {
   EXPECT_EQ(nested_before, nested_after);
 }
 
+// Waits until path's change time lies more than age_ns in the past (the clock, not another
+// actor: there is no event to wait for); false if path cannot be read.
+bool WaitChangeTimeOlder(const std::string& path, int64_t age_ns) {
+  for (;;) {
+    struct statx stx;
+    if (::statx(AT_FDCWD, path.c_str(), 0, STATX_CTIME, &stx) < 0) return false;
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    if ((now.tv_sec - stx.stx_ctime.tv_sec) * 1000000000LL + now.tv_nsec - stx.stx_ctime.tv_nsec >
+        age_ns)
+      return true;
+    struct timespec nap = {0, 10'000'000};
+    nanosleep(&nap, nullptr);
+  }
+}
+
+// The data blob each regular file of a tmpfs or layer image names ("" for the image's own).
+Result<std::map<std::string, std::string>> DataBlobs(const images::ImageSet& set,
+                                                     const std::string& image) {
+  std::map<std::string, std::string> out;
+  ASSIGN_OR_RETURN(images::ImageReader rd, set.OpenImage(image));
+  for (;;) {
+    img::TmpfsEntry e;
+    ASSIGN_OR_RETURN(bool more, rd.Next(&e));
+    if (!more) break;
+    if (e.type() == img::TMPFS_REG) out[e.path()] = e.data_blob();
+  }
+  return out;
+}
+
 // A migration's copy ahead (mnt::PrecopyTmpfs) and the final dump that refers to it: a file
 // unchanged since the copy is not read again (its entry names the copy's blob); one written,
 // replaced, created or changed within the clock's granularity of the copy is; a removed one is
@@ -229,19 +259,9 @@ TEST(ContainerMnt, TmpfsCopiedAheadIsReferredToWhereUnchanged) {
   ASSERT_EQ(WriteAt(v + "/edit", std::string(65536, 'e'), 0), 0);
   ASSERT_EQ(WriteAt(v + "/gone", "gone", 0), 0);
   ASSERT_EQ(WriteAt(v + "/renamed", "old inode", 0), 0);
-  // Until every file's change time is well before the copy (the test waits for the clock, not
-  // for another actor): a change time near the copy's start is not trusted.
-  for (;;) {
-    struct statx stx;
-    ASSERT_EQ(::statx(AT_FDCWD, (v + "/renamed").c_str(), 0, STATX_CTIME, &stx), 0);
-    struct timespec now;
-    clock_gettime(CLOCK_REALTIME, &now);
-    int64_t age = (now.tv_sec - stx.stx_ctime.tv_sec) * 1000000000LL + now.tv_nsec -
-                  stx.stx_ctime.tv_nsec;
-    if (age > 100'000'000) break;
-    struct timespec nap = {0, 10'000'000};
-    nanosleep(&nap, nullptr);
-  }
+  // Until every file's change time is well before the copy: a change time near the copy's start
+  // is not trusted.
+  ASSERT_TRUE(WaitChangeTimeOlder(v + "/renamed", 100'000'000));
   ASSERT_EQ(WriteAt(v + "/fresh", "written just before the copy", 0), 0);
 
   TempDir dir("mnt-pre-img");
@@ -272,16 +292,9 @@ TEST(ContainerMnt, TmpfsCopiedAheadIsReferredToWhereUnchanged) {
   for (const auto& m : table->mounts())
     if (m.mountpoint() == "/") root_id = m.mnt_id();
   ASSERT_NE(root_id, 0u);
-  std::map<std::string, std::string> blob_of;
-  auto rd = set->OpenImage(mnt::TmpfsImage(root_id));
-  ASSERT_OK(rd);
-  for (;;) {
-    img::TmpfsEntry e;
-    auto more = rd->Next(&e);
-    ASSERT_OK(more);
-    if (!*more) break;
-    if (e.type() == img::TMPFS_REG) blob_of[e.path()] = e.data_blob();
-  }
+  auto blobs = DataBlobs(*set, mnt::TmpfsImage(root_id));
+  ASSERT_OK(blobs);
+  auto& blob_of = *blobs;
   const std::string pre_blob = StrFormat("tmpfs-%u-data-pre.img", root_id);
   EXPECT_EQ(blob_of["keep"], pre_blob);
   EXPECT_EQ(blob_of["d/e/big"], pre_blob);
@@ -381,6 +394,18 @@ int OverlayChanges(const std::string& lower, const std::string& scratch) {
   return 0;
 }
 
+// A fresh overlay over lower, its upper and work dirs in a tmpfs mounted at dir (TempDir
+// unmounts it): the merged directory, or "" with errno set.
+std::string FreshOverlay(const std::string& lower, const std::string& dir) {
+  if (::mount("tmpfs", dir.c_str(), "tmpfs", 0, "size=8m") < 0) return "";
+  std::string up = dir + "/upper", work = dir + "/work", merged = dir + "/merged";
+  if (::mkdir(up.c_str(), 0755) || ::mkdir(work.c_str(), 0755) || ::mkdir(merged.c_str(), 0755))
+    return "";
+  std::string opts = "lowerdir=" + lower + ",upperdir=" + up + ",workdir=" + work;
+  if (::mount("overlay", merged.c_str(), "overlay", 0, opts.c_str()) < 0) return "";
+  return merged;
+}
+
 int MakeRootfs(const std::string& r) {
   for (const char* d : {"/etc", "/bin", "/var", "/var/tree", "/opt", "/proc"})
     if (::mkdir((r + d).c_str(), 0755)) return 1;
@@ -420,13 +445,8 @@ TEST(ContainerLayer, OverlayDiffRoundTrip) {
 
   // A fresh overlay over the same rootfs, then the diff applied through it.
   TempDir fresh("layer-fresh");
-  ASSERT_EQ(::mount("tmpfs", fresh.path().c_str(), "tmpfs", 0, "size=8m"), 0);
-  std::string up = fresh.path() + "/upper", work = fresh.path() + "/work",
-              merged = fresh.path() + "/merged";
-  ASSERT_EQ(::mkdir(up.c_str(), 0755) | ::mkdir(work.c_str(), 0755) | ::mkdir(merged.c_str(), 0755),
-            0);
-  std::string opts = "lowerdir=" + rootfs.path() + ",upperdir=" + up + ",workdir=" + work;
-  ASSERT_EQ(::mount("overlay", merged.c_str(), "overlay", 0, opts.c_str()), 0);
+  std::string merged = FreshOverlay(rootfs.path(), fresh.path());
+  ASSERT_FALSE(merged.empty()) << strerror(errno);
   ScopeExit um([&] { ::umount2(merged.c_str(), MNT_DETACH); });
   ASSERT_OK(mnt::RestoreLayer(*set, merged));
   std::string after = Snapshot(merged);
@@ -456,17 +476,7 @@ TEST(ContainerLayer, LayerCopiedAheadIsReferredToWhereUnchanged) {
   ASSERT_EQ(Mk(v + "/big", big), 0);
   ASSERT_EQ(Mk(v + "/edit", std::string(4096, 'e')), 0);
   ASSERT_EQ(Mk(v + "/gone", "gone"), 0);
-  for (;;) {  // until the change times are well in the past (the clock, not another actor)
-    struct statx stx;
-    ASSERT_EQ(::statx(AT_FDCWD, (v + "/gone").c_str(), 0, STATX_CTIME, &stx), 0);
-    struct timespec now;
-    clock_gettime(CLOCK_REALTIME, &now);
-    if ((now.tv_sec - stx.stx_ctime.tv_sec) * 1000000000LL + now.tv_nsec - stx.stx_ctime.tv_nsec >
-        100'000'000)
-      break;
-    struct timespec nap = {0, 10'000'000};
-    nanosleep(&nap, nullptr);
-  }
+  ASSERT_TRUE(WaitChangeTimeOlder(v + "/gone", 100'000'000));
   TempDir dir("layer-pre-img");
   mnt::Precopied pre;
   auto set = testing::DumpToDir(dir.path(), [&](images::Sink& s) -> Result<void> {
@@ -487,16 +497,9 @@ TEST(ContainerLayer, LayerCopiedAheadIsReferredToWhereUnchanged) {
   ASSERT_TRUE(pre.layer.has_value());
   EXPECT_GE(pre.bytes, big.size());
   EXPECT_GE(pre.reused_bytes.load(), big.size());
-  std::map<std::string, std::string> blob_of;
-  auto rd = set->OpenImage(mnt::kLayerImage);
-  ASSERT_OK(rd);
-  for (;;) {
-    img::TmpfsEntry e;
-    auto more = rd->Next(&e);
-    ASSERT_OK(more);
-    if (!*more) break;
-    if (e.type() == img::TMPFS_REG) blob_of[e.path()] = e.data_blob();
-  }
+  auto blobs = DataBlobs(*set, mnt::kLayerImage);
+  ASSERT_OK(blobs);
+  auto& blob_of = *blobs;
   EXPECT_EQ(blob_of["big"], "layer-data-pre.img");
   EXPECT_EQ(blob_of["edit"], "");
   EXPECT_EQ(blob_of["new"], "");
@@ -505,17 +508,9 @@ TEST(ContainerLayer, LayerCopiedAheadIsReferredToWhereUnchanged) {
   std::string before = Snapshot(v + "/.");
   a.Stop();
   TempDir fresh("layer-pre-fresh");
-  ASSERT_EQ(::mount("tmpfs", fresh.path().c_str(), "tmpfs", 0, "size=8m"), 0);
-  std::string up = fresh.path() + "/upper", work = fresh.path() + "/work",
-              merged = fresh.path() + "/merged";
-  ASSERT_EQ(::mkdir(up.c_str(), 0755) | ::mkdir(work.c_str(), 0755) | ::mkdir(merged.c_str(), 0755),
-            0);
-  std::string opts = "lowerdir=" + rootfs.path() + ",upperdir=" + up + ",workdir=" + work;
-  ASSERT_EQ(::mount("overlay", merged.c_str(), "overlay", 0, opts.c_str()), 0);
-  ScopeExit um([&] {
-    ::umount2(merged.c_str(), MNT_DETACH);
-    ::umount2(fresh.path().c_str(), MNT_DETACH);
-  });
+  std::string merged = FreshOverlay(rootfs.path(), fresh.path());
+  ASSERT_FALSE(merged.empty()) << strerror(errno);
+  ScopeExit um([&] { ::umount2(merged.c_str(), MNT_DETACH); });
   ASSERT_OK(mnt::RestoreLayer(*set, merged));
   // A directory's atime is left out: reading a restored directory through the overlay (this
   // snapshot's walk) updates it where it is older than the mtime (relatime).
