@@ -250,6 +250,11 @@ int MigrateCmd(Global& g, const std::vector<std::string>& args) {
     printf("  switch: ARP %.1f + unlock %.1f + replay %.1f ms; frames held %d (%d after the "
            "commit, %.0f at the destination)\n",
            arp, unlock, replay, rep.held_packets, rep.late_packets, here);
+  if (rep.files_ahead_bytes > 0)
+    printf("  files copied ahead (tmpfs, writable layer): %s, %s of it not read again while "
+           "frozen; images staged in %s\n",
+           Mb(rep.files_ahead_bytes).c_str(), Mb(rep.files_ahead_reused_bytes).c_str(),
+           rep.staging.c_str());
   return 0;
 }
 
