@@ -383,7 +383,10 @@ Result<PreparedRestorePtr> PrepareRestore(const RestoreOptions& opts, bool ahead
     p->storage_on_host = true;
     p->plan.storage_mounted = true;
   }
-  if (ahead) {
+  if (ahead && has_userns) {
+    // Its holder (and so the root's namespaces) is made only once the record is whole (Run).
+    LOG_DEBUG("restore of %s: environment not made ahead: a user namespace", opts.id.c_str());
+  } else if (ahead) {
     auto a = PlanAhead(p->plan);
     if (a.ok()) {
       p->ahead = std::move(*a);

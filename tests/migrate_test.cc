@@ -388,6 +388,40 @@ TEST_F(MigrateTest, TmpfsAndLayerFilesGoAheadOfTheFreeze) {
   EXPECT_GT(WaitCount('b', "files", c), c) << "the counter carries on from the freeze";
 }
 
+// A container with a user namespace migrates there and back: its environment is not made
+// ahead (the holder of its namespaces is built from the whole record), its root stays the
+// namespace's root, mapped to the same host ids, and its counter carries on.
+TEST_F(MigrateTest, UserNamespacedContainerThereAndBack) {
+  StartDaemon('a');
+  StartDaemon('b');
+  ids_.push_back("uns");
+  CliRun run = Gw('a', {"run", "--rootfs", rootfs_, "--name", "uns", "--detach", "--userns-base",
+                        "100000", "--bridge", "br0", "--ip", NetnsHosts::ContainerIp(13) + "/15",
+                        "--", "sh", "-c",
+                        "i=0; while true; do i=$((i+1)); echo $i > /dev/shm/count; "
+                        "usleep 20000; done"});
+  ASSERT_EQ(run.code, 0) << run;
+  int last = WaitCount('a', "uns", 2);
+  ASSERT_GT(last, 2);
+  char at = 'a';
+  for (int i = 0; i < 2; ++i) {
+    std::string rep = work_.path() + StrFormat("/rep-uns-%d.json", i);
+    CliRun r = Migrate(at, "uns", {"--report", rep});
+    ASSERT_EQ(r.code, 0) << "migration " << i << ": " << r;
+    char to = at == 'a' ? 'b' : 'a';
+    auto j = nlohmann::json::parse(*fs::ReadFile(rep));
+    EXPECT_EQ(j["outcome"], "migrated");
+    int c = WaitCount(to, "uns", last);
+    EXPECT_GT(c, last) << "the counter carries on after migration " << i;
+    last = c;
+    CliRun map = Gw(to, {"exec", "uns", "--", "sh", "-c", "id -u; cat /proc/self/uid_map"});
+    ASSERT_EQ(map.code, 0) << map;
+    EXPECT_EQ(map.out.substr(0, 2), "0\n") << map;
+    EXPECT_NE(map.out.find("100000"), std::string::npos) << map;
+    at = to;
+  }
+}
+
 TEST_F(MigrateTest, DirtyingMemoryArrivesIntactAndFinalRoundIsSmall) {
   StartDaemon('a');
   StartDaemon('b');
