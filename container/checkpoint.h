@@ -173,8 +173,9 @@ struct CheckpointOptions {
   // Pre-copy already running on this container, not owned: the tree dump stores only what was
   // written since its last round, into its tree sink (tree_sink must be null or that same sink).
   ContainerPreCopy* precopy = nullptr;
-  // Tmpfs contents copied ahead into container_sink (ContainerPreCopy::CopyFilesAhead), not
-  // owned: files unchanged since are referred to, not read again.
+  // Tmpfs contents and writable-layer files copied ahead into container_sink
+  // (ContainerPreCopy::CopyFilesAhead), not owned: files unchanged since are referred to, not
+  // read again.
   const mnt::Precopied* precopy_files = nullptr;
   // Called once the container's namespaces, mounts and writable layer are dumped and the engine
   // holds every thread of the tree (ptrace-stopped, the cgroup thawed: TreeDumpRequest::thaw),

@@ -19,10 +19,10 @@
 #include <vector>
 
 #include "container/checkpoint.h"
+#include "container/mnt.h"
 #include "container/restore.h"
 #include "dump/precopy.h"
 #include "dump/tuning.h"
-#include "container/mnt.h"
 #include "images/image.h"
 
 namespace godwit::container {

@@ -177,6 +177,15 @@ class Walker {
   // file that changes kind, vanishes or shrinks while read is left out (the final dump reads it).
   void Record(PrecopiedTree* record) { record_ = record; }
   uint64_t reused() const { return reused_; }
+  // A copy ahead (Record) from fd: a failure ends the walk with a warning naming `what`; what was
+  // recorded before it stays valid (each file's bytes are whole in the blob), the rest is read by
+  // the final dump.
+  void CopyAhead(int fd, const std::string& what) {
+    auto walked = Root(fd);
+    if (!walked.ok())
+      LOG_WARN("copying %s ahead stopped at %zu files: %s", what.c_str(), record_->files.size(),
+               walked.error().to_string().c_str());
+  }
 
  private:
   void Fill(const struct statx& stx, const std::string& path, img::TmpfsEntry* e) {
@@ -678,6 +687,16 @@ struct OpenTmpfs {
   UniqueFd root;
 };
 
+// A copy ahead about to be taken into blob: its clock starts now.
+PrecopiedTree NewCopy(std::string blob) {
+  PrecopiedTree t;
+  t.blob = std::move(blob);
+  struct timespec now;
+  clock_gettime(CLOCK_REALTIME, &now);
+  t.taken_ns = static_cast<int64_t>(now.tv_sec) * 1000000000LL + now.tv_nsec;
+  return t;
+}
+
 // The mount table of pid's mount namespace.
 Result<img::MountTable> ReadTable(pid_t pid) {
   auto text = fs::ReadFile(StrFormat("/proc/%d/mountinfo", pid));
@@ -738,29 +757,21 @@ Result<void> PrecopyTmpfs(pid_t pid, images::Sink& sink, images::Compression com
   ASSIGN_OR_RETURN(std::vector<OpenTmpfs> mounts, OpenTmpfsMounts(pid, table));
   for (auto& [m, root] : mounts) {
     PrecopiedTree& t = out->tmpfs[m->mnt_id()];
-    t = PrecopiedTree();
-    t.blob = StrFormat("tmpfs-%u-data-pre.img", m->mnt_id());
-    struct timespec now;
-    clock_gettime(CLOCK_REALTIME, &now);
-    t.taken_ns = static_cast<int64_t>(now.tv_sec) * 1000000000LL + now.tv_nsec;
+    t = NewCopy(StrFormat("tmpfs-%u-data-pre.img", m->mnt_id()));
     ASSIGN_OR_RETURN(images::ImageWriter w,
                      images::ImageWriter::Create(sink, StrFormat("tmpfs-%u-pre.img", m->mnt_id())));
     ASSIGN_OR_RETURN(images::BlobWriter blob, images::BlobWriter::Create(sink, t.blob, compression));
     Walker walker(w, blob, m->mnt_id());
     walker.Record(&t);
-    // What was recorded before a failure stays valid (each file's bytes are whole in the blob);
-    // the rest is read by the final dump. The files are closed either way: an image set cannot
-    // be finished with one still open.
-    auto walked = walker.Root(root.get());
-    if (!walked.ok())
-      LOG_WARN("copying tmpfs %s of pid %d ahead stopped at %zu files: %s",
-               m->mountpoint().c_str(), pid, t.files.size(),
-               walked.error().to_string().c_str());
+    // The files are closed even after a failed walk: an image set cannot be finished with one
+    // still open.
+    walker.CopyAhead(root.get(), StrFormat("tmpfs %s of pid %d", m->mountpoint().c_str(), pid));
     TRY(w.Close());
     TRY(blob.Close());
-    out->bytes += blob.logical_size();
+    t.bytes = blob.logical_size();
+    out->bytes += t.bytes;
     LOG_DEBUG("tmpfs %s copied ahead: %zu files, %lu bytes", m->mountpoint().c_str(),
-              t.files.size(), static_cast<unsigned long>(blob.logical_size()));
+              t.files.size(), static_cast<unsigned long>(t.bytes));
   }
   return Ok();
 }
@@ -1076,8 +1087,9 @@ namespace {
 // a copy ahead (walk errors end the walk, what was recorded stays).
 Result<bool> WalkLayer(pid_t pid, const std::string& rootfs, images::Sink& sink,
                        images::Compression compression, const std::string& upper,
-                       const char* image, const std::string& blob_name,
-                       const PrecopiedTree* base, PrecopiedTree* record, uint64_t* reused) {
+                       const char* image, const PrecopiedTree* base, PrecopiedTree* record,
+                       uint64_t* reused) {
+  const std::string blob_name = record ? record->blob : kLayerBlob;
   std::string merged_path = StrFormat("/proc/%d/root/.", pid);
   int mfd = ::open(merged_path.c_str(), O_RDONLY | O_DIRECTORY | O_NOATIME | O_CLOEXEC);
   if (mfd < 0) return MakeError(ErrorKind::kNotFound, errno, "open %s", merged_path.c_str());
@@ -1154,10 +1166,7 @@ Result<bool> WalkLayer(pid_t pid, const std::string& rootfs, images::Sink& sink,
   walker.UseBase(base);
   walker.Record(record);
   if (record) {
-    auto walked = walker.Root(mfd);
-    if (!walked.ok())
-      LOG_WARN("copying the writable layer of pid %d ahead stopped at %zu files: %s", pid,
-               record->files.size(), walked.error().to_string().c_str());
+    walker.CopyAhead(mfd, StrFormat("the writable layer of pid %d", pid));
   } else {
     TRY_CTX(walker.Root(mfd), "writable layer of pid %d", pid);
     TRY_CTX(Whiteouts(rfd, mfd, ufd.valid() ? ufd.get() : -1, "", w, &whiteouts),
@@ -1172,7 +1181,7 @@ Result<bool> WalkLayer(pid_t pid, const std::string& rootfs, images::Sink& sink,
             static_cast<unsigned long>(whiteouts),
             static_cast<unsigned long>(blob.logical_size()),
             static_cast<unsigned long>(walker.reused()));
-  if (record) record->blob = blob_name;
+  if (record) record->bytes = blob.logical_size();
   return true;
 }
 
@@ -1183,8 +1192,8 @@ Result<bool> DumpLayer(pid_t pid, const std::string& rootfs, images::Sink& sink,
                        const Precopied* pre) {
   uint64_t reused = 0;
   ASSIGN_OR_RETURN(bool layer, WalkLayer(pid, rootfs, sink, compression, upper, kLayerImage,
-                                         kLayerBlob, pre && pre->layer ? &*pre->layer : nullptr,
-                                         nullptr, &reused));
+                                         pre && pre->layer ? &*pre->layer : nullptr, nullptr,
+                                         &reused));
   if (pre) pre->reused_bytes += reused;
   return layer;
 }
@@ -1192,15 +1201,12 @@ Result<bool> DumpLayer(pid_t pid, const std::string& rootfs, images::Sink& sink,
 Result<void> PrecopyLayer(pid_t pid, const std::string& rootfs, images::Sink& sink,
                           images::Compression compression, const std::string& upper,
                           Precopied* out) {
-  PrecopiedTree t;
-  struct timespec now;
-  clock_gettime(CLOCK_REALTIME, &now);
-  t.taken_ns = static_cast<int64_t>(now.tv_sec) * 1000000000LL + now.tv_nsec;
+  PrecopiedTree t = NewCopy("layer-data-pre.img");
   ASSIGN_OR_RETURN(bool layer, WalkLayer(pid, rootfs, sink, compression, upper, "layer-pre.img",
-                                         "layer-data-pre.img", nullptr, &t, nullptr));
+                                         nullptr, &t, nullptr));
   out->layer.reset();
   if (!layer) return Ok();
-  for (const auto& [path, f] : t.files) out->bytes += f.size;
+  out->bytes += t.bytes;
   out->layer = std::move(t);
   return Ok();
 }

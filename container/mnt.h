@@ -49,6 +49,7 @@ struct PrecopiedFile {
 };
 struct PrecopiedTree {
   std::string blob;  // the blob holding the files' bytes
+  uint64_t bytes = 0;  // its size
   int64_t taken_ns = 0;  // CLOCK_REALTIME when the walk began
   std::map<std::string, PrecopiedFile> files;  // by path relative to the tree's root
 };

@@ -1,7 +1,5 @@
 #include "migrate/source.h"
 
-#include <linux/magic.h>
-#include <sys/statfs.h>
 #include <sys/utsname.h>
 #include <unistd.h>
 
@@ -426,17 +424,11 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
   // goes as soon as it has been sent (nothing reads it again here), so the staging copy never
   // holds more than a round.
   std::string base = o.staging.empty() ? HugeStaging("outgoing", ResidentBytes(tree)) : o.staging;
-  const bool huge = o.staging.empty() && !base.empty();
   if (base.empty()) base = ChooseStaging(o.root, "outgoing", ResidentBytes(tree));
   std::string staging = StrFormat("%s/%s.%d", base.c_str(), o.id.c_str(), getpid());
   (void)fs::RemoveAll(staging);
   TRY(MakeStaging(staging + "/tree"));
-  struct statfs sf;
-  rep->staging = huge ? "huge-tmpfs"
-                 : statfs(staging.c_str(), &sf) == 0 &&
-                         static_cast<uint64_t>(sf.f_type) == TMPFS_MAGIC
-                     ? "tmpfs"
-                     : "disk";
+  rep->staging = StagingKind(staging);
   ScopeExit rm_staging([&] {
     (void)fs::RemoveAll(staging);
     if (o.staging.empty()) RemoveStagingIfEmpty(base);
@@ -465,7 +457,7 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
   // The files copied ahead (ContainerPreCopy::CopyFilesAhead) are not read here again either.
   auto send_ctr = [&](const std::string& n) -> Result<void> {
     TRY(ctr_tx.Send(n));
-    if (n.size() > 8 && n.compare(n.size() - 8, 8, "-pre.img") == 0)
+    if (n.ends_with("-pre.img"))
       (void)::unlink((staging + "/container/" + n).c_str());
     return Ok();
   };

@@ -90,6 +90,12 @@ std::string ChooseStaging(const std::string& root, const char* leaf, uint64_t ne
   return ShmBase(root) + "/" + leaf;
 }
 
+std::string StagingKind(const std::string& dir) {
+  const std::string& own = PrivateTmpfs();
+  if (!own.empty() && dir.compare(0, own.size() + 1, own + "/") == 0) return "huge-tmpfs";
+  return IsTmpfs(dir, nullptr) ? "tmpfs" : "disk";
+}
+
 std::vector<std::string> StagingCandidates(const std::string& root, const char* leaf) {
   return {root + "/" + leaf, ShmBase(root) + "/" + leaf};
 }

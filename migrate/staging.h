@@ -46,6 +46,10 @@ std::string HugeStaging(const char* leaf, uint64_t need_bytes);
 // through the path while this one lives. Thread-safe.
 const std::string& PrivateTmpfs();
 
+// What kind of place the staging directory dir is, for the report: "huge-tmpfs" (below
+// PrivateTmpfs()), "tmpfs" or "disk".
+std::string StagingKind(const std::string& dir);
+
 // Every base ChooseStaging may return for root and leaf (the cleanup of dead sessions looks in
 // each).
 std::vector<std::string> StagingCandidates(const std::string& root, const char* leaf);

@@ -804,6 +804,8 @@ TEST(Staging, ImagesGoToAHugePageTmpfsOfTheProcessOwn) {
   EXPECT_EQ(HugeStaging("outgoing", 1ull << 62), "");  // more than it holds: not there
   const std::string dir = base + "/c.1";
   ASSERT_OK(MakeStaging(dir));
+  EXPECT_EQ(StagingKind(dir), "huge-tmpfs");
+  EXPECT_EQ(StagingKind("/dev/shm"), "tmpfs");
   // A staged page file written as the stream writes one (pwrite in 256 KiB pieces) is held in
   // large folios: mapped, its first page is a compound head and the next ones its tails
   // (/proc/kpageflags), where /dev/shm would hold 4 KiB pages.
