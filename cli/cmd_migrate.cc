@@ -255,6 +255,10 @@ int MigrateCmd(Global& g, const std::vector<std::string>& args) {
            "frozen; images staged in %s\n",
            Mb(rep.files_ahead_bytes).c_str(), Mb(rep.files_ahead_reused_bytes).c_str(),
            rep.staging.c_str());
+  if (rep.lazy_wait_ms > 0)
+    printf("  waited %.0f ms before the first round for the lazy pager still filling the "
+           "container here (restored lazily by an earlier migration or restore --lazy)\n",
+           rep.lazy_wait_ms);
   return 0;
 }
 

@@ -19,6 +19,7 @@
 #include "container/net.h"
 #include "container/ns.h"
 #include "container/uts.h"
+#include "dump/lazy_wait.h"
 #include "runtime/cgroup.h"
 #include "runtime/container.h"
 #include "runtime/runtime.h"
@@ -323,6 +324,13 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
     overlay_identity = std::async(std::launch::async,
                                   [path = c.rootfs] { return mnt::IdentifyRootfs(path); });
   }
+
+  // Restored lazily and still being paged in: its pager is waited for while the container runs
+  // (by the pager's exit: no CPU taken from either), not by the tree dump inside the freeze.
+  if (c.pager_pid > 0 && runtime::ProcessStartTime(c.pager_pid) == c.pager_start_time)
+    TRY_CTX(dump::WaitLazyPages(pid, dump::kLazyWaitMs, nullptr,
+                                {c.pager_pid, c.pager_start_time}),
+            "container %s", opts.id.c_str());
 
   // Freeze: nothing in the container runs (or forks) from here until kill or thaw.
   ASSIGN_OR_RETURN(std::unique_ptr<runtime::Cgroup> cg, runtime::OpenCgroup(c));

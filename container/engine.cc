@@ -25,7 +25,9 @@ Result<std::unique_ptr<ContainerPreCopy>> ContainerPreCopy::Start(const std::str
   pc->upper_ = c.disk_quota > 0 ? runtime::StorageUpper(c.storage_dir) : "";
   if (auto own = OwnNamespaces(c.pid); own.ok())
     pc->own_mnt_ = std::find(own->begin(), own->end(), "mnt") != own->end();
-  auto engine = dump::PreCopy::Start(c.pid, tree_sink, o);
+  dump::PreCopyOptions po = o;
+  if (c.pager_pid > 0) po.lazy_pager = {c.pager_pid, c.pager_start_time};
+  auto engine = dump::PreCopy::Start(c.pid, tree_sink, po);
   if (!engine.ok()) return std::move(engine.error().wrap(StrFormat("container %s", id.c_str())));
   pc->engine_ = std::move(*engine);
   return pc;

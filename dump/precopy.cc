@@ -36,7 +36,9 @@ Result<std::unique_ptr<PreCopy>> PreCopy::Start(pid_t pid, images::Sink& sink,
   pc->sink_ = &sink;
   pc->opts_ = o;
   ASSIGN_OR_RETURN(pc->zero_pfn_, ZeroPagePfn());
-  TRY(WaitLazyPages(pid, kLazyWaitMs));
+  LazyWaitStats lw;
+  TRY(WaitLazyPages(pid, kLazyWaitMs, nullptr, o.lazy_pager, &lw));
+  pc->lazy_wait_ms_ = lw.waited_ms;
   FrozenTree f;
   const auto t_start = Clock::now();
   // The tree runs: a short-lived child (a shell's `sleep`) may exit while the tree is walked and

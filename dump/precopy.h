@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "common/result.h"
+#include "dump/lazy_wait.h"
 #include "dump/pages.h"
 #include "dump/vmflags.h"
 #include "images/image.h"
@@ -43,6 +44,9 @@ inline constexpr int kPreCopyAuto = -1;
 struct PreCopyOptions {
   images::Compression compression = images::Compression::kNone;
   int zstd_level = 3;
+  // A lazily restored tree's pager (its container's record), waited for by its exit before
+  // tracking starts (dump/lazy_wait.h).
+  LazyPagerRef lazy_pager;
 };
 
 struct RoundStats {
@@ -78,6 +82,8 @@ class PreCopy {
   // (its dirty tracking), let go. What a final dump's seize and per-process work costs on this
   // very tree scales with it (a migration's prediction of its blackout).
   double start_ms() const { return start_ms_; }
+  // How long Start waited for a lazy restore's pager still filling the tree (0: none).
+  double lazy_wait_ms() const { return lazy_wait_ms_; }
   size_t processes() const { return procs_.size(); }
   // Bytes the rounds stored in the sink, all together.
   uint64_t stored_bytes() const;
@@ -144,6 +150,7 @@ class PreCopy {
   std::chrono::steady_clock::time_point last_start_;
   bool failed_ = false;
   double start_ms_ = 0;
+  double lazy_wait_ms_ = 0;
   bool prepared_ = false;
   uint64_t prepared_bytes_ = 0;
   std::map<pid_t, std::unique_ptr<images::BlobWriter>> final_blobs_;

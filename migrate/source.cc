@@ -481,6 +481,7 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
   // Pre-copy rounds while the container runs.
   auto pc = container::ContainerPreCopy::Start(o.root, o.id, *tree_sink);
   if (!pc.ok()) return fail(std::move(pc.error().wrap("pre-copy")));
+  rep->lazy_wait_ms = (*pc)->engine().lazy_wait_ms();
   // The container's tmpfs contents copied once while it runs, sent with the first round: the
   // final checkpoint reads and sends only the files changed since (mnt::PrecopyTmpfs). Without
   // the copy the final checkpoint reads them all, as before: a warning, not a failure.
@@ -870,6 +871,7 @@ std::string ReportJson(const MigrationReport& r) {
                       {"staging", r.staging},
                       {"files_ahead_bytes", r.files_ahead_bytes},
                       {"files_ahead_reused_bytes", r.files_ahead_reused_bytes},
+                      {"lazy_wait_ms", r.lazy_wait_ms},
                       {"boosted", r.boosted},
                       {"compress", r.compressed},
                       {"outcome", r.outcome},

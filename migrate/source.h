@@ -123,6 +123,9 @@ struct MigrationReport {
   // The container's tmpfs contents copied while it ran, and how much of it the final checkpoint
   // referred to instead of reading it again (container::ContainerPreCopy::CopyFilesAhead).
   uint64_t files_ahead_bytes = 0, files_ahead_reused_bytes = 0;
+  // The time the pre-copy's start waited for a lazy restore's pager still filling the container
+  // (an earlier migration's, into this host): its rounds need every page there.
+  double lazy_wait_ms = 0;
   bool compressed = false;
   bool boosted = false;  // the blackout ran at a raised priority here (common/priority.h)
   // "migrated"; "not started" (e.g. the connection or handshake failed), "refused", "rolled back"

@@ -41,6 +41,6 @@ add_dependencies(cr_precopy_test c_precopy)
 godwit_helper(lazy_mem ${CMAKE_CURRENT_SOURCE_DIR}/helpers/lazy_mem.c Threads::Threads)
 godwit_test(cr_lazy_test
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/cr_lazy_test.cc ${CMAKE_CURRENT_SOURCE_DIR}/cr_util.cc
-  LIBS godwit_common nlohmann_json::nlohmann_json)
+  LIBS godwit_dump godwit_common nlohmann_json::nlohmann_json)
 godwit_helper(lazy_churn ${CMAKE_CURRENT_SOURCE_DIR}/helpers/lazy_churn.c)
 add_dependencies(cr_lazy_test lazy_mem lazy_churn)

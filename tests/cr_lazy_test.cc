@@ -10,6 +10,7 @@
 #include <signal.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -18,9 +19,11 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "cr_util.h"
+#include "dump/lazy_wait.h"
 
 namespace godwit::crtest {
 namespace {
@@ -246,6 +249,81 @@ TEST_F(CrLazy, DumpOfAStillPagedTreeWaitsForThePager) {
   pids_.push_back(again);
   Touch(dir_ / "go");
   EXPECT_EQ(WaitWithin(again, 120000), 0) << "lazy_mem failed a check: " << HelperSaid();
+}
+
+// /proc/PID/stat field 22: what a container's record keeps of its pager.
+uint64_t StartTimeOf(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+  std::string s((std::istreambuf_iterator<char>(f)), {});
+  size_t p = s.rfind(')');
+  if (p == std::string::npos) return 0;
+  std::string rest = s.substr(p + 2);
+  for (int field = 3; field < 22; ++field) rest = rest.substr(rest.find(' ') + 1);
+  return strtoull(rest.c_str(), nullptr, 10);
+}
+
+double ThreadCpuMs() {
+  timespec t;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+  return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
+}
+
+double WallMs() {
+  timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
+}
+
+// Waiting for a pager (dump/lazy_wait.h) with its pid and start time, as a container's record
+// names it: by the pager's exit, with next to no CPU (smaps polled at once took most of a CPU
+// from the pager and the workload, ~40 ms a read for 1 GiB); until the time given, then an error
+// naming the pid; without the reference (or with a stale one) by polling smaps, at most a fifth of
+// the time. The pager serves faults only here: the pages stay owed until the program touches them.
+TEST_F(CrLazy, WaitingForThePagerTakesNoCpuAndEndsWithIt) {
+  setenv("GODWIT_LAZY_FAULTS_ONLY", "1", 1);
+  StartAndDump(128);
+  auto j = RestoreDetached();
+  ASSERT_FALSE(j.empty());
+  ASSERT_GT(pager_, 0);
+  const dump::LazyPagerRef ref{pager_, StartTimeOf(pager_)};
+  ASSERT_NE(ref.start_time, 0u);
+  dump::LazyWaitStats st;
+  double wall0 = WallMs(), cpu0 = ThreadCpuMs();
+  auto w = dump::WaitLazyPages(root_, 600, nullptr, ref, &st);
+  double wall = WallMs() - wall0, cpu = ThreadCpuMs() - cpu0;
+  ASSERT_FALSE(w.ok()) << "pages owed, yet the wait ended";
+  EXPECT_EQ(w.error().sys_errno(), EBUSY);
+  EXPECT_NE(w.error().message().find(std::to_string(root_)), std::string::npos)
+      << w.error().message();
+  EXPECT_GE(wall, 590.0);
+  EXPECT_GE(st.waited_ms, 590.0);
+  EXPECT_FALSE(st.pager_exit);
+  // smaps read once before the wait for the pager and once after it: not polled.
+  EXPECT_LE(st.smaps_reads, 2) << "the wait polled smaps instead of waiting for the pager's exit";
+  EXPECT_LT(cpu, wall / 10);
+  // A stale reference (its start time another process's): polled, every 5 ms at the most here
+  // (smaps of a process whose pages are not there reads fast).
+  wall0 = WallMs();
+  w = dump::WaitLazyPages(root_, 300, nullptr, {pager_, ref.start_time + 1}, &st);
+  wall = WallMs() - wall0;
+  EXPECT_FALSE(w.ok());
+  EXPECT_GE(st.smaps_reads, 3);
+  EXPECT_LE(st.smaps_reads, wall / 5 + 2);
+  EXPECT_FALSE(st.pager_exit);
+  // The program touches every page, checks them and exits; the pager ends with it: so does the
+  // wait, started before.
+  Result<void> done = Ok();
+  dump::LazyWaitStats dst;
+  std::thread waiter([&] { done = dump::WaitLazyPages(root_, 120000, nullptr, ref, &dst); });
+  Touch(dir_ / "go");
+  EXPECT_EQ(WaitWithin(root_, 120000), 0) << "lazy_mem failed a check: " << HelperSaid();
+  EXPECT_EQ(WaitWithin(pager_, 30000), 0);
+  waiter.join();
+  EXPECT_TRUE(done.ok()) << done.error().to_string();
+  EXPECT_TRUE(dst.pager_exit);
+  // Each of the tree's processes (the helper and the child it forks for a check) read once, the
+  // root once more after the pager's exit: not polled through the seconds the checks take.
+  EXPECT_LE(dst.smaps_reads, 4);
 }
 
 }  // namespace

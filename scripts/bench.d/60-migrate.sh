@@ -4,7 +4,8 @@
 # while rewriting 1% of its pages every 100 ms (tests/helpers/mig_dirty), N migrations each
 # (alternating a->b, b->a): the client-observed max gap (its own probe per migration) and the
 # client's retransmissions, the source's blackout and its phases, the longest gap outside the
-# blackout; medians and worst. Then the
+# blackout; medians and worst; the host's CPU steal meanwhile (scripts/steal-sampler) and the
+# same numbers without the gaps it made. Then the
 # pre-copy stream's throughput (godwit's FileSender over its TLS Channel, staged file to staged
 # file as a migration stages them)
 # as a ratio to plain loopback TCP, to loopback TLS and to godwit's TLS channel without files,
@@ -68,10 +69,15 @@ for mib in $SIZES; do
   k=0; until gw a exec "$id" -- test -e /dev/shm/ready 2>/dev/null || [ $k -ge 600 ]; do sleep 0.1; k=$((k+1)); done
   at=a
   : >"$work/gaps-$mib"; : >"$work/bo-$mib"; : >"$work/rtx-$mib"; : >"$work/outside-$mib"
+  : >"$work/own-$mib"; : >"$work/ownout-$mib"; : >"$work/steal-$mib"
   for i in $(seq 1 "$N"); do
     to=$([ $at = a ] && echo b || echo a)
     toaddr=198.18.0.$([ $to = a ] && echo 1 || echo 2)
     rm -f "$work/probe.ready"
+    : >"$work/steal"
+    scripts/steal-sampler "$work/steal" &
+    sampler=$!
+    pids+=($sampler)
     nsenter --net=/run/netns/"$net-c" "$GODWIT" probe --tcp "$ip:8081" --interval 1ms --ready-file "$work/probe.ready" --json \
       >"$work/probe.json" 2>"$work/probe.err" &
     probe=$!
@@ -81,6 +87,7 @@ for mib in $SIZES; do
       || { echo "migration $i of $mib MiB failed:"; cat "$work/mig.err"; }
     sleep 0.3
     kill -INT $probe 2>/dev/null || true; wait $probe || echo "  (probe: $(tail -c 300 "$work/probe.err"))"
+    kill -TERM $sampler 2>/dev/null || true; wait $sampler || true
     python3 - "$work/probe.json" "$work/rep.json" "$work" "$mib" <<'PY'
 import json, sys
 p = json.load(open(sys.argv[1]))["tcp"]; r = json.load(open(sys.argv[2])); w = sys.argv[3]; m = sys.argv[4]
@@ -88,8 +95,24 @@ open(w + "/gaps-" + m, "a").write("%f\n" % p.get("max_gap_ms", -1))
 # The longest gap outside the blackout (the probe's 16 longest, each with its start): what the
 # client saw while the container ran on either host.
 bs, bl = r["blackout"]["start_unix_ms"], r["blackout"]["total_ms"]
-out = [g["ms"] for g in p.get("longest_gaps", []) if not (bs - 5 <= g["start_unix_ms"] <= bs + bl + 5)]
+outside = lambda g: not (bs - 5 <= g["start_unix_ms"] <= bs + bl + 5)
+out = [g["ms"] for g in p.get("longest_gaps", []) if outside(g)]
 open(w + "/outside-" + m, "a").write("%f\n" % (max(out) if out else 0))
+# Host steal (scripts/steal-sampler): a vCPU the hypervisor took away for tens of ms stops what
+# was queued on it, the echo or the probe. A gap is the host's when at least half its length was
+# charged as steal on one vCPU between its start and 30 ms after its end (the charge is seen once
+# the vCPU is back).
+steal = [(float(t), c, float(ms)) for t, c, ms in (l.split() for l in open(w + "/steal") if l.strip())]
+def stolen(g):
+    end = g["start_unix_ms"] + g["ms"]
+    by = {}
+    for t, c, ms in steal:
+        if g["start_unix_ms"] <= t <= end + 30: by[c] = by.get(c, 0) + ms
+    return max(by.values(), default=0) >= g["ms"] / 2
+own = [g for g in p.get("longest_gaps", []) if not stolen(g)]
+open(w + "/own-" + m, "a").write("%f\n" % max([g["ms"] for g in own], default=0))
+open(w + "/ownout-" + m, "a").write("%f\n" % max([g["ms"] for g in own if outside(g)], default=0))
+open(w + "/steal-" + m, "a").write("%f %f\n" % (sum(s for _, _, s in steal), max([s for _, _, s in steal], default=0)))
 open(w + "/rtx-" + m, "a").write("%d\n" % p["tcp_info"]["total_retrans"])
 open(w + "/bo-" + m, "a").write("%f %f %f %f %f %d\n" % (r["blackout"]["total_ms"], r["blackout"]["final_dump_ms"],
     r["blackout"]["restore_ms"], r["final_bytes"] / 2**20, r["rounds"][-1]["predicted_downtime_ms"], len(r["rounds"])))
@@ -98,6 +121,7 @@ PY
       mkdir -p "$BENCH_MIGRATE_REPORTS"
       cp "$work/rep.json" "$BENCH_MIGRATE_REPORTS/report-$mib-$i.json"
       cp "$work/probe.json" "$BENCH_MIGRATE_REPORTS/probe-$mib-$i.json"
+      cp "$work/steal" "$BENCH_MIGRATE_REPORTS/steal-$mib-$i.txt"
     fi
     at=$to
   done
@@ -109,6 +133,9 @@ PY
     "$(cut -d' ' -f5 "$work/bo-$mib" | med)" "$(cut -d' ' -f6 "$work/bo-$mib" | med)"
   printf '         outside the blackout: longest gap median %7.1f ms, worst %7.1f ms\n' \
     "$(med <"$work/outside-$mib")" "$(worst <"$work/outside-$mib")"
+  printf '         host steal: %.0f ms in all (%.0f ms at most at once); without the gaps it made: max gap median %.1f ms, worst %.1f ms; outside the blackout median %.1f ms, worst %.1f ms\n' \
+    "$(awk '{s+=$1} END {print s+0}' "$work/steal-$mib")" "$(cut -d' ' -f2 "$work/steal-$mib" | worst)" \
+    "$(med <"$work/own-$mib")" "$(worst <"$work/own-$mib")" "$(med <"$work/ownout-$mib")" "$(worst <"$work/ownout-$mib")"
   gw $at delete --force "$id" >/dev/null 2>&1 || true
 done
 if [ -n "${GAP[64]:-}" ] && [ -n "${GAP[1024]:-}" ]; then
