@@ -40,6 +40,7 @@ Result<Stat> ParseStat(const std::string& text, const std::string& path) {
   s.ppid = field(4);
   s.pgrp = field(5);
   s.session = field(6);
+  s.start_time = field(22);
   s.start_code = field(26);
   s.end_code = field(27);
   s.start_stack = field(28);

@@ -35,6 +35,7 @@ struct Stat {
   uint64_t start_code = 0, end_code = 0, start_stack = 0;
   uint64_t start_data = 0, end_data = 0, start_brk = 0;
   uint64_t arg_start = 0, arg_end = 0, env_start = 0, env_end = 0;
+  uint64_t start_time = 0;  // field 22: clock ticks after boot (with the pid: this process)
   int exit_code = 0;
 };
 

@@ -327,7 +327,9 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
 
   // Restored lazily and still being paged in: its pager is waited for while the container runs
   // (by the pager's exit: no CPU taken from either), not by the tree dump inside the freeze.
-  if (c.pager_pid > 0 && runtime::ProcessStartTime(c.pager_pid) == c.pager_start_time)
+  // With pre-copy, its start waited already (a migration holds packets from here on).
+  if (opts.precopy == nullptr && opts.pre_copy_rounds == 0 && c.pager_pid > 0 &&
+      c.pager_start_time != 0 && runtime::ProcessStartTime(c.pager_pid) == c.pager_start_time)
     TRY_CTX(dump::WaitLazyPages(pid, dump::kLazyWaitMs, nullptr,
                                 {c.pager_pid, c.pager_start_time}),
             "container %s", opts.id.c_str());

@@ -10,7 +10,6 @@
 #include <string>
 #include <vector>
 
-#include "common/fs.h"
 #include "common/log.h"
 #include "common/pidfd.h"
 #include "common/proc.h"
@@ -35,37 +34,36 @@ double NowMs() {
   return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
 }
 
-// /proc/PID/stat field 22 (after the parenthesized comm), 0 if unreadable.
-uint64_t StartTime(pid_t pid) {
-  auto s = fs::ReadFile(StrFormat("/proc/%d/stat", pid));
-  if (!s.ok()) return 0;
-  size_t p = s->rfind(')');
-  if (p == std::string::npos) return 0;
-  const char* c = s->c_str() + p + 2;  // field 3
-  for (int field = 3; field < 22 && *c; ++field) {
-    c = strchr(c, ' ');
-    if (!c) return 0;
-    ++c;
-  }
-  return strtoull(c, nullptr, 10);
-}
-
 // Blocks until the pager exits (kExited) or the deadline passes (kDeadline), using no CPU.
 // kNotThePager if it is gone or its pid was reused.
 enum class PagerWait { kNotThePager, kDeadline, kExited };
 PagerWait WaitPagerExit(const LazyPagerRef& pager, double deadline_ms) {
-  if (pager.pid <= 0) return PagerWait::kNotThePager;
+  if (pager.pid <= 0 || pager.start_time == 0) return PagerWait::kNotThePager;
   auto fd = pidfd::Open(pager.pid);
-  if (!fd.ok()) return PagerWait::kNotThePager;
+  if (!fd.ok()) {
+    LOG_DEBUG("lazy pager %d: %s: smaps polled instead", pager.pid,
+              fd.error().to_string().c_str());
+    return PagerWait::kNotThePager;
+  }
   // Checked after the pidfd is open: it then stays this process, whatever happens to the pid.
-  if (StartTime(pager.pid) != pager.start_time) return PagerWait::kNotThePager;
+  auto st = proc::ReadStat(pager.pid);
+  if (!st.ok() || st->start_time != pager.start_time) {
+    LOG_DEBUG("lazy pager %d: started at %llu, not %llu (gone, its pid reused): smaps polled",
+              pager.pid, st.ok() ? static_cast<unsigned long long>(st->start_time) : 0ULL,
+              static_cast<unsigned long long>(pager.start_time));
+    return PagerWait::kNotThePager;
+  }
   for (;;) {
     double left = deadline_ms - NowMs();
     if (left <= 0) return PagerWait::kDeadline;
     pollfd p{fd->get(), POLLIN, 0};
     int n = ::poll(&p, 1, static_cast<int>(std::min(left, 1e9)) + 1);
     if (n > 0) return PagerWait::kExited;
-    if (n < 0 && errno != EINTR) return PagerWait::kNotThePager;  // polled as without it
+    if (n < 0 && errno != EINTR) {
+      LOG_DEBUG("lazy pager %d: poll its pidfd: %s: smaps polled instead", pager.pid,
+                strerror(errno));
+      return PagerWait::kNotThePager;
+    }
   }
 }
 
@@ -116,7 +114,8 @@ Result<void> WaitLazyPages(pid_t root, int timeout_ms,
       }
       // The pager's progress is kernel-side state only: poll it, at most a fifth of the time
       // (smaps of a process of 1 GiB takes ~40 ms to read).
-      const double nap_ms = std::clamp(4 * read_ms, 5.0, 250.0);
+      const double nap_ms =
+          std::min(std::clamp(4 * read_ms, 5.0, 250.0), std::max(0.0, deadline - NowMs()) + 0.1);
       timespec ts{0, static_cast<long>(nap_ms * 1e6)};
       nanosleep(&ts, nullptr);
     }

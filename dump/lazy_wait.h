@@ -23,17 +23,18 @@ struct LazyPagerRef {
   uint64_t start_time = 0;
 };
 
+struct LazyWaitStats {
+  int smaps_reads = 0;      // processes' smaps read (each walks its page tables)
+  bool pager_exit = false;  // waited for the pager's exit
+  double waited_ms = 0;     // 0 in the usual case: nothing owed
+};
+
 // Waits (up to timeout_ms) until no process of root's tree has a VMA registered for missing
 // faults. kBusy-like error naming the pid when the time is up. Returns at once in the usual case.
 // known: smaps flags read just before (dump.cc, big processes): a process whose flags there
 // show no such VMA is not read again (smaps walks every page table: ~40-60 ms per GiB).
 // pager: waited for by a pidfd first. Without it (or once it is gone) smaps is polled, at most a
 // fifth of the time: reading it again at once would take a CPU from the pager and the workload.
-struct LazyWaitStats {
-  int smaps_reads = 0;      // processes' smaps read (each walks its page tables)
-  bool pager_exit = false;  // waited for the pager's exit
-  double waited_ms = 0;     // 0 in the usual case: nothing owed
-};
 Result<void> WaitLazyPages(pid_t root, int timeout_ms,
                            const std::map<pid_t, VmFlagsSnapshot>* known = nullptr,
                            const LazyPagerRef& pager = {}, LazyWaitStats* stats = nullptr);

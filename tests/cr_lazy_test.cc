@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -22,6 +23,7 @@
 #include <thread>
 #include <vector>
 
+#include "common/proc.h"
 #include "cr_util.h"
 #include "dump/lazy_wait.h"
 
@@ -251,17 +253,6 @@ TEST_F(CrLazy, DumpOfAStillPagedTreeWaitsForThePager) {
   EXPECT_EQ(WaitWithin(again, 120000), 0) << "lazy_mem failed a check: " << HelperSaid();
 }
 
-// /proc/PID/stat field 22: what a container's record keeps of its pager.
-uint64_t StartTimeOf(pid_t pid) {
-  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
-  std::string s((std::istreambuf_iterator<char>(f)), {});
-  size_t p = s.rfind(')');
-  if (p == std::string::npos) return 0;
-  std::string rest = s.substr(p + 2);
-  for (int field = 3; field < 22; ++field) rest = rest.substr(rest.find(' ') + 1);
-  return strtoull(rest.c_str(), nullptr, 10);
-}
-
 double ThreadCpuMs() {
   timespec t;
   clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
@@ -285,7 +276,9 @@ TEST_F(CrLazy, WaitingForThePagerTakesNoCpuAndEndsWithIt) {
   auto j = RestoreDetached();
   ASSERT_FALSE(j.empty());
   ASSERT_GT(pager_, 0);
-  const dump::LazyPagerRef ref{pager_, StartTimeOf(pager_)};
+  auto pst = proc::ReadStat(pager_);
+  ASSERT_TRUE(pst.ok());
+  const dump::LazyPagerRef ref{pager_, pst->start_time};  // as a container's record names it
   ASSERT_NE(ref.start_time, 0u);
   dump::LazyWaitStats st;
   double wall0 = WallMs(), cpu0 = ThreadCpuMs();
@@ -314,7 +307,19 @@ TEST_F(CrLazy, WaitingForThePagerTakesNoCpuAndEndsWithIt) {
   // wait, started before.
   Result<void> done = Ok();
   dump::LazyWaitStats dst;
-  std::thread waiter([&] { done = dump::WaitLazyPages(root_, 120000, nullptr, ref, &dst); });
+  std::atomic<pid_t> waiter_tid{0};
+  std::thread waiter([&] {
+    waiter_tid = static_cast<pid_t>(syscall(SYS_gettid));
+    done = dump::WaitLazyPages(root_, 120000, nullptr, ref, &dst);
+  });
+  // The program goes on once the wait is in its poll of the pager's pidfd (x86-64 poll: 7).
+  for (int i = 0; i < 10000; ++i) {
+    std::ifstream sc("/proc/self/task/" + std::to_string(waiter_tid.load()) + "/syscall");
+    std::string nr;
+    if (waiter_tid.load() != 0 && (sc >> nr) && nr == "7") break;
+    timespec ms{0, 1000000};
+    nanosleep(&ms, nullptr);
+  }
   Touch(dir_ / "go");
   EXPECT_EQ(WaitWithin(root_, 120000), 0) << "lazy_mem failed a check: " << HelperSaid();
   EXPECT_EQ(WaitWithin(pager_, 30000), 0);

@@ -824,25 +824,29 @@ TEST(Staging, ImagesGoToAHugePageTmpfsOfTheProcessOwn) {
   ASSERT_OK(kf);
   // khugepaged may collapse the file's folios into a 2 MiB one at any moment: it unmaps the old
   // ones (their entries read "not present" until touched again) and frees their frames. So a
-  // page is touched and its entry and frame's flags read again until no collapse came between
-  // (a range is collapsed once); a 4 KiB page never shows the flag looked for.
+  // page's entry is read before and after its frame's flags: only when the two differ (or the
+  // page is not mapped) did a collapse come between, and the page is touched and read again. An
+  // entry that held still decides: a 4 KiB page never shows the flag looked for.
   constexpr int kHead = 15, kTail = 16;  // KPF_COMPOUND_HEAD, KPF_COMPOUND_TAIL
   auto compound = [&](size_t page, int bit) {
     uintptr_t va = reinterpret_cast<uintptr_t>(m) + page * 4096;
-    uint64_t e = 0, fl = 0;
+    uint64_t e = 0, again = 0, fl = 0;
     for (int i = 0; i < 100; i++) {
       (void)*reinterpret_cast<volatile const char*>(va);
-      e = fl = 0;
+      e = again = fl = 0;
       EXPECT_EQ(pread(pm->get(), &e, 8, (va / 4096) * 8), 8);
       uint64_t pfn = e & ((1ull << 55) - 1);
       if (!(e >> 63) || pfn == 0) continue;
       EXPECT_EQ(pread(kf->get(), &fl, 8, pfn * 8), 8);
-      if (fl >> bit & 1) return true;
+      EXPECT_EQ(pread(pm->get(), &again, 8, (va / 4096) * 8), 8);
+      if (again != e) continue;
+      EXPECT_TRUE(fl >> bit & 1) << "page " << page << ": kpageflags " << std::hex << fl
+                                 << " without bit " << std::dec << bit;
+      return (fl >> bit & 1) != 0;
     }
     EXPECT_TRUE(e >> 63) << "page " << page << " not present";
     EXPECT_NE(e & ((1ull << 55) - 1), 0u) << "no PFN (CAP_SYS_ADMIN?)";
-    ADD_FAILURE() << "page " << page << ": kpageflags " << std::hex << fl << " without bit "
-                  << std::dec << bit;
+    ADD_FAILURE() << "page " << page << ": its entry changed in each of 100 reads";
     return false;
   };
   EXPECT_TRUE(compound(0, kHead));
