@@ -170,6 +170,7 @@ int MigrateCmd(Global& g, const std::vector<std::string>& args) {
   o.boost = !getenv("GODWIT_NO_BOOST");  // A/B runs only (common/priority.h)
   o.env_ahead = !getenv("GODWIT_NO_ENV_AHEAD");  // A/B runs only
   o.async_send = !getenv("GODWIT_NO_ASYNC_SEND");  // A/B runs only
+  o.stream_rounds = !getenv("GODWIT_NO_STREAM_ROUNDS");
 
   bool human = !g.json;
   auto progress = [&](const migrate::RoundReport& r) {

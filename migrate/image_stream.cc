@@ -38,22 +38,31 @@ bool SafeName(const std::string& n) {
          n != ".." && n.find('\0') == std::string::npos;
 }
 
-// Forwards every call to the inner output; Close also tells the sink's listener.
+// Forwards every call to the inner output; Close also tells the sink's listener. piece: this
+// file goes in pieces while written (ForwardingSink).
 class ForwardingOutput : public images::Output {
  public:
   ForwardingOutput(std::unique_ptr<images::Output> in, std::string name,
-                   std::function<Result<void>(const std::string&)>* cb)
-      : in_(std::move(in)), name_(std::move(name)), cb_(cb) {}
-  Result<void> Write(const void* d, size_t n) override { return in_->Write(d, n); }
+                   std::function<Result<void>(const std::string&)>* cb, const PieceFn* piece)
+      : in_(std::move(in)), name_(std::move(name)), cb_(cb), piece_(piece) {}
+  Result<void> Write(const void* d, size_t n) override {
+    TRY(in_->Write(d, n));
+    return Progress();
+  }
   Result<void> WriteChecked(const void* d, size_t n, uint32_t c) override {
-    return in_->WriteChecked(d, n, c);
+    TRY(in_->WriteChecked(d, n, c));
+    return Progress();
   }
   Result<void> Close() override {
     TRY(in_->Close());
+    if (piece_ && streamed_ > 0) return (*piece_)(name_, streamed_, 0, true);
     return (*cb_)(name_);
   }
   Result<void> Reserve(uint64_t b) override { return in_->Reserve(b); }
-  Result<int64_t> ExtendExternal(size_t n) override { return in_->ExtendExternal(n); }
+  Result<int64_t> ExtendExternal(size_t n) override {
+    external_ = true;  // written later at offsets: the file position no longer says what is in
+    return in_->ExtendExternal(n);
+  }
   int fd() const override { return in_->fd(); }
   Result<void> WriteAt(uint64_t off, const void* d, size_t n) override {
     return in_->WriteAt(off, d, n);
@@ -61,18 +70,35 @@ class ForwardingOutput : public images::Output {
   void AddChecksum(uint32_t c, size_t n) override { in_->AddChecksum(c, n); }
 
  private:
+  // The inner file output writes in order at its file position (what it buffers is not there
+  // yet): everything before the position is in the file for good.
+  Result<void> Progress() {
+    if (!piece_ || external_ || in_->fd() < 0) return Ok();
+    off_t pos = ::lseek(in_->fd(), 0, SEEK_CUR);
+    if (pos < 0 || static_cast<uint64_t>(pos) < streamed_ + kStreamPiece) return Ok();
+    TRY((*piece_)(name_, streamed_, static_cast<uint64_t>(pos), false));
+    streamed_ = static_cast<uint64_t>(pos);
+    return Ok();
+  }
   std::unique_ptr<images::Output> in_;
   std::string name_;
   std::function<Result<void>(const std::string&)>* cb_;
+  const PieceFn* piece_;
+  uint64_t streamed_ = 0;  // bytes handed to piece_
+  bool external_ = false;
 };
 
 class Forwarding : public images::Sink {
  public:
-  Forwarding(std::unique_ptr<images::Sink> in, std::function<Result<void>(const std::string&)> cb)
-      : in_(std::move(in)), cb_(std::move(cb)) {}
+  Forwarding(std::unique_ptr<images::Sink> in, std::function<Result<void>(const std::string&)> cb,
+             PieceFn piece, std::function<bool(const std::string&)> streams)
+      : in_(std::move(in)), cb_(std::move(cb)), piece_(std::move(piece)),
+        streams_(std::move(streams)) {}
   Result<std::unique_ptr<images::Output>> Create(const std::string& name) override {
     ASSIGN_OR_RETURN(auto out, in_->Create(name));
-    return std::unique_ptr<images::Output>(new ForwardingOutput(std::move(out), name, &cb_));
+    const bool pieces = piece_ && streams_ && streams_(name);
+    return std::unique_ptr<images::Output>(
+        new ForwardingOutput(std::move(out), name, &cb_, pieces ? &piece_ : nullptr));
   }
   Result<void> Finish(img::Inventory inv) override {
     TRY(in_->Finish(std::move(inv)));
@@ -83,6 +109,8 @@ class Forwarding : public images::Sink {
  private:
   std::unique_ptr<images::Sink> in_;
   std::function<Result<void>(const std::string&)> cb_;
+  PieceFn piece_;
+  std::function<bool(const std::string&)> streams_;
 };
 
 }  // namespace
@@ -96,8 +124,10 @@ const char* DirName(mig::Dir d) {
 }
 
 std::unique_ptr<images::Sink> ForwardingSink(
-    std::unique_ptr<images::Sink> inner, std::function<Result<void>(const std::string&)> cb) {
-  return std::make_unique<Forwarding>(std::move(inner), std::move(cb));
+    std::unique_ptr<images::Sink> inner, std::function<Result<void>(const std::string&)> cb,
+    PieceFn piece, std::function<bool(const std::string&)> streams) {
+  return std::make_unique<Forwarding>(std::move(inner), std::move(cb), std::move(piece),
+                                      std::move(streams));
 }
 
 Result<void> FileSender::Prepare(int fd, const std::string& path, Chunk* c) {
@@ -143,12 +173,24 @@ Result<void> FileSender::Prepare(int fd, const std::string& path, Chunk* c) {
 }
 
 Result<void> FileSender::Send(const std::string& name) {
+  return SendRange(name, 0, 0, true, false);
+}
+
+Result<void> FileSender::SendRange(const std::string& name, uint64_t from, uint64_t to, bool last,
+                                   bool punch) {
   auto t0 = std::chrono::steady_clock::now();
   std::string path = local_ + "/" + name;
-  ASSIGN_OR_RETURN(UniqueFd fd, fs::Open(path, O_RDONLY | O_CLOEXEC));
-  struct stat st;
-  if (fstat(fd.get(), &st) < 0) return Errno("stat %s", path.c_str());
-  const uint64_t size = static_cast<uint64_t>(st.st_size);
+  ASSIGN_OR_RETURN(UniqueFd fd, fs::Open(path, (punch ? O_RDWR : O_RDONLY) | O_CLOEXEC));
+  uint64_t end = to;
+  if (last) {
+    struct stat st;
+    if (fstat(fd.get(), &st) < 0) return Errno("stat %s", path.c_str());
+    end = static_cast<uint64_t>(st.st_size);
+  }
+  if (end < from)
+    return MakeError(ErrorKind::kGeneric, 0, "%s: %llu bytes, %llu of them sent already",
+                     path.c_str(), static_cast<unsigned long long>(end),
+                     static_cast<unsigned long long>(from));
   auto send = [&](const Chunk& c) -> Result<void> {
     mig::Frame f;
     mig::FileData* d = f.mutable_file();
@@ -156,7 +198,7 @@ Result<void> FileSender::Send(const std::string& name) {
     d->set_name(name);
     d->set_offset(c.off);
     d->set_length(c.len);
-    d->set_last(c.off + c.len == size);
+    d->set_last(last && c.off + c.len == end);
     d->set_zstd(c.zstd);
     d->set_crc32c(c.crc);
     TRY_CTX(ch_->Send(f, c.payload, c.plen), "send %s/%s", DirName(dir_), name.c_str());
@@ -167,16 +209,23 @@ Result<void> FileSender::Send(const std::string& name) {
   // here (both ends share two cores in the benchmark: the CPU is the limit either way).
   if (!chunk_) chunk_ = std::make_unique<Chunk>();
   Chunk& c = *chunk_;
-  uint64_t off = 0;
-  do {
+  uint64_t off = from;
+  do {  // once at least: an empty last piece still closes the file at the peer
     c.off = off;
-    c.len = static_cast<size_t>(std::min<uint64_t>(kChunk, size - off));
+    c.len = static_cast<size_t>(std::min<uint64_t>(kChunk, end - off));
     TRY(Prepare(fd.get(), path, &c));
     TRY(send(c));
     off += c.len;
-  } while (off < size);
-  file_bytes_ += size;
-  files_++;
+  } while (off < end);
+  if (punch && end > from &&
+      ::fallocate(fd.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                  static_cast<off_t>(from), static_cast<off_t>(end - from)) < 0 &&
+      errno != EOPNOTSUPP)
+    return Errno("free %s's %llu bytes sent at %llu", path.c_str(),
+                 static_cast<unsigned long long>(end - from),
+                 static_cast<unsigned long long>(from));
+  file_bytes_ += end - from;
+  if (last) files_++;
   send_ms_ += MsSince(t0);
   return Ok();
 }

@@ -36,6 +36,12 @@ class FileSender {
       : ch_(ch), dir_(dir), local_(std::move(local_dir)), zstd_(zstd), adaptive_(adaptive) {}
   // Sends local_dir/name (chunks of up to 256 KiB, zstd when enabled and it shrinks the chunk).
   Result<void> Send(const std::string& name);
+  // Sends [from, to) of local_dir/name, a file still being written (the peer keeps it open);
+  // last: from `from` to its end, which closes it at the peer. punch: the range sent is freed
+  // here (FALLOC_FL_PUNCH_HOLE): a round's page file then never holds more than what is on
+  // its way, instead of the container's whole memory on the source's staging.
+  Result<void> SendRange(const std::string& name, uint64_t from, uint64_t to, bool last,
+                         bool punch);
   uint64_t file_bytes() const { return file_bytes_; }  // bytes of the files sent
   uint64_t wire_bytes() const { return wire_bytes_; }  // payload bytes sent (after zstd)
   double send_ms() const { return send_ms_; }           // time spent sending
@@ -70,8 +76,16 @@ class FileSender {
 // A sink that writes through `inner` (a directory sink on local_dir) and calls on_closed(name)
 // after each output is closed and after Finish (with "inventory.img"). A failing callback fails
 // that Close/Finish (and so the dump). It cannot compress after Finish: the files are gone.
-std::unique_ptr<images::Sink> ForwardingSink(std::unique_ptr<images::Sink> inner,
-                                             std::function<Result<void>(const std::string&)> on_closed);
+// Files `streams` names (a pre-copy round's page blobs) also go in pieces while written:
+// on_piece(name, from, to, false) each time kStreamPiece more bytes are in the file, and at
+// Close on_piece(name, from, 0, true) for the rest instead of on_closed. Until the first
+// external write (Output::ExtendExternal): what follows it goes at Close.
+using PieceFn = std::function<Result<void>(const std::string& name, uint64_t from, uint64_t to,
+                                           bool last)>;
+inline constexpr uint64_t kStreamPiece = 8 << 20;
+std::unique_ptr<images::Sink> ForwardingSink(
+    std::unique_ptr<images::Sink> inner, std::function<Result<void>(const std::string&)> on_closed,
+    PieceFn on_piece = {}, std::function<bool(const std::string&)> streams = {});
 
 // Writes received files under a staging directory (dir/tree, dir/container).
 class FileReceiver {

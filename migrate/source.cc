@@ -107,6 +107,12 @@ class SendQueue {
     }
     cv_.notify_all();
   }
+  // Until fewer than n functions wait (the one running not counted); the first failure so far.
+  Result<void> WaitBelow(size_t n) {
+    std::unique_lock<std::mutex> l(mu_);
+    cv_.wait(l, [&] { return q_.size() < n || !result_.ok(); });
+    return result_;
+  }
   // Until everything pushed so far ran; the first failure.
   Result<void> Drain() {
     std::unique_lock<std::mutex> l(mu_);
@@ -440,19 +446,44 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
                      o.compress == Compress::kAuto);
   FileSender ctr_tx(ch.get(), mig::DIR_CONTAINER, staging + "/container", zstd,
                     o.compress == Compress::kAuto);
-  // During the final dump (async set): sent from the SendQueue's thread, in order.
+  // During the rounds and the final dump (async set): sent from a SendQueue's thread, in order.
   SendQueue* async = nullptr;
   auto send_tree = [&](const std::string& n) -> Result<void> {
     TRY(tree_tx.Send(n));
     if (n.rfind("pages-", 0) == 0) (void)::unlink((staging + "/tree/" + n).c_str());
     return Ok();
   };
-  ASSIGN_OR_RETURN(auto tree_dir, images::OpenDirSink(staging + "/tree", true));
-  auto tree_sink = ForwardingSink(std::move(tree_dir), [&](const std::string& n) -> Result<void> {
-    if (!async) return send_tree(n);
-    async->Push([&send_tree, n] { return send_tree(n); });
+  // A round's page blob crosses while it is written, kStreamPiece at a time, each piece freed
+  // here once sent: the round's dump and its send overlap, and the staging holds what is on its
+  // way (up to kPiecesQueued pieces) instead of the container's memory. The dump waits when
+  // the stream falls that far behind.
+  constexpr size_t kPiecesQueued = 8;
+  auto piece_tree = [&](const std::string& n, uint64_t from, uint64_t to,
+                        bool last) -> Result<void> {
+    auto send = [&tree_tx, &staging, n, from, to, last]() -> Result<void> {
+      TRY(tree_tx.SendRange(n, from, to, last, true));
+      if (last) (void)::unlink((staging + "/tree/" + n).c_str());
+      return Ok();
+    };
+    if (!async) return send();
+    TRY(async->WaitBelow(kPiecesQueued));  // a stream that failed ends the round's dump too
+    async->Push(std::move(send));
     return Ok();
-  });
+  };
+  ASSIGN_OR_RETURN(auto tree_dir, images::OpenDirSink(staging + "/tree", true));
+  auto tree_sink = ForwardingSink(
+      std::move(tree_dir),
+      [&](const std::string& n) -> Result<void> {
+        if (!async) return send_tree(n);
+        async->Push([&send_tree, n] { return send_tree(n); });
+        return Ok();
+      },
+      piece_tree,
+      [&](const std::string& n) {
+        // The rounds' page blobs (pages-PID-preN.img), not the final delta's: those are reserved
+        // ahead and written frozen, small.
+        return o.stream_rounds && n.rfind("pages-", 0) == 0 && n.find("-pre") != std::string::npos;
+      });
   ASSIGN_OR_RETURN(auto ctr_dir, images::OpenDirSink(staging + "/container", true));
   // The files copied ahead (ContainerPreCopy::CopyFilesAhead) are not read here again either.
   auto send_ctr = [&](const std::string& n) -> Result<void> {
@@ -529,13 +560,26 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
   if (o.auto_converge) throttle = CpuThrottle::Open(c);
   int throttle_pct = 0;
   double quota_pct = 0;  // what the throttle leaves, in percent of one CPU
+  // The rounds' files go from a thread of their own while the next piece is dumped.
+  std::optional<SendQueue> round_queue;
+  if (o.async_send) {
+    round_queue.emplace(false);
+    async = &*round_queue;
+  }
+  ScopeExit no_round_queue([&] {
+    if (async == (round_queue ? &*round_queue : nullptr)) async = nullptr;
+  });
   for (int round = 0;; ++round) {
     if (o.cancel && o.cancel->requested()) return fail(interrupted());
     auto t0 = Clock::now();
     uint64_t wire0 = tree_tx.wire_bytes();
     double send0 = tree_tx.send_ms();
     auto rs = (*pc)->Round();
+    // Everything of the round on the wire before its end is announced (and its stream measured).
+    Result<void> sent = round_queue ? round_queue->Drain() : Result<void>(Ok());
     if (!rs.ok()) return fail(std::move(rs.error().wrap(StrFormat("pre-copy round %d", round))));
+    if (!sent.ok())
+      return fail(std::move(sent.error().wrap(StrFormat("pre-copy round %d: sending", round))));
     mig::Frame f;
     f.mutable_round_end()->set_round(round);
     f.mutable_round_end()->set_bytes(rs->bytes);
@@ -600,6 +644,9 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
       return fail(MakeError(ErrorKind::kUnsupported, 0, "%s", rr.decision.c_str()));
     if (v.kind == RoundVerdict::kSwitch) break;
   }
+
+  async = nullptr;
+  round_queue.reset();
 
   // Switchover: freeze, final delta + state streamed as written, held frozen here. The
   // blackout's work runs at a raised priority on both ends until the commit (common/priority.h).

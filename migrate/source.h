@@ -77,6 +77,9 @@ struct SourceOptions {
   // The final dump's images go to the peer from a thread of their own while the dump goes on;
   // off for A/B runs (GODWIT_NO_ASYNC_SEND): sent by the dump's thread as each is closed.
   bool async_send = true;
+  // Rounds' page blobs sent in pieces while they are written (migrate/image_stream.h); false:
+  // each whole after its round's dump (GODWIT_NO_STREAM_ROUNDS: A/B runs only).
+  bool stream_rounds = true;
   // Auto-converge (QEMU's name for it): while the container writes its memory faster than half
   // the stream's rate, its CPU is throttled harder each round through its cgroup's bandwidth
   // (RoundVerdict::throttle_pct), and given back before the freeze (and on every failure). A

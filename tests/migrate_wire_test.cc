@@ -21,6 +21,7 @@
 #include <sys/statfs.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -32,6 +33,8 @@
 #include <vector>
 
 #include "common/fs.h"
+#include "images/crc32c.h"
+#include "images/image.h"
 #include "common/priority.h"
 #include "common/scope_exit.h"
 #include "container_test_util.h"
@@ -490,6 +493,142 @@ TEST(MigrateWire, FilesCrossAsyncWithRecycledBuffers) {
   }
   (void)fs::RemoveAll(src);
   (void)fs::RemoveAll(dst);
+}
+
+// A round's page blob goes in pieces while it is written (ForwardingSink's on_piece, FileSender's
+// SendRange): every kStreamPiece written through, each piece freed here once sent, the rest at
+// Close; after an external write (Output::ExtendExternal) no more pieces until Close. Files the
+// predicate does not name go whole at Close. The peer's copies are byte for byte the same.
+TEST(MigrateWire, RoundBlobsCrossInPiecesWhileWritten) {
+  char t1[] = "/tmp/godwit-wire-src-XXXXXX";
+  char t2[] = "/tmp/godwit-wire-dst-XXXXXX";
+  std::string src = mkdtemp(t1), dst = mkdtemp(t2);
+  ScopeExit rm([&] {
+    (void)fs::RemoveAll(src);
+    (void)fs::RemoveAll(dst);
+  });
+  std::mt19937 rng(7);
+  auto random = [&](size_t n) {
+    std::string d(n, '\0');
+    for (auto& ch : d) ch = static_cast<char>(rng());
+    return d;
+  };
+  const std::string blob = random(40 << 20);        // written in 1 MiB pieces
+  const std::string ext_head = random(20 << 20);    // then an external write, then more
+  const std::string ext = random(1 << 20);
+  const std::string ext_tail = random(10 << 20);
+  const std::string small = random(3000);
+  Listener l;
+  {
+    Server s(l, TestCerts().For("hostb"), [&](Result<std::unique_ptr<Channel>> ch) {
+      ASSERT_TRUE(ch.ok()) << ch.error().to_string();
+      FileReceiver rx(dst);
+      mig::Frame f;
+      std::string p;
+      for (;;) {
+        ASSERT_TRUE((*ch)->Recv(&f, &p).ok());
+        if (f.has_round_end()) break;
+        ASSERT_TRUE(f.has_file());
+        ASSERT_TRUE(rx.ApplyAsync(f.file(), &p).ok());
+      }
+      ASSERT_TRUE(rx.Drain().ok());
+      EXPECT_EQ(rx.open_files(), 0u);
+    });
+    auto c = Channel::Connect(l.addr(), TestCerts().For("hosta"), 5);
+    ASSERT_TRUE(c.ok()) << c.error().to_string();
+    FileSender tx(c->get(), mig::DIR_TREE, src, /*zstd=*/false);
+    struct Piece {
+      std::string name;
+      uint64_t from, to;
+      bool last;
+      uint64_t allocated_after;  // the file's blocks once the piece was sent and freed
+    };
+    std::vector<Piece> pieces;
+    std::vector<std::string> whole;
+    auto inner = images::OpenDirSink(src, true);
+    ASSERT_TRUE(inner.ok());
+    auto sink = ForwardingSink(
+        std::move(*inner),
+        [&](const std::string& n) -> Result<void> {
+          whole.push_back(n);
+          return tx.Send(n);
+        },
+        [&](const std::string& n, uint64_t from, uint64_t to, bool last) -> Result<void> {
+          TRY(tx.SendRange(n, from, to, last, true));
+          struct stat st;
+          if (stat((src + "/" + n).c_str(), &st) < 0) return Errno("stat %s", n.c_str());
+          pieces.push_back({n, from, to, last, static_cast<uint64_t>(st.st_blocks) * 512});
+          return Ok();
+        },
+        [](const std::string& n) { return n.rfind("pages-", 0) == 0; });
+    {
+      auto out = sink->Create("pages-1-pre0.img");
+      ASSERT_TRUE(out.ok());
+      for (size_t off = 0; off < blob.size(); off += 1 << 20)
+        ASSERT_TRUE((*out)->Write(blob.data() + off, 1 << 20).ok());
+      ASSERT_TRUE((*out)->Close().ok());
+    }
+    {
+      auto out = sink->Create("pages-2-pre0.img");
+      ASSERT_TRUE(out.ok());
+      for (size_t off = 0; off < ext_head.size(); off += 1 << 20)
+        ASSERT_TRUE((*out)->Write(ext_head.data() + off, 1 << 20).ok());
+      auto at = (*out)->ExtendExternal(ext.size());
+      ASSERT_TRUE(at.ok());
+      EXPECT_EQ(*at, static_cast<int64_t>(ext_head.size()));
+      ASSERT_EQ(pwrite((*out)->fd(), ext.data(), ext.size(), *at), ssize_t(ext.size()));
+      (*out)->AddChecksum(images::Crc32c(0, ext.data(), ext.size()), ext.size());
+      for (size_t off = 0; off < ext_tail.size(); off += 1 << 20)
+        ASSERT_TRUE((*out)->Write(ext_tail.data() + off, 1 << 20).ok());
+      ASSERT_TRUE((*out)->Close().ok());
+    }
+    {
+      auto out = sink->Create("pagemap-1-pre0.img");
+      ASSERT_TRUE(out.ok());
+      ASSERT_TRUE((*out)->Write(small.data(), small.size()).ok());
+      ASSERT_TRUE((*out)->Close().ok());
+    }
+    mig::Frame e;
+    e.mutable_round_end()->set_round(0);
+    ASSERT_TRUE((*c)->Send(e).ok());
+    // The first blob: pieces of at least kStreamPiece, back to back from 0, each freed once
+    // sent (what is allocated is what was written since), the rest at Close.
+    uint64_t next = 0;
+    int before_close = 0;
+    for (const auto& pc : pieces) {
+      if (pc.name != "pages-1-pre0.img") continue;
+      EXPECT_EQ(pc.from, next);
+      if (!pc.last) {
+        before_close++;
+        EXPECT_GE(pc.to - pc.from, kStreamPiece);
+        EXPECT_LT(pc.allocated_after, 2 * kStreamPiece) << "piece at " << pc.from;
+        next = pc.to;
+      } else {
+        EXPECT_LT(pc.allocated_after, 1u << 20) << "the file was not freed as it went";
+        next = blob.size();
+      }
+    }
+    EXPECT_GE(before_close, 4) << "40 MiB written: pieces while it was written";
+    EXPECT_EQ(next, blob.size());
+    // The second: pieces only before the external write.
+    for (const auto& pc : pieces)
+      if (pc.name == "pages-2-pre0.img" && !pc.last) EXPECT_LE(pc.to, ext_head.size());
+    ASSERT_FALSE(pieces.empty());
+    EXPECT_TRUE(pieces.back().last);
+    EXPECT_EQ(pieces.back().name, "pages-2-pre0.img");
+    EXPECT_EQ(std::count(whole.begin(), whole.end(), "pagemap-1-pre0.img"), 1);
+    EXPECT_EQ(std::count(whole.begin(), whole.end(), "pages-1-pre0.img"), 0);
+    EXPECT_EQ(tx.files(), 3);
+  }
+  auto got = fs::ReadFile(dst + "/tree/pages-1-pre0.img");
+  ASSERT_TRUE(got.ok());
+  EXPECT_TRUE(*got == blob);
+  got = fs::ReadFile(dst + "/tree/pages-2-pre0.img");
+  ASSERT_TRUE(got.ok());
+  EXPECT_TRUE(*got == ext_head + ext + ext_tail);
+  got = fs::ReadFile(dst + "/tree/pagemap-1-pre0.img");
+  ASSERT_TRUE(got.ok());
+  EXPECT_TRUE(*got == small);
 }
 
 TEST(MigrateWire, HelloChecks) {
