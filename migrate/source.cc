@@ -426,9 +426,9 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
   });
 
   // Memory-backed when there is room, in huge pages when the kernel gives us a tmpfs of our own
-  // (migrate/staging.h): the final dump creates its files inside the blackout. Each page file
-  // goes as soon as it has been sent (nothing reads it again here), so the staging copy never
-  // holds more than a round.
+  // (migrate/staging.h): the final dump creates its files inside the blackout. A round's page
+  // file is freed piece by piece as it is sent, and every page file goes once sent (nothing
+  // reads it again here): the staging holds a few pieces of a round, and the final dump.
   std::string base = o.staging.empty() ? HugeStaging("outgoing", ResidentBytes(tree)) : o.staging;
   if (base.empty()) base = ChooseStaging(o.root, "outgoing", ResidentBytes(tree));
   std::string staging = StrFormat("%s/%s.%d", base.c_str(), o.id.c_str(), getpid());
