@@ -70,7 +70,7 @@ for mib in $SIZES; do
     </dev/null >/dev/null 2>&1
   k=0; until gw a exec "$id" -- test -e /dev/shm/ready 2>/dev/null || [ $k -ge 600 ]; do sleep 0.1; k=$((k+1)); done
   at=a
-  : >"$work/gaps-$mib"; : >"$work/bo-$mib"; : >"$work/rtx-$mib"; : >"$work/outside-$mib"
+  : >"$work/gaps-$mib"; : >"$work/bo-$mib"; : >"$work/rtx-$mib"; : >"$work/rto-$mib"; : >"$work/outside-$mib"
   : >"$work/own-$mib"; : >"$work/ownout-$mib"; : >"$work/steal-$mib"
   for i in $(seq 1 "$N"); do
     to=$([ $at = a ] && echo b || echo a)
@@ -119,6 +119,7 @@ open(w + "/own-" + m, "a").write("%f\n" % max([g["ms"] for g in own], default=bo
 open(w + "/ownout-" + m, "a").write("%f\n" % max([g["ms"] for g in own if outside(g)], default=bound))
 open(w + "/steal-" + m, "a").write("%f %f\n" % (sum(s for _, _, s in steal), max([s for _, _, s in steal], default=0)))
 open(w + "/rtx-" + m, "a").write("%d\n" % p["tcp_info"]["total_retrans"])
+open(w + "/rto-" + m, "a").write("%d\n" % p["tcp_info"].get("total_rto", -1))
 open(w + "/bo-" + m, "a").write("%f %f %f %f %f %d\n" % (r["blackout"]["total_ms"], r["blackout"]["final_dump_ms"],
     r["blackout"]["restore_ms"], r["final_bytes"] / 2**20, r["rounds"][-1]["predicted_downtime_ms"], len(r["rounds"])))
 PY
@@ -131,8 +132,8 @@ PY
     at=$to
   done
   GAP[$mib]=$(med <"$work/gaps-$mib")
-  printf '%5s MiB: client max gap median %7.1f ms, worst %7.1f ms; retransmissions max %s; blackout median %6.1f ms (final dump %.1f, restore %.1f; final %.1f MiB; predicted %.1f; rounds %s)\n' \
-    "$mib" "${GAP[$mib]}" "$(worst <"$work/gaps-$mib")" "$(worst <"$work/rtx-$mib")" \
+  printf '%5s MiB: client max gap median %7.1f ms, worst %7.1f ms; retransmissions max %s (timeouts %s); blackout median %6.1f ms (final dump %.1f, restore %.1f; final %.1f MiB; predicted %.1f; rounds %s)\n' \
+    "$mib" "${GAP[$mib]}" "$(worst <"$work/gaps-$mib")" "$(worst <"$work/rtx-$mib")" "$(worst <"$work/rto-$mib")" \
     "$(cut -d' ' -f1 "$work/bo-$mib" | med)" "$(cut -d' ' -f2 "$work/bo-$mib" | med)" \
     "$(cut -d' ' -f3 "$work/bo-$mib" | med)" "$(cut -d' ' -f4 "$work/bo-$mib" | med)" \
     "$(cut -d' ' -f5 "$work/bo-$mib" | med)" "$(cut -d' ' -f6 "$work/bo-$mib" | med)"
