@@ -427,6 +427,22 @@ TEST(MigrateWire, TlsHandshakeTimesOut) {
 // The receiver's writer thread with recycled buffers (ApplyAsync(f, std::string*)), over TLS:
 // files of sizes around the 256 KiB chunk and the 64 KiB mapping threshold cross intact, the
 // buffers come back, and a piece with a wrong checksum fails the receiver with a clear error.
+// The receiving end of the file tests: every file frame written (on the writer thread) until a
+// RoundEnd; whether a received piece's buffer came back for reuse (ApplyAsync's recycling).
+void ReceiveFilesUntilRoundEnd(Channel& ch, FileReceiver& rx, bool* recycled = nullptr) {
+  mig::Frame f;
+  std::string p;
+  for (;;) {
+    ASSERT_TRUE(ch.Recv(&f, &p).ok());
+    if (f.has_round_end()) break;
+    ASSERT_TRUE(f.has_file());
+    ASSERT_TRUE(rx.ApplyAsync(f.file(), &p).ok());
+    if (recycled && p.capacity() >= (256u << 10)) *recycled = true;
+  }
+  ASSERT_TRUE(rx.Drain().ok());
+  EXPECT_EQ(rx.open_files(), 0u);
+}
+
 TEST(MigrateWire, FilesCrossAsyncWithRecycledBuffers) {
   char t1[] = "/tmp/godwit-wire-src-XXXXXX";
   char t2[] = "/tmp/godwit-wire-dst-XXXXXX";
@@ -447,17 +463,10 @@ TEST(MigrateWire, FilesCrossAsyncWithRecycledBuffers) {
     Server s(l, TestCerts().For("hostb"), [&](Result<std::unique_ptr<Channel>> ch) {
       ASSERT_TRUE(ch.ok()) << ch.error().to_string();
       FileReceiver rx(dst);
+      ReceiveFilesUntilRoundEnd(**ch, rx, &recycled);
+      if (::testing::Test::HasFatalFailure()) return;
       mig::Frame f;
       std::string p;
-      for (;;) {
-        ASSERT_TRUE((*ch)->Recv(&f, &p).ok());
-        if (f.has_round_end()) break;
-        ASSERT_TRUE(f.has_file());
-        ASSERT_TRUE(rx.ApplyAsync(f.file(), &p).ok());
-        if (p.capacity() >= (256u << 10)) recycled = true;
-      }
-      ASSERT_TRUE(rx.Drain().ok());
-      EXPECT_EQ(rx.open_files(), 0u);
       // Then a piece whose checksum is wrong: refused by the writer, reported by Drain.
       ASSERT_TRUE((*ch)->Recv(&f, &p).ok());
       ASSERT_TRUE(f.has_file());
@@ -523,16 +532,7 @@ TEST(MigrateWire, RoundBlobsCrossInPiecesWhileWritten) {
     Server s(l, TestCerts().For("hostb"), [&](Result<std::unique_ptr<Channel>> ch) {
       ASSERT_TRUE(ch.ok()) << ch.error().to_string();
       FileReceiver rx(dst);
-      mig::Frame f;
-      std::string p;
-      for (;;) {
-        ASSERT_TRUE((*ch)->Recv(&f, &p).ok());
-        if (f.has_round_end()) break;
-        ASSERT_TRUE(f.has_file());
-        ASSERT_TRUE(rx.ApplyAsync(f.file(), &p).ok());
-      }
-      ASSERT_TRUE(rx.Drain().ok());
-      EXPECT_EQ(rx.open_files(), 0u);
+      ReceiveFilesUntilRoundEnd(**ch, rx);
     });
     auto c = Channel::Connect(l.addr(), TestCerts().For("hosta"), 5);
     ASSERT_TRUE(c.ok()) << c.error().to_string();
