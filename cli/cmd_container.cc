@@ -380,8 +380,11 @@ int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
           for (const auto& n : *names) {
             struct stat st;
             std::string path = tree_dir + "/" + n;
+            // A round's page blob arrives in pieces while the next round is dumped (migrate/
+            // image_stream.h): whole only once its page map (sent after its last piece) is there.
+            const std::string pagemap = "pagemap-" + n.substr(6);
             if (n.rfind("pages-", 0) == 0 && n.find("-pre") != std::string::npos &&
-                ::stat(path.c_str(), &st) == 0)
+                fs::Exists(tree_dir + "/" + pagemap) && ::stat(path.c_str(), &st) == 0)
               files.emplace_back(st.st_size, path);
           }
         std::sort(files.begin(), files.end());

@@ -72,12 +72,16 @@ class ForwardingOutput : public images::Output {
  private:
   // The inner file output writes in order at its file position (what it buffers is not there
   // yet): everything before the position is in the file for good.
+  // Pieces end on kRegion boundaries: the sender's adaptive zstd decides per region, at its
+  // first chunk, and a freed range then ends on a whole huge-page folio of the staging.
   Result<void> Progress() {
     if (!piece_ || external_ || in_->fd() < 0) return Ok();
     off_t pos = ::lseek(in_->fd(), 0, SEEK_CUR);
-    if (pos < 0 || static_cast<uint64_t>(pos) < streamed_ + kStreamPiece) return Ok();
-    TRY((*piece_)(name_, streamed_, static_cast<uint64_t>(pos), false));
-    streamed_ = static_cast<uint64_t>(pos);
+    if (pos < 0) return Ok();
+    const uint64_t to = static_cast<uint64_t>(pos) & ~(uint64_t{kRegion} - 1);
+    if (to < streamed_ + kStreamPiece) return Ok();
+    TRY((*piece_)(name_, streamed_, to, false));
+    streamed_ = to;
     return Ok();
   }
   std::unique_ptr<images::Output> in_;

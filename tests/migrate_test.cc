@@ -442,6 +442,10 @@ TEST_F(MigrateTest, DirtyingMemoryArrivesIntactAndFinalRoundIsSmall) {
   // (restore/load.h TakeLazyAhead): the blackout only laid the final dump over them.
   EXPECT_GT(j["restore_phases"].value("restore.lazy_prepared_bytes", 0.0), 32.0 * (1 << 20))
       << j["restore_phases"];
+  // The rounds' page files were checked by the helper on idle CPU while the rounds went on,
+  // each once whole (a blob still arriving in pieces is not taken: cli/cmd_container.cc).
+  EXPECT_GT(j["restore_phases"].value("restore.prechecked_chunks", 0.0), 0.0)
+      << j["restore_phases"];
   r = Migrate('b', "dirty", {"--max-downtime", "60ms"});
   ASSERT_EQ(r.code, 0) << r;
   // Every page checks out against its generation table after both hops.

@@ -601,6 +601,7 @@ TEST(MigrateWire, RoundBlobsCrossInPiecesWhileWritten) {
       if (!pc.last) {
         before_close++;
         EXPECT_GE(pc.to - pc.from, kStreamPiece);
+        EXPECT_EQ(pc.to % (4 << 20), 0u) << "pieces end on the sender's 4 MiB zstd regions";
         EXPECT_LT(pc.allocated_after, 2 * kStreamPiece) << "piece at " << pc.from;
         next = pc.to;
       } else {
