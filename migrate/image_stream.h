@@ -1,10 +1,11 @@
 // Image files across the migration stream.
 //
 // Source: the dump writes into a local staging directory through a ForwardingSink, which sends
-// each image file to the peer the moment the dump closes it (so a pre-copy round's page blob
-// crosses while the next one is being written, and the final dump's files cross while the rest
-// of the final state is still being collected). The inventory goes last: the destination's set is
-// complete exactly when the source's is.
+// each image file to the peer the moment the dump closes it, and a pre-copy round's page blob
+// in pieces while it is written (each piece freed on the source once sent), so a round crosses
+// while it is dumped; the final dump's files cross while the rest of the final state is still
+// being collected. The inventory goes last: the destination's set is complete exactly when the
+// source's is.
 //
 // Destination: a FileReceiver writes every FileData frame at its offset into its own staging
 // directory (names checked: one path component, no "..") after checking the payload's crc32c.
