@@ -6,6 +6,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 
 #include "common/fs.h"
 #include "common/log.h"
@@ -49,9 +51,38 @@ Result<std::unique_ptr<DirtyTracker>> DirtyTracker::Take(pid_t pid, remote::Remo
   return t;
 }
 
+namespace {
+std::function<void(pid_t, uint64_t, uint64_t)>& RegisteredHook() {
+  static std::function<void(pid_t, uint64_t, uint64_t)> hook;
+  return hook;
+}
+}  // namespace
+
+void DirtyTracker::SetRegisteredHookForTest(std::function<void(pid_t, uint64_t, uint64_t)> hook) {
+  RegisteredHook() = std::move(hook);
+}
+
 Result<void> DirtyTracker::Arm(const std::vector<proc::MapsEntry>& vmas) {
   const pid_t pid = pid_;
   const int fd = uffd_.get();
+  auto track = [&](uint64_t start, uint64_t end) {
+    if (!ranges_.empty() && ranges_.back().second == start)
+      ranges_.back().second = end;
+    else
+      ranges_.push_back({start, end});
+  };
+  // Write-protects [start, end). 1: done; 0: part of it is no longer registered (ENOENT);
+  // -1: the process is gone; -2: another error (in err).
+  int err = 0;
+  auto protect = [&](uint64_t start, uint64_t end) {
+    uffdio_writeprotect wp{};
+    wp.range.start = start;
+    wp.range.len = end - start;
+    wp.mode = UFFDIO_WRITEPROTECT_MODE_WP;
+    if (ioctl(fd, UFFDIO_WRITEPROTECT, &wp) == 0) return 1;
+    err = errno;
+    return err == ENOENT ? 0 : err == ESRCH ? -1 : -2;
+  };
   for (const auto& m : vmas) {
     if (!Trackable(m)) continue;
     uffdio_register reg{};
@@ -67,17 +98,42 @@ Result<void> DirtyTracker::Arm(const std::vector<proc::MapsEntry>& vmas) {
                 static_cast<unsigned long>(m.end), m.path.c_str(), strerror(errno));
       continue;
     }
-    uffdio_writeprotect wp{};
-    wp.range = reg.range;
-    wp.mode = UFFDIO_WRITEPROTECT_MODE_WP;
-    if (ioctl(fd, UFFDIO_WRITEPROTECT, &wp) < 0) {
-      if (errno == ESRCH) return MakeError(ErrorKind::kNotFound, ESRCH, "process %d exited", pid);
-      return Errno("pid %d: UFFDIO_WRITEPROTECT %#lx", pid, static_cast<unsigned long>(m.start));
+    if (RegisteredHook()) RegisteredHook()(pid, m.start, m.end);
+    int r = protect(m.start, m.end);
+    if (r == 0) {
+      // The process runs: part of the range was mapped anew between the registration and now
+      // (an mmap MAP_FIXED over it, a munmap). The mappings there now, each on its own; one not
+      // registered is not tracked (dumped whole in the final round), the others are. Failing
+      // here instead dropped the whole process from pre-copy.
+      auto now = proc::ReadMaps(pid);
+      if (!now.ok()) {
+        if (now.error().sys_errno() == ENOENT || now.error().sys_errno() == ESRCH)
+          return MakeError(ErrorKind::kNotFound, ESRCH, "process %d exited", pid);
+        return std::move(now.error().wrap(StrFormat("pid %d: dirty tracking", pid)));
+      }
+      for (const auto& v : *now) {
+        uint64_t s = std::max(v.start, m.start), e = std::min(v.end, m.end);
+        if (s >= e) continue;
+        int q = protect(s, e);
+        if (q == 1) {
+          track(s, e);
+        } else if (q == -1) {
+          return MakeError(ErrorKind::kNotFound, ESRCH, "process %d exited", pid);
+        } else if (q == -2) {
+          return MakeError(ErrorKind::kGeneric, err, "pid %d: UFFDIO_WRITEPROTECT %#lx: %s",
+                           pid, static_cast<unsigned long>(s), strerror(err));
+        } else {
+          LOG_DEBUG("pid %d: %#lx-%#lx mapped anew since its registration: not tracked", pid,
+                    static_cast<unsigned long>(s), static_cast<unsigned long>(e));
+        }
+      }
+      continue;
     }
-    if (!ranges_.empty() && ranges_.back().second == m.start)
-      ranges_.back().second = m.end;
-    else
-      ranges_.push_back({m.start, m.end});
+    if (r == -1) return MakeError(ErrorKind::kNotFound, ESRCH, "process %d exited", pid);
+    if (r == -2)
+      return MakeError(ErrorKind::kGeneric, err, "pid %d: UFFDIO_WRITEPROTECT %#lx: %s", pid,
+                       static_cast<unsigned long>(m.start), strerror(err));
+    track(m.start, m.end);
   }
   return Ok();
 }

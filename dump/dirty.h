@@ -35,6 +35,8 @@
 #include "common/unique_fd.h"
 #include "dump/pages.h"
 
+#include <functional>
+
 namespace godwit::dump {
 
 class DirtyTracker {
@@ -51,6 +53,9 @@ class DirtyTracker {
   // Pages of tracked ranges written since Start or the previous call, sorted; they are
   // write-protected again. kNotFound when the process is gone.
   Result<void> CollectDirty(std::vector<PageRange>* out);
+  // Tests only: called by Arm right after it registered [start, end) of pid, before it
+  // write-protects it (the process runs meanwhile: what it maps anew there is not registered).
+  static void SetRegisteredHookForTest(std::function<void(pid_t, uint64_t, uint64_t)> hook);
 
  private:
   Result<UniqueFd> OpenPagemap() const;

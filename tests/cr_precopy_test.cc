@@ -17,6 +17,7 @@
 
 #include <array>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -25,6 +26,8 @@
 #include "cr_util.h"
 #include "common/unique_fd.h"
 #include "common/fs.h"
+#include "common/scope_exit.h"
+#include "dump/dirty.h"
 #include "common/pagemap_scan.h"
 #include "dump/pagemap_scan.h"
 #include "dump/dump.h"
@@ -572,6 +575,63 @@ TEST_F(CrPreCopy, VmaFlagsChangedAfterTheLastRoundReachTheImage) {
 }
 
 // A tree that has run no round yet: the final dump stores everything (nothing was copied before).
+// A process that maps part of a VMA anew between the tracking's registration of it and its
+// write protection (it runs meanwhile: an allocator's mmap MAP_FIXED or munmap): the rest of the
+// VMA is tracked and copied by round 0; the new part, not registered, is left to the final dump.
+// Before, the write protection's ENOENT dropped the whole process from pre-copy (all its memory
+// then went frozen).
+TEST_F(CrPreCopy, AMappingReplacedWhileTrackingIsArmedLeavesTheRestTracked) {
+  constexpr size_t kLen = 3 << 20;
+  char* m = static_cast<char*>(
+      mmap(nullptr, kLen, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  ASSERT_NE(m, MAP_FAILED);
+  memset(m, 1, kLen);
+  int cmd[2], ack[2];
+  ASSERT_EQ(pipe(cmd), 0);
+  ASSERT_EQ(pipe(ack), 0);
+  pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    close(cmd[1]);
+    close(ack[0]);
+    char c;
+    while (read(cmd[0], &c, 1) == 1) {
+      void* n = mmap(m + (1 << 20), 1 << 20, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+      if (n == MAP_FAILED) _exit(2);
+      m[1 << 20] = 2;
+      if (write(ack[1], "k", 1) != 1) _exit(3);
+    }
+    _exit(0);
+  }
+  close(cmd[0]);
+  close(ack[1]);
+  munmap(m, kLen);
+  pids_.push_back(child);
+  int replaced = 0;
+  dump::DirtyTracker::SetRegisteredHookForTest([&](pid_t pid, uint64_t s, uint64_t e) {
+    const auto a = reinterpret_cast<uint64_t>(m);
+    if (pid != child || replaced || s > a || e < a + kLen) return;
+    char c = 'r';
+    if (write(cmd[1], &c, 1) == 1 && read(ack[0], &c, 1) == 1) replaced = 1;
+  });
+  ScopeExit unhook([] { dump::DirtyTracker::SetRegisteredHookForTest(nullptr); });
+  auto sink = images::OpenDirSink(dir_ / "img");
+  ASSERT_TRUE(sink.ok()) << sink.error().to_string();
+  auto pc = dump::PreCopy::Start(child, **sink);
+  ASSERT_TRUE(pc.ok()) << pc.error().to_string();
+  EXPECT_EQ(replaced, 1) << "the hook did not run for the mapping";
+  auto r = (*pc)->Round();
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  // The first and last MiB of the mapping (and the process's other pages): still tracked.
+  EXPECT_GE(r->bytes, 2u << 20) << "the process was dropped from pre-copy";
+  pc->reset();
+  close(cmd[1]);
+  close(ack[0]);
+  EXPECT_EQ(Wait(child), 0);
+  pids_.clear();
+}
+
 TEST_F(CrPreCopy, NoRoundIsAPlainDump) {
   pid_t pid = Start(16, 64, 1);
   ASSERT_GT(pid, 0);
