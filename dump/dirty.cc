@@ -71,17 +71,19 @@ Result<void> DirtyTracker::Arm(const std::vector<proc::MapsEntry>& vmas) {
     else
       ranges_.push_back({start, end});
   };
-  // Write-protects [start, end). 1: done; 0: part of it is no longer registered (ENOENT);
-  // -1: the process is gone; -2: another error (in err).
-  int err = 0;
-  auto protect = [&](uint64_t start, uint64_t end) {
+  // Write-protects [start, end): true; false when part of it is no longer registered (ENOENT:
+  // mapped anew since); kNotFound when the process is gone.
+  auto protect = [&](uint64_t start, uint64_t end) -> Result<bool> {
     uffdio_writeprotect wp{};
     wp.range.start = start;
     wp.range.len = end - start;
     wp.mode = UFFDIO_WRITEPROTECT_MODE_WP;
-    if (ioctl(fd, UFFDIO_WRITEPROTECT, &wp) == 0) return 1;
-    err = errno;
-    return err == ENOENT ? 0 : err == ESRCH ? -1 : -2;
+    if (ioctl(fd, UFFDIO_WRITEPROTECT, &wp) == 0) return true;
+    const int err = errno;
+    if (err == ENOENT) return false;
+    if (err == ESRCH) return MakeError(ErrorKind::kNotFound, ESRCH, "process %d exited", pid);
+    return MakeError(ErrorKind::kGeneric, err, "pid %d: UFFDIO_WRITEPROTECT %#lx: %s", pid,
+                     static_cast<unsigned long>(start), strerror(err));
   };
   for (const auto& m : vmas) {
     if (!Trackable(m)) continue;
@@ -99,8 +101,8 @@ Result<void> DirtyTracker::Arm(const std::vector<proc::MapsEntry>& vmas) {
       continue;
     }
     if (RegisteredHook()) RegisteredHook()(pid, m.start, m.end);
-    int r = protect(m.start, m.end);
-    if (r == 0) {
+    ASSIGN_OR_RETURN(bool whole, protect(m.start, m.end));
+    if (!whole) {
       // The process runs: part of the range was mapped anew between the registration and now
       // (an mmap MAP_FIXED over it, a munmap). The mappings there now, each on its own; one not
       // registered is not tracked (dumped whole in the final round), the others are. Failing
@@ -114,25 +116,15 @@ Result<void> DirtyTracker::Arm(const std::vector<proc::MapsEntry>& vmas) {
       for (const auto& v : *now) {
         uint64_t s = std::max(v.start, m.start), e = std::min(v.end, m.end);
         if (s >= e) continue;
-        int q = protect(s, e);
-        if (q == 1) {
+        ASSIGN_OR_RETURN(bool done, protect(s, e));
+        if (done)
           track(s, e);
-        } else if (q == -1) {
-          return MakeError(ErrorKind::kNotFound, ESRCH, "process %d exited", pid);
-        } else if (q == -2) {
-          return MakeError(ErrorKind::kGeneric, err, "pid %d: UFFDIO_WRITEPROTECT %#lx: %s",
-                           pid, static_cast<unsigned long>(s), strerror(err));
-        } else {
+        else
           LOG_DEBUG("pid %d: %#lx-%#lx mapped anew since its registration: not tracked", pid,
                     static_cast<unsigned long>(s), static_cast<unsigned long>(e));
-        }
       }
       continue;
     }
-    if (r == -1) return MakeError(ErrorKind::kNotFound, ESRCH, "process %d exited", pid);
-    if (r == -2)
-      return MakeError(ErrorKind::kGeneric, err, "pid %d: UFFDIO_WRITEPROTECT %#lx: %s", pid,
-                       static_cast<unsigned long>(m.start), strerror(err));
     track(m.start, m.end);
   }
   return Ok();

@@ -4,6 +4,7 @@
 #include <time.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -14,6 +15,7 @@
 #include "common/pidfd.h"
 #include "common/proc.h"
 #include "common/scope_exit.h"
+#include "common/timing.h"
 #include "dump/vmflags.h"
 
 namespace godwit::dump {
@@ -28,16 +30,10 @@ bool HasMissingRegistration(pid_t pid) {
   return false;
 }
 
-double NowMs() {
-  timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
-}
-
 // Blocks until the pager exits (kExited) or the deadline passes (kDeadline), using no CPU.
 // kNotThePager if it is gone or its pid was reused.
 enum class PagerWait { kNotThePager, kDeadline, kExited };
-PagerWait WaitPagerExit(const LazyPagerRef& pager, double deadline_ms) {
+PagerWait WaitPagerExit(const LazyPagerRef& pager, timing::Clock::time_point deadline) {
   if (pager.pid <= 0 || pager.start_time == 0) return PagerWait::kNotThePager;
   auto fd = pidfd::Open(pager.pid);
   if (!fd.ok()) {
@@ -54,7 +50,7 @@ PagerWait WaitPagerExit(const LazyPagerRef& pager, double deadline_ms) {
     return PagerWait::kNotThePager;
   }
   for (;;) {
-    double left = deadline_ms - NowMs();
+    double left = timing::MsBetween(timing::Clock::now(), deadline);
     if (left <= 0) return PagerWait::kDeadline;
     pollfd p{fd->get(), POLLIN, 0};
     int n = ::poll(&p, 1, static_cast<int>(std::min(left, 1e9)) + 1);
@@ -78,10 +74,10 @@ Result<void> WaitLazyPages(pid_t root, int timeout_ms,
   bool logged = false, pager_waited = false;
   std::vector<pid_t> pids = proc::Descendants(root);
   pids.insert(pids.begin(), root);
-  const double start = NowMs();
-  const double deadline = start + timeout_ms;
+  const auto start = timing::Clock::now();
+  const auto deadline = start + std::chrono::milliseconds(timeout_ms);
   ScopeExit waited([&] {
-    if (logged) st.waited_ms = NowMs() - start;
+    if (logged) st.waited_ms = timing::MsSince(start);
   });
   for (pid_t pid : pids) {
     if (known != nullptr) {
@@ -92,16 +88,16 @@ Result<void> WaitLazyPages(pid_t root, int timeout_ms,
       }
     }
     for (;;) {
-      const double t0 = NowMs();
+      const auto t0 = timing::Clock::now();
       st.smaps_reads++;
       if (!HasMissingRegistration(pid)) break;
-      const double read_ms = NowMs() - t0;
+      const double read_ms = timing::MsSince(t0);
       if (!logged) {
         LOG_INFO("pid %d is still being paged in by a lazy restore's pager%s: waiting for it", pid,
                  pager.pid > 0 ? StrFormat(" (pid %d)", pager.pid).c_str() : "");
         logged = true;
       }
-      if (NowMs() > deadline)
+      if (timing::Clock::now() > deadline)
         return MakeError(ErrorKind::kGeneric, EBUSY,
                          "pid %d still has pages owed by a lazy restore's pager after %d ms "
                          "(its memory is not all there yet): try again when it is done",
@@ -115,7 +111,8 @@ Result<void> WaitLazyPages(pid_t root, int timeout_ms,
       // The pager's progress is kernel-side state only: poll it, at most a fifth of the time
       // (smaps of a process of 1 GiB takes ~40 ms to read).
       const double nap_ms =
-          std::min(std::clamp(4 * read_ms, 5.0, 250.0), std::max(0.0, deadline - NowMs()) + 0.1);
+          std::min(std::clamp(4 * read_ms, 5.0, 250.0),
+                   std::max(0.0, timing::MsBetween(timing::Clock::now(), deadline)) + 0.1);
       timespec ts{0, static_cast<long>(nap_ms * 1e6)};
       nanosleep(&ts, nullptr);
     }
