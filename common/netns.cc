@@ -1,10 +1,14 @@
 #include "common/netns.h"
 
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <nftables/libnftables.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
+#include <string_view>
+#include <type_traits>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -28,8 +32,27 @@ const char* NsName(int nstype) {
   }
 }
 
+static_assert(std::is_same_v<decltype(NftApi::ctx_new), decltype(&nft_ctx_new)>);
+static_assert(std::is_same_v<decltype(NftApi::ctx_free), decltype(&nft_ctx_free)>);
+static_assert(std::is_same_v<decltype(NftApi::ctx_buffer_output), decltype(&nft_ctx_buffer_output)>);
+static_assert(std::is_same_v<decltype(NftApi::ctx_buffer_error), decltype(&nft_ctx_buffer_error)>);
+static_assert(std::is_same_v<decltype(NftApi::ctx_get_output_buffer),
+                             decltype(&nft_ctx_get_output_buffer)>);
+static_assert(std::is_same_v<decltype(NftApi::ctx_get_error_buffer),
+                             decltype(&nft_ctx_get_error_buffer)>);
+static_assert(std::is_same_v<decltype(NftApi::run_cmd_from_buffer),
+                             decltype(&nft_run_cmd_from_buffer)>);
+
+// The one libnftables this process loads (LoadNft's, kept for good).
+Result<const NftApi*> Nft() {
+  static Result<NftApi> api = LoadNft(kNftLibrary);
+  if (!api.ok()) return api.error();
+  return &*api;
+}
+
 struct NftCtxDel {
-  void operator()(nft_ctx* c) const { nft_ctx_free(c); }
+  const NftApi* api;
+  void operator()(nft_ctx* c) const { api->ctx_free(c); }
 };
 
 // libnftables keeps process-wide state (its one-time init, the xtables glue) that contexts share
@@ -39,33 +62,113 @@ std::mutex nft_mu;
 // A context made on the calling thread, in its namespace: the context's netlink socket belongs
 // to it (libnftables opens it at creation). Called with nft_mu held.
 Result<nft_ctx*> NewCtx() {
-  std::unique_ptr<nft_ctx, NftCtxDel> ctx(nft_ctx_new(NFT_CTX_DEFAULT));
+  ASSIGN_OR_RETURN(const NftApi* api, Nft());
+  std::unique_ptr<nft_ctx, NftCtxDel> ctx(api->ctx_new(NFT_CTX_DEFAULT), NftCtxDel{api});
   if (!ctx) return MakeError(ErrorKind::kGeneric, ENOMEM, "nft_ctx_new");
-  if (nft_ctx_buffer_output(ctx.get()) != 0 || nft_ctx_buffer_error(ctx.get()) != 0)
+  if (api->ctx_buffer_output(ctx.get()) != 0 || api->ctx_buffer_error(ctx.get()) != 0)
     return MakeError(ErrorKind::kGeneric, 0, "nft: cannot buffer its output");
   return ctx.release();
 }
 
-// Called with nft_mu held.
+// Called with nft_mu held, on a context NewCtx made (the library is loaded).
 Result<std::string> RunCtx(nft_ctx* ctx, const std::string& script, int netns_fd) {
-  int rc = nft_run_cmd_from_buffer(ctx, script.c_str());
+  const NftApi* api = *Nft();
+  int rc = api->run_cmd_from_buffer(ctx, script.c_str());
   if (rc != 0) {
-    const char* err = nft_ctx_get_error_buffer(ctx);
+    const char* err = api->ctx_get_error_buffer(ctx);
     return MakeError(ErrorKind::kGeneric, 0, "nft failed in netns fd %d: %s", netns_fd,
                      fs::Trim(err ? err : "").c_str());
   }
-  const char* out = nft_ctx_get_output_buffer(ctx);
+  const char* out = api->ctx_get_output_buffer(ctx);
   return std::string(out ? out : "");
 }
 
 Result<std::string> NftHere(const std::string& script, int netns_fd) {
   std::lock_guard<std::mutex> lock(nft_mu);
   ASSIGN_OR_RETURN(nft_ctx * raw, NewCtx());
-  std::unique_ptr<nft_ctx, NftCtxDel> ctx(raw);
+  std::unique_ptr<nft_ctx, NftCtxDel> ctx(raw, NftCtxDel{*Nft()});
   return RunCtx(ctx.get(), script, netns_fd);
 }
 
 }  // namespace
+
+Result<NftApi> LoadNft(const char* soname) {
+  // RTLD_NOW as the binary's own -z now: every symbol bound here, none at a first call later
+  // (a lock taken while a tree is frozen). RTLD_LOCAL: nothing of it leaks into our lookups.
+  void* h = dlopen(soname, RTLD_NOW | RTLD_LOCAL);
+  if (!h) {
+    const char* why = dlerror();
+    return MakeError(ErrorKind::kNotFound, 0,
+                     "cannot load %s (nftables' library, Debian package libnftables1): %s",
+                     soname, why ? why : "unknown reason");
+  }
+  NftApi api;
+  bool missing = false;
+  std::string names;
+  auto sym = [&](auto& fn, const char* name) {
+    fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(dlsym(h, name));
+    if (!fn) {
+      missing = true;
+      names += names.empty() ? name : StrFormat(", %s", name);
+    }
+  };
+  sym(api.ctx_new, "nft_ctx_new");
+  sym(api.ctx_free, "nft_ctx_free");
+  sym(api.ctx_buffer_output, "nft_ctx_buffer_output");
+  sym(api.ctx_buffer_error, "nft_ctx_buffer_error");
+  sym(api.ctx_get_output_buffer, "nft_ctx_get_output_buffer");
+  sym(api.ctx_get_error_buffer, "nft_ctx_get_error_buffer");
+  sym(api.run_cmd_from_buffer, "nft_run_cmd_from_buffer");
+  if (missing) {
+    dlclose(h);
+    return MakeError(ErrorKind::kUnsupported, 0, "%s lacks %s: not the libnftables 1 ABI", soname,
+                     names.c_str());
+  }
+  return api;
+}
+
+Result<void> PreloadNft() {
+  std::lock_guard<std::mutex> lock(nft_mu);
+  TRY(Nft());
+  return Ok();
+}
+
+Result<bool> HasTcpSockets(pid_t pid) {
+  // /proc/PID/net/sockstat{,6}: the namespace's count of TCP sockets in the hash tables
+  // ("TCP: inuse N", "TCP6: inuse N"), kept per namespace, so reading it costs nothing.
+  // (/proc/PID/net/tcp walks every bucket of the machine's established hash table instead:
+  // ~4 ms per file here.)
+  for (std::string_view f : {"sockstat", "sockstat6"}) {
+    const bool v6 = f == "sockstat6";
+    std::string path = StrFormat("/proc/%d/net/%s", pid, std::string(f).c_str());
+    auto text = fs::ReadFile(path);
+    if (!text.ok()) {
+      if (v6 && text.error().sys_errno() == ENOENT) continue;  // no IPv6
+      return std::move(text.error());
+    }
+    const std::string_view key = v6 ? "TCP6: inuse " : "TCP: inuse ";
+    bool found = false;
+    for (std::string_view rest = *text; !rest.empty();) {
+      size_t nl = rest.find('\n');
+      std::string_view line = rest.substr(0, nl);
+      rest = nl == std::string_view::npos ? std::string_view() : rest.substr(nl + 1);
+      if (line.substr(0, key.size()) != key) continue;
+      found = true;
+      if (atol(std::string(line.substr(key.size())).c_str()) > 0) return true;
+    }
+    if (!found)
+      return MakeError(ErrorKind::kGeneric, 0, "%s: no \"%s\" line", path.c_str(),
+                       std::string(key.substr(0, key.size() - 1)).c_str());
+  }
+  return false;
+}
+
+void PreloadNftIfTcp(pid_t pid) {
+  auto tcp = HasTcpSockets(pid);
+  if (tcp.ok() && !*tcp) return;
+  if (auto r = PreloadNft(); !r.ok())
+    LOG_DEBUG("pid %d: libnftables not loaded ahead: %s", pid, r.error().to_string().c_str());
+}
 
 Result<UniqueFd> OpenNamespace(pid_t pid, const char* name) {
   std::string path = pid == 0 ? StrFormat("/proc/thread-self/ns/%s", name)
@@ -129,7 +232,7 @@ NftContext::~NftContext() { Free(); }
 void NftContext::Free() {
   if (!ctx_) return;
   std::lock_guard<std::mutex> lock(nft_mu);
-  nft_ctx_free(ctx_);
+  (*Nft())->ctx_free(ctx_);  // a context was made: the library is loaded
   ctx_ = nullptr;
 }
 

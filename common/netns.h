@@ -6,7 +6,11 @@
 //  - nft: NftRunIn runs libnftables in process, on the calling thread moved into the namespace
 //    for the call (the nft binary costs a fork, an exec and its startup: 15-25 ms here; the
 //    library ~0.1-0.3 ms for a lock's table). Calls are serialized: libnftables has
-//    process-wide state that its contexts share without locking.
+//    process-wide state that its contexts share without locking. The library is loaded at the
+//    first call (dlopen), not at the process's start: it and the five libraries it needs cost
+//    every godwit command ~1 ms of start-up (0.85 ms of CPU, 109 page faults) where most never
+//    use it. A command that will lock connections inside a freeze or a blackout loads it ahead
+//    with PreloadNft.
 //  - a socket or a netlink handle the caller keeps: ScopedNetns (or RunHere around a function)
 //    moves the calling thread for the scope (a socket stays in the namespace it was created in)
 //    and back at its end. setns is per thread for net, uts and ipc: other threads are not
@@ -16,6 +20,7 @@
 #include <sched.h>
 #include <sys/types.h>
 
+#include <cstdint>
 #include <functional>
 #include <string>
 
@@ -25,6 +30,30 @@
 struct nft_ctx;  // libnftables
 
 namespace godwit::netns {
+
+// libnftables' entry points godwit uses, from the library loaded at run time.
+struct NftApi {
+  nft_ctx* (*ctx_new)(uint32_t flags) = nullptr;
+  void (*ctx_free)(nft_ctx*) = nullptr;
+  int (*ctx_buffer_output)(nft_ctx*) = nullptr;
+  int (*ctx_buffer_error)(nft_ctx*) = nullptr;
+  const char* (*ctx_get_output_buffer)(nft_ctx*) = nullptr;
+  const char* (*ctx_get_error_buffer)(nft_ctx*) = nullptr;
+  int (*run_cmd_from_buffer)(nft_ctx*, const char*) = nullptr;
+};
+inline constexpr char kNftLibrary[] = "libnftables.so.1";
+// Loads soname and looks the entry points up: kNotFound names the library and dlerror's reason,
+// kUnsupported the symbols it lacks. Each call loads anew; the nft calls below share one load.
+Result<NftApi> LoadNft(const char* soname);
+// Loads libnftables now if no call did yet (a command about to freeze a tree with connections,
+// or a migration before its switch): the load then costs nothing inside the frozen window.
+Result<void> PreloadNft();
+// Whether pid's net namespace has any TCP socket (/proc/PID/net/tcp and tcp6), in any state:
+// whether a dump of its tree may lock connections with nftables.
+Result<bool> HasTcpSockets(pid_t pid);
+// PreloadNft when pid's namespace has a TCP socket (or that cannot be read). Best effort: a
+// failure is logged and left to the lock that needs the library, which reports it.
+void PreloadNftIfTcp(pid_t pid);
 
 // /proc/PID/ns/NAME (NAME: "net", "ipc", "uts", "mnt", ...), or with pid 0 the calling thread's
 // own (/proc/thread-self/ns/NAME). A process that is gone is kNotFound.

@@ -11,6 +11,7 @@
 #include "common/fs.h"
 #include "common/idmap.h"
 #include "common/log.h"
+#include "common/netns.h"
 #include "common/scope_exit.h"
 #include "common/timing.h"
 #include "container/archive.h"
@@ -333,6 +334,10 @@ Result<CheckpointResult> Checkpoint(const CheckpointOptions& opts, const TreeDum
     TRY_CTX(dump::WaitLazyPages(pid, dump::kLazyWaitMs, nullptr,
                                 {c.pager_pid, c.pager_start_time}),
             "container %s", opts.id.c_str());
+
+  // Connections are locked with libnftables inside the freeze: the library is loaded before it
+  // when the container's namespace has a TCP socket (common/netns.h).
+  netns::PreloadNftIfTcp(pid);
 
   // Freeze: nothing in the container runs (or forks) from here until kill or thaw.
   ASSIGN_OR_RETURN(std::unique_ptr<runtime::Cgroup> cg, runtime::OpenCgroup(c));

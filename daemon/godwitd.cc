@@ -23,6 +23,7 @@
 
 #include "common/args.h"
 #include "common/log.h"
+#include "common/netns.h"
 #include "migrate/dest.h"
 #include "migrate/wire.h"
 
@@ -171,6 +172,12 @@ int main(int argc, char** argv) {
                 : l == "error" ? log::kError : log::kInfo);
   // A session writes to pipes (a restore started ahead): a peer gone is an error, not a death.
   signal(SIGPIPE, SIG_IGN);
+  // Each commit opens the destination's network (libnftables) inside the blackout: the library
+  // is loaded once here, not at a first migration's switch.
+  if (auto nft = netns::PreloadNft(); !nft.ok()) {
+    fprintf(stderr, "godwitd: %s\n", nft.error().to_string().c_str());
+    return 1;
+  }
   Daemon d;
   d.tls.insecure = pa->has("insecure");
   d.tls.cert = pa->get("tls-cert");

@@ -14,6 +14,7 @@
 
 #include "common/fs.h"
 #include "common/log.h"
+#include "common/netns.h"
 #include "common/priority.h"
 #include "common/proc.h"
 #include "common/scope_exit.h"
@@ -360,6 +361,10 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
   if (c.CurrentStatus() != runtime::Status::kRunning)
     return MakeError(ErrorKind::kUnsupported, 0, "container %s is %s, not running", o.id.c_str(),
                      runtime::StatusName(c.CurrentStatus()));
+
+  // The switch holds the container's packets with libnftables (packet_hold.h): loaded now, not
+  // inside the blackout, and a machine without it fails here, before anything has moved.
+  TRY_CTX(netns::PreloadNft(), "migration of %s: the packet hold", o.id.c_str());
 
   // Every process of the container is a descendant of its init.
   const std::vector<pid_t> tree = proc::Descendants(c.pid);

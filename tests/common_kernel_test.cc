@@ -2,10 +2,12 @@
 // of a stopped process, nft and setns in another network namespace, the kernel features value
 // and its cache.
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <linux/userfaultfd.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <sys/ptrace.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -22,6 +24,7 @@
 #include "common/netns.h"
 #include "common/pidfd.h"
 #include "common/remote.h"
+#include "common/scope_exit.h"
 #include "common/timing.h"
 #include "common/uffd.h"
 
@@ -134,6 +137,102 @@ TEST(Netns, NftRunsInAnotherNamespaceOnly) {
   auto bad = netns::NftRunIn(ns.get(), "this is not nft\n");
   ASSERT_FALSE(bad.ok());
   EXPECT_NE(bad.error().message().find("nft failed"), std::string::npos) << bad.error().message();
+}
+
+// What `godwit subreaper -- sh -c 'cat /proc/$PPID/maps'` prints: the maps of a running godwit
+// command that never used nftables.
+std::string MapsOfAGodwitCommand() {
+  int out[2];
+  if (pipe2(out, O_CLOEXEC) < 0) return "pipe failed";
+  pid_t pid = fork();
+  if (pid == 0) {
+    dup2(out[1], 1);
+    execl(GODWIT_BIN, GODWIT_BIN, "subreaper", "--", "/bin/sh", "-c", "cat /proc/$PPID/maps",
+          static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  close(out[1]);
+  std::string maps;
+  char buf[4096];
+  for (;;) {
+    ssize_t n = read(out[0], buf, sizeof(buf));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    maps.append(buf, static_cast<size_t>(n));
+  }
+  close(out[0]);
+  int st = 0;
+  while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+  }
+  return WIFEXITED(st) && WEXITSTATUS(st) == 0 ? maps : "godwit subreaper failed";
+}
+
+// libnftables (and the five libraries it needs) is loaded at its first use, not at a godwit
+// command's start (~1 ms of every command's start-up, netns.h); a library that cannot be loaded
+// is named in the error.
+TEST(Netns, NftablesIsLoadedAtItsFirstUseOnly) {
+  auto missing = netns::LoadNft("libgodwit-test-no-such-nftables.so.1");
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.error().kind(), ErrorKind::kNotFound);
+  EXPECT_NE(missing.error().message().find("libgodwit-test-no-such-nftables.so.1"),
+            std::string::npos)
+      << missing.error().message();
+  auto real = netns::LoadNft(netns::kNftLibrary);
+  ASSERT_TRUE(real.ok()) << real.error().to_string();
+  EXPECT_NE(real->ctx_new, nullptr);
+  EXPECT_NE(real->run_cmd_from_buffer, nullptr);
+  EXPECT_NE(real->ctx_get_error_buffer, nullptr);
+  // This process used it: its maps show the library (what the check below looks for).
+  ASSERT_TRUE(netns::PreloadNft().ok());
+  auto ours = fs::ReadFile("/proc/self/maps");
+  ASSERT_TRUE(ours.ok());
+  EXPECT_NE(ours->find("libnftables"), std::string::npos);
+  // A godwit command that needs no nft has none of it mapped.
+  std::string maps = MapsOfAGodwitCommand();
+  ASSERT_NE(maps.find("godwit"), std::string::npos) << maps;
+  EXPECT_EQ(maps.find("libnftables"), std::string::npos) << maps;
+  EXPECT_EQ(maps.find("libxtables"), std::string::npos) << maps;
+}
+
+// Whether a namespace has TCP sockets (so that a dump will lock connections with nftables):
+// none in a fresh one, one listening socket is enough.
+TEST(Netns, HasTcpSocketsSeesTheNamespaceOfThePid) {
+  int go[2], ready[2];
+  ASSERT_EQ(pipe2(go, O_CLOEXEC), 0);
+  ASSERT_EQ(pipe2(ready, O_CLOEXEC), 0);
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    char c = 0;
+    if (unshare(CLONE_NEWNET) < 0) _exit(1);
+    if (write(ready[1], "a", 1) != 1) _exit(1);
+    if (read(go[0], &c, 1) != 1) _exit(1);
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    if (s < 0 || bind(s, reinterpret_cast<sockaddr*>(&a), sizeof(a)) < 0 || listen(s, 1) < 0)
+      _exit(1);
+    if (write(ready[1], "b", 1) != 1) _exit(1);
+    for (;;) pause();
+  }
+  ScopeExit reap([pid] {
+    kill(pid, SIGKILL);
+    while (waitpid(pid, nullptr, 0) < 0 && errno == EINTR) {
+    }
+  });
+  char c = 0;
+  ASSERT_EQ(read(ready[0], &c, 1), 1);
+  auto none = netns::HasTcpSockets(pid);
+  ASSERT_TRUE(none.ok()) << none.error().to_string();
+  EXPECT_FALSE(*none);
+  ASSERT_EQ(write(go[1], "g", 1), 1);
+  ASSERT_EQ(read(ready[0], &c, 1), 1);
+  auto one = netns::HasTcpSockets(pid);
+  ASSERT_TRUE(one.ok()) << one.error().to_string();
+  EXPECT_TRUE(*one);
+  for (int fd : {go[0], go[1], ready[0], ready[1]}) close(fd);
+  auto gone = netns::HasTcpSockets(999999999);
+  EXPECT_FALSE(gone.ok());
 }
 
 // A kept context acts in its namespace on every run, whichever namespace the calling thread is
