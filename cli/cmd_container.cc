@@ -16,6 +16,7 @@
 #include "common/args.h"
 #include "common/fs.h"
 #include "common/log.h"
+#include "common/netns.h"
 #include "common/timing.h"
 #include "cli/detached_output.h"
 #include "cli/tuning_env.h"
@@ -274,7 +275,7 @@ bool IsContainerRestore(const std::vector<std::string>& args) {
 int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
   ArgSpec spec{{"image-path", "import", "bundle", "pid-file", "ip", "bridge", "console-socket",
                 "wait-fd"},
-               {"detach", "json", "no-announce", "keep-locked", "lazy"},
+               {"detach", "json", "no-announce", "keep-locked", "lazy", "discard-pages"},
                {{"-d", "detach"}, {"-b", "bundle"}}};
   for (const auto& f : kRuncCrFlags) spec.flags.insert(f);
   for (const auto& v : kRuncCrValues) spec.values.insert(v);
@@ -315,6 +316,11 @@ int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
   o.announce = !pa->has("no-announce");
   o.keep_netlock = pa->has("keep-locked");
   o.lazy = pa->has("lazy");
+  // The page files are freed as the pager installs their pages: restored once only.
+  o.lazy_discard = pa->has("discard-pages");
+  if (o.lazy_discard && !o.lazy)
+    return ReportError(g, "restore",
+                       MakeError(ErrorKind::kUsage, 0, "--discard-pages needs --lazy"));
   const bool pace = !getenv("GODWIT_NO_PACE");  // A/B runs only (common/priority.h Pacer)
   o.lazy_pace = pace;
   // An engine's restore (runc's --work-path, Podman): it restored the rootfs changes itself.
@@ -344,6 +350,10 @@ int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
     // (restore/load.h), so the blackout does not.
     int fd = atoi(pa->get("wait-fd").c_str());
     const std::string tree_dir = pa->get("image-path") + "/" + container::kTreeDir;
+    // The destination's quiet table and the connections' lock use libnftables: loaded while
+    // waiting, not in the blackout (common/netns.h). Without it they fail and say why.
+    if (auto nft = netns::PreloadNft(); !nft.ok())
+      LOG_DEBUG("restore: %s", nft.error().to_string().c_str());
     for (;;) {
       char b;
       ssize_t n;

@@ -27,7 +27,8 @@ constexpr const char kRestoreUsage[] =
     "restore --images-dir DIR [OPTIONS]                  (a process tree)\n"
     "       godwit restore ID --image-path DIR | --import FILE [--bundle DIR]\n"
     "               [--ip A.B.C.D[/N]] [--bridge BR] [--no-announce] [--keep-locked]\n"
-    "               [--detach] [--lazy] [--pid-file F] [--json]   (a container)\n"
+    "               [--detach] [--lazy [--discard-pages]] [--pid-file F] [--json]\n"
+    "                                                    (a container)\n"
     "\n"
     "Recreates the process tree dumped into DIR with the same pids. Without --detach\n"
     "the restored root is a child of godwit, which waits for it and exits with its\n"
@@ -52,6 +53,10 @@ constexpr const char kRestoreUsage[] =
     "                                     background). With --detach a pager process does\n"
     "                                     it: its pid is printed (lazy_pager_pid); the pages\n"
     "                                     are all in when it exits. Same for containers.\n"
+    "  --discard-pages                    (with --lazy) the page files are freed\n"
+    "                                     as their pages go in: the new pages reuse that\n"
+    "                                     memory, and DIR cannot be restored again (godwitd\n"
+    "                                     does it with its staging)\n"
     "  --no-announce                      (container) no gratuitous ARP or NA for its addresses\n"
     "  --keep-locked                      (container; a migration's destination) its TCP\n"
     "                                     connections stay locked and it sends nothing at\n"
@@ -124,7 +129,7 @@ int RestoreCmd(Global& g, const std::vector<std::string>& args) {
   std::vector<std::string> norm = NormalizeCriuArgs(args, CriuVerb::kRestore);
   if (IsContainerRestore(norm)) return ContainerRestoreCmd(g, args);
   ArgSpec spec{{"images-dir", "pid-file", "inherit-fd"},
-               {"detach", "shell-job", "tcp-close", "lazy"},
+               {"detach", "shell-job", "tcp-close", "lazy", "discard-pages"},
                {{"-D", "images-dir"}, {"-d", "detach"}}};
   AddCriuOptions(spec, CriuVerb::kRestore);
   auto pa = ParseArgs(norm, spec);
@@ -140,6 +145,10 @@ int RestoreCmd(Global& g, const std::vector<std::string>& args) {
   o.shell_job = pa->has("shell-job");
   o.tcp_close = pa->has("tcp-close");
   o.lazy = pa->has("lazy");
+  o.lazy_discard = pa->has("discard-pages");
+  if (o.lazy_discard && !o.lazy)
+    return ReportError(g, "restore",
+                       MakeError(ErrorKind::kUsage, 0, "--discard-pages needs --lazy"));
   for (const auto& s : pa->all("inherit-fd")) {
     // fd[N]:KEY
     int n = -1;

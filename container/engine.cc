@@ -131,6 +131,7 @@ TreeRestorer EngineRestorer() {
     o.keep_netlock = req.keep_netlock;
     o.lazy = req.lazy;
     o.lazy_pace = req.lazy_pace;
+    o.lazy_discard = req.lazy_discard;
     o.progress = req.progress;
     ASSIGN_OR_RETURN(restore::RestoreStats s, restore::Restore(o));
     TreeRestoreResult t;

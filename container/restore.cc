@@ -470,6 +470,7 @@ Result<RestoreResult> FinishRestore(PreparedRestorePtr p,
   req.keep_netlock = opts.keep_netlock;
   req.lazy = opts.lazy;
   req.lazy_pace = opts.lazy_pace;
+  req.lazy_discard = opts.lazy_discard;
   req.progress = opts.progress;
   // A user namespace: its maps, and the namespaces it owns, come from a holder (restore_env.h).
   if (rec.has_userns() && !p->ahead) {

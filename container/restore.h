@@ -56,6 +56,7 @@ struct TreeRestoreRequest {
   bool keep_netlock = false;  // RestoreOptions::keep_netlock
   bool lazy = false;          // restore::RestoreOptions::lazy
   bool lazy_pace = true;      // restore::RestoreOptions::lazy_pace
+  bool lazy_discard = false;  // restore::RestoreOptions::lazy_discard
   // (phase, done, total) from the engine (restore::RestoreOptions::progress); may be empty.
   std::function<void(const char*, uint64_t, uint64_t)> progress;
 };
@@ -130,6 +131,10 @@ struct RestoreOptions {
   // RestoreResult::pager installs it; the caller waits for it or detaches it.
   bool lazy = false;
   bool lazy_pace = true;  // restore::RestoreOptions::lazy_pace (A/B runs: GODWIT_NO_PACE)
+  // With lazy: the image directory's page files are freed as their pages go in
+  // (restore::RestoreOptions::lazy_discard): it cannot be restored again (`--discard-pages`;
+  // a migration's destination, whose staging is deleted after).
+  bool lazy_discard = false;
   // The caller vouches for the rootfs (an engine such as Podman that restores the rootfs changes
   // itself and whose runtime made mount points in it): no identity check against the image.
   bool trust_rootfs = false;

@@ -14,6 +14,7 @@
 // Every reader bounds-checks every length and reports file and offset on error (kBadImage).
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -282,6 +283,20 @@ class BlobReader {
   int fd() const { return fd_.get(); }
   const std::string& name() const { return name_; }
 
+  // Marks of the chunks found intact, shared by the readers of one blob (a lazy pager's threads):
+  // a chunk one reader checked is not checked again by the others. A reader whose caller frees
+  // the file's bytes it has consumed (FALLOC_FL_PUNCH_HOLE) needs this: a chunk's other part,
+  // read later, must not be checked whole against its checksum (the freed part reads as zeros).
+  // Sized by MakeChunkMarks; one blob's marks only.
+  using ChunkMarks = std::vector<std::atomic<bool>>;
+  std::shared_ptr<ChunkMarks> MakeChunkMarks() const {
+    return std::make_shared<ChunkMarks>(chunks_.size());
+  }
+  void ShareChunkMarks(std::shared_ptr<ChunkMarks> marks) { marks_ = std::move(marks); }
+  // Whether every chunk holding logical [offset, offset + len) is intact: trusted (a verified
+  // set, checked ahead) or marked (ShareChunkMarks).
+  bool Checked(uint64_t offset, uint64_t len) const;
+
   // Checks every chunk's checksum (reads the whole file); the error names the first bad chunk's
   // offset. For locating damage (inspect); Read checks the chunks it reads anyway.
   Result<void> VerifyChunks() const;
@@ -321,7 +336,12 @@ class BlobReader {
     bool zstd;
     bool ahead = false;  // checked ahead (images/precheck.h): not again
   };
-  bool Trusted(const Chunk& c) const { return verified_ || c.ahead; }
+  bool Trusted(const Chunk& c) const {
+    return verified_ || c.ahead || (marks_ && (*marks_)[&c - chunks_.data()].load());
+  }
+  void Mark(const Chunk& c) {
+    if (marks_) (*marks_)[&c - chunks_.data()].store(true);
+  }
   Result<void> BuildIndex();
   Result<void> ReadAt(uint64_t file_off, void* dst, size_t len) const;
   Result<void> ReadChunk(size_t i, uint64_t skip, char* dst, size_t len);
@@ -339,6 +359,7 @@ class BlobReader {
   std::vector<char> scratch_;  // stored bytes of a chunk
   std::vector<char> plain_;    // the last decompressed (or verified raw) chunk
   int64_t plain_chunk_ = -1;   // which chunk plain_ holds
+  std::shared_ptr<ChunkMarks> marks_;  // ShareChunkMarks
 };
 
 // How an ImageSet checks its files.

@@ -458,17 +458,25 @@ Result<void> BlobReader::ReadChunk(size_t i, uint64_t skip, char* dst, size_t le
   }
   if (!c.zstd) {
     if (Trusted(c)) return ReadAt(c.file_off + skip, dst, len);
+    // A mismatch on a chunk that another reader sharing the marks found intact meanwhile is
+    // that reader's caller freeing what it consumed (ShareChunkMarks): this part is read again.
     if (whole) {
       TRY(ReadAt(c.file_off, dst, len));
-      if (Crc32c(0, dst, len) != c.crc)
+      if (Crc32c(0, dst, len) != c.crc) {
+        if (Trusted(c)) return ReadAt(c.file_off, dst, len);
         return Bad(name_, c.file_off - sizeof(format::ChunkHeader), "chunk checksum mismatch");
+      }
+      Mark(c);
       return Ok();
     }
     plain_.resize(c.logical_len);
     plain_chunk_ = -1;
     TRY(ReadAt(c.file_off, plain_.data(), c.logical_len));
-    if (Crc32c(0, plain_.data(), c.logical_len) != c.crc)
+    if (Crc32c(0, plain_.data(), c.logical_len) != c.crc) {
+      if (Trusted(c)) return ReadAt(c.file_off + skip, dst, len);
       return Bad(name_, c.file_off - sizeof(format::ChunkHeader), "chunk checksum mismatch");
+    }
+    Mark(c);
     plain_chunk_ = i;
     memcpy(dst, plain_.data() + skip, len);
     return Ok();
@@ -478,6 +486,7 @@ Result<void> BlobReader::ReadChunk(size_t i, uint64_t skip, char* dst, size_t le
   uint64_t hdr = c.file_off - sizeof(format::ChunkHeader);
   if (!Trusted(c) && Crc32c(0, scratch_.data(), c.stored_len) != c.crc)
     return Bad(name_, hdr, "chunk checksum mismatch");
+  Mark(c);
   if (!dctx_) {
     dctx_ = ZSTD_createDCtx();
     if (!dctx_) return MakeError(ErrorKind::kGeneric, ENOMEM, "ZSTD_createDCtx");
@@ -553,11 +562,25 @@ Result<void> BlobReader::ReadPieces(
       }
       if (!Trusted(c) && crc != c.crc)
         return Bad(name_, c.file_off - sizeof(format::ChunkHeader), "chunk checksum mismatch");
+      Mark(c);
     }
     offset += n;
     len -= n;
   }
   return Ok();
+}
+
+bool BlobReader::Checked(uint64_t offset, uint64_t len) const {
+  uint64_t size = logical_size();
+  if (offset > size || len > size - offset) return false;
+  for (size_t i = len > 0 ? FindChunk(offset) : 0; len > 0; i++) {
+    const Chunk& c = chunks_[i];
+    if (!Trusted(c)) return false;
+    uint64_t n = std::min<uint64_t>(len, c.logical_len - (offset - c.logical_off));
+    offset += n;
+    len -= n;
+  }
+  return true;
 }
 
 Result<std::vector<BlobReader::Extent>> BlobReader::RawExtents(uint64_t offset,

@@ -62,6 +62,9 @@ struct RestoreOptions {
   // The pushes nap briefly and often (common/priority.h Pacer); false: they do not (A/B runs:
   // GODWIT_NO_PACE).
   bool lazy_pace = true;
+  // The page files are given up as their pages go in (LazyPager::DiscardConsumed): a
+  // migration's staging, not an image kept for another restore.
+  bool lazy_discard = false;
   // Hooks for restoring a tree inside a container's fresh namespaces (all optional).
   // root_clone_flags (CLONE_NEWNS|NEWUTS|NEWIPC|NEWNET|NEWCGROUP; NEWPID follows the image) are
   // added to the root's clone3. root_inside runs in the root task right after its clone (a

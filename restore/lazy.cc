@@ -57,8 +57,22 @@ class LazyPager::Readers {
         verified = b.verified;
       }
       ASSIGN_OR_RETURN(readers_[blob], images::BlobReader::OpenFile(path, name, verified));
+      std::lock_guard<std::mutex> l(pager_->mu_);
+      auto& marks = pager_->blobs_[blob].marks;
+      if (!marks) marks = readers_[blob]->MakeChunkMarks();
+      readers_[blob]->ShareChunkMarks(marks);
     }
     return readers_[blob]->Read(off, dst, len);
+  }
+  // The file extents of logical [off, off + len) of a blob this thread has read, if every chunk
+  // there is raw and found intact (so the rest of each reads without its whole-chunk check).
+  Result<std::vector<images::BlobReader::Extent>> Extents(uint32_t blob, uint64_t off,
+                                                          uint64_t len) {
+    if (blob >= readers_.size() || !readers_[blob])
+      return MakeError(ErrorKind::kGeneric, 0, "blob %u: not read by this thread", blob);
+    if (!readers_[blob]->Checked(off, len))
+      return MakeError(ErrorKind::kGeneric, 0, "blob %u: a chunk not checked yet", blob);
+    return readers_[blob]->RawExtents(off, len);
   }
 
  private:
@@ -231,10 +245,16 @@ Result<uint32_t> LazyPager::BlobIndex(const std::string& path, const std::string
                                       bool verified) {
   auto it = blob_index_.find(path);
   if (it != blob_index_.end()) return it->second;
-  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // Writable only to free what was installed (DiscardConsumed: fallocate needs it); a file that
+  // cannot be written (a read-only mount) is read and kept.
+  bool keep = !discard_;
+  int fd = keep ? -1 : open(path.c_str(), O_RDWR | O_CLOEXEC);
+  if (fd < 0 && !keep && (errno == EROFS || errno == EACCES || errno == EPERM)) keep = true;
+  if (keep) fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return Errno("open %s", path.c_str());
   uint32_t b = static_cast<uint32_t>(blobs_.size());
   blobs_.push_back({UniqueFd(fd), name, verified});
+  blobs_.back().shared = keep && discard_;  // never freed
   blob_index_[path] = b;
   return b;
 }
@@ -562,6 +582,9 @@ bool LazyPager::HandleEvents(std::vector<std::pair<Proc*, uint64_t>>* faults) {
             c->ranges = p->ranges;
             c->pending = p->pending;
             for (const auto& [s, seg] : p->inflight) Insert(c->pending, s, seg.end, seg.blob, seg.off);
+            // Both now owe those bytes: no copy into one frees them (DiscardConsumed).
+            if (discard_)
+              for (const auto& [s, seg] : c->pending) blobs_[seg.blob].shared = true;
             stats_.forks++;
             stats_.processes++;
             born.push_back(std::move(c));
@@ -599,7 +622,8 @@ bool LazyPager::HandleEvents(std::vector<std::pair<Proc*, uint64_t>>* faults) {
   return any;
 }
 
-LazyPager::CopyResult LazyPager::Copy(const Piece& pc, const char* data, bool drop_unmapped) {
+LazyPager::CopyResult LazyPager::Copy(const Piece& pc, const char* data, bool drop_unmapped,
+                                      std::vector<Consumed>* consumed) {
   // What is still owed of the piece (events may have taken parts of it).
   std::vector<Piece> parts;
   {
@@ -631,6 +655,7 @@ LazyPager::CopyResult LazyPager::Copy(const Piece& pc, const char* data, bool dr
         std::lock_guard<std::mutex> l(mu_);
         Carve(pc.proc->inflight, va, va + done, nullptr, nullptr);
       }
+      if (consumed && done > 0) consumed->push_back({part.blob, part.off + (va - part.va), done});
       copied += done;
       va += done;
       src += done;
@@ -698,6 +723,40 @@ LazyPager::CopyResult LazyPager::Copy(const Piece& pc, const char* data, bool dr
   return CopyResult::kDone;
 }
 
+void LazyPager::Discard(const std::vector<Consumed>& consumed, Readers& rd) {
+  uint64_t freed = 0;
+  for (const Consumed& c : consumed) {
+    int fd;
+    std::string name;
+    {
+      // A child forked before this check shares the blob (marked while its record was made,
+      // under mu_ and the exclusive gate; a copy into the parent after its fork fails until that
+      // event is read). One forked after it owes none of these bytes: they were installed first.
+      std::lock_guard<std::mutex> l(mu_);
+      if (blobs_[c.blob].shared) continue;
+      fd = blobs_[c.blob].fd.get();
+      name = blobs_[c.blob].name;
+    }
+    auto ext = rd.Extents(c.blob, c.off, c.len);
+    if (!ext.ok()) continue;  // compressed, or not read here: kept
+    for (const auto& e : *ext) {
+      // Only file pages wholly inside: a page shared with bytes still owed stays.
+      uint64_t s = (e.file_off + kPage - 1) & ~(kPage - 1), end = (e.file_off + e.len) & ~(kPage - 1);
+      if (s >= end) continue;
+      if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(s),
+                    static_cast<off_t>(end - s)) < 0) {
+        LOG_DEBUG("lazy pages: %s: freeing [%llu, +%llu): %s", name.c_str(),
+                  static_cast<unsigned long long>(s), static_cast<unsigned long long>(end - s),
+                  strerror(errno));
+        return;  // a file system that cannot: nothing more to free
+      }
+      freed += end - s;
+    }
+  }
+  std::lock_guard<std::mutex> l(mu_);
+  stats_.discarded_bytes += freed;
+}
+
 // Takes the next background piece (moved to inflight); false when nothing is pending.
 bool LazyPager::TakeBackground(Piece* pc) {
   for (size_t n = 0; n < procs_.size(); ++n) {
@@ -724,6 +783,7 @@ void LazyPager::Worker() {
   setpriority(PRIO_PROCESS, self, kWorkerNice);
   Readers rd(this);
   std::vector<char> buf(kPiece);
+  std::vector<Consumed> consumed;
   Pacer pacer(pace_);  // and naps briefly and often (common/priority.h: nice is not enough)
   for (;;) {
     Piece pc{};
@@ -744,14 +804,16 @@ void LazyPager::Worker() {
                                               static_cast<unsigned long>(pc.va)))));
       return;
     }
-    if (!CopyAll(pc, buf.data())) return;
+    consumed.clear();
+    if (!CopyAll(pc, buf.data(), discard_ ? &consumed : nullptr)) return;
+    if (!consumed.empty()) Discard(consumed, rd);
     pacer.Tick();
     if (lent_.load(std::memory_order_relaxed) && getpriority(PRIO_PROCESS, self) != kWorkerNice)
       setpriority(PRIO_PROCESS, self, kWorkerNice);
   }
 }
 
-bool LazyPager::CopyAll(const Piece& pc, const char* data) {
+bool LazyPager::CopyAll(const Piece& pc, const char* data, std::vector<Consumed>* consumed) {
   // ENOENT with no event read since, this many times (5 ms apart): the page is in no VMA and no
   // event will say so (a page lies in no registered range only through an event otherwise).
   constexpr int kUnmappedTries = 200;
@@ -768,7 +830,7 @@ bool LazyPager::CopyAll(const Piece& pc, const char* data) {
       }
       if (gen != last_gen) unmapped_tries = 0;
       last_gen = gen;
-      res = Copy(pc, data, unmapped_tries >= kUnmappedTries);
+      res = Copy(pc, data, unmapped_tries >= kUnmappedTries, consumed);
     }
     if (res == CopyResult::kDone) return true;
     if (res == CopyResult::kRetryUnmapped) unmapped_tries++;

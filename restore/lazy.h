@@ -59,11 +59,20 @@ class LazyPager {
     uint64_t forks = 0;
     uint64_t dropped_bytes = 0;  // owed pages the program unmapped or discarded first
     uint64_t lent = 0;  // faults that found their page in a worker's copy: it got their priority
+    uint64_t discarded_bytes = 0;  // page-file bytes freed once installed (DiscardConsumed)
   };
 
   // background: workers push the pages nobody faulted (false: faulted pages only).
   // pace: the workers nap briefly and often (RestoreOptions::lazy_pace).
   explicit LazyPager(bool background = true, bool pace = true);
+  // The page files are the caller's to give up (a migration's staging, deleted after): each
+  // background piece's bytes are freed from its file (FALLOC_FL_PUNCH_HOLE) once installed. The
+  // pages freed so are the ones the next installs get: on this VM a page that was in use
+  // moments ago costs ~3x less to make than one the host took back (docs/engine.md), and the
+  // files' memory goes as the container's comes. Not for a blob a forked child also owes (its
+  // record shares the parent's), nor compressed chunks. Before any AddPages: the files are
+  // opened for writing then.
+  void DiscardConsumed(bool on) { discard_ = on; }
   ~LazyPager();  // Wait()s
   LazyPager(const LazyPager&) = delete;
   LazyPager& operator=(const LazyPager&) = delete;
@@ -184,6 +193,15 @@ class LazyPager {
     UniqueFd fd;
     std::string name;
     bool verified;
+    bool shared = false;  // never freed: a forked child's record names it, or it is read-only
+    // Chunks found intact by any thread's reader (images::BlobReader::ShareChunkMarks): a chunk
+    // part of which was discarded is not checked whole again.
+    mutable std::shared_ptr<std::vector<std::atomic<bool>>> marks;  // set by a const Readers
+  };
+  // Parts of a piece a Copy installed, as a blob's logical bytes.
+  struct Consumed {
+    uint32_t blob;
+    uint64_t off, len;
   };
   class Readers;  // per-thread blob readers (lazy.cc)
 
@@ -210,10 +228,14 @@ class LazyPager {
   // kRetryUnmapped: a page in no registered VMA (an mremap or munmap whose event is unread);
   // drop_unmapped: such a page is dropped instead (no event came for it).
   enum class CopyResult { kDone, kRetry, kRetryUnmapped };
-  CopyResult Copy(const Piece& pc, const char* data, bool drop_unmapped);
+  CopyResult Copy(const Piece& pc, const char* data, bool drop_unmapped,
+                  std::vector<Consumed>* consumed = nullptr);
   // Copy until done, waiting for the event thread whenever events are unread; false if the
   // pager stops first (what is left of the piece goes back to pending).
-  bool CopyAll(const Piece& pc, const char* data);
+  bool CopyAll(const Piece& pc, const char* data, std::vector<Consumed>* consumed = nullptr);
+  // DiscardConsumed: frees the whole file pages inside what was installed (raw chunks, blobs no
+  // child shares).
+  void Discard(const std::vector<Consumed>& consumed, Readers& rd);
   bool TakeBackground(Piece* pc);
   bool AllDone() const;  // mu_ held
   void Fail(Error e);
@@ -230,6 +252,7 @@ class LazyPager {
   std::vector<std::thread> workers_;
   bool background_ = true;
   bool pace_ = true;
+  bool discard_ = false;
   bool go_ = false;  // Go() was called: workers run
   bool running_ = false, stop_ = false, done_ = false;
   uint64_t generation_ = 0;  // events handled (a worker's EAGAIN waits for the next)

@@ -31,6 +31,7 @@ Result<RestoreStats> Restore(const RestoreOptions& opts) {
   read.chunk_checked_blobs = true;
   if (opts.lazy) {
     ctx.lazy = std::make_shared<LazyPager>(opts.lazy_background, opts.lazy_pace);
+    ctx.lazy->DiscardConsumed(opts.lazy_discard);
   }
   ASSIGN_OR_RETURN(images::ImageSet set, images::ImageSet::Open(opts.images_dir, read));
   ctx.images = &set;
