@@ -39,6 +39,8 @@ void Usage() {
           "               [--keep-staging]  (debugging: keep the received images)\n"
           "               [--no-lazy]  (fill the container's memory before it runs, for\n"
           "                            measuring; default: paged in after, restore --lazy)\n"
+          "               [--discard-staging]  (free the staged page files as the container's\n"
+          "                            memory is paged in: its memory is held once, not twice)\n"
           "               [--fault PHASE:kill|close|corrupt]  (testing: welcome, round, final,\n"
           "               restored)\n");
 }
@@ -155,7 +157,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
   ArgSpec spec{{"listen", "root", "cgroup-parent", "bridge", "tls-cert", "tls-key", "tls-ca",
                 "timeout", "log-level", "staging", "fault", "ready-file"},
-               {"insecure", "help", "keep-staging", "no-lazy"},
+               {"insecure", "help", "keep-staging", "no-lazy", "discard-staging"},
                {{"-h", "help"}}};
   auto pa = ParseArgs(args, spec);
   if (!pa.ok()) {
@@ -194,6 +196,7 @@ int main(int argc, char** argv) {
   d.dest.fault = pa->get("fault");
   d.dest.keep_staging = pa->has("keep-staging");  // testing and failover drills only
   d.dest.lazy = !pa->has("no-lazy");
+  d.dest.discard_staging = pa->has("discard-staging");
   if (pa->has("timeout")) d.dest.timeout_s = atof(pa->get("timeout").c_str());
   if (d.dest.timeout_s <= 0) d.dest.timeout_s = 30;
   auto hp = migrate::SplitHostPort(pa->get("listen"));

@@ -182,11 +182,9 @@ Result<std::unique_ptr<PendingRestore>> PendingRestore::Spawn(const DestOptions&
                         "--no-announce", "--keep-locked", "--wait-fd", "3"})
     args.push_back(a);
   if (o.lazy) args.push_back("--lazy");
-  // The staging goes when the migration ends: its page files are freed as the pager installs
-  // them, and the container's new pages are made from that memory (restore/lazy.h).
-  // (GODWIT_NO_DISCARD_PAGES in godwitd's environment: A/B runs only.)
-  if (o.lazy && !o.keep_staging && !getenv("GODWIT_NO_DISCARD_PAGES"))
-    args.push_back("--discard-pages");
+  // The staging goes when the migration ends: its page files may be freed as the pager installs
+  // them (the container's new pages then come from that memory, restore/lazy.h).
+  if (o.lazy && o.discard_staging && !o.keep_staging) args.push_back("--discard-pages");
   if (!o.bridge.empty()) {
     args.push_back("--bridge");
     args.push_back(o.bridge);

@@ -39,6 +39,11 @@ struct DestOptions {
   // paged in afterwards (restore/lazy.h), out of the blackout. false (godwitd --no-lazy): filled
   // before it runs, for measuring.
   bool lazy = true;
+  // With lazy: the staging's page files are freed as the pager installs their pages (restore
+  // --discard-pages): the destination holds the container's memory once, not twice, while it
+  // fills. Off by default (godwitd --discard-staging): on this one-VM bench it did not shorten
+  // the client's gaps after the switch (docs/migration.md, session 18).
+  bool discard_staging = false;
   std::string godwit_bin;  // the godwit binary that restores ("" = the one beside this program)  // leave the received images in place (debugging)
 };
 
