@@ -56,19 +56,23 @@ class CrLazy : public ::testing::Test {
     std::ifstream f(dir_ / "helper.err");
     return std::string(std::istreambuf_iterator<char>(f), {});
   }
-  // Starts lazy_mem with mib MiB, dumps it (killing it).
-  void StartAndDump(int mib) {
+  // Starts lazy_mem (or another helper taking READY_FD GO_FILE MIB) with mib MiB, dumps it
+  // (killing it).
+  void StartAndDump(int mib, const std::string& helper = "lazy_mem") {
     setenv("CR_HELPER_STDERR", (dir_ / "helper.err").c_str(), 1);
-    pid_t p = StartHelper("lazy_mem", {"{READY}", dir_ / "go", std::to_string(mib)});
+    pid_t p = StartHelper(helper, {"{READY}", dir_ / "go", std::to_string(mib)});
     ASSERT_GT(p, 0);
     pids_.push_back(p);
     auto d = Godwit({"dump", "--pid", std::to_string(p), "--images-dir", dir_ / "img"});
     ASSERT_EQ(d.status, 0) << d.err;
     KillAndReap(p);
   }
-  // restore --lazy --detach: the root and the pager (both reparented to this test).
-  nlohmann::json RestoreDetached() {
-    auto r = Godwit({"restore", "--images-dir", dir_ / "img", "--lazy", "--detach", "--json"});
+  // restore --lazy --detach [extra]: the root and the pager (both reparented to this test).
+  nlohmann::json RestoreDetached(const std::vector<std::string>& extra = {}) {
+    std::vector<std::string> args = {"restore", "--images-dir", dir_ / "img", "--lazy",
+                                     "--detach", "--json"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    auto r = Godwit(args);
     EXPECT_EQ(r.status, 0) << r.err;
     if (r.status != 0) return {};
     auto j = nlohmann::json::parse(r.out);
@@ -207,26 +211,14 @@ uint64_t PageFileBytes(const std::string& dir) {
 // 4 MiB chunks in 2 MiB pieces: a chunk's second half is read after its first was freed, so it is
 // not checked whole again (a mismatch would fail the pager, which kills the tree).
 TEST_F(CrLazy, DiscardedPageFilesAreFreedAsTheirPagesGoIn) {
-  setenv("CR_HELPER_STDERR", (dir_ / "helper.err").c_str(), 1);
-  pid_t p = StartHelper("cr_bigmem", {"{READY}", dir_ / "go", "64"});
-  ASSERT_GT(p, 0);
-  pids_.push_back(p);
-  auto d = Godwit({"dump", "--pid", std::to_string(p), "--images-dir", dir_ / "img"});
-  ASSERT_EQ(d.status, 0) << d.err;
-  KillAndReap(p);
+  StartAndDump(64, "cr_bigmem");
   const uint64_t before = PageFileBytes(dir_ / "img");
   ASSERT_GE(before, 64ull << 20);
   auto r = Godwit({"restore", "--images-dir", dir_ / "img", "--detach", "--discard-pages"});
   EXPECT_NE(r.status, 0) << "--discard-pages without --lazy";
-  r = Godwit({"restore", "--images-dir", dir_ / "img", "--lazy", "--detach", "--discard-pages",
-              "--json"});
-  ASSERT_EQ(r.status, 0) << r.err;
-  auto j = nlohmann::json::parse(r.out);
-  root_ = j["root_pid"].get<int>();
-  pager_ = j["lazy_pager_pid"].get<int>();
-  pids_.push_back(root_);
+  auto j = RestoreDetached({"--discard-pages"});
+  ASSERT_FALSE(j.empty());
   ASSERT_GT(pager_, 0) << j.dump();
-  pids_.push_back(pager_);
   ASSERT_EQ(WaitWithin(pager_, 120000), 0) << "the pager failed";
   const uint64_t after = PageFileBytes(dir_ / "img");
   EXPECT_LE(after, before / 8) << "page files: " << before << " bytes before, " << after
@@ -240,14 +232,8 @@ TEST_F(CrLazy, DiscardedPageFilesAreFreedAsTheirPagesGoIn) {
 // dropped and unmapped.
 TEST_F(CrLazy, DiscardingPageFilesKeepsEveryCheck) {
   StartAndDump(128);
-  auto r = Godwit({"restore", "--images-dir", dir_ / "img", "--lazy", "--detach", "--discard-pages",
-                   "--json"});
-  ASSERT_EQ(r.status, 0) << r.err;
-  auto j = nlohmann::json::parse(r.out);
-  root_ = j["root_pid"].get<int>();
-  pager_ = j["lazy_pager_pid"].get<int>();
-  pids_.push_back(root_);
-  if (pager_ > 0) pids_.push_back(pager_);
+  auto j = RestoreDetached({"--discard-pages"});
+  ASSERT_FALSE(j.empty());
   Touch(dir_ / "go");
   EXPECT_EQ(WaitWithin(root_, 120000), 0) << "lazy_mem failed a check: " << HelperSaid();
   if (pager_ > 0) {
