@@ -5,13 +5,12 @@
 #include <nftables/libnftables.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <cstdlib>
-#include <string_view>
-#include <type_traits>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <string_view>
+#include <type_traits>
 
 #include "common/fs.h"
 #include "common/log.h"
