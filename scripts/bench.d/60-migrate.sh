@@ -14,7 +14,7 @@
 # timeout, 1 GiB within 2x of 64 MiB, stream >= 0.8x of loopback TLS. CRIU 4.2 here: 406 ms at
 # 64 MiB, 2.04 s at 1 GiB (stop-and-copy; its pre-dump needs soft-dirty). Env: BENCH_MIGRATE_N (5),
 # BENCH_MIGRATE_SIZES ("64 1024"), BENCH_MIGRATE_REPORTS (a directory that keeps every migration's
-# report and probe output).
+# report and probe output), BENCH_GODWITD_FLAGS (added to both daemons', e.g. --discard-staging).
 set -euo pipefail
 self=$(readlink -f "$0")
 cd "$(dirname "$self")/../.."
@@ -49,7 +49,8 @@ tls() { echo --tls-cert "$work/certs/$1.pem" --tls-key "$work/certs/$1.key" --tl
 for h in a b; do
   addr=198.18.0.$([ $h = a ] && echo 1 || echo 2)
   nsenter --net=/run/netns/"$net-$h" "$GODWITD" --listen "$addr:7070" --root "$work/$h" --cgroup-parent "godwit-$net-$h" \
-    $(tls host-$h) --ready-file "$work/ready-$h" --log-level warn 2>>"$work/godwitd-$h.log" &
+    $(tls host-$h) --ready-file "$work/ready-$h" --log-level warn ${BENCH_GODWITD_FLAGS:-} \
+    2>>"$work/godwitd-$h.log" &
   pids+=($!)
 done
 for h in a b; do n=0; until [ -e "$work/ready-$h" ] || [ $n -ge 200 ]; do sleep 0.05; n=$((n+1)); done; done
