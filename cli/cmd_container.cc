@@ -22,6 +22,7 @@
 #include "cli/tuning_env.h"
 #include "container/checkpoint.h"
 #include "container/engine.h"
+#include "dump/precopy.h"
 #include "images/precheck.h"
 #include "restore/lazy.h"
 #include "restore/load.h"
@@ -392,9 +393,8 @@ int ContainerRestoreCmd(Global& g, const std::vector<std::string>& args) {
             std::string path = tree_dir + "/" + n;
             // A round's page blob arrives in pieces while the next round is dumped (migrate/
             // image_stream.h): whole only once its page map (sent after its last piece) is there.
-            const std::string pagemap = "pagemap-" + n.substr(6);
-            if (n.rfind("pages-", 0) == 0 && n.find("-pre") != std::string::npos &&
-                fs::Exists(tree_dir + "/" + pagemap) && ::stat(path.c_str(), &st) == 0)
+            if (dump::IsRoundBlob(n) && fs::Exists(tree_dir + "/" + dump::RoundPageMapOf(n)) &&
+                ::stat(path.c_str(), &st) == 0)
               files.emplace_back(st.st_size, path);
           }
         std::sort(files.begin(), files.end());

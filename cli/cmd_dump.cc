@@ -11,7 +11,6 @@
 #include "cli/criu_opts.h"
 #include "cli/tuning_env.h"
 #include "common/args.h"
-#include "common/netns.h"
 #include "dump/dump.h"
 
 namespace godwit::cli {
@@ -122,8 +121,6 @@ int DumpCmd(Global& g, const std::vector<std::string>& args) {
   }
   if (ProgressFn f = ProgressFor(g)) o.progress = f;
   if (auto ok = dump::Check(o); !ok.ok()) return ReportError(g, "dump", ok.error());
-  // Connections are locked with libnftables while the tree is frozen: loaded before (netns.h).
-  if (o.tcp_established) netns::PreloadNftIfTcp(o.pid);
   auto sink = images::OpenDirSink(dir, DirSinkTuningFromEnv(true));
   if (!sink.ok()) return ReportError(g, "dump", sink.error());
   auto r = dump::Dump(o, **sink);

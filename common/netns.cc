@@ -145,19 +145,16 @@ Result<bool> HasTcpSockets(pid_t pid) {
       if (v6 && text.error().sys_errno() == ENOENT) continue;  // no IPv6
       return std::move(text.error());
     }
-    const std::string_view key = v6 ? "TCP6: inuse " : "TCP: inuse ";
+    const std::string key = v6 ? "TCP6: inuse " : "TCP: inuse ";
     bool found = false;
-    for (std::string_view rest = *text; !rest.empty();) {
-      size_t nl = rest.find('\n');
-      std::string_view line = rest.substr(0, nl);
-      rest = nl == std::string_view::npos ? std::string_view() : rest.substr(nl + 1);
-      if (line.substr(0, key.size()) != key) continue;
+    for (const std::string& line : fs::Split(*text, '\n')) {
+      if (line.rfind(key, 0) != 0) continue;
       found = true;
-      if (atol(std::string(line.substr(key.size())).c_str()) > 0) return true;
+      if (atol(line.c_str() + key.size()) > 0) return true;
     }
     if (!found)
       return MakeError(ErrorKind::kGeneric, 0, "%s: no \"%s\" line", path.c_str(),
-                       std::string(key.substr(0, key.size() - 1)).c_str());
+                       fs::Trim(key).c_str());
   }
   return false;
 }

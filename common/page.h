@@ -10,5 +10,7 @@ inline constexpr uint64_t kPage = 4096;
 
 // Rounds up to a whole number of pages.
 inline constexpr uint64_t PageAlignUp(uint64_t n) { return (n + kPage - 1) & ~(kPage - 1); }
+// Rounds down to a whole number of pages.
+inline constexpr uint64_t PageAlignDown(uint64_t n) { return n & ~(kPage - 1); }
 
 }  // namespace godwit

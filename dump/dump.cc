@@ -18,6 +18,7 @@
 
 #include "common/fs.h"
 #include "common/log.h"
+#include "common/netns.h"
 #include "common/page.h"
 #include "common/proc.h"
 #include "common/scope_exit.h"
@@ -315,6 +316,10 @@ Result<DumpStats> Dump(const DumpOptions& opts, images::Sink& sink) {
   // After pre-copy: the final deltas' page files made and their room reserved while the tree
   // still runs (a frozen tree's caller, e.g. a container checkpoint, did it before its freeze).
   if (precopy && opts.tuning.reserve_pages) precopy->PrepareFinal();
+  // Connections are locked with libnftables while frozen: the library is loaded before, when the
+  // tree's namespace has a TCP socket (common/netns.h). Not for a tree frozen already
+  // (reserve_pages off, as above): its caller loads it before its own freeze.
+  if (opts.tcp_established && opts.tuning.reserve_pages) netns::PreloadNftIfTcp(opts.pid);
   auto t_freeze = Clock::now();
   TRY_CTX(FreezeTree(opts.pid, &frozen), "freeze tree of %d", opts.pid);
   auto t_frozen = Clock::now();

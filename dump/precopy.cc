@@ -27,6 +27,20 @@ bool Gone(pid_t pid) {
 
 }  // namespace
 
+std::string RoundBlobName(pid_t pid, int round) {
+  return StrFormat("pages-%d-pre%d.img", pid, round);
+}
+
+std::string RoundPageMapName(pid_t pid, int round) {
+  return StrFormat("pagemap-%d-pre%d.img", pid, round);
+}
+
+bool IsRoundBlob(const std::string& name) {
+  return name.rfind("pages-", 0) == 0 && name.find("-pre") != std::string::npos;
+}
+
+std::string RoundPageMapOf(const std::string& blob) { return "pagemap-" + blob.substr(6); }
+
 PreCopy::~PreCopy() = default;
 
 Result<std::unique_ptr<PreCopy>> PreCopy::Start(pid_t pid, images::Sink& sink,
@@ -147,7 +161,7 @@ Result<void> PreCopy::RoundOf(pid_t pid, Process& p, int round, RoundStats* rs) 
   for (const auto& x : runs) total += x.npages * kPage;
   img::PageMap pm;
   pm.set_pid(pid);
-  pm.set_blob(StrFormat("pages-%d-pre%d.img", pid, round));
+  pm.set_blob(RoundBlobName(pid, round));
   // Pages of mappings made unreadable meanwhile are read through it (PageWriter::SetRunning).
   ASSIGN_OR_RETURN(UniqueFd mem, fs::Open(StrFormat("/proc/%d/mem", pid), O_RDONLY));
   ASSIGN_OR_RETURN(images::BlobWriter blob, images::BlobWriter::Create(*sink_, pm.blob(),
@@ -167,7 +181,7 @@ Result<void> PreCopy::RoundOf(pid_t pid, Process& p, int round, RoundStats* rs) 
   rs->stored_bytes += blob.stored_size();
   // The round's page map as an image of its own, out at once (a migration sends it with the
   // round's pages): the final dump refers to it instead of writing its runs while frozen.
-  std::string image = StrFormat("pagemap-%d-pre%d.img", pid, round);
+  std::string image = RoundPageMapName(pid, round);
   TRY(images::WriteImage(*sink_, image, pm));
   p.maps.push_back(std::move(pm));
   p.map_images.push_back(std::move(image));

@@ -38,6 +38,14 @@ namespace godwit::dump {
 
 class DirtyTracker;
 
+// The files of round N of process PID: its page blob and the page map image written after it.
+std::string RoundBlobName(pid_t pid, int round);     // pages-PID-preN.img
+std::string RoundPageMapName(pid_t pid, int round);  // pagemap-PID-preN.img
+// Whether name is a round's page blob (not the final dump's pages-PID.img); the name of the page
+// map image that follows it (a reader of a set still arriving: the blob is whole once it is there).
+bool IsRoundBlob(const std::string& name);
+std::string RoundPageMapOf(const std::string& blob);
+
 // A count of pre-copy rounds meaning "until they converge" (PreCopy::Converged).
 inline constexpr int kPreCopyAuto = -1;
 

@@ -21,6 +21,7 @@
 #include "common/timing.h"
 #include "container/checkpoint.h"
 #include "container/engine.h"
+#include "dump/precopy.h"
 #include "container/restore.h"
 #include "images/image.h"
 #include "migrate/dest.h"
@@ -487,7 +488,7 @@ Result<void> Migrate(const SourceOptions& o, MigrationReport* rep,
       [&](const std::string& n) {
         // The rounds' page blobs (pages-PID-preN.img), not the final delta's: those are reserved
         // ahead and written frozen, small.
-        return o.stream_rounds && n.rfind("pages-", 0) == 0 && n.find("-pre") != std::string::npos;
+        return o.stream_rounds && dump::IsRoundBlob(n);
       });
   ASSIGN_OR_RETURN(auto ctr_dir, images::OpenDirSink(staging + "/container", true));
   // The files copied ahead (ContainerPreCopy::CopyFilesAhead) are not read here again either.

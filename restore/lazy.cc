@@ -741,7 +741,7 @@ void LazyPager::Discard(const std::vector<Consumed>& consumed, Readers& rd) {
     if (!ext.ok()) continue;  // compressed, or not read here: kept
     for (const auto& e : *ext) {
       // Only file pages wholly inside: a page shared with bytes still owed stays.
-      uint64_t s = (e.file_off + kPage - 1) & ~(kPage - 1), end = (e.file_off + e.len) & ~(kPage - 1);
+      const uint64_t s = PageAlignUp(e.file_off), end = PageAlignDown(e.file_off + e.len);
       if (s >= end) continue;
       if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(s),
                     static_cast<off_t>(end - s)) < 0) {
